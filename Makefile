@@ -1,0 +1,36 @@
+# One entry point for developers and CI. Every target is idempotent.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv services services-down services-status lint test unit demo clean-local
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip uv
+	@$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
+	@touch $(STAMP)
+
+services: venv
+	@$(PY) scripts/services up
+
+services-down:
+	@python3 scripts/services down
+
+services-status:
+	@python3 scripts/services status
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# The README's test command: installs, starts the real services, lints, runs everything.
+test: venv services lint
+	$(VENV)/bin/pytest
+
+unit: venv
+	$(VENV)/bin/pytest -m "not services"

@@ -1,0 +1,97 @@
+"""A small VictoriaMetrics HTTP client: import samples, run instant and range queries.
+
+Used by the collector, billing loader, detector and the dashboard tests, so there is one
+place that knows the wire formats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class VMError(RuntimeError):
+    """VictoriaMetrics refused or failed a request. `retryable` says whether to try again."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Sample:
+    metric: str
+    labels: Mapping[str, str]
+    value: float
+    timestamp_ms: int
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_prometheus(samples: Iterable[Sample]) -> bytes:
+    """Prometheus text exposition lines with explicit millisecond timestamps."""
+    lines = []
+    for s in samples:
+        if not math.isfinite(s.value):
+            raise ValueError(f"{s.metric}: refusing to write non-finite value {s.value}")
+        labels = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(s.labels.items()))
+        lines.append(f"{s.metric}{{{labels}}} {s.value!r} {s.timestamp_ms}")
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+class VictoriaMetrics:
+    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _request(
+        self, path: str, data: bytes | None = None, params: Mapping[str, str] | None = None
+    ) -> bytes:
+        url = f"{self.base_url}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        # The base URL comes from our own settings (http only); S310 does not apply.
+        req = urllib.request.Request(  # noqa: S310
+            url, data=data, method="POST" if data is not None else "GET"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            body = exc.read()[:500].decode(errors="replace")
+            raise VMError(f"{path}: HTTP {exc.code}: {body}", retryable=exc.code >= 500) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise VMError(f"{path}: {exc}", retryable=True) from exc
+
+    def import_samples(self, samples: Iterable[Sample]) -> None:
+        payload = format_prometheus(samples)
+        if payload:
+            self._request("/api/v1/import/prometheus", data=payload)
+
+    def query(self, expr: str, time_s: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if time_s is not None:
+            params["time"] = f"{time_s:.3f}"
+        return self._result(self._request("/api/v1/query", params=params))
+
+    def query_range(
+        self, expr: str, start_s: float, end_s: float, step: str
+    ) -> list[dict[str, Any]]:
+        params = {"query": expr, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": step}
+        return self._result(self._request("/api/v1/query_range", params=params))
+
+    @staticmethod
+    def _result(raw: bytes) -> list[dict[str, Any]]:
+        doc = json.loads(raw)
+        if doc.get("status") != "success":
+            raise VMError(f"query failed: {doc.get('error')}", retryable=False)
+        result = doc["data"]["result"]
+        return list(result) if isinstance(result, list) else [result]
