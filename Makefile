@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services services-down services-status lint test unit demo clean-local
+.PHONY: venv services services-down services-status lint test unit bench
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -34,3 +34,9 @@ test: venv services lint
 
 unit: venv
 	$(VENV)/bin/pytest -m "not services"
+
+# Benchmarks print figures (medians, ratios against in-run baselines); they assert nothing.
+bench: venv services
+	@set -e; for b in benchmarks/*.py; do \
+	  case "$$b" in */__init__.py) continue;; esac; \
+	  echo "=== $$b"; $(PY) $$b; done
