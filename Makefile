@@ -38,5 +38,5 @@ unit: venv
 # Benchmarks print figures (medians, ratios against in-run baselines); they assert nothing.
 bench: venv services
 	@set -e; for b in benchmarks/*.py; do \
-	  case "$$b" in */__init__.py) continue;; esac; \
+	  case "$$b" in */_*) continue;; esac; \
 	  echo "=== $$b"; $(PY) $$b; done
