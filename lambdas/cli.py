@@ -17,10 +17,28 @@ import click
 # name -> ("module:attribute", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("lambdas.store.cli:db", "Manage the PostgreSQL schema."),
+    "backtest": (
+        "lambdas.backtest.cli:backtest_cmd",
+        "Run the anomaly detector over FOCUS exports (CSV/Parquet) and report.",
+    ),
+    "sample-data": (
+        "lambdas.backtest.cli:sample_data",
+        "Generate a labeled multi-cloud FOCUS sample with injected anomalies.",
+    ),
+    "step": ("lambdas.steps.cli:step", "Run one remediation workflow step (JSON in, JSON out)."),
+    "billing": ("lambdas.billing.cli:billing", "Load FOCUS billing exports and reconcile."),
+    "prices": ("lambdas.pricing.cli:prices", "Load the providers' public price lists."),
+    "policy": ("lambdas.policy.cli:policy", "Validate, test and explain optimization policies."),
 }
 
 # handler -> ("module:function", one-line help)
-HANDLERS: dict[str, tuple[str, str]] = {}
+HANDLERS: dict[str, tuple[str, str]] = {
+    "admission": ("lambdas.admission.server:serve", "Policy admission webhook for workflows."),
+    "bridge": ("lambdas.bridge.server:serve", "Alertmanager webhooks to Kafka CloudEvents."),
+    "collector": ("lambdas.collector.service:main", "Resource events to run-rate (Fluent Bit input)."),
+    "detector": ("lambdas.detector.service:serve", "Cost anomaly detection every few seconds."),
+    "trigger": ("lambdas.trigger.service:serve", "Kafka anomaly events to workflows."),
+}
 
 
 def _load(ref: str) -> Any:

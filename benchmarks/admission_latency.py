@@ -1,0 +1,189 @@
+"""Admission latency at a sustained request rate over TLS on loopback, with the shipped
+policies.
+
+    .venv/bin/python -m benchmarks.admission_latency [--rate 200] [--seconds 30]
+
+Starts `cct serve admission` as a subprocess (the shipped `policies/optimization`, a test
+certificate from `cryptography`, decisions recorded into a private database on the
+PostgreSQL of .local/services.json, dropped at the end), then sends AdmissionReview v1
+requests shaped like the kube-apiserver's on an open-loop schedule (request i leaves at
+start + i/rate whether or not earlier ones returned, as the API server does) over 4 kept-alive
+TLS connections. The request mix covers allow, deny, require-approval and invalid input.
+
+Prints p50/p90/p99/max of the client-observed latency (send to full response) and of the
+latency from the scheduled send time (includes any client-side queueing), the achieved rate,
+the verdict mix and how many decisions reached PostgreSQL. The target is p99 <= 20 ms. The
+machine has 2 cores shared with the client and other work, so figures are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from lambdas.store.migrate import migrate
+from tests.admission.support import SHIPPED, make_tls, params, review, serve_admission, workflow
+from tests.support.services import load_settings
+
+CONNECTIONS = 4
+WARMUP_S = 2.0
+
+
+@contextmanager
+def private_database() -> Iterator[str]:
+    admin = str(load_settings()["postgres"]["dsn"])
+    name = f"cct_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    dsn = admin.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        migrate(dsn)
+        yield dsn
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def bodies(count: int) -> list[bytes]:
+    """A realistic mix: mostly ordinary proposals, some protected, production, large or
+    malformed ones."""
+    variants: list[dict[str, str]] = [
+        {},
+        {"environment": "prod"},
+        {"tags": '{"cct.io/protect":"true","team":"web"}'},
+        {"estimated-monthly-impact-usd": "4200"},
+        {"service": "Amazon Relational Database Service", "action": "rightsize-database"},
+        {"provider": "gcp", "service": "BigQuery", "action": "rightsize-database"},
+        {"action": "delete-unattached-volume"},
+        {"dry-run": "true", "environment": "prod"},
+    ]
+    out = []
+    for i in range(count):
+        wf = workflow(
+            f"cct-rightsize-compute-{i:012x}",
+            params(**{k.replace("-", "_"): v for k, v in variants[i % len(variants)].items()}),
+        )
+        if i % 50 == 49:
+            wf["spec"]["arguments"]["parameters"] = wf["spec"]["arguments"]["parameters"][1:]
+        out.append(json.dumps(review(wf)).encode())
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def drive(port: int, ca: Path, rate: float, seconds: float) -> dict[str, Any]:
+    ssl_ctx = ssl.create_default_context(cafile=str(ca))
+    url = f"https://127.0.0.1:{port}/validate?timeout=10s"
+    total = int(rate * (seconds + WARMUP_S))
+    payloads = bodies(total)
+    service: list[float] = []
+    scheduled: list[float] = []
+    outcomes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, ssl=ssl_ctx)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int, due: float) -> None:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            sent = time.perf_counter()
+            try:
+                async with session.post(
+                    url, data=payloads[i], headers={"Content-Type": "application/json"}
+                ) as resp:
+                    doc = await resp.json()
+                    status = resp.status
+            except aiohttp.ClientError as exc:
+                errors[type(exc).__name__] += 1
+                return
+            done = time.perf_counter()
+            if due - start < WARMUP_S:
+                return
+            if status != 200:
+                errors[f"HTTP {status}"] += 1
+                return
+            answer = doc["response"]
+            code = answer.get("status", {}).get("code", 200)
+            outcomes[f"allowed={answer['allowed']} code={code}"] += 1
+            service.append(done - sent)
+            scheduled.append(done - due)
+
+        start = time.perf_counter() + 0.5
+        tasks = [asyncio.create_task(one(i, start + i / rate)) for i in range(total)]
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start - WARMUP_S
+    return {
+        "service": service,
+        "scheduled": scheduled,
+        "outcomes": outcomes,
+        "errors": errors,
+        "achieved_rate": len(service) / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured duration")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name, private_database() as dsn:
+        tmp = Path(tmp_name)
+        tls = make_tls(tmp / "tls")
+        with serve_admission(tmp, dsn, SHIPPED, tls, CCT_ADMISSION_RELOAD_INTERVAL_S="2") as hook:
+            result = asyncio.run(drive(hook.port, tls.ca, args.rate, args.seconds))
+            served = hook.metric("cct_admission_request_duration_seconds_count")
+            within = hook.metric("cct_admission_request_duration_seconds_bucket", le="0.02")
+            recorded = hook.metric("cct_admission_decisions_recorded_total")
+            dropped = sum(
+                hook.metric("cct_admission_decisions_dropped_total", reason=r)
+                for r in ("queue_full", "rejected", "shutdown")
+            )
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("select count(*) from policy_decisions").fetchone()
+    service_ms = [s * 1000 for s in result["service"]]
+    scheduled_ms = [s * 1000 for s in result["scheduled"]]
+    print(
+        f"admission latency over TLS, {args.rate:.0f} req/s offered for {args.seconds:.0f} s "
+        f"(+{WARMUP_S:.0f} s warm-up), {CONNECTIONS} keep-alive connections, shipped policies"
+    )
+    print(
+        f"  measured requests:  {len(service_ms)}   achieved rate: "
+        f"{result['achieved_rate']:.1f} req/s   errors: {dict(result['errors']) or 0}"
+    )
+    for label, values in (("send->response", service_ms), ("scheduled->response", scheduled_ms)):
+        print(
+            f"  {label:20s} p50 {percentile(values, 50):6.2f} ms   "
+            f"p90 {percentile(values, 90):6.2f} ms   p99 {percentile(values, 99):6.2f} ms   "
+            f"max {max(values):7.2f} ms   mean {statistics.fmean(values):6.2f} ms"
+        )
+    p99 = percentile(service_ms, 99)
+    print(f"  target p99 <= 20 ms: {'met' if p99 <= 20 else 'NOT met'} ({p99:.2f} ms)")
+    print(
+        f"  server side (its own histogram, incl. warm-up): {within / served:.2%} of "
+        f"{served:.0f} answers within 20 ms"
+    )
+    print(f"  answers: {dict(sorted(result['outcomes'].items()))}")
+    print(
+        f"  decisions recorded in PostgreSQL: {rows[0] if rows else 0} "
+        f"(metric {recorded:.0f}, dropped {dropped:.0f})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Median latency of every SQL panel query at production-like volume, with the dashboard
+indexes of migration 0600 and, as the baseline in the same run, without them.
+
+    .venv/bin/python -m benchmarks.dashboard_sql [--scale 0.5]
+
+Creates a private database (dropped at the end) on the PostgreSQL of .local/services.json or
+CCT_PG_ADMIN_DSN, fills it with generate_series (scale 1.0: 1M resource events, 100k
+anomalies, 100k runs, 200k decisions, 50k actions over two years and 300 accounts), then runs
+each panel's SQL as Grafana would send it: once for All accounts and once drilled down to one
+account. Figures on a shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from dashboards import build
+from dashboards import interpolate as grafana
+from dashboards.model import Dashboard, SqlQuery
+from lambdas.store.migrate import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+INDEXES_0600 = (
+    "anomalies_started_idx",
+    "anomalies_resolved_idx",
+    "anomalies_account_idx",
+    "optimization_runs_created_idx",
+    "optimization_runs_finished_idx",
+    "optimization_runs_awaiting_idx",
+    "policy_decisions_run_idx",
+    "optimization_actions_executed_idx",
+    "resource_events_account_idx",
+    "resource_inventory_deleted_idx",
+    "billing_hourly_hour_idx",
+)
+REPEAT = 5
+# A query slower than this is timed once: the baseline without indexes has quadratic plans.
+SLOW_S = 3.0
+
+
+def admin_dsn() -> str:
+    dsn = os.environ.get("CCT_PG_ADMIN_DSN")
+    if dsn:
+        return dsn
+    return str(json.loads((ROOT / ".local/services.json").read_text())["postgres"]["dsn"])
+
+
+def fill(conn: psycopg.Connection, scale: float) -> None:
+    n = {
+        k: int(v * scale)
+        for k, v in {
+            "events": 1_000_000,
+            "anomalies": 100_000,
+            "runs": 100_000,
+            "decisions": 200_000,
+        }.items()
+    }
+    conn.execute(
+        """insert into resource_events (event_id, provider, resource_id, billing_account_id,
+               sub_account_id, region_id, service_name, resource_type, action, actor,
+               event_time, tags, usd_per_hour_before, usd_per_hour_after)
+           select 'e' || i, 'aws', 'i-' || (i %% 50000), 'acct-' || (i %% 300), 'sub',
+                  'us-east-1', 'AmazonEC2', 'instance', 'RunInstances', 'user-' || (i %% 40),
+                  now() - (i %% 1051200) * interval '1 minute',
+                  jsonb_build_object('team', 'team-' || (i %% 25), 'env', 'prod'),
+                  (i %% 7) * 0.1, (i %% 11) * 0.1
+             from generate_series(1, %s) i""",
+        (n["events"],),
+    )
+    conn.execute(
+        """insert into anomalies (fingerprint, started_at, resolved_at, rule, level, severity,
+               dimensions, expected_usd_per_hour, observed_usd_per_hour, deviation,
+               contributors, change_events)
+           select 'fp' || i, now() - (i %% 1051200) * interval '1 minute',
+                  case when i %% 50 = 0 then null
+                       else now() - (i %% 1051200) * interval '1 minute' + interval '2 hours' end,
+                  'day0_step', 'service', (array['info','warning','critical'])[1 + i %% 3],
+                  jsonb_build_object('provider', 'aws', 'billing_account_id', 'acct-' || (i %% 300),
+                                     'team', 'team-' || (i %% 25), 'env', 'prod',
+                                     'service_name', 'AmazonEC2'),
+                  10, 16, 0.6,
+                  jsonb_build_array(jsonb_build_object('level', 'resource', 'labels',
+                      jsonb_build_object('resource_id', 'i-' || i), 'share', 1.0,
+                      'delta_usd_per_hour', 6)),
+                  jsonb_build_array(jsonb_build_object('event_id', 'e' || i, 'actor', 'alice'))
+             from generate_series(1, %s) i""",
+        (n["anomalies"],),
+    )
+    conn.execute(
+        """insert into optimization_runs (run_id, event_id, playbook, backend, state, provider,
+               billing_account_id, resource_id, team, environment, estimated_monthly_saving_usd,
+               verified_monthly_saving_usd, created_at, updated_at, finished_at)
+           select 'run' || i, 'ev' || i, 'rightsize-compute', 'argo',
+                  (array['succeeded','denied','awaiting_approval','failed','dry_run',
+                         'succeeded'])[1 + i %% 6],
+                  'aws', 'acct-' || (i %% 300), 'i-' || i, 'team-' || (i %% 25), 'prod', 100, 90,
+                  now() - (i %% 1051200) * interval '1 minute',
+                  now() - (i %% 1051200) * interval '1 minute',
+                  case when i %% 6 = 2 then null
+                       else now() - (i %% 1051200) * interval '1 minute' end
+             from generate_series(1, %s) i""",
+        (n["runs"],),
+    )
+    conn.execute(
+        """insert into policy_decisions (decision_id, source, run_id, verdict, policy_ids,
+               reasons, input, decided_at, account_id)
+           select 'd' || i, 'admission', 'run' || (i / 2),
+                  (array['allow','deny','require-approval'])[1 + i %% 3],
+                  array['p/1'], array['a reason'], jsonb_build_object('team', 'team-1'),
+                  now() - (i %% 1051200) * interval '1 minute', 'acct-' || (i %% 300)
+             from generate_series(2, %s) i""",
+        (n["decisions"],),
+    )
+    conn.execute(
+        """insert into optimization_actions (run_id, action, resource_id, dry_run, outcome,
+               executed_at)
+           select run_id, 'resize', resource_id, false, 'changed', created_at
+             from optimization_runs where state = 'succeeded'"""
+    )
+    conn.execute("analyze")
+
+
+def sql_queries(d: Dashboard) -> list[tuple[str, SqlQuery]]:
+    out = [(p.title, q) for p in d.panels() for q in p.queries if isinstance(q, SqlQuery)]
+    return out + [(f"annotation: {a.name}", a.query) for a in d.annotations]
+
+
+def measure(dsn: str, label: str) -> dict[tuple[str, str, str], float]:
+    now = datetime.now(UTC)
+    medians = {}
+    with psycopg.connect(dsn) as conn:
+        for d in build.DASHBOARDS:
+            names = [v.name for v in d.variables]
+            start = now - timedelta(seconds=grafana.duration_s(d.time_from.removeprefix("now-")))
+            for scope, account in (("all accounts", grafana.ALL), ("one account", "acct-7")):
+                values = {n: [grafana.ALL] for n in names}
+                if "billing_account" in values:
+                    values["billing_account"] = [account]
+                ctx = grafana.Context(values, {n: ".*" for n in names}, start, now)
+                for title, q in sql_queries(d):
+                    text = grafana.sql(q.sql, ctx).encode()
+                    times: list[float] = []
+                    while len(times) < REPEAT and sum(times) < SLOW_S * 1000:
+                        t0 = time.perf_counter()
+                        conn.execute(text).fetchall()
+                        times.append((time.perf_counter() - t0) * 1000)
+                    medians[(d.uid, title, scope)] = statistics.median(times)
+    print(f"measured {len(medians)} queries {label}", flush=True)
+    return medians
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=0.5)
+    args = parser.parse_args()
+    admin = admin_dsn()
+    # A prefix of its own, so no other benchmark's cleanup can mistake it for theirs.
+    name = f"cct_dashbench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    dsn = admin.rsplit("/", 1)[0] + f"/{name}"
+    # `timeout` and Ctrl-C end the run through `finally`, which drops the database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"database {name}", flush=True)
+    try:
+        migrate(dsn)
+        t0 = time.perf_counter()
+        with psycopg.connect(dsn) as conn:
+            fill(conn, args.scale)
+        print(f"filled in {time.perf_counter() - t0:.1f} s (scale {args.scale})", flush=True)
+        with_idx = measure(dsn, "with the 0600 indexes")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for index in INDEXES_0600:
+                conn.execute(f"drop index {index}")
+            conn.execute("analyze")
+        without = measure(dsn, "without them (baseline)")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database "{name}" with (force)')
+    print(f"\n{'dashboard / panel':<72} {'scope':<13} {'idx ms':>8} {'no-idx ms':>10} {'ratio':>6}")
+    for key, ms in sorted(with_idx.items(), key=lambda kv: -without[kv[0]]):
+        uid, title, scope = key
+        base = without[key]
+        print(f"{uid + ' / ' + title:<72.72} {scope:<13} {ms:8.1f} {base:10.1f} {base / ms:6.1f}")
+    print(
+        f"\nmedian over all queries: {statistics.median(with_idx.values()):.1f} ms with indexes,"
+        f" {statistics.median(without.values()):.1f} ms without;"
+        f" slowest {max(with_idx.values()):.1f} ms vs {max(without.values()):.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

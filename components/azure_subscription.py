@@ -1,0 +1,320 @@
+"""One Azure subscription: the FOCUS cost export to a storage account, the Event Grid
+subscription on resource events with the forwarder Function, and the role assignments of the
+identities CCT's Vault hands out (cost reading, remediation).
+
+The remediation identity gets a custom role with exactly the permissions the actions registry
+declares (an input), never a built-in Contributor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_azure_native as azure
+import pulumi_random as random
+import pulumi_vault as vault
+
+# Built-in role definition ids (the same in every tenant).
+COST_MANAGEMENT_READER = "72fafb9e-0641-4937-9268-a91bfd8191a3"
+READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+RESOURCE_EVENTS = (
+    "Microsoft.Resources.ResourceWriteSuccess",
+    "Microsoft.Resources.ResourceDeleteSuccess",
+    "Microsoft.Resources.ResourceActionSuccess",
+)
+FUNCTION_NAME = "forward"
+CREDENTIAL_TTL_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class AzureSubscriptionArgs:
+    subscription_id: str
+    location: str
+    fluentbit_url: str
+    fluentbit_token: pulumi.Input[str]
+    # The forwarder's Function App package (zip).
+    forwarder_package: pulumi.Archive
+    # Exact Azure permissions of the remediation actions registry (provider "azure").
+    remediation_actions: Sequence[str]
+    # Existing Entra ID applications whose secrets Vault issues: object ids of the
+    # applications (for Vault) and of their service principals (for role assignments).
+    remediation_application_object_id: str
+    remediation_principal_id: str
+    cost_read_application_object_id: str
+    cost_read_principal_id: str
+    vault_backend: pulumi.Input[str] | None = None
+    name_prefix: str = "cct"
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for action in self.remediation_actions:
+            if "*" in action or action.count("/") < 2:
+                raise ValueError(
+                    f"remediation action {action!r} must be one exact Provider/type/operation"
+                )
+        if not self.remediation_actions:
+            raise ValueError("remediation_actions is empty: the registry declares no Azure action")
+
+    @property
+    def scope(self) -> str:
+        return f"/subscriptions/{self.subscription_id}"
+
+    def role_definition(self, role_id: str) -> str:
+        return f"{self.scope}/providers/Microsoft.Authorization/roleDefinitions/{role_id}"
+
+
+class AzureSubscription(pulumi.ComponentResource):
+    export_container: pulumi.Output[str]
+    storage_account: pulumi.Output[str]
+    function_app: pulumi.Output[str]
+    remediation_role_id: pulumi.Output[str]
+    vault_roles: pulumi.Output[list[str]]
+
+    def __init__(
+        self, name: str, args: AzureSubscriptionArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("cct:cloud:AzureSubscription", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        prefix, tags = args.name_prefix, {"cct.io/component": "cct", **args.tags}
+        group = azure.resources.ResourceGroup(
+            f"{name}-group", resource_group_name=f"{prefix}-cost", location=args.location, tags=tags, opts=child
+        )
+        account = azure.storage.StorageAccount(
+            f"{name}-storage",
+            resource_group_name=group.name,
+            location=args.location,
+            kind="StorageV2",
+            sku={"name": "Standard_LRS"},
+            allow_blob_public_access=False,
+            allow_shared_key_access=False,
+            enable_https_traffic_only=True,
+            minimum_tls_version="TLS1_2",
+            tags=tags,
+            opts=child,
+        )
+        exports = azure.storage.BlobContainer(
+            f"{name}-exports",
+            account_name=account.name,
+            resource_group_name=group.name,
+            container_name="focus",
+            public_access="None",
+            opts=child,
+        )
+        azure.costmanagement.Export(
+            f"{name}-focus-export",
+            export_name=f"{prefix}-focus",
+            scope=args.scope,
+            format="Parquet",
+            partition_data=True,
+            definition={
+                # FOCUS 1.0: costs and usage in the FinOps Open Cost and Usage Specification.
+                "type": "FocusCost",
+                "timeframe": "MonthToDate",
+                "data_set": {"granularity": "Daily"},
+            },
+            delivery_info={
+                "destination": {
+                    "resource_id": account.id,
+                    "container": exports.name,
+                    "root_folder_path": "exports",
+                }
+            },
+            schedule={
+                "status": "Active",
+                "recurrence": "Daily",
+                "recurrence_period": {"from_": "2026-01-01T00:00:00Z", "to": "2036-01-01T00:00:00Z"},
+            },
+            identity={"type": "SystemAssigned"},
+            location=args.location,
+            opts=child,
+        )
+        function_app = self._forwarder(name, args, group, account, tags, child)
+
+        remediation_role = azure.authorization.RoleDefinition(
+            f"{name}-remediation-role",
+            role_name=f"{prefix}-remediation",
+            description="CCT remediation: exactly the actions CCT's registry declares",
+            scope=args.scope,
+            role_definition_id=random.RandomUuid(f"{name}-remediation-role-id", opts=child).result,
+            permissions=[{"actions": sorted(set(args.remediation_actions)), "not_actions": []}],
+            assignable_scopes=[args.scope],
+            opts=child,
+        )
+        assignments = {
+            "remediation": (remediation_role.id, args.remediation_principal_id, args.scope),
+            "cost-reader": (
+                args.role_definition(COST_MANAGEMENT_READER),
+                args.cost_read_principal_id,
+                args.scope,
+            ),
+            "inventory-reader": (args.role_definition(READER), args.cost_read_principal_id, args.scope),
+            "exports-reader": (
+                args.role_definition(STORAGE_BLOB_DATA_READER),
+                args.cost_read_principal_id,
+                account.id,
+            ),
+        }
+        for assignment, (role_id, principal, scope) in assignments.items():
+            azure.authorization.RoleAssignment(
+                f"{name}-{assignment}",
+                role_assignment_name=random.RandomUuid(f"{name}-{assignment}-id", opts=child).result,
+                role_definition_id=role_id,
+                principal_id=principal,
+                principal_type="ServicePrincipal",
+                scope=scope,
+                opts=child,
+            )
+
+        vault_roles: list[str] = []
+        if args.vault_backend is not None:
+            for role_name, app_id in (
+                (f"{prefix}-remediation", args.remediation_application_object_id),
+                (f"{prefix}-cost-read", args.cost_read_application_object_id),
+            ):
+                vault.azure.BackendRole(
+                    f"{name}-vault-{role_name}",
+                    backend=args.vault_backend,
+                    role=role_name,
+                    application_object_id=app_id,
+                    ttl=str(CREDENTIAL_TTL_SECONDS),
+                    max_ttl="3600",
+                    opts=child,
+                )
+                vault_roles.append(role_name)
+
+        self.export_container = exports.name
+        self.storage_account = account.name
+        self.function_app = function_app.name
+        self.remediation_role_id = remediation_role.id
+        self.vault_roles = pulumi.Output.from_input(vault_roles)
+        self.register_outputs(
+            {
+                "export_container": self.export_container,
+                "storage_account": self.storage_account,
+                "function_app": self.function_app,
+                "remediation_role_id": self.remediation_role_id,
+                "vault_roles": self.vault_roles,
+            }
+        )
+
+    def _forwarder(
+        self,
+        name: str,
+        args: AzureSubscriptionArgs,
+        group: azure.resources.ResourceGroup,
+        account: azure.storage.StorageAccount,
+        tags: Mapping[str, str],
+        opts: pulumi.ResourceOptions,
+    ) -> azure.web.WebApp:
+        packages = azure.storage.BlobContainer(
+            f"{name}-packages",
+            account_name=account.name,
+            resource_group_name=group.name,
+            container_name="function-packages",
+            public_access="None",
+            opts=opts,
+        )
+        package = azure.storage.Blob(
+            f"{name}-forwarder-package",
+            account_name=account.name,
+            resource_group_name=group.name,
+            container_name=packages.name,
+            type="Block",
+            source=args.forwarder_package,
+            opts=opts,
+        )
+        plan = azure.web.AppServicePlan(
+            f"{name}-plan",
+            resource_group_name=group.name,
+            location=args.location,
+            kind="functionapp",
+            reserved=True,
+            sku={"name": "Y1", "tier": "Dynamic"},
+            tags=tags,
+            opts=opts,
+        )
+        package_url = pulumi.Output.concat(
+            "https://", account.name, ".blob.core.windows.net/", packages.name, "/", package.name
+        )
+        app = azure.web.WebApp(
+            f"{name}-forwarder",
+            name=f"{args.name_prefix}-forwarder-{args.subscription_id[:8]}",
+            resource_group_name=group.name,
+            location=args.location,
+            kind="functionapp,linux",
+            server_farm_id=plan.id,
+            https_only=True,
+            identity={"type": "SystemAssigned"},
+            site_config={
+                "linux_fx_version": "Python|3.12",
+                "ftps_state": "Disabled",
+                "min_tls_version": "1.2",
+                "app_settings": [
+                    {"name": "FUNCTIONS_WORKER_RUNTIME", "value": "python"},
+                    {"name": "FUNCTIONS_EXTENSION_VERSION", "value": "~4"},
+                    # Identity-based storage: no account key anywhere.
+                    {"name": "AzureWebJobsStorage__accountName", "value": account.name},
+                    {"name": "WEBSITE_RUN_FROM_PACKAGE", "value": package_url},
+                    {"name": "CCT_FORWARDER_ENDPOINT", "value": args.fluentbit_url},
+                    # App settings are encrypted at rest; a secret Output in Pulumi's state.
+                    {
+                        "name": "CCT_FORWARDER_TOKEN",
+                        "value": pulumi.Output.secret(args.fluentbit_token),
+                    },
+                    {"name": "CCT_FORWARDER_BILLING_ACCOUNT_ID", "value": args.subscription_id},
+                ],
+            },
+            tags=tags,
+            opts=opts,
+        )
+        azure.authorization.RoleAssignment(
+            f"{name}-forwarder-storage",
+            role_assignment_name=random.RandomUuid(f"{name}-forwarder-storage-id", opts=opts).result,
+            role_definition_id=args.role_definition(STORAGE_BLOB_DATA_OWNER),
+            principal_id=app.identity.apply(lambda i: i.principal_id if i else ""),
+            principal_type="ServicePrincipal",
+            scope=account.id,
+            opts=opts,
+        )
+        keys = azure.web.list_web_app_host_keys_output(
+            name=app.name,
+            resource_group_name=group.name,
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        topic = azure.eventgrid.SystemTopic(
+            f"{name}-resource-events",
+            resource_group_name=group.name,
+            system_topic_name=f"{args.name_prefix}-resource-events",
+            location="global",
+            source=args.scope,
+            topic_type="Microsoft.Resources.Subscriptions",
+            tags=tags,
+            opts=opts,
+        )
+        azure.eventgrid.SystemTopicEventSubscription(
+            f"{name}-to-forwarder",
+            resource_group_name=group.name,
+            system_topic_name=topic.name,
+            event_subscription_name=f"{args.name_prefix}-forwarder",
+            # The forwarder is an HTTP-triggered function (it answers Event Grid's validation
+            # handshake itself); the function key authenticates Event Grid's deliveries.
+            destination={
+                "endpoint_type": "WebHook",
+                "endpoint_url": pulumi.Output.secret(
+                    pulumi.Output.all(app.default_host_name, keys.function_keys).apply(
+                        lambda v: f"https://{v[0]}/api/{FUNCTION_NAME}?code={(v[1] or {})['default']}"
+                    )
+                ),
+                "max_events_per_batch": 50,
+                "preferred_batch_size_in_kilobytes": 64,
+            },
+            filter={"included_event_types": list(RESOURCE_EVENTS)},
+            event_delivery_schema="EventGridSchema",
+            retry_policy={"max_delivery_attempts": 30, "event_time_to_live_in_minutes": 1440},
+            opts=opts,
+        )
+        return app

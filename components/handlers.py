@@ -1,0 +1,383 @@
+"""CCT's own handlers: Deployments (HTTP API, /healthz, /metrics), CronJobs, their Services,
+service accounts and ingress policies, and the admission webhook with its
+ValidatingWebhookConfiguration and a CA generated with pulumi-tls.
+
+Every handler runs the same image through the `cct` command; what differs is data
+(`HandlerSpec`), so adding a handler never adds code here.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_tls as tls
+
+from components import kube
+from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
+
+HTTP_PORT = 8080
+WEBHOOK_PORT = 8443
+TLS_DIR = "/etc/cct/tls"
+FAILURE_POLICIES = ("Fail", "Ignore")
+# A year; renewed by the next `pulumi up` in the last 30 days.
+CERT_VALIDITY_HOURS = 24 * 365
+CERT_EARLY_RENEWAL_HOURS = 24 * 30
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    name: str
+    # Arguments of the `cct` command, e.g. ("serve", "collector").
+    command: tuple[str, ...]
+    # Port of the handler's API; None for a CronJob that serves nothing.
+    port: int | None = HTTP_PORT
+    # Plain-HTTP port of /healthz and /metrics, when it is not `port` (the webhook serves
+    # only TLS on its port).
+    metrics_port: int | None = None
+    # A CronJob when set (cron syntax, UTC), otherwise a Deployment.
+    schedule: str | None = None
+    replicas: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, kube.SecretEnv] = field(default_factory=dict)
+    # ConfigMap or Secret name -> directory it is mounted at (read-only).
+    config_mounts: Mapping[str, str] = field(default_factory=dict)
+    secret_mounts: Mapping[str, str] = field(default_factory=dict)
+    # Network peers that may call `port` (scraping is admitted by VictoriaMetrics separately).
+    clients: Sequence[Mapping[str, Any]] = ()
+    internet: bool = False
+    kube_api: bool = False
+    # Exactly one replica by design (work that must not run twice concurrently); exempt from
+    # the high-availability replica minimum.
+    singleton: bool = False
+    resources: kube.Resources = field(default_factory=kube.Resources)
+
+    @property
+    def ops_port(self) -> int | None:
+        return self.metrics_port or self.port
+
+    def __post_init__(self) -> None:
+        if self.schedule is None and self.port is None:
+            raise ValueError(f"handler {self.name}: a Deployment needs a port")
+        if (self.schedule is not None or self.singleton) and self.replicas != 1:
+            raise ValueError(f"handler {self.name}: a CronJob or singleton runs one replica")
+
+
+@dataclass(frozen=True)
+class AdmissionSpec:
+    """The admission webhook: a handler serving TLS on WEBHOOK_PORT, its policies from git."""
+
+    handler: HandlerSpec
+    # Only Workflows carrying this label are sent to the webhook.
+    object_selector: Mapping[str, str]
+    failure_policy: str = "Fail"
+    timeout_seconds: int = 5
+
+    def __post_init__(self) -> None:
+        if self.failure_policy not in FAILURE_POLICIES:
+            raise ValueError(f"failure_policy must be one of {FAILURE_POLICIES}")
+        if not 1 <= self.timeout_seconds <= 30:
+            raise ValueError("timeout_seconds must be between 1 and 30 (the API server's range)")
+        if self.handler.port != WEBHOOK_PORT or self.handler.metrics_port is None:
+            raise ValueError(
+                f"the webhook serves TLS on {WEBHOOK_PORT} and its probes on a plain metrics port"
+            )
+
+
+@dataclass(frozen=True)
+class HandlersArgs:
+    namespace: str
+    image: str
+    handlers: Sequence[HandlerSpec]
+    admission: AdmissionSpec | None = None
+    # ConfigMaps the handlers mount: name -> {filename: content}.
+    config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    high_availability: bool = False
+
+    def __post_init__(self) -> None:
+        kube.require_pinned_image(self.image, "cct")
+        names = [h.name for h in self.all_handlers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate handler names: {names}")
+        for handler in self.all_handlers:
+            unknown = set(handler.config_mounts) - set(self.config_maps)
+            if unknown:
+                raise ValueError(f"handler {handler.name} mounts unknown ConfigMaps {sorted(unknown)}")
+        if self.high_availability:
+            single = [
+                h.name
+                for h in self.all_handlers
+                if h.schedule is None and not h.singleton and h.replicas < 2
+            ]
+            if single:
+                raise ValueError(f"high_availability needs at least 2 replicas for {single}")
+
+    @property
+    def all_handlers(self) -> list[HandlerSpec]:
+        return [*self.handlers, *([self.admission.handler] if self.admission else [])]
+
+
+class Handlers(pulumi.ComponentResource):
+    urls: pulumi.Output[dict[str, str]]
+    webhook_ca_pem: pulumi.Output[str]
+    webhook_server_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: HandlersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("cct:handlers:Handlers", name, None, opts)
+        child = kube.child_opts(self, opts)
+        ns = args.namespace
+        config_maps = [
+            k8s.core.v1.ConfigMap(
+                f"{name}-{cm_name}",
+                metadata=kube.metadata(cm_name, ns, "handler"),
+                data=dict(files),
+                opts=child,
+            )
+            for cm_name, files in sorted(args.config_maps.items())
+        ]
+        urls: dict[str, str] = {}
+        for spec in args.handlers:
+            self._handler(name, args, spec, child, depends_on=config_maps)
+            if spec.port is not None and spec.schedule is None:
+                urls[spec.name] = f"http://{spec.name}.{ns}.svc:{spec.port}"
+        self.webhook_ca_pem = pulumi.Output.from_input("")
+        self.webhook_server_name = pulumi.Output.from_input("")
+        if args.admission:
+            self._admission(name, args, args.admission, child, config_maps)
+            urls[args.admission.handler.name] = f"https://{self.server_name(args)}:{WEBHOOK_PORT}"
+        self.urls = pulumi.Output.from_input(urls)
+        self.register_outputs(
+            {
+                "urls": self.urls,
+                "webhook_ca_pem": self.webhook_ca_pem,
+                "webhook_server_name": self.webhook_server_name,
+            }
+        )
+
+    @staticmethod
+    def server_name(args: HandlersArgs) -> str:
+        assert args.admission is not None
+        return f"{args.admission.handler.name}.{args.namespace}.svc"
+
+    def _handler(
+        self,
+        name: str,
+        args: HandlersArgs,
+        spec: HandlerSpec,
+        opts: pulumi.ResourceOptions,
+        *,
+        depends_on: Sequence[pulumi.Resource] = (),
+    ) -> None:
+        ns = args.namespace
+        kube.service_account(f"{name}-{spec.name}-sa", spec.name, ns, "handler", opts)
+        env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+        env += [ref.to_k8s(k) for k, ref in sorted(spec.secret_env.items())]
+        volumes: list[dict[str, Any]] = [kube.tmp_volume()]
+        mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+        for source, path in sorted(spec.config_mounts.items()):
+            volumes.append({"name": source, "configMap": {"name": source}})
+            mounts.append({"name": source, "mountPath": path, "readOnly": True})
+        for source, path in sorted(spec.secret_mounts.items()):
+            volumes.append({"name": source, "secret": {"secretName": source}})
+            mounts.append({"name": source, "mountPath": path, "readOnly": True})
+        ports = {"http": spec.port, "metrics": spec.metrics_port}
+        container = kube.container(
+            spec.name,
+            args.image,
+            command=["cct", *spec.command],
+            env=env,
+            ports=[{"name": n, "containerPort": p} for n, p in ports.items() if p],
+            resources=spec.resources,
+            volume_mounts=mounts,
+            probe_path="/healthz" if spec.schedule is None else None,
+            probe_port=spec.ops_port,
+        )
+        pod_labels = {}
+        if spec.internet:
+            pod_labels[EGRESS_INTERNET_LABEL] = "true"
+        if spec.kube_api:
+            pod_labels[EGRESS_KUBE_API_LABEL] = "true"
+        ha = args.high_availability and spec.replicas > 1
+        pod = kube.pod_spec(
+            [container],
+            service_account=spec.name,
+            volumes=volumes,
+            affinity=kube.anti_affinity(spec.name) if ha else None,
+            automount_token=spec.kube_api,
+            restart_policy="OnFailure" if spec.schedule else None,
+        )
+        annotations = kube.scrape_annotations(spec.ops_port) if spec.ops_port else {}
+        if spec.schedule is not None:
+            k8s.batch.v1.CronJob(
+                f"{name}-{spec.name}",
+                metadata=kube.metadata(spec.name, ns, "handler"),
+                spec={
+                    "schedule": spec.schedule,
+                    "timeZone": "Etc/UTC",
+                    # A slow load must finish before the next one starts on the same files.
+                    "concurrencyPolicy": "Forbid",
+                    "successfulJobsHistoryLimit": 3,
+                    "failedJobsHistoryLimit": 5,
+                    "jobTemplate": {
+                        "spec": {
+                            "backoffLimit": 2,
+                            "activeDeadlineSeconds": 3600,
+                            "template": {
+                                "metadata": {
+                                    "labels": {**kube.labels(spec.name, "handler"), **pod_labels},
+                                    "annotations": annotations,
+                                },
+                                "spec": pod,
+                            },
+                        }
+                    },
+                },
+                opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends_on))),
+            )
+            return
+        kube.workload(
+            f"{name}-{spec.name}",
+            spec.name,
+            ns,
+            "handler",
+            spec=pod,
+            replicas=spec.replicas,
+            opts=opts,
+            pod_labels=pod_labels,
+            annotations=annotations,
+            depends_on=depends_on,
+        )
+        assert spec.port is not None
+        kube.service(
+            f"{name}-{spec.name}-service",
+            spec.name,
+            ns,
+            "handler",
+            ports={n: p for n, p in ports.items() if p},
+            opts=opts,
+        )
+        if spec.clients:
+            kube.ingress_policy(
+                f"{name}-{spec.name}-ingress",
+                f"{spec.name}-ingress",
+                ns,
+                "handler",
+                pod_selector=kube.selector(spec.name),
+                ports=[spec.port],
+                peers=list(spec.clients),
+                opts=opts,
+            )
+        if ha:
+            kube.pdb(f"{name}-{spec.name}-pdb", spec.name, ns, "handler", opts)
+
+    def _admission(
+        self,
+        name: str,
+        args: HandlersArgs,
+        admission: AdmissionSpec,
+        opts: pulumi.ResourceOptions,
+        config_maps: Sequence[pulumi.Resource],
+    ) -> None:
+        ns, handler = args.namespace, admission.handler
+        server_name = self.server_name(args)
+        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+        ca = tls.SelfSignedCert(
+            f"{name}-ca",
+            private_key_pem=ca_key.private_key_pem,
+            is_ca_certificate=True,
+            subject={"common_name": "cct-admission-ca", "organization": "CCT"},
+            validity_period_hours=CERT_VALIDITY_HOURS * 5,
+            early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
+            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            opts=opts,
+        )
+        key = tls.PrivateKey(f"{name}-webhook-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+        request = tls.CertRequest(
+            f"{name}-webhook-csr",
+            private_key_pem=key.private_key_pem,
+            subject={"common_name": server_name},
+            dns_names=[handler.name, f"{handler.name}.{ns}", server_name, f"{server_name}.cluster.local"],
+            opts=opts,
+        )
+        cert = tls.LocallySignedCert(
+            f"{name}-webhook-cert",
+            cert_request_pem=request.cert_request_pem,
+            ca_private_key_pem=ca_key.private_key_pem,
+            ca_cert_pem=ca.cert_pem,
+            validity_period_hours=CERT_VALIDITY_HOURS,
+            early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
+            allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+            opts=opts,
+        )
+        tls_secret = k8s.core.v1.Secret(
+            f"{name}-webhook-tls",
+            metadata=kube.metadata(f"{handler.name}-tls", ns, "handler"),
+            type="kubernetes.io/tls",
+            string_data={
+                "tls.crt": cert.cert_pem,
+                "tls.key": pulumi.Output.secret(key.private_key_pem),
+                "ca.crt": ca.cert_pem,
+            },
+            opts=opts,
+        )
+        with_tls = dataclasses.replace(
+            handler, secret_mounts={**handler.secret_mounts, f"{handler.name}-tls": TLS_DIR}
+        )
+        self._handler(name, args, with_tls, opts, depends_on=[tls_secret, *config_maps])
+        # The API server's source address is cluster specific.
+        kube.ingress_policy(
+            f"{name}-webhook-apiserver",
+            f"{handler.name}-apiserver",
+            ns,
+            "handler",
+            pod_selector=kube.selector(handler.name),
+            ports=[WEBHOOK_PORT],
+            peers=[kube.ANYWHERE],
+            opts=opts,
+        )
+        k8s.admissionregistration.v1.ValidatingWebhookConfiguration(
+            f"{name}-webhook",
+            metadata={"name": f"cct-{handler.name}", "labels": kube.labels(handler.name, "handler")},
+            webhooks=[
+                {
+                    "name": f"workflows.{handler.name}.cct.io",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "failurePolicy": admission.failure_policy,
+                    "timeoutSeconds": admission.timeout_seconds,
+                    "matchPolicy": "Equivalent",
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": ns}
+                    },
+                    "objectSelector": {"matchLabels": dict(admission.object_selector)},
+                    "rules": [
+                        {
+                            "apiGroups": ["argoproj.io"],
+                            "apiVersions": ["v1alpha1"],
+                            "operations": ["CREATE"],
+                            "resources": ["workflows"],
+                            "scope": "Namespaced",
+                        }
+                    ],
+                    "clientConfig": {
+                        "service": {
+                            "name": handler.name,
+                            "namespace": ns,
+                            "port": WEBHOOK_PORT,
+                            "path": "/validate",
+                        },
+                        "caBundle": ca.cert_pem.apply(
+                            lambda pem: base64.b64encode(pem.encode()).decode()
+                        ),
+                    },
+                }
+            ],
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[tls_secret])),
+        )
+        self.webhook_ca_pem = ca.cert_pem
+        self.webhook_server_name = pulumi.Output.from_input(server_name)

@@ -1,0 +1,418 @@
+"""Building blocks shared by the Kubernetes components: labels, the restricted security
+context, resource sizing, scrape annotations, network policies and disruption budgets.
+
+Every workload CCT creates itself goes through these helpers, so the invariants the tests and
+the CrossGuard pack check (non-root, read-only root filesystem, limits, labels) hold by
+construction rather than by per-component care.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+PART_OF = "cct"
+MANAGED_BY = "pulumi"
+
+# UID/GID of the distroless "nonroot" user; any non-zero id works, one id keeps volumes simple.
+NONROOT_UID = 65532
+
+# An image is pinned when it names a digest or an exact version tag (major.minor at least:
+# PostgreSQL's exact versions have two parts). "latest" and bare majors are rejected: a
+# redeploy must never change what runs.
+_IMAGE_TAG = re.compile(r"^v?\d+\.\d+(?:\.\d+)?(?:[\-+][\w.\-]+)?$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+(?:[\-+][\w.\-]+)?$")
+
+
+def is_pinned_image(image: str) -> bool:
+    """True when `image` names an exact version tag or a sha256 digest."""
+    ref, _, digest = image.partition("@")
+    if digest:
+        return bool(_DIGEST.match(digest))
+    last = ref.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return False
+    return bool(_IMAGE_TAG.match(last.rsplit(":", 1)[1]))
+
+
+def is_exact_version(version: str) -> bool:
+    """True for an exact semantic version (a Helm chart pin), never a range."""
+    return bool(_EXACT_VERSION.match(version))
+
+
+def require_pinned_image(image: str, what: str) -> str:
+    if not is_pinned_image(image):
+        raise ValueError(f"{what}: image {image!r} must be pinned to an exact tag or digest")
+    return image
+
+
+def child_opts(
+    parent: pulumi.Resource, opts: pulumi.ResourceOptions | None
+) -> pulumi.ResourceOptions:
+    """Options for a component's children: parented to it, and waiting for what the component
+    waits for. Pulumi does not pass a component's depends_on to its children, and a namespace
+    must exist before anything is created in it; no other caller option is copied."""
+    return pulumi.ResourceOptions(parent=parent, depends_on=opts.depends_on if opts else None)
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    """The recommended app.kubernetes.io labels, used as selectors too."""
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": PART_OF}
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable filled from one key of a Secret in the pod's namespace."""
+
+    secret_name: str
+    key: str
+
+    def to_k8s(self, name: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": self.secret_name, "key": self.key}}}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requests and limits of one container. CPU in Kubernetes quantities (e.g. "100m"),
+    memory in bytes quantities (e.g. "256Mi"). Limits are always set: an unbounded container
+    can starve the detector, whose 3 s cycle is the latency budget."""
+
+    cpu_request: str = "50m"
+    memory_request: str = "64Mi"
+    cpu_limit: str = "500m"
+    memory_limit: str = "256Mi"
+
+    def to_k8s(self) -> dict[str, dict[str, str]]:
+        return {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+        }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level settings that satisfy the `restricted` Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NONROOT_UID,
+        "runAsGroup": NONROOT_UID,
+        "fsGroup": NONROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scrape_annotations(port: int, path: str = "/metrics") -> dict[str, str]:
+    """The one scrape convention of the bundle: VictoriaMetrics discovers pods through the
+    Kubernetes API and keeps those carrying these annotations (see VictoriaMetrics)."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": path,
+    }
+
+
+def anti_affinity(name: str) -> dict[str, Any]:
+    """Spread replicas over nodes; preferred (not required) so a drained node never blocks
+    a rollout, while the PodDisruptionBudget keeps a quorum up."""
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": selector(name)},
+                    },
+                }
+            ]
+        }
+    }
+
+
+def container(
+    name: str,
+    image: str,
+    *,
+    args: Sequence[str] = (),
+    command: Sequence[str] = (),
+    env: Sequence[Mapping[str, Any]] = (),
+    ports: Sequence[Mapping[str, Any]] = (),
+    resources: Resources,
+    volume_mounts: Sequence[Mapping[str, Any]] = (),
+    probe_path: str | None = None,
+    probe_port: int | None = None,
+) -> dict[str, Any]:
+    """A container spec with the restricted security context and limits always present."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": require_pinned_image(image, name),
+        "imagePullPolicy": "IfNotPresent",
+        "resources": resources.to_k8s(),
+        "securityContext": container_security_context(),
+    }
+    if command:
+        spec["command"] = list(command)
+    if args:
+        spec["args"] = list(args)
+    if env:
+        spec["env"] = [dict(e) for e in env]
+    if ports:
+        spec["ports"] = [dict(p) for p in ports]
+    if volume_mounts:
+        spec["volumeMounts"] = [dict(v) for v in volume_mounts]
+    if probe_path is not None and probe_port is not None:
+        probe = {"httpGet": {"path": probe_path, "port": probe_port, "scheme": "HTTP"}}
+        spec["readinessProbe"] = {**probe, "periodSeconds": 5}
+        spec["livenessProbe"] = {**probe, "periodSeconds": 20, "failureThreshold": 3}
+    return spec
+
+
+def pod_spec(
+    containers: Sequence[Mapping[str, Any]],
+    *,
+    service_account: str,
+    volumes: Sequence[Mapping[str, Any]] = (),
+    affinity: Mapping[str, Any] | None = None,
+    automount_token: bool = False,
+    restart_policy: str | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        # Only workloads that talk to the Kubernetes API get a token mounted.
+        "automountServiceAccountToken": automount_token,
+        "securityContext": pod_security_context(),
+        "containers": [dict(c) for c in containers],
+    }
+    if volumes:
+        spec["volumes"] = [dict(v) for v in volumes]
+    if affinity:
+        spec["affinity"] = dict(affinity)
+    if restart_policy:
+        spec["restartPolicy"] = restart_policy
+    return spec
+
+
+def tmp_volume(name: str = "tmp") -> dict[str, Any]:
+    """Writable scratch space: the root filesystem is read-only."""
+    return {"name": name, "emptyDir": {"sizeLimit": "64Mi"}}
+
+
+def metadata(name: str, namespace: str, component: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(name, component), **extra}
+
+
+def pdb(
+    resource_name: str,
+    name: str,
+    namespace: str,
+    component: str,
+    opts: pulumi.ResourceOptions,
+) -> k8s.policy.v1.PodDisruptionBudget:
+    """At most one replica down at a time during voluntary disruptions."""
+    return k8s.policy.v1.PodDisruptionBudget(
+        resource_name,
+        metadata=metadata(name, namespace, component),
+        spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}},
+        opts=opts,
+    )
+
+
+def ingress_policy(
+    resource_name: str,
+    name: str,
+    namespace: str,
+    component: str,
+    *,
+    pod_selector: Mapping[str, str],
+    ports: Sequence[int],
+    peers: Sequence[Mapping[str, Any]],
+    opts: pulumi.ResourceOptions,
+) -> k8s.networking.v1.NetworkPolicy:
+    """Admit `peers` on `ports` to the selected pods; everything else stays denied by the
+    namespace's default-deny policy."""
+    return k8s.networking.v1.NetworkPolicy(
+        resource_name,
+        metadata=metadata(name, namespace, component),
+        spec={
+            "podSelector": {"matchLabels": dict(pod_selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [dict(p) for p in peers],
+                    "ports": [{"protocol": "TCP", "port": port} for port in ports],
+                }
+            ],
+        },
+        opts=opts,
+    )
+
+
+def pod_peer(namespace: str, match_labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": dict(match_labels)},
+    }
+
+
+def namespace_peer(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def workload(
+    resource_name: str,
+    name: str,
+    namespace: pulumi.Input[str],
+    component: str,
+    *,
+    spec: Mapping[str, Any],
+    replicas: int,
+    opts: pulumi.ResourceOptions,
+    pod_labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    stateful_volume_claims: Sequence[Mapping[str, Any]] = (),
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
+    """A Deployment, or a StatefulSet when it owns volume claims, labelled and selected by
+    `name`."""
+    template = {
+        "metadata": {
+            "labels": {**labels(name, component), **(pod_labels or {})},
+            "annotations": dict(annotations or {}),
+        },
+        "spec": dict(spec),
+    }
+    meta = {"name": name, "namespace": namespace, "labels": labels(name, component)}
+    if depends_on:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends_on)))
+    common = {"replicas": replicas, "selector": {"matchLabels": selector(name)}}
+    if stateful_volume_claims:
+        return k8s.apps.v1.StatefulSet(
+            resource_name,
+            metadata=meta,
+            spec={
+                **common,
+                "serviceName": f"{name}-headless",
+                "template": template,
+                "volumeClaimTemplates": [dict(c) for c in stateful_volume_claims],
+            },
+            opts=opts,
+        )
+    return k8s.apps.v1.Deployment(
+        resource_name, metadata=meta, spec={**common, "template": template}, opts=opts
+    )
+
+
+def service(
+    resource_name: str,
+    name: str,
+    namespace: pulumi.Input[str],
+    component: str,
+    *,
+    ports: Mapping[str, int],
+    opts: pulumi.ResourceOptions,
+    service_type: str = "ClusterIP",
+    headless: bool = False,
+) -> k8s.core.v1.Service:
+    """A Service selecting `name`'s pods; the headless variant (named `<name>-headless`) gives
+    StatefulSet pods stable DNS names."""
+    extra: dict[str, Any] = {"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}
+    service_name = f"{name}-headless" if headless else name
+    return k8s.core.v1.Service(
+        resource_name,
+        metadata={"name": service_name, "namespace": namespace, "labels": labels(name, component)},
+        spec={
+            **extra,
+            "type": service_type,
+            "selector": selector(name),
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"}
+                for port_name, port in ports.items()
+            ],
+        },
+        opts=opts,
+    )
+
+
+def volume_claim(name: str, size: str, storage_class: str | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": size}},
+    }
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def service_account(
+    resource_name: str,
+    name: str,
+    namespace: pulumi.Input[str],
+    component: str,
+    opts: pulumi.ResourceOptions,
+    *,
+    automount: bool = False,
+) -> k8s.core.v1.ServiceAccount:
+    """A service account whose token is mounted only where a pod opts in (`automount`)."""
+    return k8s.core.v1.ServiceAccount(
+        resource_name,
+        metadata={"name": name, "namespace": namespace, "labels": labels(name, component)},
+        automount_service_account_token=automount,
+        opts=opts,
+    )
+
+
+# The API server's address is cluster specific; webhooks must admit it from anywhere.
+ANYWHERE = {"ipBlock": {"cidr": "0.0.0.0/0"}}
+
+
+def helm_release(
+    resource_name: str,
+    *,
+    chart: str,
+    version: str,
+    repo: str,
+    namespace: str,
+    values: Mapping[str, Any],
+    opts: pulumi.ResourceOptions,
+) -> k8s.helm.v3.Release:
+    """A Helm release of an official chart pinned to an exact version. `atomic` rolls a failed
+    upgrade back instead of leaving half of a chart applied."""
+    if not is_exact_version(version):
+        raise ValueError(f"chart {chart}: version {version!r} must be an exact version")
+    return k8s.helm.v3.Release(
+        resource_name,
+        name=chart,
+        chart=chart,
+        version=version,
+        repository_opts={"repo": repo},
+        namespace=namespace,
+        values=dict(values),
+        atomic=True,
+        cleanup_on_fail=True,
+        timeout=600,
+        opts=opts,
+    )

@@ -1,0 +1,163 @@
+"""A namespace with the restricted Pod Security Standard enforced and default-deny networking.
+
+Ingress is denied unless a component admits a peer on a port (each component declares who may
+call it). Egress is allowed to DNS and to the namespaces listed in `internal_namespaces`, since
+every in-cluster flow is already gated by its receiver's ingress policy; egress to the
+internet or the Kubernetes API is opt-in per pod by label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import kube
+
+EGRESS_INTERNET_LABEL = "cct.io/egress-internet"
+EGRESS_KUBE_API_LABEL = "cct.io/egress-kube-api"
+POD_SECURITY_LEVELS = ("restricted", "baseline", "privileged")
+
+
+@dataclass(frozen=True)
+class NamespaceArgs:
+    name: str
+    internal_namespaces: Sequence[str] = field(default_factory=tuple)
+    # Namespaces admitted to every pod here, for namespaces of third-party charts whose pods'
+    # flows are too chart-internal to list one by one (operators, Vault, Argo, Grafana).
+    ingress_from_namespaces: Sequence[str] = field(default_factory=tuple)
+    # Ports admitted from anywhere: admission webhooks called by the API server.
+    webhook_ports: Sequence[int] = field(default_factory=tuple)
+    pod_security: str = "restricted"
+    # The cluster's own ranges, excluded from "internet" so opting into internet egress never
+    # opens a path around the in-cluster ingress policies.
+    cluster_cidrs: Sequence[str] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+    def __post_init__(self) -> None:
+        if self.pod_security not in POD_SECURITY_LEVELS:
+            raise ValueError(
+                f"pod_security must be one of {POD_SECURITY_LEVELS}, not {self.pod_security!r}"
+            )
+
+
+class Namespace(pulumi.ComponentResource):
+    name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: NamespaceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("cct:platform:Namespace", name, None, opts)
+        child = kube.child_opts(self, opts)
+        level = args.pod_security
+        ns = k8s.core.v1.Namespace(
+            name,
+            metadata={
+                "name": args.name,
+                "labels": {
+                    **kube.labels(args.name, "namespace"),
+                    "pod-security.kubernetes.io/enforce": level,
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                    "pod-security.kubernetes.io/warn": "restricted",
+                },
+            },
+            opts=child,
+        )
+        in_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
+        meta = kube.metadata
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-default-deny",
+            metadata=meta("default-deny", args.name, "network"),
+            spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            opts=in_ns,
+        )
+        internal = [kube.namespace_peer(n) for n in (args.name, *args.internal_namespaces)]
+        dns = {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-egress-internal",
+            metadata=meta("egress-internal", args.name, "network"),
+            spec={
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [dns],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                    },
+                    {"to": internal},
+                ],
+            },
+            opts=in_ns,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-egress-internet",
+            metadata=meta("egress-internet", args.name, "network"),
+            spec={
+                "podSelector": {"matchLabels": {EGRESS_INTERNET_LABEL: "true"}},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [
+                            {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(args.cluster_cidrs)}}
+                        ],
+                        "ports": [{"protocol": "TCP", "port": 443}],
+                    }
+                ],
+            },
+            opts=in_ns,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-egress-kube-api",
+            metadata=meta("egress-kube-api", args.name, "network"),
+            spec={
+                "podSelector": {"matchLabels": {EGRESS_KUBE_API_LABEL: "true"}},
+                "policyTypes": ["Egress"],
+                # The API server's address differs per cluster; its ports do not.
+                "egress": [
+                    {
+                        "to": [kube.ANYWHERE],
+                        "ports": [
+                            {"protocol": "TCP", "port": 443},
+                            {"protocol": "TCP", "port": 6443},
+                        ],
+                    }
+                ],
+            },
+            opts=in_ns,
+        )
+        if args.ingress_from_namespaces:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-ingress-namespaces",
+                metadata=meta("ingress-namespaces", args.name, "network"),
+                spec={
+                    "podSelector": {},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [
+                        {"from": [kube.namespace_peer(n) for n in args.ingress_from_namespaces]}
+                    ],
+                },
+                opts=in_ns,
+            )
+        if args.webhook_ports:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-ingress-webhooks",
+                metadata=meta("ingress-webhooks", args.name, "network"),
+                spec={
+                    "podSelector": {},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [
+                        {
+                            "from": [kube.ANYWHERE],
+                            "ports": [{"protocol": "TCP", "port": p} for p in args.webhook_ports],
+                        }
+                    ],
+                },
+                opts=in_ns,
+            )
+        self.name = ns.metadata.name
+        self.register_outputs({"name": self.name})

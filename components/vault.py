@@ -1,0 +1,283 @@
+"""Vault: the official chart, and (once Vault is initialised) its configuration through
+pulumi-vault: Kubernetes auth, one role and one policy per CCT service account, the AWS, Azure
+and GCP secrets engines, and the database secrets engine for PostgreSQL.
+
+The cloud account components add the engines' roles (the AWS role, the GCP roleset, ...) on
+the mount paths this component exposes, because only they know the cloud-side identities.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_vault as vault
+
+from components import kube
+
+CHART = "vault"
+CHART_VERSION = "0.31.0"
+REPO = "https://helm.releases.hashicorp.com"
+IMAGE = "hashicorp/vault:1.20.4"
+PORT = 8200
+ALLOWED_CAPABILITIES = frozenset({"create", "read", "update", "list"})
+# Policy paths are exact: no glob (`*`) and no segment wildcard (`+`), so a service account
+# can reach exactly the credentials it was granted.
+_EXACT_PATH = re.compile(r"^[a-z0-9][a-z0-9\-_/.]*[a-z0-9]$")
+# Short-lived by design: a leaked credential is useless within minutes.
+TOKEN_TTL_SECONDS = 900
+TOKEN_MAX_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class VaultGrant:
+    path: str
+    capabilities: tuple[str, ...] = ("read",)
+
+    def __post_init__(self) -> None:
+        if not _EXACT_PATH.match(self.path):
+            raise ValueError(f"Vault policy path {self.path!r} must be exact (no wildcards)")
+        unknown = set(self.capabilities) - ALLOWED_CAPABILITIES
+        if unknown or not self.capabilities:
+            raise ValueError(
+                f"Vault policy path {self.path!r}: capabilities {sorted(unknown) or '[]'} are"
+                f" not allowed (use {sorted(ALLOWED_CAPABILITIES)})"
+            )
+
+
+def render_policy(grants: Sequence[VaultGrant]) -> str:
+    """HCL for one Vault policy, one `path` block per grant, in a stable order."""
+    blocks = []
+    for grant in sorted(grants, key=lambda g: g.path):
+        caps = ", ".join(f'"{c}"' for c in sorted(grant.capabilities))
+        blocks.append(f'path "{grant.path}" {{\n  capabilities = [{caps}]\n}}\n')
+    return "\n".join(blocks)
+
+
+@dataclass(frozen=True)
+class VaultAwsEngine:
+    region: str
+    # Vault's own AWS identity. None: the pod's ambient identity (IRSA), which is preferred.
+    access_key: pulumi.Input[str] | None = None
+    secret_key: pulumi.Input[str] | None = None
+
+
+@dataclass(frozen=True)
+class VaultAzureEngine:
+    subscription_id: str
+    tenant_id: str
+    client_id: str
+    client_secret: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class VaultGcpEngine:
+    # Service account key JSON of the identity Vault uses to mint roleset tokens.
+    credentials: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class VaultDatabaseEngine:
+    host: pulumi.Input[str]
+    database: str
+    username: pulumi.Input[str]
+    password: pulumi.Input[str]
+    # The role whose privileges issued users inherit.
+    grant_role: str
+    role_name: str = "cct-steps"
+
+
+@dataclass(frozen=True)
+class VaultArgs:
+    namespace: str
+    # Namespace of the service accounts that log in (CCT's handlers and workflow steps).
+    clients_namespace: str
+    # service account -> what it may read. Each becomes one Kubernetes auth role + one policy.
+    access: Mapping[str, Sequence[VaultGrant]]
+    # False on the first deployment: Vault must be initialised and unsealed before it can be
+    # configured (see the README's deploy steps).
+    configure: bool = True
+    aws: VaultAwsEngine | None = None
+    azure: VaultAzureEngine | None = None
+    gcp: VaultGcpEngine | None = None
+    database: VaultDatabaseEngine | None = None
+    high_availability: bool = False
+    chart_version: str = CHART_VERSION
+    image: str = IMAGE
+    storage_size: str = "10Gi"
+    resources: kube.Resources = field(
+        default_factory=lambda: kube.Resources("100m", "256Mi", "1", "512Mi")
+    )
+
+    def __post_init__(self) -> None:
+        kube.require_pinned_image(self.image, "vault")
+        for account, grants in self.access.items():
+            if not grants:
+                raise ValueError(f"Vault access for {account!r} is empty; leave it out instead")
+
+
+class Vault(pulumi.ComponentResource):
+    address: pulumi.Output[str]
+    aws_path: pulumi.Output[str] | None
+    azure_path: pulumi.Output[str] | None
+    gcp_path: pulumi.Output[str] | None
+    database_path: pulumi.Output[str] | None
+    policy_names: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, args: VaultArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("cct:secrets:Vault", name, None, opts)
+        child = kube.child_opts(self, opts)
+        repository, tag = args.image.rsplit(":", 1)
+        replicas = 3 if args.high_availability else 1
+        kube.helm_release(
+            f"{name}-chart",
+            chart=CHART,
+            version=args.chart_version,
+            repo=REPO,
+            namespace=args.namespace,
+            values={
+                # Steps log in with hvac themselves; no sidecar injection is needed.
+                "injector": {"enabled": False},
+                "server": {
+                    "image": {"repository": repository, "tag": tag},
+                    "resources": args.resources.to_k8s(),
+                    "authDelegator": {"enabled": True},
+                    "dataStorage": {"enabled": True, "size": args.storage_size},
+                    "standalone": {"enabled": not args.high_availability},
+                    "ha": {
+                        "enabled": args.high_availability,
+                        "replicas": replicas,
+                        "raft": {"enabled": args.high_availability},
+                    },
+                    "statefulSet": {
+                        "securityContext": {
+                            "pod": {
+                                "runAsNonRoot": True,
+                                "runAsUser": 100,
+                                "runAsGroup": 1000,
+                                "fsGroup": 1000,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "container": kube.container_security_context(),
+                        }
+                    },
+                    # The entrypoint renders its config into /tmp: writable scratch space.
+                    "volumes": [kube.tmp_volume()],
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    "annotations": kube.scrape_annotations(PORT, "/v1/sys/metrics"),
+                },
+            },
+            opts=child,
+        )
+        self.address = pulumi.Output.from_input(f"http://vault.{args.namespace}.svc:{PORT}")
+        self.aws_path = self.azure_path = self.gcp_path = self.database_path = None
+        if not args.configure:
+            self.policy_names = pulumi.Output.from_input([])
+            self.register_outputs({"address": self.address, "policy_names": self.policy_names})
+            return
+
+        auth = vault.AuthBackend(f"{name}-kubernetes", type="kubernetes", path="kubernetes", opts=child)
+        vault.kubernetes.AuthBackendConfig(
+            f"{name}-kubernetes-config",
+            backend=auth.path,
+            # Vault runs in the cluster and reviews tokens with its own service account.
+            kubernetes_host="https://kubernetes.default.svc",
+            opts=child,
+        )
+        policy_names = []
+        for account, grants in sorted(args.access.items()):
+            policy = vault.Policy(
+                f"{name}-policy-{account}",
+                name=f"cct-{account}",
+                policy=render_policy(grants),
+                opts=child,
+            )
+            policy_names.append(f"cct-{account}")
+            vault.kubernetes.AuthBackendRole(
+                f"{name}-role-{account}",
+                backend=auth.path,
+                role_name=account,
+                bound_service_account_names=[account],
+                bound_service_account_namespaces=[args.clients_namespace],
+                token_policies=[policy.name],
+                token_no_default_policy=True,
+                token_ttl=TOKEN_TTL_SECONDS,
+                token_max_ttl=TOKEN_MAX_TTL_SECONDS,
+                audience="vault",
+                opts=child,
+            )
+        lease = {"default_lease_ttl_seconds": TOKEN_TTL_SECONDS, "max_lease_ttl_seconds": TOKEN_MAX_TTL_SECONDS}
+        if args.aws:
+            aws = vault.aws.SecretBackend(
+                f"{name}-aws",
+                path="aws",
+                region=args.aws.region,
+                access_key=args.aws.access_key,
+                secret_key=args.aws.secret_key,
+                **lease,
+                opts=child,
+            )
+            self.aws_path = aws.path
+        if args.azure:
+            azure = vault.azure.Backend(
+                f"{name}-azure",
+                path="azure",
+                subscription_id=args.azure.subscription_id,
+                tenant_id=args.azure.tenant_id,
+                client_id=args.azure.client_id,
+                client_secret=args.azure.client_secret,
+                **lease,
+                opts=child,
+            )
+            self.azure_path = azure.path
+        if args.gcp:
+            gcp = vault.gcp.SecretBackend(
+                f"{name}-gcp", path="gcp", credentials=args.gcp.credentials, **lease, opts=child
+            )
+            self.gcp_path = gcp.path
+        if args.database:
+            db = args.database
+            mount = vault.Mount(f"{name}-database", path="database", type="database", **lease, opts=child)
+            connection = vault.database.SecretBackendConnection(
+                f"{name}-postgres",
+                backend=mount.path,
+                name="cct-postgres",
+                allowed_roles=[db.role_name],
+                postgresql={
+                    "connection_url": pulumi.Output.concat(
+                        "postgresql://{{username}}:{{password}}@", db.host, f":5432/{db.database}"
+                    ),
+                    "username": db.username,
+                    "password": db.password,
+                },
+                opts=child,
+            )
+            vault.database.SecretBackendRole(
+                f"{name}-postgres-role",
+                backend=mount.path,
+                name=db.role_name,
+                db_name=connection.name,
+                creation_statements=[
+                    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'"
+                    " VALID UNTIL '{{expiration}}';",
+                    f'GRANT "{db.grant_role}" TO "{{{{name}}}}";',
+                ],
+                revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'],
+                default_ttl=TOKEN_TTL_SECONDS,
+                max_ttl=TOKEN_MAX_TTL_SECONDS,
+                opts=child,
+            )
+            self.database_path = mount.path
+        self.policy_names = pulumi.Output.from_input(policy_names)
+        self.register_outputs(
+            {
+                "address": self.address,
+                "policy_names": self.policy_names,
+                "aws_path": self.aws_path,
+                "azure_path": self.azure_path,
+                "gcp_path": self.gcp_path,
+                "database_path": self.database_path,
+            }
+        )

@@ -1,0 +1,48 @@
+"""What the CCT dashboards share: the filter variables, how each datasource applies them, and
+the dashboard uids that links point at."""
+
+from __future__ import annotations
+
+from dashboards.model import QueryVariable
+
+COST_OVERVIEW_UID = "cct-cost-overview"
+ANOMALIES_UID = "cct-anomalies"
+OPTIMIZATIONS_UID = "cct-optimizations"
+PIPELINE_UID = "cct-pipeline"
+
+# The rollup series exists for every group that has (or had) a live resource, so its label
+# values are the set of providers, accounts, teams and environments CCT knows.
+_ROLLUP = "cct_cost_rate_rollup_usd_per_hour"
+
+PROVIDER = QueryVariable("provider", "Provider", f"label_values({_ROLLUP}, provider)")
+BILLING_ACCOUNT = QueryVariable(
+    "billing_account",
+    "Billing account",
+    f'label_values({_ROLLUP}{{provider=~"$provider"}}, billing_account_id)',
+)
+_IN_ACCOUNT = f'{_ROLLUP}{{provider=~"$provider", billing_account_id=~"$billing_account"}}'
+TEAM = QueryVariable("team", "Team", f"label_values({_IN_ACCOUNT}, team)")
+ENV = QueryVariable("env", "Environment", f"label_values({_IN_ACCOUNT}, env)")
+FILTERS = (PROVIDER, BILLING_ACCOUNT, TEAM, ENV)
+FILTER_NAMES = tuple(v.name for v in FILTERS)
+
+# PromQL label matchers for series that carry all four dimensions.
+PROM_FILTER = (
+    'provider=~"$provider", billing_account_id=~"$billing_account", team=~"$team", env=~"$env"'
+)
+# For series that only carry provider and account (estimate error, unpriced resources).
+PROM_ACCOUNT_FILTER = 'provider=~"$provider", billing_account_id=~"$billing_account"'
+
+# The same filter for the `reporting` views, whose dimension columns are never null ('' when
+# unknown). Grafana's All is the custom value `.*`, which it inserts unformatted, so one
+# anchored regex covers All, one value and several values (`:regex` escapes each value and
+# joins them with |). Grafana's database role only reads the `reporting` views.
+SQL_FILTER = " and ".join(
+    f"{column} ~ '^(${{{var}:regex}})$'"
+    for column, var in (
+        ("provider", "provider"),
+        ("billing_account_id", "billing_account"),
+        ("team", "team"),
+        ("env", "env"),
+    )
+)

@@ -1,0 +1,18 @@
+"""The Pulumi program (`main: infra/` in Pulumi.yaml): read the stack's config once, build
+the stack from the generated content, export its outputs."""
+
+import sys
+from pathlib import Path
+
+# Pulumi runs this directory as the program; the `infra` package lives at the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pulumi  # noqa: E402
+
+from infra.config import load  # noqa: E402
+from infra.generated import collect  # noqa: E402
+from infra.stack import build  # noqa: E402
+
+settings = load(pulumi.Config("cct"))
+for name, value in build(settings, collect()).items():
+    pulumi.export(name, value)

@@ -1,0 +1,234 @@
+"""Stack configuration, read once into a frozen, validated `Settings`.
+
+Keys, types, defaults and descriptions are declared in `Pulumi.yaml` (the CLI fills in the
+defaults), so this module has no defaults of its own: a key declared with a default is always
+present under the CLI. Every error names the full key (`cct:<key>`) and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import pulumi
+
+from components.kube import is_pinned_image
+
+NAMESPACE = "cct"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+WEBHOOK_FAILURE_POLICIES = ("Fail", "Ignore")
+
+
+class ConfigError(ValueError):
+    """A configuration key is missing or invalid. Fix the stack's config and run again."""
+
+
+class ConfigSource(Protocol):
+    """What `load` needs of `pulumi.Config`: plain values as strings and secret values."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def get_secret(self, key: str) -> pulumi.Output[str] | None: ...
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    account_id: str
+    region: str
+    vault_principal_arn: str
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    subscription_id: str
+    tenant_id: str
+    location: str
+    vault_client_id: str
+    vault_client_secret: pulumi.Output[str]
+    remediation_app_object_id: str
+    remediation_principal_id: str
+    cost_read_app_object_id: str
+    cost_read_principal_id: str
+
+
+@dataclass(frozen=True)
+class GcpSettings:
+    project: str
+    region: str
+    vault_credentials: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    # False until Vault has been initialised and unsealed (first deployment).
+    configure: bool
+    address: str
+    token: pulumi.Output[str] | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    namespace: str
+    platform_namespace: str
+    image: str
+    high_availability: bool
+    # Replicas of each long-running handler (and of Fluent Bit, vmalert, Grafana).
+    replicas: int
+    storage_class: str | None
+    kube_context: str | None
+    fluentbit_public_url: str
+    fluentbit_tls_secret: str
+    fluentbit_token: pulumi.Output[str]
+    zenduty_integration_key: pulumi.Output[str]
+    grafana_hostname: str | None
+    webhook_failure_policy: str
+    # Budgets YAML (relative to the project root) rendered into vmalert rules; None: none.
+    budgets_file: str | None
+    vault: VaultSettings
+    aws: AwsSettings | None
+    azure: AzureSettings | None
+    gcp: GcpSettings | None
+
+
+class _Reader:
+    def __init__(self, source: ConfigSource) -> None:
+        self.source = source
+
+    def _name(self, key: str) -> str:
+        return f"{NAMESPACE}:{key}"
+
+    def optional(self, key: str) -> str | None:
+        value = self.source.get(key)
+        return value.strip() if value is not None and value.strip() else None
+
+    def string(self, key: str) -> str:
+        value = self.optional(key)
+        if value is None:
+            raise ConfigError(f"{self._name(key)} is required but not set")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.string(key).lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ConfigError(f"{self._name(key)}={value!r} is not a boolean (use true or false)")
+
+    def integer(self, key: str, minimum: int, maximum: int) -> int:
+        raw = self.string(key)
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{self._name(key)}={raw!r} is not an integer") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{self._name(key)}={value} must be between {minimum} and {maximum}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key)
+        if value not in choices:
+            raise ConfigError(f"{self._name(key)}={value!r} must be one of {', '.join(choices)}")
+        return value
+
+    def dns_label(self, key: str) -> str:
+        value = self.string(key)
+        if not _DNS_LABEL.match(value):
+            raise ConfigError(f"{self._name(key)}={value!r} is not a valid Kubernetes name")
+        return value
+
+    def matching(self, key: str, pattern: str, what: str) -> str:
+        value = self.string(key)
+        if not re.fullmatch(pattern, value):
+            raise ConfigError(f"{self._name(key)}={value!r} is not {what}")
+        return value
+
+    def secret(self, key: str) -> pulumi.Output[str]:
+        # Presence is checked on the plain value (an empty default means unset); the value
+        # itself only ever leaves as a secret Output.
+        value = self.source.get_secret(key) if self.optional(key) is not None else None
+        if value is None:
+            raise ConfigError(
+                f"{self._name(key)} is required: set it with `pulumi config set --secret {key}`"
+            )
+        return value
+
+
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
+def load(source: ConfigSource) -> Settings:
+    """Read and validate every key; the first problem raises ConfigError naming its key."""
+    r = _Reader(source)
+    image = r.string("image")
+    if not is_pinned_image(image):
+        raise ConfigError(
+            f"{NAMESPACE}:image={image!r} must be pinned to an exact version tag or a digest"
+        )
+    high_availability = r.boolean("highAvailability")
+    replicas = r.integer("replicas", 1, 20)
+    if high_availability and replicas < 2:
+        raise ConfigError(f"{NAMESPACE}:replicas={replicas} must be at least 2 when highAvailability is true")
+    namespace = r.dns_label("namespace")
+    platform_namespace = r.dns_label("platformNamespace")
+    if namespace == platform_namespace:
+        raise ConfigError(f"{NAMESPACE}:platformNamespace must differ from {NAMESPACE}:namespace")
+    public_url = r.matching("fluentbitPublicUrl", r"https://[^\s/]+(/\S*)?", "an https:// URL")
+
+    vault_configure = r.boolean("vaultConfigure")
+    vault = VaultSettings(
+        configure=vault_configure,
+        address=r.matching("vaultAddress", r"https?://\S+", "an http(s):// URL"),
+        token=r.secret("vaultToken") if vault_configure else None,
+    )
+    aws = azure = gcp = None
+    if r.boolean("awsEnabled"):
+        aws = AwsSettings(
+            account_id=r.matching("awsAccountId", r"\d{12}", "a 12-digit AWS account id"),
+            region=r.matching("awsRegion", r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region"),
+            vault_principal_arn=r.matching(
+                "awsVaultPrincipalArn", r"arn:aws:iam::\d{12}:(role|user)/\S+", "an IAM role/user ARN"
+            ),
+        )
+    if r.boolean("azureEnabled"):
+        azure = AzureSettings(
+            subscription_id=r.matching("azureSubscriptionId", _UUID, "a subscription id (UUID)"),
+            tenant_id=r.matching("azureTenantId", _UUID, "a tenant id (UUID)"),
+            location=r.string("azureLocation"),
+            vault_client_id=r.matching("azureVaultClientId", _UUID, "a client id (UUID)"),
+            vault_client_secret=r.secret("azureVaultClientSecret"),
+            remediation_app_object_id=r.matching("azureRemediationAppObjectId", _UUID, "an object id"),
+            remediation_principal_id=r.matching("azureRemediationPrincipalId", _UUID, "an object id"),
+            cost_read_app_object_id=r.matching("azureCostReadAppObjectId", _UUID, "an object id"),
+            cost_read_principal_id=r.matching("azureCostReadPrincipalId", _UUID, "an object id"),
+        )
+    if r.boolean("gcpEnabled"):
+        gcp = GcpSettings(
+            project=r.matching("gcpProject", r"[a-z][-a-z0-9]{4,28}[a-z0-9]", "a GCP project id"),
+            region=r.string("gcpRegion"),
+            vault_credentials=r.secret("gcpVaultCredentials"),
+        )
+    return Settings(
+        environment=r.dns_label("environment"),
+        namespace=namespace,
+        platform_namespace=platform_namespace,
+        image=image,
+        high_availability=high_availability,
+        replicas=replicas,
+        storage_class=r.optional("storageClass"),
+        kube_context=r.optional("kubeContext"),
+        fluentbit_public_url=public_url,
+        fluentbit_tls_secret=r.dns_label("fluentbitTlsSecret"),
+        fluentbit_token=r.secret("fluentbitToken"),
+        zenduty_integration_key=r.secret("zendutyIntegrationKey"),
+        grafana_hostname=r.optional("grafanaHostname"),
+        webhook_failure_policy=r.choice("webhookFailurePolicy", WEBHOOK_FAILURE_POLICIES),
+        budgets_file=r.optional("budgetsFile"),
+        vault=vault,
+        aws=aws,
+        azure=azure,
+        gcp=gcp,
+    )

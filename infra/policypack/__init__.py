@@ -1,0 +1,1 @@
+"""CCT's CrossGuard policy pack (run it with `pulumi preview --policy-pack infra/policypack`)."""

@@ -1,0 +1,17 @@
+"""Entry point of the CrossGuard pack: `pulumi preview --policy-pack infra/policypack`.
+
+The policy host runs this file from its own directory; the checks live in the repository's
+`infra.policypack` package (so the tests run the same code), hence the repository root on the
+import path.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pulumi_policy import PolicyPack  # noqa: E402
+
+from infra.policypack.policies import POLICIES  # noqa: E402
+
+PolicyPack(name="cct-invariants", policies=POLICIES)

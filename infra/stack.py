@@ -1,0 +1,533 @@
+"""The CCT stack: namespaces, the platform services, the handlers and the cloud accounts,
+wired together from `Settings` and the generated `Content`.
+
+Flows between the pieces are declared here once: who may call whom (network peers), which
+handler reads which Vault path, and which URLs each handler is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_azure_native as azure_native
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import pulumi_vault as vault_provider
+
+from components import kube
+from components.alertmanager import WEB_PORT as ALERTMANAGER_PORT
+from components.alertmanager import Alertmanager, AlertmanagerArgs
+from components.argo import ArgoWorkflows, ArgoWorkflowsArgs
+from components.aws_account import AwsAccount, AwsAccountArgs
+from components.azure_subscription import AzureSubscription, AzureSubscriptionArgs
+from components.fluentbit import FluentBit, FluentBitArgs
+from components.gcp_project import GcpProject, GcpProjectArgs
+from components.grafana import Grafana, GrafanaArgs
+from components.handlers import (
+    HTTP_PORT,
+    TLS_DIR,
+    WEBHOOK_PORT,
+    AdmissionSpec,
+    Handlers,
+    HandlersArgs,
+    HandlerSpec,
+)
+from components.kube import SecretEnv
+from components.kafka import METRICS_PORT as KAFKA_METRICS_PORT
+from components.kafka import Kafka, KafkaArgs, TopicSpec
+from components.namespace import Namespace, NamespaceArgs
+from components.postgres import METRICS_PORT as PG_METRICS_PORT
+from components.postgres import Postgres, PostgresArgs
+from components.vault import (
+    Vault,
+    VaultArgs,
+    VaultAwsEngine,
+    VaultAzureEngine,
+    VaultDatabaseEngine,
+    VaultGcpEngine,
+    VaultGrant,
+)
+from components.victoriametrics import VM_PORT, VMALERT_PORT, VictoriaMetrics, VictoriaMetricsArgs
+from infra.config import Settings
+from infra.content import Content
+
+DAY_MS = 24 * 3600 * 1000
+# docs/architecture.md section 5.
+TOPICS = (
+    TopicSpec("cct.cost.anomalies", partitions=6, retention_ms=7 * DAY_MS),
+    TopicSpec("cct.cost.anomalies.dlq", partitions=1, retention_ms=30 * DAY_MS),
+    TopicSpec("cct.optimization.results", partitions=3, retention_ms=30 * DAY_MS),
+)
+STEPS_SERVICE_ACCOUNT = "cct-steps"
+CNPG_WEBHOOK_PORT = 9443
+FLUENTBIT_METRICS_PORT = 2020
+ADMISSION_METRICS_PORT = 8080
+POLICIES_DIR = "/etc/cct/policies"
+PLAYBOOKS_DIR = "/etc/cct/playbooks"
+SECRETS_DIR = "/etc/cct/secrets"
+# The steps' database login (a member of the application owner role).
+STEPS_DB_ROLE = "cct_steps"
+ZENDUTY_URL = "https://www.zenduty.com/api/integration/alertmanager/"
+# Argo labels every step pod with its workflow's name.
+WORKFLOW_PODS = {"matchExpressions": [{"key": "workflows.argoproj.io/workflow", "operator": "Exists"}]}
+
+
+def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
+    """Which Vault paths each service account reads, exactly as lambdas.steps.credentials
+    calls them: AWS assumed-role credentials by POST to `aws/sts/<role>`, Azure by GET
+    `azure/creds/<role>`, GCP roleset tokens by GET `gcp/token/<roleset>`, then the lease and
+    the token are revoked. Only the workflow steps talk to Vault."""
+    steps = [
+        VaultGrant("sys/leases/revoke", ("update",)),
+        VaultGrant("auth/token/revoke-self", ("update",)),
+    ]
+    if settings.aws:
+        steps.append(VaultGrant("aws/sts/cct-remediation", ("update",)))
+    if settings.azure:
+        steps.append(VaultGrant("azure/creds/cct-remediation"))
+    if settings.gcp:
+        steps.append(VaultGrant("gcp/token/cct-remediation"))
+    return {STEPS_SERVICE_ACCOUNT: steps}
+
+
+def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
+    """Declare every resource of one stack; returns the stack outputs."""
+    ns, platform = settings.namespace, settings.platform_namespace
+    ha = settings.high_availability
+    replicas = max(settings.replicas, 2) if ha else settings.replicas
+    k8s_provider = k8s.Provider(
+        "kubernetes", context=settings.kube_context, enable_server_side_apply=True
+    )
+    app_ns = Namespace(
+        "namespace-app",
+        NamespaceArgs(name=ns, internal_namespaces=[platform]),
+        opts=pulumi.ResourceOptions(providers=[k8s_provider]),
+    )
+    platform_ns = Namespace(
+        "namespace-platform",
+        NamespaceArgs(
+            name=platform,
+            internal_namespaces=[ns],
+            ingress_from_namespaces=[ns, platform],
+            webhook_ports=[CNPG_WEBHOOK_PORT],
+        ),
+        opts=pulumi.ResourceOptions(providers=[k8s_provider]),
+    )
+    in_cluster = pulumi.ResourceOptions(providers=[k8s_provider], depends_on=[app_ns, platform_ns])
+
+    def pod(name: str) -> dict[str, Any]:
+        return kube.pod_peer(ns, kube.selector(name))
+
+    workflow_pods = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+        "podSelector": WORKFLOW_PODS,
+    }
+    grafana_pods = kube.pod_peer(ns, {"app.kubernetes.io/name": "grafana"})
+
+    postgres = Postgres(
+        "postgres",
+        PostgresArgs(
+            namespace=ns,
+            operator_namespace=platform,
+            clients=[
+                *(pod(h) for h in ("collector", "billing-loader", "detector", "trigger", "admission")),
+                grafana_pods,
+                workflow_pods,
+                kube.namespace_peer(platform),
+            ],
+            instances=3 if ha else 1,
+            logins={"grafana": ["pg_read_all_data"], STEPS_DB_ROLE: ["cct"]},
+            storage_class=settings.storage_class,
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )
+    kafka = Kafka(
+        "kafka",
+        KafkaArgs(
+            namespace=ns,
+            operator_namespace=platform,
+            topics=TOPICS,
+            clients=[pod("bridge"), pod("trigger")],
+            replicas=3 if ha else 1,
+            storage_class=settings.storage_class,
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )
+    vm_url = f"http://victoria-metrics.{ns}.svc:8428"
+    alertmanager_url = f"http://alertmanager.{ns}.svc:9093"
+    kafka_bootstrap = f"cct-kafka-bootstrap.{ns}.svc:9092"
+    pg_env = {"CCT_PG_DSN": SecretEnv("cct-pg-app", "uri")}
+
+    # Tokens between CCT's own pieces are generated, never configured.
+    bridge_token = random.RandomPassword("bridge-token", length=40, special=False)
+    collector_token = random.RandomPassword("collector-token", length=40, special=False)
+    k8s.core.v1.Secret(
+        "handler-secrets",
+        metadata=kube.metadata("cct-handler-secrets", ns, "handler"),
+        string_data={
+            "collector-token": collector_token.result,
+            "ingest-token": settings.fluentbit_token,
+        },
+        opts=in_cluster,
+    )
+    k8s.core.v1.Secret(
+        "bridge-files",
+        metadata=kube.metadata("bridge-files", ns, "handler"),
+        string_data={
+            "bridge-token": bridge_token.result,
+            "zenduty-url": pulumi.Output.concat(ZENDUTY_URL, settings.zenduty_integration_key, "/"),
+        },
+        opts=in_cluster,
+    )
+    handlers = Handlers(
+        "handlers",
+        HandlersArgs(
+            namespace=ns,
+            image=settings.image,
+            high_availability=ha,
+            config_maps={"cct-policies": content.policies, "cct-playbooks": content.playbooks},
+            handlers=[
+                HandlerSpec(
+                    "collector",
+                    ("serve", "collector"),
+                    replicas=replicas,
+                    env={"CCT_VM_URL": vm_url},
+                    secret_env={
+                        **pg_env,
+                        "CCT_COLLECTOR_TOKEN": SecretEnv("cct-handler-secrets", "collector-token"),
+                    },
+                    clients=[pod("fluent-bit")],
+                    internet=True,
+                    resources=kube.Resources("250m", "256Mi", "2", "1Gi"),
+                ),
+                HandlerSpec(
+                    "billing-loader",
+                    ("billing", "load"),
+                    port=None,
+                    schedule="15 * * * *",
+                    env={"CCT_VM_URL": vm_url},
+                    secret_env=pg_env,
+                    internet=True,
+                    resources=kube.Resources("250m", "512Mi", "2", "2Gi"),
+                ),
+                HandlerSpec(
+                    "detector",
+                    ("serve", "detector"),
+                    # One detector: a second would evaluate the same series twice per cycle
+                    # and post every alert twice.
+                    singleton=True,
+                    env={"CCT_VM_URL": vm_url, "CCT_ALERTMANAGER_URL": alertmanager_url},
+                    secret_env=pg_env,
+                    resources=kube.Resources("500m", "512Mi", "2", "2Gi"),
+                ),
+                HandlerSpec(
+                    "bridge",
+                    ("serve", "bridge"),
+                    replicas=replicas,
+                    env={
+                        "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                        "CCT_BRIDGE_TOKEN_FILE": f"{SECRETS_DIR}/bridge-token",
+                        "CCT_ZENDUTY_URL_FILE": f"{SECRETS_DIR}/zenduty-url",
+                    },
+                    secret_mounts={"bridge-files": SECRETS_DIR},
+                    clients=[pod("alertmanager")],
+                    # Relays critical alerts to Zenduty.
+                    internet=True,
+                ),
+                HandlerSpec(
+                    "trigger",
+                    ("serve", "trigger"),
+                    replicas=replicas,
+                    env={
+                        "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                        "CCT_TRIGGER_BACKEND": "argo",
+                        "CCT_ARGO_NAMESPACE": ns,
+                        "CCT_PLAYBOOKS_FILE": f"{PLAYBOOKS_DIR}/playbooks.yaml",
+                        "CCT_POLICIES_DIR": POLICIES_DIR,
+                    },
+                    secret_env=pg_env,
+                    config_mounts={"cct-policies": POLICIES_DIR, "cct-playbooks": PLAYBOOKS_DIR},
+                    kube_api=True,
+                ),
+            ],
+            admission=AdmissionSpec(
+                handler=HandlerSpec(
+                    "admission",
+                    ("serve", "admission"),
+                    port=WEBHOOK_PORT,
+                    metrics_port=ADMISSION_METRICS_PORT,
+                    replicas=replicas,
+                    env={
+                        "CCT_POLICY_DIR": POLICIES_DIR,
+                        "CCT_ADMISSION_TLS_CERT": f"{TLS_DIR}/tls.crt",
+                        "CCT_ADMISSION_TLS_KEY": f"{TLS_DIR}/tls.key",
+                        "CCT_ADMISSION_PORT": str(WEBHOOK_PORT),
+                        "CCT_ADMISSION_METRICS_PORT": str(ADMISSION_METRICS_PORT),
+                        # The server's own failure mode follows the webhook's failure policy.
+                        "CCT_ADMISSION_FAILURE_MODE": (
+                            "closed" if settings.webhook_failure_policy == "Fail" else "open"
+                        ),
+                    },
+                    secret_env=pg_env,
+                    config_mounts={"cct-policies": POLICIES_DIR},
+                ),
+                object_selector=content.workflow_labels,
+                failure_policy=settings.webhook_failure_policy,
+            ),
+        ),
+        opts=in_cluster,
+    )
+    fluentbit = FluentBit(
+        "fluent-bit",
+        FluentBitArgs(
+            namespace=ns,
+            config_files=content.fluentbit_files,
+            main_file=content.fluentbit_main,
+            secret_env={
+                "CCT_INGEST_TOKEN": SecretEnv("cct-handler-secrets", "ingest-token"),
+                "CCT_COLLECTOR_TOKEN": SecretEnv("cct-handler-secrets", "collector-token"),
+            },
+            tls_secret_name=settings.fluentbit_tls_secret,
+            replicas=replicas,
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )
+    metrics = VictoriaMetrics(
+        "victoria-metrics",
+        VictoriaMetricsArgs(
+            namespace=ns,
+            scrape_namespaces=[ns],
+            scrape_ports=[
+                HTTP_PORT, ADMISSION_METRICS_PORT, FLUENTBIT_METRICS_PORT, VM_PORT,
+                VMALERT_PORT, ALERTMANAGER_PORT, KAFKA_METRICS_PORT, PG_METRICS_PORT,
+            ],
+            rules=content.vmalert_rules,
+            alertmanager_url=alertmanager_url,
+            clients=[
+                *(pod(h) for h in ("collector", "billing-loader", "detector")),
+                grafana_pods,
+            ],
+            storage_class=settings.storage_class,
+            vmalert_replicas=replicas,
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )  # fmt: skip
+    alertmanager = Alertmanager(
+        "alertmanager",
+        AlertmanagerArgs(
+            namespace=ns,
+            config_yaml=content.alertmanager_config,
+            secret_files={PurePosixPath(content.alertmanager_token_file).name: bridge_token.result},
+            clients=[pod("vmalert"), pod("detector"), grafana_pods],
+            replicas=3 if ha else 1,
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )
+    vault_address = f"http://vault.{platform}.svc:8200"
+    step_env = {
+        "VAULT_ADDR": vault_address,
+        "CCT_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
+        "CCT_VM_URL": vm_url,
+        "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+    }
+    if settings.azure:
+        step_env["CCT_AZURE_TENANT_ID"] = settings.azure.tenant_id
+    argo = ArgoWorkflows(
+        "argo-workflows",
+        ArgoWorkflowsArgs(
+            namespace=ns,
+            operator_namespace=platform,
+            workflow_templates=content.workflow_templates,
+            trigger_service_account="trigger",
+            workflow_service_account=STEPS_SERVICE_ACCOUNT,
+            step_env=step_env,
+            step_secret_env={
+                "CCT_PG_DSN": pulumi.Output.concat(
+                    f"postgresql://{STEPS_DB_ROLE}:",
+                    postgres.passwords[STEPS_DB_ROLE],
+                    f"@cct-pg-rw.{ns}.svc:5432/cct?sslmode=require",
+                )
+            },
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )
+
+    # Only a configured Vault (initialised, unsealed, token set) gets a provider.
+    vault_providers: list[pulumi.ProviderResource] = []
+    if settings.vault.configure:
+        vault_providers.append(
+            vault_provider.Provider(
+                "vault", address=settings.vault.address, token=settings.vault.token
+            )
+        )
+    vault = Vault(
+        "vault",
+        VaultArgs(
+            namespace=platform,
+            clients_namespace=ns,
+            access=vault_access(settings),
+            configure=settings.vault.configure,
+            aws=VaultAwsEngine(region=settings.aws.region) if settings.aws else None,
+            azure=VaultAzureEngine(
+                subscription_id=settings.azure.subscription_id,
+                tenant_id=settings.azure.tenant_id,
+                client_id=settings.azure.vault_client_id,
+                client_secret=settings.azure.vault_client_secret,
+            )
+            if settings.azure
+            else None,
+            gcp=VaultGcpEngine(credentials=settings.gcp.vault_credentials) if settings.gcp else None,
+            database=VaultDatabaseEngine(
+                host=postgres.host,
+                database="cct",
+                username=postgres.vault_username,
+                password=postgres.vault_password,
+                grant_role="cct",
+            ),
+            high_availability=ha,
+        ),
+        opts=pulumi.ResourceOptions(
+            providers=[k8s_provider, *vault_providers], depends_on=[app_ns, platform_ns]
+        ),
+    )
+    grafana = Grafana(
+        "grafana",
+        GrafanaArgs(
+            namespace=ns,
+            datasources=content.grafana_datasources,
+            dashboard_providers=content.grafana_dashboard_providers,
+            dashboards=content.dashboards,
+            env={
+                "CCT_GRAFANA_VM_URL": vm_url,
+                "CCT_GRAFANA_PG_HOST": f"cct-pg-rw.{ns}.svc:5432",
+                "CCT_GRAFANA_PG_USER": "grafana",
+                "CCT_GRAFANA_PG_DATABASE": "cct",
+                "CCT_GRAFANA_PG_SSLMODE": "require",
+            },
+            secret_env={"CCT_GRAFANA_PG_PASSWORD": SecretEnv("cct-pg-grafana", "password")},
+            hostname=settings.grafana_hostname,
+            replicas=replicas,
+            high_availability=ha,
+        ),
+        opts=in_cluster,
+    )
+
+    outputs: dict[str, pulumi.Input[Any]] = {
+        "grafanaUrl": grafana.url,
+        "fluentbitEndpoint": settings.fluentbit_public_url,
+        "fluentbitInternalEndpoint": fluentbit.endpoint,
+        "kafkaBootstrap": kafka.bootstrap,
+        "kafkaTopics": kafka.topic_names,
+        "victoriaMetricsUrl": metrics.url,
+        "vmalertUrl": metrics.vmalert_url,
+        "alertmanagerUrl": alertmanager.url,
+        "postgresHost": postgres.host,
+        "workflowTemplates": argo.template_names,
+        "vaultAddress": vault.address,
+        "vaultPolicies": vault.policy_names,
+        "handlerUrls": handlers.urls,
+    }
+    outputs.update(_clouds(settings, content, vault, vault_providers))
+    return outputs
+
+
+def _clouds(
+    settings: Settings,
+    content: Content,
+    vault: Vault,
+    vault_providers: list[pulumi.ProviderResource],
+) -> dict[str, pulumi.Input[Any]]:
+    outputs: dict[str, pulumi.Input[Any]] = {}
+    tags = {"cct.io/environment": settings.environment}
+    if settings.aws:
+        provider = aws.Provider("aws", region=settings.aws.region)
+        forwarder = content.forwarders["aws"]
+        account = AwsAccount(
+            "aws",
+            AwsAccountArgs(
+                account_id=settings.aws.account_id,
+                region=settings.aws.region,
+                vault_principal_arn=settings.aws.vault_principal_arn,
+                fluentbit_url=settings.fluentbit_public_url,
+                fluentbit_token=settings.fluentbit_token,
+                forwarder_code=forwarder.archive,
+                forwarder_handler=forwarder.entry_point,
+                event_pattern=content.aws_event_pattern,
+                remediation_actions=content.remediation.aws,
+                vault_backend=vault.aws_path,
+                tags=tags,
+            ),
+            opts=pulumi.ResourceOptions(providers=[provider, *vault_providers]),
+        )
+        outputs |= {
+            "awsExportBucket": account.export_bucket,
+            "awsRemediationRoleArn": account.remediation_role_arn,
+            "awsCostReadRoleArn": account.cost_read_role_arn,
+            "awsForwarderArn": account.forwarder_arn,
+        }
+    if settings.azure:
+        provider = azure_native.Provider(
+            "azure",
+            subscription_id=settings.azure.subscription_id,
+            tenant_id=settings.azure.tenant_id,
+            location=settings.azure.location,
+        )
+        forwarder = content.forwarders["azure"]
+        subscription = AzureSubscription(
+            "azure",
+            AzureSubscriptionArgs(
+                subscription_id=settings.azure.subscription_id,
+                location=settings.azure.location,
+                fluentbit_url=settings.fluentbit_public_url,
+                fluentbit_token=settings.fluentbit_token,
+                forwarder_package=forwarder.archive,
+                remediation_actions=content.remediation.azure,
+                remediation_application_object_id=settings.azure.remediation_app_object_id,
+                remediation_principal_id=settings.azure.remediation_principal_id,
+                cost_read_application_object_id=settings.azure.cost_read_app_object_id,
+                cost_read_principal_id=settings.azure.cost_read_principal_id,
+                vault_backend=vault.azure_path,
+                tags=tags,
+            ),
+            opts=pulumi.ResourceOptions(providers=[provider, *vault_providers]),
+        )
+        outputs |= {
+            "azureExportContainer": subscription.export_container,
+            "azureStorageAccount": subscription.storage_account,
+            "azureFunctionApp": subscription.function_app,
+        }
+    if settings.gcp:
+        provider = gcp.Provider("gcp", project=settings.gcp.project, region=settings.gcp.region)
+        forwarder = content.forwarders["gcp"]
+        project = GcpProject(
+            "gcp",
+            GcpProjectArgs(
+                project=settings.gcp.project,
+                region=settings.gcp.region,
+                fluentbit_url=settings.fluentbit_public_url,
+                fluentbit_token=settings.fluentbit_token,
+                forwarder_source=forwarder.archive,
+                forwarder_entry_point=forwarder.entry_point,
+                log_filter=content.gcp_log_filter,
+                remediation_permissions=content.remediation.gcp,
+                vault_backend=vault.gcp_path,
+                labels={"cct-io-environment": settings.environment},
+            ),
+            opts=pulumi.ResourceOptions(providers=[provider, *vault_providers]),
+        )
+        outputs |= {
+            "gcpBillingDataset": project.billing_dataset,
+            "gcpAuditTopic": project.audit_topic,
+            "gcpVaultServiceAccount": project.vault_service_account,
+        }
+    return outputs

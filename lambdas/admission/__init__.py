@@ -1,0 +1,1 @@
+"""The policy admission webhook for Argo Workflows (`cct serve admission`)."""

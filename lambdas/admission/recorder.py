@@ -1,0 +1,126 @@
+"""Writes admission decisions to PostgreSQL off the admission path.
+
+The request handler only puts a record on a bounded queue; one thread drains it in batches.
+A slow or unreachable database therefore never delays an admission answer: the queue absorbs
+the outage, the writer retries with backoff, and when the queue is full new records are
+dropped and counted (`cct_admission_decisions_dropped_total`) instead of blocking.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from lambdas.admission.metrics import AdmissionMetrics
+from lambdas.store.db import StoreError, connect
+from lambdas.store.decisions import DecisionRecord, record_decisions
+
+log = logging.getLogger("cct.admission.recorder")
+
+BATCH_SIZE = 200
+_MAX_BACKOFF_S = 5.0
+
+
+class DecisionRecorder:
+    def __init__(
+        self,
+        dsn: str,
+        metrics: AdmissionMetrics,
+        queue_size: int,
+    ) -> None:
+        self._dsn = dsn
+        self._metrics = metrics
+        self._queue: queue.Queue[DecisionRecord] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._deadline = float("inf")
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._thread = threading.Thread(target=self._run, name="decision-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, record: DecisionRecord) -> bool:
+        """Queue a record without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._metrics.decisions_dropped.labels(reason="queue_full").inc()
+            return False
+        self._metrics.decision_queue_depth.set(self._queue.qsize())
+        return True
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued, giving up (and counting the rest) after `timeout_s`."""
+        self._deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self._thread.join(timeout_s + 1.0)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            batch = self._take()
+            if batch:
+                self._write(batch)
+            self._metrics.decision_queue_depth.set(self._queue.qsize())
+
+    def _take(self) -> list[DecisionRecord]:
+        try:
+            batch = [self._queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        while len(batch) < BATCH_SIZE:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[DecisionRecord]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = connect(self._dsn, application_name="cct-admission")
+                record_decisions(self._conn, batch)
+                self._conn.commit()
+            except StoreError as exc:
+                self._reset()
+                if not exc.retryable:
+                    self._write_one_by_one(batch, exc)
+                    return
+                self._metrics.decision_write_errors.inc()
+                if time.monotonic() + delay > self._deadline:
+                    self._metrics.decisions_dropped.labels(reason="shutdown").inc(len(batch))
+                    log.error("dropping %d decisions at shutdown: %s", len(batch), exc)
+                    return
+                log.warning("recording decisions failed, retrying in %.1fs: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+                continue
+            self._metrics.decisions_recorded.inc(len(batch))
+            return
+
+    def _write_one_by_one(self, batch: list[DecisionRecord], exc: StoreError) -> None:
+        if len(batch) == 1:
+            self._metrics.decisions_dropped.labels(reason="rejected").inc()
+            log.error("decision %s rejected by the database: %s", batch[0].decision_id, exc)
+            return
+        # One bad record must not lose the good ones written with it.
+        for record in batch:
+            self._write([record])
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

@@ -1,0 +1,365 @@
+"""`cct serve admission`: the ValidatingAdmissionWebhook's HTTPS server (the I/O shell).
+
+- POST /validate on the TLS port: AdmissionReview v1 in and out (`review.decide` decides).
+- GET /healthz and /metrics on the plain port: 200 only while a valid policy set is loaded.
+
+Slow work never sits on the admission path: the body is decoded and decided on a worker
+thread under the request budget (the failure mode answers when it runs out), decisions are
+queued for a background writer, and the policy directory is re-read on a timer, keeping the
+last good set when the new files are invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lambdas.admission.metrics import AdmissionMetrics
+from lambdas.admission.recent import WINDOW, RecentActions
+from lambdas.admission.recorder import DecisionRecorder
+from lambdas.admission.review import (
+    BadReview,
+    Context,
+    Outcome,
+    decide,
+    fail_outcome,
+    parse_review,
+)
+from lambdas.admission.settings import AdmissionSettings
+from lambdas.common.settings import SettingsError
+from lambdas.policy.loader import PolicyLoadError, parse_policy_files, policy_files
+from lambdas.policy.policyset import PolicySet
+from lambdas.store.db import StoreError, connect
+from lambdas.store.decisions import admitted_since
+
+log = logging.getLogger("cct.admission")
+
+
+class PolicyHolder:
+    """The policy set in use, and whether the files on disk are that set."""
+
+    def __init__(self, settings: AdmissionSettings, metrics: AdmissionMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.current: PolicySet | None = None
+        self.stale_reason: str | None = None
+        self._last_files: dict[str, bytes] | None = None
+        self._last_error: str | None = None
+
+    def read_files(self) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in policy_files(self.settings.policy_dir)}
+
+    def reload(self) -> None:
+        """Load the directory if it changed; on invalid files keep the last good set."""
+        try:
+            files = self.read_files()
+        except (OSError, PolicyLoadError) as exc:
+            self._failed(None, str(exc))
+            return
+        if files == self._last_files:
+            return
+        self._last_files = files
+        try:
+            policy_set = parse_policy_files(files, origin=str(self.settings.policy_dir))
+        except PolicyLoadError as exc:
+            self._failed(files, str(exc))
+            return
+        self.current = policy_set
+        self.stale_reason = None
+        self._last_error = None
+        self.metrics.reloads.labels(result="success").inc()
+        self.metrics.policy_set_valid.set(1)
+        self.metrics.policy_set_loaded.set(time.time())
+        self.metrics.policy_rules.set(len(policy_set.rules))
+        log.info(
+            "policy set loaded",
+            extra={"fingerprint": policy_set.fingerprint, "rules": len(policy_set.rules)},
+        )
+
+    def _failed(self, files: dict[str, bytes] | None, error: str) -> None:
+        if files is None and error == self._last_error:
+            return  # the same unreadable directory: already reported
+        self._last_files = files
+        self._last_error = error
+        self.metrics.reloads.labels(result="failure").inc()
+        self.metrics.policy_set_valid.set(0)
+        kept = self.current.fingerprint[:12] if self.current else None
+        self.stale_reason = (
+            f"the newest CCT policy files are invalid; deciding with the last good set {kept}"
+            if kept
+            else None
+        )
+        log.error(
+            "policy files invalid; keeping the last good set"
+            if kept
+            else "policy files invalid; no policy set in use, the failure mode decides",
+            extra={"errors": error.splitlines(), "kept_fingerprint": kept},
+        )
+
+
+class AdmissionServer:
+    def __init__(self, settings: AdmissionSettings) -> None:
+        self.settings = settings
+        self.metrics = AdmissionMetrics()
+        self.policies = PolicyHolder(settings, self.metrics)
+        self.recent = RecentActions()
+        self.recorder = DecisionRecorder(settings.pg_dsn, self.metrics, settings.decision_queue)
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="decide")
+        # The listening context only hands each new connection to the context of the newest
+        # good key pair (from the SNI callback, which runs for every client hello, with or
+        # without SNI), so a rotated certificate is served without re-binding the socket.
+        self._ssl = _tls_context()
+        self._ssl.sni_callback = self._use_current_certificate
+        self._current_ssl: ssl.SSLContext | None = None
+        self._cert_mtimes: tuple[float, float] | None = None
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._load_certificate()
+        self.policies.reload()
+        self.recorder.start()
+        webhook = web.Application(client_max_size=self.settings.max_body_bytes)
+        webhook.router.add_post("/validate", self.validate)
+        ops = web.Application()
+        ops.router.add_get("/healthz", self.healthz)
+        ops.router.add_get("/metrics", self.metrics_view)
+        for app, port, ssl_context in (
+            (webhook, self.settings.port, self._ssl),
+            (ops, self.settings.metrics_port, None),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, self.settings.host, port, ssl_context=ssl_context).start()
+            self._runners.append(runner)
+        self._tasks = [
+            asyncio.create_task(self._every(self.settings.reload_interval_s, self._reload)),
+            # Not awaited before serving: an unreachable database must not delay admission.
+            asyncio.create_task(
+                self._every(self.settings.recent_refresh_s, self._refresh_recent, at_once=True)
+            ),
+        ]
+        log.info(
+            "admission webhook listening",
+            extra={
+                "port": self.settings.port,
+                "metrics_port": self.settings.metrics_port,
+                "failure_mode": self.settings.failure_mode,
+            },
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in self._runners:
+            await runner.cleanup()
+        await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def validate(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        budget = self.settings.request_timeout_s
+        if request.content_type != "application/json":
+            return self._refuse(415, "unsupported_media_type", "expected application/json")
+        try:
+            body = await asyncio.wait_for(request.read(), budget)
+        except TimeoutError:
+            return self._refuse(408, "timeout", f"request body not received within {budget}s")
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(
+                413, "oversized", f"request body exceeds {self.settings.max_body_bytes} bytes"
+            )
+        now = datetime.now(UTC)
+        policy_set, stale = self.policies.current, self.policies.stale_reason
+
+        def context(uid: str) -> Context:
+            return Context(
+                now=now,
+                policy_set=policy_set,
+                recent_actions=self.recent.view(now, exclude=uid),
+                failure_mode=self.settings.failure_mode,
+                approval_templates=self.settings.approval_templates,
+                stale_reason=stale,
+            )
+
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, _decode_and_decide, body, context)
+        outcome: Outcome | None
+        try:
+            outcome = await asyncio.wait_for(
+                future, max(budget - (time.perf_counter() - started), 0.0)
+            )
+        except BadReview as exc:
+            return self._refuse(400, "malformed", str(exc))
+        except TimeoutError:
+            outcome = self._fail(body, "timeout", f"no decision within {budget}s")
+        except Exception as exc:
+            # A bug, not bad input: still an AdmissionReview answer, by the failure mode.
+            log.exception("admission decision failed")
+            outcome = self._fail(body, "internal_error", f"internal error: {exc!r}")
+        if outcome is None:
+            return self._refuse(400, "malformed", "not an AdmissionReview with a uid")
+        self._account(outcome, now)
+        self.metrics.duration.observe(time.perf_counter() - started)
+        return web.json_response(outcome.response())
+
+    def _fail(self, body: bytes, failure: str, why: str) -> Outcome | None:
+        uid = _uid_of(body)
+        if uid is None:
+            return None
+        return fail_outcome(uid, self.settings.failure_mode, failure, why)
+
+    def _account(self, outcome: Outcome, now: datetime) -> None:
+        self.metrics.requests.labels(
+            allowed=str(outcome.allowed).lower(), verdict=outcome.verdict
+        ).inc()
+        if outcome.failure is not None:
+            self.metrics.failures.labels(
+                reason=outcome.failure, mode=self.settings.failure_mode
+            ).inc()
+        record = outcome.record
+        if record is not None:
+            self.recorder.submit(record)
+            if record.allowed and record.dry_run is False and record.account_id:
+                self.recent.add(record.decision_id, record.account_id, now)
+        if not outcome.allowed:
+            log.info(
+                "workflow refused",
+                extra={"uid": outcome.uid, "verdict": outcome.verdict, "why": outcome.message},
+            )
+
+    def _refuse(self, status: int, reason: str, message: str) -> web.Response:
+        self.metrics.bad_requests.labels(reason=reason).inc()
+        log.warning("bad admission request", extra={"status": status, "why": message})
+        return web.json_response({"error": message}, status=status)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        current = self.policies.current
+        body = {
+            "policy_set": current.fingerprint if current else None,
+            "files_valid": self.policies.stale_reason is None and current is not None,
+            "failure_mode": self.settings.failure_mode,
+        }
+        return web.json_response(body, status=200 if current is not None else 503)
+
+    async def metrics_view(self, _: web.Request) -> web.Response:
+        self.metrics.decision_queue_depth.set(self.recorder.queue_depth())
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def _every(self, interval_s: float, job: Any, at_once: bool = False) -> None:
+        if at_once:
+            await job()
+        while True:
+            await asyncio.sleep(interval_s)
+            await job()
+
+    async def _reload(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.policies.reload)
+        self._load_certificate()
+
+    def _load_certificate(self) -> None:
+        """(Re)load the serving certificate when cert-manager rotated it; new connections use
+        the new one. A broken pair keeps the previous one."""
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        try:
+            mtimes = (cert.stat().st_mtime, key.stat().st_mtime)
+            if mtimes == self._cert_mtimes:
+                return
+            fresh = _tls_context()
+            fresh.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            if self._cert_mtimes is None:
+                raise
+            log.error("cannot load the rotated certificate; keeping the previous one: %s", exc)
+            return
+        if self._current_ssl is None:
+            # The listening context needs a certificate of its own to start.
+            self._ssl.load_cert_chain(cert, key)
+        self._current_ssl = fresh
+        self._cert_mtimes = mtimes
+        log.info("serving certificate loaded", extra={"cert": str(cert)})
+
+    def _use_current_certificate(
+        self, conn: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        if self._current_ssl is not None:
+            conn.context = self._current_ssl
+
+    async def _refresh_recent(self) -> None:
+        now = datetime.now(UTC)
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(None, self._read_admitted, now - WINDOW)
+        except StoreError as exc:
+            log.warning("cannot read recent actions; using this replica's own: %s", exc)
+            return
+        self.recent.merge(rows, now)
+
+    def _read_admitted(self, since: datetime) -> list[tuple[str, str, datetime]]:
+        with connect(self.settings.pg_dsn, application_name="cct-admission") as conn:
+            return admitted_since(conn, since - timedelta(seconds=1))
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The API server speaks HTTP/2 to webhooks that offer it; aiohttp serves HTTP/1.1.
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _decode_and_decide(body: bytes, context: Callable[[str], Context]) -> Outcome:
+    """Runs on a worker thread, so a large body never stalls the event loop."""
+    try:
+        review = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadReview(f"body is not JSON: {exc}") from None
+    uid, _ = parse_review(review)
+    return decide(review, context(uid))
+
+
+def _uid_of(body: bytes) -> str | None:
+    try:
+        uid = json.loads(body)["request"]["uid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return uid if isinstance(uid, str) and uid else None
+
+
+async def _run(settings: AdmissionSettings) -> None:
+    server = AdmissionServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def serve() -> None:
+    """Entry point of `cct serve admission` (settings from CCT_* variables)."""
+    try:
+        settings = AdmissionSettings.from_env()
+        asyncio.run(_run(settings))
+    except (SettingsError, OSError, ssl.SSLError) as exc:
+        # Bad configuration or an unusable certificate: say which, do not restart-loop on
+        # a traceback.
+        raise SystemExit(f"cct serve admission: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Alert routing: the Alertmanager configuration CCT deploys (docs/architecture.md, 4)."""

@@ -1,0 +1,212 @@
+"""Hourly totals of FOCUS rows per label set, computed batch by batch (bounded memory).
+
+A row whose charge period spans several hours (Azure bills by day, purchases by month) is
+spread evenly over those hours, so `cct_billed_cost_usd` is always the cost of one hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lambdas.billing.focus import REQUIRED, BillingFileError
+
+HOUR_S = 3600
+# FOCUS ProviderName (1.0) / ServiceProviderName (1.2) -> CCT's provider label.
+PROVIDER_NAMES = {
+    "aws": "aws",
+    "amazon web services": "aws",
+    "microsoft": "azure",
+    "azure": "azure",
+    "microsoft azure": "azure",
+    "google cloud": "gcp",
+    "google": "gcp",
+    "gcp": "gcp",
+}
+KEY_COLUMNS = ("provider", "billing_account_id", "billing_period", "sub_account_id", "region_id",
+               "service_name", "team", "env")
+COLUMNS = [
+    *REQUIRED,
+    "ProviderName",
+    "ServiceProviderName",
+    "SubAccountId",
+    "RegionId",
+    "ListCost",
+    "Tags",
+]
+
+Key = tuple[str, ...]
+
+
+# Partial aggregates are merged again once they hold this many rows: memory stays bounded by
+# the number of distinct (labels, hour) cells plus this, whatever the file size.
+COMPACT_ROWS = 500_000
+GROUP_KEYS = [*KEY_COLUMNS, "start", "end"]
+SUMS = [("billed", "sum"), ("effective", "sum"), ("list", "sum")]
+
+
+@dataclass
+class HourlyTotals:
+    """Hourly sums per label set, aggregated in Arrow batch by batch; `finish()` gives
+    (label key, hour epoch seconds) -> [billed, effective, list]."""
+
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    partial: list[pa.Table] = field(default_factory=list)
+    partial_rows: int = 0
+    result: pa.Table | None = None
+
+    def add(self, grouped: pa.Table) -> None:
+        self.partial.append(grouped)
+        self.partial_rows += grouped.num_rows
+        if self.partial_rows > COMPACT_ROWS:
+            self._compact()
+
+    def _compact(self) -> None:
+        if len(self.partial) > 1:
+            merged = pa.concat_tables(self.partial).group_by(GROUP_KEYS).aggregate(SUMS)
+            merged = merged.rename_columns([*GROUP_KEYS, "billed", "effective", "list"])
+            self.partial = [merged]
+        self.partial_rows = sum(t.num_rows for t in self.partial)
+
+    def finish(self) -> None:
+        """Fold the partial aggregates into hourly rows, spreading multi-hour charges (Azure
+        bills by day, purchases by month) evenly over their hours."""
+        self._compact()
+        if not self.partial:
+            self.result = pa.table({c: pa.array([], pa.string()) for c in KEY_COLUMNS})
+            self.result = self.result.append_column("hour", pa.array([], pa.int64()))
+            for c in ("billed", "effective", "list"):
+                self.result = self.result.append_column(c, pa.array([], pa.float64()))
+            return
+        table = self.partial[0]
+        start = table.column("start")
+        # Integer division truncates: the start of the charge's first hour.
+        hour = pc.multiply(pc.divide(start, HOUR_S), HOUR_S)
+        multi = pc.greater(pc.subtract(table.column("end"), hour), HOUR_S)
+        single = table.filter(pc.invert(multi))
+        parts = [single.drop_columns(["start", "end"]).append_column("hour", hour.filter(pc.invert(multi)))]
+        spread = table.filter(multi)
+        if spread.num_rows:
+            rows = spread.to_pylist()
+            expanded = []
+            for r in rows:
+                first = r["start"] - r["start"] % HOUR_S
+                hours = range(first, r["end"], HOUR_S)
+                share = 1.0 / len(hours)
+                for h in hours:
+                    expanded.append({**{k: r[k] for k in KEY_COLUMNS}, "billed": r["billed"] * share,
+                                     "effective": r["effective"] * share, "list": r["list"] * share, "hour": h})
+            parts.append(pa.Table.from_pylist(expanded, schema=parts[0].schema))
+        merged = pa.concat_tables(parts).group_by([*KEY_COLUMNS, "hour"]).aggregate(SUMS)
+        self.result = merged.rename_columns([*KEY_COLUMNS, "hour", "billed", "effective", "list"])
+        self.partial, self.partial_rows = [], 0
+
+    def rows(self) -> Iterator[tuple[Key, int, float, float, float]]:
+        """(label key with the provider normalised, hour, billed, effective, list)."""
+        cols = [self.result.column(c).to_pylist() for c in self.result.column_names]
+        n = len(KEY_COLUMNS)
+        for values in zip(*cols, strict=True):
+            provider = PROVIDER_NAMES.get(values[0], values[0])
+            yield (provider, *values[1:n]), values[n], values[n + 1], values[n + 2], values[n + 3]
+
+
+def _ts_seconds(arr: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        try:
+            arr = pc.cast(arr, pa.timestamp("s", tz="UTC"))
+        except pa.ArrowInvalid as exc:
+            raise BillingFileError(f"{name}: not an ISO 8601 timestamp ({exc})") from None
+    if not pa.types.is_timestamp(arr.type):
+        raise BillingFileError(f"{name}: expected a timestamp, got {arr.type}")
+    return pc.cast(pc.cast(arr, pa.timestamp("s", tz="UTC")), pa.int64())
+
+
+def _tag(tags: pa.Array, name: str) -> pa.Array:
+    if pa.types.is_map(tags.type):
+        return pc.fill_null(pc.map_lookup(tags, name, "first"), "")
+    if pa.types.is_null(tags.type):
+        return pa.array([""] * len(tags), pa.string())
+    # Few distinct tag sets repeat over many rows: extract once per distinct value.
+    encoded = pc.dictionary_encode(tags)
+    found = pc.extract_regex(encoded.dictionary, rf'"{name}"\s*:\s*"(?P<v>[^"]*)"')
+    values = pc.fill_null(pc.struct_field(found, 0), "")
+    return pc.fill_null(pc.take(values, encoded.indices), "")
+
+
+def _str(batch: pa.RecordBatch, name: str) -> pa.Array:
+    if name not in batch.schema.names:
+        return pa.array([""] * batch.num_rows, pa.string())
+    col = batch.column(name)
+    return pc.fill_null(col if pa.types.is_string(col.type) else pc.cast(col, pa.string()), "")
+
+
+def add_batch(totals: HourlyTotals, batch: pa.RecordBatch, source: str) -> None:
+    missing = [c for c in REQUIRED if c not in batch.schema.names]
+    if missing:
+        raise BillingFileError(f"{source}: not a FOCUS file, missing columns {missing}")
+    totals.rows_read += batch.num_rows
+    provider_col = "ProviderName" if "ProviderName" in batch.schema.names else "ServiceProviderName"
+    if provider_col not in batch.schema.names:
+        raise BillingFileError(f"{source}: missing column ProviderName")
+    start = _ts_seconds(batch.column("ChargePeriodStart"), f"{source}: ChargePeriodStart")
+    end = _ts_seconds(batch.column("ChargePeriodEnd"), f"{source}: ChargePeriodEnd")
+    period = _ts_seconds(batch.column("BillingPeriodStart"), f"{source}: BillingPeriodStart")
+    billed = pc.cast(batch.column("BilledCost"), pa.float64())
+    effective = pc.cast(batch.column("EffectiveCost"), pa.float64())
+    listed = (
+        pc.cast(batch.column("ListCost"), pa.float64())
+        if "ListCost" in batch.schema.names
+        else effective
+    )
+    # Rows the loader cannot place are counted by reason, never guessed.
+    checks = {
+        "null_charge_period": pc.or_(pc.is_null(start), pc.is_null(end)),
+        "null_cost": pc.or_(pc.is_null(billed), pc.is_null(effective)),
+        "null_billing_account": pc.is_null(batch.column("BillingAccountId")),
+        "charge_period_not_positive": pc.fill_null(pc.less_equal(end, start), False),
+    }
+    bad = pa.array([False] * batch.num_rows)
+    for reason, mask in checks.items():
+        mask = pc.fill_null(mask, False)
+        n = pc.sum(pc.and_not(mask, bad)).as_py() or 0
+        if n:
+            totals.rejections[reason] = totals.rejections.get(reason, 0) + n
+        bad = pc.or_(bad, mask)
+    good = pc.invert(bad)
+    totals.rows_rejected += batch.num_rows - (pc.sum(good).as_py() or 0)
+    tags = batch.column("Tags") if "Tags" in batch.schema.names else pa.nulls(batch.num_rows)
+    table = pa.table(
+        {
+            "provider": pc.utf8_lower(_str(batch, provider_col)),
+            "billing_account_id": _str(batch, "BillingAccountId"),
+            "billing_period": pc.strftime(pc.cast(period, pa.timestamp("s", tz="UTC")), "%Y-%m"),
+            "sub_account_id": _str(batch, "SubAccountId"),
+            "region_id": _str(batch, "RegionId"),
+            "service_name": _str(batch, "ServiceName"),
+            "team": _tag(tags, "team"),
+            "env": _tag(tags, "env"),
+            "start": start,
+            "end": end,
+            "billed": pc.fill_null(billed, 0.0),
+            "effective": pc.fill_null(effective, 0.0),
+            "list": pc.fill_null(listed, 0.0),
+        }
+    ).filter(good)
+    grouped = table.group_by(GROUP_KEYS).aggregate(SUMS)
+    totals.add(grouped.rename_columns([*GROUP_KEYS, "billed", "effective", "list"]))
+
+
+def add_batches(totals: HourlyTotals, batches: Iterable[pa.RecordBatch], source: str) -> None:
+    """Add every batch of one file (call `totals.finish()` after the last file)."""
+    for batch in batches:
+        add_batch(totals, batch, source)
+
+
+def hour_dt(epoch_s: int) -> datetime:
+    return datetime.fromtimestamp(epoch_s, UTC)

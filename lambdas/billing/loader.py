@@ -1,0 +1,300 @@
+"""`cct billing load`: FOCUS (or native) exports -> hourly billed cost in PostgreSQL and
+VictoriaMetrics, then reconciliation against the run-rate estimate.
+
+Idempotency. One invocation is one delivery (all its files). Its `load_id` is a hash of the
+files' contents, and the unit of replacement is the partition (provider, billing account,
+billing period):
+- the same delivery again: the partition's current load_id matches, nothing is written;
+- a new delivery for a partition: under a per-partition advisory lock, PostgreSQL's hours
+  are replaced and, in VictoriaMetrics, every series of that partition is deleted before
+  the new ones are written. VictoriaMetrics keeps every sample written for a
+  (series, timestamp) pair (measured: three writes of one point are three samples and
+  sum_over_time adds them), so overwriting in place would double count.
+  PostgreSQL commits last, so a crash in between leaves the partition "not loaded" and the
+  next run deletes and rewrites it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import psycopg
+
+from lambdas.billing.adapters import adapt
+from lambdas.billing.aggregate import COLUMNS, HourlyTotals, add_batches, hour_dt
+from lambdas.billing.focus import BillingFileError, read_batches
+from lambdas.common.settings import env_int, pg_dsn, vm_url
+from lambdas.common.vm import Sample, VictoriaMetrics, VMError
+from lambdas.ingest.exposition import body, line, render_labels
+from lambdas.store import billing as store
+
+log = logging.getLogger(__name__)
+
+BILLED = "cct_billed_cost_usd"
+EFFECTIVE = "cct_effective_cost_usd"
+FACTOR = "cct_cost_reconciliation_factor"
+ERROR = "cct_cost_estimate_error_ratio"
+ROLLUP = "cct_cost_rate_rollup_usd_per_hour"
+IMPORT_CHUNK = 50_000  # lines per import request (a few MiB)
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    pg_dsn: str
+    vm_url: str
+    # Trailing window of billed hours compared with the estimate. A week smooths daily
+    # patterns and is short enough to follow price changes.
+    reconcile_window_h: int = 168
+
+    @classmethod
+    def from_env(cls) -> BillingSettings:
+        return cls(
+            pg_dsn=pg_dsn(),
+            vm_url=vm_url(),
+            reconcile_window_h=env_int("CCT_BILLING_RECONCILE_WINDOW_H", 168),
+        )
+
+
+@dataclass
+class LoadReport:
+    load_id: str
+    files: list[str]
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    loaded: list[str] = field(default_factory=list)  # partitions written
+    unchanged: list[str] = field(default_factory=list)  # partitions already at this load_id
+    samples: int = 0
+    reconciled: list[dict[str, object]] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _s3_files(uri: str, into: Path) -> Iterator[Path]:
+    """s3://bucket/key or s3://bucket/prefix/ (every object under it), downloaded to `into`."""
+    parsed = urllib.parse.urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    s3 = boto3.client("s3")
+    if key.endswith("/") or not key:
+        keys = [
+            obj["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith(("/", "manifest.json"))
+        ]
+    else:
+        keys = [key]
+    if not keys:
+        raise BillingFileError(f"{uri}: no objects")
+    for k in sorted(keys):
+        target = into / hashlib.sha256(k.encode()).hexdigest()[:16] / Path(k).name
+        target.parent.mkdir(parents=True)
+        s3.download_file(bucket, k, str(target))
+        yield target
+
+
+def resolve(locations: Sequence[str], into: Path) -> list[tuple[str, Path]]:
+    """(name, local path) of every file of the delivery."""
+    out: list[tuple[str, Path]] = []
+    for loc in locations:
+        if loc.startswith("s3://"):
+            out += [(f"s3://{urllib.parse.urlparse(loc).netloc}/{p.name}", p) for p in _s3_files(loc, into)]
+        else:
+            path = Path(loc)
+            if path.is_dir():
+                out += [(str(p), p) for p in sorted(path.iterdir()) if p.is_file()]
+            elif path.is_file():
+                out.append((loc, path))
+            else:
+                raise BillingFileError(f"{loc}: no such file")
+    return out
+
+
+def _q(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _delete_series(base_url: str, part: store.Partition) -> None:
+    provider, account, period = part
+    match = (
+        f'{{__name__=~"{BILLED}|{EFFECTIVE}",provider={_q(provider)},'
+        f"billing_account_id={_q(account)},billing_period={_q(period)}}}"
+    )
+    url = f"{base_url}/api/v1/admin/tsdb/delete_series?" + urllib.parse.urlencode({"match[]": match})
+    req = urllib.request.Request(url, method="POST")  # noqa: S310 - our own VM URL
+    try:
+        with urllib.request.urlopen(req, timeout=30):  # noqa: S310
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        raise VMError(f"delete_series: {exc}", retryable=True) from exc
+
+
+def _lines(part: store.Partition, load_id: str, rows: Sequence[store.HourlyRow]) -> list[str]:
+    rendered: dict[tuple[str, ...], str] = {}
+    out = []
+    for sub, region, service, team, env, hour, billed, effective, _ in rows:
+        key = (sub, region, service, team, env)
+        text = rendered.get(key)
+        if text is None:
+            text = rendered[key] = render_labels(
+                {
+                    "provider": part[0],
+                    "billing_account_id": part[1],
+                    "billing_period": part[2],
+                    "load_id": load_id,
+                    "sub_account_id": sub,
+                    "region_id": region,
+                    "service_name": service,
+                    "team": team,
+                    "env": env,
+                }
+            )
+        ts = int(hour.timestamp() * 1000)
+        out.append(line(BILLED, text, None, billed, ts))
+        out.append(line(EFFECTIVE, text, None, effective, ts))
+    return out
+
+
+def _import(base_url: str, lines: list[str]) -> None:
+    url = f"{base_url}/api/v1/import/prometheus"
+    for i in range(0, len(lines), IMPORT_CHUNK):
+        req = urllib.request.Request(url, data=body(lines[i : i + IMPORT_CHUNK]), method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=60):  # noqa: S310 - our own VM URL
+                pass
+        except urllib.error.HTTPError as exc:
+            raise VMError(f"import: HTTP {exc.code}", retryable=exc.code >= 500) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise VMError(f"import: {exc}", retryable=True) from exc
+
+
+def load(
+    settings: BillingSettings,
+    locations: Sequence[str],
+    fmt: str = "focus",
+    now: datetime | None = None,
+    reconcile_after: bool = True,
+) -> LoadReport:
+    """Load one delivery. Raises BillingFileError (bad input: dead-lettered, nothing written)
+    or VMError / psycopg.Error (retry the same command)."""
+    now = now or datetime.now(UTC)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cct-billing-")))
+        conn = stack.enter_context(psycopg.connect(settings.pg_dsn, autocommit=True))
+        try:
+            files = resolve(locations, tmp)
+            digests = sorted(_sha256(p) for _, p in files)
+            load_id = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
+            totals = HourlyTotals()
+            for name, path in files:
+                batches = (
+                    read_batches(path, COLUMNS) if fmt == "focus" else adapt(path, fmt).to_batches()
+                )
+                add_batches(totals, batches, name)
+            totals.finish()
+        except BillingFileError as exc:
+            store.dead_letter(conn, "broken_file", str(exc), json.dumps(list(locations)))
+            raise
+        report = LoadReport(load_id, [n for n, _ in files], totals.rows_read, totals.rows_rejected)
+        report.rejections = dict(totals.rejections)
+        if totals.rows_rejected:
+            detail = ", ".join(f"{n} rows {r}" for r, n in sorted(totals.rejections.items()))
+            store.dead_letter(conn, "rejected_rows", f"{report.files}: {detail}", json.dumps(report.files))
+        _write_partitions(conn, settings, totals, report)
+        if reconcile_after:
+            accounts = {(p.split("/")[0], p.split("/")[1]) for p in report.loaded + report.unchanged}
+            report.reconciled = reconcile(conn, settings, accounts, now)
+    return report
+
+
+def _write_partitions(
+    conn: psycopg.Connection, settings: BillingSettings, totals: HourlyTotals, report: LoadReport
+) -> None:
+    by_part: dict[store.Partition, list[store.HourlyRow]] = {}
+    for key, hour, billed, effective, listed in totals.rows():
+        part = (key[0], key[1], key[2])
+        by_part.setdefault(part, []).append(
+            (key[3], key[4], key[5], key[6], key[7], hour_dt(hour), billed, effective, listed)
+        )
+    vm = settings.vm_url.rstrip("/")
+    for part in sorted(by_part):
+        name = "/".join(part)
+        with conn.transaction():
+            if store.lock_partition(conn, part) == report.load_id:
+                report.unchanged.append(name)
+                continue
+            rows = by_part[part]
+            store.replace_partition(conn, part, report.load_id, report.files, report.rows_read, rows)
+            _delete_series(vm, part)
+            lines = _lines(part, report.load_id, rows)
+            _import(vm, lines)
+            report.samples += len(lines)
+            report.loaded.append(name)
+        log.info("billing partition loaded", extra={"partition": name, "load_id": report.load_id})
+
+
+def reconciliation_factors(
+    billed: Mapping[str, float], estimated: Mapping[str, float]
+) -> dict[str, tuple[float, float]]:
+    """service -> (factor = billed / estimated, error = factor - 1). Services without an
+    estimate are left out: a ratio against nothing says nothing."""
+    out = {}
+    for service, cost in billed.items():
+        est = estimated.get(service, 0.0)
+        if est > 0:
+            out[service] = (cost / est, cost / est - 1.0)
+    return out
+
+
+def reconcile(
+    conn: psycopg.Connection,
+    settings: BillingSettings,
+    accounts: set[tuple[str, str]],
+    now: datetime,
+) -> list[dict[str, object]]:
+    vm = VictoriaMetrics(settings.vm_url, timeout=60)
+    window_h = settings.reconcile_window_h
+    results: list[dict[str, object]] = []
+    samples: list[Sample] = []
+    for provider, account in sorted(accounts):
+        end, billed = store.billed_by_service(conn, provider, account, window_h)
+        if end is None:
+            continue
+        expr = (
+            f"sum by (service_name) (integrate({ROLLUP}{{basis=\"list\",provider={_q(provider)},"
+            f"billing_account_id={_q(account)}}}[{window_h}h])) / 3600"
+        )
+        estimated = {
+            r["metric"].get("service_name", ""): float(r["value"][1])
+            for r in vm.query(expr, time_s=end.timestamp())
+        }
+        start = end - timedelta(hours=window_h)
+        for service, (factor, error) in reconciliation_factors(billed, estimated).items():
+            store.save_reconciliation(
+                conn, provider, account, service, (start, end), billed[service],
+                estimated[service], factor,
+            )
+            labels = {"provider": provider, "billing_account_id": account, "service_name": service}
+            ts = int(now.timestamp() * 1000)
+            samples += [Sample(FACTOR, labels, factor, ts), Sample(ERROR, labels, error, ts)]
+            results.append({**labels, "billed_usd": billed[service], "estimated_usd": estimated[service], "factor": factor})
+    vm.import_samples(samples)
+    return results

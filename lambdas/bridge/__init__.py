@@ -1,0 +1,1 @@
+"""Alertmanager webhook → Kafka bridge (`cct serve bridge`)."""

@@ -1,0 +1,71 @@
+"""Bridge settings, read once from CCT_* environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lambdas.common.settings import SettingsError, env_float, env_int, env_str, kafka_bootstrap
+
+
+def read_secret(variable: str, path: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{variable}={path!r} cannot be read: {exc.strerror}") from None
+    if not value:
+        raise SettingsError(f"{variable}={path!r} is empty")
+    return value
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """
+    kafka_bootstrap: CCT_KAFKA_BOOTSTRAP, brokers to produce to.
+    topic: CCT_BRIDGE_TOPIC, default `cct.cost.anomalies`.
+    token: the bearer token Alertmanager presents, read from the file named by
+        CCT_BRIDGE_TOKEN_FILE (a mounted Secret; never an environment value).
+    zenduty_url: the Zenduty integration URL (it embeds the integration key), read from the
+        file named by CCT_ZENDUTY_URL_FILE; unset disables the relay endpoint.
+    host, port: CCT_BRIDGE_HOST (default 0.0.0.0, the pod's interfaces) and CCT_BRIDGE_PORT
+        (default 8080, docs/architecture.md section 2).
+    produce_timeout_s: CCT_BRIDGE_PRODUCE_TIMEOUT_S, default 5 s: how long a request waits for
+        the broker's acknowledgement before answering 503. Alertmanager gives a notification
+        at least 10 s including its own retries, so 5 s leaves room for one retry inside it.
+    relay_timeout_s: CCT_BRIDGE_RELAY_TIMEOUT_S, default 5 s, for the call to Zenduty.
+    max_body_bytes: CCT_BRIDGE_MAX_BODY_BYTES, default 4 MiB; Alertmanager groups are small,
+        a larger body is not from Alertmanager.
+    """
+
+    kafka_bootstrap: str
+    topic: str
+    # Secrets: kept out of repr, so never in logs or tracebacks.
+    token: str = field(repr=False)
+    zenduty_url: str | None = field(repr=False)
+    host: str
+    port: int
+    produce_timeout_s: float
+    relay_timeout_s: float
+    max_body_bytes: int
+
+    @classmethod
+    def from_env(cls) -> BridgeSettings:
+        import os
+
+        token_file = env_str("CCT_BRIDGE_TOKEN_FILE")
+        zenduty_file = os.environ.get("CCT_ZENDUTY_URL_FILE") or None
+        zenduty_url = read_secret("CCT_ZENDUTY_URL_FILE", zenduty_file) if zenduty_file else None
+        if zenduty_url is not None and not zenduty_url.startswith(("https://", "http://")):
+            raise SettingsError("CCT_ZENDUTY_URL_FILE must hold an http(s) URL")
+        return cls(
+            kafka_bootstrap=kafka_bootstrap(),
+            topic=env_str("CCT_BRIDGE_TOPIC", "cct.cost.anomalies"),
+            token=read_secret("CCT_BRIDGE_TOKEN_FILE", token_file),
+            zenduty_url=zenduty_url,
+            # The bridge runs in a pod and must accept the cluster's traffic.
+            host=env_str("CCT_BRIDGE_HOST", "0.0.0.0"),  # noqa: S104
+            port=env_int("CCT_BRIDGE_PORT", 8080),
+            produce_timeout_s=env_float("CCT_BRIDGE_PRODUCE_TIMEOUT_S", 5.0),
+            relay_timeout_s=env_float("CCT_BRIDGE_RELAY_TIMEOUT_S", 5.0),
+            max_body_bytes=env_int("CCT_BRIDGE_MAX_BODY_BYTES", 4 * 1024 * 1024),
+        )

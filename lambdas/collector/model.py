@@ -1,0 +1,75 @@
+"""The one resource-change model every provider's events are normalised to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+PROVIDERS = ("aws", "azure", "gcp")
+
+
+class EventRejected(ValueError):
+    """One event cannot be used. `reason` is a short code for counting; the message names the
+    problem. Retrying the same event will not help: it goes to the dead-letter table."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class EventIgnored(Exception):
+    """A readable event that does not change any run-rate (e.g. a failed API call)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceChange:
+    """One lifecycle change of one resource. None means "this event does not say"; the
+    inventory keeps what it knew."""
+
+    event_id: str
+    provider: str
+    billing_account_id: str
+    sub_account_id: str
+    region_id: str | None
+    service_name: str
+    resource_id: str
+    resource_type: str
+    action: str
+    event_time: datetime
+    state: str | None = None
+    sku: str | None = None
+    # size and pricing attributes, merged into the inventory's `size` (e.g. gib, engine)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, str] | None = None
+    actor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A row of resource_inventory."""
+
+    provider: str
+    resource_id: str
+    billing_account_id: str
+    sub_account_id: str
+    region_id: str
+    service_name: str
+    resource_type: str
+    sku: str | None
+    size: Mapping[str, Any]
+    state: str
+    tags: Mapping[str, str]
+    usd_per_hour: float | None
+    last_event_id: str
+    last_event_time: datetime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.provider, self.resource_id)

@@ -1,0 +1,459 @@
+"""Normalise the providers' event shapes to ResourceChange.
+
+A record from Fluent Bit is the forwarder's envelope:
+`{"provider": "aws"|"azure"|"gcp", "billing_account_id": "...", "event": {...},
+"resource": {...}}` where `event` is the provider's event exactly as delivered and `resource`
+(Azure only) is the ARM resource the forwarder read after the change, because Event Grid
+events do not carry a VM size or disk tier. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lambdas.collector.model import PROVIDERS, EventIgnored, EventRejected, ResourceChange
+
+AWS_EC2 = "Amazon Elastic Compute Cloud"
+AWS_RDS = "Amazon Relational Database Service"
+AZURE_VM = "Virtual Machines"
+AZURE_DISK = "Storage"
+GCP_COMPUTE = "Compute Engine"
+
+# CreateDBInstance names engines as RDS does; the price list as the console does.
+RDS_ENGINES = {
+    "postgres": "PostgreSQL",
+    "mysql": "MySQL",
+    "mariadb": "MariaDB",
+    "aurora-postgresql": "Aurora PostgreSQL",
+    "aurora-mysql": "Aurora MySQL",
+}
+
+
+def _req(obj: Mapping[str, Any], key: str, where: str) -> Any:
+    value = obj.get(key)
+    if value is None or value == "":
+        raise EventRejected("missing_field", f"{where}: missing field {key!r}")
+    return value
+
+
+def _obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise EventRejected("wrong_type", f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise EventRejected("wrong_type", f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def parse_time(value: Any, where: str) -> datetime:
+    if not isinstance(value, str):
+        raise EventRejected("wrong_type", f"{where}: expected an ISO 8601 time, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise EventRejected("bad_time", f"{where}: {value!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise EventRejected("bad_time", f"{where}: {value!r} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _items(value: Any) -> list[Mapping[str, Any]]:
+    """CloudTrail wraps lists as {"items": [...]}."""
+    if isinstance(value, Mapping):
+        value = value.get("items")
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _aws_tags(request: Mapping[str, Any], resource_type: str) -> dict[str, str] | None:
+    tags: dict[str, str] = {}
+    for spec in _items(request.get("tagSpecificationSet")):
+        if spec.get("resourceType") == resource_type:
+            for tag in spec.get("tags") or spec.get("tagSet", {}).get("items", []):
+                tags[str(tag.get("key") or tag.get("Key"))] = str(tag.get("value", ""))
+    for tag in request.get("tags") or []:  # RDS: [{"key": .., "value": ..}]
+        if isinstance(tag, Mapping):
+            tags[str(tag.get("key") or tag.get("Key"))] = str(tag.get("value") or tag.get("Value"))
+    return tags or None
+
+
+def _az_to_region(zone: str) -> str:
+    """us-east-1a -> us-east-1; us-central1-a -> us-central1."""
+    return zone[:-1] if zone[-1:].isalpha() and zone[-2:-1].isdigit() else zone.rsplit("-", 1)[0]
+
+
+EC2_STATES = {"pending": "running", "running": "running", "stopping": "stopped"}
+EC2_ACTION_STATE = {
+    "RunInstances": "running",
+    "StartInstances": "running",
+    "StopInstances": "stopped",
+    "TerminateInstances": "deleted",
+}
+
+
+def normalize_aws(envelope: Mapping[str, Any], billing_account: str | None) -> list[ResourceChange]:
+    event = _obj(envelope.get("event"), "event")
+    detail_type = _req(event, "detail-type", "event")
+    detail = _obj(_req(event, "detail", "event"), "event.detail")
+    account = _str(_req(event, "account", "event"), "event.account")
+    billing = billing_account or account
+    region = _str(_req(event, "region", "event"), "event.region")
+    when = parse_time(_req(event, "time", "event"), "event.time")
+    if detail_type == "EC2 Instance State-change Notification":
+        instance = _str(_req(detail, "instance-id", "event.detail"), "event.detail.instance-id")
+        raw_state = _str(_req(detail, "state", "event.detail"), "event.detail.state")
+        state = "deleted" if raw_state in ("shutting-down", "terminated") else raw_state
+        return [
+            ResourceChange(
+                event_id=f"aws:{_req(event, 'id', 'event')}",
+                provider="aws",
+                billing_account_id=billing,
+                sub_account_id=account,
+                region_id=region,
+                service_name=AWS_EC2,
+                resource_id=instance,
+                resource_type="Instance",
+                action=f"state:{raw_state}",
+                event_time=when,
+                state=EC2_STATES.get(state, state),
+            )
+        ]
+    if detail_type == "AWS API Call via CloudTrail":
+        return _cloudtrail(detail, billing, account, region, when)
+    raise EventIgnored(f"aws detail-type {detail_type!r} is not a lifecycle event")
+
+
+def _cloudtrail(
+    detail: Mapping[str, Any], billing: str, account: str, region: str, when: datetime
+) -> list[ResourceChange]:
+    name = _str(_req(detail, "eventName", "event.detail"), "event.detail.eventName")
+    if detail.get("errorCode"):
+        raise EventIgnored(f"{name} failed with {detail['errorCode']}")
+    event_id = f"aws:{_req(detail, 'eventID', 'event.detail')}"
+    identity = detail.get("userIdentity") or {}
+    actor = identity.get("arn") or identity.get("principalId")
+    request = _obj(detail.get("requestParameters") or {}, "event.detail.requestParameters")
+    response = _obj(detail.get("responseElements") or {}, "event.detail.responseElements")
+    base = {
+        "provider": "aws",
+        "billing_account_id": billing,
+        "sub_account_id": account,
+        "region_id": region,
+        "action": name,
+        "event_time": when,
+        "actor": actor,
+    }
+    handler = _CLOUDTRAIL.get(name)
+    if handler is None:
+        raise EventIgnored(f"CloudTrail {name} does not change a run-rate")
+    changes = handler(request, response, base)
+    if not changes:
+        raise EventRejected("missing_field", f"CloudTrail {name}: no resource id in the event")
+    # One API call can touch several resources; each gets its own stable event id.
+    return [
+        ResourceChange(event_id=f"{event_id}/{rid}", resource_id=rid, **kw) for rid, kw in changes
+    ]
+
+
+Changes = list[tuple[str, dict[str, Any]]]
+
+
+def _ct_instances(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
+    action = base["action"]
+    items = _items(resp.get("instancesSet")) or _items(req.get("instancesSet"))
+    tags = _aws_tags(req, "instance")
+    out: Changes = []
+    for item in items:
+        rid = item.get("instanceId")
+        if not isinstance(rid, str):
+            continue
+        kw = {**base, "service_name": AWS_EC2, "resource_type": "Instance"}
+        kw["state"] = EC2_ACTION_STATE[action]
+        if action == "RunInstances":
+            kw["sku"] = item.get("instanceType") or req.get("instanceType")
+            zone = (item.get("placement") or {}).get("availabilityZone")
+            if zone:
+                kw["region_id"] = _az_to_region(zone)
+            item_tags = {
+                str(t.get("key")): str(t.get("value", "")) for t in _items(item.get("tagSet"))
+            }
+            kw["tags"] = item_tags or tags
+        out.append((rid, kw))
+    return out
+
+
+def _ct_modify_instance(
+    req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]
+) -> Changes:
+    rid = req.get("instanceId")
+    raw = req.get("instanceType")
+    sku = raw.get("value") if isinstance(raw, Mapping) else raw
+    if sku is None and req.get("attribute") == "instanceType":
+        sku = req.get("value")
+    if not isinstance(rid, str):
+        return []
+    if sku is None:
+        raise EventIgnored("ModifyInstanceAttribute does not change the instance type")
+    return [(rid, {**base, "service_name": AWS_EC2, "resource_type": "Instance", "sku": sku})]
+
+
+def _ct_volume(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
+    action = base["action"]
+    kw = {**base, "service_name": AWS_EC2, "resource_type": "Volume"}
+    if action == "CreateVolume":
+        rid = resp.get("volumeId")
+        kw["sku"] = resp.get("volumeType") or req.get("volumeType") or "gp2"
+        kw["attributes"] = {"gib": float(resp.get("size") or req.get("size") or 0)}
+        kw["state"] = "available"
+        kw["tags"] = _aws_tags(req, "volume")
+        zone = resp.get("zone") or req.get("zone")
+        if zone:
+            kw["region_id"] = _az_to_region(zone)
+    elif action == "ModifyVolume":
+        inner = req.get("ModifyVolumeRequest") or req
+        mod = (resp.get("ModifyVolumeResponse") or {}).get("volumeModification") or {}
+        rid = inner.get("VolumeId") or inner.get("volumeId") or mod.get("volumeId")
+        sku = mod.get("targetVolumeType") or inner.get("VolumeType") or inner.get("volumeType")
+        size = mod.get("targetSize") or inner.get("Size") or inner.get("size")
+        if sku:
+            kw["sku"] = sku
+        if size:
+            kw["attributes"] = {"gib": float(size)}
+    else:  # DeleteVolume
+        rid = req.get("volumeId")
+        kw["state"] = "deleted"
+    return [(rid, kw)] if isinstance(rid, str) else []
+
+
+def _ct_db(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
+    action = base["action"]
+    ident = req.get("dBInstanceIdentifier")
+    if not isinstance(ident, str):
+        return []
+    arn = resp.get("dBInstanceArn") or (
+        f"arn:aws:rds:{base['region_id']}:{base['sub_account_id']}:db:{ident}"
+    )
+    kw = {**base, "service_name": AWS_RDS, "resource_type": "DBInstance"}
+    attrs: dict[str, Any] = {}
+    if req.get("dBInstanceClass"):
+        kw["sku"] = req["dBInstanceClass"]
+    if req.get("engine"):
+        attrs["engine"] = str(req["engine"])
+    if req.get("allocatedStorage"):
+        attrs["gib"] = float(req["allocatedStorage"])
+    if "multiAZ" in req:
+        attrs["multi_az"] = bool(req["multiAZ"])
+    kw["attributes"] = attrs
+    if action == "CreateDBInstance":
+        kw["state"] = "running"
+        kw["tags"] = _aws_tags(req, "db")
+    elif action == "DeleteDBInstance":
+        kw["state"] = "deleted"
+    return [(arn, kw)]
+
+
+_CLOUDTRAIL: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], dict[str, Any]], Changes]]
+_CLOUDTRAIL = {
+    "RunInstances": _ct_instances,
+    "StartInstances": _ct_instances,
+    "StopInstances": _ct_instances,
+    "TerminateInstances": _ct_instances,
+    "ModifyInstanceAttribute": _ct_modify_instance,
+    "CreateVolume": _ct_volume,
+    "ModifyVolume": _ct_volume,
+    "DeleteVolume": _ct_volume,
+    "CreateDBInstance": _ct_db,
+    "ModifyDBInstance": _ct_db,
+    "DeleteDBInstance": _ct_db,
+}
+
+AZURE_EVENT_TYPES = {
+    "Microsoft.Resources.ResourceWriteSuccess",
+    "Microsoft.Resources.ResourceDeleteSuccess",
+    "Microsoft.Resources.ResourceActionSuccess",
+}
+# ResourceActionSuccess operations that change what a VM costs. A powered-off VM that is not
+# deallocated is still billed for compute, so "stopped" is priced like "running" on Azure.
+AZURE_ACTIONS = {
+    "microsoft.compute/virtualmachines/start/action": "running",
+    "microsoft.compute/virtualmachines/restart/action": "running",
+    "microsoft.compute/virtualmachines/poweroff/action": "stopped",
+    "microsoft.compute/virtualmachines/deallocate/action": "deallocated",
+}
+AZURE_TYPES = {
+    "microsoft.compute/virtualmachines": (AZURE_VM, "Microsoft.Compute/virtualMachines"),
+    "microsoft.compute/disks": (AZURE_DISK, "Microsoft.Compute/disks"),
+}
+
+
+def normalize_azure(
+    envelope: Mapping[str, Any], billing_account: str | None
+) -> list[ResourceChange]:
+    event = _obj(envelope.get("event"), "event")
+    # Event Grid schema uses eventType/eventTime, the CloudEvents schema type/time.
+    event_type = event.get("eventType") or event.get("type")
+    if event_type not in AZURE_EVENT_TYPES:
+        raise EventRejected("unknown_event_type", f"azure event type {event_type!r} is unknown")
+    data = _obj(_req(event, "data", "event"), "event.data")
+    uri = _str(data.get("resourceUri") or event.get("subject"), "event.data.resourceUri")
+    parts = uri.strip("/").split("/")
+    if len(parts) < 8 or parts[0].lower() != "subscriptions":
+        raise EventRejected("bad_resource_id", f"azure resourceUri {uri!r} is not an ARM id")
+    rtype = f"{parts[5]}/{parts[6]}".lower()
+    if rtype not in AZURE_TYPES:
+        raise EventIgnored(f"azure resource type {rtype} is not priced")
+    service, resource_type = AZURE_TYPES[rtype]
+    subscription = parts[1]
+    operation = str(data.get("operationName") or "")
+    when = parse_time(event.get("eventTime") or event.get("time"), "event.eventTime")
+    claims = data.get("claims") or {}
+    actor = (
+        claims.get("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
+        or claims.get("appid")
+        or ((data.get("authorization") or {}).get("evidence") or {}).get("principalId")
+    )
+    kw: dict[str, Any] = {}
+    if event_type.endswith("ResourceDeleteSuccess"):
+        kw["state"] = "deleted"
+    elif event_type.endswith("ResourceActionSuccess"):
+        state = AZURE_ACTIONS.get(operation.lower())
+        if state is None:
+            raise EventIgnored(f"azure action {operation} does not change a run-rate")
+        kw["state"] = state
+    resource = envelope.get("resource")
+    region = None
+    if isinstance(resource, Mapping):
+        region = resource.get("location")
+        props = resource.get("properties") or {}
+        if isinstance(resource.get("tags"), Mapping):
+            kw["tags"] = {str(k): str(v) for k, v in resource["tags"].items()}
+        if rtype == "microsoft.compute/virtualmachines":
+            kw["sku"] = (props.get("hardwareProfile") or {}).get("vmSize")
+            if event_type.endswith("ResourceWriteSuccess"):
+                kw["state"] = "running"
+        else:
+            kw["sku"] = (resource.get("sku") or {}).get("name")
+            if props.get("diskSizeGB") is not None:
+                kw["attributes"] = {"gib": float(props["diskSizeGB"])}
+            if event_type.endswith("ResourceWriteSuccess"):
+                kw["state"] = "available"
+    return [
+        ResourceChange(
+            event_id=f"azure:{_req(event, 'id', 'event')}",
+            provider="azure",
+            billing_account_id=billing_account or subscription,
+            sub_account_id=subscription,
+            region_id=region,
+            service_name=service,
+            resource_id=uri.lower(),
+            resource_type=resource_type,
+            action=operation or str(event_type),
+            event_time=when,
+            actor=actor,
+            **kw,
+        )
+    ]
+
+
+GCP_METHODS = {
+    "compute.instances.insert": "running",
+    "compute.instances.delete": "deleted",
+    "compute.instances.start": "running",
+    "compute.instances.stop": "stopped",
+    "compute.instances.setMachineType": None,
+    "compute.disks.insert": "available",
+    "compute.disks.delete": "deleted",
+}
+
+
+def _gcp_entry(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The audit LogEntry, from a Pub/Sub push body, a Pub/Sub message or the entry itself."""
+    message = event.get("message", event)
+    if isinstance(message, Mapping) and "data" in message and "protoPayload" not in message:
+        try:
+            decoded = json.loads(base64.b64decode(message["data"], validate=True))
+        except (binascii.Error, ValueError, TypeError):
+            raise EventRejected("bad_encoding", "gcp message.data is not base64 JSON") from None
+        return _obj(decoded, "message.data")
+    return event
+
+
+def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> list[ResourceChange]:
+    entry = _gcp_entry(_obj(envelope.get("event"), "event"))
+    payload = _obj(_req(entry, "protoPayload", "logEntry"), "logEntry.protoPayload")
+    method = _str(_req(payload, "methodName", "protoPayload"), "protoPayload.methodName")
+    short = ".".join(method.split(".")[-3:])  # v1.compute.instances.insert -> compute.instances.insert
+    if short not in GCP_METHODS:
+        raise EventIgnored(f"gcp method {method} does not change a run-rate")
+    if (payload.get("status") or {}).get("code"):
+        raise EventIgnored(f"gcp {method} failed")
+    name = _str(_req(payload, "resourceName", "protoPayload"), "protoPayload.resourceName")
+    parts = name.split("/")  # projects/P/zones/Z/instances/N
+    if len(parts) != 6 or parts[0] != "projects" or parts[2] != "zones":
+        raise EventRejected("bad_resource_id", f"gcp resourceName {name!r} is not a zonal resource")
+    project, zone = parts[1], parts[3]
+    request = payload.get("request") or {}
+    kw: dict[str, Any] = {"state": GCP_METHODS[short]}
+    is_disk = parts[4] == "disks"
+    if short in ("compute.instances.insert", "compute.instances.setMachineType"):
+        machine = request.get("machineType")
+        if isinstance(machine, str):
+            kw["sku"] = machine.rsplit("/", 1)[-1]
+        if isinstance(request.get("labels"), Mapping):
+            kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
+    if short == "compute.disks.insert":
+        disk_type = request.get("type")
+        kw["sku"] = disk_type.rsplit("/", 1)[-1] if isinstance(disk_type, str) else "pd-standard"
+        if request.get("sizeGb") is not None:
+            kw["attributes"] = {"gib": float(request["sizeGb"])}
+        if isinstance(request.get("labels"), Mapping):
+            kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
+    if kw["state"] is None:
+        del kw["state"]
+    actor = (payload.get("authenticationInfo") or {}).get("principalEmail")
+    return [
+        ResourceChange(
+            event_id=f"gcp:{_req(entry, 'insertId', 'logEntry')}",
+            provider="gcp",
+            billing_account_id=billing_account or project,
+            sub_account_id=project,
+            region_id=_az_to_region(zone),
+            service_name=GCP_COMPUTE,
+            resource_id=f"//compute.googleapis.com/{name}",
+            resource_type="compute.googleapis.com/Disk"
+            if is_disk
+            else "compute.googleapis.com/Instance",
+            action=method,
+            event_time=parse_time(_req(entry, "timestamp", "logEntry"), "logEntry.timestamp"),
+            actor=actor,
+            **kw,
+        )
+    ]
+
+
+_NORMALIZERS = {"aws": normalize_aws, "azure": normalize_azure, "gcp": normalize_gcp}
+
+
+def normalize(record: Any, default_provider: str | None = None) -> list[ResourceChange]:
+    """One Fluent Bit record -> the changes it carries. Raises EventRejected / EventIgnored."""
+    if not isinstance(record, Mapping):
+        raise EventRejected("wrong_type", f"record: expected an object, got {type(record).__name__}")
+    provider = record.get("provider") or default_provider
+    if provider not in PROVIDERS:
+        raise EventRejected("unknown_provider", f"record: unknown provider {provider!r}")
+    billing = record.get("billing_account_id")
+    if billing is not None and not isinstance(billing, str):
+        raise EventRejected("wrong_type", "record.billing_account_id: expected a string")
+    try:
+        return _NORMALIZERS[provider](record, billing or None)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, EventRejected):
+            raise
+        raise EventRejected("malformed_event", f"{provider} event: {exc}") from None

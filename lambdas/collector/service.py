@@ -1,0 +1,459 @@
+"""The collector's I/O shell: HTTP input from Fluent Bit, one batching writer to PostgreSQL
+and VictoriaMetrics, the heartbeat, catalog refresh and the periodic AWS inventory sync.
+
+Requests are queued to a single writer task that drains everything waiting (up to
+`batch_max_events`) into one transaction, so many small Fluent Bit flushes cost the same few
+round trips as one large one. The HTTP response is sent after PostgreSQL has committed and the
+samples were handed to VictoriaMetrics; a VictoriaMetrics failure is retried by the heartbeat
+(which re-emits every live value) rather than failing the batch, because PostgreSQL already
+holds the events and a Fluent Bit retry would be dropped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections import Counter as Tally
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psycopg
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from lambdas.collector.core import Factors, Group, Labels, Rollups, apply_changes, resource_lines
+from lambdas.collector.model import EventIgnored, EventRejected, ResourceChange
+from lambdas.collector.normalize import normalize
+from lambdas.common.settings import SettingsError, env_float, env_int, env_str, pg_dsn, vm_url
+from lambdas.ingest.exposition import body
+from lambdas.pricing.catalog import PriceBook
+from lambdas.store import inventory as store
+from lambdas.store.pricing import aload_price_book
+
+log = logging.getLogger(__name__)
+
+LATE_MS = 1000
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    pg_dsn: str
+    vm_url: str
+    # Bearer token Fluent Bit must send. From CCT_COLLECTOR_TOKEN_FILE (a mounted secret) or
+    # CCT_COLLECTOR_TOKEN; the collector refuses to start without one.
+    token: str
+    host: str = "0.0.0.0"  # noqa: S104 - a cluster service listens on the pod address
+    port: int = 8080
+    # A Fluent Bit chunk is at most ~2 MiB; 8 MiB leaves room without letting one request
+    # hold the writer for long.
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_records: int = 20_000
+    # Events per writer transaction: large enough to amortise round trips, small enough that a
+    # batch commits in tens of milliseconds.
+    batch_max_events: int = 5_000
+    # Re-emit every live value this often so gauges stay fresh in instant queries.
+    heartbeat_s: float = 15.0
+    # Reload the price catalog and reconciliation factors this often.
+    refresh_s: float = 60.0
+    # Resource tags that become labels (cardinality control); lower-case tag keys.
+    tag_labels: tuple[str, ...] = ("team", "env")
+    # Full AWS inventory sync for drift: interval (0 = off) and regions.
+    sync_interval_s: float = 0.0
+    sync_aws_regions: tuple[str, ...] = ()
+    sync_aws_billing_account_id: str = ""
+
+    @classmethod
+    def from_env(cls) -> CollectorSettings:
+        token_file = env_str("CCT_COLLECTOR_TOKEN_FILE", "-")
+        if token_file != "-":
+            token = Path(token_file).read_text().strip()
+        else:
+            token = env_str("CCT_COLLECTOR_TOKEN")
+        if len(token) < 16:
+            raise SettingsError("the collector token must be at least 16 characters")
+
+        def csv(name: str, default: str) -> tuple[str, ...]:
+            raw = os.environ.get(name, default)
+            return tuple(x.strip().lower() for x in raw.split(",") if x.strip())
+
+        return cls(
+            pg_dsn=pg_dsn(),
+            vm_url=vm_url(),
+            token=token,
+            host=env_str("CCT_COLLECTOR_HOST", "0.0.0.0"),  # noqa: S104
+            port=env_int("CCT_COLLECTOR_PORT", 8080),
+            max_body_bytes=env_int("CCT_COLLECTOR_MAX_BODY_BYTES", 8 * 1024 * 1024),
+            max_records=env_int("CCT_COLLECTOR_MAX_RECORDS", 20_000),
+            batch_max_events=env_int("CCT_COLLECTOR_BATCH_MAX_EVENTS", 5_000),
+            heartbeat_s=env_float("CCT_COLLECTOR_HEARTBEAT_S", 15.0),
+            refresh_s=env_float("CCT_COLLECTOR_REFRESH_S", 60.0),
+            tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", "team,env"),
+            sync_interval_s=env_float("CCT_COLLECTOR_SYNC_INTERVAL_S", 0.0),
+            sync_aws_regions=csv("CCT_COLLECTOR_SYNC_AWS_REGIONS", ""),
+            sync_aws_billing_account_id=os.environ.get("CCT_COLLECTOR_SYNC_AWS_BILLING_ACCOUNT_ID", ""),
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "cct_collector_events", "Events by provider and outcome.", ["provider", "outcome"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "cct_collector_rejected", "Rejected events or batches by reason.", ["reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "cct_collector_requests", "Ingest requests by HTTP status.", ["status"], registry=r
+        )
+        self.unpriced = Counter(
+            "cct_collector_unpriced_events", "Accepted events whose resource is unpriced.",
+            ["provider"], registry=r,
+        )
+        self.vm_failures = Counter(
+            "cct_collector_vm_write_failures", "Failed VictoriaMetrics writes.", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "cct_collector_batch_seconds", "Receipt to written in PostgreSQL and VictoriaMetrics.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )
+        self.live = Gauge("cct_collector_live_resources", "Live resources.", registry=r)
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    stale: int = 0
+
+
+@dataclass
+class _Job:
+    changes: list[ResourceChange]
+    dead: list[tuple[str, str, str]]
+    done: asyncio.Future[BatchResult] = field(repr=False)
+
+
+class Processor:
+    """The single writer: PostgreSQL inventory and events, then VictoriaMetrics samples."""
+
+    def __init__(self, settings: CollectorSettings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.labels = Labels(settings.tag_labels)
+        self.rollups = Rollups(self.labels)
+        self.book: PriceBook = {}
+        self.factors: Factors = {}
+        self.last_heartbeat_ms = 0
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pending: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conn: psycopg.AsyncConnection | None = None
+        self._reader: psycopg.AsyncConnection | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self, background: bool = True) -> None:
+        self._conn = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
+        await store.prepare(self._conn)
+        # Refresh and sync read on their own connection so they never join a write transaction.
+        self._reader = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        await self.refresh()
+        for r in await store.live_resources(self._conn):
+            self.rollups.update(r)
+        self.metrics.live.set(len(self.rollups.live))
+        self._tasks.append(asyncio.create_task(self._writer()))
+        if background:
+            self._tasks.append(asyncio.create_task(self._every(self.settings.heartbeat_s, self.heartbeat)))
+            self._tasks.append(asyncio.create_task(self._every(self.settings.refresh_s, self.refresh)))
+            if self.settings.sync_interval_s > 0 and self.settings.sync_aws_regions:
+                self._tasks.append(
+                    asyncio.create_task(self._every(self.settings.sync_interval_s, self.sync_aws))
+                )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http:
+            await self._http.close()
+        for conn in (self._conn, self._reader):
+            if conn:
+                await conn.close()
+
+    async def _every(self, seconds: float, fn: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await fn()
+            except Exception:  # a failed round is logged and retried next round
+                log.exception("periodic task failed", extra={"task": fn.__name__})
+
+    async def refresh(self) -> None:
+        assert self._reader is not None
+        self.book = await aload_price_book(self._reader)
+        self.factors = await store.reconciliation_factors(self._reader)
+
+    async def heartbeat(self) -> None:
+        now_ms = int(time.time() * 1000)
+        samples = self._pending + self.rollups.heartbeat_lines(self.factors, now_ms)
+        self._pending = []
+        self.last_heartbeat_ms = now_ms
+        await self._write_vm(samples)
+
+    async def submit(
+        self, changes: list[ResourceChange], dead: list[tuple[str, str, str]]
+    ) -> BatchResult:
+        job = _Job(changes, dead, asyncio.get_running_loop().create_future())
+        await self._queue.put(job)
+        return await job.done
+
+    async def _writer(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            size = len(jobs[0].changes)
+            while not self._queue.empty() and size < self.settings.batch_max_events:
+                job = self._queue.get_nowait()
+                jobs.append(job)
+                size += len(job.changes)
+            try:
+                results = await self._process(jobs)
+            except Exception as exc:  # every waiter gets the failure; nothing was committed
+                for job in jobs:
+                    if not job.done.done():
+                        job.done.set_exception(exc)
+                continue
+            for job, result in zip(jobs, results, strict=True):
+                if not job.done.done():
+                    job.done.set_result(result)
+
+    async def _process(self, jobs: Sequence[_Job]) -> list[BatchResult]:
+        assert self._conn is not None
+        results = [BatchResult() for _ in jobs]
+        owner: dict[str, int] = {}
+        fresh: list[ResourceChange] = []
+        for i, job in enumerate(jobs):
+            for ch in job.changes:
+                if ch.event_id in owner:
+                    results[i].duplicates += 1
+                    self.metrics.events.labels(ch.provider, "duplicate").inc()
+                    continue
+                owner[ch.event_id] = i
+                fresh.append(ch)
+        dead = [d for job in jobs for d in job.dead]
+        outcomes: Tally[tuple[str, str]] = Tally()
+        now = datetime.now(UTC)
+        async with self._conn.transaction():
+            known, current = await store.stage_batch(
+                self._conn, [(c.event_id, c.provider, c.resource_id) for c in fresh]
+            )
+            for ch in fresh:
+                if ch.event_id in known:
+                    results[owner[ch.event_id]].duplicates += 1
+                    outcomes[(ch.provider, "duplicate")] += 1
+            new = [c for c in fresh if c.event_id not in known]
+            rows, applied = apply_changes(current, new, self.book)
+            await store.upsert_resources(self._conn, rows.values(), now)
+            await store.insert_events(self._conn, applied, rows, now)
+            await store.insert_dead_letters(self._conn, "collector", dead)
+        # Committed: now the in-memory rollups and the samples.
+        now_ms = int(time.time() * 1000)
+        groups: set[Group] = set()
+        rendered: dict[tuple[str, str], tuple[Group, str]] = {}
+        for key, row in rows.items():
+            rendered[key] = self.rollups.update(row)
+            groups.add(rendered[key][0])
+        samples: list[str] = []
+        for a in applied:
+            ch = a.change
+            results[owner[ch.event_id]].accepted += 1
+            outcomes[(ch.provider, "stale" if a.stale else "accepted")] += 1
+            if a.stale:
+                results[owner[ch.event_id]].stale += 1
+                continue
+            if a.usd_after is None:
+                self.metrics.unpriced.labels(ch.provider).inc()
+                continue
+            key = (ch.provider, ch.resource_id)
+            group, labels = rendered[key]
+            ts = int(ch.event_time.timestamp() * 1000)
+            samples += resource_lines(labels, group, a.usd_after, self.factors, ts)
+            late = ts <= self.last_heartbeat_ms or ts < now_ms - LATE_MS
+            if late and rows[key].last_event_id == ch.event_id:
+                # Instant queries read the newest sample: a late event (CloudTrail delivers
+                # minutes after the call) or an older heartbeat would hide this value, so the
+                # current value is written at the receipt time as well.
+                samples += resource_lines(labels, group, a.usd_after, self.factors, now_ms)
+        for (provider, outcome), n in outcomes.items():
+            self.metrics.events.labels(provider, outcome).inc(n)
+        samples += self.rollups.rollup_lines(groups, self.factors, now_ms)
+        self.metrics.live.set(len(self.rollups.live))
+        await self._write_vm(samples)
+        return results
+
+    async def _write_vm(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        assert self._http is not None
+        payload = body(lines)
+        try:
+            async with self._http.post(
+                f"{self.settings.vm_url}/api/v1/import/prometheus", data=payload
+            ) as resp:
+                if resp.status >= 300:
+                    raise aiohttp.ClientError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.metrics.vm_failures.inc()
+            # Keep the newest values only: the heartbeat re-emits current state anyway.
+            self._pending = lines[-100_000:]
+            log.warning("victoriametrics write failed; will retry", extra={"error": str(exc)})
+
+    async def sync_aws(self) -> None:
+        from lambdas.collector.sync import aws_inventory_changes
+
+        assert self._reader is not None
+        now = datetime.now(UTC)
+        for region in self.settings.sync_aws_regions:
+            known = [
+                r for r in await store.live_resources(self._reader)
+                if r.provider == "aws" and r.region_id == region
+            ]
+            changes = await asyncio.to_thread(
+                aws_inventory_changes, region, known, now, self.settings.sync_aws_billing_account_id
+            )
+            result = await self.submit(changes, [])
+            log.info("aws inventory synced", extra={"region": region, "changes": result.accepted})
+
+
+def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> web.Response:
+    metrics.rejected.labels(reason).inc()
+    metrics.requests.labels(str(status)).inc()
+    return web.json_response({"error": reason, "detail": detail}, status=status)
+
+
+def build_app(processor: Processor) -> web.Application:
+    settings, metrics = processor.settings, processor.metrics
+    expected = f"Bearer {settings.token}".encode()
+
+    async def ingest(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        auth = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(auth, expected):
+            return _reject(metrics, 401, "unauthorized", "missing or wrong bearer token")
+        if request.content_length and request.content_length > settings.max_body_bytes:
+            return _reject(
+                metrics, 413, "body_too_large",
+                f"body of {request.content_length} bytes exceeds {settings.max_body_bytes}",
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _reject(metrics, 413, "body_too_large", f"body exceeds {settings.max_body_bytes} bytes")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            await _dead_letter(processor, "malformed_json", f"malformed JSON: {exc}", raw)
+            return _reject(metrics, 400, "malformed_json", f"malformed JSON: {exc}")
+        records = body if isinstance(body, list) else [body]
+        if len(records) > settings.max_records:
+            return _reject(
+                metrics, 413, "too_many_records",
+                f"{len(records)} records exceed the limit of {settings.max_records}",
+            )
+        tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag", "")
+        default_provider = _tag_provider(tag)
+        changes: list[ResourceChange] = []
+        dead: list[tuple[str, str, str]] = []
+        rejected: list[dict[str, Any]] = []
+        ignored = 0
+        for index, record in enumerate(records):
+            if isinstance(record, dict):
+                # Fluent Bit removes the forwarder's token; never store it if one slips through.
+                record.pop("auth", None)
+            try:
+                changes += normalize(record, default_provider)
+            except EventRejected as exc:
+                metrics.rejected.labels(exc.reason).inc()
+                dead.append((exc.reason, f"record {index}: {exc.detail}", json.dumps(record, default=str)))
+                rejected.append({"index": index, "reason": exc.reason, "detail": exc.detail})
+            except EventIgnored as exc:
+                ignored += 1
+                log.debug("event ignored", extra={"reason": exc.reason})
+        if ignored:
+            metrics.events.labels("all", "ignored").inc(ignored)
+        try:
+            result = await processor.submit(changes, dead)
+        except (psycopg.Error, OSError) as exc:
+            log.error("batch not written", extra={"error": str(exc)})
+            return _reject(metrics, 503, "store_unavailable", f"PostgreSQL: {exc}")
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        metrics.requests.labels("200").inc()
+        return web.json_response(
+            {
+                "accepted": result.accepted,
+                "duplicates": result.duplicates,
+                "stale": result.stale,
+                "ignored": ignored,
+                "rejected": rejected,
+            }
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "live_resources": len(processor.rollups.live)})
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
+
+    # aiohttp enforces the body limit itself as well (413 before the handler reads it all).
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app.router.add_post("/ingest", ingest)
+    # The forwarders' own URL shape (<base>/cct.<provider>), for sending without Fluent Bit.
+    app.router.add_post("/ingest/{tag}", ingest)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
+    return app
+
+
+def _tag_provider(tag: str) -> str | None:
+    """The tag `cct.<provider>` (Fluent Bit's X-Fluent-Tag header, or the URL) names the
+    provider of records that do not say."""
+    parts = tag.split(".")
+    return parts[1] if len(parts) >= 2 and parts[0] == "cct" else None
+
+
+async def _dead_letter(processor: Processor, reason: str, detail: str, raw: bytes) -> None:
+    try:
+        await processor.submit([], [(reason, detail, raw.decode("utf-8", errors="replace"))])
+    except (psycopg.Error, OSError):
+        log.exception("dead letter not written", extra={"reason": reason})
+
+
+async def run(settings: CollectorSettings) -> None:
+    processor = Processor(settings)
+    await processor.start()
+    runner = web.AppRunner(build_app(processor), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("collector listening", extra={"host": settings.host, "port": settings.port})
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await processor.stop()
+
+
+def main() -> None:
+    """`cct serve collector`."""
+    asyncio.run(run(CollectorSettings.from_env()))

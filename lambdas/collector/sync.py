@@ -1,0 +1,143 @@
+"""Full inventory sync for drift: what the cloud says exists vs what the inventory holds.
+
+Events can be lost upstream (a forwarder outage beyond Fluent Bit's buffer), so the collector
+periodically lists the resources and turns every difference into a synthetic change
+(`action="InventorySync"`) that goes through the same path as a real event. `diff` is pure;
+`aws_inventory_changes` reads AWS with boto3 (clients are created per call, after the
+endpoint settings are in place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import boto3
+
+from lambdas.collector.model import Resource, ResourceChange
+from lambdas.collector.normalize import AWS_EC2, AWS_RDS
+
+SYNC_ACTION = "InventorySync"
+
+
+def diff(
+    known: Sequence[Resource], observed: Iterable[ResourceChange], scope: set[str], now: datetime
+) -> list[ResourceChange]:
+    """Changes that make the inventory match `observed`. `scope` is the set of resource types
+    that were listed: a known live resource of those types that was not observed is gone."""
+    by_key = {r.key: r for r in known}
+    out: list[ResourceChange] = []
+    seen: set[tuple[str, str]] = set()
+    for ob in observed:
+        key = (ob.provider, ob.resource_id)
+        seen.add(key)
+        cur = by_key.get(key)
+        if (
+            cur is not None
+            and cur.state == ob.state
+            and cur.sku == ob.sku
+            and all(cur.size.get(k) == v for k, v in ob.attributes.items())
+        ):
+            continue
+        out.append(ob)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    for r in known:
+        if r.key not in seen and r.resource_type in scope and r.state != "deleted":
+            out.append(
+                ResourceChange(
+                    event_id=f"sync:{stamp}:{r.resource_id}",
+                    provider=r.provider,
+                    billing_account_id=r.billing_account_id,
+                    sub_account_id=r.sub_account_id,
+                    region_id=r.region_id,
+                    service_name=r.service_name,
+                    resource_id=r.resource_id,
+                    resource_type=r.resource_type,
+                    action=SYNC_ACTION,
+                    event_time=now,
+                    state="deleted",
+                )
+            )
+    return out
+
+
+def _tags(items: Any) -> dict[str, str]:
+    return {str(t["Key"]): str(t.get("Value", "")) for t in items or []}
+
+
+def aws_observed(region: str, now: datetime, billing_account_id: str) -> list[ResourceChange]:
+    ec2 = boto3.client("ec2", region_name=region)
+    rds = boto3.client("rds", region_name=region)
+    account = boto3.client("sts", region_name=region).get_caller_identity()["Account"]
+    billing = billing_account_id or account
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+
+    def change(rid: str, **kw: Any) -> ResourceChange:
+        return ResourceChange(
+            event_id=f"sync:{stamp}:{rid}",
+            provider="aws",
+            billing_account_id=billing,
+            sub_account_id=account,
+            region_id=region,
+            resource_id=rid,
+            action=SYNC_ACTION,
+            event_time=now,
+            **kw,
+        )
+
+    out: list[ResourceChange] = []
+    for page in ec2.get_paginator("describe_instances").paginate():
+        for reservation in page["Reservations"]:
+            for inst in reservation["Instances"]:
+                state = inst["State"]["Name"]
+                if state in ("terminated", "shutting-down"):
+                    continue
+                out.append(
+                    change(
+                        inst["InstanceId"],
+                        service_name=AWS_EC2,
+                        resource_type="Instance",
+                        state="running" if state in ("pending", "running") else "stopped",
+                        sku=inst["InstanceType"],
+                        tags=_tags(inst.get("Tags")),
+                    )
+                )
+    for page in ec2.get_paginator("describe_volumes").paginate():
+        for vol in page["Volumes"]:
+            out.append(
+                change(
+                    vol["VolumeId"],
+                    service_name=AWS_EC2,
+                    resource_type="Volume",
+                    state="available",
+                    sku=vol["VolumeType"],
+                    attributes={"gib": float(vol["Size"])},
+                    tags=_tags(vol.get("Tags")),
+                )
+            )
+    for page in rds.get_paginator("describe_db_instances").paginate():
+        for db in page["DBInstances"]:
+            out.append(
+                change(
+                    db["DBInstanceArn"],
+                    service_name=AWS_RDS,
+                    resource_type="DBInstance",
+                    state="running" if db["DBInstanceStatus"] != "stopped" else "stopped",
+                    sku=db["DBInstanceClass"],
+                    attributes={
+                        "engine": db["Engine"],
+                        "gib": float(db.get("AllocatedStorage") or 0),
+                        "multi_az": bool(db.get("MultiAZ")),
+                    },
+                    tags=_tags(db.get("TagList")),
+                )
+            )
+    return out
+
+
+def aws_inventory_changes(
+    region: str, known: Sequence[Resource], now: datetime, billing_account_id: str = ""
+) -> list[ResourceChange]:
+    observed = aws_observed(region, now, billing_account_id)
+    return diff(known, observed, {"Instance", "Volume", "DBInstance"}, now)

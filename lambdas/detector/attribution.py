@@ -1,0 +1,110 @@
+"""Attribution: which children explain an aggregate's increase, and which change events caused
+it. Pure functions; the live detector and the backtest feed them their own data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Child:
+    level: str
+    labels: Mapping[str, str]
+    expected: float
+    observed: float
+
+
+@dataclass(frozen=True)
+class Contributor:
+    level: str
+    labels: Mapping[str, str]
+    expected: float
+    observed: float
+    delta: float
+    share: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "labels": dict(self.labels),
+            "expected_usd_per_hour": round(self.expected, 4),
+            "observed_usd_per_hour": round(self.observed, 4),
+            "delta_usd_per_hour": round(self.delta, 4),
+            "share": round(self.share, 4),
+        }
+
+
+def rank_contributors(
+    children: Iterable[Child], limit: int = 10, min_share: float = 0.01
+) -> list[Contributor]:
+    """Children that grew, ranked by their share of the total increase.
+
+    The share is of the sum of the children's increases (not of the parent's net delta): when
+    one child grows and another shrinks, the grower explains the whole increase. Children
+    below `min_share` are noise and left out.
+    """
+    rows = [(c, c.observed - c.expected) for c in children]
+    grown = [(c, d) for c, d in rows if d > 0]
+    total = sum(d for _, d in grown)
+    if total <= 0:
+        return []
+    ranked = sorted(grown, key=lambda cd: (-cd[1], sorted(cd[0].labels.items())))
+    out = [
+        Contributor(c.level, dict(c.labels), c.expected, c.observed, d, d / total)
+        for c, d in ranked
+        if d / total >= min_share
+    ]
+    return out[:limit]
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    event_id: str
+    provider: str
+    resource_id: str
+    action: str
+    actor: str | None
+    event_time: datetime
+    tags: Mapping[str, str]
+    usd_per_hour_before: float | None
+    usd_per_hour_after: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "resource_id": self.resource_id,
+            "action": self.action,
+            "actor": self.actor,
+            "event_time": self.event_time.isoformat(),
+            "usd_per_hour_before": self.usd_per_hour_before,
+            "usd_per_hour_after": self.usd_per_hour_after,
+        }
+        for tag, name in (("pulumi:project", "pulumi_project"), ("pulumi:stack", "pulumi_stack")):
+            if tag in self.tags:
+                out[name] = self.tags[tag]
+        return out
+
+    @property
+    def rate_change(self) -> float:
+        return (self.usd_per_hour_after or 0.0) - (self.usd_per_hour_before or 0.0)
+
+
+def link_change_events(
+    contributors: Sequence[Contributor], events: Iterable[ChangeEvent], limit: int = 10
+) -> list[ChangeEvent]:
+    """The change events on the contributing resources, most important first: events of the
+    biggest contributor first, and within one resource the biggest run-rate increase first.
+
+    The caller selects events near the step (a time window); this only orders and trims.
+    """
+    rank = {
+        c.labels.get("resource_id"): n
+        for n, c in enumerate(contributors)
+        if "resource_id" in c.labels
+    }
+    mine = [e for e in events if e.resource_id in rank]
+    mine.sort(key=lambda e: (rank[e.resource_id], -e.rate_change, e.event_time, e.event_id))
+    return mine[:limit]

@@ -1,0 +1,140 @@
+"""Detection parameters and aggregation levels: the knobs of the pure core.
+
+Shared by the live detector and the backtest so that a backtest run predicts exactly what the
+live detector would have alerted on with the same settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+from lambdas.common.settings import SettingsError, env_float, env_int
+
+# Aggregation levels, coarsest first, with the labels that identify one series of the level.
+# The service level is scoped to one account so that it is a true child of the account level.
+LEVEL_LABELS: dict[str, tuple[str, ...]] = {
+    "account": ("provider", "billing_account_id"),
+    "service": ("provider", "billing_account_id", "region_id", "service_name"),
+    "team": ("team",),
+    "resource": (
+        "provider",
+        "billing_account_id",
+        "region_id",
+        "service_name",
+        "team",
+        "resource_id",
+    ),
+}
+# Attribution walks these edges: an anomaly at the key level is explained by its children.
+CHILD_LEVEL: dict[str, str] = {"account": "service", "service": "resource", "team": "resource"}
+
+
+class SeriesKey(NamedTuple):
+    """One detected series: its level and its identifying labels (sorted by name)."""
+
+    level: str
+    labels: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, level: str, labels: dict[str, str]) -> SeriesKey:
+        if level not in LEVEL_LABELS:
+            raise ValueError(f"unknown level {level!r}; known: {sorted(LEVEL_LABELS)}")
+        return cls(level, tuple(sorted((n, labels.get(n, "")) for n in LEVEL_LABELS[level])))
+
+    @property
+    def unassigned(self) -> bool:
+        """True for the group of series without any of the level's labels (e.g. resources
+        without a team tag): not a team, so not detected at that level; the account and
+        service levels still cover its cost."""
+        return not any(v for _, v in self.labels)
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def contains(self, resource: SeriesKey) -> bool:
+        """True when the resource series belongs to this aggregate."""
+        own = self.as_dict()
+        other = resource.as_dict()
+        return all(other.get(name) == value for name, value in own.items())
+
+    def describe(self) -> str:
+        return f"{self.level}:" + ",".join(v for _, v in self.labels)
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Parameters of the three rules and of incident handling. Units in the names.
+
+    Defaults were chosen on the labeled sample (`benchmarks/detector_quality.py`).
+    """
+
+    # Seasonal rule: an increase of at least this many robust standard deviations (MAD based)
+    # above the hour-of-week baseline opens an incident. Lower = more sensitive.
+    sensitivity: float = 6.0
+    # Hysteresis: an open incident stays open while its rule holds at this fraction of the
+    # opening thresholds, so a value hovering at the threshold is one incident, not many.
+    hold_fraction: float = 0.5
+    # Consecutive normal evaluations before an incident resolves.
+    resolve_after_ticks: int = 2
+    # An open incident whose series has had no value for this long resolves: the series is
+    # gone (a deleted group, a stopped exporter) and nobody can act on its last value.
+    stale_after_s: float = 300.0
+    # Materiality: increases smaller than this never alert, whatever the statistics say.
+    min_impact_usd_per_hour: float = 2.0
+    # Day-0 step rule (needs no history): a rise of at least X $/h or Y (fraction) within the
+    # window, above both the recent level and the same hour yesterday (once a day is known).
+    day0_window_s: float = 900.0
+    day0_min_step_usd_per_hour: float = 25.0
+    day0_min_step_ratio: float = 0.4
+    # Warm-up fallback while there is not enough history for a seasonal baseline: alert when
+    # the value is this fraction above the median of the history seen so far.
+    warmup_static_ratio: float = 0.5
+    warmup_min_hours: int = 6
+    # How much history makes a seasonal baseline: same hour of day over the last 7 days
+    # (daily), then the same hour of week over the last `history_weeks` weeks (weekly).
+    daily_min_days: int = 3
+    weekly_min_weeks: int = 2
+    history_weeks: int = 3
+    # The noise estimate never goes below this fraction of the expected value: a perfectly
+    # flat series would otherwise alert on a cent.
+    scale_floor_ratio: float = 0.02
+    # Severity from dollar impact and relative deviation.
+    warning_usd_per_hour: float = 10.0
+    critical_usd_per_hour: float = 100.0
+    warning_deviation: float = 0.5
+    critical_deviation: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive = [
+            "sensitivity",
+            "day0_window_s",
+            "day0_min_step_usd_per_hour",
+            "day0_min_step_ratio",
+            "warmup_static_ratio",
+            "stale_after_s",
+        ]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"detection setting {name} must be > 0")
+        if not 0 < self.hold_fraction <= 1:
+            raise SettingsError("detection setting hold_fraction must be in (0, 1]")
+        if self.resolve_after_ticks < 1 or self.history_weeks < self.weekly_min_weeks:
+            raise SettingsError(
+                "resolve_after_ticks must be >= 1 and history_weeks >= weekly_min_weeks"
+            )
+
+    @classmethod
+    def from_env(cls, prefix: str = "CCT_DETECTOR_") -> DetectionConfig:
+        """Each field can be set as CCT_DETECTOR_<FIELD NAME IN CAPITALS>."""
+        values: dict[str, float | int] = {}
+        for f in fields(cls):
+            name = prefix + f.name.upper()
+            default = f.default
+            if isinstance(default, bool) or not isinstance(default, int | float):
+                raise TypeError(f"unsupported field type for {f.name}")
+            if isinstance(default, int):
+                values[f.name] = env_int(name, default)
+            else:
+                values[f.name] = env_float(name, float(default))
+        return cls(**values)  # type: ignore[arg-type]

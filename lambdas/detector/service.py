@@ -1,0 +1,522 @@
+"""The live detector (`cct serve detector`): the thin I/O shell around `core.Engine`.
+
+Every interval it reads the aggregate run-rates from VictoriaMetrics' rollup series (they
+exist before a new resource does, so a step is visible about a second after the change),
+evaluates them, attributes each new incident to its children and single resources (drill-down
+on the per-resource series, plus the change events in PostgreSQL, which also know resources too
+new to be queryable yet), posts alerts to Alertmanager and keeps one `anomalies` row per
+incident. A failed cycle is logged and counted; the next cycle tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from lambdas.common import settings as env
+from lambdas.common.vm import VictoriaMetrics, VMError
+from lambdas.detector.alerts import (
+    Alertmanager,
+    AlertmanagerError,
+    alert_labels,
+    build_alert,
+    fingerprint,
+)
+from lambdas.detector.attribution import (
+    ChangeEvent,
+    Child,
+    Contributor,
+    link_change_events,
+    rank_contributors,
+)
+from lambdas.detector.config import CHILD_LEVEL, LEVEL_LABELS, DetectionConfig, SeriesKey
+from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
+from lambdas.detector.rules import ROLLUP_METRIC
+from lambdas.store import anomalies as store
+from lambdas.store.db import StoreError, connect, translate_errors
+
+log = logging.getLogger("cct.detector")
+RESOURCE_METRIC = "cct_cost_rate_usd_per_hour"
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    vm_url: str
+    alertmanager_url: str
+    pg_dsn: str
+    # Evaluation interval in seconds; 3 s keeps detection inside the seconds-scale promise.
+    interval_s: float = 3.0
+    # Levels read from the rollup series each cycle. `resource` adds every per-resource series
+    # (heavy: one series per live resource) and is off by default: resources are reached by
+    # drill-down when an aggregate moves.
+    levels: tuple[str, ...] = ("account", "service", "team")
+    # Which run-rate to watch: `list` exists at once; `reconciled` after the first bill.
+    basis: str = "list"
+    # Extra PromQL label matchers for every query, e.g. `provider="aws"` to shard detectors.
+    selector: str = ""
+    # Open alerts are re-posted this often; Alertmanager resolves one not re-posted within
+    # alert_ttl_s (a stopped detector's alerts resolve on their own).
+    resend_s: float = 30.0
+    alert_ttl_s: float = 120.0
+    # Change events this long before an incident's start are considered its cause.
+    event_lookback_s: float = 3600.0
+    # Load this much hourly history at start so the seasonal baseline is warm at once.
+    bootstrap_hours: int = 3 * WEEK_H + 24
+    http_port: int = 8080
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [lv for lv in self.levels if lv not in LEVEL_LABELS]
+        if unknown or not self.levels:
+            raise env.SettingsError(
+                f"CCT_DETECTOR_LEVELS: unknown level(s) {unknown}; known: {sorted(LEVEL_LABELS)}"
+            )
+        if self.basis not in {"list", "reconciled"}:
+            raise env.SettingsError("CCT_DETECTOR_BASIS must be list or reconciled")
+        if self.interval_s <= 0 or self.resend_s <= 0 or self.alert_ttl_s <= self.resend_s:
+            raise env.SettingsError(
+                "CCT_DETECTOR_INTERVAL_S and CCT_DETECTOR_RESEND_S must be > 0 and "
+                "CCT_DETECTOR_ALERT_TTL_S > CCT_DETECTOR_RESEND_S"
+            )
+
+    @classmethod
+    def from_env(cls) -> DetectorSettings:
+        levels = os.environ.get("CCT_DETECTOR_LEVELS", "account,service,team")
+        return cls(
+            vm_url=env.vm_url(),
+            alertmanager_url=env.alertmanager_url(),
+            pg_dsn=env.pg_dsn(),
+            interval_s=env.env_float("CCT_DETECTOR_INTERVAL_S", 3.0),
+            levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
+            basis=os.environ.get("CCT_DETECTOR_BASIS", "list") or "list",
+            selector=os.environ.get("CCT_DETECTOR_SELECTOR", ""),
+            resend_s=env.env_float("CCT_DETECTOR_RESEND_S", 30.0),
+            alert_ttl_s=env.env_float("CCT_DETECTOR_ALERT_TTL_S", 120.0),
+            event_lookback_s=env.env_float("CCT_DETECTOR_EVENT_LOOKBACK_S", 3600.0),
+            bootstrap_hours=env.env_int("CCT_DETECTOR_BOOTSTRAP_HOURS", 3 * WEEK_H + 24),
+            http_port=env.env_int("CCT_DETECTOR_HTTP_PORT", 8080),
+            detection=DetectionConfig.from_env(),
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.cycle = Histogram(
+            "cct_detector_cycle_seconds",
+            "Duration of one detection cycle.",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
+        )
+        self.series = Gauge(
+            "cct_detector_series", "Series evaluated in the last cycle.", registry=r
+        )
+        self.open = Gauge("cct_detector_open_incidents", "Incidents open now.", registry=r)
+        self.transitions = Counter(
+            "cct_detector_incidents", "Incidents opened or resolved.", ["kind"], registry=r
+        )
+        self.errors = Counter(
+            "cct_detector_errors", "Failed calls, by dependency.", ["dependency"], registry=r
+        )
+        self.posted = Counter(
+            "cct_detector_alerts_posted", "Alerts posted to Alertmanager.", registry=r
+        )
+
+
+_Attribution = tuple[list[Contributor], list[ChangeEvent]]
+
+
+@dataclass
+class _Tracked:
+    """What the shell remembers about an open incident for re-posting and storage."""
+
+    incident: OpenIncident
+    labels: dict[str, str]
+    contributors: list[Contributor]
+    events: list[ChangeEvent]
+
+
+KeyCache = dict[tuple[str, tuple[tuple[str, str], ...]], SeriesKey]
+
+
+def parse_vector(
+    level: str, rows: Sequence[dict[str, Any]], cache: KeyCache
+) -> tuple[list[SeriesKey], list[float]]:
+    """Keys and values of an instant-query result. The same series arrive every cycle with
+    their labels in the same order, so the raw label tuple is a cheap cache key."""
+    keys = []
+    values = []
+    for row in rows:
+        metric = row["metric"]
+        raw = (level, tuple(metric.items()))
+        key = cache.get(raw)
+        if key is None:
+            key = cache[raw] = SeriesKey.of(level, metric)
+        if key.unassigned:
+            continue
+        keys.append(key)
+        values.append(float(row["value"][1]))
+    return keys, values
+
+
+def _matchers(labels: dict[str, str], basis: str, selector: str) -> str:
+    parts = [f'{k}="{_q(v)}"' for k, v in sorted(labels.items())] + [f'basis="{basis}"']
+    if selector:
+        parts.append(selector)
+    return ",".join(parts)
+
+
+def _q(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class Detector:
+    """One detector: call `cycle(now)` every interval (the `serve` loop does)."""
+
+    def __init__(self, cfg: DetectorSettings, metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.engine = Engine(cfg.detection)
+        self.vm = VictoriaMetrics(cfg.vm_url, timeout=max(2.0, cfg.interval_s))
+        self.am = Alertmanager(cfg.alertmanager_url, timeout=max(2.0, cfg.interval_s))
+        self.metrics = metrics or Metrics()
+        self.tracked: dict[SeriesKey, _Tracked] = {}
+        self.key_cache: KeyCache = {}
+        self.unsent: list[dict[str, Any]] = []
+        self.pending_rows: list[tuple[str, object]] = []
+        self.last_resend = -math.inf
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # ---------------------------------------------------------------- reading
+    def _group_query(self, level: str, inner: str) -> str:
+        if level == "resource":
+            return inner
+        return f"sum by ({', '.join(LEVEL_LABELS[level])}) ({inner})"
+
+    def _selector(self, level: str) -> str:
+        metric = RESOURCE_METRIC if level == "resource" else ROLLUP_METRIC
+        extra = [f'basis="{self.cfg.basis}"'] + ([self.cfg.selector] if self.cfg.selector else [])
+        return f"{metric}{{{','.join(extra)}}}"
+
+    def read(self, now: float) -> tuple[list[SeriesKey], list[float]]:
+        keys: list[SeriesKey] = []
+        values: list[float] = []
+        for level in self.cfg.levels:
+            rows = self.vm.query(self._group_query(level, self._selector(level)), now)
+            k, v = parse_vector(level, rows, self.key_cache)
+            keys += k
+            values += v
+        return keys, values
+
+    def bootstrap(self, now: float) -> int:
+        """Load hourly means of the last `bootstrap_hours` so baselines are warm at once."""
+        if self.cfg.bootstrap_hours <= 0:
+            return 0
+        end_hour = int(now // HOUR_S) - 1
+        first_hour = end_hour - self.cfg.bootstrap_hours + 1
+        loaded = 0
+        for level in self.cfg.levels:
+            expr = self._group_query(level, f"avg_over_time({self._selector(level)}[1h])")
+            # A range query's point at T averages (T-1h, T]: the hour that starts 1 h earlier.
+            rows = self.vm.query_range(
+                expr, (first_hour + 1) * HOUR_S, (end_hour + 1) * HOUR_S, "1h"
+            )
+            if not rows:
+                continue
+            keys = [SeriesKey.of(level, r["metric"]) for r in rows]
+            hourly = np.full((len(rows), end_hour - first_hour + 1), np.nan)
+            for n, r in enumerate(rows):
+                for ts, val in r["values"]:
+                    col = round(float(ts)) // HOUR_S - 1 - first_hour
+                    if 0 <= col < hourly.shape[1]:
+                        hourly[n, col] = float(val)
+            self.engine.seed_history(self.engine.index_of(keys), first_hour, hourly)
+            loaded += len(rows)
+        return loaded
+
+    # ---------------------------------------------------------------- attribution
+    def _drill_down(self, key: SeriesKey, now: float) -> list[Contributor]:
+        """Children and resources of an aggregate, ranked by their growth over the day-0
+        window (now against one window ago)."""
+        if key.level == "resource":
+            return []
+        before = now - self.cfg.detection.day0_window_s
+        out: list[Contributor] = []
+        child_levels = [CHILD_LEVEL[key.level]]
+        if child_levels[0] != "resource":
+            child_levels.append("resource")
+        for level in child_levels:
+            metric = RESOURCE_METRIC
+            inner = f"{metric}{{{_matchers(key.as_dict(), self.cfg.basis, self.cfg.selector)}}}"
+            expr = self._group_query(level, inner)
+            now_rows = {
+                SeriesKey.of(level, r["metric"]): float(r["value"][1])
+                for r in self.vm.query(expr, now)
+            }
+            old_rows = {
+                SeriesKey.of(level, r["metric"]): float(r["value"][1])
+                for r in self.vm.query(expr, before)
+            }
+            out += rank_contributors(
+                Child(level, k.as_dict(), old_rows.get(k, 0.0), v) for k, v in now_rows.items()
+            )
+        return out
+
+    def _events(
+        self,
+        conn: psycopg.Connection[Any],
+        key: SeriesKey,
+        started: float,
+        now: float,
+        contributors: Sequence[Contributor],
+    ) -> _Attribution:
+        """Linked change events; resources that only the events know (too new to be
+        queryable) are added to the contributors."""
+        ids = [c.labels["resource_id"] for c in contributors if "resource_id" in c.labels]
+        since = datetime.fromtimestamp(started - self.cfg.event_lookback_s, tz=UTC)
+        events = store.change_events(
+            conn,
+            key.as_dict(),
+            since=since,
+            until=datetime.fromtimestamp(now, tz=UTC),
+            resource_ids=ids,
+        )
+        known = set(ids)
+        extra = [
+            Child(
+                "resource",
+                {"provider": e.provider, "resource_id": e.resource_id},
+                e.usd_per_hour_before or 0.0,
+                e.usd_per_hour_after or 0.0,
+            )
+            for e in events
+            if e.resource_id not in known and e.rate_change > 0
+        ]
+        if extra:
+            resources = [
+                Child(c.level, c.labels, c.expected, c.observed)
+                for c in contributors
+                if c.level == "resource"
+            ]
+            others = [c for c in contributors if c.level != "resource"]
+            contributors = others + rank_contributors(resources + extra)
+        return list(contributors), link_change_events(contributors, events)
+
+    # ---------------------------------------------------------------- one cycle
+    def _db(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = connect(self.cfg.pg_dsn, application_name="cct-detector")
+        return self.conn
+
+    def _db_failed(self, exc: StoreError) -> None:
+        self.metrics.errors.labels("postgres").inc()
+        log.warning("postgres call failed", extra={"error": str(exc), "retryable": exc.retryable})
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
+    def _attribute(self, key: SeriesKey, started: float, now: float) -> _Attribution:
+        try:
+            contributors = self._drill_down(key, now)
+        except VMError as exc:
+            self.metrics.errors.labels("victoriametrics").inc()
+            log.warning("drill-down failed", extra={"error": str(exc), "series": key.describe()})
+            contributors = []
+        try:
+            return self._events(self._db(), key, started, now, contributors)
+        except StoreError as exc:
+            self._db_failed(exc)
+            return contributors, []
+
+    def cycle(self, now: float) -> list[Transition]:
+        """Evaluate once at `now`. Raises VMError when the series cannot be read (nothing
+        changed then); every later failure is counted and retried on the next cycle."""
+        started = time.perf_counter()
+        try:
+            keys, values = self.read(now)
+        except VMError:
+            self.metrics.errors.labels("victoriametrics").inc()
+            raise
+        idx = self.engine.index_of(keys)
+        transitions = self.engine.observe(now, idx, np.asarray(values, dtype=np.float64))
+        open_now = {inc.key: inc for inc in self.engine.open_incidents()}
+        alerts: list[dict[str, Any]] = []
+        posted: set[SeriesKey] = set()
+        for tr in transitions:
+            self.metrics.transitions.labels(tr.kind).inc()
+            if tr.kind == "opened":
+                contributors, events = self._attribute(tr.key, tr.started_at, now)
+                tracked = _Tracked(
+                    open_now[tr.key],
+                    alert_labels(tr.key, tr.rule, tr.severity),
+                    contributors,
+                    events,
+                )
+                self.tracked[tr.key] = tracked
+                alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
+                self.pending_rows.append(("upsert", self._row(tracked)))
+                posted.add(tr.key)
+            else:
+                gone = self.tracked.pop(tr.key, None)
+                if gone is None:
+                    continue
+                alerts.append(self._alert(gone, now))
+                self.pending_rows.append(("resolve", (self._row(gone), now)))
+        if now - self.last_resend >= self.cfg.resend_s:
+            self.last_resend = now
+            for key, tracked in self.tracked.items():
+                if key in open_now and key not in posted:
+                    tracked.incident = open_now[key]
+                    alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
+                    self.pending_rows.append(("upsert", self._row(tracked)))
+        self._post(alerts)
+        self._write()
+        self.metrics.series.set(len(keys))
+        self.metrics.open.set(len(self.tracked))
+        self.metrics.cycle.observe(time.perf_counter() - started)
+        return transitions
+
+    def _write(self) -> None:
+        """Write the pending incident rows in order, all or none; kept for the next cycle
+        when PostgreSQL is unavailable."""
+        if not self.pending_rows:
+            return
+        try:
+            conn = self._db()
+            for op, payload in self.pending_rows:
+                if op == "upsert":
+                    assert isinstance(payload, store.AnomalyRow)
+                    store.upsert(conn, payload)
+                else:
+                    assert isinstance(payload, tuple)
+                    row, at = payload
+                    store.resolve(
+                        conn, row.fingerprint, row.started_at, datetime.fromtimestamp(at, tz=UTC)
+                    )
+            with translate_errors("commit anomalies"):
+                conn.commit()
+            self.pending_rows = []
+        except StoreError as exc:
+            self._db_failed(exc)
+            self.pending_rows = self.pending_rows[-10_000:]
+
+    def _alert(self, t: _Tracked, ends_at: float) -> dict[str, Any]:
+        inc = t.incident
+        return build_alert(
+            t.labels,
+            started_at=inc.started_at,
+            ends_at=ends_at,
+            expected=inc.expected,
+            observed=inc.observed,
+            deviation=inc.deviation,
+            baseline=inc.baseline,
+            contributors=t.contributors,
+            change_events=t.events,
+        )
+
+    def _row(self, t: _Tracked) -> store.AnomalyRow:
+        inc = t.incident
+        return store.AnomalyRow(
+            fingerprint=fingerprint(t.labels),
+            started_at=datetime.fromtimestamp(inc.started_at, tz=UTC),
+            rule=inc.rule,
+            level=inc.key.level,
+            severity=inc.severity,
+            dimensions=inc.key.as_dict(),
+            expected_usd_per_hour=inc.expected,
+            observed_usd_per_hour=inc.observed,
+            deviation=inc.deviation,
+            contributors=[c.as_json() for c in t.contributors],
+            change_events=[e.as_json() for e in t.events],
+        )
+
+    def _post(self, alerts: list[dict[str, Any]]) -> None:
+        """Post, keeping what failed for the next cycle: a resolve must never be lost."""
+        batch = self.unsent + alerts
+        if not batch:
+            return
+        try:
+            self.am.post(batch)
+        except AlertmanagerError as exc:
+            self.metrics.errors.labels("alertmanager").inc()
+            if exc.retryable:
+                self.unsent = batch[-1000:]
+            else:
+                log.error("alertmanager rejected alerts", extra={"error": str(exc)})
+                self.unsent = []
+            return
+        self.unsent = []
+        self.metrics.posted.inc(len(batch))
+
+
+def _http(metrics: Metrics, port: int, healthy: threading.Event) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                body, status = generate_latest(metrics.registry), 200
+            elif self.path == "/healthz":
+                ok = healthy.is_set()
+                body, status = (b"ok\n", 200) if ok else (b"starting\n", 503)
+            else:
+                body, status = b"not found\n", 404
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - pod port
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def serve() -> None:
+    """Run until SIGTERM/SIGINT."""
+    cfg = DetectorSettings.from_env()
+    metrics = Metrics()
+    healthy = threading.Event()
+    server = _http(metrics, cfg.http_port, healthy)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    detector = Detector(cfg, metrics)
+    try:
+        while not stop.is_set():
+            try:
+                loaded = detector.bootstrap(time.time())
+                log.info("history loaded", extra={"series": loaded})
+                break
+            except VMError as exc:
+                log.warning("history not loaded yet", extra={"error": str(exc)})
+                stop.wait(cfg.interval_s)
+        while not stop.is_set():
+            tick = time.time()
+            try:
+                detector.cycle(tick)
+                healthy.set()
+            except VMError as exc:
+                log.warning("cycle failed", extra={"error": str(exc), "retryable": exc.retryable})
+            stop.wait(max(0.0, cfg.interval_s - (time.time() - tick)))
+    finally:
+        server.shutdown()
+        detector.close()

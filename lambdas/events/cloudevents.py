@@ -1,0 +1,125 @@
+"""Anomaly events on `cct.cost.anomalies`: built by the bridge, read by the trigger.
+
+One event per Alertmanager alert transition, in CloudEvents 1.0 structured JSON mode. The id
+is a hash of (fingerprint, startsAt, status), so a webhook that Alertmanager redelivers, or
+that the bridge produces twice after a broker hiccup, yields the same id, and everything
+downstream can deduplicate on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+SPEC_VERSION = "1.0"
+SOURCE = "/cct/bridge"
+DETECTED = "io.cct.anomaly.detected"
+RESOLVED = "io.cct.anomaly.resolved"
+TYPES = {"firing": DETECTED, "resolved": RESOLVED}
+
+# 128 bits of sha256: collisions are out of reach and the id stays short enough for
+# Kubernetes label values (63 characters).
+_ID_HEX = 32
+
+
+class InvalidEvent(ValueError):
+    """The bytes are not an anomaly event CCT understands. Not retryable: dead-letter it."""
+
+
+def event_id(fingerprint: str, starts_at: str, status: str) -> str:
+    digest = hashlib.sha256(f"{fingerprint}\x1f{starts_at}\x1f{status}".encode())
+    return digest.hexdigest()[:_ID_HEX]
+
+
+def anomaly_event(alert: Mapping[str, Any], time: str) -> dict[str, Any]:
+    """The CloudEvent for one alert of an Alertmanager webhook (payload version 4).
+
+    `time` is when the bridge received it (RFC 3339); the alert itself keeps startsAt/endsAt.
+    """
+    status = alert["status"]
+    fingerprint = alert["fingerprint"]
+    return {
+        "specversion": SPEC_VERSION,
+        "id": event_id(fingerprint, alert["startsAt"], status),
+        "source": SOURCE,
+        "type": TYPES[status],
+        "subject": fingerprint,
+        "time": time,
+        "datacontenttype": "application/json",
+        "data": {
+            "status": status,
+            "labels": dict(alert["labels"]),
+            "annotations": dict(alert.get("annotations") or {}),
+            "startsAt": alert["startsAt"],
+            "endsAt": alert.get("endsAt", ""),
+            "fingerprint": fingerprint,
+        },
+    }
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class AnomalyEvent:
+    """The parts of an anomaly event the trigger acts on."""
+
+    id: str
+    type: str
+    fingerprint: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: str
+
+    @property
+    def detected(self) -> bool:
+        return self.type == DETECTED
+
+
+def decode(raw: bytes | None) -> AnomalyEvent:
+    """Parse and check one event; raise InvalidEvent naming the first problem found."""
+    if not raw:
+        raise InvalidEvent("empty message")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidEvent("not a JSON object")
+    if doc.get("specversion") != SPEC_VERSION:
+        raise InvalidEvent(f"specversion must be {SPEC_VERSION!r}, got {doc.get('specversion')!r}")
+    for attr in ("id", "source", "type", "subject"):
+        if not isinstance(doc.get(attr), str) or not doc[attr]:
+            raise InvalidEvent(f"attribute {attr!r} is missing or not a string")
+    if doc["type"] not in (DETECTED, RESOLVED):
+        raise InvalidEvent(f"unknown event type {doc['type']!r}")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise InvalidEvent("'data' is missing or not an object")
+    labels = data.get("labels")
+    annotations = data.get("annotations", {})
+    if not _str_map(labels):
+        raise InvalidEvent("'data.labels' must be an object of strings")
+    if not _str_map(annotations):
+        raise InvalidEvent("'data.annotations' must be an object of strings")
+    starts_at = data.get("startsAt")
+    if not isinstance(starts_at, str) or not starts_at:
+        raise InvalidEvent("'data.startsAt' is missing")
+    return AnomalyEvent(
+        id=doc["id"],
+        type=doc["type"],
+        fingerprint=doc["subject"],
+        labels=labels,
+        annotations=annotations,
+        starts_at=starts_at,
+    )
+
+
+def _str_map(value: object) -> TypeGuard[dict[str, str]]:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )

@@ -1,0 +1,108 @@
+"""Azure Function forwarder for Event Grid resource events (ResourceWriteSuccess,
+ResourceDeleteSuccess, ResourceActionSuccess).
+
+Event Grid events name the resource but not its size, so for writes the function reads the
+resource from Azure Resource Manager (with the Function's managed identity) and forwards it
+alongside the event; the collector prices from it. The HTTP trigger also answers Event Grid's
+subscription validation handshake."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lambdas.forwarders.common import Forwarder, ForwarderSettings, ForwardResult
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = {
+    "Microsoft.Resources.ResourceWriteSuccess",
+    "Microsoft.Resources.ResourceDeleteSuccess",
+    "Microsoft.Resources.ResourceActionSuccess",
+}
+VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+API_VERSIONS = {
+    "microsoft.compute/virtualmachines": "2024-07-01",
+    "microsoft.compute/disks": "2024-03-02",
+}
+ArmGet = Callable[[str], Mapping[str, Any] | None]
+
+
+def managed_identity_arm_get(resource_id: str) -> Mapping[str, Any] | None:
+    """GET the resource from ARM with the Function's managed identity; None if not readable
+    (the collector then keeps what it knew about the resource)."""
+    parts = resource_id.strip("/").split("/")
+    rtype = f"{parts[5]}/{parts[6]}".lower() if len(parts) >= 8 else ""
+    version = API_VERSIONS.get(rtype)
+    if version is None:
+        return None
+    token_url = (
+        os.environ["IDENTITY_ENDPOINT"]
+        + "?"
+        + urllib.parse.urlencode(
+            {"resource": "https://management.azure.com/", "api-version": "2019-08-01"}
+        )
+    )
+    req = urllib.request.Request(token_url, headers={"X-IDENTITY-HEADER": os.environ["IDENTITY_HEADER"]})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - platform endpoint
+            token = json.load(resp)["access_token"]
+        url = f"https://management.azure.com{resource_id}?api-version={version}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return dict(json.load(resp))
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        log.warning("ARM read failed", extra={"resource": resource_id, "error": str(exc)})
+        return None
+
+
+def handle_events(events: Any, forwarder: Forwarder, arm_get: ArmGet) -> ForwardResult:
+    result = ForwardResult()
+    if not isinstance(events, list):
+        events = [events]
+    records = []
+    for event in events:
+        if not isinstance(event, Mapping):
+            result.dropped["not_an_object"] += 1
+            continue
+        event_type = event.get("eventType") or event.get("type")
+        data = event.get("data")
+        if event_type not in EVENT_TYPES or not isinstance(data, Mapping):
+            result.dropped["not_a_resource_event"] += 1
+            continue
+        uri = data.get("resourceUri") or event.get("subject")
+        if not isinstance(uri, str):
+            result.dropped["no_resource_uri"] += 1
+            continue
+        extra: dict[str, Any] = {}
+        if event_type != "Microsoft.Resources.ResourceDeleteSuccess":
+            resource = arm_get(uri)
+            if resource is not None:
+                extra["resource"] = resource
+        records.append(forwarder.envelope(event, **extra))
+    return forwarder.send(records, result)
+
+
+def handle_http(body: bytes, forwarder: Forwarder, arm_get: ArmGet) -> tuple[int, dict[str, Any]]:
+    """The HTTP-trigger entry: (status, JSON response)."""
+    try:
+        events = json.loads(body)
+    except ValueError:
+        return 400, {"error": "body is not JSON"}
+    first = events[0] if isinstance(events, list) and events else events
+    if isinstance(first, Mapping) and first.get("eventType") == VALIDATION:
+        return 200, {"validationResponse": (first.get("data") or {}).get("validationCode")}
+    result = handle_events(events, forwarder, arm_get)
+    return 200, {"sent": result.sent, "dropped": dict(result.dropped)}
+
+
+def main(body: bytes) -> tuple[int, dict[str, Any]]:
+    """Called by the Function's HTTP trigger with the raw request body."""
+    forwarder = Forwarder(ForwarderSettings.from_env(), "azure")
+    return handle_http(body, forwarder, managed_identity_arm_get)

@@ -1,0 +1,1 @@
+"""Remediation workflow steps (`cct step NAME`), the action registry and the playbooks."""

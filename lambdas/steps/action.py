@@ -1,0 +1,115 @@
+"""What a remediation action is, and how `execute` runs one safely.
+
+An action is data (name, provider, JSON schema of its parameters, the exact cloud permissions
+it needs) plus three functions: `read` the resource's state, decide whether that state
+`is_done`, and `apply` the change. `Action.run` turns them into an idempotent, dry-runnable
+change that captures the state before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lambdas.steps.errors import InvalidInput, StepError
+
+State = dict[str, Any]
+Reader = Callable[[Any, Mapping[str, Any]], State]
+Metrics = Callable[[Any, Mapping[str, Any], float, int], dict[str, Any]]
+Applier = Callable[[Any, Mapping[str, Any], State], None]
+DoneCheck = Callable[[State, Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    outcome: str  # changed | already_done | dry_run
+    before: State | None
+    after: State | None
+    message: str
+
+
+class ActionFailed(StepError):
+    """`apply` failed. `restored` says whether the resource is back in its `before` state;
+    the exit code and retryability are the underlying error's."""
+
+    def __init__(self, cause: StepError, before: State, after: State | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.before = before
+        self.after = after
+        self.exit_code = cause.exit_code
+        self.retryable = cause.retryable
+
+    @property
+    def restored(self) -> bool:
+        return self.after == self.before
+
+
+@dataclass(frozen=True)
+class Action:
+    """One registry entry.
+
+    service_name: the price catalog's service_name for this resource (FOCUS ServiceName).
+    price_unit: the price catalog unit the saving is computed in (`hour` or `gib_month`).
+    permissions: exactly what `read`, `metrics` and `apply` call, in the provider's own
+        spelling (AWS IAM actions, Azure RBAC operations, GCP IAM permissions).
+    metrics: reads utilization (CPU percent, stored GiB) for analyze; arguments are the
+        session, the parameters, the end time (epoch seconds) and the look-back in hours.
+    """
+
+    name: str
+    provider: str
+    description: str
+    service_name: str
+    price_unit: str
+    schema: Mapping[str, Any]
+    permissions: tuple[str, ...]
+    read: Reader
+    apply: Applier
+    is_done: DoneCheck
+    metrics: Metrics | None = None
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        """Check the parameters; the error lists every problem, each with where it is."""
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(dict(self.schema))
+        problems = sorted(
+            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in validator.iter_errors(dict(params))
+        )
+        if problems:
+            raise InvalidInput(f"{self.name} parameters: " + "; ".join(problems))
+
+    def run(self, session: Any, params: Mapping[str, Any], dry_run: bool) -> ActionResult:
+        """Apply the change once: "already done" is success, dry-run changes nothing, and a
+        failure reports whether the resource was left as it was."""
+        self.validate(params)
+        before = self.read(session, params)
+        if self.is_done(before, params):
+            return ActionResult("already_done", before, before, "already done")
+        if dry_run:
+            return ActionResult("dry_run", before, None, f"dry run: would {self.description}")
+        try:
+            self.apply(session, params, before)
+        except StepError as exc:
+            try:
+                after: State | None = self.read(session, params)
+            except StepError:
+                after = None
+            raise ActionFailed(exc, before, after) from exc
+        after = self.read(session, params)
+        return ActionResult("changed", before, after, self.description)
+
+
+_ACTIONS: dict[str, Action] = {}
+
+
+def register(action: Action) -> Action:
+    if action.name in _ACTIONS:
+        raise ValueError(f"action {action.name} is registered twice")
+    if not action.name.startswith(action.provider + "."):
+        raise ValueError(f"action {action.name} must start with its provider {action.provider}")
+    _ACTIONS[action.name] = action
+    return action

@@ -1,0 +1,1 @@
+"""Cloud provider actions; importing a module registers its actions."""

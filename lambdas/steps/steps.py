@@ -1,0 +1,435 @@
+"""The six workflow steps. Each takes the parsed input and a `StepIO` (clouds, database,
+clock) and returns the JSON object the step prints; the decisions are in `planning`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from lambdas.steps.action import Action, ActionFailed
+from lambdas.steps.contract import StepInput
+from lambdas.steps.errors import InvalidInput, NotFound, Permanent, Retryable
+from lambdas.steps.planning import (
+    ApprovalNeed,
+    approval_need,
+    assess,
+    make_plan,
+    verified_saving,
+)
+from lambdas.steps.playbooks import PLAYBOOKS
+from lambdas.steps.registry import ACTIONS
+from lambdas.steps.settings import StepSettings
+from lambdas.store import actions as store
+
+log = logging.getLogger("cct.steps")
+
+CloudOpener = Callable[[StepInput], AbstractContextManager[Any]]
+DbOpener = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+
+
+@dataclass(frozen=True)
+class StepIO:
+    settings: StepSettings
+    cloud: CloudOpener
+    db: DbOpener
+    now: Callable[[], float] = time.time
+
+
+def pg_opener(dsn: str) -> DbOpener:
+    @contextmanager
+    def open_db() -> Iterator[psycopg.Connection[Any]]:
+        try:
+            conn = psycopg.connect(dsn, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise Retryable(f"PostgreSQL unavailable: {type(exc).__name__}") from None
+        with conn:
+            yield conn
+
+    return open_db
+
+
+def _action(inp: StepInput) -> Action:
+    playbook = PLAYBOOKS[inp.playbook]
+    return ACTIONS[playbook.actions[inp.parameters.provider]]
+
+
+def _base(inp: StepInput) -> dict[str, Any]:
+    """The parameters every action of the provider reads a resource by."""
+    p = inp.parameters
+    return {"resource_id": p.resource_id, **({"region": p.region} if p.provider == "aws" else {})}
+
+
+def _run_row(inp: StepInput, settings: StepSettings) -> store.RunRow:
+    p = inp.parameters
+    return store.RunRow(
+        run_id=inp.run_id,
+        event_id=p.event_id or inp.run_id,
+        playbook=inp.playbook,
+        backend=settings.backend,
+        provider=p.provider,
+        billing_account_id=p.account_id,
+        resource_id=p.resource_id,
+        team=p.team,
+        environment=p.environment,
+        parameters=p.raw,
+    )
+
+
+def _ensure_run(conn: psycopg.Connection[Any], inp: StepInput, settings: StepSettings) -> None:
+    try:
+        store.ensure_run(conn, _run_row(inp, settings))
+    except store.RunConflict as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def analyze(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    action = _action(inp)
+    base = _base(inp)
+    with io.cloud(inp) as session:
+        try:
+            state = action.read(session, base)
+        except NotFound as exc:
+            raise Permanent(f"{inp.parameters.resource_id} not found: {exc}") from None
+        metrics: dict[str, Any] = {}
+        if action.metrics is not None and state.get("exists") is not False:
+            metrics = action.metrics(session, base, io.now(), io.settings.lookback_hours)
+    verdict = assess(inp.playbook, inp.parameters, state, metrics, io.settings)
+    log.info(
+        "analyzed",
+        extra={"run_id": inp.run_id, "applicable": verdict.applicable, "reason": verdict.reason},
+    )
+    return {
+        "action": action.name,
+        "resource": base,
+        "state": state,
+        "metrics": metrics,
+        "applicable": verdict.applicable,
+        "reason": verdict.reason,
+    }
+
+
+def plan(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    analysis = inp.output_of("analyze")
+    action = ACTIONS[str(analysis["action"])]
+    state, metrics = analysis["state"], analysis["metrics"]
+    with io.db() as conn:
+        verdict = store.latest_verdict(conn, inp.run_id)
+        prices: Mapping[str, Decimal] = {}
+        if analysis["applicable"]:
+            prices = store.prices(
+                conn,
+                inp.parameters.provider,
+                action.service_name,
+                str(state.get("region", "")),
+                action.price_unit,
+            )
+    need = approval_need(
+        PLAYBOOKS[inp.playbook],
+        inp.parameters,
+        verdict.verdict if verdict else None,
+        tuple(verdict.policy_ids) if verdict else (),
+        tuple(verdict.reasons) if verdict else (),
+    )
+    if not analysis["applicable"]:
+        return {
+            "action": action.name,
+            "noop": True,
+            "reason": analysis["reason"],
+            "action_params": {},
+            "estimated_monthly_saving_usd": None,
+            "price_basis": {},
+            "approval_required": False,
+        }
+    result = make_plan(
+        inp.playbook,
+        params=inp.parameters,
+        base=analysis["resource"],
+        state=state,
+        metrics=metrics,
+        prices=prices,
+        settings=io.settings,
+    )
+    if not result.noop:
+        action.validate(result.action_params)
+    return {
+        "action": action.name,
+        "noop": result.noop,
+        "reason": result.reason,
+        "action_params": dict(result.action_params),
+        "estimated_monthly_saving_usd": _money(result.estimated_monthly_saving_usd),
+        "price_basis": dict(result.price_basis),
+        "approval_required": need.required and not result.noop,
+    }
+
+
+def approve(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    planned = inp.output_of("plan")
+    with io.db() as conn:
+        _ensure_run(conn, inp, io.settings)
+        verdict = store.latest_verdict(conn, inp.run_id)
+        need = approval_need(
+            PLAYBOOKS[inp.playbook],
+            inp.parameters,
+            verdict.verdict if verdict else None,
+            tuple(verdict.policy_ids) if verdict else (),
+            tuple(verdict.reasons) if verdict else (),
+        )
+        outcome, refusal = _approval_outcome(inp, planned, need)
+        store.record_step_decision(
+            conn,
+            inp.run_id,
+            "deny" if need.denied else "require-approval" if outcome["required"] else "allow",
+            policy_ids=need.policy_ids,
+            reasons=need.reasons,
+            decision_input={"plan": dict(planned), "approval": dict(inp.approval or {})},
+        )
+        if refusal is not None:
+            store.set_run_state(conn, inp.run_id, "denied" if need.denied else "failed", refusal)
+        elif outcome["status"] == "awaiting_approval":
+            store.set_run_state(conn, inp.run_id, "awaiting_approval", "; ".join(need.reasons))
+        elif outcome["by"]:
+            store.set_run_state(conn, inp.run_id, "running", f"approved by {outcome['by']}")
+    # Raised after the transaction committed, so the refusal is on record.
+    if refusal is not None:
+        raise Permanent(refusal)
+    return outcome
+
+
+def _approval_outcome(
+    inp: StepInput, planned: Mapping[str, Any], need: ApprovalNeed
+) -> tuple[dict[str, Any], str | None]:
+    """The approve step's output, and the reason when the run must stop here."""
+    if need.denied:
+        reason = "denied by policy: " + "; ".join(need.reasons)
+        return {
+            "status": "denied",
+            "required": False,
+            "by": None,
+            "reasons": list(need.reasons),
+        }, reason
+    if not need.required or planned.get("noop"):
+        return {"status": "approved", "required": False, "by": None, "reasons": []}, None
+    reasons = list(need.reasons)
+    if inp.approval is None:
+        return {
+            "status": "awaiting_approval",
+            "required": True,
+            "by": None,
+            "reasons": reasons,
+        }, None
+    by = str(inp.approval.get("by") or "").strip()
+    if not by:
+        raise InvalidInput("input.approval.by must name who decided")
+    if inp.approval.get("approved") is not True:
+        return {
+            "status": "rejected",
+            "required": True,
+            "by": by,
+            "reasons": reasons,
+        }, f"rejected by {by}"
+    return {"status": "approved", "required": True, "by": by, "reasons": reasons}, None
+
+
+def execute(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    planned = inp.output_of("plan")
+    if planned["noop"]:
+        return {"outcome": "skipped", "reason": planned["reason"], "before": None, "after": None}
+    approval = inp.output_of("approve")
+    if approval.get("status") != "approved":
+        raise Permanent(f"not approved (approve step says {approval.get('status')!r})")
+    action = ACTIONS[str(planned["action"])]
+    params = planned["action_params"]
+    dry_run = inp.parameters.dry_run
+    with io.db() as conn:
+        _ensure_run(conn, inp, io.settings)
+        store.mark_running(conn, inp.run_id)
+    try:
+        with io.cloud(inp) as session:
+            result = action.run(session, params, dry_run)
+    except ActionFailed as exc:
+        if not exc.retryable:
+            outcome = "restored" if exc.restored else "failed"
+            reason = f"execute {action.name}: {exc} (resource {outcome})"
+            with io.db() as conn:
+                store.upsert_action(
+                    conn,
+                    store.ActionRow(
+                        inp.run_id,
+                        action.name,
+                        inp.parameters.resource_id,
+                        dry_run,
+                        outcome,
+                        reason,
+                        exc.before,
+                        exc.after,
+                        _decimal(planned["estimated_monthly_saving_usd"]),
+                        None,
+                    ),
+                )
+                store.set_run_state(conn, inp.run_id, "failed", reason)
+        raise
+    log.info("executed", extra={"run_id": inp.run_id, "outcome": result.outcome})
+    return {
+        "action": action.name,
+        "outcome": result.outcome,
+        "message": result.message,
+        "before": result.before,
+        "after": result.after,
+    }
+
+
+def verify(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    planned = inp.output_of("plan")
+    executed = inp.output_of("execute")
+    if executed["outcome"] in ("skipped", "dry_run"):
+        return {"verified": False, "skipped": True, "state": executed.get("before")}
+    action = ACTIONS[str(planned["action"])]
+    with io.cloud(inp) as session:
+        state = action.read(session, planned["action_params"])
+    if state.get("busy"):
+        raise Retryable(f"{inp.parameters.resource_id} is still settling ({state.get('status')})")
+    if not action.is_done(state, planned["action_params"]):
+        raise Permanent(
+            f"verify: {inp.parameters.resource_id} is not in the planned state: {state}"
+        )
+    return {"verified": True, "skipped": False, "state": state}
+
+
+def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    planned = inp.previous.get("plan")
+    executed = inp.previous.get("execute")
+    verified = inp.previous.get("verify")
+    with io.db() as conn:
+        _ensure_run(conn, inp, io.settings)
+        if inp.failure is not None:
+            return _record_failure(inp, conn, planned, executed)
+        if planned is None or executed is None or verified is None:
+            raise Permanent("record needs the plan, execute and verify outputs, or a failure")
+        estimated = _decimal(planned["estimated_monthly_saving_usd"])
+        if planned["noop"]:
+            store.set_run_state(
+                conn,
+                inp.run_id,
+                "succeeded",
+                f"no change: {planned['reason']}",
+                estimated_usd=Decimal(0),
+                verified_usd=Decimal(0),
+            )
+            return {"state": "succeeded", "reason": f"no change: {planned['reason']}"}
+        action = ACTIONS[str(planned["action"])]
+        before = executed.get("before") or {}
+        if executed["outcome"] == "dry_run":
+            store.upsert_action(
+                conn,
+                store.ActionRow(
+                    inp.run_id,
+                    action.name,
+                    inp.parameters.resource_id,
+                    True,
+                    "dry_run",
+                    executed["message"],
+                    before,
+                    None,
+                    estimated,
+                    None,
+                ),
+            )
+            store.set_run_state(
+                conn, inp.run_id, "dry_run", executed["message"], estimated_usd=estimated
+            )
+            return {"state": "dry_run", "estimated_monthly_saving_usd": _money(estimated)}
+        after = verified["state"]
+        prices = store.prices(
+            conn,
+            inp.parameters.provider,
+            action.service_name,
+            str(before.get("region", "")),
+            action.price_unit,
+        )
+        saving = verified_saving(inp.playbook, estimated, before, after, prices)
+        store.upsert_action(
+            conn,
+            store.ActionRow(
+                inp.run_id,
+                action.name,
+                inp.parameters.resource_id,
+                False,
+                executed["outcome"],
+                executed["message"],
+                before,
+                after,
+                estimated,
+                saving,
+            ),
+        )
+        store.set_run_state(
+            conn,
+            inp.run_id,
+            "succeeded",
+            executed["message"],
+            estimated_usd=estimated,
+            verified_usd=saving,
+        )
+        return {
+            "state": "succeeded",
+            "outcome": executed["outcome"],
+            "estimated_monthly_saving_usd": _money(estimated),
+            "verified_monthly_saving_usd": _money(saving),
+        }
+
+
+def _record_failure(
+    inp: StepInput,
+    conn: psycopg.Connection[Any],
+    planned: Mapping[str, Any] | None,
+    executed: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    assert inp.failure is not None
+    current = store.run_state(conn, inp.run_id)
+    if current is not None and current[0] in ("failed", "denied"):
+        # execute or approve already wrote the precise reason; keep it.
+        return {"state": current[0], "reason": current[1]}
+    reason = f"{inp.failure.get('step', 'workflow')} failed: {inp.failure.get('message', '')}"
+    if planned is not None and executed is not None and executed.get("outcome") == "changed":
+        store.upsert_action(
+            conn,
+            store.ActionRow(
+                inp.run_id,
+                str(planned["action"]),
+                inp.parameters.resource_id,
+                False,
+                "changed",
+                reason,
+                executed.get("before"),
+                executed.get("after"),
+                _decimal(planned.get("estimated_monthly_saving_usd")),
+                None,
+            ),
+        )
+    store.set_run_state(conn, inp.run_id, "failed", reason)
+    return {"state": "failed", "reason": reason}
+
+
+STEP_FUNCTIONS: Mapping[str, Callable[[StepInput, StepIO], dict[str, Any]]] = {
+    "analyze": analyze,
+    "plan": plan,
+    "approve": approve,
+    "execute": execute,
+    "verify": verify,
+    "record": record,
+}

@@ -1,0 +1,101 @@
+"""The one way CCT code reaches PostgreSQL.
+
+Every handler and store module opens connections through `connect` (one-shot commands, steps,
+CronJobs) or `open_pool` (long-running handlers), and runs statements inside `translate_errors`
+so callers see one error type that says whether retrying can help. Settings that every
+connection needs (an application name that shows up in `pg_stat_activity`, a connect timeout,
+a statement timeout so a stuck query never blocks a handler forever) are set here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+DEFAULT_CONNECT_TIMEOUT_S = 5
+# Handlers write single rows by key; anything slower than this is a lock or a bug, and failing
+# (retryably) is better than holding a consumer partition or an admission request hostage.
+DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+
+
+class StoreError(RuntimeError):
+    """A database call failed. `retryable` is True for transient causes (connection lost,
+    timeouts, serialization failures, deadlocks) and False for bad input or schema problems,
+    which retrying cannot fix."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def _options(statement_timeout_ms: int) -> str:
+    return f"-c statement_timeout={int(statement_timeout_ms)}"
+
+
+def connect(
+    dsn: str,
+    *,
+    application_name: str = "cct",
+    autocommit: bool = False,
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """Open one connection. Use it as a context manager: it commits on success and rolls back
+    on an exception (unless `autocommit`)."""
+    with translate_errors("connect"):
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            application_name=application_name,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+            options=_options(statement_timeout_ms),
+        )
+
+
+def open_pool(
+    dsn: str,
+    *,
+    application_name: str,
+    min_size: int = 1,
+    max_size: int = 4,
+    timeout_s: float = 5.0,
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
+) -> ConnectionPool:
+    """A connection pool for a long-running handler; close it on shutdown.
+
+    `timeout_s` bounds how long `pool.connection()` waits for a free connection; when it runs
+    out the wait surfaces (through `translate_errors`) as a retryable StoreError.
+    """
+    pool = ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout_s,
+        kwargs={
+            "application_name": application_name,
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
+            "options": _options(statement_timeout_ms),
+        },
+        name=application_name,
+        open=False,
+    )
+    with translate_errors("open pool"):
+        pool.open(wait=True, timeout=timeout_s)
+    return pool
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Re-raise database errors as StoreError, naming the operation and saying whether a retry
+    can help."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        # Connection refused or lost, server shutdown, statement timeout, serialization
+        # failure, deadlock, lock timeout, pool exhausted: all pass if tried again later.
+        raise StoreError(f"{what}: {exc}", retryable=True) from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"{what}: {exc}", retryable=False) from exc

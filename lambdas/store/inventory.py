@@ -1,0 +1,163 @@
+"""SQL for the collector: resource_inventory, resource_events (0002), ingest_dead_letters and
+cost_reconciliation (0100). Set-based statements over COPY-filled staging tables, so a batch
+of thousands of events costs a handful of round trips."""
+
+from __future__ import annotations
+
+import orjson
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import psycopg
+from psycopg.types.json import set_json_loads
+
+from lambdas.collector.core import Applied, Key, row_from_db
+from lambdas.collector.model import Resource
+
+COLUMNS = (
+    "provider, resource_id, billing_account_id, sub_account_id, region_id, service_name, "
+    "resource_type, sku, size, state, tags, usd_per_hour::float8, last_event_id, last_event_time"
+)
+
+PAYLOAD_LIMIT = 64 * 1024
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def live_resources(conn: psycopg.AsyncConnection) -> list[Resource]:
+    cur = await conn.execute(f"select {COLUMNS} from resource_inventory where state <> 'deleted'")
+    return [row_from_db(r) for r in await cur.fetchall()]
+
+
+# Batches move through session-local staging tables filled with COPY: binding thousands of
+# values as array parameters costs more client CPU than the whole statement on the server.
+STAGING = """
+create temp table if not exists stage_keys (
+    event_id text, provider text, resource_id text
+) on commit delete rows;
+create temp table if not exists stage_inventory (like resource_inventory) on commit delete rows;
+create temp table if not exists stage_events (like resource_events) on commit delete rows;
+"""
+
+
+async def prepare(conn: psycopg.AsyncConnection) -> None:
+    """Create this session's staging tables (once per connection)."""
+    # jsonb columns (size, tags) are parsed for every touched row: orjson is several times
+    # faster than the standard library here.
+    set_json_loads(orjson.loads, conn)
+    await conn.execute(STAGING)
+
+
+async def stage_batch(
+    conn: psycopg.AsyncConnection, changes: Sequence[tuple[str, str, str]]
+) -> tuple[set[str], dict[Key, Resource]]:
+    """Stage (event_id, provider, resource_id) of a batch; returns the event ids already
+    recorded and the current rows of the batch's resources, locked until commit."""
+    async with conn.cursor() as cur:
+        async with cur.copy("copy stage_keys (event_id, provider, resource_id) from stdin") as copy:
+            for row in changes:
+                await copy.write_row(row)
+        await cur.execute(
+            "select e.event_id from resource_events e join stage_keys s using (event_id)"
+        )
+        known = {r[0] for r in await cur.fetchall()}
+        await cur.execute(
+            f"select {COLUMNS} from resource_inventory"
+            " where (provider, resource_id) in (select distinct provider, resource_id from stage_keys)"
+            " order by provider, resource_id for update"
+        )
+        rows = [row_from_db(r) for r in await cur.fetchall()]
+    return known, {r.key: r for r in rows}
+
+
+_UPSERT = """
+insert into resource_inventory select * from stage_inventory
+on conflict (provider, resource_id) do update set
+    billing_account_id = excluded.billing_account_id, sub_account_id = excluded.sub_account_id,
+    region_id = excluded.region_id, service_name = excluded.service_name,
+    resource_type = excluded.resource_type, sku = excluded.sku, size = excluded.size,
+    state = excluded.state, tags = excluded.tags, usd_per_hour = excluded.usd_per_hour,
+    priced = excluded.priced, last_event_id = excluded.last_event_id,
+    last_event_time = excluded.last_event_time, updated_at = excluded.updated_at
+"""
+
+
+async def upsert_resources(
+    conn: psycopg.AsyncConnection, rows: Iterable[Resource], now: datetime
+) -> None:
+    async with conn.cursor() as cur:
+        async with cur.copy(
+            "copy stage_inventory (provider, resource_id, billing_account_id, sub_account_id,"
+            " region_id, service_name, resource_type, sku, size, state, tags, usd_per_hour,"
+            " priced, last_event_id, last_event_time, updated_at) from stdin"
+        ) as copy:
+            for r in rows:
+                await copy.write_row(
+                    (
+                        r.provider, r.resource_id, r.billing_account_id, r.sub_account_id,
+                        r.region_id, r.service_name, r.resource_type, r.sku,
+                        _json(r.size), r.state, _json(r.tags), r.usd_per_hour,
+                        r.usd_per_hour is not None, r.last_event_id, r.last_event_time, now,
+                    )
+                )
+        await cur.execute(_UPSERT)
+
+
+async def insert_events(
+    conn: psycopg.AsyncConnection,
+    applied: Sequence[Applied],
+    rows: dict[Key, Resource],
+    now: datetime,
+) -> None:
+    """One row per accepted event; region and tags come from the merged inventory row, so an
+    event that did not state them still carries what CCT knows about the resource."""
+    async with conn.cursor() as cur:
+        async with cur.copy(
+            "copy stage_events (event_id, provider, resource_id, billing_account_id,"
+            " sub_account_id, region_id, service_name, resource_type, action, actor, event_time,"
+            " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
+        ) as copy:
+            for a in applied:
+                c = a.change
+                merged = rows[(c.provider, c.resource_id)]
+                await copy.write_row(
+                    (
+                        c.event_id, c.provider, c.resource_id, c.billing_account_id,
+                        c.sub_account_id, merged.region_id, c.service_name, c.resource_type,
+                        c.action, c.actor, c.event_time,
+                        _json(c.tags if c.tags is not None else merged.tags),
+                        a.usd_before, a.usd_after, now,
+                    )
+                )
+        await cur.execute(
+            "insert into resource_events select * from stage_events on conflict (event_id) do nothing"
+        )
+
+
+async def insert_dead_letters(
+    conn: psycopg.AsyncConnection, source: str, items: Sequence[tuple[str, str, str]]
+) -> None:
+    """(reason, detail, payload) per rejected item."""
+    if not items:
+        return
+    await conn.execute(
+        "insert into ingest_dead_letters (source, reason, detail, payload)"
+        " select %s, * from unnest(%s::text[], %s::text[], %s::text[])",
+        (
+            source,
+            [i[0] for i in items],
+            [i[1] for i in items],
+            [i[2][:PAYLOAD_LIMIT] for i in items],
+        ),
+    )
+
+
+async def reconciliation_factors(
+    conn: psycopg.AsyncConnection,
+) -> dict[tuple[str, str, str], float]:
+    cur = await conn.execute(
+        "select provider, billing_account_id, service_name, factor from cost_reconciliation"
+    )
+    return {(r[0], r[1], r[2]): float(r[3]) for r in await cur.fetchall()}

@@ -1,0 +1,96 @@
+"""The trigger's pure core: from an anomaly event to the workflow it should start.
+
+No I/O here: the service shell reads Kafka and PostgreSQL and calls the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+
+from lambdas.events.cloudevents import AnomalyEvent, InvalidEvent
+from lambdas.trigger.mapping import Rule
+
+# Hours in an average month (365 * 24 / 12): turns an hourly cost delta into the monthly
+# impact the policies compare against their limits.
+HOURS_PER_MONTH = Decimal(730)
+
+# Labels a resource-level anomaly must carry for a playbook to act on it.
+_REQUIRED_LABELS = ("provider", "service_name", "resource_id", "resource_type", "region_id")
+# Resource tags that are alert labels (the configured tag labels, docs/architecture.md 3).
+_TAG_LABELS = ("team", "env")
+
+
+def workflow_name(event_id: str, playbook: str) -> str:
+    """`cct-<playbook>-<12 hex of sha256(event_id/playbook)>`: the same event and playbook
+    always give the same name, so a resubmission is refused as AlreadyExists."""
+    digest = hashlib.sha256(f"{event_id}/{playbook}".encode()).hexdigest()[:12]
+    return f"cct-{playbook}-{digest}"
+
+
+@dataclass(frozen=True)
+class WorkflowRun:
+    """One workflow to submit: what both backends receive."""
+
+    run_id: str
+    event_id: str
+    playbook: str
+    rule_id: str
+    parameters: Mapping[str, str]  # section 6 names, all strings (as Argo passes them)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.parameters["dry-run"] == "true"
+
+    @property
+    def account_id(self) -> str:
+        return self.parameters["account-id"]
+
+
+def monthly_impact(annotations: Mapping[str, str]) -> str:
+    raw = annotations.get("delta_usd_per_hour", "")
+    try:
+        delta = Decimal(raw)
+    except InvalidOperation:
+        raise InvalidEvent(f"annotation delta_usd_per_hour={raw!r} is not a number") from None
+    if not delta.is_finite():
+        raise InvalidEvent(f"annotation delta_usd_per_hour={raw!r} is not finite")
+    return str((delta * HOURS_PER_MONTH).quantize(Decimal("0.01")))
+
+
+def plan_run(event: AnomalyEvent, rule: Rule) -> WorkflowRun:
+    """The workflow for an anomaly the rule selected; InvalidEvent if labels are missing."""
+    labels = event.labels
+    missing = [name for name in _REQUIRED_LABELS if not labels.get(name)]
+    account = labels.get("sub_account_id") or labels.get("billing_account_id") or ""
+    if not account:
+        missing.append("sub_account_id or billing_account_id")
+    if missing:
+        raise InvalidEvent(f"anomaly {event.id} lacks labels needed by rule {rule.id}: {missing}")
+    tags = {name: labels[name] for name in _TAG_LABELS if labels.get(name)}
+    parameters = {
+        "provider": labels["provider"],
+        "service": labels["service_name"],
+        "resource-id": labels["resource_id"],
+        "resource-type": labels["resource_type"],
+        "action": rule.playbook,
+        "environment": labels.get("env", ""),
+        "team": labels.get("team", ""),
+        "account-id": account,
+        "region": labels["region_id"],
+        "tags": json.dumps(tags, sort_keys=True, separators=(",", ":")),
+        "estimated-monthly-impact-usd": monthly_impact(event.annotations),
+        "dry-run": "true" if rule.dry_run else "false",
+        "event-id": event.id,
+    }
+    return WorkflowRun(
+        run_id=workflow_name(event.id, rule.playbook),
+        event_id=event.id,
+        playbook=rule.playbook,
+        rule_id=rule.id,
+        parameters=MappingProxyType(parameters),
+    )

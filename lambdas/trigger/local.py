@@ -1,0 +1,128 @@
+"""Local backend, for development and tests: runs the playbook's step entrypoints
+(`cct step NAME`, the same ones the WorkflowTemplates name) in order, as subprocesses,
+following docs/architecture.md "How a local backend runs a playbook".
+
+Idempotence: the steps themselves are idempotent per run (a repeated `execute` finds the
+change already made), and the trigger never resubmits a run whose row is already in a final
+state, so a redelivered event does not run a finished playbook again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lambdas.steps.playbooks import EXIT_OK, EXIT_RETRYABLE, PLAYBOOKS, Playbook
+from lambdas.trigger.backends import Submission
+from lambdas.trigger.core import WorkflowRun
+
+log = logging.getLogger("cct.trigger.local")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: str
+    exit_code: int
+    output: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+    @property
+    def error_message(self) -> str:
+        error = self.output.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        return f"step {self.step} exited {self.exit_code}"
+
+
+class LocalBackend:
+    name: Literal["local"] = "local"
+
+    def __init__(
+        self,
+        command: Sequence[str] = ("cct",),
+        env: Mapping[str, str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.command = list(command)
+        self.env = dict(env) if env is not None else None
+        self.sleep = sleep
+
+    def submit(self, run: WorkflowRun) -> Submission:
+        """Run every step; detail is `completed`, `awaiting_approval` or `failed: <reason>`."""
+        playbook = PLAYBOOKS[run.playbook]
+        previous: dict[str, Any] = {}
+        for step in playbook.steps:
+            document = {
+                "run_id": run.run_id,
+                "playbook": run.playbook,
+                "parameters": dict(run.parameters),
+                "previous": dict(previous),
+            }
+            result = self._with_retries(playbook, step, document)
+            if not result.ok:
+                self._record_failure(document, result)
+                return Submission("created", f"failed: {result.error_message}")
+            previous[step] = result.output
+            if step == "approve" and result.output.get("status") == "awaiting_approval":
+                # The run waits for a person; `cct step approve` resumes it later.
+                return Submission("created", "awaiting_approval")
+        return Submission("created", "completed")
+
+    def _with_retries(self, playbook: Playbook, step: str, document: dict[str, Any]) -> StepResult:
+        attempt = 0
+        while True:
+            result = self._run(step, document, playbook.step_timeout_s[step])
+            if result.exit_code != EXIT_RETRYABLE or attempt >= playbook.retry.limit:
+                return result
+            attempt += 1
+            delay = playbook.retry.delay(attempt)
+            log.info(
+                "step asked to be retried",
+                extra={"run_id": document["run_id"], "step": step, "attempt": attempt},
+            )
+            self.sleep(delay)
+
+    def _run(self, step: str, document: dict[str, Any], timeout_s: float) -> StepResult:
+        try:
+            proc = subprocess.run(
+                [*self.command, "step", step],
+                input=json.dumps(document).encode(),
+                stdout=subprocess.PIPE,
+                # The steps log JSON lines on stderr; they go straight to ours.
+                stderr=None,
+                timeout=timeout_s,
+                env=self.env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return StepResult(step, EXIT_RETRYABLE, {"error": {"message": f"timed out ({step})"}})
+        try:
+            output = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        except json.JSONDecodeError:
+            output = {"error": {"message": f"step {step} wrote non-JSON output"}}
+            return StepResult(step, proc.returncode or 1, output)
+        if not isinstance(output, dict):
+            output = {"error": {"message": f"step {step} wrote a non-object"}}
+        return StepResult(step, proc.returncode, output)
+
+    def _record_failure(self, document: dict[str, Any], result: StepResult) -> None:
+        """What Argo's onExit handler does: `cct step record` once, with the failure."""
+        failure = {
+            "step": result.step,
+            "exit_code": result.exit_code,
+            "message": result.error_message,
+        }
+        recorded = self._run("record", {**document, "failure": failure}, 60)
+        if not recorded.ok:
+            log.error(
+                "recording the failed run failed too",
+                extra={"run_id": document["run_id"], "error": recorded.error_message},
+            )

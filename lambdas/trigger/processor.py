@@ -1,0 +1,202 @@
+"""Handle one anomaly event, synchronously: map, pre-check, record, submit.
+
+Runs in a worker thread of the service (database and Kubernetes clients block). Every step is
+idempotent, so the service may hand the same event in again after a crash at any point:
+- the pre-check verdict is stored under `<run_id>/precheck` and reused when present, so a
+  redelivered event gets the verdict it got the first time;
+- the run row is keyed by the deterministic workflow name;
+- a run already settled (denied, finished, awaiting approval) is not submitted again, and a
+  backend treats an existing workflow as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+import psycopg
+
+from lambdas.events.cloudevents import InvalidEvent, decode
+from lambdas.policy import InvalidRequestError, PolicyRequest, PolicySet, evaluate
+from lambdas.store.db import StoreError
+from lambdas.store.decisions import DecisionRecord, get_decision, record_decision
+from lambdas.store.runs import NewRun, RunStatus, create_run, recent_actions, settle_run
+from lambdas.trigger.backends import (
+    Backend,
+    PermanentSubmitError,
+    RetryableSubmitError,
+    Submission,
+)
+from lambdas.trigger.core import WorkflowRun, plan_run
+from lambdas.trigger.mapping import PlaybookMapping
+
+log = logging.getLogger("cct.trigger")
+
+T = TypeVar("T")
+Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+
+Outcome = Literal[
+    "created",  # a new workflow was submitted (local: and ran)
+    "already_exists",  # the backend had it: an earlier delivery submitted it
+    "denied",  # the admission webhook refused it
+    "precheck_denied",  # the policy pre-check said deny: not submitted
+    "settled",  # the run was already settled by an earlier delivery
+    "unmapped",  # no playbook rule matches the anomaly
+    "resolved",  # a resolution event: nothing to start
+    "dead_letter",  # poison: goes to the dead-letter topic with the reason
+]
+
+# The engine's blast-radius rules count actions over the hour before now.
+RECENT_WINDOW = timedelta(hours=1)
+
+
+class Stopping(Exception):
+    """Shutdown was requested while waiting to retry; leave the event uncommitted."""
+
+
+@dataclass(frozen=True)
+class Handled:
+    outcome: Outcome
+    run_id: str | None = None
+    reason: str | None = None
+
+
+class Processor:
+    def __init__(
+        self,
+        mapping: PlaybookMapping,
+        policy_set: PolicySet,
+        backend: Backend,
+        *,
+        connection: Connect,
+        stopping: threading.Event,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.mapping = mapping
+        self.policy_set = policy_set
+        self.backend = backend
+        # `pool.connection`: yields a connection and commits when the block ends.
+        self.connection = connection
+        self.stopping = stopping
+        self.clock = clock
+        self.max_backoff_s = max_backoff_s
+
+    def handle(self, raw: bytes | None) -> Handled:
+        planned = self._plan(raw)
+        if isinstance(planned, Handled):
+            return planned
+        run, request = planned
+        status = self._retrying(lambda: self._precheck_and_create(run, request))
+        if status.settled:
+            outcome: Outcome = "precheck_denied" if status.created else "settled"
+            return Handled(outcome, run.run_id, status.reason)
+        try:
+            submission = self._retrying(lambda: self.backend.submit(run))
+        except PermanentSubmitError as exc:
+            reason = str(exc)
+            self._retrying(lambda: self._settle(run.run_id, "failed", reason))
+            return Handled("dead_letter", run.run_id, reason)
+        return self._after_submit(run, submission)
+
+    def _plan(self, raw: bytes | None) -> Handled | tuple[WorkflowRun, PolicyRequest]:
+        """The run an event asks for, or how it was handled when it asks for none."""
+        try:
+            event = decode(raw)
+        except InvalidEvent as exc:
+            return Handled("dead_letter", reason=str(exc))
+        if not event.detected:
+            return Handled("resolved")
+        rule = self.mapping.select(event.labels)
+        if rule is None:
+            return Handled("unmapped")
+        try:
+            run = plan_run(event, rule)
+            return run, PolicyRequest.from_parameters(run.parameters)
+        except (InvalidEvent, InvalidRequestError) as exc:
+            return Handled("dead_letter", reason=str(exc))
+
+    def _after_submit(self, run: WorkflowRun, submission: Submission) -> Handled:
+        if submission.outcome == "denied":
+            self._retrying(lambda: self._settle(run.run_id, "denied", submission.detail))
+            log.info("admission denied the workflow", extra={"run_id": run.run_id})
+            return Handled("denied", run.run_id, submission.detail)
+        detail = submission.detail or ""
+        if detail.startswith("failed: "):
+            # The local backend's failed step already ran `record`; settling again makes sure
+            # the row says failed even if that record step could not write.
+            self._retrying(lambda: self._settle(run.run_id, "failed", detail[len("failed: ") :]))
+        log.info(
+            "workflow submitted",
+            extra={"run_id": run.run_id, "outcome": submission.outcome, "detail": detail},
+        )
+        return Handled(submission.outcome, run.run_id, submission.detail)
+
+    def _precheck_and_create(self, run: WorkflowRun, request: PolicyRequest) -> RunStatus:
+        decision_id = f"{run.run_id}/precheck"
+        with self.connection() as conn:
+            known = get_decision(conn, decision_id)
+            if known is not None:
+                verdict, reasons = str(known["verdict"]), list(known["reasons"])
+            else:
+                now = self.clock()
+                recent = recent_actions(conn, now - RECENT_WINDOW)
+                result = evaluate(self.policy_set, request, now, recent)
+                verdict, reasons = result.decision, list(result.reasons)
+                record_decision(
+                    conn,
+                    DecisionRecord(
+                        decision_id=decision_id,
+                        source="precheck",
+                        run_id=run.run_id,
+                        verdict=verdict,
+                        policy_ids=result.policy_ids,
+                        reasons=reasons,
+                        input={
+                            "parameters": dict(run.parameters),
+                            "now": now.isoformat(),
+                            "recent_actions": recent,
+                        },
+                        decided_at=now,
+                        dry_run=run.dry_run,
+                        account_id=run.account_id,
+                    ),
+                )
+            denied = verdict == "deny"
+            return create_run(
+                conn,
+                NewRun(
+                    run_id=run.run_id,
+                    event_id=run.event_id,
+                    playbook=run.playbook,
+                    backend=self.backend.name,
+                    state="denied" if denied else "submitted",
+                    reason="; ".join(reasons) if denied else None,
+                    parameters=run.parameters,
+                ),
+            )
+
+    def _settle(self, run_id: str, state: str, reason: str | None) -> None:
+        with self.connection() as conn:
+            settle_run(conn, run_id, state, reason)
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """Call until it stops failing retryably; wait longer each time, up to the maximum."""
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except RetryableSubmitError as exc:
+                log.warning("backend unavailable; retrying", extra={"error": str(exc)})
+            except StoreError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("database unavailable; retrying", extra={"error": str(exc)})
+            if self.stopping.wait(delay):
+                raise Stopping
+            delay = min(delay * 2, self.max_backoff_s)

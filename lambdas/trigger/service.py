@@ -1,0 +1,248 @@
+"""`cct serve trigger`: the consumer loop around the Processor.
+
+Delivery guarantees:
+- An event's offset is committed only after it was fully handled: submitted (or found
+  submitted), recorded as denied, or written to the dead-letter topic with the broker's ack.
+  A crash at any point redelivers the event, and the Processor's idempotence turns the
+  redelivery into a no-op for whatever was already done.
+- Events of one partition are handled in order, one at a time; a backend outage stalls the
+  partition (retrying with backoff) instead of skipping events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from lambdas.common.settings import SettingsError
+from lambdas.events.producer import ProducerSlot
+from lambdas.policy import PolicyLoadError, load_policy_set
+from lambdas.store.db import open_pool
+from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
+from lambdas.trigger.backends import Backend
+from lambdas.trigger.local import LocalBackend
+from lambdas.trigger.mapping import MappingError, load_mapping
+from lambdas.trigger.processor import Handled, Processor, Stopping
+from lambdas.trigger.settings import TriggerSettings
+
+log = logging.getLogger("cct.trigger")
+
+DLQ_REASON_HEADER = "cct-dlq-reason"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "cct_trigger_events_total",
+            "Anomaly events handled, by outcome (created, already_exists, denied, "
+            "precheck_denied, settled, unmapped, resolved, dead_letter).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.handle_seconds = Histogram(
+            "cct_trigger_handle_seconds",
+            "Time to handle one event, from receipt to committed offset.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.commit_failures = Counter(
+            "cct_trigger_commit_failures_total",
+            "Offset commits refused after a rebalance; the event is redelivered (harmless).",
+            registry=self.registry,
+        )
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], reason: str
+) -> list[tuple[str, bytes]]:
+    return [
+        (DLQ_REASON_HEADER, reason.encode()),
+        ("cct-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        *[(k, v) for k, v in (record.headers or ()) if k != DLQ_REASON_HEADER],
+    ]
+
+
+class TriggerService:
+    def __init__(self, settings: TriggerSettings, processor: Processor, stopping: threading.Event):
+        self.settings = settings
+        self.processor = processor
+        self.stopping = stopping
+        self.metrics = Metrics()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.topic,
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+        )
+        producers = ProducerSlot(
+            lambda: AIOKafkaProducer(
+                bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True
+            )
+        )
+        await consumer.start()
+        log.info("trigger consuming", extra={"topic": s.topic, "group": s.group_id})
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=500, max_records=100)
+                for tp, records in batch.items():
+                    for record in records:
+                        if stop.is_set():
+                            return
+                        await self._one(consumer, producers, tp, record)
+        except Stopping:
+            log.info("stopping with an event uncommitted; it will be redelivered")
+        finally:
+            await consumer.stop()
+            await producers.close()
+
+    async def _one(
+        self,
+        consumer: AIOKafkaConsumer,
+        producers: ProducerSlot,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+    ) -> None:
+        started = time.perf_counter()
+        handled: Handled = await asyncio.to_thread(self.processor.handle, record.value)
+        if handled.outcome == "dead_letter":
+            await self._dead_letter(producers, record, handled.reason or "unknown")
+        try:
+            await consumer.commit({tp: record.offset + 1})
+        except CommitFailedError as exc:
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
+        self.metrics.events.labels(handled.outcome).inc()
+        self.metrics.handle_seconds.observe(time.perf_counter() - started)
+
+    async def _dead_letter(
+        self, producers: ProducerSlot, record: ConsumerRecord[bytes, bytes], reason: str
+    ) -> None:
+        """Put the original bytes on the dead-letter topic; retry until the broker acks,
+        because the offset may not be committed before."""
+        delay = 0.5
+        while True:
+            producer = None
+            try:
+                producer = await producers.get()
+                await producer.send_and_wait(
+                    self.settings.dlq_topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=dead_letter_headers(record, reason),
+                )
+            except KafkaError as exc:
+                if producer is not None:
+                    producers.discard(producer)
+                log.warning("dead-letter topic unavailable; retrying", extra={"error": repr(exc)})
+                if self.stopping.is_set():
+                    raise Stopping from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_backoff_s)
+                continue
+            log.warning(
+                "event dead-lettered",
+                extra={
+                    "reason": reason,
+                    "source": f"{record.topic}/{record.partition}/{record.offset}",
+                },
+            )
+            return
+
+    def http_app(self) -> web.Application:
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.metrics.registry),
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
+            )
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/metrics", metrics)
+        return app
+
+
+def make_backend(settings: TriggerSettings) -> Backend:
+    if settings.backend == "local":
+        return LocalBackend(command=settings.step_command)
+    kube = KubeSettings(
+        namespace=settings.namespace,
+        api_url=settings.kube_api_url,
+        token_file=settings.kube_token_file,
+        ca_file=settings.kube_ca_file,
+        request_timeout_s=settings.kube_timeout_s,
+    )
+    return ArgoBackend(api_client(kube), kube.namespace, kube.request_timeout_s)
+
+
+async def _serve(settings: TriggerSettings) -> None:
+    stop = asyncio.Event()
+    stopping = threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        stop.set()
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+
+    mapping = load_mapping(Path(settings.playbooks_file))
+    policy_set = load_policy_set(settings.policies_dir)
+    pool = open_pool(settings.pg_dsn, application_name="cct-trigger", max_size=2)
+    try:
+        processor = Processor(
+            mapping,
+            policy_set,
+            make_backend(settings),
+            connection=pool.connection,
+            stopping=stopping,
+            max_backoff_s=settings.retry_max_backoff_s,
+        )
+        service = TriggerService(settings, processor, stopping)
+        runner = web.AppRunner(service.http_app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        try:
+            await service.run(stop)
+        finally:
+            await runner.cleanup()
+    finally:
+        pool.close()
+
+
+def serve() -> None:
+    """`cct serve trigger`."""
+    try:
+        settings = TriggerSettings.from_env()
+        log.info("trigger starting", extra={"backend": settings.backend, "topic": settings.topic})
+        asyncio.run(_serve(settings))
+    except (SettingsError, MappingError, PolicyLoadError) as exc:
+        # Configuration errors: say what is wrong and exit; restarting cannot fix them.
+        raise SystemExit(f"cct serve trigger: {exc}") from None

@@ -1,0 +1,97 @@
+"""Trigger settings, read once from CCT_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lambdas.common.settings import (
+    SettingsError,
+    env_float,
+    env_int,
+    env_str,
+    kafka_bootstrap,
+    pg_dsn,
+)
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    """
+    kafka_bootstrap: CCT_KAFKA_BOOTSTRAP.
+    topic / dlq_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`) and
+        CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`).
+    group_id: CCT_TRIGGER_GROUP, default `cct-trigger`: every replica joins it, so each
+        partition has one reader.
+    pg_dsn: CCT_PG_DSN.
+    backend: CCT_TRIGGER_BACKEND, `argo` (default, in the cluster) or `local` (development).
+    playbooks_file: CCT_PLAYBOOKS_FILE, default `policies/playbooks.yaml` (schema beside it).
+    policies_dir: CCT_POLICIES_DIR, default `policies/optimization`.
+    namespace: CCT_ARGO_NAMESPACE, default `cct-system`, where Workflows are created.
+    kube_api_url / kube_token_file / kube_ca_file: CCT_KUBE_API_URL, CCT_KUBE_TOKEN_FILE,
+        CCT_KUBE_CA_FILE; unset API URL = the pod's in-cluster service account.
+    kube_timeout_s: CCT_KUBE_TIMEOUT_S, default 10 s per API call.
+    step_command: CCT_TRIGGER_STEP_COMMAND, default `cct`: how the local backend runs
+        `<command> step NAME`.
+    host, port: CCT_TRIGGER_HOST (default 0.0.0.0) and CCT_TRIGGER_PORT (default 8080) for
+        /healthz and /metrics.
+    max_poll_interval_ms: CCT_TRIGGER_MAX_POLL_INTERVAL_MS. The local backend runs a whole
+        playbook per event (execute may take 30 min), so its default is 1 h; Argo submission
+        takes milliseconds, its default is Kafka's 5 min.
+    session_timeout_ms: CCT_TRIGGER_SESSION_TIMEOUT_MS, default 10 s: how long a crashed
+        replica holds its partitions before another takes over.
+    retry_max_backoff_s: CCT_TRIGGER_RETRY_MAX_BACKOFF_S, default 30 s: the longest wait
+        between retries of a backend or database that is unavailable.
+    """
+
+    kafka_bootstrap: str
+    topic: str
+    dlq_topic: str
+    group_id: str
+    pg_dsn: str
+    backend: Literal["argo", "local"]
+    playbooks_file: Path
+    policies_dir: Path
+    namespace: str
+    kube_api_url: str | None
+    kube_token_file: str | None
+    kube_ca_file: str | None
+    kube_timeout_s: float
+    step_command: tuple[str, ...]
+    host: str
+    port: int
+    max_poll_interval_ms: int
+    session_timeout_ms: int
+    retry_max_backoff_s: float
+
+    @classmethod
+    def from_env(cls) -> TriggerSettings:
+        backend = env_str("CCT_TRIGGER_BACKEND", "argo")
+        if backend not in ("argo", "local"):
+            raise SettingsError(f"CCT_TRIGGER_BACKEND={backend!r} must be argo or local")
+        poll_default = 3_600_000 if backend == "local" else 300_000
+        return cls(
+            kafka_bootstrap=kafka_bootstrap(),
+            topic=env_str("CCT_TRIGGER_TOPIC", "cct.cost.anomalies"),
+            dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", "cct.cost.anomalies.dlq"),
+            group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),
+            pg_dsn=pg_dsn(),
+            backend="local" if backend == "local" else "argo",
+            playbooks_file=Path(env_str("CCT_PLAYBOOKS_FILE", "policies/playbooks.yaml")),
+            policies_dir=Path(env_str("CCT_POLICIES_DIR", "policies/optimization")),
+            namespace=env_str("CCT_ARGO_NAMESPACE", "cct-system"),
+            kube_api_url=os.environ.get("CCT_KUBE_API_URL") or None,
+            kube_token_file=os.environ.get("CCT_KUBE_TOKEN_FILE") or None,
+            kube_ca_file=os.environ.get("CCT_KUBE_CA_FILE") or None,
+            kube_timeout_s=env_float("CCT_KUBE_TIMEOUT_S", 10.0),
+            step_command=tuple(shlex.split(env_str("CCT_TRIGGER_STEP_COMMAND", "cct"))),
+            # The trigger runs in a pod; its probes and scrapes come from the cluster.
+            host=env_str("CCT_TRIGGER_HOST", "0.0.0.0"),  # noqa: S104
+            port=env_int("CCT_TRIGGER_PORT", 8080),
+            max_poll_interval_ms=env_int("CCT_TRIGGER_MAX_POLL_INTERVAL_MS", poll_default),
+            session_timeout_ms=env_int("CCT_TRIGGER_SESSION_TIMEOUT_MS", 10_000),
+            retry_max_backoff_s=env_float("CCT_TRIGGER_RETRY_MAX_BACKOFF_S", 30.0),
+        )

@@ -1,0 +1,303 @@
+"""Helpers for the admission tests: a test CA and server certificate (made with the
+`cryptography` package), AdmissionReview bodies shaped like the kube-apiserver's, a
+`cct serve admission` subprocess, and a small HTTPS client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import ipaddress
+import json
+import shutil
+import ssl
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.procs import free_port, http_ready, running
+
+ROOT = Path(__file__).parents[2]
+SHIPPED = ROOT / "policies" / "optimization"
+CCT = Path(sys.executable).with_name("cct")
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path, days: int = 2) -> Tls:
+    """A CA and a server certificate for 127.0.0.1/localhost signed by it, as PEM files."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cct-test-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cct-admission")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = Tls(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
+    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tls.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return tls
+
+
+def policies_for_now(target: Path) -> Path:
+    """The shipped policies, with the critical-services calendar moved to a time zone where
+    it is mid-morning right now and without the dated freeze windows, so verdicts in tests
+    that run on the real clock do not depend on when the suite runs."""
+    shutil.copytree(SHIPPED, target, ignore=shutil.ignore_patterns("tests", "change-freeze.yaml"))
+    utc_hour = dt.datetime.now(dt.UTC).hour
+    offset = 11 - utc_hour  # local 11:00, ±3 h of margin inside 08:00-19:00
+    offset = offset + 24 if offset < -12 else offset - 24 if offset > 14 else offset
+    zone = f"Etc/GMT{-offset:+d}" if offset else "UTC"
+    ZoneInfo(zone)  # fails loudly if the arithmetic produced a zone that does not exist
+    path = target / "critical-services.yaml"
+    doc = yaml.safe_load(path.read_text())
+    for calendar in doc["spec"]["calendars"]:
+        calendar.update(
+            timezone=zone, weekdays=["mon", "tue", "wed", "thu", "fri", "sat", "sun"], holidays=[]
+        )
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return target
+
+
+PARAMS: dict[str, str] = {
+    "provider": "aws",
+    "service": "Amazon Elastic Compute Cloud",
+    "resource-id": "i-0abc123def4567890",
+    "resource-type": "m5.2xlarge",
+    "action": "rightsize-compute",
+    "environment": "staging",
+    "team": "web",
+    "account-id": "123456789012",
+    "region": "us-east-1",
+    "tags": '{"team":"web"}',
+    "estimated-monthly-impact-usd": "140.16",
+    "dry-run": "false",
+    "event-id": "6c1f3b1e2a",
+}
+
+
+def params(**overrides: str) -> dict[str, str]:
+    """PARAMS in a fresh account (so blast-radius counts never leak between tests); keyword
+    arguments override parameters, with underscores for dashes."""
+    fresh = {**PARAMS, "account-id": f"{uuid.uuid4().int % 10**12:012d}"}
+    fresh.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    return fresh
+
+
+def workflow(
+    name: str,
+    parameters: Mapping[str, str] | None = None,
+    template_ref: str | None = "cct-rightsize-compute",
+    templates: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A Workflow as the trigger creates it (see lambdas/trigger/argo.py)."""
+    spec: dict[str, Any] = {
+        "arguments": {
+            "parameters": [
+                {"name": k, "value": v} for k, v in sorted((parameters or params()).items())
+            ]
+        }
+    }
+    if template_ref:
+        spec["workflowTemplateRef"] = {"name": template_ref}
+    if templates is not None:
+        spec["entrypoint"] = "main"
+        spec["templates"] = templates
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "name": name,
+            "namespace": "cct-workflows",
+            "creationTimestamp": None,
+            "labels": {"app.kubernetes.io/managed-by": "cct-trigger"},
+        },
+        "spec": spec,
+    }
+
+
+def review(
+    obj: Mapping[str, Any],
+    uid: str | None = None,
+    operation: str = "CREATE",
+    kind: Mapping[str, str] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """An AdmissionReview v1 request with every field the kube-apiserver fills in."""
+    kind = kind or {"group": "argoproj.io", "version": "v1alpha1", "kind": "Workflow"}
+    resource = {
+        "group": kind["group"],
+        "version": kind["version"],
+        "resource": kind["kind"].lower() + "s",
+    }
+    metadata = obj.get("metadata", {})
+    return {
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": uid or str(uuid.uuid4()),
+            "kind": dict(kind),
+            "resource": resource,
+            "requestKind": dict(kind),
+            "requestResource": resource,
+            "name": metadata.get("name", ""),
+            "namespace": metadata.get("namespace", "cct-workflows"),
+            "operation": operation,
+            "userInfo": {
+                "username": "system:serviceaccount:cct-system:cct-trigger",
+                "uid": "0d5f8a52-7a52-4f5e-9d25-6b3c1f9c2d11",
+                "groups": [
+                    "system:serviceaccounts",
+                    "system:serviceaccounts:cct-system",
+                    "system:authenticated",
+                ],
+            },
+            "object": obj,
+            "oldObject": None,
+            "dryRun": dry_run,
+            "options": {
+                "kind": "CreateOptions",
+                "apiVersion": "meta.k8s.io/v1",
+                "fieldManager": "cct-trigger",
+            },
+        },
+    }
+
+
+@dataclass
+class Webhook:
+    port: int
+    metrics_port: int
+    tls: Tls
+    policy_dir: Path
+    log: Path
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.tls.ca))
+
+    def post(
+        self, body: bytes | Mapping[str, Any], content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
+        """POST /validate?timeout=10s the way the API server does; (status, JSON body)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self.context(), timeout=10
+        )
+        try:
+            conn.request(
+                "POST",
+                "/validate?timeout=10s",
+                body=data,
+                headers={"Content-Type": content_type, "Accept": "application/json"},
+            )
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
+
+    def response(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        status, doc = self.post(body)
+        assert status == 200, doc
+        assert doc["apiVersion"] == "admission.k8s.io/v1"
+        assert doc["kind"] == "AdmissionReview"
+        assert doc["response"]["uid"] == body["request"]["uid"]
+        return dict(doc["response"])
+
+    def get(self, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on /metrics (0 when absent)."""
+        _, text = self.get("/metrics")
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric, _, rest = series.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if metric == name and got == wanted:
+                return float(value)
+        return 0.0
+
+
+@contextmanager
+def serve_admission(
+    tmp: Path,
+    pg_dsn: str,
+    policy_dir: Path,
+    tls: Tls,
+    **env: str,
+) -> Iterator[Webhook]:
+    """Run `cct serve admission` as a real subprocess until the block ends."""
+    port, metrics_port = free_port(), free_port()
+    hook = Webhook(port, metrics_port, tls, policy_dir, tmp / f"admission-{port}.log")
+    settings = {
+        "CCT_PG_DSN": pg_dsn,
+        "CCT_POLICY_DIR": str(policy_dir),
+        "CCT_ADMISSION_TLS_CERT": str(tls.cert),
+        "CCT_ADMISSION_TLS_KEY": str(tls.key),
+        "CCT_ADMISSION_HOST": "127.0.0.1",
+        "CCT_ADMISSION_PORT": str(port),
+        "CCT_ADMISSION_METRICS_PORT": str(metrics_port),
+        "CCT_ADMISSION_RELOAD_INTERVAL_S": "0.2",
+        "CCT_ADMISSION_RECENT_REFRESH_S": "0.5",
+        **env,
+    }
+    ready = http_ready(f"http://127.0.0.1:{metrics_port}/metrics")
+    with running([str(CCT), "serve", "admission"], ready, hook.log, env=settings):
+        yield hook

@@ -1,0 +1,314 @@
+"""The webhook's pure core (`review.decide`, workflow reading) as table tests, and the
+request-budget timeout on an in-process server on a real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lambdas.admission.server as server_module
+from lambdas.admission.review import BadReview, Context, Outcome, decide
+from lambdas.admission.server import AdmissionServer
+from lambdas.admission.settings import AdmissionSettings
+from lambdas.common.settings import SettingsError
+from lambdas.policy import load_policy_set
+from lambdas.policy.policyset import Conditions, Policy, PolicySet, Rule, Selector
+from lambdas.policy.workflow import has_approval_step
+from tests.admission.support import SHIPPED, Tls, params, review, workflow
+from tests.support.procs import free_port
+
+NOW = datetime(2026, 2, 2, 3, 0, tzinfo=UTC)  # 22:00 New York on a Sunday: outside hours
+
+
+def context(**overrides: Any) -> Context:
+    values: dict[str, Any] = {
+        "now": NOW,
+        "policy_set": load_policy_set(SHIPPED),
+        "recent_actions": {},
+        "failure_mode": "closed",
+        "approval_templates": frozenset({"cct-rightsize-compute"}),
+    }
+    values.update(overrides)
+    return Context(**values)
+
+
+FUZZ_CONTEXT = context()
+
+
+def broken_policy_set() -> PolicySet:
+    # Built by hand, past the loader's checks: its reason names a placeholder that does not
+    # exist, so rendering it raises inside the engine.
+    rule = Rule("broken/r", "d", "deny", "{nope}", Selector(), Conditions())
+    return PolicySet((Policy("broken", "d", "", "x.yaml", (rule,)),), (), "f")
+
+
+@pytest.mark.parametrize(
+    ("mode", "allowed", "field"),
+    [("closed", False, "status"), ("open", True, "warnings")],
+)
+def test_engine_errors_are_decided_by_the_failure_mode(
+    mode: str, allowed: bool, field: str
+) -> None:
+    outcome = decide(
+        review(workflow("wf", params())), context(policy_set=broken_policy_set(), failure_mode=mode)
+    )
+    assert (outcome.allowed, outcome.verdict, outcome.failure) == (
+        allowed,
+        "error",
+        "internal_error",
+    )
+    assert "policy evaluation failed: KeyError('nope')" in json.dumps(
+        outcome.response()["response"][field]
+    )
+    assert outcome.record is None
+
+
+def test_generate_name_workflows_use_the_prefix_as_run_id() -> None:
+    wf = workflow("", params(environment="prod"))
+    wf["metadata"] = {"generateName": "cct-manual-", "namespace": "cct-workflows"}
+    outcome = decide(review(wf), context())
+    assert outcome.allowed is True
+    assert outcome.record is not None
+    assert outcome.record.run_id == "cct-manual-"
+
+
+def test_long_warnings_are_cut_to_what_kubernetes_shows() -> None:
+    outcome = Outcome("u", allowed=True, verdict="allow", warnings=("x" * 1000,))
+    assert len(outcome.response()["response"]["warnings"][0]) == 256
+
+
+def test_duplicate_parameters_are_invalid() -> None:
+    wf = workflow("wf", params())
+    wf["spec"]["arguments"]["parameters"].append({"name": "provider", "value": "gcp"})
+    outcome = decide(review(wf), context())
+    assert outcome.allowed is False
+    assert (
+        outcome.message
+        == "CCT workflow wf has invalid parameters: parameter provider is given twice"
+    )
+
+
+def suspend_workflow(steps: Any, templates: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"spec": {"entrypoint": "main", "templates": [{"name": "main", **steps}, *templates]}}
+
+
+@pytest.mark.parametrize(
+    ("wf", "expected"),
+    [
+        ({"spec": {"workflowTemplateRef": {"name": "cct-rightsize-compute"}}}, True),
+        ({"spec": {"workflowTemplateRef": {"name": "other"}}}, False),
+        (
+            suspend_workflow(
+                {"steps": [[{"name": "approve", "template": "gate"}]]},
+                [{"name": "gate", "suspend": {}}],
+            ),
+            True,
+        ),
+        (
+            suspend_workflow(
+                {"dag": {"tasks": [{"name": "approve", "template": "gate"}]}},
+                [{"name": "gate", "suspend": {"duration": "24h"}}],
+            ),
+            True,
+        ),
+        # A suspend template named approve, reached through a nested steps template.
+        (
+            suspend_workflow(
+                {"steps": [[{"name": "inner", "template": "nested"}]]},
+                [
+                    {"name": "nested", "steps": [[{"name": "x", "template": "approve"}]]},
+                    {"name": "approve", "suspend": {}},
+                ],
+            ),
+            True,
+        ),
+        # A step called approve that does not suspend is not an approval.
+        (
+            suspend_workflow(
+                {"steps": [[{"name": "approve", "template": "run"}]]},
+                [{"name": "run", "container": {}}],
+            ),
+            False,
+        ),
+        # A suspend step that the entrypoint never reaches does not count.
+        (
+            suspend_workflow(
+                {"steps": [[{"name": "go", "template": "run"}]]},
+                [{"name": "run", "container": {}}, {"name": "approve", "suspend": {}}],
+            ),
+            False,
+        ),
+        ({"spec": {"entrypoint": "missing", "templates": []}}, False),
+        ({"spec": "nonsense"}, False),
+    ],
+)
+def test_approval_step_detection(wf: dict[str, Any], expected: bool) -> None:
+    assert has_approval_step(wf, {"cct-rightsize-compute"}) is expected
+
+
+def slow_decide(review_doc: Any, ctx: Context) -> Outcome:
+    time.sleep(0.6)  # an engine stuck far beyond the 0.2 s budget
+    return decide(review_doc, ctx)
+
+
+def broken_decide(review_doc: Any, ctx: Context) -> Outcome:
+    raise RuntimeError("bug")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (slow_decide, "timeout", "CCT admission failed closed: no decision within 0.2s"),
+        (
+            broken_decide,
+            "internal_error",
+            "CCT admission failed closed: internal error: RuntimeError('bug')",
+        ),
+    ],
+    ids=["timeout", "internal-error"],
+)
+async def test_server_failures_are_answered_by_the_failure_mode(
+    tls: Tls,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[Callable[[Any, Context], Outcome], str, str],
+) -> None:
+    replacement, failure, message = case
+    monkeypatch.setattr(server_module, "decide", replacement)
+    config = AdmissionSettings(
+        policy_dir=SHIPPED,
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+        pg_dsn=pg_dsn,
+        host="127.0.0.1",
+        port=free_port(),
+        metrics_port=free_port(),
+        request_timeout_s=0.2,
+    )
+    server = AdmissionServer(config)
+    await server.start()
+    try:
+        body = review(workflow("wf-slow", params()))
+        ssl_ctx = ssl.create_default_context(cafile=str(tls.ca))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"https://127.0.0.1:{config.port}/validate", json=body, ssl=ssl_ctx
+            ) as resp,
+        ):
+            answer = await resp.json()
+        assert answer["response"] == {
+            "uid": body["request"]["uid"],
+            "allowed": False,
+            "status": {"code": 500, "reason": "InternalError", "message": message},
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{config.metrics_port}/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        assert (
+            f'cct_admission_failure_mode_total{{mode="closed",reason="{failure}"}} 1.0' in metrics
+        )
+    finally:
+        await server.stop()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+VALID = review(workflow("wf-fuzz", params(environment="prod")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(
+        ["request", "object", "spec", "arguments", "parameters", "templates", "kind", "uid"]
+    ),
+    json_values,
+)
+def test_decide_answers_or_rejects_any_mutation_of_a_review(where: str, value: Any) -> None:
+    """Replace one part of a valid review with arbitrary JSON: decide returns an answer or
+    raises BadReview, nothing else."""
+    doc = json.loads(json.dumps(VALID))
+    request = doc["request"]
+    targets = {
+        "request": (doc, "request"),
+        "object": (request, "object"),
+        "spec": (request["object"], "spec"),
+        "arguments": (request["object"]["spec"], "arguments"),
+        "parameters": (request["object"]["spec"]["arguments"], "parameters"),
+        "templates": (request["object"]["spec"], "templates"),
+        "kind": (request, "kind"),
+        "uid": (request, "uid"),
+    }
+    parent, key = targets[where]
+    parent[key] = value
+    try:
+        outcome = decide(doc, FUZZ_CONTEXT)
+    except BadReview:
+        return
+    json.dumps(outcome.response())
+    assert outcome.allowed in {True, False}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "CCT_ADMISSION_TLS_CERT is required but not set"),
+        (
+            {
+                "CCT_ADMISSION_TLS_CERT": "c",
+                "CCT_ADMISSION_TLS_KEY": "k",
+                "CCT_ADMISSION_FAILURE_MODE": "maybe",
+            },
+            "CCT_ADMISSION_FAILURE_MODE='maybe' must be closed or open",
+        ),
+        (
+            {
+                "CCT_ADMISSION_TLS_CERT": "c",
+                "CCT_ADMISSION_TLS_KEY": "k",
+                "CCT_ADMISSION_REQUEST_TIMEOUT_S": "0",
+            },
+            "CCT_ADMISSION_REQUEST_TIMEOUT_S=0.0 must be positive",
+        ),
+    ],
+)
+def test_settings_errors_name_the_variable(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("CCT_ADMISSION_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CCT_PG_DSN", "postgresql://x/y")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        AdmissionSettings.from_env()
+    assert str(err.value) == message
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CCT_ADMISSION_") or name == "CCT_POLICY_DIR":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CCT_PG_DSN", "postgresql://x/y")
+    monkeypatch.setenv("CCT_ADMISSION_TLS_CERT", "/tls/tls.crt")
+    monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", "/tls/tls.key")
+    settings = AdmissionSettings.from_env()
+    assert (settings.port, settings.metrics_port, settings.failure_mode) == (8443, 8080, "closed")
+    assert "cct-rightsize-database" in settings.approval_templates

@@ -1,0 +1,111 @@
+"""Attribution on hand-made cases: ranked shares of the increase and linked change events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lambdas.detector.attribution import (
+    ChangeEvent,
+    Child,
+    Contributor,
+    link_change_events,
+    rank_contributors,
+)
+
+T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def res(rid: str, expected: float, observed: float) -> Child:
+    return Child("resource", {"provider": "aws", "resource_id": rid}, expected, observed)
+
+
+def test_children_are_ranked_by_share_of_the_increase() -> None:
+    ranked = rank_contributors(
+        [res("a", 10, 12), res("b", 0, 30), res("c", 5, 13), res("flat", 7, 7)]
+    )
+    assert [c.labels["resource_id"] for c in ranked] == ["b", "c", "a"]
+    assert [round(c.share, 2) for c in ranked] == [0.75, 0.2, 0.05]
+    assert ranked[0].delta == 30
+    assert sum(c.share for c in ranked) == pytest.approx(1.0)
+
+
+def test_a_shrinking_child_does_not_dilute_the_growers() -> None:
+    ranked = rank_contributors([res("up", 10, 30), res("down", 50, 20)])
+    assert [(c.labels["resource_id"], c.share) for c in ranked] == [("up", 1.0)]
+
+
+def test_many_small_children_that_add_up_are_all_listed_up_to_the_limit() -> None:
+    children = [res(f"small-{n:02d}", 0, 0.5) for n in range(40)]
+    ranked = rank_contributors(children, limit=10)
+    assert len(ranked) == 10
+    assert all(c.share == pytest.approx(1 / 40) for c in ranked)
+    # Equal shares are ordered by labels, so the output is stable.
+    assert ranked[0].labels["resource_id"] == "small-00"
+
+
+def test_noise_below_the_minimum_share_is_left_out_and_nothing_grew_is_empty() -> None:
+    ranked = rank_contributors([res("big", 0, 100), res("tiny", 1, 1.5)], min_share=0.01)
+    assert [c.labels["resource_id"] for c in ranked] == ["big"]
+    assert rank_contributors([res("x", 5, 4), res("y", 3, 3)]) == []
+
+
+def test_contributor_json_is_rounded_and_complete() -> None:
+    [c] = rank_contributors([res("a", 1.123456, 3.3333333)])
+    assert c.as_json() == {
+        "level": "resource",
+        "labels": {"provider": "aws", "resource_id": "a"},
+        "expected_usd_per_hour": 1.1235,
+        "observed_usd_per_hour": 3.3333,
+        "delta_usd_per_hour": 2.2099,
+        "share": 1.0,
+    }
+
+
+def event(
+    eid: str, rid: str, before: float | None, after: float | None, minutes: int
+) -> ChangeEvent:
+    return ChangeEvent(
+        event_id=eid,
+        provider="aws",
+        resource_id=rid,
+        action="RunInstances",
+        actor="arn:aws:iam::111:user/alice",
+        event_time=T + timedelta(minutes=minutes),
+        tags={"pulumi:project": "shop", "pulumi:stack": "prod", "team": "web"},
+        usd_per_hour_before=before,
+        usd_per_hour_after=after,
+    )
+
+
+def test_change_events_follow_the_contributor_ranking_then_the_rate_change() -> None:
+    contributors = [
+        Contributor("resource", {"resource_id": "b"}, 0, 30, 30, 0.75),
+        Contributor("resource", {"resource_id": "a"}, 10, 20, 10, 0.25),
+    ]
+    events = [
+        event("e1", "a", 10, 20, 0),
+        event("e2", "b", 0, 5, 1),
+        event("e3", "b", 5, 30, 2),
+        event("e4", "unrelated", 0, 100, 0),
+    ]
+    linked = link_change_events(contributors, events)
+    assert [e.event_id for e in linked] == ["e3", "e2", "e1"]
+
+
+def test_change_event_json_carries_actor_action_and_pulumi_tags() -> None:
+    doc = event("e1", "i-1", None, 3.5, 0).as_json()
+    assert doc == {
+        "event_id": "e1",
+        "resource_id": "i-1",
+        "action": "RunInstances",
+        "actor": "arn:aws:iam::111:user/alice",
+        "event_time": "2026-11-02T09:00:00+00:00",
+        "usd_per_hour_before": None,
+        "usd_per_hour_after": 3.5,
+        "pulumi_project": "shop",
+        "pulumi_stack": "prod",
+    }
+    bare = ChangeEvent("e2", "gcp", "x", "insert", None, T, {}, 1.0, 2.0).as_json()
+    assert "pulumi_project" not in bare and bare["actor"] is None

@@ -1,0 +1,236 @@
+"""`cct sample-data` and `cct backtest` end to end, the FOCUS reader's handling of bad input,
+and the backtest engine's attribution on a hand-made export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from lambdas.backtest import focus
+from lambdas.backtest.run import backtest
+from lambdas.backtest.sample import KINDS, SampleSpec, read_labels, write
+from lambdas.cli import cli
+from lambdas.detector.config import DetectionConfig
+
+FIELDS = [
+    "ChargePeriodStart",
+    "ChargePeriodEnd",
+    "ProviderName",
+    "BillingAccountId",
+    "RegionId",
+    "ServiceName",
+    "ResourceId",
+    "EffectiveCost",
+    "Tags",
+]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sample")
+    result = CliRunner().invoke(
+        cli, ["sample-data", "--out", str(out), "--weeks", "4", "--seed", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_sample_is_multi_cloud_focus_with_labeled_anomalies_of_every_kind(sample: Path) -> None:
+    table = pq.read_table(sample / "focus.parquet")
+    cols = set(table.column_names)
+    assert {"BilledCost", "EffectiveCost", "ChargePeriodStart", "ChargePeriodEnd"} <= cols
+    assert {"ProviderName", "BillingAccountId", "SubAccountId", "RegionId", "ServiceName"} <= cols
+    assert {"ResourceId", "ResourceType", "ServiceCategory", "Tags", "BillingCurrency"} <= cols
+    assert set(table.column("ProviderName").to_pylist()) == {"AWS", "Microsoft", "Google Cloud"}
+    assert len(set(table.column("BillingAccountId").to_pylist())) >= 4
+    teams = {json.loads(t)["team"] for t in set(table.column("Tags").to_pylist())}
+    assert len(teams) >= 5
+    starts = table.column("ChargePeriodStart").to_pylist()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:00:00Z", starts[0])
+    labels = read_labels(sample / "labels.json")
+    assert {lb.kind for lb in labels} == set(KINDS)
+    many = next(lb for lb in labels if lb.kind == "many_small_resources")
+    assert len(many.resource_ids) >= 30
+    # Labels live in their own file, never in the data.
+    assert not any("anomal" in c.lower() for c in cols)
+
+
+def test_sample_generation_is_deterministic_per_seed(tmp_path: Path) -> None:
+    a = write(SampleSpec(seed=5, weeks=2), tmp_path / "a")
+    b = write(SampleSpec(seed=5, weeks=2), tmp_path / "b")
+    assert pq.read_table(a[0]).equals(pq.read_table(b[0]))
+    assert a[1].read_text() == b[1].read_text()
+
+
+def test_backtest_finds_the_labeled_anomalies_and_writes_a_self_contained_report(
+    sample: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "out" / "report.html"
+    incidents = tmp_path / "incidents.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "backtest",
+            str(sample / "focus.parquet"),
+            "--labels",
+            str(sample / "labels.json"),
+            "--report",
+            str(report),
+            "--json",
+            str(incidents),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    # Each anomaly: time, size and ranked contributors.
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d +(critical|warning|info) +seasonal", out)
+    assert re.search(r"\(\+[\d,.]+ \$/h\)", out)
+    assert re.search(r"^ +\d+\.\d% +\+[\d,.]+ \$/h +resource ", out, re.M)
+    summary = re.search(r"detected (\d+)/(\d+) labeled anomalies, (\d+) false alerts", out)
+    assert summary, out[-2000:]
+    detected, total, false_alerts = map(int, summary.groups())
+    assert detected == total == len(KINDS) * 2
+    assert false_alerts <= 2
+    # Progress went to stderr, not into the listing.
+    assert "backtest:" in result.stderr and "backtest:" not in out
+
+    html = report.read_text()
+    assert html.startswith("<!doctype html>") and "<svg" in html
+    assert not re.search(r"<script|<link|src=|https?://", html)
+    assert "Against the labels" in html
+    doc = json.loads(incidents.read_text())
+    assert doc and {"level", "rule", "contributors", "started_at"} <= set(doc[0])
+
+
+def test_csv_and_parquet_give_the_same_incidents(sample: Path, tmp_path: Path) -> None:
+    import pyarrow.csv as pacsv
+
+    csv_path = tmp_path / "focus.csv"
+    pacsv.write_csv(pq.read_table(sample / "focus.parquet"), csv_path)
+    cfg = DetectionConfig()
+    a, _ = backtest(focus.load([sample / "focus.parquet"]), cfg)
+    b, _ = backtest(focus.load([csv_path]), cfg)
+    assert [(i.key, i.started_at, i.rule) for i in a] == [(i.key, i.started_at, i.rule) for i in b]
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def row(hour: int, rid: str, cost: float | str, team: str = "web") -> dict[str, str]:
+    return {
+        "ChargePeriodStart": f"2026-10-{1 + hour // 24:02d}T{hour % 24:02d}:00:00Z",
+        "ChargePeriodEnd": f"2026-10-{1 + (hour + 1) // 24:02d}T{(hour + 1) % 24:02d}:00:00Z",
+        "ProviderName": "AWS",
+        "BillingAccountId": "111",
+        "RegionId": "us-east-1",
+        "ServiceName": "Amazon EC2",
+        "ResourceId": rid,
+        "EffectiveCost": str(cost),
+        "Tags": json.dumps({"team": team}),
+    }
+
+
+def test_bad_rows_are_counted_and_the_good_rows_still_used(tmp_path: Path) -> None:
+    rows = [row(h, "i-a", 10.0) for h in range(12)]
+    rows[3]["EffectiveCost"] = "ten dollars"
+    rows[5]["ChargePeriodStart"] = "yesterday"
+    path = write_csv(tmp_path / "bad.csv", rows)
+    matrix = focus.load([path])
+    assert matrix.rows_read == 12 and matrix.rows_used == 10
+    assert matrix.rejected == {
+        "bad.csv: unparseable EffectiveCost": 1,
+        "bad.csv: unparseable or empty charge period": 1,
+    }
+    result = CliRunner().invoke(cli, ["backtest", str(path), "--quiet"])
+    assert result.exit_code == 0
+    assert "rejected 1 rows: bad.csv: unparseable EffectiveCost" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("ChargePeriodStart,ProviderName\n", "missing FOCUS column(s) BillingAccountId"),
+        (None, "no such file"),
+    ],
+)
+def test_unusable_input_is_a_clear_error(tmp_path: Path, content: str | None, error: str) -> None:
+    path = tmp_path / "x.csv"
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(cli, ["backtest", str(path), "--quiet"])
+    assert result.exit_code != 0
+    assert error in result.output
+
+
+def test_backtest_attributes_a_team_increase_to_the_new_resources(tmp_path: Path) -> None:
+    # Three steady resources, then at hour 30 two new ones in team web: 30 $/h and 10 $/h.
+    rows = []
+    for h in range(48):
+        rows += [row(h, "i-a", 20.0), row(h, "i-b", 5.0, "data"), row(h, "i-c", 3.0)]
+        if h >= 30:
+            rows += [row(h, "i-big", 30.0), row(h, "i-mid", 10.0)]
+    matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
+    assert matrix.interval_s == 3600
+    incidents, _ = backtest(matrix, DetectionConfig())
+    by_level = {i.key.level: i for i in incidents}
+    assert set(by_level) == {"account", "service", "team", "resource"}
+    team = by_level["team"]
+    assert team.key.as_dict() == {"team": "web"}
+    assert team.started_at == matrix.start_s + 30 * 3600
+    assert team.rule == "day0_step"
+    assert team.delta == pytest.approx(40.0)
+    assert [(c.labels["resource_id"], round(c.share, 2)) for c in team.contributors] == [
+        ("i-big", 0.75),
+        ("i-mid", 0.25),
+    ]
+    account = by_level["account"]
+    # The account's direct children (its services) come first, then single resources.
+    assert [c.level for c in account.contributors] == ["service", "resource", "resource"]
+
+
+def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    import pyarrow as pa
+
+    days = 10
+    start = [1_790_000_000 // 86400 * 86400 + d * 86400 for d in range(days)]
+    table = pa.table(
+        {
+            "ChargePeriodStart": pa.array([s * 1000 for s in start], pa.timestamp("ms", tz="UTC")),
+            "ChargePeriodEnd": pa.array(
+                [(s + 86400) * 1000 for s in start], pa.timestamp("ms", tz="UTC")
+            ),
+            "ProviderName": ["Google Cloud"] * days,
+            "BillingAccountId": ["b-1"] * days,
+            "ServiceName": ["Compute Engine"] * days,
+            "ResourceId": [None] * days,
+            "BilledCost": pa.array([Decimal("48.0")] * days, pa.decimal128(12, 4)),
+        }
+    )
+    path = tmp_path / "daily.parquet"
+    pq.write_table(table, path)
+    matrix = focus.load([path])
+    assert (matrix.interval_s, matrix.start_s, matrix.rates.shape) == (86400, start[0], (1, days))
+    assert matrix.resources == [
+        {
+            "provider": "gcp",
+            "billing_account_id": "b-1",
+            "region_id": "global",
+            "service_name": "Compute Engine",
+            "team": "",
+            "resource_id": "Compute Engine/unattributed",
+        }
+    ]
+    assert matrix.rates[0].tolist() == [2.0] * days  # 48 $ a day = 2 $/h

@@ -1,0 +1,299 @@
+"""The pure detection core on hand-made series: each rule, the warm-up fallback, hysteresis,
+de-duplication, resolution and severity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from lambdas.detector.config import DetectionConfig, SeriesKey
+from lambdas.detector.core import HOUR_S, Engine, Transition, nanmedian_rows, severity_for
+
+T0 = 1_780_000_000 // (7 * 24 * HOUR_S) * (7 * 24 * HOUR_S)  # an hour-of-week boundary
+KEY = SeriesKey.of("account", {"provider": "aws", "billing_account_id": "111"})
+OTHER = SeriesKey.of("account", {"provider": "aws", "billing_account_id": "222"})
+
+
+def run(
+    engine: Engine, values: Sequence[float], start: float = T0, step: float = 3.0
+) -> list[list[Transition]]:
+    idx = engine.index_of([KEY])
+    return [engine.observe(start + n * step, idx, [v]) for n, v in enumerate(values)]
+
+
+def hourly(engine: Engine, values: Sequence[float], start: float = T0) -> list[list[Transition]]:
+    return run(engine, values, start, HOUR_S)
+
+
+def opened(out: list[list[Transition]]) -> list[tuple[int, Transition]]:
+    return [(n, t) for n, ts in enumerate(out) for t in ts if t.kind == "opened"]
+
+
+def resolved(out: list[list[Transition]]) -> list[tuple[int, Transition]]:
+    return [(n, t) for n, ts in enumerate(out) for t in ts if t.kind == "resolved"]
+
+
+def daily_pattern(days: int, base: float = 100.0, amp: float = 0.5) -> list[float]:
+    hours = np.arange(days * 24)
+    rng = np.random.default_rng(1)
+    values = (
+        base * (1 + amp * np.sin(hours / 24 * 2 * np.pi)) * (1 + rng.normal(0, 0.01, hours.size))
+    )
+    return [float(v) for v in values]
+
+
+# --------------------------------------------------------------------------- day-0 step
+
+
+def test_day0_step_opens_in_the_same_evaluation_without_any_history() -> None:
+    out = run(Engine(DetectionConfig()), [100.0] * 5 + [200.0])
+    [(n, t)] = opened(out)
+    assert n == 5
+    assert (t.rule, t.baseline, t.severity) == ("day0_step", "day0_reference", "critical")
+    assert t.expected == pytest.approx(100.0)
+    assert t.observed == 200.0
+    assert t.delta == pytest.approx(100.0)
+    assert t.deviation == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "fires"),
+    [
+        (100.0, 130.0, True),  # +30 $/h: above X (25 $/h) although only +30 %
+        (100.0, 120.0, False),  # +20 $/h and +20 %: neither X nor Y
+        (5.0, 7.5, True),  # +2.5 $/h but +50 %: Y, and above the 2 $/h materiality floor
+        (2.0, 3.5, False),  # +75 % but only +1.5 $/h: below materiality
+    ],
+)
+def test_day0_step_needs_x_dollars_or_y_percent_above_materiality(
+    before: float, after: float, fires: bool
+) -> None:
+    out = run(Engine(DetectionConfig()), [before] * 3 + [after])
+    assert bool(opened(out)) is fires
+
+
+def test_a_series_that_appears_later_is_a_step_from_zero() -> None:
+    engine = Engine(DetectionConfig())
+    idx = engine.index_of([OTHER])
+    engine.observe(T0, idx, [10.0])
+    both = engine.index_of([OTHER, KEY])
+    [t] = engine.observe(T0 + 3, both, [10.0, 40.0])
+    assert (t.key, t.rule, t.expected, t.observed) == (KEY, "day0_step", 0.0, 40.0)
+
+
+def test_series_present_at_the_first_evaluation_are_not_new() -> None:
+    engine = Engine(DetectionConfig())
+    idx = engine.index_of([KEY, OTHER])
+    assert engine.observe(T0, idx, [500.0, 900.0]) == []
+
+
+def test_a_daily_ramp_is_not_a_step_once_yesterday_is_known() -> None:
+    engine = Engine(DetectionConfig(warmup_static_ratio=5.0))
+    # Night 20 $/h, day 80 $/h: a +300 % ramp at 08:00 every day.
+    day = [20.0] * 8 + [80.0] * 12 + [20.0] * 4
+    out = hourly(engine, day * 3)
+    assert [n for n, _ in opened(out)] == [8]  # only the first morning, with no yesterday
+
+
+# --------------------------------------------------------------------------- seasonal
+
+
+def test_seasonal_baseline_follows_the_daily_pattern_and_catches_a_night_increase() -> None:
+    engine = Engine(DetectionConfig())
+    history = daily_pattern(21)
+    assert opened(hourly(engine, history)) == []
+    # The next day: a peak hour at its usual level is normal ...
+    peak_hour = 6  # sin peaks at hour 6
+    start = T0 + len(history) * HOUR_S
+    idx = engine.index_of([KEY])
+    for h in range(peak_hour):
+        assert engine.observe(start + h * HOUR_S, idx, [history[h]]) == []
+    assert engine.observe(start + peak_hour * HOUR_S, idx, [150.0]) == []
+    # ... while the trough at the same level is an anomaly against its own hour.
+    trough = 18
+    for h in range(peak_hour + 1, trough):
+        engine.observe(start + h * HOUR_S, idx, [history[h]])
+    [t] = engine.observe(start + trough * HOUR_S, idx, [150.0])
+    assert (t.rule, t.baseline) == ("seasonal", "weekly")
+    assert t.expected == pytest.approx(50.0, rel=0.05)
+    assert t.zscore is not None and t.zscore > 6
+
+
+def test_seasonal_uses_the_daily_baseline_before_two_weeks_of_history() -> None:
+    engine = Engine(DetectionConfig())
+    history = daily_pattern(4)
+    assert opened(hourly(engine, history)) == []
+    [t] = engine.observe(T0 + len(history) * HOUR_S, engine.index_of([KEY]), [200.0])
+    assert (t.rule, t.baseline) == ("seasonal", "daily")
+
+
+def test_sensitivity_sets_how_many_robust_sigmas_alert() -> None:
+    history = daily_pattern(15, amp=0.0)  # flat 100 $/h with 1 % noise
+
+    def fires(sensitivity: float) -> bool:
+        engine = Engine(DetectionConfig(sensitivity=sensitivity, day0_min_step_usd_per_hour=1e6))
+        hourly(engine, history)
+        at = T0 + len(history) * HOUR_S
+        return bool(engine.observe(at, engine.index_of([KEY]), [110.0]))
+
+    assert fires(3.0)
+    assert not fires(20.0)
+
+
+def test_outliers_in_history_do_not_move_the_robust_baseline() -> None:
+    engine = Engine(DetectionConfig())
+    history = daily_pattern(21, amp=0.0)
+    history[-24 * 7] = 10_000.0  # one huge value a week ago, at the same hour of week
+    out = hourly(engine, history)
+    assert len(opened(out)) == 1  # the outlier itself
+    [t] = engine.observe(T0 + len(history) * HOUR_S, engine.index_of([KEY]), [130.0])
+    assert t.expected == pytest.approx(100.0, rel=0.05)
+
+
+# --------------------------------------------------------------------------- warm-up fallback
+
+
+def test_warm_up_falls_back_to_a_static_threshold_over_the_highest_value_seen() -> None:
+    cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
+    engine = Engine(cfg)
+    # A slow climb (never a step) from 10 to 18 $/h over 10 hours, then 30 $/h: 30 is more
+    # than 50 % above the highest value seen (18).
+    out = hourly(engine, [10.0 + h * 0.8 for h in range(11)] + [30.0])
+    [(n, t)] = opened(out)
+    assert n == 11
+    assert (t.rule, t.baseline) == ("seasonal", "warmup_static")
+    assert t.expected == pytest.approx(18.0)
+
+
+def test_warm_up_needs_a_few_hours_before_the_static_threshold_applies() -> None:
+    cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
+    out = hourly(Engine(cfg), [10.0, 10.0, 30.0])
+    assert opened(out) == []
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+def test_one_incident_while_the_value_hovers_around_the_threshold() -> None:
+    cfg = DetectionConfig(day0_window_s=1e9)  # the reference stays at 100
+    values = [100.0] * 3 + [150.0, 120.0, 145.0, 118.0, 150.0, 125.0]
+    out = run(Engine(cfg), values)
+    assert len(opened(out)) == 1
+    assert resolved(out) == []
+
+
+def test_resolves_after_consecutive_normal_evaluations_then_a_recurrence_is_a_new_incident() -> (
+    None
+):
+    cfg = DetectionConfig(day0_window_s=1e9, resolve_after_ticks=2)
+    values = [100.0] * 3 + [200.0, 200.0, 100.0, 200.0, 100.0, 100.0, 100.0, 200.0]
+    out = run(Engine(cfg), values)
+    assert [n for n, _ in opened(out)] == [3, 10]
+    [(n, t)] = resolved(out)
+    assert n == 8  # the second normal evaluation in a row
+    assert t.started_at == T0 + 3 * 3.0
+    assert t.at == T0 + 8 * 3.0
+
+
+def test_a_new_level_becomes_normal_as_the_recent_level_catches_up() -> None:
+    cfg = DetectionConfig(day0_window_s=30.0)
+    out = run(Engine(cfg), [100.0] * 3 + [200.0] * 60)
+    assert len(opened(out)) == 1
+    assert len(resolved(out)) == 1
+
+
+def test_open_incidents_report_current_figures() -> None:
+    engine = Engine(DetectionConfig(day0_window_s=1e9))
+    run(engine, [100.0, 100.0, 200.0, 260.0])
+    [inc] = engine.open_incidents()
+    assert (inc.key, inc.rule, inc.observed) == (KEY, "day0_step", 260.0)
+    assert inc.expected == pytest.approx(100.0)
+    assert inc.started_at == T0 + 6.0
+
+
+def test_an_incident_whose_series_disappears_resolves_when_stale() -> None:
+    engine = Engine(DetectionConfig(day0_window_s=1e9, stale_after_s=60.0))
+    run(engine, [100.0, 100.0, 300.0])
+    assert len(engine.open_incidents()) == 1
+    other = engine.index_of([OTHER])
+    assert engine.observe(T0 + 30, other, [1.0]) == []  # KEY silent for 24 s: still open
+    [t] = engine.observe(T0 + 70, other, [1.0])  # silent for 64 s
+    assert (t.kind, t.key, t.started_at) == ("resolved", KEY, T0 + 6.0)
+    assert engine.open_incidents() == []
+
+
+def test_missing_values_are_skipped_not_zero() -> None:
+    engine = Engine(DetectionConfig())
+    out = run(engine, [100.0, float("nan"), 100.0, float("nan")])
+    assert opened(out) == []
+
+
+def test_time_going_backwards_is_an_error() -> None:
+    engine = Engine(DetectionConfig())
+    run(engine, [1.0], start=T0 + 2 * HOUR_S)
+    with pytest.raises(ValueError, match="backwards"):
+        engine.observe(T0, engine.index_of([KEY]), [1.0])
+
+
+def test_seeded_history_makes_a_restarted_detector_warm() -> None:
+    engine = Engine(DetectionConfig())
+    history = np.array([daily_pattern(21)])
+    first_hour = T0 // HOUR_S
+    engine.seed_history(engine.index_of([KEY]), first_hour, history)
+    at = T0 + history.shape[1] * HOUR_S + 18 * HOUR_S  # the trough hour
+    [t] = engine.observe(at, engine.index_of([KEY]), [150.0])
+    assert (t.rule, t.baseline) == ("seasonal", "weekly")
+
+
+def test_capacity_grows_with_the_number_of_series() -> None:
+    engine = Engine(DetectionConfig(), capacity=16)
+    keys = [SeriesKey.of("team", {"team": f"t{n}"}) for n in range(100)]
+    idx = engine.index_of(keys)
+    assert engine.observe(T0, idx, np.full(100, 5.0)) == []
+    out = engine.observe(T0 + 3, idx, np.r_[np.full(99, 5.0), 50.0])
+    assert [t.key for t in out] == [keys[-1]]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize(
+    ("delta", "deviation", "severity"),
+    [
+        (150.0, 0.1, "critical"),  # big money
+        (20.0, 1.5, "critical"),  # material and more than doubled
+        (20.0, 0.2, "warning"),
+        (3.0, 0.8, "warning"),  # small money, large relative jump
+        (3.0, 0.2, "info"),
+    ],
+)
+def test_severity_from_dollar_impact_and_deviation(
+    delta: float, deviation: float, severity: str
+) -> None:
+    assert severity_for(delta, deviation, DetectionConfig()) == severity
+
+
+def test_nanmedian_rows_matches_numpy() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(50, 9))
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[0] = np.nan
+    med, count = nanmedian_rows(a)
+    assert count[0] == 0 and np.isnan(med[0])
+    with np.errstate(all="ignore"):
+        expected = np.array([np.median(r[~np.isnan(r)]) for r in a[1:]])
+    np.testing.assert_allclose(med[1:], expected)
+
+
+def test_settings_reject_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lambdas.common.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="sensitivity"):
+        DetectionConfig(sensitivity=0)
+    monkeypatch.setenv("CCT_DETECTOR_SENSITIVITY", "lots")
+    with pytest.raises(SettingsError, match="CCT_DETECTOR_SENSITIVITY"):
+        DetectionConfig.from_env()
+    monkeypatch.setenv("CCT_DETECTOR_SENSITIVITY", "4.5")
+    assert DetectionConfig.from_env().sensitivity == 4.5

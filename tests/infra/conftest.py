@@ -1,0 +1,69 @@
+"""Stacks built once per test session under the Pulumi mocks, for every provider switch."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from infra.generated import collect
+from tests.infra.harness import ALL_CLOUDS_ON, BuiltStack, build_stack
+
+# The provider SDKs define deprecated classes that warn when their module is first loaded; that
+# is the SDKs' business, not the bundle's, so the modules the bundle uses load quietly here.
+# (Using a deprecated class later still warns, and fails the tests.)
+SDK_MODULES = (
+    *(f"pulumi_aws.{m}" for m in ("s3", "lambda_", "cloudwatch", "iam", "secretsmanager", "bcmdata")),
+    *(
+        f"pulumi_azure_native.{m}"
+        for m in ("resources", "storage", "costmanagement", "web", "eventgrid", "authorization")
+    ),
+    *(
+        f"pulumi_gcp.{m}"
+        for m in (
+            "bigquery", "pubsub", "logging", "serviceaccount", "projects",
+            "cloudfunctionsv2", "storage", "secretmanager",
+        )
+    ),
+)  # fmt: skip
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    for _module in SDK_MODULES:
+        # The SDKs load submodules lazily: reading any attribute runs the module body.
+        getattr(importlib.import_module(_module), "__all__", None)
+
+_CLOUD_KEYS = {
+    "aws": ("awsEnabled", "awsAccountId", "awsVaultPrincipalArn"),
+    "azure": tuple(k for k in ALL_CLOUDS_ON if k.startswith("azure")),
+    "gcp": ("gcpEnabled", "gcpProject"),
+}
+
+
+def _only(cloud: str) -> dict[str, str]:
+    return {k: ALL_CLOUDS_ON[k] for k in ("vaultConfigure", *_CLOUD_KEYS[cloud])}
+
+
+# name -> (stack file, config overrides). Every switch on alone, all on, all off, per stack.
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "dev-off": ("dev", {}),
+    "dev-vault": ("dev", {"vaultConfigure": "true"}),
+    "dev-aws": ("dev", _only("aws")),
+    "dev-azure": ("dev", _only("azure")),
+    "dev-gcp": ("dev", _only("gcp")),
+    "dev-all": ("dev", ALL_CLOUDS_ON),
+    "prod-off": ("prod", {}),
+    "prod-all": ("prod", ALL_CLOUDS_ON),
+}
+
+
+@pytest.fixture(scope="session")
+def stacks() -> Iterator[dict[str, BuiltStack]]:
+    """Every variant, built from the real generated content (infra.generated.collect)."""
+    yield {name: build_stack(stack, collect, overrides) for name, (stack, overrides) in VARIANTS.items()}
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def built(request: pytest.FixtureRequest, stacks: dict[str, BuiltStack]) -> BuiltStack:
+    return stacks[request.param]

@@ -1,0 +1,104 @@
+"""`infra.config.load`: the committed stacks load, every declared key is read, and every bad
+value fails with an error naming its key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi
+import pytest
+
+from infra.config import ConfigError, Settings, load
+from tests.infra.harness import ALL_CLOUDS_ON, TEST_SECRETS, project_config, stack_config
+
+
+class RecordingSource:
+    """A ConfigSource over plain values that records which keys were asked for."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = dict(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str) -> str | None:
+        self.asked.add(key)
+        return self.values.get(key)
+
+    def get_secret(self, key: str) -> pulumi.Output[str] | None:
+        self.asked.add(key)
+        value = self.values.get(key)
+        return None if value is None else pulumi.Output.secret(value)
+
+
+def _load(stack: str, **overrides: str) -> Settings:
+    return load(RecordingSource(stack_config(stack, overrides)))
+
+
+def test_committed_stacks_load() -> None:
+    dev, prod = _load("dev"), _load("prod")
+    assert (dev.environment, dev.high_availability, dev.replicas) == ("dev", False, 1)
+    assert (prod.environment, prod.high_availability, prod.replicas) == ("prod", True, 3)
+    assert prod.grafana_hostname == "grafana.cct.example.com"
+    assert dev.aws is dev.azure is dev.gcp is None
+    assert dev.storage_class is None and dev.kube_context is None
+
+
+def test_every_declared_key_is_read_and_every_read_key_declared() -> None:
+    source = RecordingSource(stack_config("dev", ALL_CLOUDS_ON))
+    load(source)
+    assert source.asked == set(project_config())
+
+
+def test_declared_types_match_the_stack_files() -> None:
+    for key, spec in project_config().items():
+        assert spec["type"] in {"string", "integer", "boolean"}, key
+        assert spec.get("description"), f"{key} has no description"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"image": "ghcr.io/cct-project/cct:latest"}, "cct:image='ghcr.io/cct-project/cct:latest' must be pinned"),
+        ({"replicas": "two"}, "cct:replicas='two' is not an integer"),
+        ({"replicas": "0"}, "cct:replicas=0 must be between 1 and 20"),
+        ({"highAvailability": "maybe"}, "cct:highAvailability='maybe' is not a boolean"),
+        ({"highAvailability": "true", "replicas": "1"}, "cct:replicas=1 must be at least 2"),
+        ({"namespace": "CCT"}, "cct:namespace='CCT' is not a valid Kubernetes name"),
+        ({"platformNamespace": "cct-system"}, "cct:platformNamespace must differ"),
+        ({"fluentbitPublicUrl": "http://ingest"}, "cct:fluentbitPublicUrl='http://ingest' is not an https:// URL"),
+        ({"fluentbitToken": ""}, "cct:fluentbitToken is required: set it with `pulumi config set --secret"),
+        ({"webhookFailurePolicy": "Open"}, "cct:webhookFailurePolicy='Open' must be one of Fail, Ignore"),
+        ({"vaultConfigure": "true", "vaultToken": ""}, "cct:vaultToken is required"),
+        ({"awsEnabled": "true"}, "cct:awsAccountId is required but not set"),
+        ({**ALL_CLOUDS_ON, "awsAccountId": "12345"}, "cct:awsAccountId='12345' is not a 12-digit AWS account id"),
+        ({**ALL_CLOUDS_ON, "awsVaultPrincipalArn": "vault"}, "cct:awsVaultPrincipalArn='vault' is not an IAM role/user ARN"),
+        ({**ALL_CLOUDS_ON, "azureTenantId": "tenant"}, "cct:azureTenantId='tenant' is not a tenant id (UUID)"),
+        ({**ALL_CLOUDS_ON, "azureVaultClientSecret": ""}, "cct:azureVaultClientSecret is required"),
+        ({**ALL_CLOUDS_ON, "gcpProject": "X"}, "cct:gcpProject='X' is not a GCP project id"),
+        ({**ALL_CLOUDS_ON, "gcpVaultCredentials": ""}, "cct:gcpVaultCredentials is required"),
+    ],
+)  # fmt: skip
+def test_bad_value_names_its_key(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _load("dev", **overrides)
+    assert message in str(raised.value)
+
+
+def test_a_missing_required_key_names_it() -> None:
+    values = stack_config("dev")
+    del values["fluentbitPublicUrl"]
+    with pytest.raises(ConfigError, match=r"^cct:fluentbitPublicUrl is required but not set$"):
+        load(RecordingSource(values))
+
+
+def test_secrets_stay_secret_outputs() -> None:
+    settings = _load("dev", **ALL_CLOUDS_ON)
+    assert settings.azure is not None and settings.gcp is not None
+    for value in (
+        settings.fluentbit_token,
+        settings.zenduty_integration_key,
+        settings.vault.token,
+        settings.azure.vault_client_secret,
+        settings.gcp.vault_credentials,
+    ):
+        assert isinstance(value, pulumi.Output)
+    assert TEST_SECRETS["fluentbitToken"] not in repr(settings)

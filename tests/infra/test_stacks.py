@@ -1,0 +1,221 @@
+"""The dev and prod stacks build completely with every provider switch on and off, and
+export what a newcomer needs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra.conftest import VARIANTS
+from tests.infra.harness import ROOT, TEST_SECRETS, BuiltStack, project_config
+
+PLATFORM_COMPONENTS = {
+    "cct:platform:Namespace",
+    "cct:ingest:FluentBit",
+    "cct:metrics:VictoriaMetrics",
+    "cct:alerting:Alertmanager",
+    "cct:events:Kafka",
+    "cct:workflows:ArgoWorkflows",
+    "cct:secrets:Vault",
+    "cct:data:Postgres",
+    "cct:ui:Grafana",
+    "cct:handlers:Handlers",
+}
+CLOUD_COMPONENTS = {
+    "aws": "cct:cloud:AwsAccount",
+    "azure": "cct:cloud:AzureSubscription",
+    "gcp": "cct:cloud:GcpProject",
+}
+ALWAYS_EXPORTED = {
+    "grafanaUrl",
+    "fluentbitEndpoint",
+    "fluentbitInternalEndpoint",
+    "kafkaBootstrap",
+    "kafkaTopics",
+    "victoriaMetricsUrl",
+    "vmalertUrl",
+    "alertmanagerUrl",
+    "postgresHost",
+    "workflowTemplates",
+    "vaultAddress",
+    "vaultPolicies",
+    "handlerUrls",
+}
+CLOUD_OUTPUT_PREFIX = {"aws": "aws", "azure": "azure", "gcp": "gcp"}
+
+
+def test_every_component_is_built(built: BuiltStack) -> None:
+    types = {r.typ for r in built.resources}
+    missing = PLATFORM_COMPONENTS - types
+    assert not missing, f"{built.stack}: components not built: {missing}"
+    for cloud, component in CLOUD_COMPONENTS.items():
+        enabled = getattr(built.settings, cloud) is not None
+        assert (component in types) == enabled, f"{component} built={not enabled}, switch={enabled}"
+        cloud_package = {"aws": "aws:", "azure": "azure-native:", "gcp": "gcp:"}[cloud]
+        assert any(t.startswith(cloud_package) for t in types) == enabled
+
+
+def test_vault_is_configured_only_when_switched_on(built: BuiltStack) -> None:
+    vault_resources = built.of_package("vault")
+    if not built.settings.vault.configure:
+        assert not vault_resources
+        return
+    types = {r.typ for r in vault_resources}
+    assert {
+        "vault:index/authBackend:AuthBackend",
+        "vault:kubernetes/authBackendConfig:AuthBackendConfig",
+        "vault:kubernetes/authBackendRole:AuthBackendRole",
+        "vault:index/policy:Policy",
+        "vault:database/secretBackendConnection:SecretBackendConnection",
+        "vault:database/secretBackendRole:SecretBackendRole",
+    } <= types
+    engines = {
+        "aws": "vault:aws/secretBackend:SecretBackend",
+        "azure": "vault:azure/backend:Backend",
+        "gcp": "vault:gcp/secretBackend:SecretBackend",
+    }
+    for cloud, engine in engines.items():
+        assert (engine in types) == (getattr(built.settings, cloud) is not None), engine
+
+
+def test_outputs(built: BuiltStack) -> None:
+    outputs = built.outputs
+    assert ALWAYS_EXPORTED <= set(outputs), ALWAYS_EXPORTED - set(outputs)
+    for cloud, prefix in CLOUD_OUTPUT_PREFIX.items():
+        exported = {k for k in outputs if k.startswith(prefix)}
+        assert bool(exported) == (getattr(built.settings, cloud) is not None), exported
+    assert outputs["kafkaTopics"] == [
+        "cct.cost.anomalies",
+        "cct.cost.anomalies.dlq",
+        "cct.optimization.results",
+    ]
+    assert outputs["fluentbitEndpoint"].startswith("https://")
+    assert set(outputs["handlerUrls"]) == {"collector", "detector", "bridge", "trigger", "admission"}
+    empty = [k for k, v in outputs.items() if v in ("", None)]
+    assert not empty, f"empty outputs: {empty}"
+
+
+def test_kafka_topics_are_resources(built: BuiltStack) -> None:
+    topics = {
+        r.inputs["spec"]["topicName"]: r.inputs["spec"]
+        for r in built.of_type("kubernetes:kafka.strimzi.io/v1beta2:KafkaTopic")
+    }
+    assert set(topics) == set(built.outputs["kafkaTopics"])
+    insync = 2 if built.settings.high_availability else 1
+    for name, spec in topics.items():
+        assert spec["config"]["min.insync.replicas"] == insync, name
+        assert spec["replicas"] == (3 if built.settings.high_availability else 1), name
+
+
+def _workloads(built: BuiltStack) -> list[Any]:
+    return [
+        r
+        for r in built.resources
+        if r.typ in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet")
+    ]
+
+
+@pytest.mark.parametrize("variant", ["prod-off", "prod-all"])
+def test_prod_is_highly_available(stacks: dict[str, BuiltStack], variant: str) -> None:
+    built = stacks[variant]
+    pdb_selectors = [
+        r.inputs["spec"]["selector"]["matchLabels"]
+        for r in built.of_type("kubernetes:policy/v1:PodDisruptionBudget")
+    ]
+    for workload in _workloads(built):
+        spec = workload.inputs["spec"]
+        name = workload.inputs["metadata"]["name"]
+        if spec["replicas"] < 2:
+            # Documented singletons: the detector and the single-node metrics store.
+            assert name in {"detector", "victoria-metrics"}, f"{workload.urn} runs one replica"
+            continue
+        assert spec["selector"]["matchLabels"] in pdb_selectors, f"{workload.urn}: no PDB"
+        affinity = spec["template"]["spec"].get("affinity", {})
+        assert "podAntiAffinity" in affinity, f"{workload.urn}: no anti-affinity"
+    pool = built.of_type("kubernetes:kafka.strimzi.io/v1beta2:KafkaNodePool")[0]
+    assert pool.inputs["spec"]["replicas"] == 3
+    cluster = built.of_type("kubernetes:postgresql.cnpg.io/v1:Cluster")[0]
+    assert cluster.inputs["spec"]["instances"] == 3
+    vault = next(r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "vault")
+    assert vault.inputs["values"]["server"]["ha"]["enabled"] is True
+
+
+@pytest.mark.parametrize("variant", ["dev-off", "dev-all"])
+def test_dev_is_small(stacks: dict[str, BuiltStack], variant: str) -> None:
+    built = stacks[variant]
+    assert not built.of_type("kubernetes:policy/v1:PodDisruptionBudget")
+    assert all(w.inputs["spec"]["replicas"] == 1 for w in _workloads(built))
+
+
+def _secret_values() -> list[str]:
+    return [json.loads(v)["private_key"] if v.startswith("{") else v for v in TEST_SECRETS.values()]
+
+
+def test_no_secret_in_outputs(built: BuiltStack) -> None:
+    dumped = json.dumps(built.outputs)
+    generated = [
+        r.name for r in built.resources if r.typ == "random:index/randomPassword:RandomPassword"
+    ]
+    leaked = [s for s in _secret_values() if s in dumped]
+    assert not leaked, f"secret values exported: {leaked}"
+    assert "generated-" not in dumped, f"a generated password is exported ({generated})"
+
+
+# Where a secret value may appear at all: Secrets and secret stores, provider credentials,
+# and the two function platforms that take the forwarder token as an environment variable
+# (Lambda and Function App settings are encrypted at rest).
+SECRET_HOLDERS = {
+    "kubernetes:core/v1:Secret",
+    "gcp:secretmanager/secretVersion:SecretVersion",
+    "pulumi:providers:vault",
+    "vault:azure/backend:Backend",
+    "vault:gcp/secretBackend:SecretBackend",
+    "vault:database/secretBackendConnection:SecretBackendConnection",
+    "aws:lambda/function:Function",
+    "azure-native:web:WebApp",
+}
+
+
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def test_secrets_are_sent_as_secrets_and_only_to_secret_holders(built: BuiltStack) -> None:
+    values = _secret_values()
+    for resource in built.resources:
+        for path, leaf in _leaves(resource.inputs):
+            if not any(v in str(leaf) for v in values):
+                continue
+            assert resource.typ in SECRET_HOLDERS, f"{resource.urn}.{path} holds a secret value"
+            marked = any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in resource.secret_paths)
+            assert marked, f"{resource.urn}.{path} holds a secret value that is not marked secret"
+
+
+def test_no_secret_in_plain_config() -> None:
+    declared = project_config()
+    secret_keys = {
+        key
+        for key, spec in declared.items()
+        if spec.get("secret") or str(spec.get("description", "")).startswith("Secret")
+    }
+    assert {"fluentbitToken", "zendutyIntegrationKey", "vaultToken"} <= secret_keys
+    for key in secret_keys:
+        assert declared[key].get("default", "") == "", f"Pulumi.yaml gives secret {key} a value"
+    for stack in sorted({s for s, _ in VARIANTS.values()}):
+        config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        for key in secret_keys:
+            value = config.get(f"cct:{key}")
+            assert value is None or (isinstance(value, dict) and "secure" in value), (
+                f"Pulumi.{stack}.yaml sets secret cct:{key} in plain text"
+            )

@@ -1,0 +1,107 @@
+"""Fixtures for the ingestion tests: provider event fixtures, a fresh migrated database per
+test (the collector rebuilds its rollups from the whole inventory), the price catalog loaded
+from the real-format fixtures, and an in-process collector on the real services."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from lambdas.collector.service import CollectorSettings, Processor, build_app
+from lambdas.pricing.cli import documents
+from lambdas.pricing.sources import parse
+from lambdas.store.migrate import migrate
+from lambdas.store.pricing import upsert_prices
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TOKEN = "test-token-0123456789abcdef"
+PRICE_FILES = {
+    "aws": ["aws_ec2_offer.json", "aws_rds_offer.json"],
+    "azure": ["azure_retail_page1.json", "azure_retail_page2.json"],
+    "gcp": ["gcp_compute_skus.json"],
+}
+
+
+def load_event(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / "events" / f"{name}.json").read_text())
+    return data
+
+
+@pytest.fixture
+def event() -> Callable[[str], dict[str, Any]]:
+    return lambda name: copy.deepcopy(load_event(name))
+
+
+@pytest.fixture
+def fresh_db(pg_admin_dsn: str) -> Iterator[str]:
+    name = f"cct_ingest_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    dsn = pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    migrate(dsn)
+    yield dsn
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def load_prices(dsn: str) -> None:
+    from datetime import UTC, datetime
+
+    with psycopg.connect(dsn) as conn:
+        for provider, files in PRICE_FILES.items():
+            for f in files:
+                path = str(FIXTURES / "prices" / f)
+                upsert_prices(conn, parse(provider, documents(path), path), datetime.now(UTC))
+
+
+@pytest.fixture
+def priced_db(fresh_db: str) -> str:
+    load_prices(fresh_db)
+    return fresh_db
+
+
+def collector_settings(dsn: str, vm_url: str, **overrides: Any) -> CollectorSettings:
+    return CollectorSettings(pg_dsn=dsn, vm_url=vm_url, token=TOKEN, **overrides)
+
+
+class Collector:
+    """An in-process collector: its Processor and an HTTP client bound to its app."""
+
+    def __init__(self, processor: Processor, client: TestClient[Any, Any]) -> None:
+        self.processor = processor
+        self.client = client
+
+    async def post(self, body: Any, token: str = TOKEN, raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else json.dumps(body).encode()
+        resp = await self.client.post(
+            "/ingest",
+            data=data,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        payload = await resp.json()
+        return resp.status, payload
+
+
+@pytest.fixture
+async def collector(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
+    processor = Processor(collector_settings(priced_db, vm_url, max_body_bytes=256 * 1024, max_records=100))
+    await processor.start(background=False)
+    client: TestClient[Any, Any] = TestClient(TestServer(build_app(processor)))
+    await client.start_server()
+    try:
+        yield Collector(processor, client)
+    finally:
+        await client.close()
+        await processor.stop()
+
+
+def record(provider: str, event: dict[str, Any], account: str, **extra: Any) -> dict[str, Any]:
+    return {"provider": provider, "billing_account_id": account, "event": event, **extra}

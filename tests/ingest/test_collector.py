@@ -1,0 +1,233 @@
+"""The collector on the real PostgreSQL and VictoriaMetrics: inventory, events, series, and
+every kind of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from lambdas.common.vm import VictoriaMetrics
+from tests.ingest.conftest import Collector, record
+
+Event = Callable[[str], dict[str, Any]]
+RATE = "cct_cost_rate_usd_per_hour"
+ROLLUP = "cct_cost_rate_rollup_usd_per_hour"
+
+
+async def wait_for(vm: VictoriaMetrics, expr: str, expected: float, timeout: float = 20.0) -> float:
+    """Poll until the instant query returns `expected` (new series take seconds to appear)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        result = await asyncio.to_thread(vm.query, expr)
+        if result:
+            last = float(result[0]["value"][1])
+            if abs(last - expected) <= 1e-9 * max(1.0, abs(expected)):
+                return last
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{expr}: expected {expected}, last saw {last}")
+
+
+def rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+async def test_lifecycle_events_become_inventory_events_and_series(
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    status, body = await collector.post(
+        [record("aws", event("aws_run_instances"), acct), record("aws", event("aws_create_volume"), acct)]
+    )
+    assert status == 200 and body["accepted"] == 2 and body["rejected"] == []
+    status, body = await collector.post([record("aws", event("aws_modify_instance_attribute"), acct)])
+    assert body["accepted"] == 1
+    dsn = collector.processor.settings.pg_dsn
+    inv = rows(dsn, "select resource_id, sku, state, usd_per_hour::float8, priced from resource_inventory order by 1")
+    assert inv == [
+        ("i-0aaa1111bbbb2222c", "m5.xlarge", "running", 0.192, True),
+        ("vol-0123456789abcdef0", "gp3", "available", pytest.approx(100 * 0.08 / 730, abs=1e-6), True),
+    ]
+    ev = rows(dsn, "select action, actor, usd_per_hour_before::float8, usd_per_hour_after::float8, tags"
+                   " from resource_events where resource_id = 'i-0aaa1111bbbb2222c' order by event_time")
+    assert ev == [
+        ("RunInstances", "arn:aws:sts::111122223333:assumed-role/Admin/alice", 0.0, 0.096, {"team": "payments", "env": "prod"}),
+        ("ModifyInstanceAttribute", "arn:aws:sts::111122223333:assumed-role/Admin/alice", 0.096, 0.192, {"team": "payments", "env": "prod"}),
+    ]
+    sel = f'billing_account_id="{acct}",basis="list"'
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="payments"}}', 0.192)
+    await wait_for(vm, f'{RATE}{{{sel},resource_id="i-0aaa1111bbbb2222c"}}', 0.192)
+    # The per-resource series is timestamped at the event time.
+    series = await asyncio.to_thread(
+        vm.query_range, f'{RATE}{{{sel},resource_id="i-0aaa1111bbbb2222c"}}',
+        1795770000 - 60, 1795770000 + 3600, "60s",
+    )
+    assert series and series[0]["metric"]["team"] == "payments"
+
+
+async def test_duplicates_and_out_of_order_delivery(
+    collector: Collector, event: Event, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    stop = record("aws", event("aws_stop_instances"), acct)  # 09:10
+    run = record("aws", event("aws_run_instances"), acct)  # 09:00, arrives later
+    assert (await collector.post([stop]))[1]["accepted"] == 1
+    status, body = await collector.post([run, run, stop])
+    assert status == 200
+    assert (body["accepted"], body["duplicates"], body["stale"]) == (1, 2, 1)
+    dsn = collector.processor.settings.pg_dsn
+    assert rows(dsn, "select state, sku, last_event_id, usd_per_hour::float8 from resource_inventory") == [
+        ("stopped", "m5.large", "aws:e1a2b3c4-0002-4000-8000-000000000002/i-0aaa1111bbbb2222c", 0.0)
+    ]
+    assert rows(dsn, "select count(*) from resource_events") == [(2,)]
+    assert collector.processor.rollups.totals[("aws", acct, "Amazon Elastic Compute Cloud", "us-east-1", "payments", "prod")] == 0.0
+
+
+async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
+    collector: Collector, event: Event, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    good = record("aws", event("aws_run_instances"), acct)
+    # wrong token
+    status, body = await collector.post([good], token="wrong-token-000000000")
+    assert (status, body["error"]) == (401, "unauthorized")
+    # malformed JSON
+    status, body = await collector.post(None, raw=b'[{"provider": "aws", ')
+    assert status == 400 and body["error"] == "malformed_json" and "malformed JSON" in body["detail"]
+    # oversized batches: too many records, too many bytes
+    status, body = await collector.post([good] * 101)
+    assert (status, body["error"]) == (413, "too_many_records")
+    status, body = await collector.post(None, raw=b"[" + b" " * 300_000 + b"]")
+    assert (status, body["error"]) == (413, "body_too_large")
+    # a mixed batch: the good record is written once, each bad one named
+    missing = event("aws_run_instances")
+    del missing["detail"]["eventID"]
+    batch = [
+        good,
+        {"provider": "oracle", "event": {}},
+        record("aws", missing, acct),
+        record("aws", {**event("aws_ec2_state_change"), "time": 17}, acct),
+        record("aws", event("aws_failed_call"), acct),
+        good,
+    ]
+    status, body = await collector.post(batch)
+    assert status == 200
+    assert (body["accepted"], body["duplicates"], body["ignored"]) == (1, 1, 1)
+    assert [(r["index"], r["reason"]) for r in body["rejected"]] == [
+        (1, "unknown_provider"), (2, "missing_field"), (3, "wrong_type"),
+    ]
+    dsn = collector.processor.settings.pg_dsn
+    assert rows(dsn, "select count(*) from resource_events") == [(1,)]
+    dead = rows(dsn, "select reason, detail from ingest_dead_letters order by id")
+    assert [d[0] for d in dead] == ["malformed_json", "unknown_provider", "missing_field", "wrong_type"]
+    assert "missing field 'eventID'" in dead[2][1]
+    metrics = (await (await collector.client.get("/metrics")).text())
+    for line in (
+        'cct_collector_rejected_total{reason="unauthorized"} 1.0',
+        'cct_collector_rejected_total{reason="too_many_records"} 1.0',
+        'cct_collector_rejected_total{reason="body_too_large"} 1.0',
+        'cct_collector_rejected_total{reason="unknown_provider"} 1.0',
+        'cct_collector_events_total{outcome="accepted",provider="aws"} 1.0',
+        'cct_collector_events_total{outcome="duplicate",provider="aws"} 1.0',
+    ):
+        assert line in metrics
+
+
+async def test_unpriced_resources_are_flagged_and_counted_not_zero(
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    ev = event("aws_run_instances")
+    ev["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceType"] = "x9.mega"
+    status, body = await collector.post([record("aws", ev, acct)])
+    assert body["accepted"] == 1
+    dsn = collector.processor.settings.pg_dsn
+    assert rows(dsn, "select usd_per_hour, priced from resource_inventory") == [(None, False)]
+    assert rows(dsn, "select usd_per_hour_after from resource_events") == [(None,)]
+    await wait_for(vm, f'cct_cost_rate_unpriced_resources{{billing_account_id="{acct}"}}', 1.0)
+    assert not await asyncio.to_thread(vm.query, f'{RATE}{{billing_account_id="{acct}"}}')
+    metrics = await (await collector.client.get("/metrics")).text()
+    assert 'cct_collector_unpriced_events_total{provider="aws"} 1.0' in metrics
+
+
+async def test_all_three_providers_and_gzip(
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    batch = [
+        record("azure", event("azure_vm_write"), acct, resource=event("arm_vm")),
+        record("azure", event("azure_disk_write"), acct, resource=event("arm_disk")),
+        record("gcp", event("gcp_instances_insert"), acct),
+        record("gcp", event("gcp_disks_insert"), acct),
+    ]
+    resp = await collector.client.post(
+        "/ingest",
+        data=gzip.compress(json.dumps(batch).encode()),
+        headers={"Authorization": "Bearer test-token-0123456789abcdef", "Content-Encoding": "gzip"},
+    )
+    body = await resp.json()
+    assert resp.status == 200 and body["accepted"] == 4, body
+    dsn = collector.processor.settings.pg_dsn
+    priced = rows(dsn, "select provider, count(*) filter (where priced) from resource_inventory group by 1 order by 1")
+    assert priced == [("azure", 2), ("gcp", 2)]
+    e2 = 4 * 0.02181159 + 16 * 0.00292353
+    await wait_for(vm, f'sum({ROLLUP}{{billing_account_id="{acct}",provider="gcp",basis="list"}})', round(e2, 6) + round(500 * 0.17 / 730, 6))
+    # deallocating the Azure VM drops its rate to zero
+    status, body = await collector.post([record("azure", event("azure_vm_deallocate"), acct)])
+    assert body["accepted"] == 1
+    await wait_for(vm, f'{ROLLUP}{{billing_account_id="{acct}",provider="azure",service_name="Virtual Machines",basis="list"}}', 0.0)
+
+
+async def test_heartbeat_reemits_and_reconciled_basis_follows_factors(
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    dsn = collector.processor.settings.pg_dsn
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "insert into cost_reconciliation values ('aws', %s, 'Amazon Elastic Compute Cloud',"
+            " now() - interval '7 days', now(), 80, 100, 0.8, now())",
+            (acct,),
+        )
+    await collector.processor.refresh()
+    await collector.post([record("aws", event("aws_run_instances"), acct)])
+    sel = f'billing_account_id="{acct}",resource_id="i-0aaa1111bbbb2222c"'
+    await wait_for(vm, f'{RATE}{{{sel},basis="reconciled"}}', 0.096 * 0.8)
+    before = time.time()
+    await collector.processor.heartbeat()
+    result = await asyncio.to_thread(vm.query, f'timestamp({RATE}{{{sel},basis="list"}})')
+    deadline = time.monotonic() + 10
+    while float(result[0]["value"][1]) < before - 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        result = await asyncio.to_thread(vm.query, f'timestamp({RATE}{{{sel},basis="list"}})')
+    assert float(result[0]["value"][1]) >= before - 1  # fresh sample from the heartbeat
+
+
+async def test_restart_rebuilds_rollups_from_the_inventory(
+    collector: Collector, event: Event, uid: str, vm_url: str
+) -> None:
+    from lambdas.collector.service import Processor
+    from tests.ingest.conftest import collector_settings
+
+    acct = f"acct-{uid}"
+    await collector.post([record("aws", event("aws_run_instances"), acct), record("aws", event("aws_create_volume"), acct)])
+    again = Processor(collector_settings(collector.processor.settings.pg_dsn, vm_url))
+    await again.start(background=False)
+    try:
+        assert again.rollups.totals == collector.processor.rollups.totals
+        assert len(again.rollups.live) == 2
+    finally:
+        await again.stop()
+
+
+async def test_healthz(collector: Collector) -> None:
+    resp = await collector.client.get("/healthz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ok"

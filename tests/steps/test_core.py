@@ -1,0 +1,280 @@
+"""The pure core and the contract: size ladders, target choice, schedules, savings,
+applicability, approval, input parsing, the Argo environment input, redaction."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from lambdas.steps.cli import input_from_env
+from lambdas.steps.contract import parse_input, parse_parameters
+from lambdas.steps.errors import InvalidInput
+from lambdas.steps.planning import approval_need, assess, make_plan, verified_saving
+from lambdas.steps.playbooks import PLAYBOOKS, RetryPolicy
+from lambdas.steps.redact import Redactor
+from lambdas.steps.settings import StepSettings
+from lambdas.steps.sizing import choose_smaller_size, parse_schedule, smaller_sizes
+
+SETTINGS = StepSettings.from_env()
+
+
+def _params(**extra: Any) -> Any:
+    return parse_parameters({"provider": "aws", "resource-id": "i-0abc", **extra})
+
+
+@pytest.mark.parametrize(
+    ("provider", "sku", "vcpu", "smaller"),
+    [
+        ("aws", "m5.4xlarge", 16, ["m5.2xlarge", "m5.xlarge", "m5.large", "m5.medium"]),
+        ("aws", "db.r6g.xlarge", 4, ["db.r6g.large", "db.r6g.medium"]),
+        ("azure", "Standard_D8s_v3", 8, ["Standard_D4s_v3", "Standard_D2s_v3"]),
+        ("azure", "GP_Gen5_8", 8, ["GP_Gen5_4", "GP_Gen5_2"]),
+        ("gcp", "e2-standard-8", 8, ["e2-standard-4", "e2-standard-2"]),
+        ("gcp", "db-custom-4-16384", 4, ["db-custom-2-8192"]),
+        ("gcp", "db-n1-standard-8", 8, ["db-n1-standard-4", "db-n1-standard-2"]),
+    ],
+)
+def test_size_ladders(provider: str, sku: str, vcpu: int, smaller: list[str]) -> None:
+    got_vcpu, candidates = smaller_sizes(provider, sku)
+    assert got_vcpu == vcpu
+    assert [c for c, _ in candidates] == smaller
+
+
+def test_unknown_size_is_invalid_input() -> None:
+    with pytest.raises(InvalidInput, match=r"t2\.nano"):
+        smaller_sizes("aws", "t2.nano")
+
+
+@pytest.mark.parametrize(
+    ("peak", "priced", "target"),
+    [
+        (10.0, {"m5.2xlarge", "m5.xlarge", "m5.large"}, "m5.xlarge"),  # 40%; large: 80%
+        (20.0, {"m5.2xlarge", "m5.xlarge", "m5.large"}, "m5.2xlarge"),  # 40%; xlarge: 80%
+        (5.0, {"m5.2xlarge", "m5.large"}, "m5.large"),  # 40%, skipping the unpriced xlarge
+        (10.0, {"m5.2xlarge"}, "m5.2xlarge"),  # only priced sizes are candidates
+        (45.0, {"m5.2xlarge", "m5.xlarge"}, None),  # 90% on the next size down
+    ],
+)
+def test_choose_smaller_size(peak: float, priced: set[str], target: str | None) -> None:
+    choice = choose_smaller_size("aws", "m5.4xlarge", peak, 60.0, frozenset(priced))
+    assert choice.target_sku == target
+    assert choice.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "hours"),
+    [
+        ("mon-fri 08:00-18:00", 50.0),
+        ("sat 10:00-12:30", 2.5),
+        ("none", 0.0),
+        ("MON-SUN 00:00-24:00", 168.0),
+    ],
+)
+def test_schedules(text: str, hours: float) -> None:
+    assert parse_schedule(text).running_hours_per_week == hours
+
+
+@pytest.mark.parametrize(
+    "text", ["weekdays", "fri-mon 08:00-18:00", "mon 18:00-08:00", "mon 25:00-26:00"]
+)
+def test_bad_schedules(text: str) -> None:
+    with pytest.raises(InvalidInput, match="restart-schedule"):
+        parse_schedule(text)
+
+
+def test_assess_tables() -> None:
+    enough = {"datapoints": 24, "peak_hourly_avg_cpu_percent": 10.0, "max_cpu_percent": 3.0}
+    running = {"status": "running", "tags": {}}
+    ok = assess("stop-idle-compute", _params(environment="dev"), running, enough, SETTINGS)
+    assert ok.applicable
+    prod = assess(
+        "stop-idle-compute",
+        _params(environment="dev"),
+        {"status": "running", "tags": {"env": "production"}},
+        enough,
+        SETTINGS,
+    )
+    assert not prod.applicable and "production" in prod.reason
+    busy = assess(
+        "stop-idle-compute", _params(), running, {**enough, "max_cpu_percent": 40.0}, SETTINGS
+    )
+    assert not busy.applicable and "idle limit" in busy.reason
+    thin = assess("rightsize-compute", _params(), running, {**enough, "datapoints": 3}, SETTINGS)
+    assert not thin.applicable and "need 24" in thin.reason
+    gone = assess("delete-unattached-volume", _params(), {"exists": False}, {}, SETTINGS)
+    assert not gone.applicable
+
+
+def test_plans_refuse_to_guess_prices() -> None:
+    state = {"sku": "m5.xlarge", "region": "us-east-1"}
+    metrics = {"peak_hourly_avg_cpu_percent": 10.0}
+    base = {"resource_id": "i-0abc", "region": "us-east-1"}
+    no_price = make_plan(
+        "rightsize-compute",
+        params=_params(),
+        base=base,
+        state=state,
+        metrics=metrics,
+        prices={},
+        settings=SETTINGS,
+    )
+    assert no_price.noop and "no list price" in no_price.reason
+    vol = make_plan(
+        "delete-unattached-volume",
+        params=_params(),
+        base=base,
+        state={"sku": "gp3", "size_gib": 10},
+        metrics={},
+        prices={"gp3": Decimal("0.08")},
+        settings=SETTINGS,
+    )
+    assert vol.noop and "snapshots" in vol.reason
+    pinned = make_plan(
+        "rightsize-compute",
+        params=_params(**{"target-sku": "m5.large"}),
+        base=base,
+        state=state,
+        metrics=metrics,
+        prices={"m5.xlarge": Decimal("0.2"), "m5.large": Decimal("0.1")},
+        settings=SETTINGS,
+    )
+    assert pinned.action_params["target_sku"] == "m5.large"
+    assert pinned.estimated_monthly_saving_usd == Decimal("73.00")
+
+
+def test_approval_precedence() -> None:
+    db_pb, compute_pb = PLAYBOOKS["rightsize-database"], PLAYBOOKS["rightsize-compute"]
+    assert approval_need(compute_pb, _params(), None).required is False
+    assert approval_need(compute_pb, _params(), "require-approval").required is True
+    assert approval_need(compute_pb, _params(**{"require-approval": "true"}), "allow").required
+    assert approval_need(db_pb, _params(), "allow").required is True
+    deny = approval_need(db_pb, _params(), "deny", ("p1",), ("no",))
+    assert deny.denied and not deny.required and deny.reasons == ("no",)
+
+
+def test_verified_saving_reads_the_size_back() -> None:
+    prices = {"m5.xlarge": Decimal("0.192"), "m5.large": Decimal("0.096")}
+    assert verified_saving(
+        "rightsize-compute", Decimal("70.08"), {"sku": "m5.xlarge"}, {"sku": "m5.large"}, prices
+    ) == Decimal("70.08")
+    assert verified_saving(
+        "rightsize-compute", Decimal("70.08"), {"sku": "m5.xlarge"}, {"sku": "m5.xlarge"}, prices
+    ) == Decimal("0.00")
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ([], "one JSON object"),
+        ({"playbook": "rightsize-compute", "parameters": {}}, "run_id"),
+        ({"run_id": "r", "playbook": "nope", "parameters": {}}, "input.playbook"),
+        (
+            {
+                "run_id": "r",
+                "playbook": "storage-tiering",
+                "parameters": {"provider": "ibm", "resource-id": "x"},
+            },
+            "provider",
+        ),
+        (
+            {
+                "run_id": "r",
+                "playbook": "storage-tiering",
+                "parameters": {"provider": "aws", "resource-id": "b", "dry-run": "maybe"},
+            },
+            "dry-run",
+        ),
+        (
+            {
+                "run_id": "r",
+                "playbook": "storage-tiering",
+                "parameters": {"provider": "aws", "resource-id": "b", "tags": "{oops"},
+            },
+            "tags",
+        ),
+        (
+            {
+                "run_id": "r",
+                "playbook": "storage-tiering",
+                "parameters": {"provider": "aws", "resource-id": "b"},
+                "previous": {"plan": 1},
+            },
+            "previous",
+        ),
+    ],
+)
+def test_bad_input_names_the_problem(doc: Any, error: str) -> None:
+    with pytest.raises(InvalidInput, match=error):
+        parse_input(doc)
+
+
+def test_parameters_accept_argo_strings_and_json_types() -> None:
+    a = parse_parameters(
+        {
+            "provider": "aws",
+            "resource-id": "i-1",
+            "dry-run": "true",
+            "tags": '{"team": "x"}',
+            "estimated-monthly-impact-usd": "12.5",
+        }
+    )
+    b = parse_parameters(
+        {
+            "provider": "aws",
+            "resource-id": "i-1",
+            "dry-run": True,
+            "tags": {"team": "x"},
+            "estimated-monthly-impact-usd": 12.5,
+        }
+    )
+    assert (a.dry_run, a.tags, a.estimated_impact_usd) == (
+        b.dry_run,
+        b.tags,
+        b.estimated_impact_usd,
+    )
+
+
+def test_input_from_argo_environment() -> None:
+    env = {
+        "CCT_RUN_ID": "cct-storage-tiering-abc",
+        "CCT_PLAYBOOK": "storage-tiering",
+        "CCT_PARAM_PROVIDER": "aws",
+        "CCT_PARAM_RESOURCE_ID": "bucket-1",
+        "CCT_PARAM_ESTIMATED_MONTHLY_IMPACT_USD": "3",
+        "CCT_PREVIOUS_PLAN": json.dumps({"noop": True}),
+        "CCT_PREVIOUS_EXECUTE": "",
+        "UNRELATED": "x",
+    }
+    doc = input_from_env(env)
+    assert doc["parameters"] == {
+        "provider": "aws",
+        "resource-id": "bucket-1",
+        "estimated-monthly-impact-usd": "3",
+    }
+    assert doc["previous"] == {"plan": {"noop": True}}
+    assert "failure" not in doc
+    failed = input_from_env(
+        {
+            **env,
+            "CCT_WORKFLOW_STATUS": "Failed",
+            "CCT_WORKFLOW_FAILURES": '[{"displayName": "execute"}]',
+        }
+    )
+    assert failed["failure"]["message"].startswith("workflow Failed: ")
+    with pytest.raises(InvalidInput, match="CCT_PREVIOUS"):
+        input_from_env({**env, "CCT_PREVIOUS_PLAN": "{not json"})
+
+
+def test_redactor_hides_registered_secrets_only() -> None:
+    r = Redactor()
+    r.add("s3cr3t-value-123")
+    r.add("short")  # too short to redact safely
+    assert r("key=s3cr3t-value-123 short") == "key=*** short"
+
+
+def test_retry_delay_is_exponential_and_capped() -> None:
+    policy = RetryPolicy(limit=4, backoff_s=5, factor=2, max_backoff_s=30)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [5, 10, 20, 30]

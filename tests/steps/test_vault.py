@@ -1,0 +1,145 @@
+"""Vault through hvac: the exact HTTP calls (Kubernetes auth login, AWS/Azure/GCP credentials,
+lease revoke, token revoke-self) against recorded exchanges served on loopback; no Vault
+server runs here. Credentials never reach logs or outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+
+from lambdas.steps.credentials import vault_credentials
+from lambdas.steps.errors import AccessDenied, Permanent, Retryable
+from lambdas.steps.settings import StepSettings
+from tests.steps.conftest import JWT, SECRETS
+from tests.steps.replay import Replay
+from tests.steps.runner import call_step
+
+TOKEN = "hvs.CAESIVAULT-CLIENT-TOKEN-SECRET-0123456789"
+Serve = Callable[..., AbstractContextManager[Replay]]
+
+
+def _settings(url: str, jwt_file: Path) -> StepSettings:
+    return dataclasses.replace(
+        StepSettings.from_env(), vault_addr=url, vault_jwt_path=str(jwt_file)
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "read", "lease", "keys"),
+    [
+        (
+            "aws",
+            ("POST", "/v1/aws/sts/cct-remediation"),
+            "aws/sts/cct-remediation/h6Tn0rMZzfXkPqzRHu3Q4T3v",
+            {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"},
+        ),
+        (
+            "azure",
+            ("GET", "/v1/azure/creds/cct-remediation"),
+            "azure/creds/cct-remediation/Qx7mTn2eBz3wLh9kVp4sRc1d",
+            {"client_id", "client_secret"},
+        ),
+        ("gcp", ("GET", "/v1/gcp/token/cct-remediation"), None, {"token"}),
+    ],
+)
+def test_login_read_and_revoke(
+    *,
+    provider: str,
+    read: tuple[str, str],
+    lease: str | None,
+    keys: set[str],
+    replay: Serve,
+    jwt_file: Path,
+) -> None:
+    with replay("vault.json") as r:
+        with vault_credentials(provider, _settings(r.base_url, jwt_file)) as creds:
+            assert set(creds.values) == keys
+            assert creds.lease_id == lease
+            assert all(s not in repr(creds) for s in SECRETS)
+        calls = [(x.method, x.path) for x in r.requests]
+    expected = [("POST", "/v1/auth/kubernetes/login"), read]
+    if lease:
+        expected.append(("PUT", "/v1/sys/leases/revoke"))
+    expected.append(("POST", "/v1/auth/token/revoke-self"))
+    assert calls == expected
+    login = r.requests[0]
+    assert login.body == {"role": "cct-remediation", "jwt": JWT}
+    assert all(x.headers.get("x-vault-token") == TOKEN for x in r.requests[1:])
+    if provider == "aws":
+        assert r.requests[1].body == {"ttl": "15m"}
+    if lease:
+        assert r.requests[2].body == {"lease_id": lease}
+    assert r.unmatched == []
+
+
+def test_lease_and_token_are_revoked_when_the_step_fails(replay: Serve, jwt_file: Path) -> None:
+    with replay("vault.json") as r:
+        with (
+            pytest.raises(Permanent, match="boom"),
+            vault_credentials("aws", _settings(r.base_url, jwt_file)),
+        ):
+            raise Permanent("boom")
+        assert [x.path for x in r.requests][-2:] == [
+            "/v1/sys/leases/revoke",
+            "/v1/auth/token/revoke-self",
+        ]
+
+
+def test_login_refused_is_access_denied(replay: Serve, jwt_file: Path) -> None:
+    with (
+        replay("vault_forbidden.json") as r,
+        pytest.raises(AccessDenied, match="Vault refused"),
+        vault_credentials("aws", _settings(r.base_url, jwt_file)),
+    ):
+        pass
+
+
+def test_sealed_vault_is_retryable(replay: Serve, jwt_file: Path) -> None:
+    with (
+        replay("vault_sealed.json") as r,
+        pytest.raises(Retryable, match="Vault"),
+        vault_credentials("gcp", _settings(r.base_url, jwt_file)),
+    ):
+        pass
+
+
+def test_missing_service_account_token_is_permanent(tmp_path: Path) -> None:
+    settings = _settings("http://127.0.0.1:9", tmp_path / "absent")
+    with (
+        pytest.raises(Permanent, match="service-account token"),
+        vault_credentials("aws", settings),
+    ):
+        pass
+
+
+def test_step_exit_codes_and_no_leak_through_the_cli(
+    replay: Serve, step_env: Callable[..., dict[str, str]], uid: str
+) -> None:
+    """A step whose cloud call fails still prints no credential, in its output or its logs."""
+    params = {
+        "provider": "gcp",
+        "resource-id": "projects/cct-payments-dev/zones/us-central1-a/instances/missing-1",
+        "region": "us-central1",
+    }
+    with replay("vault.json") as r:
+        run = call_step(
+            "analyze",
+            {
+                "run_id": f"cct-x-{uid}",
+                "playbook": "rightsize-compute",
+                "parameters": params,
+                "previous": {},
+            },
+            step_env(r.base_url),
+            inprocess=True,
+        )
+    # The replay has no recording for the instance: HTTP 501 is a permanent failure.
+    assert run.exit_code == 1
+    assert run.output["error"]["retryable"] is False
+    text = str(run.output) + run.stderr
+    assert all(secret not in text for secret in SECRETS)
+    assert "vault credentials issued" in run.stderr

@@ -1,0 +1,146 @@
+"""The playbook mapping (file, schema, selection) and the pure planning of a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lambdas.events.cloudevents import InvalidEvent, decode
+from lambdas.steps.playbooks import PLAYBOOKS
+from lambdas.trigger.core import plan_run, workflow_name
+from lambdas.trigger.mapping import MappingError, load_mapping, parse_mapping
+from tests.support.services import ROOT
+from tests.trigger.events import EC2, RDS, event_bytes, labels
+
+MAPPING = ROOT / "policies" / "playbooks.yaml"
+SCHEMA = json.loads((ROOT / "policies" / "playbooks.schema.json").read_text())
+
+
+def test_shipped_mapping_is_valid_and_names_only_known_playbooks() -> None:
+    mapping = load_mapping(MAPPING)
+    assert {r.playbook for r in mapping.rules} == set(PLAYBOOKS)
+    assert set(SCHEMA["$defs"]["rule"]["properties"]["playbook"]["enum"]) == set(PLAYBOOKS)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "playbook"),
+    [
+        ({"env": "dev"}, "stop-idle-compute"),
+        ({"env": "prod"}, "rightsize-compute"),
+        ({"resource_type": "DBInstance", "service_name": RDS}, "rightsize-database"),
+        ({"resource_type": "compute.googleapis.com/Disk"}, "delete-unattached-volume"),
+        ({"resource_type": "Microsoft.Storage/storageAccounts"}, "storage-tiering"),
+        ({"level": "service"}, None),
+        ({"resource_type": "LoadBalancer"}, None),
+    ],
+)
+def test_first_matching_rule_wins(overrides: dict[str, str], playbook: str | None) -> None:
+    rule = load_mapping(MAPPING).select(labels("x", **overrides))
+    assert (rule.playbook if rule else None) == playbook
+
+
+def base_doc() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "rules": [{"id": "r", "playbook": "rightsize-compute", "match": {"level": ["resource"]}}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"extra": 1},
+            "m.yaml: (top): Additional properties are not allowed ('extra' was unexpected)",
+        ),
+        ({"version": 2}, "m.yaml: version: 1 was expected"),
+        ({"rules": []}, "m.yaml: rules: [] should be non-empty"),
+        (
+            {"rules": [{"id": "r", "playbook": "reboot", "match": {"level": ["resource"]}}]},
+            "m.yaml: rules/0/playbook: 'reboot' is not one of",
+        ),
+        (
+            {"rules": [{"id": "r", "playbook": "storage-tiering", "match": {}}]},
+            "m.yaml: rules/0/match: {} should be non-empty",
+        ),
+        (
+            {"rules": [{"id": "r", "playbook": "storage-tiering", "match": {"env": []}}]},
+            "m.yaml: rules/0/match/env: [] should be non-empty",
+        ),
+        (
+            {
+                "rules": [
+                    {"id": "r", "playbook": "storage-tiering", "match": {"env": ["a"]}},
+                    {"id": "r", "playbook": "storage-tiering", "match": {"env": ["b"]}},
+                ]
+            },
+            "m.yaml: rules/1/id: duplicate rule id 'r'",
+        ),
+        (
+            {"rules": [{"id": "r", "playbook": "storage-tiering", "match": {"e": ["a"]}, "x": 1}]},
+            "m.yaml: rules/0: Additional properties are not allowed ('x' was unexpected)",
+        ),
+    ],
+)
+def test_invalid_mappings_are_refused_naming_the_problem(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(MappingError) as err:
+        parse_mapping({**base_doc(), **change}, SCHEMA, "m.yaml")
+    assert str(err.value).startswith(message)
+
+
+def test_unreadable_or_non_yaml_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(MappingError, match="No such file"):
+        load_mapping(tmp_path / "missing.yaml", ROOT / "policies" / "playbooks.schema.json")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [")
+    with pytest.raises(MappingError, match="not YAML"):
+        load_mapping(bad, ROOT / "policies" / "playbooks.schema.json")
+    bad.write_text(yaml.safe_dump({"version": 1}))
+    with pytest.raises(MappingError, match="'rules' is a required property"):
+        load_mapping(bad, ROOT / "policies" / "playbooks.schema.json")
+
+
+def test_workflow_name_is_the_documented_hash() -> None:
+    digest = hashlib.sha256(b"abc/rightsize-compute").hexdigest()[:12]
+    assert workflow_name("abc", "rightsize-compute") == f"cct-rightsize-compute-{digest}"
+    assert workflow_name("abc", "rightsize-compute") != workflow_name("abd", "rightsize-compute")
+
+
+def test_plan_run_builds_the_section_6_parameters() -> None:
+    event = decode(event_bytes("u1", 3))
+    rule = load_mapping(MAPPING).select(event.labels)
+    assert rule is not None
+    run = plan_run(event, rule)
+    assert run.run_id == workflow_name(event.id, "stop-idle-compute")
+    assert dict(run.parameters) == {
+        "provider": "aws",
+        "service": EC2,
+        "resource-id": "i-u10003",
+        "resource-type": "Instance",
+        "action": "stop-idle-compute",
+        "environment": "dev",
+        "team": "payments",
+        "account-id": "444455556666",
+        "region": "us-east-1",
+        "tags": '{"env":"dev","team":"payments"}',
+        "estimated-monthly-impact-usd": "365.00",
+        "dry-run": "true",
+        "event-id": event.id,
+    }
+
+
+def test_plan_run_refuses_anomalies_without_a_resource() -> None:
+    event = decode(event_bytes("u1", region_id=""))
+    rule = load_mapping(MAPPING).select(event.labels)
+    assert rule is not None
+    with pytest.raises(
+        InvalidEvent, match=r"lacks labels needed by rule idle-nonprod-compute: \['region_id'\]"
+    ):
+        plan_run(event, rule)

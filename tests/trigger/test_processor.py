@@ -1,0 +1,179 @@
+"""The Processor against the real PostgreSQL, the shipped policies and mapping, and the Argo
+backend talking to the fake Kubernetes API."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from lambdas.events.cloudevents import decode
+from lambdas.policy import load_policy_set
+from lambdas.store.db import open_pool
+from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
+from lambdas.trigger.core import workflow_name
+from lambdas.trigger.mapping import load_mapping
+from lambdas.trigger.processor import Processor
+from tests.support.services import ROOT
+from tests.trigger.events import RDS, event_bytes
+from tests.trigger.fake_kube import FakeKube
+
+TOKEN = "kube-token"
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _deny_prod(workflow: dict[str, Any]) -> str | None:
+    params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+    return "production needs a change request" if params["environment"] == "prod" else None
+
+
+@pytest.fixture(scope="module")
+def pool(pg_dsn: str) -> Iterator[ConnectionPool]:
+    p = open_pool(pg_dsn, application_name="cct-trigger-test")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
+    with FakeKube(TOKEN, deny=_deny_prod) as fake:
+        yield fake
+
+
+@pytest.fixture
+def processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path) -> Processor:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    kube_settings = KubeSettings("cct-system", api_url=kube.url, token_file=str(token))
+    return Processor(
+        load_mapping(ROOT / "policies" / "playbooks.yaml"),
+        load_policy_set(ROOT / "policies" / "optimization"),
+        ArgoBackend(api_client(kube_settings), "cct-system", 5.0),
+        connection=pool.connection,
+        stopping=threading.Event(),
+        clock=lambda: NOW,
+        max_backoff_s=1.0,
+    )
+
+
+def run_row(pg_dsn: str, run_id: str) -> dict[str, Any] | None:
+    with psycopg.connect(pg_dsn) as conn:
+        cur = conn.execute(
+            "select state, reason, backend, event_id, playbook, parameters, billing_account_id"
+            " from optimization_runs where run_id = %s",
+            (run_id,),
+        )
+        row = cur.fetchone()
+        names = [c.name for c in cur.description or ()]
+    return dict(zip(names, row, strict=True)) if row else None
+
+
+def decision(pg_dsn: str, run_id: str) -> tuple[str, str, list[str]] | None:
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "select source, verdict, policy_ids from policy_decisions where decision_id = %s",
+            (f"{run_id}/precheck",),
+        ).fetchone()
+    return (row[0], row[1], list(row[2])) if row else None
+
+
+def test_allowed_anomaly_is_prechecked_recorded_and_submitted(
+    processor: Processor, kube: FakeKube, pg_dsn: str, uid: str
+) -> None:
+    raw = event_bytes(uid)
+    run_id = workflow_name(decode(raw).id, "stop-idle-compute")
+    handled = processor.handle(raw)
+    assert (handled.outcome, handled.run_id) == ("created", run_id)
+    assert kube.created_names() == [run_id]
+    row = run_row(pg_dsn, run_id)
+    assert row is not None
+    assert (row["state"], row["backend"], row["playbook"]) == (
+        "submitted",
+        "argo",
+        "stop-idle-compute",
+    )
+    assert row["billing_account_id"] == "444455556666"
+    assert row["parameters"]["event-id"] == decode(raw).id
+    assert decision(pg_dsn, run_id) == ("precheck", "allow", [])
+
+
+def test_the_same_event_twice_makes_one_workflow(
+    processor: Processor, kube: FakeKube, uid: str
+) -> None:
+    raw = event_bytes(uid)
+    assert processor.handle(raw).outcome == "created"
+    assert processor.handle(raw).outcome == "already_exists"
+    assert len(kube.created_names()) == 1
+    assert [code for _, code in kube.attempts] == [201, 409]
+
+
+def test_precheck_denial_is_recorded_and_never_submitted(
+    processor: Processor, kube: FakeKube, pg_dsn: str, uid: str
+) -> None:
+    raw = event_bytes(uid, service_name=RDS)
+    handled = processor.handle(raw)
+    assert handled.outcome == "precheck_denied"
+    assert handled.reason == (
+        "stop-idle-compute is not an allowed action for aws Amazon Relational Database Service"
+    )
+    assert processor.handle(raw).outcome == "settled"
+    assert kube.attempts == []
+    row = run_row(pg_dsn, str(handled.run_id))
+    assert row is not None and row["state"] == "denied"
+    assert decision(pg_dsn, str(handled.run_id)) == (
+        "precheck",
+        "deny",
+        ["allowed-actions/databases"],
+    )
+
+
+def test_admission_denial_is_recorded_once_and_not_retried(
+    processor: Processor, kube: FakeKube, pg_dsn: str, uid: str
+) -> None:
+    raw = event_bytes(uid, env="prod")
+    handled = processor.handle(raw)
+    assert handled.outcome == "denied"
+    row = run_row(pg_dsn, str(handled.run_id))
+    assert row is not None and row["state"] == "denied"
+    assert row["reason"].endswith("denied the request: production needs a change request")
+    assert processor.handle(raw).outcome == "settled"
+    assert [code for _, code in kube.attempts] == [403]
+
+
+def test_unavailable_api_is_retried_until_it_answers(
+    processor: Processor, kube: FakeKube, uid: str
+) -> None:
+    kube.fail_next = 2
+    assert processor.handle(event_bytes(uid)).outcome == "created"
+    assert [code for _, code in kube.attempts] == [503, 503, 201]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b'{"specversion": "1.0"}', "attribute 'id' is missing"),
+        (event_bytes("p", resource_id=""), "lacks labels needed by rule idle-nonprod-compute"),
+    ],
+)
+def test_poison_goes_to_the_dead_letter_topic_with_a_reason(
+    processor: Processor, kube: FakeKube, raw: bytes, reason: str
+) -> None:
+    handled = processor.handle(raw)
+    assert handled.outcome == "dead_letter"
+    assert handled.reason is not None and reason in handled.reason
+    assert kube.attempts == []
+
+
+def test_resolutions_and_unmapped_anomalies_start_nothing(
+    processor: Processor, kube: FakeKube, uid: str
+) -> None:
+    assert processor.handle(event_bytes(uid, 0, "resolved")).outcome == "resolved"
+    assert processor.handle(event_bytes(uid, level="service")).outcome == "unmapped"
+    assert kube.attempts == []

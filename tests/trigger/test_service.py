@@ -1,0 +1,163 @@
+"""`cct serve trigger` as a real process: real Kafka and PostgreSQL, the Argo backend
+against the fake Kubernetes API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lambdas.events.cloudevents import decode
+from lambdas.trigger.core import workflow_name
+from tests.routing.helpers import (
+    CCT,
+    committed_and_end,
+    produce,
+    read_topic,
+    trigger_process,
+    wait_until,
+)
+from tests.support.services import ROOT
+from tests.trigger.events import event_bytes
+from tests.trigger.fake_kube import FakeKube
+
+TOKEN = "kube-token"
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
+    with FakeKube(TOKEN) as fake:
+        yield fake
+
+
+def trigger_env(
+    tmp_path: Path, kube: FakeKube, kafka: str, pg_dsn: str, uid: str
+) -> dict[str, str]:
+    token = tmp_path / "kube.token"
+    token.write_text(TOKEN)
+    return {
+        "CCT_KAFKA_BOOTSTRAP": kafka,
+        "CCT_PG_DSN": pg_dsn,
+        "CCT_TRIGGER_TOPIC": f"cct.test.anomalies.{uid}",
+        "CCT_TRIGGER_DLQ_TOPIC": f"cct.test.anomalies.{uid}.dlq",
+        "CCT_TRIGGER_GROUP": f"cct-trigger-{uid}",
+        "CCT_TRIGGER_BACKEND": "argo",
+        "CCT_ARGO_NAMESPACE": "cct-system",
+        "CCT_KUBE_API_URL": kube.url,
+        "CCT_KUBE_TOKEN_FILE": str(token),
+    }
+
+
+def run_ids(uid: str, count: int) -> set[str]:
+    return {
+        workflow_name(decode(event_bytes(uid, n)).id, "stop-idle-compute") for n in range(count)
+    }
+
+
+def runs_in_db(pg_dsn: str, ids: set[str]) -> list[tuple[str, str]]:
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "select run_id, state from optimization_runs where run_id = any(%s)", (list(ids),)
+        ).fetchall()
+    return [(str(r), str(s)) for r, s in rows]
+
+
+def test_events_become_workflows_poison_goes_to_the_dlq_offsets_are_committed(
+    tmp_path: Path, kube: FakeKube, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+    topic = env["CCT_TRIGGER_TOPIC"]
+    items: list[tuple[bytes | None, bytes]] = [
+        (f"fp{n}".encode(), event_bytes(uid, n)) for n in range(5)
+    ]
+    items.append((b"fp0", event_bytes(uid, 0)))  # the same event delivered twice
+    items.append((b"poison", b'{"specversion": "1.0", "id": "x"}'))
+    items.append((b"fp9", event_bytes(uid, 9, "resolved")))
+    produce(kafka_bootstrap, topic, items)
+
+    with trigger_process(tmp_path, env) as trigger:
+        wait_until(lambda: len(kube.created_names()) >= 5, 30, "five workflows")
+        wait_until(
+            lambda: committed_and_end(kafka_bootstrap, topic, env["CCT_TRIGGER_GROUP"])[0] == 8,
+            30,
+            "all eight offsets committed",
+            interval=0.3,
+        )
+        with urllib.request.urlopen(trigger.metrics_url) as resp:
+            metrics = resp.read().decode()
+        trigger.proc.send_signal(signal.SIGTERM)
+        assert trigger.proc.wait(timeout=20) == 0
+
+    expected = run_ids(uid, 5)
+    assert sorted(kube.created_names()) == sorted(expected)
+    assert sorted(runs_in_db(pg_dsn, expected)) == sorted((r, "submitted") for r in expected)
+    [dead] = read_topic(kafka_bootstrap, env["CCT_TRIGGER_DLQ_TOPIC"], expected=1)
+    headers = dict(dead.headers)
+    assert dead.key == b"poison" and dead.value == b'{"specversion": "1.0", "id": "x"}'
+    assert headers["cct-dlq-reason"] == b"attribute 'source' is missing or not a string"
+    assert headers["cct-dlq-source"].startswith(f"{topic}/".encode())
+    assert 'cct_trigger_events_total{outcome="created"} 5.0' in metrics
+    assert 'cct_trigger_events_total{outcome="dead_letter"} 1.0' in metrics
+    assert 'cct_trigger_events_total{outcome="resolved"} 1.0' in metrics
+
+
+def test_killed_mid_batch_and_restarted_every_anomaly_is_handled_exactly_once(
+    tmp_path: Path, kube: FakeKube, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    count = 30
+    env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+    produce(
+        kafka_bootstrap,
+        env["CCT_TRIGGER_TOPIC"],
+        [(f"fp{n}".encode(), event_bytes(uid, n)) for n in range(count)],
+    )
+    kube.delay_s = 0.05  # slow enough to stop the trigger with a batch half done
+    with trigger_process(tmp_path / "first", env) as first:
+        wait_until(lambda: len(kube.created_names()) >= 8, 30, "a third of the workflows")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+    done_before = len(kube.created_names())
+    assert done_before < count, "the trigger finished before it was killed"
+    with trigger_process(tmp_path / "second", env):
+        wait_until(lambda: len(kube.created_names()) >= count, 60, "every workflow")
+        wait_until(
+            lambda: (
+                committed_and_end(
+                    kafka_bootstrap, env["CCT_TRIGGER_TOPIC"], env["CCT_TRIGGER_GROUP"]
+                )[0]
+                == count
+            ),
+            30,
+            "every offset committed",
+            interval=0.3,
+        )
+
+    expected = run_ids(uid, count)
+    created = kube.created_names()
+    assert len(created) == count and set(created) == expected  # each exactly once
+    # Redelivered events (processed but not committed before the kill) met AlreadyExists.
+    assert all(code in (201, 409) for _, code in kube.attempts)
+    assert sorted(runs_in_db(pg_dsn, expected)) == sorted((r, "submitted") for r in expected)
+
+
+def test_an_invalid_mapping_file_stops_the_trigger_with_the_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "playbooks.yaml"
+    bad.write_text("version: 1\nrules: []\n")
+    (tmp_path / "playbooks.schema.json").write_text(
+        (ROOT / "policies" / "playbooks.schema.json").read_text()
+    )
+    result = subprocess.run(
+        [CCT, "serve", "trigger"],
+        env={**os.environ, "CCT_PG_DSN": "postgresql://unused", "CCT_PLAYBOOKS_FILE": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"cct serve trigger: {bad}: rules: [] should be non-empty" in result.stderr
