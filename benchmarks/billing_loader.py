@@ -111,7 +111,10 @@ def run_load(path: Path, env: dict[str, str]) -> tuple[float, dict[str, object]]
     t0 = time.perf_counter()
     proc = subprocess.run(
         [cct, "billing", "load", "--no-reconcile", str(path)],
-        env={**os.environ, **env}, capture_output=True, text=True, check=False,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -138,16 +141,23 @@ def main() -> None:
             t0 = time.perf_counter()
             generate(path, args.rows, account)
             size = path.stat().st_size
-            print(f"generated {args.rows:,} rows ({size / 1e6:.1f} MB zstd Parquet) in {time.perf_counter() - t0:.1f} s")
+            print(
+                f"generated {args.rows:,} rows ({size / 1e6:.1f} MB zstd Parquet)"
+                f" in {time.perf_counter() - t0:.1f} s"
+            )
             env = {"CCT_PG_DSN": dsn, "CCT_VM_URL": vm_url}
             first, report = run_load(path, env)
             peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             print(
-                f"first load: {args.rows / first:,.0f} rows/s ({first:.2f} s wall, process start included); "
+                f"first load: {args.rows / first:,.0f} rows/s"
+                f" ({first:.2f} s wall, process start included); "
                 f"{report['samples']:,} samples, partitions {report['loaded']}"
             )
             second, report2 = run_load(path, env)
-            print(f"reload (no-op, unchanged={report2['unchanged']}): {args.rows / second:,.0f} rows/s ({second:.2f} s)")
+            print(
+                f"reload (no-op, unchanged={report2['unchanged']}):"
+                f" {args.rows / second:,.0f} rows/s ({second:.2f} s)"
+            )
             print(f"peak RSS of the loader process: {peak_mib:.0f} MiB")
             best = args.rows / first
             if best < 200_000:
@@ -155,9 +165,14 @@ def main() -> None:
             else:
                 print("target >= 200,000 rows/s: met")
             with psycopg.connect(dsn) as conn:
-                row = conn.execute("select count(*), sum(billed_cost) from billing_hourly").fetchone()
+                row = conn.execute(
+                    "select count(*), sum(billed_cost) from billing_hourly"
+                ).fetchone()
             print(f"PostgreSQL billing_hourly: {row[0] if row else 0:,} rows")
-        print(f"machine: {os.cpu_count()} cores shared with PostgreSQL, VictoriaMetrics and other work")
+        print(
+            f"machine: {os.cpu_count()} cores shared with PostgreSQL, VictoriaMetrics"
+            " and other work"
+        )
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')

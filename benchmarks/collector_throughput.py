@@ -42,7 +42,7 @@ from lambdas.store.migrate import migrate
 from tests.support.procs import free_port, http_ready, running
 from tests.support.services import load_settings
 
-TOKEN = "bench-token-0123456789abcdef"
+TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 - a throwaway local token
 EC2 = "Amazon Elastic Compute Cloud"
 PRICES = {"m5.large": 0.096, "m5.xlarge": 0.192, "m5.2xlarge": 0.384}
 SIZES = list(PRICES)
@@ -52,30 +52,62 @@ def cloudtrail(name: str, eid: str, t: str, instance: str, sku: str | None) -> d
     request: dict[str, Any] = {"instancesSet": {"items": [{"instanceId": instance}]}}
     response: dict[str, Any] = {"instancesSet": {"items": [{"instanceId": instance}]}}
     if name == "RunInstances":
-        response = {"instancesSet": {"items": [{
-            "instanceId": instance, "instanceType": sku,
-            "placement": {"availabilityZone": "us-east-1a"},
-            "tagSet": {"items": [{"key": "team", "value": f"t{hash(instance) % 20}"}, {"key": "env", "value": "prod"}]},
-        }]}}
+        response = {
+            "instancesSet": {
+                "items": [
+                    {
+                        "instanceId": instance,
+                        "instanceType": sku,
+                        "placement": {"availabilityZone": "us-east-1a"},
+                        "tagSet": {
+                            "items": [
+                                {"key": "team", "value": f"t{hash(instance) % 20}"},
+                                {"key": "env", "value": "prod"},
+                            ]
+                        },
+                    }
+                ]
+            }
+        }
     elif name == "ModifyInstanceAttribute":
         request = {"instanceId": instance, "instanceType": {"value": sku}}
     return {
-        "version": "0", "id": eid, "detail-type": "AWS API Call via CloudTrail", "source": "aws.ec2",
-        "account": "111122223333", "time": t, "region": "us-east-1", "resources": [],
+        "version": "0",
+        "id": eid,
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.ec2",
+        "account": "111122223333",
+        "time": t,
+        "region": "us-east-1",
+        "resources": [],
         "detail": {
-            "eventVersion": "1.08", "eventTime": t, "eventSource": "ec2.amazonaws.com",
-            "eventName": name, "awsRegion": "us-east-1", "eventID": eid,
-            "userIdentity": {"type": "AssumedRole", "arn": "arn:aws:sts::111122223333:assumed-role/ci/bot"},
-            "requestParameters": request, "responseElements": response,
+            "eventVersion": "1.08",
+            "eventTime": t,
+            "eventSource": "ec2.amazonaws.com",
+            "eventName": name,
+            "awsRegion": "us-east-1",
+            "eventID": eid,
+            "userIdentity": {
+                "type": "AssumedRole",
+                "arn": "arn:aws:sts::111122223333:assumed-role/ci/bot",
+            },
+            "requestParameters": request,
+            "responseElements": response,
         },
     }
 
 
 def state_change(eid: str, t: str, instance: str, state: str) -> dict[str, Any]:
     return {
-        "version": "0", "id": eid, "detail-type": "EC2 Instance State-change Notification",
-        "source": "aws.ec2", "account": "111122223333", "time": t, "region": "us-east-1",
-        "resources": [], "detail": {"instance-id": instance, "state": state},
+        "version": "0",
+        "id": eid,
+        "detail-type": "EC2 Instance State-change Notification",
+        "source": "aws.ec2",
+        "account": "111122223333",
+        "time": t,
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"instance-id": instance, "state": state},
     }
 
 
@@ -101,7 +133,11 @@ def make_batches(n: int, batch: int, account: str, resources: int) -> list[bytes
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes) -> dict[str, Any]:
-    async with session.post(url, data=body, headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}) as resp:
+    async with session.post(
+        url,
+        data=body,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    ) as resp:
         payload: dict[str, Any] = await resp.json()
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {payload}")
@@ -111,7 +147,8 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes) -> dict[st
 async def probe(url: str, vm_url: str, account: str, stop: asyncio.Event, out: list[float]) -> None:
     vm = VictoriaMetrics(vm_url)
     inst = "i-probe"
-    expr = f'cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{account}",team="probe",basis="list"}}'
+    sel = f'billing_account_id="{account}",team="probe",basis="list"'
+    expr = f"cct_cost_rate_rollup_usd_per_hour{{{sel}}}"
     async with aiohttp.ClientSession() as session:
         i = 0
         while not stop.is_set():
@@ -120,8 +157,12 @@ async def probe(url: str, vm_url: str, account: str, stop: asyncio.Event, out: l
             name = "RunInstances" if i == 0 else "ModifyInstanceAttribute"
             ev = cloudtrail(name, f"probe-{account}-{i}", t, inst, sku)
             if i == 0:
-                ev["detail"]["responseElements"]["instancesSet"]["items"][0]["tagSet"]["items"][0]["value"] = "probe"
-            body = json.dumps([{"provider": "aws", "billing_account_id": account, "event": ev}]).encode()
+                ev["detail"]["responseElements"]["instancesSet"]["items"][0]["tagSet"]["items"][0][
+                    "value"
+                ] = "probe"
+            body = json.dumps(
+                [{"provider": "aws", "billing_account_id": account, "event": ev}]
+            ).encode()
             t0 = time.perf_counter()
             await post(session, url, body)
             deadline = t0 + 30
@@ -170,7 +211,9 @@ async def run(args: argparse.Namespace, url: str, vm_url: str, account: str) -> 
     stop.set()
     await prober
     rate = accepted / elapsed
-    print(f"events: {accepted} accepted in {elapsed:.2f} s -> {rate:,.0f} events/s (target >= 20,000)")
+    print(
+        f"events: {accepted} accepted in {elapsed:.2f} s -> {rate:,.0f} events/s (target >= 20,000)"
+    )
     if rate < 20_000:
         print(f"TARGET MISSED: {rate:,.0f} events/s < 20,000")
     if latencies:
@@ -178,7 +221,8 @@ async def run(args: argparse.Namespace, url: str, vm_url: str, account: str) -> 
         p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
         print(
             f"receipt -> queryable (existing rollup series, {len(lat)} probes during load): "
-            f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms"
+            f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms,"
+            f" max {lat[-1] * 1000:.0f} ms"
         )
 
 
@@ -200,24 +244,39 @@ def main() -> None:
         with psycopg.connect(dsn) as conn:
             for sku, usd in PRICES.items():
                 conn.execute(
-                    "insert into price_catalog values ('aws', %s, 'us-east-1', %s, 'hour', %s, 'bench', now())",
+                    "insert into price_catalog values"
+                    " ('aws', %s, 'us-east-1', %s, 'hour', %s, 'bench', now())",
                     (EC2, sku, usd),
                 )
         port = free_port()
         env = {
-            "CCT_PG_DSN": dsn, "CCT_VM_URL": vm_url, "CCT_COLLECTOR_TOKEN": TOKEN,
-            "CCT_COLLECTOR_HOST": "127.0.0.1", "CCT_COLLECTOR_PORT": str(port),
+            "CCT_PG_DSN": dsn,
+            "CCT_VM_URL": vm_url,
+            "CCT_COLLECTOR_TOKEN": TOKEN,
+            "CCT_COLLECTOR_HOST": "127.0.0.1",
+            "CCT_COLLECTOR_PORT": str(port),
         }
         cct = str(Path(sys.executable).parent / "cct")
         log = Path(tempfile.gettempdir()) / f"{name}.log"
         account = f"bench-{uuid.uuid4().hex[:8]}"
-        with running([cct, "serve", "collector", "--log-level", "WARNING"], http_ready(f"http://127.0.0.1:{port}/healthz"), log, env=env):
+        with running(
+            [cct, "serve", "collector", "--log-level", "WARNING"],
+            http_ready(f"http://127.0.0.1:{port}/healthz"),
+            log,
+            env=env,
+        ):
             asyncio.run(run(args, f"http://127.0.0.1:{port}/ingest", vm_url, account))
         with psycopg.connect(dsn) as conn:
             events = conn.execute("select count(*) from resource_events").fetchone()
             inv = conn.execute("select count(*) from resource_inventory").fetchone()
-        print(f"PostgreSQL: {events[0] if events else 0} resource_events rows, {inv[0] if inv else 0} inventory rows")
-        print(f"machine: {os.cpu_count()} cores shared with PostgreSQL, VictoriaMetrics and other work")
+        print(
+            f"PostgreSQL: {events[0] if events else 0} resource_events rows,"
+            f" {inv[0] if inv else 0} inventory rows"
+        )
+        print(
+            f"machine: {os.cpu_count()} cores shared with PostgreSQL, VictoriaMetrics"
+            " and other work"
+        )
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')

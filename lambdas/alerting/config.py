@@ -21,7 +21,7 @@ second (shared/notes/victoriametrics-alertmanager.md).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -77,7 +77,7 @@ class AlertRoutingSettings:
     group_wait: str = "0s"
     group_interval: str = "1s"
     repeat_interval: str = "4h"
-    zenduty_severities: tuple[str, ...] = field(default=("critical",))
+    zenduty_severities: tuple[str, ...] = ("critical",)
 
     def __post_init__(self) -> None:
         for name in ("bridge_url", "zenduty_relay_url"):

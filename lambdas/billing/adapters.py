@@ -131,7 +131,11 @@ def cur2_rows(src: Mapping[str, Any]) -> Row:
             "ChargeDescription": src.get("line_item_line_item_description") or None,
             "ChargeFrequency": "Recurring"
             if item_type in ("RIFee", "SavingsPlanRecurringFee")
-            else ("One-Time" if item_type in ("Fee", "SavingsPlanUpfrontFee", "Tax") else "Usage-Based"),
+            else (
+                "One-Time"
+                if item_type in ("Fee", "SavingsPlanUpfrontFee", "Tax")
+                else "Usage-Based"
+            ),
             "ChargePeriodStart": _iso(src.get("line_item_usage_start_date")),
             "ChargePeriodEnd": _iso(src.get("line_item_usage_end_date")),
             "CommitmentDiscountCategory": "Spend"
@@ -227,7 +231,9 @@ def azure_row(src: Mapping[str, Any], kind: str) -> Row:
             "BilledCost": billed,
             "BillingAccountId": str(src.get("BillingAccountId")),
             "BillingAccountName": src.get("BillingAccountName") or None,
-            "BillingCurrency": src.get("BillingCurrencyCode") or src.get("BillingCurrency") or "USD",
+            "BillingCurrency": src.get("BillingCurrencyCode")
+            or src.get("BillingCurrency")
+            or "USD",
             "BillingPeriodStart": _iso(src.get("BillingPeriodStartDate")),
             "BillingPeriodEnd": _iso(src.get("BillingPeriodEndDate")),
             "ChargeCategory": _AZURE_CHARGE.get(charge_type, "Adjustment"),

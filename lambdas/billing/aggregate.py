@@ -27,8 +27,16 @@ PROVIDER_NAMES = {
     "google": "gcp",
     "gcp": "gcp",
 }
-KEY_COLUMNS = ("provider", "billing_account_id", "billing_period", "sub_account_id", "region_id",
-               "service_name", "team", "env")
+KEY_COLUMNS = (
+    "provider",
+    "billing_account_id",
+    "billing_period",
+    "sub_account_id",
+    "region_id",
+    "service_name",
+    "team",
+    "env",
+)
 COLUMNS = [
     *REQUIRED,
     "ProviderName",
@@ -90,7 +98,11 @@ class HourlyTotals:
         hour = pc.multiply(pc.divide(start, HOUR_S), HOUR_S)
         multi = pc.greater(pc.subtract(table.column("end"), hour), HOUR_S)
         single = table.filter(pc.invert(multi))
-        parts = [single.drop_columns(["start", "end"]).append_column("hour", hour.filter(pc.invert(multi)))]
+        parts = [
+            single.drop_columns(["start", "end"]).append_column(
+                "hour", hour.filter(pc.invert(multi))
+            )
+        ]
         spread = table.filter(multi)
         if spread.num_rows:
             rows = spread.to_pylist()
@@ -100,8 +112,15 @@ class HourlyTotals:
                 hours = range(first, r["end"], HOUR_S)
                 share = 1.0 / len(hours)
                 for h in hours:
-                    expanded.append({**{k: r[k] for k in KEY_COLUMNS}, "billed": r["billed"] * share,
-                                     "effective": r["effective"] * share, "list": r["list"] * share, "hour": h})
+                    expanded.append(
+                        {
+                            **{k: r[k] for k in KEY_COLUMNS},
+                            "billed": r["billed"] * share,
+                            "effective": r["effective"] * share,
+                            "list": r["list"] * share,
+                            "hour": h,
+                        }
+                    )
             parts.append(pa.Table.from_pylist(expanded, schema=parts[0].schema))
         merged = pa.concat_tables(parts).group_by([*KEY_COLUMNS, "hour"]).aggregate(SUMS)
         self.result = merged.rename_columns([*KEY_COLUMNS, "hour", "billed", "effective", "list"])
@@ -172,8 +191,8 @@ def add_batch(totals: HourlyTotals, batch: pa.RecordBatch, source: str) -> None:
         "charge_period_not_positive": pc.fill_null(pc.less_equal(end, start), False),
     }
     bad = pa.array([False] * batch.num_rows)
-    for reason, mask in checks.items():
-        mask = pc.fill_null(mask, False)
+    for reason, check in checks.items():
+        mask = pc.fill_null(check, False)
         n = pc.sum(pc.and_not(mask, bad)).as_py() or 0
         if n:
             totals.rejections[reason] = totals.rejections.get(reason, 0) + n

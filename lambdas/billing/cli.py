@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 import click
 import psycopg
@@ -25,8 +25,14 @@ def billing() -> None:
 
 
 @billing.command("load")
-@click.option("--format", "fmt", type=click.Choice(ADAPTERS), default="focus", show_default=True,
-              help="Input format; native formats are converted to FOCUS first.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(ADAPTERS),
+    default="focus",
+    show_default=True,
+    help="Input format; native formats are converted to FOCUS first.",
+)
 @click.option("--no-reconcile", is_flag=True, help="Skip reconciliation after loading.")
 @click.argument("locations", nargs=-1, required=True)
 def load_cmd(fmt: str, no_reconcile: bool, locations: tuple[str, ...]) -> None:

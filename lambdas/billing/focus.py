@@ -127,7 +127,11 @@ def read_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.Re
                 ),
             )
             for batch in reader:
-                yield batch.select([c for c in columns if c in batch.schema.names]) if columns else batch
+                yield (
+                    batch.select([c for c in columns if c in batch.schema.names])
+                    if columns
+                    else batch
+                )
         else:
             raise BillingFileError(f"{path}: JSON rows are read by the GCP adapter, not as FOCUS")
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:

@@ -116,7 +116,10 @@ def resolve(locations: Sequence[str], into: Path) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     for loc in locations:
         if loc.startswith("s3://"):
-            out += [(f"s3://{urllib.parse.urlparse(loc).netloc}/{p.name}", p) for p in _s3_files(loc, into)]
+            out += [
+                (f"s3://{urllib.parse.urlparse(loc).netloc}/{p.name}", p)
+                for p in _s3_files(loc, into)
+            ]
         else:
             path = Path(loc)
             if path.is_dir():
@@ -138,7 +141,9 @@ def _delete_series(base_url: str, part: store.Partition) -> None:
         f'{{__name__=~"{BILLED}|{EFFECTIVE}",provider={_q(provider)},'
         f"billing_account_id={_q(account)},billing_period={_q(period)}}}"
     )
-    url = f"{base_url}/api/v1/admin/tsdb/delete_series?" + urllib.parse.urlencode({"match[]": match})
+    url = f"{base_url}/api/v1/admin/tsdb/delete_series?" + urllib.parse.urlencode(
+        {"match[]": match}
+    )
     req = urllib.request.Request(url, method="POST")  # noqa: S310 - our own VM URL
     try:
         with urllib.request.urlopen(req, timeout=30):  # noqa: S310
@@ -217,10 +222,14 @@ def load(
         report.rejections = dict(totals.rejections)
         if totals.rows_rejected:
             detail = ", ".join(f"{n} rows {r}" for r, n in sorted(totals.rejections.items()))
-            store.dead_letter(conn, "rejected_rows", f"{report.files}: {detail}", json.dumps(report.files))
+            store.dead_letter(
+                conn, "rejected_rows", f"{report.files}: {detail}", json.dumps(report.files)
+            )
         _write_partitions(conn, settings, totals, report)
         if reconcile_after:
-            accounts = {(p.split("/")[0], p.split("/")[1]) for p in report.loaded + report.unchanged}
+            accounts = {
+                (p.split("/")[0], p.split("/")[1]) for p in report.loaded + report.unchanged
+            }
             report.reconciled = reconcile(conn, settings, accounts, now)
     return report
 
@@ -242,7 +251,14 @@ def _write_partitions(
                 report.unchanged.append(name)
                 continue
             rows = by_part[part]
-            store.replace_partition(conn, part, report.load_id, report.files, report.rows_read, rows)
+            store.replace_partition(
+                conn,
+                part,
+                load_id=report.load_id,
+                sources=report.files,
+                rows_read=report.rows_read,
+                rows=rows,
+            )
             _delete_series(vm, part)
             lines = _lines(part, report.load_id, rows)
             _import(vm, lines)
@@ -279,7 +295,7 @@ def reconcile(
         if end is None:
             continue
         expr = (
-            f"sum by (service_name) (integrate({ROLLUP}{{basis=\"list\",provider={_q(provider)},"
+            f'sum by (service_name) (integrate({ROLLUP}{{basis="list",provider={_q(provider)},'
             f"billing_account_id={_q(account)}}}[{window_h}h])) / 3600"
         )
         estimated = {
@@ -289,12 +305,25 @@ def reconcile(
         start = end - timedelta(hours=window_h)
         for service, (factor, error) in reconciliation_factors(billed, estimated).items():
             store.save_reconciliation(
-                conn, provider, account, service, (start, end), billed[service],
-                estimated[service], factor,
+                conn,
+                provider=provider,
+                account=account,
+                service=service,
+                window=(start, end),
+                billed=billed[service],
+                estimated=estimated[service],
+                factor=factor,
             )
             labels = {"provider": provider, "billing_account_id": account, "service_name": service}
             ts = int(now.timestamp() * 1000)
             samples += [Sample(FACTOR, labels, factor, ts), Sample(ERROR, labels, error, ts)]
-            results.append({**labels, "billed_usd": billed[service], "estimated_usd": estimated[service], "factor": factor})
+            results.append(
+                {
+                    **labels,
+                    "billed_usd": billed[service],
+                    "estimated_usd": estimated[service],
+                    "factor": factor,
+                }
+            )
     vm.import_samples(samples)
     return results

@@ -12,7 +12,7 @@ from typing import Any
 
 from lambdas.collector.model import Resource, ResourceChange
 from lambdas.ingest.exposition import line, render_labels
-from lambdas.pricing.catalog import PriceBook, usd_per_hour
+from lambdas.pricing.catalog import PriceBook, Shape, usd_per_hour
 
 RATE = "cct_cost_rate_usd_per_hour"
 ROLLUP = "cct_cost_rate_rollup_usd_per_hour"
@@ -40,14 +40,22 @@ def _rate(book: PriceBook, f: Mapping[str, Any]) -> float | None:
     (numeric(18, 6)) so the in-memory rollups equal a rebuild from PostgreSQL."""
     if f["state"] == "unknown":
         return None
-    rate = usd_per_hour(
-        book, f["provider"], f["service_name"], f["resource_type"], f["region_id"], f["sku"],
-        f["size"], f["state"],
+    shape = Shape(
+        f["provider"],
+        f["service_name"],
+        f["resource_type"],
+        f["region_id"],
+        f["sku"],
+        f["size"],
+        f["state"],
     )
+    rate = usd_per_hour(book, shape)
     return round(rate, 6) if rate is not None else None
 
 
-def merge(current: Resource | None, ch: ResourceChange, book: PriceBook) -> tuple[Resource, Applied]:
+def merge(
+    current: Resource | None, ch: ResourceChange, book: PriceBook
+) -> tuple[Resource, Applied]:
     """Apply one change. A newer event overwrites what it states; an older one only fills in
     what is still unknown (e.g. the instance type from a RunInstances that arrived after the
     state-change notification) and never changes the state."""

@@ -43,7 +43,9 @@ def _req(obj: Mapping[str, Any], key: str, where: str) -> Any:
 
 def _obj(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise EventRejected("wrong_type", f"{where}: expected an object, got {type(value).__name__}")
+        raise EventRejected(
+            "wrong_type", f"{where}: expected an object, got {type(value).__name__}"
+        )
     return value
 
 
@@ -293,6 +295,25 @@ AZURE_TYPES = {
 }
 
 
+def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[str, Any]:
+    """Size, tags and (after a write) state from the ARM resource the forwarder attached."""
+    props = resource.get("properties") or {}
+    out: dict[str, Any] = {}
+    if isinstance(resource.get("tags"), Mapping):
+        out["tags"] = {str(k): str(v) for k, v in resource["tags"].items()}
+    if rtype == "microsoft.compute/virtualmachines":
+        out["sku"] = (props.get("hardwareProfile") or {}).get("vmSize")
+        if written:
+            out["state"] = "running"
+    else:
+        out["sku"] = (resource.get("sku") or {}).get("name")
+        if props.get("diskSizeGB") is not None:
+            out["attributes"] = {"gib": float(props["diskSizeGB"])}
+        if written:
+            out["state"] = "available"
+    return out
+
+
 def normalize_azure(
     envelope: Mapping[str, Any], billing_account: str | None
 ) -> list[ResourceChange]:
@@ -331,19 +352,7 @@ def normalize_azure(
     region = None
     if isinstance(resource, Mapping):
         region = resource.get("location")
-        props = resource.get("properties") or {}
-        if isinstance(resource.get("tags"), Mapping):
-            kw["tags"] = {str(k): str(v) for k, v in resource["tags"].items()}
-        if rtype == "microsoft.compute/virtualmachines":
-            kw["sku"] = (props.get("hardwareProfile") or {}).get("vmSize")
-            if event_type.endswith("ResourceWriteSuccess"):
-                kw["state"] = "running"
-        else:
-            kw["sku"] = (resource.get("sku") or {}).get("name")
-            if props.get("diskSizeGB") is not None:
-                kw["attributes"] = {"gib": float(props["diskSizeGB"])}
-            if event_type.endswith("ResourceWriteSuccess"):
-                kw["state"] = "available"
+        kw.update(_arm_fields(resource, rtype, event_type.endswith("ResourceWriteSuccess")))
     return [
         ResourceChange(
             event_id=f"azure:{_req(event, 'id', 'event')}",
@@ -389,7 +398,9 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
     entry = _gcp_entry(_obj(envelope.get("event"), "event"))
     payload = _obj(_req(entry, "protoPayload", "logEntry"), "logEntry.protoPayload")
     method = _str(_req(payload, "methodName", "protoPayload"), "protoPayload.methodName")
-    short = ".".join(method.split(".")[-3:])  # v1.compute.instances.insert -> compute.instances.insert
+    short = ".".join(
+        method.split(".")[-3:]
+    )  # v1.compute.instances.insert -> compute.instances.insert
     if short not in GCP_METHODS:
         raise EventIgnored(f"gcp method {method} does not change a run-rate")
     if (payload.get("status") or {}).get("code"):
@@ -444,7 +455,9 @@ _NORMALIZERS = {"aws": normalize_aws, "azure": normalize_azure, "gcp": normalize
 def normalize(record: Any, default_provider: str | None = None) -> list[ResourceChange]:
     """One Fluent Bit record -> the changes it carries. Raises EventRejected / EventIgnored."""
     if not isinstance(record, Mapping):
-        raise EventRejected("wrong_type", f"record: expected an object, got {type(record).__name__}")
+        raise EventRejected(
+            "wrong_type", f"record: expected an object, got {type(record).__name__}"
+        )
     provider = record.get("provider") or default_provider
     if provider not in PROVIDERS:
         raise EventRejected("unknown_provider", f"record: unknown provider {provider!r}")

@@ -73,9 +73,9 @@ class CollectorSettings:
 
     @classmethod
     def from_env(cls) -> CollectorSettings:
-        token_file = env_str("CCT_COLLECTOR_TOKEN_FILE", "-")
-        if token_file != "-":
-            token = Path(token_file).read_text().strip()
+        secret_path = os.environ.get("CCT_COLLECTOR_TOKEN_FILE")
+        if secret_path:
+            token = Path(secret_path).read_text().strip()
         else:
             token = env_str("CCT_COLLECTOR_TOKEN")
         if len(token) < 16:
@@ -99,7 +99,9 @@ class CollectorSettings:
             tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", "team,env"),
             sync_interval_s=env_float("CCT_COLLECTOR_SYNC_INTERVAL_S", 0.0),
             sync_aws_regions=csv("CCT_COLLECTOR_SYNC_AWS_REGIONS", ""),
-            sync_aws_billing_account_id=os.environ.get("CCT_COLLECTOR_SYNC_AWS_BILLING_ACCOUNT_ID", ""),
+            sync_aws_billing_account_id=os.environ.get(
+                "CCT_COLLECTOR_SYNC_AWS_BILLING_ACCOUNT_ID", ""
+            ),
         )
 
 
@@ -108,26 +110,34 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter(
-            "cct_collector_events", "Events by provider and outcome.", ["provider", "outcome"],
+            "cct_collector_events",
+            "Events by provider and outcome.",
+            ["provider", "outcome"],
             registry=r,
         )
         self.rejected = Counter(
-            "cct_collector_rejected", "Rejected events or batches by reason.", ["reason"],
+            "cct_collector_rejected",
+            "Rejected events or batches by reason.",
+            ["reason"],
             registry=r,
         )
         self.requests = Counter(
             "cct_collector_requests", "Ingest requests by HTTP status.", ["status"], registry=r
         )
         self.unpriced = Counter(
-            "cct_collector_unpriced_events", "Accepted events whose resource is unpriced.",
-            ["provider"], registry=r,
+            "cct_collector_unpriced_events",
+            "Accepted events whose resource is unpriced.",
+            ["provider"],
+            registry=r,
         )
         self.vm_failures = Counter(
             "cct_collector_vm_write_failures", "Failed VictoriaMetrics writes.", registry=r
         )
         self.batch_seconds = Histogram(
-            "cct_collector_batch_seconds", "Receipt to written in PostgreSQL and VictoriaMetrics.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+            "cct_collector_batch_seconds",
+            "Receipt to written in PostgreSQL and VictoriaMetrics.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
         )
         self.live = Gauge("cct_collector_live_resources", "Live resources.", registry=r)
 
@@ -176,8 +186,12 @@ class Processor:
         self.metrics.live.set(len(self.rollups.live))
         self._tasks.append(asyncio.create_task(self._writer()))
         if background:
-            self._tasks.append(asyncio.create_task(self._every(self.settings.heartbeat_s, self.heartbeat)))
-            self._tasks.append(asyncio.create_task(self._every(self.settings.refresh_s, self.refresh)))
+            self._tasks.append(
+                asyncio.create_task(self._every(self.settings.heartbeat_s, self.heartbeat))
+            )
+            self._tasks.append(
+                asyncio.create_task(self._every(self.settings.refresh_s, self.refresh))
+            )
             if self.settings.sync_interval_s > 0 and self.settings.sync_aws_regions:
                 self._tasks.append(
                     asyncio.create_task(self._every(self.settings.sync_interval_s, self.sync_aws))
@@ -327,7 +341,8 @@ class Processor:
         now = datetime.now(UTC)
         for region in self.settings.sync_aws_regions:
             known = [
-                r for r in await store.live_resources(self._reader)
+                r
+                for r in await store.live_resources(self._reader)
                 if r.provider == "aws" and r.region_id == region
             ]
             changes = await asyncio.to_thread(
@@ -337,41 +352,63 @@ class Processor:
             log.info("aws inventory synced", extra={"region": region, "changes": result.accepted})
 
 
+class Refused(Exception):
+    """The whole request is refused: HTTP `status` with a machine `reason` and a detail."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail = status, reason, detail
+
+
 def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> web.Response:
     metrics.rejected.labels(reason).inc()
     metrics.requests.labels(str(status)).inc()
     return web.json_response({"error": reason, "detail": detail}, status=status)
 
 
-def build_app(processor: Processor) -> web.Application:
-    settings, metrics = processor.settings, processor.metrics
-    expected = f"Bearer {settings.token}".encode()
+class Api:
+    """The HTTP handlers: /ingest (Fluent Bit batches), /healthz, /metrics."""
 
-    async def ingest(request: web.Request) -> web.Response:
-        started = time.perf_counter()
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.settings = processor.settings
+        self.metrics = processor.metrics
+        self.expected = f"Bearer {processor.settings.token}".encode()
+
+    async def read_records(self, request: web.Request) -> list[Any]:
+        """The batch's records, or Refused naming what is wrong with the request."""
         auth = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(auth, expected):
-            return _reject(metrics, 401, "unauthorized", "missing or wrong bearer token")
-        if request.content_length and request.content_length > settings.max_body_bytes:
-            return _reject(
-                metrics, 413, "body_too_large",
-                f"body of {request.content_length} bytes exceeds {settings.max_body_bytes}",
+        if not hmac.compare_digest(auth, self.expected):
+            raise Refused(401, "unauthorized", "missing or wrong bearer token")
+        limit = self.settings.max_body_bytes
+        if request.content_length and request.content_length > limit:
+            raise Refused(
+                413, "body_too_large", f"body of {request.content_length} bytes exceeds {limit}"
             )
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _reject(metrics, 413, "body_too_large", f"body exceeds {settings.max_body_bytes} bytes")
+            raise Refused(413, "body_too_large", f"body exceeds {limit} bytes") from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            await _dead_letter(processor, "malformed_json", f"malformed JSON: {exc}", raw)
-            return _reject(metrics, 400, "malformed_json", f"malformed JSON: {exc}")
+            await _dead_letter(self.processor, "malformed_json", f"malformed JSON: {exc}", raw)
+            raise Refused(400, "malformed_json", f"malformed JSON: {exc}") from None
         records = body if isinstance(body, list) else [body]
-        if len(records) > settings.max_records:
-            return _reject(
-                metrics, 413, "too_many_records",
-                f"{len(records)} records exceed the limit of {settings.max_records}",
+        if len(records) > self.settings.max_records:
+            raise Refused(
+                413,
+                "too_many_records",
+                f"{len(records)} records exceed the limit of {self.settings.max_records}",
             )
+        return records
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            records = await self.read_records(request)
+        except Refused as refused:
+            return _reject(self.metrics, refused.status, refused.reason, refused.detail)
         tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag", "")
         default_provider = _tag_provider(tag)
         changes: list[ResourceChange] = []
@@ -385,21 +422,22 @@ def build_app(processor: Processor) -> web.Application:
             try:
                 changes += normalize(record, default_provider)
             except EventRejected as exc:
-                metrics.rejected.labels(exc.reason).inc()
-                dead.append((exc.reason, f"record {index}: {exc.detail}", json.dumps(record, default=str)))
+                self.metrics.rejected.labels(exc.reason).inc()
+                payload = json.dumps(record, default=str)
+                dead.append((exc.reason, f"record {index}: {exc.detail}", payload))
                 rejected.append({"index": index, "reason": exc.reason, "detail": exc.detail})
             except EventIgnored as exc:
                 ignored += 1
                 log.debug("event ignored", extra={"reason": exc.reason})
         if ignored:
-            metrics.events.labels("all", "ignored").inc(ignored)
+            self.metrics.events.labels("all", "ignored").inc(ignored)
         try:
-            result = await processor.submit(changes, dead)
+            result = await self.processor.submit(changes, dead)
         except (psycopg.Error, OSError) as exc:
             log.error("batch not written", extra={"error": str(exc)})
-            return _reject(metrics, 503, "store_unavailable", f"PostgreSQL: {exc}")
-        metrics.batch_seconds.observe(time.perf_counter() - started)
-        metrics.requests.labels("200").inc()
+            return _reject(self.metrics, 503, "store_unavailable", f"PostgreSQL: {exc}")
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.requests.labels("200").inc()
         return web.json_response(
             {
                 "accepted": result.accepted,
@@ -410,19 +448,24 @@ def build_app(processor: Processor) -> web.Application:
             }
         )
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "live_resources": len(processor.rollups.live)})
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "live_resources": len(self.processor.rollups.live)}
+        )
 
-    async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
 
+
+def build_app(processor: Processor) -> web.Application:
+    api = Api(processor)
     # aiohttp enforces the body limit itself as well (413 before the handler reads it all).
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app.router.add_post("/ingest", ingest)
+    app = web.Application(client_max_size=processor.settings.max_body_bytes)
+    app.router.add_post("/ingest", api.ingest)
     # The forwarders' own URL shape (<base>/cct.<provider>), for sending without Fluent Bit.
-    app.router.add_post("/ingest/{tag}", ingest)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", prometheus)
+    app.router.add_post("/ingest/{tag}", api.ingest)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/metrics", api.prometheus)
     return app
 
 

@@ -50,7 +50,9 @@ def _events(payload: Mapping[str, Any], result: ForwardResult) -> Iterator[Mappi
             except (KeyError, TypeError, ValueError):
                 result.dropped["unreadable_sqs_record"] += 1
         return
-    if payload.get("detail-type") not in DETAIL_TYPES or not isinstance(payload.get("detail"), Mapping):
+    if payload.get("detail-type") not in DETAIL_TYPES or not isinstance(
+        payload.get("detail"), Mapping
+    ):
         result.dropped["not_a_lifecycle_event"] += 1
         return
     yield payload

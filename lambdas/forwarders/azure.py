@@ -49,12 +49,14 @@ def managed_identity_arm_get(resource_id: str) -> Mapping[str, Any] | None:
             {"resource": "https://management.azure.com/", "api-version": "2019-08-01"}
         )
     )
-    req = urllib.request.Request(token_url, headers={"X-IDENTITY-HEADER": os.environ["IDENTITY_HEADER"]})  # noqa: S310
+    req = urllib.request.Request(  # noqa: S310 - the platform's identity endpoint
+        token_url, headers={"X-IDENTITY-HEADER": os.environ["IDENTITY_HEADER"]}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - platform endpoint
             token = json.load(resp)["access_token"]
         url = f"https://management.azure.com{resource_id}?api-version={version}"
-        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
             return dict(json.load(resp))
     except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:

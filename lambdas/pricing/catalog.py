@@ -73,49 +73,62 @@ def azure_disk_tier(sku: str, gib: float) -> str | None:
     return None
 
 
-def components(
-    provider: str,
-    service_name: str,
-    resource_type: str,
-    region_id: str,
-    sku: str | None,
-    size: Mapping[str, Any],
-) -> list[Component] | None:
-    """The price components of a resource while it is billed; None if it cannot be priced."""
-    if not sku:
-        return None
-    gib = float(size.get("gib") or 0.0)
-    if provider == "aws":
-        if resource_type == "Volume":
-            return [Component(PriceKey("aws", service_name, region_id, sku, "gib_month"), gib)]
-        if resource_type == "DBInstance":
-            engine = size.get("engine")
-            if not engine:
-                return None
-            deployment = "Multi-AZ" if size.get("multi_az") else "Single-AZ"
-            rds_sku = f"{sku}/{engine}/{deployment}"
-            return [Component(PriceKey("aws", service_name, region_id, rds_sku, "hour"), 1.0)]
-        return [Component(PriceKey("aws", service_name, region_id, sku, "hour"), 1.0)]
-    if provider == "azure":
-        if resource_type == "Microsoft.Compute/disks":
-            tier = azure_disk_tier(sku, gib)
-            if tier is None:
-                return None
-            key = PriceKey("azure", service_name, region_id, f"{sku}/{tier}", "hour")
-            return [Component(key, 1.0)]
-        return [Component(PriceKey("azure", service_name, region_id, sku, "hour"), 1.0)]
-    if provider == "gcp":
-        if resource_type.endswith("/Disk"):
-            return [Component(PriceKey("gcp", service_name, region_id, sku, "gib_month"), gib)]
-        shape = gcp_machine_shape(sku)
-        if shape is None:
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What pricing needs to know about a resource."""
+
+    provider: str
+    service_name: str
+    resource_type: str
+    region_id: str
+    sku: str | None
+    size: Mapping[str, Any]
+    state: str
+
+    def key(self, sku: str, unit: str) -> PriceKey:
+        return PriceKey(self.provider, self.service_name, self.region_id, sku, unit)
+
+
+def _aws(r: Shape, sku: str) -> list[Component] | None:
+    if r.resource_type == "Volume":
+        return [Component(r.key(sku, "gib_month"), float(r.size.get("gib") or 0.0))]
+    if r.resource_type == "DBInstance":
+        engine = r.size.get("engine")
+        if not engine:
             return None
-        family, cpus, mem = shape
-        return [
-            Component(PriceKey("gcp", service_name, region_id, f"{family}/core", "hour"), cpus),
-            Component(PriceKey("gcp", service_name, region_id, f"{family}/ram", "hour"), mem),
-        ]
-    return None
+        deployment = "Multi-AZ" if r.size.get("multi_az") else "Single-AZ"
+        return [Component(r.key(f"{sku}/{engine}/{deployment}", "hour"), 1.0)]
+    return [Component(r.key(sku, "hour"), 1.0)]
+
+
+def _azure(r: Shape, sku: str) -> list[Component] | None:
+    if r.resource_type == "Microsoft.Compute/disks":
+        tier = azure_disk_tier(sku, float(r.size.get("gib") or 0.0))
+        return [Component(r.key(f"{sku}/{tier}", "hour"), 1.0)] if tier else None
+    return [Component(r.key(sku, "hour"), 1.0)]
+
+
+def _gcp(r: Shape, sku: str) -> list[Component] | None:
+    if r.resource_type.endswith("/Disk"):
+        return [Component(r.key(sku, "gib_month"), float(r.size.get("gib") or 0.0))]
+    shape = gcp_machine_shape(sku)
+    if shape is None:
+        return None
+    family, cpus, mem = shape
+    return [
+        Component(r.key(f"{family}/core", "hour"), cpus),
+        Component(r.key(f"{family}/ram", "hour"), mem),
+    ]
+
+
+_COMPONENTS = {"aws": _aws, "azure": _azure, "gcp": _gcp}
+
+
+def components(r: Shape) -> list[Component] | None:
+    """The price components of a resource while it is billed; None if it cannot be priced."""
+    if not r.sku or r.provider not in _COMPONENTS:
+        return None
+    return _COMPONENTS[r.provider](r, r.sku)
 
 
 def is_billed(provider: str, resource_type: str, state: str) -> bool:
@@ -127,25 +140,19 @@ def is_billed(provider: str, resource_type: str, state: str) -> bool:
     return state in _COMPUTE_BILLED.get(provider, set()) if compute else True
 
 
-def usd_per_hour(
-    book: PriceBook,
-    provider: str,
-    service_name: str,
-    resource_type: str,
-    region_id: str,
-    sku: str | None,
-    size: Mapping[str, Any],
-    state: str,
-) -> float | None:
+def usd_per_hour(book: PriceBook, r: Shape) -> float | None:
     """Run-rate in USD/h: 0 when not billed in this state, None when unpriced."""
-    parts = components(provider, service_name, resource_type, region_id, sku, size)
+    billed = is_billed(r.provider, r.resource_type, r.state)
+    if not billed:
+        return 0.0
+    parts = components(r)
     if parts is None:
-        return None if is_billed(provider, resource_type, state) else 0.0
+        return None
     total = 0.0
     for part in parts:
         price = book.get(part.key)
         if price is None:
-            return None if is_billed(provider, resource_type, state) else 0.0
+            return None
         per_hour = price / HOURS_PER_MONTH if part.key.unit == "gib_month" else price
         total += per_hour * part.quantity
-    return total if is_billed(provider, resource_type, state) else 0.0
+    return total

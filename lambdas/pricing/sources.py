@@ -106,7 +106,9 @@ def parse_azure_retail(doc: Mapping[str, Any], source: str) -> Iterator[PriceRow
         if service == "Virtual Machines" and item.get("unitOfMeasure") == "1 Hour":
             if "Windows" in product or "Spot" in sku_name or "Low Priority" in sku_name:
                 continue
-            yield PriceRow(PriceKey("azure", AZURE_VM, region, item["armSkuName"], "hour"), price, source)
+            yield PriceRow(
+                PriceKey("azure", AZURE_VM, region, item["armSkuName"], "hour"), price, source
+            )
         elif service == "Storage" and "Managed Disks" in product:
             m = _AZ_DISK.match(str(item.get("meterName", "")))
             if m and item.get("unitOfMeasure") == "1/Month" and m.group(2) == "LRS":

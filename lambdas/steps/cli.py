@@ -22,7 +22,13 @@ from lambdas.common.logging import configure
 from lambdas.common.settings import SettingsError
 from lambdas.steps.action import ActionFailed
 from lambdas.steps.errors import InvalidInput, StepError
-from lambdas.steps.playbooks import EXIT_INVALID_INPUT, EXIT_OK, EXIT_PERMANENT, STEPS
+from lambdas.steps.playbooks import (
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    EXIT_PERMANENT,
+    EXIT_RETRYABLE,
+    STEPS,
+)
 from lambdas.steps.redact import REDACTOR, RedactingFormatter
 
 log = logging.getLogger("cct.steps")
@@ -64,6 +70,8 @@ def input_from_env(env: dict[str, str]) -> dict[str, Any]:
 
 def run(name: str, doc: Any) -> tuple[int, dict[str, Any]]:
     """Run one step on a parsed JSON document; returns the exit code and the output."""
+    import psycopg
+
     from lambdas.steps.cloud import cloud_session
     from lambdas.steps.contract import parse_input
     from lambdas.steps.settings import StepSettings
@@ -92,6 +100,16 @@ def run(name: str, doc: Any) -> tuple[int, dict[str, Any]]:
         log.error("bad settings", extra={"step": name, "detail": str(exc)})
         return EXIT_PERMANENT, {
             "error": {"type": "SettingsError", "message": str(exc), "retryable": False}
+        }
+    except psycopg.OperationalError as exc:
+        # The database went away mid-step; every step is safe to run again.
+        log.error("database unavailable", extra={"step": name, "error": type(exc).__name__})
+        return EXIT_RETRYABLE, {
+            "error": {
+                "type": "DatabaseUnavailable",
+                "message": type(exc).__name__,
+                "retryable": True,
+            }
         }
     except Exception as exc:
         # A bug, not a cloud condition: fail permanently with the traceback in the (redacted)

@@ -195,7 +195,8 @@ def workflow_template(
             {"plan": _result("plan"), "execute": _result("execute"), "verify": _result("verify")},
             [],
         )
-        exit_handler = Container(
+        # Created inside the context, so hera adds it to the templates; onExit names it.
+        Container(
             name="record-on-exit",
             image=image,
             command=["cct"],
@@ -220,7 +221,6 @@ def workflow_template(
             execute(name="execute")
             verify(name="verify")
             record(name="record")
-        del exit_handler  # registered on the template by the context manager
     manifest: dict[str, Any] = wt.to_dict()
     return manifest
 

@@ -26,6 +26,7 @@ def lock_partition(conn: psycopg.Connection, part: Partition) -> str | None:
 def replace_partition(
     conn: psycopg.Connection,
     part: Partition,
+    *,
     load_id: str,
     sources: Sequence[str],
     rows_read: int,
@@ -83,6 +84,7 @@ def billed_by_service(
 
 def save_reconciliation(
     conn: psycopg.Connection,
+    *,
     provider: str,
     account: str,
     service: str,

@@ -4,10 +4,10 @@ of thousands of events costs a handful of round trips."""
 
 from __future__ import annotations
 
-import orjson
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+import orjson
 import psycopg
 from psycopg.types.json import set_json_loads
 
@@ -65,7 +65,8 @@ async def stage_batch(
         known = {r[0] for r in await cur.fetchall()}
         await cur.execute(
             f"select {COLUMNS} from resource_inventory"
-            " where (provider, resource_id) in (select distinct provider, resource_id from stage_keys)"
+            " where (provider, resource_id) in"
+            " (select distinct provider, resource_id from stage_keys)"
             " order by provider, resource_id for update"
         )
         rows = [row_from_db(r) for r in await cur.fetchall()]
@@ -96,10 +97,22 @@ async def upsert_resources(
             for r in rows:
                 await copy.write_row(
                     (
-                        r.provider, r.resource_id, r.billing_account_id, r.sub_account_id,
-                        r.region_id, r.service_name, r.resource_type, r.sku,
-                        _json(r.size), r.state, _json(r.tags), r.usd_per_hour,
-                        r.usd_per_hour is not None, r.last_event_id, r.last_event_time, now,
+                        r.provider,
+                        r.resource_id,
+                        r.billing_account_id,
+                        r.sub_account_id,
+                        r.region_id,
+                        r.service_name,
+                        r.resource_type,
+                        r.sku,
+                        _json(r.size),
+                        r.state,
+                        _json(r.tags),
+                        r.usd_per_hour,
+                        r.usd_per_hour is not None,
+                        r.last_event_id,
+                        r.last_event_time,
+                        now,
                     )
                 )
         await cur.execute(_UPSERT)
@@ -124,15 +137,26 @@ async def insert_events(
                 merged = rows[(c.provider, c.resource_id)]
                 await copy.write_row(
                     (
-                        c.event_id, c.provider, c.resource_id, c.billing_account_id,
-                        c.sub_account_id, merged.region_id, c.service_name, c.resource_type,
-                        c.action, c.actor, c.event_time,
+                        c.event_id,
+                        c.provider,
+                        c.resource_id,
+                        c.billing_account_id,
+                        c.sub_account_id,
+                        merged.region_id,
+                        c.service_name,
+                        c.resource_type,
+                        c.action,
+                        c.actor,
+                        c.event_time,
                         _json(c.tags if c.tags is not None else merged.tags),
-                        a.usd_before, a.usd_after, now,
+                        a.usd_before,
+                        a.usd_after,
+                        now,
                     )
                 )
         await cur.execute(
-            "insert into resource_events select * from stage_events on conflict (event_id) do nothing"
+            "insert into resource_events select * from stage_events"
+            " on conflict (event_id) do nothing"
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from lambdas.store.db import translate_errors
+from lambdas.store.db import StoreError, translate_errors
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -79,7 +79,10 @@ def create_run(conn: Conn, run: NewRun) -> RunStatus:
     if row is None:
         # The insert conflicted on (event_id, playbook) under another name: only possible if
         # the naming rule changed between releases. Refuse rather than guess.
-        raise ValueError(f"run {run.run_id}: (event_id, playbook) exists under another run_id")
+        raise StoreError(
+            f"run {run.run_id}: (event_id, playbook) exists under another run_id",
+            retryable=False,
+        )
     return RunStatus(state=row[0], reason=row[1], created=inserted == 1)
 
 
@@ -94,15 +97,14 @@ def settle_run(conn: Conn, run_id: str, state: str, reason: str | None) -> None:
         )
 
 
-def recent_actions(conn: Conn, since: datetime) -> dict[str, int]:
-    """Runs that may change resources (not dry runs, not denied) started per account since
-    `since`: the policy engine's `recent_actions` input."""
+def recent_actions(conn: Conn, account_id: str, since: datetime) -> int:
+    """Runs that may change resources (not dry runs, not denied) started in `account_id`
+    since `since`: the policy engine's `recent_actions` input for that account."""
     with translate_errors("count recent actions"):
-        rows = conn.execute(
-            """select billing_account_id, count(*) from optimization_runs
-                where created_at > %s and billing_account_id is not null
-                  and state <> 'denied' and parameters ->> 'dry-run' = 'false'
-                group by billing_account_id""",
-            (since,),
-        ).fetchall()
-    return {str(account): int(n) for account, n in rows}
+        row = conn.execute(
+            """select count(*) from optimization_runs
+                where billing_account_id = %s and created_at > %s
+                  and state <> 'denied' and parameters ->> 'dry-run' = 'false'""",
+            (account_id, since),
+        ).fetchone()
+    return int(row[0]) if row else 0

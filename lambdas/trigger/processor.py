@@ -145,7 +145,7 @@ class Processor:
                 verdict, reasons = str(known["verdict"]), list(known["reasons"])
             else:
                 now = self.clock()
-                recent = recent_actions(conn, now - RECENT_WINDOW)
+                recent = {run.account_id: recent_actions(conn, run.account_id, now - RECENT_WINDOW)}
                 result = evaluate(self.policy_set, request, now, recent)
                 verdict, reasons = result.decision, list(result.reasons)
                 record_decision(

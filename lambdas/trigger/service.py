@@ -80,7 +80,9 @@ def dead_letter_headers(
 
 
 class TriggerService:
-    def __init__(self, settings: TriggerSettings, processor: Processor, stopping: threading.Event):
+    def __init__(
+        self, settings: TriggerSettings, processor: Processor, stopping: threading.Event
+    ) -> None:
         self.settings = settings
         self.processor = processor
         self.stopping = stopping

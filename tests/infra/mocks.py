@@ -83,6 +83,8 @@ class CctMocks(pulumi.runtime.Mocks):
             if typ.startswith("aws:s3/bucket:"):
                 state["bucket"] = physical
                 state["arn"] = f"arn:aws:s3:::{physical}"
+            if typ.startswith("aws:cloudwatch/logGroup"):
+                state["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{physical}"
             if typ.startswith("aws:lambda/function"):
                 state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{physical}"
             resource_id = physical

@@ -79,7 +79,9 @@ class Collector:
         self.processor = processor
         self.client = client
 
-    async def post(self, body: Any, token: str = TOKEN, raw: bytes | None = None) -> tuple[int, Any]:
+    async def post(
+        self, body: Any, token: str = TOKEN, raw: bytes | None = None
+    ) -> tuple[int, Any]:
         data = raw if raw is not None else json.dumps(body).encode()
         resp = await self.client.post(
             "/ingest",
@@ -92,7 +94,9 @@ class Collector:
 
 @pytest.fixture
 async def collector(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
-    processor = Processor(collector_settings(priced_db, vm_url, max_body_bytes=256 * 1024, max_records=100))
+    processor = Processor(
+        collector_settings(priced_db, vm_url, max_body_bytes=256 * 1024, max_records=100)
+    )
     await processor.start(background=False)
     client: TestClient[Any, Any] = TestClient(TestServer(build_app(processor)))
     await client.start_server()

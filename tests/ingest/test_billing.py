@@ -42,19 +42,32 @@ STALE_RULES = {
 FOCUS_VENV = ROOT / ".local" / "focus-venv"
 
 
-def focus_rows(account: str, hours: int = 4, cost: float = 1.0, **over: Any) -> list[dict[str, Any]]:
+def focus_rows(
+    account: str, hours: int = 4, cost: float = 1.0, **over: Any
+) -> list[dict[str, Any]]:
     rows = []
     for h in range(hours):
         for service, team in ((EC2, "payments"), ("Amazon Relational Database Service", "orders")):
             start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(HOUR0 + h * 3600))
             end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(HOUR0 + (h + 1) * 3600))
-            rows.append({
-                "ProviderName": "AWS", "BillingAccountId": account, "SubAccountId": "444455556666",
-                "BillingPeriodStart": "2024-09-01T00:00:00Z", "BillingPeriodEnd": "2024-10-01T00:00:00Z",
-                "ChargePeriodStart": start, "ChargePeriodEnd": end, "RegionId": "us-east-1",
-                "ServiceName": service, "BilledCost": cost, "EffectiveCost": cost * 0.8,
-                "ListCost": cost * 1.1, "Tags": json.dumps({"team": team, "env": "prod"}), **over,
-            })
+            rows.append(
+                {
+                    "ProviderName": "AWS",
+                    "BillingAccountId": account,
+                    "SubAccountId": "444455556666",
+                    "BillingPeriodStart": "2024-09-01T00:00:00Z",
+                    "BillingPeriodEnd": "2024-10-01T00:00:00Z",
+                    "ChargePeriodStart": start,
+                    "ChargePeriodEnd": end,
+                    "RegionId": "us-east-1",
+                    "ServiceName": service,
+                    "BilledCost": cost,
+                    "EffectiveCost": cost * 0.8,
+                    "ListCost": cost * 1.1,
+                    "Tags": json.dumps({"team": team, "env": "prod"}),
+                    **over,
+                }
+            )
     return rows
 
 
@@ -90,7 +103,11 @@ def vm_value(vm: VictoriaMetrics, expr: str, expected: float, timeout: float = 2
 
 def billed(dsn: str, account: str) -> float:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("select coalesce(sum(billed_cost), 0) from billing_hourly where billing_account_id = %s", (account,)).fetchone()
+        row = conn.execute(
+            "select coalesce(sum(billed_cost), 0) from billing_hourly"
+            " where billing_account_id = %s",
+            (account,),
+        ).fetchone()
     return float(row[0]) if row else 0.0
 
 
@@ -104,10 +121,18 @@ def test_focus_load_is_idempotent_and_a_redelivery_supersedes(
     assert billed(fresh_db, acct) == 8.0
     total = f'sum(sum_over_time(cct_billed_cost_usd{{billing_account_id="{acct}"}}[6h]))'
     vm_value(vm, total, 8.0)
-    vm_value(vm, f'sum(sum_over_time(cct_effective_cost_usd{{billing_account_id="{acct}",team="payments"}}[6h]))', 3.2)
+    vm_value(
+        vm,
+        f'sum(sum_over_time(cct_effective_cost_usd{{billing_account_id="{acct}",team="payments"}}[6h]))',
+        3.2,
+    )
     # The same file again: nothing is written, nothing doubles.
     again = load(settings(fresh_db, vm_url), [str(first)], reconcile_after=False)
-    assert (again.load_id, again.loaded, again.unchanged) == (report.load_id, [], [f"aws/{acct}/2024-09"])
+    assert (again.load_id, again.loaded, again.unchanged) == (
+        report.load_id,
+        [],
+        [f"aws/{acct}/2024-09"],
+    )
     assert billed(fresh_db, acct) == 8.0
     vm_value(vm, total, 8.0)
     # A corrected re-delivery (Parquet this time) replaces the period's data.
@@ -116,9 +141,13 @@ def test_focus_load_is_idempotent_and_a_redelivery_supersedes(
     assert third.loaded == [f"aws/{acct}/2024-09"] and third.load_id != report.load_id
     assert billed(fresh_db, acct) == 16.0
     vm_value(vm, total, 16.0)
-    vm_value(vm, f'sum(count_over_time(cct_billed_cost_usd{{billing_account_id="{acct}"}}[6h]))', 8.0)
+    vm_value(
+        vm, f'sum(count_over_time(cct_billed_cost_usd{{billing_account_id="{acct}"}}[6h]))', 8.0
+    )
     with psycopg.connect(fresh_db) as conn:
-        states = conn.execute("select load_id, status from billing_loads order by loaded_at").fetchall()
+        states = conn.execute(
+            "select load_id, status from billing_loads order by loaded_at"
+        ).fetchall()
     assert states == [(report.load_id, "superseded"), (third.load_id, "current")]
 
 
@@ -134,7 +163,9 @@ def test_a_delivery_from_s3_with_several_parts(
         path = write(part, tmp_path / f"part-{i}.parquet")
         s3.upload_file(str(path), bucket, f"focus/2024-09/part-{i}.parquet")
     s3.put_object(Bucket=bucket, Key="focus/2024-09/manifest.json", Body=b"{}")
-    report = load(settings(fresh_db, vm_url), [f"s3://{bucket}/focus/2024-09/"], reconcile_after=False)
+    report = load(
+        settings(fresh_db, vm_url), [f"s3://{bucket}/focus/2024-09/"], reconcile_after=False
+    )
     assert len(report.files) == 2 and report.rows_read == 8
     assert billed(fresh_db, acct) == 8.0
 
@@ -176,7 +207,9 @@ def test_rows_that_cannot_be_placed_are_counted_and_the_rest_loaded(
     assert report.rejections == {"null_charge_period": 1, "null_cost": 1}
     assert billed(fresh_db, acct) == 6.0
     with psycopg.connect(fresh_db) as conn:
-        [(reason, detail)] = conn.execute("select reason, detail from ingest_dead_letters").fetchall()
+        [(reason, detail)] = conn.execute(
+            "select reason, detail from ingest_dead_letters"
+        ).fetchall()
     assert reason == "rejected_rows" and "1 rows null_charge_period" in detail
 
 
@@ -190,12 +223,24 @@ def validate_focus(table: pa.Table, tmp_path: Path) -> list[str]:
     site = next((FOCUS_VENV / "lib").glob("python3*/site-packages"))
     # It opens its currency list by a relative path, so it runs from its own package folder.
     proc = subprocess.run(
-        [str(exe), "--data-file", str(data), "--validate-version", "1.0",
-         "--output-type", "unittest", "--output-destination", str(out)],
-        cwd=site, capture_output=True, text=True, timeout=120,
+        [
+            str(exe),
+            "--data-file",
+            str(data),
+            "--validate-version",
+            "1.0",
+            "--output-type",
+            "unittest",
+            "--output-destination",
+            str(out),
+        ],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.exists(), proc.stdout + proc.stderr
-    root = ET.parse(out).getroot()
+    root = ET.parse(out).getroot()  # noqa: S314 - written just now by the validator
     cases = list(root.iter("testcase"))
     assert len(cases) > 100  # the whole 1.0 rule set ran
     return sorted(
@@ -227,26 +272,38 @@ def test_native_exports_adapt_to_valid_focus(tmp_path: Path) -> None:
 
 def test_the_validator_catches_a_bad_file(tmp_path: Path) -> None:
     table = adapt(FIXTURES / "billing" / "gcp_bigquery.jsonl", "gcp-bigquery")
-    bad = table.set_column(table.schema.get_field_index("ChargeCategory"), "ChargeCategory", pa.array([None, None], pa.string()))
+    bad = table.set_column(
+        table.schema.get_field_index("ChargeCategory"),
+        "ChargeCategory",
+        pa.array([None, None], pa.string()),
+    )
     assert set(validate_focus(bad, tmp_path)) - STALE_RULES == {"ChargeCategory_NotNull"}
 
 
-def test_native_export_loads_through_the_cli(fresh_db: str, vm_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_export_loads_through_the_cli(
+    fresh_db: str, vm_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CCT_PG_DSN", fresh_db)
     monkeypatch.setenv("CCT_VM_URL", vm_url)
     path = FIXTURES / "billing" / "azure_actual.csv"
-    result = CliRunner().invoke(cli, ["billing", "load", "--format", "azure-actual", "--no-reconcile", str(path)])
+    result = CliRunner().invoke(
+        cli, ["billing", "load", "--format", "azure-actual", "--no-reconcile", str(path)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["loaded"] == ["azure/8611537/2024-09"]
     with psycopg.connect(fresh_db) as conn:
         # Azure bills by day: each day's cost is spread over its 24 hours.
-        hours, total = conn.execute("select count(distinct hour), sum(billed_cost) from billing_hourly").fetchone()  # type: ignore[misc]
+        hours, total = conn.execute(
+            "select count(distinct hour), sum(billed_cost) from billing_hourly"
+        ).fetchone()  # type: ignore[misc]
     assert hours == 48 and total == pytest.approx(2 * (2.304 + 0.656))
 
 
 def test_reconciliation_factors_are_pure() -> None:
-    assert reconciliation_factors({"a": 80.0, "b": 5.0, "c": 1.0}, {"a": 100.0, "b": 0.0}) == {"a": (0.8, pytest.approx(-0.2))}
+    assert reconciliation_factors({"a": 80.0, "b": 5.0, "c": 1.0}, {"a": 100.0, "b": 0.0}) == {
+        "a": (0.8, pytest.approx(-0.2))
+    }
 
 
 def test_reconciliation_against_the_estimate(
@@ -254,7 +311,15 @@ def test_reconciliation_against_the_estimate(
 ) -> None:
     acct = f"acct-{uid}"
     # The collector's estimate for the billed hours: EC2 at $1.25/h (a rollup sample a minute).
-    labels = {"provider": "aws", "billing_account_id": acct, "service_name": EC2, "region_id": "us-east-1", "team": "payments", "env": "prod", "basis": "list"}
+    labels = {
+        "provider": "aws",
+        "billing_account_id": acct,
+        "service_name": EC2,
+        "region_id": "us-east-1",
+        "team": "payments",
+        "env": "prod",
+        "basis": "list",
+    }
     vm.import_samples(
         Sample("cct_cost_rate_rollup_usd_per_hour", labels, 1.25, (HOUR0 + m * 60) * 1000)
         for m in range(0, 4 * 60 + 1)
@@ -272,7 +337,9 @@ def test_reconciliation_against_the_estimate(
     assert rec["estimated_usd"] == pytest.approx(5.0, rel=1e-3)
     assert rec["factor"] == pytest.approx(0.64, rel=1e-3)
     with psycopg.connect(fresh_db) as conn:
-        [(factor,)] = conn.execute("select factor from cost_reconciliation where billing_account_id = %s", (acct,)).fetchall()
+        [(factor,)] = conn.execute(
+            "select factor from cost_reconciliation where billing_account_id = %s", (acct,)
+        ).fetchall()
     assert factor == pytest.approx(0.64, rel=1e-3)
     res = vm.query(f'cct_cost_estimate_error_ratio{{billing_account_id="{acct}"}}')
     deadline = time.monotonic() + 20

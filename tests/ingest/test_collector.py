@@ -45,30 +45,63 @@ async def test_lifecycle_events_become_inventory_events_and_series(
 ) -> None:
     acct = f"acct-{uid}"
     status, body = await collector.post(
-        [record("aws", event("aws_run_instances"), acct), record("aws", event("aws_create_volume"), acct)]
+        [
+            record("aws", event("aws_run_instances"), acct),
+            record("aws", event("aws_create_volume"), acct),
+        ]
     )
     assert status == 200 and body["accepted"] == 2 and body["rejected"] == []
-    status, body = await collector.post([record("aws", event("aws_modify_instance_attribute"), acct)])
+    status, body = await collector.post(
+        [record("aws", event("aws_modify_instance_attribute"), acct)]
+    )
     assert body["accepted"] == 1
     dsn = collector.processor.settings.pg_dsn
-    inv = rows(dsn, "select resource_id, sku, state, usd_per_hour::float8, priced from resource_inventory order by 1")
+    inv = rows(
+        dsn,
+        "select resource_id, sku, state, usd_per_hour::float8, priced"
+        " from resource_inventory order by 1",
+    )
     assert inv == [
         ("i-0aaa1111bbbb2222c", "m5.xlarge", "running", 0.192, True),
-        ("vol-0123456789abcdef0", "gp3", "available", pytest.approx(100 * 0.08 / 730, abs=1e-6), True),
+        (
+            "vol-0123456789abcdef0",
+            "gp3",
+            "available",
+            pytest.approx(100 * 0.08 / 730, abs=1e-6),
+            True,
+        ),
     ]
-    ev = rows(dsn, "select action, actor, usd_per_hour_before::float8, usd_per_hour_after::float8, tags"
-                   " from resource_events where resource_id = 'i-0aaa1111bbbb2222c' order by event_time")
+    ev = rows(
+        dsn,
+        "select action, actor, usd_per_hour_before::float8, usd_per_hour_after::float8, tags"
+        " from resource_events where resource_id = 'i-0aaa1111bbbb2222c' order by event_time",
+    )
     assert ev == [
-        ("RunInstances", "arn:aws:sts::111122223333:assumed-role/Admin/alice", 0.0, 0.096, {"team": "payments", "env": "prod"}),
-        ("ModifyInstanceAttribute", "arn:aws:sts::111122223333:assumed-role/Admin/alice", 0.096, 0.192, {"team": "payments", "env": "prod"}),
+        (
+            "RunInstances",
+            "arn:aws:sts::111122223333:assumed-role/Admin/alice",
+            0.0,
+            0.096,
+            {"team": "payments", "env": "prod"},
+        ),
+        (
+            "ModifyInstanceAttribute",
+            "arn:aws:sts::111122223333:assumed-role/Admin/alice",
+            0.096,
+            0.192,
+            {"team": "payments", "env": "prod"},
+        ),
     ]
     sel = f'billing_account_id="{acct}",basis="list"'
     await wait_for(vm, f'{ROLLUP}{{{sel},team="payments"}}', 0.192)
     await wait_for(vm, f'{RATE}{{{sel},resource_id="i-0aaa1111bbbb2222c"}}', 0.192)
     # The per-resource series is timestamped at the event time.
     series = await asyncio.to_thread(
-        vm.query_range, f'{RATE}{{{sel},resource_id="i-0aaa1111bbbb2222c"}}',
-        1795770000 - 60, 1795770000 + 3600, "60s",
+        vm.query_range,
+        f'{RATE}{{{sel},resource_id="i-0aaa1111bbbb2222c"}}',
+        1795770000 - 60,
+        1795770000 + 3600,
+        "60s",
     )
     assert series and series[0]["metric"]["team"] == "payments"
 
@@ -84,11 +117,18 @@ async def test_duplicates_and_out_of_order_delivery(
     assert status == 200
     assert (body["accepted"], body["duplicates"], body["stale"]) == (1, 2, 1)
     dsn = collector.processor.settings.pg_dsn
-    assert rows(dsn, "select state, sku, last_event_id, usd_per_hour::float8 from resource_inventory") == [
+    assert rows(
+        dsn, "select state, sku, last_event_id, usd_per_hour::float8 from resource_inventory"
+    ) == [
         ("stopped", "m5.large", "aws:e1a2b3c4-0002-4000-8000-000000000002/i-0aaa1111bbbb2222c", 0.0)
     ]
     assert rows(dsn, "select count(*) from resource_events") == [(2,)]
-    assert collector.processor.rollups.totals[("aws", acct, "Amazon Elastic Compute Cloud", "us-east-1", "payments", "prod")] == 0.0
+    assert (
+        collector.processor.rollups.totals[
+            ("aws", acct, "Amazon Elastic Compute Cloud", "us-east-1", "payments", "prod")
+        ]
+        == 0.0
+    )
 
 
 async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
@@ -101,7 +141,9 @@ async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
     assert (status, body["error"]) == (401, "unauthorized")
     # malformed JSON
     status, body = await collector.post(None, raw=b'[{"provider": "aws", ')
-    assert status == 400 and body["error"] == "malformed_json" and "malformed JSON" in body["detail"]
+    assert (
+        status == 400 and body["error"] == "malformed_json" and "malformed JSON" in body["detail"]
+    )
     # oversized batches: too many records, too many bytes
     status, body = await collector.post([good] * 101)
     assert (status, body["error"]) == (413, "too_many_records")
@@ -122,14 +164,21 @@ async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
     assert status == 200
     assert (body["accepted"], body["duplicates"], body["ignored"]) == (1, 1, 1)
     assert [(r["index"], r["reason"]) for r in body["rejected"]] == [
-        (1, "unknown_provider"), (2, "missing_field"), (3, "wrong_type"),
+        (1, "unknown_provider"),
+        (2, "missing_field"),
+        (3, "wrong_type"),
     ]
     dsn = collector.processor.settings.pg_dsn
     assert rows(dsn, "select count(*) from resource_events") == [(1,)]
     dead = rows(dsn, "select reason, detail from ingest_dead_letters order by id")
-    assert [d[0] for d in dead] == ["malformed_json", "unknown_provider", "missing_field", "wrong_type"]
+    assert [d[0] for d in dead] == [
+        "malformed_json",
+        "unknown_provider",
+        "missing_field",
+        "wrong_type",
+    ]
     assert "missing field 'eventID'" in dead[2][1]
-    metrics = (await (await collector.client.get("/metrics")).text())
+    metrics = await (await collector.client.get("/metrics")).text()
     for line in (
         'cct_collector_rejected_total{reason="unauthorized"} 1.0',
         'cct_collector_rejected_total{reason="too_many_records"} 1.0',
@@ -147,7 +196,7 @@ async def test_unpriced_resources_are_flagged_and_counted_not_zero(
     acct = f"acct-{uid}"
     ev = event("aws_run_instances")
     ev["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceType"] = "x9.mega"
-    status, body = await collector.post([record("aws", ev, acct)])
+    _, body = await collector.post([record("aws", ev, acct)])
     assert body["accepted"] == 1
     dsn = collector.processor.settings.pg_dsn
     assert rows(dsn, "select usd_per_hour, priced from resource_inventory") == [(None, False)]
@@ -176,14 +225,27 @@ async def test_all_three_providers_and_gzip(
     body = await resp.json()
     assert resp.status == 200 and body["accepted"] == 4, body
     dsn = collector.processor.settings.pg_dsn
-    priced = rows(dsn, "select provider, count(*) filter (where priced) from resource_inventory group by 1 order by 1")
+    priced = rows(
+        dsn,
+        "select provider, count(*) filter (where priced) from resource_inventory"
+        " group by 1 order by 1",
+    )
     assert priced == [("azure", 2), ("gcp", 2)]
     e2 = 4 * 0.02181159 + 16 * 0.00292353
-    await wait_for(vm, f'sum({ROLLUP}{{billing_account_id="{acct}",provider="gcp",basis="list"}})', round(e2, 6) + round(500 * 0.17 / 730, 6))
+    await wait_for(
+        vm,
+        f'sum({ROLLUP}{{billing_account_id="{acct}",provider="gcp",basis="list"}})',
+        round(e2, 6) + round(500 * 0.17 / 730, 6),
+    )
     # deallocating the Azure VM drops its rate to zero
-    status, body = await collector.post([record("azure", event("azure_vm_deallocate"), acct)])
+    _, body = await collector.post([record("azure", event("azure_vm_deallocate"), acct)])
     assert body["accepted"] == 1
-    await wait_for(vm, f'{ROLLUP}{{billing_account_id="{acct}",provider="azure",service_name="Virtual Machines",basis="list"}}', 0.0)
+    await wait_for(
+        vm,
+        f'{ROLLUP}{{billing_account_id="{acct}",provider="azure",'
+        'service_name="Virtual Machines",basis="list"}',
+        0.0,
+    )
 
 
 async def test_heartbeat_reemits_and_reconciled_basis_follows_factors(
@@ -218,7 +280,12 @@ async def test_restart_rebuilds_rollups_from_the_inventory(
     from tests.ingest.conftest import collector_settings
 
     acct = f"acct-{uid}"
-    await collector.post([record("aws", event("aws_run_instances"), acct), record("aws", event("aws_create_volume"), acct)])
+    await collector.post(
+        [
+            record("aws", event("aws_run_instances"), acct),
+            record("aws", event("aws_create_volume"), acct),
+        ]
+    )
     again = Processor(collector_settings(collector.processor.settings.pg_dsn, vm_url))
     await again.start(background=False)
     try:

@@ -20,11 +20,18 @@ BOOK = {
 
 def ch(eid: str, minutes: int, rid: str = "i-1", **kw: object) -> ResourceChange:
     base: dict[str, object] = {
-        "provider": "aws", "billing_account_id": "a", "sub_account_id": "a",
-        "region_id": "us-east-1", "service_name": AWS_EC2, "resource_id": rid,
-        "resource_type": "Instance", "action": "x",
+        "provider": "aws",
+        "billing_account_id": "a",
+        "sub_account_id": "a",
+        "region_id": "us-east-1",
+        "service_name": AWS_EC2,
+        "resource_id": rid,
+        "resource_type": "Instance",
+        "action": "x",
     }
-    return ResourceChange(event_id=eid, event_time=T0 + timedelta(minutes=minutes), **{**base, **kw})  # type: ignore[arg-type]
+    return ResourceChange(
+        event_id=eid, event_time=T0 + timedelta(minutes=minutes), **{**base, **kw}
+    )  # type: ignore[arg-type]
 
 
 def test_in_order_lifecycle_prices_each_step() -> None:
@@ -37,19 +44,35 @@ def test_in_order_lifecycle_prices_each_step() -> None:
         ],
         BOOK,
     )
-    assert [(a.usd_before, a.usd_after) for a in applied] == [(0.0, 0.096), (0.096, 0.192), (0.192, 0.0)]
+    assert [(a.usd_before, a.usd_after) for a in applied] == [
+        (0.0, 0.096),
+        (0.096, 0.192),
+        (0.192, 0.0),
+    ]
     row = rows[("aws", "i-1")]
-    assert (row.state, row.sku, row.last_event_id, row.tags) == ("stopped", "m5.xlarge", "stop", {"team": "t"})
+    assert (row.state, row.sku, row.last_event_id, row.tags) == (
+        "stopped",
+        "m5.xlarge",
+        "stop",
+        {"team": "t"},
+    )
 
 
 def test_out_of_order_event_time_wins_and_late_events_fill_unknowns() -> None:
     # The state-change notification (no instance type) arrives before RunInstances.
     rows, _ = apply_changes({}, [ch("notify", 1, state="running")], BOOK)
     assert rows[("aws", "i-1")].usd_per_hour is None  # unpriced, not $0
-    rows2, applied = apply_changes(rows, [ch("run", 0, state="pending-ignored", sku="m5.large")], BOOK)
+    rows2, applied = apply_changes(
+        rows, [ch("run", 0, state="pending-ignored", sku="m5.large")], BOOK
+    )
     row = rows2[("aws", "i-1")]
     assert applied[0].stale
-    assert (row.state, row.sku, row.last_event_id, row.usd_per_hour) == ("running", "m5.large", "notify", 0.096)
+    assert (row.state, row.sku, row.last_event_id, row.usd_per_hour) == (
+        "running",
+        "m5.large",
+        "notify",
+        0.096,
+    )
 
 
 def test_a_batch_is_applied_in_event_time_order_whatever_the_arrival_order() -> None:
@@ -77,7 +100,9 @@ def test_rollups_follow_changes_and_count_unpriced() -> None:
     assert 'resource_id="i-3"' in text and 'team="t"' in text and 'env=""' in text
     assert roll.totals[group] == pytest.approx(0.288)
     assert roll.unpriced[group] == 1
-    rows2, _ = apply_changes(rows, [ch("d", 5, rid="i-2", state="deleted"), ch("e", 5, rid="i-3", state="deleted")], BOOK)
+    rows2, _ = apply_changes(
+        rows, [ch("d", 5, rid="i-2", state="deleted"), ch("e", 5, rid="i-3", state="deleted")], BOOK
+    )
     for r in rows2.values():
         roll.update(r)
     assert roll.totals[group] == pytest.approx(0.096)
@@ -85,14 +110,18 @@ def test_rollups_follow_changes_and_count_unpriced() -> None:
     lines = roll.rollup_lines([group], {("aws", "a", AWS_EC2): 0.5}, 1000)
     assert lines == [
         'cct_cost_rate_rollup_usd_per_hour{billing_account_id="a",env="",provider="aws",'
-        'region_id="us-east-1",service_name="Amazon Elastic Compute Cloud",team="t",basis="list"} 0.096 1000',
+        'region_id="us-east-1",service_name="Amazon Elastic Compute Cloud",team="t",'
+        'basis="list"} 0.096 1000',
         'cct_cost_rate_rollup_usd_per_hour{billing_account_id="a",env="",provider="aws",'
-        'region_id="us-east-1",service_name="Amazon Elastic Compute Cloud",team="t",basis="reconciled"} 0.048 1000',
+        'region_id="us-east-1",service_name="Amazon Elastic Compute Cloud",team="t",'
+        'basis="reconciled"} 0.048 1000',
         'cct_cost_rate_unpriced_resources{billing_account_id="a",env="",provider="aws",'
         'region_id="us-east-1",service_name="Amazon Elastic Compute Cloud",team="t"} 0.0 1000',
     ]
     assert {ln.split("{")[0] for ln in roll.heartbeat_lines({}, 2000)} == {
-        "cct_cost_rate_usd_per_hour", "cct_cost_rate_rollup_usd_per_hour", "cct_cost_rate_unpriced_resources",
+        "cct_cost_rate_usd_per_hour",
+        "cct_cost_rate_rollup_usd_per_hour",
+        "cct_cost_rate_unpriced_resources",
     }
 
 

@@ -23,7 +23,7 @@ Event = Callable[[str], dict[str, Any]]
 
 
 def test_forwarders_to_the_collector_process(
-    priced_db: str, vm_url: str, vm: VictoriaMetrics, uid: str, tmp_path: Path, event: Event
+    priced_db: str, vm_url: str, vm: VictoriaMetrics, uid: str, tmp_path: Path, *, event: Event
 ) -> None:
     port = free_port()
     token_file = tmp_path / "token"
@@ -38,8 +38,15 @@ def test_forwarders_to_the_collector_process(
     }
     cct = str(Path(sys.executable).parent / "cct")
     base = f"http://127.0.0.1:{port}"
-    with running([cct, "serve", "collector"], http_ready(f"{base}/healthz"), tmp_path / "collector.log", env=env):
-        settings = ForwarderSettings(endpoint=f"{base}/ingest", token=TOKEN, billing_account_id=f"payer-{uid}")
+    with running(
+        [cct, "serve", "collector"],
+        http_ready(f"{base}/healthz"),
+        tmp_path / "collector.log",
+        env=env,
+    ):
+        settings = ForwarderSettings(
+            endpoint=f"{base}/ingest", token=TOKEN, billing_account_id=f"payer-{uid}"
+        )
         assert aws.handle(event("aws_run_instances"), Forwarder(settings, "aws")).sent == 1
         import base64
 
@@ -48,7 +55,8 @@ def test_forwarders_to_the_collector_process(
         with psycopg.connect(priced_db) as conn:
             assert conn.execute("select count(*) from resource_events").fetchone() == (2,)
         deadline = time.monotonic() + 20
-        expr = f'count(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="payer-{uid}",basis="list"}})'
+        sel = f'billing_account_id="payer-{uid}",basis="list"'
+        expr = f"count(cct_cost_rate_rollup_usd_per_hour{{{sel}}})"
         while not vm.query(expr) and time.monotonic() < deadline:
             time.sleep(0.3)
         assert float(vm.query(expr)[0]["value"][1]) == 2

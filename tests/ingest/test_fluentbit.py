@@ -43,7 +43,13 @@ def test_every_provider_route_reaches_the_collector_with_token_checks(provider: 
     assert filters[0]["regex"] == "auth ^${CCT_INGEST_TOKEN}$"
     assert filters[1]["remove"] == "auth" and filters[1]["set"] == f"provider {provider}"
     [out] = outputs
-    assert (out["name"], out["host"], out["port"], out["uri"], out["format"]) == ("http", "collector.ns.svc", 8080, "/ingest", "json")
+    assert (out["name"], out["host"], out["port"], out["uri"], out["format"]) == (
+        "http",
+        "collector.ns.svc",
+        8080,
+        "/ingest",
+        "json",
+    )
     assert out["header"] == "Authorization Bearer ${CCT_COLLECTOR_TOKEN}"
     assert out["retry_limit"] == "no_limits" and out["header_tag"] == "X-Fluent-Tag"
 

@@ -13,15 +13,21 @@ import pytest
 
 from lambdas.forwarders import aws, azure, gcp
 from lambdas.forwarders.common import (
-    ForwardError,
     Forwarder,
     ForwarderConfigError,
+    ForwardError,
     ForwarderSettings,
     urllib_transport,
 )
 
 Event = Callable[[str], dict[str, Any]]
-SETTINGS = ForwarderSettings(endpoint="http://fb.test", token="tok-123", billing_account_id="payer-9", batch_size=2, backoff_s=0.01)
+SETTINGS = ForwarderSettings(
+    endpoint="http://fb.test",
+    token="tok-123",
+    billing_account_id="payer-9",
+    batch_size=2,
+    backoff_s=0.01,
+)
 
 
 class Recorder:
@@ -35,7 +41,9 @@ class Recorder:
 
 
 def forwarder(provider: str, rec: Recorder, sleeps: list[float] | None = None) -> Forwarder:
-    return Forwarder(SETTINGS, provider, transport=rec, sleep=(sleeps if sleeps is not None else []).append)
+    return Forwarder(
+        SETTINGS, provider, transport=rec, sleep=(sleeps if sleeps is not None else []).append
+    )
 
 
 def test_aws_forwards_eventbridge_and_sqs_batches(event: Event) -> None:
@@ -45,9 +53,22 @@ def test_aws_forwards_eventbridge_and_sqs_batches(event: Event) -> None:
     url, records, headers = rec.calls[0]
     assert url == "http://fb.test/cct.aws"
     assert headers["Authorization"] == "Bearer tok-123"
-    assert records[0] == {"provider": "aws", "auth": "tok-123", "event": event("aws_run_instances"), "billing_account_id": "payer-9"}
-    sqs = {"Records": [{"body": json.dumps(event(n))} for n in ("aws_stop_instances", "aws_start_instances", "aws_create_volume")]
-           + [{"body": "{not json"}, {"body": json.dumps({"detail-type": "Scheduled Event", "detail": {}})}]}
+    assert records[0] == {
+        "provider": "aws",
+        "auth": "tok-123",
+        "event": event("aws_run_instances"),
+        "billing_account_id": "payer-9",
+    }
+    sqs = {
+        "Records": [
+            {"body": json.dumps(event(n))}
+            for n in ("aws_stop_instances", "aws_start_instances", "aws_create_volume")
+        ]
+        + [
+            {"body": "{not json"},
+            {"body": json.dumps({"detail-type": "Scheduled Event", "detail": {}})},
+        ]
+    }
     rec2 = Recorder()
     result = aws.handle(sqs, forwarder("aws", rec2))
     assert result.sent == 3 and [len(c[1]) for c in rec2.calls] == [2, 1]  # batch_size 2
@@ -56,7 +77,19 @@ def test_aws_forwards_eventbridge_and_sqs_batches(event: Event) -> None:
 
 def test_aws_event_pattern_lists_every_required_call() -> None:
     names = aws.event_pattern()["$or"][1]["detail"]["eventName"]
-    assert set(names) >= {"RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "ModifyInstanceAttribute", "CreateVolume", "ModifyVolume", "DeleteVolume", "CreateDBInstance", "ModifyDBInstance", "DeleteDBInstance"}
+    assert set(names) >= {
+        "RunInstances",
+        "StartInstances",
+        "StopInstances",
+        "TerminateInstances",
+        "ModifyInstanceAttribute",
+        "CreateVolume",
+        "ModifyVolume",
+        "DeleteVolume",
+        "CreateDBInstance",
+        "ModifyDBInstance",
+        "DeleteDBInstance",
+    }
 
 
 def test_azure_enriches_writes_skips_deletes_and_answers_validation(event: Event) -> None:
@@ -67,26 +100,55 @@ def test_azure_enriches_writes_skips_deletes_and_answers_validation(event: Event
         arm_calls.append(uri)
         return event("arm_vm")
 
-    body = json.dumps([event("azure_vm_write"), event("azure_vm_delete"), {"eventType": "Microsoft.Storage.BlobCreated", "data": {}}, "junk"]).encode()
+    body = json.dumps(
+        [
+            event("azure_vm_write"),
+            event("azure_vm_delete"),
+            {"eventType": "Microsoft.Storage.BlobCreated", "data": {}},
+            "junk",
+        ]
+    ).encode()
     status, resp = azure.handle_http(body, forwarder("azure", rec), arm_get)
-    assert status == 200 and resp == {"sent": 2, "dropped": {"not_a_resource_event": 1, "not_an_object": 1}}
+    assert status == 200 and resp == {
+        "sent": 2,
+        "dropped": {"not_a_resource_event": 1, "not_an_object": 1},
+    }
     sent = [r for c in rec.calls for r in c[1]]
     assert sent[0]["resource"]["properties"]["hardwareProfile"]["vmSize"] == "Standard_D2s_v3"
     assert "resource" not in sent[1] and len(arm_calls) == 1
-    validation = [{"id": "v", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "data": {"validationCode": "512d38b6"}}]
-    assert azure.handle_http(json.dumps(validation).encode(), forwarder("azure", Recorder()), arm_get) == (200, {"validationResponse": "512d38b6"})
+    validation = [
+        {
+            "id": "v",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": {"validationCode": "512d38b6"},
+        }
+    ]
+    assert azure.handle_http(
+        json.dumps(validation).encode(), forwarder("azure", Recorder()), arm_get
+    ) == (200, {"validationResponse": "512d38b6"})
     assert azure.handle_http(b"{", forwarder("azure", Recorder()), arm_get)[0] == 400
 
 
 def test_gcp_decodes_pubsub_and_drops_unreadable(event: Event) -> None:
     rec = Recorder()
     data = base64.b64encode(json.dumps(event("gcp_instances_insert")).encode()).decode()
-    assert gcp.handle({"message": {"data": data, "messageId": "1"}}, forwarder("gcp", rec)).sent == 1
+    assert (
+        gcp.handle({"message": {"data": data, "messageId": "1"}}, forwarder("gcp", rec)).sent == 1
+    )
     assert rec.calls[0][1][0]["event"]["insertId"] == "-abc123def1"
     for bad, reason in [
         ({"message": {"data": "!!"}}, "unreadable_message_data"),
         ({"nope": 1}, "not_a_pubsub_message"),
-        ({"message": {"data": base64.b64encode(b'{"protoPayload": {"methodName": "v1.compute.instances.get"}}').decode()}}, "not_a_compute_audit_entry"),
+        (
+            {
+                "message": {
+                    "data": base64.b64encode(
+                        b'{"protoPayload": {"methodName": "v1.compute.instances.get"}}'
+                    ).decode()
+                }
+            },
+            "not_a_compute_audit_entry",
+        ),
     ]:
         assert dict(gcp.handle(bad, forwarder("gcp", Recorder())).dropped) == {reason: 1}
     assert "compute.instances.setMachineType" in gcp.log_sink_filter()
@@ -125,7 +187,9 @@ def flaky_server() -> Iterator[tuple[str, list[int]]]:
     server.server_close()
 
 
-def test_urllib_transport_retries_against_a_real_server(flaky_server: tuple[str, list[int]], event: Event) -> None:
+def test_urllib_transport_retries_against_a_real_server(
+    flaky_server: tuple[str, list[int]], event: Event
+) -> None:
     url, seen = flaky_server
     settings = ForwarderSettings(endpoint=url, token="t", backoff_s=0.01)
     fwd = Forwarder(settings, "aws", transport=urllib_transport)

@@ -25,29 +25,123 @@ DB = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
 @pytest.mark.parametrize(
     ("provider", "fixture", "expected"),
     [
-        ("aws", "aws_run_instances", {"resource_id": "i-0aaa1111bbbb2222c", "state": "running", "sku": "m5.large", "region_id": "us-east-1", "actor": ALICE, "tags": {"team": "payments", "env": "prod"}}),
-        ("aws", "aws_stop_instances", {"resource_id": "i-0aaa1111bbbb2222c", "state": "stopped", "sku": None}),
+        (
+            "aws",
+            "aws_run_instances",
+            {
+                "resource_id": "i-0aaa1111bbbb2222c",
+                "state": "running",
+                "sku": "m5.large",
+                "region_id": "us-east-1",
+                "actor": ALICE,
+                "tags": {"team": "payments", "env": "prod"},
+            },
+        ),
+        (
+            "aws",
+            "aws_stop_instances",
+            {"resource_id": "i-0aaa1111bbbb2222c", "state": "stopped", "sku": None},
+        ),
         ("aws", "aws_start_instances", {"resource_id": "i-0aaa1111bbbb2222c", "state": "running"}),
-        ("aws", "aws_terminate_instances", {"resource_id": "i-0aaa1111bbbb2222c", "state": "deleted"}),
-        ("aws", "aws_modify_instance_attribute", {"resource_id": "i-0aaa1111bbbb2222c", "state": None, "sku": "m5.xlarge"}),
-        ("aws", "aws_ec2_state_change", {"resource_id": "i-0aaa1111bbbb2222c", "state": "stopped", "action": "state:stopped", "actor": None}),
-        ("aws", "aws_create_volume", {"resource_id": "vol-0123456789abcdef0", "sku": "gp3", "attributes": {"gib": 100.0}, "resource_type": "Volume"}),
-        ("aws", "aws_modify_volume", {"resource_id": "vol-0123456789abcdef0", "sku": "gp3", "attributes": {"gib": 200.0}}),
+        (
+            "aws",
+            "aws_terminate_instances",
+            {"resource_id": "i-0aaa1111bbbb2222c", "state": "deleted"},
+        ),
+        (
+            "aws",
+            "aws_modify_instance_attribute",
+            {"resource_id": "i-0aaa1111bbbb2222c", "state": None, "sku": "m5.xlarge"},
+        ),
+        (
+            "aws",
+            "aws_ec2_state_change",
+            {
+                "resource_id": "i-0aaa1111bbbb2222c",
+                "state": "stopped",
+                "action": "state:stopped",
+                "actor": None,
+            },
+        ),
+        (
+            "aws",
+            "aws_create_volume",
+            {
+                "resource_id": "vol-0123456789abcdef0",
+                "sku": "gp3",
+                "attributes": {"gib": 100.0},
+                "resource_type": "Volume",
+            },
+        ),
+        (
+            "aws",
+            "aws_modify_volume",
+            {"resource_id": "vol-0123456789abcdef0", "sku": "gp3", "attributes": {"gib": 200.0}},
+        ),
         ("aws", "aws_delete_volume", {"resource_id": "vol-0123456789abcdef0", "state": "deleted"}),
-        ("aws", "aws_create_db_instance", {"resource_id": DB, "sku": "db.m5.large", "attributes": {"engine": "postgres", "gib": 20.0, "multi_az": False}, "tags": {"team": "orders"}}),
-        ("aws", "aws_modify_db_instance", {"resource_id": DB, "sku": "db.m5.xlarge", "state": None}),
+        (
+            "aws",
+            "aws_create_db_instance",
+            {
+                "resource_id": DB,
+                "sku": "db.m5.large",
+                "attributes": {"engine": "postgres", "gib": 20.0, "multi_az": False},
+                "tags": {"team": "orders"},
+            },
+        ),
+        (
+            "aws",
+            "aws_modify_db_instance",
+            {"resource_id": DB, "sku": "db.m5.xlarge", "state": None},
+        ),
         ("aws", "aws_delete_db_instance", {"resource_id": DB, "state": "deleted"}),
-        ("azure", "azure_vm_deallocate", {"resource_id": VM, "state": "deallocated", "actor": "bob@example.com", "region_id": None}),
+        (
+            "azure",
+            "azure_vm_deallocate",
+            {
+                "resource_id": VM,
+                "state": "deallocated",
+                "actor": "bob@example.com",
+                "region_id": None,
+            },
+        ),
         ("azure", "azure_vm_delete", {"resource_id": VM, "state": "deleted"}),
-        ("gcp", "gcp_instances_insert", {"resource_id": GCP_VM, "state": "running", "sku": "e2-standard-4", "region_id": "us-central1", "actor": "carol@example.com", "tags": {"team": "api", "env": "prod"}}),
-        ("gcp", "gcp_instances_set_machine_type", {"resource_id": GCP_VM, "state": None, "sku": "e2-standard-8"}),
+        (
+            "gcp",
+            "gcp_instances_insert",
+            {
+                "resource_id": GCP_VM,
+                "state": "running",
+                "sku": "e2-standard-4",
+                "region_id": "us-central1",
+                "actor": "carol@example.com",
+                "tags": {"team": "api", "env": "prod"},
+            },
+        ),
+        (
+            "gcp",
+            "gcp_instances_set_machine_type",
+            {"resource_id": GCP_VM, "state": None, "sku": "e2-standard-8"},
+        ),
         ("gcp", "gcp_instances_stop", {"state": "stopped"}),
         ("gcp", "gcp_instances_delete", {"state": "deleted"}),
-        ("gcp", "gcp_disks_insert", {"sku": "pd-ssd", "attributes": {"gib": 500.0}, "resource_type": "compute.googleapis.com/Disk"}),
+        (
+            "gcp",
+            "gcp_disks_insert",
+            {
+                "sku": "pd-ssd",
+                "attributes": {"gib": 500.0},
+                "resource_type": "compute.googleapis.com/Disk",
+            },
+        ),
     ],
 )
-def test_provider_events_normalize(provider: str, fixture: str, expected: dict[str, Any], event: Event) -> None:
-    [change] = normalize({"provider": provider, "billing_account_id": "payer-1", "event": event(fixture)})
+def test_provider_events_normalize(
+    provider: str, fixture: str, expected: dict[str, Any], event: Event
+) -> None:
+    [change] = normalize(
+        {"provider": provider, "billing_account_id": "payer-1", "event": event(fixture)}
+    )
     assert change.billing_account_id == "payer-1"
     for field, value in expected.items():
         assert getattr(change, field) == value, field
@@ -57,19 +151,28 @@ def test_azure_write_takes_size_and_region_from_the_arm_resource(event: Event) -
     arm_vm, arm_disk = event("arm_vm"), event("arm_disk")
     [vm] = normalize({"provider": "azure", "event": event("azure_vm_write"), "resource": arm_vm})
     assert (vm.sku, vm.region_id, vm.state, vm.tags) == (
-        "Standard_D2s_v3", "eastus", "running", {"team": "web", "env": "prod"}
+        "Standard_D2s_v3",
+        "eastus",
+        "running",
+        {"team": "web", "env": "prod"},
     )
     assert vm.sub_account_id == vm.billing_account_id == "00000000-1111-2222-3333-444444444444"
-    [disk] = normalize({"provider": "azure", "event": event("azure_disk_write"), "resource": arm_disk})
+    [disk] = normalize(
+        {"provider": "azure", "event": event("azure_disk_write"), "resource": arm_disk}
+    )
     assert (disk.sku, disk.attributes, disk.resource_type) == (
-        "Premium_LRS", {"gib": 100.0}, "Microsoft.Compute/disks"
+        "Premium_LRS",
+        {"gib": 100.0},
+        "Microsoft.Compute/disks",
     )
 
 
 def test_gcp_pubsub_message_is_decoded(event: Event) -> None:
     entry = event("gcp_instances_insert")
     data = base64.b64encode(json.dumps(entry).encode()).decode()
-    [change] = normalize({"provider": "gcp", "event": {"message": {"data": data, "messageId": "1"}}})
+    [change] = normalize(
+        {"provider": "gcp", "event": {"message": {"data": data, "messageId": "1"}}}
+    )
     assert change.event_id == "gcp:-abc123def1"
     assert change.billing_account_id == "shop-prod-123"  # no billing account: the project
 
@@ -92,7 +195,9 @@ def test_failed_api_calls_and_irrelevant_events_are_ignored(event: Event) -> Non
         normalize({"provider": "aws", "event": other})
 
 
-def _mutate(fixture: str, fn: Callable[[dict[str, Any]], None]) -> Callable[[Event], dict[str, Any]]:
+def _mutate(
+    fixture: str, fn: Callable[[dict[str, Any]], None]
+) -> Callable[[Event], dict[str, Any]]:
     def build(event: Event) -> dict[str, Any]:
         ev = event(fixture)
         fn(ev)
@@ -105,22 +210,105 @@ def _mutate(fixture: str, fn: Callable[[dict[str, Any]], None]) -> Callable[[Eve
     ("record", "reason", "message"),
     [
         (lambda e: ["not", "an", "object"], "wrong_type", "record: expected an object"),
-        (lambda e: {"provider": "oracle", "event": {}}, "unknown_provider", "unknown provider 'oracle'"),
+        (
+            lambda e: {"provider": "oracle", "event": {}},
+            "unknown_provider",
+            "unknown provider 'oracle'",
+        ),
         (lambda e: {"event": e("aws_run_instances")}, "unknown_provider", "unknown provider None"),
         (lambda e: {"provider": "aws", "event": "text"}, "wrong_type", "event: expected an object"),
-        (lambda e: {"provider": "aws", "event": _mutate("aws_run_instances", lambda ev: ev.pop("time"))(e)}, "missing_field", "missing field 'time'"),
-        (lambda e: {"provider": "aws", "event": _mutate("aws_run_instances", lambda ev: ev.update(time="yesterday"))(e)}, "bad_time", "'yesterday' is not an ISO 8601 time"),
-        (lambda e: {"provider": "aws", "event": _mutate("aws_run_instances", lambda ev: ev.update(account=1234))(e)}, "wrong_type", "event.account: expected a non-empty string"),
-        (lambda e: {"provider": "aws", "event": _mutate("aws_ec2_state_change", lambda ev: ev["detail"].pop("instance-id"))(e)}, "missing_field", "instance-id"),
-        (lambda e: {"provider": "aws", "event": _mutate("aws_stop_instances", lambda ev: ev["detail"].update(requestParameters={}, responseElements={}))(e)}, "missing_field", "no resource id"),
-        (lambda e: {"provider": "azure", "event": _mutate("azure_vm_write", lambda ev: ev.update(eventType="Microsoft.Storage.BlobCreated"))(e)}, "unknown_event_type", "BlobCreated"),
-        (lambda e: {"provider": "azure", "event": _mutate("azure_vm_write", lambda ev: ev["data"].update(resourceUri="/nope"))(e)}, "bad_resource_id", "not an ARM id"),
-        (lambda e: {"provider": "gcp", "event": {"message": {"data": "%%%not-base64"}}}, "bad_encoding", "base64"),
-        (lambda e: {"provider": "gcp", "event": _mutate("gcp_instances_insert", lambda ev: ev["protoPayload"].update(resourceName="projects/p/global/x"))(e)}, "bad_resource_id", "not a zonal resource"),
-        (lambda e: {"provider": "aws", "billing_account_id": 42, "event": {}}, "wrong_type", "billing_account_id"),
+        (
+            lambda e: {
+                "provider": "aws",
+                "event": _mutate("aws_run_instances", lambda ev: ev.pop("time"))(e),
+            },
+            "missing_field",
+            "missing field 'time'",
+        ),
+        (
+            lambda e: {
+                "provider": "aws",
+                "event": _mutate("aws_run_instances", lambda ev: ev.update(time="yesterday"))(e),
+            },
+            "bad_time",
+            "'yesterday' is not an ISO 8601 time",
+        ),
+        (
+            lambda e: {
+                "provider": "aws",
+                "event": _mutate("aws_run_instances", lambda ev: ev.update(account=1234))(e),
+            },
+            "wrong_type",
+            "event.account: expected a non-empty string",
+        ),
+        (
+            lambda e: {
+                "provider": "aws",
+                "event": _mutate(
+                    "aws_ec2_state_change", lambda ev: ev["detail"].pop("instance-id")
+                )(e),
+            },
+            "missing_field",
+            "instance-id",
+        ),
+        (
+            lambda e: {
+                "provider": "aws",
+                "event": _mutate(
+                    "aws_stop_instances",
+                    lambda ev: ev["detail"].update(requestParameters={}, responseElements={}),
+                )(e),
+            },
+            "missing_field",
+            "no resource id",
+        ),
+        (
+            lambda e: {
+                "provider": "azure",
+                "event": _mutate(
+                    "azure_vm_write",
+                    lambda ev: ev.update(eventType="Microsoft.Storage.BlobCreated"),
+                )(e),
+            },
+            "unknown_event_type",
+            "BlobCreated",
+        ),
+        (
+            lambda e: {
+                "provider": "azure",
+                "event": _mutate(
+                    "azure_vm_write", lambda ev: ev["data"].update(resourceUri="/nope")
+                )(e),
+            },
+            "bad_resource_id",
+            "not an ARM id",
+        ),
+        (
+            lambda e: {"provider": "gcp", "event": {"message": {"data": "%%%not-base64"}}},
+            "bad_encoding",
+            "base64",
+        ),
+        (
+            lambda e: {
+                "provider": "gcp",
+                "event": _mutate(
+                    "gcp_instances_insert",
+                    lambda ev: ev["protoPayload"].update(resourceName="projects/p/global/x"),
+                )(e),
+            },
+            "bad_resource_id",
+            "not a zonal resource",
+        ),
+        (
+            lambda e: {"provider": "aws", "billing_account_id": 42, "event": {}},
+            "wrong_type",
+            "billing_account_id",
+        ),
     ],
 )
-def test_bad_records_are_rejected_with_a_reason(record: Callable[[Event], Any], reason: str, message: str, event: Event) -> None:
+def test_bad_records_are_rejected_with_a_reason(
+    record: Callable[[Event], Any], reason: str, message: str, event: Event
+) -> None:
     with pytest.raises(EventRejected, match=message) as info:
         normalize(record(event))
     assert info.value.reason == reason

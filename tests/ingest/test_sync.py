@@ -16,13 +16,18 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
     ec2 = boto3.client("ec2", region_name=region)
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     inst = ec2.run_instances(
-        ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large",
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="m5.large",
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "team", "Value": uid}]}],
     )["Instances"][0]["InstanceId"]
     vol = ec2.create_volume(AvailabilityZone=f"{region}a", Size=50, VolumeType="gp3")["VolumeId"]
     dsn = collector.processor.settings.pg_dsn
     processor = Processor(
-        collector_settings(dsn, vm_url, sync_aws_regions=(region,), sync_aws_billing_account_id=f"payer-{uid}")
+        collector_settings(
+            dsn, vm_url, sync_aws_regions=(region,), sync_aws_billing_account_id=f"payer-{uid}"
+        )
     )
     await processor.start(background=False)
     try:
@@ -30,7 +35,8 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
         with psycopg.connect(dsn) as conn:
             found = dict(
                 conn.execute(
-                    "select resource_id, state from resource_inventory where region_id = %s", (region,)
+                    "select resource_id, state from resource_inventory where region_id = %s",
+                    (region,),
                 ).fetchall()
             )
             assert found[inst] == "running" and found[vol] == "available"

@@ -68,6 +68,8 @@ class PrivateKafka:
             "-Xms128m",
             "-Xmx512m",
             "-XX:+UseSerialGC",
+            # C1 only: a test broker lives for seconds, start-up time matters most.
+            "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
             "-cp",
             f"{KAFKA_LIBS}/*",

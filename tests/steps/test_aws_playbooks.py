@@ -374,6 +374,29 @@ def test_delete_unattached_volume_snapshots_first(
     assert result.outputs["verify"]["state"]["snapshot_id"] == snaps[0]["SnapshotId"]
     state, _, est, verified, _ = _run_row(db, run_id)
     assert (state, est, verified) == ("succeeded", Decimal("3.00"), Decimal("3.00"))
+    # The volume is gone: executing again is "already done", not an error.
+    doc = {
+        "run_id": run_id,
+        "playbook": "delete-unattached-volume",
+        "parameters": _params(vid),
+        "previous": {k: result.outputs[k] for k in ("analyze", "plan", "approve")},
+    }
+    again = call_step("execute", doc, env, inprocess=True)
+    assert (again.exit_code, again.output["outcome"]) == (0, "already_done")
+
+
+def test_missing_instance_is_a_permanent_not_found(env: dict[str, str], uid: str) -> None:
+    doc = {
+        "run_id": f"cct-x-{uid}",
+        "playbook": "rightsize-compute",
+        "parameters": _params("i-0000000000000000f"),
+        "previous": {},
+    }
+    run = call_step("analyze", doc, env, inprocess=True)
+    assert run.exit_code == 1
+    assert run.output["error"]["type"] == "Permanent"
+    assert "not found" in run.output["error"]["message"]
+    assert "InvalidInstanceID.NotFound" in run.output["error"]["message"]
 
 
 def test_attached_volume_is_left_alone(

@@ -320,3 +320,35 @@ def test_gcp_playbook_through_the_real_entrypoint(
     assert r.state == case.final_state
     assert_no_secrets(result.text)
     assert db("select state from optimization_runs where run_id = %s", run_id) == [("succeeded",)]
+
+
+def test_gcp_failed_resize_starts_the_instance_at_its_old_size(
+    *,
+    replay: Callable[..., AbstractContextManager[Replay]],
+    step_env: Callable[..., dict[str, str]],
+    seed_prices: Any,
+    db: Any,
+    uid: str,
+) -> None:
+    case = CASES[5]
+    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    run_id = f"cct-rightsize-compute-gcpfail-{uid}"
+    params = {
+        **_params(case, uid),
+        "resource-id": "projects/cct-payments-dev/zones/us-central1-a/instances/api-2",
+    }
+    with replay("vault.json", "gcp_resize_fails.json") as r:
+        result = run_playbook(case.playbook, run_id, params, step_env(r.base_url), inprocess=True)
+        assert r.unmatched == []
+        # stop, setMachineType (failed), then start again: the instance is as it was.
+        assert r.state == "restored"
+    assert result.failed_step == "execute"
+    error = result.runs[-2].output["error"]
+    assert error["type"] == "Permanent" and "UNSUPPORTED_OPERATION" in error["message"]
+    outcome, before, after = db(
+        "select outcome, before_state, after_state from optimization_actions where run_id = %s",
+        run_id,
+    )[0]
+    assert outcome == "restored" and before == after
+    state, reason = db("select state, reason from optimization_runs where run_id = %s", run_id)[0]
+    assert state == "failed" and "UNSUPPORTED_OPERATION" in reason

@@ -70,3 +70,27 @@ def test_garbage_on_stdin_exits_65(step_env: Callable[..., dict[str, str]]) -> N
     )
     assert proc.returncode == 65
     assert "stdin is not JSON" in proc.stdout
+
+
+def test_unreachable_database_is_retryable(
+    step_env: Callable[..., dict[str, str]], uid: str
+) -> None:
+    env = {**step_env("http://127.0.0.1:9"), "CCT_PG_DSN": "postgresql://cct@127.0.0.1:9/cct"}
+    doc = {
+        "run_id": f"cct-x-{uid}",
+        "playbook": "storage-tiering",
+        "parameters": {"provider": "aws", "resource-id": "bucket-1"},
+        "previous": {
+            "analyze": {
+                "action": "aws.s3.put_lifecycle_tiering",
+                "applicable": False,
+                "reason": "x",
+                "state": {},
+                "metrics": {},
+                "resource": {},
+            }
+        },
+    }
+    run = call_step("plan", doc, env, inprocess=True)
+    assert run.exit_code == 75
+    assert run.output["error"]["retryable"] is True

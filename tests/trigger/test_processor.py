@@ -3,14 +3,16 @@ backend talking to the fake Kubernetes API."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from psycopg_pool import ConnectionPool
 
 from lambdas.events.cloudevents import decode
@@ -18,7 +20,7 @@ from lambdas.policy import load_policy_set
 from lambdas.store.db import open_pool
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.core import workflow_name
-from lambdas.trigger.mapping import load_mapping
+from lambdas.trigger.mapping import load_mapping, parse_mapping
 from lambdas.trigger.processor import Processor
 from tests.support.services import ROOT
 from tests.trigger.events import RDS, event_bytes
@@ -177,3 +179,43 @@ def test_resolutions_and_unmapped_anomalies_start_nothing(
     assert processor.handle(event_bytes(uid, 0, "resolved")).outcome == "resolved"
     assert processor.handle(event_bytes(uid, level="service")).outcome == "unmapped"
     assert kube.attempts == []
+
+
+def seed_runs(pg_dsn: str, account: str, count: int, uid: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        for n in range(count):
+            conn.execute(
+                """insert into optimization_runs (run_id, event_id, playbook, backend, state,
+                       billing_account_id, parameters, created_at)
+                   values (%s, %s, 'rightsize-compute', 'argo', 'submitted', %s,
+                           '{"dry-run": "false"}', %s)""",
+                (f"seed-{uid}-{n}", f"seed-{uid}-{n}", account, NOW - timedelta(minutes=10)),
+            )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(4, "allow", "created"), (5, "require-approval", "created"), (20, "deny", "precheck_denied")],
+)
+def test_recent_actions_in_the_account_feed_the_blast_radius_rules(
+    processor: Processor, pg_dsn: str, uid: str, case: tuple[int, str, str]
+) -> None:
+    earlier, verdict, outcome = case
+    account = f"acct-{uid}"
+    seed_runs(pg_dsn, account, earlier, uid)
+    doc = yaml.safe_load((ROOT / "policies" / "playbooks.yaml").read_text())
+    doc["defaults"]["dry_run"] = False
+    schema = json.loads((ROOT / "policies" / "playbooks.schema.json").read_text())
+    processor.mapping = parse_mapping(doc, schema, "test")
+
+    handled = processor.handle(event_bytes(uid, 0, "firing", sub_account_id=account))
+
+    assert handled.outcome == outcome
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "select verdict, input from policy_decisions where decision_id = %s",
+            (f"{handled.run_id}/precheck",),
+        ).fetchone()
+    assert row is not None
+    assert row[0] == verdict
+    assert row[1]["recent_actions"] == {account: earlier}

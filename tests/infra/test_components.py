@@ -1,0 +1,195 @@
+"""Components in isolation: their args reject inconsistent input without Pulumi, and their
+outputs (checked through Output.all(urn, ...) so a failure names the resource) are real."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+
+from components import kube
+from components.alertmanager import AlertmanagerArgs
+from components.argo import ArgoWorkflowsArgs
+from components.aws_account import remediation_policy
+from components.fluentbit import FluentBitArgs
+from components.grafana import GrafanaArgs
+from components.handlers import WEBHOOK_PORT, AdmissionSpec, Handlers, HandlersArgs, HandlerSpec
+from components.kafka import Kafka, KafkaArgs, TopicSpec
+from components.namespace import NamespaceArgs
+from components.vault import Vault, VaultArgs, VaultGrant, render_policy
+from tests.infra.harness import run
+from tests.infra.mocks import FAKE_PEM
+
+NS = "cct-system"
+
+INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
+    (lambda: kube.require_pinned_image("busybox", "x"), "x: image 'busybox' must be pinned"),
+    (
+        lambda: kube.helm_release(
+            "r", chart="c", version="^1.0", repo="https://r", namespace="n", values={},
+            opts=pulumi.ResourceOptions(),
+        ),
+        "chart c: version '^1.0' must be an exact version",
+    ),
+    (lambda: NamespaceArgs(name="n", pod_security="open"), "pod_security must be one of"),
+    (
+        lambda: FluentBitArgs(
+            namespace=NS, config_files={"a.yaml": ""}, main_file="b.yaml", secret_env={},
+            tls_secret_name="t",
+        ),
+        "main_file 'b.yaml' is not among the config files",
+    ),
+    (
+        lambda: AlertmanagerArgs(
+            namespace=NS, config_yaml="", secret_files={}, clients=[], replicas=2,
+            high_availability=True,
+        ),
+        "high_availability needs at least 3 Alertmanager replicas",
+    ),
+    (
+        lambda: KafkaArgs(
+            namespace=NS, operator_namespace="p", clients=[],
+            topics=[TopicSpec("t", 1, 1), TopicSpec("t", 1, 1)],
+        ),
+        "duplicate topic names",
+    ),
+    (lambda: VaultGrant("aws/creds/*"), "must be exact (no wildcards)"),
+    (lambda: VaultGrant("aws/creds/x", ("read", "sudo")), "capabilities ['sudo'] are not allowed"),
+    (
+        lambda: ArgoWorkflowsArgs(
+            namespace=NS, operator_namespace="p", trigger_service_account="t", step_env={},
+            step_secret_env={}, workflow_templates=[{"apiVersion": "v1", "kind": "ConfigMap"}],
+        ),
+        "workflow_templates holds v1/ConfigMap",
+    ),
+    (
+        lambda: GrafanaArgs(
+            namespace=NS, dashboards={"a.json": "{}"},
+            datasources={"datasources": [{"uid": "x"}, {"uid": "x"}]},
+            dashboard_providers={"providers": [{"name": "cct", "options": {"path": "/x"}}]},
+        ),
+        "every datasource needs a unique uid",
+    ),
+    (
+        lambda: HandlersArgs(
+            namespace=NS, image="ghcr.io/cct-project/cct:0.1.0",
+            handlers=[HandlerSpec("a", ("serve", "a"), config_mounts={"missing": "/x"})],
+        ),
+        "handler a mounts unknown ConfigMaps ['missing']",
+    ),
+    (
+        lambda: HandlersArgs(
+            namespace=NS, image="ghcr.io/cct-project/cct:0.1.0", high_availability=True,
+            handlers=[HandlerSpec("a", ("serve", "a"))],
+        ),
+        "high_availability needs at least 2 replicas for ['a']",
+    ),
+    (
+        lambda: AdmissionSpec(
+            handler=HandlerSpec("admission", ("serve", "admission"), port=WEBHOOK_PORT,
+                                metrics_port=8080),
+            object_selector={}, failure_policy="Open",
+        ),
+        "failure_policy must be one of",
+    ),
+    (lambda: remediation_policy(["ec2:*"]), "remediation action 'ec2:*' must be one exact"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "message"), INVALID_ARGS)
+def test_invalid_args_are_rejected(make: Callable[[], Any], message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        make()
+    assert message in str(raised.value)
+
+
+def test_remediation_policy_splits_reads_from_fenced_writes() -> None:
+    policy = remediation_policy(["ec2:StopInstances", "ec2:DescribeInstances", "ec2:StopInstances"])
+    read, change, deny = policy["Statement"]
+    assert read["Action"] == ["ec2:DescribeInstances"] and "Condition" not in read
+    assert change["Action"] == deny["Action"] == ["ec2:StopInstances"]
+    assert (change["Effect"], deny["Effect"]) == ("Allow", "Deny")
+
+
+def test_vault_policy_is_rendered_in_a_stable_order() -> None:
+    grants = [VaultGrant("sys/leases/revoke", ("update",)), VaultGrant("aws/sts/x", ("update",))]
+    assert render_policy(grants) == (
+        'path "aws/sts/x" {\n  capabilities = ["update"]\n}\n\n'
+        'path "sys/leases/revoke" {\n  capabilities = ["update"]\n}\n'
+    )
+
+
+def test_kafka_outputs_and_children() -> None:
+    topics = [TopicSpec("cct.cost.anomalies", 6, 1000), TopicSpec("cct.optimization.results", 3, 1000)]
+
+    def program() -> None:
+        kafka = Kafka("kafka", KafkaArgs(namespace=NS, operator_namespace="p", clients=[], topics=topics))
+
+        def check(args: list[Any]) -> None:
+            urn, bootstrap, names = args
+            assert bootstrap == f"cct-kafka-bootstrap.{NS}.svc:9092", urn
+            assert names == ["cct.cost.anomalies", "cct.optimization.results"], urn
+
+        pulumi.Output.all(kafka.urn, kafka.bootstrap, kafka.topic_names).apply(check)
+
+    mocks = run(program)
+    children = [r for r in mocks.resources if r.typ != "cct:events:Kafka"]
+    assert len(children) == 6
+    assert all(r.name.startswith("kafka-") for r in children), [r.name for r in children]
+
+
+def test_webhook_trusts_the_generated_ca() -> None:
+    handler = HandlerSpec("admission", ("serve", "admission"), port=WEBHOOK_PORT, metrics_port=8080)
+
+    def program() -> None:
+        handlers = Handlers(
+            "handlers",
+            HandlersArgs(
+                namespace=NS,
+                image="ghcr.io/cct-project/cct:0.1.0",
+                handlers=[],
+                admission=AdmissionSpec(handler=handler, object_selector={"a": "b"}),
+            ),
+        )
+
+        def check(args: list[Any]) -> None:
+            urn, ca, server_name, urls = args
+            assert ca == FAKE_PEM, urn
+            assert server_name == f"admission.{NS}.svc", urn
+            assert urls == {"admission": f"https://admission.{NS}.svc:{WEBHOOK_PORT}"}, urn
+
+        pulumi.Output.all(
+            handlers.urn, handlers.webhook_ca_pem, handlers.webhook_server_name, handlers.urls
+        ).apply(check)
+
+    mocks = run(program)
+    (config,) = [r for r in mocks.resources if r.typ.endswith("ValidatingWebhookConfiguration")]
+    (hook,) = config.inputs["webhooks"]
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]).decode() == FAKE_PEM
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["objectSelector"] == {"matchLabels": {"a": "b"}}
+    (tls_secret,) = [r for r in mocks.resources if r.name == "handlers-webhook-tls"]
+    assert "stringData" in tls_secret.secret_paths
+
+
+def test_unconfigured_vault_is_only_the_chart() -> None:
+    def program() -> None:
+        vault = Vault(
+            "vault",
+            VaultArgs(
+                namespace="p", clients_namespace=NS, access={"a": [VaultGrant("x/y")]}, configure=False
+            ),
+        )
+        assert vault.aws_path is None and vault.database_path is None
+
+        def check(args: list[Any]) -> None:
+            urn, policies, address = args
+            assert policies == [] and address == "http://vault.p.svc:8200", urn
+
+        pulumi.Output.all(vault.urn, vault.policy_names, vault.address).apply(check)
+
+    mocks = run(program)
+    assert {r.typ for r in mocks.resources} == {"cct:secrets:Vault", "kubernetes:helm.sh/v3:Release"}

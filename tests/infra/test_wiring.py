@@ -1,0 +1,155 @@
+"""The bundle is wired to what the other areas built: every command exists in the `cct` CLI,
+every `${VAR}` a generated config expands is set, every file a config names is mounted, and
+the WorkflowTemplates are the playbooks', runnable under the restricted Pod Security."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import PurePosixPath
+from typing import Any
+
+import click
+import yaml
+
+from infra.policypack.checks import check_pod_security, check_resources, pod_spec_of
+from lambdas.cli import COMMANDS, HANDLERS, _load
+from lambdas.steps.playbooks import PLAYBOOKS
+from tests.infra.harness import BuiltStack
+from tests.infra.mocks import Registered
+
+_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def _named(built: BuiltStack, typ: str, name: str) -> Registered:
+    (found,) = [r for r in built.of_type(typ) if r.inputs["metadata"]["name"] == name]
+    return found
+
+
+def _workload(built: BuiltStack, name: str) -> dict[str, Any]:
+    for typ in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"):
+        for r in built.of_type(typ):
+            if r.inputs["metadata"]["name"] == name:
+                spec: dict[str, Any] = r.inputs["spec"]["template"]["spec"]
+                return spec
+    raise AssertionError(f"no workload {name}")
+
+
+def test_every_handler_runs_a_real_cct_command(built: BuiltStack) -> None:
+    for resource in built.resources:
+        pod = pod_spec_of(resource.typ, resource.inputs)
+        if pod is None:
+            continue
+        for container in pod["containers"]:
+            if container.get("command", [None])[0] != "cct":
+                continue
+            args = container["command"][1:]
+            if args[0] == "serve":
+                assert args[1] in HANDLERS, f"{resource.urn}: `cct serve {args[1]}` does not exist"
+                continue
+            group = _load(COMMANDS[args[0]][0])
+            if isinstance(group, click.Group) and len(args) > 1:
+                assert args[1] in group.commands, f"{resource.urn}: `cct {' '.join(args)}`"
+
+
+def test_workflow_templates_are_the_playbooks(built: BuiltStack) -> None:
+    templates = built.of_type("kubernetes:argoproj.io/v1alpha1:WorkflowTemplate")
+    assert {t.inputs["metadata"]["name"] for t in templates} == {f"cct-{p}" for p in PLAYBOOKS}
+    config_maps = {r.inputs["metadata"]["name"] for r in built.of_type("kubernetes:core/v1:ConfigMap")}
+    secrets = {r.inputs["metadata"]["name"] for r in built.of_type("kubernetes:core/v1:Secret")}
+    for template in templates:
+        spec = template.inputs["spec"]
+        assert spec["serviceAccountName"] == "cct-steps", template.urn
+        for step in spec["templates"]:
+            container = step.get("container")
+            if not container:
+                continue
+            assert container["image"] == built.settings.image, template.urn
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in config_maps, template.urn
+                if "secretRef" in source:
+                    assert source["secretRef"]["name"] in secrets, template.urn
+
+
+def test_step_pods_pass_the_restricted_pod_security(built: BuiltStack) -> None:
+    (argo,) = [r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "argo-workflows"]
+    defaults = argo.inputs["values"]["controller"]["workflowDefaults"]["spec"]
+    (patch,) = json.loads(defaults["podSpecPatch"])["containers"]
+    assert patch["name"] == "main"
+    template = next(iter(built.of_type("kubernetes:argoproj.io/v1alpha1:WorkflowTemplate")))
+    step = next(s["container"] for s in template.inputs["spec"]["templates"] if "container" in s)
+    pod = {
+        "securityContext": defaults["securityContext"],
+        "containers": [{**step, **patch, "name": "main"}],
+    }
+    props = {"spec": pod}
+    assert check_pod_security("kubernetes:core/v1:Pod", props) == []
+    assert check_resources("kubernetes:core/v1:Pod", props) == []
+    mounts = {m["mountPath"] for m in patch["volumeMounts"]}
+    assert "/tmp" in mounts and {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in defaults["volumes"]
+
+
+def _env_names(pod: dict[str, Any]) -> set[str]:
+    return {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+
+
+def test_fluent_bit_gets_every_variable_its_config_expands(built: BuiltStack) -> None:
+    config = _named(built, "kubernetes:core/v1:ConfigMap", "fluent-bit-config").inputs["data"]
+    wanted = {v for text in config.values() for v in _VAR.findall(text)}
+    assert wanted, "the generated config names no tokens"
+    assert wanted <= _env_names(_workload(built, "fluent-bit"))
+    routes = yaml.safe_load(next(iter(config.values())))["pipeline"]["outputs"]
+    assert {r["host"] for r in routes} == {f"collector.{built.settings.namespace}.svc"}
+
+
+def test_grafana_gets_every_variable_its_provisioning_expands(built: BuiltStack) -> None:
+    (grafana,) = [r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "grafana"]
+    values = grafana.inputs["values"]
+    wanted = set(_VAR.findall(json.dumps(values["datasources"])))
+    assert wanted == set(values["env"]) | set(values["envValueFrom"])
+
+
+def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
+    pod = _workload(built, workload)
+    sources = {v["name"]: v for v in pod.get("volumes", [])}
+    files = set()
+    for mount in pod["containers"][0].get("volumeMounts", []):
+        volume = sources[mount["name"]]
+        if "secret" in volume:
+            secret = _named(built, "kubernetes:core/v1:Secret", volume["secret"]["secretName"])
+            files |= {f"{mount['mountPath']}/{k}" for k in secret.inputs["stringData"]}
+        if "configMap" in volume:
+            cm = _named(built, "kubernetes:core/v1:ConfigMap", volume["configMap"]["name"])
+            files |= {f"{mount['mountPath']}/{k}" for k in cm.inputs["data"]}
+    return files
+
+
+def test_files_named_in_configs_are_mounted(built: BuiltStack) -> None:
+    alertmanager = yaml.safe_load(
+        _named(built, "kubernetes:core/v1:ConfigMap", "alertmanager-config").inputs["data"]["alertmanager.yml"]
+    )
+    token_files = {
+        hook["http_config"]["authorization"]["credentials_file"]
+        for receiver in alertmanager["receivers"]
+        for hook in receiver.get("webhook_configs", [])
+    }
+    assert token_files and token_files <= _mounted_files(built, "alertmanager")
+    for workload in ("bridge", "trigger", "admission"):
+        env = {
+            e["name"]: e.get("value")
+            for e in _workload(built, workload)["containers"][0]["env"]
+        }
+        files = _mounted_files(built, workload)
+        for name, value in env.items():
+            if name.endswith("_FILE"):
+                assert value in files, f"{workload}: {name}={value} is not mounted"
+            if name.endswith("_DIR"):
+                assert any(PurePosixPath(f).parent == PurePosixPath(value) for f in files), name
+
+
+def test_admission_failure_mode_follows_the_webhook(built: BuiltStack) -> None:
+    env = {e["name"]: e.get("value") for e in _workload(built, "admission")["containers"][0]["env"]}
+    (config,) = built.of_type("kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration")
+    policy = config.inputs["webhooks"][0]["failurePolicy"]
+    assert (policy, env["CCT_ADMISSION_FAILURE_MODE"]) in {("Fail", "closed"), ("Ignore", "open")}
