@@ -66,7 +66,8 @@ class Alertmanager(pulumi.ComponentResource):
         )
         kube.service_account(f"{name}-sa", app, ns, "alerting", child)
         peers = [
-            f"--cluster.peer={app}-{i}.{app}-headless.{ns}.svc:{CLUSTER_PORT}" for i in range(args.replicas)
+            f"--cluster.peer={app}-{i}.{app}-headless.{ns}.svc:{CLUSTER_PORT}"
+            for i in range(args.replicas)
         ]
         cluster = peers if args.replicas > 1 else ["--cluster.listen-address="]
         container = kube.container(

@@ -35,7 +35,7 @@ class ArgoWorkflowsArgs:
     step_env: Mapping[str, str]
     step_secret_env: Mapping[str, pulumi.Input[str]]
     step_config_map: str = "cct-steps"
-    step_secret: str = "cct-steps-db"
+    step_secret: str = "cct-steps-db"  # noqa: S105 - the Secret's name
     workflow_service_account: str = "cct-steps"
     high_availability: bool = False
     chart_version: str = CHART_VERSION
@@ -49,7 +49,10 @@ class ArgoWorkflowsArgs:
     def __post_init__(self) -> None:
         names = []
         for manifest in self.workflow_templates:
-            if manifest.get("apiVersion") != WORKFLOW_API or manifest.get("kind") != "WorkflowTemplate":
+            if (
+                manifest.get("apiVersion") != WORKFLOW_API
+                or manifest.get("kind") != "WorkflowTemplate"
+            ):
                 raise ValueError(
                     f"workflow_templates holds {manifest.get('apiVersion')}/{manifest.get('kind')},"
                     f" expected {WORKFLOW_API}/WorkflowTemplate"
@@ -73,7 +76,7 @@ def step_pod_defaults(resources: kube.Resources) -> dict[str, Any]:
                         "name": "main",
                         "securityContext": kube.container_security_context(),
                         "resources": resources.to_k8s(),
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        "volumeMounts": [kube.TMP_MOUNT],
                     }
                 ]
             }
@@ -133,7 +136,11 @@ class ArgoWorkflows(pulumi.ComponentResource):
         )
         # Step pods need their token: Vault's Kubernetes auth and Argo's executor use it.
         kube.service_account(
-            f"{name}-workflow-sa", args.workflow_service_account, ns, "workflows", child,
+            f"{name}-workflow-sa",
+            args.workflow_service_account,
+            ns,
+            "workflows",
+            child,
             automount=True,
         )
         k8s.core.v1.ConfigMap(
@@ -160,8 +167,8 @@ class ArgoWorkflows(pulumi.ComponentResource):
                     "verbs": ["create", "patch"],
                 }
             ],
-            args.workflow_service_account,
-            child,
+            service_account=args.workflow_service_account,
+            opts=child,
         )
         self._role(
             f"{name}-trigger",
@@ -179,17 +186,22 @@ class ArgoWorkflows(pulumi.ComponentResource):
                     "verbs": ["get", "list"],
                 },
             ],
-            args.trigger_service_account,
-            child,
+            service_account=args.trigger_service_account,
+            opts=child,
         )
-        after_chart = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[release]))
+        after_chart = pulumi.ResourceOptions.merge(
+            child, pulumi.ResourceOptions(depends_on=[release])
+        )
         names: list[str] = []
         for manifest in args.workflow_templates:
             template_name = str(manifest["metadata"]["name"])
             names.append(template_name)
             metadata = dict(manifest["metadata"])
             metadata["namespace"] = ns
-            metadata["labels"] = {**metadata.get("labels", {}), **kube.labels(template_name, "workflows")}
+            metadata["labels"] = {
+                **metadata.get("labels", {}),
+                **kube.labels(template_name, "workflows"),
+            }
             k8s.apiextensions.CustomResource(
                 f"{name}-template-{template_name}",
                 api_version=WORKFLOW_API,
@@ -236,6 +248,7 @@ class ArgoWorkflows(pulumi.ComponentResource):
         role_name: str,
         namespace: str,
         rules: list[dict[str, Any]],
+        *,
         service_account: str,
         opts: pulumi.ResourceOptions,
     ) -> None:

@@ -122,7 +122,9 @@ class AwsAccount(pulumi.ComponentResource):
     remediation_role_arn: pulumi.Output[str]
     vault_roles: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, args: AwsAccountArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: AwsAccountArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("cct:cloud:AwsAccount", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         prefix = args.name_prefix
@@ -193,7 +195,10 @@ class AwsAccount(pulumi.ComponentResource):
 
         vault_roles: list[str] = []
         if args.vault_backend is not None:
-            for role_name, role in ((f"{prefix}-cost-read", cost_read), (f"{prefix}-remediation", remediation)):
+            for role_name, role in (
+                (f"{prefix}-cost-read", cost_read),
+                (f"{prefix}-remediation", remediation),
+            ):
                 vault.aws.SecretBackendRole(
                     f"{name}-vault-{role_name}",
                     backend=args.vault_backend,

@@ -81,7 +81,11 @@ class AzureSubscription(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         prefix, tags = args.name_prefix, {"cct.io/component": "cct", **args.tags}
         group = azure.resources.ResourceGroup(
-            f"{name}-group", resource_group_name=f"{prefix}-cost", location=args.location, tags=tags, opts=child
+            f"{name}-group",
+            resource_group_name=f"{prefix}-cost",
+            location=args.location,
+            tags=tags,
+            opts=child,
         )
         account = azure.storage.StorageAccount(
             f"{name}-storage",
@@ -126,13 +130,16 @@ class AzureSubscription(pulumi.ComponentResource):
             schedule={
                 "status": "Active",
                 "recurrence": "Daily",
-                "recurrence_period": {"from_": "2026-01-01T00:00:00Z", "to": "2036-01-01T00:00:00Z"},
+                "recurrence_period": {
+                    "from_": "2026-01-01T00:00:00Z",
+                    "to": "2036-01-01T00:00:00Z",
+                },
             },
             identity={"type": "SystemAssigned"},
             location=args.location,
             opts=child,
         )
-        function_app = self._forwarder(name, args, group, account, tags, child)
+        function_app = self._forwarder(name, args, group, account, tags=tags, opts=child)
 
         remediation_role = azure.authorization.RoleDefinition(
             f"{name}-remediation-role",
@@ -151,7 +158,11 @@ class AzureSubscription(pulumi.ComponentResource):
                 args.cost_read_principal_id,
                 args.scope,
             ),
-            "inventory-reader": (args.role_definition(READER), args.cost_read_principal_id, args.scope),
+            "inventory-reader": (
+                args.role_definition(READER),
+                args.cost_read_principal_id,
+                args.scope,
+            ),
             "exports-reader": (
                 args.role_definition(STORAGE_BLOB_DATA_READER),
                 args.cost_read_principal_id,
@@ -161,7 +172,9 @@ class AzureSubscription(pulumi.ComponentResource):
         for assignment, (role_id, principal, scope) in assignments.items():
             azure.authorization.RoleAssignment(
                 f"{name}-{assignment}",
-                role_assignment_name=random.RandomUuid(f"{name}-{assignment}-id", opts=child).result,
+                role_assignment_name=random.RandomUuid(
+                    f"{name}-{assignment}-id", opts=child
+                ).result,
                 role_definition_id=role_id,
                 principal_id=principal,
                 principal_type="ServicePrincipal",
@@ -207,6 +220,7 @@ class AzureSubscription(pulumi.ComponentResource):
         args: AzureSubscriptionArgs,
         group: azure.resources.ResourceGroup,
         account: azure.storage.StorageAccount,
+        *,
         tags: Mapping[str, str],
         opts: pulumi.ResourceOptions,
     ) -> azure.web.WebApp:
@@ -273,7 +287,9 @@ class AzureSubscription(pulumi.ComponentResource):
         )
         azure.authorization.RoleAssignment(
             f"{name}-forwarder-storage",
-            role_assignment_name=random.RandomUuid(f"{name}-forwarder-storage-id", opts=opts).result,
+            role_assignment_name=random.RandomUuid(
+                f"{name}-forwarder-storage-id", opts=opts
+            ).result,
             role_definition_id=args.role_definition(STORAGE_BLOB_DATA_OWNER),
             principal_id=app.identity.apply(lambda i: i.principal_id if i else ""),
             principal_type="ServicePrincipal",
@@ -306,7 +322,9 @@ class AzureSubscription(pulumi.ComponentResource):
                 "endpoint_type": "WebHook",
                 "endpoint_url": pulumi.Output.secret(
                     pulumi.Output.all(app.default_host_name, keys.function_keys).apply(
-                        lambda v: f"https://{v[0]}/api/{FUNCTION_NAME}?code={(v[1] or {})['default']}"
+                        lambda v: (
+                            f"https://{v[0]}/api/{FUNCTION_NAME}?code={(v[1] or {})['default']}"
+                        )
                     )
                 ),
                 "max_events_per_batch": 50,

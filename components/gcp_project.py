@@ -48,7 +48,9 @@ class GcpProjectArgs:
             if "*" in permission or permission.count(".") < 2:
                 raise ValueError(f"remediation permission {permission!r} must be exact")
         if not self.remediation_permissions:
-            raise ValueError("remediation_permissions is empty: the registry declares no GCP action")
+            raise ValueError(
+                "remediation_permissions is empty: the registry declares no GCP action"
+            )
 
     @property
     def project_resource(self) -> str:
@@ -63,7 +65,9 @@ class GcpProject(pulumi.ComponentResource):
     remediation_role: pulumi.Output[str]
     vault_rolesets: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, args: GcpProjectArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: GcpProjectArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("cct:cloud:GcpProject", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         prefix, project = args.name_prefix, args.project
@@ -140,7 +144,7 @@ class GcpProject(pulumi.ComponentResource):
                 backend=args.vault_backend,
                 roleset=f"{prefix}-cost-read",
                 project=project,
-                secret_type="access_token",
+                secret_type="access_token",  # noqa: S106 - a token type, not a secret
                 token_scopes=["https://www.googleapis.com/auth/cloud-platform"],
                 bindings=[
                     {"resource": args.project_resource, "roles": list(COST_READ_PROJECT_ROLES)},
@@ -153,7 +157,7 @@ class GcpProject(pulumi.ComponentResource):
                 backend=args.vault_backend,
                 roleset=f"{prefix}-remediation",
                 project=project,
-                secret_type="access_token",
+                secret_type="access_token",  # noqa: S106 - a token type, not a secret
                 token_scopes=["https://www.googleapis.com/auth/cloud-platform"],
                 bindings=[{"resource": args.project_resource, "roles": [remediation_role.name]}],
                 opts=child,

@@ -72,11 +72,15 @@ class Grafana(pulumi.ComponentResource):
     url: pulumi.Output[str]
     admin_secret_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: GrafanaArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: GrafanaArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("cct:ui:Grafana", name, None, opts)
         child = kube.child_opts(self, opts)
         ns, app = args.namespace, "grafana"
-        admin_password = random.RandomPassword(f"{name}-admin-password", length=24, special=False, opts=child)
+        admin_password = random.RandomPassword(
+            f"{name}-admin-password", length=24, special=False, opts=child
+        )
         admin = k8s.core.v1.Secret(
             f"{name}-admin",
             metadata=kube.metadata(f"{app}-admin", ns, "ui"),
@@ -95,9 +99,14 @@ class Grafana(pulumi.ComponentResource):
         values: dict[str, Any] = {
             "replicas": args.replicas,
             "image": {"registry": registry, "repository": repo_path, "tag": tag},
-            "admin": {"existingSecret": f"{app}-admin", "userKey": "admin-user", "passwordKey": "admin-password"},
+            "admin": {
+                "existingSecret": f"{app}-admin",
+                "userKey": "admin-user",
+                "passwordKey": "admin-password",
+            },
             "resources": args.resources.to_k8s(),
-            "securityContext": kube.pod_security_context() | {"runAsUser": 472, "runAsGroup": 472, "fsGroup": 472},
+            "securityContext": kube.pod_security_context()
+            | {"runAsUser": 472, "runAsGroup": 472, "fsGroup": 472},
             "containerSecurityContext": kube.container_security_context(),
             "podAnnotations": kube.scrape_annotations(PORT),
             "podLabels": kube.labels(app, "ui"),
@@ -119,7 +128,11 @@ class Grafana(pulumi.ComponentResource):
             "affinity": kube.anti_affinity(app) if ha else {},
         }
         if args.hostname:
-            values["ingress"] = {"enabled": True, "hosts": [args.hostname], "tls": [{"hosts": [args.hostname], "secretName": f"{app}-tls"}]}
+            values["ingress"] = {
+                "enabled": True,
+                "hosts": [args.hostname],
+                "tls": [{"hosts": [args.hostname], "secretName": f"{app}-tls"}],
+            }
             values["grafana.ini"]["server"] = {"root_url": f"https://{args.hostname}"}
         kube.helm_release(
             f"{name}-chart",
@@ -128,7 +141,9 @@ class Grafana(pulumi.ComponentResource):
             repo=REPO,
             namespace=ns,
             values=values,
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[admin, dashboards])),
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=[admin, dashboards])
+            ),
         )
         kube.ingress_policy(
             f"{name}-ingress",

@@ -107,7 +107,9 @@ class HandlersArgs:
         for handler in self.all_handlers:
             unknown = set(handler.config_mounts) - set(self.config_maps)
             if unknown:
-                raise ValueError(f"handler {handler.name} mounts unknown ConfigMaps {sorted(unknown)}")
+                raise ValueError(
+                    f"handler {handler.name} mounts unknown ConfigMaps {sorted(unknown)}"
+                )
         if self.high_availability:
             single = [
                 h.name
@@ -127,7 +129,9 @@ class Handlers(pulumi.ComponentResource):
     webhook_ca_pem: pulumi.Output[str]
     webhook_server_name: pulumi.Output[str]
 
-    def __init__(self, name: str, args: HandlersArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: HandlersArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("cct:handlers:Handlers", name, None, opts)
         child = kube.child_opts(self, opts)
         ns = args.namespace
@@ -178,7 +182,7 @@ class Handlers(pulumi.ComponentResource):
         env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
         env += [ref.to_k8s(k) for k, ref in sorted(spec.secret_env.items())]
         volumes: list[dict[str, Any]] = [kube.tmp_volume()]
-        mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+        mounts: list[dict[str, Any]] = [dict(kube.TMP_MOUNT)]
         for source, path in sorted(spec.config_mounts.items()):
             volumes.append({"name": source, "configMap": {"name": source}})
             mounts.append({"name": source, "mountPath": path, "readOnly": True})
@@ -237,7 +241,9 @@ class Handlers(pulumi.ComponentResource):
                         }
                     },
                 },
-                opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends_on))),
+                opts=pulumi.ResourceOptions.merge(
+                    opts, pulumi.ResourceOptions(depends_on=list(depends_on))
+                ),
             )
             return
         kube.workload(
@@ -296,12 +302,19 @@ class Handlers(pulumi.ComponentResource):
             allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
             opts=opts,
         )
-        key = tls.PrivateKey(f"{name}-webhook-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+        key = tls.PrivateKey(
+            f"{name}-webhook-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts
+        )
         request = tls.CertRequest(
             f"{name}-webhook-csr",
             private_key_pem=key.private_key_pem,
             subject={"common_name": server_name},
-            dns_names=[handler.name, f"{handler.name}.{ns}", server_name, f"{server_name}.cluster.local"],
+            dns_names=[
+                handler.name,
+                f"{handler.name}.{ns}",
+                server_name,
+                f"{server_name}.cluster.local",
+            ],
             opts=opts,
         )
         cert = tls.LocallySignedCert(
@@ -342,7 +355,10 @@ class Handlers(pulumi.ComponentResource):
         )
         k8s.admissionregistration.v1.ValidatingWebhookConfiguration(
             f"{name}-webhook",
-            metadata={"name": f"cct-{handler.name}", "labels": kube.labels(handler.name, "handler")},
+            metadata={
+                "name": f"cct-{handler.name}",
+                "labels": kube.labels(handler.name, "handler"),
+            },
             webhooks=[
                 {
                     "name": f"workflows.{handler.name}.cct.io",
@@ -351,9 +367,7 @@ class Handlers(pulumi.ComponentResource):
                     "failurePolicy": admission.failure_policy,
                     "timeoutSeconds": admission.timeout_seconds,
                     "matchPolicy": "Equivalent",
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": ns}
-                    },
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
                     "objectSelector": {"matchLabels": dict(admission.object_selector)},
                     "rules": [
                         {
@@ -377,7 +391,9 @@ class Handlers(pulumi.ComponentResource):
                     },
                 }
             ],
-            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[tls_secret])),
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(depends_on=[tls_secret])
+            ),
         )
         self.webhook_ca_pem = ca.cert_pem
         self.webhook_server_name = pulumi.Output.from_input(server_name)

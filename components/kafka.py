@@ -196,15 +196,19 @@ class Kafka(pulumi.ComponentResource):
                     "topicOperator": {"resources": kube.Resources().to_k8s()},
                 },
             },
-            opts=pulumi.ResourceOptions.merge(after_operator, pulumi.ResourceOptions(depends_on=[pool])),
+            opts=pulumi.ResourceOptions.merge(
+                after_operator, pulumi.ResourceOptions(depends_on=[pool])
+            ),
         )
         k8s.core.v1.ConfigMap(
             f"{name}-metrics",
             metadata=kube.metadata(f"{cluster}-metrics", ns, "events"),
-            data={"kafka.yaml": "lowercaseOutputName: true\nrules:\n  - pattern: \".*\"\n"},
+            data={"kafka.yaml": 'lowercaseOutputName: true\nrules:\n  - pattern: ".*"\n'},
             opts=child,
         )
-        topic_opts = pulumi.ResourceOptions.merge(after_operator, pulumi.ResourceOptions(depends_on=[kafka]))
+        topic_opts = pulumi.ResourceOptions.merge(
+            after_operator, pulumi.ResourceOptions(depends_on=[kafka])
+        )
         for topic in args.topics:
             k8s.apiextensions.CustomResource(
                 f"{name}-topic-{topic.name}",
@@ -223,6 +227,8 @@ class Kafka(pulumi.ComponentResource):
                 },
                 opts=topic_opts,
             )
-        self.bootstrap = pulumi.Output.from_input(f"{cluster}-kafka-bootstrap.{ns}.svc:{PLAIN_PORT}")
+        self.bootstrap = pulumi.Output.from_input(
+            f"{cluster}-kafka-bootstrap.{ns}.svc:{PLAIN_PORT}"
+        )
         self.topic_names = pulumi.Output.from_input([t.name for t in args.topics])
         self.register_outputs({"bootstrap": self.bootstrap, "topic_names": self.topic_names})

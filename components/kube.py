@@ -83,7 +83,10 @@ class SecretEnv:
     key: str
 
     def to_k8s(self, name: str) -> dict[str, Any]:
-        return {"name": name, "valueFrom": {"secretKeyRef": {"name": self.secret_name, "key": self.key}}}
+        return {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": self.secret_name, "key": self.key}},
+        }
 
 
 @dataclass(frozen=True)
@@ -216,9 +219,13 @@ def pod_spec(
     return spec
 
 
-def tmp_volume(name: str = "tmp") -> dict[str, Any]:
-    """Writable scratch space: the root filesystem is read-only."""
-    return {"name": name, "emptyDir": {"sizeLimit": "64Mi"}}
+def tmp_volume() -> dict[str, Any]:
+    """Writable scratch space, mounted with TMP_MOUNT: the root filesystem is read-only."""
+    return {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+
+
+# A pod-private emptyDir (tmp_volume), not the node's shared /tmp.
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108
 
 
 def metadata(name: str, namespace: str, component: str, **extra: Any) -> dict[str, Any]:
@@ -307,7 +314,9 @@ def workload(
     }
     meta = {"name": name, "namespace": namespace, "labels": labels(name, component)}
     if depends_on:
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends_on)))
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(depends_on=list(depends_on))
+        )
     common = {"replicas": replicas, "selector": {"matchLabels": selector(name)}}
     if stateful_volume_claims:
         return k8s.apps.v1.StatefulSet(
@@ -339,7 +348,9 @@ def service(
 ) -> k8s.core.v1.Service:
     """A Service selecting `name`'s pods; the headless variant (named `<name>-headless`) gives
     StatefulSet pods stable DNS names."""
-    extra: dict[str, Any] = {"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}
+    extra: dict[str, Any] = (
+        {"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}
+    )
     service_name = f"{name}-headless" if headless else name
     return k8s.core.v1.Service(
         resource_name,

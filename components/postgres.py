@@ -106,7 +106,10 @@ class Postgres(pulumi.ComponentResource):
                     "passwordSecret": {"name": f"{cluster}-{login.replace('_', '-')}"},
                 }
             )
-        affinity: dict[str, Any] = {"enablePodAntiAffinity": True, "topologyKey": "kubernetes.io/hostname"}
+        affinity: dict[str, Any] = {
+            "enablePodAntiAffinity": True,
+            "topologyKey": "kubernetes.io/hostname",
+        }
         if args.high_availability:
             affinity["podAntiAffinityType"] = "required"
         cluster_res = k8s.apiextensions.CustomResource(
@@ -118,9 +121,10 @@ class Postgres(pulumi.ComponentResource):
                 "instances": args.instances,
                 "imageName": args.image,
                 "primaryUpdateStrategy": "unsupervised",
-                "storage": {"size": args.storage_size, **(
-                    {"storageClass": args.storage_class} if args.storage_class else {}
-                )},
+                "storage": {
+                    "size": args.storage_size,
+                    **({"storageClass": args.storage_class} if args.storage_class else {}),
+                },
                 "resources": args.resources.to_k8s(),
                 "affinity": affinity,
                 "enablePDB": args.instances > 1,
@@ -131,9 +135,7 @@ class Postgres(pulumi.ComponentResource):
                     "annotations": kube.scrape_annotations(METRICS_PORT),
                 },
             },
-            opts=pulumi.ResourceOptions.merge(
-                child, pulumi.ResourceOptions(depends_on=[operator])
-            ),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[operator])),
         )
         instance_pods = {"cnpg.io/cluster": cluster}
         kube.ingress_policy(

@@ -126,7 +126,9 @@ class Vault(pulumi.ComponentResource):
     database_path: pulumi.Output[str] | None
     policy_names: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, args: VaultArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: VaultArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("cct:secrets:Vault", name, None, opts)
         child = kube.child_opts(self, opts)
         repository, tag = args.image.rsplit(":", 1)
@@ -165,7 +167,7 @@ class Vault(pulumi.ComponentResource):
                     },
                     # The entrypoint renders its config into /tmp: writable scratch space.
                     "volumes": [kube.tmp_volume()],
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    "volumeMounts": [kube.TMP_MOUNT],
                     "annotations": kube.scrape_annotations(PORT, "/v1/sys/metrics"),
                 },
             },
@@ -178,7 +180,9 @@ class Vault(pulumi.ComponentResource):
             self.register_outputs({"address": self.address, "policy_names": self.policy_names})
             return
 
-        auth = vault.AuthBackend(f"{name}-kubernetes", type="kubernetes", path="kubernetes", opts=child)
+        auth = vault.AuthBackend(
+            f"{name}-kubernetes", type="kubernetes", path="kubernetes", opts=child
+        )
         vault.kubernetes.AuthBackendConfig(
             f"{name}-kubernetes-config",
             backend=auth.path,
@@ -208,7 +212,10 @@ class Vault(pulumi.ComponentResource):
                 audience="vault",
                 opts=child,
             )
-        lease = {"default_lease_ttl_seconds": TOKEN_TTL_SECONDS, "max_lease_ttl_seconds": TOKEN_MAX_TTL_SECONDS}
+        lease = {
+            "default_lease_ttl_seconds": TOKEN_TTL_SECONDS,
+            "max_lease_ttl_seconds": TOKEN_MAX_TTL_SECONDS,
+        }
         if args.aws:
             aws = vault.aws.SecretBackend(
                 f"{name}-aws",
@@ -239,7 +246,9 @@ class Vault(pulumi.ComponentResource):
             self.gcp_path = gcp.path
         if args.database:
             db = args.database
-            mount = vault.Mount(f"{name}-database", path="database", type="database", **lease, opts=child)
+            mount = vault.Mount(
+                f"{name}-database", path="database", type="database", **lease, opts=child
+            )
             connection = vault.database.SecretBackendConnection(
                 f"{name}-postgres",
                 backend=mount.path,

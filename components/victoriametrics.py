@@ -247,4 +247,3 @@ class VictoriaMetrics(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": sa, "namespace": sa_namespace}],
             opts=opts,
         )
-

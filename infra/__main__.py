@@ -7,11 +7,11 @@ from pathlib import Path
 # Pulumi runs this directory as the program; the `infra` package lives at the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pulumi  # noqa: E402
+import pulumi
 
-from infra.config import load  # noqa: E402
-from infra.generated import collect  # noqa: E402
-from infra.stack import build  # noqa: E402
+from infra.config import load
+from infra.generated import collect
+from infra.stack import build
 
 settings = load(pulumi.Config("cct"))
 for name, value in build(settings, collect()).items():

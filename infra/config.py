@@ -171,7 +171,9 @@ def load(source: ConfigSource) -> Settings:
     high_availability = r.boolean("highAvailability")
     replicas = r.integer("replicas", 1, 20)
     if high_availability and replicas < 2:
-        raise ConfigError(f"{NAMESPACE}:replicas={replicas} must be at least 2 when highAvailability is true")
+        raise ConfigError(
+            f"{NAMESPACE}:replicas={replicas} must be at least 2 when highAvailability is true"
+        )
     namespace = r.dns_label("namespace")
     platform_namespace = r.dns_label("platformNamespace")
     if namespace == platform_namespace:
@@ -190,7 +192,9 @@ def load(source: ConfigSource) -> Settings:
             account_id=r.matching("awsAccountId", r"\d{12}", "a 12-digit AWS account id"),
             region=r.matching("awsRegion", r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region"),
             vault_principal_arn=r.matching(
-                "awsVaultPrincipalArn", r"arn:aws:iam::\d{12}:(role|user)/\S+", "an IAM role/user ARN"
+                "awsVaultPrincipalArn",
+                r"arn:aws:iam::\d{12}:(role|user)/\S+",
+                "an IAM role/user ARN",
             ),
         )
     if r.boolean("azureEnabled"):
@@ -200,8 +204,12 @@ def load(source: ConfigSource) -> Settings:
             location=r.string("azureLocation"),
             vault_client_id=r.matching("azureVaultClientId", _UUID, "a client id (UUID)"),
             vault_client_secret=r.secret("azureVaultClientSecret"),
-            remediation_app_object_id=r.matching("azureRemediationAppObjectId", _UUID, "an object id"),
-            remediation_principal_id=r.matching("azureRemediationPrincipalId", _UUID, "an object id"),
+            remediation_app_object_id=r.matching(
+                "azureRemediationAppObjectId", _UUID, "an object id"
+            ),
+            remediation_principal_id=r.matching(
+                "azureRemediationPrincipalId", _UUID, "an object id"
+            ),
             cost_read_app_object_id=r.matching("azureCostReadAppObjectId", _UUID, "an object id"),
             cost_read_principal_id=r.matching("azureCostReadPrincipalId", _UUID, "an object id"),
         )

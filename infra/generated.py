@@ -26,7 +26,7 @@ from lambdas.steps.registry import ACTIONS
 from lambdas.steps.templates import workflow_template
 
 ROOT = Path(__file__).resolve().parents[1]
-BRIDGE_TOKEN_FILE = "bridge-token"
+BRIDGE_TOKEN_FILE = "bridge-token"  # noqa: S105 - a file name, not a token
 # The trigger labels every Workflow it creates so (lambdas/trigger/argo.py).
 WORKFLOW_LABELS = {"app.kubernetes.io/managed-by": "cct-trigger"}
 
@@ -42,7 +42,7 @@ from lambdas.forwarders.gcp import entry_point as forward
 def entry_point(cloud_event):
     forward(cloud_event)
 '''
-AZURE_FUNCTION_APP = '''"""Azure Functions (Python v2 model) entry point for CCT's Event Grid forwarder."""
+AZURE_FUNCTION_APP = '''"""Azure Functions (Python v2 model) entry point of CCT's forwarder."""
 import json
 
 import azure.functions as func
@@ -55,7 +55,9 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.route(route="forward", methods=["POST"])
 def forward(req: func.HttpRequest) -> func.HttpResponse:
     status, body = main(req.get_body())
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+    return func.HttpResponse(
+        json.dumps(body), status_code=status, mimetype="application/json"
+    )
 '''
 AZURE_HOST = json.dumps({"version": "2.0"})
 GCP_REQUIREMENTS = "functions-framework==3.8.3\n"

@@ -36,9 +36,9 @@ from components.handlers import (
     HandlersArgs,
     HandlerSpec,
 )
-from components.kube import SecretEnv
 from components.kafka import METRICS_PORT as KAFKA_METRICS_PORT
 from components.kafka import Kafka, KafkaArgs, TopicSpec
+from components.kube import SecretEnv
 from components.namespace import Namespace, NamespaceArgs
 from components.postgres import METRICS_PORT as PG_METRICS_PORT
 from components.postgres import Postgres, PostgresArgs
@@ -73,7 +73,9 @@ SECRETS_DIR = "/etc/cct/secrets"
 STEPS_DB_ROLE = "cct_steps"
 ZENDUTY_URL = "https://www.zenduty.com/api/integration/alertmanager/"
 # Argo labels every step pod with its workflow's name.
-WORKFLOW_PODS = {"matchExpressions": [{"key": "workflows.argoproj.io/workflow", "operator": "Exists"}]}
+WORKFLOW_PODS = {
+    "matchExpressions": [{"key": "workflows.argoproj.io/workflow", "operator": "Exists"}]
+}
 
 
 def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
@@ -134,7 +136,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             namespace=ns,
             operator_namespace=platform,
             clients=[
-                *(pod(h) for h in ("collector", "billing-loader", "detector", "trigger", "admission")),
+                *(
+                    pod(h)
+                    for h in ("collector", "billing-loader", "detector", "trigger", "admission")
+                ),
                 grafana_pods,
                 workflow_pods,
                 kube.namespace_peer(platform),
@@ -386,7 +391,9 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             )
             if settings.azure
             else None,
-            gcp=VaultGcpEngine(credentials=settings.gcp.vault_credentials) if settings.gcp else None,
+            gcp=VaultGcpEngine(credentials=settings.gcp.vault_credentials)
+            if settings.gcp
+            else None,
             database=VaultDatabaseEngine(
                 host=postgres.host,
                 database="cct",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pulumi_policy import PolicyPack  # noqa: E402
+from pulumi_policy import PolicyPack
 
-from infra.policypack.policies import POLICIES  # noqa: E402
+from infra.policypack.policies import POLICIES
 
 PolicyPack(name="cct-invariants", policies=POLICIES)

@@ -132,7 +132,9 @@ def check_namespace_pod_security(resource_type: str, props: Props) -> list[str]:
         return []
     labels = (props.get("metadata") or {}).get("labels") or {}
     level = labels.get("pod-security.kubernetes.io/enforce")
-    return [] if level == "restricted" else [f"enforces Pod Security level {level!r}, not restricted"]
+    return (
+        [] if level == "restricted" else [f"enforces Pod Security level {level!r}, not restricted"]
+    )
 
 
 def check_helm_pinned(resource_type: str, props: Props) -> list[str]:
@@ -177,7 +179,11 @@ def check_iam_least_privilege(resource_type: str, props: Props) -> list[str]:
             problems.append(f"statement {sid}: wildcard actions {wild}")
         mutating = [a for a in actions if not a.split(":", 1)[-1].startswith(_READ_ONLY_VERBS)]
         condition = json.dumps(statement.get("Condition") or {})
-        if "*" in _as_list(statement.get("Resource")) and mutating and "aws:ResourceTag/" not in condition:
+        if (
+            "*" in _as_list(statement.get("Resource"))
+            and mutating
+            and "aws:ResourceTag/" not in condition
+        ):
             problems.append(
                 f"statement {sid}: {mutating} on every resource without a resource-tag condition"
             )
@@ -208,7 +214,7 @@ def check_vault_policy(resource_type: str, props: Props) -> list[str]:
     text = str(props.get("policy") or "")
     blocks = _VAULT_PATH.findall(text)
     if not blocks or text.count("path ") != len(blocks):
-        return ["policy is not a list of `path \"...\" { capabilities = [...] }` blocks"]
+        return ['policy is not a list of `path "..." { capabilities = [...] }` blocks']
     problems = []
     for path, caps in blocks:
         if "*" in path or "+" in path:
@@ -245,17 +251,57 @@ class Check:
 
 
 RESOURCE_CHECKS: tuple[Check, ...] = (
-    Check("k8s-pod-security", "Pods run non-root, read-only, without privileges.", check_pod_security),
-    Check("k8s-resources", "Every container sets CPU and memory requests and limits.", check_resources),
-    Check("k8s-pinned-images", "Every image is pinned to an exact version or digest.", check_pinned_images),
-    Check("k8s-labels", "Every Kubernetes object carries CCT's part-of and managed-by labels.", check_labels),
-    Check("k8s-namespace-restricted", "Namespaces enforce the restricted Pod Security Standard.", check_namespace_pod_security),
-    Check("helm-pinned-charts", "Helm charts are pinned to exact versions from https repositories.", check_helm_pinned),
-    Check("aws-iam-least-privilege", "No wildcard IAM actions; broad mutations need tag conditions.", check_iam_least_privilege),
-    Check("cloud-custom-roles-exact", "Azure and GCP custom roles list exact permissions.", check_cloud_custom_roles),
-    Check("vault-policies-exact", "Vault policies grant exact paths with limited capabilities.", check_vault_policy),
-    Check("admission-webhook-explicit", "Admission webhooks set failure policy, timeout, CA and side effects.", check_webhook),
-)  # fmt: skip
+    Check(
+        "k8s-pod-security",
+        "Pods run non-root, with a read-only root filesystem and no privileges.",
+        check_pod_security,
+    ),
+    Check(
+        "k8s-resources",
+        "Every container sets CPU and memory requests and limits.",
+        check_resources,
+    ),
+    Check(
+        "k8s-pinned-images",
+        "Every image is pinned to an exact version or digest.",
+        check_pinned_images,
+    ),
+    Check(
+        "k8s-labels",
+        "Every Kubernetes object carries CCT's part-of and managed-by labels.",
+        check_labels,
+    ),
+    Check(
+        "k8s-namespace-restricted",
+        "Namespaces enforce the restricted Pod Security Standard.",
+        check_namespace_pod_security,
+    ),
+    Check(
+        "helm-pinned-charts",
+        "Helm charts are pinned to exact versions from https repositories.",
+        check_helm_pinned,
+    ),
+    Check(
+        "aws-iam-least-privilege",
+        "No wildcard IAM actions; mutations on every resource need a resource-tag condition.",
+        check_iam_least_privilege,
+    ),
+    Check(
+        "cloud-custom-roles-exact",
+        "Azure and GCP custom roles list exact permissions.",
+        check_cloud_custom_roles,
+    ),
+    Check(
+        "vault-policies-exact",
+        "Vault policies grant exact paths with limited capabilities.",
+        check_vault_policy,
+    ),
+    Check(
+        "admission-webhook-explicit",
+        "Admission webhooks set failure policy, timeout, CA bundle and side effects.",
+        check_webhook,
+    ),
+)
 
 
 def check_default_deny(resources: Sequence[tuple[str, Props]]) -> list[str]:
@@ -277,4 +323,6 @@ def check_default_deny(resources: Sequence[tuple[str, Props]]) -> list[str]:
             and not spec.get("egress")
         ):
             denied.add((props.get("metadata") or {}).get("namespace"))
-    return [f"namespace {ns} has no default-deny NetworkPolicy" for ns in sorted(namespaces - denied)]
+    return [
+        f"namespace {ns} has no default-deny NetworkPolicy" for ns in sorted(namespaces - denied)
+    ]

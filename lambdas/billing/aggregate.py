@@ -128,6 +128,8 @@ class HourlyTotals:
 
     def rows(self) -> Iterator[tuple[Key, int, float, float, float]]:
         """(label key with the provider normalised, hour, billed, effective, list)."""
+        if self.result is None:
+            raise RuntimeError("HourlyTotals.rows() before finish()")
         cols = [self.result.column(c).to_pylist() for c in self.result.column_names]
         n = len(KEY_COLUMNS)
         for values in zip(*cols, strict=True):

@@ -409,7 +409,7 @@ class Api:
             records = await self.read_records(request)
         except Refused as refused:
             return _reject(self.metrics, refused.status, refused.reason, refused.detail)
-        tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag", "")
+        tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag") or ""
         default_provider = _tag_provider(tag)
         changes: list[ResourceChange] = []
         dead: list[tuple[str, str, str]] = []

@@ -9,6 +9,7 @@ endpoint settings are in place).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,8 +22,18 @@ from lambdas.collector.normalize import AWS_EC2, AWS_RDS
 SYNC_ACTION = "InventorySync"
 
 
+def sync_run_id(now: datetime) -> str:
+    """Event ids of one sync run: unique per run, so a later run is never taken for a
+    duplicate of an earlier one."""
+    return f"sync:{now:%Y%m%dT%H%M%SZ}:{uuid.uuid4().hex[:8]}"
+
+
 def diff(
-    known: Sequence[Resource], observed: Iterable[ResourceChange], scope: set[str], now: datetime
+    known: Sequence[Resource],
+    observed: Iterable[ResourceChange],
+    scope: set[str],
+    now: datetime,
+    sync_id: str,
 ) -> list[ResourceChange]:
     """Changes that make the inventory match `observed`. `scope` is the set of resource types
     that were listed: a known live resource of those types that was not observed is gone."""
@@ -41,12 +52,11 @@ def diff(
         ):
             continue
         out.append(ob)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     for r in known:
         if r.key not in seen and r.resource_type in scope and r.state != "deleted":
             out.append(
                 ResourceChange(
-                    event_id=f"sync:{stamp}:{r.resource_id}",
+                    event_id=f"{sync_id}:{r.resource_id}",
                     provider=r.provider,
                     billing_account_id=r.billing_account_id,
                     sub_account_id=r.sub_account_id,
@@ -66,16 +76,17 @@ def _tags(items: Any) -> dict[str, str]:
     return {str(t["Key"]): str(t.get("Value", "")) for t in items or []}
 
 
-def aws_observed(region: str, now: datetime, billing_account_id: str) -> list[ResourceChange]:
+def aws_observed(
+    region: str, now: datetime, billing_account_id: str, sync_id: str
+) -> list[ResourceChange]:
     ec2 = boto3.client("ec2", region_name=region)
     rds = boto3.client("rds", region_name=region)
     account = boto3.client("sts", region_name=region).get_caller_identity()["Account"]
     billing = billing_account_id or account
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
 
     def change(rid: str, **kw: Any) -> ResourceChange:
         return ResourceChange(
-            event_id=f"sync:{stamp}:{rid}",
+            event_id=f"{sync_id}:{rid}",
             provider="aws",
             billing_account_id=billing,
             sub_account_id=account,
@@ -103,8 +114,8 @@ def aws_observed(region: str, now: datetime, billing_account_id: str) -> list[Re
                         tags=_tags(inst.get("Tags")),
                     )
                 )
-    for page in ec2.get_paginator("describe_volumes").paginate():
-        for vol in page["Volumes"]:
+    for vol_page in ec2.get_paginator("describe_volumes").paginate():
+        for vol in vol_page["Volumes"]:
             out.append(
                 change(
                     vol["VolumeId"],
@@ -116,8 +127,8 @@ def aws_observed(region: str, now: datetime, billing_account_id: str) -> list[Re
                     tags=_tags(vol.get("Tags")),
                 )
             )
-    for page in rds.get_paginator("describe_db_instances").paginate():
-        for db in page["DBInstances"]:
+    for db_page in rds.get_paginator("describe_db_instances").paginate():
+        for db in db_page["DBInstances"]:
             out.append(
                 change(
                     db["DBInstanceArn"],
@@ -139,5 +150,6 @@ def aws_observed(region: str, now: datetime, billing_account_id: str) -> list[Re
 def aws_inventory_changes(
     region: str, known: Sequence[Resource], now: datetime, billing_account_id: str = ""
 ) -> list[ResourceChange]:
-    observed = aws_observed(region, now, billing_account_id)
-    return diff(known, observed, {"Instance", "Volume", "DBInstance"}, now)
+    sync_id = sync_run_id(now)
+    observed = aws_observed(region, now, billing_account_id, sync_id)
+    return diff(known, observed, {"Instance", "Volume", "DBInstance"}, now, sync_id)

@@ -27,9 +27,11 @@ class PermanentSubmitError(RuntimeError):
 @dataclass(frozen=True)
 class Submission:
     outcome: Outcome
-    # For `denied`: the admission webhook's message. For the local backend: the run's state
-    # when the steps stopped (succeeded, failed, dry_run, awaiting_approval).
+    # For `denied`: the admission webhook's message. For the local backend, which runs the
+    # steps inside submit: where they stopped (completed, awaiting_approval, failed).
     detail: str | None = None
+    # The local backend's failed step and its message: the run must end up `failed`.
+    failure: str | None = None
 
 
 class Backend(Protocol):

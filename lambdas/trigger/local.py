@@ -56,7 +56,7 @@ class LocalBackend:
         self.sleep = sleep
 
     def submit(self, run: WorkflowRun) -> Submission:
-        """Run every step; detail is `completed`, `awaiting_approval` or `failed: <reason>`."""
+        """Run every step; detail is `completed`, `awaiting_approval` or `failed`."""
         playbook = PLAYBOOKS[run.playbook]
         previous: dict[str, Any] = {}
         for step in playbook.steps:
@@ -69,7 +69,7 @@ class LocalBackend:
             result = self._with_retries(playbook, step, document)
             if not result.ok:
                 self._record_failure(document, result)
-                return Submission("created", f"failed: {result.error_message}")
+                return Submission("created", "failed", failure=result.error_message)
             previous[step] = result.output
             if step == "approve" and result.output.get("status") == "awaiting_approval":
                 # The run waits for a person; `cct step approve` resumes it later.

@@ -126,14 +126,18 @@ class Processor:
             self._retrying(lambda: self._settle(run.run_id, "denied", submission.detail))
             log.info("admission denied the workflow", extra={"run_id": run.run_id})
             return Handled("denied", run.run_id, submission.detail)
-        detail = submission.detail or ""
-        if detail.startswith("failed: "):
+        failure = submission.failure
+        if failure is not None:
             # The local backend's failed step already ran `record`; settling again makes sure
             # the row says failed even if that record step could not write.
-            self._retrying(lambda: self._settle(run.run_id, "failed", detail[len("failed: ") :]))
+            self._retrying(lambda: self._settle(run.run_id, "failed", failure))
         log.info(
             "workflow submitted",
-            extra={"run_id": run.run_id, "outcome": submission.outcome, "detail": detail},
+            extra={
+                "run_id": run.run_id,
+                "outcome": submission.outcome,
+                "detail": submission.detail,
+            },
         )
         return Handled(submission.outcome, run.run_id, submission.detail)
 

@@ -22,7 +22,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from lambdas.common.vm import Sample, VictoriaMetrics
-from lambdas.detector.alerts import fingerprint
+from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import BASE_WEEKLY
 from lambdas.detector.rules import Budget, RulesSettings, render_vmalert_rules
@@ -355,3 +355,31 @@ def test_cct_serve_detector_runs_the_loop_and_alerts(
     assert "cct_detector_series 3.0" in metrics
     logs = (tmp_path / "detector.log").read_text().splitlines()
     assert logs and all(json.loads(line)["level"] for line in logs)
+
+
+def test_alerts_and_rows_wait_out_alertmanager_and_postgres_outages(
+    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    real_am, real_cfg = detector.am, detector.cfg
+    closed = free_port()
+    detector.am = Alertmanager(f"http://127.0.0.1:{closed}", timeout=2)
+    detector.cfg = replace(real_cfg, pg_dsn=f"postgresql://cct@127.0.0.1:{closed}/cct")
+
+    account.write(100.0)
+    detector.cycle(time.time())
+    account.write(250.0)
+    opened = detector.cycle(time.time())
+    assert len(opened) == 3
+    assert len(detector.unsent) == 3 and len(detector.pending_rows) == 3
+    errors = detector.metrics.errors
+    assert errors.labels("alertmanager")._value.get() == 1
+    assert errors.labels("postgres")._value.get() >= 1
+    assert am_alerts(alertmanager_url, team=account.team, source="detector") == []
+
+    detector.am, detector.cfg = real_am, real_cfg
+    assert detector.cycle(time.time()) == []  # still high: nothing new, the backlog goes out
+    assert detector.unsent == [] and detector.pending_rows == []
+    [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
+    with psycopg.connect(pg_dsn) as conn:
+        [row] = store.get(conn, alert["fingerprint"])
+    assert float(row["observed_usd_per_hour"]) == 250.0

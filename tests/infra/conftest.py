@@ -15,7 +15,7 @@ from tests.infra.harness import ALL_CLOUDS_ON, BuiltStack, build_stack
 # is the SDKs' business, not the bundle's, so the modules the bundle uses load quietly here.
 # (Using a deprecated class later still warns, and fails the tests.)
 SDK_MODULES = (
-    *(f"pulumi_aws.{m}" for m in ("s3", "lambda_", "cloudwatch", "iam", "secretsmanager", "bcmdata")),
+    *(f"pulumi_aws.{m}" for m in ("s3", "lambda_", "cloudwatch", "iam", "bcmdata")),
     *(
         f"pulumi_azure_native.{m}"
         for m in ("resources", "storage", "costmanagement", "web", "eventgrid", "authorization")
@@ -61,7 +61,10 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
 @pytest.fixture(scope="session")
 def stacks() -> Iterator[dict[str, BuiltStack]]:
     """Every variant, built from the real generated content (infra.generated.collect)."""
-    yield {name: build_stack(stack, collect, overrides) for name, (stack, overrides) in VARIANTS.items()}
+    yield {
+        name: build_stack(stack, collect, overrides)
+        for name, (stack, overrides) in VARIANTS.items()
+    }
 
 
 @pytest.fixture(params=sorted(VARIANTS))

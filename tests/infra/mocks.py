@@ -44,7 +44,9 @@ def unwrap_secrets(value: Any, path: str, secrets: set[str]) -> Any:
         if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
             secrets.add(path)
             return unwrap_secrets(value["value"], path, secrets)
-        return {k: unwrap_secrets(v, f"{path}.{k}" if path else k, secrets) for k, v in value.items()}
+        return {
+            k: unwrap_secrets(v, f"{path}.{k}" if path else k, secrets) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [unwrap_secrets(v, f"{path}[{i}]", secrets) for i, v in enumerate(value)]
     return value
@@ -52,6 +54,79 @@ def unwrap_secrets(value: Any, path: str, secrets: set[str]) -> Any:
 
 def _suffix(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _kubernetes(typ: str, name: str, state: dict[str, Any]) -> str:
+    meta = dict(state.get("metadata") or {})
+    meta.setdefault("name", f"{name}-{_suffix(name)}")
+    state["metadata"] = meta
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
+
+
+def _aws(typ: str, name: str, state: dict[str, Any]) -> str:
+    physical = str(state.get("name") or state.get("bucket") or f"{name}-{_suffix(name)}")
+    service = typ.split(":")[1].split("/", maxsplit=1)[0]
+    arns = {
+        "aws:iam/role:Role": f"arn:aws:iam::{ACCOUNT}:role/{physical}",
+        "aws:s3/bucket:Bucket": f"arn:aws:s3:::{physical}",
+        "aws:cloudwatch/logGroup:LogGroup": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{physical}",
+        "aws:lambda/function:Function": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{physical}",
+    }
+    state["arn"] = arns.get(typ, f"arn:aws:{service}:{REGION}:{ACCOUNT}:{physical}")
+    if typ == "aws:s3/bucket:Bucket":
+        state["bucket"] = physical
+    return physical
+
+
+def _azure(typ: str, name: str, state: dict[str, Any]) -> str:
+    module, kind = typ.split(":")[1], typ.rsplit(":", 1)[-1]
+    state.setdefault("name", name.replace("-", "")[:24])
+    if kind == "WebApp":
+        state["identity"] = {"type": "SystemAssigned", "principalId": SUBSCRIPTION}
+        state["defaultHostName"] = f"{state['name']}.azurewebsites.net"
+    return (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/cct-cost/providers/"
+        f"Microsoft.{module.capitalize()}/{kind}/{name}"
+    )
+
+
+def _gcp(typ: str, name: str, state: dict[str, Any]) -> str:
+    if typ == "gcp:serviceaccount/account:Account":
+        state["email"] = f"{state['accountId']}@{PROJECT}.iam.gserviceaccount.com"
+    elif typ == "gcp:logging/projectSink:ProjectSink":
+        state["writerIdentity"] = (
+            f"serviceAccount:sink-{_suffix(name)}@gcp-sa-logging.iam.gserviceaccount.com"
+        )
+    elif typ == "gcp:projects/iAMCustomRole:IAMCustomRole":
+        state["name"] = f"projects/{PROJECT}/roles/{state['roleId']}"
+    elif typ == "gcp:cloudfunctionsv2/function:Function":
+        state["url"] = f"https://{state['name']}-{_suffix(name)}-uc.a.run.app"
+    return f"projects/{PROJECT}/{name}"
+
+
+def _tls(typ: str, name: str, state: dict[str, Any]) -> str:
+    state.update(
+        privateKeyPem=FAKE_KEY, publicKeyPem=FAKE_PEM, certPem=FAKE_PEM, certRequestPem=FAKE_PEM
+    )
+    return f"{name}-{_suffix(name)}"
+
+
+def _random(typ: str, name: str, state: dict[str, Any]) -> str:
+    suffix = _suffix(name)
+    uuid = f"{suffix}-0000-4000-8000-{suffix}0000"
+    state["result"] = uuid if typ.endswith("RandomUuid") else f"generated-{suffix}"
+    return f"{name}-{suffix}"
+
+
+_BY_PACKAGE = {
+    "kubernetes": _kubernetes,
+    "aws": _aws,
+    "azure-native": _azure,
+    "gcp": _gcp,
+    "tls": _tls,
+    "random": _random,
+}
 
 
 class CctMocks(pulumi.runtime.Mocks):
@@ -65,61 +140,8 @@ class CctMocks(pulumi.runtime.Mocks):
             Registered(args.typ, args.name, inputs, bool(args.custom), frozenset(secrets))
         )
         state = dict(inputs)
-        typ, name = args.typ, args.name
-        package = typ.split(":", 1)[0]
-        resource_id = f"{name}-{_suffix(name)}"
-        if package == "kubernetes" and "metadata" in state:
-            meta = dict(state["metadata"] or {})
-            meta.setdefault("name", resource_id)
-            state["metadata"] = meta
-            namespace = meta.get("namespace")
-            resource_id = f"{namespace}/{meta['name']}" if namespace else meta["name"]
-        elif package == "aws":
-            physical = state.get("name") or state.get("bucket") or resource_id
-            service = typ.split(":")[1].split("/")[0]
-            state.setdefault("arn", f"arn:aws:{service}:{REGION}:{ACCOUNT}:{physical}")
-            if typ.startswith("aws:iam/role"):
-                state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{physical}"
-            if typ.startswith("aws:s3/bucket:"):
-                state["bucket"] = physical
-                state["arn"] = f"arn:aws:s3:::{physical}"
-            if typ.startswith("aws:cloudwatch/logGroup"):
-                state["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{physical}"
-            if typ.startswith("aws:lambda/function"):
-                state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{physical}"
-            resource_id = physical
-        elif package == "azure-native":
-            kind = typ.rsplit(":", 1)[-1]
-            resource_id = (
-                f"/subscriptions/{SUBSCRIPTION}/resourceGroups/cct-cost/providers/"
-                f"Microsoft.{typ.split(':')[1].capitalize()}/{kind}/{name}"
-            )
-            state.setdefault("name", name.replace("-", "")[:24])
-            if kind == "WebApp":
-                state["identity"] = {"type": "SystemAssigned", "principalId": SUBSCRIPTION}
-        elif package == "gcp":
-            if typ.startswith("gcp:serviceaccount/account"):
-                state["email"] = f"{state['accountId']}@{PROJECT}.iam.gserviceaccount.com"
-            if typ.startswith("gcp:logging/projectSink"):
-                state["writerIdentity"] = f"serviceAccount:sink-{_suffix(name)}@gcp-sa-logging.iam.gserviceaccount.com"
-            if typ.startswith("gcp:projects/iAMCustomRole"):
-                state["name"] = f"projects/{PROJECT}/roles/{state['roleId']}"
-            if typ.startswith("gcp:cloudfunctionsv2/function"):
-                state["url"] = f"https://{state['name']}-{_suffix(name)}-uc.a.run.app"
-            resource_id = f"projects/{PROJECT}/{name}"
-        elif typ.startswith("tls:"):
-            state.update(
-                privateKeyPem=FAKE_KEY,
-                publicKeyPem=FAKE_PEM,
-                certPem=FAKE_PEM,
-                certRequestPem=FAKE_PEM,
-            )
-        elif typ.startswith("random:"):
-            state["result"] = (
-                f"{_suffix(name)}-0000-4000-8000-{_suffix(name)}0000"
-                if typ.endswith("RandomUuid")
-                else f"generated-{_suffix(name)}"
-            )
+        make_id = _BY_PACKAGE.get(args.typ.split(":", 1)[0])
+        resource_id = make_id(args.typ, args.name, state) if make_id else f"{args.name}-id"
         return resource_id, state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:

@@ -123,10 +123,15 @@ def test_vault_policy_is_rendered_in_a_stable_order() -> None:
 
 
 def test_kafka_outputs_and_children() -> None:
-    topics = [TopicSpec("cct.cost.anomalies", 6, 1000), TopicSpec("cct.optimization.results", 3, 1000)]
+    topics = [
+        TopicSpec("cct.cost.anomalies", 6, 1000),
+        TopicSpec("cct.optimization.results", 3, 1000),
+    ]
 
     def program() -> None:
-        kafka = Kafka("kafka", KafkaArgs(namespace=NS, operator_namespace="p", clients=[], topics=topics))
+        kafka = Kafka(
+            "kafka", KafkaArgs(namespace=NS, operator_namespace="p", clients=[], topics=topics)
+        )
 
         def check(args: list[Any]) -> None:
             urn, bootstrap, names = args
@@ -180,7 +185,10 @@ def test_unconfigured_vault_is_only_the_chart() -> None:
         vault = Vault(
             "vault",
             VaultArgs(
-                namespace="p", clients_namespace=NS, access={"a": [VaultGrant("x/y")]}, configure=False
+                namespace="p",
+                clients_namespace=NS,
+                access={"a": [VaultGrant("x/y")]},
+                configure=False,
             ),
         )
         assert vault.aws_path is None and vault.database_path is None
@@ -192,4 +200,7 @@ def test_unconfigured_vault_is_only_the_chart() -> None:
         pulumi.Output.all(vault.urn, vault.policy_names, vault.address).apply(check)
 
     mocks = run(program)
-    assert {r.typ for r in mocks.resources} == {"cct:secrets:Vault", "kubernetes:helm.sh/v3:Release"}
+    assert {r.typ for r in mocks.resources} == {
+        "cct:secrets:Vault",
+        "kubernetes:helm.sh/v3:Release",
+    }

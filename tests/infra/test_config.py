@@ -57,26 +57,47 @@ def test_declared_types_match_the_stack_files() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"image": "ghcr.io/cct-project/cct:latest"}, "cct:image='ghcr.io/cct-project/cct:latest' must be pinned"),
+        (
+            {"image": "ghcr.io/cct-project/cct:latest"},
+            "cct:image='ghcr.io/cct-project/cct:latest' must be pinned",
+        ),
         ({"replicas": "two"}, "cct:replicas='two' is not an integer"),
         ({"replicas": "0"}, "cct:replicas=0 must be between 1 and 20"),
         ({"highAvailability": "maybe"}, "cct:highAvailability='maybe' is not a boolean"),
         ({"highAvailability": "true", "replicas": "1"}, "cct:replicas=1 must be at least 2"),
         ({"namespace": "CCT"}, "cct:namespace='CCT' is not a valid Kubernetes name"),
         ({"platformNamespace": "cct-system"}, "cct:platformNamespace must differ"),
-        ({"fluentbitPublicUrl": "http://ingest"}, "cct:fluentbitPublicUrl='http://ingest' is not an https:// URL"),
-        ({"fluentbitToken": ""}, "cct:fluentbitToken is required: set it with `pulumi config set --secret"),
-        ({"webhookFailurePolicy": "Open"}, "cct:webhookFailurePolicy='Open' must be one of Fail, Ignore"),
+        (
+            {"fluentbitPublicUrl": "http://ingest"},
+            "cct:fluentbitPublicUrl='http://ingest' is not an https:// URL",
+        ),
+        (
+            {"fluentbitToken": ""},
+            "cct:fluentbitToken is required: set it with `pulumi config set --secret",
+        ),
+        (
+            {"webhookFailurePolicy": "Open"},
+            "cct:webhookFailurePolicy='Open' must be one of Fail, Ignore",
+        ),
         ({"vaultConfigure": "true", "vaultToken": ""}, "cct:vaultToken is required"),
         ({"awsEnabled": "true"}, "cct:awsAccountId is required but not set"),
-        ({**ALL_CLOUDS_ON, "awsAccountId": "12345"}, "cct:awsAccountId='12345' is not a 12-digit AWS account id"),
-        ({**ALL_CLOUDS_ON, "awsVaultPrincipalArn": "vault"}, "cct:awsVaultPrincipalArn='vault' is not an IAM role/user ARN"),
-        ({**ALL_CLOUDS_ON, "azureTenantId": "tenant"}, "cct:azureTenantId='tenant' is not a tenant id (UUID)"),
+        (
+            {**ALL_CLOUDS_ON, "awsAccountId": "12345"},
+            "cct:awsAccountId='12345' is not a 12-digit AWS account id",
+        ),
+        (
+            {**ALL_CLOUDS_ON, "awsVaultPrincipalArn": "vault"},
+            "cct:awsVaultPrincipalArn='vault' is not an IAM role/user ARN",
+        ),
+        (
+            {**ALL_CLOUDS_ON, "azureTenantId": "tenant"},
+            "cct:azureTenantId='tenant' is not a tenant id (UUID)",
+        ),
         ({**ALL_CLOUDS_ON, "azureVaultClientSecret": ""}, "cct:azureVaultClientSecret is required"),
         ({**ALL_CLOUDS_ON, "gcpProject": "X"}, "cct:gcpProject='X' is not a GCP project id"),
         ({**ALL_CLOUDS_ON, "gcpVaultCredentials": ""}, "cct:gcpVaultCredentials is required"),
     ],
-)  # fmt: skip
+)
 def test_bad_value_names_its_key(overrides: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         _load("dev", **overrides)

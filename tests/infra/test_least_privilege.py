@@ -18,7 +18,9 @@ from tests.infra.mocks import ACCOUNT
 
 
 def registry(provider: str) -> set[str]:
-    return {p for action in ACTIONS.values() if action.provider == provider for p in action.permissions}
+    return {
+        p for action in ACTIONS.values() if action.provider == provider for p in action.permissions
+    }
 
 
 @pytest.fixture
@@ -102,7 +104,9 @@ def test_vault_paths_are_those_the_steps_request(
     monkeypatch.setenv("VAULT_ADDR", "http://vault:8200")
     s = StepSettings.from_env()
     (policy,) = everything.of_type("vault:index/policy:Policy")
-    granted = dict(re.findall(r'path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]', policy.inputs["policy"]))
+    granted = dict(
+        re.findall(r'path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]', policy.inputs["policy"])
+    )
     assert granted == {
         f"{s.vault_aws_mount}/sts/{s.vault_aws_role}": '"update"',
         f"{s.vault_azure_mount}/creds/{s.vault_azure_role}": '"read"',
@@ -132,11 +136,21 @@ def test_vault_grants_follow_the_cloud_switches(stacks: dict[str, BuiltStack]) -
 def test_trigger_may_only_create_and_read_workflows(everything: BuiltStack) -> None:
     rules = everything.named("argo-workflows-trigger").inputs["rules"]
     assert rules == [
-        {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create", "get", "list", "watch"]},
-        {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates"], "verbs": ["get", "list"]},
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflows"],
+            "verbs": ["create", "get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflowtemplates"],
+            "verbs": ["get", "list"],
+        },
     ]
     binding = everything.named("argo-workflows-trigger-binding").inputs
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trigger", "namespace": "cct-system"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "trigger", "namespace": "cct-system"}
+    ]
 
 
 def test_only_api_callers_mount_a_token(everything: BuiltStack) -> None:

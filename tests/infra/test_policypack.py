@@ -57,13 +57,17 @@ BAD_CASES = [
     (
         checks.check_pod_security,
         DEPLOYMENT,
-        deployment(securityContext={**kube.container_security_context(), "readOnlyRootFilesystem": False}),
+        deployment(
+            securityContext={**kube.container_security_context(), "readOnlyRootFilesystem": False}
+        ),
         "container app: readOnlyRootFilesystem is not true",
     ),
     (
         checks.check_pod_security,
         DEPLOYMENT,
-        deployment(securityContext={**kube.container_security_context(), "allowPrivilegeEscalation": True}),
+        deployment(
+            securityContext={**kube.container_security_context(), "allowPrivilegeEscalation": True}
+        ),
         "container app: allowPrivilegeEscalation is not false",
     ),
     (
@@ -145,7 +149,13 @@ BAD_CASES = [
         "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
         {
             "webhooks": [
-                {"name": "w", "failurePolicy": "Fail", "timeoutSeconds": 5, "sideEffects": "None", "clientConfig": {}}
+                {
+                    "name": "w",
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 5,
+                    "sideEffects": "None",
+                    "clientConfig": {},
+                }
             ]
         },
         "webhook w: no caBundle",
@@ -154,7 +164,9 @@ BAD_CASES = [
 
 
 @pytest.mark.parametrize(("check", "resource_type", "props", "expected"), BAD_CASES)
-def test_check_rejects_bad_resource(check: Any, resource_type: str, props: Any, expected: str) -> None:
+def test_check_rejects_bad_resource(
+    check: Any, resource_type: str, props: Any, expected: str
+) -> None:
     assert expected in check(resource_type, props)
 
 
@@ -180,7 +192,17 @@ def _policy(name: str) -> Any:
 
 def _resource(resource_type: str, props: dict[str, Any], name: str = "r") -> PolicyResource:
     opts = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
-    return PolicyResource(resource_type, props, f"urn:pulumi:s::cct::{resource_type}::{name}", name, opts, None, None, [], {})
+    return PolicyResource(
+        resource_type,
+        props,
+        f"urn:pulumi:s::cct::{resource_type}::{name}",
+        name,
+        opts,
+        None,
+        None,
+        [],
+        {},
+    )
 
 
 def test_resource_policy_reports_through_the_engine_interface() -> None:
@@ -200,7 +222,9 @@ def test_stack_policy_requires_default_deny() -> None:
     assert isinstance(policy, StackValidationPolicy)
     namespace = _resource("kubernetes:core/v1:Namespace", {"metadata": {"name": "cct-system"}})
     reported: list[str] = []
-    policy.validate(StackValidationArgs([namespace]), lambda message, at=None: reported.append(message))
+    policy.validate(
+        StackValidationArgs([namespace]), lambda message, at=None: reported.append(message)
+    )
     assert reported == ["namespace cct-system has no default-deny NetworkPolicy"]
     deny = _resource(
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
@@ -211,7 +235,9 @@ def test_stack_policy_requires_default_deny() -> None:
         "deny",
     )
     reported.clear()
-    policy.validate(StackValidationArgs([namespace, deny]), lambda message, at=None: reported.append(message))
+    policy.validate(
+        StackValidationArgs([namespace, deny]), lambda message, at=None: reported.append(message)
+    )
     assert reported == []
 
 

@@ -84,7 +84,7 @@ def test_vault_is_configured_only_when_switched_on(built: BuiltStack) -> None:
 
 def test_outputs(built: BuiltStack) -> None:
     outputs = built.outputs
-    assert ALWAYS_EXPORTED <= set(outputs), ALWAYS_EXPORTED - set(outputs)
+    assert set(outputs) >= ALWAYS_EXPORTED, ALWAYS_EXPORTED - set(outputs)
     for cloud, prefix in CLOUD_OUTPUT_PREFIX.items():
         exported = {k for k in outputs if k.startswith(prefix)}
         assert bool(exported) == (getattr(built.settings, cloud) is not None), exported
@@ -94,7 +94,13 @@ def test_outputs(built: BuiltStack) -> None:
         "cct.optimization.results",
     ]
     assert outputs["fluentbitEndpoint"].startswith("https://")
-    assert set(outputs["handlerUrls"]) == {"collector", "detector", "bridge", "trigger", "admission"}
+    assert set(outputs["handlerUrls"]) == {
+        "collector",
+        "detector",
+        "bridge",
+        "trigger",
+        "admission",
+    }
     empty = [k for k, v in outputs.items() if v in ("", None)]
     assert not empty, f"empty outputs: {empty}"
 
@@ -140,7 +146,9 @@ def test_prod_is_highly_available(stacks: dict[str, BuiltStack], variant: str) -
     assert pool.inputs["spec"]["replicas"] == 3
     cluster = built.of_type("kubernetes:postgresql.cnpg.io/v1:Cluster")[0]
     assert cluster.inputs["spec"]["instances"] == 3
-    vault = next(r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "vault")
+    vault = next(
+        r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "vault"
+    )
     assert vault.inputs["values"]["server"]["ha"]["enabled"] is True
 
 
@@ -198,7 +206,9 @@ def test_secrets_are_sent_as_secrets_and_only_to_secret_holders(built: BuiltStac
             if not any(v in str(leaf) for v in values):
                 continue
             assert resource.typ in SECRET_HOLDERS, f"{resource.urn}.{path} holds a secret value"
-            marked = any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in resource.secret_paths)
+            marked = any(
+                path == p or path.startswith((f"{p}.", f"{p}[")) for p in resource.secret_paths
+            )
             assert marked, f"{resource.urn}.{path} holds a secret value that is not marked secret"
 
 

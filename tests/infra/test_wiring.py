@@ -55,7 +55,9 @@ def test_every_handler_runs_a_real_cct_command(built: BuiltStack) -> None:
 def test_workflow_templates_are_the_playbooks(built: BuiltStack) -> None:
     templates = built.of_type("kubernetes:argoproj.io/v1alpha1:WorkflowTemplate")
     assert {t.inputs["metadata"]["name"] for t in templates} == {f"cct-{p}" for p in PLAYBOOKS}
-    config_maps = {r.inputs["metadata"]["name"] for r in built.of_type("kubernetes:core/v1:ConfigMap")}
+    config_maps = {
+        r.inputs["metadata"]["name"] for r in built.of_type("kubernetes:core/v1:ConfigMap")
+    }
     secrets = {r.inputs["metadata"]["name"] for r in built.of_type("kubernetes:core/v1:Secret")}
     for template in templates:
         spec = template.inputs["spec"]
@@ -73,7 +75,11 @@ def test_workflow_templates_are_the_playbooks(built: BuiltStack) -> None:
 
 
 def test_step_pods_pass_the_restricted_pod_security(built: BuiltStack) -> None:
-    (argo,) = [r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "argo-workflows"]
+    (argo,) = [
+        r
+        for r in built.of_type("kubernetes:helm.sh/v3:Release")
+        if r.inputs["chart"] == "argo-workflows"
+    ]
     defaults = argo.inputs["values"]["controller"]["workflowDefaults"]["spec"]
     (patch,) = json.loads(defaults["podSpecPatch"])["containers"]
     assert patch["name"] == "main"
@@ -87,7 +93,10 @@ def test_step_pods_pass_the_restricted_pod_security(built: BuiltStack) -> None:
     assert check_pod_security("kubernetes:core/v1:Pod", props) == []
     assert check_resources("kubernetes:core/v1:Pod", props) == []
     mounts = {m["mountPath"] for m in patch["volumeMounts"]}
-    assert "/tmp" in mounts and {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in defaults["volumes"]
+    assert (
+        "/tmp" in mounts
+        and {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in defaults["volumes"]
+    )
 
 
 def _env_names(pod: dict[str, Any]) -> set[str]:
@@ -104,7 +113,9 @@ def test_fluent_bit_gets_every_variable_its_config_expands(built: BuiltStack) ->
 
 
 def test_grafana_gets_every_variable_its_provisioning_expands(built: BuiltStack) -> None:
-    (grafana,) = [r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "grafana"]
+    (grafana,) = [
+        r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "grafana"
+    ]
     values = grafana.inputs["values"]
     wanted = set(_VAR.findall(json.dumps(values["datasources"])))
     assert wanted == set(values["env"]) | set(values["envValueFrom"])
@@ -115,7 +126,7 @@ def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
     sources = {v["name"]: v for v in pod.get("volumes", [])}
     files = set()
     for mount in pod["containers"][0].get("volumeMounts", []):
-        volume = sources[mount["name"]]
+        volume = sources.get(mount["name"], {})  # absent: a StatefulSet's volume claim
         if "secret" in volume:
             secret = _named(built, "kubernetes:core/v1:Secret", volume["secret"]["secretName"])
             files |= {f"{mount['mountPath']}/{k}" for k in secret.inputs["stringData"]}
@@ -127,7 +138,9 @@ def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
 
 def test_files_named_in_configs_are_mounted(built: BuiltStack) -> None:
     alertmanager = yaml.safe_load(
-        _named(built, "kubernetes:core/v1:ConfigMap", "alertmanager-config").inputs["data"]["alertmanager.yml"]
+        _named(built, "kubernetes:core/v1:ConfigMap", "alertmanager-config").inputs["data"][
+            "alertmanager.yml"
+        ]
     )
     token_files = {
         hook["http_config"]["authorization"]["credentials_file"]
@@ -137,8 +150,7 @@ def test_files_named_in_configs_are_mounted(built: BuiltStack) -> None:
     assert token_files and token_files <= _mounted_files(built, "alertmanager")
     for workload in ("bridge", "trigger", "admission"):
         env = {
-            e["name"]: e.get("value")
-            for e in _workload(built, workload)["containers"][0]["env"]
+            e["name"]: e.get("value") for e in _workload(built, workload)["containers"][0]["env"]
         }
         files = _mounted_files(built, workload)
         for name, value in env.items():
@@ -150,6 +162,8 @@ def test_files_named_in_configs_are_mounted(built: BuiltStack) -> None:
 
 def test_admission_failure_mode_follows_the_webhook(built: BuiltStack) -> None:
     env = {e["name"]: e.get("value") for e in _workload(built, "admission")["containers"][0]["env"]}
-    (config,) = built.of_type("kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration")
+    (config,) = built.of_type(
+        "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration"
+    )
     policy = config.inputs["webhooks"][0]["failurePolicy"]
     assert (policy, env["CCT_ADMISSION_FAILURE_MODE"]) in {("Fail", "closed"), ("Ignore", "open")}

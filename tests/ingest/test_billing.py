@@ -178,7 +178,7 @@ def test_broken_files_are_refused_and_leave_good_data_alone(
     load(settings(fresh_db, vm_url), [str(good)], reconcile_after=False)
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(BillingFileError, match="broken.parquet: cannot read parquet"):
+    with pytest.raises(BillingFileError, match=r"broken\.parquet: cannot read parquet"):
         load(settings(fresh_db, vm_url), [str(good), str(broken)], reconcile_after=False)
     not_focus = write([{"a": 1}], tmp_path / "other.csv")
     with pytest.raises(BillingFileError, match=r"missing columns \['BilledCost'"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,8 @@ def ch(eid: str, minutes: int, rid: str = "i-1", **kw: object) -> ResourceChange
         "resource_type": "Instance",
         "action": "x",
     }
-    return ResourceChange(
-        event_id=eid, event_time=T0 + timedelta(minutes=minutes), **{**base, **kw}
-    )  # type: ignore[arg-type]
+    fields: dict[str, Any] = {**base, **kw}
+    return ResourceChange(event_id=eid, event_time=T0 + timedelta(minutes=minutes), **fields)
 
 
 def test_in_order_lifecycle_prices_each_step() -> None:

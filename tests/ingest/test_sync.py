@@ -33,7 +33,7 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
     try:
         await processor.sync_aws()
         with psycopg.connect(dsn) as conn:
-            found = dict(
+            found: dict[str, str] = dict(
                 conn.execute(
                     "select resource_id, state from resource_inventory where region_id = %s",
                     (region,),
@@ -55,7 +55,7 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
         ec2.delete_volume(VolumeId=vol)
         await processor.sync_aws()
         with psycopg.connect(dsn) as conn:
-            states = dict(
+            states: dict[str, str] = dict(
                 conn.execute(
                     "select resource_id, state from resource_inventory where resource_id = any(%s)",
                     ([inst, vol],),

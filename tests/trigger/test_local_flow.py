@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from lambdas.events.cloudevents import decode
+from lambdas.policy import load_policy_set
 from lambdas.steps.playbooks import PLAYBOOKS
+from lambdas.store.db import open_pool
 from lambdas.trigger.core import WorkflowRun, plan_run
 from lambdas.trigger.local import LocalBackend
 from lambdas.trigger.mapping import load_mapping
+from lambdas.trigger.processor import Processor
 from tests.support.services import ROOT
 from tests.trigger.events import event_bytes
 
@@ -65,7 +69,7 @@ def test_retryable_exits_are_retried_then_succeed(tmp_path: Path) -> None:
 
 def test_a_failing_step_stops_the_run_and_record_gets_the_failure(tmp_path: Path) -> None:
     submission = backend(tmp_path, {"execute": [1]}).submit(a_run())
-    assert submission.detail == "failed: execute broke"
+    assert (submission.detail, submission.failure) == ("failed", "execute broke")
     seen = calls(tmp_path)
     assert [c["step"] for c in seen] == ["analyze", "plan", "approve", "execute", "record"]
     assert seen[-1]["input"]["failure"] == {
@@ -78,7 +82,7 @@ def test_a_failing_step_stops_the_run_and_record_gets_the_failure(tmp_path: Path
 def test_retries_run_out(tmp_path: Path) -> None:
     limit = PLAYBOOKS["stop-idle-compute"].retry.limit
     submission = backend(tmp_path, {"analyze": [75] * (limit + 1)}).submit(a_run())
-    assert submission.detail == "failed: analyze broke"
+    assert (submission.detail, submission.failure) == ("failed", "analyze broke")
     assert [c["step"] for c in calls(tmp_path)] == ["analyze"] * (limit + 1) + ["record"]
 
 
@@ -86,3 +90,30 @@ def test_awaiting_approval_stops_before_execute(tmp_path: Path) -> None:
     submission = backend(tmp_path, {}, approve="awaiting_approval").submit(a_run())
     assert submission.detail == "awaiting_approval"
     assert [c["step"] for c in calls(tmp_path)] == ["analyze", "plan", "approve"]
+
+
+def test_a_failed_local_run_is_settled_failed_even_if_record_could_not_write(
+    tmp_path: Path, pg_dsn: str, uid: str
+) -> None:
+    # The stand-in `record` writes nothing: the trigger itself must leave the row failed.
+    local = backend(tmp_path, {"verify": [65]})
+    pool = open_pool(pg_dsn, application_name="cct-trigger-test")
+    try:
+        processor = Processor(
+            load_mapping(ROOT / "policies" / "playbooks.yaml"),
+            load_policy_set(ROOT / "policies" / "optimization"),
+            local,
+            connection=pool.connection,
+            stopping=threading.Event(),
+        )
+        handled = processor.handle(event_bytes(uid))
+        with pool.connection() as conn:
+            row = conn.execute(
+                "select state, reason, backend from optimization_runs where run_id = %s",
+                (handled.run_id,),
+            ).fetchone()
+        assert processor.handle(event_bytes(uid)).outcome == "settled"
+    finally:
+        pool.close()
+    assert handled.outcome == "created"
+    assert row == ("failed", "verify broke", "local")

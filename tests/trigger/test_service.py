@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
 from lambdas.events.cloudevents import decode
 from lambdas.trigger.core import workflow_name
 from tests.routing.helpers import (
     CCT,
+    RecordingReceiver,
+    alertmanager_process,
+    anomaly_alert,
+    bridge_process,
     committed_and_end,
+    post_alerts,
     produce,
     read_topic,
     trigger_process,
@@ -161,3 +168,41 @@ def test_an_invalid_mapping_file_stops_the_trigger_with_the_reason(tmp_path: Pat
     )
     assert result.returncode == 1
     assert f"cct serve trigger: {bad}: rules: [] should be non-empty" in result.stderr
+
+
+def test_alert_posted_to_alertmanager_becomes_one_workflow(
+    tmp_path: Path, kube: FakeKube, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    """The whole path on real processes: Alertmanager -> bridge -> Kafka -> trigger."""
+    env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+    with (
+        RecordingReceiver() as zenduty,
+        bridge_process(
+            tmp_path / "bridge",
+            kafka_bootstrap,
+            env["CCT_TRIGGER_TOPIC"],
+            zenduty_url=f"{zenduty.url}/api/integration/prometheus/key-{uid}/",
+        ) as bridge,
+    ):
+        config = render_alertmanager_config(
+            AlertRoutingSettings(
+                bridge_url=f"{bridge.url}/v1/alerts",
+                zenduty_relay_url=f"{bridge.url}/v1/relay/zenduty",
+                token_file=str(tmp_path / "bridge" / "bridge.token"),
+            )
+        )
+        with (
+            alertmanager_process(tmp_path / "am", config) as am,
+            trigger_process(tmp_path / "trigger", env),
+        ):
+            post_alerts(am, [anomaly_alert(uid, "critical", env="dev")])
+            wait_until(lambda: len(kube.created_names()) == 1, 30, "the workflow")
+            wait_until(zenduty.snapshot, 10, "the page")
+            # Time for a late duplicate delivery to show up as a second workflow.
+            time.sleep(1.5)
+    [name] = kube.created_names()
+    assert name.startswith("cct-stop-idle-compute-")
+    [workflow] = kube.objects.values()
+    params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+    assert params["resource-id"] == f"i-{uid}"
+    assert runs_in_db(pg_dsn, {name}) == [(name, "submitted")]
