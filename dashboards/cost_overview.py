@@ -8,7 +8,7 @@ from dashboards.common import (
     COST_OVERVIEW_UID,
     FILTER_NAMES,
     FILTERS,
-    OPTIMIZATIONS_UID,
+    PIPELINE_UID,
     PROM_ACCOUNT_FILTER,
     PROM_FILTER,
 )
@@ -135,7 +135,7 @@ DASHBOARD = Dashboard(
                         "Live resources whose SKU is missing from the price catalog: their cost "
                         "is not in the run-rate (never counted as $0)."
                     ),
-                    links=(Link("Optimizations and savings", OPTIMIZATIONS_UID),),
+                    links=(Link("Ingestion health", PIPELINE_UID),),
                 ),
             ),
         ),

@@ -97,8 +97,13 @@ class Link:
     params: tuple[str, ...] = ()
 
     def url(self, carried_vars: tuple[str, ...]) -> str:
-        parts = ["${__url_time_range}", *(f"${{{v}:queryparam}}" for v in carried_vars)]
-        return f"/d/{self.dashboard_uid}?" + "&".join([*parts, *self.params])
+        # A variable the link sets itself replaces the carried selection instead of adding
+        # a second value to it.
+        overridden = {p.split("=", 1)[0].removeprefix("var-") for p in self.params}
+        carried = [f"${{{v}:queryparam}}" for v in carried_vars if v not in overridden]
+        return f"/d/{self.dashboard_uid}?" + "&".join(
+            ["${__url_time_range}", *carried, *self.params]
+        )
 
 
 @dataclass(frozen=True)

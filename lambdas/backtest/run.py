@@ -136,10 +136,18 @@ def backtest(
     incidents: list[Incident] = []
     times = matrix.times
     total = times.size
+    evictions_seen = 0
     for col, t in enumerate(times.tolist()):
+        if engine.evicted_total != evictions_seen:
+            # Long-absent series were forgotten, as the live detector forgets them; one that
+            # comes back is registered anew (a new series, as live).
+            evictions_seen = engine.evicted_total
+            idx = engine.index_of(series.keys)
         transitions: list[Transition] = engine.observe(float(t), idx, series.values[:, col])
         for tr in transitions:
-            if tr.kind == "opened":
+            if tr.kind == "escalated":
+                open_by_key[tr.key].severity = tr.severity
+            elif tr.kind == "opened":
                 inc = Incident(
                     tr.key,
                     tr.rule,

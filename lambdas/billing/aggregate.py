@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -126,15 +125,57 @@ class HourlyTotals:
         self.result = merged.rename_columns([*KEY_COLUMNS, "hour", "billed", "effective", "list"])
         self.partial, self.partial_rows = [], 0
 
-    def rows(self) -> Iterator[tuple[Key, int, float, float, float]]:
-        """(label key with the provider normalised, hour, billed, effective, list)."""
+    def partitions(self) -> list[tuple[str, str, str]]:
+        """(provider, billing account, billing period) present, providers normalised."""
+        table = self._result()
+        keys = table.group_by(["provider", "billing_account_id", "billing_period"]).aggregate([])
+        return sorted(
+            {
+                (PROVIDER_NAMES.get(p, p), a, b)
+                for p, a, b in zip(
+                    keys.column("provider").to_pylist(),
+                    keys.column("billing_account_id").to_pylist(),
+                    keys.column("billing_period").to_pylist(),
+                    strict=True,
+                )
+            }
+        )
+
+    def rows(
+        self, part: tuple[str, str, str], chunk: int = 20_000
+    ) -> Iterator[list[tuple[str, str, str, str, str, int, float, float, float]]]:
+        """The hourly rows of one partition in chunks (bounded memory): (sub account, region,
+        service, team, env, hour epoch seconds, billed, effective, list)."""
+        table = self._result()
+        names = [name for name, norm in PROVIDER_NAMES.items() if norm == part[0]] or [part[0]]
+        mask = pc.and_(
+            pc.is_in(table.column("provider"), pa.array([*names, part[0]])),
+            pc.and_(
+                pc.equal(table.column("billing_account_id"), part[1]),
+                pc.equal(table.column("billing_period"), part[2]),
+            ),
+        )
+        selected = table.filter(mask).select(
+            [
+                "sub_account_id",
+                "region_id",
+                "service_name",
+                "team",
+                "env",
+                "hour",
+                "billed",
+                "effective",
+                "list",
+            ]
+        )
+        for offset in range(0, selected.num_rows, chunk):
+            piece = selected.slice(offset, chunk)
+            yield list(zip(*(c.to_pylist() for c in piece.columns), strict=True))
+
+    def _result(self) -> pa.Table:
         if self.result is None:
-            raise RuntimeError("HourlyTotals.rows() before finish()")
-        cols = [self.result.column(c).to_pylist() for c in self.result.column_names]
-        n = len(KEY_COLUMNS)
-        for values in zip(*cols, strict=True):
-            provider = PROVIDER_NAMES.get(values[0], values[0])
-            yield (provider, *values[1:n]), values[n], values[n + 1], values[n + 2], values[n + 3]
+            raise RuntimeError("HourlyTotals used before finish()")
+        return self.result
 
 
 def _ts_seconds(arr: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
@@ -227,7 +268,3 @@ def add_batches(totals: HourlyTotals, batches: Iterable[pa.RecordBatch], source:
     """Add every batch of one file (call `totals.finish()` after the last file)."""
     for batch in batches:
         add_batch(totals, batch, source)
-
-
-def hour_dt(epoch_s: int) -> datetime:
-    return datetime.fromtimestamp(epoch_s, UTC)

@@ -33,7 +33,7 @@ import boto3
 import psycopg
 
 from lambdas.billing.adapters import adapt
-from lambdas.billing.aggregate import COLUMNS, HourlyTotals, add_batches, hour_dt
+from lambdas.billing.aggregate import COLUMNS, HourlyTotals, add_batches
 from lambdas.billing.focus import BillingFileError, read_batches
 from lambdas.common.settings import env_int, pg_dsn, vm_url
 from lambdas.common.vm import Sample, VictoriaMetrics, VMError
@@ -152,8 +152,13 @@ def _delete_series(base_url: str, part: store.Partition) -> None:
         raise VMError(f"delete_series: {exc}", retryable=True) from exc
 
 
-def _lines(part: store.Partition, load_id: str, rows: Sequence[store.HourlyRow]) -> list[str]:
-    rendered: dict[tuple[str, ...], str] = {}
+def _lines(
+    part: store.Partition,
+    load_id: str,
+    rows: Sequence[store.HourlyRow],
+    rendered: dict[tuple[str, ...], str],
+) -> list[str]:
+    """Exposition lines of hourly rows; `rendered` caches label text per label set."""
     out = []
     for sub, region, service, team, env, hour, billed, effective, _ in rows:
         key = (sub, region, service, team, env)
@@ -172,9 +177,8 @@ def _lines(part: store.Partition, load_id: str, rows: Sequence[store.HourlyRow])
                     "env": env,
                 }
             )
-        ts = int(hour.timestamp() * 1000)
-        out.append(line(BILLED, text, None, billed, ts))
-        out.append(line(EFFECTIVE, text, None, effective, ts))
+        out.append(line(BILLED, text, None, billed, hour * 1000))
+        out.append(line(EFFECTIVE, text, None, effective, hour * 1000))
     return out
 
 
@@ -237,32 +241,27 @@ def load(
 def _write_partitions(
     conn: psycopg.Connection, settings: BillingSettings, totals: HourlyTotals, report: LoadReport
 ) -> None:
-    by_part: dict[store.Partition, list[store.HourlyRow]] = {}
-    for key, hour, billed, effective, listed in totals.rows():
-        part = (key[0], key[1], key[2])
-        by_part.setdefault(part, []).append(
-            (key[3], key[4], key[5], key[6], key[7], hour_dt(hour), billed, effective, listed)
-        )
     vm = settings.vm_url.rstrip("/")
-    for part in sorted(by_part):
+    for part in totals.partitions():
         name = "/".join(part)
         with conn.transaction():
             if store.lock_partition(conn, part) == report.load_id:
                 report.unchanged.append(name)
                 continue
-            rows = by_part[part]
             store.replace_partition(
                 conn,
                 part,
                 load_id=report.load_id,
                 sources=report.files,
                 rows_read=report.rows_read,
-                rows=rows,
+                rows=(row for chunk in totals.rows(part) for row in chunk),
             )
             _delete_series(vm, part)
-            lines = _lines(part, report.load_id, rows)
-            _import(vm, lines)
-            report.samples += len(lines)
+            labels: dict[tuple[str, ...], str] = {}
+            for chunk in totals.rows(part):
+                lines = _lines(part, report.load_id, chunk, labels)
+                _import(vm, lines)
+                report.samples += len(lines)
             report.loaded.append(name)
         log.info("billing partition loaded", extra={"partition": name, "load_id": report.load_id})
 

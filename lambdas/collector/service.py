@@ -4,9 +4,11 @@ and VictoriaMetrics, the heartbeat, catalog refresh and the periodic AWS invento
 Requests are queued to a single writer task that drains everything waiting (up to
 `batch_max_events`) into one transaction, so many small Fluent Bit flushes cost the same few
 round trips as one large one. The HTTP response is sent after PostgreSQL has committed and the
-samples were handed to VictoriaMetrics; a VictoriaMetrics failure is retried by the heartbeat
-(which re-emits every live value) rather than failing the batch, because PostgreSQL already
-holds the events and a Fluent Bit retry would be dropped as a duplicate.
+samples are queued for the VictoriaMetrics writer task (bounded queue: a slow
+VictoriaMetrics slows ingestion instead of growing memory). A VictoriaMetrics failure is
+retried with the heartbeat (which re-emits every live value) rather than failing the batch,
+because PostgreSQL already holds the events and a Fluent Bit retry would be dropped as a
+duplicate.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from lambdas.store.pricing import aload_price_book
 log = logging.getLogger(__name__)
 
 LATE_MS = 1000
+VM_QUEUE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ class Processor:
         self.last_heartbeat_ms = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._pending: list[str] = []
+        # Samples go to VictoriaMetrics from their own task, so the next batch's PostgreSQL
+        # work overlaps this batch's import; a full queue pushes back on the writer.
+        self._vm_queue: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=VM_QUEUE_BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
         self._conn: psycopg.AsyncConnection | None = None
         self._reader: psycopg.AsyncConnection | None = None
@@ -185,6 +191,7 @@ class Processor:
             self.rollups.update(r)
         self.metrics.live.set(len(self.rollups.live))
         self._tasks.append(asyncio.create_task(self._writer()))
+        self._tasks.append(asyncio.create_task(self._vm_writer()))
         if background:
             self._tasks.append(
                 asyncio.create_task(self._every(self.settings.heartbeat_s, self.heartbeat))
@@ -198,6 +205,10 @@ class Processor:
                 )
 
     async def stop(self) -> None:
+        try:  # hand what is queued to VictoriaMetrics before stopping
+            await asyncio.wait_for(self._vm_queue.join(), timeout=10)
+        except TimeoutError:
+            log.warning("stopping with samples not yet written to victoriametrics")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -225,7 +236,7 @@ class Processor:
         samples = self._pending + self.rollups.heartbeat_lines(self.factors, now_ms)
         self._pending = []
         self.last_heartbeat_ms = now_ms
-        await self._write_vm(samples)
+        await self._vm_queue.put(samples)
 
     async def submit(
         self, changes: list[ResourceChange], dead: list[tuple[str, str, str]]
@@ -314,8 +325,21 @@ class Processor:
             self.metrics.events.labels(provider, outcome).inc(n)
         samples += self.rollups.rollup_lines(groups, self.factors, now_ms)
         self.metrics.live.set(len(self.rollups.live))
-        await self._write_vm(samples)
+        await self._vm_queue.put(samples)
         return results
+
+    async def _vm_writer(self) -> None:
+        while True:
+            lines = await self._vm_queue.get()
+            taken = 1
+            while not self._vm_queue.empty():  # one import for everything waiting
+                lines += self._vm_queue.get_nowait()
+                taken += 1
+            try:
+                await self._write_vm(lines)
+            finally:
+                for _ in range(taken):
+                    self._vm_queue.task_done()
 
     async def _write_vm(self, lines: list[str]) -> None:
         if not lines:

@@ -80,6 +80,12 @@ class DetectionConfig:
     # An open incident whose series has had no value for this long resolves: the series is
     # gone (a deleted group, a stopped exporter) and nobody can act on its last value.
     stale_after_s: float = 300.0
+    # A series without a value for this long is forgotten (its history and slot are freed),
+    # so resource churn does not grow the detector's memory; if it comes back it is new (a
+    # step from nothing). A week keeps a series that pauses every weekend, with its weekly
+    # pattern. Memory is about 2.3 KB per series known within this window. Must be at least
+    # stale_after_s, so an absent series' incident resolves before it is forgotten.
+    evict_after_s: float = 7 * 86400.0
     # Materiality: increases smaller than this never alert, whatever the statistics say.
     min_impact_usd_per_hour: float = 2.0
     # Day-0 step rule (needs no history): a rise of at least X $/h or Y (fraction) within the
@@ -119,6 +125,8 @@ class DetectionConfig:
                 raise SettingsError(f"detection setting {name} must be > 0")
         if not 0 < self.hold_fraction <= 1:
             raise SettingsError("detection setting hold_fraction must be in (0, 1]")
+        if self.evict_after_s < self.stale_after_s:
+            raise SettingsError("detection setting evict_after_s must be >= stale_after_s")
         if self.resolve_after_ticks < 1 or self.history_weeks < self.weekly_min_weeks:
             raise SettingsError(
                 "resolve_after_ticks must be >= 1 and history_weeks >= weekly_min_weeks"

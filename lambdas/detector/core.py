@@ -16,8 +16,9 @@ Three rules, one incident per series:
 
 An incident opens when any rule fires, stays open while any rule still holds at the hysteresis
 fraction of its thresholds, and resolves after `resolve_after_ticks` normal evaluations (or
-when its series has had no value for `stale_after_s`). Its rule and severity are fixed when
-it opens (they are alert labels, so changing them would make a second alert).
+when its series has had no value for `stale_after_s`). Its rule is fixed when it opens; its
+severity follows its impact, upwards only (`escalated` transitions).
+Series without a value for `evict_after_s` are forgotten, so churn does not grow the state.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ WEEK_H = 168
 SCALE_WINDOW_H = WEEK_H
 MIN_SCALE_POINTS = 24
 STATIC_WINDOW_H = 72
+EVICT_CHECK_S = 60.0
 MAD_TO_SIGMA = 1.4826
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
@@ -60,9 +62,9 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Transition:
-    """An incident opened or resolved at `at` (epoch seconds)."""
+    """An incident opened, escalated (severity raised) or resolved at `at` (epoch seconds)."""
 
-    kind: str  # "opened" | "resolved"
+    kind: str  # "opened" | "escalated" | "resolved"
     key: SeriesKey
     rule: str
     severity: str
@@ -104,15 +106,14 @@ class OpenIncident:
     baseline: str
 
 
-def severity_for(delta: float, deviation: float, cfg: DetectionConfig) -> str:
-    """Severity from the dollar impact and the relative deviation of an incident."""
-    if delta >= cfg.critical_usd_per_hour or (
-        delta >= cfg.warning_usd_per_hour and deviation >= cfg.critical_deviation
-    ):
-        return "critical"
-    if delta >= cfg.warning_usd_per_hour or deviation >= cfg.warning_deviation:
-        return "warning"
-    return "info"
+def severity_codes(delta: F64, deviation: F64, cfg: DetectionConfig) -> npt.NDArray[np.int8]:
+    """Severity (index into SEVERITIES) from the dollar impact and the relative deviation."""
+    warning = delta >= cfg.warning_usd_per_hour
+    critical = (delta >= cfg.critical_usd_per_hour) | (
+        warning & (deviation >= cfg.critical_deviation)
+    )
+    code = np.where(warning | (deviation >= cfg.warning_deviation), 1, 0)
+    return np.where(critical, 2, code).astype(np.int8)
 
 
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
@@ -143,41 +144,53 @@ class Engine:
         self._index: dict[SeriesKey, int] = {}
         self.hour: int | None = None
         self.last_time: float | None = None
+        # Slots of evicted series, reused before the arrays grow.
+        self._free: list[int] = []
+        self.evicted_total = 0
+        self._next_eviction = -math.inf
+        self.capacity = 0
         self._alloc(max(16, capacity))
 
     # ------------------------------------------------------------------ state
     def _alloc(self, cap: int) -> None:
-        old_n = len(self.keys)
-
-        def grow(name: str, shape: tuple[int, ...], fill: float | bool | int, dtype: type) -> None:
+        old = self.capacity
+        for name, (dtype, fill) in self._ARRAYS.items():
+            shape = (cap, self.hours) if name == "hist" else (cap,)
             new: npt.NDArray[Any] = np.full(shape, fill, dtype=dtype)
-            if old_n and hasattr(self, name):
-                new[:old_n] = getattr(self, name)[:old_n]
+            if old:
+                new[:old] = getattr(self, name)
             setattr(self, name, new)
-
-        grow("hist", (cap, self.hours), np.nan, np.float32)
-        grow("bucket_sum", (cap,), 0.0, np.float64)
-        grow("bucket_cnt", (cap,), 0, np.int32)
-        grow("recent", (cap,), 0.0, np.float64)
-        grow("seen", (cap,), False, np.bool_)
-        grow("first_hour", (cap,), 0, np.int64)
-        grow("exp_seasonal", (cap,), np.nan, np.float64)
-        grow("exp_static", (cap,), np.nan, np.float64)
-        grow("yesterday", (cap,), np.nan, np.float64)
-        grow("scale", (cap,), np.nan, np.float64)
-        grow("mode", (cap,), 0, np.int8)
-        grow("is_open", (cap,), False, np.bool_)
-        grow("rule", (cap,), 0, np.int8)
-        grow("sev", (cap,), 0, np.int8)
-        grow("started", (cap,), np.nan, np.float64)
-        grow("normal_ticks", (cap,), 0, np.int32)
-        grow("cur_expected", (cap,), np.nan, np.float64)
-        grow("cur_observed", (cap,), np.nan, np.float64)
-        grow("cur_z", (cap,), np.nan, np.float64)
-        grow("cur_base", (cap,), 0, np.int8)
-        grow("last_expected", (cap,), np.nan, np.float64)
-        grow("last_seen", (cap,), -np.inf, np.float64)
         self.capacity = cap
+
+    def _reset(self, rows: npt.NDArray[np.int64]) -> None:
+        for name, (_, fill) in self._ARRAYS.items():
+            getattr(self, name)[rows] = fill
+
+    # Per-series state: dtype and the value of an empty slot. `hist` has one column per hour.
+    _ARRAYS: dict[str, tuple[type, float | bool | int]] = {
+        "hist": (np.float32, np.nan),
+        "bucket_sum": (np.float64, 0.0),
+        "bucket_cnt": (np.int32, 0),
+        "recent": (np.float64, 0.0),
+        "seen": (np.bool_, False),
+        "first_hour": (np.int64, 0),
+        "exp_seasonal": (np.float64, np.nan),
+        "exp_static": (np.float64, np.nan),
+        "yesterday": (np.float64, np.nan),
+        "scale": (np.float64, np.nan),
+        "mode": (np.int8, 0),
+        "is_open": (np.bool_, False),
+        "rule": (np.int8, 0),
+        "sev": (np.int8, 0),
+        "started": (np.float64, np.nan),
+        "normal_ticks": (np.int32, 0),
+        "cur_expected": (np.float64, np.nan),
+        "cur_observed": (np.float64, np.nan),
+        "cur_z": (np.float64, np.nan),
+        "cur_base": (np.int8, 0),
+        "last_expected": (np.float64, np.nan),
+        "last_seen": (np.float64, -np.inf),
+    }
 
     # The arrays above, declared for the type checker.
     hist: npt.NDArray[np.float32]
@@ -204,22 +217,59 @@ class Engine:
     last_seen: F64
 
     def index_of(self, keys: Iterable[SeriesKey]) -> npt.NDArray[np.int64]:
-        """Indices of the keys, registering unknown ones."""
+        """Indices of the keys, registering unknown ones. An index stays valid while its
+        series is known: take fresh ones after `evicted_total` changed."""
         out = []
         for key in keys:
             i = self._index.get(key)
             if i is None:
-                i = len(self.keys)
-                if i >= self.capacity:
-                    self._alloc(self.capacity * 2)
-                self.keys.append(key)
+                if self._free:
+                    i = self._free.pop()
+                    self.keys[i] = key
+                else:
+                    i = len(self.keys)
+                    if i >= self.capacity:
+                        self._alloc(self.capacity * 2)
+                    self.keys.append(key)
+                # Registering starts the absence clock, so a key that never gets a value is
+                # evicted too.
+                self.last_seen[i] = -np.inf if self.last_time is None else self.last_time
                 self._index[key] = i
             out.append(i)
         return np.asarray(out, dtype=np.int64)
 
     @property
     def size(self) -> int:
+        """Slots in use or free: the length of every per-series array that is evaluated."""
         return len(self.keys)
+
+    @property
+    def series_count(self) -> int:
+        """Series currently known (evicted ones excluded)."""
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def _evict(self, now: float) -> None:
+        """Forget series without a value for `evict_after_s`, so churn (resources that come
+        and go) does not grow the state forever. An open incident is never evicted: it
+        resolves as stale first (`stale_after_s` is shorter). Runs at most once a minute."""
+        if now < self._next_eviction:
+            return
+        self._next_eviction = now + min(EVICT_CHECK_S, self.cfg.evict_after_s)
+        n = self.size
+        gone = np.flatnonzero(
+            ~self.is_open[:n] & (now - self.last_seen[:n] > self.cfg.evict_after_s)
+        )
+        if not gone.size:
+            return
+        for row in gone.tolist():
+            del self._index[self.keys[row]]
+        self._reset(gone)
+        self.last_seen[gone] = np.inf  # a free slot is never absent, so never evicted again
+        self._free.extend(gone.tolist())
+        self.evicted_total += int(gone.size)
 
     # ------------------------------------------------------------------ history
     def seed_history(self, idx: npt.NDArray[np.int64], first_hour: int, hourly: F64) -> None:
@@ -239,6 +289,7 @@ class Engine:
         last_col = span - 1 - np.argmax(valid[:, ::-1], axis=1)
         self.first_hour[rows] = first_hour + first_col
         self.recent[rows] = hourly[known][np.arange(rows.size), last_col]
+        self.last_seen[rows] = (first_hour + last_col + 1) * HOUR_S
         if self.hour is not None:
             self._refresh_baselines(self.hour)
 
@@ -407,7 +458,12 @@ class Engine:
         verdicts = self._evaluate(i, v)
         self.last_expected[i] = verdicts.expected
         was_open = self.is_open[i]
-        out = self._open(now, i, v, verdicts, verdicts.fire & ~was_open)
+        opening = verdicts.fire & ~was_open
+        rows = i[opening]
+        self.is_open[rows] = True
+        self.rule[rows] = np.where(verdicts.prefer_seasonal[opening], RULE_SEASONAL, RULE_DAY0)
+        self.started[rows] = now
+        self.normal_ticks[rows] = 0
 
         # Current figures of open incidents, for re-posting and storage. An incident keeps
         # the baseline of the rule that opened it.
@@ -421,6 +477,18 @@ class Engine:
         self.cur_z[oi] = verdicts.z[open_now]
         self.cur_base[oi] = np.where(is_seas, self.mode[oi], BASE_DAY0)
 
+        # Severity follows the incident's current impact but only upwards: a growing ramp
+        # escalates, a receding one keeps its severity (no flapping between labels).
+        delta = self.cur_observed[oi] - self.cur_expected[oi]
+        deviation = delta / np.maximum(self.cur_expected[oi], EXPECTED_FLOOR_USD)
+        sev = severity_codes(delta, deviation, self.cfg)
+        self.sev[rows] = sev[opening[open_now]]
+        up = (sev > self.sev[oi]) & verdicts.hold[open_now]
+        escalating = oi[up]
+        self.sev[escalating] = sev[up]
+        out = [self._transition("opened", int(r), now) for r in rows]
+        out += [self._transition("escalated", int(r), now) for r in escalating]
+
         # Resolve after enough consecutive normal evaluations, or when the series has had no
         # value for stale_after_s (it is gone: a deleted group, a stopped exporter).
         self.last_seen[i] = now
@@ -432,74 +500,34 @@ class Engine:
         stale = np.flatnonzero(
             self.is_open[:n] & (now - self.last_seen[:n] > self.cfg.stale_after_s)
         )
-        for row in np.concatenate([closing, stale]):
-            inc = self._incident(int(row))
-            out.append(
-                Transition(
-                    "resolved",
-                    inc.key,
-                    inc.rule,
-                    inc.severity,
-                    inc.started_at,
-                    now,
-                    inc.expected,
-                    inc.observed,
-                    inc.delta,
-                    inc.deviation,
-                    inc.zscore,
-                    inc.baseline,
-                )
-            )
+        for row in np.concatenate([closing, stale]).tolist():
+            out.append(self._transition("resolved", row, now))
             self.is_open[row] = False
 
         # The recent level follows the value with time constant day0_window_s.
         alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
         self.recent[i] += alpha * (v - self.recent[i])
-        return out
-
-    def _open(
-        self,
-        now: float,
-        i: npt.NDArray[np.int64],
-        v: F64,
-        verdicts: _Verdicts,
-        opening: npt.NDArray[np.bool_],
-    ) -> list[Transition]:
-        """Open incidents, with the rule `_Verdicts.prefer_seasonal` chooses."""
-        out: list[Transition] = []
-        for j in np.flatnonzero(opening):
-            row = int(i[j])
-            seasonal = bool(verdicts.prefer_seasonal[j])
-            e = float(verdicts.expected[j] if seasonal else verdicts.ref[j])
-            obs = float(v[j])
-            delta = obs - e
-            dev = delta / max(e, EXPECTED_FLOOR_USD)
-            sev = severity_for(delta, dev, self.cfg)
-            z = float(verdicts.z[j])
-            self.is_open[row] = True
-            self.rule[row] = RULE_SEASONAL if seasonal else RULE_DAY0
-            self.sev[row] = SEVERITIES.index(sev)
-            self.started[row] = now
-            self.normal_ticks[row] = 0
-            out.append(
-                Transition(
-                    "opened",
-                    self.keys[row],
-                    RULE_NAMES[int(self.rule[row])],
-                    sev,
-                    now,
-                    now,
-                    e,
-                    obs,
-                    delta,
-                    dev,
-                    z if math.isfinite(z) else None,
-                    BASELINE_NAMES[int(self.mode[row]) if seasonal else BASE_DAY0],
-                )
-            )
+        self._evict(now)
         return out
 
     # ------------------------------------------------------------------ queries
+    def _transition(self, kind: str, row: int, at: float) -> Transition:
+        inc = self._incident(row)
+        return Transition(
+            kind,
+            inc.key,
+            inc.rule,
+            inc.severity,
+            inc.started_at,
+            at,
+            inc.expected,
+            inc.observed,
+            inc.delta,
+            inc.deviation,
+            inc.zscore,
+            inc.baseline,
+        )
+
     def _incident(self, row: int) -> OpenIncident:
         e = float(self.cur_expected[row])
         obs = float(self.cur_observed[row])

@@ -125,6 +125,11 @@ class Metrics:
         self.series = Gauge(
             "cct_detector_series", "Series evaluated in the last cycle.", registry=r
         )
+        self.known = Gauge(
+            "cct_detector_known_series",
+            "Series in the detector's state (absent ones until evicted).",
+            registry=r,
+        )
         self.open = Gauge("cct_detector_open_incidents", "Incidents open now.", registry=r)
         self.transitions = Counter(
             "cct_detector_incidents", "Incidents opened or resolved.", ["kind"], registry=r
@@ -148,6 +153,8 @@ class _Tracked:
     labels: dict[str, str]
     contributors: list[Contributor]
     events: list[ChangeEvent]
+    # The severity this incident's alert had before an escalation, if any.
+    escalated_from: str | None = None
 
 
 KeyCache = dict[tuple[str, tuple[tuple[str, str], ...]], SeriesKey]
@@ -195,6 +202,7 @@ class Detector:
         self.metrics = metrics or Metrics()
         self.tracked: dict[SeriesKey, _Tracked] = {}
         self.key_cache: KeyCache = {}
+        self._evictions_seen = 0
         self.unsent: list[dict[str, Any]] = []
         self.pending_rows: list[tuple[str, object]] = []
         self.last_resend = -math.inf
@@ -362,7 +370,10 @@ class Detector:
         posted: set[SeriesKey] = set()
         for tr in transitions:
             self.metrics.transitions.labels(tr.kind).inc()
-            if tr.kind == "opened":
+            if tr.kind == "escalated":
+                alerts += self._escalate(self.tracked[tr.key], open_now[tr.key], now)
+                posted.add(tr.key)
+            elif tr.kind == "opened":
                 contributors, events = self._attribute(tr.key, tr.started_at, now)
                 tracked = _Tracked(
                     open_now[tr.key],
@@ -389,10 +400,30 @@ class Detector:
                     self.pending_rows.append(("upsert", self._row(tracked)))
         self._post(alerts)
         self._write()
+        if self.engine.evicted_total != self._evictions_seen:
+            # Forget the raw label sets of evicted series too, or churn grows the cache.
+            self._evictions_seen = self.engine.evicted_total
+            self.key_cache = {raw: k for raw, k in self.key_cache.items() if k in self.engine}
         self.metrics.series.set(len(keys))
+        self.metrics.known.set(self.engine.series_count)
         self.metrics.open.set(len(self.tracked))
         self.metrics.cycle.observe(time.perf_counter() - started)
         return transitions
+
+    def _escalate(self, t: _Tracked, incident: OpenIncident, now: float) -> list[dict[str, Any]]:
+        """The incident's alert with its new severity: severity is a label, so this is a new
+        alert for Alertmanager. The old one is resolved in the same post, pointing at its
+        successor; both share the incident's `startsAt` and dimension labels (Alertmanager
+        groups by dimensions, not severity, so a receiver sees one group with one firing
+        alert). The `anomalies` row follows the new fingerprint: one row per incident."""
+        old = self._alert(t, now)
+        old_fingerprint = fingerprint(t.labels)
+        t.escalated_from = t.escalated_from or t.incident.severity
+        t.incident = incident
+        t.labels = alert_labels(incident.key, incident.rule, incident.severity)
+        old["annotations"]["superseded_by"] = fingerprint(t.labels)
+        self.pending_rows.append(("escalate", (old_fingerprint, self._row(t))))
+        return [old, self._alert(t, now + self.cfg.alert_ttl_s)]
 
     def _write(self) -> None:
         """Write the pending incident rows in order, all or none; kept for the next cycle
@@ -405,6 +436,10 @@ class Detector:
                 if op == "upsert":
                     assert isinstance(payload, store.AnomalyRow)
                     store.upsert(conn, payload)
+                elif op == "escalate":
+                    assert isinstance(payload, tuple)
+                    old_fingerprint, row = payload
+                    store.escalate(conn, old_fingerprint, row)
                 else:
                     assert isinstance(payload, tuple)
                     row, at = payload
@@ -420,7 +455,7 @@ class Detector:
 
     def _alert(self, t: _Tracked, ends_at: float) -> dict[str, Any]:
         inc = t.incident
-        return build_alert(
+        alert = build_alert(
             t.labels,
             started_at=inc.started_at,
             ends_at=ends_at,
@@ -431,6 +466,9 @@ class Detector:
             contributors=t.contributors,
             change_events=t.events,
         )
+        if t.escalated_from:
+            alert["annotations"]["escalated_from"] = t.escalated_from
+        return alert
 
     def _row(self, t: _Tracked) -> store.AnomalyRow:
         inc = t.incident

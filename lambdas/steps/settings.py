@@ -34,6 +34,11 @@ class StepSettings:
         for STANDARD_IA).
     http_timeout_s: per-request timeout for Vault, Azure and GCP calls.
     operation_timeout_s: how long to wait for a cloud operation (stop, resize) to finish.
+    kafka_bootstrap: where `record` publishes the run's result event (`CCT_KAFKA_BOOTSTRAP`);
+        unset, nothing is published.
+    results_topic: the topic of those events (`cct.optimization.results`).
+    publish_timeout_s: how long `record` waits for the broker's acknowledgement before it
+        exits retryable (10 s).
     """
 
     vault_addr: str
@@ -60,6 +65,9 @@ class StepSettings:
     tiering_after_days: int
     http_timeout_s: float
     operation_timeout_s: float
+    kafka_bootstrap: str | None
+    results_topic: str
+    publish_timeout_s: float
 
     @classmethod
     def from_env(cls) -> StepSettings:
@@ -99,4 +107,7 @@ class StepSettings:
             tiering_after_days=env_int("CCT_TIERING_AFTER_DAYS", 30),
             http_timeout_s=env_float("CCT_STEP_HTTP_TIMEOUT_S", 30.0),
             operation_timeout_s=env_float("CCT_STEP_OPERATION_TIMEOUT_S", 900.0),
+            kafka_bootstrap=os.environ.get("CCT_KAFKA_BOOTSTRAP") or None,
+            results_topic=env_str("CCT_RESULTS_TOPIC", "cct.optimization.results"),
+            publish_timeout_s=env_float("CCT_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
         )

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 
+from lambdas.steps import results
 from lambdas.steps.action import Action, ActionFailed
 from lambdas.steps.contract import StepInput
 from lambdas.steps.errors import InvalidInput, NotFound, Permanent, Retryable
@@ -89,6 +91,31 @@ def _ensure_run(conn: psycopg.Connection[Any], inp: StepInput, settings: StepSet
         raise InvalidInput(str(exc)) from None
 
 
+def _approval_need(inp: StepInput, verdict: store.PolicyVerdict | None) -> ApprovalNeed:
+    if verdict is None:
+        return approval_need(PLAYBOOKS[inp.playbook], inp.parameters, None, (), ())
+    return approval_need(
+        PLAYBOOKS[inp.playbook],
+        inp.parameters,
+        verdict.verdict,
+        tuple(verdict.policy_ids),
+        tuple(verdict.reasons),
+    )
+
+
+def _prices(
+    conn: psycopg.Connection[Any], inp: StepInput, action: Action, state: Mapping[str, Any]
+) -> dict[str, Decimal]:
+    """The price catalog rows for the resource's region, in the action's unit."""
+    return store.prices(
+        conn,
+        inp.parameters.provider,
+        action.service_name,
+        str(state.get("region", "")),
+        action.price_unit,
+    )
+
+
 def _money(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
 
@@ -129,22 +156,8 @@ def plan(inp: StepInput, io: StepIO) -> dict[str, Any]:
     state, metrics = analysis["state"], analysis["metrics"]
     with io.db() as conn:
         verdict = store.latest_verdict(conn, inp.run_id)
-        prices: Mapping[str, Decimal] = {}
-        if analysis["applicable"]:
-            prices = store.prices(
-                conn,
-                inp.parameters.provider,
-                action.service_name,
-                str(state.get("region", "")),
-                action.price_unit,
-            )
-    need = approval_need(
-        PLAYBOOKS[inp.playbook],
-        inp.parameters,
-        verdict.verdict if verdict else None,
-        tuple(verdict.policy_ids) if verdict else (),
-        tuple(verdict.reasons) if verdict else (),
-    )
+        prices = _prices(conn, inp, action, state) if analysis["applicable"] else {}
+    need = _approval_need(inp, verdict)
     if not analysis["applicable"]:
         return {
             "action": action.name,
@@ -181,14 +194,7 @@ def approve(inp: StepInput, io: StepIO) -> dict[str, Any]:
     planned = inp.output_of("plan")
     with io.db() as conn:
         _ensure_run(conn, inp, io.settings)
-        verdict = store.latest_verdict(conn, inp.run_id)
-        need = approval_need(
-            PLAYBOOKS[inp.playbook],
-            inp.parameters,
-            verdict.verdict if verdict else None,
-            tuple(verdict.policy_ids) if verdict else (),
-            tuple(verdict.reasons) if verdict else (),
-        )
+        need = _approval_need(inp, store.latest_verdict(conn, inp.run_id))
         outcome, refusal = _approval_outcome(inp, planned, need)
         store.record_step_decision(
             conn,
@@ -311,6 +317,27 @@ def verify(inp: StepInput, io: StepIO) -> dict[str, Any]:
 
 
 def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
+    """Write the run's outcome to PostgreSQL, then (when Kafka is configured) publish it.
+
+    The rows are committed before the event is produced: a broker outage makes the step
+    retryable, and the retried step rewrites the same rows and produces the same event id.
+    """
+    output = _record(inp, io)
+    bootstrap = io.settings.kafka_bootstrap
+    if bootstrap is None:
+        return output
+    with io.db() as conn:
+        outcome = store.run_outcome(conn, inp.run_id)
+    if outcome is None or outcome.state not in store.FINAL_STATES:
+        return output
+    when = datetime.fromtimestamp(io.now(), UTC).isoformat(timespec="milliseconds")
+    event = results.result_event(inp.run_id, inp.playbook, outcome, when.replace("+00:00", "Z"))
+    results.publish(bootstrap, io.settings, event)
+    log.info("result published", extra={"run_id": inp.run_id, "event_id": event["id"]})
+    return {**output, "event_id": event["id"]}
+
+
+def _record(inp: StepInput, io: StepIO) -> dict[str, Any]:
     planned = inp.previous.get("plan")
     executed = inp.previous.get("execute")
     verified = inp.previous.get("verify")
@@ -354,13 +381,7 @@ def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
             )
             return {"state": "dry_run", "estimated_monthly_saving_usd": _money(estimated)}
         after = verified["state"]
-        prices = store.prices(
-            conn,
-            inp.parameters.provider,
-            action.service_name,
-            str(before.get("region", "")),
-            action.price_unit,
-        )
+        prices = _prices(conn, inp, action, before)
         saving = verified_saving(inp.playbook, estimated, before, after, prices)
         store.upsert_action(
             conn,
@@ -401,8 +422,9 @@ def _record_failure(
 ) -> dict[str, Any]:
     assert inp.failure is not None
     current = store.run_state(conn, inp.run_id)
-    if current is not None and current[0] in ("failed", "denied"):
-        # execute or approve already wrote the precise reason; keep it.
+    if current is not None and current[0] in store.FINAL_STATES:
+        # execute or approve already wrote the precise reason, or record itself finished
+        # the run before failing later (e.g. on publishing): keep what is on record.
         return {"state": current[0], "reason": current[1]}
     reason = f"{inp.failure.get('step', 'workflow')} failed: {inp.failure.get('message', '')}"
     if planned is not None and executed is not None and executed.get("outcome") == "changed":

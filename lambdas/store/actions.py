@@ -218,3 +218,33 @@ def upsert_action(conn: psycopg.Connection[Any], row: ActionRow) -> None:
             row.verified_usd,
         ),
     )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the results event reports about a finished run (its action, if one ran)."""
+
+    state: str
+    reason: str | None
+    provider: str | None
+    resource_id: str | None
+    estimated_usd: Decimal | None
+    verified_usd: Decimal | None
+    action: str | None
+    outcome: str | None
+    dry_run: bool | None
+
+
+def run_outcome(conn: psycopg.Connection[Any], run_id: str) -> RunOutcome | None:
+    row = conn.execute(
+        """select r.state, r.reason, r.provider, r.resource_id,
+                  r.estimated_monthly_saving_usd, r.verified_monthly_saving_usd,
+                  a.action, a.outcome, a.dry_run
+             from optimization_runs r
+             left join optimization_actions a using (run_id)
+            where r.run_id = %s
+            order by a.executed_at desc nulls last
+            limit 1""",
+        (run_id,),
+    ).fetchone()
+    return RunOutcome(*row) if row else None

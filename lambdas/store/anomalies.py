@@ -40,7 +40,8 @@ class AnomalyRow:
 
 
 def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
-    """Insert the incident or refresh its figures; its identity and rule never change."""
+    """Insert the incident or refresh its figures; its rule never changes, its severity and
+    fingerprint only through `escalate`."""
     with translate_errors("upsert anomaly"):
         conn.execute(
             """
@@ -70,6 +71,18 @@ def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
                 Jsonb(list(row.change_events)),
             ),
         )
+
+
+def escalate(conn: psycopg.Connection[Any], old_fingerprint: str, row: AnomalyRow) -> None:
+    """The incident's alert changed severity, hence fingerprint: move its row to the new
+    fingerprint and severity (still one row per incident), then refresh its figures."""
+    with translate_errors("escalate anomaly"):
+        conn.execute(
+            "update anomalies set fingerprint = %s, severity = %s, updated_at = now() "
+            "where fingerprint = %s and started_at = %s",
+            (row.fingerprint, row.severity, old_fingerprint, row.started_at),
+        )
+    upsert(conn, row)
 
 
 def resolve(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 import psycopg
 
 Partition = tuple[str, str, str]  # provider, billing_account_id, billing_period
-HourlyRow = tuple[str, str, str, str, str, datetime, float, float, float]
-# sub_account_id, region_id, service_name, team, env, hour, billed, effective, list
+HourlyRow = tuple[str, str, str, str, str, int, float, float, float]
+# sub_account_id, region_id, service_name, team, env, hour (epoch s), billed, effective, list
 
 
 def lock_partition(conn: psycopg.Connection, part: Partition) -> str | None:
@@ -30,7 +30,7 @@ def replace_partition(
     load_id: str,
     sources: Sequence[str],
     rows_read: int,
-    rows: Sequence[HourlyRow],
+    rows: Iterable[HourlyRow],
 ) -> None:
     """Make `load_id` the partition's current delivery; earlier deliveries are superseded and
     their hours removed, so totals never include two deliveries."""
@@ -50,7 +50,7 @@ def replace_partition(
         " list_cost) from stdin"
     ) as copy:
         for r in rows:
-            copy.write_row((*part, load_id, *r))
+            copy.write_row((*part, load_id, *r[:5], datetime.fromtimestamp(r[5], UTC), *r[6:]))
     conn.execute(
         "insert into billing_loads (load_id, provider, billing_account_id, billing_period,"
         " sources, rows_read, status) values (%s, %s, %s, %s, %s, %s, 'current')"

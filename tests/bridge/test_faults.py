@@ -121,3 +121,40 @@ def test_bridge_answering_5xx_once_alertmanager_retry_yields_one_event(
     # Failing before the bridge produced leaves exactly one record; failing after it leaves
     # the same event twice, which the trigger turns into one workflow (tests/trigger).
     assert len(records) == (2 if forward_failed else 1)
+
+
+def test_broker_restart_behind_a_real_alertmanager_loses_no_alert(tmp_path: Path, uid: str) -> None:
+    """The same outage with Alertmanager as the sender: its retries (within a flush, then
+    at the next group_interval) carry every alert through the bridge's 503s."""
+    count = 30
+    topic = f"cct.test.amfaults.{uid}"
+    with (
+        private_kafka(tmp_path / "kafka") as broker,
+        bridge_process(
+            tmp_path / "bridge",
+            broker.bootstrap,
+            topic,
+            extra_env={"CCT_BRIDGE_PRODUCE_TIMEOUT_S": "2"},
+        ) as bridge,
+    ):
+        config = render_alertmanager_config(
+            AlertRoutingSettings(
+                bridge_url=f"{bridge.url}/v1/alerts",
+                zenduty_relay_url=f"{bridge.url}/v1/relay/zenduty",
+                token_file=str(tmp_path / "bridge" / "bridge.token"),
+            )
+        )
+        with alertmanager_process(tmp_path / "am", config) as am:
+            for n in range(count):
+                if n == count // 3:
+                    broker.stop()
+                if n == 2 * count // 3:
+                    broker.start()
+                post_alerts(am, [anomaly_alert(f"{uid}{n}", resource_id=f"i-{uid}-{n}")])
+                time.sleep(0.1)
+            records = read_topic(broker.bootstrap, topic, expected=count, timeout=60)
+        log = (tmp_path / "bridge" / "bridge.log").read_text()
+
+    resources = {e["data"]["labels"]["resource_id"] for e in events_of(records)}
+    assert resources == {f"i-{uid}-{n}" for n in range(count)}, "an alert was lost"
+    assert "answering 503 so Alertmanager retries" in log  # the outage was seen

@@ -109,8 +109,11 @@ def test_links_land_on_existing_dashboards_and_variables(uid: str) -> None:
         target = BY_UID.get(link.dashboard_uid)
         assert target is not None, f"{title}: no dashboard {link.dashboard_uid}"
         target_vars = {v.name for v in target.variables}
-        for name in LINK_VAR.findall(link.url(d.carried_vars)):
+        url = link.url(d.carried_vars)
+        for name in LINK_VAR.findall(url):
             assert name in target_vars, f"{title}: {target.uid} has no variable {name}"
+            # Set once: either carried (${name:queryparam}) or set by the link, never both.
+            assert f"${{{name}:queryparam}}" not in url, f"{title}: {name} set twice"
     # Every dashboard links onwards somewhere (drill-down), and the header links all CCT
     # dashboards by tag.
     assert links
@@ -138,3 +141,18 @@ def test_panels_do_not_overlap() -> None:
             }
             assert not area & cells, f"{d.uid}: {panel['title']} overlaps"
             cells |= area
+
+
+@pytest.mark.parametrize("uid", sorted(BY_UID))
+def test_panels_are_well_formed(uid: str) -> None:
+    doc = json.loads((build.HERE / f"{uid}.json").read_text())
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = [p["title"] for p in doc["panels"] if p["type"] != "row"]
+    assert len(titles) == len(set(titles)), "panel titles must be unique within a dashboard"
+    for panel in doc["panels"]:
+        if panel["type"] == "row":
+            continue
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert ref_ids and len(ref_ids) == len(set(ref_ids)), panel["title"]
+        assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]

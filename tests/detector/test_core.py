@@ -3,13 +3,21 @@ de-duplication, resolution and severity."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from lambdas.detector.config import DetectionConfig, SeriesKey
-from lambdas.detector.core import HOUR_S, Engine, Transition, nanmedian_rows, severity_for
+from lambdas.detector.core import (
+    HOUR_S,
+    SEVERITIES,
+    Engine,
+    Transition,
+    nanmedian_rows,
+    severity_codes,
+)
 
 T0 = 1_780_000_000 // (7 * 24 * HOUR_S) * (7 * 24 * HOUR_S)  # an hour-of-week boundary
 KEY = SeriesKey.of("account", {"provider": "aws", "billing_account_id": "111"})
@@ -224,6 +232,73 @@ def test_an_incident_whose_series_disappears_resolves_when_stale() -> None:
     assert engine.open_incidents() == []
 
 
+def test_severity_escalates_with_a_growing_ramp_and_never_drops_within_the_incident() -> None:
+    cfg = DetectionConfig(day0_window_s=1e9)  # the reference stays at 100
+    out = run(Engine(cfg), [100.0] * 3 + [130.0, 140.0, 170.0, 260.0, 160.0, 270.0])
+    transitions = [(n, t.kind, t.severity) for n, ts in enumerate(out) for t in ts]
+    # +30 $/h opens a warning; +40 and +70 $/h stay warning (not doubled, under 100 $/h);
+    # +160 $/h is critical; falling back to +60 $/h keeps it critical.
+    assert transitions == [(3, "opened", "warning"), (6, "escalated", "critical")]
+    assert {t.started_at for ts in out for t in ts} == {T0 + 9.0}  # one incident throughout
+
+
+def test_churn_keeps_the_state_bounded_and_absent_incidents_resolve_before_eviction() -> None:
+    cfg = DetectionConfig(stale_after_s=120.0, evict_after_s=600.0)
+    engine = Engine(cfg, capacity=16)
+    live = 20
+    lifetime_ticks = 20  # each resource lives 20 minutes, then a new one replaces it
+    step = 60.0
+    ticks = 600  # ten hours: 600 resources come and go
+    stepped = SeriesKey.of("resource", {"resource_id": "r-0", "provider": "aws"})
+    kinds: list[tuple[str, SeriesKey]] = []
+    sizes = []
+    for tick in range(ticks):
+        generation = tick // lifetime_ticks
+        keys = [
+            SeriesKey.of(
+                "resource", {"provider": "aws", "resource_id": f"r-{generation * live + n}"}
+            )
+            for n in range(live)
+        ]
+        values = np.full(live, 1.0)  # a new resource below materiality: no incident
+        if generation == 0 and tick >= 10:
+            values[0] = 80.0  # r-0 steps up and then disappears with its generation
+        out = engine.observe(T0 + tick * step, engine.index_of(keys), values)
+        kinds += [(t.kind, t.key) for t in out]
+        sizes.append(engine.series_count)
+        if tick == lifetime_ticks + 3:
+            assert stepped in engine  # absent, incident resolved, not yet evicted
+    # Live series plus those absent for less than evict_after_s (+ one check interval).
+    bound = live + live * math.ceil((cfg.evict_after_s + 60) / (lifetime_ticks * step))
+    assert max(sizes[ticks // 2 :]) <= bound < ticks * live / lifetime_ticks
+    assert engine.capacity <= 2 * bound
+    assert engine.evicted_total >= (ticks // lifetime_ticks - 2) * live
+    # r-0's incident opened, then resolved as stale once r-0 was gone, before r-0 was evicted.
+    assert [k for k, key in kinds if key == stepped] == ["opened", "resolved"]
+    assert stepped not in engine
+    assert engine.open_incidents() == []
+
+
+def test_an_evicted_series_that_returns_is_new() -> None:
+    engine = Engine(DetectionConfig(stale_after_s=60.0, evict_after_s=120.0))
+    run(engine, [30.0, 30.0])
+    other = engine.index_of([OTHER])
+    engine.observe(T0 + 200, other, [1.0])
+    assert KEY not in engine and engine.series_count == 1
+    [t] = engine.observe(T0 + 203, engine.index_of([KEY]), [30.0])
+    assert (t.kind, t.expected, t.observed) == ("opened", 0.0, 30.0)  # a step from nothing
+
+
+def test_seeded_series_keep_their_last_hour_as_last_seen() -> None:
+    engine = Engine(DetectionConfig(evict_after_s=2 * HOUR_S))
+    first_hour = T0 // HOUR_S
+    history = np.array([[1.0] * 5, [1.0, 1.0, np.nan, np.nan, np.nan]])
+    engine.seed_history(engine.index_of([KEY, OTHER]), first_hour, history)
+    # KEY has a value in hour 4, OTHER only up to hour 1: OTHER is absent for 3 h, evicted.
+    engine.observe(T0 + 5 * HOUR_S, engine.index_of([KEY]), [1.0])
+    assert KEY in engine and OTHER not in engine
+
+
 def test_missing_values_are_skipped_not_zero() -> None:
     engine = Engine(DetectionConfig())
     out = run(engine, [100.0, float("nan"), 100.0, float("nan")])
@@ -272,7 +347,8 @@ def test_capacity_grows_with_the_number_of_series() -> None:
 def test_severity_from_dollar_impact_and_deviation(
     delta: float, deviation: float, severity: str
 ) -> None:
-    assert severity_for(delta, deviation, DetectionConfig()) == severity
+    [code] = severity_codes(np.array([delta]), np.array([deviation]), DetectionConfig())
+    assert SEVERITIES[code] == severity
 
 
 def test_nanmedian_rows_matches_numpy() -> None:

@@ -246,6 +246,49 @@ def test_a_step_is_one_alert_per_level_with_contributors_events_and_a_row_then_r
     assert detector.metrics.transitions.labels("resolved")._value.get() == 3
 
 
+def test_an_escalation_is_still_one_alert_in_alertmanager_and_one_row(
+    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    account.write(100.0)
+    detector.cycle(time.time())
+    account.write(130.0)  # +30 $/h: a warning
+    [opened] = [t for t in detector.cycle(time.time()) if t.key.level == "team"]
+    [warning] = am_alerts(alertmanager_url, team=account.team, source="detector")
+    assert (opened.kind, warning["labels"]["severity"]) == ("opened", "warning")
+
+    account.write(300.0)  # the ramp grows to +200 $/h: critical
+    [escalated] = [t for t in detector.cycle(time.time()) if t.key.level == "team"]
+    assert (escalated.kind, escalated.severity) == ("escalated", "critical")
+    assert escalated.started_at == opened.started_at
+    # Alertmanager holds one alert for the incident: the critical one, from the incident's
+    # start; the warning was resolved in the same post and points at its successor.
+    [critical] = am_alerts(alertmanager_url, team=account.team, source="detector")
+    assert critical["labels"] == {**warning["labels"], "severity": "critical"}
+    assert critical["startsAt"] == warning["startsAt"]
+    assert critical["annotations"]["escalated_from"] == "warning"
+    assert float(critical["annotations"]["observed_usd_per_hour"]) == 300.0
+    assert critical["status"]["state"] == "active"
+    with psycopg.connect(pg_dsn) as conn:
+        assert store.get(conn, warning["fingerprint"]) == []
+        [row] = store.get(conn, critical["fingerprint"])
+    assert (row["severity"], row["resolved_at"]) == ("critical", None)
+    assert float(row["observed_usd_per_hour"]) == 300.0
+
+    # Falling back does not de-escalate; resolving ends the one alert and the one row.
+    account.write(150.0)
+    assert [t.kind for t in detector.cycle(time.time())] == []
+    assert am_alerts(alertmanager_url, team=account.team)[0]["labels"]["severity"] == "critical"
+    account.write(100.0)
+    detector.cycle(time.time())
+    resolved = [t for t in detector.cycle(time.time()) if t.key.level == "team"]
+    assert [(t.kind, t.severity) for t in resolved] == [("resolved", "critical")]
+    assert am_alerts(alertmanager_url, team=account.team) == []
+    with psycopg.connect(pg_dsn) as conn:
+        [row] = store.get(conn, critical["fingerprint"])
+    assert row["resolved_at"] is not None
+    assert detector.metrics.transitions.labels("escalated")._value.get() == 3  # every level
+
+
 def test_history_is_loaded_at_start_so_the_seasonal_baseline_is_warm(
     detector: Detector, account: Account, vm: VictoriaMetrics
 ) -> None:

@@ -35,6 +35,20 @@ def assert_no_secrets(text: str) -> None:
         assert secret not in text, f"a credential leaked: {secret[:12]}..."
 
 
+def exit_handler_env(run_id: str, status: str) -> dict[str, str]:
+    """What Argo's onExit handler passes to `cct step record --from-env`."""
+    return {
+        "CCT_RUN_ID": run_id,
+        "CCT_PLAYBOOK": "stop-idle-compute",
+        "CCT_PARAM_PROVIDER": "aws",
+        "CCT_PARAM_RESOURCE_ID": "i-0123456789abcdef0",
+        "CCT_PARAM_EVENT_ID": f"evt-{run_id}",
+        "CCT_PARAM_REGION": "us-east-1",
+        "CCT_WORKFLOW_STATUS": status,
+        "CCT_WORKFLOW_FAILURES": '[{"displayName": "execute", "message": "OOMKilled"}]',
+    }
+
+
 @pytest.fixture
 def jwt_file(tmp_path: Path) -> Path:
     path = tmp_path / "token"

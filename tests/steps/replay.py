@@ -1,8 +1,10 @@
 """Replay recorded HTTP exchanges from a local server on loopback.
 
 A recording is a JSON file: `{"description", "source", "exchanges": [...]}`; each exchange is
-`{"request": {"method", "path", "query"?, "body"?, "form"?}, "response": {"status",
-"headers"?, "body"?}, "when_state"?, "sets_state"?}`. A request matches an exchange when the
+`{"request": {"method", "path", "query"?, "body"?, "form"?}, "permissions"?, "response":
+{"status", "headers"?, "body"?}, "when_state"?, "sets_state"?}`. `permissions` are what the
+provider checks for that call (Azure RBAC operations, GCP IAM permissions), so tests compare
+the calls a step made with what its registry entry declares. A request matches an exchange when the
 method and path are equal and the recorded query, JSON body or form fields are a subset of
 what was sent. `when_state`/`sets_state` give a scenario its order (a VM's size before and
 after the resize), like WireMock's scenarios. `{base}` in a response is replaced by the
@@ -43,6 +45,7 @@ class Seen:
     headers: dict[str, str]
     body: Any
     raw: str
+    permissions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Replay:
             ex = next((c for c in candidates if c.get("when_state") is not None), candidates[0])
             if ex.get("sets_state"):
                 self.state = ex["sets_state"]
+            seen.permissions = tuple(ex.get("permissions", ()))
             return dict(ex["response"])
 
 

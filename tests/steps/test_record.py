@@ -7,20 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from lambdas.steps.cli import input_from_env
+from tests.steps.conftest import exit_handler_env
 from tests.steps.runner import call_step
-
-
-def _env(run_id: str, status: str) -> dict[str, str]:
-    return {
-        "CCT_RUN_ID": run_id,
-        "CCT_PLAYBOOK": "stop-idle-compute",
-        "CCT_PARAM_PROVIDER": "aws",
-        "CCT_PARAM_RESOURCE_ID": "i-0123456789abcdef0",
-        "CCT_PARAM_EVENT_ID": f"evt-{run_id}",
-        "CCT_PARAM_REGION": "us-east-1",
-        "CCT_WORKFLOW_STATUS": status,
-        "CCT_WORKFLOW_FAILURES": '[{"displayName": "execute", "message": "OOMKilled"}]',
-    }
 
 
 def test_exit_handler_records_a_failed_workflow(
@@ -28,7 +16,12 @@ def test_exit_handler_records_a_failed_workflow(
 ) -> None:
     run_id = f"cct-stop-idle-compute-{uid}"
     env = step_env("http://127.0.0.1:9")
-    failed = call_step("record", input_from_env(_env(run_id, "Failed")), env, inprocess=True)
+    failed = call_step(
+        "record",
+        input_from_env(exit_handler_env(run_id, "Failed")),
+        env,
+        inprocess=True,
+    )
     assert failed.exit_code == 0, failed.output
     state, reason, backend = db(
         "select state, reason, backend from optimization_runs where run_id = %s", run_id
@@ -36,7 +29,12 @@ def test_exit_handler_records_a_failed_workflow(
     assert (state, backend) == ("failed", "local")
     assert reason.startswith("workflow failed: workflow Failed: ") and "OOMKilled" in reason
 
-    ok = call_step("record", input_from_env(_env(f"{run_id}-ok", "Succeeded")), env, inprocess=True)
+    ok = call_step(
+        "record",
+        input_from_env(exit_handler_env(f"{run_id}-ok", "Succeeded")),
+        env,
+        inprocess=True,
+    )
     assert ok.output == {"state": "succeeded", "noop": True}
     assert db("select 1 from optimization_runs where run_id = %s", f"{run_id}-ok") == []
 
@@ -75,7 +73,10 @@ def test_garbage_on_stdin_exits_65(step_env: Callable[..., dict[str, str]]) -> N
 def test_unreachable_database_is_retryable(
     step_env: Callable[..., dict[str, str]], uid: str
 ) -> None:
-    env = {**step_env("http://127.0.0.1:9"), "CCT_PG_DSN": "postgresql://cct@127.0.0.1:9/cct"}
+    env = {
+        **step_env("http://127.0.0.1:9"),
+        "CCT_PG_DSN": "postgresql://cct@127.0.0.1:9/cct",
+    }
     doc = {
         "run_id": f"cct-x-{uid}",
         "playbook": "storage-tiering",

@@ -124,9 +124,13 @@ def _cpu(
 
 # --- Virtual machines --------------------------------------------------------------------
 
+# Following a long-running operation reads its status resource, which ARM authorizes too.
+COMPUTE_OPERATION_READ = "Microsoft.Compute/locations/operations/read"
+
 VM_PERMS = (
     "Microsoft.Compute/virtualMachines/read",
     "Microsoft.Compute/virtualMachines/write",
+    COMPUTE_OPERATION_READ,
     "Microsoft.Insights/metrics/read",
 )
 
@@ -194,6 +198,7 @@ register(
 DEALLOCATE_PERMS = (
     "Microsoft.Compute/virtualMachines/read",
     "Microsoft.Compute/virtualMachines/deallocate/action",
+    COMPUTE_OPERATION_READ,
     "Microsoft.Resources/tags/write",
     "Microsoft.Insights/metrics/read",
 )
@@ -262,6 +267,7 @@ DISK_PERMS = (
     "Microsoft.Compute/disks/delete",
     "Microsoft.Compute/snapshots/read",
     "Microsoft.Compute/snapshots/write",
+    COMPUTE_OPERATION_READ,
 )
 
 
@@ -446,6 +452,7 @@ register(
 SQL_PERMS = (
     "Microsoft.Sql/servers/databases/read",
     "Microsoft.Sql/servers/databases/write",
+    "Microsoft.Sql/locations/databaseAzureAsyncOperation/read",
     "Microsoft.Insights/metrics/read",
 )
 

@@ -327,6 +327,8 @@ DISK_PERMS = (
     "compute.disks.get",
     "compute.disks.createSnapshot",
     "compute.snapshots.create",
+    # The snapshot is created with a label naming its disk; labels on create need this.
+    "compute.snapshots.setLabels",
     "compute.snapshots.get",
     "compute.disks.delete",
     "compute.zoneOperations.get",

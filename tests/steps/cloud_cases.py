@@ -1,0 +1,186 @@
+"""The Azure and GCP playbook cases: one recording per playbook and provider (see
+tests/steps/recordings/*.json for where each comes from), the prices the plan needs, and the
+saving and final replay state each must reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SUB_RG = "/subscriptions/d3b7c1a2-4e5f-4a6b-9c8d-7e6f5a4b3c2d/resourceGroups/rg-payments-dev"
+ARM_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.AZURE-ARM-ACCESS-TOKEN-must-never-leak"
+GCP_TOKEN = "ya29.c.GCP-ACCESS-TOKEN-must-never-leak-0123456789"
+
+
+@dataclass(frozen=True)
+class Case:
+    recording: str
+    playbook: str
+    provider: str
+    resource_id: str
+    service: str
+    region: str
+    unit: str
+    prices: dict[str, str]
+    saving: str
+    final_state: str
+    target: str | None = None
+
+
+CASES = [
+    Case(
+        "azure_rightsize_vm.json",
+        "rightsize-compute",
+        "azure",
+        f"{SUB_RG}/providers/Microsoft.Compute/virtualMachines/vm-api-01",
+        "Virtual Machines",
+        "eastus",
+        "hour",
+        {"Standard_D4s_v3": "0.192", "Standard_D2s_v3": "0.096"},
+        "70.08",
+        "resized",
+        "Standard_D2s_v3",
+    ),
+    Case(
+        "azure_deallocate_vm.json",
+        "stop-idle-compute",
+        "azure",
+        f"{SUB_RG}/providers/Microsoft.Compute/virtualMachines/vm-batch-02",
+        "Virtual Machines",
+        "eastus",
+        "hour",
+        {"Standard_D2s_v3": "0.096"},
+        "49.22",
+        "deallocated",
+    ),
+    Case(
+        "azure_delete_disk.json",
+        "delete-unattached-volume",
+        "azure",
+        f"{SUB_RG}/providers/Microsoft.Compute/disks/disk-old-data",
+        "Storage",
+        "eastus",
+        "gib_month",
+        {"Premium_LRS": "0.15", "snapshot": "0.05"},
+        "25.60",
+        "deleted",
+    ),
+    Case(
+        "azure_tiering.json",
+        "storage-tiering",
+        "azure",
+        f"{SUB_RG}/providers/Microsoft.Storage/storageAccounts/stpaymentslogs",
+        "Storage",
+        "eastus",
+        "gib_month",
+        {"Hot": "0.0184", "Cool": "0.01"},
+        "8.60",
+        "tiered",
+    ),
+    Case(
+        "azure_sql_rightsize.json",
+        "rightsize-database",
+        "azure",
+        f"{SUB_RG}/providers/Microsoft.Sql/servers/sql-payments/databases/ledger",
+        "SQL Database",
+        "eastus",
+        "hour",
+        {"GP_Gen5_4": "1.011", "GP_Gen5_2": "0.505"},
+        "369.38",
+        "scaled",
+        "GP_Gen5_2",
+    ),
+    Case(
+        "gcp_rightsize_instance.json",
+        "rightsize-compute",
+        "gcp",
+        "projects/cct-payments-dev/zones/us-central1-a/instances/api-1",
+        "Compute Engine",
+        "us-central1",
+        "hour",
+        {"e2-standard-4": "0.134", "e2-standard-2": "0.067"},
+        "48.91",
+        "resized",
+        "e2-standard-2",
+    ),
+    Case(
+        "gcp_stop_instance.json",
+        "stop-idle-compute",
+        "gcp",
+        "projects/cct-payments-dev/zones/us-central1-a/instances/batch-1",
+        "Compute Engine",
+        "us-central1",
+        "hour",
+        {"e2-standard-2": "0.067"},
+        "34.35",
+        "stopped",
+    ),
+    Case(
+        "gcp_delete_disk.json",
+        "delete-unattached-volume",
+        "gcp",
+        "projects/cct-payments-dev/zones/us-central1-a/disks/old-data",
+        "Compute Engine",
+        "us-central1",
+        "gib_month",
+        {"pd-ssd": "0.17", "snapshot": "0.026"},
+        "28.80",
+        "deleted",
+    ),
+    Case(
+        "gcp_tiering.json",
+        "storage-tiering",
+        "gcp",
+        "cct-payments-archive",
+        "Cloud Storage",
+        "us-central1",
+        "gib_month",
+        {"STANDARD": "0.02", "NEARLINE": "0.01"},
+        "20.48",
+        "tiered",
+    ),
+    Case(
+        "gcp_sql_rightsize.json",
+        "rightsize-database",
+        "gcp",
+        "projects/cct-payments-dev/instances/ledger-pg",
+        "Cloud SQL",
+        "us-central1",
+        "hour",
+        {"db-custom-4-16384": "0.4126", "db-custom-2-8192": "0.2063"},
+        "150.60",
+        "updated",
+        "db-custom-2-8192",
+    ),
+]
+
+
+def params(case: Case, uid: str, **extra: str) -> dict[str, Any]:
+    """The workflow parameters (section 6) of a run of `case`, as Argo passes them."""
+    return {
+        "provider": case.provider,
+        "service": case.service,
+        "resource-id": case.resource_id,
+        "resource-type": "x",
+        "action": case.playbook,
+        "environment": "dev",
+        "team": "payments",
+        "account-id": "acct-1",
+        "region": case.region,
+        "tags": '{"team": "payments"}',
+        "estimated-monthly-impact-usd": "40",
+        "dry-run": "false",
+        "event-id": f"evt-{uid}",
+        **extra,
+    }
+
+
+# Vault's paths and the Azure token endpoint; every other request is a cloud API call
+# (Cloud SQL's Admin API also starts with /v1/, hence the mount names).
+NOT_CLOUD = ("/v1/auth/", "/v1/sys/", "/v1/aws/", "/v1/azure/", "/v1/gcp/", "/72f988bf-")
+
+
+def recordings(case: Case) -> tuple[str, ...]:
+    """The recordings a run of `case` needs: Vault, Azure's token endpoint, the cloud."""
+    login = ("azure_login.json",) if case.provider == "azure" else ()
+    return ("vault.json", *login, case.recording)
