@@ -84,7 +84,7 @@ class AzureSubscription(pulumi.ComponentResource):
             f"{name}-group",
             resource_group_name=f"{prefix}-cost",
             location=args.location,
-            tags=tags,
+            tags=dict(tags),
             opts=child,
         )
         account = azure.storage.StorageAccount(
@@ -97,7 +97,7 @@ class AzureSubscription(pulumi.ComponentResource):
             allow_shared_key_access=False,
             enable_https_traffic_only=True,
             minimum_tls_version="TLS1_2",
-            tags=tags,
+            tags=dict(tags),
             opts=child,
         )
         exports = azure.storage.BlobContainer(
@@ -105,7 +105,7 @@ class AzureSubscription(pulumi.ComponentResource):
             account_name=account.name,
             resource_group_name=group.name,
             container_name="focus",
-            public_access="None",
+            public_access=azure.storage.PublicAccess.NONE,
             opts=child,
         )
         azure.costmanagement.Export(
@@ -177,7 +177,7 @@ class AzureSubscription(pulumi.ComponentResource):
                 ).result,
                 role_definition_id=role_id,
                 principal_id=principal,
-                principal_type="ServicePrincipal",
+                principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
                 scope=scope,
                 opts=child,
             )
@@ -229,7 +229,7 @@ class AzureSubscription(pulumi.ComponentResource):
             account_name=account.name,
             resource_group_name=group.name,
             container_name="function-packages",
-            public_access="None",
+            public_access=azure.storage.PublicAccess.NONE,
             opts=opts,
         )
         package = azure.storage.Blob(
@@ -237,7 +237,7 @@ class AzureSubscription(pulumi.ComponentResource):
             account_name=account.name,
             resource_group_name=group.name,
             container_name=packages.name,
-            type="Block",
+            type=azure.storage.BlobType.BLOCK,
             source=args.forwarder_package,
             opts=opts,
         )
@@ -248,7 +248,7 @@ class AzureSubscription(pulumi.ComponentResource):
             kind="functionapp",
             reserved=True,
             sku={"name": "Y1", "tier": "Dynamic"},
-            tags=tags,
+            tags=dict(tags),
             opts=opts,
         )
         package_url = pulumi.Output.concat(
@@ -282,7 +282,7 @@ class AzureSubscription(pulumi.ComponentResource):
                     {"name": "CCT_FORWARDER_BILLING_ACCOUNT_ID", "value": args.subscription_id},
                 ],
             },
-            tags=tags,
+            tags=dict(tags),
             opts=opts,
         )
         azure.authorization.RoleAssignment(
@@ -292,7 +292,7 @@ class AzureSubscription(pulumi.ComponentResource):
             ).result,
             role_definition_id=args.role_definition(STORAGE_BLOB_DATA_OWNER),
             principal_id=app.identity.apply(lambda i: i.principal_id if i else ""),
-            principal_type="ServicePrincipal",
+            principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
             scope=account.id,
             opts=opts,
         )
@@ -308,7 +308,7 @@ class AzureSubscription(pulumi.ComponentResource):
             location="global",
             source=args.scope,
             topic_type="Microsoft.Resources.Subscriptions",
-            tags=tags,
+            tags=dict(tags),
             opts=opts,
         )
         azure.eventgrid.SystemTopicEventSubscription(
@@ -320,11 +320,9 @@ class AzureSubscription(pulumi.ComponentResource):
             # handshake itself); the function key authenticates Event Grid's deliveries.
             destination={
                 "endpoint_type": "WebHook",
-                "endpoint_url": pulumi.Output.secret(
-                    pulumi.Output.all(app.default_host_name, keys.function_keys).apply(
-                        lambda v: (
-                            f"https://{v[0]}/api/{FUNCTION_NAME}?code={(v[1] or {})['default']}"
-                        )
+                "endpoint_url": pulumi.Output.all(app.default_host_name, keys.function_keys).apply(
+                    lambda v: pulumi.Output.secret(
+                        f"https://{v[0]}/api/{FUNCTION_NAME}?code={(v[1] or {})['default']}"
                     )
                 ),
                 "max_events_per_batch": 50,

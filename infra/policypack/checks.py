@@ -307,11 +307,11 @@ RESOURCE_CHECKS: tuple[Check, ...] = (
 def check_default_deny(resources: Sequence[tuple[str, Props]]) -> list[str]:
     """Stack-level: every Namespace has a NetworkPolicy denying all ingress and egress."""
     namespaces = {
-        (props.get("metadata") or {}).get("name")
+        str((props.get("metadata") or {}).get("name"))
         for typ, props in resources
         if typ == "kubernetes:core/v1:Namespace"
     }
-    denied = set()
+    denied: set[str] = set()
     for typ, props in resources:
         if typ != "kubernetes:networking.k8s.io/v1:NetworkPolicy":
             continue
@@ -322,7 +322,7 @@ def check_default_deny(resources: Sequence[tuple[str, Props]]) -> list[str]:
             and not spec.get("ingress")
             and not spec.get("egress")
         ):
-            denied.add((props.get("metadata") or {}).get("namespace"))
+            denied.add(str((props.get("metadata") or {}).get("namespace")))
     return [
         f"namespace {ns} has no default-deny NetworkPolicy" for ns in sorted(namespaces - denied)
     ]

@@ -51,7 +51,7 @@ Key = tuple[str, ...]
 
 # Partial aggregates are merged again once they hold this many rows: memory stays bounded by
 # the number of distinct (labels, hour) cells plus this, whatever the file size.
-COMPACT_ROWS = 500_000
+COMPACT_ROWS = 200_000
 GROUP_KEYS = [*KEY_COLUMNS, "start", "end"]
 SUMS = [("billed", "sum"), ("effective", "sum"), ("list", "sum")]
 

@@ -79,7 +79,7 @@ REQUIRED = (
     "ServiceName",
 )
 
-BATCH_ROWS = 131_072
+BATCH_ROWS = 65_536
 
 
 class BillingFileError(ValueError):

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections import Counter as Tally
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,8 +33,16 @@ import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from lambdas.collector.core import Factors, Group, Labels, Rollups, apply_changes, resource_lines
-from lambdas.collector.model import EventIgnored, EventRejected, ResourceChange
+from lambdas.collector.core import (
+    Applied,
+    Factors,
+    Group,
+    Labels,
+    Rollups,
+    apply_changes,
+    resource_lines,
+)
+from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
 from lambdas.collector.normalize import normalize
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str, pg_dsn, vm_url
 from lambdas.ingest.exposition import body
@@ -63,6 +72,9 @@ class CollectorSettings:
     # Events per writer transaction: large enough to amortise round trips, small enough that a
     # batch commits in tens of milliseconds.
     batch_max_events: int = 5_000
+    # Inventory rows kept in memory (LRU) so a resource's next event needs no read; about
+    # 1 KiB each.
+    cache_resources: int = 200_000
     # Re-emit every live value this often so gauges stay fresh in instant queries.
     heartbeat_s: float = 15.0
     # Reload the price catalog and reconciliation factors this often.
@@ -97,6 +109,7 @@ class CollectorSettings:
             max_body_bytes=env_int("CCT_COLLECTOR_MAX_BODY_BYTES", 8 * 1024 * 1024),
             max_records=env_int("CCT_COLLECTOR_MAX_RECORDS", 20_000),
             batch_max_events=env_int("CCT_COLLECTOR_BATCH_MAX_EVENTS", 5_000),
+            cache_resources=env_int("CCT_COLLECTOR_CACHE_RESOURCES", 200_000),
             heartbeat_s=env_float("CCT_COLLECTOR_HEARTBEAT_S", 15.0),
             refresh_s=env_float("CCT_COLLECTOR_REFRESH_S", 60.0),
             tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", "team,env"),
@@ -171,6 +184,9 @@ class Processor:
         self.factors: Factors = {}
         self.last_heartbeat_ms = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # Recently written inventory rows. This process is the only writer (one replica), so a
+        # cached row equals PostgreSQL's and need not be read back; misses are read and locked.
+        self._rows: OrderedDict[tuple[str, str], Resource] = OrderedDict()
         self._pending: list[str] = []
         # Samples go to VictoriaMetrics from their own task, so the next batch's PostgreSQL
         # work overlaps this batch's import; a full queue pushes back on the writer.
@@ -265,7 +281,6 @@ class Processor:
                     job.done.set_result(result)
 
     async def _process(self, jobs: Sequence[_Job]) -> list[BatchResult]:
-        assert self._conn is not None
         results = [BatchResult() for _ in jobs]
         owner: dict[str, int] = {}
         fresh: list[ResourceChange] = []
@@ -277,23 +292,55 @@ class Processor:
                     continue
                 owner[ch.event_id] = i
                 fresh.append(ch)
-        dead = [d for job in jobs for d in job.dead]
+        known, rows, applied = await self._commit(fresh, [d for job in jobs for d in job.dead])
         outcomes: Tally[tuple[str, str]] = Tally()
+        for ch in fresh:
+            if ch.event_id in known:
+                results[owner[ch.event_id]].duplicates += 1
+                outcomes[(ch.provider, "duplicate")] += 1
+        for a in applied:
+            result = results[owner[a.change.event_id]]
+            result.accepted += 1
+            result.stale += a.stale
+            outcomes[(a.change.provider, "stale" if a.stale else "accepted")] += 1
+        for (provider, outcome), n in outcomes.items():
+            self.metrics.events.labels(provider, outcome).inc(n)
+        await self._vm_queue.put(self._samples(rows, applied))
+        return results
+
+    async def _commit(
+        self, fresh: list[ResourceChange], dead: list[tuple[str, str, str]]
+    ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
+        """One transaction: skip known event ids, merge, write inventory, events and dead
+        letters. Returns the known ids, the changed rows and what each new event did."""
+        assert self._conn is not None
         now = datetime.now(UTC)
+        cache = self._rows
+        staged = [
+            (c.event_id, c.provider, c.resource_id, (c.provider, c.resource_id) not in cache)
+            for c in fresh
+        ]
         async with self._conn.transaction():
-            known, current = await store.stage_batch(
-                self._conn, [(c.event_id, c.provider, c.resource_id) for c in fresh]
-            )
-            for ch in fresh:
-                if ch.event_id in known:
-                    results[owner[ch.event_id]].duplicates += 1
-                    outcomes[(ch.provider, "duplicate")] += 1
+            known, current = await store.stage_batch(self._conn, staged)
+            for c in fresh:
+                key = (c.provider, c.resource_id)
+                if key in cache:
+                    current[key] = cache[key]
             new = [c for c in fresh if c.event_id not in known]
             rows, applied = apply_changes(current, new, self.book)
             await store.upsert_resources(self._conn, rows.values(), now)
             await store.insert_events(self._conn, applied, rows, now)
             await store.insert_dead_letters(self._conn, "collector", dead)
-        # Committed: now the in-memory rollups and the samples.
+        # Committed: only now may the cache hold the new rows.
+        for key, row in rows.items():
+            cache[key] = row
+            cache.move_to_end(key)
+        while len(cache) > self.settings.cache_resources:
+            cache.popitem(last=False)
+        return known, rows, applied
+
+    def _samples(self, rows: dict[tuple[str, str], Resource], applied: list[Applied]) -> list[str]:
+        """Update the rollups with the committed rows; the lines to write."""
         now_ms = int(time.time() * 1000)
         groups: set[Group] = set()
         rendered: dict[tuple[str, str], tuple[Group, str]] = {}
@@ -303,10 +350,7 @@ class Processor:
         samples: list[str] = []
         for a in applied:
             ch = a.change
-            results[owner[ch.event_id]].accepted += 1
-            outcomes[(ch.provider, "stale" if a.stale else "accepted")] += 1
             if a.stale:
-                results[owner[ch.event_id]].stale += 1
                 continue
             if a.usd_after is None:
                 self.metrics.unpriced.labels(ch.provider).inc()
@@ -321,12 +365,9 @@ class Processor:
                 # minutes after the call) or an older heartbeat would hide this value, so the
                 # current value is written at the receipt time as well.
                 samples += resource_lines(labels, group, a.usd_after, self.factors, now_ms)
-        for (provider, outcome), n in outcomes.items():
-            self.metrics.events.labels(provider, outcome).inc(n)
         samples += self.rollups.rollup_lines(groups, self.factors, now_ms)
         self.metrics.live.set(len(self.rollups.live))
-        await self._vm_queue.put(samples)
-        return results
+        return samples
 
     async def _vm_writer(self) -> None:
         while True:

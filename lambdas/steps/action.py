@@ -103,6 +103,16 @@ class Action:
         return ActionResult("changed", before, after, self.description)
 
 
+def resized(state: State, params: Mapping[str, Any]) -> bool:
+    """`is_done` of the compute resizes: at the target size, settled, and running again when
+    the plan says it ran (`running`)."""
+    return bool(
+        state["sku"] == params["target_sku"]
+        and not state["busy"]
+        and (state["status"] == "running" or not params["running"])
+    )
+
+
 _ACTIONS: dict[str, Action] = {}
 
 

@@ -44,18 +44,9 @@ def _error_code(body: Any) -> str:
 
 
 class RestClient:
-    def __init__(
-        self,
-        base_url: str,
-        token: str,
-        permissions: tuple[str, ...] = (),
-        timeout_s: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, base_url: str, token: str, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
-        self.permissions = permissions
         self.timeout_s = timeout_s
-        self.sleep = sleep
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
 
@@ -68,7 +59,8 @@ class RestClient:
         path: str,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        needs: tuple[str, ...] = (),
+        *,
+        needs: tuple[str, ...],
     ) -> requests.Response:
         """One request; `needs` names the permissions the calling action requires, so an
         access-denied error says what to grant."""
@@ -87,7 +79,7 @@ class RestClient:
         code = _error_code(payload)
         what = f"{method} {path}: HTTP {resp.status_code} {code}".rstrip()
         if resp.status_code in (401, 403):
-            wanted = ", ".join(needs or self.permissions)
+            wanted = ", ".join(needs)
             raise AccessDenied(f"{what}: access denied; the credential needs {wanted}")
         if resp.status_code == 404:
             raise NotFound(what)
@@ -101,9 +93,10 @@ class RestClient:
         path: str,
         params: Mapping[str, str] | None = None,
         body: Any = None,
-        needs: tuple[str, ...] = (),
+        *,
+        needs: tuple[str, ...],
     ) -> Any:
-        resp = self.call(method, path, params, body, needs)
+        resp = self.call(method, path, params, body, needs=needs)
         if not resp.content:
             return {}
         return resp.json()
@@ -125,4 +118,4 @@ class RestClient:
                 return doc
             if time.monotonic() > deadline:
                 raise Retryable(f"{what} still running after {timeout_s:.0f}s")
-            self.sleep(interval_s)
+            time.sleep(interval_s)

@@ -35,7 +35,7 @@ async def live_resources(conn: psycopg.AsyncConnection) -> list[Resource]:
 # values as array parameters costs more client CPU than the whole statement on the server.
 STAGING = """
 create temp table if not exists stage_keys (
-    event_id text, provider text, resource_id text
+    event_id text, provider text, resource_id text, need_row boolean
 ) on commit delete rows;
 create temp table if not exists stage_inventory (like resource_inventory) on commit delete rows;
 create temp table if not exists stage_events (like resource_events) on commit delete rows;
@@ -51,12 +51,15 @@ async def prepare(conn: psycopg.AsyncConnection) -> None:
 
 
 async def stage_batch(
-    conn: psycopg.AsyncConnection, changes: Sequence[tuple[str, str, str]]
+    conn: psycopg.AsyncConnection, changes: Sequence[tuple[str, str, str, bool]]
 ) -> tuple[set[str], dict[Key, Resource]]:
-    """Stage (event_id, provider, resource_id) of a batch; returns the event ids already
-    recorded and the current rows of the batch's resources, locked until commit."""
+    """Stage (event_id, provider, resource_id, need_row) of a batch; returns the event ids
+    already recorded and the current rows of the resources marked need_row (the caller holds
+    the others), locked until commit."""
     async with conn.cursor() as cur:
-        async with cur.copy("copy stage_keys (event_id, provider, resource_id) from stdin") as copy:
+        async with cur.copy(
+            "copy stage_keys (event_id, provider, resource_id, need_row) from stdin"
+        ) as copy:
             for row in changes:
                 await copy.write_row(row)
         await cur.execute(
@@ -66,7 +69,7 @@ async def stage_batch(
         await cur.execute(
             f"select {COLUMNS} from resource_inventory"
             " where (provider, resource_id) in"
-            " (select distinct provider, resource_id from stage_keys)"
+            " (select distinct provider, resource_id from stage_keys where need_row)"
             " order by provider, resource_id for update"
         )
         rows = [row_from_db(r) for r in await cur.fetchall()]

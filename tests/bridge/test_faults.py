@@ -81,7 +81,7 @@ def test_broker_stopped_and_restarted_while_producing_loses_nothing(
         time.sleep(2)
         broker.start()
         assert sent.wait(120), f"sender stuck; statuses so far {statuses[-10:]}"
-        records = read_topic(broker.bootstrap, topic, expected=count, timeout=30)
+        records = read_topic(broker.bootstrap, topic, expected=count, timeout=90)
 
     keys = {r.key for r in records}
     assert keys == {f"{uid}{n:06d}".encode() for n in range(count)}, "an alert was lost"
@@ -112,7 +112,7 @@ def test_bridge_answering_5xx_once_alertmanager_retry_yields_one_event(
         )
         with alertmanager_process(tmp_path / "am", config) as am:
             post_alerts(am, [anomaly_alert(uid)])
-            wait_until(lambda: 200 in proxy.answers, 30, "Alertmanager's retry to succeed")
+            wait_until(lambda: 200 in proxy.answers, 60, "Alertmanager's retry to succeed")
             records = read_topic(kafka_bootstrap, topic, expected=2, timeout=3)
         assert proxy.answers == [500, 200]
 
@@ -152,7 +152,7 @@ def test_broker_restart_behind_a_real_alertmanager_loses_no_alert(tmp_path: Path
                     broker.start()
                 post_alerts(am, [anomaly_alert(f"{uid}{n}", resource_id=f"i-{uid}-{n}")])
                 time.sleep(0.1)
-            records = read_topic(broker.bootstrap, topic, expected=count, timeout=60)
+            records = read_topic(broker.bootstrap, topic, expected=count, timeout=90)
         log = (tmp_path / "bridge" / "bridge.log").read_text()
 
     resources = {e["data"]["labels"]["resource_id"] for e in events_of(records)}

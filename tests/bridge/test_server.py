@@ -54,7 +54,7 @@ async def test_alerts_become_events_on_kafka_after_the_broker_ack(
     resp = await client.post("/v1/alerts", data=payload(*alerts), headers=AUTH)
     assert resp.status == 200
     assert await resp.json() == {"events": 3, "ignored": 0}
-    records = await consume_topic(kafka_bootstrap, f"cct.test.bridge.{uid}", 3, 20)
+    records = await consume_topic(kafka_bootstrap, f"cct.test.bridge.{uid}", 3, 60)
     assert sorted(r.key for r in records) == [f"{uid}{n:06d}".encode() for n in range(3)]
     assert {e["type"] for e in events_of(records)} == {"io.cct.anomaly.detected"}
     assert (

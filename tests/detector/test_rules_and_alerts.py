@@ -197,15 +197,32 @@ def test_fingerprint_is_alertmanagers_fnv64a_of_sorted_labels() -> None:
 
 
 def test_instant_query_rows_become_keys_and_untagged_groups_are_skipped() -> None:
-    from lambdas.detector.service import KeyCache, parse_vector
+    from lambdas.detector.service import KEY_SEP, KeyCache, Vector, group_query, parse_vector
 
+    assert group_query("team", 'm{basis="list"}') == (
+        'sum by (cct_key) (label_join(m{basis="list"}, "cct_key", "\\x1f", "team"))'
+    )
     rows = [
-        {"metric": {"team": "web"}, "value": [1.0, "12.5"]},
+        {"metric": {"cct_key": "web"}, "value": [1.0, "12.5"]},
         {"metric": {}, "value": [1.0, "99"]},  # resources without a team tag
     ]
     cache: KeyCache = {}
-    keys, values = parse_vector("team", rows, cache)
-    assert keys == [SeriesKey.of("team", {"team": "web"})]
-    assert values == [12.5]
-    again, _ = parse_vector("team", rows, cache)
-    assert again[0] is keys[0]  # served from the cache
+    out = Vector()
+    parse_vector("team", rows, cache, out)
+    assert (out.keys, out.values, out.rejected) == (
+        [SeriesKey.of("team", {"team": "web"})],
+        [12.5],
+        0,
+    )
+    again = Vector()
+    parse_vector("team", rows, cache, again)
+    assert again.keys[0] is out.keys[0]  # served from the cache
+
+    account = [
+        {"metric": {"cct_key": KEY_SEP.join(["aws", "111"])}, "value": [1.0, "3"]},
+        {"metric": {"cct_key": KEY_SEP.join(["aws", "1", "1"])}, "value": [1.0, "4"]},
+    ]
+    out = Vector()
+    parse_vector("account", account, {}, out)
+    assert out.keys == [SeriesKey.of("account", {"provider": "aws", "billing_account_id": "111"})]
+    assert out.rejected == 1  # a label value that held the separator is counted, not guessed

@@ -144,7 +144,9 @@ class CctMocks(pulumi.runtime.Mocks):
         resource_id = make_id(args.typ, args.name, state) if make_id else f"{args.name}-id"
         return resource_id, state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         if args.token == "azure-native:web:listWebAppHostKeys":
-            return {"functionKeys": {"default": FUNCTION_KEY}, "masterKey": "master"}
+            return {"functionKeys": {"default": FUNCTION_KEY}, "masterKey": "master"}, None
         raise AssertionError(f"unexpected provider call {args.token}")

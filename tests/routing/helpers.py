@@ -34,6 +34,8 @@ from tests.support.services import ROOT
 
 CCT = str(ROOT / ".venv" / "bin" / "cct")
 KAFKA_LIBS = ROOT / ".local" / "kafka" / "libs"
+# Generous: the machine is shared, and a start-up that is merely slow must not fail a test.
+STARTUP_TIMEOUT_S = 60.0
 
 
 def wait_until(check: Any, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -120,7 +122,7 @@ class PrivateKafka:
             capture_output=True,
         )
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 3 * STARTUP_TIMEOUT_S) -> None:
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- start {time.time()}\n".encode())
             offset = log.tell()
@@ -193,7 +195,7 @@ async def consume_topic(
 
 
 def read_topic(
-    bootstrap: str, topic: str, expected: int, timeout: float = 20.0
+    bootstrap: str, topic: str, expected: int, timeout: float = 60.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of `topic` (at least `expected`, unless the timeout passes first)."""
     return asyncio.run(consume_topic(bootstrap, topic, expected, timeout))
@@ -297,7 +299,11 @@ def bridge_process(
         env["CCT_ZENDUTY_URL_FILE"] = str(url_file)
     base = f"http://127.0.0.1:{port}"
     with running(
-        [CCT, "serve", "bridge"], http_ready(f"{base}/healthz"), workdir / "bridge.log", env=env
+        [CCT, "serve", "bridge"],
+        http_ready(f"{base}/healthz"),
+        workdir / "bridge.log",
+        timeout=STARTUP_TIMEOUT_S,
+        env=env,
     ) as proc:
         yield Bridge(base, token, proc)
 
@@ -321,6 +327,7 @@ def alertmanager_process(workdir: Path, config: str) -> Iterator[str]:
         ],
         http_ready(f"{base}/-/ready"),
         workdir / "alertmanager.log",
+        timeout=STARTUP_TIMEOUT_S,
     ):
         yield base
 
@@ -486,6 +493,7 @@ def trigger_process(workdir: Path, env: dict[str, str]) -> Iterator[Trigger]:
         [CCT, "serve", "trigger"],
         http_ready(f"{base}/healthz"),
         workdir / "trigger.log",
+        timeout=STARTUP_TIMEOUT_S,
         env=full_env,
     ) as proc:
         yield Trigger(f"{base}/metrics", proc)

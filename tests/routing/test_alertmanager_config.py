@@ -147,12 +147,12 @@ def test_real_alertmanager_delivers_to_zenduty_and_the_bridge_with_inhibition(
         with alertmanager_process(tmp_path / "am", config) as am:
             critical = anomaly_alert(uid, "critical", resource_id=f"i-a-{uid}")
             post_alerts(am, [critical])
-            wait_until(zenduty.snapshot, 15, "the critical alert at Zenduty")
+            wait_until(zenduty.snapshot, 60, "the critical alert at Zenduty")
             # Same dimensions, lower severity: inhibited. Other dimensions: delivered.
             inhibited = anomaly_alert(uid, "warning", resource_id=f"i-a-{uid}")
             other = anomaly_alert(uid, "warning", resource_id=f"i-b-{uid}")
             post_alerts(am, [inhibited, other])
-            read_topic(kafka_bootstrap, topic, expected=2, timeout=15)
+            read_topic(kafka_bootstrap, topic, expected=2, timeout=60)
             # Waiting for a third record for three group_intervals: an inhibited alert that
             # slipped through would have been delivered by then.
             records = read_topic(kafka_bootstrap, topic, expected=3, timeout=3)

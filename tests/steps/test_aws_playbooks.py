@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
+from lambdas.steps.errors import NotFound
 from lambdas.steps.providers.aws import AwsSession
 from lambdas.steps.registry import ACTIONS
 from tests.steps.conftest import assert_no_secrets
@@ -210,6 +211,36 @@ def test_rightsize_compute_resizes_from_cloudwatch_and_records_savings(
     assert _describe(aws_env, iid)["InstanceType"] == "m5.large"
 
 
+def test_an_execute_retried_after_its_own_stop_starts_the_instance_again(
+    *, env: dict[str, str], aws_env: str, seed_prices: Any, uid: str
+) -> None:
+    seed_prices("aws", EC2, REGION, "hour", {"m5.xlarge": "0.192", "m5.large": "0.096"})
+    iid = _instance(aws_env, "m5.xlarge")
+    _put_cpu(aws_env, "AWS/EC2", "InstanceId", iid, avg=10.0, mx=30.0)
+    doc: dict[str, Any] = {
+        "run_id": f"cct-rightsize-compute-killed-{uid}",
+        "playbook": "rightsize-compute",
+        "parameters": _params(iid),
+        "previous": {},
+    }
+    for step in ("analyze", "plan", "approve"):
+        run = call_step(step, doc, env, inprocess=True)
+        assert run.exit_code == 0, run.output
+        doc["previous"][step] = run.output
+    assert doc["previous"]["plan"]["action_params"]["running"] is True
+    # The first execute stopped the instance, then its pod was killed (deadline, eviction).
+    _client("ec2", aws_env).stop_instances(InstanceIds=[iid])
+
+    retried = call_step("execute", doc, env, inprocess=True)
+
+    assert (retried.exit_code, retried.output["outcome"]) == (0, "changed"), retried.output
+    inst = _describe(aws_env, iid)
+    assert (inst["InstanceType"], inst["State"]["Name"]) == ("m5.large", "running")
+    doc["previous"]["execute"] = retried.output
+    verified = call_step("verify", doc, env, inprocess=True)
+    assert verified.output["verified"] is True, verified.output
+
+
 def test_boto3_signs_with_the_vault_issued_key(
     aws_env: str, vault: Replay, step_env: Any, seed_prices: Any, uid: str
 ) -> None:
@@ -284,15 +315,28 @@ def test_failed_resize_restores_the_instance_and_records_the_reason(
     assert _action_row(db, run_id)[1] == "restored"
 
 
-def test_throttling_is_retried(
-    *, aws_env: str, vault: Replay, step_env: Any, seed_prices: Any, db: Any, uid: str
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(503, "RequestLimitExceeded"), (400, "RequestLimitExceeded"), (503, "Unavailable")],
+    ids=["throttled-503", "throttled-400", "server-error"],
+)
+def test_throttling_and_server_errors_are_retried(
+    *,
+    status: int,
+    code: str,
+    aws_env: str,
+    vault: Replay,
+    step_env: Any,
+    seed_prices: Any,
+    db: Any,
+    uid: str,
 ) -> None:
     seed_prices("aws", EC2, REGION, "gib_month", {"gp3": "0.08", "snapshot": "0.05"})
     vid = _client("ec2", aws_env).create_volume(
         AvailabilityZone="us-east-1a", Size=10, VolumeType="gp3"
     )["VolumeId"]
-    # botocore retries twice by itself; the third throttled answer reaches the step.
-    throttled = Fault("DescribeVolumes", 503, "RequestLimitExceeded", times=3)
+    # botocore may retry by itself; enough failed answers that one reaches the step.
+    throttled = Fault("DescribeVolumes", status, code, times=3)
     run_id = f"cct-delete-unattached-volume-thr-{uid}"
     with fault_proxy(aws_env, throttled) as proxy:
         result = run_playbook(
@@ -304,6 +348,7 @@ def test_throttling_is_retried(
         )
     assert [r.exit_code for r in result.runs[:2]] == [75, 0]
     assert result.runs[0].output["error"]["retryable"] is True
+    assert code in result.runs[0].output["error"]["message"]
     assert result.failed_step is None
     assert _run_row(db, run_id)[0] == "succeeded"
 
@@ -462,6 +507,26 @@ def test_storage_tiering_adds_a_lifecycle_rule_and_keeps_others(
     assert set(rules) == {"expire-logs", "cct-tiering"}
     assert rules["cct-tiering"]["Transitions"] == [{"Days": 30, "StorageClass": "STANDARD_IA"}]
     assert _run_row(db, run_id)[2] == Decimal("5.25"), result.outputs["analyze"]
+
+
+def test_a_bucket_without_lifecycle_rules_reads_as_no_rules(
+    aws_env: str, uid: str, aws_calls: list[str]
+) -> None:
+    """S3 answers NoSuchLifecycleConfiguration rather than an empty list; only that code means
+    "no rules" (a missing bucket stays an error)."""
+    bucket = f"cct-norules-{uid}"
+    _client("s3", aws_env).create_bucket(Bucket=bucket)
+    action = ACTIONS["aws.s3.put_lifecycle_tiering"]
+    session = AwsSession(
+        region=REGION,
+        credentials={"aws_access_key_id": "test", "aws_secret_access_key": "test"},
+        endpoint_url=aws_env,
+    )
+
+    assert action.read(session, {"resource_id": bucket})["rules"] == []
+    with pytest.raises(NotFound, match="NoSuchBucket"):
+        action.read(session, {"resource_id": f"{bucket}-absent"})
+    assert_declared(aws_calls, action.name)
 
 
 def test_rightsize_database_waits_for_approval_then_resizes(

@@ -39,27 +39,33 @@ def status_body(code: int, reason: str, message: str, name: str | None = None) -
 
 class FakeKube:
     """`deny(workflow) -> message | None` plays the admission webhook; `fail_next` answers
-    that many creates with 503; `delay_s` slows every create (to kill a client mid-batch)."""
+    that many creates with 503; with `hold_after` = N, creates after the N-th wait (counted
+    in `held`) until `release` is set, so a test can kill the client mid-submission."""
 
     def __init__(self, token: str, deny: Callable[[dict[str, Any]], str | None] | None = None):
         self.token = token
         self.deny = deny
         self.fail_next = 0
-        self.delay_s = 0.0
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
         self.attempts: list[tuple[str, int]] = []  # (name, answered status) per create
         self.created_at: dict[str, float] = {}  # name -> time.monotonic() of the 201
+        self.hold_after: int | None = None
+        self.held = 0
+        self.release = threading.Event()
         self.lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, code: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client was killed while we held its request
 
             def _namespace(self) -> str | None:
                 if not self.path.startswith(PREFIX):
@@ -95,7 +101,7 @@ class FakeKube:
                 if ns is None:
                     self._send(404, status_body(404, "NotFound", "the server could not find it"))
                     return
-                time.sleep(fake.delay_s)
+                fake.hold()
                 code, answer = fake.create(ns, body)
                 self._send(code, answer)
 
@@ -139,6 +145,14 @@ class FakeKube:
             self.created_at[name] = time.monotonic()
             self.attempts.append((name, 201))
             return 201, created
+
+    def hold(self) -> None:
+        with self.lock:
+            holding = self.hold_after is not None and len(self.objects) >= self.hold_after
+            if holding:
+                self.held += 1
+        if holding:
+            self.release.wait()
 
     def created_names(self) -> list[str]:
         with self.lock:

@@ -89,10 +89,10 @@ def test_events_become_workflows_poison_goes_to_the_dlq_offsets_are_committed(
     produce(kafka_bootstrap, topic, items)
 
     with trigger_process(tmp_path, env) as trigger:
-        wait_until(lambda: len(kube.created_names()) >= 5, 30, "five workflows")
+        wait_until(lambda: len(kube.created_names()) >= 5, 120, "five workflows")
         wait_until(
             lambda: committed_and_end(kafka_bootstrap, topic, env["CCT_TRIGGER_GROUP"])[0] == 8,
-            30,
+            120,
             "all eight offsets committed",
             interval=0.3,
         )
@@ -117,22 +117,25 @@ def test_events_become_workflows_poison_goes_to_the_dlq_offsets_are_committed(
 def test_killed_mid_batch_and_restarted_every_anomaly_is_handled_exactly_once(
     tmp_path: Path, kube: FakeKube, kafka_bootstrap: str, pg_dsn: str, uid: str
 ) -> None:
-    count = 30
+    count, before_kill = 30, 10
     env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
     produce(
         kafka_bootstrap,
         env["CCT_TRIGGER_TOPIC"],
         [(f"fp{n}".encode(), event_bytes(uid, n)) for n in range(count)],
     )
-    kube.delay_s = 0.05  # slow enough to stop the trigger with a batch half done
+    # The API holds the 11th create: the trigger dies with a submission in flight, which the
+    # API completes afterwards (the worst case: created, but never committed).
+    kube.hold_after = before_kill
     with trigger_process(tmp_path / "first", env) as first:
-        wait_until(lambda: len(kube.created_names()) >= 8, 30, "a third of the workflows")
+        wait_until(lambda: kube.held >= 1, 120, "the trigger to be mid-batch")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
-    done_before = len(kube.created_names())
-    assert done_before < count, "the trigger finished before it was killed"
+    assert len(kube.created_names()) == before_kill
+    kube.hold_after = None
+    kube.release.set()
     with trigger_process(tmp_path / "second", env):
-        wait_until(lambda: len(kube.created_names()) >= count, 60, "every workflow")
+        wait_until(lambda: len(kube.created_names()) >= count, 120, "every workflow")
         wait_until(
             lambda: (
                 committed_and_end(
@@ -140,7 +143,7 @@ def test_killed_mid_batch_and_restarted_every_anomaly_is_handled_exactly_once(
                 )[0]
                 == count
             ),
-            30,
+            120,
             "every offset committed",
             interval=0.3,
         )
@@ -148,7 +151,8 @@ def test_killed_mid_batch_and_restarted_every_anomaly_is_handled_exactly_once(
     expected = run_ids(uid, count)
     created = kube.created_names()
     assert len(created) == count and set(created) == expected  # each exactly once
-    # Redelivered events (processed but not committed before the kill) met AlreadyExists.
+    # The in-flight event was redelivered to the new trigger and met AlreadyExists.
+    assert [code for _, code in kube.attempts].count(409) >= 1
     assert all(code in (201, 409) for _, code in kube.attempts)
     assert sorted(runs_in_db(pg_dsn, expected)) == sorted((r, "submitted") for r in expected)
 
@@ -196,8 +200,8 @@ def test_alert_posted_to_alertmanager_becomes_one_workflow(
             trigger_process(tmp_path / "trigger", env),
         ):
             post_alerts(am, [anomaly_alert(uid, "critical", env="dev")])
-            wait_until(lambda: len(kube.created_names()) == 1, 30, "the workflow")
-            wait_until(zenduty.snapshot, 10, "the page")
+            wait_until(lambda: len(kube.created_names()) == 1, 90, "the workflow")
+            wait_until(zenduty.snapshot, 60, "the page")
             # Time for a late duplicate delivery to show up as a second workflow.
             time.sleep(1.5)
     [name] = kube.created_names()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lambdas.steps.action import Action, State, register
+from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import AccessDenied, InvalidInput, NotFound, Permanent, Retryable
 
 RESTART_SCHEDULE_TAG = "cct:restart-schedule"
@@ -19,6 +19,7 @@ STOPPED_BY_TAG = "cct:stopped-by"
 SNAPSHOT_SOURCE_TAG = "cct:source-volume"
 TIERING_RULE_ID = "cct-tiering"
 
+# Throttling codes (some arrive with HTTP 400); any HTTP 5xx is retryable too, whatever its code.
 _THROTTLING = frozenset(
     {
         "Throttling",
@@ -27,9 +28,6 @@ _THROTTLING = frozenset(
         "TooManyRequestsException",
         "RequestThrottled",
         "SlowDown",
-        "ServiceUnavailable",
-        "InternalError",
-        "InternalFailure",
     }
 )
 _DENIED = frozenset(
@@ -88,6 +86,10 @@ class AwsSession:
             time.sleep(self.poll_interval_s)
 
 
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 @contextmanager
 def aws_errors(what: str, permissions: tuple[str, ...]) -> Iterator[None]:
     import botocore.exceptions
@@ -95,9 +97,10 @@ def aws_errors(what: str, permissions: tuple[str, ...]) -> Iterator[None]:
     try:
         yield
     except botocore.exceptions.ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _THROTTLING:
-            raise Retryable(f"{what}: {code}") from None
+        code = _code(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _THROTTLING or status >= 500:
+            raise Retryable(f"{what}: {code or f'HTTP {status}'}") from None
         if code in _DENIED:
             raise AccessDenied(
                 f"{what}: {code}: access denied; the role needs {', '.join(permissions)}"
@@ -207,18 +210,19 @@ def _resize_apply(session: AwsSession, params: Mapping[str, Any], before: State)
     iid, target = params["resource_id"], params["target_sku"]
     if before["busy"]:
         raise Retryable(f"instance {iid} is {before['status']}; retry when it settles")
-    was_running = before["status"] == "running"
-    if was_running:
+    if before["status"] == "running":
         _stop(session, iid, RESIZE_PERMS)
     try:
-        with aws_errors(f"ec2:ModifyInstanceAttribute {iid}", RESIZE_PERMS):
-            session.client("ec2").modify_instance_attribute(
-                InstanceId=iid, InstanceType={"Value": target}
-            )
+        if before["sku"] != target:
+            with aws_errors(f"ec2:ModifyInstanceAttribute {iid}", RESIZE_PERMS):
+                session.client("ec2").modify_instance_attribute(
+                    InstanceId=iid, InstanceType={"Value": target}
+                )
     finally:
-        # Restart whether or not the modify worked: a failed resize must leave the
-        # instance running at its old size, as it was.
-        if was_running:
+        # Start whether or not the modify worked: a failed resize must leave the instance
+        # running at its old size, as it was. `running` is from the plan, so an instance
+        # an earlier attempt stopped is started too.
+        if params["running"] or before["status"] == "running":
             _start(session, iid, RESIZE_PERMS)
 
 
@@ -231,14 +235,18 @@ register(
         price_unit="hour",
         schema={
             "type": "object",
-            "properties": {**_EC2_BASE, "target_sku": {"type": "string", "minLength": 1}},
-            "required": ["resource_id", "region", "target_sku"],
+            "properties": {
+                **_EC2_BASE,
+                "target_sku": {"type": "string", "minLength": 1},
+                "running": {"type": "boolean"},
+            },
+            "required": ["resource_id", "region", "target_sku", "running"],
             "additionalProperties": False,
         },
         permissions=RESIZE_PERMS,
         read=lambda s, p: _read_instance(s, p, RESIZE_PERMS),
         apply=_resize_apply,
-        is_done=lambda st, p: st["sku"] == p["target_sku"] and not st["busy"],
+        is_done=resized,
         metrics=lambda s, p, end, h: _cpu(
             s, "AWS/EC2", "InstanceId", p["resource_id"], end, hours=h, permissions=RESIZE_PERMS
         ),
@@ -411,14 +419,17 @@ S3_CLASSES = ["STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", 
 
 
 def _read_lifecycle(session: AwsSession, params: Mapping[str, Any]) -> State:
+    import botocore.exceptions
+
     bucket = params["resource_id"]
-    try:
-        with aws_errors(f"s3:GetLifecycleConfiguration {bucket}", S3_PERMS):
+    with aws_errors(f"s3:GetLifecycleConfiguration {bucket}", S3_PERMS):
+        try:
             rules = session.client("s3").get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    except Permanent as exc:
-        if "NoSuchLifecycleConfiguration" not in str(exc):
-            raise
-        rules = []
+        except botocore.exceptions.ClientError as exc:
+            # A bucket without any lifecycle rule answers with this error, not an empty list.
+            if _code(exc) != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
     return {"exists": True, "sku": "STANDARD", "region": session.region, "rules": rules}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lambdas.steps.action import Action, State, register
+from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
 
@@ -182,13 +182,17 @@ register(
         price_unit="hour",
         schema=_schema(
             "Microsoft.Compute/virtualMachines",
-            {"target_sku": {"type": "string", "pattern": "^Standard_"}},
-            ["target_sku"],
+            {
+                "target_sku": {"type": "string", "pattern": "^Standard_"},
+                "running": {"type": "boolean"},
+            },
+            ["target_sku", "running"],
         ),
         permissions=VM_PERMS,
         read=lambda s, p: _read_vm(s, p, VM_PERMS),
         apply=_resize_apply,
-        is_done=lambda st, p: st["sku"] == p["target_sku"] and not st["busy"],
+        # ARM restarts a running VM on the new size; verify confirms it came back.
+        is_done=resized,
         metrics=lambda s, p, end, h: _cpu(
             s, p["resource_id"], "Percentage CPU", end, h, needs=VM_PERMS
         ),
@@ -309,7 +313,7 @@ def _read_disk(session: AzureSession, params: Mapping[str, Any]) -> State:
 
 def _delete_disk_apply(session: AzureSession, params: Mapping[str, Any], before: State) -> None:
     rid = params["resource_id"]
-    if before["attached_to"] or before["status"] not in ("Unattached",):
+    if before["attached_to"] or before["status"] != "Unattached":
         raise Permanent(f"disk is {before['status']} ({before['attached_to']}); not deleting")
     if before.get("snapshot_state") != "Succeeded":
         resp = session.rest.call(

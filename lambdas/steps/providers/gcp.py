@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lambdas.steps.action import Action, State, register
+from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
 
@@ -194,20 +194,21 @@ def _instance_call(
 def _resize_apply(session: GcpSession, params: Mapping[str, Any], before: State) -> None:
     if before["busy"]:
         raise Retryable(f"instance is {before['status']}; retry when it settles")
-    was_running = before["status"] == "running"
-    if was_running:
+    if before["status"] == "running":
         _instance_call(session, params, "stop", None, RESIZE_PERMS)
     try:
-        _instance_call(
-            session,
-            params,
-            "setMachineType",
-            {"machineType": f"zones/{before['zone']}/machineTypes/{params['target_sku']}"},
-            RESIZE_PERMS,
-        )
+        if before["sku"] != params["target_sku"]:
+            _instance_call(
+                session,
+                params,
+                "setMachineType",
+                {"machineType": f"zones/{before['zone']}/machineTypes/{params['target_sku']}"},
+                RESIZE_PERMS,
+            )
     finally:
-        # Start again whether or not the resize worked: a failure leaves it as it was.
-        if was_running:
+        # Start again whether or not the resize worked: a failure leaves it as it was. The
+        # plan's `running` also covers an instance an earlier attempt stopped.
+        if params["running"] or before["status"] == "running":
             _instance_call(session, params, "start", None, RESIZE_PERMS)
 
 
@@ -238,14 +239,15 @@ register(
             "properties": {
                 "resource_id": {"type": "string", "pattern": _INSTANCE},
                 "target_sku": {"type": "string", "pattern": "^[a-z0-9]+-[a-z0-9-]+$"},
+                "running": {"type": "boolean"},
             },
-            "required": ["resource_id", "target_sku"],
+            "required": ["resource_id", "target_sku", "running"],
             "additionalProperties": False,
         },
         permissions=RESIZE_PERMS,
         read=lambda s, p: _read_instance(s, p, RESIZE_PERMS),
         apply=_resize_apply,
-        is_done=lambda st, p: st["sku"] == p["target_sku"] and not st["busy"],
+        is_done=resized,
         metrics=lambda s, p, end, h: _instance_cpu(s, p, end, h, RESIZE_PERMS),
     )
 )

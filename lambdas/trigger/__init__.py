@@ -1,0 +1,1 @@
+"""The workflow trigger: Kafka anomalies to governed workflow submissions."""
