@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_azure_native as azure
@@ -65,6 +66,14 @@ class AzureSubscriptionArgs:
 
     def role_definition(self, role_id: str) -> str:
         return f"{self.scope}/providers/Microsoft.Authorization/roleDefinitions/{role_id}"
+
+
+def _function_url(values: list[Any]) -> pulumi.Output[str]:
+    """The forwarder's HTTPS URL with its function key, as a secret."""
+    host, keys = values
+    return pulumi.Output.secret(
+        f"https://{host}/api/{FUNCTION_NAME}?code={(keys or {})['default']}"
+    )
 
 
 class AzureSubscription(pulumi.ComponentResource):
@@ -151,7 +160,7 @@ class AzureSubscription(pulumi.ComponentResource):
             assignable_scopes=[args.scope],
             opts=child,
         )
-        assignments = {
+        assignments: dict[str, tuple[pulumi.Input[str], str, pulumi.Input[str]]] = {
             "remediation": (remediation_role.id, args.remediation_principal_id, args.scope),
             "cost-reader": (
                 args.role_definition(COST_MANAGEMENT_READER),
@@ -254,6 +263,25 @@ class AzureSubscription(pulumi.ComponentResource):
         package_url = pulumi.Output.concat(
             "https://", account.name, ".blob.core.windows.net/", packages.name, "/", package.name
         )
+        site_config: dict[str, Any] = {
+            "linux_fx_version": "Python|3.12",
+            "ftps_state": "Disabled",
+            "min_tls_version": "1.2",
+            "app_settings": [
+                {"name": "FUNCTIONS_WORKER_RUNTIME", "value": "python"},
+                {"name": "FUNCTIONS_EXTENSION_VERSION", "value": "~4"},
+                # Identity-based storage: no account key anywhere.
+                {"name": "AzureWebJobsStorage__accountName", "value": account.name},
+                {"name": "WEBSITE_RUN_FROM_PACKAGE", "value": package_url},
+                {"name": "CCT_FORWARDER_ENDPOINT", "value": args.fluentbit_url},
+                # App settings are encrypted at rest; a secret Output in Pulumi's state.
+                {
+                    "name": "CCT_FORWARDER_TOKEN",
+                    "value": pulumi.Output.secret(args.fluentbit_token),
+                },
+                {"name": "CCT_FORWARDER_BILLING_ACCOUNT_ID", "value": args.subscription_id},
+            ],
+        }
         app = azure.web.WebApp(
             f"{name}-forwarder",
             name=f"{args.name_prefix}-forwarder-{args.subscription_id[:8]}",
@@ -262,26 +290,8 @@ class AzureSubscription(pulumi.ComponentResource):
             kind="functionapp,linux",
             server_farm_id=plan.id,
             https_only=True,
-            identity={"type": "SystemAssigned"},
-            site_config={
-                "linux_fx_version": "Python|3.12",
-                "ftps_state": "Disabled",
-                "min_tls_version": "1.2",
-                "app_settings": [
-                    {"name": "FUNCTIONS_WORKER_RUNTIME", "value": "python"},
-                    {"name": "FUNCTIONS_EXTENSION_VERSION", "value": "~4"},
-                    # Identity-based storage: no account key anywhere.
-                    {"name": "AzureWebJobsStorage__accountName", "value": account.name},
-                    {"name": "WEBSITE_RUN_FROM_PACKAGE", "value": package_url},
-                    {"name": "CCT_FORWARDER_ENDPOINT", "value": args.fluentbit_url},
-                    # App settings are encrypted at rest; a secret Output in Pulumi's state.
-                    {
-                        "name": "CCT_FORWARDER_TOKEN",
-                        "value": pulumi.Output.secret(args.fluentbit_token),
-                    },
-                    {"name": "CCT_FORWARDER_BILLING_ACCOUNT_ID", "value": args.subscription_id},
-                ],
-            },
+            identity={"type": azure.web.ManagedServiceIdentityType.SYSTEM_ASSIGNED},
+            site_config=site_config,
             tags=dict(tags),
             opts=opts,
         )
@@ -321,9 +331,7 @@ class AzureSubscription(pulumi.ComponentResource):
             destination={
                 "endpoint_type": "WebHook",
                 "endpoint_url": pulumi.Output.all(app.default_host_name, keys.function_keys).apply(
-                    lambda v: pulumi.Output.secret(
-                        f"https://{v[0]}/api/{FUNCTION_NAME}?code={(v[1] or {})['default']}"
-                    )
+                    _function_url
                 ),
                 "max_events_per_batch": 50,
                 "preferred_batch_size_in_kilobytes": 64,

@@ -240,11 +240,9 @@ def pdb(
     opts: pulumi.ResourceOptions,
 ) -> k8s.policy.v1.PodDisruptionBudget:
     """At most one replica down at a time during voluntary disruptions."""
+    spec: dict[str, Any] = {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}
     return k8s.policy.v1.PodDisruptionBudget(
-        resource_name,
-        metadata=metadata(name, namespace, component),
-        spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}},
-        opts=opts,
+        resource_name, metadata=metadata(name, namespace, component), spec=spec, opts=opts
     )
 
 
@@ -261,20 +259,18 @@ def ingress_policy(
 ) -> k8s.networking.v1.NetworkPolicy:
     """Admit `peers` on `ports` to the selected pods; everything else stays denied by the
     namespace's default-deny policy."""
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": dict(pod_selector)},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [dict(p) for p in peers],
+                "ports": [{"protocol": "TCP", "port": port} for port in ports],
+            }
+        ],
+    }
     return k8s.networking.v1.NetworkPolicy(
-        resource_name,
-        metadata=metadata(name, namespace, component),
-        spec={
-            "podSelector": {"matchLabels": dict(pod_selector)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [dict(p) for p in peers],
-                    "ports": [{"protocol": "TCP", "port": port} for port in ports],
-                }
-            ],
-        },
-        opts=opts,
+        resource_name, metadata=metadata(name, namespace, component), spec=spec, opts=opts
     )
 
 
@@ -305,19 +301,19 @@ def workload(
 ) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
     """A Deployment, or a StatefulSet when it owns volume claims, labelled and selected by
     `name`."""
-    template = {
+    template: dict[str, Any] = {
         "metadata": {
             "labels": {**labels(name, component), **(pod_labels or {})},
             "annotations": dict(annotations or {}),
         },
         "spec": dict(spec),
     }
-    meta = {"name": name, "namespace": namespace, "labels": labels(name, component)}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels(name, component)}
     if depends_on:
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(depends_on=list(depends_on))
         )
-    common = {"replicas": replicas, "selector": {"matchLabels": selector(name)}}
+    common: dict[str, Any] = {"replicas": replicas, "selector": {"matchLabels": selector(name)}}
     if stateful_volume_claims:
         return k8s.apps.v1.StatefulSet(
             resource_name,
@@ -352,9 +348,14 @@ def service(
         {"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}
     )
     service_name = f"{name}-headless" if headless else name
+    meta: dict[str, Any] = {
+        "name": service_name,
+        "namespace": namespace,
+        "labels": labels(name, component),
+    }
     return k8s.core.v1.Service(
         resource_name,
-        metadata={"name": service_name, "namespace": namespace, "labels": labels(name, component)},
+        metadata=meta,
         spec={
             **extra,
             "type": service_type,

@@ -27,6 +27,7 @@ NAMESPACE = QueryVariable(
     " namespace)",
 )
 NS = 'namespace=~"$namespace"'
+_SQL_PROVIDER = "provider ~ '^(${provider:regex})$'"
 
 
 def _rate(metric: str, by: str, extra: str = "") -> str:
@@ -73,33 +74,67 @@ DASHBOARD = Dashboard(
                     width=8,
                 ),
                 Panel(
-                    "Rejected input per second, by reason",
+                    "Collector rejects per second, by reason",
                     "timeseries",
                     (
                         PromQuery(
                             _rate("cct_collector_rejected_total", "reason"),
-                            legend="collector {{reason}}",
-                        ),
-                        PromQuery(
-                            _rate("cct_billing_rows_rejected_total", "reason"),
-                            legend="billing {{reason}}",
+                            legend="{{reason}}",
                         ),
                     ),
                     unit=PER_SECOND,
                     width=8,
-                    description="Every rejected event or row is kept in ingest_dead_letters.",
+                    description="Every rejected event or batch is kept in ingest_dead_letters.",
                 ),
                 Panel(
-                    "Time since the last successful billing load",
+                    "Dead letters per hour, by source and reason",
+                    "timeseries",
+                    (
+                        SqlQuery(
+                            """select $__timeGroupAlias(received_at, '1h', 0),
+       source || ' ' || reason as metric,
+       count(*) as value
+  from reporting.ingest_dead_letters
+ where $__timeFilter(received_at)
+ group by 1, 2
+ order by 1""",
+                            format="time_series",
+                        ),
+                    ),
+                    unit=COUNT,
+                    bars=True,
+                    stacked=True,
+                    width=8,
+                    description="The billing loader writes one row per file with rejected rows.",
+                ),
+                Panel(
+                    "Time since the last billing load",
                     "stat",
                     (
-                        PromQuery(
-                            f"time() - max(cct_billing_last_success_timestamp_seconds{{{NS}}})",
-                            instant=True,
+                        SqlQuery(
+                            "select coalesce(extract(epoch from now() - max(loaded_at)), 0)"
+                            " as since_last_load_s from reporting.billing_loads"
+                            f" where {_SQL_PROVIDER}"
                         ),
                     ),
                     unit=SECONDS,
                     width=8,
+                    description="Exports arrive hours to days late; days without a load are not.",
+                ),
+                Panel(
+                    "Current billing deliveries",
+                    "table",
+                    (
+                        SqlQuery(
+                            f"""select provider, billing_account_id, billing_period, files,
+       rows_read, loaded_at, load_id
+  from reporting.billing_loads
+ where status = 'current' and {_SQL_PROVIDER}
+ order by loaded_at desc
+ limit 100"""
+                        ),
+                    ),
+                    width=24,
                 ),
             ),
         ),

@@ -11,7 +11,7 @@ import click
 from lambdas.backtest.report import format_time
 from lambdas.backtest.run import Incident
 from lambdas.common.settings import SettingsError
-from lambdas.detector.config import LEVEL_LABELS, DetectionConfig
+from lambdas.detector.config import LEVEL_LABELS, DetectionConfig, SeriesKey
 
 
 class _Progress:
@@ -132,7 +132,6 @@ def backtest_cmd(
     if labels:
         from lambdas.backtest.evaluate import Detection, score
         from lambdas.backtest.sample import read_labels
-        from lambdas.detector.config import SeriesKey
 
         label_list = read_labels(labels)
         res = {r["resource_id"]: SeriesKey.of("resource", r) for r in matrix.resources}
@@ -170,5 +169,5 @@ def _print_incident(inc: Incident) -> None:
         f"expected {inc.expected:,.2f} observed {inc.observed:,.2f} (+{inc.delta:,.2f} $/h)"
     )
     for c in inc.contributors[:5]:
-        name = c.labels.get("resource_id") or ",".join(v for _, v in sorted(c.labels.items()))
+        name = SeriesKey.of(c.level, c.labels).describe()
         click.echo(f"    {c.share:6.1%}  +{c.delta:,.2f} $/h  {c.level} {name}")

@@ -4,6 +4,7 @@ external resources, so it can be mailed or attached to a ticket as one file."""
 from __future__ import annotations
 
 import html
+import math
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,20 +16,33 @@ from lambdas.backtest.evaluate import KindScore
 from lambdas.backtest.focus import CostMatrix
 from lambdas.backtest.run import Incident, Series
 from lambdas.backtest.sample import Label
+from lambdas.detector.config import SeriesKey
 
 SEVERITY_COLOURS = {"critical": "#c62828", "warning": "#ef6c00", "info": "#1565c0"}
+EXPECTED_COLOUR = "#2e7d32"
+LABEL_FILL = "#9e9e9e"
 CHART_INCIDENTS = 15
-W, H, PAD = 900, 220, 40
+W, H = 1000, 260
+LEFT, RIGHT, TOP, BOTTOM = 70, 20, 16, 34
+DAY_S = 86400
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:1000px}
-h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;
+max-width:1100px}
+h1{font-size:1.6em}h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd}
+h3{font-size:1.05em;margin:1.8em 0 .4em}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
-td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left}th{background:#f5f5f5}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f5f5f5}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.t{white-space:nowrap}
 .sev{color:#fff;padding:0 .4em;border-radius:3px}
-svg{background:#fafafa;border:1px solid #eee}
+svg{background:#fff;border:1px solid #e0e0e0;width:100%;height:auto;display:block}
+svg text{font-family:system-ui,sans-serif;font-size:13px;fill:#333}
 .small{color:#666;font-size:.85em}
+.legend{font-size:.85em;color:#444;margin:.3em 0 1em}
+.legend span{display:inline-block;margin-right:1.2em}
+.sw{display:inline-block;width:1.4em;height:.8em;margin-right:.3em;vertical-align:middle}
 """
 
 
@@ -40,61 +54,133 @@ def _e(text: object) -> str:
     return html.escape(str(text))
 
 
+def _nice_step(vmax: float, ticks: int = 4) -> float:
+    raw = max(vmax, 1e-9) / ticks
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+
+
 def _line_chart(
     times: npt.NDArray[np.int64],
     values: npt.NDArray[np.float64],
     marks: Sequence[tuple[float, float | None, str]],
-    title: str,
+    *,
+    expected: npt.NDArray[np.floating] | None = None,
     labels: Sequence[tuple[float, float]] = (),
 ) -> str:
-    """Values over time; `marks` are (start, end, colour) spans; `labels` are true anomaly
-    spans, drawn as grey bands behind."""
+    """Run-rate over time with a $/h axis and dated ticks. `marks` are incidents (start, end
+    or None while open, colour): a band with a marker at the start; `labels` are true anomaly
+    spans (grey, hatched, behind); `expected` is the detector's expectation (dashed)."""
     if times.size == 0:
         return ""
     t0, t1 = float(times[0]), float(times[-1])
-    vmax = float(np.nanmax(values)) if np.isfinite(np.nanmax(values)) else 1.0
-    vmax = vmax * 1.05 or 1.0
+    top = np.nanmax(values) if np.isfinite(values).any() else 1.0
+    if expected is not None and np.isfinite(expected).any():
+        top = max(top, float(np.nanmax(expected)))
+    step_v = _nice_step(float(top) * 1.05)
+    vmax = step_v * math.ceil(float(top) * 1.05 / step_v)
     span = max(t1 - t0, 1.0)
+    plot_w, plot_h = W - LEFT - RIGHT, H - TOP - BOTTOM
 
     def x(t: float) -> float:
-        return PAD + (t - t0) / span * (W - 2 * PAD)
+        return LEFT + (min(max(t, t0), t1) - t0) / span * plot_w
 
     def y(v: float) -> float:
-        return H - PAD + -(v / vmax) * (H - 2 * PAD)
+        return TOP + plot_h - v / vmax * plot_h
 
-    step = max(1, times.size // 1500)
-    pts = " ".join(
-        f"{x(float(t)):.1f},{y(float(v)):.1f}"
-        for t, v in zip(times[::step], values[::step], strict=True)
+    def polyline(vals: npt.NDArray[np.floating], style: str) -> str:
+        # Gaps (NaN) split the line instead of being drawn as zero.
+        runs, run = [], []
+        for t, v in zip(times.tolist(), vals.tolist(), strict=True):
+            if math.isfinite(v):
+                run.append(f"{x(t):.1f},{y(v):.1f}")
+            elif run:
+                runs.append(run)
+                run = []
+        runs.append(run)
+        return "".join(f'<polyline fill="none" {style} points="{" ".join(r)}"/>' for r in runs if r)
+
+    parts = [f'<svg viewBox="0 0 {W} {H}" role="img">']
+    parts.append(
+        f'<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+        f'patternTransform="rotate(45)"><rect width="3" height="6" fill="{LABEL_FILL}" '
+        'opacity="0.35"/></pattern></defs>'
     )
-    parts = [f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img">']
-    parts.append(f"<title>{_e(title)}</title>")
+    # Value axis: gridlines at round $/h.
+    v = 0.0
+    while v <= vmax + step_v / 2:
+        parts.append(
+            f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+            f'stroke="{"#999" if v == 0 else "#eee"}"/>'
+            f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.{_decimals(step_v)}f}'
+            "</text>"
+        )
+        v += step_v
+    parts.append(
+        f'<text x="14" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {TOP + plot_h / 2:.0f})">$/h</text>'
+    )
+    # Time axis: a tick per day, or per week (Mondays) over long spans.
+    days = span / DAY_S
+    every = DAY_S if days <= 16 else 7 * DAY_S
+    first = math.ceil(t0 / DAY_S) * DAY_S
+    if every > DAY_S:
+        first += ((7 - datetime.fromtimestamp(first, tz=UTC).weekday()) % 7) * DAY_S
+    tick = first
+    fmt = "%a %m-%d" if every == DAY_S else "%Y-%m-%d"
+    while x(tick) <= W - RIGHT - 30 and tick <= t1:  # a label at the edge would be cut off
+        parts.append(
+            f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{TOP}" y2="{TOP + plot_h}" '
+            'stroke="#f3f3f3"/>'
+            f'<text x="{x(tick):.1f}" y="{H - BOTTOM + 18}" text-anchor="middle">'
+            f"{datetime.fromtimestamp(tick, tz=UTC).strftime(fmt)}</text>"
+        )
+        tick += every
     for a, b in labels:
         parts.append(
-            f'<rect x="{x(a):.1f}" y="{PAD}" width="{max(x(b) - x(a), 2):.1f}" '
-            f'height="{H - 2 * PAD}" fill="#ddd" opacity="0.6"/>'
+            f'<rect x="{x(a):.1f}" y="{TOP}" width="{max(x(b) - x(a), 2):.1f}" '
+            f'height="{plot_h}" fill="url(#hatch)"/>'
         )
     for a, until, colour in marks:
         end = t1 if until is None else until
         parts.append(
-            f'<rect x="{x(a):.1f}" y="{PAD}" width="{max(x(end) - x(a), 2):.1f}" '
-            f'height="{H - 2 * PAD}" fill="{colour}" opacity="0.25"/>'
+            f'<rect x="{x(a):.1f}" y="{TOP}" width="{max(x(end) - x(a), 2):.1f}" '
+            f'height="{plot_h}" fill="{colour}" opacity="0.18"/>'
+            f'<line x1="{x(a):.1f}" x2="{x(a):.1f}" y1="{TOP}" y2="{TOP + plot_h}" '
+            f'stroke="{colour}" stroke-width="1.5"/>'
+            f'<path d="M{x(a) - 6:.1f},{TOP} L{x(a) + 6:.1f},{TOP} L{x(a):.1f},{TOP + 9} Z" '
+            f'fill="{colour}"/>'
         )
+    if expected is not None:
         parts.append(
-            f'<line x1="{x(a):.1f}" x2="{x(a):.1f}" y1="{PAD}" y2="{H - PAD}" stroke="{colour}"/>'
+            polyline(
+                expected, f'stroke="{EXPECTED_COLOUR}" stroke-width="1.5" stroke-dasharray="5 3"'
+            )
         )
-    parts.append(f'<polyline fill="none" stroke="#333" stroke-width="1" points="{pts}"/>')
-    parts.append(f'<line x1="{PAD}" x2="{W - PAD}" y1="{H - PAD}" y2="{H - PAD}" stroke="#999"/>')
-    parts.append(f'<text x="{PAD}" y="{PAD - 8}" font-size="12">{_e(title)}</text>')
-    parts.append(f'<text x="4" y="{PAD + 4}" font-size="10">{vmax:,.1f} $/h</text>')
-    parts.append(f'<text x="4" y="{H - PAD}" font-size="10">0</text>')
-    parts.append(f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{format_time(t0)}</text>')
-    parts.append(
-        f'<text x="{W - PAD}" y="{H - PAD + 14}" font-size="10" text-anchor="end">'
-        f"{format_time(t1)}</text>"
-    )
+    parts.append(polyline(values, 'stroke="#212121" stroke-width="1.3"'))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _decimals(step: float) -> int:
+    return 0 if step >= 1 else min(4, math.ceil(-math.log10(step)))
+
+
+def _legend(*, expected: bool, labels: bool, severities: Sequence[str]) -> str:
+    def item(style: str, text: str) -> str:
+        return f"<span><span class=sw style='{style}'></span>{_e(text)}</span>"
+
+    items = [item("border-top:2px solid #212121;height:0", "observed cost")]
+    if expected:
+        items.append(item(f"border-top:2px dashed {EXPECTED_COLOUR};height:0", "expected"))
+    items += [
+        item(f"background:{SEVERITY_COLOURS[s]};opacity:.5", f"{s} incident")
+        for s in SEVERITY_COLOURS
+        if s in severities
+    ]
+    if labels:
+        items.append(item(f"background:{LABEL_FILL};opacity:.5", "labeled anomaly"))
+    return "<div class=legend>" + "".join(items) + "</div>"
 
 
 def _kv(name: str, value: object) -> str:
@@ -116,32 +202,36 @@ def _row(*cells: object) -> str:
     )
 
 
-def _bar_chart(inc: Incident) -> str:
-    rows = inc.contributors[:10]
-    if not rows:
-        return '<p class="small">no contributor grew</p>'
-    bar_h, label_w = 18, 420
-    height = bar_h * len(rows) + 10
-    parts = [f'<svg width="{W}" height="{height}" viewBox="0 0 {W} {height}" role="img">']
-    for n, c in enumerate(rows):
-        name = c.labels.get("resource_id") or ",".join(
-            v for k, v in sorted(c.labels.items()) if k != "provider"
-        )
-        y = 5 + n * bar_h
-        width = c.share * (W - label_w - 120)
-        parts.append(
-            f'<text x="4" y="{y + 13}" font-size="11">{_e(c.level)}: {_e(name[:60])}</text>'
-        )
-        parts.append(
-            f'<rect x="{label_w}" y="{y + 2}" width="{width:.1f}" height="{bar_h - 5}" '
-            'fill="#5c6bc0"/>'
-        )
-        parts.append(
-            f'<text x="{label_w + width + 6:.1f}" y="{y + 13}" font-size="11">'
-            f"{c.share:.0%} (+{c.delta:,.2f} $/h)</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in counter.most_common())
+
+
+def _contributors(inc: Incident) -> str:
+    """Bars of each contributor's share of the increase, one block per child level (the
+    shares of a level add up to 100 %, so levels are not mixed)."""
+    if not inc.contributors:
+        return '<p class="small">No child series grew.</p>'
+    out = []
+    for level in dict.fromkeys(c.level for c in inc.contributors):
+        rows = [c for c in inc.contributors if c.level == level][:10]
+        bar_h, label_w, text_w = 24, 470, 150
+        height = bar_h * len(rows) + 8
+        parts = [f'<svg viewBox="0 0 {W} {height}" role="img">']
+        for n, c in enumerate(rows):
+            y = 4 + n * bar_h
+            width = max(c.share * (W - label_w - text_w), 1.0)
+            name = SeriesKey.of(c.level, c.labels).describe()
+            parts.append(
+                f'<text x="8" y="{y + 16}">{_e(name if len(name) <= 58 else name[:57] + "…")}'
+                f"</text>"
+                f'<rect x="{label_w}" y="{y + 4}" width="{width:.1f}" height="{bar_h - 8}" '
+                'fill="#5c6bc0"/>'
+                f'<text x="{label_w + width + 6:.1f}" y="{y + 16}">'
+                f"{c.share:.0%}  +{c.delta:,.2f} $/h</text>"
+            )
+        parts.append("</svg>")
+        out.append(f"<p class=small>Share of the increase, by {_e(level)}:</p>" + "".join(parts))
+    return "".join(out)
 
 
 def render(
@@ -163,6 +253,7 @@ def render(
         for lb in labels
     ]
     coarse = [i for i in incidents if i.key.level == "account"] or list(incidents)
+    coarse_level = "account" if coarse and coarse[0].key.level == "account" else "every"
     marks = [(i.started_at, i.resolved_at, SEVERITY_COLOURS[i.severity]) for i in coarse]
     by_sev = Counter(i.severity for i in incidents)
     by_rule = Counter(i.rule for i in incidents)
@@ -185,14 +276,15 @@ def render(
         _kv("series", f"{len(series.keys):,} ({len(matrix.resources):,} resources)"),
         _kv(
             "incidents",
-            f"{len(incidents)}: by severity {dict(by_sev)}; "
-            f"by rule {dict(by_rule)}; by level {dict(by_level)}",
+            f"{len(incidents)}: {_counts(by_sev)}; by rule {_counts(by_rule)}; "
+            f"by level {_counts(by_level)}",
         ),
         "</table>",
         "<h2>Total cost over time</h2>",
-        "<p class='small'>Coloured bands: account-level incidents (red critical, orange warning, "
-        "blue info)" + ("; grey bands: labeled anomalies" if labels else "") + ".</p>",
-        _line_chart(times, total, marks, "all accounts, $/h", label_spans),
+        f"<p class='small'>Run-rate of all accounts; incidents shown are at the "
+        f"{_e(coarse_level)} level.</p>",
+        _line_chart(times, total, marks, labels=label_spans),
+        _legend(expected=False, labels=bool(labels), severities=[i.severity for i in coarse]),
     ]
     if scores:
         out.append("<h2>Against the labels</h2><table>")
@@ -221,20 +313,34 @@ def render(
             )
         out.append("</table>")
     out += [
-        "<h2>Incidents</h2><table><tr><th>started</th><th>resolved</th><th>severity</th>"
-        "<th>rule</th><th>level</th><th>series</th><th>expected $/h</th><th>observed $/h</th>"
-        "<th>delta $/h</th><th>top contributor</th></tr>"
+        "<h2>Incidents</h2><table>",
+        _head(
+            "started",
+            "resolved",
+            "severity",
+            "rule",
+            "series",
+            "expected $/h",
+            "observed $/h",
+            "delta $/h",
+            "top contributor",
+        ),
     ]
     for inc in incidents:
         top = inc.contributors[0] if inc.contributors else None
-        top_txt = f"{top.labels.get('resource_id') or top.level} ({top.share:.0%})" if top else ""
+        top_txt = (
+            f"{SeriesKey.of(top.level, top.labels).describe(short=True)} ({top.share:.0%})"
+            if top
+            else ""
+        )
         out.append(
-            f"<tr><td>{format_time(inc.started_at)}</td>"
-            f"<td>{format_time(inc.resolved_at) if inc.resolved_at else 'open'}</td>"
+            f"<tr><td class=t>{format_time(inc.started_at)}</td>"
+            f"<td class=t>{format_time(inc.resolved_at) if inc.resolved_at else 'open'}</td>"
             f"<td><span class=sev style='background:{SEVERITY_COLOURS[inc.severity]}'>"
-            f"{inc.severity}</span></td><td>{inc.rule}</td><td>{inc.key.level}</td>"
-            f"<td>{_e(inc.key.describe())}</td><td class=num>{inc.expected:,.2f}</td>"
-            f"<td class=num>{inc.observed:,.2f}</td><td class=num>{inc.delta:,.2f}</td>"
+            f"{inc.severity}</span></td><td>{inc.rule}</td>"
+            f"<td>{_e(inc.key.describe())}</td>"
+            f"<td class=num>{inc.expected:,.2f}</td>"
+            f"<td class=num>{inc.observed:,.2f}</td><td class=num>+{inc.delta:,.2f}</td>"
             f"<td>{_e(top_txt)}</td></tr>"
         )
     out.append("</table>")
@@ -244,23 +350,25 @@ def render(
     ]
     if biggest:
         out.append(f"<h2>The {len(biggest)} largest aggregate incidents</h2>")
+        out.append(_legend(expected=True, labels=False, severities=list(SEVERITY_COLOURS)))
     for inc in biggest:
         row = row_of[inc.key]
         lo = max(0, int((inc.started_at - matrix.start_s) // matrix.interval_s) - 72)
         end = inc.resolved_at or float(times[-1])
         hi = min(times.size, int((end - matrix.start_s) // matrix.interval_s) + 48)
+        until = f"until {format_time(inc.resolved_at)}" if inc.resolved_at else "still open"
         out.append(
-            f"<h3>{_e(inc.key.describe())}: {inc.rule}, +{inc.delta:,.2f} $/h at "
-            f"{format_time(inc.started_at)}</h3>"
+            f"<h3>{_e(inc.key.describe())}: +{inc.delta:,.2f} $/h "
+            f"({inc.severity}, {inc.rule}) from {format_time(inc.started_at)}, {until}</h3>"
         )
         out.append(
             _line_chart(
                 times[lo:hi],
                 series.values[row, lo:hi],
                 [(inc.started_at, inc.resolved_at, SEVERITY_COLOURS[inc.severity])],
-                f"{inc.key.describe()}, $/h",
+                expected=series.expected[row, lo:hi],
             )
         )
-        out.append(_bar_chart(inc))
+        out.append(_contributors(inc))
     out.append("</body></html>")
     return "\n".join(out)

@@ -53,12 +53,18 @@ class Incident:
 
 @dataclass
 class Series:
-    """Every detected series of a backtest: keys, values (rows) and the child structure."""
+    """Every detected series of a backtest: keys, values (rows) and the child structure.
+    Aggregates come first (`aggregates` rows); `expected` holds what the detector expected of
+    each aggregate at each interval, for the report (resources are too many to keep)."""
 
     keys: list[SeriesKey]
     values: npt.NDArray[np.float64]
+    aggregates: int
     children: dict[int, list[int]] = field(default_factory=dict)
     resources_of: dict[int, list[int]] = field(default_factory=dict)
+    expected: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
+    )
 
 
 def build_series(matrix: CostMatrix, levels: Sequence[str] = DEFAULT_LEVELS) -> Series:
@@ -82,13 +88,14 @@ def build_series(matrix: CostMatrix, levels: Sequence[str] = DEFAULT_LEVELS) -> 
                     continue
                 keys.append(key)
                 blocks.append(matrix.rates[rows].sum(axis=0))
+    aggregates = len(keys)
     if "resource" in levels:
         keys.extend(res_keys)
         blocks.extend(matrix.rates)
     values = np.vstack(blocks) if blocks else np.zeros((0, matrix.rates.shape[1]))
     position = {k: n for n, k in enumerate(keys)}
     res_pos = {k: n for n, k in enumerate(keys) if k.level == "resource"}
-    series = Series(keys, values)
+    series = Series(keys, values, aggregates)
     for n, key in enumerate(keys):
         if key.level == "resource":
             continue
@@ -136,14 +143,12 @@ def backtest(
     incidents: list[Incident] = []
     times = matrix.times
     total = times.size
-    evictions_seen = 0
+    series.expected = np.full((series.aggregates, total), np.nan, dtype=np.float32)
+    # The matrix has no gaps (an interval without charges is 0 $/h), so no series is ever
+    # absent, none is evicted and `idx` stays valid for the whole run.
     for col, t in enumerate(times.tolist()):
-        if engine.evicted_total != evictions_seen:
-            # Long-absent series were forgotten, as the live detector forgets them; one that
-            # comes back is registered anew (a new series, as live).
-            evictions_seen = engine.evicted_total
-            idx = engine.index_of(series.keys)
         transitions: list[Transition] = engine.observe(float(t), idx, series.values[:, col])
+        series.expected[:, col] = engine.expected_now(idx[: series.aggregates])
         for tr in transitions:
             if tr.kind == "escalated":
                 open_by_key[tr.key].severity = tr.severity

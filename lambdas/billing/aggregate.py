@@ -6,7 +6,7 @@ spread evenly over those hours, so `cct_billed_cost_usd` is always the cost of o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -141,13 +141,11 @@ class HourlyTotals:
             }
         )
 
-    def rows(
-        self, part: tuple[str, str, str], chunk: int = 20_000
-    ) -> Iterator[list[tuple[str, str, str, str, str, int, float, float, float]]]:
-        """The hourly rows of one partition in chunks (bounded memory): (sub account, region,
-        service, team, env, hour epoch seconds, billed, effective, list)."""
+    def partition_table(self, part: tuple[str, str, str]) -> pa.Table:
+        """The hourly rows of one partition: sub_account_id, region_id, service_name, team,
+        env, hour (epoch seconds), billed, effective, list."""
         table = self._result()
-        names = [name for name, norm in PROVIDER_NAMES.items() if norm == part[0]] or [part[0]]
+        names = [name for name, norm in PROVIDER_NAMES.items() if norm == part[0]]
         mask = pc.and_(
             pc.is_in(table.column("provider"), pa.array([*names, part[0]])),
             pc.and_(
@@ -155,22 +153,7 @@ class HourlyTotals:
                 pc.equal(table.column("billing_period"), part[2]),
             ),
         )
-        selected = table.filter(mask).select(
-            [
-                "sub_account_id",
-                "region_id",
-                "service_name",
-                "team",
-                "env",
-                "hour",
-                "billed",
-                "effective",
-                "list",
-            ]
-        )
-        for offset in range(0, selected.num_rows, chunk):
-            piece = selected.slice(offset, chunk)
-            yield list(zip(*(c.to_pylist() for c in piece.columns), strict=True))
+        return table.filter(mask).select([*KEY_COLUMNS[3:], "hour", "billed", "effective", "list"])
 
     def _result(self) -> pa.Table:
         if self.result is None:

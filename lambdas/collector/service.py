@@ -72,6 +72,8 @@ class CollectorSettings:
     # Events per writer transaction: large enough to amortise round trips, small enough that a
     # batch commits in tens of milliseconds.
     batch_max_events: int = 5_000
+    # Parallel writer shards (PostgreSQL connections); a resource always uses the same one.
+    writers: int = 2
     # Inventory rows kept in memory (LRU) so a resource's next event needs no read; about
     # 1 KiB each.
     cache_resources: int = 200_000
@@ -109,6 +111,7 @@ class CollectorSettings:
             max_body_bytes=env_int("CCT_COLLECTOR_MAX_BODY_BYTES", 8 * 1024 * 1024),
             max_records=env_int("CCT_COLLECTOR_MAX_RECORDS", 20_000),
             batch_max_events=env_int("CCT_COLLECTOR_BATCH_MAX_EVENTS", 5_000),
+            writers=max(1, env_int("CCT_COLLECTOR_WRITERS", 2)),
             cache_resources=env_int("CCT_COLLECTOR_CACHE_RESOURCES", 200_000),
             heartbeat_s=env_float("CCT_COLLECTOR_HEARTBEAT_S", 15.0),
             refresh_s=env_float("CCT_COLLECTOR_REFRESH_S", 60.0),
@@ -183,7 +186,9 @@ class Processor:
         self.book: PriceBook = {}
         self.factors: Factors = {}
         self.last_heartbeat_ms = 0
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # One queue, writer task and connection per shard; a resource always maps to the same
+        # shard, so its events stay in order while shards commit in parallel.
+        self._queues: list[asyncio.Queue[_Job]] = [asyncio.Queue() for _ in range(settings.writers)]
         # Recently written inventory rows. This process is the only writer (one replica), so a
         # cached row equals PostgreSQL's and need not be read back; misses are read and locked.
         self._rows: OrderedDict[tuple[str, str], Resource] = OrderedDict()
@@ -192,21 +197,24 @@ class Processor:
         # work overlaps this batch's import; a full queue pushes back on the writer.
         self._vm_queue: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=VM_QUEUE_BATCHES)
         self._tasks: list[asyncio.Task[None]] = []
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conns: list[psycopg.AsyncConnection] = []
         self._reader: psycopg.AsyncConnection | None = None
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, background: bool = True) -> None:
-        self._conn = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
-        await store.prepare(self._conn)
+        for _ in range(self.settings.writers):
+            conn = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
+            await store.prepare(conn)
+            self._conns.append(conn)
         # Refresh and sync read on their own connection so they never join a write transaction.
         self._reader = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         await self.refresh()
-        for r in await store.live_resources(self._conn):
+        for r in await store.live_resources(self._conns[0]):
             self.rollups.update(r)
         self.metrics.live.set(len(self.rollups.live))
-        self._tasks.append(asyncio.create_task(self._writer()))
+        for shard in range(self.settings.writers):
+            self._tasks.append(asyncio.create_task(self._writer(shard)))
         self._tasks.append(asyncio.create_task(self._vm_writer()))
         if background:
             self._tasks.append(
@@ -230,7 +238,7 @@ class Processor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._http:
             await self._http.close()
-        for conn in (self._conn, self._reader):
+        for conn in [*self._conns, self._reader]:
             if conn:
                 await conn.close()
 
@@ -257,20 +265,39 @@ class Processor:
     async def submit(
         self, changes: list[ResourceChange], dead: list[tuple[str, str, str]]
     ) -> BatchResult:
-        job = _Job(changes, dead, asyncio.get_running_loop().create_future())
-        await self._queue.put(job)
-        return await job.done
+        """Write one request's changes (split over the shards) and dead letters; returns when
+        every part is committed. A failed part fails the request: the retry finds the parts
+        that did commit as duplicates."""
+        n = self.settings.writers
+        parts: list[list[ResourceChange]] = [[] for _ in range(n)]
+        for ch in changes:
+            parts[hash((ch.provider, ch.resource_id)) % n].append(ch)
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for shard, part in enumerate(parts):
+            extra = dead if shard == 0 else []
+            if part or extra or (shard == 0 and not changes):
+                job = _Job(part, extra, loop.create_future())
+                await self._queues[shard].put(job)
+                jobs.append(job)
+        total = BatchResult()
+        for result in await asyncio.gather(*(job.done for job in jobs)):
+            total.accepted += result.accepted
+            total.duplicates += result.duplicates
+            total.stale += result.stale
+        return total
 
-    async def _writer(self) -> None:
+    async def _writer(self, shard: int) -> None:
+        queue = self._queues[shard]
         while True:
-            jobs = [await self._queue.get()]
+            jobs = [await queue.get()]
             size = len(jobs[0].changes)
-            while not self._queue.empty() and size < self.settings.batch_max_events:
-                job = self._queue.get_nowait()
+            while not queue.empty() and size < self.settings.batch_max_events:
+                job = queue.get_nowait()
                 jobs.append(job)
                 size += len(job.changes)
             try:
-                results = await self._process(jobs)
+                results = await self._process(jobs, self._conns[shard])
             except Exception as exc:  # every waiter gets the failure; nothing was committed
                 for job in jobs:
                     if not job.done.done():
@@ -280,7 +307,9 @@ class Processor:
                 if not job.done.done():
                     job.done.set_result(result)
 
-    async def _process(self, jobs: Sequence[_Job]) -> list[BatchResult]:
+    async def _process(
+        self, jobs: Sequence[_Job], conn: psycopg.AsyncConnection
+    ) -> list[BatchResult]:
         results = [BatchResult() for _ in jobs]
         owner: dict[str, int] = {}
         fresh: list[ResourceChange] = []
@@ -292,7 +321,8 @@ class Processor:
                     continue
                 owner[ch.event_id] = i
                 fresh.append(ch)
-        known, rows, applied = await self._commit(fresh, [d for job in jobs for d in job.dead])
+        dead = [d for job in jobs for d in job.dead]
+        known, rows, applied = await self._commit(conn, fresh, dead)
         outcomes: Tally[tuple[str, str]] = Tally()
         for ch in fresh:
             if ch.event_id in known:
@@ -309,28 +339,30 @@ class Processor:
         return results
 
     async def _commit(
-        self, fresh: list[ResourceChange], dead: list[tuple[str, str, str]]
+        self,
+        conn: psycopg.AsyncConnection,
+        fresh: list[ResourceChange],
+        dead: list[tuple[str, str, str]],
     ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
         """One transaction: skip known event ids, merge, write inventory, events and dead
         letters. Returns the known ids, the changed rows and what each new event did."""
-        assert self._conn is not None
         now = datetime.now(UTC)
         cache = self._rows
         staged = [
             (c.event_id, c.provider, c.resource_id, (c.provider, c.resource_id) not in cache)
             for c in fresh
         ]
-        async with self._conn.transaction():
-            known, current = await store.stage_batch(self._conn, staged)
+        async with conn.transaction():
+            known, current = await store.stage_batch(conn, staged)
             for c in fresh:
                 key = (c.provider, c.resource_id)
                 if key in cache:
                     current[key] = cache[key]
             new = [c for c in fresh if c.event_id not in known]
             rows, applied = apply_changes(current, new, self.book)
-            await store.upsert_resources(self._conn, rows.values(), now)
-            await store.insert_events(self._conn, applied, rows, now)
-            await store.insert_dead_letters(self._conn, "collector", dead)
+            await store.upsert_resources(conn, rows.values(), now)
+            await store.insert_events(conn, applied, rows, now)
+            await store.insert_dead_letters(conn, "collector", dead)
         # Committed: only now may the cache hold the new rows.
         for key, row in rows.items():
             cache[key] = row

@@ -73,7 +73,7 @@ def build_alert(
     top = contributors[0] if contributors else None
     who = ""
     if top is not None:
-        name = top.labels.get("resource_id") or ",".join(v for _, v in sorted(top.labels.items()))
+        name = SeriesKey.of(top.level, top.labels).describe()
         who = f"; top contributor {top.level} {name} ({top.share:.0%})"
     summary = (
         f"{labels.get('level')} cost run-rate +{delta:,.2f} $/h above expected "

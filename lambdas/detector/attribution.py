@@ -18,11 +18,9 @@ class Child:
 
 
 @dataclass(frozen=True)
-class Contributor:
-    level: str
-    labels: Mapping[str, str]
-    expected: float
-    observed: float
+class Contributor(Child):
+    """A child that grew, with its share of the increase of all growing children."""
+
     delta: float
     share: float
 

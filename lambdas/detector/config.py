@@ -6,6 +6,7 @@ live detector would have alerted on with the same settings.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ LEVEL_LABELS: dict[str, tuple[str, ...]] = {
         "resource_id",
     ),
 }
+SEVERITIES = ("info", "warning", "critical")
 # Attribution walks these edges: an anomaly at the key level is explained by its children.
 CHILD_LEVEL: dict[str, str] = {"account": "service", "service": "resource", "team": "resource"}
 
@@ -37,7 +39,7 @@ class SeriesKey(NamedTuple):
     labels: tuple[tuple[str, str], ...]
 
     @classmethod
-    def of(cls, level: str, labels: dict[str, str]) -> SeriesKey:
+    def of(cls, level: str, labels: Mapping[str, str]) -> SeriesKey:
         if level not in LEVEL_LABELS:
             raise ValueError(f"unknown level {level!r}; known: {sorted(LEVEL_LABELS)}")
         return cls(level, tuple(sorted((n, labels.get(n, "")) for n in LEVEL_LABELS[level])))
@@ -58,8 +60,23 @@ class SeriesKey(NamedTuple):
         other = resource.as_dict()
         return all(other.get(name) == value for name, value in own.items())
 
-    def describe(self) -> str:
-        return f"{self.level}:" + ",".join(v for _, v in self.labels)
+    def describe(self, short: bool = False) -> str:
+        """The series as a person names it: the service, resource or team first, then where
+        (left out when `short`, for a child whose parent is named on the same line)."""
+        lb = self.as_dict()
+        if short and self.level in ("service", "resource"):
+            return lb["service_name" if self.level == "service" else "resource_id"]
+        where = " ".join(v for v in (lb.get("provider"), lb.get("billing_account_id")) if v)
+        if self.level == "account":
+            return f"account {where}"
+        if self.level == "team":
+            return f"team {lb['team']}"
+        if self.level == "service":
+            return f"{lb['service_name']} in {lb['region_id']} ({where})"
+        # A resource known only from its change event has no service, region or team yet.
+        team = f"team {lb['team']}" if lb["team"] else ""
+        context = ", ".join(v for v in (lb["service_name"], lb["region_id"], team) if v)
+        return f"{lb['resource_id']} ({context})" if context else lb["resource_id"]
 
 
 @dataclass(frozen=True)

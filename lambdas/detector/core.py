@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from lambdas.detector.config import DetectionConfig, SeriesKey
+from lambdas.detector.config import SEVERITIES, DetectionConfig, SeriesKey
 
 HOUR_S = 3600
 DAY_H = 24
@@ -55,27 +55,8 @@ BASELINE_NAMES = {
     BASE_DAILY: "daily",
     BASE_WEEKLY: "weekly",
 }
-SEVERITIES = ("info", "warning", "critical")
 
 F64 = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Transition:
-    """An incident opened, escalated (severity raised) or resolved at `at` (epoch seconds)."""
-
-    kind: str  # "opened" | "escalated" | "resolved"
-    key: SeriesKey
-    rule: str
-    severity: str
-    started_at: float
-    at: float
-    expected: float
-    observed: float
-    delta: float
-    deviation: float
-    zscore: float | None
-    baseline: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +85,15 @@ class OpenIncident:
     deviation: float
     zscore: float | None
     baseline: str
+
+
+@dataclass(frozen=True)
+class Transition(OpenIncident):
+    """An incident opened, escalated (severity raised) or resolved at `at` (epoch seconds),
+    with its figures at that moment."""
+
+    kind: str  # "opened" | "escalated" | "resolved"
+    at: float
 
 
 def severity_codes(delta: F64, deviation: F64, cfg: DetectionConfig) -> npt.NDArray[np.int8]:
@@ -512,21 +502,7 @@ class Engine:
 
     # ------------------------------------------------------------------ queries
     def _transition(self, kind: str, row: int, at: float) -> Transition:
-        inc = self._incident(row)
-        return Transition(
-            kind,
-            inc.key,
-            inc.rule,
-            inc.severity,
-            inc.started_at,
-            at,
-            inc.expected,
-            inc.observed,
-            inc.delta,
-            inc.deviation,
-            inc.zscore,
-            inc.baseline,
-        )
+        return Transition(kind=kind, at=at, **vars(self._incident(row)))
 
     def _incident(self, row: int) -> OpenIncident:
         e = float(self.cur_expected[row])

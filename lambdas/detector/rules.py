@@ -11,18 +11,17 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lambdas.common.settings import SettingsError, env_float
-from lambdas.detector.config import LEVEL_LABELS
+from lambdas.detector.config import LEVEL_LABELS, SEVERITIES
 
 ROLLUP_METRIC = "cct_cost_rate_rollup_usd_per_hour"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-SEVERITIES = ("info", "warning", "critical")
 BUDGET_LEVELS = tuple(lv for lv in LEVEL_LABELS if lv != "resource")  # rollups have no resource
 DURATION_RE = re.compile(r"^\d+[smh]$")
 
@@ -65,7 +64,6 @@ class RulesSettings:
     basis: str = "list"
     # vmalert evaluates budgets this often; 3 s matches the detector's interval.
     interval_s: float = 3.0
-    extra_labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> RulesSettings:
@@ -104,9 +102,9 @@ def parse_budgets(doc: Any, where: str = "budgets") -> tuple[Budget, ...]:
             )
         except KeyError as exc:
             raise SettingsError(f"{where}[{n}]: missing key {exc.args[0]!r}") from None
+        except SettingsError:
+            raise
         except (TypeError, ValueError) as exc:
-            if isinstance(exc, SettingsError):
-                raise
             raise SettingsError(f"{where}[{n}]: {exc}") from None
     names = [b.name for b in out]
     if len(set(names)) != len(names):
@@ -126,9 +124,10 @@ def _q(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _selector(metric: str, matchers: Mapping[str, str]) -> str:
-    inner = ",".join(f'{k}="{_q(v)}"' for k, v in sorted(matchers.items()))
-    return f"{metric}{{{inner}}}"
+def selector(metric: str, matchers: Mapping[str, str], extra: str = "") -> str:
+    """`metric{name="value",...}` with the values escaped; `extra` is raw PromQL matchers."""
+    inner = [f'{k}="{_q(v)}"' for k, v in sorted(matchers.items())] + ([extra] if extra else [])
+    return f"{metric}{{{','.join(inner)}}}"
 
 
 def _num(x: float) -> str:
@@ -137,10 +136,9 @@ def _num(x: float) -> str:
 
 def budget_rule(b: Budget, settings: RulesSettings) -> dict[str, Any]:
     by = ", ".join(LEVEL_LABELS[b.level])
-    total = f"sum by ({by}) ({_selector(settings.metric, {**b.match, 'basis': settings.basis})})"
+    total = f"sum by ({by}) ({selector(settings.metric, {**b.match, 'basis': settings.basis})})"
     limit = _num(b.usd_per_hour)
     labels = {
-        **settings.extra_labels,
         "severity": b.severity,
         "level": b.level,
         "rule": "budget",

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +46,7 @@ from lambdas.detector.attribution import (
 )
 from lambdas.detector.config import CHILD_LEVEL, LEVEL_LABELS, DetectionConfig, SeriesKey
 from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
-from lambdas.detector.rules import ROLLUP_METRIC
+from lambdas.detector.rules import ROLLUP_METRIC, selector
 from lambdas.store import anomalies as store
 from lambdas.store.db import StoreError, connect, translate_errors
 
@@ -229,17 +229,6 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _matchers(labels: dict[str, str], basis: str, selector: str) -> str:
-    parts = [f'{k}="{_q(v)}"' for k, v in sorted(labels.items())] + [f'basis="{basis}"']
-    if selector:
-        parts.append(selector)
-    return ",".join(parts)
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
 class Detector:
     """One detector: call `cycle(now)` every interval (the `serve` loop does)."""
 
@@ -263,10 +252,9 @@ class Detector:
             self.conn = None
 
     # ---------------------------------------------------------------- reading
-    def _selector(self, level: str) -> str:
+    def _selector(self, level: str, labels: Mapping[str, str] | None = None) -> str:
         metric = RESOURCE_METRIC if level == "resource" else ROLLUP_METRIC
-        extra = [f'basis="{self.cfg.basis}"'] + ([self.cfg.selector] if self.cfg.selector else [])
-        return f"{metric}{{{','.join(extra)}}}"
+        return selector(metric, {**(labels or {}), "basis": self.cfg.basis}, self.cfg.selector)
 
     def read(self, now: float) -> Vector:
         out = Vector()
@@ -325,10 +313,9 @@ class Detector:
         if child_levels[0] != "resource":
             child_levels.append("resource")
         for level in child_levels:
-            metric = RESOURCE_METRIC
-            inner = f"{metric}{{{_matchers(key.as_dict(), self.cfg.basis, self.cfg.selector)}}}"
-            expr = group_query(level, inner)
-            cache = self.key_cache.setdefault(level, {})
+            expr = group_query(level, self._selector("resource", key.as_dict()))
+            # Children are not evaluated series: keep them out of the long-lived cache.
+            cache: KeyCache = {}
             now_rows, old_rows = Vector(), Vector()
             parse_vector(level, self.vm.query(expr, now), cache, now_rows)
             parse_vector(level, self.vm.query(expr, before), cache, old_rows)

@@ -12,7 +12,14 @@ import click
 import yaml
 
 from lambdas.policy.engine import explain
-from lambdas.policy.loader import PolicyLoadError, load_policy_set, schema_error, yaml_error
+from lambdas.policy.loader import (
+    SCHEMAS,
+    PolicyLoadError,
+    load_policy_set,
+    schema,
+    schema_error,
+    yaml_error,
+)
 from lambdas.policy.model import InvalidRequestError, PolicyRequest
 from lambdas.policy.testing import SUFFIX, TESTS_DIR, parse_time, run_tests
 from lambdas.policy.workflow import workflow_parameters
@@ -36,13 +43,20 @@ def policy() -> None:
 
 @policy.command()
 @_DIR_OPTION
-def validate(policy_dir: Path) -> None:
+@click.option(
+    "--schemas",
+    "schema_dir",
+    type=click.Path(path_type=Path),
+    help="Also check that this directory holds this cct's JSON Schemas unchanged (the copy "
+    "editors validate against, e.g. policies/schema).",
+)
+def validate(policy_dir: Path, schema_dir: Path | None) -> None:
     """Check every policy file and test suite against its schema and cross-field rules."""
     try:
         policy_set = load_policy_set(policy_dir)
     except PolicyLoadError as exc:
         raise click.ClickException(f"invalid policies:\n{exc}") from exc
-    problems = []
+    problems = [] if schema_dir is None else _stale_schemas(schema_dir)
     suites = sorted((policy_dir / TESTS_DIR).glob(f"*{SUFFIX}")) if policy_dir.is_dir() else []
     for suite in suites:
         try:
@@ -52,7 +66,7 @@ def validate(policy_dir: Path) -> None:
         if problem is not None:
             problems.append(f"{TESTS_DIR}/{suite.name}: {problem}")
     if problems:
-        raise click.ClickException("invalid test suites:\n" + "\n".join(problems))
+        raise click.ClickException("invalid schemas or test suites:\n" + "\n".join(problems))
     click.echo(
         f"ok: {len(policy_set.policies)} policies, {len(policy_set.rules)} rules, "
         f"{len(policy_set.calendars)} calendars, {len(suites)} test suites"
@@ -138,6 +152,28 @@ def explain_cmd(
             click.echo(f"        {step}")
         if trace.reason:
             click.echo(f"        => {trace.reason}")
+
+
+def _stale_schemas(schema_dir: Path) -> list[str]:
+    """A schema copy that differs from the engine's would let an editor accept what CI
+    rejects (or the reverse), so it must match, up to JSON formatting."""
+    problems = []
+    for name in SCHEMAS:
+        path = schema_dir / f"{name}.schema.json"
+        try:
+            copy = json.loads(path.read_bytes())
+        except OSError as exc:
+            problems.append(f"{path}: cannot read: {exc.strerror}")
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}: not JSON: {exc}")
+            continue
+        if copy != schema(name):
+            problems.append(
+                f"{path}: differs from the schema this cct enforces; replace it with "
+                f"lambdas/policy/schema/{name}.schema.json of this CCT version"
+            )
+    return problems
 
 
 def _input(doc: Any) -> tuple[dict[str, Any], str | None, int]:

@@ -250,6 +250,23 @@ def _action_not_in(when: Conditions, ctx: _Context, trace: list[str] | None) -> 
     return ok
 
 
+def _action_not_allowed_on(when: Conditions, ctx: _Context, trace: list[str] | None) -> bool:
+    table = when.action_not_allowed_on
+    if table is None:
+        return True
+    allowed = table.get(ctx.lowered["resource_type"])
+    ok = allowed is None or ctx.lowered["action"] not in allowed
+    if trace is not None:
+        kind = f"resource type {ctx.request.resource_type!r}"
+        if allowed is None:
+            why = f"{kind} is not one of the listed {sorted(table)}"
+        else:
+            verb = "is not" if ok else "is"
+            why = f"action {ctx.request.action!r} {verb} one allowed on {kind} {sorted(allowed)}"
+        _note(trace, ok, why)
+    return ok
+
+
 def _dry_run(when: Conditions, ctx: _Context, trace: list[str] | None) -> bool:
     if when.dry_run is None:
         return True
@@ -282,6 +299,7 @@ def _blast_radius(when: Conditions, ctx: _Context, trace: list[str] | None) -> b
 _CONDITIONS: tuple[Callable[[Conditions, _Context, list[str] | None], bool], ...] = (
     _dry_run,
     _action_not_in,
+    _action_not_allowed_on,
     _impact,
     _blast_radius,
     _freeze,

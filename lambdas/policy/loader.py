@@ -68,6 +68,10 @@ class PolicyLoadError(ValueError):
         self.errors = errors
 
 
+# The JSON Schemas shipped in lambdas/policy/schema/ (also visible as policies/schema/).
+SCHEMAS = ("optimization-policy", "policy-tests")
+
+
 @cache
 def schema(name: str = "optimization-policy") -> dict[str, Any]:
     text = resources.files("lambdas.policy").joinpath(f"schema/{name}.schema.json").read_text()
@@ -251,6 +255,7 @@ class _Builder:
         )
         if "businessHours" in when:
             self.business_hours_users.append(f"{at}.when.businessHours")
+        allowed_on = self._allowed_on(f"{at}.when.actionNotAllowedOn", when)
         if len(self.errors) > errors_before:
             return None
         match = raw.get("match", {})
@@ -271,6 +276,7 @@ class _Builder:
             freeze_windows=windows,
             impact_above_usd=(float(when["impactAboveUsd"]) if "impactAboveUsd" in when else None),
             action_not_in=frozenset(a.lower() for a in actions) if actions else None,
+            action_not_allowed_on=allowed_on,
             dry_run=when.get("dryRun"),
             account_actions_last_hour_at_least=when.get("accountActionsLastHour", {}).get(
                 "atLeast"
@@ -284,6 +290,20 @@ class _Builder:
             match=selector,
             when=conditions,
         )
+
+    def _allowed_on(
+        self, at: str, when: Mapping[str, Any]
+    ) -> dict[str, frozenset[str]] | None:
+        if "actionNotAllowedOn" not in when:
+            return None
+        table: dict[str, frozenset[str]] = {}
+        for resource_type, actions in when["actionNotAllowedOn"].items():
+            key = resource_type.lower()
+            if key in table:
+                # Matching is case-insensitive, so two spellings would silently merge.
+                self.errors.append(f"{at}: resource type {resource_type!r} is listed twice")
+            table[key] = frozenset(a.lower() for a in actions)
+        return table
 
     def _check_reason(self, at: str, template: str, when: Mapping[str, Any]) -> None:
         try:

@@ -6,7 +6,7 @@ after they start, calendars do not overlap) has been checked by then, so the eng
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from functools import cached_property
@@ -77,6 +77,8 @@ class Conditions:
     freeze_windows: tuple[Window, ...] = ()
     impact_above_usd: float | None = None
     action_not_in: frozenset[str] | None = None
+    # Lowercased resource type -> lowercased actions allowed on it.
+    action_not_allowed_on: Mapping[str, frozenset[str]] | None = None
     dry_run: bool | None = None
     account_actions_last_hour_at_least: int | None = None
 

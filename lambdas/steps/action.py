@@ -104,12 +104,11 @@ class Action:
 
 
 def resized(state: State, params: Mapping[str, Any]) -> bool:
-    """`is_done` of the compute resizes: at the target size, settled, and running again when
-    the plan says it ran (`running`)."""
+    """`is_done` of the compute resizes: at the target size, settled, and running. Only
+    running instances are resized (analyze finds others not applicable), so a stopped one is
+    not done: an earlier attempt stopped it and was cut short."""
     return bool(
-        state["sku"] == params["target_sku"]
-        and not state["busy"]
-        and (state["status"] == "running" or not params["running"])
+        state["sku"] == params["target_sku"] and not state["busy"] and state["status"] == "running"
     )
 
 

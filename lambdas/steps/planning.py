@@ -5,7 +5,7 @@ policy verdict come in as arguments."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,7 @@ DEFAULT_RESTART_SCHEDULE = "mon-fri 08:00-18:00"
 # The colder class each provider's tiering rule moves objects to, and the class they are in.
 COLD_CLASS = {"aws": "STANDARD_IA", "azure": "Cool", "gcp": "NEARLINE"}
 SNAPSHOT_SKU = "snapshot"
-_RUNNING = frozenset({"running", "available", "RUNNABLE", "VM running", "Online"})
+_RUNNING = frozenset({"running", "available", "RUNNABLE", "Online"})
 
 
 @dataclass(frozen=True)
@@ -217,19 +217,8 @@ def _plan_tiering(f: _Facts) -> Plan:
     )
 
 
-def _plan_rightsize_compute(f: _Facts) -> Plan:
-    plan = _plan_rightsize(f)
-    if plan.noop:
-        return plan
-    # A resize stops the instance. The plan remembers whether it ran, so an execute retried
-    # after its first attempt stopped it (a timeout, a killed pod) still starts it again, and
-    # verify confirms it is running.
-    running = f.state.get("status") == "running"
-    return replace(plan, action_params={**plan.action_params, "running": running})
-
-
 _PLANNERS: Mapping[str, Callable[[_Facts], Plan]] = {
-    "rightsize-compute": _plan_rightsize_compute,
+    "rightsize-compute": _plan_rightsize,
     "rightsize-database": _plan_rightsize,
     "stop-idle-compute": _plan_stop,
     "delete-unattached-volume": _plan_delete_volume,

@@ -15,9 +15,6 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
 from lambdas.events.cloudevents import SPEC_VERSION, encode
 from lambdas.steps.errors import Retryable
 from lambdas.steps.settings import StepSettings
@@ -68,8 +65,11 @@ def publish(bootstrap: str, settings: StepSettings, event: Mapping[str, Any]) ->
 
     A step is one short process, so it opens one producer for one send (the services' self-
     healing `ProducerSlot` is for long-lived producers). Any failure is retryable: the run's
-    rows are already committed, and the retried step produces the same event id.
+    rows are already committed, and the retried step produces the same event id. aiokafka is
+    imported here: only this step needs it, and every step pays for its imports at start.
     """
+    from aiokafka.errors import KafkaError
+
     try:
         asyncio.run(
             asyncio.wait_for(
@@ -82,6 +82,8 @@ def publish(bootstrap: str, settings: StepSettings, event: Mapping[str, Any]) ->
 
 
 async def _send(bootstrap: str, topic: str, event: Mapping[str, Any]) -> None:
+    from aiokafka import AIOKafkaProducer
+
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     try:
         await producer.start()

@@ -26,6 +26,7 @@ from lambdas.steps.planning import (
     verified_saving,
 )
 from lambdas.steps.playbooks import PLAYBOOKS
+from lambdas.steps.redact import REDACTOR
 from lambdas.steps.registry import ACTIONS
 from lambdas.steps.settings import StepSettings
 from lambdas.store import actions as store
@@ -113,6 +114,36 @@ def _prices(
         action.service_name,
         str(state.get("region", "")),
         action.price_unit,
+    )
+
+
+def _save_action(
+    conn: psycopg.Connection[Any],
+    inp: StepInput,
+    action: str,
+    *,
+    dry_run: bool,
+    outcome: str,
+    reason: str | None,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    estimated: Decimal | None,
+    verified: Decimal | None = None,
+) -> None:
+    store.upsert_action(
+        conn,
+        store.ActionRow(
+            inp.run_id,
+            action,
+            inp.parameters.resource_id,
+            dry_run,
+            outcome,
+            reason,
+            before,
+            after,
+            estimated,
+            verified,
+        ),
     )
 
 
@@ -270,22 +301,19 @@ def execute(inp: StepInput, io: StepIO) -> dict[str, Any]:
     except ActionFailed as exc:
         if not exc.retryable:
             outcome = "restored" if exc.restored else "failed"
-            reason = f"execute {action.name}: {exc} (resource {outcome})"
+            # Cloud error text goes to PostgreSQL and the results event: keep secrets out.
+            reason = REDACTOR(f"execute {action.name}: {exc} (resource {outcome})")
             with io.db() as conn:
-                store.upsert_action(
+                _save_action(
                     conn,
-                    store.ActionRow(
-                        inp.run_id,
-                        action.name,
-                        inp.parameters.resource_id,
-                        dry_run,
-                        outcome,
-                        reason,
-                        exc.before,
-                        exc.after,
-                        _decimal(planned["estimated_monthly_saving_usd"]),
-                        None,
-                    ),
+                    inp,
+                    action.name,
+                    dry_run=dry_run,
+                    outcome=outcome,
+                    reason=reason,
+                    before=exc.before,
+                    after=exc.after,
+                    estimated=_decimal(planned["estimated_monthly_saving_usd"]),
                 )
                 store.set_run_state(conn, inp.run_id, "failed", reason)
         raise
@@ -361,20 +389,16 @@ def _record(inp: StepInput, io: StepIO) -> dict[str, Any]:
         action = ACTIONS[str(planned["action"])]
         before = executed.get("before") or {}
         if executed["outcome"] == "dry_run":
-            store.upsert_action(
+            _save_action(
                 conn,
-                store.ActionRow(
-                    inp.run_id,
-                    action.name,
-                    inp.parameters.resource_id,
-                    True,
-                    "dry_run",
-                    executed["message"],
-                    before,
-                    None,
-                    estimated,
-                    None,
-                ),
+                inp,
+                action.name,
+                dry_run=True,
+                outcome="dry_run",
+                reason=executed["message"],
+                before=before,
+                after=None,
+                estimated=estimated,
             )
             store.set_run_state(
                 conn, inp.run_id, "dry_run", executed["message"], estimated_usd=estimated
@@ -383,20 +407,17 @@ def _record(inp: StepInput, io: StepIO) -> dict[str, Any]:
         after = verified["state"]
         prices = _prices(conn, inp, action, before)
         saving = verified_saving(inp.playbook, estimated, before, after, prices)
-        store.upsert_action(
+        _save_action(
             conn,
-            store.ActionRow(
-                inp.run_id,
-                action.name,
-                inp.parameters.resource_id,
-                False,
-                executed["outcome"],
-                executed["message"],
-                before,
-                after,
-                estimated,
-                saving,
-            ),
+            inp,
+            action.name,
+            dry_run=False,
+            outcome=executed["outcome"],
+            reason=executed["message"],
+            before=before,
+            after=after,
+            estimated=estimated,
+            verified=saving,
         )
         store.set_run_state(
             conn,
@@ -428,20 +449,16 @@ def _record_failure(
         return {"state": current[0], "reason": current[1]}
     reason = f"{inp.failure.get('step', 'workflow')} failed: {inp.failure.get('message', '')}"
     if planned is not None and executed is not None and executed.get("outcome") == "changed":
-        store.upsert_action(
+        _save_action(
             conn,
-            store.ActionRow(
-                inp.run_id,
-                str(planned["action"]),
-                inp.parameters.resource_id,
-                False,
-                "changed",
-                reason,
-                executed.get("before"),
-                executed.get("after"),
-                _decimal(planned.get("estimated_monthly_saving_usd")),
-                None,
-            ),
+            inp,
+            str(planned["action"]),
+            dry_run=False,
+            outcome="changed",
+            reason=reason,
+            before=executed.get("before"),
+            after=executed.get("after"),
+            estimated=_decimal(planned.get("estimated_monthly_saving_usd")),
         )
     store.set_run_state(conn, inp.run_id, "failed", reason)
     return {"state": "failed", "reason": reason}

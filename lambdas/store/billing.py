@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import psycopg
 
 Partition = tuple[str, str, str]  # provider, billing_account_id, billing_period
-HourlyRow = tuple[str, str, str, str, str, int, float, float, float]
-# sub_account_id, region_id, service_name, team, env, hour (epoch s), billed, effective, list
+# Column order of the CSV chunks replace_partition copies into billing_hourly.
+HOURLY_CSV_COLUMNS = (
+    "provider",
+    "billing_account_id",
+    "billing_period",
+    "load_id",
+    "sub_account_id",
+    "region_id",
+    "service_name",
+    "team",
+    "env",
+    "hour",
+    "billed_cost",
+    "effective_cost",
+    "list_cost",
+)
 
 
 def lock_partition(conn: psycopg.Connection, part: Partition) -> str | None:
@@ -23,6 +37,15 @@ def lock_partition(conn: psycopg.Connection, part: Partition) -> str | None:
     return str(row[0]) if row else None
 
 
+def forget_partition(conn: psycopg.Connection, part: Partition) -> None:
+    """No delivery of the partition counts as current: the next load writes it again."""
+    conn.execute(
+        "update billing_loads set status = 'superseded' where provider = %s"
+        " and billing_account_id = %s and billing_period = %s and status = 'current'",
+        part,
+    )
+
+
 def replace_partition(
     conn: psycopg.Connection,
     part: Partition,
@@ -30,10 +53,12 @@ def replace_partition(
     load_id: str,
     sources: Sequence[str],
     rows_read: int,
-    rows: Iterable[HourlyRow],
+    csv_chunks: Iterable[bytes],
 ) -> None:
     """Make `load_id` the partition's current delivery; earlier deliveries are superseded and
-    their hours removed, so totals never include two deliveries."""
+    their hours removed, so totals never include two deliveries. `csv_chunks` are CSV rows
+    (no header) in HOURLY_CSV_COLUMNS order, written by Arrow: far cheaper than binding rows
+    one by one."""
     conn.execute(
         "update billing_loads set status = 'superseded' where provider = %s"
         " and billing_account_id = %s and billing_period = %s and status = 'current'",
@@ -44,13 +69,10 @@ def replace_partition(
         " and billing_period = %s",
         part,
     )
-    with conn.cursor().copy(
-        "copy billing_hourly (provider, billing_account_id, billing_period, load_id,"
-        " sub_account_id, region_id, service_name, team, env, hour, billed_cost, effective_cost,"
-        " list_cost) from stdin"
-    ) as copy:
-        for r in rows:
-            copy.write_row((*part, load_id, *r[:5], datetime.fromtimestamp(r[5], UTC), *r[6:]))
+    columns = ", ".join(HOURLY_CSV_COLUMNS)
+    with conn.cursor().copy(f"copy billing_hourly ({columns}) from stdin (format csv)") as copy:
+        for chunk in csv_chunks:
+            copy.write(chunk)
     conn.execute(
         "insert into billing_loads (load_id, provider, billing_account_id, billing_period,"
         " sources, rows_read, status) values (%s, %s, %s, %s, %s, %s, 'current')"

@@ -111,7 +111,7 @@ PARAMS: dict[str, str] = {
     "provider": "aws",
     "service": "Amazon Elastic Compute Cloud",
     "resource-id": "i-0abc123def4567890",
-    "resource-type": "m5.2xlarge",
+    "resource-type": "Instance",
     "action": "rightsize-compute",
     "environment": "staging",
     "team": "web",

@@ -115,10 +115,6 @@ def pipeline_samples(scope: Scope, now: float) -> Iterator[Sample]:
                 t_ms,
             )
         yield Sample("cct_collector_rejected_total", {**ns, "reason": "missing_field"}, i, t_ms)
-        yield Sample("cct_billing_rows_rejected_total", {**ns, "reason": "bad_currency"}, i, t_ms)
-        yield Sample(
-            "cct_billing_last_success_timestamp_seconds", ns, float(int(now) - 40 * MINUTE), t_ms
-        )
         yield from _histogram(
             "cct_detector_cycle_seconds", ns, i, (0.6, 0.3, 0.1, 0, 0, 0, 0), t_ms
         )

@@ -23,6 +23,7 @@ from dashboards import build
 from dashboards import interpolate as grafana
 from dashboards.model import Dashboard, Panel, PromQuery, QueryVariable, SqlQuery
 from lambdas.common.vm import VictoriaMetrics
+from lambdas.store import billing
 from lambdas.store.db import connect
 from tests.dashboards import seed_vm
 from tests.store import seed
@@ -147,6 +148,19 @@ def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -
             )
     seed.dead_letter(conn, "missing_field", now - timedelta(minutes=30))
     seed.dead_letter(conn, "unknown_provider", now - timedelta(hours=2))
+    period = now.strftime("%Y-%m")
+    hour = now.replace(minute=0, second=0) - timedelta(hours=30)
+    billing.replace_partition(
+        conn,
+        ("aws", s.account, period),
+        load_id=f"load-{u}",
+        sources=[f"s3://cur-{u}/{period}/part-0.parquet"],
+        rows_read=2,
+        csv_chunks=[
+            f"aws,{s.account},{period},load-{u},sub-{u},us-east-1,AmazonEC2,{s.team},prod,"
+            f"{hour.isoformat()},39.9,37.1,42.0\n".encode()
+        ],
+    )
 
 
 def _context(d: Dashboard, s: Seeded, **selected: list[str]) -> grafana.Context:

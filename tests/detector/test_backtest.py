@@ -104,6 +104,12 @@ def test_backtest_finds_the_labeled_anomalies_and_writes_a_self_contained_report
     assert html.startswith("<!doctype html>") and "<svg" in html
     assert not re.search(r"<script|<link|src=|https?://", html)
     assert "Against the labels" in html
+    # Charts a person can read: a $/h axis, dated ticks, the expected line, a legend, and
+    # contributors named (a service by its name, not just "service").
+    assert ">$/h</text>" in html and "stroke-dasharray" in html and "class=legend" in html
+    assert re.search(r">(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \d\d-\d\d</text>", html)
+    assert "Share of the increase, by service" in html
+    assert not re.search(r"<td>(service|resource|team) \(\d+%\)</td>", html)
     doc = json.loads(incidents.read_text())
     assert doc and {"level", "rule", "contributors", "started_at"} <= set(doc[0])
 

@@ -289,6 +289,28 @@ def test_an_escalation_is_still_one_alert_in_alertmanager_and_one_row(
     assert detector.metrics.transitions.labels("escalated")._value.get() == 3  # every level
 
 
+def test_series_that_vanish_are_evicted_from_the_engine_and_the_key_cache(
+    detector: Detector, account: Account, vm: VictoriaMetrics, uid: str
+) -> None:
+    detector.engine.cfg = DetectionConfig(stale_after_s=1.0, evict_after_s=1.0)
+    account.write(10.0)
+    detector.cycle(time.time())
+    team = SeriesKey.of("team", {"team": account.team})
+    assert team in detector.engine and team in detector.key_cache["team"].values()
+
+    # The account's groups are gone (here: the detector now watches another account).
+    other = Account(vm, f"{uid}-other")
+    other.write(10.0)
+    detector.cfg = replace(detector.cfg, selector=f'billing_account_id="{other.account}"')
+    detector.cycle(time.time())
+    time.sleep(1.1)
+    detector.cycle(time.time())
+    assert team not in detector.engine
+    assert team not in detector.key_cache["team"].values()
+    assert detector.engine.series_count == 3  # the other account's three levels
+    assert detector.metrics.known._value.get() == 3
+
+
 def test_history_is_loaded_at_start_so_the_seasonal_baseline_is_warm(
     detector: Detector, account: Account, vm: VictoriaMetrics
 ) -> None:

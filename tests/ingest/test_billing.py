@@ -347,3 +347,22 @@ def test_reconciliation_against_the_estimate(
         time.sleep(0.3)
         res = vm.query(f'cct_cost_estimate_error_ratio{{billing_account_id="{acct}"}}')
     assert float(res[0]["value"][1]) == pytest.approx(-0.36, rel=1e-3)
+
+
+def test_a_victoriametrics_failure_leaves_the_partition_to_be_rewritten(
+    fresh_db: str, vm_url: str, uid: str, tmp_path: Path
+) -> None:
+    from lambdas.common.vm import VMError
+    from tests.support.procs import free_port
+
+    acct = f"acct-{uid}"
+    first = write(focus_rows(acct), tmp_path / "a.parquet")
+    load(settings(fresh_db, vm_url), [str(first)], reconcile_after=False)
+    second = write(focus_rows(acct, cost=3.0), tmp_path / "b.parquet")
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(VMError):
+        load(settings(fresh_db, unreachable), [str(second)], reconcile_after=False)
+    assert billed(fresh_db, acct) == 8.0  # PostgreSQL rolled back to the first delivery
+    # VictoriaMetrics may have lost the series, so even the first delivery is written again.
+    again = load(settings(fresh_db, vm_url), [str(first)], reconcile_after=False)
+    assert again.loaded == [f"aws/{acct}/2024-09"] and again.unchanged == []

@@ -41,3 +41,22 @@ def test_its_commands_pass_on_the_shipped_policies() -> None:
             shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, check=False
         )
         assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
+
+
+def test_the_schemas_are_visible_under_policies_without_a_second_copy() -> None:
+    link = ROOT / "policies" / "schema"
+    assert link.is_symlink()
+    # Relative, so it resolves in every checkout; the package directory is the only copy.
+    assert os.readlink(link) == "../lambdas/policy/schema"
+    assert link.resolve() == (ROOT / "lambdas" / "policy" / "schema").resolve()
+    assert sorted(p.name for p in link.iterdir()) == [
+        "optimization-policy.schema.json",
+        "policy-tests.schema.json",
+    ]
+
+
+def test_the_workflow_checks_the_schema_copy_under_policies() -> None:
+    job = load()["jobs"]["policies"]  # type: ignore[index]
+    validate = next(shlex.split(s["run"]) for s in job["steps"] if "validate" in s.get("run", ""))
+    at = validate.index("--schemas")
+    assert (ROOT / validate[at + 1]).resolve() == (ROOT / "policies" / "schema").resolve()

@@ -65,7 +65,7 @@ def test_a_wrong_expectation_fails_with_a_precise_message(policy_copy: Path) -> 
         "    unexpected: 'account 123456789012 already had 5 actions in the last hour "
         "(automatic limit 5)'",
     ]
-    assert out.endswith("59 passed, 1 failed, 0 errors\n")
+    assert out.endswith("73 passed, 1 failed, 0 errors\n")
 
 
 def test_a_policy_without_tests_and_tests_without_a_policy_are_errors(policy_copy: Path) -> None:
@@ -110,7 +110,7 @@ def test_explain_a_test_case(tmp_path: Path) -> None:
             "provider": "aws",
             "service": "rds",
             "resource-id": "db-1",
-            "resource-type": "db.r6g.large",
+            "resource-type": "DBInstance",
             "action": "rightsize-database",
             "environment": "staging",
             "account-id": "42",
@@ -144,7 +144,7 @@ def test_explain_a_workflow_manifest_as_json(tmp_path: Path) -> None:
                     {"name": "provider", "value": "aws"},
                     {"name": "service", "value": "ec2"},
                     {"name": "resource-id", "value": "i-1"},
-                    {"name": "resource-type", "value": "m5.large"},
+                    {"name": "resource-type", "value": "Instance"},
                     {"name": "action", "value": "stop-idle-compute"},
                     {"name": "environment", "value": "dev"},
                     {"name": "account-id", "value": "42"},
@@ -172,3 +172,24 @@ def test_explain_rejects_bad_input(tmp_path: Path) -> None:
     code, _, err = run("explain", str(path), "--policies", str(SHIPPED))
     assert code == 1
     assert "missing parameter(s): service, resource-id" in err
+
+
+def test_validate_fails_when_the_schema_copy_drifts(tmp_path: Path) -> None:
+    copy = tmp_path / "schema"
+    shutil.copytree(ROOT / "policies" / "schema", copy)  # follows the symlink: real files
+    # Reformatting is not drift: only the schema's meaning is compared.
+    stale = copy / "optimization-policy.schema.json"
+    stale.write_text(json.dumps(json.loads(stale.read_text()), indent=4))
+    code, out, _ = run("validate", "--policies", str(SHIPPED), "--schemas", str(copy))
+    assert (code, out.startswith("ok: 7 policies")) == (0, True)
+    doc = json.loads(stale.read_text())
+    doc["$defs"]["conditions"]["properties"].pop("actionNotAllowedOn")
+    stale.write_text(json.dumps(doc))
+    (copy / "policy-tests.schema.json").unlink()
+    code, _, err = run("validate", "--policies", str(SHIPPED), "--schemas", str(copy))
+    assert code == 1
+    assert err.splitlines()[1:] == [
+        f"{stale}: differs from the schema this cct enforces; replace it with "
+        "lambdas/policy/schema/optimization-policy.schema.json of this CCT version",
+        f"{copy / 'policy-tests.schema.json'}: cannot read: No such file or directory",
+    ]

@@ -119,6 +119,38 @@ def test_blast_radius_counts_only_the_request_account() -> None:
     assert evaluate(limited, request(), NOW, {"111": 3}).decision == "deny"
 
 
+@pytest.mark.parametrize(
+    ("resource_type", "action", "denied"),
+    [
+        ("Volume", "delete-unattached-volume", False),
+        ("VOLUME", "Delete-Unattached-Volume", False),
+        ("Instance", "stop-idle-compute", False),
+        ("Instance", "delete-unattached-volume", True),  # a routing mistake
+        ("Volume", "rightsize-compute", True),
+        ("NatGateway", "rightsize-compute", True),  # a type no playbook was reviewed for
+    ],
+)
+def test_action_not_allowed_on_resource_type(
+    resource_type: str, action: str, denied: bool
+) -> None:
+    table = {"Volume": ["delete-unattached-volume"], "Instance": ["stop-idle-compute"]}
+    reviewed = policy_set(rule("r", when={"actionNotAllowedOn": table}))
+    req = request(**{"resource-type": resource_type, "action": action})
+    assert (evaluate(reviewed, req, NOW, {}).decision == "deny") is denied
+
+
+def test_explain_says_why_an_action_is_not_allowed_on_a_resource_type() -> None:
+    table = {"Volume": ["delete-unattached-volume"]}
+    reviewed = policy_set(rule("r", when={"actionNotAllowedOn": table}))
+    _, (on_volume,) = explain(reviewed, request(**{"resource-type": "Volume"}), NOW, {})
+    assert on_volume.steps == (
+        "match: action 'rightsize-compute' is not one allowed on resource type 'Volume' "
+        "['delete-unattached-volume']",
+    )
+    _, (unknown,) = explain(reviewed, request(), NOW, {})
+    assert unknown.steps == ("match: resource type 'm5.large' is not one of the listed ['volume']",)
+
+
 def test_now_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         evaluate(policy_set(), request(), datetime(2026, 3, 3, 10), {})

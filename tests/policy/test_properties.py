@@ -57,6 +57,14 @@ ACTIONS = [
     "rightsize-database",
     "terminate",
 ]
+RESOURCE_TYPES = [
+    "Instance",
+    "Volume",
+    "DBInstance",
+    "Microsoft.Compute/disks",
+    "compute.googleapis.com/Disk",
+    "Bucket",
+]
 ENVS = ["prod", "Production", "prod-eu", "staging", "dev", ""]
 TEAMS = ["payments", "web", "data", ""]
 ACCOUNTS = ["111", "222", "333"]
@@ -72,7 +80,7 @@ requests = st.builds(
     provider=st.sampled_from(["aws", "azure", "gcp", "AWS"]),
     service=st.one_of(st.sampled_from(SERVICES), text),
     resource_id=text,
-    resource_type=text,
+    resource_type=st.one_of(st.sampled_from(RESOURCE_TYPES), text),
     action=st.one_of(st.sampled_from(ACTIONS), text),
     environment=st.one_of(st.sampled_from(ENVS), text),
     account_id=st.sampled_from(ACCOUNTS),
@@ -181,6 +189,12 @@ conditions = st.fixed_dictionaries(
         "businessHours": st.booleans(),
         "impactAboveUsd": st.floats(0, 1e5, allow_nan=False),
         "actionNotIn": st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2, unique=True),
+        "actionNotAllowedOn": st.dictionaries(
+            st.sampled_from(RESOURCE_TYPES),
+            st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2, unique=True),
+            min_size=1,
+            max_size=2,
+        ),
         "dryRun": st.booleans(),
         "accountActionsLastHour": st.builds(lambda n: {"atLeast": n}, st.integers(1, 30)),
         "freezeWindows": st.just(

@@ -44,6 +44,15 @@ def run_approved(
     return result
 
 
+def _run_row(db: Any, run_id: str) -> tuple[Any, ...]:
+    (row,) = db(
+        "select state, estimated_monthly_saving_usd, verified_monthly_saving_usd"
+        " from optimization_runs where run_id = %s",
+        run_id,
+    )
+    return row
+
+
 def cloud_calls(r: Replay) -> list[Seen]:
     return [x for x in r.requests if not x.path.startswith(NOT_CLOUD)]
 
@@ -90,11 +99,7 @@ def test_playbook_end_to_end(
         assert again.output["outcome"] == "already_done"
         assert r.unmatched == []
 
-    state, est, verified = db(
-        "select state, estimated_monthly_saving_usd, verified_monthly_saving_usd"
-        " from optimization_runs where run_id = %s",
-        run_id,
-    )[0]
+    state, est, verified = _run_row(db, run_id)
     assert (state, est, verified) == ("succeeded", Decimal(case.saving), Decimal(case.saving))
     outcome, before, after = db(
         "select outcome, before_state, after_state from optimization_actions where run_id = %s",
@@ -130,11 +135,7 @@ def test_dry_run_sends_no_mutating_request(
     assert result.outputs["execute"]["outcome"] == "dry_run"
     assert result.outputs["execute"]["after"] is None
     assert result.outputs["verify"]["skipped"] is True
-    state, est, verified = db(
-        "select state, estimated_monthly_saving_usd, verified_monthly_saving_usd"
-        " from optimization_runs where run_id = %s",
-        run_id,
-    )[0]
+    state, est, verified = _run_row(db, run_id)
     assert (state, est, verified) == ("dry_run", Decimal(case.saving), None)
     outcome, dry_run, before, after = db(
         "select outcome, dry_run, before_state, after_state from optimization_actions"

@@ -165,4 +165,5 @@ def test_migrations_apply_cleanly_to_an_empty_database(private_db: str) -> None:
         "optimization_actions",
         "savings_by_team_month",
         "ingest_dead_letters",
+        "billing_loads",
     }

@@ -220,10 +220,9 @@ def _resize_apply(session: AwsSession, params: Mapping[str, Any], before: State)
                 )
     finally:
         # Start whether or not the modify worked: a failed resize must leave the instance
-        # running at its old size, as it was. `running` is from the plan, so an instance
-        # an earlier attempt stopped is started too.
-        if params["running"] or before["status"] == "running":
-            _start(session, iid, RESIZE_PERMS)
+        # running at its old size, as it was. Only running instances are planned for a
+        # resize, so a stopped one was stopped by an earlier attempt cut short: start it too.
+        _start(session, iid, RESIZE_PERMS)
 
 
 register(
@@ -235,12 +234,8 @@ register(
         price_unit="hour",
         schema={
             "type": "object",
-            "properties": {
-                **_EC2_BASE,
-                "target_sku": {"type": "string", "minLength": 1},
-                "running": {"type": "boolean"},
-            },
-            "required": ["resource_id", "region", "target_sku", "running"],
+            "properties": {**_EC2_BASE, "target_sku": {"type": "string", "minLength": 1}},
+            "required": ["resource_id", "region", "target_sku"],
             "additionalProperties": False,
         },
         permissions=RESIZE_PERMS,
@@ -267,20 +262,26 @@ def _stop_apply(session: AwsSession, params: Mapping[str, Any], before: State) -
     if before["busy"]:
         raise Retryable(f"instance {iid} is {before['status']}; retry when it settles")
     ec2 = session.client("ec2")
-    tags = [
-        {"Key": RESTART_SCHEDULE_TAG, "Value": params["restart_schedule"]},
-        {"Key": STOPPED_BY_TAG, "Value": "cct"},
-    ]
+    tags = {RESTART_SCHEDULE_TAG: params["restart_schedule"], STOPPED_BY_TAG: "cct"}
     # Tag first so a stopped instance always carries its restart schedule.
     with aws_errors(f"ec2:CreateTags {iid}", STOP_PERMS):
-        ec2.create_tags(Resources=[iid], Tags=tags)
+        ec2.create_tags(Resources=[iid], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     if before["status"] == "stopped":
         return
     try:
         _stop(session, iid, STOP_PERMS)
     except Exception:
+        # Put the tags back as they were: remove the ones CCT added, restore the values it
+        # overwrote (an earlier schedule, say).
+        old = before["tags"]
         with aws_errors(f"ec2:DeleteTags {iid}", STOP_PERMS):
-            ec2.delete_tags(Resources=[iid], Tags=[{"Key": t["Key"]} for t in tags])
+            added = [{"Key": k} for k in tags if k not in old]
+            if added:
+                ec2.delete_tags(Resources=[iid], Tags=added)
+        with aws_errors(f"ec2:CreateTags {iid}", STOP_PERMS):
+            overwritten = [{"Key": k, "Value": old[k]} for k in tags if k in old]
+            if overwritten:
+                ec2.create_tags(Resources=[iid], Tags=overwritten)
         raise
 
 

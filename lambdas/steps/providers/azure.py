@@ -182,11 +182,8 @@ register(
         price_unit="hour",
         schema=_schema(
             "Microsoft.Compute/virtualMachines",
-            {
-                "target_sku": {"type": "string", "pattern": "^Standard_"},
-                "running": {"type": "boolean"},
-            },
-            ["target_sku", "running"],
+            {"target_sku": {"type": "string", "pattern": "^Standard_"}},
+            ["target_sku"],
         ),
         permissions=VM_PERMS,
         read=lambda s, p: _read_vm(s, p, VM_PERMS),
@@ -235,7 +232,15 @@ def _deallocate_apply(session: AzureSession, params: Mapping[str, Any], before: 
         )
         session.wait(resp.headers, "deallocate VM", DEALLOCATE_PERMS)
     except Exception:
-        _set_tags(session, rid, "Delete", tags)
+        # Put the tags back as they were: remove the ones CCT added, restore the values it
+        # overwrote (an earlier schedule, say).
+        old = before["tags"]
+        added = {k: v for k, v in tags.items() if k not in old}
+        overwritten = {k: old[k] for k in tags if k in old}
+        if added:
+            _set_tags(session, rid, "Delete", added)
+        if overwritten:
+            _set_tags(session, rid, "Merge", overwritten)
         raise
 
 

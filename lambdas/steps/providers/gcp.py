@@ -206,10 +206,10 @@ def _resize_apply(session: GcpSession, params: Mapping[str, Any], before: State)
                 RESIZE_PERMS,
             )
     finally:
-        # Start again whether or not the resize worked: a failure leaves it as it was. The
-        # plan's `running` also covers an instance an earlier attempt stopped.
-        if params["running"] or before["status"] == "running":
-            _instance_call(session, params, "start", None, RESIZE_PERMS)
+        # Start again whether or not the resize worked: a failure leaves it as it was. Only
+        # running instances are planned for a resize, so a stopped one was stopped by an
+        # earlier attempt cut short: start it too.
+        _instance_call(session, params, "start", None, RESIZE_PERMS)
 
 
 def _instance_cpu(
@@ -239,9 +239,8 @@ register(
             "properties": {
                 "resource_id": {"type": "string", "pattern": _INSTANCE},
                 "target_sku": {"type": "string", "pattern": "^[a-z0-9]+-[a-z0-9-]+$"},
-                "running": {"type": "boolean"},
             },
-            "required": ["resource_id", "target_sku", "running"],
+            "required": ["resource_id", "target_sku"],
             "additionalProperties": False,
         },
         permissions=RESIZE_PERMS,

@@ -262,6 +262,18 @@ create view reporting.ingest_dead_letters as
 select id, source, reason, detail, received_at
   from ingest_dead_letters;
 
+-- Billing export deliveries: which partition was loaded when, and whether it is still current.
+create view reporting.billing_loads as
+select provider,
+       billing_account_id,
+       billing_period,
+       load_id,
+       status,
+       rows_read,
+       cardinality(sources) as files,
+       loaded_at
+  from billing_loads;
+
 -- Retention setting: how many days each relation keeps its finished rows. `cct db retention`
 -- reads it (lambdas/store/results.py says which rows count as finished for each relation).
 create table retention_policy (
