@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 HANDLERS: dict[str, tuple[str, str]] = {
     "admission": ("lambdas.admission.server:serve", "Policy admission webhook for workflows."),
     "bridge": ("lambdas.bridge.server:serve", "Alertmanager webhooks to Kafka CloudEvents."),
-    "collector": ("lambdas.collector.service:main", "Resource events to run-rate (Fluent Bit input)."),
+    "collector": ("lambdas.collector.service:main", "Resource events to run-rate in seconds."),
     "detector": ("lambdas.detector.service:serve", "Cost anomaly detection every few seconds."),
     "trigger": ("lambdas.trigger.service:serve", "Kafka anomaly events to workflows."),
 }

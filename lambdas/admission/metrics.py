@@ -72,6 +72,6 @@ class AdmissionMetrics:
         )
         self.decision_queue_depth = Gauge(
             "cct_admission_decision_queue_depth",
-            "Decisions waiting to be written.",
+            "Decisions waiting to be written (queued, or in the batch being written).",
             registry=r,
         )

@@ -173,6 +173,27 @@ KEY_SEP = "\x1f"  # ASCII unit separator: in no provider's ids or names
 KeyCache = dict[str, SeriesKey]
 
 
+# Pending writes of `anomalies` rows, applied in order.
+@dataclass(frozen=True)
+class _Upsert:
+    row: store.AnomalyRow
+
+
+@dataclass(frozen=True)
+class _Escalate:
+    row: store.AnomalyRow
+    old_fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Resolve:
+    row: store.AnomalyRow
+    at: float
+
+
+_RowOp = _Upsert | _Escalate | _Resolve
+
+
 def group_query(level: str, inner: str) -> str:
     """`inner` summed per series of `level`, labelled only by its KEY_LABEL."""
     names = ", ".join(f'"{n}"' for n in LEVEL_LABELS[level])
@@ -242,7 +263,7 @@ class Detector:
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
         self.unsent: list[dict[str, Any]] = []
-        self.pending_rows: list[tuple[str, object]] = []
+        self.pending_rows: list[_RowOp] = []
         self.last_resend = -math.inf
         self.conn: psycopg.Connection[Any] | None = None
 
@@ -421,21 +442,21 @@ class Detector:
                 )
                 self.tracked[tr.key] = tracked
                 alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
-                self.pending_rows.append(("upsert", self._row(tracked)))
+                self.pending_rows.append(_Upsert(self._row(tracked)))
                 posted.add(tr.key)
             else:
                 gone = self.tracked.pop(tr.key, None)
                 if gone is None:
                     continue
                 alerts.append(self._alert(gone, now))
-                self.pending_rows.append(("resolve", (self._row(gone), now)))
+                self.pending_rows.append(_Resolve(self._row(gone), now))
         if now - self.last_resend >= self.cfg.resend_s:
             self.last_resend = now
             for key, tracked in self.tracked.items():
                 if key in open_now and key not in posted:
                     tracked.incident = open_now[key]
                     alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
-                    self.pending_rows.append(("upsert", self._row(tracked)))
+                    self.pending_rows.append(_Upsert(self._row(tracked)))
         self._post(alerts)
         self._write()
         if self.engine.evicted_total != self._evictions_seen:
@@ -461,36 +482,54 @@ class Detector:
         t.incident = incident
         t.labels = alert_labels(incident.key, incident.rule, incident.severity)
         old["annotations"]["superseded_by"] = fingerprint(t.labels)
-        self.pending_rows.append(("escalate", (old_fingerprint, self._row(t))))
+        self.pending_rows.append(_Escalate(self._row(t), old_fingerprint))
         return [old, self._alert(t, now + self.cfg.alert_ttl_s)]
 
     def _write(self) -> None:
         """Write the pending incident rows in order, all or none; kept for the next cycle
-        when PostgreSQL is unavailable."""
+        when PostgreSQL is unavailable. A row PostgreSQL refuses (bad data: retrying cannot
+        help) is logged, counted and dropped, so it cannot block the rows behind it."""
         if not self.pending_rows:
             return
         try:
-            conn = self._db()
-            for op, payload in self.pending_rows:
-                if op == "upsert":
-                    assert isinstance(payload, store.AnomalyRow)
-                    store.upsert(conn, payload)
-                elif op == "escalate":
-                    assert isinstance(payload, tuple)
-                    old_fingerprint, row = payload
-                    store.escalate(conn, old_fingerprint, row)
-                else:
-                    assert isinstance(payload, tuple)
-                    row, at = payload
-                    store.resolve(
-                        conn, row.fingerprint, row.started_at, datetime.fromtimestamp(at, tz=UTC)
-                    )
-            with translate_errors("commit anomalies"):
-                conn.commit()
+            self._apply(self.pending_rows)
             self.pending_rows = []
+            return
         except StoreError as exc:
             self._db_failed(exc)
-            self.pending_rows = self.pending_rows[-10_000:]
+            if exc.retryable:
+                self.pending_rows = self.pending_rows[-10_000:]
+                return
+        for n, op in enumerate(self.pending_rows):
+            try:
+                self._apply([op])
+            except StoreError as exc:
+                self._db_failed(exc)
+                if exc.retryable:
+                    self.pending_rows = self.pending_rows[n:][-10_000:]
+                    return
+                log.error(
+                    "anomaly row refused, dropped",
+                    extra={"error": str(exc), "fingerprint": op.row.fingerprint},
+                )
+        self.pending_rows = []
+
+    def _apply(self, ops: Sequence[_RowOp]) -> None:
+        conn = self._db()
+        for op in ops:
+            if isinstance(op, _Upsert):
+                store.upsert(conn, op.row)
+            elif isinstance(op, _Escalate):
+                store.escalate(conn, op.old_fingerprint, op.row)
+            else:
+                store.resolve(
+                    conn,
+                    op.row.fingerprint,
+                    op.row.started_at,
+                    datetime.fromtimestamp(op.at, tz=UTC),
+                )
+        with translate_errors("commit anomalies"):
+            conn.commit()
 
     def _alert(self, t: _Tracked, ends_at: float) -> dict[str, Any]:
         inc = t.incident
@@ -526,22 +565,35 @@ class Detector:
         )
 
     def _post(self, alerts: list[dict[str, Any]]) -> None:
-        """Post, keeping what failed for the next cycle: a resolve must never be lost."""
+        """Post, keeping what failed retryably for the next cycle: a resolve must never be
+        lost. When Alertmanager refuses the batch (4xx), each alert is posted alone so that
+        only the refused ones are dropped (logged and counted)."""
         batch = self.unsent + alerts
+        self.unsent = []
         if not batch:
             return
         try:
             self.am.post(batch)
+            self.metrics.posted.inc(len(batch))
+            return
         except AlertmanagerError as exc:
             self.metrics.errors.labels("alertmanager").inc()
             if exc.retryable:
                 self.unsent = batch[-1000:]
-            else:
-                log.error("alertmanager rejected alerts", extra={"error": str(exc)})
-                self.unsent = []
-            return
-        self.unsent = []
-        self.metrics.posted.inc(len(batch))
+                return
+        for n, alert in enumerate(batch):
+            try:
+                self.am.post([alert])
+                self.metrics.posted.inc()
+            except AlertmanagerError as exc:
+                self.metrics.errors.labels("alertmanager").inc()
+                if exc.retryable:
+                    self.unsent = batch[n:][-1000:]
+                    return
+                log.error(
+                    "alertmanager refused an alert, dropped",
+                    extra={"error": str(exc), "labels": alert["labels"]},
+                )
 
 
 def _http(metrics: Metrics, port: int, healthy: threading.Event) -> ThreadingHTTPServer:

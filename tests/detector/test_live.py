@@ -311,6 +311,53 @@ def test_series_that_vanish_are_evicted_from_the_engine_and_the_key_cache(
     assert detector.metrics.known._value.get() == 3
 
 
+def test_a_row_postgres_refuses_is_dropped_and_does_not_block_the_rows_behind_it(
+    detector: Detector, pg_dsn: str, uid: str
+) -> None:
+    from lambdas.detector.service import _Upsert
+
+    def row(fp: str, severity: str) -> store.AnomalyRow:
+        return store.AnomalyRow(
+            fingerprint=fp,
+            started_at=datetime.now(UTC),
+            rule="day0_step",
+            level="team",
+            severity=severity,
+            dimensions={"team": uid},
+            expected_usd_per_hour=1.0,
+            observed_usd_per_hour=50.0,
+            deviation=49.0,
+            contributors=[],
+            change_events=[],
+        )
+
+    bad, good = f"bad-{uid}", f"good-{uid}"
+    detector.pending_rows = [_Upsert(row(bad, "apocalyptic")), _Upsert(row(good, "critical"))]
+    detector._write()
+    assert detector.pending_rows == []
+    assert detector.metrics.errors.labels("postgres")._value.get() == 2  # batch, then the row
+    with psycopg.connect(pg_dsn) as conn:
+        assert store.get(conn, bad) == []
+        [written] = store.get(conn, good)
+    assert written["severity"] == "critical"
+
+
+def test_an_alert_alertmanager_refuses_does_not_take_the_others_with_it(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    account.write(100.0)
+    detector.cycle(time.time())
+    bad = {"labels": {"alertname": ""}, "annotations": {}}  # Alertmanager: 400
+    detector.unsent = [bad]
+    account.write(250.0)
+    assert len(detector.cycle(time.time())) == 3
+    assert detector.unsent == []
+    assert detector.metrics.errors.labels("alertmanager")._value.get() == 2  # batch, then it
+    assert detector.metrics.posted._value.get() == 3
+    [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
+    assert float(alert["annotations"]["observed_usd_per_hour"]) == 250.0
+
+
 def test_history_is_loaded_at_start_so_the_seasonal_baseline_is_warm(
     detector: Detector, account: Account, vm: VictoriaMetrics
 ) -> None:

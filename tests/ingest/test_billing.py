@@ -349,6 +349,18 @@ def test_reconciliation_against_the_estimate(
     assert float(res[0]["value"][1]) == pytest.approx(-0.36, rel=1e-3)
 
 
+def test_cct_billing_reconcile_command(
+    fresh_db: str, vm_url: str, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CCT_PG_DSN", fresh_db)
+    monkeypatch.setenv("CCT_VM_URL", vm_url)
+    monkeypatch.setenv("CCT_BILLING_RECONCILE_WINDOW_H", "4")
+    # An account without billed hours has nothing to reconcile; the command says so.
+    args = ["billing", "reconcile", "--provider", "aws", "--billing-account-id", f"none-{uid}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0 and json.loads(result.output) == []
+
+
 def test_a_victoriametrics_failure_leaves_the_partition_to_be_rewritten(
     fresh_db: str, vm_url: str, uid: str, tmp_path: Path
 ) -> None:

@@ -180,3 +180,24 @@ def test_azure_disk_tiers(sku: str, gib: float, tier: str | None) -> None:
 def test_run_rate(args: tuple[object, ...], rate: float | None) -> None:
     result = usd_per_hour(book(), Shape(*args))  # type: ignore[arg-type]
     assert result == (pytest.approx(rate) if rate is not None else None)
+
+
+def test_cct_prices_load_fills_the_catalog(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+    from click.testing import CliRunner
+
+    from lambdas.cli import cli
+
+    monkeypatch.setenv("CCT_PG_DSN", fresh_db)
+    files = [str(FIXTURES / "prices" / f) for f in PRICE_FILES["azure"]]
+    result = CliRunner().invoke(cli, ["prices", "load", "--provider", "azure", *files])
+    assert result.exit_code == 0, result.output
+    assert "loaded 2 prices for azure" in result.output
+    bad = CliRunner().invoke(cli, ["prices", "load", "--provider", "aws", files[0]])
+    assert bad.exit_code == 1 and "not an AWS offer file" in bad.output
+    with psycopg.connect(fresh_db) as conn:
+        rows = conn.execute("select sku, unit, source from price_catalog order by sku").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [
+        ("Premium_LRS/P10", "hour"),
+        ("Standard_D2s_v3", "hour"),
+    ]
