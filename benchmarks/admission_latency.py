@@ -8,7 +8,9 @@ certificate from `cryptography`, decisions recorded into a private database on t
 PostgreSQL of .local/services.json, dropped at the end), then sends AdmissionReview v1
 requests shaped like the kube-apiserver's on an open-loop schedule (request i leaves at
 start + i/rate whether or not earlier ones returned, as the API server does) over 4 kept-alive
-TLS connections. The request mix covers allow, deny, require-approval and invalid input.
+TLS connections. The request mix covers allow, deny, require-approval and invalid input; the
+server decides on the real clock, so inside a shipped change-freeze window (late November, late
+December) most non-dry-run proposals are denied (the engine checks every rule either way).
 
 Per run, prints p50/p90/p99/max of the client-observed latency (send to full response) and
 of the latency from the scheduled send time (includes any client-side queueing), the achieved

@@ -68,14 +68,6 @@ class AzureSubscriptionArgs:
         return f"{self.scope}/providers/Microsoft.Authorization/roleDefinitions/{role_id}"
 
 
-def _function_url(values: list[Any]) -> pulumi.Output[str]:
-    """The forwarder's HTTPS URL with its function key, as a secret."""
-    host, keys = values
-    return pulumi.Output.secret(
-        f"https://{host}/api/{FUNCTION_NAME}?code={(keys or {})['default']}"
-    )
-
-
 class AzureSubscription(pulumi.ComponentResource):
     export_container: pulumi.Output[str]
     storage_account: pulumi.Output[str]
@@ -263,7 +255,7 @@ class AzureSubscription(pulumi.ComponentResource):
         package_url = pulumi.Output.concat(
             "https://", account.name, ".blob.core.windows.net/", packages.name, "/", package.name
         )
-        site_config: dict[str, Any] = {
+        site_config: Any = {
             "linux_fx_version": "Python|3.12",
             "ftps_state": "Disabled",
             "min_tls_version": "1.2",
@@ -330,8 +322,13 @@ class AzureSubscription(pulumi.ComponentResource):
             # handshake itself); the function key authenticates Event Grid's deliveries.
             destination={
                 "endpoint_type": "WebHook",
-                "endpoint_url": pulumi.Output.all(app.default_host_name, keys.function_keys).apply(
-                    _function_url
+                "endpoint_url": pulumi.Output.secret(
+                    pulumi.Output.format(
+                        "https://{0}/api/{1}?code={2}",
+                        app.default_host_name,
+                        FUNCTION_NAME,
+                        keys.function_keys.apply(lambda k: (k or {})["default"]),
+                    )
                 ),
                 "max_events_per_batch": 50,
                 "preferred_batch_size_in_kilobytes": 64,

@@ -4,6 +4,10 @@ context, resource sizing, scrape annotations, network policies and disruption bu
 Every workload CCT creates itself goes through these helpers, so the invariants the tests and
 the CrossGuard pack check (non-root, read-only root filesystem, limits, labels) hold by
 construction rather than by per-component care.
+
+Manifests are written as the Kubernetes API spells them (camelCase dicts, as the policy pack
+and kubernetes-validate see them); the SDK's TypedDicts use snake_case keys, so manifest
+values are typed `Manifest` (Any).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+
+Manifest = Any
 
 PART_OF = "cct"
 MANAGED_BY = "pulumi"
@@ -228,7 +234,7 @@ def tmp_volume() -> dict[str, Any]:
 TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108
 
 
-def metadata(name: str, namespace: str, component: str, **extra: Any) -> dict[str, Any]:
+def metadata(name: str, namespace: str, component: str, **extra: Any) -> Manifest:
     return {"name": name, "namespace": namespace, "labels": labels(name, component), **extra}
 
 
@@ -240,7 +246,7 @@ def pdb(
     opts: pulumi.ResourceOptions,
 ) -> k8s.policy.v1.PodDisruptionBudget:
     """At most one replica down at a time during voluntary disruptions."""
-    spec: dict[str, Any] = {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}
+    spec: Manifest = {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}
     return k8s.policy.v1.PodDisruptionBudget(
         resource_name, metadata=metadata(name, namespace, component), spec=spec, opts=opts
     )
@@ -259,7 +265,7 @@ def ingress_policy(
 ) -> k8s.networking.v1.NetworkPolicy:
     """Admit `peers` on `ports` to the selected pods; everything else stays denied by the
     namespace's default-deny policy."""
-    spec: dict[str, Any] = {
+    spec: Manifest = {
         "podSelector": {"matchLabels": dict(pod_selector)},
         "policyTypes": ["Ingress"],
         "ingress": [
@@ -301,19 +307,19 @@ def workload(
 ) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
     """A Deployment, or a StatefulSet when it owns volume claims, labelled and selected by
     `name`."""
-    template: dict[str, Any] = {
+    template: Manifest = {
         "metadata": {
             "labels": {**labels(name, component), **(pod_labels or {})},
             "annotations": dict(annotations or {}),
         },
         "spec": dict(spec),
     }
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels(name, component)}
+    meta: Manifest = {"name": name, "namespace": namespace, "labels": labels(name, component)}
     if depends_on:
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(depends_on=list(depends_on))
         )
-    common: dict[str, Any] = {"replicas": replicas, "selector": {"matchLabels": selector(name)}}
+    common: Manifest = {"replicas": replicas, "selector": {"matchLabels": selector(name)}}
     if stateful_volume_claims:
         return k8s.apps.v1.StatefulSet(
             resource_name,
@@ -344,11 +350,9 @@ def service(
 ) -> k8s.core.v1.Service:
     """A Service selecting `name`'s pods; the headless variant (named `<name>-headless`) gives
     StatefulSet pods stable DNS names."""
-    extra: dict[str, Any] = (
-        {"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}
-    )
+    extra: Manifest = {"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}
     service_name = f"{name}-headless" if headless else name
-    meta: dict[str, Any] = {
+    meta: Manifest = {
         "name": service_name,
         "namespace": namespace,
         "labels": labels(name, component),

@@ -159,7 +159,8 @@ class Postgres(pulumi.ComponentResource):
             peers=[kube.namespace_peer(args.operator_namespace)],
             opts=child,
         )
-        self.host = cluster_res.metadata.apply(lambda _: f"{cluster}-rw.{ns}.svc")
+        # Through the cluster's id, so users of the host wait for the cluster.
+        self.host = cluster_res.id.apply(lambda _: f"{cluster}-rw.{ns}.svc")
         self.app_secret_name = pulumi.Output.from_input(f"{cluster}-app")
         self.vault_username = pulumi.Output.from_input(VAULT_ROLE)
         self.vault_password = pulumi.Output.secret(password)
@@ -179,11 +180,12 @@ class Postgres(pulumi.ComponentResource):
         password = random.RandomPassword(
             f"{name}-{role.replace('_', '-')}-password", length=32, special=False, opts=opts
         )
+        login: dict[str, pulumi.Input[str]] = {"username": role, "password": password.result}
         k8s.core.v1.Secret(
             f"{name}-{role.replace('_', '-')}-login",
             metadata=kube.metadata(f"{cluster}-{role.replace('_', '-')}", ns, "data"),
             type="kubernetes.io/basic-auth",
-            string_data={"username": role, "password": password.result},
+            string_data=login,
             opts=opts,
         )
         return password.result

@@ -212,10 +212,6 @@ class Vault(pulumi.ComponentResource):
                 audience="vault",
                 opts=child,
             )
-        lease = {
-            "default_lease_ttl_seconds": TOKEN_TTL_SECONDS,
-            "max_lease_ttl_seconds": TOKEN_MAX_TTL_SECONDS,
-        }
         if args.aws:
             aws = vault.aws.SecretBackend(
                 f"{name}-aws",
@@ -223,7 +219,8 @@ class Vault(pulumi.ComponentResource):
                 region=args.aws.region,
                 access_key=args.aws.access_key,
                 secret_key=args.aws.secret_key,
-                **lease,
+                default_lease_ttl_seconds=TOKEN_TTL_SECONDS,
+                max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
                 opts=child,
             )
             self.aws_path = aws.path
@@ -235,19 +232,30 @@ class Vault(pulumi.ComponentResource):
                 tenant_id=args.azure.tenant_id,
                 client_id=args.azure.client_id,
                 client_secret=args.azure.client_secret,
-                **lease,
+                default_lease_ttl_seconds=TOKEN_TTL_SECONDS,
+                max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
                 opts=child,
             )
             self.azure_path = azure.path
         if args.gcp:
             gcp = vault.gcp.SecretBackend(
-                f"{name}-gcp", path="gcp", credentials=args.gcp.credentials, **lease, opts=child
+                f"{name}-gcp",
+                path="gcp",
+                credentials=args.gcp.credentials,
+                default_lease_ttl_seconds=TOKEN_TTL_SECONDS,
+                max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
+                opts=child,
             )
             self.gcp_path = gcp.path
         if args.database:
             db = args.database
             mount = vault.Mount(
-                f"{name}-database", path="database", type="database", **lease, opts=child
+                f"{name}-database",
+                path="database",
+                type="database",
+                default_lease_ttl_seconds=TOKEN_TTL_SECONDS,
+                max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
+                opts=child,
             )
             connection = vault.database.SecretBackendConnection(
                 f"{name}-postgres",

@@ -7,6 +7,7 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -31,7 +32,7 @@ def _default_deny(args: StackValidationArgs, report: ReportViolation) -> None:
         report(problem, None)
 
 
-POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
+POLICIES: list[Policy] = [
     *(
         ResourceValidationPolicy(
             name=check.name,

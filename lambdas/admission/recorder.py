@@ -58,11 +58,11 @@ class DecisionRecorder:
         except queue.Full:
             self._metrics.decisions_dropped.labels(reason="queue_full").inc()
             return False
-        self._metrics.decision_queue_depth.set(self.queue_depth())
         return True
 
     def queue_depth(self) -> int:
-        """Decisions not yet written: queued, or in the batch the writer holds."""
+        """Decisions not yet written: queued, or in the batch the writer holds. The server
+        sets the gauge from this when /metrics is scraped, the only time it is read."""
         return self._queue.qsize() + self._in_batch
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -77,22 +77,22 @@ class DecisionRecorder:
         while not (self._stop.is_set() and self._queue.empty()):
             batch = self._take()
             if batch:
-                self._in_batch = len(batch)
                 self._write(batch)
                 self._in_batch = 0
-            self._metrics.decision_queue_depth.set(self.queue_depth())
 
     def _take(self) -> list[DecisionRecord]:
         try:
             batch = [self._queue.get(timeout=0.2)]
         except queue.Empty:
             return []
+        self._in_batch = 1
         until = time.monotonic() + (0.0 if self._stop.is_set() else LINGER_S)
         while len(batch) < BATCH_SIZE:
             try:
                 batch.append(self._queue.get(timeout=max(until - time.monotonic(), 0.0)))
             except queue.Empty:
                 break
+            self._in_batch = len(batch)
         return batch
 
     def _write(self, batch: list[DecisionRecord]) -> None:

@@ -129,12 +129,12 @@ def decide(review: Any, ctx: Context) -> Outcome:
             uid, allowed=False, verdict="invalid", code=400, message=message, record=record
         )
     if ctx.policy_set is None:
-        return _fail(uid, ctx.failure_mode, "no_policy_set", "no valid policy set is loaded")
+        return fail_outcome(uid, ctx.failure_mode, "no_policy_set", "no valid policy set is loaded")
     try:
         verdict = evaluate(ctx.policy_set, policy_request, ctx.now, ctx.recent_actions)
     except Exception as exc:  # any engine failure must become the failure mode's answer
         why = f"policy evaluation failed: {exc!r}"
-        return _fail(uid, ctx.failure_mode, "internal_error", why)
+        return fail_outcome(uid, ctx.failure_mode, "internal_error", why)
     return _answer(
         this,
         workflow,
@@ -235,10 +235,6 @@ def fail_outcome(uid: str, failure_mode: FailureMode, failure: str, why: str) ->
 
     Not recorded: the decision was not a policy verdict, and the failure is counted instead.
     """
-    return _fail(uid, failure_mode, failure, why)
-
-
-def _fail(uid: str, failure_mode: FailureMode, failure: str, why: str) -> Outcome:
     if failure_mode == "open":
         return Outcome(
             uid,

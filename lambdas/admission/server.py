@@ -17,10 +17,9 @@ import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -261,12 +260,20 @@ class AdmissionServer:
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
-    async def _every(self, interval_s: float, job: Any, at_once: bool = False) -> None:
-        if at_once:
-            await job()
-        while True:
+    async def _every(
+        self, interval_s: float, job: Callable[[], Awaitable[None]], at_once: bool = False
+    ) -> None:
+        if not at_once:
             await asyncio.sleep(interval_s)
-            await job()
+        while True:
+            try:
+                await job()
+            except Exception:
+                # One failed round (a bug, an unexpected driver error) must not end every
+                # later reload or refresh: the task would die silently and the webhook would
+                # keep deciding with stale policies or blast-radius counts.
+                log.exception("periodic %s failed; trying again next interval", job.__name__)
+            await asyncio.sleep(interval_s)
 
     async def _reload(self) -> None:
         loop = asyncio.get_running_loop()

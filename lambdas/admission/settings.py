@@ -60,7 +60,7 @@ class AdmissionSettings:
 
     @classmethod
     def from_env(cls) -> AdmissionSettings:
-        mode = env_str("CCT_ADMISSION_FAILURE_MODE", "closed").strip().lower()
+        mode = env_str("CCT_ADMISSION_FAILURE_MODE", cls.failure_mode).strip().lower()
         if mode not in {"closed", "open"}:
             raise SettingsError(f"CCT_ADMISSION_FAILURE_MODE={mode!r} must be closed or open")
         templates = os.environ.get("CCT_ADMISSION_APPROVAL_TEMPLATES", DEFAULT_APPROVAL_TEMPLATES)
@@ -69,15 +69,15 @@ class AdmissionSettings:
             tls_cert=Path(env_str("CCT_ADMISSION_TLS_CERT")),
             tls_key=Path(env_str("CCT_ADMISSION_TLS_KEY")),
             pg_dsn=pg_dsn(),
-            host=env_str("CCT_ADMISSION_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_ADMISSION_PORT", 8443),
-            metrics_port=env_int("CCT_ADMISSION_METRICS_PORT", 8080),
+            host=env_str("CCT_ADMISSION_HOST", cls.host),
+            port=env_int("CCT_ADMISSION_PORT", cls.port),
+            metrics_port=env_int("CCT_ADMISSION_METRICS_PORT", cls.metrics_port),
             failure_mode="open" if mode == "open" else "closed",
-            max_body_bytes=env_int("CCT_ADMISSION_MAX_BODY_BYTES", 3 * 1024 * 1024),
-            request_timeout_s=env_float("CCT_ADMISSION_REQUEST_TIMEOUT_S", 2.0),
-            reload_interval_s=env_float("CCT_ADMISSION_RELOAD_INTERVAL_S", 2.0),
-            recent_refresh_s=env_float("CCT_ADMISSION_RECENT_REFRESH_S", 10.0),
-            decision_queue=env_int("CCT_ADMISSION_DECISION_QUEUE", 10_000),
+            max_body_bytes=env_int("CCT_ADMISSION_MAX_BODY_BYTES", cls.max_body_bytes),
+            request_timeout_s=env_float("CCT_ADMISSION_REQUEST_TIMEOUT_S", cls.request_timeout_s),
+            reload_interval_s=env_float("CCT_ADMISSION_RELOAD_INTERVAL_S", cls.reload_interval_s),
+            recent_refresh_s=env_float("CCT_ADMISSION_RECENT_REFRESH_S", cls.recent_refresh_s),
+            decision_queue=env_int("CCT_ADMISSION_DECISION_QUEUE", cls.decision_queue),
             approval_templates=frozenset(t.strip() for t in templates.split(",") if t.strip()),
         )
         for name, value in (

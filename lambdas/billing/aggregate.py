@@ -66,12 +66,15 @@ class HourlyTotals:
     rejections: dict[str, int] = field(default_factory=dict)
     partial: list[pa.Table] = field(default_factory=list)
     partial_rows: int = 0
+    compacted_rows: int = 0  # rows right after the last compaction (distinct cells so far)
     result: pa.Table | None = None
 
     def add(self, grouped: pa.Table) -> None:
         self.partial.append(grouped)
         self.partial_rows += grouped.num_rows
-        if self.partial_rows > COMPACT_ROWS:
+        # Compacting again before COMPACT_ROWS new rows arrived would re-sort the same cells
+        # over and over when a file has many distinct ones.
+        if self.partial_rows > self.compacted_rows + COMPACT_ROWS:
             self._compact()
 
     def _compact(self) -> None:
@@ -79,7 +82,7 @@ class HourlyTotals:
             merged = pa.concat_tables(self.partial).group_by(GROUP_KEYS).aggregate(SUMS)
             merged = merged.rename_columns([*GROUP_KEYS, "billed", "effective", "list"])
             self.partial = [merged]
-        self.partial_rows = sum(t.num_rows for t in self.partial)
+        self.partial_rows = self.compacted_rows = sum(t.num_rows for t in self.partial)
 
     def finish(self) -> None:
         """Fold the partial aggregates into hourly rows, spreading multi-hour charges (Azure

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,6 +81,7 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)  # partitions written
     unchanged: list[str] = field(default_factory=list)  # partitions already at this load_id
     samples: int = 0
+    seconds: float = 0.0  # the load itself, without process start
     reconciled: list[dict[str, object]] = field(default_factory=list)
 
 
@@ -94,6 +95,8 @@ def _sha256(path: Path) -> str:
 
 def _s3_files(uri: str, into: Path) -> Iterator[Path]:
     """s3://bucket/key or s3://bucket/prefix/ (every object under it), downloaded to `into`."""
+    import boto3  # only S3 deliveries pay for importing it
+
     parsed = urllib.parse.urlparse(uri)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     s3 = boto3.client("s3")
@@ -236,6 +239,7 @@ def load(
     """Load one delivery. Raises BillingFileError (bad input: dead-lettered, nothing written)
     or VMError / psycopg.Error (retry the same command)."""
     now = now or datetime.now(UTC)
+    started = time.perf_counter()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cct-billing-")))
         conn = stack.enter_context(psycopg.connect(settings.pg_dsn, autocommit=True))
@@ -261,6 +265,7 @@ def load(
                 conn, "rejected_rows", f"{report.files}: {detail}", json.dumps(report.files)
             )
         _write_partitions(conn, settings, totals, report)
+        report.seconds = round(time.perf_counter() - started, 3)
         if reconcile_after:
             accounts = {
                 (p.split("/")[0], p.split("/")[1]) for p in report.loaded + report.unchanged

@@ -1,14 +1,14 @@
-"""The collector's I/O shell: HTTP input from Fluent Bit, one batching writer to PostgreSQL
-and VictoriaMetrics, the heartbeat, catalog refresh and the periodic AWS inventory sync.
+"""The collector's I/O shell: HTTP input from Fluent Bit, batching writers to PostgreSQL and
+VictoriaMetrics, the heartbeat, catalog refresh and the periodic AWS inventory sync.
 
-Requests are queued to a single writer task that drains everything waiting (up to
-`batch_max_events`) into one transaction, so many small Fluent Bit flushes cost the same few
-round trips as one large one. The HTTP response is sent after PostgreSQL has committed and the
-samples are queued for the VictoriaMetrics writer task (bounded queue: a slow
-VictoriaMetrics slows ingestion instead of growing memory). A VictoriaMetrics failure is
-retried with the heartbeat (which re-emits every live value) rather than failing the batch,
-because PostgreSQL already holds the events and a Fluent Bit retry would be dropped as a
-duplicate.
+A request's changes are split by resource over `writers` shards; each shard's writer task
+drains everything waiting for it (up to `batch_max_events`) into one transaction, so many
+small Fluent Bit flushes cost the same few round trips as one large one. The HTTP response is
+sent after PostgreSQL has committed and the samples are queued for the VictoriaMetrics writer
+task (bounded queue: a slow VictoriaMetrics slows ingestion instead of growing memory). A
+VictoriaMetrics failure is retried with the heartbeat (which re-emits every live value)
+rather than failing the batch, because PostgreSQL already holds the events and a Fluent Bit
+retry would be dropped as a duplicate.
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ class _Job:
 
 
 class Processor:
-    """The single writer: PostgreSQL inventory and events, then VictoriaMetrics samples."""
+    """The collector's state and writers: PostgreSQL inventory and events, in-memory rollups,
+    VictoriaMetrics samples. One per process, and one process per deployment."""
 
     def __init__(self, settings: CollectorSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -410,6 +411,8 @@ class Processor:
                 taken += 1
             try:
                 await self._write_vm(lines)
+            except Exception:  # never lose the writer; the heartbeat re-emits current state
+                log.exception("victoriametrics writer failed a batch")
             finally:
                 for _ in range(taken):
                     self._vm_queue.task_done()

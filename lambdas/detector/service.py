@@ -169,8 +169,8 @@ class _Tracked:
 # parses into one string instead of a dict of ten (benchmarks/detector_speed.py).
 KEY_LABEL = "cct_key"
 KEY_SEP = "\x1f"  # ASCII unit separator: in no provider's ids or names
-# Raw KEY_LABEL value -> key, one cache per level.
-KeyCache = dict[str, SeriesKey]
+# Raw KEY_LABEL value -> key (None: a group without any of the level's labels), per level.
+KeyCache = dict[str, SeriesKey | None]
 
 
 # Pending writes of `anomalies` rows, applied in order.
@@ -200,17 +200,22 @@ def group_query(level: str, inner: str) -> str:
     return f'sum by ({KEY_LABEL}) (label_join({inner}, "{KEY_LABEL}", "\\x1f", {names}))'
 
 
-def series_key(level: str, metric: dict[str, str], cache: KeyCache) -> SeriesKey | None:
-    """The key of a `group_query` result row; None when a label value held KEY_SEP."""
+def series_key(level: str, metric: Mapping[str, str], cache: KeyCache) -> SeriesKey | None:
+    """The key of a `group_query` result row, None for a group without any of the level's
+    labels (e.g. resources without a team tag: not a team). ValueError when a label value
+    held KEY_SEP. Cached: the same series arrive every cycle."""
     raw = metric.get(KEY_LABEL, "")
-    key = cache.get(raw)
-    if key is None:
-        names = LEVEL_LABELS[level]
-        values = raw.split(KEY_SEP)
-        if len(values) != len(names):
-            return None
-        key = cache[raw] = SeriesKey.of(level, dict(zip(names, values, strict=True)))
-    return key
+    try:
+        return cache[raw]
+    except KeyError:
+        pass
+    names = LEVEL_LABELS[level]
+    values = raw.split(KEY_SEP)
+    if len(values) != len(names):
+        raise ValueError(f"{level} key {raw!r} does not split into {len(names)} label values")
+    key = SeriesKey.of(level, dict(zip(names, values, strict=True)))
+    cache[raw] = None if key.unassigned else key
+    return cache[raw]
 
 
 @dataclass
@@ -224,13 +229,15 @@ class Vector:
 
 def parse_vector(level: str, rows: Sequence[dict[str, Any]], cache: KeyCache, out: Vector) -> None:
     """Append the keys and values of a `group_query` instant-query result to `out`, leaving
-    out groups without any of the level's labels (e.g. resources without a team tag)."""
+    out groups without any of the level's labels."""
     keys, values = out.keys, out.values
     for row in rows:
-        key = series_key(level, row["metric"], cache)
-        if key is None:
+        try:
+            key = series_key(level, row["metric"], cache)
+        except ValueError:
             out.rejected += 1
-        elif not key.unassigned:
+            continue
+        if key is not None:
             keys.append(key)
             values.append(float(row["value"][1]))
 
@@ -305,8 +312,11 @@ class Detector:
             keys: list[SeriesKey] = []
             kept = []
             for r in rows:
-                key = series_key(level, r["metric"], cache)
-                if key is not None and not key.unassigned:
+                try:
+                    key = series_key(level, r["metric"], cache)
+                except ValueError:
+                    continue  # counted by every cycle's read
+                if key is not None:
                     keys.append(key)
                     kept.append(r)
             rows = kept
@@ -463,7 +473,9 @@ class Detector:
             # Forget the raw label sets of evicted series too, or churn grows the cache.
             self._evictions_seen = self.engine.evicted_total
             for level, cache in self.key_cache.items():
-                self.key_cache[level] = {raw: k for raw, k in cache.items() if k in self.engine}
+                self.key_cache[level] = {
+                    raw: k for raw, k in cache.items() if k is None or k in self.engine
+                }
         self.metrics.series.set(len(vector.keys))
         self.metrics.known.set(self.engine.series_count)
         self.metrics.open.set(len(self.tracked))

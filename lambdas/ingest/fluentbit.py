@@ -6,8 +6,8 @@ input has no static bearer-token check, so a grep filter does it on the `auth` f
 forwarders add, then the field is removed), set `provider` from the tag, buffer on the
 filesystem, and send to the collector's `/ingest` with the collector's own bearer token and
 unlimited retries. The ingest token is matched as a regular expression, so it must be
-URL-safe (letters, digits, `-`, `_`), as generated tokens are. Secrets are never in the text: `${VAR}` is expanded by Fluent Bit from the
-pod's environment (Kubernetes Secrets).
+URL-safe (letters, digits, `-`, `_`), as generated tokens are. Secrets are never in the
+text: `${VAR}` is expanded by Fluent Bit from the pod's environment (Kubernetes Secrets).
 
 Fluent Bit itself cannot run here; tests check the structure of what this renders and that
 every provider's route reaches the collector.

@@ -291,9 +291,7 @@ class _Builder:
             when=conditions,
         )
 
-    def _allowed_on(
-        self, at: str, when: Mapping[str, Any]
-    ) -> dict[str, frozenset[str]] | None:
+    def _allowed_on(self, at: str, when: Mapping[str, Any]) -> dict[str, frozenset[str]] | None:
         if "actionNotAllowedOn" not in when:
             return None
         table: dict[str, frozenset[str]] = {}
@@ -353,20 +351,17 @@ class _Builder:
             names = ", ".join(repr(c.name) for c in defaults)
             self.errors.append(f"calendars: more than one default calendar ({names})")
         for cal in self.calendars:
-            for team in sorted(cal.teams):
-                if team in by_team:
-                    self.errors.append(
-                        f"calendars: team {team!r} is in both {by_team[team].name!r} "
-                        f"and {cal.name!r}"
-                    )
-                by_team[team] = cal
-            for env in sorted(cal.environments):
-                if env in by_env:
-                    self.errors.append(
-                        f"calendars: environment {env!r} is in both {by_env[env].name!r} "
-                        f"and {cal.name!r}"
-                    )
-                by_env[env] = cal
+            for kind, keys, index in (
+                ("team", cal.teams, by_team),
+                ("environment", cal.environments, by_env),
+            ):
+                for key in sorted(keys):
+                    if key in index:
+                        self.errors.append(
+                            f"calendars: {kind} {key!r} is in both {index[key].name!r} "
+                            f"and {cal.name!r}"
+                        )
+                    index[key] = cal
         if self.business_hours_users and not defaults:
             self.errors.extend(
                 f"{at}: needs a calendar with default: true in the policy set"

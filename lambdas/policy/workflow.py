@@ -57,7 +57,7 @@ def has_approval_step(workflow: Mapping[str, Any], approval_templates: Collectio
         return True
     templates = {
         t["name"]: t
-        for t in spec.get("templates") or []
+        for t in _list(spec.get("templates"))
         if isinstance(t, Mapping) and isinstance(t.get("name"), str)
     }
     entry = spec.get("entrypoint")
@@ -85,13 +85,20 @@ def has_approval_step(workflow: Mapping[str, Any], approval_templates: Collectio
 def _children(template: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(step or task name, template name) of a steps or dag template."""
     out: list[tuple[str, str]] = []
-    for group in template.get("steps") or []:
+    for group in _list(template.get("steps")):
         for step in group if isinstance(group, list) else [group]:
             if isinstance(step, Mapping) and isinstance(step.get("template"), str):
                 out.append((str(step.get("name", "")), step["template"]))
     dag = template.get("dag")
     if isinstance(dag, Mapping):
-        for task in dag.get("tasks") or []:
+        for task in _list(dag.get("tasks")):
             if isinstance(task, Mapping) and isinstance(task.get("template"), str):
                 out.append((str(task.get("name", "")), task["template"]))
     return out
+
+
+def _list(value: Any) -> list[Any]:
+    # The Workflow CRD may preserve unknown fields unvalidated, so any JSON can arrive here;
+    # a malformed list means "no steps", never an exception (which the failure mode would
+    # answer, and in open mode admit without the approval step).
+    return value if isinstance(value, list) else []

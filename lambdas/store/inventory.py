@@ -38,7 +38,6 @@ create temp table if not exists stage_keys (
     event_id text, provider text, resource_id text, need_row boolean
 ) on commit delete rows;
 create temp table if not exists stage_inventory (like resource_inventory) on commit delete rows;
-create temp table if not exists stage_events (like resource_events) on commit delete rows;
 """
 
 
@@ -128,39 +127,39 @@ async def insert_events(
     now: datetime,
 ) -> None:
     """One row per accepted event; region and tags come from the merged inventory row, so an
-    event that did not state them still carries what CCT knows about the resource."""
-    async with conn.cursor() as cur:
-        async with cur.copy(
-            "copy stage_events (event_id, provider, resource_id, billing_account_id,"
-            " sub_account_id, region_id, service_name, resource_type, action, actor, event_time,"
-            " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
-        ) as copy:
-            for a in applied:
-                c = a.change
-                merged = rows[(c.provider, c.resource_id)]
-                await copy.write_row(
-                    (
-                        c.event_id,
-                        c.provider,
-                        c.resource_id,
-                        c.billing_account_id,
-                        c.sub_account_id,
-                        merged.region_id,
-                        c.service_name,
-                        c.resource_type,
-                        c.action,
-                        c.actor,
-                        c.event_time,
-                        _json(c.tags if c.tags is not None else merged.tags),
-                        a.usd_before,
-                        a.usd_after,
-                        now,
-                    )
+    event that did not state them still carries what CCT knows about the resource.
+
+    Straight COPY, no staging: stage_batch already removed the known event ids, and a resource
+    is only ever written by one shard of one process. Should a duplicate slip in anyway (two
+    collectors by mistake), the primary key fails the batch, nothing is committed, and the
+    retry finds the event known."""
+    async with conn.cursor() as cur, cur.copy(
+        "copy resource_events (event_id, provider, resource_id, billing_account_id,"
+        " sub_account_id, region_id, service_name, resource_type, action, actor, event_time,"
+        " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
+    ) as copy:
+        for a in applied:
+            c = a.change
+            merged = rows[(c.provider, c.resource_id)]
+            await copy.write_row(
+                (
+                    c.event_id,
+                    c.provider,
+                    c.resource_id,
+                    c.billing_account_id,
+                    c.sub_account_id,
+                    merged.region_id,
+                    c.service_name,
+                    c.resource_type,
+                    c.action,
+                    c.actor,
+                    c.event_time,
+                    _json(c.tags if c.tags is not None else merged.tags),
+                    a.usd_before,
+                    a.usd_after,
+                    now,
                 )
-        await cur.execute(
-            "insert into resource_events select * from stage_events"
-            " on conflict (event_id) do nothing"
-        )
+            )
 
 
 async def insert_dead_letters(

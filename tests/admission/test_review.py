@@ -3,6 +3,7 @@ request-budget timeout on an in-process server on a real socket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -150,6 +151,14 @@ def suspend_workflow(steps: Any, templates: list[dict[str, Any]]) -> dict[str, A
         ),
         ({"spec": {"entrypoint": "missing", "templates": []}}, False),
         ({"spec": "nonsense"}, False),
+        # Malformed lists (the Workflow CRD may not validate them) mean "no approval step",
+        # never an exception that the failure mode would answer.
+        ({"spec": {"entrypoint": "main", "templates": 5}}, False),
+        ({"spec": {"entrypoint": "main", "templates": [{"name": "main", "steps": 5}]}}, False),
+        (
+            {"spec": {"entrypoint": "main", "templates": [{"name": "main", "dag": {"tasks": 7}}]}},
+            False,
+        ),
     ],
 )
 def test_approval_step_detection(wf: dict[str, Any], expected: bool) -> None:
@@ -231,7 +240,18 @@ json_values = st.recursive(
     ),
     max_leaves=10,
 )
-VALID = review(workflow("wf-fuzz", params(environment="prod")))
+# Needs approval and carries its steps inline, so mutated templates reach the step search.
+VALID = review(
+    workflow(
+        "wf-fuzz",
+        params(environment="prod"),
+        template_ref=None,
+        templates=[
+            {"name": "main", "steps": [[{"name": "approve", "template": "wait"}]]},
+            {"name": "wait", "suspend": {}},
+        ],
+    )
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -312,3 +332,37 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = AdmissionSettings.from_env()
     assert (settings.port, settings.metrics_port, settings.failure_mode) == (8443, 8080, "closed")
     assert "cct-rightsize-database" in settings.approval_templates
+
+
+async def test_a_failing_refresh_does_not_stop_later_refreshes(
+    tls: Tls, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = AdmissionSettings(
+        policy_dir=SHIPPED,
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+        pg_dsn=pg_dsn,
+        host="127.0.0.1",
+        port=free_port(),
+        metrics_port=free_port(),
+        recent_refresh_s=0.05,
+    )
+    server = AdmissionServer(config)
+    calls: list[datetime] = []
+
+    def flaky(since: datetime) -> list[tuple[str, str, datetime]]:
+        calls.append(since)
+        if len(calls) == 1:
+            raise RuntimeError("unexpected driver error")
+        return [("d-1", "acct-1", datetime.now(UTC))]
+
+    monkeypatch.setattr(server, "_read_admitted", flaky)
+    await server.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(calls) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(calls) >= 2
+        assert server.recent.count("acct-1", datetime.now(UTC)) == 1
+    finally:
+        await server.stop()

@@ -130,9 +130,7 @@ def test_blast_radius_counts_only_the_request_account() -> None:
         ("NatGateway", "rightsize-compute", True),  # a type no playbook was reviewed for
     ],
 )
-def test_action_not_allowed_on_resource_type(
-    resource_type: str, action: str, denied: bool
-) -> None:
+def test_action_not_allowed_on_resource_type(resource_type: str, action: str, denied: bool) -> None:
     table = {"Volume": ["delete-unattached-volume"], "Instance": ["stop-idle-compute"]}
     reviewed = policy_set(rule("r", when={"actionNotAllowedOn": table}))
     req = request(**{"resource-type": resource_type, "action": action})
