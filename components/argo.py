@@ -207,30 +207,32 @@ class ArgoWorkflows(pulumi.ComponentResource):
                 api_version=WORKFLOW_API,
                 kind="WorkflowTemplate",
                 metadata=metadata,
-                spec=manifest["spec"],
+                spec=kube.manifest(manifest["spec"]),
                 opts=after_chart,
             )
         # Step pods call the clouds' APIs and Vault; the executor reports to the API server.
         k8s.networking.v1.NetworkPolicy(
             f"{name}-step-egress",
             metadata=kube.metadata("workflow-steps-egress", ns, "workflows"),
-            spec={
-                "podSelector": {
-                    "matchExpressions": [
-                        {"key": "workflows.argoproj.io/workflow", "operator": "Exists"}
-                    ]
-                },
-                "policyTypes": ["Egress"],
-                "egress": [
-                    {
-                        "to": [kube.ANYWHERE],
-                        "ports": [
-                            {"protocol": "TCP", "port": 443},
-                            {"protocol": "TCP", "port": 6443},
-                        ],
-                    }
-                ],
-            },
+            spec=kube.manifest(
+                {
+                    "podSelector": {
+                        "matchExpressions": [
+                            {"key": "workflows.argoproj.io/workflow", "operator": "Exists"}
+                        ]
+                    },
+                    "policyTypes": ["Egress"],
+                    "egress": [
+                        {
+                            "to": [kube.ANYWHERE],
+                            "ports": [
+                                {"protocol": "TCP", "port": 443},
+                                {"protocol": "TCP", "port": 6443},
+                            ],
+                        }
+                    ],
+                }
+            ),
             opts=child,
         )
         self.template_names = pulumi.Output.from_input(names)
@@ -255,13 +257,17 @@ class ArgoWorkflows(pulumi.ComponentResource):
         k8s.rbac.v1.Role(
             resource_name,
             metadata=kube.metadata(role_name, namespace, "workflows"),
-            rules=rules,
+            rules=kube.manifest(rules),
             opts=opts,
         )
         k8s.rbac.v1.RoleBinding(
             f"{resource_name}-binding",
             metadata=kube.metadata(role_name, namespace, "workflows"),
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
-            subjects=[{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+            role_ref=kube.manifest(
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name}
+            ),
+            subjects=kube.manifest(
+                [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]
+            ),
             opts=opts,
         )

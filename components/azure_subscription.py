@@ -303,6 +303,14 @@ class AzureSubscription(pulumi.ComponentResource):
             resource_group_name=group.name,
             opts=pulumi.InvokeOutputOptions(parent=self),
         )
+        endpoint_url = pulumi.Output.secret(
+            pulumi.Output.format(
+                "https://{0}/api/{1}?code={2}",
+                app.default_host_name,
+                FUNCTION_NAME,
+                keys.function_keys.apply(lambda k: (k or {})["default"]),
+            )
+        )
         topic = azure.eventgrid.SystemTopic(
             f"{name}-resource-events",
             resource_group_name=group.name,
@@ -322,14 +330,7 @@ class AzureSubscription(pulumi.ComponentResource):
             # handshake itself); the function key authenticates Event Grid's deliveries.
             destination={
                 "endpoint_type": "WebHook",
-                "endpoint_url": pulumi.Output.secret(
-                    pulumi.Output.format(
-                        "https://{0}/api/{1}?code={2}",
-                        app.default_host_name,
-                        FUNCTION_NAME,
-                        keys.function_keys.apply(lambda k: (k or {})["default"]),
-                    )
-                ),
+                "endpoint_url": endpoint_url,
                 "max_events_per_batch": 50,
                 "preferred_batch_size_in_kilobytes": 64,
             },

@@ -70,7 +70,7 @@ class Namespace(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-default-deny",
             metadata=meta("default-deny", args.name, "network"),
-            spec={"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            spec=kube.manifest({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
             opts=in_ns,
         )
         internal = [kube.namespace_peer(n) for n in (args.name, *args.internal_namespaces)]
@@ -81,82 +81,102 @@ class Namespace(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-egress-internal",
             metadata=meta("egress-internal", args.name, "network"),
-            spec={
-                "podSelector": {},
-                "policyTypes": ["Egress"],
-                "egress": [
-                    {
-                        "to": [dns],
-                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                    },
-                    {"to": internal},
-                ],
-            },
+            spec=kube.manifest(
+                {
+                    "podSelector": {},
+                    "policyTypes": ["Egress"],
+                    "egress": [
+                        {
+                            "to": [dns],
+                            "ports": [
+                                {"protocol": "UDP", "port": 53},
+                                {"protocol": "TCP", "port": 53},
+                            ],
+                        },
+                        {"to": internal},
+                    ],
+                }
+            ),
             opts=in_ns,
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-egress-internet",
             metadata=meta("egress-internet", args.name, "network"),
-            spec={
-                "podSelector": {"matchLabels": {EGRESS_INTERNET_LABEL: "true"}},
-                "policyTypes": ["Egress"],
-                "egress": [
-                    {
-                        "to": [
-                            {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(args.cluster_cidrs)}}
-                        ],
-                        "ports": [{"protocol": "TCP", "port": 443}],
-                    }
-                ],
-            },
+            spec=kube.manifest(
+                {
+                    "podSelector": {"matchLabels": {EGRESS_INTERNET_LABEL: "true"}},
+                    "policyTypes": ["Egress"],
+                    "egress": [
+                        {
+                            "to": [
+                                {
+                                    "ipBlock": {
+                                        "cidr": "0.0.0.0/0",
+                                        "except": list(args.cluster_cidrs),
+                                    }
+                                }
+                            ],
+                            "ports": [{"protocol": "TCP", "port": 443}],
+                        }
+                    ],
+                }
+            ),
             opts=in_ns,
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-egress-kube-api",
             metadata=meta("egress-kube-api", args.name, "network"),
-            spec={
-                "podSelector": {"matchLabels": {EGRESS_KUBE_API_LABEL: "true"}},
-                "policyTypes": ["Egress"],
-                # The API server's address differs per cluster; its ports do not.
-                "egress": [
-                    {
-                        "to": [kube.ANYWHERE],
-                        "ports": [
-                            {"protocol": "TCP", "port": 443},
-                            {"protocol": "TCP", "port": 6443},
-                        ],
-                    }
-                ],
-            },
+            spec=kube.manifest(
+                {
+                    "podSelector": {"matchLabels": {EGRESS_KUBE_API_LABEL: "true"}},
+                    "policyTypes": ["Egress"],
+                    # The API server's address differs per cluster; its ports do not.
+                    "egress": [
+                        {
+                            "to": [kube.ANYWHERE],
+                            "ports": [
+                                {"protocol": "TCP", "port": 443},
+                                {"protocol": "TCP", "port": 6443},
+                            ],
+                        }
+                    ],
+                }
+            ),
             opts=in_ns,
         )
         if args.ingress_from_namespaces:
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-ingress-namespaces",
                 metadata=meta("ingress-namespaces", args.name, "network"),
-                spec={
-                    "podSelector": {},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [
-                        {"from": [kube.namespace_peer(n) for n in args.ingress_from_namespaces]}
-                    ],
-                },
+                spec=kube.manifest(
+                    {
+                        "podSelector": {},
+                        "policyTypes": ["Ingress"],
+                        "ingress": [
+                            {"from": [kube.namespace_peer(n) for n in args.ingress_from_namespaces]}
+                        ],
+                    }
+                ),
                 opts=in_ns,
             )
         if args.webhook_ports:
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-ingress-webhooks",
                 metadata=meta("ingress-webhooks", args.name, "network"),
-                spec={
-                    "podSelector": {},
-                    "policyTypes": ["Ingress"],
-                    "ingress": [
-                        {
-                            "from": [kube.ANYWHERE],
-                            "ports": [{"protocol": "TCP", "port": p} for p in args.webhook_ports],
-                        }
-                    ],
-                },
+                spec=kube.manifest(
+                    {
+                        "podSelector": {},
+                        "policyTypes": ["Ingress"],
+                        "ingress": [
+                            {
+                                "from": [kube.ANYWHERE],
+                                "ports": [
+                                    {"protocol": "TCP", "port": p} for p in args.webhook_ports
+                                ],
+                            }
+                        ],
+                    }
+                ),
                 opts=in_ns,
             )
         self.name = ns.metadata.name

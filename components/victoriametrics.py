@@ -237,13 +237,19 @@ class VictoriaMetrics(pulumi.ComponentResource):
         k8s.rbac.v1.Role(
             f"{name}-discovery-{scraped}",
             metadata=kube.metadata(role_name, scraped, "metrics"),
-            rules=[{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+            rules=kube.manifest(
+                [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+            ),
             opts=opts,
         )
         k8s.rbac.v1.RoleBinding(
             f"{name}-discovery-{scraped}-binding",
             metadata=kube.metadata(role_name, scraped, "metrics"),
-            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
-            subjects=[{"kind": "ServiceAccount", "name": sa, "namespace": sa_namespace}],
+            role_ref=kube.manifest(
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name}
+            ),
+            subjects=kube.manifest(
+                [{"kind": "ServiceAccount", "name": sa, "namespace": sa_namespace}]
+            ),
             opts=opts,
         )

@@ -133,11 +133,14 @@ async def insert_events(
     is only ever written by one shard of one process. Should a duplicate slip in anyway (two
     collectors by mistake), the primary key fails the batch, nothing is committed, and the
     retry finds the event known."""
-    async with conn.cursor() as cur, cur.copy(
-        "copy resource_events (event_id, provider, resource_id, billing_account_id,"
-        " sub_account_id, region_id, service_name, resource_type, action, actor, event_time,"
-        " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
-    ) as copy:
+    async with (
+        conn.cursor() as cur,
+        cur.copy(
+            "copy resource_events (event_id, provider, resource_id, billing_account_id,"
+            " sub_account_id, region_id, service_name, resource_type, action, actor, event_time,"
+            " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
+        ) as copy,
+    ):
         for a in applied:
             c = a.change
             merged = rows[(c.provider, c.resource_id)]
