@@ -303,13 +303,11 @@ class AzureSubscription(pulumi.ComponentResource):
             resource_group_name=group.name,
             opts=pulumi.InvokeOutputOptions(parent=self),
         )
-        endpoint_url = pulumi.Output.secret(
-            pulumi.Output.format(
-                "https://{0}/api/{1}?code={2}",
-                app.default_host_name,
-                FUNCTION_NAME,
-                keys.function_keys.apply(lambda k: (k or {})["default"]),
-            )
+        function_key: pulumi.Output[str] = keys.function_keys.apply(
+            lambda k: pulumi.Output.secret(str((k or {})["default"]))
+        )
+        endpoint_url = pulumi.Output.format(
+            "https://{0}/api/{1}?code={2}", app.default_host_name, FUNCTION_NAME, function_key
         )
         topic = azure.eventgrid.SystemTopic(
             f"{name}-resource-events",

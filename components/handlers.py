@@ -327,13 +327,14 @@ class Handlers(pulumi.ComponentResource):
             allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
             opts=opts,
         )
+        private_key: pulumi.Output[str] = pulumi.Output.secret(key.private_key_pem)
         tls_secret = k8s.core.v1.Secret(
             f"{name}-webhook-tls",
             metadata=kube.metadata(f"{handler.name}-tls", ns, "handler"),
             type="kubernetes.io/tls",
             string_data={
                 "tls.crt": cert.cert_pem,
-                "tls.key": pulumi.Output.secret(key.private_key_pem),
+                "tls.key": private_key,
                 "ca.crt": ca.cert_pem,
             },
             opts=opts,

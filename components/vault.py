@@ -223,7 +223,7 @@ class Vault(pulumi.ComponentResource):
                 max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
                 opts=child,
             )
-            self.aws_path = aws.path
+            self.aws_path = aws.id.apply(lambda _: "aws")
         if args.azure:
             azure = vault.azure.Backend(
                 f"{name}-azure",
@@ -236,7 +236,7 @@ class Vault(pulumi.ComponentResource):
                 max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
                 opts=child,
             )
-            self.azure_path = azure.path
+            self.azure_path = azure.id.apply(lambda _: "azure")
         if args.gcp:
             gcp = vault.gcp.SecretBackend(
                 f"{name}-gcp",
@@ -246,7 +246,7 @@ class Vault(pulumi.ComponentResource):
                 max_lease_ttl_seconds=TOKEN_MAX_TTL_SECONDS,
                 opts=child,
             )
-            self.gcp_path = gcp.path
+            self.gcp_path = gcp.id.apply(lambda _: "gcp")
         if args.database:
             db = args.database
             mount = vault.Mount(
@@ -286,7 +286,7 @@ class Vault(pulumi.ComponentResource):
                 max_ttl=TOKEN_MAX_TTL_SECONDS,
                 opts=child,
             )
-            self.database_path = mount.path
+            self.database_path = mount.id.apply(lambda _: "database")
         self.policy_names = pulumi.Output.from_input(policy_names)
         self.register_outputs(
             {

@@ -14,5 +14,5 @@ from infra.generated import collect
 from infra.stack import build
 
 settings = load(pulumi.Config("cct"))
-for name, value in build(settings, collect()).items():
+for name, value in build(settings, collect(settings)).items():
     pulumi.export(name, value)

@@ -133,6 +133,13 @@ class Metrics:
             registry=r,
         )
         self.open = Gauge("cct_detector_open_incidents", "Incidents open now.", registry=r)
+        self.event_to_alert = Histogram(
+            "cct_detector_event_to_alert_seconds",
+            "From the newest change event linked to an incident to the incident's alert: "
+            "CCT's end-to-end promise, measured on every incident that has a cause.",
+            registry=r,
+            buckets=(0.5, 1, 2, 3, 5, 10, 15, 30, 60, 120, 300, 900, 3600),
+        )
         self.transitions = Counter(
             "cct_detector_incidents", "Incidents opened or resolved.", ["kind"], registry=r
         )
@@ -451,6 +458,9 @@ class Detector:
                     events,
                 )
                 self.tracked[tr.key] = tracked
+                if events:
+                    newest = max(e.event_time for e in events).timestamp()
+                    self.metrics.event_to_alert.observe(max(0.0, now - newest))
                 alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
                 self.pending_rows.append(_Upsert(self._row(tracked)))
                 posted.add(tr.key)

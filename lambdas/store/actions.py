@@ -148,7 +148,7 @@ def set_run_state(
                estimated_monthly_saving_usd = coalesce(%s, estimated_monthly_saving_usd),
                verified_monthly_saving_usd = coalesce(%s, verified_monthly_saving_usd),
                updated_at = now(),
-               finished_at = case when %s then now() else finished_at end
+               finished_at = case when %s then coalesce(finished_at, now()) else finished_at end
             where run_id = %s""",
         (state, reason, estimated_usd, verified_usd, state in FINAL_STATES, run_id),
     )

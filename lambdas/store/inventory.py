@@ -26,6 +26,26 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+# COPY text format, built here rather than by psycopg's per-row write_row: formatting three
+# COPY rows per event through write_row was the collector's largest single CPU cost.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+
+
+def _t(value: str | None) -> str:
+    """A text value (or NULL) in COPY text format."""
+    return _NULL if value is None else value.translate(_COPY_ESCAPES)
+
+
+def _f(value: float | None) -> str:
+    return _NULL if value is None else repr(value)
+
+
+def _ts(value: datetime) -> str:
+    # Only timezone-aware datetimes reach the store; isoformat needs no escaping.
+    return value.isoformat()
+
+
 async def live_resources(conn: psycopg.AsyncConnection) -> list[Resource]:
     cur = await conn.execute(f"select {COLUMNS} from resource_inventory where state <> 'deleted'")
     return [row_from_db(r) for r in await cur.fetchall()]
@@ -55,12 +75,15 @@ async def stage_batch(
     """Stage (event_id, provider, resource_id, need_row) of a batch; returns the event ids
     already recorded and the current rows of the resources marked need_row (the caller holds
     the others), locked until commit."""
+    text = "".join(
+        f"{_t(event_id)}\t{_t(provider)}\t{_t(resource_id)}\t{'t' if need else 'f'}\n"
+        for event_id, provider, resource_id, need in changes
+    )
     async with conn.cursor() as cur:
         async with cur.copy(
             "copy stage_keys (event_id, provider, resource_id, need_row) from stdin"
         ) as copy:
-            for row in changes:
-                await copy.write_row(row)
+            await copy.write(text.encode())
         await cur.execute(
             "select e.event_id from resource_events e join stage_keys s using (event_id)"
         )
@@ -90,33 +113,37 @@ on conflict (provider, resource_id) do update set
 async def upsert_resources(
     conn: psycopg.AsyncConnection, rows: Iterable[Resource], now: datetime
 ) -> None:
+    text = "".join(
+        "\t".join(
+            (
+                _t(r.provider),
+                _t(r.resource_id),
+                _t(r.billing_account_id),
+                _t(r.sub_account_id),
+                _t(r.region_id),
+                _t(r.service_name),
+                _t(r.resource_type),
+                _t(r.sku),
+                _t(_json(r.size)),
+                _t(r.state),
+                _t(_json(r.tags)),
+                _f(r.usd_per_hour),
+                "f" if r.usd_per_hour is None else "t",
+                _t(r.last_event_id),
+                _ts(r.last_event_time),
+                _ts(now),
+            )
+        )
+        + "\n"
+        for r in rows
+    )
     async with conn.cursor() as cur:
         async with cur.copy(
             "copy stage_inventory (provider, resource_id, billing_account_id, sub_account_id,"
             " region_id, service_name, resource_type, sku, size, state, tags, usd_per_hour,"
             " priced, last_event_id, last_event_time, updated_at) from stdin"
         ) as copy:
-            for r in rows:
-                await copy.write_row(
-                    (
-                        r.provider,
-                        r.resource_id,
-                        r.billing_account_id,
-                        r.sub_account_id,
-                        r.region_id,
-                        r.service_name,
-                        r.resource_type,
-                        r.sku,
-                        _json(r.size),
-                        r.state,
-                        _json(r.tags),
-                        r.usd_per_hour,
-                        r.usd_per_hour is not None,
-                        r.last_event_id,
-                        r.last_event_time,
-                        now,
-                    )
-                )
+            await copy.write(text.encode())
         await cur.execute(_UPSERT)
 
 
@@ -133,6 +160,33 @@ async def insert_events(
     is only ever written by one shard of one process. Should a duplicate slip in anyway (two
     collectors by mistake), the primary key fails the batch, nothing is committed, and the
     retry finds the event known."""
+    received = _ts(now)
+    lines = []
+    for a in applied:
+        c = a.change
+        merged = rows[(c.provider, c.resource_id)]
+        lines.append(
+            "\t".join(
+                (
+                    _t(c.event_id),
+                    _t(c.provider),
+                    _t(c.resource_id),
+                    _t(c.billing_account_id),
+                    _t(c.sub_account_id),
+                    _t(merged.region_id),
+                    _t(c.service_name),
+                    _t(c.resource_type),
+                    _t(c.action),
+                    _t(c.actor),
+                    _ts(c.event_time),
+                    _t(_json(c.tags if c.tags is not None else merged.tags)),
+                    _f(a.usd_before),
+                    _f(a.usd_after),
+                    received,
+                )
+            )
+            + "\n"
+        )
     async with (
         conn.cursor() as cur,
         cur.copy(
@@ -141,28 +195,7 @@ async def insert_events(
             " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
         ) as copy,
     ):
-        for a in applied:
-            c = a.change
-            merged = rows[(c.provider, c.resource_id)]
-            await copy.write_row(
-                (
-                    c.event_id,
-                    c.provider,
-                    c.resource_id,
-                    c.billing_account_id,
-                    c.sub_account_id,
-                    merged.region_id,
-                    c.service_name,
-                    c.resource_type,
-                    c.action,
-                    c.actor,
-                    c.event_time,
-                    _json(c.tags if c.tags is not None else merged.tags),
-                    a.usd_before,
-                    a.usd_after,
-                    now,
-                )
-            )
+        await copy.write("".join(lines).encode())
 
 
 async def insert_dead_letters(

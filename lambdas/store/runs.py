@@ -91,7 +91,8 @@ def settle_run(conn: Conn, run_id: str, state: str, reason: str | None) -> None:
     with translate_errors("settle optimization run"):
         conn.execute(
             """update optimization_runs
-                  set state = %s, reason = %s, updated_at = now(), finished_at = now()
+                  set state = %s, reason = %s, updated_at = now(),
+                      finished_at = coalesce(finished_at, now())
                 where run_id = %s and state not in ('succeeded', 'failed', 'dry_run')""",
             (state, reason, run_id),
         )

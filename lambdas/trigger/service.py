@@ -26,6 +26,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -60,6 +61,13 @@ class Metrics:
             "cct_trigger_handle_seconds",
             "Time to handle one event, from receipt to committed offset.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "cct_trigger_consumer_lag_messages",
+            "Events on the topic not yet handled, per partition (high watermark minus this "
+            "consumer's position after its last batch).",
+            ["topic", "partition"],
             registry=self.registry,
         )
         self.commit_failures = Counter(
@@ -115,11 +123,21 @@ class TriggerService:
                         if stop.is_set():
                             return
                         await self._one(consumer, producers, tp, record)
+                await self._observe_lag(consumer)
         except Stopping:
             log.info("stopping with an event uncommitted; it will be redelivered")
         finally:
             await consumer.stop()
             await producers.close()
+
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:  # nothing fetched from this partition yet
+                continue
+            position = await consumer.position(tp)
+            lag = self.metrics.consumer_lag.labels(tp.topic, str(tp.partition))
+            lag.set(max(0, highwater - position))
 
     async def _one(
         self,

@@ -173,13 +173,18 @@ def test_a_step_is_one_alert_per_level_with_contributors_events_and_a_row_then_r
 
     # i-old is resized (+50 $/h, an existing series) and i-new created (+50 $/h, a new series
     # that VictoriaMetrics may not serve for seconds: the change events know it already).
-    insert_events(pg_dsn, account, datetime.now(UTC) - timedelta(seconds=5))
+    events_at = datetime.now(UTC) - timedelta(seconds=5)
+    insert_events(pg_dsn, account, events_at)
     account.write(200.0, **{"i-old": 150.0, "i-new": 50.0})
     step_at = time.time()
     opened = [t for t in detector.cycle(step_at) if t.kind == "opened"]
     assert sorted(t.key.level for t in opened) == ["account", "service", "team"]
     assert {t.rule for t in opened} == {"day0_step"}
     assert all(t.delta == pytest.approx(100.0) for t in opened)
+    # Each of the three incidents links the events written 5 s before the step.
+    latency = detector.metrics.event_to_alert
+    assert latency._sum.get() == pytest.approx(3 * (step_at - events_at.timestamp()), abs=1.0)
+    assert sum(b.get() for b in latency._buckets) == 3
 
     alerts = wait_for(
         lambda: am_alerts(alertmanager_url, billing_account_id=account.account) or None,

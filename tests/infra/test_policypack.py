@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pulumi_policy import (
+    EnforcementLevel,
     PolicyCustomTimeouts,
     PolicyResource,
     PolicyResourceOptions,
@@ -186,6 +187,13 @@ def test_pack_and_components_agree_on_pinned_images(image: str) -> None:
     assert checks.is_pinned_image(image) == kube.is_pinned_image(image)
 
 
+class Reports(list[tuple[str, str | None]]):
+    """Collects what a policy reports, as the engine's `report_violation` would."""
+
+    def __call__(self, message: str, urn: str | None = None) -> None:
+        self.append((message, urn))
+
+
 def _policy(name: str) -> Any:
     return next(p for p in POLICIES if p.name == name)
 
@@ -211,8 +219,8 @@ def test_resource_policy_reports_through_the_engine_interface() -> None:
     opts = PolicyResourceOptions(False, [], None, [], PolicyCustomTimeouts(0, 0, 0), [])
     urn = f"urn:pulumi:s::cct::{DEPLOYMENT}::app"
     args = ResourceValidationArgs(DEPLOYMENT, deployment(resources={}), urn, "app", opts, None)
-    reported: list[tuple[str, str | None]] = []
-    policy.validate(args, lambda message, at=None: reported.append((message, at)))
+    reported = Reports()
+    policy.validate(args, reported)
     assert (f"{urn}: container app: no cpu request", urn) in reported
     assert len(reported) == 4
 
@@ -221,11 +229,9 @@ def test_stack_policy_requires_default_deny() -> None:
     policy = _policy("k8s-default-deny")
     assert isinstance(policy, StackValidationPolicy)
     namespace = _resource("kubernetes:core/v1:Namespace", {"metadata": {"name": "cct-system"}})
-    reported: list[str] = []
-    policy.validate(
-        StackValidationArgs([namespace]), lambda message, at=None: reported.append(message)
-    )
-    assert reported == ["namespace cct-system has no default-deny NetworkPolicy"]
+    reported = Reports()
+    policy.validate(StackValidationArgs([namespace]), reported)
+    assert reported == [("namespace cct-system has no default-deny NetworkPolicy", None)]
     deny = _resource(
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
         {
@@ -235,13 +241,11 @@ def test_stack_policy_requires_default_deny() -> None:
         "deny",
     )
     reported.clear()
-    policy.validate(
-        StackValidationArgs([namespace, deny]), lambda message, at=None: reported.append(message)
-    )
+    policy.validate(StackValidationArgs([namespace, deny]), reported)
     assert reported == []
 
 
 def test_every_check_is_a_mandatory_policy() -> None:
     names = {p.name for p in POLICIES}
     assert {c.name for c in checks.RESOURCE_CHECKS} | {"k8s-default-deny"} == names
-    assert all(p.enforcement_level.value == "mandatory" for p in POLICIES)
+    assert all(p.enforcement_level is EnforcementLevel.MANDATORY for p in POLICIES)

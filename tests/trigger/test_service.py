@@ -96,8 +96,24 @@ def test_events_become_workflows_poison_goes_to_the_dlq_offsets_are_committed(
             "all eight offsets committed",
             interval=0.3,
         )
-        with urllib.request.urlopen(trigger.metrics_url) as resp:
-            metrics = resp.read().decode()
+
+        def scrape() -> str:
+            with urllib.request.urlopen(trigger.metrics_url) as resp:
+                return str(resp.read().decode())
+
+        def lag_lines() -> list[str]:
+            prefix = "cct_trigger_consumer_lag_messages{"
+            return [line for line in scrape().splitlines() if line.startswith(prefix)]
+
+        # Everything was handled, so every partition that received events reports no lag
+        # (the gauge is set after each batch, a moment after the last commit).
+        wait_until(
+            lambda: bool(lag_lines()) and all(line.endswith(" 0.0") for line in lag_lines()),
+            30,
+            "consumer lag reported as zero",
+            interval=0.3,
+        )
+        metrics = scrape()
         trigger.proc.send_signal(signal.SIGTERM)
         assert trigger.proc.wait(timeout=20) == 0
 
