@@ -149,6 +149,8 @@ class Alertmanager(pulumi.ComponentResource):
                 ports=[CLUSTER_PORT],
                 peers=[kube.pod_peer(ns, kube.selector(app))],
                 opts=child,
+                # Memberlist gossips over both.
+                protocols=("TCP", "UDP"),
             )
         if args.high_availability:
             kube.pdb(f"{name}-pdb", app, ns, "alerting", child)

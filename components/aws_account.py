@@ -46,6 +46,11 @@ READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 STS_TTL_SECONDS = 900
 
 
+def export_bucket_name(name_prefix: str, account_id: str) -> str:
+    """The FOCUS export bucket: one per account, named so the billing loader can find it."""
+    return f"{name_prefix}-focus-{account_id}"
+
+
 def is_read_only(action: str) -> bool:
     return action.split(":", 1)[1].startswith(READ_ONLY_PREFIXES)
 
@@ -231,7 +236,7 @@ class AwsAccount(pulumi.ComponentResource):
     ) -> aws.s3.Bucket:
         bucket = aws.s3.Bucket(
             f"{name}-exports",
-            bucket=f"{args.name_prefix}-focus-{args.account_id}",
+            bucket=export_bucket_name(args.name_prefix, args.account_id),
             tags=dict(tags),
             opts=opts,
         )

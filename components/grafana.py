@@ -109,7 +109,6 @@ class Grafana(pulumi.ComponentResource):
             | {"runAsUser": 472, "runAsGroup": 472, "fsGroup": 472},
             "containerSecurityContext": kube.container_security_context(),
             "podAnnotations": kube.scrape_annotations(PORT),
-            "podLabels": kube.labels(app, "ui"),
             "persistence": {"enabled": False},
             "env": dict(args.env),
             "envValueFrom": {

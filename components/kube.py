@@ -262,6 +262,7 @@ def ingress_policy(
     ports: Sequence[int],
     peers: Sequence[Mapping[str, Any]],
     opts: pulumi.ResourceOptions,
+    protocols: Sequence[str] = ("TCP",),
 ) -> k8s.networking.v1.NetworkPolicy:
     """Admit `peers` on `ports` to the selected pods; everything else stays denied by the
     namespace's default-deny policy."""
@@ -271,7 +272,9 @@ def ingress_policy(
         "ingress": [
             {
                 "from": [dict(p) for p in peers],
-                "ports": [{"protocol": "TCP", "port": port} for port in ports],
+                "ports": [
+                    {"protocol": protocol, "port": port} for port in ports for protocol in protocols
+                ],
             }
         ],
     }

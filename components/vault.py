@@ -168,7 +168,6 @@ class Vault(pulumi.ComponentResource):
                     # The entrypoint renders its config into /tmp: writable scratch space.
                     "volumes": [kube.tmp_volume()],
                     "volumeMounts": [kube.TMP_MOUNT],
-                    "annotations": kube.scrape_annotations(PORT, "/v1/sys/metrics"),
                 },
             },
             opts=child,
@@ -209,7 +208,6 @@ class Vault(pulumi.ComponentResource):
                 token_no_default_policy=True,
                 token_ttl=TOKEN_TTL_SECONDS,
                 token_max_ttl=TOKEN_MAX_TTL_SECONDS,
-                audience="vault",
                 opts=child,
             )
         if args.aws:

@@ -22,7 +22,7 @@ from components import kube
 from components.alertmanager import WEB_PORT as ALERTMANAGER_PORT
 from components.alertmanager import Alertmanager, AlertmanagerArgs
 from components.argo import ArgoWorkflows, ArgoWorkflowsArgs
-from components.aws_account import AwsAccount, AwsAccountArgs
+from components.aws_account import AwsAccount, AwsAccountArgs, export_bucket_name
 from components.azure_subscription import AzureSubscription, AzureSubscriptionArgs
 from components.fluentbit import FluentBit, FluentBitArgs
 from components.gcp_project import GcpProject, GcpProjectArgs
@@ -63,6 +63,8 @@ TOPICS = (
     TopicSpec("cct.optimization.results", partitions=3, retention_ms=30 * DAY_MS),
 )
 STEPS_SERVICE_ACCOUNT = "cct-steps"
+PREFIX = "cct"
+EXPORT_PREFIX = "focus"
 CNPG_WEBHOOK_PORT = 9443
 FLUENTBIT_METRICS_PORT = 2020
 ADMISSION_METRICS_PORT = 8080
@@ -190,6 +192,28 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         },
         opts=in_cluster,
     )
+    # The billing loader reads the AWS FOCUS export (the only export it reads from object
+    # storage); without AWS there is nothing for it to load.
+    billing_loader = (
+        [
+            HandlerSpec(
+                "billing-loader",
+                (
+                    "billing",
+                    "load",
+                    f"s3://{export_bucket_name(PREFIX, settings.aws.account_id)}/{EXPORT_PREFIX}/",
+                ),
+                port=None,
+                schedule="15 * * * *",
+                env={"CCT_VM_URL": vm_url, "AWS_REGION": settings.aws.region},
+                secret_env=pg_env,
+                internet=True,
+                resources=kube.Resources("250m", "512Mi", "2", "2Gi"),
+            )
+        ]
+        if settings.aws
+        else []
+    )
     handlers = Handlers(
         "handlers",
         HandlersArgs(
@@ -198,6 +222,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             high_availability=ha,
             config_maps={"cct-policies": content.policies, "cct-playbooks": content.playbooks},
             handlers=[
+                *billing_loader,
                 HandlerSpec(
                     "collector",
                     ("serve", "collector"),
@@ -210,16 +235,6 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     clients=[pod("fluent-bit")],
                     internet=True,
                     resources=kube.Resources("250m", "256Mi", "2", "1Gi"),
-                ),
-                HandlerSpec(
-                    "billing-loader",
-                    ("billing", "load"),
-                    port=None,
-                    schedule="15 * * * *",
-                    env={"CCT_VM_URL": vm_url},
-                    secret_env=pg_env,
-                    internet=True,
-                    resources=kube.Resources("250m", "512Mi", "2", "2Gi"),
                 ),
                 HandlerSpec(
                     "detector",
@@ -470,6 +485,8 @@ def _clouds(
                 forwarder_code=forwarder.archive,
                 forwarder_handler=forwarder.entry_point,
                 event_pattern=content.aws_event_pattern,
+                name_prefix=PREFIX,
+                export_prefix=EXPORT_PREFIX,
                 remediation_actions=content.remediation.aws,
                 vault_backend=vault.aws_path,
                 tags=tags,

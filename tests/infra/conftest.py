@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import warnings
 from collections.abc import Iterator
@@ -58,9 +59,34 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+# Loops this module had to create; kept referenced for the whole session, as the implicit
+# default loop would be, so none is collected (and warned about) while tests still run.
+_LOOPS: list[asyncio.AbstractEventLoop] = []
+
+
+def ensure_event_loop() -> None:
+    """Pulumi creates its Futures on the thread's current event loop. Tests elsewhere in the
+    suite that call asyncio.run() leave none set, so give the infra tests one back."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        loop: asyncio.AbstractEventLoop | None = policy.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        loop = policy.new_event_loop()
+        _LOOPS.append(loop)
+        policy.set_event_loop(loop)
+
+
+@pytest.fixture(autouse=True)
+def _event_loop_for_pulumi() -> None:
+    ensure_event_loop()
+
+
 @pytest.fixture(scope="session")
 def stacks() -> Iterator[dict[str, BuiltStack]]:
     """Every variant, built from the real generated content (infra.generated.collect)."""
+    ensure_event_loop()
     yield {
         name: build_stack(stack, collect, overrides)
         for name, (stack, overrides) in VARIANTS.items()

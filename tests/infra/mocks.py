@@ -148,5 +148,5 @@ class CctMocks(pulumi.runtime.Mocks):
         self, args: pulumi.runtime.MockCallArgs
     ) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         if args.token == "azure-native:web:listWebAppHostKeys":
-            return {"functionKeys": {"default": FUNCTION_KEY}, "masterKey": "master"}, None
+            return {"functionKeys": {"default": FUNCTION_KEY}, "masterKey": "master"}, []
         raise AssertionError(f"unexpected provider call {args.token}")

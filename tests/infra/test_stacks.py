@@ -12,6 +12,7 @@ import yaml
 
 from tests.infra.conftest import VARIANTS
 from tests.infra.harness import ROOT, TEST_SECRETS, BuiltStack, project_config
+from tests.infra.mocks import FUNCTION_KEY
 
 PLATFORM_COMPONENTS = {
     "cct:platform:Namespace",
@@ -160,7 +161,10 @@ def test_dev_is_small(stacks: dict[str, BuiltStack], variant: str) -> None:
 
 
 def _secret_values() -> list[str]:
-    return [json.loads(v)["private_key"] if v.startswith("{") else v for v in TEST_SECRETS.values()]
+    configured = [
+        json.loads(v)["private_key"] if v.startswith("{") else v for v in TEST_SECRETS.values()
+    ]
+    return [*configured, FUNCTION_KEY]
 
 
 def test_no_secret_in_outputs(built: BuiltStack) -> None:
@@ -185,6 +189,8 @@ SECRET_HOLDERS = {
     "vault:database/secretBackendConnection:SecretBackendConnection",
     "aws:lambda/function:Function",
     "azure-native:web:WebApp",
+    # Event Grid's delivery URL carries the forwarder's function key.
+    "azure-native:eventgrid:SystemTopicEventSubscription",
 }
 
 

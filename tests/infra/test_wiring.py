@@ -167,3 +167,29 @@ def test_admission_failure_mode_follows_the_webhook(built: BuiltStack) -> None:
     )
     policy = config.inputs["webhooks"][0]["failurePolicy"]
     assert (policy, env["CCT_ADMISSION_FAILURE_MODE"]) in {("Fail", "closed"), ("Ignore", "open")}
+
+
+def test_billing_loader_reads_the_aws_export(built: BuiltStack) -> None:
+    jobs = built.of_type("kubernetes:batch/v1:CronJob")
+    if built.settings.aws is None:
+        assert not jobs, "without AWS there is no export to load"
+        return
+    (job,) = jobs
+    container = job.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    (export,) = built.of_type("aws:bcmdata/export:Export")
+    (destination,) = export.inputs["export"]["destinationConfigurations"][0]["s3Destinations"]
+    uri = f"s3://{destination['s3Bucket']}/{destination['s3Prefix']}/"
+    assert container["command"] == ["cct", "billing", "load", uri]
+
+
+def test_fluent_bit_listens_where_its_service_points(built: BuiltStack) -> None:
+    config = _named(built, "kubernetes:core/v1:ConfigMap", "fluent-bit-config").inputs["data"]
+    (listener,) = yaml.safe_load(next(iter(config.values())))["pipeline"]["inputs"]
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in _workload(built, "fluent-bit")["containers"][0]["ports"]
+    }
+    assert ports["http-in"] == listener["port"]
+    service = _named(built, "kubernetes:core/v1:Service", "fluent-bit").inputs["spec"]
+    assert {p["port"] for p in service["ports"]} == set(ports.values())
+    assert built.outputs["fluentbitEndpoint"].endswith(f":{listener['port']}")

@@ -298,3 +298,31 @@ async def test_restart_rebuilds_rollups_from_the_inventory(
 async def test_healthz(collector: Collector) -> None:
     resp = await collector.client.get("/healthz")
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
+
+
+async def test_text_with_copy_control_characters_is_stored_verbatim(
+    collector: Collector, event: Event, uid: str
+) -> None:
+    """The collector writes COPY text itself: tabs, newlines, carriage returns and
+    backslashes in provider-supplied text must reach PostgreSQL unchanged."""
+    acct = f"acct-{uid}"
+    awkward = 'a\tb\nc\rd\\e"f\\N'
+    ev = event("aws_run_instances")
+    ev["detail"]["userIdentity"]["arn"] = f"arn:aws:sts::1:assumed-role/{awkward}"
+    instance = ev["detail"]["responseElements"]["instancesSet"]["items"][0]
+    instance["tagSet"]["items"][0]["value"] = awkward
+    status, body = await collector.post([record("aws", ev, acct)])
+    assert status == 200 and body["accepted"] == 1
+    dsn = collector.processor.settings.pg_dsn
+    (inv_tags,) = rows(
+        dsn,
+        "select tags from resource_inventory where billing_account_id = %s",
+        acct,
+    )[0]
+    (actor, ev_tags) = rows(
+        dsn,
+        "select actor, tags from resource_events where billing_account_id = %s",
+        acct,
+    )[0]
+    assert inv_tags["team"] == awkward and ev_tags["team"] == awkward
+    assert actor == f"arn:aws:sts::1:assumed-role/{awkward}"
