@@ -246,23 +246,8 @@ def add_batch(totals: HourlyTotals, batch: pa.RecordBatch, source: str) -> None:
             "list": pc.fill_null(listed, 0.0),
         }
     ).filter(good)
-    totals.add(_group(table))
-
-
-def _group(table: pa.Table) -> pa.Table:
-    """Sums per GROUP_KEYS of one batch. The label columns repeat a few hundred values over
-    the whole batch: grouping on their dictionary indices instead of hashing every string
-    makes this step several times faster. The result is plain strings again, so partial
-    tables with different dictionaries concatenate and regroup without unifying them."""
-    for name in KEY_COLUMNS:
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
     grouped = table.group_by(GROUP_KEYS).aggregate(SUMS)
-    grouped = grouped.rename_columns([*GROUP_KEYS, "billed", "effective", "list"])
-    for name in KEY_COLUMNS:
-        i = grouped.schema.get_field_index(name)
-        grouped = grouped.set_column(i, name, pc.cast(grouped.column(i), pa.string()))
-    return grouped
+    totals.add(grouped.rename_columns([*GROUP_KEYS, "billed", "effective", "list"]))
 
 
 def add_batches(totals: HourlyTotals, batches: Iterable[pa.RecordBatch], source: str) -> None:

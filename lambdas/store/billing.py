@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import psycopg
-from psycopg.copy import QueuedLibpqWriter
 
 Partition = tuple[str, str, str]  # provider, billing_account_id, billing_period
 # Column order of the CSV chunks replace_partition copies into billing_hourly.
@@ -71,12 +70,7 @@ def replace_partition(
         part,
     )
     columns = ", ".join(HOURLY_CSV_COLUMNS)
-    cur = conn.cursor()
-    # The queued writer sends from its own thread, so PostgreSQL ingests one chunk while Arrow
-    # formats the next instead of the two taking turns.
-    with cur.copy(
-        f"copy billing_hourly ({columns}) from stdin (format csv)", writer=QueuedLibpqWriter(cur)
-    ) as copy:
+    with conn.cursor().copy(f"copy billing_hourly ({columns}) from stdin (format csv)") as copy:
         for chunk in csv_chunks:
             copy.write(chunk)
     conn.execute(
