@@ -52,4 +52,4 @@ demo: venv
 bench: venv services
 	@set -e; for b in benchmarks/*.py; do \
 	  case "$$b" in */_*) continue;; esac; \
-	  echo "=== $$b"; $(PY) $$b; done
+	  m=$$(basename $$b .py); echo "=== benchmarks.$$m"; $(PY) -m benchmarks.$$m; done
