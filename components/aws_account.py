@@ -1,6 +1,7 @@
 """One AWS account: the FOCUS Data Export to S3, the EventBridge rules and the forwarder Lambda
-that sends resource events to Fluent Bit, the cost-read role, the remediation role and the
-Vault AWS secrets engine roles that hand out short-lived credentials for both.
+that sends resource events to Fluent Bit, the cost-read role, the billing loader's
+export-read role, the remediation role and the Vault AWS secrets engine roles that hand out
+short-lived credentials for each.
 
 The remediation role grants exactly the permissions the actions registry declares (an input),
 and only on resources not tagged as protected.
@@ -91,6 +92,28 @@ def remediation_policy(actions: Sequence[str], protect_tag: str = PROTECT_TAG) -
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def export_read_policy(bucket_arn: str, export_prefix: str) -> dict[str, Any]:
+    """Read the FOCUS export objects under `export_prefix` and list only that prefix."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ListExport",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": bucket_arn,
+                "Condition": {"StringLike": {"s3:prefix": [f"{export_prefix}/*"]}},
+            },
+            {
+                "Sid": "ReadExport",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": f"{bucket_arn}/{export_prefix}/*",
+            },
+        ],
+    }
+
+
 @dataclass(frozen=True)
 class AwsAccountArgs:
     account_id: str
@@ -124,6 +147,7 @@ class AwsAccount(pulumi.ComponentResource):
     export_bucket: pulumi.Output[str]
     forwarder_arn: pulumi.Output[str]
     cost_read_role_arn: pulumi.Output[str]
+    billing_read_role_arn: pulumi.Output[str]
     remediation_role_arn: pulumi.Output[str]
     vault_roles: pulumi.Output[list[str]]
 
@@ -182,6 +206,23 @@ class AwsAccount(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        # The billing loader's identity: the FOCUS export under its prefix and nothing else.
+        billing_read = aws.iam.Role(
+            f"{name}-billing-read",
+            name=f"{prefix}-billing-read",
+            assume_role_policy=trust,
+            max_session_duration=3600,
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-billing-read-policy",
+            role=billing_read.id,
+            policy=bucket.arn.apply(
+                lambda arn: json.dumps(export_read_policy(arn, args.export_prefix))
+            ),
+            opts=child,
+        )
         remediation = aws.iam.Role(
             f"{name}-remediation",
             name=f"{prefix}-remediation",
@@ -202,6 +243,7 @@ class AwsAccount(pulumi.ComponentResource):
         if args.vault_backend is not None:
             for role_name, role in (
                 (f"{prefix}-cost-read", cost_read),
+                (f"{prefix}-billing-read", billing_read),
                 (f"{prefix}-remediation", remediation),
             ):
                 vault.aws.SecretBackendRole(
@@ -219,6 +261,7 @@ class AwsAccount(pulumi.ComponentResource):
         self.export_bucket = bucket.bucket
         self.forwarder_arn = forwarder.arn
         self.cost_read_role_arn = cost_read.arn
+        self.billing_read_role_arn = billing_read.arn
         self.remediation_role_arn = remediation.arn
         self.vault_roles = pulumi.Output.from_input(vault_roles)
         self.register_outputs(
@@ -226,6 +269,7 @@ class AwsAccount(pulumi.ComponentResource):
                 "export_bucket": self.export_bucket,
                 "forwarder_arn": self.forwarder_arn,
                 "cost_read_role_arn": self.cost_read_role_arn,
+                "billing_read_role_arn": self.billing_read_role_arn,
                 "remediation_role_arn": self.remediation_role_arn,
                 "vault_roles": self.vault_roles,
             }

@@ -24,10 +24,73 @@ from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
 HTTP_PORT = 8080
 WEBHOOK_PORT = 8443
 TLS_DIR = "/etc/cct/tls"
+# Where a Vault Agent init container renders a handler's credentials (memory-backed).
+CREDENTIALS_DIR = "/var/run/cct/credentials"
+_AGENT_CONFIG_DIR = "/etc/vault-agent"
+_AGENT_TOKEN_DIR = "/var/run/secrets/vault"  # noqa: S105 - a directory
+# The shortest lifetime the API server issues for a projected token.
+_AGENT_TOKEN_SECONDS = 600
 FAILURE_POLICIES = ("Fail", "Ignore")
 # A year; renewed by the next `pulumi up` in the last 30 days.
 CERT_VALIDITY_HOURS = 24 * 365
 CERT_EARLY_RENEWAL_HOURS = 24 * 30
+
+
+@dataclass(frozen=True)
+class VaultAgentSpec:
+    """Credentials fetched from Vault before the handler starts: an init container runs Vault
+    Agent, logs in with the pod's service account (Kubernetes auth, role `role`), renders each
+    template into CREDENTIALS_DIR and exits. Rendered once, so only for CronJobs whose run is
+    shorter than the credentials' lifetime."""
+
+    address: str
+    role: str
+    image: str
+    # File name in CREDENTIALS_DIR -> its Consul Template text.
+    templates: Mapping[str, str]
+    resources: kube.Resources = field(
+        default_factory=lambda: kube.Resources("10m", "32Mi", "200m", "64Mi")
+    )
+
+    def __post_init__(self) -> None:
+        kube.require_pinned_image(self.image, "vault-agent")
+        if not self.templates:
+            raise ValueError(f"Vault Agent for role {self.role!r} renders no templates")
+
+    def config(self) -> str:
+        """The agent's HCL: log in, render every template once, exit (non-zero on failure)."""
+        templates = "".join(
+            f"""
+template {{
+  source = "{_AGENT_CONFIG_DIR}/{file}.ctmpl"
+  destination = "{CREDENTIALS_DIR}/{file}"
+  perms = "0400"
+  error_on_missing_key = true
+}}
+"""
+            for file in sorted(self.templates)
+        )
+        return f"""exit_after_auth = true
+pid_file = "/tmp/vault-agent.pid"
+
+vault {{
+  address = "{self.address}"
+}}
+
+auto_auth {{
+  method "kubernetes" {{
+    mount_path = "auth/kubernetes"
+    config = {{
+      role = "{self.role}"
+      token_path = "{_AGENT_TOKEN_DIR}/token"
+    }}
+  }}
+}}
+
+template_config {{
+  exit_on_retry_failure = true
+}}
+{templates}"""
 
 
 @dataclass(frozen=True)
@@ -56,6 +119,7 @@ class HandlerSpec:
     # the high-availability replica minimum.
     singleton: bool = False
     resources: kube.Resources = field(default_factory=kube.Resources)
+    vault_agent: VaultAgentSpec | None = None
 
     @property
     def ops_port(self) -> int | None:
@@ -66,6 +130,11 @@ class HandlerSpec:
             raise ValueError(f"handler {self.name}: a Deployment needs a port")
         if (self.schedule is not None or self.singleton) and self.replicas != 1:
             raise ValueError(f"handler {self.name}: a CronJob or singleton runs one replica")
+        if self.vault_agent is not None and self.schedule is None:
+            raise ValueError(
+                f"handler {self.name}: Vault Agent renders credentials once, which a long-running"
+                " Deployment would outlive; only CronJobs may use it"
+            )
 
 
 @dataclass(frozen=True)
@@ -189,6 +258,15 @@ class Handlers(pulumi.ComponentResource):
         for source, path in sorted(spec.secret_mounts.items()):
             volumes.append({"name": source, "secret": {"secretName": source}})
             mounts.append({"name": source, "mountPath": path, "readOnly": True})
+        init_containers: list[dict[str, Any]] = []
+        if spec.vault_agent is not None:
+            agent_config, agent_volumes, agent = self._vault_agent(
+                name, args, spec, spec.vault_agent, opts
+            )
+            depends_on = [*depends_on, agent_config]
+            volumes += agent_volumes
+            mounts.append({"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+            init_containers.append(agent)
         ports = {"http": spec.port, "metrics": spec.metrics_port}
         container = kube.container(
             spec.name,
@@ -215,6 +293,8 @@ class Handlers(pulumi.ComponentResource):
             automount_token=spec.kube_api,
             restart_policy="OnFailure" if spec.schedule else None,
         )
+        if init_containers:
+            pod["initContainers"] = init_containers
         annotations = kube.scrape_annotations(spec.ops_port) if spec.ops_port else {}
         if spec.schedule is not None:
             k8s.batch.v1.CronJob(
@@ -280,6 +360,59 @@ class Handlers(pulumi.ComponentResource):
             )
         if ha:
             kube.pdb(f"{name}-{spec.name}-pdb", spec.name, ns, "handler", opts)
+
+    @staticmethod
+    def _vault_agent(
+        name: str,
+        args: HandlersArgs,
+        spec: HandlerSpec,
+        agent: VaultAgentSpec,
+        opts: pulumi.ResourceOptions,
+    ) -> tuple[k8s.core.v1.ConfigMap, list[dict[str, Any]], dict[str, Any]]:
+        """The agent's ConfigMap, the pod volumes it needs and its init container."""
+        config_map = f"{spec.name}-vault-agent"
+        config = k8s.core.v1.ConfigMap(
+            f"{name}-{spec.name}-vault-agent",
+            metadata=kube.metadata(config_map, args.namespace, "handler"),
+            data={
+                "agent.hcl": agent.config(),
+                **{f"{file}.ctmpl": text for file, text in sorted(agent.templates.items())},
+            },
+            opts=opts,
+        )
+        volumes: list[dict[str, Any]] = [
+            {"name": "vault-agent", "configMap": {"name": config_map}},
+            # The service account token only the agent sees: the handler container keeps no
+            # Kubernetes credential.
+            {
+                "name": "vault-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "path": "token",
+                                "expirationSeconds": _AGENT_TOKEN_SECONDS,
+                            }
+                        }
+                    ]
+                },
+            },
+            # Memory-backed: credentials never touch the node's disk.
+            {"name": "credentials", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        ]
+        container = kube.container(
+            "vault-agent",
+            agent.image,
+            command=["vault", "agent", f"-config={_AGENT_CONFIG_DIR}/agent.hcl"],
+            resources=agent.resources,
+            volume_mounts=[
+                dict(kube.TMP_MOUNT),
+                {"name": "vault-agent", "mountPath": _AGENT_CONFIG_DIR, "readOnly": True},
+                {"name": "vault-token", "mountPath": _AGENT_TOKEN_DIR, "readOnly": True},
+                {"name": "credentials", "mountPath": CREDENTIALS_DIR},
+            ],
+        )
+        return config, volumes, container
 
     def _admission(
         self,

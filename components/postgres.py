@@ -2,7 +2,7 @@
 
 The operator creates the application role and its Secret (`<cluster>-app`, with a ready `uri`
 the handlers read as CCT_PG_DSN). A second managed role, `vault`, may create roles: Vault's
-database secrets engine uses it to issue short-lived credentials to the workflow steps.
+database secrets engine uses it to issue short-lived credentials, one role per handler.
 """
 
 from __future__ import annotations

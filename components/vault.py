@@ -84,9 +84,9 @@ class VaultDatabaseEngine:
     database: str
     username: pulumi.Input[str]
     password: pulumi.Input[str]
-    # The role whose privileges issued users inherit.
-    grant_role: str
-    role_name: str = "cct-steps"
+    # Vault database role -> the PostgreSQL role its issued users join (e.g. the application
+    # owner for a handler that writes, pg_read_all_data for one that only reads).
+    roles: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ class Vault(pulumi.ComponentResource):
             repo=REPO,
             namespace=args.namespace,
             values={
-                # Steps log in with hvac themselves; no sidecar injection is needed.
+                # Pods log in themselves (the steps with hvac, the billing loader through the
+                # Vault Agent init container the bundle declares); no injector is needed.
                 "injector": {"enabled": False},
                 "server": {
                     "image": {"repository": repository, "tag": tag},
@@ -259,7 +260,7 @@ class Vault(pulumi.ComponentResource):
                 f"{name}-postgres",
                 backend=mount.path,
                 name="cct-postgres",
-                allowed_roles=[db.role_name],
+                allowed_roles=sorted(db.roles),
                 postgresql={
                     "connection_url": pulumi.Output.concat(
                         "postgresql://{{username}}:{{password}}@", db.host, f":5432/{db.database}"
@@ -269,21 +270,22 @@ class Vault(pulumi.ComponentResource):
                 },
                 opts=child,
             )
-            vault.database.SecretBackendRole(
-                f"{name}-postgres-role",
-                backend=mount.path,
-                name=db.role_name,
-                db_name=connection.name,
-                creation_statements=[
-                    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'"
-                    " VALID UNTIL '{{expiration}}';",
-                    f'GRANT "{db.grant_role}" TO "{{{{name}}}}";',
-                ],
-                revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'],
-                default_ttl=TOKEN_TTL_SECONDS,
-                max_ttl=TOKEN_MAX_TTL_SECONDS,
-                opts=child,
-            )
+            for role_name, grant_role in sorted(db.roles.items()):
+                vault.database.SecretBackendRole(
+                    f"{name}-postgres-{role_name}",
+                    backend=mount.path,
+                    name=role_name,
+                    db_name=connection.name,
+                    creation_statements=[
+                        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'"
+                        " VALID UNTIL '{{expiration}}';",
+                        f'GRANT "{grant_role}" TO "{{{{name}}}}";',
+                    ],
+                    revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'],
+                    default_ttl=TOKEN_TTL_SECONDS,
+                    max_ttl=TOKEN_MAX_TTL_SECONDS,
+                    opts=child,
+                )
             self.database_path = mount.id.apply(lambda _: "database")
         self.policy_names = pulumi.Output.from_input(policy_names)
         self.register_outputs(

@@ -28,6 +28,7 @@ from components.fluentbit import FluentBit, FluentBitArgs
 from components.gcp_project import GcpProject, GcpProjectArgs
 from components.grafana import Grafana, GrafanaArgs
 from components.handlers import (
+    CREDENTIALS_DIR,
     HTTP_PORT,
     TLS_DIR,
     WEBHOOK_PORT,
@@ -35,6 +36,7 @@ from components.handlers import (
     Handlers,
     HandlersArgs,
     HandlerSpec,
+    VaultAgentSpec,
 )
 from components.kafka import METRICS_PORT as KAFKA_METRICS_PORT
 from components.kafka import Kafka, KafkaArgs, TopicSpec
@@ -42,6 +44,7 @@ from components.kube import SecretEnv
 from components.namespace import Namespace, NamespaceArgs
 from components.postgres import METRICS_PORT as PG_METRICS_PORT
 from components.postgres import Postgres, PostgresArgs
+from components.vault import IMAGE as VAULT_IMAGE
 from components.vault import (
     Vault,
     VaultArgs,
@@ -73,6 +76,21 @@ PLAYBOOKS_DIR = "/etc/cct/playbooks"
 SECRETS_DIR = "/etc/cct/secrets"
 # The steps' database login (a member of the application owner role).
 STEPS_DB_ROLE = "cct_steps"
+# The application owner role (CloudNativePG's `cct` database owner).
+APP_DB_ROLE = "cct"
+# Handlers that use PostgreSQL (their pods are the database's network clients too).
+PG_HANDLERS = ("collector", "billing-loader", "detector", "trigger", "admission")
+# The billing loader's AWS identity: reads the FOCUS export, nothing else.
+BILLING_READ_ROLE = f"{PREFIX}-billing-read"
+# Vault Agent renders the billing loader's STS credentials as a shared credentials file, which
+# boto3 reads through AWS_SHARED_CREDENTIALS_FILE. An hour: the CronJob's run deadline.
+AWS_CREDENTIALS_FILE = "aws-credentials"
+AWS_CREDENTIALS_TEMPLATE = f"""{{{{ with secret "aws/sts/{BILLING_READ_ROLE}" "ttl=1h" }}}}[default]
+aws_access_key_id = {{{{ .Data.access_key }}}}
+aws_secret_access_key = {{{{ .Data.secret_key }}}}
+aws_session_token = {{{{ .Data.security_token }}}}
+{{{{ end }}}}
+"""
 ZENDUTY_URL = "https://www.zenduty.com/api/integration/alertmanager/"
 # Argo labels every step pod with its workflow's name.
 WORKFLOW_PODS = {
@@ -80,11 +98,26 @@ WORKFLOW_PODS = {
 }
 
 
+def pg_handlers(settings: Settings) -> list[str]:
+    """The handlers that use PostgreSQL; all of them write (inventory, billing, anomalies,
+    workflow runs, admission decisions). The billing loader exists only with AWS."""
+    return [h for h in PG_HANDLERS if h != "billing-loader" or settings.aws]
+
+
+def database_roles(settings: Settings) -> dict[str, str]:
+    """Vault database role per PostgreSQL handler -> the PostgreSQL role its users join.
+    Every handler writes, so each joins the application owner role `cct`."""
+    return {f"{PREFIX}-{h}": APP_DB_ROLE for h in pg_handlers(settings)}
+
+
 def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
-    """Which Vault paths each service account reads, exactly as lambdas.steps.credentials
-    calls them: AWS assumed-role credentials by POST to `aws/sts/<role>`, Azure by GET
-    `azure/creds/<role>`, GCP roleset tokens by GET `gcp/token/<roleset>`, then the lease and
-    the token are revoked. Only the workflow steps talk to Vault."""
+    """Which Vault paths each service account may use; one Kubernetes auth role and one
+    policy each. The steps call exactly what lambdas.steps.credentials calls: AWS
+    assumed-role credentials by POST to `aws/sts/<role>`, Azure by GET `azure/creds/<role>`,
+    GCP roleset tokens by GET `gcp/token/<roleset>`, then the lease and the token are revoked.
+    Each PostgreSQL handler may read only its own database role's credentials; the billing
+    loader also gets the export-read AWS role. The bridge needs nothing from Vault and gets no
+    role at all: a login that grants nothing is attack surface without a use."""
     steps = [
         VaultGrant("sys/leases/revoke", ("update",)),
         VaultGrant("auth/token/revoke-self", ("update",)),
@@ -95,7 +128,12 @@ def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
         steps.append(VaultGrant("azure/creds/cct-remediation"))
     if settings.gcp:
         steps.append(VaultGrant("gcp/token/cct-remediation"))
-    return {STEPS_SERVICE_ACCOUNT: steps}
+    access = {STEPS_SERVICE_ACCOUNT: steps}
+    for handler in pg_handlers(settings):
+        access[handler] = [VaultGrant(f"database/creds/{PREFIX}-{handler}")]
+    if settings.aws:
+        access["billing-loader"].append(VaultGrant(f"aws/sts/{BILLING_READ_ROLE}", ("update",)))
+    return access
 
 
 def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
@@ -122,6 +160,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         opts=pulumi.ResourceOptions(providers=[k8s_provider]),
     )
     in_cluster = pulumi.ResourceOptions(providers=[k8s_provider], depends_on=[app_ns, platform_ns])
+    vault_address = f"http://vault.{platform}.svc:8200"
 
     def pod(name: str) -> dict[str, Any]:
         return kube.pod_peer(ns, kube.selector(name))
@@ -138,10 +177,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             namespace=ns,
             operator_namespace=platform,
             clients=[
-                *(
-                    pod(h)
-                    for h in ("collector", "billing-loader", "detector", "trigger", "admission")
-                ),
+                *(pod(h) for h in PG_HANDLERS),
                 grafana_pods,
                 workflow_pods,
                 kube.namespace_peer(platform),
@@ -205,10 +241,20 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 ),
                 port=None,
                 schedule="15 * * * *",
-                env={"CCT_VM_URL": vm_url, "AWS_REGION": settings.aws.region},
+                env={
+                    "CCT_VM_URL": vm_url,
+                    "AWS_REGION": settings.aws.region,
+                    "AWS_SHARED_CREDENTIALS_FILE": f"{CREDENTIALS_DIR}/{AWS_CREDENTIALS_FILE}",
+                },
                 secret_env=pg_env,
                 internet=True,
                 resources=kube.Resources("250m", "512Mi", "2", "2Gi"),
+                vault_agent=VaultAgentSpec(
+                    address=vault_address,
+                    role="billing-loader",
+                    image=VAULT_IMAGE,
+                    templates={AWS_CREDENTIALS_FILE: AWS_CREDENTIALS_TEMPLATE},
+                ),
             )
         ]
         if settings.aws
@@ -352,7 +398,6 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         ),
         opts=in_cluster,
     )
-    vault_address = f"http://vault.{platform}.svc:8200"
     step_env = {
         "VAULT_ADDR": vault_address,
         "CCT_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
@@ -414,7 +459,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 database="cct",
                 username=postgres.vault_username,
                 password=postgres.vault_password,
-                grant_role="cct",
+                roles=database_roles(settings),
             ),
             high_availability=ha,
         ),

@@ -16,7 +16,14 @@ from components.argo import ArgoWorkflowsArgs
 from components.aws_account import remediation_policy
 from components.fluentbit import FluentBitArgs
 from components.grafana import GrafanaArgs
-from components.handlers import WEBHOOK_PORT, AdmissionSpec, Handlers, HandlersArgs, HandlerSpec
+from components.handlers import (
+    WEBHOOK_PORT,
+    AdmissionSpec,
+    Handlers,
+    HandlersArgs,
+    HandlerSpec,
+    VaultAgentSpec,
+)
 from components.kafka import Kafka, KafkaArgs, TopicSpec
 from components.namespace import NamespaceArgs
 from components.vault import Vault, VaultArgs, VaultGrant, render_policy
@@ -94,6 +101,17 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
             object_selector={}, failure_policy="Open",
         ),
         "failure_policy must be one of",
+    ),
+    (
+        lambda: HandlerSpec(
+            "a", ("serve", "a"),
+            vault_agent=VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {"f": "x"}),
+        ),
+        "only CronJobs may use it",
+    ),
+    (
+        lambda: VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {}),
+        "Vault Agent for role 'a' renders no templates",
     ),
     (lambda: remediation_policy(["ec2:*"]), "remediation action 'ec2:*' must be one exact"),
 ]  # fmt: skip

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from components.aws_account import PROTECT_TAG
+from components.aws_account import PROTECT_TAG, export_bucket_name
+from components.handlers import CREDENTIALS_DIR
 from lambdas.steps.registry import ACTIONS
 from lambdas.steps.settings import StepSettings
 from tests.infra.harness import BuiltStack
@@ -53,7 +54,7 @@ def test_remediation_mutations_are_fenced_by_the_protect_tag(everything: BuiltSt
 
 
 def test_cloud_roles_trust_only_vault(everything: BuiltStack) -> None:
-    for name in ("aws-remediation", "aws-cost-read"):
+    for name in ("aws-remediation", "aws-cost-read", "aws-billing-read"):
         trust = json.loads(everything.named(name).inputs["assumeRolePolicy"])["Statement"]
         assert trust == [
             {
@@ -77,6 +78,67 @@ def test_forwarder_may_only_write_its_logs(everything: BuiltStack) -> None:
     assert statement["Resource"].startswith("arn:aws:logs:")
 
 
+def test_billing_loader_role_only_reads_the_export(everything: BuiltStack) -> None:
+    bucket = f"arn:aws:s3:::{export_bucket_name('cct', ACCOUNT)}"
+    assert _policy(everything, "aws-billing-read-policy") == [
+        {
+            "Sid": "ListExport",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": ["focus/*"]}},
+        },
+        {
+            "Sid": "ReadExport",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": f"{bucket}/focus/*",
+        },
+    ]
+    vault_role = everything.named("aws-vault-cct-billing-read").inputs
+    assert vault_role["credentialType"] == "assumed_role"
+    assert vault_role["roleArns"] == [f"arn:aws:iam::{ACCOUNT}:role/cct-billing-read"]
+    assert vault_role["maxStsTtl"] <= 3600
+
+
+def test_billing_loader_gets_its_aws_credentials_from_vault(everything: BuiltStack) -> None:
+    """The CronJob's Vault Agent init container logs in as the billing loader, renders the
+    STS credentials of exactly the path its policy grants, and the loader reads that file."""
+    (cron,) = everything.of_type("kubernetes:batch/v1:CronJob")
+    pod = cron.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "billing-loader"
+    assert pod["automountServiceAccountToken"] is False
+    (agent,) = pod["initContainers"]
+    (loader,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["credentials"]["emptyDir"]["medium"] == "Memory"
+    token_source = volumes["vault-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token_source["expirationSeconds"] == 600
+
+    def mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {m["name"]: m for m in container["volumeMounts"]}
+
+    assert mounts(agent)["credentials"]["mountPath"] == CREDENTIALS_DIR
+    assert mounts(loader)["credentials"] == {
+        "name": "credentials",
+        "mountPath": CREDENTIALS_DIR,
+        "readOnly": True,
+    }
+    # Only the agent holds the service account token.
+    assert "vault-token" not in mounts(loader)
+    env = {e["name"]: e.get("value") for e in loader["env"]}
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == f"{CREDENTIALS_DIR}/aws-credentials"
+
+    config = everything.named("handlers-billing-loader-vault-agent").inputs["data"]
+    assert 'role = "billing-loader"' in config["agent.hcl"]
+    assert 'address = "http://vault.cct-platform.svc:8200"' in config["agent.hcl"]
+    assert f'destination = "{CREDENTIALS_DIR}/aws-credentials"' in config["agent.hcl"]
+    paths = set(re.findall(r'secret "([^"]+)"', config["aws-credentials.ctmpl"]))
+    assert paths == {"aws/sts/cct-billing-read"}
+    granted = _policies(everything)["cct-billing-loader"]
+    assert granted["aws/sts/cct-billing-read"] == '"update"'
+
+
 def test_azure_remediation_role_is_the_registry(everything: BuiltStack) -> None:
     (permission,) = everything.named("azure-remediation-role").inputs["permissions"]
     assert set(permission["actions"]) == registry("azure")
@@ -98,39 +160,108 @@ def test_vault_roles_hand_out_the_fenced_roles(everything: BuiltStack) -> None:
     assert roleset["secretType"] == "access_token"
 
 
-def test_vault_paths_are_those_the_steps_request(
-    everything: BuiltStack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("VAULT_ADDR", "http://vault:8200")
-    s = StepSettings.from_env()
-    (policy,) = everything.of_type("vault:index/policy:Policy")
-    granted = dict(
-        re.findall(r'path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]', policy.inputs["policy"])
-    )
-    assert granted == {
-        f"{s.vault_aws_mount}/sts/{s.vault_aws_role}": '"update"',
-        f"{s.vault_azure_mount}/creds/{s.vault_azure_role}": '"read"',
-        f"{s.vault_gcp_mount}/token/{s.vault_gcp_roleset}": '"read"',
-        "sys/leases/revoke": '"update"',
-        "auth/token/revoke-self": '"update"',
+_GRANT = re.compile(r'path "([^"]+)" \{\n  capabilities = \[([^\]]*)\]')
+HANDLER_ACCOUNTS = ("collector", "billing-loader", "detector", "bridge", "trigger", "admission")
+
+
+def _policies(built: BuiltStack) -> dict[str, dict[str, str]]:
+    """Vault policy name -> {path: capabilities}."""
+    return {
+        p.inputs["name"]: dict(_GRANT.findall(p.inputs["policy"]))
+        for p in built.of_type("vault:index/policy:Policy")
     }
 
 
-def test_vault_login_is_bound_to_one_service_account(everything: BuiltStack) -> None:
-    (role,) = everything.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")
-    inputs = role.inputs
-    assert inputs["boundServiceAccountNames"] == [inputs["roleName"]] == ["cct-steps"]
-    assert inputs["boundServiceAccountNamespaces"] == ["cct-system"]
-    assert inputs["tokenNoDefaultPolicy"] is True
-    assert inputs["tokenTtl"] <= 900 and inputs["tokenMaxTtl"] <= 3600
-    assert inputs["tokenPolicies"] == ["cct-cct-steps"]
+def _login_roles(built: BuiltStack) -> dict[str, list[dict[str, Any]]]:
+    """Service account -> the Kubernetes auth roles that admit it."""
+    roles: dict[str, list[dict[str, Any]]] = {}
+    for role in built.of_type("vault:kubernetes/authBackendRole:AuthBackendRole"):
+        for account in role.inputs["boundServiceAccountNames"]:
+            roles.setdefault(account, []).append(role.inputs)
+    return roles
 
 
-def test_vault_grants_follow_the_cloud_switches(stacks: dict[str, BuiltStack]) -> None:
-    for variant, expected in (("dev-vault", set()), ("dev-aws", {"aws"}), ("dev-gcp", {"gcp"})):
-        (policy,) = stacks[variant].of_type("vault:index/policy:Policy")
-        engines = {p.split("/")[0] for p in re.findall(r'path "([^"]+)"', policy.inputs["policy"])}
-        assert engines - {"sys", "auth"} == expected, variant
+def _expected_access(s: StepSettings, *, aws: bool, azure: bool, gcp: bool) -> dict[str, Any]:
+    steps = {"sys/leases/revoke": '"update"', "auth/token/revoke-self": '"update"'}
+    if aws:
+        steps[f"{s.vault_aws_mount}/sts/{s.vault_aws_role}"] = '"update"'
+    if azure:
+        steps[f"{s.vault_azure_mount}/creds/{s.vault_azure_role}"] = '"read"'
+    if gcp:
+        steps[f"{s.vault_gcp_mount}/token/{s.vault_gcp_roleset}"] = '"read"'
+    access: dict[str, Any] = {
+        "cct-steps": steps,
+        # Each PostgreSQL handler reads its own database role's credentials and nothing else.
+        "collector": {"database/creds/cct-collector": '"read"'},
+        "detector": {"database/creds/cct-detector": '"read"'},
+        "trigger": {"database/creds/cct-trigger": '"read"'},
+        "admission": {"database/creds/cct-admission": '"read"'},
+    }
+    if aws:
+        access["billing-loader"] = {
+            "database/creds/cct-billing-loader": '"read"',
+            "aws/sts/cct-billing-read": '"update"',
+        }
+    return access
+
+
+@pytest.mark.parametrize(
+    ("variant", "clouds"),
+    [
+        ("dev-all", {"aws": True, "azure": True, "gcp": True}),
+        ("dev-vault", {"aws": False, "azure": False, "gcp": False}),
+        ("dev-aws", {"aws": True, "azure": False, "gcp": False}),
+        ("dev-gcp", {"aws": False, "azure": False, "gcp": True}),
+    ],
+)
+def test_every_service_account_gets_exactly_its_own_paths(
+    stacks: dict[str, BuiltStack],
+    monkeypatch: pytest.MonkeyPatch,
+    variant: str,
+    clouds: dict[str, bool],
+) -> None:
+    monkeypatch.setenv("VAULT_ADDR", "http://vault:8200")
+    expected = _expected_access(StepSettings.from_env(), **clouds)
+    built = stacks[variant]
+    policies = _policies(built)
+    assert policies == {f"cct-{account}": paths for account, paths in expected.items()}
+    roles = _login_roles(built)
+    assert set(roles) == set(expected)
+    for account, (role,) in roles.items():
+        assert role["roleName"] == account
+        assert role["boundServiceAccountNames"] == [account]
+        assert role["boundServiceAccountNamespaces"] == ["cct-system"]
+        assert role["tokenPolicies"] == [f"cct-{account}"]
+        assert role["tokenNoDefaultPolicy"] is True
+        assert role["tokenTtl"] <= 900 and role["tokenMaxTtl"] <= 3600
+
+
+def test_every_handler_account_is_decided(everything: BuiltStack) -> None:
+    accounts = {
+        r.inputs["metadata"]["name"]
+        for r in everything.of_type("kubernetes:core/v1:ServiceAccount")
+        if r.inputs["metadata"]["labels"]["app.kubernetes.io/component"] == "handler"
+    }
+    assert accounts == set(HANDLER_ACCOUNTS)
+    # The bridge reads nothing from Vault, so it has no login at all.
+    assert set(_login_roles(everything)) == {*HANDLER_ACCOUNTS, "cct-steps"} - {"bridge"}
+
+
+def test_database_roles_are_one_per_handler(everything: BuiltStack) -> None:
+    roles = {
+        r.inputs["name"]: r.inputs
+        for r in everything.of_type("vault:database/secretBackendRole:SecretBackendRole")
+    }
+    handlers = ("collector", "billing-loader", "detector", "trigger", "admission")
+    assert set(roles) == {f"cct-{h}" for h in handlers}
+    for role in roles.values():
+        # Every PostgreSQL handler writes, so each joins the application owner role.
+        assert role["creationStatements"][1] == 'GRANT "cct" TO "{{name}}";'
+        assert role["defaultTtl"] <= 900 and role["maxTtl"] <= 3600
+    (connection,) = everything.of_type(
+        "vault:database/secretBackendConnection:SecretBackendConnection"
+    )
+    assert connection.inputs["allowedRoles"] == sorted(roles)
 
 
 def test_trigger_may_only_create_and_read_workflows(everything: BuiltStack) -> None:
