@@ -24,7 +24,7 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class UndefinedVariableError(KeyError):
-    pass
+    """A query uses a variable the dashboard does not define."""
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,7 @@ import json
 import logging
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -142,21 +140,12 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _delete_series(base_url: str, part: store.Partition) -> None:
+def _delete_series(vm: VictoriaMetrics, part: store.Partition) -> None:
     provider, account, period = part
-    match = (
+    vm.delete_series(
         f'{{__name__=~"{BILLED}|{EFFECTIVE}",provider={_q(provider)},'
         f"billing_account_id={_q(account)},billing_period={_q(period)}}}"
     )
-    url = f"{base_url}/api/v1/admin/tsdb/delete_series?" + urllib.parse.urlencode(
-        {"match[]": match}
-    )
-    req = urllib.request.Request(url, method="POST")  # noqa: S310 - our own VM URL
-    try:
-        with urllib.request.urlopen(req, timeout=30):  # noqa: S310
-            pass
-    except (urllib.error.URLError, OSError) as exc:
-        raise VMError(f"delete_series: {exc}", retryable=True) from exc
 
 
 def _with_constants(table: pa.Table, part: store.Partition, load_id: str) -> pa.Table:
@@ -213,19 +202,11 @@ _VM_COLUMNS = (
 )
 
 
-def _import_csv(base_url: str, table: pa.Table) -> int:
+def _import_csv(vm: VictoriaMetrics, table: pa.Table) -> int:
     """Write billed and effective cost of every hourly row; returns the number of samples."""
     spec = ",".join(f"{i}:{kind}" for i, (_, kind) in enumerate(_VM_COLUMNS, 1))
-    url = f"{base_url}/api/v1/import/csv?" + urllib.parse.urlencode({"format": spec})
     for chunk in _csv_chunks(table, [c for c, _ in _VM_COLUMNS]):
-        req = urllib.request.Request(url, data=chunk, method="POST")  # noqa: S310 - our VM URL
-        try:
-            with urllib.request.urlopen(req, timeout=60):  # noqa: S310
-                pass
-        except urllib.error.HTTPError as exc:
-            raise VMError(f"import: HTTP {exc.code}", retryable=exc.code >= 500) from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise VMError(f"import: {exc}", retryable=True) from exc
+        vm.import_csv(chunk, spec)
     return 2 * table.num_rows
 
 
@@ -277,7 +258,7 @@ def load(
 def _write_partitions(
     conn: psycopg.Connection, settings: BillingSettings, totals: HourlyTotals, report: LoadReport
 ) -> None:
-    vm = settings.vm_url.rstrip("/")
+    vm = VictoriaMetrics(settings.vm_url, timeout=60)
     for part in totals.partitions():
         try:
             _write_partition(conn, vm, totals, report, part)
@@ -291,7 +272,7 @@ def _write_partitions(
 
 def _write_partition(
     conn: psycopg.Connection,
-    vm: str,
+    vm: VictoriaMetrics,
     totals: HourlyTotals,
     report: LoadReport,
     part: store.Partition,

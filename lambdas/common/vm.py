@@ -76,6 +76,14 @@ class VictoriaMetrics:
         if payload:
             self._request("/api/v1/import/prometheus", data=payload)
 
+    def import_csv(self, payload: bytes, fmt: str) -> None:
+        """CSV rows without a header; `fmt` is VictoriaMetrics' `format` column spec."""
+        self._request("/api/v1/import/csv", data=payload, params={"format": fmt})
+
+    def delete_series(self, match: str) -> None:
+        """Delete every sample of the series `match` selects (a series selector)."""
+        self._request("/api/v1/admin/tsdb/delete_series", data=b"", params={"match[]": match})
+
     def query(self, expr: str, time_s: float | None = None) -> list[dict[str, Any]]:
         params = {"query": expr}
         if time_s is not None:

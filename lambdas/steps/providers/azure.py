@@ -7,6 +7,7 @@ long-running operations are followed through their Azure-AsyncOperation or Locat
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -289,14 +290,12 @@ def _read_disk(session: AzureSession, params: Mapping[str, Any]) -> State:
     rid = params["resource_id"]
     snap_id = _snapshot_id(rid)
     snapshot: dict[str, Any] = {}
-    try:
+    with contextlib.suppress(NotFound):  # no snapshot yet: the before state says so
         snap = session.rest.json("GET", snap_id, params={"api-version": DISK_API}, needs=DISK_PERMS)
         snapshot = {
             "snapshot_id": snap_id,
             "snapshot_state": snap["properties"].get("provisioningState"),
         }
-    except NotFound:
-        pass
     try:
         disk = session.rest.json("GET", rid, params={"api-version": DISK_API}, needs=DISK_PERMS)
     except NotFound:

@@ -5,6 +5,7 @@ client libraries send over REST); operations are followed until DONE."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -347,13 +348,11 @@ def _read_disk(session: GcpSession, params: Mapping[str, Any]) -> State:
     api = session.api("compute")
     name = snapshot_name(rid)
     snapshot: dict[str, Any] = {}
-    try:
+    with contextlib.suppress(NotFound):  # no snapshot yet: the before state says so
         snap = api.json(
             "GET", f"/compute/v1/projects/{_project(rid)}/global/snapshots/{name}", needs=DISK_PERMS
         )
         snapshot = {"snapshot_id": name, "snapshot_state": snap["status"]}
-    except NotFound:
-        pass
     try:
         disk = api.json("GET", f"/compute/v1/{rid}", needs=DISK_PERMS)
     except NotFound:
