@@ -21,6 +21,7 @@ import pulumi_vault as vault
 COST_MANAGEMENT_READER = "72fafb9e-0641-4937-9268-a91bfd8191a3"
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 RESOURCE_EVENTS = (
     "Microsoft.Resources.ResourceWriteSuccess",
@@ -29,6 +30,82 @@ RESOURCE_EVENTS = (
 )
 FUNCTION_NAME = "forward"
 CREDENTIAL_TTL_SECONDS = 900
+# The GA Cost Management API for FOCUS exports. azure-native's `costmanagement.Export` speaks
+# 2024-08-01, whose export types and formats stop at ActualCost/AmortizedCost and Csv, so the
+# export is declared in an ARM deployment that names its own API version.
+EXPORT_API_VERSION = "2025-03-01"
+# FOCUS 1.0 (revision 2): the columns the billing loader reads. Left out, Azure exports its
+# newest FOCUS version, whose columns can change under the loader.
+FOCUS_DATA_VERSION = "1.0r2"
+
+
+def focus_export_template() -> dict[str, Any]:
+    """ARM template (subscription scope) of the daily month-to-date FOCUS export in Parquet,
+    written by the export's system-assigned identity; outputs that identity's principal id."""
+    export_id = (
+        "subscriptionResourceId('Microsoft.CostManagement/exports', parameters('exportName'))"
+    )
+    principal = f"reference({export_id}, '{EXPORT_API_VERSION}', 'full').identity.principalId"
+    return {
+        "$schema": (
+            "https://schema.management.azure.com/schemas/2018-05-01/"
+            "subscriptionDeploymentTemplate.json#"
+        ),
+        "contentVersion": "1.0.0.0",
+        "parameters": {
+            "exportName": {"type": "string"},
+            "storageAccountId": {"type": "string"},
+            "container": {"type": "string"},
+            "location": {"type": "string"},
+            # The schedule must start in the future when it is created; utcNow() may only
+            # appear in a parameter default, and Pulumi never passes this one, so a redeploy
+            # (which happens only when the template or other parameters change) moves it on.
+            "scheduleStart": {"type": "string", "defaultValue": "[dateTimeAdd(utcNow(), 'PT1H')]"},
+        },
+        "resources": [
+            {
+                "type": "Microsoft.CostManagement/exports",
+                "apiVersion": EXPORT_API_VERSION,
+                "name": "[parameters('exportName')]",
+                "location": "[parameters('location')]",
+                "identity": {"type": "SystemAssigned"},
+                "properties": {
+                    "format": "Parquet",
+                    "partitionData": True,
+                    "definition": {
+                        "type": "FocusCost",
+                        "timeframe": "MonthToDate",
+                        "dataSet": {
+                            "granularity": "Daily",
+                            "configuration": {"dataVersion": FOCUS_DATA_VERSION},
+                        },
+                    },
+                    "deliveryInfo": {
+                        "destination": {
+                            "type": "AzureBlob",
+                            "resourceId": "[parameters('storageAccountId')]",
+                            "container": "[parameters('container')]",
+                            "rootFolderPath": "exports",
+                        }
+                    },
+                    "schedule": {
+                        "status": "Active",
+                        "recurrence": "Daily",
+                        "recurrencePeriod": {
+                            "from": "[parameters('scheduleStart')]",
+                            "to": "2036-01-01T00:00:00Z",
+                        },
+                    },
+                },
+            }
+        ],
+        "outputs": {
+            "principalId": {
+                "type": "string",
+                "value": f"[{principal}]",
+            }
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -109,35 +186,30 @@ class AzureSubscription(pulumi.ComponentResource):
             public_access=azure.storage.PublicAccess.NONE,
             opts=child,
         )
-        azure.costmanagement.Export(
+        export = azure.resources.DeploymentAtSubscriptionScope(
             f"{name}-focus-export",
-            export_name=f"{prefix}-focus",
-            scope=args.scope,
-            format="Parquet",
-            partition_data=True,
-            definition={
-                # FOCUS 1.0: costs and usage in the FinOps Open Cost and Usage Specification.
-                "type": "FocusCost",
-                "timeframe": "MonthToDate",
-                "data_set": {"granularity": "Daily"},
-            },
-            delivery_info={
-                "destination": {
-                    "resource_id": account.id,
-                    "container": exports.name,
-                    "root_folder_path": "exports",
-                }
-            },
-            schedule={
-                "status": "Active",
-                "recurrence": "Daily",
-                "recurrence_period": {
-                    "from_": "2026-01-01T00:00:00Z",
-                    "to": "2036-01-01T00:00:00Z",
+            deployment_name=f"{prefix}-focus-export",
+            location=args.location,
+            properties={
+                "mode": azure.resources.DeploymentMode.INCREMENTAL,
+                "template": focus_export_template(),
+                "parameters": {
+                    "exportName": {"value": f"{prefix}-focus"},
+                    "storageAccountId": {"value": account.id},
+                    "container": {"value": exports.name},
+                    "location": {"value": args.location},
                 },
             },
-            identity={"type": "SystemAssigned"},
-            location=args.location,
+            opts=child,
+        )
+        # With shared-key access off, the export writes as its own managed identity.
+        azure.authorization.RoleAssignment(
+            f"{name}-export-writer",
+            role_assignment_name=random.RandomUuid(f"{name}-export-writer-id", opts=child).result,
+            role_definition_id=args.role_definition(STORAGE_BLOB_DATA_CONTRIBUTOR),
+            principal_id=export.properties.apply(lambda p: str(p.outputs["principalId"]["value"])),
+            principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
+            scope=exports.id,
             opts=child,
         )
         function_app = self._forwarder(name, args, group, account, tags=tags, opts=child)

@@ -108,6 +108,10 @@ class Grafana(pulumi.ComponentResource):
             "securityContext": kube.pod_security_context()
             | {"runAsUser": 472, "runAsGroup": 472, "fsGroup": 472},
             "containerSecurityContext": kube.container_security_context(),
+            # The chart mounts writable volumes for data and provisioning only; Grafana also
+            # writes scratch files to /tmp (grafana-community/helm-charts#729).
+            "extraVolumes": [kube.tmp_volume()],
+            "extraVolumeMounts": [kube.TMP_MOUNT],
             "podAnnotations": kube.scrape_annotations(PORT),
             "persistence": {"enabled": False},
             "env": dict(args.env),

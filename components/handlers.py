@@ -24,7 +24,7 @@ from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
 HTTP_PORT = 8080
 WEBHOOK_PORT = 8443
 TLS_DIR = "/etc/cct/tls"
-# Where a Vault Agent init container renders a handler's credentials (memory-backed).
+# Where a handler's Vault Agent sidecar renders its credentials (memory-backed).
 CREDENTIALS_DIR = "/var/run/cct/credentials"
 _AGENT_CONFIG_DIR = "/etc/vault-agent"
 _AGENT_TOKEN_DIR = "/var/run/secrets/vault"  # noqa: S105 - a directory
@@ -38,10 +38,13 @@ CERT_EARLY_RENEWAL_HOURS = 24 * 30
 
 @dataclass(frozen=True)
 class VaultAgentSpec:
-    """Credentials fetched from Vault before the handler starts: an init container runs Vault
-    Agent, logs in with the pod's service account (Kubernetes auth, role `role`), renders each
-    template into CREDENTIALS_DIR and exits. Rendered once, so only for CronJobs whose run is
-    shorter than the credentials' lifetime."""
+    """Credentials from Vault for the pod's lifetime: Vault Agent runs as a native sidecar
+    (an init container with `restartPolicy: Always`), logs in with the pod's service account
+    (Kubernetes auth, role `role`) and renders each template into CREDENTIALS_DIR. The handler
+    starts only once every file exists (the sidecar's startup probe); the agent then keeps
+    renewing the leases and renders again when it takes a new one (a rotated database user),
+    which the handler picks up by re-reading the file. In a CronJob's pod the sidecar ends
+    with the job."""
 
     address: str
     role: str
@@ -58,7 +61,8 @@ class VaultAgentSpec:
             raise ValueError(f"Vault Agent for role {self.role!r} renders no templates")
 
     def config(self) -> str:
-        """The agent's HCL: log in, render every template once, exit (non-zero on failure)."""
+        """The agent's HCL: log in, render every template and keep them current; exit
+        (non-zero, so the kubelet restarts the sidecar) when Vault stays unreachable."""
         templates = "".join(
             f"""
 template {{
@@ -70,8 +74,7 @@ template {{
 """
             for file in sorted(self.templates)
         )
-        return f"""exit_after_auth = true
-pid_file = "/tmp/vault-agent.pid"
+        return f"""pid_file = "/tmp/vault-agent.pid"
 
 vault {{
   address = "{self.address}"
@@ -130,11 +133,13 @@ class HandlerSpec:
             raise ValueError(f"handler {self.name}: a Deployment needs a port")
         if (self.schedule is not None or self.singleton) and self.replicas != 1:
             raise ValueError(f"handler {self.name}: a CronJob or singleton runs one replica")
-        if self.vault_agent is not None and self.schedule is None:
-            raise ValueError(
-                f"handler {self.name}: Vault Agent renders credentials once, which a long-running"
-                " Deployment would outlive; only CronJobs may use it"
-            )
+        if self.vault_agent is not None:
+            clash = {"CCT_PG_DSN", "CCT_PG_DSN_FILE"} & set(self.secret_env)
+            if clash:
+                raise ValueError(
+                    f"handler {self.name}: its PostgreSQL login comes from Vault Agent;"
+                    f" drop {sorted(clash)} from secret_env"
+                )
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,20 @@ class AdmissionSpec:
 
 
 @dataclass(frozen=True)
+class MigrationSpec:
+    """`cct db migrate` as a Job, replaced (so run again) whenever the image changes, before
+    the handlers roll out. It is the one pod with the application owner's login, because only
+    the schema owner may run DDL; the handlers log in as Vault users that may not."""
+
+    # The owner's DSN (CloudNativePG's `<cluster>-app` Secret, key `uri`).
+    owner_dsn: kube.SecretEnv
+    name: str = "db-migrate"
+    resources: kube.Resources = field(
+        default_factory=lambda: kube.Resources("50m", "128Mi", "500m", "256Mi")
+    )
+
+
+@dataclass(frozen=True)
 class HandlersArgs:
     namespace: str
     image: str
@@ -167,6 +186,10 @@ class HandlersArgs:
     # ConfigMaps the handlers mount: name -> {filename: content}.
     config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     high_availability: bool = False
+    migration: MigrationSpec | None = None
+    # True while Vault is not configured yet: handlers whose credentials come from Vault
+    # cannot become ready, so `pulumi up` must not wait for them (they start once it is).
+    vault_pending: bool = False
 
     def __post_init__(self) -> None:
         kube.require_pinned_image(self.image, "cct")
@@ -213,15 +236,18 @@ class Handlers(pulumi.ComponentResource):
             )
             for cm_name, files in sorted(args.config_maps.items())
         ]
+        depends_on: list[pulumi.Resource] = list(config_maps)
+        if args.migration:
+            depends_on.append(self._migration(name, args, args.migration, child))
         urls: dict[str, str] = {}
         for spec in args.handlers:
-            self._handler(name, args, spec, child, depends_on=config_maps)
+            self._handler(name, args, spec, child, depends_on=depends_on)
             if spec.port is not None and spec.schedule is None:
                 urls[spec.name] = f"http://{spec.name}.{ns}.svc:{spec.port}"
         self.webhook_ca_pem = pulumi.Output.from_input("")
         self.webhook_server_name = pulumi.Output.from_input("")
         if args.admission:
-            self._admission(name, args, args.admission, child, config_maps)
+            self._admission(name, args, args.admission, child, depends_on)
             urls[args.admission.handler.name] = f"https://{self.server_name(args)}:{WEBHOOK_PORT}"
         self.urls = pulumi.Output.from_input(urls)
         self.register_outputs(
@@ -337,6 +363,7 @@ class Handlers(pulumi.ComponentResource):
             pod_labels=pod_labels,
             annotations=annotations,
             depends_on=depends_on,
+            skip_await=args.vault_pending and spec.vault_agent is not None,
         )
         assert spec.port is not None
         kube.service(
@@ -362,6 +389,45 @@ class Handlers(pulumi.ComponentResource):
             kube.pdb(f"{name}-{spec.name}-pdb", spec.name, ns, "handler", opts)
 
     @staticmethod
+    def _migration(
+        name: str, args: HandlersArgs, migration: MigrationSpec, opts: pulumi.ResourceOptions
+    ) -> k8s.batch.v1.Job:
+        ns = args.namespace
+        kube.service_account(f"{name}-{migration.name}-sa", migration.name, ns, "migration", opts)
+        container = kube.container(
+            migration.name,
+            args.image,
+            command=["cct", "db", "migrate"],
+            env=[migration.owner_dsn.to_k8s("CCT_PG_DSN")],
+            resources=migration.resources,
+            volume_mounts=[dict(kube.TMP_MOUNT)],
+        )
+        pod = kube.pod_spec(
+            [container],
+            service_account=migration.name,
+            volumes=[kube.tmp_volume()],
+            restart_policy="OnFailure",
+        )
+        return k8s.batch.v1.Job(
+            f"{name}-{migration.name}",
+            metadata=kube.metadata(migration.name, ns, "migration"),
+            spec={
+                # On the first deployment PostgreSQL may still be starting: the default six
+                # retries back off over about ten minutes.
+                "backoffLimit": 6,
+                "activeDeadlineSeconds": 900,
+                "template": {
+                    "metadata": {"labels": kube.labels(migration.name, "migration")},
+                    "spec": pod,
+                },
+            },
+            # A Job's pod template cannot change in place; a new image means a new Job.
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(delete_before_replace=True)
+            ),
+        )
+
+    @staticmethod
     def _vault_agent(
         name: str,
         args: HandlersArgs,
@@ -369,7 +435,7 @@ class Handlers(pulumi.ComponentResource):
         agent: VaultAgentSpec,
         opts: pulumi.ResourceOptions,
     ) -> tuple[k8s.core.v1.ConfigMap, list[dict[str, Any]], dict[str, Any]]:
-        """The agent's ConfigMap, the pod volumes it needs and its init container."""
+        """The agent's ConfigMap, the pod volumes it needs and its sidecar container."""
         config_map = f"{spec.name}-vault-agent"
         config = k8s.core.v1.ConfigMap(
             f"{name}-{spec.name}-vault-agent",
@@ -412,6 +478,15 @@ class Handlers(pulumi.ComponentResource):
                 {"name": "credentials", "mountPath": CREDENTIALS_DIR},
             ],
         )
+        # A native sidecar (Kubernetes 1.29+): started before the handler, kept running (and
+        # restarted) beside it, stopped after it; the handler starts once every file exists.
+        container["restartPolicy"] = "Always"
+        rendered = " && ".join(f"test -s {CREDENTIALS_DIR}/{f}" for f in sorted(agent.templates))
+        container["startupProbe"] = {
+            "exec": {"command": ["sh", "-c", rendered]},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        }
         return config, volumes, container
 
     def _admission(
@@ -420,7 +495,7 @@ class Handlers(pulumi.ComponentResource):
         args: HandlersArgs,
         admission: AdmissionSpec,
         opts: pulumi.ResourceOptions,
-        config_maps: Sequence[pulumi.Resource],
+        depends_on: Sequence[pulumi.Resource],
     ) -> None:
         ns, handler = args.namespace, admission.handler
         server_name = self.server_name(args)
@@ -475,7 +550,7 @@ class Handlers(pulumi.ComponentResource):
         with_tls = dataclasses.replace(
             handler, secret_mounts={**handler.secret_mounts, f"{handler.name}-tls": TLS_DIR}
         )
-        self._handler(name, args, with_tls, opts, depends_on=[tls_secret, *config_maps])
+        self._handler(name, args, with_tls, opts, depends_on=[tls_secret, *depends_on])
         # The API server's source address is cluster specific.
         kube.ingress_policy(
             f"{name}-webhook-apiserver",

@@ -154,11 +154,8 @@ class Kafka(pulumi.ComponentResource):
             metadata={
                 "name": cluster,
                 "namespace": ns,
+                # No `strimzi.io/kraft`/`node-pools` annotations: Strimzi 0.48 ignores them.
                 "labels": kube.labels(cluster, "events"),
-                "annotations": {
-                    "strimzi.io/node-pools": "enabled",
-                    "strimzi.io/kraft": "enabled",
-                },
             },
             spec={
                 "kafka": {

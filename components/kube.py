@@ -307,9 +307,10 @@ def workload(
     annotations: Mapping[str, str] | None = None,
     stateful_volume_claims: Sequence[Mapping[str, Any]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
+    skip_await: bool = False,
 ) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
     """A Deployment, or a StatefulSet when it owns volume claims, labelled and selected by
-    `name`."""
+    `name`. `skip_await`: Pulumi does not wait for it to become ready (it cannot yet)."""
     template: Manifest = {
         "metadata": {
             "labels": {**labels(name, component), **(pod_labels or {})},
@@ -318,6 +319,8 @@ def workload(
         "spec": dict(spec),
     }
     meta: Manifest = {"name": name, "namespace": namespace, "labels": labels(name, component)}
+    if skip_await:
+        meta["annotations"] = {"pulumi.com/skipAwait": "true"}
     if depends_on:
         opts = pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(depends_on=list(depends_on))

@@ -1,8 +1,9 @@
 """PostgreSQL: the CloudNativePG operator (official chart) and one Cluster.
 
 The operator creates the application role and its Secret (`<cluster>-app`, with a ready `uri`
-the handlers read as CCT_PG_DSN). A second managed role, `vault`, may create roles: Vault's
-database secrets engine uses it to issue short-lived credentials, one role per handler.
+the migration Job reads as CCT_PG_DSN). A second managed role, `vault`, may create roles: Vault's
+database secrets engine uses it to issue short-lived users, each a member of its handler's
+group role (`group_roles`, also managed here).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from components import kube
 CNPG_CHART = "cloudnative-pg"
 CNPG_VERSION = "0.26.0"
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
-IMAGE = "ghcr.io/cloudnative-pg/postgresql:15.14"
+# A minimal image (no in-core Barman; the bundle configures no backups) by its immutable build
+# tag. The bare `15.14` tag is the deprecated `system` image on Debian bullseye, whose
+# rolling tags upstream removes with bullseye's end of life.
+IMAGE = "ghcr.io/cloudnative-pg/postgresql:15.14-202509091311-minimal-trixie"
 PORT = 5432
 METRICS_PORT = 9187
 VAULT_ROLE = "vault"
@@ -37,6 +41,9 @@ class PostgresArgs:
     # Login roles -> the roles they are members of (e.g. grafana -> pg_read_all_data), each
     # with a generated password in a Secret `<cluster>-<role>`.
     logins: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # Group roles without login (one per handler, holding its table privileges; Vault's
+    # users join them). Their privileges are granted by `cct db migrate`, as the owner.
+    group_roles: Sequence[str] = ()
     instances: int = 1
     storage_size: str = "20Gi"
     storage_class: str | None = None
@@ -106,6 +113,10 @@ class Postgres(pulumi.ComponentResource):
                     "passwordSecret": {"name": f"{cluster}-{login.replace('_', '-')}"},
                 }
             )
+        roles += [
+            {"name": group, "ensure": "present", "login": False}
+            for group in sorted(args.group_roles)
+        ]
         affinity: dict[str, Any] = {
             "enablePodAntiAffinity": True,
             "topologyKey": "kubernetes.io/hostname",

@@ -56,6 +56,35 @@ def render_policy(grants: Sequence[VaultGrant]) -> str:
     return "\n".join(blocks)
 
 
+def database_role_statements(grant_role: str) -> tuple[list[str], list[str]]:
+    """Creation and revocation statements of a database-engine role whose users join
+    `grant_role`, with Vault's `{{name}}`, `{{password}}` and `{{expiration}}` placeholders.
+    The handlers' tests run these same statements on a real PostgreSQL to play Vault."""
+    creation = [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        f'GRANT "{grant_role}" TO "{{{{name}}}}";',
+    ]
+    return creation, ['DROP ROLE IF EXISTS "{{name}}";']
+
+
+def raft_config(replicas: int, namespace: str) -> str:
+    """The chart's Raft server config with one `retry_join` per replica. The chart's own config
+    (vault-helm 0.31.0) has none, so every node but vault-0 would stay out of the cluster; with
+    them each unsealed node joins the leader by itself."""
+    peers = [f"http://vault-{i}.vault-internal.{namespace}.svc:{PORT}" for i in range(replicas)]
+    joins = "".join(f'  retry_join {{\n    leader_api_addr = "{peer}"\n  }}\n' for peer in peers)
+    return (
+        "ui = true\n"
+        'listener "tcp" {\n'
+        "  tls_disable = 1\n"
+        f'  address = "[::]:{PORT}"\n'
+        f'  cluster_address = "[::]:{PORT + 1}"\n'
+        "}\n"
+        f'storage "raft" {{\n  path = "/vault/data"\n{joins}}}\n'
+        'service_registration "kubernetes" {}\n'
+    )
+
+
 @dataclass(frozen=True)
 class VaultAwsEngine:
     region: str
@@ -152,7 +181,15 @@ class Vault(pulumi.ComponentResource):
                     "ha": {
                         "enabled": args.high_availability,
                         "replicas": replicas,
-                        "raft": {"enabled": args.high_availability},
+                        "raft": (
+                            {
+                                "enabled": True,
+                                "setNodeId": True,
+                                "config": raft_config(replicas, args.namespace),
+                            }
+                            if args.high_availability
+                            else {"enabled": False}
+                        ),
                     },
                     "statefulSet": {
                         "securityContext": {
@@ -271,17 +308,14 @@ class Vault(pulumi.ComponentResource):
                 opts=child,
             )
             for role_name, grant_role in sorted(db.roles.items()):
+                creation, revocation = database_role_statements(grant_role)
                 vault.database.SecretBackendRole(
                     f"{name}-postgres-{role_name}",
                     backend=mount.path,
                     name=role_name,
                     db_name=connection.name,
-                    creation_statements=[
-                        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'"
-                        " VALID UNTIL '{{expiration}}';",
-                        f'GRANT "{grant_role}" TO "{{{{name}}}}";',
-                    ],
-                    revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'],
+                    creation_statements=creation,
+                    revocation_statements=revocation,
                     default_ttl=TOKEN_TTL_SECONDS,
                     max_ttl=TOKEN_MAX_TTL_SECONDS,
                     opts=child,

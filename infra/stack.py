@@ -36,6 +36,7 @@ from components.handlers import (
     Handlers,
     HandlersArgs,
     HandlerSpec,
+    MigrationSpec,
     VaultAgentSpec,
 )
 from components.kafka import METRICS_PORT as KAFKA_METRICS_PORT
@@ -54,9 +55,10 @@ from components.vault import (
     VaultGcpEngine,
     VaultGrant,
 )
-from components.victoriametrics import VM_PORT, VMALERT_PORT, VictoriaMetrics, VictoriaMetricsArgs
+from components.victoriametrics import VictoriaMetrics, VictoriaMetricsArgs, base_urls
 from infra.config import Settings
 from infra.content import Content
+from lambdas.store.grants import group_role
 
 DAY_MS = 24 * 3600 * 1000
 # docs/architecture.md section 5.
@@ -80,6 +82,11 @@ STEPS_DB_ROLE = "cct_steps"
 APP_DB_ROLE = "cct"
 # Handlers that use PostgreSQL (their pods are the database's network clients too).
 PG_HANDLERS = ("collector", "billing-loader", "detector", "trigger", "admission")
+# Each of them logs in as a short-lived user of its own Vault database role: its Vault Agent
+# sidecar renders the DSN into this file (CCT_PG_DSN_FILE) and again for every new lease.
+PG_DSN_FILE = "pg-dsn"
+# The schema migration Job: the one pod that gets the application owner's login.
+MIGRATION_JOB = "db-migrate"
 # The billing loader's AWS identity: reads the FOCUS export, nothing else.
 BILLING_READ_ROLE = f"{PREFIX}-billing-read"
 # Vault Agent renders the billing loader's STS credentials as a shared credentials file, which
@@ -98,6 +105,17 @@ WORKFLOW_PODS = {
 }
 
 
+def pg_dsn_template(handler: str, host: str) -> str:
+    """Vault Agent template of a handler's DSN: a user of its own database role. Username and
+    password are URL-escaped so any generated character is safe in the URI."""
+    return (
+        f'{{{{ with secret "database/creds/{PREFIX}-{handler}" }}}}'
+        "postgresql://{{ .Data.username | urlquery }}:{{ .Data.password | urlquery }}"
+        f"@{host}:5432/cct?sslmode=require"
+        "{{ end }}\n"
+    )
+
+
 def pg_handlers(settings: Settings) -> list[str]:
     """The handlers that use PostgreSQL; all of them write (inventory, billing, anomalies,
     workflow runs, admission decisions). The billing loader exists only with AWS."""
@@ -105,9 +123,10 @@ def pg_handlers(settings: Settings) -> list[str]:
 
 
 def database_roles(settings: Settings) -> dict[str, str]:
-    """Vault database role per PostgreSQL handler -> the PostgreSQL role its users join.
-    Every handler writes, so each joins the application owner role `cct`."""
-    return {f"{PREFIX}-{h}": APP_DB_ROLE for h in pg_handlers(settings)}
+    """Vault database role per PostgreSQL handler -> the PostgreSQL role its users join: the
+    handler's own group role, which holds exactly its table privileges
+    (lambdas.store.grants), never the application owner."""
+    return {f"{PREFIX}-{h}": group_role(h) for h in pg_handlers(settings)}
 
 
 def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
@@ -177,13 +196,14 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             namespace=ns,
             operator_namespace=platform,
             clients=[
-                *(pod(h) for h in PG_HANDLERS),
+                *(pod(h) for h in (*PG_HANDLERS, MIGRATION_JOB)),
                 grafana_pods,
                 workflow_pods,
                 kube.namespace_peer(platform),
             ],
             instances=3 if ha else 1,
-            logins={"grafana": ["pg_read_all_data"], STEPS_DB_ROLE: ["cct"]},
+            logins={"grafana": ["pg_read_all_data"], STEPS_DB_ROLE: [APP_DB_ROLE]},
+            group_roles=[group_role(h) for h in PG_HANDLERS],
             storage_class=settings.storage_class,
             high_availability=ha,
         ),
@@ -202,10 +222,20 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         ),
         opts=in_cluster,
     )
-    vm_url = f"http://victoria-metrics.{ns}.svc:8428"
+    # Where samples are written and where queries go (one URL for a single node).
+    vm_write_url, vm_read_url = base_urls(ns, ha)
     alertmanager_url = f"http://alertmanager.{ns}.svc:9093"
     kafka_bootstrap = f"cct-kafka-bootstrap.{ns}.svc:9092"
-    pg_env = {"CCT_PG_DSN": SecretEnv("cct-pg-app", "uri")}
+    pg_dsn_env = {"CCT_PG_DSN_FILE": f"{CREDENTIALS_DIR}/{PG_DSN_FILE}"}
+
+    def vault_agent(handler: str, **templates: str) -> VaultAgentSpec:
+        """The handler's Vault Agent sidecar: its PostgreSQL DSN file, plus `templates`."""
+        return VaultAgentSpec(
+            address=vault_address,
+            role=handler,
+            image=VAULT_IMAGE,
+            templates={PG_DSN_FILE: pg_dsn_template(handler, f"cct-pg-rw.{ns}.svc"), **templates},
+        )
 
     # Tokens between CCT's own pieces are generated, never configured.
     bridge_token = random.RandomPassword("bridge-token", length=40, special=False)
@@ -242,18 +272,16 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 port=None,
                 schedule="15 * * * *",
                 env={
-                    "CCT_VM_URL": vm_url,
+                    "CCT_VM_WRITE_URL": vm_write_url,
+                    "CCT_VM_READ_URL": vm_read_url,
                     "AWS_REGION": settings.aws.region,
                     "AWS_SHARED_CREDENTIALS_FILE": f"{CREDENTIALS_DIR}/{AWS_CREDENTIALS_FILE}",
+                    **pg_dsn_env,
                 },
-                secret_env=pg_env,
                 internet=True,
                 resources=kube.Resources("250m", "512Mi", "2", "2Gi"),
-                vault_agent=VaultAgentSpec(
-                    address=vault_address,
-                    role="billing-loader",
-                    image=VAULT_IMAGE,
-                    templates={AWS_CREDENTIALS_FILE: AWS_CREDENTIALS_TEMPLATE},
+                vault_agent=vault_agent(
+                    "billing-loader", **{AWS_CREDENTIALS_FILE: AWS_CREDENTIALS_TEMPLATE}
                 ),
             )
         ]
@@ -267,20 +295,22 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             image=settings.image,
             high_availability=ha,
             config_maps={"cct-policies": content.policies, "cct-playbooks": content.playbooks},
+            migration=MigrationSpec(owner_dsn=SecretEnv("cct-pg-app", "uri"), name=MIGRATION_JOB),
+            vault_pending=not settings.vault.configure,
             handlers=[
                 *billing_loader,
                 HandlerSpec(
                     "collector",
                     ("serve", "collector"),
                     replicas=replicas,
-                    env={"CCT_VM_URL": vm_url},
+                    env={"CCT_VM_WRITE_URL": vm_write_url, **pg_dsn_env},
                     secret_env={
-                        **pg_env,
                         "CCT_COLLECTOR_TOKEN": SecretEnv("cct-handler-secrets", "collector-token"),
                     },
                     clients=[pod("fluent-bit")],
                     internet=True,
                     resources=kube.Resources("250m", "256Mi", "2", "1Gi"),
+                    vault_agent=vault_agent("collector"),
                 ),
                 HandlerSpec(
                     "detector",
@@ -288,9 +318,13 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     # One detector: a second would evaluate the same series twice per cycle
                     # and post every alert twice.
                     singleton=True,
-                    env={"CCT_VM_URL": vm_url, "CCT_ALERTMANAGER_URL": alertmanager_url},
-                    secret_env=pg_env,
+                    env={
+                        "CCT_VM_READ_URL": vm_read_url,
+                        "CCT_ALERTMANAGER_URL": alertmanager_url,
+                        **pg_dsn_env,
+                    },
                     resources=kube.Resources("500m", "512Mi", "2", "2Gi"),
+                    vault_agent=vault_agent("detector"),
                 ),
                 HandlerSpec(
                     "bridge",
@@ -316,10 +350,11 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                         "CCT_ARGO_NAMESPACE": ns,
                         "CCT_PLAYBOOKS_FILE": f"{PLAYBOOKS_DIR}/playbooks.yaml",
                         "CCT_POLICIES_DIR": POLICIES_DIR,
+                        **pg_dsn_env,
                     },
-                    secret_env=pg_env,
                     config_mounts={"cct-policies": POLICIES_DIR, "cct-playbooks": PLAYBOOKS_DIR},
                     kube_api=True,
+                    vault_agent=vault_agent("trigger"),
                 ),
             ],
             admission=AdmissionSpec(
@@ -339,9 +374,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                         "CCT_ADMISSION_FAILURE_MODE": (
                             "closed" if settings.webhook_failure_policy == "Fail" else "open"
                         ),
+                        **pg_dsn_env,
                     },
-                    secret_env=pg_env,
                     config_mounts={"cct-policies": POLICIES_DIR},
+                    vault_agent=vault_agent("admission"),
                 ),
                 object_selector=content.workflow_labels,
                 failure_policy=settings.webhook_failure_policy,
@@ -371,17 +407,15 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             namespace=ns,
             scrape_namespaces=[ns],
             scrape_ports=[
-                HTTP_PORT, ADMISSION_METRICS_PORT, FLUENTBIT_METRICS_PORT, VM_PORT,
-                VMALERT_PORT, ALERTMANAGER_PORT, KAFKA_METRICS_PORT, PG_METRICS_PORT,
+                HTTP_PORT, ADMISSION_METRICS_PORT, FLUENTBIT_METRICS_PORT,
+                ALERTMANAGER_PORT, KAFKA_METRICS_PORT, PG_METRICS_PORT,
             ],
             rules=content.vmalert_rules,
             alertmanager_url=alertmanager_url,
-            clients=[
-                *(pod(h) for h in ("collector", "billing-loader", "detector")),
-                grafana_pods,
-            ],
+            writers=[pod("collector"), pod("billing-loader")],
+            readers=[pod("detector"), pod("billing-loader"), grafana_pods],
             storage_class=settings.storage_class,
-            vmalert_replicas=replicas,
+            replicas=replicas,
             high_availability=ha,
         ),
         opts=in_cluster,
@@ -401,7 +435,6 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     step_env = {
         "VAULT_ADDR": vault_address,
         "CCT_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
-        "CCT_VM_URL": vm_url,
         "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
     }
     if settings.azure:
@@ -475,7 +508,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             dashboard_providers=content.grafana_dashboard_providers,
             dashboards=content.dashboards,
             env={
-                "CCT_GRAFANA_VM_URL": vm_url,
+                "CCT_GRAFANA_VM_URL": vm_read_url,
                 "CCT_GRAFANA_PG_HOST": f"cct-pg-rw.{ns}.svc:5432",
                 "CCT_GRAFANA_PG_USER": "grafana",
                 "CCT_GRAFANA_PG_DATABASE": "cct",
@@ -495,7 +528,8 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         "fluentbitInternalEndpoint": fluentbit.endpoint,
         "kafkaBootstrap": kafka.bootstrap,
         "kafkaTopics": kafka.topic_names,
-        "victoriaMetricsUrl": metrics.url,
+        "victoriaMetricsWriteUrl": metrics.write_url,
+        "victoriaMetricsReadUrl": metrics.read_url,
         "vmalertUrl": metrics.vmalert_url,
         "alertmanagerUrl": alertmanager.url,
         "postgresHost": postgres.host,

@@ -3,7 +3,9 @@
 The request handler only puts a record on a bounded queue; one thread drains it in batches.
 A slow or unreachable database therefore never delays an admission answer: the queue absorbs
 the outage, the writer retries with backoff, and when the queue is full new records are
-dropped and counted (`cct_admission_decisions_dropped_total`) instead of blocking.
+dropped and counted (`cct_admission_decisions_dropped_total`) instead of blocking. A batch
+keeps its records until they are written, so a rotated PostgreSQL login (a new DSN file, or
+the old user's session ended) costs a reconnect, never a decision.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import psycopg
 
 from lambdas.admission.metrics import AdmissionMetrics
+from lambdas.common.pg import DsnSource
 from lambdas.store.db import StoreError, connect
 from lambdas.store.decisions import DecisionRecord, record_decisions
 
@@ -35,11 +38,12 @@ _MAX_BACKOFF_S = 5.0
 class DecisionRecorder:
     def __init__(
         self,
-        dsn: str,
+        dsn: str | DsnSource,
         metrics: AdmissionMetrics,
         queue_size: int,
     ) -> None:
-        self._dsn = dsn
+        self._dsn = DsnSource.of(dsn)
+        self._generation = 0  # of the DSN self._conn was opened with
         self._metrics = metrics
         self._queue: queue.Queue[DecisionRecord] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -99,8 +103,12 @@ class DecisionRecorder:
         delay = 0.1
         while True:
             try:
+                if self._conn is not None and self._dsn.rotated(self._generation):
+                    log.info("postgres credentials rotated; reconnecting")
+                    self._reset()
                 if self._conn is None:
                     self._conn = connect(self._dsn, application_name="cct-admission")
+                    self._generation = self._dsn.generation
                 record_decisions(self._conn, batch)
                 self._conn.commit()
             except StoreError as exc:

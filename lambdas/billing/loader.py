@@ -38,7 +38,7 @@ import pyarrow.csv as pacsv
 from lambdas.billing.adapters import adapt
 from lambdas.billing.aggregate import COLUMNS, HourlyTotals, add_batches
 from lambdas.billing.focus import BillingFileError, read_batches
-from lambdas.common.settings import env_int, pg_dsn, vm_url
+from lambdas.common.settings import env_int, pg_dsn, vm_read_url, vm_write_url
 from lambdas.common.vm import Sample, VictoriaMetrics, VMError
 from lambdas.store import billing as store
 
@@ -55,7 +55,11 @@ CSV_CHUNK_ROWS = 50_000  # rows per COPY write / import request (a few MiB)
 @dataclass(frozen=True)
 class BillingSettings:
     pg_dsn: str
+    # VictoriaMetrics base URL of the imports (CCT_VM_WRITE_URL, else CCT_VM_URL).
     vm_url: str
+    # Base URL of the reconciliation queries and the series deletions (CCT_VM_READ_URL, else
+    # CCT_VM_URL); None: vm_url, one single node.
+    vm_read_url: str | None = None
     # Trailing window of billed hours compared with the estimate. A week smooths daily
     # patterns and is short enough to follow price changes.
     reconcile_window_h: int = 168
@@ -64,7 +68,8 @@ class BillingSettings:
     def from_env(cls) -> BillingSettings:
         return cls(
             pg_dsn=pg_dsn(),
-            vm_url=vm_url(),
+            vm_url=vm_write_url(),
+            vm_read_url=vm_read_url(),
             reconcile_window_h=env_int("CCT_BILLING_RECONCILE_WINDOW_H", 168),
         )
 
@@ -258,7 +263,7 @@ def load(
 def _write_partitions(
     conn: psycopg.Connection, settings: BillingSettings, totals: HourlyTotals, report: LoadReport
 ) -> None:
-    vm = VictoriaMetrics(settings.vm_url, timeout=60)
+    vm = VictoriaMetrics(settings.vm_url, settings.vm_read_url, timeout=60)
     for part in totals.partitions():
         try:
             _write_partition(conn, vm, totals, report, part)
@@ -320,7 +325,7 @@ def reconcile(
     accounts: set[tuple[str, str]],
     now: datetime,
 ) -> list[dict[str, object]]:
-    vm = VictoriaMetrics(settings.vm_url, timeout=60)
+    vm = VictoriaMetrics(settings.vm_url, settings.vm_read_url, timeout=60)
     window_h = settings.reconcile_window_h
     results: list[dict[str, object]] = []
     samples: list[Sample] = []

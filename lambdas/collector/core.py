@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from lambdas.collector.model import Resource, ResourceChange
 from lambdas.ingest.exposition import line, render_labels
@@ -24,8 +24,7 @@ Group = tuple[str, ...]
 Factors = Mapping[tuple[str, str, str], float]
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(NamedTuple):
     """What one accepted event did. `stale` events are older than what the inventory knows:
     they are recorded for attribution but move no run-rate (event time wins)."""
 
@@ -35,86 +34,97 @@ class Applied:
     stale: bool
 
 
-def _rate(book: PriceBook, f: Mapping[str, Any]) -> float | None:
-    """The run-rate of a resource's fields, rounded as resource_inventory stores it
-    (numeric(18, 6)) so the in-memory rollups equal a rebuild from PostgreSQL."""
-    if f["state"] == "unknown":
+# (provider, service, resource type, region, sku, state, size items) -> run-rate
+RateMemo = dict[tuple[Any, ...], float | None]
+
+
+def _rate(
+    book: PriceBook,
+    memo: RateMemo,
+    fields: tuple[str, str, str, str, str | None, str],
+    size: Mapping[str, Any],
+) -> float | None:
+    """The run-rate of a resource (provider, service, type, region, sku, state; size), rounded
+    as resource_inventory stores it (numeric(18, 6)) so the in-memory rollups equal a rebuild
+    from PostgreSQL. A batch prices the same few shapes over and over: memoised per batch."""
+    provider, service_name, resource_type, region_id, sku, state = fields
+    if state == "unknown":
         return None
-    shape = Shape(
-        f["provider"],
-        f["service_name"],
-        f["resource_type"],
-        f["region_id"],
-        f["sku"],
-        f["size"],
-        f["state"],
-    )
+    key = (*fields, *size.items())
+    try:
+        return memo[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable size attribute: price it without the memo
+        key = ()
+    shape = Shape(provider, service_name, resource_type, region_id, sku, size, state)
     rate = usd_per_hour(book, shape)
-    return round(rate, 6) if rate is not None else None
+    rounded = round(rate, 6) if rate is not None else None
+    if key:
+        memo[key] = rounded
+    return rounded
 
 
 def merge(
-    current: Resource | None, ch: ResourceChange, book: PriceBook
+    current: Resource | None, ch: ResourceChange, book: PriceBook, memo: RateMemo | None = None
 ) -> tuple[Resource, Applied]:
     """Apply one change. A newer event overwrites what it states; an older one only fills in
     what is still unknown (e.g. the instance type from a RunInstances that arrived after the
     state-change notification) and never changes the state."""
     before: float | None
+    size: Mapping[str, Any]
+    tags: Mapping[str, str]
     if current is None:
-        f: dict[str, Any] = {
-            "provider": ch.provider,
-            "resource_id": ch.resource_id,
-            "billing_account_id": ch.billing_account_id,
-            "sub_account_id": ch.sub_account_id,
-            "region_id": ch.region_id or "unknown",
-            "service_name": ch.service_name,
-            "resource_type": ch.resource_type,
-            "sku": ch.sku,
-            "size": dict(ch.attributes),
-            "state": ch.state or "unknown",
-            "tags": dict(ch.tags or {}),
-            "last_event_id": ch.event_id,
-            "last_event_time": ch.event_time,
-        }
+        billing, sub = ch.billing_account_id, ch.sub_account_id
+        service, rtype = ch.service_name, ch.resource_type
+        region = ch.region_id or "unknown"
+        sku = ch.sku
+        size = dict(ch.attributes)
+        state = ch.state or "unknown"
+        tags = dict(ch.tags or {})
+        last_id, last_time = ch.event_id, ch.event_time
         before, stale = 0.0, False
     else:
-        f = {
-            "provider": current.provider,
-            "resource_id": current.resource_id,
-            "billing_account_id": current.billing_account_id,
-            "sub_account_id": current.sub_account_id,
-            "region_id": current.region_id,
-            "service_name": current.service_name,
-            "resource_type": current.resource_type,
-            "sku": current.sku,
-            "size": current.size,
-            "state": current.state,
-            "tags": current.tags,
-            "last_event_id": current.last_event_id,
-            "last_event_time": current.last_event_time,
-        }
+        service, rtype = current.service_name, current.resource_type
         before = current.usd_per_hour
         stale = ch.event_time < current.last_event_time
         if not stale:
-            f["billing_account_id"] = ch.billing_account_id
-            f["sub_account_id"] = ch.sub_account_id
-            f["region_id"] = ch.region_id or current.region_id
-            f["sku"] = ch.sku or current.sku
-            if ch.attributes:
-                f["size"] = {**current.size, **ch.attributes}
-            f["state"] = ch.state or current.state
-            if ch.tags is not None:
-                f["tags"] = dict(ch.tags)
-            f["last_event_id"] = ch.event_id
-            f["last_event_time"] = ch.event_time
+            billing, sub = ch.billing_account_id, ch.sub_account_id
+            region = ch.region_id or current.region_id
+            sku = ch.sku or current.sku
+            size = {**current.size, **ch.attributes} if ch.attributes else current.size
+            state = ch.state or current.state
+            tags = dict(ch.tags) if ch.tags is not None else current.tags
+            last_id, last_time = ch.event_id, ch.event_time
         else:
-            if current.region_id == "unknown" and ch.region_id:
-                f["region_id"] = ch.region_id
-            f["sku"] = current.sku or ch.sku
-            f["size"] = {**ch.attributes, **current.size}
-            f["tags"] = current.tags or dict(ch.tags or {})
-    r = Resource(usd_per_hour=_rate(book, f), **f)
-    return r, Applied(ch, before, r.usd_per_hour, stale=stale)
+            billing, sub = current.billing_account_id, current.sub_account_id
+            region = current.region_id
+            if region == "unknown" and ch.region_id:
+                region = ch.region_id
+            sku = current.sku or ch.sku
+            size = {**ch.attributes, **current.size}
+            state = current.state
+            tags = current.tags or dict(ch.tags or {})
+            last_id, last_time = current.last_event_id, current.last_event_time
+    fields = (ch.provider, service, rtype, region, sku, state)
+    rate = _rate(book, {} if memo is None else memo, fields, size)
+    r = Resource(
+        ch.provider,
+        ch.resource_id,
+        billing,
+        sub,
+        region,
+        service,
+        rtype,
+        sku,
+        size,
+        state,
+        tags,
+        rate,
+        last_id,
+        last_time,
+    )
+    return r, Applied(ch, before, rate, stale)
 
 
 def apply_changes(
@@ -124,10 +134,11 @@ def apply_changes(
     Applied per change, in the same order as the changes were given."""
     rows: dict[Key, Resource] = {}
     applied: dict[str, Applied] = {}
+    memo: RateMemo = {}
     ordered = sorted(changes, key=lambda c: (c.event_time, c.event_id))
     for ch in ordered:
         key = (ch.provider, ch.resource_id)
-        row, outcome = merge(rows.get(key) or current.get(key), ch, book)
+        row, outcome = merge(rows.get(key) or current.get(key), ch, book, memo)
         rows[key] = row
         applied[ch.event_id] = outcome
     return rows, [applied[c.event_id] for c in ordered]
@@ -163,13 +174,14 @@ class Labels:
         return dict(zip(names, g, strict=True))
 
 
-@dataclass(frozen=True, slots=True)
-class Live:
+class Live(NamedTuple):
     group: Group
     rate: float | None
     labels: str
-    # what the labels were rendered from; unchanged identity means the text can be reused
-    source: tuple[str, ...]
+    # What the labels were rendered from. Most events leave a resource's tags untouched (the
+    # merged row keeps the same tags object), so identity plus placement decides reuse.
+    tags: Mapping[str, str]
+    placement: tuple[str, str, str]
 
 
 class Rollups:
@@ -195,18 +207,17 @@ class Rollups:
                 self.unpriced[old.group] -= 1
             if abs(self.totals[old.group]) < 1e-9:  # float drift: nothing priced is exactly 0
                 self.totals[old.group] = 0.0
-        tags = self.labels.tags(r)
-        source = (r.billing_account_id, r.sub_account_id, r.region_id, *tags)
-        if old is not None and old.source == source:
+        placement = (r.billing_account_id, r.sub_account_id, r.region_id)
+        if old is not None and old.tags is r.tags and old.placement == placement:
             group, text = old.group, old.labels
         else:
-            group, text = self.labels.of(r, tags)
+            group, text = self.labels.of(r, self.labels.tags(r))
         if group not in self.totals:
             self.totals[group] = 0.0
             self.unpriced[group] = 0
             self._group_text[group] = render_labels(self.labels.group_labels(group))
         if r.state != "deleted":
-            self.live[r.key] = Live(group, r.usd_per_hour, text, source)
+            self.live[r.key] = Live(group, r.usd_per_hour, text, r.tags, placement)
             self.totals[group] += r.usd_per_hour or 0.0
             if r.usd_per_hour is None:
                 self.unpriced[group] += 1

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 PROVIDERS = ("aws", "azure", "gcp")
 
@@ -28,8 +28,12 @@ class EventIgnored(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceChange:
+# The collector builds one ResourceChange and one Resource per event, tens of thousands a
+# second: NamedTuples are immutable like frozen dataclasses and about four times cheaper to make.
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
+
+
+class ResourceChange(NamedTuple):
     """One lifecycle change of one resource. None means "this event does not say"; the
     inventory keeps what it knew."""
 
@@ -46,13 +50,12 @@ class ResourceChange:
     state: str | None = None
     sku: str | None = None
     # size and pricing attributes, merged into the inventory's `size` (e.g. gib, engine)
-    attributes: Mapping[str, Any] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = _NO_ATTRIBUTES
     tags: Mapping[str, str] | None = None
     actor: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Resource:
+class Resource(NamedTuple):
     """A row of resource_inventory."""
 
     provider: str

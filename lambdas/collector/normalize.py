@@ -4,7 +4,9 @@ A record from Fluent Bit is the forwarder's envelope:
 `{"provider": "aws"|"azure"|"gcp", "billing_account_id": "...", "event": {...},
 "resource": {...}}` where `event` is the provider's event exactly as delivered and `resource`
 (Azure only) is the ARM resource the forwarder read after the change, because Event Grid
-events do not carry a VM size or disk tier. Everything here is pure.
+events do not carry a VM size or disk tier. Everything here is pure. Records are decoded
+JSON, so objects are plain dicts (an exact `dict` check is several times cheaper than an ABC
+check on this per-event path).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _req(obj: Mapping[str, Any], key: str, where: str) -> Any:
 
 
 def _obj(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise EventRejected(
             "wrong_type", f"{where}: expected an object, got {type(value).__name__}"
         )
@@ -69,9 +71,9 @@ def parse_time(value: Any, where: str) -> datetime:
 
 def _items(value: Any) -> list[Mapping[str, Any]]:
     """CloudTrail wraps lists as {"items": [...]}."""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         value = value.get("items")
-    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _aws_tags(request: Mapping[str, Any], resource_type: str) -> dict[str, str] | None:
@@ -81,7 +83,7 @@ def _aws_tags(request: Mapping[str, Any], resource_type: str) -> dict[str, str] 
             for tag in spec.get("tags") or spec.get("tagSet", {}).get("items", []):
                 tags[str(tag.get("key") or tag.get("Key"))] = str(tag.get("value", ""))
     for tag in request.get("tags") or []:  # RDS: [{"key": .., "value": ..}]
-        if isinstance(tag, Mapping):
+        if isinstance(tag, dict):
             tags[str(tag.get("key") or tag.get("Key"))] = str(tag.get("value") or tag.get("Value"))
     return tags or None
 
@@ -187,6 +189,13 @@ def _ct_instances(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[st
                 str(t.get("key")): str(t.get("value", "")) for t in _items(item.get("tagSet"))
             }
             kw["tags"] = item_tags or tags
+            # `platform` is "windows" for Windows and absent otherwise; `platformDetails`
+            # names the billing product (e.g. "Red Hat Enterprise Linux") when present.
+            details = item.get("platformDetails") or (
+                "Windows" if item.get("platform") == "windows" else None
+            )
+            if details:
+                kw["attributes"] = {"platform_details": str(details)}
         out.append((rid, kw))
     return out
 
@@ -196,7 +205,7 @@ def _ct_modify_instance(
 ) -> Changes:
     rid = req.get("instanceId")
     raw = req.get("instanceType")
-    sku = raw.get("value") if isinstance(raw, Mapping) else raw
+    sku = raw.get("value") if isinstance(raw, dict) else raw
     if sku is None and req.get("attribute") == "instanceType":
         sku = req.get("value")
     if not isinstance(rid, str):
@@ -206,13 +215,22 @@ def _ct_modify_instance(
     return [(rid, {**base, "service_name": AWS_EC2, "resource_type": "Instance", "sku": sku})]
 
 
+# ModifyVolume: (attribute, volumeModification target, request field)
+_VOLUME_TARGETS = (("iops", "targetIops", "Iops"), ("throughput", "targetThroughput", "Throughput"))
+
+
 def _ct_volume(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
     action = base["action"]
     kw = {**base, "service_name": AWS_EC2, "resource_type": "Volume"}
     if action == "CreateVolume":
         rid = resp.get("volumeId")
         kw["sku"] = resp.get("volumeType") or req.get("volumeType") or "gp2"
-        kw["attributes"] = {"gib": float(resp.get("size") or req.get("size") or 0)}
+        attrs = {"gib": float(resp.get("size") or req.get("size") or 0)}
+        for name in ("iops", "throughput"):
+            value = resp.get(name) or req.get(name)
+            if value:
+                attrs[name] = float(value)
+        kw["attributes"] = attrs
         kw["state"] = "available"
         kw["tags"] = _aws_tags(req, "volume")
         zone = resp.get("zone") or req.get("zone")
@@ -226,8 +244,15 @@ def _ct_volume(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, 
         size = mod.get("targetSize") or inner.get("Size") or inner.get("size")
         if sku:
             kw["sku"] = sku
+        attrs = {}
+        for name, target, field in _VOLUME_TARGETS:
+            value = mod.get(target) or inner.get(field)
+            if value:
+                attrs[name] = float(value)
         if size:
-            kw["attributes"] = {"gib": float(size)}
+            attrs["gib"] = float(size)
+        if attrs:
+            kw["attributes"] = attrs
     else:  # DeleteVolume
         rid = req.get("volumeId")
         kw["state"] = "deleted"
@@ -248,10 +273,10 @@ def _ct_db(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]
         kw["sku"] = req["dBInstanceClass"]
     if req.get("engine"):
         attrs["engine"] = str(req["engine"])
-    if req.get("allocatedStorage"):
-        attrs["gib"] = float(req["allocatedStorage"])
     if "multiAZ" in req:
         attrs["multi_az"] = bool(req["multiAZ"])
+    if action != "DeleteDBInstance":
+        attrs.update(_db_storage(req, resp, action == "CreateDBInstance"))
     kw["attributes"] = attrs
     if action == "CreateDBInstance":
         kw["state"] = "running"
@@ -259,6 +284,33 @@ def _ct_db(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]
     elif action == "DeleteDBInstance":
         kw["state"] = "deleted"
     return [(arn, kw)]
+
+
+# (attribute, field in CreateDBInstance / ModifyDBInstance and in the DBInstance response)
+_DB_STORAGE_FIELDS = (
+    ("gib", "allocatedStorage"),
+    ("iops", "iops"),
+    ("throughput", "storageThroughput"),
+)
+
+
+def _db_storage(req: Mapping[str, Any], resp: Mapping[str, Any], create: bool) -> dict[str, Any]:
+    """Storage type, GiB, IOPS and throughput. The request states what changes; a modification
+    applied later shows in the response's pendingModifiedValues; the response itself holds the
+    current values (including the defaults AWS chose on create)."""
+    pending = resp.get("pendingModifiedValues") or {}
+    out: dict[str, Any] = {}
+    storage = req.get("storageType") or pending.get("storageType") or resp.get("storageType")
+    for name, field in _DB_STORAGE_FIELDS:
+        value = req.get(field) or pending.get(field) or resp.get(field)
+        if value:
+            out[name] = float(value)
+    if not storage and create:
+        # CreateDBInstance's documented default: io1 when IOPS are given, else gp2.
+        storage = "io1" if "iops" in out else "gp2"
+    if storage:
+        out["storage_type"] = str(storage)
+    return out
 
 
 _CLOUDTRAIL: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], dict[str, Any]], Changes]]
@@ -299,10 +351,15 @@ def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[
     """Size, tags and (after a write) state from the ARM resource the forwarder attached."""
     props = resource.get("properties") or {}
     out: dict[str, Any] = {}
-    if isinstance(resource.get("tags"), Mapping):
+    if isinstance(resource.get("tags"), dict):
         out["tags"] = {str(k): str(v) for k, v in resource["tags"].items()}
     if rtype == "microsoft.compute/virtualmachines":
         out["sku"] = (props.get("hardwareProfile") or {}).get("vmSize")
+        # A Windows VM pays the Windows rate unless it uses Azure Hybrid Benefit
+        # (licenseType Windows_Server / Windows_Client).
+        os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
+        vm_attrs = {"os_type": os_disk.get("osType"), "license_type": props.get("licenseType")}
+        out["attributes"] = {k: str(v) for k, v in vm_attrs.items() if v}
         if written:
             out["state"] = "running"
     else:
@@ -350,7 +407,7 @@ def normalize_azure(
         kw["state"] = state
     resource = envelope.get("resource")
     region = None
-    if isinstance(resource, Mapping):
+    if isinstance(resource, dict):
         region = resource.get("location")
         kw.update(_arm_fields(resource, rtype, event_type.endswith("ResourceWriteSuccess")))
     return [
@@ -385,13 +442,32 @@ GCP_METHODS = {
 def _gcp_entry(event: Mapping[str, Any]) -> Mapping[str, Any]:
     """The audit LogEntry, from a Pub/Sub push body, a Pub/Sub message or the entry itself."""
     message = event.get("message", event)
-    if isinstance(message, Mapping) and "data" in message and "protoPayload" not in message:
+    if isinstance(message, dict) and "data" in message and "protoPayload" not in message:
         try:
             decoded = json.loads(base64.b64decode(message["data"], validate=True))
         except (binascii.Error, ValueError, TypeError):
             raise EventRejected("bad_encoding", "gcp message.data is not base64 JSON") from None
         return _obj(decoded, "message.data")
     return event
+
+
+def _gcp_image_project(request: Mapping[str, Any], project: str) -> str | None:
+    """The project of the boot disk's image or licence: public images with a paid licence
+    live in projects such as windows-cloud or rhel-cloud. A `global/images/...` reference is
+    an image of the instance's own project."""
+    disks = [d for d in request.get("disks") or [] if isinstance(d, dict)]
+    boot = next((d for d in disks if d.get("boot")), disks[0] if disks else None)
+    if boot is None:
+        return None
+    licenses = [str(url) for url in boot.get("licenses") or []]
+    image = (boot.get("initializeParams") or {}).get("sourceImage")
+    for ref in [*licenses, *([str(image)] if image else [])]:
+        parts = ref.split("/")
+        if "projects" in parts[:-1]:
+            return parts[parts.index("projects") + 1]
+        if ref.startswith("global/"):
+            return project
+    return None
 
 
 def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> list[ResourceChange]:
@@ -417,14 +493,18 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
         machine = request.get("machineType")
         if isinstance(machine, str):
             kw["sku"] = machine.rsplit("/", 1)[-1]
-        if isinstance(request.get("labels"), Mapping):
+        if isinstance(request.get("labels"), dict):
             kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
+    if short == "compute.instances.insert":
+        image_project = _gcp_image_project(request, project)
+        if image_project:
+            kw["attributes"] = {"image_project": image_project}
     if short == "compute.disks.insert":
         disk_type = request.get("type")
         kw["sku"] = disk_type.rsplit("/", 1)[-1] if isinstance(disk_type, str) else "pd-standard"
         if request.get("sizeGb") is not None:
             kw["attributes"] = {"gib": float(request["sizeGb"])}
-        if isinstance(request.get("labels"), Mapping):
+        if isinstance(request.get("labels"), dict):
             kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
     if kw["state"] is None:
         del kw["state"]
@@ -454,7 +534,7 @@ _NORMALIZERS = {"aws": normalize_aws, "azure": normalize_azure, "gcp": normalize
 
 def normalize(record: Any, default_provider: str | None = None) -> list[ResourceChange]:
     """One Fluent Bit record -> the changes it carries. Raises EventRejected / EventIgnored."""
-    if not isinstance(record, Mapping):
+    if not isinstance(record, dict):
         raise EventRejected(
             "wrong_type", f"record: expected an object, got {type(record).__name__}"
         )

@@ -45,10 +45,19 @@ from lambdas.collector.core import (
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
 from lambdas.collector.normalize import normalize
-from lambdas.common.settings import SettingsError, env_float, env_int, env_str, pg_dsn, vm_url
+from lambdas.common.pg import DsnSource, needs_reconnect
+from lambdas.common.settings import (
+    SettingsError,
+    env_float,
+    env_int,
+    env_str,
+    pg_dsn_source,
+    vm_write_url,
+)
 from lambdas.ingest.exposition import body
 from lambdas.pricing.catalog import PriceBook
 from lambdas.store import inventory as store
+from lambdas.store.db import StoreError, aconnect
 from lambdas.store.pricing import aload_price_book
 
 log = logging.getLogger(__name__)
@@ -60,7 +69,11 @@ VM_QUEUE_BATCHES = 4
 
 @dataclass(frozen=True)
 class CollectorSettings:
-    pg_dsn: str
+    # CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current; re-read on every connect) or
+    # CCT_PG_DSN.
+    pg_dsn: str | DsnSource
+    # VictoriaMetrics base URL of the imports (CCT_VM_WRITE_URL, else CCT_VM_URL): the collector
+    # only writes.
     vm_url: str
     # Bearer token Fluent Bit must send. From CCT_COLLECTOR_TOKEN_FILE (a mounted secret) or
     # CCT_COLLECTOR_TOKEN; the collector refuses to start without one.
@@ -105,8 +118,8 @@ class CollectorSettings:
             return tuple(x.strip().lower() for x in raw.split(",") if x.strip())
 
         return cls(
-            pg_dsn=pg_dsn(),
-            vm_url=vm_url(),
+            pg_dsn=pg_dsn_source(),
+            vm_url=vm_write_url(),
             token=token,
             host=env_str("CCT_COLLECTOR_HOST", "0.0.0.0"),  # noqa: S104
             port=env_int("CCT_COLLECTOR_PORT", 8080),
@@ -202,15 +215,20 @@ class Processor:
         self._tasks: list[asyncio.Task[None]] = []
         self._conns: list[psycopg.AsyncConnection] = []
         self._reader: psycopg.AsyncConnection | None = None
+        # The DSN generation each writer connection (and the reader) was opened with.
+        self._dsn = DsnSource.of(settings.pg_dsn)
+        self._opened: list[int] = []
+        self._reader_opened = 0
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, background: bool = True) -> None:
         for _ in range(self.settings.writers):
-            conn = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
-            await store.prepare(conn)
+            conn = await self._open(writer=True)
             self._conns.append(conn)
+            self._opened.append(self._dsn.generation)
         # Refresh and sync read on their own connection so they never join a write transaction.
-        self._reader = await psycopg.AsyncConnection.connect(self.settings.pg_dsn, autocommit=True)
+        self._reader = await self._open(writer=False)
+        self._reader_opened = self._dsn.generation
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         await self.refresh()
         for r in await store.live_resources(self._conns[0]):
@@ -230,6 +248,41 @@ class Processor:
                 self._tasks.append(
                     asyncio.create_task(self._every(self.settings.sync_interval_s, self.sync_aws))
                 )
+
+    async def _open(self, *, writer: bool) -> psycopg.AsyncConnection:
+        conn = await aconnect(self._dsn, application_name="cct-collector", autocommit=True)
+        if writer:
+            await store.prepare(conn)
+        return conn
+
+    async def _renew_writer(self, shard: int, *, broken: bool = False) -> None:
+        """At a batch boundary: reconnect the shard with the current DSN when it rotated, or
+        when the connection or its login is gone. When that fails the next batch tries again;
+        meanwhile a rotated-away login that still works is kept, and a gone one stays closed,
+        failing its batches (Fluent Bit retries them)."""
+        conn = self._conns[shard]
+        if broken:
+            await conn.close()
+        elif not conn.closed and not self._dsn.rotated(self._opened[shard]):
+            return
+        try:
+            fresh = await self._open(writer=True)
+        except (StoreError, psycopg.Error) as exc:
+            log.warning("postgres reconnect failed", extra={"shard": shard, "error": str(exc)})
+            return
+        await conn.close()
+        self._conns[shard], self._opened[shard] = fresh, self._dsn.generation
+        log.info("postgres writer reconnected", extra={"shard": shard})
+
+    async def _renew_reader(self) -> psycopg.AsyncConnection:
+        """The reader, reconnected first when the DSN rotated or the connection is gone;
+        refresh and sync are retried on their next round when this fails."""
+        assert self._reader is not None
+        if self._reader.closed or self._dsn.rotated(self._reader_opened):
+            fresh = await self._open(writer=False)
+            await self._reader.close()
+            self._reader, self._reader_opened = fresh, self._dsn.generation
+        return self._reader
 
     async def stop(self) -> None:
         try:  # hand what is queued to VictoriaMetrics before stopping
@@ -254,9 +307,9 @@ class Processor:
                 log.exception("periodic task failed", extra={"task": fn.__name__})
 
     async def refresh(self) -> None:
-        assert self._reader is not None
-        self.book = await aload_price_book(self._reader)
-        self.factors = await store.reconciliation_factors(self._reader)
+        reader = await self._renew_reader()
+        self.book = await aload_price_book(reader)
+        self.factors = await store.reconciliation_factors(reader)
 
     async def heartbeat(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -299,12 +352,17 @@ class Processor:
                 job = queue.get_nowait()
                 jobs.append(job)
                 size += len(job.changes)
+            await self._renew_writer(shard)
             try:
                 results = await self._process(jobs, self._conns[shard])
             except Exception as exc:  # every waiter gets the failure; nothing was committed
                 for job in jobs:
                     if not job.done.done():
                         job.done.set_exception(exc)
+                if needs_reconnect(exc):
+                    # Reconnect now, so Fluent Bit's retry of these requests finds the new
+                    # login (a rotated lease whose old user was revoked, a restarted server).
+                    await self._renew_writer(shard, broken=True)
                 continue
             for job, result in zip(jobs, results, strict=True):
                 if not job.done.done():
@@ -363,8 +421,9 @@ class Processor:
                     current[key] = cache[key]
             new = [c for c in fresh if c.event_id not in known]
             rows, applied = apply_changes(current, new, self.book)
-            await store.upsert_resources(conn, rows.values(), now)
-            await store.insert_events(conn, applied, rows, now)
+            fmt = store.Formatted()
+            await store.upsert_resources(conn, rows.values(), now, fmt)
+            await store.insert_events(conn, applied, rows, now, fmt)
             await store.insert_dead_letters(conn, "collector", dead)
         # Committed: only now may the cache hold the new rows.
         for key, row in rows.items():
@@ -439,12 +498,11 @@ class Processor:
     async def sync_aws(self) -> None:
         from lambdas.collector.sync import aws_inventory_changes
 
-        assert self._reader is not None
         now = datetime.now(UTC)
         for region in self.settings.sync_aws_regions:
             known = [
                 r
-                for r in await store.live_resources(self._reader)
+                for r in await store.live_resources(await self._renew_reader())
                 if r.provider == "aws" and r.region_id == region
             ]
             changes = await asyncio.to_thread(
@@ -468,6 +526,17 @@ def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> web.Resp
     return web.json_response({"error": reason, "detail": detail}, status=status)
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether any key or string inside decoded JSON holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 class Api:
     """The HTTP handlers: /ingest (Fluent Bit batches), /healthz, /metrics."""
 
@@ -477,8 +546,9 @@ class Api:
         self.metrics = processor.metrics
         self.expected = f"Bearer {processor.settings.token}".encode()
 
-    async def read_records(self, request: web.Request) -> list[Any]:
-        """The batch's records, or Refused naming what is wrong with the request."""
+    async def read_records(self, request: web.Request) -> tuple[list[Any], bool]:
+        """The batch's records and whether any string in it holds a NUL character, or Refused
+        naming what is wrong with the request."""
         auth = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(auth, self.expected):
             raise Refused(401, "unauthorized", "missing or wrong bearer token")
@@ -503,12 +573,12 @@ class Api:
                 "too_many_records",
                 f"{len(records)} records exceed the limit of {self.settings.max_records}",
             )
-        return records
+        return records, b"\\u0000" in raw
 
     async def ingest(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
-            records = await self.read_records(request)
+            records, nul = await self.read_records(request)
         except Refused as refused:
             return _reject(self.metrics, refused.status, refused.reason, refused.detail)
         tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag") or ""
@@ -522,6 +592,10 @@ class Api:
                 # Fluent Bit removes the forwarder's token; never store it if one slips through.
                 record.pop("auth", None)
             try:
+                if nul and _holds_nul(record):
+                    # PostgreSQL text cannot hold NUL: left in, it would fail the whole batch on
+                    # every retry. (The dead letter keeps it JSON-escaped.)
+                    raise EventRejected("nul_character", "a string holds a NUL character")
                 changes += normalize(record, default_provider)
             except EventRejected as exc:
                 self.metrics.rejected.labels(exc.reason).inc()

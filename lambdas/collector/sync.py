@@ -22,6 +22,11 @@ from lambdas.collector.normalize import AWS_EC2, AWS_RDS
 SYNC_ACTION = "InventorySync"
 
 
+def _present(**values: Any) -> dict[str, Any]:
+    """The pricing attributes the listing reports (numbers as floats, like the events)."""
+    return {k: float(v) if isinstance(v, int | float) else str(v) for k, v in values.items() if v}
+
+
 def sync_run_id(now: datetime) -> str:
     """Event ids of one sync run: unique per run, so a later run is never taken for a
     duplicate of an earlier one."""
@@ -111,6 +116,7 @@ def aws_observed(
                         resource_type="Instance",
                         state="running" if state in ("pending", "running") else "stopped",
                         sku=inst["InstanceType"],
+                        attributes=_present(platform_details=inst.get("PlatformDetails")),
                         tags=_tags(inst.get("Tags")),
                     )
                 )
@@ -123,7 +129,10 @@ def aws_observed(
                     resource_type="Volume",
                     state="available",
                     sku=vol["VolumeType"],
-                    attributes={"gib": float(vol["Size"])},
+                    attributes={
+                        "gib": float(vol["Size"]),
+                        **_present(iops=vol.get("Iops"), throughput=vol.get("Throughput")),
+                    },
                     tags=_tags(vol.get("Tags")),
                 )
             )
@@ -140,6 +149,11 @@ def aws_observed(
                         "engine": db["Engine"],
                         "gib": float(db.get("AllocatedStorage") or 0),
                         "multi_az": bool(db.get("MultiAZ")),
+                        **_present(
+                            storage_type=db.get("StorageType"),
+                            iops=db.get("Iops"),
+                            throughput=db.get("StorageThroughput"),
+                        ),
                     },
                     tags=_tags(db.get("TagList")),
                 )

@@ -7,6 +7,11 @@ Each handler declares a frozen dataclass of its own settings; the helpers here r
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lambdas.common.pg import DsnSource
 
 
 class SettingsError(ValueError):
@@ -53,11 +58,40 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def pg_dsn() -> str:
-    return env_str("CCT_PG_DSN")
+    """The PostgreSQL DSN as it is now, for one-shot commands (CronJobs, CLI)."""
+    return pg_dsn_source().read()
+
+
+def pg_dsn_source() -> DsnSource:
+    """Where the PostgreSQL DSN comes from: the file named by CCT_PG_DSN_FILE (in the cluster:
+    rendered by Vault Agent from `database/creds/<role>`, re-read on every connect), else
+    CCT_PG_DSN (local use and tests). A file is read once here so a bad one fails at start."""
+    # pg imports SettingsError from this module, hence the late import.
+    from lambdas.common.pg import DsnSource
+
+    path = os.environ.get("CCT_PG_DSN_FILE")
+    if path:
+        source = DsnSource(path=Path(path), variable="CCT_PG_DSN_FILE")
+        source.read()
+        return source
+    return DsnSource(dsn=env_str("CCT_PG_DSN"))
 
 
 def vm_url() -> str:
+    """VictoriaMetrics' base URL when one URL serves writes and queries (a single node)."""
     return env_str("CCT_VM_URL", "http://127.0.0.1:18428").rstrip("/")
+
+
+def vm_write_url() -> str:
+    """Base URL samples are written under: CCT_VM_WRITE_URL (the cluster version's
+    `http://vminsert:8480/insert/0/prometheus`), else CCT_VM_URL."""
+    return (os.environ.get("CCT_VM_WRITE_URL") or vm_url()).rstrip("/")
+
+
+def vm_read_url() -> str:
+    """Base URL queries are sent under: CCT_VM_READ_URL (the cluster version's
+    `http://vmselect:8481/select/0/prometheus`), else CCT_VM_URL."""
+    return (os.environ.get("CCT_VM_READ_URL") or vm_url()).rstrip("/")
 
 
 def alertmanager_url() -> str:

@@ -1,13 +1,20 @@
 """A small VictoriaMetrics HTTP client: import samples, run instant and range queries.
 
-Used by the collector, billing loader, detector and the dashboard tests, so there is one
-place that knows the wire formats.
+Used by the billing loader, the detector and the dashboard tests, so there is one place that
+knows the wire formats (the collector writes the same import format from its async loop).
+
+Writes and queries have separate base URLs because the cluster version serves them from
+different services: imports go to vminsert (`.../insert/<tenant>/prometheus`), queries to
+vmselect (`.../select/<tenant>/prometheus`) and series deletion to vmselect's
+`.../delete/<tenant>/prometheus`. A single node serves all of them at its root, so one URL
+is both bases. The single-node API paths are appended to either base.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,15 +54,34 @@ def format_prometheus(samples: Iterable[Sample]) -> bytes:
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
+# vmselect's query prefix; its deletion prefix differs only in the first segment.
+_SELECT_PREFIX = re.compile(r"/select/([^/]+)/prometheus$")
+
+
+def delete_url(read_url: str) -> str:
+    """Base URL of series deletion: vmselect's `/delete/<tenant>/prometheus` next to a
+    cluster read URL, the read URL itself for a single node."""
+    return _SELECT_PREFIX.sub(r"/delete/\1/prometheus", read_url.rstrip("/"))
+
+
 class VictoriaMetrics:
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
+    """`write_url` receives imports, `read_url` (default: `write_url`) queries and
+    deletions."""
+
+    def __init__(self, write_url: str, read_url: str | None = None, timeout: float = 10.0) -> None:
+        self.write_url = write_url.rstrip("/")
+        self.read_url = (read_url or write_url).rstrip("/")
+        self.delete_url = delete_url(self.read_url)
         self.timeout = timeout
 
     def _request(
-        self, path: str, data: bytes | None = None, params: Mapping[str, str] | None = None
+        self,
+        base: str,
+        path: str,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> bytes:
-        url = f"{self.base_url}{path}"
+        url = f"{base}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
         # The base URL comes from our own settings (http only); S310 does not apply.
@@ -74,27 +100,32 @@ class VictoriaMetrics:
     def import_samples(self, samples: Iterable[Sample]) -> None:
         payload = format_prometheus(samples)
         if payload:
-            self._request("/api/v1/import/prometheus", data=payload)
+            self._request(self.write_url, "/api/v1/import/prometheus", data=payload)
 
     def import_csv(self, payload: bytes, fmt: str) -> None:
         """CSV rows without a header; `fmt` is VictoriaMetrics' `format` column spec."""
-        self._request("/api/v1/import/csv", data=payload, params={"format": fmt})
+        self._request(self.write_url, "/api/v1/import/csv", data=payload, params={"format": fmt})
 
     def delete_series(self, match: str) -> None:
         """Delete every sample of the series `match` selects (a series selector)."""
-        self._request("/api/v1/admin/tsdb/delete_series", data=b"", params={"match[]": match})
+        self._request(
+            self.delete_url,
+            "/api/v1/admin/tsdb/delete_series",
+            data=b"",
+            params={"match[]": match},
+        )
 
     def query(self, expr: str, time_s: float | None = None) -> list[dict[str, Any]]:
         params = {"query": expr}
         if time_s is not None:
             params["time"] = f"{time_s:.3f}"
-        return self._result(self._request("/api/v1/query", params=params))
+        return self._result(self._request(self.read_url, "/api/v1/query", params=params))
 
     def query_range(
         self, expr: str, start_s: float, end_s: float, step: str
     ) -> list[dict[str, Any]]:
         params = {"query": expr, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}", "step": step}
-        return self._result(self._request("/api/v1/query_range", params=params))
+        return self._result(self._request(self.read_url, "/api/v1/query_range", params=params))
 
     @staticmethod
     def _result(raw: bytes) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from lambdas.common import settings as env
+from lambdas.common.pg import DsnSource
 from lambdas.common.vm import VictoriaMetrics, VMError
 from lambdas.detector.alerts import (
     Alertmanager,
@@ -56,9 +57,13 @@ RESOURCE_METRIC = "cct_cost_rate_usd_per_hour"
 
 @dataclass(frozen=True)
 class DetectorSettings:
+    # VictoriaMetrics base URL of the queries (CCT_VM_READ_URL, else CCT_VM_URL): the detector
+    # only reads.
     vm_url: str
     alertmanager_url: str
-    pg_dsn: str
+    # CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current, re-read on every connect) or
+    # CCT_PG_DSN.
+    pg_dsn: str | DsnSource
     # Evaluation interval in seconds; 3 s keeps detection inside the seconds-scale promise.
     interval_s: float = 3.0
     # Levels read from the rollup series each cycle. `resource` adds every per-resource series
@@ -98,9 +103,9 @@ class DetectorSettings:
     def from_env(cls) -> DetectorSettings:
         levels = os.environ.get("CCT_DETECTOR_LEVELS", "account,service,team")
         return cls(
-            vm_url=env.vm_url(),
+            vm_url=env.vm_read_url(),
             alertmanager_url=env.alertmanager_url(),
-            pg_dsn=env.pg_dsn(),
+            pg_dsn=env.pg_dsn_source(),
             interval_s=env.env_float("CCT_DETECTOR_INTERVAL_S", 3.0),
             levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
             basis=os.environ.get("CCT_DETECTOR_BASIS", "list") or "list",
@@ -280,6 +285,7 @@ class Detector:
         self.pending_rows: list[_RowOp] = []
         self.last_resend = -math.inf
         self.conn: psycopg.Connection[Any] | None = None
+        self._conn_generation = 0  # of the DSN self.conn was opened with
 
     def close(self) -> None:
         if self.conn is not None:
@@ -406,8 +412,15 @@ class Detector:
 
     # ---------------------------------------------------------------- one cycle
     def _db(self) -> psycopg.Connection[Any]:
+        # Called before a cycle's reads and before its writes: switching to a rotated login
+        # here abandons at most a finished read; pending rows stay queued until committed.
+        dsn = DsnSource.of(self.cfg.pg_dsn)
+        if self.conn is not None and dsn.rotated(self._conn_generation):
+            log.info("postgres credentials rotated; reconnecting")
+            self.conn.close()
         if self.conn is None or self.conn.closed:
-            self.conn = connect(self.cfg.pg_dsn, application_name="cct-detector")
+            self.conn = connect(dsn, application_name="cct-detector")
+            self._conn_generation = dsn.generation
         return self.conn
 
     def _db_failed(self, exc: StoreError) -> None:

@@ -1,8 +1,13 @@
 """Pricing a resource from the price catalog. Pure: the catalog is passed in.
 
-A resource's run-rate is the sum of its price components (an AWS instance is one component;
-a GCP machine type is N vCPU plus M GiB of memory; a disk is GiB x a per-GiB-month price).
-If any component is missing from the catalog the resource is unpriced (None), never $0.
+A resource's run-rate is the sum of its price parts: an AWS instance is one part, a GCP
+machine type is N vCPU plus M GiB of memory (plus a licence per vCPU for Windows images), a
+disk is GiB x a per-GiB-month price plus, where the volume type bills them, provisioned IOPS
+and throughput above what the type includes, an RDS instance is its class plus its storage.
+If any part is missing from the catalog the resource is unpriced (None), never $0.
+
+This runs once per event on the collector's hot path: every part is one dict lookup with a
+plain-tuple key (hashing and comparing a tuple is done in C, a dataclass key cost ~0.8 us).
 """
 
 from __future__ import annotations
@@ -10,30 +15,28 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple, cast
 
 HOURS_PER_MONTH = 730.0  # the providers' own convention for monthly prices
+# Units priced per month: converted to per hour by HOURS_PER_MONTH.
+MONTHLY_UNITS = frozenset({"gib_month", "iops_month", "mibps_month"})
 
 # States in which a resource is billed. Azure bills a powered-off VM until it is deallocated.
 _COMPUTE_BILLED = {"aws": {"running"}, "azure": {"running", "stopped"}, "gcp": {"running"}}
 
 
-@dataclass(frozen=True, slots=True)
-class PriceKey:
+class PriceKey(NamedTuple):
     provider: str
     service_name: str
     region_id: str
     sku: str
-    unit: str  # hour | gib_month
-
-
-@dataclass(frozen=True, slots=True)
-class Component:
-    key: PriceKey
-    quantity: float
+    unit: str  # hour | gib_month | iops_month | mibps_month
 
 
 PriceBook = Mapping[PriceKey, float]
+# (region_id, sku, unit, quantity) of one priced part of a resource
+Part = tuple[str, str, str, float]
 
 # GCP predefined machine types: GiB of memory per vCPU by family and class.
 _GCP_MEM = {
@@ -45,19 +48,92 @@ _GCP_MEM = {
 }
 _GCP_TYPE = re.compile(r"^([a-z0-9]+)-(standard|highmem|highcpu)-(\d+)$")
 _GCP_CUSTOM = re.compile(r"^(?:([a-z0-9]+)-)?custom-(\d+)-(\d+)$")
+# E2 shared-core types are billed as a fraction of the E2 vCPU and RAM SKUs (e2-micro is
+# 0.25 vCPU + 1 GiB: 0.25 x $0.021811 + 1 x $0.002923 = the $0.008376/h on the price page).
+_GCP_E2_SHARED = {
+    "e2-micro": ("e2", 0.25, 1.0),
+    "e2-small": ("e2", 0.5, 2.0),
+    "e2-medium": ("e2", 1.0, 4.0),
+}
+# The legacy N1 shared-core types have their own per-instance SKUs ("Micro Instance with
+# burstable CPU", "Small Instance with 1 VCPU").
+GCP_FLAT_TYPES = frozenset({"f1-micro", "g1-small"})
+# Public image projects whose images carry a paid licence. Windows Server is priced (per
+# vCPU-hour, one global SKU); the others are known to be licensed but not priced, so an
+# instance booted from them is unpriced rather than priced as if it were free.
+GCP_WINDOWS_PROJECT = "windows-cloud"
+GCP_UNPRICED_LICENSED_PROJECTS = frozenset(
+    {
+        "rhel-cloud",
+        "rhel-sap-cloud",
+        "suse-cloud",
+        "suse-sap-cloud",
+        "windows-sql-cloud",
+        "ubuntu-os-pro-cloud",
+    }
+)
+GCP_WINDOWS_LICENSE = "license/windows-server"
 
 # Azure managed disks are priced per tier; a disk is billed at the smallest tier that holds it.
 _AZURE_TIERS = [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32767]
 _AZURE_TIER_NAMES = ["1", "2", "3", "4", "6", "10", "15", "20", "30", "40", "50", "60", "70", "80"]
 _AZURE_TIER_PREFIX = {"Premium_LRS": "P", "StandardSSD_LRS": "E", "Standard_LRS": "S"}
+# Azure Hybrid Benefit: a Windows VM with one of these licence types pays the base rate.
+_AZURE_OWN_LICENSE = frozenset({"Windows_Server", "Windows_Client"})
+
+# EC2 platform details (the instance's billing product, as RunInstances / DescribeInstances
+# report it) -> the usage operation the price list keys its products by. AWS documents this
+# table under "AMI billing information fields"; "Linux/UNIX" is plain RunInstances.
+AWS_USAGE_OPERATIONS = {
+    "Linux/UNIX": "RunInstances",
+    "Red Hat BYOL Linux": "RunInstances:00g0",
+    "Red Hat Enterprise Linux": "RunInstances:0010",
+    "Red Hat Enterprise Linux with HA": "RunInstances:1010",
+    "Red Hat Enterprise Linux with SQL Server Standard and HA": "RunInstances:1014",
+    "Red Hat Enterprise Linux with SQL Server Enterprise and HA": "RunInstances:1110",
+    "Red Hat Enterprise Linux with SQL Server Standard": "RunInstances:0014",
+    "Red Hat Enterprise Linux with SQL Server Web": "RunInstances:0210",
+    "Red Hat Enterprise Linux with SQL Server Enterprise": "RunInstances:0110",
+    "SQL Server Enterprise": "RunInstances:0100",
+    "SQL Server Standard": "RunInstances:0004",
+    "SQL Server Web": "RunInstances:0200",
+    "SUSE Linux": "RunInstances:000g",
+    "Ubuntu Pro": "RunInstances:0g00",
+    "Windows": "RunInstances:0002",
+    "Windows BYOL": "RunInstances:0800",
+    "Windows with SQL Server Enterprise": "RunInstances:0102",
+    "Windows with SQL Server Standard": "RunInstances:0006",
+    "Windows with SQL Server Web": "RunInstances:0202",
+}
+AWS_LINUX_OPERATION = "RunInstances"
+
+# EBS: what gp3 includes; io2 IOPS are priced in three tiers (the price list's
+# EBS:VolumeP-IOPS.io2, .tier2 and .tier3 products).
+EBS_GP3_BASE_IOPS = 3000.0
+EBS_GP3_BASE_MIBPS = 125.0
+_IO2_TIERS = ((0.0, 32000.0, "io2/iops"), (32000.0, 64000.0, "io2/iops.tier2"))
+_IO2_TOP = (64000.0, "io2/iops.tier3")
+
+# RDS gp3 includes 3,000 IOPS and 125 MiB/s below 400 GiB and 12,000 IOPS and 500 MiB/s from
+# 400 GiB (MySQL, MariaDB, PostgreSQL). Aurora storage is billed on the cluster, which is not
+# an inventory resource, so an Aurora instance is its class only.
+RDS_GP3_THRESHOLD_GIB = 400.0
+RDS_GP3_BASE = {False: (3000.0, 125.0), True: (12000.0, 500.0)}
+RDS_STORAGE_TYPES = frozenset({"gp2", "gp3", "io1", "io2", "standard"})
+# Volume / storage types whose IOPS are all provisioned and billed (EBS and RDS alike).
+_PIOPS_TYPES = frozenset({"io1", "io2"})
 
 
+@lru_cache(maxsize=4096)
 def gcp_machine_shape(machine_type: str) -> tuple[str, float, float] | None:
-    """(family, vCPUs, GiB memory) of a predefined or custom GCP machine type."""
+    """(family, vCPUs, GiB memory) of a predefined, E2 shared-core or custom GCP machine
+    type. Cached: there are few machine types and this runs per event."""
     if m := _GCP_TYPE.match(machine_type):
         family, klass, cpus = m.group(1), m.group(2), float(m.group(3))
         ratio = _GCP_MEM.get(family, {}).get(klass)
         return (family, cpus, cpus * ratio) if ratio is not None else None
+    if machine_type in _GCP_E2_SHARED:
+        return _GCP_E2_SHARED[machine_type]
     if m := _GCP_CUSTOM.match(machine_type):
         return (m.group(1) or "n1", float(m.group(2)), float(m.group(3)) / 1024.0)
     return None
@@ -85,50 +161,143 @@ class Shape:
     size: Mapping[str, Any]
     state: str
 
-    def key(self, sku: str, unit: str) -> PriceKey:
-        return PriceKey(self.provider, self.service_name, self.region_id, sku, unit)
+
+def _num(size: Mapping[str, Any], name: str) -> float | None:
+    value = size.get(name)
+    return float(value) if value is not None else None
 
 
-def _aws(r: Shape, sku: str) -> list[Component] | None:
-    if r.resource_type == "Volume":
-        return [Component(r.key(sku, "gib_month"), float(r.size.get("gib") or 0.0))]
-    if r.resource_type == "DBInstance":
-        engine = r.size.get("engine")
-        if not engine:
+def _ebs_performance(r: Shape, sku: str) -> list[Part] | None:
+    """Provisioned IOPS and throughput parts of an EBS volume; None if they are unknown."""
+    region = r.region_id
+    if sku in _PIOPS_TYPES:
+        iops = _num(r.size, "iops")
+        if not iops:
             return None
-        deployment = "Multi-AZ" if r.size.get("multi_az") else "Single-AZ"
-        return [Component(r.key(f"{sku}/{engine}/{deployment}", "hour"), 1.0)]
-    return [Component(r.key(sku, "hour"), 1.0)]
+        if sku == "io1":
+            return [(region, "io1/iops", "iops_month", iops)]
+        parts = [
+            (region, name, "iops_month", min(iops, hi) - lo)
+            for lo, hi, name in _IO2_TIERS
+            if iops > lo
+        ]
+        if iops > _IO2_TOP[0]:
+            parts.append((region, _IO2_TOP[1], "iops_month", iops - _IO2_TOP[0]))
+        return parts
+    if sku == "gp3":
+        # A gp3 volume created without IOPS / throughput gets the included baseline.
+        parts = []
+        iops = _num(r.size, "iops") or EBS_GP3_BASE_IOPS
+        mibps = _num(r.size, "throughput") or EBS_GP3_BASE_MIBPS
+        if iops > EBS_GP3_BASE_IOPS:
+            parts.append((region, "gp3/iops", "iops_month", iops - EBS_GP3_BASE_IOPS))
+        if mibps > EBS_GP3_BASE_MIBPS:
+            parts.append((region, "gp3/throughput", "mibps_month", mibps - EBS_GP3_BASE_MIBPS))
+        return parts
+    return []
 
 
-def _azure(r: Shape, sku: str) -> list[Component] | None:
+def _rds_storage(r: Shape, engine: str, deployment: str) -> list[Part] | None:
+    """Allocated storage, provisioned IOPS and throughput of a (non-Aurora) RDS instance."""
+    gib = _num(r.size, "gib")
+    storage = r.size.get("storage_type")
+    if not gib or storage not in RDS_STORAGE_TYPES:
+        return None
+    sku = f"{storage}/{engine}/{deployment}"
+    parts: list[Part] = [(r.region_id, sku, "gib_month", gib)]
+    iops = _num(r.size, "iops")
+    if storage in _PIOPS_TYPES:
+        if not iops:
+            return None
+        parts.append((r.region_id, sku, "iops_month", iops))
+    elif storage == "gp3":
+        base_iops, base_mibps = RDS_GP3_BASE[gib >= RDS_GP3_THRESHOLD_GIB]
+        mibps = _num(r.size, "throughput")
+        if iops and iops > base_iops:
+            parts.append((r.region_id, sku, "iops_month", iops - base_iops))
+        if mibps and mibps > base_mibps:
+            parts.append((r.region_id, sku, "mibps_month", mibps - base_mibps))
+    return parts
+
+
+def _aws_volume(r: Shape, sku: str) -> list[Part] | None:
+    performance = _ebs_performance(r, sku)
+    if performance is None:
+        return None
+    return [(r.region_id, sku, "gib_month", float(r.size.get("gib") or 0.0)), *performance]
+
+
+def _aws_db(r: Shape, sku: str) -> list[Part] | None:
+    engine = r.size.get("engine")
+    if not engine:
+        return None
+    deployment = "Multi-AZ" if r.size.get("multi_az") else "Single-AZ"
+    instance: Part = (r.region_id, f"{sku}/{engine}/{deployment}", "hour", 1.0)
+    if engine.startswith("aurora"):
+        return [instance]
+    storage = _rds_storage(r, engine, deployment)
+    return [instance, *storage] if storage is not None else None
+
+
+def _aws_instance(r: Shape, sku: str) -> list[Part] | None:
+    details = r.size.get("platform_details")
+    # Events without platform details (no `platform` field) are Linux/UNIX launches.
+    operation = AWS_USAGE_OPERATIONS.get(details) if details else AWS_LINUX_OPERATION
+    if operation is None:
+        return None
+    if operation != AWS_LINUX_OPERATION:
+        sku = f"{sku}/{operation}"
+    return [(r.region_id, sku, "hour", 1.0)]
+
+
+_AWS_TYPES = {"Volume": _aws_volume, "DBInstance": _aws_db}
+
+
+def _aws(r: Shape, sku: str) -> list[Part] | None:
+    return _AWS_TYPES.get(r.resource_type, _aws_instance)(r, sku)
+
+
+def _azure(r: Shape, sku: str) -> list[Part] | None:
     if r.resource_type == "Microsoft.Compute/disks":
         tier = azure_disk_tier(sku, float(r.size.get("gib") or 0.0))
-        return [Component(r.key(f"{sku}/{tier}", "hour"), 1.0)] if tier else None
-    return [Component(r.key(sku, "hour"), 1.0)]
+        return [(r.region_id, f"{sku}/{tier}", "hour", 1.0)] if tier else None
+    if r.size.get("os_type") == "Windows" and r.size.get("license_type") not in _AZURE_OWN_LICENSE:
+        sku = f"{sku}/Windows"
+    return [(r.region_id, sku, "hour", 1.0)]
 
 
-def _gcp(r: Shape, sku: str) -> list[Component] | None:
+def _gcp(r: Shape, sku: str) -> list[Part] | None:
+    region = r.region_id
     if r.resource_type.endswith("/Disk"):
-        return [Component(r.key(sku, "gib_month"), float(r.size.get("gib") or 0.0))]
+        return [(region, sku, "gib_month", float(r.size.get("gib") or 0.0))]
+    image_project = r.size.get("image_project")
+    if image_project in GCP_UNPRICED_LICENSED_PROJECTS:
+        return None
+    windows = image_project == GCP_WINDOWS_PROJECT
+    if sku in GCP_FLAT_TYPES:
+        # The Windows licence of a shared-core VM is a per-instance fee not priced here.
+        return None if windows else [(region, sku, "hour", 1.0)]
     shape = gcp_machine_shape(sku)
-    if shape is None:
+    if shape is None or (windows and sku in _GCP_E2_SHARED):
         return None
     family, cpus, mem = shape
-    return [
-        Component(r.key(f"{family}/core", "hour"), cpus),
-        Component(r.key(f"{family}/ram", "hour"), mem),
+    parts: list[Part] = [
+        (region, f"{family}/core", "hour", cpus),
+        (region, f"{family}/ram", "hour", mem),
     ]
+    if windows:
+        parts.append(("global", GCP_WINDOWS_LICENSE, "hour", cpus))
+    return parts
 
 
-_COMPONENTS = {"aws": _aws, "azure": _azure, "gcp": _gcp}
+_PARTS = {"aws": _aws, "azure": _azure, "gcp": _gcp}
 
 
-def components(r: Shape) -> list[Component] | None:
-    """The price components of a resource while it is billed; None if it cannot be priced."""
-    if not r.sku or r.provider not in _COMPONENTS:
+def parts(r: Shape) -> list[Part] | None:
+    """The priced parts of a resource while it is billed; None if it cannot be priced."""
+    if not r.sku or r.provider not in _PARTS:
         return None
-    return _COMPONENTS[r.provider](r, r.sku)
+    return _PARTS[r.provider](r, r.sku)
 
 
 def is_billed(provider: str, resource_type: str, state: str) -> bool:
@@ -140,19 +309,32 @@ def is_billed(provider: str, resource_type: str, state: str) -> bool:
     return state in _COMPUTE_BILLED.get(provider, set()) if compute else True
 
 
+def _stopped_db_parts(r: Shape) -> list[Part] | None:
+    """A stopped RDS instance still pays for its storage and provisioned IOPS."""
+    engine = r.size.get("engine")
+    if not engine:
+        return None
+    if engine.startswith("aurora"):
+        return []
+    deployment = "Multi-AZ" if r.size.get("multi_az") else "Single-AZ"
+    return _rds_storage(r, engine, deployment)
+
+
 def usd_per_hour(book: PriceBook, r: Shape) -> float | None:
     """Run-rate in USD/h: 0 when not billed in this state, None when unpriced."""
-    billed = is_billed(r.provider, r.resource_type, r.state)
-    if not billed:
+    if is_billed(r.provider, r.resource_type, r.state):
+        priced = parts(r)
+    elif r.state == "stopped" and r.provider == "aws" and r.resource_type == "DBInstance":
+        priced = _stopped_db_parts(r)
+    else:
         return 0.0
-    parts = components(r)
-    if parts is None:
+    if priced is None:
         return None
     total = 0.0
-    for part in parts:
-        price = book.get(part.key)
+    for region, sku, unit, quantity in priced:
+        key = cast(PriceKey, (r.provider, r.service_name, region, sku, unit))
+        price = book.get(key)
         if price is None:
             return None
-        per_hour = price / HOURS_PER_MONTH if part.key.unit == "gib_month" else price
-        total += per_hour * part.quantity
+        total += (price / HOURS_PER_MONTH if unit in MONTHLY_UNITS else price) * quantity
     return total

@@ -16,10 +16,19 @@ def db() -> None:
 @db.command("migrate")
 @click.option("--dsn", envvar="CCT_PG_DSN", help="PostgreSQL DSN [env: CCT_PG_DSN].")
 def migrate_cmd(dsn: str | None) -> None:
-    """Apply every pending migration. Safe to run any number of times."""
+    """Apply every pending migration, then the handlers' grants (lambdas.store.grants).
+    Safe to run any number of times."""
+    from lambdas.store.db import StoreError, connect, translate_errors
+    from lambdas.store.grants import GrantError, apply_grants
+
     try:
         applied = migrate(dsn or pg_dsn())
-    except (MigrationError, SettingsError) as exc:
+        with (
+            connect(dsn or pg_dsn(), application_name="cct-migrate") as conn,
+            translate_errors("grant the handlers' roles"),
+        ):
+            apply_grants(conn)
+    except (MigrationError, SettingsError, StoreError, GrantError) as exc:
         raise click.ClickException(str(exc)) from exc
     if applied:
         for m in applied:

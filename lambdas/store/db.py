@@ -1,8 +1,10 @@
 """The one way CCT code reaches PostgreSQL.
 
 Every handler and store module opens connections through `connect` (one-shot commands, steps,
-CronJobs) or `open_pool` (long-running handlers), and runs statements inside `translate_errors`
-so callers see one error type that says whether retrying can help. Settings that every
+CronJobs), `aconnect` (asyncio handlers) or `open_pool` (long-running handlers), and runs
+statements inside `translate_errors` so callers see one error type that says whether retrying
+can help. Each accepts a DSN or a `DsnSource` (`lambdas.common.pg`): a source is read on every
+connect, so a rotated Vault lease is used by the next connection. Settings that every
 connection needs (an application name that shows up in `pg_stat_activity`, a connect timeout,
 a statement timeout so a stuck query never blocks a handler forever) are set here once.
 """
@@ -15,6 +17,8 @@ from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
+
+from lambdas.common.pg import DsnError, DsnSource
 
 DEFAULT_CONNECT_TIMEOUT_S = 5
 # Handlers write single rows by key; anything slower than this is a lock or a bug, and failing
@@ -36,8 +40,17 @@ def _options(statement_timeout_ms: int) -> str:
     return f"-c statement_timeout={int(statement_timeout_ms)}"
 
 
+def _conninfo(dsn: str | DsnSource) -> str:
+    """The DSN to connect with now. A DSN file that is missing or bad at this point is a
+    retryable failure: Vault Agent may be rewriting it, and startup already refused a bad one."""
+    try:
+        return DsnSource.of(dsn).read()
+    except DsnError as exc:
+        raise StoreError(f"connect: {exc}", retryable=True) from exc
+
+
 def connect(
-    dsn: str,
+    dsn: str | DsnSource,
     *,
     application_name: str = "cct",
     autocommit: bool = False,
@@ -45,9 +58,29 @@ def connect(
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """Open one connection. Use it as a context manager: it commits on success and rolls back
     on an exception (unless `autocommit`)."""
+    conninfo = _conninfo(dsn)
     with translate_errors("connect"):
         return psycopg.connect(
-            dsn,
+            conninfo,
+            autocommit=autocommit,
+            application_name=application_name,
+            connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
+            options=_options(statement_timeout_ms),
+        )
+
+
+async def aconnect(
+    dsn: str | DsnSource,
+    *,
+    application_name: str = "cct",
+    autocommit: bool = False,
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
+) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+    """`connect` for asyncio handlers."""
+    conninfo = _conninfo(dsn)
+    with translate_errors("connect"):
+        return await psycopg.AsyncConnection.connect(
+            conninfo,
             autocommit=autocommit,
             application_name=application_name,
             connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
@@ -56,7 +89,7 @@ def connect(
 
 
 def open_pool(
-    dsn: str,
+    dsn: str | DsnSource,
     *,
     application_name: str,
     min_size: int = 1,
@@ -67,10 +100,11 @@ def open_pool(
     """A connection pool for a long-running handler; close it on shutdown.
 
     `timeout_s` bounds how long `pool.connection()` waits for a free connection; when it runs
-    out the wait surfaces (through `translate_errors`) as a retryable StoreError.
+    out the wait surfaces (through `translate_errors`) as a retryable StoreError. A source is
+    read for every new connection; `PoolConnections` switches the pool when it rotates.
     """
     pool = ConnectionPool(
-        dsn,
+        DsnSource.of(dsn).read,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout_s,
@@ -85,6 +119,26 @@ def open_pool(
     with translate_errors("open pool"):
         pool.open(wait=True, timeout=timeout_s)
     return pool
+
+
+class PoolConnections:
+    """`pool.connection` for a handler whose DSN may rotate: at each checkout (a unit-of-work
+    boundary) a rotated source drains the pool, so every later unit runs as the new user;
+    connections still checked out are closed when returned. Errors, including a checkout that
+    timed out and a failed commit at the end of the block, surface as StoreError."""
+
+    def __init__(self, pool: ConnectionPool, source: str | DsnSource) -> None:
+        self.pool = pool
+        self._source = DsnSource.of(source)
+        self._generation = self._source.generation
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        if self._source.rotated(self._generation):
+            self._generation = self._source.generation
+            self.pool.drain()
+        with translate_errors("pooled connection"), self.pool.connection() as conn:
+            yield conn
 
 
 @contextmanager

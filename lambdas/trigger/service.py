@@ -34,7 +34,7 @@ from prometheus_client import (
 from lambdas.common.settings import SettingsError
 from lambdas.events.producer import ProducerSlot
 from lambdas.policy import PolicyLoadError, load_policy_set
-from lambdas.store.db import open_pool
+from lambdas.store.db import PoolConnections, open_pool
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.backends import Backend
 from lambdas.trigger.local import LocalBackend
@@ -241,7 +241,7 @@ async def _serve(settings: TriggerSettings) -> None:
             mapping,
             policy_set,
             make_backend(settings),
-            connection=pool.connection,
+            connection=PoolConnections(pool, settings.pg_dsn).connection,
             stopping=stopping,
             max_backoff_s=settings.retry_max_backoff_s,
         )

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lambdas.common.pg import DsnSource
 from lambdas.common.settings import (
     SettingsError,
     env_float,
     env_int,
     env_str,
     kafka_bootstrap,
-    pg_dsn,
+    pg_dsn_source,
 )
 
 
@@ -26,7 +27,8 @@ class TriggerSettings:
         CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`).
     group_id: CCT_TRIGGER_GROUP, default `cct-trigger`: every replica joins it, so each
         partition has one reader.
-    pg_dsn: CCT_PG_DSN.
+    pg_dsn: CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current; re-read on every connect)
+        or CCT_PG_DSN.
     backend: CCT_TRIGGER_BACKEND, `argo` (default, in the cluster) or `local` (development).
     playbooks_file: CCT_PLAYBOOKS_FILE, default `policies/playbooks.yaml` (schema beside it).
     policies_dir: CCT_POLICIES_DIR, default `policies/optimization`.
@@ -51,7 +53,7 @@ class TriggerSettings:
     topic: str
     dlq_topic: str
     group_id: str
-    pg_dsn: str
+    pg_dsn: str | DsnSource
     backend: Literal["argo", "local"]
     playbooks_file: Path
     policies_dir: Path
@@ -78,7 +80,7 @@ class TriggerSettings:
             topic=env_str("CCT_TRIGGER_TOPIC", "cct.cost.anomalies"),
             dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", "cct.cost.anomalies.dlq"),
             group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),
-            pg_dsn=pg_dsn(),
+            pg_dsn=pg_dsn_source(),
             backend="local" if backend == "local" else "argo",
             playbooks_file=Path(env_str("CCT_PLAYBOOKS_FILE", "policies/playbooks.yaml")),
             policies_dir=Path(env_str("CCT_POLICIES_DIR", "policies/optimization")),

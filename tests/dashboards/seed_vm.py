@@ -138,7 +138,7 @@ def pipeline_samples(scope: Scope, now: float) -> Iterator[Sample]:
 
 def wait_until_visible(vm: VictoriaMetrics, selector: str, expected: int, now: float) -> None:
     """New series become searchable seconds after import (shared/notes): poll, bounded."""
-    urllib.request.urlopen(f"{vm.base_url}/internal/force_flush", timeout=10).read()
+    urllib.request.urlopen(f"{vm.write_url}/internal/force_flush", timeout=10).read()
     deadline = time.monotonic() + 30
     found = 0
     while time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def label_values(
     params = {"start": f"{start:.0f}", "end": f"{end:.0f}"}
     if match:
         params["match[]"] = match
-    url = f"{vm.base_url}/api/v1/label/{label}/values?" + urllib.parse.urlencode(params)
+    url = f"{vm.read_url}/api/v1/label/{label}/values?" + urllib.parse.urlencode(params)
     with urllib.request.urlopen(url, timeout=10) as resp:
         doc = json.load(resp)
     assert doc["status"] == "success", doc

@@ -79,12 +79,27 @@ def _aws(typ: str, name: str, state: dict[str, Any]) -> str:
     return physical
 
 
+def deployment_output(name: str, key: str) -> str:
+    """The value the mocked ARM deployment `name` gives its template output `key`."""
+    return f"{_suffix(name)}-0000-4000-8000-{_suffix(key)}"
+
+
 def _azure(typ: str, name: str, state: dict[str, Any]) -> str:
     module, kind = typ.split(":")[1], typ.rsplit(":", 1)[-1]
     state.setdefault("name", name.replace("-", "")[:24])
     if kind == "WebApp":
         state["identity"] = {"type": "SystemAssigned", "principalId": SUBSCRIPTION}
         state["defaultHostName"] = f"{state['name']}.azurewebsites.net"
+    if kind == "DeploymentAtSubscriptionScope":
+        # ARM evaluates the template's outputs; every output here is an identity's principal.
+        properties = dict(state.get("properties") or {})
+        outputs = properties.get("template", {}).get("outputs", {})
+        properties["outputs"] = {
+            key: {"type": spec["type"], "value": deployment_output(name, key)}
+            for key, spec in outputs.items()
+        }
+        state["properties"] = properties
+        return f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Resources/deployments/{name}"
     return (
         f"/subscriptions/{SUBSCRIPTION}/resourceGroups/cct-cost/providers/"
         f"Microsoft.{module.capitalize()}/{kind}/{name}"

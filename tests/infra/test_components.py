@@ -105,9 +105,10 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
     (
         lambda: HandlerSpec(
             "a", ("serve", "a"),
+            secret_env={"CCT_PG_DSN": kube.SecretEnv("cct-pg-app", "uri")},
             vault_agent=VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {"f": "x"}),
         ),
-        "only CronJobs may use it",
+        "its PostgreSQL login comes from Vault Agent",
     ),
     (
         lambda: VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {}),

@@ -14,6 +14,7 @@ from components.aws_account import PROTECT_TAG, export_bucket_name
 from components.handlers import CREDENTIALS_DIR
 from lambdas.steps.registry import ACTIONS
 from lambdas.steps.settings import StepSettings
+from lambdas.store.grants import HANDLER_PRIVILEGES, group_role
 from tests.infra.harness import BuiltStack
 from tests.infra.mocks import ACCOUNT
 
@@ -102,8 +103,8 @@ def test_billing_loader_role_only_reads_the_export(everything: BuiltStack) -> No
 
 
 def test_billing_loader_gets_its_aws_credentials_from_vault(everything: BuiltStack) -> None:
-    """The CronJob's Vault Agent init container logs in as the billing loader, renders the
-    STS credentials of exactly the path its policy grants, and the loader reads that file."""
+    """The CronJob's Vault Agent sidecar logs in as the billing loader, renders the STS
+    credentials of exactly the path its policy grants, and the loader reads that file."""
     (cron,) = everything.of_type("kubernetes:batch/v1:CronJob")
     pod = cron.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "billing-loader"
@@ -254,9 +255,17 @@ def test_database_roles_are_one_per_handler(everything: BuiltStack) -> None:
     }
     handlers = ("collector", "billing-loader", "detector", "trigger", "admission")
     assert set(roles) == {f"cct-{h}" for h in handlers}
-    for role in roles.values():
-        # Every PostgreSQL handler writes, so each joins the application owner role.
-        assert role["creationStatements"][1] == 'GRANT "cct" TO "{{name}}";'
+    assert set(HANDLER_PRIVILEGES) == set(handlers)
+    cluster = everything.named("postgres-cluster").inputs["spec"]
+    managed = {r["name"]: r for r in cluster["managed"]["roles"]}
+    for handler in handlers:
+        role = roles[f"cct-{handler}"]
+        # Each user joins its handler's group role, which holds exactly the table privileges
+        # of lambdas.store.grants (checked on a real PostgreSQL in tests/pg_credentials), and
+        # nothing else: never the application owner.
+        group = group_role(handler)
+        assert role["creationStatements"][1:] == [f'GRANT "{group}" TO "{{{{name}}}}";']
+        assert managed[group] == {"name": group, "ensure": "present", "login": False}
         assert role["defaultTtl"] <= 900 and role["maxTtl"] <= 3600
     (connection,) = everything.of_type(
         "vault:database/secretBackendConnection:SecretBackendConnection"

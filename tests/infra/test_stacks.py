@@ -37,7 +37,8 @@ ALWAYS_EXPORTED = {
     "fluentbitInternalEndpoint",
     "kafkaBootstrap",
     "kafkaTopics",
-    "victoriaMetricsUrl",
+    "victoriaMetricsWriteUrl",
+    "victoriaMetricsReadUrl",
     "vmalertUrl",
     "alertmanagerUrl",
     "postgresHost",
@@ -137,8 +138,8 @@ def test_prod_is_highly_available(stacks: dict[str, BuiltStack], variant: str) -
         spec = workload.inputs["spec"]
         name = workload.inputs["metadata"]["name"]
         if spec["replicas"] < 2:
-            # Documented singletons: the detector and the single-node metrics store.
-            assert name in {"detector", "victoria-metrics"}, f"{workload.urn} runs one replica"
+            # The one documented singleton (the metrics store is the cluster version here).
+            assert name == "detector", f"{workload.urn} runs one replica"
             continue
         assert spec["selector"]["matchLabels"] in pdb_selectors, f"{workload.urn}: no PDB"
         affinity = spec["template"]["spec"].get("affinity", {})
@@ -150,7 +151,10 @@ def test_prod_is_highly_available(stacks: dict[str, BuiltStack], variant: str) -
     vault = next(
         r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "vault"
     )
-    assert vault.inputs["values"]["server"]["ha"]["enabled"] is True
+    ha = vault.inputs["values"]["server"]["ha"]
+    assert ha["enabled"] is True
+    # Every node joins the Raft cluster by itself (the chart's default config does not).
+    assert ha["raft"]["config"].count("retry_join") == ha["replicas"] == 3
 
 
 @pytest.mark.parametrize("variant", ["dev-off", "dev-all"])

@@ -133,6 +133,10 @@ def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
         if "configMap" in volume:
             cm = _named(built, "kubernetes:core/v1:ConfigMap", volume["configMap"]["name"])
             files |= {f"{mount['mountPath']}/{k}" for k in cm.inputs["data"]}
+        if mount["name"] == "credentials":  # what the pod's Vault Agent sidecar renders
+            agent = _named(built, "kubernetes:core/v1:ConfigMap", f"{workload}-vault-agent")
+            templates = [k for k in agent.inputs["data"] if k.endswith(".ctmpl")]
+            files |= {f"{mount['mountPath']}/{k.removesuffix('.ctmpl')}" for k in templates}
     return files
 
 
@@ -148,7 +152,7 @@ def test_files_named_in_configs_are_mounted(built: BuiltStack) -> None:
         for hook in receiver.get("webhook_configs", [])
     }
     assert token_files and token_files <= _mounted_files(built, "alertmanager")
-    for workload in ("bridge", "trigger", "admission"):
+    for workload in ("bridge", "collector", "detector", "trigger", "admission"):
         env = {
             e["name"]: e.get("value") for e in _workload(built, workload)["containers"][0]["env"]
         }

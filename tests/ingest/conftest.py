@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from lambdas.collector.service import CollectorSettings, Processor, build_app
+from lambdas.common.pg import DsnSource
 from lambdas.pricing.cli import documents
 from lambdas.pricing.sources import parse
 from lambdas.store.migrate import migrate
@@ -78,6 +79,11 @@ class Collector:
     def __init__(self, processor: Processor, client: TestClient[Any, Any]) -> None:
         self.processor = processor
         self.client = client
+
+    @property
+    def dsn(self) -> str:
+        """The DSN the collector writes to (a fixed one in these tests)."""
+        return DsnSource.of(self.processor.settings.pg_dsn).read()
 
     async def post(
         self, body: Any, token: str = TOKEN, raw: bytes | None = None

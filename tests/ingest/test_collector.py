@@ -55,7 +55,7 @@ async def test_lifecycle_events_become_inventory_events_and_series(
         [record("aws", event("aws_modify_instance_attribute"), acct)]
     )
     assert body["accepted"] == 1
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     inv = rows(
         dsn,
         "select resource_id, sku, state, usd_per_hour::float8, priced"
@@ -116,7 +116,7 @@ async def test_duplicates_and_out_of_order_delivery(
     status, body = await collector.post([run, run, stop])
     assert status == 200
     assert (body["accepted"], body["duplicates"], body["stale"]) == (1, 2, 1)
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     assert rows(
         dsn, "select state, sku, last_event_id, usd_per_hour::float8 from resource_inventory"
     ) == [
@@ -168,7 +168,7 @@ async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
         (2, "missing_field"),
         (3, "wrong_type"),
     ]
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     assert rows(dsn, "select count(*) from resource_events") == [(1,)]
     dead = rows(dsn, "select reason, detail from ingest_dead_letters order by id")
     assert [d[0] for d in dead] == [
@@ -198,7 +198,7 @@ async def test_unpriced_resources_are_flagged_and_counted_not_zero(
     ev["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceType"] = "x9.mega"
     _, body = await collector.post([record("aws", ev, acct)])
     assert body["accepted"] == 1
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     assert rows(dsn, "select usd_per_hour, priced from resource_inventory") == [(None, False)]
     assert rows(dsn, "select usd_per_hour_after from resource_events") == [(None,)]
     await wait_for(vm, f'cct_cost_rate_unpriced_resources{{billing_account_id="{acct}"}}', 1.0)
@@ -224,7 +224,7 @@ async def test_all_three_providers_and_gzip(
     )
     body = await resp.json()
     assert resp.status == 200 and body["accepted"] == 4, body
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     priced = rows(
         dsn,
         "select provider, count(*) filter (where priced) from resource_inventory"
@@ -252,7 +252,7 @@ async def test_heartbeat_reemits_and_reconciled_basis_follows_factors(
     collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
 ) -> None:
     acct = f"acct-{uid}"
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     with psycopg.connect(dsn) as conn:
         conn.execute(
             "insert into cost_reconciliation values ('aws', %s, 'Amazon Elastic Compute Cloud',"
@@ -286,7 +286,7 @@ async def test_restart_rebuilds_rollups_from_the_inventory(
             record("aws", event("aws_create_volume"), acct),
         ]
     )
-    again = Processor(collector_settings(collector.processor.settings.pg_dsn, vm_url))
+    again = Processor(collector_settings(collector.dsn, vm_url))
     await again.start(background=False)
     try:
         assert again.rollups.totals == collector.processor.rollups.totals
@@ -313,7 +313,7 @@ async def test_text_with_copy_control_characters_is_stored_verbatim(
     instance["tagSet"]["items"][0]["value"] = awkward
     status, body = await collector.post([record("aws", ev, acct)])
     assert status == 200 and body["accepted"] == 1
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     (inv_tags,) = rows(
         dsn,
         "select tags from resource_inventory where billing_account_id = %s",
@@ -326,3 +326,28 @@ async def test_text_with_copy_control_characters_is_stored_verbatim(
     )[0]
     assert inv_tags["team"] == awkward and ev_tags["team"] == awkward
     assert actor == f"arn:aws:sts::1:assumed-role/{awkward}"
+
+
+async def test_a_nul_character_rejects_its_record_only(
+    collector: Collector, event: Event, uid: str
+) -> None:
+    """PostgreSQL text cannot hold NUL: such a record is dead-lettered (JSON-escaped) while the
+    rest of its batch is written, instead of failing the batch on every retry."""
+    acct = f"acct-{uid}"
+    good = event("aws_run_instances")
+    bad = event("aws_ec2_state_change")
+    bad["detail"]["instance-id"] = "i-0\x00bad"
+    status, body = await collector.post([record("aws", good, acct), record("aws", bad, acct)])
+    assert status == 200 and body["accepted"] == 1
+    assert [(r["index"], r["reason"]) for r in body["rejected"]] == [(1, "nul_character")]
+    dsn = collector.dsn
+    assert rows(
+        dsn, "select count(*) from resource_events where billing_account_id = %s", acct
+    ) == [(1,)]
+    (payload,) = rows(
+        dsn,
+        "select payload from ingest_dead_letters where reason = 'nul_character'"
+        " and payload like %s",
+        f"%{acct}%",
+    )[0]
+    assert "i-0\\u0000bad" in payload

@@ -35,6 +35,16 @@ DB = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
                 "region_id": "us-east-1",
                 "actor": ALICE,
                 "tags": {"team": "payments", "env": "prod"},
+                "attributes": {},
+            },
+        ),
+        (
+            "aws",
+            "aws_run_instances_windows",
+            {
+                "resource_id": "i-0bbb2222cccc3333d",
+                "sku": "m5.large",
+                "attributes": {"platform_details": "Windows"},
             },
         ),
         (
@@ -69,14 +79,27 @@ DB = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
             {
                 "resource_id": "vol-0123456789abcdef0",
                 "sku": "gp3",
-                "attributes": {"gib": 100.0},
+                "attributes": {"gib": 100.0, "iops": 3000.0, "throughput": 125.0},
                 "resource_type": "Volume",
             },
         ),
         (
             "aws",
+            "aws_create_volume_io2",
+            {
+                "resource_id": "vol-0fedcba9876543210",
+                "sku": "io2",
+                "attributes": {"gib": 500.0, "iops": 40000.0},
+            },
+        ),
+        (
+            "aws",
             "aws_modify_volume",
-            {"resource_id": "vol-0123456789abcdef0", "sku": "gp3", "attributes": {"gib": 200.0}},
+            {
+                "resource_id": "vol-0123456789abcdef0",
+                "sku": "gp3",
+                "attributes": {"gib": 200.0, "iops": 3000.0},
+            },
         ),
         ("aws", "aws_delete_volume", {"resource_id": "vol-0123456789abcdef0", "state": "deleted"}),
         (
@@ -85,14 +108,35 @@ DB = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
             {
                 "resource_id": DB,
                 "sku": "db.m5.large",
-                "attributes": {"engine": "postgres", "gib": 20.0, "multi_az": False},
+                "attributes": {
+                    "engine": "postgres",
+                    "gib": 20.0,
+                    "multi_az": False,
+                    "storage_type": "gp3",
+                    "iops": 3000.0,
+                    "throughput": 125.0,
+                },
                 "tags": {"team": "orders"},
             },
         ),
         (
             "aws",
+            "aws_create_db_instance_io1",
+            {
+                "resource_id": "arn:aws:rds:us-east-1:111122223333:db:ledger-db",
+                "attributes": {
+                    "engine": "postgres",
+                    "gib": 100.0,
+                    "multi_az": False,
+                    "storage_type": "io1",
+                    "iops": 3000.0,
+                },
+            },
+        ),
+        (
+            "aws",
             "aws_modify_db_instance",
-            {"resource_id": DB, "sku": "db.m5.xlarge", "state": None},
+            {"resource_id": DB, "sku": "db.m5.xlarge", "state": None, "attributes": {}},
         ),
         ("aws", "aws_delete_db_instance", {"resource_id": DB, "state": "deleted"}),
         (
@@ -116,7 +160,13 @@ DB = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
                 "region_id": "us-central1",
                 "actor": "carol@example.com",
                 "tags": {"team": "api", "env": "prod"},
+                "attributes": {},
             },
+        ),
+        (
+            "gcp",
+            "gcp_instances_insert_windows",
+            {"sku": "e2-standard-4", "attributes": {"image_project": "windows-cloud"}},
         ),
         (
             "gcp",
@@ -312,3 +362,89 @@ def test_bad_records_are_rejected_with_a_reason(
     with pytest.raises(EventRejected, match=message) as info:
         normalize(record(event))
     assert info.value.reason == reason
+
+
+def test_run_instances_platform_details_name_the_billing_product(event: Event) -> None:
+    ev = event("aws_run_instances")
+    item = ev["detail"]["responseElements"]["instancesSet"]["items"][0]
+    item["platformDetails"] = "Red Hat Enterprise Linux"
+    item["usageOperation"] = "RunInstances:0010"
+    [change] = normalize({"provider": "aws", "event": ev})
+    assert change.attributes == {"platform_details": "Red Hat Enterprise Linux"}
+
+
+def test_modify_volume_carries_provisioned_iops_and_throughput(event: Event) -> None:
+    ev = event("aws_modify_volume")
+    ev["detail"]["requestParameters"]["ModifyVolumeRequest"].update(Iops=6000, Throughput=250)
+    mod = ev["detail"]["responseElements"]["ModifyVolumeResponse"]["volumeModification"]
+    mod.update(targetIops=6000, targetThroughput=250)
+    [change] = normalize({"provider": "aws", "event": ev})
+    assert change.attributes == {"gib": 200.0, "iops": 6000.0, "throughput": 250.0}
+
+
+def test_modify_db_instance_storage_from_request_or_pending_values(event: Event) -> None:
+    """ModifyDBInstance's response still shows the old storage; what changes is in the
+    request and, when applied later, in pendingModifiedValues."""
+    ev = event("aws_modify_db_instance")
+    ev["detail"]["requestParameters"].update(allocatedStorage=500, storageType="gp3")
+    resp = ev["detail"]["responseElements"]
+    resp.update(allocatedStorage=100, storageType="gp2", iops=300)
+    resp["pendingModifiedValues"] = {"allocatedStorage": 500, "storageType": "gp3", "iops": 15000}
+    [change] = normalize({"provider": "aws", "event": ev})
+    assert change.attributes == {"gib": 500.0, "iops": 15000.0, "storage_type": "gp3"}
+
+
+def test_azure_vm_operating_system_and_licence(event: Event) -> None:
+    arm = event("arm_vm_windows")
+    [vm] = normalize(
+        {"provider": "azure", "event": event("azure_vm_write_windows"), "resource": arm}
+    )
+    assert vm.attributes == {"os_type": "Windows"}
+    arm["properties"]["licenseType"] = "Windows_Server"  # Azure Hybrid Benefit
+    [vm] = normalize(
+        {"provider": "azure", "event": event("azure_vm_write_windows"), "resource": arm}
+    )
+    assert vm.attributes == {"os_type": "Windows", "license_type": "Windows_Server"}
+    [linux] = normalize(
+        {"provider": "azure", "event": event("azure_vm_write"), "resource": event("arm_vm")}
+    )
+    assert linux.attributes == {"os_type": "Linux"}
+
+
+@pytest.mark.parametrize(
+    ("boot_disk", "project"),
+    [
+        (
+            {"initializeParams": {"sourceImage": "projects/rhel-cloud/global/images/rhel-9-v1"}},
+            "rhel-cloud",
+        ),
+        (
+            {
+                "initializeParams": {
+                    "sourceImage": "https://www.googleapis.com/compute/v1/projects/"
+                    "windows-cloud/global/images/windows-server-2022-dc-v20261010"
+                }
+            },
+            "windows-cloud",
+        ),
+        (
+            {
+                "source": "projects/shop-prod-123/zones/us-central1-a/disks/restored",
+                "licenses": [
+                    "https://www.googleapis.com/compute/v1/projects/windows-cloud/global/"
+                    "licenses/windows-server-2022-dc"
+                ],
+            },
+            "windows-cloud",
+        ),
+        ({"initializeParams": {"sourceImage": "global/images/golden-1"}}, "shop-prod-123"),
+        ({"source": "projects/shop-prod-123/zones/us-central1-a/disks/restored"}, None),
+    ],
+)
+def test_gcp_boot_image_project(
+    boot_disk: dict[str, Any], project: str | None, event: Event
+) -> None:
+    ev = event("gcp_instances_insert")
+    ev["protoPayload"]["request"]["disks"] = [{"boot": True, **boot_disk}]
+    [change] = normalize({"provider": "gcp", "event": ev})
+    assert change.attributes.get("image_project") == project

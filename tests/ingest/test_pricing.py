@@ -47,7 +47,40 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert b[PriceKey("gcp", GCP_COMPUTE, "us-central1", "pd-ssd", "gib_month")] == pytest.approx(
         0.17
     )
-    assert len(b) == 12
+    assert len(b) == 41
+
+
+def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
+    b = book()
+    ec2 = {k.sku: (k.unit, v) for k, v in b.items() if k.service_name == AWS_EC2}
+    assert ec2["m5.large/RunInstances:0002"] == ("hour", 0.188)  # Windows, by usage operation
+    assert ec2["io1/iops"] == ("iops_month", 0.065)
+    assert ec2["io2/iops.tier2"] == ("iops_month", 0.0455)
+    assert ec2["gp3/iops"] == ("iops_month", 0.005)  # the $0 first 3,000 is not the rate
+    assert ec2["gp3/throughput"] == ("mibps_month", pytest.approx(0.04))  # 40.96 per GiB/s
+    rds = {(k.sku, k.unit): v for k, v in b.items() if k.service_name == AWS_RDS}
+    # databaseEngine "Any" applies to every non-Aurora engine; a named engine overrides it
+    assert rds[("gp3/postgres/Single-AZ", "gib_month")] == 0.115
+    assert rds[("gp3/mysql/Single-AZ", "gib_month")] == 0.12
+    assert rds[("gp3/postgres/Multi-AZ", "gib_month")] == 0.23
+    assert rds[("io1/postgres/Single-AZ", "iops_month")] == 0.10
+    assert rds[("gp3/mariadb/Single-AZ", "iops_month")] == 0.02
+    assert rds[("gp3/postgres/Single-AZ", "mibps_month")] == 0.08
+    assert not [k for k in rds if "aurora" in k[0] and k[1] != "hour"]  # cluster storage
+    assert b[PriceKey("azure", AZURE_VM, "eastus", "Standard_D2s_v3/Windows", "hour")] == 0.188
+    gcp = {(k.region_id, k.sku): v for k, v in b.items() if k.provider == "gcp"}
+    assert gcp[("us-central1", "f1-micro")] == pytest.approx(0.0076)  # not the Preemptible SKU
+    assert gcp[("us-central1", "g1-small")] == pytest.approx(0.0257)
+    assert gcp[("global", "license/windows-server")] == pytest.approx(0.046)  # not BYOL
+
+
+def test_unknown_throughput_unit_is_left_unpriced() -> None:
+    path = str(FIXTURES / "prices" / "aws_ec2_offer.json")
+    [doc] = list(documents(path))
+    dims = doc["terms"]["OnDemand"]["SKUGP3THRU"]["SKUGP3THRU.JRTCKXETXF"]["priceDimensions"]
+    next(iter(dims.values()))["unit"] = "Furlongs-Fortnight"
+    keys = {r.key.sku for r in parse("aws", [doc], path)}
+    assert "gp3/throughput" not in keys and "gp3/iops" in keys
 
 
 def test_wrong_documents_are_named() -> None:
@@ -63,7 +96,9 @@ def test_wrong_documents_are_named() -> None:
         ("e2-standard-4", ("e2", 4.0, 16.0)),
         ("n1-highmem-2", ("n1", 2.0, 13.0)),
         ("n2-custom-6-24576", ("n2", 6.0, 24.0)),
-        ("e2-micro", None),
+        ("e2-micro", ("e2", 0.25, 1.0)),  # shared core: a fraction of the E2 vCPU SKU
+        ("e2-medium", ("e2", 1.0, 4.0)),
+        ("f1-micro", None),  # priced per instance, not per vCPU
     ],
 )
 def test_gcp_machine_shapes(machine: str, shape: tuple[str, float, float] | None) -> None:
@@ -109,8 +144,8 @@ def test_azure_disk_tiers(sku: str, gib: float, tier: str | None) -> None:
                 {"engine": "postgres"},
                 "running",
             ),
-            0.178,
-        ),
+            None,
+        ),  # storage unknown: unpriced, not the instance alone
         (
             ("aws", AWS_RDS, "DBInstance", "us-east-1", "db.m5.large", {}, "running"),
             None,
@@ -192,7 +227,7 @@ def test_cct_prices_load_fills_the_catalog(fresh_db: str, monkeypatch: pytest.Mo
     files = [str(FIXTURES / "prices" / f) for f in PRICE_FILES["azure"]]
     result = CliRunner().invoke(cli, ["prices", "load", "--provider", "azure", *files])
     assert result.exit_code == 0, result.output
-    assert "loaded 2 prices for azure" in result.output
+    assert "loaded 3 prices for azure" in result.output
     bad = CliRunner().invoke(cli, ["prices", "load", "--provider", "aws", files[0]])
     assert bad.exit_code == 1 and "not an AWS offer file" in bad.output
     with psycopg.connect(fresh_db) as conn:
@@ -200,4 +235,115 @@ def test_cct_prices_load_fills_the_catalog(fresh_db: str, monkeypatch: pytest.Mo
     assert [(r[0], r[1]) for r in rows] == [
         ("Premium_LRS/P10", "hour"),
         ("Standard_D2s_v3", "hour"),
+        ("Standard_D2s_v3/Windows", "hour"),
     ]
+
+
+EC2, VOL, RDS_DB = (
+    ("aws", AWS_EC2, "Instance", "us-east-1"),
+    ("aws", AWS_EC2, "Volume", "us-east-1"),
+    ("aws", AWS_RDS, "DBInstance", "us-east-1"),
+)
+PG = {"engine": "postgres", "multi_az": False}
+AZ_VM = ("azure", AZURE_VM, "Microsoft.Compute/virtualMachines", "eastus")
+GCE = ("gcp", GCP_COMPUTE, "compute.googleapis.com/Instance", "us-central1")
+E2_CORE, E2_RAM, WIN = 0.02181159, 0.00292353, 0.046
+
+
+@pytest.mark.parametrize(
+    ("shape", "monthly_or_hourly"),
+    [
+        # EBS: gp3 includes 3,000 IOPS and 125 MiB/s; above that per IOPS- / MiBps-month
+        ((*VOL, "gp3", {"gib": 100, "iops": 3000, "throughput": 125}, "available"), 100 * 0.08),
+        (
+            (*VOL, "gp3", {"gib": 100, "iops": 6000, "throughput": 250}, "available"),
+            100 * 0.08 + 3000 * 0.005 + 125 * 0.04,
+        ),
+        ((*VOL, "gp2", {"gib": 100, "iops": 300}, "available"), 100 * 0.10),  # IOPS included
+        ((*VOL, "io1", {"gib": 200, "iops": 5000}, "available"), 200 * 0.125 + 5000 * 0.065),
+        ((*VOL, "io1", {"gib": 200}, "available"), None),  # IOPS unknown: unpriced
+        ((*VOL, "io2", {"gib": 500, "iops": 20000}, "available"), 500 * 0.125 + 20000 * 0.065),
+        (
+            (*VOL, "io2", {"gib": 500, "iops": 70000}, "available"),
+            500 * 0.125 + 32000 * 0.065 + 32000 * 0.0455 + 6000 * 0.032,
+        ),
+        # RDS: instance + allocated storage (+ IOPS / throughput) by engine and deployment
+        (
+            (*RDS_DB, "db.m5.large", {**PG, "gib": 20, "storage_type": "gp3"}, "running"),
+            0.178 * 730 + 20 * 0.115,
+        ),
+        (
+            (
+                *RDS_DB,
+                "db.m5.large",
+                {**PG, "gib": 500, "storage_type": "gp3", "iops": 15000, "throughput": 600},
+                "running",
+            ),
+            0.178 * 730 + 500 * 0.115 + (15000 - 12000) * 0.02 + (600 - 500) * 0.08,
+        ),  # from 400 GiB the gp3 baseline is 12,000 IOPS and 500 MiB/s
+        (
+            (
+                *RDS_DB,
+                "db.m5.large",
+                {**PG, "multi_az": True, "gib": 100, "storage_type": "gp3"},
+                "running",
+            ),
+            0.356 * 730 + 100 * 0.23,
+        ),
+        (
+            (
+                *RDS_DB,
+                "db.m5.large",
+                {**PG, "gib": 100, "storage_type": "io1", "iops": 3000},
+                "running",
+            ),
+            0.178 * 730 + 100 * 0.125 + 3000 * 0.10,
+        ),
+        ((*RDS_DB, "db.m5.large", {**PG, "gib": 100, "storage_type": "io1"}, "running"), None),
+        ((*RDS_DB, "db.m5.large", {**PG, "gib": 100}, "running"), None),  # type unknown
+        # a stopped RDS instance still pays for its storage
+        ((*RDS_DB, "db.m5.large", {**PG, "gib": 100, "storage_type": "gp3"}, "stopped"), 11.5),
+        ((*RDS_DB, "db.m5.large", {**PG, "gib": 100, "storage_type": "io1"}, "stopped"), None),
+        ((*RDS_DB, "db.r5.large", {"engine": "aurora-postgresql"}, "stopped"), 0.0),
+        # licensed operating systems
+        ((*EC2, "m5.large", {"platform_details": "Windows"}, "running"), 0.188 * 730),
+        ((*EC2, "m5.large", {"platform_details": "Linux/UNIX"}, "running"), 0.096 * 730),
+        ((*EC2, "m5.large", {"platform_details": "SUSE Linux"}, "running"), None),  # no price
+        ((*EC2, "m5.large", {"platform_details": "Plan 9"}, "running"), None),
+        ((*AZ_VM, "Standard_D2s_v3", {"os_type": "Windows"}, "running"), 0.188 * 730),
+        (
+            (
+                *AZ_VM,
+                "Standard_D2s_v3",
+                {"os_type": "Windows", "license_type": "Windows_Server"},
+                "running",
+            ),
+            0.096 * 730,
+        ),  # Azure Hybrid Benefit pays the base rate
+        # GCP shared core and licences
+        ((*GCE, "f1-micro", {}, "running"), 0.0076 * 730),
+        ((*GCE, "g1-small", {}, "running"), 0.0257 * 730),
+        ((*GCE, "e2-micro", {}, "running"), (0.25 * E2_CORE + 1 * E2_RAM) * 730),
+        ((*GCE, "e2-small", {}, "running"), (0.5 * E2_CORE + 2 * E2_RAM) * 730),
+        (
+            (*GCE, "e2-standard-4", {"image_project": "windows-cloud"}, "running"),
+            (4 * E2_CORE + 16 * E2_RAM + 4 * WIN) * 730,
+        ),
+        (
+            (*GCE, "e2-standard-4", {"image_project": "shop-prod-123"}, "running"),
+            (4 * E2_CORE + 16 * E2_RAM) * 730,
+        ),  # an image of the project's own: no public licence known
+        ((*GCE, "e2-micro", {"image_project": "windows-cloud"}, "running"), None),
+        ((*GCE, "f1-micro", {"image_project": "windows-cloud"}, "running"), None),
+        ((*GCE, "e2-standard-4", {"image_project": "rhel-cloud"}, "running"), None),
+    ],
+)
+def test_run_rate_of_storage_performance_shared_core_and_licences(
+    shape: tuple[object, ...], monthly_or_hourly: float | None
+) -> None:
+    """Expected values are USD per month (730 h, the providers' convention)."""
+    result = usd_per_hour(book(), Shape(*shape))  # type: ignore[arg-type]
+    if monthly_or_hourly is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(monthly_or_hourly / 730)

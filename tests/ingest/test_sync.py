@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import boto3
 import psycopg
 
 from lambdas.collector.service import Processor
+from lambdas.collector.sync import aws_observed
 from tests.ingest.conftest import Collector, collector_settings
 
 
@@ -23,7 +26,7 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "team", "Value": uid}]}],
     )["Instances"][0]["InstanceId"]
     vol = ec2.create_volume(AvailabilityZone=f"{region}a", Size=50, VolumeType="gp3")["VolumeId"]
-    dsn = collector.processor.settings.pg_dsn
+    dsn = collector.dsn
     processor = Processor(
         collector_settings(
             dsn, vm_url, sync_aws_regions=(region,), sync_aws_billing_account_id=f"payer-{uid}"
@@ -65,3 +68,31 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
         assert processor.rollups.live.get(("aws", inst)) is None
     finally:
         await processor.stop()
+
+
+def test_aws_listing_carries_the_pricing_attributes(aws_env: str, uid: str) -> None:
+    """The sync path reports the pricing attributes the events carry: EBS IOPS and
+    throughput, RDS storage type, size and IOPS."""
+    region = "ap-southeast-2"  # a region no other test lists
+    ec2 = boto3.client("ec2", region_name=region)
+    vol = ec2.create_volume(
+        AvailabilityZone=f"{region}a", Size=100, VolumeType="gp3", Iops=6000, Throughput=250
+    )["VolumeId"]
+    db = boto3.client("rds", region_name=region).create_db_instance(
+        DBInstanceIdentifier=f"db-{uid}",
+        DBInstanceClass="db.m5.large",
+        Engine="postgres",
+        AllocatedStorage=100,
+        StorageType="io1",
+        Iops=3000,
+        MasterUsername="admin",
+        MasterUserPassword="not-a-secret-0",
+    )["DBInstance"]["DBInstanceArn"]
+    now = datetime.now(UTC)
+    observed = {c.resource_id: c for c in aws_observed(region, now, "payer-1", "sync:test")}
+    assert observed[vol].attributes == {"gib": 100.0, "iops": 6000.0, "throughput": 250.0}
+    assert {k: observed[db].attributes[k] for k in ("storage_type", "iops", "gib")} == {
+        "storage_type": "io1",
+        "iops": 3000.0,
+        "gib": 100.0,
+    }

@@ -1,0 +1,167 @@
+"""The collector pricing what used to be unpriced, on the real PostgreSQL (price catalog loaded
+from the real-format fixtures by `priced_db`) and VictoriaMetrics: EBS provisioned IOPS and
+throughput, RDS storage, GCP shared-core types and licensed operating systems. Whatever is
+still unknown stays unpriced and counted, never $0."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from lambdas.common.vm import VictoriaMetrics
+from tests.ingest.conftest import Collector, record
+from tests.ingest.test_collector import wait_for
+
+Event = Callable[[str], dict[str, Any]]
+H = 730.0  # hours per month, the providers' convention for monthly prices
+E2_CORE, E2_RAM = 0.02181159, 0.00292353
+
+
+def rates(dsn: str) -> dict[str, tuple[float | None, bool]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select resource_id, usd_per_hour::float8, priced from resource_inventory"
+        ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def priced_at(expected: float) -> tuple[Any, bool]:
+    # resource_inventory keeps 6 decimals
+    return (pytest.approx(expected, abs=1e-6), True)
+
+
+async def post(collector: Collector, batch: list[dict[str, Any]]) -> None:
+    status, body = await collector.post(batch)
+    assert status == 200 and body["rejected"] == [], body
+    assert body["accepted"] == len(batch), body
+
+
+async def test_ebs_volumes_are_priced_with_provisioned_iops_and_throughput(
+    collector: Collector, priced_db: str, event: Event, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    modify = event("aws_modify_volume")
+    modify["detail"]["requestParameters"]["ModifyVolumeRequest"].update(Iops=6000, Throughput=250)
+    target = modify["detail"]["responseElements"]["ModifyVolumeResponse"]["volumeModification"]
+    target.update(targetIops=6000, targetThroughput=250)
+    await post(
+        collector,
+        [
+            record("aws", event("aws_create_volume"), acct),
+            record("aws", event("aws_create_volume_io2"), acct),
+        ],
+    )
+    got = rates(priced_db)
+    # gp3 at its included 3,000 IOPS / 125 MiB/s: storage only
+    assert got["vol-0123456789abcdef0"] == priced_at(100 * 0.08 / H)
+    # io2 40,000 IOPS: the first 32,000 at the tier-1 rate, the rest at tier 2
+    assert got["vol-0fedcba9876543210"] == priced_at(
+        (500 * 0.125 + 32000 * 0.065 + 8000 * 0.0455) / H
+    )
+    await post(collector, [record("aws", modify, acct)])
+    got = rates(priced_db)
+    assert got["vol-0123456789abcdef0"] == priced_at(
+        (200 * 0.08 + (6000 - 3000) * 0.005 + (250 - 125) * 0.04) / H
+    )
+
+
+async def test_rds_instances_are_priced_with_their_storage(
+    collector: Collector, priced_db: str, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    await post(
+        collector,
+        [
+            record("aws", event("aws_create_db_instance"), acct),
+            record("aws", event("aws_create_db_instance_io1"), acct),
+        ],
+    )
+    orders = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
+    ledger = "arn:aws:rds:us-east-1:111122223333:db:ledger-db"
+    got = rates(priced_db)
+    assert got[orders] == priced_at(0.178 + 20 * 0.115 / H)  # gp3 20 GiB at its baseline
+    assert got[ledger] == priced_at(0.178 + (100 * 0.125 + 3000 * 0.10) / H)  # io1 + IOPS
+    # A class change keeps the storage the inventory knows from CreateDBInstance.
+    await post(collector, [record("aws", event("aws_modify_db_instance"), acct)])
+    assert rates(priced_db)[orders] == priced_at(0.356 + 20 * 0.115 / H)
+    # ... and the group's run-rate in VictoriaMetrics is the sum of both, storage included.
+    await wait_for(
+        vm,
+        f'sum(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{acct}",basis="list"}})',
+        round(0.356 + 20 * 0.115 / H, 6) + round(0.178 + (100 * 0.125 + 3000 * 0.10) / H, 6),
+    )
+
+
+async def test_licensed_operating_systems_and_gcp_shared_core(
+    collector: Collector, priced_db: str, event: Event, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    micro, small = event("gcp_instances_insert"), event("gcp_instances_insert")
+    for ev, name, machine in ((micro, "micro-1", "e2-micro"), (small, "legacy-1", "f1-micro")):
+        payload = ev["protoPayload"]
+        payload["resourceName"] = f"projects/shop-prod-123/zones/us-central1-a/instances/{name}"
+        payload["request"]["machineType"] = f"zones/us-central1-a/machineTypes/{machine}"
+        ev["insertId"] = f"-{name}"
+    await post(
+        collector,
+        [
+            record("aws", event("aws_run_instances"), acct),
+            record("aws", event("aws_run_instances_windows"), acct),
+            record("azure", event("azure_vm_write"), acct, resource=event("arm_vm")),
+            record(
+                "azure",
+                event("azure_vm_write_windows"),
+                acct,
+                resource=event("arm_vm_windows"),
+            ),
+            record("gcp", event("gcp_instances_insert_windows"), acct),
+            record("gcp", micro, acct),
+            record("gcp", small, acct),
+        ],
+    )
+    got = rates(priced_db)
+    vm_id = (
+        "/subscriptions/00000000-1111-2222-3333-444444444444/resourcegroups/rg-web/providers/"
+        "microsoft.compute/virtualmachines/{}"
+    )
+    gce = "//compute.googleapis.com/projects/shop-prod-123/zones/us-central1-a/instances/{}"
+    assert got["i-0aaa1111bbbb2222c"] == priced_at(0.096)  # Linux
+    assert got["i-0bbb2222cccc3333d"] == priced_at(0.188)  # Windows: RunInstances:0002
+    assert got[vm_id.format("web-1")] == priced_at(0.096)
+    assert got[vm_id.format("win-1")] == priced_at(0.188)
+    # Windows Server image: e2-standard-4 plus the licence per vCPU
+    assert got[gce.format("win-1")] == priced_at(4 * E2_CORE + 16 * E2_RAM + 4 * 0.046)
+    assert got[gce.format("micro-1")] == priced_at(0.25 * E2_CORE + 1 * E2_RAM)
+    assert got[gce.format("legacy-1")] == priced_at(0.0076)
+
+
+async def test_what_is_still_unknown_stays_unpriced_and_counted(
+    collector: Collector, priced_db: str, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    rhel = event("aws_run_instances")
+    item = rhel["detail"]["responseElements"]["instancesSet"]["items"][0]
+    item["platformDetails"] = "Red Hat Enterprise Linux"  # no RHEL price in the catalog
+    magnetic = event("aws_create_db_instance")
+    magnetic["detail"]["requestParameters"]["storageType"] = "standard"
+    magnetic["detail"]["responseElements"]["storageType"] = "standard"
+    sles = event("gcp_instances_insert")
+    sles["protoPayload"]["request"]["disks"] = [
+        {
+            "boot": True,
+            "initializeParams": {"sourceImage": "projects/suse-cloud/global/images/sles-15"},
+        }
+    ]
+    await post(
+        collector,
+        [record("aws", rhel, acct), record("aws", magnetic, acct), record("gcp", sles, acct)],
+    )
+    got = rates(priced_db)
+    assert sorted(got.values(), key=str) == [(None, False)] * 3
+    await wait_for(vm, f'sum(cct_cost_rate_unpriced_resources{{billing_account_id="{acct}"}})', 3.0)
+    metrics = await (await collector.client.get("/metrics")).text()
+    assert 'cct_collector_unpriced_events_total{provider="aws"} 2.0' in metrics
+    assert 'cct_collector_unpriced_events_total{provider="gcp"} 1.0' in metrics
