@@ -212,9 +212,9 @@ async def run(args: argparse.Namespace, url: str, vm_url: str, account: str, pid
     latencies: list[float] = []
     prober = asyncio.create_task(probe(url, vm_url, account, stop, latencies))
     await asyncio.sleep(12)  # the probe's rollup series exists before the measured run
-    cpu0 = cpu_seconds(pid)
+    cpu0, own0 = cpu_seconds(pid), time.process_time()
     elapsed, accepted = await load(url, batches, args.concurrency)
-    cpu = cpu_seconds(pid) - cpu0
+    cpu, own = cpu_seconds(pid) - cpu0, time.process_time() - own0
     await asyncio.sleep(3)
     stop.set()
     await prober
@@ -228,6 +228,7 @@ async def run(args: argparse.Namespace, url: str, vm_url: str, account: str, pid
         f"(it got {cpu / elapsed:.0%} of a core; the rest went to PostgreSQL, VictoriaMetrics,"
         " this client and other work)"
     )
+    print(f"load generator CPU during the run: {own:.1f} s")
     if rate < 20_000:
         print(f"TARGET MISSED: {rate:,.0f} events/s < 20,000")
     if latencies:
