@@ -54,13 +54,13 @@ def _rate(
     try:
         return memo[key]
     except KeyError:
-        pass
+        cacheable = True
     except TypeError:  # an unhashable size attribute: price it without the memo
-        key = ()
+        cacheable = False
     shape = Shape(provider, service_name, resource_type, region_id, sku, size, state)
     rate = usd_per_hour(book, shape)
     rounded = round(rate, 6) if rate is not None else None
-    if key:
+    if cacheable:
         memo[key] = rounded
     return rounded
 

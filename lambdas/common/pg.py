@@ -16,6 +16,7 @@ The rotation policy, used by every handler:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -113,11 +114,9 @@ class DsnSource:
             now = self._clock()
             if now - self._checked >= self._check_interval_s:
                 self._checked = now
-                try:
+                with contextlib.suppress(OSError, DsnError):
                     if _stamp(self.path) != self._stamp:
                         self._read_file(self.path)
-                except (OSError, DsnError):
-                    pass
             return self._generation != generation
 
     def _read_file(self, path: Path) -> str:

@@ -58,6 +58,20 @@ def test_in_order_lifecycle_prices_each_step() -> None:
     )
 
 
+def test_rates_are_memoised_per_shape_and_unhashable_attributes_still_price() -> None:
+    rows, applied = apply_changes(
+        {},
+        [
+            ch("a", 0, rid="i-1", state="running", sku="m5.large"),
+            ch("b", 1, rid="i-2", state="running", sku="m5.large"),
+            ch("c", 2, rid="i-3", state="running", sku="m5.large", attributes={"zones": ["a"]}),
+        ],
+        BOOK,
+    )
+    assert [a.usd_after for a in applied] == [0.096, 0.096, 0.096]
+    assert rows[("aws", "i-3")].size == {"zones": ["a"]}
+
+
 def test_out_of_order_event_time_wins_and_late_events_fill_unknowns() -> None:
     # The state-change notification (no instance type) arrives before RunInstances.
     rows, _ = apply_changes({}, [ch("notify", 1, state="running")], BOOK)
