@@ -126,6 +126,9 @@ async def stage_batch(
             " where event_id = any(array(select event_id from stage_keys))"
         )
         known = {r[0] for r in await cur.fetchall()}
+        if not any(need for _, _, _, need in changes):
+            # A warm cache holds every row: save the round trip.
+            return known, {}
         await cur.execute(
             f"select {COLUMNS} from resource_inventory"
             " where (provider, resource_id) in"

@@ -107,7 +107,11 @@ class PrivateKafka:
             "        - ref: STDOUT\n"
             "    Logger:\n      - name: kafka.server.KafkaRaftServer\n        level: INFO\n"
         )
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Never one starting with '-' (StorageTool would read it as an option), as Kafka's
+        # own Uuid.randomUuid ensures.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
