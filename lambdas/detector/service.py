@@ -217,10 +217,8 @@ def series_key(level: str, metric: Mapping[str, str], cache: KeyCache) -> Series
     labels (e.g. resources without a team tag: not a team). ValueError when a label value
     held KEY_SEP. Cached: the same series arrive every cycle."""
     raw = metric.get(KEY_LABEL, "")
-    try:
+    if raw in cache:  # None is a cached answer too (an unassigned group)
         return cache[raw]
-    except KeyError:
-        pass
     names = LEVEL_LABELS[level]
     values = raw.split(KEY_SEP)
     if len(values) != len(names):

@@ -177,7 +177,7 @@ def flaky_server() -> Iterator[tuple[str, list[int]]]:
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
-            pass
+            """Keep the test output free of the server's access log."""
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
