@@ -2,6 +2,7 @@
 VictoriaMetrics and PostgreSQL.
 
     .venv/bin/python -m benchmarks.collector_throughput [--events 200000] [--batch 1000]
+        [--resources 20000] [--concurrency 4]
 
 Starts ONE `cct serve collector` process (private database on the PostgreSQL of
 .local/services.json, dropped at the end; the shared VictoriaMetrics, series labelled with a
@@ -14,6 +15,9 @@ While the load runs, a probe changes one instance's size every 0.5 s and polls V
 (every 20 ms) for its rollup series `cct_cost_rate_rollup_usd_per_hour{team="probe"}` to show
 the new value: receipt-to-queryable latency of an existing series. Once, it also measures how
 long a brand-new per-resource series takes to appear (VictoriaMetrics' new-series delay).
+
+With `--resources` equal to `--events` every event creates a resource (and its series): the
+heaviest case for PostgreSQL and VictoriaMetrics.
 
 Prints events/s (target >= 20,000 in one process), p50/p99 latency, and the PostgreSQL row
 counts. The machine has 2 cores shared by the collector, PostgreSQL, VictoriaMetrics, this

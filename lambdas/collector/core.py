@@ -24,6 +24,11 @@ Group = tuple[str, ...]
 Factors = Mapping[tuple[str, str, str], float]
 
 
+def group_factor(factors: Factors, group: Group) -> float | None:
+    """The reconciliation factor of a group's (provider, billing account, service), if any."""
+    return factors.get((group[0], group[1], group[2]))
+
+
 class Applied(NamedTuple):
     """What one accepted event did. `stale` events are older than what the inventory knows:
     they are recorded for attribution but move no run-rate (event time wins)."""
@@ -200,27 +205,34 @@ class Rollups:
 
     def update(self, r: Resource) -> tuple[Group, str]:
         """Account for the new state of `r`; returns its group and rendered labels."""
-        old = self.live.pop(r.key, None)
+        key = (r.provider, r.resource_id)
+        totals = self.totals
+        old = self.live.get(key)
+        placement = (r.billing_account_id, r.sub_account_id, r.region_id)
         if old is not None:
-            self.totals[old.group] -= old.rate or 0.0
+            total = totals[old.group] - (old.rate or 0.0)
+            # float drift: nothing priced is exactly 0
+            totals[old.group] = 0.0 if abs(total) < 1e-9 else total
             if old.rate is None:
                 self.unpriced[old.group] -= 1
-            if abs(self.totals[old.group]) < 1e-9:  # float drift: nothing priced is exactly 0
-                self.totals[old.group] = 0.0
-        placement = (r.billing_account_id, r.sub_account_id, r.region_id)
         if old is not None and old.tags is r.tags and old.placement == placement:
             group, text = old.group, old.labels
         else:
             group, text = self.labels.of(r, self.labels.tags(r))
-        if group not in self.totals:
-            self.totals[group] = 0.0
-            self.unpriced[group] = 0
-            self._group_text[group] = render_labels(self.labels.group_labels(group))
-        if r.state != "deleted":
-            self.live[r.key] = Live(group, r.usd_per_hour, text, r.tags, placement)
-            self.totals[group] += r.usd_per_hour or 0.0
-            if r.usd_per_hour is None:
-                self.unpriced[group] += 1
+            if group not in totals:
+                totals[group] = 0.0
+                self.unpriced[group] = 0
+                self._group_text[group] = render_labels(self.labels.group_labels(group))
+        rate = r.usd_per_hour
+        if r.state == "deleted":
+            if old is not None:
+                del self.live[key]
+            return group, text
+        self.live[key] = Live(group, rate, text, r.tags, placement)
+        if rate is None:
+            self.unpriced[group] += 1
+        else:
+            totals[group] += rate
         return group, text
 
     def rollup_lines(self, groups: Iterable[Group], factors: Factors, ts_ms: int) -> list[str]:
@@ -230,7 +242,7 @@ class Rollups:
             # Rates are stored to 6 decimals, so their sum is exact at 6 decimals too.
             total = round(self.totals[g], 6)
             out.append(line(ROLLUP, text, "list", total, ts_ms))
-            factor = factors.get((g[0], g[1], g[2]))
+            factor = group_factor(factors, g)
             if factor is not None:
                 out.append(line(ROLLUP, text, "reconciled", total * factor, ts_ms))
             out.append(line(UNPRICED, text, None, float(self.unpriced[g]), ts_ms))
@@ -241,19 +253,21 @@ class Rollups:
         out = []
         for live in self.live.values():
             if live.rate is not None:
-                out += resource_lines(live.labels, live.group, live.rate, factors, ts_ms)
+                factor = group_factor(factors, live.group)
+                out += resource_lines(live.labels, live.rate, factor, ts_ms)
         out += self.rollup_lines(self.totals, factors, ts_ms)
         return out
 
 
-def resource_lines(
-    labels: str, group: Group, rate: float, factors: Factors, ts_ms: int
-) -> list[str]:
-    out = [line(RATE, labels, "list", rate, ts_ms)]
-    factor = factors.get((group[0], group[1], group[2]))
-    if factor is not None:
-        out.append(line(RATE, labels, "reconciled", rate * factor, ts_ms))
-    return out
+def resource_lines(labels: str, rate: float, factor: float | None, ts_ms: int) -> list[str]:
+    """A resource's run-rate at `ts_ms`: list price, and reconciled when its group has a
+    factor."""
+    if factor is None:
+        return [line(RATE, labels, "list", rate, ts_ms)]
+    return [
+        line(RATE, labels, "list", rate, ts_ms),
+        line(RATE, labels, "reconciled", rate * factor, ts_ms),
+    ]
 
 
 def row_from_db(row: Sequence[Any]) -> Resource:

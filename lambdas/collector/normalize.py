@@ -61,12 +61,13 @@ def parse_time(value: Any, where: str) -> datetime:
     if not isinstance(value, str):
         raise EventRejected("wrong_type", f"{where}: expected an ISO 8601 time, got {value!r}")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        # Python 3.11 reads a trailing "Z" as UTC itself.
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         raise EventRejected("bad_time", f"{where}: {value!r} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise EventRejected("bad_time", f"{where}: {value!r} has no time zone")
-    return parsed.astimezone(UTC)
+    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
 
 
 def _items(value: Any) -> list[Mapping[str, Any]]:

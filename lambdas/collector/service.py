@@ -2,8 +2,8 @@
 VictoriaMetrics, the heartbeat, catalog refresh and the periodic AWS inventory sync.
 
 A request's changes are split by resource over `writers` shards; each shard's writer task
-drains everything waiting for it (up to `batch_max_events`) into one transaction, so many
-small Fluent Bit flushes cost the same few round trips as one large one. The HTTP response is
+drains everything waiting for it (up to `batch_max_events`) into one write, so many small
+Fluent Bit flushes cost the same round trip as one large one. The HTTP response is
 sent after PostgreSQL has committed and the samples are queued for the VictoriaMetrics writer
 task (bounded queue: a slow VictoriaMetrics slows ingestion instead of growing memory). A
 VictoriaMetrics failure is retried with the heartbeat (which re-emits every live value)
@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import time
+from collections import ChainMap, OrderedDict
 from collections import Counter as Tally
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,10 +37,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from lambdas.collector.core import (
     Applied,
     Factors,
-    Group,
     Labels,
     Rollups,
     apply_changes,
+    group_factor,
     resource_lines,
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
@@ -84,7 +84,7 @@ class CollectorSettings:
     # hold the writer for long.
     max_body_bytes: int = 8 * 1024 * 1024
     max_records: int = 20_000
-    # Events per writer transaction: large enough to amortise round trips, small enough that a
+    # Events per writer batch: large enough to amortise round trips, small enough that a
     # batch commits in tens of milliseconds.
     batch_max_events: int = 5_000
     # Parallel writer shards (PostgreSQL connections); a resource always uses the same one.
@@ -164,6 +164,12 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.rechecks = Counter(
+            "cct_collector_batch_rechecks",
+            "Batches written again after looking up known event ids, because the first write"
+            " met one (typically Fluent Bit retrying a request that had committed).",
+            registry=r,
+        )
         self.vm_failures = Counter(
             "cct_collector_vm_write_failures", "Failed VictoriaMetrics writes.", registry=r
         )
@@ -209,6 +215,9 @@ class Processor:
         # cached row equals PostgreSQL's and need not be read back; misses are read and locked.
         self._rows: OrderedDict[tuple[str, str], Resource] = OrderedDict()
         self._pending: list[str] = []
+        # Set after a batch met an event id PostgreSQL already holds: later batches look for
+        # known ids before writing until one finds none.
+        self._careful = False
         # Samples go to VictoriaMetrics from their own task, so the next batch's PostgreSQL
         # work overlaps this batch's import; a full queue pushes back on the writer.
         self._vm_queue: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=VM_QUEUE_BATCHES)
@@ -405,27 +414,22 @@ class Processor:
         fresh: list[ResourceChange],
         dead: list[tuple[str, str, str]],
     ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
-        """One transaction: skip known event ids, merge, write inventory, events and dead
-        letters. Returns the known ids, the changed rows and what each new event did."""
-        now = datetime.now(UTC)
-        cache = self._rows
-        staged = [
-            (c.event_id, c.provider, c.resource_id, (c.provider, c.resource_id) not in cache)
-            for c in fresh
-        ]
-        async with conn.transaction():
-            known, current = await store.stage_batch(conn, staged)
+        """Write a batch: merge, upsert the inventory, insert events and dead letters. Returns
+        the event ids found already recorded, the rows to account for (changed, or read back)
+        and what each new event did."""
+        if not fresh and not dead:
+            return set(), {}, []
+        try:
+            known, rows, applied = await self._write(conn, fresh, dead)
+        except BaseException:
+            # The write may have committed before its failure reached us (the connection lost
+            # after COMMIT): these resources' cached rows may be stale, so they are read back,
+            # locked, the next time.
             for c in fresh:
-                key = (c.provider, c.resource_id)
-                if key in cache:
-                    current[key] = cache[key]
-            new = [c for c in fresh if c.event_id not in known]
-            rows, applied = apply_changes(current, new, self.book)
-            fmt = store.Formatted()
-            await store.upsert_resources(conn, rows.values(), now, fmt)
-            await store.insert_events(conn, applied, rows, now, fmt)
-            await store.insert_dead_letters(conn, "collector", dead)
+                self._rows.pop((c.provider, c.resource_id), None)
+            raise
         # Committed: only now may the cache hold the new rows.
+        cache = self._rows
         for key, row in rows.items():
             cache[key] = row
             cache.move_to_end(key)
@@ -433,33 +437,73 @@ class Processor:
             cache.popitem(last=False)
         return known, rows, applied
 
+    async def _write(
+        self,
+        conn: psycopg.AsyncConnection,
+        fresh: list[ResourceChange],
+        dead: list[tuple[str, str, str]],
+    ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
+        now = datetime.now(UTC)
+        cache = self._rows
+        missing = list(
+            {(c.provider, c.resource_id) for c in fresh if (c.provider, c.resource_id) not in cache}
+        )
+        if not missing and not dead and not self._careful:
+            # The usual batch: every row is cached and duplicates are rare (a Fluent Bit retry
+            # of a request that did commit), so write in one statement without looking first;
+            # the events' primary key refuses a known id and the batch is redone with a look.
+            rows, applied = apply_changes(cache, fresh, self.book)
+            try:
+                await store.write_batch(conn, rows, applied, now)
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != store.EVENTS_KEY:
+                    raise
+                self.metrics.rechecks.inc()
+                self._careful = True
+            else:
+                return set(), rows, applied
+        async with conn.transaction():
+            known, read = await store.read_batch(conn, [c.event_id for c in fresh], missing)
+            new = [c for c in fresh if c.event_id not in known]
+            rows, applied = apply_changes(ChainMap(read, cache), new, self.book)
+            if applied:
+                await store.write_batch(conn, rows, applied, now)
+            await store.insert_dead_letters(conn, "collector", dead)
+        # Write blind again once a look finds no duplicate.
+        self._careful = bool(known)
+        # A row read back is PostgreSQL's state, which the rollups may not have seen (a batch
+        # that committed although its write failed): they take it as well.
+        return known, {**read, **rows}, applied
+
     def _samples(self, rows: dict[tuple[str, str], Resource], applied: list[Applied]) -> list[str]:
         """Update the rollups with the committed rows; the lines to write."""
         now_ms = int(time.time() * 1000)
-        groups: set[Group] = set()
-        rendered: dict[tuple[str, str], tuple[Group, str]] = {}
-        for key, row in rows.items():
-            rendered[key] = self.rollups.update(row)
-            groups.add(rendered[key][0])
+        late_before = max(self.last_heartbeat_ms + 1, now_ms - LATE_MS)
+        rendered = {key: self.rollups.update(row) for key, row in rows.items()}
+        factor_of = {g: group_factor(self.factors, g) for g, _ in rendered.values()}
         samples: list[str] = []
+        unpriced: Tally[str] = Tally()
         for a in applied:
             ch = a.change
+            rate = a.usd_after
             if a.stale:
                 continue
-            if a.usd_after is None:
-                self.metrics.unpriced.labels(ch.provider).inc()
+            if rate is None:
+                unpriced[ch.provider] += 1
                 continue
             key = (ch.provider, ch.resource_id)
             group, labels = rendered[key]
+            factor = factor_of[group]
             ts = int(ch.event_time.timestamp() * 1000)
-            samples += resource_lines(labels, group, a.usd_after, self.factors, ts)
-            late = ts <= self.last_heartbeat_ms or ts < now_ms - LATE_MS
-            if late and rows[key].last_event_id == ch.event_id:
+            samples += resource_lines(labels, rate, factor, ts)
+            if ts < late_before and rows[key].last_event_id == ch.event_id:
                 # Instant queries read the newest sample: a late event (CloudTrail delivers
                 # minutes after the call) or an older heartbeat would hide this value, so the
                 # current value is written at the receipt time as well.
-                samples += resource_lines(labels, group, a.usd_after, self.factors, now_ms)
-        samples += self.rollups.rollup_lines(groups, self.factors, now_ms)
+                samples += resource_lines(labels, rate, factor, now_ms)
+        for provider, n in unpriced.items():
+            self.metrics.unpriced.labels(provider).inc(n)
+        samples += self.rollups.rollup_lines(factor_of, self.factors, now_ms)
         self.metrics.live.set(len(self.rollups.live))
         return samples
 
@@ -605,6 +649,9 @@ class Api:
             except EventIgnored as exc:
                 ignored += 1
                 log.debug("event ignored", extra={"reason": exc.reason})
+        # The decoded records are the bulk of a request's objects: freed now rather than
+        # kept (and traversed by the cyclic GC) while the batch waits for PostgreSQL.
+        records.clear()
         if ignored:
             self.metrics.events.labels("all", "ignored").inc(ignored)
         try:

@@ -18,8 +18,7 @@ from psycopg import sql
 # handler -> table -> privileges. SELECT accompanies every UPDATE: `on conflict do update`,
 # `select ... for update` and an update's where clause all read the table.
 HANDLER_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    # lambdas.store.inventory and store.pricing.aload_price_book; its staging tables are
-    # temporary (PUBLIC's TEMPORARY privilege on the database).
+    # lambdas.store.inventory and store.pricing.aload_price_book.
     "collector": {
         "resource_inventory": ("select", "insert", "update"),
         "resource_events": ("select", "insert"),

@@ -1,15 +1,19 @@
 """SQL for the collector: resource_inventory, resource_events (0002), ingest_dead_letters and
-cost_reconciliation (0100). Set-based statements over COPY-filled staging tables, so a batch
-of thousands of events costs a handful of round trips."""
+cost_reconciliation (0100).
+
+A batch travels as JSON parameters (one array per table) expanded by set-based statements:
+thousands of events cost one or a few round trips, orjson renders the rows in C, and the
+statements need no staging tables."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import orjson
 import psycopg
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import Jsonb, set_json_loads
 
 from lambdas.collector.core import Applied, Key, row_from_db
 from lambdas.collector.model import Resource
@@ -21,64 +25,23 @@ COLUMNS = (
 
 PAYLOAD_LIMIT = 64 * 1024
 
-
-def _json(value: object) -> str:
-    return orjson.dumps(value).decode()
-
-
-# COPY text format, built here rather than by psycopg's per-row write_row: formatting three
-# COPY rows per event through write_row was the collector's largest single CPU cost.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-# NULL while a batch is built: PostgreSQL text can never hold NUL, so no value is mistaken for it.
-NUL = "\x00"
+# The one unique constraint a batch's write can hit: an event id already recorded.
+EVENTS_KEY = "resource_events_pkey"
 
 
-def _escape(value: str) -> str:
-    return "\\N" if value == NUL else value.translate(_COPY_ESCAPES)
+def _plain(value: Any) -> Any:
+    """orjson's fallback: a read-only mapping (an event without attributes) as a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def copy_text(rows: Sequence[tuple[str, ...]], width: int) -> bytes:
-    """COPY text for rows of `width` values (NUL for NULL). Values almost never need escaping,
-    so the batch is joined raw and checked once; only a batch that fails the check is escaped
-    value by value."""
-    text = "\n".join(map("\t".join, rows)) + "\n" if rows else ""
-    clean = (
-        "\\" not in text
-        and "\r" not in text
-        and text.count("\t") == len(rows) * (width - 1)
-        and text.count("\n") == len(rows)
-    )
-    if not clean:
-        text = "".join("\t".join(map(_escape, row)) + "\n" for row in rows)
-    return text.replace(NUL, "\\N").encode()
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_plain)
 
 
-def _f(value: float | None) -> str:
-    return NUL if value is None else repr(value)
-
-
-class Formatted:
-    """Per-batch memo of formatted values: an event's time and tags are written twice (event
-    row, inventory row) and a tag set is shared by many rows."""
-
-    def __init__(self) -> None:
-        # Keyed by identity (hashing an aware datetime costs as much as formatting it), each
-        # entry holding its object so the id cannot be reused within the batch.
-        self.times: dict[int, tuple[datetime, str]] = {}
-        self.json: dict[int, tuple[object, str]] = {}
-
-    def ts(self, value: datetime) -> str:
-        # Only timezone-aware datetimes reach the store; isoformat needs no escaping.
-        hit = self.times.get(id(value))
-        if hit is None:
-            hit = self.times[id(value)] = (value, value.isoformat())
-        return hit[1]
-
-    def dumps(self, value: object) -> str:
-        hit = self.json.get(id(value))
-        if hit is None:
-            hit = self.json[id(value)] = (value, _json(value))
-        return hit[1]
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=_dumps)
 
 
 async def live_resources(conn: psycopg.AsyncConnection) -> list[Resource]:
@@ -86,134 +49,78 @@ async def live_resources(conn: psycopg.AsyncConnection) -> list[Resource]:
     return [row_from_db(r) for r in await cur.fetchall()]
 
 
-# Batches move through session-local staging tables filled with COPY: binding thousands of
-# values as array parameters costs more client CPU than the whole statement on the server.
-STAGING = """
-create temp table if not exists stage_keys (
-    event_id text, provider text, resource_id text, need_row boolean
-) on commit delete rows;
-create temp table if not exists stage_inventory (like resource_inventory) on commit delete rows;
+async def prepare(conn: psycopg.AsyncConnection) -> None:
+    """Per connection: jsonb columns (size, tags) are parsed for every row read back; orjson
+    is several times faster than the standard library here."""
+    set_json_loads(orjson.loads, conn)
+
+
+_KNOWN = (
+    "select event_id from resource_events"
+    " where event_id = any(array(select jsonb_array_elements_text(%(ids)s::jsonb)))"
+)
+# Sorted, so two transactions locking overlapping rows (two collectors by mistake) wait for
+# each other instead of deadlocking.
+_LOCK = f"""
+select {COLUMNS} from resource_inventory
+where (provider, resource_id) in
+    (select k ->> 0, k ->> 1 from jsonb_array_elements(%(keys)s::jsonb) k)
+order by provider, resource_id
+for update
 """
 
 
-async def prepare(conn: psycopg.AsyncConnection) -> None:
-    """Create this session's staging tables (once per connection)."""
-    # jsonb columns (size, tags) are parsed for every touched row: orjson is several times
-    # faster than the standard library here.
-    set_json_loads(orjson.loads, conn)
-    await conn.execute(STAGING)
-
-
-async def stage_batch(
-    conn: psycopg.AsyncConnection, changes: Sequence[tuple[str, str, str, bool]]
+async def read_batch(
+    conn: psycopg.AsyncConnection, event_ids: Sequence[str], keys: Sequence[Key]
 ) -> tuple[set[str], dict[Key, Resource]]:
-    """Stage (event_id, provider, resource_id, need_row) of a batch; returns the event ids
-    already recorded and the current rows of the resources marked need_row (the caller holds
-    the others), locked until commit."""
-    text = copy_text(
-        [(eid, provider, rid, "t" if need else "f") for eid, provider, rid, need in changes],
-        4,
-    )
-    async with conn.cursor() as cur:
-        async with cur.copy(
-            "copy stage_keys (event_id, provider, resource_id, need_row) from stdin"
-        ) as copy:
-            await copy.write(text)
-        # An index probe per staged id. A join lets the planner (no statistics on the staging
-        # table) hash the whole of resource_events, a cost that grows with the table.
-        await cur.execute(
-            "select event_id from resource_events"
-            " where event_id = any(array(select event_id from stage_keys))"
-        )
-        known = {r[0] for r in await cur.fetchall()}
-        if not any(need for _, _, _, need in changes):
-            # A warm cache holds every row: save the round trip.
-            return known, {}
-        await cur.execute(
-            f"select {COLUMNS} from resource_inventory"
-            " where (provider, resource_id) in"
-            " (select distinct provider, resource_id from stage_keys where need_row)"
-            " order by provider, resource_id for update"
-        )
-        rows = [row_from_db(r) for r in await cur.fetchall()]
+    """In the caller's transaction: which of `event_ids` are already recorded, and the current
+    rows of `keys` (the resources the caller does not hold), locked until commit."""
+    cur = await conn.execute(_KNOWN, {"ids": _jsonb(event_ids)}, prepare=True)
+    known = {r[0] for r in await cur.fetchall()}
+    if not keys:
+        return known, {}
+    cur = await conn.execute(_LOCK, {"keys": _jsonb(keys)}, prepare=True)
+    rows = [row_from_db(r) for r in await cur.fetchall()]
     return known, {r.key: r for r in rows}
 
 
-_UPSERT = """
-insert into resource_inventory select * from stage_inventory
-on conflict (provider, resource_id) do update set
-    billing_account_id = excluded.billing_account_id, sub_account_id = excluded.sub_account_id,
-    region_id = excluded.region_id, service_name = excluded.service_name,
-    resource_type = excluded.resource_type, sku = excluded.sku, size = excluded.size,
-    state = excluded.state, tags = excluded.tags, usd_per_hour = excluded.usd_per_hour,
-    priced = excluded.priced, last_event_id = excluded.last_event_id,
-    last_event_time = excluded.last_event_time, updated_at = excluded.updated_at
+# One statement, so one round trip and atomic on its own: the inventory upsert and the event
+# rows. Array positions follow _inventory_rows and _event_rows.
+_WRITE = """
+with inventory as (
+    insert into resource_inventory (provider, resource_id, billing_account_id, sub_account_id,
+        region_id, service_name, resource_type, sku, size, state, tags, usd_per_hour, priced,
+        last_event_id, last_event_time, updated_at)
+    select r ->> 0, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, r ->> 6, r ->> 7, r -> 8,
+        r ->> 9, r -> 10, (r ->> 11)::numeric, r -> 11 <> 'null'::jsonb, r ->> 12,
+        (r ->> 13)::timestamptz, %(now)s
+    from jsonb_array_elements(%(rows)s::jsonb) r
+    on conflict (provider, resource_id) do update set
+        billing_account_id = excluded.billing_account_id,
+        sub_account_id = excluded.sub_account_id, region_id = excluded.region_id,
+        service_name = excluded.service_name, resource_type = excluded.resource_type,
+        sku = excluded.sku, size = excluded.size, state = excluded.state, tags = excluded.tags,
+        usd_per_hour = excluded.usd_per_hour, priced = excluded.priced,
+        last_event_id = excluded.last_event_id, last_event_time = excluded.last_event_time,
+        updated_at = excluded.updated_at
+)
+insert into resource_events (event_id, provider, resource_id, billing_account_id,
+    sub_account_id, region_id, service_name, resource_type, action, actor, event_time, tags,
+    usd_per_hour_before, usd_per_hour_after, received_at)
+select e ->> 0, e ->> 1, e ->> 2, e ->> 3, e ->> 4, e ->> 5, e ->> 6, e ->> 7, e ->> 8, e ->> 9,
+    (e ->> 10)::timestamptz, e -> 11, (e ->> 12)::numeric, (e ->> 13)::numeric, %(now)s
+from jsonb_array_elements(%(events)s::jsonb) e
 """
 
 
-async def upsert_resources(
-    conn: psycopg.AsyncConnection,
-    rows: Iterable[Resource],
-    now: datetime,
-    fmt: Formatted | None = None,
-) -> None:
-    fmt = fmt or Formatted()
-    updated = now.isoformat()
-    text = copy_text(
-        [
-            (
-                r.provider,
-                r.resource_id,
-                r.billing_account_id,
-                r.sub_account_id,
-                r.region_id,
-                r.service_name,
-                r.resource_type,
-                NUL if r.sku is None else r.sku,
-                fmt.dumps(r.size),
-                r.state,
-                fmt.dumps(r.tags),
-                _f(r.usd_per_hour),
-                "f" if r.usd_per_hour is None else "t",
-                r.last_event_id,
-                fmt.ts(r.last_event_time),
-                updated,
-            )
-            for r in rows
-        ],
-        16,
-    )
-    async with conn.cursor() as cur:
-        async with cur.copy(
-            "copy stage_inventory (provider, resource_id, billing_account_id, sub_account_id,"
-            " region_id, service_name, resource_type, sku, size, state, tags, usd_per_hour,"
-            " priced, last_event_id, last_event_time, updated_at) from stdin"
-        ) as copy:
-            await copy.write(text)
-        await cur.execute(_UPSERT)
-
-
-async def insert_events(
-    conn: psycopg.AsyncConnection,
-    applied: Sequence[Applied],
-    rows: dict[Key, Resource],
-    now: datetime,
-    fmt: Formatted | None = None,
-) -> None:
+def _event_rows(applied: Sequence[Applied], rows: Mapping[Key, Resource]) -> list[tuple[Any, ...]]:
     """One row per accepted event; region and tags come from the merged inventory row, so an
-    event that did not state them still carries what CCT knows about the resource.
-
-    Straight COPY, no staging: stage_batch already removed the known event ids, and a resource
-    is only ever written by one shard of one process. Should a duplicate slip in anyway (two
-    collectors by mistake), the primary key fails the batch, nothing is committed, and the
-    retry finds the event known."""
-    fmt = fmt or Formatted()
-    received = now.isoformat()
-    lines = []
+    event that did not state them still carries what CCT knows about the resource."""
+    out = []
     for a in applied:
         c = a.change
         merged = rows[(c.provider, c.resource_id)]
-        lines.append(
+        out.append(
             (
                 c.event_id,
                 c.provider,
@@ -224,23 +131,34 @@ async def insert_events(
                 c.service_name,
                 c.resource_type,
                 c.action,
-                NUL if c.actor is None else c.actor,
-                fmt.ts(c.event_time),
-                fmt.dumps(c.tags if c.tags is not None else merged.tags),
-                _f(a.usd_before),
-                _f(a.usd_after),
-                received,
+                c.actor,
+                c.event_time,
+                merged.tags if c.tags is None else c.tags,
+                a.usd_before,
+                a.usd_after,
             )
         )
-    async with (
-        conn.cursor() as cur,
-        cur.copy(
-            "copy resource_events (event_id, provider, resource_id, billing_account_id,"
-            " sub_account_id, region_id, service_name, resource_type, action, actor, event_time,"
-            " tags, usd_per_hour_before, usd_per_hour_after, received_at) from stdin"
-        ) as copy,
-    ):
-        await copy.write(copy_text(lines, 15))
+    return out
+
+
+async def write_batch(
+    conn: psycopg.AsyncConnection,
+    rows: Mapping[Key, Resource],
+    applied: Sequence[Applied],
+    now: datetime,
+) -> None:
+    """Upsert the changed inventory rows and insert one resource_events row per applied event.
+
+    Raises psycopg.errors.UniqueViolation on EVENTS_KEY when an event id is already recorded
+    (nothing is written then): the collector writes without looking first and looks only after
+    such a failure. Only aware datetimes reach here; orjson renders them as RFC 3339."""
+    # Resource is a NamedTuple; orjson renders plain tuples natively as arrays.
+    params = {
+        "rows": _jsonb([tuple(r) for r in rows.values()]),
+        "events": _jsonb(_event_rows(applied, rows)),
+        "now": now,
+    }
+    await conn.execute(_WRITE, params, prepare=True)
 
 
 async def insert_dead_letters(

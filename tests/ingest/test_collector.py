@@ -131,6 +131,86 @@ async def test_duplicates_and_out_of_order_delivery(
     )
 
 
+async def test_a_known_event_met_by_a_blind_write_is_found_and_the_rest_written_once(
+    collector: Collector, event: Event, uid: str
+) -> None:
+    """A batch whose rows are all cached is written without looking for known event ids; the
+    events' primary key refuses a known one and the batch is redone with a look."""
+    acct = f"acct-{uid}"
+    processor = collector.processor
+
+    def rechecks() -> float | None:
+        return processor.metrics.registry.get_sample_value("cct_collector_batch_rechecks_total")
+
+    run, stop, modify, start = (
+        record("aws", event(name), acct)
+        for name in (
+            "aws_run_instances",
+            "aws_stop_instances",
+            "aws_modify_instance_attribute",
+            "aws_start_instances",
+        )
+    )
+    assert (await collector.post([run]))[1]["accepted"] == 1  # not cached yet: looked up
+    assert (await collector.post([stop]))[1]["accepted"] == 1  # cached: written blind
+    assert rechecks() == 0
+    status, body = await collector.post([stop, modify])  # a Fluent Bit retry plus a new event
+    assert status == 200
+    assert (body["accepted"], body["duplicates"]) == (1, 1)
+    assert rechecks() == 1
+    assert processor._careful  # the next batch looks first ...
+    assert (await collector.post([start]))[1]["accepted"] == 1
+    assert rechecks() == 1
+    assert not processor._careful  # ... and, finding nothing known, writing blind resumes
+    dsn = collector.dsn
+    assert rows(dsn, "select action, count(*) from resource_events group by 1 order by 1") == [
+        ("ModifyInstanceAttribute", 1),
+        ("RunInstances", 1),
+        ("StartInstances", 1),
+        ("StopInstances", 1),
+    ]
+    assert rows(dsn, "select state, sku, usd_per_hour::float8 from resource_inventory") == [
+        ("running", "m5.xlarge", 0.192)
+    ]
+
+
+async def test_a_batch_committed_but_not_acknowledged_leaves_no_stale_state(
+    collector: Collector, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is lost after PostgreSQL committed a batch: the request fails, Fluent
+    Bit's retry finds the events known, and the collector's cache and rollups take what
+    PostgreSQL holds, so the next event merges onto the committed state."""
+    from lambdas.store import inventory
+
+    acct = f"acct-{uid}"
+    group = ("aws", acct, "Amazon Elastic Compute Cloud", "us-east-1", "payments", "prod")
+    run, stop, modify = (
+        record("aws", event(name), acct)
+        for name in ("aws_run_instances", "aws_stop_instances", "aws_modify_instance_attribute")
+    )
+    assert (await collector.post([run]))[1]["accepted"] == 1
+    assert collector.processor.rollups.totals[group] == pytest.approx(0.096)
+    real_write = inventory.write_batch
+
+    async def committed_then_lost(*args: Any, **kwargs: Any) -> None:
+        await real_write(*args, **kwargs)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(inventory, "write_batch", committed_then_lost)
+    status, body = await collector.post([stop])
+    assert (status, body["error"]) == (503, "store_unavailable")
+    monkeypatch.setattr(inventory, "write_batch", real_write)
+    status, body = await collector.post([stop])  # Fluent Bit's retry
+    assert (status, body["accepted"], body["duplicates"]) == (200, 0, 1)
+    assert collector.processor.rollups.totals[group] == 0.0  # stopped: no run-rate
+    assert (await collector.post([modify]))[1]["accepted"] == 1
+    assert rows(
+        collector.dsn, "select state, sku, usd_per_hour::float8 from resource_inventory"
+    ) == [("stopped", "m5.xlarge", 0.0)]
+    assert collector.processor.rollups.totals[group] == 0.0
+    assert rows(collector.dsn, "select count(*) from resource_events") == [(3,)]
+
+
 async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
     collector: Collector, event: Event, uid: str
 ) -> None:
