@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import time
-from collections import ChainMap, OrderedDict
 from collections import Counter as Tally
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -445,9 +445,8 @@ class Processor:
     ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
         now = datetime.now(UTC)
         cache = self._rows
-        missing = list(
-            {(c.provider, c.resource_id) for c in fresh if (c.provider, c.resource_id) not in cache}
-        )
+        keys = {(c.provider, c.resource_id) for c in fresh}
+        missing = [key for key in keys if key not in cache]
         if not missing and not dead and not self._careful:
             # The usual batch: every row is cached and duplicates are rare (a Fluent Bit retry
             # of a request that did commit), so write in one statement without looking first;
@@ -462,10 +461,14 @@ class Processor:
                 self._careful = True
             else:
                 return set(), rows, applied
+        # Taken before the look-up: while it waits, another shard's commit may evict some of
+        # these rows from the LRU cache, and a row neither cached nor read would be taken for
+        # a new resource.
+        held = {key: cache[key] for key in keys if key in cache}
         async with conn.transaction():
             known, read = await store.read_batch(conn, [c.event_id for c in fresh], missing)
             new = [c for c in fresh if c.event_id not in known]
-            rows, applied = apply_changes(ChainMap(read, cache), new, self.book)
+            rows, applied = apply_changes({**held, **read}, new, self.book)
             if applied:
                 await store.write_batch(conn, rows, applied, now)
             await store.insert_dead_letters(conn, "collector", dead)

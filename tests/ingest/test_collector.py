@@ -211,6 +211,63 @@ async def test_a_batch_committed_but_not_acknowledged_leaves_no_stale_state(
     assert rows(collector.dsn, "select count(*) from resource_events") == [(3,)]
 
 
+async def test_a_row_evicted_from_the_cache_during_the_look_up_is_still_merged_onto(
+    priced_db: str, vm_url: str, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a careful batch waits for PostgreSQL, another shard's commit can evict one of its
+    cached rows (LRU): the batch still merges onto that row instead of taking it for new."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from lambdas.collector.service import Processor, build_app
+    from tests.ingest.conftest import collector_settings
+
+    # One shard, so the cached instance and the uncached volume share a batch.
+    processor = Processor(collector_settings(priced_db, vm_url, writers=1))
+    await processor.start(background=False)
+    client: TestClient[Any, Any] = TestClient(TestServer(build_app(processor)))
+    await client.start_server()
+    try:
+        await _merge_onto_evicted_row(Collector(processor, client), event, uid, monkeypatch)
+    finally:
+        await client.close()
+        await processor.stop()
+
+
+async def _merge_onto_evicted_row(
+    collector: Collector, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lambdas.store import inventory
+
+    acct = f"acct-{uid}"
+    instance = ("aws", "i-0aaa1111bbbb2222c")
+    run, stop, modify, volume = (
+        record("aws", event(name), acct)
+        for name in (
+            "aws_run_instances",
+            "aws_stop_instances",
+            "aws_modify_instance_attribute",
+            "aws_create_volume",
+        )
+    )
+    assert (await collector.post([run, stop]))[1]["accepted"] == 2
+    assert instance in collector.processor._rows
+    real_read = inventory.read_batch
+
+    async def evicting_read(*args: Any, **kwargs: Any) -> Any:
+        collector.processor._rows.pop(instance)  # as another shard's commit would
+        return await real_read(*args, **kwargs)
+
+    monkeypatch.setattr(inventory, "read_batch", evicting_read)
+    # The new volume is not cached, so the batch takes the careful path.
+    assert (await collector.post([modify, volume]))[1]["accepted"] == 2
+    assert rows(
+        collector.dsn,
+        "select state, sku, tags, usd_per_hour::float8 from resource_inventory"
+        " where resource_id = %s",
+        instance[1],
+    ) == [("stopped", "m5.xlarge", {"team": "payments", "env": "prod"}, 0.0)]
+
+
 async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
     collector: Collector, event: Event, uid: str
 ) -> None:
