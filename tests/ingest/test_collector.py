@@ -35,6 +35,20 @@ async def wait_for(vm: VictoriaMetrics, expr: str, expected: float, timeout: flo
     raise AssertionError(f"{expr}: expected {expected}, last saw {last}")
 
 
+# Short names of the AWS event fixtures one instance (and a volume) goes through.
+AWS_FIXTURES = {
+    "run": "aws_run_instances",
+    "stop": "aws_stop_instances",
+    "modify": "aws_modify_instance_attribute",
+    "start": "aws_start_instances",
+    "volume": "aws_create_volume",
+}
+
+
+def aws_records(event: Event, acct: str, *names: str) -> list[dict[str, Any]]:
+    return [record("aws", event(AWS_FIXTURES[n]), acct) for n in names]
+
+
 def rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, args).fetchall()
@@ -142,15 +156,7 @@ async def test_a_known_event_met_by_a_blind_write_is_found_and_the_rest_written_
     def rechecks() -> float | None:
         return processor.metrics.registry.get_sample_value("cct_collector_batch_rechecks_total")
 
-    run, stop, modify, start = (
-        record("aws", event(name), acct)
-        for name in (
-            "aws_run_instances",
-            "aws_stop_instances",
-            "aws_modify_instance_attribute",
-            "aws_start_instances",
-        )
-    )
+    run, stop, modify, start = aws_records(event, acct, "run", "stop", "modify", "start")
     assert (await collector.post([run]))[1]["accepted"] == 1  # not cached yet: looked up
     assert (await collector.post([stop]))[1]["accepted"] == 1  # cached: written blind
     assert rechecks() == 0
@@ -184,10 +190,7 @@ async def test_a_batch_committed_but_not_acknowledged_leaves_no_stale_state(
 
     acct = f"acct-{uid}"
     group = ("aws", acct, "Amazon Elastic Compute Cloud", "us-east-1", "payments", "prod")
-    run, stop, modify = (
-        record("aws", event(name), acct)
-        for name in ("aws_run_instances", "aws_stop_instances", "aws_modify_instance_attribute")
-    )
+    run, stop, modify = aws_records(event, acct, "run", "stop", "modify")
     assert (await collector.post([run]))[1]["accepted"] == 1
     assert collector.processor.rollups.totals[group] == pytest.approx(0.096)
     real_write = inventory.write_batch
@@ -240,15 +243,7 @@ async def _merge_onto_evicted_row(
 
     acct = f"acct-{uid}"
     instance = ("aws", "i-0aaa1111bbbb2222c")
-    run, stop, modify, volume = (
-        record("aws", event(name), acct)
-        for name in (
-            "aws_run_instances",
-            "aws_stop_instances",
-            "aws_modify_instance_attribute",
-            "aws_create_volume",
-        )
-    )
+    run, stop, modify, volume = aws_records(event, acct, "run", "stop", "modify", "volume")
     assert (await collector.post([run, stop]))[1]["accepted"] == 2
     assert instance in collector.processor._rows
     real_read = inventory.read_batch
