@@ -6,6 +6,7 @@ clock are inputs, so ordering, duplicates and pricing are tested with plain tabl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -64,7 +65,9 @@ def _rate(
         cacheable = False
     shape = Shape(provider, service_name, resource_type, region_id, sku, size, state)
     rate = usd_per_hour(book, shape)
-    rounded = round(rate, 6) if rate is not None else None
+    # A non-finite price (a corrupt catalog row) is no price: unpriced, never a NaN that would
+    # poison the rollup totals.
+    rounded = round(rate, 6) if rate is not None and math.isfinite(rate) else None
     if cacheable:
         memo[key] = rounded
     return rounded

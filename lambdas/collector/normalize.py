@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from lambdas.collector.model import PROVIDERS, EventIgnored, EventRejected, ResourceChange
 
@@ -55,6 +57,29 @@ def _str(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise EventRejected("wrong_type", f"{where}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A size, IOPS or throughput figure: finite and not negative, or the event is refused (a
+    NaN would poison every total it is added to)."""
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise EventRejected(
+            "wrong_type", f"{where}: expected a non-negative finite number, got {value!r}"
+        )
+    return number
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether any key or string inside decoded JSON holds a NUL character (PostgreSQL text and
+    jsonb cannot store it)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    return False
 
 
 def parse_time(value: Any, where: str) -> datetime:
@@ -226,11 +251,11 @@ def _ct_volume(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, 
     if action == "CreateVolume":
         rid = resp.get("volumeId")
         kw["sku"] = resp.get("volumeType") or req.get("volumeType") or "gp2"
-        attrs = {"gib": float(resp.get("size") or req.get("size") or 0)}
+        attrs = {"gib": _number(resp.get("size") or req.get("size") or 0, "volume size")}
         for name in ("iops", "throughput"):
             value = resp.get(name) or req.get(name)
             if value:
-                attrs[name] = float(value)
+                attrs[name] = _number(value, f"volume {name}")
         kw["attributes"] = attrs
         kw["state"] = "available"
         kw["tags"] = _aws_tags(req, "volume")
@@ -249,9 +274,9 @@ def _ct_volume(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, 
         for name, target, field in _VOLUME_TARGETS:
             value = mod.get(target) or inner.get(field)
             if value:
-                attrs[name] = float(value)
+                attrs[name] = _number(value, f"volume {name}")
         if size:
-            attrs["gib"] = float(size)
+            attrs["gib"] = _number(size, "volume size")
         if attrs:
             kw["attributes"] = attrs
     else:  # DeleteVolume
@@ -305,7 +330,7 @@ def _db_storage(req: Mapping[str, Any], resp: Mapping[str, Any], create: bool) -
     for name, field in _DB_STORAGE_FIELDS:
         value = req.get(field) or pending.get(field) or resp.get(field)
         if value:
-            out[name] = float(value)
+            out[name] = _number(value, f"db {field}")
     if not storage and create:
         # CreateDBInstance's documented default: io1 when IOPS are given, else gp2.
         storage = "io1" if "iops" in out else "gp2"
@@ -366,7 +391,7 @@ def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[
     else:
         out["sku"] = (resource.get("sku") or {}).get("name")
         if props.get("diskSizeGB") is not None:
-            out["attributes"] = {"gib": float(props["diskSizeGB"])}
+            out["attributes"] = {"gib": _number(props["diskSizeGB"], "properties.diskSizeGB")}
         if written:
             out["state"] = "available"
     return out
@@ -445,9 +470,14 @@ def _gcp_entry(event: Mapping[str, Any]) -> Mapping[str, Any]:
     message = event.get("message", event)
     if isinstance(message, dict) and "data" in message and "protoPayload" not in message:
         try:
-            decoded = json.loads(base64.b64decode(message["data"], validate=True))
+            data = base64.b64decode(message["data"], validate=True)
+            # orjson, like the request body's parser, refuses lone surrogates, which no store
+            # could write.
+            decoded = orjson.loads(data)
         except (binascii.Error, ValueError, TypeError):
             raise EventRejected("bad_encoding", "gcp message.data is not base64 JSON") from None
+        if b"\\u0000" in data and holds_nul(decoded):
+            raise EventRejected("nul_character", "gcp message.data: a string holds a NUL character")
         return _obj(decoded, "message.data")
     return event
 
@@ -504,7 +534,7 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
         disk_type = request.get("type")
         kw["sku"] = disk_type.rsplit("/", 1)[-1] if isinstance(disk_type, str) else "pd-standard"
         if request.get("sizeGb") is not None:
-            kw["attributes"] = {"gib": float(request["sizeGb"])}
+            kw["attributes"] = {"gib": _number(request["sizeGb"], "request.sizeGb")}
         if isinstance(request.get("labels"), dict):
             kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
     if kw["state"] is None:

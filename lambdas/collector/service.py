@@ -44,7 +44,7 @@ from lambdas.collector.core import (
     resource_lines,
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
-from lambdas.collector.normalize import normalize
+from lambdas.collector.normalize import holds_nul, normalize
 from lambdas.common.pg import DsnSource, needs_reconnect
 from lambdas.common.settings import (
     SettingsError,
@@ -446,8 +446,7 @@ class Processor:
         now = datetime.now(UTC)
         cache = self._rows
         keys = {(c.provider, c.resource_id) for c in fresh}
-        missing = [key for key in keys if key not in cache]
-        if not missing and not dead and not self._careful:
+        if not dead and not self._careful and all(key in cache for key in keys):
             # The usual batch: every row is cached and duplicates are rare (a Fluent Bit retry
             # of a request that did commit), so write in one statement without looking first;
             # the events' primary key refuses a known id and the batch is redone with a look.
@@ -461,10 +460,11 @@ class Processor:
                 self._careful = True
             else:
                 return set(), rows, applied
-        # Taken before the look-up: while it waits, another shard's commit may evict some of
-        # these rows from the LRU cache, and a row neither cached nor read would be taken for
-        # a new resource.
+        # Taken now, after any blind attempt and before the look-up: while either waits,
+        # another shard's commit may evict some of these rows from the LRU cache, and a row
+        # neither held nor read would be taken for a new resource.
         held = {key: cache[key] for key in keys if key in cache}
+        missing = [key for key in keys if key not in held]
         async with conn.transaction():
             known, read = await store.read_batch(conn, [c.event_id for c in fresh], missing)
             new = [c for c in fresh if c.event_id not in known]
@@ -472,8 +472,8 @@ class Processor:
             if applied:
                 await store.write_batch(conn, rows, applied, now)
             await store.insert_dead_letters(conn, "collector", dead)
-        # Write blind again once a look finds no duplicate.
-        self._careful = bool(known)
+        if fresh:  # write blind again once a look finds no duplicate
+            self._careful = bool(known)
         # A row read back is PostgreSQL's state, which the rollups may not have seen (a batch
         # that committed although its write failed): they take it as well.
         return known, {**read, **rows}, applied
@@ -573,17 +573,6 @@ def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> web.Resp
     return web.json_response({"error": reason, "detail": detail}, status=status)
 
 
-def _holds_nul(value: Any) -> bool:
-    """Whether any key or string inside decoded JSON holds a NUL character."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
-
-
 class Api:
     """The HTTP handlers: /ingest (Fluent Bit batches), /healthz, /metrics."""
 
@@ -639,7 +628,7 @@ class Api:
                 # Fluent Bit removes the forwarder's token; never store it if one slips through.
                 record.pop("auth", None)
             try:
-                if nul and _holds_nul(record):
+                if nul and holds_nul(record):
                     # PostgreSQL text cannot hold NUL: left in, it would fail the whole batch on
                     # every retry. (The dead letter keeps it JSON-escaped.)
                     raise EventRejected("nul_character", "a string holds a NUL character")

@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
@@ -214,53 +214,92 @@ async def test_a_batch_committed_but_not_acknowledged_leaves_no_stale_state(
     assert rows(collector.dsn, "select count(*) from resource_events") == [(3,)]
 
 
-async def test_a_row_evicted_from_the_cache_during_the_look_up_is_still_merged_onto(
-    priced_db: str, vm_url: str, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While a careful batch waits for PostgreSQL, another shard's commit can evict one of its
-    cached rows (LRU): the batch still merges onto that row instead of taking it for new."""
+@pytest.fixture
+async def one_shard(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
+    """A collector with a single writer shard, so a request's batch stays whole."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from lambdas.collector.service import Processor, build_app
     from tests.ingest.conftest import collector_settings
 
-    # One shard, so the cached instance and the uncached volume share a batch.
     processor = Processor(collector_settings(priced_db, vm_url, writers=1))
     await processor.start(background=False)
     client: TestClient[Any, Any] = TestClient(TestServer(build_app(processor)))
     await client.start_server()
     try:
-        await _merge_onto_evicted_row(Collector(processor, client), event, uid, monkeypatch)
+        yield Collector(processor, client)
     finally:
         await client.close()
         await processor.stop()
 
 
-async def _merge_onto_evicted_row(
-    collector: Collector, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("waiting_in", ["look-up", "refused blind write"])
+async def test_a_row_evicted_from_the_cache_while_a_batch_waits_is_still_merged_onto(
+    one_shard: Collector, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch, waiting_in: str
 ) -> None:
+    """While a batch waits for PostgreSQL (its look-up, or a blind write the events' key then
+    refuses), another shard's commit can evict one of its cached rows (LRU): the batch still
+    merges onto that row instead of taking it for a new resource."""
     from lambdas.store import inventory
 
+    collector, processor = one_shard, one_shard.processor
     acct = f"acct-{uid}"
     instance = ("aws", "i-0aaa1111bbbb2222c")
     run, stop, modify, volume = aws_records(event, acct, "run", "stop", "modify", "volume")
     assert (await collector.post([run, stop]))[1]["accepted"] == 2
-    assert instance in collector.processor._rows
-    real_read = inventory.read_batch
+    assert instance in processor._rows
+    name = "read_batch" if waiting_in == "look-up" else "write_batch"
+    real = getattr(inventory, name)
+    evicted = False
 
-    async def evicting_read(*args: Any, **kwargs: Any) -> Any:
-        collector.processor._rows.pop(instance)  # as another shard's commit would
-        return await real_read(*args, **kwargs)
+    async def evicting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal evicted
+        if not evicted:  # as another shard's commit would, while this call waits
+            processor._rows.pop(instance)
+            evicted = True
+        return await real(*args, **kwargs)
 
-    monkeypatch.setattr(inventory, "read_batch", evicting_read)
-    # The new volume is not cached, so the batch takes the careful path.
-    assert (await collector.post([modify, volume]))[1]["accepted"] == 2
+    monkeypatch.setattr(inventory, name, evicting)
+    if waiting_in == "look-up":
+        # The new volume is not cached, so the batch looks first.
+        batch, expected = [modify, volume], (2, 0)
+    else:
+        # All cached: written blind, refused for the known stop, redone with a look.
+        batch, expected = [stop, modify], (1, 1)
+    status, body = await collector.post(batch)
+    assert (status, body["accepted"], body["duplicates"]) == (200, *expected)
+    assert evicted
     assert rows(
         collector.dsn,
         "select state, sku, tags, usd_per_hour::float8 from resource_inventory"
         " where resource_id = %s",
         instance[1],
     ) == [("stopped", "m5.xlarge", {"team": "payments", "env": "prod"}, 0.0)]
+    assert processor._rows[instance].state == "stopped"
+
+
+async def test_a_nul_character_inside_pubsub_data_rejects_its_record_only(
+    collector: Collector, event: Event, uid: str
+) -> None:
+    """A NUL hidden in a GCP message's base64 data is found once decoded: that record is
+    dead-lettered, the rest of the request is written."""
+    import base64
+
+    acct = f"acct-{uid}"
+    entry = event("gcp_disks_insert")
+    entry["protoPayload"]["authenticationInfo"]["principalEmail"] = "carol\x00@example.com"
+    data = base64.b64encode(json.dumps(entry).encode()).decode()
+    status, body = await collector.post(
+        [
+            record("aws", event("aws_run_instances"), acct),
+            record("gcp", {"message": {"data": data}}, acct),
+        ]
+    )
+    assert status == 200 and body["accepted"] == 1
+    assert [(r["index"], r["reason"]) for r in body["rejected"]] == [(1, "nul_character")]
+    assert rows(collector.dsn, "select provider, count(*) from resource_events group by 1") == [
+        ("aws", 1)
+    ]
 
 
 async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(

@@ -143,3 +143,10 @@ def test_label_values_are_escaped() -> None:
     from lambdas.ingest.exposition import render_labels
 
     assert render_labels({"b": 'x"y', "a": "c\\d\n"}) == 'a="c\\\\d\\n",b="x\\"y"'
+
+
+@pytest.mark.parametrize("price", [float("nan"), float("inf")])
+def test_a_non_finite_catalog_price_leaves_the_resource_unpriced(price: float) -> None:
+    book = {**BOOK, PriceKey("aws", AWS_EC2, "us-east-1", "m5.large", "hour"): price}
+    rows, [applied] = apply_changes({}, [ch("run", 0, state="running", sku="m5.large")], book)
+    assert applied.usd_after is None and rows[("aws", "i-1")].usd_per_hour is None

@@ -217,6 +217,14 @@ def test_azure_write_takes_size_and_region_from_the_arm_resource(event: Event) -
     )
 
 
+def _b64(event: Event, nul: bool = False) -> str:
+    """A GCP disk insert as Pub/Sub delivers it: base64 JSON in message.data."""
+    entry = event("gcp_disks_insert")
+    if nul:
+        entry["protoPayload"]["authenticationInfo"]["principalEmail"] = "carol\x00@example.com"
+    return base64.b64encode(json.dumps(entry).encode()).decode()
+
+
 def test_gcp_pubsub_message_is_decoded(event: Event) -> None:
     entry = event("gcp_instances_insert")
     data = base64.b64encode(json.dumps(entry).encode()).decode()
@@ -353,6 +361,42 @@ def _mutate(
             lambda e: {"provider": "aws", "billing_account_id": 42, "event": {}},
             "wrong_type",
             "billing_account_id",
+        ),
+        (
+            lambda e: {
+                "provider": "gcp",
+                "event": _mutate(
+                    "gcp_disks_insert",
+                    lambda ev: ev["protoPayload"]["request"].update(sizeGb="NaN"),
+                )(e),
+            },
+            "wrong_type",
+            "request.sizeGb: expected a non-negative finite number, got 'NaN'",
+        ),
+        (
+            lambda e: {
+                "provider": "aws",
+                "event": _mutate(
+                    "aws_create_volume",
+                    lambda ev: ev["detail"]["responseElements"].update(size=-100),
+                )(e),
+            },
+            "wrong_type",
+            "volume size: expected a non-negative finite number, got -100",
+        ),
+        (
+            lambda e: {"provider": "gcp", "event": {"message": {"data": _b64(e, nul=True)}}},
+            "nul_character",
+            "gcp message.data: a string holds a NUL character",
+        ),
+        (
+            # A lone surrogate: valid JSON for the standard library, unwritable anywhere.
+            lambda e: {
+                "provider": "gcp",
+                "event": {"message": {"data": base64.b64encode(b'{"a": "\\ud800"}').decode()}},
+            },
+            "bad_encoding",
+            "base64 JSON",
         ),
     ],
 )
