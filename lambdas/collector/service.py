@@ -218,6 +218,10 @@ class Processor:
         # Set after a batch met an event id PostgreSQL already holds: later batches look for
         # known ids before writing until one finds none.
         self._careful = False
+        # Per shard: resources of failed writes, whose state in PostgreSQL is unknown (the
+        # failure may have come after the commit). The shard reads them back before its next
+        # batch, so the rollups catch up even if Fluent Bit never retries.
+        self._unsure: list[set[tuple[str, str]]] = [set() for _ in range(settings.writers)]
         # Samples go to VictoriaMetrics from their own task, so the next batch's PostgreSQL
         # work overlaps this batch's import; a full queue pushes back on the writer.
         self._vm_queue: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=VM_QUEUE_BATCHES)
@@ -363,11 +367,14 @@ class Processor:
                 size += len(job.changes)
             await self._renew_writer(shard)
             try:
+                if self._unsure[shard]:
+                    await self._resync(shard)
                 results = await self._process(jobs, self._conns[shard])
-            except Exception as exc:  # every waiter gets the failure; nothing was committed
+            except Exception as exc:  # every waiter gets the failure (Fluent Bit retries)
                 for job in jobs:
                     if not job.done.done():
                         job.done.set_exception(exc)
+                    self._unsure[shard].update((c.provider, c.resource_id) for c in job.changes)
                 if needs_reconnect(exc):
                     # Reconnect now, so Fluent Bit's retry of these requests finds the new
                     # login (a rotated lease whose old user was revoked, a restarted server).
@@ -376,6 +383,18 @@ class Processor:
             for job, result in zip(jobs, results, strict=True):
                 if not job.done.done():
                     job.done.set_result(result)
+
+    async def _resync(self, shard: int) -> None:
+        """Take PostgreSQL's rows of the shard's unsure resources into the cache and rollups
+        (the heartbeat writes the rollups out). Runs in the shard's writer, the only writer of
+        these resources, so nothing changes them meanwhile."""
+        keys = self._unsure[shard]
+        for key, row in (await store.read_rows(self._conns[shard], list(keys))).items():
+            self.rollups.update(row)
+            self._rows[key] = row
+        log.info("unsure resources read back", extra={"shard": shard, "resources": len(keys)})
+        keys.clear()
+        self.metrics.live.set(len(self.rollups.live))
 
     async def _process(
         self, jobs: Sequence[_Job], conn: psycopg.AsyncConnection

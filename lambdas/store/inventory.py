@@ -59,15 +59,21 @@ _KNOWN = (
     "select event_id from resource_events"
     " where event_id = any(array(select jsonb_array_elements_text(%(ids)s::jsonb)))"
 )
-# Sorted, so two transactions locking overlapping rows (two collectors by mistake) wait for
-# each other instead of deadlocking.
-_LOCK = f"""
+_ROWS = f"""
 select {COLUMNS} from resource_inventory
 where (provider, resource_id) in
     (select k ->> 0, k ->> 1 from jsonb_array_elements(%(keys)s::jsonb) k)
 order by provider, resource_id
-for update
 """
+# Sorted, so two transactions locking overlapping rows (two collectors by mistake) wait for
+# each other instead of deadlocking.
+_LOCK = _ROWS + "for update"
+
+
+async def read_rows(conn: psycopg.AsyncConnection, keys: Sequence[Key]) -> dict[Key, Resource]:
+    """The current rows of `keys` (those that exist), unlocked."""
+    cur = await conn.execute(_ROWS, {"keys": _jsonb(keys)}, prepare=True)
+    return {r.key: r for r in map(row_from_db, await cur.fetchall())}
 
 
 async def read_batch(

@@ -278,6 +278,34 @@ async def test_a_row_evicted_from_the_cache_while_a_batch_waits_is_still_merged_
     assert processor._rows[instance].state == "stopped"
 
 
+async def test_the_rollups_catch_up_on_a_lost_acknowledgement_without_a_retry(
+    one_shard: Collector, event: Event, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fluent Bit gives up on a request whose batch committed although its write failed: the
+    shard reads those resources back before its next batch, so the rollups still follow."""
+    from lambdas.store import inventory
+
+    collector, processor = one_shard, one_shard.processor
+    acct = f"acct-{uid}"
+    group = ("aws", acct, "Amazon Elastic Compute Cloud", "us-east-1", "payments", "prod")
+    run, stop, volume = aws_records(event, acct, "run", "stop", "volume")
+    assert (await collector.post([run]))[1]["accepted"] == 1
+    real_write = inventory.write_batch
+
+    async def committed_then_lost(*args: Any, **kwargs: Any) -> None:
+        await real_write(*args, **kwargs)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(inventory, "write_batch", committed_then_lost)
+    assert (await collector.post([stop]))[0] == 503
+    assert processor.rollups.totals[group] == pytest.approx(0.096)  # not known yet
+    monkeypatch.setattr(inventory, "write_batch", real_write)
+    assert (await collector.post([volume]))[1]["accepted"] == 1  # another resource's event
+    assert processor.rollups.totals[group] == 0.0  # stopped: no run-rate
+    assert processor._rows[("aws", "i-0aaa1111bbbb2222c")].state == "stopped"
+    assert not processor._unsure[0]
+
+
 async def test_a_nul_character_inside_pubsub_data_rejects_its_record_only(
     collector: Collector, event: Event, uid: str
 ) -> None:
