@@ -4,6 +4,7 @@ from the real-format fixtures, and an in-process collector on the real services.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import uuid
@@ -98,11 +99,10 @@ class Collector:
         return resp.status, payload
 
 
-@pytest.fixture
-async def collector(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
-    processor = Processor(
-        collector_settings(priced_db, vm_url, max_body_bytes=256 * 1024, max_records=100)
-    )
+@contextlib.asynccontextmanager
+async def running_collector(settings: CollectorSettings) -> AsyncIterator[Collector]:
+    """An in-process collector with these settings, stopped on exit."""
+    processor = Processor(settings)
     await processor.start(background=False)
     client: TestClient[Any, Any] = TestClient(TestServer(build_app(processor)))
     await client.start_server()
@@ -111,6 +111,20 @@ async def collector(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
     finally:
         await client.close()
         await processor.stop()
+
+
+@pytest.fixture
+async def collector(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
+    settings = collector_settings(priced_db, vm_url, max_body_bytes=256 * 1024, max_records=100)
+    async with running_collector(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def one_shard(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
+    """A collector with a single writer shard, so a request's batch stays whole."""
+    async with running_collector(collector_settings(priced_db, vm_url, writers=1)) as running:
+        yield running
 
 
 def record(provider: str, event: dict[str, Any], account: str, **extra: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -212,25 +212,6 @@ async def test_a_batch_committed_but_not_acknowledged_leaves_no_stale_state(
     ) == [("stopped", "m5.xlarge", 0.0)]
     assert collector.processor.rollups.totals[group] == 0.0
     assert rows(collector.dsn, "select count(*) from resource_events") == [(3,)]
-
-
-@pytest.fixture
-async def one_shard(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
-    """A collector with a single writer shard, so a request's batch stays whole."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from lambdas.collector.service import Processor, build_app
-    from tests.ingest.conftest import collector_settings
-
-    processor = Processor(collector_settings(priced_db, vm_url, writers=1))
-    await processor.start(background=False)
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(processor)))
-    await client.start_server()
-    try:
-        yield Collector(processor, client)
-    finally:
-        await client.close()
-        await processor.stop()
 
 
 @pytest.mark.parametrize("waiting_in", ["look-up", "refused blind write"])
