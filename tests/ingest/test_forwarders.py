@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from lambdas.forwarders.common import (
     ForwarderSettings,
     urllib_transport,
 )
+from tests.support.http import serving_http
 
 Event = Callable[[str], dict[str, Any]]
 SETTINGS = ForwarderSettings(
@@ -179,12 +179,8 @@ def flaky_server() -> Iterator[tuple[str, list[int]]]:
         def log_message(self, *args: Any) -> None:
             """Keep the test output free of the server's access log."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with serving_http(Handler) as url:
+        yield url, seen
 
 
 def test_urllib_transport_retries_against_a_real_server(

@@ -8,15 +8,16 @@ uploads are not proxied, so tests route only EC2-style services through it."""
 
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.support.http import serving_http
 
 
 @dataclass
@@ -103,12 +104,6 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def fault_proxy(upstream: str, *faults: Fault) -> Iterator[Proxy]:
     proxy = Proxy(upstream.rstrip("/"), list(faults))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_http(_handler(proxy)) as url:
+        proxy.url = url
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -22,9 +22,11 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from tests.support.http import serving_http
 
 RECORDINGS = Path(__file__).with_name("recordings")
 
@@ -152,12 +154,6 @@ def _handler(replay: Replay) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def serving(*recordings: str) -> Iterator[Replay]:
     replay = Replay(load(*recordings))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(replay))
-    replay.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_http(_handler(replay)) as url:
+        replay.base_url = url
         yield replay
-    finally:
-        server.shutdown()
-        server.server_close()

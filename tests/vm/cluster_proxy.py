@@ -16,13 +16,14 @@ every request is recorded so tests can tell which side a handler used.
 from __future__ import annotations
 
 import re
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.support.http import serving_http
 
 TENANT = "0"
 ROUTES = {
@@ -106,13 +107,6 @@ def _handler(upstream: str, proxy: ClusterProxy) -> type[BaseHTTPRequestHandler]
 def cluster_proxy(upstream: str) -> Iterator[ClusterProxy]:
     """The proxy on a free loopback port, forwarding to the single node at `upstream`."""
     proxy = ClusterProxy(url="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream.rstrip("/"), proxy))
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_http(_handler(upstream.rstrip("/"), proxy)) as url:
+        proxy.url = url
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
