@@ -244,6 +244,8 @@ async def _serve(settings: TriggerSettings) -> None:
             connection=PoolConnections(pool, settings.pg_dsn).connection,
             stopping=stopping,
             max_backoff_s=settings.retry_max_backoff_s,
+            limits=settings.event_limits,
+            max_delta_usd_per_hour=settings.max_delta_usd_per_hour,
         )
         service = TriggerService(settings, processor, stopping)
         runner = web.AppRunner(service.http_app(), access_log=None)
