@@ -45,6 +45,7 @@ from lambdas.collector.core import (
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
 from lambdas.collector.normalize import ChangeLimits, check_change, holds_nul, normalize
+from lambdas.common.edge import BodyTimeout, read_body, runner_options
 from lambdas.common.pg import DsnSource, needs_reconnect
 from lambdas.common.settings import (
     SettingsError,
@@ -671,7 +672,9 @@ class Api:
                 413, "body_too_large", f"body of {request.content_length} bytes exceeds {limit}"
             )
         try:
-            raw = await request.read()
+            raw = await read_body(request, self.settings.body_timeout_s)
+        except BodyTimeout as exc:
+            raise Refused(408, "body_timeout", str(exc)) from None
         except web.HTTPRequestEntityTooLarge:
             raise Refused(413, "body_too_large", f"body exceeds {limit} bytes") from None
         try:
@@ -693,7 +696,10 @@ class Api:
         try:
             records, nul = await self.read_records(request)
         except Refused as refused:
-            return _reject(self.metrics, refused.status, refused.reason, refused.detail)
+            response = _reject(self.metrics, refused.status, refused.reason, refused.detail)
+            if refused.status == 408:
+                response.force_close()  # the rest of a slow body is never read
+            return response
         tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag") or ""
         default_provider = _tag_provider(tag)
         changes: list[ResourceChange] = []
@@ -790,7 +796,9 @@ async def run(settings: CollectorSettings) -> None:
     # reference counting anyway).
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    runner = web.AppRunner(build_app(processor), access_log=None)
+    runner = web.AppRunner(
+        build_app(processor), access_log=None, **runner_options(settings.header_timeout_s)
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("collector listening", extra={"host": settings.host, "port": settings.port})
