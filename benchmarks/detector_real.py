@@ -12,7 +12,7 @@ each source, series in name order alternate between the tuning part (defaults we
 on it) and the evaluation part (the figures to report).
 
 Labels are runs of labeled points (runs closer than 3 points merged). A labeled run whose
-values are lower than the day before it is a decrease: cost decreases are not reported by
+values stay at or below the median of the hour before it is a decrease: cost decreases are not reported by
 default, so a decrease counts in no one's recall, and an alert inside it is not false either.
 
 Scores per source, side by side in the same run:
@@ -207,9 +207,11 @@ def labels_of(c: Corpus, times: npt.NDArray[np.int64], values: F64, step: int) -
             runs[-1][1] = i
         else:
             runs.append([i, i])
-    day = max(1, 86400 // step)
+    # Direction against the hour before the label (at least 3 values): a daily pattern
+    # must not make a night-time spike look like a decrease.
+    span = max(3, 3600 // step)
     for a, b in runs:
-        before = values[max(0, a - day) : a]
+        before = values[max(0, a - span) : a]
         inside = values[a : b + 1]
         ref = np.nanmedian(before) if np.isfinite(before).any() else np.nan
         peak = np.nanmax(inside) if np.isfinite(inside).any() else np.nan
