@@ -12,8 +12,9 @@ each source, series in name order alternate between the tuning part (defaults we
 on it) and the evaluation part (the figures to report).
 
 Labels are runs of labeled points (runs closer than 3 points merged). A labeled run whose
-values stay at or below the median of the hour before it is a decrease: cost decreases are not reported by
-default, so a decrease counts in no one's recall, and an alert inside it is not false either.
+values stay at or below the median of the hour before it is a decrease: cost decreases are
+not reported by default, so a decrease counts in no one's recall, and an alert inside it is
+not false either.
 
 Scores per source, side by side in the same run:
 - cct: `lambdas.backtest.run.backtest` with the default `DetectionConfig` (resource level);
@@ -224,9 +225,7 @@ def score(starts: Sequence[float], labels: Sequence[Label], grace_s: float, mont
     t = Tally(labels=sum(lb.increase for lb in labels), months=months)
     first: dict[int, float] = {}
     for s in starts:
-        hit = next(
-            (n for n, lb in enumerate(labels) if lb.start <= s <= lb.end + grace_s), None
-        )
+        hit = next((n for n, lb in enumerate(labels) if lb.start <= s <= lb.end + grace_s), None)
         if hit is None:
             t.false += 1
         elif labels[hit].increase:
@@ -320,7 +319,7 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def print_table(tallies: dict[tuple[str, str], Tally], corpus: Sequence[Corpus]) -> None:
-    sources = sorted({c.source for c in corpus}) + ["all"]
+    sources = [*sorted({c.source for c in corpus}), "all"]
     print(
         f"{'source':<40}{'series':>7}{'labels':>7}  {'detector':<12}{'precision':>10}"
         f"{'recall':>8}{'F1':>7}{'delay h':>9}{'false/series-month':>20}"
@@ -339,9 +338,7 @@ def print_table(tallies: dict[tuple[str, str], Tally], corpus: Sequence[Corpus])
 
 def select(corpus: Sequence[Corpus], part: str, source: str | None) -> list[Corpus]:
     return [
-        c
-        for c in corpus
-        if (part == "all" or c.part == part) and (not source or c.source.startswith(source))
+        c for c in corpus if part in ("all", c.part) and (not source or c.source.startswith(source))
     ]
 
 

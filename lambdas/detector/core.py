@@ -527,7 +527,6 @@ class Engine:
         assert self.hour is not None
         if not first_tick and dt > 0:
             self.interval_s = min(self.interval_s, dt)
-        cfg = self.cfg
         vals = np.asarray(values, dtype=np.float64)
         ok = np.isfinite(vals)
         i = idx[ok]
@@ -548,8 +547,33 @@ class Engine:
         verdicts = self._evaluate(i, v)
         self.last_expected[i] = verdicts.expected
         was_open = self.is_open[i]
+        rows, opening = self._open(now, i, v, verdicts)
+        escalating = self._follow(i, v, verdicts, rows, opening)
+        out = [self._transition("opened", int(r), now) for r in rows]
+        out += [self._transition("escalated", int(r), now) for r in escalating]
+        for row in self._resolving(now, i, verdicts, was_open):
+            out.append(self._transition("resolved", row, now))
+            self.is_open[row] = False
+            self.closed_at[row] = now
+
+        # The recent level follows the value with time constant day0_window_s.
+        alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
+        self.recent[i] += alpha * (v - self.recent[i])
+        lvl = self.level[i]
+        a_level = 1.0 - math.exp(-dt / LEVEL_WINDOW_S)
+        self.level[i] = np.where(np.isnan(lvl), v, lvl + a_level * (v - lvl))
+        warm = np.isfinite(self.exp_seasonal[i])
+        self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
+        self._evict(now)
+        return out
+
+    def _open(
+        self, now: float, i: npt.NDArray[np.int64], v: F64, verdicts: _Verdicts
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Open the incidents whose rule has fired long enough and that the cooldown lets
+        through; returns their rows and the mask (aligned with `i`)."""
+        cfg = self.cfg
         firing = verdicts.fire | verdicts.fire_down
-        holding = verdicts.hold | verdicts.hold_down
         # Minimum duration: a rule must have fired since `pending` for min_duration_s,
         # counting the interval the current value stands for.
         pend = self.pending[i]
@@ -560,7 +584,7 @@ class Engine:
         # Cooldown: right after an incident, only worse than its peak is a new one.
         delta_now = v - np.where(verdicts.prefer_seasonal, verdicts.expected, verdicts.ref)
         cooled = (now - self.closed_at[i] >= cfg.cooldown_s) | (np.abs(delta_now) > self.peak[i])
-        opening = firing & lasted & cooled & ~was_open
+        opening = firing & lasted & cooled & ~self.is_open[i]
         rows = i[opening]
         self.is_open[rows] = True
         is_down = opening & ~verdicts.fire
@@ -572,7 +596,18 @@ class Engine:
         self.started[rows] = pend[opening]
         self.normal_ticks[rows] = 0
         self.peak[rows] = 0.0
+        return rows, opening
 
+    def _follow(
+        self,
+        i: npt.NDArray[np.int64],
+        v: F64,
+        verdicts: _Verdicts,
+        rows: npt.NDArray[np.int64],
+        opening: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.int64]:
+        """Current figures, peak and severity of the open incidents; returns the rows whose
+        severity rose."""
         # Current figures of open incidents, for re-posting and storage. An incident keeps
         # the baseline of the rule that opened it.
         open_now = self.is_open[i]
@@ -592,20 +627,27 @@ class Engine:
         self.peak[oi] = np.fmax(self.peak[oi], np.abs(delta))
         deviation = delta / np.maximum(self.cur_expected[oi], EXPECTED_FLOOR_USD)
         down_inc = self.rule[oi] == RULE_DECREASE
-        sev = np.where(down_inc, 0, severity_codes(delta, deviation, cfg)).astype(np.int8)
+        sev = np.where(down_inc, 0, severity_codes(delta, deviation, self.cfg)).astype(np.int8)
         self.sev[rows] = sev[opening[open_now]]
         up = (sev > self.sev[oi]) & verdicts.hold[open_now]
         escalating = oi[up]
         self.sev[escalating] = sev[up]
-        out = [self._transition("opened", int(r), now) for r in rows]
-        out += [self._transition("escalated", int(r), now) for r in escalating]
+        return escalating
 
-        # Resolve after enough consecutive normal evaluations and time, or when the series
-        # has had no value for stale_after_s (it is gone: a deleted group, a stopped
-        # exporter). An incident holds on its own direction only.
+    def _resolving(
+        self,
+        now: float,
+        i: npt.NDArray[np.int64],
+        verdicts: _Verdicts,
+        was_open: npt.NDArray[np.bool_],
+    ) -> list[int]:
+        """Rows whose incident resolves: after enough consecutive normal evaluations and
+        time, or when the series has had no value for stale_after_s (it is gone: a deleted
+        group, a stopped exporter). An incident holds on its own direction only."""
+        cfg = self.cfg
         self.last_seen[i] = now
         own_hold = np.where(self.rule[i] == RULE_DECREASE, verdicts.hold_down, verdicts.hold)
-        own_hold = np.where(was_open, own_hold, holding)
+        own_hold = np.where(was_open, own_hold, verdicts.hold | verdicts.hold_down)
         self.normal_ticks[i] = np.where(own_hold, 0, self.normal_ticks[i] + 1)
         self.last_abnormal[i] = np.where(own_hold, now, self.last_abnormal[i])
         closing = i[
@@ -616,21 +658,7 @@ class Engine:
         ]
         n = self.size
         stale = np.flatnonzero(self.is_open[:n] & (now - self.last_seen[:n] > cfg.stale_after_s))
-        for row in np.concatenate([closing, stale]).tolist():
-            out.append(self._transition("resolved", row, now))
-            self.is_open[row] = False
-            self.closed_at[row] = now
-
-        # The recent level follows the value with time constant day0_window_s.
-        alpha = 1.0 - math.exp(-dt / cfg.day0_window_s)
-        self.recent[i] += alpha * (v - self.recent[i])
-        lvl = self.level[i]
-        a_level = 1.0 - math.exp(-dt / LEVEL_WINDOW_S)
-        self.level[i] = np.where(np.isnan(lvl), v, lvl + a_level * (v - lvl))
-        warm = np.isfinite(self.exp_seasonal[i])
-        self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
-        self._evict(now)
-        return out
+        return [int(r) for r in np.concatenate([closing, stale]).tolist()]
 
     def _learn_noise(
         self,

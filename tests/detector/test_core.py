@@ -391,7 +391,7 @@ def test_a_wobble_after_an_incident_is_the_same_episode_a_worse_one_is_new() -> 
     # Resolved at 5; 190 within the cooldown is not worse than the peak (+100): no incident;
     # 300 is worse: a new one.
     assert [n for n, _ in opened(out)] == [3, 9]
-    assert [n for n, _ in resolved(out)][0] == 5
+    assert next(n for n, _ in resolved(out)) == 5
 
 
 def test_minimum_duration_and_resolution_time_in_wall_clock() -> None:
