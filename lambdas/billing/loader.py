@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lambdas.billing.adapters import adapt
-from lambdas.billing.aggregate import COLUMNS, HourlyTotals, add_batches
-from lambdas.billing.focus import BillingFileError, read_batches
+from lambdas.billing.aggregate import HourlyTotals, add_file, add_table
+from lambdas.billing.focus import BillingFileError
 from lambdas.common.settings import env_int, pg_dsn, vm_read_url, vm_write_url
 from lambdas.common.vm import Sample, VictoriaMetrics, VMError
 from lambdas.store import billing as store
@@ -80,7 +80,10 @@ class LoadReport:
     files: list[str]
     rows_read: int = 0
     rows_rejected: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    rejection_examples: dict[str, list[str]] = field(default_factory=dict)  # first few
+    # Hours holding a rejected row: their loaded totals miss that row's cost.
+    incomplete_hours: list[str] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)  # partitions written
     unchanged: list[str] = field(default_factory=list)  # partitions already at this load_id
     samples: int = 0
@@ -235,18 +238,24 @@ def load(
             load_id = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
             totals = HourlyTotals()
             for name, path in files:
-                batches = (
-                    read_batches(path, COLUMNS) if fmt == "focus" else adapt(path, fmt).to_batches()
-                )
-                add_batches(totals, batches, name)
+                if fmt == "focus":
+                    add_file(totals, path, name)
+                else:
+                    add_table(totals, adapt(path, fmt), name)
             totals.finish()
         except BillingFileError as exc:
             store.dead_letter(conn, "broken_file", str(exc), json.dumps(list(locations)))
             raise
-        report = LoadReport(load_id, [n for n, _ in files], totals.rows_read, totals.rows_rejected)
-        report.rejections = dict(totals.rejections)
-        if totals.rows_rejected:
-            detail = ", ".join(f"{n} rows {r}" for r, n in sorted(totals.rejections.items()))
+        rejected = totals.errors.total
+        report = LoadReport(load_id, [n for n, _ in files], totals.rows_used + rejected, rejected)
+        report.rejections = dict(totals.errors.counts)
+        report.rejection_examples = dict(totals.errors.examples)
+        report.incomplete_hours = [
+            datetime.fromtimestamp(h, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for h in sorted(totals.incomplete_hours)
+        ]
+        if rejected:
+            detail = "; ".join(totals.errors.lines())
             store.dead_letter(
                 conn, "rejected_rows", f"{report.files}: {detail}", json.dumps(report.files)
             )
