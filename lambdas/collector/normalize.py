@@ -616,7 +616,7 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
         raise EventRejected(
             "too_many_tags", f"{len(tags)} tags exceed the limit of {limits.max_tags}"
         )
-    strings += [(f"tag {k[:40]!r}", k + v) for k, v in tags.items()]
+    strings += [(f"tag {str(k)[:40]!r}", f"{k}{v}") for k, v in tags.items()]
     for name, value in ch.attributes.items():
         if isinstance(value, str):
             strings.append((f"attribute {name!r}", value))
@@ -629,6 +629,9 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
                 "out_of_range", f"attribute {name!r}={value!r} is outside ±{limits.max_quantity:g}"
             )
     for where, text in strings:
+        if text is not None and not isinstance(text, str):
+            # A provider field of the wrong JSON type that the normaliser passed through.
+            raise EventRejected("wrong_type", f"{where}: expected a string, got {text!r:.80}")
         if text is not None and len(text) > limits.max_value_chars:
             raise EventRejected(
                 "value_too_long",

@@ -20,6 +20,7 @@ from lambdas.admission.recorder import DecisionRecorder
 from lambdas.store.decisions import DecisionRecord
 from tests.admission.conftest import decision_row, wait_for
 from tests.admission.support import Webhook, review, workflow
+from tests.support.hostile import json_values, mutate
 
 Wait = Callable[[str], dict[str, Any]]
 
@@ -73,38 +74,15 @@ def test_hostile_reviews_get_a_400_and_the_audit_trail_goes_on(
     wait_decision(good["request"]["uid"])
 
 
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-_json = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=8,
-)
-
-
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.data(), _json)
+@given(st.data(), json_values)
 def test_any_value_anywhere_in_a_review_gets_an_answer_never_a_500(
     webhook: Webhook, data: st.DataObject, value: Any
 ) -> None:
     body = review(workflow(name()))
-    path = data.draw(st.sampled_from(_paths(body)[1:]))
-    target: Any = body
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
+    path = mutate(data, body, value)
     status, doc = webhook.post(json.dumps(body).encode())
     assert status in (200, 400), (path, doc)
     if status == 200:

@@ -17,6 +17,7 @@ from lambdas.events.cloudevents import decode
 from tests.bridge.test_core import alert, payload
 from tests.bridge.test_server import AUTH, metric
 from tests.routing.helpers import consume_topic
+from tests.support.hostile import json_values, mutate
 
 
 async def test_deep_json_is_a_400_not_a_500(client: TestClient[Any, Any]) -> None:
@@ -45,36 +46,13 @@ async def test_poison_alerts_are_dropped_and_counted_the_rest_produced(
     assert await metric(client, 'cct_bridge_rejected_total{reason="invalid_alert"}') == 2
 
 
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-_json = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=8,
-)
-
-
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data(), _json)
+@given(st.data(), json_values)
 def test_any_value_anywhere_in_a_payload_converts_or_is_refused(
     data: st.DataObject, value: Any
 ) -> None:
     doc = json.loads(payload(alert(resource_id="i-1"), alert("resolved", resource_id="i-2")))
-    path = data.draw(st.sampled_from(_paths(doc)[1:]))
-    target: Any = doc
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
+    mutate(data, doc, value)
     try:
         conversion = convert(json.dumps(doc).encode(), "2026-11-27T09:00:01.000Z")
     except PayloadError:

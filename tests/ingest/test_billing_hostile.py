@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lambdas.billing.adapters import adapt
 from lambdas.billing.aggregate import BillingLimits, HourlyTotals, add_table
 from lambdas.billing.focus import BillingFileError
 from lambdas.billing.loader import BillingSettings, currency_rates, load
@@ -163,3 +164,56 @@ def test_any_cell_value_is_loaded_or_refused_with_a_reason(data: st.DataObject) 
     except BillingFileError:
         return
     assert totals.rows_used + totals.errors.total == len(rows)
+
+
+NATIVE = [
+    ("aws_cur2.csv", "aws-cur2"),
+    ("azure_actual.csv", "azure-actual"),
+    ("azure_actual.csv", "azure-amortized"),
+    ("gcp_bigquery.jsonl", "gcp-bigquery"),
+]
+_text_cell = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["", "1e308", "-1e308", "NaN", "inf", "2099-12-31", "1900-01-01T00:00:00Z"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(NATIVE), st.data())
+def test_any_cell_of_a_native_export_is_adapted_or_refused(
+    native: tuple[str, str], data: st.DataObject
+) -> None:
+    """The FOCUS adapters: a real export with any value in any cell is adapted and loaded
+    (rows rejected with reasons) or refused as a broken file; never another exception."""
+    import tempfile
+
+    from tests.ingest.conftest import FIXTURES
+    from tests.support.hostile import json_values, mutate
+
+    fixture, fmt = native
+    source = FIXTURES / "billing" / fixture
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / fixture
+        if fixture.endswith(".jsonl"):
+            docs = [json.loads(line) for line in source.read_text().splitlines() if line]
+            mutate(data, docs, data.draw(json_values))
+            path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+        else:
+            import csv
+            import io
+
+            rows = list(csv.reader(io.StringIO(source.read_text())))
+            r = data.draw(st.integers(1, len(rows) - 1))
+            c = data.draw(st.integers(0, len(rows[0]) - 1))
+            rows[r][c] = data.draw(_text_cell)
+            out = io.StringIO()
+            csv.writer(out).writerows(rows)
+            path.write_text(out.getvalue())
+        totals = HourlyTotals(limits=BillingLimits())
+        try:
+            table = adapt(path, fmt)
+            add_table(totals, table, fixture)
+            totals.finish()
+        except BillingFileError:
+            return
+        assert totals.rows_used + totals.errors.total == table.num_rows

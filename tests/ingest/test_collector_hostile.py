@@ -4,7 +4,6 @@ reach VictoriaMetrics, and the collector goes on."""
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from lambdas.collector.normalize import ChangeLimits, check_change, normalize
 from lambdas.common.vm import VictoriaMetrics
 from tests.ingest.conftest import Collector, collector_settings, record, running_collector
 from tests.ingest.test_collector import RATE, ROLLUP, rows, wait_for
+from tests.support.hostile import json_values, mutate
 
 Event = Callable[[str], dict[str, Any]]
 INSTANCE = "i-0aaa1111bbbb2222c"
@@ -122,14 +122,6 @@ async def test_distinct_tag_values_beyond_the_cap_share_one_overflow_series(
         ) == (teams)
 
 
-# Hypothesis: any JSON in any place of a real event normalises to changes or is refused with a
-# reason; never another exception.
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
-_json = st.recursive(
-    _scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner),
-    max_leaves=10,
-)
 FIXTURES = [
     ("aws", "aws_run_instances"),
     ("aws", "aws_create_volume"),
@@ -139,19 +131,8 @@ FIXTURES = [
 ]
 
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(FIXTURES), st.data(), _json)
+@given(st.sampled_from(FIXTURES), st.data(), json_values)
 def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
     fixture: tuple[str, str], data: st.DataObject, value: Any
 ) -> None:
@@ -161,11 +142,7 @@ def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
     rec = {"provider": provider, "billing_account_id": "1", "event": load_event(name)}
     if provider == "azure":
         rec["resource"] = json.loads(json.dumps(load_event("arm_vm")))
-    path = data.draw(st.sampled_from(_paths(rec)[1:]))
-    target: Any = rec
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = copy.deepcopy(value)
+    mutate(data, rec, value)
     try:
         for change in normalize(rec):
             check_change(change, ChangeLimits(), change.event_time)

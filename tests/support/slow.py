@@ -51,7 +51,7 @@ def slow_request(
                 return SlowResult(True, time.monotonic() - started, sent, answer)
             sent += 1
             readable, _, _ = select.select([sock], [], [], interval_s)
-            if readable or (tls and sock.pending()):
+            if readable or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 try:
                     chunk = sock.recv(65536)
                 except OSError:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,11 @@ from hypothesis import strategies as st
 from psycopg_pool import ConnectionPool
 
 from lambdas.events.cloudevents import InvalidEvent, decode, encode
-from lambdas.policy import load_policy_set
 from lambdas.store.db import BadRecordError, connect, open_pool, translate_errors
-from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
-from lambdas.trigger.mapping import load_mapping
-from lambdas.trigger.processor import Processor
 from tests.routing.helpers import committed_and_end, produce, read_topic, wait_until
-from tests.support.services import ROOT
 from tests.trigger.events import event_bytes, event_doc
 from tests.trigger.fake_kube import FakeKube
+from tests.trigger.test_processor import make_processor
 from tests.trigger.test_service import TOKEN, trigger_env, trigger_process
 
 
@@ -100,21 +96,6 @@ def pool(pg_dsn: str) -> Iterator[ConnectionPool]:
     p.close()
 
 
-def processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path, **kw: Any) -> Processor:
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    kube_settings = KubeSettings("cct-system", api_url=kube.url, token_file=str(token))
-    return Processor(
-        load_mapping(ROOT / "policies" / "playbooks.yaml"),
-        load_policy_set(ROOT / "policies" / "optimization"),
-        ArgoBackend(api_client(kube_settings), "cct-system", 5.0),
-        connection=pool.connection,
-        stopping=threading.Event(),
-        max_backoff_s=0.5,
-        **kw,
-    )
-
-
 @pytest.mark.parametrize(
     ("sql", "params"),
     [
@@ -137,7 +118,7 @@ def test_values_the_database_refuses_are_bad_records_not_retryable_errors(
 def test_a_refused_record_is_dead_lettered_and_the_next_is_handled(
     kube: FakeKube, pool: ConnectionPool, tmp_path: Path, uid: str
 ) -> None:
-    proc = processor(kube, pool, tmp_path)
+    proc = make_processor(kube, pool, tmp_path, clock=lambda: datetime.now(UTC))
     real = proc.connection
     refuse = [True]
 
@@ -203,7 +184,7 @@ def test_any_label_or_delta_is_handled_without_raising(
     kube: FakeKube, pool: ConnectionPool, tmp_path: Path, uid: str, case: tuple[str, str, int]
 ) -> None:
     team, delta, n = case
-    proc = processor(kube, pool, tmp_path)
+    proc = make_processor(kube, pool, tmp_path, clock=lambda: datetime.now(UTC))
     doc = event_doc(uid, n, "firing", team=team, env="dev")
     doc["data"]["annotations"]["delta_usd_per_hour"] = delta
     handled = proc.handle(encode(doc))
