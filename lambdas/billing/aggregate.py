@@ -207,6 +207,9 @@ def _tag(tags: pa.Array, name: str) -> pa.Array:
         return pc.fill_null(pc.map_lookup(tags, name, "first"), "")
     if pa.types.is_null(tags.type):
         return pa.array([""] * len(tags), pa.string())
+    if not pa.types.is_string(tags.type):
+        # FOCUS Tags is a JSON object (text) or a map; a number holds no tag.
+        tags = pc.cast(tags, pa.string())
     # Few distinct tag sets repeat over many rows: extract once per distinct value.
     encoded = pc.dictionary_encode(tags)
     found = pc.extract_regex(encoded.dictionary, rf'"{name}"\s*:\s*"(?P<v>[^"]*)"')
@@ -298,10 +301,19 @@ def _rates(table: pa.Table, limits: BillingLimits) -> pa.Array:
     if "BillingCurrency" not in table.column_names:
         return pa.array([1.0] * table.num_rows, pa.float64())
     rates = {limits.currency: 1.0, **limits.rates}
-    codes = pc.utf8_upper(pc.utf8_trim_whitespace(table.column("BillingCurrency")))
+    codes = _currency_codes(table)
     names = pa.array(list(rates), pa.string())
     index = pc.index_in(codes, value_set=names)
     return pc.take(pa.array(list(rates.values()), pa.float64()), index)
+
+
+def _currency_codes(table: pa.Table) -> pa.Array:
+    """BillingCurrency as upper-case text (a column of another type, or all null, is read as
+    text and so fails the currency check rather than the cast)."""
+    col = table.column("BillingCurrency").combine_chunks()
+    if not pa.types.is_string(col.type):
+        col = pc.cast(col, pa.string())
+    return pc.utf8_upper(pc.utf8_trim_whitespace(col))
 
 
 def _within_limits(table: pa.Table, totals: HourlyTotals) -> pa.Table:
@@ -336,7 +348,7 @@ def _within_limits(table: pa.Table, totals: HourlyTotals) -> pa.Table:
             )
         )
     if "BillingCurrency" in table.column_names:
-        codes = pc.utf8_upper(pc.utf8_trim_whitespace(table.column("BillingCurrency")))
+        codes = _currency_codes(table)
         known = pa.array([limits.currency, *limits.rates], pa.string())
         unknown = pc.invert(pc.fill_null(pc.is_in(codes, value_set=known), False))
         checks.append(
