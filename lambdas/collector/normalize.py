@@ -598,8 +598,10 @@ class ChangeLimits:
 
 
 def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> None:
-    """Raise EventRejected naming the first value of `ch` beyond `limits`."""
-    strings = [
+    """Raise EventRejected naming the first value of `ch` beyond `limits`. On the collector's
+    hot path: messages are built only for a value that fails."""
+    most = limits.max_value_chars
+    fields = (
         ("resource_id", ch.resource_id),
         ("billing_account_id", ch.billing_account_id),
         ("sub_account_id", ch.sub_account_id),
@@ -610,16 +612,22 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
         ("sku", ch.sku),
         ("actor", ch.actor),
         ("event id", ch.event_id),
-    ]
-    tags = ch.tags or {}
-    if len(tags) > limits.max_tags:
-        raise EventRejected(
-            "too_many_tags", f"{len(tags)} tags exceed the limit of {limits.max_tags}"
-        )
-    strings += [(f"tag {str(k)[:40]!r}", f"{k}{v}") for k, v in tags.items()]
+    )
+    for where, text in fields:
+        if text is not None:
+            _check_text(where, text, most)
+    tags = ch.tags
+    if tags:
+        if len(tags) > limits.max_tags:
+            raise EventRejected(
+                "too_many_tags", f"{len(tags)} tags exceed the limit of {limits.max_tags}"
+            )
+        for k, v in tags.items():
+            if not (isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= most):
+                _check_text(f"tag {str(k)[:40]!r}", f"{k}{v}", most)
     for name, value in ch.attributes.items():
         if isinstance(value, str):
-            strings.append((f"attribute {name!r}", value))
+            _check_text(f"attribute {name!r}", value, most)
         elif (
             isinstance(value, int | float)
             and not isinstance(value, bool)
@@ -628,20 +636,21 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
             raise EventRejected(
                 "out_of_range", f"attribute {name!r}={value!r} is outside ±{limits.max_quantity:g}"
             )
-    for where, text in strings:
-        if text is not None and not isinstance(text, str):
-            # A provider field of the wrong JSON type that the normaliser passed through.
-            raise EventRejected("wrong_type", f"{where}: expected a string, got {text!r:.80}")
-        if text is not None and len(text) > limits.max_value_chars:
-            raise EventRejected(
-                "value_too_long",
-                f"{where} has {len(text)} characters, more than the limit of "
-                f"{limits.max_value_chars}",
-            )
     ahead = (ch.event_time - now).total_seconds()
     if ahead > limits.max_future_s:
         raise EventRejected(
             "future_time",
             f"event time {ch.event_time.isoformat()} is {ahead:.0f} s in the future (limit "
             f"{limits.max_future_s:g} s)",
+        )
+
+
+def _check_text(where: str, text: object, most: int) -> None:
+    if not isinstance(text, str):
+        # A provider field of the wrong JSON type that the normaliser passed through.
+        raise EventRejected("wrong_type", f"{where}: expected a string, got {text!r:.80}")
+    if len(text) > most:
+        raise EventRejected(
+            "value_too_long",
+            f"{where} has {len(text)} characters, more than the limit of {most}",
         )
