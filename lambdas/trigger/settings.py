@@ -54,6 +54,8 @@ class TriggerSettings:
         (4096): an event beyond any of them, or with a NUL character, is dead-lettered.
     max_delta_usd_per_hour: CCT_TRIGGER_MAX_DELTA_USD_PER_HOUR, default 1000000: an anomaly
         whose `delta_usd_per_hour` is larger in magnitude is dead-lettered, not planned.
+    header_timeout_s: CCT_TRIGGER_HEADER_TIMEOUT_S, default 10 s: a client of /healthz or
+        /metrics that has not sent its request headers by then is disconnected.
     """
 
     kafka_bootstrap: str
@@ -79,6 +81,7 @@ class TriggerSettings:
     max_event_labels: int
     max_label_chars: int
     max_delta_usd_per_hour: Decimal
+    header_timeout_s: float
 
     @property
     def event_limits(self) -> EventLimits:
@@ -117,4 +120,5 @@ class TriggerSettings:
             max_delta_usd_per_hour=Decimal(
                 env_int("CCT_TRIGGER_MAX_DELTA_USD_PER_HOUR", 1_000_000)
             ),
+            header_timeout_s=env_float("CCT_TRIGGER_HEADER_TIMEOUT_S", 10.0),
         )

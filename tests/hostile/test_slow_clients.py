@@ -100,3 +100,19 @@ def test_admission_closes_slow_clients(tmp_path: Path, pg_dsn: str, tls: Tls, sl
     with serve_admission(tmp_path, pg_dsn, policy_dir, tls, **env) as hook:
         context = ssl.create_default_context(cafile=str(tls.ca))
         check("admission", slow, hook.port, post_head("/validate", len(BODY)), context)
+
+
+def test_trigger_closes_slow_headers(
+    tmp_path: Path, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    from tests.trigger.fake_kube import FakeKube
+    from tests.trigger.test_service import TOKEN as KUBE_TOKEN
+    from tests.trigger.test_service import trigger_env, trigger_process
+
+    with FakeKube(KUBE_TOKEN) as kube:
+        env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+        env["CCT_TRIGGER_HEADER_TIMEOUT_S"] = TIMEOUT_S
+        with trigger_process(tmp_path, env) as trigger:
+            port = int(trigger.metrics_url.rsplit(":", 1)[1].split("/")[0])
+            head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: y\r\n" * 40
+            check("trigger", "headers", port, head)
