@@ -215,5 +215,5 @@ def test_every_served_handler_listens_where_its_service_and_probes_look(
             prefix = f"CCT_{command[2].upper().replace('-', '_')}"
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
             ports = {p["containerPort"] for p in container.get("ports", [])}
-            assert env.get(f"{prefix}_HOST") == "0.0.0.0", resource.urn  # noqa: S104
+            assert env.get(f"{prefix}_HOST") == "0.0.0.0", resource.urn
             assert int(env[f"{prefix}_PORT"]) in ports, resource.urn
