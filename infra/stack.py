@@ -379,7 +379,9 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     config_mounts={"cct-policies": POLICIES_DIR},
                     vault_agent=vault_agent("admission"),
                 ),
-                object_selector=content.workflow_labels,
+                apiserver_cidrs=settings.apiserver_cidrs,
+                # The trigger creates its Workflows in the handlers' namespace.
+                workflow_namespaces=[ns],
                 failure_policy=settings.webhook_failure_policy,
             ),
         ),
@@ -537,6 +539,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         "vaultAddress": vault.address,
         "vaultPolicies": vault.policy_names,
         "handlerUrls": handlers.urls,
+        # For kube-apiserver's AdmissionConfiguration (docs/admission.md): the webhook only
+        # hears a caller presenting this certificate.
+        "admissionClientCertPem": handlers.webhook_client_cert_pem,
+        "admissionClientKeyPem": handlers.webhook_client_key_pem,
     }
     outputs.update(_clouds(settings, content, vault, vault_providers))
     return outputs

@@ -7,9 +7,15 @@ What gets which answer:
   the API server applies the webhook's failurePolicy);
 - not an argoproj.io/v1alpha1 Workflow, or not a CREATE: allowed, not governed here (the
   webhook configuration selects CCT's workflows; blocking anything else would be an outage);
+- a Workflow that is not exactly a reference to an approved WorkflowTemplate with its
+  parameters (inline templates, podSpecPatch, a service account, host namespaces, volumes,
+  an entrypoint, hooks, unknown or unbounded parameters...): denied, naming every finding
+  (`lambdas.policy.workflow.workflow_findings`);
 - a Workflow whose parameters are missing or malformed: denied (invalid input never runs);
 - deny verdict: denied with every reason in `status.message`;
-- require-approval: allowed only when the workflow stops at its `approve` suspend step;
+- require-approval: allowed with a warning; the approved template's `approve` step is a
+  suspend without a duration that only an authorised `argo resume` ends (the template's
+  plan step reads this recorded verdict);
 - no usable policy set or an engine error: the configured failure mode decides.
 """
 
@@ -23,7 +29,7 @@ from typing import Any, Literal
 from lambdas.policy.engine import evaluate
 from lambdas.policy.model import InvalidRequestError, PolicyRequest, Verdict
 from lambdas.policy.policyset import PolicySet
-from lambdas.policy.workflow import has_approval_step, workflow_parameters
+from lambdas.policy.workflow import workflow_findings, workflow_parameters
 from lambdas.store.decisions import DecisionRecord
 
 API_VERSION = "admission.k8s.io/v1"
@@ -33,6 +39,14 @@ FailureMode = Literal["closed", "open"]
 _WARNING_LIMIT = 256
 # metav1.Status reasons for the codes this webhook answers with.
 _REASONS = {400: "BadRequest", 403: "Forbidden", 500: "InternalError"}
+# The policy id recorded for a workflow refused for its shape rather than a policy verdict.
+SHAPE_POLICY = "cct/approved-templates-only"
+# Kubernetes object uids are 36-character UUIDs and names at most 253 characters; anything
+# longer is not from the API server and must not reach the audit table.
+MAX_UID_CHARS = 128
+MAX_NAME_CHARS = 253
+# Findings listed in a refusal and recorded: enough to explain, bounded for the audit table.
+MAX_FINDINGS = 20
 
 
 class BadReview(ValueError):
@@ -91,6 +105,8 @@ def parse_review(review: Any) -> tuple[str, Mapping[str, Any]]:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadReview("AdmissionReview request has no uid")
+    if len(uid) > MAX_UID_CHARS:
+        raise BadReview(f"AdmissionReview request uid is longer than {MAX_UID_CHARS} characters")
     return uid, request
 
 
@@ -118,6 +134,10 @@ def decide(review: Any, ctx: Context) -> Outcome:
         )
     workflow = request.get("object")
     this = _Review(uid, _workflow_name(workflow, request), request)
+    if isinstance(workflow, Mapping):
+        findings = workflow_findings(workflow, ctx.approval_templates)
+        if findings:
+            return _refuse_shape(this, ctx.now, findings)
     try:
         if not isinstance(workflow, Mapping):
             raise InvalidRequestError("request has no Workflow object")
@@ -160,16 +180,12 @@ def _answer(
     if verdict.decision == "deny":
         allowed, code, message = False, 403, f"denied by CCT policy: {explained}"
     elif verdict.decision == "require-approval":
-        if has_approval_step(workflow, ctx.approval_templates):
-            warnings.append(
-                f"CCT policy requires approval; the workflow waits at its approve step: {explained}"
-            )
-        else:
-            allowed, code = False, 403
-            message = (
-                f"CCT policy requires approval but workflow {this.name} has no suspend step "
-                f"named approve: {explained}"
-            )
+        # workflow_findings admitted only an approved template, whose approve step is a
+        # suspend that only an authorised resume ends (approval_gate_findings, tested on the
+        # generated templates).
+        warnings.append(
+            f"CCT policy requires approval; the workflow waits at its approve step: {explained}"
+        )
     record = _record(
         this,
         ctx.now,
@@ -192,6 +208,21 @@ def _answer(
         code=code,
         warnings=tuple(warnings),
         record=record,
+    )
+
+
+def _refuse_shape(this: _Review, now: datetime, findings: tuple[str, ...]) -> Outcome:
+    shown = findings[:MAX_FINDINGS]
+    more = f"; and {len(findings) - len(shown)} more" if len(findings) > len(shown) else ""
+    message = (
+        f"denied by CCT policy: {SHAPE_POLICY}: workflow {this.name} must be an approved "
+        f"WorkflowTemplate by reference with its parameters: {'; '.join(shown)}{more}"
+    )
+    record = _record(
+        this, now, verdict="deny", policy_ids=(SHAPE_POLICY,), reasons=shown, allowed=False
+    )
+    return Outcome(
+        this.uid, allowed=False, verdict="deny", code=403, message=message, record=record
     )
 
 
@@ -259,9 +290,9 @@ def _workflow_name(workflow: Any, request: Mapping[str, Any]) -> str:
         # generateName workflows have no name yet at admission time.
         name = meta.get("name") or meta.get("generateName")
         if isinstance(name, str) and name:
-            return name
+            return name[:MAX_NAME_CHARS]
     name = request.get("name")
-    return name if isinstance(name, str) and name else "(unnamed)"
+    return name[:MAX_NAME_CHARS] if isinstance(name, str) and name else "(unnamed)"
 
 
 def _kind_text(kind: Any) -> str:

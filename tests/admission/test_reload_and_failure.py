@@ -3,6 +3,7 @@ and admission staying fast while PostgreSQL is unreachable."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -201,7 +202,9 @@ def test_a_rotated_certificate_is_served_without_a_restart(
         wait_for(lambda: "cannot load the rotated certificate" in hook.log.read_text())
         assert verdict(hook)["allowed"] is True
         shutil.copy(rotated.key, served.key)
-        new_client = Webhook(hook.port, hook.metrics_port, rotated, files, hook.log)
+        # The API server's client certificate is unchanged: only the serving pair rotated.
+        trusting_rotated = dataclasses.replace(served, ca=rotated.ca)
+        new_client = Webhook(hook.port, hook.metrics_port, trusting_rotated, files, hook.log)
 
         def handshake_with_new_ca() -> bool:
             try:
