@@ -154,23 +154,42 @@ def test_kafka_outputs_and_children() -> None:
         TopicSpec("cct.cost.anomalies", 6, 1000),
         TopicSpec("cct.optimization.results", 3, 1000),
     ]
+    acl = {
+        "resource": {"type": "topic", "name": "cct.cost.anomalies", "patternType": "literal"},
+        "operations": ["Write", "Describe"],
+        "host": "*",
+    }
 
     def program() -> None:
         kafka = Kafka(
-            "kafka", KafkaArgs(namespace=NS, operator_namespace="p", clients=[], topics=topics)
+            "kafka",
+            KafkaArgs(
+                namespace=NS,
+                operator_namespace="p",
+                clients=[],
+                topics=topics,
+                users={"kafka-bridge": [acl]},
+            ),
         )
 
         def check(args: list[Any]) -> None:
             urn, bootstrap, names = args
-            assert bootstrap == f"cct-kafka-bootstrap.{NS}.svc:9092", urn
+            assert bootstrap == f"cct-kafka-bootstrap.{NS}.svc:9093", urn
             assert names == ["cct.cost.anomalies", "cct.optimization.results"], urn
 
         pulumi.Output.all(kafka.urn, kafka.bootstrap, kafka.topic_names).apply(check)
 
     mocks = run(program)
     children = [r for r in mocks.resources if r.typ != "cct:events:Kafka"]
-    assert len(children) == 6
+    assert len(children) == 7
     assert all(r.name.startswith("kafka-") for r in children), [r.name for r in children]
+    (cluster,) = [r for r in children if r.name == "kafka-cluster"]
+    # One listener, TLS with SCRAM, and ACLs enforced: no plaintext, no anonymous client.
+    (listener,) = cluster.inputs["spec"]["kafka"]["listeners"]
+    assert (listener["tls"], listener["authentication"]) == (True, {"type": "scram-sha-512"})
+    assert cluster.inputs["spec"]["kafka"]["authorization"] == {"type": "simple"}
+    (user,) = [r for r in children if r.name == "kafka-user-kafka-bridge"]
+    assert user.inputs["spec"]["authorization"] == {"type": "simple", "acls": [acl]}
 
 
 def test_webhook_trusts_the_generated_ca() -> None:
