@@ -6,7 +6,8 @@ What gets which answer:
 - not an AdmissionReview v1 with a request uid: `BadReview` (the server answers HTTP 400 and
   the API server applies the webhook's failurePolicy);
 - not an argoproj.io/v1alpha1 Workflow, or not a CREATE: allowed, not governed here (the
-  webhook configuration selects CCT's workflows; blocking anything else would be an outage);
+  webhook configuration sends the managed namespaces' Workflow CREATEs; blocking anything
+  else would be an outage);
 - a Workflow that is not exactly a reference to an approved WorkflowTemplate with its
   parameters (inline templates, podSpecPatch, a service account, host namespaces, volumes,
   an entrypoint, hooks, unknown or unbounded parameters...): denied, naming every finding

@@ -4,6 +4,7 @@ and admission staying fast while PostgreSQL is unreachable."""
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import os
 import shutil
@@ -213,3 +214,28 @@ def test_a_rotated_certificate_is_served_without_a_restart(
                 return False
 
         wait_for(handshake_with_new_ca, what="the rotated certificate to be served")
+
+
+def test_a_rotated_client_ca_is_trusted_without_a_restart(tmp_path: Path, pg_dsn: str) -> None:
+    """When the API server's client CA is rotated (the mounted `client-ca.crt` changes), new
+    connections are verified against the new CA: its client certificate is heard, the old
+    one no longer completes the handshake."""
+    served = make_tls(tmp_path / "served")
+    files = tmp_path / "policies"
+    files.mkdir()
+    shutil.copy(SHIPPED / "protected-resources.yaml", files)
+    with serve_admission(tmp_path, pg_dsn, files, served) as hook:
+        assert verdict(hook)["allowed"] is True
+        rotated = make_tls(tmp_path / "rotated")
+        shutil.copy(rotated.client_ca, served.client_ca)
+        new_apiserver = dataclasses.replace(served, apiserver=rotated.apiserver)
+        new_client = Webhook(hook.port, hook.metrics_port, new_apiserver, files, hook.log)
+
+        def heard(client: Webhook) -> bool:
+            try:
+                return bool(verdict(client)["allowed"])
+            except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected):
+                return False
+
+        wait_for(lambda: heard(new_client), what="the rotated client CA to be trusted")
+        assert not heard(hook)

@@ -18,7 +18,7 @@ from dashboards import interpolate as grafana
 from dashboards.common import FILTER_NAMES, sql_matches
 from dashboards.model import Dashboard, SqlQuery
 from lambdas.store.db import connect
-from tests.dashboards.test_panels import _seed_results
+from tests.dashboards.test_panels import _seed_results, reporting_reader
 from tests.store import seed
 
 # Quotes that would end a '...' literal, dollar-quote delimiters, backslashes, comments,
@@ -80,15 +80,8 @@ def seeded(pg_dsn: str) -> Iterator[tuple[seed.Scope, datetime, str]]:
     now = datetime.now(UTC).replace(microsecond=0)
     with connect(pg_dsn) as conn:
         _seed_results(conn, scope, now)
-    role = f"grafana_inj_{scope.uid}"
-    with connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f"create role {role} nologin")
-        conn.execute(f"grant usage on schema reporting to {role}")
-        conn.execute(f"grant select on all tables in schema reporting to {role}")
-    yield scope, now, role
-    with connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f"drop owned by {role}")
-        conn.execute(f"drop role {role}")
+    with reporting_reader(pg_dsn, f"grafana_inj_{scope.uid}") as role:
+        yield scope, now, role
 
 
 def _queries(d: Dashboard) -> list[SqlQuery]:
