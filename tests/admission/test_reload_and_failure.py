@@ -188,13 +188,17 @@ def test_admission_does_not_wait_for_an_unresponsive_database(tmp_path: Path, tl
         blackhole.close()
 
 
-def test_a_rotated_certificate_is_served_without_a_restart(
-    tmp_path: Path, pg_dsn: str, tls: Tls
-) -> None:
-    served = make_tls(tmp_path / "served")
+def one_policy_file(tmp_path: Path) -> Path:
     files = tmp_path / "policies"
     files.mkdir()
     shutil.copy(SHIPPED / "protected-resources.yaml", files)
+    return files
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(
+    tmp_path: Path, pg_dsn: str, tls: Tls
+) -> None:
+    served, files = make_tls(tmp_path / "served"), one_policy_file(tmp_path)
     with serve_admission(tmp_path, pg_dsn, files, served) as hook:
         assert verdict(hook)["allowed"] is True
         rotated = make_tls(tmp_path / "rotated")  # a new CA too, as after a CA rotation
@@ -220,10 +224,7 @@ def test_a_rotated_client_ca_is_trusted_without_a_restart(tmp_path: Path, pg_dsn
     """When the API server's client CA is rotated (the mounted `client-ca.crt` changes), new
     connections are verified against the new CA: its client certificate is heard, the old
     one no longer completes the handshake."""
-    served = make_tls(tmp_path / "served")
-    files = tmp_path / "policies"
-    files.mkdir()
-    shutil.copy(SHIPPED / "protected-resources.yaml", files)
+    served, files = make_tls(tmp_path / "served"), one_policy_file(tmp_path)
     with serve_admission(tmp_path, pg_dsn, files, served) as hook:
         assert verdict(hook)["allowed"] is True
         rotated = make_tls(tmp_path / "rotated")
