@@ -85,10 +85,10 @@ def bodies(count: int) -> list[bytes]:
     ]
     out = []
     for i in range(count):
-        wf = workflow(
-            f"cct-rightsize-compute-{i:012x}",
-            params(**{k.replace("-", "_"): v for k, v in variants[i % len(variants)].items()}),
-        )
+        variant = variants[i % len(variants)]
+        proposal = params(**{k.replace("-", "_"): v for k, v in variant.items()})
+        # The trigger references the template of the proposal's action (one the webhook allows).
+        wf = workflow(f"cct-{i:012x}", proposal, template_ref=f"cct-{proposal['action']}")
         if i % 50 == 49:
             wf["spec"]["arguments"]["parameters"] = wf["spec"]["arguments"]["parameters"][1:]
         out.append(json.dumps(review(wf)).encode())
