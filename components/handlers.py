@@ -613,7 +613,8 @@ class Handlers(pulumi.ComponentResource):
                         {
                             "apiGroups": ["argoproj.io"],
                             "apiVersions": ["v1alpha1"],
-                            "operations": ["CREATE"],
+                            # UPDATE too: an admitted spec must not change afterwards.
+                            "operations": ["CREATE", "UPDATE"],
                             "resources": ["workflows"],
                             "scope": "Namespaced",
                         }

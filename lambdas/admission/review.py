@@ -5,7 +5,9 @@ recent actions.
 What gets which answer:
 - not an AdmissionReview v1 with a request uid: `BadReview` (the server answers HTTP 400 and
   the API server applies the webhook's failurePolicy);
-- not an argoproj.io/v1alpha1 Workflow, or not a CREATE: allowed, not governed here (the
+- UPDATE of a Workflow: allowed while its spec stays as admitted (status updates,
+  spec.shutdown, spec.suspend), otherwise denied (`spec_changes`);
+- not an argoproj.io/v1alpha1 Workflow, or not a CREATE/UPDATE: allowed, not governed (the
   webhook configuration sends the managed namespaces' Workflow CREATEs; blocking anything
   else would be an outage);
 - a Workflow that is not exactly a reference to an approved WorkflowTemplate with its
@@ -30,7 +32,7 @@ from typing import Any, Literal
 from lambdas.policy.engine import evaluate
 from lambdas.policy.model import InvalidRequestError, PolicyRequest, Verdict
 from lambdas.policy.policyset import PolicySet
-from lambdas.policy.workflow import workflow_findings, workflow_parameters
+from lambdas.policy.workflow import spec_changes, workflow_findings, workflow_parameters
 from lambdas.store.decisions import DecisionRecord
 
 API_VERSION = "admission.k8s.io/v1"
@@ -121,18 +123,9 @@ class _Review:
 def decide(review: Any, ctx: Context) -> Outcome:
     """Answer one AdmissionReview. Raises BadReview only; every other problem is an answer."""
     uid, request = parse_review(review)
-    kind = request.get("kind")
-    operation = request.get("operation")
-    if kind != WORKFLOW_KIND or operation != "CREATE":
-        return Outcome(
-            uid,
-            allowed=True,
-            verdict="not-governed",
-            warnings=(
-                f"cct-admission governs only CREATE of argoproj.io/v1alpha1 Workflow; "
-                f"{operation} of {_kind_text(kind)} admitted without a policy check",
-            ),
-        )
+    other = _not_a_create(uid, request, ctx.now)
+    if other is not None:
+        return other
     workflow = request.get("object")
     this = _Review(uid, _workflow_name(workflow, request), request)
     if isinstance(workflow, Mapping):
@@ -210,6 +203,40 @@ def _answer(
         warnings=tuple(warnings),
         record=record,
     )
+
+
+def _not_a_create(uid: str, request: Mapping[str, Any], now: datetime) -> Outcome | None:
+    """The answer to anything but a Workflow CREATE; None for a Workflow CREATE."""
+    kind = request.get("kind")
+    operation = request.get("operation")
+    if kind == WORKFLOW_KIND and operation == "UPDATE":
+        return _judge_update(uid, request, now)
+    if kind != WORKFLOW_KIND or operation != "CREATE":
+        return Outcome(
+            uid,
+            allowed=True,
+            verdict="not-governed",
+            warnings=(
+                f"cct-admission governs only CREATE and UPDATE of argoproj.io/v1alpha1 "
+                f"Workflow; {operation} of {_kind_text(kind)} admitted without a policy check",
+            ),
+        )
+    return None
+
+
+def _judge_update(uid: str, request: Mapping[str, Any], now: datetime) -> Outcome:
+    """An admitted Workflow's spec must stay what was judged: the controller's status
+    updates and `argo stop`/`terminate`/`suspend` (spec.shutdown, spec.suspend) pass; any
+    other spec change (a podSpecPatch, other parameters, inline templates added after the
+    CREATE was checked) is refused."""
+    changed = spec_changes(request.get("oldObject"), request.get("object"))
+    if not changed:
+        return Outcome(uid, allowed=True, verdict="not-governed")
+    this = _Review(uid, _workflow_name(request.get("object"), request), request)
+    findings = tuple(
+        f"spec.{key} may not change after the workflow was admitted" for key in changed
+    )
+    return _refuse_shape(this, now, findings)
 
 
 def _refuse_shape(this: _Review, now: datetime, findings: tuple[str, ...]) -> Outcome:

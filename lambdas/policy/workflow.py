@@ -128,6 +128,21 @@ def workflow_findings(
     return tuple(dict.fromkeys(found))  # each once, in order
 
 
+# What `argo stop`, `terminate` and `suspend` write into a running Workflow's spec.
+_MUTABLE_SPEC = frozenset({"shutdown", "suspend"})
+
+
+def spec_changes(old: Any, new: Any) -> tuple[str, ...]:
+    """Spec fields an UPDATE changes, other than the ones Argo's own commands write; any
+    malformed object counts as a change of `spec`."""
+    old_spec = old.get("spec") if isinstance(old, Mapping) else None
+    new_spec = new.get("spec") if isinstance(new, Mapping) else None
+    if not isinstance(old_spec, Mapping) or not isinstance(new_spec, Mapping):
+        return ("(whole spec)",)
+    keys = (set(old_spec) | set(new_spec)) - _MUTABLE_SPEC
+    return tuple(sorted(str(k) for k in keys if old_spec.get(k) != new_spec.get(k)))
+
+
 def _action_of(spec: Mapping[str, Any]) -> str | None:
     arguments = spec.get("arguments")
     raw = arguments.get("parameters") if isinstance(arguments, Mapping) else None

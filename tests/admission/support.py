@@ -245,8 +245,11 @@ def review(
     operation: str = "CREATE",
     kind: Mapping[str, str] | None = None,
     dry_run: bool = False,
+    *,
+    old_object: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An AdmissionReview v1 request with every field the kube-apiserver fills in."""
+    """An AdmissionReview v1 request with every field the kube-apiserver fills in (for an
+    UPDATE, `old_object` defaults to `obj`: nothing but status changed)."""
     kind = kind or {"group": "argoproj.io", "version": "v1alpha1", "kind": "Workflow"}
     resource = {
         "group": kind["group"],
@@ -276,7 +279,7 @@ def review(
                 ],
             },
             "object": obj,
-            "oldObject": None,
+            "oldObject": old_object or (obj if operation == "UPDATE" else None),
             "dryRun": dry_run,
             "options": {
                 "kind": "CreateOptions",

@@ -403,3 +403,32 @@ def test_a_uid_no_api_server_sends_is_refused_before_the_audit_table(
     status, answer = webhook.post(body)
     assert status == 400
     assert "uid is longer than 128 characters" in answer["error"]
+
+
+def _update(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    return review(new, operation="UPDATE", old_object=old)
+
+
+def test_an_admitted_spec_cannot_be_changed_by_an_update(ctx: Context, webhook: Webhook) -> None:
+    """Walking around the CREATE check: add a podSpecPatch or swap a parameter afterwards."""
+    admitted = trigger_workflow()
+    patched = copy.deepcopy(admitted)
+    patched["spec"]["podSpecPatch"] = '{"hostNetwork": true}'
+    outcome = decide(_update(patched, admitted), ctx)
+    assert (outcome.allowed, outcome.code) == (False, 403)
+    assert "spec.podSpecPatch may not change after the workflow was admitted" in outcome.message
+    swapped = copy.deepcopy(admitted)
+    swapped["spec"]["arguments"]["parameters"][0]["value"] = "other"
+    response = webhook.response(_update(swapped, admitted))
+    assert response["allowed"] is False
+    assert "spec.arguments may not change" in response["status"]["message"]
+
+
+def test_status_updates_and_argo_stop_or_suspend_pass(ctx: Context) -> None:
+    admitted = trigger_workflow()
+    progressed = copy.deepcopy(admitted)
+    progressed["status"] = {"phase": "Running", "nodes": {"x": {"phase": "Succeeded"}}}
+    assert decide(_update(progressed, admitted), ctx).allowed is True
+    stopped = copy.deepcopy(admitted)
+    stopped["spec"].update(shutdown="Stop", suspend=True)
+    assert decide(_update(stopped, admitted), ctx).allowed is True

@@ -158,7 +158,7 @@ def test_other_kinds_and_operations_are_not_governed(webhook: Webhook) -> None:
     response = webhook.response(review(pod, kind={"group": "", "version": "v1", "kind": "Pod"}))
     assert response["allowed"] is True
     assert response["warnings"] == [
-        "cct-admission governs only CREATE of argoproj.io/v1alpha1 Workflow; "
+        "cct-admission governs only CREATE and UPDATE of argoproj.io/v1alpha1 Workflow; "
         "CREATE of core/v1 Pod admitted without a policy check"
     ]
     # The workflow controller updates status on every step: never block that.
