@@ -44,9 +44,8 @@ _WARNING_LIMIT = 256
 _REASONS = {400: "BadRequest", 403: "Forbidden", 500: "InternalError"}
 # The policy id recorded for a workflow refused for its shape rather than a policy verdict.
 SHAPE_POLICY = "cct/approved-templates-only"
-# Kubernetes object uids are 36-character UUIDs and names at most 253 characters; anything
-# longer is not from the API server and must not reach the audit table.
-MAX_UID_CHARS = 128
+# Kubernetes object names are at most 253 characters (uids are bounded at the server's
+# edge, CCT_ADMISSION_MAX_UID_CHARS); anything longer must not reach the audit table.
 MAX_NAME_CHARS = 253
 # Findings listed in a refusal and recorded: enough to explain, bounded for the audit table.
 MAX_FINDINGS = 20
@@ -108,8 +107,6 @@ def parse_review(review: Any) -> tuple[str, Mapping[str, Any]]:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadReview("AdmissionReview request has no uid")
-    if len(uid) > MAX_UID_CHARS:
-        raise BadReview(f"AdmissionReview request uid is longer than {MAX_UID_CHARS} characters")
     return uid, request
 
 

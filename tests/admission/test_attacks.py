@@ -402,7 +402,7 @@ def test_a_uid_no_api_server_sends_is_refused_before_the_audit_table(
     body = review(trigger_workflow(), uid="u" * 100_000)
     status, answer = webhook.post(body)
     assert status == 400
-    assert "uid is longer than 128 characters" in answer["error"]
+    assert "exceeds the limit of 128" in answer["error"]
 
 
 def _update(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
