@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from lambdas.contract import ALERTNAME
 from lambdas.events.cloudevents import anomaly_event, encode
 
 WEBHOOK_VERSION = "4"
-ANOMALY_ALERTNAME = "CostAnomaly"
+ANOMALY_ALERTNAME = ALERTNAME
 
 
 class PayloadError(ValueError):

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from lambdas import contract
+
 SPEC_VERSION = "1.0"
-SOURCE = "/cct/bridge"
-DETECTED = "io.cct.anomaly.detected"
-RESOLVED = "io.cct.anomaly.resolved"
+SOURCE = contract.EVENT_SOURCE_BRIDGE
+DETECTED = contract.DETECTED
+RESOLVED = contract.RESOLVED
 TYPES = {"firing": DETECTED, "resolved": RESOLVED}
 
 # 128 bits of sha256: collisions are out of reach and the id stays short enough for

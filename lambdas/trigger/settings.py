@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lambdas import contract
 from lambdas.common.pg import DsnSource
 from lambdas.common.settings import (
     SettingsError,
@@ -77,8 +78,8 @@ class TriggerSettings:
         poll_default = 3_600_000 if backend == "local" else 300_000
         return cls(
             kafka_bootstrap=kafka_bootstrap(),
-            topic=env_str("CCT_TRIGGER_TOPIC", "cct.cost.anomalies"),
-            dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", "cct.cost.anomalies.dlq"),
+            topic=env_str("CCT_TRIGGER_TOPIC", contract.TOPIC_ANOMALIES),
+            dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", contract.TOPIC_DEAD_LETTER),
             group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),
             pg_dsn=pg_dsn_source(),
             backend="local" if backend == "local" else "argo",
