@@ -530,8 +530,10 @@ class Detector:
 
     # ---------------------------------------------------------------- attribution
     def _drill_down(self, key: SeriesKey, now: float) -> list[Contributor]:
-        """Children and resources of an aggregate, ranked by their growth over the day-0
-        window (now against one window ago)."""
+        """Children and resources of an aggregate, ranked by their growth: against what the
+        engine expected of a resource it evaluates, else against the value one day-0 window
+        ago. Recently changed resources count with their inventory run-rate (the fast
+        path), so a resource too new to be queryable is found too."""
         if key.level == "resource":
             return []
         before = now - self.cfg.detection.day0_window_s
@@ -547,11 +549,24 @@ class Detector:
             parse_vector(level, self.vm.query(expr, now), cache, now_rows)
             parse_vector(level, self.vm.query(expr, before), cache, old_rows)
             old = dict(zip(old_rows.keys, old_rows.values, strict=True))
+            current = dict(zip(now_rows.keys, now_rows.values, strict=True))
+            if level == "resource":
+                for rkey, (value, _) in self.new_resources.items():
+                    if key.contains(rkey):
+                        current[rkey] = value
+                old.update(self._expected(list(current)))
             out += rank_contributors(
-                Child(level, k.as_dict(), old.get(k, 0.0), v)
-                for k, v in zip(now_rows.keys, now_rows.values, strict=True)
+                Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()
             )
         return out
+
+    def _expected(self, keys: list[SeriesKey]) -> dict[SeriesKey, float]:
+        """What the engine expected of those of `keys` it evaluates (and has a value for)."""
+        known = [k for k in keys if k in self.engine]
+        if not known:
+            return {}
+        values = self.engine.expected_now(self.engine.index_of(known))
+        return {k: float(v) for k, v in zip(known, values, strict=True) if math.isfinite(v)}
 
     def _events(
         self,
