@@ -5,6 +5,9 @@ Real services: the change is written as the collector writes it (inventory row a
 PostgreSQL, then the series in VictoriaMetrics, `tests.contract.capture.Writer`), the real
 detector evaluates every `--interval` seconds in a thread and posts to the real
 Alertmanager; the latency is from the write's return to the post of the resource's alert.
+Three kinds of change: an existing resource resized, a new resource where its service,
+region and team already have series, and a new resource in a new region and team (every
+series that could show it is new).
 A brand-new series becomes queryable in VictoriaMetrics only seconds after it is written:
 without the fast path a new resource is found only through its aggregates' drill-down or
 once its series is served.
@@ -28,7 +31,9 @@ from typing import Any
 
 from lambdas.detector.config import DetectionConfig
 from lambdas.detector.service import Detector, DetectorSettings
-from tests.contract.capture import EC2, Step, Writer, _wait_settled, fresh_database
+from tests.contract.capture import EC2, Step, Writer, fresh_database, wait_settled
+
+KINDS = ("existing", "new", "new-group")
 
 
 def trial(kind: str, fast: bool, dsn: str, services: dict[str, Any], interval: float) -> float:
@@ -57,12 +62,19 @@ def trial(kind: str, fast: bool, dsn: str, services: dict[str, Any], interval: f
         50.0,
         "RunInstances",
     )
-    target = f"i-{uid}-new" if kind == "new" else base.resource_id
-    change = (
-        replace(base, resource_id=target, usd_per_hour=40.0)
-        if kind == "new"
-        else replace(base, usd_per_hour=120.0, action="ModifyInstanceAttribute")
-    )
+    target = base.resource_id if kind == "existing" else f"i-{uid}-new"
+    if kind == "existing":
+        change = replace(base, usd_per_hour=120.0, action="ModifyInstanceAttribute")
+    elif kind == "new":  # its service, region and team already cost something
+        change = replace(base, resource_id=target, usd_per_hour=40.0)
+    else:  # "new-group": a new region and team, so every series that shows it is new
+        change = replace(
+            base,
+            resource_id=target,
+            usd_per_hour=40.0,
+            region_id="eu-west-3",
+            tags={"team": f"ml-{uid}", "env": "dev"},
+        )
     posted = threading.Event()
     real_post = detector.am.post
 
@@ -75,7 +87,7 @@ def trial(kind: str, fast: bool, dsn: str, services: dict[str, Any], interval: f
     stop = threading.Event()
     try:
         writer.apply([base])
-        _wait_settled(detector, writer)
+        wait_settled(detector, writer)
         detector.cycle(time.time())
 
         def loop() -> None:
@@ -106,7 +118,7 @@ def main() -> None:
     results: dict[tuple[str, bool], list[float]] = {}
     with fresh_database() as (dsn, services):
         for n in range(args.trials):
-            for kind in ("new", "existing"):
+            for kind in KINDS:
                 for fast in (True, False):
                     results.setdefault((kind, fast), []).append(
                         trial(kind, fast, dsn, services, args.interval)
@@ -119,7 +131,7 @@ def main() -> None:
             f"{kind:<10} {'on' if fast else 'off':<10} {statistics.median(values):>9.2f} "
             f"{max(values):>7.2f}"
         )
-    for kind in ("new", "existing"):
+    for kind in KINDS:
         on = statistics.median(results[(kind, True)])
         off = statistics.median(results[(kind, False)])
         print(f"{kind}: median with the fast path / without = {on / off:.2f}")

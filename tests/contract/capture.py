@@ -268,10 +268,10 @@ def capture(pg_dsn: str, vm_url: str, alertmanager_url: str) -> list[dict[str, A
     baseline, changes = scenario(uid)
     try:
         writer.apply(baseline)
-        _wait_settled(detector, writer)
+        wait_settled(detector, writer)
         detector.cycle(time.time())
         writer.apply(changes)
-        _wait_settled(detector, writer)
+        wait_settled(detector, writer)
         for _ in range(3):
             detector.cycle(time.time())
     finally:
@@ -284,7 +284,7 @@ def capture(pg_dsn: str, vm_url: str, alertmanager_url: str) -> list[dict[str, A
     return sorted(normalized, key=lambda a: json.dumps(a["labels"], sort_keys=True))
 
 
-def _wait_settled(detector: Detector, writer: Writer, timeout: float = 30.0) -> None:
+def wait_settled(detector: Detector, writer: Writer, timeout: float = 30.0) -> None:
     """Until VictoriaMetrics serves what the writer wrote: every resource series and the
     accounts' totals (new series take seconds to become queryable)."""
     deadline = time.monotonic() + timeout
