@@ -18,7 +18,7 @@ def labels(uid: str, n: int = 0, /, **overrides: str) -> dict[str, str]:
     return {**alert["labels"], **overrides}
 
 
-def annotations(uid: str, n: int = 0) -> dict[str, str]:
+def recorded_annotations(uid: str, n: int = 0) -> dict[str, str]:
     found: dict[str, str] = recorded_alert("dev-instance", f"{uid}{n:04d}")["annotations"]
     return found
 
@@ -27,7 +27,7 @@ def event_doc(uid: str, n: int = 0, status: str = "firing", /, **overrides: str)
     alert = {
         "status": status,
         "labels": labels(uid, n, **overrides),
-        "annotations": annotations(uid, n),
+        "annotations": recorded_annotations(uid, n),
         "startsAt": "2026-11-27T09:00:00.000Z",
         "endsAt": "0001-01-01T00:00:00Z",
         "fingerprint": f"{uid}{n:06d}",
