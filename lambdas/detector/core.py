@@ -7,8 +7,9 @@ a handful of vector operations.
 
 Three rules, one incident per series:
 - day-0 step: a rise of at least X $/h or Y % above a reference that needs no history (an
-  exponentially weighted recent level; once a day of history exists, also the same hour
-  yesterday, so a daily ramp is not a step).
+  exponentially weighted recent level; once a few hours are known, also the highest hourly
+  mean of the last day; once a day of history exists, also the same hour yesterday, so a
+  daily ramp is not a step).
 - seasonal: a robust baseline per hour of week (median of the same hour over past weeks, or of
   the same hour over the past days while fewer weeks are known) with a MAD-based noise
   estimate; during warm-up a static threshold above the highest value seen so far.
@@ -74,6 +75,10 @@ MONTH_S = 30 * 86400.0
 # detector evaluates every few seconds the same run-rate).
 DECORRELATION_S = 3600.0
 Z_MIN, Z_MAX = 3.0, 12.0
+# Measured false incidents per series-month at hourly data = FALSE_A * k ** -FALSE_ALPHA
+# (docs/detection.md, "Sensitivity").
+FALSE_A = 11.7
+FALSE_ALPHA = 1.27
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
 
@@ -146,16 +151,18 @@ def severity_codes(delta: F64, deviation: F64, cfg: DetectionConfig) -> npt.NDAr
 def z_threshold(false_incidents_per_month: float, interval_s: float) -> float:
     """Robust z threshold for an expected number of false incidents per series and month.
 
-    Residuals of cost series are heavier-tailed than normal; they are modelled as Laplace
-    (P(z > k) = exp(-sqrt(2) k) / 2 in standard deviations). A month holds
-    MONTH_S / max(interval, DECORRELATION_S) independent chances, so the threshold k makes
-    chances x P(z > k) equal the wanted count; clamped to [Z_MIN, Z_MAX]. Materiality,
-    hysteresis and the cooldown remove more, so the measured rate is lower (docs/detection.md
-    has the figures on real data).
+    Real cost-like series have heavy tails: a normal or Laplace model promises far fewer
+    false incidents than happen. The rate was measured instead, on the tuning part of the
+    real-data corpus (`benchmarks/detector_real.py --part tune`, every rule and brake in
+    force): false incidents per series-month fall as a power of the threshold,
+    FALSE_A * k ** -FALSE_ALPHA at hourly data. Data coarser than DECORRELATION_S gives
+    fewer chances per month (daily data: 30 instead of 720), so the rate scales with them.
+    Inverted and clamped to [Z_MIN, Z_MAX].
     """
     chances = MONTH_S / max(interval_s, DECORRELATION_S)
-    p = min(false_incidents_per_month / chances, 0.5)
-    return float(np.clip(math.log(0.5 / p) / math.sqrt(2.0), Z_MIN, Z_MAX))
+    hourly = MONTH_S / DECORRELATION_S
+    k = (FALSE_A * (chances / hourly) / false_incidents_per_month) ** (1.0 / FALSE_ALPHA)
+    return float(np.clip(k, Z_MIN, Z_MAX))
 
 
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
@@ -221,6 +228,7 @@ class Engine:
         "exp_seasonal": (np.float64, np.nan),
         "exp_static": (np.float64, np.nan),
         "yesterday": (np.float64, np.nan),
+        "day_max": (np.float64, np.nan),
         "scale": (np.float64, np.nan),
         "mode": (np.int8, 0),
         "is_open": (np.bool_, False),
@@ -254,6 +262,7 @@ class Engine:
     exp_seasonal: F64
     exp_static: F64
     yesterday: F64
+    day_max: F64
     scale: F64
     mode: npt.NDArray[np.int8]
     is_open: npt.NDArray[np.bool_]
@@ -428,6 +437,14 @@ class Engine:
             self.mode[cold[ok]] = BASE_STATIC
 
         self.yesterday[:n] = np.where(age_h >= DAY_H, hist[:, (hour - DAY_H) % self.hours], np.nan)
+        # The highest hourly mean of the last day, once a few hours are known: a step must
+        # rise above what was normal today, not just above the previous value (a series
+        # that spikes every few hours is not stepping up each time).
+        last = hist[:, self._cols(hour, range(1, DAY_H + 1))]
+        known = np.count_nonzero(~np.isnan(last), axis=1) >= cfg.warmup_min_hours
+        self.day_max[:n] = np.nan
+        if known.any():
+            self.day_max[:n][known] = np.nanmax(last[known], axis=1)
 
         # Noise: day-over-day differences of the last week. Differences remove the daily
         # pattern; the median ignores the few that straddle a weekend or an anomaly.
@@ -475,8 +492,9 @@ class Engine:
         # yesterday and, once known, the seasonal baseline (Monday morning is no step).
         ref = np.fmax(self.recent[i], np.nan_to_num(self.yesterday[i], nan=-np.inf))
         ref = np.fmax(ref, np.nan_to_num(self.exp_seasonal[i], nan=-np.inf))
+        ref = np.fmax(ref, np.nan_to_num(self.day_max[i], nan=-np.inf))
         d0 = v - ref
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.where(ref > 0, d0 / ref, np.where(d0 > 0, np.inf, 0.0))
 
         def day0(f: float) -> npt.NDArray[np.bool_]:

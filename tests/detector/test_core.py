@@ -452,7 +452,10 @@ def test_the_absolute_floor_is_set_per_level() -> None:
 def test_the_knob_maps_false_incidents_per_month_to_a_z_threshold() -> None:
     from lambdas.detector.core import z_threshold
 
-    assert z_threshold(1.0, 3600) == pytest.approx(math.log(360) / math.sqrt(2))
+    from lambdas.detector.core import FALSE_A, FALSE_ALPHA
+
+    k = z_threshold(1.0, 3600)
+    assert FALSE_A * k**-FALSE_ALPHA == pytest.approx(1.0)  # the measured rate it stands for
     # Finer data is not more chances (evaluations an hour apart are not independent) ...
     assert z_threshold(1.0, 60) == z_threshold(1.0, 3600)
     # ... coarser data is fewer, and fewer false incidents wanted means a higher bar.
