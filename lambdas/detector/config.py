@@ -88,9 +88,10 @@ class DetectionConfig:
 
     # The sensitivity knob: how many false incidents per series and month (30 days) you are
     # prepared to see. It sets the robust z threshold of the rules (`core.z_threshold`,
-    # calibrated on real data): 1.0 -> 6.9 robust sigmas for data at an hour or finer,
-    # 0.5 -> 12 (the cap). Lower = quieter. See docs/detection.md for the worked example.
-    false_incidents_per_month: float = 1.0
+    # calibrated on real data): 3.0 -> 8.7 robust sigmas for data at an hour or finer,
+    # 4.0 -> 6.6, 2.4 or less -> 12 (the cap). Lower = quieter. See docs/detection.md for
+    # the worked example and what was measured.
+    false_incidents_per_month: float = 3.0
     # Seasonal rule threshold in robust standard deviations, overriding the knob above when
     # > 0 (0 = derived from false_incidents_per_month).
     sensitivity: float = 0.0

@@ -59,8 +59,11 @@ MEAN_ABS_TO_SIGMA = 1.2533
 # Time constants (wall clock) of the series' mean level and of its residual noise.
 LEVEL_WINDOW_S = 7 * 86400.0
 RESID_WINDOW_S = 86400.0
-# A residual counts at most this many times the current noise estimate (robustness).
-RESID_CLIP = 4.0
+# A residual counts in the mean at most this many times the tail estimate: a slow ramp's
+# growing residuals must not teach the detector that the ramp is noise before it alerts.
+RESID_CLIP = 1.0
+# A residual counts in the tail estimate at most this many times the current tail.
+TAIL_CLIP = 1.0
 # ... and at least a quarter of the series' mean level, so a series that starts quiet learns
 # its spikes within days.
 LEVEL_CLIP_RATIO = 0.25
@@ -77,8 +80,8 @@ DECORRELATION_S = 3600.0
 Z_MIN, Z_MAX = 3.0, 12.0
 # Measured false incidents per series-month at hourly data = FALSE_A * k ** -FALSE_ALPHA
 # (docs/detection.md, "Sensitivity").
-FALSE_A = 11.7
-FALSE_ALPHA = 1.27
+FALSE_A = 15.4
+FALSE_ALPHA = 0.755
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
 
@@ -690,10 +693,10 @@ class Engine:
         warm-up baselines are too rough to learn from."""
         a_res = 1.0 - math.exp(-dt / RESID_WINDOW_S)
         q = self.resid_q[i]
-        # Clipped to RESID_CLIP times the current tail: one outlier moves it a little, a
+        # Clipped to TAIL_CLIP times the current tail: one outlier moves it a little, a
         # series that spikes every day grows it by about a fifth per spike.
         floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
-        cap = RESID_CLIP * np.fmax(np.nan_to_num(q, nan=np.inf), floor)
+        cap = TAIL_CLIP * np.fmax(np.nan_to_num(q, nan=np.inf), floor)
         raw = np.minimum(np.abs(v - expected), cap)
         w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
         q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))
