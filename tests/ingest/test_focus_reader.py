@@ -174,6 +174,7 @@ def test_hostile_values_reject_only_their_rows(tmp_path: Path, garbage: list[str
     # Every row is either used or counted under exactly one reason.
     assert totals.rows_used + totals.errors.total == len(good) + len(bad)
     assert totals.rows_used >= len(good)
+    assert totals.result is not None
     assert pc.sum(totals.result.column("billed")).as_py() >= 7.5
 
 
