@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "step": ("lambdas.steps.cli:step", "Run one remediation workflow step (JSON in, JSON out)."),
     "billing": ("lambdas.billing.cli:billing", "Load FOCUS billing exports and reconcile."),
+    "vault-dsn": (
+        "lambdas.vaultdev.agent:vault_dsn",
+        "Render a handler's DSN file from Vault locally, as Vault Agent does in the cluster.",
+    ),
     "prices": ("lambdas.pricing.cli:prices", "Load the providers' public price lists."),
     "policy": ("lambdas.policy.cli:policy", "Validate, test and explain optimization policies."),
 }
