@@ -15,7 +15,7 @@ from components.handlers import HTTP_PORT
 from infra.config import Settings
 from infra.content import Content, Forwarder, RemediationPermissions
 from infra.stack import STEPS_SERVICE_ACCOUNT
-from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
+from lambdas.alerting.config import bundle_routing, render_alertmanager_config
 from lambdas.detector.rules import RulesSettings, load_budgets, render_vmalert_rules
 from lambdas.forwarders.aws import event_pattern
 from lambdas.forwarders.gcp import log_sink_filter
@@ -92,7 +92,6 @@ def _yaml_files(directory: Path) -> dict[str, str]:
 
 def collect(settings: Settings) -> Content:
     ns = settings.namespace
-    bridge = f"http://bridge.{ns}.svc:{HTTP_PORT}"
     budgets = load_budgets(ROOT / settings.budgets_file) if settings.budgets_file else ()
     dashboards = ROOT / "dashboards"
     provisioning = dashboards / "provisioning"
@@ -103,11 +102,7 @@ def collect(settings: Settings) -> Content:
         fluentbit_main=CONFIG_FILE,
         vmalert_rules={"budgets.yaml": render_vmalert_rules(RulesSettings(budgets=budgets))},
         alertmanager_config=render_alertmanager_config(
-            AlertRoutingSettings(
-                bridge_url=f"{bridge}/v1/alerts",
-                zenduty_relay_url=f"{bridge}/v1/relay/zenduty",
-                token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
-            )
+            bundle_routing(ns, HTTP_PORT, f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}")
         ),
         alertmanager_token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
         workflow_templates=[
