@@ -90,6 +90,14 @@ def _yaml_files(directory: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(directory.glob("*.yaml"))}
 
 
+def alertmanager_config(namespace: str) -> str:
+    """The Alertmanager configuration a stack deploys into `namespace` (also printed by
+    `python -m infra.render alertmanager`)."""
+    return render_alertmanager_config(
+        bundle_routing(namespace, HTTP_PORT, f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}")
+    )
+
+
 def collect(settings: Settings) -> Content:
     ns = settings.namespace
     budgets = load_budgets(ROOT / settings.budgets_file) if settings.budgets_file else ()
@@ -101,9 +109,7 @@ def collect(settings: Settings) -> Content:
         ),
         fluentbit_main=CONFIG_FILE,
         vmalert_rules={"budgets.yaml": render_vmalert_rules(RulesSettings(budgets=budgets))},
-        alertmanager_config=render_alertmanager_config(
-            bundle_routing(ns, HTTP_PORT, f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}")
-        ),
+        alertmanager_config=alertmanager_config(ns),
         alertmanager_token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
         workflow_templates=[
             workflow_template(p, ns, image=settings.image, service_account=STEPS_SERVICE_ACCOUNT)
