@@ -17,6 +17,10 @@ import click
 # name -> ("module:attribute", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("lambdas.store.cli:db", "Manage the PostgreSQL schema."),
+    "alertmanager": (
+        "lambdas.alerting.cli:alertmanager",
+        "Render the Alertmanager configuration the bundle deploys.",
+    ),
     "backtest": (
         "lambdas.backtest.cli:backtest_cmd",
         "Run the anomaly detector over FOCUS exports (CSV/Parquet) and report.",
