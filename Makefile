@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: focus-venv venv services services-down services-status lint test unit bench
+.PHONY: focus-venv venv services services-down services-status lint test unit bench render-alertmanager
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -21,6 +21,11 @@ services-down:
 
 services-status:
 	@python3 scripts/services status
+
+# What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
+STACK ?= dev
+render-alertmanager: venv
+	@$(PY) -m infra.render alertmanager --stack $(STACK)
 
 lint: venv
 	$(VENV)/bin/ruff check .
