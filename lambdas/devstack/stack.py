@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -174,8 +175,9 @@ class Part:
             if pid_of(self.name) is None:
                 raise StackError(f"[{self.name}] exited during start-up (log: {self.log})")
             if time.monotonic() > deadline:
-                raise StackError(f"[{self.name}] not healthy after {self.timeout_s:.0f}s "
-                                 f"(log: {self.log})")
+                raise StackError(
+                    f"[{self.name}] not healthy after {self.timeout_s:.0f}s (log: {self.log})"
+                )
             time.sleep(0.2)
         say(f"{self.name}: healthy ({self.health})")
 
@@ -440,7 +442,7 @@ def configure_alerting() -> None:
 
 
 def _post(target: str) -> None:
-    req = urllib.request.Request(target, method="POST", data=b"")
+    req = urllib.request.Request(target, method="POST", data=b"")  # noqa: S310 - loopback
     with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
         if resp.status >= 300:
             raise StackError(f"POST {target} answered {resp.status}")
@@ -457,12 +459,11 @@ def create_topics(bootstrap: str) -> None:
             existing = set(await admin.list_topics())
             missing = [t for t in TOPICS if t not in existing]
             if missing:
-                try:
+                # Another `make up` may have created them meanwhile.
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(
                         [NewTopic(t, num_partitions=3, replication_factor=1) for t in missing]
                     )
-                except TopicAlreadyExistsError:
-                    pass
                 say(f"kafka: created topics {', '.join(missing)}")
         finally:
             await admin.close()
@@ -505,8 +506,10 @@ def up() -> int:
     create_topics(env["CCT_KAFKA_BOOTSTRAP"])
     stack = parts()
     if not vault_handler():
-        say("vault: NOT STARTED - this checkout has no `cct serve vault` (local credential "
-            "source); workflow steps that need cloud credentials will fail")
+        say(
+            "vault: NOT STARTED - this checkout has no `cct serve vault` (local credential "
+            "source); workflow steps that need cloud credentials will fail"
+        )
     for part in stack:
         part.start()
     configure_alerting()

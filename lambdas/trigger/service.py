@@ -35,6 +35,7 @@ from lambdas.common.settings import SettingsError
 from lambdas.events.producer import ProducerSlot
 from lambdas.policy import PolicyLoadError, load_policy_set
 from lambdas.store.db import PoolConnections, open_pool
+from lambdas.trigger.admission import AdmissionCallSettings, AdmissionClient
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.backends import Backend
 from lambdas.trigger.local import LocalBackend
@@ -210,7 +211,9 @@ class TriggerService:
 
 def make_backend(settings: TriggerSettings) -> Backend:
     if settings.backend == "local":
-        return LocalBackend(command=settings.step_command)
+        call = AdmissionCallSettings.from_env(settings.namespace)
+        admission = AdmissionClient(call) if call is not None else None
+        return LocalBackend(command=settings.step_command, admission=admission)
     kube = KubeSettings(
         namespace=settings.namespace,
         api_url=settings.kube_api_url,
