@@ -62,6 +62,23 @@ def anomaly_event(alert: Mapping[str, Any], time: str) -> dict[str, Any]:
     }
 
 
+def unmapped_event(raw: bytes, reason: str, time: str) -> dict[str, Any]:
+    """The `UNMAPPED` event the trigger publishes for a detected anomaly (`raw`, already
+    decoded once) that no playbook rule matches: its data plus the reason and its id."""
+    original = json.loads(raw)
+    digest = hashlib.sha256(f"{original['id']}\x1funmapped".encode()).hexdigest()[:_ID_HEX]
+    return {
+        "specversion": SPEC_VERSION,
+        "id": digest,
+        "source": contract.EVENT_SOURCE_TRIGGER,
+        "type": contract.UNMAPPED,
+        "subject": original["subject"],
+        "time": time,
+        "datacontenttype": "application/json",
+        "data": {**original["data"], "reason": reason, "original_id": original["id"]},
+    }
+
+
 def encode(event: Mapping[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
 

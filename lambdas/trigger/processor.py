@@ -46,7 +46,7 @@ Outcome = Literal[
     "denied",  # the admission webhook refused it
     "precheck_denied",  # the policy pre-check said deny: not submitted
     "settled",  # the run was already settled by an earlier delivery
-    "unmapped",  # no playbook rule matches the anomaly
+    "unmapped",  # no playbook rule matches: published on the unmapped topic with the reason
     "resolved",  # a resolution event: nothing to start
     "dead_letter",  # poison: goes to the dead-letter topic with the reason
 ]
@@ -114,7 +114,7 @@ class Processor:
             return Handled("resolved")
         rule = self.mapping.select(event.labels)
         if rule is None:
-            return Handled("unmapped")
+            return Handled("unmapped", reason=self.mapping.why_unmapped(event.labels))
         try:
             run = plan_run(event, rule)
             return run, PolicyRequest.from_parameters(run.parameters)

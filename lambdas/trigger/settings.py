@@ -24,8 +24,15 @@ from lambdas.common.settings import (
 class TriggerSettings:
     """
     kafka_bootstrap: CCT_KAFKA_BOOTSTRAP.
-    topic / dlq_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`) and
-        CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`).
+    topic / dlq_topic / unmapped_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`),
+        CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`) and
+        CCT_TRIGGER_UNMAPPED_TOPIC (default `cct.cost.anomalies.unmapped`: detected anomalies
+        no playbook rule matches, as `io.cct.anomaly.unmapped` events with the reason).
+    fresh_group_start_s: CCT_TRIGGER_FRESH_GROUP_START_S, default 3600: a consumer group
+        without a committed offset on a partition (a new deployment, a renamed group) starts
+        at the events of the last this many seconds, not at the topic's beginning: replaying
+        days of history would start workflows for anomalies long over. A group with a
+        committed offset always resumes there, however long it was down.
     group_id: CCT_TRIGGER_GROUP, default `cct-trigger`: every replica joins it, so each
         partition has one reader.
     pg_dsn: CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current; re-read on every connect)
@@ -53,6 +60,8 @@ class TriggerSettings:
     kafka_bootstrap: str
     topic: str
     dlq_topic: str
+    unmapped_topic: str
+    fresh_group_start_s: float
     group_id: str
     pg_dsn: str | DsnSource
     backend: Literal["argo", "local"]
@@ -80,6 +89,8 @@ class TriggerSettings:
             kafka_bootstrap=kafka_bootstrap(),
             topic=env_str("CCT_TRIGGER_TOPIC", contract.TOPIC_ANOMALIES),
             dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", contract.TOPIC_DEAD_LETTER),
+            unmapped_topic=env_str("CCT_TRIGGER_UNMAPPED_TOPIC", contract.TOPIC_UNMAPPED),
+            fresh_group_start_s=env_float("CCT_TRIGGER_FRESH_GROUP_START_S", 3600.0),
             group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),
             pg_dsn=pg_dsn_source(),
             backend="local" if backend == "local" else "argo",
