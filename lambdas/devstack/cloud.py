@@ -24,7 +24,6 @@ from lambdas.forwarders.common import Forwarder, ForwarderSettings
 
 ACCOUNT = "123456789012"  # moto's account
 REGION = "us-east-1"
-ACTOR_ARN = f"arn:aws:sts::{ACCOUNT}:assumed-role/Developer/e2e"
 
 
 def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -33,12 +32,15 @@ def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 @dataclass
 class AwsSimulator:
-    """moto_url: the moto server; collector_url/collector_token: where forwarders post."""
+    """moto_url: the moto server; collector_url/collector_token: where forwarders post
+    (the collector's /ingest). account: the AWS account the events come from; moto serves
+    every call from its own account, so a fresh account per test run or benchmark sample
+    keeps per-account policy counts (blast radius) and dashboards apart."""
 
     moto_url: str
     collector_url: str
     collector_token: str
-    billing_account_id: str = ACCOUNT
+    account: str = ACCOUNT
 
     def client(self, service: str) -> Any:
         return boto3.client(
@@ -58,13 +60,17 @@ class AwsSimulator:
             "id": str(uuid.uuid4()),
             "detail-type": "AWS API Call via CloudTrail",
             "source": source,
-            "account": ACCOUNT,
+            "account": self.account,
             "time": now,
             "region": REGION,
             "resources": [],
             "detail": {
                 "eventVersion": "1.08",
-                "userIdentity": {"type": "AssumedRole", "arn": ACTOR_ARN, "accountId": ACCOUNT},
+                "userIdentity": {
+                    "type": "AssumedRole",
+                    "arn": f"arn:aws:sts::{self.account}:assumed-role/Developer/simulator",
+                    "accountId": self.account,
+                },
                 "eventTime": now,
                 "eventSource": f"{source.split('.')[1]}.amazonaws.com",
                 "eventName": name,
@@ -75,13 +81,13 @@ class AwsSimulator:
                 "readOnly": False,
                 "eventType": "AwsApiCall",
                 "managementEvent": True,
-                "recipientAccountId": ACCOUNT,
+                "recipientAccountId": self.account,
             },
         }
         settings = ForwarderSettings(
             endpoint=self.collector_url,
             token=self.collector_token,
-            billing_account_id=self.billing_account_id,
+            billing_account_id=self.account,
         )
         result = aws.handle(event, Forwarder(settings, "aws"))
         if result.sent != 1:
@@ -105,7 +111,7 @@ class AwsSimulator:
         inst = out["Instances"][0]
         response = {
             "reservationId": out["ReservationId"],
-            "ownerId": ACCOUNT,
+            "ownerId": self.account,
             "instancesSet": {
                 "items": [
                     {
@@ -168,6 +174,7 @@ class AwsSimulator:
 
     # ------------------------------------------------------------------ RDS
     def create_database(self, name: str, db_class: str, tags: Mapping[str, str]) -> str:
+        """The database's ARN, which is how CloudTrail and the collector name it."""
         rds = self.client("rds")
         out = rds.create_db_instance(
             DBInstanceIdentifier=name,
@@ -195,11 +202,14 @@ class AwsSimulator:
             "allocatedStorage": 20,
             "storageType": "gp2",
             "multiAZ": False,
-            "dBInstanceArn": out["DBInstanceArn"],
+            "dBInstanceArn": self.db_arn(name),
             "dbiResourceId": out.get("DbiResourceId", ""),
         }
         self.forward("aws.rds", "CreateDBInstance", request, response)
-        return name
+        return self.db_arn(name)
+
+    def db_arn(self, name: str) -> str:
+        return f"arn:aws:rds:{REGION}:{self.account}:db:{name}"
 
     def modify_database(self, name: str, db_class: str) -> None:
         rds = self.client("rds")
@@ -216,11 +226,12 @@ class AwsSimulator:
             "dBInstanceClass": out["DBInstanceClass"],
             "engine": "postgres",
             "dBInstanceStatus": "available",
-            "dBInstanceArn": out["DBInstanceArn"],
+            "dBInstanceArn": self.db_arn(name),
         }
         self.forward("aws.rds", "ModifyDBInstance", request, response)
 
-    def database_class(self, name: str) -> str:
+    def database_class(self, arn_or_name: str) -> str:
+        name = arn_or_name.rsplit(":db:", 1)[-1]
         out = self.client("rds").describe_db_instances(DBInstanceIdentifier=name)
         return str(out["DBInstances"][0]["DBInstanceClass"])
 

@@ -30,7 +30,6 @@ from dashboards import build
 from dashboards import interpolate as grafana
 from dashboards.model import PromQuery, SqlQuery
 from lambdas import contract
-from lambdas.devstack.cloud import ACCOUNT
 from lambdas.devstack.stack import RESULTS_TOPIC
 from tests.e2e.conftest import TIMELINE
 from tests.e2e.stack import Stack, TopicWatch, wait_for
@@ -61,6 +60,7 @@ class Scenario:
 @dataclass
 class Launched:
     uid: str
+    account: str
     watch: TopicWatch
     dev_instance: Scenario
     database: Scenario
@@ -72,7 +72,10 @@ class Launched:
 @pytest.fixture(scope="module")
 def launched(stack: Stack) -> Iterator[Launched]:
     uid = uuid.uuid4().hex[:6]
-    sim = stack.simulator()
+    # A fresh account per run: the shipped blast-radius policy counts actions per account and
+    # hour, and the dashboards are read for this account only.
+    account = f"{uuid.uuid4().int % 10**12:012d}"
+    sim = stack.simulator(account)
     topics = (contract.TOPIC_ANOMALIES, contract.TOPIC_UNMAPPED, RESULTS_TOPIC)
     with TopicWatch(stack.bootstrap, topics) as watch:
         # Idle for two days: what the steps' analyze reads from CloudWatch.
@@ -105,7 +108,7 @@ def launched(stack: Stack) -> Iterator[Launched]:
         )
         sim.put_cpu("AWS/EC2", "InstanceId", protected, avg=1.0, peak=3.0)
         protected_s = Scenario("protected dev instance -> policy denies", protected, t0)
-        yield Launched(uid, watch, dev_s, db_s, disk_s, diffuse_s, protected_s)
+        yield Launched(uid, account, watch, dev_s, db_s, disk_s, diffuse_s, protected_s)
 
 
 # ---------------------------------------------------------------------- the hops
@@ -186,7 +189,7 @@ def settled(stack: Stack, s: Scenario, run_id: str, states: set[str]) -> str:
     return s.hop(f"run settled ({'/'.join(sorted(states))})", check, RUN_TIMEOUT_S)
 
 
-def dashboards_show(stack: Stack, s: Scenario, needle: str) -> list[str]:
+def dashboards_show(stack: Stack, account: str, needle: str) -> list[str]:
     """Every dashboard panel query, run as Grafana would for the simulator's account over the
     last hour; the titles of the panels whose result mentions `needle`."""
     now = datetime.now(UTC)
@@ -195,7 +198,7 @@ def dashboards_show(stack: Stack, s: Scenario, needle: str) -> list[str]:
         names = [v.name for v in d.variables]
         values = {n: [grafana.ALL] for n in names}
         if "billing_account" in values:
-            values["billing_account"] = [ACCOUNT]
+            values["billing_account"] = [account]
         ctx = grafana.Context(values, {n: ".*" for n in names}, now - timedelta(hours=1), now)
         for panel in d.panels():
             for q in panel.queries:
@@ -210,8 +213,8 @@ def dashboards_show(stack: Stack, s: Scenario, needle: str) -> list[str]:
     return shown
 
 
-def dashboards_hop(stack: Stack, s: Scenario, needle: str) -> list[str]:
-    return s.hop("dashboards' queries show it", lambda: dashboards_show(stack, s, needle))
+def dashboards_hop(stack: Stack, s: Scenario, account: str, needle: str) -> list[str]:
+    return s.hop("dashboards' queries show it", lambda: dashboards_show(stack, account, needle))
 
 
 # ---------------------------------------------------------------------- scenarios
@@ -219,7 +222,7 @@ def test_new_dev_instance_is_stopped_and_the_saving_verified(
     stack: Stack, launched: Launched
 ) -> None:
     s = launched.dev_instance
-    sim = stack.simulator()
+    sim = stack.simulator(launched.account)
     assert priced(stack, s) > 0
     alert = alerted(stack, s)
     assert alert["labels"]["env"] == "dev" and alert["labels"]["resource_type"] == "Instance"
@@ -244,7 +247,7 @@ def test_new_dev_instance_is_stopped_and_the_saving_verified(
         lambda: launched.watch.find(RESULTS_TOPIC, lambda e: run["run_id"] in str(e)),
     )
     assert result
-    assert dashboards_hop(stack, s, run["run_id"])
+    assert dashboards_hop(stack, s, launched.account, run["run_id"])
 
 
 def audit_chain(stack: Stack, s: Scenario, run_id: str, action: str) -> None:
@@ -271,7 +274,7 @@ def audit_chain(stack: Stack, s: Scenario, run_id: str, action: str) -> None:
 
 def test_resized_database_waits_for_approval(stack: Stack, launched: Launched) -> None:
     s = launched.database
-    sim = stack.simulator()
+    sim = stack.simulator(launched.account)
     priced(stack, s)
     alert = alerted(stack, s)
     assert alert["labels"]["resource_type"] == "DBInstance"
@@ -295,7 +298,7 @@ def test_unattached_disk_is_deleted_and_the_saving_verified(
     stack: Stack, launched: Launched
 ) -> None:
     s = launched.disk
-    sim = stack.simulator()
+    sim = stack.simulator(launched.account)
     priced(stack, s)
     alerted(stack, s)
     on_kafka(launched.watch, s)
@@ -304,7 +307,7 @@ def test_unattached_disk_is_deleted_and_the_saving_verified(
     assert settled(stack, s, run["run_id"], {"succeeded", "failed"}) == "succeeded"
     s.hop("disk deleted in the simulator", lambda: not sim.volume_exists(s.resource_id))
     audit_chain(stack, s, run["run_id"], "delete")
-    assert dashboards_hop(stack, s, run["run_id"])
+    assert dashboards_hop(stack, s, launched.account, run["run_id"])
 
 
 def test_a_team_level_increase_is_published_as_unmapped(stack: Stack, launched: Launched) -> None:
@@ -328,7 +331,7 @@ def test_a_team_level_increase_is_published_as_unmapped(stack: Stack, launched: 
 
 def test_policy_denies_a_protected_instance(stack: Stack, launched: Launched) -> None:
     s = launched.protected
-    sim = stack.simulator()
+    sim = stack.simulator(launched.account)
     priced(stack, s)
     alerted(stack, s)
     on_kafka(launched.watch, s)
