@@ -61,7 +61,7 @@ demo: venv
 	@echo "demo report: file://$(CURDIR)/$(DEMO)/report.html"
 
 # Benchmarks print figures (medians, ratios against in-run baselines); they assert nothing.
-bench: venv services
+bench: venv up
 	@set -e; for b in benchmarks/*.py; do \
 	  case "$$b" in */_*) continue;; esac; \
 	  m=$$(basename $$b .py); echo "=== benchmarks.$$m"; $(PY) -m benchmarks.$$m; done

@@ -166,6 +166,26 @@ class AwsSimulator:
         self.forward("aws.ec2", "CreateVolume", request, response)
         return str(out["VolumeId"])
 
+    def modify_volume(self, volume_id: str, size_gb: int) -> None:
+        ec2 = self.client("ec2")
+        before = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+        ec2.modify_volume(VolumeId=volume_id, Size=size_gb)
+        request = {"ModifyVolumeRequest": {"VolumeId": volume_id, "Size": size_gb}}
+        response = {
+            "ModifyVolumeResponse": {
+                "volumeModification": {
+                    "volumeId": volume_id,
+                    "modificationState": "modifying",
+                    "targetSize": size_gb,
+                    "targetVolumeType": before["VolumeType"],
+                    "originalSize": before["Size"],
+                    "originalVolumeType": before["VolumeType"],
+                    "progress": 0,
+                }
+            }
+        }
+        self.forward("aws.ec2", "ModifyVolume", request, response)
+
     def volume_exists(self, volume_id: str) -> bool:
         vols = self.client("ec2").describe_volumes(
             Filters=[{"Name": "volume-id", "Values": [volume_id]}]

@@ -95,7 +95,8 @@ class Stack:
 
 @dataclass
 class TopicWatch:
-    """Every record of some topics, read from the start in a background thread."""
+    """Every record of some topics, read from the start in a background thread, each with
+    the record's Kafka timestamp (epoch seconds: when the producer sent it)."""
 
     bootstrap: str
     topics: tuple[str, ...]
@@ -128,18 +129,24 @@ class TopicWatch:
         try:
             while not self.stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200)
-                now = time.monotonic()
                 with self.lock:
                     for tp, records in batches.items():
                         for r in records:
                             if r.value is not None:
-                                self.records.append((tp.topic, now, json.loads(r.value)))
+                                sent = r.timestamp / 1000
+                                self.records.append((tp.topic, sent, json.loads(r.value)))
         finally:
             await consumer.stop()
 
     def find(self, topic: str, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [e for _, e in self.find_timed(topic, match)]
+
+    def find_timed(
+        self, topic: str, match: Callable[[dict[str, Any]], bool]
+    ) -> list[tuple[float, dict[str, Any]]]:
+        """(Kafka timestamp, event) of the matching records, oldest first."""
         with self.lock:
-            return [e for t, _, e in self.records if t == topic and match(e)]
+            return [(ts, e) for t, ts, e in self.records if t == topic and match(e)]
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
