@@ -63,11 +63,11 @@ class Stack:
                 bad.append(f"{name} ({part['health']}, log {part['log']})")
         return bad
 
-    def simulator(self) -> AwsSimulator:
+    def simulator(self, account: str) -> AwsSimulator:
+        """The cloud simulator, sending events from `account`."""
         token = Path(self.doc["secrets"]["collector_token_file"]).read_text().strip()
-        return AwsSimulator(
-            self.service("moto")["url"], self.doc["parts"]["collector"]["ingest"], token
-        )
+        ingest = self.doc["parts"]["collector"]["ingest"]
+        return AwsSimulator(self.service("moto")["url"], ingest, token, account)
 
     # ------------------------------------------------------------------ queries
     def vm_query(self, expr: str) -> list[dict[str, Any]]:
