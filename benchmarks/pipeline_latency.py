@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lambdas import contract
 from tests.e2e.stack import Stack, TopicWatch
@@ -70,18 +72,20 @@ def prepare_existing(stack: Stack, count: int, timeout: float) -> list[tuple[str
     return disks
 
 
+def detected(resource_id: str) -> Callable[[dict[str, Any]], bool]:
+    def match(event: dict[str, Any]) -> bool:
+        labels = event["data"]["labels"]
+        return bool(event["type"] == contract.DETECTED and labels.get("resource_id") == resource_id)
+
+    return match
+
+
 def observe(stack: Stack, watch: TopicWatch, samples: list[Sample], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for s in samples:
             if s.anomaly_at is None:
-                found = watch.find_timed(
-                    contract.TOPIC_ANOMALIES,
-                    lambda e, rid=s.resource_id: (
-                        e["type"] == contract.DETECTED
-                        and e["data"]["labels"].get("resource_id") == rid
-                    ),
-                )
+                found = watch.find_timed(contract.TOPIC_ANOMALIES, detected(s.resource_id))
                 if found:
                     s.anomaly_at = found[0][0]
             rows = stack.sql(

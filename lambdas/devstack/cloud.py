@@ -43,7 +43,7 @@ class AwsSimulator:
     account: str = ACCOUNT
 
     def client(self, service: str) -> Any:
-        return boto3.client(
+        return boto3.client(  # type: ignore[call-overload]  # service is a runtime name
             service,
             endpoint_url=self.moto_url,
             region_name=REGION,
