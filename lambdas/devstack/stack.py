@@ -400,13 +400,15 @@ def parts() -> list[Part]:
                 "CCT_TRIGGER_PORT": str(PORTS["trigger"]),
                 "CCT_TRIGGER_BACKEND": "local",
                 "CCT_TRIGGER_STEP_COMMAND": CCT,
+                # Workflows run in their own processes, as Argo runs them in pods.
+                "CCT_TRIGGER_LOCAL_STATE_DIR": str(LOCAL / "workflows"),
                 "CCT_PLAYBOOKS_FILE": str(local_playbooks()),
                 "CCT_POLICIES_DIR": str(ROOT / "policies" / "optimization"),
                 # Where the local backend asks for admission, as the API server would.
                 "CCT_TRIGGER_ADMISSION_URL": f"https://{HOST}:{PORTS['admission']}/validate",
                 "CCT_TRIGGER_ADMISSION_CA_FILE": str(ca),
             },
-            shows={"metrics": url("trigger", "/metrics")},
+            shows={"metrics": url("trigger", "/metrics"), "workflows": str(LOCAL / "workflows")},
         ),
     ]
     return result
