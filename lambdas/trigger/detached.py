@@ -61,7 +61,16 @@ class DetachedLocalBackend:
         self.command = list(command)
         self.admission = admission
         self.env = dict(env) if env is not None else None
+        # Runner processes this backend started; finished ones are reaped on each submit.
+        self.runners: list[subprocess.Popen[bytes]] = []
         state_dir.mkdir(parents=True, exist_ok=True)
+
+    def reap(self, wait: bool = False) -> None:
+        """Collect finished runners (all of them, waiting, with `wait`)."""
+        if wait:
+            for proc in self.runners:
+                proc.wait()
+        self.runners = [p for p in self.runners if p.poll() is None]
 
     def paths(self, run_id: str) -> tuple[Path, Path, Path]:
         """The workflow object, its runner's pid file and its outcome."""
@@ -69,6 +78,7 @@ class DetachedLocalBackend:
         return base.with_suffix(".json"), base.with_suffix(".pid"), base.with_suffix(".done")
 
     def submit(self, run: WorkflowRun) -> Submission:
+        self.reap()
         if self.admission is not None:
             denial = self.admission.review(run)
             if denial is not None:
@@ -117,6 +127,7 @@ class DetachedLocalBackend:
                 )
             except OSError as exc:
                 raise RetryableSubmitError(f"cannot start the workflow runner: {exc}") from exc
+        self.runners.append(proc)
         pid_file.write_text(str(proc.pid))
 
 
