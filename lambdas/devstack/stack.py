@@ -279,11 +279,24 @@ def local_playbooks() -> Path:
     return out
 
 
-def vault_handler() -> bool:
-    """Whether this checkout has the local credential source (`cct serve vault`)."""
-    from lambdas.cli import HANDLERS
+VAULT_STATE = LOCAL / "vault-dev"
+VAULT_CONFIG = VAULT_STATE / "config.json"
+STEPS_VAULT_ROLE = "cct-steps"
 
-    return "vault" in HANDLERS
+
+def vault_config() -> None:
+    """The local credential source's access table, written from the bundle's own Vault
+    policies (`infra.local_vault`; run as a program: handlers never import the bundle)."""
+    VAULT_STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.local_vault", str(VAULT_CONFIG)],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise StackError(f"infra.local_vault failed: {proc.stderr[-2000:]}")
 
 
 def parts() -> list[Part]:
@@ -297,12 +310,12 @@ def parts() -> list[Part]:
     zenduty_url_file.write_text(integration_url(url("zenduty"), zenduty_key.read_text().strip()))
     zenduty_url_file.chmod(0o600)
     ca, cert, key = admission_tls()
-    jwt = secret("service-account.jwt")
     step_env = {
-        # What a step pod gets: Vault's address and the service-account token it logs in
-        # with; cloud APIs at the simulator.
+        # What a step pod gets: Vault's address, its Kubernetes-auth role and the token file
+        # that plays its service-account token; cloud APIs at the simulator.
         "VAULT_ADDR": url("vault"),
-        "CCT_VAULT_JWT_PATH": str(jwt),
+        "CCT_VAULT_K8S_ROLE": STEPS_VAULT_ROLE,
+        "CCT_VAULT_JWT_PATH": str(VAULT_STATE / "jwt" / STEPS_VAULT_ROLE),
         "CCT_STEP_BACKEND": "local",
         "CCT_STEP_OPERATION_TIMEOUT_S": "60",
     }
@@ -324,17 +337,20 @@ def parts() -> list[Part]:
             shows={"pages": url("zenduty", "/pages")},
         ),
     ]
-    if vault_handler():
-        result.append(
-            Part(
-                "vault",
-                [CCT, "serve", "vault"],
-                url("vault", "/v1/sys/health"),
-                env={**env, "CCT_VAULT_PORT": str(PORTS["vault"]), "CCT_VAULT_HOST": HOST},
-                shows={"api": url("vault", "/v1/")},
-            )
-        )
     result += [
+        Part(
+            "vault",
+            [CCT, "serve", "vault-dev"],
+            url("vault", "/v1/sys/health"),
+            env={
+                **env,
+                "CCT_VAULTDEV_PORT": str(PORTS["vault"]),
+                "CCT_VAULTDEV_HOST": HOST,
+                "CCT_VAULTDEV_CONFIG": str(VAULT_CONFIG),
+                "CCT_VAULTDEV_STATE_DIR": str(VAULT_STATE),
+            },
+            shows={"api": url("vault", "/v1/"), "metrics": url("vault", "/metrics")},
+        ),
         Part(
             "collector",
             [CCT, "serve", "collector"],
@@ -506,12 +522,8 @@ def up() -> int:
     say("postgres: schema migrated")
     load_prices(env["CCT_PG_DSN"])
     create_topics(env["CCT_KAFKA_BOOTSTRAP"])
+    vault_config()
     stack = parts()
-    if not vault_handler():
-        say(
-            "vault: NOT STARTED - this checkout has no `cct serve vault` (local credential "
-            "source); workflow steps that need cloud credentials will fail"
-        )
     for part in stack:
         part.start()
     configure_alerting()
