@@ -490,12 +490,7 @@ def create_topics(bootstrap: str) -> None:
 
 
 def load_prices(dsn: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn) as conn:
-        have = conn.execute("select count(*) from price_catalog").fetchone()
-    if have and have[0]:
-        return
+    # An upsert: loading again picks up fixture changes and duplicates nothing.
     for provider, files in PRICE_FIXTURES.items():
         paths = [str(PRICE_DIR / f) for f in files]
         _cct("prices", "load", "--provider", provider, *paths, env={"CCT_PG_DSN": dsn})

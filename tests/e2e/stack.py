@@ -88,6 +88,17 @@ class Stack:
         found: list[dict[str, Any]] = get_json(self.doc["parts"]["zenduty"]["pages"])
         return found
 
+    def leases(self, engine: str) -> dict[str, float]:
+        """The credential source's lease events of one engine (issued, revoked, ...)."""
+        with urllib.request.urlopen(self.doc["parts"]["vault"]["metrics"], timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("cct_vaultdev_leases_total{") and f'engine="{engine}"' in line:
+                event = line.split('event="', 1)[1].split('"', 1)[0]
+                out[event] = float(line.rsplit(" ", 1)[1])
+        return out
+
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn) as conn:
             return conn.execute(query, args).fetchall()

@@ -61,6 +61,8 @@ class Scenario:
 class Launched:
     uid: str
     account: str
+    # The credential source's AWS lease events before anything was launched.
+    aws_leases: dict[str, float]
     watch: TopicWatch
     dev_instance: Scenario
     database: Scenario
@@ -77,6 +79,7 @@ def launched(stack: Stack) -> Iterator[Launched]:
     account = f"{uuid.uuid4().int % 10**12:012d}"
     sim = stack.simulator(account)
     topics = (contract.TOPIC_ANOMALIES, contract.TOPIC_UNMAPPED, RESULTS_TOPIC)
+    aws_leases = stack.leases("aws")
     with TopicWatch(stack.bootstrap, topics) as watch:
         # Idle for two days: what the steps' analyze reads from CloudWatch.
         t0 = time.monotonic()
@@ -85,11 +88,10 @@ def launched(stack: Stack) -> Iterator[Launched]:
         dev_s = Scenario("new dev instance -> stop", dev, t0)
 
         t0 = time.monotonic()
-        db = sim.create_database(
-            f"orders-{uid}", "db.m5.large", {"env": "staging", "team": "orders"}
-        )
-        sim.modify_database(db, "db.m5.xlarge")
-        sim.put_cpu("AWS/RDS", "DBInstanceIdentifier", db, avg=5.0, peak=12.0)
+        name = f"orders-{uid}"
+        db = sim.create_database(name, "db.m5.large", {"env": "staging", "team": "orders"})
+        sim.modify_database(name, "db.m5.xlarge")
+        sim.put_cpu("AWS/RDS", "DBInstanceIdentifier", name, avg=5.0, peak=12.0)
         db_s = Scenario("resized database -> rightsize, approval", db, t0)
 
         t0 = time.monotonic()
@@ -108,7 +110,7 @@ def launched(stack: Stack) -> Iterator[Launched]:
         )
         sim.put_cpu("AWS/EC2", "InstanceId", protected, avg=1.0, peak=3.0)
         protected_s = Scenario("protected dev instance -> policy denies", protected, t0)
-        yield Launched(uid, account, watch, dev_s, db_s, disk_s, diffuse_s, protected_s)
+        yield Launched(uid, account, aws_leases, watch, dev_s, db_s, disk_s, diffuse_s, protected_s)
 
 
 # ---------------------------------------------------------------------- the hops
@@ -233,6 +235,7 @@ def test_new_dev_instance_is_stopped_and_the_saving_verified(
     s.hop("admission decision allow", lambda: decisions(stack, run["run_id"]).get("admission"))
     assert decisions(stack, run["run_id"])["admission"][0] == "allow"
     assert settled(stack, s, run["run_id"], {"succeeded", "failed"}) == "succeeded"
+    short_lived_credentials(stack, s, launched)
     assert s.hop(
         "instance stopped in the simulator", lambda: sim.instance_state(s.resource_id) == "stopped"
     )
@@ -248,6 +251,19 @@ def test_new_dev_instance_is_stopped_and_the_saving_verified(
     )
     assert result
     assert dashboards_hop(stack, s, launched.account, run["run_id"])
+
+
+def short_lived_credentials(stack: Stack, s: Scenario, launched: Launched) -> None:
+    """The steps called AWS with credentials the credential source issued as leases, and
+    every lease they took was revoked when they finished."""
+
+    def check() -> dict[str, float] | None:
+        now = stack.leases("aws")
+        issued = now.get("issued", 0) - launched.aws_leases.get("issued", 0)
+        revoked = now.get("revoked", 0) - launched.aws_leases.get("revoked", 0)
+        return now if issued > 0 and revoked > 0 else None
+
+    s.hop("steps took short-lived AWS credentials (leases issued and revoked)", check)
 
 
 def audit_chain(stack: Stack, s: Scenario, run_id: str, action: str) -> None:
