@@ -192,16 +192,18 @@ def settled(stack: Stack, s: Scenario, run_id: str, states: set[str]) -> str:
 
 
 def dashboards_show(stack: Stack, account: str, needle: str) -> list[str]:
-    """Every dashboard panel query, run as Grafana would for the simulator's account over the
-    last hour; the titles of the panels whose result mentions `needle`."""
+    """Every dashboard panel query, run as Grafana would for the run's account over the last
+    hour with the list-price basis; the titles of the panels whose result mentions `needle`."""
     now = datetime.now(UTC)
     shown: list[str] = []
     for d in build.DASHBOARDS:
-        names = [v.name for v in d.variables]
+        names = {v.name for v in d.variables}
         values = {n: [grafana.ALL] for n in names}
-        if "billing_account" in values:
-            values["billing_account"] = [account]
-        ctx = grafana.Context(values, {n: ".*" for n in names}, now - timedelta(hours=1), now)
+        chosen = {"basis": ["list"], "window": ["1h"], "billing_account": [account]}
+        values.update({k: v for k, v in chosen.items() if k in names})
+        ctx = grafana.Context(
+            values, {n: ".*" for n in names}, now - timedelta(hours=1), now, "15s", "60s"
+        )
         for panel in d.panels():
             for q in panel.queries:
                 if isinstance(q, SqlQuery):
