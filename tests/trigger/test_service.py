@@ -260,5 +260,5 @@ def test_alert_posted_to_alertmanager_becomes_one_workflow(
     assert name.startswith("cct-stop-idle-compute-")
     [workflow] = kube.objects.values()
     params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
-    assert params["resource-id"] == f"i-{uid}"
+    assert params["resource-id"] == f"i-{uid}-dev"  # the recorded dev instance
     assert runs_in_db(pg_dsn, {name}) == [(name, "submitted")]
