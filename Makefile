@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: focus-venv venv services services-down services-status lint test unit bench up down e2e
+.PHONY: focus-venv venv services services-down services-status lint test unit bench up down e2e render-alertmanager
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ down:
 # The system test against the stack `make up` started (also part of `make test`).
 e2e: up
 	$(VENV)/bin/pytest tests/e2e -m e2e
+
+# What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
+STACK ?= dev
+render-alertmanager: venv
+	@$(PY) -m infra.render alertmanager --stack $(STACK)
 
 lint: venv
 	$(VENV)/bin/ruff check .
