@@ -96,34 +96,34 @@ def launched(stack: Stack) -> Iterator[Launched]:
     aws_leases = stack.leases("aws")
     with TopicWatch(stack.bootstrap, topics) as watch:
         # Idle for two days: what the steps' analyze reads from CloudWatch.
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         dev = sim.run_instance("m5.xlarge", {"env": "dev", "team": f"web-{uid}"})
         sim.put_cpu("AWS/EC2", "InstanceId", dev, avg=1.0, peak=3.0)
-        dev_s = Scenario("new dev instance -> stop", dev, t0)
+        dev_s = Scenario("new dev instance -> stop", dev, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         name = f"orders-{uid}"
         db = sim.create_database(name, "db.m5.large", {"env": "staging", "team": "orders"})
         sim.modify_database(name, "db.m5.xlarge")
         sim.put_cpu("AWS/RDS", "DBInstanceIdentifier", name, avg=5.0, peak=12.0)
-        db_s = Scenario("resized database -> rightsize, approval", db, t0)
+        db_s = Scenario("resized database -> rightsize, approval", db, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         disk = sim.create_volume(2000, "gp3", {"env": "dev", "team": f"data-{uid}"})
-        disk_s = Scenario("unattached disk -> snapshot and delete", disk, t0)
+        disk_s = Scenario("unattached disk -> snapshot and delete", disk, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         team = f"diffuse-{uid}"
         for _ in range(DIFFUSE_DISKS):
             sim.create_volume(20, "gp3", {"env": "dev", "team": team})
-        diffuse_s = Scenario("diffuse team increase -> unmapped", team, t0)
+        diffuse_s = Scenario("diffuse team increase -> unmapped", team, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         protected = sim.run_instance(
             "m5.xlarge", {"env": "dev", "team": f"web-{uid}", "cct.io/protect": "true"}
         )
         sim.put_cpu("AWS/EC2", "InstanceId", protected, avg=1.0, peak=3.0)
-        protected_s = Scenario("protected dev instance -> policy denies", protected, t0)
+        protected_s = Scenario("protected dev instance -> policy denies", protected, t0, wall)
         yield Launched(uid, account, aws_leases, watch, dev_s, db_s, disk_s, diffuse_s, protected_s)
 
 
@@ -166,8 +166,8 @@ def paged(stack: Stack, s: Scenario) -> dict[str, Any]:
 
 
 def on_kafka(watch: TopicWatch, s: Scenario, label: str = "resource_id") -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        found = watch.find(
+    def check() -> tuple[float, dict[str, Any]] | None:
+        found = watch.find_timed(
             contract.TOPIC_ANOMALIES,
             lambda e: (
                 e["type"] == contract.DETECTED and e["data"]["labels"].get(label) == s.resource_id
@@ -175,7 +175,7 @@ def on_kafka(watch: TopicWatch, s: Scenario, label: str = "resource_id") -> dict
         )
         return found[0] if found else None
 
-    event: dict[str, Any] = s.hop("CloudEvent on Kafka", check)
+    _, event = s.hop("CloudEvent on Kafka", check, at=lambda found: found[0])
     assert event["specversion"] == "1.0"
     assert set(contract.EVENT_DATA_KEYS) <= set(event["data"])
     return event
