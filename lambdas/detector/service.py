@@ -783,7 +783,7 @@ class Detector:
         resources, else a reported child with most of the increase; empty when it is
         diffuse and so its own cause."""
         roots = root_causes(
-            contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact_usd_per_hour
+            contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact("resource")
         )
         out = []
         for c in roots:
@@ -868,7 +868,7 @@ class Detector:
             if not report.adopted:
                 continue
             hold = report.expected + cfg.hold_fraction * max(
-                report.adopted_delta, cfg.min_impact_usd_per_hour
+                report.adopted_delta, cfg.min_impact(report.key.level)
             )
             report.normal_ticks = 0 if value >= hold else report.normal_ticks + 1
             if report.normal_ticks >= cfg.resolve_after_ticks:
