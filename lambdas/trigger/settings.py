@@ -52,7 +52,7 @@ class TriggerSettings:
         objects are created and run by their own runner processes, as Argo would
         (`lambdas/trigger/detached.py`); unset, the local backend runs each playbook inside
         the consumer, one at a time (tests).
-    host, port: CCT_TRIGGER_HOST (default 0.0.0.0) and CCT_TRIGGER_PORT (default 8080) for
+    host, port: CCT_TRIGGER_HOST (default 127.0.0.1) and CCT_TRIGGER_PORT (default 18084) for
         /healthz and /metrics.
     max_poll_interval_ms: CCT_TRIGGER_MAX_POLL_INTERVAL_MS. The local backend runs a whole
         playbook per event (execute may take 30 min), so its default is 1 h; Argo submission
@@ -131,8 +131,8 @@ class TriggerSettings:
                 else None
             ),
             # The trigger runs in a pod; its probes and scrapes come from the cluster.
-            host=env_str("CCT_TRIGGER_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_TRIGGER_PORT", 8080),
+            host=env_str("CCT_TRIGGER_HOST", "127.0.0.1"),
+            port=env_int("CCT_TRIGGER_PORT", 18084),
             max_poll_interval_ms=env_int("CCT_TRIGGER_MAX_POLL_INTERVAL_MS", poll_default),
             session_timeout_ms=env_int("CCT_TRIGGER_SESSION_TIMEOUT_MS", 10_000),
             retry_max_backoff_s=env_float("CCT_TRIGGER_RETRY_MAX_BACKOFF_S", 30.0),

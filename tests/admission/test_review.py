@@ -330,7 +330,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CCT_ADMISSION_TLS_CERT", "/tls/tls.crt")
     monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", "/tls/tls.key")
     settings = AdmissionSettings.from_env()
-    assert (settings.port, settings.metrics_port, settings.failure_mode) == (8443, 8080, "closed")
+    assert (settings.port, settings.metrics_port, settings.failure_mode) == (18443, 18085, "closed")
     assert "cct-rightsize-database" in settings.approval_templates
 
 
