@@ -38,8 +38,10 @@ from lambdas.events.cloudevents import encode, unmapped_event
 from lambdas.events.producer import ProducerSlot
 from lambdas.policy import PolicyLoadError, load_policy_set
 from lambdas.store.db import PoolConnections, open_pool
+from lambdas.trigger.admission import AdmissionCallSettings, AdmissionClient
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.backends import Backend
+from lambdas.trigger.detached import DetachedLocalBackend
 from lambdas.trigger.local import LocalBackend
 from lambdas.trigger.mapping import MappingError, load_mapping
 from lambdas.trigger.processor import Handled, Processor, Stopping
@@ -318,7 +320,13 @@ class TriggerService:
 
 def make_backend(settings: TriggerSettings) -> Backend:
     if settings.backend == "local":
-        return LocalBackend(command=settings.step_command)
+        call = AdmissionCallSettings.from_env(settings.namespace)
+        admission = AdmissionClient(call) if call is not None else None
+        if settings.local_state_dir is not None:
+            return DetachedLocalBackend(
+                settings.local_state_dir, command=settings.step_command, admission=admission
+            )
+        return LocalBackend(command=settings.step_command, admission=admission)
     kube = KubeSettings(
         namespace=settings.namespace,
         api_url=settings.kube_api_url,

@@ -51,6 +51,10 @@ class TriggerSettings:
     kube_timeout_s: CCT_KUBE_TIMEOUT_S, default 10 s per API call.
     step_command: CCT_TRIGGER_STEP_COMMAND, default `cct`: how the local backend runs
         `<command> step NAME`.
+    local_state_dir: CCT_TRIGGER_LOCAL_STATE_DIR: with the local backend, where workflow
+        objects are created and run by their own runner processes, as Argo would
+        (`lambdas/trigger/detached.py`); unset, the local backend runs each playbook inside
+        the consumer, one at a time (tests).
     host, port: CCT_TRIGGER_HOST (default 127.0.0.1) and CCT_TRIGGER_PORT (default 18084) for
         /healthz and /metrics.
     max_poll_interval_ms: CCT_TRIGGER_MAX_POLL_INTERVAL_MS. The local backend runs a whole
@@ -85,6 +89,7 @@ class TriggerSettings:
     kube_ca_file: str | None
     kube_timeout_s: float
     step_command: tuple[str, ...]
+    local_state_dir: Path | None
     host: str
     port: int
     max_poll_interval_ms: int
@@ -123,6 +128,11 @@ class TriggerSettings:
             kube_ca_file=os.environ.get("CCT_KUBE_CA_FILE") or None,
             kube_timeout_s=env_float("CCT_KUBE_TIMEOUT_S", 10.0),
             step_command=tuple(shlex.split(env_str("CCT_TRIGGER_STEP_COMMAND", "cct"))),
+            local_state_dir=(
+                Path(os.environ["CCT_TRIGGER_LOCAL_STATE_DIR"]).resolve()
+                if os.environ.get("CCT_TRIGGER_LOCAL_STATE_DIR")
+                else None
+            ),
             # The trigger runs in a pod; its probes and scrapes come from the cluster.
             host=env_str("CCT_TRIGGER_HOST", "127.0.0.1"),
             port=env_int("CCT_TRIGGER_PORT", 18084),
