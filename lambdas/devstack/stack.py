@@ -40,6 +40,7 @@ import yaml
 from lambdas import contract
 from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
 from lambdas.detector.rules import RulesSettings, load_budgets, render_vmalert_rules
+from lambdas.trigger.local import STEP_ENV_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / ".local"
@@ -202,64 +203,143 @@ def base_env() -> dict[str, str]:
     }
 
 
-def admission_tls() -> tuple[Path, Path, Path]:
-    """A local CA and a loopback server certificate for the admission webhook (in the
-    cluster cert-manager issues them), made once."""
+# The local backend plays the API server when it asks the webhook (lambdas/trigger/admission.py),
+# so it presents the client certificate the API server's AdmissionConfiguration would.
+ADMISSION_CLIENT_NAME = "cct-local-apiserver"
+
+
+@dataclass(frozen=True)
+class AdmissionTls:
+    ca: Path  # signed the webhook's serving certificate (the caBundle)
+    cert: Path
+    key: Path
+    client_ca: Path  # the only CA whose client certificates the webhook accepts
+    client_cert: Path
+    client_key: Path
+
+
+def admission_tls() -> AdmissionTls:
+    """Local CAs, a loopback serving certificate for the admission webhook and the API
+    server's client certificate (in the cluster the bundle issues them), made once."""
     import datetime as dt
     import ipaddress
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory = SECRETS / "admission-tls"
-    ca_path, cert_path, key_path = (directory / n for n in ("ca.crt", "tls.crt", "tls.key"))
-    if cert_path.exists() and key_path.exists() and ca_path.exists():
-        return ca_path, cert_path, key_path
+    files = AdmissionTls(
+        *(
+            directory / n
+            for n in ("ca.crt", "tls.crt", "tls.key", "client-ca.crt", "client.crt", "client.key")
+        )
+    )
+    if all(Path(f).exists() for f in vars(files).values()):
+        return files
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cct-local-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cct-admission")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-            ),
-            critical=False,
+
+    def ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256())
         )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+        return key, cert
+
+    def leaf(
+        issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+        name: str,
+        *,
+        sans: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        cert_path: Path,
+        key_path: Path,
+    ) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer[1].subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(issuer[0], hashes.SHA256())
         )
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+
+    server_ca, client_ca = ca("cct-local-ca"), ca("cct-local-apiserver-client-ca")
+    leaf(
+        server_ca,
+        "cct-admission",
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))],
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        cert_path=files.cert,
+        key_path=files.key,
     )
-    key_path.chmod(0o600)
-    return ca_path, cert_path, key_path
+    leaf(
+        client_ca,
+        ADMISSION_CLIENT_NAME,
+        sans=[x509.DNSName(ADMISSION_CLIENT_NAME)],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        cert_path=files.client_cert,
+        key_path=files.client_key,
+    )
+    files.ca.write_bytes(server_ca[1].public_bytes(serialization.Encoding.PEM))
+    files.client_ca.write_bytes(client_ca[1].public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def kafka_env(user: str) -> dict[str, str]:
+    """The CCT_KAFKA_* identity of one principal of the local broker (scripts/services creates
+    a SCRAM user and ACLs per handler from lambdas.common.kafka.HANDLER_GRANTS)."""
+    files = services()["kafka"].get("password_files") or {}
+    if user not in files:
+        raise StackError(
+            f"kafka: no credentials for {user!r};"
+            " restart it: scripts/services down kafka && make up"
+        )
+    return {
+        "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "CCT_KAFKA_USERNAME": user,
+        "CCT_KAFKA_PASSWORD_FILE": str(files[user]),
+    }
+
+
+def admin_kafka() -> dict[str, Any]:
+    """aiokafka keyword arguments for the stack's own tools (topics, status): the broker's
+    super user, never a handler's identity."""
+    from lambdas.common.kafka import KafkaAuth
+
+    env = kafka_env("admin")
+    auth = KafkaAuth(
+        services()["kafka"]["bootstrap"],
+        env["CCT_KAFKA_USERNAME"],
+        Path(env["CCT_KAFKA_PASSWORD_FILE"]),
+        "SASL_PLAINTEXT",
+    )
+    return auth.client_kwargs()
 
 
 def local_playbooks() -> Path:
@@ -309,7 +389,7 @@ def parts() -> list[Part]:
 
     zenduty_url_file.write_text(integration_url(url("zenduty"), zenduty_key.read_text().strip()))
     zenduty_url_file.chmod(0o600)
-    ca, cert, key = admission_tls()
+    tls = admission_tls()
     step_env = {
         # What a step pod gets: Vault's address, its Kubernetes-auth role and the token file
         # that plays its service-account token; cloud APIs at the simulator.
@@ -370,6 +450,7 @@ def parts() -> list[Part]:
             url("bridge", "/healthz"),
             env={
                 **env,
+                **kafka_env("bridge"),
                 "CCT_BRIDGE_PORT": str(PORTS["bridge"]),
                 "CCT_BRIDGE_TOKEN_FILE": str(bridge_token),
                 "CCT_ZENDUTY_URL_FILE": str(zenduty_url_file),
@@ -379,10 +460,10 @@ def parts() -> list[Part]:
         Part(
             "detector",
             [CCT, "serve", "detector"],
-            url("detector", "/healthz"),
+            url("detector", "/readyz"),
             env={
                 **env,
-                "CCT_DETECTOR_HTTP_PORT": str(PORTS["detector"]),
+                "CCT_DETECTOR_PORT": str(PORTS["detector"]),
                 # A fresh local stack has no history worth loading.
                 "CCT_DETECTOR_BOOTSTRAP_HOURS": "0",
                 **DETECTOR_SCALE,
@@ -396,8 +477,10 @@ def parts() -> list[Part]:
             env={
                 **env,
                 "CCT_POLICY_DIR": str(ROOT / "policies" / "optimization"),
-                "CCT_ADMISSION_TLS_CERT": str(cert),
-                "CCT_ADMISSION_TLS_KEY": str(key),
+                "CCT_ADMISSION_TLS_CERT": str(tls.cert),
+                "CCT_ADMISSION_TLS_KEY": str(tls.key),
+                "CCT_ADMISSION_CLIENT_CA": str(tls.client_ca),
+                "CCT_ADMISSION_CLIENT_NAMES": ADMISSION_CLIENT_NAME,
                 "CCT_ADMISSION_PORT": str(PORTS["admission"]),
                 "CCT_ADMISSION_METRICS_PORT": str(PORTS["admission-ops"]),
             },
@@ -413,6 +496,9 @@ def parts() -> list[Part]:
             env={
                 **env,
                 **step_env,
+                **kafka_env("trigger"),
+                # Each step runs as the steps' own Kafka user, as a step pod would.
+                **{f"{STEP_ENV_PREFIX}{k}": v for k, v in kafka_env("steps").items()},
                 "CCT_TRIGGER_PORT": str(PORTS["trigger"]),
                 "CCT_TRIGGER_BACKEND": "local",
                 "CCT_TRIGGER_STEP_COMMAND": CCT,
@@ -422,7 +508,9 @@ def parts() -> list[Part]:
                 "CCT_POLICIES_DIR": str(ROOT / "policies" / "optimization"),
                 # Where the local backend asks for admission, as the API server would.
                 "CCT_TRIGGER_ADMISSION_URL": f"https://{HOST}:{PORTS['admission']}/validate",
-                "CCT_TRIGGER_ADMISSION_CA_FILE": str(ca),
+                "CCT_TRIGGER_ADMISSION_CA_FILE": str(tls.ca),
+                "CCT_TRIGGER_ADMISSION_CERT_FILE": str(tls.client_cert),
+                "CCT_TRIGGER_ADMISSION_KEY_FILE": str(tls.client_key),
             },
             shows={"metrics": url("trigger", "/metrics"), "workflows": str(LOCAL / "workflows")},
         ),
@@ -471,7 +559,7 @@ def create_topics(bootstrap: str) -> None:
     from aiokafka.errors import TopicAlreadyExistsError
 
     async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**admin_kafka())
         await admin.start()
         try:
             existing = set(await admin.list_topics())

@@ -48,9 +48,13 @@ def trigger_lag(bootstrap: str, group: str = "cct-trigger") -> int | None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from lambdas.devstack.stack import admin_kafka
+
+    kwargs = {**admin_kafka(), "bootstrap_servers": bootstrap}
+
     async def lag() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**kwargs)
+        consumer = AIOKafkaConsumer(**kwargs)
         await admin.start()
         await consumer.start()
         try:

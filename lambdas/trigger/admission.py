@@ -42,12 +42,17 @@ class AdmissionCallSettings:
         backend runs workflows without admission (as a cluster without the webhook would).
     ca_file: CCT_TRIGGER_ADMISSION_CA_FILE, the CA that signed the webhook's certificate (the
         webhook configuration's caBundle); required with the URL.
+    cert_file / key_file: CCT_TRIGGER_ADMISSION_CERT_FILE / _KEY_FILE, the client certificate
+        the API server presents (the webhook accepts only its callers' certificates); both or
+        neither.
     timeout_s: CCT_TRIGGER_ADMISSION_TIMEOUT_S, default 10 s (the API server's default).
     namespace: the Workflow's namespace, as the Argo backend would create it.
     """
 
     url: str
     ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
     timeout_s: float = 10.0
     namespace: str = "cct-system"
 
@@ -61,9 +66,20 @@ class AdmissionCallSettings:
         ca_file = os.environ.get("CCT_TRIGGER_ADMISSION_CA_FILE") or ""
         if not ca_file or not os.path.isfile(ca_file):
             raise SettingsError("CCT_TRIGGER_ADMISSION_CA_FILE must name the webhook CA's PEM file")
+        cert_file = os.environ.get("CCT_TRIGGER_ADMISSION_CERT_FILE") or None
+        key_file = os.environ.get("CCT_TRIGGER_ADMISSION_KEY_FILE") or None
+        if (cert_file is None) != (key_file is None):
+            raise SettingsError(
+                "CCT_TRIGGER_ADMISSION_CERT_FILE and CCT_TRIGGER_ADMISSION_KEY_FILE go together"
+            )
+        for name, path in (("CERT", cert_file), ("KEY", key_file)):
+            if path is not None and not os.path.isfile(path):
+                raise SettingsError(f"CCT_TRIGGER_ADMISSION_{name}_FILE={path!r} is not a file")
         return cls(
             url=target,
             ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
             timeout_s=env_float("CCT_TRIGGER_ADMISSION_TIMEOUT_S", 10.0),
             namespace=namespace,
         )
@@ -98,6 +114,8 @@ class AdmissionClient:
     def __init__(self, settings: AdmissionCallSettings) -> None:
         self.settings = settings
         self.context = ssl.create_default_context(cafile=settings.ca_file)
+        if settings.cert_file and settings.key_file:
+            self.context.load_cert_chain(settings.cert_file, settings.key_file)
 
     def review(self, run: WorkflowRun) -> str | None:
         """None when admitted; the webhook's message when it refused the Workflow."""

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from lambdas.trigger.admission import AdmissionClient
 from lambdas.trigger.backends import RetryableSubmitError, Submission
 from lambdas.trigger.core import WorkflowRun
-from lambdas.trigger.local import LocalBackend
+from lambdas.trigger.local import LocalBackend, step_environment
 
 
 def _alive(pid: int) -> bool:
@@ -60,7 +60,7 @@ class DetachedLocalBackend:
         self.state_dir = state_dir
         self.command = list(command)
         self.admission = admission
-        self.env = dict(env) if env is not None else None
+        self.env = dict(env) if env is not None else step_environment(os.environ)
         # Runner processes this backend started; finished ones are reaped on each submit.
         self.runners: list[subprocess.Popen[bytes]] = []
         state_dir.mkdir(parents=True, exist_ok=True)

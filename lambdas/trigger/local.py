@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,24 @@ class StepResult:
         return f"step {self.step} exited {self.exit_code}"
 
 
+# `CCT_STEPENV_<NAME>=value` in the trigger's environment becomes `<NAME>=value` in each
+# step's: a step pod has an identity of its own (e.g. its Kafka user), which the local
+# backend's step processes would otherwise inherit from the trigger.
+STEP_ENV_PREFIX = "CCT_STEPENV_"
+
+
+def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if not k.startswith(STEP_ENV_PREFIX)}
+    env.update(
+        {
+            k.removeprefix(STEP_ENV_PREFIX): v
+            for k, v in environ.items()
+            if k.startswith(STEP_ENV_PREFIX)
+        }
+    )
+    return env
+
+
 class LocalBackend:
     name: Literal["local"] = "local"
 
@@ -56,7 +75,7 @@ class LocalBackend:
         self.command = list(command)
         # Plays the API server's call to the admission webhook (lambdas/trigger/admission.py).
         self.admission = admission
-        self.env = dict(env) if env is not None else None
+        self.env = dict(env) if env is not None else step_environment(os.environ)
         self.sleep = sleep
 
     def submit(self, run: WorkflowRun) -> Submission:

@@ -20,6 +20,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 
 from lambdas.devstack.cloud import AwsSimulator
+from lambdas.devstack.stack import admin_kafka
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_FILE = ROOT / ".local" / "stack.json"
@@ -130,7 +131,7 @@ class TopicWatch:
     async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
             *self.topics,
-            bootstrap_servers=self.bootstrap,
+            **{**admin_kafka(), "bootstrap_servers": self.bootstrap},
             group_id=None,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
