@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: focus-venv venv services services-down services-status lint test unit bench render-alertmanager
+.PHONY: focus-venv venv services services-down services-status lint test unit bench render-alertmanager up down e2e
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -27,6 +27,18 @@ STACK ?= dev
 render-alertmanager: venv
 	@$(PY) -m infra.render alertmanager --stack $(STACK)
 
+# The whole pipeline on this machine (docs/local-stack.md): services, schema, prices, topics,
+# every handler and the local stand-ins. Returns when all are healthy; `cct status` shows them.
+up: venv
+	@scripts/up up
+
+down:
+	@test -x $(PY) && scripts/up down || python3 scripts/services down
+
+# The system test against the stack `make up` started (also part of `make test`).
+e2e: up
+	$(VENV)/bin/pytest tests/e2e -m e2e
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,7 +50,7 @@ focus-venv:
 	@scripts/focus-venv
 
 # The README's test command: installs, starts the real services, lints, runs everything.
-test: venv services focus-venv lint
+test: venv services focus-venv lint up
 	$(VENV)/bin/pytest
 
 unit: venv
@@ -54,7 +66,7 @@ demo: venv
 	@echo "demo report: file://$(CURDIR)/$(DEMO)/report.html"
 
 # Benchmarks print figures (medians, ratios against in-run baselines); they assert nothing.
-bench: venv services
+bench: venv up
 	@set -e; for b in benchmarks/*.py; do \
 	  case "$$b" in */_*) continue;; esac; \
 	  m=$$(basename $$b .py); echo "=== benchmarks.$$m"; $(PY) -m benchmarks.$$m; done

@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "billing": ("lambdas.billing.cli:billing", "Load FOCUS billing exports and reconcile."),
     "prices": ("lambdas.pricing.cli:prices", "Load the providers' public price lists."),
     "policy": ("lambdas.policy.cli:policy", "Validate, test and explain optimization policies."),
+    "status": (
+        "lambdas.devstack.status:status",
+        "Health and lag of every part of the local stack (`make up`).",
+    ),
 }
 
 # handler -> ("module:function", one-line help)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str, kafka_bootstrap
+from lambdas.contract import TOPIC_ANOMALIES
 from lambdas.events.cloudevents import EventLimits
 
 
@@ -78,7 +79,7 @@ class BridgeSettings:
             raise SettingsError("CCT_ZENDUTY_URL_FILE must hold an http(s) URL")
         return cls(
             kafka_bootstrap=kafka_bootstrap(),
-            topic=env_str("CCT_BRIDGE_TOPIC", "cct.cost.anomalies"),
+            topic=env_str("CCT_BRIDGE_TOPIC", TOPIC_ANOMALIES),
             token=read_secret("CCT_BRIDGE_TOKEN_FILE", token_file),
             zenduty_url=zenduty_url,
             # The bridge runs in a pod and must accept the cluster's traffic.

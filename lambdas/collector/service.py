@@ -55,6 +55,7 @@ from lambdas.common.settings import (
     pg_dsn_source,
     vm_write_url,
 )
+from lambdas.contract import TAG_LABELS
 from lambdas.ingest.exposition import body
 from lambdas.pricing.catalog import PriceBook
 from lambdas.store import inventory as store
@@ -98,7 +99,7 @@ class CollectorSettings:
     # Reload the price catalog and reconciliation factors this often.
     refresh_s: float = 60.0
     # Resource tags that become labels (cardinality control); lower-case tag keys.
-    tag_labels: tuple[str, ...] = ("team", "env")
+    tag_labels: tuple[str, ...] = TAG_LABELS
     # Full AWS inventory sync for drift: interval (0 = off) and regions.
     sync_interval_s: float = 0.0
     sync_aws_regions: tuple[str, ...] = ()
@@ -151,7 +152,7 @@ class CollectorSettings:
             cache_resources=env_int("CCT_COLLECTOR_CACHE_RESOURCES", 200_000),
             heartbeat_s=env_float("CCT_COLLECTOR_HEARTBEAT_S", 15.0),
             refresh_s=env_float("CCT_COLLECTOR_REFRESH_S", 60.0),
-            tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", "team,env"),
+            tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", ",".join(TAG_LABELS)),
             sync_interval_s=env_float("CCT_COLLECTOR_SYNC_INTERVAL_S", 0.0),
             sync_aws_regions=csv("CCT_COLLECTOR_SYNC_AWS_REGIONS", ""),
             sync_aws_billing_account_id=os.environ.get(

@@ -11,23 +11,11 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 from lambdas.common.settings import SettingsError, env_float, env_int
+from lambdas.contract import LEVEL_LABELS, SEVERITIES
 
-# Aggregation levels, coarsest first, with the labels that identify one series of the level.
-# The service level is scoped to one account so that it is a true child of the account level.
-LEVEL_LABELS: dict[str, tuple[str, ...]] = {
-    "account": ("provider", "billing_account_id"),
-    "service": ("provider", "billing_account_id", "region_id", "service_name"),
-    "team": ("team",),
-    "resource": (
-        "provider",
-        "billing_account_id",
-        "region_id",
-        "service_name",
-        "team",
-        "resource_id",
-    ),
-}
-SEVERITIES = ("info", "warning", "critical")
+__all__ = ["CHILD_LEVEL", "LEVEL_LABELS", "SEVERITIES", "DetectionConfig", "SeriesKey"]
+
+# Aggregation levels and their identifying labels are the anomaly contract's (lambdas.contract).
 # Attribution walks these edges: an anomaly at the key level is explained by its children.
 CHILD_LEVEL: dict[str, str] = {"account": "service", "service": "resource", "team": "resource"}
 

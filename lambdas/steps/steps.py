@@ -66,7 +66,19 @@ def _action(inp: StepInput) -> Action:
 def _base(inp: StepInput) -> dict[str, Any]:
     """The parameters every action of the provider reads a resource by."""
     p = inp.parameters
-    return {"resource_id": p.resource_id, **({"region": p.region} if p.provider == "aws" else {})}
+    return {
+        "resource_id": api_resource_id(p.provider, p.resource_id),
+        **({"region": p.region} if p.provider == "aws" else {}),
+    }
+
+
+def api_resource_id(provider: str, resource_id: str) -> str:
+    """How the provider's API names a resource that CloudTrail and the collector name by
+    ARN: RDS's ModifyDBInstance takes the instance identifier, never the ARN
+    (`arn:aws:rds:<region>:<account>:db:<identifier>`). Other ids pass unchanged."""
+    if provider == "aws" and resource_id.startswith("arn:aws:rds:") and ":db:" in resource_id:
+        return resource_id.rsplit(":db:", 1)[1]
+    return resource_id
 
 
 def _run_row(inp: StepInput, settings: StepSettings) -> store.RunRow:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lambdas.steps.playbooks import EXIT_OK, EXIT_RETRYABLE, PLAYBOOKS, Playbook
+from lambdas.trigger.admission import AdmissionClient
 from lambdas.trigger.backends import Submission
 from lambdas.trigger.core import WorkflowRun
 
@@ -50,13 +51,21 @@ class LocalBackend:
         command: Sequence[str] = ("cct",),
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        admission: AdmissionClient | None = None,
     ) -> None:
         self.command = list(command)
+        # Plays the API server's call to the admission webhook (lambdas/trigger/admission.py).
+        self.admission = admission
         self.env = dict(env) if env is not None else None
         self.sleep = sleep
 
     def submit(self, run: WorkflowRun) -> Submission:
-        """Run every step; detail is `completed`, `awaiting_approval` or `failed`."""
+        """Run every step; detail is `completed`, `awaiting_approval` or `failed`, or the
+        webhook's message when admission denied the workflow."""
+        if self.admission is not None:
+            denial = self.admission.review(run)
+            if denial is not None:
+                return Submission("denied", denial)
         playbook = PLAYBOOKS[run.playbook]
         previous: dict[str, Any] = {}
         for step in playbook.steps:

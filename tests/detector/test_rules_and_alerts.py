@@ -171,7 +171,7 @@ def test_alert_has_the_contract_labels_and_annotations() -> None:
         observed=100.0,
         deviation=0.6667,
         baseline="day0_reference",
-        contributors=[contributor],
+        contributors=[contributor.as_json()],
         change_events=[],
     )
     ann = alert["annotations"]

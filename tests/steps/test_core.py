@@ -278,3 +278,13 @@ def test_redactor_hides_registered_secrets_only() -> None:
 def test_retry_delay_is_exponential_and_capped() -> None:
     policy = RetryPolicy(limit=4, backoff_s=5, factor=2, max_backoff_s=30)
     assert [policy.delay(n) for n in (1, 2, 3, 4)] == [5, 10, 20, 30]
+
+
+def test_rds_resources_named_by_arn_are_called_by_identifier() -> None:
+    from lambdas.steps.steps import api_resource_id
+
+    # The collector names a database by the ARN CloudTrail reports; RDS's API wants the id.
+    arn = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
+    assert api_resource_id("aws", arn) == "orders-db"
+    assert api_resource_id("aws", "i-0123456789abcdef0") == "i-0123456789abcdef0"
+    assert api_resource_id("azure", arn) == arn
