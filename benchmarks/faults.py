@@ -279,31 +279,25 @@ def _hops(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items() if v) or "-"
 
 
-def print_table(results: list[Result]) -> None:
-    head = (
-        f"{'fault':24} {'sent':>5} {'stored':>6} {'alerted':>7} {'workflows':>9} "
-        f"{'lost':>4} {'dup':>4} {'fault s':>7} {'settle s':>8}  where"
+HEAD = (
+    f"{'fault':24} {'sent':>5} {'stored':>6} {'alerted':>7} {'workflows':>9} "
+    f"{'lost':>4} {'dup':>4} {'fault s':>7} {'settle s':>8}  where"
+)
+
+
+def row(r: Result) -> str:
+    where = "; ".join(
+        x
+        for x in (
+            f"lost: {_hops(r.lost)}" if r.lost_total else "",
+            f"dup: {_hops(r.duplicated)}" if r.duplicated_total else "",
+            *r.errors[:2],
+        )
+        if x
     )
-    print(head)
-    print("-" * len(head))
-    for r in results:
-        where = "; ".join(
-            x
-            for x in (
-                f"lost: {_hops(r.lost)}" if r.lost_total else "",
-                f"dup: {_hops(r.duplicated)}" if r.duplicated_total else "",
-                *r.errors[:2],
-            )
-            if x
-        )
-        print(
-            f"{r.fault:24} {r.sent:5d} {r.stored:6d} {r.alerted:7d} {r.workflows:9d} "
-            f"{r.lost_total:4d} {r.duplicated_total:4d} {r.fault_s:7.1f} {r.settle_s:8.1f}  "
-            f"{where}"
-        )
-    print(
-        f"total: lost {sum(r.lost_total for r in results)}, "
-        f"duplicated {sum(r.duplicated_total for r in results)} over {len(results)} fault runs"
+    return (
+        f"{r.fault:24} {r.sent:5d} {r.stored:6d} {r.alerted:7d} {r.workflows:9d} "
+        f"{r.lost_total:4d} {r.duplicated_total:4d} {r.fault_s:7.1f} {r.settle_s:8.1f}  {where}"
     )
 
 
@@ -320,7 +314,15 @@ def main() -> None:
     if bad:
         raise SystemExit(f"the local stack is not healthy: {bad}; run `make up`")
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    results = []
+    # A timeout's SIGTERM must still run drop()'s SIGCONT.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results: list[Result] = []
+    print(
+        f"faults on the local stack ({args.events} new instances per fault, one every "
+        f"{args.interval}s; drop = SIGSTOP for {args.drop}s)"
+    )
+    print(HEAD)
+    print("-" * len(HEAD), flush=True)
     with TopicWatch(stack.bootstrap, (contract.TOPIC_ANOMALIES,)) as watch:
         for fault in faults:
             r = run_fault(
@@ -333,15 +335,11 @@ def main() -> None:
                 settle_s=args.settle,
             )
             results.append(r)
-            print(
-                f"# {fault}: lost {r.lost_total}, duplicated {r.duplicated_total}",
-                flush=True,
-            )
+            print(row(r), flush=True)
     print(
-        f"faults on the local stack ({args.events} new instances per fault, one every "
-        f"{args.interval}s; drop = SIGSTOP for {args.drop}s)"
+        f"total: lost {sum(r.lost_total for r in results)}, "
+        f"duplicated {sum(r.duplicated_total for r in results)} over {len(results)} fault runs"
     )
-    print_table(results)
 
 
 if __name__ == "__main__":
