@@ -13,7 +13,12 @@ from benchmarks.faults import run_fault
 from lambdas import contract
 from tests.e2e.stack import Stack, TopicWatch
 
-pytestmark = [pytest.mark.services, pytest.mark.e2e]
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.e2e,
+    # The restarted handler is started as `make up` starts it and outlives the test on purpose.
+    pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning"),
+]
 
 
 @pytest.fixture(scope="module")
