@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: focus-venv venv services services-down services-status lint test unit bench render-alertmanager up down e2e
+.PHONY: focus-venv venv services services-down services-status lint test unit bench up down e2e render-alertmanager
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -22,11 +22,6 @@ services-down:
 services-status:
 	@python3 scripts/services status
 
-# What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
-STACK ?= dev
-render-alertmanager: venv
-	@$(PY) -m infra.render alertmanager --stack $(STACK)
-
 # The whole pipeline on this machine (docs/local-stack.md): services, schema, prices, topics,
 # every handler and the local stand-ins. Returns when all are healthy; `cct status` shows them.
 up: venv
@@ -38,6 +33,11 @@ down:
 # The system test against the stack `make up` started (also part of `make test`).
 e2e: up
 	$(VENV)/bin/pytest tests/e2e -m e2e
+
+# What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
+STACK ?= dev
+render-alertmanager: venv
+	@$(PY) -m infra.render alertmanager --stack $(STACK)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ present under the CLI. Every error names the full key (`cct:<key>`) and what is 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -85,6 +86,8 @@ class Settings:
     zenduty_integration_key: pulumi.Output[str]
     grafana_hostname: str | None
     webhook_failure_policy: str
+    # The API server's source addresses: the only peers the webhook's NetworkPolicy admits.
+    apiserver_cidrs: tuple[str, ...]
     # Budgets YAML (relative to the project root) rendered into vmalert rules; None: none.
     budgets_file: str | None
     vault: VaultSettings
@@ -133,6 +136,19 @@ class _Reader:
         if value not in choices:
             raise ConfigError(f"{self._name(key)}={value!r} must be one of {', '.join(choices)}")
         return value
+
+    def cidrs(self, key: str) -> tuple[str, ...]:
+        """Comma-separated CIDRs, none of them 0.0.0.0/0 or ::/0."""
+        found: list[str] = []
+        for text in self.string(key).split(","):
+            try:
+                network = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{self._name(key)}: {text.strip()!r} is not a CIDR") from None
+            if network.prefixlen == 0:
+                raise ConfigError(f"{self._name(key)}: {network} admits anyone")
+            found.append(str(network))
+        return tuple(found)
 
     def dns_label(self, key: str) -> str:
         value = self.string(key)
@@ -234,6 +250,7 @@ def load(source: ConfigSource) -> Settings:
         zenduty_integration_key=r.secret("zendutyIntegrationKey"),
         grafana_hostname=r.optional("grafanaHostname"),
         webhook_failure_policy=r.choice("webhookFailurePolicy", WEBHOOK_FAILURE_POLICIES),
+        apiserver_cidrs=r.cidrs("apiServerCidrs"),
         budgets_file=r.optional("budgetsFile"),
         vault=vault,
         aws=aws,

@@ -12,10 +12,11 @@ import yaml
 
 from components.alertmanager import SECRETS_DIR as ALERTMANAGER_SECRETS_DIR
 from components.handlers import HTTP_PORT
+from components.kafka import ca_secret, user_secret
 from infra.config import Settings
 from infra.content import Content, Forwarder, RemediationPermissions
 from infra.stack import STEPS_SERVICE_ACCOUNT
-from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
+from lambdas.alerting.config import bundle_routing, render_alertmanager_config
 from lambdas.detector.rules import RulesSettings, load_budgets, render_vmalert_rules
 from lambdas.forwarders.aws import event_pattern
 from lambdas.forwarders.gcp import log_sink_filter
@@ -93,13 +94,8 @@ def _yaml_files(directory: Path) -> dict[str, str]:
 def alertmanager_config(namespace: str) -> str:
     """The Alertmanager configuration a stack deploys into `namespace` (also printed by
     `python -m infra.render alertmanager`)."""
-    bridge = f"http://bridge.{namespace}.svc:{HTTP_PORT}"
     return render_alertmanager_config(
-        AlertRoutingSettings(
-            bridge_url=f"{bridge}/v1/alerts",
-            zenduty_relay_url=f"{bridge}/v1/relay/zenduty",
-            token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
-        )
+        bundle_routing(namespace, HTTP_PORT, f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}")
     )
 
 
@@ -117,7 +113,13 @@ def collect(settings: Settings) -> Content:
         alertmanager_config=alertmanager_config(ns),
         alertmanager_token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
         workflow_templates=[
-            workflow_template(p, ns, image=settings.image, service_account=STEPS_SERVICE_ACCOUNT)
+            workflow_template(
+                p,
+                ns,
+                image=settings.image,
+                service_account=STEPS_SERVICE_ACCOUNT,
+                kafka_secrets=(user_secret("steps"), ca_secret()),
+            )
             for p in PLAYBOOKS.values()
         ],
         remediation=remediation_permissions(ACTIONS.values()),

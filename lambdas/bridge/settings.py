@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambdas.common.kafka import KafkaAuth
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str, kafka_bootstrap
 from lambdas.contract import TOPIC_ANOMALIES
 from lambdas.events.cloudevents import EventLimits
@@ -23,14 +24,16 @@ def read_secret(variable: str, path: str) -> str:
 @dataclass(frozen=True)
 class BridgeSettings:
     """
-    kafka_bootstrap: CCT_KAFKA_BOOTSTRAP, brokers to produce to.
+    kafka: CCT_KAFKA_BOOTSTRAP, brokers to produce to, and the bridge's Kafka identity
+        (CCT_KAFKA_USERNAME, CCT_KAFKA_PASSWORD_FILE, ...: `lambdas.common.kafka.KafkaAuth`);
+        only this identity may write the anomalies topic.
     topic: CCT_BRIDGE_TOPIC, default `cct.cost.anomalies`.
     token: the bearer token Alertmanager presents, read from the file named by
         CCT_BRIDGE_TOKEN_FILE (a mounted Secret; never an environment value).
     zenduty_url: the Zenduty integration URL (it embeds the integration key), read from the
         file named by CCT_ZENDUTY_URL_FILE; unset disables the relay endpoint.
-    host, port: CCT_BRIDGE_HOST (default 0.0.0.0, the pod's interfaces) and CCT_BRIDGE_PORT
-        (default 8080, docs/architecture.md section 2).
+    host, port: CCT_BRIDGE_HOST (default 127.0.0.1; the bundle sets 0.0.0.0 in the pod) and
+        CCT_BRIDGE_PORT (default 18083, distinct per handler: docs/architecture.md section 2).
     produce_timeout_s: CCT_BRIDGE_PRODUCE_TIMEOUT_S, default 5 s: how long a request waits for
         the broker's acknowledgement before answering 503. Alertmanager gives a notification
         at least 10 s including its own retries, so 5 s leaves room for one retry inside it.
@@ -47,7 +50,7 @@ class BridgeSettings:
         holds a NUL, is dropped and counted, the rest of its payload is produced.
     """
 
-    kafka_bootstrap: str
+    kafka: KafkaAuth
     topic: str
     # Secrets: kept out of repr, so never in logs or tracebacks.
     token: str = field(repr=False)
@@ -78,13 +81,13 @@ class BridgeSettings:
         if zenduty_url is not None and not zenduty_url.startswith(("https://", "http://")):
             raise SettingsError("CCT_ZENDUTY_URL_FILE must hold an http(s) URL")
         return cls(
-            kafka_bootstrap=kafka_bootstrap(),
+            kafka=KafkaAuth.from_env(kafka_bootstrap()),
             topic=env_str("CCT_BRIDGE_TOPIC", TOPIC_ANOMALIES),
             token=read_secret("CCT_BRIDGE_TOKEN_FILE", token_file),
             zenduty_url=zenduty_url,
             # The bridge runs in a pod and must accept the cluster's traffic.
-            host=env_str("CCT_BRIDGE_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_BRIDGE_PORT", 8080),
+            host=env_str("CCT_BRIDGE_HOST", "127.0.0.1"),
+            port=env_int("CCT_BRIDGE_PORT", 18083),
             produce_timeout_s=env_float("CCT_BRIDGE_PRODUCE_TIMEOUT_S", 5.0),
             relay_timeout_s=env_float("CCT_BRIDGE_RELAY_TIMEOUT_S", 5.0),
             max_body_bytes=env_int("CCT_BRIDGE_MAX_BODY_BYTES", 4 * 1024 * 1024),

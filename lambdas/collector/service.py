@@ -80,8 +80,9 @@ class CollectorSettings:
     # Bearer token Fluent Bit must send. From CCT_COLLECTOR_TOKEN_FILE (a mounted secret) or
     # CCT_COLLECTOR_TOKEN; the collector refuses to start without one.
     token: str
-    host: str = "0.0.0.0"  # noqa: S104 - a cluster service listens on the pod address
-    port: int = 8080
+    # Loopback by default; the bundle sets 0.0.0.0:8080 in the pod (docs/architecture.md 2).
+    host: str = "127.0.0.1"
+    port: int = 18081
     # A Fluent Bit chunk is at most ~2 MiB; 8 MiB leaves room without letting one request
     # hold the writer for long.
     max_body_bytes: int = 8 * 1024 * 1024
@@ -143,8 +144,8 @@ class CollectorSettings:
             pg_dsn=pg_dsn_source(),
             vm_url=vm_write_url(),
             token=token,
-            host=env_str("CCT_COLLECTOR_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_COLLECTOR_PORT", 8080),
+            host=env_str("CCT_COLLECTOR_HOST", "127.0.0.1"),
+            port=env_int("CCT_COLLECTOR_PORT", 18081),
             max_body_bytes=env_int("CCT_COLLECTOR_MAX_BODY_BYTES", 8 * 1024 * 1024),
             max_records=env_int("CCT_COLLECTOR_MAX_RECORDS", 20_000),
             batch_max_events=env_int("CCT_COLLECTOR_BATCH_MAX_EVENTS", 5_000),

@@ -12,6 +12,7 @@ from typing import Any
 
 from lambdas import contract as c
 from lambdas.detector.config import SeriesKey
+from lambdas.events.cloudevents import EventLimits
 
 ALERTNAME = c.ALERTNAME
 FNV64_OFFSET = 14695981039346656037
@@ -93,14 +94,30 @@ def build_alert(
             c.A_DELTA: f"{delta:.4f}",
             c.A_DEVIATION: f"{deviation:.4f}",
             c.A_BASELINE: baseline,
-            c.A_CONTRIBUTORS: json.dumps(list(contributors), sort_keys=True),
-            c.A_ANCESTORS: json.dumps(list(ancestors), sort_keys=True),
-            c.A_CHANGE_EVENTS: json.dumps(list(change_events), sort_keys=True),
+            c.A_CONTRIBUTORS: json_within(contributors),
+            c.A_ANCESTORS: json_within(ancestors),
+            c.A_CHANGE_EVENTS: json_within(change_events),
             c.A_SUMMARY: summary,
         },
         "startsAt": _iso(started_at),
         "endsAt": _iso(ends_at),
     }
+
+
+def json_within(items: Sequence[Mapping[str, Any]], limit: int | None = None) -> str:
+    """The items as a JSON list of at most `limit` characters (the bridge's per-value limit,
+    `EventLimits.max_value_chars`), keeping the first ones: lists are ranked (contributors by
+    share), so a diffuse increase over many resources reports its largest ones instead of an
+    annotation the bridge would drop with the whole alert."""
+    limit = EventLimits().max_value_chars if limit is None else limit
+    kept = list(items)
+    text = json.dumps(kept, sort_keys=True)
+    while len(text) > limit and kept:
+        # Cut in proportion to the excess first, then one by one near the limit.
+        drop = max(1, len(kept) * (len(text) - limit) // len(text))
+        kept = kept[: len(kept) - drop]
+        text = json.dumps(kept, sort_keys=True)
+    return text
 
 
 class Alertmanager:

@@ -22,14 +22,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lambdas.common import settings as env
+from lambdas.common.httpshell import ThreadedShell
 from lambdas.common.pg import DsnSource
 from lambdas.common.vm import VictoriaMetrics, VMError
 from lambdas.contract import A_ESCALATED_FROM, A_SUPERSEDED_BY
@@ -100,7 +100,10 @@ class DetectorSettings:
     new_resource_window_s: float = 60.0
     # Load this much hourly history at start so the seasonal baseline is warm at once.
     bootstrap_hours: int = 3 * WEEK_H + 24
-    http_port: int = 8080
+    # The shared HTTP shell's bind address (lambdas.common.httpshell); loopback unless the
+    # deployment opens it (the bundle sets 0.0.0.0:8080 in the pod).
+    host: str = "127.0.0.1"
+    port: int = 18082
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self) -> None:
@@ -138,7 +141,8 @@ class DetectorSettings:
             root_cause_share=env.env_float("CCT_DETECTOR_ROOT_CAUSE_SHARE", 0.5),
             new_resource_window_s=env.env_float("CCT_DETECTOR_NEW_RESOURCE_WINDOW_S", 60.0),
             bootstrap_hours=env.env_int("CCT_DETECTOR_BOOTSTRAP_HOURS", 3 * WEEK_H + 24),
-            http_port=env.env_int("CCT_DETECTOR_HTTP_PORT", 8080),
+            host=env.env_str("CCT_DETECTOR_HOST", "127.0.0.1"),
+            port=env.env_int("CCT_DETECTOR_PORT", 18082),
             detection=DetectionConfig.from_env(),
         )
 
@@ -783,7 +787,7 @@ class Detector:
         resources, else a reported child with most of the increase; empty when it is
         diffuse and so its own cause."""
         roots = root_causes(
-            contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact_usd_per_hour
+            contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact("resource")
         )
         out = []
         for c in roots:
@@ -868,7 +872,7 @@ class Detector:
             if not report.adopted:
                 continue
             hold = report.expected + cfg.hold_fraction * max(
-                report.adopted_delta, cfg.min_impact_usd_per_hour
+                report.adopted_delta, cfg.min_impact(report.key.level)
             )
             report.normal_ticks = 0 if value >= hold else report.normal_ticks + 1
             if report.normal_ticks >= cfg.resolve_after_ticks:
@@ -1046,35 +1050,14 @@ class Detector:
                 )
 
 
-def _http(metrics: Metrics, port: int, healthy: threading.Event) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, status = generate_latest(metrics.registry), 200
-            elif self.path == "/healthz":
-                ok = healthy.is_set()
-                body, status = (b"ok\n", 200) if ok else (b"starting\n", 503)
-            else:
-                body, status = b"not found\n", 404
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - pod port
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def serve() -> None:
     """Run until SIGTERM/SIGINT."""
     cfg = DetectorSettings.from_env()
     metrics = Metrics()
-    healthy = threading.Event()
-    server = _http(metrics, cfg.http_port, healthy)
+    # Why the detector is not ready yet, or None once a cycle has succeeded.
+    state: dict[str, str | None] = {"not_ready": "history not loaded yet"}
+    shell = ThreadedShell(metrics.registry, cfg.host, cfg.port, lambda: state["not_ready"])
+    shell.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -1084,6 +1067,7 @@ def serve() -> None:
             try:
                 loaded = detector.bootstrap(time.time())
                 log.info("history loaded", extra={"series": loaded})
+                state["not_ready"] = "no detection cycle has completed yet"
                 break
             except VMError as exc:
                 log.warning("history not loaded yet", extra={"error": str(exc)})
@@ -1092,10 +1076,11 @@ def serve() -> None:
             tick = time.time()
             try:
                 detector.cycle(tick)
-                healthy.set()
+                state["not_ready"] = None
             except VMError as exc:
+                state["not_ready"] = f"last cycle failed: {exc}"
                 log.warning("cycle failed", extra={"error": str(exc), "retryable": exc.retryable})
             stop.wait(max(0.0, cfg.interval_s - (time.time() - tick)))
     finally:
-        server.shutdown()
+        shell.stop()
         detector.close()

@@ -119,14 +119,28 @@ def _approval_need(inp: StepInput, verdict: store.PolicyVerdict | None) -> Appro
 def _prices(
     conn: psycopg.Connection[Any], inp: StepInput, action: Action, state: Mapping[str, Any]
 ) -> dict[str, Decimal]:
-    """The price catalog rows for the resource's region, in the action's unit."""
-    return store.prices(
+    """The price catalog rows for the resource's region, in the action's unit, by the sku
+    the cloud reports (see `catalog_skus`)."""
+    rows = store.prices(
         conn,
         inp.parameters.provider,
         action.service_name,
         str(state.get("region", "")),
         action.price_unit,
     )
+    return catalog_skus(rows, state)
+
+
+def catalog_skus(rows: Mapping[str, Decimal], state: Mapping[str, Any]) -> dict[str, Decimal]:
+    """`cct prices load` keys an RDS instance's hourly price as `class/engine/deployment`
+    (`db.m5.large/postgres/Single-AZ`) while RDS reports the class alone: the rows of the
+    database's own engine and deployment are also offered under the bare class."""
+    engine, deployment = state.get("engine"), state.get("deployment")
+    if not engine or not deployment:
+        return dict(rows)
+    suffix = f"/{engine}/{deployment}"
+    narrowed = {k.removesuffix(suffix): v for k, v in rows.items() if k.endswith(suffix)}
+    return {**rows, **narrowed}
 
 
 def _save_action(
@@ -363,8 +377,8 @@ def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
     retryable, and the retried step rewrites the same rows and produces the same event id.
     """
     output = _record(inp, io)
-    bootstrap = io.settings.kafka_bootstrap
-    if bootstrap is None:
+    kafka = io.settings.kafka
+    if kafka is None:
         return output
     with io.db() as conn:
         outcome = store.run_outcome(conn, inp.run_id)
@@ -372,7 +386,7 @@ def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
         return output
     when = datetime.fromtimestamp(io.now(), UTC).isoformat(timespec="milliseconds")
     event = results.result_event(inp.run_id, inp.playbook, outcome, when.replace("+00:00", "Z"))
-    results.publish(bootstrap, io.settings, event)
+    results.publish(kafka, io.settings, event)
     log.info("result published", extra={"run_id": inp.run_id, "event_id": event["id"]})
     return {**output, "event_id": event["id"]}
 

@@ -155,7 +155,7 @@ class TriggerService:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap,
+            **s.kafka.client_kwargs(),
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -164,9 +164,7 @@ class TriggerService:
             heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
         )
         producers = ProducerSlot(
-            lambda: AIOKafkaProducer(
-                bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True
-            )
+            lambda: AIOKafkaProducer(**s.kafka.client_kwargs(), acks="all", enable_idempotence=True)
         )
         # Subscribed before start: start() then asks for the topic's metadata, which creates
         # a topic that does not exist yet where the broker auto-creates topics.

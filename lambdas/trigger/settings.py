@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from lambdas import contract
+from lambdas.common.kafka import KafkaAuth
 from lambdas.common.pg import DsnSource
 from lambdas.common.settings import (
     SettingsError,
@@ -25,7 +26,9 @@ from lambdas.events.cloudevents import EventLimits
 @dataclass(frozen=True)
 class TriggerSettings:
     """
-    kafka_bootstrap: CCT_KAFKA_BOOTSTRAP.
+    kafka: CCT_KAFKA_BOOTSTRAP and the trigger's Kafka identity (`KafkaAuth`: CCT_KAFKA_USERNAME,
+        CCT_KAFKA_PASSWORD_FILE, ...); its ACLs let it read the anomalies topic, which only
+        the bridge may write, so it acts only on the bridge's events.
     topic / dlq_topic / unmapped_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`),
         CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`) and
         CCT_TRIGGER_UNMAPPED_TOPIC (default `cct.cost.anomalies.unmapped`: detected anomalies
@@ -52,7 +55,7 @@ class TriggerSettings:
         objects are created and run by their own runner processes, as Argo would
         (`lambdas/trigger/detached.py`); unset, the local backend runs each playbook inside
         the consumer, one at a time (tests).
-    host, port: CCT_TRIGGER_HOST (default 0.0.0.0) and CCT_TRIGGER_PORT (default 8080) for
+    host, port: CCT_TRIGGER_HOST (default 127.0.0.1) and CCT_TRIGGER_PORT (default 18084) for
         /healthz and /metrics.
     max_poll_interval_ms: CCT_TRIGGER_MAX_POLL_INTERVAL_MS. The local backend runs a whole
         playbook per event (execute may take 30 min), so its default is 1 h; Argo submission
@@ -70,7 +73,7 @@ class TriggerSettings:
         /metrics that has not sent its request headers by then is disconnected.
     """
 
-    kafka_bootstrap: str
+    kafka: KafkaAuth
     topic: str
     dlq_topic: str
     unmapped_topic: str
@@ -109,7 +112,7 @@ class TriggerSettings:
             raise SettingsError(f"CCT_TRIGGER_BACKEND={backend!r} must be argo or local")
         poll_default = 3_600_000 if backend == "local" else 300_000
         return cls(
-            kafka_bootstrap=kafka_bootstrap(),
+            kafka=KafkaAuth.from_env(kafka_bootstrap()),
             topic=env_str("CCT_TRIGGER_TOPIC", contract.TOPIC_ANOMALIES),
             dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", contract.TOPIC_DEAD_LETTER),
             unmapped_topic=env_str("CCT_TRIGGER_UNMAPPED_TOPIC", contract.TOPIC_UNMAPPED),
@@ -131,8 +134,8 @@ class TriggerSettings:
                 else None
             ),
             # The trigger runs in a pod; its probes and scrapes come from the cluster.
-            host=env_str("CCT_TRIGGER_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_TRIGGER_PORT", 8080),
+            host=env_str("CCT_TRIGGER_HOST", "127.0.0.1"),
+            port=env_int("CCT_TRIGGER_PORT", 18084),
             max_poll_interval_ms=env_int("CCT_TRIGGER_MAX_POLL_INTERVAL_MS", poll_default),
             session_timeout_ms=env_int("CCT_TRIGGER_SESSION_TIMEOUT_MS", 10_000),
             retry_max_backoff_s=env_float("CCT_TRIGGER_RETRY_MAX_BACKOFF_S", 30.0),

@@ -15,7 +15,8 @@ import json
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,10 +268,10 @@ def capture(pg_dsn: str, vm_url: str, alertmanager_url: str) -> list[dict[str, A
     baseline, changes = scenario(uid)
     try:
         writer.apply(baseline)
-        _wait_settled(detector, writer)
+        wait_settled(detector, writer)
         detector.cycle(time.time())
         writer.apply(changes)
-        _wait_settled(detector, writer)
+        wait_settled(detector, writer)
         for _ in range(3):
             detector.cycle(time.time())
     finally:
@@ -283,7 +284,7 @@ def capture(pg_dsn: str, vm_url: str, alertmanager_url: str) -> list[dict[str, A
     return sorted(normalized, key=lambda a: json.dumps(a["labels"], sort_keys=True))
 
 
-def _wait_settled(detector: Detector, writer: Writer, timeout: float = 30.0) -> None:
+def wait_settled(detector: Detector, writer: Writer, timeout: float = 30.0) -> None:
     """Until VictoriaMetrics serves what the writer wrote: every resource series and the
     accounts' totals (new series take seconds to become queryable)."""
     deadline = time.monotonic() + timeout
@@ -304,8 +305,10 @@ def write_recording(alerts: list[dict[str, Any]]) -> None:
     RECORDING.write_text(json.dumps(alerts, indent=1, sort_keys=True) + "\n")
 
 
-def main() -> None:
-    """Capture into a fresh, migrated database of the local services."""
+@contextmanager
+def fresh_database() -> Iterator[tuple[str, dict[str, dict[str, Any]]]]:
+    """A fresh, migrated database on the local services (dropped afterwards), and the
+    services' settings."""
     from lambdas.store.migrate import migrate
     from tests.support.services import load_settings, require
 
@@ -314,17 +317,19 @@ def main() -> None:
     name = f"cct_capture_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
-    dsn = admin.rsplit("/", 1)[0] + f"/{name}"
     try:
+        dsn = admin.rsplit("/", 1)[0] + f"/{name}"
         migrate(dsn)
-        alerts = capture(
-            dsn,
-            str(require(services, "victoriametrics")["url"]),
-            str(require(services, "alertmanager")["url"]),
-        )
+        yield dsn, services
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def main() -> None:
+    """Capture into a fresh database of the local services."""
+    with fresh_database() as (dsn, services):
+        alerts = capture(dsn, services["victoriametrics"]["url"], services["alertmanager"]["url"])
     write_recording(alerts)
     print(f"{RECORDING}: {len(alerts)} alerts")
 

@@ -507,7 +507,7 @@ def serve_env(account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str)
         "CCT_ALERTMANAGER_URL": alertmanager_url,
         "CCT_PG_DSN": pg_dsn,
         "CCT_DETECTOR_SELECTOR": f'billing_account_id="{account.account}"',
-        "CCT_DETECTOR_HTTP_PORT": str(free_port()),
+        "CCT_DETECTOR_PORT": str(free_port()),
         "CCT_DETECTOR_INTERVAL_S": "1",
         "CCT_DETECTOR_BOOTSTRAP_HOURS": "0",
     }
@@ -520,10 +520,10 @@ def test_cct_serve_detector_runs_the_loop_and_alerts(
     repo_root: Path,
     tmp_path: Path,
 ) -> None:
-    port = serve_env["CCT_DETECTOR_HTTP_PORT"]
+    port = serve_env["CCT_DETECTOR_PORT"]
     account.write(100.0)
     cmd = [str(repo_root / ".venv/bin/cct"), "serve", "detector"]
-    health = f"http://127.0.0.1:{port}/healthz"
+    health = f"http://127.0.0.1:{port}/readyz"
     with running(cmd, http_ready(health), tmp_path / "detector.log", env=serve_env):
         account.write(300.0)
         [alert] = wait_for(

@@ -45,14 +45,28 @@ DIFFUSE_DISKS = 40
 
 @dataclass
 class Scenario:
+    """One change and the hops it passed. A hop's time is the time its own record carries
+    (the alert's start, the page's receipt, the Kafka record, the run row) when it has one,
+    else when the test saw it (marked "seen")."""
+
     name: str
     resource_id: str
     launched: float
+    wall: float = field(default_factory=time.time)
     hops: list[tuple[str, float]] = field(default_factory=list)
 
-    def hop(self, what: str, check: Callable[[], T | None], timeout: float = HOP_TIMEOUT_S) -> T:
+    def hop(
+        self,
+        what: str,
+        check: Callable[[], T | None],
+        timeout: float = HOP_TIMEOUT_S,
+        at: Callable[[T], float] | None = None,
+    ) -> T:
         value = wait_for(check, timeout, f"{self.name}: {what}")
-        self.hops.append((what, time.monotonic() - self.launched))
+        if at is not None:
+            self.hops.append((what, at(value) - self.wall))
+        else:
+            self.hops.append((f"{what} (seen)", time.monotonic() - self.launched))
         TIMELINE[f"{self.name} ({self.resource_id})"] = self.hops
         return value
 
@@ -82,38 +96,42 @@ def launched(stack: Stack) -> Iterator[Launched]:
     aws_leases = stack.leases("aws")
     with TopicWatch(stack.bootstrap, topics) as watch:
         # Idle for two days: what the steps' analyze reads from CloudWatch.
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         dev = sim.run_instance("m5.xlarge", {"env": "dev", "team": f"web-{uid}"})
         sim.put_cpu("AWS/EC2", "InstanceId", dev, avg=1.0, peak=3.0)
-        dev_s = Scenario("new dev instance -> stop", dev, t0)
+        dev_s = Scenario("new dev instance -> stop", dev, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         name = f"orders-{uid}"
         db = sim.create_database(name, "db.m5.large", {"env": "staging", "team": "orders"})
         sim.modify_database(name, "db.m5.xlarge")
         sim.put_cpu("AWS/RDS", "DBInstanceIdentifier", name, avg=5.0, peak=12.0)
-        db_s = Scenario("resized database -> rightsize, approval", db, t0)
+        db_s = Scenario("resized database -> rightsize, approval", db, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         disk = sim.create_volume(2000, "gp3", {"env": "dev", "team": f"data-{uid}"})
-        disk_s = Scenario("unattached disk -> snapshot and delete", disk, t0)
+        disk_s = Scenario("unattached disk -> snapshot and delete", disk, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         team = f"diffuse-{uid}"
         for _ in range(DIFFUSE_DISKS):
             sim.create_volume(20, "gp3", {"env": "dev", "team": team})
-        diffuse_s = Scenario("diffuse team increase -> unmapped", team, t0)
+        diffuse_s = Scenario("diffuse team increase -> unmapped", team, t0, wall)
 
-        t0 = time.monotonic()
+        t0, wall = time.monotonic(), time.time()
         protected = sim.run_instance(
             "m5.xlarge", {"env": "dev", "team": f"web-{uid}", "cct.io/protect": "true"}
         )
         sim.put_cpu("AWS/EC2", "InstanceId", protected, avg=1.0, peak=3.0)
-        protected_s = Scenario("protected dev instance -> policy denies", protected, t0)
+        protected_s = Scenario("protected dev instance -> policy denies", protected, t0, wall)
         yield Launched(uid, account, aws_leases, watch, dev_s, db_s, disk_s, diffuse_s, protected_s)
 
 
 # ---------------------------------------------------------------------- the hops
+def _epoch(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
 def priced(stack: Stack, s: Scenario) -> float:
     def check() -> float | None:
         found = stack.vm_query(f'cct_cost_rate_usd_per_hour{{resource_id="{s.resource_id}"}}')
@@ -128,7 +146,7 @@ def alerted(stack: Stack, s: Scenario) -> dict[str, Any]:
         found = [a for a in stack.alerts(s.resource_id) if a["labels"]["level"] == "resource"]
         return found[0] if found else None
 
-    alert = s.hop("detector alert in Alertmanager", check)
+    alert = s.hop("detector alert in Alertmanager", check, at=lambda a: _epoch(a["startsAt"]))
     assert not contract.alert_problems(alert["labels"], alert["annotations"])
     return alert
 
@@ -142,12 +160,14 @@ def paged(stack: Stack, s: Scenario) -> dict[str, Any]:
         ]
         return found[0] if found else None
 
-    return s.hop("critical page at the Zenduty receiver", check)
+    return s.hop(
+        "critical page at the Zenduty receiver", check, at=lambda p: float(p["received_at"])
+    )
 
 
 def on_kafka(watch: TopicWatch, s: Scenario, label: str = "resource_id") -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        found = watch.find(
+    def check() -> tuple[float, dict[str, Any]] | None:
+        found = watch.find_timed(
             contract.TOPIC_ANOMALIES,
             lambda e: (
                 e["type"] == contract.DETECTED and e["data"]["labels"].get(label) == s.resource_id
@@ -155,7 +175,7 @@ def on_kafka(watch: TopicWatch, s: Scenario, label: str = "resource_id") -> dict
         )
         return found[0] if found else None
 
-    event: dict[str, Any] = s.hop("CloudEvent on Kafka", check)
+    _, event = s.hop("CloudEvent on Kafka", check, at=lambda found: found[0])
     assert event["specversion"] == "1.0"
     assert set(contract.EVENT_DATA_KEYS) <= set(event["data"])
     return event
@@ -164,16 +184,17 @@ def on_kafka(watch: TopicWatch, s: Scenario, label: str = "resource_id") -> dict
 def run_of(stack: Stack, s: Scenario) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         rows = stack.sql(
-            "select run_id, playbook, state, reason, verified_monthly_saving_usd, event_id"
+            "select run_id, playbook, state, reason, verified_monthly_saving_usd, event_id,"
+            " extract(epoch from created_at)::float8"
             " from optimization_runs where resource_id = %s or parameters->>'resource-id' = %s"
             " order by created_at",
             s.resource_id,
             s.resource_id,
         )
-        keys = ("run_id", "playbook", "state", "reason", "verified", "event_id")
+        keys = ("run_id", "playbook", "state", "reason", "verified", "event_id", "created")
         return dict(zip(keys, rows[0], strict=True)) if rows else None
 
-    return s.hop("workflow run recorded", check)
+    return s.hop("workflow run recorded", check, at=lambda r: float(r["created"]))
 
 
 def decisions(stack: Stack, run_id: str) -> dict[str, tuple[str, list[str]]]:
@@ -184,11 +205,18 @@ def decisions(stack: Stack, run_id: str) -> dict[str, tuple[str, list[str]]]:
 
 
 def settled(stack: Stack, s: Scenario, run_id: str, states: set[str]) -> str:
-    def check() -> str | None:
-        rows = stack.sql("select state from optimization_runs where run_id = %s", run_id)
-        return rows[0][0] if rows and rows[0][0] in states else None
+    def check() -> tuple[str, float] | None:
+        rows = stack.sql(
+            "select state, extract(epoch from coalesce(finished_at, now()))::float8"
+            " from optimization_runs where run_id = %s",
+            run_id,
+        )
+        return (rows[0][0], float(rows[0][1])) if rows and rows[0][0] in states else None
 
-    return s.hop(f"run settled ({'/'.join(sorted(states))})", check, RUN_TIMEOUT_S)
+    state, _ = s.hop(
+        f"run settled ({'/'.join(sorted(states))})", check, RUN_TIMEOUT_S, at=lambda r: r[1]
+    )
+    return state
 
 
 def dashboards_show(stack: Stack, account: str, needle: str) -> list[str]:

@@ -29,6 +29,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from tests.contract.recorded import recorded_alert
+from tests.support.kafka import client_kwargs, handler_env, sasl_broker_properties, scram_users
 from tests.support.procs import free_port, http_ready, running
 from tests.support.services import ROOT
 
@@ -86,12 +88,13 @@ class PrivateKafka:
         props.write_text(
             "process.roles=broker,controller\nnode.id=1\n"
             f"controller.quorum.bootstrap.servers={host}:{self.controller_port}\n"
-            f"listeners=PLAINTEXT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}\n"
-            f"advertised.listeners=PLAINTEXT://{host}:{self.port},"
+            f"listeners=CLIENT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}\n"
+            f"advertised.listeners=CLIENT://{host}:{self.port},"
             f"CONTROLLER://{host}:{self.controller_port}\n"
-            "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
-            f"log.dirs={self.workdir / 'data'}\n"
+            # Authenticated like the shared broker (same users), without its ACLs: the
+            # tests that stop and restart this one are about faults, not permissions.
+            + sasl_broker_properties()
+            + f"log.dirs={self.workdir / 'data'}\n"
             "num.partitions=3\noffsets.topic.replication.factor=1\n"
             "offsets.topic.num.partitions=3\n"
             "transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n"
@@ -121,6 +124,7 @@ class PrivateKafka:
                 "-c",
                 str(props),
                 "--standalone",
+                *scram_users(),
             ),
             check=True,
             capture_output=True,
@@ -176,7 +180,7 @@ async def consume_topic(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **client_kwargs(bootstrap),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -290,7 +294,7 @@ def bridge_process(
     token_file = workdir / "bridge.token"
     token_file.write_text(token + "\n")
     env = {
-        "CCT_KAFKA_BOOTSTRAP": bootstrap,
+        **handler_env(bootstrap, "bridge"),
         "CCT_BRIDGE_TOPIC": topic,
         "CCT_BRIDGE_TOKEN_FILE": str(token_file),
         "CCT_BRIDGE_HOST": "127.0.0.1",
@@ -404,42 +408,20 @@ def post_alerts(alertmanager: str, alerts: list[dict[str, Any]]) -> None:
 
 
 def anomaly_alert(uid: str, severity: str = "warning", **labels: str) -> dict[str, Any]:
-    """An alert as the detector posts it to Alertmanager's v2 API."""
-    return {
-        "labels": {
-            "alertname": "CostAnomaly",
-            "severity": severity,
-            "level": "resource",
-            "provider": "aws",
-            "billing_account_id": "111122223333",
-            "sub_account_id": "111122223333",
-            "region_id": "us-east-1",
-            "service_name": "AmazonEC2",
-            "resource_id": f"i-{uid}",
-            "resource_type": "Instance",
-            "team": "payments",
-            "env": "prod",
-            "rule": "day0_step",
-            "source": "detector",
-            "test_uid": uid,
-            **labels,
-        },
-        "annotations": {
-            "expected_usd_per_hour": "1.00",
-            "observed_usd_per_hour": "9.00",
-            "delta_usd_per_hour": "8.00",
-            "deviation": "8.0",
-            "contributors": "[]",
-            "change_events": "[]",
-            "summary": "cost step",
-        },
-    }
+    """An alert as the real detector posts it to Alertmanager's v2 API: its recorded output
+    (tests/contract) for a production instance, or a dev one when `env="dev"`, with this
+    test's uid in its ids and a `test_uid` label (test-only: keeps tests on the shared
+    Alertmanager apart)."""
+    kind = "dev-instance" if labels.get("env") == "dev" else "prod-instance"
+    alert = recorded_alert(kind, uid)
+    alert["labels"] = {**alert["labels"], "severity": severity, "test_uid": uid, **labels}
+    return alert
 
 
 async def produce_async(
     bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         acks = [await producer.send(topic, value=value, key=key) for key, value in items]
@@ -454,8 +436,8 @@ def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]])
 
 async def _committed(bootstrap: str, topic: str, group: str) -> tuple[int, int]:
     """(sum of the group's committed offsets, sum of the end offsets) over `topic`."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap))
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=group)
     await producer.start()
     await consumer.start()
     try:

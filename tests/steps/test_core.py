@@ -288,3 +288,18 @@ def test_rds_resources_named_by_arn_are_called_by_identifier() -> None:
     assert api_resource_id("aws", arn) == "orders-db"
     assert api_resource_id("aws", "i-0123456789abcdef0") == "i-0123456789abcdef0"
     assert api_resource_id("azure", arn) == arn
+
+
+def test_rds_catalog_prices_are_found_by_the_class_rds_reports() -> None:
+    from decimal import Decimal
+
+    from lambdas.steps.steps import catalog_skus
+
+    rows = {
+        "db.m5.large/postgres/Single-AZ": Decimal("0.171"),
+        "db.m5.large/postgres/Multi-AZ": Decimal("0.342"),
+        "db.m5.large/mysql/Single-AZ": Decimal("0.171"),
+    }
+    state = {"engine": "postgres", "deployment": "Multi-AZ"}
+    assert catalog_skus(rows, state)["db.m5.large"] == Decimal("0.342")
+    assert "db.m5.large" not in catalog_skus(rows, {})

@@ -32,6 +32,7 @@ from tests.routing.helpers import (
     trigger_process,
     wait_until,
 )
+from tests.support.kafka import handler_env
 from tests.support.services import ROOT
 from tests.trigger.events import event_bytes
 from tests.trigger.fake_kube import FakeKube
@@ -51,7 +52,7 @@ def trigger_env(
     token = tmp_path / "kube.token"
     token.write_text(TOKEN)
     return {
-        "CCT_KAFKA_BOOTSTRAP": kafka,
+        **handler_env(kafka, "trigger"),
         "CCT_PG_DSN": pg_dsn,
         "CCT_TRIGGER_TOPIC": f"cct.test.anomalies.{uid}",
         "CCT_TRIGGER_DLQ_TOPIC": f"cct.test.anomalies.{uid}.dlq",
@@ -217,7 +218,14 @@ def test_an_invalid_mapping_file_stops_the_trigger_with_the_reason(tmp_path: Pat
     )
     result = subprocess.run(
         [CCT, "serve", "trigger"],
-        env={**os.environ, "CCT_PG_DSN": "postgresql://unused", "CCT_PLAYBOOKS_FILE": str(bad)},
+        env={
+            **os.environ,
+            "CCT_PG_DSN": "postgresql://unused",
+            "CCT_PLAYBOOKS_FILE": str(bad),
+            "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CCT_KAFKA_USERNAME": "trigger",
+            "CCT_KAFKA_PASSWORD_FILE": str(tmp_path / "unused"),
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -260,5 +268,5 @@ def test_alert_posted_to_alertmanager_becomes_one_workflow(
     assert name.startswith("cct-stop-idle-compute-")
     [workflow] = kube.objects.values()
     params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
-    assert params["resource-id"] == f"i-{uid}"
+    assert params["resource-id"] == f"i-{uid}-dev"  # the recorded dev instance
     assert runs_in_db(pg_dsn, {name}) == [(name, "submitted")]
