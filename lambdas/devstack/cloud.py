@@ -41,6 +41,10 @@ class AwsSimulator:
     collector_url: str
     collector_token: str
     account: str = ACCOUNT
+    # Deliveries of one event before giving up. The forwarder's own 5 attempts span a few
+    # seconds; production's platform retries a failed invocation for hours, which a fault
+    # run plays by allowing more attempts while a collector restarts.
+    forward_attempts: int = 5
 
     def client(self, service: str) -> Any:
         return boto3.client(  # type: ignore[call-overload]  # service is a runtime name
@@ -88,6 +92,7 @@ class AwsSimulator:
             endpoint=self.collector_url,
             token=self.collector_token,
             billing_account_id=self.account,
+            max_attempts=self.forward_attempts,
         )
         result = aws.handle(event, Forwarder(settings, "aws"))
         if result.sent != 1:
