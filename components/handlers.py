@@ -151,10 +151,19 @@ class AdmissionSpec:
     object_selector: Mapping[str, str]
     failure_policy: str = "Fail"
     timeout_seconds: int = 5
+    # The handler runs outside the cluster (the local stack runs it on the host): the webhook
+    # is registered at this https URL, trusting `url_ca_pem`, and no admission Deployment,
+    # Service or certificate is created in the cluster.
+    url: str | None = None
+    url_ca_pem: str | None = None
 
     def __post_init__(self) -> None:
         if self.failure_policy not in FAILURE_POLICIES:
             raise ValueError(f"failure_policy must be one of {FAILURE_POLICIES}")
+        if (self.url is None) != (self.url_ca_pem is None):
+            raise ValueError("url and url_ca_pem go together")
+        if self.url is not None and not self.url.startswith("https://"):
+            raise ValueError(f"webhook url {self.url!r} must be https")
         if not 1 <= self.timeout_seconds <= 30:
             raise ValueError("timeout_seconds must be between 1 and 30 (the API server's range)")
         if self.handler.port != WEBHOOK_PORT or self.handler.metrics_port is None:
@@ -246,7 +255,17 @@ class Handlers(pulumi.ComponentResource):
                 urls[spec.name] = f"http://{spec.name}.{ns}.svc:{spec.port}"
         self.webhook_ca_pem = pulumi.Output.from_input("")
         self.webhook_server_name = pulumi.Output.from_input("")
-        if args.admission:
+        if args.admission and args.admission.url and args.admission.url_ca_pem:
+            self._webhook_configuration(
+                name,
+                args,
+                args.admission,
+                {"url": args.admission.url, "caBundle": _b64(args.admission.url_ca_pem)},
+                child,
+            )
+            self.webhook_ca_pem = pulumi.Output.from_input(args.admission.url_ca_pem)
+            urls[args.admission.handler.name] = args.admission.url
+        elif args.admission:
             self._admission(name, args, args.admission, child, depends_on)
             urls[args.admission.handler.name] = f"https://{self.server_name(args)}:{WEBHOOK_PORT}"
         self.urls = pulumi.Output.from_input(urls)
@@ -562,6 +581,33 @@ class Handlers(pulumi.ComponentResource):
             peers=[kube.ANYWHERE],
             opts=opts,
         )
+        self._webhook_configuration(
+            name,
+            args,
+            admission,
+            {
+                "service": {
+                    "name": handler.name,
+                    "namespace": ns,
+                    "port": WEBHOOK_PORT,
+                    "path": "/validate",
+                },
+                "caBundle": ca.cert_pem.apply(_b64),
+            },
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[tls_secret])),
+        )
+        self.webhook_ca_pem = ca.cert_pem
+        self.webhook_server_name = pulumi.Output.from_input(server_name)
+
+    @staticmethod
+    def _webhook_configuration(
+        name: str,
+        args: HandlersArgs,
+        admission: AdmissionSpec,
+        client_config: Mapping[str, Any],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        handler = admission.handler
         k8s.admissionregistration.v1.ValidatingWebhookConfiguration(
             f"{name}-webhook",
             metadata={
@@ -576,7 +622,9 @@ class Handlers(pulumi.ComponentResource):
                     "failurePolicy": admission.failure_policy,
                     "timeoutSeconds": admission.timeout_seconds,
                     "matchPolicy": "Equivalent",
-                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": args.namespace}
+                    },
                     "objectSelector": {"matchLabels": dict(admission.object_selector)},
                     "rules": [
                         {
@@ -587,22 +635,12 @@ class Handlers(pulumi.ComponentResource):
                             "scope": "Namespaced",
                         }
                     ],
-                    "clientConfig": {
-                        "service": {
-                            "name": handler.name,
-                            "namespace": ns,
-                            "port": WEBHOOK_PORT,
-                            "path": "/validate",
-                        },
-                        "caBundle": ca.cert_pem.apply(
-                            lambda pem: base64.b64encode(pem.encode()).decode()
-                        ),
-                    },
+                    "clientConfig": dict(client_config),
                 }
             ],
-            opts=pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(depends_on=[tls_secret])
-            ),
+            opts=opts,
         )
-        self.webhook_ca_pem = ca.cert_pem
-        self.webhook_server_name = pulumi.Output.from_input(server_name)
+
+
+def _b64(pem: str) -> str:
+    return base64.b64encode(pem.encode()).decode()
