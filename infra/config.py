@@ -229,10 +229,12 @@ def load(source: ConfigSource) -> Settings:
             vault_credentials=r.secret("gcpVaultCredentials"),
         )
     webhook_url = r.optional("webhookUrl")
+    ca_file = r.optional("webhookCaFile")
     webhook_ca_pem = None
-    if webhook_url is not None:
+    if (webhook_url is None) != (ca_file is None):
+        raise ConfigError(f"{NAMESPACE}:webhookUrl and {NAMESPACE}:webhookCaFile go together")
+    if webhook_url is not None and ca_file is not None:
         r.matching("webhookUrl", r"https://[^\s/]+(/\S*)?", "an https:// URL")
-        ca_file = r.string("webhookCaFile")
         try:
             webhook_ca_pem = Path(ca_file).read_text()
         except OSError as exc:
