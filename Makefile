@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: focus-venv venv services services-down services-status lint test unit bench \
-	cluster cluster-build cluster-down cluster-status deploy-local destroy-local
+	render-alertmanager cluster cluster-build cluster-down cluster-status deploy-local destroy-local
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -43,6 +43,11 @@ deploy-local: cluster
 
 destroy-local:
 	@python3 scripts/cluster pulumi destroy --yes --skip-preview
+
+# What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
+STACK ?= dev
+render-alertmanager: venv
+	@$(PY) -m infra.render alertmanager --stack $(STACK)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -16,6 +16,7 @@ import pulumi
 import pulumi_vault as vault
 
 from components import kube
+from lambdas.store.grants import vault_role_statements
 
 CHART = "vault"
 CHART_VERSION = "0.31.0"
@@ -57,13 +58,8 @@ def render_policy(grants: Sequence[VaultGrant]) -> str:
 
 def database_role_statements(grant_role: str) -> tuple[list[str], list[str]]:
     """Creation and revocation statements of a database-engine role whose users join
-    `grant_role`, with Vault's `{{name}}`, `{{password}}` and `{{expiration}}` placeholders.
-    The handlers' tests run these same statements on a real PostgreSQL to play Vault."""
-    creation = [
-        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        f'GRANT "{grant_role}" TO "{{{{name}}}}";',
-    ]
-    return creation, ['DROP ROLE IF EXISTS "{{name}}";']
+    `grant_role` (defined with the grants, so the local Vault stand-in runs the same ones)."""
+    return vault_role_statements(grant_role)
 
 
 def raft_config(replicas: int, namespace: str) -> str:

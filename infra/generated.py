@@ -90,9 +90,21 @@ def _yaml_files(directory: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(directory.glob("*.yaml"))}
 
 
+def alertmanager_config(namespace: str) -> str:
+    """The Alertmanager configuration a stack deploys into `namespace` (also printed by
+    `python -m infra.render alertmanager`)."""
+    bridge = f"http://bridge.{namespace}.svc:{HTTP_PORT}"
+    return render_alertmanager_config(
+        AlertRoutingSettings(
+            bridge_url=f"{bridge}/v1/alerts",
+            zenduty_relay_url=f"{bridge}/v1/relay/zenduty",
+            token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
+        )
+    )
+
+
 def collect(settings: Settings) -> Content:
     ns = settings.namespace
-    bridge = f"http://bridge.{ns}.svc:{HTTP_PORT}"
     budgets = load_budgets(ROOT / settings.budgets_file) if settings.budgets_file else ()
     dashboards = ROOT / "dashboards"
     provisioning = dashboards / "provisioning"
@@ -102,13 +114,7 @@ def collect(settings: Settings) -> Content:
         ),
         fluentbit_main=CONFIG_FILE,
         vmalert_rules={"budgets.yaml": render_vmalert_rules(RulesSettings(budgets=budgets))},
-        alertmanager_config=render_alertmanager_config(
-            AlertRoutingSettings(
-                bridge_url=f"{bridge}/v1/alerts",
-                zenduty_relay_url=f"{bridge}/v1/relay/zenduty",
-                token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
-            )
-        ),
+        alertmanager_config=alertmanager_config(ns),
         alertmanager_token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
         workflow_templates=[
             workflow_template(p, ns, image=settings.image, service_account=STEPS_SERVICE_ACCOUNT)

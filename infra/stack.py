@@ -134,7 +134,8 @@ def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
     policy each. The steps call exactly what lambdas.steps.credentials calls: AWS
     assumed-role credentials by POST to `aws/sts/<role>`, Azure by GET `azure/creds/<role>`,
     GCP roleset tokens by GET `gcp/token/<roleset>`, then the lease and the token are revoked.
-    Each PostgreSQL handler may read only its own database role's credentials; the billing
+    Each PostgreSQL handler may read only its own database role's credentials (and renew its
+    own token and leases, which Vault Agent does); the billing
     loader also gets the export-read AWS role. The bridge needs nothing from Vault and gets no
     role at all: a login that grants nothing is attack surface without a use."""
     steps = [
@@ -148,8 +149,14 @@ def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
     if settings.gcp:
         steps.append(VaultGrant("gcp/token/cct-remediation"))
     access = {STEPS_SERVICE_ACCOUNT: steps}
+    # Vault Agent renews its token and the database lease up to their max TTL; the roles
+    # carry no default policy, so those two paths are granted here or every renewal fails.
+    renew = [
+        VaultGrant("sys/leases/renew", ("update",)),
+        VaultGrant("auth/token/renew-self", ("update",)),
+    ]
     for handler in pg_handlers(settings):
-        access[handler] = [VaultGrant(f"database/creds/{PREFIX}-{handler}")]
+        access[handler] = [VaultGrant(f"database/creds/{PREFIX}-{handler}"), *renew]
     if settings.aws:
         access["billing-loader"].append(VaultGrant(f"aws/sts/{BILLING_READ_ROLE}", ("update",)))
     return access

@@ -38,6 +38,10 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "collector": ("lambdas.collector.service:main", "Resource events to run-rate in seconds."),
     "detector": ("lambdas.detector.service:serve", "Cost anomaly detection every few seconds."),
     "trigger": ("lambdas.trigger.service:serve", "Kafka anomaly events to workflows."),
+    "vault-dev": (
+        "lambdas.vaultdev.server:serve",
+        "Local stand-in speaking Vault's API for CCT's paths (development only).",
+    ),
 }
 
 

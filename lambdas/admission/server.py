@@ -12,7 +12,6 @@ last good set when the new files are invalid.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import ssl
@@ -20,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,6 +36,7 @@ from lambdas.admission.review import (
     parse_review,
 )
 from lambdas.admission.settings import AdmissionSettings
+from lambdas.common.edge import TooDeep, holds_nul, loads_bounded, runner_options
 from lambdas.common.settings import SettingsError
 from lambdas.policy.loader import PolicyLoadError, parse_policy_files, policy_files
 from lambdas.policy.policyset import PolicySet
@@ -138,7 +139,9 @@ class AdmissionServer:
             (webhook, self.settings.port, self._ssl),
             (ops, self.settings.metrics_port, None),
         ):
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(
+                app, access_log=None, **runner_options(self.settings.header_timeout_s)
+            )
             await runner.setup()
             await web.TCPSite(runner, self.settings.host, port, ssl_context=ssl_context).start()
             self._runners.append(runner)
@@ -194,7 +197,9 @@ class AdmissionServer:
             )
 
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, _decode_and_decide, body, context)
+        future = loop.run_in_executor(
+            self._executor, _decode_and_decide, body, context, self.settings
+        )
         outcome: Outcome | None
         try:
             outcome = await asyncio.wait_for(
@@ -215,7 +220,7 @@ class AdmissionServer:
         return web.json_response(outcome.response())
 
     def _fail(self, body: bytes, failure: str, why: str) -> Outcome | None:
-        uid = _uid_of(body)
+        uid = _uid_of(body, self.settings)
         if uid is None:
             return None
         return fail_outcome(uid, self.settings.failure_mode, failure, why)
@@ -331,20 +336,39 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
-def _decode_and_decide(body: bytes, context: Callable[[str], Context]) -> Outcome:
+def _decode_and_decide(
+    body: bytes, context: Callable[[str], Context], settings: AdmissionSettings
+) -> Outcome:
     """Runs on a worker thread, so a large body never stalls the event loop."""
-    try:
-        review = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadReview(f"body is not JSON: {exc}") from None
+    review = _bounded_review(body, settings)
     uid, _ = parse_review(review)
     return decide(review, context(uid))
 
 
-def _uid_of(body: bytes) -> str | None:
+def _bounded_review(body: bytes, settings: AdmissionSettings) -> Any:
+    """The decoded body, or BadReview when it is beyond the edge limits: nested too deep, a
+    uid too long to be one, or a NUL anywhere (no decision holding it could be recorded)."""
     try:
-        uid = json.loads(body)["request"]["uid"]
-    except (ValueError, KeyError, TypeError):
+        review = loads_bounded(body, settings.max_json_depth)
+    except TooDeep as exc:
+        raise BadReview(str(exc)) from None
+    except ValueError as exc:
+        raise BadReview(f"body is not JSON: {exc}") from None
+    request = review.get("request") if isinstance(review, dict) else None
+    uid = request.get("uid") if isinstance(request, dict) else None
+    if isinstance(uid, str) and len(uid) > settings.max_uid_chars:
+        raise BadReview(
+            f"request uid of {len(uid)} characters exceeds the limit of {settings.max_uid_chars}"
+        )
+    if b"\\u0000" in body and holds_nul(review):
+        raise BadReview("a string in the review holds a NUL character")
+    return review
+
+
+def _uid_of(body: bytes, settings: AdmissionSettings) -> str | None:
+    try:
+        uid = _bounded_review(body, settings)["request"]["uid"]
+    except (BadReview, KeyError, TypeError):
         return None
     return uid if isinstance(uid, str) and uid else None
 

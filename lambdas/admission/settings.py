@@ -59,6 +59,16 @@ class AdmissionSettings:
     # WorkflowTemplate names known to carry the approve suspend step.
     # CCT_ADMISSION_APPROVAL_TEMPLATES (comma-separated).
     approval_templates: frozenset[str] = frozenset(DEFAULT_APPROVAL_TEMPLATES.split(","))
+    # Seconds a client may take to complete a request's headers, from connecting (after the
+    # TLS handshake) or from its previous response; then the connection is closed. The API
+    # server sends a review at once. CCT_ADMISSION_HEADER_TIMEOUT_S.
+    header_timeout_s: float = 5.0
+    # Deepest JSON accepted: Workflow objects nest a few tens of levels; 100,000 levels made
+    # the parser fail with a 500. CCT_ADMISSION_MAX_JSON_DEPTH.
+    max_json_depth: int = 64
+    # Longest request uid accepted (the API server sends a 36-character UUID); a 2 MB uid
+    # could never be recorded. CCT_ADMISSION_MAX_UID_CHARS.
+    max_uid_chars: int = 128
 
     @classmethod
     def from_env(cls) -> AdmissionSettings:
@@ -81,6 +91,9 @@ class AdmissionSettings:
             recent_refresh_s=env_float("CCT_ADMISSION_RECENT_REFRESH_S", cls.recent_refresh_s),
             decision_queue=env_int("CCT_ADMISSION_DECISION_QUEUE", cls.decision_queue),
             approval_templates=frozenset(t.strip() for t in templates.split(",") if t.strip()),
+            header_timeout_s=env_float("CCT_ADMISSION_HEADER_TIMEOUT_S", cls.header_timeout_s),
+            max_json_depth=env_int("CCT_ADMISSION_MAX_JSON_DEPTH", cls.max_json_depth),
+            max_uid_chars=env_int("CCT_ADMISSION_MAX_UID_CHARS", cls.max_uid_chars),
         )
         for name, value in (
             ("CCT_ADMISSION_MAX_BODY_BYTES", settings.max_body_bytes),
@@ -88,6 +101,9 @@ class AdmissionSettings:
             ("CCT_ADMISSION_RELOAD_INTERVAL_S", settings.reload_interval_s),
             ("CCT_ADMISSION_RECENT_REFRESH_S", settings.recent_refresh_s),
             ("CCT_ADMISSION_DECISION_QUEUE", settings.decision_queue),
+            ("CCT_ADMISSION_HEADER_TIMEOUT_S", settings.header_timeout_s),
+            ("CCT_ADMISSION_MAX_JSON_DEPTH", settings.max_json_depth),
+            ("CCT_ADMISSION_MAX_UID_CHARS", settings.max_uid_chars),
         ):
             if value <= 0:
                 raise SettingsError(f"{name}={value} must be positive")

@@ -114,8 +114,13 @@ def backtest_cmd(
         f"{matrix.rows_used:,} rows, {len(matrix.resources):,} resources, "
         f"{matrix.rates.shape[1]:,} intervals of {matrix.interval_s // 60} min"
     )
-    for reason, count in sorted(matrix.rejected.items()):
-        click.echo(f"backtest: rejected {count:,} rows: {reason}", err=True)
+    for reason, count in matrix.rejected.most_common():
+        examples = "; ".join(matrix.examples.get(reason, []))
+        click.echo(
+            f"backtest: rejected {count:,} rows: {reason}"
+            + (f" (e.g. {examples})" if examples else ""),
+            err=True,
+        )
     started = time.monotonic()
     incidents, series = backtest(matrix, cfg, levels or DEFAULT_LEVELS, progress.tick)
     elapsed = time.monotonic() - started

@@ -1,7 +1,9 @@
 """Read FOCUS exports (CSV or Parquet) into a dense resource x interval run-rate matrix.
 
-Only the columns detection needs are read. Rows that cannot be used (unparseable time or cost)
-are counted by reason and reported; they never stop the good rows from being used.
+The files are read by the billing loader's reader (`lambdas.billing.focus.read_focus`), so
+both accept the same inputs. Only the columns detection needs are read. Rows that cannot be
+used are counted by reason and reported; they never stop the good rows from being used, and
+the interval of a rejected row reads as unknown (NaN) for its resource, never as $0.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-REQUIRED = ("ChargePeriodStart", "ProviderName", "BillingAccountId", "ServiceName")
-OPTIONAL = ("ChargePeriodEnd", "EffectiveCost", "BilledCost", "RegionId", "ResourceId", "Tags")
+from lambdas.billing.focus import BillingFileError, RowErrors, missing_columns, read_focus
+
+MUST_EXIST = ("ChargePeriodStart", "ProviderName", "BillingAccountId", "ServiceName")
+OPTIONAL = ("ChargePeriodEnd", "RegionId", "ResourceId", "Tags")
 PROVIDER_LABELS = {
     "aws": "aws",
     "amazon web services": "aws",
@@ -31,11 +33,12 @@ PROVIDER_LABELS = {
     "gcp": "gcp",
     "google": "gcp",
 }
-TIME_FORMATS = ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d")
+# A row without ChargePeriodEnd is taken to last until the next row of its resource, at most
+# this long (irregular exports); the last row of a resource gets the file's usual period.
+MAX_INFERRED_PERIOD_S = 86400
 
-
-class FocusError(ValueError):
-    """The input cannot be used at all (missing file or column). Fix the input; do not retry."""
+# The billing reader's error: the input cannot be used at all. Fix it; do not retry.
+FocusError = BillingFileError
 
 
 @dataclass
@@ -49,66 +52,11 @@ class CostMatrix:
     rows_read: int = 0
     rows_used: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def times(self) -> npt.NDArray[np.int64]:
         return self.start_s + self.interval_s * np.arange(self.rates.shape[1], dtype=np.int64)
-
-
-def _read(path: Path) -> pa.Table:
-    if not path.exists():
-        raise FocusError(f"{path}: no such file")
-    if path.suffix.lower() == ".parquet":
-        names = set(pq.read_schema(path).names)
-        missing = [c for c in REQUIRED if c not in names]
-        if missing:
-            raise FocusError(f"{path}: missing FOCUS column(s) {', '.join(missing)}")
-        return pq.read_table(path, columns=[c for c in REQUIRED + OPTIONAL if c in names])
-    if path.suffix.lower() in {".csv", ".gz"}:
-        header = pacsv.open_csv(path).schema.names
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise FocusError(f"{path}: missing FOCUS column(s) {', '.join(missing)}")
-        wanted = [c for c in REQUIRED + OPTIONAL if c in header]
-        # Everything as text: a single bad value must reject one row, not the whole file.
-        opts = pacsv.ConvertOptions(
-            include_columns=wanted, column_types={c: pa.string() for c in wanted}
-        )
-        return pacsv.read_csv(path, convert_options=opts)
-    raise FocusError(f"{path}: unknown format (use .csv, .csv.gz or .parquet)")
-
-
-def _timestamps(col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
-    """Epoch seconds; NaN where the value is missing or not a timestamp."""
-    if pa.types.is_timestamp(col.type):
-        per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[col.type.unit]
-        ticks = pc.cast(pc.cast(col, pa.int64()), pa.float64()).to_numpy(zero_copy_only=False)
-        return np.asarray(ticks, dtype=np.float64) / per_second
-    text = pc.cast(col, pa.string())
-    out = np.full(len(text), np.nan)
-    for fmt in TIME_FORMATS:
-        parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
-        secs = pc.cast(pc.cast(parsed, pa.int64()), pa.float64())
-        out = np.where(np.isnan(out), secs.to_numpy(zero_copy_only=False), out)
-    return out
-
-
-def _numbers(col: pa.ChunkedArray) -> npt.NDArray[np.float64]:
-    """Floats; NaN where missing or not a number."""
-    if (
-        pa.types.is_floating(col.type)
-        or pa.types.is_integer(col.type)
-        or pa.types.is_decimal(col.type)
-    ):
-        return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=float)
-    text = col.to_pylist()
-    out = np.empty(len(text))
-    for n, value in enumerate(text):
-        try:
-            out[n] = float(value) if value not in (None, "") else np.nan
-        except ValueError:
-            out[n] = np.nan
-    return out
 
 
 def _strings(table: pa.Table, name: str, default: str) -> list[str]:
@@ -131,40 +79,18 @@ def _teams(table: pa.Table) -> list[str]:
         except json.JSONDecodeError:
             tags = {}
         teams.append(str(tags.get("team", "")) if isinstance(tags, dict) else "")
-    idx = encoded.indices.to_numpy(zero_copy_only=False)
-    return [teams[i] if i is not None else "" for i in idx.tolist()]
+    return [teams[i] if i is not None else "" for i in encoded.indices.to_pylist()]
 
 
 @dataclass
 class _Rows:
     starts: npt.NDArray[np.float64]
-    periods: npt.NDArray[np.float64]
-    rates: npt.NDArray[np.float64]
+    periods: npt.NDArray[np.float64]  # NaN: no ChargePeriodEnd
+    costs: npt.NDArray[np.float64]  # NaN: the row was rejected (its interval is unknown)
     keys: list[tuple[str, ...]]
-    read: int
-    rejected: Counter[str]
 
 
-def _rows(path: Path) -> _Rows:
-    """The usable rows of one file: start, period, $/h and resource key."""
-    table = _read(path)
-    start = _timestamps(table.column("ChargePeriodStart"))
-    if "ChargePeriodEnd" in table.column_names:
-        end = _timestamps(table.column("ChargePeriodEnd"))
-        end = np.where(np.isnan(end), start + 3600, end)
-    else:
-        end = start + 3600
-    cost_col = "EffectiveCost" if "EffectiveCost" in table.column_names else "BilledCost"
-    if cost_col not in table.column_names:
-        raise FocusError(f"{path}: needs EffectiveCost or BilledCost")
-    cost = _numbers(table.column(cost_col))
-    period = end - start
-    bad_time = np.isnan(start) | ~(period > 0)
-    bad_cost = ~bad_time & ~np.isfinite(cost)
-    rejected: Counter[str] = Counter()
-    rejected[f"{path.name}: unparseable or empty charge period"] += int(bad_time.sum())
-    rejected[f"{path.name}: unparseable {cost_col}"] += int(bad_cost.sum())
-    good = ~(bad_time | bad_cost)
+def _keys(table: pa.Table) -> list[tuple[str, ...]]:
     provider = [
         PROVIDER_LABELS.get(p.lower(), p.lower()) for p in _strings(table, "ProviderName", "")
     ]
@@ -173,68 +99,141 @@ def _rows(path: Path) -> _Rows:
     service = _strings(table, "ServiceName", "")
     resource = _strings(table, "ResourceId", "")
     team = _teams(table)
-    keys: list[tuple[str, ...]] = [
-        (
-            provider[n],
-            account[n],
-            region[n],
-            service[n],
-            team[n],
-            # Rows without a resource (support, tax, fees) form one pseudo-resource per service.
-            resource[n] or f"{service[n]}/unattributed",
+    return [
+        # Rows without a resource (support, tax, fees) form one pseudo-resource per service.
+        (p, a, r, s, t, res or f"{s}/unattributed")
+        for p, a, r, s, t, res in zip(
+            provider, account, region, service, team, resource, strict=True
         )
-        for n in np.flatnonzero(good).tolist()
     ]
+
+
+def _floats(table: pa.Table, name: str) -> npt.NDArray[np.float64]:
+    if name not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    col = pc.cast(table.column(name), pa.float64())
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _rows(path: Path, errors: RowErrors) -> _Rows:
+    """The rows of one file: start, period, cost and resource key (rejected rows with a
+    readable start keep cost NaN, so their interval is unknown, not free)."""
+    missing = missing_columns(path, MUST_EXIST)
+    if missing:
+        raise FocusError(f"{path}: missing FOCUS column(s) {', '.join(missing)}")
+    costs = [c for c in ("EffectiveCost", "BilledCost") if not missing_columns(path, [c])]
+    if not costs:
+        raise FocusError(f"{path}: needs EffectiveCost or BilledCost")
+    cost_col = costs[0]
+    parts: list[_Rows] = []
+    for batch in read_focus(
+        path,
+        [*MUST_EXIST, *OPTIONAL, cost_col],
+        ["ChargePeriodStart", cost_col],
+        errors,
+        must_exist=MUST_EXIST,
+    ):
+        rejected = batch.rejected.filter(pc.is_valid(batch.rejected.column("ChargePeriodStart")))
+        for table, good in ((batch.table, True), (rejected, False)):
+            if not table.num_rows:
+                continue
+            start = _floats(table, "ChargePeriodStart")
+            end = _floats(table, "ChargePeriodEnd")
+            cost = _floats(table, cost_col) if good else np.full(table.num_rows, np.nan)
+            parts.append(_Rows(start, end - start, cost, _keys(table)))
+    if not parts:
+        return _Rows(np.empty(0), np.empty(0), np.empty(0), [])
     return _Rows(
-        starts=start[good],
-        periods=period[good],
-        rates=cost[good] / (period[good] / 3600.0),
-        keys=keys,
-        read=table.num_rows,
-        rejected=Counter({k: v for k, v in rejected.items() if v}),
+        np.concatenate([p.starts for p in parts]),
+        np.concatenate([p.periods for p in parts]),
+        np.concatenate([p.costs for p in parts]),
+        [k for p in parts for k in p.keys],
     )
+
+
+def _fill_periods(
+    starts: npt.NDArray[np.float64],
+    periods: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.int64],
+    default: float,
+) -> npt.NDArray[np.float64]:
+    """Rows without an end last until the next row of their resource (capped), the last one
+    of each resource the file's usual period: irregular samples become a rate over the time
+    they cover instead of adding up."""
+    missing = ~np.isfinite(periods)
+    if not missing.any():
+        return periods
+    order = np.lexsort((starts, rows))
+    nxt = np.full(starts.size, np.nan)
+    same = rows[order][1:] == rows[order][:-1]
+    gaps = starts[order][1:] - starts[order][:-1]
+    nxt[order[:-1][same & (gaps > 0)]] = gaps[same & (gaps > 0)]
+    inferred = np.where(np.isfinite(nxt), np.minimum(nxt, MAX_INFERRED_PERIOD_S), default)
+    return np.where(missing, inferred, periods)
 
 
 def load(paths: Sequence[Path], progress: Callable[[str], None] | None = None) -> CostMatrix:
     """Read every file and build one matrix over the union of their time ranges.
 
-    The interval is the most common charge period (hourly or daily exports). A row longer
-    than the interval is counted at its start interval; shorter rows are averaged into it.
+    The interval is the most common charge period (5 minutes, hourly or daily exports). A
+    row's cost is spread over the intervals its charge period covers, so each cell is the
+    resource's average rate in $/h over that interval. A cell holding a rejected row is NaN
+    (unknown), and so is every cell of an interval without any row at all (a gap in the
+    export), so neither reads as $0.
     """
+    errors = RowErrors()
     parts = []
     for path in paths:
         if progress:
             progress(f"reading {path}")
-        parts.append(_rows(path))
-    rejected: Counter[str] = Counter()
-    for part in parts:
-        rejected.update(part.rejected)
+        parts.append(_rows(path, errors))
     starts = np.concatenate([p.starts for p in parts]) if parts else np.empty(0)
-    if starts.size == 0:
-        reasons = ", ".join(f"{k}: {v}" for k, v in rejected.items()) or "empty input"
+    costs = np.concatenate([p.costs for p in parts]) if parts else np.empty(0)
+    if not np.isfinite(costs).any():
+        reasons = "; ".join(errors.lines()) or "empty input"
         raise FocusError(f"no usable rows in the input ({reasons})")
     periods = np.concatenate([p.periods for p in parts])
-    rates = np.concatenate([p.rates for p in parts])
-    values, counts = np.unique(periods, return_counts=True)
-    interval = int(values[np.argmax(counts)])
-    t0 = int(np.min(starts)) // interval * interval
-    col = ((starts - t0) // interval).astype(np.int64)
     index: dict[tuple[str, ...], int] = {}
     rows = np.fromiter(
         (index.setdefault(key, len(index)) for p in parts for key in p.keys),
         dtype=np.int64,
         count=starts.size,
     )
+    known = periods[np.isfinite(periods) & (periods > 0)]
+    if known.size:
+        values, counts = np.unique(known, return_counts=True)
+        interval = int(values[np.argmax(counts)])
+    else:
+        gaps = np.diff(np.unique(starts))
+        interval = int(np.median(gaps)) if gaps.size else 3600
+    periods = _fill_periods(starts, periods, rows, float(interval))
+    t0 = int(np.min(starts)) // interval * interval
+    n_cols = int((np.max(starts + periods) - t0 - 1) // interval) + 1
+    first = ((starts - t0) // interval).astype(np.int64)
+    # A charge longer than one interval is spread evenly over the intervals it covers.
+    span = np.maximum(np.ceil((starts + periods - t0) / interval).astype(np.int64) - first, 1)
+    rep = np.repeat(np.arange(starts.size), span)
+    col = first[rep] + (np.arange(rep.size) - np.repeat(np.cumsum(span) - span, span))
+    col = np.minimum(col, n_cols - 1)
+    # $/h averaged over the interval: cost per interval-hour of the row's share.
+    share = costs[rep] / span[rep] / (interval / 3600.0)
+    matrix = np.zeros((len(index), n_cols))
+    good = np.isfinite(share)
     # Several rows of one resource and interval (e.g. usage plus a fee) add up.
-    matrix = np.zeros((len(index), int(col.max()) + 1))
-    np.add.at(matrix, (rows, col), rates * np.minimum(periods / interval, 1.0))
+    np.add.at(matrix, (rows[rep][good], col[good]), share[good])
+    matrix[rows[rep][~good], col[~good]] = np.nan
+    covered = np.zeros(n_cols, dtype=bool)
+    covered[col] = True
+    matrix[:, ~covered] = np.nan
     names = ("provider", "billing_account_id", "region_id", "service_name", "team", "resource_id")
+    rejected = errors.counts.copy()
     return CostMatrix(
         start_s=t0,
         interval_s=interval,
         resources=[dict(zip(names, key, strict=True)) for key in index],
         rates=matrix,
-        rows_read=sum(p.read for p in parts),
-        rows_used=int(starts.size),
+        rows_read=int(np.isfinite(costs).sum()) + errors.total,
+        rows_used=int(np.isfinite(costs).sum()),
         rejected=rejected,
+        examples=dict(errors.examples),
     )

@@ -380,7 +380,14 @@ def adapt(path: Path, fmt: str) -> pa.Table:
             return from_azure(path, fmt.split("-")[1])
         if fmt == "gcp-bigquery":
             return from_gcp(path)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,  # a row that is not an object (GCP: `null` instead of a row)
+        ArithmeticError,
+        pa.ArrowException,
+    ) as exc:
         if isinstance(exc, BillingFileError):
             raise BillingFileError(f"{path}: {exc}") from None
         raise BillingFileError(f"{path}: not a valid {fmt} export: {exc}") from None

@@ -6,13 +6,22 @@ spread evenly over those hours, so `cct_billed_cost_usd` is always the cost of o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdas.billing.focus import REQUIRED, BillingFileError
+from lambdas.billing.focus import (
+    BATCH_ROWS,
+    REQUIRED,
+    BillingFileError,
+    FocusBatch,
+    RowErrors,
+    normalize_batch,
+    read_focus,
+)
 
 HOUR_S = 3600
 # FOCUS ProviderName (1.0) / ServiceProviderName (1.2) -> CCT's provider label.
@@ -36,6 +45,9 @@ KEY_COLUMNS = (
     "team",
     "env",
 )
+# Columns that must hold a value on every row the loader places; ServiceName may be null.
+VALUE_REQUIRED = [c for c in REQUIRED if c != "ServiceName"]
+PRESENT = ["ServiceName"]
 COLUMNS = [
     *REQUIRED,
     "ProviderName",
@@ -44,9 +56,33 @@ COLUMNS = [
     "RegionId",
     "ListCost",
     "Tags",
+    "BillingCurrency",
 ]
 
 Key = tuple[str, ...]
+COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")
+
+
+@dataclass(frozen=True)
+class BillingLimits:
+    """What the loader accepts of one row, checked where the FOCUS reader hands rows over
+    (limits in BillingSettings). A row beyond them is rejected, counted and its hour marked
+    incomplete; the rest of the file loads.
+
+    max_abs_cost: any cost column's magnitude (1e308 overflowed the sums and the store).
+    max_charge_period_h: a charge spanning more hours is not spread (2000-2099 expanded to
+        1.7M hourly samples; 1900-2200 ran out of memory).
+    max_value_chars: any text value (ids, names, tags).
+    currency: the currency the cost series are in (`cct_billed_cost_usd`: USD).
+    rates: units of `currency` per unit of another BillingCurrency. Rows in a currency that
+        is neither `currency` nor in `rates` are rejected: never summed as if the same.
+    """
+
+    max_abs_cost: float = 1e9
+    max_charge_period_h: int = 24 * 400
+    max_value_chars: int = 1024
+    currency: str = "USD"
+    rates: Mapping[str, float] = field(default_factory=dict)
 
 
 # Partial aggregates are merged again once they hold this many rows: memory stays bounded by
@@ -61,9 +97,11 @@ class HourlyTotals:
     """Hourly sums per label set, aggregated in Arrow batch by batch; `finish()` gives
     (label key, hour epoch seconds) -> [billed, effective, list]."""
 
-    rows_read: int = 0
-    rows_rejected: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
+    limits: BillingLimits = field(default_factory=BillingLimits)
+    rows_used: int = 0  # rows added (rejected ones are counted in `errors`)
+    errors: RowErrors = field(default_factory=RowErrors)
+    # Hours (epoch s) holding a row that could not be used: their totals are incomplete.
+    incomplete_hours: set[int] = field(default_factory=set)
     partial: list[pa.Table] = field(default_factory=list)
     partial_rows: int = 0
     compacted_rows: int = 0  # rows right after the last compaction (distinct cells so far)
@@ -164,22 +202,14 @@ class HourlyTotals:
         return self.result
 
 
-def _ts_seconds(arr: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        try:
-            arr = pc.cast(arr, pa.timestamp("s", tz="UTC"))
-        except pa.ArrowInvalid as exc:
-            raise BillingFileError(f"{name}: not an ISO 8601 timestamp ({exc})") from None
-    if not pa.types.is_timestamp(arr.type):
-        raise BillingFileError(f"{name}: expected a timestamp, got {arr.type}")
-    return pc.cast(pc.cast(arr, pa.timestamp("s", tz="UTC")), pa.int64())
-
-
 def _tag(tags: pa.Array, name: str) -> pa.Array:
     if pa.types.is_map(tags.type):
         return pc.fill_null(pc.map_lookup(tags, name, "first"), "")
     if pa.types.is_null(tags.type):
         return pa.array([""] * len(tags), pa.string())
+    if not pa.types.is_string(tags.type):
+        # FOCUS Tags is a JSON object (text) or a map; a number holds no tag.
+        tags = pc.cast(tags, pa.string())
     # Few distinct tag sets repeat over many rows: extract once per distinct value.
     encoded = pc.dictionary_encode(tags)
     found = pc.extract_regex(encoded.dictionary, rf'"{name}"\s*:\s*"(?P<v>[^"]*)"')
@@ -187,70 +217,160 @@ def _tag(tags: pa.Array, name: str) -> pa.Array:
     return pc.fill_null(pc.take(values, encoded.indices), "")
 
 
-def _str(batch: pa.RecordBatch, name: str) -> pa.Array:
-    if name not in batch.schema.names:
-        return pa.array([""] * batch.num_rows, pa.string())
-    col = batch.column(name)
+def _str(table: pa.Table, name: str) -> pa.ChunkedArray | pa.Array:
+    if name not in table.column_names:
+        return pa.array([""] * table.num_rows, pa.string())
+    col = table.column(name)
     return pc.fill_null(col if pa.types.is_string(col.type) else pc.cast(col, pa.string()), "")
 
 
-def add_batch(totals: HourlyTotals, batch: pa.RecordBatch, source: str) -> None:
-    missing = [c for c in REQUIRED if c not in batch.schema.names]
-    if missing:
-        raise BillingFileError(f"{source}: not a FOCUS file, missing columns {missing}")
-    totals.rows_read += batch.num_rows
-    provider_col = "ProviderName" if "ProviderName" in batch.schema.names else "ServiceProviderName"
-    if provider_col not in batch.schema.names:
-        raise BillingFileError(f"{source}: missing column ProviderName")
-    start = _ts_seconds(batch.column("ChargePeriodStart"), f"{source}: ChargePeriodStart")
-    end = _ts_seconds(batch.column("ChargePeriodEnd"), f"{source}: ChargePeriodEnd")
-    period = _ts_seconds(batch.column("BillingPeriodStart"), f"{source}: BillingPeriodStart")
-    billed = pc.cast(batch.column("BilledCost"), pa.float64())
-    effective = pc.cast(batch.column("EffectiveCost"), pa.float64())
+def add_batch(totals: HourlyTotals, batch: FocusBatch) -> None:
+    """Add the usable rows of one batch read by `focus.read_focus` / `focus.normalize_batch`
+    (rows it rejected are already counted in `totals.errors`)."""
+    table = _within_limits(batch.table, totals)
+    totals.rows_used += table.num_rows
+    hours = pc.multiply(pc.divide(batch.incomplete_starts, HOUR_S), HOUR_S)
+    totals.incomplete_hours.update(pc.unique(hours).to_pylist())
+    provider_col = "ProviderName" if "ProviderName" in table.column_names else "ServiceProviderName"
+    if provider_col not in table.column_names:
+        raise BillingFileError("missing column ProviderName")
+    rate = _rates(table, totals.limits)
+    billed = pc.multiply(table.column("BilledCost"), rate)
+    effective = pc.multiply(table.column("EffectiveCost"), rate)
     listed = (
-        pc.cast(batch.column("ListCost"), pa.float64())
-        if "ListCost" in batch.schema.names
+        pc.multiply(table.column("ListCost"), rate)
+        if "ListCost" in table.column_names
         else effective
     )
-    # Rows the loader cannot place are counted by reason, never guessed.
-    checks = {
-        "null_charge_period": pc.or_(pc.is_null(start), pc.is_null(end)),
-        "null_cost": pc.or_(pc.is_null(billed), pc.is_null(effective)),
-        "null_billing_account": pc.is_null(batch.column("BillingAccountId")),
-        "charge_period_not_positive": pc.fill_null(pc.less_equal(end, start), False),
-    }
-    bad = pa.array([False] * batch.num_rows)
-    for reason, check in checks.items():
-        mask = pc.fill_null(check, False)
-        n = pc.sum(pc.and_not(mask, bad)).as_py() or 0
-        if n:
-            totals.rejections[reason] = totals.rejections.get(reason, 0) + n
-        bad = pc.or_(bad, mask)
-    good = pc.invert(bad)
-    totals.rows_rejected += batch.num_rows - (pc.sum(good).as_py() or 0)
-    tags = batch.column("Tags") if "Tags" in batch.schema.names else pa.nulls(batch.num_rows)
-    table = pa.table(
-        {
-            "provider": pc.utf8_lower(_str(batch, provider_col)),
-            "billing_account_id": _str(batch, "BillingAccountId"),
-            "billing_period": pc.strftime(pc.cast(period, pa.timestamp("s", tz="UTC")), "%Y-%m"),
-            "sub_account_id": _str(batch, "SubAccountId"),
-            "region_id": _str(batch, "RegionId"),
-            "service_name": _str(batch, "ServiceName"),
-            "team": _tag(tags, "team"),
-            "env": _tag(tags, "env"),
-            "start": start,
-            "end": end,
-            "billed": pc.fill_null(billed, 0.0),
-            "effective": pc.fill_null(effective, 0.0),
-            "list": pc.fill_null(listed, 0.0),
-        }
-    ).filter(good)
-    grouped = table.group_by(GROUP_KEYS).aggregate(SUMS)
+    tags = (
+        table.column("Tags").combine_chunks()
+        if "Tags" in table.column_names
+        else pa.nulls(table.num_rows)
+    )
+    period = pc.cast(table.column("BillingPeriodStart"), pa.timestamp("s", tz="UTC"))
+    grouped = (
+        pa.table(
+            {
+                "provider": pc.utf8_lower(_str(table, provider_col)),
+                "billing_account_id": _str(table, "BillingAccountId"),
+                "billing_period": pc.strftime(period, "%Y-%m"),
+                "sub_account_id": _str(table, "SubAccountId"),
+                "region_id": _str(table, "RegionId"),
+                "service_name": _str(table, "ServiceName"),
+                "team": _tag(tags, "team"),
+                "env": _tag(tags, "env"),
+                "start": table.column("ChargePeriodStart"),
+                "end": table.column("ChargePeriodEnd"),
+                "billed": billed,
+                "effective": effective,
+                "list": pc.fill_null(listed, effective),
+            }
+        )
+        .group_by(GROUP_KEYS)
+        .aggregate(SUMS)
+    )
     totals.add(grouped.rename_columns([*GROUP_KEYS, "billed", "effective", "list"]))
 
 
-def add_batches(totals: HourlyTotals, batches: Iterable[pa.RecordBatch], source: str) -> None:
-    """Add every batch of one file (call `totals.finish()` after the last file)."""
-    for batch in batches:
-        add_batch(totals, batch, source)
+def add_file(totals: HourlyTotals, path: Path, source: str) -> None:
+    """Add every usable row of one FOCUS file (call `totals.finish()` after the last file)."""
+    for batch in read_focus(
+        path, COLUMNS, VALUE_REQUIRED, totals.errors, must_exist=PRESENT, source=source
+    ):
+        add_batch(totals, batch)
+
+
+def add_table(totals: HourlyTotals, table: pa.Table, source: str) -> None:
+    """Add a FOCUS table made by a native adapter, through the same checks as a file."""
+    missing = [c for c in PRESENT if c not in table.column_names]
+    if missing:
+        raise BillingFileError(f"{source}: not a FOCUS table, missing columns {missing}")
+    offset = 0
+    for batch in table.to_batches(BATCH_ROWS):
+        add_batch(
+            totals,
+            normalize_batch(batch, VALUE_REQUIRED, totals.errors, offset=offset, source=source),
+        )
+        offset += batch.num_rows
+
+
+def _rates(table: pa.Table, limits: BillingLimits) -> pa.Array:
+    """Per row, units of `limits.currency` per unit of its BillingCurrency (1.0 without the
+    column: FOCUS files made by CCT's adapters are all in the billing currency). Rows in a
+    currency without a rate were rejected by `_within_limits`."""
+    if "BillingCurrency" not in table.column_names:
+        return pa.array([1.0] * table.num_rows, pa.float64())
+    rates = {limits.currency: 1.0, **limits.rates}
+    codes = _currency_codes(table)
+    names = pa.array(list(rates), pa.string())
+    index = pc.index_in(codes, value_set=names)
+    return pc.take(pa.array(list(rates.values()), pa.float64()), index)
+
+
+def _currency_codes(table: pa.Table) -> pa.Array:
+    """BillingCurrency as upper-case text (a column of another type, or all null, is read as
+    text and so fails the currency check rather than the cast)."""
+    col = table.column("BillingCurrency").combine_chunks()
+    if not pa.types.is_string(col.type):
+        col = pc.cast(col, pa.string())
+    return pc.utf8_upper(pc.utf8_trim_whitespace(col))
+
+
+def _within_limits(table: pa.Table, totals: HourlyTotals) -> pa.Table:
+    """The rows of a batch within `totals.limits`; the others are counted in `totals.errors`
+    (first reason that applies) and their hours marked incomplete. A nested column (a list or
+    struct where FOCUS has a scalar) is a BillingFileError: the whole file is not FOCUS."""
+    limits = totals.limits
+    n = table.num_rows
+    checks: list[tuple[str, pa.Array, pa.Array]] = []
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        kind = col.type
+        if pa.types.is_nested(kind) and not (name == "Tags" and pa.types.is_map(kind)):
+            raise BillingFileError(f"column {name} is nested ({kind}); FOCUS columns are flat")
+        if name in COST_COLUMNS:
+            beyond = pc.greater(pc.abs(col), limits.max_abs_cost)
+            checks.append((f"{name}: beyond ±{limits.max_abs_cost:g}", beyond, col))
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            nul = pc.match_substring(col, "\x00")
+            checks.append((f"{name}: holds a NUL character", nul, col))
+            long = pc.greater(pc.utf8_length(col), limits.max_value_chars)
+            checks.append((f"{name}: longer than {limits.max_value_chars} characters", long, col))
+    if "ChargePeriodStart" in table.column_names and "ChargePeriodEnd" in table.column_names:
+        start, end = table.column("ChargePeriodStart"), table.column("ChargePeriodEnd")
+        span = pc.subtract(end, start)
+        too_long = pc.greater(span, limits.max_charge_period_h * HOUR_S)
+        checks.append(
+            (
+                f"ChargePeriod: longer than {limits.max_charge_period_h} hours",
+                too_long,
+                pc.cast(span, pa.string()),
+            )
+        )
+    if "BillingCurrency" in table.column_names:
+        codes = _currency_codes(table)
+        known = pa.array([limits.currency, *limits.rates], pa.string())
+        unknown = pc.invert(pc.fill_null(pc.is_in(codes, value_set=known), False))
+        checks.append(
+            (
+                f"BillingCurrency: not {limits.currency} and no rate in CCT_BILLING_CURRENCY_RATES",
+                unknown,
+                table.column("BillingCurrency"),
+            )
+        )
+    bad = pa.array([False] * n, pa.bool_())
+    for reason, mask, values in checks:
+        # An all-null column has the null type; so has its mask.
+        new = pc.and_not(pc.fill_null(pc.cast(mask, pa.bool_()), False), bad)
+        count = pc.sum(new).as_py() or 0
+        if count:
+            rows = pc.indices_nonzero(new).to_pylist()[:3]
+            examples = [f"row value {str(values[r].as_py())[:80]!r}" for r in rows]
+            totals.errors.add(reason, count, examples)
+            bad = pc.or_(bad, new)
+    if not (pc.sum(bad).as_py() or 0):
+        return table
+    starts = pc.drop_null(table.filter(bad).column("ChargePeriodStart")).combine_chunks()
+    hours = pc.multiply(pc.divide(starts, HOUR_S), HOUR_S)
+    totals.incomplete_hours.update(pc.unique(hours).to_pylist())
+    return table.filter(pc.invert(bad))

@@ -46,6 +46,19 @@ def load_cmd(fmt: str, no_reconcile: bool, locations: tuple[str, ...]) -> None:
     except (VMError, psycopg.OperationalError) as exc:
         click.echo(f"error (retry): {exc}", err=True)
         sys.exit(EXIT_RETRY)
+    if report.rows_rejected:
+        click.echo(f"rejected {report.rows_rejected:,} of {report.rows_read:,} rows:", err=True)
+        for reason, n in sorted(report.rejections.items(), key=lambda kv: -kv[1]):
+            examples = "; ".join(report.rejection_examples.get(reason, []))
+            click.echo(
+                f"  {n:,} rows: {reason}" + (f" (e.g. {examples})" if examples else ""), err=True
+            )
+        if report.incomplete_hours:
+            click.echo(
+                f"  {len(report.incomplete_hours)} hour(s) incomplete, "
+                f"first {report.incomplete_hours[0]}",
+                err=True,
+            )
     click.echo(json.dumps(asdict(report), default=str))
 
 

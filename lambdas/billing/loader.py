@@ -20,6 +20,8 @@ import hashlib
 import io
 import json
 import logging
+import math
+import os
 import tempfile
 import time
 import urllib.parse
@@ -36,9 +38,17 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lambdas.billing.adapters import adapt
-from lambdas.billing.aggregate import COLUMNS, HourlyTotals, add_batches
-from lambdas.billing.focus import BillingFileError, read_batches
-from lambdas.common.settings import env_int, pg_dsn, vm_read_url, vm_write_url
+from lambdas.billing.aggregate import BillingLimits, HourlyTotals, add_file, add_table
+from lambdas.billing.focus import BillingFileError
+from lambdas.common.settings import (
+    SettingsError,
+    env_float,
+    env_int,
+    env_str,
+    pg_dsn,
+    vm_read_url,
+    vm_write_url,
+)
 from lambdas.common.vm import Sample, VictoriaMetrics, VMError
 from lambdas.store import billing as store
 
@@ -63,6 +73,28 @@ class BillingSettings:
     # Trailing window of billed hours compared with the estimate. A week smooths daily
     # patterns and is short enough to follow price changes.
     reconcile_window_h: int = 168
+    # Row limits (BillingLimits): CCT_BILLING_MAX_ABS_COST (1e9 per row and cost column),
+    # CCT_BILLING_MAX_CHARGE_PERIOD_H (9600, 400 days: a longer charge is not spread over
+    # hours), CCT_BILLING_MAX_VALUE_CHARS (1024 per text value).
+    max_abs_cost: float = 1e9
+    max_charge_period_h: int = 24 * 400
+    max_value_chars: int = 1024
+    # The currency of the cost series (CCT_BILLING_CURRENCY, USD) and the operator's rates
+    # for other BillingCurrency values (CCT_BILLING_CURRENCY_RATES, `EUR=1.08,GBP=1.27`: units
+    # of the series currency per unit; the source is the operator's, e.g. the finance team's
+    # month-end rate). A row in a currency with no rate is rejected, never summed as USD.
+    currency: str = "USD"
+    currency_rates: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> BillingLimits:
+        return BillingLimits(
+            self.max_abs_cost,
+            self.max_charge_period_h,
+            self.max_value_chars,
+            self.currency,
+            self.currency_rates,
+        )
 
     @classmethod
     def from_env(cls) -> BillingSettings:
@@ -71,7 +103,27 @@ class BillingSettings:
             vm_url=vm_write_url(),
             vm_read_url=vm_read_url(),
             reconcile_window_h=env_int("CCT_BILLING_RECONCILE_WINDOW_H", 168),
+            max_abs_cost=env_float("CCT_BILLING_MAX_ABS_COST", 1e9),
+            max_charge_period_h=env_int("CCT_BILLING_MAX_CHARGE_PERIOD_H", 24 * 400),
+            max_value_chars=env_int("CCT_BILLING_MAX_VALUE_CHARS", 1024),
+            currency=env_str("CCT_BILLING_CURRENCY", "USD").strip().upper(),
+            currency_rates=currency_rates(os.environ.get("CCT_BILLING_CURRENCY_RATES", "")),
         )
+
+
+def currency_rates(raw: str) -> dict[str, float]:
+    """`EUR=1.08,GBP=1.27` -> {"EUR": 1.08, "GBP": 1.27}; SettingsError naming the key."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        code, _, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = float("nan")
+        if not code.strip() or not math.isfinite(rate) or rate <= 0:
+            raise SettingsError(f"CCT_BILLING_CURRENCY_RATES: {item!r} is not CODE=positive number")
+        rates[code.strip().upper()] = rate
+    return rates
 
 
 @dataclass
@@ -80,7 +132,10 @@ class LoadReport:
     files: list[str]
     rows_read: int = 0
     rows_rejected: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    rejection_examples: dict[str, list[str]] = field(default_factory=dict)  # first few
+    # Hours holding a rejected row: their loaded totals miss that row's cost.
+    incomplete_hours: list[str] = field(default_factory=list)
     loaded: list[str] = field(default_factory=list)  # partitions written
     unchanged: list[str] = field(default_factory=list)  # partitions already at this load_id
     samples: int = 0
@@ -233,20 +288,26 @@ def load(
             files = resolve(locations, tmp)
             digests = sorted(_sha256(p) for _, p in files)
             load_id = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:16]
-            totals = HourlyTotals()
+            totals = HourlyTotals(limits=settings.limits)
             for name, path in files:
-                batches = (
-                    read_batches(path, COLUMNS) if fmt == "focus" else adapt(path, fmt).to_batches()
-                )
-                add_batches(totals, batches, name)
+                if fmt == "focus":
+                    add_file(totals, path, name)
+                else:
+                    add_table(totals, adapt(path, fmt), name)
             totals.finish()
         except BillingFileError as exc:
             store.dead_letter(conn, "broken_file", str(exc), json.dumps(list(locations)))
             raise
-        report = LoadReport(load_id, [n for n, _ in files], totals.rows_read, totals.rows_rejected)
-        report.rejections = dict(totals.rejections)
-        if totals.rows_rejected:
-            detail = ", ".join(f"{n} rows {r}" for r, n in sorted(totals.rejections.items()))
+        rejected = totals.errors.total
+        report = LoadReport(load_id, [n for n, _ in files], totals.rows_used + rejected, rejected)
+        report.rejections = dict(totals.errors.counts)
+        report.rejection_examples = dict(totals.errors.examples)
+        report.incomplete_hours = [
+            datetime.fromtimestamp(h, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for h in sorted(totals.incomplete_hours)
+        ]
+        if rejected:
+            detail = "; ".join(totals.errors.lines())
             store.dead_letter(
                 conn, "rejected_rows", f"{report.files}: {detail}", json.dumps(report.files)
             )

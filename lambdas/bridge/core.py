@@ -7,13 +7,18 @@ bad request never produces half of its events.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from lambdas.events.cloudevents import anomaly_event, encode
+from lambdas.common.edge import TooDeep, loads_bounded
+from lambdas.events.cloudevents import EventLimits, InvalidEvent, anomaly_event, decode, encode
+
+log = logging.getLogger("cct.bridge")
 
 WEBHOOK_VERSION = "4"
+# Alertmanager's payload nests five levels deep; anything far deeper is not from it.
+MAX_JSON_DEPTH = 32
 ANOMALY_ALERTNAME = "CostAnomaly"
 
 
@@ -34,13 +39,18 @@ class Conversion:
     # Alerts that are not cost anomalies: the routing never sends them here, so one that
     # arrives is counted and dropped rather than put on the anomalies topic.
     ignored: int
+    # Alerts whose event the trigger would refuse (a NUL, an oversized label): dropped with
+    # the reason, counted, so the rest of the group is still produced.
+    invalid: list[str] = field(default_factory=list)
 
 
-def parse_payload(body: bytes) -> list[dict[str, Any]]:
+def parse_payload(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> list[dict[str, Any]]:
     """The alerts of a payload, checked field by field."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = loads_bounded(body, max_depth)
+    except TooDeep as exc:
+        raise PayloadError(str(exc)) from None
+    except ValueError as exc:
         raise PayloadError(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise PayloadError("body is not a JSON object")
@@ -74,18 +84,30 @@ def _check_alert(i: int, alert: object) -> None:
         raise PayloadError(f"alerts[{i}].labels is missing")
 
 
-def convert(body: bytes, received_at: str) -> Conversion:
+def convert(
+    body: bytes,
+    received_at: str,
+    limits: EventLimits = EventLimits(),  # noqa: B008
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Conversion:
     """All the events one webhook request must produce, keyed by alert fingerprint."""
     events: list[OutgoingEvent] = []
+    invalid: list[str] = []
     ignored = 0
-    for alert in parse_payload(body):
+    for i, alert in enumerate(parse_payload(body, max_depth)):
         if alert["labels"].get("alertname") != ANOMALY_ALERTNAME:
             ignored += 1
             continue
         event = anomaly_event(alert, received_at)
+        value = encode(event)
+        try:
+            # The trigger's own check: what it would dead-letter never reaches the topic.
+            decode(value, limits)
+        except InvalidEvent as exc:
+            log.warning("alert dropped", extra={"alert": i, "reason": str(exc)})
+            invalid.append(f"alerts[{i}]: {exc}")
+            continue
         events.append(
-            OutgoingEvent(
-                key=alert["fingerprint"].encode(), value=encode(event), type=event["type"]
-            )
+            OutgoingEvent(key=alert["fingerprint"].encode(), value=value, type=event["type"])
         )
-    return Conversion(events=events, ignored=ignored)
+    return Conversion(events=events, ignored=ignored, invalid=invalid)

@@ -29,6 +29,7 @@ from prometheus_client import (
 
 from lambdas.bridge.core import PayloadError, convert, parse_payload
 from lambdas.bridge.settings import BridgeSettings
+from lambdas.common.edge import BodyTimeout, read_body, runner_options, timeout_response
 from lambdas.common.settings import SettingsError
 from lambdas.events.producer import ProducerSlot
 
@@ -113,7 +114,11 @@ class Bridge:
         if request.content_length is not None and request.content_length > limit:
             return self._reject(endpoint, 413, "too_large", f"body exceeds {limit} bytes")
         try:
-            return await request.read()
+            return await read_body(request, self.settings.body_timeout_s)
+        except BodyTimeout as exc:
+            self.metrics.rejected.labels("body_timeout").inc()
+            self.metrics.requests.labels(endpoint, "408").inc()
+            return timeout_response({"error": "body_timeout", "message": str(exc)})
         except web.HTTPRequestEntityTooLarge:
             return self._reject(endpoint, 413, "too_large", f"body exceeds {limit} bytes")
 
@@ -123,11 +128,15 @@ class Bridge:
         if isinstance(body, web.Response):
             return body
         try:
-            conversion = convert(body, _now_rfc3339())
+            conversion = convert(
+                body, _now_rfc3339(), self.settings.event_limits, self.settings.max_json_depth
+            )
         except PayloadError as exc:
             log.warning("rejected webhook payload", extra={"reason": str(exc)})
             return self._reject(endpoint, 400, "malformed", str(exc))
         self.metrics.ignored.inc(conversion.ignored)
+        if conversion.invalid:
+            self.metrics.rejected.labels("invalid_alert").inc(len(conversion.invalid))
         started = time.perf_counter()
         producer: AIOKafkaProducer | None = None
         try:
@@ -155,7 +164,13 @@ class Bridge:
         for e in conversion.events:
             self.metrics.events.labels(e.type).inc()
         self.metrics.requests.labels(endpoint, "200").inc()
-        return web.json_response({"events": len(conversion.events), "ignored": conversion.ignored})
+        return web.json_response(
+            {
+                "events": len(conversion.events),
+                "ignored": conversion.ignored,
+                "invalid": conversion.invalid,
+            }
+        )
 
     async def relay_zenduty(self, request: web.Request) -> web.Response:
         endpoint = "relay_zenduty"
@@ -165,7 +180,7 @@ class Bridge:
         if self.settings.zenduty_url is None:
             return self._reject(endpoint, 404, "relay_disabled", "CCT_ZENDUTY_URL_FILE is unset")
         try:
-            parse_payload(body)
+            parse_payload(body, self.settings.max_json_depth)
         except PayloadError as exc:
             return self._reject(endpoint, 400, "malformed", str(exc))
         status = await self._post_zenduty(request.app[SESSION_KEY], self.settings.zenduty_url, body)
@@ -251,5 +266,10 @@ def serve() -> None:
         raise SystemExit(f"cct serve bridge: {exc}") from None
     log.info("bridge starting", extra={"settings": repr(settings)})
     web.run_app(
-        Bridge(settings).app(), host=settings.host, port=settings.port, print=None, access_log=None
+        Bridge(settings).app(),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        **runner_options(settings.header_timeout_s),
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str, kafka_bootstrap
+from lambdas.events.cloudevents import EventLimits
 
 
 def read_secret(variable: str, path: str) -> str:
@@ -35,6 +36,14 @@ class BridgeSettings:
     relay_timeout_s: CCT_BRIDGE_RELAY_TIMEOUT_S, default 5 s, for the call to Zenduty.
     max_body_bytes: CCT_BRIDGE_MAX_BODY_BYTES, default 4 MiB; Alertmanager groups are small,
         a larger body is not from Alertmanager.
+    header_timeout_s / body_timeout_s: CCT_BRIDGE_HEADER_TIMEOUT_S (default 10 s) and
+        CCT_BRIDGE_BODY_TIMEOUT_S (default 10 s): a client slower than that to send its
+        headers or body has its connection closed (the body with a 408).
+    max_json_depth: CCT_BRIDGE_MAX_JSON_DEPTH, default 32: deeper payloads are refused (400).
+    max_event_bytes / max_event_labels / max_label_chars: CCT_BRIDGE_MAX_EVENT_BYTES
+        (default 262144), CCT_BRIDGE_MAX_EVENT_LABELS (128), CCT_BRIDGE_MAX_LABEL_CHARS (4096):
+        the trigger's limits (`EventLimits`); an alert whose event would pass none of them, or
+        holds a NUL, is dropped and counted, the rest of its payload is produced.
     """
 
     kafka_bootstrap: str
@@ -47,6 +56,16 @@ class BridgeSettings:
     produce_timeout_s: float
     relay_timeout_s: float
     max_body_bytes: int
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    max_json_depth: int = 32
+    max_event_bytes: int = 256 * 1024
+    max_event_labels: int = 128
+    max_label_chars: int = 4096
+
+    @property
+    def event_limits(self) -> EventLimits:
+        return EventLimits(self.max_event_bytes, self.max_event_labels, self.max_label_chars)
 
     @classmethod
     def from_env(cls) -> BridgeSettings:
@@ -68,4 +87,10 @@ class BridgeSettings:
             produce_timeout_s=env_float("CCT_BRIDGE_PRODUCE_TIMEOUT_S", 5.0),
             relay_timeout_s=env_float("CCT_BRIDGE_RELAY_TIMEOUT_S", 5.0),
             max_body_bytes=env_int("CCT_BRIDGE_MAX_BODY_BYTES", 4 * 1024 * 1024),
+            header_timeout_s=env_float("CCT_BRIDGE_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=env_float("CCT_BRIDGE_BODY_TIMEOUT_S", 10.0),
+            max_json_depth=env_int("CCT_BRIDGE_MAX_JSON_DEPTH", 32),
+            max_event_bytes=env_int("CCT_BRIDGE_MAX_EVENT_BYTES", 256 * 1024),
+            max_event_labels=env_int("CCT_BRIDGE_MAX_EVENT_LABELS", 128),
+            max_label_chars=env_int("CCT_BRIDGE_MAX_LABEL_CHARS", 4096),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from lambdas.collector.model import Resource, ResourceChange
@@ -152,15 +152,42 @@ def apply_changes(
     return rows, [applied[c.event_id] for c in ordered]
 
 
-@dataclass(frozen=True, slots=True)
+# The label value a tag gets once its label name has reached its cap of distinct values.
+OVERFLOW = "__overflow__"
+
+
+@dataclass(slots=True)
 class Labels:
-    """Which labels a resource and its group get; `tag_labels` are matched case-insensitively."""
+    """Which labels a resource and its group get; `tag_labels` are matched case-insensitively.
+
+    Tags are set by whoever creates a resource, so their values are unbounded: each tag label
+    keeps at most `max_values` distinct values (0 = no cap); a resource with a value beyond
+    that is labelled OVERFLOW (its cost still counts, under one shared series) and
+    `overflowed[label]` counts how often that happened."""
 
     tag_labels: tuple[str, ...]
+    max_values: int = 0
+    seen: dict[str, set[str]] = field(default_factory=dict)
+    overflowed: dict[str, int] = field(default_factory=dict)
 
     def tags(self, r: Resource) -> tuple[str, ...]:
         lowered = {k.lower(): str(v) for k, v in r.tags.items()}
-        return tuple(lowered.get(n, "") for n in self.tag_labels)
+        values = tuple(lowered.get(n, "") for n in self.tag_labels)
+        if not self.max_values:
+            return values
+        return tuple(self._capped(n, v) for n, v in zip(self.tag_labels, values, strict=True))
+
+    def _capped(self, name: str, value: str) -> str:
+        if not value:
+            return value
+        seen = self.seen.setdefault(name, set())
+        if value in seen:
+            return value
+        if len(seen) < self.max_values:
+            seen.add(value)
+            return value
+        self.overflowed[name] = self.overflowed.get(name, 0) + 1
+        return OVERFLOW
 
     def of(self, r: Resource, tags: tuple[str, ...]) -> tuple[Group, str]:
         """The resource's rollup group and its rendered per-resource labels."""

@@ -15,6 +15,7 @@ import base64
 import binascii
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -581,3 +582,75 @@ def normalize(record: Any, default_provider: str | None = None) -> list[Resource
         if isinstance(exc, EventRejected):
             raise
         raise EventRejected("malformed_event", f"{provider} event: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ChangeLimits:
+    """What the collector accepts of one normalised change, checked before anything is stored
+    (limits in CollectorSettings). Past these, a value would overflow a numeric column, make a
+    VictoriaMetrics line too long to import, or sit in the inventory forever (a time in the far
+    future makes every later real change of the resource look stale)."""
+
+    max_value_chars: int = 1024
+    max_tags: int = 64
+    max_quantity: float = 1e9
+    max_future_s: float = 3600.0
+
+
+def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> None:
+    """Raise EventRejected naming the first value of `ch` beyond `limits`. On the collector's
+    hot path: messages are built only for a value that fails."""
+    most = limits.max_value_chars
+    fields = (
+        ("resource_id", ch.resource_id),
+        ("billing_account_id", ch.billing_account_id),
+        ("sub_account_id", ch.sub_account_id),
+        ("region_id", ch.region_id),
+        ("service_name", ch.service_name),
+        ("resource_type", ch.resource_type),
+        ("state", ch.state),
+        ("sku", ch.sku),
+        ("actor", ch.actor),
+        ("event id", ch.event_id),
+    )
+    for where, text in fields:
+        if text is not None:
+            _check_text(where, text, most)
+    tags = ch.tags
+    if tags:
+        if len(tags) > limits.max_tags:
+            raise EventRejected(
+                "too_many_tags", f"{len(tags)} tags exceed the limit of {limits.max_tags}"
+            )
+        for k, v in tags.items():
+            if not (isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= most):
+                _check_text(f"tag {str(k)[:40]!r}", f"{k}{v}", most)
+    for name, value in ch.attributes.items():
+        if isinstance(value, str):
+            _check_text(f"attribute {name!r}", value, most)
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not (math.isfinite(value) and abs(value) <= limits.max_quantity)
+        ):
+            raise EventRejected(
+                "out_of_range", f"attribute {name!r}={value!r} is outside ±{limits.max_quantity:g}"
+            )
+    ahead = (ch.event_time - now).total_seconds()
+    if ahead > limits.max_future_s:
+        raise EventRejected(
+            "future_time",
+            f"event time {ch.event_time.isoformat()} is {ahead:.0f} s in the future (limit "
+            f"{limits.max_future_s:g} s)",
+        )
+
+
+def _check_text(where: str, text: object, most: int) -> None:
+    if not isinstance(text, str):
+        # A provider field of the wrong JSON type that the normaliser passed through.
+        raise EventRejected("wrong_type", f"{where}: expected a string, got {text!r:.80}")
+    if len(text) > most:
+        raise EventRejected(
+            "value_too_long",
+            f"{where} has {len(text)} characters, more than the limit of {most}",
+        )

@@ -44,7 +44,8 @@ from lambdas.collector.core import (
     resource_lines,
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
-from lambdas.collector.normalize import holds_nul, normalize
+from lambdas.collector.normalize import ChangeLimits, check_change, holds_nul, normalize
+from lambdas.common.edge import BodyTimeout, read_body, runner_options
 from lambdas.common.pg import DsnSource, needs_reconnect
 from lambdas.common.settings import (
     SettingsError,
@@ -102,6 +103,26 @@ class CollectorSettings:
     sync_interval_s: float = 0.0
     sync_aws_regions: tuple[str, ...] = ()
     sync_aws_billing_account_id: str = ""
+    # Edge limits of one change (ChangeLimits): characters of any string or tag (key plus
+    # value), tags per resource, magnitude of a size/IOPS figure, and how far in the future
+    # an event time may be. Beyond them the record is dead-lettered with the reason.
+    max_value_chars: int = 1024
+    max_tags: int = 64
+    max_quantity: float = 1e9
+    max_future_s: float = 3600.0
+    # Distinct values each tag label may take in the series (0 = no cap); later values become
+    # `__overflow__`, counted by cct_collector_label_overflow_total.
+    max_values_per_label: int = 1000
+    # Seconds a client may take to send a request's headers (from connecting, or from the end
+    # of its previous response) and its body; past them the connection is closed.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 20.0
+
+    @property
+    def change_limits(self) -> ChangeLimits:
+        return ChangeLimits(
+            self.max_value_chars, self.max_tags, self.max_quantity, self.max_future_s
+        )
 
     @classmethod
     def from_env(cls) -> CollectorSettings:
@@ -136,6 +157,13 @@ class CollectorSettings:
             sync_aws_billing_account_id=os.environ.get(
                 "CCT_COLLECTOR_SYNC_AWS_BILLING_ACCOUNT_ID", ""
             ),
+            max_value_chars=env_int("CCT_COLLECTOR_MAX_VALUE_CHARS", 1024),
+            max_tags=env_int("CCT_COLLECTOR_MAX_TAGS", 64),
+            max_quantity=env_float("CCT_COLLECTOR_MAX_QUANTITY", 1e9),
+            max_future_s=env_float("CCT_COLLECTOR_MAX_FUTURE_S", 3600.0),
+            max_values_per_label=env_int("CCT_COLLECTOR_MAX_VALUES_PER_LABEL", 1000),
+            header_timeout_s=env_float("CCT_COLLECTOR_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=env_float("CCT_COLLECTOR_BODY_TIMEOUT_S", 20.0),
         )
 
 
@@ -180,6 +208,18 @@ class Metrics:
             registry=r,
         )
         self.live = Gauge("cct_collector_live_resources", "Live resources.", registry=r)
+        self.vm_refused = Counter(
+            "cct_collector_vm_refused_batches",
+            "VictoriaMetrics imports refused as bad (HTTP 4xx): dropped, not retried.",
+            registry=r,
+        )
+        self.label_overflow = Counter(
+            "cct_collector_label_overflow",
+            "Resources labelled __overflow__ because the tag label had reached"
+            " CCT_COLLECTOR_MAX_VALUES_PER_LABEL distinct values.",
+            ["label"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -203,7 +243,7 @@ class Processor:
     def __init__(self, settings: CollectorSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.labels = Labels(settings.tag_labels)
+        self.labels = Labels(settings.tag_labels, settings.max_values_per_label)
         self.rollups = Rollups(self.labels)
         self.book: PriceBook = {}
         self.factors: Factors = {}
@@ -215,6 +255,7 @@ class Processor:
         # cached row equals PostgreSQL's and need not be read back; misses are read and locked.
         self._rows: OrderedDict[tuple[str, str], Resource] = OrderedDict()
         self._pending: list[str] = []
+        self._overflow_counted: dict[str, int] = {}
         # Set after a batch met an event id PostgreSQL already holds: later batches look for
         # known ids before writing until one finds none.
         self._careful = False
@@ -527,7 +568,16 @@ class Processor:
             self.metrics.unpriced.labels(provider).inc(n)
         samples += self.rollups.rollup_lines(factor_of, self.factors, now_ms)
         self.metrics.live.set(len(self.rollups.live))
+        self._count_overflow()
         return samples
+
+    def _count_overflow(self) -> None:
+        """Carry the pure core's overflow counts into the metric."""
+        for name, total in self.labels.overflowed.items():
+            counted = self._overflow_counted.get(name, 0)
+            if total > counted:
+                self.metrics.label_overflow.labels(name).inc(total - counted)
+                self._overflow_counted[name] = total
 
     async def _vm_writer(self) -> None:
         while True:
@@ -553,6 +603,15 @@ class Processor:
             async with self._http.post(
                 f"{self.settings.vm_url}/api/v1/import/prometheus", data=payload
             ) as resp:
+                if 400 <= resp.status < 500:
+                    # VictoriaMetrics refused the lines themselves ("too long line"): sent
+                    # again with every heartbeat they would fail every later import too.
+                    self.metrics.vm_refused.inc()
+                    log.error(
+                        "victoriametrics refused the import; dropped",
+                        extra={"status": resp.status, "error": (await resp.text())[:200]},
+                    )
+                    return
                 if resp.status >= 300:
                     raise aiohttp.ClientError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -613,7 +672,9 @@ class Api:
                 413, "body_too_large", f"body of {request.content_length} bytes exceeds {limit}"
             )
         try:
-            raw = await request.read()
+            raw = await read_body(request, self.settings.body_timeout_s)
+        except BodyTimeout as exc:
+            raise Refused(408, "body_timeout", str(exc)) from None
         except web.HTTPRequestEntityTooLarge:
             raise Refused(413, "body_too_large", f"body exceeds {limit} bytes") from None
         try:
@@ -635,13 +696,18 @@ class Api:
         try:
             records, nul = await self.read_records(request)
         except Refused as refused:
-            return _reject(self.metrics, refused.status, refused.reason, refused.detail)
+            response = _reject(self.metrics, refused.status, refused.reason, refused.detail)
+            if refused.status == 408:
+                response.force_close()  # the rest of a slow body is never read
+            return response
         tag = request.match_info.get("tag") or request.headers.get("X-Fluent-Tag") or ""
         default_provider = _tag_provider(tag)
         changes: list[ResourceChange] = []
         dead: list[tuple[str, str, str]] = []
         rejected: list[dict[str, Any]] = []
         ignored = 0
+        limits = self.settings.change_limits
+        now = datetime.now(UTC)
         for index, record in enumerate(records):
             if isinstance(record, dict):
                 # Fluent Bit removes the forwarder's token; never store it if one slips through.
@@ -651,7 +717,10 @@ class Api:
                     # PostgreSQL text cannot hold NUL: left in, it would fail the whole batch on
                     # every retry. (The dead letter keeps it JSON-escaped.)
                     raise EventRejected("nul_character", "a string holds a NUL character")
-                changes += normalize(record, default_provider)
+                record_changes = normalize(record, default_provider)
+                for change in record_changes:
+                    check_change(change, limits, now)
+                changes += record_changes
             except EventRejected as exc:
                 self.metrics.rejected.labels(exc.reason).inc()
                 payload = json.dumps(record, default=str)
@@ -727,7 +796,9 @@ async def run(settings: CollectorSettings) -> None:
     # reference counting anyway).
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    runner = web.AppRunner(build_app(processor), access_log=None)
+    runner = web.AppRunner(
+        build_app(processor), access_log=None, **runner_options(settings.header_timeout_s)
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("collector listening", extra={"host": settings.host, "port": settings.port})

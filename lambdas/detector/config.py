@@ -86,14 +86,27 @@ class DetectionConfig:
     Defaults were chosen on the labeled sample (`benchmarks/detector_quality.py`).
     """
 
-    # Seasonal rule: an increase of at least this many robust standard deviations (MAD based)
-    # above the hour-of-week baseline opens an incident. Lower = more sensitive.
-    sensitivity: float = 6.0
+    # The sensitivity knob: how many false incidents per series and month (30 days) you are
+    # prepared to see. It sets the robust z threshold of the rules (`core.z_threshold`):
+    # 1.0 -> about 4.2 robust sigmas for data at an hour or finer. Lower = quieter. See
+    # docs/detection.md for the worked example and the figures it was chosen from.
+    false_incidents_per_month: float = 0.5
+    # Seasonal rule threshold in robust standard deviations, overriding the knob above when
+    # > 0 (0 = derived from false_incidents_per_month).
+    sensitivity: float = 0.0
     # Hysteresis: an open incident stays open while its rule holds at this fraction of the
     # opening thresholds, so a value hovering at the threshold is one incident, not many.
     hold_fraction: float = 0.5
-    # Consecutive normal evaluations before an incident resolves.
+    # Consecutive normal evaluations before an incident resolves, and at least this long
+    # (wall clock) since its last abnormal evaluation.
     resolve_after_ticks: int = 2
+    resolve_after_s: float = 0.0
+    # A rule must hold this long (wall clock, counting the interval of each value) before an
+    # incident opens; the incident then starts when the rule first held. 0 = at once.
+    min_duration_s: float = 0.0
+    # After an incident of a series resolves, a new one opens within this time only when it
+    # is worse than the last one's peak: a wobble after an episode is the same episode.
+    cooldown_s: float = 6 * 3600.0
     # An open incident whose series has had no value for this long resolves: the series is
     # gone (a deleted group, a stopped exporter) and nobody can act on its last value.
     stale_after_s: float = 300.0
@@ -103,8 +116,23 @@ class DetectionConfig:
     # pattern. Memory is about 2.2 KB per series known within this window. Must be at least
     # stale_after_s, so an absent series' incident resolves before it is forgotten.
     evict_after_s: float = 7 * 86400.0
-    # Materiality: increases smaller than this never alert, whatever the statistics say.
+    # Materiality: increases smaller than this never alert, whatever the statistics say (an
+    # absolute floor; per level below) ...
     min_impact_usd_per_hour: float = 2.0
+    # ... overridden per level (0 = use min_impact_usd_per_hour).
+    min_impact_account_usd_per_hour: float = 0.0
+    min_impact_service_usd_per_hour: float = 0.0
+    min_impact_team_usd_per_hour: float = 0.0
+    min_impact_resource_usd_per_hour: float = 0.0
+    # ... and relative: an increase must also be this fraction of the series' own level
+    # (the larger of its expected value and its one-week mean), so a large noisy series
+    # does not alert on a wobble that is a rounding error of its bill.
+    min_relative_increase: float = 0.2
+    # The noise estimate never goes below this fraction of the series' one-week mean: a
+    # series that is mostly zero with a few cents has noise, not a noise of zero.
+    level_noise_ratio: float = 0.05
+    # Cost decreases are reported only when this is 1 (as info incidents, never paging).
+    report_decreases: int = 0
     # Day-0 step rule (needs no history): a rise of at least X $/h or Y (fraction) within the
     # window, above both the recent level and the same hour yesterday (once a day is known).
     day0_window_s: float = 900.0
@@ -130,7 +158,7 @@ class DetectionConfig:
 
     def __post_init__(self) -> None:
         positive = [
-            "sensitivity",
+            "false_incidents_per_month",
             "day0_window_s",
             "day0_min_step_usd_per_hour",
             "day0_min_step_ratio",
@@ -140,6 +168,20 @@ class DetectionConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"detection setting {name} must be > 0")
+        non_negative = [
+            "sensitivity",
+            "resolve_after_s",
+            "min_duration_s",
+            "cooldown_s",
+            "min_relative_increase",
+            "level_noise_ratio",
+            *(f"min_impact_{lv}_usd_per_hour" for lv in LEVEL_LABELS),
+        ]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"detection setting {name} must be >= 0")
+        if self.report_decreases not in (0, 1):
+            raise SettingsError("detection setting report_decreases must be 0 or 1")
         if not 0 < self.hold_fraction <= 1:
             raise SettingsError("detection setting hold_fraction must be in (0, 1]")
         if self.evict_after_s < self.stale_after_s:
@@ -148,6 +190,11 @@ class DetectionConfig:
             raise SettingsError(
                 "resolve_after_ticks must be >= 1 and history_weeks >= weekly_min_weeks"
             )
+
+    def min_impact(self, level: str) -> float:
+        """The absolute materiality floor of a level in $/h."""
+        own = float(getattr(self, f"min_impact_{level}_usd_per_hour", 0.0))
+        return own if own > 0 else self.min_impact_usd_per_hour
 
     @classmethod
     def from_env(cls, prefix: str = "CCT_DETECTOR_") -> DetectionConfig:

@@ -14,10 +14,22 @@ Three rules, one incident per series:
   estimate; during warm-up a static threshold above the highest value seen so far.
 - budgets are not here: they are rendered as vmalert rules (`lambdas.detector.rules`).
 
-An incident opens when any rule fires, stays open while any rule still holds at the hysteresis
-fraction of its thresholds, and resolves after `resolve_after_ticks` normal evaluations (or
-when its series has had no value for `stale_after_s`). Its rule is fixed when it opens; its
-severity follows its impact, upwards only (`escalated` transitions).
+Every rule needs an increase that is material twice over: at least the level's absolute
+floor in $/h and at least `min_relative_increase` of the series' own level. The noise a
+z-score divides by is the largest of three robust estimates, so it cannot collapse to zero:
+day-over-day differences of hourly means, the running mean absolute residual of each
+evaluation (right for any cadence: 1-minute values are noisier than hourly means) and a
+fraction of the series' one-week mean (a near-zero series still has noise). The z threshold
+comes from one knob, the false incidents per series and month one accepts (`z_threshold`).
+
+An incident opens when a rule has fired for `min_duration_s` (it starts when the rule first
+fired), stays open while any rule still holds at the hysteresis fraction of its thresholds,
+and resolves after `resolve_after_ticks` normal evaluations and `resolve_after_s` (or when
+its series has had no value for `stale_after_s`). Within `cooldown_s` of a resolution a new
+incident opens only when it is worse than the last one's peak, so one episode is one
+incident. Its rule is fixed when it opens; its severity follows its impact, upwards only
+(`escalated` transitions). Decreases are detected only when `report_decreases` is set, as
+`decrease` incidents of severity info that never escalate.
 Series without a value for `evict_after_s` are forgotten, so churn does not grow the state.
 """
 
@@ -41,12 +53,34 @@ MIN_SCALE_POINTS = 24
 STATIC_WINDOW_H = 72
 EVICT_CHECK_S = 60.0
 MAD_TO_SIGMA = 1.4826
+# Mean absolute deviation -> standard deviation for normal noise (sqrt(pi / 2)).
+MEAN_ABS_TO_SIGMA = 1.2533
+# Time constants (wall clock) of the series' mean level and of its residual noise.
+LEVEL_WINDOW_S = 7 * 86400.0
+RESID_WINDOW_S = 86400.0
+# A residual counts at most this many times the current noise estimate (robustness).
+RESID_CLIP = 4.0
+# ... and at least a quarter of the series' mean level, so a series that starts quiet learns
+# its spikes within days.
+LEVEL_CLIP_RATIO = 0.25
+# The tail of the absolute residuals: their running 0.9-expectile (an asymmetric running
+# mean that weighs residuals above it 9 times more), read as 1.3932 sigmas (its value for
+# normal noise). Spiky series have a heavy tail: this is what keeps their everyday spikes
+# from alerting, and unlike a clipped mean it learns them within days.
+RESID_EXPECTILE = 0.9
+EXPECTILE_TO_SIGMA = 1.0 / 1.3932
+MONTH_S = 30 * 86400.0
+# Evaluations closer than this are not independent chances of a false alarm (the live
+# detector evaluates every few seconds the same run-rate).
+DECORRELATION_S = 3600.0
+Z_MIN, Z_MAX = 3.0, 12.0
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
 
 RULE_DAY0 = 1
 RULE_SEASONAL = 2
-RULE_NAMES = {RULE_DAY0: "day0_step", RULE_SEASONAL: "seasonal"}
+RULE_DECREASE = 3
+RULE_NAMES = {RULE_DAY0: "day0_step", RULE_SEASONAL: "seasonal", RULE_DECREASE: "decrease"}
 # Which baseline a series uses (Engine.mode), named as in the alerts' `baseline` annotation.
 BASE_DAY0, BASE_STATIC, BASE_DAILY, BASE_WEEKLY = 0, 1, 2, 3
 BASELINE_NAMES = {
@@ -71,6 +105,9 @@ class _Verdicts:
     prefer_seasonal: npt.NDArray[np.bool_]
     fire: npt.NDArray[np.bool_]
     hold: npt.NDArray[np.bool_]
+    # Decreases (always False unless report_decreases): fire and hold like the above.
+    fire_down: npt.NDArray[np.bool_]
+    hold_down: npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,21 @@ def severity_codes(delta: F64, deviation: F64, cfg: DetectionConfig) -> npt.NDAr
     return np.where(critical, 2, code).astype(np.int8)
 
 
+def z_threshold(false_incidents_per_month: float, interval_s: float) -> float:
+    """Robust z threshold for an expected number of false incidents per series and month.
+
+    Residuals of cost series are heavier-tailed than normal; they are modelled as Laplace
+    (P(z > k) = exp(-sqrt(2) k) / 2 in standard deviations). A month holds
+    MONTH_S / max(interval, DECORRELATION_S) independent chances, so the threshold k makes
+    chances x P(z > k) equal the wanted count; clamped to [Z_MIN, Z_MAX]. Materiality,
+    hysteresis and the cooldown remove more, so the measured rate is lower (docs/detection.md
+    has the figures on real data).
+    """
+    chances = MONTH_S / max(interval_s, DECORRELATION_S)
+    p = min(false_incidents_per_month / chances, 0.5)
+    return float(np.clip(math.log(0.5 / p) / math.sqrt(2.0), Z_MIN, Z_MAX))
+
+
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
     """Row medians ignoring NaN, and the count of values per row (NaN where a row is empty).
 
@@ -138,6 +190,8 @@ class Engine:
         self._free: list[int] = []
         self.evicted_total = 0
         self._next_eviction = -math.inf
+        # Typical seconds between evaluations (the smallest seen): sets the z threshold.
+        self.interval_s = math.inf
         self.capacity = 0
         self._alloc(max(16, capacity))
 
@@ -180,6 +234,14 @@ class Engine:
         "cur_base": (np.int8, 0),
         "last_expected": (np.float64, np.nan),
         "last_seen": (np.float64, -np.inf),
+        "level": (np.float64, np.nan),
+        "resid": (np.float64, np.nan),
+        "resid_q": (np.float64, np.nan),
+        "floor": (np.float64, np.nan),
+        "pending": (np.float64, np.nan),
+        "last_abnormal": (np.float64, -np.inf),
+        "peak": (np.float64, 0.0),
+        "closed_at": (np.float64, -np.inf),
     }
 
     # The arrays above, declared for the type checker.
@@ -205,6 +267,23 @@ class Engine:
     cur_base: npt.NDArray[np.int8]
     last_expected: F64
     last_seen: F64
+    level: F64
+    resid: F64
+    resid_q: F64
+    floor: F64
+    pending: F64
+    last_abnormal: F64
+    peak: F64
+    closed_at: F64
+
+    @property
+    def z(self) -> float:
+        """The z threshold in force: the explicit sensitivity, else the one the knob gives
+        at the cadence seen so far."""
+        if self.cfg.sensitivity > 0:
+            return self.cfg.sensitivity
+        interval = self.interval_s if math.isfinite(self.interval_s) else HOUR_S
+        return z_threshold(self.cfg.false_incidents_per_month, interval)
 
     def index_of(self, keys: Iterable[SeriesKey]) -> npt.NDArray[np.int64]:
         """Indices of the keys, registering unknown ones. An index stays valid while its
@@ -224,6 +303,7 @@ class Engine:
                 # Registering starts the absence clock, so a key that never gets a value is
                 # evicted too.
                 self.last_seen[i] = -np.inf if self.last_time is None else self.last_time
+                self.floor[i] = self.cfg.min_impact(key.level)
                 self._index[key] = i
             out.append(i)
         return np.asarray(out, dtype=np.int64)
@@ -375,11 +455,21 @@ class Engine:
 
     def _evaluate(self, i: npt.NDArray[np.int64], v: F64) -> _Verdicts:
         cfg = self.cfg
-        k = cfg.sensitivity
+        k = self.z
         hf = cfg.hold_fraction
-        floor = cfg.min_impact_usd_per_hour
-        scale = self.scale[i]
-        noise0 = np.where(np.isfinite(scale), scale, 0.0)
+        floor = self.floor[i]
+        level = np.nan_to_num(self.level[i], nan=0.0)
+        # The noise: the largest of the robust estimates, never zero for a series with a level.
+        noise0 = np.fmax(
+            np.nan_to_num(self.scale[i], nan=0.0),
+            MEAN_ABS_TO_SIGMA * np.nan_to_num(self.resid[i], nan=0.0),
+        )
+        noise0 = np.fmax(noise0, EXPECTILE_TO_SIGMA * np.nan_to_num(self.resid_q[i], nan=0.0))
+        noise0 = np.fmax(noise0, cfg.level_noise_ratio * np.abs(level))
+
+        def material(d: F64, base: F64, f: float) -> npt.NDArray[np.bool_]:
+            own = cfg.min_relative_increase * f * np.fmax(np.abs(base), np.abs(level))
+            return (d >= floor * f) & (d >= own)
 
         # Day-0 step, against the highest of what is normal: the recent level, the same hour
         # yesterday and, once known, the seasonal baseline (Monday morning is no step).
@@ -393,7 +483,7 @@ class Engine:
             big = (d0 >= cfg.day0_min_step_usd_per_hour * f) | (
                 ratio >= cfg.day0_min_step_ratio * f
             )
-            return (d0 >= floor * f) & big & (d0 >= k * f * noise0)
+            return material(d0, ref, f) & big & (d0 >= k * f * noise0)
 
         # Seasonal, or the static warm-up fallback.
         exp_s = self.exp_seasonal[i]
@@ -409,10 +499,15 @@ class Engine:
         def seasonal(f: float) -> npt.NDArray[np.bool_]:
             by_z = warm & (z >= k * f)
             by_static = static & (v >= exp_st * (1 + cfg.warmup_static_ratio * f))
-            return (by_z | by_static) & (ds >= floor * f)
+            return (by_z | by_static) & material(ds, expected, f)
+
+        def decrease(f: float) -> npt.NDArray[np.bool_]:
+            return warm & (-z >= k * f) & material(-ds, expected, f)
 
         day0_fire = day0(1.0)
         seas_fire = seasonal(1.0)
+        no = np.zeros(i.size, dtype=bool)
+        down = cfg.report_decreases == 1
         return _Verdicts(
             ref=np.maximum(ref, 0.0),
             expected=np.maximum(expected, 0.0),
@@ -420,6 +515,8 @@ class Engine:
             prefer_seasonal=seas_fire & (warm | ~day0_fire),
             fire=day0_fire | seas_fire,
             hold=day0_fire | seas_fire | day0(hf) | seasonal(hf),
+            fire_down=decrease(1.0) if down else no,
+            hold_down=decrease(hf) if down else no,
         )
 
     def observe(
@@ -428,6 +525,8 @@ class Engine:
         """Evaluate the newest values (aligned with `idx`; NaN = no value this time)."""
         first_tick, dt = self._advance_clock(now)
         assert self.hour is not None
+        if not first_tick and dt > 0:
+            self.interval_s = min(self.interval_s, dt)
         vals = np.asarray(values, dtype=np.float64)
         ok = np.isfinite(vals)
         i = idx[ok]
@@ -448,18 +547,72 @@ class Engine:
         verdicts = self._evaluate(i, v)
         self.last_expected[i] = verdicts.expected
         was_open = self.is_open[i]
-        opening = verdicts.fire & ~was_open
+        rows, opening = self._open(now, i, v, verdicts)
+        escalating = self._follow(i, v, verdicts, rows, opening)
+        out = [self._transition("opened", int(r), now) for r in rows]
+        out += [self._transition("escalated", int(r), now) for r in escalating]
+        for row in self._resolving(now, i, verdicts, was_open):
+            out.append(self._transition("resolved", row, now))
+            self.is_open[row] = False
+            self.closed_at[row] = now
+
+        # The recent level follows the value with time constant day0_window_s.
+        alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
+        self.recent[i] += alpha * (v - self.recent[i])
+        lvl = self.level[i]
+        a_level = 1.0 - math.exp(-dt / LEVEL_WINDOW_S)
+        self.level[i] = np.where(np.isnan(lvl), v, lvl + a_level * (v - lvl))
+        warm = np.isfinite(self.exp_seasonal[i])
+        self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
+        self._evict(now)
+        return out
+
+    def _open(
+        self, now: float, i: npt.NDArray[np.int64], v: F64, verdicts: _Verdicts
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Open the incidents whose rule has fired long enough and that the cooldown lets
+        through; returns their rows and the mask (aligned with `i`)."""
+        cfg = self.cfg
+        firing = verdicts.fire | verdicts.fire_down
+        # Minimum duration: a rule must have fired since `pending` for min_duration_s,
+        # counting the interval the current value stands for.
+        pend = self.pending[i]
+        pend = np.where(firing, np.where(np.isnan(pend), now, pend), np.nan)
+        self.pending[i] = pend
+        step = self.interval_s if math.isfinite(self.interval_s) else 0.0
+        lasted = np.nan_to_num(now + step - pend, nan=-np.inf) >= cfg.min_duration_s
+        # Cooldown: right after an incident, only worse than its peak is a new one.
+        delta_now = v - np.where(verdicts.prefer_seasonal, verdicts.expected, verdicts.ref)
+        cooled = (now - self.closed_at[i] >= cfg.cooldown_s) | (np.abs(delta_now) > self.peak[i])
+        opening = firing & lasted & cooled & ~self.is_open[i]
         rows = i[opening]
         self.is_open[rows] = True
-        self.rule[rows] = np.where(verdicts.prefer_seasonal[opening], RULE_SEASONAL, RULE_DAY0)
-        self.started[rows] = now
+        is_down = opening & ~verdicts.fire
+        self.rule[rows] = np.where(
+            is_down[opening],
+            RULE_DECREASE,
+            np.where(verdicts.prefer_seasonal[opening], RULE_SEASONAL, RULE_DAY0),
+        )
+        self.started[rows] = pend[opening]
         self.normal_ticks[rows] = 0
+        self.peak[rows] = 0.0
+        return rows, opening
 
+    def _follow(
+        self,
+        i: npt.NDArray[np.int64],
+        v: F64,
+        verdicts: _Verdicts,
+        rows: npt.NDArray[np.int64],
+        opening: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.int64]:
+        """Current figures, peak and severity of the open incidents; returns the rows whose
+        severity rose."""
         # Current figures of open incidents, for re-posting and storage. An incident keeps
         # the baseline of the rule that opened it.
         open_now = self.is_open[i]
         oi = i[open_now]
-        is_seas = self.rule[oi] == RULE_SEASONAL
+        is_seas = self.rule[oi] != RULE_DAY0
         self.cur_expected[oi] = np.where(
             is_seas, verdicts.expected[open_now], verdicts.ref[open_now]
         )
@@ -468,37 +621,68 @@ class Engine:
         self.cur_base[oi] = np.where(is_seas, self.mode[oi], BASE_DAY0)
 
         # Severity follows the incident's current impact but only upwards: a growing ramp
-        # escalates, a receding one keeps its severity (no flapping between labels).
+        # escalates, a receding one keeps its severity (no flapping between labels). A
+        # decrease is information, never a page.
         delta = self.cur_observed[oi] - self.cur_expected[oi]
+        self.peak[oi] = np.fmax(self.peak[oi], np.abs(delta))
         deviation = delta / np.maximum(self.cur_expected[oi], EXPECTED_FLOOR_USD)
-        sev = severity_codes(delta, deviation, self.cfg)
+        down_inc = self.rule[oi] == RULE_DECREASE
+        sev = np.where(down_inc, 0, severity_codes(delta, deviation, self.cfg)).astype(np.int8)
         self.sev[rows] = sev[opening[open_now]]
         up = (sev > self.sev[oi]) & verdicts.hold[open_now]
         escalating = oi[up]
         self.sev[escalating] = sev[up]
-        out = [self._transition("opened", int(r), now) for r in rows]
-        out += [self._transition("escalated", int(r), now) for r in escalating]
+        return escalating
 
-        # Resolve after enough consecutive normal evaluations, or when the series has had no
-        # value for stale_after_s (it is gone: a deleted group, a stopped exporter).
+    def _resolving(
+        self,
+        now: float,
+        i: npt.NDArray[np.int64],
+        verdicts: _Verdicts,
+        was_open: npt.NDArray[np.bool_],
+    ) -> list[int]:
+        """Rows whose incident resolves: after enough consecutive normal evaluations and
+        time, or when the series has had no value for stale_after_s (it is gone: a deleted
+        group, a stopped exporter). An incident holds on its own direction only."""
+        cfg = self.cfg
         self.last_seen[i] = now
-        self.normal_ticks[i] = np.where(verdicts.hold, 0, self.normal_ticks[i] + 1)
+        own_hold = np.where(self.rule[i] == RULE_DECREASE, verdicts.hold_down, verdicts.hold)
+        own_hold = np.where(was_open, own_hold, verdicts.hold | verdicts.hold_down)
+        self.normal_ticks[i] = np.where(own_hold, 0, self.normal_ticks[i] + 1)
+        self.last_abnormal[i] = np.where(own_hold, now, self.last_abnormal[i])
         closing = i[
-            was_open & ~verdicts.hold & (self.normal_ticks[i] >= self.cfg.resolve_after_ticks)
+            was_open
+            & ~own_hold
+            & (self.normal_ticks[i] >= cfg.resolve_after_ticks)
+            & (now - self.last_abnormal[i] >= cfg.resolve_after_s)
         ]
         n = self.size
-        stale = np.flatnonzero(
-            self.is_open[:n] & (now - self.last_seen[:n] > self.cfg.stale_after_s)
-        )
-        for row in np.concatenate([closing, stale]).tolist():
-            out.append(self._transition("resolved", row, now))
-            self.is_open[row] = False
+        stale = np.flatnonzero(self.is_open[:n] & (now - self.last_seen[:n] > cfg.stale_after_s))
+        return [int(r) for r in np.concatenate([closing, stale]).tolist()]
 
-        # The recent level follows the value with time constant day0_window_s.
-        alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
-        self.recent[i] += alpha * (v - self.recent[i])
-        self._evict(now)
-        return out
+    def _learn_noise(
+        self,
+        i: npt.NDArray[np.int64],
+        v: F64,
+        expected: F64,
+        dt: float,
+    ) -> None:
+        """Update the residual noise (mean absolute residual, clipped to RESID_CLIP times the
+        tail estimate, and the tail estimate itself) of the series with a seasonal baseline:
+        warm-up baselines are too rough to learn from."""
+        a_res = 1.0 - math.exp(-dt / RESID_WINDOW_S)
+        q = self.resid_q[i]
+        # Clipped to RESID_CLIP times the current tail: one outlier moves it a little, a
+        # series that spikes every day grows it by about a fifth per spike.
+        floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
+        cap = RESID_CLIP * np.fmax(np.nan_to_num(q, nan=np.inf), floor)
+        raw = np.minimum(np.abs(v - expected), cap)
+        w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
+        q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))
+        self.resid_q[i] = q
+        cur = self.resid[i]
+        res = np.minimum(raw, RESID_CLIP * np.fmax(q, EXPECTED_FLOOR_USD))
+        self.resid[i] = np.where(np.isnan(cur), res, cur + a_res * (res - cur))
 
     # ------------------------------------------------------------------ queries
     def _transition(self, kind: str, row: int, at: float) -> Transition:

@@ -29,6 +29,21 @@ class InvalidEvent(ValueError):
     """The bytes are not an anomaly event CCT understands. Not retryable: dead-letter it."""
 
 
+@dataclass(frozen=True)
+class EventLimits:
+    """What a reader accepts of one event, checked before anything is stored or planned.
+
+    max_bytes: the whole message. max_labels: labels plus annotations. max_value_chars: any
+    one label or annotation name or value (Prometheus label values of real resources are far
+    shorter; the store indexes some of them). NUL characters are always refused: PostgreSQL
+    text cannot hold them.
+    """
+
+    max_bytes: int = 256 * 1024
+    max_labels: int = 128
+    max_value_chars: int = 4096
+
+
 def event_id(fingerprint: str, starts_at: str, status: str) -> str:
     digest = hashlib.sha256(f"{fingerprint}\x1f{starts_at}\x1f{status}".encode())
     return digest.hexdigest()[:_ID_HEX]
@@ -80,10 +95,12 @@ class AnomalyEvent:
         return self.type == DETECTED
 
 
-def decode(raw: bytes | None) -> AnomalyEvent:
+def decode(raw: bytes | None, limits: EventLimits = EventLimits()) -> AnomalyEvent:
     """Parse and check one event; raise InvalidEvent naming the first problem found."""
     if not raw:
         raise InvalidEvent("empty message")
+    if len(raw) > limits.max_bytes:
+        raise InvalidEvent(f"message of {len(raw)} bytes exceeds the limit of {limits.max_bytes}")
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -109,6 +126,7 @@ def decode(raw: bytes | None) -> AnomalyEvent:
     starts_at = data.get("startsAt")
     if not isinstance(starts_at, str) or not starts_at:
         raise InvalidEvent("'data.startsAt' is missing")
+    _check_sizes(doc, labels, annotations, limits)
     return AnomalyEvent(
         id=doc["id"],
         type=doc["type"],
@@ -117,6 +135,27 @@ def decode(raw: bytes | None) -> AnomalyEvent:
         annotations=annotations,
         starts_at=starts_at,
     )
+
+
+def _check_sizes(
+    doc: dict[str, Any], labels: dict[str, str], annotations: dict[str, str], limits: EventLimits
+) -> None:
+    if len(labels) + len(annotations) > limits.max_labels:
+        raise InvalidEvent(
+            f"{len(labels) + len(annotations)} labels and annotations exceed the limit of "
+            f"{limits.max_labels}"
+        )
+    strings = [("attribute " + a, doc[a]) for a in ("id", "source", "type", "subject")]
+    strings += [(f"label {k!r}", k + v) for k, v in labels.items()]
+    strings += [(f"annotation {k!r}", k + v) for k, v in annotations.items()]
+    for where, text in strings:
+        if "\x00" in text:
+            raise InvalidEvent(f"{where[:80]} contains a NUL character")
+    for where, text in strings:
+        if len(text) > limits.max_value_chars:
+            raise InvalidEvent(
+                f"{where[:80]} is longer than the limit of {limits.max_value_chars} characters"
+            )
 
 
 def _str_map(value: object) -> TypeGuard[dict[str, str]]:

@@ -36,6 +36,21 @@ class StoreError(RuntimeError):
         self.retryable = retryable
 
 
+class BadRecordError(StoreError):
+    """The database refused one record's values (out of range, a NUL byte, a value too large to
+    index, a violated check): the same record fails the same way on every try, while the next
+    record may well be fine. Consumers dead-letter the record and go on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+# SQLSTATE classes that say "this row's data", not "this database": 22 data exception
+# (numeric overflow, untranslatable character), 23 integrity constraint violation,
+# 54 program limit exceeded (an index row or a string too large).
+_BAD_RECORD_CLASSES = ("22", "23", "54")
+
+
 def _options(statement_timeout_ms: int) -> str:
     return f"-c statement_timeout={int(statement_timeout_ms)}"
 
@@ -147,9 +162,16 @@ def translate_errors(what: str) -> Iterator[None]:
     can help."""
     try:
         yield
-    except psycopg.OperationalError as exc:
-        # Connection refused or lost, server shutdown, statement timeout, serialization
-        # failure, deadlock, lock timeout, pool exhausted: all pass if tried again later.
-        raise StoreError(f"{what}: {exc}", retryable=True) from exc
     except psycopg.Error as exc:
+        # Checked first: "program limit exceeded" (an index row too large) is an
+        # OperationalError to psycopg, yet retrying the same row fails forever. A client-side
+        # DataError (a NUL in a text parameter) has no SQLSTATE.
+        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError) or (
+            (exc.sqlstate or "")[:2] in _BAD_RECORD_CLASSES
+        ):
+            raise BadRecordError(f"{what}: {exc}") from exc
+        if isinstance(exc, psycopg.OperationalError):
+            # Connection refused or lost, server shutdown, statement timeout, serialization
+            # failure, deadlock, lock timeout, pool exhausted: all pass if tried again later.
+            raise StoreError(f"{what}: {exc}", retryable=True) from exc
         raise StoreError(f"{what}: {exc}", retryable=False) from exc

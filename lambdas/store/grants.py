@@ -60,6 +60,18 @@ def group_role(handler: str) -> str:
     return f"cct_{handler.replace('-', '_')}"
 
 
+def vault_role_statements(grant_role: str) -> tuple[list[str], list[str]]:
+    """Creation and revocation statements of a Vault database-engine role whose users join
+    `grant_role`, with Vault's `{{name}}`, `{{password}}` and `{{expiration}}` placeholders.
+    One source for the bundle (components.vault configures Vault with them) and for the
+    local Vault stand-in and the tests, which run them on a real PostgreSQL."""
+    creation = [
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        f'GRANT "{grant_role}" TO "{{{{name}}}}";',
+    ]
+    return creation, ['DROP ROLE IF EXISTS "{{name}}";']
+
+
 def apply_grants(conn: psycopg.Connection[Any]) -> None:
     """Make every handler's group role hold exactly its HANDLER_PRIVILEGES in the public
     schema (revoking anything else first), in one transaction. Run as the schema owner.

@@ -51,18 +51,32 @@ class WorkflowRun:
         return self.parameters["account-id"]
 
 
-def monthly_impact(annotations: Mapping[str, str]) -> str:
+# The largest hourly cost change the trigger plans a workflow for, absent a setting: far above
+# any one resource's cost, far below what Decimal arithmetic cannot quantize.
+MAX_DELTA_USD_PER_HOUR = Decimal(1_000_000)
+
+
+def monthly_impact(
+    annotations: Mapping[str, str], max_delta: Decimal = MAX_DELTA_USD_PER_HOUR
+) -> str:
     raw = annotations.get("delta_usd_per_hour", "")
     try:
         delta = Decimal(raw)
     except InvalidOperation:
-        raise InvalidEvent(f"annotation delta_usd_per_hour={raw!r} is not a number") from None
+        raise InvalidEvent(f"annotation delta_usd_per_hour={raw[:40]!r} is not a number") from None
     if not delta.is_finite():
-        raise InvalidEvent(f"annotation delta_usd_per_hour={raw!r} is not finite")
+        raise InvalidEvent(f"annotation delta_usd_per_hour={raw[:40]!r} is not finite")
+    if abs(delta) > max_delta:
+        raise InvalidEvent(
+            f"annotation delta_usd_per_hour={raw[:40]!r} is outside ±{max_delta} (setting "
+            "CCT_TRIGGER_MAX_DELTA_USD_PER_HOUR)"
+        )
     return str((delta * HOURS_PER_MONTH).quantize(Decimal("0.01")))
 
 
-def plan_run(event: AnomalyEvent, rule: Rule) -> WorkflowRun:
+def plan_run(
+    event: AnomalyEvent, rule: Rule, max_delta: Decimal = MAX_DELTA_USD_PER_HOUR
+) -> WorkflowRun:
     """The workflow for an anomaly the rule selected; InvalidEvent if labels are missing."""
     labels = event.labels
     missing = [name for name in _REQUIRED_LABELS if not labels.get(name)]
@@ -83,7 +97,7 @@ def plan_run(event: AnomalyEvent, rule: Rule) -> WorkflowRun:
         "account-id": account,
         "region": labels["region_id"],
         "tags": json.dumps(tags, sort_keys=True, separators=(",", ":")),
-        "estimated-monthly-impact-usd": monthly_impact(event.annotations),
+        "estimated-monthly-impact-usd": monthly_impact(event.annotations, max_delta),
         "dry-run": "true" if rule.dry_run else "false",
         "event-id": event.id,
     }

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 import psycopg
 
-from lambdas.events.cloudevents import InvalidEvent, decode
+from lambdas.events.cloudevents import EventLimits, InvalidEvent, decode
 from lambdas.policy import InvalidRequestError, PolicyRequest, PolicySet, evaluate
-from lambdas.store.db import StoreError
+from lambdas.store.db import BadRecordError, StoreError
 from lambdas.store.decisions import DecisionRecord, get_decision, record_decision
 from lambdas.store.runs import NewRun, RunStatus, create_run, recent_actions, settle_run
 from lambdas.trigger.backends import (
@@ -32,7 +33,7 @@ from lambdas.trigger.backends import (
     RetryableSubmitError,
     Submission,
 )
-from lambdas.trigger.core import WorkflowRun, plan_run
+from lambdas.trigger.core import MAX_DELTA_USD_PER_HOUR, WorkflowRun, plan_run
 from lambdas.trigger.mapping import PlaybookMapping
 
 log = logging.getLogger("cct.trigger")
@@ -77,6 +78,8 @@ class Processor:
         stopping: threading.Event,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_backoff_s: float = 30.0,
+        limits: EventLimits = EventLimits(),  # noqa: B008
+        max_delta_usd_per_hour: Decimal = MAX_DELTA_USD_PER_HOUR,
     ) -> None:
         self.mapping = mapping
         self.policy_set = policy_set
@@ -86,8 +89,19 @@ class Processor:
         self.stopping = stopping
         self.clock = clock
         self.max_backoff_s = max_backoff_s
+        self.limits = limits
+        self.max_delta = max_delta_usd_per_hour
 
     def handle(self, raw: bytes | None) -> Handled:
+        """How the event was handled. A record the database refuses (BadRecordError) is
+        dead-lettered: retrying it cannot help and must not stop the events behind it."""
+        try:
+            return self._handle(raw)
+        except BadRecordError as exc:
+            log.warning("the database refused the event's values", extra={"error": str(exc)})
+            return Handled("dead_letter", reason=f"refused by the database: {exc}"[:1000])
+
+    def _handle(self, raw: bytes | None) -> Handled:
         planned = self._plan(raw)
         if isinstance(planned, Handled):
             return planned
@@ -107,7 +121,7 @@ class Processor:
     def _plan(self, raw: bytes | None) -> Handled | tuple[WorkflowRun, PolicyRequest]:
         """The run an event asks for, or how it was handled when it asks for none."""
         try:
-            event = decode(raw)
+            event = decode(raw, self.limits)
         except InvalidEvent as exc:
             return Handled("dead_letter", reason=str(exc))
         if not event.detected:
@@ -116,7 +130,7 @@ class Processor:
         if rule is None:
             return Handled("unmapped")
         try:
-            run = plan_run(event, rule)
+            run = plan_run(event, rule, self.max_delta)
             return run, PolicyRequest.from_parameters(run.parameters)
         except (InvalidEvent, InvalidRequestError) as exc:
             return Handled("dead_letter", reason=str(exc))

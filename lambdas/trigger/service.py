@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from lambdas.common.edge import runner_options
 from lambdas.common.settings import SettingsError
 from lambdas.events.producer import ProducerSlot
 from lambdas.policy import PolicyLoadError, load_policy_set
@@ -244,9 +245,13 @@ async def _serve(settings: TriggerSettings) -> None:
             connection=PoolConnections(pool, settings.pg_dsn).connection,
             stopping=stopping,
             max_backoff_s=settings.retry_max_backoff_s,
+            limits=settings.event_limits,
+            max_delta_usd_per_hour=settings.max_delta_usd_per_hour,
         )
         service = TriggerService(settings, processor, stopping)
-        runner = web.AppRunner(service.http_app(), access_log=None)
+        runner = web.AppRunner(
+            service.http_app(), access_log=None, **runner_options(settings.header_timeout_s)
+        )
         await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port).start()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from lambdas.common.settings import (
     kafka_bootstrap,
     pg_dsn_source,
 )
+from lambdas.events.cloudevents import EventLimits
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class TriggerSettings:
         replica holds its partitions before another takes over.
     retry_max_backoff_s: CCT_TRIGGER_RETRY_MAX_BACKOFF_S, default 30 s: the longest wait
         between retries of a backend or database that is unavailable.
+    max_event_bytes / max_event_labels / max_label_chars: CCT_TRIGGER_MAX_EVENT_BYTES
+        (default 262144), CCT_TRIGGER_MAX_EVENT_LABELS (128), CCT_TRIGGER_MAX_LABEL_CHARS
+        (4096): an event beyond any of them, or with a NUL character, is dead-lettered.
+    max_delta_usd_per_hour: CCT_TRIGGER_MAX_DELTA_USD_PER_HOUR, default 1000000: an anomaly
+        whose `delta_usd_per_hour` is larger in magnitude is dead-lettered, not planned.
+    header_timeout_s: CCT_TRIGGER_HEADER_TIMEOUT_S, default 10 s: a client of /healthz or
+        /metrics that has not sent its request headers by then is disconnected.
     """
 
     kafka_bootstrap: str
@@ -68,6 +77,15 @@ class TriggerSettings:
     max_poll_interval_ms: int
     session_timeout_ms: int
     retry_max_backoff_s: float
+    max_event_bytes: int
+    max_event_labels: int
+    max_label_chars: int
+    max_delta_usd_per_hour: Decimal
+    header_timeout_s: float
+
+    @property
+    def event_limits(self) -> EventLimits:
+        return EventLimits(self.max_event_bytes, self.max_event_labels, self.max_label_chars)
 
     @classmethod
     def from_env(cls) -> TriggerSettings:
@@ -96,4 +114,11 @@ class TriggerSettings:
             max_poll_interval_ms=env_int("CCT_TRIGGER_MAX_POLL_INTERVAL_MS", poll_default),
             session_timeout_ms=env_int("CCT_TRIGGER_SESSION_TIMEOUT_MS", 10_000),
             retry_max_backoff_s=env_float("CCT_TRIGGER_RETRY_MAX_BACKOFF_S", 30.0),
+            max_event_bytes=env_int("CCT_TRIGGER_MAX_EVENT_BYTES", 256 * 1024),
+            max_event_labels=env_int("CCT_TRIGGER_MAX_EVENT_LABELS", 128),
+            max_label_chars=env_int("CCT_TRIGGER_MAX_LABEL_CHARS", 4096),
+            max_delta_usd_per_hour=Decimal(
+                env_int("CCT_TRIGGER_MAX_DELTA_USD_PER_HOUR", 1_000_000)
+            ),
+            header_timeout_s=env_float("CCT_TRIGGER_HEADER_TIMEOUT_S", 10.0),
         )

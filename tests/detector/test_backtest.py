@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -155,12 +156,17 @@ def test_bad_rows_are_counted_and_the_good_rows_still_used(tmp_path: Path) -> No
     matrix = focus.load([path])
     assert matrix.rows_read == 12 and matrix.rows_used == 10
     assert matrix.rejected == {
-        "bad.csv: unparseable EffectiveCost": 1,
-        "bad.csv: unparseable or empty charge period": 1,
+        "EffectiveCost: not a finite number": 1,
+        "ChargePeriodStart: not a timestamp": 1,
     }
+    # The hour with an uncosted row is unknown (NaN), not $0; the others are 10 $/h.
+    assert np.isnan(matrix.rates[0, 3]) and matrix.rates[0, 4] == 10.0
     result = CliRunner().invoke(cli, ["backtest", str(path), "--quiet"])
     assert result.exit_code == 0
-    assert "rejected 1 rows: bad.csv: unparseable EffectiveCost" in result.stderr
+    assert (
+        "rejected 1 rows: EffectiveCost: not a finite number (e.g. bad.csv row 4: 'ten dollars')"
+        in result.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,13 @@ def test_sensitivity_sets_how_many_robust_sigmas_alert() -> None:
     history = daily_pattern(15, amp=0.0)  # flat 100 $/h with 1 % noise
 
     def fires(sensitivity: float) -> bool:
-        engine = Engine(DetectionConfig(sensitivity=sensitivity, day0_min_step_usd_per_hour=1e6))
+        cfg = DetectionConfig(
+            sensitivity=sensitivity,
+            day0_min_step_usd_per_hour=1e6,
+            min_relative_increase=0.0,
+            level_noise_ratio=0.0,
+        )
+        engine = Engine(cfg)
         hourly(engine, history)
         at = T0 + len(history) * HOUR_S
         return bool(engine.observe(at, engine.index_of([KEY]), [110.0]))
@@ -195,7 +201,7 @@ def test_one_incident_while_the_value_hovers_around_the_threshold() -> None:
 def test_resolves_after_consecutive_normal_evaluations_then_a_recurrence_is_a_new_incident() -> (
     None
 ):
-    cfg = DetectionConfig(day0_window_s=1e9, resolve_after_ticks=2)
+    cfg = DetectionConfig(day0_window_s=1e9, resolve_after_ticks=2, cooldown_s=0.0)
     values = [100.0] * 3 + [200.0, 200.0, 100.0, 200.0, 100.0, 100.0, 100.0, 200.0]
     out = run(Engine(cfg), values)
     assert [n for n, _ in opened(out)] == [3, 10]
@@ -367,9 +373,88 @@ def test_settings_reject_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
     from lambdas.common.settings import SettingsError
 
     with pytest.raises(SettingsError, match="sensitivity"):
-        DetectionConfig(sensitivity=0)
+        DetectionConfig(sensitivity=-1)
     monkeypatch.setenv("CCT_DETECTOR_SENSITIVITY", "lots")
     with pytest.raises(SettingsError, match="CCT_DETECTOR_SENSITIVITY"):
         DetectionConfig.from_env()
     monkeypatch.setenv("CCT_DETECTOR_SENSITIVITY", "4.5")
     assert DetectionConfig.from_env().sensitivity == 4.5
+
+
+# --------------------------------------------------------------------------- episodes
+
+
+def test_a_wobble_after_an_incident_is_the_same_episode_a_worse_one_is_new() -> None:
+    cfg = DetectionConfig(day0_window_s=1e9, resolve_after_ticks=2)
+    values = [100.0] * 3 + [200.0, 100.0, 100.0, 190.0, 100.0, 100.0, 300.0]
+    out = run(Engine(cfg), values)
+    # Resolved at 5; 190 within the cooldown is not worse than the peak (+100): no incident;
+    # 300 is worse: a new one.
+    assert [n for n, _ in opened(out)] == [3, 9]
+    assert next(n for n, _ in resolved(out)) == 5
+
+
+def test_minimum_duration_and_resolution_time_in_wall_clock() -> None:
+    cfg = DetectionConfig(day0_window_s=1e9, min_duration_s=300.0, resolve_after_s=600.0)
+    # One-minute values: a 2-minute blip is no incident; a 10-minute rise is one, starting
+    # when it started, and it resolves 10 minutes after its last abnormal minute.
+    values = [100.0] * 10 + [200.0] * 2 + [100.0] * 10 + [200.0] * 10 + [100.0] * 15
+    out = run(Engine(cfg), values, step=60.0)
+    [(n, t)] = opened(out)
+    assert n == 22 + 4 and t.started_at == T0 + 22 * 60.0
+    [(m, _)] = resolved(out)
+    assert m == 31 + 10
+
+
+def test_decreases_only_when_asked_and_never_paging() -> None:
+    history = daily_pattern(10, amp=0.0)
+    drop = [20.0] * 3
+    quiet = Engine(DetectionConfig())
+    assert opened(hourly(quiet, history + drop)) == []
+    loud = Engine(DetectionConfig(report_decreases=1))
+    [(_, t)] = opened(hourly(loud, history + drop))
+    assert (t.rule, t.severity) == ("decrease", "info") and t.delta < 0
+
+
+def test_a_near_zero_spiky_series_learns_its_spikes_and_still_sees_a_big_one() -> None:
+    rng = np.random.default_rng(3)
+    # Mostly zero, a few dollars in one hour out of five, like a batch job's egress.
+    history = [float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0 for _ in range(24 * 21)]
+    engine = Engine(DetectionConfig())
+    out = hourly(engine, history)
+    assert len(opened(out[24 * 7 :])) <= 1  # once warm, its everyday spikes are normal
+    at = T0 + len(history) * HOUR_S
+    assert engine.observe(at, engine.index_of([KEY]), [60.0])
+
+
+def test_five_minute_data_with_a_daily_pattern_is_quiet_until_it_changes() -> None:
+    steps = 14 * 288
+    t = np.arange(steps)
+    rng = np.random.default_rng(5)
+    values = 100 * (1 + 0.5 * np.sin(t / 288 * 2 * np.pi)) * (1 + rng.normal(0, 0.03, steps))
+    engine = Engine(DetectionConfig())
+    out = run(engine, [float(v) for v in values], step=300.0)
+    assert opened(out[288 * 3 :]) == []
+    at = T0 + steps * 300.0
+    assert engine.observe(at, engine.index_of([KEY]), [float(values[-288]) + 80.0])
+
+
+def test_the_absolute_floor_is_set_per_level() -> None:
+    cfg = DetectionConfig(min_impact_resource_usd_per_hour=0.1)
+    assert cfg.min_impact("resource") == 0.1 and cfg.min_impact("account") == 2.0
+    small = SeriesKey.of("resource", {"resource_id": "i-1"})
+    engine = Engine(cfg)
+    idx = engine.index_of([small])
+    out = [engine.observe(T0 + n * 3.0, idx, [v]) for n, v in enumerate([0.5] * 3 + [1.5])]
+    assert opened(out)  # +1 $/h: under the account floor, over the resource one
+
+
+def test_the_knob_maps_false_incidents_per_month_to_a_z_threshold() -> None:
+    from lambdas.detector.core import z_threshold
+
+    assert z_threshold(1.0, 3600) == pytest.approx(math.log(360) / math.sqrt(2))
+    # Finer data is not more chances (evaluations an hour apart are not independent) ...
+    assert z_threshold(1.0, 60) == z_threshold(1.0, 3600)
+    # ... coarser data is fewer, and fewer false incidents wanted means a higher bar.
+    assert z_threshold(1.0, 86400) < z_threshold(1.0, 3600) < z_threshold(0.1, 3600)
+    assert Engine(DetectionConfig(sensitivity=7.0)).z == 7.0

@@ -190,18 +190,21 @@ def _expected_access(s: StepSettings, *, aws: bool, azure: bool, gcp: bool) -> d
         steps[f"{s.vault_azure_mount}/creds/{s.vault_azure_role}"] = '"read"'
     if gcp:
         steps[f"{s.vault_gcp_mount}/token/{s.vault_gcp_roleset}"] = '"read"'
+    # Vault Agent renews its own token and leases; nothing else beyond the handler's creds.
+    renew = {"sys/leases/renew": '"update"', "auth/token/renew-self": '"update"'}
     access: dict[str, Any] = {
         "cct-steps": steps,
         # Each PostgreSQL handler reads its own database role's credentials and nothing else.
-        "collector": {"database/creds/cct-collector": '"read"'},
-        "detector": {"database/creds/cct-detector": '"read"'},
-        "trigger": {"database/creds/cct-trigger": '"read"'},
-        "admission": {"database/creds/cct-admission": '"read"'},
+        "collector": {"database/creds/cct-collector": '"read"', **renew},
+        "detector": {"database/creds/cct-detector": '"read"', **renew},
+        "trigger": {"database/creds/cct-trigger": '"read"', **renew},
+        "admission": {"database/creds/cct-admission": '"read"', **renew},
     }
     if aws:
         access["billing-loader"] = {
             "database/creds/cct-billing-loader": '"read"',
             "aws/sts/cct-billing-read": '"update"',
+            **renew,
         }
     return access
 

@@ -48,8 +48,8 @@ def kube() -> Iterator[FakeKube]:
         yield fake
 
 
-@pytest.fixture
-def processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path) -> Processor:
+def make_processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path, **kw: Any) -> Processor:
+    """A Processor on the shipped mapping and policies, the Argo backend on `kube`."""
     token = tmp_path / "token"
     token.write_text(TOKEN)
     kube_settings = KubeSettings("cct-system", api_url=kube.url, token_file=str(token))
@@ -59,9 +59,13 @@ def processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path) -> Processor
         ArgoBackend(api_client(kube_settings), "cct-system", 5.0),
         connection=pool.connection,
         stopping=threading.Event(),
-        clock=lambda: NOW,
-        max_backoff_s=1.0,
+        **{"clock": lambda: NOW, "max_backoff_s": 1.0, **kw},
     )
+
+
+@pytest.fixture
+def processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path) -> Processor:
+    return make_processor(kube, pool, tmp_path)
 
 
 def run_row(pg_dsn: str, run_id: str) -> dict[str, Any] | None:

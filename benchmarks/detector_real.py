@@ -1,0 +1,367 @@
+"""Detection quality on real, labeled public time series (not written with the detector).
+
+    .venv/bin/python -m benchmarks.detector_real [--part eval|tune|all] [--sensitivity X]
+                                                 [--source NAME] [--per-series]
+
+The corpus is in `benchmarks/data/` (see SOURCES there: origin, commit and license of each
+archive; no network is needed). Every series is converted on the fly to a FOCUS export of
+one resource (its values read as a cost rate, scaled to a level between 0.5 and 500 $/h so
+that materiality is tested at every scale), read back by the same reader as `cct backtest`,
+and run through the production detector core. The corpus is split by series, fixed: within
+each source, series in name order alternate between the tuning part (defaults were chosen
+on it) and the evaluation part (the figures to report).
+
+Labels are runs of labeled points (runs closer than 3 points merged). A labeled run whose
+values stay at or below the median of the hour before it is a decrease: cost decreases are
+not reported by default, so a decrease counts in no one's recall, and an alert inside it is
+not false either.
+
+Scores per source, side by side in the same run:
+- cct: `lambdas.backtest.run.backtest` with the default `DetectionConfig` (resource level);
+- rolling z>3: (value - mean) / std over the previous 24 hours (wall clock) > 3;
+- seed 1.5x: value > 1.5 x the series' mean over its first week;
+- never: no alert at all (precision is undefined, F1 0, no false incident).
+Baselines open one incident per run of alerting intervals and get the same materiality
+floor as the detector's absolute one (min_impact_usd_per_hour).
+An incident is a true detection when it opens between a label's start and its end plus a
+grace of 6 intervals (at least 1 hour); delay is measured from the label's start.
+False incidents are counted per series-month (30 days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from lambdas.backtest import focus
+from lambdas.backtest.run import backtest
+from lambdas.detector.config import DetectionConfig
+
+DATA = Path(__file__).parent / "data"
+MONTH_S = 30 * 86400
+MERGE_GAP = 3
+LEVELS_USD = (0.5, 5.0, 50.0, 500.0)
+
+# Archive member prefix -> source name (sources group series of one origin and shape).
+SOURCES = {
+    "ms-cloud-monitoring.tar.xz": {
+        "data/application-crash-rate-": "ms-crash-rate (hourly, spiky, near zero)",
+        "data/consumer-purchase-rate/": "ms-traffic (hourly, seasonal, trend)",
+        "data/ecommerce-api-incoming-rps/": "ms-traffic (hourly, seasonal, trend)",
+        "data/middle-tier-api-dependency-latency/": "ms-latency (hourly, steps, spikes)",
+        "data/data-ingress-rate/": "ms-minute (1 min, seasonal, dips)",
+        "data/mongodb-": "ms-minute (1 min, seasonal, dips)",
+        "data/service-unavailable/": "ms-minute (1 min, seasonal, dips)",
+    },
+    "donut-kpi.tar.xz": {"": "aiops-kpi (5 min, seasonal)"},
+}
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass
+class Label:
+    start: float
+    end: float
+    increase: bool
+
+
+@dataclass
+class Corpus:
+    name: str
+    source: str
+    times: npt.NDArray[np.int64]  # epoch seconds of each row as given
+    stamps: list[str]  # the timestamps as written in the file (ISO shapes vary)
+    values: list[str]  # as written ('' = missing)
+    labels: list[int]
+    part: str = ""
+
+
+@dataclass
+class Tally:
+    labels: int = 0
+    detected: int = 0
+    matched: int = 0
+    false: int = 0
+    months: float = 0.0
+    delays_h: list[float] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.labels += other.labels
+        self.detected += other.detected
+        self.matched += other.matched
+        self.false += other.false
+        self.months += other.months
+        self.delays_h += other.delays_h
+
+    def row(self) -> tuple[float, float, float, float, float]:
+        n = self.matched + self.false
+        p = self.matched / n if n else float("nan")
+        r = self.detected / self.labels if self.labels else float("nan")
+        f1 = 2 * p * r / (p + r) if n and p + r > 0 else 0.0
+        delay = statistics.median(self.delays_h) if self.delays_h else float("nan")
+        return p, r, f1, delay, self.false / self.months if self.months else 0.0
+
+
+def _epoch(stamp: str) -> int:
+    if stamp.isdigit():
+        return int(stamp)
+    text = stamp.replace("Z", "+00:00")
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
+def read_corpus() -> list[Corpus]:
+    out: list[Corpus] = []
+    for archive, prefixes in SOURCES.items():
+        with tarfile.open(DATA / archive) as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                if not member.name.endswith(".csv"):
+                    continue
+                source = next((s for p, s in prefixes.items() if member.name.startswith(p)), "")
+                if not source:
+                    continue
+                fh = tar.extractfile(member)
+                assert fh is not None
+                rows = list(csv.reader(io.TextIOWrapper(fh, "utf-8")))[1:]
+                stamps = [r[0] for r in rows]
+                out.append(
+                    Corpus(
+                        name=f"{archive.split('.')[0]}/{member.name.rsplit('/', 1)[-1]}",
+                        source=source,
+                        times=np.array([_epoch(s) for s in stamps], dtype=np.int64),
+                        # Epoch seconds become ISO text: the reader gets a timestamp shape.
+                        stamps=[
+                            datetime.fromtimestamp(int(s), UTC).isoformat() if s.isdigit() else s
+                            for s in stamps
+                        ],
+                        values=[r[1] for r in rows],
+                        labels=[int(r[2] or 0) for r in rows],
+                    )
+                )
+    # The split: by series within each source, fixed by name order.
+    by_source: dict[str, list[Corpus]] = {}
+    for c in out:
+        by_source.setdefault(c.source, []).append(c)
+    for series in by_source.values():
+        for n, c in enumerate(sorted(series, key=lambda c: c.name)):
+            c.part = "tune" if n % 2 == 0 else "eval"
+    return out
+
+
+def write_focus(c: Corpus, path: Path, level_usd: float) -> None:
+    """One resource's FOCUS export: each row's value as a cost rate, scaled to `level_usd`
+    per hour at the series' median of positive values."""
+    numbers = [float(v) for v in c.values if v != ""]
+    low = min(numbers) if numbers and min(numbers) < 0 else 0.0
+    positive = [v - low for v in numbers if v - low > 0]
+    scale = level_usd / statistics.median(positive) if positive else 1.0
+    step = int(np.median(np.diff(c.times))) if c.times.size > 1 else 3600
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "ChargePeriodStart",
+                "ChargePeriodEnd",
+                "ProviderName",
+                "BillingAccountId",
+                "ServiceName",
+                "ResourceId",
+                "EffectiveCost",
+            ]
+        )
+        for stamp, t, v in zip(c.stamps, c.times.tolist(), c.values, strict=True):
+            end = datetime.fromtimestamp(t + step, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            cost = "" if v == "" else f"{(float(v) - low) * scale * step / 3600:.9g}"
+            w.writerow([stamp, end, "AWS", c.name, "corpus", c.name, cost])
+
+
+def labels_of(c: Corpus, times: npt.NDArray[np.int64], values: F64, step: int) -> list[Label]:
+    """Runs of labeled points on the matrix' time axis, with their direction."""
+    flag = np.zeros(times.size, dtype=bool)
+    cols = ((c.times - times[0]) // step).astype(np.int64)
+    ok = (cols >= 0) & (cols < times.size)
+    flag[cols[ok][np.asarray(c.labels, dtype=bool)[ok]]] = True
+    out: list[Label] = []
+    idx = np.flatnonzero(flag)
+    if not idx.size:
+        return out
+    runs: list[list[int]] = [[int(idx[0]), int(idx[0])]]
+    for i in idx[1:].tolist():
+        if i - runs[-1][1] <= MERGE_GAP:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    # Direction against the hour before the label (at least 3 values): a daily pattern
+    # must not make a night-time spike look like a decrease.
+    span = max(3, 3600 // step)
+    for a, b in runs:
+        before = values[max(0, a - span) : a]
+        inside = values[a : b + 1]
+        ref = np.nanmedian(before) if np.isfinite(before).any() else np.nan
+        peak = np.nanmax(inside) if np.isfinite(inside).any() else np.nan
+        increase = not (np.isfinite(ref) and np.isfinite(peak) and peak <= ref)
+        out.append(Label(float(times[a]), float(times[b]), increase))
+    return out
+
+
+def score(starts: Sequence[float], labels: Sequence[Label], grace_s: float, months: float) -> Tally:
+    t = Tally(labels=sum(lb.increase for lb in labels), months=months)
+    first: dict[int, float] = {}
+    for s in starts:
+        hit = next((n for n, lb in enumerate(labels) if lb.start <= s <= lb.end + grace_s), None)
+        if hit is None:
+            t.false += 1
+        elif labels[hit].increase:
+            t.matched += 1
+            first.setdefault(hit, s - labels[hit].start)
+    t.detected = len(first)
+    t.delays_h = [d / 3600 for d in first.values()]
+    return t
+
+
+def _runs(alerting: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    prev = np.concatenate([[False], alerting[:-1]])
+    return np.flatnonzero(alerting & ~prev)
+
+
+def rolling_z(values: F64, step: int, floor: float) -> npt.NDArray[np.bool_]:
+    """z > 3 against the mean and std of the previous 24 hours (NaN-aware)."""
+    window = max(2, 86400 // step)
+    ok = np.isfinite(values)
+    x = np.where(ok, values, 0.0)
+    c1 = np.concatenate([[0.0], np.cumsum(x)])
+    c2 = np.concatenate([[0.0], np.cumsum(x * x)])
+    cn = np.concatenate([[0], np.cumsum(ok)])
+    out = np.zeros(values.size, dtype=bool)
+    t = np.arange(window, values.size)
+    n = cn[t] - cn[t - window]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (c1[t] - c1[t - window]) / n
+        std = np.sqrt(np.maximum((c2[t] - c2[t - window]) / n - mean**2, 0.0))
+        z = np.where(std > 0, (values[t] - mean) / std, np.where(values[t] > mean, np.inf, 0))
+    out[t] = ok[t] & (n >= window // 2) & (z > 3.0) & (values[t] - mean >= floor)
+    return out
+
+
+def seed_rule(values: F64, step: int, floor: float) -> npt.NDArray[np.bool_]:
+    week = values[: max(1, 7 * 86400 // step)]
+    base = np.nanmean(week) if np.isfinite(week).any() else np.nan
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values > 1.5 * base) & (values - base >= floor)
+
+
+Baseline = Callable[[F64, int, float], npt.NDArray[np.bool_]]
+BASELINES: dict[str, Baseline | None] = {"rolling z>3": rolling_z, "seed 1.5x": seed_rule}
+DETECTORS = ("cct", "rolling z>3", "seed 1.5x", "never")
+
+
+def evaluate(c: Corpus, cfg: DetectionConfig, level_usd: float, tmp: Path) -> dict[str, Tally]:
+    path = tmp / f"{c.name.replace('/', '_')}.csv"
+    write_focus(c, path, level_usd)
+    matrix = focus.load([path])
+    step = matrix.interval_s
+    values = matrix.rates[0]
+    times = matrix.times
+    labels = labels_of(c, times, values, step)
+    months = values.size * step / MONTH_S
+    grace = max(6 * step, 3600)
+    incidents, _ = backtest(matrix, cfg, ("resource",))
+    out = {"cct": score([i.started_at for i in incidents], labels, grace, months)}
+    floor = cfg.min_impact_usd_per_hour
+    for name, rule in BASELINES.items():
+        assert rule is not None
+        starts = times[_runs(rule(values, step, floor))].astype(float).tolist()
+        out[name] = score(starts, labels, grace, months)
+    out["never"] = score([], labels, grace, months)
+    return out
+
+
+def run(
+    corpus: Sequence[Corpus], cfg: DetectionConfig, per_series: bool = False
+) -> dict[tuple[str, str], Tally]:
+    tallies: dict[tuple[str, str], Tally] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, c in enumerate(sorted(corpus, key=lambda c: c.name)):
+            result = evaluate(c, cfg, LEVELS_USD[n % len(LEVELS_USD)], Path(tmp))
+            for name, t in result.items():
+                for key in ((c.source, name), ("all", name)):
+                    tallies.setdefault(key, Tally()).add(t)
+            if per_series:
+                t = result["cct"]
+                z = result["rolling z>3"]
+                print(
+                    f"  {c.name:<48} labels {t.labels:>3} cct hit {t.detected:>3} "
+                    f"false {t.false:>3} | z hit {z.detected:>3} false {z.false:>4}",
+                    file=sys.stderr,
+                )
+    return tallies
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "-" if isinstance(x, float) and math.isnan(x) else f"{x:.{digits}f}"
+
+
+def print_table(tallies: dict[tuple[str, str], Tally], corpus: Sequence[Corpus]) -> None:
+    sources = [*sorted({c.source for c in corpus}), "all"]
+    print(
+        f"{'source':<40}{'series':>7}{'labels':>7}  {'detector':<12}{'precision':>10}"
+        f"{'recall':>8}{'F1':>7}{'delay h':>9}{'false/series-month':>20}"
+    )
+    for source in sources:
+        n = len([c for c in corpus if source in ("all", c.source)])
+        for name in DETECTORS:
+            t = tallies[(source, name)]
+            p, r, f1, delay, fpm = t.row()
+            print(
+                f"{source if name == 'cct' else '':<40}{n if name == 'cct' else '':>7}"
+                f"{t.labels if name == 'cct' else '':>7}  {name:<12}{_fmt(p):>10}{_fmt(r):>8}"
+                f"{_fmt(f1):>7}{_fmt(delay, 1):>9}{fpm:>20.2f}"
+            )
+
+
+def select(corpus: Sequence[Corpus], part: str, source: str | None) -> list[Corpus]:
+    return [
+        c for c in corpus if part in ("all", c.part) and (not source or c.source.startswith(source))
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=["eval", "tune", "all"], default="eval")
+    ap.add_argument("--sensitivity", type=float, help="override the default sensitivity")
+    ap.add_argument("--source", help="only sources whose name starts with this")
+    ap.add_argument("--per-series", action="store_true", help="a line per series on stderr")
+    args = ap.parse_args(argv)
+    cfg = DetectionConfig()
+    if args.sensitivity is not None:
+        cfg = replace(cfg, sensitivity=args.sensitivity)
+    started = time.monotonic()
+    corpus = select(read_corpus(), args.part, args.source)
+    tallies = run(corpus, cfg, args.per_series)
+    print(
+        f"Real labeled series, {args.part} part: {len(corpus)} series "
+        f"(sensitivity {cfg.sensitivity:g})"
+    )
+    print_table(tallies, corpus)
+    print(f"\n({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Slow clients against every HTTP endpoint, each a real `cct serve` process: a client that
+sends its headers or its body one byte at a time has its connection closed by the server
+(a body with a 408) long before it finishes. The time each took is printed; nothing here
+asserts a timing beyond "before the client finished"."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.admission.support import Tls, make_tls, policies_for_now, serve_admission
+from tests.ingest.conftest import TOKEN
+from tests.routing.helpers import bridge_process
+from tests.support.procs import free_port, http_ready, running
+from tests.support.slow import post_head, slow_request
+
+# Short limits so the tests are quick; the client would need minutes to finish.
+TIMEOUT_S = "2"
+INTERVAL_S = 0.5
+BODY = json.dumps([{"provider": "aws", "event": {"x": "y" * 300}}]).encode()
+
+
+@contextmanager
+def collector(tmp_path: Path, pg_dsn: str, vm_url: str) -> Iterator[int]:
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {
+        "CCT_PG_DSN": pg_dsn,
+        "CCT_VM_URL": vm_url,
+        "CCT_COLLECTOR_TOKEN_FILE": str(token_file),
+        "CCT_COLLECTOR_HOST": "127.0.0.1",
+        "CCT_COLLECTOR_PORT": str(port),
+        "CCT_COLLECTOR_HEADER_TIMEOUT_S": TIMEOUT_S,
+        "CCT_COLLECTOR_BODY_TIMEOUT_S": TIMEOUT_S,
+    }
+    cct = str(Path(sys.executable).parent / "cct")
+    with running(
+        [cct, "serve", "collector"],
+        http_ready(f"http://127.0.0.1:{port}/healthz"),
+        tmp_path / "collector.log",
+        env=env,
+    ):
+        yield port
+
+
+def check(name: str, slow: str, port: int, head: bytes, tls: object = None) -> None:
+    result = slow_request(
+        port,
+        head,
+        BODY,
+        slow=slow,
+        interval_s=INTERVAL_S,
+        tls=tls,  # type: ignore[arg-type]
+    )
+    total = len(head) + len(BODY)
+    print(
+        f"{name}: slow {slow} closed by the server after {result.seconds:.1f} s, "
+        f"{result.sent} of {total} bytes sent"
+    )
+    assert result.closed, f"{name}: the server kept a slow {slow} client for {result.seconds} s"
+    assert result.sent < total
+    if slow == "body":
+        assert result.answer.startswith(b"HTTP/1.1 408"), result.answer[:200]
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_collector_closes_slow_clients(tmp_path: Path, pg_dsn: str, vm_url: str, slow: str) -> None:
+    with collector(tmp_path, pg_dsn, vm_url) as port:
+        # Slow headers are closed before authentication could even be checked.
+        head = post_head("/ingest", len(BODY), TOKEN if slow == "body" else None)
+        check("collector", slow, port, head)
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_bridge_closes_slow_clients(tmp_path: Path, kafka_bootstrap: str, slow: str) -> None:
+    env = {"CCT_BRIDGE_HEADER_TIMEOUT_S": TIMEOUT_S, "CCT_BRIDGE_BODY_TIMEOUT_S": TIMEOUT_S}
+    with bridge_process(tmp_path, kafka_bootstrap, "cct.test.slow", extra_env=env) as bridge:
+        port = int(bridge.url.rsplit(":", 1)[1])
+        head = post_head("/v1/alerts", len(BODY), bridge.token)
+        check("bridge", slow, port, head)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_admission_closes_slow_clients(tmp_path: Path, pg_dsn: str, tls: Tls, slow: str) -> None:
+    import ssl
+
+    policy_dir = policies_for_now(tmp_path / "policies")
+    env = {"CCT_ADMISSION_HEADER_TIMEOUT_S": TIMEOUT_S, "CCT_ADMISSION_REQUEST_TIMEOUT_S": "2"}
+    with serve_admission(tmp_path, pg_dsn, policy_dir, tls, **env) as hook:
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        check("admission", slow, hook.port, post_head("/validate", len(BODY)), context)
+
+
+def test_trigger_closes_slow_headers(
+    tmp_path: Path, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    from tests.trigger.fake_kube import FakeKube
+    from tests.trigger.test_service import TOKEN as KUBE_TOKEN
+    from tests.trigger.test_service import trigger_env, trigger_process
+
+    with FakeKube(KUBE_TOKEN) as kube:
+        env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+        env["CCT_TRIGGER_HEADER_TIMEOUT_S"] = TIMEOUT_S
+        with trigger_process(tmp_path, env) as trigger:
+            port = int(trigger.metrics_url.rsplit(":", 1)[1].split("/")[0])
+            head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: y\r\n" * 40
+            check("trigger", "headers", port, head)

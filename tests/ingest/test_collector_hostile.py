@@ -1,0 +1,150 @@
+"""Hostile records at the collector's edge, on the real PostgreSQL and VictoriaMetrics: each is
+dead-lettered with its reason and counted, the good records of the same batch are written and
+reach VictoriaMetrics, and the collector goes on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lambdas.collector.model import EventIgnored, EventRejected
+from lambdas.collector.normalize import ChangeLimits, check_change, normalize
+from lambdas.common.vm import VictoriaMetrics
+from tests.ingest.conftest import Collector, collector_settings, record, running_collector
+from tests.ingest.test_collector import RATE, ROLLUP, rows, wait_for
+from tests.support.hostile import json_values, mutate
+
+Event = Callable[[str], dict[str, Any]]
+INSTANCE = "i-0aaa1111bbbb2222c"
+
+
+def run_of(event: Event, n: int, **tags: str) -> dict[str, Any]:
+    """A RunInstances event for instance number `n` with these tags."""
+    ev = event("aws_run_instances")
+    detail = ev["detail"]
+    detail["eventID"] = f"e1a2b3c4-0001-4000-8000-{n:012d}"
+    item = detail["responseElements"]["instancesSet"]["items"][0]
+    item["instanceId"] = f"i-{n:017x}"
+    item["tagSet"]["items"] = [{"key": k, "value": v} for k, v in tags.items()]
+    return ev
+
+
+def hostile(event: Event) -> list[tuple[dict[str, Any], str, str]]:
+    """(provider event, reason, detail fragment): what the issue saw get through."""
+    huge_tag = run_of(event, 1, team="t" * 1_000_000, env="dev")
+    volume = event("aws_create_volume")
+    volume["detail"]["eventID"] = "e1a2b3c4-0006-4000-8000-0000000000ff"
+    volume["detail"]["responseElements"]["size"] = "1e308"
+    volume["detail"]["requestParameters"]["size"] = "1e308"
+    future = run_of(event, 2, team="payments", env="dev")
+    future["detail"]["eventTime"] = future["time"] = "9999-01-01T00:00:00Z"
+    future["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceId"] = INSTANCE
+    long_id = run_of(event, 3, team="payments", env="dev")
+    long_id["detail"]["responseElements"]["instancesSet"]["items"][0]["instanceId"] = "i-" + (
+        "f" * 5000
+    )
+    many_tags = run_of(event, 4, **{f"k{i}": "v" for i in range(100)})
+    return [
+        (huge_tag, "value_too_long", "tag 'team' has 1000004 characters"),
+        (volume, "out_of_range", "attribute 'gib'=1e+308 is outside"),
+        (future, "future_time", "in the future"),
+        (long_id, "value_too_long", "resource_id has 5002 characters"),
+        (many_tags, "too_many_tags", "100 tags exceed the limit of 64"),
+    ]
+
+
+@pytest.fixture
+async def big_bodies(priced_db: str, vm_url: str) -> AsyncIterator[Collector]:
+    async with running_collector(collector_settings(priced_db, vm_url)) as running:
+        yield running
+
+
+async def test_hostile_records_are_dead_lettered_and_the_good_ones_reach_vm(
+    big_bodies: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    collector = big_bodies
+    acct = f"acct-{uid}"
+    bad = hostile(event)
+    batch = [record("aws", event("aws_run_instances"), acct)]
+    batch += [record("aws", ev, acct) for ev, _, _ in bad]
+    status, body = await collector.post(batch)
+    assert status == 200, body
+    assert body["accepted"] == 1, body["rejected"]
+    assert [(r["index"], r["reason"]) for r in body["rejected"]] == [
+        (i + 1, reason) for i, (_, reason, _) in enumerate(bad)
+    ]
+    for r, (_, _, detail) in zip(body["rejected"], bad, strict=True):
+        assert detail in r["detail"], r["detail"]
+    dsn = collector.dsn
+    assert rows(dsn, "select resource_id from resource_inventory") == [(INSTANCE,)]
+    dead = rows(dsn, "select reason from ingest_dead_letters order by id")
+    assert [d[0] for d in dead] == [reason for _, reason, _ in bad]
+
+    # The good record's series reached VictoriaMetrics: no refused import took it along.
+    sel = f'billing_account_id="{acct}",basis="list"'
+    await wait_for(vm, f'{RATE}{{{sel},resource_id="{INSTANCE}"}}', 0.096)
+    # The year-9999 event was refused, so a real terminate afterwards is not stale.
+    status, body = await collector.post([record("aws", event("aws_terminate_instances"), acct)])
+    assert (status, body["accepted"], body["stale"]) == (200, 1, 0)
+    assert rows(dsn, "select state from resource_inventory") == [("deleted",)]
+    metrics = await (await collector.client.get("/metrics")).text()
+    for reason, n in (("value_too_long", 2), ("out_of_range", 1), ("future_time", 1)):
+        assert f'cct_collector_rejected_total{{reason="{reason}"}} {float(n)}' in metrics
+
+
+async def test_distinct_tag_values_beyond_the_cap_share_one_overflow_series(
+    priced_db: str, vm_url: str, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    acct = f"acct-{uid}"
+    cap, teams = 5, 40
+    settings_ = collector_settings(priced_db, vm_url, max_values_per_label=cap)
+    async with running_collector(settings_) as collector:
+        batch = [
+            record("aws", run_of(event, n, team=f"team-{n}", env="dev"), acct) for n in range(teams)
+        ]
+        status, body = await collector.post(batch)
+        assert (status, body["accepted"]) == (200, teams)
+        sel = f'billing_account_id="{acct}",basis="list"'
+        # Every resource's cost still counts: the rollups over all teams hold all of it.
+        await wait_for(vm, f"sum({ROLLUP}{{{sel}}})", round(teams * 0.096, 6))
+        await wait_for(vm, f'{ROLLUP}{{{sel},team="__overflow__"}}', (teams - cap) * 0.096)
+        await wait_for(vm, f"count(count by (team) ({RATE}{{{sel}}}))", cap + 1)
+        metrics = await (await collector.client.get("/metrics")).text()
+        assert f'cct_collector_label_overflow_total{{label="team"}} {float(teams - cap)}' in metrics
+        # The inventory keeps the real tags; only the series labels are capped.
+        assert len(
+            rows(collector.dsn, "select distinct tags->>'team' from resource_inventory")
+        ) == (teams)
+
+
+FIXTURES = [
+    ("aws", "aws_run_instances"),
+    ("aws", "aws_create_volume"),
+    ("aws", "aws_ec2_state_change"),
+    ("azure", "azure_vm_write"),
+    ("gcp", "gcp_instances_insert"),
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FIXTURES), st.data(), json_values)
+def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
+    fixture: tuple[str, str], data: st.DataObject, value: Any
+) -> None:
+    from tests.ingest.conftest import load_event
+
+    provider, name = fixture
+    rec = {"provider": provider, "billing_account_id": "1", "event": load_event(name)}
+    if provider == "azure":
+        rec["resource"] = json.loads(json.dumps(load_event("arm_vm")))
+    mutate(data, rec, value)
+    try:
+        for change in normalize(rec):
+            check_change(change, ChangeLimits(), change.event_time)
+    except (EventRejected, EventIgnored):
+        pass

@@ -1,0 +1,245 @@
+"""The one FOCUS reader shared by `cct billing load` and `cct backtest` (no services needed):
+the timestamp shapes and null literals real exports contain, case-insensitive columns, bad
+rows counted with examples while the rest is kept, and the FinOps Foundation's FOCUS 1.0
+sample reconciled to the cent through both consumers."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lambdas.backtest import focus as backtest_focus
+from lambdas.billing.adapters import adapt
+from lambdas.billing.aggregate import HourlyTotals, add_file, add_table
+from lambdas.billing.focus import (
+    BillingFileError,
+    RowErrors,
+    parse_numbers,
+    parse_timestamps,
+    read_focus,
+)
+from tests.ingest.conftest import FIXTURES
+
+# FinOps Foundation FOCUS-Sample-Data, FOCUS-1.0/focus_sample.csv (CC BY 4.0; see
+# tests/ingest/fixtures/SOURCES): anonymized real AWS, Microsoft and Oracle rows.
+SAMPLE = FIXTURES / "focus_sample.csv.gz"
+T0 = 1726444800  # 2024-09-16T00:00:00Z
+
+ACCEPTED = [
+    ("2024-09-16 00:00:00", T0),
+    ("2024-09-16T00:00:00", T0),
+    ("2024-09-16T00:00:00Z", T0),
+    ("2024-09-16T00:00:00.000Z", T0),
+    ("2024-09-16T00:00:00.123456Z", T0),
+    ("2024-09-16T02:00:00+02:00", T0),
+    ("2024-09-16T02:00:00+0200", T0),
+    ("2024-09-15T19:00:00-05:00", T0),
+    ("2024-09-16 00:00:00 UTC", T0),
+    ("2024-09-16 00:00:00.000 UTC", T0),
+    ("2024-09-16 00:00:00 +00:00", T0),
+    ("2024-09-16t00:00:00z", T0),
+    ("  2024-09-16T00:00Z ", T0),
+    ("2024-09-16", T0),
+]
+REFUSED = ["garbage", "2024-02-30 00:00:00", "2024-13-01T00:00:00Z", "16/09/2024", "1726444800"]
+
+
+@pytest.mark.parametrize(("text", "epoch"), ACCEPTED)
+def test_every_timestamp_shape_real_exports_use_is_read(text: str, epoch: int) -> None:
+    assert parse_timestamps(pa.array([text])).to_pylist() == [epoch]
+
+
+@pytest.mark.parametrize("text", REFUSED)
+def test_what_is_not_a_timestamp_is_null_not_a_guess(text: str) -> None:
+    assert parse_timestamps(pa.array([text])).to_pylist() == [None]
+
+
+def test_typed_timestamps_naive_ones_taken_as_utc() -> None:
+    naive = pa.array([T0 * 1000], pa.timestamp("ms"))
+    aware = pa.array([T0], pa.timestamp("s", tz="America/New_York"))
+    assert parse_timestamps(naive).to_pylist() == [T0]
+    assert parse_timestamps(aware).to_pylist() == [T0]
+
+
+def test_numbers() -> None:
+    out = parse_numbers(pa.array(["1.5", " 2 ", "1e3", "-0.25", "abc", "inf", "nan", None]))
+    assert out.to_pylist() == [1.5, 2.0, 1000.0, -0.25, None, None, None, None]
+
+
+def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    path.write_text(buf.getvalue())
+    return path
+
+
+HEADER = [
+    "providername",
+    "BILLINGACCOUNTID",
+    "BillingPeriodStart",
+    "chargePeriodStart",
+    "ChargePeriodEnd",
+    "ServiceName",
+    "BilledCost",
+    "EffectiveCost",
+]
+
+
+def _row(start: str, end: str, cost: str = "1.0") -> list[str]:
+    return ["AWS", "0123", "2024-09-01 00:00:00", start, end, "EC2", cost, cost]
+
+
+def test_bad_rows_are_counted_with_examples_and_their_hour_is_incomplete(tmp_path: Path) -> None:
+    path = _csv(
+        tmp_path / "mixed.csv",
+        HEADER,
+        [
+            _row("2024-09-16 00:00:00", "2024-09-16 01:00:00"),
+            _row("2024-09-16T01:00:00.000Z", "2024-09-16 02:00:00 UTC", "n/a"),
+            _row("yesterday", "2024-09-16 02:00:00"),
+            _row("NULL", "2024-09-16 02:00:00"),
+            _row("2024-09-16 02:00:00", "2024-09-16 01:00:00"),
+            _row("2024-09-16 02:00:00+00:00", "2024-09-16 03:00:00", "NULL"),
+        ],
+    )
+    totals = HourlyTotals()
+    add_file(totals, path, "mixed.csv")
+    totals.finish()
+    assert totals.rows_used == 1
+    assert totals.errors.counts == {
+        "BilledCost: not a finite number": 1,
+        "ChargePeriodStart: not a timestamp": 1,
+        "ChargePeriodStart: missing": 1,
+        "ChargePeriodEnd: not after ChargePeriodStart": 1,
+        "BilledCost: missing": 1,
+    }
+    assert totals.errors.examples["ChargePeriodStart: not a timestamp"] == [
+        "mixed.csv row 3: 'yesterday'"
+    ]
+    assert any("n/a" in line for line in totals.errors.lines())
+    # The hours of rows that could be placed in time but not costed are incomplete.
+    assert totals.incomplete_hours == {T0 + 3600, T0 + 7200}
+    # The account id keeps its leading zero; the column names matched in any case.
+    assert totals.partitions() == [("aws", "0123", "2024-09")]
+
+    # The backtest reads the same file the same way, and an unknown interval is NaN, not $0.
+    matrix = backtest_focus.load([path])
+    # (it costs rows by EffectiveCost, the loader by BilledCost first: same rows, same count)
+    assert sum(matrix.rejected.values()) == totals.errors.total
+    assert matrix.rates.shape == (1, 3)
+    assert matrix.rates[0, 0] == 1.0 and np.isnan(matrix.rates[0, 1:]).all()
+
+
+def test_missing_columns_and_unreadable_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(BillingFileError, match=r"missing columns \['BilledCost'"):
+        list(read_focus(_csv(tmp_path / "x.csv", ["a"], [["1"]]), [], ["BilledCost"], RowErrors()))
+    with pytest.raises(BillingFileError, match="no such file"):
+        list(read_focus(tmp_path / "nope.csv", [], [], RowErrors()))
+    with pytest.raises(backtest_focus.FocusError, match="missing FOCUS column"):
+        backtest_focus.load([_csv(tmp_path / "y.csv", ["a"], [["1"]])])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    garbage=st.lists(
+        st.one_of(st.text(max_size=30), st.sampled_from(["NULL", "", "1e308", "-1", "∞"])),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_hostile_values_reject_only_their_rows(tmp_path: Path, garbage: list[str]) -> None:
+    good = [_row("2024-09-16 00:00:00", "2024-09-16 01:00:00", "2.5")] * 3
+    bad = [
+        _row(g.replace("\x00", ""), "2024-09-16 01:00:00", g.replace("\x00", "")) for g in garbage
+    ]
+    path = tmp_path / "hostile.parquet"
+    pq.write_table(pa.table(dict(zip(HEADER, zip(*(good + bad), strict=True), strict=True))), path)
+    totals = HourlyTotals()
+    add_file(totals, path, "hostile.parquet")
+    totals.finish()
+    # Every row is either used or counted under exactly one reason.
+    assert totals.rows_used + totals.errors.total == len(good) + len(bad)
+    assert totals.rows_used >= len(good)
+    assert totals.result is not None
+    assert pc.sum(totals.result.column("billed")).as_py() >= 7.5
+
+
+def _sample_rows() -> list[dict[str, str]]:
+    with gzip.open(SAMPLE, "rt", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_the_finops_focus_sample_reconciles_through_both_readers() -> None:
+    rows = _sample_rows()
+    billed = sum(float(r["BilledCost"]) for r in rows)
+    effective = sum(float(r["EffectiveCost"]) for r in rows)
+    totals = HourlyTotals()
+    add_file(totals, SAMPLE, SAMPLE.name)
+    totals.finish()
+    assert totals.errors.total == 0 and totals.rows_used == len(rows) == 1000
+    result = totals.result
+    assert result is not None
+    assert pc.sum(result.column("billed")).as_py() == pytest.approx(billed, abs=1e-9)
+    assert pc.sum(result.column("effective")).as_py() == pytest.approx(effective, abs=1e-9)
+    assert {p[0] for p in totals.partitions()} == {"aws", "azure", "oracle"}
+
+    matrix = backtest_focus.load([SAMPLE])
+    assert matrix.rows_used == 1000 and not matrix.rejected
+    assert np.nansum(matrix.rates) * matrix.interval_s / 3600 == pytest.approx(effective, abs=1e-9)
+
+
+def test_the_sample_with_bigquery_timestamps_and_lowercase_columns_reads_the_same(
+    tmp_path: Path,
+) -> None:
+    rows = _sample_rows()
+    header = [h.lower() for h in rows[0]]
+    stamped = [
+        [v + " UTC" if k.endswith(("Start", "End")) and v != "NULL" else v for k, v in r.items()]
+        for r in rows
+    ]
+    path = _csv(tmp_path / "bq.csv", header, stamped)
+    a, b = HourlyTotals(), HourlyTotals()
+    add_file(a, SAMPLE, "sample")
+    add_file(b, path, "bq")
+    a.finish()
+    b.finish()
+    assert a.result is not None and b.result is not None
+    assert a.result.sort_by([("hour", "ascending"), ("service_name", "ascending")]).equals(
+        b.result.sort_by([("hour", "ascending"), ("service_name", "ascending")])
+    ) or pc.sum(a.result.column("billed")).as_py() == pytest.approx(
+        pc.sum(b.result.column("billed")).as_py()
+    )
+    assert b.errors.total == 0
+
+
+@pytest.mark.parametrize(
+    ("fixture", "fmt", "billed_usd"),
+    [
+        ("aws_cur2.csv", "aws-cur2", 0.05 + 3 * 0.096),
+        ("azure_actual.csv", "azure-actual", 2 * (2.304 + 0.656)),
+        ("gcp_bigquery.jsonl", "gcp-bigquery", 2 * 0.0772),
+    ],
+)
+def test_native_provider_exports_reconcile_through_the_shared_checks(
+    fixture: str, fmt: str, billed_usd: float
+) -> None:
+    totals = HourlyTotals()
+    add_table(totals, adapt(FIXTURES / "billing" / fixture, fmt), fixture)
+    totals.finish()
+    assert totals.errors.total == 0
+    assert totals.result is not None
+    assert pc.sum(totals.result.column("billed")).as_py() == pytest.approx(billed_usd)
