@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import ssl
 import statistics
 import tempfile
 import time
@@ -40,7 +39,16 @@ import aiohttp
 import psycopg
 
 from lambdas.store.migrate import migrate
-from tests.admission.support import SHIPPED, make_tls, params, review, serve_admission, workflow
+from tests.admission.support import (
+    SHIPPED,
+    Tls,
+    client_context,
+    make_tls,
+    params,
+    review,
+    serve_admission,
+    workflow,
+)
 from tests.support.services import load_settings
 
 CONNECTIONS = 4
@@ -77,10 +85,10 @@ def bodies(count: int) -> list[bytes]:
     ]
     out = []
     for i in range(count):
-        wf = workflow(
-            f"cct-rightsize-compute-{i:012x}",
-            params(**{k.replace("-", "_"): v for k, v in variants[i % len(variants)].items()}),
-        )
+        variant = variants[i % len(variants)]
+        proposal = params(**{k.replace("-", "_"): v for k, v in variant.items()})
+        # The trigger references the template of the proposal's action (one the webhook allows).
+        wf = workflow(f"cct-{i:012x}", proposal, template_ref=f"cct-{proposal['action']}")
         if i % 50 == 49:
             wf["spec"]["arguments"]["parameters"] = wf["spec"]["arguments"]["parameters"][1:]
         out.append(json.dumps(review(wf)).encode())
@@ -92,8 +100,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def drive(port: int, ca: Path, rate: float, seconds: float) -> dict[str, Any]:
-    ssl_ctx = ssl.create_default_context(cafile=str(ca))
+async def drive(port: int, tls: Tls, rate: float, seconds: float) -> dict[str, Any]:
+    ssl_ctx = client_context(tls, tls.apiserver)  # as the API server: mutual TLS
     url = f"https://127.0.0.1:{port}/validate?timeout=10s"
     total = int(rate * (seconds + WARMUP_S))
     payloads = bodies(total)
@@ -182,7 +190,7 @@ def main() -> None:
         ) as hook:
             for _ in range(args.runs):
                 before = server_buckets(hook)
-                result = asyncio.run(drive(hook.port, tls.ca, args.rate, args.seconds))
+                result = asyncio.run(drive(hook.port, tls, args.rate, args.seconds))
                 result["server"] = (before, server_buckets(hook))
                 runs.append(result)
             time.sleep(1.0)  # let the writer drain its last batch before counting

@@ -29,8 +29,15 @@ from kubernetes import client
 
 from benchmarks.admission_latency import private_database
 from lambdas.trigger.argo import build_workflow
-from tests.admission.support import Tls, params, policies_for_now, serve_admission
-from tests.cluster.support import ROOT, WEBHOOK_PORT, load_cluster, pulumi
+from tests.admission.support import params, policies_for_now, serve_admission
+from tests.cluster.support import (
+    APISERVER_CLIENT_NAME,
+    ROOT,
+    WEBHOOK_PORT,
+    cluster_tls,
+    load_cluster,
+    pulumi,
+)  # fmt: skip
 
 NAMESPACE = "cct-system"
 BUILD_TIMES = ROOT / ".local" / "cluster" / "log" / "build-times.json"
@@ -75,11 +82,13 @@ def latency_figures(requests: int) -> None:
         client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
     ).status.token
     objects = client.CustomObjectsApi(cluster.api(token))
-    pki = Path(cluster.ca_file).parent
-    tls = Tls(pki / "ca.crt", pki / "webhook.crt", pki / "webhook.key")
+    tls = cluster_tls(cluster.ca_file)
     with tempfile.TemporaryDirectory() as tmp, private_database() as dsn:
         policy_dir = policies_for_now(Path(tmp) / "policies")
-        with serve_admission(Path(tmp), dsn, policy_dir, tls, port=WEBHOOK_PORT):
+        with serve_admission(
+            Path(tmp), dsn, policy_dir, tls, port=WEBHOOK_PORT,
+            CCT_ADMISSION_CLIENT_NAMES=APISERVER_CLIENT_NAME,
+        ):  # fmt: skip
             results: dict[str, list[float]] = {"reviewed": [], "not selected": []}
             for i in range(requests):
                 for kind, samples in results.items():

@@ -35,6 +35,7 @@ from tests.routing.helpers import (
     trigger_process,
     wait_until,
 )
+from tests.support.kafka import handler_env
 from tests.support.services import load_settings
 from tests.trigger.fake_kube import FakeKube
 
@@ -66,7 +67,7 @@ def main() -> None:
 
 
 def measure(count: int, interval: float, bootstrap: str, dsn: str, run: str) -> None:
-    topic = f"cct.bench.e2e.{run}"
+    topic = f"cct.test.bench.e2e.{run}"  # the handlers' local sandbox prefix
     with tempfile.TemporaryDirectory() as tmp, FakeKube("bench-token") as kube:
         work = Path(tmp)
         (work / "kube.token").write_text("bench-token")
@@ -79,11 +80,11 @@ def measure(count: int, interval: float, bootstrap: str, dsn: str, run: str) -> 
             config = render_alertmanager_config(settings)
             route = yaml.safe_load(config)["route"]
             env = {
-                "CCT_KAFKA_BOOTSTRAP": bootstrap,
+                **handler_env(bootstrap, "trigger"),
                 "CCT_PG_DSN": dsn,
                 "CCT_TRIGGER_TOPIC": topic,
                 "CCT_TRIGGER_DLQ_TOPIC": f"{topic}.dlq",
-                "CCT_TRIGGER_GROUP": f"cct-bench-{run}",
+                "CCT_TRIGGER_GROUP": f"cct-trigger-bench-{run}",
                 "CCT_TRIGGER_BACKEND": "argo",
                 "CCT_KUBE_API_URL": kube.url,
                 "CCT_KUBE_TOKEN_FILE": str(work / "kube.token"),

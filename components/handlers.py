@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
 HTTP_PORT = 8080
 WEBHOOK_PORT = 8443
 TLS_DIR = "/etc/cct/tls"
+# The name on the API server's webhook client certificate the component generates.
+WEBHOOK_CLIENT_NAME = "cct-admission-apiserver-client"
 # Where a handler's Vault Agent sidecar renders its credentials (memory-backed).
 CREDENTIALS_DIR = "/var/run/cct/credentials"
 _AGENT_CONFIG_DIR = "/etc/vault-agent"
@@ -144,11 +147,22 @@ class HandlerSpec:
 
 @dataclass(frozen=True)
 class AdmissionSpec:
-    """The admission webhook: a handler serving TLS on WEBHOOK_PORT, its policies from git."""
+    """The admission webhook: a handler serving mutual TLS on WEBHOOK_PORT, its policies from
+    git. Every Workflow created in `workflow_namespaces` is reviewed (matched on the namespace
+    name, which the API server sets, never on a label the Workflow's author chooses); only
+    the API server may connect (NetworkPolicy from `apiserver_cidrs`) and be heard (its
+    client certificate: from `client_ca_pem`, or from a CA generated here whose client
+    certificate the component exports for the API server's AdmissionConfiguration)."""
 
     handler: HandlerSpec
-    # Only Workflows carrying this label are sent to the webhook.
-    object_selector: Mapping[str, str]
+    # Source addresses of the API server (control-plane ENIs/nodes); cluster specific.
+    apiserver_cidrs: Sequence[str]
+    # Namespaces whose Workflows are reviewed; empty: the handlers' namespace.
+    workflow_namespaces: Sequence[str] = ()
+    # PEM CA of the API server's webhook client certificate; None: generated here.
+    client_ca_pem: pulumi.Input[str] | None = None
+    # CN or DNS SAN the API server's client certificate carries.
+    client_names: Sequence[str] = (WEBHOOK_CLIENT_NAME,)
     failure_policy: str = "Fail"
     timeout_seconds: int = 5
     # The handler runs outside the cluster (the local stack runs it on the host): the webhook
@@ -164,6 +178,14 @@ class AdmissionSpec:
             raise ValueError("url and url_ca_pem go together")
         if self.url is not None and not self.url.startswith("https://"):
             raise ValueError(f"webhook url {self.url!r} must be https")
+        if not self.apiserver_cidrs:
+            raise ValueError("apiserver_cidrs: name the API server's addresses")
+        for cidr in self.apiserver_cidrs:
+            network = ipaddress.ip_network(cidr, strict=False)
+            if network.prefixlen == 0:
+                raise ValueError(f"apiserver_cidrs: {cidr} admits anyone, not the API server")
+        if not self.client_names:
+            raise ValueError("client_names: name the API server's client certificate")
         if not 1 <= self.timeout_seconds <= 30:
             raise ValueError("timeout_seconds must be between 1 and 30 (the API server's range)")
         if self.handler.port != WEBHOOK_PORT or self.handler.metrics_port is None:
@@ -229,6 +251,10 @@ class Handlers(pulumi.ComponentResource):
     urls: pulumi.Output[dict[str, str]]
     webhook_ca_pem: pulumi.Output[str]
     webhook_server_name: pulumi.Output[str]
+    # The API server's webhook client certificate and key (when the component generated its
+    # CA): what kube-apiserver's AdmissionConfiguration kubeconfig presents (docs/admission.md).
+    webhook_client_cert_pem: pulumi.Output[str]
+    webhook_client_key_pem: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: HandlersArgs, opts: pulumi.ResourceOptions | None = None
@@ -255,6 +281,8 @@ class Handlers(pulumi.ComponentResource):
                 urls[spec.name] = f"http://{spec.name}.{ns}.svc:{spec.port}"
         self.webhook_ca_pem = pulumi.Output.from_input("")
         self.webhook_server_name = pulumi.Output.from_input("")
+        self.webhook_client_cert_pem = pulumi.Output.from_input("")
+        self.webhook_client_key_pem = pulumi.Output.secret("")
         if args.admission and args.admission.url and args.admission.url_ca_pem:
             self._webhook_configuration(
                 name,
@@ -274,6 +302,8 @@ class Handlers(pulumi.ComponentResource):
                 "urls": self.urls,
                 "webhook_ca_pem": self.webhook_ca_pem,
                 "webhook_server_name": self.webhook_server_name,
+                "webhook_client_cert_pem": self.webhook_client_cert_pem,
+                "webhook_client_key_pem": self.webhook_client_key_pem,
             }
         )
 
@@ -518,43 +548,26 @@ class Handlers(pulumi.ComponentResource):
     ) -> None:
         ns, handler = args.namespace, admission.handler
         server_name = self.server_name(args)
-        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-        ca = tls.SelfSignedCert(
-            f"{name}-ca",
-            private_key_pem=ca_key.private_key_pem,
-            is_ca_certificate=True,
-            subject={"common_name": "cct-admission-ca", "organization": "CCT"},
-            validity_period_hours=CERT_VALIDITY_HOURS * 5,
-            early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-            opts=opts,
-        )
-        key = tls.PrivateKey(
-            f"{name}-webhook-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts
-        )
-        request = tls.CertRequest(
-            f"{name}-webhook-csr",
-            private_key_pem=key.private_key_pem,
-            subject={"common_name": server_name},
+        ca_key, ca = _generate_ca(f"{name}-ca", "cct-admission-ca", opts)
+        key, cert = _signed_pair(
+            f"{name}-webhook",
+            (ca_key, ca),
+            common_name=server_name,
             dns_names=[
                 handler.name,
                 f"{handler.name}.{ns}",
                 server_name,
                 f"{server_name}.cluster.local",
             ],
-            opts=opts,
-        )
-        cert = tls.LocallySignedCert(
-            f"{name}-webhook-cert",
-            cert_request_pem=request.cert_request_pem,
-            ca_private_key_pem=ca_key.private_key_pem,
-            ca_cert_pem=ca.cert_pem,
-            validity_period_hours=CERT_VALIDITY_HOURS,
-            early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
-            allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+            usage="server_auth",
             opts=opts,
         )
         private_key: pulumi.Output[str] = pulumi.Output.secret(key.private_key_pem)
+        client_ca = (
+            admission.client_ca_pem
+            if admission.client_ca_pem is not None
+            else self._apiserver_client(name, admission, opts)
+        )
         tls_secret = k8s.core.v1.Secret(
             f"{name}-webhook-tls",
             metadata=kube.metadata(f"{handler.name}-tls", ns, "handler"),
@@ -563,14 +576,22 @@ class Handlers(pulumi.ComponentResource):
                 "tls.crt": cert.cert_pem,
                 "tls.key": private_key,
                 "ca.crt": ca.cert_pem,
+                "client-ca.crt": client_ca,
             },
             opts=opts,
         )
         with_tls = dataclasses.replace(
-            handler, secret_mounts={**handler.secret_mounts, f"{handler.name}-tls": TLS_DIR}
+            handler,
+            env={
+                **handler.env,
+                "CCT_ADMISSION_CLIENT_CA": f"{TLS_DIR}/client-ca.crt",
+                "CCT_ADMISSION_CLIENT_NAMES": ",".join(admission.client_names),
+            },
+            secret_mounts={**handler.secret_mounts, f"{handler.name}-tls": TLS_DIR},
         )
         self._handler(name, args, with_tls, opts, depends_on=[tls_secret, *depends_on])
-        # The API server's source address is cluster specific.
+        # Only the API server's addresses (cluster specific, so configured); the client
+        # certificate is what authenticates it, this keeps everyone else off the port.
         kube.ingress_policy(
             f"{name}-webhook-apiserver",
             f"{handler.name}-apiserver",
@@ -578,7 +599,7 @@ class Handlers(pulumi.ComponentResource):
             "handler",
             pod_selector=kube.selector(handler.name),
             ports=[WEBHOOK_PORT],
-            peers=[kube.ANYWHERE],
+            peers=[{"ipBlock": {"cidr": cidr}} for cidr in admission.apiserver_cidrs],
             opts=opts,
         )
         self._webhook_configuration(
@@ -608,6 +629,7 @@ class Handlers(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions,
     ) -> None:
         handler = admission.handler
+        namespaces = sorted(admission.workflow_namespaces or [args.namespace])
         k8s.admissionregistration.v1.ValidatingWebhookConfiguration(
             f"{name}-webhook",
             metadata={
@@ -622,15 +644,23 @@ class Handlers(pulumi.ComponentResource):
                     "failurePolicy": admission.failure_policy,
                     "timeoutSeconds": admission.timeout_seconds,
                     "matchPolicy": "Equivalent",
+                    # The API server sets this label to the namespace's name; no Workflow
+                    # author can set or remove it, unlike an object label.
                     "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": args.namespace}
+                        "matchExpressions": [
+                            {
+                                "key": "kubernetes.io/metadata.name",
+                                "operator": "In",
+                                "values": namespaces,
+                            }
+                        ]
                     },
-                    "objectSelector": {"matchLabels": dict(admission.object_selector)},
                     "rules": [
                         {
                             "apiGroups": ["argoproj.io"],
                             "apiVersions": ["v1alpha1"],
-                            "operations": ["CREATE"],
+                            # UPDATE too: an admitted spec must not change afterwards.
+                            "operations": ["CREATE", "UPDATE"],
                             "resources": ["workflows"],
                             "scope": "Namespaced",
                         }
@@ -640,6 +670,74 @@ class Handlers(pulumi.ComponentResource):
             ],
             opts=opts,
         )
+
+    def _apiserver_client(
+        self, name: str, admission: AdmissionSpec, opts: pulumi.ResourceOptions
+    ) -> pulumi.Output[str]:
+        """A CA only for the API server's webhook client certificate, and that certificate;
+        returns the CA the webhook trusts. A separate CA from the serving one, so no serving
+        certificate can ever authenticate as a client."""
+        ca_key, ca = _generate_ca(f"{name}-client-ca", "cct-admission-client-ca", opts)
+        client_name = admission.client_names[0]
+        key, cert = _signed_pair(
+            f"{name}-apiserver-client",
+            (ca_key, ca),
+            common_name=client_name,
+            dns_names=[client_name],
+            usage="client_auth",
+            opts=opts,
+        )
+        self.webhook_client_cert_pem = cert.cert_pem
+        self.webhook_client_key_pem = pulumi.Output.secret(key.private_key_pem)
+        return ca.cert_pem
+
+
+def _generate_ca(
+    resource_name: str, common_name: str, opts: pulumi.ResourceOptions
+) -> tuple[tls.PrivateKey, tls.SelfSignedCert]:
+    key = tls.PrivateKey(f"{resource_name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+    cert = tls.SelfSignedCert(
+        resource_name,
+        private_key_pem=key.private_key_pem,
+        is_ca_certificate=True,
+        subject={"common_name": common_name, "organization": "CCT"},
+        validity_period_hours=CERT_VALIDITY_HOURS * 5,
+        early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
+        allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+        opts=opts,
+    )
+    return key, cert
+
+
+def _signed_pair(
+    resource_name: str,
+    ca: tuple[tls.PrivateKey, tls.SelfSignedCert],
+    *,
+    common_name: pulumi.Input[str],
+    dns_names: Sequence[pulumi.Input[str]],
+    usage: str,
+    opts: pulumi.ResourceOptions,
+) -> tuple[tls.PrivateKey, tls.LocallySignedCert]:
+    """A key and a certificate signed by `ca`, for `usage` (server_auth or client_auth)."""
+    key = tls.PrivateKey(f"{resource_name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
+    request = tls.CertRequest(
+        f"{resource_name}-csr",
+        private_key_pem=key.private_key_pem,
+        subject={"common_name": common_name},
+        dns_names=list(dns_names),
+        opts=opts,
+    )
+    cert = tls.LocallySignedCert(
+        f"{resource_name}-cert",
+        cert_request_pem=request.cert_request_pem,
+        ca_private_key_pem=ca[0].private_key_pem,
+        ca_cert_pem=ca[1].cert_pem,
+        validity_period_hours=CERT_VALIDITY_HOURS,
+        early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
+        allowed_uses=["digital_signature", "key_encipherment", usage],
+        opts=opts,
+    )
+    return key, cert
 
 
 def _b64(pem: str) -> str:

@@ -21,8 +21,19 @@ STRIMZI_VERSION = "0.48.0"
 KAFKA_VERSION = "4.1.0"
 METADATA_VERSION = "4.1-IV1"
 API_VERSION = "kafka.strimzi.io/v1beta2"
-PLAIN_PORT = 9092
+# The only client listener: TLS with SCRAM-SHA-512 (each handler a KafkaUser).
+TLS_PORT = 9093
 METRICS_PORT = 9404
+
+
+def user_secret(handler: str) -> str:
+    """The KafkaUser (and so the Secret with its `password`) of a handler."""
+    return f"kafka-{handler}"
+
+
+def ca_secret(cluster: str = "cct") -> str:
+    """Strimzi's Secret with the cluster CA (`ca.crt`) that clients verify brokers with."""
+    return f"{cluster}-cluster-ca-cert"
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,11 @@ class KafkaArgs:
     namespace: str
     operator_namespace: str
     topics: Sequence[TopicSpec]
-    # Pods (network peers) allowed to use the plain listener: the bridge and the trigger.
+    # Pods (network peers) allowed to reach the listener: the bridge, the trigger, the steps.
     clients: Sequence[Mapping[str, Any]]
+    # KafkaUser name -> its ACLs in Strimzi's form ({resource, operations}); each user may
+    # only produce and consume its own topics (lambdas.common.kafka.HANDLER_GRANTS).
+    users: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
     cluster_name: str = "cct"
     replicas: int = 1
     storage_size: str = "20Gi"
@@ -69,6 +83,9 @@ class KafkaArgs:
 class Kafka(pulumi.ComponentResource):
     bootstrap: pulumi.Output[str]
     topic_names: pulumi.Output[list[str]]
+    # The Secret holding the cluster CA (`ca.crt`) clients verify the brokers with; each
+    # KafkaUser's password is in a Secret of the user's name (key `password`).
+    ca_secret: str
 
     def __init__(
         self, name: str, args: KafkaArgs, opts: pulumi.ResourceOptions | None = None
@@ -161,14 +178,18 @@ class Kafka(pulumi.ComponentResource):
                     "metadataVersion": METADATA_VERSION,
                     "listeners": [
                         {
-                            "name": "plain",
-                            "port": PLAIN_PORT,
+                            "name": "tls",
+                            "port": TLS_PORT,
                             "type": "internal",
-                            "tls": False,
+                            "tls": True,
+                            # Every client proves who it is; no plaintext listener exists.
+                            "authentication": {"type": "scram-sha-512"},
                             # Strimzi turns this into the listener's NetworkPolicy.
                             "networkPolicyPeers": list(args.clients),
                         }
                     ],
+                    # ACLs of the KafkaUsers; nothing is allowed without one.
+                    "authorization": {"type": "simple"},
                     "config": {
                         "default.replication.factor": rf,
                         "min.insync.replicas": args.min_insync,
@@ -189,6 +210,7 @@ class Kafka(pulumi.ComponentResource):
                 },
                 "entityOperator": {
                     "topicOperator": {"resources": kube.Resources().to_k8s()},
+                    "userOperator": {"resources": kube.Resources().to_k8s()},
                 },
             },
             opts=pulumi.ResourceOptions.merge(
@@ -222,8 +244,19 @@ class Kafka(pulumi.ComponentResource):
                 },
                 opts=topic_opts,
             )
-        self.bootstrap = pulumi.Output.from_input(
-            f"{cluster}-kafka-bootstrap.{ns}.svc:{PLAIN_PORT}"
-        )
+        for user, acls in sorted(args.users.items()):
+            k8s.apiextensions.CustomResource(
+                f"{name}-user-{user}",
+                api_version=API_VERSION,
+                kind="KafkaUser",
+                metadata={"name": user, "namespace": ns, "labels": cluster_labels},
+                spec={
+                    "authentication": {"type": "scram-sha-512"},
+                    "authorization": {"type": "simple", "acls": [dict(a) for a in acls]},
+                },
+                opts=topic_opts,
+            )
+        self.ca_secret = ca_secret(cluster)
+        self.bootstrap = pulumi.Output.from_input(f"{cluster}-kafka-bootstrap.{ns}.svc:{TLS_PORT}")
         self.topic_names = pulumi.Output.from_input([t.name for t in args.topics])
         self.register_outputs({"bootstrap": self.bootstrap, "topic_names": self.topic_names})

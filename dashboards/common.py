@@ -33,12 +33,25 @@ PROM_FILTER = (
 # For series that only carry provider and account (estimate error, unpriced resources).
 PROM_ACCOUNT_FILTER = 'provider=~"$provider", billing_account_id=~"$billing_account"'
 
-# The same filter for the `reporting` views, whose dimension columns are never null ('' when
-# unknown). Grafana's All is the custom value `.*`, which it inserts unformatted, so one
-# anchored regex covers All, one value and several values (`:regex` escapes each value and
-# joins them with |). Grafana's database role only reads the `reporting` views.
+
+def sql_matches(column: str, var: str) -> str:
+    """`column` matches the variable's selection, as SQL safe for any tag value.
+
+    Grafana's All is the custom value `.*`, which it inserts unformatted, so one anchored
+    regex covers All, one value and several values (`:regex` escapes each value and joins
+    them with |). `:regex` does not escape quotes, so a value inside '...' could end the
+    literal (`' or true or '` made every row match): the pattern is dollar-quoted instead.
+    It is `$$(...)$$` with the variable between the parentheses: `:regex` puts a backslash
+    before every `$` of a value, so the text between the delimiters can never contain `$$`,
+    and the parentheses keep a value's escaped `$` from touching the closing delimiter.
+    """
+    return f"{column} ~ ('^' || $$(${{{var}:regex}})$$ || '$')"
+
+
+# The filter for the `reporting` views, whose dimension columns are never null ('' when
+# unknown). Grafana's database role only reads the `reporting` views.
 SQL_FILTER = " and ".join(
-    f"{column} ~ '^(${{{var}:regex}})$'"
+    sql_matches(column, var)
     for column, var in (
         ("provider", "provider"),
         ("billing_account_id", "billing_account"),

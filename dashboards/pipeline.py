@@ -4,7 +4,7 @@ own `/metrics` (names in docs/architecture.md, "Results store and dashboards")."
 
 from __future__ import annotations
 
-from dashboards.common import ANOMALIES_UID, PIPELINE_UID, PROVIDER
+from dashboards.common import ANOMALIES_UID, PIPELINE_UID, PROVIDER, sql_matches
 from dashboards.model import (
     COUNT,
     PER_SECOND,
@@ -27,7 +27,7 @@ NAMESPACE = QueryVariable(
     " namespace)",
 )
 NS = 'namespace=~"$namespace"'
-_SQL_PROVIDER = "provider ~ '^(${provider:regex})$'"
+_SQL_PROVIDER = sql_matches("provider", "provider")
 
 
 def _rate(metric: str, by: str, extra: str = "") -> str:

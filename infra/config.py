@@ -7,6 +7,7 @@ present under the CLI. Every error names the full key (`cct:<key>`) and what is 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ class Settings:
     nodeless: bool
     # Root of the secrets CCT derives for its own pieces (components.derived).
     secret_seed: pulumi.Output[str]
+    # The API server's source addresses: the only peers the webhook's NetworkPolicy admits.
+    apiserver_cidrs: tuple[str, ...]
     # Budgets YAML (relative to the project root) rendered into vmalert rules; None: none.
     budgets_file: str | None
     vault: VaultSettings
@@ -142,6 +145,19 @@ class _Reader:
         if value not in choices:
             raise ConfigError(f"{self._name(key)}={value!r} must be one of {', '.join(choices)}")
         return value
+
+    def cidrs(self, key: str) -> tuple[str, ...]:
+        """Comma-separated CIDRs, none of them 0.0.0.0/0 or ::/0."""
+        found: list[str] = []
+        for text in self.string(key).split(","):
+            try:
+                network = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"{self._name(key)}: {text.strip()!r} is not a CIDR") from None
+            if network.prefixlen == 0:
+                raise ConfigError(f"{self._name(key)}: {network} admits anyone")
+            found.append(str(network))
+        return tuple(found)
 
     def dns_label(self, key: str) -> str:
         value = self.string(key)
@@ -262,6 +278,7 @@ def load(source: ConfigSource) -> Settings:
         webhook_ca_pem=webhook_ca_pem,
         nodeless=r.boolean("nodeless"),
         secret_seed=r.secret("secretSeed"),
+        apiserver_cidrs=r.cidrs("apiServerCidrs"),
         budgets_file=r.optional("budgetsFile"),
         vault=vault,
         aws=aws,

@@ -12,6 +12,7 @@ import yaml
 
 from components.alertmanager import SECRETS_DIR as ALERTMANAGER_SECRETS_DIR
 from components.handlers import HTTP_PORT
+from components.kafka import ca_secret, user_secret
 from infra.config import Settings
 from infra.content import Content, Forwarder, RemediationPermissions
 from infra.stack import STEPS_SERVICE_ACCOUNT
@@ -117,7 +118,13 @@ def collect(settings: Settings) -> Content:
         alertmanager_config=alertmanager_config(ns),
         alertmanager_token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
         workflow_templates=[
-            workflow_template(p, ns, image=settings.image, service_account=STEPS_SERVICE_ACCOUNT)
+            workflow_template(
+                p,
+                ns,
+                image=settings.image,
+                service_account=STEPS_SERVICE_ACCOUNT,
+                kafka_secrets=(user_secret("steps"), ca_secret()),
+            )
             for p in PLAYBOOKS.values()
         ],
         remediation=remediation_permissions(ACTIONS.values()),

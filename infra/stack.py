@@ -40,7 +40,8 @@ from components.handlers import (
     VaultAgentSpec,
 )
 from components.kafka import METRICS_PORT as KAFKA_METRICS_PORT
-from components.kafka import Kafka, KafkaArgs, TopicSpec
+from components.kafka import TLS_PORT as KAFKA_TLS_PORT
+from components.kafka import Kafka, KafkaArgs, TopicSpec, ca_secret, user_secret
 from components.kube import SecretEnv
 from components.namespace import Namespace, NamespaceArgs
 from components.postgres import METRICS_PORT as PG_METRICS_PORT
@@ -58,6 +59,8 @@ from components.vault import (
 from components.victoriametrics import VictoriaMetrics, VictoriaMetricsArgs, base_urls
 from infra.config import Settings
 from infra.content import Content
+from lambdas.common.kafka import HANDLER_GRANTS, KafkaGrant
+from lambdas.steps.templates import KAFKA_CA_DIR, KAFKA_USER_DIR
 from lambdas.store.grants import group_role
 
 DAY_MS = 24 * 3600 * 1000
@@ -162,6 +165,26 @@ def vault_access(settings: Settings) -> dict[str, list[VaultGrant]]:
     return access
 
 
+def _kafka_mounts(handler: str) -> dict[str, str]:
+    return {user_secret(handler): KAFKA_USER_DIR, ca_secret(): KAFKA_CA_DIR}
+
+
+def _strimzi_acls(grants: tuple[KafkaGrant, ...]) -> list[dict[str, Any]]:
+    """HANDLER_GRANTS in the KafkaUser's `spec.authorization.acls` form."""
+    return [
+        {
+            "resource": {
+                "type": g.resource,
+                "name": g.name,
+                "patternType": "prefix" if g.pattern == "prefixed" else "literal",
+            },
+            "operations": list(g.operations),
+            "host": "*",
+        }
+        for g in grants
+    ]
+
+
 def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     """Declare every resource of one stack; returns the stack outputs."""
     ns, platform = settings.namespace, settings.platform_namespace
@@ -224,7 +247,9 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             namespace=ns,
             operator_namespace=platform,
             topics=TOPICS,
-            clients=[pod("bridge"), pod("trigger")],
+            # The steps publish results from the workflow's pods.
+            clients=[pod("bridge"), pod("trigger"), workflow_pods],
+            users={user_secret(h): _strimzi_acls(g) for h, g in HANDLER_GRANTS.items()},
             replicas=3 if ha else 1,
             storage_class=settings.storage_class,
             high_availability=ha,
@@ -234,7 +259,18 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     # Where samples are written and where queries go (one URL for a single node).
     vm_write_url, vm_read_url = base_urls(ns, ha)
     alertmanager_url = f"http://alertmanager.{ns}.svc:9093"
-    kafka_bootstrap = f"cct-kafka-bootstrap.{ns}.svc:9092"
+    kafka_bootstrap = f"cct-kafka-bootstrap.{ns}.svc:{KAFKA_TLS_PORT}"
+
+    def kafka_env(handler: str) -> dict[str, str]:
+        """A handler's Kafka identity: its KafkaUser over TLS (lambdas.common.kafka)."""
+        return {
+            "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CCT_KAFKA_USERNAME": user_secret(handler),
+            "CCT_KAFKA_PASSWORD_FILE": f"{KAFKA_USER_DIR}/password",
+            "CCT_KAFKA_CA_FILE": f"{KAFKA_CA_DIR}/ca.crt",
+        }
+
     pg_dsn_env = {"CCT_PG_DSN_FILE": f"{CREDENTIALS_DIR}/{PG_DSN_FILE}"}
 
     def vault_agent(handler: str, **templates: str) -> VaultAgentSpec:
@@ -340,11 +376,11 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     ("serve", "bridge"),
                     replicas=replicas,
                     env={
-                        "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                        **kafka_env("bridge"),
                         "CCT_BRIDGE_TOKEN_FILE": f"{SECRETS_DIR}/bridge-token",
                         "CCT_ZENDUTY_URL_FILE": f"{SECRETS_DIR}/zenduty-url",
                     },
-                    secret_mounts={"bridge-files": SECRETS_DIR},
+                    secret_mounts={"bridge-files": SECRETS_DIR, **_kafka_mounts("bridge")},
                     clients=[pod("alertmanager")],
                     # Relays critical alerts to Zenduty.
                     internet=True,
@@ -354,7 +390,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     ("serve", "trigger"),
                     replicas=replicas,
                     env={
-                        "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                        **kafka_env("trigger"),
                         "CCT_TRIGGER_BACKEND": "argo",
                         "CCT_ARGO_NAMESPACE": ns,
                         "CCT_PLAYBOOKS_FILE": f"{PLAYBOOKS_DIR}/playbooks.yaml",
@@ -362,6 +398,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                         **pg_dsn_env,
                     },
                     config_mounts={"cct-policies": POLICIES_DIR, "cct-playbooks": PLAYBOOKS_DIR},
+                    secret_mounts=_kafka_mounts("trigger"),
                     kube_api=True,
                     vault_agent=vault_agent("trigger"),
                 ),
@@ -388,7 +425,9 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     config_mounts={"cct-policies": POLICIES_DIR},
                     vault_agent=vault_agent("admission"),
                 ),
-                object_selector=content.workflow_labels,
+                apiserver_cidrs=settings.apiserver_cidrs,
+                # The trigger creates its Workflows in the handlers' namespace.
+                workflow_namespaces=[ns],
                 failure_policy=settings.webhook_failure_policy,
                 url=settings.webhook_url,
                 url_ca_pem=settings.webhook_ca_pem,
@@ -446,7 +485,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     step_env = {
         "VAULT_ADDR": vault_address,
         "CCT_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
-        "CCT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        **kafka_env("steps"),
     }
     if settings.azure:
         step_env["CCT_AZURE_TENANT_ID"] = settings.azure.tenant_id
@@ -549,6 +588,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         "vaultAddress": vault.address,
         "vaultPolicies": vault.policy_names,
         "handlerUrls": handlers.urls,
+        # For kube-apiserver's AdmissionConfiguration (docs/admission.md): the webhook only
+        # hears a caller presenting this certificate.
+        "admissionClientCertPem": handlers.webhook_client_cert_pem,
+        "admissionClientKeyPem": handlers.webhook_client_key_pem,
     }
     outputs.update(_clouds(settings, content, vault, vault_providers))
     return outputs

@@ -240,6 +240,12 @@ def check_webhook(resource_type: str, props: Props) -> list[str]:
             problems.append(f"webhook {name}: no caBundle")
         if hook.get("sideEffects") != "None":
             problems.append(f"webhook {name}: sideEffects must be None")
+        if hook.get("objectSelector"):
+            # A label the object's author sets (or leaves out) would choose whether the
+            # object is reviewed at all.
+            problems.append(f"webhook {name}: objectSelector lets an object's author skip it")
+        if not hook.get("namespaceSelector"):
+            problems.append(f"webhook {name}: no namespaceSelector (the managed namespaces)")
     return problems
 
 

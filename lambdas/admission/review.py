@@ -5,11 +5,20 @@ recent actions.
 What gets which answer:
 - not an AdmissionReview v1 with a request uid: `BadReview` (the server answers HTTP 400 and
   the API server applies the webhook's failurePolicy);
-- not an argoproj.io/v1alpha1 Workflow, or not a CREATE: allowed, not governed here (the
-  webhook configuration selects CCT's workflows; blocking anything else would be an outage);
+- UPDATE of a Workflow: allowed while its spec stays as admitted (status updates,
+  spec.shutdown, spec.suspend), otherwise denied (`spec_changes`);
+- not an argoproj.io/v1alpha1 Workflow, or not a CREATE/UPDATE: allowed, not governed (the
+  webhook configuration sends the managed namespaces' Workflow CREATEs; blocking anything
+  else would be an outage);
+- a Workflow that is not exactly a reference to an approved WorkflowTemplate with its
+  parameters (inline templates, podSpecPatch, a service account, host namespaces, volumes,
+  an entrypoint, hooks, unknown or unbounded parameters...): denied, naming every finding
+  (`lambdas.policy.workflow.workflow_findings`);
 - a Workflow whose parameters are missing or malformed: denied (invalid input never runs);
 - deny verdict: denied with every reason in `status.message`;
-- require-approval: allowed only when the workflow stops at its `approve` suspend step;
+- require-approval: allowed with a warning; the approved template's `approve` step is a
+  suspend without a duration that only an authorised `argo resume` ends (the template's
+  plan step reads this recorded verdict);
 - no usable policy set or an engine error: the configured failure mode decides.
 """
 
@@ -23,7 +32,7 @@ from typing import Any, Literal
 from lambdas.policy.engine import evaluate
 from lambdas.policy.model import InvalidRequestError, PolicyRequest, Verdict
 from lambdas.policy.policyset import PolicySet
-from lambdas.policy.workflow import has_approval_step, workflow_parameters
+from lambdas.policy.workflow import spec_changes, workflow_findings, workflow_parameters
 from lambdas.store.decisions import DecisionRecord
 
 API_VERSION = "admission.k8s.io/v1"
@@ -33,6 +42,13 @@ FailureMode = Literal["closed", "open"]
 _WARNING_LIMIT = 256
 # metav1.Status reasons for the codes this webhook answers with.
 _REASONS = {400: "BadRequest", 403: "Forbidden", 500: "InternalError"}
+# The policy id recorded for a workflow refused for its shape rather than a policy verdict.
+SHAPE_POLICY = "cct/approved-templates-only"
+# Kubernetes object names are at most 253 characters (uids are bounded at the server's
+# edge, CCT_ADMISSION_MAX_UID_CHARS); anything longer must not reach the audit table.
+MAX_NAME_CHARS = 253
+# Findings listed in a refusal and recorded: enough to explain, bounded for the audit table.
+MAX_FINDINGS = 20
 
 
 class BadReview(ValueError):
@@ -104,20 +120,15 @@ class _Review:
 def decide(review: Any, ctx: Context) -> Outcome:
     """Answer one AdmissionReview. Raises BadReview only; every other problem is an answer."""
     uid, request = parse_review(review)
-    kind = request.get("kind")
-    operation = request.get("operation")
-    if kind != WORKFLOW_KIND or operation != "CREATE":
-        return Outcome(
-            uid,
-            allowed=True,
-            verdict="not-governed",
-            warnings=(
-                f"cct-admission governs only CREATE of argoproj.io/v1alpha1 Workflow; "
-                f"{operation} of {_kind_text(kind)} admitted without a policy check",
-            ),
-        )
+    other = _not_a_create(uid, request, ctx.now)
+    if other is not None:
+        return other
     workflow = request.get("object")
     this = _Review(uid, _workflow_name(workflow, request), request)
+    if isinstance(workflow, Mapping):
+        findings = workflow_findings(workflow, ctx.approval_templates)
+        if findings:
+            return _refuse_shape(this, ctx.now, findings)
     try:
         if not isinstance(workflow, Mapping):
             raise InvalidRequestError("request has no Workflow object")
@@ -160,16 +171,12 @@ def _answer(
     if verdict.decision == "deny":
         allowed, code, message = False, 403, f"denied by CCT policy: {explained}"
     elif verdict.decision == "require-approval":
-        if has_approval_step(workflow, ctx.approval_templates):
-            warnings.append(
-                f"CCT policy requires approval; the workflow waits at its approve step: {explained}"
-            )
-        else:
-            allowed, code = False, 403
-            message = (
-                f"CCT policy requires approval but workflow {this.name} has no suspend step "
-                f"named approve: {explained}"
-            )
+        # workflow_findings admitted only an approved template, whose approve step is a
+        # suspend that only an authorised resume ends (approval_gate_findings, tested on the
+        # generated templates).
+        warnings.append(
+            f"CCT policy requires approval; the workflow waits at its approve step: {explained}"
+        )
     record = _record(
         this,
         ctx.now,
@@ -192,6 +199,55 @@ def _answer(
         code=code,
         warnings=tuple(warnings),
         record=record,
+    )
+
+
+def _not_a_create(uid: str, request: Mapping[str, Any], now: datetime) -> Outcome | None:
+    """The answer to anything but a Workflow CREATE; None for a Workflow CREATE."""
+    kind = request.get("kind")
+    operation = request.get("operation")
+    if kind == WORKFLOW_KIND and operation == "UPDATE":
+        return _judge_update(uid, request, now)
+    if kind != WORKFLOW_KIND or operation != "CREATE":
+        return Outcome(
+            uid,
+            allowed=True,
+            verdict="not-governed",
+            warnings=(
+                f"cct-admission governs only CREATE and UPDATE of argoproj.io/v1alpha1 "
+                f"Workflow; {operation} of {_kind_text(kind)} admitted without a policy check",
+            ),
+        )
+    return None
+
+
+def _judge_update(uid: str, request: Mapping[str, Any], now: datetime) -> Outcome:
+    """An admitted Workflow's spec must stay what was judged: the controller's status
+    updates and `argo stop`/`terminate`/`suspend` (spec.shutdown, spec.suspend) pass; any
+    other spec change (a podSpecPatch, other parameters, inline templates added after the
+    CREATE was checked) is refused."""
+    changed = spec_changes(request.get("oldObject"), request.get("object"))
+    if not changed:
+        return Outcome(uid, allowed=True, verdict="not-governed")
+    this = _Review(uid, _workflow_name(request.get("object"), request), request)
+    findings = tuple(
+        f"spec.{key} may not change after the workflow was admitted" for key in changed
+    )
+    return _refuse_shape(this, now, findings)
+
+
+def _refuse_shape(this: _Review, now: datetime, findings: tuple[str, ...]) -> Outcome:
+    shown = findings[:MAX_FINDINGS]
+    more = f"; and {len(findings) - len(shown)} more" if len(findings) > len(shown) else ""
+    message = (
+        f"denied by CCT policy: {SHAPE_POLICY}: workflow {this.name} must be an approved "
+        f"WorkflowTemplate by reference with its parameters: {'; '.join(shown)}{more}"
+    )
+    record = _record(
+        this, now, verdict="deny", policy_ids=(SHAPE_POLICY,), reasons=shown, allowed=False
+    )
+    return Outcome(
+        this.uid, allowed=False, verdict="deny", code=403, message=message, record=record
     )
 
 
@@ -259,9 +315,9 @@ def _workflow_name(workflow: Any, request: Mapping[str, Any]) -> str:
         # generateName workflows have no name yet at admission time.
         name = meta.get("name") or meta.get("generateName")
         if isinstance(name, str) and name:
-            return name
+            return name[:MAX_NAME_CHARS]
     name = request.get("name")
-    return name if isinstance(name, str) and name else "(unnamed)"
+    return name[:MAX_NAME_CHARS] if isinstance(name, str) and name else "(unnamed)"
 
 
 def _kind_text(kind: Any) -> str:

@@ -1,6 +1,10 @@
 """`cct serve admission`: the ValidatingAdmissionWebhook's HTTPS server (the I/O shell).
 
 - POST /validate on the TLS port: AdmissionReview v1 in and out (`review.decide` decides).
+  Mutual TLS: only a client certificate from `CCT_ADMISSION_CLIENT_CA` completes the
+  handshake, and only one whose CN or DNS SAN is in `CCT_ADMISSION_CLIENT_NAMES` (the API
+  server) gets a decision; anything else is refused before the body is read, so it can
+  neither count towards the blast radius nor reach the audit table.
 - GET /healthz and /metrics on the plain port: 200 only while a valid policy set is loaded.
 
 Slow work never sits on the admission path: the body is decoded and decided on a worker
@@ -19,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -119,10 +124,10 @@ class AdmissionServer:
         # The listening context only hands each new connection to the context of the newest
         # good key pair (from the SNI callback, which runs for every client hello, with or
         # without SNI), so a rotated certificate is served without re-binding the socket.
-        self._ssl = _tls_context()
+        self._ssl = _tls_context(settings.client_ca)
         self._ssl.sni_callback = self._use_current_certificate
         self._current_ssl: ssl.SSLContext | None = None
-        self._cert_mtimes: tuple[float, float] | None = None
+        self._cert_mtimes: tuple[float, ...] | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,8 +178,9 @@ class AdmissionServer:
     async def validate(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         budget = self.settings.request_timeout_s
-        if request.content_type != "application/json":
-            return self._refuse(415, "unsupported_media_type", "expected application/json")
+        refused = self._refuse_caller_or_media(request)
+        if refused is not None:
+            return refused
         try:
             body = await asyncio.wait_for(request.read(), budget)
         except TimeoutError:
@@ -218,6 +224,18 @@ class AdmissionServer:
         self._account(outcome, now)
         self.metrics.duration.observe(time.perf_counter() - started)
         return web.json_response(outcome.response())
+
+    def _refuse_caller_or_media(self, request: web.Request) -> web.Response | None:
+        caller = _client_names(request)
+        if not caller & self.settings.client_names:
+            # Verified by the CA but not the API server (another holder of a certificate
+            # from the same CA): no decision, nothing counted or recorded.
+            return self._refuse(
+                403, "forbidden_client", f"client certificate {sorted(caller)} may not call"
+            )
+        if request.content_type != "application/json":
+            return self._refuse(415, "unsupported_media_type", "expected application/json")
+        return None
 
     def _fail(self, body: bytes, failure: str, why: str) -> Outcome | None:
         uid = _uid_of(body, self.settings)
@@ -289,11 +307,12 @@ class AdmissionServer:
         """(Re)load the serving certificate when cert-manager rotated it; new connections use
         the new one. A broken pair keeps the previous one."""
         cert, key = self.settings.tls_cert, self.settings.tls_key
+        client_ca = self.settings.client_ca
         try:
-            mtimes = (cert.stat().st_mtime, key.stat().st_mtime)
+            mtimes = tuple(p.stat().st_mtime for p in (cert, key, client_ca))
             if mtimes == self._cert_mtimes:
                 return
-            fresh = _tls_context()
+            fresh = _tls_context(client_ca)
             fresh.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
             if self._cert_mtimes is None:
@@ -328,12 +347,27 @@ class AdmissionServer:
             return admitted_since(conn, since - timedelta(seconds=1))
 
 
-def _tls_context() -> ssl.SSLContext:
+def _tls_context(client_ca: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Set on the listening context too: the SNI callback swaps in the newest key pair, but the
+    # verification mode of a connection is the one it started with.
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cafile=str(client_ca))
     # The API server speaks HTTP/2 to webhooks that offer it; aiohttp serves HTTP/1.1.
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def _client_names(request: web.Request) -> frozenset[str]:
+    """CN and DNS SANs of the verified client certificate (empty without one)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    if not isinstance(peer, dict):
+        return frozenset()
+    names = {value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(value for kind, value in peer.get("subjectAltName", ()) if kind == "DNS")
+    return frozenset(names)
 
 
 def _decode_and_decide(

@@ -26,6 +26,15 @@ class AdmissionSettings:
     # CCT_ADMISSION_TLS_CERT, CCT_ADMISSION_TLS_KEY.
     tls_cert: Path
     tls_key: Path
+    # PEM CA bundle that signed the API server's webhook client certificate (the
+    # AdmissionConfiguration kubeconfig of kube-apiserver); a caller without a certificate
+    # from it never completes the TLS handshake. Re-read when it changes.
+    # CCT_ADMISSION_CLIENT_CA.
+    client_ca: Path
+    # Names (subject CN or DNS SAN) of the client certificates that may send reviews: only
+    # the API server, not any other holder of a certificate from the same CA.
+    # CCT_ADMISSION_CLIENT_NAMES (comma-separated).
+    client_names: frozenset[str]
     # Where decisions are recorded. CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current,
     # re-read on every connect) or CCT_PG_DSN.
     pg_dsn: str | DsnSource
@@ -80,6 +89,8 @@ class AdmissionSettings:
             policy_dir=Path(env_str("CCT_POLICY_DIR", "/etc/cct/policies")),
             tls_cert=Path(env_str("CCT_ADMISSION_TLS_CERT")),
             tls_key=Path(env_str("CCT_ADMISSION_TLS_KEY")),
+            client_ca=Path(env_str("CCT_ADMISSION_CLIENT_CA")),
+            client_names=_names(env_str("CCT_ADMISSION_CLIENT_NAMES")),
             pg_dsn=pg_dsn_source(),
             host=env_str("CCT_ADMISSION_HOST", cls.host),
             port=env_int("CCT_ADMISSION_PORT", cls.port),
@@ -90,11 +101,13 @@ class AdmissionSettings:
             reload_interval_s=env_float("CCT_ADMISSION_RELOAD_INTERVAL_S", cls.reload_interval_s),
             recent_refresh_s=env_float("CCT_ADMISSION_RECENT_REFRESH_S", cls.recent_refresh_s),
             decision_queue=env_int("CCT_ADMISSION_DECISION_QUEUE", cls.decision_queue),
-            approval_templates=frozenset(t.strip() for t in templates.split(",") if t.strip()),
+            approval_templates=_names(templates),
             header_timeout_s=env_float("CCT_ADMISSION_HEADER_TIMEOUT_S", cls.header_timeout_s),
             max_json_depth=env_int("CCT_ADMISSION_MAX_JSON_DEPTH", cls.max_json_depth),
             max_uid_chars=env_int("CCT_ADMISSION_MAX_UID_CHARS", cls.max_uid_chars),
         )
+        if not settings.client_names:
+            raise SettingsError("CCT_ADMISSION_CLIENT_NAMES names no client certificate")
         for name, value in (
             ("CCT_ADMISSION_MAX_BODY_BYTES", settings.max_body_bytes),
             ("CCT_ADMISSION_REQUEST_TIMEOUT_S", settings.request_timeout_s),
@@ -108,3 +121,7 @@ class AdmissionSettings:
             if value <= 0:
                 raise SettingsError(f"{name}={value} must be positive")
         return settings
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in text.split(",") if n.strip())

@@ -225,7 +225,7 @@ class Bridge:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka.client_kwargs(),
             acks="all",
             enable_idempotence=True,
             # Latency matters more than batching at alert rates; a burst still batches.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambdas.common.kafka import KafkaAuth
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str, kafka_bootstrap
 from lambdas.events.cloudevents import EventLimits
 
@@ -22,7 +23,9 @@ def read_secret(variable: str, path: str) -> str:
 @dataclass(frozen=True)
 class BridgeSettings:
     """
-    kafka_bootstrap: CCT_KAFKA_BOOTSTRAP, brokers to produce to.
+    kafka: CCT_KAFKA_BOOTSTRAP, brokers to produce to, and the bridge's Kafka identity
+        (CCT_KAFKA_USERNAME, CCT_KAFKA_PASSWORD_FILE, ...: `lambdas.common.kafka.KafkaAuth`);
+        only this identity may write the anomalies topic.
     topic: CCT_BRIDGE_TOPIC, default `cct.cost.anomalies`.
     token: the bearer token Alertmanager presents, read from the file named by
         CCT_BRIDGE_TOKEN_FILE (a mounted Secret; never an environment value).
@@ -46,7 +49,7 @@ class BridgeSettings:
         holds a NUL, is dropped and counted, the rest of its payload is produced.
     """
 
-    kafka_bootstrap: str
+    kafka: KafkaAuth
     topic: str
     # Secrets: kept out of repr, so never in logs or tracebacks.
     token: str = field(repr=False)
@@ -77,7 +80,7 @@ class BridgeSettings:
         if zenduty_url is not None and not zenduty_url.startswith(("https://", "http://")):
             raise SettingsError("CCT_ZENDUTY_URL_FILE must hold an http(s) URL")
         return cls(
-            kafka_bootstrap=kafka_bootstrap(),
+            kafka=KafkaAuth.from_env(kafka_bootstrap()),
             topic=env_str("CCT_BRIDGE_TOPIC", "cct.cost.anomalies"),
             token=read_secret("CCT_BRIDGE_TOKEN_FILE", token_file),
             zenduty_url=zenduty_url,

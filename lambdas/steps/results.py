@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from lambdas.common.kafka import KafkaAuth
 from lambdas.events.cloudevents import SPEC_VERSION, encode
 from lambdas.steps.errors import Retryable
 from lambdas.steps.settings import StepSettings
@@ -60,7 +61,7 @@ def result_event(run_id: str, playbook: str, run: RunOutcome, time: str) -> dict
     }
 
 
-def publish(bootstrap: str, settings: StepSettings, event: Mapping[str, Any]) -> None:
+def publish(kafka: KafkaAuth, settings: StepSettings, event: Mapping[str, Any]) -> None:
     """Produce the event and wait for every in-sync replica to acknowledge it.
 
     A step is one short process, so it opens one producer for one send (the services' self-
@@ -73,7 +74,7 @@ def publish(bootstrap: str, settings: StepSettings, event: Mapping[str, Any]) ->
     try:
         asyncio.run(
             asyncio.wait_for(
-                _send(bootstrap, settings.results_topic, event),
+                _send(kafka, settings.results_topic, event),
                 settings.publish_timeout_s,
             )
         )
@@ -81,10 +82,10 @@ def publish(bootstrap: str, settings: StepSettings, event: Mapping[str, Any]) ->
         raise Retryable(f"publishing to {settings.results_topic}: {type(exc).__name__}") from None
 
 
-async def _send(bootstrap: str, topic: str, event: Mapping[str, Any]) -> None:
+async def _send(kafka: KafkaAuth, topic: str, event: Mapping[str, Any]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
     try:
         await producer.start()
         await producer.send_and_wait(topic, encode(event), key=str(event["subject"]).encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lambdas.common.kafka import KafkaAuth
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str
 
 
@@ -34,7 +35,8 @@ class StepSettings:
         for STANDARD_IA).
     http_timeout_s: per-request timeout for Vault, Azure and GCP calls.
     operation_timeout_s: how long to wait for a cloud operation (stop, resize) to finish.
-    kafka_bootstrap: where `record` publishes the run's result event (`CCT_KAFKA_BOOTSTRAP`);
+    kafka: where `record` publishes the run's result event (`CCT_KAFKA_BOOTSTRAP`, with the
+        steps' Kafka identity: `KafkaAuth`);
         unset, nothing is published.
     results_topic: the topic of those events (`cct.optimization.results`).
     publish_timeout_s: how long `record` waits for the broker's acknowledgement before it
@@ -65,7 +67,7 @@ class StepSettings:
     tiering_after_days: int
     http_timeout_s: float
     operation_timeout_s: float
-    kafka_bootstrap: str | None
+    kafka: KafkaAuth | None
     results_topic: str
     publish_timeout_s: float
 
@@ -107,7 +109,11 @@ class StepSettings:
             tiering_after_days=env_int("CCT_TIERING_AFTER_DAYS", 30),
             http_timeout_s=env_float("CCT_STEP_HTTP_TIMEOUT_S", 30.0),
             operation_timeout_s=env_float("CCT_STEP_OPERATION_TIMEOUT_S", 900.0),
-            kafka_bootstrap=os.environ.get("CCT_KAFKA_BOOTSTRAP") or None,
+            kafka=(
+                KafkaAuth.from_env(os.environ["CCT_KAFKA_BOOTSTRAP"])
+                if os.environ.get("CCT_KAFKA_BOOTSTRAP")
+                else None
+            ),
             results_topic=env_str("CCT_RESULTS_TOPIC", "cct.optimization.results"),
             publish_timeout_s=env_float("CCT_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
         )

@@ -351,8 +351,8 @@ def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
     retryable, and the retried step rewrites the same rows and produces the same event id.
     """
     output = _record(inp, io)
-    bootstrap = io.settings.kafka_bootstrap
-    if bootstrap is None:
+    kafka = io.settings.kafka
+    if kafka is None:
         return output
     with io.db() as conn:
         outcome = store.run_outcome(conn, inp.run_id)
@@ -360,7 +360,7 @@ def record(inp: StepInput, io: StepIO) -> dict[str, Any]:
         return output
     when = datetime.fromtimestamp(io.now(), UTC).isoformat(timespec="milliseconds")
     event = results.result_event(inp.run_id, inp.playbook, outcome, when.replace("+00:00", "Z"))
-    results.publish(bootstrap, io.settings, event)
+    results.publish(kafka, io.settings, event)
     log.info("result published", extra={"run_id": inp.run_id, "event_id": event["id"]})
     return {**output, "event_id": event["id"]}
 

@@ -25,6 +25,7 @@ from hera.workflows import (
     Parameter,
     RetryStrategy,
     SecretEnvFrom,
+    SecretVolume,
     Steps,
     Suspend,
     WorkflowTemplate,
@@ -52,6 +53,9 @@ WORKFLOW_PARAMETERS: dict[str, str | None] = {
     "target-sku": "",
     "require-approval": "false",
 }
+# Where `record` finds its Kafka identity (the steps' KafkaUser password and the cluster CA).
+KAFKA_USER_DIR = "/etc/cct/kafka-user"
+KAFKA_CA_DIR = "/etc/cct/kafka-ca"
 OUTPUT_DIR = "/tmp/cct"  # noqa: S108 - an emptyDir-free scratch path inside the step container
 DEFAULT_IMAGE = "ghcr.io/cct/cct:0.1.0"
 # What execute sees as the approve output under Argo: the workflow only reaches execute after
@@ -103,6 +107,7 @@ def _step_container(
     image: str,
     env_from: list[Any],
     outputs: list[str],
+    volumes: list[Any] | None = None,
 ) -> Container:
     env = [
         *_common_env(playbook),
@@ -118,6 +123,7 @@ def _step_container(
         args=["step", step, "--from-env", "--output-dir", OUTPUT_DIR],
         env=env,
         env_from=env_from,
+        volumes=volumes or None,
         active_deadline_seconds=str(playbook.step_timeout_s[step]),
         retry_strategy=_retry(playbook),
         outputs=[
@@ -139,13 +145,27 @@ def workflow_template(
     service_account: str = "cct-steps",
     config_map: str = "cct-steps",
     db_env_from: str = "cct-steps-db",
+    kafka_secrets: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
+    """`kafka_secrets`: (the steps' KafkaUser Secret, the cluster CA Secret), mounted into
+    the steps that publish results (`record`, `record-on-exit`); None publishes nothing."""
     env_from = [ConfigMapEnvFrom(name=config_map), SecretEnvFrom(name=db_env_from)]
+    kafka_volumes: list[Any] = (
+        [
+            SecretVolume(
+                name="kafka-user", secret_name=kafka_secrets[0], mount_path=KAFKA_USER_DIR
+            ),
+            SecretVolume(name="kafka-ca", secret_name=kafka_secrets[1], mount_path=KAFKA_CA_DIR),
+        ]
+        if kafka_secrets
+        else []
+    )
     with WorkflowTemplate(
         name=f"cct-{playbook.name}",
         namespace=namespace,
         entrypoint="main",
         on_exit="record-on-exit",
+        volumes=kafka_volumes or None,
         service_account_name=service_account,
         labels={"app.kubernetes.io/part-of": "cct", "cct.io/playbook": playbook.name},
         annotations={
@@ -169,6 +189,7 @@ def workflow_template(
                 image=image,
                 env_from=env_from,
                 outputs=outputs,
+                volumes=kafka_volumes if entrypoint == "record" else None,
             )
 
         analyze = step("analyze", "analyze", {}, [])
@@ -207,6 +228,7 @@ def workflow_template(
                 Env(name="CCT_WORKFLOW_FAILURES", value="{{workflow.failures}}"),
             ],
             env_from=env_from,
+            volumes=kafka_volumes or None,
             active_deadline_seconds=str(playbook.step_timeout_s["record"]),
             retry_strategy=_retry(playbook),
         )

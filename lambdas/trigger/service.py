@@ -101,7 +101,7 @@ class TriggerService:
         s = self.settings
         consumer = AIOKafkaConsumer(
             s.topic,
-            bootstrap_servers=s.kafka_bootstrap,
+            **s.kafka.client_kwargs(),
             group_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -110,9 +110,7 @@ class TriggerService:
             heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
         )
         producers = ProducerSlot(
-            lambda: AIOKafkaProducer(
-                bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True
-            )
+            lambda: AIOKafkaProducer(**s.kafka.client_kwargs(), acks="all", enable_idempotence=True)
         )
         await consumer.start()
         log.info("trigger consuming", extra={"topic": s.topic, "group": s.group_id})

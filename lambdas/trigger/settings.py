@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from lambdas.common.kafka import KafkaAuth
 from lambdas.common.pg import DsnSource
 from lambdas.common.settings import (
     SettingsError,
@@ -24,7 +25,9 @@ from lambdas.events.cloudevents import EventLimits
 @dataclass(frozen=True)
 class TriggerSettings:
     """
-    kafka_bootstrap: CCT_KAFKA_BOOTSTRAP.
+    kafka: CCT_KAFKA_BOOTSTRAP and the trigger's Kafka identity (`KafkaAuth`: CCT_KAFKA_USERNAME,
+        CCT_KAFKA_PASSWORD_FILE, ...); its ACLs let it read the anomalies topic, which only
+        the bridge may write, so it acts only on the bridge's events.
     topic / dlq_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`) and
         CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`).
     group_id: CCT_TRIGGER_GROUP, default `cct-trigger`: every replica joins it, so each
@@ -58,7 +61,7 @@ class TriggerSettings:
         /metrics that has not sent its request headers by then is disconnected.
     """
 
-    kafka_bootstrap: str
+    kafka: KafkaAuth
     topic: str
     dlq_topic: str
     group_id: str
@@ -94,7 +97,7 @@ class TriggerSettings:
             raise SettingsError(f"CCT_TRIGGER_BACKEND={backend!r} must be argo or local")
         poll_default = 3_600_000 if backend == "local" else 300_000
         return cls(
-            kafka_bootstrap=kafka_bootstrap(),
+            kafka=KafkaAuth.from_env(kafka_bootstrap()),
             topic=env_str("CCT_TRIGGER_TOPIC", "cct.cost.anomalies"),
             dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", "cct.cost.anomalies.dlq"),
             group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),

@@ -32,59 +32,134 @@ SHIPPED = ROOT / "policies" / "optimization"
 CCT = Path(sys.executable).with_name("cct")
 
 
+# The name the test API server's client certificate carries (CCT_ADMISSION_CLIENT_NAMES).
+APISERVER_NAME = "kube-apiserver-admission-client"
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    cert: Path
+    key: Path
+
+
 @dataclass(frozen=True)
 class Tls:
     ca: Path
     cert: Path
     key: Path
+    # The CA of the API server's webhook client certificate, and certificates it signed.
+    client_ca: Path
+    apiserver: ClientCert
+    # Signed by the same client CA, for another name: authenticated, not authorised.
+    stranger: ClientCert
+    # Signed by a CA the webhook does not trust.
+    foreign: ClientCert
 
 
-def make_tls(directory: Path, days: int = 2) -> Tls:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it, as PEM files."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cct-test-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+def _ca(
+    name: str, now: dt.datetime, days: int
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cct-admission")]))
-        .issuer_name(ca_name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    tls = Tls(directory / "ca.crt", directory / "tls.crt", directory / "tls.key")
-    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(
-        key.private_bytes(
+    return key, cert
+
+
+def _leaf(
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+    name: str,
+    *,
+    now: dt.datetime,
+    days: int,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca[1].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), False)
+        .sign(ca[0], hashes.SHA256())
+    )
+    return key, cert
+
+
+def _write_pem(path: Path, cert: x509.Certificate) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _write_pair(
+    directory: Path, name: str, pair: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
+) -> ClientCert:
+    key_path = directory / f"{name}.key"
+    key_path.write_bytes(
+        pair[0].private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return tls
+    return ClientCert(_write_pem(directory / f"{name}.crt", pair[1]), key_path)
+
+
+def make_tls(directory: Path, days: int = 2) -> Tls:
+    """A CA and a server certificate for 127.0.0.1/localhost signed by it, a client CA with
+    the API server's client certificate and a stranger's, and a foreign client, as PEM."""
+    now = dt.datetime.now(dt.UTC)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _ca("cct-test-ca", now, days)
+    server = _leaf(
+        ca,
+        "cct-admission",
+        now=now,
+        days=days,
+        usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client_ca = _ca("cct-test-apiserver-client-ca", now, days)
+    foreign_ca = _ca("cct-test-apiserver-client-ca", now, days)  # same name, other key
+
+    def client(
+        issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], name: str
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        return _leaf(issuer, name, now=now, days=days, usage=usage, sans=[x509.DNSName(name)])
+
+    pair = _write_pair(directory, "tls", server)
+    return Tls(
+        ca=_write_pem(directory / "ca.crt", ca[1]),
+        cert=pair.cert,
+        key=pair.key,
+        client_ca=_write_pem(directory / "client-ca.crt", client_ca[1]),
+        apiserver=_write_pair(directory, "apiserver", client(client_ca, APISERVER_NAME)),
+        stranger=_write_pair(directory, "stranger", client(client_ca, "cct-trigger")),
+        foreign=_write_pair(directory, "foreign", client(foreign_ca, APISERVER_NAME)),
+    )
+
+
+def client_context(tls: Tls, client: ClientCert | None) -> ssl.SSLContext:
+    """A client TLS context trusting the webhook's CA and presenting `client` (if any)."""
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
 
 
 def policies_for_now(target: Path) -> Path:
@@ -170,8 +245,11 @@ def review(
     operation: str = "CREATE",
     kind: Mapping[str, str] | None = None,
     dry_run: bool = False,
+    *,
+    old_object: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An AdmissionReview v1 request with every field the kube-apiserver fills in."""
+    """An AdmissionReview v1 request with every field the kube-apiserver fills in (for an
+    UPDATE, `old_object` defaults to `obj`: nothing but status changed)."""
     kind = kind or {"group": "argoproj.io", "version": "v1alpha1", "kind": "Workflow"}
     resource = {
         "group": kind["group"],
@@ -201,7 +279,7 @@ def review(
                 ],
             },
             "object": obj,
-            "oldObject": None,
+            "oldObject": old_object or (obj if operation == "UPDATE" else None),
             "dryRun": dry_run,
             "options": {
                 "kind": "CreateOptions",
@@ -220,16 +298,20 @@ class Webhook:
     policy_dir: Path
     log: Path
 
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.tls.ca))
+    def context(self, client: ClientCert | None = None) -> ssl.SSLContext:
+        """As the API server connects (its client certificate), or as `client`."""
+        return client_context(self.tls, client or self.tls.apiserver)
 
     def post(
-        self, body: bytes | Mapping[str, Any], content_type: str = "application/json"
+        self,
+        body: bytes | Mapping[str, Any],
+        content_type: str = "application/json",
+        context: ssl.SSLContext | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """POST /validate?timeout=10s the way the API server does; (status, JSON body)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.port, context=self.context(), timeout=10
+            "127.0.0.1", self.port, context=context or self.context(), timeout=10
         )
         try:
             conn.request(
@@ -293,6 +375,8 @@ def serve_admission(
         "CCT_POLICY_DIR": str(policy_dir),
         "CCT_ADMISSION_TLS_CERT": str(tls.cert),
         "CCT_ADMISSION_TLS_KEY": str(tls.key),
+        "CCT_ADMISSION_CLIENT_CA": str(tls.client_ca),
+        "CCT_ADMISSION_CLIENT_NAMES": APISERVER_NAME,
         "CCT_ADMISSION_HOST": "127.0.0.1",
         "CCT_ADMISSION_PORT": str(port),
         "CCT_ADMISSION_METRICS_PORT": str(metrics_port),

@@ -3,6 +3,8 @@ and admission staying fast while PostgreSQL is unreachable."""
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
 import json
 import os
 import shutil
@@ -186,13 +188,17 @@ def test_admission_does_not_wait_for_an_unresponsive_database(tmp_path: Path, tl
         blackhole.close()
 
 
-def test_a_rotated_certificate_is_served_without_a_restart(
-    tmp_path: Path, pg_dsn: str, tls: Tls
-) -> None:
-    served = make_tls(tmp_path / "served")
+def one_policy_file(tmp_path: Path) -> Path:
     files = tmp_path / "policies"
     files.mkdir()
     shutil.copy(SHIPPED / "protected-resources.yaml", files)
+    return files
+
+
+def test_a_rotated_certificate_is_served_without_a_restart(
+    tmp_path: Path, pg_dsn: str, tls: Tls
+) -> None:
+    served, files = make_tls(tmp_path / "served"), one_policy_file(tmp_path)
     with serve_admission(tmp_path, pg_dsn, files, served) as hook:
         assert verdict(hook)["allowed"] is True
         rotated = make_tls(tmp_path / "rotated")  # a new CA too, as after a CA rotation
@@ -201,7 +207,9 @@ def test_a_rotated_certificate_is_served_without_a_restart(
         wait_for(lambda: "cannot load the rotated certificate" in hook.log.read_text())
         assert verdict(hook)["allowed"] is True
         shutil.copy(rotated.key, served.key)
-        new_client = Webhook(hook.port, hook.metrics_port, rotated, files, hook.log)
+        # The API server's client certificate is unchanged: only the serving pair rotated.
+        trusting_rotated = dataclasses.replace(served, ca=rotated.ca)
+        new_client = Webhook(hook.port, hook.metrics_port, trusting_rotated, files, hook.log)
 
         def handshake_with_new_ca() -> bool:
             try:
@@ -210,3 +218,25 @@ def test_a_rotated_certificate_is_served_without_a_restart(
                 return False
 
         wait_for(handshake_with_new_ca, what="the rotated certificate to be served")
+
+
+def test_a_rotated_client_ca_is_trusted_without_a_restart(tmp_path: Path, pg_dsn: str) -> None:
+    """When the API server's client CA is rotated (the mounted `client-ca.crt` changes), new
+    connections are verified against the new CA: its client certificate is heard, the old
+    one no longer completes the handshake."""
+    served, files = make_tls(tmp_path / "served"), one_policy_file(tmp_path)
+    with serve_admission(tmp_path, pg_dsn, files, served) as hook:
+        assert verdict(hook)["allowed"] is True
+        rotated = make_tls(tmp_path / "rotated")
+        shutil.copy(rotated.client_ca, served.client_ca)
+        new_apiserver = dataclasses.replace(served, apiserver=rotated.apiserver)
+        new_client = Webhook(hook.port, hook.metrics_port, new_apiserver, files, hook.log)
+
+        def heard(client: Webhook) -> bool:
+            try:
+                return bool(verdict(client)["allowed"])
+            except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected):
+                return False
+
+        wait_for(lambda: heard(new_client), what="the rotated client CA to be trusted")
+        assert not heard(hook)

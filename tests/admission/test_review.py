@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,8 +23,15 @@ from lambdas.admission.settings import AdmissionSettings
 from lambdas.common.settings import SettingsError
 from lambdas.policy import load_policy_set
 from lambdas.policy.policyset import Conditions, Policy, PolicySet, Rule, Selector
-from lambdas.policy.workflow import has_approval_step
-from tests.admission.support import SHIPPED, Tls, params, review, workflow
+from tests.admission.support import (
+    APISERVER_NAME,
+    SHIPPED,
+    Tls,
+    client_context,
+    params,
+    review,
+    workflow,
+)
 from tests.support.procs import free_port
 
 NOW = datetime(2026, 2, 2, 3, 0, tzinfo=UTC)  # 22:00 New York on a Sunday: outside hours
@@ -99,72 +105,6 @@ def test_duplicate_parameters_are_invalid() -> None:
     )
 
 
-def suspend_workflow(steps: Any, templates: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"spec": {"entrypoint": "main", "templates": [{"name": "main", **steps}, *templates]}}
-
-
-@pytest.mark.parametrize(
-    ("wf", "expected"),
-    [
-        ({"spec": {"workflowTemplateRef": {"name": "cct-rightsize-compute"}}}, True),
-        ({"spec": {"workflowTemplateRef": {"name": "other"}}}, False),
-        (
-            suspend_workflow(
-                {"steps": [[{"name": "approve", "template": "gate"}]]},
-                [{"name": "gate", "suspend": {}}],
-            ),
-            True,
-        ),
-        (
-            suspend_workflow(
-                {"dag": {"tasks": [{"name": "approve", "template": "gate"}]}},
-                [{"name": "gate", "suspend": {"duration": "24h"}}],
-            ),
-            True,
-        ),
-        # A suspend template named approve, reached through a nested steps template.
-        (
-            suspend_workflow(
-                {"steps": [[{"name": "inner", "template": "nested"}]]},
-                [
-                    {"name": "nested", "steps": [[{"name": "x", "template": "approve"}]]},
-                    {"name": "approve", "suspend": {}},
-                ],
-            ),
-            True,
-        ),
-        # A step called approve that does not suspend is not an approval.
-        (
-            suspend_workflow(
-                {"steps": [[{"name": "approve", "template": "run"}]]},
-                [{"name": "run", "container": {}}],
-            ),
-            False,
-        ),
-        # A suspend step that the entrypoint never reaches does not count.
-        (
-            suspend_workflow(
-                {"steps": [[{"name": "go", "template": "run"}]]},
-                [{"name": "run", "container": {}}, {"name": "approve", "suspend": {}}],
-            ),
-            False,
-        ),
-        ({"spec": {"entrypoint": "missing", "templates": []}}, False),
-        ({"spec": "nonsense"}, False),
-        # Malformed lists (the Workflow CRD may not validate them) mean "no approval step",
-        # never an exception that the failure mode would answer.
-        ({"spec": {"entrypoint": "main", "templates": 5}}, False),
-        ({"spec": {"entrypoint": "main", "templates": [{"name": "main", "steps": 5}]}}, False),
-        (
-            {"spec": {"entrypoint": "main", "templates": [{"name": "main", "dag": {"tasks": 7}}]}},
-            False,
-        ),
-    ],
-)
-def test_approval_step_detection(wf: dict[str, Any], expected: bool) -> None:
-    assert has_approval_step(wf, {"cct-rightsize-compute"}) is expected
-
-
 def slow_decide(review_doc: Any, ctx: Context) -> Outcome:
     time.sleep(0.6)  # an engine stuck far beyond the 0.2 s budget
     return decide(review_doc, ctx)
@@ -198,6 +138,8 @@ async def test_server_failures_are_answered_by_the_failure_mode(
         policy_dir=SHIPPED,
         tls_cert=tls.cert,
         tls_key=tls.key,
+        client_ca=tls.client_ca,
+        client_names=frozenset({APISERVER_NAME}),
         pg_dsn=pg_dsn,
         host="127.0.0.1",
         port=free_port(),
@@ -208,7 +150,7 @@ async def test_server_failures_are_answered_by_the_failure_mode(
     await server.start()
     try:
         body = review(workflow("wf-slow", params()))
-        ssl_ctx = ssl.create_default_context(cafile=str(tls.ca))
+        ssl_ctx = client_context(tls, tls.apiserver)
         async with (
             aiohttp.ClientSession() as session,
             session.post(
@@ -286,24 +228,30 @@ def test_decide_answers_or_rejects_any_mutation_of_a_review(where: str, value: A
     assert outcome.allowed in {True, False}
 
 
+SERVING = {"CCT_ADMISSION_TLS_CERT": "c", "CCT_ADMISSION_TLS_KEY": "k"}
+MUTUAL = {**SERVING, "CCT_ADMISSION_CLIENT_CA": "ca", "CCT_ADMISSION_CLIENT_NAMES": "api"}
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({}, "CCT_ADMISSION_TLS_CERT is required but not set"),
+        # Every caller is authenticated: there is no setting without a client CA.
+        (SERVING, "CCT_ADMISSION_CLIENT_CA is required but not set"),
         (
-            {
-                "CCT_ADMISSION_TLS_CERT": "c",
-                "CCT_ADMISSION_TLS_KEY": "k",
-                "CCT_ADMISSION_FAILURE_MODE": "maybe",
-            },
+            {**SERVING, "CCT_ADMISSION_CLIENT_CA": "ca"},
+            "CCT_ADMISSION_CLIENT_NAMES is required but not set",
+        ),
+        (
+            {**MUTUAL, "CCT_ADMISSION_CLIENT_NAMES": " , "},
+            "CCT_ADMISSION_CLIENT_NAMES names no client certificate",
+        ),
+        (
+            {**MUTUAL, "CCT_ADMISSION_FAILURE_MODE": "maybe"},
             "CCT_ADMISSION_FAILURE_MODE='maybe' must be closed or open",
         ),
         (
-            {
-                "CCT_ADMISSION_TLS_CERT": "c",
-                "CCT_ADMISSION_TLS_KEY": "k",
-                "CCT_ADMISSION_REQUEST_TIMEOUT_S": "0",
-            },
+            {**MUTUAL, "CCT_ADMISSION_REQUEST_TIMEOUT_S": "0"},
             "CCT_ADMISSION_REQUEST_TIMEOUT_S=0.0 must be positive",
         ),
     ],
@@ -329,7 +277,10 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CCT_PG_DSN", "postgresql://x/y")
     monkeypatch.setenv("CCT_ADMISSION_TLS_CERT", "/tls/tls.crt")
     monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", "/tls/tls.key")
+    monkeypatch.setenv("CCT_ADMISSION_CLIENT_CA", "/tls/client-ca.crt")
+    monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver, other ")
     settings = AdmissionSettings.from_env()
+    assert settings.client_names == {"kube-apiserver", "other"}
     assert (settings.port, settings.metrics_port, settings.failure_mode) == (8443, 8080, "closed")
     assert "cct-rightsize-database" in settings.approval_templates
 
@@ -341,6 +292,8 @@ async def test_a_failing_refresh_does_not_stop_later_refreshes(
         policy_dir=SHIPPED,
         tls_cert=tls.cert,
         tls_key=tls.key,
+        client_ca=tls.client_ca,
+        client_names=frozenset({APISERVER_NAME}),
         pg_dsn=pg_dsn,
         host="127.0.0.1",
         port=free_port(),

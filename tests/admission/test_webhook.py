@@ -93,7 +93,9 @@ def test_require_approval_is_admitted_when_the_template_has_the_approve_step(
     assert (row["verdict"], row["allowed"]) == ("require-approval", True)
 
 
-def test_require_approval_with_inline_suspend_step(webhook: Webhook) -> None:
+def test_inline_templates_are_refused_even_with_a_proper_approve_step(webhook: Webhook) -> None:
+    """Before issue 17 an inline suspend step named approve satisfied require-approval; the
+    workflow's own templates are now never trusted, only an approved WorkflowTemplate."""
     templates: list[dict[str, Any]] = [
         {
             "name": "main",
@@ -108,16 +110,14 @@ def test_require_approval_with_inline_suspend_step(webhook: Webhook) -> None:
         {"name": "run-execute", "container": {"image": "cct", "args": ["step", "execute"]}},
     ]
     params = make_params(environment="prod")
-    admitted = webhook.response(review(workflow(name(), params, None, templates)))
-    assert admitted["allowed"] is True
-    # Without the suspend step the same workflow is refused.
-    no_suspend = [t for t in templates if t["name"] != "wait-for-human"]
-    no_suspend[0] = {"name": "main", "steps": [[{"name": "execute", "template": "run-execute"}]]}
-    refused = webhook.response(review(workflow(wf := name(), params, None, no_suspend)))
+    refused = webhook.response(review(workflow(wf := name(), params, None, templates)))
     assert refused["allowed"] is False
-    assert refused["status"]["message"].startswith(
-        f"CCT policy requires approval but workflow {wf} has no suspend step named approve: "
-        "production-approval/production: "
+    assert refused["status"]["message"] == (
+        f"denied by CCT policy: cct/approved-templates-only: workflow {wf} must be an approved "
+        "WorkflowTemplate by reference with its parameters: spec.workflowTemplateRef is "
+        "missing: only approved WorkflowTemplates run; spec.entrypoint: the workflow may not "
+        "start the template anywhere but its entrypoint; spec.templates: inline templates are "
+        "not allowed; reference an approved WorkflowTemplate"
     )
 
 
@@ -126,7 +126,10 @@ def test_require_approval_from_an_unknown_template_is_refused(webhook: Webhook) 
     response = webhook.response(review(workflow(name(), params, "someone-elses-template")))
     assert response["allowed"] is False
     assert response["status"]["code"] == 403
-    assert "has no suspend step named approve" in response["status"]["message"]
+    assert (
+        "WorkflowTemplate someone-elses-template is not an approved template"
+        in response["status"]["message"]
+    )
 
 
 def test_invalid_parameters_are_refused_and_recorded(webhook: Webhook, wait_decision: Wait) -> None:
@@ -155,7 +158,7 @@ def test_other_kinds_and_operations_are_not_governed(webhook: Webhook) -> None:
     response = webhook.response(review(pod, kind={"group": "", "version": "v1", "kind": "Pod"}))
     assert response["allowed"] is True
     assert response["warnings"] == [
-        "cct-admission governs only CREATE of argoproj.io/v1alpha1 Workflow; "
+        "cct-admission governs only CREATE and UPDATE of argoproj.io/v1alpha1 Workflow; "
         "CREATE of core/v1 Pod admitted without a policy check"
     ]
     # The workflow controller updates status on every step: never block that.

@@ -12,6 +12,7 @@ from lambdas.bridge.server import Bridge
 from lambdas.bridge.settings import BridgeSettings
 from tests.bridge.test_core import alert, payload
 from tests.routing.helpers import RecordingReceiver, consume_topic, events_of
+from tests.support.kafka import auth as kafka_auth
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -19,7 +20,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def bridge_settings(bootstrap: str, topic: str, zenduty_url: str | None = None) -> BridgeSettings:
     return BridgeSettings(
-        kafka_bootstrap=bootstrap,
+        kafka=kafka_auth(bootstrap, "bridge"),
         topic=topic,
         token=TOKEN,
         zenduty_url=zenduty_url,

@@ -11,6 +11,15 @@ from lambdas.bridge.settings import BridgeSettings
 from lambdas.common.settings import SettingsError
 
 
+@pytest.fixture(autouse=True)
+def kafka_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kafka.password").write_text("pw\n")
+    monkeypatch.setenv("CCT_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    monkeypatch.setenv("CCT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("CCT_KAFKA_USERNAME", "bridge")
+    monkeypatch.setenv("CCT_KAFKA_PASSWORD_FILE", str(tmp_path / "kafka.password"))
+
+
 def test_secrets_are_read_from_files_and_kept_out_of_repr(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

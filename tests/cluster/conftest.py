@@ -13,6 +13,7 @@ from kubernetes import client
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.core import WorkflowRun
 from tests.admission.support import Tls, Webhook, params, policies_for_now, serve_admission
+from tests.cluster import support
 from tests.cluster.support import WEBHOOK_PORT, Cluster, PulumiRun, load_cluster, pulumi
 
 
@@ -29,9 +30,7 @@ def deployed(cluster: Cluster) -> PulumiRun:
 
 @pytest.fixture(scope="session")
 def cluster_tls(cluster: Cluster) -> Tls:
-    """The webhook's serving certificate from the cluster's PKI; the stack registers its CA."""
-    pki = Path(cluster.ca_file).parent
-    return Tls(pki / "ca.crt", pki / "webhook.crt", pki / "webhook.key")
+    return support.cluster_tls(cluster.ca_file)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,12 @@ def host_webhook(
     """`cct serve admission` on 127.0.0.1:18443 over TLS, where the API server calls it."""
     tmp = tmp_path_factory.mktemp("cluster-admission")
     with serve_admission(
-        tmp, pg_dsn, policies_for_now(tmp / "policies"), cluster_tls, port=WEBHOOK_PORT
+        tmp,
+        pg_dsn,
+        policies_for_now(tmp / "policies"),
+        cluster_tls,
+        port=WEBHOOK_PORT,
+        CCT_ADMISSION_CLIENT_NAMES=support.APISERVER_CLIENT_NAME,
     ) as hook:
         yield hook
 

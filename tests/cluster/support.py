@@ -14,11 +14,28 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from tests.admission.support import ClientCert, Tls
+
 ROOT = Path(__file__).parents[2]
 SETTINGS = ROOT / ".local" / "cluster" / "cluster.json"
 SCRIPT = ROOT / "scripts" / "cluster"
 # Where Pulumi.local.yaml registers the webhook (cct:webhookUrl).
 WEBHOOK_PORT = 18443
+# The name on the API server's webhook client certificate (scripts/cluster's PKI).
+APISERVER_CLIENT_NAME = "cct-admission-apiserver-client"
+
+
+def cluster_tls(ca_file: str) -> Tls:
+    """The webhook's serving certificate and the API server's client CA, from the cluster's
+    PKI: the stack registers the serving CA, the API server presents the client cert."""
+    pki = Path(ca_file).parent
+    apiserver = ClientCert(
+        pki / "apiserver-admission-client.crt", pki / "apiserver-admission-client.key"
+    )
+    return Tls(
+        pki / "ca.crt", pki / "webhook.crt", pki / "webhook.key",
+        pki / "admission-client-ca.crt", apiserver, apiserver, apiserver,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

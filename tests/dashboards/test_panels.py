@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,22 +50,30 @@ def seeded(vm: VictoriaMetrics, pg_dsn: str) -> Iterator[Seeded]:
     vm.import_samples(seed_vm.pipeline_samples(scope, now_s))
     with connect(pg_dsn) as conn:
         _seed_results(conn, scope, now)
-    role = f"grafana_{scope.uid}"
+    with reporting_reader(pg_dsn, f"grafana_{scope.uid}") as role:
+        seed_vm.wait_until_visible(
+            vm,
+            f'{{billing_account_id="{scope.account}"}}',
+            SERIES_PER_GROUP * len(seed_vm.GROUPS),
+            now_s,
+        )
+        seed_vm.wait_until_visible(vm, f'{{namespace="{seed_vm.namespace(scope)}"}}', 30, now_s)
+        yield Seeded(scope, now, role)
+
+
+@contextmanager
+def reporting_reader(pg_dsn: str, role: str) -> Iterator[str]:
+    """A role that may only read the `reporting` views, as Grafana's login, for the block."""
     with connect(pg_dsn, autocommit=True) as conn:
         conn.execute(f"create role {role} nologin")
         conn.execute(f"grant usage on schema reporting to {role}")
         conn.execute(f"grant select on all tables in schema reporting to {role}")
-    seed_vm.wait_until_visible(
-        vm,
-        f'{{billing_account_id="{scope.account}"}}',
-        SERIES_PER_GROUP * len(seed_vm.GROUPS),
-        now_s,
-    )
-    seed_vm.wait_until_visible(vm, f'{{namespace="{seed_vm.namespace(scope)}"}}', 30, now_s)
-    yield Seeded(scope, now, role)
-    with connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f"drop owned by {role}")
-        conn.execute(f"drop role {role}")
+    try:
+        yield role
+    finally:
+        with connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"drop owned by {role}")
+            conn.execute(f"drop role {role}")
 
 
 def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -> None:

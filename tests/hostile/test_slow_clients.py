@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.admission.support import Tls, make_tls, policies_for_now, serve_admission
+from tests.admission.support import (
+    Tls,
+    client_context,
+    make_tls,
+    policies_for_now,
+    serve_admission,
+)
 from tests.ingest.conftest import TOKEN
 from tests.routing.helpers import bridge_process
 from tests.support.procs import free_port, http_ready, running
@@ -93,12 +99,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 @pytest.mark.parametrize("slow", ["headers", "body"])
 def test_admission_closes_slow_clients(tmp_path: Path, pg_dsn: str, tls: Tls, slow: str) -> None:
-    import ssl
-
     policy_dir = policies_for_now(tmp_path / "policies")
     env = {"CCT_ADMISSION_HEADER_TIMEOUT_S": TIMEOUT_S, "CCT_ADMISSION_REQUEST_TIMEOUT_S": "2"}
     with serve_admission(tmp_path, pg_dsn, policy_dir, tls, **env) as hook:
-        context = ssl.create_default_context(cafile=str(tls.ca))
+        # Slow after a completed mutual-TLS handshake (only the API server's certificate
+        # gets that far).
+        context = client_context(tls, tls.apiserver)
         check("admission", slow, hook.port, post_head("/validate", len(BODY)), context)
 
 

@@ -98,9 +98,17 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
         lambda: AdmissionSpec(
             handler=HandlerSpec("admission", ("serve", "admission"), port=WEBHOOK_PORT,
                                 metrics_port=8080),
-            object_selector={}, failure_policy="Open",
+            apiserver_cidrs=["10.0.0.1/32"], failure_policy="Open",
         ),
         "failure_policy must be one of",
+    ),
+    (
+        lambda: AdmissionSpec(
+            handler=HandlerSpec("admission", ("serve", "admission"), port=WEBHOOK_PORT,
+                                metrics_port=8080),
+            apiserver_cidrs=["0.0.0.0/0"],
+        ),
+        "apiserver_cidrs: 0.0.0.0/0 admits anyone, not the API server",
     ),
     (
         lambda: HandlerSpec(
@@ -146,23 +154,42 @@ def test_kafka_outputs_and_children() -> None:
         TopicSpec("cct.cost.anomalies", 6, 1000),
         TopicSpec("cct.optimization.results", 3, 1000),
     ]
+    acl = {
+        "resource": {"type": "topic", "name": "cct.cost.anomalies", "patternType": "literal"},
+        "operations": ["Write", "Describe"],
+        "host": "*",
+    }
 
     def program() -> None:
         kafka = Kafka(
-            "kafka", KafkaArgs(namespace=NS, operator_namespace="p", clients=[], topics=topics)
+            "kafka",
+            KafkaArgs(
+                namespace=NS,
+                operator_namespace="p",
+                clients=[],
+                topics=topics,
+                users={"kafka-bridge": [acl]},
+            ),
         )
 
         def check(args: list[Any]) -> None:
             urn, bootstrap, names = args
-            assert bootstrap == f"cct-kafka-bootstrap.{NS}.svc:9092", urn
+            assert bootstrap == f"cct-kafka-bootstrap.{NS}.svc:9093", urn
             assert names == ["cct.cost.anomalies", "cct.optimization.results"], urn
 
         pulumi.Output.all(kafka.urn, kafka.bootstrap, kafka.topic_names).apply(check)
 
     mocks = run(program)
     children = [r for r in mocks.resources if r.typ != "cct:events:Kafka"]
-    assert len(children) == 6
+    assert len(children) == 7
     assert all(r.name.startswith("kafka-") for r in children), [r.name for r in children]
+    (cluster,) = [r for r in children if r.name == "kafka-cluster"]
+    # One listener, TLS with SCRAM, and ACLs enforced: no plaintext, no anonymous client.
+    (listener,) = cluster.inputs["spec"]["kafka"]["listeners"]
+    assert (listener["tls"], listener["authentication"]) == (True, {"type": "scram-sha-512"})
+    assert cluster.inputs["spec"]["kafka"]["authorization"] == {"type": "simple"}
+    (user,) = [r for r in children if r.name == "kafka-user-kafka-bridge"]
+    assert user.inputs["spec"]["authorization"] == {"type": "simple", "acls": [acl]}
 
 
 def test_webhook_trusts_the_generated_ca() -> None:
@@ -175,7 +202,11 @@ def test_webhook_trusts_the_generated_ca() -> None:
                 namespace=NS,
                 image="ghcr.io/cct-project/cct:0.1.0",
                 handlers=[],
-                admission=AdmissionSpec(handler=handler, object_selector={"a": "b"}),
+                admission=AdmissionSpec(
+                    handler=handler,
+                    apiserver_cidrs=["10.0.0.1/32"],
+                    workflow_namespaces=["cct-workflows", NS],
+                ),
             ),
         )
 
@@ -194,9 +225,33 @@ def test_webhook_trusts_the_generated_ca() -> None:
     (hook,) = config.inputs["webhooks"]
     assert base64.b64decode(hook["clientConfig"]["caBundle"]).decode() == FAKE_PEM
     assert hook["failurePolicy"] == "Fail"
-    assert hook["objectSelector"] == {"matchLabels": {"a": "b"}}
+    # Every Workflow of the managed namespaces, whatever labels its author set.
+    assert "objectSelector" not in hook
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": sorted(["cct-workflows", NS]),
+            }
+        ]
+    }
     (tls_secret,) = [r for r in mocks.resources if r.name == "handlers-webhook-tls"]
     assert "stringData" in tls_secret.secret_paths
+    assert set(tls_secret.inputs["stringData"]) == {"tls.crt", "tls.key", "ca.crt", "client-ca.crt"}
+    (policy,) = [r for r in mocks.resources if r.name == "handlers-webhook-apiserver"]
+    assert policy.inputs["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    (deployment,) = [r for r in mocks.resources if r.typ == "kubernetes:apps/v1:Deployment"]
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CCT_ADMISSION_CLIENT_CA"] == "/etc/cct/tls/client-ca.crt"
+    assert env["CCT_ADMISSION_CLIENT_NAMES"] == "cct-admission-apiserver-client"
+    (client_cert,) = [r for r in mocks.resources if r.name == "handlers-apiserver-client-cert"]
+    assert client_cert.inputs["allowedUses"] == [
+        "digital_signature",
+        "key_encipherment",
+        "client_auth",
+    ]
 
 
 def test_unconfigured_vault_is_only_the_chart() -> None:

@@ -79,6 +79,8 @@ def test_declared_types_match_the_stack_files() -> None:
             {"webhookFailurePolicy": "Open"},
             "cct:webhookFailurePolicy='Open' must be one of Fail, Ignore",
         ),
+        ({"apiServerCidrs": "0.0.0.0/0"}, "cct:apiServerCidrs: 0.0.0.0/0 admits anyone"),
+        ({"apiServerCidrs": "10.0.0.1/32,api"}, "cct:apiServerCidrs: 'api' is not a CIDR"),
         ({"vaultConfigure": "true", "vaultToken": ""}, "cct:vaultToken is required"),
         ({"awsEnabled": "true"}, "cct:awsAccountId is required but not set"),
         (

@@ -161,6 +161,25 @@ BAD_CASES = [
         },
         "webhook w: no caBundle",
     ),
+    (
+        checks.check_webhook,
+        "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
+        {
+            "webhooks": [
+                {
+                    "name": "w",
+                    "objectSelector": {"matchLabels": {"app.kubernetes.io/managed-by": "x"}},
+                }
+            ]
+        },
+        "webhook w: objectSelector lets an object's author skip it",
+    ),
+    (
+        checks.check_webhook,
+        "kubernetes:admissionregistration.k8s.io/v1:ValidatingWebhookConfiguration",
+        {"webhooks": [{"name": "w"}]},
+        "webhook w: no namespaceSelector (the managed namespaces)",
+    ),
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from components.kafka import ca_secret
 from infra.policypack.checks import check_pod_security, check_resources, pod_spec_of
 from lambdas.cli import COMMANDS, HANDLERS, _load
 from lambdas.steps.playbooks import PLAYBOOKS
@@ -121,6 +122,21 @@ def test_grafana_gets_every_variable_its_provisioning_expands(built: BuiltStack)
     assert wanted == set(values["env"]) | set(values["envValueFrom"])
 
 
+def _secret_keys(built: BuiltStack, name: str) -> set[str]:
+    """Keys of a Secret the stack declares, or that Strimzi writes: a KafkaUser's `password`
+    and the cluster CA's `ca.crt`."""
+    users = {
+        r.inputs["metadata"]["name"]
+        for r in built.of_type("kubernetes:kafka.strimzi.io/v1beta2:KafkaUser")
+    }
+    if name in users:
+        return {"password"}
+    if name == ca_secret():
+        assert built.of_type("kubernetes:kafka.strimzi.io/v1beta2:Kafka")
+        return {"ca.crt"}
+    return set(_named(built, "kubernetes:core/v1:Secret", name).inputs["stringData"])
+
+
 def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
     pod = _workload(built, workload)
     sources = {v["name"]: v for v in pod.get("volumes", [])}
@@ -128,8 +144,8 @@ def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
     for mount in pod["containers"][0].get("volumeMounts", []):
         volume = sources.get(mount["name"], {})  # absent: a StatefulSet's volume claim
         if "secret" in volume:
-            secret = _named(built, "kubernetes:core/v1:Secret", volume["secret"]["secretName"])
-            files |= {f"{mount['mountPath']}/{k}" for k in secret.inputs["stringData"]}
+            keys = _secret_keys(built, volume["secret"]["secretName"])
+            files |= {f"{mount['mountPath']}/{k}" for k in keys}
         if "configMap" in volume:
             cm = _named(built, "kubernetes:core/v1:ConfigMap", volume["configMap"]["name"])
             files |= {f"{mount['mountPath']}/{k}" for k in cm.inputs["data"]}
@@ -197,3 +213,29 @@ def test_fluent_bit_listens_where_its_service_points(built: BuiltStack) -> None:
     service = _named(built, "kubernetes:core/v1:Service", "fluent-bit").inputs["spec"]
     assert {p["port"] for p in service["ports"]} == set(ports.values())
     assert built.outputs["fluentbitEndpoint"].endswith(f":{listener['port']}")
+
+
+def test_each_kafka_client_authenticates_as_its_own_kafka_user(built: BuiltStack) -> None:
+    """The bridge and the trigger log in as their own KafkaUser over TLS; only the bridge's
+    may write the anomalies topic (lambdas.common.kafka.HANDLER_GRANTS)."""
+    users = {
+        r.inputs["metadata"]["name"]: r.inputs["spec"]
+        for r in built.of_type("kubernetes:kafka.strimzi.io/v1beta2:KafkaUser")
+    }
+    assert set(users) == {"kafka-bridge", "kafka-trigger", "kafka-steps"}
+    for workload in ("bridge", "trigger"):
+        env = {
+            e["name"]: e.get("value") for e in _workload(built, workload)["containers"][0]["env"]
+        }
+        assert env["CCT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["CCT_KAFKA_USERNAME"] == f"kafka-{workload}"
+        assert env["CCT_KAFKA_BOOTSTRAP"].endswith(":9093")
+    writers = {
+        name
+        for name, spec in users.items()
+        for acl in spec["authorization"]["acls"]
+        if acl["resource"]["name"] == "cct.cost.anomalies" and "Write" in acl["operations"]
+    }
+    assert writers == {"kafka-bridge"}
+    (cluster,) = built.of_type("kubernetes:kafka.strimzi.io/v1beta2:Kafka")
+    assert [listener["tls"] for listener in cluster.inputs["spec"]["kafka"]["listeners"]] == [True]

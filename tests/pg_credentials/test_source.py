@@ -251,6 +251,8 @@ def test_every_long_running_handler_reads_the_dsn_file(
     monkeypatch.setenv("CCT_COLLECTOR_TOKEN", "t" * 20)
     monkeypatch.setenv("CCT_ADMISSION_TLS_CERT", str(tmp_path / "tls.crt"))
     monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", str(tmp_path / "tls.key"))
+    monkeypatch.setenv("CCT_ADMISSION_CLIENT_CA", str(tmp_path / "client-ca.crt"))
+    monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver")
     with pytest.raises(SettingsError, match=rf"^CCT_PG_DSN_FILE={path}: file not found"):
         read()
     path.write_text("postgresql://v-user:pw@pg/cct?sslmode=require")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lambdas.admission.settings import DEFAULT_APPROVAL_TEMPLATES
 from lambdas.collector.normalize import (
     AWS_EC2,
     AWS_RDS,
@@ -23,6 +24,8 @@ from lambdas.collector.normalize import (
 )
 from lambdas.events.cloudevents import DETECTED, AnomalyEvent
 from lambdas.policy import PolicyRequest, evaluate, load_policy_set
+from lambdas.policy.workflow import workflow_findings
+from lambdas.trigger.argo import build_workflow
 from lambdas.trigger.core import plan_run
 from lambdas.trigger.mapping import load_mapping
 
@@ -126,3 +129,18 @@ def test_a_volume_playbook_routed_to_an_instance_is_denied() -> None:
             "Amazon Elastic Compute Cloud Instance"
         ],
     }
+
+
+@pytest.mark.parametrize("resource_type", sorted(SERVICE_OF))
+def test_every_workflow_the_trigger_builds_is_an_approved_template_run(
+    resource_type: str,
+) -> None:
+    """The admission webhook refuses anything but a reference to an approved template with
+    bounded parameters (lambdas.policy.workflow.workflow_findings): the trigger's real
+    Workflow manifests for every mapped resource type pass it."""
+    event = anomaly(resource_type)
+    rule = MAPPING.select(event.labels)
+    assert rule is not None
+    workflow = build_workflow(plan_run(event, rule), "cct-system")
+    approved = frozenset(DEFAULT_APPROVAL_TEMPLATES.split(","))
+    assert workflow_findings(workflow, approved) == ()

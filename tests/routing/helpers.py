@@ -29,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from tests.support.kafka import client_kwargs, handler_env, sasl_broker_properties, scram_users
 from tests.support.procs import free_port, http_ready, running
 from tests.support.services import ROOT
 
@@ -86,12 +87,13 @@ class PrivateKafka:
         props.write_text(
             "process.roles=broker,controller\nnode.id=1\n"
             f"controller.quorum.bootstrap.servers={host}:{self.controller_port}\n"
-            f"listeners=PLAINTEXT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}\n"
-            f"advertised.listeners=PLAINTEXT://{host}:{self.port},"
+            f"listeners=CLIENT://{host}:{self.port},CONTROLLER://{host}:{self.controller_port}\n"
+            f"advertised.listeners=CLIENT://{host}:{self.port},"
             f"CONTROLLER://{host}:{self.controller_port}\n"
-            "controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n"
-            f"log.dirs={self.workdir / 'data'}\n"
+            # Authenticated like the shared broker (same users), without its ACLs: the
+            # tests that stop and restart this one are about faults, not permissions.
+            + sasl_broker_properties()
+            + f"log.dirs={self.workdir / 'data'}\n"
             "num.partitions=3\noffsets.topic.replication.factor=1\n"
             "offsets.topic.num.partitions=3\n"
             "transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n"
@@ -121,6 +123,7 @@ class PrivateKafka:
                 "-c",
                 str(props),
                 "--standalone",
+                *scram_users(),
             ),
             check=True,
             capture_output=True,
@@ -176,7 +179,7 @@ async def consume_topic(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **client_kwargs(bootstrap),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -290,7 +293,7 @@ def bridge_process(
     token_file = workdir / "bridge.token"
     token_file.write_text(token + "\n")
     env = {
-        "CCT_KAFKA_BOOTSTRAP": bootstrap,
+        **handler_env(bootstrap, "bridge"),
         "CCT_BRIDGE_TOPIC": topic,
         "CCT_BRIDGE_TOKEN_FILE": str(token_file),
         "CCT_BRIDGE_HOST": "127.0.0.1",
@@ -439,7 +442,7 @@ def anomaly_alert(uid: str, severity: str = "warning", **labels: str) -> dict[st
 async def produce_async(
     bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]]
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         acks = [await producer.send(topic, value=value, key=key) for key, value in items]
@@ -454,8 +457,8 @@ def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]])
 
 async def _committed(bootstrap: str, topic: str, group: str) -> tuple[int, int]:
     """(sum of the group's committed offsets, sum of the end offsets) over `topic`."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap))
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=group)
     await producer.start()
     await consumer.start()
     try:

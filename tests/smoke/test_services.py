@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from lambdas.common.vm import Sample, VictoriaMetrics
+from tests.support.kafka import client_kwargs
 
 
 def test_victoriametrics_write_then_query(vm: VictoriaMetrics, uid: str) -> None:
@@ -80,17 +81,16 @@ def test_amtool_checks_config_and_alertmanager_accepts_alert(
 
 def test_kafka_produce_and_consume_through_a_consumer_group(kafka_bootstrap: str, uid: str) -> None:
     topic, group = f"cct.smoke.{uid}", f"smoke-{uid}"
+    kafka = client_kwargs(kafka_bootstrap)  # the admin: the smoke test checks the broker
 
     async def scenario() -> list[bytes]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin = AIOKafkaAdminClient(**kafka)
         await admin.start()
         try:
             await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
         finally:
             await admin.close()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True
-        )
+        producer = AIOKafkaProducer(**kafka, acks="all", enable_idempotence=True)
         await producer.start()
         try:
             for i in range(5):
@@ -99,7 +99,7 @@ def test_kafka_produce_and_consume_through_a_consumer_group(kafka_bootstrap: str
             await producer.stop()
         consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=kafka_bootstrap,
+            **kafka,
             group_id=group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,

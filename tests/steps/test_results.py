@@ -17,12 +17,13 @@ from tests.steps.cloud_cases import CASES, params, recordings
 from tests.steps.conftest import exit_handler_env
 from tests.steps.replay import Replay
 from tests.steps.runner import call_step, run_playbook
+from tests.support.kafka import handler_env
 
 Serve = Callable[..., AbstractContextManager[Replay]]
 
 
 def _kafka_env(bootstrap: str, topic: str) -> dict[str, str]:
-    return {"CCT_KAFKA_BOOTSTRAP": bootstrap, "CCT_RESULTS_TOPIC": topic}
+    return {**handler_env(bootstrap, "steps"), "CCT_RESULTS_TOPIC": topic}
 
 
 def test_a_finished_run_publishes_one_cloudevent_and_a_retry_repeats_its_id(

@@ -30,6 +30,7 @@ from tests.routing.helpers import (
     trigger_process,
     wait_until,
 )
+from tests.support.kafka import handler_env
 from tests.support.services import ROOT
 from tests.trigger.events import event_bytes
 from tests.trigger.fake_kube import FakeKube
@@ -49,7 +50,7 @@ def trigger_env(
     token = tmp_path / "kube.token"
     token.write_text(TOKEN)
     return {
-        "CCT_KAFKA_BOOTSTRAP": kafka,
+        **handler_env(kafka, "trigger"),
         "CCT_PG_DSN": pg_dsn,
         "CCT_TRIGGER_TOPIC": f"cct.test.anomalies.{uid}",
         "CCT_TRIGGER_DLQ_TOPIC": f"cct.test.anomalies.{uid}.dlq",
@@ -181,7 +182,14 @@ def test_an_invalid_mapping_file_stops_the_trigger_with_the_reason(tmp_path: Pat
     )
     result = subprocess.run(
         [CCT, "serve", "trigger"],
-        env={**os.environ, "CCT_PG_DSN": "postgresql://unused", "CCT_PLAYBOOKS_FILE": str(bad)},
+        env={
+            **os.environ,
+            "CCT_PG_DSN": "postgresql://unused",
+            "CCT_PLAYBOOKS_FILE": str(bad),
+            "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CCT_KAFKA_USERNAME": "trigger",
+            "CCT_KAFKA_PASSWORD_FILE": str(tmp_path / "unused"),
+        },
         capture_output=True,
         text=True,
         timeout=60,
