@@ -36,10 +36,17 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
     (lambda: kube.require_pinned_image("busybox", "x"), "x: image 'busybox' must be pinned"),
     (
         lambda: kube.helm_release(
-            "r", chart="c", version="^1.0", repo="https://r", namespace="n", values={},
+            "r", chart="c", version="^1.0", namespace="n", values={},
             opts=pulumi.ResourceOptions(),
         ),
         "chart c: version '^1.0' must be an exact version",
+    ),
+    (
+        lambda: kube.helm_release(
+            "r", chart="c", version="1.0.0", namespace="n", values={},
+            opts=pulumi.ResourceOptions(),
+        ),
+        "chart c 1.0.0 is not vendored",
     ),
     (lambda: NamespaceArgs(name="n", pod_security="open"), "pod_security must be one of"),
     (
