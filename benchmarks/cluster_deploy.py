@@ -86,7 +86,7 @@ def latency_figures(requests: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, private_database() as dsn:
         policy_dir = policies_for_now(Path(tmp) / "policies")
         with serve_admission(
-            Path(tmp), dsn, policy_dir, tls, port=WEBHOOK_PORT,
+            Path(tmp), dsn, policy_dir, tls, CCT_ADMISSION_PORT=str(WEBHOOK_PORT),
             CCT_ADMISSION_CLIENT_NAMES=APISERVER_CLIENT_NAME,
         ):  # fmt: skip
             results: dict[str, list[float]] = {"reviewed": [], "not selected": []}

@@ -44,7 +44,7 @@ def host_webhook(
         pg_dsn,
         policies_for_now(tmp / "policies"),
         cluster_tls,
-        port=WEBHOOK_PORT,
+        CCT_ADMISSION_PORT=str(WEBHOOK_PORT),
         CCT_ADMISSION_CLIENT_NAMES=support.APISERVER_CLIENT_NAME,
     ) as hook:
         yield hook
