@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: focus-venv venv services services-down services-status lint test unit bench \
+.PHONY: focus-venv venv services services-down services-status lint test unit bench up down e2e \
 	render-alertmanager cluster cluster-build cluster-down cluster-status deploy-local destroy-local
 
 venv: $(STAMP)
@@ -44,6 +44,18 @@ deploy-local: cluster
 destroy-local:
 	@python3 scripts/cluster pulumi destroy --yes --skip-preview
 
+# The whole pipeline on this machine (docs/local-stack.md): services, schema, prices, topics,
+# every handler and the local stand-ins. Returns when all are healthy; `cct status` shows them.
+up: venv
+	@scripts/up up
+
+down:
+	@test -x $(PY) && scripts/up down || python3 scripts/services down
+
+# The system test against the stack `make up` started (also part of `make test`).
+e2e: up
+	$(VENV)/bin/pytest tests/e2e -m e2e
+
 # What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
 STACK ?= dev
 render-alertmanager: venv
@@ -63,7 +75,7 @@ focus-venv:
 # The cluster's tools build in the background meanwhile (~13 min from empty caches, cached
 # under .local/); the cluster tests run once the rest passed and the build is done.
 CLUSTER_BUILD_LOG := .local/cluster/log/make-test-build.log
-test: venv services focus-venv
+test: venv services focus-venv up
 	@mkdir -p $(dir $(CLUSTER_BUILD_LOG)); \
 	python3 scripts/cluster build > $(CLUSTER_BUILD_LOG) 2>&1 & build=$$!; \
 	$(MAKE) --no-print-directory lint && $(VENV)/bin/pytest --ignore=tests/cluster; rc=$$?; \
@@ -84,7 +96,7 @@ demo: venv
 	@echo "demo report: file://$(CURDIR)/$(DEMO)/report.html"
 
 # Benchmarks print figures (medians, ratios against in-run baselines); they assert nothing.
-bench: venv services
+bench: venv up
 	@set -e; for b in benchmarks/*.py; do \
 	  case "$$b" in */_*) continue;; esac; \
 	  m=$$(basename $$b .py); echo "=== benchmarks.$$m"; $(PY) -m benchmarks.$$m; done

@@ -159,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             int(vm.query(f"count({METRIC})", now)[0]["value"][1]) < n
         ):
             time.sleep(0.5)
-        settings = DetectorSettings(url, "http://127.0.0.1:1", "", levels=("resource",))
+        settings = DetectorSettings(
+            url, "http://127.0.0.1:1", "", levels=("resource",), new_resource_window_s=0.0
+        )
         detector = Detector(settings)
         detector.engine = engine
         old_cache: dict[Any, SeriesKey] = {}

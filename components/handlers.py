@@ -323,7 +323,13 @@ class Handlers(pulumi.ComponentResource):
     ) -> None:
         ns = args.namespace
         kube.service_account(f"{name}-{spec.name}-sa", spec.name, ns, "handler", opts)
-        env = [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+        bind: dict[str, str] = {}
+        if spec.schedule is None and spec.port is not None:
+            # Handlers bind loopback by default (safe on a laptop); in the pod the Service and
+            # the kubelet's probes must reach them, so the bundle opens the pod's interfaces.
+            prefix = f"CCT_{spec.name.upper().replace('-', '_')}"
+            bind = {f"{prefix}_HOST": "0.0.0.0", f"{prefix}_PORT": str(spec.port)}  # noqa: S104
+        env = [{"name": k, "value": v} for k, v in sorted({**bind, **spec.env}.items())]
         env += [ref.to_k8s(k) for k, ref in sorted(spec.secret_env.items())]
         volumes: list[dict[str, Any]] = [kube.tmp_volume()]
         mounts: list[dict[str, Any]] = [dict(kube.TMP_MOUNT)]

@@ -16,7 +16,7 @@ from components.kafka import ca_secret, user_secret
 from infra.config import Settings
 from infra.content import Content, Forwarder, RemediationPermissions
 from infra.stack import STEPS_SERVICE_ACCOUNT
-from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
+from lambdas.alerting.config import bundle_routing, render_alertmanager_config
 from lambdas.detector.rules import RulesSettings, load_budgets, render_vmalert_rules
 from lambdas.forwarders.aws import event_pattern
 from lambdas.forwarders.gcp import log_sink_filter
@@ -94,13 +94,8 @@ def _yaml_files(directory: Path) -> dict[str, str]:
 def alertmanager_config(namespace: str) -> str:
     """The Alertmanager configuration a stack deploys into `namespace` (also printed by
     `python -m infra.render alertmanager`)."""
-    bridge = f"http://bridge.{namespace}.svc:{HTTP_PORT}"
     return render_alertmanager_config(
-        AlertRoutingSettings(
-            bridge_url=f"{bridge}/v1/alerts",
-            zenduty_relay_url=f"{bridge}/v1/relay/zenduty",
-            token_file=f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}",
-        )
+        bundle_routing(namespace, HTTP_PORT, f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}")
     )
 
 

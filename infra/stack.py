@@ -68,6 +68,7 @@ DAY_MS = 24 * 3600 * 1000
 TOPICS = (
     TopicSpec("cct.cost.anomalies", partitions=6, retention_ms=7 * DAY_MS),
     TopicSpec("cct.cost.anomalies.dlq", partitions=1, retention_ms=30 * DAY_MS),
+    TopicSpec("cct.cost.anomalies.unmapped", partitions=1, retention_ms=30 * DAY_MS),
     TopicSpec("cct.optimization.results", partitions=3, retention_ms=30 * DAY_MS),
 )
 STEPS_SERVICE_ACCOUNT = "cct-steps"

@@ -17,6 +17,10 @@ import click
 # name -> ("module:attribute", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("lambdas.store.cli:db", "Manage the PostgreSQL schema."),
+    "alertmanager": (
+        "lambdas.alerting.cli:alertmanager",
+        "Render the Alertmanager configuration the bundle deploys.",
+    ),
     "backtest": (
         "lambdas.backtest.cli:backtest_cmd",
         "Run the anomaly detector over FOCUS exports (CSV/Parquet) and report.",
@@ -27,8 +31,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "step": ("lambdas.steps.cli:step", "Run one remediation workflow step (JSON in, JSON out)."),
     "billing": ("lambdas.billing.cli:billing", "Load FOCUS billing exports and reconcile."),
+    "vault-dsn": (
+        "lambdas.vaultdev.agent:vault_dsn",
+        "Render a handler's DSN file from Vault locally, as Vault Agent does in the cluster.",
+    ),
     "prices": ("lambdas.pricing.cli:prices", "Load the providers' public price lists."),
     "policy": ("lambdas.policy.cli:policy", "Validate, test and explain optimization policies."),
+    "status": (
+        "lambdas.devstack.status:status",
+        "Health and lag of every part of the local stack (`make up`).",
+    ),
 }
 
 # handler -> ("module:function", one-line help)

@@ -38,12 +38,13 @@ class AdmissionSettings:
     # Where decisions are recorded. CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current,
     # re-read on every connect) or CCT_PG_DSN.
     pg_dsn: str | DsnSource
-    # 8443 is the webhook port the Service targets (docs/architecture.md section 2).
+    # Loopback and distinct ports by default; the bundle sets 0.0.0.0, 8443 (the port the
+    # Service targets) and 8080 in the pod (docs/architecture.md section 2).
     # CCT_ADMISSION_HOST, CCT_ADMISSION_PORT.
-    host: str = "0.0.0.0"  # noqa: S104 - a pod listens on its own interface
-    port: int = 8443
-    # Plain HTTP for /healthz and /metrics (8080, like every handler). CCT_ADMISSION_METRICS_PORT.
-    metrics_port: int = 8080
+    host: str = "127.0.0.1"
+    port: int = 18443
+    # Plain HTTP for /healthz and /metrics. CCT_ADMISSION_METRICS_PORT.
+    metrics_port: int = 18085
     # closed: deny when policies cannot be evaluated (no valid set, engine error, timeout);
     # open: admit with a warning. Closed by default because an unchecked optimization is
     # worse than a delayed one. CCT_ADMISSION_FAILURE_MODE.

@@ -26,24 +26,16 @@ from typing import Any
 
 import yaml
 
-ALERTNAME = "CostAnomaly"
+from lambdas import contract
+
+ALERTNAME = contract.ALERTNAME
 BRIDGE_RECEIVER = "cct-bridge"
 ZENDUTY_RECEIVER = "zenduty"
 NULL_RECEIVER = "null"
 
-# The dimension labels of docs/architecture.md section 4: the level plus the FOCUS labels
-# that identify what the anomaly is about. One group per distinct dimension set.
-DEFAULT_DIMENSIONS = (
-    "level",
-    "provider",
-    "billing_account_id",
-    "sub_account_id",
-    "region_id",
-    "service_name",
-    "resource_id",
-    "team",
-    "env",
-)
+# The contract's dimension labels: the level plus the labels that identify what the anomaly
+# is about. One group per distinct dimension set.
+DEFAULT_DIMENSIONS = contract.DIMENSION_LABELS
 
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$|^0$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -154,6 +146,20 @@ def build_alertmanager_config(settings: AlertRoutingSettings) -> dict[str, Any]:
             },
         ],
     }
+
+
+def bundle_routing(namespace: str, bridge_port: int, token_file: str) -> AlertRoutingSettings:
+    """The routing the bundle deploys: the bridge's Service in `namespace` receives every alert.
+
+    One function for the bundle (infra/generated.py) and `cct alertmanager render`, so the
+    command prints exactly what the stack deploys.
+    """
+    bridge = f"http://bridge.{namespace}.svc:{bridge_port}"
+    return AlertRoutingSettings(
+        bridge_url=f"{bridge}/v1/alerts",
+        zenduty_relay_url=f"{bridge}/v1/relay/zenduty",
+        token_file=token_file,
+    )
 
 
 def render_alertmanager_config(settings: AlertRoutingSettings) -> str:

@@ -4,7 +4,7 @@ evaluation, at every aggregation level, with attribution to children and single 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class Incident:
     contributors: list[Contributor]
     resolved_at: float | None = None
     peak_delta: float = 0.0
+    peak_at: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class Incident:
             "observed_usd_per_hour": round(self.observed, 4),
             "delta_usd_per_hour": round(self.delta, 4),
             "peak_delta_usd_per_hour": round(self.peak_delta, 4),
+            "peak_at": self.peak_at,
             "deviation": round(self.deviation, 4),
             "baseline": self.baseline,
             "contributors": [c.as_json() for c in self.contributors],
@@ -136,6 +138,15 @@ def backtest(
 ) -> tuple[list[Incident], Series]:
     """All incidents, in opening order, and the series they were found in."""
     series = build_series(matrix, levels)
+    # An interval the export does not cover (NaN) is unknown, not a vanished series: an open
+    # incident survives a few missing intervals and no series is evicted during the run, so
+    # `idx` stays valid throughout.
+    span = float(matrix.interval_s * max(matrix.rates.shape[1], 1))
+    cfg = replace(
+        cfg,
+        stale_after_s=max(cfg.stale_after_s, 3.0 * matrix.interval_s),
+        evict_after_s=max(cfg.evict_after_s, 2.0 * span),
+    )
     engine = Engine(cfg, capacity=len(series.keys))
     idx = engine.index_of(series.keys)
     row_of = {k: n for n, k in enumerate(series.keys)}
@@ -144,8 +155,6 @@ def backtest(
     times = matrix.times
     total = times.size
     series.expected = np.full((series.aggregates, total), np.nan, dtype=np.float32)
-    # The matrix has no gaps (an interval without charges is 0 $/h), so no series is ever
-    # absent, none is evicted and `idx` stays valid for the whole run.
     for col, t in enumerate(times.tolist()):
         transitions: list[Transition] = engine.observe(float(t), idx, series.values[:, col])
         series.expected[:, col] = engine.expected_now(idx[: series.aggregates])
@@ -165,6 +174,7 @@ def backtest(
                     tr.baseline,
                     _contributors(engine, series, row_of[tr.key], col, idx),
                     peak_delta=tr.delta,
+                    peak_at=tr.at,
                 )
                 open_by_key[tr.key] = inc
                 incidents.append(inc)
@@ -173,7 +183,8 @@ def backtest(
         for inc in open_by_key.values():
             row = row_of[inc.key]
             d = float(series.values[row, col] - engine.expected_now(idx[row : row + 1])[0])
-            inc.peak_delta = max(inc.peak_delta, d)
+            if d > inc.peak_delta:
+                inc.peak_delta, inc.peak_at = d, float(t)
         if progress:
             progress(col + 1, total, len(incidents))
     return incidents, series

@@ -247,10 +247,11 @@ def parse_numbers(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """float64; null where missing or not a decimal number (text such as `n/a`, `inf`)."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-        out = pc.cast(arr, pa.float64())
+        # Integers beyond 2**53 lose their last digits as floats: a cost, not an id.
+        out = pc.cast(arr, pa.float64(), safe=False)
         return pc.if_else(pc.is_finite(out), out, None)
     if pa.types.is_decimal(arr.type):
-        return pc.cast(arr, pa.float64())
+        return pc.cast(arr, pa.float64(), safe=False)
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return pa.nulls(len(arr), pa.float64())
     text = pc.cast(arr, pa.string())

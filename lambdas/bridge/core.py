@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lambdas.common.edge import TooDeep, loads_bounded
+from lambdas.contract import ALERTNAME
 from lambdas.events.cloudevents import EventLimits, InvalidEvent, anomaly_event, decode, encode
 
 log = logging.getLogger("cct.bridge")
@@ -19,7 +20,7 @@ log = logging.getLogger("cct.bridge")
 WEBHOOK_VERSION = "4"
 # Alertmanager's payload nests five levels deep; anything far deeper is not from it.
 MAX_JSON_DEPTH = 32
-ANOMALY_ALERTNAME = "CostAnomaly"
+ANOMALY_ALERTNAME = ALERTNAME
 
 
 class PayloadError(ValueError):

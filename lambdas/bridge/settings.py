@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lambdas.common.kafka import KafkaAuth
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str, kafka_bootstrap
+from lambdas.contract import TOPIC_ANOMALIES
 from lambdas.events.cloudevents import EventLimits
 
 
@@ -31,8 +32,8 @@ class BridgeSettings:
         CCT_BRIDGE_TOKEN_FILE (a mounted Secret; never an environment value).
     zenduty_url: the Zenduty integration URL (it embeds the integration key), read from the
         file named by CCT_ZENDUTY_URL_FILE; unset disables the relay endpoint.
-    host, port: CCT_BRIDGE_HOST (default 0.0.0.0, the pod's interfaces) and CCT_BRIDGE_PORT
-        (default 8080, docs/architecture.md section 2).
+    host, port: CCT_BRIDGE_HOST (default 127.0.0.1; the bundle sets 0.0.0.0 in the pod) and
+        CCT_BRIDGE_PORT (default 18083, distinct per handler: docs/architecture.md section 2).
     produce_timeout_s: CCT_BRIDGE_PRODUCE_TIMEOUT_S, default 5 s: how long a request waits for
         the broker's acknowledgement before answering 503. Alertmanager gives a notification
         at least 10 s including its own retries, so 5 s leaves room for one retry inside it.
@@ -81,12 +82,12 @@ class BridgeSettings:
             raise SettingsError("CCT_ZENDUTY_URL_FILE must hold an http(s) URL")
         return cls(
             kafka=KafkaAuth.from_env(kafka_bootstrap()),
-            topic=env_str("CCT_BRIDGE_TOPIC", "cct.cost.anomalies"),
+            topic=env_str("CCT_BRIDGE_TOPIC", TOPIC_ANOMALIES),
             token=read_secret("CCT_BRIDGE_TOKEN_FILE", token_file),
             zenduty_url=zenduty_url,
             # The bridge runs in a pod and must accept the cluster's traffic.
-            host=env_str("CCT_BRIDGE_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_BRIDGE_PORT", 8080),
+            host=env_str("CCT_BRIDGE_HOST", "127.0.0.1"),
+            port=env_int("CCT_BRIDGE_PORT", 18083),
             produce_timeout_s=env_float("CCT_BRIDGE_PRODUCE_TIMEOUT_S", 5.0),
             relay_timeout_s=env_float("CCT_BRIDGE_RELAY_TIMEOUT_S", 5.0),
             max_body_bytes=env_int("CCT_BRIDGE_MAX_BODY_BYTES", 4 * 1024 * 1024),

@@ -232,6 +232,8 @@ class Rollups:
         self.totals: dict[Group, float] = {}
         self.unpriced: dict[Group, int] = {}
         self._group_text: dict[Group, str] = {}
+        # Newest timestamp given to rollup samples: see `stamp`.
+        self.last_ms = 0
 
     def update(self, r: Resource) -> tuple[Group, str]:
         """Account for the new state of `r`; returns its group and rendered labels."""
@@ -265,7 +267,18 @@ class Rollups:
             totals[group] += rate
         return group, text
 
+    def stamp(self, now_ms: int) -> int:
+        """A timestamp for rollup samples after every earlier one. Writer shards and the
+        heartbeat each write totals; two writes in the same millisecond would give
+        VictoriaMetrics two values of one series at one timestamp, and it may keep the
+        earlier, partial sum. Totals are computed in order, so the later total gets the
+        later timestamp and is the one queries read."""
+        self.last_ms = max(now_ms, self.last_ms + 1)
+        return self.last_ms
+
     def rollup_lines(self, groups: Iterable[Group], factors: Factors, ts_ms: int) -> list[str]:
+        """The groups' totals and unpriced counts, stamped `stamp(ts_ms)`."""
+        ts_ms = self.stamp(ts_ms)
         out = []
         for g in groups:
             text = self._group_text[g]

@@ -55,6 +55,7 @@ from lambdas.common.settings import (
     pg_dsn_source,
     vm_write_url,
 )
+from lambdas.contract import TAG_LABELS
 from lambdas.ingest.exposition import body
 from lambdas.pricing.catalog import PriceBook
 from lambdas.store import inventory as store
@@ -79,8 +80,9 @@ class CollectorSettings:
     # Bearer token Fluent Bit must send. From CCT_COLLECTOR_TOKEN_FILE (a mounted secret) or
     # CCT_COLLECTOR_TOKEN; the collector refuses to start without one.
     token: str
-    host: str = "0.0.0.0"  # noqa: S104 - a cluster service listens on the pod address
-    port: int = 8080
+    # Loopback by default; the bundle sets 0.0.0.0:8080 in the pod (docs/architecture.md 2).
+    host: str = "127.0.0.1"
+    port: int = 18081
     # A Fluent Bit chunk is at most ~2 MiB; 8 MiB leaves room without letting one request
     # hold the writer for long.
     max_body_bytes: int = 8 * 1024 * 1024
@@ -98,7 +100,7 @@ class CollectorSettings:
     # Reload the price catalog and reconciliation factors this often.
     refresh_s: float = 60.0
     # Resource tags that become labels (cardinality control); lower-case tag keys.
-    tag_labels: tuple[str, ...] = ("team", "env")
+    tag_labels: tuple[str, ...] = TAG_LABELS
     # Full AWS inventory sync for drift: interval (0 = off) and regions.
     sync_interval_s: float = 0.0
     sync_aws_regions: tuple[str, ...] = ()
@@ -142,8 +144,8 @@ class CollectorSettings:
             pg_dsn=pg_dsn_source(),
             vm_url=vm_write_url(),
             token=token,
-            host=env_str("CCT_COLLECTOR_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_COLLECTOR_PORT", 8080),
+            host=env_str("CCT_COLLECTOR_HOST", "127.0.0.1"),
+            port=env_int("CCT_COLLECTOR_PORT", 18081),
             max_body_bytes=env_int("CCT_COLLECTOR_MAX_BODY_BYTES", 8 * 1024 * 1024),
             max_records=env_int("CCT_COLLECTOR_MAX_RECORDS", 20_000),
             batch_max_events=env_int("CCT_COLLECTOR_BATCH_MAX_EVENTS", 5_000),
@@ -151,7 +153,7 @@ class CollectorSettings:
             cache_resources=env_int("CCT_COLLECTOR_CACHE_RESOURCES", 200_000),
             heartbeat_s=env_float("CCT_COLLECTOR_HEARTBEAT_S", 15.0),
             refresh_s=env_float("CCT_COLLECTOR_REFRESH_S", 60.0),
-            tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", "team,env"),
+            tag_labels=csv("CCT_COLLECTOR_TAG_LABELS", ",".join(TAG_LABELS)),
             sync_interval_s=env_float("CCT_COLLECTOR_SYNC_INTERVAL_S", 0.0),
             sync_aws_regions=csv("CCT_COLLECTOR_SYNC_AWS_REGIONS", ""),
             sync_aws_billing_account_id=os.environ.get(

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lambdas.common.settings import SettingsError, env_str
+from lambdas.contract import TOPIC_ANOMALIES, TOPIC_DEAD_LETTER, TOPIC_UNMAPPED
 
-ANOMALIES_TOPIC = "cct.cost.anomalies"
-ANOMALIES_DLQ_TOPIC = "cct.cost.anomalies.dlq"
+ANOMALIES_TOPIC = TOPIC_ANOMALIES
+ANOMALIES_DLQ_TOPIC = TOPIC_DEAD_LETTER
+UNMAPPED_TOPIC = TOPIC_UNMAPPED
 RESULTS_TOPIC = "cct.optimization.results"
 TRIGGER_GROUP = "cct-trigger"
 MECHANISM = "SCRAM-SHA-512"
@@ -50,10 +52,12 @@ HANDLER_GRANTS: dict[str, tuple[KafkaGrant, ...]] = {
         # Prefixed so replicas of differently named deployments (and tests) each get a group.
         KafkaGrant("group", TRIGGER_GROUP, ("Read",), "prefixed"),
         KafkaGrant("topic", ANOMALIES_DLQ_TOPIC, _PRODUCE),
+        # Anomalies no playbook matches are published, never dropped (docs/routing.md).
+        KafkaGrant("topic", UNMAPPED_TOPIC, _PRODUCE),
     ),
     "steps": (KafkaGrant("topic", RESULTS_TOPIC, _PRODUCE),),
 }
-TOPICS = (ANOMALIES_TOPIC, ANOMALIES_DLQ_TOPIC, RESULTS_TOPIC)
+TOPICS = (ANOMALIES_TOPIC, ANOMALIES_DLQ_TOPIC, UNMAPPED_TOPIC, RESULTS_TOPIC)
 
 
 @dataclass(frozen=True)

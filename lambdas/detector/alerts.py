@@ -1,5 +1,5 @@
-"""Alerts in the contract's shape (docs/architecture.md section 4), their Alertmanager
-fingerprint, and a small Alertmanager v2 client."""
+"""Alerts in the contract's shape (lambdas.contract), their Alertmanager fingerprint, and a
+small Alertmanager v2 client."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from lambdas.detector.attribution import ChangeEvent, Contributor
+from lambdas import contract as c
 from lambdas.detector.config import SeriesKey
+from lambdas.events.cloudevents import EventLimits
 
-ALERTNAME = "CostAnomaly"
+ALERTNAME = c.ALERTNAME
 FNV64_OFFSET = 14695981039346656037
 FNV64_PRIME = 1099511628211
 SEPARATOR = 0xFF
@@ -45,7 +46,7 @@ def alert_labels(key: SeriesKey, rule: str, severity: str) -> dict[str, str]:
         "severity": severity,
         "level": key.level,
         "rule": rule,
-        "source": "detector",
+        "source": c.SOURCE_DETECTOR,
     }
     # Alertmanager treats an empty label as absent; leaving it out keeps fingerprints equal.
     labels.update({k: v for k, v in key.labels if v})
@@ -65,16 +66,22 @@ def build_alert(
     observed: float,
     deviation: float,
     baseline: str,
-    contributors: Sequence[Contributor],
-    change_events: Sequence[ChangeEvent],
+    contributors: Sequence[Mapping[str, Any]],
+    change_events: Sequence[Mapping[str, Any]],
+    ancestors: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """One alert for POST /api/v2/alerts. `ends_at` in the past resolves it."""
+    """One alert for POST /api/v2/alerts. `ends_at` in the past resolves it. Contributors,
+    change events and ancestors in their JSON shape (`as_json()`)."""
     delta = observed - expected
     top = contributors[0] if contributors else None
     who = ""
     if top is not None:
-        name = SeriesKey.of(top.level, top.labels).describe()
-        who = f"; top contributor {top.level} {name} ({top.share:.0%})"
+        name = SeriesKey.of(top["level"], top["labels"]).describe()
+        who = f"; top contributor {top['level']} {name} ({top['share']:.0%})"
+    if ancestors:
+        who += "; explains " + ", ".join(
+            f"{a['level']} {SeriesKey.of(a['level'], a['labels']).describe()}" for a in ancestors
+        )
     summary = (
         f"{labels.get('level')} cost run-rate +{delta:,.2f} $/h above expected "
         f"({expected:,.2f} -> {observed:,.2f} $/h, {labels.get('rule')}){who}"
@@ -82,18 +89,35 @@ def build_alert(
     return {
         "labels": dict(labels),
         "annotations": {
-            "expected_usd_per_hour": f"{expected:.4f}",
-            "observed_usd_per_hour": f"{observed:.4f}",
-            "delta_usd_per_hour": f"{delta:.4f}",
-            "deviation": f"{deviation:.4f}",
-            "baseline": baseline,
-            "contributors": json.dumps([c.as_json() for c in contributors], sort_keys=True),
-            "change_events": json.dumps([e.as_json() for e in change_events], sort_keys=True),
-            "summary": summary,
+            c.A_EXPECTED: f"{expected:.4f}",
+            c.A_OBSERVED: f"{observed:.4f}",
+            c.A_DELTA: f"{delta:.4f}",
+            c.A_DEVIATION: f"{deviation:.4f}",
+            c.A_BASELINE: baseline,
+            c.A_CONTRIBUTORS: json_within(contributors),
+            c.A_ANCESTORS: json_within(ancestors),
+            c.A_CHANGE_EVENTS: json_within(change_events),
+            c.A_SUMMARY: summary,
         },
         "startsAt": _iso(started_at),
         "endsAt": _iso(ends_at),
     }
+
+
+def json_within(items: Sequence[Mapping[str, Any]], limit: int | None = None) -> str:
+    """The items as a JSON list of at most `limit` characters (the bridge's per-value limit,
+    `EventLimits.max_value_chars`), keeping the first ones: lists are ranked (contributors by
+    share), so a diffuse increase over many resources reports its largest ones instead of an
+    annotation the bridge would drop with the whole alert."""
+    limit = EventLimits().max_value_chars if limit is None else limit
+    kept = list(items)
+    text = json.dumps(kept, sort_keys=True)
+    while len(text) > limit and kept:
+        # Cut in proportion to the excess first, then one by one near the limit.
+        drop = max(1, len(kept) * (len(text) - limit) // len(text))
+        kept = kept[: len(kept) - drop]
+        text = json.dumps(kept, sort_keys=True)
+    return text
 
 
 class Alertmanager:

@@ -106,3 +106,22 @@ def link_change_events(
     mine = [e for e in events if e.resource_id in rank]
     mine.sort(key=lambda e: (rank[e.resource_id], -e.rate_change, e.event_time, e.event_id))
     return mine[:limit]
+
+
+# A resource with less of an aggregate's increase than this is not a cause of its own.
+ROOT_MIN_SHARE = 0.1
+
+
+def root_causes(
+    contributors: Sequence[Contributor], explain_share: float, min_delta: float
+) -> list[Contributor]:
+    """The resources that explain an aggregate's increase: the deepest level it is reported
+    at (one incident per cause). Each has at least ROOT_MIN_SHARE of the increase and a
+    material delta, and together they have at least `explain_share` of it; otherwise the
+    increase is diffuse (many small growers) and the aggregate is the cause: empty list."""
+    roots = [
+        c
+        for c in contributors
+        if c.level == "resource" and c.share >= ROOT_MIN_SHARE and c.delta >= min_delta
+    ]
+    return roots if sum(c.share for c in roots) >= explain_share else []

@@ -11,23 +11,11 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 from lambdas.common.settings import SettingsError, env_float, env_int
+from lambdas.contract import LEVEL_LABELS, SEVERITIES
 
-# Aggregation levels, coarsest first, with the labels that identify one series of the level.
-# The service level is scoped to one account so that it is a true child of the account level.
-LEVEL_LABELS: dict[str, tuple[str, ...]] = {
-    "account": ("provider", "billing_account_id"),
-    "service": ("provider", "billing_account_id", "region_id", "service_name"),
-    "team": ("team",),
-    "resource": (
-        "provider",
-        "billing_account_id",
-        "region_id",
-        "service_name",
-        "team",
-        "resource_id",
-    ),
-}
-SEVERITIES = ("info", "warning", "critical")
+__all__ = ["CHILD_LEVEL", "LEVEL_LABELS", "SEVERITIES", "DetectionConfig", "SeriesKey"]
+
+# Aggregation levels and their identifying labels are the anomaly contract's (lambdas.contract).
 # Attribution walks these edges: an anomaly at the key level is explained by its children.
 CHILD_LEVEL: dict[str, str] = {"account": "service", "service": "resource", "team": "resource"}
 
@@ -87,10 +75,11 @@ class DetectionConfig:
     """
 
     # The sensitivity knob: how many false incidents per series and month (30 days) you are
-    # prepared to see. It sets the robust z threshold of the rules (`core.z_threshold`):
-    # 1.0 -> about 4.2 robust sigmas for data at an hour or finer. Lower = quieter. See
-    # docs/detection.md for the worked example and the figures it was chosen from.
-    false_incidents_per_month: float = 0.5
+    # prepared to see. It sets the robust z threshold of the rules (`core.z_threshold`,
+    # calibrated on real data): 3.0 -> 8.7 robust sigmas for data at an hour or finer,
+    # 4.0 -> 6.6, 2.4 or less -> 12 (the cap). Lower = quieter. See docs/detection.md for
+    # the worked example and what was measured.
+    false_incidents_per_month: float = 3.0
     # Seasonal rule threshold in robust standard deviations, overriding the knob above when
     # > 0 (0 = derived from false_incidents_per_month).
     sensitivity: float = 0.0
@@ -106,7 +95,7 @@ class DetectionConfig:
     min_duration_s: float = 0.0
     # After an incident of a series resolves, a new one opens within this time only when it
     # is worse than the last one's peak: a wobble after an episode is the same episode.
-    cooldown_s: float = 6 * 3600.0
+    cooldown_s: float = 24 * 3600.0
     # An open incident whose series has had no value for this long resolves: the series is
     # gone (a deleted group, a stopped exporter) and nobody can act on its last value.
     stale_after_s: float = 300.0
@@ -130,7 +119,7 @@ class DetectionConfig:
     min_relative_increase: float = 0.2
     # The noise estimate never goes below this fraction of the series' one-week mean: a
     # series that is mostly zero with a few cents has noise, not a noise of zero.
-    level_noise_ratio: float = 0.05
+    level_noise_ratio: float = 0.02
     # Cost decreases are reported only when this is 1 (as info incidents, never paging).
     report_decreases: int = 0
     # Day-0 step rule (needs no history): a rise of at least X $/h or Y (fraction) within the

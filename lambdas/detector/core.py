@@ -7,8 +7,9 @@ a handful of vector operations.
 
 Three rules, one incident per series:
 - day-0 step: a rise of at least X $/h or Y % above a reference that needs no history (an
-  exponentially weighted recent level; once a day of history exists, also the same hour
-  yesterday, so a daily ramp is not a step).
+  exponentially weighted recent level; once a few hours are known, also the highest hourly
+  mean of the last day; once a day of history exists, also the same hour yesterday, so a
+  daily ramp is not a step).
 - seasonal: a robust baseline per hour of week (median of the same hour over past weeks, or of
   the same hour over the past days while fewer weeks are known) with a MAD-based noise
   estimate; during warm-up a static threshold above the highest value seen so far.
@@ -58,8 +59,11 @@ MEAN_ABS_TO_SIGMA = 1.2533
 # Time constants (wall clock) of the series' mean level and of its residual noise.
 LEVEL_WINDOW_S = 7 * 86400.0
 RESID_WINDOW_S = 86400.0
-# A residual counts at most this many times the current noise estimate (robustness).
-RESID_CLIP = 4.0
+# A residual counts in the mean at most this many times the tail estimate: a slow ramp's
+# growing residuals must not teach the detector that the ramp is noise before it alerts.
+RESID_CLIP = 1.0
+# A residual counts in the tail estimate at most this many times the current tail.
+TAIL_CLIP = 1.0
 # ... and at least a quarter of the series' mean level, so a series that starts quiet learns
 # its spikes within days.
 LEVEL_CLIP_RATIO = 0.25
@@ -74,6 +78,10 @@ MONTH_S = 30 * 86400.0
 # detector evaluates every few seconds the same run-rate).
 DECORRELATION_S = 3600.0
 Z_MIN, Z_MAX = 3.0, 12.0
+# Measured false incidents per series-month at hourly data = FALSE_A * k ** -FALSE_ALPHA
+# (docs/detection.md, "Sensitivity").
+FALSE_A = 15.4
+FALSE_ALPHA = 0.755
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
 
@@ -146,16 +154,18 @@ def severity_codes(delta: F64, deviation: F64, cfg: DetectionConfig) -> npt.NDAr
 def z_threshold(false_incidents_per_month: float, interval_s: float) -> float:
     """Robust z threshold for an expected number of false incidents per series and month.
 
-    Residuals of cost series are heavier-tailed than normal; they are modelled as Laplace
-    (P(z > k) = exp(-sqrt(2) k) / 2 in standard deviations). A month holds
-    MONTH_S / max(interval, DECORRELATION_S) independent chances, so the threshold k makes
-    chances x P(z > k) equal the wanted count; clamped to [Z_MIN, Z_MAX]. Materiality,
-    hysteresis and the cooldown remove more, so the measured rate is lower (docs/detection.md
-    has the figures on real data).
+    Real cost-like series have heavy tails: a normal or Laplace model promises far fewer
+    false incidents than happen. The rate was measured instead, on the tuning part of the
+    real-data corpus (`benchmarks/detector_real.py --part tune`, every rule and brake in
+    force): false incidents per series-month fall as a power of the threshold,
+    FALSE_A * k ** -FALSE_ALPHA at hourly data. Data coarser than DECORRELATION_S gives
+    fewer chances per month (daily data: 30 instead of 720), so the rate scales with them.
+    Inverted and clamped to [Z_MIN, Z_MAX].
     """
     chances = MONTH_S / max(interval_s, DECORRELATION_S)
-    p = min(false_incidents_per_month / chances, 0.5)
-    return float(np.clip(math.log(0.5 / p) / math.sqrt(2.0), Z_MIN, Z_MAX))
+    hourly = MONTH_S / DECORRELATION_S
+    k = (FALSE_A * (chances / hourly) / false_incidents_per_month) ** (1.0 / FALSE_ALPHA)
+    return float(np.clip(k, Z_MIN, Z_MAX))
 
 
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
@@ -221,6 +231,7 @@ class Engine:
         "exp_seasonal": (np.float64, np.nan),
         "exp_static": (np.float64, np.nan),
         "yesterday": (np.float64, np.nan),
+        "day_max": (np.float64, np.nan),
         "scale": (np.float64, np.nan),
         "mode": (np.int8, 0),
         "is_open": (np.bool_, False),
@@ -254,6 +265,7 @@ class Engine:
     exp_seasonal: F64
     exp_static: F64
     yesterday: F64
+    day_max: F64
     scale: F64
     mode: npt.NDArray[np.int8]
     is_open: npt.NDArray[np.bool_]
@@ -428,6 +440,14 @@ class Engine:
             self.mode[cold[ok]] = BASE_STATIC
 
         self.yesterday[:n] = np.where(age_h >= DAY_H, hist[:, (hour - DAY_H) % self.hours], np.nan)
+        # The highest hourly mean of the last day, once a few hours are known: a step must
+        # rise above what was normal today, not just above the previous value (a series
+        # that spikes every few hours is not stepping up each time).
+        last = hist[:, self._cols(hour, range(1, DAY_H + 1))]
+        known = np.count_nonzero(~np.isnan(last), axis=1) >= cfg.warmup_min_hours
+        self.day_max[:n] = np.nan
+        if known.any():
+            self.day_max[:n][known] = np.nanmax(last[known], axis=1)
 
         # Noise: day-over-day differences of the last week. Differences remove the daily
         # pattern; the median ignores the few that straddle a weekend or an anomaly.
@@ -475,8 +495,9 @@ class Engine:
         # yesterday and, once known, the seasonal baseline (Monday morning is no step).
         ref = np.fmax(self.recent[i], np.nan_to_num(self.yesterday[i], nan=-np.inf))
         ref = np.fmax(ref, np.nan_to_num(self.exp_seasonal[i], nan=-np.inf))
+        ref = np.fmax(ref, np.nan_to_num(self.day_max[i], nan=-np.inf))
         d0 = v - ref
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.where(ref > 0, d0 / ref, np.where(d0 > 0, np.inf, 0.0))
 
         def day0(f: float) -> npt.NDArray[np.bool_]:
@@ -672,10 +693,10 @@ class Engine:
         warm-up baselines are too rough to learn from."""
         a_res = 1.0 - math.exp(-dt / RESID_WINDOW_S)
         q = self.resid_q[i]
-        # Clipped to RESID_CLIP times the current tail: one outlier moves it a little, a
+        # Clipped to TAIL_CLIP times the current tail: one outlier moves it a little, a
         # series that spikes every day grows it by about a fifth per spike.
         floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
-        cap = RESID_CLIP * np.fmax(np.nan_to_num(q, nan=np.inf), floor)
+        cap = TAIL_CLIP * np.fmax(np.nan_to_num(q, nan=np.inf), floor)
         raw = np.minimum(np.abs(v - expected), cap)
         w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
         q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))

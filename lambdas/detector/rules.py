@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from lambdas import contract
 from lambdas.common.settings import SettingsError, env_float
 from lambdas.detector.config import LEVEL_LABELS, SEVERITIES
 
@@ -142,8 +143,8 @@ def budget_rule(b: Budget, settings: RulesSettings) -> dict[str, Any]:
         "severity": b.severity,
         "level": b.level,
         "rule": "budget",
-        "source": "vmalert",
-        "budget": b.name,
+        "source": contract.SOURCE_BUDGET,
+        contract.BUDGET_LABEL: b.name,
     }
 
     # Backquoted PromQL inside Go templates needs no escaping of its double quotes.
@@ -151,7 +152,7 @@ def budget_rule(b: Budget, settings: RulesSettings) -> dict[str, Any]:
         return "{{ with query `" + expr + '` }}{{ . | first | value | printf "%.4f" }}{{ end }}'
 
     return {
-        "alert": "CostAnomaly",
+        "alert": contract.ALERTNAME,
         "expr": f"{total} > {limit}",
         "for": b.for_,
         "labels": labels,
@@ -162,6 +163,7 @@ def budget_rule(b: Budget, settings: RulesSettings) -> dict[str, Any]:
             "deviation": q(f"({total} - {limit}) / {limit}"),
             "baseline": "budget",
             "contributors": "[]",
+            "ancestors": "[]",
             "change_events": "[]",
             "summary": (
                 f'{b.level} run-rate {{{{ $value | printf "%.2f" }}}} $/h is over the budget '

@@ -14,23 +14,25 @@ import gc
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import numpy as np
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lambdas.common import settings as env
+from lambdas.common.httpshell import ThreadedShell
 from lambdas.common.pg import DsnSource
 from lambdas.common.vm import VictoriaMetrics, VMError
+from lambdas.contract import A_ESCALATED_FROM, A_SUPERSEDED_BY
 from lambdas.detector.alerts import (
     Alertmanager,
     AlertmanagerError,
@@ -44,8 +46,15 @@ from lambdas.detector.attribution import (
     Contributor,
     link_change_events,
     rank_contributors,
+    root_causes,
 )
-from lambdas.detector.config import CHILD_LEVEL, LEVEL_LABELS, DetectionConfig, SeriesKey
+from lambdas.detector.config import (
+    CHILD_LEVEL,
+    LEVEL_LABELS,
+    SEVERITIES,
+    DetectionConfig,
+    SeriesKey,
+)
 from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
 from lambdas.detector.rules import ROLLUP_METRIC, selector
 from lambdas.store import anomalies as store
@@ -66,10 +75,11 @@ class DetectorSettings:
     pg_dsn: str | DsnSource
     # Evaluation interval in seconds; 3 s keeps detection inside the seconds-scale promise.
     interval_s: float = 3.0
-    # Levels read from the rollup series each cycle. `resource` adds every per-resource series
-    # (heavy: one series per live resource) and is off by default: resources are reached by
-    # drill-down when an aggregate moves.
-    levels: tuple[str, ...] = ("account", "service", "team")
+    # Levels evaluated each cycle: the aggregates from the rollup series, `resource` from the
+    # per-resource series (one per live priced resource). An increase is reported once, at
+    # the deepest level that explains it (a resource, when one or a few do), with the
+    # aggregates it explains as context (`ancestors`).
+    levels: tuple[str, ...] = ("account", "service", "team", "resource")
     # Which run-rate to watch: `list` exists at once; `reconciled` after the first bill.
     basis: str = "list"
     # Extra PromQL label matchers for every query, e.g. `provider="aws"` to shard detectors.
@@ -80,9 +90,20 @@ class DetectorSettings:
     alert_ttl_s: float = 120.0
     # Change events this long before an incident's start are considered its cause.
     event_lookback_s: float = 3600.0
+    # An aggregate's increase is reported at its resources when resources with at least
+    # this share of it (each at least 10 % and material) explain it; otherwise, a diffuse
+    # increase, at the aggregate.
+    root_cause_share: float = 0.5
+    # Fast path for new resources: a resource whose change event raised its run-rate is
+    # evaluated from the inventory until VictoriaMetrics serves its series (a new series is
+    # queryable only after seconds), at most this long. 0 turns the fast path off.
+    new_resource_window_s: float = 60.0
     # Load this much hourly history at start so the seasonal baseline is warm at once.
     bootstrap_hours: int = 3 * WEEK_H + 24
-    http_port: int = 8080
+    # The shared HTTP shell's bind address (lambdas.common.httpshell); loopback unless the
+    # deployment opens it (the bundle sets 0.0.0.0:8080 in the pod).
+    host: str = "127.0.0.1"
+    port: int = 18082
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self) -> None:
@@ -91,6 +112,10 @@ class DetectorSettings:
             raise env.SettingsError(
                 f"CCT_DETECTOR_LEVELS: unknown level(s) {unknown}; known: {sorted(LEVEL_LABELS)}"
             )
+        if not 0 < self.root_cause_share <= 1:
+            raise env.SettingsError("CCT_DETECTOR_ROOT_CAUSE_SHARE must be in (0, 1]")
+        if self.new_resource_window_s < 0:
+            raise env.SettingsError("CCT_DETECTOR_NEW_RESOURCE_WINDOW_S must be >= 0")
         if self.basis not in {"list", "reconciled"}:
             raise env.SettingsError("CCT_DETECTOR_BASIS must be list or reconciled")
         if self.interval_s <= 0 or self.resend_s <= 0 or self.alert_ttl_s <= self.resend_s:
@@ -101,7 +126,7 @@ class DetectorSettings:
 
     @classmethod
     def from_env(cls) -> DetectorSettings:
-        levels = os.environ.get("CCT_DETECTOR_LEVELS", "account,service,team")
+        levels = os.environ.get("CCT_DETECTOR_LEVELS", "account,service,team,resource")
         return cls(
             vm_url=env.vm_read_url(),
             alertmanager_url=env.alertmanager_url(),
@@ -113,8 +138,11 @@ class DetectorSettings:
             resend_s=env.env_float("CCT_DETECTOR_RESEND_S", 30.0),
             alert_ttl_s=env.env_float("CCT_DETECTOR_ALERT_TTL_S", 120.0),
             event_lookback_s=env.env_float("CCT_DETECTOR_EVENT_LOOKBACK_S", 3600.0),
+            root_cause_share=env.env_float("CCT_DETECTOR_ROOT_CAUSE_SHARE", 0.5),
+            new_resource_window_s=env.env_float("CCT_DETECTOR_NEW_RESOURCE_WINDOW_S", 60.0),
             bootstrap_hours=env.env_int("CCT_DETECTOR_BOOTSTRAP_HOURS", 3 * WEEK_H + 24),
-            http_port=env.env_int("CCT_DETECTOR_HTTP_PORT", 8080),
+            host=env.env_str("CCT_DETECTOR_HOST", "127.0.0.1"),
+            port=env.env_int("CCT_DETECTOR_PORT", 18082),
             detection=DetectionConfig.from_env(),
         )
 
@@ -159,21 +187,122 @@ class Metrics:
         self.posted = Counter(
             "cct_detector_alerts_posted", "Alerts posted to Alertmanager.", registry=r
         )
+        self.reported = Counter(
+            "cct_detector_reports",
+            "Incidents reported (one alert each), by level and how: own (the series' own "
+            "incident), root_cause (a resource that explains an aggregate), adopted (open at "
+            "a restart).",
+            ["level", "how"],
+            registry=r,
+        )
+        self.folded = Counter(
+            "cct_detector_folded_incidents",
+            "Aggregate incidents reported as context (ancestors) of the resources or children "
+            "that explain them instead of as incidents of their own.",
+            registry=r,
+        )
+        self.fast_path = Counter(
+            "cct_detector_fast_path_values",
+            "Resource values taken from the inventory (recently changed resources) instead "
+            "of VictoriaMetrics.",
+            registry=r,
+        )
 
 
 _Attribution = tuple[list[Contributor], list[ChangeEvent]]
 
 
 @dataclass
-class _Tracked:
-    """What the shell remembers about an open incident for re-posting and storage."""
+class _Report:
+    """One reported incident: one alert, one `anomalies` row. Its key is the deepest series
+    that explains the increase; the aggregate incidents it explains are its ancestors.
 
-    incident: OpenIncident
+    It stays open while any of its sources is: the engine's own incident on the key (`own`),
+    an ancestor, or, for an incident adopted from a previous run, the key's value staying at
+    the hold threshold of its stored figures."""
+
+    key: SeriesKey
     labels: dict[str, str]
-    contributors: list[Contributor]
-    events: list[ChangeEvent]
+    started_at: float
+    rule: str
+    severity: str
+    expected: float
+    observed: float
+    baseline: str
+    contributors: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    own: bool
+    ancestors: dict[SeriesKey, OpenIncident] = field(default_factory=dict)
+    # Ancestors stored with an adopted incident, shown until live ones replace them.
+    stored_ancestors: list[dict[str, Any]] = field(default_factory=list)
+    adopted: bool = False
+    normal_ticks: int = 0
+    last_seen: float = 0.0
+    # An adopted incident's stored increase: its hold threshold is a fraction of it.
+    adopted_delta: float = 0.0
     # The severity this incident's alert had before an escalation, if any.
     escalated_from: str | None = None
+
+    @property
+    def deviation(self) -> float:
+        return (self.observed - self.expected) / max(self.expected, 0.01)
+
+    def ancestors_json(self) -> list[dict[str, Any]]:
+        if not self.ancestors:
+            return self.stored_ancestors
+        return [
+            {
+                "level": a.key.level,
+                "labels": {k: v for k, v in a.key.labels if v},
+                "rule": a.rule,
+                "severity": a.severity,
+                "started_at": datetime.fromtimestamp(a.started_at, tz=UTC).isoformat(),
+                "expected_usd_per_hour": round(a.expected, 4),
+                "observed_usd_per_hour": round(a.observed, 4),
+                "delta_usd_per_hour": round(a.delta, 4),
+            }
+            for a in sorted(self.ancestors.values(), key=lambda a: _DEPTH[a.key.level])
+        ]
+
+
+class _Figures(NamedTuple):
+    expected: float
+    observed: float
+    baseline: str
+
+
+# Deepest first: resources explain services and teams, which explain accounts.
+_DEPTH = {"resource": 0, "service": 1, "team": 1, "account": 2}
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool | None:
+    """Whether a label set passes the extra PromQL matchers (`a="x",b!="y",c=~"re"`); None
+    when the selector is more than such a list (the caller cannot decide it)."""
+    if not selector.strip():
+        return True
+    matcher = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
+    pos = 0
+    ok = True
+    while pos < len(selector):
+        m = matcher.match(selector, pos)
+        if m is None:
+            return None
+        name, op, raw = m.groups()
+        value = raw.encode().decode("unicode_escape")
+        got = labels.get(name, "")
+        if op == "=":
+            ok &= got == value
+        elif op == "!=":
+            ok &= got != value
+        else:
+            hit = re.fullmatch(value, got) is not None
+            ok &= hit if op == "=~" else not hit
+        pos = m.end()
+        if pos < len(selector):
+            if selector[pos] != ",":
+                return None
+            pos += 1
+    return ok
 
 
 # Every query returns one label per series, the level's labels joined by KEY_SEP, instead of
@@ -276,7 +405,13 @@ class Detector:
         self.vm = VictoriaMetrics(cfg.vm_url, timeout=max(2.0, cfg.interval_s))
         self.am = Alertmanager(cfg.alertmanager_url, timeout=max(2.0, cfg.interval_s))
         self.metrics = metrics or Metrics()
-        self.tracked: dict[SeriesKey, _Tracked] = {}
+        # Reported incidents by key, and for each aggregate folded into reports, their keys.
+        self.reports: dict[SeriesKey, _Report] = {}
+        self.folded: dict[SeriesKey, set[SeriesKey]] = {}
+        self.adopted = False  # the previous run's open incidents were taken over
+        # Fast path: new resources' keys -> (list run-rate, since when), until VM serves them.
+        self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
+        self._changes_since: datetime | None = None
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
         self.unsent: list[dict[str, Any]] = []
@@ -304,7 +439,61 @@ class Detector:
         if out.rejected:
             self.metrics.rejected.inc(out.rejected)
             log.warning("series with unusable labels skipped", extra={"series": out.rejected})
+        self._add_new_resources(now, out)
         return out
+
+    def _fast_path(self) -> bool:
+        return (
+            "resource" in self.cfg.levels
+            and self.cfg.basis == "list"
+            and self.cfg.new_resource_window_s > 0
+        )
+
+    def _add_new_resources(self, now: float, out: Vector) -> None:
+        """Take the run-rate of recently changed resources from the inventory: for
+        `new_resource_window_s` after a change event arrives, the inventory's current rate
+        replaces (or, for a series VictoriaMetrics does not serve yet, adds) the resource's
+        value. A new series becomes queryable seconds after it is written (a new resource,
+        the commonest cost anomaly, would be the slowest to alert), and until then an
+        existing one may show its previous value; the inventory row is committed with the
+        event."""
+        if not self._fast_path():
+            return
+        try:
+            conn = self._db()
+            since = self._changes_since or datetime.fromtimestamp(now - self.cfg.interval_s, tz=UTC)
+            # A little overlap: a batch that committed after our last read may carry a
+            # receipt time just before it.
+            changed, clock = store.changed_resources(
+                conn, since - timedelta(seconds=5), self.cfg.event_lookback_s
+            )
+            with translate_errors("end read"):
+                conn.commit()
+            self._changes_since = clock
+        except StoreError as exc:
+            self._db_failed(exc)
+            changed = []
+        for res in changed:
+            if selector_matches(self.cfg.selector, res.labels) is False:
+                continue
+            key = SeriesKey.of("resource", res.labels)
+            if res.usd_per_hour is None:  # unpriced: no run-rate series either
+                self.new_resources.pop(key, None)
+            else:  # the window starts again with every change
+                self.new_resources[key] = (res.usd_per_hour, now)
+        if not self.new_resources:
+            return
+        for key, (_, since_s) in list(self.new_resources.items()):
+            if now - since_s > self.cfg.new_resource_window_s:
+                del self.new_resources[key]
+        where = {k: n for n, k in enumerate(out.keys) if k in self.new_resources}
+        for key, (value, _) in self.new_resources.items():
+            if key in where:
+                out.values[where[key]] = value
+            else:
+                out.keys.append(key)
+                out.values.append(value)
+        self.metrics.fast_path.inc(len(self.new_resources))
 
     def bootstrap(self, now: float) -> int:
         """Load hourly means of the last `bootstrap_hours` so baselines are warm at once."""
@@ -345,8 +534,10 @@ class Detector:
 
     # ---------------------------------------------------------------- attribution
     def _drill_down(self, key: SeriesKey, now: float) -> list[Contributor]:
-        """Children and resources of an aggregate, ranked by their growth over the day-0
-        window (now against one window ago)."""
+        """Children and resources of an aggregate, ranked by their growth: against what the
+        engine expected of a resource it evaluates, else against the value one day-0 window
+        ago. Recently changed resources count with their inventory run-rate (the fast
+        path), so a resource too new to be queryable is found too."""
         if key.level == "resource":
             return []
         before = now - self.cfg.detection.day0_window_s
@@ -362,11 +553,24 @@ class Detector:
             parse_vector(level, self.vm.query(expr, now), cache, now_rows)
             parse_vector(level, self.vm.query(expr, before), cache, old_rows)
             old = dict(zip(old_rows.keys, old_rows.values, strict=True))
+            current = dict(zip(now_rows.keys, now_rows.values, strict=True))
+            if level == "resource":
+                for rkey, (value, _) in self.new_resources.items():
+                    if key.contains(rkey):
+                        current[rkey] = value
+                old.update(self._expected(list(current)))
             out += rank_contributors(
-                Child(level, k.as_dict(), old.get(k, 0.0), v)
-                for k, v in zip(now_rows.keys, now_rows.values, strict=True)
+                Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()
             )
         return out
+
+    def _expected(self, keys: list[SeriesKey]) -> dict[SeriesKey, float]:
+        """What the engine expected of those of `keys` it evaluates (and has a value for)."""
+        known = [k for k in keys if k in self.engine]
+        if not known:
+            return {}
+        values = self.engine.expected_now(self.engine.index_of(known))
+        return {k: float(v) for k, v in zip(known, values, strict=True) if math.isfinite(v)}
 
     def _events(
         self,
@@ -387,16 +591,23 @@ class Detector:
             until=datetime.fromtimestamp(now, tz=UTC),
             resource_ids=ids,
         )
+        if key.level == "resource":  # its own events, biggest run-rate increase first
+            events.sort(key=lambda e: (-e.rate_change, e.event_time, e.event_id))
+            return [], events[:10]
         known = set(ids)
+        new = [e for e in events if e.resource_id not in known and e.rate_change > 0]
+        labels = store.inventory_labels(conn, [(e.provider, e.resource_id) for e in new])
         extra = [
             Child(
                 "resource",
-                {"provider": e.provider, "resource_id": e.resource_id},
+                labels.get(
+                    (e.provider, e.resource_id),
+                    {"provider": e.provider, "resource_id": e.resource_id},
+                ),
                 e.usd_per_hour_before or 0.0,
                 e.usd_per_hour_after or 0.0,
             )
-            for e in events
-            if e.resource_id not in known and e.rate_change > 0
+            for e in new
         ]
         if extra:
             resources = [
@@ -452,44 +663,51 @@ class Detector:
             raise
         idx = self.engine.index_of(vector.keys)
         transitions = self.engine.observe(now, idx, np.asarray(vector.values, dtype=np.float64))
+        if not self.adopted:
+            self._adopt(now)
         open_now = {inc.key: inc for inc in self.engine.open_incidents()}
-        alerts: list[dict[str, Any]] = []
         posted: set[SeriesKey] = set()
+        alerts: list[dict[str, Any]] = []
         for tr in transitions:
             self.metrics.transitions.labels(tr.kind).inc()
-            if tr.kind == "escalated":
-                alerts += self._escalate(self.tracked[tr.key], open_now[tr.key], now)
-                posted.add(tr.key)
-            elif tr.kind == "opened":
-                contributors, events = self._attribute(tr.key, tr.started_at, now)
-                tracked = _Tracked(
-                    open_now[tr.key],
-                    alert_labels(tr.key, tr.rule, tr.severity),
-                    contributors,
-                    events,
-                )
-                self.tracked[tr.key] = tracked
-                if events:
-                    newest = max(e.event_time for e in events).timestamp()
-                    self.metrics.event_to_alert.observe(max(0.0, now - newest))
-                alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
-                self.pending_rows.append(_Upsert(self._row(tracked)))
-                posted.add(tr.key)
-            else:
-                gone = self.tracked.pop(tr.key, None)
-                if gone is None:
-                    continue
-                alerts.append(self._alert(gone, now))
-                self.pending_rows.append(_Resolve(self._row(gone), now))
-        if now - self.last_resend >= self.cfg.resend_s:
-            self.last_resend = now
-            for key, tracked in self.tracked.items():
-                if key in open_now and key not in posted:
-                    tracked.incident = open_now[key]
-                    alerts.append(self._alert(tracked, now + self.cfg.alert_ttl_s))
-                    self.pending_rows.append(_Upsert(self._row(tracked)))
+            if tr.kind == "resolved":
+                self._source_closed(tr.key)
+        opened = sorted(
+            (tr for tr in transitions if tr.kind == "opened"), key=lambda t: _DEPTH[t.key.level]
+        )
+        for tr in opened:
+            for key in self._open(tr, open_now[tr.key], now):
+                posted.add(key)
+        for key in self.folded:  # ancestors show their current figures
+            if key in open_now:
+                for report_key in self.folded[key]:
+                    self.reports[report_key].ancestors[key] = open_now[key]
+        self._follow_values(now, vector)
+        alerts += self._settle(now, open_now, posted)
+        alerts += self._resend(now, posted)
         self._post(alerts)
         self._write()
+        self._forget_evicted()
+        self.metrics.series.set(len(vector.keys))
+        self.metrics.known.set(self.engine.series_count)
+        self.metrics.open.set(len(self.reports))
+        self.metrics.cycle.observe(time.perf_counter() - started)
+        return transitions
+
+    def _resend(self, now: float, posted: set[SeriesKey]) -> list[dict[str, Any]]:
+        """Every `resend_s`, the open reports not posted this cycle, so Alertmanager keeps
+        them firing (and the rows their current figures)."""
+        if now - self.last_resend < self.cfg.resend_s:
+            return []
+        self.last_resend = now
+        out = []
+        for key, report in self.reports.items():
+            if key not in posted:
+                out.append(self._alert(report, now + self.cfg.alert_ttl_s))
+                self.pending_rows.append(_Upsert(self._row(report)))
+        return out
+
+    def _forget_evicted(self) -> None:
         if self.engine.evicted_total != self._evictions_seen:
             # Forget the raw label sets of evicted series too, or churn grows the cache.
             self._evictions_seen = self.engine.evicted_total
@@ -497,26 +715,229 @@ class Detector:
                 self.key_cache[level] = {
                     raw: k for raw, k in cache.items() if k is None or k in self.engine
                 }
-        self.metrics.series.set(len(vector.keys))
-        self.metrics.known.set(self.engine.series_count)
-        self.metrics.open.set(len(self.tracked))
-        self.metrics.cycle.observe(time.perf_counter() - started)
-        return transitions
 
-    def _escalate(self, t: _Tracked, incident: OpenIncident, now: float) -> list[dict[str, Any]]:
+    def _settle(
+        self, now: float, open_now: Mapping[SeriesKey, OpenIncident], posted: set[SeriesKey]
+    ) -> list[dict[str, Any]]:
+        """Refresh each report's figures; resolve the reports none of whose sources is
+        open, escalate those a source raised, and post those touched this cycle."""
+        out: list[dict[str, Any]] = []
+        for key, report in list(self.reports.items()):
+            if report.own and key in open_now:
+                inc = open_now[key]
+                report.expected, report.observed = inc.expected, inc.observed
+                report.baseline = inc.baseline
+            if not (report.own or report.ancestors or report.adopted):
+                del self.reports[key]
+                for agg in [a for a, keys in self.folded.items() if key in keys]:
+                    self.folded[agg].discard(key)
+                    if not self.folded[agg]:
+                        del self.folded[agg]
+                out.append(self._alert(report, now))
+                self.pending_rows.append(_Resolve(self._row(report), now))
+                continue
+            severity = self._severity(report, open_now)
+            if SEVERITIES.index(severity) > SEVERITIES.index(report.severity):
+                out += self._escalate(report, severity, now)
+                posted.add(key)
+            elif key in posted:
+                out.append(self._alert(report, now + self.cfg.alert_ttl_s))
+                self.pending_rows.append(_Upsert(self._row(report)))
+        return out
+
+    def _source_closed(self, key: SeriesKey) -> None:
+        """The engine's incident on `key` resolved: it no longer keeps its report (or the
+        reports it was folded into) open."""
+        if key in self.reports:
+            self.reports[key].own = False
+        for report_key in self.folded.pop(key, set()):
+            self.reports[report_key].ancestors.pop(key, None)
+
+    def _open(self, tr: Transition, inc: OpenIncident, now: float) -> list[SeriesKey]:
+        """Report a newly opened engine incident: as its own report, or folded into the
+        reports of the resources (or the child) that explain it. The reports it touched."""
+        key = tr.key
+        if key in self.reports:  # a root cause found earlier, or adopted at a restart
+            report = self.reports[key]
+            report.own, report.adopted = True, False
+            return [key]
+        contributors, events = self._attribute(key, tr.started_at, now)
+        if key.level != "resource":
+            targets = self._explained_by(key, contributors, events, inc, now)
+            if targets:
+                self.folded.setdefault(key, set()).update(targets)
+                for target in targets:
+                    self.reports[target].ancestors[key] = inc
+                self.metrics.folded.inc()
+                return targets
+        self._new_report(
+            key, inc, inc, contributors=contributors, events=events, now=now, how="own"
+        )
+        return [key]
+
+    def _explained_by(
+        self,
+        key: SeriesKey,
+        contributors: list[Contributor],
+        events: list[ChangeEvent],
+        inc: OpenIncident,
+        now: float,
+    ) -> list[SeriesKey]:
+        """The reports that explain an aggregate's increase (created when new): its root
+        resources, else a reported child with most of the increase; empty when it is
+        diffuse and so its own cause."""
+        roots = root_causes(
+            contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact("resource")
+        )
+        out = []
+        for c in roots:
+            rkey = SeriesKey.of("resource", c.labels)
+            if rkey not in self.reports:
+                mine = [e for e in events if e.resource_id == c.labels.get("resource_id")]
+                figures = _Figures(c.expected, c.observed, inc.baseline)
+                self._new_report(
+                    rkey, inc, figures, contributors=[], events=mine, now=now, how="root_cause"
+                )
+            out.append(rkey)
+        if out:
+            return out
+        for c in contributors:
+            if c.level == "resource" or c.share < self.cfg.root_cause_share:
+                continue
+            ckey = SeriesKey.of(c.level, c.labels)
+            found = [ckey] if ckey in self.reports else sorted(self.folded.get(ckey, ()))
+            if found:
+                return found
+        return []
+
+    def _new_report(
+        self,
+        key: SeriesKey,
+        inc: OpenIncident,
+        figures: _Figures | OpenIncident,
+        *,
+        contributors: Sequence[Contributor],
+        events: Sequence[ChangeEvent],
+        now: float,
+        how: str,
+    ) -> _Report:
+        """A new report of `key`, with the rule, severity and start of the engine incident
+        that made it (its own, or the aggregate's it explains)."""
+        report = _Report(
+            key=key,
+            labels=alert_labels(key, inc.rule, inc.severity),
+            started_at=inc.started_at,
+            rule=inc.rule,
+            severity=inc.severity,
+            expected=figures.expected,
+            observed=figures.observed,
+            baseline=figures.baseline,
+            contributors=[c.as_json() for c in contributors],
+            events=[e.as_json() for e in events],
+            own=how == "own",
+            last_seen=now,
+        )
+        self.reports[key] = report
+        self.metrics.reported.labels(key.level, how).inc()
+        if events:
+            newest = max(e.event_time for e in events).timestamp()
+            self.metrics.event_to_alert.observe(max(0.0, now - newest))
+        return report
+
+    def _severity(self, report: _Report, open_now: Mapping[SeriesKey, OpenIncident]) -> str:
+        """The highest severity of the report's sources (never lower than it had)."""
+        found = [report.severity, *(a.severity for a in report.ancestors.values())]
+        if report.own and report.key in open_now:
+            found.append(open_now[report.key].severity)
+        return max(found, key=SEVERITIES.index)
+
+    def _follow_values(self, now: float, vector: Vector) -> None:
+        """Reports without an engine incident of their own (root causes, adopted ones) show
+        their series' current value; an adopted one resolves like the engine's incidents:
+        after `resolve_after_ticks` values below its hold threshold, or when its series has
+        had no value for `stale_after_s`."""
+        follow = {k: r for k, r in self.reports.items() if not r.own}
+        if not follow:
+            return
+        cfg = self.cfg.detection
+        values = {k: v for k, v in zip(vector.keys, vector.values, strict=True) if k in follow}
+        for key, report in follow.items():
+            value = values.get(key)
+            if value is None:
+                if report.adopted and now - report.last_seen > cfg.stale_after_s:
+                    report.adopted = False
+                continue
+            report.last_seen = now
+            report.observed = value
+            if not report.adopted:
+                continue
+            hold = report.expected + cfg.hold_fraction * max(
+                report.adopted_delta, cfg.min_impact(report.key.level)
+            )
+            report.normal_ticks = 0 if value >= hold else report.normal_ticks + 1
+            if report.normal_ticks >= cfg.resolve_after_ticks:
+                report.adopted = False
+
+    def _adopt(self, now: float) -> None:
+        """Take over the incidents a previous run left open (a restart, a new pod): they are
+        re-sent as before, so Alertmanager does not resolve them while the cost is still
+        high, and resolve when their value falls back (or the engine takes them over)."""
+        try:
+            rows = store.open_rows(self._db(), self.cfg.levels)
+            with translate_errors("end read"):
+                self._db().commit()
+        except StoreError as exc:
+            self._db_failed(exc)
+            return  # the next cycle tries again
+        self.adopted = True
+        for row in rows:
+            dims = {k: v for k, v in row.dimensions.items() if k in LEVEL_LABELS[row.level]}
+            if selector_matches(self.cfg.selector, dims) is False:
+                continue
+            key = SeriesKey.of(row.level, dims)
+            labels = alert_labels(key, row.rule, row.severity)
+            started = row.started_at.timestamp()
+            if fingerprint(labels) != row.fingerprint or key in self.reports:
+                # Written under other labels (an older contract) or a duplicate: it cannot be
+                # re-sent as the same alert, so it is closed.
+                self.pending_rows.append(_Resolve(row, now))
+                log.info("open anomaly of other labels closed", extra={"fp": row.fingerprint})
+                continue
+            self.reports[key] = _Report(
+                key=key,
+                labels=labels,
+                started_at=started,
+                rule=row.rule,
+                severity=row.severity,
+                expected=row.expected_usd_per_hour,
+                observed=row.observed_usd_per_hour,
+                baseline="adopted",
+                contributors=[dict(c) for c in row.contributors],
+                events=[dict(e) for e in row.change_events],
+                own=False,
+                stored_ancestors=[dict(a) for a in row.ancestors],
+                adopted=True,
+                last_seen=now,
+                adopted_delta=row.observed_usd_per_hour - row.expected_usd_per_hour,
+            )
+            self.metrics.reported.labels(row.level, "adopted").inc()
+        if rows:
+            log.info("open incidents adopted", extra={"incidents": len(self.reports)})
+
+    def _escalate(self, report: _Report, severity: str, now: float) -> list[dict[str, Any]]:
         """The incident's alert with its new severity: severity is a label, so this is a new
         alert for Alertmanager. The old one is resolved in the same post, pointing at its
         successor; both share the incident's `startsAt` and dimension labels (Alertmanager
         groups by dimensions, not severity, so a receiver sees one group with one firing
         alert). The `anomalies` row follows the new fingerprint: one row per incident."""
-        old = self._alert(t, now)
-        old_fingerprint = fingerprint(t.labels)
-        t.escalated_from = t.escalated_from or t.incident.severity
-        t.incident = incident
-        t.labels = alert_labels(incident.key, incident.rule, incident.severity)
-        old["annotations"]["superseded_by"] = fingerprint(t.labels)
-        self.pending_rows.append(_Escalate(self._row(t), old_fingerprint))
-        return [old, self._alert(t, now + self.cfg.alert_ttl_s)]
+        old = self._alert(report, now)
+        old_fingerprint = fingerprint(report.labels)
+        report.escalated_from = report.escalated_from or report.severity
+        report.severity = severity
+        report.labels = alert_labels(report.key, report.rule, severity)
+        old["annotations"][A_SUPERSEDED_BY] = fingerprint(report.labels)
+        self.pending_rows.append(_Escalate(self._row(report), old_fingerprint))
+        return [old, self._alert(report, now + self.cfg.alert_ttl_s)]
 
     def _write(self) -> None:
         """Write the pending incident rows in order, all or none; kept for the next cycle
@@ -564,37 +985,37 @@ class Detector:
         with translate_errors("commit anomalies"):
             conn.commit()
 
-    def _alert(self, t: _Tracked, ends_at: float) -> dict[str, Any]:
-        inc = t.incident
+    def _alert(self, r: _Report, ends_at: float) -> dict[str, Any]:
         alert = build_alert(
-            t.labels,
-            started_at=inc.started_at,
+            r.labels,
+            started_at=r.started_at,
             ends_at=ends_at,
-            expected=inc.expected,
-            observed=inc.observed,
-            deviation=inc.deviation,
-            baseline=inc.baseline,
-            contributors=t.contributors,
-            change_events=t.events,
+            expected=r.expected,
+            observed=r.observed,
+            deviation=r.deviation,
+            baseline=r.baseline,
+            contributors=r.contributors,
+            change_events=r.events,
+            ancestors=r.ancestors_json(),
         )
-        if t.escalated_from:
-            alert["annotations"]["escalated_from"] = t.escalated_from
+        if r.escalated_from:
+            alert["annotations"][A_ESCALATED_FROM] = r.escalated_from
         return alert
 
-    def _row(self, t: _Tracked) -> store.AnomalyRow:
-        inc = t.incident
+    def _row(self, r: _Report) -> store.AnomalyRow:
         return store.AnomalyRow(
-            fingerprint=fingerprint(t.labels),
-            started_at=datetime.fromtimestamp(inc.started_at, tz=UTC),
-            rule=inc.rule,
-            level=inc.key.level,
-            severity=inc.severity,
-            dimensions=inc.key.as_dict(),
-            expected_usd_per_hour=inc.expected,
-            observed_usd_per_hour=inc.observed,
-            deviation=inc.deviation,
-            contributors=[c.as_json() for c in t.contributors],
-            change_events=[e.as_json() for e in t.events],
+            fingerprint=fingerprint(r.labels),
+            started_at=datetime.fromtimestamp(r.started_at, tz=UTC),
+            rule=r.rule,
+            level=r.key.level,
+            severity=r.severity,
+            dimensions=r.key.as_dict(),
+            expected_usd_per_hour=r.expected,
+            observed_usd_per_hour=r.observed,
+            deviation=r.deviation,
+            contributors=r.contributors,
+            change_events=r.events,
+            ancestors=r.ancestors_json(),
         )
 
     def _post(self, alerts: list[dict[str, Any]]) -> None:
@@ -629,35 +1050,14 @@ class Detector:
                 )
 
 
-def _http(metrics: Metrics, port: int, healthy: threading.Event) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, status = generate_latest(metrics.registry), 200
-            elif self.path == "/healthz":
-                ok = healthy.is_set()
-                body, status = (b"ok\n", 200) if ok else (b"starting\n", 503)
-            else:
-                body, status = b"not found\n", 404
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - pod port
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def serve() -> None:
     """Run until SIGTERM/SIGINT."""
     cfg = DetectorSettings.from_env()
     metrics = Metrics()
-    healthy = threading.Event()
-    server = _http(metrics, cfg.http_port, healthy)
+    # Why the detector is not ready yet, or None once a cycle has succeeded.
+    state: dict[str, str | None] = {"not_ready": "history not loaded yet"}
+    shell = ThreadedShell(metrics.registry, cfg.host, cfg.port, lambda: state["not_ready"])
+    shell.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -667,6 +1067,7 @@ def serve() -> None:
             try:
                 loaded = detector.bootstrap(time.time())
                 log.info("history loaded", extra={"series": loaded})
+                state["not_ready"] = "no detection cycle has completed yet"
                 break
             except VMError as exc:
                 log.warning("history not loaded yet", extra={"error": str(exc)})
@@ -675,10 +1076,11 @@ def serve() -> None:
             tick = time.time()
             try:
                 detector.cycle(tick)
-                healthy.set()
+                state["not_ready"] = None
             except VMError as exc:
+                state["not_ready"] = f"last cycle failed: {exc}"
                 log.warning("cycle failed", extra={"error": str(exc), "retryable": exc.retryable})
             stop.wait(max(0.0, cfg.interval_s - (time.time() - tick)))
     finally:
-        server.shutdown()
+        shell.stop()
         detector.close()

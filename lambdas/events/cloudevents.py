@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from lambdas import contract
+
 SPEC_VERSION = "1.0"
-SOURCE = "/cct/bridge"
-DETECTED = "io.cct.anomaly.detected"
-RESOLVED = "io.cct.anomaly.resolved"
+SOURCE = contract.EVENT_SOURCE_BRIDGE
+DETECTED = contract.DETECTED
+RESOLVED = contract.RESOLVED
 TYPES = {"firing": DETECTED, "resolved": RESOLVED}
 
 # 128 bits of sha256: collisions are out of reach and the id stays short enough for
@@ -72,6 +74,23 @@ def anomaly_event(alert: Mapping[str, Any], time: str) -> dict[str, Any]:
             "endsAt": alert.get("endsAt", ""),
             "fingerprint": fingerprint,
         },
+    }
+
+
+def unmapped_event(raw: bytes, reason: str, time: str) -> dict[str, Any]:
+    """The `UNMAPPED` event the trigger publishes for a detected anomaly (`raw`, already
+    decoded once) that no playbook rule matches: its data plus the reason and its id."""
+    original = json.loads(raw)
+    digest = hashlib.sha256(f"{original['id']}\x1funmapped".encode()).hexdigest()[:_ID_HEX]
+    return {
+        "specversion": SPEC_VERSION,
+        "id": digest,
+        "source": contract.EVENT_SOURCE_TRIGGER,
+        "type": contract.UNMAPPED,
+        "subject": original["subject"],
+        "time": time,
+        "datacontenttype": "application/json",
+        "data": {**original["data"], "reason": reason, "original_id": original["id"]},
     }
 
 

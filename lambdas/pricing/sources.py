@@ -118,12 +118,22 @@ def _ec2_instance_keys(attrs: Mapping[str, Any], region: str) -> list[PriceKey]:
     return [PriceKey("aws", AWS_EC2, region, sku, "hour")]
 
 
-def _ebs_keys(family: str, attrs: Mapping[str, Any], region: str) -> list[PriceKey]:
-    """EBS storage per GiB-month; io1/io2/gp3 IOPS (io2 in three tiers) and gp3 throughput."""
+EBS_SNAPSHOT_SKU = "snapshot"
+
+
+def _ebs_keys(  # noqa: PLR0911 - one return per EBS price family
+    family: str, attrs: Mapping[str, Any], region: str
+) -> list[PriceKey]:
+    """EBS storage and snapshot storage per GiB-month; io1/io2/gp3 IOPS (io2 in three tiers)
+    and gp3 throughput."""
     volume = attrs.get("volumeApiName")
     usage = str(attrs.get("usagetype", ""))
     if family == "Storage" and volume:
         return [PriceKey("aws", AWS_EC2, region, volume, "gib_month")]
+    # Standard-tier snapshot storage (not the archive tier): the delete-unattached-volume
+    # playbook keeps a snapshot and prices it under this sku (steps.planning.SNAPSHOT_SKU).
+    if family == "Storage Snapshot" and usage.endswith("EBS:SnapshotUsage"):
+        return [PriceKey("aws", AWS_EC2, region, EBS_SNAPSHOT_SKU, "gib_month")]
     if family == "System Operation" and volume in _EBS_PERFORMANCE_TYPES:
         if "EBS:VolumeP-IOPS" not in usage:
             return []

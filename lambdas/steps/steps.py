@@ -66,7 +66,19 @@ def _action(inp: StepInput) -> Action:
 def _base(inp: StepInput) -> dict[str, Any]:
     """The parameters every action of the provider reads a resource by."""
     p = inp.parameters
-    return {"resource_id": p.resource_id, **({"region": p.region} if p.provider == "aws" else {})}
+    return {
+        "resource_id": api_resource_id(p.provider, p.resource_id),
+        **({"region": p.region} if p.provider == "aws" else {}),
+    }
+
+
+def api_resource_id(provider: str, resource_id: str) -> str:
+    """How the provider's API names a resource that CloudTrail and the collector name by
+    ARN: RDS's ModifyDBInstance takes the instance identifier, never the ARN
+    (`arn:aws:rds:<region>:<account>:db:<identifier>`). Other ids pass unchanged."""
+    if provider == "aws" and resource_id.startswith("arn:aws:rds:") and ":db:" in resource_id:
+        return resource_id.rsplit(":db:", 1)[1]
+    return resource_id
 
 
 def _run_row(inp: StepInput, settings: StepSettings) -> store.RunRow:
@@ -107,14 +119,28 @@ def _approval_need(inp: StepInput, verdict: store.PolicyVerdict | None) -> Appro
 def _prices(
     conn: psycopg.Connection[Any], inp: StepInput, action: Action, state: Mapping[str, Any]
 ) -> dict[str, Decimal]:
-    """The price catalog rows for the resource's region, in the action's unit."""
-    return store.prices(
+    """The price catalog rows for the resource's region, in the action's unit, by the sku
+    the cloud reports (see `catalog_skus`)."""
+    rows = store.prices(
         conn,
         inp.parameters.provider,
         action.service_name,
         str(state.get("region", "")),
         action.price_unit,
     )
+    return catalog_skus(rows, state)
+
+
+def catalog_skus(rows: Mapping[str, Decimal], state: Mapping[str, Any]) -> dict[str, Decimal]:
+    """`cct prices load` keys an RDS instance's hourly price as `class/engine/deployment`
+    (`db.m5.large/postgres/Single-AZ`) while RDS reports the class alone: the rows of the
+    database's own engine and deployment are also offered under the bare class."""
+    engine, deployment = state.get("engine"), state.get("deployment")
+    if not engine or not deployment:
+        return dict(rows)
+    suffix = f"/{engine}/{deployment}"
+    narrowed = {k.removesuffix(suffix): v for k, v in rows.items() if k.endswith(suffix)}
+    return {**rows, **narrowed}
 
 
 def _save_action(

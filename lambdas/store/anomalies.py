@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from lambdas.contract import resource_labels
 from lambdas.detector.attribution import ChangeEvent
 from lambdas.store.db import translate_errors
 
@@ -37,6 +38,8 @@ class AnomalyRow:
     deviation: float
     contributors: Sequence[Mapping[str, Any]]
     change_events: Sequence[Mapping[str, Any]]
+    # The aggregates this incident explains (lambdas.contract.A_ANCESTORS).
+    ancestors: Sequence[Mapping[str, Any]] = ()
 
 
 def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
@@ -47,14 +50,15 @@ def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
             """
             insert into anomalies (fingerprint, started_at, rule, level, severity, dimensions,
                 expected_usd_per_hour, observed_usd_per_hour, deviation, contributors,
-                change_events)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                change_events, ancestors)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             on conflict (fingerprint, started_at) do update set
                 expected_usd_per_hour = excluded.expected_usd_per_hour,
                 observed_usd_per_hour = excluded.observed_usd_per_hour,
                 deviation = excluded.deviation,
                 contributors = excluded.contributors,
                 change_events = excluded.change_events,
+                ancestors = excluded.ancestors,
                 updated_at = now()
             """,
             (
@@ -69,6 +73,7 @@ def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
                 row.deviation,
                 Jsonb(list(row.contributors)),
                 Jsonb(list(row.change_events)),
+                Jsonb(list(row.ancestors)),
             ),
         )
 
@@ -158,3 +163,109 @@ def change_events(
         )
         for r in rows
     ]
+
+
+def open_rows(conn: psycopg.Connection[Any], levels: Sequence[str]) -> list[AnomalyRow]:
+    """The detector's incidents still open (a restarted detector adopts them), oldest first."""
+    with translate_errors("read open anomalies"):
+        rows = conn.execute(
+            """
+            select fingerprint, started_at, rule, level, severity, dimensions,
+                   expected_usd_per_hour, observed_usd_per_hour, deviation, contributors,
+                   change_events, ancestors
+            from anomalies
+            where resolved_at is null and rule <> 'budget' and level = any(%s)
+            order by started_at
+            """,
+            (list(levels),),
+        ).fetchall()
+    return [
+        AnomalyRow(
+            fingerprint=r[0],
+            started_at=r[1].astimezone(UTC),
+            rule=r[2],
+            level=r[3],
+            severity=r[4],
+            dimensions={str(k): str(v) for k, v in (r[5] or {}).items()},
+            expected_usd_per_hour=float(r[6]),
+            observed_usd_per_hour=float(r[7]),
+            deviation=float(r[8]),
+            contributors=list(r[9] or []),
+            change_events=list(r[10] or []),
+            ancestors=list(r[11] or []),
+        )
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class InventoryResource:
+    """A resource's contract labels and current list run-rate, from the inventory."""
+
+    labels: Mapping[str, str]
+    usd_per_hour: float | None
+
+
+_INVENTORY_LABEL_COLUMNS = """i.provider, i.resource_id, i.billing_account_id, i.sub_account_id,
+    i.region_id, i.service_name, i.resource_type, i.tags, i.usd_per_hour, i.state"""
+
+
+def _inventory_resource(r: Sequence[Any]) -> InventoryResource:
+    return InventoryResource(
+        labels=resource_labels(
+            provider=r[0],
+            resource_id=r[1],
+            billing_account_id=r[2],
+            sub_account_id=r[3],
+            region_id=r[4],
+            service_name=r[5],
+            resource_type=r[6],
+            tags=r[7],
+        ),
+        # A deleted resource costs nothing from now on (the collector writes 0 as well).
+        usd_per_hour=0.0 if r[9] == "deleted" else None if r[8] is None else float(r[8]),
+    )
+
+
+def changed_resources(
+    conn: psycopg.Connection[Any], received_since: datetime, lookback_s: float
+) -> tuple[list[InventoryResource], datetime]:
+    """Resources whose change events arrived after `received_since` (events of the last
+    `lookback_s` by event time, which bounds the scan), with their current inventory state;
+    and the database's clock, the next call's `received_since`."""
+    with translate_errors("read changed resources"):
+        rows = conn.execute(
+            f"""
+            with recent as (
+                select distinct provider, resource_id
+                from resource_events
+                where event_time > clock_timestamp() - %s * interval '1 second'
+                  and received_at > %s
+            )
+            select {_INVENTORY_LABEL_COLUMNS}
+            from recent r join resource_inventory i using (provider, resource_id)
+            """,
+            (lookback_s, received_since),
+        ).fetchall()
+        clock = conn.execute("select clock_timestamp()").fetchone()
+    assert clock is not None
+    return [_inventory_resource(r) for r in rows], clock[0]
+
+
+def inventory_labels(
+    conn: psycopg.Connection[Any], keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Mapping[str, str]]:
+    """The contract labels of (provider, resource_id) pairs that the inventory knows."""
+    if not keys:
+        return {}
+    with translate_errors("read inventory labels"):
+        rows = conn.execute(
+            f"""
+            select {_INVENTORY_LABEL_COLUMNS}
+            from resource_inventory i
+            join unnest(%s::text[], %s::text[]) as k(provider, resource_id)
+              using (provider, resource_id)
+            """,
+            ([k[0] for k in keys], [k[1] for k in keys]),
+        ).fetchall()
+    return {(r[0], r[1]): _inventory_resource(r).labels for r in rows}

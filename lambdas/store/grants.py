@@ -33,10 +33,12 @@ HANDLER_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "cost_reconciliation": ("select", "insert", "update"),
         "ingest_dead_letters": ("insert",),
     },
-    # lambdas.store.anomalies (incident rows; change events for attribution)
+    # lambdas.store.anomalies (incident rows, adopted after a restart; change events for
+    # attribution and, with the inventory, the new-resource fast path and resource labels)
     "detector": {
         "anomalies": ("select", "insert", "update"),
         "resource_events": ("select",),
+        "resource_inventory": ("select",),
     },
     # lambdas.store.runs and store.decisions (the pre-check)
     "trigger": {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 
+from lambdas.contract import ACTIONABLE_LABELS, TAG_LABELS
 from lambdas.events.cloudevents import AnomalyEvent, InvalidEvent
 from lambdas.trigger.mapping import Rule
 
@@ -19,10 +20,10 @@ from lambdas.trigger.mapping import Rule
 # impact the policies compare against their limits.
 HOURS_PER_MONTH = Decimal(730)
 
-# Labels a resource-level anomaly must carry for a playbook to act on it.
-_REQUIRED_LABELS = ("provider", "service_name", "resource_id", "resource_type", "region_id")
-# Resource tags that are alert labels (the configured tag labels, docs/architecture.md 3).
-_TAG_LABELS = ("team", "env")
+# Labels a resource-level anomaly must carry for a playbook to act on it, and the resource
+# tags that are alert labels: both the anomaly contract's (lambdas.contract).
+_REQUIRED_LABELS = ACTIONABLE_LABELS
+_TAG_LABELS = TAG_LABELS
 
 
 def workflow_name(event_id: str, playbook: str) -> str:

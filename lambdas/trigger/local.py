@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lambdas.steps.playbooks import EXIT_OK, EXIT_RETRYABLE, PLAYBOOKS, Playbook
+from lambdas.trigger.admission import AdmissionClient
 from lambdas.trigger.backends import Submission
 from lambdas.trigger.core import WorkflowRun
 
@@ -42,6 +44,24 @@ class StepResult:
         return f"step {self.step} exited {self.exit_code}"
 
 
+# `CCT_STEPENV_<NAME>=value` in the trigger's environment becomes `<NAME>=value` in each
+# step's: a step pod has an identity of its own (e.g. its Kafka user), which the local
+# backend's step processes would otherwise inherit from the trigger.
+STEP_ENV_PREFIX = "CCT_STEPENV_"
+
+
+def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if not k.startswith(STEP_ENV_PREFIX)}
+    env.update(
+        {
+            k.removeprefix(STEP_ENV_PREFIX): v
+            for k, v in environ.items()
+            if k.startswith(STEP_ENV_PREFIX)
+        }
+    )
+    return env
+
+
 class LocalBackend:
     name: Literal["local"] = "local"
 
@@ -50,13 +70,21 @@ class LocalBackend:
         command: Sequence[str] = ("cct",),
         env: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        admission: AdmissionClient | None = None,
     ) -> None:
         self.command = list(command)
-        self.env = dict(env) if env is not None else None
+        # Plays the API server's call to the admission webhook (lambdas/trigger/admission.py).
+        self.admission = admission
+        self.env = dict(env) if env is not None else step_environment(os.environ)
         self.sleep = sleep
 
     def submit(self, run: WorkflowRun) -> Submission:
-        """Run every step; detail is `completed`, `awaiting_approval` or `failed`."""
+        """Run every step; detail is `completed`, `awaiting_approval` or `failed`, or the
+        webhook's message when admission denied the workflow."""
+        if self.admission is not None:
+            denial = self.admission.review(run)
+            if denial is not None:
+                return Submission("denied", denial)
         playbook = PLAYBOOKS[run.playbook]
         previous: dict[str, Any] = {}
         for step in playbook.steps:

@@ -39,6 +39,16 @@ class PlaybookMapping:
         """The first rule that accepts the anomaly's labels, or None."""
         return next((r for r in self.rules if r.accepts(labels)), None)
 
+    def why_unmapped(self, labels: Mapping[str, str]) -> str:
+        """Why no rule accepts the labels: each rule's first label that does not match."""
+        parts = []
+        for rule in self.rules:
+            for name, values in rule.match.items():
+                if labels.get(name) not in values:
+                    parts.append(f"{rule.id}: {name}={labels.get(name, '')!r}")
+                    break
+        return "no playbook rule matches (" + "; ".join(parts) + ")"
+
 
 def parse_mapping(doc: Any, schema: Mapping[str, Any], origin: str) -> PlaybookMapping:
     validator = jsonschema.Draft202012Validator(schema)

@@ -11,13 +11,15 @@ idempotent, so the service may hand the same event in again after a crash at any
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import psycopg
@@ -47,7 +49,7 @@ Outcome = Literal[
     "denied",  # the admission webhook refused it
     "precheck_denied",  # the policy pre-check said deny: not submitted
     "settled",  # the run was already settled by an earlier delivery
-    "unmapped",  # no playbook rule matches the anomaly
+    "unmapped",  # no playbook rule matches: published on the unmapped topic with the reason
     "resolved",  # a resolution event: nothing to start
     "dead_letter",  # poison: goes to the dead-letter topic with the reason
 ]
@@ -105,7 +107,7 @@ class Processor:
         planned = self._plan(raw)
         if isinstance(planned, Handled):
             return planned
-        run, request = planned
+        run, request = self._retrying(lambda: self._with_inventory_tags(*planned))
         status = self._retrying(lambda: self._precheck_and_create(run, request))
         if status.settled:
             outcome: Outcome = "precheck_denied" if status.created else "settled"
@@ -128,12 +130,32 @@ class Processor:
             return Handled("resolved")
         rule = self.mapping.select(event.labels)
         if rule is None:
-            return Handled("unmapped")
+            return Handled("unmapped", reason=self.mapping.why_unmapped(event.labels))
         try:
             run = plan_run(event, rule, self.max_delta)
             return run, PolicyRequest.from_parameters(run.parameters)
         except (InvalidEvent, InvalidRequestError) as exc:
             return Handled("dead_letter", reason=str(exc))
+
+    def _with_inventory_tags(
+        self, run: WorkflowRun, request: PolicyRequest
+    ) -> tuple[WorkflowRun, PolicyRequest]:
+        """The run with all of the resource's tags from the inventory, not only the few that
+        are alert labels: policies match tags such as cct.io/protect or legal-hold, which an
+        alert never carries. A resource the inventory does not know keeps the label tags."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "select tags from resource_inventory where provider = %s and resource_id = %s",
+                (run.parameters["provider"], run.parameters["resource-id"]),
+            ).fetchone()
+        if not row or not isinstance(row[0], dict) or not row[0]:
+            return run, request
+        tags = {str(k): str(v) for k, v in row[0].items()}
+        tags.update(json.loads(run.parameters.get("tags") or "{}"))
+        parameters = dict(run.parameters)
+        parameters["tags"] = json.dumps(tags, sort_keys=True, separators=(",", ":"))
+        enriched = replace(run, parameters=MappingProxyType(parameters))
+        return enriched, PolicyRequest.from_parameters(enriched.parameters)
 
     def _after_submit(self, run: WorkflowRun, submission: Submission) -> Handled:
         if submission.outcome == "denied":

@@ -16,10 +16,11 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import (
@@ -33,11 +34,14 @@ from prometheus_client import (
 
 from lambdas.common.edge import runner_options
 from lambdas.common.settings import SettingsError
+from lambdas.events.cloudevents import encode, unmapped_event
 from lambdas.events.producer import ProducerSlot
 from lambdas.policy import PolicyLoadError, load_policy_set
 from lambdas.store.db import PoolConnections, open_pool
+from lambdas.trigger.admission import AdmissionCallSettings, AdmissionClient
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.backends import Backend
+from lambdas.trigger.detached import DetachedLocalBackend
 from lambdas.trigger.local import LocalBackend
 from lambdas.trigger.mapping import MappingError, load_mapping
 from lambdas.trigger.processor import Handled, Processor, Stopping
@@ -54,7 +58,8 @@ class Metrics:
         self.events = Counter(
             "cct_trigger_events_total",
             "Anomaly events handled, by outcome (created, already_exists, denied, "
-            "precheck_denied, settled, unmapped, resolved, dead_letter).",
+            "precheck_denied, settled, unmapped, resolved, dead_letter; history: skipped "
+            "by a fresh consumer group).",
             ["outcome"],
             registry=self.registry,
         )
@@ -69,6 +74,13 @@ class Metrics:
             "Events on the topic not yet handled, per partition (high watermark minus this "
             "consumer's position after its last batch).",
             ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.unmapped = Counter(
+            "cct_trigger_unmapped_total",
+            "Detected anomalies that no playbook rule matches, by level and resource type "
+            "(published on the unmapped topic with the reason).",
+            ["level", "resource_type"],
             registry=self.registry,
         )
         self.commit_failures = Counter(
@@ -88,6 +100,48 @@ def dead_letter_headers(
     ]
 
 
+class FreshGroupStart(ConsumerRebalanceListener):
+    """Where a partition without a committed offset starts: at the first event of the last
+    `seconds` (Kafka's record timestamps), or at the end when there is none; never at the
+    topic's beginning (see TriggerSettings.fresh_group_start_s).
+
+    The fetcher may read a partition from the reset position before the lookup is done, so
+    the consumer loop also waits for `ready` and skips records older than `floor`."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, seconds: float) -> None:
+        self.consumer = consumer
+        self.seconds = seconds
+        self.ready = asyncio.Event()
+        self.floor: dict[TopicPartition, int] = {}
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.ready.clear()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.ready.clear()
+        try:
+            fresh = [tp for tp in assigned if await self.consumer.committed(tp) is None]
+            if fresh:
+                await self._start_recent(fresh)
+        finally:
+            self.ready.set()
+
+    async def _start_recent(self, fresh: list[TopicPartition]) -> None:
+        since_ms = int((time.time() - self.seconds) * 1000)
+        found = await self.consumer.offsets_for_times({tp: since_ms for tp in fresh})
+        for tp in fresh:
+            self.floor[tp] = since_ms
+            at = found.get(tp)
+            if at is None:
+                await self.consumer.seek_to_end(tp)
+            else:
+                self.consumer.seek(tp, at.offset)
+        log.info(
+            "fresh consumer group: starting at recent events",
+            extra={"partitions": len(fresh), "since_s": self.seconds},
+        )
+
+
 class TriggerService:
     def __init__(
         self, settings: TriggerSettings, processor: Processor, stopping: threading.Event
@@ -96,11 +150,11 @@ class TriggerService:
         self.processor = processor
         self.stopping = stopping
         self.metrics = Metrics()
+        self.start: FreshGroupStart
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(
-            s.topic,
             **s.kafka.client_kwargs(),
             group_id=s.group_id,
             enable_auto_commit=False,
@@ -112,6 +166,10 @@ class TriggerService:
         producers = ProducerSlot(
             lambda: AIOKafkaProducer(**s.kafka.client_kwargs(), acks="all", enable_idempotence=True)
         )
+        # Subscribed before start: start() then asks for the topic's metadata, which creates
+        # a topic that does not exist yet where the broker auto-creates topics.
+        self.start = FreshGroupStart(consumer, s.fresh_group_start_s)
+        consumer.subscribe([s.topic], listener=self.start)
         await consumer.start()
         log.info("trigger consuming", extra={"topic": s.topic, "group": s.group_id})
         try:
@@ -146,50 +204,103 @@ class TriggerService:
         record: ConsumerRecord[bytes, bytes],
     ) -> None:
         started = time.perf_counter()
+        await self.start.ready.wait()
+        if record.timestamp < self.start.floor.get(tp, 0):
+            # History a fresh group does not replay (read before its start was set).
+            await self._commit(consumer, tp, record)
+            self.metrics.events.labels("history").inc()
+            return
         handled: Handled = await asyncio.to_thread(self.processor.handle, record.value)
         if handled.outcome == "dead_letter":
             await self._dead_letter(producers, record, handled.reason or "unknown")
+        elif handled.outcome == "unmapped":
+            await self._unmapped(producers, record, handled.reason or "unknown")
+        await self._commit(consumer, tp, record)
+        self.metrics.events.labels(handled.outcome).inc()
+        self.metrics.handle_seconds.observe(time.perf_counter() - started)
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+    ) -> None:
         try:
             await consumer.commit({tp: record.offset + 1})
         except CommitFailedError as exc:
             self.metrics.commit_failures.inc()
             log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
-        self.metrics.events.labels(handled.outcome).inc()
-        self.metrics.handle_seconds.observe(time.perf_counter() - started)
 
     async def _dead_letter(
         self, producers: ProducerSlot, record: ConsumerRecord[bytes, bytes], reason: str
     ) -> None:
-        """Put the original bytes on the dead-letter topic; retry until the broker acks,
-        because the offset may not be committed before."""
+        """Put the original bytes on the dead-letter topic."""
+        await self._send_acked(
+            producers,
+            self.settings.dlq_topic,
+            record.value,
+            record.key,
+            dead_letter_headers(record, reason),
+        )
+        log.warning(
+            "event dead-lettered",
+            extra={
+                "reason": reason,
+                "source": f"{record.topic}/{record.partition}/{record.offset}",
+            },
+        )
+
+    async def _unmapped(
+        self, producers: ProducerSlot, record: ConsumerRecord[bytes, bytes], reason: str
+    ) -> None:
+        """Publish a detected anomaly no playbook rule matches, with the reason: reported,
+        never dropped silently."""
+        assert record.value is not None  # it decoded, so it has bytes
+        event = unmapped_event(
+            record.value, reason, datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        )
+        labels = event["data"]["labels"]
+        self.metrics.unmapped.labels(labels.get("level", ""), labels.get("resource_type", "")).inc()
+        await self._send_acked(
+            producers, self.settings.unmapped_topic, encode(event), record.key, []
+        )
+        log.info(
+            "anomaly unmapped",
+            extra={
+                "reason": reason,
+                "event_id": event["data"]["original_id"],
+                "level": labels.get("level"),
+                "resource_id": labels.get("resource_id"),
+            },
+        )
+
+    async def _send_acked(
+        self,
+        producers: ProducerSlot,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        """Send and retry until the broker acks, because the offset may not be committed
+        before."""
         delay = 0.5
         while True:
             producer = None
             try:
                 producer = await producers.get()
-                await producer.send_and_wait(
-                    self.settings.dlq_topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=dead_letter_headers(record, reason),
-                )
+                await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                return
             except KafkaError as exc:
                 if producer is not None:
                     producers.discard(producer)
-                log.warning("dead-letter topic unavailable; retrying", extra={"error": repr(exc)})
+                log.warning(
+                    "topic unavailable; retrying", extra={"topic": topic, "error": repr(exc)}
+                )
                 if self.stopping.is_set():
                     raise Stopping from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_backoff_s)
-                continue
-            log.warning(
-                "event dead-lettered",
-                extra={
-                    "reason": reason,
-                    "source": f"{record.topic}/{record.partition}/{record.offset}",
-                },
-            )
-            return
 
     def http_app(self) -> web.Application:
         async def healthz(request: web.Request) -> web.Response:
@@ -209,7 +320,13 @@ class TriggerService:
 
 def make_backend(settings: TriggerSettings) -> Backend:
     if settings.backend == "local":
-        return LocalBackend(command=settings.step_command)
+        call = AdmissionCallSettings.from_env(settings.namespace)
+        admission = AdmissionClient(call) if call is not None else None
+        if settings.local_state_dir is not None:
+            return DetachedLocalBackend(
+                settings.local_state_dir, command=settings.step_command, admission=admission
+            )
+        return LocalBackend(command=settings.step_command, admission=admission)
     kube = KubeSettings(
         namespace=settings.namespace,
         api_url=settings.kube_api_url,

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from lambdas import contract
 from lambdas.common.kafka import KafkaAuth
 from lambdas.common.pg import DsnSource
 from lambdas.common.settings import (
@@ -28,8 +29,15 @@ class TriggerSettings:
     kafka: CCT_KAFKA_BOOTSTRAP and the trigger's Kafka identity (`KafkaAuth`: CCT_KAFKA_USERNAME,
         CCT_KAFKA_PASSWORD_FILE, ...); its ACLs let it read the anomalies topic, which only
         the bridge may write, so it acts only on the bridge's events.
-    topic / dlq_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`) and
-        CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`).
+    topic / dlq_topic / unmapped_topic: CCT_TRIGGER_TOPIC (default `cct.cost.anomalies`),
+        CCT_TRIGGER_DLQ_TOPIC (default `cct.cost.anomalies.dlq`) and
+        CCT_TRIGGER_UNMAPPED_TOPIC (default `cct.cost.anomalies.unmapped`: detected anomalies
+        no playbook rule matches, as `io.cct.anomaly.unmapped` events with the reason).
+    fresh_group_start_s: CCT_TRIGGER_FRESH_GROUP_START_S, default 3600: a consumer group
+        without a committed offset on a partition (a new deployment, a renamed group) starts
+        at the events of the last this many seconds, not at the topic's beginning: replaying
+        days of history would start workflows for anomalies long over. A group with a
+        committed offset always resumes there, however long it was down.
     group_id: CCT_TRIGGER_GROUP, default `cct-trigger`: every replica joins it, so each
         partition has one reader.
     pg_dsn: CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current; re-read on every connect)
@@ -43,7 +51,11 @@ class TriggerSettings:
     kube_timeout_s: CCT_KUBE_TIMEOUT_S, default 10 s per API call.
     step_command: CCT_TRIGGER_STEP_COMMAND, default `cct`: how the local backend runs
         `<command> step NAME`.
-    host, port: CCT_TRIGGER_HOST (default 0.0.0.0) and CCT_TRIGGER_PORT (default 8080) for
+    local_state_dir: CCT_TRIGGER_LOCAL_STATE_DIR: with the local backend, where workflow
+        objects are created and run by their own runner processes, as Argo would
+        (`lambdas/trigger/detached.py`); unset, the local backend runs each playbook inside
+        the consumer, one at a time (tests).
+    host, port: CCT_TRIGGER_HOST (default 127.0.0.1) and CCT_TRIGGER_PORT (default 18084) for
         /healthz and /metrics.
     max_poll_interval_ms: CCT_TRIGGER_MAX_POLL_INTERVAL_MS. The local backend runs a whole
         playbook per event (execute may take 30 min), so its default is 1 h; Argo submission
@@ -64,6 +76,8 @@ class TriggerSettings:
     kafka: KafkaAuth
     topic: str
     dlq_topic: str
+    unmapped_topic: str
+    fresh_group_start_s: float
     group_id: str
     pg_dsn: str | DsnSource
     backend: Literal["argo", "local"]
@@ -75,6 +89,7 @@ class TriggerSettings:
     kube_ca_file: str | None
     kube_timeout_s: float
     step_command: tuple[str, ...]
+    local_state_dir: Path | None
     host: str
     port: int
     max_poll_interval_ms: int
@@ -98,8 +113,10 @@ class TriggerSettings:
         poll_default = 3_600_000 if backend == "local" else 300_000
         return cls(
             kafka=KafkaAuth.from_env(kafka_bootstrap()),
-            topic=env_str("CCT_TRIGGER_TOPIC", "cct.cost.anomalies"),
-            dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", "cct.cost.anomalies.dlq"),
+            topic=env_str("CCT_TRIGGER_TOPIC", contract.TOPIC_ANOMALIES),
+            dlq_topic=env_str("CCT_TRIGGER_DLQ_TOPIC", contract.TOPIC_DEAD_LETTER),
+            unmapped_topic=env_str("CCT_TRIGGER_UNMAPPED_TOPIC", contract.TOPIC_UNMAPPED),
+            fresh_group_start_s=env_float("CCT_TRIGGER_FRESH_GROUP_START_S", 3600.0),
             group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),
             pg_dsn=pg_dsn_source(),
             backend="local" if backend == "local" else "argo",
@@ -111,9 +128,14 @@ class TriggerSettings:
             kube_ca_file=os.environ.get("CCT_KUBE_CA_FILE") or None,
             kube_timeout_s=env_float("CCT_KUBE_TIMEOUT_S", 10.0),
             step_command=tuple(shlex.split(env_str("CCT_TRIGGER_STEP_COMMAND", "cct"))),
+            local_state_dir=(
+                Path(os.environ["CCT_TRIGGER_LOCAL_STATE_DIR"]).resolve()
+                if os.environ.get("CCT_TRIGGER_LOCAL_STATE_DIR")
+                else None
+            ),
             # The trigger runs in a pod; its probes and scrapes come from the cluster.
-            host=env_str("CCT_TRIGGER_HOST", "0.0.0.0"),  # noqa: S104
-            port=env_int("CCT_TRIGGER_PORT", 8080),
+            host=env_str("CCT_TRIGGER_HOST", "127.0.0.1"),
+            port=env_int("CCT_TRIGGER_PORT", 18084),
             max_poll_interval_ms=env_int("CCT_TRIGGER_MAX_POLL_INTERVAL_MS", poll_default),
             session_timeout_ms=env_int("CCT_TRIGGER_SESSION_TIMEOUT_MS", 10_000),
             retry_max_backoff_s=env_float("CCT_TRIGGER_RETRY_MAX_BACKOFF_S", 30.0),

@@ -281,7 +281,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver, other ")
     settings = AdmissionSettings.from_env()
     assert settings.client_names == {"kube-apiserver", "other"}
-    assert (settings.port, settings.metrics_port, settings.failure_mode) == (8443, 8080, "closed")
+    assert (settings.port, settings.metrics_port, settings.failure_mode) == (18443, 18085, "closed")
     assert "cct-rightsize-database" in settings.approval_templates
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lambdas.detector.attribution import (
+    ROOT_MIN_SHARE,
     ChangeEvent,
     Child,
     Contributor,
     link_change_events,
     rank_contributors,
+    root_causes,
 )
 
 T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -109,3 +113,36 @@ def test_change_event_json_carries_actor_action_and_pulumi_tags() -> None:
     }
     bare = ChangeEvent("e2", "gcp", "x", "insert", None, T, {}, 1.0, 2.0).as_json()
     assert "pulumi_project" not in bare and bare["actor"] is None
+
+
+def _contributors(deltas: list[float]) -> list[Contributor]:
+    return rank_contributors(
+        [Child("resource", {"resource_id": f"r{n}"}, 10.0, 10.0 + d) for n, d in enumerate(deltas)]
+    )
+
+
+def test_root_causes_are_the_resources_that_explain_most_of_an_increase() -> None:
+    # One big grower: the cause. Two equal ones: both. Many small ones: diffuse, none.
+    assert [c.labels["resource_id"] for c in root_causes(_contributors([50, 1]), 0.5, 2.0)] == [
+        "r0"
+    ]
+    assert len(root_causes(_contributors([30, 30]), 0.5, 2.0)) == 2
+    assert root_causes(_contributors([1.0] * 20), 0.5, 0.5) == []  # each 5 %: diffuse
+    assert root_causes(_contributors([1.5, 1.5]), 0.5, 2.0) == []  # immaterial
+    # Only resources are causes; a child aggregate is not.
+    service = rank_contributors([Child("service", {"service_name": "x"}, 0.0, 50.0)])
+    assert root_causes(service, 0.5, 2.0) == []
+
+
+@given(
+    st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), max_size=30),
+    st.floats(min_value=0.01, max_value=1.0),
+    st.floats(min_value=0.0, max_value=1e3),
+)
+def test_root_causes_hold_their_invariants_for_any_children(
+    deltas: list[float], share: float, floor: float
+) -> None:
+    roots = root_causes(_contributors(deltas), share, floor)
+    assert all(c.level == "resource" and c.delta >= floor for c in roots)
+    assert all(c.share >= ROOT_MIN_SHARE for c in roots)
+    assert not roots or sum(c.share for c in roots) >= share - 1e-9

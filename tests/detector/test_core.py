@@ -422,7 +422,11 @@ def test_a_near_zero_spiky_series_learns_its_spikes_and_still_sees_a_big_one() -
     history = [float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0 for _ in range(24 * 21)]
     engine = Engine(DetectionConfig())
     out = hourly(engine, history)
-    assert len(opened(out[24 * 7 :])) <= 1  # once warm, its everyday spikes are normal
+    # Once warm, most of its everyday spikes are normal (the noise never collapses to the
+    # zero the median sees); the tail estimate is kept tight (clip 1) so that a slow ramp
+    # is not learnt as noise, which leaves some of the larger spikes alerting.
+    spikes = sum(1 for v in history[24 * 7 :] if v > 0)
+    assert len(opened(out[24 * 7 :])) < spikes / 3
     at = T0 + len(history) * HOUR_S
     assert engine.observe(at, engine.index_of([KEY]), [60.0])
 
@@ -450,11 +454,12 @@ def test_the_absolute_floor_is_set_per_level() -> None:
 
 
 def test_the_knob_maps_false_incidents_per_month_to_a_z_threshold() -> None:
-    from lambdas.detector.core import z_threshold
+    from lambdas.detector.core import FALSE_A, FALSE_ALPHA, z_threshold
 
-    assert z_threshold(1.0, 3600) == pytest.approx(math.log(360) / math.sqrt(2))
+    k = z_threshold(3.0, 3600)
+    assert FALSE_A * k**-FALSE_ALPHA == pytest.approx(3.0)  # the measured rate it stands for
     # Finer data is not more chances (evaluations an hour apart are not independent) ...
-    assert z_threshold(1.0, 60) == z_threshold(1.0, 3600)
+    assert z_threshold(3.0, 60) == z_threshold(3.0, 3600)
     # ... coarser data is fewer, and fewer false incidents wanted means a higher bar.
-    assert z_threshold(1.0, 86400) < z_threshold(1.0, 3600) < z_threshold(0.1, 3600)
+    assert z_threshold(3.0, 86400) < z_threshold(4.0, 3600) < z_threshold(3.0, 3600)
     assert Engine(DetectionConfig(sensitivity=7.0)).z == 7.0

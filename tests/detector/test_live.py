@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from lambdas import contract
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
@@ -162,9 +163,35 @@ def insert_events(pg_dsn: str, account: Account, at: datetime) -> None:
                     after,
                 ),
             )
+            if tags.get("team") == account.team:
+                insert_inventory(conn, account, rid, after, at)
 
 
-def test_a_step_is_one_alert_per_level_with_contributors_events_and_a_row_then_resolves(
+def insert_inventory(
+    conn: psycopg.Connection[Any], account: Account, rid: str, rate: float, at: datetime
+) -> None:
+    """The collector's inventory row of a resource of the test's account (what the detector
+    reads a new resource's labels and run-rate from)."""
+    conn.execute(
+        """insert into resource_inventory (provider, resource_id, billing_account_id,
+           sub_account_id, region_id, service_name, resource_type, state, tags, usd_per_hour,
+           priced, last_event_id, last_event_time)
+           values ('aws', %s, %s, %s, 'us-east-1', 'Amazon EC2', 'instance', 'running', %s,
+                   %s, true, 'seed', %s)
+           on conflict (provider, resource_id)
+           do update set usd_per_hour = excluded.usd_per_hour""",
+        (
+            rid,
+            account.account,
+            account.account,
+            Jsonb({"Team": account.team, "env": "prod"}),
+            rate,
+            at,
+        ),
+    )
+
+
+def test_a_step_is_one_incident_per_resource_that_explains_it_with_its_ancestors_as_context(
     detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
 ) -> None:
     account.write(100.0, **{"i-old": 100.0})
@@ -178,77 +205,116 @@ def test_a_step_is_one_alert_per_level_with_contributors_events_and_a_row_then_r
     account.write(200.0, **{"i-old": 150.0, "i-new": 50.0})
     step_at = time.time()
     opened = [t for t in detector.cycle(step_at) if t.kind == "opened"]
-    assert sorted(t.key.level for t in opened) == ["account", "service", "team"]
+    assert {"account", "service", "team"} <= {t.key.level for t in opened}
     assert {t.rule for t in opened} == {"day0_step"}
-    assert all(t.delta == pytest.approx(100.0) for t in opened)
-    # Each of the three incidents links the events written 5 s before the step.
+    # Two causes, two incidents: each resource, reported with the aggregates it explains.
+    assert sorted(k.as_dict()["resource_id"] for k in detector.reports) == ["i-new", "i-old"]
     latency = detector.metrics.event_to_alert
-    assert latency._sum.get() == pytest.approx(3 * (step_at - events_at.timestamp()), abs=1.0)
-    assert sum(b.get() for b in latency._buckets) == 3
+    assert sum(b.get() for b in latency._buckets) == 2
 
     alerts = wait_for(
-        lambda: am_alerts(alertmanager_url, billing_account_id=account.account) or None,
+        lambda: (
+            am_alerts(alertmanager_url, billing_account_id=account.account)
+            if len(am_alerts(alertmanager_url, billing_account_id=account.account)) == 2
+            else None
+        ),
         "the detector's alerts in Alertmanager",
     )
-    assert len(alerts) == 2  # account and service carry the account label; team does not
-    team_alerts = am_alerts(alertmanager_url, team=account.team, source="detector")
-    assert len(team_alerts) == 1
-    team_alert = team_alerts[0]
-    labels = team_alert["labels"]
+    assert {a["labels"]["level"] for a in alerts} == {"resource"}
+    by_resource = {a["labels"]["resource_id"]: a for a in alerts}
+    old = by_resource["i-old"]
+    labels = old["labels"]
     assert labels == {
         "alertname": "CostAnomaly",
         "severity": "critical",
-        "level": "team",
+        "level": "resource",
         "rule": "day0_step",
         "source": "detector",
+        "provider": "aws",
+        "billing_account_id": account.account,
+        "sub_account_id": account.account,
+        "region_id": "us-east-1",
+        "service_name": "Amazon EC2",
+        "resource_type": "instance",
+        "resource_id": "i-old",
         "team": account.team,
+        "env": "prod",
     }
+    assert contract.alert_problems(labels, old["annotations"]) == []
     # Our fingerprint is Alertmanager's: the anomalies row and Kafka share the key.
-    assert team_alert["fingerprint"] == fingerprint(labels)
-    ann = team_alert["annotations"]
+    assert old["fingerprint"] == fingerprint(labels)
+    ann = old["annotations"]
     assert float(ann["expected_usd_per_hour"]) == pytest.approx(100.0)
-    assert float(ann["observed_usd_per_hour"]) == 200.0
-    assert float(ann["delta_usd_per_hour"]) == pytest.approx(100.0)
-    contributors = json.loads(ann["contributors"])
-    assert {c["labels"]["resource_id"] for c in contributors} == {"i-old", "i-new"}
-    assert sum(c["share"] for c in contributors) == pytest.approx(1.0, abs=0.01)
+    assert float(ann["observed_usd_per_hour"]) == 150.0
+    ancestors = json.loads(ann["ancestors"])
+    assert [a["level"] for a in ancestors] == ["service", "team", "account"]
+    assert all(a["delta_usd_per_hour"] == pytest.approx(100.0) for a in ancestors)
     events = json.loads(ann["change_events"])
-    by_id = {e["event_id"]: e for e in events}
-    resize = by_id["ev-resize-" + account.account]
+    [resize] = events
+    assert resize["event_id"] == "ev-resize-" + account.account
     assert resize["actor"] == "arn:aws:iam::1:user/alice"
-    assert resize["action"] == "ModifyInstanceAttribute"
     assert (resize["pulumi_project"], resize["pulumi_stack"]) == ("shop", "prod")
-    assert "ev-create-" + account.account in by_id
-    assert "ev-other-" + account.account not in by_id
+    new = by_resource["i-new"]
+    assert new["labels"]["resource_type"] == "instance"
+    assert [e["event_id"] for e in json.loads(new["annotations"]["change_events"])] == [
+        "ev-create-" + account.account
+    ]
 
     with psycopg.connect(pg_dsn) as conn:
-        [row] = store.get(conn, team_alert["fingerprint"])
-    assert (row["rule"], row["level"], row["severity"]) == ("day0_step", "team", "critical")
-    assert row["dimensions"] == {"team": account.team}
-    assert float(row["observed_usd_per_hour"]) == 200.0
+        [row] = store.get(conn, old["fingerprint"])
+    assert (row["rule"], row["level"], row["severity"]) == ("day0_step", "resource", "critical")
+    assert row["dimensions"]["resource_id"] == "i-old"
+    assert float(row["observed_usd_per_hour"]) == 150.0
     assert row["resolved_at"] is None
-    assert {c["labels"]["resource_id"] for c in row["contributors"]} == {"i-old", "i-new"}
+    assert [a["level"] for a in row["ancestors"]] == ["service", "team", "account"]
 
-    # Still high on the next cycle: the same incident, no second alert.
+    # Still high on the next cycle: the same incidents, no more alerts.
     account.write(200.0, **{"i-old": 150.0, "i-new": 50.0})
-    assert detector.cycle(time.time()) == []
-    assert len(am_alerts(alertmanager_url, team=account.team, source="detector")) == 1
+    detector.cycle(time.time())
+    assert len(am_alerts(alertmanager_url, billing_account_id=account.account)) == 2
 
     # Back to normal: resolved after two normal cycles, in Alertmanager and in the table.
+    # i-old is resized back and i-new terminated (the collector records both in the inventory
+    # with their events).
+    with psycopg.connect(pg_dsn) as conn:
+        for rid, action, before, after in (
+            ("i-old", "ModifyInstanceAttribute", 150, 100),
+            ("i-new", "TerminateInstances", 50, 0),
+        ):
+            conn.execute(
+                """insert into resource_events (event_id, provider, resource_id,
+                   billing_account_id, sub_account_id, region_id, service_name, resource_type,
+                   action, event_time, usd_per_hour_before, usd_per_hour_after)
+                   values (%s, 'aws', %s, %s, %s, 'us-east-1', 'Amazon EC2', 'instance',
+                           %s, now(), %s, %s)""",
+                (
+                    f"ev-{action}-{account.account}",
+                    rid,
+                    account.account,
+                    account.account,
+                    action,
+                    before,
+                    after,
+                ),
+            )
+            conn.execute(
+                "update resource_inventory set usd_per_hour = %s, state = %s "
+                "where resource_id = %s and billing_account_id = %s",
+                (after, "deleted" if after == 0 else "running", rid, account.account),
+            )
     account.write(100.0, **{"i-old": 100.0, "i-new": 0.0})
-    assert detector.cycle(time.time()) == []
-    resolved = [t for t in detector.cycle(time.time()) if t.kind == "resolved"]
-    assert sorted(t.key.level for t in resolved) == ["account", "service", "team"]
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    assert detector.reports == {}
     active = [
         a
-        for a in am_alerts(alertmanager_url, team=account.team, source="detector")
+        for a in am_alerts(alertmanager_url, billing_account_id=account.account)
         if a["status"]["state"] == "active"
     ]
     assert active == []
     with psycopg.connect(pg_dsn) as conn:
-        [row] = store.get(conn, team_alert["fingerprint"])
+        [row] = store.get(conn, old["fingerprint"])
     assert row["resolved_at"] is not None
-    assert detector.metrics.transitions.labels("resolved")._value.get() == 3
 
 
 def test_an_escalation_is_still_one_alert_in_alertmanager_and_one_row(
@@ -441,7 +507,7 @@ def serve_env(account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str)
         "CCT_ALERTMANAGER_URL": alertmanager_url,
         "CCT_PG_DSN": pg_dsn,
         "CCT_DETECTOR_SELECTOR": f'billing_account_id="{account.account}"',
-        "CCT_DETECTOR_HTTP_PORT": str(free_port()),
+        "CCT_DETECTOR_PORT": str(free_port()),
         "CCT_DETECTOR_INTERVAL_S": "1",
         "CCT_DETECTOR_BOOTSTRAP_HOURS": "0",
     }
@@ -454,10 +520,10 @@ def test_cct_serve_detector_runs_the_loop_and_alerts(
     repo_root: Path,
     tmp_path: Path,
 ) -> None:
-    port = serve_env["CCT_DETECTOR_HTTP_PORT"]
+    port = serve_env["CCT_DETECTOR_PORT"]
     account.write(100.0)
     cmd = [str(repo_root / ".venv/bin/cct"), "serve", "detector"]
-    health = f"http://127.0.0.1:{port}/healthz"
+    health = f"http://127.0.0.1:{port}/readyz"
     with running(cmd, http_ready(health), tmp_path / "detector.log", env=serve_env):
         account.write(300.0)
         [alert] = wait_for(

@@ -171,7 +171,7 @@ def test_alert_has_the_contract_labels_and_annotations() -> None:
         observed=100.0,
         deviation=0.6667,
         baseline="day0_reference",
-        contributors=[contributor],
+        contributors=[contributor.as_json()],
         change_events=[],
     )
     ann = alert["annotations"]
@@ -226,3 +226,19 @@ def test_instant_query_rows_become_keys_and_untagged_groups_are_skipped() -> Non
     parse_vector("account", account, {}, out)
     assert out.keys == [SeriesKey.of("account", {"provider": "aws", "billing_account_id": "111"})]
     assert out.rejected == 1  # a label value that held the separator is counted, not guessed
+
+
+def test_ranked_lists_are_cut_to_what_the_bridge_accepts() -> None:
+    import json
+
+    from lambdas.detector.alerts import json_within
+    from lambdas.events.cloudevents import EventLimits
+
+    # A diffuse increase over many resources: 200 contributors, ranked by share.
+    items = [{"resource_id": f"vol-{i:017x}", "share": (200 - i) / 1000} for i in range(200)]
+    text = json_within(items)
+    kept = json.loads(text)
+    assert len(text) <= EventLimits().max_value_chars
+    assert kept == items[: len(kept)] and len(kept) > 10  # the largest ones, in order
+    assert json_within(items[:3]) == json.dumps(items[:3], sort_keys=True)
+    assert json_within(items, limit=2) == "[]"

@@ -94,6 +94,7 @@ def test_outputs(built: BuiltStack) -> None:
     assert outputs["kafkaTopics"] == [
         "cct.cost.anomalies",
         "cct.cost.anomalies.dlq",
+        "cct.cost.anomalies.unmapped",
         "cct.optimization.results",
     ]
     assert outputs["fluentbitEndpoint"].startswith("https://")

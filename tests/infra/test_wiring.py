@@ -215,6 +215,26 @@ def test_fluent_bit_listens_where_its_service_points(built: BuiltStack) -> None:
     assert built.outputs["fluentbitEndpoint"].endswith(f":{listener['port']}")
 
 
+def test_every_served_handler_listens_where_its_service_and_probes_look(
+    built: BuiltStack,
+) -> None:
+    """Handlers bind 127.0.0.1 unless told otherwise; each `cct serve X` pod is told to bind the
+    pod's interfaces on the port its container declares."""
+    for resource in built.resources:
+        pod = pod_spec_of(resource.typ, resource.inputs)
+        if pod is None:
+            continue
+        for container in pod["containers"]:
+            command = container.get("command", [])
+            if command[:2] != ["cct", "serve"]:
+                continue
+            prefix = f"CCT_{command[2].upper().replace('-', '_')}"
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            ports = {p["containerPort"] for p in container.get("ports", [])}
+            assert env.get(f"{prefix}_HOST") == "0.0.0.0", resource.urn
+            assert int(env[f"{prefix}_PORT"]) in ports, resource.urn
+
+
 def test_each_kafka_client_authenticates_as_its_own_kafka_user(built: BuiltStack) -> None:
     """The bridge and the trigger log in as their own KafkaUser over TLS; only the bridge's
     may write the anomalies topic (lambdas.common.kafka.HANDLER_GRANTS)."""

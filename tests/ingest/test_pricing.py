@@ -14,6 +14,7 @@ from lambdas.pricing.catalog import (
 )
 from lambdas.pricing.cli import documents
 from lambdas.pricing.sources import PriceSourceError, parse
+from lambdas.steps.planning import SNAPSHOT_SKU
 from tests.ingest.conftest import FIXTURES, PRICE_FILES
 
 
@@ -47,7 +48,7 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert b[PriceKey("gcp", GCP_COMPUTE, "us-central1", "pd-ssd", "gib_month")] == pytest.approx(
         0.17
     )
-    assert len(b) == 41
+    assert len(b) == 42
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -58,6 +59,9 @@ def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
     assert ec2["io2/iops.tier2"] == ("iops_month", 0.0455)
     assert ec2["gp3/iops"] == ("iops_month", 0.005)  # the $0 first 3,000 is not the rate
     assert ec2["gp3/throughput"] == ("mibps_month", pytest.approx(0.04))  # 40.96 per GiB/s
+    # Standard snapshot storage under the sku the delete-unattached-volume plan prices; the
+    # archive tier is not it.
+    assert ec2[SNAPSHOT_SKU] == ("gib_month", 0.05)
     rds = {(k.sku, k.unit): v for k, v in b.items() if k.service_name == AWS_RDS}
     # databaseEngine "Any" applies to every non-Aurora engine; a named engine overrides it
     assert rds[("gp3/postgres/Single-AZ", "gib_month")] == 0.115

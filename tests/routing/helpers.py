@@ -29,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from tests.contract.recorded import recorded_alert
 from tests.support.kafka import client_kwargs, handler_env, sasl_broker_properties, scram_users
 from tests.support.procs import free_port, http_ready, running
 from tests.support.services import ROOT
@@ -407,36 +408,14 @@ def post_alerts(alertmanager: str, alerts: list[dict[str, Any]]) -> None:
 
 
 def anomaly_alert(uid: str, severity: str = "warning", **labels: str) -> dict[str, Any]:
-    """An alert as the detector posts it to Alertmanager's v2 API."""
-    return {
-        "labels": {
-            "alertname": "CostAnomaly",
-            "severity": severity,
-            "level": "resource",
-            "provider": "aws",
-            "billing_account_id": "111122223333",
-            "sub_account_id": "111122223333",
-            "region_id": "us-east-1",
-            "service_name": "AmazonEC2",
-            "resource_id": f"i-{uid}",
-            "resource_type": "Instance",
-            "team": "payments",
-            "env": "prod",
-            "rule": "day0_step",
-            "source": "detector",
-            "test_uid": uid,
-            **labels,
-        },
-        "annotations": {
-            "expected_usd_per_hour": "1.00",
-            "observed_usd_per_hour": "9.00",
-            "delta_usd_per_hour": "8.00",
-            "deviation": "8.0",
-            "contributors": "[]",
-            "change_events": "[]",
-            "summary": "cost step",
-        },
-    }
+    """An alert as the real detector posts it to Alertmanager's v2 API: its recorded output
+    (tests/contract) for a production instance, or a dev one when `env="dev"`, with this
+    test's uid in its ids and a `test_uid` label (test-only: keeps tests on the shared
+    Alertmanager apart)."""
+    kind = "dev-instance" if labels.get("env") == "dev" else "prod-instance"
+    alert = recorded_alert(kind, uid)
+    alert["labels"] = {**alert["labels"], "severity": severity, "test_uid": uid, **labels}
+    return alert
 
 
 async def produce_async(

@@ -278,3 +278,28 @@ def test_redactor_hides_registered_secrets_only() -> None:
 def test_retry_delay_is_exponential_and_capped() -> None:
     policy = RetryPolicy(limit=4, backoff_s=5, factor=2, max_backoff_s=30)
     assert [policy.delay(n) for n in (1, 2, 3, 4)] == [5, 10, 20, 30]
+
+
+def test_rds_resources_named_by_arn_are_called_by_identifier() -> None:
+    from lambdas.steps.steps import api_resource_id
+
+    # The collector names a database by the ARN CloudTrail reports; RDS's API wants the id.
+    arn = "arn:aws:rds:us-east-1:111122223333:db:orders-db"
+    assert api_resource_id("aws", arn) == "orders-db"
+    assert api_resource_id("aws", "i-0123456789abcdef0") == "i-0123456789abcdef0"
+    assert api_resource_id("azure", arn) == arn
+
+
+def test_rds_catalog_prices_are_found_by_the_class_rds_reports() -> None:
+    from decimal import Decimal
+
+    from lambdas.steps.steps import catalog_skus
+
+    rows = {
+        "db.m5.large/postgres/Single-AZ": Decimal("0.171"),
+        "db.m5.large/postgres/Multi-AZ": Decimal("0.342"),
+        "db.m5.large/mysql/Single-AZ": Decimal("0.171"),
+    }
+    state = {"engine": "postgres", "deployment": "Multi-AZ"}
+    assert catalog_skus(rows, state)["db.m5.large"] == Decimal("0.342")
+    assert "db.m5.large" not in catalog_skus(rows, {})

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from lambdas.events.cloudevents import InvalidEvent, decode
+from lambdas import contract
+from lambdas.events.cloudevents import InvalidEvent, decode, unmapped_event
 from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.trigger.core import plan_run, workflow_name
 from lambdas.trigger.mapping import MappingError, load_mapping, parse_mapping
@@ -122,15 +123,15 @@ def test_plan_run_builds_the_section_6_parameters() -> None:
     assert dict(run.parameters) == {
         "provider": "aws",
         "service": EC2,
-        "resource-id": "i-u10003",
+        "resource-id": "i-u10003-dev",
         "resource-type": "Instance",
         "action": "stop-idle-compute",
         "environment": "dev",
-        "team": "payments",
-        "account-id": "444455556666",
+        "team": "web",
+        "account-id": "acct-u10003-sub",
         "region": "us-east-1",
-        "tags": '{"env":"dev","team":"payments"}',
-        "estimated-monthly-impact-usd": "365.00",
+        "tags": '{"env":"dev","team":"web"}',
+        "estimated-monthly-impact-usd": "29200.00",
         "dry-run": "true",
         "event-id": event.id,
     }
@@ -144,3 +145,24 @@ def test_plan_run_refuses_anomalies_without_a_resource() -> None:
         InvalidEvent, match=r"lacks labels needed by rule idle-nonprod-compute: \['region_id'\]"
     ):
         plan_run(event, rule)
+
+
+def test_an_unmapped_anomaly_says_why_and_becomes_a_documented_event() -> None:
+    mapping = load_mapping(MAPPING)
+    raw = event_bytes("u1", 0, "firing", level="service", resource_type="")
+    event = decode(raw)
+    assert mapping.select(event.labels) is None
+    reason = mapping.why_unmapped(event.labels)
+    assert reason.startswith("no playbook rule matches (")
+    for rule in mapping.rules:
+        assert f"{rule.id}: level='service'" in reason
+    out = unmapped_event(raw, reason, "2026-12-04T00:00:00Z")
+    assert out == unmapped_event(raw, reason, "2026-12-04T00:00:00Z")  # stable id
+    assert (out["type"], out["source"], out["subject"]) == (
+        contract.UNMAPPED,
+        contract.EVENT_SOURCE_TRIGGER,
+        event.fingerprint,
+    )
+    assert out["data"]["labels"] == dict(event.labels)
+    assert (out["data"]["reason"], out["data"]["original_id"]) == (reason, event.id)
+    assert out["id"] != event.id

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from psycopg_pool import ConnectionPool
 
-from lambdas.events.cloudevents import decode
+from lambdas.events.cloudevents import decode, encode
 from lambdas.policy import load_policy_set
 from lambdas.store.db import open_pool
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
@@ -23,7 +23,7 @@ from lambdas.trigger.core import workflow_name
 from lambdas.trigger.mapping import load_mapping, parse_mapping
 from lambdas.trigger.processor import Processor
 from tests.support.services import ROOT
-from tests.trigger.events import RDS, event_bytes
+from tests.trigger.events import RDS, event_bytes, event_doc, labels
 from tests.trigger.fake_kube import FakeKube
 
 TOKEN = "kube-token"
@@ -104,7 +104,7 @@ def test_allowed_anomaly_is_prechecked_recorded_and_submitted(
         "argo",
         "stop-idle-compute",
     )
-    assert row["billing_account_id"] == "444455556666"
+    assert row["billing_account_id"] == labels(uid)["sub_account_id"]
     assert row["parameters"]["event-id"] == decode(raw).id
     assert decision(pg_dsn, run_id) == ("precheck", "allow", [])
 
@@ -212,7 +212,11 @@ def test_recent_actions_in_the_account_feed_the_blast_radius_rules(
     schema = json.loads((ROOT / "policies" / "playbooks.schema.json").read_text())
     processor.mapping = parse_mapping(doc, schema, "test")
 
-    handled = processor.handle(event_bytes(uid, 0, "firing", sub_account_id=account))
+    # A small impact (the real detector never alerts below $2/h, whose monthly impact is
+    # above the automatic-approval limit), so that only the blast radius decides.
+    doc = event_doc(uid, 0, "firing", sub_account_id=account)
+    doc["data"]["annotations"]["delta_usd_per_hour"] = "0.50"
+    handled = processor.handle(encode(doc))
 
     assert handled.outcome == outcome
     with psycopg.connect(pg_dsn) as conn:

@@ -3,6 +3,7 @@ against the fake Kubernetes API."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from lambdas import contract
 from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
 from lambdas.events.cloudevents import decode
 from lambdas.trigger.core import workflow_name
@@ -54,6 +56,7 @@ def trigger_env(
         "CCT_PG_DSN": pg_dsn,
         "CCT_TRIGGER_TOPIC": f"cct.test.anomalies.{uid}",
         "CCT_TRIGGER_DLQ_TOPIC": f"cct.test.anomalies.{uid}.dlq",
+        "CCT_TRIGGER_UNMAPPED_TOPIC": f"cct.test.anomalies.{uid}.unmapped",
         "CCT_TRIGGER_GROUP": f"cct-trigger-{uid}",
         "CCT_TRIGGER_BACKEND": "argo",
         "CCT_ARGO_NAMESPACE": "cct-system",
@@ -129,6 +132,39 @@ def test_events_become_workflows_poison_goes_to_the_dlq_offsets_are_committed(
     assert 'cct_trigger_events_total{outcome="created"} 5.0' in metrics
     assert 'cct_trigger_events_total{outcome="dead_letter"} 1.0' in metrics
     assert 'cct_trigger_events_total{outcome="resolved"} 1.0' in metrics
+
+
+def test_a_fresh_group_skips_history_and_unmapped_anomalies_are_published_with_the_reason(
+    tmp_path: Path, kube: FakeKube, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+    env["CCT_TRIGGER_FRESH_GROUP_START_S"] = "2"
+    topic = env["CCT_TRIGGER_TOPIC"]
+    # History: on the topic before this consumer group ever existed.
+    produce(kafka_bootstrap, topic, [(f"old{n}".encode(), event_bytes(uid, n)) for n in range(3)])
+    time.sleep(3)
+    unmapped = event_bytes(uid, 7, "firing", level="service", resource_type="")
+    with trigger_process(tmp_path, env) as trigger:
+        log = tmp_path / "trigger.log"
+        wait_until(lambda: "fresh consumer group" in log.read_text(), 60, "the fresh group's start")
+        produce(kafka_bootstrap, topic, [(b"fp5", event_bytes(uid, 5)), (b"fp7", unmapped)])
+        [record] = read_topic(kafka_bootstrap, env["CCT_TRIGGER_UNMAPPED_TOPIC"], expected=1)
+        wait_until(lambda: len(kube.created_names()) >= 1, 60, "the new event's workflow")
+        with urllib.request.urlopen(trigger.metrics_url) as resp:
+            metrics = resp.read().decode()
+    # Only the new mapped event started a workflow; none of the history did.
+    assert kube.created_names() == [
+        workflow_name(decode(event_bytes(uid, 5)).id, "stop-idle-compute")
+    ]
+    event = json.loads(record.value or b"")
+    assert record.key == b"fp7"
+    assert event["type"] == contract.UNMAPPED and event["source"] == contract.EVENT_SOURCE_TRIGGER
+    assert event["data"]["original_id"] == decode(unmapped).id
+    assert event["data"]["labels"]["level"] == "service"
+    assert event["data"]["reason"].startswith("no playbook rule matches (database-rightsize: ")
+    assert "level='service'" in event["data"]["reason"]
+    assert 'cct_trigger_unmapped_total{level="service",resource_type=""} 1.0' in metrics
+    assert 'cct_trigger_events_total{outcome="unmapped"} 1.0' in metrics
 
 
 def test_killed_mid_batch_and_restarted_every_anomaly_is_handled_exactly_once(
@@ -232,5 +268,5 @@ def test_alert_posted_to_alertmanager_becomes_one_workflow(
     assert name.startswith("cct-stop-idle-compute-")
     [workflow] = kube.objects.values()
     params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
-    assert params["resource-id"] == f"i-{uid}"
+    assert params["resource-id"] == f"i-{uid}-dev"  # the recorded dev instance
     assert runs_in_db(pg_dsn, {name}) == [(name, "submitted")]

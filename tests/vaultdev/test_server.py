@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 
 from infra.local_vault import render
+from lambdas.common.pg import DsnSource
 from lambdas.steps.credentials import vault_credentials
 from lambdas.steps.errors import AccessDenied
 from lambdas.steps.settings import StepSettings
@@ -242,3 +244,38 @@ def test_a_step_gets_short_lived_aws_credentials_and_acts_on_the_simulator(
     )
     with pytest.raises(AccessDenied), vault_credentials("azure", wrong_role):
         raise AssertionError("a handler's role was issued the steps' Azure credentials")
+
+
+def test_local_agent_renders_a_handler_dsn_the_handler_can_use(
+    stand: Stand, granted_dsn: str, tmp_path: Path
+) -> None:
+    """`cct vault-dsn` plays the Vault Agent sidecar: the collector's DSN file holds a fresh
+    user of its own group role, written 0600, read the way handlers read `CCT_PG_DSN_FILE`."""
+    info = psycopg.conninfo.conninfo_to_dict(granted_dsn)
+    out = tmp_path / "creds" / "pg-dsn"
+    flags = {
+        "--addr": stand.url,
+        "--handler": "collector",
+        "--jwt-path": str(stand.state / "jwt" / "collector"),
+        "--out": str(out),
+        "--pg-host": str(info["host"]),
+        "--pg-port": str(info["port"]),
+        "--dbname": str(info["dbname"]),
+    }
+    subprocess.run(
+        [CCT, "vault-dsn", "--once", *(part for kv in flags.items() for part in kv)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.stat().st_mode & 0o777 == 0o600
+    dsn = DsnSource(path=out).read()
+    user = psycopg.conninfo.conninfo_to_dict(dsn)["user"]
+    assert user != "cct" and _user_exists(granted_dsn, str(user))
+    with psycopg.connect(dsn) as conn:
+        conn.execute("select count(*) from resource_inventory").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select count(*) from policy_decisions").fetchone()
+    # The password is in the file only, never in the command's output.
+    password = str(psycopg.conninfo.conninfo_to_dict(dsn)["password"])
+    assert password not in stand.log.read_text()

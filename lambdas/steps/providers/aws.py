@@ -536,6 +536,8 @@ def _read_db(session: AwsSession, params: Mapping[str, Any]) -> State:
         "pending_sku": pending,
         "status": db["DBInstanceStatus"],
         "engine": db["Engine"],
+        # The price catalog keys RDS instance prices by class, engine and deployment.
+        "deployment": "Multi-AZ" if db.get("MultiAZ") else "Single-AZ",
         "region": session.region,
         "busy": db["DBInstanceStatus"] != "available" or pending is not None,
     }

@@ -1,0 +1,288 @@
+"""The local stack's AWS: API calls on the moto server, and the EventBridge events AWS would
+emit for them, delivered through the real forwarder code to the collector.
+
+In production an API call lands in CloudTrail, EventBridge matches it (the forwarder's
+`event_pattern`) and invokes the forwarder Lambda, which posts to the collector. Here each
+call is made on moto and the same "AWS API Call via CloudTrail" event is built from the
+call's request and moto's response, then handed to `lambdas.forwarders.aws.handle` with the
+collector's URL and token: the collector sees exactly what a forwarder sends. CloudWatch
+utilization (what the steps' analyze reads) is written to moto's CloudWatch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+
+from lambdas.forwarders import aws
+from lambdas.forwarders.common import Forwarder, ForwarderSettings
+
+ACCOUNT = "123456789012"  # moto's account
+REGION = "us-east-1"
+
+
+def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": v} for k, v in tags.items()]
+
+
+@dataclass
+class AwsSimulator:
+    """moto_url: the moto server; collector_url/collector_token: where forwarders post
+    (the collector's /ingest). account: the AWS account the events come from; moto serves
+    every call from its own account, so a fresh account per test run or benchmark sample
+    keeps per-account policy counts (blast radius) and dashboards apart."""
+
+    moto_url: str
+    collector_url: str
+    collector_token: str
+    account: str = ACCOUNT
+
+    def client(self, service: str) -> Any:
+        return boto3.client(  # type: ignore[call-overload]  # service is a runtime name
+            service,
+            endpoint_url=self.moto_url,
+            region_name=REGION,
+            aws_access_key_id="simulator",
+            aws_secret_access_key="simulator",  # noqa: S106 - moto accepts any key
+        )
+
+    def forward(self, source: str, name: str, request: dict[str, Any], response: Any) -> str:
+        """Post the CloudTrail event of one API call through the AWS forwarder; its id."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event_id = str(uuid.uuid4())
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "AWS API Call via CloudTrail",
+            "source": source,
+            "account": self.account,
+            "time": now,
+            "region": REGION,
+            "resources": [],
+            "detail": {
+                "eventVersion": "1.08",
+                "userIdentity": {
+                    "type": "AssumedRole",
+                    "arn": f"arn:aws:sts::{self.account}:assumed-role/Developer/simulator",
+                    "accountId": self.account,
+                },
+                "eventTime": now,
+                "eventSource": f"{source.split('.')[1]}.amazonaws.com",
+                "eventName": name,
+                "awsRegion": REGION,
+                "requestParameters": request,
+                "responseElements": response,
+                "eventID": event_id,
+                "readOnly": False,
+                "eventType": "AwsApiCall",
+                "managementEvent": True,
+                "recipientAccountId": self.account,
+            },
+        }
+        settings = ForwarderSettings(
+            endpoint=self.collector_url,
+            token=self.collector_token,
+            billing_account_id=self.account,
+        )
+        result = aws.handle(event, Forwarder(settings, "aws"))
+        if result.sent != 1:
+            raise RuntimeError(f"the forwarder did not send {name}: {dict(result.dropped)}")
+        return event_id
+
+    # ------------------------------------------------------------------ EC2
+    def run_instance(self, instance_type: str, tags: Mapping[str, str]) -> str:
+        ec2 = self.client("ec2")
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        spec = [
+            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        ]
+        out = ec2.run_instances(
+            ImageId=image,
+            InstanceType=instance_type,
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=spec,
+        )
+        inst = out["Instances"][0]
+        response = {
+            "reservationId": out["ReservationId"],
+            "ownerId": self.account,
+            "instancesSet": {
+                "items": [
+                    {
+                        "instanceId": inst["InstanceId"],
+                        "imageId": image,
+                        "instanceState": {"code": 0, "name": "pending"},
+                        "instanceType": instance_type,
+                        "placement": {"availabilityZone": inst["Placement"]["AvailabilityZone"]},
+                        "platformDetails": "Linux/UNIX",
+                        "tagSet": {"items": _tags(tags)},
+                    }
+                ]
+            },
+        }
+        request = {
+            "instancesSet": {"items": [{"imageId": image, "minCount": 1, "maxCount": 1}]},
+            "instanceType": instance_type,
+            "tagSpecificationSet": {"items": [{"resourceType": "instance", "tags": _tags(tags)}]},
+        }
+        self.forward("aws.ec2", "RunInstances", request, response)
+        return str(inst["InstanceId"])
+
+    def instance_state(self, instance_id: str) -> str:
+        out = self.client("ec2").describe_instances(InstanceIds=[instance_id])
+        return str(out["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    # ------------------------------------------------------------------ EBS
+    def create_volume(self, size_gb: int, volume_type: str, tags: Mapping[str, str]) -> str:
+        ec2 = self.client("ec2")
+        spec = [
+            {"ResourceType": "volume", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
+        ]
+        out = ec2.create_volume(
+            Size=size_gb,
+            AvailabilityZone=f"{REGION}a",
+            VolumeType=volume_type,
+            TagSpecifications=spec,
+        )
+        request = {
+            "size": str(size_gb),
+            "zone": f"{REGION}a",
+            "volumeType": volume_type,
+            "tagSpecificationSet": {"items": [{"resourceType": "volume", "tags": _tags(tags)}]},
+        }
+        response = {
+            "volumeId": out["VolumeId"],
+            "size": str(size_gb),
+            "zone": f"{REGION}a",
+            "status": "creating",
+            "volumeType": volume_type,
+        }
+        self.forward("aws.ec2", "CreateVolume", request, response)
+        return str(out["VolumeId"])
+
+    def modify_volume(self, volume_id: str, size_gb: int) -> None:
+        ec2 = self.client("ec2")
+        before = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+        ec2.modify_volume(VolumeId=volume_id, Size=size_gb)
+        request = {"ModifyVolumeRequest": {"VolumeId": volume_id, "Size": size_gb}}
+        response = {
+            "ModifyVolumeResponse": {
+                "volumeModification": {
+                    "volumeId": volume_id,
+                    "modificationState": "modifying",
+                    "targetSize": size_gb,
+                    "targetVolumeType": before["VolumeType"],
+                    "originalSize": before["Size"],
+                    "originalVolumeType": before["VolumeType"],
+                    "progress": 0,
+                }
+            }
+        }
+        self.forward("aws.ec2", "ModifyVolume", request, response)
+
+    def volume_exists(self, volume_id: str) -> bool:
+        vols = self.client("ec2").describe_volumes(
+            Filters=[{"Name": "volume-id", "Values": [volume_id]}]
+        )["Volumes"]
+        return bool(vols)
+
+    # ------------------------------------------------------------------ RDS
+    def create_database(self, name: str, db_class: str, tags: Mapping[str, str]) -> str:
+        """The database's ARN, which is how CloudTrail and the collector name it."""
+        rds = self.client("rds")
+        out = rds.create_db_instance(
+            DBInstanceIdentifier=name,
+            DBInstanceClass=db_class,
+            Engine="postgres",
+            AllocatedStorage=20,
+            MasterUsername="cct",
+            MasterUserPassword=uuid.uuid4().hex,
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )["DBInstance"]
+        request = {
+            "dBInstanceIdentifier": name,
+            "allocatedStorage": 20,
+            "dBInstanceClass": db_class,
+            "engine": "postgres",
+            "multiAZ": False,
+            "tags": _tags(tags),
+            "storageType": "gp2",
+        }
+        response = {
+            "dBInstanceIdentifier": name,
+            "dBInstanceClass": db_class,
+            "engine": "postgres",
+            "dBInstanceStatus": "creating",
+            "allocatedStorage": 20,
+            "storageType": "gp2",
+            "multiAZ": False,
+            "dBInstanceArn": self.db_arn(name),
+            "dbiResourceId": out.get("DbiResourceId", ""),
+        }
+        self.forward("aws.rds", "CreateDBInstance", request, response)
+        return self.db_arn(name)
+
+    def db_arn(self, name: str) -> str:
+        return f"arn:aws:rds:{REGION}:{self.account}:db:{name}"
+
+    def modify_database(self, name: str, db_class: str) -> None:
+        rds = self.client("rds")
+        out = rds.modify_db_instance(
+            DBInstanceIdentifier=name, DBInstanceClass=db_class, ApplyImmediately=True
+        )["DBInstance"]
+        request = {
+            "dBInstanceIdentifier": name,
+            "dBInstanceClass": db_class,
+            "applyImmediately": True,
+        }
+        response = {
+            "dBInstanceIdentifier": name,
+            "dBInstanceClass": out["DBInstanceClass"],
+            "engine": "postgres",
+            "dBInstanceStatus": "available",
+            "dBInstanceArn": self.db_arn(name),
+        }
+        self.forward("aws.rds", "ModifyDBInstance", request, response)
+
+    def database_class(self, arn_or_name: str) -> str:
+        name = arn_or_name.rsplit(":db:", 1)[-1]
+        out = self.client("rds").describe_db_instances(DBInstanceIdentifier=name)
+        return str(out["DBInstances"][0]["DBInstanceClass"])
+
+    # ------------------------------------------------------------------ CloudWatch
+    def put_cpu(
+        self,
+        namespace: str,
+        dimension: str,
+        value: str,
+        *,
+        avg: float,
+        peak: float,
+        hours: int = 48,
+    ) -> None:
+        """Hourly CPU utilization statistics for the last `hours`, as CloudWatch keeps them."""
+        cw = self.client("cloudwatch")
+        now = datetime.now(UTC)
+        points = [
+            {
+                "MetricName": "CPUUtilization",
+                "Dimensions": [{"Name": dimension, "Value": value}],
+                "Timestamp": now - timedelta(hours=h, minutes=30),
+                "StatisticValues": {
+                    "SampleCount": 60,
+                    "Sum": avg * 60,
+                    "Minimum": 0.0,
+                    "Maximum": peak,
+                },
+                "Unit": "Percent",
+            }
+            for h in range(hours)
+        ]
+        for start in range(0, len(points), 20):
+            cw.put_metric_data(Namespace=namespace, MetricData=points[start : start + 20])
