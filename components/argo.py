@@ -20,7 +20,6 @@ from components import kube
 
 CHART = "argo-workflows"
 CHART_VERSION = "0.45.26"
-REPO = "https://argoproj.github.io/argo-helm"
 WORKFLOW_API = "argoproj.io/v1alpha1"
 
 
@@ -103,9 +102,11 @@ class ArgoWorkflows(pulumi.ComponentResource):
             f"{name}-chart",
             chart=CHART,
             version=args.chart_version,
-            repo=REPO,
             namespace=args.operator_namespace,
             values={
+                # The CRDs follow the release: destroying the stack removes them (and every
+                # Workflow) instead of leaving them behind, like the other charts' CRDs.
+                "crds": {"keep": False},
                 "singleNamespace": False,
                 "controller": {
                     "workflowDefaults": {"spec": step_pod_defaults(args.step_resources)},

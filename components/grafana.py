@@ -14,13 +14,12 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components import kube
+from components.derived import derived_secret
 
 CHART = "grafana"
 CHART_VERSION = "10.1.4"
-REPO = "https://grafana.github.io/helm-charts"
 IMAGE = "docker.io/grafana/grafana:12.2.1"
 PORT = 3000
 # The chart mounts dashboardsConfigMaps[<provider>] here.
@@ -36,6 +35,8 @@ class GrafanaArgs:
     dashboard_providers: Mapping[str, Any]
     # filename -> dashboard JSON text.
     dashboards: Mapping[str, str]
+    # The stack secret the admin password is derived from (components.derived).
+    secret_seed: pulumi.Input[str]
     env: Mapping[str, str] = field(default_factory=dict)
     secret_env: Mapping[str, kube.SecretEnv] = field(default_factory=dict)
     # Who may reach the UI (the ingress controller's pods); defaults to anywhere.
@@ -78,13 +79,11 @@ class Grafana(pulumi.ComponentResource):
         super().__init__("cct:ui:Grafana", name, None, opts)
         child = kube.child_opts(self, opts)
         ns, app = args.namespace, "grafana"
-        admin_password = random.RandomPassword(
-            f"{name}-admin-password", length=24, special=False, opts=child
-        )
+        admin_password = derived_secret(args.secret_seed, f"grafana/{ns}/admin")
         admin = k8s.core.v1.Secret(
             f"{name}-admin",
             metadata=kube.metadata(f"{app}-admin", ns, "ui"),
-            string_data={"admin-user": "admin", "admin-password": admin_password.result},
+            string_data={"admin-user": "admin", "admin-password": admin_password},
             opts=child,
         )
         dashboards = k8s.core.v1.ConfigMap(
@@ -141,7 +140,6 @@ class Grafana(pulumi.ComponentResource):
             f"{name}-chart",
             chart=CHART,
             version=args.chart_version,
-            repo=REPO,
             namespace=ns,
             values=values,
             opts=pulumi.ResourceOptions.merge(

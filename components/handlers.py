@@ -165,10 +165,19 @@ class AdmissionSpec:
     client_names: Sequence[str] = (WEBHOOK_CLIENT_NAME,)
     failure_policy: str = "Fail"
     timeout_seconds: int = 5
+    # The handler runs outside the cluster (the local stack runs it on the host): the webhook
+    # is registered at this https URL, trusting `url_ca_pem`, and no admission Deployment,
+    # Service or certificate is created in the cluster.
+    url: str | None = None
+    url_ca_pem: str | None = None
 
     def __post_init__(self) -> None:
         if self.failure_policy not in FAILURE_POLICIES:
             raise ValueError(f"failure_policy must be one of {FAILURE_POLICIES}")
+        if (self.url is None) != (self.url_ca_pem is None):
+            raise ValueError("url and url_ca_pem go together")
+        if self.url is not None and not self.url.startswith("https://"):
+            raise ValueError(f"webhook url {self.url!r} must be https")
         if not self.apiserver_cidrs:
             raise ValueError("apiserver_cidrs: name the API server's addresses")
         for cidr in self.apiserver_cidrs:
@@ -274,7 +283,17 @@ class Handlers(pulumi.ComponentResource):
         self.webhook_server_name = pulumi.Output.from_input("")
         self.webhook_client_cert_pem = pulumi.Output.from_input("")
         self.webhook_client_key_pem = pulumi.Output.secret("")
-        if args.admission:
+        if args.admission and args.admission.url and args.admission.url_ca_pem:
+            self._webhook_configuration(
+                name,
+                args,
+                args.admission,
+                {"url": args.admission.url, "caBundle": _b64(args.admission.url_ca_pem)},
+                child,
+            )
+            self.webhook_ca_pem = pulumi.Output.from_input(args.admission.url_ca_pem)
+            urls[args.admission.handler.name] = args.admission.url
+        elif args.admission:
             self._admission(name, args, args.admission, child, depends_on)
             urls[args.admission.handler.name] = f"https://{self.server_name(args)}:{WEBHOOK_PORT}"
         self.urls = pulumi.Output.from_input(urls)
@@ -589,7 +608,34 @@ class Handlers(pulumi.ComponentResource):
             peers=[{"ipBlock": {"cidr": cidr}} for cidr in admission.apiserver_cidrs],
             opts=opts,
         )
-        namespaces = sorted(admission.workflow_namespaces or [ns])
+        self._webhook_configuration(
+            name,
+            args,
+            admission,
+            {
+                "service": {
+                    "name": handler.name,
+                    "namespace": ns,
+                    "port": WEBHOOK_PORT,
+                    "path": "/validate",
+                },
+                "caBundle": ca.cert_pem.apply(_b64),
+            },
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[tls_secret])),
+        )
+        self.webhook_ca_pem = ca.cert_pem
+        self.webhook_server_name = pulumi.Output.from_input(server_name)
+
+    @staticmethod
+    def _webhook_configuration(
+        name: str,
+        args: HandlersArgs,
+        admission: AdmissionSpec,
+        client_config: Mapping[str, Any],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        handler = admission.handler
+        namespaces = sorted(admission.workflow_namespaces or [args.namespace])
         k8s.admissionregistration.v1.ValidatingWebhookConfiguration(
             f"{name}-webhook",
             metadata={
@@ -625,25 +671,11 @@ class Handlers(pulumi.ComponentResource):
                             "scope": "Namespaced",
                         }
                     ],
-                    "clientConfig": {
-                        "service": {
-                            "name": handler.name,
-                            "namespace": ns,
-                            "port": WEBHOOK_PORT,
-                            "path": "/validate",
-                        },
-                        "caBundle": ca.cert_pem.apply(
-                            lambda pem: base64.b64encode(pem.encode()).decode()
-                        ),
-                    },
+                    "clientConfig": dict(client_config),
                 }
             ],
-            opts=pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(depends_on=[tls_secret])
-            ),
+            opts=opts,
         )
-        self.webhook_ca_pem = ca.cert_pem
-        self.webhook_server_name = pulumi.Output.from_input(server_name)
 
     def _apiserver_client(
         self, name: str, admission: AdmissionSpec, opts: pulumi.ResourceOptions
@@ -712,3 +744,7 @@ def _signed_pair(
         opts=opts,
     )
     return key, cert
+
+
+def _b64(pem: str) -> str:
+    return base64.b64encode(pem.encode()).decode()

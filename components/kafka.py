@@ -18,7 +18,6 @@ from components import kube
 
 STRIMZI_CHART = "strimzi-kafka-operator"
 STRIMZI_VERSION = "0.48.0"
-STRIMZI_REPO = "https://strimzi.io/charts/"
 KAFKA_VERSION = "4.1.0"
 METADATA_VERSION = "4.1-IV1"
 API_VERSION = "kafka.strimzi.io/v1beta2"
@@ -98,7 +97,6 @@ class Kafka(pulumi.ComponentResource):
             f"{name}-strimzi",
             chart=STRIMZI_CHART,
             version=args.operator_version,
-            repo=STRIMZI_REPO,
             namespace=args.operator_namespace,
             values={
                 "watchNamespaces": [ns],

@@ -13,17 +13,23 @@ values are typed `Manifest` (Any).
 from __future__ import annotations
 
 import re
+import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import yaml
 
 Manifest = Any
 
 PART_OF = "cct"
 MANAGED_BY = "pulumi"
+
+# The vendored Helm charts (charts/SOURCES.md).
+CHARTS_DIR = Path(__file__).resolve().parent.parent / "charts"
 
 # UID/GID of the distroless "nonroot" user; any non-zero id works, one id keeps volumes simple.
 NONROOT_UID = 65532
@@ -415,28 +421,66 @@ def service_account(
 ANYWHERE = {"ipBlock": {"cidr": "0.0.0.0/0"}}
 
 
+def chart_archive(chart: str, version: str) -> Path:
+    """The vendored archive of `chart` at `version` (charts/SOURCES.md says where each comes
+    from). Installing from the repository's own copy means no chart repository is contacted
+    and upgrading a chart is a reviewed change."""
+    if not is_exact_version(version):
+        raise ValueError(f"chart {chart}: version {version!r} must be an exact version")
+    archive = CHARTS_DIR / f"{chart}-{version}.tgz"
+    if not archive.is_file():
+        raise ValueError(f"chart {chart} {version} is not vendored: {archive} is missing")
+    return archive
+
+
+def chart_crds(chart: str, version: str) -> list[dict[str, Any]]:
+    """The CustomResourceDefinitions in a vendored chart's `crds/` directory. Helm installs
+    those once and never upgrades or deletes them; declared as resources instead, they follow
+    the chart's version and the stack's lifecycle like everything else."""
+    docs: list[dict[str, Any]] = []
+    with tarfile.open(chart_archive(chart, version)) as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            if member.isfile() and member.name.startswith(f"{chart}/crds/"):
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file
+                docs += [d for d in yaml.safe_load_all(handle) if d]
+    return [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+
+
 def helm_release(
     resource_name: str,
     *,
     chart: str,
     version: str,
-    repo: str,
     namespace: str,
     values: Mapping[str, Any],
     opts: pulumi.ResourceOptions,
 ) -> k8s.helm.v3.Release:
-    """A Helm release of an official chart pinned to an exact version. `atomic` rolls a failed
-    upgrade back instead of leaving half of a chart applied."""
-    if not is_exact_version(version):
-        raise ValueError(f"chart {chart}: version {version!r} must be an exact version")
+    """A Helm release of a vendored chart pinned to an exact version. `atomic` rolls a failed
+    upgrade back instead of leaving half of a chart applied. A chart that ships CRDs in
+    `crds/` gets them as CustomResourceDefinition resources (see chart_crds), which the
+    release waits for."""
+    archive = chart_archive(chart, version)
+    crds = [
+        k8s.apiextensions.v1.CustomResourceDefinition(
+            f"{resource_name}-crd-{doc['metadata']['name']}",
+            metadata={"name": doc["metadata"]["name"], "labels": doc["metadata"].get("labels")},
+            spec=manifest(doc["spec"]),
+            opts=opts,
+        )
+        for doc in chart_crds(chart, version)
+    ]
+    if crds:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=crds))
     return k8s.helm.v3.Release(
         resource_name,
         name=chart,
-        chart=chart,
-        version=version,
-        repository_opts={"repo": repo},
+        # Relative to the project root (the program's and the provider's working directory),
+        # so the state does not depend on where the repository is checked out.
+        chart=str(archive.relative_to(CHARTS_DIR.parent)),
         namespace=namespace,
         values=dict(values),
+        skip_crds=bool(crds),
         atomic=True,
         cleanup_on_fail=True,
         timeout=600,

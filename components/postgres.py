@@ -14,13 +14,12 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from components import kube
+from components.derived import derived_secret
 
 CNPG_CHART = "cloudnative-pg"
 CNPG_VERSION = "0.26.0"
-CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 # A minimal image (no in-core Barman; the bundle configures no backups) by its immutable build
 # tag. The bare `15.14` tag is the deprecated `system` image on Debian bullseye, whose
 # rolling tags upstream removes with bullseye's end of life.
@@ -35,6 +34,8 @@ class PostgresArgs:
     namespace: str
     operator_namespace: str
     clients: Sequence[Mapping[str, Any]]
+    # The stack secret every login password is derived from (components.derived).
+    secret_seed: pulumi.Input[str]
     cluster_name: str = "cct-pg"
     database: str = "cct"
     owner: str = "cct"
@@ -53,6 +54,10 @@ class PostgresArgs:
     resources: kube.Resources = field(
         default_factory=lambda: kube.Resources("250m", "512Mi", "2", "2Gi")
     )
+    # False on a cluster whose operator pods never run (the local stack has no nodes): the
+    # operator's webhooks then let objects through unchecked by the operator instead of
+    # refusing every one of them; the API server still validates them against the CRDs.
+    operator_webhooks_fail_closed: bool = True
 
     def __post_init__(self) -> None:
         if self.high_availability and self.instances < 3:
@@ -74,11 +79,11 @@ class Postgres(pulumi.ComponentResource):
         super().__init__("cct:data:Postgres", name, None, opts)
         child = kube.child_opts(self, opts)
         ns, cluster = args.namespace, args.cluster_name
+        webhook_failure = "Fail" if args.operator_webhooks_fail_closed else "Ignore"
         operator = kube.helm_release(
             f"{name}-cnpg",
             chart=CNPG_CHART,
             version=args.operator_version,
-            repo=CNPG_REPO,
             namespace=args.operator_namespace,
             values={
                 "replicaCount": 2 if args.high_availability else 1,
@@ -88,10 +93,13 @@ class Postgres(pulumi.ComponentResource):
                     "runAsNonRoot": True,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
+                "webhook": {
+                    kind: {"failurePolicy": webhook_failure} for kind in ("mutating", "validating")
+                },
             },
             opts=child,
         )
-        password = self._login_secret(name, cluster, ns, VAULT_ROLE, child)
+        password = self._login_secret(name, args, VAULT_ROLE, child)
         roles: list[dict[str, Any]] = [
             {
                 "name": VAULT_ROLE,
@@ -103,7 +111,7 @@ class Postgres(pulumi.ComponentResource):
         ]
         passwords: dict[str, pulumi.Output[str]] = {}
         for login, member_of in sorted(args.logins.items()):
-            passwords[login] = self._login_secret(name, cluster, ns, login, child)
+            passwords[login] = self._login_secret(name, args, login, child)
             roles.append(
                 {
                     "name": login,
@@ -185,18 +193,17 @@ class Postgres(pulumi.ComponentResource):
         )
 
     def _login_secret(
-        self, name: str, cluster: str, ns: str, role: str, opts: pulumi.ResourceOptions
+        self, name: str, args: PostgresArgs, role: str, opts: pulumi.ResourceOptions
     ) -> pulumi.Output[str]:
-        """A generated password in the basic-auth Secret CloudNativePG reads for `role`."""
-        password = random.RandomPassword(
-            f"{name}-{role.replace('_', '-')}-password", length=32, special=False, opts=opts
-        )
-        login: dict[str, pulumi.Input[str]] = {"username": role, "password": password.result}
+        """A derived password in the basic-auth Secret CloudNativePG reads for `role`."""
+        slug = role.replace("_", "-")
+        password = derived_secret(args.secret_seed, f"postgres/{args.cluster_name}/{role}")
+        login: dict[str, pulumi.Input[str]] = {"username": role, "password": password}
         k8s.core.v1.Secret(
-            f"{name}-{role.replace('_', '-')}-login",
-            metadata=kube.metadata(f"{cluster}-{role.replace('_', '-')}", ns, "data"),
+            f"{name}-{slug}-login",
+            metadata=kube.metadata(f"{args.cluster_name}-{slug}", args.namespace, "data"),
             type="kubernetes.io/basic-auth",
             string_data=login,
             opts=opts,
         )
-        return password.result
+        return password

@@ -20,7 +20,6 @@ from lambdas.store.grants import vault_role_statements
 
 CHART = "vault"
 CHART_VERSION = "0.31.0"
-REPO = "https://helm.releases.hashicorp.com"
 IMAGE = "hashicorp/vault:1.20.4"
 PORT = 8200
 ALLOWED_CAPABILITIES = frozenset({"create", "read", "update", "list"})
@@ -162,7 +161,6 @@ class Vault(pulumi.ComponentResource):
             f"{name}-chart",
             chart=CHART,
             version=args.chart_version,
-            repo=REPO,
             namespace=args.namespace,
             values={
                 # Pods log in themselves (the steps with hvac, the billing loader through the

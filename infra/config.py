@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import pulumi
@@ -86,6 +87,14 @@ class Settings:
     zenduty_integration_key: pulumi.Output[str]
     grafana_hostname: str | None
     webhook_failure_policy: str
+    # Where the API server calls the admission webhook when it runs outside the cluster, and
+    # the PEM text of the CA of its certificate; None: the in-cluster handler.
+    webhook_url: str | None
+    webhook_ca_pem: str | None
+    # The cluster has no nodes (the local stack): nothing waits for readiness.
+    nodeless: bool
+    # Root of the secrets CCT derives for its own pieces (components.derived).
+    secret_seed: pulumi.Output[str]
     # The API server's source addresses: the only peers the webhook's NetworkPolicy admits.
     apiserver_cidrs: tuple[str, ...]
     # Budgets YAML (relative to the project root) rendered into vmalert rules; None: none.
@@ -235,6 +244,21 @@ def load(source: ConfigSource) -> Settings:
             region=r.string("gcpRegion"),
             vault_credentials=r.secret("gcpVaultCredentials"),
         )
+    webhook_url = r.optional("webhookUrl")
+    ca_file = r.optional("webhookCaFile")
+    webhook_ca_pem = None
+    if (webhook_url is None) != (ca_file is None):
+        raise ConfigError(f"{NAMESPACE}:webhookUrl and {NAMESPACE}:webhookCaFile go together")
+    if webhook_url is not None and ca_file is not None:
+        r.matching("webhookUrl", r"https://[^\s/]+(/\S*)?", "an https:// URL")
+        try:
+            webhook_ca_pem = Path(ca_file).read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"{NAMESPACE}:webhookCaFile={ca_file!r} cannot be read: {exc}"
+            ) from None
+        if "BEGIN CERTIFICATE" not in webhook_ca_pem:
+            raise ConfigError(f"{NAMESPACE}:webhookCaFile={ca_file!r} holds no PEM certificate")
     return Settings(
         environment=r.dns_label("environment"),
         namespace=namespace,
@@ -250,6 +274,10 @@ def load(source: ConfigSource) -> Settings:
         zenduty_integration_key=r.secret("zendutyIntegrationKey"),
         grafana_hostname=r.optional("grafanaHostname"),
         webhook_failure_policy=r.choice("webhookFailurePolicy", WEBHOOK_FAILURE_POLICIES),
+        webhook_url=webhook_url,
+        webhook_ca_pem=webhook_ca_pem,
+        nodeless=r.boolean("nodeless"),
+        secret_seed=r.secret("secretSeed"),
         apiserver_cidrs=r.cidrs("apiServerCidrs"),
         budgets_file=r.optional("budgetsFile"),
         vault=vault,

@@ -15,7 +15,6 @@ import pulumi_aws as aws
 import pulumi_azure_native as azure_native
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 import pulumi_vault as vault_provider
 
 from components import kube
@@ -24,6 +23,7 @@ from components.alertmanager import Alertmanager, AlertmanagerArgs
 from components.argo import ArgoWorkflows, ArgoWorkflowsArgs
 from components.aws_account import AwsAccount, AwsAccountArgs, export_bucket_name
 from components.azure_subscription import AzureSubscription, AzureSubscriptionArgs
+from components.derived import derived_secret
 from components.fluentbit import FluentBit, FluentBitArgs
 from components.gcp_project import GcpProject, GcpProjectArgs
 from components.grafana import Grafana, GrafanaArgs
@@ -232,6 +232,8 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 workflow_pods,
                 kube.namespace_peer(platform),
             ],
+            secret_seed=settings.secret_seed,
+            operator_webhooks_fail_closed=not settings.nodeless,
             instances=3 if ha else 1,
             logins={"grafana": ["pg_read_all_data"], STEPS_DB_ROLE: [APP_DB_ROLE]},
             group_roles=[group_role(h) for h in PG_HANDLERS],
@@ -282,13 +284,13 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         )
 
     # Tokens between CCT's own pieces are generated, never configured.
-    bridge_token = random.RandomPassword("bridge-token", length=40, special=False)
-    collector_token = random.RandomPassword("collector-token", length=40, special=False)
+    bridge_token = derived_secret(settings.secret_seed, "bridge-token")
+    collector_token = derived_secret(settings.secret_seed, "collector-token")
     k8s.core.v1.Secret(
         "handler-secrets",
         metadata=kube.metadata("cct-handler-secrets", ns, "handler"),
         string_data={
-            "collector-token": collector_token.result,
+            "collector-token": collector_token,
             "ingest-token": settings.fluentbit_token,
         },
         opts=in_cluster,
@@ -297,7 +299,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         "bridge-files",
         metadata=kube.metadata("bridge-files", ns, "handler"),
         string_data={
-            "bridge-token": bridge_token.result,
+            "bridge-token": bridge_token,
             "zenduty-url": pulumi.Output.concat(ZENDUTY_URL, settings.zenduty_integration_key, "/"),
         },
         opts=in_cluster,
@@ -428,6 +430,8 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 # The trigger creates its Workflows in the handlers' namespace.
                 workflow_namespaces=[ns],
                 failure_policy=settings.webhook_failure_policy,
+                url=settings.webhook_url,
+                url_ca_pem=settings.webhook_ca_pem,
             ),
         ),
         opts=in_cluster,
@@ -472,7 +476,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         AlertmanagerArgs(
             namespace=ns,
             config_yaml=content.alertmanager_config,
-            secret_files={PurePosixPath(content.alertmanager_token_file).name: bridge_token.result},
+            secret_files={PurePosixPath(content.alertmanager_token_file).name: bridge_token},
             clients=[pod("vmalert"), pod("detector"), grafana_pods],
             replicas=3 if ha else 1,
             high_availability=ha,
@@ -554,6 +558,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             datasources=content.grafana_datasources,
             dashboard_providers=content.grafana_dashboard_providers,
             dashboards=content.dashboards,
+            secret_seed=settings.secret_seed,
             env={
                 "CCT_GRAFANA_VM_URL": vm_read_url,
                 "CCT_GRAFANA_PG_HOST": f"cct-pg-rw.{ns}.svc:5432",

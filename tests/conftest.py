@@ -33,6 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if service_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
+        # The cluster tests deploy the whole local stack (minutes on 2 cores) in one fixture.
+        if "tests/cluster/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.cluster)
+            item.add_marker(pytest.mark.timeout(1800))
 
 
 @pytest.fixture(scope="session")

@@ -365,8 +365,9 @@ def serve_admission(
     tls: Tls,
     **env: str,
 ) -> Iterator[Webhook]:
-    """Run `cct serve admission` as a real subprocess until the block ends."""
-    port, metrics_port = free_port(), free_port()
+    """Run `cct serve admission` as a real subprocess until the block ends (on a free port,
+    unless `env` names CCT_ADMISSION_PORT)."""
+    port, metrics_port = int(env.pop("CCT_ADMISSION_PORT", 0)) or free_port(), free_port()
     hook = Webhook(port, metrics_port, tls, policy_dir, tmp / f"admission-{port}.log")
     settings = {
         "CCT_PG_DSN": pg_dsn,

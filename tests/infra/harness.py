@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_SECRETS = {
     "fluentbitToken": "test-fluentbit-token-6f1c2e",
     "zendutyIntegrationKey": "test-zenduty-key-91ab44",
+    "secretSeed": "test-secret-seed-4d2a9e",
     "vaultToken": "test-vault-token-77de09",
     "azureVaultClientSecret": "test-azure-secret-0c3b81",
     "gcpVaultCredentials": '{"type": "service_account", "private_key": "test-gcp-key-5511aa"}',

@@ -36,10 +36,17 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
     (lambda: kube.require_pinned_image("busybox", "x"), "x: image 'busybox' must be pinned"),
     (
         lambda: kube.helm_release(
-            "r", chart="c", version="^1.0", repo="https://r", namespace="n", values={},
+            "r", chart="c", version="^1.0", namespace="n", values={},
             opts=pulumi.ResourceOptions(),
         ),
         "chart c: version '^1.0' must be an exact version",
+    ),
+    (
+        lambda: kube.helm_release(
+            "r", chart="c", version="1.0.0", namespace="n", values={},
+            opts=pulumi.ResourceOptions(),
+        ),
+        "chart c 1.0.0 is not vendored",
     ),
     (lambda: NamespaceArgs(name="n", pod_security="open"), "pod_security must be one of"),
     (
@@ -74,7 +81,7 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
     ),
     (
         lambda: GrafanaArgs(
-            namespace=NS, dashboards={"a.json": "{}"},
+            namespace=NS, dashboards={"a.json": "{}"}, secret_seed="seed",
             datasources={"datasources": [{"uid": "x"}, {"uid": "x"}]},
             dashboard_providers={"providers": [{"name": "cct", "options": {"path": "/x"}}]},
         ),
@@ -181,7 +188,10 @@ def test_kafka_outputs_and_children() -> None:
 
     mocks = run(program)
     children = [r for r in mocks.resources if r.typ != "cct:events:Kafka"]
-    assert len(children) == 7
+    crds = [r for r in children if r.typ.endswith(":CustomResourceDefinition")]
+    # The Strimzi chart's crds/ directory, as resources (components.kube.chart_crds).
+    assert len(crds) == len(kube.chart_crds("strimzi-kafka-operator", "0.48.0")) == 10
+    assert len(children) - len(crds) == 7
     assert all(r.name.startswith("kafka-") for r in children), [r.name for r in children]
     (cluster,) = [r for r in children if r.name == "kafka-cluster"]
     # One listener, TLS with SCRAM, and ACLs enforced: no plaintext, no anonymous client.

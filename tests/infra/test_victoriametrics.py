@@ -168,7 +168,7 @@ def test_every_reader_and_writer_gets_its_side(
     assert vmalert["datasource.url"] == vmalert["remoteRead.url"] == read
     assert vmalert["remoteWrite.url"] == write
     grafana = next(
-        r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "grafana"
+        r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["name"] == "grafana"
     )
     assert grafana.inputs["values"]["env"]["CCT_GRAFANA_VM_URL"] == read
     assert (built.outputs["victoriaMetricsWriteUrl"], built.outputs["victoriaMetricsReadUrl"]) == (

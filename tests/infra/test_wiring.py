@@ -79,7 +79,7 @@ def test_step_pods_pass_the_restricted_pod_security(built: BuiltStack) -> None:
     (argo,) = [
         r
         for r in built.of_type("kubernetes:helm.sh/v3:Release")
-        if r.inputs["chart"] == "argo-workflows"
+        if r.inputs["name"] == "argo-workflows"
     ]
     defaults = argo.inputs["values"]["controller"]["workflowDefaults"]["spec"]
     (patch,) = json.loads(defaults["podSpecPatch"])["containers"]
@@ -115,7 +115,7 @@ def test_fluent_bit_gets_every_variable_its_config_expands(built: BuiltStack) ->
 
 def test_grafana_gets_every_variable_its_provisioning_expands(built: BuiltStack) -> None:
     (grafana,) = [
-        r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "grafana"
+        r for r in built.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["name"] == "grafana"
     ]
     values = grafana.inputs["values"]
     wanted = set(_VAR.findall(json.dumps(values["datasources"])))

@@ -1,0 +1,94 @@
+"""The local stack, deployed for real: every Kubernetes object of the bundle's cluster side
+exists in the API server (which validated each custom resource against its operator's CRD),
+a second `up` changes nothing, a policy edit previews as one small diff, and `destroy`
+leaves nothing behind. This module runs after the admission tests: its last test destroys."""
+
+from __future__ import annotations
+
+import json
+
+from kubernetes import client
+
+from tests.cluster.support import ROOT, Cluster, PulumiRun, pulumi
+
+CRDS = (
+    "kafkas.kafka.strimzi.io",
+    "kafkatopics.kafka.strimzi.io",
+    "kafkanodepools.kafka.strimzi.io",
+    "clusters.postgresql.cnpg.io",
+    "workflows.argoproj.io",
+    "workflowtemplates.argoproj.io",
+)
+NAMESPACES = ("cct-system", "cct-platform")
+
+
+def custom(cluster: Cluster, group: str, version: str, plural: str) -> list[str]:
+    items = client.CustomObjectsApi(cluster.api()).list_namespaced_custom_object(
+        group, version, "cct-system", plural
+    )["items"]
+    return sorted(i["metadata"]["name"] for i in items)
+
+
+def test_operators_crds_and_cct_custom_resources_exist(
+    deployed: PulumiRun, cluster: Cluster
+) -> None:
+    ext = client.ApiextensionsV1Api(cluster.api())
+    names = {c.metadata.name for c in ext.list_custom_resource_definition().items}
+    assert set(CRDS) <= names
+    assert custom(cluster, "kafka.strimzi.io", "v1beta2", "kafkas") == ["cct-kafka"]
+    topics = custom(cluster, "kafka.strimzi.io", "v1beta2", "kafkatopics")
+    assert "cct.cost.anomalies" in {t.replace("-", ".") for t in topics} or len(topics) == 3
+    assert custom(cluster, "postgresql.cnpg.io", "v1", "clusters") == ["cct-pg"]
+    templates = custom(cluster, "argoproj.io", "v1alpha1", "workflowtemplates")
+    assert "cct-rightsize-compute" in templates
+
+
+def test_webhook_is_registered_by_url_at_the_host_handler(
+    deployed: PulumiRun, cluster: Cluster
+) -> None:
+    api = client.AdmissionregistrationV1Api(cluster.api())
+    hook = api.read_validating_webhook_configuration("cct-admission").webhooks[0]
+    assert hook.client_config.url == "https://127.0.0.1:18443/validate"
+    assert hook.client_config.service is None
+    assert hook.namespace_selector.match_labels == {"kubernetes.io/metadata.name": "cct-system"}
+
+
+def test_second_up_changes_nothing(deployed: PulumiRun) -> None:
+    pulumi("up", "--yes", "--skip-preview", "--expect-no-changes")
+
+
+def test_policy_edit_previews_as_one_small_diff(deployed: PulumiRun) -> None:
+    """The GitOps pull-request check (docs/gitops/): a changed policy file is one ConfigMap
+    update, nothing else."""
+    path = ROOT / "policies" / "optimization" / "critical-services.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# preview check\n")
+        preview = pulumi("preview", "--json", "--diff")
+    finally:
+        path.write_text(original)
+    steps = json.loads(preview.stdout)["steps"]
+    changed = [(s["op"], s["urn"].rsplit("::", 1)[-1]) for s in steps if s["op"] != "same"]
+    assert changed == [("update", "handlers-cct-policies")], changed
+
+
+def test_destroy_leaves_nothing_behind(deployed: PulumiRun, cluster: Cluster) -> None:
+    pulumi("destroy", "--yes", "--skip-preview")
+    core = client.CoreV1Api(cluster.api())
+    left = {n.metadata.name for n in core.list_namespace().items} & set(NAMESPACES)
+    assert not left, f"namespaces left: {left}"
+    ext = client.ApiextensionsV1Api(cluster.api())
+    crds = {c.metadata.name for c in ext.list_custom_resource_definition().items}
+    assert not crds, f"CRDs left: {crds}"
+    admission = client.AdmissionregistrationV1Api(cluster.api())
+    assert not admission.list_validating_webhook_configuration().items
+    assert not admission.list_mutating_webhook_configuration().items
+    cluster_roles = [
+        r.metadata.name
+        for r in client.RbacAuthorizationV1Api(cluster.api()).list_cluster_role().items
+        if not r.metadata.name.startswith("system:")
+        and r.metadata.name not in {"admin", "edit", "view", "cluster-admin"}
+    ]
+    assert not cluster_roles, f"cluster roles left: {cluster_roles}"
+    # Redeploy so the cluster is left as `make deploy-local` leaves it.
+    pulumi("up", "--yes", "--skip-preview")
