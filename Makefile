@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: focus-venv venv services services-down services-status lint test unit bench up down e2e \
-	render-alertmanager cluster cluster-build cluster-down cluster-status deploy-local destroy-local
+	render-alertmanager test-cluster cluster cluster-build cluster-down cluster-status deploy-local destroy-local
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -71,17 +71,21 @@ lint: venv
 focus-venv:
 	@scripts/focus-venv
 
-# The README's test command: installs, starts the real services, lints, runs everything.
-# The cluster's tools build in the background meanwhile (~13 min from empty caches, cached
-# under .local/); the cluster tests run once the rest passed and the build is done.
-CLUSTER_BUILD_LOG := .local/cluster/log/make-test-build.log
-test: venv services focus-venv up
-	@mkdir -p $(dir $(CLUSTER_BUILD_LOG)); \
-	python3 scripts/cluster build > $(CLUSTER_BUILD_LOG) 2>&1 & build=$$!; \
-	$(MAKE) --no-print-directory lint && $(VENV)/bin/pytest --ignore=tests/cluster; rc=$$?; \
-	wait $$build || { echo "cluster build failed:"; tail -n 20 $(CLUSTER_BUILD_LOG); exit 1; }; \
-	test $$rc -eq 0 || exit $$rc; \
-	python3 scripts/cluster up && $(VENV)/bin/pytest tests/cluster
+# The README's test command: installs, starts the real services, lints, runs every test but
+# the real-cluster ones (`make test-cluster`). The system tests run last, against the whole
+# local stack (`make up`): its handlers act on everything the shared services hold, so the
+# other tests run before it starts, never beside it.
+STACK_TESTS := tests/e2e tests/faults
+test: venv services focus-venv lint
+	$(VENV)/bin/pytest --ignore=tests/cluster $(addprefix --ignore=,$(STACK_TESTS))
+	@$(MAKE) --no-print-directory up
+	$(VENV)/bin/pytest $(STACK_TESTS)
+
+# The real deployment (issue 18): builds the control plane and the Pulumi engine (Go, long on
+# 2 cores), starts them, and runs the cluster tests. Not part of `make test` yet: the provider
+# build has not been brought under CI's time limit (docs/deployment.md).
+test-cluster: venv cluster
+	$(VENV)/bin/pytest tests/cluster
 
 unit: venv
 	$(VENV)/bin/pytest -m "not services and not cluster"

@@ -464,7 +464,15 @@ def helm_release(
     crds = [
         k8s.apiextensions.v1.CustomResourceDefinition(
             f"{resource_name}-crd-{doc['metadata']['name']}",
-            metadata={"name": doc["metadata"]["name"], "labels": doc["metadata"].get("labels")},
+            metadata={
+                "name": doc["metadata"]["name"],
+                # The chart's own labels, plus the ones every CCT object carries.
+                "labels": {
+                    **(doc["metadata"].get("labels") or {}),
+                    "app.kubernetes.io/part-of": PART_OF,
+                    "app.kubernetes.io/managed-by": MANAGED_BY,
+                },
+            },
             spec=manifest(doc["spec"]),
             opts=opts,
         )

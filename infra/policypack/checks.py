@@ -140,6 +140,11 @@ def check_namespace_pod_security(resource_type: str, props: Props) -> list[str]:
 def check_helm_pinned(resource_type: str, props: Props) -> list[str]:
     if resource_type != "kubernetes:helm.sh/v3:Release":
         return []
+    chart = str(props.get("chart") or "")
+    if _VENDORED_CHART.match(chart):
+        # Vendored in the repository (charts/, with its source, tag and sha256 in
+        # charts/SOURCES.md): the file is the pin, and no repository is contacted.
+        return []
     problems = []
     version = str(props.get("version") or "")
     if not _EXACT_VERSION.match(version):
@@ -148,6 +153,9 @@ def check_helm_pinned(resource_type: str, props: Props) -> list[str]:
     if not repo.startswith("https://"):
         problems.append(f"chart {props.get('chart')} repository {repo!r} is not https")
     return problems
+
+
+_VENDORED_CHART = re.compile(r"^charts/[a-z0-9][a-z0-9-]*-\d+\.\d+\.\d+\.tgz$")
 
 
 def _statements(document: Any) -> list[Mapping[str, Any]]:
@@ -284,7 +292,7 @@ RESOURCE_CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "helm-pinned-charts",
-        "Helm charts are pinned to exact versions from https repositories.",
+        "Helm charts are vendored archives or pinned to exact versions from https repositories.",
         check_helm_pinned,
     ),
     Check(

@@ -108,6 +108,13 @@ BAD_CASES = [
         "chart vault version '0.x' is not an exact version",
     ),
     (
+        checks.check_helm_pinned,
+        "kubernetes:helm.sh/v3:Release",
+        # A local path that is not a vendored, versioned archive is not a pin.
+        {"chart": "charts/vault", "version": ""},
+        "chart charts/vault version '' is not an exact version",
+    ),
+    (
         checks.check_iam_least_privilege,
         "aws:iam/rolePolicy:RolePolicy",
         remediation_policy({"Sid": "S", "Effect": "Allow", "Action": "ec2:*", "Resource": "*"}),
