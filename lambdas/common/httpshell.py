@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from lambdas.common.edge import runner_options
+
 log = logging.getLogger("cct.http")
 
 # Returns None when ready, else why not (a short sentence for operators).
@@ -72,6 +74,8 @@ class Site:
     host: str
     port: int
     ssl_context: ssl.SSLContext | None = None
+    # A connection that has not sent a request's headers by then is closed (slow clients).
+    header_timeout_s: float = 10.0
 
 
 def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -91,7 +95,12 @@ async def serve_until_stopped(
     runners: list[web.AppRunner] = []
     try:
         for site in sites:
-            runner = web.AppRunner(site.app, access_log=None, shutdown_timeout=shutdown_timeout_s)
+            runner = web.AppRunner(
+                site.app,
+                access_log=None,
+                shutdown_timeout=shutdown_timeout_s,
+                **runner_options(site.header_timeout_s),
+            )
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, site.host, site.port, ssl_context=site.ssl_context).start()
@@ -115,9 +124,11 @@ class ThreadedShell:
         host: str,
         port: int,
         not_ready: NotReady = always_ready,
+        header_timeout_s: float = 10.0,
     ) -> None:
         self._app = ops_app(registry, not_ready)
         self._host, self._port = host, port
+        self._header_timeout_s = header_timeout_s
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -134,7 +145,9 @@ class ThreadedShell:
                 self._started.set()
 
             await serve_until_stopped(
-                [Site(self._app, self._host, self._port)], self._stop, on_started=started
+                [Site(self._app, self._host, self._port, header_timeout_s=self._header_timeout_s)],
+                self._stop,
+                on_started=started,
             )
 
         try:

@@ -104,6 +104,9 @@ class DetectorSettings:
     # deployment opens it (the bundle sets 0.0.0.0:8080 in the pod).
     host: str = "127.0.0.1"
     port: int = 18082
+    # CCT_DETECTOR_HEADER_TIMEOUT_S: a scraper that has not sent its request headers by then
+    # is disconnected, so slow clients cannot pile up on the shell's connections.
+    header_timeout_s: float = 10.0
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self) -> None:
@@ -143,6 +146,7 @@ class DetectorSettings:
             bootstrap_hours=env.env_int("CCT_DETECTOR_BOOTSTRAP_HOURS", 3 * WEEK_H + 24),
             host=env.env_str("CCT_DETECTOR_HOST", "127.0.0.1"),
             port=env.env_int("CCT_DETECTOR_PORT", 18082),
+            header_timeout_s=env.env_float("CCT_DETECTOR_HEADER_TIMEOUT_S", 10.0),
             detection=DetectionConfig.from_env(),
         )
 
@@ -1056,7 +1060,13 @@ def serve() -> None:
     metrics = Metrics()
     # Why the detector is not ready yet, or None once a cycle has succeeded.
     state: dict[str, str | None] = {"not_ready": "history not loaded yet"}
-    shell = ThreadedShell(metrics.registry, cfg.host, cfg.port, lambda: state["not_ready"])
+    shell = ThreadedShell(
+        metrics.registry,
+        cfg.host,
+        cfg.port,
+        lambda: state["not_ready"],
+        header_timeout_s=cfg.header_timeout_s,
+    )
     shell.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

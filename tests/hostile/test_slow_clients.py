@@ -122,3 +122,28 @@ def test_trigger_closes_slow_headers(
             port = int(trigger.metrics_url.rsplit(":", 1)[1].split("/")[0])
             head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: y\r\n" * 40
             check("trigger", "headers", port, head)
+
+
+def test_detector_closes_slow_headers(
+    tmp_path: Path, vm_url: str, alertmanager_url: str, pg_dsn: str
+) -> None:
+    port = free_port()
+    env = {
+        "CCT_VM_URL": vm_url,
+        "CCT_ALERTMANAGER_URL": alertmanager_url,
+        "CCT_PG_DSN": pg_dsn,
+        "CCT_DETECTOR_PORT": str(port),
+        # Nothing matches: the process only serves its shell here.
+        "CCT_DETECTOR_SELECTOR": 'billing_account_id="no-such-account"',
+        "CCT_DETECTOR_BOOTSTRAP_HOURS": "0",
+        "CCT_DETECTOR_HEADER_TIMEOUT_S": TIMEOUT_S,
+    }
+    cct = str(Path(sys.executable).parent / "cct")
+    with running(
+        [cct, "serve", "detector"],
+        http_ready(f"http://127.0.0.1:{port}/healthz"),
+        tmp_path / "detector.log",
+        env=env,
+    ):
+        head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: y\r\n" * 40
+        check("detector", "headers", port, head)
