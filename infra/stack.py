@@ -395,7 +395,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                         "CCT_TRIGGER_BACKEND": "argo",
                         "CCT_ARGO_NAMESPACE": ns,
                         "CCT_PLAYBOOKS_FILE": f"{PLAYBOOKS_DIR}/playbooks.yaml",
-                        "CCT_POLICIES_DIR": POLICIES_DIR,
+                        "CCT_POLICY_DIR": POLICIES_DIR,
                         **pg_dsn_env,
                     },
                     config_mounts={"cct-policies": POLICIES_DIR, "cct-playbooks": PLAYBOOKS_DIR},

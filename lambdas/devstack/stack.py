@@ -505,7 +505,7 @@ def parts() -> list[Part]:
                 # Workflows run in their own processes, as Argo runs them in pods.
                 "CCT_TRIGGER_LOCAL_STATE_DIR": str(LOCAL / "workflows"),
                 "CCT_PLAYBOOKS_FILE": str(local_playbooks()),
-                "CCT_POLICIES_DIR": str(ROOT / "policies" / "optimization"),
+                "CCT_POLICY_DIR": str(ROOT / "policies" / "optimization"),
                 # Where the local backend asks for admission, as the API server would.
                 "CCT_TRIGGER_ADMISSION_URL": f"https://{HOST}:{PORTS['admission']}/validate",
                 "CCT_TRIGGER_ADMISSION_CA_FILE": str(tls.ca),

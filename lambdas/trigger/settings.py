@@ -22,6 +22,14 @@ from lambdas.common.settings import (
 )
 from lambdas.events.cloudevents import EventLimits
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _from_repo(value: str) -> Path:
+    """A relative path names a file of the repository, wherever the trigger was started."""
+    path = Path(value)
+    return path if path.is_absolute() else REPO / path
+
 
 @dataclass(frozen=True)
 class TriggerSettings:
@@ -44,7 +52,7 @@ class TriggerSettings:
         or CCT_PG_DSN.
     backend: CCT_TRIGGER_BACKEND, `argo` (default, in the cluster) or `local` (development).
     playbooks_file: CCT_PLAYBOOKS_FILE, default `policies/playbooks.yaml` (schema beside it).
-    policies_dir: CCT_POLICIES_DIR, default `policies/optimization`.
+    policies_dir: CCT_POLICY_DIR, default `policies/optimization`.
     namespace: CCT_ARGO_NAMESPACE, default `cct-system`, where Workflows are created.
     kube_api_url / kube_token_file / kube_ca_file: CCT_KUBE_API_URL, CCT_KUBE_TOKEN_FILE,
         CCT_KUBE_CA_FILE; unset API URL = the pod's in-cluster service account.
@@ -120,8 +128,8 @@ class TriggerSettings:
             group_id=env_str("CCT_TRIGGER_GROUP", "cct-trigger"),
             pg_dsn=pg_dsn_source(),
             backend="local" if backend == "local" else "argo",
-            playbooks_file=Path(env_str("CCT_PLAYBOOKS_FILE", "policies/playbooks.yaml")),
-            policies_dir=Path(env_str("CCT_POLICIES_DIR", "policies/optimization")),
+            playbooks_file=_from_repo(env_str("CCT_PLAYBOOKS_FILE", "policies/playbooks.yaml")),
+            policies_dir=_from_repo(env_str("CCT_POLICY_DIR", "policies/optimization")),
             namespace=env_str("CCT_ARGO_NAMESPACE", "cct-system"),
             kube_api_url=os.environ.get("CCT_KUBE_API_URL") or None,
             kube_token_file=os.environ.get("CCT_KUBE_TOKEN_FILE") or None,

@@ -468,7 +468,7 @@ def trigger_process(workdir: Path, env: dict[str, str]) -> Iterator[Trigger]:
         "CCT_TRIGGER_HOST": "127.0.0.1",
         "CCT_TRIGGER_PORT": str(port),
         "CCT_PLAYBOOKS_FILE": str(ROOT / "policies" / "playbooks.yaml"),
-        "CCT_POLICIES_DIR": str(ROOT / "policies" / "optimization"),
+        "CCT_POLICY_DIR": str(ROOT / "policies" / "optimization"),
         # The smallest session the broker allows: a killed replica's partitions move fast.
         "CCT_TRIGGER_SESSION_TIMEOUT_MS": "6000",
         **env,
