@@ -44,6 +44,8 @@ HANDLER_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "trigger": {
         "optimization_runs": ("select", "insert", "update"),
         "policy_decisions": ("select", "insert"),
+        # The policy pre-check reads the resource's tags (lambdas/trigger/processor.py).
+        "resource_inventory": ("select",),
     },
     # lambdas.store.decisions
     "admission": {

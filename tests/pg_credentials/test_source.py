@@ -253,6 +253,11 @@ def test_every_long_running_handler_reads_the_dsn_file(
     monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", str(tmp_path / "tls.key"))
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_CA", str(tmp_path / "client-ca.crt"))
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver")
+    kafka_password = tmp_path / "kafka-password"
+    kafka_password.write_text("p\n")
+    monkeypatch.setenv("CCT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("CCT_KAFKA_USERNAME", "trigger")
+    monkeypatch.setenv("CCT_KAFKA_PASSWORD_FILE", str(kafka_password))
     with pytest.raises(SettingsError, match=rf"^CCT_PG_DSN_FILE={path}: file not found"):
         read()
     path.write_text("postgresql://v-user:pw@pg/cct?sslmode=require")
