@@ -32,6 +32,7 @@ Nothing is asserted here; tests/faults asserts it for the cheap faults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -214,11 +215,10 @@ def settle(stack: Stack, ids: list[str], timeout: float) -> bool:
             break
         time.sleep(1)
     while time.monotonic() < deadline:
-        try:
+        # Kafka may still be coming back after its own fault.
+        with contextlib.suppress(Exception):
             if trigger_lag(stack.bootstrap) == 0:
                 return True
-        except Exception:  # noqa: S110 - Kafka may still be coming back
-            pass
         time.sleep(1)
     return False
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class RenderError(ValueError):
-    pass
+    """The stack named on the command line cannot be rendered."""
 
 
 def stack_namespace(stack: str, root: Path = ROOT) -> str:

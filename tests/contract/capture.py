@@ -222,8 +222,8 @@ class Writer:
             lines += resource_lines(labels, float(r.usd_per_hour or 0.0), None, ts)
         lines += self.rollups.rollup_lines(groups, {}, ts)
         req = urllib.request.Request(f"{self.vm_url}/api/v1/import/prometheus", data=body(lines))
-        with urllib.request.urlopen(req, timeout=10):
-            pass
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
 
 
 def _normalize(alert: Mapping[str, Any], uid: str) -> dict[str, Any]:

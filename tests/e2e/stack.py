@@ -58,8 +58,8 @@ class Stack:
         bad = []
         for name, part in self.doc["parts"].items():
             try:
-                with urllib.request.urlopen(part["health"], timeout=5):
-                    pass
+                with urllib.request.urlopen(part["health"], timeout=5) as resp:
+                    resp.read()
             except OSError:
                 bad.append(f"{name} ({part['health']}, log {part['log']})")
         return bad

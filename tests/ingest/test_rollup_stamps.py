@@ -45,8 +45,8 @@ def test_the_later_total_wins_in_victoriametrics_whatever_the_write_order(
     # The writer sends the complete total first (the worst order).
     for lines in (complete, partial):
         req = urllib.request.Request(f"{vm_url}/api/v1/import/prometheus", data=body(lines))
-        with urllib.request.urlopen(req, timeout=5):
-            pass
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
     query = f'cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{account}",basis="list"}}'
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@ a plain or TLS socket, and reports whether (and after how long) the server close
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -61,11 +62,10 @@ def slow_request(
                     return SlowResult(True, time.monotonic() - started, sent, answer)
                 # An answer (408) before the body is complete: wait for the close.
                 sock.settimeout(max(give_up_s - (time.monotonic() - started), 0.1))
-                try:
+                # A reset instead of a clean close still means the server gave up on us.
+                with contextlib.suppress(OSError):
                     while chunk := sock.recv(65536):
                         answer += chunk
-                except OSError:
-                    pass
                 return SlowResult(True, time.monotonic() - started, sent, answer)
         return SlowResult(False, time.monotonic() - started, sent, answer)
     finally:
