@@ -31,7 +31,7 @@ from typing import Any, Literal
 from lambdas.trigger.admission import AdmissionClient
 from lambdas.trigger.backends import RetryableSubmitError, Submission
 from lambdas.trigger.core import WorkflowRun
-from lambdas.trigger.local import LocalBackend, step_environment
+from lambdas.trigger.local import LocalBackend, StepRunner, step_environment
 
 
 def _alive(pid: int) -> bool:
@@ -56,9 +56,13 @@ class DetachedLocalBackend:
         command: Sequence[str] = ("cct",),
         admission: AdmissionClient | None = None,
         env: Mapping[str, str] | None = None,
+        step_runner: StepRunner = "process",
     ) -> None:
         self.state_dir = state_dir
         self.command = list(command)
+        # How the runner runs each step (`lambdas.trigger.local`): `fork` saves a Python
+        # start-up per step; `process` runs `command` as a pod would.
+        self.step_runner = step_runner
         self.admission = admission
         self.env = dict(env) if env is not None else step_environment(os.environ)
         # Runner processes this backend started; finished ones are reaped on each submit.
@@ -91,6 +95,7 @@ class DetachedLocalBackend:
             "rule_id": run.rule_id,
             "parameters": dict(run.parameters),
             "command": self.command,
+            "step_runner": self.step_runner,
             "created_at": time.time(),
         }
         try:
@@ -141,11 +146,15 @@ def run_object(obj: Path) -> dict[str, Any]:
         rule_id=doc["rule_id"],
         parameters=MappingProxyType({str(k): str(v) for k, v in doc["parameters"].items()}),
     )
-    submission = LocalBackend(command=doc["command"]).submit(run)
+    backend = LocalBackend(command=doc["command"], step_runner=doc.get("step_runner", "process"))
+    started = time.time()
+    submission = backend.submit(run)
     return {
         "run_id": run.run_id,
         "detail": submission.detail,
         "failure": submission.failure,
+        "started_at": started,
+        "steps": [{"step": step, "seconds": seconds} for step, seconds in backend.timings],
         "finished_at": time.time(),
     }
 
