@@ -83,8 +83,10 @@ def preload_steps() -> None:
     import lambdas.steps.cli
     import lambdas.steps.cloud
     import lambdas.steps.steps
+    from lambdas.steps.providers import aws
 
     lambdas.steps.cli.redact_logging()
+    aws.warm()
 
 
 def run_forked(step: str, document: dict[str, Any], timeout_s: float) -> StepResult:
