@@ -8,6 +8,8 @@ through the real AWS forwarder to the collector:
   the playbook stops it: auto-approved, dry run off);
 - existing: a small gp3 disk whose run-rate the detector has already seen is grown to 2 TB
   (the playbook snapshots and deletes it: auto-approved, dry run off).
+A sample's clock starts when the simulator's API call that changed the cloud returned (before
+its CloudTrail event goes through the forwarder), not when the benchmark began to make it.
 Each sample comes from its own account, so the shipped blast-radius policy (5 automatic
 actions per account and hour) never turns a sample into an approval.
 
@@ -244,16 +246,15 @@ def main() -> None:
     with TopicWatch(stack.bootstrap, (contract.TOPIC_ANOMALIES,)) as watch:
         disks = prepare_existing(stack, args.existing, args.timeout)
         for acct, vol in disks:
-            changed = time.time()
-            stack.simulator(acct).modify_volume(vol, 2000)
-            samples.append(Sample("existing", vol, changed))
+            sim = stack.simulator(acct)
+            sim.modify_volume(vol, 2000)
+            samples.append(Sample("existing", vol, sim.changed_at))
             time.sleep(args.interval)
         for _ in range(args.new):
             sim = stack.simulator(account())
-            changed = time.time()
             iid = sim.run_instance("m5.xlarge", {"env": "dev", "team": "bench"})
+            samples.append(Sample("new", iid, sim.changed_at))
             sim.put_cpu("AWS/EC2", "InstanceId", iid, avg=1.0, peak=3.0)
-            samples.append(Sample("new", iid, changed))
             time.sleep(args.interval)
         workflows = Path(stack.doc["parts"]["trigger"]["workflows"])
         observe(stack, watch, samples, args.timeout, workflows)
