@@ -126,7 +126,11 @@ def observe(
                     s.verified_at = rows[0][1]
                     if not s.steps:
                         hop_times(stack, s, rows[0][4], workflows)
-        if all(s.verified_at or (s.runs and s.started_at and _final(stack, s)) for s in samples):
+        # A verified run's runner writes its outcome file just after the run's row.
+        if all(
+            (s.verified_at and s.steps) or (s.runs and s.started_at and _final(stack, s))
+            for s in samples
+        ):
             return
         time.sleep(0.5)
 

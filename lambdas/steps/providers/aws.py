@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambdas.steps import polling
 from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import AccessDenied, InvalidInput, NotFound, Permanent, Retryable
 
@@ -88,7 +89,9 @@ class AwsSession:
     region: str
     credentials: Mapping[str, str] = field(repr=False)
     endpoint_url: str | None = None
-    poll_interval_s: float = 2.0
+    # Polls of a running operation: from poll_initial_s, doubling up to poll_max_s.
+    poll_initial_s: float = polling.POLL_INITIAL_S
+    poll_max_s: float = polling.POLL_MAX_S
     timeout_s: float = 900.0
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -115,10 +118,8 @@ class AwsSession:
 
     def wait(self, what: str, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.timeout_s
-        while not check():
-            if time.monotonic() > deadline:
-                raise Retryable(f"{what}: not finished after {self.timeout_s:.0f}s")
-            time.sleep(self.poll_interval_s)
+        if not polling.wait_until(check, deadline, self.poll_initial_s, self.poll_max_s):
+            raise Retryable(f"{what}: not finished after {self.timeout_s:.0f}s")
 
 
 def _code(exc: Any) -> str:
