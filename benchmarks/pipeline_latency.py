@@ -128,7 +128,7 @@ def observe(
                         hop_times(stack, s, rows[0][4], workflows)
         # A verified run's runner writes its outcome file just after the run's row.
         if all(
-            (s.verified_at and s.steps) or (s.runs and s.started_at and _final(stack, s))
+            s.steps if s.verified_at else (s.runs and s.started_at and _final(stack, s))
             for s in samples
         ):
             return
