@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.stack import Stack, get_json, wait_for
-from tests.ingest.test_billing import focus_rows, write
+from tests.ingest.test_billing import HOUR0, focus_rows, write
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.timeout(600)]
 TIMEOUT_S = 120.0
@@ -60,8 +61,16 @@ def test_billing_loader_on_demand_on_request_and_broken_files(stack: Stack) -> N
             "select status, rows_read from billing_loads where billing_account_id = %s", account
         )
         assert loads == [("current", 8)], loads
-        billed = stack.vm_query(f'sum(cct_billed_cost_usd{{billing_account_id="{account}"}})')
-        assert billed, "the billed cost series is not in VictoriaMetrics"
+        # The rows are of September 2024: ask VictoriaMetrics at that time.
+        q = urllib.parse.urlencode(
+            {
+                "query": f'sum(cct_billed_cost_usd{{billing_account_id="{account}"}})',
+                "time": str(HOUR0 + 2 * 3600),
+            }
+        )
+        vm = stack.service("victoriametrics")["url"]
+        billed = get_json(f"{vm}/api/v1/query?{q}")["data"]["result"]
+        assert billed and float(billed[0]["value"][1]) > 0, billed
 
         # On request: POST /run loads every delivery again; unchanged content writes nothing.
         t1 = time.time()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -95,16 +95,29 @@ def _action_row(stack: Stack, run_id: str) -> tuple[object, ...]:
     return rows[0]
 
 
+def test_azure_and_gcp_changes_are_priced_alerted_and_published(
+    stack: Stack, launched: Launched
+) -> None:
+    """The early hops of both, first: once a workflow stops a machine its alert resolves."""
+    vm, inst = launched.azure_vm, launched.gcp_instance
+    assert priced(stack, vm) > 0 and priced(stack, inst) > 0
+    for s, provider, rtype in (
+        (vm, "azure", "Microsoft.Compute/virtualMachines"),
+        (inst, "gcp", "compute.googleapis.com/Instance"),
+    ):
+        labels = alerted(stack, s)["labels"]
+        assert labels["resource_type"] == rtype and labels["provider"] == provider, labels
+        assert labels["env"] == "dev", labels
+    # Standard_D2s_v3 is $0.096/h (warning); e2-standard-8 about $0.27/h pages.
+    paged(stack, inst)
+    on_kafka(launched.watch, vm)
+    on_kafka(launched.watch, inst)
+
+
 def test_new_azure_vm_is_deallocated(stack: Stack, launched: Launched) -> None:
     s = launched.azure_vm
     azure = stack.azure(launched.subscription)
     rid = s.resource_id
-    assert priced(stack, s) > 0
-    alert = alerted(stack, s)
-    labels = alert["labels"]
-    assert labels["resource_type"] == "Microsoft.Compute/virtualMachines", labels
-    assert labels["env"] == "dev" and labels["provider"] == "azure", labels
-    on_kafka(launched.watch, s)
     run = run_of(stack, s)
     assert run["playbook"] == "stop-idle-compute"
     s.hop("admission decision allow", lambda: decisions(stack, run["run_id"]).get("admission"))
@@ -119,26 +132,14 @@ def test_new_azure_vm_is_deallocated(stack: Stack, launched: Launched) -> None:
     name, outcome, dry_run, before, after, verified = _action_row(stack, run["run_id"])
     assert name == "azure.compute.deallocate_vm" and outcome == "changed" and dry_run is False
     assert before != after and verified is not None and verified > 0
-
     # The deallocation went back through Event Grid and the forwarder: the collector's
     # run-rate for the VM drops to zero.
-    def stopped() -> bool:
-        found = stack.vm_query(f'cct_cost_rate_usd_per_hour{{resource_id="{rid}"}}')
-        return bool(found) and sum(float(r["value"][1]) for r in found) == 0
-
-    s.hop("run-rate back to zero (deallocate event via the forwarder)", stopped)
+    s.hop("run-rate back to zero (deallocate event via the forwarder)", _rate_zero(stack, s))
 
 
 def test_new_gcp_instance_is_stopped(stack: Stack, launched: Launched) -> None:
     s = launched.gcp_instance
     gcp = stack.gcp(launched.project)
-    assert priced(stack, s) > 0
-    alert = alerted(stack, s)
-    labels = alert["labels"]
-    assert labels["resource_type"] == "compute.googleapis.com/Instance", labels
-    assert labels["env"] == "dev" and labels["provider"] == "gcp", labels
-    paged(stack, s)
-    on_kafka(launched.watch, s)
     run = run_of(stack, s)
     assert run["playbook"] == "stop-idle-compute"
     s.hop("admission decision allow", lambda: decisions(stack, run["run_id"]).get("admission"))
@@ -155,9 +156,12 @@ def test_new_gcp_instance_is_stopped(stack: Stack, launched: Launched) -> None:
     name, outcome, dry_run, before, after, verified = _action_row(stack, run["run_id"])
     assert name == "gcp.compute.stop_instance" and outcome == "changed" and dry_run is False
     assert before != after and verified is not None and verified > 0
+    s.hop("run-rate back to zero (stop audit entry via the forwarder)", _rate_zero(stack, s))
 
-    def stopped() -> bool:
+
+def _rate_zero(stack: Stack, s: Scenario) -> Callable[[], bool]:
+    def check() -> bool:
         found = stack.vm_query(f'cct_cost_rate_usd_per_hour{{resource_id="{s.resource_id}"}}')
         return bool(found) and sum(float(r["value"][1]) for r in found) == 0
 
-    s.hop("run-rate back to zero (stop audit entry via the forwarder)", stopped)
+    return check
