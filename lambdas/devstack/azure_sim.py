@@ -41,6 +41,7 @@ from lambdas.devstack.simbase import (
     Response,
     Tokens,
     metrics_text,
+    obj,
     same_secret,
     serve,
 )
@@ -124,7 +125,7 @@ class AzureSimulator:
 
     # ------------------------------------------------------------------ identity
     def client_credentials(self, req: Request) -> Response:
-        form = req.body if isinstance(req.body, dict) else {}
+        form = obj(req.body)
         if form.get("grant_type") != "client_credentials":
             raise aad_error(400, "unsupported_grant_type", "AADSTS70003: grant type")
         client_id = str(form.get("client_id", ""))
@@ -184,8 +185,8 @@ class AzureSimulator:
             raise graph_error(403, "Authorization_RequestDenied", "Insufficient privileges.")
         parts = req.path.strip("/").split("/")  # v1.0 applications [id [addPassword]]
         if parts[1:] == ["applications"] and req.method == "POST":
-            body = req.body if isinstance(req.body, dict) else {}
-            app = {
+            body = obj(req.body)
+            app: dict[str, Any] = {
                 "id": str(uuid.uuid4()),
                 "appId": str(uuid.uuid4()),
                 "displayName": str(body.get("displayName", "")),
@@ -197,30 +198,28 @@ class AzureSimulator:
             return 201, {}, app
         if len(parts) == 4 and parts[1] == "applications" and parts[3] == "addPassword":
             with self.lock:
-                app = self.applications.get(parts[2])
-                if app is None or req.method != "POST":
+                found = self.applications.get(parts[2])
+                if found is None or req.method != "POST":
                     raise graph_error(404, "Request_ResourceNotFound", parts[2])
                 secret = uuid.uuid4().hex + uuid.uuid4().hex
                 cred = {
                     "keyId": str(uuid.uuid4()),
-                    "displayName": ((req.body or {}).get("passwordCredential") or {}).get(
-                        "displayName"
-                    ),
+                    "displayName": obj(req.body, "passwordCredential").get("displayName"),
                     "startDateTime": _now(),
                     "endDateTime": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
                     "hint": secret[:3],
                     "secretText": secret,
                 }
-                self.clients[app["appId"]] = (secret, CONTRIBUTOR)
+                self.clients[found["appId"]] = (secret, CONTRIBUTOR)
             return 200, {}, cred
         if len(parts) == 3 and parts[1] == "applications" and req.method == "DELETE":
             with self.lock:
-                app = self.applications.pop(parts[2], None)
-                if app is None:
+                gone = self.applications.pop(parts[2], None)
+                if gone is None:
                     raise graph_error(404, "Request_ResourceNotFound", parts[2])
-                self.clients.pop(app["appId"], None)
+                self.clients.pop(gone["appId"], None)
                 # Deleting the application ends its service principal's access at once.
-                self.tokens.revoke(app["appId"])
+                self.tokens.revoke(gone["appId"])
             return 204, {}, None
         raise graph_error(404, "Request_BadRequest", f"{req.method} {req.path}")
 
@@ -318,20 +317,20 @@ class AzureSimulator:
         body = req.body if isinstance(req.body, dict) else None
         if body is None or not isinstance(body.get("location"), str):
             raise arm_error(400, "LocationRequired", "The location property is required.")
-        props = body.get("properties") if isinstance(body.get("properties"), dict) else {}
+        props = obj(body, "properties")
         name = rid.rsplit("/", 1)[1]
         doc: dict[str, Any] = {
             "id": rid,
             "name": name,
             "type": TYPES[rtype],
             "location": body["location"],
-            "tags": {str(k): str(v) for k, v in (body.get("tags") or {}).items()},
+            "tags": {str(k): str(v) for k, v in obj(body, "tags").items()},
         }
         if rtype == "microsoft.compute/virtualmachines":
-            size = (props.get("hardwareProfile") or {}).get("vmSize")
+            size = obj(props, "hardwareProfile").get("vmSize")
             if not isinstance(size, str) or not size.startswith("Standard_"):
                 raise arm_error(400, "InvalidParameter", "hardwareProfile.vmSize is required")
-            os_disk = (props.get("storageProfile") or {}).get("osDisk") or {}
+            os_disk = obj(props, "storageProfile", "osDisk")
             doc["properties"] = {
                 "vmId": str(uuid.uuid4()),
                 "hardwareProfile": {"vmSize": size},
@@ -342,7 +341,7 @@ class AzureSimulator:
             size = props.get("diskSizeGB")
             if not isinstance(size, int) or not 1 <= size <= 65536:
                 raise arm_error(400, "InvalidParameter", "properties.diskSizeGB is required")
-            doc["sku"] = {"name": str((body.get("sku") or {}).get("name", "Premium_LRS"))}
+            doc["sku"] = {"name": str(obj(body, "sku").get("name", "Premium_LRS"))}
             doc["properties"] = {
                 "creationData": props.get("creationData") or {"createOption": "Empty"},
                 "diskSizeGB": size,
@@ -350,7 +349,7 @@ class AzureSimulator:
                 "provisioningState": "Succeeded",
             }
         else:  # snapshot of a disk
-            source = ((props.get("creationData") or {}).get("sourceResourceId")) or ""
+            source = str(obj(props, "creationData").get("sourceResourceId") or "")
             src = self.read(source)
             doc["properties"] = {
                 "creationData": props.get("creationData"),
@@ -367,12 +366,12 @@ class AzureSimulator:
         return (201 if created else 200), headers, self.read(rid)
 
     def patch(self, req: Request, rid: str, grant: Grant) -> Response:
-        body = req.body if isinstance(req.body, dict) else {}
+        body = obj(req.body)
         with self.lock:
             doc = self.resources.get(rid.lower())
             if doc is None:
                 raise arm_error(404, "ResourceNotFound", rid)
-            size = ((body.get("properties") or {}).get("hardwareProfile") or {}).get("vmSize")
+            size = obj(body, "properties", "hardwareProfile").get("vmSize")
             if size is not None:
                 if doc["type"] != TYPES["microsoft.compute/virtualmachines"] or not str(
                     size
@@ -414,8 +413,8 @@ class AzureSimulator:
     def tags(self, req: Request, rid: str, grant: Grant) -> Response:
         if req.method != "PATCH":
             raise arm_error(405, "MethodNotAllowed", req.method)
-        body = req.body if isinstance(req.body, dict) else {}
-        given = ((body.get("properties") or {}).get("tags")) or {}
+        body = obj(req.body)
+        given = obj(body, "properties", "tags")
         operation = body.get("operation")
         with self.lock:
             doc = self.resources.get(rid.lower())

@@ -31,11 +31,12 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from lambdas.billing.adapters import ADAPTERS
+from lambdas.devstack.simbase import HttpError, Request, Response
+from lambdas.devstack.simbase import serve as serve_http
 
 log = logging.getLogger(__name__)
 EXIT_INVALID = 65
@@ -187,51 +188,33 @@ class BillingDrop:
 
 
 def serve(drop: BillingDrop, host: str, port: int) -> None:
-    import signal
+    """GET /status, POST /run (and the shared /healthz, /metrics) until SIGTERM."""
+
+    def app(req: Request) -> Response:
+        if req.method == "GET" and req.path == "/status":
+            return 200, {}, drop.status()
+        if req.method == "POST" and req.path == "/run":
+            drop.request()
+            return 202, {}, {"requested": True}
+        raise HttpError(404, {"error": "not found"})
+
+    def metrics() -> str:
+        status = drop.status()
+        last = status["last_run"] or {}
+        return (
+            f"cct_billing_drop_runs_total {status['runs']}\n"
+            f"cct_billing_drop_last_run_ok {int(bool(last.get('ok')))}\n"
+        )
 
     stop = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug(fmt, *args)
-
-        def _json(self, status: int, doc: Any) -> None:
-            data = json.dumps(doc, default=str).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._json(200, {"status": "ok"})
-            elif self.path == "/status":
-                self._json(200, drop.status())
-            else:
-                self._json(404, {"error": "not found"})
-
-        def do_POST(self) -> None:
-            if self.path == "/run":
-                drop.request()
-                self._json(202, {"requested": True})
-            else:
-                self._json(404, {"error": "not found"})
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-
-    def shutdown(*_: object) -> None:
-        stop.set()
-        drop.wake.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
     worker = threading.Thread(target=drop.loop, args=(stop,), daemon=True)
     worker.start()
-    server.serve_forever(poll_interval=0.2)
-    worker.join(30)
+    try:
+        serve_http(app, host, port, metrics, "billing drop")
+    finally:
+        stop.set()
+        drop.wake.set()
+        worker.join(30)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from lambdas.devstack.simbase import (
     Response,
     Tokens,
     metrics_text,
+    obj,
     serve,
 )
 from lambdas.forwarders import gcp as forwarder
@@ -167,7 +168,7 @@ class GcpSimulator:
             )
         if email not in self.service_accounts:
             raise google_error(404, "notFound", f"Service account {email} not found")
-        body = req.body if isinstance(req.body, dict) else {}
+        body = obj(req.body)
         lifetime = str(body.get("lifetime", "3600s"))
         try:
             seconds = int(lifetime.rstrip("s"))
@@ -218,7 +219,7 @@ class GcpSimulator:
     def on_instances(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
         if req.method != "POST":
             raise google_error(405, "methodNotAllowed", req.method)
-        body = req.body if isinstance(req.body, dict) else {}
+        body = obj(req.body)
         name = body.get("name")
         machine = body.get("machineType")
         if not isinstance(name, str) or not re.fullmatch(_NAME, name):
@@ -272,7 +273,7 @@ class GcpSimulator:
         if req.method != "POST" or verb not in ("stop", "start", "setMachineType", "setLabels"):
             raise google_error(404, "notFound", req.path)
         key = self._key(p, "instances")
-        body = req.body if isinstance(req.body, dict) else {}
+        body = obj(req.body)
         with self.lock:
             inst = self._instance(key)
             if verb == "stop":
@@ -306,7 +307,7 @@ class GcpSimulator:
     def on_disks(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
         if req.method != "POST":
             raise google_error(405, "methodNotAllowed", req.method)
-        body = req.body if isinstance(req.body, dict) else {}
+        body = obj(req.body)
         name = body.get("name")
         if not isinstance(name, str) or not re.fullmatch(_NAME, name):
             raise google_error(400, "invalid", "Invalid value for field 'resource.name'")
@@ -355,7 +356,7 @@ class GcpSimulator:
 
     def on_disk_verb(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
         key = self._key(p, "disks")
-        body = req.body if isinstance(req.body, dict) else {}
+        body = obj(req.body)
         name = body.get("name")
         if req.method != "POST" or not isinstance(name, str) or not re.fullmatch(_NAME, name):
             raise google_error(400, "invalid", "Invalid value for field 'resource.name'")

@@ -58,6 +58,14 @@ class Rejected(Exception):
     """The forwarder refused the event (it is not one it forwards): counted, never retried."""
 
 
+def obj(value: Any, *keys: str) -> dict[str, Any]:
+    """The JSON object at `keys` under `value`; {} where a caller sent anything else, so a
+    hostile body gets the provider's validation error, never a crash."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 # (status, extra headers, JSON body or None for an empty body)
 Response = tuple[int, dict[str, str], Any]
 App = Callable[[Request], Response]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -556,15 +557,12 @@ def cloud_credentials() -> None:
         lambda: {"user": client("contributor"), "vault": client("graph-admin")},
     )
     for name in ("user", "vault"):
-        c = clients[name]
-        _secret_json(
-            AZURE_DIR / f"{name}.json",
-            lambda c=c: {
-                "tenant": AZURE_TENANT,
-                "client_id": c["client_id"],
-                "client_secret": c["client_secret"],
-            },
-        )
+        sign_in = {
+            "tenant": AZURE_TENANT,
+            "client_id": clients[name]["client_id"],
+            "client_secret": clients[name]["client_secret"],
+        }
+        _secret_json(AZURE_DIR / f"{name}.json", functools.partial(dict, sign_in))
     secret("azure-sim/identity-header")
 
     def principal(name: str, role: str) -> dict[str, str]:
@@ -582,8 +580,8 @@ def cloud_credentials() -> None:
         },
     )
     for name in ("user", "vault"):
-        token = gcp["principals"][name]["token"]
-        secret(f"gcp-sim/{name}.token", lambda token=token: token)
+        token: str = gcp["principals"][name]["token"]
+        secret(f"gcp-sim/{name}.token", functools.partial(str, token))
 
 
 STEPS_GCP_ROLESET = "cct-remediation"

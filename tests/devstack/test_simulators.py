@@ -227,15 +227,42 @@ def test_vault_azure_engine_makes_and_deletes_a_service_principal(
     assert again.status_code == 401
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+KEYS = ["location", "properties", "hardwareProfile", "vmSize", "tags", "sku", "name"]
+KEYS += ["operation", "creationData", "diskSizeGB", "labels", "machineType", "sizeGb"]
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner),
+    max_leaves=12,
 )
+ARM_PATHS = [
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm",
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d",
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/x",
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm/deallocate",
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+    "/providers/Microsoft.Resources/tags/default",
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+    "/providers/Microsoft.Insights/metrics",
+]
+GCP_PATHS = [
+    "/compute/v1/projects/shop-test1/zones/us-central1-a/instances",
+    "/compute/v1/projects/shop-test1/zones/us-central1-a/instances/api-1/setLabels",
+    "/compute/v1/projects/shop-test1/zones/us-central1-a/instances/api-1/setMachineType",
+    "/compute/v1/projects/shop-test1/zones/us-central1-a/disks",
+    "/compute/v1/projects/shop-test1/zones/us-central1-a/disks/d-1/createSnapshot",
+    "/v3/projects/shop-test1/timeSeries",
+]
+HOSTILE = settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@HOSTILE
 @given(
-    path=st.text(alphabet="/abcdefghijklmnopqrstuvwxyzACMR.-_0123456789", max_size=120),
+    path=st.sampled_from(ARM_PATHS)
+    | st.text(alphabet="/abcdefghijklmnopqrstuvwxyzACMR.-_0123456789", max_size=120),
     method=st.sampled_from(["GET", "PUT", "PATCH", "POST", "DELETE"]),
-    body=st.one_of(
-        st.none(), st.binary(max_size=300), st.dictionaries(st.text(max_size=8), st.integers())
-    ),
+    body=st.one_of(JSON, st.binary(max_size=200)),
 )
 def test_azure_hostile_requests_get_a_4xx_and_the_server_keeps_serving(
     azure_env: dict[str, Any], path: str, method: str, body: Any
@@ -247,6 +274,28 @@ def test_azure_hostile_requests_get_a_4xx_and_the_server_keeps_serving(
         f"{azure_env['url']}/{path.lstrip('/')}",
         params={"api-version": "2024-07-01"},
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        **kwargs,
+    )
+    assert resp.status_code < 500, (resp.status_code, resp.text)
+
+
+@HOSTILE
+@given(
+    path=st.sampled_from(GCP_PATHS),
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    body=st.one_of(JSON, st.binary(max_size=200)),
+)
+def test_gcp_hostile_requests_get_a_4xx_and_the_server_keeps_serving(
+    gcp_env: dict[str, Any], path: str, method: str, body: Any
+) -> None:
+    gcp_env["user"].insert_instance("api-1", "e2-small", {}) if not gcp_env[
+        "sim"
+    ].instances else None
+    kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+    resp = call(
+        method,
+        f"{gcp_env['url']}{path}",
+        headers={"Authorization": "Bearer ya29.user", "Content-Type": "application/json"},
         **kwargs,
     )
     assert resp.status_code < 500, (resp.status_code, resp.text)

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,7 @@ def priced(stack: Stack, s: Scenario) -> float:
     return s.hop("priced run-rate in VictoriaMetrics", check)
 
 
-def _action_row(stack: Stack, run_id: str) -> tuple[object, ...]:
+def _action_row(stack: Stack, run_id: str) -> tuple[Any, ...]:
     rows = stack.sql(
         "select action, outcome, dry_run, before_state, after_state,"
         " verified_monthly_saving_usd from optimization_actions where run_id = %s",
