@@ -181,15 +181,24 @@ def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int
 
     numpy's nanmedian warns on empty rows and is several times slower on short rows.
     """
+    width = a.shape[1]
     count = np.count_nonzero(~np.isnan(a), axis=1)
-    if a.shape[1] == 0:
+    if width == 0:
         return np.full(a.shape[0], np.nan), count
-    ordered = np.sort(a, axis=1)  # NaN sorts last
-    lo = np.clip((count - 1) // 2, 0, a.shape[1] - 1)
-    hi = np.clip(count // 2, 0, a.shape[1] - 1)
-    rows = np.arange(a.shape[0])
-    med = (ordered[rows, lo].astype(np.float64) + ordered[rows, hi]) / 2.0
-    med[count == 0] = np.nan
+    med = np.full(a.shape[0], np.nan)
+    # Full rows (the common case) by partition, the same two middle values as a sort at a
+    # fraction of its cost; rows with gaps by a sort (NaN sorts last).
+    full = count == width
+    if full.any():
+        lo, hi = (width - 1) // 2, width // 2
+        part = np.partition(a[full], (lo, hi), axis=1)
+        med[full] = (part[:, lo].astype(np.float64) + part[:, hi]) / 2.0
+    gaps = np.flatnonzero(~full & (count > 0))
+    if gaps.size:
+        ordered = np.sort(a[gaps], axis=1)
+        c = count[gaps]
+        rows = np.arange(gaps.size)
+        med[gaps] = (ordered[rows, (c - 1) // 2].astype(np.float64) + ordered[rows, c // 2]) / 2.0
     return med, count
 
 
