@@ -15,10 +15,12 @@ Three rules, one incident per series:
   estimate; during warm-up a static threshold above the highest value seen so far.
 - budgets are not here: they are rendered as vmalert rules (`lambdas.detector.rules`).
 
-An incident opens only on a value above the series' record: the `record_rank`-th highest
-daily high of the last RECORD_DAYS days (of the value for day-0, of the residual above the
-seasonal baseline for the seasonal rule; values inside incidents left out), so a series
-that spikes every few days does not report its everyday spikes.
+Opt-in (`record_rank` > 0): an incident opens only on a value above the series' record,
+`record_margin` x the `record_rank`-th highest daily high of the last RECORD_DAYS days (of
+the value for day-0, of the residual above the seasonal baseline for the seasonal rule;
+values inside incidents left out), so a series that spikes every few days does not report
+its everyday spikes. Off by default: on the real corpus it lost more recall than it saved
+false incidents on the evaluation part (docs/detection.md, "Record").
 
 Every rule needs an increase that is material twice over: at least the level's absolute
 floor in $/h and at least `min_relative_increase` of the series' own level. The noise a
@@ -574,8 +576,9 @@ class Engine:
             )
             return material(d0, ref, f) & big & (d0 >= k * f * noise0)
 
-        # The record: opening needs a value above the series' recent daily highs (a series
-        # that spikes every few days has spikes that are not anomalies, whatever its noise).
+        # The record (when on): opening needs a value above the series' recent daily highs (a
+        # series that spikes every few days has spikes that are not anomalies, whatever its
+        # noise).
         rec_v = self.rec_value[i]
         rec_r = self.rec_resid[i]
         m = cfg.record_margin
