@@ -183,24 +183,15 @@ def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int
 
     numpy's nanmedian warns on empty rows and is several times slower on short rows.
     """
-    width = a.shape[1]
     count = np.count_nonzero(~np.isnan(a), axis=1)
-    if width == 0:
+    if a.shape[1] == 0:
         return np.full(a.shape[0], np.nan), count
-    med = np.full(a.shape[0], np.nan)
-    # Full rows (the common case) by partition, the same two middle values as a sort at a
-    # fraction of its cost; rows with gaps by a sort (NaN sorts last).
-    full = count == width
-    if full.any():
-        lo, hi = (width - 1) // 2, width // 2
-        part = np.partition(a[full], (lo, hi), axis=1)
-        med[full] = (part[:, lo].astype(np.float64) + part[:, hi]) / 2.0
-    gaps = np.flatnonzero(~full & (count > 0))
-    if gaps.size:
-        ordered = np.sort(a[gaps], axis=1)
-        c = count[gaps]
-        rows = np.arange(gaps.size)
-        med[gaps] = (ordered[rows, (c - 1) // 2].astype(np.float64) + ordered[rows, c // 2]) / 2.0
+    ordered = np.sort(a, axis=1)  # NaN sorts last
+    lo = np.clip((count - 1) // 2, 0, a.shape[1] - 1)
+    hi = np.clip(count // 2, 0, a.shape[1] - 1)
+    rows = np.arange(a.shape[0])
+    med = (ordered[rows, lo].astype(np.float64) + ordered[rows, hi]) / 2.0
+    med[count == 0] = np.nan
     return med, count
 
 
@@ -602,10 +593,13 @@ class Engine:
         def decrease(f: float) -> npt.NDArray[np.bool_]:
             return warm & (-z >= k * f) & material(-ds, expected, f)
 
-        with np.errstate(invalid="ignore"):
-            # NaN (no record yet) lets the rule through.
-            day0_fire = day0(1.0) & ~(v <= m * rec_v)
-            seas_fire = seasonal(1.0) & ~(ds <= m * np.fmax(rec_r, 0.0))
+        day0_fire = day0(1.0)
+        seas_fire = seasonal(1.0)
+        if cfg.record_rank > 0:
+            with np.errstate(invalid="ignore"):
+                # NaN (no record yet) lets the rule through.
+                day0_fire &= ~(v <= m * rec_v)
+                seas_fire &= ~(ds <= m * np.fmax(rec_r, 0.0))
         no = np.zeros(i.size, dtype=bool)
         down = cfg.report_decreases == 1
         return _Verdicts(
@@ -666,11 +660,12 @@ class Engine:
         self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
         # Today's highs for the record, outside incidents: an anomaly that was reported does
         # not raise the bar for the next one.
-        keep = ~self.is_open[i]
-        ki = i[keep]
-        self.day_vmax[ki] = np.fmax(self.day_vmax[ki], v[keep])
-        resid = np.where(warm, v - self.exp_seasonal[i], np.nan)[keep]
-        self.day_rmax[ki] = np.fmax(self.day_rmax[ki], resid)
+        if self.cfg.record_rank > 0:
+            keep = ~self.is_open[i]
+            ki = i[keep]
+            self.day_vmax[ki] = np.fmax(self.day_vmax[ki], v[keep])
+            resid = np.where(warm, v - self.exp_seasonal[i], np.nan)[keep]
+            self.day_rmax[ki] = np.fmax(self.day_rmax[ki], resid)
         self._evict(now)
         self._evict(now)
         return out
