@@ -179,18 +179,22 @@ def z_threshold(false_incidents_per_month: float, interval_s: float) -> float:
 
 
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
-    """Row medians ignoring NaN, and the count of values per row (NaN where a row is empty).
+    """Medians along the last axis ignoring NaN, and the count of values (NaN where none).
 
-    numpy's nanmedian warns on empty rows and is several times slower on short rows.
+    numpy's nanmedian warns on empty rows and is several times slower on short rows. One sort
+    of the whole array (NaN sorts last) and the middle values picked per row: np.partition
+    needs one position for every row, and rows hold different counts.
     """
-    count = np.count_nonzero(~np.isnan(a), axis=1)
-    if a.shape[1] == 0:
-        return np.full(a.shape[0], np.nan), count
-    ordered = np.sort(a, axis=1)  # NaN sorts last
-    lo = np.clip((count - 1) // 2, 0, a.shape[1] - 1)
-    hi = np.clip(count // 2, 0, a.shape[1] - 1)
-    rows = np.arange(a.shape[0])
-    med = (ordered[rows, lo].astype(np.float64) + ordered[rows, hi]) / 2.0
+    count = np.count_nonzero(~np.isnan(a), axis=-1)
+    if a.shape[-1] == 0:
+        return np.full(a.shape[:-1], np.nan), count
+    ordered = np.sort(a, axis=-1)
+    lo = np.maximum((count - 1) // 2, 0)[..., None]
+    hi = (count // 2)[..., None]
+    med = (
+        np.take_along_axis(ordered, lo, axis=-1)[..., 0].astype(np.float64)
+        + np.take_along_axis(ordered, hi, axis=-1)[..., 0]
+    ) / 2.0
     med[count == 0] = np.nan
     return med, count
 
@@ -214,6 +218,20 @@ class Engine:
         self.interval_s = math.inf
         self.capacity = 0
         self._alloc(max(16, capacity))
+        # Column lags of `_refresh_baselines` (see there), fixed by history_weeks.
+        self._recent_lags = np.arange(1, SCALE_WINDOW_H + DAY_H + 1)
+        weeks = cfg.history_weeks
+        block_lags = np.zeros((weeks + 3, DAY_H), dtype=np.int64)
+        self._block_pad = np.zeros(block_lags.shape, dtype=bool)
+        for w in range(weeks + 1):
+            block_lags[w] = w * WEEK_H + np.arange(1, DAY_H + 1)
+        for row, lags in (
+            (weeks + 1, range(DAY_H, 7 * DAY_H + 1, DAY_H)),
+            (weeks + 2, range(WEEK_H, WEEK_H * weeks + 1, WEEK_H)),
+        ):
+            block_lags[row, : len(lags)] = lags
+            self._block_pad[row, len(lags) :] = True
+        self._block_lags = block_lags
 
     # ------------------------------------------------------------------ state
     def _alloc(self, cap: int) -> None:
@@ -454,30 +472,35 @@ class Engine:
         return [(hour - lag) % self.hours for lag in lags]
 
     def _refresh_baselines(self, hour: int) -> None:
+        """Every series' baselines and noise for `hour`, from the closed hours before it.
+
+        Runs once an hour over every series, so it is most of the detector's time: the
+        history is gathered in two blocks (the last SCALE_WINDOW_H + 1 day of hours, and the
+        short windows padded to one width) and each block is sorted once."""
         cfg = self.cfg
         n = self.size
         hist = self.hist[:n]
         age_h = hour - self.first_hour[:n]
 
-        weekly, wcount = nanmedian_rows(
-            hist[:, self._cols(hour, range(WEEK_H, WEEK_H * cfg.history_weeks + 1, WEEK_H))]
-        )
-        daily, dcount = nanmedian_rows(
-            hist[:, self._cols(hour, range(DAY_H, 7 * DAY_H + 1, DAY_H))]
-        )
+        # Lags 1..SCALE_WINDOW_H + DAY_H in order: the last day, the warm-up window, the
+        # same hours yesterday (for the noise) and the same hour on each of the last 7 days.
+        recent = hist[:, (hour - self._recent_lags) % self.hours]
+        # The short windows, one per block of DAY_H columns (NaN-padded, which the medians
+        # ignore): the last day, the day before the same hour in each past week, the same
+        # hour over the past days, the same hour over the past weeks.
+        blocks = hist[:, (hour - self._block_lags) % self.hours]
+        blocks[:, self._block_pad] = np.nan
+        med, count = nanmedian_rows(blocks)
+        weeks = cfg.history_weeks
+        last_day = med[:, 0]
+        # Per past week first, then across weeks: one anomalous week must not move it.
+        past_days, _ = nanmedian_rows(med[:, 1 : weeks + 1])
+        daily, dcount = med[:, weeks + 1], count[:, weeks + 1]
+        weekly, wcount = med[:, weeks + 2], count[:, weeks + 2]
         # The weekly median lags steady growth by weeks: scale it up by how the last day
         # compares with the same hours in past weeks. Only up, and at most by
         # MAX_LEVEL_ADJUST, so an anomaly can neither explain itself away nor make a past
         # anomaly lower today's baseline (a lower baseline only adds alerts).
-        last_day, _ = nanmedian_rows(hist[:, self._cols(hour, range(1, DAY_H + 1))])
-        # Per past week first, then across weeks: one anomalous week must not move it.
-        per_week = np.column_stack(
-            [
-                nanmedian_rows(hist[:, self._cols(hour, range(w * WEEK_H + 1, w * WEEK_H + 25))])[0]
-                for w in range(1, cfg.history_weeks + 1)
-            ]
-        )
-        past_days, _ = nanmedian_rows(per_week)
         with np.errstate(divide="ignore", invalid="ignore"):
             level = np.clip(last_day / past_days, 1.0, MAX_LEVEL_ADJUST)
         weekly = weekly * np.where(np.isfinite(level), level, 1.0)
@@ -493,28 +516,25 @@ class Engine:
         if cold.size:
             # The highest value seen so far, not the median: a new series' daily peak is not
             # an anomaly, a value far above anything seen is.
-            recent = hist[cold][:, self._cols(hour, range(1, STATIC_WINDOW_H + 1))]
-            cnt = np.count_nonzero(~np.isnan(recent), axis=1)
+            window = recent[cold, :STATIC_WINDOW_H]
+            cnt = np.count_nonzero(~np.isnan(window), axis=1)
             ok = cnt >= cfg.warmup_min_hours
-            top = np.nanmax(np.where(ok[:, None], recent, 0.0), axis=1)
+            top = np.nanmax(np.where(ok[:, None], window, 0.0), axis=1)
             self.exp_static[cold[ok]] = top[ok]
             self.mode[cold[ok]] = BASE_STATIC
 
-        self.yesterday[:n] = np.where(age_h >= DAY_H, hist[:, (hour - DAY_H) % self.hours], np.nan)
+        self.yesterday[:n] = np.where(age_h >= DAY_H, recent[:, DAY_H - 1], np.nan)
         # The highest hourly mean of the last day, once a few hours are known: a step must
         # rise above what was normal today, not just above the previous value (a series
         # that spikes every few hours is not stepping up each time).
-        last = hist[:, self._cols(hour, range(1, DAY_H + 1))]
-        known = np.count_nonzero(~np.isnan(last), axis=1) >= cfg.warmup_min_hours
+        known = count[:, 0] >= cfg.warmup_min_hours
         self.day_max[:n] = np.nan
         if known.any():
-            self.day_max[:n][known] = np.nanmax(last[known], axis=1)
+            self.day_max[:n][known] = np.nanmax(recent[known, :DAY_H], axis=1)
 
         # Noise: day-over-day differences of the last week. Differences remove the daily
         # pattern; the median ignores the few that straddle a weekend or an anomaly.
-        now_cols = self._cols(hour, range(1, SCALE_WINDOW_H + 1))
-        prev_cols = self._cols(hour, range(1 + DAY_H, SCALE_WINDOW_H + DAY_H + 1))
-        diffs = np.abs(hist[:, now_cols] - hist[:, prev_cols])
+        diffs = np.abs(recent[:, :SCALE_WINDOW_H] - recent[:, DAY_H:])
         mad, dn = nanmedian_rows(diffs)
         self.scale[:n] = np.where(dn >= MIN_SCALE_POINTS, MAD_TO_SIGMA * mad / math.sqrt(2), np.nan)
 
