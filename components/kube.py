@@ -12,6 +12,8 @@ values are typed `Manifest` (Any).
 
 from __future__ import annotations
 
+import os
+
 import re
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -447,6 +449,17 @@ def chart_crds(chart: str, version: str) -> list[dict[str, Any]]:
     return [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
 
 
+def _as_stored(crd_spec: dict[str, Any]) -> dict[str, Any]:
+    """A CRD spec as the API server stores it. The server drops `deprecated: false` from a
+    version (false is the default), so declaring it makes every `pulumi up` propose an update
+    of the CRD (found by the first real deployment: Strimzi's CRDs declare it)."""
+    versions = [
+        {k: v for k, v in ver.items() if not (k == "deprecated" and v is False)}
+        for ver in crd_spec.get("versions", [])
+    ]
+    return {**crd_spec, "versions": versions}
+
+
 def helm_release(
     resource_name: str,
     *,
@@ -473,7 +486,7 @@ def helm_release(
                     "app.kubernetes.io/managed-by": MANAGED_BY,
                 },
             },
-            spec=manifest(doc["spec"]),
+            spec=manifest(_as_stored(doc["spec"])),
             opts=opts,
         )
         for doc in chart_crds(chart, version)
@@ -483,9 +496,11 @@ def helm_release(
     return k8s.helm.v3.Release(
         resource_name,
         name=chart,
-        # Relative to the project root (the program's and the provider's working directory),
-        # so the state does not depend on where the repository is checked out.
-        chart=str(archive.relative_to(CHARTS_DIR.parent)),
+        # Relative to the working directory the engine gives the program and the provider
+        # (Pulumi.yaml's `main`, infra/), so the state does not depend on where the repository
+        # is checked out. Helm reads a name without a leading "." as repo/chart: the first
+        # real `pulumi up` failed with "repo charts not found" on "charts/<chart>.tgz".
+        chart=os.path.relpath(archive, Path.cwd()),
         namespace=namespace,
         values=dict(values),
         skip_crds=bool(crds),
