@@ -13,7 +13,6 @@ values are typed `Manifest` (Any).
 from __future__ import annotations
 
 import os
-
 import re
 import tarfile
 from collections.abc import Mapping, Sequence

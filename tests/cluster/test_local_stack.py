@@ -50,7 +50,10 @@ def test_webhook_is_registered_by_url_at_the_host_handler(
     hook = api.read_validating_webhook_configuration("cct-admission").webhooks[0]
     assert hook.client_config.url == "https://127.0.0.1:18443/validate"
     assert hook.client_config.service is None
-    assert hook.namespace_selector.match_labels == {"kubernetes.io/metadata.name": "cct-system"}
+    (only,) = hook.namespace_selector.match_expressions
+    assert (only.key, only.operator, only.values) == (
+        "kubernetes.io/metadata.name", "In", ["cct-system"]
+    )  # fmt: skip
 
 
 def test_second_up_changes_nothing(deployed: PulumiRun) -> None:
