@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -49,13 +49,17 @@ def admitted(host_webhook: Webhook, backend: ArgoBackend, cluster: Cluster) -> s
 
 def get(cluster: Cluster, name: str) -> dict[str, Any]:
     objects = client.CustomObjectsApi(cluster.api())
-    return dict(objects.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name))
+    return cast(
+        "dict[str, Any]",
+        objects.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name),
+    )
 
 
 def merge_patch(cluster: Cluster, name: str, body: dict[str, Any]) -> dict[str, Any]:
     objects = client.CustomObjectsApi(cluster.api())
-    return dict(
-        objects.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name, body)
+    return cast(
+        "dict[str, Any]",
+        objects.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, name, body),
     )
 
 
@@ -81,12 +85,15 @@ def test_controller_status_updates_pass(
         },
         "storedWorkflowTemplateSpec": {"entrypoint": "main"},
     }
-    updated = controller_api.replace_namespaced_custom_object(
-        GROUP, VERSION, NAMESPACE, PLURAL, admitted, wf
+    updated = cast(
+        "dict[str, Any]",
+        controller_api.replace_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL, admitted, wf
+        ),
     )
     assert updated["status"]["phase"] == "Running"
     # `argo resume` of the approval node is a status write too; then the run completes.
-    wf = dict(updated)
+    wf = updated
     wf["status"]["nodes"][f"{admitted}-1"]["phase"] = "Succeeded"
     wf["status"]["phase"] = "Succeeded"
     wf["metadata"]["labels"]["workflows.argoproj.io/completed"] = "true"
@@ -120,7 +127,7 @@ def test_a_users_spec_change_is_judged_and_refused(
     with pytest.raises(client.ApiException) as err:
         merge_patch(cluster, admitted, change)
     assert err.value.status == 403
-    message = json.loads(err.value.body)["message"]
+    message = json.loads(str(err.value.body))["message"]
     assert 'admission webhook "workflows.admission.cct.io" denied the request' in message
     assert f"{field} may not change after the workflow was admitted" in message
     assert get(cluster, admitted)["spec"] == before["spec"]
@@ -138,5 +145,5 @@ def test_changed_parameters_are_refused(admitted: str, cluster: Cluster) -> None
             GROUP, VERSION, NAMESPACE, PLURAL, admitted, wf
         )
     assert err.value.status == 403
-    message = json.loads(err.value.body)["message"]
+    message = json.loads(str(err.value.body))["message"]
     assert "spec.arguments may not change after the workflow was admitted" in message

@@ -83,7 +83,7 @@ def test_webhook_is_registered_by_url_at_the_host_handler(
     hook = api.read_validating_webhook_configuration("cct-admission").webhooks[0]
     assert hook.client_config.url == "https://127.0.0.1:18443/validate"
     assert hook.client_config.service is None
-    (only,) = hook.namespace_selector.match_expressions
+    (only,) = hook.namespace_selector.match_expressions or []
     assert (only.key, only.operator, only.values) == (
         "kubernetes.io/metadata.name", "In", ["cct-system"]
     )  # fmt: skip
