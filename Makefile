@@ -85,7 +85,8 @@ test: venv services focus-venv lint
 # starts the control plane, deploys the local stack (the tests' first `pulumi up`), runs the
 # cluster tests, and stops the control plane whatever they answered. Needs PostgreSQL (the
 # webhook records its decisions). Not part of `make test`: see docs/deployment.md for its time.
-test-cluster: venv services
+test-cluster: venv
+	@$(PY) scripts/services up postgres
 	@python3 scripts/cluster up
 	@status=0; $(VENV)/bin/pytest tests/cluster || status=$$?; \
 	  python3 scripts/cluster down; exit $$status
