@@ -6,6 +6,7 @@ leaves nothing behind. This module runs after the admission tests: its last test
 from __future__ import annotations
 
 import json
+import time
 
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
@@ -111,10 +112,20 @@ def test_policy_edit_previews_as_one_small_diff(deployed: PulumiRun) -> None:
 def test_destroy_leaves_nothing_behind(deployed: PulumiRun, cluster: Cluster) -> None:
     pulumi("destroy", "--yes", "--skip-preview")
     core = client.CoreV1Api(cluster.api())
-    left = {n.metadata.name for n in core.list_namespace().items} & set(NAMESPACES)
-    assert not left, f"namespaces left: {left}"
     ext = client.ApiextensionsV1Api(cluster.api())
-    crds = {c.metadata.name for c in ext.list_custom_resource_definition().items}
+
+    def leftovers() -> tuple[set[str], set[str]]:
+        namespaces = {n.metadata.name for n in core.list_namespace().items} & set(NAMESPACES)
+        return namespaces, {c.metadata.name for c in ext.list_custom_resource_definition().items}
+
+    # Deleting a namespace or a CRD is finished by controllers after the API call returns
+    # (the namespace's contents, the CRD's instances), and the nodeless local stack does not
+    # wait for it (skipAwait): poll, as `kubectl wait --for=delete` would.
+    deadline = time.monotonic() + 180
+    while any(leftovers()) and time.monotonic() < deadline:
+        time.sleep(2)
+    namespaces, crds = leftovers()
+    assert not namespaces, f"namespaces left: {[core.read_namespace(n).status for n in namespaces]}"
     assert not crds, f"CRDs left: {crds}"
     admission = client.AdmissionregistrationV1Api(cluster.api())
     assert not admission.list_validating_webhook_configuration().items
