@@ -115,8 +115,9 @@ def test_destroy_leaves_nothing_behind(deployed: PulumiRun, cluster: Cluster) ->
     ext = client.ApiextensionsV1Api(cluster.api())
 
     def leftovers() -> tuple[set[str], set[str]]:
-        namespaces = {n.metadata.name for n in core.list_namespace().items} & set(NAMESPACES)
-        return namespaces, {c.metadata.name for c in ext.list_custom_resource_definition().items}
+        namespaces = {str(n.metadata.name) for n in core.list_namespace().items}
+        crds = {str(c.metadata.name) for c in ext.list_custom_resource_definition().items}
+        return namespaces & set(NAMESPACES), crds
 
     # Deleting a namespace or a CRD is finished by controllers after the API call returns
     # (the namespace's contents, the CRD's instances), and the nodeless local stack does not
