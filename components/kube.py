@@ -434,18 +434,48 @@ def chart_archive(chart: str, version: str) -> Path:
     return archive
 
 
+# Charts that render their CRDs from a template guarded by one value, with a hard-coded
+# `helm.sh/resource-policy: keep` (so `helm uninstall` and `pulumi destroy` leave them):
+# chart -> (template, the guard line, the value that turns the template off).
+TEMPLATED_CRDS: dict[str, tuple[str, str, str]] = {
+    "cloudnative-pg": ("templates/crds/crds.yaml", "{{- if .Values.crds.create }}", "create"),
+}
+
+
 def chart_crds(chart: str, version: str) -> list[dict[str, Any]]:
-    """The CustomResourceDefinitions in a vendored chart's `crds/` directory. Helm installs
-    those once and never upgrades or deletes them; declared as resources instead, they follow
-    the chart's version and the stack's lifecycle like everything else."""
+    """The CustomResourceDefinitions in a vendored chart's `crds/` directory, or in its CRD
+    template (TEMPLATED_CRDS). Helm installs `crds/` once and never upgrades or deletes them,
+    and keeps the templated ones on uninstall; declared as resources instead, they follow the
+    chart's version and the stack's lifecycle like everything else."""
     docs: list[dict[str, Any]] = []
+    templated = TEMPLATED_CRDS.get(chart)
     with tarfile.open(chart_archive(chart, version)) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            if member.isfile() and member.name.startswith(f"{chart}/crds/"):
-                handle = tar.extractfile(member)
-                assert handle is not None  # a regular file
+            if not member.isfile():
+                continue
+            handle = tar.extractfile(member)
+            assert handle is not None  # a regular file
+            if member.name.startswith(f"{chart}/crds/"):
                 docs += [d for d in yaml.safe_load_all(handle) if d]
+            elif templated and member.name == f"{chart}/{templated[0]}":
+                docs += [
+                    d for d in yaml.safe_load_all(_untemplate(handle.read(), templated[1])) if d
+                ]
+    for doc in docs:
+        doc.get("metadata", {}).get("annotations", {}).pop("helm.sh/resource-policy", None)
     return [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+
+
+def _untemplate(text: bytes, guard: str) -> str:
+    """A CRD template that is plain YAML inside one `if` guard; anything else is refused
+    (re-vendoring a chart whose template grew must be looked at, not guessed)."""
+    lines = text.decode().splitlines()
+    if not lines or lines[0].strip() != guard or lines[-1].strip() != "{{- end }}":
+        raise ValueError(f"CRD template is not one guarded block: {lines[:1]}")
+    body = lines[1:-1]
+    if any("{{" in line for line in body):
+        raise ValueError("CRD template has template expressions besides its guard")
+    return "\n".join(body)
 
 
 def _as_stored(crd_spec: dict[str, Any]) -> dict[str, Any]:
@@ -501,7 +531,10 @@ def helm_release(
         # real `pulumi up` failed with "repo charts not found" on "charts/<chart>.tgz".
         chart=os.path.relpath(archive, Path.cwd()),
         namespace=namespace,
-        values=dict(values),
+        values={
+            **values,
+            **({"crds": {TEMPLATED_CRDS[chart][2]: False}} if chart in TEMPLATED_CRDS else {}),
+        },
         skip_crds=bool(crds),
         atomic=True,
         cleanup_on_fail=True,
