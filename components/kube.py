@@ -514,6 +514,14 @@ def helm_release(
                     "app.kubernetes.io/part-of": PART_OF,
                     "app.kubernetes.io/managed-by": MANAGED_BY,
                 },
+                # A stack deployed before these CRDs were its own has them from Helm: take
+                # their fields over from Helm's field manager instead of failing on the
+                # server-side-apply conflict (found upgrading the real local stack).
+                **(
+                    {"annotations": {"pulumi.com/patchForce": "true"}}
+                    if chart in TEMPLATED_CRDS
+                    else {}
+                ),
             },
             spec=manifest(_as_stored(doc["spec"])),
             opts=opts,
