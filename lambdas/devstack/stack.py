@@ -434,7 +434,7 @@ def parts() -> list[Part]:
         Part(
             "collector",
             [CCT, "serve", "collector"],
-            url("collector", "/healthz"),
+            url("collector", "/readyz"),
             env={
                 **env,
                 "CCT_COLLECTOR_PORT": str(PORTS["collector"]),
@@ -447,7 +447,7 @@ def parts() -> list[Part]:
         Part(
             "bridge",
             [CCT, "serve", "bridge"],
-            url("bridge", "/healthz"),
+            url("bridge", "/readyz"),
             env={
                 **env,
                 **kafka_env("bridge"),
@@ -473,7 +473,7 @@ def parts() -> list[Part]:
         Part(
             "admission",
             [CCT, "serve", "admission"],
-            url("admission-ops", "/healthz"),
+            url("admission-ops", "/readyz"),
             env={
                 **env,
                 "CCT_POLICY_DIR": str(ROOT / "policies" / "optimization"),
@@ -492,7 +492,7 @@ def parts() -> list[Part]:
         Part(
             "trigger",
             [CCT, "serve", "trigger"],
-            url("trigger", "/healthz"),
+            url("trigger", "/readyz"),
             env={
                 **env,
                 **step_env,
