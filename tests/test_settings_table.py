@@ -92,3 +92,27 @@ def test_cct_settings_prints_the_table() -> None:
     assert result.exit_code == 0, result.output
     assert "CCT_BRIDGE_PORT" in result.output and "18083" in result.output
     assert "CCT_COLLECTOR_PORT" not in result.output
+
+
+# One name for one thing several parts read (the policies directory, the playbooks file,
+# the AWS simulator's endpoint): deliberately not under one handler's prefix.
+CROSS_HANDLER = {"CCT_POLICY_DIR", "CCT_PLAYBOOKS_FILE", "CCT_AWS_ENDPOINT_URL"}
+
+
+def test_the_served_handlers_name_their_settings_after_themselves() -> None:
+    prefixes = {
+        "collector": "CCT_COLLECTOR_",
+        "detector": "CCT_DETECTOR_",
+        "bridge": "CCT_BRIDGE_",
+        "trigger": "CCT_TRIGGER_",
+        "admission": "CCT_ADMISSION_",
+        "vaultdev": "CCT_VAULTDEV_",
+    }
+    stray = [
+        f"{s.handler}: {s.name}"
+        for s in settings()
+        if s.handler in prefixes
+        and not s.name.startswith(prefixes[s.handler])
+        and s.name not in CROSS_HANDLER
+    ]
+    assert stray == []

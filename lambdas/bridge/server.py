@@ -183,7 +183,9 @@ class Bridge:
         if isinstance(body, web.Response):
             return body
         if self.settings.zenduty_url is None:
-            return self._reject(endpoint, 404, "relay_disabled", "CCT_ZENDUTY_URL_FILE is unset")
+            return self._reject(
+                endpoint, 404, "relay_disabled", "CCT_BRIDGE_ZENDUTY_URL_FILE is unset"
+            )
         try:
             parse_payload(body, self.settings.max_json_depth)
         except PayloadError as exc:

@@ -453,7 +453,7 @@ def parts() -> list[Part]:
                 **kafka_env("bridge"),
                 "CCT_BRIDGE_PORT": str(PORTS["bridge"]),
                 "CCT_BRIDGE_TOKEN_FILE": str(bridge_token),
-                "CCT_ZENDUTY_URL_FILE": str(zenduty_url_file),
+                "CCT_BRIDGE_ZENDUTY_URL_FILE": str(zenduty_url_file),
             },
             shows={"metrics": url("bridge", "/metrics")},
         ),
