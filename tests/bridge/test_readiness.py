@@ -4,6 +4,7 @@ whose brokers do not answer is alive (/healthz 200) but not ready, with the reas
 from __future__ import annotations
 
 import json
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,3 +35,13 @@ def test_readyz_names_an_unreachable_broker(tmp_path: Path) -> None:
 def test_readyz_is_ready_with_a_broker(tmp_path: Path, kafka_bootstrap: str) -> None:
     with bridge_process(tmp_path, kafka_bootstrap, "cct.test.ready") as bridge:
         assert _get(f"{bridge.url}/readyz") == (200, {"ready": True})
+
+
+def test_sigterm_stops_the_bridge_cleanly(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The shell's graceful stop: SIGTERM closes the listener, runs the cleanup (the producer
+    is flushed and closed) and the process exits 0."""
+    with bridge_process(tmp_path, kafka_bootstrap, "cct.test.ready") as bridge:
+        bridge.proc.send_signal(signal.SIGTERM)
+        assert bridge.proc.wait(timeout=30) == 0
+    log = (tmp_path / "bridge.log").read_text()
+    assert "stopping" in log
