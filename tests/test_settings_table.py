@@ -12,7 +12,12 @@ from click.testing import CliRunner
 
 from lambdas.cli import cli
 from lambdas.common import settings_table
-from lambdas.common.settings_table import reads_outside_settings, render_markdown, settings
+from lambdas.common.settings_table import (
+    dynamic_reads,
+    reads_outside_settings,
+    render_markdown,
+    settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "settings.md"
@@ -29,6 +34,10 @@ def test_every_variable_is_read_in_a_settings_dataclass() -> None:
         f"{r.path.relative_to(ROOT)}:{r.line} reads {r.name}" for r in reads_outside_settings()
     ]
     assert outside == [], "read these in the handler's settings dataclass:\n" + "\n".join(outside)
+
+
+def test_every_variable_is_read_by_its_full_name() -> None:
+    assert [f"{path.relative_to(ROOT)}:{line}" for path, line in dynamic_reads()] == []
 
 
 def test_every_setting_says_what_it_means() -> None:

@@ -128,6 +128,22 @@ def all_reads() -> list[Read]:
     return [r for path in sorted(LAMBDAS.rglob("*.py")) for r in _reads(path)]
 
 
+def dynamic_reads() -> list[tuple[Path, int]]:
+    """Environment reads whose `CCT_*` name is built at run time (an f-string): the table
+    cannot list those, so each variable must be read by its full name."""
+    found: list[tuple[Path, int]] = []
+    for path in sorted(LAMBDAS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            arg: ast.AST | None = None
+            if isinstance(node, ast.Call) and node.args and _reads_environment(node):
+                arg = node.args[0]
+            elif isinstance(node, ast.Subscript) and _reads_environment(node):
+                arg = node.slice
+            if isinstance(arg, ast.JoinedStr) and "CCT_" in ast.unparse(arg):
+                found.append((path, node.lineno))
+    return found
+
+
 def reads_outside_settings() -> list[Read]:
     return [r for r in all_reads() if r.owner is None and r.name not in STEP_INPUTS]
 

@@ -43,6 +43,7 @@ from lambdas.vaultdev.core import (
 from lambdas.vaultdev.engines import (
     AwsStsEngine,
     AzureEngine,
+    CloudDirectory,
     Engine,
     GcpTokenEngine,
     PostgresEngine,
@@ -72,6 +73,11 @@ class VaultDevSettings:
     header_timeout_s / body_timeout_s: CCT_VAULTDEV_HEADER_TIMEOUT_S and
         CCT_VAULTDEV_BODY_TIMEOUT_S (10 s each): a client slower than that to send its headers
         or body has its connection closed (the body with a 408), as on every CCT handler.
+    azure / gcp: where the Azure and GCP engines make credentials when the local cloud
+        simulators run: CCT_VAULTDEV_AZURE_URL with CCT_VAULTDEV_AZURE_CREDENTIAL_FILE (JSON
+        tenant, client_id, client_secret of Vault's own application), CCT_VAULTDEV_GCP_URL
+        with CCT_VAULTDEV_GCP_CREDENTIAL_FILE (Vault's service account token) and
+        CCT_VAULTDEV_GCP_PROJECT; unset, those engines return opaque values.
     """
 
     host: str
@@ -84,6 +90,8 @@ class VaultDevSettings:
     lease_max_ttl_s: int
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
+    azure: CloudDirectory | None = None
+    gcp: CloudDirectory | None = None
 
     @classmethod
     def from_env(cls) -> VaultDevSettings:
@@ -108,7 +116,29 @@ class VaultDevSettings:
             lease_max_ttl_s=max_ttl,
             header_timeout_s=env_float("CCT_VAULTDEV_HEADER_TIMEOUT_S", 10.0),
             body_timeout_s=env_float("CCT_VAULTDEV_BODY_TIMEOUT_S", 10.0),
+            # Each variable by its full name, so `cct settings` lists it.
+            azure=_directory(
+                "AZURE",
+                os.environ.get("CCT_VAULTDEV_AZURE_URL", ""),
+                os.environ.get("CCT_VAULTDEV_AZURE_CREDENTIAL_FILE", ""),
+                "",
+            ),
+            gcp=_directory(
+                "GCP",
+                os.environ.get("CCT_VAULTDEV_GCP_URL", ""),
+                os.environ.get("CCT_VAULTDEV_GCP_CREDENTIAL_FILE", ""),
+                os.environ.get("CCT_VAULTDEV_GCP_PROJECT", ""),
+            ),
         )
+
+
+def _directory(cloud: str, url: str, credential: str, project: str) -> CloudDirectory | None:
+    if not url:
+        return None
+    if not Path(credential).is_file():
+        name = f"CCT_VAULTDEV_{cloud}_CREDENTIAL_FILE"
+        raise SettingsError(f"{name}={credential!r}: not a file (needed with {cloud} URL)")
+    return CloudDirectory(url.rstrip("/"), credential, project)
 
 
 @dataclass(frozen=True)
@@ -202,8 +232,8 @@ class VaultDev:
         if config.aws_roles and settings.aws_endpoint_url:
             self.engines["aws"] = AwsStsEngine(settings.aws_endpoint_url, config.aws_roles)
         if config.azure_roles:
-            self.engines["azure"] = AzureEngine(config.azure_roles)
-        self.gcp = GcpTokenEngine(config.gcp_rolesets)
+            self.engines["azure"] = AzureEngine(config.azure_roles, settings.azure)
+        self.gcp = GcpTokenEngine(config.gcp_rolesets, settings.gcp)
 
     # --- responses -------------------------------------------------------------------
     @staticmethod
@@ -348,7 +378,8 @@ class VaultDev:
             raise VaultDevError(404, f"no handler for route {path!r}")
         mount, kind, role = parts
         if mount == "gcp" and kind == "token" and method == "GET":
-            return self._secret(self.gcp.token(role, self.settings.lease_ttl_s))
+            token = await asyncio.to_thread(self.gcp.token, role, self.settings.lease_ttl_s)
+            return self._secret(token)
         engine_kind = {("database", "creds"), ("aws", "sts"), ("azure", "creds")}
         if (mount, kind) not in engine_kind or mount not in self.engines:
             raise VaultDevError(404, f"no handler for route {path!r}")
