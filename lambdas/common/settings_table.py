@@ -140,7 +140,7 @@ def dynamic_reads() -> list[tuple[Path, int]]:
             elif isinstance(node, ast.Subscript) and _reads_environment(node):
                 arg = node.slice
             if isinstance(arg, ast.JoinedStr) and "CCT_" in ast.unparse(arg):
-                found.append((path, node.lineno))
+                found.append((path, arg.lineno))
     return found
 
 
