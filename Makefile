@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: focus-venv venv services services-down services-status lint test unit bench up down e2e \
-	render-alertmanager test-cluster cluster cluster-build cluster-down cluster-status deploy-local destroy-local
+	test-cluster cluster cluster-build cluster-down cluster-status deploy-local destroy-local
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -55,11 +55,6 @@ down:
 # The system tests against the stack `make up` started (also the last phase of `make test`).
 e2e: up
 	$(VENV)/bin/pytest $(STACK_TESTS)
-
-# What a stack's Alertmanager would run with (STACK=dev|prod), from the bundle's own generator.
-STACK ?= dev
-render-alertmanager: venv
-	@$(PY) -m infra.render alertmanager --stack $(STACK)
 
 lint: venv
 	$(VENV)/bin/ruff check .

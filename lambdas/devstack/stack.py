@@ -440,7 +440,7 @@ def parts() -> list[Part]:
         Part(
             "collector",
             [CCT, "serve", "collector"],
-            url("collector", "/healthz"),
+            url("collector", "/readyz"),
             env={
                 **env,
                 "CCT_COLLECTOR_PORT": str(PORTS["collector"]),
@@ -453,13 +453,13 @@ def parts() -> list[Part]:
         Part(
             "bridge",
             [CCT, "serve", "bridge"],
-            url("bridge", "/healthz"),
+            url("bridge", "/readyz"),
             env={
                 **env,
                 **kafka_env("bridge"),
                 "CCT_BRIDGE_PORT": str(PORTS["bridge"]),
                 "CCT_BRIDGE_TOKEN_FILE": str(bridge_token),
-                "CCT_ZENDUTY_URL_FILE": str(zenduty_url_file),
+                "CCT_BRIDGE_ZENDUTY_URL_FILE": str(zenduty_url_file),
             },
             shows={"metrics": url("bridge", "/metrics")},
         ),
@@ -479,7 +479,7 @@ def parts() -> list[Part]:
         Part(
             "admission",
             [CCT, "serve", "admission"],
-            url("admission-ops", "/healthz"),
+            url("admission-ops", "/readyz"),
             env={
                 **env,
                 "CCT_POLICY_DIR": str(ROOT / "policies" / "optimization"),
@@ -498,7 +498,7 @@ def parts() -> list[Part]:
         Part(
             "trigger",
             [CCT, "serve", "trigger"],
-            url("trigger", "/healthz"),
+            url("trigger", "/readyz"),
             env={
                 **env,
                 **step_env,

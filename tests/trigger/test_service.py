@@ -59,9 +59,9 @@ def trigger_env(
         "CCT_TRIGGER_UNMAPPED_TOPIC": f"cct.test.anomalies.{uid}.unmapped",
         "CCT_TRIGGER_GROUP": f"cct-trigger-{uid}",
         "CCT_TRIGGER_BACKEND": "argo",
-        "CCT_ARGO_NAMESPACE": "cct-system",
-        "CCT_KUBE_API_URL": kube.url,
-        "CCT_KUBE_TOKEN_FILE": str(token),
+        "CCT_TRIGGER_ARGO_NAMESPACE": "cct-system",
+        "CCT_TRIGGER_KUBE_API_URL": kube.url,
+        "CCT_TRIGGER_KUBE_TOKEN_FILE": str(token),
     }
 
 
