@@ -52,7 +52,7 @@ up: venv
 down:
 	@test -x $(PY) && scripts/up down || python3 scripts/services down
 
-# The system test against the stack `make up` started (also part of `make test`).
+# The system tests against the stack `make up` started (also the last phase of `make test`).
 e2e: up
 	$(VENV)/bin/pytest $(STACK_TESTS)
 
@@ -72,14 +72,16 @@ focus-venv:
 	@scripts/focus-venv
 
 # The README's test command: installs, starts the real services, lints, runs every test but
-# the real-cluster ones (`make test-cluster`). The system tests run last, against the whole
-# local stack (`make up`): its handlers act on everything the shared services hold, so the
-# other tests run before it starts, never beside it.
+# the real-cluster ones (`make test-cluster`), then the system tests against the whole local
+# stack (`make up`). The stack's handlers act on everything the shared services hold (its
+# detector would score the suite's test series), so the suite runs first with no stack
+# handler running, and the stack's handlers are stopped again at the end.
 STACK_TESTS := tests/e2e tests/faults
-# The stack tests are not in it yet: on a fresh clone their Kafka watcher thread fails
-# (the pipeline itself makes every workflow); run them with `make e2e`.
 test: venv services focus-venv lint
+	@scripts/up down --keep-services
 	$(VENV)/bin/pytest --ignore=tests/cluster $(addprefix --ignore=,$(STACK_TESTS))
+	@scripts/up up
+	@$(VENV)/bin/pytest $(STACK_TESTS); status=$$?; scripts/up down --keep-services; exit $$status
 
 # The real deployment (issue 18): builds the control plane and the Pulumi engine (Go, long on
 # 2 cores), starts them, and runs the cluster tests. Not part of `make test` yet: the provider

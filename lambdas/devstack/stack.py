@@ -580,7 +580,7 @@ def print_summary(stack: list[Part], took: float) -> None:
     print("Next: `cct status`, `make e2e`, `make down`.")
 
 
-def down() -> int:
+def down(keep_services: bool = False) -> int:
     names = [p.name for p in reversed(_known_parts())]
     for name in names:
         pid = pid_of(name)
@@ -595,7 +595,8 @@ def down() -> int:
             os.killpg(pid, signal.SIGKILL)
         (RUN / f"{name}.pid").unlink(missing_ok=True)
         say(f"{name}: stopped (pid {pid})")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "services"), "down"], check=False)
+    if not keep_services:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "services"), "down"], check=False)
     return 0
 
 
@@ -608,9 +609,14 @@ def _known_parts() -> list[Part]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/up", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument(
+        "--keep-services",
+        action="store_true",
+        help="down: stop CCT's handlers and stand-ins, leave the shared services running",
+    )
     args = parser.parse_args(argv)
     try:
-        return up() if args.command == "up" else down()
+        return up() if args.command == "up" else down(args.keep_services)
     except StackError as exc:
         print(f"up: ERROR {exc}", file=sys.stderr)
         return 1

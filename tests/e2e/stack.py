@@ -107,46 +107,86 @@ class Stack:
 
 @dataclass
 class TopicWatch:
-    """Every record of some topics, read from the start in a background thread, each with
-    the record's Kafka timestamp (epoch seconds: when the producer sent it)."""
+    """Every record written to some topics after the watch starts, read in a background
+    thread, each with the record's Kafka timestamp (epoch seconds: when the producer sent it).
+
+    It starts at the topics' end offsets: what earlier runs or other tests left on the shared
+    topics is not this test's evidence. A value that is not JSON is counted in `undecodable`
+    (other writers may put anything on a topic), never a reason to stop watching; if the
+    thread fails, every later lookup raises with its error instead of waiting out a timeout.
+    """
 
     bootstrap: str
     topics: tuple[str, ...]
     records: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
+    undecodable: int = 0
+    error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     ready: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> TopicWatch:
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.thread = threading.Thread(target=self._thread, daemon=True)
         self.thread.start()
-        if not self.ready.wait(60):
-            raise AssertionError(f"could not read {self.topics} from {self.bootstrap}")
+        if not self.ready.wait(60) or self.error is not None:
+            raise AssertionError(
+                f"could not read {self.topics} from {self.bootstrap}: {self.error!r}"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(15)
 
+    def _thread(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # handed to the test thread: check() raises it
+            self.error = exc
+            self.ready.set()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"the Kafka watcher on {self.topics} failed: {self.error!r}")
+
     async def _run(self) -> None:
         consumer = AIOKafkaConsumer(
             *self.topics,
             **{**admin_kafka(), "bootstrap_servers": self.bootstrap},
             group_id=None,
-            auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
         await consumer.start()
-        self.ready.set()
         try:
+            # Without a group every partition of the subscribed topics is assigned as soon as
+            # their metadata arrives; positions are pinned at the end before `ready`.
+            deadline = time.monotonic() + 30
+            while {tp.topic for tp in consumer.assignment()} != set(self.topics):
+                if time.monotonic() > deadline:
+                    missing = set(self.topics) - {tp.topic for tp in consumer.assignment()}
+                    raise AssertionError(f"topics {sorted(missing)} not found (run `make up`)")
+                await asyncio.sleep(0.1)
+            partitions = sorted(consumer.assignment())
+            await consumer.seek_to_end(*partitions)
+            for tp in partitions:
+                await consumer.position(tp)
+            self.ready.set()
             while not self.stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200)
                 with self.lock:
                     for tp, records in batches.items():
                         for r in records:
-                            if r.value is not None:
-                                sent = r.timestamp / 1000
-                                self.records.append((tp.topic, sent, json.loads(r.value)))
+                            if r.value is None:
+                                continue
+                            try:
+                                event = json.loads(r.value)
+                            except ValueError:
+                                self.undecodable += 1
+                                continue
+                            if isinstance(event, dict):
+                                self.records.append((tp.topic, r.timestamp / 1000, event))
+                            else:
+                                self.undecodable += 1
         finally:
             await consumer.stop()
 
@@ -157,6 +197,7 @@ class TopicWatch:
         self, topic: str, match: Callable[[dict[str, Any]], bool]
     ) -> list[tuple[float, dict[str, Any]]]:
         """(Kafka timestamp, event) of the matching records, oldest first."""
+        self.check()
         with self.lock:
             return [(ts, e) for t, ts, e in self.records if t == topic and match(e)]
 

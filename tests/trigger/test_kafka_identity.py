@@ -7,6 +7,7 @@ authentication, and per-principal ACLs from `HANDLER_GRANTS` (the KafkaUsers' gr
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import uuid
 from pathlib import Path
@@ -39,7 +40,9 @@ def test_no_principal_but_the_bridge_may_write_the_anomalies_topic(
 
 
 def test_the_bridge_writes_what_the_trigger_reads(kafka_bootstrap: str) -> None:
-    marker = uuid.uuid4().hex.encode()
+    # Valid JSON: this lands on the production topic, which the stack's consumers and the
+    # system tests' watchers read after this suite.
+    marker = json.dumps({"cct_test_marker": uuid.uuid4().hex}).encode()
 
     async def scenario() -> bool:
         producer = AIOKafkaProducer(**client_kwargs(kafka_bootstrap, "bridge"), acks="all")
