@@ -34,10 +34,19 @@ def _tc(*args: str, check: bool = True) -> None:
 
 
 def _own_namespace() -> bool:
+    """Inside a named network namespace (`ip netns exec`); /proc/1/ns is not always readable,
+    so `ip netns identify` answers. Unknown counts as the shared namespace."""
     try:
-        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
-    except OSError:
-        return False  # cannot tell: behave as in the shared namespace
+        proc = subprocess.run(
+            ["ip", "netns", "identify", str(os.getpid())],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
 def process_ports(pid: int) -> set[int]:
