@@ -64,6 +64,7 @@ ALL_FAULTS = (
     + [f"drop {p}" for p in (*HANDLERS, *SERVICES)]
 )
 FORWARD_ATTEMPTS = 12
+WATCH_CATCH_UP_S = 60.0
 
 
 @dataclass
@@ -208,6 +209,21 @@ def alerted_ids(watch: TopicWatch, ids: list[str]) -> set[str]:
     return {e["data"]["labels"]["resource_id"] for e in events}
 
 
+def watch_caught_up(
+    watch: TopicWatch, ids: list[str], with_run: set[str], timeout: float
+) -> set[str]:
+    """The resources the watch saw alerted, once it has seen every one that has a run (the
+    trigger read its event from the topic, so the record is there) or `timeout` passed. The
+    watch is a Kafka client too: after a fault on the broker its own connection may still be
+    in TCP back-off when the pipeline has already settled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alerted = alerted_ids(watch, ids)
+        if with_run <= alerted or time.monotonic() > deadline:
+            return alerted
+        time.sleep(0.5)
+
+
 def settle(stack: Stack, ids: list[str], timeout: float) -> bool:
     """Every resource has a run (or the timeout passed); then the trigger's lag is 0."""
     deadline = time.monotonic() + timeout
@@ -257,7 +273,7 @@ def run_fault(
     delivered = [i for i in ids if launched[i]]
     stored = counts(stack, "resource_events", ids)
     runs = counts(stack, "optimization_runs", ids)
-    alerted = alerted_ids(watch, ids)
+    alerted = watch_caught_up(watch, ids, set(runs), WATCH_CATCH_UP_S)
     result.sent = len(delivered)
     result.undelivered = len(ids) - len(delivered)
     result.stored = sum(1 for i in ids if stored.get(i))
