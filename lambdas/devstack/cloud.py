@@ -11,19 +11,32 @@ utilization (what the steps' analyze reads) is written to moto's CloudWatch.
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
+import requests
 
 from lambdas.forwarders import aws
 from lambdas.forwarders.common import Forwarder, ForwarderSettings
 
 ACCOUNT = "123456789012"  # moto's account
 REGION = "us-east-1"
+
+
+# One client per service for every simulator of the process: making a boto3 client parses
+# the service's model (seconds for EC2 on a busy machine), and every simulator talks to the
+# same moto server with the same key.
+_CLIENTS: dict[tuple[str, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_IMAGE: dict[str, str] = {}
 
 
 def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -45,18 +58,26 @@ class AwsSimulator:
     # seconds; production's platform retries a failed invocation for hours, which a fault
     # run plays by allowing more attempts while a collector restarts.
     forward_attempts: int = 5
+    # When the last API call changed the cloud (epoch seconds): the start of the pipeline's
+    # latency, after the simulator's own set-up (clients, image lookup).
+    changed_at: float = field(default=0.0, compare=False)
 
     def client(self, service: str) -> Any:
-        return boto3.client(  # type: ignore[call-overload]  # service is a runtime name
-            service,
-            endpoint_url=self.moto_url,
-            region_name=REGION,
-            aws_access_key_id="simulator",
-            aws_secret_access_key="simulator",  # noqa: S106 - moto accepts any key
-        )
+        with _CLIENTS_LOCK:
+            key = (self.moto_url, service)
+            if key not in _CLIENTS:
+                _CLIENTS[key] = boto3.client(  # type: ignore[call-overload]  # runtime name
+                    service,
+                    endpoint_url=self.moto_url,
+                    region_name=REGION,
+                    aws_access_key_id="simulator",
+                    aws_secret_access_key="simulator",  # noqa: S106 - moto accepts any key
+                )
+            return _CLIENTS[key]
 
     def forward(self, source: str, name: str, request: dict[str, Any], response: Any) -> str:
         """Post the CloudTrail event of one API call through the AWS forwarder; its id."""
+        self.changed_at = time.time()
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event_id = str(uuid.uuid4())
         event = {
@@ -100,9 +121,16 @@ class AwsSimulator:
         return event_id
 
     # ------------------------------------------------------------------ EC2
+    def image_id(self) -> str:
+        """An AMI moto knows: listing them all takes seconds (moto ships thousands), so the
+        first is looked up once per process."""
+        if "image" not in _IMAGE:
+            _IMAGE["image"] = self.client("ec2").describe_images()["Images"][0]["ImageId"]
+        return _IMAGE["image"]
+
     def run_instance(self, instance_type: str, tags: Mapping[str, str]) -> str:
         ec2 = self.client("ec2")
-        image = ec2.describe_images()["Images"][0]["ImageId"]
+        image = self.image_id()
         spec = [
             {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
         ]
@@ -291,3 +319,129 @@ class AwsSimulator:
         ]
         for start in range(0, len(points), 20):
             cw.put_metric_data(Namespace=namespace, MetricData=points[start : start + 20])
+
+
+# ---------------------------------------------------------------------- Azure and GCP
+# A user's view of the Azure and GCP simulators (lambdas/devstack/azure_sim.py, gcp_sim.py):
+# the same public API calls a user's tooling makes; the simulators raise the providers'
+# events for them and push them through the real forwarders.
+
+
+@dataclass
+class AzureUser:
+    """Signs in with client credentials (`user_file`: tenant, client_id, client_secret) and
+    calls ARM in `subscription`."""
+
+    base_url: str
+    user_file: str
+    subscription: str
+    location: str = "eastus"
+
+    def token(self) -> str:
+        me = json.loads(Path(self.user_file).read_text())
+        resp = requests.post(
+            f"{self.base_url}/{me['tenant']}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": me["client_id"],
+                "client_secret": me["client_secret"],
+                "scope": "https://management.azure.com/.default",
+            },
+            timeout=10,
+        )
+        resp.raise_for_status()
+        return str(resp.json()["access_token"])
+
+    def arm(self, method: str, rid: str, api: str, body: Any = None, **query: str) -> Any:
+        resp = requests.request(
+            method,
+            f"{self.base_url}{rid}",
+            params={"api-version": api, **query},
+            json=body,
+            headers={"Authorization": f"Bearer {self.token()}"},
+            timeout=10,
+        )
+        resp.raise_for_status()
+        return resp.json() if resp.content else {}
+
+    def vm_id(self, group: str, name: str) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{name}"
+        )
+
+    def create_vm(self, group: str, name: str, size: str, tags: Mapping[str, str]) -> str:
+        """PUT a VM; its ARM id (as Event Grid names it)."""
+        rid = self.vm_id(group, name)
+        body = {
+            "location": self.location,
+            "tags": dict(tags),
+            "properties": {
+                "hardwareProfile": {"vmSize": size},
+                "storageProfile": {"osDisk": {"osType": "Linux", "createOption": "FromImage"}},
+            },
+        }
+        self.arm("PUT", rid, "2024-07-01", body)
+        return rid
+
+    def power_state(self, rid: str) -> str:
+        vm = self.arm("GET", rid, "2024-07-01", **{"$expand": "instanceView"})
+        codes = [s["code"] for s in vm["properties"]["instanceView"]["statuses"]]
+        return next(c.split("/", 1)[1] for c in codes if c.startswith("PowerState/"))
+
+    def tags(self, rid: str) -> dict[str, str]:
+        return dict(self.arm("GET", rid, "2024-07-01").get("tags") or {})
+
+
+@dataclass
+class GcpUser:
+    """Calls the Compute API in `project` with the user's OAuth2 token (`token_file`)."""
+
+    base_url: str
+    token_file: str
+    project: str
+    zone: str = "us-central1-a"
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        from pathlib import Path
+
+        token = Path(self.token_file).read_text().strip()
+        resp = requests.request(
+            method,
+            f"{self.base_url}/compute/v1/projects/{self.project}/zones/{self.zone}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        resp.raise_for_status()
+        return resp.json()
+
+    def insert_instance(self, name: str, machine_type: str, labels: Mapping[str, str]) -> str:
+        """instances.insert; the instance's full asset name, as the collector keys it."""
+        self.call(
+            "POST",
+            "/instances",
+            {
+                "name": name,
+                "machineType": f"zones/{self.zone}/machineTypes/{machine_type}",
+                "labels": dict(labels),
+                "disks": [
+                    {
+                        "boot": True,
+                        "autoDelete": True,
+                        "initializeParams": {
+                            "sourceImage": "projects/debian-cloud/global/images/family/debian-12"
+                        },
+                    }
+                ],
+                "networkInterfaces": [{"network": "global/networks/default"}],
+            },
+        )
+        return f"//compute.googleapis.com/{self.name(name)}"
+
+    def name(self, instance: str) -> str:
+        return f"projects/{self.project}/zones/{self.zone}/instances/{instance}"
+
+    def instance(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.call("GET", f"/instances/{name}")
+        return found

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -61,6 +62,9 @@ PORTS = {
     "admission": 18443,
     "admission-ops": 18085,
     "zenduty": 18086,
+    "azure": 18087,
+    "gcp": 18088,
+    "billing": 18089,
     "vault": 18200,
 }
 RESULTS_TOPIC = "cct.optimization.results"
@@ -324,6 +328,7 @@ def parts() -> list[Part]:
         "CCT_VAULT_JWT_PATH": str(VAULT_STATE / "jwt" / STEPS_VAULT_ROLE),
         "CCT_STEP_BACKEND": "local",
         "CCT_STEP_OPERATION_TIMEOUT_S": "60",
+        **cloud_step_env(),
     }
     result: list[Part] = [
         Part(
@@ -354,6 +359,7 @@ def parts() -> list[Part]:
                 "CCT_VAULTDEV_HOST": HOST,
                 "CCT_VAULTDEV_CONFIG": str(VAULT_CONFIG),
                 "CCT_VAULTDEV_STATE_DIR": str(VAULT_STATE),
+                **cloud_vault_env(),
             },
             shows={"api": url("vault", "/v1/"), "metrics": url("vault", "/metrics")},
         ),
@@ -441,7 +447,175 @@ def parts() -> list[Part]:
             shows={"metrics": url("trigger", "/metrics"), "workflows": str(LOCAL / "workflows")},
         ),
     ]
-    return result
+    return result + cloud_parts(collector_token) + [billing_part(env)]
+
+
+# ---------------------------------------------------------------------- Azure and GCP
+# The simulators' own directory: the tenant, the GCP project of Vault's service accounts and
+# the service account the steps' roleset mints tokens for (lambdas/devstack/{azure,gcp}_sim.py).
+AZURE_TENANT = "7d1c3a52-0c7e-4c1a-9f1e-00000000c0c7"
+GCP_PROJECT = "cct-local"
+AZURE_DIR = SECRETS / "azure-sim"
+GCP_DIR = SECRETS / "gcp-sim"
+
+
+def _secret_json(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        path.write_text(json.dumps(make(), indent=2) + "\n")
+        path.chmod(0o600)
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def cloud_credentials() -> None:
+    """The simulators' principals, made once (0600): for Azure a user and Vault's own
+    application (client credentials) and the Function's identity header; for GCP a user's
+    and Vault's service-account tokens and the service account Vault mints tokens for."""
+    import uuid
+
+    def client(role: str) -> dict[str, str]:
+        secret_text = secrets.token_urlsafe(32)
+        return {"client_id": str(uuid.uuid4()), "client_secret": secret_text, "role": role}
+
+    clients = _secret_json(
+        AZURE_DIR / "clients.json",
+        lambda: {"user": client("contributor"), "vault": client("graph-admin")},
+    )
+    for name in ("user", "vault"):
+        sign_in = {
+            "tenant": AZURE_TENANT,
+            "client_id": clients[name]["client_id"],
+            "client_secret": clients[name]["client_secret"],
+        }
+        _secret_json(AZURE_DIR / f"{name}.json", functools.partial(dict, sign_in))
+    secret("azure-sim/identity-header")
+
+    def principal(name: str, role: str) -> dict[str, str]:
+        email = f"{name}@{GCP_PROJECT}.iam.gserviceaccount.com"
+        return {"token": "ya29." + secrets.token_urlsafe(32), "email": email, "role": role}
+
+    gcp = _secret_json(
+        GCP_DIR / "clients.json",
+        lambda: {
+            "principals": {
+                "user": principal("local-user", "editor"),
+                "vault": principal("vault", "token-creator"),
+            },
+            "service_accounts": [f"{STEPS_GCP_ROLESET}@{GCP_PROJECT}.iam.gserviceaccount.com"],
+        },
+    )
+    for name in ("user", "vault"):
+        token: str = gcp["principals"][name]["token"]
+        secret(f"gcp-sim/{name}.token", functools.partial(str, token))
+
+
+STEPS_GCP_ROLESET = "cct-remediation"
+
+
+def cloud_step_env() -> dict[str, str]:
+    """Where the steps' Azure and GCP calls go: the simulators, with the tenant whose
+    token endpoint exchanges the Vault-issued service principal."""
+    return {
+        "CCT_AZURE_MANAGEMENT_URL": url("azure"),
+        "CCT_AZURE_LOGIN_URL": url("azure"),
+        "CCT_AZURE_TENANT_ID": AZURE_TENANT,
+        "CCT_GCP_API_URL": url("gcp"),
+    }
+
+
+def cloud_vault_env() -> dict[str, str]:
+    """The credential source's Azure and GCP engines make real credentials on the
+    simulators (Graph applications; generateAccessToken)."""
+    cloud_credentials()
+    return {
+        "CCT_VAULTDEV_AZURE_URL": url("azure"),
+        "CCT_VAULTDEV_AZURE_CREDENTIAL_FILE": str(AZURE_DIR / "vault.json"),
+        "CCT_VAULTDEV_GCP_URL": url("gcp"),
+        "CCT_VAULTDEV_GCP_CREDENTIAL_FILE": str(GCP_DIR / "vault.token"),
+        "CCT_VAULTDEV_GCP_PROJECT": GCP_PROJECT,
+    }
+
+
+def cloud_user_files() -> dict[str, str]:
+    """What a local user (and the system test) signs in to the simulators with."""
+    return {
+        "azure_user_file": str(AZURE_DIR / "user.json"),
+        "gcp_user_token_file": str(GCP_DIR / "user.token"),
+    }
+
+
+def cloud_parts(collector_token: Path) -> list[Part]:
+    cloud_credentials()
+    python = str(VENV_BIN / "python")
+    common = ["--collector-url", url("collector", "/ingest"), "--collector-token-file"]
+    return [
+        Part(
+            "azure",
+            [
+                python,
+                "-m",
+                "lambdas.devstack.azure_sim",
+                "--port",
+                str(PORTS["azure"]),
+                "--tenant",
+                AZURE_TENANT,
+                "--clients-file",
+                str(AZURE_DIR / "clients.json"),
+                "--identity-header-file",
+                str(SECRETS / "azure-sim" / "identity-header"),
+                *common,
+                str(collector_token),
+            ],
+            url("azure", "/healthz"),
+            shows={"arm": url("azure"), "metrics": url("azure", "/metrics")},
+        ),
+        Part(
+            "gcp",
+            [
+                python,
+                "-m",
+                "lambdas.devstack.gcp_sim",
+                "--port",
+                str(PORTS["gcp"]),
+                "--clients-file",
+                str(GCP_DIR / "clients.json"),
+                *common,
+                str(collector_token),
+            ],
+            url("gcp", "/healthz"),
+            shows={"api": url("gcp"), "metrics": url("gcp", "/metrics")},
+        ),
+    ]
+
+
+BILLING_DROP = LOCAL / "billing" / "drop"
+# The CronJob's schedule, shortened: a local user should not wait hours for a reload.
+BILLING_INTERVAL_S = 300
+
+
+def billing_part(env: dict[str, str]) -> Part:
+    """The billing CronJob's stand-in: `cct billing load` over a drop directory, on a
+    schedule and on demand (lambdas/devstack/billing_drop.py)."""
+    return Part(
+        "billing",
+        [
+            str(VENV_BIN / "python"),
+            "-m",
+            "lambdas.devstack.billing_drop",
+            "--port",
+            str(PORTS["billing"]),
+            "--drop-dir",
+            str(BILLING_DROP),
+            "--interval-s",
+            str(BILLING_INTERVAL_S),
+            "--cct",
+            CCT,
+        ],
+        url("billing", "/healthz"),
+        env=env,
+        shows={"status": url("billing", "/status"), "drop": str(BILLING_DROP)},
+    )
 
 
 def routing_settings() -> AlertRoutingSettings:
@@ -558,6 +732,7 @@ def write_stack(stack: list[Part]) -> None:
             "collector_token_file": str(SECRETS / "collector.token"),
             "bridge_token_file": str(SECRETS / "bridge.token"),
             "admission_ca_file": str(SECRETS / "admission-tls" / "ca.crt"),
+            **cloud_user_files(),
         },
         "topics": list(TOPICS),
         "playbooks_file": str(LOCAL / "playbooks.yaml"),
@@ -603,6 +778,7 @@ def down(keep_services: bool = False) -> int:
 def _known_parts() -> list[Part]:
     """The parts by name only (no secrets made, no files written): what `down` may stop."""
     names = ["zenduty", "vault", "collector", "bridge", "detector", "admission", "trigger"]
+    names += ["azure", "gcp", "billing"]
     return [Part(n, [], "") for n in names]
 
 

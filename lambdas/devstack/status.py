@@ -148,8 +148,43 @@ def lines(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
             if isinstance(pages, list):
                 last = max((p["received_at"] for p in pages), default=None)
                 detail += f"; {len(pages)} pages, newest {_ago(last)}"
+        elif name in ("azure", "gcp"):
+            detail += "; " + simulator_detail(part["metrics"])
+        elif name == "billing":
+            detail += "; " + billing_detail(part["status"])
         out.append((name, healthy, detail))
     return out
+
+
+def simulator_detail(metrics_url: str) -> str:
+    """How many provider events the simulator pushed to its forwarder, and how many wait."""
+    ok, text = _get(metrics_url)
+    if not ok or not isinstance(text, str):
+        return "metrics unknown"
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if 'kind="delivery"' in line:
+            counts[line.split('event="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    pending = counts.get("queued", 0) - counts.get("delivered", 0) - counts.get("rejected", 0)
+    return (
+        f"{counts.get('delivered', 0):.0f} events through the forwarder, {pending:.0f} pending,"
+        f" {counts.get('retried', 0):.0f} retries, {counts.get('rejected', 0):.0f} rejected"
+    )
+
+
+def billing_detail(status_url: str) -> str:
+    """The billing loader's last run: when, why, how each delivery went; the next one."""
+    ok, doc = _get(status_url)
+    if not ok or not isinstance(doc, dict):
+        return "status unknown"
+    last = doc.get("last_run")
+    nxt = f"next scheduled run in {doc.get('next_scheduled_in_s', 0):.0f}s"
+    if not last:
+        return f"no run yet; drop exports in {doc.get('drop_dir')}/<format>/; {nxt}"
+    outcomes = last.get("outcomes") or []
+    failed = [o["delivery"] for o in outcomes if o.get("exit_code")]
+    result = f"{len(outcomes)} deliveries" + (f", FAILED {', '.join(failed)}" if failed else " ok")
+    return f"last run {_ago(last.get('finished_at'))} ({last.get('trigger')}): {result}; {nxt}"
 
 
 @click.command("status")

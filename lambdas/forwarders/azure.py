@@ -34,34 +34,43 @@ API_VERSIONS = {
 ArmGet = Callable[[str], Mapping[str, Any] | None]
 
 
-def managed_identity_arm_get(resource_id: str) -> Mapping[str, Any] | None:
-    """GET the resource from ARM with the Function's managed identity; None if not readable
-    (the collector then keeps what it knew about the resource)."""
-    parts = resource_id.strip("/").split("/")
-    rtype = f"{parts[5]}/{parts[6]}".lower() if len(parts) >= 8 else ""
-    version = API_VERSIONS.get(rtype)
-    if version is None:
-        return None
-    token_url = (
-        os.environ["IDENTITY_ENDPOINT"]
-        + "?"
-        + urllib.parse.urlencode(
-            {"resource": "https://management.azure.com/", "api-version": "2019-08-01"}
+ARM_URL = "https://management.azure.com"
+
+
+def arm_reader(identity_endpoint: str, identity_header: str, arm_url: str = ARM_URL) -> ArmGet:
+    """An ArmGet that reads with the Function's managed identity: a token from the platform's
+    identity endpoint (App Service / Functions: IDENTITY_ENDPOINT with the X-IDENTITY-HEADER
+    secret), then GET on ARM. None if not readable (the collector then keeps what it knew
+    about the resource)."""
+
+    def get(resource_id: str) -> Mapping[str, Any] | None:
+        parts = resource_id.strip("/").split("/")
+        rtype = f"{parts[5]}/{parts[6]}".lower() if len(parts) == 8 else ""
+        version = API_VERSIONS.get(rtype)
+        if version is None:
+            return None
+        query = urllib.parse.urlencode({"resource": ARM_URL + "/", "api-version": "2019-08-01"})
+        req = urllib.request.Request(  # noqa: S310 - the platform's identity endpoint
+            f"{identity_endpoint}?{query}", headers={"X-IDENTITY-HEADER": identity_header}
         )
-    )
-    req = urllib.request.Request(  # noqa: S310 - the platform's identity endpoint
-        token_url, headers={"X-IDENTITY-HEADER": os.environ["IDENTITY_HEADER"]}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - platform endpoint
-            token = json.load(resp)["access_token"]
-        url = f"https://management.azure.com{resource_id}?api-version={version}"
-        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return dict(json.load(resp))
-    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
-        log.warning("ARM read failed", extra={"resource": resource_id, "error": str(exc)})
-        return None
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - platform endpoint
+                token = json.load(resp)["access_token"]
+            url = f"{arm_url}{resource_id}?api-version={version}"
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+                return dict(json.load(resp))
+        except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+            log.warning("ARM read failed", extra={"resource": resource_id, "error": str(exc)})
+            return None
+
+    return get
+
+
+def managed_identity_arm_get(resource_id: str) -> Mapping[str, Any] | None:
+    """The Function's ArmGet, from the platform's identity settings."""
+    reader = arm_reader(os.environ["IDENTITY_ENDPOINT"], os.environ["IDENTITY_HEADER"])
+    return reader(resource_id)
 
 
 def handle_events(events: Any, forwarder: Forwarder, arm_get: ArmGet) -> ForwardResult:

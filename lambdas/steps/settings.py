@@ -35,6 +35,10 @@ class StepSettings:
         for STANDARD_IA).
     http_timeout_s: per-request timeout for Vault, Azure and GCP calls.
     operation_timeout_s: how long to wait for a cloud operation (stop, resize) to finish.
+    poll_initial_s / poll_max_s: CCT_STEP_POLL_INITIAL_S (0.25 s) and CCT_STEP_POLL_MAX_S
+        (5 s): the first wait between polls of a running operation, doubled up to the
+        largest (`lambdas.steps.polling`): quick operations end in a fraction of a second,
+        slow ones are polled every few seconds.
     kafka: where `record` publishes the run's result event (`CCT_KAFKA_BOOTSTRAP`, with the
         steps' Kafka identity: `KafkaAuth`);
         unset, nothing is published.
@@ -67,6 +71,8 @@ class StepSettings:
     tiering_after_days: int
     http_timeout_s: float
     operation_timeout_s: float
+    poll_initial_s: float
+    poll_max_s: float
     kafka: KafkaAuth | None
     results_topic: str
     publish_timeout_s: float
@@ -78,6 +84,12 @@ class StepSettings:
         backend = env_str("CCT_STEP_BACKEND", "local")
         if backend not in {"local", "argo"}:
             raise SettingsError(f"CCT_STEP_BACKEND={backend!r} must be local or argo")
+        poll_initial_s = env_float("CCT_STEP_POLL_INITIAL_S", 0.25)
+        poll_max_s = env_float("CCT_STEP_POLL_MAX_S", 5.0)
+        if not 0 < poll_initial_s <= poll_max_s:
+            raise SettingsError(
+                "CCT_STEP_POLL_INITIAL_S must be > 0 and at most CCT_STEP_POLL_MAX_S"
+            )
         return cls(
             vault_addr=env_str("VAULT_ADDR", "http://vault.vault.svc:8200").rstrip("/"),
             vault_k8s_role=env_str("CCT_VAULT_K8S_ROLE", "cct-remediation"),
@@ -109,6 +121,8 @@ class StepSettings:
             tiering_after_days=env_int("CCT_TIERING_AFTER_DAYS", 30),
             http_timeout_s=env_float("CCT_STEP_HTTP_TIMEOUT_S", 30.0),
             operation_timeout_s=env_float("CCT_STEP_OPERATION_TIMEOUT_S", 900.0),
+            poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s,
             kafka=(
                 KafkaAuth.from_env(os.environ["CCT_KAFKA_BOOTSTRAP"])
                 if os.environ.get("CCT_KAFKA_BOOTSTRAP")

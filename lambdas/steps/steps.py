@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from lambdas.pricing.catalog import gcp_machine_shape
 from lambdas.steps import results
 from lambdas.steps.action import Action, ActionFailed
 from lambdas.steps.contract import StepInput
@@ -29,6 +30,7 @@ from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.steps.redact import REDACTOR
 from lambdas.steps.registry import ACTIONS
 from lambdas.steps.settings import StepSettings
+from lambdas.steps.sizing import smaller_sizes
 from lambdas.store import actions as store
 
 log = logging.getLogger("cct.steps")
@@ -72,12 +74,47 @@ def _base(inp: StepInput) -> dict[str, Any]:
     }
 
 
+# ARM's spelling of the path segments the collector lower-cases (ARM ids are case-insensitive;
+# the actions' schemas name the canonical spelling).
+_ARM_SEGMENTS = {
+    seg.lower(): seg
+    for seg in (
+        "subscriptions",
+        "resourceGroups",
+        "providers",
+        "Microsoft.Compute",
+        "virtualMachines",
+        "disks",
+        "Microsoft.Storage",
+        "storageAccounts",
+        "Microsoft.Sql",
+        "servers",
+        "databases",
+    )
+}
+GCP_ASSET_PREFIX = "//compute.googleapis.com/"
+
+
 def api_resource_id(provider: str, resource_id: str) -> str:
-    """How the provider's API names a resource that CloudTrail and the collector name by
-    ARN: RDS's ModifyDBInstance takes the instance identifier, never the ARN
-    (`arn:aws:rds:<region>:<account>:db:<identifier>`). Other ids pass unchanged."""
+    """How the provider's API names a resource that its events and the collector name
+    otherwise. RDS's ModifyDBInstance takes the instance identifier, never the ARN
+    (`arn:aws:rds:<region>:<account>:db:<identifier>`); the collector keys Azure resources by
+    the lower-cased ARM id (ARM ids are case-insensitive, the actions' schemas use ARM's
+    spelling of the fixed segments); GCP resources by their full asset name
+    (`//compute.googleapis.com/projects/...`), while the Compute API takes the relative name.
+    Other ids pass unchanged."""
     if provider == "aws" and resource_id.startswith("arn:aws:rds:") and ":db:" in resource_id:
         return resource_id.rsplit(":db:", 1)[1]
+    if provider == "gcp" and resource_id.startswith(GCP_ASSET_PREFIX):
+        return resource_id[len(GCP_ASSET_PREFIX) :]
+    if provider == "azure" and resource_id.startswith("/"):
+        parts = resource_id.split("/")
+        # Names (even positions) keep their spelling; the fixed segments (subscriptions,
+        # resourceGroups, providers, types at odd positions, the namespace at 6) get ARM's.
+        for i in range(1, len(parts)):
+            if i % 2 == 1 or i == 6:
+                parts[i] = _ARM_SEGMENTS.get(parts[i].lower(), parts[i])
+        return "/".join(parts)
     return resource_id
 
 
@@ -128,19 +165,43 @@ def _prices(
         str(state.get("region", "")),
         action.price_unit,
     )
-    return catalog_skus(rows, state)
+    return catalog_skus(rows, state, inp.parameters.provider)
 
 
-def catalog_skus(rows: Mapping[str, Decimal], state: Mapping[str, Any]) -> dict[str, Decimal]:
+def catalog_skus(
+    rows: Mapping[str, Decimal], state: Mapping[str, Any], provider: str = ""
+) -> dict[str, Decimal]:
     """`cct prices load` keys an RDS instance's hourly price as `class/engine/deployment`
     (`db.m5.large/postgres/Single-AZ`) while RDS reports the class alone: the rows of the
-    database's own engine and deployment are also offered under the bare class."""
+    database's own engine and deployment are also offered under the bare class. GCP prices
+    a machine type per vCPU and GiB of its family (`e2/core`, `e2/ram`): the machine's own
+    type and the smaller sizes a rightsize may choose are offered composed from them, as the
+    collector prices them (`lambdas.pricing.catalog.gcp_machine_shape`)."""
+    if provider == "gcp" and state.get("sku"):
+        return {**_gcp_machine_prices(rows, str(state["sku"])), **rows}
     engine, deployment = state.get("engine"), state.get("deployment")
     if not engine or not deployment:
         return dict(rows)
     suffix = f"/{engine}/{deployment}"
     narrowed = {k.removesuffix(suffix): v for k, v in rows.items() if k.endswith(suffix)}
     return {**rows, **narrowed}
+
+
+def _gcp_machine_prices(rows: Mapping[str, Decimal], sku: str) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    try:
+        _, sizes = smaller_sizes("gcp", sku)
+    except InvalidInput:  # a type CCT does not resize (shared-core, custom) is still priced
+        sizes = []
+    for candidate in [sku, *(name for name, _ in sizes)]:
+        shape = gcp_machine_shape(candidate)
+        if shape is None:
+            continue
+        family, cpus, mem = shape
+        core, ram = rows.get(f"{family}/core"), rows.get(f"{family}/ram")
+        if core is not None and ram is not None:
+            out[candidate] = core * Decimal(str(cpus)) + ram * Decimal(str(mem))
+    return out
 
 
 def _save_action(

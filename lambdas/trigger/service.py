@@ -324,7 +324,10 @@ def make_backend(settings: TriggerSettings) -> Backend:
         admission = AdmissionClient(call) if call is not None else None
         if settings.local_state_dir is not None:
             return DetachedLocalBackend(
-                settings.local_state_dir, command=settings.step_command, admission=admission
+                settings.local_state_dir,
+                command=settings.step_command,
+                admission=admission,
+                step_runner=settings.local_step_runner,
             )
         return LocalBackend(command=settings.step_command, admission=admission)
     kube = KubeSettings(

@@ -139,17 +139,87 @@ class AwsStsEngine:
         return None
 
 
+def _post_json(url: str, body: Any, headers: dict[str, str], form: bool = False) -> Any:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    data = urllib.parse.urlencode(body).encode() if form else json.dumps(body).encode()
+    ctype = "application/x-www-form-urlencoded" if form else "application/json"
+    req = urllib.request.Request(  # noqa: S310 - the configured cloud simulator
+        url, data=data, headers={**headers, "Content-Type": ctype}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - configured URL
+        raw = resp.read()
+    return json.loads(raw) if raw else {}
+
+
+@dataclass(frozen=True)
+class CloudDirectory:
+    """Where an Azure or GCP engine makes its credentials, when a cloud simulator runs:
+    `url` (Azure: the tenant's login and Microsoft Graph host; GCP: the IAM Credentials
+    host) and Vault's own credential there (`credential_file`: Azure, JSON
+    {tenant, client_id, client_secret} of Vault's application; GCP, Vault's service
+    account's access token), plus the GCP project whose service accounts the rolesets use."""
+
+    url: str
+    credential_file: str
+    project: str = ""
+
+    def credential(self) -> str:
+        from pathlib import Path
+
+        return Path(self.credential_file).read_text().strip()
+
+
 @dataclass
 class AzureEngine:
-    """`azure/creds/<role>`: a service principal's client id and secret (dynamic in Vault:
-    an application created per lease and deleted on revoke)."""
+    """`azure/creds/<role>`: a service principal's client id and secret. With a directory
+    (the local Azure simulator) the application is created per lease through Microsoft
+    Graph and deleted on revoke, as Vault's Azure engine does; without one the values are
+    opaque."""
 
     roles: frozenset[str]
+    directory: CloudDirectory | None = None
     name: str = "azure"
+
+    def _graph(self, method: str, path: str, body: Any = None) -> Any:
+        import json
+        import urllib.request
+
+        assert self.directory is not None
+        own = json.loads(self.directory.credential())
+        token = _post_json(
+            f"{self.directory.url}/{own['tenant']}/oauth2/v2.0/token",
+            {
+                "grant_type": "client_credentials",
+                "client_id": own["client_id"],
+                "client_secret": own["client_secret"],
+                "scope": "https://graph.microsoft.com/.default",
+            },
+            {},
+            form=True,
+        )["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        if method == "POST":
+            return _post_json(f"{self.directory.url}{path}", body, headers)
+        req = urllib.request.Request(  # noqa: S310 - the configured cloud simulator
+            f"{self.directory.url}{path}", headers=headers, method=method
+        )
+        with urllib.request.urlopen(req, timeout=10):  # noqa: S310 - configured URL
+            return None
 
     def issue(self, role: str, ttl: int) -> tuple[str, dict[str, Any]]:
         if role not in self.roles:
             raise LookupError(f"unknown Azure role {role!r}")
+        if self.directory is not None:
+            app = self._graph("POST", "/v1.0/applications", {"displayName": f"vault-{role}"})
+            cred = self._graph(
+                "POST",
+                f"/v1.0/applications/{app['id']}/addPassword",
+                {"passwordCredential": {"displayName": f"vault-{role}"}},
+            )
+            return app["id"], {"client_id": app["appId"], "client_secret": cred["secretText"]}
         client_id = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-4{secrets.token_hex(2)[1:]}"
         client_id += f"-a{secrets.token_hex(2)[1:]}-{secrets.token_hex(6)}"
         return client_id, {"client_id": client_id, "client_secret": secrets.token_urlsafe(30)}
@@ -158,21 +228,37 @@ class AzureEngine:
         return None
 
     def revoke(self, role: str, handle: str) -> None:
-        return None
+        if self.directory is not None:
+            self._graph("DELETE", f"/v1.0/applications/{handle}")
 
 
 @dataclass
 class GcpTokenEngine:
     """`gcp/token/<roleset>`: an OAuth2 access token of the roleset's service account; not
-    leased (Vault cannot revoke Google access tokens)."""
+    leased (Vault cannot revoke Google access tokens). With a directory (the local GCP
+    simulator) the token is minted by IAM Credentials' generateAccessToken for
+    `<roleset>@<project>.iam.gserviceaccount.com`; without one it is opaque."""
 
     rolesets: frozenset[str]
+    directory: CloudDirectory | None = None
     name: str = "gcp"
 
     def token(self, roleset: str, ttl: int) -> dict[str, Any]:
         if roleset not in self.rolesets:
             raise LookupError(f"unknown GCP roleset {roleset!r}")
+        ttl = min(ttl, 3600)
         expires = int(datetime.now(UTC).timestamp()) + ttl
+        if self.directory is not None:
+            account = f"{roleset}@{self.directory.project}.iam.gserviceaccount.com"
+            scope = ["https://www.googleapis.com/auth/cloud-platform"]
+            doc = _post_json(
+                f"{self.directory.url}/v1/projects/-/serviceAccounts/{account}:generateAccessToken",
+                {"scope": scope, "lifetime": f"{ttl}s"},
+                {"Authorization": f"Bearer {self.directory.credential()}"},
+            )
+            expire = datetime.fromisoformat(doc["expireTime"].replace("Z", "+00:00"))
+            expires = int(expire.timestamp())
+            return {"token": doc["accessToken"], "expires_at_seconds": expires, "token_ttl": ttl}
         return {
             "token": "ya29.vault-dev-" + secrets.token_urlsafe(40),
             "expires_at_seconds": expires,

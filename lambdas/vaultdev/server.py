@@ -41,6 +41,7 @@ from lambdas.vaultdev.core import (
 from lambdas.vaultdev.engines import (
     AwsStsEngine,
     AzureEngine,
+    CloudDirectory,
     Engine,
     GcpTokenEngine,
     PostgresEngine,
@@ -67,6 +68,11 @@ class VaultDevSettings:
     aws_endpoint_url: CCT_AWS_ENDPOINT_URL, the AWS simulator; unset disables `aws/`.
     lease_ttl_s / lease_max_ttl_s: CCT_VAULTDEV_LEASE_TTL_S (900) and ..._MAX_TTL_S (3600),
         the bundle's default and max lease TTLs.
+    azure / gcp: where the Azure and GCP engines make credentials when the local cloud
+        simulators run: CCT_VAULTDEV_AZURE_URL with CCT_VAULTDEV_AZURE_CREDENTIAL_FILE (JSON
+        tenant, client_id, client_secret of Vault's own application), CCT_VAULTDEV_GCP_URL
+        with CCT_VAULTDEV_GCP_CREDENTIAL_FILE (Vault's service account token) and
+        CCT_VAULTDEV_GCP_PROJECT; unset, those engines return opaque values.
     """
 
     host: str
@@ -77,6 +83,8 @@ class VaultDevSettings:
     aws_endpoint_url: str | None
     lease_ttl_s: int
     lease_max_ttl_s: int
+    azure: CloudDirectory | None = None
+    gcp: CloudDirectory | None = None
 
     @classmethod
     def from_env(cls) -> VaultDevSettings:
@@ -99,7 +107,22 @@ class VaultDevSettings:
             aws_endpoint_url=os.environ.get("CCT_AWS_ENDPOINT_URL") or None,
             lease_ttl_s=ttl,
             lease_max_ttl_s=max_ttl,
+            azure=_directory("AZURE"),
+            gcp=_directory("GCP"),
         )
+
+
+def _directory(cloud: str) -> CloudDirectory | None:
+    url = os.environ.get(f"CCT_VAULTDEV_{cloud}_URL") or ""
+    if not url:
+        return None
+    name = f"CCT_VAULTDEV_{cloud}_CREDENTIAL_FILE"
+    credential = os.environ.get(name) or ""
+    if not Path(credential).is_file():
+        raise SettingsError(f"{name}={credential!r}: not a file (needed with {cloud} URL)")
+    return CloudDirectory(
+        url.rstrip("/"), credential, os.environ.get(f"CCT_VAULTDEV_{cloud}_PROJECT", "")
+    )
 
 
 @dataclass(frozen=True)
@@ -193,8 +216,8 @@ class VaultDev:
         if config.aws_roles and settings.aws_endpoint_url:
             self.engines["aws"] = AwsStsEngine(settings.aws_endpoint_url, config.aws_roles)
         if config.azure_roles:
-            self.engines["azure"] = AzureEngine(config.azure_roles)
-        self.gcp = GcpTokenEngine(config.gcp_rolesets)
+            self.engines["azure"] = AzureEngine(config.azure_roles, settings.azure)
+        self.gcp = GcpTokenEngine(config.gcp_rolesets, settings.gcp)
 
     # --- responses -------------------------------------------------------------------
     @staticmethod
@@ -336,7 +359,8 @@ class VaultDev:
             raise VaultDevError(404, f"no handler for route {path!r}")
         mount, kind, role = parts
         if mount == "gcp" and kind == "token" and method == "GET":
-            return self._secret(self.gcp.token(role, self.settings.lease_ttl_s))
+            token = await asyncio.to_thread(self.gcp.token, role, self.settings.lease_ttl_s)
+            return self._secret(token)
         engine_kind = {("database", "creds"), ("aws", "sts"), ("azure", "creds")}
         if (mount, kind) not in engine_kind or mount not in self.engines:
             raise VaultDevError(404, f"no handler for route {path!r}")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
-from lambdas.devstack.cloud import AwsSimulator
+from lambdas.devstack.cloud import AwsSimulator, AzureUser, GcpUser
 from lambdas.devstack.stack import admin_kafka
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +69,18 @@ class Stack:
         token = Path(self.doc["secrets"]["collector_token_file"]).read_text().strip()
         ingest = self.doc["parts"]["collector"]["ingest"]
         return AwsSimulator(self.service("moto")["url"], ingest, token, account)
+
+    def azure(self, subscription: str) -> AzureUser:
+        """A user of the Azure simulator, working in `subscription`."""
+        return AzureUser(
+            self.doc["parts"]["azure"]["arm"], self.doc["secrets"]["azure_user_file"], subscription
+        )
+
+    def gcp(self, project: str) -> GcpUser:
+        """A user of the GCP simulator, working in `project`."""
+        return GcpUser(
+            self.doc["parts"]["gcp"]["api"], self.doc["secrets"]["gcp_user_token_file"], project
+        )
 
     # ------------------------------------------------------------------ queries
     def vm_query(self, expr: str) -> list[dict[str, Any]]:

@@ -303,3 +303,49 @@ def test_rds_catalog_prices_are_found_by_the_class_rds_reports() -> None:
     state = {"engine": "postgres", "deployment": "Multi-AZ"}
     assert catalog_skus(rows, state)["db.m5.large"] == Decimal("0.342")
     assert "db.m5.large" not in catalog_skus(rows, {})
+
+
+@pytest.mark.parametrize(
+    ("fixture", "provider", "action"),
+    [
+        ("azure_vm_write.json", "azure", "azure.compute.deallocate_vm"),
+        ("azure_disk_write.json", "azure", "azure.compute.delete_disk"),
+        ("gcp_instances_insert.json", "gcp", "gcp.compute.stop_instance"),
+        ("gcp_disks_insert.json", "gcp", "gcp.compute.delete_disk"),
+    ],
+)
+def test_collector_resource_ids_reach_the_actions_as_api_ids(
+    fixture: str, provider: str, action: str
+) -> None:
+    """The id the collector stores (from the provider's recorded event, through the real
+    normalizer) becomes an id the action's schema accepts: ARM's spelling for Azure's
+    lower-cased ids, the relative name for GCP's asset names."""
+    import json
+
+    import jsonschema
+
+    from lambdas.collector.normalize import normalize
+    from lambdas.steps.registry import ACTIONS
+    from lambdas.steps.steps import api_resource_id
+    from tests.ingest.conftest import FIXTURES
+
+    event = json.loads((FIXTURES / "events" / fixture).read_text())
+    [change] = normalize({"provider": provider, "event": event})
+    params = {"resource_id": api_resource_id(provider, change.resource_id)}
+    schema = ACTIONS[action].schema
+    extra = {k: "Mon-Fri 08:00-18:00" for k in schema["required"] if k != "resource_id"}
+    jsonschema.validate({**params, **extra}, schema)
+
+
+def test_gcp_machine_prices_are_composed_from_vcpu_and_memory_rows() -> None:
+    from decimal import Decimal
+
+    from lambdas.steps.steps import catalog_skus
+
+    rows = {"e2/core": Decimal("0.02181159"), "e2/ram": Decimal("0.00292353")}
+    prices = catalog_skus(rows, {"sku": "e2-standard-8"}, "gcp")
+    # 8 vCPUs and 32 GiB, as the collector prices the machine.
+    assert prices["e2-standard-8"] == Decimal("0.02181159") * 8 + Decimal("0.00292353") * 32
+    assert prices["e2-standard-4"] < prices["e2-standard-8"]  # a rightsize can find a target
+    assert "n2-standard-8" not in catalog_skus(rows, {"sku": "n2-standard-8"}, "gcp")
+    assert catalog_skus(rows, {"sku": "f1-micro"}, "gcp") == rows

@@ -1,0 +1,168 @@
+"""Azure and GCP through the whole pipeline (issue #15), driven as a user's cloud would.
+
+A user creates an expensive VM in the Azure simulator (ARM PUT) and an expensive instance in
+the GCP simulator (Compute instances.insert). The simulators raise the providers' events
+(Event Grid ResourceWriteSuccess; the Admin Activity audit entry on the log sink's Pub/Sub
+topic) and push them to the real forwarders, which read the resource back (Azure: ARM with
+the Function's managed identity) and post to the collector. Then every hop is checked with
+its time: priced run-rate in VictoriaMetrics -> detector alert in Alertmanager -> CloudEvent
+on Kafka -> workflow run (the shipped playbooks map both to stop-idle-compute in dev) ->
+admission decision -> the steps, with credentials the credential source made on the
+simulators (a Graph application per lease; generateAccessToken), deallocate / stop the
+machine -> the change event flows back through the forwarder -> verified saving and the
+action in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from lambdas import contract
+from lambdas.steps.providers.azure import RESTART_SCHEDULE_TAG
+from lambdas.steps.providers.gcp import RESTART_SCHEDULE_LABEL
+from tests.e2e.stack import Stack, TopicWatch
+from tests.e2e.test_pipeline import (
+    Scenario,
+    alerted,
+    decisions,
+    on_kafka,
+    paged,
+    run_of,
+    settled,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+@dataclass
+class Launched:
+    subscription: str
+    project: str
+    watch: TopicWatch
+    azure_vm: Scenario
+    gcp_instance: Scenario
+    gcp_name: str
+
+
+@pytest.fixture(scope="module")
+def launched(stack: Stack) -> Iterator[Launched]:
+    uid = uuid.uuid4().hex[:6]
+    # A fresh subscription and project per run keep per-account policy counts apart.
+    subscription = str(uuid.uuid4())
+    project = f"shop-{uid}"
+    topics = (contract.TOPIC_ANOMALIES, contract.TOPIC_UNMAPPED)
+    with TopicWatch(stack.bootstrap, topics) as watch:
+        t0, wall = time.monotonic(), time.time()
+        rid = stack.azure(subscription).create_vm(
+            f"rg-web-{uid}", f"web-{uid}", "Standard_D2s_v3", {"env": "dev", "team": f"web-{uid}"}
+        )
+        # The collector keys Azure resources by the lower-cased ARM id.
+        vm = Scenario("new Azure dev VM -> deallocate", rid.lower(), t0, wall)
+
+        t0, wall = time.monotonic(), time.time()
+        name = f"api-{uid}"
+        asset = stack.gcp(project).insert_instance(
+            name, "e2-standard-8", {"env": "dev", "team": f"api-{uid}"}
+        )
+        inst = Scenario("new GCP dev instance -> stop", asset, t0, wall)
+        yield Launched(subscription, project, watch, vm, inst, name)
+
+
+def priced(stack: Stack, s: Scenario) -> float:
+    """The run-rate VictoriaMetrics held for the resource since launch: the other scenario's
+    test runs first, and by then the workflow may have stopped this one (rate back to 0)."""
+
+    def check() -> float | None:
+        expr = f'max_over_time(cct_cost_rate_usd_per_hour{{resource_id="{s.resource_id}"}}[15m])'
+        value = sum(float(r["value"][1]) for r in stack.vm_query(expr))
+        return value if value > 0 else None
+
+    return s.hop("priced run-rate in VictoriaMetrics", check)
+
+
+def _action_row(stack: Stack, run_id: str) -> tuple[Any, ...]:
+    rows = stack.sql(
+        "select action, outcome, dry_run, before_state, after_state,"
+        " verified_monthly_saving_usd from optimization_actions where run_id = %s",
+        run_id,
+    )
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_azure_and_gcp_changes_are_priced_alerted_and_published(
+    stack: Stack, launched: Launched
+) -> None:
+    """The early hops of both, first: once a workflow stops a machine its alert resolves."""
+    vm, inst = launched.azure_vm, launched.gcp_instance
+    assert priced(stack, vm) > 0 and priced(stack, inst) > 0
+    for s, provider, rtype in (
+        (vm, "azure", "Microsoft.Compute/virtualMachines"),
+        (inst, "gcp", "compute.googleapis.com/Instance"),
+    ):
+        labels = alerted(stack, s)["labels"]
+        assert labels["resource_type"] == rtype and labels["provider"] == provider, labels
+        assert labels["env"] == "dev", labels
+    # Standard_D2s_v3 is $0.096/h (warning); e2-standard-8 about $0.27/h pages.
+    paged(stack, inst)
+    on_kafka(launched.watch, vm)
+    on_kafka(launched.watch, inst)
+
+
+def test_new_azure_vm_is_deallocated(stack: Stack, launched: Launched) -> None:
+    s = launched.azure_vm
+    azure = stack.azure(launched.subscription)
+    rid = s.resource_id
+    run = run_of(stack, s)
+    assert run["playbook"] == "stop-idle-compute"
+    s.hop("admission decision allow", lambda: decisions(stack, run["run_id"]).get("admission"))
+    assert decisions(stack, run["run_id"])["admission"][0] == "allow"
+    state = settled(stack, s, run["run_id"], {"succeeded", "failed"})
+    assert state == "succeeded", stack.sql(
+        "select state, reason from optimization_runs where run_id = %s", run["run_id"]
+    )
+    # ARM ids are case-insensitive: the collector's lower-cased id names the same VM.
+    assert s.hop("VM deallocated in the simulator", lambda: azure.power_state(rid) == "deallocated")
+    assert RESTART_SCHEDULE_TAG in azure.tags(rid)
+    name, outcome, dry_run, before, after, verified = _action_row(stack, run["run_id"])
+    assert name == "azure.compute.deallocate_vm" and outcome == "changed" and dry_run is False
+    assert before != after and verified is not None and verified > 0
+    # The deallocation went back through Event Grid and the forwarder: the collector's
+    # run-rate for the VM drops to zero.
+    s.hop("run-rate back to zero (deallocate event via the forwarder)", _rate_zero(stack, s))
+
+
+def test_new_gcp_instance_is_stopped(stack: Stack, launched: Launched) -> None:
+    s = launched.gcp_instance
+    gcp = stack.gcp(launched.project)
+    run = run_of(stack, s)
+    assert run["playbook"] == "stop-idle-compute"
+    s.hop("admission decision allow", lambda: decisions(stack, run["run_id"]).get("admission"))
+    assert decisions(stack, run["run_id"])["admission"][0] == "allow"
+    state = settled(stack, s, run["run_id"], {"succeeded", "failed"})
+    assert state == "succeeded", stack.sql(
+        "select state, reason from optimization_runs where run_id = %s", run["run_id"]
+    )
+    assert s.hop(
+        "instance stopped in the simulator",
+        lambda: gcp.instance(launched.gcp_name)["status"] == "TERMINATED",
+    )
+    assert RESTART_SCHEDULE_LABEL in gcp.instance(launched.gcp_name)["labels"]
+    name, outcome, dry_run, before, after, verified = _action_row(stack, run["run_id"])
+    assert name == "gcp.compute.stop_instance" and outcome == "changed" and dry_run is False
+    assert before != after and verified is not None and verified > 0
+    s.hop("run-rate back to zero (stop audit entry via the forwarder)", _rate_zero(stack, s))
+
+
+def _rate_zero(stack: Stack, s: Scenario) -> Callable[[], bool]:
+    def check() -> bool:
+        found = stack.vm_query(f'cct_cost_rate_usd_per_hour{{resource_id="{s.resource_id}"}}')
+        return bool(found) and sum(float(r["value"][1]) for r in found) == 0
+
+    return check
