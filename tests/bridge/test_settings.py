@@ -15,7 +15,7 @@ from lambdas.common.settings import SettingsError
 def kafka_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "kafka.password").write_text("pw\n")
     monkeypatch.setenv("CCT_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-    monkeypatch.setenv("CCT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("CCT_KAFKA_CA_FILE", str(tmp_path / "kafka-ca.crt"))
     monkeypatch.setenv("CCT_KAFKA_USERNAME", "bridge")
     monkeypatch.setenv("CCT_KAFKA_PASSWORD_FILE", str(tmp_path / "kafka.password"))
 

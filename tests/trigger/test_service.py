@@ -222,7 +222,7 @@ def test_an_invalid_mapping_file_stops_the_trigger_with_the_reason(tmp_path: Pat
             **os.environ,
             "CCT_PG_DSN": "postgresql://unused",
             "CCT_PLAYBOOKS_FILE": str(bad),
-            "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CCT_KAFKA_CA_FILE": str(tmp_path / "unused-ca"),
             "CCT_KAFKA_USERNAME": "trigger",
             "CCT_KAFKA_PASSWORD_FILE": str(tmp_path / "unused"),
         },
