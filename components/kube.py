@@ -181,6 +181,7 @@ def container(
     volume_mounts: Sequence[Mapping[str, Any]] = (),
     probe_path: str | None = None,
     probe_port: int | None = None,
+    ready_path: str | None = None,
 ) -> dict[str, Any]:
     """A container spec with the restricted security context and limits always present."""
     spec: dict[str, Any] = {
@@ -202,7 +203,12 @@ def container(
         spec["volumeMounts"] = [dict(v) for v in volume_mounts]
     if probe_path is not None and probe_port is not None:
         probe = {"httpGet": {"path": probe_path, "port": probe_port, "scheme": "HTTP"}}
-        spec["readinessProbe"] = {**probe, "periodSeconds": 5}
+        # Readiness may depend on the handler's backends (its /readyz); liveness never does,
+        # so a broker outage takes a pod out of its Service instead of restarting it.
+        ready = {
+            "httpGet": {"path": ready_path or probe_path, "port": probe_port, "scheme": "HTTP"}
+        }
+        spec["readinessProbe"] = {**ready, "periodSeconds": 5}
         spec["livenessProbe"] = {**probe, "periodSeconds": 20, "failureThreshold": 3}
     return spec
 

@@ -386,7 +386,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     env={
                         **kafka_env("bridge"),
                         "CCT_BRIDGE_TOKEN_FILE": f"{SECRETS_DIR}/bridge-token",
-                        "CCT_ZENDUTY_URL_FILE": f"{SECRETS_DIR}/zenduty-url",
+                        "CCT_BRIDGE_ZENDUTY_URL_FILE": f"{SECRETS_DIR}/zenduty-url",
                     },
                     secret_mounts={"bridge-files": SECRETS_DIR, **_kafka_mounts("bridge")},
                     clients=[pod("alertmanager")],
@@ -400,7 +400,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     env={
                         **kafka_env("trigger"),
                         "CCT_TRIGGER_BACKEND": "argo",
-                        "CCT_ARGO_NAMESPACE": ns,
+                        "CCT_TRIGGER_ARGO_NAMESPACE": ns,
                         "CCT_PLAYBOOKS_FILE": f"{PLAYBOOKS_DIR}/playbooks.yaml",
                         "CCT_POLICY_DIR": POLICIES_DIR,
                         **pg_dsn_env,

@@ -15,6 +15,13 @@ Three rules, one incident per series:
   estimate; during warm-up a static threshold above the highest value seen so far.
 - budgets are not here: they are rendered as vmalert rules (`lambdas.detector.rules`).
 
+Opt-in (`record_rank` > 0): an incident opens only on a value above the series' record,
+`record_margin` x the `record_rank`-th highest daily high of the last RECORD_DAYS days (of
+the value for day-0, of the residual above the seasonal baseline for the seasonal rule;
+values inside incidents left out), so a series that spikes every few days does not report
+its everyday spikes. Off by default: on the real corpus it lost more recall than it saved
+false incidents on the evaluation part (docs/detection.md, "Record").
+
 Every rule needs an increase that is material twice over: at least the level's absolute
 floor in $/h and at least `min_relative_increase` of the series' own level. The noise a
 z-score divides by is the largest of three robust estimates, so it cannot collapse to zero:
@@ -84,6 +91,9 @@ FALSE_A = 15.4
 FALSE_ALPHA = 0.755
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
+# The record: per wall-clock day (UTC), the highest value and the highest residual above the
+# seasonal baseline, for the last RECORD_DAYS completed days.
+RECORD_DAYS = 21
 
 RULE_DAY0 = 1
 RULE_SEASONAL = 2
@@ -209,7 +219,8 @@ class Engine:
     def _alloc(self, cap: int) -> None:
         old = self.capacity
         for name, (dtype, fill) in self._ARRAYS.items():
-            shape = (cap, self.hours) if name == "hist" else (cap,)
+            cols = {"hist": self.hours, "rec_vday": RECORD_DAYS, "rec_rday": RECORD_DAYS}
+            shape = (cap, cols[name]) if name in cols else (cap,)
             new: npt.NDArray[Any] = np.full(shape, fill, dtype=dtype)
             if old:
                 new[:old] = getattr(self, name)
@@ -253,6 +264,14 @@ class Engine:
         "last_abnormal": (np.float64, -np.inf),
         "peak": (np.float64, 0.0),
         "closed_at": (np.float64, -np.inf),
+        # The record: today's highest value and residual so far (outside incidents), the
+        # ring of past days' ones, and the rank-th highest of that ring (NaN = unknown).
+        "day_vmax": (np.float64, np.nan),
+        "day_rmax": (np.float64, np.nan),
+        "rec_vday": (np.float32, np.nan),
+        "rec_rday": (np.float32, np.nan),
+        "rec_value": (np.float64, np.nan),
+        "rec_resid": (np.float64, np.nan),
     }
 
     # The arrays above, declared for the type checker.
@@ -287,6 +306,12 @@ class Engine:
     last_abnormal: F64
     peak: F64
     closed_at: F64
+    day_vmax: F64
+    day_rmax: F64
+    rec_vday: npt.NDArray[np.float32]
+    rec_rday: npt.NDArray[np.float32]
+    rec_value: F64
+    rec_resid: F64
 
     @property
     def z(self) -> float:
@@ -372,6 +397,20 @@ class Engine:
         self.first_hour[rows] = first_hour + first_col
         self.recent[rows] = hourly[known][np.arange(rows.size), last_col]
         self.last_seen[rows] = (first_hour + last_col + 1) * HOUR_S
+        # The value record from the hourly means (the residual one is learnt live): each
+        # day's highest, the last (possibly partial) day as today.
+        last_day = (first_hour + span - 1) // DAY_H
+        for day in range(max(first_hour // DAY_H, last_day - RECORD_DAYS), last_day + 1):
+            lo = max(day * DAY_H - first_hour, 0)
+            block = hourly[:, lo : (day + 1) * DAY_H - first_hour]
+            top = np.full(idx.size, np.nan)
+            has = ~np.all(np.isnan(block), axis=1)
+            top[has] = np.nanmax(block[has], axis=1)
+            if day == last_day:
+                self.day_vmax[idx] = np.fmax(self.day_vmax[idx], top)
+            else:
+                self.rec_vday[idx, day % RECORD_DAYS] = top
+        self._refresh_record()
         if self.hour is not None:
             self._refresh_baselines(self.hour)
 
@@ -386,8 +425,30 @@ class Engine:
             self.hist[:n, h % self.hours] = np.nan
         self.bucket_sum[:n] = 0.0
         self.bucket_cnt[:n] = 0
+        day, new_day = self.hour // DAY_H, new_hour // DAY_H
+        if new_day > day:
+            self.rec_vday[:n, day % RECORD_DAYS] = self.day_vmax[:n]
+            self.rec_rday[:n, day % RECORD_DAYS] = self.day_rmax[:n]
+            for d in range(day + 1, min(new_day, day + RECORD_DAYS + 1)):
+                self.rec_vday[:n, d % RECORD_DAYS] = np.nan
+                self.rec_rday[:n, d % RECORD_DAYS] = np.nan
+            self.day_vmax[:n] = np.nan
+            self.day_rmax[:n] = np.nan
+            self._refresh_record()
         self.hour = new_hour
         self._refresh_baselines(new_hour)
+
+    def _refresh_record(self) -> None:
+        """The record of each series: the `record_rank`-th highest daily maximum of the past
+        RECORD_DAYS days, of its values and of its residuals (NaN with fewer known days)."""
+        rank = self.cfg.record_rank
+        n = self.size
+        if rank <= 0 or not n:
+            return
+        for ring, out in ((self.rec_vday, self.rec_value), (self.rec_rday, self.rec_resid)):
+            days = np.nan_to_num(ring[:n], nan=-np.inf)
+            top = np.partition(days, RECORD_DAYS - rank, axis=1)[:, RECORD_DAYS - rank]
+            out[:n] = np.where(np.isfinite(top), top, np.nan)
 
     def _cols(self, hour: int, lags: Iterable[int]) -> list[int]:
         return [(hour - lag) % self.hours for lag in lags]
@@ -506,6 +567,13 @@ class Engine:
             )
             return material(d0, ref, f) & big & (d0 >= k * f * noise0)
 
+        # The record (when on): opening needs a value above the series' recent daily highs (a
+        # series that spikes every few days has spikes that are not anomalies, whatever its
+        # noise).
+        rec_v = self.rec_value[i]
+        rec_r = self.rec_resid[i]
+        m = cfg.record_margin
+
         # Seasonal, or the static warm-up fallback.
         exp_s = self.exp_seasonal[i]
         warm = np.isfinite(exp_s)
@@ -527,6 +595,11 @@ class Engine:
 
         day0_fire = day0(1.0)
         seas_fire = seasonal(1.0)
+        if cfg.record_rank > 0:
+            with np.errstate(invalid="ignore"):
+                # NaN (no record yet) lets the rule through.
+                day0_fire &= ~(v <= m * rec_v)
+                seas_fire &= ~(ds <= m * np.fmax(rec_r, 0.0))
         no = np.zeros(i.size, dtype=bool)
         down = cfg.report_decreases == 1
         return _Verdicts(
@@ -585,6 +658,15 @@ class Engine:
         self.level[i] = np.where(np.isnan(lvl), v, lvl + a_level * (v - lvl))
         warm = np.isfinite(self.exp_seasonal[i])
         self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
+        # Today's highs for the record, outside incidents: an anomaly that was reported does
+        # not raise the bar for the next one.
+        if self.cfg.record_rank > 0:
+            keep = ~self.is_open[i]
+            ki = i[keep]
+            self.day_vmax[ki] = np.fmax(self.day_vmax[ki], v[keep])
+            resid = np.where(warm, v - self.exp_seasonal[i], np.nan)[keep]
+            self.day_rmax[ki] = np.fmax(self.day_rmax[ki], resid)
+        self._evict(now)
         self._evict(now)
         return out
 

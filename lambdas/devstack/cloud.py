@@ -12,9 +12,11 @@ utilization (what the steps' analyze reads) is written to moto's CloudWatch.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,14 @@ from lambdas.forwarders.common import Forwarder, ForwarderSettings
 
 ACCOUNT = "123456789012"  # moto's account
 REGION = "us-east-1"
+
+
+# One client per service for every simulator of the process: making a boto3 client parses
+# the service's model (seconds for EC2 on a busy machine), and every simulator talks to the
+# same moto server with the same key.
+_CLIENTS: dict[tuple[str, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_IMAGE: dict[str, str] = {}
 
 
 def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -48,18 +58,26 @@ class AwsSimulator:
     # seconds; production's platform retries a failed invocation for hours, which a fault
     # run plays by allowing more attempts while a collector restarts.
     forward_attempts: int = 5
+    # When the last API call changed the cloud (epoch seconds): the start of the pipeline's
+    # latency, after the simulator's own set-up (clients, image lookup).
+    changed_at: float = field(default=0.0, compare=False)
 
     def client(self, service: str) -> Any:
-        return boto3.client(  # type: ignore[call-overload]  # service is a runtime name
-            service,
-            endpoint_url=self.moto_url,
-            region_name=REGION,
-            aws_access_key_id="simulator",
-            aws_secret_access_key="simulator",  # noqa: S106 - moto accepts any key
-        )
+        with _CLIENTS_LOCK:
+            key = (self.moto_url, service)
+            if key not in _CLIENTS:
+                _CLIENTS[key] = boto3.client(  # type: ignore[call-overload]  # runtime name
+                    service,
+                    endpoint_url=self.moto_url,
+                    region_name=REGION,
+                    aws_access_key_id="simulator",
+                    aws_secret_access_key="simulator",  # noqa: S106 - moto accepts any key
+                )
+            return _CLIENTS[key]
 
     def forward(self, source: str, name: str, request: dict[str, Any], response: Any) -> str:
         """Post the CloudTrail event of one API call through the AWS forwarder; its id."""
+        self.changed_at = time.time()
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event_id = str(uuid.uuid4())
         event = {
@@ -103,9 +121,16 @@ class AwsSimulator:
         return event_id
 
     # ------------------------------------------------------------------ EC2
+    def image_id(self) -> str:
+        """An AMI moto knows: listing them all takes seconds (moto ships thousands), so the
+        first is looked up once per process."""
+        if "image" not in _IMAGE:
+            _IMAGE["image"] = self.client("ec2").describe_images()["Images"][0]["ImageId"]
+        return _IMAGE["image"]
+
     def run_instance(self, instance_type: str, tags: Mapping[str, str]) -> str:
         ec2 = self.client("ec2")
-        image = ec2.describe_images()["Images"][0]["ImageId"]
+        image = self.image_id()
         spec = [
             {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
         ]

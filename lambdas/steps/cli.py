@@ -86,7 +86,7 @@ def run(name: str, doc: Any) -> tuple[int, dict[str, Any]]:
         io = StepIO(
             settings=settings,
             cloud=lambda i: cloud_session(i.parameters, settings),
-            db=pg_opener(os.environ.get("CCT_PG_DSN", "")),
+            db=pg_opener(settings.pg_dsn),
         )
         return EXIT_OK, STEP_FUNCTIONS[name](inp, io)
     except StepError as exc:
@@ -120,6 +120,18 @@ def run(name: str, doc: Any) -> tuple[int, dict[str, Any]]:
         }
 
 
+def redact_logging() -> None:
+    """Secrets never reach a log line: every root handler formats through the redactor."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter or logging.Formatter()))
+
+
+def output_text(output: dict[str, Any]) -> str:
+    """The step's output as printed: JSON, with every known secret redacted."""
+    return REDACTOR(json.dumps(output, default=str, sort_keys=True))
+
+
 def _write_outputs(directory: Path, output: dict[str, Any], text: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "output.json").write_text(text)
@@ -145,8 +157,7 @@ def step(name: str, from_env: bool, output_dir: Path | None, log_level: str) -> 
     Exit codes: 0 success, 75 retryable, 65 invalid input, 1 permanent failure.
     """
     configure(log_level)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(RedactingFormatter(handler.formatter or logging.Formatter()))
+    redact_logging()
     code: int
     output: dict[str, Any]
     try:
@@ -169,7 +180,7 @@ def step(name: str, from_env: bool, output_dir: Path | None, log_level: str) -> 
         )
     else:
         code, output = run(name, doc)
-    text = REDACTOR(json.dumps(output, default=str, sort_keys=True))
+    text = output_text(output)
     if output_dir is not None:
         _write_outputs(output_dir, output, text)
     click.echo(text)

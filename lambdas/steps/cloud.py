@@ -66,6 +66,8 @@ def cloud_session(params: Parameters, settings: StepSettings) -> Iterator[Any]:
                 credentials=creds.values,
                 endpoint_url=settings.aws_endpoint_url,
                 timeout_s=settings.operation_timeout_s,
+                poll_initial_s=settings.poll_initial_s,
+                poll_max_s=settings.poll_max_s,
             )
         elif params.provider == "azure":
             rest = RestClient(
@@ -73,11 +75,18 @@ def cloud_session(params: Parameters, settings: StepSettings) -> Iterator[Any]:
                 azure_token(creds, settings),
                 timeout_s=settings.http_timeout_s,
             )
-            yield AzureSession(rest, settings.operation_timeout_s)
+            yield AzureSession(
+                rest,
+                settings.operation_timeout_s,
+                poll_initial_s=settings.poll_initial_s,
+                poll_max_s=settings.poll_max_s,
+            )
         else:
             yield GcpSession(
                 creds.values["token"],
                 settings.gcp_api_url,
                 settings.http_timeout_s,
                 settings.operation_timeout_s,
+                poll_initial_s=settings.poll_initial_s,
+                poll_max_s=settings.poll_max_s,
             )

@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 
+from lambdas.steps import polling
 from lambdas.steps.errors import AccessDenied, NotFound, Permanent, Retryable
 
 # Error codes the providers use for throttling and for a resource busy with another
@@ -107,15 +108,19 @@ class RestClient:
         done: Callable[[Mapping[str, Any]], bool],
         timeout_s: float,
         what: str,
-        interval_s: float = 2.0,
+        *,
+        interval_s: float = polling.POLL_MAX_S,
+        initial_s: float = polling.POLL_INITIAL_S,
     ) -> Mapping[str, Any]:
-        """Fetch until `done`; a cloud operation still running at the deadline is retryable
-        (the step runs again and finds the change done or still in progress)."""
+        """Fetch until `done`, polling from `initial_s` up to every `interval_s`; a cloud
+        operation still running at the deadline is retryable (the step runs again and finds
+        the change done or still in progress)."""
         deadline = time.monotonic() + timeout_s
-        while True:
+        for delay in polling.delays(min(initial_s, interval_s), interval_s):
             doc = fetch()
             if done(doc):
                 return doc
             if time.monotonic() > deadline:
-                raise Retryable(f"{what} still running after {timeout_s:.0f}s")
-            time.sleep(interval_s)
+                break
+            time.sleep(delay)
+        raise Retryable(f"{what} still running after {timeout_s:.0f}s")

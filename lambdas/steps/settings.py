@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lambdas.common.kafka import KafkaAuth
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str
@@ -15,16 +15,17 @@ class StepSettings:
     vault_addr: Vault's URL (`VAULT_ADDR`). Every cloud credential comes from Vault.
     vault_k8s_role / vault_k8s_mount: Kubernetes auth role and mount the pod logs in with.
     vault_jwt_path: the pod's service-account token, which Kubernetes auth verifies.
-    vault_aws_mount / vault_aws_role: AWS secrets engine; credentials are an assumed role
-        read from `<mount>/sts/<role>` with `vault_aws_ttl` (short: 15m covers one step).
+    vault_aws_mount / vault_aws_role / vault_aws_ttl: AWS secrets engine; credentials are an
+        assumed role read from `<mount>/sts/<role>` with `vault_aws_ttl` (CCT_VAULT_AWS_TTL;
+        short: 15m covers one step).
     vault_azure_mount / vault_azure_role, azure_tenant_id: Azure secrets engine; the
         issued service principal is exchanged for an ARM token at the tenant's login URL.
     vault_gcp_mount / vault_gcp_roleset: GCP secrets engine roleset of type access_token.
     aws_endpoint_url / azure_management_url / azure_login_url / gcp_api_url: the cloud API
         base URLs. Defaults are the public endpoints; tests point them at moto and at the
         replay server.
-    backend: `local` or `argo`, written to optimization_runs.backend when a step creates
-        the run row.
+    backend: CCT_STEP_BACKEND, `local` or `argo`, written to optimization_runs.backend when a
+        step creates the run row.
     rightsize_target_cpu_percent: a smaller size is chosen only while the CPU projected on
         it stays at or below this (60 %: headroom for peaks above the hourly averages).
     idle_cpu_percent: a VM whose hourly maximum CPU never exceeded this is idle (5 %).
@@ -35,6 +36,10 @@ class StepSettings:
         for STANDARD_IA).
     http_timeout_s: per-request timeout for Vault, Azure and GCP calls.
     operation_timeout_s: how long to wait for a cloud operation (stop, resize) to finish.
+    poll_initial_s / poll_max_s: CCT_STEP_POLL_INITIAL_S (0.25 s) and CCT_STEP_POLL_MAX_S
+        (5 s): the first wait between polls of a running operation, doubled up to the
+        largest (`lambdas.steps.polling`): quick operations end in a fraction of a second,
+        slow ones are polled every few seconds.
     kafka: where `record` publishes the run's result event (`CCT_KAFKA_BOOTSTRAP`, with the
         steps' Kafka identity: `KafkaAuth`);
         unset, nothing is published.
@@ -67,9 +72,14 @@ class StepSettings:
     tiering_after_days: int
     http_timeout_s: float
     operation_timeout_s: float
+    poll_initial_s: float
+    poll_max_s: float
     kafka: KafkaAuth | None
     results_topic: str
     publish_timeout_s: float
+    # CCT_PG_DSN: where `record` and the pre-checks read and write the results store (in the
+    # cluster rendered by Vault Agent; unset, steps that need it fail retryable).
+    pg_dsn: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> StepSettings:
@@ -78,6 +88,12 @@ class StepSettings:
         backend = env_str("CCT_STEP_BACKEND", "local")
         if backend not in {"local", "argo"}:
             raise SettingsError(f"CCT_STEP_BACKEND={backend!r} must be local or argo")
+        poll_initial_s = env_float("CCT_STEP_POLL_INITIAL_S", 0.25)
+        poll_max_s = env_float("CCT_STEP_POLL_MAX_S", 5.0)
+        if not 0 < poll_initial_s <= poll_max_s:
+            raise SettingsError(
+                "CCT_STEP_POLL_INITIAL_S must be > 0 and at most CCT_STEP_POLL_MAX_S"
+            )
         return cls(
             vault_addr=env_str("VAULT_ADDR", "http://vault.vault.svc:8200").rstrip("/"),
             vault_k8s_role=env_str("CCT_VAULT_K8S_ROLE", "cct-remediation"),
@@ -109,6 +125,8 @@ class StepSettings:
             tiering_after_days=env_int("CCT_TIERING_AFTER_DAYS", 30),
             http_timeout_s=env_float("CCT_STEP_HTTP_TIMEOUT_S", 30.0),
             operation_timeout_s=env_float("CCT_STEP_OPERATION_TIMEOUT_S", 900.0),
+            poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s,
             kafka=(
                 KafkaAuth.from_env(os.environ["CCT_KAFKA_BOOTSTRAP"])
                 if os.environ.get("CCT_KAFKA_BOOTSTRAP")
@@ -116,4 +134,5 @@ class StepSettings:
             ),
             results_topic=env_str("CCT_RESULTS_TOPIC", "cct.optimization.results"),
             publish_timeout_s=env_float("CCT_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
+            pg_dsn=os.environ.get("CCT_PG_DSN", ""),
         )

@@ -431,6 +431,44 @@ def test_a_near_zero_spiky_series_learns_its_spikes_and_still_sees_a_big_one() -
     assert engine.observe(at, engine.index_of([KEY]), [60.0])
 
 
+def test_the_record_keeps_everyday_spikes_quiet_and_still_sees_a_higher_one() -> None:
+    rng = np.random.default_rng(3)
+    history = [float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0 for _ in range(24 * 21)]
+    spiky = Engine(DetectionConfig(record_rank=1, record_margin=1.0))
+    plain = Engine(DetectionConfig())
+    with_record = opened(hourly(spiky, history)[24 * 7 :])
+    without = opened(hourly(plain, history)[24 * 7 :])
+    # Once days of highs are known, a spike no higher than the last three weeks' is normal:
+    # only spikes that beat every earlier day (rarer as days accumulate) still open.
+    assert len(with_record) <= len(without) / 2
+    at = T0 + len(history) * HOUR_S
+    [t] = spiky.observe(at, spiky.index_of([KEY]), [60.0])
+    assert t.kind == "opened"
+
+
+def test_the_record_is_off_by_default_and_its_settings_are_checked() -> None:
+    from lambdas.common.settings import SettingsError
+
+    assert DetectionConfig().record_rank == 0
+    with pytest.raises(SettingsError, match="record_rank"):
+        DetectionConfig(record_rank=22)
+    with pytest.raises(SettingsError, match="record_rank"):
+        DetectionConfig(record_rank=-1)
+    with pytest.raises(SettingsError, match="record_margin"):
+        DetectionConfig(record_margin=0.0)
+
+
+def test_nanmedian_rows_full_and_gappy_rows_agree_with_numpy() -> None:
+    rng = np.random.default_rng(4)
+    for width in (1, 2, 7, 24, 168):
+        a = rng.normal(size=(40, width)).astype(np.float32)
+        a[20:][rng.random((20, width)) < 0.3] = np.nan
+        med, _ = nanmedian_rows(a)
+        with np.errstate(all="ignore"):
+            expected = [np.median(r[~np.isnan(r)]) if (~np.isnan(r)).any() else np.nan for r in a]
+        np.testing.assert_allclose(med, np.array(expected, dtype=np.float64), rtol=1e-6)
+
+
 def test_five_minute_data_with_a_daily_pattern_is_quiet_until_it_changes() -> None:
     steps = 14 * 288
     t = np.arange(steps)

@@ -69,8 +69,13 @@ def test_billing_loader_on_demand_on_request_and_broken_files(stack: Stack) -> N
             }
         )
         vm = stack.service("victoriametrics")["url"]
-        billed = get_json(f"{vm}/api/v1/query?{q}")["data"]["result"]
-        assert billed and float(billed[0]["value"][1]) > 0, billed
+        # A new series becomes queryable seconds after it is written (shared/notes: 4 to 10 s).
+        billed = wait_for(
+            lambda: get_json(f"{vm}/api/v1/query?{q}")["data"]["result"],
+            TIMEOUT_S,
+            "billed cost queryable in VictoriaMetrics",
+        )
+        assert float(billed[0]["value"][1]) > 0, billed
 
         # On request: POST /run loads every delivery again; unchanged content writes nothing.
         t1 = time.time()

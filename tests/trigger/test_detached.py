@@ -100,3 +100,33 @@ def test_a_failed_step_is_recorded_by_the_runner(tmp_path: Path) -> None:
     assert outcome["detail"] == "failed" and "analyze broke" in str(outcome["failure"])
     b.reap(wait=True)
     assert steps_called(tmp_path) == ["analyze", "record"]
+
+
+def test_the_zygote_forks_runners_that_outlive_it(tmp_path: Path) -> None:
+    """With the fork step runner, a warm zygote forks each runner: the first submit while it
+    warms starts a runner process as before, later ones are forked; killing the zygote (as
+    when the trigger dies) leaves a running workflow running and the next submit restarts it."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    env = {**os.environ, "FAKE_STEP_DIR": str(calls)}
+    b = DetachedLocalBackend(
+        tmp_path / "workflows", command=[sys.executable, FAKE_STEP], env=env, step_runner="fork"
+    )
+    assert b.zygote is not None
+    # The object's runner is `process` so the fake step script stands in for `cct step`.
+    b.step_runner = "process"
+    assert b.submit(run("warming")).outcome == "created"
+    deadline = time.monotonic() + 120
+    while not b.zygote.warm():
+        assert time.monotonic() < deadline, "the zygote never became ready"
+        time.sleep(0.5)
+    assert b.submit(run("forked")).outcome == "created"
+    pid = int(b.paths("forked")[1].read_text())
+    assert pid not in {p.pid for p in b.runners}, "the runner was not forked by the zygote"
+    b.zygote.stop()
+    for name in ("warming", "forked"):
+        assert wait_done(b.paths(name)[2])["detail"] == "completed"
+    assert b.submit(run("restarted")).outcome == "created"
+    assert wait_done(b.paths("restarted")[2])["detail"] == "completed"
+    b.reap(wait=True)
+    b.zygote.stop()

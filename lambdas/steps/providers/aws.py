@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambdas.steps import polling
 from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import AccessDenied, InvalidInput, NotFound, Permanent, Retryable
 
@@ -47,6 +48,40 @@ _MALFORMED = frozenset({"InvalidInstanceID.Malformed", "InvalidVolumeID.Malforme
 _BUSY = frozenset({"IncorrectInstanceState", "InvalidDBInstanceState", "IncorrectState"})
 
 
+# Every session of this process shares one botocore data loader, so each service model is
+# parsed once per process: EC2's is megabytes of JSON, and parsing it again for every new
+# credential cost 2.5 to 10 s per step on a busy 2-core machine (client creation, not the
+# call, dominated a step). The loader only reads botocore's bundled data files.
+_LOADER: list[Any] = []
+# The services the actions below make clients for.
+SERVICES = ("ec2", "rds", "cloudwatch", "s3")
+
+
+def botocore_session() -> Any:
+    import botocore.session
+
+    session = botocore.session.get_session()
+    if _LOADER:
+        session.register_component("data_loader", _LOADER[0])
+    else:
+        _LOADER.append(session.get_component("data_loader"))
+    return session
+
+
+def warm(region: str = "us-east-1") -> None:
+    """Parse the steps' service models now (a process that forks steps calls this once)."""
+    import boto3
+
+    session = boto3.session.Session(
+        botocore_session=botocore_session(),
+        region_name=region,
+        aws_access_key_id="warm-up",
+        aws_secret_access_key="warm-up",  # noqa: S106 - no call is made with it
+    )
+    for service in SERVICES:
+        session.client(service)  # type: ignore[call-overload]
+
+
 @dataclass
 class AwsSession:
     """boto3 clients for one region, made from one Vault-issued credential."""
@@ -54,7 +89,9 @@ class AwsSession:
     region: str
     credentials: Mapping[str, str] = field(repr=False)
     endpoint_url: str | None = None
-    poll_interval_s: float = 2.0
+    # Polls of a running operation: from poll_initial_s, doubling up to poll_max_s.
+    poll_initial_s: float = polling.POLL_INITIAL_S
+    poll_max_s: float = polling.POLL_MAX_S
     timeout_s: float = 900.0
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -64,6 +101,7 @@ class AwsSession:
             import botocore.config
 
             session = boto3.session.Session(
+                botocore_session=botocore_session(),
                 region_name=self.region,
                 aws_access_key_id=self.credentials["aws_access_key_id"],
                 aws_secret_access_key=self.credentials["aws_secret_access_key"],
@@ -80,10 +118,8 @@ class AwsSession:
 
     def wait(self, what: str, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.timeout_s
-        while not check():
-            if time.monotonic() > deadline:
-                raise Retryable(f"{what}: not finished after {self.timeout_s:.0f}s")
-            time.sleep(self.poll_interval_s)
+        if not polling.wait_until(check, deadline, self.poll_initial_s, self.poll_max_s):
+            raise Retryable(f"{what}: not finished after {self.timeout_s:.0f}s")
 
 
 def _code(exc: Any) -> str:

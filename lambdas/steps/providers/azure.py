@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambdas.steps import polling
 from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
@@ -34,6 +35,8 @@ _ARM_ID = r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
 class AzureSession:
     rest: RestClient
     operation_timeout_s: float = 900.0
+    poll_initial_s: float = polling.POLL_INITIAL_S
+    poll_max_s: float = polling.POLL_MAX_S
 
     def wait(self, resp_headers: Mapping[str, str], what: str, needs: tuple[str, ...]) -> None:
         """Follow an ARM long-running operation to its end."""
@@ -45,6 +48,8 @@ class AzureSession:
                 lambda d: d.get("status") in _TERMINAL,
                 self.operation_timeout_s,
                 what,
+                interval_s=self.poll_max_s,
+                initial_s=self.poll_initial_s,
             )
             if doc.get("status") != "Succeeded":
                 err = doc.get("error") or {}
@@ -57,6 +62,8 @@ class AzureSession:
                 lambda d: bool(d["done"]),
                 self.operation_timeout_s,
                 what,
+                interval_s=self.poll_max_s,
+                initial_s=self.poll_initial_s,
             )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambdas.steps import polling
 from lambdas.steps.action import Action, State, register, resized
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
@@ -47,6 +48,8 @@ class GcpSession:
     api_url: str | None = None
     timeout_s: float = 30.0
     operation_timeout_s: float = 900.0
+    poll_initial_s: float = polling.POLL_INITIAL_S
+    poll_max_s: float = polling.POLL_MAX_S
     _clients: dict[str, RestClient] = field(default_factory=dict, repr=False)
 
     def api(self, service: str) -> RestClient:
@@ -80,6 +83,8 @@ class GcpSession:
             lambda d: d.get("status") == "DONE",
             self.operation_timeout_s,
             what,
+            interval_s=self.poll_max_s,
+            initial_s=self.poll_initial_s,
         )
         _raise_op_error(done, what)
 
