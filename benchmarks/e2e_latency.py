@@ -86,8 +86,8 @@ def measure(count: int, interval: float, bootstrap: str, dsn: str, run: str) -> 
                 "CCT_TRIGGER_DLQ_TOPIC": f"{topic}.dlq",
                 "CCT_TRIGGER_GROUP": f"cct-trigger-bench-{run}",
                 "CCT_TRIGGER_BACKEND": "argo",
-                "CCT_KUBE_API_URL": kube.url,
-                "CCT_KUBE_TOKEN_FILE": str(work / "kube.token"),
+                "CCT_TRIGGER_KUBE_API_URL": kube.url,
+                "CCT_TRIGGER_KUBE_TOKEN_FILE": str(work / "kube.token"),
             }
             with (
                 alertmanager_process(work / "am", config) as am,

@@ -15,9 +15,12 @@ Faults, each injected a third of the way into the load:
   admission), then the same start `make up` does (lambdas.devstack.stack.Part.start);
 - restart NAME: `scripts/services down NAME` then `up NAME` (kafka, postgres,
   victoriametrics): SIGTERM, wait, start;
-- drop NAME: SIGSTOP of the process (group, for services) for `--drop` seconds, then
-  SIGCONT: connections are accepted by the kernel and hang, as on a network partition that
-  drops packets; no iptables/nft here (not available in every namespace).
+- drop NAME: a real network drop for `--drop` seconds (benchmarks/netdrop.py: the kernel
+  discards the packets on loopback; the process keeps running and its connections hang and
+  retransmit, as on a partition). For a service, every packet to and from its port; for a
+  handler, every packet of its own sockets (its listening port and its outgoing connections,
+  including those it opens during the drop). Needs the network namespace of the helper
+  (`ip netns exec NAME`) and CAP_NET_ADMIN; refused in the machine's initial namespace.
 
 Counted per fault, per resource, once the pipeline settled (every resource has a run, or the
 settle timeout passed, and the trigger's consumer lag is 0):
@@ -40,11 +43,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import netdrop
 from lambdas import contract
 from lambdas.devstack import stack as devstack
 from lambdas.devstack.cloud import AwsSimulator
@@ -61,6 +64,7 @@ ALL_FAULTS = (
     + [f"drop {p}" for p in (*HANDLERS, *SERVICES)]
 )
 FORWARD_ATTEMPTS = 12
+WATCH_CATCH_UP_S = 60.0
 
 
 @dataclass
@@ -126,14 +130,12 @@ def restart_service(name: str) -> None:
 
 
 def drop(name: str, seconds: float) -> None:
-    """The process stops answering (SIGSTOP) for `seconds`, then resumes (SIGCONT)."""
-    pid = _pid(name)
-    send: Callable[[int, int], None] = os.killpg if name in SERVICES else os.kill
-    send(pid, signal.SIGSTOP)
-    try:
-        time.sleep(seconds)
-    finally:
-        send(pid, signal.SIGCONT)
+    """The network to `name` goes dark for `seconds`, then comes back."""
+    if name in SERVICES:
+        with netdrop.dropped_ports([int(devstack.services()[name]["port"])]):
+            time.sleep(seconds)
+    else:
+        netdrop.drop_process(_pid(name), seconds)
 
 
 def inject(fault: str, drop_s: float) -> None:
@@ -207,6 +209,21 @@ def alerted_ids(watch: TopicWatch, ids: list[str]) -> set[str]:
     return {e["data"]["labels"]["resource_id"] for e in events}
 
 
+def watch_caught_up(
+    watch: TopicWatch, ids: list[str], with_run: set[str], timeout: float
+) -> set[str]:
+    """The resources the watch saw alerted, once it has seen every one that has a run (the
+    trigger read its event from the topic, so the record is there) or `timeout` passed. The
+    watch is a Kafka client too: after a fault on the broker its own connection may still be
+    in TCP back-off when the pipeline has already settled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alerted = alerted_ids(watch, ids)
+        if with_run <= alerted or time.monotonic() > deadline:
+            return alerted
+        time.sleep(0.5)
+
+
 def settle(stack: Stack, ids: list[str], timeout: float) -> bool:
     """Every resource has a run (or the timeout passed); then the trigger's lag is 0."""
     deadline = time.monotonic() + timeout
@@ -256,7 +273,7 @@ def run_fault(
     delivered = [i for i in ids if launched[i]]
     stored = counts(stack, "resource_events", ids)
     runs = counts(stack, "optimization_runs", ids)
-    alerted = alerted_ids(watch, ids)
+    alerted = watch_caught_up(watch, ids, set(runs), WATCH_CATCH_UP_S)
     result.sent = len(delivered)
     result.undelivered = len(ids) - len(delivered)
     result.stored = sum(1 for i in ids if stored.get(i))
@@ -306,7 +323,7 @@ def main() -> None:
     parser.add_argument("--faults", default=",".join(ALL_FAULTS), help="comma-separated")
     parser.add_argument("--events", type=int, default=6, help="instances launched per fault")
     parser.add_argument("--interval", type=float, default=1.5, help="seconds between launches")
-    parser.add_argument("--drop", type=float, default=8.0, help="seconds a dropped part is stopped")
+    parser.add_argument("--drop", type=float, default=8.0, help="seconds a part's network is down")
     parser.add_argument("--settle", type=float, default=150.0, help="seconds to wait per fault")
     args = parser.parse_args()
     stack = Stack.load()
@@ -314,12 +331,12 @@ def main() -> None:
     if bad:
         raise SystemExit(f"the local stack is not healthy: {bad}; run `make up`")
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
-    # A timeout's SIGTERM must still run drop()'s SIGCONT.
+    # A timeout's SIGTERM must still undo a drop (the context managers' exits).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: list[Result] = []
     print(
         f"faults on the local stack ({args.events} new instances per fault, one every "
-        f"{args.interval}s; drop = SIGSTOP for {args.drop}s)"
+        f"{args.interval}s; drop = packets discarded for {args.drop}s)"
     )
     print(HEAD)
     print("-" * len(HEAD), flush=True)

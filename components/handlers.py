@@ -1,5 +1,5 @@
-"""CCT's own handlers: Deployments (HTTP API, /healthz, /metrics), CronJobs, their Services,
-service accounts and ingress policies, and the admission webhook with its
+"""CCT's own handlers: Deployments (HTTP API, /healthz, /readyz, /metrics), CronJobs, their
+Services, service accounts and ingress policies, and the admission webhook with its
 ValidatingWebhookConfiguration and a CA generated with pulumi-tls.
 
 Every handler runs the same image through the `cct` command; what differs is data
@@ -357,8 +357,10 @@ class Handlers(pulumi.ComponentResource):
             ports=[{"name": n, "containerPort": p} for n, p in ports.items() if p],
             resources=spec.resources,
             volume_mounts=mounts,
+            # The shared shell (lambdas.common.httpshell): /healthz liveness, /readyz readiness.
             probe_path="/healthz" if spec.schedule is None else None,
             probe_port=spec.ops_port,
+            ready_path="/readyz",
         )
         pod_labels = {}
         if spec.internet:

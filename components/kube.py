@@ -12,6 +12,7 @@ values are typed `Manifest` (Any).
 
 from __future__ import annotations
 
+import os
 import re
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -180,6 +181,7 @@ def container(
     volume_mounts: Sequence[Mapping[str, Any]] = (),
     probe_path: str | None = None,
     probe_port: int | None = None,
+    ready_path: str | None = None,
 ) -> dict[str, Any]:
     """A container spec with the restricted security context and limits always present."""
     spec: dict[str, Any] = {
@@ -201,7 +203,12 @@ def container(
         spec["volumeMounts"] = [dict(v) for v in volume_mounts]
     if probe_path is not None and probe_port is not None:
         probe = {"httpGet": {"path": probe_path, "port": probe_port, "scheme": "HTTP"}}
-        spec["readinessProbe"] = {**probe, "periodSeconds": 5}
+        # Readiness may depend on the handler's backends (its /readyz); liveness never does,
+        # so a broker outage takes a pod out of its Service instead of restarting it.
+        ready = {
+            "httpGet": {"path": ready_path or probe_path, "port": probe_port, "scheme": "HTTP"}
+        }
+        spec["readinessProbe"] = {**ready, "periodSeconds": 5}
         spec["livenessProbe"] = {**probe, "periodSeconds": 20, "failureThreshold": 3}
     return spec
 
@@ -433,18 +440,59 @@ def chart_archive(chart: str, version: str) -> Path:
     return archive
 
 
+# Charts that render their CRDs from a template guarded by one value, with a hard-coded
+# `helm.sh/resource-policy: keep` (so `helm uninstall` and `pulumi destroy` leave them):
+# chart -> (template, the guard line, the value that turns the template off).
+TEMPLATED_CRDS: dict[str, tuple[str, str, str]] = {
+    "cloudnative-pg": ("templates/crds/crds.yaml", "{{- if .Values.crds.create }}", "create"),
+}
+
+
 def chart_crds(chart: str, version: str) -> list[dict[str, Any]]:
-    """The CustomResourceDefinitions in a vendored chart's `crds/` directory. Helm installs
-    those once and never upgrades or deletes them; declared as resources instead, they follow
-    the chart's version and the stack's lifecycle like everything else."""
+    """The CustomResourceDefinitions in a vendored chart's `crds/` directory, or in its CRD
+    template (TEMPLATED_CRDS). Helm installs `crds/` once and never upgrades or deletes them,
+    and keeps the templated ones on uninstall; declared as resources instead, they follow the
+    chart's version and the stack's lifecycle like everything else."""
     docs: list[dict[str, Any]] = []
+    templated = TEMPLATED_CRDS.get(chart)
     with tarfile.open(chart_archive(chart, version)) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            if member.isfile() and member.name.startswith(f"{chart}/crds/"):
-                handle = tar.extractfile(member)
-                assert handle is not None  # a regular file
+            if not member.isfile():
+                continue
+            handle = tar.extractfile(member)
+            assert handle is not None  # a regular file
+            if member.name.startswith(f"{chart}/crds/"):
                 docs += [d for d in yaml.safe_load_all(handle) if d]
+            elif templated and member.name == f"{chart}/{templated[0]}":
+                docs += [
+                    d for d in yaml.safe_load_all(_untemplate(handle.read(), templated[1])) if d
+                ]
+    for doc in docs:
+        doc.get("metadata", {}).get("annotations", {}).pop("helm.sh/resource-policy", None)
     return [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+
+
+def _untemplate(text: bytes, guard: str) -> str:
+    """A CRD template that is plain YAML inside one `if` guard; anything else is refused
+    (re-vendoring a chart whose template grew must be looked at, not guessed)."""
+    lines = text.decode().splitlines()
+    if not lines or lines[0].strip() != guard or lines[-1].strip() != "{{- end }}":
+        raise ValueError(f"CRD template is not one guarded block: {lines[:1]}")
+    body = lines[1:-1]
+    if any("{{" in line for line in body):
+        raise ValueError("CRD template has template expressions besides its guard")
+    return "\n".join(body)
+
+
+def _as_stored(crd_spec: dict[str, Any]) -> dict[str, Any]:
+    """A CRD spec as the API server stores it. The server drops `deprecated: false` from a
+    version (false is the default), so declaring it makes every `pulumi up` propose an update
+    of the CRD (found by the first real deployment: Strimzi's CRDs declare it)."""
+    versions = [
+        {k: v for k, v in ver.items() if not (k == "deprecated" and v is False)}
+        for ver in crd_spec.get("versions", [])
+    ]
+    return {**crd_spec, "versions": versions}
 
 
 def helm_release(
@@ -472,8 +520,16 @@ def helm_release(
                     "app.kubernetes.io/part-of": PART_OF,
                     "app.kubernetes.io/managed-by": MANAGED_BY,
                 },
+                # A stack deployed before these CRDs were its own has them from Helm: take
+                # their fields over from Helm's field manager instead of failing on the
+                # server-side-apply conflict (found upgrading the real local stack).
+                **(
+                    {"annotations": {"pulumi.com/patchForce": "true"}}
+                    if chart in TEMPLATED_CRDS
+                    else {}
+                ),
             },
-            spec=manifest(doc["spec"]),
+            spec=manifest(_as_stored(doc["spec"])),
             opts=opts,
         )
         for doc in chart_crds(chart, version)
@@ -483,11 +539,16 @@ def helm_release(
     return k8s.helm.v3.Release(
         resource_name,
         name=chart,
-        # Relative to the project root (the program's and the provider's working directory),
-        # so the state does not depend on where the repository is checked out.
-        chart=str(archive.relative_to(CHARTS_DIR.parent)),
+        # Relative to the working directory the engine gives the program and the provider
+        # (Pulumi.yaml's `main`, infra/), so the state does not depend on where the repository
+        # is checked out. Helm reads a name without a leading "." as repo/chart: the first
+        # real `pulumi up` failed with "repo charts not found" on "charts/<chart>.tgz".
+        chart=os.path.relpath(archive, Path.cwd()),
         namespace=namespace,
-        values=dict(values),
+        values={
+            **values,
+            **({"crds": {TEMPLATED_CRDS[chart][2]: False}} if chart in TEMPLATED_CRDS else {}),
+        },
         skip_crds=bool(crds),
         atomic=True,
         cleanup_on_fail=True,

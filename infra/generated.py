@@ -93,7 +93,7 @@ def _yaml_files(directory: Path) -> dict[str, str]:
 
 def alertmanager_config(namespace: str) -> str:
     """The Alertmanager configuration a stack deploys into `namespace` (also printed by
-    `python -m infra.render alertmanager`)."""
+    `cct alertmanager render --stack NAME`)."""
     return render_alertmanager_config(
         bundle_routing(namespace, HTTP_PORT, f"{ALERTMANAGER_SECRETS_DIR}/{BRIDGE_TOKEN_FILE}")
     )

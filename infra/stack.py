@@ -191,8 +191,15 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     ns, platform = settings.namespace, settings.platform_namespace
     ha = settings.high_availability
     replicas = max(settings.replicas, 2) if ha else settings.replicas
+    # ConfigMaps are updated in place: by default the provider replaces (deletes, then
+    # creates) a named ConfigMap whose data changes, so a policy edit would leave a window
+    # with no policy ConfigMap (found by the first real `pulumi preview`). The handlers
+    # reload mounted files when the kubelet updates them.
     k8s_provider = k8s.Provider(
-        "kubernetes", context=settings.kube_context, enable_server_side_apply=True
+        "kubernetes",
+        context=settings.kube_context,
+        enable_server_side_apply=True,
+        enable_config_map_mutable=True,
     )
     app_ns = Namespace(
         "namespace-app",
@@ -379,7 +386,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     env={
                         **kafka_env("bridge"),
                         "CCT_BRIDGE_TOKEN_FILE": f"{SECRETS_DIR}/bridge-token",
-                        "CCT_ZENDUTY_URL_FILE": f"{SECRETS_DIR}/zenduty-url",
+                        "CCT_BRIDGE_ZENDUTY_URL_FILE": f"{SECRETS_DIR}/zenduty-url",
                     },
                     secret_mounts={"bridge-files": SECRETS_DIR, **_kafka_mounts("bridge")},
                     clients=[pod("alertmanager")],
@@ -393,7 +400,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     env={
                         **kafka_env("trigger"),
                         "CCT_TRIGGER_BACKEND": "argo",
-                        "CCT_ARGO_NAMESPACE": ns,
+                        "CCT_TRIGGER_ARGO_NAMESPACE": ns,
                         "CCT_PLAYBOOKS_FILE": f"{PLAYBOOKS_DIR}/playbooks.yaml",
                         "CCT_POLICY_DIR": POLICIES_DIR,
                         **pg_dsn_env,

@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lambdas.devstack.status:status",
         "Health and lag of every part of the local stack (`make up`).",
     ),
+    "settings": (
+        "lambdas.common.settings_table:settings_cmd",
+        "Every CCT_* setting: handler, default, meaning (docs/settings.md).",
+    ),
 }
 
 # handler -> ("module:function", one-line help)
@@ -102,7 +106,7 @@ def cli() -> None:
 def serve(handler: str, log_level: str) -> None:
     """Run one of CCT's long-running handlers until it is stopped.
 
-    Settings come from CCT_* environment variables (see docs/architecture.md).
+    Settings come from CCT_* environment variables (`cct settings`, docs/settings.md).
     """
     from lambdas.common.logging import configure
 

@@ -38,6 +38,11 @@ class Source:
     licence: str
     # Source trees that carry a placeholder version (set by the project's release job).
     set_version: bool = False
+    # Charts of Chart.yaml's `dependencies`, packed under `charts/` as a packaged chart has
+    # them: Helm refuses a chart whose dependency is missing, even one whose condition is off.
+    dependencies: tuple[Source, ...] = ()
+    # Files at the chart's root its templates read with .Files.Get.
+    files: tuple[str, ...] = ()
 
 
 SOURCES = (
@@ -48,6 +53,13 @@ SOURCES = (
     Source(
         "cloudnative-pg", "0.26.0", "cloudnative-pg/charts", "cloudnative-pg-v0.26.0",
         "charts/cloudnative-pg", "Apache-2.0",
+        dependencies=(
+            # Chart.yaml: `cluster` "0.0" (alias monitoring), the newest 0.0.x at the release.
+            Source(
+                "cluster", "0.0.5", "cloudnative-pg/grafana-dashboards", "cluster-v0.0.5",
+                "charts/cluster", "Apache-2.0", files=("grafana-dashboard.json",),
+            ),
+        ),
     ),
     Source(
         "strimzi-kafka-operator", "0.48.0", "strimzi/strimzi-kafka-operator", "0.48.0",
@@ -65,30 +77,38 @@ def git(repo: Path, *args: str) -> bytes:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
 
 
-def archive(src: Source, mirror: Path) -> tuple[bytes, str]:
-    repo = mirror / src.repo.replace("/", "+") / "repo"
-    commit = git(repo, "rev-parse", f"{src.tag}^{{commit}}").decode().strip()
-    prefix = f"{src.path}/" if src.path else ""
-    names = git(repo, "ls-tree", "-r", "--name-only", commit, "--", src.path or ".").decode()
+def archive(src: Source, mirror: Path) -> tuple[bytes, list[tuple[Source, str]]]:
+    """The chart's archive and the (source, commit) of it and each dependency inside it."""
     buf = io.BytesIO()
     # mtime=0 in the gzip header and in every member: identical input, identical archive.
     with (
         gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar,
     ):
-        chart_files = {n.removeprefix(prefix): n for n in names.splitlines()}
-        # A chart in a subdirectory ships under its repository's licence file.
-        chart_files.setdefault("LICENSE", "LICENSE")
-        for rel, path in sorted(chart_files.items()):
-            if not (rel in KEEP or rel.startswith(KEEP_DIRS)):
-                continue
-            data = git(repo, "show", f"{commit}:{path}")
-            if rel == "Chart.yaml" and src.set_version:
-                data = _set_version(data, src.version)
-            info = tarfile.TarInfo(f"{src.name}/{rel}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue(), commit
+        commits = [(src, _add_chart(tar, src, mirror, f"{src.name}/"))]
+        for dep in src.dependencies:
+            commits.append((dep, _add_chart(tar, dep, mirror, f"{src.name}/charts/{dep.name}/")))
+    return buf.getvalue(), commits
+
+
+def _add_chart(tar: tarfile.TarFile, src: Source, mirror: Path, dest: str) -> str:
+    repo = mirror / src.repo.replace("/", "+") / "repo"
+    commit = git(repo, "rev-parse", f"{src.tag}^{{commit}}").decode().strip()
+    prefix = f"{src.path}/" if src.path else ""
+    names = git(repo, "ls-tree", "-r", "--name-only", commit, "--", src.path or ".").decode()
+    chart_files = {n.removeprefix(prefix): n for n in names.splitlines()}
+    # A chart in a subdirectory ships under its repository's licence file.
+    chart_files.setdefault("LICENSE", "LICENSE")
+    for rel, path in sorted(chart_files.items()):
+        if not (rel in KEEP or rel in src.files or rel.startswith(KEEP_DIRS)):
+            continue
+        data = git(repo, "show", f"{commit}:{path}")
+        if rel == "Chart.yaml" and src.set_version:
+            data = _set_version(data, src.version)
+        info = tarfile.TarInfo(f"{dest}{rel}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return commit
 
 
 def _set_version(chart_yaml: bytes, version: str) -> bytes:
@@ -107,14 +127,17 @@ def main(argv: list[str]) -> int:
     CHARTS.mkdir(exist_ok=True)
     rows = []
     for src in SOURCES:
-        data, commit = archive(src, mirror)
+        data, commits = archive(src, mirror)
         out = CHARTS / f"{src.name}-{src.version}.tgz"
         out.write_bytes(data)
         digest = hashlib.sha256(data).hexdigest()
-        rows.append(
-            f"| `{out.name}` | github.com/{src.repo} `{src.path or '.'}` | `{src.tag}` "
-            f"| `{commit[:12]}` | {src.licence} | `{digest[:16]}` |"
-        )
+        for part, commit in commits:
+            name = f"`{out.name}`" if part is src else f"  inside: `charts/{part.name}`"
+            rows.append(
+                f"| {name} | github.com/{part.repo} `{part.path or '.'}` | `{part.tag}` "
+                f"| `{commit[:12]}` | {part.licence} | "
+                + (f"`{digest[:16]}` |" if part is src else "(in the archive) |")
+            )
         print(f"{out.name}: {len(data)} bytes, sha256 {digest}")
     (CHARTS / "SOURCES.md").write_text(
         "# Vendored Helm charts\n\n"

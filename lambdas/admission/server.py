@@ -5,7 +5,9 @@
   handshake, and only one whose CN or DNS SAN is in `CCT_ADMISSION_CLIENT_NAMES` (the API
   server) gets a decision; anything else is refused before the body is read, so it can
   neither count towards the blast radius nor reach the audit table.
-- GET /healthz and /metrics on the plain port: 200 only while a valid policy set is loaded.
+- GET /healthz, /readyz and /metrics on the plain port (the shared shell,
+  `lambdas.common.httpshell`): /readyz is 200 only while a valid policy set is loaded, else 503
+  with the reason; both bodies name the policy set in use.
 
 Slow work never sits on the admission path: the body is decoded and decided on a worker
 thread under the request budget (the failure mode answers when it runs out), decisions are
@@ -16,8 +18,8 @@ last good set when the new files are invalid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lambdas.admission.metrics import AdmissionMetrics
 from lambdas.admission.recent import WINDOW, RecentActions
@@ -41,7 +42,8 @@ from lambdas.admission.review import (
     parse_review,
 )
 from lambdas.admission.settings import AdmissionSettings
-from lambdas.common.edge import TooDeep, holds_nul, loads_bounded, runner_options
+from lambdas.common.edge import TooDeep, holds_nul, loads_bounded
+from lambdas.common.httpshell import Site, ops_app, serving, signal_stop
 from lambdas.common.settings import SettingsError
 from lambdas.policy.loader import PolicyLoadError, parse_policy_files, policy_files
 from lambdas.policy.policyset import PolicySet
@@ -128,7 +130,8 @@ class AdmissionServer:
         self._ssl.sni_callback = self._use_current_certificate
         self._current_ssl: ssl.SSLContext | None = None
         self._cert_mtimes: tuple[float, ...] | None = None
-        self._runners: list[web.AppRunner] = []
+        self._sites = contextlib.AsyncExitStack()
+        self.metrics.decision_queue_depth.set_function(self.recorder.queue_depth)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -137,19 +140,13 @@ class AdmissionServer:
         self.recorder.start()
         webhook = web.Application(client_max_size=self.settings.max_body_bytes)
         webhook.router.add_post("/validate", self.validate)
-        ops = web.Application()
-        ops.router.add_get("/healthz", self.healthz)
-        ops.router.add_get("/metrics", self.metrics_view)
-        for app, port, ssl_context in (
-            (webhook, self.settings.port, self._ssl),
-            (ops, self.settings.metrics_port, None),
-        ):
-            runner = web.AppRunner(
-                app, access_log=None, **runner_options(self.settings.header_timeout_s)
-            )
-            await runner.setup()
-            await web.TCPSite(runner, self.settings.host, port, ssl_context=ssl_context).start()
-            self._runners.append(runner)
+        ops = ops_app(self.metrics.registry, self.not_ready, self.ready_details)
+        host, timeout = self.settings.host, self.settings.header_timeout_s
+        sites = [
+            Site(webhook, host, self.settings.port, self._ssl, timeout),
+            Site(ops, host, self.settings.metrics_port, None, timeout),
+        ]
+        await self._sites.enter_async_context(serving(sites))
         self._tasks = [
             asyncio.create_task(self._every(self.settings.reload_interval_s, self._reload)),
             # Not awaited before serving: an unreachable database must not delay admission.
@@ -170,8 +167,7 @@ class AdmissionServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for runner in self._runners:
-            await runner.cleanup()
+        await self._sites.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -267,21 +263,21 @@ class AdmissionServer:
         log.warning("bad admission request", extra={"status": status, "why": message})
         return web.json_response({"error": message}, status=status)
 
-    async def healthz(self, _: web.Request) -> web.Response:
+    def not_ready(self) -> str | None:
+        if self.policies.current is None:
+            return (
+                "no valid policy set is loaded; the failure mode "
+                f"({self.settings.failure_mode}) decides"
+            )
+        return None
+
+    def ready_details(self) -> dict[str, Any]:
         current = self.policies.current
-        body = {
+        return {
             "policy_set": current.fingerprint if current else None,
             "files_valid": self.policies.stale_reason is None and current is not None,
             "failure_mode": self.settings.failure_mode,
         }
-        return web.json_response(body, status=200 if current is not None else 503)
-
-    async def metrics_view(self, _: web.Request) -> web.Response:
-        self.metrics.decision_queue_depth.set(self.recorder.queue_depth())
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
 
     async def _every(
         self, interval_s: float, job: Callable[[], Awaitable[None]], at_once: bool = False
@@ -409,11 +405,8 @@ def _uid_of(body: bytes, settings: AdmissionSettings) -> str | None:
 
 async def _run(settings: AdmissionSettings) -> None:
     server = AdmissionServer(settings)
+    stop = signal_stop()
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

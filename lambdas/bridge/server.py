@@ -19,23 +19,21 @@ import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from lambdas.bridge.core import PayloadError, convert, parse_payload
 from lambdas.bridge.settings import BridgeSettings
-from lambdas.common.edge import BodyTimeout, read_body, runner_options, timeout_response
+from lambdas.common.edge import BodyTimeout, read_body, timeout_response
+from lambdas.common.httpshell import Site, add_ops_routes, serve_until_stopped, signal_stop
 from lambdas.common.settings import SettingsError
 from lambdas.events.producer import ProducerSlot
 
 log = logging.getLogger("cct.bridge")
 
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+# While the broker is unreachable, how often the bridge tries again on its own, so readiness
+# comes back without waiting for a request (a not-ready pod gets none).
+RECHECK_S = 5.0
 
 
 class Metrics:
@@ -94,6 +92,11 @@ class Bridge:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.producers = ProducerSlot(self._new_producer)
+        # Why the last attempt to reach the broker failed; None once it acknowledged.
+        self.kafka_error: str | None = "Kafka not connected yet"
+
+    def not_ready(self) -> str | None:
+        return None if self.kafka_error is None else f"Kafka unreachable: {self.kafka_error}"
 
     def _reject(self, endpoint: str, status: int, reason: str, message: str) -> web.Response:
         self.metrics.rejected.labels(reason).inc()
@@ -150,6 +153,7 @@ class Bridge:
         except (KafkaError, TimeoutError) as exc:
             if producer is not None:
                 self.producers.discard(producer)
+            self.kafka_error = repr(exc)
             self.metrics.produce_failures.inc()
             self.metrics.requests.labels(endpoint, "503").inc()
             log.warning(
@@ -160,6 +164,7 @@ class Bridge:
                 {"error": "unavailable", "message": f"broker did not acknowledge: {exc!r}"},
                 status=503,
             )
+        self.kafka_error = None
         self.metrics.produce_seconds.observe(time.perf_counter() - started)
         for e in conversion.events:
             self.metrics.events.labels(e.type).inc()
@@ -178,7 +183,9 @@ class Bridge:
         if isinstance(body, web.Response):
             return body
         if self.settings.zenduty_url is None:
-            return self._reject(endpoint, 404, "relay_disabled", "CCT_ZENDUTY_URL_FILE is unset")
+            return self._reject(
+                endpoint, 404, "relay_disabled", "CCT_BRIDGE_ZENDUTY_URL_FILE is unset"
+            )
         try:
             parse_payload(body, self.settings.max_json_depth)
         except PayloadError as exc:
@@ -214,14 +221,19 @@ class Bridge:
             log.warning("Zenduty unreachable", extra={"error": type(exc).__name__})
             return 0
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+    async def _connect(self) -> None:
+        try:
+            async with asyncio.timeout(self.settings.produce_timeout_s):
+                await self.producers.get()
+            self.kafka_error = None
+        except (KafkaError, TimeoutError) as exc:
+            self.kafka_error = repr(exc)
 
-    async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
+    async def _recheck(self) -> None:
+        while True:
+            await asyncio.sleep(RECHECK_S)
+            if self.kafka_error is not None:
+                await self._connect()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -235,17 +247,19 @@ class Bridge:
         )
 
     async def _clients(self, app: web.Application) -> AsyncIterator[None]:
-        try:
-            await self.producers.get()
-        except KafkaError as exc:
+        await self._connect()
+        if self.kafka_error is not None:
             # Start anyway: requests answer 503 (Alertmanager retries) until the broker is up.
-            log.warning("Kafka unavailable at start", extra={"error": repr(exc)})
+            log.warning("Kafka unavailable at start", extra={"error": self.kafka_error})
+        recheck = asyncio.create_task(self._recheck())
         timeout = aiohttp.ClientTimeout(total=self.settings.relay_timeout_s)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 app[SESSION_KEY] = session
                 yield
         finally:
+            recheck.cancel()
+            await asyncio.gather(recheck, return_exceptions=True)
             await self.producers.close()
 
     def app(self) -> web.Application:
@@ -253,8 +267,7 @@ class Bridge:
         app.cleanup_ctx.append(self._clients)
         app.router.add_post("/v1/alerts", self.alerts)
         app.router.add_post("/v1/relay/zenduty", self.relay_zenduty)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.metrics_endpoint)
+        add_ops_routes(app, self.metrics.registry, self.not_ready)
         return app
 
 
@@ -265,11 +278,11 @@ def serve() -> None:
     except SettingsError as exc:
         raise SystemExit(f"cct serve bridge: {exc}") from None
     log.info("bridge starting", extra={"settings": repr(settings)})
-    web.run_app(
-        Bridge(settings).app(),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        **runner_options(settings.header_timeout_s),
-    )
+
+    async def main() -> None:
+        site = Site(
+            Bridge(settings).app(), settings.host, settings.port, None, settings.header_timeout_s
+        )
+        await serve_until_stopped([site], signal_stop())
+
+    asyncio.run(main())

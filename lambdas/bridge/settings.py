@@ -31,7 +31,7 @@ class BridgeSettings:
     token: the bearer token Alertmanager presents, read from the file named by
         CCT_BRIDGE_TOKEN_FILE (a mounted Secret; never an environment value).
     zenduty_url: the Zenduty integration URL (it embeds the integration key), read from the
-        file named by CCT_ZENDUTY_URL_FILE; unset disables the relay endpoint.
+        file named by CCT_BRIDGE_ZENDUTY_URL_FILE; unset disables the relay endpoint.
     host, port: CCT_BRIDGE_HOST (default 127.0.0.1; the bundle sets 0.0.0.0 in the pod) and
         CCT_BRIDGE_PORT (default 18083, distinct per handler: docs/architecture.md section 2).
     produce_timeout_s: CCT_BRIDGE_PRODUCE_TIMEOUT_S, default 5 s: how long a request waits for
@@ -76,10 +76,12 @@ class BridgeSettings:
         import os
 
         token_file = env_str("CCT_BRIDGE_TOKEN_FILE")
-        zenduty_file = os.environ.get("CCT_ZENDUTY_URL_FILE") or None
-        zenduty_url = read_secret("CCT_ZENDUTY_URL_FILE", zenduty_file) if zenduty_file else None
+        zenduty_file = os.environ.get("CCT_BRIDGE_ZENDUTY_URL_FILE") or None
+        zenduty_url = (
+            read_secret("CCT_BRIDGE_ZENDUTY_URL_FILE", zenduty_file) if zenduty_file else None
+        )
         if zenduty_url is not None and not zenduty_url.startswith(("https://", "http://")):
-            raise SettingsError("CCT_ZENDUTY_URL_FILE must hold an http(s) URL")
+            raise SettingsError("CCT_BRIDGE_ZENDUTY_URL_FILE must hold an http(s) URL")
         return cls(
             kafka=KafkaAuth.from_env(kafka_bootstrap()),
             topic=env_str("CCT_BRIDGE_TOPIC", TOPIC_ANOMALIES),

@@ -32,7 +32,7 @@ import aiohttp
 import orjson
 import psycopg
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lambdas.collector.core import (
     Applied,
@@ -45,7 +45,8 @@ from lambdas.collector.core import (
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
 from lambdas.collector.normalize import ChangeLimits, check_change, holds_nul, normalize
-from lambdas.common.edge import BodyTimeout, read_body, runner_options
+from lambdas.common.edge import BodyTimeout, read_body
+from lambdas.common.httpshell import Site, add_ops_routes, serving, signal_stop
 from lambdas.common.pg import DsnSource, needs_reconnect
 from lambdas.common.settings import (
     SettingsError,
@@ -276,6 +277,23 @@ class Processor:
         self._opened: list[int] = []
         self._reader_opened = 0
         self._http: aiohttp.ClientSession | None = None
+        # The last failure to reach PostgreSQL / VictoriaMetrics, None after a success.
+        self.pg_error: str | None = None
+        self.vm_error: str | None = None
+
+    def not_ready(self) -> str | None:
+        """Without PostgreSQL no batch can be accepted. VictoriaMetrics failing does not make
+        the collector unready: events are still stored and the heartbeat re-sends samples;
+        it shows in /readyz's `victoriametrics` field instead."""
+        if self.pg_error is not None:
+            return f"PostgreSQL unreachable: {self.pg_error}"
+        return None
+
+    def ready_details(self) -> dict[str, Any]:
+        return {
+            "live_resources": len(self.rollups.live),
+            "victoriametrics": self.vm_error or "ok",
+        }
 
     async def start(self, background: bool = True) -> None:
         for _ in range(self.settings.writers):
@@ -363,9 +381,14 @@ class Processor:
                 log.exception("periodic task failed", extra={"task": fn.__name__})
 
     async def refresh(self) -> None:
-        reader = await self._renew_reader()
-        self.book = await aload_price_book(reader)
-        self.factors = await store.reconciliation_factors(reader)
+        try:
+            reader = await self._renew_reader()
+            self.book = await aload_price_book(reader)
+            self.factors = await store.reconciliation_factors(reader)
+        except (StoreError, psycopg.Error, OSError) as exc:
+            self.pg_error = str(exc) or type(exc).__name__
+            raise
+        self.pg_error = None
 
     async def heartbeat(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -616,7 +639,9 @@ class Processor:
                     return
                 if resp.status >= 300:
                     raise aiohttp.ClientError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            self.vm_error = None
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self.vm_error = str(exc) or type(exc).__name__
             self.metrics.vm_failures.inc()
             # Keep the newest values only: the heartbeat re-emits current state anyway.
             self._pending = lines[-100_000:]
@@ -654,7 +679,8 @@ def _reject(metrics: Metrics, status: int, reason: str, detail: str) -> web.Resp
 
 
 class Api:
-    """The HTTP handlers: /ingest (Fluent Bit batches), /healthz, /metrics."""
+    """The HTTP handler of /ingest (Fluent Bit batches); the shell adds /healthz, /readyz
+    and /metrics."""
 
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
@@ -739,8 +765,10 @@ class Api:
         try:
             result = await self.processor.submit(changes, dead)
         except (psycopg.Error, OSError) as exc:
+            self.processor.pg_error = str(exc) or type(exc).__name__
             log.error("batch not written", extra={"error": str(exc)})
             return _reject(self.metrics, 503, "store_unavailable", f"PostgreSQL: {exc}")
+        self.processor.pg_error = None
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.requests.labels("200").inc()
         return web.json_response(
@@ -753,14 +781,6 @@ class Api:
             }
         )
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "live_resources": len(self.processor.rollups.live)}
-        )
-
-    async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
-
 
 def build_app(processor: Processor) -> web.Application:
     api = Api(processor)
@@ -769,8 +789,7 @@ def build_app(processor: Processor) -> web.Application:
     app.router.add_post("/ingest", api.ingest)
     # The forwarders' own URL shape (<base>/cct.<provider>), for sending without Fluent Bit.
     app.router.add_post("/ingest/{tag}", api.ingest)
-    app.router.add_get("/healthz", api.healthz)
-    app.router.add_get("/metrics", api.prometheus)
+    add_ops_routes(app, processor.metrics.registry, processor.not_ready, processor.ready_details)
     return app
 
 
@@ -788,7 +807,10 @@ async def _dead_letter(processor: Processor, reason: str, detail: str, raw: byte
         log.exception("dead letter not written", extra={"reason": reason})
 
 
-async def run(settings: CollectorSettings) -> None:
+async def run(settings: CollectorSettings, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (SIGTERM/SIGINT when not given); then finish in-flight
+    requests and hand queued samples to VictoriaMetrics before closing."""
+    stop = stop or signal_stop()
     processor = Processor(settings)
     await processor.start()
     # Each batch allocates tens of thousands of short-lived objects next to a large, long-lived
@@ -798,16 +820,11 @@ async def run(settings: CollectorSettings) -> None:
     # reference counting anyway).
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
-    runner = web.AppRunner(
-        build_app(processor), access_log=None, **runner_options(settings.header_timeout_s)
-    )
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    log.info("collector listening", extra={"host": settings.host, "port": settings.port})
+    site = Site(build_app(processor), settings.host, settings.port, None, settings.header_timeout_s)
     try:
-        await asyncio.Event().wait()
+        async with serving([site]):
+            await stop.wait()
     finally:
-        await runner.cleanup()
         await processor.stop()
 
 

@@ -8,19 +8,27 @@ address, and a graceful shutdown on SIGTERM/SIGINT.
   the body (`{"ready": false, "reason": "..."}`), so `cct status` and Kubernetes see why.
 - `/metrics`: the handler's Prometheus registry.
 
-Asyncio handlers add the routes to their application and run it with `serve_until_stopped`;
-the detector, a synchronous loop, runs the same application in a thread (`ThreadedShell`).
+These routes take no request body: one is refused at once (400, connection closed), so a slow
+client cannot hold them. Endpoints that do read a body bound it with `edge.read_body`; every
+connection's headers are bounded by the site's `header_timeout_s` (`edge.runner_options`).
+
+Asyncio handlers add the routes to their application and run it with `serve_until_stopped`
+(or inside `serving` next to their own loop); the detector, a synchronous loop, runs the same
+application in a thread (`ThreadedShell`). SIGTERM stops accepting, lets in-flight requests
+finish, then runs the apps' cleanup hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,6 +39,8 @@ log = logging.getLogger("cct.http")
 
 # Returns None when ready, else why not (a short sentence for operators).
 NotReady = Callable[[], str | None]
+# Extra fields of the /healthz and /readyz bodies (e.g. the admission webhook's policy set).
+Details = Callable[[], dict[str, Any]]
 # Kubernetes waits terminationGracePeriodSeconds (30 s by default) before SIGKILL; in-flight
 # requests get most of it.
 SHUTDOWN_TIMEOUT_S = 20.0
@@ -40,19 +50,44 @@ def always_ready() -> str | None:
     return None
 
 
-def add_ops_routes(
-    app: web.Application, registry: CollectorRegistry, not_ready: NotReady = always_ready
-) -> None:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+def no_details() -> dict[str, Any]:
+    return {}
 
-    async def readyz(_: web.Request) -> web.Response:
+
+def _refuse_body() -> web.Response:
+    """These routes never read a body; not reading one that trickles in would leave the
+    connection open for as long as the client likes."""
+    response = web.json_response(
+        {"error": "body_not_accepted", "message": "this endpoint takes no request body"},
+        status=400,
+        headers={"Connection": "close"},
+    )
+    response.force_close()
+    return response
+
+
+def add_ops_routes(
+    app: web.Application,
+    registry: CollectorRegistry,
+    not_ready: NotReady = always_ready,
+    details: Details = no_details,
+) -> None:
+    async def healthz(request: web.Request) -> web.Response:
+        if request.body_exists:
+            return _refuse_body()
+        return web.json_response({"ok": True, "status": "ok", **details()})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if request.body_exists:
+            return _refuse_body()
         reason = not_ready()
         if reason is None:
-            return web.json_response({"ready": True})
-        return web.json_response({"ready": False, "reason": reason}, status=503)
+            return web.json_response({"ready": True, **details()})
+        return web.json_response({"ready": False, "reason": reason, **details()}, status=503)
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
+        if request.body_exists:
+            return _refuse_body()
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -62,9 +97,13 @@ def add_ops_routes(
     app.router.add_get("/metrics", metrics)
 
 
-def ops_app(registry: CollectorRegistry, not_ready: NotReady = always_ready) -> web.Application:
+def ops_app(
+    registry: CollectorRegistry,
+    not_ready: NotReady = always_ready,
+    details: Details = no_details,
+) -> web.Application:
     app = web.Application()
-    add_ops_routes(app, registry, not_ready)
+    add_ops_routes(app, registry, not_ready, details)
     return app
 
 
@@ -83,15 +122,20 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Non
         loop.add_signal_handler(sig, stop.set)
 
 
-async def serve_until_stopped(
-    sites: list[Site],
-    stop: asyncio.Event,
-    *,
-    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
-    on_started: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Bind every site, run until `stop` is set, then stop accepting, let in-flight requests
-    finish for up to `shutdown_timeout_s`, and run the apps' cleanup hooks."""
+def signal_stop() -> asyncio.Event:
+    """An event SIGTERM or SIGINT sets (call inside the running loop)."""
+    stop = asyncio.Event()
+    stop_on_signals(asyncio.get_running_loop(), stop)
+    return stop
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    sites: Sequence[Site], *, shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
+) -> AsyncIterator[None]:
+    """Bind every site for the duration of the block; on leaving it, stop accepting, let
+    in-flight requests finish for up to `shutdown_timeout_s`, and run the apps' cleanup hooks.
+    For handlers whose own loop (a Kafka consumer) runs inside the block."""
     runners: list[web.AppRunner] = []
     try:
         for site in sites:
@@ -105,13 +149,25 @@ async def serve_until_stopped(
             runners.append(runner)
             await web.TCPSite(runner, site.host, site.port, ssl_context=site.ssl_context).start()
             log.info("listening", extra={"host": site.host, "port": site.port})
-        if on_started is not None:
-            await on_started()
-        await stop.wait()
+        yield
         log.info("stopping")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def serve_until_stopped(
+    sites: Sequence[Site],
+    stop: asyncio.Event,
+    *,
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    on_started: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Bind every site, run until `stop` is set, then shut down as `serving` does."""
+    async with serving(sites, shutdown_timeout_s=shutdown_timeout_s):
+        if on_started is not None:
+            await on_started()
+        await stop.wait()
 
 
 class ThreadedShell:

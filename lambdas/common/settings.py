@@ -78,7 +78,8 @@ def pg_dsn_source() -> DsnSource:
 
 
 def vm_url() -> str:
-    """VictoriaMetrics' base URL when one URL serves writes and queries (a single node)."""
+    """VictoriaMetrics' base URL (CCT_VM_URL) when one URL serves writes and queries (a
+    single node)."""
     return env_str("CCT_VM_URL", "http://127.0.0.1:18428").rstrip("/")
 
 
@@ -95,8 +96,11 @@ def vm_read_url() -> str:
 
 
 def alertmanager_url() -> str:
+    """Alertmanager's base URL (CCT_ALERTMANAGER_URL), where the detector posts its alerts."""
     return env_str("CCT_ALERTMANAGER_URL", "http://127.0.0.1:19093").rstrip("/")
 
 
 def kafka_bootstrap() -> str:
+    """The Kafka brokers (CCT_KAFKA_BOOTSTRAP, `host:port[,host:port...]`); the client's
+    identity is `lambdas.common.kafka.KafkaAuth`."""
     return env_str("CCT_KAFKA_BOOTSTRAP", "127.0.0.1:19092")

@@ -129,6 +129,8 @@ class DetectorSettings:
 
     @classmethod
     def from_env(cls) -> DetectorSettings:
+        # CCT_DETECTOR_LEVELS: the aggregation levels evaluated, comma-separated (`resource`
+        # reports the resource that explains an increase as an actionable anomaly).
         levels = os.environ.get("CCT_DETECTOR_LEVELS", "account,service,team,resource")
         return cls(
             vm_url=env.vm_read_url(),

@@ -225,13 +225,7 @@ class AdmissionTls:
 def admission_tls() -> AdmissionTls:
     """Local CAs, a loopback serving certificate for the admission webhook and the API
     server's client certificate (in the cluster the bundle issues them), made once."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from lambdas.devstack import certs
 
     directory = SECRETS / "admission-tls"
     files = AdmissionTls(
@@ -243,107 +237,39 @@ def admission_tls() -> AdmissionTls:
     if all(Path(f).exists() for f in vars(files).values()):
         return files
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    now = dt.datetime.now(dt.UTC)
-
-    def ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return key, cert
-
-    def leaf(
-        issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
-        name: str,
-        *,
-        sans: list[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
-        cert_path: Path,
-        key_path: Path,
-    ) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(issuer[1].subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(issuer[0], hashes.SHA256())
-        )
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_path.chmod(0o600)
-
-    server_ca, client_ca = ca("cct-local-ca"), ca("cct-local-apiserver-client-ca")
-    leaf(
-        server_ca,
-        "cct-admission",
-        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))],
-        usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        cert_path=files.cert,
-        key_path=files.key,
+    server_ca, client_ca = certs.ca("cct-local-ca"), certs.ca("cct-local-apiserver-client-ca")
+    serving = certs.leaf(server_ca, "cct-admission", sans=["localhost", HOST], usage="server")
+    client = certs.leaf(
+        client_ca, ADMISSION_CLIENT_NAME, sans=[ADMISSION_CLIENT_NAME], usage="client"
     )
-    leaf(
-        client_ca,
-        ADMISSION_CLIENT_NAME,
-        sans=[x509.DNSName(ADMISSION_CLIENT_NAME)],
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-        cert_path=files.client_cert,
-        key_path=files.client_key,
-    )
-    files.ca.write_bytes(server_ca[1].public_bytes(serialization.Encoding.PEM))
-    files.client_ca.write_bytes(client_ca[1].public_bytes(serialization.Encoding.PEM))
+    certs.write_cert(files.cert, serving)
+    certs.write_key(files.key, serving)
+    certs.write_cert(files.client_cert, client)
+    certs.write_key(files.client_key, client)
+    certs.write_cert(files.ca, server_ca)
+    certs.write_cert(files.client_ca, client_ca)
     return files
 
 
 def kafka_env(user: str) -> dict[str, str]:
     """The CCT_KAFKA_* identity of one principal of the local broker (scripts/services creates
-    a SCRAM user and ACLs per handler from lambdas.common.kafka.HANDLER_GRANTS)."""
-    files = services()["kafka"].get("password_files") or {}
-    if user not in files:
-        raise StackError(
-            f"kafka: no credentials for {user!r};"
-            " restart it: scripts/services down kafka && make up"
-        )
-    return {
-        "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-        "CCT_KAFKA_USERNAME": user,
-        "CCT_KAFKA_PASSWORD_FILE": str(files[user]),
-    }
+    a SCRAM user and ACLs per handler from lambdas.common.kafka.HANDLER_GRANTS, and the CA
+    that signed the broker's TLS certificate)."""
+    from lambdas.common.kafka import local_client_env
+    from lambdas.common.settings import SettingsError
+
+    try:
+        return local_client_env(services()["kafka"], user)
+    except SettingsError as exc:
+        raise StackError(f"kafka: {exc}") from exc
 
 
 def admin_kafka() -> dict[str, Any]:
     """aiokafka keyword arguments for the stack's own tools (topics, status): the broker's
     super user, never a handler's identity."""
-    from lambdas.common.kafka import KafkaAuth
+    from lambdas.common.kafka import local_auth
 
-    env = kafka_env("admin")
-    auth = KafkaAuth(
-        services()["kafka"]["bootstrap"],
-        env["CCT_KAFKA_USERNAME"],
-        Path(env["CCT_KAFKA_PASSWORD_FILE"]),
-        "SASL_PLAINTEXT",
-    )
-    return auth.client_kwargs()
+    return local_auth(services()["kafka"], "admin").client_kwargs()
 
 
 def local_playbooks() -> Path:
@@ -440,7 +366,7 @@ def parts() -> list[Part]:
         Part(
             "collector",
             [CCT, "serve", "collector"],
-            url("collector", "/healthz"),
+            url("collector", "/readyz"),
             env={
                 **env,
                 "CCT_COLLECTOR_PORT": str(PORTS["collector"]),
@@ -453,13 +379,13 @@ def parts() -> list[Part]:
         Part(
             "bridge",
             [CCT, "serve", "bridge"],
-            url("bridge", "/healthz"),
+            url("bridge", "/readyz"),
             env={
                 **env,
                 **kafka_env("bridge"),
                 "CCT_BRIDGE_PORT": str(PORTS["bridge"]),
                 "CCT_BRIDGE_TOKEN_FILE": str(bridge_token),
-                "CCT_ZENDUTY_URL_FILE": str(zenduty_url_file),
+                "CCT_BRIDGE_ZENDUTY_URL_FILE": str(zenduty_url_file),
             },
             shows={"metrics": url("bridge", "/metrics")},
         ),
@@ -479,7 +405,7 @@ def parts() -> list[Part]:
         Part(
             "admission",
             [CCT, "serve", "admission"],
-            url("admission-ops", "/healthz"),
+            url("admission-ops", "/readyz"),
             env={
                 **env,
                 "CCT_POLICY_DIR": str(ROOT / "policies" / "optimization"),
@@ -498,7 +424,7 @@ def parts() -> list[Part]:
         Part(
             "trigger",
             [CCT, "serve", "trigger"],
-            url("trigger", "/healthz"),
+            url("trigger", "/readyz"),
             env={
                 **env,
                 **step_env,

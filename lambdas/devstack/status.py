@@ -1,7 +1,8 @@
 """`cct status`: each part of the local stack, its health and how far behind it is.
 
-Reads `.local/stack.json` (written by `make up`). One line per part: healthy or not, and the
-figure that says whether it keeps up: the trigger's consumer lag, the newest alert in
+Reads `.local/stack.json` (written by `make up`). One line per part: ready or not (each
+handler's /readyz, with the reason it gives when it is not), and the figure that says whether
+it keeps up: the trigger's consumer lag, the newest alert in
 Alertmanager, the pages at the Zenduty receiver, the newest resource event the collector
 stored, the workflow runs by state. Exits 1 when any part is unhealthy.
 """
@@ -102,6 +103,13 @@ def _pg(dsn: str) -> dict[str, Any] | None:
     }
 
 
+def _readiness(answer: Any) -> str:
+    """Why a part is not ready, from its /readyz body (lambdas.common.httpshell)."""
+    if isinstance(answer, dict) and answer.get("reason"):
+        return f"; not ready: {answer['reason']}"
+    return "; not answering" if answer is None else ""
+
+
 def lines(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
     svc = doc["services"]
     parts = doc["parts"]
@@ -133,8 +141,8 @@ def lines(doc: dict[str, Any]) -> list[tuple[str, bool, str]]:
     lag = trigger_lag(svc["kafka"]["bootstrap"])
     out.append(("kafka", lag is not None, svc["kafka"]["bootstrap"]))
     for name, part in parts.items():
-        healthy, _ = _get(part["health"])
-        detail = f"pid {pid_of(name) or '-'}"
+        healthy, answer = _get(part["health"])
+        detail = f"pid {pid_of(name) or '-'}" + _readiness(answer)
         if name == "trigger":
             detail += f"; consumer lag {lag if lag is not None else 'unknown'}"
             if pg:

@@ -48,6 +48,7 @@ class ForwarderSettings:
 
     @classmethod
     def from_env(cls) -> ForwarderSettings:
+        # CCT_FORWARDER_ENDPOINT: the collector's ingest URL (http or https) events go to.
         endpoint = os.environ.get("CCT_FORWARDER_ENDPOINT", "").rstrip("/")
         token = os.environ.get("CCT_FORWARDER_TOKEN", "")
         if not endpoint.startswith(("https://", "http://")):

@@ -86,7 +86,7 @@ def run(name: str, doc: Any) -> tuple[int, dict[str, Any]]:
         io = StepIO(
             settings=settings,
             cloud=lambda i: cloud_session(i.parameters, settings),
-            db=pg_opener(os.environ.get("CCT_PG_DSN", "")),
+            db=pg_opener(settings.pg_dsn),
         )
         return EXIT_OK, STEP_FUNCTIONS[name](inp, io)
     except StepError as exc:

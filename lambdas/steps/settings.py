@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lambdas.common.kafka import KafkaAuth
 from lambdas.common.settings import SettingsError, env_float, env_int, env_str
@@ -15,16 +15,17 @@ class StepSettings:
     vault_addr: Vault's URL (`VAULT_ADDR`). Every cloud credential comes from Vault.
     vault_k8s_role / vault_k8s_mount: Kubernetes auth role and mount the pod logs in with.
     vault_jwt_path: the pod's service-account token, which Kubernetes auth verifies.
-    vault_aws_mount / vault_aws_role: AWS secrets engine; credentials are an assumed role
-        read from `<mount>/sts/<role>` with `vault_aws_ttl` (short: 15m covers one step).
+    vault_aws_mount / vault_aws_role / vault_aws_ttl: AWS secrets engine; credentials are an
+        assumed role read from `<mount>/sts/<role>` with `vault_aws_ttl` (CCT_VAULT_AWS_TTL;
+        short: 15m covers one step).
     vault_azure_mount / vault_azure_role, azure_tenant_id: Azure secrets engine; the
         issued service principal is exchanged for an ARM token at the tenant's login URL.
     vault_gcp_mount / vault_gcp_roleset: GCP secrets engine roleset of type access_token.
     aws_endpoint_url / azure_management_url / azure_login_url / gcp_api_url: the cloud API
         base URLs. Defaults are the public endpoints; tests point them at moto and at the
         replay server.
-    backend: `local` or `argo`, written to optimization_runs.backend when a step creates
-        the run row.
+    backend: CCT_STEP_BACKEND, `local` or `argo`, written to optimization_runs.backend when a
+        step creates the run row.
     rightsize_target_cpu_percent: a smaller size is chosen only while the CPU projected on
         it stays at or below this (60 %: headroom for peaks above the hourly averages).
     idle_cpu_percent: a VM whose hourly maximum CPU never exceeded this is idle (5 %).
@@ -76,6 +77,9 @@ class StepSettings:
     kafka: KafkaAuth | None
     results_topic: str
     publish_timeout_s: float
+    # CCT_PG_DSN: where `record` and the pre-checks read and write the results store (in the
+    # cluster rendered by Vault Agent; unset, steps that need it fail retryable).
+    pg_dsn: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> StepSettings:
@@ -130,4 +134,5 @@ class StepSettings:
             ),
             results_topic=env_str("CCT_RESULTS_TOPIC", "cct.optimization.results"),
             publish_timeout_s=env_float("CCT_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
+            pg_dsn=os.environ.get("CCT_PG_DSN", ""),
         )

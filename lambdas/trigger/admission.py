@@ -42,9 +42,9 @@ class AdmissionCallSettings:
         backend runs workflows without admission (as a cluster without the webhook would).
     ca_file: CCT_TRIGGER_ADMISSION_CA_FILE, the CA that signed the webhook's certificate (the
         webhook configuration's caBundle); required with the URL.
-    cert_file / key_file: CCT_TRIGGER_ADMISSION_CERT_FILE / _KEY_FILE, the client certificate
-        the API server presents (the webhook accepts only its callers' certificates); both or
-        neither.
+    cert_file / key_file: CCT_TRIGGER_ADMISSION_CERT_FILE / CCT_TRIGGER_ADMISSION_KEY_FILE,
+        the client certificate the API server presents (the webhook accepts only its
+        callers' certificates); both or neither.
     timeout_s: CCT_TRIGGER_ADMISSION_TIMEOUT_S, default 10 s (the API server's default).
     namespace: the Workflow's namespace, as the Argo backend would create it.
     """

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -23,16 +22,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lambdas.common.edge import runner_options
+from lambdas.common.httpshell import Site, ops_app, serving, signal_stop
 from lambdas.common.settings import SettingsError
 from lambdas.events.cloudevents import encode, unmapped_event
 from lambdas.events.producer import ProducerSlot
@@ -151,6 +143,16 @@ class TriggerService:
         self.stopping = stopping
         self.metrics = Metrics()
         self.start: FreshGroupStart
+        # Why the trigger cannot handle events now, None while it can.
+        self.problem: str | None = "Kafka consumer not started yet"
+        # Events not yet handled, per partition this replica consumes.
+        self.lag: dict[TopicPartition, int] = {}
+
+    def not_ready(self) -> str | None:
+        return self.problem
+
+    def ready_details(self) -> dict[str, object]:
+        return {"lag": sum(self.lag.values()), "partitions": len(self.lag)}
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -171,6 +173,7 @@ class TriggerService:
         self.start = FreshGroupStart(consumer, s.fresh_group_start_s)
         consumer.subscribe([s.topic], listener=self.start)
         await consumer.start()
+        self.problem = None
         log.info("trigger consuming", extra={"topic": s.topic, "group": s.group_id})
         try:
             while not stop.is_set():
@@ -193,8 +196,10 @@ class TriggerService:
             if highwater is None:  # nothing fetched from this partition yet
                 continue
             position = await consumer.position(tp)
-            lag = self.metrics.consumer_lag.labels(tp.topic, str(tp.partition))
-            lag.set(max(0, highwater - position))
+            self.lag[tp] = max(0, highwater - position)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(self.lag[tp])
+        for gone in set(self.lag) - consumer.assignment():
+            del self.lag[gone]
 
     async def _one(
         self,
@@ -290,10 +295,12 @@ class TriggerService:
             try:
                 producer = await producers.get()
                 await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+                self.problem = None
                 return
             except KafkaError as exc:
                 if producer is not None:
                     producers.discard(producer)
+                self.problem = f"Kafka topic {topic} unavailable: {exc!r}"
                 log.warning(
                     "topic unavailable; retrying", extra={"topic": topic, "error": repr(exc)}
                 )
@@ -303,19 +310,7 @@ class TriggerService:
                 delay = min(delay * 2, self.settings.retry_max_backoff_s)
 
     def http_app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"ok": True})
-
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(
-                body=generate_latest(self.metrics.registry),
-                headers={"Content-Type": CONTENT_TYPE_LATEST},
-            )
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/metrics", metrics)
-        return app
+        return ops_app(self.metrics.registry, self.not_ready, self.ready_details)
 
 
 def make_backend(settings: TriggerSettings) -> Backend:
@@ -341,16 +336,15 @@ def make_backend(settings: TriggerSettings) -> Backend:
 
 
 async def _serve(settings: TriggerSettings) -> None:
-    stop = asyncio.Event()
+    stop = signal_stop()
     stopping = threading.Event()
-    loop = asyncio.get_running_loop()
 
-    def request_stop() -> None:
-        stop.set()
+    async def relay_stop() -> None:
+        # The processor's retry loops run in a thread and watch a threading.Event.
+        await stop.wait()
         stopping.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop)
+    relay = asyncio.create_task(relay_stop())
 
     mapping = load_mapping(Path(settings.playbooks_file))
     policy_set = load_policy_set(settings.policies_dir)
@@ -367,16 +361,13 @@ async def _serve(settings: TriggerSettings) -> None:
             max_delta_usd_per_hour=settings.max_delta_usd_per_hour,
         )
         service = TriggerService(settings, processor, stopping)
-        runner = web.AppRunner(
-            service.http_app(), access_log=None, **runner_options(settings.header_timeout_s)
+        site = Site(
+            service.http_app(), settings.host, settings.port, None, settings.header_timeout_s
         )
-        await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        try:
+        async with serving([site]):
             await service.run(stop)
-        finally:
-            await runner.cleanup()
     finally:
+        relay.cancel()
         pool.close()
 
 

@@ -54,10 +54,11 @@ class TriggerSettings:
     backend: CCT_TRIGGER_BACKEND, `argo` (default, in the cluster) or `local` (development).
     playbooks_file: CCT_PLAYBOOKS_FILE, default `policies/playbooks.yaml` (schema beside it).
     policies_dir: CCT_POLICY_DIR, default `policies/optimization`.
-    namespace: CCT_ARGO_NAMESPACE, default `cct-system`, where Workflows are created.
-    kube_api_url / kube_token_file / kube_ca_file: CCT_KUBE_API_URL, CCT_KUBE_TOKEN_FILE,
-        CCT_KUBE_CA_FILE; unset API URL = the pod's in-cluster service account.
-    kube_timeout_s: CCT_KUBE_TIMEOUT_S, default 10 s per API call.
+    namespace: CCT_TRIGGER_ARGO_NAMESPACE, default `cct-system`, where Workflows are created.
+    kube_api_url / kube_token_file / kube_ca_file: CCT_TRIGGER_KUBE_API_URL,
+        CCT_TRIGGER_KUBE_TOKEN_FILE, CCT_TRIGGER_KUBE_CA_FILE; unset API URL = the pod's
+        in-cluster service account.
+    kube_timeout_s: CCT_TRIGGER_KUBE_TIMEOUT_S, default 10 s per API call.
     step_command: CCT_TRIGGER_STEP_COMMAND, default `cct`: how the local backend runs
         `<command> step NAME`.
     local_state_dir: CCT_TRIGGER_LOCAL_STATE_DIR: with the local backend, where workflow
@@ -141,11 +142,11 @@ class TriggerSettings:
             backend="local" if backend == "local" else "argo",
             playbooks_file=_from_repo(env_str("CCT_PLAYBOOKS_FILE", "policies/playbooks.yaml")),
             policies_dir=_from_repo(env_str("CCT_POLICY_DIR", "policies/optimization")),
-            namespace=env_str("CCT_ARGO_NAMESPACE", "cct-system"),
-            kube_api_url=os.environ.get("CCT_KUBE_API_URL") or None,
-            kube_token_file=os.environ.get("CCT_KUBE_TOKEN_FILE") or None,
-            kube_ca_file=os.environ.get("CCT_KUBE_CA_FILE") or None,
-            kube_timeout_s=env_float("CCT_KUBE_TIMEOUT_S", 10.0),
+            namespace=env_str("CCT_TRIGGER_ARGO_NAMESPACE", "cct-system"),
+            kube_api_url=os.environ.get("CCT_TRIGGER_KUBE_API_URL") or None,
+            kube_token_file=os.environ.get("CCT_TRIGGER_KUBE_TOKEN_FILE") or None,
+            kube_ca_file=os.environ.get("CCT_TRIGGER_KUBE_CA_FILE") or None,
+            kube_timeout_s=env_float("CCT_TRIGGER_KUBE_TIMEOUT_S", 10.0),
             step_command=tuple(shlex.split(env_str("CCT_TRIGGER_STEP_COMMAND", "cct"))),
             local_state_dir=(
                 Path(os.environ["CCT_TRIGGER_LOCAL_STATE_DIR"]).resolve()

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 
-from lambdas.common.settings import SettingsError, env_int, env_str, pg_dsn
+from lambdas.common.edge import BodyTimeout, read_body, timeout_response
+from lambdas.common.httpshell import Site, add_ops_routes, serve_until_stopped, signal_stop
+from lambdas.common.settings import SettingsError, env_float, env_int, env_str, pg_dsn
 from lambdas.vaultdev.core import (
     TOKEN_TTL_S,
     AccessTable,
@@ -66,8 +68,11 @@ class VaultDevSettings:
         service-account token, and `jwt/root`, an operator token that may only revoke leases.
     pg_dsn: the PostgreSQL owner's DSN (CCT_PG_DSN / CCT_PG_DSN_FILE), Vault's connection user.
     aws_endpoint_url: CCT_AWS_ENDPOINT_URL, the AWS simulator; unset disables `aws/`.
-    lease_ttl_s / lease_max_ttl_s: CCT_VAULTDEV_LEASE_TTL_S (900) and ..._MAX_TTL_S (3600),
-        the bundle's default and max lease TTLs.
+    lease_ttl_s / lease_max_ttl_s: CCT_VAULTDEV_LEASE_TTL_S (900) and
+        CCT_VAULTDEV_LEASE_MAX_TTL_S (3600), the bundle's default and max lease TTLs.
+    header_timeout_s / body_timeout_s: CCT_VAULTDEV_HEADER_TIMEOUT_S and
+        CCT_VAULTDEV_BODY_TIMEOUT_S (10 s each): a client slower than that to send its headers
+        or body has its connection closed (the body with a 408), as on every CCT handler.
     azure / gcp: where the Azure and GCP engines make credentials when the local cloud
         simulators run: CCT_VAULTDEV_AZURE_URL with CCT_VAULTDEV_AZURE_CREDENTIAL_FILE (JSON
         tenant, client_id, client_secret of Vault's own application), CCT_VAULTDEV_GCP_URL
@@ -83,6 +88,8 @@ class VaultDevSettings:
     aws_endpoint_url: str | None
     lease_ttl_s: int
     lease_max_ttl_s: int
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
     azure: CloudDirectory | None = None
     gcp: CloudDirectory | None = None
 
@@ -107,22 +114,31 @@ class VaultDevSettings:
             aws_endpoint_url=os.environ.get("CCT_AWS_ENDPOINT_URL") or None,
             lease_ttl_s=ttl,
             lease_max_ttl_s=max_ttl,
-            azure=_directory("AZURE"),
-            gcp=_directory("GCP"),
+            header_timeout_s=env_float("CCT_VAULTDEV_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=env_float("CCT_VAULTDEV_BODY_TIMEOUT_S", 10.0),
+            # Each variable by its full name, so `cct settings` lists it.
+            azure=_directory(
+                "AZURE",
+                os.environ.get("CCT_VAULTDEV_AZURE_URL", ""),
+                os.environ.get("CCT_VAULTDEV_AZURE_CREDENTIAL_FILE", ""),
+                "",
+            ),
+            gcp=_directory(
+                "GCP",
+                os.environ.get("CCT_VAULTDEV_GCP_URL", ""),
+                os.environ.get("CCT_VAULTDEV_GCP_CREDENTIAL_FILE", ""),
+                os.environ.get("CCT_VAULTDEV_GCP_PROJECT", ""),
+            ),
         )
 
 
-def _directory(cloud: str) -> CloudDirectory | None:
-    url = os.environ.get(f"CCT_VAULTDEV_{cloud}_URL") or ""
+def _directory(cloud: str, url: str, credential: str, project: str) -> CloudDirectory | None:
     if not url:
         return None
-    name = f"CCT_VAULTDEV_{cloud}_CREDENTIAL_FILE"
-    credential = os.environ.get(name) or ""
     if not Path(credential).is_file():
+        name = f"CCT_VAULTDEV_{cloud}_CREDENTIAL_FILE"
         raise SettingsError(f"{name}={credential!r}: not a file (needed with {cloud} URL)")
-    return CloudDirectory(
-        url.rstrip("/"), credential, os.environ.get(f"CCT_VAULTDEV_{cloud}_PROJECT", "")
-    )
+    return CloudDirectory(url.rstrip("/"), credential, project)
 
 
 @dataclass(frozen=True)
@@ -245,6 +261,8 @@ class VaultDev:
         kind = path.split("/", 1)[0] or "root"
         try:
             response = await self._route(request, path)
+        except BodyTimeout as exc:
+            response = timeout_response({"errors": [str(exc)]})
         except VaultDevError as exc:
             response = self._error(exc.status, str(exc))
         except LookupError as exc:
@@ -261,7 +279,8 @@ class VaultDev:
         if not request.can_read_body:
             return {}
         try:
-            body = json.loads(await request.read() or b"{}")
+            raw = await read_body(request, self.settings.body_timeout_s)
+            body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise VaultDevError(400, "failed to parse JSON input") from None
         if not isinstance(body, dict):
@@ -429,21 +448,11 @@ class VaultDev:
         yield
         task.cancel()
 
-    async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
     def app(self) -> web.Application:
         # Every request CCT makes is a few hundred bytes.
         app = web.Application(client_max_size=64 * 1024)
         app.cleanup_ctx.append(self._sweeper)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.metrics_endpoint)
+        add_ops_routes(app, self.metrics.registry)
         app.router.add_route("*", "/v1/{path:.*}", self.dispatch)
         return app
 
@@ -460,4 +469,9 @@ def serve() -> None:
         "vault-dev starting (a local stand-in for Vault; never deploy it)",
         extra={"settings": repr(settings), "roles": sorted(config.access.roles)},
     )
-    web.run_app(server.app(), host=settings.host, port=settings.port, print=None, access_log=None)
+    site = Site(server.app(), settings.host, settings.port, None, settings.header_timeout_s)
+
+    async def main() -> None:
+        await serve_until_stopped([site], signal_stop())
+
+    asyncio.run(main())

@@ -1,7 +1,8 @@
 // Creates CCT's topics and the ACLs of each handler principal on the local broker, as the
 // bundle's KafkaUser resources do in a cluster (components/kafka.py). Run as a single-file
 // source program with the broker's jars on the class path:
-//   java -cp 'libs/*' KafkaAcls.java <bootstrap> <admin password file> <spec file>
+//   java -cp 'libs/*' KafkaAcls.java <bootstrap> <admin password file> <spec file> <CA file>
+// It connects as every client does: SCRAM over TLS, verifying the broker against the CA.
 // The spec has one line per grant: `topic|group <literal|prefixed> <name> <principal> <op>...`,
 // and `create <topic>` lines for the topics to create.
 import java.nio.file.Files;
@@ -26,7 +27,9 @@ public class KafkaAcls {
         String password = Files.readString(Path.of(args[1])).strip();
         Properties props = new Properties();
         props.put("bootstrap.servers", args[0]);
-        props.put("security.protocol", "SASL_PLAINTEXT");
+        props.put("security.protocol", "SASL_SSL");
+        props.put("ssl.truststore.type", "PEM");
+        props.put("ssl.truststore.location", args[3]);
         props.put("sasl.mechanism", "SCRAM-SHA-512");
         props.put(
             "sasl.jaas.config",

@@ -1,12 +1,11 @@
-"""Helpers for the admission tests: a test CA and server certificate (made with the
-`cryptography` package), AdmissionReview bodies shaped like the kube-apiserver's, a
+"""Helpers for the admission tests: a test CA and server certificate (made by
+`lambdas.devstack.certs`), AdmissionReview bodies shaped like the kube-apiserver's, a
 `cct serve admission` subprocess, and a small HTTPS client."""
 
 from __future__ import annotations
 
 import datetime as dt
 import http.client
-import ipaddress
 import json
 import shutil
 import ssl
@@ -20,11 +19,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from lambdas.devstack import certs
 from tests.support.procs import free_port, http_ready, running
 
 ROOT = Path(__file__).parents[2]
@@ -56,98 +52,33 @@ class Tls:
     foreign: ClientCert
 
 
-def _ca(
-    name: str, now: dt.datetime, days: int
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
+def _write_pair(directory: Path, name: str, issued: certs.Issued) -> ClientCert:
+    return ClientCert(
+        certs.write_cert(directory / f"{name}.crt", issued),
+        certs.write_key(directory / f"{name}.key", issued),
     )
-    return key, cert
-
-
-def _leaf(
-    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
-    name: str,
-    *,
-    now: dt.datetime,
-    days: int,
-    usage: x509.ObjectIdentifier,
-    sans: list[x509.GeneralName],
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca[1].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), False)
-        .sign(ca[0], hashes.SHA256())
-    )
-    return key, cert
-
-
-def _write_pem(path: Path, cert: x509.Certificate) -> Path:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-def _write_pair(
-    directory: Path, name: str, pair: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
-) -> ClientCert:
-    key_path = directory / f"{name}.key"
-    key_path.write_bytes(
-        pair[0].private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ClientCert(_write_pem(directory / f"{name}.crt", pair[1]), key_path)
 
 
 def make_tls(directory: Path, days: int = 2) -> Tls:
     """A CA and a server certificate for 127.0.0.1/localhost signed by it, a client CA with
     the API server's client certificate and a stranger's, and a foreign client, as PEM."""
-    now = dt.datetime.now(dt.UTC)
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _ca("cct-test-ca", now, days)
-    server = _leaf(
-        ca,
-        "cct-admission",
-        now=now,
-        days=days,
-        usage=x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    ca = certs.ca("cct-test-ca", days)
+    server = certs.leaf(
+        ca, "cct-admission", sans=["localhost", "127.0.0.1"], usage="server", days=days
     )
-    client_ca = _ca("cct-test-apiserver-client-ca", now, days)
-    foreign_ca = _ca("cct-test-apiserver-client-ca", now, days)  # same name, other key
+    client_ca = certs.ca("cct-test-apiserver-client-ca", days)
+    foreign_ca = certs.ca("cct-test-apiserver-client-ca", days)  # same name, other key
 
-    def client(
-        issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], name: str
-    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
-        return _leaf(issuer, name, now=now, days=days, usage=usage, sans=[x509.DNSName(name)])
+    def client(issuer: certs.Issued, name: str) -> certs.Issued:
+        return certs.leaf(issuer, name, sans=[name], usage="client", days=days)
 
     pair = _write_pair(directory, "tls", server)
     return Tls(
-        ca=_write_pem(directory / "ca.crt", ca[1]),
+        ca=certs.write_cert(directory / "ca.crt", ca),
         cert=pair.cert,
         key=pair.key,
-        client_ca=_write_pem(directory / "client-ca.crt", client_ca[1]),
+        client_ca=certs.write_cert(directory / "client-ca.crt", client_ca),
         apiserver=_write_pair(directory, "apiserver", client(client_ca, APISERVER_NAME)),
         stranger=_write_pair(directory, "stranger", client(client_ca, "cct-trigger")),
         foreign=_write_pair(directory, "foreign", client(foreign_ca, APISERVER_NAME)),

@@ -133,8 +133,10 @@ def test_without_a_valid_policy_set_the_failure_mode_decides(
     (policy_dir / "bad.yaml").write_text("apiVersion: cct.io/v1\nkind: Nope\n")
     env = {"CCT_ADMISSION_FAILURE_MODE": mode} if mode == "open" else {}
     with serve_admission(tmp_path, pg_dsn, policy_dir, tls, **env) as hook:
-        status, _ = hook.get("/healthz")
+        assert hook.get("/healthz")[0] == 200  # alive: a restart would not fix the files
+        status, body = hook.get("/readyz")
         assert status == 503
+        assert json.loads(body)["reason"].startswith("no valid policy set is loaded")
         response = verdict(hook)
         if mode == "closed":
             assert response["allowed"] is False
@@ -156,7 +158,7 @@ def test_without_a_valid_policy_set_the_failure_mode_decides(
         assert hook.response(review(bad))["allowed"] is False
         # Once valid files appear, the server recovers without a restart.
         shutil.copy(SHIPPED / "protected-resources.yaml", policy_dir / "bad.yaml")
-        wait_for(lambda: hook.get("/healthz")[0] == 200, what="recovery")
+        wait_for(lambda: hook.get("/readyz")[0] == 200, what="recovery")
         recovered = verdict(hook)
         assert recovered["allowed"] is True
         assert "warnings" not in recovered

@@ -1,5 +1,6 @@
-"""Faults on the live pipeline, the cheap ones: a handler killed with SIGKILL and restarted
-while new resources keep arriving loses nothing and duplicates nothing, hop by hop. The same
+"""Faults on the live pipeline, the cheap ones: a handler killed with SIGKILL and restarted,
+or the broker's network dropped, while new resources keep arriving loses nothing and
+duplicates nothing, hop by hop. The same
 code as `benchmarks/faults.py` (which runs the whole matrix) against the stack `make up`
 started; a part that is not healthy fails the test."""
 
@@ -30,7 +31,9 @@ def live() -> Iterator[tuple[Stack, TopicWatch]]:
         yield stack, watch
 
 
-@pytest.mark.parametrize("fault", ["kill trigger", "kill collector"])
+# A network drop of the broker: its packets discarded (benchmarks/netdrop.py) while the
+# bridge produces over TLS and the trigger consumes.
+@pytest.mark.parametrize("fault", ["kill trigger", "kill collector", "drop kafka"])
 def test_handler_killed_during_load_loses_and_duplicates_nothing(
     live: tuple[Stack, TopicWatch], fault: str
 ) -> None:

@@ -1,7 +1,9 @@
 """Slow clients against every HTTP endpoint, each a real `cct serve` process: a client that
 sends its headers or its body one byte at a time has its connection closed by the server
-(a body with a 408) long before it finishes. The time each took is printed; nothing here
-asserts a timing beyond "before the client finished"."""
+long before it finishes. An endpoint that reads a body answers a slow one with a 408; the
+shared shell's /healthz, /readyz and /metrics take no body and refuse one at once (400). The
+time each took is printed; nothing here asserts a timing beyond "before the client
+finished"."""
 
 from __future__ import annotations
 
@@ -55,7 +57,29 @@ def collector(tmp_path: Path, pg_dsn: str, vm_url: str) -> Iterator[int]:
         yield port
 
 
-def check(name: str, slow: str, port: int, head: bytes, tls: object = None) -> None:
+OPS = ("/healthz", "/readyz", "/metrics")
+
+
+def get_head(path: str, length: int) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+def check_ops(name: str, port: int, tls: object = None) -> None:
+    """Every shell route, with slow headers and with a (slow) body it does not take."""
+    for path in OPS:
+        check(f"{name} {path}", "headers", port, get_head(path, len(BODY)), tls=tls)
+        check(f"{name} {path}", "body", port, get_head(path, len(BODY)), tls=tls, answer=b"400")
+
+
+def check(
+    name: str,
+    slow: str,
+    port: int,
+    head: bytes,
+    *,
+    tls: object = None,
+    answer: bytes = b"408",
+) -> None:
     result = slow_request(
         port,
         head,
@@ -72,7 +96,7 @@ def check(name: str, slow: str, port: int, head: bytes, tls: object = None) -> N
     assert result.closed, f"{name}: the server kept a slow {slow} client for {result.seconds} s"
     assert result.sent < total
     if slow == "body":
-        assert result.answer.startswith(b"HTTP/1.1 408"), result.answer[:200]
+        assert result.answer.startswith(b"HTTP/1.1 " + answer), result.answer[:200]
 
 
 @pytest.mark.parametrize("slow", ["headers", "body"])
@@ -81,6 +105,12 @@ def test_collector_closes_slow_clients(tmp_path: Path, pg_dsn: str, vm_url: str,
         # Slow headers are closed before authentication could even be checked.
         head = post_head("/ingest", len(BODY), TOKEN if slow == "body" else None)
         check("collector", slow, port, head)
+        check("collector /ingest/{tag}", slow, port, post_head("/ingest/cct.aws", len(BODY), TOKEN))
+
+
+def test_collector_shell_closes_slow_clients(tmp_path: Path, pg_dsn: str, vm_url: str) -> None:
+    with collector(tmp_path, pg_dsn, vm_url) as port:
+        check_ops("collector", port)
 
 
 @pytest.mark.parametrize("slow", ["headers", "body"])
@@ -88,8 +118,10 @@ def test_bridge_closes_slow_clients(tmp_path: Path, kafka_bootstrap: str, slow: 
     env = {"CCT_BRIDGE_HEADER_TIMEOUT_S": TIMEOUT_S, "CCT_BRIDGE_BODY_TIMEOUT_S": TIMEOUT_S}
     with bridge_process(tmp_path, kafka_bootstrap, "cct.test.slow", extra_env=env) as bridge:
         port = int(bridge.url.rsplit(":", 1)[1])
-        head = post_head("/v1/alerts", len(BODY), bridge.token)
-        check("bridge", slow, port, head)
+        for path in ("/v1/alerts", "/v1/relay/zenduty"):
+            check(f"bridge {path}", slow, port, post_head(path, len(BODY), bridge.token))
+        if slow == "body":
+            check_ops("bridge", port)
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +137,12 @@ def test_admission_closes_slow_clients(tmp_path: Path, pg_dsn: str, tls: Tls, sl
         # Slow after a completed mutual-TLS handshake (only the API server's certificate
         # gets that far).
         context = client_context(tls, tls.apiserver)
-        check("admission", slow, hook.port, post_head("/validate", len(BODY)), context)
+        check("admission", slow, hook.port, post_head("/validate", len(BODY)), tls=context)
+        if slow == "body":
+            check_ops("admission ops", hook.metrics_port)
 
 
-def test_trigger_closes_slow_headers(
+def test_trigger_closes_slow_clients(
     tmp_path: Path, kafka_bootstrap: str, pg_dsn: str, uid: str
 ) -> None:
     from tests.trigger.fake_kube import FakeKube
@@ -120,11 +154,10 @@ def test_trigger_closes_slow_headers(
         env["CCT_TRIGGER_HEADER_TIMEOUT_S"] = TIMEOUT_S
         with trigger_process(tmp_path, env) as trigger:
             port = int(trigger.metrics_url.rsplit(":", 1)[1].split("/")[0])
-            head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: y\r\n" * 40
-            check("trigger", "headers", port, head)
+            check_ops("trigger", port)
 
 
-def test_detector_closes_slow_headers(
+def test_detector_closes_slow_clients(
     tmp_path: Path, vm_url: str, alertmanager_url: str, pg_dsn: str
 ) -> None:
     port = free_port()
@@ -145,5 +178,19 @@ def test_detector_closes_slow_headers(
         tmp_path / "detector.log",
         env=env,
     ):
-        head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: y\r\n" * 40
-        check("detector", "headers", port, head)
+        check_ops("detector", port)
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_vault_dev_closes_slow_clients(
+    tmp_path: Path, pg_dsn: str, moto_url: str, slow: str
+) -> None:
+    from tests.vaultdev.test_server import _start
+
+    env = {"CCT_VAULTDEV_HEADER_TIMEOUT_S": TIMEOUT_S, "CCT_VAULTDEV_BODY_TIMEOUT_S": TIMEOUT_S}
+    for stand in _start(tmp_path, pg_dsn, moto_url, **env):
+        port = int(stand.url.rsplit(":", 1)[1])
+        for path in ("/v1/auth/kubernetes/login", "/v1/sys/leases/renew"):
+            check(f"vault-dev {path}", slow, port, post_head(path, len(BODY)))
+        if slow == "body":
+            check_ops("vault-dev", port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from components.alertmanager import SECRETS_DIR
@@ -12,6 +13,7 @@ from components.handlers import HTTP_PORT
 from infra.generated import BRIDGE_TOKEN_FILE, alertmanager_config
 from lambdas.alerting import cli as alerting_cli
 from lambdas.cli import cli
+from tests.infra.harness import BuiltStack
 
 
 def test_the_command_defaults_are_the_bundles() -> None:
@@ -52,3 +54,27 @@ def test_help_describes_the_command() -> None:
     result = CliRunner().invoke(cli, ["alertmanager", "render", "--help"])
     assert result.exit_code == 0
     assert "--settings" in result.output and "--namespace" in result.output
+
+
+def _deployed(built: BuiltStack) -> str:
+    (config,) = [
+        r
+        for r in built.of_type("kubernetes:core/v1:ConfigMap")
+        if r.inputs["metadata"]["name"] == "alertmanager-config"
+    ]
+    return str(config.inputs["data"]["alertmanager.yml"])
+
+
+@pytest.mark.parametrize(("stack", "variant"), [("dev", "dev-off"), ("prod", "prod-all")])
+def test_render_for_a_stack_prints_what_the_stack_deploys(
+    stacks: dict[str, BuiltStack], stack: str, variant: str
+) -> None:
+    result = CliRunner().invoke(cli, ["alertmanager", "render", "--stack", stack])
+    assert result.exit_code == 0, result.output
+    assert result.output == _deployed(stacks[variant])
+
+
+def test_an_unknown_stack_is_named() -> None:
+    result = CliRunner().invoke(cli, ["alertmanager", "render", "--stack", "nope"])
+    assert result.exit_code == 2
+    assert "no Pulumi.nope.yaml" in result.output

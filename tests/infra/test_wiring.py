@@ -219,7 +219,8 @@ def test_every_served_handler_listens_where_its_service_and_probes_look(
     built: BuiltStack,
 ) -> None:
     """Handlers bind 127.0.0.1 unless told otherwise; each `cct serve X` pod is told to bind the
-    pod's interfaces on the port its container declares."""
+    pod's interfaces on the port its container declares, and is probed on the shared shell's
+    routes: liveness /healthz, readiness /readyz (lambdas.common.httpshell)."""
     for resource in built.resources:
         pod = pod_spec_of(resource.typ, resource.inputs)
         if pod is None:
@@ -233,6 +234,11 @@ def test_every_served_handler_listens_where_its_service_and_probes_look(
             ports = {p["containerPort"] for p in container.get("ports", [])}
             assert env.get(f"{prefix}_HOST") == "0.0.0.0", resource.urn
             assert int(env[f"{prefix}_PORT"]) in ports, resource.urn
+            live, ready = container["livenessProbe"], container["readinessProbe"]
+            assert live["httpGet"]["path"] == "/healthz", resource.urn
+            assert ready["httpGet"]["path"] == "/readyz", resource.urn
+            assert live["httpGet"]["port"] == ready["httpGet"]["port"], resource.urn
+            assert ready["httpGet"]["port"] in ports, resource.urn
 
 
 def test_each_kafka_client_authenticates_as_its_own_kafka_user(built: BuiltStack) -> None:

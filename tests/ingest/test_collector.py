@@ -480,6 +480,20 @@ async def test_healthz(collector: Collector) -> None:
     assert resp.status == 200 and (await resp.json())["status"] == "ok"
 
 
+async def test_readyz_names_postgresql_when_a_batch_cannot_be_stored(collector: Collector) -> None:
+    """The shared shell's /readyz: ready with its figures, and the reason after PostgreSQL
+    failed a batch (cleared by the next success)."""
+    resp = await collector.client.get("/readyz")
+    body = await resp.json()
+    assert resp.status == 200 and body["ready"] is True and "live_resources" in body
+    collector.processor.pg_error = "connection refused"
+    resp = await collector.client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["reason"] == "PostgreSQL unreachable: connection refused"
+    await collector.processor.refresh()  # a successful round trip clears it
+    assert (await collector.client.get("/readyz")).status == 200
+
+
 async def test_text_with_copy_control_characters_is_stored_verbatim(
     collector: Collector, event: Event, uid: str
 ) -> None:

@@ -255,7 +255,7 @@ def test_every_long_running_handler_reads_the_dsn_file(
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver")
     kafka_password = tmp_path / "kafka-password"
     kafka_password.write_text("p\n")
-    monkeypatch.setenv("CCT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("CCT_KAFKA_CA_FILE", str(tmp_path / "kafka-ca.crt"))
     monkeypatch.setenv("CCT_KAFKA_USERNAME", "trigger")
     monkeypatch.setenv("CCT_KAFKA_PASSWORD_FILE", str(kafka_password))
     with pytest.raises(SettingsError, match=rf"^CCT_PG_DSN_FILE={path}: file not found"):

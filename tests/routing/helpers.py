@@ -304,7 +304,7 @@ def bridge_process(
     if zenduty_url is not None:
         url_file = workdir / "zenduty.url"
         url_file.write_text(zenduty_url)
-        env["CCT_ZENDUTY_URL_FILE"] = str(url_file)
+        env["CCT_BRIDGE_ZENDUTY_URL_FILE"] = str(url_file)
     base = f"http://127.0.0.1:{port}"
     with running(
         [CCT, "serve", "bridge"],

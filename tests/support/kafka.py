@@ -1,5 +1,6 @@
-"""Credentials for the local Kafka, which authenticates every client (SASL/SCRAM) and
-authorises each handler principal by ACL (scripts/services, from lambdas.common.kafka).
+"""Credentials for the local Kafka, which encrypts and authenticates every client (SASL/SCRAM
+over TLS, the broker's certificate signed by a local CA) and authorises each handler
+principal by ACL (scripts/services, from lambdas.common.kafka).
 
 - `client_kwargs(bootstrap)`: aiokafka keyword arguments for the test's own clients, as the
   `admin` super user (creating, reading and producing to any topic).
@@ -16,44 +17,32 @@ from typing import Any
 
 import pytest
 
-from lambdas.common.kafka import MECHANISM, KafkaAuth
+from lambdas.common import kafka
+from lambdas.common.settings import SettingsError
 from tests.support.services import load_settings
 
 
-def _password_file(user: str) -> Path:
-    kafka = load_settings().get("kafka") or {}
-    files = kafka.get("password_files") or {}
-    if user not in files:
-        pytest.fail(
-            f"no Kafka credentials for {user!r} in .local/services.json: restart Kafka with "
-            "`scripts/services down kafka && scripts/services up kafka`",
-            pytrace=False,
-        )
-    return Path(files[user])
+def _kafka(bootstrap: str) -> dict[str, Any]:
+    return {**(load_settings().get("kafka") or {}), "bootstrap": bootstrap}
 
 
 def _users() -> dict[str, str]:
-    kafka = load_settings().get("kafka") or {}
-    return {u: Path(f).read_text().strip() for u, f in (kafka.get("password_files") or {}).items()}
+    files = (load_settings().get("kafka") or {}).get("password_files") or {}
+    return {u: Path(f).read_text().strip() for u, f in files.items()}
+
+
+def tls_dir() -> Path:
+    """The shared broker's certificate and CA (a private broker serves the same)."""
+    ca = (load_settings().get("kafka") or {}).get("ca_file")
+    if not ca:
+        pytest.fail("no Kafka CA in .local/services.json: restart Kafka", pytrace=False)
+    return Path(ca).parent
 
 
 def sasl_broker_properties() -> str:
-    """server.properties lines of a broker that authenticates as the shared one does
-    (scripts/services): SCRAM-SHA-512 clients, PLAIN between controller and broker."""
-    admin = _users()["admin"]
-    return (
-        "controller.listener.names=CONTROLLER\ninter.broker.listener.name=CLIENT\n"
-        "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,CLIENT:SASL_PLAINTEXT\n"
-        f"sasl.enabled.mechanisms={MECHANISM}\nsasl.mechanism.inter.broker.protocol={MECHANISM}\n"
-        "sasl.mechanism.controller.protocol=PLAIN\n"
-        "listener.name.controller.sasl.enabled.mechanisms=PLAIN\n"
-        "listener.name.controller.plain.sasl.jaas.config="
-        "org.apache.kafka.common.security.plain.PlainLoginModule required "
-        f'username="admin" password="{admin}" user_admin="{admin}";\n'
-        "listener.name.client.scram-sha-512.sasl.jaas.config="
-        "org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="admin" password="{admin}";\n'
-    )
+    """server.properties lines of a broker that authenticates and encrypts as the shared one
+    does (scripts/services): SCRAM-SHA-512 over TLS for clients, PLAIN for the controller."""
+    return kafka.broker_security_properties(_users()["admin"], tls_dir())
 
 
 def scram_users() -> list[str]:
@@ -61,12 +50,15 @@ def scram_users() -> list[str]:
     return [
         arg
         for user, password in sorted(_users().items())
-        for arg in ("--add-scram", f"{MECHANISM}=[name={user},password={password}]")
+        for arg in ("--add-scram", f"{kafka.MECHANISM}=[name={user},password={password}]")
     ]
 
 
-def auth(bootstrap: str, user: str = "admin") -> KafkaAuth:
-    return KafkaAuth(bootstrap, user, _password_file(user), "SASL_PLAINTEXT")
+def auth(bootstrap: str, user: str = "admin") -> kafka.KafkaAuth:
+    try:
+        return kafka.local_auth(_kafka(bootstrap), user)
+    except SettingsError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def client_kwargs(bootstrap: str, user: str = "admin") -> dict[str, Any]:
@@ -74,9 +66,5 @@ def client_kwargs(bootstrap: str, user: str = "admin") -> dict[str, Any]:
 
 
 def handler_env(bootstrap: str, handler: str) -> dict[str, str]:
-    return {
-        "CCT_KAFKA_BOOTSTRAP": bootstrap,
-        "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-        "CCT_KAFKA_USERNAME": handler,
-        "CCT_KAFKA_PASSWORD_FILE": str(_password_file(handler)),
-    }
+    auth(bootstrap, handler)  # a clear failure when the credentials are missing
+    return kafka.local_client_env(_kafka(bootstrap), handler)

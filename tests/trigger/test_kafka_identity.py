@@ -1,13 +1,14 @@
 """Only the bridge's identity may write the anomalies topic, so the trigger acts only on
 events the bridge produced (issue 17: a CloudEvent from anyone who could reach Kafka started
-a remediation). Checked on the real local broker, which authenticates every client
-(SASL/SCRAM) and authorises each handler principal with the ACLs of `HANDLER_GRANTS`, the
-same grants the bundle gives the Strimzi KafkaUsers."""
+a remediation). Checked on the real local broker, whose only client listener is SASL_SSL as
+the bundle's Strimzi listener is: TLS with a certificate every client verifies, SCRAM
+authentication, and per-principal ACLs from `HANDLER_GRANTS` (the KafkaUsers' grants)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from lambdas.common.kafka import ANOMALIES_TOPIC, HANDLER_GRANTS, RESULTS_TOPIC, KafkaAuth
 from lambdas.common.settings import SettingsError
+from lambdas.devstack import certs
 from tests.support.kafka import auth, client_kwargs
 
 
@@ -74,19 +76,75 @@ def test_the_bridge_may_not_write_the_results_topic(kafka_bootstrap: str) -> Non
         asyncio.run(_produce(client_kwargs(kafka_bootstrap, "bridge"), RESULTS_TOPIC))
 
 
-@pytest.mark.parametrize("how", ["no-credentials", "wrong-password"])
-def test_unauthenticated_clients_cannot_produce(
+def test_the_trigger_may_not_read_a_topic_another_principal_writes(kafka_bootstrap: str) -> None:
+    async def read() -> None:
+        consumer = AIOKafkaConsumer(
+            RESULTS_TOPIC,
+            **client_kwargs(kafka_bootstrap, "trigger"),
+            group_id=f"cct-trigger-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+        )
+        try:
+            await consumer.start()
+            await consumer.getmany(timeout_ms=5000)
+        finally:
+            await consumer.stop()
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(read())
+
+
+def _refused(kwargs: dict[str, object]) -> None:
+    """The produce fails: an error from the client, or no connection within the time."""
+    with pytest.raises((KafkaError, TimeoutError, ssl.SSLError, ConnectionError)):
+        asyncio.run(asyncio.wait_for(_produce(kwargs, ANOMALIES_TOPIC), 15))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "plaintext",  # no TLS, no credentials: what produced the forged event in issue 17
+        "sasl-plaintext",  # the right password, without TLS
+        "tls-without-credentials",
+        "wrong-password",
+    ],
+)
+def test_plaintext_and_unauthenticated_clients_are_refused(
     kafka_bootstrap: str, tmp_path: Path, how: str
 ) -> None:
-    if how == "no-credentials":
-        kwargs: dict[str, object] = {"bootstrap_servers": kafka_bootstrap}
+    bridge = client_kwargs(kafka_bootstrap, "bridge")
+    kwargs: dict[str, object]
+    if how == "plaintext":
+        kwargs = {"bootstrap_servers": kafka_bootstrap}
+    elif how == "sasl-plaintext":
+        kwargs = {k: v for k, v in bridge.items() if k != "ssl_context"}
+        kwargs["security_protocol"] = "SASL_PLAINTEXT"
+    elif how == "tls-without-credentials":
+        kwargs = {
+            "bootstrap_servers": kafka_bootstrap,
+            "security_protocol": "SSL",
+            "ssl_context": bridge["ssl_context"],
+        }
     else:
         (tmp_path / "pw").write_text("not-the-password")
         kwargs = KafkaAuth(
-            kafka_bootstrap, "bridge", tmp_path / "pw", "SASL_PLAINTEXT"
+            kafka_bootstrap, "bridge", tmp_path / "pw", auth(kafka_bootstrap).ca_file
         ).client_kwargs()
-    with pytest.raises((KafkaError, TimeoutError)):
-        asyncio.run(asyncio.wait_for(_produce(kwargs, ANOMALIES_TOPIC), 20))
+    _refused(kwargs)
+
+
+def test_a_client_refuses_a_broker_its_ca_did_not_sign(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The client verifies the broker: the right password is never sent to an impostor."""
+    other = certs.ca("not-the-kafka-ca")
+    kwargs = KafkaAuth(
+        kafka_bootstrap,
+        "bridge",
+        auth(kafka_bootstrap, "bridge").password_file,
+        certs.write_cert(tmp_path / "other-ca.crt", other),
+    ).client_kwargs()
+    _refused(kwargs)
 
 
 def test_only_the_bridge_has_a_grant_on_the_anomalies_topic() -> None:
@@ -105,23 +163,20 @@ def test_only_the_bridge_has_a_grant_on_the_anomalies_topic() -> None:
         ({}, "CCT_KAFKA_USERNAME is required but not set"),
         (
             {"CCT_KAFKA_USERNAME": "trigger", "CCT_KAFKA_PASSWORD_FILE": "/p"},
-            "CCT_KAFKA_CA_FILE is required with SASL_SSL",
+            "CCT_KAFKA_CA_FILE is required: the CA the broker's certificate is verified with",
         ),
-        (
-            {
-                "CCT_KAFKA_USERNAME": "trigger",
-                "CCT_KAFKA_PASSWORD_FILE": "/p",
-                "CCT_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
-            },
-            "CCT_KAFKA_SECURITY_PROTOCOL='PLAINTEXT' must be SASL_SSL or SASL_PLAINTEXT",
-        ),
-        (
-            {
-                "CCT_KAFKA_USERNAME": "trigger",
-                "CCT_KAFKA_PASSWORD_FILE": "/p",
-                "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-            },
-            "only loopback brokers may use it, not kafka.cct.svc:9093",
+        *(
+            (
+                {
+                    "CCT_KAFKA_USERNAME": "trigger",
+                    "CCT_KAFKA_PASSWORD_FILE": "/p",
+                    "CCT_KAFKA_CA_FILE": "/ca",
+                    "CCT_KAFKA_SECURITY_PROTOCOL": protocol,
+                },
+                f"CCT_KAFKA_SECURITY_PROTOCOL='{protocol}' must be SASL_SSL: every Kafka "
+                "listener is TLS with SCRAM",
+            )
+            for protocol in ("PLAINTEXT", "SASL_PLAINTEXT", "SSL")
         ),
     ],
 )
@@ -138,7 +193,7 @@ def test_kafka_settings_name_the_variable(
 
 def test_a_rotated_password_is_read_on_the_next_connect(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("one\n")
-    identity = KafkaAuth("127.0.0.1:1", "bridge", tmp_path / "pw", "SASL_PLAINTEXT")
+    identity = KafkaAuth("127.0.0.1:1", "bridge", tmp_path / "pw", auth("127.0.0.1:1").ca_file)
     assert identity.client_kwargs()["sasl_plain_password"] == "one"
     (tmp_path / "pw").write_text("two\n")
     assert identity.client_kwargs()["sasl_plain_password"] == "two"

@@ -59,9 +59,9 @@ def trigger_env(
         "CCT_TRIGGER_UNMAPPED_TOPIC": f"cct.test.anomalies.{uid}.unmapped",
         "CCT_TRIGGER_GROUP": f"cct-trigger-{uid}",
         "CCT_TRIGGER_BACKEND": "argo",
-        "CCT_ARGO_NAMESPACE": "cct-system",
-        "CCT_KUBE_API_URL": kube.url,
-        "CCT_KUBE_TOKEN_FILE": str(token),
+        "CCT_TRIGGER_ARGO_NAMESPACE": "cct-system",
+        "CCT_TRIGGER_KUBE_API_URL": kube.url,
+        "CCT_TRIGGER_KUBE_TOKEN_FILE": str(token),
     }
 
 
@@ -222,7 +222,7 @@ def test_an_invalid_mapping_file_stops_the_trigger_with_the_reason(tmp_path: Pat
             **os.environ,
             "CCT_PG_DSN": "postgresql://unused",
             "CCT_PLAYBOOKS_FILE": str(bad),
-            "CCT_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CCT_KAFKA_CA_FILE": str(tmp_path / "unused-ca"),
             "CCT_KAFKA_USERNAME": "trigger",
             "CCT_KAFKA_PASSWORD_FILE": str(tmp_path / "unused"),
         },
