@@ -162,8 +162,22 @@ def _default(read: Read, source: str) -> str:
     if isinstance(value, ast.Attribute) and ast.unparse(value.value) == "cls":
         # `env_int("CCT_X", cls.port)`: the field's own default.
         return _field_default(source, read.owner, value.attr)
+    if isinstance(value, ast.Name):
+        # `env_str("CCT_X", PROTOCOL)`: the module constant's literal, not its name.
+        value = _module_constant(source, value.id) or value
     text = ast.unparse(value)
     return "unset" if text in {"''", '""', "None"} else text
+
+
+def _module_constant(source: str, name: str) -> ast.AST | None:
+    for node in _tree(source).body:
+        if (
+            isinstance(node, ast.Assign)
+            and [ast.unparse(t) for t in node.targets] == [name]
+            and isinstance(node.value, ast.Constant)
+        ):
+            return node.value
+    return None
 
 
 def _field_default(source: str, owner: str | None, field: str) -> str:
