@@ -59,27 +59,56 @@ class CostMatrix:
         return self.start_s + self.interval_s * np.arange(self.rates.shape[1], dtype=np.int64)
 
 
-def _strings(table: pa.Table, name: str, default: str) -> list[str]:
+I64 = npt.NDArray[np.int64]
+
+
+def _encoded(table: pa.Table, name: str, label: Callable[[object], str]) -> tuple[list[str], I64]:
+    """A column as distinct labels and each row's index into them. The label function runs
+    once per distinct raw value (None included), not once per row: most of a big export's
+    values repeat."""
     if name not in table.column_names:
-        return [default] * table.num_rows
-    return [default if v in (None, "") else str(v) for v in table.column(name).to_pylist()]
+        return [label(None)], np.zeros(table.num_rows, dtype=np.int64)
+    encoded = pc.dictionary_encode(table.column(name)).combine_chunks()
+    labels: dict[str, int] = {}
+    # Raw values whose labels are equal (None and "", "AWS" and "aws") share one index.
+    code = [labels.setdefault(label(v), len(labels)) for v in encoded.dictionary.to_pylist()]
+    code.append(labels.setdefault(label(None), len(labels)))  # the last: a null
+    # Null rows (no index) point at that last entry.
+    at = pc.fill_null(encoded.indices, len(code) - 1).to_numpy(zero_copy_only=False)
+    rows = np.asarray(code, dtype=np.int64)[at.astype(np.int64)]
+    return list(labels), rows
 
 
-def _teams(table: pa.Table) -> list[str]:
-    if "Tags" not in table.column_names:
-        return [""] * table.num_rows
-    col = table.column("Tags")
-    if pa.types.is_map(col.type):
-        return [dict(v or []).get("team", "") for v in col.to_pylist()]
-    encoded = pc.dictionary_encode(pc.cast(col, pa.string())).combine_chunks()
-    teams = []
-    for raw in encoded.dictionary.to_pylist():
-        try:
-            tags = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            tags = {}
-        teams.append(str(tags.get("team", "")) if isinstance(tags, dict) else "")
-    return [teams[i] if i is not None else "" for i in encoded.indices.to_pylist()]
+def _text(default: str) -> Callable[[object], str]:
+    return lambda v: default if v in (None, "") else str(v)
+
+
+def _provider(v: object) -> str:
+    p = _text("")(v).lower()
+    return PROVIDER_LABELS.get(p, p)
+
+
+def _team(v: object) -> str:
+    if v is None or isinstance(v, list):  # a map column: a list of (key, value) pairs
+        return str(dict(v or []).get("team", ""))
+    try:
+        tags = json.loads(str(v)) if v else {}
+    except json.JSONDecodeError:
+        tags = {}
+    return str(tags.get("team", "")) if isinstance(tags, dict) else ""
+
+
+def _team_column(table: pa.Table) -> tuple[list[str], I64]:
+    if "Tags" in table.column_names and pa.types.is_map(table.column("Tags").type):
+        # Maps cannot be dictionary-encoded: one label per row.
+        labels: dict[str, int] = {}
+        rows = [labels.setdefault(_team(v), len(labels)) for v in table.column("Tags").to_pylist()]
+        return list(labels), np.asarray(rows, dtype=np.int64)
+    if "Tags" in table.column_names:
+        table = table.set_column(
+            table.column_names.index("Tags"), "Tags", pc.cast(table.column("Tags"), pa.string())
+        )
+    return _encoded(table, "Tags", _team)
 
 
 @dataclass
@@ -87,25 +116,52 @@ class _Rows:
     starts: npt.NDArray[np.float64]
     periods: npt.NDArray[np.float64]  # NaN: no ChargePeriodEnd
     costs: npt.NDArray[np.float64]  # NaN: the row was rejected (its interval is unknown)
-    keys: list[tuple[str, ...]]
+    keys: list[tuple[str, ...]]  # distinct resource keys, in order of first appearance
+    codes: I64  # each row's index into keys
 
 
-def _keys(table: pa.Table) -> list[tuple[str, ...]]:
-    provider = [
-        PROVIDER_LABELS.get(p.lower(), p.lower()) for p in _strings(table, "ProviderName", "")
+def _first_seen(codes: I64) -> tuple[I64, I64]:
+    """Distinct values of `codes` in order of first appearance, and each row's index
+    into them."""
+    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[order] = np.arange(uniq.size)
+    return first[order], rank[inverse.ravel()]
+
+
+def _keys(table: pa.Table) -> tuple[list[tuple[str, ...]], I64]:
+    """Each row's resource key (provider, account, region, service, team, resource), as
+    distinct keys in order of first appearance and each row's index into them."""
+    columns = [
+        _encoded(table, "ProviderName", _provider),
+        _encoded(table, "BillingAccountId", _text("")),
+        _encoded(table, "RegionId", _text("global")),
+        _encoded(table, "ServiceName", _text("")),
+        _team_column(table),
+        _encoded(table, "ResourceId", _text("")),
     ]
-    account = _strings(table, "BillingAccountId", "")
-    region = _strings(table, "RegionId", "global")
-    service = _strings(table, "ServiceName", "")
-    resource = _strings(table, "ResourceId", "")
-    team = _teams(table)
-    return [
+    # One integer per distinct combination, renumbered after each column so it stays small.
+    combo = np.zeros(table.num_rows, dtype=np.int64)
+    for labels, rows in columns:
+        combo = np.unique(combo * len(labels) + rows, return_inverse=True)[1].ravel()
+    firsts, rank = _first_seen(combo)
+    index: dict[tuple[str, ...], int] = {}
+    local = []
+    for row in firsts.tolist():
+        p, a, r, s, t, res = (labels[rows[row]] for labels, rows in columns)
         # Rows without a resource (support, tax, fees) form one pseudo-resource per service.
-        (p, a, r, s, t, res or f"{s}/unattributed")
-        for p, a, r, s, t, res in zip(
-            provider, account, region, service, team, resource, strict=True
-        )
-    ]
+        local.append(index.setdefault((p, a, r, s, t, res or f"{s}/unattributed"), len(index)))
+    return list(index), np.asarray(local, dtype=np.int64)[rank]
+
+
+def _merge(parts: Sequence[_Rows], index: dict[tuple[str, ...], int]) -> I64:
+    """Every part's rows as indexes into `index`, extended in order of first appearance."""
+    out = []
+    for part in parts:
+        ids = [index.setdefault(key, len(index)) for key in part.keys]
+        out.append(np.asarray(ids, dtype=np.int64)[part.codes])
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def _floats(table: pa.Table, name: str) -> npt.NDArray[np.float64]:
@@ -140,14 +196,15 @@ def _rows(path: Path, errors: RowErrors) -> _Rows:
             start = _floats(table, "ChargePeriodStart")
             end = _floats(table, "ChargePeriodEnd")
             cost = _floats(table, cost_col) if good else np.full(table.num_rows, np.nan)
-            parts.append(_Rows(start, end - start, cost, _keys(table)))
-    if not parts:
-        return _Rows(np.empty(0), np.empty(0), np.empty(0), [])
+            parts.append(_Rows(start, end - start, cost, *_keys(table)))
+    index: dict[tuple[str, ...], int] = {}
+    codes = _merge(parts, index)
     return _Rows(
-        np.concatenate([p.starts for p in parts]),
-        np.concatenate([p.periods for p in parts]),
-        np.concatenate([p.costs for p in parts]),
-        [k for p in parts for k in p.keys],
+        np.concatenate([p.starts for p in parts]) if parts else np.empty(0),
+        np.concatenate([p.periods for p in parts]) if parts else np.empty(0),
+        np.concatenate([p.costs for p in parts]) if parts else np.empty(0),
+        list(index),
+        codes,
     )
 
 
@@ -194,11 +251,7 @@ def load(paths: Sequence[Path], progress: Callable[[str], None] | None = None) -
         raise FocusError(f"no usable rows in the input ({reasons})")
     periods = np.concatenate([p.periods for p in parts])
     index: dict[tuple[str, ...], int] = {}
-    rows = np.fromiter(
-        (index.setdefault(key, len(index)) for p in parts for key in p.keys),
-        dtype=np.int64,
-        count=starts.size,
-    )
+    rows = _merge(parts, index)
     known = periods[np.isfinite(periods) & (periods > 0)]
     if known.size:
         values, counts = np.unique(known, return_counts=True)

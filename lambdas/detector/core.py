@@ -178,19 +178,32 @@ def z_threshold(false_incidents_per_month: float, interval_s: float) -> float:
     return float(np.clip(k, Z_MIN, Z_MAX))
 
 
-def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
-    """Row medians ignoring NaN, and the count of values per row (NaN where a row is empty).
+_F64_MAX = float(np.finfo(np.float64).max)
 
-    numpy's nanmedian warns on empty rows and is several times slower on short rows.
+
+def nan_to(a: F64, fill: float) -> F64:
+    """np.nan_to_num(a, nan=fill) (infinities to the largest finite values) in three array
+    operations: it runs several times per evaluation on every series."""
+    return np.where(np.isnan(a), fill, np.clip(a, -_F64_MAX, _F64_MAX))
+
+
+def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
+    """Medians along the last axis ignoring NaN, and the count of values (NaN where none).
+
+    numpy's nanmedian warns on empty rows and is several times slower on short rows. One sort
+    of the whole array (NaN sorts last) and the middle values picked per row: np.partition
+    needs one position for every row, and rows hold different counts.
     """
-    count = np.count_nonzero(~np.isnan(a), axis=1)
-    if a.shape[1] == 0:
-        return np.full(a.shape[0], np.nan), count
-    ordered = np.sort(a, axis=1)  # NaN sorts last
-    lo = np.clip((count - 1) // 2, 0, a.shape[1] - 1)
-    hi = np.clip(count // 2, 0, a.shape[1] - 1)
-    rows = np.arange(a.shape[0])
-    med = (ordered[rows, lo].astype(np.float64) + ordered[rows, hi]) / 2.0
+    count = np.count_nonzero(~np.isnan(a), axis=-1)
+    if a.shape[-1] == 0:
+        return np.full(a.shape[:-1], np.nan), count
+    # Rows flattened: plain integer indexing is cheaper than take_along_axis on small arrays.
+    ordered = np.sort(a, axis=-1).reshape(-1, a.shape[-1])
+    flat = count.reshape(-1)
+    rows = np.arange(flat.size)
+    med = (
+        ordered[rows, np.maximum((flat - 1) // 2, 0)].astype(np.float64) + ordered[rows, flat // 2]
+    ).reshape(count.shape) / 2.0
     med[count == 0] = np.nan
     return med, count
 
@@ -214,6 +227,20 @@ class Engine:
         self.interval_s = math.inf
         self.capacity = 0
         self._alloc(max(16, capacity))
+        # Column lags of `_refresh_baselines` (see there), fixed by history_weeks.
+        self._recent_lags = np.arange(1, SCALE_WINDOW_H + DAY_H + 1)
+        weeks = cfg.history_weeks
+        block_lags = np.zeros((weeks + 3, DAY_H), dtype=np.int64)
+        self._block_pad = np.zeros(block_lags.shape, dtype=bool)
+        for w in range(weeks + 1):
+            block_lags[w] = w * WEEK_H + np.arange(1, DAY_H + 1)
+        for row, lags in (
+            (weeks + 1, range(DAY_H, 7 * DAY_H + 1, DAY_H)),
+            (weeks + 2, range(WEEK_H, WEEK_H * weeks + 1, WEEK_H)),
+        ):
+            block_lags[row, : len(lags)] = lags
+            self._block_pad[row, len(lags) :] = True
+        self._block_lags = block_lags
 
     # ------------------------------------------------------------------ state
     def _alloc(self, cap: int) -> None:
@@ -454,30 +481,35 @@ class Engine:
         return [(hour - lag) % self.hours for lag in lags]
 
     def _refresh_baselines(self, hour: int) -> None:
+        """Every series' baselines and noise for `hour`, from the closed hours before it.
+
+        Runs once an hour over every series, so it is most of the detector's time: the
+        history is gathered in two blocks (the last SCALE_WINDOW_H + 1 day of hours, and the
+        short windows padded to one width) and each block is sorted once."""
         cfg = self.cfg
         n = self.size
         hist = self.hist[:n]
         age_h = hour - self.first_hour[:n]
 
-        weekly, wcount = nanmedian_rows(
-            hist[:, self._cols(hour, range(WEEK_H, WEEK_H * cfg.history_weeks + 1, WEEK_H))]
-        )
-        daily, dcount = nanmedian_rows(
-            hist[:, self._cols(hour, range(DAY_H, 7 * DAY_H + 1, DAY_H))]
-        )
+        # Lags 1..SCALE_WINDOW_H + DAY_H in order: the last day, the warm-up window, the
+        # same hours yesterday (for the noise) and the same hour on each of the last 7 days.
+        recent = hist[:, (hour - self._recent_lags) % self.hours]
+        # The short windows, one per block of DAY_H columns (NaN-padded, which the medians
+        # ignore): the last day, the day before the same hour in each past week, the same
+        # hour over the past days, the same hour over the past weeks.
+        blocks = hist[:, (hour - self._block_lags) % self.hours]
+        blocks[:, self._block_pad] = np.nan
+        med, count = nanmedian_rows(blocks)
+        weeks = cfg.history_weeks
+        last_day = med[:, 0]
+        # Per past week first, then across weeks: one anomalous week must not move it.
+        past_days, _ = nanmedian_rows(med[:, 1 : weeks + 1])
+        daily, dcount = med[:, weeks + 1], count[:, weeks + 1]
+        weekly, wcount = med[:, weeks + 2], count[:, weeks + 2]
         # The weekly median lags steady growth by weeks: scale it up by how the last day
         # compares with the same hours in past weeks. Only up, and at most by
         # MAX_LEVEL_ADJUST, so an anomaly can neither explain itself away nor make a past
         # anomaly lower today's baseline (a lower baseline only adds alerts).
-        last_day, _ = nanmedian_rows(hist[:, self._cols(hour, range(1, DAY_H + 1))])
-        # Per past week first, then across weeks: one anomalous week must not move it.
-        per_week = np.column_stack(
-            [
-                nanmedian_rows(hist[:, self._cols(hour, range(w * WEEK_H + 1, w * WEEK_H + 25))])[0]
-                for w in range(1, cfg.history_weeks + 1)
-            ]
-        )
-        past_days, _ = nanmedian_rows(per_week)
         with np.errstate(divide="ignore", invalid="ignore"):
             level = np.clip(last_day / past_days, 1.0, MAX_LEVEL_ADJUST)
         weekly = weekly * np.where(np.isfinite(level), level, 1.0)
@@ -493,28 +525,25 @@ class Engine:
         if cold.size:
             # The highest value seen so far, not the median: a new series' daily peak is not
             # an anomaly, a value far above anything seen is.
-            recent = hist[cold][:, self._cols(hour, range(1, STATIC_WINDOW_H + 1))]
-            cnt = np.count_nonzero(~np.isnan(recent), axis=1)
+            window = recent[cold, :STATIC_WINDOW_H]
+            cnt = np.count_nonzero(~np.isnan(window), axis=1)
             ok = cnt >= cfg.warmup_min_hours
-            top = np.nanmax(np.where(ok[:, None], recent, 0.0), axis=1)
+            top = np.nanmax(np.where(ok[:, None], window, 0.0), axis=1)
             self.exp_static[cold[ok]] = top[ok]
             self.mode[cold[ok]] = BASE_STATIC
 
-        self.yesterday[:n] = np.where(age_h >= DAY_H, hist[:, (hour - DAY_H) % self.hours], np.nan)
+        self.yesterday[:n] = np.where(age_h >= DAY_H, recent[:, DAY_H - 1], np.nan)
         # The highest hourly mean of the last day, once a few hours are known: a step must
         # rise above what was normal today, not just above the previous value (a series
         # that spikes every few hours is not stepping up each time).
-        last = hist[:, self._cols(hour, range(1, DAY_H + 1))]
-        known = np.count_nonzero(~np.isnan(last), axis=1) >= cfg.warmup_min_hours
+        known = count[:, 0] >= cfg.warmup_min_hours
         self.day_max[:n] = np.nan
         if known.any():
-            self.day_max[:n][known] = np.nanmax(last[known], axis=1)
+            self.day_max[:n][known] = np.nanmax(recent[known, :DAY_H], axis=1)
 
         # Noise: day-over-day differences of the last week. Differences remove the daily
         # pattern; the median ignores the few that straddle a weekend or an anomaly.
-        now_cols = self._cols(hour, range(1, SCALE_WINDOW_H + 1))
-        prev_cols = self._cols(hour, range(1 + DAY_H, SCALE_WINDOW_H + DAY_H + 1))
-        diffs = np.abs(hist[:, now_cols] - hist[:, prev_cols])
+        diffs = np.abs(recent[:, :SCALE_WINDOW_H] - recent[:, DAY_H:])
         mad, dn = nanmedian_rows(diffs)
         self.scale[:n] = np.where(dn >= MIN_SCALE_POINTS, MAD_TO_SIGMA * mad / math.sqrt(2), np.nan)
 
@@ -539,13 +568,13 @@ class Engine:
         k = self.z
         hf = cfg.hold_fraction
         floor = self.floor[i]
-        level = np.nan_to_num(self.level[i], nan=0.0)
+        level = nan_to(self.level[i], 0.0)
         # The noise: the largest of the robust estimates, never zero for a series with a level.
         noise0 = np.fmax(
-            np.nan_to_num(self.scale[i], nan=0.0),
-            MEAN_ABS_TO_SIGMA * np.nan_to_num(self.resid[i], nan=0.0),
+            nan_to(self.scale[i], 0.0),
+            MEAN_ABS_TO_SIGMA * nan_to(self.resid[i], 0.0),
         )
-        noise0 = np.fmax(noise0, EXPECTILE_TO_SIGMA * np.nan_to_num(self.resid_q[i], nan=0.0))
+        noise0 = np.fmax(noise0, EXPECTILE_TO_SIGMA * nan_to(self.resid_q[i], 0.0))
         noise0 = np.fmax(noise0, cfg.level_noise_ratio * np.abs(level))
 
         def material(d: F64, base: F64, f: float) -> npt.NDArray[np.bool_]:
@@ -554,9 +583,9 @@ class Engine:
 
         # Day-0 step, against the highest of what is normal: the recent level, the same hour
         # yesterday and, once known, the seasonal baseline (Monday morning is no step).
-        ref = np.fmax(self.recent[i], np.nan_to_num(self.yesterday[i], nan=-np.inf))
-        ref = np.fmax(ref, np.nan_to_num(self.exp_seasonal[i], nan=-np.inf))
-        ref = np.fmax(ref, np.nan_to_num(self.day_max[i], nan=-np.inf))
+        ref = np.fmax(self.recent[i], nan_to(self.yesterday[i], -np.inf))
+        ref = np.fmax(ref, nan_to(self.exp_seasonal[i], -np.inf))
+        ref = np.fmax(ref, nan_to(self.day_max[i], -np.inf))
         d0 = v - ref
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.where(ref > 0, d0 / ref, np.where(d0 > 0, np.inf, 0.0))
@@ -683,7 +712,7 @@ class Engine:
         pend = np.where(firing, np.where(np.isnan(pend), now, pend), np.nan)
         self.pending[i] = pend
         step = self.interval_s if math.isfinite(self.interval_s) else 0.0
-        lasted = np.nan_to_num(now + step - pend, nan=-np.inf) >= cfg.min_duration_s
+        lasted = nan_to(now + step - pend, -np.inf) >= cfg.min_duration_s
         # Cooldown: right after an incident, only worse than its peak is a new one.
         delta_now = v - np.where(verdicts.prefer_seasonal, verdicts.expected, verdicts.ref)
         cooled = (now - self.closed_at[i] >= cfg.cooldown_s) | (np.abs(delta_now) > self.peak[i])
@@ -778,7 +807,7 @@ class Engine:
         # Clipped to TAIL_CLIP times the current tail: one outlier moves it a little, a
         # series that spikes every day grows it by about a fifth per spike.
         floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
-        cap = TAIL_CLIP * np.fmax(np.nan_to_num(q, nan=np.inf), floor)
+        cap = TAIL_CLIP * np.fmax(nan_to(q, np.inf), floor)
         raw = np.minimum(np.abs(v - expected), cap)
         w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
         q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))

@@ -9,9 +9,12 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lambdas.backtest import focus
 from lambdas.backtest.run import backtest
@@ -246,3 +249,55 @@ def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
         }
     ]
     assert matrix.rates[0].tolist() == [2.0] * days  # 48 $ a day = 2 $/h
+
+
+def _reference_keys(table: pa.Table) -> list[tuple[str, ...]]:
+    """Resource keys row by row, as the reader first built them: the oracle for the
+    dictionary-encoded path."""
+
+    def strings(name: str, default: str) -> list[str]:
+        if name not in table.column_names:
+            return [default] * table.num_rows
+        return [default if v in (None, "") else str(v) for v in table.column(name).to_pylist()]
+
+    def team(raw: object) -> str:
+        tags = json.loads(str(raw)) if raw else {}
+        return str(tags.get("team", "")) if isinstance(tags, dict) else ""
+
+    teams = [team(v) for v in strings("Tags", "")]
+    return [
+        (focus.PROVIDER_LABELS.get(p.lower(), p.lower()), a, r, s, t, res or f"{s}/unattributed")
+        for p, a, r, s, t, res in zip(
+            strings("ProviderName", ""),
+            strings("BillingAccountId", ""),
+            strings("RegionId", "global"),
+            strings("ServiceName", ""),
+            teams,
+            strings("ResourceId", ""),
+            strict=True,
+        )
+    ]
+
+
+_label = st.sampled_from(["", "AWS", "aws", "Microsoft", "x", "S3", "S3/unattributed", None])
+_tags = st.sampled_from(['{"team": "a"}', '{"team": "b", "env": "p"}', "[1]", "", "{}", None])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(_label, _label, _label, _label, _tags, _label), min_size=1, max_size=40),
+    st.sets(st.sampled_from(["RegionId", "ResourceId", "Tags"])),
+)
+def test_resource_keys_match_the_row_by_row_reference(
+    rows: list[tuple[str | None, ...]], dropped: set[str]
+) -> None:
+    """Mixed case, nulls, empty strings, missing optional columns and a real ResourceId
+    equal to a pseudo-resource name give the same keys, in first-appearance order."""
+    names = ["ProviderName", "BillingAccountId", "RegionId", "ServiceName", "Tags", "ResourceId"]
+    table = pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
+    table = table.drop_columns(sorted(dropped))
+    keys, codes = focus._keys(table)
+    assert [keys[c] for c in codes.tolist()] == _reference_keys(table)
+    assert len(set(keys)) == len(keys)
+    firsts = [codes.tolist().index(k) for k in range(len(keys))]
+    assert firsts == sorted(firsts)
