@@ -492,11 +492,11 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     )
     step_env = {
         "VAULT_ADDR": vault_address,
-        "CCT_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
+        "CCT_STEP_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
         **kafka_env("steps"),
     }
     if settings.azure:
-        step_env["CCT_AZURE_TENANT_ID"] = settings.azure.tenant_id
+        step_env["CCT_STEP_AZURE_TENANT_ID"] = settings.azure.tenant_id
     argo = ArgoWorkflows(
         "argo-workflows",
         ArgoWorkflowsArgs(

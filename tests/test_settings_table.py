@@ -103,9 +103,18 @@ def test_cct_settings_prints_the_table() -> None:
     assert "CCT_COLLECTOR_PORT" not in result.output
 
 
-# One name for one thing several parts read (the policies directory, the playbooks file,
-# the AWS simulator's endpoint): deliberately not under one handler's prefix.
-CROSS_HANDLER = {"CCT_POLICY_DIR", "CCT_PLAYBOOKS_FILE", "CCT_AWS_ENDPOINT_URL"}
+# One name for one thing several parts read, deliberately not under one handler's prefix:
+CROSS_HANDLER = {
+    # the policies directory (admission, trigger, `cct policy`) and the playbooks file beside it;
+    "CCT_POLICY_DIR",
+    "CCT_PLAYBOOKS_FILE",
+    # the AWS endpoint (moto here): the steps and the Vault stand-in call the same AWS;
+    "CCT_AWS_ENDPOINT_URL",
+    # the broker and the results store, shared by every handler that uses them (each with its
+    # own identity: KafkaAuth, the Vault-rendered DSN).
+    "CCT_KAFKA_BOOTSTRAP",
+    "CCT_PG_DSN",
+}
 
 
 def test_the_served_handlers_name_their_settings_after_themselves() -> None:
@@ -116,6 +125,7 @@ def test_the_served_handlers_name_their_settings_after_themselves() -> None:
         "trigger": "CCT_TRIGGER_",
         "admission": "CCT_ADMISSION_",
         "vaultdev": "CCT_VAULTDEV_",
+        "steps": "CCT_STEP_",
     }
     stray = [
         f"{s.handler}: {s.name}"

@@ -324,8 +324,8 @@ def parts() -> list[Part]:
         # What a step pod gets: Vault's address, its Kubernetes-auth role and the token file
         # that plays its service-account token; cloud APIs at the simulator.
         "VAULT_ADDR": url("vault"),
-        "CCT_VAULT_K8S_ROLE": STEPS_VAULT_ROLE,
-        "CCT_VAULT_JWT_PATH": str(VAULT_STATE / "jwt" / STEPS_VAULT_ROLE),
+        "CCT_STEP_VAULT_K8S_ROLE": STEPS_VAULT_ROLE,
+        "CCT_STEP_VAULT_JWT_PATH": str(VAULT_STATE / "jwt" / STEPS_VAULT_ROLE),
         "CCT_STEP_BACKEND": "local",
         "CCT_STEP_OPERATION_TIMEOUT_S": "60",
         **cloud_step_env(),
@@ -517,10 +517,10 @@ def cloud_step_env() -> dict[str, str]:
     """Where the steps' Azure and GCP calls go: the simulators, with the tenant whose
     token endpoint exchanges the Vault-issued service principal."""
     return {
-        "CCT_AZURE_MANAGEMENT_URL": url("azure"),
-        "CCT_AZURE_LOGIN_URL": url("azure"),
-        "CCT_AZURE_TENANT_ID": AZURE_TENANT,
-        "CCT_GCP_API_URL": url("gcp"),
+        "CCT_STEP_AZURE_MANAGEMENT_URL": url("azure"),
+        "CCT_STEP_AZURE_LOGIN_URL": url("azure"),
+        "CCT_STEP_AZURE_TENANT_ID": AZURE_TENANT,
+        "CCT_STEP_GCP_API_URL": url("gcp"),
     }
 
 

@@ -16,7 +16,7 @@ class StepSettings:
     vault_k8s_role / vault_k8s_mount: Kubernetes auth role and mount the pod logs in with.
     vault_jwt_path: the pod's service-account token, which Kubernetes auth verifies.
     vault_aws_mount / vault_aws_role / vault_aws_ttl: AWS secrets engine; credentials are an
-        assumed role read from `<mount>/sts/<role>` with `vault_aws_ttl` (CCT_VAULT_AWS_TTL;
+        assumed role read from `<mount>/sts/<role>` with `vault_aws_ttl` (CCT_STEP_VAULT_AWS_TTL;
         short: 15m covers one step).
     vault_azure_mount / vault_azure_role, azure_tenant_id: Azure secrets engine; the
         issued service principal is exchanged for an ARM token at the tenant's login URL.
@@ -96,33 +96,33 @@ class StepSettings:
             )
         return cls(
             vault_addr=env_str("VAULT_ADDR", "http://vault.vault.svc:8200").rstrip("/"),
-            vault_k8s_role=env_str("CCT_VAULT_K8S_ROLE", "cct-remediation"),
-            vault_k8s_mount=env_str("CCT_VAULT_K8S_MOUNT", "kubernetes"),
+            vault_k8s_role=env_str("CCT_STEP_VAULT_K8S_ROLE", "cct-remediation"),
+            vault_k8s_mount=env_str("CCT_STEP_VAULT_K8S_MOUNT", "kubernetes"),
             vault_jwt_path=env_str(
-                "CCT_VAULT_JWT_PATH", "/var/run/secrets/kubernetes.io/serviceaccount/token"
+                "CCT_STEP_VAULT_JWT_PATH", "/var/run/secrets/kubernetes.io/serviceaccount/token"
             ),
-            vault_aws_mount=env_str("CCT_VAULT_AWS_MOUNT", "aws"),
-            vault_aws_role=env_str("CCT_VAULT_AWS_ROLE", "cct-remediation"),
-            vault_aws_ttl=env_str("CCT_VAULT_AWS_TTL", "15m"),
-            vault_azure_mount=env_str("CCT_VAULT_AZURE_MOUNT", "azure"),
-            vault_azure_role=env_str("CCT_VAULT_AZURE_ROLE", "cct-remediation"),
-            azure_tenant_id=env_str("CCT_AZURE_TENANT_ID", "common"),
-            vault_gcp_mount=env_str("CCT_VAULT_GCP_MOUNT", "gcp"),
-            vault_gcp_roleset=env_str("CCT_VAULT_GCP_ROLESET", "cct-remediation"),
+            vault_aws_mount=env_str("CCT_STEP_VAULT_AWS_MOUNT", "aws"),
+            vault_aws_role=env_str("CCT_STEP_VAULT_AWS_ROLE", "cct-remediation"),
+            vault_aws_ttl=env_str("CCT_STEP_VAULT_AWS_TTL", "15m"),
+            vault_azure_mount=env_str("CCT_STEP_VAULT_AZURE_MOUNT", "azure"),
+            vault_azure_role=env_str("CCT_STEP_VAULT_AZURE_ROLE", "cct-remediation"),
+            azure_tenant_id=env_str("CCT_STEP_AZURE_TENANT_ID", "common"),
+            vault_gcp_mount=env_str("CCT_STEP_VAULT_GCP_MOUNT", "gcp"),
+            vault_gcp_roleset=env_str("CCT_STEP_VAULT_GCP_ROLESET", "cct-remediation"),
             aws_endpoint_url=os.environ.get("CCT_AWS_ENDPOINT_URL") or None,
             azure_management_url=env_str(
-                "CCT_AZURE_MANAGEMENT_URL", "https://management.azure.com"
+                "CCT_STEP_AZURE_MANAGEMENT_URL", "https://management.azure.com"
             ).rstrip("/"),
             azure_login_url=env_str(
-                "CCT_AZURE_LOGIN_URL", "https://login.microsoftonline.com"
+                "CCT_STEP_AZURE_LOGIN_URL", "https://login.microsoftonline.com"
             ).rstrip("/"),
-            gcp_api_url=(os.environ.get("CCT_GCP_API_URL") or "").rstrip("/") or None,
+            gcp_api_url=(os.environ.get("CCT_STEP_GCP_API_URL") or "").rstrip("/") or None,
             backend=backend,
-            rightsize_target_cpu_percent=env_float("CCT_RIGHTSIZE_TARGET_CPU_PERCENT", 60.0),
-            idle_cpu_percent=env_float("CCT_IDLE_CPU_PERCENT", 5.0),
-            lookback_hours=env_int("CCT_UTILIZATION_LOOKBACK_HOURS", 14 * 24),
-            min_datapoints=env_int("CCT_UTILIZATION_MIN_DATAPOINTS", 24),
-            tiering_after_days=env_int("CCT_TIERING_AFTER_DAYS", 30),
+            rightsize_target_cpu_percent=env_float("CCT_STEP_RIGHTSIZE_TARGET_CPU_PERCENT", 60.0),
+            idle_cpu_percent=env_float("CCT_STEP_IDLE_CPU_PERCENT", 5.0),
+            lookback_hours=env_int("CCT_STEP_UTILIZATION_LOOKBACK_HOURS", 14 * 24),
+            min_datapoints=env_int("CCT_STEP_UTILIZATION_MIN_DATAPOINTS", 24),
+            tiering_after_days=env_int("CCT_STEP_TIERING_AFTER_DAYS", 30),
             http_timeout_s=env_float("CCT_STEP_HTTP_TIMEOUT_S", 30.0),
             operation_timeout_s=env_float("CCT_STEP_OPERATION_TIMEOUT_S", 900.0),
             poll_initial_s=poll_initial_s,
@@ -132,7 +132,7 @@ class StepSettings:
                 if os.environ.get("CCT_KAFKA_BOOTSTRAP")
                 else None
             ),
-            results_topic=env_str("CCT_RESULTS_TOPIC", "cct.optimization.results"),
-            publish_timeout_s=env_float("CCT_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
+            results_topic=env_str("CCT_STEP_RESULTS_TOPIC", "cct.optimization.results"),
+            publish_timeout_s=env_float("CCT_STEP_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
             pg_dsn=os.environ.get("CCT_PG_DSN", ""),
         )

@@ -68,11 +68,11 @@ def step_env(pg_dsn: str, jwt_file: Path) -> Callable[..., dict[str, str]]:
         env = {
             "CCT_PG_DSN": pg_dsn,
             "VAULT_ADDR": replay_url,
-            "CCT_VAULT_JWT_PATH": str(jwt_file),
-            "CCT_AZURE_MANAGEMENT_URL": replay_url,
-            "CCT_AZURE_LOGIN_URL": replay_url,
-            "CCT_AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
-            "CCT_GCP_API_URL": replay_url,
+            "CCT_STEP_VAULT_JWT_PATH": str(jwt_file),
+            "CCT_STEP_AZURE_MANAGEMENT_URL": replay_url,
+            "CCT_STEP_AZURE_LOGIN_URL": replay_url,
+            "CCT_STEP_AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "CCT_STEP_GCP_API_URL": replay_url,
             "CCT_STEP_OPERATION_TIMEOUT_S": "60",
             "CCT_STEP_BACKEND": "local",
         }

@@ -23,7 +23,7 @@ Serve = Callable[..., AbstractContextManager[Replay]]
 
 
 def _kafka_env(bootstrap: str, topic: str) -> dict[str, str]:
-    return {**handler_env(bootstrap, "steps"), "CCT_RESULTS_TOPIC": topic}
+    return {**handler_env(bootstrap, "steps"), "CCT_STEP_RESULTS_TOPIC": topic}
 
 
 def test_a_finished_run_publishes_one_cloudevent_and_a_retry_repeats_its_id(
@@ -126,7 +126,7 @@ def test_an_unreachable_broker_is_retryable_and_the_run_stays_recorded(
     env = {
         **step_env("http://127.0.0.1:9"),
         **_kafka_env(closed, topic),
-        "CCT_RESULTS_PUBLISH_TIMEOUT_S": "5",
+        "CCT_STEP_RESULTS_PUBLISH_TIMEOUT_S": "5",
     }
 
     down = call_step("record", doc, env, inprocess=True)

@@ -57,7 +57,7 @@ def step_env(pg_dsn: str, vault: Replay, aws_env: str, tmp_path: Path) -> dict[s
         **os.environ,
         "CCT_PG_DSN": pg_dsn,
         "VAULT_ADDR": vault.base_url,
-        "CCT_VAULT_JWT_PATH": str(jwt),
+        "CCT_STEP_VAULT_JWT_PATH": str(jwt),
         "CCT_AWS_ENDPOINT_URL": aws_env,
         "CCT_STEP_BACKEND": "local",
         "CCT_STEP_OPERATION_TIMEOUT_S": "60",
