@@ -83,7 +83,8 @@ test: venv services focus-venv lint
 # The real deployment (issue 18), self-contained: builds what is missing (Go; downloads),
 # starts the control plane, deploys the local stack (the tests' first `pulumi up`), runs the
 # cluster tests, and stops the control plane whatever they answered. Needs PostgreSQL (the
-# webhook records its decisions). Not part of `make test`: see docs/deployment.md for its time.
+# webhook records its decisions). CI runs it after `make test` (README, .ci/run); its time is in
+# docs/deployment.md.
 test-cluster: venv
 	@$(PY) scripts/services up postgres
 	@python3 scripts/cluster up
