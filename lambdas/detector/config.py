@@ -79,7 +79,7 @@ class DetectionConfig:
     # calibrated on real data): 3.0 -> 8.7 robust sigmas for data at an hour or finer,
     # 4.0 -> 6.6, 2.4 or less -> 12 (the cap). Lower = quieter. See docs/detection.md for
     # the worked example and what was measured.
-    false_incidents_per_month: float = 3.0
+    false_incidents_per_month: float = 0.8
     # Seasonal rule threshold in robust standard deviations, overriding the knob above when
     # > 0 (0 = derived from false_incidents_per_month).
     sensitivity: float = 0.0
@@ -126,7 +126,7 @@ class DetectionConfig:
     # default: on the real-data corpus it cut false incidents on the tuning part (3.02 ->
     # 0.88 per series-month at rank 1, margin 2) but lost more recall than it saved on the
     # evaluation part (docs/detection.md, "Record").
-    record_rank: int = 0
+    record_rank: int = 2
     record_margin: float = 1.0
     # Cost decreases are reported only when this is 1 (as info incidents, never paging).
     report_decreases: int = 0

@@ -87,13 +87,16 @@ DECORRELATION_S = 3600.0
 Z_MIN, Z_MAX = 3.0, 12.0
 # Measured false incidents per series-month at hourly data = FALSE_A * k ** -FALSE_ALPHA
 # (docs/detection.md, "Sensitivity").
-FALSE_A = 15.4
-FALSE_ALPHA = 0.755
+FALSE_A = 10.8
+FALSE_ALPHA = 1.094
 MAX_LEVEL_ADJUST = 1.1
 EXPECTED_FLOOR_USD = 0.01
 # The record: per wall-clock day (UTC), the highest value and the highest residual above the
 # seasonal baseline, for the last RECORD_DAYS completed days.
 RECORD_DAYS = 21
+# Values a series present at the first evaluation (no history loaded) must have shown before
+# the day-0 rule judges it: a live detector has them in seconds, an export in hours.
+UNKNOWN_PAST_VALUES = 2
 
 RULE_DAY0 = 1
 RULE_SEASONAL = 2
@@ -268,6 +271,11 @@ class Engine:
         "first_hour": (np.int64, 0),
         "exp_seasonal": (np.float64, np.nan),
         "exp_static": (np.float64, np.nan),
+        "young": (np.float64, np.nan),
+        "unknown_past": (np.bool_, False),
+        "seen_min": (np.float64, np.nan),
+        "seen_max": (np.float64, np.nan),
+        "seen_n": (np.int32, 0),
         "yesterday": (np.float64, np.nan),
         "day_max": (np.float64, np.nan),
         "scale": (np.float64, np.nan),
@@ -310,6 +318,11 @@ class Engine:
     first_hour: npt.NDArray[np.int64]
     exp_seasonal: F64
     exp_static: F64
+    young: F64
+    unknown_past: npt.NDArray[np.bool_]
+    seen_min: F64
+    seen_max: F64
+    seen_n: npt.NDArray[np.int32]
     yesterday: F64
     day_max: F64
     scale: F64
@@ -522,6 +535,7 @@ class Engine:
 
         cold = np.flatnonzero(~(use_weekly | use_daily))
         self.exp_static[:n] = np.nan
+        self.young[:n] = np.nan
         if cold.size:
             # The highest value seen so far, not the median: a new series' daily peak is not
             # an anomaly, a value far above anything seen is.
@@ -530,6 +544,12 @@ class Engine:
             ok = cnt >= cfg.warmup_min_hours
             top = np.nanmax(np.where(ok[:, None], window, 0.0), axis=1)
             self.exp_static[cold[ok]] = top[ok]
+            # The spread seen so far is the only noise a young series has: its mean absolute
+            # deviation from its median (unlike the MAD it does not collapse for a series
+            # that is mostly zero with spikes, which are exactly what it must not page on).
+            med, _ = nanmedian_rows(window[ok])
+            with np.errstate(invalid="ignore"):
+                self.young[cold[ok]] = np.nanmean(np.abs(window[ok] - med[:, None]), axis=1)
             self.mode[cold[ok]] = BASE_STATIC
 
         self.yesterday[:n] = np.where(age_h >= DAY_H, recent[:, DAY_H - 1], np.nan)
@@ -576,6 +596,13 @@ class Engine:
         )
         noise0 = np.fmax(noise0, EXPECTILE_TO_SIGMA * nan_to(self.resid_q[i], 0.0))
         noise0 = np.fmax(noise0, cfg.level_noise_ratio * np.abs(level))
+        young = self.young[i]
+        noise0 = np.fmax(noise0, MEAN_ABS_TO_SIGMA * nan_to(young, 0.0))
+        # Before its first hours close, a series' only noise is the range of the values seen
+        # so far (0 for a flat one, so a real step still opens at once).
+        seen_range = nan_to(self.seen_max[i] - self.seen_min[i], 0.0)
+        fresh = np.isnan(young) & np.isnan(self.exp_seasonal[i]) & np.isnan(self.exp_static[i])
+        noise0 = np.where(fresh, np.fmax(noise0, 0.5 * seen_range), noise0)
 
         def material(d: F64, base: F64, f: float) -> npt.NDArray[np.bool_]:
             own = cfg.min_relative_increase * f * np.fmax(np.abs(base), np.abs(level))
@@ -587,6 +614,10 @@ class Engine:
         ref = np.fmax(ref, nan_to(self.exp_seasonal[i], -np.inf))
         ref = np.fmax(ref, nan_to(self.day_max[i], -np.inf))
         d0 = v - ref
+        # A series already there at the first evaluation, without loaded history, has an
+        # unknown past: its first few values say nothing about its range. Series that appear
+        # later are steps from nothing and are judged at once.
+        blind = self.unknown_past[i] & (self.seen_n[i] < UNKNOWN_PAST_VALUES)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ratio = np.where(ref > 0, d0 / ref, np.where(d0 > 0, np.inf, 0.0))
 
@@ -594,7 +625,7 @@ class Engine:
             big = (d0 >= cfg.day0_min_step_usd_per_hour * f) | (
                 ratio >= cfg.day0_min_step_ratio * f
             )
-            return material(d0, ref, f) & big & (d0 >= k * f * noise0)
+            return material(d0, ref, f) & big & (d0 >= k * f * noise0) & ~blind
 
         # The record (when on): opening needs a value above the series' recent daily highs (a
         # series that spikes every few days has spikes that are not anomalies, whatever its
@@ -616,7 +647,11 @@ class Engine:
 
         def seasonal(f: float) -> npt.NDArray[np.bool_]:
             by_z = warm & (z >= k * f)
-            by_static = static & (v >= exp_st * (1 + cfg.warmup_static_ratio * f))
+            by_static = (
+                static
+                & (v >= exp_st * (1 + cfg.warmup_static_ratio * f))
+                & (v - exp_st >= k * f * noise)
+            )
             return (by_z | by_static) & material(ds, expected, f)
 
         def decrease(f: float) -> npt.NDArray[np.bool_]:
@@ -661,6 +696,7 @@ class Engine:
         new = ~self.seen[i]
         if new.any():
             self.recent[i[new]] = v[new] if first_tick else 0.0
+            self.unknown_past[i[new]] = first_tick
             self.seen[i[new]] = True
             self.first_hour[i[new]] = self.hour
             self.mode[i[new]] = BASE_DAY0
@@ -679,6 +715,14 @@ class Engine:
             self.is_open[row] = False
             self.closed_at[row] = now
 
+        # The range leaves out values the rules find abnormal (and those inside incidents): a
+        # step, or a wobble the cooldown let pass, must not widen it for the next one.
+        quiet = ~(verdicts.fire | self.is_open[i])
+        calm = i[quiet]
+        calm_v = v[quiet]
+        self.seen_min[calm] = np.fmin(self.seen_min[calm], calm_v)
+        self.seen_max[calm] = np.fmax(self.seen_max[calm], calm_v)
+        self.seen_n[i] = np.minimum(self.seen_n[i] + 1, UNKNOWN_PAST_VALUES)
         # The recent level follows the value with time constant day0_window_s.
         alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
         self.recent[i] += alpha * (v - self.recent[i])
@@ -690,7 +734,7 @@ class Engine:
         # Today's highs for the record, outside incidents: an anomaly that was reported does
         # not raise the bar for the next one.
         if self.cfg.record_rank > 0:
-            keep = ~self.is_open[i]
+            keep = np.ones(i.size, dtype=bool)
             ki = i[keep]
             self.day_vmax[ki] = np.fmax(self.day_vmax[ki], v[keep])
             resid = np.where(warm, v - self.exp_seasonal[i], np.nan)[keep]

@@ -172,13 +172,13 @@ def test_outliers_in_history_do_not_move_the_robust_baseline() -> None:
 def test_warm_up_falls_back_to_a_static_threshold_over_the_highest_value_seen() -> None:
     cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
     engine = Engine(cfg)
-    # A slow climb (never a step) from 10 to 18 $/h over 10 hours, then 30 $/h: 30 is more
-    # than 50 % above the highest value seen (18).
-    out = hourly(engine, [10.0 + h * 0.8 for h in range(11)] + [30.0])
+    # A slow climb (never a step) from 10 to 12 $/h over 10 hours, then 30 $/h: 30 is more
+    # than 50 % above the highest value seen (12), and many times the spread seen so far.
+    out = hourly(engine, [10.0 + h * 0.2 for h in range(11)] + [30.0])
     [(n, t)] = opened(out)
     assert n == 11
     assert (t.rule, t.baseline) == ("seasonal", "warmup_static")
-    assert t.expected == pytest.approx(18.0)
+    assert t.expected == pytest.approx(12.0)
 
 
 def test_warm_up_needs_a_few_hours_before_the_static_threshold_applies() -> None:
@@ -332,8 +332,10 @@ def test_capacity_grows_with_the_number_of_series() -> None:
     engine = Engine(DetectionConfig(), capacity=16)
     keys = [SeriesKey.of("team", {"team": f"t{n}"}) for n in range(100)]
     idx = engine.index_of(keys)
+    # Present at the first evaluation: two values before a step can be judged.
     assert engine.observe(T0, idx, np.full(100, 5.0)) == []
-    out = engine.observe(T0 + 3, idx, np.r_[np.full(99, 5.0), 50.0])
+    assert engine.observe(T0 + 3, idx, np.full(100, 5.0)) == []
+    out = engine.observe(T0 + 6, idx, np.r_[np.full(99, 5.0), 50.0])
     assert [t.key for t in out] == [keys[-1]]
 
 
@@ -446,10 +448,10 @@ def test_the_record_keeps_everyday_spikes_quiet_and_still_sees_a_higher_one() ->
     assert t.kind == "opened"
 
 
-def test_the_record_is_off_by_default_and_its_settings_are_checked() -> None:
+def test_the_record_is_on_by_default_and_its_settings_are_checked() -> None:
     from lambdas.common.settings import SettingsError
 
-    assert DetectionConfig().record_rank == 0
+    assert DetectionConfig().record_rank == 2
     with pytest.raises(SettingsError, match="record_rank"):
         DetectionConfig(record_rank=22)
     with pytest.raises(SettingsError, match="record_rank"):
@@ -494,12 +496,12 @@ def test_the_absolute_floor_is_set_per_level() -> None:
 def test_the_knob_maps_false_incidents_per_month_to_a_z_threshold() -> None:
     from lambdas.detector.core import FALSE_A, FALSE_ALPHA, z_threshold
 
-    k = z_threshold(3.0, 3600)
-    assert FALSE_A * k**-FALSE_ALPHA == pytest.approx(3.0)  # the measured rate it stands for
+    k = z_threshold(1.0, 3600)
+    assert FALSE_A * k**-FALSE_ALPHA == pytest.approx(1.0)  # the measured rate it stands for
     # Finer data is not more chances (evaluations an hour apart are not independent) ...
-    assert z_threshold(3.0, 60) == z_threshold(3.0, 3600)
+    assert z_threshold(1.0, 60) == z_threshold(1.0, 3600)
     # ... coarser data is fewer, and fewer false incidents wanted means a higher bar.
-    assert z_threshold(3.0, 86400) < z_threshold(4.0, 3600) < z_threshold(3.0, 3600)
+    assert z_threshold(0.1, 86400) < z_threshold(1.0, 3600) < z_threshold(0.8, 3600)
     assert Engine(DetectionConfig(sensitivity=7.0)).z == 7.0
 
 
