@@ -12,7 +12,7 @@ first examples kept for the message.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,9 +275,28 @@ def canonical_names(names: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _rebatched(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Batches of exactly BATCH_ROWS rows (the last one shorter). Dictionary-encoded reads
+    end a batch at every row group (each has its own dictionary); the plain read does not,
+    and where batches end decides which rows are read together (the backtest orders its
+    resources by first appearance per batch), so both must cut alike."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= BATCH_ROWS:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, BATCH_ROWS)
+            pending = table.slice(BATCH_ROWS).to_batches()
+            rows -= BATCH_ROWS
+    if rows:
+        yield pa.Table.from_batches(pending)
+
+
 def _raw_batches(
     path: Path, columns: Sequence[str], dictionary: Sequence[str] = ()
-) -> Iterator[pa.RecordBatch]:
+) -> Iterator[pa.RecordBatch | pa.Table]:
     """Batches of the wanted columns (canonical names), CSV values all as text. The text
     columns of a Parquet file named in `dictionary` come dictionary-encoded, as stored: no
     string per row is made (the caller must accept dictionary arrays)."""
@@ -290,14 +309,15 @@ def _raw_batches(
             pf = pq.ParquetFile(path)
             names = canonical_names(pf.schema_arrow.names)
             present = {f: c for f, c in names.items() if c in wanted}
-            schema = pf.schema_arrow
+            types = {f: pf.schema_arrow.field(f).type for f in present}
             text = (pa.string(), pa.large_string())
-            encoded = [
-                f for f, c in present.items() if c in dictionary and schema.field(f).type in text
-            ]
+            encoded = [f for f, c in present.items() if c in dictionary and types[f] in text]
             if encoded:
                 pf = pq.ParquetFile(path, read_dictionary=encoded)
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(present)):
+            batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=list(present))
+            # (Columns written as dictionaries are read as dictionaries anyway.)
+            dictionaries = encoded or any(pa.types.is_dictionary(t) for t in types.values())
+            for batch in _rebatched(batches) if dictionaries else batches:
                 yield batch.rename_columns([present[n] for n in batch.schema.names])
         elif fmt == "csv":
             with pacsv.open_csv(pa.input_stream(path, compression="detect")) as probe:
