@@ -579,3 +579,20 @@ def test_refreshed_baselines_match_the_reference_value_for_value(seed: int) -> N
         want = _reference_baselines(engine, hour)
         for name, values in want.items():
             np.testing.assert_array_equal(getattr(engine, name)[:n], values, err_msg=name)
+
+
+def test_spans_of_the_ring_are_the_hours_before_in_order_at_every_wrap() -> None:
+    """`_span` (slices, joined where the ring wraps) holds the same hours as a gather of the
+    lagged columns, oldest first, for every position of the hour in the ring."""
+    engine = Engine(DetectionConfig(), capacity=4)
+    engine.index_of(
+        [
+            SeriesKey.of("account", {"provider": "aws", "billing_account_id": str(i)})
+            for i in range(3)
+        ]
+    )
+    engine.hist[:3] = np.arange(3 * engine.hours, dtype=np.float32).reshape(3, -1)
+    for hour in range(10 * engine.hours, 11 * engine.hours + 1):
+        for lag, width in ((1, 24), (1, 192), (3 * 168 + 1, 24), (1, engine.hours)):
+            want = engine.hist[:3, [(hour - lag - k) % engine.hours for k in range(width)][::-1]]
+            np.testing.assert_array_equal(engine._span(hour, lag, width), want)
