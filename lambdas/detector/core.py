@@ -212,9 +212,10 @@ def sorted_medians(ordered: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[
     if gappy.size:
         c = np.count_nonzero(~np.isnan(flat[gappy]), axis=1)
         count[gappy] = c
-        # Plain integer indexing is cheaper than take_along_axis on small arrays.
-        lo = flat[gappy, np.maximum((c - 1) // 2, 0)].astype(np.float64)
-        med[gappy] = np.where(c > 0, (lo + flat[gappy, c // 2]) / 2.0, np.nan)
+        # Plain integer indexing is cheaper than take_along_axis on small arrays. An empty
+        # row's middles are NaN (index -1 and 0 of a row of NaN), so its median is NaN.
+        lo = flat[gappy, (c - 1) // 2].astype(np.float64)
+        med[gappy] = (lo + flat[gappy, c // 2]) / 2.0
     return med.reshape(ordered.shape[:-1]), count.reshape(ordered.shape[:-1])
 
 
