@@ -418,7 +418,6 @@ class Detector:
         # Fast path: new resources' keys -> (list run-rate, since when), until VM serves them.
         self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
         self._changes_since: datetime | None = None
-        self._seed_until: float | None = None  # see _seed_changes
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
         self.unsent: list[dict[str, Any]] = []
@@ -542,28 +541,26 @@ class Detector:
             loaded += len(rows)
         return loaded
 
-    def _seed_changes(self, now: float) -> bool:
+    def _seed_changes(self, now: float) -> None:
         """Before the first evaluation after a start: the resources whose change events
         arrived within the day-0 window are evaluated from their run-rate before the change
         (a new resource from nothing), as if the detector had been running; every other
-        series is taken at its current value. False while the inventory cannot be read (the
-        cycle waits for it, for at most the window: after that nothing can be seeded)."""
+        series is taken at its current value. When PostgreSQL cannot be read, the cycle
+        evaluates without them (alerting does not wait for PostgreSQL): those changes are
+        then taken as existing series, as before this seeding existed."""
         if "resource" not in self.cfg.levels:
-            return True
-        window = self.cfg.detection.day0_window_s
-        if self._seed_until is None:
-            self._seed_until = now + window
+            return
         try:
             conn = self._db()
-            changes = store.changes_within(conn, window, self.cfg.event_lookback_s)
+            changes = store.changes_within(
+                conn, self.cfg.detection.day0_window_s, self.cfg.event_lookback_s
+            )
             with translate_errors("end read"):
                 conn.commit()
         except StoreError as exc:
             self._db_failed(exc)
-            if now < self._seed_until:
-                return False
-            log.warning("changes before the start not read; evaluating without them")
-            return True
+            log.warning("changes before the start not read: evaluating without them")
+            return
         keys, before = [], []
         for res, rate in changes:
             if res.usd_per_hour is None or selector_matches(self.cfg.selector, res.labels) is False:
@@ -575,7 +572,6 @@ class Detector:
             before.append(0.0 if rate is None else rate)
         self.engine.seed_changes(now, self.engine.index_of(keys), before)
         log.info("changes before the start seeded", extra={"series": len(keys)})
-        return True
 
     # ---------------------------------------------------------------- attribution
     def _drill_down(self, key: SeriesKey, now: float) -> list[Contributor]:
@@ -706,8 +702,8 @@ class Detector:
         except VMError:
             self.metrics.errors.labels("victoriametrics").inc()
             raise
-        if self.engine.hour is None and not self._seed_changes(now):
-            return []
+        if self.engine.hour is None:
+            self._seed_changes(now)
         idx = self.engine.index_of(vector.keys)
         transitions = self.engine.observe(now, idx, np.asarray(vector.values, dtype=np.float64))
         if not self.adopted:
