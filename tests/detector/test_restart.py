@@ -45,25 +45,44 @@ async def collector(pg_dsn: str, vm_url: str) -> AsyncIterator[Collector]:
         yield running
 
 
-def run_instance(account: str, instance_id: str) -> dict[str, Any]:
-    """The real CloudTrail RunInstances event of the fixtures, for a new m5.xlarge now."""
-    event = load_event("aws_run_instances")
+def cloudtrail(name: str, account: str, instance_id: str, sku: str) -> dict[str, Any]:
+    """A real CloudTrail event of the fixtures (RunInstances or ModifyInstanceAttribute),
+    now, for this instance and instance type."""
+    event = load_event(name)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    event["id"] = f"ev-{instance_id}"
+    event["id"] = f"ev-{name}-{instance_id}"
     event["time"] = event["detail"]["eventTime"] = now
-    event["detail"]["eventID"] = f"ct-{instance_id}"
-    event["detail"]["requestParameters"]["instanceType"] = "m5.xlarge"
-    item = event["detail"]["responseElements"]["instancesSet"]["items"][0]
-    item["instanceId"], item["instanceType"] = instance_id, "m5.xlarge"
+    event["detail"]["eventID"] = f"ct-{name}-{instance_id}"
+    request = event["detail"]["requestParameters"]
+    if name == "aws_run_instances":
+        request["instanceType"] = sku
+        item = event["detail"]["responseElements"]["instancesSet"]["items"][0]
+        item["instanceId"], item["instanceType"] = instance_id, sku
+    else:
+        request["instanceId"], request["instanceType"] = instance_id, {"value": sku}
     return record("aws", event, account)
 
 
-async def launch(collector: Collector, vm: VictoriaMetrics, account: str, rid: str) -> None:
-    status, body = await collector.post([run_instance(account, rid)])
+async def launch(
+    collector: Collector,
+    vm: VictoriaMetrics,
+    account: str,
+    rid: str,
+    *,
+    sku: str = "m5.xlarge",
+    event: str = "aws_run_instances",
+) -> None:
+    status, body = await collector.post([cloudtrail(event, account, rid, sku)])
     assert (status, body["accepted"]) == (200, 1), body
 
+    with psycopg.connect(collector.dsn) as conn:
+        [(rate,)] = conn.execute(
+            "select usd_per_hour from resource_inventory where resource_id = %s", (rid,)
+        ).fetchall()
+
     def served() -> bool:
-        return bool(vm.query(f'{RATE}{{resource_id="{rid}",billing_account_id="{account}"}}'))
+        rows = vm.query(f'{RATE}{{resource_id="{rid}",billing_account_id="{account}"}}')
+        return bool(rows) and float(rows[0]["value"][1]) == pytest.approx(float(rate))
 
     await asyncio.to_thread(wait_for, served, f"{rid}'s series in VictoriaMetrics")
 
@@ -86,23 +105,38 @@ async def test_a_resource_created_before_the_detector_starts_is_a_day0_step_on_i
     collector: Collector, vm: VictoriaMetrics, settings: DetectorSettings, uid: str
 ) -> None:
     account = f"acct-{uid}"
-    old, new = f"i-{uid}-old", f"i-{uid}-new"
+    old, new, resized = f"i-{uid}-old", f"i-{uid}-new", f"i-{uid}-resized"
     await launch(collector, vm, account, old)
-    await asyncio.sleep(WINDOW_S + 1.0)  # the old one's event is now older than the window
+    await launch(collector, vm, account, resized, sku="m5.large")
+    await asyncio.sleep(WINDOW_S + 1.0)  # their creation is now older than the window
     await launch(collector, vm, account, new)
+    await launch(
+        collector, vm, account, resized, sku="m5.xlarge", event="aws_modify_instance_attribute"
+    )
+    with psycopg.connect(str(settings.pg_dsn)) as conn:
+        [(before, after)] = conn.execute(
+            """select usd_per_hour_before, usd_per_hour_after from resource_events
+               where resource_id = %s and action = 'ModifyInstanceAttribute'""",
+            (resized,),
+        ).fetchall()
+    assert 0 < before < after
     # Only now does the detector start (a restart).
     detector = Detector(settings)
     try:
         transitions = await asyncio.to_thread(detector.cycle, time.time())
-        # Both resources were evaluated on that first cycle; only the new one stepped.
+        # All three were evaluated on that first cycle: the new one stepped from nothing,
+        # the resized one from its rate before the resize, the old one did not.
         evaluated = {k.as_dict().get("resource_id") for k in detector.engine.keys}
-        assert {old, new} <= evaluated
-        steps = [
-            (t.kind, t.key.as_dict().get("resource_id"), t.rule, t.expected)
+        assert {old, new, resized} <= evaluated
+        steps = {
+            t.key.as_dict().get("resource_id"): (t.kind, t.rule, t.expected)
             for t in transitions
             if t.key.level == "resource"
-        ]
-        assert steps == [("opened", new, "day0_step", 0.0)]
+        }
+        assert steps == {
+            new: ("opened", "day0_step", 0.0),
+            resized: ("opened", "day0_step", pytest.approx(float(before))),
+        }
         assert set(detector.reports) == {t.key for t in transitions if t.key.level == "resource"}
         # Posted to the real Alertmanager, and stored (the stack's own detector, if one runs
         # on these services, posts to the same Alertmanager but writes another database).
@@ -113,7 +147,7 @@ async def test_a_resource_created_before_the_detector_starts_is_a_day0_step_on_i
                 for r in store.open_rows(conn, ("resource",))
                 if r.dimensions.get("billing_account_id") == account
             ]
-        assert stored == [(new, "day0_step")]
+        assert sorted(stored) == sorted([(new, "day0_step"), (resized, "day0_step")])
         assert am_alerts(settings.alertmanager_url, resource_id=new, rule="day0_step")
     finally:
         detector.close()
