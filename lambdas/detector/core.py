@@ -449,6 +449,27 @@ class Engine:
         if self.hour is not None:
             self._refresh_baselines(self.hour)
 
+    def seed_changes(self, now: float, idx: npt.NDArray[np.int64], before: npt.ArrayLike) -> None:
+        """At a start, before the first evaluation: the series of `idx` changed within
+        `day0_window_s` before `now`, from the levels `before` (0 or NaN: the series did not
+        exist, e.g. a new resource). Their recent level is set to it, so the change is a
+        step as it would have been had the engine been running; the first evaluation takes
+        every other series at its current value, so a restart does not report every series.
+        """
+        if self.hour is not None:
+            raise ValueError("seed_changes is for a start: values were evaluated already")
+        b = np.asarray(before, dtype=np.float64)
+        if b.shape != idx.shape:
+            raise ValueError("seed_changes needs one level per series index")
+        self.first_hour[idx] = np.where(self.seen[idx], self.first_hour[idx], int(now // HOUR_S))
+        self.seen[idx] = True
+        self.recent[idx] = nan_to(b, 0.0)
+        # Absent from now on, not since ever: one not served yet is kept, not evicted.
+        self.last_seen[idx] = np.fmax(self.last_seen[idx], now)
+        # The first evaluation then counts from `now`, not as a whole hour, so the level
+        # does not jump to the current value before the step is seen.
+        self.last_time = now
+
     def _close_hours(self, new_hour: int) -> None:
         assert self.hour is not None
         n = self.size
