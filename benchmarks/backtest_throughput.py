@@ -5,12 +5,14 @@
 Generates a sample (about 4,000 rows per resource over 8 weeks), then times reading it into
 the cost matrix and running detection and attribution over every level, three times each,
 reporting medians of wall and CPU time. The machine is shared (2 cores, other engineers'
-tests running): figures are noisy, CPU time is the steadier one.
+tests running): figures are noisy, CPU time is the steadier one (yet it grows with the load
+too: caches and cores are shared), so the load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"Backtest throughput: {rows:,} FOCUS rows, {args.weeks} weeks hourly "
             "(noisy shared machine; medians of "
-            f"{args.repeat})"
+            f"{args.repeat}; load average {os.getloadavg()[0]:.2f})"
         )
         print(f"{'stage':<34}{'wall s':>9}{'cpu s':>9}{'rows/s (wall)':>16}{'rows/s (cpu)':>15}")
         for name, path in (("parquet", parquet), ("csv", csv_path)):
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{rows / total_wall:>16,.0f}{rows / total_cpu:>15,.0f}"
             )
             print(f"  ({len(matrix.resources):,} resources, {matrix.rates.shape[1]:,} intervals)")
+        print(f"(load average at the end {os.getloadavg()[0]:.2f}; target 300,000 rows/s)")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def _team_column(table: pa.Table) -> tuple[list[str], I64]:
         labels: dict[str, int] = {}
         rows = [labels.setdefault(_team(v), len(labels)) for v in table.column("Tags").to_pylist()]
         return list(labels), np.asarray(rows, dtype=np.int64)
-    if "Tags" in table.column_names:
+    if "Tags" in table.column_names and not pa.types.is_dictionary(table.column("Tags").type):
         table = table.set_column(
             table.column_names.index("Tags"), "Tags", pc.cast(table.column("Tags"), pa.string())
         )
@@ -141,10 +141,16 @@ def _keys(table: pa.Table) -> tuple[list[tuple[str, ...]], I64]:
         _team_column(table),
         _encoded(table, "ResourceId", _text("")),
     ]
-    # One integer per distinct combination, renumbered after each column so it stays small.
+    # One integer per distinct combination (mixed radix: one sort for all columns, not one
+    # per column), renumbered only when it could overflow.
     combo = np.zeros(table.num_rows, dtype=np.int64)
+    size = 1
     for labels, rows in columns:
-        combo = np.unique(combo * len(labels) + rows, return_inverse=True)[1].ravel()
+        if size * len(labels) >= 1 << 62:
+            combo = np.unique(combo, return_inverse=True)[1].ravel()
+            size = int(combo.max()) + 1
+        combo = combo * len(labels) + rows
+        size *= len(labels)
     firsts, rank = _first_seen(combo)
     index: dict[tuple[str, ...], int] = {}
     local = []
@@ -188,6 +194,8 @@ def _rows(path: Path, errors: RowErrors) -> _Rows:
         ["ChargePeriodStart", cost_col],
         errors,
         must_exist=MUST_EXIST,
+        # Dictionary-encoded as a Parquet file stores them: the keys are encoded anyway.
+        dictionary=[*MUST_EXIST, *OPTIONAL],
     ):
         rejected = batch.rejected.filter(pc.is_valid(batch.rejected.column("ChargePeriodStart")))
         for table, good in ((batch.table, True), (rejected, False)):

@@ -12,7 +12,7 @@ first examples kept for the message.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,6 +221,8 @@ def parse_timestamps(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Epoch seconds (int64) of timestamps of any accepted shape; null where missing or not a
     timestamp. Naive values are UTC."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        return pc.take(parse_timestamps(arr.dictionary), arr.indices)
     if pa.types.is_timestamp(arr.type):
         if arr.type.tz is None:
             arr = pc.assume_timezone(arr, "UTC")
@@ -246,6 +248,8 @@ def parse_timestamps(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 def parse_numbers(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """float64; null where missing or not a decimal number (text such as `n/a`, `inf`)."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        return pc.take(parse_numbers(arr.dictionary), arr.indices)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         # Integers beyond 2**53 lose their last digits as floats: a cost, not an id.
         out = pc.cast(arr, pa.float64(), safe=False)
@@ -271,8 +275,31 @@ def canonical_names(names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _raw_batches(path: Path, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-    """Batches of the wanted columns (canonical names), CSV values all as text."""
+def _rebatched(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Batches of exactly BATCH_ROWS rows (the last one shorter). Dictionary-encoded reads
+    end a batch at every row group (each has its own dictionary); the plain read does not,
+    and where batches end decides which rows are read together (the backtest orders its
+    resources by first appearance per batch), so both must cut alike."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= BATCH_ROWS:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, BATCH_ROWS)
+            pending = table.slice(BATCH_ROWS).to_batches()
+            rows -= BATCH_ROWS
+    if rows:
+        yield pa.Table.from_batches(pending)
+
+
+def _raw_batches(
+    path: Path, columns: Sequence[str], dictionary: Sequence[str] = ()
+) -> Iterator[pa.RecordBatch | pa.Table]:
+    """Batches of the wanted columns (canonical names), CSV values all as text. The text
+    columns of a Parquet file named in `dictionary` come dictionary-encoded, as stored: no
+    string per row is made (the caller must accept dictionary arrays)."""
     if not path.is_file():
         raise BillingFileError(f"{path}: no such file")
     fmt = file_format(path.name)
@@ -282,7 +309,15 @@ def _raw_batches(path: Path, columns: Sequence[str]) -> Iterator[pa.RecordBatch]
             pf = pq.ParquetFile(path)
             names = canonical_names(pf.schema_arrow.names)
             present = {f: c for f, c in names.items() if c in wanted}
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=list(present)):
+            types = {f: pf.schema_arrow.field(f).type for f in present}
+            text = (pa.string(), pa.large_string())
+            encoded = [f for f, c in present.items() if c in dictionary and types[f] in text]
+            if encoded:
+                pf = pq.ParquetFile(path, read_dictionary=encoded)
+            batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=list(present))
+            # (Columns written as dictionaries are read as dictionaries anyway.)
+            dictionaries = encoded or any(pa.types.is_dictionary(t) for t in types.values())
+            for batch in _rebatched(batches) if dictionaries else batches:
                 yield batch.rename_columns([present[n] for n in batch.schema.names])
         elif fmt == "csv":
             with pacsv.open_csv(pa.input_stream(path, compression="detect")) as probe:
@@ -342,12 +377,15 @@ def read_focus(
     *,
     must_exist: Sequence[str] = (),
     source: str = "",
+    dictionary: Sequence[str] = (),
 ) -> Iterator[FocusBatch]:
     """The usable rows of a FOCUS file, batch by batch.
 
     `columns`: the FOCUS columns wanted (absent ones are left out); `required`: columns that
     must exist and hold a value on every usable row; `must_exist`: columns that must exist but
-    may be null. Raises BillingFileError when a required
+    may be null; `dictionary`: text columns a Parquet file may hand over dictionary-encoded
+    (timestamps and numbers are parsed once per distinct value either way). Raises
+    BillingFileError when a required
     column is missing or the file cannot be read; bad rows go to `errors` (one reason per
     row, the first that applies) and never stop the others.
     """
@@ -355,7 +393,8 @@ def read_focus(
     if missing:
         raise BillingFileError(f"{path}: not a FOCUS file, missing columns {missing}")
     offset = 0
-    for batch in _raw_batches(path, [*dict.fromkeys([*required, *must_exist, *columns])]):
+    wanted = [*dict.fromkeys([*required, *must_exist, *columns])]
+    for batch in _raw_batches(path, wanted, dictionary):
         yield normalize_batch(batch, required, errors, offset=offset, source=source or path.name)
         offset += batch.num_rows
 

@@ -195,20 +195,31 @@ def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int
 
     numpy's nanmedian warns on empty rows and is several times slower on short rows. One sort
     of the whole array (NaN sorts last) and the middle values picked per row: np.partition
-    needs one position for every row, and rows hold different counts.
+    needs one position for every row, and rows hold different counts (with two positions it
+    is also slower than numpy's vectorised sort on rows this short).
     """
-    count = np.count_nonzero(~np.isnan(a), axis=-1)
     if a.shape[-1] == 0:
-        return np.full(a.shape[:-1], np.nan), count
-    # Rows flattened: plain integer indexing is cheaper than take_along_axis on small arrays.
-    ordered = np.sort(a, axis=-1).reshape(-1, a.shape[-1])
-    flat = count.reshape(-1)
-    rows = np.arange(flat.size)
-    med = (
-        ordered[rows, np.maximum((flat - 1) // 2, 0)].astype(np.float64) + ordered[rows, flat // 2]
-    ).reshape(count.shape) / 2.0
-    med[count == 0] = np.nan
-    return med, count
+        return np.full(a.shape[:-1], np.nan), np.zeros(a.shape[:-1], dtype=np.int64)
+    return sorted_medians(np.sort(a, axis=-1))
+
+
+def sorted_medians(ordered: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
+    """`nanmedian_rows` of rows already sorted (NaN last)."""
+    width = ordered.shape[-1]
+    flat = ordered.reshape(-1, width)
+    # Full rows (most of a warm detector's) have their middle at fixed columns; only rows
+    # ending in NaN hold fewer values, and only those are counted and picked one by one.
+    count = np.full(flat.shape[0], width, dtype=np.int64)
+    med = (flat[:, (width - 1) // 2].astype(np.float64) + flat[:, width // 2]) / 2.0
+    gappy = np.flatnonzero(np.isnan(flat[:, -1]))
+    if gappy.size:
+        c = np.count_nonzero(~np.isnan(flat[gappy]), axis=1)
+        count[gappy] = c
+        # Plain integer indexing is cheaper than take_along_axis on small arrays. An empty
+        # row's middles are NaN (index -1 and 0 of a row of NaN), so its median is NaN.
+        lo = flat[gappy, (c - 1) // 2].astype(np.float64)
+        med[gappy] = (lo + flat[gappy, c // 2]) / 2.0
+    return med.reshape(ordered.shape[:-1]), count.reshape(ordered.shape[:-1])
 
 
 class Engine:
@@ -230,20 +241,17 @@ class Engine:
         self.interval_s = math.inf
         self.capacity = 0
         self._alloc(max(16, capacity))
-        # Column lags of `_refresh_baselines` (see there), fixed by history_weeks.
-        self._recent_lags = np.arange(1, SCALE_WINDOW_H + DAY_H + 1)
+        # Column lags of the short windows of `_refresh_baselines` (see there), fixed by
+        # history_weeks.
         weeks = cfg.history_weeks
-        block_lags = np.zeros((weeks + 3, DAY_H), dtype=np.int64)
-        self._block_pad = np.zeros(block_lags.shape, dtype=bool)
-        for w in range(weeks + 1):
-            block_lags[w] = w * WEEK_H + np.arange(1, DAY_H + 1)
-        for row, lags in (
-            (weeks + 1, range(DAY_H, 7 * DAY_H + 1, DAY_H)),
-            (weeks + 2, range(WEEK_H, WEEK_H * weeks + 1, WEEK_H)),
+        short_lags = np.zeros((2, max(7, weeks)), dtype=np.int64)
+        self._short_pad = np.zeros(short_lags.shape, dtype=bool)
+        for row, lags in enumerate(
+            (range(DAY_H, 7 * DAY_H + 1, DAY_H), range(WEEK_H, WEEK_H * weeks + 1, WEEK_H))
         ):
-            block_lags[row, : len(lags)] = lags
-            self._block_pad[row, len(lags) :] = True
-        self._block_lags = block_lags
+            short_lags[row, : len(lags)] = lags
+            self._short_pad[row, len(lags) :] = True
+        self._short_lags = short_lags
 
     # ------------------------------------------------------------------ state
     def _alloc(self, cap: int) -> None:
@@ -454,6 +462,27 @@ class Engine:
         if self.hour is not None:
             self._refresh_baselines(self.hour)
 
+    def seed_changes(self, now: float, idx: npt.NDArray[np.int64], before: npt.ArrayLike) -> None:
+        """At a start, before the first evaluation: the series of `idx` changed within
+        `day0_window_s` before `now`, from the levels `before` (0 or NaN: the series did not
+        exist, e.g. a new resource). Their recent level is set to it, so the change is a
+        step as it would have been had the engine been running; the first evaluation takes
+        every other series at its current value, so a restart does not report every series.
+        """
+        if self.hour is not None:
+            raise ValueError("seed_changes is for a start: values were evaluated already")
+        b = np.asarray(before, dtype=np.float64)
+        if b.shape != idx.shape:
+            raise ValueError("seed_changes needs one level per series index")
+        self.first_hour[idx] = np.where(self.seen[idx], self.first_hour[idx], int(now // HOUR_S))
+        self.seen[idx] = True
+        self.recent[idx] = nan_to(b, 0.0)
+        # Absent from now on, not since ever: one not served yet is kept, not evicted.
+        self.last_seen[idx] = np.fmax(self.last_seen[idx], now)
+        # The first evaluation then counts from `now`, not as a whole hour, so the level
+        # does not jump to the current value before the step is seen.
+        self.last_time = now
+
     def _close_hours(self, new_hour: int) -> None:
         assert self.hour is not None
         n = self.size
@@ -493,32 +522,46 @@ class Engine:
     def _cols(self, hour: int, lags: Iterable[int]) -> list[int]:
         return [(hour - lag) % self.hours for lag in lags]
 
+    def _span(self, hour: int, lag: int, width: int) -> npt.NDArray[np.float32]:
+        """The hourly means of the `width` hours up to `lag` hours before `hour` (oldest
+        first) of every series: a view of the ring, or two slices joined where it wraps.
+        Read only. Slices, unlike a gather of columns (`hist[:, cols]`, laid out column by
+        column), keep each series' hours contiguous, which the sorts along them need to be
+        fast."""
+        start = (hour - lag - width + 1) % self.hours
+        hist = self.hist[: self.size]
+        if start + width <= self.hours:
+            return hist[:, start : start + width]
+        return np.concatenate((hist[:, start:], hist[:, : start + width - self.hours]), axis=1)
+
     def _refresh_baselines(self, hour: int) -> None:
         """Every series' baselines and noise for `hour`, from the closed hours before it.
 
         Runs once an hour over every series, so it is most of the detector's time: the
-        history is gathered in two blocks (the last SCALE_WINDOW_H + 1 day of hours, and the
-        short windows padded to one width) and each block is sorted once."""
+        history is read as contiguous spans of the ring (`_span`), the windows of one width
+        are sorted together, and the highest value of the last day comes from its sort."""
         cfg = self.cfg
         n = self.size
         hist = self.hist[:n]
         age_h = hour - self.first_hour[:n]
-
-        # Lags 1..SCALE_WINDOW_H + DAY_H in order: the last day, the warm-up window, the
-        # same hours yesterday (for the noise) and the same hour on each of the last 7 days.
-        recent = hist[:, (hour - self._recent_lags) % self.hours]
-        # The short windows, one per block of DAY_H columns (NaN-padded, which the medians
-        # ignore): the last day, the day before the same hour in each past week, the same
-        # hour over the past days, the same hour over the past weeks.
-        blocks = hist[:, (hour - self._block_lags) % self.hours]
-        blocks[:, self._block_pad] = np.nan
-        med, count = nanmedian_rows(blocks)
         weeks = cfg.history_weeks
+
+        # The last day and the day before the same hour in each past week.
+        days = np.empty((n, weeks + 1, DAY_H), dtype=np.float32)
+        for w in range(weeks + 1):
+            days[:, w] = self._span(hour, w * WEEK_H + 1, DAY_H)
+        days.sort(axis=-1)
+        med, count = sorted_medians(days)
+        # The same hour over the past days and over the past weeks (NaN-padded to one width,
+        # which the medians ignore).
+        short = np.take(hist, (hour - self._short_lags) % self.hours, axis=1)
+        short[:, self._short_pad] = np.nan
+        short_med, short_count = nanmedian_rows(short)
         last_day = med[:, 0]
         # Per past week first, then across weeks: one anomalous week must not move it.
-        past_days, _ = nanmedian_rows(med[:, 1 : weeks + 1])
-        daily, dcount = med[:, weeks + 1], count[:, weeks + 1]
-        weekly, wcount = med[:, weeks + 2], count[:, weeks + 2]
+        past_days, _ = nanmedian_rows(med[:, 1:])
+        daily, dcount = short_med[:, 0], short_count[:, 0]
+        weekly, wcount = short_med[:, 1], short_count[:, 1]
         # The weekly median lags steady growth by weeks: scale it up by how the last day
         # compares with the same hours in past weeks. Only up, and at most by
         # MAX_LEVEL_ADJUST, so an anomaly can neither explain itself away nor make a past
@@ -539,7 +582,7 @@ class Engine:
         if cold.size:
             # The highest value seen so far, not the median: a new series' daily peak is not
             # an anomaly, a value far above anything seen is.
-            window = recent[cold, :STATIC_WINDOW_H]
+            window = self._span(hour, 1, STATIC_WINDOW_H)[cold]
             cnt = np.count_nonzero(~np.isnan(window), axis=1)
             ok = cnt >= cfg.warmup_min_hours
             top = np.nanmax(np.where(ok[:, None], window, 0.0), axis=1)
@@ -552,19 +595,20 @@ class Engine:
                 self.young[cold[ok]] = np.nanmean(np.abs(window[ok] - med[:, None]), axis=1)
             self.mode[cold[ok]] = BASE_STATIC
 
-        self.yesterday[:n] = np.where(age_h >= DAY_H, recent[:, DAY_H - 1], np.nan)
+        self.yesterday[:n] = np.where(age_h >= DAY_H, hist[:, (hour - DAY_H) % self.hours], np.nan)
         # The highest hourly mean of the last day, once a few hours are known: a step must
         # rise above what was normal today, not just above the previous value (a series
         # that spikes every few hours is not stepping up each time).
-        known = count[:, 0] >= cfg.warmup_min_hours
+        # (The last value of the sorted last day.)
+        known = np.flatnonzero((count[:, 0] >= cfg.warmup_min_hours) & (count[:, 0] > 0))
         self.day_max[:n] = np.nan
-        if known.any():
-            self.day_max[:n][known] = np.nanmax(recent[known, :DAY_H], axis=1)
+        self.day_max[known] = days[known, 0, count[known, 0] - 1]
 
         # Noise: day-over-day differences of the last week. Differences remove the daily
         # pattern; the median ignores the few that straddle a weekend or an anomaly.
-        diffs = np.abs(recent[:, :SCALE_WINDOW_H] - recent[:, DAY_H:])
-        mad, dn = nanmedian_rows(diffs)
+        recent = self._span(hour, 1, SCALE_WINDOW_H + DAY_H)
+        diffs = np.subtract(recent[:, DAY_H:], recent[:, :SCALE_WINDOW_H])
+        mad, dn = nanmedian_rows(np.abs(diffs, out=diffs))
         self.scale[:n] = np.where(dn >= MIN_SCALE_POINTS, MAD_TO_SIGMA * mad / math.sqrt(2), np.nan)
 
     # ------------------------------------------------------------------ evaluation

@@ -467,7 +467,10 @@ class Detector:
             return
         try:
             conn = self._db()
-            since = self._changes_since or datetime.fromtimestamp(now - self.cfg.interval_s, tz=UTC)
+            # The first read after a start covers the day-0 window: resources changed while
+            # the detector was down may not be queryable yet either.
+            first = now - max(self.cfg.interval_s, self.cfg.detection.day0_window_s)
+            since = self._changes_since or datetime.fromtimestamp(first, tz=UTC)
             # A little overlap: a batch that committed after our last read may carry a
             # receipt time just before it.
             changed, clock = store.changed_resources(
@@ -537,6 +540,38 @@ class Detector:
             self.engine.seed_history(self.engine.index_of(keys), first_hour, hourly)
             loaded += len(rows)
         return loaded
+
+    def _seed_changes(self, now: float) -> None:
+        """Before the first evaluation after a start: the resources whose change events
+        arrived within the day-0 window are evaluated from their run-rate before the change
+        (a new resource from nothing), as if the detector had been running; every other
+        series is taken at its current value. When PostgreSQL cannot be read, the cycle
+        evaluates without them (alerting does not wait for PostgreSQL): those changes are
+        then taken as existing series, as before this seeding existed."""
+        if "resource" not in self.cfg.levels:
+            return
+        try:
+            conn = self._db()
+            changes = store.changes_within(
+                conn, self.cfg.detection.day0_window_s, self.cfg.event_lookback_s
+            )
+            with translate_errors("end read"):
+                conn.commit()
+        except StoreError as exc:
+            self._db_failed(exc)
+            log.warning("changes before the start not read: evaluating without them")
+            return
+        keys, before = [], []
+        for res, rate in changes:
+            if res.usd_per_hour is None or selector_matches(self.cfg.selector, res.labels) is False:
+                continue
+            # A list rate says nothing of a reconciled series' level; a new series is new.
+            if rate is not None and self.cfg.basis != "list":
+                continue
+            keys.append(SeriesKey.of("resource", res.labels))
+            before.append(0.0 if rate is None else rate)
+        self.engine.seed_changes(now, self.engine.index_of(keys), before)
+        log.info("changes before the start seeded", extra={"series": len(keys)})
 
     # ---------------------------------------------------------------- attribution
     def _drill_down(self, key: SeriesKey, now: float) -> list[Contributor]:
@@ -667,6 +702,8 @@ class Detector:
         except VMError:
             self.metrics.errors.labels("victoriametrics").inc()
             raise
+        if self.engine.hour is None:
+            self._seed_changes(now)
         idx = self.engine.index_of(vector.keys)
         transitions = self.engine.observe(now, idx, np.asarray(vector.values, dtype=np.float64))
         if not self.adopted:

@@ -252,6 +252,29 @@ def changed_resources(
     return [_inventory_resource(r) for r in rows], clock[0]
 
 
+def changes_within(
+    conn: psycopg.Connection[Any], window_s: float, lookback_s: float
+) -> list[tuple[InventoryResource, float | None]]:
+    """Resources with change events received in the last `window_s` (of events of the last
+    `lookback_s` by event time, which bounds the scan), each with its current inventory
+    state and its run-rate before the first of those changes (None: it had none, a new or
+    unpriced resource). Receipt time, not event time: the collector writes a resource's
+    series when it receives the event, so that is when the series changed."""
+    with translate_errors("read recent changes"):
+        rows = conn.execute(
+            f"""
+            select distinct on (e.provider, e.resource_id)
+                {_INVENTORY_LABEL_COLUMNS}, e.usd_per_hour_before
+            from resource_events e join resource_inventory i using (provider, resource_id)
+            where e.event_time > clock_timestamp() - %s * interval '1 second'
+              and e.received_at > clock_timestamp() - %s * interval '1 second'
+            order by e.provider, e.resource_id, e.event_time, e.received_at
+            """,
+            (max(lookback_s, window_s), window_s),
+        ).fetchall()
+    return [(_inventory_resource(r), None if r[10] is None else float(r[10])) for r in rows]
+
+
 def inventory_labels(
     conn: psycopg.Connection[Any], keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], Mapping[str, str]]:

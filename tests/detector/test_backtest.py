@@ -7,9 +7,11 @@ import csv
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -301,3 +303,91 @@ def test_resource_keys_match_the_row_by_row_reference(
     assert len(set(keys)) == len(keys)
     firsts = [codes.tolist().index(k) for k in range(len(keys))]
     assert firsts == sorted(firsts)
+    # Columns as a Parquet file hands them over (dictionary-encoded) give the same keys.
+    encoded = pa.table({n: pc.dictionary_encode(table.column(n)) for n in table.column_names})
+    keys_encoded, codes_encoded = focus._keys(encoded)
+    assert (keys_encoded, codes_encoded.tolist()) == (keys, codes.tolist())
+
+
+_stamp = st.sampled_from(["2026-10-01T00:00:00Z", "2026-10-01 01:00:00", "yesterday", "", None])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30),
+            _label,
+            _label,
+            st.sampled_from(["1.5", "ten", "", None, "1e3", "-2"]),
+            _tags,
+            _stamp,
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 7),
+    st.integers(1, 20),
+    st.booleans(),
+)
+def test_parquet_text_read_dictionary_encoded_gives_the_same_matrix(
+    rows: list[tuple[int, str | None, str | None, str | None, str | None, str | None]],
+    group_rows: int,
+    batch_rows: int,
+    stored_encoded: bool,
+) -> None:
+    """Parquet text columns are read as the file stores them (dictionary pages, several row
+    groups, or columns written as dictionaries), without a string per row: the matrix, keys
+    (in the same order: batches are cut alike) and rejected rows are the ones the plain text
+    read gives."""
+    import tempfile
+
+    from lambdas.billing import focus as reader
+    from lambdas.billing.focus import read_focus
+
+    def stamp(h: int) -> str:
+        return f"2026-10-{1 + h // 24:02d}T{h % 24:02d}:00:00Z"
+
+    columns: dict[str, list[str | None]] = {
+        "ChargePeriodStart": [stamp(r[0]) if i % 5 else r[5] for i, r in enumerate(rows)],
+        "ChargePeriodEnd": [stamp(r[0] + 1) for r in rows],
+        "ProviderName": [r[1] for r in rows],
+        "BillingAccountId": ["111"] * len(rows),
+        "ServiceName": [r[2] for r in rows],
+        "ResourceId": [r[2] if i % 3 else r[1] for i, r in enumerate(rows)],
+        "EffectiveCost": [r[3] for r in rows],
+        "Tags": [r[4] for r in rows],
+    }
+    table = pa.table({n: pa.array(v, pa.string()) for n, v in columns.items()})
+    encoded = pa.table({n: pc.dictionary_encode(table.column(n)) for n in table.column_names})
+    with tempfile.TemporaryDirectory() as tmp:
+        plain, subject = Path(tmp) / "plain.parquet", Path(tmp) / "x.parquet"
+        pq.write_table(table, plain, row_group_size=group_rows)
+        pq.write_table(encoded if stored_encoded else table, subject, row_group_size=group_rows)
+
+        def load(path: Path) -> focus.CostMatrix | str:
+            try:
+                return focus.load([path])
+            except focus.FocusError as exc:
+                return str(exc).replace(path.name, "?")
+
+        def plain_read(*args: Any, dictionary: object = (), **kwargs: Any) -> Any:
+            return read_focus(*args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(reader, "BATCH_ROWS", batch_rows)
+            got = load(subject)
+            # The reference: every text column decoded to one string per row.
+            mp.setattr(focus, "read_focus", plain_read)
+            want = load(plain)
+    if isinstance(want, str) or isinstance(got, str):
+        assert got == want
+        return
+    assert got.resources == want.resources
+    np.testing.assert_array_equal(got.rates, want.rates)
+    assert (got.start_s, got.interval_s) == (want.start_s, want.interval_s)
+    assert (got.rows_read, got.rows_used, got.rejected) == (
+        want.rows_read,
+        want.rows_used,
+        want.rejected,
+    )

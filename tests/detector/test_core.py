@@ -97,6 +97,41 @@ def test_series_present_at_the_first_evaluation_are_not_new() -> None:
     assert engine.observe(T0, idx, [500.0, 900.0]) == []
 
 
+def test_at_a_start_series_that_changed_within_the_window_step_from_their_level_before() -> None:
+    # A restart: KEY was created (nothing before) and OTHER resized from 100 $/h while the
+    # engine was down, THIRD is an old series that did not change. Before seeding, the first
+    # evaluation took all three at their current values and reported nothing.
+    third = SeriesKey.of("account", {"provider": "aws", "billing_account_id": "333"})
+    engine = Engine(DetectionConfig())
+    engine.seed_changes(T0 - 5.0, engine.index_of([KEY, OTHER]), [float("nan"), 100.0])
+    out = engine.observe(T0, engine.index_of([KEY, OTHER, third]), [40.0, 180.0, 900.0])
+    steps = {t.key: (t.kind, t.rule, t.expected, t.observed) for t in out}
+    assert steps == {
+        KEY: ("opened", "day0_step", 0.0, 40.0),
+        OTHER: ("opened", "day0_step", 100.0, 180.0),
+    }
+    # ... and the step is followed as if the engine had been running: still open 3 s later.
+    assert engine.observe(T0 + 3, engine.index_of([KEY, OTHER, third]), [40.0, 180.0, 900.0]) == []
+    assert {i.key for i in engine.open_incidents()} == {KEY, OTHER}
+
+
+def test_a_seeded_series_not_served_yet_is_kept_and_steps_when_it_appears() -> None:
+    engine = Engine(DetectionConfig(evict_after_s=60.0, stale_after_s=60.0))
+    engine.seed_changes(T0, engine.index_of([KEY]), [0.0])
+    engine.observe(T0 + 3, engine.index_of([OTHER]), [10.0])
+    [t] = engine.observe(T0 + 6, engine.index_of([OTHER, KEY]), [10.0, 40.0])
+    assert (t.key, t.expected, t.observed) == (KEY, 0.0, 40.0)
+
+
+def test_changes_are_seeded_only_before_the_first_evaluation() -> None:
+    engine = Engine(DetectionConfig())
+    run(engine, [100.0])
+    with pytest.raises(ValueError, match="start"):
+        engine.seed_changes(T0 + 3, engine.index_of([KEY]), [0.0])
+    with pytest.raises(ValueError, match="one level per series"):
+        Engine(DetectionConfig()).seed_changes(T0, engine.index_of([KEY]), [0.0, 1.0])
+
+
 def test_a_daily_ramp_is_not_a_step_once_yesterday_is_known() -> None:
     engine = Engine(DetectionConfig(warmup_static_ratio=5.0))
     # Night 20 $/h, day 80 $/h: a +300 % ramp at 08:00 every day.
@@ -581,3 +616,20 @@ def test_refreshed_baselines_match_the_reference_value_for_value(seed: int) -> N
         want = _reference_baselines(engine, hour)
         for name, values in want.items():
             np.testing.assert_array_equal(getattr(engine, name)[:n], values, err_msg=name)
+
+
+def test_spans_of_the_ring_are_the_hours_before_in_order_at_every_wrap() -> None:
+    """`_span` (slices, joined where the ring wraps) holds the same hours as a gather of the
+    lagged columns, oldest first, for every position of the hour in the ring."""
+    engine = Engine(DetectionConfig(), capacity=4)
+    engine.index_of(
+        [
+            SeriesKey.of("account", {"provider": "aws", "billing_account_id": str(i)})
+            for i in range(3)
+        ]
+    )
+    engine.hist[:3] = np.arange(3 * engine.hours, dtype=np.float32).reshape(3, -1)
+    for hour in range(10 * engine.hours, 11 * engine.hours + 1):
+        for lag, width in ((1, 24), (1, 192), (3 * 168 + 1, 24), (1, engine.hours)):
+            want = engine.hist[:3, [(hour - lag - k) % engine.hours for k in range(width)][::-1]]
+            np.testing.assert_array_equal(engine._span(hour, lag, width), want)
