@@ -15,12 +15,11 @@ Three rules, one incident per series:
   estimate; during warm-up a static threshold above the highest value seen so far.
 - budgets are not here: they are rendered as vmalert rules (`lambdas.detector.rules`).
 
-Opt-in (`record_rank` > 0): an incident opens only on a value above the series' record,
-`record_margin` x the `record_rank`-th highest daily high of the last RECORD_DAYS days (of
-the value for day-0, of the residual above the seasonal baseline for the seasonal rule;
-values inside incidents left out), so a series that spikes every few days does not report
-its everyday spikes. Off by default: on the real corpus it lost more recall than it saved
-false incidents on the evaluation part (docs/detection.md, "Record").
+The record (`record_rank` > 0, 2 by default): an incident opens only on a value above the
+series' record, `record_margin` x the `record_rank`-th highest daily high of the last
+RECORD_DAYS days (of the value for day-0, of the residual above the seasonal baseline for the
+seasonal rule; every value counts, so false alarms teach it the routine spikes), so a series
+that spikes every few days does not report its everyday spikes (docs/detection.md, "Record").
 
 Every rule needs an increase that is material twice over: at least the level's absolute
 floor in $/h and at least `min_relative_increase` of the series' own level. The noise a
@@ -775,14 +774,12 @@ class Engine:
         self.level[i] = np.where(np.isnan(lvl), v, lvl + a_level * (v - lvl))
         warm = np.isfinite(self.exp_seasonal[i])
         self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
-        # Today's highs for the record, outside incidents: an anomaly that was reported does
-        # not raise the bar for the next one.
+        # Today's highs for the record, incidents included: at rank 2 one reported anomaly
+        # does not raise the bar, and a routine spike that alerted once teaches it.
         if self.cfg.record_rank > 0:
-            keep = np.ones(i.size, dtype=bool)
-            ki = i[keep]
-            self.day_vmax[ki] = np.fmax(self.day_vmax[ki], v[keep])
-            resid = np.where(warm, v - self.exp_seasonal[i], np.nan)[keep]
-            self.day_rmax[ki] = np.fmax(self.day_rmax[ki], resid)
+            self.day_vmax[i] = np.fmax(self.day_vmax[i], v)
+            resid = np.where(warm, v - self.exp_seasonal[i], np.nan)
+            self.day_rmax[i] = np.fmax(self.day_rmax[i], resid)
         self._evict(now)
         self._evict(now)
         return out

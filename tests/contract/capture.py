@@ -269,6 +269,8 @@ def capture(pg_dsn: str, vm_url: str, alertmanager_url: str) -> list[dict[str, A
     try:
         writer.apply(baseline)
         wait_settled(detector, writer)
+        # Two cycles: series already there at a start are judged from their second value on.
+        detector.cycle(time.time())
         detector.cycle(time.time())
         writer.apply(changes)
         wait_settled(detector, writer)

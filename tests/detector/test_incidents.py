@@ -92,6 +92,9 @@ def test_a_restarted_detector_adopts_open_incidents_and_resolves_them_when_cost_
 ) -> None:
     first = Detector(settings)
     account.write(100.0, **{"i-big": 100.0})
+    # Two values first: a series already there at a start is judged from its second value
+    # on (core.UNKNOWN_PAST_VALUES); a changed resource would be seeded from its event.
+    first.cycle(time.time())
     first.cycle(time.time())
     account.write(300.0, **{"i-big": 300.0})
     first.cycle(time.time())

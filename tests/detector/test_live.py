@@ -321,6 +321,8 @@ def test_an_escalation_is_still_one_alert_in_alertmanager_and_one_row(
     detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
 ) -> None:
     account.write(100.0)
+    # Series already there at a start are judged from their second value on.
+    detector.cycle(time.time())
     detector.cycle(time.time())
     account.write(130.0)  # +30 $/h: a warning
     [opened] = [t for t in detector.cycle(time.time()) if t.key.level == "team"]
@@ -417,6 +419,7 @@ def test_an_alert_alertmanager_refuses_does_not_take_the_others_with_it(
     detector: Detector, account: Account, alertmanager_url: str
 ) -> None:
     account.write(100.0)
+    detector.cycle(time.time())
     detector.cycle(time.time())
     bad = {"labels": {"alertname": ""}, "annotations": {}}  # Alertmanager: 400
     detector.unsent = [bad]
@@ -549,6 +552,7 @@ def test_alerts_and_rows_wait_out_alertmanager_and_postgres_outages(
     detector.cfg = replace(real_cfg, pg_dsn=f"postgresql://cct@127.0.0.1:{closed}/cct")
 
     account.write(100.0)
+    detector.cycle(time.time())
     detector.cycle(time.time())
     account.write(250.0)
     opened = detector.cycle(time.time())
