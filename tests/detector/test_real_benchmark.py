@@ -4,12 +4,21 @@ margin is only as sure as the series behind it."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.detector_real import Label, Tally, bootstrap_margins, f1_of, score
+from benchmarks.detector_real import (
+    SOURCES,
+    Label,
+    Tally,
+    bootstrap_margins,
+    f1_of,
+    read_corpus,
+    score,
+)
 
 counts = st.tuples(*(st.integers(0, 50) for _ in range(4)))
 
@@ -54,3 +63,25 @@ def test_detections_inside_one_label_count_once_in_recall() -> None:
     labels = [Label(0.0, 100.0, True), Label(1000.0, 1100.0, False)]
     t = score([10.0, 20.0, 1050.0, 5000.0], labels, grace_s=50.0, months=1.0)
     assert (t.labels, t.detected, t.matched, t.false) == (1, 1, 2, 1)
+
+
+def test_corpus_reads_every_archive_and_joins_split_series() -> None:
+    """Every archive in benchmarks/data is named in SOURCES and read; a KPI kept as train
+    and test files is one series in time order; both parts of every source have series."""
+    data = Path(__file__).parents[2] / "benchmarks" / "data"
+    sources_text = (data / "SOURCES").read_text()
+    archives = sorted(p.name for p in data.glob("*.tar.xz"))
+    assert archives == sorted(SOURCES)
+    assert all(a in sources_text for a in archives)
+    corpus = read_corpus()
+    names = [c.name for c in corpus]
+    assert len(names) == len(set(names)) == 70
+    for c in corpus:
+        assert len(c.values) == len(c.labels) == c.times.size == len(c.stamps)
+        # Time order; a few source files repeat a timestamp (kept: two billing rows of one
+        # period, whose costs add up).
+        assert np.all(np.diff(c.times) >= 0), c.name
+    kpis = [c for c in corpus if c.source.startswith("aiops-2018")]
+    assert len(kpis) == 7 and all(c.times[-1] - c.times[0] > 60 * 86400 for c in kpis)
+    for source in {c.source for c in corpus}:
+        assert {c.part for c in corpus if c.source == source} == {"tune", "eval"}
