@@ -12,9 +12,9 @@ each source, series in name order alternate between the tuning part (defaults we
 on it) and the evaluation part (the figures to report).
 
 Labels are runs of labeled points (runs closer than 3 points merged). A labeled run whose
-values stay at or below the median of the hour before it is a decrease: cost decreases are
-not reported by default, so a decrease counts in no one's recall, and an alert inside it is
-not false either.
+value farthest from the median of the hour before it lies below that median is a decrease:
+cost decreases are not reported by default, so a decrease counts in no one's recall, and an
+alert inside it is not false either.
 
 Scores per source, side by side in the same run:
 - cct: `lambdas.backtest.run.backtest` with the default `DetectionConfig` (resource level);
@@ -227,14 +227,18 @@ def labels_of(c: Corpus, times: npt.NDArray[np.int64], values: F64, step: int) -
         else:
             runs.append([i, i])
     # Direction against the hour before the label (at least 3 values): a daily pattern
-    # must not make a night-time spike look like a decrease.
+    # must not make a night-time spike look like a decrease. It is the sign of the value
+    # farthest from that reference, not whether any value rose above it: in a long dip of
+    # noisy 1- or 5-minute data some value always does.
     span = max(3, 3600 // step)
     for a, b in runs:
         before = values[max(0, a - span) : a]
         inside = values[a : b + 1]
         ref = np.nanmedian(before) if np.isfinite(before).any() else np.nan
-        peak = np.nanmax(inside) if np.isfinite(inside).any() else np.nan
-        increase = not (np.isfinite(ref) and np.isfinite(peak) and peak <= ref)
+        dev = inside - ref
+        ok = np.isfinite(dev)
+        far = dev[ok][np.argmax(np.abs(dev[ok]))] if ok.any() else np.nan
+        increase = not (np.isfinite(far) and far <= 0)
         out.append(Label(float(times[a]), float(times[b]), increase))
     return out
 

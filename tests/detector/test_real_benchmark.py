@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from benchmarks.detector_real import (
     SOURCES,
+    Corpus,
     Label,
     Tally,
     bootstrap_margins,
     f1_of,
+    labels_of,
     read_corpus,
     score,
 )
@@ -85,3 +87,28 @@ def test_corpus_reads_every_archive_and_joins_split_series() -> None:
     assert len(kpis) == 7 and all(c.times[-1] - c.times[0] > 60 * 86400 for c in kpis)
     for source in {c.source for c in corpus}:
         assert {c.part for c in corpus if c.source == source} == {"tune", "eval"}
+
+
+def _labelled(values: list[float], flagged: range, step: int = 300) -> list[Label]:
+    times = np.arange(len(values), dtype=np.int64) * step
+    c = Corpus(
+        name="x",
+        source="s",
+        times=times,
+        stamps=[""] * len(values),
+        values=[str(v) for v in values],
+        labels=[int(n in flagged) for n in range(len(values))],
+    )
+    return labels_of(c, times, np.asarray(values, dtype=np.float64), step)
+
+
+def test_label_direction_is_the_farthest_value_not_any_value_above() -> None:
+    normal = [10.0, 11.0, 9.0] * 8
+    # A long dip of noisy 5-minute data with one value just above the hour before.
+    dip = [3.0, 2.0, 10.6, 4.0, 3.0, 2.5, 3.5, 2.0]
+    (down,) = _labelled(normal + dip + normal, range(24, 32))
+    assert not down.increase
+    # A spike, even inside a labeled window that dips a little around it.
+    spike = [9.0, 8.0, 40.0, 8.5, 9.0]
+    (up,) = _labelled(normal + spike + normal, range(24, 29))
+    assert up.increase
