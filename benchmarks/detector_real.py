@@ -119,11 +119,14 @@ class Tally:
         self.months += other.months
         self.delays_h += other.delays_h
 
+    def counts(self) -> tuple[int, int, int, int]:
+        return self.labels, self.detected, self.matched, self.false
+
     def row(self) -> tuple[float, float, float, float, float]:
         n = self.matched + self.false
         p = self.matched / n if n else float("nan")
         r = self.detected / self.labels if self.labels else float("nan")
-        f1 = 2 * p * r / (p + r) if n and p + r > 0 else 0.0
+        f1 = float(f1_of(np.array([self.counts()]))[0])
         delay = statistics.median(self.delays_h) if self.delays_h else float("nan")
         return p, r, f1, delay, self.false / self.months if self.months else 0.0
 
@@ -156,14 +159,16 @@ def read_corpus() -> list[Corpus]:
                 rows = list(csv.reader(io.TextIOWrapper(fh, "utf-8")))[1:]
                 name = f"{archive.split('.')[0]}/{member.name.rsplit('/', 1)[-1]}"
                 series.setdefault((name, source), []).extend(rows)
-        for (name, source), rows in series.items():
-            rows.sort(key=lambda r: _epoch(r[0]))
+        for (name, source), found in series.items():
+            epochs = [_epoch(r[0]) for r in found]
+            order = sorted(range(len(found)), key=epochs.__getitem__)
+            rows = [found[n] for n in order]
             stamps = [r[0] for r in rows]
             out.append(
                 Corpus(
                     name=name,
                     source=source,
-                    times=np.array([_epoch(s) for s in stamps], dtype=np.int64),
+                    times=np.array([epochs[n] for n in order], dtype=np.int64),
                     # Epoch seconds become ISO text: the reader gets a timestamp shape.
                     stamps=[
                         datetime.fromtimestamp(int(s), UTC).isoformat() if s.isdigit() else s
@@ -407,19 +412,19 @@ class Margin:
     ahead: float  # share of resamples where CCT's F1 is higher
 
 
+DRAWS = 2000
+
+
 def _resampled_f1(rows: Sequence[dict[str, Tally]], name: str, pick: npt.NDArray[np.int64]) -> F64:
     """F1 of `name` for each resample (a row of `pick`: indices into `rows`)."""
-    counts = np.array(
-        [[r[name].labels, r[name].detected, r[name].matched, r[name].false] for r in rows],
-        dtype=np.int64,
-    )
+    counts = np.array([r[name].counts() for r in rows], dtype=np.int64)
     return f1_of(counts[pick].sum(axis=1))
 
 
 def bootstrap_margins(
     results: Sequence[tuple[str, dict[str, Tally]]],
     baselines: Sequence[str] = ("rolling z>3", "rolling z>10"),
-    draws: int = 2000,
+    draws: int = DRAWS,
     seed: int = 0,
 ) -> list[Margin]:
     """How sure the per-source comparison is: the series of a source are resampled with
@@ -444,7 +449,7 @@ def bootstrap_margins(
 
 def print_margins(margins: Sequence[Margin]) -> None:
     print(
-        "\nF1 of cct minus the baseline's, series resampled with replacement (2000 draws): "
+        f"\nF1 of cct minus the baseline's, series resampled with replacement ({DRAWS} draws): "
         "median [5%, 95%] and the share of draws where cct is ahead"
     )
     print(f"{'source':<40}{'series':>7}  {'baseline':<13}{'median':>8}{'interval':>18}{'ahead':>8}")

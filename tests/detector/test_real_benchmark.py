@@ -26,12 +26,19 @@ counts = st.tuples(*(st.integers(0, 50) for _ in range(4)))
 
 
 @given(counts)
-def test_vectorised_f1_is_the_tables(c: tuple[int, int, int, int]) -> None:
+def test_f1_is_the_harmonic_mean_of_incident_precision_and_label_recall(
+    c: tuple[int, int, int, int],
+) -> None:
     labels, detected, matched, false = c
-    t = Tally(labels=labels, detected=min(detected, labels), matched=matched, false=false)
-    want = t.row()[2]
-    got = float(f1_of(np.array([[t.labels, t.detected, t.matched, t.false]]))[0])
-    assert math.isclose(want, got)
+    detected = min(detected, labels)
+    got = float(f1_of(np.array([[labels, detected, matched, false]]))[0])
+    if not labels or not matched:
+        assert got == 0.0
+        return
+    p, r = matched / (matched + false), detected / labels
+    assert math.isclose(got, 2 * p * r / (p + r) if p + r else 0.0)
+    t = Tally(labels=labels, detected=detected, matched=matched, false=false)
+    assert t.row()[2] == got
 
 
 def _series(cct: Tally, z: Tally) -> dict[str, Tally]:
