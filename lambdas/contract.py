@@ -32,8 +32,13 @@ SOURCES = (SOURCE_DETECTOR, SOURCE_BUDGET)
 
 LEVELS = ("account", "service", "team", "resource")
 SEVERITIES = ("info", "warning", "critical")
-# The detector's rules plus the budget rule of vmalert.
-RULES = ("day0_step", "seasonal", "budget")
+# The detector's rules (docs/detection.md) plus the budget rule of vmalert.
+RULE_DAY0_STEP = "day0_step"
+RULE_SEASONAL = "seasonal"
+RULE_LOCAL_STEP = "local_step"
+RULE_DECREASE = "decrease"
+RULE_BUDGET = "budget"
+RULES = (RULE_DAY0_STEP, RULE_SEASONAL, RULE_LOCAL_STEP, RULE_DECREASE, RULE_BUDGET)
 
 # Resource tags that become labels (matched case-insensitively against the resource's tags).
 # The collector writes them on every series; the detector passes them on; playbook rules may
@@ -175,6 +180,8 @@ def alert_problems(labels: Mapping[str, str], annotations: Mapping[str, str]) ->
         problems.append(f"level {level!r} is not one of {LEVELS}")
     if labels.get("severity") and labels["severity"] not in SEVERITIES:
         problems.append(f"severity {labels['severity']!r} is not one of {SEVERITIES}")
+    if labels.get("rule") and labels["rule"] not in RULES:
+        problems.append(f"rule {labels['rule']!r} is not one of {RULES}")
     if labels.get("source") and labels["source"] not in SOURCES:
         problems.append(f"source {labels['source']!r} is not one of {SOURCES}")
     unknown = sorted(set(labels) - ALL_LABELS)

@@ -102,7 +102,7 @@ class DetectionConfig:
     # A series without a value for this long is forgotten (its history and slot are freed),
     # so resource churn does not grow the detector's memory; if it comes back it is new (a
     # step from nothing). A week keeps a series that pauses every weekend, with its weekly
-    # pattern. Memory is about 2.4 KB per series known within this window. Must be at least
+    # pattern. Memory is about 2.5 KB per series known within this window. Must be at least
     # stale_after_s, so an absent series' incident resolves before it is forgotten.
     evict_after_s: float = 7 * 86400.0
     # Materiality: increases smaller than this never alert, whatever the statistics say (an
@@ -127,6 +127,10 @@ class DetectionConfig:
     # corpus (docs/detection.md, "Record").
     record_rank: int = 2
     record_margin: float = 1.0
+    # The local step rule (1 = on, 0 = off), used only for data every 5 to 59 minutes: a
+    # value above the recent level (day0_window_s) by z x the series' jitter (its typical
+    # change from one value to the next), which hourly means cannot see. docs/detection.md.
+    local_step: int = 1
     # Cost decreases are reported only when this is 1 (as info incidents, never paging).
     report_decreases: int = 0
     # Day-0 step rule (needs no history): a rise of at least X $/h or Y (fraction) within the
@@ -180,8 +184,9 @@ class DetectionConfig:
             raise SettingsError("detection setting record_rank must be in [0, 21]")
         if not self.record_margin > 0:
             raise SettingsError("detection setting record_margin must be > 0")
-        if self.report_decreases not in (0, 1):
-            raise SettingsError("detection setting report_decreases must be 0 or 1")
+        for name in ("report_decreases", "local_step"):
+            if getattr(self, name) not in (0, 1):
+                raise SettingsError(f"detection setting {name} must be 0 or 1")
         if not 0 < self.hold_fraction <= 1:
             raise SettingsError("detection setting hold_fraction must be in (0, 1]")
         if self.evict_after_s < self.stale_after_s:

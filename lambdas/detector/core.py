@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lambdas import contract
 from lambdas.detector.config import SEVERITIES, DetectionConfig, SeriesKey
 
 HOUR_S = 3600
@@ -93,6 +94,16 @@ EXPECTED_FLOOR_USD = 0.01
 # The record: per wall-clock day (UTC), the highest value and the highest residual above the
 # seasonal baseline, for the last RECORD_DAYS completed days.
 RECORD_DAYS = 21
+# The local step rule runs on data at least this far apart (and finer than an hour): its
+# jitter is the change from one value to the next, which for finer data (1 minute, the live
+# detector's seconds) measures noise at a shorter scale than the rule's five minutes (on the
+# tuning part's 1-minute series it doubled the false incidents: docs/detection.md).
+LOCAL_MIN_INTERVAL_S = 300.0
+# The jitter must have been learnt for this long before the rule uses it.
+LOCAL_WARMUP_S = 86400.0
+# A change counts in the running jitter at most this many times the current jitter: one
+# spike moves it a little, a series that has become noisier learns it within hours.
+JITTER_CLIP = 5.0
 # Values a series present at the first evaluation (no history loaded) must have shown before
 # the day-0 rule judges it: a live detector has them in seconds, an export in hours.
 UNKNOWN_PAST_VALUES = 2
@@ -100,14 +111,22 @@ UNKNOWN_PAST_VALUES = 2
 RULE_DAY0 = 1
 RULE_SEASONAL = 2
 RULE_DECREASE = 3
-RULE_NAMES = {RULE_DAY0: "day0_step", RULE_SEASONAL: "seasonal", RULE_DECREASE: "decrease"}
-# Which baseline a series uses (Engine.mode), named as in the alerts' `baseline` annotation.
-BASE_DAY0, BASE_STATIC, BASE_DAILY, BASE_WEEKLY = 0, 1, 2, 3
+RULE_LOCAL = 4
+RULE_NAMES = {
+    RULE_DAY0: contract.RULE_DAY0_STEP,
+    RULE_SEASONAL: contract.RULE_SEASONAL,
+    RULE_DECREASE: contract.RULE_DECREASE,
+    RULE_LOCAL: contract.RULE_LOCAL_STEP,
+}
+# Which baseline a series uses (Engine.mode), named as in the alerts' `baseline` annotation;
+# BASE_RECENT is the local step's (never a mode).
+BASE_DAY0, BASE_STATIC, BASE_DAILY, BASE_WEEKLY, BASE_RECENT = 0, 1, 2, 3, 4
 BASELINE_NAMES = {
     BASE_DAY0: "day0_reference",
     BASE_STATIC: "warmup_static",
     BASE_DAILY: "daily",
     BASE_WEEKLY: "weekly",
+    BASE_RECENT: "recent_level",
 }
 
 F64 = npt.NDArray[np.float64]
@@ -119,10 +138,12 @@ class _Verdicts:
 
     ref: F64  # day-0 reference
     expected: F64  # the baseline of the rule in force (seasonal, warm-up, else day-0)
+    recent: F64  # the local step's reference: the recent level
     z: F64  # robust z-score against the seasonal baseline (NaN while warming up)
-    # The rule an opening incident gets: seasonal when it fires on a warm baseline, or when
-    # it is the only rule firing (warm-up static threshold); day-0 otherwise.
-    prefer_seasonal: npt.NDArray[np.bool_]
+    # The rule an opening increase gets (RULE_*): seasonal when it fires on a warm baseline,
+    # or when it is the only rule firing (warm-up static threshold); local when only the
+    # local step fires; else day-0.
+    opens_as: npt.NDArray[np.int8]
     fire: npt.NDArray[np.bool_]
     hold: npt.NDArray[np.bool_]
     # Decreases (always False unless report_decreases): fire and hold like the above.
@@ -274,6 +295,11 @@ class Engine:
         "bucket_sum": (np.float64, 0.0),
         "bucket_cnt": (np.int32, 0),
         "recent": (np.float64, 0.0),
+        # The local step's jitter: the last value, the running mean absolute change from one
+        # value to the next, and for how long it has been learnt (seconds).
+        "prev": (np.float64, np.nan),
+        "jitter": (np.float64, np.nan),
+        "jitter_s": (np.float64, 0.0),
         "seen": (np.bool_, False),
         "first_hour": (np.int64, 0),
         "exp_seasonal": (np.float64, np.nan),
@@ -321,6 +347,9 @@ class Engine:
     bucket_sum: F64
     bucket_cnt: npt.NDArray[np.int32]
     recent: F64
+    prev: F64
+    jitter: F64
+    jitter_s: F64
     seen: npt.NDArray[np.bool_]
     first_hour: npt.NDArray[np.int64]
     exp_seasonal: F64
@@ -626,26 +655,43 @@ class Engine:
         self.last_time = now
         return first_tick, dt
 
+    def _noise(self, i: npt.NDArray[np.int64], level: F64) -> F64:
+        """The noise: the largest of the robust estimates, never zero for a series with a
+        level."""
+        noise = np.fmax(
+            nan_to(self.scale[i], 0.0),
+            MEAN_ABS_TO_SIGMA * nan_to(self.resid[i], 0.0),
+        )
+        noise = np.fmax(noise, EXPECTILE_TO_SIGMA * nan_to(self.resid_q[i], 0.0))
+        noise = np.fmax(noise, self.cfg.level_noise_ratio * np.abs(level))
+        young = self.young[i]
+        noise = np.fmax(noise, MEAN_ABS_TO_SIGMA * nan_to(young, 0.0))
+        # Before its first hours close, a series' only noise is the range of the values seen
+        # so far (0 for a flat one, so a real step still opens at once).
+        seen_range = nan_to(self.seen_max[i] - self.seen_min[i], 0.0)
+        fresh = np.isnan(young) & np.isnan(self.exp_seasonal[i]) & np.isnan(self.exp_static[i])
+        return np.where(fresh, np.fmax(noise, 0.5 * seen_range), noise)
+
+    def _jitter_noise(self, i: npt.NDArray[np.int64], level: F64) -> F64:
+        """The local step's noise: the jitter as a standard deviation of one value (a change
+        between two values has sqrt 2 times it), at least the level's noise floor; infinite
+        (the rule never fires) when the rule is off, the data's cadence is outside
+        [LOCAL_MIN_INTERVAL_S, 1 h), or the jitter has been learnt for less than a day."""
+        on = self.cfg.local_step == 1 and LOCAL_MIN_INTERVAL_S <= self.interval_s < HOUR_S
+        if not on:
+            return np.full(i.size, np.inf)
+        jitter = MEAN_ABS_TO_SIGMA / math.sqrt(2) * nan_to(self.jitter[i], 0.0)
+        jitter = np.fmax(jitter, self.cfg.level_noise_ratio * np.abs(level))
+        jitter = np.fmax(jitter, EXPECTED_FLOOR_USD)
+        return np.where(self.jitter_s[i] >= LOCAL_WARMUP_S, jitter, np.inf)
+
     def _evaluate(self, i: npt.NDArray[np.int64], v: F64) -> _Verdicts:
         cfg = self.cfg
         k = self.z
         hf = cfg.hold_fraction
         floor = self.floor[i]
         level = nan_to(self.level[i], 0.0)
-        # The noise: the largest of the robust estimates, never zero for a series with a level.
-        noise0 = np.fmax(
-            nan_to(self.scale[i], 0.0),
-            MEAN_ABS_TO_SIGMA * nan_to(self.resid[i], 0.0),
-        )
-        noise0 = np.fmax(noise0, EXPECTILE_TO_SIGMA * nan_to(self.resid_q[i], 0.0))
-        noise0 = np.fmax(noise0, cfg.level_noise_ratio * np.abs(level))
-        young = self.young[i]
-        noise0 = np.fmax(noise0, MEAN_ABS_TO_SIGMA * nan_to(young, 0.0))
-        # Before its first hours close, a series' only noise is the range of the values seen
-        # so far (0 for a flat one, so a real step still opens at once).
-        seen_range = nan_to(self.seen_max[i] - self.seen_min[i], 0.0)
-        fresh = np.isnan(young) & np.isnan(self.exp_seasonal[i]) & np.isnan(self.exp_static[i])
-        noise0 = np.where(fresh, np.fmax(noise0, 0.5 * seen_range), noise0)
+        noise0 = self._noise(i, level)
 
         def material(d: F64, base: F64, f: float) -> npt.NDArray[np.bool_]:
             own = cfg.min_relative_increase * f * np.fmax(np.abs(base), np.abs(level))
@@ -700,22 +746,42 @@ class Engine:
         def decrease(f: float) -> npt.NDArray[np.bool_]:
             return warm & (-z >= k * f) & material(-ds, expected, f)
 
+        # Local step (data every 5 to 59 minutes): above the recent level by z x the jitter.
+        # Hourly means hide what happens within the hour; the change from one value to the
+        # next does not, and it is far smaller than the residuals around an hourly baseline.
+        no = np.zeros(i.size, dtype=bool)
+        recent = self.recent[i]
+        dl = v - recent
+        jitter = self._jitter_noise(i, level)
+
+        def local(f: float) -> npt.NDArray[np.bool_]:
+            return (dl >= k * f * jitter) & material(dl, recent, f) & ~blind
+
         day0_fire = day0(1.0)
         seas_fire = seasonal(1.0)
+        local_fire = local(1.0)
         if cfg.record_rank > 0:
             with np.errstate(invalid="ignore"):
-                # NaN (no record yet) lets the rule through.
+                # NaN (no record yet) lets the rule through. The local step, like the day-0
+                # one, needs a value above the recent daily highs: a series whose values
+                # jump every day (a daily batch, a night-time spike) is not stepping up.
                 day0_fire &= ~(v <= m * rec_v)
+                local_fire &= ~(v <= m * rec_v)
                 seas_fire &= ~(ds <= m * np.fmax(rec_r, 0.0))
-        no = np.zeros(i.size, dtype=bool)
         down = cfg.report_decreases == 1
+        prefer_seasonal = seas_fire & (warm | ~day0_fire)
+        only_local = local_fire & ~day0_fire
+        opens_as = np.where(
+            prefer_seasonal, RULE_SEASONAL, np.where(only_local, RULE_LOCAL, RULE_DAY0)
+        ).astype(np.int8)
         return _Verdicts(
             ref=np.maximum(ref, 0.0),
             expected=np.maximum(expected, 0.0),
+            recent=np.maximum(recent, 0.0),
             z=np.where(warm, z, np.nan),
-            prefer_seasonal=seas_fire & (warm | ~day0_fire),
-            fire=day0_fire | seas_fire,
-            hold=day0_fire | seas_fire | day0(hf) | seasonal(hf),
+            opens_as=opens_as,
+            fire=day0_fire | seas_fire | local_fire,
+            hold=day0_fire | seas_fire | local_fire | day0(hf) | seasonal(hf) | local(hf),
             fire_down=decrease(1.0) if down else no,
             hold_down=decrease(hf) if down else no,
         )
@@ -766,6 +832,12 @@ class Engine:
         self.seen_min[calm] = np.fmin(self.seen_min[calm], calm_v)
         self.seen_max[calm] = np.fmax(self.seen_max[calm], calm_v)
         self.seen_n[i] = np.minimum(self.seen_n[i] + 1, UNKNOWN_PAST_VALUES)
+        # The jitter learns after the evaluation, like the residual noise: a jump is judged
+        # against the jitter before it.
+        if not first_tick and dt > 0:
+            self._learn_jitter(i, v, dt)
+        else:
+            self.prev[i] = v
         # The recent level follows the value with time constant day0_window_s.
         alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
         self.recent[i] += alpha * (v - self.recent[i])
@@ -780,7 +852,6 @@ class Engine:
             self.day_vmax[i] = np.fmax(self.day_vmax[i], v)
             resid = np.where(warm, v - self.exp_seasonal[i], np.nan)
             self.day_rmax[i] = np.fmax(self.day_rmax[i], resid)
-        self._evict(now)
         self._evict(now)
         return out
 
@@ -799,17 +870,13 @@ class Engine:
         step = self.interval_s if math.isfinite(self.interval_s) else 0.0
         lasted = nan_to(now + step - pend, -np.inf) >= cfg.min_duration_s
         # Cooldown: right after an incident, only worse than its peak is a new one.
-        delta_now = v - np.where(verdicts.prefer_seasonal, verdicts.expected, verdicts.ref)
+        delta_now = v - self._baseline_of(verdicts.opens_as, verdicts)
         cooled = (now - self.closed_at[i] >= cfg.cooldown_s) | (np.abs(delta_now) > self.peak[i])
         opening = firing & lasted & cooled & ~self.is_open[i]
         rows = i[opening]
         self.is_open[rows] = True
         is_down = opening & ~verdicts.fire
-        self.rule[rows] = np.where(
-            is_down[opening],
-            RULE_DECREASE,
-            np.where(verdicts.prefer_seasonal[opening], RULE_SEASONAL, RULE_DAY0),
-        )
+        self.rule[rows] = np.where(is_down[opening], RULE_DECREASE, verdicts.opens_as[opening])
         self.started[rows] = pend[opening]
         self.normal_ticks[rows] = 0
         self.peak[rows] = 0.0
@@ -829,13 +896,15 @@ class Engine:
         # the baseline of the rule that opened it.
         open_now = self.is_open[i]
         oi = i[open_now]
-        is_seas = self.rule[oi] != RULE_DAY0
-        self.cur_expected[oi] = np.where(
-            is_seas, verdicts.expected[open_now], verdicts.ref[open_now]
-        )
+        rule = self.rule[oi]
+        self.cur_expected[oi] = self._baseline_of(self.rule[i], verdicts)[open_now]
         self.cur_observed[oi] = v[open_now]
         self.cur_z[oi] = verdicts.z[open_now]
-        self.cur_base[oi] = np.where(is_seas, self.mode[oi], BASE_DAY0)
+        self.cur_base[oi] = np.where(
+            rule == RULE_DAY0,
+            BASE_DAY0,
+            np.where(rule == RULE_LOCAL, BASE_RECENT, self.mode[oi]),
+        )
 
         # Severity follows the incident's current impact but only upwards: a growing ramp
         # escalates, a receding one keeps its severity (no flapping between labels). A
@@ -876,6 +945,30 @@ class Engine:
         n = self.size
         stale = np.flatnonzero(self.is_open[:n] & (now - self.last_seen[:n] > cfg.stale_after_s))
         return [int(r) for r in np.concatenate([closing, stale]).tolist()]
+
+    @staticmethod
+    def _baseline_of(rule: npt.NDArray[np.int8], verdicts: _Verdicts) -> F64:
+        """The value a rule compares against, per evaluated series (`rule` aligned with
+        them): the day-0 reference, the recent level, else the seasonal or warm-up baseline
+        (which decreases use too)."""
+        return np.where(
+            rule == RULE_DAY0,
+            verdicts.ref,
+            np.where(rule == RULE_LOCAL, verdicts.recent, verdicts.expected),
+        )
+
+    def _learn_jitter(self, i: npt.NDArray[np.int64], v: F64, dt: float) -> None:
+        """The running mean absolute change from one value to the next (time constant one
+        day, each change clipped to JITTER_CLIP times it), for the local step rule."""
+        change = np.abs(v - self.prev[i])
+        known = np.isfinite(change)
+        cur = self.jitter[i]
+        change = np.minimum(change, JITTER_CLIP * np.fmax(nan_to(cur, np.inf), EXPECTED_FLOOR_USD))
+        a = 1.0 - math.exp(-dt / RESID_WINDOW_S)
+        learnt = np.where(np.isnan(cur), change, cur + a * (change - cur))
+        self.jitter[i] = np.where(known, learnt, cur)
+        self.jitter_s[i] += np.where(known, dt, 0.0)
+        self.prev[i] = v
 
     def _learn_noise(
         self,

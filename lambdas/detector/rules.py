@@ -142,7 +142,7 @@ def budget_rule(b: Budget, settings: RulesSettings) -> dict[str, Any]:
     labels = {
         "severity": b.severity,
         "level": b.level,
-        "rule": "budget",
+        "rule": contract.RULE_BUDGET,
         "source": contract.SOURCE_BUDGET,
         contract.BUDGET_LABEL: b.name,
     }

@@ -72,6 +72,14 @@ def test_every_recorded_alert_conforms_to_the_contract() -> None:
     assert not explained & reported
 
 
+def test_every_rule_the_detector_can_name_is_in_the_contract() -> None:
+    from lambdas.detector.core import RULE_NAMES
+
+    assert set(RULE_NAMES.values()) | {contract.RULE_BUDGET} == set(contract.RULES)
+    problems = contract.alert_problems({"rule": "spike"}, {})
+    assert f"rule 'spike' is not one of {contract.RULES}" in problems
+
+
 def test_every_playbook_rule_matches_something_the_detector_emits() -> None:
     mapping = load_mapping(PLAYBOOKS)
     matched = {r.id for r in mapping.rules for a in recorded_alerts() if r.accepts(a["labels"])}

@@ -518,6 +518,44 @@ def test_five_minute_data_with_a_daily_pattern_is_quiet_until_it_changes() -> No
     assert engine.observe(at, engine.index_of([KEY]), [float(values[-288]) + 80.0])
 
 
+def _five_minute_days(days: int, step: float) -> list[float]:
+    """A smooth daily pattern (50-150 $/h, peak at 06:00) with 0.3 % jitter."""
+    t = np.arange(int(days * 86400 / step)) * step
+    rng = np.random.default_rng(8)
+    values = 100 * (1 + 0.5 * np.sin(t / 86400 * 2 * np.pi)) * (1 + rng.normal(0, 0.003, t.size))
+    return [float(v) for v in values]
+
+
+def _jump(step: float, at_s: float, to: float, cfg: DetectionConfig) -> list[list[Transition]]:
+    """Four days of the pattern, then `to` $/h for 10 minutes starting `at_s` into day 5."""
+    values = _five_minute_days(4, step)
+    n = int(at_s / step)
+    values += _five_minute_days(5, step)[len(values) : len(values) + n]
+    values += [to] * max(1, int(600 / step))
+    return run(Engine(cfg), values, step=step)[len(values) - max(1, int(600 / step)) :]
+
+
+def test_local_step_sees_a_five_minute_jump_that_hourly_means_hide() -> None:
+    # At the day's peak (about 150 $/h) a jump to 187: 25 % and far above the jitter, but
+    # inside the noise around the hourly baseline (the pattern moves 13 $/h within an hour).
+    [(_, t)] = opened(_jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig()))
+    assert (t.rule, t.baseline) == ("local_step", "recent_level")
+    assert 140 < t.expected < 155 and t.observed == 187.0
+    assert opened(_jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig(local_step=0))) == []
+
+
+def test_local_step_needs_a_new_high_and_five_minute_data() -> None:
+    # At night (about 50 $/h) a jump to 75: +50 %, but below the daily highs (the record).
+    assert opened(_jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig())) == []
+    # 1-minute data: the change from one value to the next is noise at a finer scale than
+    # the rule's, so it does not run there (the seasonal rule still does).
+    assert opened(_jump(60.0, 6 * HOUR_S, 187.0, DetectionConfig())) == []
+    from lambdas.common.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="local_step must be 0 or 1"):
+        DetectionConfig(local_step=2)
+
+
 def test_the_absolute_floor_is_set_per_level() -> None:
     cfg = DetectionConfig(min_impact_resource_usd_per_hour=0.1)
     assert cfg.min_impact("resource") == 0.1 and cfg.min_impact("account") == 2.0
