@@ -461,6 +461,55 @@ def test_history_is_loaded_at_start_so_the_seasonal_baseline_is_warm(
     assert engine.exp_seasonal[idx[0]] == pytest.approx(values[-24], rel=0.05)
 
 
+def test_a_detector_every_five_minutes_reports_a_local_step_end_to_end(
+    account: Account, vm: VictoriaMetrics, vm_url: str, alertmanager_url: str, pg_dsn: str
+) -> None:
+    # 30 hours of a daily pattern (50-150 $/h, 0.3 % jitter) every 5 minutes ending now at
+    # its peak, then 187 $/h: a jump the hourly model cannot see (docs/detection.md).
+    step, hours = 300.0, 30
+    end = time.time() - 1.0
+    times = end - step * np.arange(hours * 12)[::-1]
+    phase = (times - times[0]) / 86400 * 2 * np.pi
+    rng = np.random.default_rng(8)
+    values = 100 * (1 + 0.5 * np.sin(phase)) * (1 + rng.normal(0, 0.003, times.size))
+    values[-2:] = 187.0
+    vm.import_samples(
+        [account.rollup(float(v), at=float(t)) for t, v in zip(times, values, strict=True)]
+    )
+    wait_for(lambda: account.visible(187.0), "the 5-minute history to be queryable")
+    settings = DetectorSettings(
+        vm_url=vm_url,
+        alertmanager_url=alertmanager_url,
+        pg_dsn=pg_dsn,
+        selector=f'billing_account_id="{account.account}"',
+        levels=("account",),
+        interval_s=step,
+        bootstrap_hours=0,
+    )
+    d = Detector(settings)
+    try:
+        opened = [
+            (n, tr) for n, t in enumerate(times) for tr in d.cycle(float(t)) if tr.kind == "opened"
+        ]
+    finally:
+        d.close()
+    # Nothing before the jump; at the jump one incident, by the local step.
+    [(n, tr)] = opened
+    assert n == times.size - 2
+    assert (tr.rule, tr.baseline) == ("local_step", "recent_level")
+    assert 140 < tr.expected < 155
+    [alert] = wait_for(
+        lambda: am_alerts(alertmanager_url, billing_account_id=account.account) or None,
+        "the local step's alert in Alertmanager",
+    )
+    assert alert["labels"]["rule"] == "local_step"
+    assert alert["annotations"]["baseline"] == "recent_level"
+    assert contract.alert_problems(alert["labels"], alert["annotations"]) == []
+    with psycopg.connect(pg_dsn) as conn:
+        [row] = store.get(conn, alert["fingerprint"])
+    assert (row["rule"], row["level"]) == ("local_step", "account")
+
+
 def test_budget_rules_in_a_real_vmalert_reach_the_real_alertmanager(
     account: Account, vm_url: str, alertmanager_url: str, tmp_path: Path, uid: str
 ) -> None:
