@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lambdas.billing.aggregate import BillingLimits
 from lambdas.billing.focus import BillingFileError, RowErrors, missing_columns, read_focus
 
 MUST_EXIST = ("ChargePeriodStart", "ProviderName", "BillingAccountId", "ServiceName")
@@ -36,6 +37,8 @@ PROVIDER_LABELS = {
 # A row without ChargePeriodEnd is taken to last until the next row of its resource, at most
 # this long (irregular exports); the last row of a resource gets the file's usual period.
 MAX_INFERRED_PERIOD_S = 86400
+# A row's cost beyond this magnitude is rejected, as the billing loader does by default.
+MAX_ABS_COST = BillingLimits().max_abs_cost
 
 # The billing reader's error: the input cannot be used at all. Fix it; do not retry.
 FocusError = BillingFileError
@@ -204,6 +207,15 @@ def _rows(path: Path, errors: RowErrors) -> _Rows:
             start = _floats(table, "ChargePeriodStart")
             end = _floats(table, "ChargePeriodEnd")
             cost = _floats(table, cost_col) if good else np.full(table.num_rows, np.nan)
+            beyond = np.abs(cost) > MAX_ABS_COST
+            if beyond.any():
+                # The billing loader's row limit: such a row is rejected, its interval unknown.
+                errors.add(
+                    f"{cost_col}: beyond ±{MAX_ABS_COST:g}",
+                    int(beyond.sum()),
+                    [f"{path.name}: {c:g}" for c in cost[beyond][:3].tolist()],
+                )
+                cost = np.where(beyond, np.nan, cost)
             parts.append(_Rows(start, end - start, cost, *_keys(table)))
     index: dict[tuple[str, ...], int] = {}
     codes = _merge(parts, index)

@@ -104,6 +104,10 @@ LOCAL_WARMUP_S = 86400.0
 # A change counts in the running jitter at most this many times the current jitter: one
 # spike moves it a little, a series that has become noisier learns it within hours.
 JITTER_CLIP = 5.0
+# A value of larger magnitude is not a cost rate (no bill is a trillion dollars an hour): it
+# is skipped like a missing one and counted (Engine.out_of_range_total). Beyond float32 it
+# would overflow the ring of hourly means, and products with z beyond float64.
+MAX_ABS_USD_PER_HOUR = 1e12
 # Values a series present at the first evaluation (no history loaded) must have shown before
 # the day-0 rule judges it: a live detector has them in seconds, an export in hours.
 UNKNOWN_PAST_VALUES = 2
@@ -256,6 +260,7 @@ class Engine:
         # Slots of evicted series, reused before the arrays grow.
         self._free: list[int] = []
         self.evicted_total = 0
+        self.out_of_range_total = 0
         self._next_eviction = -math.inf
         # Typical seconds between evaluations (the smallest seen): sets the z threshold.
         self.interval_s = math.inf
@@ -786,6 +791,15 @@ class Engine:
             hold_down=decrease(hf) if down else no,
         )
 
+    def _usable(self, vals: F64) -> npt.NDArray[np.bool_]:
+        """The values the rules see: finite and within MAX_ABS_USD_PER_HOUR (the others are
+        missing values; the out-of-range ones are counted)."""
+        ok = np.isfinite(vals)
+        wild = ok & (np.abs(vals) > MAX_ABS_USD_PER_HOUR)
+        if wild.any():
+            self.out_of_range_total += int(np.count_nonzero(wild))
+        return ok & ~wild
+
     def observe(
         self, now: float, idx: npt.NDArray[np.int64], values: npt.ArrayLike
     ) -> list[Transition]:
@@ -795,7 +809,7 @@ class Engine:
         if not first_tick and dt > 0:
             self.interval_s = min(self.interval_s, dt)
         vals = np.asarray(values, dtype=np.float64)
-        ok = np.isfinite(vals)
+        ok = self._usable(vals)
         i = idx[ok]
         v = vals[ok]
 

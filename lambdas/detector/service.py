@@ -190,6 +190,11 @@ class Metrics:
             "Series skipped because a label value held the key separator.",
             registry=r,
         )
+        self.out_of_range = Counter(
+            "cct_detector_out_of_range_values",
+            "Values skipped because their magnitude is beyond any cost rate (1e12 $/h).",
+            registry=r,
+        )
         self.posted = Counter(
             "cct_detector_alerts_posted", "Alerts posted to Alertmanager.", registry=r
         )
@@ -705,7 +710,12 @@ class Detector:
         if self.engine.hour is None:
             self._seed_changes(now)
         idx = self.engine.index_of(vector.keys)
+        wild = self.engine.out_of_range_total
         transitions = self.engine.observe(now, idx, np.asarray(vector.values, dtype=np.float64))
+        if self.engine.out_of_range_total > wild:
+            skipped = self.engine.out_of_range_total - wild
+            self.metrics.out_of_range.inc(skipped)
+            log.warning("values beyond any cost rate skipped", extra={"values": skipped})
         if not self.adopted:
             self._adopt(now)
         open_now = {inc.key: inc for inc in self.engine.open_incidents()}

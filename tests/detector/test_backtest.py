@@ -157,13 +157,17 @@ def test_bad_rows_are_counted_and_the_good_rows_still_used(tmp_path: Path) -> No
     rows = [row(h, "i-a", 10.0) for h in range(12)]
     rows[3]["EffectiveCost"] = "ten dollars"
     rows[5]["ChargePeriodStart"] = "yesterday"
+    # Beyond the billing loader's limit: rejected too, as `cct billing load` does.
+    rows[7]["EffectiveCost"] = "1e40"
     path = write_csv(tmp_path / "bad.csv", rows)
     matrix = focus.load([path])
-    assert matrix.rows_read == 12 and matrix.rows_used == 10
+    assert matrix.rows_read == 12 and matrix.rows_used == 9
     assert matrix.rejected == {
         "EffectiveCost: not a finite number": 1,
         "ChargePeriodStart: not a timestamp": 1,
+        "EffectiveCost: beyond ±1e+09": 1,
     }
+    assert np.isnan(matrix.rates[0, 7])
     # The hour with an uncosted row is unknown (NaN), not $0; the others are 10 $/h.
     assert np.isnan(matrix.rates[0, 3]) and matrix.rates[0, 4] == 10.0
     result = CliRunner().invoke(cli, ["backtest", str(path), "--quiet"])

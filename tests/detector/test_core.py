@@ -8,10 +8,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import (
     HOUR_S,
+    MAX_ABS_USD_PER_HOUR,
     SEVERITIES,
     Engine,
     Transition,
@@ -671,3 +674,40 @@ def test_spans_of_the_ring_are_the_hours_before_in_order_at_every_wrap() -> None
         for lag, width in ((1, 24), (1, 192), (3 * 168 + 1, 24), (1, engine.hours)):
             want = engine.hist[:3, [(hour - lag - k) % engine.hours for k in range(width)][::-1]]
             np.testing.assert_array_equal(engine._span(hour, lag, width), want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.floats(0, 1e6),
+            st.sampled_from([0.0, 1e308, -1e308, 5e-324]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([3.0, 60.0, 300.0, 3600.0]),
+)
+def test_hostile_values_at_any_cadence_never_break_the_engine(
+    burst: list[float], step: float
+) -> None:
+    """Huge, tiny, negative and non-finite values between runs of normal ones (a day of them
+    at 5 minutes and hourly, so the local step's jitter, the noise and the record all see
+    them): no error, values beyond any cost rate are skipped and counted, every incident's
+    figures are numbers, the jitter is a number or not yet known, and the engine goes on
+    evaluating."""
+    engine = Engine(DetectionConfig(sensitivity=5.0))
+    calm = [100.0] * min(int(86400 / step), 300)
+    values = calm + burst + calm
+    out = run(engine, values, step=step)
+    for ts in out:
+        for t in ts:
+            assert math.isfinite(t.observed) and math.isfinite(t.started_at)
+    assert not np.isinf(engine.jitter[: engine.size]).any()
+    wild = [x for x in burst if math.isfinite(x) and abs(x) > MAX_ABS_USD_PER_HOUR]
+    assert engine.out_of_range_total == len(wild)
+    at = T0 + len(values) * step
+    assert isinstance(engine.observe(at, engine.index_of([KEY]), [100.0]), list)
+    for inc in engine.open_incidents():
+        assert math.isfinite(inc.observed)

@@ -510,6 +510,19 @@ def test_a_detector_every_five_minutes_reports_a_local_step_end_to_end(
     assert (row["rule"], row["level"]) == ("local_step", "account")
 
 
+def test_a_value_beyond_any_cost_rate_is_skipped_and_counted(
+    detector: Detector, account: Account
+) -> None:
+    account.write(100.0)
+    assert detector.cycle(time.time()) == []
+    account.write(1e40)  # a garbage sample written straight to VictoriaMetrics
+    assert detector.cycle(time.time()) == []
+    # One value per level (account, service, team): skipped like missing ones, counted.
+    assert detector.metrics.out_of_range._value.get() == 3
+    account.write(100.0)
+    assert detector.cycle(time.time()) == []
+
+
 def test_budget_rules_in_a_real_vmalert_reach_the_real_alertmanager(
     account: Account, vm_url: str, alertmanager_url: str, tmp_path: Path, uid: str
 ) -> None:
