@@ -170,7 +170,7 @@ def backtest_cmd(
 
 def _print_incident(inc: Incident) -> None:
     click.echo(
-        f"{format_time(inc.started_at)}  {inc.severity:<8} {inc.rule:<9} {inc.key.describe()}  "
+        f"{format_time(inc.started_at)}  {inc.severity:<8} {inc.rule:<10} {inc.key.describe()}  "
         f"expected {inc.expected:,.2f} observed {inc.observed:,.2f} (+{inc.delta:,.2f} $/h)"
     )
     for c in inc.contributors[:5]:

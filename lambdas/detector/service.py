@@ -425,6 +425,7 @@ class Detector:
         self._changes_since: datetime | None = None
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
+        self._wild_logged_at = -math.inf
         self.unsent: list[dict[str, Any]] = []
         self.pending_rows: list[_RowOp] = []
         self.last_resend = -math.inf
@@ -715,7 +716,10 @@ class Detector:
         if self.engine.out_of_range_total > wild:
             skipped = self.engine.out_of_range_total - wild
             self.metrics.out_of_range.inc(skipped)
-            log.warning("values beyond any cost rate skipped", extra={"values": skipped})
+            # VictoriaMetrics serves a bad sample for minutes: one line a minute, not a cycle.
+            if now - self._wild_logged_at >= 60.0:
+                self._wild_logged_at = now
+                log.warning("values beyond any cost rate skipped", extra={"values": skipped})
         if not self.adopted:
             self._adopt(now)
         open_now = {inc.key: inc for inc in self.engine.open_incidents()}

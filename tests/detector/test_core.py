@@ -529,30 +529,47 @@ def _five_minute_days(days: int, step: float) -> list[float]:
     return [float(v) for v in values]
 
 
-def _jump(step: float, at_s: float, to: float, cfg: DetectionConfig) -> list[list[Transition]]:
-    """Four days of the pattern, then `to` $/h for 10 minutes starting `at_s` into day 5."""
+def _jump(
+    step: float, at_s: float, to: float, cfg: DetectionConfig, gap_s: float = 0.0
+) -> tuple[int, list[list[Transition]]]:
+    """Four days of the pattern, then `to` $/h for 10 minutes starting `at_s` into day 5
+    (after `gap_s` without values); returns the index of the jump and every evaluation."""
     values = _five_minute_days(4, step)
     n = int(at_s / step)
     values += _five_minute_days(5, step)[len(values) : len(values) + n]
+    values[len(values) - int(gap_s / step) :] = [math.nan] * int(gap_s / step)
+    at = len(values)
     values += [to] * max(1, int(600 / step))
-    return run(Engine(cfg), values, step=step)[len(values) - max(1, int(600 / step)) :]
+    return at, run(Engine(cfg), values, step=step)
 
 
 def test_local_step_sees_a_five_minute_jump_that_hourly_means_hide() -> None:
     # At the day's peak (about 150 $/h) a jump to 187: 25 % and far above the jitter, but
     # inside the noise around the hourly baseline (the pattern moves 13 $/h within an hour).
-    [(_, t)] = opened(_jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig()))
+    at, out = _jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig())
+    [(n, t)] = opened(out)
+    assert n == at  # nothing in the four days before
     assert (t.rule, t.baseline) == ("local_step", "recent_level")
     assert 140 < t.expected < 155 and t.observed == 187.0
-    assert opened(_jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig(local_step=0))) == []
+    assert opened(_jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig(local_step=0))[1]) == []
 
 
 def test_local_step_needs_a_new_high_and_five_minute_data() -> None:
-    # At night (about 50 $/h) a jump to 75: +50 %, but below the daily highs (the record).
-    assert opened(_jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig())) == []
+    # At night (about 50 $/h) a jump to 75: +50 %, but below the daily highs (the record) ...
+    assert opened(_jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig())[1]) == []
+    # ... which is what holds it back: without the record it is a local step.
+    at, out = _jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig(record_rank=0))
+    assert [(n, t.rule) for n, t in opened(out)] == [(at, "local_step")]
     # 1-minute data: the change from one value to the next is noise at a finer scale than
     # the rule's, so it does not run there (the seasonal rule still does).
-    assert opened(_jump(60.0, 6 * HOUR_S, 187.0, DetectionConfig())) == []
+    assert opened(_jump(60.0, 6 * HOUR_S, 187.0, DetectionConfig())[1]) == []
+    # After two hours without values the recent level is the one before the gap (as for
+    # the day-0 step): a value back at a new high, 25 % above it, is a step.
+    at, out = _jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig(), gap_s=7200.0)
+    assert [(n, t.rule) for n, t in opened(out)] == [(at, "local_step")]
+    # A loop every 300 s measures 299.99 s now and then: the rule still runs.
+    at, out = _jump(299.99, 6 * HOUR_S, 187.0, DetectionConfig())
+    assert [(n, t.rule) for n, t in opened(out)] == [(at, "local_step")]
     from lambdas.common.settings import SettingsError
 
     with pytest.raises(SettingsError, match="local_step must be 0 or 1"):
@@ -703,8 +720,10 @@ def test_hostile_values_at_any_cadence_never_break_the_engine(
     out = run(engine, values, step=step)
     for ts in out:
         for t in ts:
-            assert math.isfinite(t.observed) and math.isfinite(t.started_at)
+            figures = (t.observed, t.started_at, t.expected, t.delta)
+            assert all(math.isfinite(x) for x in figures)
     assert not np.isinf(engine.jitter[: engine.size]).any()
+    assert engine.jitter_s[0] > 0  # the jitter was learnt, not left unknown
     wild = [x for x in burst if math.isfinite(x) and abs(x) > MAX_ABS_USD_PER_HOUR]
     assert engine.out_of_range_total == len(wild)
     at = T0 + len(values) * step
