@@ -1,9 +1,10 @@
 """Read FOCUS exports (CSV or Parquet) into a dense resource x interval run-rate matrix.
 
 The files are read by the billing loader's reader (`lambdas.billing.focus.read_focus`), so
-both accept the same inputs. Only the columns detection needs are read. Rows that cannot be
-used are counted by reason and reported; they never stop the good rows from being used, and
-the interval of a rejected row reads as unknown (NaN) for its resource, never as $0.
+both accept the same inputs and reject the same rows (a cost beyond ±1e9 among them). Only
+the columns detection needs are read. Rows that cannot be used are counted by reason and
+reported; they never stop the good rows from being used, and the interval of a rejected row
+reads as unknown (NaN) for its resource, never as $0.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdas.billing.aggregate import BillingLimits
 from lambdas.billing.focus import BillingFileError, RowErrors, missing_columns, read_focus
 
 MUST_EXIST = ("ChargePeriodStart", "ProviderName", "BillingAccountId", "ServiceName")
@@ -37,8 +37,6 @@ PROVIDER_LABELS = {
 # A row without ChargePeriodEnd is taken to last until the next row of its resource, at most
 # this long (irregular exports); the last row of a resource gets the file's usual period.
 MAX_INFERRED_PERIOD_S = 86400
-# A row's cost beyond this magnitude is rejected, as the billing loader does by default.
-MAX_ABS_COST = BillingLimits().max_abs_cost
 
 # The billing reader's error: the input cannot be used at all. Fix it; do not retry.
 FocusError = BillingFileError
@@ -207,15 +205,6 @@ def _rows(path: Path, errors: RowErrors) -> _Rows:
             start = _floats(table, "ChargePeriodStart")
             end = _floats(table, "ChargePeriodEnd")
             cost = _floats(table, cost_col) if good else np.full(table.num_rows, np.nan)
-            beyond = np.abs(cost) > MAX_ABS_COST
-            if beyond.any():
-                # The billing loader's row limit: such a row is rejected, its interval unknown.
-                errors.add(
-                    f"{cost_col}: beyond ±{MAX_ABS_COST:g}",
-                    int(beyond.sum()),
-                    [f"{path.name}: {c:g}" for c in cost[beyond][:3].tolist()],
-                )
-                cost = np.where(beyond, np.nan, cost)
             parts.append(_Rows(start, end - start, cost, *_keys(table)))
     index: dict[tuple[str, ...], int] = {}
     codes = _merge(parts, index)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from lambdas.billing.focus import (
     BATCH_ROWS,
+    MAX_ABS_COST,
     REQUIRED,
     BillingFileError,
     FocusBatch,
@@ -60,7 +61,6 @@ COLUMNS = [
 ]
 
 Key = tuple[str, ...]
-COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class BillingLimits:
     (limits in BillingSettings). A row beyond them is rejected, counted and its hour marked
     incomplete; the rest of the file loads.
 
-    max_abs_cost: any cost column's magnitude (1e308 overflowed the sums and the store).
+    max_abs_cost: any cost column's magnitude (1e308 overflowed the sums and the store),
+        checked by the reader (`focus.normalize_batch`).
     max_charge_period_h: a charge spanning more hours is not spread (2000-2099 expanded to
         1.7M hourly samples; 1900-2200 ran out of memory).
     max_value_chars: any text value (ids, names, tags).
@@ -78,7 +79,7 @@ class BillingLimits:
         is neither `currency` nor in `rates` are rejected: never summed as if the same.
     """
 
-    max_abs_cost: float = 1e9
+    max_abs_cost: float = MAX_ABS_COST
     max_charge_period_h: int = 24 * 400
     max_value_chars: int = 1024
     currency: str = "USD"
@@ -275,7 +276,13 @@ def add_batch(totals: HourlyTotals, batch: FocusBatch) -> None:
 def add_file(totals: HourlyTotals, path: Path, source: str) -> None:
     """Add every usable row of one FOCUS file (call `totals.finish()` after the last file)."""
     for batch in read_focus(
-        path, COLUMNS, VALUE_REQUIRED, totals.errors, must_exist=PRESENT, source=source
+        path,
+        COLUMNS,
+        VALUE_REQUIRED,
+        totals.errors,
+        must_exist=PRESENT,
+        source=source,
+        max_abs_cost=totals.limits.max_abs_cost,
     ):
         add_batch(totals, batch)
 
@@ -289,7 +296,14 @@ def add_table(totals: HourlyTotals, table: pa.Table, source: str) -> None:
     for batch in table.to_batches(BATCH_ROWS):
         add_batch(
             totals,
-            normalize_batch(batch, VALUE_REQUIRED, totals.errors, offset=offset, source=source),
+            normalize_batch(
+                batch,
+                VALUE_REQUIRED,
+                totals.errors,
+                offset=offset,
+                source=source,
+                max_abs_cost=totals.limits.max_abs_cost,
+            ),
         )
         offset += batch.num_rows
 
@@ -328,10 +342,7 @@ def _within_limits(table: pa.Table, totals: HourlyTotals) -> pa.Table:
         kind = col.type
         if pa.types.is_nested(kind) and not (name == "Tags" and pa.types.is_map(kind)):
             raise BillingFileError(f"column {name} is nested ({kind}); FOCUS columns are flat")
-        if name in COST_COLUMNS:
-            beyond = pc.greater(pc.abs(col), limits.max_abs_cost)
-            checks.append((f"{name}: beyond ±{limits.max_abs_cost:g}", beyond, col))
-        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             nul = pc.match_substring(col, "\x00")
             checks.append((f"{name}: holds a NUL character", nul, col))
             long = pc.greater(pc.utf8_length(col), limits.max_value_chars)

@@ -153,6 +153,11 @@ TIME_COLUMNS = frozenset(
     {"BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd"}
 )
 NUMBER_COLUMNS = frozenset(DECIMAL_COLUMNS)
+# The money columns, and the default bound on their magnitude: 1e308 overflowed the loader's
+# sums and the store, 1e40 the detector's float32 history. A row beyond it is rejected by the
+# reader, so the billing loader and `cct backtest` refuse the same rows for the same reason.
+COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost")
+MAX_ABS_COST = 1e9
 # Column names the reader knows, matched case-insensitively (1.2 renamed ProviderName).
 KNOWN_COLUMNS = (*FOCUS_COLUMNS, "ServiceProviderName")
 NULL_LITERALS = ["", "NULL", "null", "Null"]
@@ -378,13 +383,15 @@ def read_focus(
     must_exist: Sequence[str] = (),
     source: str = "",
     dictionary: Sequence[str] = (),
+    max_abs_cost: float = MAX_ABS_COST,
 ) -> Iterator[FocusBatch]:
     """The usable rows of a FOCUS file, batch by batch.
 
     `columns`: the FOCUS columns wanted (absent ones are left out); `required`: columns that
     must exist and hold a value on every usable row; `must_exist`: columns that must exist but
     may be null; `dictionary`: text columns a Parquet file may hand over dictionary-encoded
-    (timestamps and numbers are parsed once per distinct value either way). Raises
+    (timestamps and numbers are parsed once per distinct value either way); `max_abs_cost`:
+    the largest magnitude a cost column may hold (COST_COLUMNS). Raises
     BillingFileError when a required
     column is missing or the file cannot be read; bad rows go to `errors` (one reason per
     row, the first that applies) and never stop the others.
@@ -395,7 +402,14 @@ def read_focus(
     offset = 0
     wanted = [*dict.fromkeys([*required, *must_exist, *columns])]
     for batch in _raw_batches(path, wanted, dictionary):
-        yield normalize_batch(batch, required, errors, offset=offset, source=source or path.name)
+        yield normalize_batch(
+            batch,
+            required,
+            errors,
+            offset=offset,
+            source=source or path.name,
+            max_abs_cost=max_abs_cost,
+        )
         offset += batch.num_rows
 
 
@@ -406,9 +420,11 @@ def normalize_batch(
     *,
     offset: int = 0,
     source: str = "",
+    max_abs_cost: float = MAX_ABS_COST,
 ) -> FocusBatch:
     """Type the FOCUS columns of one batch (canonical names) and drop the rows that cannot be
-    used, counting them in `errors`. `offset`: the batch's first row number in its file."""
+    used, counting them in `errors`. `offset`: the batch's first row number in its file;
+    `max_abs_cost`: a cost column's largest usable magnitude."""
     missing = [c for c in required if c not in batch.schema.names]
     if missing:
         raise BillingFileError(f"not a FOCUS file, missing columns {missing}")
@@ -431,6 +447,10 @@ def normalize_batch(
         cols[name] = value
         unread = pc.and_(pc.is_valid(raw), pc.is_null(value))
         checks = [(f"{name}: {kind}", unread)] if kind else []
+        if name in COST_COLUMNS:
+            checks.append(
+                (f"{name}: beyond ±{max_abs_cost:g}", pc.greater(pc.abs(value), max_abs_cost))
+            )
         if name in required:
             checks.append((f"{name}: missing", pc.is_null(raw)))
         for reason, mask in checks:

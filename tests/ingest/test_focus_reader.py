@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from lambdas.backtest import focus as backtest_focus
 from lambdas.billing.adapters import adapt
-from lambdas.billing.aggregate import HourlyTotals, add_file, add_table
+from lambdas.billing.aggregate import BillingLimits, HourlyTotals, add_file, add_table
 from lambdas.billing.focus import (
     BillingFileError,
     RowErrors,
@@ -140,6 +140,43 @@ def test_bad_rows_are_counted_with_examples_and_their_hour_is_incomplete(tmp_pat
     assert sum(matrix.rejected.values()) == totals.errors.total
     assert matrix.rates.shape == (1, 3)
     assert matrix.rates[0, 0] == 1.0 and np.isnan(matrix.rates[0, 1:]).all()
+
+
+def test_a_cost_beyond_the_limit_is_refused_by_the_reader_for_both_consumers(
+    tmp_path: Path,
+) -> None:
+    # 1e40 overflowed the detector's float32 history, 1e308 the loader's sums: the reader
+    # refuses them once, so `cct billing load` and `cct backtest` drop the same rows.
+    path = _csv(
+        tmp_path / "huge.csv",
+        HEADER,
+        [
+            _row("2024-09-16 00:00:00", "2024-09-16 01:00:00", "1e40"),
+            _row("2024-09-16 01:00:00", "2024-09-16 02:00:00", "-2e9"),
+            _row("2024-09-16 02:00:00", "2024-09-16 03:00:00", "1e9"),  # at the limit: used
+            _row("2024-09-16 03:00:00", "2024-09-16 04:00:00", "500"),
+        ],
+    )
+    totals = HourlyTotals()
+    add_file(totals, path, "huge.csv")
+    totals.finish()
+    assert totals.errors.counts == {"BilledCost: beyond ±1e+09": 2}
+    assert totals.errors.examples["BilledCost: beyond ±1e+09"] == [
+        "huge.csv row 1: '1e40'",
+        "huge.csv row 2: '-2e9'",
+    ]
+    assert totals.incomplete_hours == {T0, T0 + 3600}
+    matrix = backtest_focus.load([path])
+    assert matrix.rejected == {"EffectiveCost: beyond ±1e+09": 2}
+    assert np.isnan(matrix.rates[0, :2]).all()
+    assert matrix.rates[0, 2:].tolist() == [1e9, 500.0]
+
+    # The loader's configured limit (CCT_BILLING_MAX_ABS_COST) is the one the reader applies.
+    strict = HourlyTotals(limits=BillingLimits(max_abs_cost=100.0))
+    add_file(strict, path, "huge.csv")
+    strict.finish()
+    assert strict.errors.counts == {"BilledCost: beyond ±100": 4}
+    assert strict.rows_used == 0
 
 
 def test_missing_columns_and_unreadable_files_are_refused(tmp_path: Path) -> None:
