@@ -97,11 +97,17 @@ def build_alert(
             c.A_CONTRIBUTORS: json_within(contributors),
             c.A_ANCESTORS: json_within(ancestors),
             c.A_CHANGE_EVENTS: json_within(change_events),
-            c.A_SUMMARY: summary,
+            c.A_SUMMARY: _within(summary, EventLimits().max_value_chars),
         },
         "startsAt": _iso(started_at),
         "endsAt": _iso(ends_at),
     }
+
+
+def _within(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked: the summary names the top contributor and
+    every ancestor, and a long resource id must not make the bridge drop the alert."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def json_within(items: Sequence[Mapping[str, Any]], limit: int | None = None) -> str:

@@ -165,8 +165,11 @@ def _check_sizes(
             f"{limits.max_labels}"
         )
     strings = [("attribute " + a, doc[a]) for a in ("id", "source", "type", "subject")]
-    strings += [(f"label {k!r}", k + v) for k, v in labels.items()]
-    strings += [(f"annotation {k!r}", k + v) for k, v in annotations.items()]
+    # Name and value each within the limit, as documented: the detector cuts its ranked lists
+    # to exactly max_value_chars, and counting the name too dropped such alerts whole.
+    for kind, entries in (("label", labels), ("annotation", annotations)):
+        for k, v in entries.items():
+            strings += [(f"{kind} name {k[:40]!r}", k), (f"{kind} {k[:40]!r}", v)]
     for where, text in strings:
         if "\x00" in text:
             raise InvalidEvent(f"{where[:80]} contains a NUL character")

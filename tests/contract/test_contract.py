@@ -16,6 +16,7 @@ from typing import Any
 from lambdas import contract
 from lambdas.alerting.config import DEFAULT_DIMENSIONS
 from lambdas.bridge.core import convert
+from lambdas.detector.alerts import build_alert
 from lambdas.events.cloudevents import decode
 from lambdas.trigger.core import plan_run
 from lambdas.trigger.mapping import load_mapping
@@ -124,6 +125,56 @@ def test_recorded_alerts_pass_the_bridge_and_plan_in_the_trigger() -> None:
         "stop-idle-compute",
     ]
     assert unmapped == ["service"]
+
+
+def _webhook(alerts: list[dict[str, Any]]) -> bytes:
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "alerts": [
+                {
+                    **a,
+                    "status": "firing",
+                    "startsAt": "2026-12-04T00:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "fingerprint": f"{n:016x}",
+                }
+                for n, a in enumerate(alerts)
+            ],
+        }
+    ).encode()
+
+
+def test_a_list_cut_to_the_value_limit_still_passes_the_bridge() -> None:
+    # A diffuse increase: more contributors than fit. The detector cuts each ranked list to
+    # the per-value limit; wherever the cut falls, the bridge must take the alert. It used to
+    # count the annotation's name too, so a list ending within a dozen characters of the
+    # limit dropped the alert whole; and the summary, naming every ancestor, had no limit.
+    labels = recorded_alert("diffuse-service")["labels"]
+    alerts = []
+    for pad in range(120):
+        items = [
+            {"level": "resource", "labels": {"resource_id": f"i-{n:08d}{'x' * pad}"}, "share": 0.01}
+            for n in range(80)
+        ]
+        alerts.append(
+            build_alert(
+                labels,
+                started_at=0.0,
+                ends_at=0.0,
+                expected=1.0,
+                observed=9.0,
+                deviation=8.0,
+                baseline="seasonal",
+                contributors=items,
+                change_events=items,
+                ancestors=items,
+            )
+        )
+    result = convert(_webhook(alerts), "2026-12-04T00:00:01Z")
+    assert result.invalid == []
+    assert len(result.events) == len(alerts)
 
 
 def test_the_recording_file_is_the_one_the_capture_writes() -> None:
