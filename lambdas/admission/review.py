@@ -33,7 +33,7 @@ from lambdas.policy.engine import evaluate
 from lambdas.policy.model import InvalidRequestError, PolicyRequest, Verdict
 from lambdas.policy.policyset import PolicySet
 from lambdas.policy.workflow import spec_changes, workflow_findings, workflow_parameters
-from lambdas.store.decisions import DecisionRecord
+from lambdas.store.decisions import DecisionRecord, decision_input
 
 API_VERSION = "admission.k8s.io/v1"
 WORKFLOW_KIND = {"group": "argoproj.io", "version": "v1alpha1", "kind": "Workflow"}
@@ -185,11 +185,11 @@ def _answer(
         reasons=verdict.reasons,
         allowed=allowed,
         policy_request=policy_request,
-        facts={
-            "parameters": policy_request.to_parameters(),
-            "recent_actions": ctx.recent_actions.get(policy_request.account_id, 0),
-            "policy_set": fingerprint,
-        },
+        facts=decision_input(
+            policy_request.to_parameters(),
+            recent_actions=ctx.recent_actions.get(policy_request.account_id, 0),
+            policy_set=fingerprint,
+        ),
     )
     return Outcome(
         this.uid,

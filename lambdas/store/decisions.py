@@ -46,6 +46,13 @@ _INSERT = """
 """
 
 
+def decision_input(parameters: Mapping[str, str], **facts: Any) -> dict[str, Any]:
+    """A decision's `input`: the workflow parameters under "parameters" (`reporting.
+    policy_decisions` reads provider, account-id, team, environment and resource-id there for
+    a decision without a run row), next to the other facts decided on."""
+    return {**facts, "parameters": dict(parameters)}
+
+
 def _row(rec: DecisionRecord) -> tuple[Any, ...]:
     return (
         rec.decision_id,

@@ -27,7 +27,12 @@ import psycopg
 from lambdas.events.cloudevents import EventLimits, InvalidEvent, decode
 from lambdas.policy import InvalidRequestError, PolicyRequest, PolicySet, evaluate
 from lambdas.store.db import BadRecordError, StoreError
-from lambdas.store.decisions import DecisionRecord, get_decision, record_decision
+from lambdas.store.decisions import (
+    DecisionRecord,
+    decision_input,
+    get_decision,
+    record_decision,
+)
 from lambdas.store.runs import NewRun, RunStatus, create_run, recent_actions, settle_run
 from lambdas.trigger.backends import (
     Backend,
@@ -197,11 +202,9 @@ class Processor:
                         verdict=verdict,
                         policy_ids=result.policy_ids,
                         reasons=reasons,
-                        input={
-                            "parameters": dict(run.parameters),
-                            "now": now.isoformat(),
-                            "recent_actions": recent,
-                        },
+                        input=decision_input(
+                            run.parameters, now=now.isoformat(), recent_actions=recent
+                        ),
                         decided_at=now,
                         dry_run=run.dry_run,
                         account_id=run.account_id,

@@ -18,8 +18,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from lambdas.detector.attribution import ChangeEvent, Contributor
+from lambdas.policy.model import PolicyRequest
 from lambdas.store import anomalies
-from lambdas.store.decisions import DecisionRecord, record_decision
+from lambdas.store.decisions import DecisionRecord, decision_input, record_decision
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -250,13 +251,21 @@ def decision(
             verdict=verdict,
             policy_ids=tuple(f"prod-guard/{i}" for i, _ in enumerate(reasons)),
             reasons=reasons,
-            input={
-                "provider": "aws",
-                "account-id": s.account,
-                "team": s.team,
-                "environment": s.env,
-                "resource-id": f"i-{decision_id}",
-            },
+            # The shape both producers write (the webhook's policy request as parameters).
+            input=decision_input(
+                PolicyRequest(
+                    provider="aws",
+                    service="Amazon Elastic Compute Cloud",
+                    resource_id=f"i-{decision_id}",
+                    resource_type="Instance",
+                    action="stop",
+                    environment=s.env,
+                    account_id=s.account,
+                    estimated_monthly_impact_usd=-50.0,
+                    team=s.team,
+                ).to_parameters(),
+                recent_actions=0,
+            ),
             decided_at=decided_at,
             run_id=run_id,
             account_id=s.account,

@@ -1,4 +1,5 @@
-"""The `reporting` views return what the dashboards show, from rows shaped like the handlers'."""
+"""The `reporting` views return what the dashboards show, from rows shaped like the handlers'
+(a policy decision: the real webhook's record)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from decimal import Decimal
 import psycopg
 import pytest
 
+from lambdas.admission.review import Context, decide
+from lambdas.policy import load_policy_set
 from lambdas.store.db import connect
+from lambdas.store.decisions import record_decision
+from tests.admission.support import SHIPPED, params, review, workflow
 from tests.store import seed
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -318,3 +323,33 @@ def test_views_run_under_parallel_plans(pg_dsn: str, scope: seed.Scope) -> None:
         for view in views:
             conn.execute(f"select * from reporting.{view}").fetchall()
     assert "anomaly_change_events" in views
+
+
+def test_a_hand_submitted_workflow_s_decision_shows_its_dimensions(pg_dsn: str, uid: str) -> None:
+    # The record is the real webhook's (no run row: nobody but a human created it), so the
+    # view reads the parameters where the producer puts them.
+    p = params(environment="prod", team=f"team-{uid}", resource_id=f"i-{uid}")
+    ctx = Context(
+        now=NOW,
+        policy_set=load_policy_set(SHIPPED),
+        recent_actions={},
+        failure_mode="closed",
+        approval_templates=frozenset({"cct-rightsize-compute"}),
+    )
+    outcome = decide(review(workflow(f"manual-{uid}", p)), ctx)
+    assert outcome.record is not None
+    with connect(pg_dsn) as conn:
+        record_decision(conn, outcome.record)
+        [row] = _rows(
+            conn,
+            "select provider, billing_account_id, team, env, resource_id"
+            " from reporting.policy_decisions where billing_account_id = %(account)s",
+            p["account-id"],
+        )
+    assert row == {
+        "provider": p["provider"],
+        "billing_account_id": p["account-id"],
+        "team": f"team-{uid}",
+        "env": "prod",
+        "resource_id": f"i-{uid}",
+    }
