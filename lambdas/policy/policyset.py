@@ -115,6 +115,11 @@ class PolicySet:
     def rules(self) -> tuple[Rule, ...]:
         return tuple(rule for policy in self.policies for rule in policy.rules)
 
+    @cached_property
+    def tag_keys(self) -> frozenset[str]:
+        """Every tag key a rule's selector reads: a request cut to fit keeps these."""
+        return frozenset(key for rule in self.rules for key, _ in rule.match.tags)
+
     def calendar_for(self, team: str, environment: str) -> Calendar | None:
         """A team's own calendar wins over its environment's, which wins over the default."""
         return (

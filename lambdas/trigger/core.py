@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from lambdas.contract import ACTIONABLE_LABELS, TAG_LABELS
 from lambdas.events.cloudevents import AnomalyEvent, InvalidEvent
+from lambdas.policy.workflow import MAX_PARAMETER_CHARS
 from lambdas.trigger.mapping import Rule
 
 # Hours in an average month (365 * 24 / 12): turns an hourly cost delta into the monthly
@@ -55,6 +56,32 @@ class WorkflowRun:
 # The largest hourly cost change the trigger plans a workflow for, absent a setting: far above
 # any one resource's cost, far below what Decimal arithmetic cannot quantize.
 MAX_DELTA_USD_PER_HOUR = Decimal(1_000_000)
+
+
+def tags_parameter(
+    tags: Mapping[str, str], keep: frozenset[str], limit: int = MAX_PARAMETER_CHARS
+) -> tuple[str, int]:
+    """The `tags` workflow parameter (compact JSON) within the admission webhook's `limit`,
+    and how many tags were left out to fit. The keys in `keep` (the ones policies read) go
+    first, so a cut never hides a protection tag; then the others by key. Tag sets beyond
+    the limit are real (50 tags of 85 characters), and the webhook refuses the whole
+    workflow for one long parameter."""
+
+    def text(d: Mapping[str, str]) -> str:
+        return json.dumps(dict(d), sort_keys=True, separators=(",", ":"))
+
+    full = text(tags)
+    if len(full) <= limit:
+        return full, 0
+    kept: dict[str, str] = {}
+    order = sorted(tags, key=lambda k: (k not in keep, k))
+    size = 2  # "{}"
+    for key in order:
+        item = len(text({key: tags[key]})) - 2 + (1 if kept else 0)
+        if size + item <= limit or key in keep:
+            kept[key] = tags[key]
+            size += item
+    return text(kept), len(tags) - len(kept)
 
 
 def monthly_impact(

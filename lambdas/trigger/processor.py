@@ -40,7 +40,7 @@ from lambdas.trigger.backends import (
     RetryableSubmitError,
     Submission,
 )
-from lambdas.trigger.core import MAX_DELTA_USD_PER_HOUR, WorkflowRun, plan_run
+from lambdas.trigger.core import MAX_DELTA_USD_PER_HOUR, WorkflowRun, plan_run, tags_parameter
 from lambdas.trigger.mapping import PlaybookMapping
 
 log = logging.getLogger("cct.trigger")
@@ -156,9 +156,17 @@ class Processor:
         if not row or not isinstance(row[0], dict) or not row[0]:
             return run, request
         tags = {str(k): str(v) for k, v in row[0].items()}
-        tags.update(json.loads(run.parameters.get("tags") or "{}"))
+        labelled = json.loads(run.parameters.get("tags") or "{}")
+        tags.update(labelled)
         parameters = dict(run.parameters)
-        parameters["tags"] = json.dumps(tags, sort_keys=True, separators=(",", ":"))
+        parameters["tags"], left_out = tags_parameter(
+            tags, self.policy_set.tag_keys | frozenset(labelled)
+        )
+        if left_out:
+            log.warning(
+                "tags left out of the workflow to fit the parameter limit",
+                extra={"run_id": run.run_id, "left_out": left_out, "tags": len(tags)},
+            )
         enriched = replace(run, parameters=MappingProxyType(parameters))
         return enriched, PolicyRequest.from_parameters(enriched.parameters)
 

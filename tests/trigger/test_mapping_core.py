@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lambdas import contract
 from lambdas.events.cloudevents import InvalidEvent, decode, unmapped_event
 from lambdas.steps.playbooks import PLAYBOOKS
-from lambdas.trigger.core import plan_run, workflow_name
+from lambdas.trigger.core import plan_run, tags_parameter, workflow_name
 from lambdas.trigger.mapping import MappingError, load_mapping, parse_mapping
 from tests.support.services import ROOT
 from tests.trigger.events import EC2, RDS, event_bytes, labels
@@ -166,3 +168,23 @@ def test_an_unmapped_anomaly_says_why_and_becomes_a_documented_event() -> None:
     assert out["data"]["labels"] == dict(event.labels)
     assert (out["data"]["reason"], out["data"]["original_id"]) == (reason, event.id)
     assert out["id"] != event.id
+
+
+@given(
+    tags=st.dictionaries(st.text(min_size=1, max_size=40), st.text(max_size=300), max_size=64),
+    limit=st.integers(min_value=200, max_value=5000),
+)
+def test_the_tags_parameter_fits_and_keeps_the_keys_policies_read(
+    tags: dict[str, str], limit: int
+) -> None:
+    keep = frozenset(list(tags)[-2:])  # the last keys: the ones a naive cut would lose
+    text, left_out = tags_parameter(tags, keep, limit)
+    sent = json.loads(text)
+    assert set(sent) <= set(tags) and all(sent[k] == tags[k] for k in sent)
+    assert keep <= set(sent)
+    assert left_out == len(tags) - len(sent)
+    kept_text = json.dumps({k: tags[k] for k in keep}, sort_keys=True, separators=(",", ":"))
+    if len(kept_text) <= limit:
+        assert len(text) <= limit
+    if left_out == 0:
+        assert text == json.dumps(tags, sort_keys=True, separators=(",", ":"))

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from lambdas.events.cloudevents import decode, encode
 from lambdas.policy import load_policy_set
+from lambdas.policy.workflow import MAX_PARAMETER_CHARS, workflow_findings
 from lambdas.store.db import open_pool
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.core import workflow_name
@@ -227,3 +228,55 @@ def test_recent_actions_in_the_account_feed_the_blast_radius_rules(
     assert row is not None
     assert row[0] == verdict
     assert row[1]["recent_actions"] == {account: earlier}
+
+
+def _admission_shape(workflow: dict[str, Any]) -> str | None:
+    """The admission webhook's shape check of a trigger-made Workflow (its template approved)."""
+    ref = workflow["spec"]["workflowTemplateRef"]["name"]
+    return "; ".join(workflow_findings(workflow, [ref])) or None
+
+
+@pytest.mark.parametrize("protected", [False, True])
+def test_a_resource_with_many_long_tags_is_governed_not_refused_for_its_shape(
+    pool: ConnectionPool, pg_dsn: str, uid: str, tmp_path: Path, protected: bool
+) -> None:
+    # 50 ordinary tags of 80 characters (within the collector's 64 x 1024) make a tags
+    # parameter over the webhook's 4096 characters, which refused the whole workflow. The
+    # trigger cuts the set to fit, never the tags a policy reads: a protection tag sorting
+    # after 50 others still denies.
+    lab = labels(uid)
+    tags = {f"aa-{n:02d}": "v" * 80 for n in range(50)}
+    if protected:
+        tags["cct.io/protect"] = "true"
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(
+            "insert into resource_inventory (provider, resource_id, billing_account_id,"
+            " sub_account_id, region_id, service_name, resource_type, state, tags,"
+            " last_event_id, last_event_time)"
+            " values (%s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, now())",
+            (
+                lab["provider"],
+                lab["resource_id"],
+                lab["billing_account_id"],
+                lab["sub_account_id"],
+                lab["region_id"],
+                lab["service_name"],
+                lab["resource_type"],
+                json.dumps(tags),
+                f"seed-{uid}",
+            ),
+        )
+    with FakeKube(TOKEN, deny=_admission_shape) as kube:
+        handled = make_processor(kube, pool, tmp_path).handle(event_bytes(uid))
+        created = [body for (_, name), body in kube.objects.items() if name == handled.run_id]
+    if protected:
+        assert handled.outcome == "precheck_denied"
+        assert "protect" in str(handled.reason)
+        return
+    assert handled.outcome == "created", handled.reason
+    [workflow] = created
+    params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+    sent = json.loads(params["tags"])
+    assert len(params["tags"]) <= MAX_PARAMETER_CHARS
+    # As many as fit, the alert's own tag labels kept.
+    assert 40 <= len(sent) < 51 and sent["team"] == lab["team"]
