@@ -21,7 +21,7 @@ EVENT_FILTERS = {
     "region_id": "region_id",
     "service_name": "service_name",
     "resource_id": "resource_id",
-    "team": "tags->>'team'",
+    "team": "tag_value(tags, 'team')",  # any key case, as the collector (0703)
 }
 
 

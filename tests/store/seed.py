@@ -137,6 +137,7 @@ def resource_event(
     after: float | None,
     actor: str = "arn:aws:iam::123456789012:user/alice",
     action: str = "RunInstances",
+    tags: dict[str, str] | None = None,
 ) -> None:
     conn.execute(
         """insert into resource_events (event_id, provider, resource_id, billing_account_id,
@@ -152,7 +153,7 @@ def resource_event(
             action,
             actor,
             event_time,
-            Jsonb({"team": s.team, "env": s.env}),
+            Jsonb({"team": s.team, "env": s.env} if tags is None else tags),
             before,
             after,
         ),

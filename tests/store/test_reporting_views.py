@@ -10,7 +10,9 @@ import psycopg
 import pytest
 
 from lambdas.admission.review import Context, decide
+from lambdas.contract import tag_values
 from lambdas.policy import load_policy_set
+from lambdas.store.anomalies import change_events
 from lambdas.store.db import connect
 from lambdas.store.decisions import record_decision
 from tests.admission.support import SHIPPED, params, review, workflow
@@ -353,3 +355,28 @@ def test_a_hand_submitted_workflow_s_decision_shows_its_dimensions(pg_dsn: str, 
         "env": "prod",
         "resource_id": f"i-{uid}",
     }
+
+
+def test_tag_keys_match_in_any_case_as_the_collector_reads_them(
+    pg_dsn: str, scope: seed.Scope
+) -> None:
+    # The collector labels a resource tagged Team=web team="web" (contract.tag_values); the
+    # SQL side read tags ->> 'team' and found nothing, so team-level attribution missed the
+    # event and the change events panel showed no team or env.
+    tags = {"Team": scope.team, "ENV": scope.env}
+    at = NOW - timedelta(minutes=5)
+    with connect(pg_dsn) as conn:
+        seed.resource_event(conn, scope, f"ev-{scope.uid}", at, before=None, after=2.0, tags=tags)
+        found = change_events(
+            conn,
+            {"billing_account_id": scope.account, "team": scope.team},
+            since=at - timedelta(minutes=1),
+            until=at + timedelta(minutes=1),
+        )
+        [row] = _rows(
+            conn,
+            "select team, env from reporting.change_events where billing_account_id = %(account)s",
+            scope.account,
+        )
+    assert [e.event_id for e in found] == [f"ev-{scope.uid}"]
+    assert row == {"team": scope.team, "env": scope.env} == tag_values(tags)
