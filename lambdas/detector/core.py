@@ -107,10 +107,11 @@ LOCAL_WARMUP_S = 86400.0
 # A change counts in the running jitter at most this many times the current jitter: one
 # spike moves it a little, a series that has become noisier learns it within hours.
 JITTER_CLIP = 5.0
-# A value of larger magnitude is not a cost rate (no bill is a trillion dollars an hour): it
-# is skipped like a missing one and counted (Engine.out_of_range_total). Beyond float32 it
-# would overflow the ring of hourly means, and products with z beyond float64.
-MAX_ABS_USD_PER_HOUR = 1e12
+# A value of larger magnitude is not a cost rate (no bill is $100 billion an hour): it is
+# skipped like a missing one and counted (Engine.out_of_range_total). Beyond float32 it
+# would overflow the ring of hourly means, and products with z beyond float64; from 1e12 the
+# anomalies row (numeric(18, 6)) refused it and the incident was not stored.
+MAX_ABS_USD_PER_HOUR = 1e11
 # Values a series present at the first evaluation (no history loaded) must have shown before
 # the day-0 rule judges it: a live detector has them in seconds, an export in hours.
 UNKNOWN_PAST_VALUES = 2

@@ -192,7 +192,7 @@ class Metrics:
         )
         self.out_of_range = Counter(
             "cct_detector_out_of_range_values",
-            "Values skipped because their magnitude is beyond any cost rate (1e12 $/h).",
+            "Values skipped because their magnitude is beyond any cost rate (1e11 $/h).",
             registry=r,
         )
         self.posted = Counter(

@@ -699,7 +699,7 @@ def test_spans_of_the_ring_are_the_hours_before_in_order_at_every_wrap() -> None
         st.one_of(
             st.floats(allow_nan=True, allow_infinity=True),
             st.floats(0, 1e6),
-            st.sampled_from([0.0, 1e308, -1e308, 5e-324]),
+            st.sampled_from([0.0, 1e308, -1e308, 5e-324, 1e12, 9.9999e11, 1e11]),
         ),
         min_size=1,
         max_size=40,
@@ -722,6 +722,8 @@ def test_hostile_values_at_any_cadence_never_break_the_engine(
         for t in ts:
             figures = (t.observed, t.started_at, t.expected, t.delta)
             assert all(math.isfinite(x) for x in figures)
+            # What the anomalies row's numeric(18, 6) columns hold.
+            assert all(abs(x) < 1e12 for x in (t.observed, t.expected, t.delta))
     assert not np.isinf(engine.jitter[: engine.size]).any()
     assert engine.jitter_s[0] > 0  # the jitter was learnt, not left unknown
     wild = [x for x in burst if math.isfinite(x) and abs(x) > MAX_ABS_USD_PER_HOUR]
