@@ -9,8 +9,8 @@ from dashboards.common import (
     FILTER_NAMES,
     FILTERS,
     OPTIMIZATIONS_UID,
-    PROM_FILTER,
     SQL_FILTER,
+    run_rate,
 )
 from dashboards.model import (
     COUNT,
@@ -147,8 +147,7 @@ DASHBOARD = Dashboard(
                     "timeseries",
                     (
                         PromQuery(
-                            "sum by (billing_account_id) (cct_cost_rate_rollup_usd_per_hour"
-                            f'{{basis="reconciled", {PROM_FILTER}}})',
+                            f"sum by (billing_account_id) ({run_rate('reconciled')})",
                             legend="{{billing_account_id}}",
                         ),
                     ),

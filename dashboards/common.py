@@ -30,6 +30,22 @@ FILTER_NAMES = tuple(v.name for v in FILTERS)
 PROM_FILTER = (
     'provider=~"$provider", billing_account_id=~"$billing_account", team=~"$team", env=~"$env"'
 )
+
+
+def run_rate(basis: str, offset: str = "") -> str:
+    """The collector's rollup run-rate on `basis` ("reconciled", "list" or a variable), with
+    a group's list rate where it has no series on that basis: the collector writes a
+    reconciled series only for groups with a billing factor, so without this every group
+    not yet billed (all Azure and GCP accounts when only the AWS export is loaded) vanished
+    from the reconciled view instead of showing its estimate."""
+    at = f" offset {offset}" if offset else ""
+
+    def on(b: str) -> str:
+        return f'cct_cost_rate_rollup_usd_per_hour{{basis="{b}", {PROM_FILTER}}}{at}'
+
+    return f"({on(basis)} or ignoring(basis) {on('list')})"
+
+
 # For series that only carry provider and account (estimate error, unpriced resources).
 PROM_ACCOUNT_FILTER = 'provider=~"$provider", billing_account_id=~"$billing_account"'
 

@@ -11,6 +11,7 @@ from dashboards.common import (
     PIPELINE_UID,
     PROM_ACCOUNT_FILTER,
     PROM_FILTER,
+    run_rate,
 )
 from dashboards.model import (
     COUNT,
@@ -28,7 +29,8 @@ from dashboards.model import (
 BASIS = CustomVariable("basis", "Run-rate basis", ("reconciled", "list"))
 WINDOW = CustomVariable("window", "Movers over", ("1d", "1h", "6h", "7d"))
 
-RUN_RATE = f'cct_cost_rate_rollup_usd_per_hour{{basis="$basis", {PROM_FILTER}}}'
+# Reconciled where the group has a billing factor, its list rate where it has none.
+RUN_RATE = run_rate("$basis")
 # One sample per billed hour at ChargePeriodStart: the newest hour within the last hour of
 # the graph's step is that hour's cost, i.e. an average $/h comparable with the run-rate.
 BILLED_HOURLY = f"last_over_time(cct_billed_cost_usd{{{PROM_FILTER}}}[1h])"
@@ -68,7 +70,7 @@ def _by(label: str) -> Panel:
 
 _MOVER_KEYS = "provider, billing_account_id, service_name, team"
 _NOW = f"sum by ({_MOVER_KEYS}) ({RUN_RATE})"
-_BEFORE = f"sum by ({_MOVER_KEYS}) ({RUN_RATE} offset $window)"
+_BEFORE = f"sum by ({_MOVER_KEYS}) ({run_rate('$basis', '$window')})"
 # A group that did not exist $window ago moved by its whole run-rate.
 _CHANGE = f"({_NOW} - ({_BEFORE} or {_NOW} * 0))"
 _MOVER_LINKS = (

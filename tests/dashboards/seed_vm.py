@@ -22,6 +22,15 @@ GROUPS = (
     ("gcp", "Compute Engine", "europe-west1", "team", "staging", 6.5, None),  # new today
 )
 RECONCILED = 0.93  # reconciliation factor applied to the list-price run-rate
+# As the collector writes them: a reconciled series only for groups with a billing factor;
+# the bundle's billing loader reads the AWS export, so a GCP group has its list rate only.
+UNBILLED = frozenset({"gcp"})
+
+
+def cost_series() -> int:
+    """How many cost series `cost_samples` writes (list, reconciled where billed, error
+    ratio, unpriced, billed)."""
+    return sum(4 if g[0] in UNBILLED else 5 for g in GROUPS)
 
 
 def namespace(scope: Scope) -> str:
@@ -54,12 +63,13 @@ def cost_samples(scope: Scope, now: float) -> Iterator[Sample]:
             yield Sample(
                 "cct_cost_rate_rollup_usd_per_hour", {**group, "basis": "list"}, rate, t_ms
             )
-            yield Sample(
-                "cct_cost_rate_rollup_usd_per_hour",
-                {**group, "basis": "reconciled"},
-                round(rate * RECONCILED, 6),
-                t_ms,
-            )
+            if provider not in UNBILLED:
+                yield Sample(
+                    "cct_cost_rate_rollup_usd_per_hour",
+                    {**group, "basis": "reconciled"},
+                    round(rate * RECONCILED, 6),
+                    t_ms,
+                )
             account_level = {
                 "provider": provider,
                 "billing_account_id": scope.account,

@@ -22,6 +22,8 @@ import pytest
 
 from dashboards import build
 from dashboards import interpolate as grafana
+from dashboards.common import COST_OVERVIEW_UID
+from dashboards.cost_overview import RUN_RATE
 from dashboards.model import Dashboard, Panel, PromQuery, QueryVariable, SqlQuery
 from lambdas.common.vm import VictoriaMetrics
 from lambdas.store import billing
@@ -29,7 +31,6 @@ from lambdas.store.db import connect
 from tests.dashboards import seed_vm
 from tests.store import seed
 
-SERIES_PER_GROUP = 5  # rollup list + reconciled, error ratio, unpriced, billed
 FIELD_LABEL = re.compile(r"\$\{__field\.labels\.(\w+)\}")
 DATA_FIELD = re.compile(r"\$\{__data\.fields\.(\w+)\}")
 
@@ -54,7 +55,7 @@ def seeded(vm: VictoriaMetrics, pg_dsn: str) -> Iterator[Seeded]:
         seed_vm.wait_until_visible(
             vm,
             f'{{billing_account_id="{scope.account}"}}',
-            SERIES_PER_GROUP * len(seed_vm.GROUPS),
+            seed_vm.cost_series(),
             now_s,
         )
         seed_vm.wait_until_visible(vm, f'{{namespace="{seed_vm.namespace(scope)}"}}', 30, now_s)
@@ -328,3 +329,18 @@ def test_variables_offer_the_seeded_values(uid: str, seeded: Seeded, vm: Victori
                 vm, label, match, ctx.start.timestamp(), ctx.end.timestamp()
             )
             assert expected[v.name] in values, (v.name, values[:20])
+
+
+@pytest.mark.parametrize("basis", ["reconciled", "list"])
+def test_a_group_without_a_billing_factor_shows_its_list_rate(
+    basis: str, seeded: Seeded, vm: VictoriaMetrics
+) -> None:
+    # The GCP group has no reconciled series (no bill, as the collector writes it): on the
+    # reconciled basis it counts at its list rate instead of vanishing from the totals.
+    d = next(x for x in build.DASHBOARDS if x.uid == COST_OVERVIEW_UID)
+    ctx = _context(d, seeded, basis=[basis])
+    [total] = vm.query(grafana.promql(f"sum({RUN_RATE})", ctx), time_s=ctx.end.timestamp())
+    rates = {g[0] + g[1]: g[5] for g in seed_vm.GROUPS}
+    factor = seed_vm.RECONCILED if basis == "reconciled" else 1.0
+    billed = sum(r for k, r in rates.items() if not k.startswith("gcp"))
+    assert float(total["value"][1]) == pytest.approx(billed * factor + rates["gcpCompute Engine"])
