@@ -90,23 +90,28 @@ def test_every_playbook_rule_matches_something_the_detector_emits() -> None:
         assert set(rule.match) <= contract.ALL_LABELS, f"{rule.id} matches unknown labels"
 
 
+def _webhook(alerts: list[dict[str, Any]]) -> bytes:
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "alerts": [
+                {
+                    **a,
+                    "status": "firing",
+                    "startsAt": "2026-12-04T00:00:00Z",
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "fingerprint": f"{n:016x}",
+                }
+                for n, a in enumerate(alerts)
+            ],
+        }
+    ).encode()
+
+
 def test_recorded_alerts_pass_the_bridge_and_plan_in_the_trigger() -> None:
     mapping = load_mapping(PLAYBOOKS)
-    payload = {
-        "version": "4",
-        "status": "firing",
-        "alerts": [
-            {
-                **a,
-                "status": "firing",
-                "startsAt": "2026-12-04T00:00:00Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "fingerprint": f"{n:016x}",
-            }
-            for n, a in enumerate(recorded_alerts())
-        ],
-    }
-    result = convert(json.dumps(payload).encode(), "2026-12-04T00:00:01Z")
+    result = convert(_webhook(recorded_alerts()), "2026-12-04T00:00:01Z")
     assert result.ignored == 0
     planned, unmapped = [], []
     for out in result.events:
@@ -125,25 +130,6 @@ def test_recorded_alerts_pass_the_bridge_and_plan_in_the_trigger() -> None:
         "stop-idle-compute",
     ]
     assert unmapped == ["service"]
-
-
-def _webhook(alerts: list[dict[str, Any]]) -> bytes:
-    return json.dumps(
-        {
-            "version": "4",
-            "status": "firing",
-            "alerts": [
-                {
-                    **a,
-                    "status": "firing",
-                    "startsAt": "2026-12-04T00:00:00Z",
-                    "endsAt": "0001-01-01T00:00:00Z",
-                    "fingerprint": f"{n:016x}",
-                }
-                for n, a in enumerate(alerts)
-            ],
-        }
-    ).encode()
 
 
 def test_a_list_cut_to_the_value_limit_still_passes_the_bridge() -> None:
