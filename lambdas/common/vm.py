@@ -18,7 +18,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,13 @@ class VictoriaMetrics:
     def import_samples(self, samples: Iterable[Sample]) -> None:
         payload = format_prometheus(samples)
         if payload:
+            self._request(self.write_url, "/api/v1/import/prometheus", data=payload)
+
+    def import_lines(self, lines: Sequence[str]) -> None:
+        """Exposition lines already rendered, with their timestamps (as the collector's
+        `lambdas.ingest.exposition.line` makes them)."""
+        if lines:
+            payload = ("\n".join(lines) + "\n").encode()
             self._request(self.write_url, "/api/v1/import/prometheus", data=payload)
 
     def import_csv(self, payload: bytes, fmt: str) -> None:

@@ -351,6 +351,8 @@ class AzureSimulator:
         else:  # snapshot of a disk
             source = str(obj(props, "creationData").get("sourceResourceId") or "")
             src = self.read(source)
+            # A full snapshot without a sku is kept on Standard HDD storage.
+            doc["sku"] = {"name": str(obj(body, "sku").get("name", "Standard_LRS"))}
             doc["properties"] = {
                 "creationData": props.get("creationData"),
                 "diskSizeGB": src["properties"]["diskSizeGB"],

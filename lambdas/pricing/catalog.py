@@ -73,11 +73,15 @@ GCP_UNPRICED_LICENSED_PROJECTS = frozenset(
     }
 )
 GCP_WINDOWS_LICENSE = "license/windows-server"
+# Standard-tier snapshot storage per GiB-month, under one sku for every provider: the
+# delete-unattached-volume playbook keeps a snapshot and prices it under this key.
+SNAPSHOT_SKU = "snapshot"
 
 # Azure managed disks are priced per tier; a disk is billed at the smallest tier that holds it.
 _AZURE_TIERS = [4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32767]
 _AZURE_TIER_NAMES = ["1", "2", "3", "4", "6", "10", "15", "20", "30", "40", "50", "60", "70", "80"]
 _AZURE_TIER_PREFIX = {"Premium_LRS": "P", "StandardSSD_LRS": "E", "Standard_LRS": "S"}
+_STANDARD_HDD_SMALLEST = 32
 # Azure Hybrid Benefit: a Windows VM with one of these licence types pays the base rate.
 _AZURE_OWN_LICENSE = frozenset({"Windows_Server", "Windows_Client"})
 
@@ -140,11 +144,14 @@ def gcp_machine_shape(machine_type: str) -> tuple[str, float, float] | None:
 
 
 def azure_disk_tier(sku: str, gib: float) -> str | None:
+    """The tier a managed disk of this sku and size is billed at (`P15` for a 256 GiB
+    Premium_LRS disk); None for a sku that is not priced per tier."""
     prefix = _AZURE_TIER_PREFIX.get(sku)
     if prefix is None:
         return None
     for cap, name in zip(_AZURE_TIERS, _AZURE_TIER_NAMES, strict=True):
-        if gib <= cap:
+        # Standard HDD has no tier below S4 (32 GiB): a smaller disk is billed as an S4.
+        if gib <= cap and not (prefix == "S" and cap < _STANDARD_HDD_SMALLEST):
             return f"{prefix}{name}"
     return None
 

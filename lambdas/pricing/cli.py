@@ -14,7 +14,7 @@ import click
 import psycopg
 
 from lambdas.common.settings import pg_dsn
-from lambdas.pricing.sources import PriceSourceError, parse
+from lambdas.pricing.sources import PriceSourceError, Rejects, parse
 from lambdas.store.pricing import upsert_prices
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,12 @@ def documents(location: str) -> Iterator[Any]:
     yield doc
     pages = 1
     while isinstance(doc, dict) and pages < MAX_PAGES:
-        if doc.get("NextPageLink"):
-            doc = _read(str(doc["NextPageLink"]))
+        if link := doc.get("NextPageLink"):
+            # A page names the next one: never a local path (a fetched page must not make
+            # the loader read this machine's files).
+            if not str(link).startswith("https://"):
+                raise PriceSourceError(f"NextPageLink {str(link)[:100]!r} is not an https URL")
+            doc = _read(str(link))
         elif doc.get("nextPageToken") and location.startswith("https://"):
             sep = "&" if "?" in location else "?"
             doc = _read(f"{location}{sep}pageToken={doc['nextPageToken']}")
@@ -58,13 +62,29 @@ def prices() -> None:
 def load(provider: str, locations: tuple[str, ...]) -> None:
     """Load price files or https URLs (AWS offer files, Azure Retail Prices pages, GCP Cloud
     Billing Catalog SKU pages) into the catalog."""
-    total = 0
+    total = rejected = 0
     with psycopg.connect(pg_dsn()) as conn:
         for location in locations:
             try:
-                rows = parse(provider, documents(location), location)
+                rows, rejects = parse(provider, documents(location), location)
             except (PriceSourceError, OSError, ValueError) as exc:
                 raise click.ClickException(f"{location}: {exc}") from exc
             total += upsert_prices(conn, rows, datetime.now(UTC))
-            log.info("prices loaded", extra={"source": location, "rows": len(rows)})
-    click.echo(f"loaded {total} prices for {provider}")
+            rejected += rejects.total
+            log.info(
+                "prices loaded",
+                extra={"source": location, "rows": len(rows), "rejected": rejects.total},
+            )
+            _report(location, rejects)
+    tail = f", rejected {rejected}" if rejected else ""
+    click.echo(f"loaded {total} prices for {provider}{tail}")
+
+
+def _report(location: str, rejects: Rejects) -> None:
+    """The rest of a file is loaded; what was not is said on stderr, by reason."""
+    if not rejects.total:
+        return
+    click.echo(f"{location}: rejected {rejects.total}:", err=True)
+    for reason, n in rejects.counts.most_common():
+        where = "; ".join(rejects.examples[reason])
+        click.echo(f"  {n} x {reason} (e.g. {where})", err=True)

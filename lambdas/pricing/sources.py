@@ -8,14 +8,22 @@ Only on-demand, shared-tenancy list prices are kept: that is what the run-rate e
 uses; discounts come in through reconciliation with the bill. Licensed operating systems are
 kept as their own SKUs (`m5.large/RunInstances:0002`, `Standard_D2s_v3/Windows`, the GCP
 Windows Server licence per vCPU), next to the Linux price under the plain instance type.
+
+A price file is operator input from outside: an item that cannot be read (a missing field, a
+wrong type) or a price that is not a finite amount between 0 and `MAX_USD_PER_UNIT` is
+rejected with its reason and place, counted, and the rest of the file is loaded. A NaN or
+infinite price would otherwise reach every run-rate that uses it.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from lambdas.collector.normalize import (
     AWS_EC2,
@@ -30,6 +38,7 @@ from lambdas.pricing.catalog import (
     AWS_USAGE_OPERATIONS,
     GCP_WINDOWS_LICENSE,
     HOURS_PER_MONTH,
+    SNAPSHOT_SKU,
     PriceKey,
 )
 
@@ -43,6 +52,96 @@ class PriceRow:
     key: PriceKey
     usd_per_unit: float
     source: str
+
+
+# The dearest list prices are a few hundred dollars an hour (the largest memory instances);
+# a million dollars per unit is a broken file, and the catalog's numeric(18, 8) tops out at
+# 1e10.
+MAX_USD_PER_UNIT = 1e6
+MAX_KEY_CHARS = 256
+EXAMPLES_PER_REASON = 3
+# What reading a malformed item raises: its fields are looked up, converted and sliced
+# (OverflowError: a JSON integer of 400 digits is no float).
+_ITEM_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def _number(value: Any) -> float:
+    """A price field: a JSON number or a numeric string (AWS quotes them). Null, true or a
+    list is not a price of $0 or $1: the item is unreadable."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"{type(value).__name__} where a number belongs")
+    return float(value)
+
+
+def _list(value: Any, name: str) -> list[Any]:
+    """A list field; a string would otherwise be walked character by character."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"{name} is a {type(value).__name__}, not a list")
+    return value
+
+
+@dataclass
+class Rejects:
+    """Items and rows of a price document that were not loaded: counted by reason, with the
+    first few places (`Items[3]`, `products['ABC']`) as examples."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    page: int = 1  # of a paged source (Azure's NextPageLink, GCP's nextPageToken)
+
+    def add(self, where: str, reason: str) -> None:
+        self.counts[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < EXAMPLES_PER_REASON:
+            shown.append(f"page {self.page} {where}" if self.page > 1 else where)
+
+    @contextmanager
+    def item(self, where: str) -> Iterator[None]:
+        try:
+            yield
+        except _ITEM_ERRORS as exc:
+            self.add(where, f"unreadable item ({type(exc).__name__}: {str(exc)[:80]})")
+
+    def valid(self, where: str, rows: Iterable[PriceRow]) -> list[PriceRow]:
+        """The rows fit for the catalog; the others are rejected with their problem."""
+        out = []
+        for row in rows:
+            if problem := row_problem(row):
+                self.add(where, problem)
+            else:
+                out.append(row)
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Parsed(NamedTuple):
+    rows: list[PriceRow]
+    rejects: Rejects
+
+
+def row_problem(row: PriceRow) -> str | None:
+    """Why a row must not enter the catalog, or None."""
+    for name, value in zip(PriceKey._fields, row.key, strict=True):
+        # isprintable: no NUL (PostgreSQL text refuses it), no control characters, no lone
+        # surrogates (not encodable).
+        if (
+            not isinstance(value, str)
+            or not value
+            or len(value) > MAX_KEY_CHARS
+            or not value.isprintable()
+        ):
+            return f"{name} is not a printable text of 1 to {MAX_KEY_CHARS} characters"
+    price = row.usd_per_unit
+    if not isinstance(price, float) or not math.isfinite(price):
+        return "price is not a finite number"
+    if not 0 <= price <= MAX_USD_PER_UNIT:
+        return f"price outside 0 to {MAX_USD_PER_UNIT:g} USD per unit"
+    return None
 
 
 _AWS_OPERATIONS = frozenset({AWS_LINUX_OPERATION, *AWS_USAGE_OPERATIONS.values()})
@@ -118,9 +217,6 @@ def _ec2_instance_keys(attrs: Mapping[str, Any], region: str) -> list[PriceKey]:
     return [PriceKey("aws", AWS_EC2, region, sku, "hour")]
 
 
-EBS_SNAPSHOT_SKU = "snapshot"
-
-
 def _ebs_keys(  # noqa: PLR0911 - one return per EBS price family
     family: str, attrs: Mapping[str, Any], region: str
 ) -> list[PriceKey]:
@@ -130,10 +226,9 @@ def _ebs_keys(  # noqa: PLR0911 - one return per EBS price family
     usage = str(attrs.get("usagetype", ""))
     if family == "Storage" and volume:
         return [PriceKey("aws", AWS_EC2, region, volume, "gib_month")]
-    # Standard-tier snapshot storage (not the archive tier): the delete-unattached-volume
-    # playbook keeps a snapshot and prices it under this sku (steps.planning.SNAPSHOT_SKU).
+    # Standard-tier snapshot storage (not the archive tier).
     if family == "Storage Snapshot" and usage.endswith("EBS:SnapshotUsage"):
-        return [PriceKey("aws", AWS_EC2, region, EBS_SNAPSHOT_SKU, "gib_month")]
+        return [PriceKey("aws", AWS_EC2, region, SNAPSHOT_SKU, "gib_month")]
     if family == "System Operation" and volume in _EBS_PERFORMANCE_TYPES:
         if "EBS:VolumeP-IOPS" not in usage:
             return []
@@ -147,9 +242,10 @@ def _ebs_keys(  # noqa: PLR0911 - one return per EBS price family
     return []
 
 
-def parse_aws_offer(doc: Mapping[str, Any], source: str) -> Iterator[PriceRow]:
+def parse_aws_offer(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:
     products = doc.get("products")
-    terms = (doc.get("terms") or {}).get("OnDemand")
+    terms = doc.get("terms")
+    terms = terms.get("OnDemand") if isinstance(terms, Mapping) else None
     if not isinstance(products, Mapping) or not isinstance(terms, Mapping):
         raise PriceSourceError(f"{source}: not an AWS offer file (no products / terms.OnDemand)")
     offer = doc.get("offerCode")
@@ -158,39 +254,46 @@ def parse_aws_offer(doc: Mapping[str, Any], source: str) -> Iterator[PriceRow]:
     any_engine: list[PriceRow] = []
     named: list[PriceRow] = []
     for sku_id, product in products.items():
-        attrs = product.get("attributes") or {}
-        region = attrs.get("regionCode")
-        family = product.get("productFamily")
-        if not region:
-            continue
-        keys: list[PriceKey] = []
-        if offer == "AmazonEC2" and family == "Compute Instance":
-            keys = _ec2_instance_keys(attrs, region)
-        elif offer == "AmazonEC2":
-            keys = _ebs_keys(family, attrs, region)
-        elif offer == "AmazonRDS" and family == "Database Instance":
-            engine = _ENGINE_BY_LABEL.get(attrs.get("databaseEngine", ""))
-            deployment = attrs.get("deploymentOption")
-            if engine and deployment in _RDS_DEPLOYMENTS:
-                sku = f"{attrs['instanceType']}/{engine}/{deployment}"
-                keys = [PriceKey("aws", AWS_RDS, region, sku, "hour")]
-        elif offer == "AmazonRDS" and family in _RDS_UNITS:
-            keys = _rds_keys(family, attrs, region)
-        if not keys:
-            continue
-        priced = _aws_on_demand(terms.get(sku_id))
-        if priced is None:
-            continue
-        price, unit = priced
-        if keys[0].unit == "mibps_month":
-            per_mibps = _PER_MIBPS.get(unit)
-            if per_mibps is None:
-                continue  # an unknown throughput unit: leave it unpriced, never guess
-            price /= per_mibps
-        rows = any_engine if attrs.get("databaseEngine") == "Any" else named
-        rows.extend(PriceRow(key, price, source) for key in keys)
+        where = f"products[{str(sku_id)[:40]!r}]"
+        with rejects.item(where):
+            rows = rejects.valid(where, _aws_product(offer, product, terms.get(sku_id), source))
+            engine = product["attributes"].get("databaseEngine") if rows else None
+            (any_engine if engine == "Any" else named).extend(rows)
     yield from any_engine
     yield from named
+
+
+def _aws_product(offer: Any, product: Any, sku_terms: Any, source: str) -> list[PriceRow]:
+    """Untrusted JSON (hence Any): a missing or mistyped field raises, and the caller rejects
+    the product."""
+    attrs = product.get("attributes") or {}
+    region = attrs.get("regionCode")
+    family = product.get("productFamily")
+    if not region:
+        return []
+    keys: list[PriceKey] = []
+    if offer == "AmazonEC2" and family == "Compute Instance":
+        keys = _ec2_instance_keys(attrs, region)
+    elif offer == "AmazonEC2":
+        keys = _ebs_keys(family, attrs, region)
+    elif offer == "AmazonRDS" and family == "Database Instance":
+        engine = _ENGINE_BY_LABEL.get(attrs.get("databaseEngine", ""))
+        deployment = attrs.get("deploymentOption")
+        if engine and deployment in _RDS_DEPLOYMENTS:
+            sku = f"{attrs['instanceType']}/{engine}/{deployment}"
+            keys = [PriceKey("aws", AWS_RDS, region, sku, "hour")]
+    elif offer == "AmazonRDS" and family in _RDS_UNITS:
+        keys = _rds_keys(family, attrs, region)
+    priced = _aws_on_demand(sku_terms) if keys else None
+    if priced is None:
+        return []
+    price, unit = priced
+    if keys[0].unit == "mibps_month":
+        per_mibps = _PER_MIBPS.get(unit)
+        if per_mibps is None:
+            return []  # an unknown throughput unit: leave it unpriced, never guess
+        price /= per_mibps
+    return [PriceRow(key, price, source) for key in keys]
 
 
 def _aws_on_demand(sku_terms: Any) -> tuple[float, str] | None:
@@ -204,7 +307,8 @@ def _aws_on_demand(sku_terms: Any) -> tuple[float, str] | None:
         for dim in (term.get("priceDimensions") or {}).values():
             usd = (dim.get("pricePerUnit") or {}).get("USD")
             if usd is not None:
-                tiers.append((float(dim.get("beginRange") or 0), float(usd), dim.get("unit", "")))
+                begin = _number(dim.get("beginRange", 0))
+                tiers.append((begin, _number(usd), str(dim.get("unit", ""))))
     if not tiers:
         return None
     tiers.sort()
@@ -215,34 +319,47 @@ def _aws_on_demand(sku_terms: Any) -> tuple[float, str] | None:
 
 _AZ_DISK = re.compile(r"^([PES]\d+) (LRS|ZRS)( Disk)?$")
 _AZ_DISK_SKU = {"P": "Premium", "E": "StandardSSD", "S": "Standard"}
+# A full snapshot of a managed disk, kept on Standard HDD storage (the delete-disk action
+# asks for Standard_LRS). The Standard SSD and Premium products have snapshot meters of
+# their own, at about three times the price.
+_AZ_SNAPSHOT = ("Standard HDD Managed Disks", "Snapshots LRS", "1 GB/Month")
 
 
-def parse_azure_retail(doc: Mapping[str, Any], source: str) -> Iterator[PriceRow]:
+def parse_azure_retail(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:
     items = doc.get("Items")
     if not isinstance(items, list):
         raise PriceSourceError(f"{source}: not an Azure Retail Prices page (no Items list)")
-    for item in items:
-        if item.get("type") != "Consumption" or item.get("currencyCode") != "USD":
-            continue
-        region = item.get("armRegionName")
-        price = float(item.get("retailPrice") or 0.0)
-        service = item.get("serviceName")
-        product = str(item.get("productName", ""))
-        sku_name = str(item.get("skuName", ""))
-        if service == "Virtual Machines" and item.get("unitOfMeasure") == "1 Hour":
-            if "Spot" in sku_name or "Low Priority" in sku_name:
-                continue
-            # Windows meters are the same VM size with the licence in the price; their
-            # productName ends in "Windows" ("Virtual Machines DSv3 Series Windows").
-            sku = item["armSkuName"] + ("/Windows" if product.endswith(" Windows") else "")
-            yield PriceRow(PriceKey("azure", AZURE_VM, region, sku, "hour"), price, source)
-        elif service == "Storage" and "Managed Disks" in product:
-            m = _AZ_DISK.match(str(item.get("meterName", "")))
-            if m and item.get("unitOfMeasure") == "1/Month" and m.group(2) == "LRS":
-                tier = m.group(1)
-                sku = f"{_AZ_DISK_SKU[tier[0]]}_LRS/{tier}"
-                key = PriceKey("azure", AZURE_DISK, region, sku, "hour")
-                yield PriceRow(key, price / HOURS_PER_MONTH, source)
+    for i, item in enumerate(items):
+        with rejects.item(f"Items[{i}]"):
+            yield from rejects.valid(f"Items[{i}]", _azure_item(item, source))
+
+
+def _azure_item(item: Any, source: str) -> list[PriceRow]:
+    if item.get("type") != "Consumption" or item.get("currencyCode") != "USD":
+        return []
+    region = item.get("armRegionName")
+    service = item.get("serviceName")
+    product = str(item.get("productName", ""))
+    sku_name = str(item.get("skuName", ""))
+    if service == "Virtual Machines" and item.get("unitOfMeasure") == "1 Hour":
+        if "Spot" in sku_name or "Low Priority" in sku_name:
+            return []
+        # Windows meters are the same VM size with the licence in the price; their
+        # productName ends in "Windows" ("Virtual Machines DSv3 Series Windows").
+        sku = item["armSkuName"] + ("/Windows" if product.endswith(" Windows") else "")
+        price = _number(item["retailPrice"])
+        return [PriceRow(PriceKey("azure", AZURE_VM, region, sku, "hour"), price, source)]
+    if service == "Storage" and "Managed Disks" in product:
+        m = _AZ_DISK.match(str(item.get("meterName", "")))
+        if m and item.get("unitOfMeasure") == "1/Month" and m.group(2) == "LRS":
+            tier = m.group(1)
+            sku = f"{_AZ_DISK_SKU[tier[0]]}_LRS/{tier}"
+            key = PriceKey("azure", AZURE_DISK, region, sku, "hour")
+            return [PriceRow(key, _number(item["retailPrice"]) / HOURS_PER_MONTH, source)]
+        if (product, sku_name, item.get("unitOfMeasure")) == _AZ_SNAPSHOT:
+            key = PriceKey("azure", AZURE_DISK, region, SNAPSHOT_SKU, "gib_month")
+            return [PriceRow(key, _number(item["retailPrice"]), source)]
+    return []
 
 
 _GCP_CORE_RAM = re.compile(r"^([A-Z0-9]+) (?:Predefined )?Instance (Core|Ram) running in ")
@@ -259,63 +376,76 @@ _GCP_DISKS = {
     "Storage PD Capacity": "pd-standard",
     "SSD backed PD Capacity": "pd-ssd",
     "Balanced PD Capacity": "pd-balanced",
+    # Standard snapshot storage; "... Archive Snapshot ..." and regional variants ("Storage PD
+    # Snapshot in <place>") are other SKUs.
+    "Storage PD Snapshot": SNAPSHOT_SKU,
 }
 
 
 def _gcp_unit_price(sku: Mapping[str, Any]) -> tuple[float, str] | None:
-    for info in sku.get("pricingInfo") or []:
+    for info in _list(sku.get("pricingInfo"), "pricingInfo"):
         expr = info.get("pricingExpression") or {}
-        rates = expr.get("tieredRates") or []
+        rates = _list(expr.get("tieredRates"), "tieredRates")
         if rates:
             money = rates[-1].get("unitPrice") or {}
             if money.get("currencyCode", "USD") != "USD":
                 return None
-            value = float(money.get("units") or 0) + float(money.get("nanos") or 0) / 1e9
+            # Money in JSON leaves a zero field out: a missing units or nanos is 0.
+            value = _number(money.get("units", 0)) + _number(money.get("nanos", 0)) / 1e9
             return value, str(expr.get("usageUnit"))
     return None
 
 
-def parse_gcp_skus(doc: Mapping[str, Any], source: str) -> Iterator[PriceRow]:
+def parse_gcp_skus(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:
     skus = doc.get("skus")
     if not isinstance(skus, list):
         raise PriceSourceError(f"{source}: not a Cloud Billing Catalog page (no skus list)")
-    for sku in skus:
-        category = sku.get("category") or {}
-        if category.get("usageType") != "OnDemand":
-            continue
-        desc = str(sku.get("description", ""))
-        priced = _gcp_unit_price(sku)
-        if priced is None:
-            continue
-        value, unit = priced
-        if _GCP_WINDOWS.match(desc) and unit == "h":
-            key = PriceKey("gcp", GCP_COMPUTE, "global", GCP_WINDOWS_LICENSE, "hour")
-            yield PriceRow(key, value, source)
-            continue
-        for region in sku.get("serviceRegions") or []:
-            if (m := _GCP_CORE_RAM.match(desc)) and unit in ("h", "GiBy.h"):
-                kind = "core" if m.group(2) == "Core" else "ram"
-                key = PriceKey("gcp", GCP_COMPUTE, region, f"{m.group(1).lower()}/{kind}", "hour")
-                yield PriceRow(key, value, source)
-            elif (m := _GCP_FLAT_SKU.match(desc)) and unit == "h":
-                key = PriceKey("gcp", GCP_COMPUTE, region, _GCP_FLAT[m.group(1)], "hour")
-                yield PriceRow(key, value, source)
-            elif desc in _GCP_DISKS and unit == "GiBy.mo":
-                key = PriceKey("gcp", GCP_COMPUTE, region, _GCP_DISKS[desc], "gib_month")
-                yield PriceRow(key, value, source)
+    for i, sku in enumerate(skus):
+        with rejects.item(f"skus[{i}]"):
+            yield from rejects.valid(f"skus[{i}]", _gcp_sku(sku, source))
+
+
+def _gcp_sku(sku: Any, source: str) -> list[PriceRow]:
+    category = sku.get("category") or {}
+    if category.get("usageType") != "OnDemand":
+        return []
+    desc = str(sku.get("description", ""))
+    priced = _gcp_unit_price(sku)
+    if priced is None:
+        return []
+    value, unit = priced
+    if _GCP_WINDOWS.match(desc) and unit == "h":
+        key = PriceKey("gcp", GCP_COMPUTE, "global", GCP_WINDOWS_LICENSE, "hour")
+        return [PriceRow(key, value, source)]
+    rows = []
+    for region in _list(sku.get("serviceRegions"), "serviceRegions"):
+        if (m := _GCP_CORE_RAM.match(desc)) and unit in ("h", "GiBy.h"):
+            kind = "core" if m.group(2) == "Core" else "ram"
+            key = PriceKey("gcp", GCP_COMPUTE, region, f"{m.group(1).lower()}/{kind}", "hour")
+            rows.append(PriceRow(key, value, source))
+        elif (m := _GCP_FLAT_SKU.match(desc)) and unit == "h":
+            key = PriceKey("gcp", GCP_COMPUTE, region, _GCP_FLAT[m.group(1)], "hour")
+            rows.append(PriceRow(key, value, source))
+        elif desc in _GCP_DISKS and unit == "GiBy.mo":
+            key = PriceKey("gcp", GCP_COMPUTE, region, _GCP_DISKS[desc], "gib_month")
+            rows.append(PriceRow(key, value, source))
+    return rows
 
 
 PARSERS = {"aws": parse_aws_offer, "azure": parse_azure_retail, "gcp": parse_gcp_skus}
 
 
-def parse(provider: str, docs: Iterable[Mapping[str, Any]], source: str) -> list[PriceRow]:
-    """All rows of a provider's documents; a later duplicate key wins."""
+def parse(provider: str, docs: Iterable[Mapping[str, Any]], source: str) -> Parsed:
+    """All rows of a provider's documents (a later duplicate key wins) and what was
+    rejected. A document that is not in the source's format raises PriceSourceError."""
     if provider not in PARSERS:
         raise PriceSourceError(f"unknown provider {provider!r}; known: {sorted(PARSERS)}")
     rows: dict[PriceKey, PriceRow] = {}
-    for doc in docs:
+    rejects = Rejects()
+    for page, doc in enumerate(docs, 1):
+        rejects.page = page
         if not isinstance(doc, Mapping):
             raise PriceSourceError(f"{source}: expected a JSON object")
-        for row in PARSERS[provider](doc, source):
+        for row in PARSERS[provider](doc, source, rejects):
             rows[row.key] = row
-    return list(rows.values())
+    return Parsed(list(rows.values()), rejects)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from lambdas.pricing.catalog import SNAPSHOT_SKU
 from lambdas.steps.contract import Parameters
 from lambdas.steps.playbooks import Playbook
 from lambdas.steps.settings import StepSettings
@@ -23,7 +24,6 @@ from lambdas.steps.sizing import (
 DEFAULT_RESTART_SCHEDULE = "mon-fri 08:00-18:00"
 # The colder class each provider's tiering rule moves objects to, and the class they are in.
 COLD_CLASS = {"aws": "STANDARD_IA", "azure": "Cool", "gcp": "NEARLINE"}
-SNAPSHOT_SKU = "snapshot"
 _RUNNING = frozenset({"running", "available", "RUNNABLE", "Online"})
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from lambdas.pricing.catalog import gcp_machine_shape
+from lambdas.pricing.catalog import azure_disk_tier, gcp_machine_shape
 from lambdas.steps import results
 from lambdas.steps.action import Action, ActionFailed
 from lambdas.steps.contract import StepInput
@@ -30,7 +30,7 @@ from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.steps.redact import REDACTOR
 from lambdas.steps.registry import ACTIONS
 from lambdas.steps.settings import StepSettings
-from lambdas.steps.sizing import smaller_sizes
+from lambdas.steps.sizing import HOURS_PER_MONTH, smaller_sizes
 from lambdas.store import actions as store
 
 log = logging.getLogger("cct.steps")
@@ -158,14 +158,36 @@ def _prices(
 ) -> dict[str, Decimal]:
     """The price catalog rows for the resource's region, in the action's unit, by the sku
     the cloud reports (see `catalog_skus`)."""
-    rows = store.prices(
-        conn,
-        inp.parameters.provider,
-        action.service_name,
-        str(state.get("region", "")),
-        action.price_unit,
-    )
-    return catalog_skus(rows, state, inp.parameters.provider)
+    provider, region = inp.parameters.provider, str(state.get("region", ""))
+    rows = store.prices(conn, provider, action.service_name, region, action.price_unit)
+    if provider == "azure" and action.price_unit == "gib_month":
+        hourly = store.prices(conn, provider, action.service_name, region, "hour")
+        rows = {**rows, **azure_disk_per_gib(hourly, state)}
+    return catalog_skus(rows, state, provider)
+
+
+_PER_GIB_PLACES = Decimal("0.00000001")  # the catalog's own scale, numeric(18, 8)
+
+
+def azure_disk_per_gib(
+    hourly: Mapping[str, Decimal], state: Mapping[str, Any]
+) -> dict[str, Decimal]:
+    """Azure bills a managed disk at its tier's price, whatever it holds: a 256 GiB
+    Premium_LRS disk is a P15 at $38.01 a month. `cct prices load` keeps tiers per hour
+    (`Premium_LRS/P15`); a plan in GiB-months gets the disk's own sku at the tier's monthly
+    price over the disk's size, so size x price is the tier's price. The tier is the disk's
+    performance tier when it has one set and priced, else the smallest that holds it."""
+    sku, size = state.get("sku"), state.get("size_gib")
+    if not sku or not size or float(size) <= 0:
+        return {}
+    # A raised performance tier (`properties.tier`, P30 on a 128 GiB disk) is what is billed.
+    tiers = (state.get("tier"), azure_disk_tier(str(sku), float(size)))
+    prices = [hourly[f"{sku}/{t}"] for t in tiers if t and f"{sku}/{t}" in hourly]
+    if not prices:
+        return {}
+    per_hour = prices[0]
+    per_gib = per_hour * HOURS_PER_MONTH / Decimal(str(size))
+    return {str(sku): per_gib.quantize(_PER_GIB_PLACES)}
 
 
 def catalog_skus(

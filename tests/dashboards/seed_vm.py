@@ -1,6 +1,7 @@
 """Realistic VictoriaMetrics series for one test module, written through the project's VM
-client: the collector's rollup, the billing loader's billed cost and estimate error, and the
-handlers' own counters and histograms, all labelled with one unique account / namespace."""
+client: the collector's rollup (the exposition lines its own `Rollups` writes, from resources
+whose rates step), the billing loader's billed cost and estimate error, and the handlers' own
+counters and histograms, all labelled with one unique account / namespace."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
+from lambdas.collector.core import Factors, Group, Labels, Rollups
+from lambdas.collector.model import Resource
 from lambdas.common.vm import Sample, VictoriaMetrics
+from lambdas.contract import TAG_LABELS
 from tests.store.seed import Scope
 
 MINUTE = 60
@@ -22,14 +27,14 @@ GROUPS = (
     ("gcp", "Compute Engine", "europe-west1", "team", "staging", 6.5, None),  # new today
 )
 RECONCILED = 0.93  # reconciliation factor applied to the list-price run-rate
-# As the collector writes them: a reconciled series only for groups with a billing factor;
-# the bundle's billing loader reads the AWS export, so a GCP group has its list rate only.
+# The billing loader has loaded the AWS export only: the GCP group has no factor, so the
+# collector writes its list rate alone.
 UNBILLED = frozenset({"gcp"})
 
 
 def cost_series() -> int:
-    """How many cost series `cost_samples` writes (list, reconciled where billed, error
-    ratio, unpriced, billed)."""
+    """How many cost series `rollup_lines` and `cost_samples` write (list, reconciled where
+    billed, unpriced, error ratio, billed)."""
     return sum(4 if g[0] in UNBILLED else 5 for g in GROUPS)
 
 
@@ -44,7 +49,50 @@ def _rate_at(now_rate: float, day_ago: float | None, age_s: int) -> float | None
     return now_rate if age_s <= 3 * HOUR else day_ago
 
 
+def _resource(scope: Scope, group: tuple[object, ...], name: str, rate: float | None) -> Resource:
+    provider, service, region, team_attr, env = (str(v) for v in group[:5])
+    return Resource(
+        provider=provider,
+        resource_id=f"{name}-{scope.uid}",
+        billing_account_id=scope.account,
+        sub_account_id=f"sub-{scope.uid}",
+        region_id=region,
+        service_name=service,
+        resource_type="x",
+        sku=None,
+        size={},
+        state="running",
+        tags={"Team": getattr(scope, team_attr), "env": env},
+        usd_per_hour=rate,
+        last_event_id="seed",
+        last_event_time=datetime.now(UTC),
+    )
+
+
+def rollup_lines(scope: Scope, now: float) -> list[str]:
+    """What the collector writes for each group over 26 hours, a sample a minute: one priced
+    resource per group at the group's rate (stepping three hours ago; the new group's
+    resource appears six hours ago) and one resource without a price."""
+    rollups = Rollups(Labels(TAG_LABELS))
+    factors: Factors = {
+        (g[0], scope.account, g[1]): RECONCILED for g in GROUPS if g[0] not in UNBILLED
+    }
+    out: list[str] = []
+    for age in range(26 * HOUR - MINUTE, 9, -MINUTE):
+        present: list[Group] = []
+        for g in GROUPS:
+            rate = _rate_at(g[5], g[6], age)
+            if rate is None:
+                continue
+            group, _ = rollups.update(_resource(scope, g, f"vm-{g[1]}", rate))
+            rollups.update(_resource(scope, g, f"unpriced-{g[1]}", None))
+            present.append(group)
+        out += rollups.rollup_lines(present, factors, int((now - age) * 1000))
+    return out
+
+
 def cost_samples(scope: Scope, now: float) -> Iterator[Sample]:
+    """The billing loader's series: the estimate error and the billed hours."""
     for provider, service, region, team_attr, env, rate_now, rate_before in GROUPS:
         team = getattr(scope, team_attr)
         group = {
@@ -55,30 +103,15 @@ def cost_samples(scope: Scope, now: float) -> Iterator[Sample]:
             "team": team,
             "env": env,
         }
+        account_level = {
+            "provider": provider,
+            "billing_account_id": scope.account,
+            "service_name": service,
+        }
         for age in range(10, 26 * HOUR, MINUTE):
-            t_ms = int((now - age) * 1000)
-            rate = _rate_at(rate_now, rate_before, age)
-            if rate is None:
-                continue
-            yield Sample(
-                "cct_cost_rate_rollup_usd_per_hour", {**group, "basis": "list"}, rate, t_ms
-            )
-            if provider not in UNBILLED:
-                yield Sample(
-                    "cct_cost_rate_rollup_usd_per_hour",
-                    {**group, "basis": "reconciled"},
-                    round(rate * RECONCILED, 6),
-                    t_ms,
-                )
-            account_level = {
-                "provider": provider,
-                "billing_account_id": scope.account,
-                "service_name": service,
-            }
-            yield Sample("cct_cost_estimate_error_ratio", account_level, -0.07, t_ms)
-            yield Sample(
-                "cct_cost_rate_unpriced_resources", {**account_level, "region_id": region}, 1, t_ms
-            )
+            if _rate_at(rate_now, rate_before, age) is not None:
+                t_ms = int((now - age) * 1000)
+                yield Sample("cct_cost_estimate_error_ratio", account_level, -0.07, t_ms)
         # Billed hours arrive late: the newest billed hour is three hours old.
         hour_now = int(now // HOUR) * HOUR
         for h in range(3, 48):

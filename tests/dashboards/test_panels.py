@@ -47,6 +47,7 @@ def seeded(vm: VictoriaMetrics, pg_dsn: str) -> Iterator[Seeded]:
     scope = seed.Scope(uuid.uuid4().hex[:10])
     now_s = time.time()
     now = datetime.fromtimestamp(now_s, UTC).replace(microsecond=0)
+    vm.import_lines(seed_vm.rollup_lines(scope, now_s))
     vm.import_samples(seed_vm.cost_samples(scope, now_s))
     vm.import_samples(seed_vm.pipeline_samples(scope, now_s))
     with connect(pg_dsn) as conn:

@@ -61,7 +61,8 @@ def load_prices(dsn: str) -> None:
         for provider, files in PRICE_FILES.items():
             for f in files:
                 path = str(FIXTURES / "prices" / f)
-                upsert_prices(conn, parse(provider, documents(path), path), datetime.now(UTC))
+                rows = parse(provider, documents(path), path).rows
+                upsert_prices(conn, rows, datetime.now(UTC))
 
 
 @pytest.fixture

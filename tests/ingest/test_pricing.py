@@ -6,6 +6,7 @@ import pytest
 
 from lambdas.collector.normalize import AWS_EC2, AWS_RDS, AZURE_DISK, AZURE_VM, GCP_COMPUTE
 from lambdas.pricing.catalog import (
+    SNAPSHOT_SKU,
     PriceKey,
     Shape,
     azure_disk_tier,
@@ -14,7 +15,6 @@ from lambdas.pricing.catalog import (
 )
 from lambdas.pricing.cli import documents
 from lambdas.pricing.sources import PriceSourceError, parse
-from lambdas.steps.planning import SNAPSHOT_SKU
 from tests.ingest.conftest import FIXTURES, PRICE_FILES
 
 
@@ -23,7 +23,9 @@ def book() -> dict[PriceKey, float]:
     for provider, files in PRICE_FILES.items():
         for f in files:
             path = str(FIXTURES / "prices" / f)
-            out.update({r.key: r.usd_per_unit for r in parse(provider, documents(path), path)})
+            parsed = parse(provider, documents(path), path)
+            assert parsed.rejects.total == 0, parsed.rejects
+            out.update({r.key: r.usd_per_unit for r in parsed.rows})
     return out
 
 
@@ -48,7 +50,7 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert b[PriceKey("gcp", GCP_COMPUTE, "us-central1", "pd-ssd", "gib_month")] == pytest.approx(
         0.17
     )
-    assert len(b) == 42
+    assert len(b) == 45  # with the Azure P15 tier and the Azure and GCP snapshot storage
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -62,6 +64,15 @@ def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
     # Standard snapshot storage under the sku the delete-unattached-volume plan prices; the
     # archive tier is not it.
     assert ec2[SNAPSHOT_SKU] == ("gib_month", 0.05)
+    # Azure: the Standard HDD LRS snapshot meter (the storage the delete-disk action asks
+    # for), not ZRS, not the Premium or Standard SSD products' meters; a disk's "Mount"
+    # meter is not its tier.
+    disks = {k.sku: (k.unit, v) for k, v in b.items() if k.service_name == AZURE_DISK}
+    assert disks[SNAPSHOT_SKU] == ("gib_month", 0.05)
+    assert disks["Premium_LRS/P15"] == ("hour", pytest.approx(38.012142 / 730))
+    assert sorted(disks) == ["Premium_LRS/P10", "Premium_LRS/P15", SNAPSHOT_SKU]
+    gcp = {(k.sku, k.unit): v for k, v in b.items() if k.provider == "gcp"}
+    assert gcp[(SNAPSHOT_SKU, "gib_month")] == pytest.approx(0.05)
     rds = {(k.sku, k.unit): v for k, v in b.items() if k.service_name == AWS_RDS}
     # databaseEngine "Any" applies to every non-Aurora engine; a named engine overrides it
     assert rds[("gp3/postgres/Single-AZ", "gib_month")] == 0.115
@@ -83,7 +94,7 @@ def test_unknown_throughput_unit_is_left_unpriced() -> None:
     [doc] = list(documents(path))
     dims = doc["terms"]["OnDemand"]["SKUGP3THRU"]["SKUGP3THRU.JRTCKXETXF"]["priceDimensions"]
     next(iter(dims.values()))["unit"] = "Furlongs-Fortnight"
-    keys = {r.key.sku for r in parse("aws", [doc], path)}
+    keys = {r.key.sku for r in parse("aws", [doc], path).rows}
     assert "gp3/throughput" not in keys and "gp3/iops" in keys
 
 
@@ -116,6 +127,10 @@ def test_gcp_machine_shapes(machine: str, shape: tuple[str, float, float] | None
         ("Premium_LRS", 128, "P10"),
         ("Premium_LRS", 129, "P15"),
         ("StandardSSD_LRS", 4, "E1"),
+        # Standard HDD starts at S4 (32 GiB): there is no S1 to S3 to price a small disk by.
+        ("Standard_LRS", 10, "S4"),
+        ("Standard_LRS", 32, "S4"),
+        ("Standard_LRS", 33, "S6"),
         ("UltraSSD_LRS", 10, None),
     ],
 )
@@ -231,15 +246,19 @@ def test_cct_prices_load_fills_the_catalog(fresh_db: str, monkeypatch: pytest.Mo
     files = [str(FIXTURES / "prices" / f) for f in PRICE_FILES["azure"]]
     result = CliRunner().invoke(cli, ["prices", "load", "--provider", "azure", *files])
     assert result.exit_code == 0, result.output
-    assert "loaded 3 prices for azure" in result.output
+    assert "loaded 5 prices for azure" in result.output
     bad = CliRunner().invoke(cli, ["prices", "load", "--provider", "aws", files[0]])
     assert bad.exit_code == 1 and "not an AWS offer file" in bad.output
     with psycopg.connect(fresh_db) as conn:
-        rows = conn.execute("select sku, unit, source from price_catalog order by sku").fetchall()
+        rows = conn.execute(
+            'select sku, unit, source from price_catalog order by sku collate "C"'
+        ).fetchall()
     assert [(r[0], r[1]) for r in rows] == [
         ("Premium_LRS/P10", "hour"),
+        ("Premium_LRS/P15", "hour"),
         ("Standard_D2s_v3", "hour"),
         ("Standard_D2s_v3/Windows", "hour"),
+        ("snapshot", "gib_month"),
     ]
 
 

@@ -25,6 +25,8 @@ class Case:
     saving: str
     final_state: str
     target: str | None = None
+    # Price files (tests/ingest/fixtures/prices) `cct prices load` reads before the run.
+    catalog: tuple[str, ...] = ()
 
 
 CASES = [
@@ -61,9 +63,12 @@ CASES = [
         "Storage",
         "eastus",
         "gib_month",
-        {"Premium_LRS": "0.15", "snapshot": "0.05"},
-        "25.60",
+        {},
+        # The 256 GiB Premium_LRS disk is a P15 ($38.012142 a month), its snapshot 256 GiB of
+        # Standard HDD snapshot storage at $0.05: 38.01 - 12.80.
+        "25.21",
         "deleted",
+        catalog=("azure_retail_page1.json", "azure_retail_page2.json"),
     ),
     Case(
         "azure_tiering.json",
@@ -123,9 +128,10 @@ CASES = [
         "Compute Engine",
         "us-central1",
         "gib_month",
-        {"pd-ssd": "0.17", "snapshot": "0.026"},
-        "28.80",
+        {},
+        "24.00",  # 200 GiB x (pd-ssd $0.17 - standard snapshot storage $0.05)
         "deleted",
+        catalog=("gcp_compute_skus.json",),
     ),
     Case(
         "gcp_tiering.json",

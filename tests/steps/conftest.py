@@ -11,8 +11,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
+from lambdas.cli import cli
+from tests.steps.cloud_cases import Case
 from tests.steps.replay import Replay, serving
+
+PRICE_FILES = Path(__file__).resolve().parents[1] / "ingest" / "fixtures" / "prices"
 
 JWT = (
     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImNjdC10ZXN0In0.c2VydmljZS1hY2NvdW50LXRva2Vu"
@@ -96,6 +101,26 @@ def seed_prices(pg_dsn: str) -> Callable[[str, str, str, str, dict[str, str]], N
                        do update set usd_per_unit = excluded.usd_per_unit""",
                     (provider, service, region, sku, unit, Decimal(price)),
                 )
+
+    return seed
+
+
+@pytest.fixture
+def seed_case(
+    seed_prices: Callable[..., None], pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Case], None]:
+    """The prices a case's plan needs: its own rows, and its price files loaded by the real
+    `cct prices load`, so a plan is shown to work on what the loader writes."""
+
+    def seed(case: Case) -> None:
+        seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+        if case.catalog:
+            monkeypatch.setenv("CCT_PG_DSN", pg_dsn)
+            files = [str(PRICE_FILES / name) for name in case.catalog]
+            result = CliRunner().invoke(
+                cli, ["prices", "load", "--provider", case.provider, *files]
+            )
+            assert result.exit_code == 0, result.output
 
     return seed
 

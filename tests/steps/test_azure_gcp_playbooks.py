@@ -63,11 +63,11 @@ def test_playbook_end_to_end(
     case: Case,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Any,
     uid: str,
 ) -> None:
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-{case.playbook}-{case.provider}-{uid}"
     parameters = params(case, uid)
     with replay(*recordings(case)) as r:
@@ -115,11 +115,11 @@ def test_dry_run_sends_no_mutating_request(
     case: Case,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Any,
     uid: str,
 ) -> None:
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-{case.playbook}-{case.provider}-dry-{uid}"
     with replay(*recordings(case)) as r:
         result = run_approved(
@@ -150,12 +150,12 @@ def test_azure_access_denied_leaves_the_vm_and_names_the_permission(
     *,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Any,
     uid: str,
 ) -> None:
     case = CASES[0]
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-rightsize-compute-denied-{uid}"
     with replay("vault.json", "azure_login.json", "azure_resize_denied.json") as r:
         result = run_playbook(
@@ -199,14 +199,14 @@ def test_gcp_playbook_through_the_real_entrypoint(
     *,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Any,
     uid: str,
 ) -> None:
     """A GCP playbook also runs as `cct step` subprocesses (the AWS suite has one too); the
     other cases run the same code in-process to keep the suite fast."""
     case = CASES[6]
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-{case.playbook}-sub-{uid}"
     with replay("vault.json", case.recording) as r:
         result = run_playbook(case.playbook, run_id, params(case, uid), step_env(r.base_url))
@@ -220,12 +220,12 @@ def test_gcp_failed_resize_starts_the_instance_at_its_old_size(
     *,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Any,
     uid: str,
 ) -> None:
     case = CASES[5]
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-rightsize-compute-gcpfail-{uid}"
     parameters = params(
         case,

@@ -305,6 +305,50 @@ def test_rds_catalog_prices_are_found_by_the_class_rds_reports() -> None:
     assert "db.m5.large" not in catalog_skus(rows, {})
 
 
+def test_an_azure_disk_is_priced_per_gib_month_at_its_tier_s_price() -> None:
+    """What `cct prices load` keeps for Azure disks (a tier's price per hour) becomes the
+    per-GiB-month price the delete-unattached-volume plan multiplies by the disk's size."""
+    from decimal import Decimal
+
+    from lambdas.pricing.sources import parse
+    from lambdas.steps.sizing import HOURS_PER_MONTH
+    from lambdas.steps.steps import azure_disk_per_gib
+    from tests.ingest.conftest import FIXTURES
+
+    docs = [
+        json.loads((FIXTURES / "prices" / f"azure_retail_page{n}.json").read_text()) for n in (1, 2)
+    ]
+    # As the catalog's numeric(18, 8) column holds them.
+    hourly = {
+        r.key.sku: Decimal(str(round(r.usd_per_unit, 8)))
+        for r in parse("azure", docs, "fixture").rows
+        if r.key.unit == "hour"
+    }
+    p15 = azure_disk_per_gib(hourly, {"sku": "Premium_LRS", "size_gib": 256})
+    assert (p15["Premium_LRS"] * 256).quantize(Decimal("0.01")) == Decimal("38.01")
+    # A disk below a tier's top pays the whole tier: 100 GiB is a P10 ($19.71).
+    p10 = azure_disk_per_gib(hourly, {"sku": "Premium_LRS", "size_gib": 100})
+    assert (p10["Premium_LRS"] * 100).quantize(Decimal("0.01")) == Decimal("19.71")
+    assert p10["Premium_LRS"] == (hourly["Premium_LRS/P10"] * HOURS_PER_MONTH / 100).quantize(
+        Decimal("0.00000001")
+    )
+    # A raised performance tier is what Azure bills; one without a price falls back to size.
+    raised = azure_disk_per_gib(hourly, {"sku": "Premium_LRS", "size_gib": 100, "tier": "P15"})
+    assert (raised["Premium_LRS"] * 100).quantize(Decimal("0.01")) == Decimal("38.01")
+    unpriced = {"sku": "Premium_LRS", "size_gib": 100, "tier": "P80"}
+    assert azure_disk_per_gib(hourly, unpriced) == p10
+    # No price for its tier, a sku not priced per tier, no or a nonsense size: nothing.
+    for state in (
+        {"sku": "Premium_LRS", "size_gib": 1024},
+        {"sku": "PremiumV2_LRS", "size_gib": 100},
+        {"sku": "Premium_LRS", "size_gib": 0},
+        {"sku": "Premium_LRS", "size_gib": float("nan")},
+        {"sku": "Premium_LRS"},
+        {"size_gib": 100},
+    ):
+        assert azure_disk_per_gib(hourly, state) == {}, state
+
+
 @pytest.mark.parametrize(
     ("fixture", "provider", "action"),
     [

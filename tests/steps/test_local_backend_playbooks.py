@@ -214,11 +214,11 @@ def test_recorded_playbook_through_the_local_backend(
     case: Case,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Query,
     uid: str,
 ) -> None:
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-{case.playbook}-{case.provider}-local-{uid}"
     with replay(*recordings(case)) as r:
         submission = submit(case.playbook, run_id, params(case, uid), step_env(r.base_url))

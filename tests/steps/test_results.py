@@ -30,13 +30,13 @@ def test_a_finished_run_publishes_one_cloudevent_and_a_retry_repeats_its_id(
     *,
     replay: Serve,
     step_env: Callable[..., dict[str, str]],
-    seed_prices: Any,
+    seed_case: Any,
     db: Any,
     kafka_bootstrap: str,
     uid: str,
 ) -> None:
     case = next(c for c in CASES if c.recording == "gcp_stop_instance.json")
-    seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
+    seed_case(case)
     run_id = f"cct-{case.playbook}-results-{uid}"
     topic = f"cct.test.results.{uid}"
     parameters = params(case, uid)

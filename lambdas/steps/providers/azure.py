@@ -288,6 +288,9 @@ DISK_PERMS = (
 )
 
 
+SNAPSHOT_STORAGE = "Standard_LRS"
+
+
 def _snapshot_id(disk_id: str) -> str:
     group, name = disk_id.rsplit("/providers/Microsoft.Compute/disks/", 1)
     return f"{group}/providers/Microsoft.Compute/snapshots/{name}-cct-snapshot"
@@ -314,6 +317,7 @@ def _read_disk(session: AzureSession, params: Mapping[str, Any]) -> State:
         "status": props.get("diskState"),
         "sku": disk["sku"]["name"],
         "size_gib": props["diskSizeGB"],
+        "tier": props.get("tier"),
         "attached_to": [disk["managedBy"]] if disk.get("managedBy") else [],
         "region": disk["location"],
         "tags": disk.get("tags", {}),
@@ -333,6 +337,8 @@ def _delete_disk_apply(session: AzureSession, params: Mapping[str, Any], before:
             params={"api-version": DISK_API},
             body={
                 "location": before["region"],
+                # Standard HDD storage, the snapshot meter the plan priced it at.
+                "sku": {"name": SNAPSHOT_STORAGE},
                 "tags": {SNAPSHOT_SOURCE_TAG: rid.rsplit("/", 1)[1]},
                 "properties": {"creationData": {"createOption": "Copy", "sourceResourceId": rid}},
             },
