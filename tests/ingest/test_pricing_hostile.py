@@ -290,3 +290,17 @@ def test_a_next_page_link_to_a_local_path_is_refused(
     assert f"NextPageLink '{secret}' is not an https URL" in result.stderr
     with psycopg.connect(fresh_db) as conn:
         assert conn.execute("select count(*) from price_catalog").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("price", ["NaN", "-0.01"])
+def test_the_catalog_itself_refuses_a_price_no_loader_may_write(fresh_db: str, price: str) -> None:
+    """Migration 0103: a writer other than `cct prices load` cannot store a NaN (numeric
+    admits it, and sorts it above every number) or negative price either."""
+    with psycopg.connect(fresh_db) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            """insert into price_catalog (provider, service_name, region_id, sku, unit,
+                   usd_per_unit, source, effective_from)
+               values ('azure', 'Virtual Machines', 'eastus', 'X', 'hour', %s::numeric, 't',
+                       now())""",
+            (price,),
+        )
