@@ -106,7 +106,7 @@ def test_azure_and_gcp_changes_are_priced_alerted_and_published(
         (vm, "azure", "Microsoft.Compute/virtualMachines"),
         (inst, "gcp", "compute.googleapis.com/Instance"),
     ):
-        labels = alerted(stack, s)["labels"]
+        labels = alerted(stack, s, launched.watch)["labels"]
         assert labels["resource_type"] == rtype and labels["provider"] == provider, labels
         assert labels["env"] == "dev", labels
     # Standard_D2s_v3 is $0.096/h (warning); e2-standard-8 about $0.27/h pages.
