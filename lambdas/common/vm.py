@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lambdas.ingest.exposition import body
+
 
 class VMError(RuntimeError):
     """VictoriaMetrics refused or failed a request. `retryable` says whether to try again."""
@@ -106,8 +108,7 @@ class VictoriaMetrics:
         """Exposition lines already rendered, with their timestamps (as the collector's
         `lambdas.ingest.exposition.line` makes them)."""
         if lines:
-            payload = ("\n".join(lines) + "\n").encode()
-            self._request(self.write_url, "/api/v1/import/prometheus", data=payload)
+            self._request(self.write_url, "/api/v1/import/prometheus", data=body(list(lines)))
 
     def import_csv(self, payload: bytes, fmt: str) -> None:
         """CSV rows without a header; `fmt` is VictoriaMetrics' `format` column spec."""
