@@ -35,6 +35,10 @@ RUN_RATE = run_rate("$basis")
 # the graph's step is that hour's cost, i.e. an average $/h comparable with the run-rate.
 BILLED_HOURLY = f"last_over_time(cct_billed_cost_usd{{{PROM_FILTER}}}[1h])"
 HOURS_PER_MONTH = 730
+# The billing loader writes one error sample per load (a delivery is daily, or as rare as the
+# month's invoice), and the collector applies the latest factor however old: show the latest
+# within a month, not only a sample from the last five minutes.
+ESTIMATE_ERROR = f"last_over_time(cct_cost_estimate_error_ratio{{{PROM_ACCOUNT_FILTER}}}[31d])"
 
 _DIMENSIONS = (
     ("provider", "provider", ()),
@@ -173,20 +177,20 @@ DASHBOARD = Dashboard(
                     "timeseries",
                     (
                         PromQuery(
-                            f"cct_cost_estimate_error_ratio{{{PROM_ACCOUNT_FILTER}}}",
+                            ESTIMATE_ERROR,
                             legend="{{billing_account_id}} {{service_name}}",
                         ),
                     ),
                     unit=PERCENT,
-                    description="From reconciliation with the billing exports, per service.",
+                    description="From reconciliation with the billing exports, per service: the"
+                    " latest load's value, held until the next load.",
                 ),
                 Panel(
                     "Largest estimate errors now (absolute)",
                     "bargauge",
                     (
                         PromQuery(
-                            "topk(10, abs(cct_cost_estimate_error_ratio"
-                            f"{{{PROM_ACCOUNT_FILTER}}}))",
+                            f"topk(10, abs({ESTIMATE_ERROR}))",
                             legend="{{provider}} {{billing_account_id}} {{service_name}}",
                             instant=True,
                         ),

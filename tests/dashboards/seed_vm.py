@@ -1,41 +1,69 @@
-"""Realistic VictoriaMetrics series for one test module, written through the project's VM
-client: the collector's rollup (the exposition lines its own `Rollups` writes, from resources
-whose rates step), the billing loader's billed cost and estimate error, and the handlers' own
-counters and histograms, all labelled with one unique account / namespace."""
+"""Realistic VictoriaMetrics and PostgreSQL data for one test module, written by the real
+producers, all labelled with one unique account / namespace:
+- the collector's rollup: the exposition lines its own `Rollups` writes, from resources whose
+  rates step;
+- the billing loader's billed and effective cost, reconciliation and estimate error: the real
+  `cct billing load` of a FOCUS export, reconciled against that rollup; the collector then
+  reads the factors it saved, as it does, and adds the reconciled basis;
+- the handlers' own counters and histograms.
+
+The order is the order of a new installation: the collector runs for a day with no factor,
+the first bill is loaded two hours ago, and the collector publishes both bases since."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from lambdas.billing.loader import BillingSettings, LoadReport, load
 from lambdas.collector.core import Factors, Group, Labels, Rollups
 from lambdas.collector.model import Resource
+from lambdas.collector.normalize import AWS_EC2, AWS_RDS, GCP_COMPUTE
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.contract import TAG_LABELS
+from lambdas.store.inventory import reconciliation_factors
 from tests.store.seed import Scope
 
 MINUTE = 60
 HOUR = 3600
 # (provider, service, region, team attr, env, $/h now, $/h a day ago or None if new since)
 GROUPS = (
-    ("aws", "AmazonEC2", "us-east-1", "team", "prod", 42.0, 30.0),  # riser
-    ("aws", "AmazonRDS", "eu-west-1", "other_team", "prod", 12.0, 20.0),  # faller
-    ("gcp", "Compute Engine", "europe-west1", "team", "staging", 6.5, None),  # new today
+    ("aws", AWS_EC2, "us-east-1", "team", "prod", 42.0, 30.0),  # riser
+    ("aws", AWS_RDS, "eu-west-1", "other_team", "prod", 12.0, 20.0),  # faller
+    ("gcp", GCP_COMPUTE, "europe-west1", "team", "staging", 6.5, None),  # new today
 )
-RECONCILED = 0.93  # reconciliation factor applied to the list-price run-rate
-# The billing loader has loaded the AWS export only: the GCP group has no factor, so the
-# collector writes its list rate alone.
+# The bill's EffectiveCost is this share of the list-price run-rate, so the loader's
+# reconciliation must find this factor (and an estimate error of RECONCILED - 1).
+RECONCILED = 0.93
+BILLED_SHARE = 0.95  # BilledCost / list: the bill's other cost column, before credits
+# Only the AWS export is loaded: the GCP group has no factor, so the collector writes its
+# list rate alone.
 UNBILLED = frozenset({"gcp"})
+HISTORY = 26 * HOUR  # how long the collector has run
+LOADED_AGO = 2 * HOUR  # when `cct billing load` ran
+# Billed hours arrive late: the newest starts four hours ago, so every billed hour ends
+# before the rates stepped (three hours ago) and the estimate over them is exact.
+NEWEST_BILLED_H = 4
+BILLED_HOURS = 20
+RECONCILE_WINDOW_H = BILLED_HOURS
 
 
 def cost_series() -> int:
-    """How many cost series `rollup_lines` and `cost_samples` write (list, reconciled where
-    billed, unpriced, error ratio, billed)."""
-    return sum(4 if g[0] in UNBILLED else 5 for g in GROUPS)
+    """How many cost series the seed writes for the account: per group list, unpriced and,
+    where billed, reconciled, billed and effective; per billed service factor and error.
+    (A month boundary inside the billed hours splits billed and effective in two.)"""
+    billed = sum(g[0] not in UNBILLED for g in GROUPS)
+    return 2 * len(GROUPS) + 3 * billed + 2 * billed
 
 
 def namespace(scope: Scope) -> str:
@@ -69,67 +97,102 @@ def _resource(scope: Scope, group: tuple[object, ...], name: str, rate: float | 
     )
 
 
-def rollup_lines(scope: Scope, now: float) -> list[str]:
-    """What the collector writes for each group over 26 hours, a sample a minute: one priced
-    resource per group at the group's rate (stepping three hours ago; the new group's
-    resource appears six hours ago) and one resource without a price."""
-    rollups = Rollups(Labels(TAG_LABELS))
-    factors: Factors = {
-        (g[0], scope.account, g[1]): RECONCILED for g in GROUPS if g[0] not in UNBILLED
-    }
-    out: list[str] = []
-    for age in range(26 * HOUR - MINUTE, 9, -MINUTE):
-        present: list[Group] = []
-        for g in GROUPS:
-            rate = _rate_at(g[5], g[6], age)
-            if rate is None:
-                continue
-            group, _ = rollups.update(_resource(scope, g, f"vm-{g[1]}", rate))
-            rollups.update(_resource(scope, g, f"unpriced-{g[1]}", None))
-            present.append(group)
-        out += rollups.rollup_lines(present, factors, int((now - age) * 1000))
-    return out
+class Collector:
+    """The collector's rollup state for the scope, run minute by minute over a span of ages."""
+
+    def __init__(self, scope: Scope, now: float) -> None:
+        self.scope = scope
+        self.now = now
+        self.rollups = Rollups(Labels(TAG_LABELS))
+
+    def lines(self, factors: Factors, oldest_s: int, newest_s: int) -> list[str]:
+        """What it writes, a sample a minute, from `oldest_s` ago to after `newest_s` ago:
+        one priced resource per group at the group's rate (stepping three hours ago; the new
+        group's resource appears six hours ago) and one resource without a price."""
+        out: list[str] = []
+        for age in range(oldest_s, newest_s, -MINUTE):
+            present: list[Group] = []
+            for g in GROUPS:
+                rate = _rate_at(g[5], g[6], age)
+                if rate is None:
+                    continue
+                group, _ = self.rollups.update(_resource(self.scope, g, f"vm-{g[1]}", rate))
+                self.rollups.update(_resource(self.scope, g, f"unpriced-{g[1]}", None))
+                present.append(group)
+            out += self.rollups.rollup_lines(present, factors, int((self.now - age) * 1000))
+        return out
 
 
-def cost_samples(scope: Scope, now: float) -> Iterator[Sample]:
-    """The billing loader's series: the estimate error and the billed hours."""
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _month_start(t: float) -> float:
+    d = datetime.fromtimestamp(t, UTC)
+    return d.replace(day=1, hour=0, minute=0, second=0).timestamp()
+
+
+def _next_month(t: float) -> float:
+    d = datetime.fromtimestamp(_month_start(t), UTC)
+    year, month = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    return d.replace(year=year, month=month).timestamp()
+
+
+def focus_export(scope: Scope, now: float, path: Path) -> Path:
+    """The AWS FOCUS export of the billed groups' resources: one row per resource-hour, as
+    the provider writes it (tags as JSON, ISO timestamps with Z)."""
+    rows = []
+    hour_now = int(now // HOUR) * HOUR
     for provider, service, region, team_attr, env, rate_now, rate_before in GROUPS:
-        team = getattr(scope, team_attr)
-        group = {
-            "provider": provider,
-            "billing_account_id": scope.account,
-            "service_name": service,
-            "region_id": region,
-            "team": team,
-            "env": env,
-        }
-        account_level = {
-            "provider": provider,
-            "billing_account_id": scope.account,
-            "service_name": service,
-        }
-        for age in range(10, 26 * HOUR, MINUTE):
-            if _rate_at(rate_now, rate_before, age) is not None:
-                t_ms = int((now - age) * 1000)
-                yield Sample("cct_cost_estimate_error_ratio", account_level, -0.07, t_ms)
-        # Billed hours arrive late: the newest billed hour is three hours old.
-        hour_now = int(now // HOUR) * HOUR
-        for h in range(3, 48):
+        if provider in UNBILLED:
+            continue
+        for h in range(NEWEST_BILLED_H, NEWEST_BILLED_H + BILLED_HOURS):
             start = hour_now - h * HOUR
             rate = _rate_at(rate_now, rate_before, int(now - start))
-            if rate is None:
-                continue
-            yield Sample(
-                "cct_billed_cost_usd",
+            assert rate is not None
+            rows.append(
                 {
-                    **group,
-                    "sub_account_id": f"sub-{scope.uid}",
-                    "billing_period": time.strftime("%Y-%m", time.gmtime(start)),
-                    "load_id": "load-0001",
-                },
-                round(rate * 0.95, 6),
-                start * 1000,
+                    "ProviderName": "AWS",
+                    "BillingAccountId": scope.account,
+                    "SubAccountId": f"sub-{scope.uid}",
+                    "BillingPeriodStart": _iso(_month_start(start)),
+                    "BillingPeriodEnd": _iso(_next_month(start)),
+                    "ChargePeriodStart": _iso(start),
+                    "ChargePeriodEnd": _iso(start + HOUR),
+                    "RegionId": region,
+                    "ServiceName": service,
+                    "BilledCost": round(rate * BILLED_SHARE, 6),
+                    "EffectiveCost": round(rate * RECONCILED, 6),
+                    "ListCost": rate,
+                    "BillingCurrency": "USD",
+                    "Tags": json.dumps({"team": getattr(scope, team_attr), "env": env}),
+                }
             )
+    pacsv.write_csv(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def load_bill(pg_dsn: str, vm: VictoriaMetrics, scope: Scope, now: float, tmp: Path) -> LoadReport:
+    """`cct billing load` of the export, run `LOADED_AGO` before `now`."""
+    settings = BillingSettings(
+        pg_dsn=pg_dsn,
+        vm_url=vm.write_url,
+        vm_read_url=vm.read_url,
+        reconcile_window_h=RECONCILE_WINDOW_H,
+    )
+    export = focus_export(scope, now, tmp / f"focus-{scope.uid}.csv")
+    return load(settings, [str(export)], now=datetime.fromtimestamp(now - LOADED_AGO, UTC))
+
+
+def saved_factors(pg_dsn: str, scope: Scope) -> Factors:
+    """The factors the collector reads back from PostgreSQL (its own query), for the scope."""
+
+    async def read() -> Factors:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            factors = await reconciliation_factors(conn)
+        return {k: v for k, v in factors.items() if k[1] == scope.account}
+
+    return asyncio.run(read())
 
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
