@@ -576,6 +576,21 @@ def test_local_step_needs_a_new_high_and_five_minute_data() -> None:
         DetectionConfig(local_step=2)
 
 
+def test_a_short_nightly_batch_in_five_minute_data_is_one_incident_not_one_a_night() -> None:
+    # Ten minutes at +60 % every evening at 18:00, the day's quiet hour (about 80 $/h
+    # against highs of 150): the first one is a step, the rest are routine. This is what the
+    # record holds back at this cadence: without it, or with "above the same hour yesterday"
+    # in its place (hourly means dilute a 10-minute batch), it opened on 11 of 14 nights.
+    per_day = 288
+    values = _five_minute_days(14, 300.0)
+    for day in range(14):
+        for n in (216, 217):
+            values[day * per_day + n] *= 1.6
+    out = run(Engine(DetectionConfig()), values, step=300.0)
+    assert [(n // per_day, t.rule) for n, t in opened(out)] == [(1, "local_step")]
+    assert len(opened(run(Engine(DetectionConfig(record_rank=0)), values, step=300.0))) >= 10
+
+
 def test_the_absolute_floor_is_set_per_level() -> None:
     cfg = DetectionConfig(min_impact_resource_usd_per_hour=0.1)
     assert cfg.min_impact("resource") == 0.1 and cfg.min_impact("account") == 2.0
