@@ -5,7 +5,7 @@ producers, all labelled with one unique account / namespace:
 - the billing loader's billed and effective cost, reconciliation and estimate error: the real
   `cct billing load` of a FOCUS export, reconciled against that rollup; the collector then
   reads the factors it saved, as it does, and adds the reconciled basis;
-- the handlers' own counters and histograms.
+- the handlers' own counters, gauges and histograms: their real metric objects, scraped.
 
 The order is the order of a new installation: the collector runs for a day with no factor,
 the first bill is loaded two hours ago, and the collector publishes both bases since."""
@@ -24,14 +24,21 @@ from pathlib import Path
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from lambdas.admission.metrics import AdmissionMetrics
 from lambdas.billing.loader import BillingSettings, LoadReport, load
+from lambdas.bridge.server import Metrics as BridgeMetrics
 from lambdas.collector.core import Factors, Group, Labels, Rollups
 from lambdas.collector.model import Resource
 from lambdas.collector.normalize import AWS_EC2, AWS_RDS, GCP_COMPUTE
+from lambdas.collector.service import Metrics as CollectorMetrics
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.contract import TAG_LABELS
+from lambdas.detector.service import Metrics as DetectorMetrics
 from lambdas.store.inventory import reconciliation_factors
+from lambdas.trigger.service import Metrics as TriggerMetrics
 from tests.store.seed import Scope
 
 MINUTE = 60
@@ -195,51 +202,51 @@ def saved_factors(pg_dsn: str, scope: Scope) -> Factors:
     return asyncio.run(read())
 
 
-_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
+# A request, a cycle, a review: what each tick's traffic takes, in seconds (one value per
+# histogram observation of the tick).
+_CYCLE_S = (0.02, 0.03, 0.08, 0.2)
+_EVENT_TO_ALERT_S = (0.4, 0.7, 1.5, 2.5)
+_REVIEW_S = (0.002, 0.003, 0.004, 0.015)
+SCRAPE_S = 15
 
 
-def _histogram(
-    name: str, labels: dict[str, str], i: int, shares: tuple[float, ...], t_ms: int
-) -> Iterator[Sample]:
-    """Cumulative bucket counters after i observations per tick, distributed by `shares`."""
-    cumulative = 0.0
-    for le, share in zip(_BUCKETS, shares, strict=True):
-        cumulative += share
-        le_text = "+Inf" if le == float("inf") else repr(le)
-        yield Sample(f"{name}_bucket", {**labels, "le": le_text}, round(cumulative * i * 4), t_ms)
+def _scraped(registry: CollectorRegistry, labels: dict[str, str], t_ms: int) -> Iterator[Sample]:
+    """One scrape of a handler's registry: every sample prometheus_client exposes, with the
+    labels the scrape adds."""
+    text = generate_latest(registry).decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            yield Sample(s.name, {**s.labels, **labels}, s.value, t_ms)
 
 
 def pipeline_samples(scope: Scope, now: float) -> Iterator[Sample]:
+    """The handlers' own metrics, from their real metric objects: two hours of traffic,
+    every registry scraped every 15 s (names, labels and buckets are the handlers')."""
+    collector, detector = CollectorMetrics(), DetectorMetrics()
+    trigger, bridge, admission = TriggerMetrics(), BridgeMetrics(), AdmissionMetrics()
+    registries = [m.registry for m in (collector, detector, trigger, bridge, admission)]
     ns = {"namespace": namespace(scope)}
-    for i, age in enumerate(range(2 * HOUR, 0, -15)):
-        t_ms = int((now - age) * 1000)
+    for i, age in enumerate(range(2 * HOUR, 0, -SCRAPE_S)):
         for provider, per_tick in (("aws", 30), ("azure", 6), ("gcp", 12)):
-            yield Sample(
-                "cct_collector_events_total",
-                {**ns, "provider": provider, "outcome": "accepted"},
-                i * per_tick,
-                t_ms,
-            )
-        yield Sample("cct_collector_rejected_total", {**ns, "reason": "missing_field"}, i, t_ms)
-        yield from _histogram(
-            "cct_detector_cycle_seconds", ns, i, (0.6, 0.3, 0.1, 0, 0, 0, 0), t_ms
-        )
-        yield from _histogram(
-            "cct_detector_event_to_alert_seconds", ns, i, (0, 0, 0, 0.1, 0.5, 0.4, 0), t_ms
-        )
-        yield from _histogram(
-            "cct_admission_request_duration_seconds", ns, i, (0.95, 0.05, 0, 0, 0, 0, 0), t_ms
-        )
+            collector.events.labels(provider, "accepted").inc(per_tick)
+        collector.rejected.labels("missing_field").inc()
+        for seconds in _CYCLE_S:
+            detector.cycle.observe(seconds)
+        for seconds in _EVENT_TO_ALERT_S:
+            detector.event_to_alert.observe(seconds)
+        for seconds in _REVIEW_S:
+            admission.duration.observe(seconds)
         for partition in range(3):
-            yield Sample(
-                "cct_trigger_consumer_lag_messages",
-                {**ns, "topic": "cct.cost.anomalies", "partition": str(partition)},
-                float(i % 5),
-                t_ms,
-            )
-        yield Sample("cct_trigger_events_total", {**ns, "outcome": "dead_letter"}, i // 4, t_ms)
-        yield Sample("cct_bridge_rejected_total", {**ns, "reason": "bad_json"}, i // 8, t_ms)
-        yield Sample("cct_bridge_produce_failures_total", ns, i // 16, t_ms)
+            trigger.consumer_lag.labels("cct.cost.anomalies", str(partition)).set(i % 5)
+        if i % 4 == 3:
+            trigger.events.labels("dead_letter").inc()
+        if i % 8 == 7:
+            bridge.rejected.labels("bad_json").inc()
+        if i % 16 == 15:
+            bridge.produce_failures.inc()
+        t_ms = int((now - age) * 1000)
+        for registry in registries:
+            yield from _scraped(registry, ns, t_ms)
 
 
 def wait_until_visible(vm: VictoriaMetrics, selector: str, expected: int, now: float) -> None:

@@ -31,6 +31,7 @@ from lambdas.store.db import connect
 from tests.dashboards import seed_vm
 from tests.store import seed
 
+LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 FIELD_LABEL = re.compile(r"\$\{__field\.labels\.(\w+)\}")
 DATA_FIELD = re.compile(r"\$\{__data\.fields\.(\w+)\}")
 
@@ -223,6 +224,8 @@ def _check_prom(panel: Panel, q: PromQuery, result: list[dict[str, Any]]) -> Non
             assert len(result) == 1, f"{where}: a stat needs one value, got {len(result)}"
     else:
         assert all(r["values"] and all(_number(v) for _, v in r["values"]) for r in result), where
+    for label in LEGEND_LABEL.findall(q.legend or ""):
+        assert all(r["metric"].get(label) for r in result), f"{where}: no label {label} to show"
     for link in panel.links:
         for label in FIELD_LABEL.findall(" ".join(link.params)) + DATA_FIELD.findall(
             " ".join(link.params)
