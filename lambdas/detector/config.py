@@ -102,7 +102,7 @@ class DetectionConfig:
     # A series without a value for this long is forgotten (its history and slot are freed),
     # so resource churn does not grow the detector's memory; if it comes back it is new (a
     # step from nothing). A week keeps a series that pauses every weekend, with its weekly
-    # pattern. Memory is about 2.5 KB per series known within this window. Must be at least
+    # pattern. Memory is about 3.2 KB per series known within this window. Must be at least
     # stale_after_s, so an absent series' incident resolves before it is forgotten.
     evict_after_s: float = 7 * 86400.0
     # Materiality: increases smaller than this never alert, whatever the statistics say (an

@@ -20,6 +20,10 @@ series' record, `record_margin` x the `record_rank`-th highest daily high of the
 RECORD_DAYS days (of the value for day-0, of the residual above the seasonal baseline for the
 seasonal rule; every value counts, so false alarms teach it the routine spikes), so a series
 that spikes every few days does not report its everyday spikes (docs/detection.md, "Record").
+The local step (data every 5 to 59 minutes) measures its step above the higher of the recent
+level and the hour-of-day record instead, the `record_rank`-th highest value this hour of day
+reached on the last HOUR_RECORD_DAYS days: a daily batch at this hour is routine, a jump at a
+quiet hour is not.
 
 Every rule needs an increase that is material twice over: at least the level's absolute
 floor in $/h and at least `min_relative_increase` of the series' own level. The noise a
@@ -43,7 +47,7 @@ Series without a value for `evict_after_s` are forgotten, so churn does not grow
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +98,10 @@ EXPECTED_FLOOR_USD = 0.01
 # The record: per wall-clock day (UTC), the highest value and the highest residual above the
 # seasonal baseline, for the last RECORD_DAYS completed days.
 RECORD_DAYS = 21
+# The hour-of-day record (data every 5 to 59 minutes): the highest value of each hour over
+# the last HOUR_RECORD_DAYS days.
+HOUR_RECORD_DAYS = 7
+HOUR_RECORD_H = HOUR_RECORD_DAYS * DAY_H
 # The local step rule runs on data at least this far apart (and finer than an hour): its
 # jitter is the change from one value to the next, which for finer data (1 minute, the live
 # detector's seconds) measures noise at a shorter scale than the rule's five minutes (on the
@@ -286,7 +294,12 @@ class Engine:
     def _alloc(self, cap: int) -> None:
         old = self.capacity
         for name, (dtype, fill) in self._ARRAYS.items():
-            cols = {"hist": self.hours, "rec_vday": RECORD_DAYS, "rec_rday": RECORD_DAYS}
+            cols = {
+                "hist": self.hours,
+                "rec_vday": RECORD_DAYS,
+                "rec_rday": RECORD_DAYS,
+                "hour_highs": HOUR_RECORD_H,
+            }
             shape = (cap, cols[name]) if name in cols else (cap,)
             new: npt.NDArray[Any] = np.full(shape, fill, dtype=dtype)
             if old:
@@ -349,6 +362,11 @@ class Engine:
         "rec_rday": (np.float32, np.nan),
         "rec_value": (np.float64, np.nan),
         "rec_resid": (np.float64, np.nan),
+        # The hour-of-day record: this hour's highest value so far, the ring of the past
+        # hours' highest values, and the rank-th highest of this hour of day's (NaN = unknown).
+        "hour_vmax": (np.float64, np.nan),
+        "hour_highs": (np.float32, np.nan),
+        "rec_hour": (np.float64, np.nan),
     }
 
     # The arrays above, declared for the type checker.
@@ -397,6 +415,9 @@ class Engine:
     rec_rday: npt.NDArray[np.float32]
     rec_value: F64
     rec_resid: F64
+    hour_vmax: F64
+    hour_highs: npt.NDArray[np.float32]
+    rec_hour: F64
 
     @property
     def z(self) -> float:
@@ -482,6 +503,10 @@ class Engine:
         self.first_hour[rows] = first_hour + first_col
         self.recent[rows] = hourly[known][np.arange(rows.size), last_col]
         self.last_seen[rows] = (first_hour + last_col + 1) * HOUR_S
+        # The hour-of-day record from the hourly means too: an hour's mean is the best a
+        # restart knows of its highest value.
+        for col in range(max(span - HOUR_RECORD_H, 0), span):
+            self.hour_highs[idx, (first_hour + col) % HOUR_RECORD_H] = hourly[:, col]
         # The value record from the hourly means (the residual one is learnt live): each
         # day's highest, the last (possibly partial) day as today.
         last_day = (first_hour + span - 1) // DAY_H
@@ -531,6 +556,10 @@ class Engine:
             self.hist[:n, h % self.hours] = np.nan
         self.bucket_sum[:n] = 0.0
         self.bucket_cnt[:n] = 0
+        self.hour_highs[:n, self.hour % HOUR_RECORD_H] = self.hour_vmax[:n]
+        for h in range(self.hour + 1, min(new_hour, self.hour + HOUR_RECORD_H + 1)):
+            self.hour_highs[:n, h % HOUR_RECORD_H] = np.nan
+        self.hour_vmax[:n] = np.nan
         day, new_day = self.hour // DAY_H, new_hour // DAY_H
         if new_day > day:
             self.rec_vday[:n, day % RECORD_DAYS] = self.day_vmax[:n]
@@ -555,6 +584,19 @@ class Engine:
             days = np.nan_to_num(ring[:n], nan=-np.inf)
             top = np.partition(days, RECORD_DAYS - rank, axis=1)[:, RECORD_DAYS - rank]
             out[:n] = np.where(np.isfinite(top), top, np.nan)
+
+    def _refresh_hour_record(self, hour: int) -> None:
+        """The hour-of-day record for `hour`: the `record_rank`-th highest of the highest
+        values of the same hour on the past HOUR_RECORD_DAYS days (NaN with fewer known)."""
+        rank = self.cfg.record_rank
+        n = self.size
+        # Only the local step reads it, and only data every 5 to 59 minutes runs that rule.
+        if rank <= 0 or not n or not self._export_cadence():
+            return
+        cols = [(hour - d * DAY_H) % HOUR_RECORD_H for d in range(1, HOUR_RECORD_DAYS + 1)]
+        highs = np.nan_to_num(self.hour_highs[:n, cols], nan=-np.inf)
+        top = np.partition(highs, HOUR_RECORD_DAYS - rank, axis=1)[:, HOUR_RECORD_DAYS - rank]
+        self.rec_hour[:n] = np.where(np.isfinite(top), top, np.nan)
 
     def _cols(self, hour: int, lags: Iterable[int]) -> list[int]:
         return [(hour - lag) % self.hours for lag in lags]
@@ -647,6 +689,7 @@ class Engine:
         diffs = np.subtract(recent[:, DAY_H:], recent[:, :SCALE_WINDOW_H])
         mad, dn = nanmedian_rows(np.abs(diffs, out=diffs))
         self.scale[:n] = np.where(dn >= MIN_SCALE_POINTS, MAD_TO_SIGMA * mad / math.sqrt(2), np.nan)
+        self._refresh_hour_record(hour)
 
     # ------------------------------------------------------------------ evaluation
     def _advance_clock(self, now: float) -> tuple[bool, float]:
@@ -681,20 +724,45 @@ class Engine:
         fresh = np.isnan(young) & np.isnan(self.exp_seasonal[i]) & np.isnan(self.exp_static[i])
         return np.where(fresh, np.fmax(noise, 0.5 * seen_range), noise)
 
+    def _export_cadence(self) -> bool:
+        """Data every 5 to 59 minutes (an export's averages, a live loop every 5 minutes):
+        the local step runs and the record is the hour of day's (`_evaluate`)."""
+        # A live loop's interval wobbles: a 300 s loop may once measure 299.99 s.
+        low = LOCAL_MIN_INTERVAL_S * (1.0 - INTERVAL_TOLERANCE)
+        return low <= self.interval_s < HOUR_S
+
     def _jitter_noise(self, i: npt.NDArray[np.int64], level: F64) -> F64:
         """The local step's noise: the jitter as a standard deviation of one value (a change
         between two values has sqrt 2 times it), at least the level's noise floor; infinite
         (the rule never fires) when the rule is off, the data's cadence is outside
         [LOCAL_MIN_INTERVAL_S, 1 h), or the jitter has been learnt for less than a day."""
-        # A live loop's interval wobbles: a 300 s loop may once measure 299.99 s.
-        low = LOCAL_MIN_INTERVAL_S * (1.0 - INTERVAL_TOLERANCE)
-        on = self.cfg.local_step == 1 and low <= self.interval_s < HOUR_S
-        if not on:
+        if not (self.cfg.local_step == 1 and self._export_cadence()):
             return np.full(i.size, np.inf)
         jitter = MEAN_ABS_TO_SIGMA / math.sqrt(2) * nan_to(self.jitter[i], 0.0)
         jitter = np.fmax(jitter, self.cfg.level_noise_ratio * np.abs(level))
         jitter = np.fmax(jitter, EXPECTED_FLOOR_USD)
         return np.where(self.jitter_s[i] >= LOCAL_WARMUP_S, jitter, np.inf)
+
+    def _beats_hour_record(
+        self,
+        i: npt.NDArray[np.int64],
+        v: F64,
+        recent: F64,
+        threshold: F64,
+        material: Callable[[F64, F64, float], npt.NDArray[np.bool_]],
+    ) -> npt.NDArray[np.bool_]:
+        """Whether the local step also rises by its `threshold` (and the materiality) above
+        this hour of day's record, not only above the recent level: a batch that runs at this
+        hour every day is routine, a jump at a quiet hour is not, however high the day's peak
+        hours go. Until that record is known the value must beat the daily highs instead
+        (docs/detection.md, "Record")."""
+        rec_h = self.rec_hour[i]
+        top = np.fmax(recent, nan_to(rec_h, -np.inf))
+        above = v - top
+        ok = (above >= threshold) & material(above, top, 1.0)
+        with np.errstate(invalid="ignore"):
+            daily = v <= self.cfg.record_margin * self.rec_value[i]
+        return ok & ~(np.isnan(rec_h) & daily)
 
     def _evaluate(self, i: npt.NDArray[np.int64], v: F64) -> _Verdicts:
         cfg = self.cfg
@@ -731,7 +799,6 @@ class Engine:
         # series that spikes every few days has spikes that are not anomalies, whatever its
         # noise).
         rec_v = self.rec_value[i]
-        rec_r = self.rec_resid[i]
         m = cfg.record_margin
 
         # Seasonal, or the static warm-up fallback.
@@ -773,12 +840,13 @@ class Engine:
         local_fire = local(1.0)
         if cfg.record_rank > 0:
             with np.errstate(invalid="ignore"):
-                # NaN (no record yet) lets the rule through. The local step, like the day-0
-                # one, needs a value above the recent daily highs: a series whose values
-                # jump every day (a daily batch, a night-time spike) is not stepping up.
+                # NaN (no record yet) lets the rule through. The day-0 step needs a value
+                # above the recent daily highs: a series whose values jump every day (a daily
+                # batch, a night-time spike) is not stepping up.
                 day0_fire &= ~(v <= m * rec_v)
-                local_fire &= ~(v <= m * rec_v)
-                seas_fire &= ~(ds <= m * np.fmax(rec_r, 0.0))
+                seas_fire &= ~(ds <= m * np.fmax(self.rec_resid[i], 0.0))
+            if self._export_cadence():
+                local_fire &= self._beats_hour_record(i, v, recent, k * jitter, material)
         down = cfg.report_decreases == 1
         prefer_seasonal = seas_fire & (warm | ~day0_fire)
         only_local = local_fire & ~day0_fire
@@ -869,11 +937,17 @@ class Engine:
         # Today's highs for the record, incidents included: at rank 2 one reported anomaly
         # does not raise the bar, and a routine spike that alerted once teaches it.
         if self.cfg.record_rank > 0:
-            self.day_vmax[i] = np.fmax(self.day_vmax[i], v)
-            resid = np.where(warm, v - self.exp_seasonal[i], np.nan)
-            self.day_rmax[i] = np.fmax(self.day_rmax[i], resid)
+            self._learn_highs(i, v, warm)
         self._evict(now)
         return out
+
+    def _learn_highs(self, i: npt.NDArray[np.int64], v: F64, warm: npt.NDArray[np.bool_]) -> None:
+        """This hour's and today's highest value, and today's highest residual."""
+        if self._export_cadence():
+            self.hour_vmax[i] = np.fmax(self.hour_vmax[i], v)
+        self.day_vmax[i] = np.fmax(self.day_vmax[i], v)
+        resid = np.where(warm, v - self.exp_seasonal[i], np.nan)
+        self.day_rmax[i] = np.fmax(self.day_rmax[i], resid)
 
     def _open(
         self, now: float, i: npt.NDArray[np.int64], v: F64, verdicts: _Verdicts

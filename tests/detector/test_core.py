@@ -554,12 +554,21 @@ def test_local_step_sees_a_five_minute_jump_that_hourly_means_hide() -> None:
     assert opened(_jump(300.0, 6 * HOUR_S, 187.0, DetectionConfig(local_step=0))[1]) == []
 
 
-def test_local_step_needs_a_new_high_and_five_minute_data() -> None:
-    # At night (about 50 $/h) a jump to 75: +50 %, but below the daily highs (the record) ...
-    assert opened(_jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig())[1]) == []
-    # ... which is what holds it back: without the record it is a local step.
-    at, out = _jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig(record_rank=0))
+def test_local_step_needs_a_new_high_for_its_hour_and_five_minute_data() -> None:
+    # At the quiet hour (about 50 $/h) a jump to 75: +50 %, below the day's peak hours
+    # (150) but far above what this hour reached on the past days: a step.
+    at, out = _jump(300.0, 18 * HOUR_S, 75.0, DetectionConfig())
     assert [(n, t.rule) for n, t in opened(out)] == [(at, "local_step")]
+    # A jump to what this hour reached on two past days is not (rank 2: one past jump does
+    # not make it routine). No cooldown here, so only the record can hold it back.
+    values = _five_minute_days(6, 300.0)
+    jumps = [day * 288 + 216 for day in (2, 3, 4)]
+    for n in jumps:
+        values[n : n + 2] = [75.0, 75.0]
+    out = run(Engine(DetectionConfig(cooldown_s=0.0)), values, step=300.0)
+    assert [n for n, _ in opened(out)] == jumps[:2]
+    out = run(Engine(DetectionConfig(cooldown_s=0.0, record_rank=0)), values, step=300.0)
+    assert [n for n, _ in opened(out)] == jumps
     # 1-minute data: the change from one value to the next is noise at a finer scale than
     # the rule's, so it does not run there (the seasonal rule still does).
     assert opened(_jump(60.0, 6 * HOUR_S, 187.0, DetectionConfig())[1]) == []
@@ -578,9 +587,9 @@ def test_local_step_needs_a_new_high_and_five_minute_data() -> None:
 
 def test_a_short_nightly_batch_in_five_minute_data_is_one_incident_not_one_a_night() -> None:
     # Ten minutes at +60 % every evening at 18:00, the day's quiet hour (about 80 $/h
-    # against highs of 150): the first one is a step, the rest are routine. This is what the
-    # record holds back at this cadence: without it, or with "above the same hour yesterday"
-    # in its place (hourly means dilute a 10-minute batch), it opened on 11 of 14 nights.
+    # against highs of 150): the first one is a step, the rest are routine. The hour of
+    # day's record holds them back: without a record, or with "above the same hour
+    # yesterday" (hourly means dilute a 10-minute batch), it opened on 11 of 14 nights.
     per_day = 288
     values = _five_minute_days(14, 300.0)
     for day in range(14):
@@ -589,6 +598,24 @@ def test_a_short_nightly_batch_in_five_minute_data_is_one_incident_not_one_a_nig
     out = run(Engine(DetectionConfig()), values, step=300.0)
     assert [(n // per_day, t.rule) for n, t in opened(out)] == [(1, "local_step")]
     assert len(opened(run(Engine(DetectionConfig(record_rank=0)), values, step=300.0))) >= 10
+
+
+def test_a_restart_seeds_the_hour_of_day_record_from_the_hourly_means() -> None:
+    # Three days of history whose 18:00 hour averaged 80 $/h (50 otherwise): a restarted
+    # detector knows what 18:00 reaches without waiting days to learn it again.
+    hourly = np.array([[80.0 if h % 24 == 18 else 50.0 for h in range(72)]])
+    engine = Engine(DetectionConfig())
+    idx = engine.index_of([KEY])
+    first_hour = int(T0 // HOUR_S)
+    engine.seed_history(idx, first_hour, hourly)
+    start = (first_hour + 72 + 17) * HOUR_S
+    # Values every 5 minutes from 17:00 through 18:00, then through 19:00.
+    for n in range(13):
+        engine.observe(start + n * 300.0, idx, [50.0])
+    assert engine.rec_hour[idx[0]] == 80.0
+    for n in range(13, 25):
+        engine.observe(start + n * 300.0, idx, [50.0])
+    assert engine.rec_hour[idx[0]] == 50.0
 
 
 def test_the_absolute_floor_is_set_per_level() -> None:
