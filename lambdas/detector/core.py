@@ -593,6 +593,10 @@ class Engine:
         # Only the local step reads it, and only data every 5 to 59 minutes runs that rule.
         if rank <= 0 or not n or not self._export_cadence():
             return
+        if rank > HOUR_RECORD_DAYS:
+            # Never known (a rank above the days kept): the daily highs stand in for it.
+            self.rec_hour[:n] = np.nan
+            return
         cols = [(hour - d * DAY_H) % HOUR_RECORD_H for d in range(1, HOUR_RECORD_DAYS + 1)]
         highs = np.nan_to_num(self.hour_highs[:n, cols], nan=-np.inf)
         top = np.partition(highs, HOUR_RECORD_DAYS - rank, axis=1)[:, HOUR_RECORD_DAYS - rank]

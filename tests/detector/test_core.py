@@ -618,6 +618,15 @@ def test_a_restart_seeds_the_hour_of_day_record_from_the_hourly_means() -> None:
     assert engine.rec_hour[idx[0]] == 50.0
 
 
+def test_a_record_rank_above_the_hour_record_s_days_leaves_it_unknown() -> None:
+    engine = Engine(DetectionConfig(record_rank=10))
+    idx = engine.index_of([KEY])
+    engine.seed_history(idx, int(T0 // HOUR_S), np.full((1, 24 * 8), 50.0))
+    for n in range(25):
+        engine.observe(T0 + 24 * 8 * HOUR_S + n * 300.0, idx, [50.0])
+    assert math.isnan(engine.rec_hour[idx[0]])
+
+
 def test_the_absolute_floor_is_set_per_level() -> None:
     cfg = DetectionConfig(min_impact_resource_usd_per_hour=0.1)
     assert cfg.min_impact("resource") == 0.1 and cfg.min_impact("account") == 2.0
