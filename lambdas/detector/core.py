@@ -220,6 +220,17 @@ def z_threshold(false_incidents_per_month: float, interval_s: float) -> float:
 _F64_MAX = float(np.finfo(np.float64).max)
 
 
+def kth_highest(rows: npt.NDArray[np.floating], k: int) -> F64:
+    """The k-th highest value of each row (NaN cells hold no value); NaN where a row holds
+    fewer than k values, k exceeding the row's width included."""
+    width = rows.shape[1]
+    if not 1 <= k <= width:
+        return np.full(rows.shape[0], np.nan)
+    filled = np.nan_to_num(rows, nan=-np.inf)
+    top = np.partition(filled, width - k, axis=1)[:, width - k]
+    return np.where(np.isfinite(top), top, np.nan).astype(np.float64)
+
+
 def nan_to(a: F64, fill: float) -> F64:
     """np.nan_to_num(a, nan=fill) (infinities to the largest finite values) in three array
     operations: it runs several times per evaluation on every series."""
@@ -581,9 +592,7 @@ class Engine:
         if rank <= 0 or not n:
             return
         for ring, out in ((self.rec_vday, self.rec_value), (self.rec_rday, self.rec_resid)):
-            days = np.nan_to_num(ring[:n], nan=-np.inf)
-            top = np.partition(days, RECORD_DAYS - rank, axis=1)[:, RECORD_DAYS - rank]
-            out[:n] = np.where(np.isfinite(top), top, np.nan)
+            out[:n] = kth_highest(ring[:n], rank)
 
     def _refresh_hour_record(self, hour: int) -> None:
         """The hour-of-day record for `hour`: the `record_rank`-th highest of the highest
@@ -593,14 +602,9 @@ class Engine:
         # Only the local step reads it, and only data every 5 to 59 minutes runs that rule.
         if rank <= 0 or not n or not self._export_cadence():
             return
-        if rank > HOUR_RECORD_DAYS:
-            # Never known (a rank above the days kept): the daily highs stand in for it.
-            self.rec_hour[:n] = np.nan
-            return
         cols = [(hour - d * DAY_H) % HOUR_RECORD_H for d in range(1, HOUR_RECORD_DAYS + 1)]
-        highs = np.nan_to_num(self.hour_highs[:n, cols], nan=-np.inf)
-        top = np.partition(highs, HOUR_RECORD_DAYS - rank, axis=1)[:, HOUR_RECORD_DAYS - rank]
-        self.rec_hour[:n] = np.where(np.isfinite(top), top, np.nan)
+        # A rank above the days kept is never known: the daily highs stand in for it.
+        self.rec_hour[:n] = kth_highest(self.hour_highs[:n, cols], rank)
 
     def _cols(self, hour: int, lags: Iterable[int]) -> list[int]:
         return [(hour - lag) % self.hours for lag in lags]

@@ -18,6 +18,7 @@ from lambdas.detector.core import (
     SEVERITIES,
     Engine,
     Transition,
+    kth_highest,
     nanmedian_rows,
     severity_codes,
 )
@@ -616,6 +617,13 @@ def test_a_restart_seeds_the_hour_of_day_record_from_the_hourly_means() -> None:
     for n in range(13, 25):
         engine.observe(start + n * 300.0, idx, [50.0])
     assert engine.rec_hour[idx[0]] == 50.0
+
+
+def test_kth_highest_counts_only_values_and_needs_k_of_them() -> None:
+    rows = np.array([[3.0, np.nan, 5.0, 1.0], [np.nan, np.nan, 2.0, np.nan]], dtype=np.float32)
+    np.testing.assert_array_equal(kth_highest(rows, 1), [5.0, 2.0])
+    np.testing.assert_array_equal(kth_highest(rows, 2), [3.0, np.nan])
+    assert np.isnan(kth_highest(rows, 5)).all() and np.isnan(kth_highest(rows, 0)).all()
 
 
 def test_a_record_rank_above_the_hour_record_s_days_leaves_it_unknown() -> None:
