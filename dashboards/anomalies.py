@@ -212,6 +212,29 @@ DASHBOARD = Dashboard(
                     column_units=(*_DELTA_UNIT, ("share", PERCENT)),
                     links=(_TO_COST,),
                 ),
+                # One incident per root cause: the service, team and account rises a
+                # resource's anomaly explains are its context, not incidents of their own.
+                Panel(
+                    "What each anomaly explains (its service, team and account)",
+                    "table",
+                    (
+                        SqlQuery(
+                            f"""select started_at, anomaly, level, aggregate, rule,
+       expected_usd_per_hour as expected, observed_usd_per_hour as observed,
+       delta_usd_per_hour, billing_account_id, fingerprint
+  from reporting.anomaly_ancestors
+ where $__timeFilter(started_at) and {SQL_FILTER}
+ order by started_at desc, fingerprint, position
+ limit 200"""
+                        ),
+                    ),
+                    column_units=(
+                        *_DELTA_UNIT,
+                        ("expected", USD_PER_HOUR),
+                        ("observed", USD_PER_HOUR),
+                    ),
+                    links=(_TO_COST,),
+                ),
                 Panel(
                     "Change events and actors behind anomalies",
                     "table",
@@ -226,6 +249,7 @@ DASHBOARD = Dashboard(
                         ),
                     ),
                     column_units=_DELTA_UNIT,
+                    width=24,
                     links=(_TO_COST,),
                 ),
                 Panel(

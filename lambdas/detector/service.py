@@ -230,7 +230,9 @@ class _Report:
 
     It stays open while any of its sources is: the engine's own incident on the key (`own`),
     an ancestor, or, for an incident adopted from a previous run, the key's value staying at
-    the hold threshold of its stored figures."""
+    the hold threshold of its stored figures. A root cause (a resource reported for the
+    aggregates it explains) whose own value falls back below its hold threshold, or stops,
+    lets go of its ancestors: it is fixed even while they stay high for other reasons."""
 
     key: SeriesKey
     labels: dict[str, str]
@@ -249,8 +251,9 @@ class _Report:
     adopted: bool = False
     normal_ticks: int = 0
     last_seen: float = 0.0
-    # An adopted incident's stored increase: its hold threshold is a fraction of it.
-    adopted_delta: float = 0.0
+    # The increase when reported (an adopted incident's stored one): the hold threshold of a
+    # report that follows its series' value is a fraction of it.
+    opened_delta: float = 0.0
     # The severity this incident's alert had before an escalation, if any.
     escalated_from: str | None = None
 
@@ -723,24 +726,8 @@ class Detector:
         if not self.adopted:
             self._adopt(now)
         open_now = {inc.key: inc for inc in self.engine.open_incidents()}
-        posted: set[SeriesKey] = set()
-        alerts: list[dict[str, Any]] = []
-        for tr in transitions:
-            self.metrics.transitions.labels(tr.kind).inc()
-            if tr.kind == "resolved":
-                self._source_closed(tr.key)
-        opened = sorted(
-            (tr for tr in transitions if tr.kind == "opened"), key=lambda t: _DEPTH[t.key.level]
-        )
-        for tr in opened:
-            for key in self._open(tr, open_now[tr.key], now):
-                posted.add(key)
-        for key in self.folded:  # ancestors show their current figures
-            if key in open_now:
-                for report_key in self.folded[key]:
-                    self.reports[report_key].ancestors[key] = open_now[key]
-        self._follow_values(now, vector)
-        alerts += self._settle(now, open_now, posted)
+        posted = self._report(transitions, open_now, vector, now)
+        alerts = self._settle(now, open_now, posted)
         alerts += self._resend(now, posted)
         self._post(alerts)
         self._write()
@@ -750,6 +737,36 @@ class Detector:
         self.metrics.open.set(len(self.reports))
         self.metrics.cycle.observe(time.perf_counter() - started)
         return transitions
+
+    def _report(
+        self,
+        transitions: Sequence[Transition],
+        open_now: Mapping[SeriesKey, OpenIncident],
+        vector: Vector,
+        now: float,
+    ) -> set[SeriesKey]:
+        """Carry the engine's transitions and the followed values into the reports; the
+        reports touched (to be posted)."""
+        posted: set[SeriesKey] = set()
+        orphans: list[SeriesKey] = []
+        for tr in transitions:
+            self.metrics.transitions.labels(tr.kind).inc()
+            if tr.kind == "resolved":
+                orphans += self._source_closed(tr.key)
+        opened = sorted(
+            (tr for tr in transitions if tr.kind == "opened"), key=lambda t: _DEPTH[t.key.level]
+        )
+        for tr in opened:
+            posted.update(self._open(open_now[tr.key], now))
+        for key in self.folded:  # ancestors show their current figures
+            if key in open_now:
+                for report_key in self.folded[key]:
+                    self.reports[report_key].ancestors[key] = open_now[key]
+        orphans += self._follow_values(now, vector)
+        for key in orphans:
+            if key in open_now and key not in self.folded and key not in self.reports:
+                posted.update(self._refold(open_now[key], now))
+        return posted
 
     def _resend(self, now: float, posted: set[SeriesKey]) -> list[dict[str, Any]]:
         """Every `resend_s`, the open reports not posted this cycle, so Alertmanager keeps
@@ -802,35 +819,59 @@ class Detector:
                 self.pending_rows.append(_Upsert(self._row(report)))
         return out
 
-    def _source_closed(self, key: SeriesKey) -> None:
+    def _source_closed(self, key: SeriesKey) -> list[SeriesKey]:
         """The engine's incident on `key` resolved: it no longer keeps its report (or the
-        reports it was folded into) open."""
+        reports it was folded into) open. Its own value is back to normal, so its report is
+        fixed: the aggregates it explained no longer keep it open. Those it alone explained."""
+        orphans = []
         if key in self.reports:
             self.reports[key].own = False
+            orphans = self._fixed(self.reports[key])
         for report_key in self.folded.pop(key, set()):
             self.reports[report_key].ancestors.pop(key, None)
+        return orphans
 
-    def _open(self, tr: Transition, inc: OpenIncident, now: float) -> list[SeriesKey]:
+    def _open(self, inc: OpenIncident, now: float) -> list[SeriesKey]:
         """Report a newly opened engine incident: as its own report, or folded into the
         reports of the resources (or the child) that explain it. The reports it touched."""
-        key = tr.key
+        key = inc.key
         if key in self.reports:  # a root cause found earlier, or adopted at a restart
             report = self.reports[key]
             report.own, report.adopted = True, False
             return [key]
-        contributors, events = self._attribute(key, tr.started_at, now)
+        contributors, events = self._attribute(key, inc.started_at, now)
         if key.level != "resource":
-            targets = self._explained_by(key, contributors, events, inc, now)
+            targets = self._fold(inc, contributors, events, now)
             if targets:
-                self.folded.setdefault(key, set()).update(targets)
-                for target in targets:
-                    self.reports[target].ancestors[key] = inc
-                self.metrics.folded.inc()
                 return targets
         self._new_report(
             key, inc, inc, contributors=contributors, events=events, now=now, how="own"
         )
         return [key]
+
+    def _refold(self, inc: OpenIncident, now: float) -> list[SeriesKey]:
+        """An aggregate still open after every report it was folded into was fixed: folded
+        into what explains its increase now (another resource that rose since it opened), if
+        anything does. It is not reported on its own: its value is then usually on its way
+        down (the engine closes it after `resolve_after_ticks`, and a rollup can be read a
+        cycle after its resources), and a new alert would page for a cause already fixed."""
+        contributors, events = self._attribute(inc.key, inc.started_at, now)
+        return self._fold(inc, contributors, events, now)
+
+    def _fold(
+        self,
+        inc: OpenIncident,
+        contributors: list[Contributor],
+        events: list[ChangeEvent],
+        now: float,
+    ) -> list[SeriesKey]:
+        targets = self._explained_by(inc.key, contributors, events, inc, now)
+        if targets:
+            self.folded.setdefault(inc.key, set()).update(targets)
+            for target in targets:
+                self.reports[target].ancestors[inc.key] = inc
+            self.metrics.folded.inc()
+        return targets
 
     def _explained_by(
         self,
@@ -893,6 +934,7 @@ class Detector:
             events=[e.as_json() for e in events],
             own=how == "own",
             last_seen=now,
+            opened_delta=figures.observed - figures.expected,
         )
         self.reports[key] = report
         self.metrics.reported.labels(key.level, how).inc()
@@ -908,32 +950,48 @@ class Detector:
             found.append(open_now[report.key].severity)
         return max(found, key=SEVERITIES.index)
 
-    def _follow_values(self, now: float, vector: Vector) -> None:
+    def _follow_values(self, now: float, vector: Vector) -> list[SeriesKey]:
         """Reports without an engine incident of their own (root causes, adopted ones) show
-        their series' current value; an adopted one resolves like the engine's incidents:
-        after `resolve_after_ticks` values below its hold threshold, or when its series has
-        had no value for `stale_after_s`."""
+        their series' current value, and resolve like the engine's incidents: after
+        `resolve_after_ticks` values below their hold threshold, or when their series has had
+        no value for `stale_after_s` (a deleted resource's series stops). An adopted one then
+        ends; a root cause lets go of its ancestors. The aggregates it alone explained."""
         follow = {k: r for k, r in self.reports.items() if not r.own}
         if not follow:
-            return
+            return []
         cfg = self.cfg.detection
         values = {k: v for k, v in zip(vector.keys, vector.values, strict=True) if k in follow}
+        orphans: list[SeriesKey] = []
         for key, report in follow.items():
             value = values.get(key)
             if value is None:
-                if report.adopted and now - report.last_seen > cfg.stale_after_s:
-                    report.adopted = False
+                if now - report.last_seen > cfg.stale_after_s:
+                    orphans += self._fixed(report)
                 continue
             report.last_seen = now
             report.observed = value
-            if not report.adopted:
-                continue
             hold = report.expected + cfg.hold_fraction * max(
-                report.adopted_delta, cfg.min_impact(report.key.level)
+                report.opened_delta, cfg.min_impact(report.key.level)
             )
             report.normal_ticks = 0 if value >= hold else report.normal_ticks + 1
             if report.normal_ticks >= cfg.resolve_after_ticks:
-                report.adopted = False
+                orphans += self._fixed(report)
+        return orphans
+
+    def _fixed(self, report: _Report) -> list[SeriesKey]:
+        """A followed report's own value is back to normal: it no longer keeps itself open,
+        and the aggregates it explained no longer keep it open. The aggregates that it alone
+        explained."""
+        report.adopted = False
+        orphans = []
+        for agg in report.ancestors:
+            targets = self.folded.get(agg, set())
+            targets.discard(report.key)
+            if not targets:
+                self.folded.pop(agg, None)
+                orphans.append(agg)
+        report.ancestors.clear()
+        return orphans
 
     def _adopt(self, now: float) -> None:
         """Take over the incidents a previous run left open (a restart, a new pod): they are
@@ -975,7 +1033,7 @@ class Detector:
                 stored_ancestors=[dict(a) for a in row.ancestors],
                 adopted=True,
                 last_seen=now,
-                adopted_delta=row.observed_usd_per_hour - row.expected_usd_per_hour,
+                opened_delta=row.observed_usd_per_hour - row.expected_usd_per_hour,
             )
             self.metrics.reported.labels(row.level, "adopted").inc()
         if rows:

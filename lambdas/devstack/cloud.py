@@ -75,8 +75,16 @@ class AwsSimulator:
                 )
             return _CLIENTS[key]
 
-    def forward(self, source: str, name: str, request: dict[str, Any], response: Any) -> str:
-        """Post the CloudTrail event of one API call through the AWS forwarder; its id."""
+    def forward(
+        self,
+        source: str,
+        name: str,
+        request: dict[str, Any],
+        response: Any,
+        actor: str | None = None,
+    ) -> str:
+        """Post the CloudTrail event of one API call through the AWS forwarder; its id.
+        `actor`: the caller's ARN (the simulator's developer role by default)."""
         self.changed_at = time.time()
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event_id = str(uuid.uuid4())
@@ -93,7 +101,7 @@ class AwsSimulator:
                 "eventVersion": "1.08",
                 "userIdentity": {
                     "type": "AssumedRole",
-                    "arn": f"arn:aws:sts::{self.account}:assumed-role/Developer/simulator",
+                    "arn": actor or f"arn:aws:sts::{self.account}:assumed-role/Developer/simulator",
                     "accountId": self.account,
                 },
                 "eventTime": now,
@@ -170,6 +178,21 @@ class AwsSimulator:
     def instance_state(self, instance_id: str) -> str:
         out = self.client("ec2").describe_instances(InstanceIds=[instance_id])
         return str(out["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    def trail_instance_state(self, instance_id: str, actor: str) -> str:
+        """CloudTrail's record of a state change someone else made on moto (a workflow step
+        stopping an instance with its Vault-issued role): moto keeps no trail, so the
+        StopInstances, StartInstances or TerminateInstances event AWS would emit for the
+        instance's current state is built here and forwarded like the simulator's own calls.
+        The event id."""
+        state = self.instance_state(instance_id)
+        names = {"stopped": "StopInstances", "running": "StartInstances"}
+        name = names.get(state, "TerminateInstances" if state == "terminated" else "")
+        if not name:
+            raise ValueError(f"instance {instance_id} is {state}: no call leads to that state")
+        item = {"instanceId": instance_id, "currentState": {"name": state}}
+        request = {"instancesSet": {"items": [{"instanceId": instance_id}]}}
+        return self.forward("aws.ec2", name, request, {"instancesSet": {"items": [item]}}, actor)
 
     # ------------------------------------------------------------------ EBS
     def create_volume(self, size_gb: int, volume_type: str, tags: Mapping[str, str]) -> str:

@@ -22,13 +22,13 @@ import pytest
 
 from dashboards import build
 from dashboards import interpolate as grafana
-from dashboards.common import COST_OVERVIEW_UID
+from dashboards.common import ANOMALIES_UID, COST_OVERVIEW_UID
 from dashboards.cost_overview import RUN_RATE
 from dashboards.model import Dashboard, Panel, PromQuery, QueryVariable, SqlQuery
 from lambdas.billing.loader import LoadReport
 from lambdas.common.vm import VictoriaMetrics
 from lambdas.store.db import connect
-from tests.dashboards import seed_vm
+from tests.dashboards import seed_detector, seed_vm
 from tests.store import seed
 
 LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -42,11 +42,18 @@ class Seeded:
     now: datetime
     reader_role: str
     bill: LoadReport
+    # The account of the detector's series and incidents (its own: its spend would change
+    # the cost totals the cost tests check).
+    detected: seed_detector.DetectorRows
 
 
 @pytest.fixture(scope="module")
 def seeded(
-    vm: VictoriaMetrics, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    vm: VictoriaMetrics,
+    vm_url: str,
+    alertmanager_url: str,
+    pg_dsn: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Seeded]:
     scope = seed.Scope(uuid.uuid4().hex[:10])
     now_s = time.time()
@@ -60,12 +67,16 @@ def seeded(
     factors = seed_vm.saved_factors(pg_dsn, scope)
     vm.import_lines(collector.lines(factors, seed_vm.LOADED_AGO, 0))
     vm.import_samples(seed_vm.pipeline_samples(scope, now_s))
+    # The anomaly rows are the real detector's, on series of this account.
+    detected = seed_detector.run_detector(vm, vm_url, alertmanager_url, pg_dsn, f"{scope.uid}d")
     with connect(pg_dsn) as conn:
         _seed_results(conn, scope, now)
     with reporting_reader(pg_dsn, f"grafana_{scope.uid}") as role:
         seed_vm.wait_until_visible(vm, account, seed_vm.cost_series(), now_s)
         seed_vm.wait_until_visible(vm, f'{{namespace="{seed_vm.namespace(scope)}"}}', 30, now_s)
-        yield Seeded(scope, now, role, bill)
+        # The dashboards are read as of after the detector's incidents began.
+        end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        yield Seeded(scope, end, role, bill, detected)
 
 
 @contextmanager
@@ -84,24 +95,8 @@ def reporting_reader(pg_dsn: str, role: str) -> Iterator[str]:
 
 
 def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -> None:
-    """A week of anomalies, a month of runs, decisions and actions, as the handlers write."""
+    """A month of runs, decisions and actions, as the handlers write."""
     u = s.uid
-    for i, (severity, hours_ago, resolved) in enumerate(
-        (("critical", 2, False), ("warning", 30, True), ("info", 100, True), ("warning", 5, False))
-    ):
-        started = now - timedelta(hours=hours_ago)
-        seed.resource_event(
-            conn, s, f"evt-an{i}-{u}", started - timedelta(seconds=4), before=0.2, after=4.75
-        )
-        seed.anomaly(
-            conn,
-            s,
-            f"an{i}-{u}",
-            started,
-            severity=severity,
-            resolved_at=started + timedelta(hours=2) if resolved else None,
-            change_events=[{"event_id": f"evt-an{i}-{u}"}],  # filled from resource_events
-        )
     seed.resource_event(
         conn,
         s,
@@ -169,7 +164,8 @@ def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -
 def _context(d: Dashboard, s: Seeded, **selected: list[str]) -> grafana.Context:
     values: dict[str, list[str]] = {v.name: [grafana.ALL] for v in d.variables}
     values.update(basis=["reconciled"], window=["1d"])
-    values.update(billing_account=[s.scope.account], namespace=[seed_vm.namespace(s.scope)])
+    accounts = [s.scope.account, s.detected.account]
+    values.update(billing_account=accounts, namespace=[seed_vm.namespace(s.scope)])
     values.update(selected)
     values = {k: v for k, v in values.items() if k in {v.name for v in d.variables}}
     span_s = int((s.now - _start(d, s.now)).total_seconds())
@@ -274,7 +270,8 @@ def test_annotations_return_time_and_text(uid: str, seeded: Seeded, pg_dsn: str)
     for annotation in d.annotations:
         columns, rows = _run_sql(pg_dsn, seeded.reader_role, annotation.query, ctx)
         assert {"time", "timeend", "text", "tags"} <= set(columns)
-        assert len(rows) == 4 and all(r[columns.index("text")] for r in rows)
+        # The detector's three incidents (seed_detector): i-old, i-new and the search team.
+        assert len(rows) == 3 and all(r[columns.index("text")] for r in rows)
 
 
 @pytest.mark.parametrize("uid", sorted(d.uid for d in build.DASHBOARDS))
@@ -368,8 +365,79 @@ def test_a_group_without_a_billing_factor_shows_its_list_rate(
     # The GCP group has no reconciled series (no bill, as the collector writes it): on the
     # reconciled basis it counts at its list rate instead of vanishing from the totals.
     d = next(x for x in build.DASHBOARDS if x.uid == COST_OVERVIEW_UID)
-    ctx = _context(d, seeded, basis=[basis])
+    ctx = _context(d, seeded, basis=[basis], billing_account=[seeded.scope.account])
     [total] = vm.query(grafana.promql(f"sum({RUN_RATE})", ctx), time_s=ctx.end.timestamp())
     factors = _factors(seeded) if basis == "reconciled" else {}
     expected = sum(g[5] * factors.get(g[1], 1.0) for g in seed_vm.GROUPS)
     assert float(total["value"][1]) == pytest.approx(expected, rel=1e-6)
+
+
+def _table(seeded: Seeded, pg_dsn: str, title: str, **selected: list[str]) -> list[dict[str, Any]]:
+    """One anomalies-dashboard panel's rows, as Grafana's reporting role reads them."""
+    d = next(x for x in build.DASHBOARDS if x.uid == ANOMALIES_UID)
+    [panel] = [p for p in d.panels() if p.title == title]
+    [q] = panel.queries
+    assert isinstance(q, SqlQuery)
+    columns, rows = _run_sql(pg_dsn, seeded.reader_role, q, _context(d, seeded, **selected))
+    return [dict(zip(columns, r, strict=True)) for r in rows]
+
+
+def test_the_anomaly_panels_show_the_detector_s_incidents_with_their_causes_and_context(
+    seeded: Seeded, pg_dsn: str
+) -> None:
+    """The rows are the real detector's (seed_detector): resource-level incidents list no
+    contributors and keep what they explain as ancestors; the team-level one names only its
+    team. Before migration 0704 the contributors panel was empty for the resources, their
+    context shown nowhere, and a drill-down to the account hid the team's incident."""
+    det = seeded.detected
+    mine = [det.account]
+    open_ = _table(seeded, pg_dsn, "Open anomalies, largest excess first", billing_account=mine)
+    by_level = {r["level"]: r["dimensions"] for r in open_}
+    assert len(open_) == 2, [(r["level"], r["dimensions"], r["rule"]) for r in open_]
+    assert "resource_id=i-old," in by_level["resource"]
+    assert by_level["team"] == f"team={det.other_team}"
+    assert all(r["billing_account_id"] == det.account for r in open_)
+
+    ranked = _table(seeded, pg_dsn, "Ranked contributors", billing_account=mine)
+    by_anomaly: dict[str, list[dict[str, Any]]] = {}
+    for r in ranked:
+        by_anomaly.setdefault(r["fingerprint"], []).append(r)
+    own = {
+        r["contributor"].split("resource_id=")[1].split(",")[0]: r
+        for rows in by_anomaly.values()
+        for r in rows
+        if len(rows) == 1
+    }
+    assert set(own) == {"i-old", "i-new"}  # each resource its own one contributor
+    assert all(r["rank"] == 1 and r["share"] == 1.0 for r in own.values())
+    assert float(own["i-old"]["delta_usd_per_hour"]) == pytest.approx(50.0)
+    [team_rows] = [rows for rows in by_anomaly.values() if len(rows) > 1]
+    assert [r["rank"] for r in team_rows] == list(range(1, len(team_rows) + 1))
+    assert all("i-batch-" in r["contributor"] for r in team_rows)
+
+    explains = _table(
+        seeded,
+        pg_dsn,
+        "What each anomaly explains (its service, team and account)",
+        billing_account=mine,
+    )
+    old = [r for r in explains if "resource_id=i-old" in r["anomaly"]]
+    assert [r["level"] for r in old] == ["service", "team", "account"]
+    # EC2 in the account also carries the batch team's +18 $/h; i-old's team only its own.
+    assert [float(r["delta_usd_per_hour"]) for r in old[:2]] == [118.0, 100.0]
+
+    events = _table(
+        seeded, pg_dsn, "Change events and actors behind anomalies", billing_account=mine
+    )
+    assert {(e["resource_id"], e["actor"]) for e in events} >= {
+        ("i-old", "arn:aws:iam::1:user/alice"),
+        ("i-new", "arn:aws:iam::1:user/alice"),
+    }
+
+    # The team's incident shows under its account and env, which only its resources name.
+    drilled = _table(
+        seeded, pg_dsn, "Open anomalies, largest excess first", billing_account=mine, env=["prod"]
+    )
+    assert f"team={det.other_team}" in {r["dimensions"] for r in drilled}
+    [median] = _table(seeded, pg_dsn, "Median time to resolve", billing_account=mine)
+    assert median["median_open_s"] > 0  # i-new, resolved after its deletion

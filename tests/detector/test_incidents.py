@@ -8,15 +8,23 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
 
 from lambdas.common.vm import VictoriaMetrics
+from lambdas.detector.alerts import fingerprint
 from lambdas.detector.config import DetectionConfig
 from lambdas.detector.service import Detector, DetectorSettings, selector_matches
 from lambdas.store import anomalies as store
-from tests.detector.test_live import Account, am_alerts, insert_inventory, wait_for
+from tests.detector.test_live import (
+    Account,
+    am_alerts,
+    insert_events,
+    insert_inventory,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -150,3 +158,120 @@ def test_the_fast_path_and_adoption_follow_the_detectors_selector(
     selector: str, labels: dict[str, str], expected: bool | None
 ) -> None:
     assert selector_matches(selector, labels) is expected
+
+
+def _active(alertmanager_url: str, account: Account) -> dict[str, dict[str, Any]]:
+    return {
+        a["labels"].get("resource_id", a["labels"]["level"]): a
+        for a in am_alerts(alertmanager_url, billing_account_id=account.account)
+        if a["status"]["state"] == "active"
+    }
+
+
+def _served(detector: Detector, rid: str, value: float) -> bool:
+    """The detector's own read serves the resource at `value` (a new series can take
+    seconds to appear in a query that ran before it existed)."""
+    vector = detector.read(time.time())
+    found = [
+        v
+        for k, v in zip(vector.keys, vector.values, strict=True)
+        if k.level == "resource" and k.as_dict()["resource_id"] == rid
+    ]
+    return found == [value]
+
+
+def terminate(pg_dsn: str, account: Account, rid: str, before: float) -> None:
+    """What the collector commits when a resource is deleted: its event, and its inventory
+    row at 0 $/h (the detector's fast path reads the inventory after a change)."""
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(
+            """insert into resource_events (event_id, provider, resource_id,
+               billing_account_id, sub_account_id, region_id, service_name, resource_type,
+               action, event_time, tags, usd_per_hour_before, usd_per_hour_after)
+               values (%s, 'aws', %s, %s, %s, 'us-east-1', 'Amazon EC2', 'instance',
+                       'TerminateInstances', now(), '{}', %s, 0)""",
+            (f"ev-end-{rid}-{account.account}", rid, account.account, account.account, before),
+        )
+        conn.execute(
+            "update resource_inventory set usd_per_hour = 0, state = 'deleted'"
+            " where resource_id = %s and billing_account_id = %s",
+            (rid, account.account),
+        )
+
+
+def test_a_fixed_root_cause_resolves_while_its_aggregates_stay_high_for_another(
+    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    """Two resources explain a step; one is deleted. Its incident resolves although the
+    service, team and account it explained stay high because of the other: before, a root
+    cause stayed open for as long as any aggregate it explained did, so a workflow's fix
+    did not close its incident."""
+    account.write(100.0, **{"i-old": 100.0})
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    insert_events(pg_dsn, account, datetime.now(UTC))
+    account.write(200.0, **{"i-old": 150.0, "i-new": 50.0})
+    detector.cycle(time.time())
+    reports = {r.labels["resource_id"]: r for r in detector.reports.values()}
+    assert sorted(reports) == ["i-new", "i-old"]
+
+    terminate(pg_dsn, account, "i-new", 50.0)
+    account.write(150.0, **{"i-old": 150.0, "i-new": 0.0})
+    for _ in range(detector.cfg.detection.resolve_after_ticks):
+        detector.cycle(time.time())
+    [left] = detector.reports.values()
+    assert left.labels["resource_id"] == "i-old"
+    assert {k.level for k in left.ancestors} == {"service", "team", "account"}
+    with psycopg.connect(pg_dsn) as conn:
+        [row] = store.get(conn, fingerprint(reports["i-new"].labels))
+    assert row["resolved_at"] is not None
+    wait_for(
+        lambda: set(_active(alertmanager_url, account)) == {"i-old"},
+        "i-new's alert to resolve, i-old's to stay",
+    )
+
+
+def _new_instance_explains_a_step(detector: Detector, account: Account) -> None:
+    """i-new (+100 $/h) is the one cause of the step of its service, team and account."""
+    account.write(100.0, **{"i-old": 100.0})
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    account.write(200.0, **{"i-old": 100.0, "i-new": 100.0})
+    wait_for(lambda: _served(detector, "i-new", 100.0), "i-new to be served")
+    detector.cycle(time.time())
+    assert [r.labels["resource_id"] for r in detector.reports.values()] == ["i-new"]
+
+
+def test_an_aggregate_still_high_after_its_cause_is_fixed_is_reported_again(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    """i-new explains a step, then is deleted while i-old grows by as much: the aggregates'
+    incidents never close, and what keeps them open now, i-old, is reported as their cause
+    (before, nothing was: the aggregates were folded into a report that had ended)."""
+    _new_instance_explains_a_step(detector, account)
+    account.write(200.0, **{"i-old": 200.0, "i-new": 0.0})
+    wait_for(lambda: _served(detector, "i-new", 0.0), "i-new at 0")
+    wait_for(lambda: _served(detector, "i-old", 200.0), "i-old at 200")
+    for _ in range(detector.cfg.detection.resolve_after_ticks):
+        detector.cycle(time.time())
+    [now_open] = detector.reports.values()
+    assert now_open.labels["resource_id"] == "i-old"
+    assert {k.level for k in now_open.ancestors} == {"service", "team", "account"}
+    assert now_open.observed == 200.0
+    wait_for(lambda: set(_active(alertmanager_url, account)) == {"i-old"}, "i-old's alert only")
+
+
+def test_an_aggregate_read_high_after_its_cause_is_fixed_opens_no_alert_of_its_own(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    """i-new is deleted, and its resource series reads 0 while the rollups still read the
+    old total (a rollup read a cycle late, or an aggregate on its way down): i-new's incident
+    resolves and nothing explains the aggregates any more, so no alert replaces it."""
+    _new_instance_explains_a_step(detector, account)
+    account.write(200.0, **{"i-old": 100.0, "i-new": 0.0})
+    wait_for(lambda: _served(detector, "i-new", 0.0), "i-new at 0")
+    for _ in range(detector.cfg.detection.resolve_after_ticks):
+        detector.cycle(time.time())
+    assert detector.reports == {}
+    assert {inc.key.level for inc in detector.engine.open_incidents()} >= {"account", "team"}
+    wait_for(lambda: _active(alertmanager_url, account) == {}, "no active alert")

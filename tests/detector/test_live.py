@@ -171,7 +171,9 @@ def insert_inventory(
     conn: psycopg.Connection[Any], account: Account, rid: str, rate: float, at: datetime
 ) -> None:
     """The collector's inventory row of a resource of the test's account (what the detector
-    reads a new resource's labels and run-rate from)."""
+    reads a new resource's labels and run-rate from). Tests reuse resource ids in accounts
+    of their own, and the inventory's key is (provider, resource_id): the whole row is the
+    latest test's, or a resource another test deleted would stay deleted and elsewhere."""
     conn.execute(
         """insert into resource_inventory (provider, resource_id, billing_account_id,
            sub_account_id, region_id, service_name, resource_type, state, tags, usd_per_hour,
@@ -179,7 +181,10 @@ def insert_inventory(
            values ('aws', %s, %s, %s, 'us-east-1', 'Amazon EC2', 'instance', 'running', %s,
                    %s, true, 'seed', %s)
            on conflict (provider, resource_id)
-           do update set usd_per_hour = excluded.usd_per_hour""",
+           do update set usd_per_hour = excluded.usd_per_hour,
+                         billing_account_id = excluded.billing_account_id,
+                         sub_account_id = excluded.sub_account_id,
+                         state = excluded.state, tags = excluded.tags""",
         (
             rid,
             account.account,

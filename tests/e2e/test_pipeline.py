@@ -236,6 +236,13 @@ def settled(stack: Stack, s: Scenario, run_id: str, states: set[str]) -> str:
     return state
 
 
+def resolved(stack: Stack, resource_id: str) -> bool:
+    rows = stack.sql(
+        "select resolved_at from anomalies where dimensions ->> 'resource_id' = %s", resource_id
+    )
+    return bool(rows) and all(r[0] is not None for r in rows)
+
+
 def dashboards_show(stack: Stack, account: str, needle: str) -> list[str]:
     """Every dashboard panel query, run as Grafana would for the run's account over the last
     hour with the list-price basis; the titles of the panels whose result mentions `needle`."""
@@ -298,6 +305,26 @@ def test_new_dev_instance_is_stopped_and_the_saving_verified(
     )
     assert result
     assert dashboards_hop(stack, s, launched.account, run["run_id"])
+    # The anomaly panels show the detector's own row: the incident, the instance as its
+    # contributor and the service, team and account it explains (folded in once the fresh
+    # account's rollups are served, seconds after the instance's own incident).
+    panels = {
+        "cct-anomalies: Ranked contributors",
+        "cct-anomalies: What each anomaly explains (its service, team and account)",
+        "cct-anomalies: Change events and actors behind anomalies",
+    }
+    s.hop(
+        "anomaly panels show it with what it explains",
+        lambda: panels <= set(dashboards_show(stack, launched.account, s.resource_id)),
+    )
+    # Fixed by the workflow: once CloudTrail's record of the step's StopInstances reaches the
+    # collector (moto keeps no trail; the simulator forwards the event AWS would emit), the
+    # instance costs nothing and its incident resolves, although the account stays higher
+    # than before (the other scenarios' resources).
+    sim.trail_instance_state(
+        s.resource_id, f"arn:aws:sts::{launched.account}:assumed-role/cct-remediation/steps"
+    )
+    s.hop("anomaly resolved after the stop", lambda: resolved(stack, s.resource_id))
 
 
 def short_lived_credentials(stack: Stack, s: Scenario, launched: Launched) -> None:

@@ -86,10 +86,14 @@ def anomaly(
     team: str | None = None,
     contributors: Any = None,
     change_events: Any = None,
+    level: str = "service",
+    dimensions: dict[str, str] | None = None,
+    ancestors: Any = (),
 ) -> None:
     """Through the detector's writer, with the detector's own JSON for contributors and
-    change events unless a test passes malformed ones on purpose."""
-    dims = {
+    change events unless a test passes malformed ones on purpose. (The dashboards' tests take
+    the detector's real rows: tests/dashboards/seed_detector.py.)"""
+    dims = dimensions or {
         "provider": "aws",
         "billing_account_id": s.account,
         "service_name": "AmazonEC2",
@@ -113,7 +117,7 @@ def anomaly(
             fingerprint=fingerprint,
             started_at=started_at,
             rule="day0_step",
-            level="service",
+            level=level,
             severity=severity,
             dimensions=dims,
             expected_usd_per_hour=expected,
@@ -121,6 +125,7 @@ def anomaly(
             deviation=(observed - expected) / expected,
             contributors=contributors,
             change_events=change_events,
+            ancestors=ancestors,
         ),
     )
     if resolved_at is not None:

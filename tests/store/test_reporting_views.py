@@ -380,3 +380,105 @@ def test_tag_keys_match_in_any_case_as_the_collector_reads_them(
         )
     assert [e.event_id for e in found] == [f"ev-{scope.uid}"]
     assert row == {"team": scope.team, "env": scope.env} == tag_values(tags)
+
+
+def test_malformed_ancestors_blank_a_cell_not_the_query(pg_dsn: str, scope: seed.Scope) -> None:
+    with connect(pg_dsn) as conn:
+        seed.anomaly(
+            conn,
+            scope,
+            f"odd-{scope.uid}",
+            NOW,
+            level="resource",
+            contributors=[],
+            ancestors=[{"level": "team", "labels": "oops", "delta_usd_per_hour": "lots"}, 7],
+        )
+        seed.anomaly(conn, scope, f"scalar-{scope.uid}", NOW - timedelta(hours=1))
+        conn.execute(
+            "update anomalies set ancestors = '\"not a list\"'::jsonb where fingerprint = %s",
+            (f"scalar-{scope.uid}",),
+        )
+        rows = _rows(
+            conn,
+            "select fingerprint, position, level, aggregate, delta_usd_per_hour"
+            " from reporting.anomaly_ancestors where billing_account_id = %(account)s"
+            " order by position",
+            scope.account,
+        )
+        counts = _rows(
+            conn,
+            "select fingerprint, ancestor_count from reporting.anomalies"
+            " where billing_account_id = %(account)s order by fingerprint",
+            scope.account,
+        )
+    assert rows == [
+        {
+            "fingerprint": f"odd-{scope.uid}",
+            "position": 1,
+            "level": "team",
+            "aggregate": "",
+            "delta_usd_per_hour": None,
+        },
+        {
+            "fingerprint": f"odd-{scope.uid}",
+            "position": 2,
+            "level": "",
+            "aggregate": "",
+            "delta_usd_per_hour": None,
+        },
+    ]
+    assert [c["ancestor_count"] for c in counts] == [2, 0]
+
+
+def _resource(account: str, rid: str, env: str = "prod") -> dict[str, object]:
+    labels = {"billing_account_id": account, "provider": "aws", "resource_id": rid, "env": env}
+    return {"level": "resource", "labels": labels, "share": 0.05, "delta_usd_per_hour": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("contributors", "ancestors", "shown"),
+    [
+        # Its listed resources agree: the team shows under their account and env.
+        ([_resource("A", "i-1"), _resource("A", "i-2")], [], ("A", "prod", "aws")),
+        # An account ancestor agrees with them; a team ancestor names no account.
+        (
+            [_resource("A", "i-1")],
+            [{"level": "account", "labels": {"billing_account_id": "A"}}, {"labels": {}}],
+            ("A", "prod", "aws"),
+        ),
+        # Two accounts, two envs, one provider: the account and env only under All.
+        ([_resource("A", "i-1"), _resource("B", "i-2", "dev")], [], ("", "", "aws")),
+        # Nothing listed, or nothing usable: ''.
+        ([], [], ("", "", "")),
+        (["x", {"labels": "y"}, 3], ["z"], ("", "", "")),
+    ],
+)
+def test_a_team_anomaly_takes_the_account_and_env_its_resources_share(
+    pg_dsn: str,
+    uid: str,
+    contributors: list[object],
+    ancestors: list[object],
+    shown: tuple[str, str, str],
+) -> None:
+    """A team-level anomaly's dimensions are {team} only (a team spans accounts); the view
+    fills the filter columns from what its contributors and ancestors agree on."""
+    s = seed.Scope(uid)
+    with connect(pg_dsn) as conn:
+        seed.anomaly(
+            conn,
+            s,
+            f"team-{uid}",
+            NOW,
+            level="team",
+            dimensions={"team": s.team},
+            contributors=contributors,
+            ancestors=ancestors,
+        )
+        [row] = _rows(
+            conn,
+            "select billing_account_id, env, provider, team from reporting.anomalies"
+            " where fingerprint = %(account)s",
+            f"team-{uid}",
+        )
+    assert (row["billing_account_id"], row["env"], row["provider"]) == shown
+    assert row["team"] == s.team

@@ -157,6 +157,7 @@ def test_migrations_apply_cleanly_to_an_empty_database(private_db: str) -> None:
     assert views == {
         "anomalies",
         "anomaly_contributors",
+        "anomaly_ancestors",
         "anomaly_change_events",
         "change_events",
         "optimization_runs",
