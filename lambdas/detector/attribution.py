@@ -36,7 +36,7 @@ class Contributor(Child):
 
 
 def rank_contributors(
-    children: Iterable[Child], limit: int = 10, min_share: float = 0.01
+    children: Iterable[Child], limit: int | None = 10, min_share: float = 0.01
 ) -> list[Contributor]:
     """Children that grew, ranked by their share of the total increase.
 
@@ -56,6 +56,18 @@ def rank_contributors(
         if d / total >= min_share
     ]
     return out[:limit]
+
+
+def shares_by(growth: Iterable[Contributor], names: Sequence[str]) -> dict[tuple[str, ...], float]:
+    """The share of an aggregate's increase carried by its resources, grouped by the values of
+    `names` (another aggregate level's identifying labels: how much of a team's increase lies
+    in each service). `growth` ranks every resource that grew, not just the largest few."""
+    out: dict[tuple[str, ...], float] = {}
+    for c in growth:
+        if c.level == "resource":
+            group = tuple(c.labels.get(n, "") for n in names)
+            out[group] = out.get(group, 0.0) + c.share
+    return out
 
 
 @dataclass(frozen=True)

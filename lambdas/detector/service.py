@@ -47,6 +47,7 @@ from lambdas.detector.attribution import (
     link_change_events,
     rank_contributors,
     root_causes,
+    shares_by,
 )
 from lambdas.detector.config import (
     CHILD_LEVEL,
@@ -220,7 +221,26 @@ class Metrics:
         )
 
 
-_Attribution = tuple[list[Contributor], list[ChangeEvent]]
+_Linked = tuple[list[Contributor], list[ChangeEvent]]
+
+
+@dataclass(frozen=True)
+class _Attribution:
+    """What explains an aggregate's increase."""
+
+    contributors: list[Contributor]  # the largest growers of each child level (shown)
+    events: list[ChangeEvent]
+    # Every resource that grew, with its share of the increase: how much of it lies inside
+    # a sibling aggregate (a team within a service) is read from this, not from the shown few.
+    growth: list[Contributor]
+    _by_level: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+
+    def share_in(self, other: SeriesKey) -> float:
+        """The share of the increase carried by resources that also belong to `other`."""
+        if other.level not in self._by_level:  # a key's labels are sorted by name
+            names = [n for n, _ in other.labels]
+            self._by_level[other.level] = shares_by(self.growth, names)
+        return self._by_level[other.level].get(tuple(v for _, v in other.labels), 0.0)
 
 
 @dataclass
@@ -583,15 +603,19 @@ class Detector:
         log.info("changes before the start seeded", extra={"series": len(keys)})
 
     # ---------------------------------------------------------------- attribution
-    def _drill_down(self, key: SeriesKey, now: float) -> list[Contributor]:
+    def _drill_down(
+        self, key: SeriesKey, now: float
+    ) -> tuple[list[Contributor], list[Contributor]]:
         """Children and resources of an aggregate, ranked by their growth: against what the
         engine expected of a resource it evaluates, else against the value one day-0 window
         ago. Recently changed resources count with their inventory run-rate (the fast
-        path), so a resource too new to be queryable is found too."""
+        path), so a resource too new to be queryable is found too. The largest growers of
+        each level, and every resource that grew."""
         if key.level == "resource":
-            return []
+            return [], []
         before = now - self.cfg.detection.day0_window_s
         out: list[Contributor] = []
+        growth: list[Contributor] = []
         child_levels = [CHILD_LEVEL[key.level]]
         if child_levels[0] != "resource":
             child_levels.append("resource")
@@ -609,10 +633,11 @@ class Detector:
                     if key.contains(rkey):
                         current[rkey] = value
                 old.update(self._expected(list(current)))
-            out += rank_contributors(
-                Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()
-            )
-        return out
+            children = [Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()]
+            out += rank_contributors(children)
+            if level == "resource":
+                growth = rank_contributors(children, limit=None, min_share=0.0)
+        return out, growth
 
     def _expected(self, keys: list[SeriesKey]) -> dict[SeriesKey, float]:
         """What the engine expected of those of `keys` it evaluates (and has a value for)."""
@@ -629,7 +654,7 @@ class Detector:
         started: float,
         now: float,
         contributors: Sequence[Contributor],
-    ) -> _Attribution:
+    ) -> _Linked:
         """Linked change events; resources that only the events know (too new to be
         queryable) are added to the contributors."""
         ids = [c.labels["resource_id"] for c in contributors if "resource_id" in c.labels]
@@ -691,16 +716,17 @@ class Detector:
 
     def _attribute(self, key: SeriesKey, started: float, now: float) -> _Attribution:
         try:
-            contributors = self._drill_down(key, now)
+            contributors, growth = self._drill_down(key, now)
         except VMError as exc:
             self.metrics.errors.labels("victoriametrics").inc()
             log.warning("drill-down failed", extra={"error": str(exc), "series": key.describe()})
-            contributors = []
+            contributors, growth = [], []
         try:
-            return self._events(self._db(), key, started, now, contributors)
+            contributors, events = self._events(self._db(), key, started, now, contributors)
         except StoreError as exc:
             self._db_failed(exc)
-            return contributors, []
+            events = []
+        return _Attribution(contributors, events, growth)
 
     def cycle(self, now: float) -> list[Transition]:
         """Evaluate once at `now`. Raises VMError when the series cannot be read (nothing
@@ -753,11 +779,9 @@ class Detector:
             self.metrics.transitions.labels(tr.kind).inc()
             if tr.kind == "resolved":
                 orphans += self._source_closed(tr.key)
-        opened = sorted(
-            (tr for tr in transitions if tr.kind == "opened"), key=lambda t: _DEPTH[t.key.level]
-        )
+        opened, found = self._opening_order(transitions, open_now, now)
         for tr in opened:
-            posted.update(self._open(open_now[tr.key], now))
+            posted.update(self._open(open_now[tr.key], now, found.get(tr.key)))
         for key in self.folded:  # ancestors show their current figures
             if key in open_now:
                 for report_key in self.folded[key]:
@@ -831,21 +855,54 @@ class Detector:
             self.reports[report_key].ancestors.pop(key, None)
         return orphans
 
-    def _open(self, inc: OpenIncident, now: float) -> list[SeriesKey]:
+    def _opening_order(
+        self,
+        transitions: Sequence[Transition],
+        open_now: Mapping[SeriesKey, OpenIncident],
+        now: float,
+    ) -> tuple[list[Transition], dict[SeriesKey, _Attribution]]:
+        """The incidents opened this cycle, deepest first, so an aggregate finds the report of
+        what explains it. Services and teams are siblings: of those opening together, the
+        one whose resources hold most of the others' increases goes first, and they fold into
+        it (a team growing across two services is one incident, the team's; a team within
+        one service is its service's, services first on a tie). Their attributions, made
+        once here."""
+        opened = [tr for tr in transitions if tr.kind == "opened"]
+        found = {
+            tr.key: self._attribute(tr.key, open_now[tr.key].started_at, now)
+            for tr in opened
+            if _DEPTH[tr.key.level] == 1 and tr.key not in self.reports
+        }
+
+        def holds(key: SeriesKey) -> int:
+            share = self.cfg.root_cause_share
+            return sum(
+                1
+                for other, f in found.items()
+                if other.level != key.level and f.share_in(key) >= share
+            )
+
+        order = sorted(opened, key=lambda t: (_DEPTH[t.key.level], -holds(t.key), t.key.level))
+        return order, found
+
+    def _open(
+        self, inc: OpenIncident, now: float, found: _Attribution | None = None
+    ) -> list[SeriesKey]:
         """Report a newly opened engine incident: as its own report, or folded into the
-        reports of the resources (or the child) that explain it. The reports it touched."""
+        reports of the resources (or the child, or the sibling) that explain it. The reports
+        it touched."""
         key = inc.key
         if key in self.reports:  # a root cause found earlier, or adopted at a restart
             report = self.reports[key]
             report.own, report.adopted = True, False
             return [key]
-        contributors, events = self._attribute(key, inc.started_at, now)
+        found = found or self._attribute(key, inc.started_at, now)
         if key.level != "resource":
-            targets = self._fold(inc, contributors, events, now)
+            targets = self._fold(inc, found, now)
             if targets:
                 return targets
         self._new_report(
-            key, inc, inc, contributors=contributors, events=events, now=now, how="own"
+            key, inc, inc, contributors=found.contributors, events=found.events, now=now, how="own"
         )
         return [key]
 
@@ -855,17 +912,10 @@ class Detector:
         anything does. It is not reported on its own: its value is then usually on its way
         down (the engine closes it after `resolve_after_ticks`, and a rollup can be read a
         cycle after its resources), and a new alert would page for a cause already fixed."""
-        contributors, events = self._attribute(inc.key, inc.started_at, now)
-        return self._fold(inc, contributors, events, now)
+        return self._fold(inc, self._attribute(inc.key, inc.started_at, now), now)
 
-    def _fold(
-        self,
-        inc: OpenIncident,
-        contributors: list[Contributor],
-        events: list[ChangeEvent],
-        now: float,
-    ) -> list[SeriesKey]:
-        targets = self._explained_by(inc.key, contributors, events, inc, now)
+    def _fold(self, inc: OpenIncident, found: _Attribution, now: float) -> list[SeriesKey]:
+        targets = self._explained_by(inc, found, now)
         if targets:
             self.folded.setdefault(inc.key, set()).update(targets)
             for target in targets:
@@ -873,17 +923,12 @@ class Detector:
             self.metrics.folded.inc()
         return targets
 
-    def _explained_by(
-        self,
-        key: SeriesKey,
-        contributors: list[Contributor],
-        events: list[ChangeEvent],
-        inc: OpenIncident,
-        now: float,
-    ) -> list[SeriesKey]:
+    def _explained_by(self, inc: OpenIncident, found: _Attribution, now: float) -> list[SeriesKey]:
         """The reports that explain an aggregate's increase (created when new): its root
-        resources, else a reported child with most of the increase; empty when it is
-        diffuse and so its own cause."""
+        resources, else a reported child with most of the increase, else a sibling reported
+        as its own cause (a service, for a team) whose resources carry most of it; empty when
+        it is diffuse and so its own cause."""
+        contributors, events = found.contributors, found.events
         roots = root_causes(
             contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact("resource")
         )
@@ -903,10 +948,22 @@ class Detector:
             if c.level == "resource" or c.share < self.cfg.root_cause_share:
                 continue
             ckey = SeriesKey.of(c.level, c.labels)
-            found = [ckey] if ckey in self.reports else sorted(self.folded.get(ckey, ()))
-            if found:
-                return found
-        return []
+            reported = [ckey] if ckey in self.reports else sorted(self.folded.get(ckey, ()))
+            if reported:
+                return reported
+        return self._sibling(inc.key, found)
+
+    def _sibling(self, key: SeriesKey, found: _Attribution) -> list[SeriesKey]:
+        """The sibling report (same depth, other level) whose resources carry most of `key`'s
+        increase, when it is its own cause: a team growing inside one service is that
+        service's increase seen by owner, one cause, not two incidents."""
+        shares = [
+            (found.share_in(other), other)
+            for other, report in self.reports.items()
+            if report.own and other.level != key.level and _DEPTH[other.level] == _DEPTH[key.level]
+        ]
+        share, best = max(shares, default=(0.0, key))
+        return [best] if share >= self.cfg.root_cause_share else []
 
     def _new_report(
         self,

@@ -16,6 +16,7 @@ from lambdas.detector.attribution import (
     link_change_events,
     rank_contributors,
     root_causes,
+    shares_by,
 )
 
 T = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -146,3 +147,24 @@ def test_root_causes_hold_their_invariants_for_any_children(
     assert all(c.level == "resource" and c.delta >= floor for c in roots)
     assert all(c.share >= ROOT_MIN_SHARE for c in roots)
     assert not roots or sum(c.share for c in roots) >= share - 1e-9
+
+
+def test_the_share_within_a_sibling_counts_every_grower_not_just_the_shown_few() -> None:
+    """A team of 40 resources, 30 of them in one service, each +1 $/h: the service holds 75 %
+    of the team's increase although no shown contributor (the top 10) says so alone."""
+    team = [
+        Child(
+            "resource",
+            {"resource_id": f"i-{n}", "team": "batch", "service_name": "EC2" if n < 30 else "RDS"},
+            1.0,
+            2.0,
+        )
+        for n in range(40)
+    ]
+    growth = rank_contributors(team, limit=None, min_share=0.0)
+    assert len(rank_contributors(team)) == 10
+    by_service = shares_by(growth, ["service_name"])
+    assert by_service == {("EC2",): pytest.approx(0.75), ("RDS",): pytest.approx(0.25)}
+    assert shares_by(growth, ["service_name", "team"])[("EC2", "batch")] == pytest.approx(0.75)
+    assert shares_by(growth, ["region_id"]) == {("",): pytest.approx(1.0)}  # none carries it
+    assert shares_by([], ["service_name"]) == {}

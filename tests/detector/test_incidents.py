@@ -13,12 +13,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from lambdas.common.vm import VictoriaMetrics
+from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import fingerprint
 from lambdas.detector.config import DetectionConfig
 from lambdas.detector.service import Detector, DetectorSettings, selector_matches
 from lambdas.store import anomalies as store
 from tests.detector.test_live import (
+    RESOURCE,
+    ROLLUP,
     Account,
     am_alerts,
     insert_events,
@@ -275,3 +277,74 @@ def test_an_aggregate_read_high_after_its_cause_is_fixed_opens_no_alert_of_its_o
     assert detector.reports == {}
     assert {inc.key.level for inc in detector.engine.open_incidents()} >= {"account", "team"}
     wait_for(lambda: _active(alertmanager_url, account) == {}, "no active alert")
+
+
+def test_a_diffuse_rise_of_one_team_in_one_service_is_one_incident(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    """Twelve resources of one team, all in one service, each grow by 1.5 $/h: no resource
+    explains it, so the service and the team are each their own cause, and the team is its
+    service's sibling, not its child. Before, that was two incidents (and two pages) for one
+    cause; now the team is the service's context, as the account is."""
+    before = {f"i-batch-{n}": 1.0 for n in range(12)}
+    account.write(12.0, **before)
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    account.write(30.0, **{rid: 2.5 for rid in before})
+    wait_for(lambda: _served(detector, "i-batch-11", 2.5), "the resources to be served")
+    detector.cycle(time.time())
+    [report] = detector.reports.values()
+    assert report.key.level == "service"
+    assert {k.level for k in report.ancestors} == {"team", "account"}
+    assert {i.key.level for i in detector.engine.open_incidents()} == {"service", "team", "account"}
+    [alert] = wait_for(lambda: list(_active(alertmanager_url, account).values()), "the alert")
+    assert alert["labels"]["level"] == "service"
+
+    account.write(12.0, **before)
+    wait_for(lambda: _served(detector, "i-batch-11", 1.0), "the resources back")
+    for _ in range(detector.cfg.detection.resolve_after_ticks):
+        detector.cycle(time.time())
+    assert detector.reports == {}
+    wait_for(lambda: _active(alertmanager_url, account) == {}, "the alert to resolve")
+
+
+def _two_services(account: Account, each: float) -> None:
+    """The account's team runs six resources in each of two services, each at `each` $/h
+    (a rollup per service, as the collector writes them)."""
+    now_ms = int(time.time() * 1000)
+    samples = []
+    for service in ("Amazon EC2", "Amazon RDS"):
+        group = {**account.group, "service_name": service}
+        samples.append(Sample(ROLLUP, group, 6 * each, now_ms))
+        for n in range(6):
+            labels = {
+                **group,
+                "resource_id": f"r-{service[-3:]}-{n}",
+                "resource_type": "instance",
+                "sub_account_id": account.account,
+            }
+            samples.append(Sample(RESOURCE, labels, each, now_ms))
+    account.vm.import_samples(samples)
+    wait_for(lambda: account.visible(6 * each), f"rollups at {6 * each}")
+
+
+def test_a_diffuse_rise_of_one_team_across_two_services_is_the_team_s_one_incident(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    """The team's twelve resources, six in each of two services, each grow by 1.5 $/h: each
+    service's increase is all the team's, and the team's is split between them. One
+    incident, the team's, with both services and the account as its context (before, three:
+    the two services' and the team's)."""
+    _two_services(account, 1.0)
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    _two_services(account, 2.5)
+    wait_for(lambda: _served(detector, "r-RDS-5", 2.5), "the resources to be served")
+    detector.cycle(time.time())
+    [report] = detector.reports.values()
+    assert report.key.level == "team"
+    assert sorted(k.level for k in report.ancestors) == ["account", "service", "service"]
+    # A team's alert carries the team, not the account.
+    [alert] = wait_for(lambda: am_alerts(alertmanager_url, team=account.team), "the alert")
+    assert alert["labels"]["level"] == "team"
+    assert _active(alertmanager_url, account) == {}
