@@ -47,6 +47,8 @@ Series without a value for `evict_after_s` are forgotten, so churn does not grow
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -107,9 +109,14 @@ HOUR_RECORD_H = HOUR_RECORD_DAYS * DAY_H
 # detector's seconds) measures noise at a shorter scale than the rule's five minutes (on the
 # tuning part's 1-minute series it doubled the false incidents: docs/detection.md).
 LOCAL_MIN_INTERVAL_S = 300.0
-# How much shorter than LOCAL_MIN_INTERVAL_S the smallest interval seen may be: a live loop
-# every 300 s measures 299.99 s now and then.
+# How much shorter than LOCAL_MIN_INTERVAL_S the cadence may be: a live loop every 300 s
+# measures 299.99 s now and then.
 INTERVAL_TOLERANCE = 0.1
+# The cadence is the median of this many latest intervals between evaluations: one retry or
+# one early tick does not change it, and a cadence that changes is followed within as many
+# evaluations (the smallest interval ever seen turned the local step off for good after one
+# retry 20 s after a tick).
+CADENCE_INTERVALS = 25
 # The jitter must have been learnt for this long before the rule uses it.
 LOCAL_WARMUP_S = 86400.0
 # A change counts in the running jitter at most this many times the current jitter: one
@@ -285,8 +292,10 @@ class Engine:
         self.evicted_total = 0
         self.out_of_range_total = 0
         self._next_eviction = -math.inf
-        # Typical seconds between evaluations (the smallest seen): sets the z threshold.
+        # Typical seconds between evaluations (the median of the latest CADENCE_INTERVALS):
+        # sets the z threshold and whether the local step runs.
         self.interval_s = math.inf
+        self._intervals: deque[float] = deque(maxlen=CADENCE_INTERVALS)
         self.capacity = 0
         self._alloc(max(16, capacity))
         # Column lags of the short windows of `_refresh_baselines` (see there), fixed by
@@ -514,10 +523,10 @@ class Engine:
         self.first_hour[rows] = first_hour + first_col
         self.recent[rows] = hourly[known][np.arange(rows.size), last_col]
         self.last_seen[rows] = (first_hour + last_col + 1) * HOUR_S
-        # The hour-of-day record from the hourly means too: an hour's mean is the best a
-        # restart knows of its highest value.
-        for col in range(max(span - HOUR_RECORD_H, 0), span):
-            self.hour_highs[idx, (first_hour + col) % HOUR_RECORD_H] = hourly[:, col]
+        # Not the hour-of-day record: it holds each hour's highest value, and an hour's mean
+        # dilutes a 10-minute batch six times, so a record seeded from means let the routine
+        # batch open again after every restart. Until it is learnt live the local step
+        # needs a value above the daily highs, as it did before that record existed.
         # The value record from the hourly means (the residual one is learnt live): each
         # day's highest, the last (possibly partial) day as today.
         last_day = (first_hour + span - 1) // DAY_H
@@ -768,8 +777,10 @@ class Engine:
         top = np.fmax(recent, nan_to(rec_h, -np.inf))
         above = v - top
         ok = (above >= threshold) & material(above, top, 1.0)
+        # The daily highs are kept as float32: a repeat of the day's peak must not beat them
+        # by its rounding.
         with np.errstate(invalid="ignore"):
-            daily = v <= self.cfg.record_margin * self.rec_value[i]
+            daily = v.astype(np.float32) <= self.cfg.record_margin * self.rec_value[i]
         return ok & ~(np.isnan(rec_h) & daily)
 
     def _evaluate(self, i: npt.NDArray[np.int64], v: F64) -> _Verdicts:
@@ -851,8 +862,10 @@ class Engine:
                 # NaN (no record yet) lets the rule through. The day-0 step needs a value
                 # above the recent daily highs: a series whose values jump every day (a daily
                 # batch, a night-time spike) is not stepping up.
-                day0_fire &= ~(v <= m * rec_v)
-                seas_fire &= ~(ds <= m * np.fmax(self.rec_resid[i], 0.0))
+                # (The records are float32: compared at that precision, a repeat of a
+                # day's peak is not above it.)
+                day0_fire &= ~(v.astype(np.float32) <= m * rec_v)
+                seas_fire &= ~(ds.astype(np.float32) <= m * np.fmax(self.rec_resid[i], 0.0))
             if self._export_cadence():
                 local_fire &= self._beats_hour_record(i, v, recent, k * jitter, material)
         down = cfg.report_decreases == 1
@@ -889,7 +902,8 @@ class Engine:
         first_tick, dt = self._advance_clock(now)
         assert self.hour is not None
         if not first_tick and dt > 0:
-            self.interval_s = min(self.interval_s, dt)
+            self._intervals.append(dt)
+            self.interval_s = statistics.median(self._intervals)
         vals = np.asarray(values, dtype=np.float64)
         ok = self._usable(vals)
         i = idx[ok]

@@ -601,22 +601,79 @@ def test_a_short_nightly_batch_in_five_minute_data_is_one_incident_not_one_a_nig
     assert len(opened(run(Engine(DetectionConfig(record_rank=0)), values, step=300.0))) >= 10
 
 
-def test_a_restart_seeds_the_hour_of_day_record_from_the_hourly_means() -> None:
-    # Three days of history whose 18:00 hour averaged 80 $/h (50 otherwise): a restarted
-    # detector knows what 18:00 reaches without waiting days to learn it again.
-    hourly = np.array([[80.0 if h % 24 == 18 else 50.0 for h in range(72)]])
+def test_a_restart_leaves_the_hour_record_to_be_learnt_so_a_nightly_batch_stays_quiet() -> None:
+    # The nightly batch of the test above, and a restart on day 10 that loads the hourly
+    # means (what Detector.bootstrap reads). Seeded from those means, the record said 18:00
+    # reaches about 88 $/h while the 10-minute batch reaches about 128: it opened again on
+    # day 11. Unseeded, the daily highs stand in until the record is learnt again.
+    per_day, restart = 288, 10
+    values = _five_minute_days(21, 300.0)
+    for day in range(21):
+        for n in (216, 217):
+            values[day * per_day + n] *= 1.6
     engine = Engine(DetectionConfig())
     idx = engine.index_of([KEY])
-    first_hour = int(T0 // HOUR_S)
-    engine.seed_history(idx, first_hour, hourly)
-    start = (first_hour + 72 + 17) * HOUR_S
-    # Values every 5 minutes from 17:00 through 18:00, then through 19:00.
-    for n in range(13):
-        engine.observe(start + n * 300.0, idx, [50.0])
-    assert engine.rec_hour[idx[0]] == 80.0
-    for n in range(13, 25):
-        engine.observe(start + n * 300.0, idx, [50.0])
-    assert engine.rec_hour[idx[0]] == 50.0
+    cut = restart * per_day
+    means = np.array(values[:cut]).reshape(-1, 12).mean(axis=1)[None, :]
+    engine.seed_history(idx, int(T0 // HOUR_S), means)
+    assert math.isnan(engine.rec_hour[idx[0]])
+    out = run(engine, values[cut:], start=T0 + cut * 300.0, step=300.0)
+    assert opened(out) == []
+
+
+def _at_times(times: Sequence[float], values: Sequence[float]) -> list[list[Transition]]:
+    engine = Engine(DetectionConfig())
+    idx = engine.index_of([KEY])
+    return [engine.observe(t, idx, [v]) for t, v in zip(times, values, strict=True)]
+
+
+def test_one_short_interval_or_an_hour_of_finer_data_leaves_the_local_step_on() -> None:
+    # The 5-minute jump of test_local_step_sees_a_five_minute_jump_that_hourly_means_hide,
+    # after one retry 20 s after a tick, or after an hour of 1-minute data, on day 1. The
+    # cadence was the smallest interval ever seen: either turned the rule off for good.
+    step, days = 300.0, 4
+    base = [T0 + n * step for n in range(days * 288 + 72)]
+    jump = [T0 + days * 86400 + 6 * HOUR_S + n * step for n in range(2)]
+    retry = sorted([*base, T0 + 86400 + 20.0])
+    minute = T0 + 30 * HOUR_S
+    finer = sorted(
+        [t for t in base if not minute <= t < minute + HOUR_S]
+        + [minute + n * 60.0 for n in range(60)]
+    )
+    for times in (base, retry, finer):
+        values = _five_minute_days(5, 1.0)  # one value per second of the pattern
+        pattern = [values[int(t - T0)] for t in times]
+        out = _at_times([*times, *jump], [*pattern, 187.0, 187.0])
+        assert [t.rule for _, t in opened(out)] == ["local_step"]
+        assert opened(out)[0][0] == len(times)
+
+
+def test_the_cadence_follows_data_that_becomes_hourly() -> None:
+    engine = Engine(DetectionConfig())
+    idx = engine.index_of([KEY])
+    times = [T0 + n * 300.0 for n in range(288)]
+    times += [times[-1] + n * HOUR_S for n in range(1, 30)]
+    for n, t in enumerate(times):
+        engine.observe(t, idx, [100.0])
+        if n == 287:
+            assert engine.interval_s == 300.0 and engine._export_cadence()
+    assert engine.interval_s == HOUR_S and not engine._export_cadence()
+
+
+def test_an_exact_repeat_of_the_daily_peak_is_not_above_the_daily_highs() -> None:
+    # A constant billed rate repeats the day's peak to the last bit. The daily highs are kept
+    # as float32: compared in float64, a peak just above its float32 rounding beat them.
+    # After 6.5 silent days the hour record is unknown, so the daily highs decide.
+    engine = Engine(DetectionConfig())
+    idx = engine.index_of([KEY, OTHER])
+    resume = T0 + 13 * 86400 + 6 * HOUR_S
+    ours = []
+    for n in range(14 * 288):
+        t = T0 + n * 300.0
+        v = float(100 * (1 + 0.5 * np.sin(t / 86400 * 2 * np.pi)) * (1 + 0.003 * 0.9))
+        silent = resume - 6.5 * 86400 <= t < resume
+        ours += [tr for tr in engine.observe(t, idx, [math.nan if silent else v, v])]
+    assert [tr for tr in ours if tr.kind == "opened" and tr.key == KEY] == []
 
 
 def test_kth_highest_counts_only_values_and_needs_k_of_them() -> None:
