@@ -120,14 +120,15 @@ class FreshGroupStart(ConsumerRebalanceListener):
 
     async def _start_recent(self, fresh: list[TopicPartition]) -> None:
         since_ms = int((time.time() - self.seconds) * 1000)
+        # The end is read before the lookup, and "none since" starts there: an event that
+        # lands between the lookup and the seek is read. (seek_to_end resolved the end at the
+        # next fetch, after it: the first alert of a new installation could be skipped.)
+        ends = await self.consumer.end_offsets(fresh)
         found = await self.consumer.offsets_for_times({tp: since_ms for tp in fresh})
         for tp in fresh:
             self.floor[tp] = since_ms
             at = found.get(tp)
-            if at is None:
-                await self.consumer.seek_to_end(tp)
-            else:
-                self.consumer.seek(tp, at.offset)
+            self.consumer.seek(tp, ends[tp] if at is None else at.offset)
         log.info(
             "fresh consumer group: starting at recent events",
             extra={"partitions": len(fresh), "since_s": self.seconds},
