@@ -635,7 +635,8 @@ class Detector:
                 old.update(self._expected(list(current)))
             children = [Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()]
             out += rank_contributors(children)
-            if level == "resource":
+            # Only services and teams have siblings to measure shares in.
+            if level == "resource" and _DEPTH[key.level] == 1:
                 growth = rank_contributors(children, limit=None, min_share=0.0)
         return out, growth
 
@@ -875,6 +876,8 @@ class Detector:
         }
 
         def holds(key: SeriesKey) -> int:
+            if _DEPTH[key.level] != 1:
+                return 0
             share = self.cfg.root_cause_share
             return sum(
                 1

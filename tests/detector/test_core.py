@@ -672,7 +672,7 @@ def test_an_exact_repeat_of_the_daily_peak_is_not_above_the_daily_highs() -> Non
         t = T0 + n * 300.0
         v = float(100 * (1 + 0.5 * np.sin(t / 86400 * 2 * np.pi)) * (1 + 0.003 * 0.9))
         silent = resume - 6.5 * 86400 <= t < resume
-        ours += [tr for tr in engine.observe(t, idx, [math.nan if silent else v, v])]
+        ours += engine.observe(t, idx, [math.nan if silent else v, v])
     assert [tr for tr in ours if tr.kind == "opened" and tr.key == KEY] == []
 
 
