@@ -176,3 +176,5 @@ def _print_incident(inc: Incident) -> None:
     for c in inc.contributors[:5]:
         name = SeriesKey.of(c.level, c.labels).describe()
         click.echo(f"    {c.share:6.1%}  +{c.delta:,.2f} $/h  {c.level} {name}")
+    if inc.ancestors:
+        click.echo(f"    explains: {'; '.join(a.describe() for a in inc.ancestors)}")

@@ -206,11 +206,16 @@ def _counts(counter: Counter[str]) -> str:
     return ", ".join(f"{n} {name}" for name, n in counter.most_common())
 
 
+def _explains(inc: Incident) -> str:
+    """The aggregate incidents folded into this one (context, not further incidents)."""
+    return "; ".join(a.describe() for a in inc.ancestors)
+
+
 def _contributors(inc: Incident) -> str:
     """Bars of each contributor's share of the increase, one block per child level (the
     shares of a level add up to 100 %, so levels are not mixed)."""
     if not inc.contributors:
-        return '<p class="small">No child series grew.</p>'
+        return "" if inc.key.level == "resource" else '<p class="small">No child series grew.</p>'
     out = []
     for level in dict.fromkeys(c.level for c in inc.contributors):
         rows = [c for c in inc.contributors if c.level == level][:10]
@@ -252,9 +257,7 @@ def render(
         )
         for lb in labels
     ]
-    coarse = [i for i in incidents if i.key.level == "account"] or list(incidents)
-    coarse_level = "account" if coarse and coarse[0].key.level == "account" else "every"
-    marks = [(i.started_at, i.resolved_at, SEVERITY_COLOURS[i.severity]) for i in coarse]
+    marks = [(i.started_at, i.resolved_at, SEVERITY_COLOURS[i.severity]) for i in incidents]
     by_sev = Counter(i.severity for i in incidents)
     by_rule = Counter(i.rule for i in incidents)
     by_level = Counter(i.key.level for i in incidents)
@@ -281,10 +284,10 @@ def render(
         ),
         "</table>",
         "<h2>Total cost over time</h2>",
-        f"<p class='small'>Run-rate of all accounts; incidents shown are at the "
-        f"{_e(coarse_level)} level.</p>",
+        "<p class='small'>Run-rate of all accounts, with every incident: one per cause, "
+        "reported at the deepest series that explains it.</p>",
         _line_chart(times, total, marks, labels=label_spans),
-        _legend(expected=False, labels=bool(labels), severities=[i.severity for i in coarse]),
+        _legend(expected=False, labels=bool(labels), severities=[i.severity for i in incidents]),
     ]
     if scores:
         out.append("<h2>Against the labels</h2><table>")
@@ -324,6 +327,7 @@ def render(
             "observed $/h",
             "delta $/h",
             "top contributor",
+            "explains",
         ),
     ]
     for inc in incidents:
@@ -341,15 +345,13 @@ def render(
             f"<td>{_e(inc.key.describe())}</td>"
             f"<td class=num>{inc.expected:,.2f}</td>"
             f"<td class=num>{inc.observed:,.2f}</td><td class=num>+{inc.delta:,.2f}</td>"
-            f"<td>{_e(top_txt)}</td></tr>"
+            f"<td>{_e(top_txt)}</td><td>{_e(_explains(inc))}</td></tr>"
         )
     out.append("</table>")
     row_of = {k: n for n, k in enumerate(series.keys)}
-    biggest = sorted((i for i in incidents if i.key.level != "resource"), key=lambda i: -i.delta)[
-        :CHART_INCIDENTS
-    ]
+    biggest = sorted(incidents, key=lambda i: -i.delta)[:CHART_INCIDENTS]
     if biggest:
-        out.append(f"<h2>The {len(biggest)} largest aggregate incidents</h2>")
+        out.append(f"<h2>The {len(biggest)} largest incidents</h2>")
         out.append(_legend(expected=True, labels=False, severities=list(SEVERITY_COLOURS)))
     for inc in biggest:
         row = row_of[inc.key]
@@ -366,9 +368,12 @@ def render(
                 times[lo:hi],
                 series.values[row, lo:hi],
                 [(inc.started_at, inc.resolved_at, SEVERITY_COLOURS[inc.severity])],
-                expected=series.expected[row, lo:hi],
+                # What the engine expected is kept for aggregates only (resources are many).
+                expected=series.expected[row, lo:hi] if row < series.aggregates else None,
             )
         )
+        if inc.ancestors:
+            out.append(f"<p class=small>Explains: {_e(_explains(inc))}.</p>")
         out.append(_contributors(inc))
     out.append("</body></html>")
     return "\n".join(out)

@@ -1,9 +1,11 @@
-"""Run the live detector's core over a cost matrix: every interval of the export is one
-evaluation, at every aggregation level, with attribution to children and single resources."""
+"""Run the live detector over a cost matrix: every interval of the export is one evaluation,
+at every aggregation level, with attribution to children and single resources, and the
+engine's incidents folded into one report per cause by the live detector's `ReportBook`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,13 +15,18 @@ import numpy.typing as npt
 from lambdas.backtest.focus import CostMatrix
 from lambdas.detector.attribution import Child, Contributor, rank_contributors
 from lambdas.detector.config import CHILD_LEVEL, LEVEL_LABELS, DetectionConfig, SeriesKey
-from lambdas.detector.core import Engine, Transition
+from lambdas.detector.core import Engine, OpenIncident, Transition
+from lambdas.detector.reports import DEPTH, Attribution, Hooks, Report, ReportBook
 
 DEFAULT_LEVELS = ("account", "service", "team", "resource")
 
 
 @dataclass
 class Incident:
+    """One reported incident (one alert in the live detector): its key is the deepest series
+    that explains the increase; `ancestors` are the aggregate incidents it explained, folded
+    into it as context. Figures are those at its opening."""
+
     key: SeriesKey
     rule: str
     severity: str
@@ -33,6 +40,7 @@ class Incident:
     resolved_at: float | None = None
     peak_delta: float = 0.0
     peak_at: float | None = None
+    ancestors: list[SeriesKey] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +58,7 @@ class Incident:
             "deviation": round(self.deviation, 4),
             "baseline": self.baseline,
             "contributors": [c.as_json() for c in self.contributors],
+            "ancestors": [{"level": a.level, "labels": a.as_dict()} for a in self.ancestors],
         }
 
 
@@ -110,24 +119,82 @@ def build_series(matrix: CostMatrix, levels: Sequence[str] = DEFAULT_LEVELS) -> 
     return series
 
 
-def _contributors(
-    engine: Engine, series: Series, row: int, col: int, idx: npt.NDArray[np.int64]
-) -> list[Contributor]:
-    out: list[Contributor] = []
-    for rows in (series.children.get(row, []), series.resources_of.get(row, [])):
-        if not rows:
-            continue
-        expected = engine.expected_now(idx[rows])
-        out += rank_contributors(
-            Child(
-                series.keys[r].level,
-                series.keys[r].as_dict(),
-                float(e),
-                float(series.values[r, col]),
-            )
-            for r, e in zip(rows, expected, strict=True)
-        )
-    return out
+class _OpenNow(Mapping[SeriesKey, OpenIncident]):
+    """The engine's open incidents by key, read on demand: the report book asks for a few
+    of them, and building every open one at every interval would dominate a long backtest.
+    Valid until the next evaluation."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getitem__(self, key: SeriesKey) -> OpenIncident:
+        inc = self._engine.open_incident(key)
+        if inc is None:
+            raise KeyError(key)
+        return inc
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, SeriesKey) and self._engine.open_incident(key) is not None
+
+    def __iter__(self) -> Iterator[SeriesKey]:
+        return (inc.key for inc in self._engine.open_incidents())
+
+    def __len__(self) -> int:
+        return len(self._engine.open_incidents())
+
+
+class _Replay:
+    """The backtest's side of the report book: attribution and values from the matrix, at
+    the interval being evaluated."""
+
+    def __init__(self, engine: Engine, series: Series, idx: npt.NDArray[np.int64]) -> None:
+        self.engine, self.series, self.idx = engine, series, idx
+        self.row_of = {k: n for n, k in enumerate(series.keys)}
+        self.col = 0
+        self.found: dict[SeriesKey, Attribution] = {}
+
+    def attribute(self, key: SeriesKey, started: float, now: float) -> Attribution:
+        """Children and resources ranked by growth against what the engine expects of them;
+        for a service or a team, every resource that grew (to measure shares in siblings)."""
+        row = self.row_of[key]
+        shown: list[Contributor] = []
+        resources: list[Child] = []
+        for rows in (self.series.children.get(row, []), self.series.resources_of.get(row, [])):
+            if not rows:
+                continue
+            children = self._children(rows)
+            shown += rank_contributors(children)
+            if rows is self.series.resources_of.get(row) and DEPTH[key.level] == 1:
+                resources = children
+        found = Attribution(shown, [], resources)
+        self.found[key] = found
+        return found
+
+    def _children(self, rows: list[int]) -> list[Child]:
+        expected = self.engine.expected_now(self.idx[rows])
+        values = self.series.values[rows, self.col]
+        keys = self.series.keys
+        return [
+            Child(keys[r].level, keys[r].as_dict(), float(e), float(v))
+            for r, e, v in zip(rows, expected.tolist(), values.tolist(), strict=True)
+        ]
+
+    def values(self, wanted: Iterable[SeriesKey]) -> dict[SeriesKey, float]:
+        out = {}
+        for key in wanted:
+            row = self.row_of.get(key)
+            if row is not None:
+                v = float(self.series.values[row, self.col])
+                if math.isfinite(v):
+                    out[key] = v
+        return out
+
+    def delta(self, key: SeriesKey) -> float:
+        row = self.row_of.get(key)
+        if row is None:
+            return math.nan
+        i = self.idx[row : row + 1]
+        return float(self.series.values[row, self.col] - self.engine.expected_now(i)[0])
 
 
 def backtest(
@@ -136,7 +203,9 @@ def backtest(
     levels: Sequence[str] = DEFAULT_LEVELS,
     progress: Callable[[int, int, int], None] | None = None,
 ) -> tuple[list[Incident], Series]:
-    """All incidents, in opening order, and the series they were found in."""
+    """The incidents the live detector would report (one per cause, at the deepest series
+    that explains it, with the aggregates it explains as ancestors), in opening order, and
+    the series they were found in. The same `ReportBook` as the live detector folds them."""
     series = build_series(matrix, levels)
     # An interval the export does not cover (NaN) is unknown, not a vanished series: an open
     # incident survives a few missing intervals and no series is evicted during the run, so
@@ -149,42 +218,52 @@ def backtest(
     )
     engine = Engine(cfg, capacity=len(series.keys))
     idx = engine.index_of(series.keys)
-    row_of = {k: n for n, k in enumerate(series.keys)}
-    open_by_key: dict[SeriesKey, Incident] = {}
+    replay = _Replay(engine, series, idx)
     incidents: list[Incident] = []
+    of_report: dict[int, Incident] = {}
+
+    def reported(report: Report, how: str, events: Sequence[object]) -> None:
+        found = replay.found.get(report.key) if how == "own" else None
+        inc = Incident(
+            report.key,
+            report.rule,
+            report.severity,
+            report.started_at,
+            report.expected,
+            report.observed,
+            report.delta,
+            report.deviation,
+            report.baseline,
+            list(found.contributors) if found else [],
+            peak_delta=report.delta,
+            peak_at=report.peak_at,
+        )
+        of_report[id(report)] = inc
+        incidents.append(inc)
+
+    book = ReportBook(cfg, replay.attribute, Hooks(reported=reported))
+    open_now = _OpenNow(engine)
     times = matrix.times
     total = times.size
     series.expected = np.full((series.aggregates, total), np.nan, dtype=np.float32)
     for col, t in enumerate(times.tolist()):
-        transitions: list[Transition] = engine.observe(float(t), idx, series.values[:, col])
+        now = float(t)
+        replay.col = col
+        replay.found.clear()
+        transitions: list[Transition] = engine.observe(now, idx, series.values[:, col])
         series.expected[:, col] = engine.expected_now(idx[: series.aggregates])
-        for tr in transitions:
-            if tr.kind == "escalated":
-                open_by_key[tr.key].severity = tr.severity
-            elif tr.kind == "opened":
-                inc = Incident(
-                    tr.key,
-                    tr.rule,
-                    tr.severity,
-                    tr.at,
-                    tr.expected,
-                    tr.observed,
-                    tr.delta,
-                    tr.deviation,
-                    tr.baseline,
-                    _contributors(engine, series, row_of[tr.key], col, idx),
-                    peak_delta=tr.delta,
-                    peak_at=tr.at,
-                )
-                open_by_key[tr.key] = inc
-                incidents.append(inc)
-            else:
-                open_by_key.pop(tr.key).resolved_at = tr.at
-        for inc in open_by_key.values():
-            row = row_of[inc.key]
-            d = float(series.values[row, col] - engine.expected_now(idx[row : row + 1])[0])
-            if d > inc.peak_delta:
-                inc.peak_delta, inc.peak_at = d, float(t)
+        if transitions or book.reports:
+            book.step(transitions, open_now, replay.values, now)
+            for report in book.close(open_now):
+                of_report.pop(id(report)).resolved_at = now
+            for report in book.reports.values():
+                inc = of_report[id(report)]
+                report.severity = book.severity(report, open_now)
+                inc.severity = report.severity
+                inc.ancestors += [a for a in report.ancestors if a not in inc.ancestors]
+                d = replay.delta(report.key)
+                if d > inc.peak_delta:
+                    inc.peak_delta, inc.peak_at = d, now
         if progress:
             progress(col + 1, total, len(incidents))
     return incidents, series

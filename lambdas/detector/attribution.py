@@ -58,16 +58,20 @@ def rank_contributors(
     return out[:limit]
 
 
-def shares_by(growth: Iterable[Contributor], names: Sequence[str]) -> dict[tuple[str, ...], float]:
+def shares_by(children: Iterable[Child], names: Sequence[str]) -> dict[tuple[str, ...], float]:
     """The share of an aggregate's increase carried by its resources, grouped by the values of
     `names` (another aggregate level's identifying labels: how much of a team's increase lies
-    in each service). `growth` ranks every resource that grew, not just the largest few."""
-    out: dict[tuple[str, ...], float] = {}
-    for c in growth:
-        if c.level == "resource":
+    in each service). Over every resource that grew, not just the largest few, and, like
+    `rank_contributors`, of the sum of the growers' increases."""
+    sums: dict[tuple[str, ...], float] = {}
+    total = 0.0
+    for c in children:
+        d = c.observed - c.expected
+        if d > 0 and c.level == "resource":
             group = tuple(c.labels.get(n, "") for n in names)
-            out[group] = out.get(group, 0.0) + c.share
-    return out
+            sums[group] = sums.get(group, 0.0) + d
+            total += d
+    return {g: v / total for g, v in sums.items()} if total > 0 else {}
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,11 @@ class DetectionConfig:
     local_step: int = 1
     # Cost decreases are reported only when this is 1 (as info incidents, never paging).
     report_decreases: int = 0
+    # One incident per cause (lambdas.detector.reports): an aggregate's increase is reported
+    # at its resources when resources with at least this share of it (each at least 10 % and
+    # material) explain it, else at a reported child or sibling holding this share of it;
+    # otherwise, a diffuse increase, at the aggregate. The live detector and the backtest.
+    root_cause_share: float = 0.5
     # Day-0 step rule (needs no history): a rise of at least X $/h or Y (fraction) within the
     # window, above both the recent level and the same hour yesterday (once a day is known).
     day0_window_s: float = 900.0
@@ -187,8 +192,9 @@ class DetectionConfig:
         for name in ("report_decreases", "local_step"):
             if getattr(self, name) not in (0, 1):
                 raise SettingsError(f"detection setting {name} must be 0 or 1")
-        if not 0 < self.hold_fraction <= 1:
-            raise SettingsError("detection setting hold_fraction must be in (0, 1]")
+        for name in ("hold_fraction", "root_cause_share"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SettingsError(f"detection setting {name} must be in (0, 1]")
         if self.evict_after_s < self.stale_after_s:
             raise SettingsError("detection setting evict_after_s must be >= stale_after_s")
         if self.resolve_after_ticks < 1 or self.history_weeks < self.weekly_min_weeks:

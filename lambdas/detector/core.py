@@ -186,6 +186,9 @@ class OpenIncident:
     deviation: float
     zscore: float | None
     baseline: str
+    # Consecutive evaluations its rule has not held (0 while it holds): above 0, it is on its
+    # way to resolving.
+    normal_ticks: int
 
 
 @dataclass(frozen=True)
@@ -1129,10 +1132,16 @@ class Engine:
             deviation=(obs - e) / max(e, EXPECTED_FLOOR_USD),
             zscore=z if math.isfinite(z) else None,
             baseline=BASELINE_NAMES[int(self.cur_base[row])],
+            normal_ticks=int(self.normal_ticks[row]),
         )
 
     def open_incidents(self) -> list[OpenIncident]:
         return [self._incident(int(r)) for r in np.flatnonzero(self.is_open[: self.size])]
+
+    def open_incident(self, key: SeriesKey) -> OpenIncident | None:
+        """The open incident of `key` at the last evaluation, if it has one."""
+        row = self._index.get(key)
+        return None if row is None or not self.is_open[row] else self._incident(row)
 
     def expected_now(self, idx: npt.NDArray[np.int64]) -> F64:
         """The value each series was expected to have at its last evaluation: its seasonal

@@ -18,11 +18,11 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -46,8 +46,6 @@ from lambdas.detector.attribution import (
     Contributor,
     link_change_events,
     rank_contributors,
-    root_causes,
-    shares_by,
 )
 from lambdas.detector.config import (
     CHILD_LEVEL,
@@ -57,6 +55,7 @@ from lambdas.detector.config import (
     SeriesKey,
 )
 from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
+from lambdas.detector.reports import DEPTH, Attribution, Hooks, Report, ReportBook
 from lambdas.detector.rules import ROLLUP_METRIC, selector
 from lambdas.store import anomalies as store
 from lambdas.store.db import StoreError, connect, translate_errors
@@ -91,10 +90,6 @@ class DetectorSettings:
     alert_ttl_s: float = 120.0
     # Change events this long before an incident's start are considered its cause.
     event_lookback_s: float = 3600.0
-    # An aggregate's increase is reported at its resources when resources with at least
-    # this share of it (each at least 10 % and material) explain it; otherwise, a diffuse
-    # increase, at the aggregate.
-    root_cause_share: float = 0.5
     # Fast path for new resources: a resource whose change event raised its run-rate is
     # evaluated from the inventory until VictoriaMetrics serves its series (a new series is
     # queryable only after seconds), at most this long. 0 turns the fast path off.
@@ -116,8 +111,6 @@ class DetectorSettings:
             raise env.SettingsError(
                 f"CCT_DETECTOR_LEVELS: unknown level(s) {unknown}; known: {sorted(LEVEL_LABELS)}"
             )
-        if not 0 < self.root_cause_share <= 1:
-            raise env.SettingsError("CCT_DETECTOR_ROOT_CAUSE_SHARE must be in (0, 1]")
         if self.new_resource_window_s < 0:
             raise env.SettingsError("CCT_DETECTOR_NEW_RESOURCE_WINDOW_S must be >= 0")
         if self.basis not in {"list", "reconciled"}:
@@ -144,7 +137,6 @@ class DetectorSettings:
             resend_s=env.env_float("CCT_DETECTOR_RESEND_S", 30.0),
             alert_ttl_s=env.env_float("CCT_DETECTOR_ALERT_TTL_S", 120.0),
             event_lookback_s=env.env_float("CCT_DETECTOR_EVENT_LOOKBACK_S", 3600.0),
-            root_cause_share=env.env_float("CCT_DETECTOR_ROOT_CAUSE_SHARE", 0.5),
             new_resource_window_s=env.env_float("CCT_DETECTOR_NEW_RESOURCE_WINDOW_S", 60.0),
             bootstrap_hours=env.env_int("CCT_DETECTOR_BOOTSTRAP_HOURS", 3 * WEEK_H + 24),
             host=env.env_str("CCT_DETECTOR_HOST", "127.0.0.1"),
@@ -221,92 +213,8 @@ class Metrics:
         )
 
 
-_Linked = tuple[list[Contributor], list[ChangeEvent]]
-
-
-@dataclass(frozen=True)
-class _Attribution:
-    """What explains an aggregate's increase."""
-
-    contributors: list[Contributor]  # the largest growers of each child level (shown)
-    events: list[ChangeEvent]
-    # Every resource that grew, with its share of the increase: how much of it lies inside
-    # a sibling aggregate (a team within a service) is read from this, not from the shown few.
-    growth: list[Contributor]
-    _by_level: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
-
-    def share_in(self, other: SeriesKey) -> float:
-        """The share of the increase carried by resources that also belong to `other`."""
-        if other.level not in self._by_level:  # a key's labels are sorted by name
-            names = [n for n, _ in other.labels]
-            self._by_level[other.level] = shares_by(self.growth, names)
-        return self._by_level[other.level].get(tuple(v for _, v in other.labels), 0.0)
-
-
-@dataclass
-class _Report:
-    """One reported incident: one alert, one `anomalies` row. Its key is the deepest series
-    that explains the increase; the aggregate incidents it explains are its ancestors.
-
-    It stays open while any of its sources is: the engine's own incident on the key (`own`),
-    an ancestor, or, for an incident adopted from a previous run, the key's value staying at
-    the hold threshold of its stored figures. A root cause (a resource reported for the
-    aggregates it explains) whose own value falls back below its hold threshold, or stops,
-    lets go of its ancestors: it is fixed even while they stay high for other reasons."""
-
-    key: SeriesKey
-    labels: dict[str, str]
-    started_at: float
-    rule: str
-    severity: str
-    expected: float
-    observed: float
-    baseline: str
-    contributors: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    own: bool
-    ancestors: dict[SeriesKey, OpenIncident] = field(default_factory=dict)
-    # Ancestors stored with an adopted incident, shown until live ones replace them.
-    stored_ancestors: list[dict[str, Any]] = field(default_factory=list)
-    adopted: bool = False
-    normal_ticks: int = 0
-    last_seen: float = 0.0
-    # The increase when reported (an adopted incident's stored one): the hold threshold of a
-    # report that follows its series' value is a fraction of it.
-    opened_delta: float = 0.0
-    # The severity this incident's alert had before an escalation, if any.
-    escalated_from: str | None = None
-
-    @property
-    def deviation(self) -> float:
-        return (self.observed - self.expected) / max(self.expected, 0.01)
-
-    def ancestors_json(self) -> list[dict[str, Any]]:
-        if not self.ancestors:
-            return self.stored_ancestors
-        return [
-            {
-                "level": a.key.level,
-                "labels": {k: v for k, v in a.key.labels if v},
-                "rule": a.rule,
-                "severity": a.severity,
-                "started_at": datetime.fromtimestamp(a.started_at, tz=UTC).isoformat(),
-                "expected_usd_per_hour": round(a.expected, 4),
-                "observed_usd_per_hour": round(a.observed, 4),
-                "delta_usd_per_hour": round(a.delta, 4),
-            }
-            for a in sorted(self.ancestors.values(), key=lambda a: _DEPTH[a.key.level])
-        ]
-
-
-class _Figures(NamedTuple):
-    expected: float
-    observed: float
-    baseline: str
-
-
-# Deepest first: resources explain services and teams, which explain accounts.
-_DEPTH = {"resource": 0, "service": 1, "team": 1, "account": 2}
+# Contributors, their change events, and the resources only the events know.
+_Linked = tuple[list[Contributor], list[ChangeEvent], list[Child]]
 
 
 def selector_matches(selector: str, labels: Mapping[str, str]) -> bool | None:
@@ -399,6 +307,11 @@ class Vector:
     values: list[float] = field(default_factory=list)
     rejected: int = 0
 
+    def values_of(self, wanted: Iterable[SeriesKey]) -> dict[SeriesKey, float]:
+        """The values of those of `wanted` this vector holds."""
+        want = set(wanted)
+        return {k: v for k, v in zip(self.keys, self.values, strict=True) if k in want}
+
 
 def parse_vector(level: str, rows: Sequence[dict[str, Any]], cache: KeyCache, out: Vector) -> None:
     """Append the keys and values of a `group_query` instant-query result to `out`, leaving
@@ -439,9 +352,11 @@ class Detector:
         self.vm = VictoriaMetrics(cfg.vm_url, timeout=max(2.0, cfg.interval_s))
         self.am = Alertmanager(cfg.alertmanager_url, timeout=max(2.0, cfg.interval_s))
         self.metrics = metrics or Metrics()
-        # Reported incidents by key, and for each aggregate folded into reports, their keys.
-        self.reports: dict[SeriesKey, _Report] = {}
-        self.folded: dict[SeriesKey, set[SeriesKey]] = {}
+        self.book = ReportBook(
+            cfg.detection,
+            self._attribute,
+            Hooks(reported=self._reported, folded=lambda _: self.metrics.folded.inc()),
+        )
         self.adopted = False  # the previous run's open incidents were taken over
         # Fast path: new resources' keys -> (list run-rate, since when), until VM serves them.
         self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
@@ -454,6 +369,11 @@ class Detector:
         self.last_resend = -math.inf
         self.conn: psycopg.Connection[Any] | None = None
         self._conn_generation = 0  # of the DSN self.conn was opened with
+
+    @property
+    def reports(self) -> dict[SeriesKey, Report]:
+        """The open reports by key (one alert and `anomalies` row each)."""
+        return self.book.reports
 
     def close(self) -> None:
         if self.conn is not None:
@@ -603,19 +523,17 @@ class Detector:
         log.info("changes before the start seeded", extra={"series": len(keys)})
 
     # ---------------------------------------------------------------- attribution
-    def _drill_down(
-        self, key: SeriesKey, now: float
-    ) -> tuple[list[Contributor], list[Contributor]]:
+    def _drill_down(self, key: SeriesKey, now: float) -> tuple[list[Contributor], list[Child]]:
         """Children and resources of an aggregate, ranked by their growth: against what the
         engine expected of a resource it evaluates, else against the value one day-0 window
         ago. Recently changed resources count with their inventory run-rate (the fast
         path), so a resource too new to be queryable is found too. The largest growers of
-        each level, and every resource that grew."""
+        each level, and, for a service or a team, every resource."""
         if key.level == "resource":
             return [], []
         before = now - self.cfg.detection.day0_window_s
         out: list[Contributor] = []
-        growth: list[Contributor] = []
+        resources: list[Child] = []
         child_levels = [CHILD_LEVEL[key.level]]
         if child_levels[0] != "resource":
             child_levels.append("resource")
@@ -636,9 +554,9 @@ class Detector:
             children = [Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()]
             out += rank_contributors(children)
             # Only services and teams have siblings to measure shares in.
-            if level == "resource" and _DEPTH[key.level] == 1:
-                growth = rank_contributors(children, limit=None, min_share=0.0)
-        return out, growth
+            if level == "resource" and DEPTH[key.level] == 1:
+                resources = children
+        return out, resources
 
     def _expected(self, keys: list[SeriesKey]) -> dict[SeriesKey, float]:
         """What the engine expected of those of `keys` it evaluates (and has a value for)."""
@@ -657,7 +575,7 @@ class Detector:
         contributors: Sequence[Contributor],
     ) -> _Linked:
         """Linked change events; resources that only the events know (too new to be
-        queryable) are added to the contributors."""
+        queryable) are added to the contributors, and returned."""
         ids = [c.labels["resource_id"] for c in contributors if "resource_id" in c.labels]
         since = datetime.fromtimestamp(started - self.cfg.event_lookback_s, tz=UTC)
         events = store.change_events(
@@ -669,7 +587,7 @@ class Detector:
         )
         if key.level == "resource":  # its own events, biggest run-rate increase first
             events.sort(key=lambda e: (-e.rate_change, e.event_time, e.event_id))
-            return [], events[:10]
+            return [], events[:10], []
         known = set(ids)
         new = [e for e in events if e.resource_id not in known and e.rate_change > 0]
         labels = store.inventory_labels(conn, [(e.provider, e.resource_id) for e in new])
@@ -693,7 +611,7 @@ class Detector:
             ]
             others = [c for c in contributors if c.level != "resource"]
             contributors = others + rank_contributors(resources + extra)
-        return list(contributors), link_change_events(contributors, events)
+        return list(contributors), link_change_events(contributors, events), extra
 
     # ---------------------------------------------------------------- one cycle
     def _db(self) -> psycopg.Connection[Any]:
@@ -715,19 +633,22 @@ class Detector:
             self.conn.close()
         self.conn = None
 
-    def _attribute(self, key: SeriesKey, started: float, now: float) -> _Attribution:
+    def _attribute(self, key: SeriesKey, started: float, now: float) -> Attribution:
         try:
-            contributors, growth = self._drill_down(key, now)
+            contributors, resources = self._drill_down(key, now)
         except VMError as exc:
             self.metrics.errors.labels("victoriametrics").inc()
             log.warning("drill-down failed", extra={"error": str(exc), "series": key.describe()})
-            contributors, growth = [], []
+            contributors, resources = [], []
         try:
-            contributors, events = self._events(self._db(), key, started, now, contributors)
+            contributors, events, extra = self._events(self._db(), key, started, now, contributors)
         except StoreError as exc:
             self._db_failed(exc)
-            events = []
-        return _Attribution(contributors, events, growth)
+            events, extra = [], []
+        if extra and DEPTH[key.level] == 1:
+            served = {c.labels.get("resource_id") for c in resources}
+            resources += [c for c in extra if c.labels.get("resource_id") not in served]
+        return Attribution(contributors, events, resources)
 
     def cycle(self, now: float) -> list[Transition]:
         """Evaluate once at `now`. Raises VMError when the series cannot be read (nothing
@@ -753,7 +674,9 @@ class Detector:
         if not self.adopted:
             self._adopt(now)
         open_now = {inc.key: inc for inc in self.engine.open_incidents()}
-        posted = self._report(transitions, open_now, vector, now)
+        for tr in transitions:
+            self.metrics.transitions.labels(tr.kind).inc()
+        posted = self.book.step(transitions, open_now, vector.values_of, now)
         alerts = self._settle(now, open_now, posted)
         alerts += self._resend(now, posted)
         self._post(alerts)
@@ -764,34 +687,6 @@ class Detector:
         self.metrics.open.set(len(self.reports))
         self.metrics.cycle.observe(time.perf_counter() - started)
         return transitions
-
-    def _report(
-        self,
-        transitions: Sequence[Transition],
-        open_now: Mapping[SeriesKey, OpenIncident],
-        vector: Vector,
-        now: float,
-    ) -> set[SeriesKey]:
-        """Carry the engine's transitions and the followed values into the reports; the
-        reports touched (to be posted)."""
-        posted: set[SeriesKey] = set()
-        orphans: list[SeriesKey] = []
-        for tr in transitions:
-            self.metrics.transitions.labels(tr.kind).inc()
-            if tr.kind == "resolved":
-                orphans += self._source_closed(tr.key)
-        opened, found = self._opening_order(transitions, open_now, now)
-        for tr in opened:
-            posted.update(self._open(open_now[tr.key], now, found.get(tr.key)))
-        for key in self.folded:  # ancestors show their current figures
-            if key in open_now:
-                for report_key in self.folded[key]:
-                    self.reports[report_key].ancestors[key] = open_now[key]
-        orphans += self._follow_values(now, vector)
-        for key in orphans:
-            if key in open_now and key not in self.folded and key not in self.reports:
-                posted.update(self._refold(open_now[key], now))
-        return posted
 
     def _resend(self, now: float, posted: set[SeriesKey]) -> list[dict[str, Any]]:
         """Every `resend_s`, the open reports not posted this cycle, so Alertmanager keeps
@@ -818,24 +713,14 @@ class Detector:
     def _settle(
         self, now: float, open_now: Mapping[SeriesKey, OpenIncident], posted: set[SeriesKey]
     ) -> list[dict[str, Any]]:
-        """Refresh each report's figures; resolve the reports none of whose sources is
-        open, escalate those a source raised, and post those touched this cycle."""
+        """Resolve the reports none of whose sources is open, escalate those a source raised,
+        and post those touched this cycle (with their current figures)."""
         out: list[dict[str, Any]] = []
-        for key, report in list(self.reports.items()):
-            if report.own and key in open_now:
-                inc = open_now[key]
-                report.expected, report.observed = inc.expected, inc.observed
-                report.baseline = inc.baseline
-            if not (report.own or report.ancestors or report.adopted):
-                del self.reports[key]
-                for agg in [a for a, keys in self.folded.items() if key in keys]:
-                    self.folded[agg].discard(key)
-                    if not self.folded[agg]:
-                        del self.folded[agg]
-                out.append(self._alert(report, now))
-                self.pending_rows.append(_Resolve(self._row(report), now))
-                continue
-            severity = self._severity(report, open_now)
+        for report in self.book.close(open_now):
+            out.append(self._alert(report, now))
+            self.pending_rows.append(_Resolve(self._row(report), now))
+        for key, report in self.reports.items():
+            severity = self.book.severity(report, open_now)
             if SEVERITIES.index(severity) > SEVERITIES.index(report.severity):
                 out += self._escalate(report, severity, now)
                 posted.add(key)
@@ -844,214 +729,11 @@ class Detector:
                 self.pending_rows.append(_Upsert(self._row(report)))
         return out
 
-    def _source_closed(self, key: SeriesKey) -> list[SeriesKey]:
-        """The engine's incident on `key` resolved: it no longer keeps its report (or the
-        reports it was folded into) open. Its own value is back to normal, so its report is
-        fixed: the aggregates it explained no longer keep it open. Those it alone explained."""
-        orphans = []
-        if key in self.reports:
-            self.reports[key].own = False
-            orphans = self._fixed(self.reports[key])
-        for report_key in self.folded.pop(key, set()):
-            self.reports[report_key].ancestors.pop(key, None)
-        return orphans
-
-    def _opening_order(
-        self,
-        transitions: Sequence[Transition],
-        open_now: Mapping[SeriesKey, OpenIncident],
-        now: float,
-    ) -> tuple[list[Transition], dict[SeriesKey, _Attribution]]:
-        """The incidents opened this cycle, deepest first, so an aggregate finds the report of
-        what explains it. Services and teams are siblings: of those opening together, the
-        one whose resources hold most of the others' increases goes first, and they fold into
-        it (a team growing across two services is one incident, the team's; a team within
-        one service is its service's, services first on a tie). Their attributions, made
-        once here."""
-        opened = [tr for tr in transitions if tr.kind == "opened"]
-        found = {
-            tr.key: self._attribute(tr.key, open_now[tr.key].started_at, now)
-            for tr in opened
-            if _DEPTH[tr.key.level] == 1 and tr.key not in self.reports
-        }
-
-        def holds(key: SeriesKey) -> int:
-            if _DEPTH[key.level] != 1:
-                return 0
-            share = self.cfg.root_cause_share
-            return sum(
-                1
-                for other, f in found.items()
-                if other.level != key.level and f.share_in(key) >= share
-            )
-
-        order = sorted(opened, key=lambda t: (_DEPTH[t.key.level], -holds(t.key), t.key.level))
-        return order, found
-
-    def _open(
-        self, inc: OpenIncident, now: float, found: _Attribution | None = None
-    ) -> list[SeriesKey]:
-        """Report a newly opened engine incident: as its own report, or folded into the
-        reports of the resources (or the child, or the sibling) that explain it. The reports
-        it touched."""
-        key = inc.key
-        if key in self.reports:  # a root cause found earlier, or adopted at a restart
-            report = self.reports[key]
-            report.own, report.adopted = True, False
-            return [key]
-        found = found or self._attribute(key, inc.started_at, now)
-        if key.level != "resource":
-            targets = self._fold(inc, found, now)
-            if targets:
-                return targets
-        self._new_report(
-            key, inc, inc, contributors=found.contributors, events=found.events, now=now, how="own"
-        )
-        return [key]
-
-    def _refold(self, inc: OpenIncident, now: float) -> list[SeriesKey]:
-        """An aggregate still open after every report it was folded into was fixed: folded
-        into what explains its increase now (another resource that rose since it opened), if
-        anything does. It is not reported on its own: its value is then usually on its way
-        down (the engine closes it after `resolve_after_ticks`, and a rollup can be read a
-        cycle after its resources), and a new alert would page for a cause already fixed."""
-        return self._fold(inc, self._attribute(inc.key, inc.started_at, now), now)
-
-    def _fold(self, inc: OpenIncident, found: _Attribution, now: float) -> list[SeriesKey]:
-        targets = self._explained_by(inc, found, now)
-        if targets:
-            self.folded.setdefault(inc.key, set()).update(targets)
-            for target in targets:
-                self.reports[target].ancestors[inc.key] = inc
-            self.metrics.folded.inc()
-        return targets
-
-    def _explained_by(self, inc: OpenIncident, found: _Attribution, now: float) -> list[SeriesKey]:
-        """The reports that explain an aggregate's increase (created when new): its root
-        resources, else a reported child with most of the increase, else a sibling reported
-        as its own cause (a service, for a team) whose resources carry most of it; empty when
-        it is diffuse and so its own cause."""
-        contributors, events = found.contributors, found.events
-        roots = root_causes(
-            contributors, self.cfg.root_cause_share, self.cfg.detection.min_impact("resource")
-        )
-        out = []
-        for c in roots:
-            rkey = SeriesKey.of("resource", c.labels)
-            if rkey not in self.reports:
-                mine = [e for e in events if e.resource_id == c.labels.get("resource_id")]
-                figures = _Figures(c.expected, c.observed, inc.baseline)
-                self._new_report(
-                    rkey, inc, figures, contributors=[], events=mine, now=now, how="root_cause"
-                )
-            out.append(rkey)
-        if out:
-            return out
-        for c in contributors:
-            if c.level == "resource" or c.share < self.cfg.root_cause_share:
-                continue
-            ckey = SeriesKey.of(c.level, c.labels)
-            reported = [ckey] if ckey in self.reports else sorted(self.folded.get(ckey, ()))
-            if reported:
-                return reported
-        return self._sibling(inc.key, found)
-
-    def _sibling(self, key: SeriesKey, found: _Attribution) -> list[SeriesKey]:
-        """The sibling report (same depth, other level) whose resources carry most of `key`'s
-        increase, when it is its own cause: a team growing inside one service is that
-        service's increase seen by owner, one cause, not two incidents."""
-        shares = [
-            (found.share_in(other), other)
-            for other, report in self.reports.items()
-            if report.own and other.level != key.level and _DEPTH[other.level] == _DEPTH[key.level]
-        ]
-        share, best = max(shares, default=(0.0, key))
-        return [best] if share >= self.cfg.root_cause_share else []
-
-    def _new_report(
-        self,
-        key: SeriesKey,
-        inc: OpenIncident,
-        figures: _Figures | OpenIncident,
-        *,
-        contributors: Sequence[Contributor],
-        events: Sequence[ChangeEvent],
-        now: float,
-        how: str,
-    ) -> _Report:
-        """A new report of `key`, with the rule, severity and start of the engine incident
-        that made it (its own, or the aggregate's it explains)."""
-        report = _Report(
-            key=key,
-            labels=alert_labels(key, inc.rule, inc.severity),
-            started_at=inc.started_at,
-            rule=inc.rule,
-            severity=inc.severity,
-            expected=figures.expected,
-            observed=figures.observed,
-            baseline=figures.baseline,
-            contributors=[c.as_json() for c in contributors],
-            events=[e.as_json() for e in events],
-            own=how == "own",
-            last_seen=now,
-            opened_delta=figures.observed - figures.expected,
-        )
-        self.reports[key] = report
-        self.metrics.reported.labels(key.level, how).inc()
+    def _reported(self, report: Report, how: str, events: Sequence[ChangeEvent]) -> None:
+        self.metrics.reported.labels(report.key.level, how).inc()
         if events:
             newest = max(e.event_time for e in events).timestamp()
-            self.metrics.event_to_alert.observe(max(0.0, now - newest))
-        return report
-
-    def _severity(self, report: _Report, open_now: Mapping[SeriesKey, OpenIncident]) -> str:
-        """The highest severity of the report's sources (never lower than it had)."""
-        found = [report.severity, *(a.severity for a in report.ancestors.values())]
-        if report.own and report.key in open_now:
-            found.append(open_now[report.key].severity)
-        return max(found, key=SEVERITIES.index)
-
-    def _follow_values(self, now: float, vector: Vector) -> list[SeriesKey]:
-        """Reports without an engine incident of their own (root causes, adopted ones) show
-        their series' current value, and resolve like the engine's incidents: after
-        `resolve_after_ticks` values below their hold threshold, or when their series has had
-        no value for `stale_after_s` (a deleted resource's series stops). An adopted one then
-        ends; a root cause lets go of its ancestors. The aggregates it alone explained."""
-        follow = {k: r for k, r in self.reports.items() if not r.own}
-        if not follow:
-            return []
-        cfg = self.cfg.detection
-        values = {k: v for k, v in zip(vector.keys, vector.values, strict=True) if k in follow}
-        orphans: list[SeriesKey] = []
-        for key, report in follow.items():
-            value = values.get(key)
-            if value is None:
-                if now - report.last_seen > cfg.stale_after_s:
-                    orphans += self._fixed(report)
-                continue
-            report.last_seen = now
-            report.observed = value
-            hold = report.expected + cfg.hold_fraction * max(
-                report.opened_delta, cfg.min_impact(report.key.level)
-            )
-            report.normal_ticks = 0 if value >= hold else report.normal_ticks + 1
-            if report.normal_ticks >= cfg.resolve_after_ticks:
-                orphans += self._fixed(report)
-        return orphans
-
-    def _fixed(self, report: _Report) -> list[SeriesKey]:
-        """A followed report's own value is back to normal: it no longer keeps itself open,
-        and the aggregates it explained no longer keep it open. The aggregates that it alone
-        explained."""
-        report.adopted = False
-        orphans = []
-        for agg in report.ancestors:
-            targets = self.folded.get(agg, set())
-            targets.discard(report.key)
-            if not targets:
-                self.folded.pop(agg, None)
-                orphans.append(agg)
-        report.ancestors.clear()
-        return orphans
+            self.metrics.event_to_alert.observe(max(0.0, report.last_seen - newest))
 
     def _adopt(self, now: float) -> None:
         """Take over the incidents a previous run left open (a restart, a new pod): they are
@@ -1078,7 +760,7 @@ class Detector:
                 self.pending_rows.append(_Resolve(row, now))
                 log.info("open anomaly of other labels closed", extra={"fp": row.fingerprint})
                 continue
-            self.reports[key] = _Report(
+            self.reports[key] = Report(
                 key=key,
                 labels=labels,
                 started_at=started,
@@ -1094,12 +776,13 @@ class Detector:
                 adopted=True,
                 last_seen=now,
                 opened_delta=row.observed_usd_per_hour - row.expected_usd_per_hour,
+                opened_expected=row.expected_usd_per_hour,
             )
             self.metrics.reported.labels(row.level, "adopted").inc()
         if rows:
             log.info("open incidents adopted", extra={"incidents": len(self.reports)})
 
-    def _escalate(self, report: _Report, severity: str, now: float) -> list[dict[str, Any]]:
+    def _escalate(self, report: Report, severity: str, now: float) -> list[dict[str, Any]]:
         """The incident's alert with its new severity: severity is a label, so this is a new
         alert for Alertmanager. The old one is resolved in the same post, pointing at its
         successor; both share the incident's `startsAt` and dimension labels (Alertmanager
@@ -1160,7 +843,7 @@ class Detector:
         with translate_errors("commit anomalies"):
             conn.commit()
 
-    def _alert(self, r: _Report, ends_at: float) -> dict[str, Any]:
+    def _alert(self, r: Report, ends_at: float) -> dict[str, Any]:
         alert = build_alert(
             r.labels,
             started_at=r.started_at,
@@ -1177,7 +860,7 @@ class Detector:
             alert["annotations"][A_ESCALATED_FROM] = r.escalated_from
         return alert
 
-    def _row(self, r: _Report) -> store.AnomalyRow:
+    def _row(self, r: Report) -> store.AnomalyRow:
         return store.AnomalyRow(
             fingerprint=fingerprint(r.labels),
             started_at=datetime.fromtimestamp(r.started_at, tz=UTC),

@@ -161,10 +161,14 @@ def test_the_share_within_a_sibling_counts_every_grower_not_just_the_shown_few()
         )
         for n in range(40)
     ]
-    growth = rank_contributors(team, limit=None, min_share=0.0)
+    # One that shrank and one that stayed count for nothing: shares are of the growth.
+    team += [
+        Child("resource", {"resource_id": "i-cut", "team": "batch", "service_name": "S3"}, 9, 1),
+        Child("resource", {"resource_id": "i-flat", "team": "batch", "service_name": "S3"}, 1, 1),
+    ]
     assert len(rank_contributors(team)) == 10
-    by_service = shares_by(growth, ["service_name"])
+    by_service = shares_by(team, ["service_name"])
     assert by_service == {("EC2",): pytest.approx(0.75), ("RDS",): pytest.approx(0.25)}
-    assert shares_by(growth, ["service_name", "team"])[("EC2", "batch")] == pytest.approx(0.75)
-    assert shares_by(growth, ["region_id"]) == {("",): pytest.approx(1.0)}  # none carries it
+    assert shares_by(team, ["service_name", "team"])[("EC2", "batch")] == pytest.approx(0.75)
+    assert shares_by(team, ["region_id"]) == {("",): pytest.approx(1.0)}  # none carries it
     assert shares_by([], ["service_name"]) == {}

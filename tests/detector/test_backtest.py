@@ -114,10 +114,12 @@ def test_backtest_finds_the_labeled_anomalies_and_writes_a_self_contained_report
     # contributors named (a service by its name, not just "service").
     assert ">$/h</text>" in html and "stroke-dasharray" in html and "class=legend" in html
     assert re.search(r">(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \d\d-\d\d</text>", html)
-    assert "Share of the increase, by service" in html
+    assert "Share of the increase, by resource" in html and "Explains: " in html
     assert not re.search(r"<td>(service|resource|team) \(\d+%\)</td>", html)
     doc = json.loads(incidents.read_text())
-    assert doc and {"level", "rule", "contributors", "started_at"} <= set(doc[0])
+    assert doc and {"level", "rule", "contributors", "started_at", "ancestors"} <= set(doc[0])
+    # One incident per cause: each labeled anomaly is one incident, not one per level.
+    assert len(doc) == detected + false_alerts
 
 
 def test_csv_and_parquet_give_the_same_incidents(sample: Path, tmp_path: Path) -> None:
@@ -194,9 +196,11 @@ def test_unusable_input_is_a_clear_error(tmp_path: Path, content: str | None, er
     assert error in result.output
 
 
-def test_backtest_attributes_a_team_increase_to_the_new_resources(tmp_path: Path) -> None:
+def test_two_new_resources_are_two_incidents_each_explaining_their_aggregates(
+    tmp_path: Path,
+) -> None:
     # Three steady resources, then at hour 30 two new ones in team web: 30 $/h and 10 $/h.
-    rows = []
+    rows: list[dict[str, str]] = []
     for h in range(48):
         rows += [row(h, "i-a", 20.0), row(h, "i-b", 5.0, "data"), row(h, "i-c", 3.0)]
         if h >= 30:
@@ -204,20 +208,80 @@ def test_backtest_attributes_a_team_increase_to_the_new_resources(tmp_path: Path
     matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
     assert matrix.interval_s == 3600
     incidents, _ = backtest(matrix, DetectionConfig())
-    by_level = {i.key.level: i for i in incidents}
-    assert set(by_level) == {"account", "service", "team", "resource"}
-    team = by_level["team"]
-    assert team.key.as_dict() == {"team": "web"}
-    assert team.started_at == matrix.start_s + 30 * 3600
-    assert team.rule == "day0_step"
-    assert team.delta == pytest.approx(40.0)
-    assert [(c.labels["resource_id"], round(c.share, 2)) for c in team.contributors] == [
-        ("i-big", 0.75),
-        ("i-mid", 0.25),
+    # One incident per cause, at the resource: the service, team and account that rose with
+    # it are its context, not incidents of their own.
+    assert [(i.key.as_dict()["resource_id"], round(i.delta, 2)) for i in incidents] == [
+        ("i-big", 30.0),
+        ("i-mid", 10.0),
     ]
-    account = by_level["account"]
-    # The account's direct children (its services) come first, then single resources.
-    assert [c.level for c in account.contributors] == ["service", "resource", "resource"]
+    for inc in incidents:
+        assert inc.key.level == "resource" and inc.rule == "day0_step"
+        assert inc.started_at == matrix.start_s + 30 * 3600
+        assert [(a.level, a.describe()) for a in inc.ancestors] == [
+            ("service", "Amazon EC2 in us-east-1 (aws 111)"),
+            ("team", "team web"),
+            ("account", "account aws 111"),
+        ]
+        assert inc.as_json()["ancestors"][1] == {"level": "team", "labels": {"team": "web"}}
+
+
+RISE_H = 14 * 24  # two weeks of steady history first, so the engine is warm
+
+
+def diffuse_rows(
+    hours: int, cut_at: int | None = None, recede_at: int | None = None
+) -> list[dict[str, str]]:
+    """Team web's twelve small resources in one service each grow by 1.5 $/h at RISE_H
+    (none material alone); from `cut_at`, team data's resource in the same service falls by
+    20 $/h, so the service is back to normal while team web still grows; from `recede_at`,
+    team web's resources fall back to 1.3 $/h (most of the rise is over)."""
+    rows = []
+    for h in range(hours):
+        cut = cut_at is not None and h >= cut_at
+        small = 1.0 if h < RISE_H else 1.3 if recede_at is not None and h >= recede_at else 2.5
+        rows += [row(h, "i-a", 20.0), row(h, "i-b", 5.0 if cut else 25.0, "data")]
+        rows += [row(h, f"i-s{n:02d}", small) for n in range(12)]
+    return rows
+
+
+def test_a_diffuse_rise_of_one_team_in_one_service_is_one_incident(tmp_path: Path) -> None:
+    matrix = focus.load([write_csv(tmp_path / "x.csv", diffuse_rows(RISE_H + 24))])
+    incidents, _ = backtest(matrix, DetectionConfig())
+    # The engine takes the lasting step as the service's new normal hours before the team's
+    # (a smaller relative rise): nothing fell back, so the team is not reported then.
+    [inc] = incidents
+    assert inc.key.level == "service" and inc.delta == pytest.approx(18.0)
+    assert [a.level for a in inc.ancestors] == ["team", "account"]
+    shown = [c for c in inc.contributors if c.level == "resource"]
+    assert len(shown) == 10 and all(c.delta == pytest.approx(1.5) for c in shown)
+
+
+def test_a_team_still_growing_after_its_service_falls_back_is_reported_then(
+    tmp_path: Path,
+) -> None:
+    # The service's incident explained the team's rise; another team's cut ends it. The
+    # team's rise goes on: it is reported on its own, not left open without an alert.
+    rows = diffuse_rows(RISE_H + 24, cut_at=RISE_H + 3)
+    matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
+    incidents, _ = backtest(matrix, DetectionConfig())
+    service, team = incidents
+    assert service.key.level == "service" and service.resolved_at is not None
+    assert service.resolved_at == matrix.start_s + (RISE_H + 4) * 3600
+    assert team.key.as_dict() == {"team": "web"} and team.started_at == service.started_at
+    assert team.resolved_at is not None and team.resolved_at > service.resolved_at
+    assert team.ancestors == []
+
+
+def test_a_team_on_its_way_down_after_its_service_resolves_is_not_reported_again(
+    tmp_path: Path,
+) -> None:
+    # Most of the rise is over an hour later: the service resolves, and the team (a larger
+    # relative rise) stays open a little longer on its way down. That is no news: one
+    # incident, not a second page for the same receding cause.
+    rows = diffuse_rows(RISE_H + 24, recede_at=RISE_H + 1)
+    matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
+    incidents, _ = backtest(matrix, DetectionConfig())
+    assert [i.key.level for i in incidents] == ["service"]
 
 
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:

@@ -118,6 +118,10 @@ def test_a_restarted_detector_adopts_open_incidents_and_resolves_them_when_cost_
         [adopted] = second.reports.values()
         assert adopted.labels == before.labels
         assert adopted.started_at == pytest.approx(before.started_at, abs=1e-5)  # microseconds
+        # Its figures when reported, against which "fell back" is judged, survive the restart.
+        assert (adopted.opened_expected, adopted.opened_delta) == pytest.approx(
+            (before.opened_expected, before.opened_delta), abs=1e-4
+        )
         assert second.metrics.reported.labels("resource", "adopted")._value.get() == 1
         [alert] = am_alerts(alertmanager_url, resource_id="i-big", team=account.team)
         assert alert["status"]["state"] == "active"
@@ -306,6 +310,54 @@ def test_a_diffuse_rise_of_one_team_in_one_service_is_one_incident(
         detector.cycle(time.time())
     assert detector.reports == {}
     wait_for(lambda: _active(alertmanager_url, account) == {}, "the alert to resolve")
+
+
+def _level_values(detector: Detector, level: str) -> list[float]:
+    vector = detector.read(time.time())
+    return [v for k, v in zip(vector.keys, vector.values, strict=True) if k.level == level]
+
+
+def test_a_team_still_growing_when_its_service_falls_back_is_reported_then(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    """The team's diffuse rise is reported at its service, with the team as context. Then
+    another team in the same service cuts as much: the service is back to normal and its
+    incident resolves, while the team still grows. The team is reported then, on its own.
+    Before, it stayed open in the engine without any alert."""
+    other = {**account.group, "team": f"{account.team}-other"}
+
+    def write(each: float, other_rate: float) -> None:
+        now_ms = int(time.time() * 1000)
+        samples = [
+            Sample(ROLLUP, account.group, 12 * each, now_ms),
+            Sample(ROLLUP, other, other_rate, now_ms),
+        ]
+        labels = {**account.resource("i-other", 0).labels, **other}
+        samples.append(Sample(RESOURCE, labels, other_rate, now_ms))
+        samples += [account.resource(f"i-batch-{n}", each) for n in range(12)]
+        account.vm.import_samples(samples)
+        service = 12 * each + other_rate
+        wait_for(lambda: _level_values(detector, "service") == [service], f"service at {service}")
+        wait_for(lambda: _served(detector, "i-batch-11", each), "the resources to be served")
+
+    write(1.0, 20.0)
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    write(2.5, 20.0)
+    detector.cycle(time.time())
+    [report] = detector.reports.values()
+    assert report.key.level == "service"
+    assert {k.level for k in report.ancestors} == {"team", "account"}
+
+    write(2.5, 2.0)
+    for _ in range(detector.cfg.detection.resolve_after_ticks):
+        detector.cycle(time.time())
+    [report] = detector.reports.values()
+    assert report.key.as_dict() == {"team": account.team} and report.own
+    # The service's alert resolved; the team's alert carries the team, not the account.
+    wait_for(lambda: _active(alertmanager_url, account) == {}, "the service's alert to resolve")
+    [alert] = wait_for(lambda: am_alerts(alertmanager_url, team=account.team), "the team's alert")
+    assert alert["labels"]["level"] == "team" and alert["status"]["state"] == "active"
 
 
 def _two_services(account: Account, each: float) -> None:

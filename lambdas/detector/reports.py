@@ -1,0 +1,457 @@
+"""One incident per cause: the engine's incidents at every level become reports.
+
+The engine opens an incident on every series whose value departs from what it expected: a
+resource, and the service, team and account it rolls up to. A report is what a person is told:
+one per cause, at the deepest series that explains the increase (a resource, when one or a few
+do), with the aggregate incidents it explains as its ancestors (context, not further alerts).
+
+`ReportBook` is the pure bookkeeping shared by the live detector (`service.Detector`) and
+`cct backtest` (`lambdas.backtest.run`); each drives it once per evaluation with the engine's
+transitions and hands it a function that attributes an aggregate's increase (the live shell
+drills down in VictoriaMetrics and reads change events; the backtest reads its matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from lambdas.detector.alerts import alert_labels
+from lambdas.detector.attribution import ChangeEvent, Child, Contributor, root_causes, shares_by
+from lambdas.detector.config import SEVERITIES, DetectionConfig, SeriesKey
+from lambdas.detector.core import OpenIncident, Transition
+
+# Deepest first: resources explain services and teams, which explain accounts.
+DEPTH = {"resource": 0, "service": 1, "team": 1, "account": 2}
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What explains an aggregate's increase."""
+
+    contributors: list[Contributor]  # the largest growers of each child level (shown)
+    events: list[ChangeEvent]
+    # Every resource as read (of a service or a team; empty otherwise): how much of the
+    # increase lies inside a sibling aggregate (a team within a service) is read from this,
+    # not from the shown few. Grouped only when asked, once per level.
+    resources: Sequence[Child]
+    _by_level: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+
+    def share_in(self, other: SeriesKey) -> float:
+        """The share of the increase carried by resources that also belong to `other`."""
+        if other.level not in self._by_level:  # a key's labels are sorted by name
+            names = [n for n, _ in other.labels]
+            self._by_level[other.level] = shares_by(self.resources, names)
+        return self._by_level[other.level].get(tuple(v for _, v in other.labels), 0.0)
+
+
+# (key, started_at, now) -> what explains the increase of the aggregate `key`.
+Attribute = Callable[[SeriesKey, float, float], Attribution]
+
+
+@dataclass
+class Report:
+    """One reported incident: one alert, one `anomalies` row. Its key is the deepest series
+    that explains the increase; the aggregate incidents it explains are its ancestors.
+
+    It stays open while any of its sources is: the engine's own incident on the key (`own`),
+    an ancestor, or, for an incident adopted from a previous run, the key's value staying at
+    the hold threshold of its stored figures. A root cause (a resource reported for the
+    aggregates it explains) whose own value falls back below its hold threshold, or stops,
+    lets go of its ancestors: it is fixed even while they stay high for other reasons."""
+
+    key: SeriesKey
+    labels: dict[str, str]
+    started_at: float
+    rule: str
+    severity: str
+    expected: float
+    observed: float
+    baseline: str
+    contributors: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    own: bool
+    ancestors: dict[SeriesKey, OpenIncident] = field(default_factory=dict)
+    # Ancestors stored with an adopted incident, shown until live ones replace them.
+    stored_ancestors: list[dict[str, Any]] = field(default_factory=list)
+    adopted: bool = False
+    normal_ticks: int = 0
+    last_seen: float = 0.0
+    # The increase when reported (an adopted incident's stored one): the hold threshold of a
+    # report that follows its series' value is a fraction of it.
+    opened_delta: float = 0.0
+    # The value expected when reported: whether its series fell back (rather than the engine
+    # taking a lasting step as its new normal) is judged against it.
+    opened_expected: float = 0.0
+    # The severity this incident's alert had before an escalation, if any.
+    escalated_from: str | None = None
+    # The largest increase seen while open, and when (the backtest's report shows it).
+    peak_delta: float = 0.0
+    peak_at: float = 0.0
+
+    @property
+    def deviation(self) -> float:
+        return (self.observed - self.expected) / max(self.expected, 0.01)
+
+    @property
+    def delta(self) -> float:
+        return self.observed - self.expected
+
+    def ancestors_json(self) -> list[dict[str, Any]]:
+        if not self.ancestors:
+            return self.stored_ancestors
+        return [
+            {
+                "level": a.key.level,
+                "labels": {k: v for k, v in a.key.labels if v},
+                "rule": a.rule,
+                "severity": a.severity,
+                "started_at": datetime.fromtimestamp(a.started_at, tz=UTC).isoformat(),
+                "expected_usd_per_hour": round(a.expected, 4),
+                "observed_usd_per_hour": round(a.observed, 4),
+                "delta_usd_per_hour": round(a.delta, 4),
+            }
+            for a in sorted(self.ancestors.values(), key=lambda a: DEPTH[a.key.level])
+        ]
+
+
+class Figures(NamedTuple):
+    expected: float
+    observed: float
+    baseline: str
+
+
+@dataclass
+class Hooks:
+    """What the live shell counts; the backtest needs none of it."""
+
+    # A new report of `how` ("own", "root_cause"), with the change events linked to it.
+    reported: Callable[[Report, str, Sequence[ChangeEvent]], None] = lambda r, how, ev: None
+    folded: Callable[[SeriesKey], None] = lambda key: None
+
+
+# How an aggregate was folded: into its root resources, into a reported child, or into a
+# sibling (a team into a service, or a service into a team).
+ROOT, CHILD, SIBLING = "root", "child", "sibling"
+
+
+class Fold(NamedTuple):
+    """How an aggregate was folded into reports, and its increase then."""
+
+    kind: str
+    delta: float
+
+
+class ReportBook:
+    """The open reports and which aggregate incidents each explains. Drive it once per
+    evaluation: `step` with the engine's transitions, then `close`."""
+
+    def __init__(
+        self,
+        detection: DetectionConfig,
+        attribute: Attribute,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.cfg = detection
+        self.attribute = attribute
+        self.root_cause_share = detection.root_cause_share
+        self.hooks = hooks or Hooks()
+        # Reported incidents by key; for each aggregate folded into reports, their keys and
+        # how it was folded.
+        self.reports: dict[SeriesKey, Report] = {}
+        self.folded: dict[SeriesKey, set[SeriesKey]] = {}
+        self.how_folded: dict[SeriesKey, Fold] = {}
+
+    # ---------------------------------------------------------------- one evaluation
+    def step(
+        self,
+        transitions: Sequence[Transition],
+        open_now: Mapping[SeriesKey, OpenIncident],
+        values: Callable[[Iterable[SeriesKey]], Mapping[SeriesKey, float]],
+        now: float,
+    ) -> set[SeriesKey]:
+        """Carry the engine's transitions and the followed series' values (`values` returns
+        those it has of the keys asked for) into the reports; the reports touched (to be
+        posted)."""
+        posted: set[SeriesKey] = set()
+        orphans: list[tuple[SeriesKey, Fold | None]] = []
+        for tr in transitions:
+            if tr.kind == "resolved":
+                orphans += self._source_closed(tr)
+        opened, found = self._opening_order(transitions, open_now, now)
+        for tr in opened:
+            posted.update(self._open(open_now[tr.key], now, found.get(tr.key)))
+        for key in self.folded:  # ancestors show their current figures
+            if key in open_now:
+                for report_key in self.folded[key]:
+                    self.reports[report_key].ancestors[key] = open_now[key]
+        orphans += self._follow_values(now, values)
+        # Deepest first, so an account finds the report a service orphaned with it now has
+        # (and folds into it as its child).
+        for key, fold in sorted(dict(orphans).items(), key=lambda o: DEPTH[o[0].level]):
+            if key in open_now and key not in self.folded and key not in self.reports:
+                posted.update(self._refold(open_now[key], fold, now))
+        return posted
+
+    def close(self, open_now: Mapping[SeriesKey, OpenIncident]) -> list[Report]:
+        """Refresh each report's figures from its own incident; remove and return the reports
+        none of whose sources is open (resolved)."""
+        resolved = []
+        for key, report in list(self.reports.items()):
+            if report.own and key in open_now:
+                inc = open_now[key]
+                report.expected, report.observed = inc.expected, inc.observed
+                report.baseline = inc.baseline
+            if not (report.own or report.ancestors or report.adopted):
+                del self.reports[key]
+                for agg in [a for a, keys in self.folded.items() if key in keys]:
+                    self.folded[agg].discard(key)
+                    if not self.folded[agg]:
+                        del self.folded[agg]
+                        self.how_folded.pop(agg, None)
+                resolved.append(report)
+        return resolved
+
+    @staticmethod
+    def severity(report: Report, open_now: Mapping[SeriesKey, OpenIncident]) -> str:
+        """The highest severity of the report's sources (never lower than it had)."""
+        found = [report.severity, *(a.severity for a in report.ancestors.values())]
+        if report.own and report.key in open_now:
+            found.append(open_now[report.key].severity)
+        return max(found, key=SEVERITIES.index)
+
+    # ---------------------------------------------------------------- sources closing
+    def _source_closed(self, tr: Transition) -> list[tuple[SeriesKey, Fold | None]]:
+        """The engine's incident on `tr.key` resolved: it no longer keeps its report (or the
+        reports it was folded into) open. Its own value is back to normal, so its report is
+        fixed: the aggregates it explained no longer keep it open. Those it alone explained,
+        with how they were folded."""
+        key = tr.key
+        orphans = []
+        if key in self.reports:
+            report = self.reports[key]
+            report.own = False
+            # Resolved with its value still up: the engine took the step as the new normal,
+            # which says nothing new about the aggregates it explained. Resolved with fewer
+            # normal ticks than closing takes: its series stopped (gone, as good as fallen).
+            hold = report.opened_expected + self.cfg.hold_fraction * max(
+                report.opened_delta, self.cfg.min_impact(key.level)
+            )
+            fell_back = tr.normal_ticks < self.cfg.resolve_after_ticks or tr.observed < hold
+            orphans = self._fixed(report, fell_back)
+        for report_key in self.folded.pop(key, set()):
+            self.reports[report_key].ancestors.pop(key, None)
+        self.how_folded.pop(key, None)
+        return orphans
+
+    def _follow_values(
+        self, now: float, values: Callable[[Iterable[SeriesKey]], Mapping[SeriesKey, float]]
+    ) -> list[tuple[SeriesKey, Fold | None]]:
+        """Reports without an engine incident of their own (root causes, adopted ones) show
+        their series' current value, and resolve like the engine's incidents: after
+        `resolve_after_ticks` values below their hold threshold, or when their series has had
+        no value for `stale_after_s` (a deleted resource's series stops). An adopted one then
+        ends; a root cause lets go of its ancestors. The aggregates it alone explained."""
+        follow = {k: r for k, r in self.reports.items() if not r.own}
+        if not follow:
+            return []
+        cfg = self.cfg
+        now_values = values(follow)
+        orphans: list[tuple[SeriesKey, Fold | None]] = []
+        for key, report in follow.items():
+            value = now_values.get(key)
+            if value is None:
+                if now - report.last_seen > cfg.stale_after_s:
+                    orphans += self._fixed(report, fell_back=True)
+                continue
+            report.last_seen = now
+            report.observed = value
+            hold = report.expected + cfg.hold_fraction * max(
+                report.opened_delta, cfg.min_impact(report.key.level)
+            )
+            report.normal_ticks = 0 if value >= hold else report.normal_ticks + 1
+            if report.normal_ticks >= cfg.resolve_after_ticks:
+                orphans += self._fixed(report, fell_back=True)
+        return orphans
+
+    def _fixed(self, report: Report, fell_back: bool) -> list[tuple[SeriesKey, Fold | None]]:
+        """A report's own incident is over: it no longer keeps itself open, and the
+        aggregates it explained no longer keep it open. The aggregates that it alone
+        explained, with how they were folded (None when its value did not fall back: nothing
+        changed for them)."""
+        report.adopted = False
+        orphans = []
+        for agg in report.ancestors:
+            targets = self.folded.get(agg, set())
+            targets.discard(report.key)
+            if not targets:
+                self.folded.pop(agg, None)
+                fold = self.how_folded.pop(agg, None)
+                orphans.append((agg, fold if fell_back else None))
+        report.ancestors.clear()
+        return orphans
+
+    # ---------------------------------------------------------------- incidents opening
+    def _opening_order(
+        self,
+        transitions: Sequence[Transition],
+        open_now: Mapping[SeriesKey, OpenIncident],
+        now: float,
+    ) -> tuple[list[Transition], dict[SeriesKey, Attribution]]:
+        """The incidents opened this cycle, deepest first, so an aggregate finds the report of
+        what explains it. Services and teams are siblings: of those opening together, the
+        one whose resources hold most of the others' increases goes first, and they fold into
+        it (a team growing across two services is one incident, the team's; a team within
+        one service is its service's, services first on a tie). Their attributions, made
+        once here."""
+        opened = [tr for tr in transitions if tr.kind == "opened"]
+        found = {
+            tr.key: self.attribute(tr.key, open_now[tr.key].started_at, now)
+            for tr in opened
+            if DEPTH[tr.key.level] == 1 and tr.key not in self.reports
+        }
+
+        def holds(key: SeriesKey) -> int:
+            if DEPTH[key.level] != 1:
+                return 0
+            share = self.root_cause_share
+            return sum(
+                1
+                for other, f in found.items()
+                if other.level != key.level and f.share_in(key) >= share
+            )
+
+        order = sorted(opened, key=lambda t: (DEPTH[t.key.level], -holds(t.key), t.key.level))
+        return order, found
+
+    def _open(
+        self, inc: OpenIncident, now: float, found: Attribution | None = None
+    ) -> list[SeriesKey]:
+        """Report a newly opened engine incident: as its own report, or folded into the
+        reports of the resources (or the child, or the sibling) that explain it. The reports
+        it touched."""
+        key = inc.key
+        if key in self.reports:  # a root cause found earlier, or adopted at a restart
+            report = self.reports[key]
+            report.own, report.adopted = True, False
+            return [key]
+        found = found or self.attribute(key, inc.started_at, now)
+        if key.level != "resource":
+            targets = self._fold(inc, found, now)
+            if targets:
+                return targets
+        self._new_report(key, inc, inc, (found.contributors, found.events), now=now, how="own")
+        return [key]
+
+    def _refold(self, inc: OpenIncident, fold: Fold | None, now: float) -> list[SeriesKey]:
+        """An aggregate still open after every report it was folded into closed: folded into
+        what explains its increase now (another resource that rose since it opened), if
+        anything does.
+
+        What happens otherwise depends on what it was folded into. A root resource or a child
+        is part of the aggregate: with it back to normal, the aggregate's value is usually on
+        its way down (the engine closes it after `resolve_after_ticks`, and a rollup can be
+        read a cycle after its resources), and a new alert would page for a cause already
+        fixed, so it stays silent. A sibling is not part of it: a service falls back when
+        another of its teams cuts as much as this team still grows, so an aggregate folded
+        into a sibling whose value fell back is reported on its own, if its own increase is
+        still there: its rule holds and it keeps `hold_fraction` of its increase when folded.
+        When a rise ends, the smaller of two siblings can stay open for hours after the
+        larger resolved (its relative rise is larger), on its way down: that is no news."""
+        found = self.attribute(inc.key, inc.started_at, now)
+        targets = self._fold(inc, found, now)
+        if targets or fold is None or fold.kind != SIBLING:
+            return targets
+        if inc.normal_ticks > 0 or inc.delta < self.cfg.hold_fraction * fold.delta:
+            return targets
+        self._new_report(inc.key, inc, inc, (found.contributors, found.events), now=now, how="own")
+        return [inc.key]
+
+    def _fold(self, inc: OpenIncident, found: Attribution, now: float) -> list[SeriesKey]:
+        targets, kind = self._explained_by(inc, found, now)
+        if targets:
+            self.folded.setdefault(inc.key, set()).update(targets)
+            self.how_folded[inc.key] = Fold(kind, inc.delta)
+            for target in targets:
+                self.reports[target].ancestors[inc.key] = inc
+            self.hooks.folded(inc.key)
+        return targets
+
+    def _explained_by(
+        self, inc: OpenIncident, found: Attribution, now: float
+    ) -> tuple[list[SeriesKey], str]:
+        """The reports that explain an aggregate's increase (created when new), and how: its
+        root resources, else a reported child with most of the increase, else a sibling
+        reported as its own cause whose resources carry most of it; empty when it is diffuse
+        and so its own cause."""
+        contributors, events = found.contributors, found.events
+        roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
+        out = []
+        for c in roots:
+            rkey = SeriesKey.of("resource", c.labels)
+            if rkey not in self.reports:
+                mine = [e for e in events if e.resource_id == c.labels.get("resource_id")]
+                figures = Figures(c.expected, c.observed, inc.baseline)
+                self._new_report(rkey, inc, figures, ([], mine), now=now, how="root_cause")
+            out.append(rkey)
+        if out:
+            return out, ROOT
+        for c in contributors:
+            if c.level == "resource" or c.share < self.root_cause_share:
+                continue
+            ckey = SeriesKey.of(c.level, c.labels)
+            reported = [ckey] if ckey in self.reports else sorted(self.folded.get(ckey, ()))
+            if reported:
+                return reported, CHILD
+        return self._sibling(inc.key, found), SIBLING
+
+    def _sibling(self, key: SeriesKey, found: Attribution) -> list[SeriesKey]:
+        """The sibling report (same depth, other level) whose resources carry most of `key`'s
+        increase, when it is its own cause: a team growing inside one service is that
+        service's increase seen by owner, and a service whose increase is one team's (across
+        services) is that team's: one cause, not two incidents."""
+        shares = [
+            (found.share_in(other), other)
+            for other, report in self.reports.items()
+            if report.own and other.level != key.level and DEPTH[other.level] == DEPTH[key.level]
+        ]
+        share, best = max(shares, default=(0.0, key))
+        return [best] if share >= self.root_cause_share else []
+
+    def _new_report(
+        self,
+        key: SeriesKey,
+        inc: OpenIncident,
+        figures: Figures | OpenIncident,
+        found: tuple[Sequence[Contributor], Sequence[ChangeEvent]],
+        *,
+        now: float,
+        how: str,
+    ) -> Report:
+        """A new report of `key`, with the rule, severity and start of the engine incident
+        that made it (its own, or the aggregate's it explains), and `found`: its contributors
+        and change events."""
+        contributors, events = found
+        report = Report(
+            key=key,
+            labels=alert_labels(key, inc.rule, inc.severity),
+            started_at=inc.started_at,
+            rule=inc.rule,
+            severity=inc.severity,
+            expected=figures.expected,
+            observed=figures.observed,
+            baseline=figures.baseline,
+            contributors=[c.as_json() for c in contributors],
+            events=[e.as_json() for e in events],
+            own=how == "own",
+            last_seen=now,
+            opened_delta=figures.observed - figures.expected,
+            opened_expected=figures.expected,
+            peak_delta=figures.observed - figures.expected,
+            peak_at=now,
+        )
+        self.reports[key] = report
+        self.hooks.reported(report, how, events)
+        return report
