@@ -157,20 +157,17 @@ class _Replay:
         """Children and resources ranked by growth against what the engine expects of them;
         for a service or a team, every resource that grew (to measure shares in siblings)."""
         row = self.row_of[key]
-        shown: list[Contributor] = []
-        resources: list[Child] = []
-        for rows in (self.series.children.get(row, []), self.series.resources_of.get(row, [])):
-            if not rows:
-                continue
-            children = self._children(rows)
-            shown += rank_contributors(children)
-            if rows is self.series.resources_of.get(row) and DEPTH[key.level] == 1:
-                resources = children
-        found = Attribution(shown, [], resources)
+        kids = self._children(self.series.children.get(row, []))
+        resources = self._children(self.series.resources_of.get(row, []))
+        shown = rank_contributors(kids) + rank_contributors(resources)
+        # Only services and teams have siblings to measure shares in.
+        found = Attribution(shown, [], resources if DEPTH[key.level] == 1 else [])
         self.found[key] = found
         return found
 
     def _children(self, rows: list[int]) -> list[Child]:
+        if not rows:
+            return []
         expected = self.engine.expected_now(self.idx[rows])
         values = self.series.values[rows, self.col]
         keys = self.series.keys
@@ -236,7 +233,7 @@ def backtest(
             report.baseline,
             list(found.contributors) if found else [],
             peak_delta=report.delta,
-            peak_at=report.peak_at,
+            peak_at=report.last_seen,  # when it was reported
         )
         of_report[id(report)] = inc
         incidents.append(inc)

@@ -87,9 +87,6 @@ class Report:
     opened_expected: float = 0.0
     # The severity this incident's alert had before an escalation, if any.
     escalated_from: str | None = None
-    # The largest increase seen while open, and when (the backtest's report shows it).
-    peak_delta: float = 0.0
-    peak_at: float = 0.0
 
     @property
     def deviation(self) -> float:
@@ -449,8 +446,6 @@ class ReportBook:
             last_seen=now,
             opened_delta=figures.observed - figures.expected,
             opened_expected=figures.expected,
-            peak_delta=figures.observed - figures.expected,
-            peak_at=now,
         )
         self.reports[key] = report
         self.hooks.reported(report, how, events)
