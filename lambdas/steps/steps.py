@@ -126,7 +126,7 @@ def _run_row(inp: StepInput, settings: StepSettings) -> store.RunRow:
         playbook=inp.playbook,
         backend=settings.backend,
         provider=p.provider,
-        billing_account_id=p.account_id,
+        account_id=p.account_id,
         resource_id=p.resource_id,
         team=p.team,
         environment=p.environment,

@@ -87,7 +87,9 @@ class RunRow:
     playbook: str
     backend: str
     provider: str
-    billing_account_id: str
+    # The account the workflow acts in. A run the steps create (no trigger planned it) knows
+    # no other, so it is also the run's billing_account_id.
+    account_id: str
     resource_id: str
     team: str
     environment: str
@@ -113,8 +115,8 @@ def _insert_run(conn: psycopg.Connection[Any], run: RunRow) -> None:
     conn.execute(
         """insert into optimization_runs
                (run_id, event_id, playbook, backend, state, provider, billing_account_id,
-                resource_id, team, environment, parameters)
-           values (%s, %s, %s, %s, 'running', %s, %s, %s, %s, %s, %s)
+                account_id, resource_id, team, environment, parameters)
+           values (%s, %s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s)
            on conflict (run_id) do nothing""",
         (
             run.run_id,
@@ -122,7 +124,8 @@ def _insert_run(conn: psycopg.Connection[Any], run: RunRow) -> None:
             run.playbook,
             run.backend,
             run.provider,
-            run.billing_account_id or None,
+            run.account_id or None,
+            run.account_id or None,
             run.resource_id,
             run.team or None,
             run.environment or None,

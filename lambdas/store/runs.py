@@ -32,6 +32,9 @@ class NewRun:
     state: str  # submitted, or denied when the pre-check said so
     reason: str | None
     parameters: Mapping[str, str]
+    # The account the cost rolls up to (the dashboards filter on it); the run acts in the
+    # parameters' account-id. None: only that account is known.
+    billing_account_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,9 @@ def create_run(conn: Conn, run: NewRun) -> RunStatus:
         inserted = conn.execute(
             """insert into optimization_runs
                    (run_id, event_id, playbook, backend, state, reason, provider,
-                    billing_account_id, resource_id, team, environment, parameters,
-                    finished_at)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                    billing_account_id, account_id, resource_id, team, environment,
+                    parameters, finished_at)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
                        case when %s = 'denied' then now() end)
                on conflict do nothing""",
             (
@@ -65,6 +68,7 @@ def create_run(conn: Conn, run: NewRun) -> RunStatus:
                 run.state,
                 run.reason,
                 p.get("provider"),
+                run.billing_account_id or p.get("account-id"),
                 p.get("account-id"),
                 p.get("resource-id"),
                 p.get("team") or None,
@@ -104,7 +108,7 @@ def recent_actions(conn: Conn, account_id: str, since: datetime) -> int:
     with translate_errors("count recent actions"):
         row = conn.execute(
             """select count(*) from optimization_runs
-                where billing_account_id = %s and created_at > %s
+                where account_id = %s and created_at > %s
                   and state <> 'denied' and parameters ->> 'dry-run' = 'false'""",
             (account_id, since),
         ).fetchone()

@@ -43,6 +43,11 @@ class WorkflowRun:
     playbook: str
     rule_id: str
     parameters: Mapping[str, str]  # section 6 names, all strings (as Argo passes them)
+    # The account the anomaly's cost rolls up to (the dashboards' `billing_account_id`):
+    # the AWS payer, Azure billing account or GCP billing account. The workflow acts in
+    # `account_id` (the linked account, subscription or project), which is not the same.
+    # Empty when unknown (a workflow not planned from an anomaly).
+    billing_account_id: str = ""
 
     @property
     def dry_run(self) -> bool:
@@ -135,4 +140,5 @@ def plan_run(
         playbook=rule.playbook,
         rule_id=rule.id,
         parameters=MappingProxyType(parameters),
+        billing_account_id=labels.get("billing_account_id") or account,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -61,6 +61,22 @@ Outcome = Literal[
 
 # The engine's blast-radius rules count actions over the hour before now.
 RECENT_WINDOW = timedelta(hours=1)
+
+
+def new_run(run: WorkflowRun, backend: str, verdict: str, reasons: Sequence[str]) -> NewRun:
+    """The run row the trigger creates for a planned workflow after the pre-check's
+    `verdict`: denied (with the reasons) or submitted."""
+    denied = verdict == "deny"
+    return NewRun(
+        run_id=run.run_id,
+        event_id=run.event_id,
+        playbook=run.playbook,
+        backend=backend,
+        state="denied" if denied else "submitted",
+        reason="; ".join(reasons) if denied else None,
+        parameters=run.parameters,
+        billing_account_id=run.billing_account_id or None,
+    )
 
 
 class Stopping(Exception):
@@ -218,19 +234,7 @@ class Processor:
                         account_id=run.account_id,
                     ),
                 )
-            denied = verdict == "deny"
-            return create_run(
-                conn,
-                NewRun(
-                    run_id=run.run_id,
-                    event_id=run.event_id,
-                    playbook=run.playbook,
-                    backend=self.backend.name,
-                    state="denied" if denied else "submitted",
-                    reason="; ".join(reasons) if denied else None,
-                    parameters=run.parameters,
-                ),
-            )
+            return create_run(conn, new_run(run, self.backend.name, verdict, reasons))
 
     def _settle(self, run_id: str, state: str, reason: str | None) -> None:
         with self.connection() as conn:

@@ -71,6 +71,8 @@ def seeded(
     detected = seed_detector.run_detector(vm, vm_url, alertmanager_url, pg_dsn, f"{scope.uid}d")
     with connect(pg_dsn) as conn:
         _seed_results(conn, scope, now)
+    seed.dead_letter(pg_dsn, now - timedelta(minutes=30))
+    seed.dead_letter(pg_dsn, now - timedelta(hours=2))
     with reporting_reader(pg_dsn, f"grafana_{scope.uid}") as role:
         seed_vm.wait_until_visible(vm, account, seed_vm.cost_series(), now_s)
         seed_vm.wait_until_visible(vm, f'{{namespace="{seed_vm.namespace(scope)}"}}', 30, now_s)
@@ -92,6 +94,12 @@ def reporting_reader(pg_dsn: str, role: str) -> Iterator[str]:
         with connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f"drop owned by {role}")
             conn.execute(f"drop role {role}")
+
+
+_REASONS = {
+    "denied": ("production databases are never resized automatically",),
+    "awaiting_approval": ("impact above $100/month needs approval",),
+}
 
 
 def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -> None:
@@ -119,24 +127,17 @@ def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -
         )
     ):
         created = now - timedelta(days=days_ago, hours=1)
-        run_id = f"cct-rightsize-compute-{i}{u}"
         final = state not in {"awaiting_approval", "running"}
-        seed.run(
+        run_id = seed.run(
             conn,
             s,
-            run_id,
+            f"{i}{u}",
             state,
             created,
             finished_at=created + timedelta(minutes=20) if final else None,
             verified="95.50" if state == "succeeded" and days_ago > 5 else None,
+            reasons=_REASONS.get(state, ()),
         )
-        if state in {"succeeded", "failed", "dry_run"}:
-            seed.action(
-                conn,
-                run_id,
-                created + timedelta(minutes=10),
-                outcome={"succeeded": "changed"}.get(state, state),
-            )
         if state == "denied":
             seed.decision(
                 conn,
@@ -145,7 +146,7 @@ def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -
                 "deny",
                 created,
                 run_id=run_id,
-                reasons=("production databases are never resized automatically",),
+                reasons=_REASONS[state],
             )
         if state == "awaiting_approval":
             seed.decision(
@@ -155,10 +156,8 @@ def _seed_results(conn: psycopg.Connection[Any], s: seed.Scope, now: datetime) -
                 "require-approval",
                 created,
                 run_id=run_id,
-                reasons=("impact above $100/month needs approval",),
+                reasons=_REASONS[state],
             )
-    seed.dead_letter(conn, "missing_field", now - timedelta(minutes=30))
-    seed.dead_letter(conn, "unknown_provider", now - timedelta(hours=2))
 
 
 def _context(d: Dashboard, s: Seeded, **selected: list[str]) -> grafana.Context:

@@ -1,26 +1,43 @@
 """Realistic results-store rows for one test, all inside one billing account so tests that
 share the session database never see each other's rows.
 
-Anomalies and policy decisions go through their areas' writers (lambdas.store.anomalies,
-lambdas.store.decisions); the other tables get plain inserts with explicit timestamps, because
-the tests need rows of past months and of expired age, which the handlers' writers (stamping
-now()) cannot produce.
+Anomalies, policy decisions, optimization runs with their actions and dead letters go
+through their producers' writers (runs from the trigger's planning of the real detector's
+recorded alert: `run`); writers that stamp now() have their timestamps moved afterwards,
+because the tests need rows of past months and of expired age. Resource events and the
+inventory still get plain inserts with explicit timestamps.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from lambdas.collector.model import EventRejected
+from lambdas.collector.normalize import normalize
 from lambdas.detector.attribution import ChangeEvent, Contributor
+from lambdas.events.cloudevents import anomaly_event, decode, encode
 from lambdas.policy.model import PolicyRequest
-from lambdas.store import anomalies
+from lambdas.steps.playbooks import PLAYBOOKS
+from lambdas.steps.registry import ACTIONS
+from lambdas.store import actions, anomalies
 from lambdas.store.decisions import DecisionRecord, decision_input, record_decision
+from lambdas.store.inventory import insert_dead_letters
+from lambdas.store.runs import create_run
+from lambdas.trigger.core import WorkflowRun, plan_run
+from lambdas.trigger.mapping import load_mapping
+from lambdas.trigger.processor import new_run
+from tests.contract.recorded import recorded_alert
+
+EVENTS = Path(__file__).resolve().parents[1] / "ingest" / "fixtures" / "events"
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -184,10 +201,40 @@ def inventory(conn: Conn, s: Scope, resource_id: str, state: str, last_event: da
     )
 
 
+# The trigger's mapping as deployed: a prod instance's anomaly starts rightsize-compute.
+_MAPPING = load_mapping(Path(__file__).resolve().parents[2] / "policies" / "playbooks.yaml")
+_EVENT_TIME = "2026-11-27T09:00:01.000Z"
+
+
+def planned_run(s: Scope, label: str, team: str | None = None) -> WorkflowRun:
+    """The workflow the trigger plans for the real detector's alert on a new prod instance
+    (the recording of tests/contract: billing account `s.account`, linked account
+    `s.account`-sub), through the bridge's event, the deployed mapping and `plan_run`.
+    `label` keeps each run's resource and event apart."""
+    alert = recorded_alert("prod-instance", s.uid)
+    alert["labels"].update(resource_id=f"i-{label}", team=team or s.team)
+    alert.update(
+        status="firing",
+        startsAt="2026-11-27T09:00:00.000Z",
+        endsAt="0001-01-01T00:00:00Z",
+        fingerprint=f"fp-{label}",
+    )
+    event = decode(encode(anomaly_event(alert, _EVENT_TIME)))
+    rule = _MAPPING.select(event.labels)
+    assert rule is not None, _MAPPING.why_unmapped(event.labels)
+    return plan_run(event, rule)
+
+
+def _instance(sku: str) -> dict[str, Any]:
+    """An instance as `aws.ec2.resize_instance` reads it (the before and after states the
+    steps record)."""
+    return {"sku": sku, "status": "running", "region": "us-east-1", "tags": {}, "busy": False}
+
+
 def run(
     conn: Conn,
     s: Scope,
-    run_id: str,
+    label: str,
     state: str,
     created_at: datetime,
     *,
@@ -195,48 +242,64 @@ def run(
     estimated: str | None = "120.00",
     verified: str | None = None,
     team: str | None = None,
-    playbook: str = "rightsize-compute",
-) -> None:
-    conn.execute(
-        """insert into optimization_runs (run_id, event_id, playbook, backend, state, provider,
-               billing_account_id, resource_id, team, environment, parameters,
-               estimated_monthly_saving_usd, verified_monthly_saving_usd, created_at,
-               updated_at, finished_at)
-           values (%s, %s, %s, 'local', %s, 'aws', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-        (
-            run_id,
-            f"event-{run_id}",
-            playbook,
-            state,
-            s.account,
-            f"i-{run_id}",
-            team or s.team,
-            s.env,
-            Jsonb({"action": "resize", "dry-run": "false"}),
-            Decimal(estimated) if estimated else None,
-            Decimal(verified) if verified else None,
-            created_at,
-            finished_at or created_at,
-            finished_at,
-        ),
-    )
+    reasons: tuple[str, ...] = ("impact above $100/month needs approval",),
+) -> str:
+    """A run in `state`, written as the services write it: the trigger creates the row for
+    its planned workflow (`planned_run`) after the pre-check, and the steps move it on and
+    record its action (a resize, for a run that changed something or a dry run). Returns
+    the run id (the trigger's workflow name).
 
-
-def action(conn: Conn, run_id: str, executed_at: datetime, *, outcome: str = "changed") -> None:
+    The writers stamp now(); the run's and its action's timestamps are then moved to
+    `created_at` and `finished_at`, the only values not written by a producer (tests need
+    runs of past months and of expired age)."""
+    wf = planned_run(s, label, team)
+    run_id = wf.run_id
+    create_run(conn, new_run(wf, "local", "deny" if state == "denied" else "allow", reasons))
+    resize = ACTIONS[PLAYBOOKS[wf.playbook].actions["aws"]].name
+    est = Decimal(estimated) if estimated else None
+    ver = Decimal(verified) if verified else None
+    if state != "denied":
+        actions.mark_running(conn, run_id)
+    if state == "awaiting_approval":
+        actions.set_run_state(conn, run_id, state, "; ".join(reasons))
+    elif state in {"succeeded", "dry_run"}:
+        dry = state == "dry_run"
+        actions.upsert_action(
+            conn,
+            actions.ActionRow(
+                run_id,
+                resize,
+                wf.parameters["resource-id"],
+                dry,
+                "dry_run" if dry else "changed",
+                "dry run: would resize m5.2xlarge to m5.large" if dry else "resized",
+                _instance("m5.2xlarge"),
+                None if dry else _instance("m5.large"),
+                est,
+                None if dry else ver,
+            ),
+        )
+        actions.set_run_state(
+            conn, run_id, state, "resized", estimated_usd=est, verified_usd=None if dry else ver
+        )
+    elif state == "failed":
+        actions.set_run_state(conn, run_id, state, "execute failed: InsufficientInstanceCapacity")
+    elif state not in {"denied", "running"}:
+        raise ValueError(f"no producer writes a run in state {state!r}")
     conn.execute(
-        """insert into optimization_actions (run_id, action, resource_id, dry_run, outcome,
-               before_state, after_state, estimated_monthly_saving_usd,
-               verified_monthly_saving_usd, executed_at)
-           values (%s, 'resize', %s, false, %s, %s, %s, 120.00, 95.50, %s)""",
-        (
-            run_id,
-            f"i-{run_id}",
-            outcome,
-            Jsonb({"instance_type": "m5.2xlarge"}),
-            Jsonb({"instance_type": "m5.large"}),
-            executed_at,
-        ),
+        """update optimization_runs
+              set created_at = %(created)s,
+                  updated_at = coalesce(%(finished)s, %(created)s),
+                  finished_at = case when finished_at is not null
+                                     then coalesce(%(finished)s, %(created)s) end
+            where run_id = %(run)s""",
+        {"created": created_at, "finished": finished_at, "run": run_id},
     )
+    conn.execute(
+        "update optimization_actions set executed_at = %s where run_id = %s",
+        (created_at + (finished_at - created_at) / 2 if finished_at else created_at, run_id),
+    )
+    return run_id
 
 
 def decision(
@@ -279,9 +342,28 @@ def decision(
     )
 
 
-def dead_letter(conn: Conn, reason: str, received_at: datetime) -> None:
-    conn.execute(
-        """insert into ingest_dead_letters (source, reason, detail, payload, received_at)
-           values ('collector', %s, %s, '{"detail-type": "?"}', %s)""",
-        (reason, f"{reason}: field 'detail.requestParameters' is absent", received_at),
-    )
+def dead_letter(dsn: str, received_at: datetime) -> tuple[str, str]:
+    """A CloudTrail event without its requestParameters (a real fixture with the field cut),
+    rejected by the collector's own normalization and written by its dead-letter writer as
+    record 0 of a batch; the row is then dated `received_at`. Returns (reason, detail)."""
+    event = json.loads((EVENTS / "aws_run_instances.json").read_text())
+    del event["detail"]["requestParameters"]
+    try:
+        normalize(event, "aws")
+    except EventRejected as exc:
+        reason, detail = exc.reason, f"record 0: {exc.detail}"
+    else:
+        raise AssertionError("the collector accepted an event without requestParameters")
+
+    async def write() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await insert_dead_letters(conn, "collector", [(reason, detail, json.dumps(event))])
+            await conn.execute(
+                "update ingest_dead_letters set received_at = %s where id ="
+                " (select max(id) from ingest_dead_letters where source = 'collector'"
+                " and payload = %s)",
+                (received_at, json.dumps(event)),
+            )
+
+    asyncio.run(write())
+    return reason, detail

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import MappingProxyType
 
 import psycopg
 import pytest
@@ -15,6 +17,8 @@ from lambdas.policy import load_policy_set
 from lambdas.store.anomalies import change_events
 from lambdas.store.db import connect
 from lambdas.store.decisions import record_decision
+from lambdas.store.runs import create_run, recent_actions
+from lambdas.trigger.processor import new_run
 from tests.admission.support import SHIPPED, params, review, workflow
 from tests.store import seed
 
@@ -233,9 +237,10 @@ def test_savings_by_team_and_month(pg_dsn: str, scope: seed.Scope) -> None:
 
 
 def test_pending_approvals_carry_the_newest_reasons(pg_dsn: str, scope: seed.Scope) -> None:
-    run_id = f"cct-rightsize-compute-{scope.uid}"
     with connect(pg_dsn) as conn:
-        seed.run(conn, scope, run_id, "awaiting_approval", NOW - timedelta(hours=3))
+        run_id = seed.run(
+            conn, scope, f"p-{scope.uid}", "awaiting_approval", NOW - timedelta(hours=3)
+        )
         seed.decision(
             conn,
             scope,
@@ -289,24 +294,53 @@ def test_pending_approvals_carry_the_newest_reasons(pg_dsn: str, scope: seed.Sco
 
 
 def test_actions_join_their_run(pg_dsn: str, scope: seed.Scope) -> None:
-    run_id = f"run-{scope.uid}"
     with connect(pg_dsn) as conn:
-        seed.run(conn, scope, run_id, "succeeded", NOW, finished_at=NOW)
-        seed.action(conn, run_id, NOW)
+        run_id = seed.run(conn, scope, f"r-{scope.uid}", "succeeded", NOW, finished_at=NOW)
         (row,) = _rows(
             conn,
-            "select run_id, playbook, team, outcome, before_state, after_state"
+            "select run_id, playbook, action, team, outcome, before_state ->> 'sku' as before,"
+            " after_state ->> 'sku' as after"
             " from reporting.optimization_actions where billing_account_id = %(account)s",
             scope.account,
         )
     assert row == {
         "run_id": run_id,
         "playbook": "rightsize-compute",
+        "action": "aws.ec2.resize_instance",
         "team": scope.team,
         "outcome": "changed",
-        "before_state": {"instance_type": "m5.2xlarge"},
-        "after_state": {"instance_type": "m5.large"},
+        "before": "m5.2xlarge",
+        "after": "m5.large",
     }
+
+
+def test_a_run_shows_under_its_anomaly_s_billing_account_and_counts_where_it_acts(
+    pg_dsn: str, scope: seed.Scope
+) -> None:
+    """The detector's alert names a billing account (the AWS payer) and the linked account
+    the resource is in. The dashboards filter runs by the billing account; the pre-check's
+    blast-radius count is per account acted in. Before migration 0705 the trigger wrote the
+    linked account into billing_account_id, and a selected billing account showed none of
+    its runs."""
+    planned = seed.planned_run(scope, f"acct-{scope.uid}")
+    assert planned.billing_account_id == scope.account
+    assert planned.account_id == f"{scope.account}-sub"
+    acting = replace(
+        planned, parameters=MappingProxyType({**planned.parameters, "dry-run": "false"})
+    )
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    with connect(pg_dsn) as conn:
+        create_run(conn, new_run(acting, "local", "allow", ()))
+        shown = _rows(
+            conn,
+            "select run_id, billing_account_id from reporting.optimization_runs"
+            " where billing_account_id = %(account)s",
+            scope.account,
+        )
+        counted = recent_actions(conn, planned.account_id, since)
+        not_counted = recent_actions(conn, scope.account, since)
+    assert shown == [{"run_id": planned.run_id, "billing_account_id": scope.account}]
+    assert (counted, not_counted) == (1, 0)
 
 
 def test_views_run_under_parallel_plans(pg_dsn: str, scope: seed.Scope) -> None:

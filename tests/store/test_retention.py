@@ -30,17 +30,25 @@ KEPT_WHOLE = {
 }
 
 
-def _seed_old_and_recent(conn: psycopg.Connection, s: seed.Scope) -> None:
+def _seed_old_and_recent(dsn: str, s: seed.Scope) -> dict[str, str]:
+    """Returns the run ids by name (the trigger names its runs)."""
+    runs: dict[str, str] = {}
+    with connect(dsn) as conn:
+        _seed_rows(conn, s, runs)
+    for age in (OLD, RECENT):
+        seed.dead_letter(dsn, age)
+    return runs
+
+
+def _seed_rows(conn: psycopg.Connection, s: seed.Scope, runs: dict[str, str]) -> None:
     for age, tag in ((OLD, "old"), (RECENT, "new")):
         seed.anomaly(conn, s, f"resolved-{tag}", age, resolved_at=age + timedelta(hours=1))
         seed.resource_event(conn, s, f"evt-{tag}", age, before=None, after=1.0)
         seed.inventory(conn, s, f"i-deleted-{tag}", "deleted", age)
         seed.inventory(conn, s, f"i-running-{tag}", "running", age)
         seed.decision(conn, s, f"dec-{tag}", "allow", age)
-        seed.run(conn, s, f"run-{tag}", "succeeded", age, finished_at=age)
-        seed.action(conn, f"run-{tag}", age)
-        seed.run(conn, s, f"stuck-{tag}", "running", age)
-        seed.dead_letter(conn, "missing_field", age)
+        runs[f"run-{tag}"] = seed.run(conn, s, f"run-{tag}", "succeeded", age, finished_at=age)
+        runs[f"stuck-{tag}"] = seed.run(conn, s, f"stuck-{tag}", "running", age)
     # Open, however old: never deleted.
     seed.anomaly(conn, s, "open-old", OLD)
 
@@ -53,8 +61,7 @@ def _count(conn: psycopg.Connection, sql: str) -> int:
 
 def test_retention_deletes_only_old_finished_rows(migrated_db: str) -> None:
     s = seed.Scope("ret")
-    with connect(migrated_db) as conn:
-        _seed_old_and_recent(conn, s)
+    runs = _seed_old_and_recent(migrated_db, s)
     with connect(migrated_db, autocommit=True) as conn:
         dry = {r.relation: r.deleted for r in apply_retention(conn, NOW, dry_run=True)}
         real = {r.relation: r.deleted for r in apply_retention(conn, NOW, batch=1)}
@@ -87,8 +94,8 @@ def test_retention_deletes_only_old_finished_rows(migrated_db: str) -> None:
         "events": [("evt-new",)],
         "inventory": [("i-deleted-new",), ("i-running-new",), ("i-running-old",)],
         "decisions": [("dec-new",)],
-        "runs": [("run-new",), ("stuck-new",), ("stuck-old",)],
-        "actions": [("run-new",)],
+        "runs": sorted((runs[name],) for name in ("run-new", "stuck-new", "stuck-old")),
+        "actions": [(runs["run-new"],)],
         "dead letters": 1,
     }
 

@@ -20,6 +20,7 @@ from lambdas.events.cloudevents import decode, encode
 from lambdas.policy import PolicyRequest, evaluate, load_policy_set
 from lambdas.policy.workflow import MAX_PARAMETER_CHARS, workflow_findings
 from lambdas.store.db import open_pool
+from lambdas.store.runs import NewRun, create_run
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.core import workflow_name
 from lambdas.trigger.mapping import load_mapping, parse_mapping
@@ -73,8 +74,8 @@ def processor(kube: FakeKube, pool: ConnectionPool, tmp_path: Path) -> Processor
 def run_row(pg_dsn: str, run_id: str) -> dict[str, Any] | None:
     with psycopg.connect(pg_dsn) as conn:
         cur = conn.execute(
-            "select state, reason, backend, event_id, playbook, parameters, billing_account_id"
-            " from optimization_runs where run_id = %s",
+            "select state, reason, backend, event_id, playbook, parameters, billing_account_id,"
+            " account_id from optimization_runs where run_id = %s",
             (run_id,),
         )
         row = cur.fetchone()
@@ -106,7 +107,12 @@ def test_allowed_anomaly_is_prechecked_recorded_and_submitted(
         "argo",
         "stop-idle-compute",
     )
-    assert row["billing_account_id"] == labels(uid)["sub_account_id"]
+    # The dashboards' account is the anomaly's billing account; the run acts in (and the
+    # blast radius counts it in) the linked account.
+    assert (row["billing_account_id"], row["account_id"]) == (
+        labels(uid)["billing_account_id"],
+        labels(uid)["sub_account_id"],
+    )
     assert row["parameters"]["event-id"] == decode(raw).id
     assert decision(pg_dsn, run_id) == ("precheck", "allow", [])
 
@@ -188,14 +194,22 @@ def test_resolutions_and_unmapped_anomalies_start_nothing(
 
 
 def seed_runs(pg_dsn: str, account: str, count: int, uid: str) -> None:
+    """Earlier runs that act in `account`, as the trigger creates them, ten minutes old."""
     with psycopg.connect(pg_dsn) as conn:
         for n in range(count):
+            run = NewRun(
+                run_id=f"seed-{uid}-{n}",
+                event_id=f"seed-{uid}-{n}",
+                playbook="rightsize-compute",
+                backend="argo",
+                state="submitted",
+                reason=None,
+                parameters={"dry-run": "false", "account-id": account},
+            )
+            create_run(conn, run)
             conn.execute(
-                """insert into optimization_runs (run_id, event_id, playbook, backend, state,
-                       billing_account_id, parameters, created_at)
-                   values (%s, %s, 'rightsize-compute', 'argo', 'submitted', %s,
-                           '{"dry-run": "false"}', %s)""",
-                (f"seed-{uid}-{n}", f"seed-{uid}-{n}", account, NOW - timedelta(minutes=10)),
+                "update optimization_runs set created_at = %s where run_id = %s",
+                (NOW - timedelta(minutes=10), run.run_id),
             )
 
 
