@@ -154,7 +154,7 @@ DASHBOARD = Dashboard(
                     (
                         SqlQuery(
                             f"""select created_at, run_id, playbook, state, reason, provider,
-       billing_account_id, resource_id, team, env,
+       billing_account_id, account_id, resource_id, team, env,
        estimated_monthly_saving_usd, verified_monthly_saving_usd, finished_at
   from reporting.optimization_runs
  where $__timeFilter(created_at) and {SQL_FILTER}

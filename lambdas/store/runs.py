@@ -104,12 +104,16 @@ def settle_run(conn: Conn, run_id: str, state: str, reason: str | None) -> None:
 
 def recent_actions(conn: Conn, account_id: str, since: datetime) -> int:
     """Runs that may change resources (not dry runs, not denied) started in `account_id`
-    since `since`: the policy engine's `recent_actions` input for that account."""
+    since `since`: the policy engine's `recent_actions` input for that account. Rows without
+    account_id (inserted by the previous release during an upgrade, migration 0705) hold
+    the acted-in account in billing_account_id."""
     with translate_errors("count recent actions"):
         row = conn.execute(
             """select count(*) from optimization_runs
-                where account_id = %s and created_at > %s
+                where (account_id = %(account)s
+                       or (account_id is null and billing_account_id = %(account)s))
+                  and created_at > %(since)s
                   and state <> 'denied' and parameters ->> 'dry-run' = 'false'""",
-            (account_id, since),
+            {"account": account_id, "since": since},
         ).fetchone()
     return int(row[0]) if row else 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +25,6 @@ from lambdas.collector.model import EventRejected
 from lambdas.collector.normalize import normalize
 from lambdas.detector.attribution import ChangeEvent, Contributor
 from lambdas.events.cloudevents import anomaly_event, decode, encode
-from lambdas.policy.model import PolicyRequest
 from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.steps.registry import ACTIONS
 from lambdas.store import actions, anomalies
@@ -192,7 +191,7 @@ def inventory(conn: Conn, s: Scope, resource_id: str, state: str, last_event: da
         (
             resource_id,
             s.account,
-            f"sub-{s.uid}",
+            f"{s.account}-sub",
             state,
             Jsonb({"team": s.team}),
             f"evt-{resource_id}",
@@ -206,23 +205,24 @@ _MAPPING = load_mapping(Path(__file__).resolve().parents[2] / "policies" / "play
 _EVENT_TIME = "2026-11-27T09:00:01.000Z"
 
 
-def planned_run(s: Scope, label: str, team: str | None = None) -> WorkflowRun:
+def planned_run(s: Scope, label: str, team: str | None = None, *, dry_run: bool) -> WorkflowRun:
     """The workflow the trigger plans for the real detector's alert on a new prod instance
     (the recording of tests/contract: billing account `s.account`, linked account
-    `s.account`-sub), through the bridge's event, the deployed mapping and `plan_run`.
-    `label` keeps each run's resource and event apart."""
+    `s.account`-sub), through the bridge's event, the deployed mapping (its rule's dry-run
+    setting replaced by `dry_run`) and `plan_run`. `label` keeps each run's resource and
+    event apart within the scope."""
     alert = recorded_alert("prod-instance", s.uid)
     alert["labels"].update(resource_id=f"i-{label}", team=team or s.team)
     alert.update(
         status="firing",
         startsAt="2026-11-27T09:00:00.000Z",
         endsAt="0001-01-01T00:00:00Z",
-        fingerprint=f"fp-{label}",
+        fingerprint=f"fp-{s.uid}-{label}",
     )
     event = decode(encode(anomaly_event(alert, _EVENT_TIME)))
     rule = _MAPPING.select(event.labels)
     assert rule is not None, _MAPPING.why_unmapped(event.labels)
-    return plan_run(event, rule)
+    return plan_run(event, replace(rule, dry_run=dry_run))
 
 
 def _instance(sku: str) -> dict[str, Any]:
@@ -252,9 +252,10 @@ def run(
     The writers stamp now(); the run's and its action's timestamps are then moved to
     `created_at` and `finished_at`, the only values not written by a producer (tests need
     runs of past months and of expired age)."""
-    wf = planned_run(s, label, team)
+    wf = planned_run(s, label, team, dry_run=state == "dry_run")
     run_id = wf.run_id
-    create_run(conn, new_run(wf, "local", "deny" if state == "denied" else "allow", reasons))
+    verdict = "deny" if state == "denied" else "allow"
+    assert create_run(conn, new_run(wf, "local", verdict, reasons)).created, run_id
     resize = ACTIONS[PLAYBOOKS[wf.playbook].actions["aws"]].name
     est = Decimal(estimated) if estimated else None
     ver = Decimal(verified) if verified else None
@@ -312,6 +313,10 @@ def decision(
     run_id: str | None = None,
     reasons: tuple[str, ...] = (),
 ) -> None:
+    """A verdict as the admission webhook records it, on the workflow the trigger plans for
+    `decision_id`'s resource (i-`decision_id`): its parameters as input, the account it acts
+    in (`s.account`-sub) as account_id."""
+    wf = planned_run(s, decision_id, dry_run=False)
     record_decision(
         conn,
         DecisionRecord(
@@ -320,50 +325,39 @@ def decision(
             verdict=verdict,
             policy_ids=tuple(f"prod-guard/{i}" for i, _ in enumerate(reasons)),
             reasons=reasons,
-            # The shape both producers write (the webhook's policy request as parameters).
-            input=decision_input(
-                PolicyRequest(
-                    provider="aws",
-                    service="Amazon Elastic Compute Cloud",
-                    resource_id=f"i-{decision_id}",
-                    resource_type="Instance",
-                    action="stop",
-                    environment=s.env,
-                    account_id=s.account,
-                    estimated_monthly_impact_usd=-50.0,
-                    team=s.team,
-                ).to_parameters(),
-                recent_actions=0,
-            ),
+            input=decision_input(wf.parameters, recent_actions=0),
             decided_at=decided_at,
             run_id=run_id,
-            account_id=s.account,
+            account_id=wf.account_id,
         ),
     )
 
 
 def dead_letter(dsn: str, received_at: datetime) -> tuple[str, str]:
-    """A CloudTrail event without its requestParameters (a real fixture with the field cut),
-    rejected by the collector's own normalization and written by its dead-letter writer as
-    record 0 of a batch; the row is then dated `received_at`. Returns (reason, detail)."""
+    """A CloudTrail event without its eventName (a real fixture with the field cut, in the
+    record shape the forwarders send), rejected by the collector's own normalization and
+    written by its dead-letter writer as record 0 of a batch; the row is then dated
+    `received_at`. Returns (reason, detail)."""
     event = json.loads((EVENTS / "aws_run_instances.json").read_text())
-    del event["detail"]["requestParameters"]
+    del event["detail"]["eventName"]
+    record = {"provider": "aws", "billing_account_id": "111122223333", "event": event}
     try:
-        normalize(event, "aws")
+        normalize(record)
     except EventRejected as exc:
         reason, detail = exc.reason, f"record 0: {exc.detail}"
     else:
-        raise AssertionError("the collector accepted an event without requestParameters")
+        raise AssertionError("the collector accepted a CloudTrail event without eventName")
+    assert reason == "missing_field", detail
 
     async def write() -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await insert_dead_letters(conn, "collector", [(reason, detail, json.dumps(event))])
-            await conn.execute(
-                "update ingest_dead_letters set received_at = %s where id ="
-                " (select max(id) from ingest_dead_letters where source = 'collector'"
-                " and payload = %s)",
-                (received_at, json.dumps(event)),
+            await insert_dead_letters(conn, "collector", [(reason, detail, json.dumps(record))])
+            cur = await conn.execute(
+                "update ingest_dead_letters set received_at = %s"
+                " where id = currval('ingest_dead_letters_id_seq')",
+                (received_at,),
             )
+            assert cur.rowcount == 1
 
     asyncio.run(write())
     return reason, detail

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import MappingProxyType
 
 import psycopg
 import pytest
@@ -259,7 +257,10 @@ def test_pending_approvals_carry_the_newest_reasons(pg_dsn: str, scope: seed.Sco
             run_id=run_id,
             reasons=("prod needs a human",),
         )
-        # A denial for a workflow the trigger never recorded: dimensions come from its input.
+        # A denial for a workflow the trigger never recorded: dimensions come from its input,
+        # the billing account from the collector's inventory of its resource (the input
+        # names only the linked account it acts in).
+        seed.inventory(conn, scope, f"i-deny-{scope.uid}", "running", NOW)
         seed.decision(
             conn, scope, f"deny-{scope.uid}", "deny", NOW, reasons=("account frozen", "over budget")
         )
@@ -322,15 +323,12 @@ def test_a_run_shows_under_its_anomaly_s_billing_account_and_counts_where_it_act
     blast-radius count is per account acted in. Before migration 0705 the trigger wrote the
     linked account into billing_account_id, and a selected billing account showed none of
     its runs."""
-    planned = seed.planned_run(scope, f"acct-{scope.uid}")
+    planned = seed.planned_run(scope, f"acct-{scope.uid}", dry_run=False)
     assert planned.billing_account_id == scope.account
     assert planned.account_id == f"{scope.account}-sub"
-    acting = replace(
-        planned, parameters=MappingProxyType({**planned.parameters, "dry-run": "false"})
-    )
     since = datetime.now(UTC) - timedelta(minutes=5)
     with connect(pg_dsn) as conn:
-        create_run(conn, new_run(acting, "local", "allow", ()))
+        create_run(conn, new_run(planned, "local", "allow", ()))
         shown = _rows(
             conn,
             "select run_id, billing_account_id from reporting.optimization_runs"
