@@ -189,10 +189,6 @@ class OpenIncident:
     # Consecutive evaluations its rule has not held (0 while it holds): above 0, it is on its
     # way to resolving.
     normal_ticks: int
-    # Whether a rule fired at the last evaluation at full strength, record included: the
-    # value would open an incident now (a report book watching an aggregate whose cause was
-    # fixed asks this).
-    firing: bool
 
 
 @dataclass(frozen=True)
@@ -367,7 +363,6 @@ class Engine:
         "sev": (np.int8, 0),
         "started": (np.float64, np.nan),
         "normal_ticks": (np.int32, 0),
-        "firing": (np.bool_, False),
         "cur_expected": (np.float64, np.nan),
         "cur_observed": (np.float64, np.nan),
         "cur_z": (np.float64, np.nan),
@@ -423,7 +418,6 @@ class Engine:
     sev: npt.NDArray[np.int8]
     started: F64
     normal_ticks: npt.NDArray[np.int32]
-    firing: npt.NDArray[np.bool_]
     cur_expected: F64
     cur_observed: F64
     cur_z: F64
@@ -933,7 +927,6 @@ class Engine:
 
         verdicts = self._evaluate(i, v)
         self.last_expected[i] = verdicts.expected
-        self.firing[i] = verdicts.fire
         was_open = self.is_open[i]
         rows, opening = self._open(now, i, v, verdicts)
         escalating = self._follow(i, v, verdicts, rows, opening)
@@ -1140,7 +1133,6 @@ class Engine:
             zscore=z if math.isfinite(z) else None,
             baseline=BASELINE_NAMES[int(self.cur_base[row])],
             normal_ticks=int(self.normal_ticks[row]),
-            firing=bool(self.firing[row]),
         )
 
     def open_incidents(self) -> list[OpenIncident]:

@@ -160,14 +160,6 @@ class ReportBook:
         self.reports: dict[SeriesKey, Report] = {}
         self.folded: dict[SeriesKey, set[SeriesKey]] = {}
         self.how_folded: dict[SeriesKey, Fold] = {}
-        # Aggregates left open and silent when what they were folded into was fixed, with
-        # how many evaluations in a row their rule has fired since (`_recheck`).
-        self.silent: dict[SeriesKey, int] = {}
-
-    @property
-    def idle(self) -> bool:
-        """Nothing open or watched: an evaluation without transitions changes nothing."""
-        return not (self.reports or self.silent)
 
     # ---------------------------------------------------------------- one evaluation
     def step(
@@ -193,15 +185,11 @@ class ReportBook:
                 for report_key in self.folded[key]:
                     self.reports[report_key].ancestors[key] = open_now[key]
         orphans += self._follow_values(now, values)
-        posted.update(self._recheck(open_now, now))
         # Deepest first, so an account finds the report a service orphaned with it now has
         # (and folds into it as its child).
         for key, fold in sorted(dict(orphans).items(), key=lambda o: DEPTH[o[0].level]):
             if key in open_now and key not in self.folded and key not in self.reports:
-                touched = self._refold(open_now[key], fold, now)
-                posted.update(touched)
-                if not touched and fold is not None:
-                    self.silent[key] = 0
+                posted.update(self._refold(open_now[key], fold, now))
         return posted
 
     def close(self, open_now: Mapping[SeriesKey, OpenIncident]) -> list[Report]:
@@ -363,13 +351,12 @@ class ReportBook:
         is part of the aggregate: with it back to normal, the aggregate's value is usually on
         its way down (the engine closes it after `resolve_after_ticks`, and a rollup can be
         read a cycle after its resources), and a new alert would page for a cause already
-        fixed, so it stays silent (and watched: `_recheck`). A sibling is not part of it: a
-        service falls back when another of its teams cuts as much as this team still grows,
-        so an aggregate folded into a sibling whose value fell back is reported on its own,
-        if its own increase is still there: its rule holds and it keeps `hold_fraction` of
-        its increase when folded. When a rise ends, the smaller of two siblings can stay
-        open for hours after the larger resolved (its relative rise is larger), on its way
-        down: that is no news (it is watched too)."""
+        fixed, so it stays silent. A sibling is not part of it: a service falls back when
+        another of its teams cuts as much as this team still grows, so an aggregate folded
+        into a sibling whose value fell back is reported on its own, if its own increase is
+        still there: its rule holds and it keeps `hold_fraction` of its increase when folded.
+        When a rise ends, the smaller of two siblings can stay open for hours after the
+        larger resolved (its relative rise is larger), on its way down: that is no news."""
         found = self.attribute(inc.key, inc.started_at, now)
         targets = self._fold(inc, found, now)
         if targets or fold is None or fold.kind != SIBLING:
@@ -378,34 +365,6 @@ class ReportBook:
             return targets
         self._new_report(inc.key, inc, inc, (found.contributors, found.events), now=now, how="own")
         return [inc.key]
-
-    def _recheck(self, open_now: Mapping[SeriesKey, OpenIncident], now: float) -> list[SeriesKey]:
-        """Aggregates left silent when what explained them was fixed (`_refold`) are watched
-        while the engine keeps them open. One whose rule fires again at full strength, the
-        record included, for `resolve_after_ticks` evaluations in a row has an increase that
-        would open an incident on its own: a second cause that began while the first was
-        open (a diffuse rise that outlasts a deleted resource). It is reported, folded into
-        what explains it now, else as its own cause. A value on its way down after the fix
-        holds its incident open at the hysteresis threshold but does not fire, so it stays
-        silent. The reports it touched."""
-        posted: list[SeriesKey] = []
-        for key in list(self.silent):
-            inc = open_now.get(key)
-            if inc is None or key in self.folded or key in self.reports:
-                del self.silent[key]
-                continue
-            self.silent[key] = self.silent[key] + 1 if inc.firing else 0
-            if self.silent[key] < self.cfg.resolve_after_ticks:
-                continue
-            del self.silent[key]
-            found = self.attribute(key, inc.started_at, now)
-            targets = self._fold(inc, found, now)
-            if not targets:
-                found_now = (found.contributors, found.events)
-                self._new_report(key, inc, inc, found_now, now=now, how="own")
-                targets = [key]
-            posted.extend(targets)
-        return posted
 
     def _fold(self, inc: OpenIncident, found: Attribution, now: float) -> list[SeriesKey]:
         targets, kind = self._explained_by(inc, found, now)

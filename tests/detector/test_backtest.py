@@ -284,60 +284,6 @@ def test_a_team_on_its_way_down_after_its_service_resolves_is_not_reported_again
     assert [i.key.level for i in incidents] == ["service"]
 
 
-def root_then_rows(
-    hours: int, big: tuple[int, int], rise_at: int | None = None, batch: bool = False
-) -> list[dict[str, str]]:
-    """Team web: i-a (20 $/h) and forty small resources (1 $/h); team data: i-b (25 $/h);
-    all in one service. i-big (30 $/h, team web) runs in the hours [big[0], big[1]) and is
-    then deleted (no more rows). From `rise_at` the small ones grow to 2.5 $/h each (+60 $/h
-    in all, none material alone). With `batch`, they run at 2.5 $/h every day from 10:00 to
-    13:59 instead (a routine daily batch)."""
-    rows = []
-    for h in range(hours):
-        grown = (rise_at is not None and h >= rise_at) or (batch and 10 <= h % 24 < 14)
-        rows += [row(h, "i-a", 20.0), row(h, "i-b", 25.0, "data")]
-        rows += [row(h, f"i-s{n:02d}", 2.5 if grown else 1.0) for n in range(40)]
-        if big[0] <= h < big[1]:
-            rows.append(row(h, "i-big", 30.0))
-    return rows
-
-
-def test_a_diffuse_rise_that_outlasts_a_deleted_root_cause_is_reported_then(
-    tmp_path: Path,
-) -> None:
-    # i-big explains the service, team and account. While it runs, team web's small
-    # resources grow. Once i-big is deleted, the aggregates still rise by 60 $/h: a second
-    # cause, reported when the rule fires on it alone (not left open without an alert).
-    deleted = RISE_H + 5
-    rows = root_then_rows(RISE_H + 20, (RISE_H, deleted), rise_at=RISE_H + 2)
-    matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
-    incidents, _ = backtest(matrix, DetectionConfig())
-    big, rise = incidents
-    assert big.key.as_dict()["resource_id"] == "i-big" and big.resolved_at is not None
-    assert big.resolved_at > matrix.start_s + deleted * 3600
-    assert rise.key.level in {"service", "team"} and rise.delta == pytest.approx(60.0)
-    assert rise.peak_at is not None and rise.peak_at > big.resolved_at
-    shown = [c for c in rise.contributors if c.level == "resource"]
-    assert shown and all(c.delta == pytest.approx(1.5) for c in shown)
-
-
-def test_a_deleted_root_cause_leaves_its_aggregates_silent_when_nothing_else_rose(
-    tmp_path: Path,
-) -> None:
-    # The same, without the second rise; and with a routine daily batch running when i-big
-    # is deleted (from 12:00, inside the batch's 10:00-13:59): what the aggregates still
-    # carry is their normal, so i-big's incident is the only one.
-    for rows in (
-        root_then_rows(RISE_H + 20, (RISE_H, RISE_H + 5)),
-        root_then_rows(RISE_H + 20, (RISE_H + 8, RISE_H + 12), batch=True),
-    ):
-        matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
-        incidents, _ = backtest(matrix, DetectionConfig())
-        # (The batch's first run, two weeks earlier, is a step from nothing: an incident.)
-        later = [i for i in incidents if i.started_at >= matrix.start_s + RISE_H * 3600]
-        assert [i.key.as_dict().get("resource_id") for i in later] == ["i-big"]
-
-
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
     from decimal import Decimal
 
