@@ -249,7 +249,7 @@ def backtest(
         replay.found.clear()
         transitions: list[Transition] = engine.observe(now, idx, series.values[:, col])
         series.expected[:, col] = engine.expected_now(idx[: series.aggregates])
-        if transitions or book.reports:
+        if transitions or not book.idle:
             book.step(transitions, open_now, replay.values, now)
             for report in book.close(open_now):
                 of_report.pop(id(report)).resolved_at = now

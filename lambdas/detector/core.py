@@ -189,6 +189,11 @@ class OpenIncident:
     # Consecutive evaluations its rule has not held (0 while it holds): above 0, it is on its
     # way to resolving.
     normal_ticks: int
+    # Whether the series' value at the last evaluation would open an incident now: an
+    # increase rule fires at full strength, record included, and has fired for
+    # min_duration_s (False when the series had no value then). A report book watching an
+    # aggregate whose cause was fixed asks this.
+    firing: bool
 
 
 @dataclass(frozen=True)
@@ -363,6 +368,7 @@ class Engine:
         "sev": (np.int8, 0),
         "started": (np.float64, np.nan),
         "normal_ticks": (np.int32, 0),
+        "firing": (np.bool_, False),
         "cur_expected": (np.float64, np.nan),
         "cur_observed": (np.float64, np.nan),
         "cur_z": (np.float64, np.nan),
@@ -418,6 +424,7 @@ class Engine:
     sev: npt.NDArray[np.int8]
     started: F64
     normal_ticks: npt.NDArray[np.int32]
+    firing: npt.NDArray[np.bool_]
     cur_expected: F64
     cur_observed: F64
     cur_z: F64
@@ -991,6 +998,9 @@ class Engine:
         # Cooldown: right after an incident, only worse than its peak is a new one.
         delta_now = v - self._baseline_of(verdicts.opens_as, verdicts)
         cooled = (now - self.closed_at[i] >= cfg.cooldown_s) | (np.abs(delta_now) > self.peak[i])
+        # Would open now (OpenIncident.firing); a series without a value now does not.
+        self.firing[: self.size] = False
+        self.firing[i] = verdicts.fire & lasted
         opening = firing & lasted & cooled & ~self.is_open[i]
         rows = i[opening]
         self.is_open[rows] = True
@@ -1133,6 +1143,7 @@ class Engine:
             zscore=z if math.isfinite(z) else None,
             baseline=BASELINE_NAMES[int(self.cur_base[row])],
             normal_ticks=int(self.normal_ticks[row]),
+            firing=bool(self.firing[row]),
         )
 
     def open_incidents(self) -> list[OpenIncident]:

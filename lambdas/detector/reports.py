@@ -160,6 +160,14 @@ class ReportBook:
         self.reports: dict[SeriesKey, Report] = {}
         self.folded: dict[SeriesKey, set[SeriesKey]] = {}
         self.how_folded: dict[SeriesKey, Fold] = {}
+        # Aggregates left open and silent when what they were folded into was fixed, with
+        # how many evaluations in a row their rule has fired since (`_recheck`).
+        self.silent: dict[SeriesKey, int] = {}
+
+    @property
+    def idle(self) -> bool:
+        """Nothing open or watched: an evaluation without transitions changes nothing."""
+        return not (self.reports or self.silent)
 
     # ---------------------------------------------------------------- one evaluation
     def step(
@@ -185,11 +193,15 @@ class ReportBook:
                 for report_key in self.folded[key]:
                     self.reports[report_key].ancestors[key] = open_now[key]
         orphans += self._follow_values(now, values)
+        posted.update(self._recheck(open_now, now))
         # Deepest first, so an account finds the report a service orphaned with it now has
         # (and folds into it as its child).
         for key, fold in sorted(dict(orphans).items(), key=lambda o: DEPTH[o[0].level]):
             if key in open_now and key not in self.folded and key not in self.reports:
-                posted.update(self._refold(open_now[key], fold, now))
+                touched = self._refold(open_now[key], fold, now)
+                posted.update(touched)
+                if not touched and fold is not None:
+                    self.silent[key] = 0
         return posted
 
     def close(self, open_now: Mapping[SeriesKey, OpenIncident]) -> list[Report]:
@@ -351,12 +363,13 @@ class ReportBook:
         is part of the aggregate: with it back to normal, the aggregate's value is usually on
         its way down (the engine closes it after `resolve_after_ticks`, and a rollup can be
         read a cycle after its resources), and a new alert would page for a cause already
-        fixed, so it stays silent. A sibling is not part of it: a service falls back when
-        another of its teams cuts as much as this team still grows, so an aggregate folded
-        into a sibling whose value fell back is reported on its own, if its own increase is
-        still there: its rule holds and it keeps `hold_fraction` of its increase when folded.
-        When a rise ends, the smaller of two siblings can stay open for hours after the
-        larger resolved (its relative rise is larger), on its way down: that is no news."""
+        fixed, so it stays silent (and watched: `_recheck`). A sibling is not part of it: a
+        service falls back when another of its teams cuts as much as this team still grows,
+        so an aggregate folded into a sibling whose value fell back is reported on its own,
+        if its own increase is still there: its rule holds and it keeps `hold_fraction` of
+        its increase when folded. When a rise ends, the smaller of two siblings can stay
+        open for hours after the larger resolved (its relative rise is larger), on its way
+        down: that is no news (it is watched too)."""
         found = self.attribute(inc.key, inc.started_at, now)
         targets = self._fold(inc, found, now)
         if targets or fold is None or fold.kind != SIBLING:
@@ -365,6 +378,47 @@ class ReportBook:
             return targets
         self._new_report(inc.key, inc, inc, (found.contributors, found.events), now=now, how="own")
         return [inc.key]
+
+    def _recheck(self, open_now: Mapping[SeriesKey, OpenIncident], now: float) -> list[SeriesKey]:
+        """Aggregates left silent when what explained them was fixed (`_refold`) are watched
+        while the engine keeps them open. One whose value would open an incident now
+        (`OpenIncident.firing`: full strength, record and minimum duration included) for
+        `resolve_after_ticks` evaluations in a row has a second cause that began while the
+        first was open (a diffuse rise that outlasts a deleted resource). It is folded into
+        what explains it now; else it is reported as its own cause, provided its resources
+        grew by a material part of its increase now (`_grown`): a rollup read a few cycles
+        late still carries the deleted resource, which its resources no longer show. A value
+        on its way down after the fix holds its incident at the hysteresis threshold but
+        does not fire, so it stays silent. Deepest first, so an account folds into the
+        service or team reported in the same evaluation. The reports it touched."""
+        posted: list[SeriesKey] = []
+        for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
+            inc = open_now.get(key)
+            if inc is None or key in self.folded or key in self.reports:
+                del self.silent[key]
+                continue
+            ticks = self.silent[key] + 1 if inc.firing else 0
+            self.silent[key] = min(ticks, self.cfg.resolve_after_ticks)
+            if ticks < self.cfg.resolve_after_ticks:
+                continue
+            found = self.attribute(key, inc.started_at, now)
+            targets = self._fold(inc, found, now)
+            if not targets and self._grown(inc, found):
+                found_now = (found.contributors, found.events)
+                self._new_report(key, inc, inc, found_now, now=now, how="own")
+                targets = [key]
+            if targets:
+                del self.silent[key]
+                posted.extend(targets)
+        return posted
+
+    def _grown(self, inc: OpenIncident, found: Attribution) -> bool:
+        """Whether the aggregate's resources, as read now, grew by at least
+        `root_cause_share` of its increase (and by a material amount)."""
+        resources = found.resources or [c for c in found.contributors if c.level == "resource"]
+        growth = sum(max(c.observed - c.expected, 0.0) for c in resources)
+        need = max(self.root_cause_share * inc.delta, self.cfg.min_impact(inc.key.level))
+        return growth >= need
 
     def _fold(self, inc: OpenIncident, found: Attribution, now: float) -> list[SeriesKey]:
         targets, kind = self._explained_by(inc, found, now)

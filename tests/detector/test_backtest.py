@@ -22,7 +22,10 @@ from lambdas.backtest import focus
 from lambdas.backtest.run import backtest
 from lambdas.backtest.sample import KINDS, SampleSpec, read_labels, write
 from lambdas.cli import cli
-from lambdas.detector.config import DetectionConfig
+from lambdas.detector.attribution import Contributor
+from lambdas.detector.config import DetectionConfig, SeriesKey
+from lambdas.detector.core import Engine
+from lambdas.detector.reports import Attribution, ReportBook
 
 FIELDS = [
     "ChargePeriodStart",
@@ -282,6 +285,94 @@ def test_a_team_on_its_way_down_after_its_service_resolves_is_not_reported_again
     matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
     incidents, _ = backtest(matrix, DetectionConfig())
     assert [i.key.level for i in incidents] == ["service"]
+
+
+def root_then_rows(
+    hours: int, big: tuple[int, int], rise_at: int | None = None, batch: bool = False
+) -> list[dict[str, str]]:
+    """Team web: i-a (20 $/h) and forty small resources (1 $/h); team data: i-b (25 $/h);
+    all in one service. i-big (30 $/h, team web) runs in the hours [big[0], big[1]) and is
+    then deleted (no more rows). From `rise_at` the small ones grow to 2.5 $/h each (+60 $/h
+    in all, none material alone). With `batch`, they run at 2.5 $/h every day from 10:00 to
+    13:59 instead (a routine daily batch)."""
+    rows = []
+    for h in range(hours):
+        grown = (rise_at is not None and h >= rise_at) or (batch and 10 <= h % 24 < 14)
+        rows += [row(h, "i-a", 20.0), row(h, "i-b", 25.0, "data")]
+        rows += [row(h, f"i-s{n:02d}", 2.5 if grown else 1.0) for n in range(40)]
+        if big[0] <= h < big[1]:
+            rows.append(row(h, "i-big", 30.0))
+    return rows
+
+
+def test_a_diffuse_rise_that_outlasts_a_deleted_root_cause_is_reported_then(
+    tmp_path: Path,
+) -> None:
+    # i-big explains the service, team and account. While it runs, team web's small
+    # resources grow. Once i-big is deleted, the aggregates still rise by 60 $/h: a second
+    # cause, reported when the rule fires on it alone (not left open without an alert).
+    deleted = RISE_H + 5
+    rows = root_then_rows(RISE_H + 20, (RISE_H, deleted), rise_at=RISE_H + 2)
+    matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
+    incidents, _ = backtest(matrix, DetectionConfig())
+    big, rise = incidents
+    assert big.key.as_dict()["resource_id"] == "i-big" and big.resolved_at is not None
+    assert big.resolved_at > matrix.start_s + deleted * 3600
+    assert rise.key.level in {"service", "team"} and rise.delta == pytest.approx(60.0)
+    assert rise.peak_at is not None and rise.peak_at > big.resolved_at
+    shown = [c for c in rise.contributors if c.level == "resource"]
+    assert shown and all(c.delta == pytest.approx(1.5) for c in shown)
+
+
+def test_a_deleted_root_cause_leaves_its_aggregates_silent_when_nothing_else_rose(
+    tmp_path: Path,
+) -> None:
+    # The same, without the second rise; and with a routine daily batch running when i-big
+    # is deleted (from 12:00, inside the batch's 10:00-13:59): what the aggregates still
+    # carry is their normal, so i-big's incident is the only one.
+    for rows in (
+        root_then_rows(RISE_H + 20, (RISE_H, RISE_H + 5)),
+        root_then_rows(RISE_H + 20, (RISE_H + 8, RISE_H + 12), batch=True),
+    ):
+        matrix = focus.load([write_csv(tmp_path / "x.csv", rows)])
+        incidents, _ = backtest(matrix, DetectionConfig())
+        # (The batch's first run, two weeks earlier, is a step from nothing: an incident.)
+        later = [i for i in incidents if i.started_at >= matrix.start_s + RISE_H * 3600]
+        assert [i.key.as_dict().get("resource_id") for i in later] == ["i-big"]
+
+
+def test_watched_aggregates_are_rechecked_deepest_first() -> None:
+    # An account left silent an evaluation before its service (in the book's insertion
+    # order first), both then firing on the same diffuse rise of the service's resources:
+    # the service is reported, and the account and team fold into it; never an account
+    # report of its own beside the service's.
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+    labels |= {"service_name": "Amazon EC2", "team": "web"}
+    account, service, team = (SeriesKey.of(lv, labels) for lv in ("account", "service", "team"))
+    engine = Engine(DetectionConfig(day0_window_s=1e9))
+    idx = engine.index_of([account, service, team])
+    for n, rise in enumerate([0.0, 0.0, 60.0]):
+        engine.observe(1_780_000_000.0 + 3 * n, idx, [100.0 + rise, 85.0 + rise, 60.0 + rise])
+    open_now = {inc.key: inc for inc in engine.open_incidents()}
+    assert set(open_now) == {account, service, team} and all(i.firing for i in open_now.values())
+    small = [
+        Contributor("resource", {**labels, "resource_id": f"i-s{n:02d}"}, 1.0, 2.5, 1.5, 1 / 40)
+        for n in range(40)
+    ]
+    grown_service = Contributor("service", service.as_dict(), 85.0, 145.0, 60.0, 1.0)
+
+    def attribute(key: SeriesKey, started: float, now: float) -> Attribution:
+        if key == account:
+            return Attribution([grown_service, *small[:10]], [], [])
+        return Attribution(small[:10], [], small)
+
+    for order in ((account, service, team), (service, team, account)):
+        book = ReportBook(DetectionConfig(), attribute)
+        book.silent.update(dict.fromkeys(order, 0))
+        for now in (1.0, 2.0):
+            book.step([], open_now, lambda keys: {}, now)
+        assert [(k.level, r.own) for k, r in book.reports.items()] == [("service", True)]
+        assert book.folded == {team: {service}, account: {service}}
 
 
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:

@@ -266,6 +266,26 @@ def test_open_incidents_report_current_figures() -> None:
     assert inc.started_at == T0 + 6.0
 
 
+def test_firing_says_whether_the_value_would_open_an_incident_now() -> None:
+    # What a report book watching an aggregate asks: a rule at full strength, for
+    # min_duration_s; not a value that only holds the incident, nor one that is missing.
+    cfg = DetectionConfig(day0_window_s=1e9, min_duration_s=120.0)
+    engine = Engine(cfg)
+    run(engine, [100.0, 100.0, 200.0, 200.0], step=60.0)
+    [inc] = engine.open_incidents()
+    assert inc.firing and inc.started_at == T0 + 120.0
+    idx = engine.index_of([KEY])
+    engine.observe(T0 + 240.0, idx, [115.0])  # holds the incident, would not open one
+    assert engine.open_incidents()[0].firing is False
+    engine.observe(T0 + 300.0, idx, [200.0])  # full strength again, for one minute only
+    assert engine.open_incidents()[0].firing is False
+    engine.observe(T0 + 360.0, idx, [200.0])
+    assert engine.open_incidents()[0].firing is True
+    engine.observe(T0 + 420.0, idx, [math.nan])  # no value now: not firing
+    [inc] = engine.open_incidents()
+    assert inc.firing is False and inc.normal_ticks == 0
+
+
 def test_an_incident_whose_series_disappears_resolves_when_stale() -> None:
     engine = Engine(DetectionConfig(day0_window_s=1e9, stale_after_s=60.0))
     run(engine, [100.0, 100.0, 300.0])

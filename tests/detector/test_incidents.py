@@ -271,16 +271,71 @@ def test_an_aggregate_read_high_after_its_cause_is_fixed_opens_no_alert_of_its_o
     detector: Detector, account: Account, alertmanager_url: str
 ) -> None:
     """i-new is deleted, and its resource series reads 0 while the rollups still read the
-    old total (a rollup read a cycle late, or an aggregate on its way down): i-new's incident
-    resolves and nothing explains the aggregates any more, so no alert replaces it."""
+    old total (a rollup read a few cycles late, or an aggregate on its way down): i-new's
+    incident resolves and nothing explains the aggregates any more, so no alert replaces it.
+    The aggregates are watched for a second cause, and their rule still fires on the old
+    total, but none of their resources grew: still no alert, however many cycles it lasts."""
     _new_instance_explains_a_step(detector, account)
     account.write(200.0, **{"i-old": 100.0, "i-new": 0.0})
     wait_for(lambda: _served(detector, "i-new", 0.0), "i-new at 0")
-    for _ in range(detector.cfg.detection.resolve_after_ticks):
+    ticks = detector.cfg.detection.resolve_after_ticks
+    for _ in range(ticks):
         detector.cycle(time.time())
     assert detector.reports == {}
+    assert detector.book.silent  # watched
+    for _ in range(2 * ticks + 1):
+        detector.cycle(time.time())
+        assert detector.reports == {}
+    assert any(inc.firing for inc in detector.engine.open_incidents())
     assert {inc.key.level for inc in detector.engine.open_incidents()} >= {"account", "team"}
     wait_for(lambda: _active(alertmanager_url, account) == {}, "no active alert")
+
+
+def test_a_diffuse_rise_that_outlasts_a_deleted_root_cause_is_reported_then(
+    detector: Detector, account: Account, alertmanager_url: str
+) -> None:
+    """i-big's step is the aggregates' one cause. While it runs, forty small resources of the
+    team each grow by 1.5 $/h (none material alone). Once i-big is deleted, the aggregates
+    still rise by 60 $/h: the rule fires on them again at full strength, and after
+    `resolve_after_ticks` evaluations the rise is reported, at the team or service, with its
+    resources as contributors. Before, the aggregates stayed open with no alert at all."""
+    small = {f"i-s{n:02d}": 1.0 for n in range(40)}
+    grown = {rid: 2.5 for rid in small}
+    account.write(40.0, **small)
+    detector.cycle(time.time())
+    detector.cycle(time.time())
+    account.write(70.0, **small, **{"i-big": 30.0})
+    wait_for(lambda: _served(detector, "i-big", 30.0), "i-big to be served")
+    detector.cycle(time.time())
+    assert [r.labels["resource_id"] for r in detector.reports.values()] == ["i-big"]
+    account.write(130.0, **grown, **{"i-big": 30.0})
+    wait_for(lambda: _served(detector, "i-s39", 2.5), "the small resources to be served")
+    detector.cycle(time.time())
+    assert [r.labels["resource_id"] for r in detector.reports.values()] == ["i-big"]
+
+    account.write(100.0, **grown, **{"i-big": 0.0})
+    wait_for(lambda: _served(detector, "i-big", 0.0), "i-big at 0")
+    ticks = detector.cfg.detection.resolve_after_ticks
+    for _ in range(ticks):
+        detector.cycle(time.time())
+    assert detector.reports == {}  # i-big is fixed; the aggregates are silent, and watched
+    for _ in range(ticks):
+        detector.cycle(time.time())
+    [report] = detector.reports.values()
+    assert report.key.level in {"service", "team"} and report.own
+    assert report.delta == pytest.approx(60.0, rel=0.05)  # against a recent level that moved
+    shown = [c for c in report.contributors if c["level"] == "resource"]
+    assert shown and all(c["delta_usd_per_hour"] == pytest.approx(1.5, rel=0.05) for c in shown)
+    # A team-level alert names the team only; a service-level one, the account.
+    level = report.key.level
+    where = {"team": account.team} if level == "team" else {"billing_account_id": account.account}
+
+    def active() -> list[dict[str, Any]]:
+        found = am_alerts(alertmanager_url, level=level, **where)
+        return [a for a in found if a["status"]["state"] == "active"]
+
+    [alert] = wait_for(active, "the rise's alert")
+    assert alert["labels"]["rule"] == report.rule
 
 
 def test_a_diffuse_rise_of_one_team_in_one_service_is_one_incident(
