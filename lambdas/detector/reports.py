@@ -141,6 +141,13 @@ class Fold(NamedTuple):
     delta: float
 
 
+class Streak(NamedTuple):
+    """A watched aggregate's run of firing evaluations: how many, and since when."""
+
+    ticks: int
+    since: float
+
+
 class ReportBook:
     """The open reports and which aggregate incidents each explains. Drive it once per
     evaluation: `step` with the engine's transitions, then `close`."""
@@ -161,8 +168,9 @@ class ReportBook:
         self.folded: dict[SeriesKey, set[SeriesKey]] = {}
         self.how_folded: dict[SeriesKey, Fold] = {}
         # Aggregates left open and silent when what they were folded into was fixed, with
-        # how many evaluations in a row their rule has fired since (`_recheck`).
-        self.silent: dict[SeriesKey, int] = {}
+        # how many evaluations in a row their rule has fired since, and since when
+        # (`_recheck`).
+        self.silent: dict[SeriesKey, Streak] = {}
 
     @property
     def idle(self) -> bool:
@@ -201,7 +209,7 @@ class ReportBook:
                 touched = self._refold(open_now[key], fold, now)
                 posted.update(touched)
                 if not touched and fold is not None:
-                    self.silent[key] = 0
+                    self.silent[key] = Streak(0, now)
         return posted
 
     def close(self, open_now: Mapping[SeriesKey, OpenIncident]) -> list[Report]:
@@ -382,24 +390,32 @@ class ReportBook:
     def _recheck(self, open_now: Mapping[SeriesKey, OpenIncident], now: float) -> list[SeriesKey]:
         """Aggregates left silent when what explained them was fixed (`_refold`) are watched
         while the engine keeps them open. One whose value would open an incident now
-        (`OpenIncident.firing`: full strength, record and minimum duration included) for
-        `resolve_after_ticks` evaluations in a row has a second cause that began while the
-        first was open (a diffuse rise that outlasts a deleted resource). It is folded into
-        what explains it now; else it is reported as its own cause, provided its resources
-        grew by a material part of its increase now (`_grown`): a rollup read a few cycles
-        late still carries the deleted resource, which its resources no longer show. A value
-        on its way down after the fix holds its incident at the hysteresis threshold but
-        does not fire, so it stays silent. Deepest first, so an account folds into the
-        service or team reported in the same evaluation. The reports it touched."""
+        (`OpenIncident.firing`: full strength, record included) for `resolve_after_ticks`
+        evaluations in a row, and for `min_duration_s` since it was watched, has a second
+        cause that began while the first was open (a diffuse rise that outlasts a deleted
+        resource). It is folded into what explains it now; else it is reported as its own
+        cause, provided its resources grew by a material part of its increase now
+        (`_grown`): a rollup read a few cycles late still carries the deleted resource,
+        which its resources no longer show. A value on its way down after the fix holds its
+        incident at the hysteresis threshold but does not fire, so it stays silent. Deepest
+        first, so an account folds into the service or team reported in the same
+        evaluation. The reports it touched."""
         posted: list[SeriesKey] = []
         for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
             inc = open_now.get(key)
             if inc is None or key in self.folded or key in self.reports:
                 del self.silent[key]
                 continue
-            ticks = self.silent[key] + 1 if inc.firing else 0
-            self.silent[key] = min(ticks, self.cfg.resolve_after_ticks)
-            if ticks < self.cfg.resolve_after_ticks:
+            streak = self.silent[key]
+            if not inc.firing:
+                self.silent[key] = Streak(0, now)
+                continue
+            since = streak.since if streak.ticks else now
+            self.silent[key] = streak = Streak(streak.ticks + 1, since)
+            # The minimum duration counts from the watch, not from the incident's start:
+            # the aggregate fired all along while the first cause ran.
+            lasted = now - streak.since >= self.cfg.min_duration_s
+            if streak.ticks < self.cfg.resolve_after_ticks or not lasted:
                 continue
             found = self.attribute(key, inc.started_at, now)
             targets = self._fold(inc, found, now)

@@ -25,7 +25,7 @@ from lambdas.cli import cli
 from lambdas.detector.attribution import Contributor
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import Engine
-from lambdas.detector.reports import Attribution, ReportBook
+from lambdas.detector.reports import Attribution, ReportBook, Streak
 
 FIELDS = [
     "ChargePeriodStart",
@@ -368,11 +368,38 @@ def test_watched_aggregates_are_rechecked_deepest_first() -> None:
 
     for order in ((account, service, team), (service, team, account)):
         book = ReportBook(DetectionConfig(), attribute)
-        book.silent.update(dict.fromkeys(order, 0))
+        book.silent.update(dict.fromkeys(order, Streak(0, 0.0)))
         for now in (1.0, 2.0):
             book.step([], open_now, lambda keys: {}, now)
         assert [(k.level, r.own) for k, r in book.reports.items()] == [("service", True)]
         assert book.folded == {team: {service}, account: {service}}
+
+
+def test_a_watched_aggregate_must_fire_for_the_minimum_duration_since_it_was_watched() -> None:
+    # The aggregate fired all along while its first cause ran, so its own firing already
+    # "lasted": the minimum duration of a second cause counts from the watch.
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+    service = SeriesKey.of("service", {**labels, "service_name": "Amazon EC2"})
+    cfg = DetectionConfig(day0_window_s=1e9, min_duration_s=600.0)
+    engine = Engine(cfg)
+    idx = engine.index_of([service])
+    t0 = 1_780_000_000.0
+    small = [
+        Contributor("resource", {**labels, "resource_id": f"i-s{n:02d}"}, 1.0, 2.5, 1.5, 1 / 40)
+        for n in range(40)
+    ]
+    book = ReportBook(cfg, lambda key, started, now: Attribution(small[:10], [], small))
+    reported_at = None
+    for n in range(40):
+        now = t0 + 60.0 * n
+        engine.observe(now, idx, [100.0 if n < 2 else 160.0])
+        open_now = {inc.key: inc for inc in engine.open_incidents()}
+        if n == 20:  # what explained it was fixed: watched from now on
+            assert open_now[service].firing
+            book.silent[service] = Streak(0, now)
+        if book.step([], open_now, lambda keys: {}, now) and reported_at is None:
+            reported_at = now - (t0 + 60.0 * 20)
+    assert reported_at == 600.0  # not 60 s (two evaluations) after the watch began
 
 
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
