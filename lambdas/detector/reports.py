@@ -13,11 +13,13 @@ drills down in VictoriaMetrics and reads change events; the backtest reads its m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from lambdas import contract
 from lambdas.detector.alerts import alert_labels
 from lambdas.detector.attribution import ChangeEvent, Child, Contributor, root_causes, shares_by
 from lambdas.detector.config import SEVERITIES, DetectionConfig, SeriesKey
@@ -142,10 +144,12 @@ class Fold(NamedTuple):
 
 
 class Streak(NamedTuple):
-    """A watched aggregate's run of firing evaluations: how many, and since when."""
+    """A watched aggregate's run of firing evaluations: how many, and since when; and the
+    report whose fix left it silent (its resource's value no longer counts as growth)."""
 
     ticks: int
     since: float
+    fixed: SeriesKey | None = None
 
 
 class ReportBook:
@@ -171,6 +175,8 @@ class ReportBook:
         # how many evaluations in a row their rule has fired since, and since when
         # (`_recheck`).
         self.silent: dict[SeriesKey, Streak] = {}
+        # Within one evaluation: the report whose fix orphaned each aggregate.
+        self.fixed_by: dict[SeriesKey, SeriesKey] = {}
 
     @property
     def idle(self) -> bool:
@@ -206,10 +212,14 @@ class ReportBook:
         # (and folds into it as its child).
         for key, fold in sorted(dict(orphans).items(), key=lambda o: DEPTH[o[0].level]):
             if key in open_now and key not in self.folded and key not in self.reports:
-                touched = self._refold(open_now[key], fold, now)
+                inc = open_now[key]
+                touched = self._refold(inc, fold, now)
                 posted.update(touched)
-                if not touched and fold is not None:
-                    self.silent[key] = Streak(0, now)
+                # Watched: an aggregate that its fixed root or child explained (a sibling
+                # is not part of it, and `_refold` judges it at once).
+                if not touched and fold is not None and fold.kind != SIBLING:
+                    self.silent[key] = Streak(0, now, self.fixed_by.get(key))
+        self.fixed_by.clear()
         return posted
 
     def close(self, open_now: Mapping[SeriesKey, OpenIncident]) -> list[Report]:
@@ -307,6 +317,7 @@ class ReportBook:
                 self.folded.pop(agg, None)
                 fold = self.how_folded.pop(agg, None)
                 orphans.append((agg, fold if fell_back else None))
+                self.fixed_by[agg] = report.key
         report.ancestors.clear()
         return orphans
 
@@ -403,15 +414,21 @@ class ReportBook:
         posted: list[SeriesKey] = []
         for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
             inc = open_now.get(key)
-            if inc is None or key in self.folded or key in self.reports:
+            # `firing` is of increases: a decrease incident has no second cause to find.
+            if (
+                inc is None
+                or inc.rule == contract.RULE_DECREASE
+                or key in self.folded
+                or (key in self.reports)
+            ):
                 del self.silent[key]
                 continue
             streak = self.silent[key]
             if not inc.firing:
-                self.silent[key] = Streak(0, now)
+                self.silent[key] = streak._replace(ticks=0, since=now)
                 continue
             since = streak.since if streak.ticks else now
-            self.silent[key] = streak = Streak(streak.ticks + 1, since)
+            self.silent[key] = streak = streak._replace(ticks=streak.ticks + 1, since=since)
             # The minimum duration counts from the watch, not from the incident's start:
             # the aggregate fired all along while the first cause ran.
             lasted = now - streak.since >= self.cfg.min_duration_s
@@ -419,20 +436,29 @@ class ReportBook:
                 continue
             found = self.attribute(key, inc.started_at, now)
             targets = self._fold(inc, found, now)
-            if not targets and self._grown(inc, found):
+            if not targets and self._grown(inc, found, streak.fixed):
                 found_now = (found.contributors, found.events)
                 self._new_report(key, inc, inc, found_now, now=now, how="own")
                 targets = [key]
             if targets:
                 del self.silent[key]
                 posted.extend(targets)
+            else:  # asked again after a whole new streak, not at every evaluation
+                self.silent[key] = streak._replace(ticks=0, since=now)
         return posted
 
-    def _grown(self, inc: OpenIncident, found: Attribution) -> bool:
+    def _grown(self, inc: OpenIncident, found: Attribution, fixed: SeriesKey | None) -> bool:
         """Whether the aggregate's resources, as read now, grew by at least
-        `root_cause_share` of its increase (and by a material amount)."""
+        `root_cause_share` of its increase (and by a material amount): their net change,
+        so that the noise of many resources does not add up to growth, leaving out the fixed
+        resource (its fall is the first cause ending) and resources without a value now."""
         resources = found.resources or [c for c in found.contributors if c.level == "resource"]
-        growth = sum(max(c.observed - c.expected, 0.0) for c in resources)
+        growth = sum(
+            c.observed - c.expected
+            for c in resources
+            if math.isfinite(c.observed - c.expected)
+            and (fixed is None or SeriesKey.of("resource", c.labels) != fixed)
+        )
         need = max(self.root_cause_share * inc.delta, self.cfg.min_impact(inc.key.level))
         return growth >= need
 

@@ -22,7 +22,7 @@ from lambdas.backtest import focus
 from lambdas.backtest.run import backtest
 from lambdas.backtest.sample import KINDS, SampleSpec, read_labels, write
 from lambdas.cli import cli
-from lambdas.detector.attribution import Contributor
+from lambdas.detector.attribution import Child, Contributor
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import Engine
 from lambdas.detector.reports import Attribution, ReportBook, Streak
@@ -362,8 +362,8 @@ def test_watched_aggregates_are_rechecked_deepest_first() -> None:
     grown_service = Contributor("service", service.as_dict(), 85.0, 145.0, 60.0, 1.0)
 
     def attribute(key: SeriesKey, started: float, now: float) -> Attribution:
-        if key == account:
-            return Attribution([grown_service, *small[:10]], [], [])
+        if key == account:  # (all forty shown, so the account alone would pass `_grown`)
+            return Attribution([grown_service, *small], [], [])
         return Attribution(small[:10], [], small)
 
     for order in ((account, service, team), (service, team, account)):
@@ -400,6 +400,40 @@ def test_a_watched_aggregate_must_fire_for_the_minimum_duration_since_it_was_wat
         if book.step([], open_now, lambda keys: {}, now) and reported_at is None:
             reported_at = now - (t0 + 60.0 * 20)
     assert reported_at == 600.0  # not 60 s (two evaluations) after the watch began
+
+
+@pytest.mark.parametrize(("grown", "reported"), [(0.0, False), (1.5, True)])
+def test_a_watched_aggregate_is_reported_on_its_own_only_when_its_resources_grew_net(
+    grown: float, reported: bool
+) -> None:
+    # A rollup read late still carries the deleted i-big (30 $/h): the service fires. Its
+    # 400 other resources wobble by 0.1 $/h either way: their rises alone add up to 18 $/h
+    # or more, over half the service's increase, but their net change is nothing, and i-big's
+    # fall is the first cause ending. Only when forty of them really grew is it reported.
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+    service = SeriesKey.of("service", {**labels, "service_name": "Amazon EC2"})
+    engine = Engine(DetectionConfig(day0_window_s=1e9))
+    idx = engine.index_of([service])
+    t0 = 1_780_000_000.0
+    for n, value in enumerate([100.0, 100.0, 130.0, 130.0, 130.0, 130.0]):
+        engine.observe(t0 + 3 * n, idx, [value])
+    open_now = {inc.key: inc for inc in engine.open_incidents()}
+    assert open_now[service].firing
+    big = {**labels, "service_name": "Amazon EC2", "team": "web", "resource_id": "i-big"}
+    resources = [Child("resource", big, 30.0, 0.0)] + [
+        Child(
+            "resource",
+            {**big, "resource_id": f"i-{n:03d}"},
+            0.25,
+            0.25 + (grown if n < 40 else 0.1 if n % 2 else -0.1),
+        )
+        for n in range(400)
+    ]
+    book = ReportBook(DetectionConfig(), lambda key, started, now: Attribution([], [], resources))
+    book.silent[service] = Streak(0, t0, SeriesKey.of("resource", big))
+    for n in range(6):
+        book.step([], open_now, lambda keys: {}, t0 + 18 + 3 * n)
+    assert (service in book.reports) is reported
 
 
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
