@@ -435,8 +435,19 @@ class ReportBook:
             if streak.ticks < self.cfg.resolve_after_ticks or not lasted:
                 continue
             found = self.attribute(key, inc.started_at, now)
+            roots = root_causes(
+                found.contributors, self.root_cause_share, self.cfg.min_impact("resource")
+            )
+            if any(SeriesKey.of("resource", c.labels) == streak.fixed for c in roots):
+                # The fixed resource is back (or read late): the first cause again, whose
+                # own incident the engine's cooldown governs; not a second cause.
+                self.silent[key] = streak._replace(ticks=0, since=now)
+                continue
             targets = self._fold(inc, found, now)
-            if not targets and self._grown(inc, found, streak.fixed):
+            # An account's attribution holds only its largest growers, not every resource,
+            # so its net change is unknown: it is reported through its services and teams.
+            own = DEPTH[key.level] == 1 and self._grown(inc, found, streak.fixed)
+            if not targets and own:
                 found_now = (found.contributors, found.events)
                 self._new_report(key, inc, inc, found_now, now=now, how="own")
                 targets = [key]

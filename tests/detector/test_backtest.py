@@ -436,6 +436,46 @@ def test_a_watched_aggregate_is_reported_on_its_own_only_when_its_resources_grew
     assert (service in book.reports) is reported
 
 
+def _watched(level: str, shown: list[Contributor]) -> tuple[ReportBook, SeriesKey]:
+    """A book watching one firing aggregate of `level` (i-big's fix left it silent) whose
+    attribution shows `shown`, stepped for five evaluations."""
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+    key = SeriesKey.of(level, {**labels, "service_name": "Amazon EC2", "team": "web"})
+    engine = Engine(DetectionConfig(day0_window_s=1e9))
+    idx = engine.index_of([key])
+    t0 = 1_780_000_000.0
+    for n, value in enumerate([100.0, 100.0, 130.0, 130.0]):
+        engine.observe(t0 + 3 * n, idx, [value])
+    open_now = {inc.key: inc for inc in engine.open_incidents()}
+    assert open_now[key].firing
+    big = SeriesKey.of("resource", {**labels, "service_name": "Amazon EC2", "resource_id": "i-big"})
+    book = ReportBook(DetectionConfig(), lambda k, started, now: Attribution(shown, [], []))
+    book.silent[key] = Streak(0, t0, big)
+    for n in range(5):
+        book.step([], open_now, lambda keys: {}, t0 + 12 + 3 * n)
+    return book, key
+
+
+def test_a_watched_account_is_not_reported_on_its_own() -> None:
+    # An account's attribution shows only its ten largest growers, never what fell: their
+    # sum is no net change (cost moved between resources looks like growth).
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+    shown = [
+        Contributor("resource", {**labels, "resource_id": f"i-{n}"}, 1.0, 2.9, 1.9, 0.1)
+        for n in range(10)
+    ]
+    book, key = _watched("account", shown)
+    assert book.reports == {} and key in book.silent
+
+
+def test_a_fixed_root_read_again_is_not_a_second_cause() -> None:
+    # i-big is back (or a rollup still carries it): it is the first cause, not a new one.
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+    big = {**labels, "service_name": "Amazon EC2", "resource_id": "i-big"}
+    book, key = _watched("service", [Contributor("resource", big, 0.0, 30.0, 30.0, 1.0)])
+    assert book.reports == {} and key in book.silent
+
+
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
     from decimal import Decimal
 
