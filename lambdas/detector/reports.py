@@ -143,6 +143,14 @@ class Fold(NamedTuple):
     delta: float
 
 
+def _is(child: Child, resource: SeriesKey | None) -> bool:
+    """Whether `child` is that resource, by its id: a resource known only from a change
+    event carries the inventory's labels, which may differ from its series' (no team yet)."""
+    if resource is None or child.level != "resource":
+        return False
+    return child.labels.get("resource_id") == resource.as_dict()["resource_id"]
+
+
 class Streak(NamedTuple):
     """A watched aggregate's run of firing evaluations: how many, and since when; and the
     report whose fix left it silent (its resource's value no longer counts as growth)."""
@@ -438,7 +446,7 @@ class ReportBook:
             roots = root_causes(
                 found.contributors, self.root_cause_share, self.cfg.min_impact("resource")
             )
-            if any(SeriesKey.of("resource", c.labels) == streak.fixed for c in roots):
+            if any(_is(c, streak.fixed) for c in roots):
                 # The fixed resource is back (or read late): the first cause again, whose
                 # own incident the engine's cooldown governs; not a second cause.
                 self.silent[key] = streak._replace(ticks=0, since=now)
@@ -467,8 +475,7 @@ class ReportBook:
         growth = sum(
             c.observed - c.expected
             for c in resources
-            if math.isfinite(c.observed - c.expected)
-            and (fixed is None or SeriesKey.of("resource", c.labels) != fixed)
+            if math.isfinite(c.observed - c.expected) and not _is(c, fixed)
         )
         need = max(self.root_cause_share * inc.delta, self.cfg.min_impact(inc.key.level))
         return growth >= need

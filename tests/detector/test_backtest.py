@@ -468,10 +468,13 @@ def test_a_watched_account_is_not_reported_on_its_own() -> None:
     assert book.reports == {} and key in book.silent
 
 
-def test_a_fixed_root_read_again_is_not_a_second_cause() -> None:
-    # i-big is back (or a rollup still carries it): it is the first cause, not a new one.
+@pytest.mark.parametrize("team", ["", "web"])
+def test_a_fixed_root_read_again_is_not_a_second_cause(team: str) -> None:
+    # i-big is back (or a rollup still carries it): it is the first cause, not a new one;
+    # also when it is known only from its change event, with the inventory's labels (here a
+    # team its series did not have).
     labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
-    big = {**labels, "service_name": "Amazon EC2", "resource_id": "i-big"}
+    big = {**labels, "service_name": "Amazon EC2", "resource_id": "i-big", "team": team}
     book, key = _watched("service", [Contributor("resource", big, 0.0, 30.0, 30.0, 1.0)])
     assert book.reports == {} and key in book.silent
 
