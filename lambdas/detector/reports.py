@@ -143,21 +143,18 @@ class Fold(NamedTuple):
     delta: float
 
 
-def _is(child: Child, resource: SeriesKey | None) -> bool:
-    """Whether `child` is that resource, by its id: a resource known only from a change
-    event carries the inventory's labels, which may differ from its series' (no team yet)."""
-    if resource is None or child.level != "resource":
-        return False
-    return child.labels.get("resource_id") == resource.as_dict()["resource_id"]
+def _is(child: Child, resource_ids: set[str]) -> bool:
+    """Whether `child` is one of those resources, by its id: a resource known only from a
+    change event carries the inventory's labels, which may differ from its series' (no team
+    yet)."""
+    return child.level == "resource" and child.labels.get("resource_id") in resource_ids
 
 
 class Streak(NamedTuple):
-    """A watched aggregate's run of firing evaluations: how many, and since when; and the
-    report whose fix left it silent (its resource's value no longer counts as growth)."""
+    """A watched aggregate's run of firing evaluations: how many, and since when."""
 
     ticks: int
     since: float
-    fixed: SeriesKey | None = None
 
 
 class ReportBook:
@@ -183,8 +180,9 @@ class ReportBook:
         # how many evaluations in a row their rule has fired since, and since when
         # (`_recheck`).
         self.silent: dict[SeriesKey, Streak] = {}
-        # Within one evaluation: the report whose fix orphaned each aggregate.
-        self.fixed_by: dict[SeriesKey, SeriesKey] = {}
+        # For each open aggregate, the ids of the root resources it was folded into that
+        # were fixed since it opened: their values are the first cause, not a second one.
+        self.fixed_roots: dict[SeriesKey, set[str]] = {}
 
     @property
     def idle(self) -> bool:
@@ -226,8 +224,7 @@ class ReportBook:
                 # Watched: an aggregate that its fixed root or child explained (a sibling
                 # is not part of it, and `_refold` judges it at once).
                 if not touched and fold is not None and fold.kind != SIBLING:
-                    self.silent[key] = Streak(0, now, self.fixed_by.get(key))
-        self.fixed_by.clear()
+                    self.silent[key] = Streak(0, now)
         return posted
 
     def close(self, open_now: Mapping[SeriesKey, OpenIncident]) -> list[Report]:
@@ -265,6 +262,7 @@ class ReportBook:
         with how they were folded."""
         key = tr.key
         orphans = []
+        self.fixed_roots.pop(key, None)
         if key in self.reports:
             report = self.reports[key]
             report.own = False
@@ -319,13 +317,15 @@ class ReportBook:
         report.adopted = False
         orphans = []
         for agg in report.ancestors:
+            if report.key.level == "resource":
+                rid = report.key.as_dict()["resource_id"]
+                self.fixed_roots.setdefault(agg, set()).add(rid)
             targets = self.folded.get(agg, set())
             targets.discard(report.key)
             if not targets:
                 self.folded.pop(agg, None)
                 fold = self.how_folded.pop(agg, None)
                 orphans.append((agg, fold if fell_back else None))
-                self.fixed_by[agg] = report.key
         report.ancestors.clear()
         return orphans
 
@@ -446,7 +446,8 @@ class ReportBook:
             roots = root_causes(
                 found.contributors, self.root_cause_share, self.cfg.min_impact("resource")
             )
-            if any(_is(c, streak.fixed) for c in roots):
+            fixed = self.fixed_roots.get(key, set())
+            if any(_is(c, fixed) for c in roots):
                 # The fixed resource is back (or read late): the first cause again, whose
                 # own incident the engine's cooldown governs; not a second cause.
                 self.silent[key] = streak._replace(ticks=0, since=now)
@@ -454,7 +455,7 @@ class ReportBook:
             targets = self._fold(inc, found, now)
             # An account's attribution holds only its largest growers, not every resource,
             # so its net change is unknown: it is reported through its services and teams.
-            own = DEPTH[key.level] == 1 and self._grown(inc, found, streak.fixed)
+            own = DEPTH[key.level] == 1 and self._grown(inc, found, fixed)
             if not targets and own:
                 found_now = (found.contributors, found.events)
                 self._new_report(key, inc, inc, found_now, now=now, how="own")
@@ -466,7 +467,7 @@ class ReportBook:
                 self.silent[key] = streak._replace(ticks=0, since=now)
         return posted
 
-    def _grown(self, inc: OpenIncident, found: Attribution, fixed: SeriesKey | None) -> bool:
+    def _grown(self, inc: OpenIncident, found: Attribution, fixed: set[str]) -> bool:
         """Whether the aggregate's resources, as read now, grew by at least
         `root_cause_share` of its increase (and by a material amount): their net change,
         so that the noise of many resources does not add up to growth, leaving out the fixed

@@ -430,13 +430,16 @@ def test_a_watched_aggregate_is_reported_on_its_own_only_when_its_resources_grew
         for n in range(400)
     ]
     book = ReportBook(DetectionConfig(), lambda key, started, now: Attribution([], [], resources))
-    book.silent[service] = Streak(0, t0, SeriesKey.of("resource", big))
+    book.silent[service] = Streak(0, t0)
+    book.fixed_roots[service] = {"i-big"}
     for n in range(6):
         book.step([], open_now, lambda keys: {}, t0 + 18 + 3 * n)
     assert (service in book.reports) is reported
 
 
-def _watched(level: str, shown: list[Contributor]) -> tuple[ReportBook, SeriesKey]:
+def _watched(
+    level: str, shown: list[Contributor], fixed: tuple[str, ...] = ("i-big",)
+) -> tuple[ReportBook, SeriesKey]:
     """A book watching one firing aggregate of `level` (i-big's fix left it silent) whose
     attribution shows `shown`, stepped for five evaluations."""
     labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
@@ -448,9 +451,9 @@ def _watched(level: str, shown: list[Contributor]) -> tuple[ReportBook, SeriesKe
         engine.observe(t0 + 3 * n, idx, [value])
     open_now = {inc.key: inc for inc in engine.open_incidents()}
     assert open_now[key].firing
-    big = SeriesKey.of("resource", {**labels, "service_name": "Amazon EC2", "resource_id": "i-big"})
     book = ReportBook(DetectionConfig(), lambda k, started, now: Attribution(shown, [], []))
-    book.silent[key] = Streak(0, t0, big)
+    book.silent[key] = Streak(0, t0)
+    book.fixed_roots[key] = set(fixed)
     for n in range(5):
         book.step([], open_now, lambda keys: {}, t0 + 12 + 3 * n)
     return book, key
@@ -477,6 +480,24 @@ def test_a_fixed_root_read_again_is_not_a_second_cause(team: str) -> None:
     big = {**labels, "service_name": "Amazon EC2", "resource_id": "i-big", "team": team}
     book, key = _watched("service", [Contributor("resource", big, 0.0, 30.0, 30.0, 1.0)])
     assert book.reports == {} and key in book.silent
+
+
+def test_every_fixed_root_of_a_watched_aggregate_is_the_first_cause_and_a_new_one_is_not() -> None:
+    # Two roots explained the team, fixed one after the other: either read again is the first
+    # cause. A resource that was never a root, rising now, is a second cause, reported (also
+    # for an account, which is otherwise never reported on its own by the watch).
+    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
+
+    def root(rid: str) -> list[Contributor]:
+        return [Contributor("resource", {**labels, "resource_id": rid}, 0.0, 30.0, 30.0, 1.0)]
+
+    book, key = _watched("team", root("i-mid"), fixed=("i-mid", "i-big"))
+    assert book.reports == {} and key in book.silent
+    for level in ("team", "account"):
+        book, key = _watched(level, root("db-new"), fixed=("i-mid", "i-big"))
+        [(rkey, report)] = book.reports.items()
+        assert rkey.as_dict()["resource_id"] == "db-new" and not report.own
+        assert book.folded[key] == {rkey} and key not in book.silent
 
 
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
