@@ -1,0 +1,160 @@
+"""The watch of aggregates whose root cause was fixed (`ReportBook._recheck`), in the live
+detector's loop without services: the engine warm from flat history, one evaluation every
+3 s, attribution against the engine's expected values (as `Detector._drill_down` does), and
+rollups that may be read late (VictoriaMetrics serves a rollup some cycles after the fast
+path reads a deleted resource at 0). The shapes reviews found paging falsely, kept as
+regression tests, and the second cause the watch exists for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from lambdas.backtest.run import Series, _Replay
+from lambdas.detector.config import DetectionConfig, SeriesKey
+from lambdas.detector.core import Engine
+from lambdas.detector.attribution import ChangeEvent
+from lambdas.detector.reports import Hooks, Report, ReportBook
+
+Rates = Callable[[float], npt.NDArray[np.float64]]
+HISTORY_H = 15 * 24
+FIRST_HOUR = 1_790_812_800 // 3600
+
+
+def resource(rid: str, team: str = "web", service: str = "Amazon EC2") -> dict[str, str]:
+    return {
+        "provider": "aws",
+        "billing_account_id": "111",
+        "region_id": "us-east-1",
+        "service_name": service,
+        "team": team,
+        "resource_id": rid,
+    }
+
+
+def live_loop(
+    resources: list[dict[str, str]], rates: Rates, end_s: float, lag_s: float = 0.0
+) -> list[tuple[float, str, str]]:
+    """Reports made after the first minute: (time, level:name, how). The rollups are read
+    `lag_s` late; history is flat at rates(0)."""
+    cfg = DetectionConfig()
+    members: dict[SeriesKey, list[int]] = {}
+    for level in ("account", "service", "team"):
+        for n, r in enumerate(resources):
+            members.setdefault(SeriesKey.of(level, r), []).append(n)
+    aggregates = list(members)
+    keys = aggregates + [SeriesKey.of("resource", r) for r in resources]
+    series = Series(keys, np.zeros((len(keys), 1)), len(aggregates))
+    for n, key in enumerate(aggregates):
+        series.resources_of[n] = [len(aggregates) + m for m in members[key]]
+        if key.level == "account":
+            services = {SeriesKey.of("service", resources[m]) for m in members[key]}
+            series.children[n] = sorted(keys.index(s) for s in services)
+    engine = Engine(cfg, capacity=len(keys))
+    idx = engine.index_of(keys)
+    base = rates(0.0)
+    hourly = np.zeros((len(keys), HISTORY_H))
+    for n, key in enumerate(aggregates):
+        hourly[n] = base[members[key]].sum()
+    hourly[len(aggregates) :] = base[:, None]
+    engine.seed_history(idx, FIRST_HOUR, hourly)
+    start = (FIRST_HOUR + HISTORY_H) * 3600.0
+    replay = _Replay(engine, series, idx)
+    log: list[tuple[float, str, str]] = []
+    t = 0.0
+
+    def reported(report: Report, how: str, events: Sequence[ChangeEvent]) -> None:
+        key = report.key
+        labels = key.as_dict()
+        name = labels.get("resource_id") or labels.get("team") or labels.get("service_name")
+        log.append((t, f"{key.level}:{name or labels['billing_account_id']}", how))
+
+    book = ReportBook(cfg, replay.attribute, Hooks(reported=reported))
+    while t < end_s:
+        now_rates, late = rates(t), rates(t - lag_s)
+        values = np.concatenate([[late[members[k]].sum() for k in aggregates], now_rates])
+        series.values[:, 0] = values
+        replay.found.clear()
+        transitions = engine.observe(start + t, idx, values)
+        open_now = {inc.key: inc for inc in engine.open_incidents()}
+        book.step(transitions, open_now, replay.values, start + t)
+        book.close(open_now)
+        t += 3.0
+    return [r for r in log if r[0] >= 60.0]
+
+
+def team_web(extra: int = 0) -> tuple[list[dict[str, str]], npt.NDArray[np.float64]]:
+    """i-a (20 $/h), i-b (team data, 25 $/h), forty small resources of team web (1 $/h),
+    then `extra` resources at 0 (roots to come)."""
+    rs = [resource("i-a"), resource("i-b", "data")] + [resource(f"i-s{k:02d}") for k in range(40)]
+    return rs, np.array([20.0, 25.0] + [1.0] * 40 + [0.0] * extra)
+
+
+def test_a_second_cause_that_outlasts_a_deleted_root_is_reported_at_every_lag() -> None:
+    rs, base = team_web(1)
+    rs.append(resource("i-big"))
+
+    def rates(t: float) -> npt.NDArray[np.float64]:
+        v = base.copy()
+        v[-1] = 30.0 if 60 <= t < 1800 else 0.0
+        v[2:42] += 1.5 if t >= 120 else 0.0  # forty resources, +60 $/h in all
+        return v
+
+    for lag in (0.0, 15.0):
+        reports = live_loop(rs, rates, 1900, lag)
+        assert [r[1:] for r in reports] == [
+            ("resource:i-big", "own"),
+            ("service:Amazon EC2", "own"),
+        ]
+        assert 1800 < reports[1][0] < 1830
+
+
+def test_a_late_rollup_over_many_noisy_resources_is_no_second_cause() -> None:
+    # 400 resources of 0.1 $/h wobbling by as much: their rises alone would add up to
+    # "growth" of the service, which the late rollup holds 30 $/h up.
+    rs = [resource(f"i-{k:03d}") for k in range(400)] + [resource("i-big")]
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0.0, 0.1, (800, 400))
+
+    def rates(t: float) -> npt.NDArray[np.float64]:
+        v = np.concatenate([np.clip(0.1 + noise[int(max(t, 0) // 3) % 800], 0.0, None), [0.0]])
+        v[-1] = 30.0 if 60 <= t < 180 else 0.0
+        return v
+
+    assert [r[1:] for r in live_loop(rs, rates, 600, 15.0)] == [("resource:i-big", "own")]
+
+
+def test_a_fixed_root_back_within_the_late_rollup_window_is_not_paged_again() -> None:
+    # Two roots: i-mid fixed first, i-big later; i-mid comes back 9 s after i-big's fix,
+    # while the rollups (15 s late) still carry it: the first cause, not a new one.
+    rs, base = team_web(2)
+    rs += [resource("i-big"), resource("i-mid")]
+
+    def rates(t: float) -> npt.NDArray[np.float64]:
+        v = base.copy()
+        v[-2] = 30.0 if 60 <= t < 660 else 0.0
+        v[-1] = 30.0 if 60 <= t < 400 or t >= 669 else 0.0
+        return v
+
+    reports = live_loop(rs, rates, 900, 15.0)
+    assert sorted(r[1] for r in reports) == ["resource:i-big", "resource:i-mid"]
+
+
+def test_a_rise_receding_at_the_smaller_sibling_is_not_paged_again() -> None:
+    # Team web's forty resources rise within a service that also holds team data's large
+    # i-b: the service is reported, the team folds into it as a sibling. As the rise
+    # recedes the service resolves first; the team, still above its own (smaller) opening
+    # threshold, is on its way down: no second page.
+    rs = [resource("i-a"), resource("i-b", "data")] + [resource(f"i-s{k:02d}") for k in range(40)]
+    base = np.array([20.0, 150.0] + [1.0] * 40)
+
+    def rates(t: float) -> npt.NDArray[np.float64]:
+        v = base.copy()
+        up = 1.2 if 60 <= t < 660 else max(0.0, 1.2 * (1 - (t - 660) / 600)) if t >= 660 else 0
+        v[2:] += up
+        return v
+
+    reports = live_loop(rs, rates, 1500)
+    assert [r[1:] for r in reports] == [("service:Amazon EC2", "own")]
