@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from lambdas.backtest.run import Series, _Replay
+from lambdas.detector.attribution import ChangeEvent
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import Engine
-from lambdas.detector.attribution import ChangeEvent
 from lambdas.detector.reports import Hooks, Report, ReportBook
 
 Rates = Callable[[float], npt.NDArray[np.float64]]
