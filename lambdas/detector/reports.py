@@ -423,12 +423,8 @@ class ReportBook:
         for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
             inc = open_now.get(key)
             # `firing` is of increases: a decrease incident has no second cause to find.
-            if (
-                inc is None
-                or inc.rule == contract.RULE_DECREASE
-                or key in self.folded
-                or (key in self.reports)
-            ):
+            decrease = inc is not None and inc.rule == contract.RULE_DECREASE
+            if inc is None or decrease or key in self.folded or key in self.reports:
                 del self.silent[key]
                 continue
             streak = self.silent[key]
@@ -443,18 +439,10 @@ class ReportBook:
             if streak.ticks < self.cfg.resolve_after_ticks or not lasted:
                 continue
             found = self.attribute(key, inc.started_at, now)
-            roots = root_causes(
-                found.contributors, self.root_cause_share, self.cfg.min_impact("resource")
-            )
-            fixed = self.fixed_roots.get(key, set())
-            if any(_is(c, fixed) for c in roots):
-                # The fixed resource is back (or read late): the first cause again, whose
-                # own incident the engine's cooldown governs; not a second cause.
-                self.silent[key] = streak._replace(ticks=0, since=now)
-                continue
             targets = self._fold(inc, found, now)
             # An account's attribution holds only its largest growers, not every resource,
             # so its net change is unknown: it is reported through its services and teams.
+            fixed = self.fixed_roots.get(key, set())
             own = DEPTH[key.level] == 1 and self._grown(inc, found, fixed)
             if not targets and own:
                 found_now = (found.contributors, found.events)
@@ -500,6 +488,11 @@ class ReportBook:
         and so its own cause."""
         contributors, events = found.contributors, found.events
         roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
+        if any(_is(c, self.fixed_roots.get(inc.key, set())) for c in roots):
+            # A root fixed while the aggregate was open, read again (back, or in a rollup
+            # read late): its first cause, whose own incident the engine's cooldown governs,
+            # not a new report; and then nothing else explains it.
+            return [], ROOT
         out = []
         for c in roots:
             rkey = SeriesKey.of("resource", c.labels)
