@@ -4,6 +4,7 @@ queryable, and a restarted detector adopts the incidents its predecessor left op
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import fingerprint
 from lambdas.detector.config import DetectionConfig
+from lambdas.detector.reports import Report
 from lambdas.detector.service import Detector, DetectorSettings, selector_matches
 from lambdas.store import anomalies as store
 from tests.detector.test_live import (
@@ -69,18 +71,24 @@ def launch(pg_dsn: str, account: Account, rid: str, rate: float) -> None:
         insert_inventory(conn, account, rid, rate, now)
 
 
-def test_a_new_resource_alerts_from_the_inventory_before_its_series_is_queryable(
-    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
-) -> None:
+def fresh_instance_explains_a_step(detector: Detector, account: Account, pg_dsn: str) -> Report:
+    """i-fresh (+80 $/h) explains a step, and is known only from the inventory: the
+    collector wrote its inventory row and event, and the rollup (an existing series,
+    queryable at once); its own series is not in VictoriaMetrics at all."""
     account.write(100.0, **{"i-base": 100.0})
     detector.cycle(time.time())
     detector.cycle(time.time())
-    # The collector wrote the new resource's inventory row and event, and the rollup (an
-    # existing series, queryable at once); its own series is not in VictoriaMetrics at all.
     launch(pg_dsn, account, "i-fresh", 80.0)
     account.write(180.0)
     detector.cycle(time.time())
     [report] = detector.reports.values()
+    return report
+
+
+def test_a_new_resource_alerts_from_the_inventory_before_its_series_is_queryable(
+    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    report = fresh_instance_explains_a_step(detector, account, pg_dsn)
     labels = report.labels
     assert (labels["level"], labels["resource_id"], labels["resource_type"]) == (
         "resource",
@@ -336,6 +344,47 @@ def test_a_diffuse_rise_that_outlasts_a_deleted_root_cause_is_reported_then(
 
     [alert] = wait_for(active, "the rise's alert")
     assert alert["labels"]["rule"] == report.rule
+
+
+def test_a_deleted_root_known_only_from_its_events_is_not_read_back_as_growth(
+    settings: DetectorSettings, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    """i-fresh is known only from the collector's inventory row and events: its series never
+    reaches VictoriaMetrics. It explains the step and is deleted, while the rollups are read
+    late, still high. Once its fast-path window ends, the drill-down finds it only through
+    its creation event (0 -> 80 $/h), and the watch must not count that as a second cause's
+    growth: no alert, however many cycles the rollups stay high."""
+    detector = Detector(dataclasses.replace(settings, new_resource_window_s=3.0))
+    try:
+        report = fresh_instance_explains_a_step(detector, account, pg_dsn)
+        assert report.labels["resource_id"] == "i-fresh"
+
+        terminate(pg_dsn, account, "i-fresh", 80.0)
+        ticks = detector.cfg.detection.resolve_after_ticks
+        for _ in range(ticks):
+            detector.cycle(time.time())
+        assert detector.reports == {}
+        assert detector.book.silent  # the aggregates are watched
+        # Cycles go on until the fast path forgets i-fresh: its window, counted from the last
+        # read of its changes (each read overlaps the last by 5 s).
+        deadline = time.time() + detector.cfg.new_resource_window_s + 15.0
+        while detector.new_resources:
+            assert time.time() < deadline, "the fast path still holds i-fresh"
+            time.sleep(1.0)
+            detector.cycle(time.time())
+            assert detector.reports == {}
+        service = next(k for k in detector.book.silent if k.level == "service")
+        attribution = detector._attribute(service, time.time(), time.time())
+        read_back = [c for c in attribution.resources if c.labels.get("resource_id") == "i-fresh"]
+        assert [(c.expected, c.observed) for c in read_back] == [(0.0, 80.0)]  # from its event
+        for _ in range(3 * ticks + 1):
+            account.write(180.0, **{"i-base": 100.0})  # the rollups, read late
+            detector.cycle(time.time())
+            assert detector.reports == {}
+        assert any(inc.firing for inc in detector.engine.open_incidents())
+        wait_for(lambda: _active(alertmanager_url, account) == {}, "no active alert")
+    finally:
+        detector.close()
 
 
 def test_a_diffuse_rise_of_one_team_in_one_service_is_one_incident(
