@@ -22,7 +22,7 @@ from lambdas.backtest import focus
 from lambdas.backtest.run import backtest
 from lambdas.backtest.sample import KINDS, SampleSpec, read_labels, write
 from lambdas.cli import cli
-from lambdas.detector.attribution import Child, Contributor
+from lambdas.detector.attribution import Contributor
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import Engine
 from lambdas.detector.reports import Attribution, ReportBook, Streak
@@ -341,102 +341,6 @@ def test_a_deleted_root_cause_leaves_its_aggregates_silent_when_nothing_else_ros
         assert [i.key.as_dict().get("resource_id") for i in later] == ["i-big"]
 
 
-def test_watched_aggregates_are_rechecked_deepest_first() -> None:
-    # An account left silent an evaluation before its service (in the book's insertion
-    # order first), both then firing on the same diffuse rise of the service's resources:
-    # the service is reported, and the account and team fold into it; never an account
-    # report of its own beside the service's.
-    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
-    labels |= {"service_name": "Amazon EC2", "team": "web"}
-    account, service, team = (SeriesKey.of(lv, labels) for lv in ("account", "service", "team"))
-    engine = Engine(DetectionConfig(day0_window_s=1e9))
-    idx = engine.index_of([account, service, team])
-    for n, rise in enumerate([0.0, 0.0, 60.0]):
-        engine.observe(1_780_000_000.0 + 3 * n, idx, [100.0 + rise, 85.0 + rise, 60.0 + rise])
-    open_now = {inc.key: inc for inc in engine.open_incidents()}
-    assert set(open_now) == {account, service, team} and all(i.firing for i in open_now.values())
-    small = [
-        Contributor("resource", {**labels, "resource_id": f"i-s{n:02d}"}, 1.0, 2.5, 1.5, 1 / 40)
-        for n in range(40)
-    ]
-    grown_service = Contributor("service", service.as_dict(), 85.0, 145.0, 60.0, 1.0)
-
-    def attribute(key: SeriesKey, started: float, now: float) -> Attribution:
-        if key == account:  # (all forty shown, so the account alone would pass `_grown`)
-            return Attribution([grown_service, *small], [], [])
-        return Attribution(small[:10], [], small)
-
-    for order in ((account, service, team), (service, team, account)):
-        book = ReportBook(DetectionConfig(), attribute)
-        book.silent.update(dict.fromkeys(order, Streak(0, 0.0)))
-        for now in (1.0, 2.0):
-            book.step([], open_now, lambda keys: {}, now)
-        assert [(k.level, r.own) for k, r in book.reports.items()] == [("service", True)]
-        assert book.folded == {team: {service}, account: {service}}
-
-
-def test_a_watched_aggregate_must_fire_for_the_minimum_duration_since_it_was_watched() -> None:
-    # The aggregate fired all along while its first cause ran, so its own firing already
-    # "lasted": the minimum duration of a second cause counts from the watch.
-    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
-    service = SeriesKey.of("service", {**labels, "service_name": "Amazon EC2"})
-    cfg = DetectionConfig(day0_window_s=1e9, min_duration_s=600.0)
-    engine = Engine(cfg)
-    idx = engine.index_of([service])
-    t0 = 1_780_000_000.0
-    small = [
-        Contributor("resource", {**labels, "resource_id": f"i-s{n:02d}"}, 1.0, 2.5, 1.5, 1 / 40)
-        for n in range(40)
-    ]
-    book = ReportBook(cfg, lambda key, started, now: Attribution(small[:10], [], small))
-    reported_at = None
-    for n in range(40):
-        now = t0 + 60.0 * n
-        engine.observe(now, idx, [100.0 if n < 2 else 160.0])
-        open_now = {inc.key: inc for inc in engine.open_incidents()}
-        if n == 20:  # what explained it was fixed: watched from now on
-            assert open_now[service].firing
-            book.silent[service] = Streak(0, now)
-        if book.step([], open_now, lambda keys: {}, now) and reported_at is None:
-            reported_at = now - (t0 + 60.0 * 20)
-    assert reported_at == 600.0  # not 60 s (two evaluations) after the watch began
-
-
-@pytest.mark.parametrize(("grown", "reported"), [(0.0, False), (1.5, True)])
-def test_a_watched_aggregate_is_reported_on_its_own_only_when_its_resources_grew_net(
-    grown: float, reported: bool
-) -> None:
-    # A rollup read late still carries the deleted i-big (30 $/h): the service fires. Its
-    # 400 other resources wobble by 0.1 $/h either way: their rises alone add up to 18 $/h
-    # or more, over half the service's increase, but their net change is nothing, and i-big's
-    # fall is the first cause ending. Only when forty of them really grew is it reported.
-    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
-    service = SeriesKey.of("service", {**labels, "service_name": "Amazon EC2"})
-    engine = Engine(DetectionConfig(day0_window_s=1e9))
-    idx = engine.index_of([service])
-    t0 = 1_780_000_000.0
-    for n, value in enumerate([100.0, 100.0, 130.0, 130.0, 130.0, 130.0]):
-        engine.observe(t0 + 3 * n, idx, [value])
-    open_now = {inc.key: inc for inc in engine.open_incidents()}
-    assert open_now[service].firing
-    big = {**labels, "service_name": "Amazon EC2", "team": "web", "resource_id": "i-big"}
-    resources = [Child("resource", big, 30.0, 0.0)] + [
-        Child(
-            "resource",
-            {**big, "resource_id": f"i-{n:03d}"},
-            0.25,
-            0.25 + (grown if n < 40 else 0.1 if n % 2 else -0.1),
-        )
-        for n in range(400)
-    ]
-    book = ReportBook(DetectionConfig(), lambda key, started, now: Attribution([], [], resources))
-    book.silent[service] = Streak(0, t0)
-    book.fixed_roots[service] = {"i-big"}
-    for n in range(6):
-        book.step([], open_now, lambda keys: {}, t0 + 18 + 3 * n)
-    assert (service in book.reports) is reported
-
-
 def _watched(
     level: str, shown: list[Contributor], fixed: tuple[str, ...] = ("i-big",)
 ) -> tuple[ReportBook, SeriesKey]:
@@ -457,18 +361,6 @@ def _watched(
     for n in range(5):
         book.step([], open_now, lambda keys: {}, t0 + 12 + 3 * n)
     return book, key
-
-
-def test_a_watched_account_is_not_reported_on_its_own() -> None:
-    # An account's attribution shows only its ten largest growers, never what fell: their
-    # sum is no net change (cost moved between resources looks like growth).
-    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
-    shown = [
-        Contributor("resource", {**labels, "resource_id": f"i-{n}"}, 1.0, 2.9, 1.9, 0.1)
-        for n in range(10)
-    ]
-    book, key = _watched("account", shown)
-    assert book.reports == {} and key in book.silent
 
 
 @pytest.mark.parametrize("team", ["", "web"])

@@ -3,7 +3,8 @@ detector's loop without services: the engine warm from flat history, one evaluat
 3 s, attribution against the engine's expected values (as `Detector._drill_down` does), and
 rollups that may be read late (VictoriaMetrics serves a rollup some cycles after the fast
 path reads a deleted resource at 0). The shapes reviews found paging falsely, kept as
-regression tests, and the second cause the watch exists for."""
+regression tests, and the second cause the watch exists for, with its minimum duration and
+the order in which watched aggregates are rechecked."""
 
 from __future__ import annotations
 
@@ -36,11 +37,18 @@ def resource(rid: str, team: str = "web", service: str = "Amazon EC2") -> dict[s
 
 
 def live_loop(
-    resources: list[dict[str, str]], rates: Rates, end_s: float, lag_s: float = 0.0
+    resources: list[dict[str, str]],
+    rates: Rates,
+    end_s: float,
+    lag_s: float = 0.0,
+    *,
+    cfg: DetectionConfig | None = None,
+    folds: list[tuple[float, str]] | None = None,
 ) -> list[tuple[float, str, str]]:
     """Reports made after the first minute: (time, level:name, how). The rollups are read
-    `lag_s` late; history is flat at rates(0)."""
-    cfg = DetectionConfig()
+    `lag_s` late; history is flat at rates(0). Aggregates folded into a report are added
+    to `folds`: (time, level)."""
+    cfg = cfg or DetectionConfig()
     members: dict[SeriesKey, list[int]] = {}
     for level in ("account", "service", "team"):
         for n, r in enumerate(resources):
@@ -66,13 +74,17 @@ def live_loop(
     log: list[tuple[float, str, str]] = []
     t = 0.0
 
+    def folded(key: SeriesKey) -> None:
+        if folds is not None:
+            folds.append((t, key.level))
+
     def reported(report: Report, how: str, events: Sequence[ChangeEvent]) -> None:
         key = report.key
         labels = key.as_dict()
         name = labels.get("resource_id") or labels.get("team") or labels.get("service_name")
         log.append((t, f"{key.level}:{name or labels['billing_account_id']}", how))
 
-    book = ReportBook(cfg, replay.attribute, Hooks(reported=reported))
+    book = ReportBook(cfg, replay.attribute, Hooks(reported=reported, folded=folded))
     while t < end_s:
         now_rates, late = rates(t), rates(t - lag_s)
         values = np.concatenate([[late[members[k]].sum() for k in aggregates], now_rates])
@@ -93,23 +105,34 @@ def team_web(extra: int = 0) -> tuple[list[dict[str, str]], npt.NDArray[np.float
     return rs, np.array([20.0, 25.0] + [1.0] * 40 + [0.0] * extra)
 
 
-def test_a_second_cause_that_outlasts_a_deleted_root_is_reported_at_every_lag() -> None:
+def big_then_rise(rise_at: float) -> tuple[list[dict[str, str]], Rates]:
+    """`team_web` with i-big (30 $/h) from 60 s until its fix at 1800 s; from `rise_at` the
+    forty small resources grow by 1.5 $/h each (+60 $/h in all, none material alone)."""
     rs, base = team_web(1)
     rs.append(resource("i-big"))
 
     def rates(t: float) -> npt.NDArray[np.float64]:
         v = base.copy()
         v[-1] = 30.0 if 60 <= t < 1800 else 0.0
-        v[2:42] += 1.5 if t >= 120 else 0.0  # forty resources, +60 $/h in all
+        v[2:42] += 1.5 if t >= rise_at else 0.0
         return v
 
+    return rs, rates
+
+
+def test_a_second_cause_that_outlasts_a_deleted_root_is_reported_at_every_lag() -> None:
+    rs, rates = big_then_rise(120.0)
     for lag in (0.0, 15.0):
-        reports = live_loop(rs, rates, 1900, lag)
+        folds: list[tuple[float, str]] = []
+        reports = live_loop(rs, rates, 1900, lag, folds=folds)
         assert [r[1:] for r in reports] == [
             ("resource:i-big", "own"),
             ("service:Amazon EC2", "own"),
         ]
         assert 1800 < reports[1][0] < 1830
+        # Watched deepest first: the team and the account fold into the service when it is
+        # reported, not a whole new streak later.
+        assert sorted(level for at, level in folds if at == reports[1][0]) == ["account", "team"]
 
 
 def test_a_late_rollup_over_many_noisy_resources_is_no_second_cause() -> None:
@@ -162,3 +185,33 @@ def test_a_rise_receding_at_the_smaller_sibling_is_not_paged_again() -> None:
 
     reports = live_loop(rs, rates, 1500)
     assert [r[1:] for r in reports] == [("service:Amazon EC2", "own")]
+
+
+def test_cost_moved_between_resources_under_a_late_rollup_pages_no_account() -> None:
+    # While i-big runs, ten small resources grow by 1.9 $/h and ten others fall by as much:
+    # a move, no growth. After i-big's fix the late rollups still carry it; the account's
+    # attribution shows its largest growers only (what fell is not among them), so their sum
+    # looks like growth: an account is never reported on its own by the watch.
+    rs, base = team_web(1)
+    rs.append(resource("i-big"))
+
+    def rates(t: float) -> npt.NDArray[np.float64]:
+        v = base.copy()
+        v[-1] = 30.0 if 60 <= t < 180 else 0.0
+        if t >= 120:
+            v[2:12] += 1.9
+            v[12:22] -= 1.9
+        return v
+
+    assert [r[1:] for r in live_loop(rs, rates, 480, 15.0)] == [("resource:i-big", "own")]
+
+
+def test_a_second_cause_is_reported_once_it_lasted_the_minimum_duration_from_the_fix() -> None:
+    # i-big is reported after its ten minutes; the forty small resources rise once it is.
+    # The aggregates fired all along while i-big ran, so their own firing "lasted" already:
+    # the second cause's minimum duration counts from i-big's fix (at 1800 s).
+    rs, rates = big_then_rise(900.0)
+    cfg = DetectionConfig(min_duration_s=600.0)
+    reports = live_loop(rs, rates, 2700, cfg=cfg)
+    assert [r[1:] for r in reports] == [("resource:i-big", "own"), ("service:Amazon EC2", "own")]
+    assert 2400 <= reports[1][0] < 2430
