@@ -151,10 +151,17 @@ def _is(child: Child, resource_ids: set[str]) -> bool:
 
 
 class Streak(NamedTuple):
-    """A watched aggregate's run of firing evaluations: how many, and since when."""
+    """A watched aggregate's run of firing evaluations: how many, and since when; and how
+    many checks of it found nothing (each doubles the next streak's length: a check costs a
+    drill-down, and an aggregate can fire for hours without a second cause)."""
 
     ticks: int
     since: float
+    checks: int = 0
+
+
+# The longest streak a watched aggregate needs before a check: resolve_after_ticks x 2**this.
+MAX_CHECK_BACKOFF = 6
 
 
 class ReportBook:
@@ -396,9 +403,9 @@ class ReportBook:
         if its own increase is still there: its rule holds and it keeps `hold_fraction` of
         its increase when folded. When a rise ends, the smaller of two siblings can stay
         open for hours after the larger resolved (its relative rise is larger), on its way
-        down: that is no news (it is watched too)."""
+        down: that is no news (it is not watched: `_recheck`)."""
         found = self.attribute(inc.key, inc.started_at, now)
-        targets = self._fold(inc, found, now)
+        targets = self._fold(inc, found, now, orphaned=True)
         if targets or fold is None or fold.kind != SIBLING:
             return targets
         if inc.normal_ticks > 0 or inc.delta < self.cfg.hold_fraction * fold.delta:
@@ -436,10 +443,11 @@ class ReportBook:
             # The minimum duration counts from the watch, not from the incident's start:
             # the aggregate fired all along while the first cause ran.
             lasted = now - streak.since >= self.cfg.min_duration_s
-            if streak.ticks < self.cfg.resolve_after_ticks or not lasted:
+            need = self.cfg.resolve_after_ticks << min(streak.checks, MAX_CHECK_BACKOFF)
+            if streak.ticks < need or not lasted:
                 continue
             found = self.attribute(key, inc.started_at, now)
-            targets = self._fold(inc, found, now)
+            targets = self._fold(inc, found, now, orphaned=True)
             # An account's attribution holds only its largest growers, not every resource,
             # so its net change is unknown: it is reported through its services and teams.
             fixed = self.fixed_roots.get(key, set())
@@ -451,8 +459,8 @@ class ReportBook:
             if targets:
                 del self.silent[key]
                 posted.extend(targets)
-            else:  # asked again after a whole new streak, not at every evaluation
-                self.silent[key] = streak._replace(ticks=0, since=now)
+            else:  # asked again after a whole new, longer streak, not at every evaluation
+                self.silent[key] = Streak(0, now, streak.checks + 1)
         return posted
 
     def _grown(self, inc: OpenIncident, found: Attribution, fixed: set[str]) -> bool:
@@ -461,16 +469,20 @@ class ReportBook:
         so that the noise of many resources does not add up to growth, leaving out the fixed
         resource (its fall is the first cause ending) and resources without a value now."""
         resources = found.resources or [c for c in found.contributors if c.level == "resource"]
+        # A resource reported now is its own cause, not the aggregate's.
+        reported = {k.as_dict()["resource_id"] for k in self.reports if k.level == "resource"}
         growth = sum(
             c.observed - c.expected
             for c in resources
-            if math.isfinite(c.observed - c.expected) and not _is(c, fixed)
+            if math.isfinite(c.observed - c.expected) and not _is(c, fixed | reported)
         )
         need = max(self.root_cause_share * inc.delta, self.cfg.min_impact(inc.key.level))
         return growth >= need
 
-    def _fold(self, inc: OpenIncident, found: Attribution, now: float) -> list[SeriesKey]:
-        targets, kind = self._explained_by(inc, found, now)
+    def _fold(
+        self, inc: OpenIncident, found: Attribution, now: float, *, orphaned: bool = False
+    ) -> list[SeriesKey]:
+        targets, kind = self._explained_by(inc, found, now, orphaned)
         if targets:
             self.folded.setdefault(inc.key, set()).update(targets)
             self.how_folded[inc.key] = Fold(kind, inc.delta)
@@ -480,19 +492,30 @@ class ReportBook:
         return targets
 
     def _explained_by(
-        self, inc: OpenIncident, found: Attribution, now: float
+        self, inc: OpenIncident, found: Attribution, now: float, orphaned: bool = False
     ) -> tuple[list[SeriesKey], str]:
         """The reports that explain an aggregate's increase (created when new), and how: its
         root resources, else a reported child with most of the increase, else a sibling
         reported as its own cause whose resources carry most of it; empty when it is diffuse
-        and so its own cause."""
+        and so its own cause. An `orphaned` aggregate (what explained it was fixed) is
+        explained by new roots only if they carry `root_cause_share` of its increase."""
         contributors, events = found.contributors, found.events
         roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
-        if any(_is(c, self.fixed_roots.get(inc.key, set())) for c in roots):
-            # A root fixed while the aggregate was open, read again (back, or in a rollup
-            # read late): its first cause, whose own incident the engine's cooldown governs,
-            # not a new report; and then nothing else explains it.
-            return [], ROOT
+        if orphaned:
+            fixed = self.fixed_roots.get(inc.key, set())
+            others = [c for c in roots if not _is(c, fixed)]
+            if roots and not others:
+                # A root fixed while the aggregate was open, read again (back, or in a
+                # rollup read late): its first cause, whose own incident the engine's
+                # cooldown governs, not a new report; and then nothing else explains it.
+                return [], ROOT
+            # Shares are of what its resources show grew, which after a fix can be a
+            # wobble of one resource while the increase is elsewhere (new resources,
+            # whose expected value catches up within minutes): a resource carrying 3 of 63
+            # $/h is not the cause.
+            if sum(c.delta for c in others) < self.root_cause_share * inc.delta:
+                others = []
+            roots = others
         out = []
         for c in roots:
             rkey = SeriesKey.of("resource", c.labels)
