@@ -151,17 +151,25 @@ def _is(child: Child, resource_ids: set[str]) -> bool:
 
 
 class Streak(NamedTuple):
-    """A watched aggregate's run of firing evaluations: how many, and since when; and how
-    many checks of it found nothing (each doubles the next streak's length: a check costs a
-    drill-down, and an aggregate can fire for hours without a second cause)."""
+    """A watched aggregate's run of firing evaluations: how many, and since when. And its
+    checks: how many in a row found nothing, how many evaluations ago the last one was, and
+    the aggregate's increase then (a check costs a drill-down, and an aggregate can fire for
+    hours with nothing new to find: each check that finds nothing doubles the wait for the
+    next, unless the increase grows)."""
 
     ticks: int
     since: float
     checks: int = 0
+    waited: int = 0
+    delta: float = 0.0
 
 
-# The longest streak a watched aggregate needs before a check: resolve_after_ticks x 2**this.
-MAX_CHECK_BACKOFF = 6
+# The longest wait between two checks of a watched aggregate, in evaluations:
+# resolve_after_ticks x 2**MAX_CHECK_BACKOFF.
+MAX_CHECK_BACKOFF = 5
+# An increase this much larger than at the last check (or by the level's materiality, if
+# more) is checked again at once.
+RECHECK_GROWTH = 0.25
 
 
 class ReportBook:
@@ -382,7 +390,7 @@ class ReportBook:
             return [key]
         found = found or self.attribute(key, inc.started_at, now)
         if key.level != "resource":
-            targets = self._fold(inc, found, now)
+            targets, _ = self._fold(inc, found, now)
             if targets:
                 return targets
         self._new_report(key, inc, inc, (found.contributors, found.events), now=now, how="own")
@@ -405,7 +413,7 @@ class ReportBook:
         open for hours after the larger resolved (its relative rise is larger), on its way
         down: that is no news (it is not watched: `_recheck`)."""
         found = self.attribute(inc.key, inc.started_at, now)
-        targets = self._fold(inc, found, now, orphaned=True)
+        targets, _ = self._fold(inc, found, now, orphaned=True)
         if targets or fold is None or fold.kind != SIBLING:
             return targets
         if inc.normal_ticks > 0 or inc.delta < self.cfg.hold_fraction * fold.delta:
@@ -419,13 +427,14 @@ class ReportBook:
         (`OpenIncident.firing`: full strength, record included) for `resolve_after_ticks`
         evaluations in a row, and for `min_duration_s` since it was watched, has a second
         cause that began while the first was open (a diffuse rise that outlasts a deleted
-        resource). It is folded into what explains it now; else it is reported as its own
-        cause, provided its resources grew by a material part of its increase now
-        (`_grown`): a rollup read a few cycles late still carries the deleted resource,
-        which its resources no longer show. A value on its way down after the fix holds its
-        incident at the hysteresis threshold but does not fire, so it stays silent. Deepest
-        first, so an account folds into the service or team reported in the same
-        evaluation. The reports it touched."""
+        resource). It is folded into the open reports that explain it now; else, unless
+        resources not reported explain it, it is reported as its own cause, provided its
+        resources grew by a material part of its increase now (`_grown`): a rollup read a
+        few cycles late still carries the deleted resource, which its resources no longer
+        show. A value on its way down after the fix holds its incident at the hysteresis
+        threshold but does not fire, so it stays silent. A check that finds nothing doubles
+        the wait for the next (`Streak`). Deepest first, so an account folds into the
+        service or team reported in the same evaluation. The reports it touched."""
         posted: list[SeriesKey] = []
         for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
             inc = open_now.get(key)
@@ -435,23 +444,36 @@ class ReportBook:
                 del self.silent[key]
                 continue
             streak = self.silent[key]
+            streak = streak._replace(waited=streak.waited + 1)
             if not inc.firing:
                 self.silent[key] = streak._replace(ticks=0, since=now)
                 continue
             since = streak.since if streak.ticks else now
-            self.silent[key] = streak = streak._replace(ticks=streak.ticks + 1, since=since)
-            # The minimum duration counts from the watch, not from the incident's start:
-            # the aggregate fired all along while the first cause ran.
+            streak = streak._replace(ticks=streak.ticks + 1, since=since)
+            grew = streak.delta + max(self.cfg.min_impact(key.level), RECHECK_GROWTH * streak.delta)
+            if streak.checks and inc.delta >= grew:
+                streak = streak._replace(checks=0)
+            self.silent[key] = streak
+            # The minimum duration counts from the first firing evaluation of the streak, not
+            # from the incident's start: the aggregate fired all along while the first cause
+            # ran.
             lasted = now - streak.since >= self.cfg.min_duration_s
-            need = self.cfg.resolve_after_ticks << min(streak.checks, MAX_CHECK_BACKOFF)
-            if streak.ticks < need or not lasted:
+            wait = self.cfg.resolve_after_ticks << min(streak.checks, MAX_CHECK_BACKOFF)
+            if streak.ticks < self.cfg.resolve_after_ticks or not lasted:
+                continue
+            if streak.checks and streak.waited < wait:
                 continue
             found = self.attribute(key, inc.started_at, now)
-            targets = self._fold(inc, found, now, orphaned=True)
+            # Only reports already open explain it: a resource that rose now pages through
+            # its own incident (or its cooldown holds it), not through the watch, which
+            # would otherwise make a root cause of whichever resource wobbles most after
+            # the fix (new resources, whose expected value catches up within minutes, show
+            # none of the growth they carry).
+            targets, kind = self._fold(inc, found, now, orphaned=True, create=False)
             # An account's attribution holds only its largest growers, not every resource,
             # so its net change is unknown: it is reported through its services and teams.
             fixed = self.fixed_roots.get(key, set())
-            own = DEPTH[key.level] == 1 and self._grown(inc, found, fixed)
+            own = kind != ROOT and DEPTH[key.level] == 1 and self._grown(inc, found, fixed)
             if not targets and own:
                 found_now = (found.contributors, found.events)
                 self._new_report(key, inc, inc, found_now, now=now, how="own")
@@ -459,8 +481,8 @@ class ReportBook:
             if targets:
                 del self.silent[key]
                 posted.extend(targets)
-            else:  # asked again after a whole new, longer streak, not at every evaluation
-                self.silent[key] = Streak(0, now, streak.checks + 1)
+            else:  # asked again later, not at every evaluation
+                self.silent[key] = Streak(0, now, streak.checks + 1, 0, inc.delta)
         return posted
 
     def _grown(self, inc: OpenIncident, found: Attribution, fixed: set[str]) -> bool:
@@ -469,36 +491,49 @@ class ReportBook:
         so that the noise of many resources does not add up to growth, leaving out the fixed
         resource (its fall is the first cause ending) and resources without a value now."""
         resources = found.resources or [c for c in found.contributors if c.level == "resource"]
-        # A resource reported now is its own cause, not the aggregate's.
-        reported = {k.as_dict()["resource_id"] for k in self.reports if k.level == "resource"}
         growth = sum(
             c.observed - c.expected
             for c in resources
-            if math.isfinite(c.observed - c.expected) and not _is(c, fixed | reported)
+            if math.isfinite(c.observed - c.expected) and not _is(c, fixed)
         )
         need = max(self.root_cause_share * inc.delta, self.cfg.min_impact(inc.key.level))
         return growth >= need
 
     def _fold(
-        self, inc: OpenIncident, found: Attribution, now: float, *, orphaned: bool = False
-    ) -> list[SeriesKey]:
-        targets, kind = self._explained_by(inc, found, now, orphaned)
+        self,
+        inc: OpenIncident,
+        found: Attribution,
+        now: float,
+        *,
+        orphaned: bool = False,
+        create: bool = True,
+    ) -> tuple[list[SeriesKey], str]:
+        """Fold the aggregate into the reports that explain it (`_explained_by`); them, and
+        how."""
+        targets, kind = self._explained_by(inc, found, now, orphaned=orphaned, create=create)
         if targets:
             self.folded.setdefault(inc.key, set()).update(targets)
             self.how_folded[inc.key] = Fold(kind, inc.delta)
             for target in targets:
                 self.reports[target].ancestors[inc.key] = inc
             self.hooks.folded(inc.key)
-        return targets
+        return targets, kind
 
     def _explained_by(
-        self, inc: OpenIncident, found: Attribution, now: float, orphaned: bool = False
+        self,
+        inc: OpenIncident,
+        found: Attribution,
+        now: float,
+        *,
+        orphaned: bool = False,
+        create: bool = True,
     ) -> tuple[list[SeriesKey], str]:
-        """The reports that explain an aggregate's increase (created when new), and how: its
-        root resources, else a reported child with most of the increase, else a sibling
-        reported as its own cause whose resources carry most of it; empty when it is diffuse
-        and so its own cause. An `orphaned` aggregate (what explained it was fixed) is
-        explained by new roots only if they carry `root_cause_share` of its increase."""
+        """The reports that explain an aggregate's increase (created when new, if `create`),
+        and how: its root resources, else a reported child with most of the increase, else a
+        sibling reported as its own cause whose resources carry most of it; empty when it is
+        diffuse and so its own cause (empty and ROOT: roots explain it, none of them to be
+        reported now). Of an `orphaned` aggregate (what explained it was fixed), the root
+        resources fixed since it opened are its first cause, not a new one."""
         contributors, events = found.contributors, found.events
         roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
         if orphaned:
@@ -509,22 +544,18 @@ class ReportBook:
                 # rollup read late): its first cause, whose own incident the engine's
                 # cooldown governs, not a new report; and then nothing else explains it.
                 return [], ROOT
-            # Shares are of what its resources show grew, which after a fix can be a
-            # wobble of one resource while the increase is elsewhere (new resources,
-            # whose expected value catches up within minutes): a resource carrying 3 of 63
-            # $/h is not the cause.
-            if sum(c.delta for c in others) < self.root_cause_share * inc.delta:
-                others = []
             roots = others
         out = []
         for c in roots:
             rkey = SeriesKey.of("resource", c.labels)
             if rkey not in self.reports:
+                if not create:
+                    continue
                 mine = [e for e in events if e.resource_id == c.labels.get("resource_id")]
                 figures = Figures(c.expected, c.observed, inc.baseline)
                 self._new_report(rkey, inc, figures, ([], mine), now=now, how="root_cause")
             out.append(rkey)
-        if out:
+        if out or roots:
             return out, ROOT
         for c in contributors:
             if c.level == "resource" or c.share < self.root_cause_share:

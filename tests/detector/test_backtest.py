@@ -374,24 +374,6 @@ def test_a_fixed_root_read_again_is_not_a_second_cause(team: str) -> None:
     assert book.reports == {} and key in book.silent
 
 
-def test_every_fixed_root_of_a_watched_aggregate_is_the_first_cause_and_a_new_one_is_not() -> None:
-    # Two roots explained the team, fixed one after the other: either read again is the first
-    # cause. A resource that was never a root, rising now, is a second cause, reported (also
-    # for an account, which is otherwise never reported on its own by the watch).
-    labels = {"provider": "aws", "billing_account_id": "111", "region_id": "us-east-1"}
-
-    def root(rid: str) -> list[Contributor]:
-        return [Contributor("resource", {**labels, "resource_id": rid}, 0.0, 30.0, 30.0, 1.0)]
-
-    book, key = _watched("team", root("i-mid"), fixed=("i-mid", "i-big"))
-    assert book.reports == {} and key in book.silent
-    for level in ("team", "account"):
-        book, key = _watched(level, root("db-new"), fixed=("i-mid", "i-big"))
-        [(rkey, report)] = book.reports.items()
-        assert rkey.as_dict()["resource_id"] == "db-new" and not report.own
-        assert book.folded[key] == {rkey} and key not in book.silent
-
-
 def test_typed_parquet_timestamps_and_daily_exports(tmp_path: Path) -> None:
     from decimal import Decimal
 
