@@ -153,9 +153,9 @@ def _is(child: Child, resource_ids: set[str]) -> bool:
 class Streak(NamedTuple):
     """A watched aggregate's run of firing evaluations: how many, and since when. And its
     checks: how many in a row found nothing, how many evaluations ago the last one was, and
-    the aggregate's increase then (a check costs a drill-down, and an aggregate can fire for
+    the largest increase they saw (a check costs a drill-down, and an aggregate can fire for
     hours with nothing new to find: each check that finds nothing doubles the wait for the
-    next, unless the increase grows)."""
+    next, unless the increase grows beyond that)."""
 
     ticks: int
     since: float
@@ -165,10 +165,10 @@ class Streak(NamedTuple):
 
 
 # The longest wait between two checks of a watched aggregate, in evaluations:
-# resolve_after_ticks x 2**MAX_CHECK_BACKOFF.
+# resolve_after_ticks x 2**MAX_CHECK_BACKOFF (192 s at the live detector's 3 s).
 MAX_CHECK_BACKOFF = 5
-# An increase this much larger than at the last check (or by the level's materiality, if
-# more) is checked again at once.
+# An increase larger than any a check found nothing in, by this share of it or by the
+# level's materiality (whichever is more), is checked at once.
 RECHECK_GROWTH = 0.25
 
 
@@ -425,16 +425,17 @@ class ReportBook:
         """Aggregates left silent when what explained them was fixed (`_refold`) are watched
         while the engine keeps them open. One whose value would open an incident now
         (`OpenIncident.firing`: full strength, record included) for `resolve_after_ticks`
-        evaluations in a row, and for `min_duration_s` since it was watched, has a second
+        evaluations in a row, lasting `min_duration_s` from the first of them, has a second
         cause that began while the first was open (a diffuse rise that outlasts a deleted
-        resource). It is folded into the open reports that explain it now; else, unless
-        resources not reported explain it, it is reported as its own cause, provided its
-        resources grew by a material part of its increase now (`_grown`): a rollup read a
-        few cycles late still carries the deleted resource, which its resources no longer
-        show. A value on its way down after the fix holds its incident at the hysteresis
-        threshold but does not fire, so it stays silent. A check that finds nothing doubles
-        the wait for the next (`Streak`). Deepest first, so an account folds into the
-        service or team reported in the same evaluation. The reports it touched."""
+        resource). It is folded into the reports that explain it now (new root causes only
+        if they carry its increase); else, unless roots explain it, it is reported as its
+        own cause, provided its resources grew by a material part of its increase now
+        (`_grown`): a rollup read a few cycles late still carries the deleted resource,
+        which its resources no longer show. A value on its way down after the fix holds its
+        incident at the hysteresis threshold but does not fire, so it stays silent. A check
+        that finds nothing doubles the wait for the next (`Streak`). Deepest first, so an
+        account folds into the service or team reported in the same evaluation. The reports
+        it touched."""
         posted: list[SeriesKey] = []
         for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
             inc = open_now.get(key)
@@ -464,12 +465,11 @@ class ReportBook:
             if streak.checks and streak.waited < wait:
                 continue
             found = self.attribute(key, inc.started_at, now)
-            # Only reports already open explain it: a resource that rose now pages through
-            # its own incident (or its cooldown holds it), not through the watch, which
-            # would otherwise make a root cause of whichever resource wobbles most after
-            # the fix (new resources, whose expected value catches up within minutes, show
-            # none of the growth they carry).
-            targets, kind = self._fold(inc, found, now, orphaned=True, create=False)
+            # New roots must carry its increase as the engine measures it, not only what its
+            # resources show grew: after a fix, the resource whose growth looks largest can
+            # be a wobble while the increase is elsewhere (new resources, whose expected
+            # value catches up within minutes, show none of the growth they carry).
+            targets, kind = self._fold(inc, found, now, orphaned=True, guarded=True)
             # An account's attribution holds only its largest growers, not every resource,
             # so its net change is unknown: it is reported through its services and teams.
             fixed = self.fixed_roots.get(key, set())
@@ -482,7 +482,8 @@ class ReportBook:
                 del self.silent[key]
                 posted.extend(targets)
             else:  # asked again later, not at every evaluation
-                self.silent[key] = Streak(0, now, streak.checks + 1, 0, inc.delta)
+                seen = max(streak.delta, inc.delta)
+                self.silent[key] = Streak(0, now, streak.checks + 1, 0, seen)
         return posted
 
     def _grown(self, inc: OpenIncident, found: Attribution, fixed: set[str]) -> bool:
@@ -506,11 +507,11 @@ class ReportBook:
         now: float,
         *,
         orphaned: bool = False,
-        create: bool = True,
+        guarded: bool = False,
     ) -> tuple[list[SeriesKey], str]:
         """Fold the aggregate into the reports that explain it (`_explained_by`); them, and
         how."""
-        targets, kind = self._explained_by(inc, found, now, orphaned=orphaned, create=create)
+        targets, kind = self._explained_by(inc, found, now, orphaned=orphaned, guarded=guarded)
         if targets:
             self.folded.setdefault(inc.key, set()).update(targets)
             self.how_folded[inc.key] = Fold(kind, inc.delta)
@@ -526,14 +527,15 @@ class ReportBook:
         now: float,
         *,
         orphaned: bool = False,
-        create: bool = True,
+        guarded: bool = False,
     ) -> tuple[list[SeriesKey], str]:
-        """The reports that explain an aggregate's increase (created when new, if `create`),
-        and how: its root resources, else a reported child with most of the increase, else a
-        sibling reported as its own cause whose resources carry most of it; empty when it is
-        diffuse and so its own cause (empty and ROOT: roots explain it, none of them to be
-        reported now). Of an `orphaned` aggregate (what explained it was fixed), the root
-        resources fixed since it opened are its first cause, not a new one."""
+        """The reports that explain an aggregate's increase (created when new), and how: its
+        root resources, else a reported child with most of the increase, else a sibling
+        reported as its own cause whose resources carry most of it; empty when it is diffuse
+        and so its own cause (empty and ROOT: roots explain it, none to be reported now). Of
+        an `orphaned` aggregate (what explained it was fixed), the root resources fixed since
+        it opened are its first cause, not a new one. `guarded`: roots not yet reported are
+        reported only if the roots carry `root_cause_share` of the aggregate's increase."""
         contributors, events = found.contributors, found.events
         roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
         if orphaned:
@@ -545,17 +547,19 @@ class ReportBook:
                 # cooldown governs, not a new report; and then nothing else explains it.
                 return [], ROOT
             roots = others
+        known = all(SeriesKey.of("resource", c.labels) in self.reports for c in roots)
+        carried = sum(c.delta for c in roots) >= self.root_cause_share * inc.delta
+        if guarded and not (known or carried):
+            return [], ROOT
         out = []
         for c in roots:
             rkey = SeriesKey.of("resource", c.labels)
             if rkey not in self.reports:
-                if not create:
-                    continue
                 mine = [e for e in events if e.resource_id == c.labels.get("resource_id")]
                 figures = Figures(c.expected, c.observed, inc.baseline)
                 self._new_report(rkey, inc, figures, ([], mine), now=now, how="root_cause")
             out.append(rkey)
-        if out or roots:
+        if out:
             return out, ROOT
         for c in contributors:
             if c.level == "resource" or c.share < self.root_cause_share:
