@@ -428,8 +428,9 @@ class ReportBook:
         evaluations in a row, lasting `min_duration_s` from the first of them, has a second
         cause that began while the first was open (a diffuse rise that outlasts a deleted
         resource). It is folded into the reports that explain it now (new root causes only
-        if they carry its increase); else, unless roots explain it, it is reported as its
-        own cause, provided its resources grew by a material part of its increase now
+        if they, or all its resources, carry its increase); else, unless roots explain it,
+        it is reported as its own cause, provided its resources grew by a material part of
+        its increase now
         (`_grown`): a rollup read a few cycles late still carries the deleted resource,
         which its resources no longer show. A value on its way down after the fix holds its
         incident at the hysteresis threshold but does not fire, so it stays silent. A check
@@ -465,16 +466,16 @@ class ReportBook:
             if streak.checks and streak.waited < wait:
                 continue
             found = self.attribute(key, inc.started_at, now)
-            # New roots must carry its increase as the engine measures it, not only what its
-            # resources show grew: after a fix, the resource whose growth looks largest can
-            # be a wobble while the increase is elsewhere (new resources, whose expected
-            # value catches up within minutes, show none of the growth they carry).
-            targets, kind = self._fold(inc, found, now, orphaned=True, guarded=True)
             # An account's attribution holds only its largest growers, not every resource,
             # so its net change is unknown: it is reported through its services and teams.
             fixed = self.fixed_roots.get(key, set())
-            own = kind != ROOT and DEPTH[key.level] == 1 and self._grown(inc, found, fixed)
-            if not targets and own:
+            grown = DEPTH[key.level] == 1 and self._grown(inc, found, fixed)
+            # New roots must carry its increase as the engine measures it, or its resources
+            # must have grown by as much: after a fix, the resource whose growth looks
+            # largest can be a wobble while the increase is elsewhere (new resources, whose
+            # expected value catches up within minutes, show none of the growth they carry).
+            targets, kind = self._fold(inc, found, now, orphaned=True, guarded=not grown)
+            if not targets and kind != ROOT and grown:
                 found_now = (found.contributors, found.events)
                 self._new_report(key, inc, inc, found_now, now=now, how="own")
                 targets = [key]
@@ -535,7 +536,8 @@ class ReportBook:
         and so its own cause (empty and ROOT: roots explain it, none to be reported now). Of
         an `orphaned` aggregate (what explained it was fixed), the root resources fixed since
         it opened are its first cause, not a new one. `guarded`: roots not yet reported are
-        reported only if the roots carry `root_cause_share` of the aggregate's increase."""
+        reported only if the roots carry `root_cause_share` of the aggregate's increase
+        (else the aggregate is left as it is: empty and ROOT)."""
         contributors, events = found.contributors, found.events
         roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
         if orphaned:

@@ -405,20 +405,29 @@ def test_a_root_rising_while_the_rollup_is_late_is_reported_once_it_caught_up(
     assert reports[0][0] <= 2400 + lag + 30  # the next checks
 
 
-def test_roots_below_their_own_threshold_behind_a_scale_out_are_reported() -> None:
-    # The scale-out keeps the service firing with nothing to report. At 3000 s five
-    # resources of 10 $/h, whose history wobbles by 0.8 $/h, each rise by 6 $/h, below their
-    # own threshold: they carry most of the service's new increase, reported as its root
-    # causes, as the aggregates' opening would have (before, the service stayed silent: only
-    # reports already open could explain it).
+@pytest.mark.parametrize(("roots", "rise", "others"), [(5, 6.0, 0.0), (3, 5.0, 0.4)])
+def test_roots_below_their_own_threshold_behind_a_scale_out_are_reported(
+    roots: int, rise: float, others: float
+) -> None:
+    # The scale-out keeps the service firing with nothing to report. At 3000 s `roots`
+    # resources of 10 $/h, whose history wobbles by 0.8 $/h, each rise by `rise` $/h, below
+    # their own threshold, and thirty small ones by `others`: the roots carry most of what
+    # grew, reported as the service's root causes, as the aggregates' opening would have.
+    # Five carry half of the service's increase, which counts the scale-out; three do not,
+    # but its resources grew by as much. (Before, the service stayed silent: first because
+    # only reports already open could explain it, then because roots had to carry half of
+    # its increase.)
     def medium(t: float, v: npt.NDArray[np.float64]) -> None:
-        v[:5] = 16.0 if t >= 3000 else 10.0
+        v[:roots] = 10.0 + (rise if t >= 3000 else 0.0)
+        v[roots : roots + 30] += others if t >= 3000 else 0.0
 
     rs, rates = scale_out_behind_big(0.5, medium)
-    for n in range(5):  # team web's first five resources, of 10 $/h all along
+    for n in range(roots):  # team web's first resources, of 10 $/h all along
         rs[n] = resource(f"i-m{n}")
     sd = np.zeros(len(rs))
-    sd[:5] = 0.8
+    sd[:roots] = 0.8
     reports = [r for r in live_loop(rs, rates, 3300, history_sd=sd) if r[0] >= 1800]
-    assert sorted(r[1:] for r in reports) == [(f"resource:i-m{n}", "root_cause") for n in range(5)]
+    assert sorted(r[1:] for r in reports) == [
+        (f"resource:i-m{n}", "root_cause") for n in range(roots)
+    ]
     assert all(r[0] <= 3003 for r in reports)
