@@ -3,8 +3,8 @@ it. Pure functions; the live detector and the backtest feed them their own data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +56,27 @@ def rank_contributors(
         if d / total >= min_share
     ]
     return out[:limit]
+
+
+def set_aside(
+    contributors: Sequence[Contributor], drop: Callable[[Contributor], bool]
+) -> list[Contributor]:
+    """The contributors other than those `drop` picks, with their shares recomputed as if
+    those had not grown (of each level's whole increase, as `rank_contributors` gave them,
+    not only of the contributors shown)."""
+    totals: dict[str, float] = {}
+    gone: dict[str, float] = {}
+    for c in contributors:
+        if c.share > 0:
+            totals.setdefault(c.level, c.delta / c.share)
+        if drop(c):
+            gone[c.level] = gone.get(c.level, 0.0) + c.delta
+    out = []
+    for c in contributors:
+        left = totals.get(c.level, 0.0) - gone.get(c.level, 0.0)
+        if not drop(c) and left > 0:
+            out.append(replace(c, share=c.delta / left))
+    return out
 
 
 def shares_by(children: Iterable[Child], names: Sequence[str]) -> dict[tuple[str, ...], float]:

@@ -21,7 +21,14 @@ from typing import Any, NamedTuple
 
 from lambdas import contract
 from lambdas.detector.alerts import alert_labels
-from lambdas.detector.attribution import ChangeEvent, Child, Contributor, root_causes, shares_by
+from lambdas.detector.attribution import (
+    ChangeEvent,
+    Child,
+    Contributor,
+    root_causes,
+    set_aside,
+    shares_by,
+)
 from lambdas.detector.config import SEVERITIES, DetectionConfig, SeriesKey
 from lambdas.detector.core import OpenIncident, Transition
 
@@ -540,15 +547,18 @@ class ReportBook:
         (else the aggregate is left as it is: empty and ROOT)."""
         contributors, events = found.contributors, found.events
         roots = root_causes(contributors, self.root_cause_share, self.cfg.min_impact("resource"))
-        if orphaned:
-            fixed = self.fixed_roots.get(inc.key, set())
-            others = [c for c in roots if not _is(c, fixed)]
-            if roots and not others:
+        fixed = self.fixed_roots.get(inc.key, set()) if orphaned else set()
+        if fixed:
+            if roots and all(_is(c, fixed) for c in roots):
                 # A root fixed while the aggregate was open, read again (back, or in a
                 # rollup read late): its first cause, whose own incident the engine's
                 # cooldown governs, not a new report; and then nothing else explains it.
                 return [], ROOT
-            roots = others
+            # The other roots are judged by their shares of what grew besides the fixed
+            # ones: a root only partly fixed still shows growth, and beside it a small
+            # grower of a diffuse rise made up the rest of "half of what grew".
+            rest = set_aside(contributors, lambda c: _is(c, fixed))
+            roots = root_causes(rest, self.root_cause_share, self.cfg.min_impact("resource"))
         known = all(SeriesKey.of("resource", c.labels) in self.reports for c in roots)
         carried = sum(c.delta for c in roots) >= self.root_cause_share * inc.delta
         if guarded and not (known or carried):
