@@ -75,7 +75,7 @@ def set_aside(
     for c in contributors:
         left = totals.get(c.level, 0.0) - gone.get(c.level, 0.0)
         if not drop(c) and left > 0:
-            out.append(replace(c, share=c.delta / left))
+            out.append(replace(c, share=min(1.0, c.delta / left)))  # (float rounding)
     return out
 
 

@@ -554,11 +554,16 @@ class ReportBook:
                 # rollup read late): its first cause, whose own incident the engine's
                 # cooldown governs, not a new report; and then nothing else explains it.
                 return [], ROOT
-            # The other roots are judged by their shares of what grew besides the fixed
-            # ones: a root only partly fixed still shows growth, and beside it a small
-            # grower of a diffuse rise made up the rest of "half of what grew".
+            # The other roots must carry half of what grew besides the fixed ones: a root only
+            # partly fixed still shows growth, and beside it a small grower of a diffuse rise
+            # made up the rest of "half of what grew". (Each keeps its share of the whole
+            # increase for ROOT_MIN_SHARE: raised, a grower too small to be a root passed.)
             rest = set_aside(contributors, lambda c: _is(c, fixed))
-            roots = root_causes(rest, self.root_cause_share, self.cfg.min_impact("resource"))
+            share = {c.labels.get("resource_id"): c.share for c in rest if c.level == "resource"}
+            roots = [c for c in roots if not _is(c, fixed)]
+            carried = sum(share.get(c.labels.get("resource_id"), 0.0) for c in roots)
+            if carried < self.root_cause_share:
+                roots = []
         known = all(SeriesKey.of("resource", c.labels) in self.reports for c in roots)
         carried = sum(c.delta for c in roots) >= self.root_cause_share * inc.delta
         if guarded and not (known or carried):
