@@ -496,23 +496,17 @@ class ReportBook:
 
     def _grown(self, inc: OpenIncident, found: Attribution, fixed: set[str]) -> bool:
         """Whether the aggregate's resources, as read now, grew by at least
-        `root_cause_share` of its increase besides what the fixed roots still carry (and by
-        a material amount): their net change, so that the noise of many resources does not
-        add up to growth, leaving out the fixed roots (their fall is the first cause ending;
-        a root cut back only partly is still the first cause) and resources without a value
-        now."""
+        `root_cause_share` of its increase (and by a material amount): their net change,
+        so that the noise of many resources does not add up to growth, leaving out the fixed
+        resource (its fall is the first cause ending) and resources without a value now."""
         resources = found.resources or [c for c in found.contributors if c.level == "resource"]
-        growth = leftover = 0.0
-        for c in resources:
-            d = c.observed - c.expected
-            if not math.isfinite(d):
-                continue
-            if _is(c, fixed):
-                leftover += max(d, 0.0)
-            else:
-                growth += d
-        need = self.root_cause_share * (inc.delta - leftover)
-        return growth >= max(need, self.cfg.min_impact(inc.key.level))
+        growth = sum(
+            c.observed - c.expected
+            for c in resources
+            if math.isfinite(c.observed - c.expected) and not _is(c, fixed)
+        )
+        need = max(self.root_cause_share * inc.delta, self.cfg.min_impact(inc.key.level))
+        return growth >= need
 
     def _fold(
         self,
