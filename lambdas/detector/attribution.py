@@ -3,8 +3,8 @@ it. Pure functions; the live detector and the backtest feed them their own data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -58,25 +58,18 @@ def rank_contributors(
     return out[:limit]
 
 
-def set_aside(
-    contributors: Sequence[Contributor], drop: Callable[[Contributor], bool]
-) -> list[Contributor]:
-    """The contributors other than those `drop` picks, with their shares recomputed as if
-    those had not grown (of each level's whole increase, as `rank_contributors` gave them,
-    not only of the contributors shown)."""
-    totals: dict[str, float] = {}
-    gone: dict[str, float] = {}
-    for c in contributors:
-        if c.share > 0:
-            totals.setdefault(c.level, c.delta / c.share)
-        if drop(c):
-            gone[c.level] = gone.get(c.level, 0.0) + c.delta
-    out = []
-    for c in contributors:
-        left = totals.get(c.level, 0.0) - gone.get(c.level, 0.0)
-        if not drop(c) and left > 0:
-            out.append(replace(c, share=min(1.0, c.delta / left)))  # (float rounding)
-    return out
+def share_besides(
+    contributors: Sequence[Contributor],
+    picked: Sequence[Contributor],
+    dropped: Sequence[Contributor],
+) -> float:
+    """The share of the resources' whole increase (as `rank_contributors` measured it, not
+    only of the contributors shown) that `picked` carry once `dropped` is left out of it."""
+    whole = next(
+        (c.delta / c.share for c in contributors if c.level == "resource" and c.share > 0), 0.0
+    )
+    left = whole - sum(c.delta for c in dropped)
+    return min(1.0, sum(c.delta for c in picked) / left) if left > 0 else 0.0
 
 
 def shares_by(children: Iterable[Child], names: Sequence[str]) -> dict[tuple[str, ...], float]:

@@ -26,7 +26,7 @@ from lambdas.detector.attribution import (
     Child,
     Contributor,
     root_causes,
-    set_aside,
+    share_besides,
     shares_by,
 )
 from lambdas.detector.config import SEVERITIES, DetectionConfig, SeriesKey
@@ -558,11 +558,9 @@ class ReportBook:
             # partly fixed still shows growth, and beside it a small grower of a diffuse rise
             # made up the rest of "half of what grew". (Each keeps its share of the whole
             # increase for ROOT_MIN_SHARE: raised, a grower too small to be a root passed.)
-            rest = set_aside(contributors, lambda c: _is(c, fixed))
-            share = {c.labels.get("resource_id"): c.share for c in rest if c.level == "resource"}
+            gone = [c for c in contributors if _is(c, fixed)]
             roots = [c for c in roots if not _is(c, fixed)]
-            carried = sum(share.get(c.labels.get("resource_id"), 0.0) for c in roots)
-            if carried < self.root_cause_share:
+            if share_besides(contributors, roots, gone) < self.root_cause_share:
                 roots = []
         known = all(SeriesKey.of("resource", c.labels) in self.reports for c in roots)
         carried = sum(c.delta for c in roots) >= self.root_cause_share * inc.delta

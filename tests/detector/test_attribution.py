@@ -16,7 +16,7 @@ from lambdas.detector.attribution import (
     link_change_events,
     rank_contributors,
     root_causes,
-    set_aside,
+    share_besides,
     shares_by,
 )
 
@@ -175,16 +175,16 @@ def test_the_share_within_a_sibling_counts_every_grower_not_just_the_shown_few()
     assert shares_by([], ["service_name"]) == {}
 
 
-def test_set_aside_shares_are_of_the_whole_increase_less_what_was_set_aside() -> None:
-    # Twenty resources: one +15 (set aside), one +5, eighteen +0.6 (10.8 in all; only the
-    # top ten are shown). Beside the one set aside, +5 has 5/15.8 of what grew, not 5/11
-    # of the shown, and no longer makes half of it with the one set aside.
+def test_a_share_besides_others_is_of_the_whole_increase_less_theirs() -> None:
+    # Twenty resources: one +15 (left out), one +5, eighteen +0.6 (10.8 in all; only the
+    # top ten are shown). Beside the one left out, +5 has 5/15.8 of what grew, not 5/11
+    # of the shown, and no longer makes half of it with the one left out.
     grown = [res("i-f", 10, 25), res("i-s", 10, 15)]
     grown += [res(f"i-d{n:02d}", 1, 1.6) for n in range(18)]
     shown = rank_contributors(grown)
+    fixed, small = shown[0], shown[1]
     assert [c.labels["resource_id"] for c in root_causes(shown, 0.5, 2.0)] == ["i-f", "i-s"]
-    rest = set_aside(shown, lambda c: c.labels["resource_id"] == "i-f")
-    assert [c.labels["resource_id"] for c in rest][:2] == ["i-s", "i-d00"]
-    assert rest[0].share == pytest.approx(5 / 15.8)
-    assert root_causes(rest, 0.5, 2.0) == []
-    assert set_aside(shown, lambda c: True) == []
+    assert share_besides(shown, [small], [fixed]) == pytest.approx(5 / 15.8)
+    assert share_besides(shown, [small], []) == pytest.approx(5 / 30.8)
+    both = _contributors([10.0, 10.0])
+    assert share_besides(both, [both[0]], both) == 0.0  # nothing left that grew
