@@ -1,6 +1,6 @@
 """Detection quality on real, labeled public time series (not written with the detector).
 
-    .venv/bin/python -m benchmarks.detector_real [--part eval|tune|all] [--sensitivity X]
+    .venv/bin/python -m benchmarks.detector_real [--part eval|tune|all|nab] [--sensitivity X]
                                                  [--source NAME] [--per-series]
 
 The corpus is in `benchmarks/data/` (see SOURCES there: origin, commit and license of each
@@ -10,6 +10,10 @@ that materiality is tested at every scale), read back by the same reader as `cct
 and run through the production detector core. The corpus is split by series, fixed: within
 each source, series in name order alternate between the tuning part (defaults were chosen
 on it) and the evaluation part (the figures to report).
+
+`--part nab` is the independent check: the real series of the Numenta Anomaly Benchmark,
+kept in `benchmarks/holdout/` (see SOURCES there), outside the corpus, never used to choose
+anything. Its labels are NAB's anomaly windows (every value inside a window is labeled).
 
 Labels are runs of labeled points (runs closer than 3 points merged). A labeled run whose
 value farthest from the median of the hour before it lies below that median is a decrease:
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import statistics
 import sys
@@ -61,6 +66,7 @@ from lambdas.backtest.run import backtest
 from lambdas.detector.config import DetectionConfig
 
 DATA = Path(__file__).parent / "data"
+HOLDOUT = Path(__file__).parent / "holdout" / "nab.tar.xz"
 MONTH_S = 30 * 86400
 MERGE_GAP = 3
 LEVELS_USD = (0.5, 5.0, 50.0, 500.0)
@@ -79,6 +85,15 @@ SOURCES = {
     "donut-kpi.tar.xz": {"": "aiops-kpi (5 min, seasonal)"},
     # Added after the defaults were chosen: none of it was used for tuning.
     "aiops-2018-kpi.tar.xz": {"srcnn/": "aiops-2018 (5 min, web KPIs)"},
+}
+
+# NAB's folders of real data -> source name.
+NAB_SOURCES = {
+    "realAWSCloudwatch": "nab-aws (5 min, server metrics)",
+    "realAdExchange": "nab-adexchange (hourly, ad prices)",
+    "realKnownCause": "nab-known-cause (5-30 min, failures)",
+    "realTraffic": "nab-traffic (irregular, road sensors)",
+    "realTweets": "nab-tweets (5 min, tweet volumes)",
 }
 
 F64 = npt.NDArray[np.float64]
@@ -134,7 +149,7 @@ class Tally:
 def _epoch(stamp: str) -> int:
     if stamp.isdigit():
         return int(stamp)
-    text = stamp.replace("Z", "+00:00")
+    text = stamp.replace("Z", "+00:00").replace(" ", "T")
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
@@ -185,6 +200,39 @@ def read_corpus() -> list[Corpus]:
     for members in by_source.values():
         for n, c in enumerate(sorted(members, key=lambda c: c.name)):
             c.part = "tune" if n % 2 == 0 else "eval"
+    return out
+
+
+def read_nab(archive: Path = HOLDOUT) -> list[Corpus]:
+    """The independent check's series: NAB's real data, labeled by its anomaly windows."""
+    out: list[Corpus] = []
+    with tarfile.open(archive) as tar:
+        fh = tar.extractfile("labels/combined_windows.json")
+        assert fh is not None
+        windows: dict[str, list[list[str]]] = json.load(fh)
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            folder, _, file = member.name.removeprefix("data/").partition("/")
+            if not (member.name.startswith("data/") and file.endswith(".csv")):
+                continue
+            fh = tar.extractfile(member)
+            assert fh is not None
+            rows = list(csv.reader(io.TextIOWrapper(fh, "utf-8")))[1:]
+            spans = [(_epoch(a), _epoch(b)) for a, b in windows[f"{folder}/{file}"]]
+            times = np.array([_epoch(r[0]) for r in rows], dtype=np.int64)
+            labels = np.zeros(times.size, dtype=np.int64)
+            for a, b in spans:
+                labels[(times >= a) & (times <= b)] = 1
+            out.append(
+                Corpus(
+                    name=f"nab/{folder}/{file}",
+                    source=NAB_SOURCES[folder],
+                    times=times,
+                    stamps=[r[0] for r in rows],
+                    values=[r[1] for r in rows],
+                    labels=labels.tolist(),
+                    part="nab",
+                )
+            )
     return out
 
 
@@ -470,7 +518,12 @@ def select(corpus: Sequence[Corpus], part: str, source: str | None) -> list[Corp
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["eval", "tune", "all"], default="eval")
+    ap.add_argument(
+        "--part",
+        choices=["eval", "tune", "all", "nab"],
+        default="eval",
+        help="all = tune + eval; nab = the independent check (benchmarks/holdout/)",
+    )
     ap.add_argument("--sensitivity", type=float, help="override the z threshold (robust sigmas)")
     ap.add_argument(
         "--false-per-month", type=float, help="override the knob false_incidents_per_month"
@@ -484,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.false_per_month is not None:
         cfg = replace(cfg, false_incidents_per_month=args.false_per_month)
     started = time.monotonic()
-    corpus = select(read_corpus(), args.part, args.source)
+    every = read_nab() if args.part == "nab" else read_corpus()
+    corpus = select(every, args.part, args.source)
     results: list[tuple[str, dict[str, Tally]]] = []
     tallies = run(corpus, cfg, args.per_series, results)
     print(

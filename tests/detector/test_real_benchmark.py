@@ -3,7 +3,10 @@ margin is only as sure as the series behind it."""
 
 from __future__ import annotations
 
+import json
 import math
+import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.detector_real import (
+    NAB_SOURCES,
     SOURCES,
     Corpus,
     Label,
@@ -19,6 +23,7 @@ from benchmarks.detector_real import (
     f1_of,
     labels_of,
     read_corpus,
+    read_nab,
     score,
 )
 
@@ -119,3 +124,27 @@ def test_label_direction_is_the_farthest_value_not_any_value_above() -> None:
     spike = [9.0, 8.0, 40.0, 8.5, 9.0]
     (up,) = _labelled(normal + spike + normal, range(24, 29))
     assert up.increase
+
+
+def test_the_independent_check_is_nab_read_apart_from_the_corpus() -> None:
+    """NAB's 47 real series, each labeled inside its anomaly windows (every window labels at
+    least one row), in a part of their own that neither tuning nor evaluation reads."""
+    holdout = Path(__file__).parents[2] / "benchmarks" / "holdout"
+    assert "ea702d75cc2258d9d7dd35ca8e5e2539d71f3140" in (holdout / "SOURCES").read_text()
+    nab = read_nab()
+    assert len(nab) == 47 and {c.part for c in nab} == {"nab"}
+    assert set(NAB_SOURCES.values()) == {c.source for c in nab}
+    assert not {c.name for c in nab} & {c.name for c in read_corpus()}
+    with tarfile.open(holdout / "nab.tar.xz") as tar:
+        fh = tar.extractfile("labels/combined_windows.json")
+        assert fh is not None
+        windows = json.load(fh)
+    for c in nab:
+        assert len(c.values) == len(c.labels) == c.times.size
+        inside = np.zeros(c.times.size, dtype=bool)
+        for span in windows[c.name.removeprefix("nab/")]:
+            a, b = (datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp() for s in span)
+            window = (c.times >= a) & (c.times <= b)
+            assert window.any(), (c.name, span)
+            inside |= window
+        assert c.labels == inside.astype(int).tolist(), c.name
