@@ -149,7 +149,7 @@ class Tally:
 def _epoch(stamp: str) -> int:
     if stamp.isdigit():
         return int(stamp)
-    text = stamp.replace("Z", "+00:00").replace(" ", "T")
+    text = stamp.replace("Z", "+00:00")
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
