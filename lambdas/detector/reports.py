@@ -452,8 +452,7 @@ class ReportBook:
             if inc is None or decrease or key in self.folded or key in self.reports:
                 del self.silent[key]
                 continue
-            streak = self.silent[key]
-            streak = streak._replace(waited=streak.waited + 1)
+            streak = self.silent[key]._replace(waited=self.silent[key].waited + 1)
             if not inc.firing:
                 self.silent[key] = streak._replace(ticks=0, since=now)
                 continue
@@ -562,10 +561,10 @@ class ReportBook:
             roots = [c for c in roots if not _is(c, fixed)]
             if share_besides(contributors, roots, gone) < self.root_cause_share:
                 roots = []
-        known = all(SeriesKey.of("resource", c.labels) in self.reports for c in roots)
-        carried = sum(c.delta for c in roots) >= self.root_cause_share * inc.delta
-        if guarded and not (known or carried):
-            return [], ROOT
+        if guarded:
+            known = all(SeriesKey.of("resource", c.labels) in self.reports for c in roots)
+            if not known and sum(c.delta for c in roots) < self.root_cause_share * inc.delta:
+                return [], ROOT
         out = []
         for c in roots:
             rkey = SeriesKey.of("resource", c.labels)

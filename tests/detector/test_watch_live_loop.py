@@ -234,6 +234,18 @@ def test_a_second_cause_is_reported_once_it_lasted_the_minimum_duration_from_the
     assert 2400 <= reports[1][0] < 2430
 
 
+def second_root_is_the_watched_aggregates_cause(
+    rs: list[dict[str, str]], rates: Rates, root: str, rises_at: float
+) -> None:
+    """i-big, then `root` (rising at `rises_at`) page, each through its own incident, at
+    every rollup lag; the watched account, service and team fold into `root`."""
+    for lag in (0.0, 15.0):
+        folds: list[tuple[float, str]] = []
+        reports = live_loop(rs, rates, 1500, lag, folds=folds)
+        assert [r[1:] for r in reports] == [("resource:i-big", "own"), (f"resource:{root}", "own")]
+        assert sorted(lv for at, lv in folds if at > rises_at) == ["account", "service", "team"]
+
+
 @pytest.mark.parametrize("rise", [40.0, 80.0])
 def test_a_fixed_root_back_beside_another_reported_root_pages_nothing_more(rise: float) -> None:
     # i-big is fixed at 600 s and back at 700 s, within its cooldown (no incident of its
@@ -253,11 +265,7 @@ def test_a_fixed_root_back_beside_another_reported_root_pages_nothing_more(rise:
         v[2:42] += 0.3 if t >= 120 else 0.0
         return v
 
-    for lag in (0.0, 15.0):
-        folds: list[tuple[float, str]] = []
-        reports = live_loop(rs, rates, 1500, lag, folds=folds)
-        assert [r[1:] for r in reports] == [("resource:i-big", "own"), ("resource:i-two", "own")]
-        assert sorted(level for at, level in folds if at > 800) == ["account", "service", "team"]
+    second_root_is_the_watched_aggregates_cause(rs, rates, "i-two", 800.0)
 
 
 def scale_out_behind_big(
@@ -343,11 +351,7 @@ def test_a_new_root_behind_a_fixed_one_pages_through_its_own_incident() -> None:
         v[2:42] += 0.3 if t >= 120 else 0.0
         return v
 
-    for lag in (0.0, 15.0):
-        folds: list[tuple[float, str]] = []
-        reports = live_loop(rs, rates, 1500, lag, folds=folds)
-        assert [r[1:] for r in reports] == [("resource:i-big", "own"), ("resource:db-new", "own")]
-        assert sorted(level for at, level in folds if at > 900) == ["account", "service", "team"]
+    second_root_is_the_watched_aggregates_cause(rs, rates, "db-new", 900.0)
 
 
 def root_in_its_cooldown(rises_at: float, drift: float) -> tuple[list[dict[str, str]], Rates]:
