@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lambdas.billing.aggregate import BillingLimits
 from lambdas.billing.focus import BillingFileError, RowErrors, missing_columns, read_focus
 
 MUST_EXIST = ("ChargePeriodStart", "ProviderName", "BillingAccountId", "ServiceName")
@@ -37,6 +39,13 @@ PROVIDER_LABELS = {
 # A row without ChargePeriodEnd is taken to last until the next row of its resource, at most
 # this long (irregular exports); the last row of a resource gets the file's usual period.
 MAX_INFERRED_PERIOD_S = 86400
+
+# A charge spanning more is rejected, as `cct billing load` rejects it: one row with a typo in
+# its end year would otherwise widen the matrix to a century of intervals.
+MAX_CHARGE_PERIOD_S = BillingLimits().max_charge_period_h * 3600
+# The largest matrix (resources x intervals) a backtest builds; past it the export's time span
+# is refused with what it covers (a stray row years away would need tens of gigabytes).
+MAX_MATRIX_CELLS = 200_000_000
 
 # The billing reader's error: the input cannot be used at all. Fix it; do not retry.
 FocusError = BillingFileError
@@ -205,7 +214,20 @@ def _rows(path: Path, errors: RowErrors) -> _Rows:
             start = _floats(table, "ChargePeriodStart")
             end = _floats(table, "ChargePeriodEnd")
             cost = _floats(table, cost_col) if good else np.full(table.num_rows, np.nan)
-            parts.append(_Rows(start, end - start, cost, *_keys(table)))
+            period = end - start
+            too_long = period > MAX_CHARGE_PERIOD_S
+            if good and too_long.any():
+                # Rejected like the loader's: its interval is incomplete, not spread or free.
+                hours = MAX_CHARGE_PERIOD_S // 3600
+                long_ones = np.flatnonzero(too_long)
+                errors.add(
+                    f"ChargePeriod: longer than {hours} hours",
+                    long_ones.size,
+                    [f"{path.name}: {period[i] / 3600:,.0f} hours" for i in long_ones[:3]],
+                )
+                cost = np.where(too_long, np.nan, cost)
+            period = np.where(too_long, np.nan, period)
+            parts.append(_Rows(start, period, cost, *_keys(table)))
     index: dict[tuple[str, ...], int] = {}
     codes = _merge(parts, index)
     return _Rows(
@@ -215,6 +237,10 @@ def _rows(path: Path, errors: RowErrors) -> _Rows:
         list(index),
         codes,
     )
+
+
+def _iso(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _fill_periods(
@@ -271,6 +297,13 @@ def load(paths: Sequence[Path], progress: Callable[[str], None] | None = None) -
     periods = _fill_periods(starts, periods, rows, float(interval))
     t0 = int(np.min(starts)) // interval * interval
     n_cols = int((np.max(starts + periods) - t0 - 1) // interval) + 1
+    if n_cols * max(len(index), 1) > MAX_MATRIX_CELLS:
+        first_s, last_s = int(np.min(starts)), int(np.max(starts + periods))
+        raise FocusError(
+            f"the rows span {_iso(first_s)} to {_iso(last_s)}: {n_cols:,} intervals of "
+            f"{interval} s for {len(index):,} resources is more than a backtest holds "
+            f"({MAX_MATRIX_CELLS:,} cells); select the period to backtest first"
+        )
     first = ((starts - t0) // interval).astype(np.int64)
     # A charge longer than one interval is spread evenly over the intervals it covers.
     span = np.maximum(np.ceil((starts + periods - t0) / interval).astype(np.int64) - first, 1)

@@ -125,14 +125,18 @@ def read_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.Re
             present = [c for c in columns if c in pf.schema_arrow.names] if columns else None
             yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=present)
         elif fmt == "csv":
-            # Strings stay strings: ids like 012345678901 must keep their leading zero.
+            # Strings stay strings, in every column (a native export's `bill_payer_account_id`
+            # as much as FOCUS's BillingAccountId): ids like 012345678901 keep their leading
+            # zero. The adapters parse numbers and times from text themselves.
+            with pacsv.open_csv(pa.input_stream(path, compression="detect")) as probe:
+                header = probe.schema.names
             reader = pacsv.open_csv(
                 pa.input_stream(path, compression="detect"),
                 read_options=pacsv.ReadOptions(block_size=16 << 20),
                 convert_options=pacsv.ConvertOptions(
                     strings_can_be_null=True,
-                    column_types={c: pa.string() for c in FOCUS_COLUMNS if c not in DECIMAL_COLUMNS}
-                    | {c: pa.float64() for c in DECIMAL_COLUMNS},
+                    column_types=dict.fromkeys(header, pa.string())
+                    | {c: pa.float64() for c in DECIMAL_COLUMNS if c in header},
                 ),
             )
             for batch in reader:

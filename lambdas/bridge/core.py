@@ -13,7 +13,14 @@ from typing import Any
 
 from lambdas.common.edge import TooDeep, loads_bounded
 from lambdas.contract import ALERTNAME
-from lambdas.events.cloudevents import EventLimits, InvalidEvent, anomaly_event, decode, encode
+from lambdas.events.cloudevents import (
+    EventLimits,
+    InvalidEvent,
+    anomaly_event,
+    decode,
+    encode,
+    is_utf8,
+)
 
 log = logging.getLogger("cct.bridge")
 
@@ -98,6 +105,13 @@ def convert(
     for i, alert in enumerate(parse_payload(body, max_depth)):
         if alert["labels"].get("alertname") != ANOMALY_ALERTNAME:
             ignored += 1
+            continue
+        # The event id and the Kafka key are made from these before the trigger's check runs.
+        broken = [name for name in ("fingerprint", "startsAt") if not is_utf8(alert[name])]
+        if broken:
+            reason = f"{broken[0]} is not valid Unicode text (a lone surrogate)"
+            log.warning("alert dropped", extra={"alert": i, "reason": reason})
+            invalid.append(f"alerts[{i}]: {reason}")
             continue
         event = anomaly_event(alert, received_at)
         value = encode(event)

@@ -109,8 +109,10 @@ class Bridge:
     async def _admit(self, request: web.Request, endpoint: str) -> bytes | web.Response:
         """The request body, or the 4xx answer for an unauthenticated or oversized request."""
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        # aiohttp keeps non-UTF-8 header bytes as surrogate escapes: encoded back the same way,
+        # such a token is simply wrong (a 401), not an encoding error (a 500).
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), self.settings.token.encode()
+            presented.strip().encode("utf-8", "surrogateescape"), self.settings.token.encode()
         ):
             return self._reject(endpoint, 401, "unauthenticated", "missing or wrong bearer token")
         limit = self.settings.max_body_bytes
@@ -150,7 +152,8 @@ class Bridge:
                     for e in conversion.events
                 ]
                 await asyncio.gather(*acks)
-        except (KafkaError, TimeoutError) as exc:
+        except (KafkaError, TimeoutError, SettingsError, OSError) as exc:
+            # (SettingsError, OSError: the Kafka credentials unreadable for now; 503 too.)
             if producer is not None:
                 self.producers.discard(producer)
             self.kafka_error = repr(exc)
@@ -228,6 +231,11 @@ class Bridge:
             self.kafka_error = None
         except (KafkaError, TimeoutError) as exc:
             self.kafka_error = repr(exc)
+        except (SettingsError, OSError) as exc:
+            # The Kafka password or CA file unreadable for now (a Secret being replaced):
+            # not ready, and the recheck tries again, instead of a recheck task that died.
+            self.kafka_error = f"Kafka client settings: {exc}"
+            log.warning("kafka settings unreadable", extra={"error": str(exc)})
 
     async def _recheck(self) -> None:
         while True:

@@ -15,6 +15,9 @@ from lambdas.collector.model import Resource, ResourceChange
 from lambdas.ingest.exposition import line, render_labels
 from lambdas.pricing.catalog import PriceBook, Shape, usd_per_hour
 
+# The largest run-rate one resource can have and be priced: far above any real one (the largest
+# instances cost a few hundred $/h), far below what the inventory's columns hold (1e12).
+MAX_USD_PER_HOUR = 1e7
 RATE = "cct_cost_rate_usd_per_hour"
 ROLLUP = "cct_cost_rate_rollup_usd_per_hour"
 UNPRICED = "cct_cost_rate_unpriced_resources"
@@ -66,8 +69,10 @@ def _rate(
     shape = Shape(provider, service_name, resource_type, region_id, sku, size, state)
     rate = usd_per_hour(book, shape)
     # A non-finite price (a corrupt catalog row) is no price: unpriced, never a NaN that would
-    # poison the rollup totals.
-    rounded = round(rate, 6) if rate is not None and math.isfinite(rate) else None
+    # poison the rollup totals. Nor is a rate no resource has (a machine type naming trillions
+    # of vCPUs): it would overflow the inventory's numeric(18, 6) and fail every batch it is in.
+    ok = rate is not None and math.isfinite(rate) and abs(rate) < MAX_USD_PER_HOUR
+    rounded = round(rate, 6) if ok and rate is not None else None
     if cacheable:
         memo[key] = rounded
     return rounded
@@ -82,6 +87,15 @@ def merge(
     before: float | None
     size: Mapping[str, Any]
     tags: Mapping[str, str]
+    if (
+        current is not None
+        and current.state == "deleted"
+        and ch.event_time >= current.last_event_time
+        and ch.state not in (None, "deleted")
+    ):
+        # A new resource under a deleted one's name (Azure and GCP ids are names): it starts
+        # from what its own event says, not with the old one's licence, size or tags.
+        current = None
     if current is None:
         billing, sub = ch.billing_account_id, ch.sub_account_id
         service, rtype = ch.service_name, ch.resource_type

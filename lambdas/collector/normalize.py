@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from lambdas.collector.model import PROVIDERS, EventIgnored, EventRejected, ResourceChange
+from lambdas.common.edge import holds_nul
 
 AWS_EC2 = "Amazon Elastic Compute Cloud"
 AWS_RDS = "Amazon Relational Database Service"
@@ -71,18 +72,6 @@ def _number(value: Any, where: str) -> float:
     return number
 
 
-def holds_nul(value: Any) -> bool:
-    """Whether any key or string inside decoded JSON holds a NUL character (PostgreSQL text and
-    jsonb cannot store it)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(holds_nul(v) for v in value)
-    return False
-
-
 def parse_time(value: Any, where: str) -> datetime:
     if not isinstance(value, str):
         raise EventRejected("wrong_type", f"{where}: expected an ISO 8601 time, got {value!r}")
@@ -93,7 +82,10 @@ def parse_time(value: Any, where: str) -> datetime:
         raise EventRejected("bad_time", f"{where}: {value!r} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise EventRejected("bad_time", f"{where}: {value!r} has no time zone")
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    try:
+        return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+        raise EventRejected("bad_time", f"{where}: {value!r} is outside the calendar") from None
 
 
 def _items(value: Any) -> list[Mapping[str, Any]]:
@@ -414,6 +406,10 @@ def normalize_azure(
     rtype = f"{parts[5]}/{parts[6]}".lower()
     if rtype not in AZURE_TYPES:
         raise EventIgnored(f"azure resource type {rtype} is not priced")
+    if len(parts) > 8:
+        # A VM's extension, its tags resource (`.../providers/Microsoft.Resources/tags/
+        # default`): not the VM, whose own row it must neither create nor change.
+        raise EventIgnored(f"azure sub-resource {'/'.join(parts[7:])[:80]!r} is not priced")
     service, resource_type = AZURE_TYPES[rtype]
     subscription = parts[1]
     operation = str(data.get("operationName") or "")
@@ -578,7 +574,7 @@ def normalize(record: Any, default_provider: str | None = None) -> list[Resource
         raise EventRejected("wrong_type", "record.billing_account_id: expected a string")
     try:
         return _NORMALIZERS[provider](record, billing or None)
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError, RecursionError) as exc:
         if isinstance(exc, EventRejected):
             raise
         raise EventRejected("malformed_event", f"{provider} event: {exc}") from None

@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import os
+import reprlib
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
@@ -44,8 +45,8 @@ from lambdas.collector.core import (
     resource_lines,
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
-from lambdas.collector.normalize import ChangeLimits, check_change, holds_nul, normalize
-from lambdas.common.edge import BodyTimeout, read_body
+from lambdas.collector.normalize import ChangeLimits, check_change, normalize
+from lambdas.common.edge import BodyTimeout, holds_nul, read_body
 from lambdas.common.httpshell import Site, add_ops_routes, serving, signal_stop
 from lambdas.common.pg import DsnSource, needs_reconnect
 from lambdas.common.settings import (
@@ -62,6 +63,11 @@ from lambdas.pricing.catalog import PriceBook
 from lambdas.store import inventory as store
 from lambdas.store.db import StoreError, aconnect
 from lambdas.store.pricing import aload_price_book
+
+# What the dead letter of a record that cannot be encoded as JSON keeps: its outline (a
+# plain repr of such a record would recurse as deep as the encoder did).
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 8, 200, 200
 
 log = logging.getLogger(__name__)
 
@@ -691,7 +697,8 @@ class Api:
     async def read_records(self, request: web.Request) -> tuple[list[Any], bool]:
         """The batch's records and whether any string in it holds a NUL character, or Refused
         naming what is wrong with the request."""
-        auth = request.headers.get("Authorization", "").encode()
+        # Non-UTF-8 header bytes arrive as surrogate escapes: encoded back, a wrong token.
+        auth = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(auth, self.expected):
             raise Refused(401, "unauthorized", "missing or wrong bearer token")
         limit = self.settings.max_body_bytes
@@ -718,6 +725,24 @@ class Api:
                 f"{len(records)} records exceed the limit of {self.settings.max_records}",
             )
         return records, b"\\u0000" in raw
+
+    def _reject_record(
+        self,
+        index: int,
+        record: Any,
+        exc: EventRejected,
+        dead: list[tuple[str, str, str]],
+        rejected: list[dict[str, Any]],
+    ) -> None:
+        """Count a rejected record and keep it as a dead letter (its JSON, or its outline when it
+        cannot be encoded: nesting deeper than the encoder allows)."""
+        self.metrics.rejected.labels(exc.reason).inc()
+        try:
+            payload = orjson.dumps(record, default=str).decode()
+        except (orjson.JSONEncodeError, TypeError):
+            payload = json.dumps({"unencodable_record": _short_repr.repr(record)})
+        dead.append((exc.reason, f"record {index}: {exc.detail}", payload))
+        rejected.append({"index": index, "reason": exc.reason, "detail": exc.detail})
 
     async def ingest(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -750,13 +775,16 @@ class Api:
                     check_change(change, limits, now)
                 changes += record_changes
             except EventRejected as exc:
-                self.metrics.rejected.labels(exc.reason).inc()
-                payload = json.dumps(record, default=str)
-                dead.append((exc.reason, f"record {index}: {exc.detail}", payload))
-                rejected.append({"index": index, "reason": exc.reason, "detail": exc.detail})
+                self._reject_record(index, record, exc, dead, rejected)
             except EventIgnored as exc:
                 ignored += 1
                 log.debug("event ignored", extra={"reason": exc.reason})
+            except Exception as exc:  # one record must never cost the batch its good records
+                log.exception("record %d could not be read", index)
+                detail = f"unexpected {type(exc).__name__} reading the record"
+                self._reject_record(
+                    index, record, EventRejected("malformed_event", detail), dead, rejected
+                )
         # The decoded records are the bulk of a request's objects: freed now rather than
         # kept (and traversed by the cyclic GC) while the batch waits for PostgreSQL.
         records.clear()

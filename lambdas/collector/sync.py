@@ -81,12 +81,17 @@ def _tags(items: Any) -> dict[str, str]:
     return {str(t["Key"]): str(t.get("Value", "")) for t in items or []}
 
 
+def caller_account(region: str) -> str:
+    """The AWS account the collector's credentials list."""
+    return str(boto3.client("sts", region_name=region).get_caller_identity()["Account"])
+
+
 def aws_observed(
-    region: str, now: datetime, billing_account_id: str, sync_id: str
+    region: str, now: datetime, billing_account_id: str, sync_id: str, account: str = ""
 ) -> list[ResourceChange]:
     ec2 = boto3.client("ec2", region_name=region)
     rds = boto3.client("rds", region_name=region)
-    account = boto3.client("sts", region_name=region).get_caller_identity()["Account"]
+    account = account or caller_account(region)
     billing = billing_account_id or account
 
     def change(rid: str, **kw: Any) -> ResourceChange:
@@ -165,5 +170,9 @@ def aws_inventory_changes(
     region: str, known: Sequence[Resource], now: datetime, billing_account_id: str = ""
 ) -> list[ResourceChange]:
     sync_id = sync_run_id(now)
-    observed = aws_observed(region, now, billing_account_id, sync_id)
-    return diff(known, observed, {"Instance", "Volume", "DBInstance"}, now, sync_id)
+    account = caller_account(region)
+    observed = aws_observed(region, now, billing_account_id, sync_id, account)
+    # The listing covers the credentials' own account only: another account's resources in
+    # the region were not looked for, so they are not gone.
+    mine = [r for r in known if r.sub_account_id == account]
+    return diff(mine, observed, {"Instance", "Volume", "DBInstance"}, now, sync_id)

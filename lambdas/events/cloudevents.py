@@ -173,11 +173,25 @@ def _check_sizes(
     for where, text in strings:
         if "\x00" in text:
             raise InvalidEvent(f"{where[:80]} contains a NUL character")
+        if not is_utf8(text):
+            raise InvalidEvent(f"{where[:80]} is not valid Unicode text (a lone surrogate)")
     for where, text in strings:
         if len(text) > limits.max_value_chars:
             raise InvalidEvent(
                 f"{where[:80]} is longer than the limit of {limits.max_value_chars} characters"
             )
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8. JSON's escape "\\ud800" decodes to a lone
+    surrogate, which no Kafka key, event id or PostgreSQL text parameter accepts."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _str_map(value: object) -> TypeGuard[dict[str, str]]:

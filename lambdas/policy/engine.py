@@ -102,7 +102,12 @@ class _Context:
         self.recent = recent
         self.calendar = policy_set.calendar_for(request.team, request.environment)
         self.local_time = now.astimezone(self.calendar.timezone) if self.calendar else None
-        self.lowered = {attr: getattr(request, attr).lower() for attr in SELECTOR_FIELDS.values()}
+        # Matched in any case and without surrounding spaces ("Prod ", "PROD" are prod), like
+        # tag names: Azure's are case-insensitive, and a `Legal-Hold` disk is on legal hold.
+        self.lowered = {
+            attr: getattr(request, attr).strip().lower() for attr in SELECTOR_FIELDS.values()
+        }
+        self.tags = {k.strip().lower(): v.strip() for k, v in request.tags.items()}
         self.values: dict[str, str] = {
             "provider": request.provider,
             "service": request.service,
@@ -165,7 +170,7 @@ def _selected(selector: Selector, ctx: _Context, trace: list[str] | None) -> boo
         if not ok:
             return False
     for key, accepted in selector.tags:
-        tag = ctx.request.tags.get(key)
+        tag = ctx.tags.get(key)
         ok = tag is not None and (not accepted or tag.lower() in accepted)
         if trace is not None:
             wanted = f"in {sorted(accepted)}" if accepted else "present"

@@ -156,6 +156,11 @@ class _Builder:
         except yaml.YAMLError as exc:
             self.errors.append(f"{name}: {yaml_error(exc)}")
             return
+        except RecursionError:
+            # PyYAML composes nested collections recursively: a file nested a few hundred
+            # levels deep is a load error like any other, not a crash of the loader.
+            self.errors.append(f"{name}: nested too deeply to be a policy")
+            return
         documents = [d for d in documents if d is not None]
         if not documents:
             self.errors.append(f"{name}: contains no YAML documents")
@@ -266,7 +271,7 @@ class _Builder:
                 if key in match
             ),
             tags=tuple(
-                (key, frozenset() if value == "*" else frozenset(_as_list(value)))
+                (key.strip().lower(), frozenset() if value == "*" else frozenset(_as_list(value)))
                 for key, value in sorted(match.get("tags", {}).items())
             ),
         )
@@ -380,4 +385,4 @@ class _Builder:
 
 
 def _as_list(value: str | list[str]) -> list[str]:
-    return [v.lower() for v in ([value] if isinstance(value, str) else value)]
+    return [v.strip().lower() for v in ([value] if isinstance(value, str) else value)]

@@ -183,6 +183,8 @@ def _tags(value: Any) -> dict[str, str]:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise InvalidRequestError(f"parameter tags is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise InvalidRequestError("parameter tags is nested too deeply") from None
     if not isinstance(value, Mapping):
         raise InvalidRequestError("parameter tags must be a JSON object of string values")
     tags: dict[str, str] = {}

@@ -111,6 +111,11 @@ def workflow_findings(
     if not isinstance(spec, Mapping):
         return ("workflow has no spec",)
     found: list[str] = []
+    if workflow.get("status") not in (None, {}):
+        # The Workflow CRD has no status subresource, so a status sent with the CREATE is
+        # kept, and a controller runs a status.storedWorkflowTemplateSpec or a node marked done
+        # instead of the referenced template. Only the controller writes a status.
+        found.append("status: a new Workflow carries no status (the controller writes it)")
     ref = spec.get("workflowTemplateRef")
     if ref is None:
         found.append("spec.workflowTemplateRef is missing: only approved WorkflowTemplates run")
@@ -148,8 +153,10 @@ def _action_of(spec: Mapping[str, Any]) -> str | None:
     raw = arguments.get("parameters") if isinstance(arguments, Mapping) else None
     for item in raw if isinstance(raw, list) else []:
         if isinstance(item, Mapping) and item.get("name") == "action":
+            # Compared as the policies see it (`workflow_parameters` reads any scalar as text):
+            # a number must not skip the template's cross-check.
             value = item.get("value")
-            return value if isinstance(value, str) else None
+            return None if value is None else str(value)
     return None
 
 

@@ -8,11 +8,14 @@ change that captures the state before and after.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lambdas.steps.errors import InvalidInput, StepError
+
+log = logging.getLogger("cct.steps")
 
 State = dict[str, Any]
 Reader = Callable[[Any, Mapping[str, Any]], State]
@@ -72,15 +75,19 @@ class Action:
 
     def validate(self, params: Mapping[str, Any]) -> None:
         """Check the parameters; the error lists every problem, each with where it is."""
-        import jsonschema
+        _check(self.schema, params, f"{self.name} parameters")
 
-        validator = jsonschema.Draft202012Validator(dict(self.schema))
-        problems = sorted(
-            f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
-            for e in validator.iter_errors(dict(params))
-        )
-        if problems:
-            raise InvalidInput(f"{self.name} parameters: " + "; ".join(problems))
+    def validate_resource(self, base: Mapping[str, Any]) -> None:
+        """Check the parameters a resource is read by (analyze's, before any cloud call)
+        against the same schema: an id the action does not accept (an absolute URL, another
+        resource type) never reaches a cloud API with a credential."""
+        known = self.schema.get("properties", {})
+        schema = {
+            "type": "object",
+            "properties": {k: known[k] for k in base if k in known},
+            "additionalProperties": False,
+        }
+        _check(schema, base, f"{self.name} resource")
 
     def run(self, session: Any, params: Mapping[str, Any], dry_run: bool) -> ActionResult:
         """Apply the change once: "already done" is success, dry-run changes nothing, and a
@@ -103,6 +110,18 @@ class Action:
         return ActionResult("changed", before, after, self.description)
 
 
+def _check(schema: Mapping[str, Any], params: Mapping[str, Any], what: str) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(dict(schema))
+    problems = sorted(
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in validator.iter_errors(dict(params))
+    )
+    if problems:
+        raise InvalidInput(f"{what}: " + "; ".join(problems))
+
+
 def resized(state: State, params: Mapping[str, Any]) -> bool:
     """`is_done` of the compute resizes: at the target size, settled, and running. Only
     running instances are resized (analyze finds others not applicable), so a stopped one is
@@ -110,6 +129,34 @@ def resized(state: State, params: Mapping[str, Any]) -> bool:
     return bool(
         state["sku"] == params["target_sku"] and not state["busy"] and state["status"] == "running"
     )
+
+
+def resize_or_restore(
+    before: State,
+    target: str,
+    set_type: Callable[[str], None],
+    start: Callable[[], None],
+    what: str,
+) -> None:
+    """Set the stopped instance's type and start it. A failure leaves it running at its old
+    size, as it was: a failed modify starts it as it is; a start that fails at the new type
+    (no capacity for it, a type the image cannot boot) sets the old type back and starts it
+    again, then reports the first error. Only running instances are planned for a resize, so
+    a stopped one was stopped by an earlier attempt cut short: it is started too."""
+    changed = False
+    try:
+        if before["sku"] != target:
+            set_type(target)
+            changed = True
+        start()
+    except StepError:
+        if changed:
+            try:
+                set_type(str(before["sku"]))
+            except StepError:
+                log.warning("resize: %s could not be set back to %s", what, before["sku"])
+        start()  # its own error, if it fails too, says what is left to do
+        raise
 
 
 _ACTIONS: dict[str, Action] = {}

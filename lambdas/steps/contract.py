@@ -82,6 +82,8 @@ def _tags(params: Mapping[str, Any]) -> dict[str, str]:
             raw = json.loads(raw) if raw.strip() else {}
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"parameters.tags is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("parameters.tags is nested too deeply") from None
     if not isinstance(raw, dict):
         raise InvalidInput("parameters.tags must be a JSON object")
     return {str(k): str(v) for k, v in raw.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -29,6 +30,7 @@ _RETRY_CODES = frozenset(
         "userRateLimitExceeded",
         "RESOURCE_EXHAUSTED",
         "resourceNotReady",
+        "operationInProgress",
     }
 )
 
@@ -44,6 +46,11 @@ def _error_code(body: Any) -> str:
     return ""
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+
+
 class RestClient:
     def __init__(self, base_url: str, token: str, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
@@ -52,7 +59,17 @@ class RestClient:
         self._session.headers["Authorization"] = f"Bearer {token}"
 
     def url(self, path_or_url: str) -> str:
-        return path_or_url if "://" in path_or_url else f"{self.base_url}{path_or_url}"
+        """The URL of an API path (`/subscriptions/...`), or an absolute URL on the API's own
+        host (the long-running operations' headers). The session carries the bearer token:
+        any other host or form is refused, so no input can send the token elsewhere."""
+        if path_or_url.startswith("/") and not path_or_url.startswith("//"):
+            return f"{self.base_url}{path_or_url}"
+        if "://" in path_or_url and _origin(path_or_url) == _origin(self.base_url):
+            return path_or_url
+        raise Permanent(
+            f"refusing to send the API credential to {path_or_url[:80]!r}: not a path of "
+            f"{_origin(self.base_url)}"
+        )
 
     def call(
         self,
@@ -79,13 +96,14 @@ class RestClient:
             payload = None
         code = _error_code(payload)
         what = f"{method} {path}: HTTP {resp.status_code} {code}".rstrip()
+        # Before the 403 check: Google reports its rate limits as 403 with their reason.
+        if resp.status_code in (429, 500, 502, 503, 504) or code in _RETRY_CODES:
+            raise Retryable(what)
         if resp.status_code in (401, 403):
             wanted = ", ".join(needs)
             raise AccessDenied(f"{what}: access denied; the credential needs {wanted}")
         if resp.status_code == 404:
             raise NotFound(what)
-        if resp.status_code in (429, 500, 502, 503, 504) or code in _RETRY_CODES:
-            raise Retryable(what)
         raise Permanent(what)
 
     def json(

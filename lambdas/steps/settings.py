@@ -17,7 +17,8 @@ class StepSettings:
     vault_jwt_path: the pod's service-account token, which Kubernetes auth verifies.
     vault_aws_mount / vault_aws_role / vault_aws_ttl: AWS secrets engine; credentials are an
         assumed role read from `<mount>/sts/<role>` with `vault_aws_ttl` (CCT_STEP_VAULT_AWS_TTL;
-        short: 15m covers one step).
+        short: 15m, the Vault token's own TTL; a credential that expires in a longer wait
+        makes the step retryable, and the retry logs in again).
     vault_azure_mount / vault_azure_role, azure_tenant_id: Azure secrets engine; the
         issued service principal is exchanged for an ARM token at the tenant's login URL.
     vault_gcp_mount / vault_gcp_roleset: GCP secrets engine roleset of type access_token.

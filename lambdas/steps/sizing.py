@@ -15,6 +15,7 @@ from lambdas.steps.errors import InvalidInput
 HOURS_PER_MONTH = Decimal(730)
 HOURS_PER_WEEK = 168
 PRODUCTION_ENVIRONMENTS = frozenset({"prod", "production", "prd"})
+_ENV_WORD = re.compile(r"[-_.\s/:]+")
 
 _AWS_SIZE = re.compile(r"^(db\.)?([a-z0-9-]+)\.(medium|large|xlarge|(\d+)xlarge)$")
 _AWS_VCPU = {"medium": 1, "large": 2, "xlarge": 4}
@@ -190,8 +191,13 @@ def parse_schedule(text: str) -> RestartSchedule:
 
 
 def is_production(environment: str, tags: Mapping[str, str]) -> bool:
-    values = {environment.lower(), tags.get("env", "").lower(), tags.get("environment", "").lower()}
-    return bool(values & PRODUCTION_ENVIRONMENTS)
+    """Whether the environment or an env/environment tag says production. Tag keys are
+    matched in any case (AWS's usual spelling is `Environment`; Azure's tag names are
+    case-insensitive), and a value counts by its first word (`prod-eu`, `Production_2`):
+    this guard errs towards leaving a resource alone."""
+    named = {k.strip().lower(): v for k, v in tags.items()}
+    values = (environment, named.get("env", ""), named.get("environment", ""))
+    return any(_ENV_WORD.split(v.strip().lower())[0] in PRODUCTION_ENVIRONMENTS for v in values)
 
 
 def monthly(usd_per_hour: Decimal) -> Decimal:

@@ -141,9 +141,27 @@ def _ensure_run(conn: psycopg.Connection[Any], inp: StepInput, settings: StepSet
         raise InvalidInput(str(exc)) from None
 
 
-def _approval_need(inp: StepInput, verdict: store.PolicyVerdict | None) -> ApprovalNeed:
+# The policy id of the approval asked for when no verdict is on record (below).
+VERDICT_MISSING = "cct/verdict-missing"
+
+
+def _approval_need(
+    inp: StepInput, verdict: store.PolicyVerdict | None, settings: StepSettings
+) -> ApprovalNeed:
     if verdict is None:
-        return approval_need(PLAYBOOKS[inp.playbook], inp.parameters, None, (), ())
+        need = approval_need(PLAYBOOKS[inp.playbook], inp.parameters, None, (), ())
+        if settings.backend == "argo" and not need.required:
+            # In the cluster every run was judged (the trigger's pre-check, the admission
+            # webhook) and the verdict written on the side: none on record means it was lost
+            # (a full writer queue, a database error), and what it said is unknown. A person
+            # decides rather than a lost require-approval letting the change run.
+            return ApprovalNeed(
+                True,
+                False,
+                (*need.policy_ids, VERDICT_MISSING),
+                (*need.reasons, "no policy decision is recorded for this run; a person decides"),
+            )
+        return need
     return approval_need(
         PLAYBOOKS[inp.playbook],
         inp.parameters,
@@ -264,9 +282,39 @@ def _decimal(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+def resource_account(provider: str, resource_id: str) -> str | None:
+    """The account a resource id names, where it names one: an Azure subscription, a GCP
+    project, the account of an RDS ARN (EC2, EBS and S3 ids name none)."""
+    api_id = api_resource_id(provider, resource_id)
+    parts = api_id.split("/")
+    if provider == "azure" and len(parts) > 2 and parts[1] == "subscriptions":
+        return parts[2]
+    if provider == "gcp" and len(parts) > 1 and parts[0] == "projects":
+        return parts[1]
+    if provider == "aws" and resource_id.startswith("arn:aws:"):
+        fields = resource_id.split(":")
+        return fields[4] if len(fields) > 5 and fields[4] else None
+    return None
+
+
+def check_resource(inp: StepInput, action: Action, base: Mapping[str, Any]) -> None:
+    """Before any credential is fetched: the resource is one the action accepts, in the
+    account the run was judged and will be recorded for (a subscription or project that
+    Vault's identity can also reach is not the same as the one the policy saw)."""
+    action.validate_resource(base)
+    p = inp.parameters
+    owner = resource_account(p.provider, p.resource_id)
+    if p.account_id and owner is not None and owner.lower() != p.account_id.lower():
+        raise InvalidInput(
+            f"parameters.resource-id is in account {owner!r}, not in "
+            f"parameters.account-id {p.account_id!r}"
+        )
+
+
 def analyze(inp: StepInput, io: StepIO) -> dict[str, Any]:
     action = _action(inp)
     base = _base(inp)
+    check_resource(inp, action, base)
     with io.cloud(inp) as session:
         try:
             state = action.read(session, base)
@@ -297,7 +345,7 @@ def plan(inp: StepInput, io: StepIO) -> dict[str, Any]:
     with io.db() as conn:
         verdict = store.latest_verdict(conn, inp.run_id)
         prices = _prices(conn, inp, action, state) if analysis["applicable"] else {}
-    need = _approval_need(inp, verdict)
+    need = _approval_need(inp, verdict, io.settings)
     if not analysis["applicable"]:
         return {
             "action": action.name,
@@ -334,7 +382,7 @@ def approve(inp: StepInput, io: StepIO) -> dict[str, Any]:
     planned = inp.output_of("plan")
     with io.db() as conn:
         _ensure_run(conn, inp, io.settings)
-        need = _approval_need(inp, store.latest_verdict(conn, inp.run_id))
+        need = _approval_need(inp, store.latest_verdict(conn, inp.run_id), io.settings)
         outcome, refusal = _approval_outcome(inp, planned, need)
         store.record_step_decision(
             conn,

@@ -175,3 +175,7 @@ def translate_errors(what: str) -> Iterator[None]:
             # failure, deadlock, lock timeout, pool exhausted: all pass if tried again later.
             raise StoreError(f"{what}: {exc}", retryable=True) from exc
         raise StoreError(f"{what}: {exc}", retryable=False) from exc
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (JSON's "\ud800") in a text parameter fails before it reaches the
+        # server: the same value fails on every retry.
+        raise BadRecordError(f"{what}: a text value is not valid Unicode: {exc.reason}") from exc

@@ -12,6 +12,7 @@ Delivery guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -120,19 +121,28 @@ class FreshGroupStart(ConsumerRebalanceListener):
 
     async def _start_recent(self, fresh: list[TopicPartition]) -> None:
         since_ms = int((time.time() - self.seconds) * 1000)
+        # The floor first: should a lookup below fail (a broker restarting; aiokafka logs a
+        # listener's error and goes on), the partition is read from the earliest offset, and
+        # the floor still keeps its history from starting workflows.
+        for tp in fresh:
+            self.floor[tp] = since_ms
         # The end is read before the lookup, and "none since" starts there: an event that
         # lands between the lookup and the seek is read. (seek_to_end resolved the end at the
         # next fetch, after it: the first alert of a new installation could be skipped.)
         ends = await self.consumer.end_offsets(fresh)
         found = await self.consumer.offsets_for_times({tp: since_ms for tp in fresh})
         for tp in fresh:
-            self.floor[tp] = since_ms
             at = found.get(tp)
             self.consumer.seek(tp, ends[tp] if at is None else at.offset)
         log.info(
             "fresh consumer group: starting at recent events",
             extra={"partitions": len(fresh), "since_s": self.seconds},
         )
+
+
+# Retry delays of the consumer's start while Kafka cannot be reached (doubling).
+START_RETRY_MIN_S = 1.0
+START_RETRY_MAX_S = 30.0
 
 
 class TriggerService:
@@ -155,7 +165,7 @@ class TriggerService:
     def ready_details(self) -> dict[str, object]:
         return {"lag": sum(self.lag.values()), "partitions": len(self.lag)}
 
-    async def run(self, stop: asyncio.Event) -> None:
+    def _consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         consumer = AIOKafkaConsumer(
             **s.kafka.client_kwargs(),
@@ -166,14 +176,41 @@ class TriggerService:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
         )
-        producers = ProducerSlot(
-            lambda: AIOKafkaProducer(**s.kafka.client_kwargs(), acks="all", enable_idempotence=True)
-        )
         # Subscribed before start: start() then asks for the topic's metadata, which creates
         # a topic that does not exist yet where the broker auto-creates topics.
         self.start = FreshGroupStart(consumer, s.fresh_group_start_s)
         consumer.subscribe([s.topic], listener=self.start)
-        await consumer.start()
+        return consumer
+
+    async def _started_consumer(self, stop: asyncio.Event) -> AIOKafkaConsumer | None:
+        """A started consumer, retried while Kafka cannot be reached (not ready meanwhile,
+        with the reason), rather than an exit and the restart back-off of Kubernetes; None
+        when asked to stop first."""
+        delay = START_RETRY_MIN_S
+        while not stop.is_set():
+            consumer = self._consumer()
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as exc:
+                self.problem = f"Kafka unreachable: {exc!r}"
+                log.warning("kafka unreachable; retrying", extra={"error": repr(exc)})
+                with contextlib.suppress(KafkaError):
+                    await consumer.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, START_RETRY_MAX_S)
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        producers = ProducerSlot(
+            lambda: AIOKafkaProducer(**s.kafka.client_kwargs(), acks="all", enable_idempotence=True)
+        )
+        started = await self._started_consumer(stop)
+        if started is None:
+            return
+        consumer = started
         self.problem = None
         log.info("trigger consuming", extra={"topic": s.topic, "group": s.group_id})
         try:
@@ -183,6 +220,10 @@ class TriggerService:
                     for record in records:
                         if stop.is_set():
                             return
+                        if tp not in consumer.assignment():
+                            # Revoked by a rebalance while this batch was handled (a replica
+                            # joined or left): its new owner handles the rest.
+                            break
                         await self._one(consumer, producers, tp, record)
                 await self._observe_lag(consumer)
         except Stopping:
@@ -196,7 +237,10 @@ class TriggerService:
             highwater = consumer.highwater(tp)
             if highwater is None:  # nothing fetched from this partition yet
                 continue
-            position = await consumer.position(tp)
+            try:
+                position = await consumer.position(tp)
+            except IllegalStateError:  # revoked since assignment() was read
+                continue
             self.lag[tp] = max(0, highwater - position)
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(self.lag[tp])
         for gone in set(self.lag) - consumer.assignment():
@@ -233,7 +277,9 @@ class TriggerService:
     ) -> None:
         try:
             await consumer.commit({tp: record.offset + 1})
-        except CommitFailedError as exc:
+        except (CommitFailedError, IllegalStateError) as exc:
+            # (IllegalStateError: the partition was revoked in the meantime.) The record is
+            # handled; its new owner may see it again, and the run it made is idempotent.
             self.metrics.commit_failures.inc()
             log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
 

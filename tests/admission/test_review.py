@@ -105,6 +105,47 @@ def test_duplicate_parameters_are_invalid() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"storedWorkflowTemplateSpec": {"templates": [{"name": "x", "container": {}}]}},
+        {"nodes": {"wf-1": {"displayName": "approve", "phase": "Succeeded"}}},
+        {"phase": "Running"},
+    ],
+)
+def test_a_workflow_created_with_a_status_is_refused(status: dict[str, Any]) -> None:
+    """The Workflow CRD keeps a status sent with the CREATE: a stored spec would run instead
+    of the approved template, a node marked done would skip the approval."""
+    wf = workflow("wf-status", params())
+    wf["status"] = status
+    outcome = decide(review(wf), context())
+    assert outcome.allowed is False
+    assert "status: a new Workflow carries no status" in outcome.message
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True])
+def test_an_action_that_is_not_text_is_still_checked_against_the_template(value: Any) -> None:
+    """The policies judge the action as text; the template must still be the action's."""
+    wf = workflow("wf-num", params(), template_ref="cct-delete-unattached-volume")
+    for item in wf["spec"]["arguments"]["parameters"]:
+        if item["name"] == "action":
+            item["value"] = value
+    approved = frozenset({"cct-rightsize-compute", "cct-delete-unattached-volume"})
+    outcome = decide(review(wf), context(approval_templates=approved))
+    assert outcome.allowed is False
+    assert (
+        f"WorkflowTemplate cct-delete-unattached-volume does not run the action {value}"
+        in outcome.message
+    )
+
+
+def test_tags_nested_too_deeply_are_invalid_parameters_not_a_crash() -> None:
+    wf = workflow("wf-deep", params(tags="[" * 1500 + "]" * 1500))
+    outcome = decide(review(wf), context())
+    assert (outcome.allowed, outcome.code) == (False, 400)
+    assert "parameter tags is nested too deeply" in outcome.message
+
+
 def slow_decide(review_doc: Any, ctx: Context) -> Outcome:
     time.sleep(0.6)  # an engine stuck far beyond the 0.2 s budget
     return decide(review_doc, ctx)

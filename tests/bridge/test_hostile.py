@@ -35,15 +35,21 @@ async def test_poison_alerts_are_dropped_and_counted_the_rest_produced(
     good = [{**alert(resource_id=f"i-{n}"), "fingerprint": f"{uid}{n:06d}"} for n in range(2)]
     nul = {**alert(team="pay\x00ments"), "fingerprint": f"{uid}nul"}
     huge = {**alert(resource_id="i-" + "x" * 10_000), "fingerprint": f"{uid}huge"}
-    resp = await client.post("/v1/alerts", data=payload(good[0], nul, huge, good[1]), headers=AUTH)
+    # JSON's "\ud800" decodes to a lone surrogate: no event id or Kafka key can be made of it.
+    broken_key = {**alert(), "fingerprint": f"{uid}\ud800"}
+    broken_label = {**alert(team="pay\ud800ments"), "fingerprint": f"{uid}label"}
+    alerts = (good[0], nul, huge, broken_key, broken_label, good[1])
+    resp = await client.post("/v1/alerts", data=payload(*alerts), headers=AUTH)
     assert resp.status == 200
     doc = await resp.json()
     assert doc["events"] == 2
-    assert [m.split(":")[0] for m in doc["invalid"]] == ["alerts[1]", "alerts[2]"]
+    assert [m.split(":")[0] for m in doc["invalid"]] == [f"alerts[{i}]" for i in (1, 2, 3, 4)]
     assert "NUL" in doc["invalid"][0] and "longer than the limit" in doc["invalid"][1]
+    assert "fingerprint is not valid Unicode" in doc["invalid"][2]
+    assert "label 'team' is not valid Unicode" in doc["invalid"][3]
     records = await consume_topic(kafka_bootstrap, f"cct.test.bridge.{uid}", 2, 60)
     assert sorted(r.key for r in records) == [f"{uid}{n:06d}".encode() for n in range(2)]
-    assert await metric(client, 'cct_bridge_rejected_total{reason="invalid_alert"}') == 2
+    assert await metric(client, 'cct_bridge_rejected_total{reason="invalid_alert"}') == 4
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -69,6 +69,15 @@ async def test_unauthenticated_requests_get_401_and_are_counted(
     assert await metric(client, 'cct_bridge_rejected_total{reason="unauthenticated"}') == 1
 
 
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(client: TestClient[Any, Any]) -> None:
+    from tests.support.http import raw_status
+
+    assert client.port is not None
+    header = b"Authorization: Bearer \xff\xfe"
+    assert await raw_status(client.host, client.port, "/v1/alerts", header, b"{}") == 401
+    assert await metric(client, 'cct_bridge_rejected_total{reason="unauthenticated"}') == 1
+
+
 async def test_malformed_and_oversized_payloads_get_4xx_with_a_reason(
     client: TestClient[Any, Any],
 ) -> None:
@@ -109,3 +118,30 @@ async def test_relay_forwards_unchanged_and_maps_upstream_failures(
             assert resp.status == 502  # Alertmanager retries a 5xx
             assert await metric(c, 'cct_bridge_zenduty_relay_total{outcome="failed"}') == 1
             assert await metric(c, 'cct_bridge_zenduty_relay_total{outcome="delivered"}') == 1
+
+
+async def test_unreadable_kafka_credentials_are_not_ready_and_a_503_not_a_crash(
+    tmp_path: Any, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password file unreadable for a while (a Secret being replaced): the bridge says
+    why it is not ready, answers 503 so Alertmanager retries, and its recheck keeps running
+    until the file is back."""
+    import asyncio
+    import dataclasses
+
+    import lambdas.bridge.server as server_module
+    from tests.support.kafka import auth as kafka_auth
+
+    monkeypatch.setattr(server_module, "RECHECK_S", 0.05)
+    real = kafka_auth("127.0.0.1:1", "bridge")
+    missing = dataclasses.replace(real, password_file=tmp_path / "password")
+    settings = dataclasses.replace(bridge_settings("127.0.0.1:1", f"t.{uid}"), kafka=missing)
+    bridge = Bridge(settings)
+    async with TestClient(TestServer(bridge.app())) as c:
+        resp = await c.post("/v1/alerts", data=payload(alert()), headers=AUTH)
+        assert resp.status == 503
+        assert "password" in (bridge.not_ready() or "")
+        recheck = asyncio.create_task(bridge._recheck())
+        await asyncio.sleep(0.3)
+        assert not recheck.done(), "the recheck task died"
+        recheck.cancel()

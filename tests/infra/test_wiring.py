@@ -81,7 +81,9 @@ def test_step_pods_pass_the_restricted_pod_security(built: BuiltStack) -> None:
         for r in built.of_type("kubernetes:helm.sh/v3:Release")
         if r.inputs["name"] == "argo-workflows"
     ]
-    defaults = argo.inputs["values"]["controller"]["workflowDefaults"]["spec"]
+    controller = argo.inputs["values"]["controller"]
+    assert controller["workflowRestrictions"] == {"templateReferencing": "Secure"}
+    defaults = controller["workflowDefaults"]["spec"]
     (patch,) = json.loads(defaults["podSpecPatch"])["containers"]
     assert patch["name"] == "main"
     template = next(iter(built.of_type("kubernetes:argoproj.io/v1alpha1:WorkflowTemplate")))

@@ -15,6 +15,7 @@ import pytest
 
 from lambdas.common.vm import VictoriaMetrics
 from tests.ingest.conftest import Collector, record
+from tests.support.http import raw_status
 
 Event = Callable[[str], dict[str, Any]]
 RATE = "cct_cost_rate_usd_per_hour"
@@ -319,6 +320,11 @@ async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
     # wrong token
     status, body = await collector.post([good], token="wrong-token-000000000")
     assert (status, body["error"]) == (401, "unauthorized")
+    # bytes that are not UTF-8 in the header: a wrong token too, not a 500
+    server = collector.client
+    assert server.port is not None
+    header = b"Authorization: Bearer \xff\xfe"
+    assert await raw_status(server.host, server.port, "/ingest", header, b"[]") == 401
     # malformed JSON
     status, body = await collector.post(None, raw=b'[{"provider": "aws", ')
     assert (
@@ -360,7 +366,7 @@ async def test_bad_input_is_refused_with_a_reason_counted_and_dead_lettered(
     assert "missing field 'eventID'" in dead[2][1]
     metrics = await (await collector.client.get("/metrics")).text()
     for line in (
-        'cct_collector_rejected_total{reason="unauthorized"} 1.0',
+        'cct_collector_rejected_total{reason="unauthorized"} 2.0',
         'cct_collector_rejected_total{reason="too_many_records"} 1.0',
         'cct_collector_rejected_total{reason="body_too_large"} 1.0',
         'cct_collector_rejected_total{reason="unknown_provider"} 1.0',

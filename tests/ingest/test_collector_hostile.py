@@ -35,6 +35,15 @@ def run_of(event: Event, n: int, **tags: str) -> dict[str, Any]:
     return ev
 
 
+DEEP_MARK = "<nested 1000 deep>"
+
+
+def body_of(batch: list[dict[str, Any]]) -> bytes:
+    """The batch as JSON, with a list nested 1000 deep (holding a NUL) for DEEP_MARK."""
+    deep = "[" * 1000 + '"x\\u0000"' + "]" * 1000
+    return json.dumps(batch).replace(json.dumps(DEEP_MARK), deep).encode()
+
+
 def hostile(event: Event) -> list[tuple[dict[str, Any], str, str]]:
     """(provider event, reason, detail fragment): what the issue saw get through."""
     huge_tag = run_of(event, 1, team="t" * 1_000_000, env="dev")
@@ -50,12 +59,21 @@ def hostile(event: Event) -> list[tuple[dict[str, Any], str, str]]:
         "f" * 5000
     )
     many_tags = run_of(event, 4, **{f"k{i}": "v" for i in range(100)})
+    # Year 1 an hour east of UTC is before the calendar starts once converted to UTC.
+    year_one = run_of(event, 5, team="payments", env="dev")
+    year_one["detail"]["eventTime"] = year_one["time"] = "0001-01-01T00:00:00+01:00"
+    # Deeper than Python's recursion limit, and rejected (NUL), so its dead letter is written
+    # (`body_of` puts the nesting in: no encoder in the test writes it either).
+    nested = run_of(event, 6, team="payments", env="dev")
+    nested["detail"]["requestParameters"]["deep"] = DEEP_MARK
     return [
         (huge_tag, "value_too_long", "tag 'team' has 1000004 characters"),
         (volume, "out_of_range", "attribute 'gib'=1e+308 is outside"),
         (future, "future_time", "in the future"),
         (long_id, "value_too_long", "resource_id has 5002 characters"),
         (many_tags, "too_many_tags", "100 tags exceed the limit of 64"),
+        (year_one, "bad_time", "is outside the calendar"),
+        (nested, "nul_character", "a string holds a NUL character"),
     ]
 
 
@@ -73,7 +91,7 @@ async def test_hostile_records_are_dead_lettered_and_the_good_ones_reach_vm(
     bad = hostile(event)
     batch = [record("aws", event("aws_run_instances"), acct)]
     batch += [record("aws", ev, acct) for ev, _, _ in bad]
-    status, body = await collector.post(batch)
+    status, body = await collector.post(None, raw=body_of(batch))
     assert status == 200, body
     assert body["accepted"] == 1, body["rejected"]
     assert [(r["index"], r["reason"]) for r in body["rejected"]] == [

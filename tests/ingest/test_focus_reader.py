@@ -179,6 +179,35 @@ def test_a_cost_beyond_the_limit_is_refused_by_the_reader_for_both_consumers(
     assert strict.rows_used == 0
 
 
+def test_a_charge_longer_than_the_loader_accepts_is_rejected_by_the_backtest_too(
+    tmp_path: Path,
+) -> None:
+    """A typo in one row's end year (2124) once made the backtest's matrix a century wide:
+    its reader rejects the row as the loader does, and its interval is incomplete."""
+    rows = [_row(f"2024-09-16 {h:02d}:00:00", f"2024-09-16 {h + 1:02d}:00:00") for h in range(4)]
+    rows.append(_row("2024-09-16 02:00:00", "2124-09-16 03:00:00", "9.0"))
+    path = _csv(tmp_path / "typo.csv", HEADER, rows)
+    matrix = backtest_focus.load([path])
+    assert matrix.rates.shape == (1, 4) and matrix.interval_s == 3600
+    assert matrix.rejected == {"ChargePeriod: longer than 9600 hours": 1}
+    assert matrix.examples["ChargePeriod: longer than 9600 hours"] == ["typo.csv: 876,577 hours"]
+    assert np.isnan(matrix.rates[0, 2]) and matrix.rates[0, [0, 1, 3]].tolist() == [1.0] * 3
+    totals = HourlyTotals()
+    add_file(totals, path, path.name)
+    assert totals.errors.counts == {"ChargePeriod: longer than 9600 hours": 1}
+
+
+def test_a_backtest_whose_rows_span_too_much_is_refused_with_the_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (One resource over 8,000 years is 70 million cells, under the real limit: lowered here.)
+    monkeypatch.setattr(backtest_focus, "MAX_MATRIX_CELLS", 1_000_000)
+    rows = [_row("2024-09-16 00:00:00", "2024-09-16 01:00:00")]
+    rows += [_row("9999-01-01 00:00:00", "9999-01-01 01:00:00")]
+    with pytest.raises(backtest_focus.FocusError, match="rows span 2024-09-16 00:00 to 9999"):
+        backtest_focus.load([_csv(tmp_path / "stray.csv", HEADER, rows)])
+
+
 def test_missing_columns_and_unreadable_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BillingFileError, match=r"missing columns \['BilledCost'"):
         list(read_focus(_csv(tmp_path / "x.csv", ["a"], [["1"]]), [], ["BilledCost"], RowErrors()))
@@ -280,3 +309,16 @@ def test_native_provider_exports_reconcile_through_the_shared_checks(
     assert totals.errors.total == 0
     assert totals.result is not None
     assert pc.sum(totals.result.column("billed")).as_py() == pytest.approx(billed_usd)
+
+
+def test_a_native_export_keeps_the_leading_zeros_of_its_account_ids(tmp_path: Path) -> None:
+    """CUR's account columns are not FOCUS columns: read as numbers, 012345678901 became
+    12345678901 and matched no series of the collector."""
+    text = (FIXTURES / "billing" / "aws_cur2.csv").read_text()
+    path = tmp_path / "cur.csv"
+    path.write_text(
+        text.replace("111122223333", "011122223333").replace("444455556666", "000455556666")
+    )
+    table = adapt(path, "aws-cur2")
+    assert set(table.column("BillingAccountId").to_pylist()) == {"011122223333"}
+    assert set(table.column("SubAccountId").to_pylist()) == {"000455556666"}

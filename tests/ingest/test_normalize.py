@@ -253,6 +253,18 @@ def test_failed_api_calls_and_irrelevant_events_are_ignored(event: Event) -> Non
         normalize({"provider": "aws", "event": other})
 
 
+@pytest.mark.parametrize(
+    "tail", ["/extensions/CustomScript", "/providers/Microsoft.Resources/tags/default"]
+)
+def test_an_azure_sub_resource_event_is_not_a_vm(event: Event, tail: str) -> None:
+    """An extension's write, or the VM's tags resource: no phantom unpriced VM row named
+    `.../web-1/extensions/...`, no change to the VM's own row."""
+    ev = event("azure_vm_write")
+    ev["data"]["resourceUri"] = ev["subject"] = ev["data"]["resourceUri"] + tail
+    with pytest.raises(EventIgnored, match="sub-resource"):
+        normalize({"provider": "azure", "event": ev})
+
+
 def _mutate(
     fixture: str, fn: Callable[[dict[str, Any]], None]
 ) -> Callable[[Event], dict[str, Any]]:

@@ -254,6 +254,27 @@ def test_cct_prices_load_loads_the_rest_and_says_what_it_rejected(
     assert rows == [("Standard_D4s_v3", 0.192)]
 
 
+def test_an_api_key_in_a_price_url_is_never_shown_or_stored(
+    fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Cloud Billing Catalog needs an API key; the CLI takes it from
+    CCT_PRICES_GCP_API_KEY, and one written into a URL stays out of logs, errors and rows."""
+    from lambdas.pricing.cli import _with_key, public_location
+
+    skus = "https://cloudbilling.googleapis.com/v1/services/6F81-5844-456A/skus"
+    assert public_location(f"{skus}?key=SECRET&currencyCode=USD") == f"{skus}?currencyCode=USD"
+    assert public_location("/tmp/page.json?key=x") == "/tmp/page.json?key=x"  # a file name
+    assert _with_key(skus, "K") == f"{skus}?key=K"
+    assert _with_key(f"{skus}?key=MINE", "K") == f"{skus}?key=MINE"
+    assert _with_key("https://prices.azure.com/api/retail/prices", "K").endswith("/prices")
+    monkeypatch.setenv("CCT_PG_DSN", fresh_db)
+    refused = "https://127.0.0.1:9/v1/services/x/skus?key=SECRET-123"  # nothing listens
+    result = CliRunner().invoke(cli, ["prices", "load", "--provider", "gcp", refused])
+    assert result.exit_code == 1
+    assert "SECRET-123" not in result.output
+    assert "https://127.0.0.1:9/v1/services/x/skus:" in result.output
+
+
 def test_a_missing_azure_price_is_no_price_of_zero() -> None:
     item = {k: v for k, v in AZ_VM.items() if k != "retailPrice"}
     parsed = parse("azure", [{"Items": [item]}], "f")

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import boto3
 import psycopg
 
+from lambdas.collector.model import ResourceChange
+from lambdas.collector.normalize import AWS_EC2
 from lambdas.collector.service import Processor
 from lambdas.collector.sync import aws_observed
 from tests.ingest.conftest import Collector, collector_settings
@@ -33,7 +35,25 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
         )
     )
     await processor.start(background=False)
+    # Another account's instance in the same region (an organisation's collector hears every
+    # account's events; the sync lists its own credentials' account only): never "vanished".
+    other = f"i-{abs(hash(uid)) % 16**17:017x}"
+    other_run = ResourceChange(
+        event_id=f"ev-other-{uid}",
+        provider="aws",
+        billing_account_id=f"payer-{uid}",
+        sub_account_id="999999999999",
+        region_id=region,
+        service_name=AWS_EC2,
+        resource_id=other,
+        resource_type="Instance",
+        action="RunInstances",
+        event_time=datetime.now(UTC),
+        state="running",
+        sku="m5.large",
+    )
     try:
+        assert (await processor.submit([other_run], [])).accepted == 1
         await processor.sync_aws()
         with psycopg.connect(dsn) as conn:
             found: dict[str, str] = dict(
@@ -65,6 +85,10 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
                 ).fetchall()
             )
         assert states == {inst: "deleted", vol: "deleted"}
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute(
+                "select state from resource_inventory where resource_id = %s", (other,)
+            ).fetchall() == [("running",)]
         assert processor.rollups.live.get(("aws", inst)) is None
     finally:
         await processor.stop()

@@ -65,7 +65,7 @@ def test_a_wrong_expectation_fails_with_a_precise_message(policy_copy: Path) -> 
         "    unexpected: 'account 123456789012 already had 5 actions in the last hour "
         "(automatic limit 5)'",
     ]
-    assert out.endswith("73 passed, 1 failed, 0 errors\n")
+    assert out.endswith("75 passed, 1 failed, 0 errors\n")
 
 
 def test_a_policy_without_tests_and_tests_without_a_policy_are_errors(policy_copy: Path) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lambdas.steps.steps import resource_account
+
 SUB_RG = "/subscriptions/d3b7c1a2-4e5f-4a6b-9c8d-7e6f5a4b3c2d/resourceGroups/rg-payments-dev"
 ARM_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.AZURE-ARM-ACCESS-TOKEN-must-never-leak"
 GCP_TOKEN = "ya29.c.GCP-ACCESS-TOKEN-must-never-leak-0123456789"
@@ -171,7 +173,8 @@ def params(case: Case, uid: str, **extra: str) -> dict[str, Any]:
         "action": case.playbook,
         "environment": "dev",
         "team": "payments",
-        "account-id": "acct-1",
+        # The subscription or project the resource is in, as the trigger passes it.
+        "account-id": resource_account(case.provider, case.resource_id) or "acct-1",
         "region": case.region,
         "tags": '{"team": "payments"}',
         "estimated-monthly-impact-usd": "40",

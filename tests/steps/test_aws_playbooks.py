@@ -277,8 +277,27 @@ def test_rightsize_dry_run_changes_nothing(
     assert _action_row(db, run_id)[1] == "dry_run"
 
 
+@pytest.mark.parametrize(
+    ("fault", "error_type", "detail"),
+    [
+        # The modify refused: the instance is started again as it was.
+        (
+            Fault("ModifyInstanceAttribute", 403, "UnauthorizedOperation"),
+            "AccessDenied",
+            "ec2:ModifyInstanceAttribute",
+        ),
+        # The modify worked but the instance does not start at its new type (AWS refuses
+        # some type and image pairs, or has no capacity for it): the old type is set back
+        # and the instance started, not left stopped at the new one.
+        (Fault("StartInstances", 400, "Unsupported", times=1), "Permanent", "Unsupported"),
+    ],
+    ids=["modify-refused", "start-refused-at-the-new-type"],
+)
 def test_failed_resize_restores_the_instance_and_records_the_reason(
     *,
+    fault: Fault,
+    error_type: str,
+    detail: str,
     aws_env: str,
     vault: Replay,
     step_env: Any,
@@ -291,8 +310,7 @@ def test_failed_resize_restores_the_instance_and_records_the_reason(
     iid = _instance(aws_env, "m5.xlarge")
     _put_cpu(aws_env, "AWS/EC2", "InstanceId", iid, avg=10.0, mx=30.0)
     run_id = f"cct-rightsize-compute-fail-{uid}"
-    denied = Fault("ModifyInstanceAttribute", 403, "UnauthorizedOperation")
-    with fault_proxy(aws_env, denied) as proxy:
+    with fault_proxy(aws_env, fault) as proxy:
         result = run_playbook(
             "rightsize-compute",
             run_id,
@@ -300,17 +318,18 @@ def test_failed_resize_restores_the_instance_and_records_the_reason(
             step_env(vault.base_url, proxy.url),
             inprocess=True,
         )
+        assert proxy.hits.get(fault.action, 0) >= 1
 
     assert result.failed_step == "execute"
     assert_declared(aws_calls, "aws.ec2.resize_instance")
     error = result.outputs.get("execute") or result.runs[-2].output["error"]
-    assert error["type"] == "AccessDenied"
-    assert "ec2:ModifyInstanceAttribute" in error["message"]
+    assert error["type"] == error_type
+    assert detail in error["message"]
     inst = _describe(aws_env, iid)
     assert (inst["InstanceType"], inst["State"]["Name"]) == ("m5.xlarge", "running")
     state, reason, *_ = _run_row(db, run_id)
     assert state == "failed"
-    assert "UnauthorizedOperation" in reason and "restored" in reason
+    assert fault.code in reason and "restored" in reason
     assert _action_row(db, run_id)[1] == "restored"
 
 
@@ -457,6 +476,38 @@ def test_delete_unattached_volume_snapshots_first(
     }
     again = call_step("execute", doc, env, inprocess=True)
     assert (again.exit_code, again.output["outcome"]) == (0, "already_done")
+
+
+def test_an_earlier_run_s_snapshot_is_not_taken_for_a_backup_of_the_volume_now(
+    *,
+    env: dict[str, str],
+    aws_env: str,
+    seed_prices: Any,
+    uid: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An earlier run snapshotted the volume, then its delete failed (the volume was attached
+    again and written to): a later run takes a new snapshot before deleting, not the old one
+    (older than SNAPSHOT_REUSE_S; 0 here, so the one just made counts as old)."""
+    from lambdas.steps.providers import aws as aws_actions
+
+    seed_prices("aws", EC2, REGION, "gib_month", {"gp3": "0.08", "snapshot": "0.05"})
+    ec2 = _client("ec2", aws_env)
+    vid = ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3")["VolumeId"]
+    tags = [{"ResourceType": "snapshot", "Tags": [{"Key": "cct:source-volume", "Value": vid}]}]
+    old = ec2.create_snapshot(VolumeId=vid, TagSpecifications=tags)["SnapshotId"]
+    monkeypatch.setattr(aws_actions, "SNAPSHOT_REUSE_S", 0.0)
+    run_id = f"cct-delete-unattached-volume-old-snap-{uid}"
+
+    result = run_playbook("delete-unattached-volume", run_id, _params(vid), env, inprocess=True)
+
+    assert result.failed_step is None, result.runs[-1]
+    assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [vid]}])["Volumes"]
+    snaps = ec2.describe_snapshots(Filters=[{"Name": "tag:cct:source-volume", "Values": [vid]}])[
+        "Snapshots"
+    ]
+    assert len(snaps) == 2
+    assert result.outputs["execute"]["before"]["snapshot_id"] == old  # seen, and not reused
 
 
 def test_missing_instance_is_a_permanent_not_found(env: dict[str, str], uid: str) -> None:

@@ -204,6 +204,14 @@ def test_verified_saving_reads_the_size_back() -> None:
             },
             "previous",
         ),
+        (
+            {
+                "run_id": "r",
+                "playbook": "storage-tiering",
+                "parameters": {"provider": "aws", "resource-id": "b", "tags": "[" * 3000},
+            },
+            "nested too deeply",
+        ),
     ],
 )
 def test_bad_input_names_the_problem(doc: Any, error: str) -> None:
@@ -393,3 +401,207 @@ def test_gcp_machine_prices_are_composed_from_vcpu_and_memory_rows() -> None:
     assert prices["e2-standard-4"] < prices["e2-standard-8"]  # a rightsize can find a target
     assert "n2-standard-8" not in catalog_skus(rows, {"sku": "n2-standard-8"}, "gcp")
     assert catalog_skus(rows, {"sku": "f1-micro"}, "gcp") == rows
+
+
+GCP_ASSET = "//compute.googleapis.com/projects/cct-prod-1/zones/us-east1-b/instances/web-1"
+AZURE_VM = (
+    "/subscriptions/d3b7c1a2-4e5f-4a6b-9c8d-7e6f5a4b3c2d/resourceGroups/rg-web"
+    "/providers/Microsoft.Compute/virtualMachines/vm-web-1"
+)
+
+
+def _io_without_clouds() -> Any:
+    """A StepIO whose clouds and database fail the test if a step opens them."""
+    from contextlib import contextmanager
+
+    from lambdas.steps.steps import StepIO
+
+    @contextmanager
+    def never(*_: Any) -> Any:
+        raise AssertionError("a credential was fetched for a resource the action refuses")
+        yield
+
+    return StepIO(settings=SETTINGS, cloud=never, db=never)
+
+
+@pytest.mark.parametrize(
+    ("provider", "resource_id", "error"),
+    [
+        ("azure", "https://attacker.example/steal", "does not match"),
+        ("azure", "//attacker.example/steal", "does not match"),
+        ("azure", AZURE_VM.replace("virtualMachines", "disks"), "does not match"),
+        ("gcp", "https://attacker.example/projects/p/zones/z/instances/i", "does not match"),
+        ("aws", "i-0abc/../../attacker", "does not match"),
+    ],
+)
+def test_an_id_the_action_does_not_accept_never_reaches_a_cloud(
+    provider: str, resource_id: str, error: str
+) -> None:
+    """analyze checks the resource against the action's schema before it asks Vault for a
+    credential: an absolute URL as the Azure id once sent the ARM token to its host."""
+    from lambdas.steps.steps import analyze
+
+    inp = parse_input(
+        {
+            "run_id": "r1",
+            "playbook": "rightsize-compute",
+            "parameters": {"provider": provider, "resource-id": resource_id, "region": "r"},
+        }
+    )
+    with pytest.raises(InvalidInput, match=error):
+        analyze(inp, _io_without_clouds())
+
+
+@pytest.mark.parametrize(
+    ("provider", "resource_id", "account", "refused"),
+    [
+        ("azure", AZURE_VM, "d3b7c1a2-4e5f-4a6b-9c8d-7e6f5a4b3c2d", False),
+        ("azure", AZURE_VM.lower(), "D3B7C1A2-4E5F-4A6B-9C8D-7E6F5A4B3C2D", False),
+        ("azure", AZURE_VM, "00000000-0000-0000-0000-000000000000", True),
+        ("gcp", "projects/cct-prod-1/zones/us-east1-b/instances/web-1", "cct-prod-1", False),
+        ("gcp", "projects/cct-prod-1/zones/us-east1-b/instances/web-1", "cct-dev-1", True),
+        ("gcp", GCP_ASSET, "p", True),
+        ("aws", "arn:aws:rds:us-east-1:111122223333:db:orders", "111122223333", False),
+        ("aws", "arn:aws:rds:us-east-1:111122223333:db:orders", "444455556666", True),
+        ("aws", "i-0abc12345678", "444455556666", False),  # an EC2 id names no account
+        ("azure", AZURE_VM, "", False),  # no account given: nothing to compare
+    ],
+)
+def test_a_resource_outside_the_run_s_account_is_refused(
+    provider: str, resource_id: str, account: str, refused: bool
+) -> None:
+    """The policies judged, and the run records, the account in `account-id`: a resource id
+    naming another subscription, project or account is refused before any cloud call."""
+    from lambdas.steps.steps import _action, _base, check_resource
+
+    playbook = "rightsize-database" if resource_id.startswith("arn:") else "rightsize-compute"
+    params = {"provider": provider, "resource-id": resource_id, "account-id": account}
+    inp = parse_input({"run_id": "r1", "playbook": playbook, "parameters": params})
+    base = {k: v for k, v in _base(inp).items() if k != "region"}
+    if refused:
+        with pytest.raises(InvalidInput, match=r"not in parameters\.account-id"):
+            check_resource(inp, _action(inp), base)
+    else:
+        check_resource(inp, _action(inp), base)
+
+
+def test_the_api_client_sends_its_token_only_to_its_own_host() -> None:
+    from lambdas.steps.errors import Permanent
+    from lambdas.steps.rest import RestClient
+
+    rest = RestClient("https://management.azure.com", "token", 5.0)
+    assert rest.url("/subscriptions/s") == "https://management.azure.com/subscriptions/s"
+    operation = "https://management.azure.com/subscriptions/s/operations/1?api-version=1"
+    assert rest.url(operation) == operation  # a long-running operation's header
+    for elsewhere in (
+        "https://attacker.example/x",
+        "http://management.azure.com/x",  # plain HTTP
+        "https://management.azure.com.attacker.example/x",
+        "//attacker.example/x",
+        "@attacker.example/x",
+        "subscriptions/s",
+    ):
+        with pytest.raises(Permanent, match="refusing to send the API credential"):
+            rest.url(elsewhere)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (403, {"error": {"code": 403, "errors": [{"reason": "rateLimitExceeded"}]}}, "Retryable"),
+        (403, {"error": {"errors": [{"reason": "userRateLimitExceeded"}]}}, "Retryable"),
+        (409, {"error": {"errors": [{"reason": "operationInProgress"}]}}, "Retryable"),
+        (403, {"error": {"errors": [{"reason": "forbidden"}]}}, "AccessDenied"),
+        (403, {"error": {"code": "AuthorizationFailed"}}, "AccessDenied"),
+        (409, {"error": {"errors": [{"reason": "alreadyExists"}]}}, "Permanent"),
+    ],
+)
+def test_rate_limits_reported_as_403_are_retried_and_denials_are_not(
+    status: int, body: dict[str, Any], error: str
+) -> None:
+    """Google reports rate limits as HTTP 403 with their reason, and a Cloud SQL instance
+    busy with another operation as 409 `operationInProgress`: both clear up on their own."""
+    from http.server import BaseHTTPRequestHandler
+
+    from lambdas.steps.errors import StepError
+    from lambdas.steps.rest import RestClient
+    from tests.support.http import serving_http
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def do_GET(self) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    with serving_http(Handler) as url, pytest.raises(StepError) as caught:
+        RestClient(url, "token", 5.0).call("GET", "/x", needs=("compute.instances.get",))
+    assert type(caught.value).__name__ == error
+
+
+@pytest.mark.parametrize(
+    ("environment", "tags", "production"),
+    [
+        ("", {"Environment": "production"}, True),
+        ("", {"Environment": "Production"}, True),
+        ("", {"ENV": "prod"}, True),
+        ("", {" env ": " PRD "}, True),
+        ("prod-eu", {}, True),
+        ("prod ", {}, True),
+        ("", {"environment": "production_2"}, True),
+        ("", {"env": "preprod"}, False),
+        ("dev", {"Environment": "staging"}, False),
+        ("", {"Name": "prod"}, False),
+        ("", {}, False),
+    ],
+)
+def test_production_is_recognised_in_any_tag_spelling(
+    environment: str, tags: dict[str, str], production: bool
+) -> None:
+    """stop-idle-compute never stops production: AWS's usual tag is `Environment`, and Azure's
+    tag names are case-insensitive."""
+    enough = {"datapoints": 24, "peak_hourly_avg_cpu_percent": 1.0, "max_cpu_percent": 2.0}
+    state = {"status": "running", "tags": tags}
+    verdict = assess("stop-idle-compute", _params(environment=environment), state, enough, SETTINGS)
+    assert verdict.applicable is not production
+
+
+@pytest.mark.parametrize("code", ["ExpiredToken", "RequestExpired", "ExpiredTokenException"])
+def test_an_expired_aws_credential_is_retryable(code: str) -> None:
+    """A wait longer than the Vault-issued credential's TTL: the retried step logs in again."""
+    import botocore.exceptions
+
+    from lambdas.steps.errors import Retryable
+    from lambdas.steps.providers.aws import aws_errors
+
+    error = {"Error": {"Code": code, "Message": "expired"}, "ResponseMetadata": {}}
+    denied = botocore.exceptions.ClientError(error, "StartInstances")  # type: ignore[arg-type]
+    with pytest.raises(Retryable, match=code), aws_errors("ec2:StartInstances i-1", ()):
+        raise denied
+
+
+@pytest.mark.parametrize(
+    ("backend", "playbook", "required", "ids"),
+    [
+        ("argo", "rightsize-compute", True, ("cct/verdict-missing",)),
+        ("argo", "rightsize-database", True, ("playbook:rightsize-database",)),
+        ("local", "rightsize-compute", False, ()),
+    ],
+)
+def test_a_run_in_the_cluster_without_a_recorded_verdict_asks_a_person(
+    backend: str, playbook: str, required: bool, ids: tuple[str, ...]
+) -> None:
+    """The admission webhook writes its verdicts on the side; a lost one must not let a
+    require-approval change run unapproved (fail closed). The local backend has no webhook."""
+    import dataclasses
+
+    from lambdas.steps.steps import _approval_need
+
+    inp = parse_input({"run_id": "r", "playbook": playbook, "parameters": _params().raw})
+    need = _approval_need(inp, None, dataclasses.replace(SETTINGS, backend=backend))
+    assert (need.required, need.denied, need.policy_ids) == (required, False, ids)

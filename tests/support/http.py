@@ -20,3 +20,23 @@ def serving_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def raw_status(host: str, port: int, path: str, header_lines: bytes, body: bytes) -> int:
+    """POST with header bytes as given (no client library re-encodes them); the status."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + header_lines
+        + b"\r\n\r\n"
+        + body
+    )
+    await writer.drain()
+    status_line = (await reader.read()).split(b"\r\n", 1)[0]
+    writer.close()
+    return int(status_line.split()[1])

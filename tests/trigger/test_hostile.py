@@ -41,6 +41,8 @@ def poison(uid: str) -> list[tuple[bytes, str]]:
         (with_delta(uid, 11, "NaN"), "is not finite"),
         (event_bytes(uid, 12, team="pay\x00ments"), "label 'team' contains a NUL character"),
         (event_bytes(uid, 13, resource_id="i-" + "a" * 5000), "label 'resource_id' is longer"),
+        # JSON's escape for a lone surrogate: valid JSON, no valid PostgreSQL text.
+        (event_bytes(uid, 14, team="pay\ud800ments"), "label 'team' is not valid Unicode"),
         (b"{" * 100_000, "not JSON"),
         (b"x" * 300_000, "exceeds the limit"),
     ]
@@ -100,6 +102,7 @@ def pool(pg_dsn: str) -> Iterator[ConnectionPool]:
     ("sql", "params"),
     [
         ("select %s::text", ("pay\x00ments",)),  # refused by the client library
+        ("select %s::text", ("pay\ud800ments",)),  # a lone surrogate: no UTF-8 for it
         ("select %s::jsonb", (json.dumps({"team": "pay\x00ments"}),)),  # 22P05
         ("select %s::numeric(18, 6)", ("1e308",)),  # 22003 numeric overflow
         ("insert into t (v) values (%s)", (os.urandom(200_000).hex(),)),  # 54000 index row

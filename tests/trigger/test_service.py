@@ -270,3 +270,89 @@ def test_alert_posted_to_alertmanager_becomes_one_workflow(
     params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
     assert params["resource-id"] == f"i-{uid}-dev"  # the recorded dev instance
     assert runs_in_db(pg_dsn, {name}) == [(name, "submitted")]
+
+
+async def test_a_partition_revoked_mid_batch_is_no_crash() -> None:
+    """A replica joined or left while a batch was handled: committing or reading the position
+    of a partition this replica no longer owns raises IllegalStateError in aiokafka, which
+    used to end the trigger. The record is handled; its new owner may see it again."""
+    import threading
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from aiokafka.errors import IllegalStateError
+
+    from lambdas.trigger.service import TriggerService
+
+    tp = TopicPartition("cct.cost.anomalies", 0)
+
+    class Revoked:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}  # as read just before the rebalance finished
+
+        def highwater(self, _: TopicPartition) -> int:
+            return 10
+
+        async def position(self, _: TopicPartition) -> int:
+            raise IllegalStateError(f"No current assignment for partition {tp}")
+
+        async def commit(self, _: object) -> None:
+            raise IllegalStateError(f"Partition {tp} is not assigned")
+
+    service = TriggerService(None, None, threading.Event())  # type: ignore[arg-type]
+    await service._observe_lag(Revoked())
+    await service._commit(Revoked(), tp, SimpleNamespace(offset=4))
+    assert service.metrics.commit_failures._value.get() == 1
+
+
+def test_a_trigger_started_while_kafka_is_down_waits_not_ready_and_stops_cleanly(
+    tmp_path: Path, kube: FakeKube, kafka_bootstrap: str, pg_dsn: str, uid: str
+) -> None:
+    """Kafka unreachable at start: the trigger stays up, not ready with the reason, and keeps
+    trying (it used to exit, and recovery waited for the restart back-off)."""
+    import urllib.error
+
+    from tests.support.procs import free_port
+
+    env = trigger_env(tmp_path, kube, kafka_bootstrap, pg_dsn, uid)
+    env["CCT_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with trigger_process(tmp_path, env) as trigger:
+        readyz = trigger.metrics_url.replace("/metrics", "/readyz")
+
+        def not_ready_reason() -> str:
+            try:
+                urllib.request.urlopen(readyz, timeout=5)
+            except urllib.error.HTTPError as exc:
+                return exc.read().decode() if exc.code == 503 else ""
+            return ""
+
+        wait_until(lambda: "Kafka unreachable" in not_ready_reason(), 30, "not ready with why")
+        time.sleep(3.0)  # a few start attempts later
+        assert trigger.proc.poll() is None, "the trigger exited while Kafka was down"
+        trigger.proc.send_signal(signal.SIGTERM)
+        assert trigger.proc.wait(timeout=20) == 0
+
+
+async def test_a_fresh_group_whose_start_lookup_fails_still_skips_history() -> None:
+    """The end-offset lookup times out (a broker restarting) while a new group is assigned:
+    the partition is read from the earliest offset, and its floor still keeps old anomalies
+    from starting workflows (it used to be left without one)."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import KafkaTimeoutError
+
+    from lambdas.trigger.service import FreshGroupStart
+
+    tp = TopicPartition("cct.cost.anomalies", 0)
+
+    class Restarting:
+        async def committed(self, _: TopicPartition) -> None:
+            return None
+
+        async def end_offsets(self, _: object) -> None:
+            raise KafkaTimeoutError()
+
+    start = FreshGroupStart(Restarting(), 3600.0)
+    with pytest.raises(KafkaTimeoutError):  # aiokafka logs a listener's error and goes on
+        await start.on_partitions_assigned([tp])
+    assert start.ready.is_set()
+    assert abs(start.floor[tp] / 1000 - (time.time() - 3600.0)) < 60

@@ -4,6 +4,7 @@ boto3 itself is imported only when an AWS step runs, so Azure and GCP steps star
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -12,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lambdas.steps import polling
-from lambdas.steps.action import Action, State, register, resized
+from lambdas.steps.action import Action, State, register, resize_or_restore, resized
 from lambdas.steps.errors import AccessDenied, InvalidInput, NotFound, Permanent, Retryable
+
+log = logging.getLogger("cct.steps")
 
 RESTART_SCHEDULE_TAG = "cct:restart-schedule"
 STOPPED_BY_TAG = "cct:stopped-by"
@@ -44,6 +47,9 @@ _NOT_FOUND = frozenset(
     }
 )
 _MALFORMED = frozenset({"InvalidInstanceID.Malformed", "InvalidVolumeID.Malformed"})
+# The Vault-issued session credential ran out during a long wait: a retried step logs in
+# again and gets a fresh one.
+_EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
 # The resource is between states (stopping, modifying): it settles on its own.
 _BUSY = frozenset({"IncorrectInstanceState", "InvalidDBInstanceState", "IncorrectState"})
 
@@ -137,6 +143,8 @@ def aws_errors(what: str, permissions: tuple[str, ...]) -> Iterator[None]:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in _THROTTLING or status >= 500:
             raise Retryable(f"{what}: {code or f'HTTP {status}'}") from None
+        if code in _EXPIRED:
+            raise Retryable(f"{what}: {code} (the step's credential expired)") from None
         if code in _DENIED:
             raise AccessDenied(
                 f"{what}: {code}: access denied; the role needs {', '.join(permissions)}"
@@ -248,17 +256,16 @@ def _resize_apply(session: AwsSession, params: Mapping[str, Any], before: State)
         raise Retryable(f"instance {iid} is {before['status']}; retry when it settles")
     if before["status"] == "running":
         _stop(session, iid, RESIZE_PERMS)
-    try:
-        if before["sku"] != target:
-            with aws_errors(f"ec2:ModifyInstanceAttribute {iid}", RESIZE_PERMS):
-                session.client("ec2").modify_instance_attribute(
-                    InstanceId=iid, InstanceType={"Value": target}
-                )
-    finally:
-        # Start whether or not the modify worked: a failed resize must leave the instance
-        # running at its old size, as it was. Only running instances are planned for a
-        # resize, so a stopped one was stopped by an earlier attempt cut short: start it too.
-        _start(session, iid, RESIZE_PERMS)
+
+    def set_type(sku: str) -> None:
+        with aws_errors(f"ec2:ModifyInstanceAttribute {iid}", RESIZE_PERMS):
+            session.client("ec2").modify_instance_attribute(
+                InstanceId=iid, InstanceType={"Value": sku}
+            )
+
+    resize_or_restore(
+        before, target, set_type, lambda: _start(session, iid, RESIZE_PERMS), f"instance {iid}"
+    )
 
 
 register(
@@ -358,6 +365,12 @@ VOLUME_PERMS = (
 )
 
 
+# A snapshot CCT took of a volume is reused (not taken again) by an execute retried within
+# this long: the same run's. An older one is an earlier run's, whose volume may have been
+# attached and written to since; deleting on it would lose that data.
+SNAPSHOT_REUSE_S = 6 * 3600.0
+
+
 def _find_snapshot(session: AwsSession, vid: str) -> dict[str, Any] | None:
     with aws_errors(f"ec2:DescribeSnapshots {vid}", VOLUME_PERMS):
         snaps = session.client("ec2").describe_snapshots(
@@ -371,7 +384,15 @@ def _find_snapshot(session: AwsSession, vid: str) -> dict[str, Any] | None:
 def _read_volume(session: AwsSession, params: Mapping[str, Any]) -> State:
     vid = params["resource_id"]
     snap = _find_snapshot(session, vid)
-    snapshot = {"snapshot_id": snap["SnapshotId"], "snapshot_state": snap["State"]} if snap else {}
+    snapshot = (
+        {
+            "snapshot_id": snap["SnapshotId"],
+            "snapshot_state": snap["State"],
+            "snapshot_started_at": snap["StartTime"].astimezone(UTC).isoformat(),
+        }
+        if snap
+        else {}
+    )
     try:
         with aws_errors(f"ec2:DescribeVolumes {vid}", VOLUME_PERMS):
             vol = session.client("ec2").describe_volumes(VolumeIds=[vid])["Volumes"][0]
@@ -397,6 +418,14 @@ def _delete_volume_apply(session: AwsSession, params: Mapping[str, Any], before:
         raise Permanent(f"volume {vid} is attached to {before['attached_to']}; not deleting")
     ec2 = session.client("ec2")
     snap_id = before.get("snapshot_id")
+    started = before.get("snapshot_started_at")
+    if snap_id and started:
+        age_s = time.time() - datetime.fromisoformat(str(started)).timestamp()
+        if age_s > SNAPSHOT_REUSE_S:
+            # An earlier run's snapshot (its delete failed: the volume was attached again and
+            # written to since): not a backup of what is deleted now.
+            log.info("snapshot %s of %s is %.0f s old: taking a new one", snap_id, vid, age_s)
+            snap_id = None
     if not snap_id:
         with aws_errors(f"ec2:CreateSnapshot {vid}", VOLUME_PERMS):
             snap_id = ec2.create_snapshot(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lambdas.steps import polling
-from lambdas.steps.action import Action, State, register, resized
+from lambdas.steps.action import Action, State, register, resize_or_restore, resized
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
 
@@ -202,20 +202,18 @@ def _resize_apply(session: GcpSession, params: Mapping[str, Any], before: State)
         raise Retryable(f"instance is {before['status']}; retry when it settles")
     if before["status"] == "running":
         _instance_call(session, params, "stop", None, RESIZE_PERMS)
-    try:
-        if before["sku"] != params["target_sku"]:
-            _instance_call(
-                session,
-                params,
-                "setMachineType",
-                {"machineType": f"zones/{before['zone']}/machineTypes/{params['target_sku']}"},
-                RESIZE_PERMS,
-            )
-    finally:
-        # Start again whether or not the resize worked: a failure leaves it as it was. Only
-        # running instances are planned for a resize, so a stopped one was stopped by an
-        # earlier attempt cut short: start it too.
-        _instance_call(session, params, "start", None, RESIZE_PERMS)
+
+    def set_type(sku: str) -> None:
+        body = {"machineType": f"zones/{before['zone']}/machineTypes/{sku}"}
+        _instance_call(session, params, "setMachineType", body, RESIZE_PERMS)
+
+    resize_or_restore(
+        before,
+        params["target_sku"],
+        set_type,
+        lambda: _instance_call(session, params, "start", None, RESIZE_PERMS),
+        params["resource_id"],
+    )
 
 
 def _instance_cpu(
