@@ -126,6 +126,10 @@ class HandlerSpec:
     singleton: bool = False
     resources: kube.Resources = field(default_factory=kube.Resources)
     vault_agent: VaultAgentSpec | None = None
+    # The readiness probe's route: the shared shell's /readyz (ready while the handler's
+    # backends answer), or /healthz for a handler that must stay in its Service through a
+    # backend outage because it serves something that does not need that backend.
+    ready_path: str = "/readyz"
 
     @property
     def ops_port(self) -> int | None:
@@ -360,7 +364,7 @@ class Handlers(pulumi.ComponentResource):
             # The shared shell (lambdas.common.httpshell): /healthz liveness, /readyz readiness.
             probe_path="/healthz" if spec.schedule is None else None,
             probe_port=spec.ops_port,
-            ready_path="/readyz",
+            ready_path=spec.ready_path,
         )
         pod_labels = {}
         if spec.internet:

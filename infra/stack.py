@@ -392,6 +392,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     clients=[pod("alertmanager")],
                     # Relays critical alerts to Zenduty.
                     internet=True,
+                    # Paging must not wait for Kafka: through a broker outage the bridge stays
+                    # in its Service, relays critical alerts to Zenduty, and answers /v1/alerts
+                    # with 503 itself (Alertmanager retries); /readyz still says why.
+                    ready_path="/healthz",
                 ),
                 HandlerSpec(
                     "trigger",

@@ -251,6 +251,13 @@ def _refuse_shape(this: _Review, now: datetime, findings: tuple[str, ...]) -> Ou
     )
 
 
+def _workflow_uid(request: Mapping[str, Any]) -> str | None:
+    obj = request.get("object")
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    uid = meta.get("uid") if isinstance(meta, Mapping) else None
+    return uid[:MAX_NAME_CHARS] if isinstance(uid, str) and uid else None
+
+
 def _record(
     this: _Review,
     now: datetime,
@@ -278,6 +285,10 @@ def _record(
             "namespace": this.request.get("namespace"),
             "user": user.get("username") if isinstance(user, Mapping) else None,
             "now": now.isoformat(),
+            # The object's uid, set by the API server before admission: a second CREATE of the
+            # same name (refused as AlreadyExists after this webhook) has another, so the run's
+            # steps read the verdict of their own workflow (`store.actions.latest_verdict`).
+            "workflow_uid": _workflow_uid(this.request),
         },
         decided_at=now,
         allowed=allowed,

@@ -99,21 +99,49 @@ def _aws_tag_key(key: str) -> str:
     return key.removeprefix("user_").removeprefix("user:")
 
 
+# EffectiveCost of CUR 2.0's commitment line items, as AWS amortizes them ("Understanding
+# your amortized costs"): line item type -> (columns added, columns subtracted). The covered
+# usage carries its share of the commitment; the commitment an hour left unused is the
+# recurring fee's part (Savings Plans) or the RI fee's (its amortized upfront and recurring
+# parts); an upfront payment is spread over the term, never counted in the hour it was paid.
+_CUR2_AMORTIZED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "SavingsPlanCoveredUsage": (("savings_plan_savings_plan_effective_cost",), ()),
+    "SavingsPlanRecurringFee": (
+        ("savings_plan_total_commitment_to_date",),
+        ("savings_plan_used_commitment",),
+    ),
+    "SavingsPlanNegation": ((), ()),
+    "SavingsPlanUpfrontFee": ((), ()),
+    "DiscountedUsage": (("reservation_effective_cost",), ()),
+    "RIFee": (
+        (
+            "reservation_unused_amortized_upfront_fee_for_billing_period",
+            "reservation_unused_recurring_fee",
+        ),
+        (),
+    ),
+}
+
+
+def _cur2_amortized(item_type: str, src: Mapping[str, Any], unblended: float) -> float:
+    if item_type == "Fee" and src.get("reservation_reservation_a_r_n"):
+        return 0.0  # an RI's upfront payment: amortized into its usage and RIFee rows
+    rule = _CUR2_AMORTIZED.get(item_type)
+    if rule is None:
+        return unblended
+    added, subtracted = rule
+    return sum(_num(src.get(c)) or 0.0 for c in added) - sum(
+        _num(src.get(c)) or 0.0 for c in subtracted
+    )
+
+
 def cur2_rows(src: Mapping[str, Any]) -> Row:
     item_type = str(src.get("line_item_line_item_type") or "Usage")
     code = str(src.get("line_item_product_code") or "")
     product = _map(src.get("product"))
     name, category = _AWS_SERVICES.get(code, (product.get("product_name") or code, "Other"))
     unblended = _num(src.get("line_item_unblended_cost")) or 0.0
-    if item_type == "SavingsPlanCoveredUsage":
-        effective = _num(src.get("savings_plan_savings_plan_effective_cost")) or 0.0
-    elif item_type == "DiscountedUsage":
-        effective = _num(src.get("reservation_effective_cost")) or 0.0
-    elif item_type in ("SavingsPlanNegation", "SavingsPlanUpfrontFee", "RIFee"):
-        # Their cost is already spread into the covered usage's effective cost.
-        effective = 0.0
-    else:
-        effective = unblended
+    effective = _cur2_amortized(item_type, src, unblended)
     quantity = _num(src.get("line_item_usage_amount"))
     listed = _num(src.get("pricing_public_on_demand_cost"))
     row = _empty_row()

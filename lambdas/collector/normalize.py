@@ -366,6 +366,27 @@ AZURE_TYPES = {
 }
 
 
+# An Azure VM's instance view power state -> the inventory's state (AZURE_ACTIONS' words).
+AZURE_POWER_STATES = {
+    "running": "running",
+    "starting": "running",
+    "stopped": "stopped",
+    "stopping": "stopped",
+    "deallocated": "deallocated",
+    "deallocating": "deallocated",
+}
+
+
+def _azure_power_state(props: Mapping[str, Any]) -> str | None:
+    view = props.get("instanceView")
+    statuses = view.get("statuses") if isinstance(view, Mapping) else None
+    for status in statuses if isinstance(statuses, list) else []:
+        code = status.get("code") if isinstance(status, Mapping) else None
+        if isinstance(code, str) and code.startswith("PowerState/"):
+            return AZURE_POWER_STATES.get(code.removeprefix("PowerState/").lower())
+    return None
+
+
 def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[str, Any]:
     """Size, tags and (after a write) state from the ARM resource the forwarder attached."""
     props = resource.get("properties") or {}
@@ -380,7 +401,10 @@ def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[
         vm_attrs = {"os_type": os_disk.get("osType"), "license_type": props.get("licenseType")}
         out["attributes"] = {k: str(v) for k, v in vm_attrs.items() if v}
         if written:
-            out["state"] = "running"
+            # A write is any PUT or PATCH (a tag edit too), not a start: the power state is
+            # the instance view's, when the forwarder read it; without one, a written VM is
+            # taken as running (it is, just after its creation).
+            out["state"] = _azure_power_state(props) or "running"
     else:
         out["sku"] = (resource.get("sku") or {}).get("name")
         if props.get("diskSizeGB") is not None:

@@ -34,6 +34,7 @@ NAME = re.compile(r"^CCT_[A-Z0-9_]*[A-Z0-9]$")
 STEP_INPUTS = {
     "CCT_RUN_ID": "the workflow run's name",
     "CCT_PLAYBOOK": "the playbook being run",
+    "CCT_WORKFLOW_UID": "the workflow's uid (whose admission verdict is the run's)",
     "CCT_WORKFLOW_STATUS": "the workflow's status (exit handler only)",
     "CCT_WORKFLOW_FAILURES": "the workflow's failures (exit handler only)",
 }

@@ -57,6 +57,10 @@ def arm_reader(identity_endpoint: str, identity_header: str, arm_url: str = ARM_
             with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - platform endpoint
                 token = json.load(resp)["access_token"]
             url = f"{arm_url}{resource_id}?api-version={version}"
+            if rtype == "microsoft.compute/virtualmachines":
+                # The power state: a write event is any PUT or PATCH (a tag edit of a
+                # deallocated VM too), and only the instance view says whether it runs.
+                url += "&$expand=instanceView"
             req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
                 return dict(json.load(resp))

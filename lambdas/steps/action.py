@@ -33,8 +33,9 @@ class ActionResult:
 
 
 class ActionFailed(StepError):
-    """`apply` failed. `restored` says whether the resource is back in its `before` state;
-    the exit code and retryability are the underlying error's."""
+    """`apply` failed, with the states read before and after it (whether that is the state
+    the run started from is the caller's to judge: a retry starts where the earlier attempt
+    left the resource); the exit code and retryability are the underlying error's."""
 
     def __init__(self, cause: StepError, before: State, after: State | None) -> None:
         super().__init__(str(cause))
@@ -43,10 +44,6 @@ class ActionFailed(StepError):
         self.after = after
         self.exit_code = cause.exit_code
         self.retryable = cause.retryable
-
-    @property
-    def restored(self) -> bool:
-        return self.after == self.before
 
 
 @dataclass(frozen=True)

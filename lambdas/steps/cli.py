@@ -56,6 +56,9 @@ def input_from_env(env: dict[str, str]) -> dict[str, Any]:
         }
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"a CCT_PREVIOUS_* variable is not JSON: {exc}") from None
+    uid = env.get("CCT_WORKFLOW_UID")
+    if uid:
+        doc["workflow_uid"] = uid
     status = env.get("CCT_WORKFLOW_STATUS")
     if status:
         doc["workflow_status"] = status

@@ -46,6 +46,8 @@ class StepInput:
     previous: Mapping[str, Mapping[str, Any]]
     approval: Mapping[str, Any] | None
     failure: Mapping[str, Any] | None
+    # The Argo workflow's uid (CCT_WORKFLOW_UID): whose admission verdict is this run's.
+    workflow_uid: str | None = None
 
     def output_of(self, step: str) -> Mapping[str, Any]:
         out = self.previous.get(step)
@@ -144,6 +146,9 @@ def parse_input(doc: Any) -> StepInput:
     failure = doc.get("failure")
     if failure is not None and not isinstance(failure, dict):
         raise InvalidInput("input.failure must be a JSON object")
+    workflow_uid = doc.get("workflow_uid")
+    if workflow_uid is not None and not (isinstance(workflow_uid, str) and workflow_uid):
+        raise InvalidInput("input.workflow_uid must be a non-empty string")
     return StepInput(
         run_id=run_id,
         playbook=str(playbook),
@@ -151,4 +156,5 @@ def parse_input(doc: Any) -> StepInput:
         previous=previous,
         approval=approval,
         failure=failure,
+        workflow_uid=workflow_uid,
     )

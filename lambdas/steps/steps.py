@@ -343,7 +343,7 @@ def plan(inp: StepInput, io: StepIO) -> dict[str, Any]:
     action = ACTIONS[str(analysis["action"])]
     state, metrics = analysis["state"], analysis["metrics"]
     with io.db() as conn:
-        verdict = store.latest_verdict(conn, inp.run_id)
+        verdict = store.latest_verdict(conn, inp.run_id, inp.workflow_uid)
         prices = _prices(conn, inp, action, state) if analysis["applicable"] else {}
     need = _approval_need(inp, verdict, io.settings)
     if not analysis["applicable"]:
@@ -382,7 +382,8 @@ def approve(inp: StepInput, io: StepIO) -> dict[str, Any]:
     planned = inp.output_of("plan")
     with io.db() as conn:
         _ensure_run(conn, inp, io.settings)
-        need = _approval_need(inp, store.latest_verdict(conn, inp.run_id), io.settings)
+        verdict = store.latest_verdict(conn, inp.run_id, inp.workflow_uid)
+        need = _approval_need(inp, verdict, io.settings)
         outcome, refusal = _approval_outcome(inp, planned, need)
         store.record_step_decision(
             conn,
@@ -456,22 +457,30 @@ def execute(inp: StepInput, io: StepIO) -> dict[str, Any]:
         with io.cloud(inp) as session:
             result = action.run(session, params, dry_run)
     except ActionFailed as exc:
-        if not exc.retryable:
-            outcome = "restored" if exc.restored else "failed"
+        # Saved on a retryable failure too, so a run whose retries run out still has its
+        # action on record (the row keeps the first attempt's before-state; a retry that
+        # succeeds overwrites the outcome). Only a permanent failure ends the run here.
+        with io.db() as conn:
+            # Restored means as it was before the first attempt: a retry starts from what the
+            # attempts before it left (an instance stopped by one of them).
+            first = store.first_before_state(
+                conn, inp.run_id, action.name, inp.parameters.resource_id
+            )
+            outcome = "restored" if exc.after == (first or exc.before) else "failed"
             # Cloud error text goes to PostgreSQL and the results event: keep secrets out.
             reason = REDACTOR(f"execute {action.name}: {exc} (resource {outcome})")
-            with io.db() as conn:
-                _save_action(
-                    conn,
-                    inp,
-                    action.name,
-                    dry_run=dry_run,
-                    outcome=outcome,
-                    reason=reason,
-                    before=exc.before,
-                    after=exc.after,
-                    estimated=_decimal(planned["estimated_monthly_saving_usd"]),
-                )
+            _save_action(
+                conn,
+                inp,
+                action.name,
+                dry_run=dry_run,
+                outcome=outcome,
+                reason=reason,
+                before=exc.before,
+                after=exc.after,
+                estimated=_decimal(planned["estimated_monthly_saving_usd"]),
+            )
+            if not exc.retryable:
                 store.set_run_state(conn, inp.run_id, "failed", reason)
         raise
     log.info("executed", extra={"run_id": inp.run_id, "outcome": result.outcome})

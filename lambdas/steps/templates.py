@@ -88,6 +88,7 @@ def _retry(playbook: Playbook) -> RetryStrategy:
 def _common_env(playbook: Playbook) -> list[Env]:
     env = [
         Env(name="CCT_RUN_ID", value="{{workflow.name}}"),
+        Env(name="CCT_WORKFLOW_UID", value="{{workflow.uid}}"),
         Env(name="CCT_PLAYBOOK", value=playbook.name),
         Env(name="CCT_STEP_BACKEND", value="argo"),
     ]

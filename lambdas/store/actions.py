@@ -40,13 +40,20 @@ class PolicyVerdict:
     reasons: list[str]
 
 
-def latest_verdict(conn: psycopg.Connection[Any], run_id: str) -> PolicyVerdict | None:
-    """The newest verdict the trigger's pre-check or the admission webhook gave this run."""
+def latest_verdict(
+    conn: psycopg.Connection[Any], run_id: str, workflow_uid: str | None = None
+) -> PolicyVerdict | None:
+    """The newest verdict the trigger's pre-check or the admission webhook gave this run; with
+    `workflow_uid`, of the admission verdicts only its own workflow's: a second CREATE of the
+    same name (a redelivered event's, or someone's with other parameters) is judged and
+    recorded before the API server refuses it, and must not decide for the running one."""
     row = conn.execute(
         """select decision_id, verdict, policy_ids, reasons from policy_decisions
-            where run_id = %s and source in ('precheck', 'admission')
+            where run_id = %s
+              and (source = 'precheck' or (source = 'admission'
+                   and (%s::text is null or input->>'workflow_uid' = %s::text)))
             order by decided_at desc limit 1""",
-        (run_id,),
+        (run_id, workflow_uid, workflow_uid),
     ).fetchone()
     if row is None:
         return None
@@ -186,6 +193,19 @@ class ActionRow:
     after_state: Mapping[str, Any] | None
     estimated_usd: Decimal | None
     verified_usd: Decimal | None
+
+
+def first_before_state(
+    conn: psycopg.Connection[Any], run_id: str, action: str, resource_id: str
+) -> dict[str, Any] | None:
+    """The before-state an earlier attempt of this run's action captured (None: this is the
+    first): whether a failure left the resource as it was is judged against it."""
+    row = conn.execute(
+        """select before_state from optimization_actions
+            where run_id = %s and action = %s and resource_id = %s""",
+        (run_id, action, resource_id),
+    ).fetchone()
+    return dict(row[0]) if row and row[0] is not None else None
 
 
 def upsert_action(conn: psycopg.Connection[Any], row: ActionRow) -> None:

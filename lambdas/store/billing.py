@@ -86,10 +86,12 @@ def billed_by_service(
     conn: psycopg.Connection, provider: str, account: str, window_h: int
 ) -> tuple[datetime | None, dict[str, float]]:
     """EffectiveCost per service over the last `window_h` billed hours of the account, and the
-    end of that window (one hour after the newest billed hour)."""
+    end of that window: one hour after the newest billed hour, at most the current hour (a
+    month-to-date delivery spreads its monthly fees, tax and support, to the month's end: a
+    window there would hold fees only, and no estimate to compare them with)."""
     row = conn.execute(
-        "select max(hour) + interval '1 hour' from billing_hourly"
-        " where provider = %s and billing_account_id = %s",
+        "select least(max(hour) + interval '1 hour', date_trunc('hour', now()))"
+        " from billing_hourly where provider = %s and billing_account_id = %s",
         (provider, account),
     ).fetchone()
     end = row[0] if row else None

@@ -3,6 +3,7 @@ query the blast-radius count uses, and the recorder's batching around bad rows."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -114,3 +115,32 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(pg_dsn: str, uid: str
     assert recorder.submit(record(f"{uid}-2"))
     assert recorder.submit(record(f"{uid}-3")) is False
     assert sample(metrics, "cct_admission_decisions_dropped_total", reason="queue_full") == 1
+
+
+def test_a_second_create_of_the_same_name_does_not_decide_for_the_running_workflow(
+    pg_dsn: str, uid: str
+) -> None:
+    """The webhook judges (and records) a CREATE before the API server refuses a name that
+    exists: a second Workflow of the same name with other parameters must not replace the
+    running one's require-approval with its own allow. Steps read their own workflow's."""
+    from lambdas.admission.review import decide
+    from lambdas.store.actions import latest_verdict
+    from tests.admission.support import params, review, workflow
+    from tests.admission.test_review import context
+
+    name = f"cct-rightsize-compute-{uid[:12]}"
+    outcomes = []
+    for n, environment in enumerate(("prod", "dev")):
+        wf = workflow(name, params(environment=environment))
+        wf["metadata"]["uid"] = f"{uid}-uid-{n}"
+        outcomes.append(decide(review(wf, uid=f"{uid}-review-{n}"), context()))
+    first, second = (o.record for o in outcomes)
+    assert first is not None and second is not None
+    assert (first.verdict, second.verdict) == ("require-approval", "allow")
+    later = second.decided_at + timedelta(seconds=1)  # the duplicate came later
+    with psycopg.connect(pg_dsn) as conn:
+        record_decisions(conn, [first, replace(second, decided_at=later)])
+        mine = latest_verdict(conn, name, f"{uid}-uid-0")
+        newest = latest_verdict(conn, name)
+    assert mine is not None and mine.verdict == "require-approval"
+    assert newest is not None and newest.verdict == "allow"  # what it read before

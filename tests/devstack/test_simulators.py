@@ -130,6 +130,13 @@ def test_azure_vm_events_reach_the_collector_through_the_real_forwarder(
     assert change.state == "deallocated"
     assert user.power_state(rid.lower()) == "deallocated"  # ARM ids are case-insensitive
 
+    # A tag edit of the deallocated VM is a write event too: the forwarder reads the VM's
+    # instance view, so the VM stays deallocated (it used to be priced as running again).
+    user.arm("PATCH", rid, "2024-07-01", body={"tags": {"env": "dev", "team": "shop"}})
+    _deliver_all(sim)
+    [change] = normalize(collector.records[-1])
+    assert (change.state, change.tags) == ("deallocated", {"env": "dev", "team": "shop"})
+
     user.arm("DELETE", rid, "2024-07-01")
     _deliver_all(sim)
     [change] = normalize(collector.records[-1])

@@ -400,3 +400,40 @@ def test_a_victoriametrics_failure_leaves_the_partition_to_be_rewritten(
     # VictoriaMetrics may have lost the series, so even the first delivery is written again.
     again = load(settings(fresh_db, vm_url), [str(first)], reconcile_after=False)
     assert again.loaded == [f"aws/{acct}/2024-09"] and again.unchanged == []
+
+
+def test_a_month_to_date_delivery_reconciles_on_past_hours_not_its_spread_fees(
+    fresh_db: str, vm_url: str, uid: str, tmp_path: Path
+) -> None:
+    """Mid-month, a delivery spreads its monthly tax to the month's end: the window compared
+    with the estimate ends at the current hour, over the hours that were used, not in the
+    future where only the spread tax is."""
+    from datetime import UTC, datetime, timedelta
+
+    from lambdas.store.billing import billed_by_service
+
+    acct = f"acct-{uid}"
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    month = (now - timedelta(hours=5)).replace(day=1, hour=0)  # the usage hours' month
+    next_month = (month + timedelta(days=32)).replace(day=1)
+
+    def iso(t: datetime) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    period = {"BillingPeriodStart": iso(month), "BillingPeriodEnd": iso(next_month)}
+    rows = [
+        {
+            **row,
+            **period,
+            "ChargePeriodStart": iso(now - timedelta(hours=4 - h)),
+            "ChargePeriodEnd": iso(now - timedelta(hours=3 - h)),
+        }
+        for h, row in enumerate(focus_rows(acct, hours=4)[::2])  # EC2 only, 4 past hours
+    ]
+    tax = {**rows[0], "ServiceName": "Tax", "ChargePeriodStart": iso(month)}
+    rows.append({**tax, "ChargePeriodEnd": iso(next_month), "Tags": None})
+    load(settings(fresh_db, vm_url), [str(write(rows, tmp_path / "mtd.parquet"))])
+    with psycopg.connect(fresh_db) as conn:
+        end, billed = billed_by_service(conn, "aws", acct, 4)
+    assert end == now  # not the month's end
+    assert billed[EC2] == pytest.approx(4 * 0.8)

@@ -322,3 +322,94 @@ def test_a_native_export_keeps_the_leading_zeros_of_its_account_ids(tmp_path: Pa
     table = adapt(path, "aws-cur2")
     assert set(table.column("BillingAccountId").to_pylist()) == {"011122223333"}
     assert set(table.column("SubAccountId").to_pylist()) == {"000455556666"}
+
+
+SP = "arn:aws:savingsplans::111122223333:savingsplan/sp-1"
+RI = "arn:aws:ec2:us-east-1:111122223333:reserved-instances/ri-1"
+
+
+@pytest.mark.parametrize(
+    ("rows", "effective"),
+    [
+        # A $10/h Savings Plan fully used: the covered usage carries all of it, the recurring
+        # fee none (it counted twice: $20).
+        (
+            [
+                {
+                    "line_item_line_item_type": "SavingsPlanCoveredUsage",
+                    "line_item_unblended_cost": "14",
+                    "savings_plan_savings_plan_effective_cost": "10",
+                },
+                {
+                    "line_item_line_item_type": "SavingsPlanNegation",
+                    "line_item_unblended_cost": "-14",
+                },
+                {
+                    "line_item_line_item_type": "SavingsPlanRecurringFee",
+                    "line_item_unblended_cost": "10",
+                    "savings_plan_total_commitment_to_date": "10",
+                    "savings_plan_used_commitment": "10",
+                },
+            ],
+            10.0,
+        ),
+        # 60 % used: the unused $4 is the recurring fee's.
+        (
+            [
+                {
+                    "line_item_line_item_type": "SavingsPlanCoveredUsage",
+                    "line_item_unblended_cost": "8",
+                    "savings_plan_savings_plan_effective_cost": "6",
+                },
+                {
+                    "line_item_line_item_type": "SavingsPlanRecurringFee",
+                    "line_item_unblended_cost": "10",
+                    "savings_plan_total_commitment_to_date": "10",
+                    "savings_plan_used_commitment": "6",
+                },
+            ],
+            10.0,
+        ),
+        # An RI's upfront payment is amortized, not counted in the hour it was paid; the RI
+        # fee carries the reserved hours no usage used.
+        (
+            [
+                {
+                    "line_item_line_item_type": "Fee",
+                    "line_item_unblended_cost": "8760",
+                    "reservation_reservation_a_r_n": RI,
+                },
+                {
+                    "line_item_line_item_type": "DiscountedUsage",
+                    "line_item_unblended_cost": "0",
+                    "reservation_effective_cost": "0.7",
+                },
+                {
+                    "line_item_line_item_type": "RIFee",
+                    "line_item_unblended_cost": "0.3",
+                    "reservation_unused_amortized_upfront_fee_for_billing_period": "0.2",
+                    "reservation_unused_recurring_fee": "0.1",
+                },
+            ],
+            1.0,
+        ),
+        # A fee that is not an RI's (a support plan) is what it bills.
+        ([{"line_item_line_item_type": "Fee", "line_item_unblended_cost": "29"}], 29.0),
+    ],
+    ids=["sp-fully-used", "sp-partly-used", "ri-upfront-and-unused", "plain-fee"],
+)
+def test_cur_commitments_are_amortized_as_aws_does(
+    rows: list[dict[str, str]], effective: float
+) -> None:
+    from lambdas.billing.adapters import cur2_rows
+
+    base = {
+        "bill_payer_account_id": "111122223333",
+        "line_item_usage_account_id": "444455556666",
+        "line_item_product_code": "AmazonEC2",
+        "line_item_usage_start_date": "2024-09-16T00:00:00Z",
+        "line_item_usage_end_date": "2024-09-16T01:00:00Z",
+        "savings_plan_savings_plan_a_r_n": SP,
+    }
+    costs = [cur2_rows({**base, **r})["EffectiveCost"] for r in rows]
+    assert sum(costs) == pytest.approx(effective)

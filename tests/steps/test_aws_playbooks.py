@@ -21,7 +21,7 @@ from lambdas.steps.registry import ACTIONS
 from tests.steps.conftest import assert_no_secrets
 from tests.steps.faults import Fault, fault_proxy
 from tests.steps.replay import Replay
-from tests.steps.runner import call_step, run_playbook
+from tests.steps.runner import RunResult, call_step, run_playbook
 
 REGION = "us-east-1"
 EC2 = "Amazon Elastic Compute Cloud"
@@ -277,6 +277,42 @@ def test_rightsize_dry_run_changes_nothing(
     assert _action_row(db, run_id)[1] == "dry_run"
 
 
+def _run_with_fault(
+    fault: Fault,
+    playbook: str,
+    resource_id: str,
+    run_id: str,
+    *,
+    aws_env: str,
+    vault: Replay,
+    step_env: Any,
+) -> RunResult:
+    """The playbook on `resource_id` with `fault` injected in front of moto."""
+    with fault_proxy(aws_env, fault) as proxy:
+        result = run_playbook(
+            playbook,
+            run_id,
+            _params(resource_id),
+            step_env(vault.base_url, proxy.url),
+            inprocess=True,
+        )
+        assert proxy.hits.get(fault.action, 0) >= 1
+    return result
+
+
+def _resize_through(
+    fault: Fault, *, aws_env: str, vault: Replay, step_env: Any, seed_prices: Any, uid: str
+) -> tuple[RunResult, str, str]:
+    """rightsize-compute of a fresh m5.xlarge (CPU low enough for an m5.large) with `fault`
+    injected; the run's result, the instance and the run id."""
+    seed_prices("aws", EC2, REGION, "hour", {"m5.xlarge": "0.192", "m5.large": "0.096"})
+    iid = _instance(aws_env, "m5.xlarge")
+    _put_cpu(aws_env, "AWS/EC2", "InstanceId", iid, avg=10.0, mx=30.0)
+    run_id = f"cct-rightsize-compute-{fault.action.lower()}-{uid}"
+    env = {"aws_env": aws_env, "vault": vault, "step_env": step_env}
+    return _run_with_fault(fault, "rightsize-compute", iid, run_id, **env), iid, run_id
+
+
 @pytest.mark.parametrize(
     ("fault", "error_type", "detail"),
     [
@@ -306,19 +342,9 @@ def test_failed_resize_restores_the_instance_and_records_the_reason(
     uid: str,
     aws_calls: list[str],
 ) -> None:
-    seed_prices("aws", EC2, REGION, "hour", {"m5.xlarge": "0.192", "m5.large": "0.096"})
-    iid = _instance(aws_env, "m5.xlarge")
-    _put_cpu(aws_env, "AWS/EC2", "InstanceId", iid, avg=10.0, mx=30.0)
-    run_id = f"cct-rightsize-compute-fail-{uid}"
-    with fault_proxy(aws_env, fault) as proxy:
-        result = run_playbook(
-            "rightsize-compute",
-            run_id,
-            _params(iid),
-            step_env(vault.base_url, proxy.url),
-            inprocess=True,
-        )
-        assert proxy.hits.get(fault.action, 0) >= 1
+    result, iid, run_id = _resize_through(
+        fault, aws_env=aws_env, vault=vault, step_env=step_env, seed_prices=seed_prices, uid=uid
+    )
 
     assert result.failed_step == "execute"
     assert_declared(aws_calls, "aws.ec2.resize_instance")
@@ -358,19 +384,43 @@ def test_throttling_and_server_errors_are_retried(
     # botocore may retry by itself; enough failed answers that one reaches the step.
     throttled = Fault("DescribeVolumes", status, code, times=3)
     run_id = f"cct-delete-unattached-volume-thr-{uid}"
-    with fault_proxy(aws_env, throttled) as proxy:
-        result = run_playbook(
-            "delete-unattached-volume",
-            run_id,
-            _params(vid),
-            step_env(vault.base_url, proxy.url),
-            inprocess=True,
-        )
+    env = {"aws_env": aws_env, "vault": vault, "step_env": step_env}
+    result = _run_with_fault(throttled, "delete-unattached-volume", vid, run_id, **env)
     assert [r.exit_code for r in result.runs[:2]] == [75, 0]
     assert result.runs[0].output["error"]["retryable"] is True
     assert code in result.runs[0].output["error"]["message"]
     assert result.failed_step is None
     assert _run_row(db, run_id)[0] == "succeeded"
+
+
+def test_an_action_failing_until_its_retries_run_out_is_on_record(
+    *,
+    aws_env: str,
+    vault: Replay,
+    step_env: Any,
+    seed_prices: Any,
+    db: Any,
+    uid: str,
+) -> None:
+    """AWS has no capacity to start the instance, every attempt (a 5xx, retryable): when the
+    retries run out the run fails and its action row says what happened (there was none)."""
+    no_capacity = Fault("StartInstances", 500, "InsufficientInstanceCapacity")
+    result, iid, run_id = _resize_through(
+        no_capacity,
+        aws_env=aws_env,
+        vault=vault,
+        step_env=step_env,
+        seed_prices=seed_prices,
+        uid=uid,
+    )
+    assert result.failed_step == "execute"
+    executes = [r for r in result.runs if r.step == "execute"]
+    assert len(executes) > 1 and all(r.exit_code == 75 for r in executes)
+    assert _run_row(db, run_id)[0] == "failed"
+    outcome = _action_row(db, run_id)[1]
+    assert outcome == "failed"  # stopped: no start could succeed
+    inst = _describe(aws_env, iid)
+    assert inst["InstanceType"] == "m5.xlarge"  # the old type was set back each time
 
 
 def test_stop_idle_compute_stops_and_tags_the_restart_schedule(

@@ -249,3 +249,32 @@ def test_gcp_failed_resize_starts_the_instance_at_its_old_size(
     assert outcome == "restored" and before == after
     state, reason = db("select state, reason from optimization_runs where run_id = %s", run_id)[0]
     assert state == "failed" and "UNSUPPORTED_OPERATION" in reason
+
+
+def test_a_gcp_snapshot_still_being_made_is_waited_for_not_created_again() -> None:
+    """An execute retried while its first attempt's snapshot is still CREATING (a large disk
+    outlasts a step's wait): it waits for that snapshot, then deletes the disk. Creating it
+    again under its name was a 409, a permanent failure."""
+    import copy
+
+    from lambdas.steps.providers.gcp import GcpSession
+    from lambdas.steps.registry import ACTIONS
+    from tests.steps.replay import _handler, load
+    from tests.support.http import serving_http
+
+    _, disk, _, _, delete, delete_wait, snap_ready, disk_gone = load("gcp_delete_disk.json")
+    pending = copy.deepcopy(snap_ready)
+    pending["response"]["body"]["status"] = "CREATING"
+    pending.update(when_state="start", sets_state="pending")
+    ready = {**copy.deepcopy(snap_ready), "when_state": "pending", "sets_state": "snapshotted"}
+    disk = {**disk, "when_state": "pending"}
+    replay = Replay([pending, disk, ready, delete, delete_wait, snap_ready, disk_gone])
+    with serving_http(_handler(replay)) as url:
+        replay.base_url = url
+        session = GcpSession("token", url, poll_initial_s=0.01, poll_max_s=0.01)
+        rid = "projects/cct-payments-dev/zones/us-central1-a/disks/old-data"
+        result = ACTIONS["gcp.compute.delete_disk"].run(session, {"resource_id": rid}, False)
+    assert (result.outcome, replay.unmatched) == ("changed", [])
+    assert not replay.calls("POST", "createSnapshot")
+    snapshot = {"snapshot_id": "old-data-cct-673b7f1a", "snapshot_state": "READY"}
+    assert result.after == {"exists": False, **snapshot}

@@ -263,7 +263,9 @@ def test_input_from_argo_environment() -> None:
         "estimated-monthly-impact-usd": "3",
     }
     assert doc["previous"] == {"plan": {"noop": True}}
-    assert "failure" not in doc
+    assert "failure" not in doc and "workflow_uid" not in doc
+    uid = "6f1c0b5e-8a3d-4c1e-9e51-3f0a2b7c9d10"
+    assert parse_input(input_from_env({**env, "CCT_WORKFLOW_UID": uid})).workflow_uid == uid
     failed = input_from_env(
         {
             **env,
@@ -605,3 +607,50 @@ def test_a_run_in_the_cluster_without_a_recorded_verdict_asks_a_person(
     inp = parse_input({"run_id": "r", "playbook": playbook, "parameters": _params().raw})
     need = _approval_need(inp, None, dataclasses.replace(SETTINGS, backend=backend))
     assert (need.required, need.denied, need.policy_ids) == (required, False, ids)
+
+
+def test_gcs_tiering_keeps_every_rule_the_bucket_had() -> None:
+    """A user's own STANDARD -> ARCHIVE rule looked like CCT's (GCS rules have no ids) and was
+    replaced; every rule is kept now and CCT's added."""
+    from lambdas.steps.providers.gcp import _gcs_apply
+
+    sent: list[Any] = []
+
+    class Storage:
+        def json(self, method: str, path: str, *, body: Any, needs: tuple[str, ...]) -> Any:
+            sent.append((method, path, body))
+            return {}
+
+    class Session:
+        def api(self, service: str) -> Storage:
+            assert service == "storage"
+            return Storage()
+
+    theirs = {
+        "action": {"type": "SetStorageClass", "storageClass": "ARCHIVE"},
+        "condition": {"age": 365, "matchesStorageClass": ["STANDARD"]},
+    }
+    params = {"resource_id": "b", "storage_class": "NEARLINE", "transition_days": 30}
+    _gcs_apply(Session(), params, {"rules": [theirs]})  # type: ignore[arg-type]
+    [(method, _, body)] = sent
+    ours = {
+        "action": {"type": "SetStorageClass", "storageClass": "NEARLINE"},
+        "condition": {"age": 30, "matchesStorageClass": ["STANDARD"]},
+    }
+    assert (method, body) == ("PATCH", {"lifecycle": {"rule": [theirs, ours]}})
+
+
+def test_an_rds_resize_with_other_changes_queued_is_refused() -> None:
+    """ApplyImmediately applies every change queued for the maintenance window (an engine
+    upgrade...) with the resize; only the class was approved."""
+    from lambdas.steps.errors import Permanent
+    from lambdas.steps.providers.aws import _rds_apply
+
+    class Never:
+        def client(self, service: str) -> Any:
+            raise AssertionError("the database was modified")
+
+    before = {"status": "available", "pending_other": ["EngineVersion"]}
+    params = {"resource_id": "orders", "target_sku": "db.m5.large"}
+    with pytest.raises(Permanent, match=r"queued for its maintenance window \(EngineVersion\)"):
+        _rds_apply(Never(), params, before)  # type: ignore[arg-type]

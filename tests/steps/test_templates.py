@@ -106,6 +106,7 @@ def test_parameters_and_environment() -> None:
     assert env["CCT_PARAM_RESOURCE_ID"] == "{{workflow.parameters.resource-id}}"
     assert env["CCT_PREVIOUS_PLAN"] == "{{steps.plan.outputs.parameters.result}}"
     assert env["CCT_RUN_ID"] == "{{workflow.name}}"
+    assert env["CCT_WORKFLOW_UID"] == "{{workflow.uid}}"
     assert env["CCT_STEP_BACKEND"] == "argo"
     assert {
         e.get("configMapRef", {}).get("name") or e["secretRef"]["name"] for e in execute["envFrom"]

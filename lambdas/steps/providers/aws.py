@@ -595,10 +595,13 @@ def _read_db(session: AwsSession, params: Mapping[str, Any]) -> State:
         db = session.client("rds").describe_db_instances(DBInstanceIdentifier=ident)["DBInstances"][
             0
         ]
-    pending = db.get("PendingModifiedValues", {}).get("DBInstanceClass")
+    pending_values = db.get("PendingModifiedValues") or {}
+    pending = pending_values.get("DBInstanceClass")
     return {
         "sku": db["DBInstanceClass"],
         "pending_sku": pending,
+        # Other changes queued for the next maintenance window (an engine upgrade...).
+        "pending_other": sorted(str(k) for k in pending_values if k != "DBInstanceClass"),
         "status": db["DBInstanceStatus"],
         "engine": db["Engine"],
         # The price catalog keys RDS instance prices by class, engine and deployment.
@@ -612,6 +615,14 @@ def _rds_apply(session: AwsSession, params: Mapping[str, Any], before: State) ->
     ident = params["resource_id"]
     if before["status"] != "available":
         raise Retryable(f"database {ident} is {before['status']}; retry when available")
+    if before.get("pending_other"):
+        # ApplyImmediately applies every change queued for the maintenance window with the
+        # resize: what was approved is the class, not those.
+        raise Permanent(
+            f"database {ident} has changes queued for its maintenance window "
+            f"({', '.join(before['pending_other'])}); applying the resize now would apply them "
+            "too: resize after the window, or apply them first"
+        )
     # A single API call: it either takes effect or changes nothing.
     with aws_errors(f"rds:ModifyDBInstance {ident}", RDS_PERMS):
         session.client("rds").modify_db_instance(

@@ -340,6 +340,10 @@ DISK_PERMS = (
 )
 
 
+# Snapshot states that end on their own (READY or FAILED).
+_SNAPSHOT_PENDING = frozenset({"CREATING", "UPLOADING"})
+
+
 def snapshot_name(disk_id: str) -> str:
     """Snapshot names are global per project: the disk name plus a hash of its full id."""
     digest = hashlib.sha256(disk_id.encode()).hexdigest()[:8]
@@ -379,7 +383,26 @@ def _delete_disk_apply(session: GcpSession, params: Mapping[str, Any], before: S
     if before["attached_to"]:
         raise Permanent(f"disk is used by {before['attached_to']}; not deleting")
     api = session.api("compute")
-    if before.get("snapshot_state") != "READY":
+    state = before.get("snapshot_state")
+    if state in _SNAPSHOT_PENDING:
+        # An earlier attempt's snapshot still being made (a large disk outlasts a step's
+        # wait): wait for it; creating it again under its name is a 409.
+        name = f"/compute/v1/projects/{_project(rid)}/global/snapshots/{snapshot_name(rid)}"
+        done = api.poll(
+            lambda: api.json("GET", name, needs=DISK_PERMS),
+            lambda d: d.get("status") not in _SNAPSHOT_PENDING,
+            session.operation_timeout_s,
+            f"snapshot {rid}",
+            interval_s=session.poll_max_s,
+            initial_s=session.poll_initial_s,
+        )
+        state = done.get("status")
+    if state not in (None, "READY"):
+        raise Permanent(
+            f"snapshot {snapshot_name(rid)} of {rid} is {state}: disk kept (delete the "
+            "snapshot for a new one to be taken)"
+        )
+    if state is None:
         op = api.json(
             "POST",
             f"/compute/v1/{rid}/createSnapshot",
@@ -439,17 +462,11 @@ def _gcs_rule(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _is_cct_rule(rule: Mapping[str, Any]) -> bool:
-    # GCS rules have no ids: CCT owns the SetStorageClass rule for STANDARD objects.
-    return bool(
-        rule.get("action", {}).get("type") == "SetStorageClass"
-        and rule.get("condition", {}).get("matchesStorageClass") == ["STANDARD"]
-    )
-
-
 def _gcs_apply(session: GcpSession, params: Mapping[str, Any], before: State) -> None:
-    rules = [r for r in before["rules"] if not _is_cct_rule(r)]
-    rules.append(_gcs_rule(params))
+    # GCS rules have no ids, so no rule can be told apart as CCT's: every rule the bucket has
+    # is kept (a user's own STANDARD -> ARCHIVE after a year too) and CCT's is added, which
+    # `is_done` found missing. Where several move the same objects, GCS applies the cheapest.
+    rules = [*before["rules"], _gcs_rule(params)]
     session.api("storage").json(
         "PATCH",
         f"/storage/v1/b/{params['resource_id']}",
