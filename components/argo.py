@@ -111,11 +111,11 @@ class ArgoWorkflows(pulumi.ComponentResource):
                 "controller": {
                     "workflowDefaults": {"spec": step_pod_defaults(args.step_resources)},
                     "workflowNamespaces": [ns],
-                    # Only WorkflowTemplate references run, and the template may not change
-                    # under a running workflow: the controller does not run a forged
-                    # status.storedWorkflowTemplateSpec instead (the admission webhook refuses a
-                    # Workflow created with a status too).
-                    "workflowRestrictions": {"templateReferencing": "Secure"},
+                    # Only WorkflowTemplate references run. (Not Secure, which also errors a
+                    # running workflow whose template changed: every release changes the
+                    # templates' image, and runs wait at the approval step for days. The
+                    # admission webhook refuses a Workflow created with a status instead.)
+                    "workflowRestrictions": {"templateReferencing": "Strict"},
                     "replicas": replicas,
                     "resources": args.resources.to_k8s(),
                     "podSecurityContext": pod_security,

@@ -111,7 +111,7 @@ def workflow_findings(
     if not isinstance(spec, Mapping):
         return ("workflow has no spec",)
     found: list[str] = []
-    if workflow.get("status") not in (None, {}):
+    if _has_status(workflow.get("status")):
         # The Workflow CRD has no status subresource, so a status sent with the CREATE is
         # kept, and a controller runs a status.storedWorkflowTemplateSpec or a node marked done
         # instead of the referenced template. Only the controller writes a status.
@@ -146,6 +146,14 @@ def spec_changes(old: Any, new: Any) -> tuple[str, ...]:
         return ("(whole spec)",)
     keys = (set(old_spec) | set(new_spec)) - _MUTABLE_SPEC
     return tuple(sorted(str(k) for k in keys if old_spec.get(k) != new_spec.get(k)))
+
+
+def _has_status(status: Any) -> bool:
+    """Whether a status says anything: Argo's own clients (argo submit, the UI) send the Go
+    zero value, `{"startedAt": null, "finishedAt": null}`."""
+    if isinstance(status, Mapping):
+        return any(v not in (None, {}, [], "") for v in status.values())
+    return status is not None
 
 
 def _action_of(spec: Mapping[str, Any]) -> str | None:

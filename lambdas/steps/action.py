@@ -146,11 +146,13 @@ def resize_or_restore(
             set_type(target)
             changed = True
         start()
-    except StepError:
+    except Exception:
+        # Any error, not only the providers' mapped ones (a connection reset, a body that is
+        # not JSON): the instance must not stay stopped.
         if changed:
             try:
                 set_type(str(before["sku"]))
-            except StepError:
+            except Exception:
                 log.warning("resize: %s could not be set back to %s", what, before["sku"])
         start()  # its own error, if it fails too, says what is left to do
         raise

@@ -47,8 +47,12 @@ def _error_code(body: Any) -> str:
 
 
 def _origin(url: str) -> str:
+    """scheme://host:port with the scheme's default port spelled out: ARM's operation URLs
+    name `:443`, the configured base URL usually does not."""
     parts = urlsplit(url)
-    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+    scheme = parts.scheme.lower()
+    port = parts.port or {"https": 443, "http": 80}.get(scheme)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 class RestClient:

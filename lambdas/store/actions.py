@@ -46,12 +46,14 @@ def latest_verdict(
     """The newest verdict the trigger's pre-check or the admission webhook gave this run; with
     `workflow_uid`, of the admission verdicts only its own workflow's: a second CREATE of the
     same name (a redelivered event's, or someone's with other parameters) is judged and
-    recorded before the API server refuses it, and must not decide for the running one."""
+    recorded before the API server refuses it, and must not decide for the running one. (A
+    row without a uid, written before webhooks recorded it, still counts.)"""
     row = conn.execute(
         """select decision_id, verdict, policy_ids, reasons from policy_decisions
             where run_id = %s
               and (source = 'precheck' or (source = 'admission'
-                   and (%s::text is null or input->>'workflow_uid' = %s::text)))
+                   and (%s::text is null or input->>'workflow_uid' is null
+                        or input->>'workflow_uid' = %s::text)))
             order by decided_at desc limit 1""",
         (run_id, workflow_uid, workflow_uid),
     ).fetchone()

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -216,21 +217,33 @@ class TriggerService:
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=100)
-                for tp, records in batch.items():
-                    for record in records:
-                        if stop.is_set():
-                            return
-                        if tp not in consumer.assignment():
-                            # Revoked by a rebalance while this batch was handled (a replica
-                            # joined or left): its new owner handles the rest.
-                            break
-                        await self._one(consumer, producers, tp, record)
+                if not await self._handle_batch(consumer, producers, batch, stop):
+                    return
                 await self._observe_lag(consumer)
         except Stopping:
             log.info("stopping with an event uncommitted; it will be redelivered")
         finally:
             await consumer.stop()
             await producers.close()
+
+    async def _handle_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        producers: ProducerSlot,
+        batch: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]],
+        stop: asyncio.Event,
+    ) -> bool:
+        """Handle a fetched batch in order; False when asked to stop part way."""
+        for tp, records in batch.items():
+            for record in records:
+                if stop.is_set():
+                    return False
+                if tp not in consumer.assignment():
+                    # Revoked by a rebalance while this batch was handled (a replica joined
+                    # or left): its new owner handles the rest.
+                    break
+                await self._one(consumer, producers, tp, record)
+        return True
 
     async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

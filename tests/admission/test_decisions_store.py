@@ -144,3 +144,15 @@ def test_a_second_create_of_the_same_name_does_not_decide_for_the_running_workfl
         newest = latest_verdict(conn, name)
     assert mine is not None and mine.verdict == "require-approval"
     assert newest is not None and newest.verdict == "allow"  # what it read before
+    # A row from a webhook that did not record uids yet (an upgrade) still counts.
+    old_style = replace(
+        second,
+        decision_id=f"{uid}-review-old",
+        verdict="deny",
+        input={k: v for k, v in second.input.items() if k != "workflow_uid"},
+        decided_at=later + timedelta(seconds=1),
+    )
+    with psycopg.connect(pg_dsn) as conn:
+        record_decisions(conn, [old_style])
+        mine = latest_verdict(conn, name, f"{uid}-uid-0")
+    assert mine is not None and mine.verdict == "deny"

@@ -123,6 +123,14 @@ def test_a_workflow_created_with_a_status_is_refused(status: dict[str, Any]) -> 
     assert "status: a new Workflow carries no status" in outcome.message
 
 
+def test_argo_s_own_zero_status_is_no_status() -> None:
+    """`argo submit` and the UI send Go's zero WorkflowStatus: nothing forged, nothing said."""
+    wf = workflow("wf-zero", params())
+    wf["status"] = {"startedAt": None, "finishedAt": None}
+    outcome = decide(review(wf), context())
+    assert outcome.allowed is True, outcome.message
+
+
 @pytest.mark.parametrize("value", [0, 1.5, True])
 def test_an_action_that_is_not_text_is_still_checked_against_the_template(value: Any) -> None:
     """The policies judge the action as text; the template must still be the action's."""

@@ -82,7 +82,7 @@ def test_step_pods_pass_the_restricted_pod_security(built: BuiltStack) -> None:
         if r.inputs["name"] == "argo-workflows"
     ]
     controller = argo.inputs["values"]["controller"]
-    assert controller["workflowRestrictions"] == {"templateReferencing": "Secure"}
+    assert controller["workflowRestrictions"] == {"templateReferencing": "Strict"}
     defaults = controller["workflowDefaults"]["spec"]
     (patch,) = json.loads(defaults["podSpecPatch"])["containers"]
     assert patch["name"] == "main"

@@ -495,6 +495,9 @@ def test_the_api_client_sends_its_token_only_to_its_own_host() -> None:
     assert rest.url("/subscriptions/s") == "https://management.azure.com/subscriptions/s"
     operation = "https://management.azure.com/subscriptions/s/operations/1?api-version=1"
     assert rest.url(operation) == operation  # a long-running operation's header
+    explicit = "https://management.azure.com:443/subscriptions/s/operationsStatus/1"
+    assert rest.url(explicit) == explicit  # ARM names the default port in some of them
+    assert RestClient("https://management.azure.com:443", "t", 5.0).url(operation) == operation
     for elsewhere in (
         "https://attacker.example/x",
         "http://management.azure.com/x",  # plain HTTP
@@ -654,3 +657,31 @@ def test_an_rds_resize_with_other_changes_queued_is_refused() -> None:
     params = {"resource_id": "orders", "target_sku": "db.m5.large"}
     with pytest.raises(Permanent, match=r"queued for its maintenance window \(EngineVersion\)"):
         _rds_apply(Never(), params, before)  # type: ignore[arg-type]
+
+
+def test_a_resize_that_fails_in_any_way_starts_the_instance_again() -> None:
+    """Not only the providers' mapped errors: a connection reset while setting the type must
+    not leave the instance stopped."""
+    from lambdas.steps.action import resize_or_restore
+
+    calls: list[str] = []
+
+    def set_type(sku: str) -> None:
+        calls.append(f"set {sku}")
+        if sku == "small":
+            raise ConnectionResetError("reset by peer")
+
+    def start() -> None:
+        calls.append("start")
+
+    with pytest.raises(ConnectionResetError):
+        resize_or_restore({"sku": "big"}, "small", set_type, start, "instance i-1")
+    assert calls == ["set small", "start"]  # the type never changed: started as it was
+
+
+def test_gcp_zones_with_two_digit_numbers_are_gcp_zones() -> None:
+    from lambdas.steps.registry import ACTIONS
+
+    for zone in ("europe-west10-a", "us-central1-b"):
+        rid = f"projects/cct-payments-dev/zones/{zone}/instances/web-1"
+        ACTIONS["gcp.compute.resize_instance"].validate_resource({"resource_id": rid})

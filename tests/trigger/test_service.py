@@ -3,6 +3,7 @@ against the fake Kubernetes API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -303,6 +304,21 @@ async def test_a_partition_revoked_mid_batch_is_no_crash() -> None:
     await service._observe_lag(Revoked())
     await service._commit(Revoked(), tp, SimpleNamespace(offset=4))
     assert service.metrics.commit_failures._value.get() == 1
+
+    # The rest of a fetched batch of a partition revoked meanwhile is left to its new owner.
+    handled: list[int] = []
+
+    class RevokedAfterOne:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp} if not handled else set()
+
+    async def one(_c: object, _p: object, _tp: object, record: SimpleNamespace) -> None:
+        handled.append(record.offset)
+
+    service._one = one  # type: ignore[method-assign,assignment]
+    batch = {tp: [SimpleNamespace(offset=n) for n in (4, 5, 6)]}
+    assert await service._handle_batch(RevokedAfterOne(), None, batch, asyncio.Event())  # type: ignore[arg-type]
+    assert handled == [4]
 
 
 def test_a_trigger_started_while_kafka_is_down_waits_not_ready_and_stops_cleanly(

@@ -419,7 +419,8 @@ def _delete_volume_apply(session: AwsSession, params: Mapping[str, Any], before:
     ec2 = session.client("ec2")
     snap_id = before.get("snapshot_id")
     started = before.get("snapshot_started_at")
-    if snap_id and started:
+    # A snapshot still pending is this run's, however long a large volume takes.
+    if snap_id and started and before.get("snapshot_state") != "pending":
         age_s = time.time() - datetime.fromisoformat(str(started)).timestamp()
         if age_s > SNAPSHOT_REUSE_S:
             # An earlier run's snapshot (its delete failed: the volume was attached again and

@@ -36,7 +36,7 @@ _RETRY_OP_ERRORS = frozenset(
         "RATE_LIMIT_EXCEEDED",
     }
 )
-_ZONE = r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/zones/[a-z]+-[a-z]+[0-9]-[a-z]"
+_ZONE = r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/zones/[a-z]+-[a-z]+[0-9]+-[a-z]"
 _NAME = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 _INSTANCE = f"{_ZONE}/instances/{_NAME}"
 _DISK = f"{_ZONE}/disks/{_NAME}"
