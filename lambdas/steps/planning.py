@@ -248,14 +248,25 @@ class ApprovalNeed:
     reasons: tuple[str, ...]
 
 
+# The policy id of the approval asked for when a verdict was expected and none is on record.
+VERDICT_MISSING = "cct/verdict-missing"
+
+
 def approval_need(
     playbook: Playbook,
     params: Parameters,
     verdict: str | None,
     verdict_policy_ids: tuple[str, ...] = (),
     verdict_reasons: tuple[str, ...] = (),
+    *,
+    verdict_expected: bool = False,
 ) -> ApprovalNeed:
-    """Deny beats require-approval beats allow (docs/architecture.md, section 7)."""
+    """Deny beats require-approval beats allow (docs/architecture.md, section 7).
+
+    `verdict_expected`: the run was judged (in the cluster: the trigger's pre-check, the
+    admission webhook), so no verdict on record means it was lost (verdicts are written on the
+    side: a full writer queue, a database error) and what it said is unknown: a person
+    decides, rather than a lost require-approval letting the change run."""
     policy_ids = list(verdict_policy_ids)
     reasons = list(verdict_reasons)
     if verdict == "deny":
@@ -268,6 +279,10 @@ def approval_need(
     if params.require_approval:
         required = True
         reasons.append("the workflow parameters ask for approval")
+    if verdict is None and verdict_expected and not required:
+        required = True
+        policy_ids.append(VERDICT_MISSING)
+        reasons.append("no policy decision is recorded for this run; a person decides")
     return ApprovalNeed(required, False, tuple(policy_ids), tuple(reasons))
 
 

@@ -141,33 +141,20 @@ def _ensure_run(conn: psycopg.Connection[Any], inp: StepInput, settings: StepSet
         raise InvalidInput(str(exc)) from None
 
 
-# The policy id of the approval asked for when no verdict is on record (below).
-VERDICT_MISSING = "cct/verdict-missing"
-
-
 def _approval_need(
     inp: StepInput, verdict: store.PolicyVerdict | None, settings: StepSettings
 ) -> ApprovalNeed:
+    # In the cluster every run is judged (the trigger's pre-check, the admission webhook).
+    judged = settings.backend == "argo"
     if verdict is None:
-        need = approval_need(PLAYBOOKS[inp.playbook], inp.parameters, None, (), ())
-        if settings.backend == "argo" and not need.required:
-            # In the cluster every run was judged (the trigger's pre-check, the admission
-            # webhook) and the verdict written on the side: none on record means it was lost
-            # (a full writer queue, a database error), and what it said is unknown. A person
-            # decides rather than a lost require-approval letting the change run.
-            return ApprovalNeed(
-                True,
-                False,
-                (*need.policy_ids, VERDICT_MISSING),
-                (*need.reasons, "no policy decision is recorded for this run; a person decides"),
-            )
-        return need
+        return approval_need(PLAYBOOKS[inp.playbook], inp.parameters, None, verdict_expected=judged)
     return approval_need(
         PLAYBOOKS[inp.playbook],
         inp.parameters,
         verdict.verdict,
         tuple(verdict.policy_ids),
         tuple(verdict.reasons),
+        verdict_expected=judged,
     )
 
 

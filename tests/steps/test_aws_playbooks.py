@@ -277,40 +277,45 @@ def test_rightsize_dry_run_changes_nothing(
     assert _action_row(db, run_id)[1] == "dry_run"
 
 
-def _run_with_fault(
-    fault: Fault,
-    playbook: str,
-    resource_id: str,
-    run_id: str,
-    *,
-    aws_env: str,
-    vault: Replay,
-    step_env: Any,
-) -> RunResult:
-    """The playbook on `resource_id` with `fault` injected in front of moto."""
-    with fault_proxy(aws_env, fault) as proxy:
-        result = run_playbook(
-            playbook,
-            run_id,
-            _params(resource_id),
-            step_env(vault.base_url, proxy.url),
-            inprocess=True,
-        )
-        assert proxy.hits.get(fault.action, 0) >= 1
-    return result
+WithFault = Callable[[Fault, str, str, str], RunResult]
+ResizeWithFault = Callable[[Fault], tuple[RunResult, str, str]]
 
 
-def _resize_through(
-    fault: Fault, *, aws_env: str, vault: Replay, step_env: Any, seed_prices: Any, uid: str
-) -> tuple[RunResult, str, str]:
-    """rightsize-compute of a fresh m5.xlarge (CPU low enough for an m5.large) with `fault`
-    injected; the run's result, the instance and the run id."""
-    seed_prices("aws", EC2, REGION, "hour", {"m5.xlarge": "0.192", "m5.large": "0.096"})
-    iid = _instance(aws_env, "m5.xlarge")
-    _put_cpu(aws_env, "AWS/EC2", "InstanceId", iid, avg=10.0, mx=30.0)
-    run_id = f"cct-rightsize-compute-{fault.action.lower()}-{uid}"
-    env = {"aws_env": aws_env, "vault": vault, "step_env": step_env}
-    return _run_with_fault(fault, "rightsize-compute", iid, run_id, **env), iid, run_id
+@pytest.fixture
+def with_fault(aws_env: str, vault: Replay, step_env: Any) -> WithFault:
+    """Runs (fault, playbook, resource id, run id): the playbook with `fault` injected in
+    front of moto."""
+
+    def run(fault: Fault, playbook: str, resource_id: str, run_id: str) -> RunResult:
+        with fault_proxy(aws_env, fault) as proxy:
+            result = run_playbook(
+                playbook,
+                run_id,
+                _params(resource_id),
+                step_env(vault.base_url, proxy.url),
+                inprocess=True,
+            )
+            assert proxy.hits.get(fault.action, 0) >= 1
+        return result
+
+    return run
+
+
+@pytest.fixture
+def resize_with_fault(
+    with_fault: WithFault, aws_env: str, seed_prices: Any, uid: str
+) -> ResizeWithFault:
+    """rightsize-compute of a fresh m5.xlarge (CPU low enough for an m5.large) with a fault
+    injected: the run's result, the instance and the run id."""
+
+    def run(fault: Fault) -> tuple[RunResult, str, str]:
+        seed_prices("aws", EC2, REGION, "hour", {"m5.xlarge": "0.192", "m5.large": "0.096"})
+        iid = _instance(aws_env, "m5.xlarge")
+        _put_cpu(aws_env, "AWS/EC2", "InstanceId", iid, avg=10.0, mx=30.0)
+        run_id = f"cct-rightsize-compute-{fault.action.lower()}-{uid}"
+        return with_fault(fault, "rightsize-compute", iid, run_id), iid, run_id
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -334,17 +339,12 @@ def test_failed_resize_restores_the_instance_and_records_the_reason(
     fault: Fault,
     error_type: str,
     detail: str,
+    resize_with_fault: ResizeWithFault,
     aws_env: str,
-    vault: Replay,
-    step_env: Any,
-    seed_prices: Any,
     db: Any,
-    uid: str,
     aws_calls: list[str],
 ) -> None:
-    result, iid, run_id = _resize_through(
-        fault, aws_env=aws_env, vault=vault, step_env=step_env, seed_prices=seed_prices, uid=uid
-    )
+    result, iid, run_id = resize_with_fault(fault)
 
     assert result.failed_step == "execute"
     assert_declared(aws_calls, "aws.ec2.resize_instance")
@@ -370,9 +370,8 @@ def test_throttling_and_server_errors_are_retried(
     *,
     status: int,
     code: str,
+    with_fault: WithFault,
     aws_env: str,
-    vault: Replay,
-    step_env: Any,
     seed_prices: Any,
     db: Any,
     uid: str,
@@ -384,8 +383,7 @@ def test_throttling_and_server_errors_are_retried(
     # botocore may retry by itself; enough failed answers that one reaches the step.
     throttled = Fault("DescribeVolumes", status, code, times=3)
     run_id = f"cct-delete-unattached-volume-thr-{uid}"
-    env = {"aws_env": aws_env, "vault": vault, "step_env": step_env}
-    result = _run_with_fault(throttled, "delete-unattached-volume", vid, run_id, **env)
+    result = with_fault(throttled, "delete-unattached-volume", vid, run_id)
     assert [r.exit_code for r in result.runs[:2]] == [75, 0]
     assert result.runs[0].output["error"]["retryable"] is True
     assert code in result.runs[0].output["error"]["message"]
@@ -394,25 +392,12 @@ def test_throttling_and_server_errors_are_retried(
 
 
 def test_an_action_failing_until_its_retries_run_out_is_on_record(
-    *,
-    aws_env: str,
-    vault: Replay,
-    step_env: Any,
-    seed_prices: Any,
-    db: Any,
-    uid: str,
+    *, resize_with_fault: ResizeWithFault, aws_env: str, db: Any
 ) -> None:
     """AWS has no capacity to start the instance, every attempt (a 5xx, retryable): when the
     retries run out the run fails and its action row says what happened (there was none)."""
     no_capacity = Fault("StartInstances", 500, "InsufficientInstanceCapacity")
-    result, iid, run_id = _resize_through(
-        no_capacity,
-        aws_env=aws_env,
-        vault=vault,
-        step_env=step_env,
-        seed_prices=seed_prices,
-        uid=uid,
-    )
+    result, iid, run_id = resize_with_fault(no_capacity)
     assert result.failed_step == "execute"
     executes = [r for r in result.runs if r.step == "execute"]
     assert len(executes) > 1 and all(r.exit_code == 75 for r in executes)

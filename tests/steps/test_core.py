@@ -148,6 +148,8 @@ def test_plans_refuse_to_guess_prices() -> None:
 def test_approval_precedence() -> None:
     db_pb, compute_pb = PLAYBOOKS["rightsize-database"], PLAYBOOKS["rightsize-compute"]
     assert approval_need(compute_pb, _params(), None).required is False
+    judged = approval_need(compute_pb, _params(), None, verdict_expected=True)
+    assert (judged.required, judged.policy_ids) == (True, ("cct/verdict-missing",))
     assert approval_need(compute_pb, _params(), "require-approval").required is True
     assert approval_need(compute_pb, _params(**{"require-approval": "true"}), "allow").required
     assert approval_need(db_pb, _params(), "allow").required is True
