@@ -21,6 +21,14 @@ from components import kube
 CHART = "argo-workflows"
 CHART_VERSION = "0.45.26"
 WORKFLOW_API = "argoproj.io/v1alpha1"
+# The controller's service account, named here (not by the chart's release name) because the
+# admission webhook lets only this user write the status fields a Workflow runs from.
+CONTROLLER_SERVICE_ACCOUNT = "cct-workflow-controller"
+
+
+def controller_user(operator_namespace: str) -> str:
+    """The Kubernetes user name the workflow controller's requests carry."""
+    return f"system:serviceaccount:{operator_namespace}:{CONTROLLER_SERVICE_ACCOUNT}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,7 @@ class ArgoWorkflows(pulumi.ComponentResource):
                     # templates' image, and runs wait at the approval step for days. The
                     # admission webhook refuses a Workflow created with a status instead.)
                     "workflowRestrictions": {"templateReferencing": "Strict"},
+                    "serviceAccount": {"create": True, "name": CONTROLLER_SERVICE_ACCOUNT},
                     "replicas": replicas,
                     "resources": args.resources.to_k8s(),
                     "podSecurityContext": pod_security,

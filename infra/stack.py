@@ -20,7 +20,7 @@ import pulumi_vault as vault_provider
 from components import kube
 from components.alertmanager import WEB_PORT as ALERTMANAGER_PORT
 from components.alertmanager import Alertmanager, AlertmanagerArgs
-from components.argo import ArgoWorkflows, ArgoWorkflowsArgs
+from components.argo import ArgoWorkflows, ArgoWorkflowsArgs, controller_user
 from components.aws_account import AwsAccount, AwsAccountArgs, export_bucket_name
 from components.azure_subscription import AzureSubscription, AzureSubscriptionArgs
 from components.derived import derived_secret
@@ -428,6 +428,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                         "CCT_ADMISSION_TLS_KEY": f"{TLS_DIR}/tls.key",
                         "CCT_ADMISSION_PORT": str(WEBHOOK_PORT),
                         "CCT_ADMISSION_METRICS_PORT": str(ADMISSION_METRICS_PORT),
+                        "CCT_ADMISSION_CONTROLLER_USERS": controller_user(platform),
                         # The server's own failure mode follows the webhook's failure policy.
                         "CCT_ADMISSION_FAILURE_MODE": (
                             "closed" if settings.webhook_failure_policy == "Fail" else "open"

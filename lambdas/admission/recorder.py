@@ -5,7 +5,10 @@ A slow or unreachable database therefore never delays an admission answer: the q
 the outage, the writer retries with backoff, and when the queue is full new records are
 dropped and counted (`cct_admission_decisions_dropped_total`) instead of blocking. A batch
 keeps its records until they are written, so a rotated PostgreSQL login (a new DSN file, or
-the old user's session ended) costs a reconnect, never a decision.
+the old user's session ended) costs a reconnect, never a decision. Only a record the database
+refuses for its own values is dropped (and counted); a refusal that would hit every record
+(a missing grant or column: the deployment, not the decision) holds the batch until an
+operator fixes it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import psycopg
 
 from lambdas.admission.metrics import AdmissionMetrics
 from lambdas.common.pg import DsnSource
-from lambdas.store.db import StoreError, connect
+from lambdas.store.db import BadRecordError, StoreError, connect
 from lambdas.store.decisions import DecisionRecord, record_decisions
 
 log = logging.getLogger("cct.admission.recorder")
@@ -33,6 +36,9 @@ BATCH_SIZE = 200
 # admissions at once).
 LINGER_S = 0.05
 _MAX_BACKOFF_S = 5.0
+# A deployment fault is fixed by a person, not by the next try: retrying it every 5 s only
+# fills the log.
+_MAX_FAULT_BACKOFF_S = 30.0
 
 
 class DecisionRecorder:
@@ -111,24 +117,39 @@ class DecisionRecorder:
                     self._generation = self._dsn.generation
                 record_decisions(self._conn, batch)
                 self._conn.commit()
+            except BadRecordError as exc:
+                self._reset()
+                self._write_one_by_one(batch, exc)
+                return
             except StoreError as exc:
                 self._reset()
-                if not exc.retryable:
-                    self._write_one_by_one(batch, exc)
-                    return
                 self._metrics.decision_write_errors.inc()
                 if time.monotonic() + delay > self._deadline:
                     self._metrics.decisions_dropped.labels(reason="shutdown").inc(len(batch))
                     log.error("dropping %d decisions at shutdown: %s", len(batch), exc)
                     return
-                log.warning("recording decisions failed, retrying in %.1fs: %s", delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF_S)
+                if exc.retryable:
+                    log.warning("recording decisions failed, retrying in %.1fs: %s", delay, exc)
+                    time.sleep(delay)
+                    delay = min(delay * 2, _MAX_BACKOFF_S)
+                else:
+                    # Insufficient privilege, a missing table or column: every record fails
+                    # alike, so dropping them one by one would lose the whole audit trail of
+                    # the outage. The queue keeps absorbing (and counts what overflows).
+                    log.error(
+                        "the database refuses all decisions (a grant or migration missing?);"
+                        " holding %d, retrying in %.1fs: %s",
+                        len(batch),
+                        delay,
+                        exc,
+                    )
+                    time.sleep(delay)
+                    delay = min(max(delay * 2, 1.0), _MAX_FAULT_BACKOFF_S)
                 continue
             self._metrics.decisions_recorded.inc(len(batch))
             return
 
-    def _write_one_by_one(self, batch: list[DecisionRecord], exc: StoreError) -> None:
+    def _write_one_by_one(self, batch: list[DecisionRecord], exc: BadRecordError) -> None:
         if len(batch) == 1:
             self._metrics.decisions_dropped.labels(reason="rejected").inc()
             log.error("decision %s rejected by the database: %s", batch[0].decision_id, exc)

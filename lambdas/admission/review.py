@@ -6,7 +6,9 @@ What gets which answer:
 - not an AdmissionReview v1 with a request uid: `BadReview` (the server answers HTTP 400 and
   the API server applies the webhook's failurePolicy);
 - UPDATE of a Workflow: allowed while its spec stays as admitted (status updates,
-  spec.shutdown, spec.suspend), otherwise denied (`spec_changes`);
+  spec.shutdown, spec.suspend), otherwise denied (`spec_changes`); the status fields the
+  controller runs from (`storedWorkflowTemplateSpec`, `storedTemplates`) may be set only by
+  the workflow controller's own user (`controller_status_changes`);
 - not an argoproj.io/v1alpha1 Workflow, or not a CREATE/UPDATE: allowed, not governed (the
   webhook configuration sends the managed namespaces' Workflow CREATEs; blocking anything
   else would be an outage);
@@ -32,7 +34,12 @@ from typing import Any, Literal
 from lambdas.policy.engine import evaluate
 from lambdas.policy.model import InvalidRequestError, PolicyRequest, Verdict
 from lambdas.policy.policyset import PolicySet
-from lambdas.policy.workflow import spec_changes, workflow_findings, workflow_parameters
+from lambdas.policy.workflow import (
+    controller_status_changes,
+    spec_changes,
+    workflow_findings,
+    workflow_parameters,
+)
 from lambdas.store.decisions import DecisionRecord, decision_input
 
 API_VERSION = "admission.k8s.io/v1"
@@ -88,6 +95,9 @@ class Context:
     recent_actions: Mapping[str, int]
     failure_mode: FailureMode
     approval_templates: Collection[str]
+    # Kubernetes user names of the Argo workflow controller: the only writers of the status
+    # fields it runs from (CCT_ADMISSION_CONTROLLER_USERS).
+    controller_users: Collection[str] = ()
     # Set while the newest policy files on disk are invalid and an older set is in use.
     stale_reason: str | None = None
 
@@ -120,7 +130,7 @@ class _Review:
 def decide(review: Any, ctx: Context) -> Outcome:
     """Answer one AdmissionReview. Raises BadReview only; every other problem is an answer."""
     uid, request = parse_review(review)
-    other = _not_a_create(uid, request, ctx.now)
+    other = _not_a_create(uid, request, ctx)
     if other is not None:
         return other
     workflow = request.get("object")
@@ -202,12 +212,12 @@ def _answer(
     )
 
 
-def _not_a_create(uid: str, request: Mapping[str, Any], now: datetime) -> Outcome | None:
+def _not_a_create(uid: str, request: Mapping[str, Any], ctx: Context) -> Outcome | None:
     """The answer to anything but a Workflow CREATE; None for a Workflow CREATE."""
     kind = request.get("kind")
     operation = request.get("operation")
     if kind == WORKFLOW_KIND and operation == "UPDATE":
-        return _judge_update(uid, request, now)
+        return _judge_update(uid, request, ctx)
     if kind != WORKFLOW_KIND or operation != "CREATE":
         return Outcome(
             uid,
@@ -221,19 +231,35 @@ def _not_a_create(uid: str, request: Mapping[str, Any], now: datetime) -> Outcom
     return None
 
 
-def _judge_update(uid: str, request: Mapping[str, Any], now: datetime) -> Outcome:
+def _judge_update(uid: str, request: Mapping[str, Any], ctx: Context) -> Outcome:
     """An admitted Workflow's spec must stay what was judged: the controller's status
     updates and `argo stop`/`terminate`/`suspend` (spec.shutdown, spec.suspend) pass; any
     other spec change (a podSpecPatch, other parameters, inline templates added after the
-    CREATE was checked) is refused."""
-    changed = spec_changes(request.get("oldObject"), request.get("object"))
-    if not changed:
+    CREATE was checked) is refused. So is a stored spec written by anyone but the controller:
+    set before the controller's first pass, it would run instead of the approved template,
+    and status is what approvers (`argo resume`) may write."""
+    old, new = request.get("oldObject"), request.get("object")
+    findings = [
+        f"spec.{key} may not change after the workflow was admitted"
+        for key in spec_changes(old, new)
+    ]
+    user = _username(request)
+    if user not in ctx.controller_users:
+        who = (user or "an unnamed user")[:MAX_NAME_CHARS]
+        findings.extend(
+            f"status.{key} is written only by the workflow controller, not by {who}"
+            for key in controller_status_changes(old, new)
+        )
+    if not findings:
         return Outcome(uid, allowed=True, verdict="not-governed")
-    this = _Review(uid, _workflow_name(request.get("object"), request), request)
-    findings = tuple(
-        f"spec.{key} may not change after the workflow was admitted" for key in changed
-    )
-    return _refuse_shape(this, now, findings)
+    this = _Review(uid, _workflow_name(new, request), request)
+    return _refuse_shape(this, ctx.now, tuple(findings))
+
+
+def _username(request: Mapping[str, Any]) -> str | None:
+    user = request.get("userInfo")
+    name = user.get("username") if isinstance(user, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _refuse_shape(this: _Review, now: datetime, findings: tuple[str, ...]) -> Outcome:

@@ -195,6 +195,7 @@ class AdmissionServer:
                 recent_actions=self.recent.view(now, exclude=uid),
                 failure_mode=self.settings.failure_mode,
                 approval_templates=self.settings.approval_templates,
+                controller_users=self.settings.controller_users,
                 stale_reason=stale,
             )
 

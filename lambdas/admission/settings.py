@@ -35,6 +35,12 @@ class AdmissionSettings:
     # the API server, not any other holder of a certificate from the same CA.
     # CCT_ADMISSION_CLIENT_NAMES (comma-separated).
     client_names: frozenset[str]
+    # Kubernetes user names of the Argo workflow controller (its service account,
+    # `system:serviceaccount:<namespace>:<name>`): the only users that may write the status
+    # fields a Workflow runs from (status.storedWorkflowTemplateSpec, storedTemplates).
+    # Required: a wrong name stops every workflow at its first step, an empty one would
+    # let approvers swap what runs. CCT_ADMISSION_CONTROLLER_USERS (comma-separated).
+    controller_users: frozenset[str]
     # Where decisions are recorded. CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current,
     # re-read on every connect) or CCT_PG_DSN.
     pg_dsn: str | DsnSource
@@ -92,6 +98,7 @@ class AdmissionSettings:
             tls_key=Path(env_str("CCT_ADMISSION_TLS_KEY")),
             client_ca=Path(env_str("CCT_ADMISSION_CLIENT_CA")),
             client_names=_names(env_str("CCT_ADMISSION_CLIENT_NAMES")),
+            controller_users=_names(env_str("CCT_ADMISSION_CONTROLLER_USERS")),
             pg_dsn=pg_dsn_source(),
             host=env_str("CCT_ADMISSION_HOST", cls.host),
             port=env_int("CCT_ADMISSION_PORT", cls.port),
@@ -109,6 +116,8 @@ class AdmissionSettings:
         )
         if not settings.client_names:
             raise SettingsError("CCT_ADMISSION_CLIENT_NAMES names no client certificate")
+        if not settings.controller_users:
+            raise SettingsError("CCT_ADMISSION_CONTROLLER_USERS names no workflow controller")
         for name, value in (
             ("CCT_ADMISSION_MAX_BODY_BYTES", settings.max_body_bytes),
             ("CCT_ADMISSION_REQUEST_TIMEOUT_S", settings.request_timeout_s),

@@ -413,6 +413,8 @@ def parts() -> list[Part]:
                 "CCT_ADMISSION_TLS_KEY": str(tls.key),
                 "CCT_ADMISSION_CLIENT_CA": str(tls.client_ca),
                 "CCT_ADMISSION_CLIENT_NAMES": ADMISSION_CLIENT_NAME,
+                # No workflow controller runs here (workflows run on the local backend).
+                "CCT_ADMISSION_CONTROLLER_USERS": "system:serviceaccount:cct-platform:none",
                 "CCT_ADMISSION_PORT": str(PORTS["admission"]),
                 "CCT_ADMISSION_METRICS_PORT": str(PORTS["admission-ops"]),
             },

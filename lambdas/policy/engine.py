@@ -169,6 +169,14 @@ def _selected(selector: Selector, ctx: _Context, trace: list[str] | None) -> boo
             )
         if not ok:
             return False
+    for attribute, excluded in selector.excluded:
+        ok = ctx.lowered[attribute] not in excluded
+        if trace is not None:
+            value = getattr(ctx.request, attribute)
+            verb = "is not" if ok else "is"
+            _note(trace, ok, f"{attribute} {value!r} {verb} one of the excluded {sorted(excluded)}")
+        if not ok:
+            return False
     for key, accepted in selector.tags:
         tag = ctx.tags.get(key)
         ok = tag is not None and (not accepted or tag.lower() in accepted)

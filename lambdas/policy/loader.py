@@ -21,9 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 import yaml
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import ValidationError, best_match
 
 from lambdas.policy.policyset import (
+    SELECTOR_EXCLUSIONS,
     SELECTOR_FIELDS,
     WEEKDAYS,
     Calendar,
@@ -90,7 +91,17 @@ def schema_error(instance: Any, schema_name: str) -> str | None:
     error = best_match(_validator(schema_name).iter_errors(instance))
     if error is None:
         return None
-    return f"{_location(error.absolute_path)}: {error.message}"
+    return f"{_location(error.absolute_path)}: {_message(error)}"
+
+
+def _message(error: ValidationError) -> str:
+    # A `not` failure's own message prints the whole object; the schema holding the `not`
+    # says what is wrong in its description (e.g. two `match` keys that exclude each other).
+    if error.validator == "not" and isinstance(error.schema, dict):
+        description = error.schema.get("description")
+        if isinstance(description, str):
+            return description
+    return error.message
 
 
 def policy_files(path: Path) -> list[Path]:
@@ -266,13 +277,18 @@ class _Builder:
         match = raw.get("match", {})
         selector = Selector(
             fields=tuple(
-                (attribute, frozenset(v.lower() for v in match[key]))
+                (attribute, frozenset(_as_list(match[key])))
                 for key, attribute in SELECTOR_FIELDS.items()
                 if key in match
             ),
             tags=tuple(
                 (key.strip().lower(), frozenset() if value == "*" else frozenset(_as_list(value)))
                 for key, value in sorted(match.get("tags", {}).items())
+            ),
+            excluded=tuple(
+                (attribute, frozenset(_as_list(match[key])))
+                for key, attribute in SELECTOR_EXCLUSIONS.items()
+                if key in match
             ),
         )
         actions = when.get("actionNotIn")

@@ -16,7 +16,8 @@ from lambdas.policy.model import Effect
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
-# Request attribute each `match` key selects on; values compare case-insensitively.
+# Request attribute each `match` key selects on; values compare case-insensitively and
+# without surrounding spaces, on both sides.
 SELECTOR_FIELDS: dict[str, str] = {
     "providers": "provider",
     "services": "service",
@@ -26,6 +27,12 @@ SELECTOR_FIELDS: dict[str, str] = {
     "teams": "team",
     "accounts": "account_id",
     "regions": "region",
+}
+# `match` keys that select the requests whose attribute is none of the listed values (every
+# service except these). A rule may not give a key and its negation: `services: [a, b]` with
+# `servicesNotIn: [b]` is only `services: [a]` said in a confusing way (the schema refuses it).
+SELECTOR_EXCLUSIONS: dict[str, str] = {
+    "servicesNotIn": "service",
 }
 
 
@@ -67,6 +74,8 @@ class Selector:
     fields: tuple[tuple[str, frozenset[str]], ...] = ()  # (request attribute, lowercased values)
     # (tag key, lowercased accepted values); an empty set means "tag present, any value".
     tags: tuple[tuple[str, frozenset[str]], ...] = ()
+    # (request attribute, lowercased values it must not have), from SELECTOR_EXCLUSIONS keys.
+    excluded: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,23 @@ def spec_changes(old: Any, new: Any) -> tuple[str, ...]:
     return tuple(sorted(str(k) for k in keys if old_spec.get(k) != new_spec.get(k)))
 
 
+# Status fields the Argo controller runs from: with `templateReferencing: Strict` a Workflow
+# whose status already holds a stored spec runs that spec, not the approved template's.
+CONTROLLER_STATUS = ("storedTemplates", "storedWorkflowTemplateSpec")
+
+
+def controller_status_changes(old: Any, new: Any) -> tuple[str, ...]:
+    """The controller-owned status fields an UPDATE sets or changes; a status that is not an
+    object counts as a change of each."""
+    old_status = old.get("status") if isinstance(old, Mapping) else None
+    new_status = new.get("status") if isinstance(new, Mapping) else None
+    old_status = {} if old_status is None else old_status
+    new_status = {} if new_status is None else new_status
+    if not isinstance(old_status, Mapping) or not isinstance(new_status, Mapping):
+        return CONTROLLER_STATUS
+    return tuple(k for k in CONTROLLER_STATUS if old_status.get(k) != new_status.get(k))
+
+
 def _has_status(status: Any) -> bool:
     """Whether a status says anything: Argo's own clients (argo submit, the UI) send the Go
     zero value, `{"startedAt": null, "finishedAt": null}`."""

@@ -124,6 +124,11 @@ _IO2_TOP = (64000.0, "io2/iops.tier3")
 RDS_GP3_THRESHOLD_GIB = 400.0
 RDS_GP3_BASE = {False: (3000.0, 125.0), True: (12000.0, 500.0)}
 RDS_STORAGE_TYPES = frozenset({"gp2", "gp3", "io1", "io2", "standard"})
+# An Aurora cluster on I/O-Optimized storage (RDS StorageType "aurora-iopt1") pays about 30 %
+# more per instance hour than on Aurora Standard, and the offer file lists both products for
+# the same class, engine and deployment: its instance prices carry this suffix.
+AURORA_IO_OPTIMIZED_STORAGE = "aurora-iopt1"
+AURORA_IO_OPTIMIZED_SKU = "/io-optimized"
 # Volume / storage types whose IOPS are all provisioned and billed (EBS and RDS alike).
 _PIOPS_TYPES = frozenset({"io1", "io2"})
 
@@ -241,6 +246,8 @@ def _aws_db(r: Shape, sku: str) -> list[Part] | None:
     deployment = "Multi-AZ" if r.size.get("multi_az") else "Single-AZ"
     instance: Part = (r.region_id, f"{sku}/{engine}/{deployment}", "hour", 1.0)
     if engine.startswith("aurora"):
+        if r.size.get("storage_type") == AURORA_IO_OPTIMIZED_STORAGE:
+            instance = (r.region_id, instance[1] + AURORA_IO_OPTIMIZED_SKU, "hour", 1.0)
         return [instance]
     storage = _rds_storage(r, engine, deployment)
     return [instance, *storage] if storage is not None else None

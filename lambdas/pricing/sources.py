@@ -34,6 +34,7 @@ from lambdas.collector.normalize import (
     RDS_ENGINES,
 )
 from lambdas.pricing.catalog import (
+    AURORA_IO_OPTIMIZED_SKU,
     AWS_LINUX_OPERATION,
     AWS_USAGE_OPERATIONS,
     GCP_WINDOWS_LICENSE,
@@ -242,6 +243,13 @@ def _ebs_keys(  # noqa: PLR0911 - one return per EBS price family
     return []
 
 
+def _aurora_io_optimized(attrs: Mapping[str, Any]) -> bool:
+    usage = str(attrs.get("usagetype", ""))
+    return "InstanceUsageIOOptimized:" in usage or attrs.get("storage") == (
+        "Aurora IO Optimization Mode"
+    )
+
+
 def parse_aws_offer(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:
     products = doc.get("products")
     terms = doc.get("terms")
@@ -281,6 +289,10 @@ def _aws_product(offer: Any, product: Any, sku_terms: Any, source: str) -> list[
         deployment = attrs.get("deploymentOption")
         if engine and deployment in _RDS_DEPLOYMENTS:
             sku = f"{attrs['instanceType']}/{engine}/{deployment}"
+            if _aurora_io_optimized(attrs):
+                # Same class, engine and deployment as the Standard product: without the
+                # suffix whichever came last in the file priced every Aurora instance.
+                sku += AURORA_IO_OPTIMIZED_SKU
             keys = [PriceKey("aws", AWS_RDS, region, sku, "hour")]
     elif offer == "AmazonRDS" and family in _RDS_UNITS:
         keys = _rds_keys(family, attrs, region)

@@ -9,11 +9,13 @@ change that captures the state before and after.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from lambdas.steps.errors import InvalidInput, StepError
+from lambdas.steps.errors import InvalidInput, NotFound, Permanent, StepError
 
 log = logging.getLogger("cct.steps")
 
@@ -156,6 +158,61 @@ def resize_or_restore(
                 log.warning("resize: %s could not be set back to %s", what, before["sku"])
         start()  # its own error, if it fails too, says what is left to do
         raise
+
+
+# A snapshot CCT took of a volume is reused (not taken again) by an execute retried within
+# this long: the same run's. An older one is an earlier run's, whose volume may have been
+# attached and written to since; deleting on it would lose that data.
+SNAPSHOT_REUSE_S = 6 * 3600.0
+# How many snapshots one run may take of a volume it names them for (Azure, GCP): each after
+# the one before it grew too old to reuse (the run retried days later). Bounds the names a
+# read tries.
+SNAPSHOTS_PER_RUN = 8
+
+
+def snapshot_reusable(snapshot: str, started_at: str | None, pending: bool) -> bool:
+    """Whether a snapshot of this run found by a retried delete is the backup of the volume
+    now. One still being taken is, however long a large volume takes; a finished one only
+    if started within SNAPSHOT_REUSE_S. An unknown start counts as old: a second snapshot
+    costs a little money, a stale one the data written since."""
+    if pending:
+        return True
+    if not started_at:
+        return False
+    age_s = time.time() - datetime.fromisoformat(started_at).timestamp()
+    if age_s > SNAPSHOT_REUSE_S:
+        log.info("snapshot %s is %.0f s old: taking a new one", snapshot, age_s)
+        return False
+    return True
+
+
+def last_snapshot(
+    names: Sequence[str], get: Callable[[str], Mapping[str, Any]]
+) -> tuple[str, Mapping[str, Any]] | None:
+    """The last of a run's snapshot names (`names`, in the order they are taken) that
+    exists, and what `get` read of it. Each is taken only once the one before it exists and
+    is too old to reuse, so the first that is missing ends the search."""
+    found: tuple[str, Mapping[str, Any]] | None = None
+    for name in names:
+        try:
+            found = (name, get(name))
+        except NotFound:
+            break
+    return found
+
+
+def next_snapshot_name(names: Sequence[str], last: str | None) -> str:
+    """The name for a new snapshot, after `last` (the last one that exists, too old)."""
+    if last is None:
+        return names[0]
+    following = names.index(last) + 1
+    if following == len(names):
+        raise Permanent(
+            f"the run's {len(names)} snapshot names are all taken by snapshots older than "
+            f"{SNAPSHOT_REUSE_S / 3600:.0f} h, the last {last}: volume kept (delete them for "
+            "a new one to be taken)"
+        )
+    return names[following]
 
 
 _ACTIONS: dict[str, Action] = {}

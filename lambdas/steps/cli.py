@@ -88,7 +88,7 @@ def run(name: str, doc: Any) -> tuple[int, dict[str, Any]]:
         settings = StepSettings.from_env()
         io = StepIO(
             settings=settings,
-            cloud=lambda i: cloud_session(i.parameters, settings),
+            cloud=lambda i: cloud_session(i.parameters, settings, i.run_id),
             db=pg_opener(settings.pg_dsn),
         )
         return EXIT_OK, STEP_FUNCTIONS[name](inp, io)

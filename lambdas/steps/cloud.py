@@ -58,7 +58,8 @@ def azure_token(creds: CloudCredentials, settings: StepSettings) -> str:
 
 
 @contextmanager
-def cloud_session(params: Parameters, settings: StepSettings) -> Iterator[Any]:
+def cloud_session(params: Parameters, settings: StepSettings, run_id: str) -> Iterator[Any]:
+    """`run_id` names the snapshots an Azure or GCP delete takes (AWS finds its by tag)."""
     with vault_credentials(params.provider, settings) as creds:
         if params.provider == "aws":
             yield AwsSession(
@@ -80,6 +81,7 @@ def cloud_session(params: Parameters, settings: StepSettings) -> Iterator[Any]:
                 settings.operation_timeout_s,
                 poll_initial_s=settings.poll_initial_s,
                 poll_max_s=settings.poll_max_s,
+                run_id=run_id,
             )
         else:
             yield GcpSession(
@@ -89,4 +91,5 @@ def cloud_session(params: Parameters, settings: StepSettings) -> Iterator[Any]:
                 settings.operation_timeout_s,
                 poll_initial_s=settings.poll_initial_s,
                 poll_max_s=settings.poll_max_s,
+                run_id=run_id,
             )

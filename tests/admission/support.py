@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from components.argo import controller_user
 from lambdas.devstack import certs
 from tests.support.procs import free_port, http_ready, running
 
@@ -28,6 +29,8 @@ SHIPPED = ROOT / "policies" / "optimization"
 CCT = Path(sys.executable).with_name("cct")
 
 
+# The workflow controller's user name (CCT_ADMISSION_CONTROLLER_USERS), as the bundle sets it.
+CONTROLLER_USER = controller_user("cct-platform")
 # The name the test API server's client certificate carries (CCT_ADMISSION_CLIENT_NAMES).
 APISERVER_NAME = "kube-apiserver-admission-client"
 
@@ -178,6 +181,7 @@ def review(
     dry_run: bool = False,
     *,
     old_object: Mapping[str, Any] | None = None,
+    user: str = "system:serviceaccount:cct-system:cct-trigger",
 ) -> dict[str, Any]:
     """An AdmissionReview v1 request with every field the kube-apiserver fills in (for an
     UPDATE, `old_object` defaults to `obj`: nothing but status changed)."""
@@ -201,7 +205,7 @@ def review(
             "namespace": metadata.get("namespace", "cct-workflows"),
             "operation": operation,
             "userInfo": {
-                "username": "system:serviceaccount:cct-system:cct-trigger",
+                "username": user,
                 "uid": "0d5f8a52-7a52-4f5e-9d25-6b3c1f9c2d11",
                 "groups": [
                     "system:serviceaccounts",
@@ -307,6 +311,7 @@ def serve_admission(
         "CCT_ADMISSION_TLS_KEY": str(tls.key),
         "CCT_ADMISSION_CLIENT_CA": str(tls.client_ca),
         "CCT_ADMISSION_CLIENT_NAMES": APISERVER_NAME,
+        "CCT_ADMISSION_CONTROLLER_USERS": CONTROLLER_USER,
         "CCT_ADMISSION_HOST": "127.0.0.1",
         "CCT_ADMISSION_PORT": str(port),
         "CCT_ADMISSION_METRICS_PORT": str(metrics_port),

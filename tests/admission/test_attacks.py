@@ -26,7 +26,14 @@ from lambdas.steps.templates import WORKFLOW_PARAMETERS, workflow_templates
 from lambdas.trigger.argo import build_workflow
 from lambdas.trigger.core import WorkflowRun
 from tests.admission.conftest import decision_row, wait_for
-from tests.admission.support import SHIPPED, Webhook, client_context, params, review
+from tests.admission.support import (
+    CONTROLLER_USER,
+    SHIPPED,
+    Webhook,
+    client_context,
+    params,
+    review,
+)
 
 NOW = datetime(2026, 2, 2, 3, 0, tzinfo=UTC)
 APPROVED = frozenset(
@@ -265,6 +272,7 @@ def ctx() -> Context:
         recent_actions={},
         failure_mode="closed",
         approval_templates=APPROVED,
+        controller_users=frozenset({CONTROLLER_USER}),
     )
 
 
@@ -405,8 +413,8 @@ def test_a_uid_no_api_server_sends_is_refused_before_the_audit_table(
     assert "exceeds the limit of 128" in answer["error"]
 
 
-def _update(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    return review(new, operation="UPDATE", old_object=old)
+def _update(new: dict[str, Any], old: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return review(new, operation="UPDATE", old_object=old, **kw)
 
 
 def test_an_admitted_spec_cannot_be_changed_by_an_update(ctx: Context, webhook: Webhook) -> None:
@@ -432,3 +440,58 @@ def test_status_updates_and_argo_stop_or_suspend_pass(ctx: Context) -> None:
     stopped = copy.deepcopy(admitted)
     stopped["spec"].update(shutdown="Stop", suspend=True)
     assert decide(_update(stopped, admitted), ctx).allowed is True
+
+
+APPROVER = "alice@example.com"
+# What a user with update rights on Workflows (an approver: `argo resume` writes status) could
+# make the controller run instead of the approved template.
+FORGED_SPEC = {
+    "entrypoint": "main",
+    "templates": [{"name": "main", "container": {"image": "attacker/image", "command": ["sh"]}}],
+}
+
+
+def test_only_the_controller_writes_the_stored_spec_a_workflow_runs_from(
+    ctx: Context, webhook: Webhook
+) -> None:
+    """Review finding: with `templateReferencing: Strict` the controller runs a stored spec it
+    finds in the status; set by an approver before the controller's first pass, it replaced
+    the approved template, and the webhook passed it as a status update."""
+    admitted = trigger_workflow()
+    forged = copy.deepcopy(admitted)
+    forged["status"] = {"storedWorkflowTemplateSpec": FORGED_SPEC}
+    outcome = decide(_update(forged, admitted, user=APPROVER), ctx)
+    assert (outcome.allowed, outcome.code) == (False, 403)
+    assert (
+        "status.storedWorkflowTemplateSpec is written only by the workflow controller, "
+        f"not by {APPROVER}"
+    ) in outcome.message
+    response = webhook.response(_update(forged, admitted, user=APPROVER))
+    assert response["allowed"] is False
+    assert "status.storedWorkflowTemplateSpec is written only" in response["status"]["message"]
+    templates = copy.deepcopy(admitted)
+    templates["status"] = {"storedTemplates": {"x": FORGED_SPEC["templates"][0]}}
+    assert decide(_update(templates, admitted, user=APPROVER), ctx).allowed is False
+    # A status that is not an object hides nothing from the check.
+    broken = copy.deepcopy(admitted)
+    broken["status"] = "Running"
+    assert decide(_update(broken, admitted, user=APPROVER), ctx).allowed is False
+    # No user name at all is no controller either.
+    assert decide(_update(forged, admitted, user=""), ctx).allowed is False
+
+
+def test_the_controller_stores_the_spec_and_approvers_resume_around_it(
+    ctx: Context, webhook: Webhook
+) -> None:
+    admitted = trigger_workflow()
+    stored = copy.deepcopy(admitted)
+    stored["status"] = {"phase": "Running", "storedWorkflowTemplateSpec": {"entrypoint": "x"}}
+    assert decide(_update(stored, admitted, user=CONTROLLER_USER), ctx).allowed is True
+    assert webhook.response(_update(stored, admitted, user=CONTROLLER_USER))["allowed"] is True
+    resumed = copy.deepcopy(stored)
+    resumed["status"]["nodes"] = {"approve": {"phase": "Succeeded"}}
+    assert decide(_update(resumed, stored, user=APPROVER), ctx).allowed is True
+    # Removing the stored spec is a change too: the controller would load it afresh.
+    cleared = copy.deepcopy(stored)
+    del cleared["status"]["storedWorkflowTemplateSpec"]
+    assert decide(_update(cleared, stored, user=APPROVER), ctx).allowed is False

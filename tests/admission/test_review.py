@@ -25,6 +25,7 @@ from lambdas.policy import load_policy_set
 from lambdas.policy.policyset import Conditions, Policy, PolicySet, Rule, Selector
 from tests.admission.support import (
     APISERVER_NAME,
+    CONTROLLER_USER,
     SHIPPED,
     Tls,
     client_context,
@@ -189,6 +190,7 @@ async def test_server_failures_are_answered_by_the_failure_mode(
         tls_key=tls.key,
         client_ca=tls.client_ca,
         client_names=frozenset({APISERVER_NAME}),
+        controller_users=frozenset({CONTROLLER_USER}),
         pg_dsn=pg_dsn,
         host="127.0.0.1",
         port=free_port(),
@@ -278,7 +280,12 @@ def test_decide_answers_or_rejects_any_mutation_of_a_review(where: str, value: A
 
 
 SERVING = {"CCT_ADMISSION_TLS_CERT": "c", "CCT_ADMISSION_TLS_KEY": "k"}
-MUTUAL = {**SERVING, "CCT_ADMISSION_CLIENT_CA": "ca", "CCT_ADMISSION_CLIENT_NAMES": "api"}
+MUTUAL = {
+    **SERVING,
+    "CCT_ADMISSION_CLIENT_CA": "ca",
+    "CCT_ADMISSION_CLIENT_NAMES": "api",
+    "CCT_ADMISSION_CONTROLLER_USERS": "system:serviceaccount:argo:controller",
+}
 
 
 @pytest.mark.parametrize(
@@ -294,6 +301,14 @@ MUTUAL = {**SERVING, "CCT_ADMISSION_CLIENT_CA": "ca", "CCT_ADMISSION_CLIENT_NAME
         (
             {**MUTUAL, "CCT_ADMISSION_CLIENT_NAMES": " , "},
             "CCT_ADMISSION_CLIENT_NAMES names no client certificate",
+        ),
+        (
+            {k: v for k, v in MUTUAL.items() if k != "CCT_ADMISSION_CONTROLLER_USERS"},
+            "CCT_ADMISSION_CONTROLLER_USERS is required but not set",
+        ),
+        (
+            {**MUTUAL, "CCT_ADMISSION_CONTROLLER_USERS": ","},
+            "CCT_ADMISSION_CONTROLLER_USERS names no workflow controller",
         ),
         (
             {**MUTUAL, "CCT_ADMISSION_FAILURE_MODE": "maybe"},
@@ -328,6 +343,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", "/tls/tls.key")
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_CA", "/tls/client-ca.crt")
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver, other ")
+    monkeypatch.setenv("CCT_ADMISSION_CONTROLLER_USERS", "system:serviceaccount:argo:c")
     settings = AdmissionSettings.from_env()
     assert settings.client_names == {"kube-apiserver", "other"}
     assert (settings.port, settings.metrics_port, settings.failure_mode) == (18443, 18085, "closed")
@@ -343,6 +359,7 @@ async def test_a_failing_refresh_does_not_stop_later_refreshes(
         tls_key=tls.key,
         client_ca=tls.client_ca,
         client_names=frozenset({APISERVER_NAME}),
+        controller_users=frozenset({CONTROLLER_USER}),
         pg_dsn=pg_dsn,
         host="127.0.0.1",
         port=free_port(),

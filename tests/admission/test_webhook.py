@@ -330,7 +330,7 @@ def test_metrics_count_decisions(webhook: Webhook) -> None:
     after = webhook.metric("cct_admission_requests_total", allowed="false", verdict="deny")
     assert after == before + 1
     assert webhook.metric("cct_admission_policy_set_valid") == 1
-    assert webhook.metric("cct_admission_policy_rules") == 15
+    assert webhook.metric("cct_admission_policy_rules") == 16
     assert webhook.metric("cct_admission_request_duration_seconds_count") >= 1
     wait_for(lambda: webhook.metric("cct_admission_decisions_recorded_total") >= 1)
     status, body = webhook.get("/healthz")

@@ -4,7 +4,8 @@ Argo's Workflow CRD has no status subresource (`subresources: {}` in the vendore
 the workflow controller persists status by updating the whole object: every one of its
 writes is an UPDATE of `workflows` that the API server sends to CCT's webhook. Those must
 pass, as must `argo stop`/`terminate` (spec.shutdown) and `argo suspend`/`resume`
-(spec.suspend); any other spec change after admission is judged and refused. The
+(spec.suspend); any other spec change after admission is judged and refused, and so is a
+stored spec (what the controller runs) written by anyone but the controller. The
 controller's write is made with the controller's own service account (the chart's RBAC)."""
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any, cast
 import pytest
 from kubernetes import client
 
+from components.argo import CONTROLLER_SERVICE_ACCOUNT
 from lambdas.trigger.argo import ArgoBackend
 from tests.admission.support import Webhook
 from tests.cluster.conftest import NAMESPACE, run
 from tests.cluster.support import Cluster, PulumiRun
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
-CONTROLLER = ("cct-platform", "argo-workflows-workflow-controller")
+CONTROLLER = ("cct-platform", CONTROLLER_SERVICE_ACCOUNT)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +149,15 @@ def test_changed_parameters_are_refused(admitted: str, cluster: Cluster) -> None
     assert err.value.status == 403
     message = json.loads(str(err.value.body))["message"]
     assert "spec.arguments may not change after the workflow was admitted" in message
+
+
+def test_a_stored_spec_written_by_a_user_is_refused(admitted: str, cluster: Cluster) -> None:
+    """Anyone who may update Workflows (approvers may: `argo resume` writes status) setting
+    the spec a Strict controller runs from, before the controller does."""
+    forged = {"entrypoint": "main", "templates": [{"name": "main", "container": {"image": "x"}}]}
+    with pytest.raises(client.ApiException) as err:
+        merge_patch(cluster, admitted, {"status": {"storedWorkflowTemplateSpec": forged}})
+    assert err.value.status == 403
+    message = json.loads(str(err.value.body))["message"]
+    assert "status.storedWorkflowTemplateSpec is written only by the workflow controller" in message
+    assert "storedWorkflowTemplateSpec" not in get(cluster, admitted).get("status", {})

@@ -191,6 +191,21 @@ def test_admission_failure_mode_follows_the_webhook(built: BuiltStack) -> None:
     assert (policy, env["CCT_ADMISSION_FAILURE_MODE"]) in {("Fail", "closed"), ("Ignore", "open")}
 
 
+def test_the_webhook_knows_the_workflow_controller_the_chart_deploys(built: BuiltStack) -> None:
+    """Only the controller may write the stored spec a Workflow runs from: a name that does
+    not match the chart's service account would stop every workflow at its first pass."""
+    env = {e["name"]: e.get("value") for e in _workload(built, "admission")["containers"][0]["env"]}
+    (argo,) = [
+        r
+        for r in built.of_type("kubernetes:helm.sh/v3:Release")
+        if r.inputs["name"] == "argo-workflows"
+    ]
+    account = argo.inputs["values"]["controller"]["serviceAccount"]
+    assert account["create"] is True
+    expected = f"system:serviceaccount:{argo.inputs['namespace']}:{account['name']}"
+    assert env["CCT_ADMISSION_CONTROLLER_USERS"] == expected
+
+
 def test_billing_loader_reads_the_aws_export(built: BuiltStack) -> None:
     jobs = built.of_type("kubernetes:batch/v1:CronJob")
     if built.settings.aws is None:

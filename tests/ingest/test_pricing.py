@@ -38,6 +38,11 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert (
         b[PriceKey("aws", AWS_RDS, "us-east-1", "db.m5.large/postgres/Multi-AZ", "hour")] == 0.356
     )
+    # Both Aurora products of one class: the I/O-Optimized one (last in the file) used to
+    # overwrite the Standard price.
+    aurora = "db.r6g.large/aurora-postgresql/Single-AZ"
+    assert b[PriceKey("aws", AWS_RDS, "us-east-1", aurora, "hour")] == 0.26
+    assert b[PriceKey("aws", AWS_RDS, "us-east-1", f"{aurora}/io-optimized", "hour")] == 0.338
     assert (
         b[PriceKey("azure", AZURE_VM, "eastus", "Standard_D2s_v3", "hour")] == 0.096
     )  # not Spot/Windows
@@ -50,7 +55,7 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert b[PriceKey("gcp", GCP_COMPUTE, "us-central1", "pd-ssd", "gib_month")] == pytest.approx(
         0.17
     )
-    assert len(b) == 45  # with the Azure P15 tier and the Azure and GCP snapshot storage
+    assert len(b) == 47  # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -328,6 +333,26 @@ E2_CORE, E2_RAM, WIN = 0.02181159, 0.00292353, 0.046
         ((*RDS_DB, "db.m5.large", {**PG, "gib": 100, "storage_type": "gp3"}, "stopped"), 11.5),
         ((*RDS_DB, "db.m5.large", {**PG, "gib": 100, "storage_type": "io1"}, "stopped"), None),
         ((*RDS_DB, "db.r5.large", {"engine": "aurora-postgresql"}, "stopped"), 0.0),
+        # Aurora Standard and I/O-Optimized: one class, engine and deployment, two prices
+        ((*RDS_DB, "db.r6g.large", {"engine": "aurora-postgresql"}, "running"), 0.26 * 730),
+        (
+            (
+                *RDS_DB,
+                "db.r6g.large",
+                {"engine": "aurora-postgresql", "storage_type": "aurora"},
+                "running",
+            ),
+            0.26 * 730,
+        ),
+        (
+            (
+                *RDS_DB,
+                "db.r6g.large",
+                {"engine": "aurora-postgresql", "storage_type": "aurora-iopt1"},
+                "running",
+            ),
+            0.338 * 730,
+        ),
         # licensed operating systems
         ((*EC2, "m5.large", {"platform_details": "Windows"}, "running"), 0.188 * 730),
         ((*EC2, "m5.large", {"platform_details": "Linux/UNIX"}, "running"), 0.096 * 730),

@@ -7,10 +7,12 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from lambdas.admission.metrics import AdmissionMetrics
 from lambdas.admission.recorder import DecisionRecorder
 from lambdas.common.pg import DsnSource
+from lambdas.store.grants import group_role
 from tests.admission.conftest import wait_for
 from tests.admission.test_decisions_store import record
 from tests.pg_credentials.conftest import FakeVault, Vaults
@@ -39,6 +41,15 @@ def writer_users(pg_dsn: str) -> set[str]:
             " where application_name = 'cct-admission' and datname = current_database()"
         ).fetchall()
     return {str(r[0]) for r in rows}
+
+
+def dropped_total(metrics: AdmissionMetrics) -> float:
+    return sum(
+        s.value
+        for family in metrics.decisions_dropped.collect()
+        for s in family.samples
+        if s.name.endswith("_total")
+    )
 
 
 def test_decisions_land_exactly_once_across_rotations(
@@ -83,11 +94,39 @@ def test_decisions_land_exactly_once_across_rotations(
         assert writer_users(pg_dsn) == {third}
     finally:
         recorder.close()
-    dropped = [
-        s.value
-        for family in metrics.decisions_dropped.collect()
-        for s in family.samples
-        if s.name.endswith("_total")
-    ]
-    assert sum(dropped) == 0
+    assert dropped_total(metrics) == 0
     assert stored(pg_dsn, uid) == (sent, sent)
+
+
+def test_a_missing_grant_holds_the_decisions_until_it_is_back(
+    private_vaults: Vaults, private_db: str, uid: str
+) -> None:
+    """Review finding: "permission denied" is not the records' fault, yet the writer dropped
+    every decision one by one as "rejected" while the grant was missing."""
+    vault = private_vaults("admission")
+    vault.issue()
+    table = sql.SQL("policy_decisions")
+    role = sql.Identifier(group_role("admission"))
+    with psycopg.connect(private_db, autocommit=True) as conn:
+        conn.execute(sql.SQL("revoke insert on {} from {}").format(table, role))
+    metrics = AdmissionMetrics()
+    recorder = DecisionRecorder(
+        DsnSource(path=vault.path, check_interval_s=0.05), metrics, queue_size=100
+    )
+    recorder.start()
+    try:
+        for i in range(5):
+            assert recorder.submit(record(f"{uid}-{i}"))
+        wait_for(lambda: metrics.decision_write_errors._value.get() >= 2, what="refusals")
+        assert recorder.queue_depth() == 5
+        with psycopg.connect(private_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("grant insert on {} to {}").format(table, role))
+        wait_for(
+            lambda: metrics.decisions_recorded._value.get() == 5,
+            what="the held decisions",
+            timeout=15,
+        )
+    finally:
+        recorder.close()
+    assert dropped_total(metrics) == 0
+    assert stored(private_db, uid) == (5, 5)

@@ -253,6 +253,7 @@ def test_every_long_running_handler_reads_the_dsn_file(
     monkeypatch.setenv("CCT_ADMISSION_TLS_KEY", str(tmp_path / "tls.key"))
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_CA", str(tmp_path / "client-ca.crt"))
     monkeypatch.setenv("CCT_ADMISSION_CLIENT_NAMES", "kube-apiserver")
+    monkeypatch.setenv("CCT_ADMISSION_CONTROLLER_USERS", "system:serviceaccount:argo:c")
     kafka_password = tmp_path / "kafka-password"
     kafka_password.write_text("p\n")
     monkeypatch.setenv("CCT_KAFKA_CA_FILE", str(tmp_path / "kafka-ca.crt"))

@@ -45,7 +45,7 @@ def test_cct_policy_test_passes_on_the_shipped_policies() -> None:
 def test_validate_reports_counts() -> None:
     code, out, _ = run("validate", "--policies", str(SHIPPED))
     assert code == 0
-    assert out == "ok: 7 policies, 16 rules, 3 calendars, 7 test suites\n"
+    assert out == "ok: 7 policies, 17 rules, 3 calendars, 7 test suites\n"
 
 
 def test_a_wrong_expectation_fails_with_a_precise_message(policy_copy: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_wrong_expectation_fails_with_a_precise_message(policy_copy: Path) -> 
         "    unexpected: 'account 123456789012 already had 5 actions in the last hour "
         "(automatic limit 5)'",
     ]
-    assert out.endswith("75 passed, 1 failed, 0 errors\n")
+    assert out.endswith("80 passed, 1 failed, 0 errors\n")
 
 
 def test_a_policy_without_tests_and_tests_without_a_policy_are_errors(policy_copy: Path) -> None:
@@ -163,7 +163,7 @@ def test_explain_a_workflow_manifest_as_json(tmp_path: Path) -> None:
     doc = json.loads(out)
     assert doc["verdict"] == "deny"
     assert doc["policy_ids"] == ["protected-resources/protect-tag"]
-    assert len(doc["rules"]) == 16
+    assert len(doc["rules"]) == 17
 
 
 def test_explain_rejects_bad_input(tmp_path: Path) -> None:

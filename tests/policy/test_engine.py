@@ -77,6 +77,12 @@ def test_deny_beats_require_approval(effects: list[str], decision: str) -> None:
         ({"providers": ["gcp"]}, False),
         ({"services": ["EC2"]}, True),
         ({"services": ["ec2"], "environments": ["prod"]}, False),
+        ({"services": [" EC2 "]}, True),  # policy values ignore case and spaces, as requests'
+        ({"servicesNotIn": ["rds", "s3"]}, True),  # every service but these
+        ({"servicesNotIn": ["rds", "EC2"]}, False),
+        ({"servicesNotIn": [" ec2 "]}, False),
+        ({"servicesNotIn": ["rds"], "environments": ["prod"]}, False),  # keys still all hold
+        ({"servicesNotIn": ["rds"], "providers": ["aws"]}, True),
         ({"accounts": ["111", "222"]}, True),
         ({"regions": ["us-east-1"]}, False),
         ({"teams": ["web"]}, False),
@@ -147,6 +153,30 @@ def test_explain_says_why_an_action_is_not_allowed_on_a_resource_type() -> None:
     )
     _, (unknown,) = explain(reviewed, request(), NOW, {})
     assert unknown.steps == ("match: resource type 'm5.large' is not one of the listed ['volume']",)
+
+
+@pytest.mark.parametrize("service", ["ec2", "EC2", " Amazon Elastic Compute Cloud "])
+def test_services_not_in_is_the_complement_of_services(service: str) -> None:
+    listed = ["ec2", "Amazon Elastic Compute Cloud"]
+    named = policy_set(rule("named", match={"services": listed}))
+    others = policy_set(rule("others", match={"servicesNotIn": listed}))
+    for req in (request(service=service), request(service="lambda")):
+        assert (evaluate(named, req, NOW, {}).decision == "deny") is not (
+            evaluate(others, req, NOW, {}).decision == "deny"
+        )
+    assert evaluate(others, request(service=service), NOW, {}).decision == "allow"
+    assert evaluate(others, request(service="lambda"), NOW, {}).decision == "deny"
+
+
+def test_explain_says_whether_a_service_is_excluded() -> None:
+    others = policy_set(rule("r", match={"servicesNotIn": ["rds", "S3"]}))
+    _, (lambda_trace,) = explain(others, request(service="lambda"), NOW, {})
+    assert lambda_trace.steps == (
+        "match: service 'lambda' is not one of the excluded ['rds', 's3']",
+    )
+    _, (s3_trace,) = explain(others, request(service="S3 "), NOW, {})
+    assert s3_trace.steps == ("no match: service 'S3 ' is one of the excluded ['rds', 's3']",)
+    assert s3_trace.reason is None
 
 
 def test_now_must_be_timezone_aware() -> None:

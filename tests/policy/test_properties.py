@@ -168,6 +168,7 @@ selectors = st.fixed_dictionaries(
             st.sampled_from(["aws", "azure", "gcp"]), min_size=1, max_size=2, unique=True
         ),
         "services": st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True),
+        "servicesNotIn": st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True),
         "actions": st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2, unique=True),
         "environments": st.lists(
             st.sampled_from([e for e in ENVS if e]), min_size=1, max_size=2, unique=True
@@ -182,7 +183,7 @@ selectors = st.fixed_dictionaries(
             max_size=2,
         ),
     },
-)
+).filter(lambda match: not {"services", "servicesNotIn"} <= match.keys())  # the schema refuses both
 conditions = st.fixed_dictionaries(
     {},
     optional={
@@ -284,3 +285,16 @@ def test_parameter_parsing_fails_only_with_invalid_request(params: dict[str, Any
     except InvalidRequestError:
         return
     assert PolicyRequest.from_parameters(request.to_parameters()) == request
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=4, unique=True), requests, nows)
+def test_services_not_in_selects_exactly_the_requests_services_does_not(
+    listed: list[str], req: PolicyRequest, now: datetime
+) -> None:
+    def denies(match: dict[str, Any]) -> bool:
+        rule = {"id": "r", "description": "d", "effect": "deny", "reason": "x", "match": match}
+        policy_set = parse_policy_files({"r.yaml": _doc("n", [rule])})
+        return evaluate(policy_set, req, now, {}).decision == "deny"
+
+    assert denies({"services": listed}) is not denies({"servicesNotIn": listed})

@@ -110,6 +110,18 @@ def test_every_playbook_the_trigger_maps_passes_the_allowed_actions(resource_typ
     assert verdict.decision == "allow", (playbook, verdict.to_dict())
 
 
+@pytest.mark.parametrize("resource_type", sorted(SERVICE_OF))
+def test_every_service_the_trigger_acts_on_is_named_by_the_allowed_actions(
+    resource_type: str,
+) -> None:
+    # allowed-actions/other-services denies a real action on a service no rule names: every
+    # mapped pair, with the service its collector or FOCUS export gives it, may act for real.
+    playbook, request = trigger_request(anomaly(resource_type))
+    real = PolicyRequest.from_parameters({**request.to_parameters(), "dry-run": "false"})
+    verdict = evaluate(POLICIES.only({"allowed-actions"}), real, NOW, {})
+    assert verdict.decision == "allow", (playbook, verdict.to_dict())
+
+
 def test_every_resource_type_the_trigger_maps_is_listed_here() -> None:
     mapped = {t for rule in MAPPING.rules for t in rule.match.get("resource_type", ())}
     assert mapped == set(SERVICE_OF)

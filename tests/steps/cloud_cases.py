@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lambdas.steps.steps import resource_account
+from lambdas.steps.providers import azure, gcp
+from lambdas.steps.steps import api_resource_id, resource_account
 
 SUB_RG = "/subscriptions/d3b7c1a2-4e5f-4a6b-9c8d-7e6f5a4b3c2d/resourceGroups/rg-payments-dev"
 ARM_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.AZURE-ARM-ACCESS-TOKEN-must-never-leak"
@@ -193,3 +194,13 @@ def recordings(case: Case) -> tuple[str, ...]:
     """The recordings a run of `case` needs: Vault, Azure's token endpoint, the cloud."""
     login = ("azure_login.json",) if case.provider == "azure" else ()
     return ("vault.json", *login, case.recording)
+
+
+def values(case: Case, run_id: str) -> dict[str, str]:
+    """What the placeholders in `case`'s recording stand for in the run `run_id`: a delete's
+    snapshot names (`snapshot-0` is the run's first), which the run id decides."""
+    if case.playbook != "delete-unattached-volume":
+        return {}
+    name = azure.snapshot_name if case.provider == "azure" else gcp.snapshot_name
+    rid = api_resource_id(case.provider, case.resource_id)
+    return {f"snapshot-{g}": name(rid, run_id, g) for g in range(2)}

@@ -8,7 +8,9 @@ the calls a step made with what its registry entry declares. A request matches a
 method and path are equal and the recorded query, JSON body or form fields are a subset of
 what was sent. `when_state`/`sets_state` give a scenario its order (a VM's size before and
 after the resize), like WireMock's scenarios. `{base}` in a response is replaced by the
-server's URL, so Azure-AsyncOperation and operation links point back at it.
+server's URL, so Azure-AsyncOperation and operation links point back at it. Other names in
+braces are placeholders for what a run decides (the names of the snapshots it takes, from its
+run id): `serving(..., values={name: value})` fills them in before anything is matched.
 
 Every request is kept (`requests`) so tests check exactly which calls a client made; a
 request with no recording gets HTTP 501 and is listed in `unmatched`.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -94,11 +96,13 @@ class Replay:
             return dict(ex["response"])
 
 
-def load(*names: str) -> list[dict[str, Any]]:
+def load(*names: str, values: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     exchanges: list[dict[str, Any]] = []
     for name in names:
-        doc = json.loads((RECORDINGS / name).read_text())
-        exchanges.extend(doc["exchanges"])
+        text = (RECORDINGS / name).read_text()
+        for key, value in (values or {}).items():
+            text = text.replace("{" + key + "}", value)
+        exchanges.extend(json.loads(text)["exchanges"])
     return exchanges
 
 
@@ -152,8 +156,15 @@ def _handler(replay: Replay) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serving(*recordings: str) -> Iterator[Replay]:
-    replay = Replay(load(*recordings))
+def serving(*recordings: str, values: Mapping[str, str] | None = None) -> Iterator[Replay]:
+    with serving_exchanges(load(*recordings, values=values)) as replay:
+        yield replay
+
+
+@contextmanager
+def serving_exchanges(exchanges: list[dict[str, Any]]) -> Iterator[Replay]:
+    """Serve exchanges a test put together (a recording's, changed for its scenario)."""
+    replay = Replay(exchanges)
     with serving_http(_handler(replay)) as url:
         replay.base_url = url
         yield replay

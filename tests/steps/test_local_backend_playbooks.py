@@ -25,7 +25,7 @@ from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.trigger.backends import Submission
 from lambdas.trigger.core import WorkflowRun
 from lambdas.trigger.local import LocalBackend
-from tests.steps.cloud_cases import CASES, NOT_CLOUD, Case, params, recordings
+from tests.steps.cloud_cases import CASES, NOT_CLOUD, Case, params, recordings, values
 from tests.steps.replay import Replay
 from tests.steps.test_aws_playbooks import (
     EC2,
@@ -220,7 +220,7 @@ def test_recorded_playbook_through_the_local_backend(
 ) -> None:
     seed_case(case)
     run_id = f"cct-{case.playbook}-{case.provider}-local-{uid}"
-    with replay(*recordings(case)) as r:
+    with replay(*recordings(case), values=values(case, run_id)) as r:
         submission = submit(case.playbook, run_id, params(case, uid), step_env(r.base_url))
     assert r.unmatched == [], [f"{u.method} {u.path}" for u in r.unmatched]
     writes = [x for x in r.requests if x.method != "GET" and not x.path.startswith(NOT_CLOUD)]

@@ -13,7 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lambdas.steps import polling
-from lambdas.steps.action import Action, State, register, resize_or_restore, resized
+from lambdas.steps.action import (
+    SNAPSHOT_REUSE_S,
+    Action,
+    State,
+    register,
+    resize_or_restore,
+    resized,
+)
 from lambdas.steps.errors import AccessDenied, InvalidInput, NotFound, Permanent, Retryable
 
 log = logging.getLogger("cct.steps")
@@ -363,12 +370,6 @@ VOLUME_PERMS = (
     "ec2:CreateTags",
     "ec2:DeleteVolume",
 )
-
-
-# A snapshot CCT took of a volume is reused (not taken again) by an execute retried within
-# this long: the same run's. An older one is an earlier run's, whose volume may have been
-# attached and written to since; deleting on it would lose that data.
-SNAPSHOT_REUSE_S = 6 * 3600.0
 
 
 def _find_snapshot(session: AwsSession, vid: str) -> dict[str, Any] | None:

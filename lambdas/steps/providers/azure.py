@@ -7,14 +7,23 @@ long-running operations are followed through their Azure-AsyncOperation or Locat
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lambdas.steps import polling
-from lambdas.steps.action import Action, State, register, resized
+from lambdas.steps.action import (
+    SNAPSHOTS_PER_RUN,
+    Action,
+    State,
+    last_snapshot,
+    next_snapshot_name,
+    register,
+    resized,
+    snapshot_reusable,
+)
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
 
@@ -37,6 +46,8 @@ class AzureSession:
     operation_timeout_s: float = 900.0
     poll_initial_s: float = polling.POLL_INITIAL_S
     poll_max_s: float = polling.POLL_MAX_S
+    # The run (its workflow's name) this step belongs to: names the snapshots it takes.
+    run_id: str = ""
 
     def wait(self, resp_headers: Mapping[str, str], what: str, needs: tuple[str, ...]) -> None:
         """Follow an ARM long-running operation to its end."""
@@ -291,20 +302,46 @@ DISK_PERMS = (
 SNAPSHOT_STORAGE = "Standard_LRS"
 
 
-def _snapshot_id(disk_id: str) -> str:
-    group, name = disk_id.rsplit("/providers/Microsoft.Compute/disks/", 1)
-    return f"{group}/providers/Microsoft.Compute/snapshots/{name}-cct-snapshot"
+def snapshot_name(disk_id: str, run_id: str, generation: int) -> str:
+    """The run's `generation`th snapshot of the disk, within ARM's 80 characters: the disk's
+    name (cut to fit) and a hash of the disk (ARM ids are case-insensitive), the run and the
+    generation. A retry of the run finds the same name; no other run does, so a snapshot
+    another run took is neither reused nor overwritten."""
+    key = f"{disk_id.lower()}\n{run_id}\n{generation}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return f"{disk_id.rsplit('/', 1)[1][:63]}-cct-{digest}"
+
+
+def _snapshot_ids(disk_id: str, run_id: str) -> list[str]:
+    group = disk_id.rsplit("/providers/Microsoft.Compute/disks/", 1)[0]
+    return [
+        f"{group}/providers/Microsoft.Compute/snapshots/{snapshot_name(disk_id, run_id, g)}"
+        for g in range(SNAPSHOTS_PER_RUN)
+    ]
+
+
+def _started_at(props: Mapping[str, Any]) -> str | None:
+    try:
+        return datetime.fromisoformat(str(props["timeCreated"])).astimezone(UTC).isoformat()
+    except (KeyError, ValueError):
+        return None  # counted as old: a new snapshot is taken rather than trusting this one
 
 
 def _read_disk(session: AzureSession, params: Mapping[str, Any]) -> State:
     rid = params["resource_id"]
-    snap_id = _snapshot_id(rid)
+    found = last_snapshot(
+        _snapshot_ids(rid, session.run_id),
+        lambda snap_id: session.rest.json(
+            "GET", snap_id, params={"api-version": DISK_API}, needs=DISK_PERMS
+        ),
+    )
     snapshot: dict[str, Any] = {}
-    with contextlib.suppress(NotFound):  # no snapshot yet: the before state says so
-        snap = session.rest.json("GET", snap_id, params={"api-version": DISK_API}, needs=DISK_PERMS)
+    if found:  # none yet: the before state says so
+        snap_id, snap = found
         snapshot = {
             "snapshot_id": snap_id,
             "snapshot_state": snap["properties"].get("provisioningState"),
+            "snapshot_started_at": _started_at(snap["properties"]),
         }
     try:
         disk = session.rest.json("GET", rid, params={"api-version": DISK_API}, needs=DISK_PERMS)
@@ -330,10 +367,35 @@ def _delete_disk_apply(session: AzureSession, params: Mapping[str, Any], before:
     rid = params["resource_id"]
     if before["attached_to"] or before["status"] != "Unattached":
         raise Permanent(f"disk is {before['status']} ({before['attached_to']}); not deleting")
-    if before.get("snapshot_state") != "Succeeded":
+    if not session.run_id:
+        raise Permanent("no run id: this run's snapshot cannot be told from another run's")
+    snap_id, state = before.get("snapshot_id"), before.get("snapshot_state")
+    pending = state is not None and state not in _TERMINAL
+    if snap_id and not snapshot_reusable(snap_id, before.get("snapshot_started_at"), pending):
+        # An earlier run's under this run id (retried days later): not a backup of the disk
+        # as it is now, and kept as it is under its own name.
+        snap_id, state, pending = None, None, False
+    if not snap_id:
+        snap_id = next_snapshot_name(_snapshot_ids(rid, session.run_id), before.get("snapshot_id"))
+    if pending:
+        # An earlier attempt's snapshot still being taken (a large disk outlasts a step's
+        # wait): wait for it rather than sending a second create while it is in progress.
+        done = session.rest.poll(
+            lambda: session.rest.json(
+                "GET", snap_id, params={"api-version": DISK_API}, needs=DISK_PERMS
+            ),
+            lambda d: d["properties"].get("provisioningState") in _TERMINAL,
+            session.operation_timeout_s,
+            f"snapshot {snap_id}",
+            interval_s=session.poll_max_s,
+            initial_s=session.poll_initial_s,
+        )
+        state = done["properties"].get("provisioningState")
+    if state != "Succeeded":
+        # A new snapshot, or this run's that failed: ARM's PUT creates it or tries again.
         resp = session.rest.call(
             "PUT",
-            _snapshot_id(rid),
+            snap_id,
             params={"api-version": DISK_API},
             body={
                 "location": before["region"],

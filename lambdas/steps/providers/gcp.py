@@ -5,7 +5,6 @@ client libraries send over REST); operations are followed until DONE."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +12,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lambdas.steps import polling
-from lambdas.steps.action import Action, State, register, resize_or_restore, resized
+from lambdas.steps.action import (
+    SNAPSHOTS_PER_RUN,
+    Action,
+    State,
+    last_snapshot,
+    next_snapshot_name,
+    register,
+    resize_or_restore,
+    resized,
+    snapshot_reusable,
+)
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
 
@@ -50,6 +59,8 @@ class GcpSession:
     operation_timeout_s: float = 900.0
     poll_initial_s: float = polling.POLL_INITIAL_S
     poll_max_s: float = polling.POLL_MAX_S
+    # The run (its workflow's name) this step belongs to: names the snapshots it takes.
+    run_id: str = ""
     _clients: dict[str, RestClient] = field(default_factory=dict, repr=False)
 
     def api(self, service: str) -> RestClient:
@@ -344,22 +355,45 @@ DISK_PERMS = (
 _SNAPSHOT_PENDING = frozenset({"CREATING", "UPLOADING"})
 
 
-def snapshot_name(disk_id: str) -> str:
-    """Snapshot names are global per project: the disk name plus a hash of its full id."""
-    digest = hashlib.sha256(disk_id.encode()).hexdigest()[:8]
-    return f"{disk_id.rsplit('/', 1)[1][:45]}-cct-{digest}"
+def snapshot_name(disk_id: str, run_id: str, generation: int) -> str:
+    """The run's `generation`th snapshot of the disk. Snapshot names are global per project
+    and at most 63 characters: the disk's name (cut to fit) and a hash of the disk's full id,
+    the run and the generation. A retry of the run finds the same name; no other run does,
+    so a snapshot another run took is neither reused nor overwritten."""
+    digest = hashlib.sha256(f"{disk_id}\n{run_id}\n{generation}".encode()).hexdigest()[:12]
+    return f"{disk_id.rsplit('/', 1)[1][:46]}-cct-{digest}"
+
+
+def _snapshot_names(disk_id: str, run_id: str) -> list[str]:
+    return [snapshot_name(disk_id, run_id, g) for g in range(SNAPSHOTS_PER_RUN)]
+
+
+def _snapshot_path(disk_id: str, name: str) -> str:
+    return f"/compute/v1/projects/{_project(disk_id)}/global/snapshots/{name}"
+
+
+def _started_at(snap: Mapping[str, Any]) -> str | None:
+    try:
+        return datetime.fromisoformat(str(snap["creationTimestamp"])).astimezone(UTC).isoformat()
+    except (KeyError, ValueError):
+        return None  # counted as old: a new snapshot is taken rather than trusting this one
 
 
 def _read_disk(session: GcpSession, params: Mapping[str, Any]) -> State:
     rid = params["resource_id"]
     api = session.api("compute")
-    name = snapshot_name(rid)
+    found = last_snapshot(
+        _snapshot_names(rid, session.run_id),
+        lambda name: api.json("GET", _snapshot_path(rid, name), needs=DISK_PERMS),
+    )
     snapshot: dict[str, Any] = {}
-    with contextlib.suppress(NotFound):  # no snapshot yet: the before state says so
-        snap = api.json(
-            "GET", f"/compute/v1/projects/{_project(rid)}/global/snapshots/{name}", needs=DISK_PERMS
-        )
-        snapshot = {"snapshot_id": name, "snapshot_state": snap["status"]}
+    if found:  # none yet: the before state says so
+        name, snap = found
+        snapshot = {
+            "snapshot_id": name,
+            "snapshot_state": snap["status"],
+            "snapshot_started_at": _started_at(snap),
+        }
     try:
         disk = api.json("GET", f"/compute/v1/{rid}", needs=DISK_PERMS)
     except NotFound:
@@ -382,14 +416,22 @@ def _delete_disk_apply(session: GcpSession, params: Mapping[str, Any], before: S
     rid = params["resource_id"]
     if before["attached_to"]:
         raise Permanent(f"disk is used by {before['attached_to']}; not deleting")
+    if not session.run_id:
+        raise Permanent("no run id: this run's snapshot cannot be told from another run's")
     api = session.api("compute")
-    state = before.get("snapshot_state")
+    name, state = before.get("snapshot_id"), before.get("snapshot_state")
+    pending = state in _SNAPSHOT_PENDING
+    if name and not snapshot_reusable(name, before.get("snapshot_started_at"), pending):
+        # An earlier run's under this run id (retried days later): not a backup of the disk
+        # as it is now, and kept as it is under its own name.
+        name, state = None, None
+    if not name:
+        name = next_snapshot_name(_snapshot_names(rid, session.run_id), before.get("snapshot_id"))
     if state in _SNAPSHOT_PENDING:
         # An earlier attempt's snapshot still being made (a large disk outlasts a step's
         # wait): wait for it; creating it again under its name is a 409.
-        name = f"/compute/v1/projects/{_project(rid)}/global/snapshots/{snapshot_name(rid)}"
         done = api.poll(
-            lambda: api.json("GET", name, needs=DISK_PERMS),
+            lambda: api.json("GET", _snapshot_path(rid, name), needs=DISK_PERMS),
             lambda d: d.get("status") not in _SNAPSHOT_PENDING,
             session.operation_timeout_s,
             f"snapshot {rid}",
@@ -399,17 +441,14 @@ def _delete_disk_apply(session: GcpSession, params: Mapping[str, Any], before: S
         state = done.get("status")
     if state not in (None, "READY"):
         raise Permanent(
-            f"snapshot {snapshot_name(rid)} of {rid} is {state}: disk kept (delete the "
-            "snapshot for a new one to be taken)"
+            f"snapshot {name} of {rid} is {state}: disk kept (delete the snapshot for a new "
+            "one to be taken)"
         )
     if state is None:
         op = api.json(
             "POST",
             f"/compute/v1/{rid}/createSnapshot",
-            body={
-                "name": snapshot_name(rid),
-                "labels": {SNAPSHOT_SOURCE_LABEL: rid.rsplit("/", 1)[1]},
-            },
+            body={"name": name, "labels": {SNAPSHOT_SOURCE_LABEL: rid.rsplit("/", 1)[1]}},
             needs=DISK_PERMS,
         )
         session.compute_op(op, f"snapshot {rid}", DISK_PERMS)
