@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from lambdas.steps.errors import InvalidInput, NotFound, Permanent, StepError
@@ -199,6 +199,27 @@ def last_snapshot(
         except NotFound:
             break
     return found
+
+
+def started_at(value: Any) -> str | None:
+    """A cloud's creation time as UTC ISO 8601; None when absent or unreadable (counted as
+    old by `snapshot_reusable`: a new snapshot rather than trusting this one)."""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone(UTC).isoformat()
+    except ValueError:
+        return None
+
+
+def snapshot_to_take(
+    names: Sequence[str], before: Mapping[str, Any], pending: bool
+) -> tuple[str, bool]:
+    """(name, reused) of the run's snapshot a delete relies on: the one the read found
+    (`before["snapshot_id"]`, one of `names`) while it may be reused, else the run's next
+    name, leaving an older one as it is under its own name."""
+    found = before.get("snapshot_id")
+    if found and snapshot_reusable(found, before.get("snapshot_started_at"), pending):
+        return found, True
+    return next_snapshot_name(names, found), False
 
 
 def next_snapshot_name(names: Sequence[str], last: str | None) -> str:

@@ -19,10 +19,10 @@ from lambdas.steps.action import (
     Action,
     State,
     last_snapshot,
-    next_snapshot_name,
     register,
     resized,
-    snapshot_reusable,
+    snapshot_to_take,
+    started_at,
 )
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
@@ -320,13 +320,6 @@ def _snapshot_ids(disk_id: str, run_id: str) -> list[str]:
     ]
 
 
-def _started_at(props: Mapping[str, Any]) -> str | None:
-    try:
-        return datetime.fromisoformat(str(props["timeCreated"])).astimezone(UTC).isoformat()
-    except (KeyError, ValueError):
-        return None  # counted as old: a new snapshot is taken rather than trusting this one
-
-
 def _read_disk(session: AzureSession, params: Mapping[str, Any]) -> State:
     rid = params["resource_id"]
     found = last_snapshot(
@@ -341,7 +334,7 @@ def _read_disk(session: AzureSession, params: Mapping[str, Any]) -> State:
         snapshot = {
             "snapshot_id": snap_id,
             "snapshot_state": snap["properties"].get("provisioningState"),
-            "snapshot_started_at": _started_at(snap["properties"]),
+            "snapshot_started_at": started_at(snap["properties"].get("timeCreated")),
         }
     try:
         disk = session.rest.json("GET", rid, params={"api-version": DISK_API}, needs=DISK_PERMS)
@@ -369,14 +362,13 @@ def _delete_disk_apply(session: AzureSession, params: Mapping[str, Any], before:
         raise Permanent(f"disk is {before['status']} ({before['attached_to']}); not deleting")
     if not session.run_id:
         raise Permanent("no run id: this run's snapshot cannot be told from another run's")
-    snap_id, state = before.get("snapshot_id"), before.get("snapshot_state")
+    state = before.get("snapshot_state")
     pending = state is not None and state not in _TERMINAL
-    if snap_id and not snapshot_reusable(snap_id, before.get("snapshot_started_at"), pending):
-        # An earlier run's under this run id (retried days later): not a backup of the disk
-        # as it is now, and kept as it is under its own name.
-        snap_id, state, pending = None, None, False
-    if not snap_id:
-        snap_id = next_snapshot_name(_snapshot_ids(rid, session.run_id), before.get("snapshot_id"))
+    snap_id, reused = snapshot_to_take(_snapshot_ids(rid, session.run_id), before, pending)
+    if not reused:
+        # A new snapshot: an older one of this run (retried days later) is no backup of the
+        # disk as it is now.
+        state, pending = None, False
     if pending:
         # An earlier attempt's snapshot still being taken (a large disk outlasts a step's
         # wait): wait for it rather than sending a second create while it is in progress.

@@ -17,11 +17,11 @@ from lambdas.steps.action import (
     Action,
     State,
     last_snapshot,
-    next_snapshot_name,
     register,
     resize_or_restore,
     resized,
-    snapshot_reusable,
+    snapshot_to_take,
+    started_at,
 )
 from lambdas.steps.errors import NotFound, Permanent, Retryable
 from lambdas.steps.rest import RestClient
@@ -372,13 +372,6 @@ def _snapshot_path(disk_id: str, name: str) -> str:
     return f"/compute/v1/projects/{_project(disk_id)}/global/snapshots/{name}"
 
 
-def _started_at(snap: Mapping[str, Any]) -> str | None:
-    try:
-        return datetime.fromisoformat(str(snap["creationTimestamp"])).astimezone(UTC).isoformat()
-    except (KeyError, ValueError):
-        return None  # counted as old: a new snapshot is taken rather than trusting this one
-
-
 def _read_disk(session: GcpSession, params: Mapping[str, Any]) -> State:
     rid = params["resource_id"]
     api = session.api("compute")
@@ -392,7 +385,7 @@ def _read_disk(session: GcpSession, params: Mapping[str, Any]) -> State:
         snapshot = {
             "snapshot_id": name,
             "snapshot_state": snap["status"],
-            "snapshot_started_at": _started_at(snap),
+            "snapshot_started_at": started_at(snap.get("creationTimestamp")),
         }
     try:
         disk = api.json("GET", f"/compute/v1/{rid}", needs=DISK_PERMS)
@@ -419,14 +412,14 @@ def _delete_disk_apply(session: GcpSession, params: Mapping[str, Any], before: S
     if not session.run_id:
         raise Permanent("no run id: this run's snapshot cannot be told from another run's")
     api = session.api("compute")
-    name, state = before.get("snapshot_id"), before.get("snapshot_state")
-    pending = state in _SNAPSHOT_PENDING
-    if name and not snapshot_reusable(name, before.get("snapshot_started_at"), pending):
-        # An earlier run's under this run id (retried days later): not a backup of the disk
-        # as it is now, and kept as it is under its own name.
-        name, state = None, None
-    if not name:
-        name = next_snapshot_name(_snapshot_names(rid, session.run_id), before.get("snapshot_id"))
+    state = before.get("snapshot_state")
+    name, reused = snapshot_to_take(
+        _snapshot_names(rid, session.run_id), before, state in _SNAPSHOT_PENDING
+    )
+    if not reused:
+        # A new snapshot: an older one of this run (retried days later) is no backup of the
+        # disk as it is now.
+        state = None
     if state in _SNAPSHOT_PENDING:
         # An earlier attempt's snapshot still being made (a large disk outlasts a step's
         # wait): wait for it; creating it again under its name is a 409.
