@@ -99,9 +99,13 @@ class Blackhole:
         _tc("qdisc", "add", "dev", DEV, "parent", "1:20", "handle", "20:", "pfifo", "limit", "0")
         return self
 
-    def add(self, ports: Iterable[int]) -> None:
+    def add(self, ports: Iterable[int], directions: tuple[str, ...] = ("sport", "dport")) -> None:
+        """`directions`: ("sport",) drops only what the port sends. On loopback a packet the
+        kernel drops on its way out fails fast for its sender, unlike a partition: dropping
+        only a server's answers leaves its clients' sends going out and never acknowledged,
+        as across a real one."""
         for port in sorted(set(ports) - self.ports):
-            for direction in ("sport", "dport"):
+            for direction in directions:
                 _tc(
                     *("filter", "add", "dev", DEV, "parent", "1:", "protocol", "ip", "prio", "1"),
                     *("u32", "match", "ip", direction, str(port), "0xffff", "flowid", "1:20"),
@@ -113,10 +117,12 @@ class Blackhole:
 
 
 @contextmanager
-def dropped_ports(ports: Iterable[int]) -> Iterator[Blackhole]:
+def dropped_ports(
+    ports: Iterable[int], directions: tuple[str, ...] = ("sport", "dport")
+) -> Iterator[Blackhole]:
     """Packets of these ports (a service's listening port: every connection to it) dropped."""
     with Blackhole() as hole:
-        hole.add(ports)
+        hole.add(ports, directions)
         yield hole
 
 

@@ -22,6 +22,7 @@ WEB_PORT = 9093
 CLUSTER_PORT = 9094
 CONFIG_DIR = "/etc/alertmanager/config"
 SECRETS_DIR = "/etc/alertmanager/secrets"
+APP = "alertmanager"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class AlertmanagerArgs:
     high_availability: bool = False
     image: str = IMAGE
     resources: kube.Resources = field(default_factory=kube.Resources)
+    # None: the cluster's default class.
+    storage_class: str | None = None
 
     def __post_init__(self) -> None:
         if self.high_availability and self.replicas < 3:
@@ -42,16 +45,29 @@ class AlertmanagerArgs:
             raise ValueError("high_availability needs at least 3 Alertmanager replicas")
         kube.require_pinned_image(self.image, "alertmanager")
 
+    def replica_host(self, i: int) -> str:
+        """Replica `i`'s stable DNS name: its StatefulSet pod under the headless Service."""
+        return f"{APP}-{i}.{APP}-headless.{self.namespace}.svc"
+
+    def replica_urls(self) -> list[str]:
+        """Where clients post alerts: every replica's own URL (one URL, the Service's, with a
+        single replica). Replicas gossip silences and the notification log, not alerts, so an
+        alert posted through the Service reaches one replica only."""
+        if self.replicas == 1:
+            return [f"http://{APP}.{self.namespace}.svc:{WEB_PORT}"]
+        return [f"http://{self.replica_host(i)}:{WEB_PORT}" for i in range(self.replicas)]
+
 
 class Alertmanager(pulumi.ComponentResource):
     url: pulumi.Output[str]
+    replica_urls: pulumi.Output[list[str]]
 
     def __init__(
         self, name: str, args: AlertmanagerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("cct:alerting:Alertmanager", name, None, opts)
         child = kube.child_opts(self, opts)
-        ns, app = args.namespace, "alertmanager"
+        ns, app = args.namespace, APP
         config = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata=kube.metadata(f"{app}-config", ns, "alerting"),
@@ -66,8 +82,7 @@ class Alertmanager(pulumi.ComponentResource):
         )
         kube.service_account(f"{name}-sa", app, ns, "alerting", child)
         peers = [
-            f"--cluster.peer={app}-{i}.{app}-headless.{ns}.svc:{CLUSTER_PORT}"
-            for i in range(args.replicas)
+            f"--cluster.peer={args.replica_host(i)}:{CLUSTER_PORT}" for i in range(args.replicas)
         ]
         cluster = peers if args.replicas > 1 else ["--cluster.listen-address="]
         container = kube.container(
@@ -109,7 +124,7 @@ class Alertmanager(pulumi.ComponentResource):
             replicas=args.replicas,
             opts=child,
             annotations=kube.scrape_annotations(WEB_PORT),
-            stateful_volume_claims=[kube.volume_claim("data", "1Gi", None)],
+            stateful_volume_claims=[kube.volume_claim("data", "1Gi", args.storage_class)],
             depends_on=[config, secrets],
         )
         kube.service(
@@ -155,4 +170,5 @@ class Alertmanager(pulumi.ComponentResource):
         if args.high_availability:
             kube.pdb(f"{name}-pdb", app, ns, "alerting", child)
         self.url = pulumi.Output.from_input(f"http://{app}.{ns}.svc:{WEB_PORT}")
-        self.register_outputs({"url": self.url})
+        self.replica_urls = pulumi.Output.from_input(args.replica_urls())
+        self.register_outputs({"url": self.url, "replica_urls": self.replica_urls})

@@ -17,6 +17,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import kube
+from components.namespace import (
+    EGRESS_INTERNET_LABEL,
+    EGRESS_KUBE_API_LABEL,
+    kube_api_egress,
+    require_apiserver_cidrs,
+)
 
 CHART = "argo-workflows"
 CHART_VERSION = "0.45.26"
@@ -41,6 +47,9 @@ class ArgoWorkflowsArgs:
     # envFrom (lambdas.steps.templates).
     step_env: Mapping[str, str]
     step_secret_env: Mapping[str, pulumi.Input[str]]
+    # The API server's endpoint addresses: the step pods' executor reports to it
+    # (components.namespace.kube_api_egress).
+    apiserver_cidrs: Sequence[str]
     step_config_map: str = "cct-steps"
     step_secret: str = "cct-steps-db"  # noqa: S105 - the Secret's name
     workflow_service_account: str = "cct-steps"
@@ -54,6 +63,7 @@ class ArgoWorkflowsArgs:
     )
 
     def __post_init__(self) -> None:
+        require_apiserver_cidrs(self.apiserver_cidrs)
         names = []
         for manifest in self.workflow_templates:
             if (
@@ -117,7 +127,14 @@ class ArgoWorkflows(pulumi.ComponentResource):
                 "crds": {"keep": False},
                 "singleNamespace": False,
                 "controller": {
-                    "workflowDefaults": {"spec": step_pod_defaults(args.step_resources)},
+                    # Step pods call the clouds' APIs: they opt into internet egress
+                    # (spec.podMetadata.labels lands on every pod of every Workflow).
+                    "workflowDefaults": {
+                        "spec": {
+                            **step_pod_defaults(args.step_resources),
+                            "podMetadata": {"labels": {EGRESS_INTERNET_LABEL: "true"}},
+                        }
+                    },
                     "workflowNamespaces": [ns],
                     # Only WorkflowTemplate references run. (Not Secure, which also errors a
                     # running workflow whose template changed: every release changes the
@@ -131,6 +148,8 @@ class ArgoWorkflows(pulumi.ComponentResource):
                     "securityContext": kube.container_security_context(),
                     "metricsConfig": {"enabled": True},
                     "pdb": {"enabled": args.high_availability, "maxUnavailable": 1},
+                    # The controller watches and updates Workflows and creates their pods.
+                    "podLabels": {EGRESS_KUBE_API_LABEL: "true"},
                 },
                 "server": {
                     "replicas": replicas,
@@ -140,6 +159,8 @@ class ArgoWorkflows(pulumi.ComponentResource):
                     "podSecurityContext": pod_security,
                     "securityContext": kube.container_security_context(),
                     "pdb": {"enabled": args.high_availability, "maxUnavailable": 1},
+                    # The API/UI serves Workflows from the API server, as the caller.
+                    "podLabels": {EGRESS_KUBE_API_LABEL: "true"},
                 },
                 "executor": {
                     "resources": kube.Resources().to_k8s(),
@@ -190,15 +211,12 @@ class ArgoWorkflows(pulumi.ComponentResource):
             f"{args.trigger_service_account}-workflows",
             ns,
             [
+                # Create only (lambdas/trigger/argo.py: an AlreadyExists answer is the
+                # duplicate check; the controller, not the trigger, reads the templates).
                 {
                     "apiGroups": ["argoproj.io"],
                     "resources": ["workflows"],
-                    "verbs": ["create", "get", "list", "watch"],
-                },
-                {
-                    "apiGroups": ["argoproj.io"],
-                    "resources": ["workflowtemplates"],
-                    "verbs": ["get", "list"],
+                    "verbs": ["create"],
                 },
             ],
             service_account=args.trigger_service_account,
@@ -225,7 +243,9 @@ class ArgoWorkflows(pulumi.ComponentResource):
                 spec=kube.manifest(manifest["spec"]),
                 opts=after_chart,
             )
-        # Step pods call the clouds' APIs and Vault; the executor reports to the API server.
+        # Every step pod's executor reports to the API server (selected by the label Argo
+        # puts on each pod, not by one CCT adds). The clouds' APIs are reached through the
+        # namespace's internet policy (podMetadata above), Vault through the internal one.
         k8s.networking.v1.NetworkPolicy(
             f"{name}-step-egress",
             metadata=kube.metadata("workflow-steps-egress", ns, "workflows"),
@@ -237,15 +257,7 @@ class ArgoWorkflows(pulumi.ComponentResource):
                         ]
                     },
                     "policyTypes": ["Egress"],
-                    "egress": [
-                        {
-                            "to": [kube.ANYWHERE],
-                            "ports": [
-                                {"protocol": "TCP", "port": 443},
-                                {"protocol": "TCP", "port": 6443},
-                            ],
-                        }
-                    ],
+                    "egress": [kube_api_egress(args.apiserver_cidrs)],
                 }
             ),
             opts=child,

@@ -17,6 +17,8 @@ import pulumi_azure_native as azure
 import pulumi_random as random
 import pulumi_vault as vault
 
+from lambdas.forwarders.azure import ARM_READ_ACTIONS
+
 # Built-in role definition ids (the same in every tenant).
 COST_MANAGEMENT_READER = "72fafb9e-0641-4937-9268-a91bfd8191a3"
 READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
@@ -212,7 +214,7 @@ class AzureSubscription(pulumi.ComponentResource):
             scope=exports.id,
             opts=child,
         )
-        function_app = self._forwarder(name, args, group, account, tags=tags, opts=child)
+        function_app = self._forwarder(name, args, group, tags=tags, opts=child)
 
         remediation_role = azure.authorization.RoleDefinition(
             f"{name}-remediation-role",
@@ -292,11 +294,31 @@ class AzureSubscription(pulumi.ComponentResource):
         name: str,
         args: AzureSubscriptionArgs,
         group: azure.resources.ResourceGroup,
-        account: azure.storage.StorageAccount,
         *,
         tags: Mapping[str, str],
         opts: pulumi.ResourceOptions,
     ) -> azure.web.WebApp:
+        # The Functions host's own storage account (its package and the `azure-webjobs-*`
+        # containers the host creates for keys and coordination), apart from the FOCUS
+        # exports: identity-based host storage (AzureWebJobsStorage__accountName) needs
+        # Storage Blob Data Owner *on a storage account*, container creation included
+        # (learn.microsoft.com, functions-reference, "Connecting to host storage with an
+        # identity"), so a container-scoped assignment would not let the host start, and
+        # on the exports' account the internet-facing Function could read, overwrite or
+        # delete the billing exports.
+        account = azure.storage.StorageAccount(
+            f"{name}-function-storage",
+            resource_group_name=group.name,
+            location=args.location,
+            kind="StorageV2",
+            sku={"name": "Standard_LRS"},
+            allow_blob_public_access=False,
+            allow_shared_key_access=False,
+            enable_https_traffic_only=True,
+            minimum_tls_version="TLS1_2",
+            tags=dict(tags),
+            opts=opts,
+        )
         packages = azure.storage.BlobContainer(
             f"{name}-packages",
             account_name=account.name,
@@ -368,6 +390,30 @@ class AzureSubscription(pulumi.ComponentResource):
             principal_id=app.identity.apply(lambda i: i.principal_id if i else ""),
             principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
             scope=account.id,
+            opts=opts,
+        )
+        # The forwarder reads each written VM and disk from ARM with this identity
+        # (lambdas.forwarders.azure.arm_reader): exactly those reads, anywhere in the
+        # subscription the events come from, and no data action.
+        arm_read = azure.authorization.RoleDefinition(
+            f"{name}-forwarder-arm-read",
+            role_name=f"{args.name_prefix}-forwarder-arm-read",
+            description="CCT forwarder: reads the resources its events name",
+            scope=args.scope,
+            role_definition_id=random.RandomUuid(f"{name}-forwarder-arm-read-id", opts=opts).result,
+            permissions=[{"actions": sorted(ARM_READ_ACTIONS), "not_actions": []}],
+            assignable_scopes=[args.scope],
+            opts=opts,
+        )
+        azure.authorization.RoleAssignment(
+            f"{name}-forwarder-arm-reader",
+            role_assignment_name=random.RandomUuid(
+                f"{name}-forwarder-arm-reader-id", opts=opts
+            ).result,
+            role_definition_id=arm_read.id,
+            principal_id=app.identity.apply(lambda i: i.principal_id if i else ""),
+            principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
+            scope=args.scope,
             opts=opts,
         )
         keys = azure.web.list_web_app_host_keys_output(

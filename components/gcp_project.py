@@ -220,14 +220,6 @@ class GcpProject(pulumi.ComponentResource):
             member=member,
             opts=opts,
         )
-        # Eventarc delivers Pub/Sub messages by invoking the function's Cloud Run service.
-        gcp.projects.IAMMember(
-            f"{name}-forwarder-invoker",
-            project=project,
-            role="roles/run.invoker",
-            member=member,
-            opts=opts,
-        )
         source_bucket = gcp.storage.Bucket(
             f"{name}-sources",
             project=project,
@@ -245,7 +237,7 @@ class GcpProject(pulumi.ComponentResource):
             source=args.forwarder_source,
             opts=opts,
         )
-        return gcp.cloudfunctionsv2.Function(
+        function = gcp.cloudfunctionsv2.Function(
             f"{name}-forwarder",
             project=project,
             location=args.region,
@@ -281,3 +273,16 @@ class GcpProject(pulumi.ComponentResource):
             labels=labels,
             opts=opts,
         )
+        # Eventarc delivers Pub/Sub messages by invoking the function's Cloud Run service
+        # as the trigger's service account: invoker on that one service (a gen2 function
+        # runs as the Cloud Run service of its name), never on every service in the project.
+        gcp.cloudrunv2.ServiceIamMember(
+            f"{name}-forwarder-invoker",
+            project=project,
+            location=function.location,
+            name=function.name,
+            role="roles/run.invoker",
+            member=member,
+            opts=opts,
+        )
+        return function

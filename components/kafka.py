@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import kube
+from components.namespace import EGRESS_KUBE_API_LABEL
 
 STRIMZI_CHART = "strimzi-kafka-operator"
 STRIMZI_VERSION = "0.48.0"
@@ -112,6 +113,9 @@ class Kafka(pulumi.ComponentResource):
                     "runAsNonRoot": True,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
+                # The operator reconciles through the API server (the chart's pod labels,
+                # templates/060-Deployment-strimzi-cluster-operator.yaml).
+                "labels": {EGRESS_KUBE_API_LABEL: "true"},
             },
             opts=child,
         )
@@ -208,9 +212,13 @@ class Kafka(pulumi.ComponentResource):
                         "pod": {"metadata": {"annotations": kube.scrape_annotations(METRICS_PORT)}}
                     },
                 },
+                # The topic and user operators watch KafkaTopics/KafkaUsers and write the
+                # users' Secrets through the API server. The brokers do not use the API: Strimzi
+                # adds its API-reading init container only for `rack` or nodeport listeners.
                 "entityOperator": {
                     "topicOperator": {"resources": kube.Resources().to_k8s()},
                     "userOperator": {"resources": kube.Resources().to_k8s()},
+                    "template": {"pod": {"metadata": {"labels": {EGRESS_KUBE_API_LABEL: "true"}}}},
                 },
             },
             opts=pulumi.ResourceOptions.merge(

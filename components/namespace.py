@@ -3,13 +3,18 @@
 Ingress is denied unless a component admits a peer on a port (each component declares who may
 call it). Egress is allowed to DNS and to the namespaces listed in `internal_namespaces`, since
 every in-cluster flow is already gated by its receiver's ingress policy; egress to the
-internet or the Kubernetes API is opt-in per pod by label.
+internet (443, outside the cluster's ranges) or to the Kubernetes API (443/6443 at the
+`apiserver_cidrs` only) is opt-in per pod by label. The charts' and operators' pods that need
+either carry the label through their own pod-label values (components/kafka.py, postgres.py,
+argo.py, vault.py; tests/infra/test_egress.py checks every one against the vendored chart).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -19,11 +24,37 @@ from components import kube
 EGRESS_INTERNET_LABEL = "cct.io/egress-internet"
 EGRESS_KUBE_API_LABEL = "cct.io/egress-kube-api"
 POD_SECURITY_LEVELS = ("restricted", "baseline", "privileged")
+# The API server listens on 443 (managed control planes) or 6443 (kubeadm, kind).
+KUBE_API_PORTS = (443, 6443)
+
+
+def require_apiserver_cidrs(cidrs: Sequence[str]) -> None:
+    """The API server's addresses must be named, and none may stand for everyone."""
+    if not cidrs:
+        raise ValueError("apiserver_cidrs: name the API server's addresses")
+    for cidr in cidrs:
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            raise ValueError(f"apiserver_cidrs: {cidr} is anywhere, not the API server")
+
+
+def kube_api_egress(apiserver_cidrs: Sequence[str]) -> dict[str, Any]:
+    """The egress rule to the Kubernetes API: its ports, at the API server's addresses only.
+    NetworkPolicy sees a connection after kube-proxy (or the CNI) has translated the
+    `kubernetes.default` Service address into an endpoint's, so these are the endpoint
+    addresses (`kubectl get endpoints kubernetes`), not the Service's ClusterIP."""
+    require_apiserver_cidrs(apiserver_cidrs)
+    return {
+        "to": [{"ipBlock": {"cidr": cidr}} for cidr in apiserver_cidrs],
+        "ports": [{"protocol": "TCP", "port": port} for port in KUBE_API_PORTS],
+    }
 
 
 @dataclass(frozen=True)
 class NamespaceArgs:
     name: str
+    # The API server's endpoint addresses (see kube_api_egress): the only destinations of the
+    # Kubernetes API egress policy.
+    apiserver_cidrs: Sequence[str]
     internal_namespaces: Sequence[str] = field(default_factory=tuple)
     # Namespaces admitted to every pod here, for namespaces of third-party charts whose pods'
     # flows are too chart-internal to list one by one (operators, Vault, Argo, Grafana).
@@ -40,6 +71,7 @@ class NamespaceArgs:
             raise ValueError(
                 f"pod_security must be one of {POD_SECURITY_LEVELS}, not {self.pod_security!r}"
             )
+        require_apiserver_cidrs(self.apiserver_cidrs)
 
 
 class Namespace(pulumi.ComponentResource):
@@ -130,16 +162,9 @@ class Namespace(pulumi.ComponentResource):
                 {
                     "podSelector": {"matchLabels": {EGRESS_KUBE_API_LABEL: "true"}},
                     "policyTypes": ["Egress"],
-                    # The API server's address differs per cluster; its ports do not.
-                    "egress": [
-                        {
-                            "to": [kube.ANYWHERE],
-                            "ports": [
-                                {"protocol": "TCP", "port": 443},
-                                {"protocol": "TCP", "port": 6443},
-                            ],
-                        }
-                    ],
+                    # Not anywhere: that would also open every in-cluster 443 endpoint and
+                    # the internet to pods that never opted into internet egress.
+                    "egress": [kube_api_egress(args.apiserver_cidrs)],
                 }
             ),
             opts=in_ns,

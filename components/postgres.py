@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from components import kube
 from components.derived import derived_secret
+from components.namespace import EGRESS_KUBE_API_LABEL
 
 CNPG_CHART = "cloudnative-pg"
 CNPG_VERSION = "0.26.0"
@@ -39,7 +40,7 @@ class PostgresArgs:
     cluster_name: str = "cct-pg"
     database: str = "cct"
     owner: str = "cct"
-    # Login roles -> the roles they are members of (e.g. grafana -> pg_read_all_data), each
+    # Login roles -> the roles they are members of (e.g. grafana -> cct_grafana), each
     # with a generated password in a Secret `<cluster>-<role>`.
     logins: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # Group roles without login (one per handler, holding its table privileges; Vault's
@@ -96,6 +97,8 @@ class Postgres(pulumi.ComponentResource):
                 "webhook": {
                     kind: {"failurePolicy": webhook_failure} for kind in ("mutating", "validating")
                 },
+                # The operator reconciles through the API server (templates/deployment.yaml).
+                "podLabels": {EGRESS_KUBE_API_LABEL: "true"},
             },
             opts=child,
         )
@@ -149,8 +152,11 @@ class Postgres(pulumi.ComponentResource):
                 "enablePDB": args.instances > 1,
                 "bootstrap": {"initdb": {"database": args.database, "owner": args.owner}},
                 "managed": {"roles": roles},
+                # Inherited by the instance pods and the initdb/join Jobs' pods, whose
+                # instance manager reads the Cluster, its Secrets and writes status through
+                # the API server.
                 "inheritedMetadata": {
-                    "labels": kube.labels(cluster, "data"),
+                    "labels": {**kube.labels(cluster, "data"), EGRESS_KUBE_API_LABEL: "true"},
                     "annotations": kube.scrape_annotations(METRICS_PORT),
                 },
             },

@@ -16,6 +16,7 @@ import pulumi
 import pulumi_vault as vault
 
 from components import kube
+from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
 from lambdas.store.grants import vault_role_statements
 
 CHART = "vault"
@@ -29,6 +30,8 @@ _EXACT_PATH = re.compile(r"^[a-z0-9][a-z0-9\-_/.]*[a-z0-9]$")
 # Short-lived by design: a leaked credential is useless within minutes.
 TOKEN_TTL_SECONDS = 900
 TOKEN_MAX_TTL_SECONDS = 3600
+# IAM roles for service accounts (EKS): the role a pod of this service account runs as.
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,25 @@ class VaultAwsEngine:
     # Vault's own AWS identity. None: the pod's ambient identity (IRSA), which is preferred.
     access_key: pulumi.Input[str] | None = None
     secret_key: pulumi.Input[str] | None = None
+    # The IAM role Vault runs as through IRSA: it annotates Vault's service account (the
+    # chart's `server.serviceAccount.annotations`, templates/_helpers.tpl
+    # "vault.serviceAccount.annotations"), and EKS's pod identity webhook then gives the
+    # Vault pods AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE. With no access key configured,
+    # Vault's AWS engine builds its credential chain with go-secure-stdlib/awsutil, which
+    # (since awsutil v0.2.3, "ensure GenerateCredentialChain checks envs") adds a web
+    # identity provider from exactly those two variables, so it assumes this role.
+    role_arn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role_arn is not None and not re.fullmatch(
+            r"arn:aws:iam::\d{12}:role/\S+", self.role_arn
+        ):
+            raise ValueError(f"Vault's AWS role_arn {self.role_arn!r} is not an IAM role ARN")
+
+    def service_account_annotations(self) -> dict[str, str]:
+        if self.role_arn is None or self.access_key is not None:
+            return {}
+        return {IRSA_ANNOTATION: self.role_arn}
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,8 @@ class VaultArgs:
     chart_version: str = CHART_VERSION
     image: str = IMAGE
     storage_size: str = "10Gi"
+    # None: the cluster's default class (the chart's `server.dataStorage.storageClass`).
+    storage_class: str | None = None
     resources: kube.Resources = field(
         default_factory=lambda: kube.Resources("100m", "256Mi", "1", "512Mi")
     )
@@ -170,7 +194,15 @@ class Vault(pulumi.ComponentResource):
                     "image": {"repository": repository, "tag": tag},
                     "resources": args.resources.to_k8s(),
                     "authDelegator": {"enabled": True},
-                    "dataStorage": {"enabled": True, "size": args.storage_size},
+                    # The AWS engine's identity (VaultAwsEngine.role_arn), if any.
+                    "serviceAccount": {
+                        "annotations": args.aws.service_account_annotations() if args.aws else {}
+                    },
+                    "dataStorage": {
+                        "enabled": True,
+                        "size": args.storage_size,
+                        "storageClass": args.storage_class,
+                    },
                     "standalone": {"enabled": not args.high_availability},
                     "ha": {
                         "enabled": args.high_availability,
@@ -200,6 +232,11 @@ class Vault(pulumi.ComponentResource):
                     # The entrypoint renders its config into /tmp: writable scratch space.
                     "volumes": [kube.tmp_volume()],
                     "volumeMounts": [kube.TMP_MOUNT],
+                    # Kubernetes auth reviews every login's token (TokenReview) and HA
+                    # registers each pod's role through the API server; the AWS, Azure and GCP
+                    # engines call the clouds' APIs. Always both: a label change rolls the
+                    # StatefulSet, and every restarted Vault pod comes back sealed.
+                    "extraLabels": {EGRESS_KUBE_API_LABEL: "true", EGRESS_INTERNET_LABEL: "true"},
                 },
             },
             opts=child,

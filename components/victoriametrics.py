@@ -106,7 +106,8 @@ class VictoriaMetricsArgs:
     scrape_ports: Sequence[int]
     # filename -> vmalert rules YAML.
     rules: Mapping[str, str]
-    alertmanager_url: str
+    # Every Alertmanager replica's URL: vmalert notifies each, as replicas do not share alerts.
+    alertmanager_urls: Sequence[str]
     # Network peers that write samples (collector, billing loader, ...).
     writers: Sequence[Mapping[str, Any]]
     # Network peers that query (detector, billing loader, Grafana, ...).
@@ -149,6 +150,8 @@ class VictoriaMetricsArgs:
     def __post_init__(self) -> None:
         if not self.rules:
             raise ValueError("rules must contain at least one vmalert rules file")
+        if not self.alertmanager_urls or isinstance(self.alertmanager_urls, str):
+            raise ValueError("alertmanager_urls must list at least one Alertmanager URL")
         if self.high_availability and self.replicas < 2:
             raise ValueError("high_availability needs at least 2 replicas")
         minimum = 2 * REPLICATION_FACTOR - 1
@@ -496,7 +499,7 @@ class VictoriaMetrics(pulumi.ComponentResource):
                 f"-datasource.url={read_url}",
                 f"-remoteRead.url={read_url}",
                 f"-remoteWrite.url={write_url}",
-                f"-notifier.url={args.alertmanager_url}",
+                *(f"-notifier.url={url}" for url in args.alertmanager_urls),
                 f"-evaluationInterval={args.evaluation_interval}",
                 f"-httpListenAddr=:{VMALERT_PORT}",
             ],

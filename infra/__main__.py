@@ -10,11 +10,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pulumi
 
 from infra import nodeless
-from infra.config import load
+from infra.config import PulumiConfigSource, load
 from infra.generated import collect
 from infra.stack import build
 
-settings = load(pulumi.Config("cct"))
+settings = load(PulumiConfigSource())
 if settings.nodeless:
     nodeless.register()
 for name, value in build(settings, collect(settings)).items():

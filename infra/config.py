@@ -16,11 +16,17 @@ from typing import Protocol
 import pulumi
 
 from components.kube import is_pinned_image
+from lambdas.common.settings import SettingsError
+from lambdas.detector.rules import load_budgets
 
 NAMESPACE = "cct"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 WEBHOOK_FAILURE_POLICIES = ("Fail", "Ignore")
+ROOT = Path(__file__).resolve().parents[1]
+# A DNS name (RFC 1123): what an Ingress host accepts.
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_HOSTNAME = rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*"
 
 
 class ConfigError(ValueError):
@@ -33,6 +39,25 @@ class ConfigSource(Protocol):
     def get(self, key: str) -> str | None: ...
 
     def get_secret(self, key: str) -> pulumi.Output[str] | None: ...
+
+    def is_secret(self, key: str) -> bool: ...
+
+
+class PulumiConfigSource:
+    """`pulumi.Config` as a ConfigSource: it cannot say whether a value is encrypted."""
+
+    def __init__(self, namespace: str = "cct") -> None:
+        self.config = pulumi.Config(namespace)
+        self.namespace = namespace
+
+    def get(self, key: str) -> str | None:
+        return self.config.get(key)
+
+    def get_secret(self, key: str) -> pulumi.Output[str] | None:
+        return self.config.get_secret(key)
+
+    def is_secret(self, key: str) -> bool:
+        return pulumi.runtime.is_config_secret(f"{self.namespace}:{key}")
 
 
 @dataclass(frozen=True)
@@ -95,7 +120,9 @@ class Settings:
     nodeless: bool
     # Root of the secrets CCT derives for its own pieces (components.derived).
     secret_seed: pulumi.Output[str]
-    # The API server's source addresses: the only peers the webhook's NetworkPolicy admits.
+    # The API server's addresses: the only peers the webhook's NetworkPolicy admits, and the
+    # only destinations of Kubernetes API egress (its endpoints, `kubectl get endpoints
+    # kubernetes`: NetworkPolicy sees a connection to the Service's ClusterIP after DNAT).
     apiserver_cidrs: tuple[str, ...]
     # Budgets YAML (relative to the project root) rendered into vmalert rules; None: none.
     budgets_file: str | None
@@ -171,18 +198,48 @@ class _Reader:
             raise ConfigError(f"{self._name(key)}={value!r} is not {what}")
         return value
 
-    def secret(self, key: str) -> pulumi.Output[str]:
-        # Presence is checked on the plain value (an empty default means unset); the value
-        # itself only ever leaves as a secret Output.
-        value = self.source.get_secret(key) if self.optional(key) is not None else None
+    def secret(self, key: str, pattern: str | None = None, what: str = "") -> pulumi.Output[str]:
+        # Presence (and `pattern`) is checked on the plain value (an empty default means
+        # unset); the value itself only ever leaves as a secret Output, and is never in a
+        # message.
+        plain = self.optional(key)
+        value = self.source.get_secret(key) if plain is not None else None
         if value is None:
             raise ConfigError(
                 f"{self._name(key)} is required: set it with `pulumi config set --secret {key}`"
             )
+        if not self.source.is_secret(key):
+            # A forgotten --secret writes the value into Pulumi.<stack>.yaml, which is
+            # committed.
+            raise ConfigError(
+                f"{self._name(key)} is stored in plain text: set it again with "
+                f"`pulumi config set --secret {key}` (and rotate it if the stack file was "
+                "committed)"
+            )
+        if pattern is not None and plain is not None and not re.fullmatch(pattern, plain):
+            raise ConfigError(f"{self._name(key)} must be {what}")
         return value
 
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
+def _grafana_hostname(r: _Reader) -> str | None:
+    if r.optional("grafanaHostname") is None:
+        return None
+    return r.matching("grafanaHostname", _HOSTNAME, "a host name (no scheme, port or path)")
+
+
+def _budgets_file(r: _Reader) -> str | None:
+    """The budgets file, read now: a bad one is a config error naming the key, not a
+    detector setting's error at render time."""
+    budgets_file = r.optional("budgetsFile")
+    if budgets_file is not None:
+        try:
+            load_budgets(ROOT / budgets_file)
+        except SettingsError as exc:
+            raise ConfigError(f"{NAMESPACE}:budgetsFile={budgets_file!r}: {exc}") from None
+    return budgets_file
 
 
 def load(source: ConfigSource) -> Settings:
@@ -203,7 +260,13 @@ def load(source: ConfigSource) -> Settings:
     platform_namespace = r.dns_label("platformNamespace")
     if namespace == platform_namespace:
         raise ConfigError(f"{NAMESPACE}:platformNamespace must differ from {NAMESPACE}:namespace")
-    public_url = r.matching("fluentbitPublicUrl", r"https://[^\s/]+(/\S*)?", "an https:// URL")
+    # The forwarders append `/cct.<provider>` (the Fluent Bit tag) to it, so a path would
+    # change the tag; the port is the LoadBalancer's (9880 unless fronted elsewhere).
+    public_url = r.matching(
+        "fluentbitPublicUrl",
+        r"https://[^\s/:@]+:\d{1,5}",
+        "an https://host:port URL without a path (the ingest LoadBalancer's port, e.g. 9880)",
+    )
 
     vault_configure = r.boolean("vaultConfigure")
     vault = VaultSettings(
@@ -218,8 +281,10 @@ def load(source: ConfigSource) -> Settings:
             region=r.matching("awsRegion", r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region"),
             vault_principal_arn=r.matching(
                 "awsVaultPrincipalArn",
-                r"arn:aws:iam::\d{12}:(role|user)/\S+",
-                "an IAM role/user ARN",
+                # A role: Vault runs as it through IRSA (its service account's annotation);
+                # a user would need static keys, which the stack never gives Vault.
+                r"arn:aws:iam::\d{12}:role/\S+",
+                "an IAM role ARN",
             ),
         )
     if r.boolean("azureEnabled"):
@@ -244,6 +309,8 @@ def load(source: ConfigSource) -> Settings:
             region=r.string("gcpRegion"),
             vault_credentials=r.secret("gcpVaultCredentials"),
         )
+    grafana_hostname = _grafana_hostname(r)
+    budgets_file = _budgets_file(r)
     webhook_url = r.optional("webhookUrl")
     ca_file = r.optional("webhookCaFile")
     webhook_ca_pem = None
@@ -270,16 +337,19 @@ def load(source: ConfigSource) -> Settings:
         kube_context=r.optional("kubeContext"),
         fluentbit_public_url=public_url,
         fluentbit_tls_secret=r.dns_label("fluentbitTlsSecret"),
-        fluentbit_token=r.secret("fluentbitToken"),
+        # Fluent Bit matches it as a regular expression (lambdas/ingest/fluentbit.py).
+        fluentbit_token=r.secret(
+            "fluentbitToken", r"[A-Za-z0-9_-]{16,}", "16 or more letters, digits, - or _"
+        ),
         zenduty_integration_key=r.secret("zendutyIntegrationKey"),
-        grafana_hostname=r.optional("grafanaHostname"),
+        grafana_hostname=grafana_hostname,
         webhook_failure_policy=r.choice("webhookFailurePolicy", WEBHOOK_FAILURE_POLICIES),
         webhook_url=webhook_url,
         webhook_ca_pem=webhook_ca_pem,
         nodeless=r.boolean("nodeless"),
         secret_seed=r.secret("secretSeed"),
         apiserver_cidrs=r.cidrs("apiServerCidrs"),
-        budgets_file=r.optional("budgetsFile"),
+        budgets_file=budgets_file,
         vault=vault,
         aws=aws,
         azure=azure,

@@ -61,7 +61,7 @@ from infra.config import Settings
 from infra.content import Content
 from lambdas.common.kafka import HANDLER_GRANTS, KafkaGrant
 from lambdas.steps.templates import KAFKA_CA_DIR, KAFKA_USER_DIR
-from lambdas.store.grants import group_role
+from lambdas.store.grants import READER_SCHEMAS, group_role
 
 DAY_MS = 24 * 3600 * 1000
 # docs/architecture.md section 5.
@@ -203,13 +203,16 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     )
     app_ns = Namespace(
         "namespace-app",
-        NamespaceArgs(name=ns, internal_namespaces=[platform]),
+        NamespaceArgs(
+            name=ns, internal_namespaces=[platform], apiserver_cidrs=settings.apiserver_cidrs
+        ),
         opts=pulumi.ResourceOptions(providers=[k8s_provider]),
     )
     platform_ns = Namespace(
         "namespace-platform",
         NamespaceArgs(
             name=platform,
+            apiserver_cidrs=settings.apiserver_cidrs,
             internal_namespaces=[ns],
             ingress_from_namespaces=[ns, platform],
             webhook_ports=[CNPG_WEBHOOK_PORT],
@@ -242,8 +245,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             secret_seed=settings.secret_seed,
             operator_webhooks_fail_closed=not settings.nodeless,
             instances=3 if ha else 1,
-            logins={"grafana": ["pg_read_all_data"], STEPS_DB_ROLE: [APP_DB_ROLE]},
-            group_roles=[group_role(h) for h in PG_HANDLERS],
+            # Grafana reads the reporting views only (READER_SCHEMAS); pg_read_all_data let it
+            # read every table, decisions and dead-lettered payloads included.
+            logins={"grafana": [group_role("grafana")], STEPS_DB_ROLE: [APP_DB_ROLE]},
+            group_roles=[group_role(h) for h in (*PG_HANDLERS, *READER_SCHEMAS)],
             storage_class=settings.storage_class,
             high_availability=ha,
         ),
@@ -266,7 +271,6 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     )
     # Where samples are written and where queries go (one URL for a single node).
     vm_write_url, vm_read_url = base_urls(ns, ha)
-    alertmanager_url = f"http://alertmanager.{ns}.svc:9093"
     kafka_bootstrap = f"cct-kafka-bootstrap.{ns}.svc:{KAFKA_TLS_PORT}"
 
     def kafka_env(handler: str) -> dict[str, str]:
@@ -311,6 +315,18 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         },
         opts=in_cluster,
     )
+    alertmanager_args = AlertmanagerArgs(
+        namespace=ns,
+        config_yaml=content.alertmanager_config,
+        secret_files={PurePosixPath(content.alertmanager_token_file).name: bridge_token},
+        clients=[pod("vmalert"), pod("detector"), grafana_pods],
+        replicas=3 if ha else 1,
+        high_availability=ha,
+        storage_class=settings.storage_class,
+    )
+    # Replicas gossip silences and notifications, not alerts: the detector and vmalert post
+    # every alert to every replica, not to the Service (which picks one).
+    alertmanager_urls = alertmanager_args.replica_urls()
     # The billing loader reads the AWS FOCUS export (the only export it reads from object
     # storage); without AWS there is nothing for it to load.
     billing_loader = (
@@ -361,7 +377,9 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                         "CCT_COLLECTOR_TOKEN": SecretEnv("cct-handler-secrets", "collector-token"),
                     },
                     clients=[pod("fluent-bit")],
-                    internet=True,
+                    # No internet egress: it talks to PostgreSQL, VictoriaMetrics and Vault
+                    # only. Its AWS inventory sync (CCT_COLLECTOR_SYNC_*, off by default)
+                    # is not switched on by the bundle, which gives it no AWS identity.
                     resources=kube.Resources("250m", "256Mi", "2", "1Gi"),
                     vault_agent=vault_agent("collector"),
                 ),
@@ -373,7 +391,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     singleton=True,
                     env={
                         "CCT_VM_READ_URL": vm_read_url,
-                        "CCT_ALERTMANAGER_URL": alertmanager_url,
+                        "CCT_ALERTMANAGER_URL": ",".join(alertmanager_urls),
                         **pg_dsn_env,
                     },
                     resources=kube.Resources("500m", "512Mi", "2", "2Gi"),
@@ -474,7 +492,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 ALERTMANAGER_PORT, KAFKA_METRICS_PORT, PG_METRICS_PORT,
             ],
             rules=content.vmalert_rules,
-            alertmanager_url=alertmanager_url,
+            alertmanager_urls=alertmanager_urls,
             writers=[pod("collector"), pod("billing-loader")],
             readers=[pod("detector"), pod("billing-loader"), grafana_pods],
             storage_class=settings.storage_class,
@@ -483,18 +501,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         ),
         opts=in_cluster,
     )  # fmt: skip
-    alertmanager = Alertmanager(
-        "alertmanager",
-        AlertmanagerArgs(
-            namespace=ns,
-            config_yaml=content.alertmanager_config,
-            secret_files={PurePosixPath(content.alertmanager_token_file).name: bridge_token},
-            clients=[pod("vmalert"), pod("detector"), grafana_pods],
-            replicas=3 if ha else 1,
-            high_availability=ha,
-        ),
-        opts=in_cluster,
-    )
+    alertmanager = Alertmanager("alertmanager", alertmanager_args, opts=in_cluster)
     step_env = {
         "VAULT_ADDR": vault_address,
         "CCT_STEP_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
@@ -510,6 +517,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             workflow_templates=content.workflow_templates,
             trigger_service_account="trigger",
             workflow_service_account=STEPS_SERVICE_ACCOUNT,
+            apiserver_cidrs=settings.apiserver_cidrs,
             step_env=step_env,
             step_secret_env={
                 "CCT_PG_DSN": pulumi.Output.concat(
@@ -538,7 +546,12 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             clients_namespace=ns,
             access=vault_access(settings),
             configure=settings.vault.configure,
-            aws=VaultAwsEngine(region=settings.aws.region) if settings.aws else None,
+            # Vault runs as the role the CCT roles trust (IRSA), with no static key.
+            aws=VaultAwsEngine(
+                region=settings.aws.region, role_arn=settings.aws.vault_principal_arn
+            )
+            if settings.aws
+            else None,
             azure=VaultAzureEngine(
                 subscription_id=settings.azure.subscription_id,
                 tenant_id=settings.azure.tenant_id,
@@ -558,6 +571,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 roles=database_roles(settings),
             ),
             high_availability=ha,
+            storage_class=settings.storage_class,
         ),
         opts=pulumi.ResourceOptions(
             providers=[k8s_provider, *vault_providers], depends_on=[app_ns, platform_ns]

@@ -114,6 +114,13 @@ ANNOTATIONS = (
 )
 OPTIONAL_ANNOTATIONS = (A_ESCALATED_FROM, A_SUPERSEDED_BY)
 
+# Labels whose value changes during one incident: the detector raises an open incident's
+# severity (A_ESCALATED_FROM) and keeps its other labels and its startsAt. That new label set
+# is a new alert to Alertmanager (new fingerprint, new event id), yet the same cause, so what
+# names the incident (`lambdas.events.cloudevents.incident_id`, and through it the trigger's
+# workflow per playbook) leaves these out.
+ESCALATING_LABELS = ("severity",)
+
 # CloudEvents (1.0, structured JSON mode) on Kafka.
 EVENT_SOURCE_BRIDGE = "/cct/bridge"
 EVENT_SOURCE_TRIGGER = "/cct/trigger"

@@ -51,6 +51,7 @@ from lambdas.common.settings import (
 )
 from lambdas.common.vm import Sample, VictoriaMetrics, VMError
 from lambdas.store import billing as store
+from lambdas.store.db import CONNECTION_LIVENESS
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,9 @@ def load(
     started = time.perf_counter()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cct-billing-")))
-        conn = stack.enter_context(psycopg.connect(settings.pg_dsn, autocommit=True))
+        conn = stack.enter_context(
+            psycopg.connect(settings.pg_dsn, autocommit=True, **CONNECTION_LIVENESS)
+        )
         try:
             files = resolve(locations, tmp)
             digests = sorted(_sha256(p) for _, p in files)

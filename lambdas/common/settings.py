@@ -6,9 +6,11 @@ Each handler declares a frozen dataclass of its own settings; the helpers here r
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from lambdas.common.pg import DsnSource
@@ -30,9 +32,14 @@ def env_float(name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        # float() takes "nan" and "inf": a nan interval made a loop that never sleeps, a nan
+        # eviction age kept every vanished series for ever (every comparison is False).
+        raise SettingsError(f"{name}={raw!r} is not a finite number")
+    return value
 
 
 def env_int(name: str, default: int) -> int:
@@ -96,8 +103,48 @@ def vm_read_url() -> str:
 
 
 def alertmanager_url() -> str:
-    """Alertmanager's base URL (CCT_ALERTMANAGER_URL), where the detector posts its alerts."""
-    return env_str("CCT_ALERTMANAGER_URL", "http://127.0.0.1:19093").rstrip("/")
+    """Alertmanager's base URL (CCT_ALERTMANAGER_URL), where the detector posts its alerts;
+    with several replicas (high availability) every replica's own URL, comma-separated:
+    replicas gossip silences and notifications but not alerts, so each alert is posted to all
+    of them."""
+    raw = env_str("CCT_ALERTMANAGER_URL", "http://127.0.0.1:19093")
+    return ",".join(alertmanager_urls(raw))
+
+
+_ALERTMANAGER_URL = "CCT_ALERTMANAGER_URL"
+
+
+def alertmanager_urls(value: str) -> tuple[str, ...]:
+    """The base URLs in a value of the Alertmanager URL setting (see `alertmanager_url`)."""
+    return url_list(_ALERTMANAGER_URL, value)
+
+
+def url_list(name: str, value: str) -> tuple[str, ...]:
+    """`value` as comma-separated base URLs, `http(s)://host[:port][/path]` each, without a
+    trailing slash; an error naming `name` for an empty, repeated or malformed one. No user
+    info: the URLs are logged and label metrics."""
+    urls: list[str] = []
+    for part in value.split(","):
+        url = part.strip().rstrip("/")
+        try:
+            parsed = urlsplit(url)
+            ok = (
+                parsed.scheme in {"http", "https"}
+                and bool(parsed.hostname)
+                and "@" not in parsed.netloc
+                and not parsed.query
+                and not parsed.fragment
+            )
+            parsed.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            ok = False
+        if not ok:
+            shown = "a URL with user info" if "@" in url else repr(url)  # never a password
+            raise SettingsError(f"{name}: {shown} is not an http(s)://host[:port] base URL")
+        if url in urls:
+            raise SettingsError(f"{name}: {url!r} is listed twice")
+        urls.append(url)
+    return tuple(urls)
 
 
 def kafka_bootstrap() -> str:

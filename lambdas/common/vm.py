@@ -12,6 +12,7 @@ is both bases. The single-node API paths are appended to either base.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import re
@@ -96,8 +97,10 @@ class VictoriaMetrics:
         except urllib.error.HTTPError as exc:
             body = exc.read()[:500].decode(errors="replace")
             raise VMError(f"{path}: HTTP {exc.code}: {body}", retryable=exc.code >= 500) from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise VMError(f"{path}: {exc}", retryable=True) from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # HTTPException: a body cut short (IncompleteRead) or a garbled status line, from
+            # VictoriaMetrics restarting mid-answer or a proxy in front of it.
+            raise VMError(f"{path}: {type(exc).__name__}: {exc}", retryable=True) from exc
 
     def import_samples(self, samples: Iterable[Sample]) -> None:
         payload = format_prometheus(samples)
@@ -137,8 +140,17 @@ class VictoriaMetrics:
 
     @staticmethod
     def _result(raw: bytes) -> list[dict[str, Any]]:
-        doc = json.loads(raw)
-        if doc.get("status") != "success":
-            raise VMError(f"query failed: {doc.get('error')}", retryable=False)
-        result = doc["data"]["result"]
+        """The result rows. Label values are whatever bytes were written: one that is not
+        UTF-8 is read with U+FFFD in place of the bad bytes, so one such series cannot fail
+        every query that returns it. An answer that is not a query result (a proxy's HTML
+        page) is a retryable VMError."""
+        try:
+            doc = json.loads(raw.decode("utf-8", errors="replace"))
+            status, error = doc.get("status"), doc.get("error")
+            if status == "success":
+                result = doc["data"]["result"]
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+            raise VMError(f"not a query result: {raw[:200]!r}", retryable=True) from exc
+        if status != "success":
+            raise VMError(f"query failed: {error}", retryable=False)
         return list(result) if isinstance(result, list) else [result]

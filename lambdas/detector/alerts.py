@@ -3,10 +3,13 @@ small Alertmanager v2 client."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +17,7 @@ from lambdas import contract as c
 from lambdas.detector.config import SeriesKey
 from lambdas.events.cloudevents import EventLimits
 
+log = logging.getLogger("cct.detector")
 ALERTNAME = c.ALERTNAME
 FNV64_OFFSET = 14695981039346656037
 FNV64_PRIME = 1099511628211
@@ -127,32 +131,150 @@ def json_within(items: Sequence[Mapping[str, Any]], limit: int | None = None) ->
 
 
 class Alertmanager:
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+    """Alertmanager's v2 API at one or more replicas of one cluster.
 
-    def _call(self, path: str, body: bytes | None = None) -> bytes:
-        req = urllib.request.Request(  # noqa: S310 - URL from our own settings
-            f"{self.base_url}{path}",
-            data=body,
-            method="POST" if body is not None else "GET",
-            headers={"Content-Type": "application/json"},
-        )
+    Replicas gossip silences and the notification log but not alerts, so every alert goes to
+    every replica (as Prometheus does, one target per replica): a resolve or an escalation
+    that reaches only one leaves the others firing the old alert until its endsAt, and a
+    replica the resends miss resolves and re-fires it. A post is delivered once one replica
+    took it (the gossiped notification log keeps the others from notifying it again); what a
+    replica missed is sent to it again, ahead of the next post, so it catches up within a
+    cycle of coming back. `on_replica_error(url, error)` hears of every failed replica."""
+
+    def __init__(
+        self,
+        base_urls: str | Sequence[str],
+        timeout: float = 5.0,
+        on_replica_error: Callable[[str, AlertmanagerError], None] | None = None,
+        max_missed: int = 1000,
+    ) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        self.base_urls = tuple(u.rstrip("/") for u in urls)
+        if not self.base_urls:
+            raise ValueError("Alertmanager needs at least one base URL")
+        self.timeout = timeout
+        self.on_replica_error = on_replica_error
+        self.max_missed = max_missed
+        # Per replica, the newest version of each alert it missed while another took it.
+        self.missed: dict[str, dict[tuple[tuple[str, str], ...], Mapping[str, Any]]] = {
+            u: {} for u in self.base_urls
+        }
+        self.failing: set[str] = set()
+
+    def _call(self, base_url: str, path: str, body: bytes | None = None) -> bytes:
+        where = f"{base_url}{path}"
         try:
+            req = urllib.request.Request(  # noqa: S310 - URL from our own settings
+                where,
+                data=body,
+                method="POST" if body is not None else "GET",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 return bytes(resp.read())
         except urllib.error.HTTPError as exc:
-            text = exc.read()[:500].decode(errors="replace")
+            try:
+                text = exc.read()[:500].decode(errors="replace")
+            except (http.client.HTTPException, OSError, ValueError):
+                text = ""
             raise AlertmanagerError(
-                f"{path}: HTTP {exc.code}: {text}", retryable=exc.code >= 500
+                f"{where}: HTTP {exc.code}: {text}", retryable=exc.code >= 500
             ) from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise AlertmanagerError(f"{path}: {exc}", retryable=True) from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            # A connection cut mid-answer (IncompleteRead, RemoteDisconnected) or a garbled
+            # one is this replica's failure; raised as it was, IncompleteRead ended the
+            # detector.
+            raise AlertmanagerError(
+                f"{where}: {type(exc).__name__}: {exc}", retryable=True
+            ) from exc
 
     def post(self, alerts: Sequence[Mapping[str, Any]]) -> None:
-        if alerts:
-            self._call("/api/v2/alerts", json.dumps(list(alerts)).encode())
+        """Post to every replica; raise AlertmanagerError only when none took the alerts
+        (retryable unless one of them refused them). With no alerts, only what a replica
+        missed is sent again."""
+        batch = list(alerts)
+        targets = [u for u in self.base_urls if batch or self.missed[u]]
+        if not targets:
+            return
+        errors = self._each(targets, batch)
+        for url in targets:
+            exc = errors.get(url)
+            if exc is None:
+                self.missed[url].clear()
+                if url in self.failing:
+                    self.failing.discard(url)
+                    log.info("alertmanager replica recovered", extra={"replica": url})
+                continue
+            if self.on_replica_error is not None:
+                self.on_replica_error(url, exc)
+            if not exc.retryable:
+                # Refused: sending the same alerts again would be refused again.
+                self.missed[url].clear()
+                log.error(
+                    "alertmanager replica refused alerts",
+                    extra={"replica": url, "error": str(exc), "alerts": len(batch)},
+                )
+            elif url not in self.failing:
+                self.failing.add(url)
+                log.warning(
+                    "alertmanager replica failing", extra={"replica": url, "error": str(exc)}
+                )
+        delivered = len(errors) < len(targets)
+        if delivered or not batch:
+            for url, exc in errors.items():
+                if exc.retryable:
+                    self._remember(url, batch)
+            return
+        # Nobody took the batch: it stays the caller's to send again, to every replica. A
+        # refusal by one makes it a refusal, so the caller posts the alerts one by one and
+        # only the refused ones are dropped, instead of one bad alert holding back every page
+        # for as long as another replica is down.
+        raise AlertmanagerError(
+            "; ".join(str(e) for e in errors.values()),
+            retryable=all(e.retryable for e in errors.values()),
+        )
+
+    def _each(
+        self, targets: Sequence[str], batch: Sequence[Mapping[str, Any]]
+    ) -> dict[str, AlertmanagerError]:
+        def one(url: str) -> AlertmanagerError | None:
+            body = [*self.missed[url].values(), *batch]
+            try:
+                self._call(url, "/api/v2/alerts", json.dumps(body).encode())
+            except AlertmanagerError as exc:
+                return exc
+            return None
+
+        if len(targets) == 1:
+            results = [one(targets[0])]
+        else:
+            # In parallel: a replica that hangs costs the cycle one timeout, not one each.
+            with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+                results = list(pool.map(one, targets))
+        return {url: exc for url, exc in zip(targets, results, strict=True) if exc is not None}
+
+    def _remember(self, url: str, batch: Sequence[Mapping[str, Any]]) -> None:
+        missed = self.missed[url]
+        for alert in batch:
+            key = tuple(sorted(alert.get("labels", {}).items()))
+            missed.pop(key, None)  # the newest version last, as it was posted
+            missed[key] = alert
+        while len(missed) > self.max_missed:
+            del missed[next(iter(missed))]
 
     def alerts(self) -> list[dict[str, Any]]:
-        result = json.loads(self._call("/api/v2/alerts"))
-        return list(result)
+        """The alerts of the first replica that answers."""
+        errors = []
+        for url in self.base_urls:
+            try:
+                result = json.loads(self._call(url, "/api/v2/alerts"))
+            except AlertmanagerError as exc:
+                errors.append(exc)
+                continue
+            except ValueError as exc:  # not JSON, or not UTF-8
+                errors.append(AlertmanagerError(f"{url}/api/v2/alerts: {exc}", retryable=True))
+                continue
+            if isinstance(result, list):
+                return result
+            errors.append(AlertmanagerError(f"{url}/api/v2/alerts: not a list", retryable=True))
+        raise AlertmanagerError("; ".join(str(e) for e in errors), retryable=True)

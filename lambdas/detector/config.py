@@ -6,6 +6,7 @@ live detector would have alerted on with the same settings.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -65,6 +66,11 @@ class SeriesKey(NamedTuple):
         team = f"team {lb['team']}" if lb["team"] else ""
         context = ", ".join(v for v in (lb["service_name"], lb["region_id"], team) if v)
         return f"{lb['resource_id']} ({context})" if context else lb["resource_id"]
+
+
+def _var(field_name: str) -> str:
+    """The variable that sets a field (`DetectionConfig.from_env`'s default prefix)."""
+    return f"CCT_DETECTOR_{field_name.upper()}"
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,14 @@ class DetectionConfig:
     critical_deviation: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            # Settings built in code (the backtest's flags) do not pass env_float's check.
+            if not math.isfinite(getattr(self, f.name)):
+                raise SettingsError(f"{_var(f.name)} must be a finite number")
+        self._check_signs()
+        self._check_ranges()
+
+    def _check_signs(self) -> None:
         positive = [
             "false_incidents_per_month",
             "day0_window_s",
@@ -172,7 +186,7 @@ class DetectionConfig:
         ]
         for name in positive:
             if getattr(self, name) <= 0:
-                raise SettingsError(f"detection setting {name} must be > 0")
+                raise SettingsError(f"{_var(name)} must be > 0")
         non_negative = [
             "sensitivity",
             "resolve_after_s",
@@ -184,23 +198,25 @@ class DetectionConfig:
         ]
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise SettingsError(f"detection setting {name} must be >= 0")
+                raise SettingsError(f"{_var(name)} must be >= 0")
+
+    def _check_ranges(self) -> None:
         if not 0 <= self.record_rank <= 21:
-            raise SettingsError("detection setting record_rank must be in [0, 21]")
+            raise SettingsError(f"{_var('record_rank')} must be in [0, 21]")
         if not self.record_margin > 0:
-            raise SettingsError("detection setting record_margin must be > 0")
+            raise SettingsError(f"{_var('record_margin')} must be > 0")
         for name in ("report_decreases", "local_step"):
             if getattr(self, name) not in (0, 1):
-                raise SettingsError(f"detection setting {name} must be 0 or 1")
+                raise SettingsError(f"{_var(name)} must be 0 or 1")
         for name in ("hold_fraction", "root_cause_share"):
             if not 0 < getattr(self, name) <= 1:
-                raise SettingsError(f"detection setting {name} must be in (0, 1]")
+                raise SettingsError(f"{_var(name)} must be in (0, 1]")
         if self.evict_after_s < self.stale_after_s:
-            raise SettingsError("detection setting evict_after_s must be >= stale_after_s")
-        if self.resolve_after_ticks < 1 or self.history_weeks < self.weekly_min_weeks:
-            raise SettingsError(
-                "resolve_after_ticks must be >= 1 and history_weeks >= weekly_min_weeks"
-            )
+            raise SettingsError(f"{_var('evict_after_s')} must be >= {_var('stale_after_s')}")
+        if self.resolve_after_ticks < 1:
+            raise SettingsError(f"{_var('resolve_after_ticks')} must be >= 1")
+        if self.history_weeks < self.weekly_min_weeks:
+            raise SettingsError(f"{_var('history_weeks')} must be >= {_var('weekly_min_weeks')}")
 
     def min_impact(self, level: str) -> float:
         """The absolute materiality floor of a level in $/h."""

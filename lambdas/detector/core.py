@@ -481,6 +481,18 @@ class Engine:
             out.append(i)
         return np.asarray(out, dtype=np.int64)
 
+    def rename(self, old: SeriesKey, new: SeriesKey) -> bool:
+        """Carry `old`'s state (history, noise, records) over to `new`: the same series
+        under new labels (a resource re-tagged). Refused (False) when `old` is unknown or has
+        an open incident (its alert is labelled with the old key), or `new` is known."""
+        row = self._index.get(old)
+        if row is None or new in self._index or self.is_open[row]:
+            return False
+        del self._index[old]
+        self.keys[row] = new
+        self._index[new] = row
+        return True
+
     @property
     def size(self) -> int:
         """Slots in use or free: the length of every per-series array that is evaluated."""

@@ -8,7 +8,9 @@ do), with the aggregate incidents it explains as its ancestors (context, not fur
 `ReportBook` is the pure bookkeeping shared by the live detector (`service.Detector`) and
 `cct backtest` (`lambdas.backtest.run`); each drives it once per evaluation with the engine's
 transitions and hands it a function that attributes an aggregate's increase (the live shell
-drills down in VictoriaMetrics and reads change events; the backtest reads its matrix).
+drills down in VictoriaMetrics and reads change events; the backtest reads its matrix). An
+attribution that could not be read in full is no evidence that nothing explains an
+aggregate: its report waits for one (`Attribution.unread`, `MAX_UNREAD_TRIES`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,25 @@ DEPTH = {"resource": 0, "service": 1, "team": 1, "account": 2}
 
 
 @dataclass(frozen=True)
+class Unread:
+    """A part of an attribution that could not be read: the dependency that failed, why, and
+    whether asking again can succeed (a timeout can; a query refused as invalid cannot)."""
+
+    dependency: str
+    error: str
+    retryable: bool
+
+    def describe(self) -> str:
+        return f"{self.dependency}: {self.error}"
+
+
+@dataclass(frozen=True)
 class Attribution:
-    """What explains an aggregate's increase."""
+    """What explains an aggregate's increase. `unread` names the parts that could not be read
+    (the live drill-down in VictoriaMetrics, the change events in PostgreSQL): what is shown
+    is then all that is known, and nothing shown is no evidence that nothing explains it
+    (`ReportBook` waits for a complete one: `MAX_UNREAD_TRIES`). The backtest's is always
+    complete."""
 
     contributors: list[Contributor]  # the largest growers of each child level (shown)
     events: list[ChangeEvent]
@@ -47,6 +66,11 @@ class Attribution:
     # not from the shown few. Grouped only when asked, once per level.
     resources: Sequence[Child]
     _by_level: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    unread: tuple[Unread, ...] = field(default=(), kw_only=True)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unread
 
     def share_in(self, other: SeriesKey) -> float:
         """The share of the increase carried by resources that also belong to `other`."""
@@ -96,6 +120,9 @@ class Report:
     opened_expected: float = 0.0
     # The severity this incident's alert had before an escalation, if any.
     escalated_from: str | None = None
+    # An aggregate reported as its own cause although its attribution could not be read (the
+    # fallback after `MAX_UNREAD_TRIES`): why. Then nothing is known of what explains it.
+    unread: Unread | None = None
 
     @property
     def deviation(self) -> float:
@@ -136,11 +163,32 @@ class Hooks:
     # A new report of `how` ("own", "root_cause"), with the change events linked to it.
     reported: Callable[[Report, str, Sequence[ChangeEvent]], None] = lambda r, how, ev: None
     folded: Callable[[SeriesKey], None] = lambda key: None
+    # An aggregate's attribution could not be read (`Unread`), once per run of failed tries:
+    # HELD when its report (or check) began to wait, ATTRIBUTED when a later try no longer
+    # had to (it read the attribution, or what was read explains it), FALLBACK when it was
+    # judged without it; with the tries so far. (A held incident that closes ends silently.)
+    unattributed: Callable[[SeriesKey, str, int, Unread | None], None] = (
+        lambda key, outcome, tries, why: None
+    )
 
 
 # How an aggregate was folded: into its root resources, into a reported child, or into a
-# sibling (a team into a service, or a service into a team).
-ROOT, CHILD, SIBLING = "root", "child", "sibling"
+# sibling (a team into a service, or a service into a team). WAIT: not folded, because the
+# child that carries its increase waits for its own attribution (`Held`).
+ROOT, CHILD, SIBLING, WAIT = "root", "child", "sibling", "wait"
+
+# How a run of unread attributions went (`Hooks.unattributed`).
+HELD, ATTRIBUTED, FALLBACK = "held", "attributed", "fallback"
+
+# An aggregate that nothing explains as read, when the attribution could not be read in
+# full (`Attribution.unread`: a drill-down timed out, the change events failed), is not
+# reported as its own cause: that would page once per level for one resource's step (the
+# resource, its service, team and account). It is tried again at each evaluation, up to this
+# many tries in a row (the third evaluation, 6 s later at the live 3 s cadence, plus the
+# timeouts); then it is judged without it, as before: a VictoriaMetrics broken for minutes
+# must not silence a real aggregate-level increase. An error that retrying cannot fix is
+# judged without it at once. A resource needs no attribution and never waits.
+MAX_UNREAD_TRIES = 3
 
 
 class Fold(NamedTuple):
@@ -169,6 +217,18 @@ class Streak(NamedTuple):
     checks: int = 0
     waited: int = 0
     delta: float = 0.0
+    unread: int = 0  # tries in a row whose attribution could not be read (`MAX_UNREAD_TRIES`)
+
+
+class Held(NamedTuple):
+    """An aggregate whose report waits for its attribution (`MAX_UNREAD_TRIES`): the tries in
+    a row that could not read it, why the last failed, and how it is tried again at the next
+    evaluation: as an opening (fold None), or as an orphan refolded (`_refold`, with its
+    fold)."""
+
+    tries: int
+    why: Unread
+    fold: Fold | None = None
 
 
 # The longest wait between two checks of a watched aggregate, in evaluations:
@@ -205,11 +265,14 @@ class ReportBook:
         # For each open aggregate, the ids of the root resources it was folded into that
         # were fixed since it opened: their values are the first cause, not a second one.
         self.fixed_roots: dict[SeriesKey, set[str]] = {}
+        # Aggregates whose report waits for an attribution that could not be read, tried
+        # again at the next evaluation.
+        self.held: dict[SeriesKey, Held] = {}
 
     @property
     def idle(self) -> bool:
-        """Nothing open or watched: an evaluation without transitions changes nothing."""
-        return not (self.reports or self.silent)
+        """Nothing open, watched or held: an evaluation without transitions changes nothing."""
+        return not (self.reports or self.silent or self.held)
 
     # ---------------------------------------------------------------- one evaluation
     def step(
@@ -227,9 +290,19 @@ class ReportBook:
         for tr in transitions:
             if tr.kind == "resolved":
                 orphans += self._source_closed(tr)
-        opened, found = self._opening_order(transitions, open_now, now)
-        for tr in opened:
-            posted.update(self._open(open_now[tr.key], now, found.get(tr.key)))
+        # Held aggregates still open and not reported are tried again: openings with this
+        # evaluation's, orphans with its orphans.
+        self.held = {
+            k: h
+            for k, h in self.held.items()
+            if k in open_now and k not in self.reports and k not in self.folded
+        }
+        opening = [tr.key for tr in transitions if tr.kind == "opened"]
+        opening += [k for k, h in self.held.items() if h.fold is None and k not in opening]
+        orphans += [(k, h.fold) for k, h in self.held.items() if h.fold is not None]
+        opened, found = self._opening_order(opening, open_now, now)
+        for key in opened:
+            posted.update(self._open(open_now[key], now, found.get(key)))
         for key in self.folded:  # ancestors show their current figures
             if key in open_now:
                 for report_key in self.folded[key]:
@@ -354,21 +427,20 @@ class ReportBook:
     # ---------------------------------------------------------------- incidents opening
     def _opening_order(
         self,
-        transitions: Sequence[Transition],
+        opened: Sequence[SeriesKey],
         open_now: Mapping[SeriesKey, OpenIncident],
         now: float,
-    ) -> tuple[list[Transition], dict[SeriesKey, Attribution]]:
-        """The incidents opened this cycle, deepest first, so an aggregate finds the report of
-        what explains it. Services and teams are siblings: of those opening together, the
-        one whose resources hold most of the others' increases goes first, and they fold into
-        it (a team growing across two services is one incident, the team's; a team within
-        one service is its service's, services first on a tie). Their attributions, made
-        once here."""
-        opened = [tr for tr in transitions if tr.kind == "opened"]
+    ) -> tuple[list[SeriesKey], dict[SeriesKey, Attribution]]:
+        """The incidents opened this cycle (and those held, tried again), deepest first, so
+        an aggregate finds the report of what explains it. Services and teams are siblings:
+        of those opening together, the one whose resources hold most of the others'
+        increases goes first, and they fold into it (a team growing across two services is
+        one incident, the team's; a team within one service is its service's, services first
+        on a tie). Their attributions, made once here."""
         found = {
-            tr.key: self.attribute(tr.key, open_now[tr.key].started_at, now)
-            for tr in opened
-            if DEPTH[tr.key.level] == 1 and tr.key not in self.reports
+            key: self.attribute(key, open_now[key].started_at, now)
+            for key in opened
+            if DEPTH[key.level] == 1 and key not in self.reports
         }
 
         def holds(key: SeriesKey) -> int:
@@ -381,7 +453,7 @@ class ReportBook:
                 if other.level != key.level and f.share_in(key) >= share
             )
 
-        order = sorted(opened, key=lambda t: (DEPTH[t.key.level], -holds(t.key), t.key.level))
+        order = sorted(opened, key=lambda k: (DEPTH[k.level], -holds(k), k.level))
         return order, found
 
     def _open(
@@ -389,18 +461,27 @@ class ReportBook:
     ) -> list[SeriesKey]:
         """Report a newly opened engine incident: as its own report, or folded into the
         reports of the resources (or the child, or the sibling) that explain it. The reports
-        it touched."""
+        it touched. An aggregate that nothing explains as read waits when its attribution
+        could not be read (`_waits`): held, and tried again at the next evaluation."""
         key = inc.key
+        held = self.held.pop(key, None)
         if key in self.reports:  # a root cause found earlier, or adopted at a restart
             report = self.reports[key]
             report.own, report.adopted = True, False
             return [key]
         found = found or self.attribute(key, inc.started_at, now)
+        unread = None
         if key.level != "resource":
-            targets, _ = self._fold(inc, found, now)
+            targets, kind = self._fold(inc, found, now)
+            wait = self._waits(key, found, kind, bool(targets), held.tries if held else 0)
             if targets:
                 return targets
-        self._new_report(key, inc, inc, (found.contributors, found.events), now=now, how="own")
+            if isinstance(wait, Held):
+                self.held[key] = wait
+                return []
+            unread = wait
+        found_now = (found.contributors, found.events)
+        self._new_report(key, inc, inc, found_now, now=now, how="own", unread=unread)
         return [key]
 
     def _refold(self, inc: OpenIncident, fold: Fold | None, now: float) -> list[SeriesKey]:
@@ -418,14 +499,28 @@ class ReportBook:
         if its own increase is still there: its rule holds and it keeps `hold_fraction` of
         its increase when folded. When a rise ends, the smaller of two siblings can stay
         open for hours after the larger resolved (its relative rise is larger), on its way
-        down: that is no news (it is not watched: `_recheck`)."""
+        down: that is no news (it is not watched: `_recheck`). Reported on its own only with
+        its attribution read (`_waits`): held until then, and tried again."""
+        held = self.held.pop(inc.key, None)
         found = self.attribute(inc.key, inc.started_at, now)
-        targets, _ = self._fold(inc, found, now, orphaned=True)
-        if targets or fold is None or fold.kind != SIBLING:
+        targets, kind = self._fold(inc, found, now, orphaned=True)
+        own = (
+            not targets
+            and fold is not None
+            and fold.kind == SIBLING
+            and inc.normal_ticks == 0
+            and inc.delta >= self.cfg.hold_fraction * fold.delta
+        )
+        if not own and held is None:
             return targets
-        if inc.normal_ticks > 0 or inc.delta < self.cfg.hold_fraction * fold.delta:
+        wait = self._waits(inc.key, found, kind, not own, held.tries if held else 0)
+        if not own:
             return targets
-        self._new_report(inc.key, inc, inc, (found.contributors, found.events), now=now, how="own")
+        if isinstance(wait, Held):
+            self.held[inc.key] = wait._replace(fold=fold)
+            return []
+        found_now = (found.contributors, found.events)
+        self._new_report(inc.key, inc, inc, found_now, now=now, how="own", unread=wait)
         return [inc.key]
 
     def _recheck(self, open_now: Mapping[SeriesKey, OpenIncident], now: float) -> list[SeriesKey]:
@@ -441,9 +536,10 @@ class ReportBook:
         (`_grown`): a rollup read a few cycles late still carries the deleted resource,
         which its resources no longer show. A value on its way down after the fix holds its
         incident at the hysteresis threshold but does not fire, so it stays silent. A check
-        that finds nothing doubles the wait for the next (`Streak`). Deepest first, so an
-        account folds into the service or team reported in the same evaluation. The reports
-        it touched."""
+        that finds nothing doubles the wait for the next (`Streak`); one that could not read
+        the attribution is no check, and is asked again at the next evaluation (`_waits`).
+        Deepest first, so an account folds into the service or team reported in the same
+        evaluation. The reports it touched."""
         posted: list[SeriesKey] = []
         for key in sorted(self.silent, key=lambda k: (DEPTH[k.level], k.level)):
             inc = open_now.get(key)
@@ -481,9 +577,13 @@ class ReportBook:
             # largest can be a wobble while the increase is elsewhere (new resources, whose
             # expected value catches up within minutes, show none of the growth they carry).
             targets, kind = self._fold(inc, found, now, orphaned=True, guarded=not grown)
+            unread = self._waits(key, found, kind, bool(targets), streak.unread)
+            if isinstance(unread, Held):  # no check: asked again at the next evaluation
+                self.silent[key] = streak._replace(unread=unread.tries)
+                continue
             if not targets and kind != ROOT and grown:
                 found_now = (found.contributors, found.events)
-                self._new_report(key, inc, inc, found_now, now=now, how="own")
+                self._new_report(key, inc, inc, found_now, now=now, how="own", unread=unread)
                 targets = [key]
             if targets:
                 del self.silent[key]
@@ -539,7 +639,8 @@ class ReportBook:
         """The reports that explain an aggregate's increase (created when new), and how: its
         root resources, else a reported child with most of the increase, else a sibling
         reported as its own cause whose resources carry most of it; empty when it is diffuse
-        and so its own cause (empty and ROOT: roots explain it, none to be reported now). Of
+        and so its own cause (empty and ROOT: roots explain it, none to be reported now; empty
+        and WAIT: a child with most of it is held, and may be reported yet). Of
         an `orphaned` aggregate (what explained it was fixed), the root resources fixed since
         it opened are its first cause, not a new one. `guarded`: roots not yet reported are
         reported only if the roots carry `root_cause_share` of the aggregate's increase
@@ -582,6 +683,8 @@ class ReportBook:
             reported = [ckey] if ckey in self.reports else sorted(self.folded.get(ckey, ()))
             if reported:
                 return reported, CHILD
+            if ckey in self.held:  # it may be reported yet: this one folds into it then
+                return [], WAIT
         return self._sibling(inc.key, found), SIBLING
 
     def _sibling(self, key: SeriesKey, found: Attribution) -> list[SeriesKey]:
@@ -597,6 +700,36 @@ class ReportBook:
         share, best = max(shares, default=(0.0, key))
         return [best] if share >= self.root_cause_share else []
 
+    def _waits(
+        self, key: SeriesKey, found: Attribution, kind: str, explained: bool, tried: int
+    ) -> Held | Unread | None:
+        """Whether an aggregate's report waits for its attribution, after `tried` tries in a
+        row that could not read it. Nothing explains it as read (not `explained`, `kind`
+        from `_explained_by`), but what could not be read may (`Attribution.unread`: a
+        drill-down that timed out shows no contributors at all, missing change events hide
+        the resources too new to be served), or a child that carries its increase is held:
+        then it is no evidence that the aggregate is its own cause. A `Held` (this try
+        counted) while it waits; after `MAX_UNREAD_TRIES` tries, or at once when retrying
+        cannot help, the `Unread` it is judged without (as if nothing explained it); None
+        when its attribution was read in full, or what was read explains it."""
+        why = found.unread[0] if found.unread else None
+        if found.unread and not all(u.retryable for u in found.unread):
+            why = next(u for u in found.unread if not u.retryable)
+        elif kind == WAIT:
+            held = [h.why for k, h in self.held.items() if k != key and key.contains(k)]
+            why = held[0] if held else Unread("detector", "a child waits for its own", True)
+        if explained or kind == ROOT or why is None:
+            if tried:
+                self.hooks.unattributed(key, ATTRIBUTED, tried + 1, None)
+            return None
+        tries = tried + 1
+        if why.retryable and tries < MAX_UNREAD_TRIES:
+            if not tried:
+                self.hooks.unattributed(key, HELD, tries, why)
+            return Held(tries, why)
+        self.hooks.unattributed(key, FALLBACK, tries, why)
+        return why
+
     def _new_report(
         self,
         key: SeriesKey,
@@ -606,10 +739,11 @@ class ReportBook:
         *,
         now: float,
         how: str,
+        unread: Unread | None = None,
     ) -> Report:
         """A new report of `key`, with the rule, severity and start of the engine incident
         that made it (its own, or the aggregate's it explains), and `found`: its contributors
-        and change events."""
+        and change events (`unread`: why they could not be read)."""
         contributors, events = found
         report = Report(
             key=key,
@@ -626,6 +760,7 @@ class ReportBook:
             last_seen=now,
             opened_delta=figures.observed - figures.expected,
             opened_expected=figures.expected,
+            unread=unread,
         )
         self.reports[key] = report
         self.hooks.reported(report, how, events)

@@ -55,7 +55,16 @@ from lambdas.detector.config import (
     SeriesKey,
 )
 from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
-from lambdas.detector.reports import DEPTH, Attribution, Hooks, Report, ReportBook
+from lambdas.detector.reports import (
+    DEPTH,
+    FALLBACK,
+    HELD,
+    Attribution,
+    Hooks,
+    Report,
+    ReportBook,
+    Unread,
+)
 from lambdas.detector.rules import ROLLUP_METRIC, selector
 from lambdas.store import anomalies as store
 from lambdas.store.db import StoreError, connect, translate_errors
@@ -69,6 +78,7 @@ class DetectorSettings:
     # VictoriaMetrics base URL of the queries (CCT_VM_READ_URL, else CCT_VM_URL): the detector
     # only reads.
     vm_url: str
+    # One Alertmanager URL, or every replica's, comma-separated: each alert goes to all.
     alertmanager_url: str
     # CCT_PG_DSN_FILE (a DSN file Vault Agent keeps current, re-read on every connect) or
     # CCT_PG_DSN.
@@ -115,11 +125,15 @@ class DetectorSettings:
             raise env.SettingsError("CCT_DETECTOR_NEW_RESOURCE_WINDOW_S must be >= 0")
         if self.basis not in {"list", "reconciled"}:
             raise env.SettingsError("CCT_DETECTOR_BASIS must be list or reconciled")
-        if self.interval_s <= 0 or self.resend_s <= 0 or self.alert_ttl_s <= self.resend_s:
-            raise env.SettingsError(
-                "CCT_DETECTOR_INTERVAL_S and CCT_DETECTOR_RESEND_S must be > 0 and "
-                "CCT_DETECTOR_ALERT_TTL_S > CCT_DETECTOR_RESEND_S"
-            )
+        env.alertmanager_urls(self.alertmanager_url)
+        for name in ("interval_s", "resend_s", "header_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise env.SettingsError(f"CCT_DETECTOR_{name.upper()} must be > 0")
+        if self.alert_ttl_s <= self.resend_s:
+            raise env.SettingsError("CCT_DETECTOR_ALERT_TTL_S must be > CCT_DETECTOR_RESEND_S")
+        for name in ("event_lookback_s", "bootstrap_hours"):
+            if getattr(self, name) < 0:
+                raise env.SettingsError(f"CCT_DETECTOR_{name.upper()} must be >= 0")
 
     @classmethod
     def from_env(cls) -> DetectorSettings:
@@ -178,6 +192,11 @@ class Metrics:
         self.errors = Counter(
             "cct_detector_errors", "Failed calls, by dependency.", ["dependency"], registry=r
         )
+        self.relabelled = Counter(
+            "cct_detector_relabelled_resources",
+            "Resources whose labels changed (a re-tag), followed as the same series.",
+            registry=r,
+        )
         self.rejected = Counter(
             "cct_detector_rejected_series",
             "Series skipped because a label value held the key separator.",
@@ -191,6 +210,13 @@ class Metrics:
         self.posted = Counter(
             "cct_detector_alerts_posted", "Alerts posted to Alertmanager.", registry=r
         )
+        self.replica_errors = Counter(
+            "cct_detector_alertmanager_replica_errors",
+            "Posts an Alertmanager replica failed or refused, by replica URL; the alerts count "
+            "as posted once another replica took them, and the failed one gets them again.",
+            ["replica"],
+            registry=r,
+        )
         self.reported = Counter(
             "cct_detector_reports",
             "Incidents reported (one alert each), by level and how: own (the series' own "
@@ -203,6 +229,16 @@ class Metrics:
             "cct_detector_folded_incidents",
             "Aggregate incidents reported as context (ancestors) of the resources or children "
             "that explain them instead of as incidents of their own.",
+            registry=r,
+        )
+        self.unattributed = Counter(
+            "cct_detector_unattributed_incidents",
+            "Aggregate incidents whose report (or watch check) waited because their "
+            "attribution could not be read (drill-down or change events failed), by outcome: "
+            "held (when the wait began), attributed (a later try no longer had to wait), "
+            "fallback (judged without it: after a few tries, or at once when retrying cannot "
+            "help).",
+            ["outcome"],
             registry=r,
         )
         self.fast_path = Counter(
@@ -277,6 +313,18 @@ class _Resolve:
 _RowOp = _Upsert | _Escalate | _Resolve
 
 
+# How long the label set a resource had before a re-tag is left out of the detector's reads:
+# VictoriaMetrics serves a series that is no longer written for up to its staleness window
+# (5 minutes by default); three times that leaves room for a late sample.
+RELABEL_HOLD_S = 900.0
+
+
+def _resource_identity(key: SeriesKey) -> tuple[str, str]:
+    """What names one resource whatever its tags: the collector's inventory key."""
+    labels = key.as_dict()
+    return labels.get("provider", ""), labels.get("resource_id", "")
+
+
 def group_query(level: str, inner: str) -> str:
     """`inner` summed per series of `level`, labelled only by its KEY_LABEL."""
     names = ", ".join(f'"{n}"' for n in LEVEL_LABELS[level])
@@ -320,12 +368,13 @@ def parse_vector(level: str, rows: Sequence[dict[str, Any]], cache: KeyCache, ou
     for row in rows:
         try:
             key = series_key(level, row["metric"], cache)
-        except ValueError:
-            out.rejected += 1
+            value = float(row["value"][1]) if key is not None else 0.0
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            out.rejected += 1  # a row that is not [labels, [time, value]]
             continue
         if key is not None:
             keys.append(key)
-            values.append(float(row["value"][1]))
+            values.append(value)
 
 
 @contextmanager
@@ -350,16 +399,26 @@ class Detector:
         self.cfg = cfg
         self.engine = Engine(cfg.detection)
         self.vm = VictoriaMetrics(cfg.vm_url, timeout=max(2.0, cfg.interval_s))
-        self.am = Alertmanager(cfg.alertmanager_url, timeout=max(2.0, cfg.interval_s))
+        self.am = Alertmanager(
+            env.alertmanager_urls(cfg.alertmanager_url),
+            timeout=max(2.0, cfg.interval_s),
+            on_replica_error=lambda url, _: self.metrics.replica_errors.labels(url).inc(),
+        )
         self.metrics = metrics or Metrics()
         self.book = ReportBook(
             cfg.detection,
             self._attribute,
-            Hooks(reported=self._reported, folded=lambda _: self.metrics.folded.inc()),
+            Hooks(
+                reported=self._reported,
+                folded=lambda _: self.metrics.folded.inc(),
+                unattributed=self._unattributed,
+            ),
         )
         self.adopted = False  # the previous run's open incidents were taken over
         # Fast path: new resources' keys -> (list run-rate, since when), until VM serves them.
         self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
+        # Resource label sets replaced by a re-tag -> when (see _follow_relabelled).
+        self.superseded: dict[SeriesKey, float] = {}
         self._changes_since: datetime | None = None
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
@@ -395,7 +454,45 @@ class Detector:
             self.metrics.rejected.inc(out.rejected)
             log.warning("series with unusable labels skipped", extra={"series": out.rejected})
         self._add_new_resources(now, out)
+        if "resource" in self.cfg.levels:
+            self._follow_relabelled(now, out)
         return out
+
+    def _follow_relabelled(self, now: float, out: Vector) -> None:
+        """A resource whose labels changed (its team or env tag) is the same resource, not a
+        new one stepping up from nothing: a re-tag paged `critical day0_step` and started a
+        playbook on an unchanged instance. Its state moves to the new labels
+        (`Engine.rename`), and the old label set, still served by VictoriaMetrics until it
+        goes stale, is left out for `RELABEL_HOLD_S`. A resource with an open incident keeps
+        it under the old labels (its alert carries them) and starts afresh under the new."""
+        self.superseded = {
+            k: since for k, since in self.superseded.items() if now - since < RELABEL_HOLD_S
+        }
+        fresh = [
+            k
+            for k in out.keys
+            if k.level == "resource" and k not in self.engine and k not in self.superseded
+        ]
+        if fresh:
+            known = {
+                _resource_identity(k): k
+                for k in self.engine.keys
+                if k.level == "resource" and k in self.engine
+            }
+            for key in fresh:
+                old = known.get(_resource_identity(key))
+                if old is not None and old != key and self.engine.rename(old, key):
+                    self.superseded[old] = now
+                    self.metrics.relabelled.inc()
+                    log.info(
+                        "resource relabelled",
+                        extra={"series": key.describe(), "before": dict(old.labels)},
+                    )
+        if self.superseded:
+            kept = [n for n, k in enumerate(out.keys) if k not in self.superseded]
+            if len(kept) < len(out.keys):
+                out.keys = [out.keys[n] for n in kept]
+                out.values = [out.values[n] for n in kept]
 
     def _fast_path(self) -> bool:
         return (
@@ -550,6 +647,8 @@ class Detector:
                 for rkey, (value, _) in self.new_resources.items():
                     if key.contains(rkey):
                         current[rkey] = value
+                for gone in self.superseded:  # a re-tagged resource's old labels, still served
+                    current.pop(gone, None)
                 old.update(self._expected(list(current)))
             children = [Child(level, k.as_dict(), old.get(k, 0.0), v) for k, v in current.items()]
             out += rank_contributors(children)
@@ -634,21 +733,43 @@ class Detector:
         self.conn = None
 
     def _attribute(self, key: SeriesKey, started: float, now: float) -> Attribution:
-        try:
-            contributors, resources = self._drill_down(key, now)
-        except VMError as exc:
-            self.metrics.errors.labels("victoriametrics").inc()
-            log.warning("drill-down failed", extra={"error": str(exc), "series": key.describe()})
-            contributors, resources = [], []
+        """What explains the increase of `key`: its drill-down (an aggregate's) and change
+        events. A part that fails is named in `Attribution.unread`, not taken for "nothing
+        explains it": the report book waits for it (`reports.MAX_UNREAD_TRIES`) and logs
+        that once per series (`_unattributed`); every failed call is counted."""
+        contributors: list[Contributor] = []
+        resources: list[Child] = []
+        unread: list[Unread] = []
+        if key.level != "resource":  # a resource's report needs no drill-down
+            try:
+                contributors, resources = self._drill_down(key, now)
+            except VMError as exc:
+                self.metrics.errors.labels("victoriametrics").inc()
+                log.debug("drill-down failed", extra={"error": str(exc), "series": key.describe()})
+                unread.append(Unread("victoriametrics", str(exc), exc.retryable))
         try:
             contributors, events, extra = self._events(self._db(), key, started, now, contributors)
         except StoreError as exc:
             self._db_failed(exc)
+            unread.append(Unread("postgres", str(exc), exc.retryable))
             events, extra = [], []
         if extra and DEPTH[key.level] == 1:
             served = {c.labels.get("resource_id") for c in resources}
             resources += [c for c in extra if c.labels.get("resource_id") not in served]
-        return Attribution(contributors, events, resources)
+        return Attribution(contributors, events, resources, unread=tuple(unread))
+
+    def _unattributed(self, key: SeriesKey, outcome: str, tries: int, why: Unread | None) -> None:
+        """Counted by outcome, and logged once per run of failed tries, not every cycle."""
+        self.metrics.unattributed.labels(outcome).inc()
+        extra: dict[str, Any] = {"series": key.describe(), "tries": tries}
+        if why is not None:
+            extra.update(error=why.describe(), retryable=why.retryable)
+        if outcome == HELD:
+            log.warning("attribution failed; the incident waits for it", extra=extra)
+        elif outcome == FALLBACK:
+            log.warning("attribution failed; judged without it", extra=extra)
+        else:
+            log.info("attribution read after failing", extra=extra)
 
     def cycle(self, now: float) -> list[Transition]:
         """Evaluate once at `now`. Raises VMError when the series cannot be read (nothing
@@ -879,10 +1000,13 @@ class Detector:
     def _post(self, alerts: list[dict[str, Any]]) -> None:
         """Post, keeping what failed retryably for the next cycle: a resolve must never be
         lost. When Alertmanager refuses the batch (4xx), each alert is posted alone so that
-        only the refused ones are dropped (logged and counted)."""
+        only the refused ones are dropped (logged and counted). With several replicas a post
+        is done once one took it; the others get it again with the next post (`Alertmanager`)."""
         batch = self.unsent + alerts
         self.unsent = []
         if not batch:
+            # A resolve a replica missed must reach it even when nothing else is open.
+            self.am.post([])
             return
         try:
             self.am.post(batch)
@@ -908,17 +1032,34 @@ class Detector:
                 )
 
 
+def stuck_after_s(interval_s: float) -> float:
+    """How long one cycle may run before the detector reports itself not ready: a database
+    or VictoriaMetrics call that hangs is cut off within about 15 s (connection liveness,
+    client timeouts), so a cycle this long is stuck, not slow."""
+    return max(60.0, 10.0 * interval_s)
+
+
 def serve() -> None:
     """Run until SIGTERM/SIGINT."""
     cfg = DetectorSettings.from_env()
     metrics = Metrics()
     # Why the detector is not ready yet, or None once a cycle has succeeded.
     state: dict[str, str | None] = {"not_ready": "history not loaded yet"}
+    # When the last cycle ended (monotonic): a cycle stuck on a dependency says so to the
+    # readiness probe instead of the last cycle's "ready".
+    ended = {"at": time.monotonic()}
+
+    def not_ready() -> str | None:
+        stuck = time.monotonic() - ended["at"]
+        if state["not_ready"] is None and stuck > stuck_after_s(cfg.interval_s):
+            return f"the current cycle has not ended for {stuck:.0f} s"
+        return state["not_ready"]
+
     shell = ThreadedShell(
         metrics.registry,
         cfg.host,
         cfg.port,
-        lambda: state["not_ready"],
+        not_ready,
         header_timeout_s=cfg.header_timeout_s,
     )
     shell.start()
@@ -936,15 +1077,32 @@ def serve() -> None:
             except VMError as exc:
                 log.warning("history not loaded yet", extra={"error": str(exc)})
                 stop.wait(cfg.interval_s)
+        last = -math.inf
         while not stop.is_set():
-            tick = time.time()
+            started = time.monotonic()
+            now = time.time()
+            if now < last:
+                # The wall clock stepped back (NTP, a VM resumed): the engine's hours only go
+                # forward, so the cycle runs at the last time until the clock catches up.
+                log.warning("clock went backwards", extra={"seconds": round(last - now, 3)})
+                now = last
+            last = now
             try:
-                detector.cycle(tick)
+                detector.cycle(now)
                 state["not_ready"] = None
             except VMError as exc:
                 state["not_ready"] = f"last cycle failed: {exc}"
                 log.warning("cycle failed", extra={"error": str(exc), "retryable": exc.retryable})
-            stop.wait(max(0.0, cfg.interval_s - (time.time() - tick)))
+            except Exception as exc:
+                # A bug or an unforeseen input. A crash would lose the queued resolves and
+                # rows and reload three weeks of history; a cause that persists is a
+                # not-ready pod with the reason instead of a crash loop.
+                metrics.errors.labels("internal").inc()
+                state["not_ready"] = f"last cycle failed: {type(exc).__name__}: {exc}"
+                log.exception("cycle failed with an unexpected error")
+            ended["at"] = time.monotonic()
+            # Monotonic: a wall clock stepped back by X would otherwise add X to the wait.
+            stop.wait(max(0.0, cfg.interval_s - (ended["at"] - started)))
     finally:
         shell.stop()
         detector.close()

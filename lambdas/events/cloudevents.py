@@ -3,7 +3,8 @@
 One event per Alertmanager alert transition, in CloudEvents 1.0 structured JSON mode. The id
 is a hash of (fingerprint, startsAt, status), so a webhook that Alertmanager redelivers, or
 that the bridge produces twice after a broker hiccup, yields the same id, and everything
-downstream can deduplicate on it.
+downstream can deduplicate on it. The incident id (`incident_id`) is the same for every alert
+of one incident, escalations included: what the trigger names its workflows after.
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ class EventLimits:
 
 def event_id(fingerprint: str, starts_at: str, status: str) -> str:
     digest = hashlib.sha256(f"{fingerprint}\x1f{starts_at}\x1f{status}".encode())
+    return digest.hexdigest()[:_ID_HEX]
+
+
+def incident_id(labels: Mapping[str, str], starts_at: str) -> str:
+    """The incident an alert belongs to, the same for each of its alerts: its labels without
+    the ones an escalation changes (`contract.ESCALATING_LABELS`), and its startsAt, which
+    the detector keeps from the incident's opening. The event id cannot serve: an escalation
+    changes the fingerprint, and a workflow keyed by it started the same playbook again for
+    each severity. A later incident on the same series starts later, so it is another one."""
+    kept = sorted((k, v) for k, v in labels.items() if k not in contract.ESCALATING_LABELS)
+    # JSON: no label name or value can run into the next.
+    digest = hashlib.sha256(json.dumps([kept, starts_at]).encode())
     return digest.hexdigest()[:_ID_HEX]
 
 
@@ -112,6 +125,10 @@ class AnomalyEvent:
     @property
     def detected(self) -> bool:
         return self.type == DETECTED
+
+    @property
+    def incident(self) -> str:
+        return incident_id(self.labels, self.starts_at)
 
 
 def decode(raw: bytes | None, limits: EventLimits = EventLimits()) -> AnomalyEvent:

@@ -31,6 +31,14 @@ API_VERSIONS = {
     "microsoft.compute/virtualmachines": "2024-07-01",
     "microsoft.compute/disks": "2024-03-02",
 }
+# The Azure RBAC operations of the ARM reads above, one GET per resource type (the VM's
+# `$expand=instanceView` is part of the same read). The Function's managed identity holds a
+# custom role with exactly these (components/azure_subscription.py): a type added to
+# API_VERSIONS needs its `<type>/read` here, or its GET is refused with 403.
+ARM_READ_ACTIONS = (
+    "Microsoft.Compute/virtualMachines/read",
+    "Microsoft.Compute/disks/read",
+)
 ArmGet = Callable[[str], Mapping[str, Any] | None]
 
 

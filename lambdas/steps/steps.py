@@ -32,6 +32,7 @@ from lambdas.steps.registry import ACTIONS
 from lambdas.steps.settings import StepSettings
 from lambdas.steps.sizing import HOURS_PER_MONTH, smaller_sizes
 from lambdas.store import actions as store
+from lambdas.store.db import CONNECTION_LIVENESS
 
 log = logging.getLogger("cct.steps")
 
@@ -51,7 +52,7 @@ def pg_opener(dsn: str) -> DbOpener:
     @contextmanager
     def open_db() -> Iterator[psycopg.Connection[Any]]:
         try:
-            conn = psycopg.connect(dsn, connect_timeout=10)
+            conn = psycopg.connect(dsn, connect_timeout=10, **CONNECTION_LIVENESS)
         except psycopg.OperationalError as exc:
             raise Retryable(f"PostgreSQL unavailable: {type(exc).__name__}") from None
         with conn:

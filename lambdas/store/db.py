@@ -21,6 +21,19 @@ from psycopg_pool import ConnectionPool
 from lambdas.common.pg import DsnError, DsnSource
 
 DEFAULT_CONNECT_TIMEOUT_S = 5
+# A database that stops answering at the network level (a partition, a paused host) is seen
+# by nothing else: statement_timeout runs on the server, which never gets the query, and TCP
+# retransmits for about 15 minutes. The detector's loop, the admission writer and every
+# consumer would hang that long. tcp_user_timeout ends a connection whose sent data stays
+# unacknowledged for 15 s; keepalives end an idle one whose peer is gone within about a
+# minute. Both surface as a retryable StoreError (connection lost).
+CONNECTION_LIVENESS: dict[str, Any] = {
+    "tcp_user_timeout": 15_000,  # ms
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 # Handlers write single rows by key; anything slower than this is a lock or a bug, and failing
 # (retryably) is better than holding a consumer partition or an admission request hostage.
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
@@ -81,6 +94,7 @@ def connect(
             application_name=application_name,
             connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
             options=_options(statement_timeout_ms),
+            **CONNECTION_LIVENESS,
         )
 
 
@@ -100,6 +114,7 @@ async def aconnect(
             application_name=application_name,
             connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
             options=_options(statement_timeout_ms),
+            **CONNECTION_LIVENESS,
         )
 
 
@@ -127,6 +142,7 @@ def open_pool(
             "application_name": application_name,
             "connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
             "options": _options(statement_timeout_ms),
+            **CONNECTION_LIVENESS,
         },
         name=application_name,
         open=False,

@@ -52,6 +52,10 @@ HANDLER_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "policy_decisions": ("select", "insert"),
     },
 }
+# Read-only roles -> the schemas whose every view they may select: Grafana reads the
+# `reporting` views only (docs/results-store.md), never the tables behind them, which hold
+# policy decisions, actors and raw dead-lettered payloads.
+READER_SCHEMAS: Mapping[str, tuple[str, ...]] = {"grafana": ("reporting",)}
 # Tables whose inserts draw from a sequence (bigserial).
 SEQUENCES: Mapping[str, str] = {"ingest_dead_letters": "ingest_dead_letters_id_seq"}
 
@@ -104,6 +108,18 @@ def apply_grants(conn: psycopg.Connection[Any]) -> None:
                             sql.Identifier(SEQUENCES[table]), role
                         )
                     )
+        for reader, schemas in READER_SCHEMAS.items():
+            role = sql.Identifier(group_role(reader))
+            if not _exists(conn, group_role(reader)):
+                _create(conn, group_role(reader))
+            conn.execute(sql.SQL("revoke all on all tables in schema public from {}").format(role))
+            for schema in schemas:
+                # Applied after every migration, so views a later migration adds are covered.
+                name = sql.Identifier(schema)
+                conn.execute(sql.SQL("grant usage on schema {} to {}").format(name, role))
+                conn.execute(
+                    sql.SQL("grant select on all tables in schema {} to {}").format(name, role)
+                )
 
 
 def _exists(conn: psycopg.Connection[Any], role: str) -> bool:

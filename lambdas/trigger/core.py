@@ -27,10 +27,12 @@ _REQUIRED_LABELS = ACTIONABLE_LABELS
 _TAG_LABELS = TAG_LABELS
 
 
-def workflow_name(event_id: str, playbook: str) -> str:
-    """`cct-<playbook>-<12 hex of sha256(event_id/playbook)>`: the same event and playbook
-    always give the same name, so a resubmission is refused as AlreadyExists."""
-    digest = hashlib.sha256(f"{event_id}/{playbook}".encode()).hexdigest()[:12]
+def workflow_name(incident: str, playbook: str) -> str:
+    """`cct-<playbook>-<12 hex of sha256(incident/playbook)>`, `incident` an event's
+    `AnomalyEvent.incident`: every event of one incident (a redelivery, a repeat, its
+    escalation to a higher severity) gives the same name for the same playbook, so a
+    resubmission is refused as AlreadyExists instead of running the playbook again."""
+    digest = hashlib.sha256(f"{incident}/{playbook}".encode()).hexdigest()[:12]
     return f"cct-{playbook}-{digest}"
 
 
@@ -135,7 +137,7 @@ def plan_run(
         "event-id": event.id,
     }
     return WorkflowRun(
-        run_id=workflow_name(event.id, rule.playbook),
+        run_id=workflow_name(event.incident, rule.playbook),
         event_id=event.id,
         playbook=rule.playbook,
         rule_id=rule.id,

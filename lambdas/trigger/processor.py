@@ -4,7 +4,9 @@ Runs in a worker thread of the service (database and Kubernetes clients block). 
 idempotent, so the service may hand the same event in again after a crash at any point:
 - the pre-check verdict is stored under `<run_id>/precheck` and reused when present, so a
   redelivered event gets the verdict it got the first time;
-- the run row is keyed by the deterministic workflow name;
+- the run row is keyed by the deterministic workflow name, made from the incident and the
+  playbook (`core.workflow_name`): the event of an escalation finds the run of the incident
+  it escalates, as a redelivery does;
 - a run already settled (denied, finished, awaiting approval) is not submitted again, and a
   backend treats an existing workflow as done.
 """
@@ -129,6 +131,7 @@ class Processor:
         if isinstance(planned, Handled):
             return planned
         run, request = self._retrying(lambda: self._with_inventory_tags(*planned))
+        run = self._retrying(lambda: self._as_recorded(run))
         status = self._retrying(lambda: self._precheck_and_create(run, request))
         if status.settled:
             outcome: Outcome = "precheck_denied" if status.created else "settled"
@@ -185,6 +188,25 @@ class Processor:
             )
         enriched = replace(run, parameters=MappingProxyType(parameters))
         return enriched, PolicyRequest.from_parameters(enriched.parameters)
+
+    def _as_recorded(self, run: WorkflowRun) -> WorkflowRun:
+        """The run under the name its event's run was recorded with. Releases before the
+        incident-based name named a run after its event id; after an upgrade, Alertmanager
+        re-sends every firing group (at each repeat_interval, when an alert joins), and the
+        new name of the same (event, playbook) would collide with its own row, which the
+        store refuses as an error that stops the trigger. That run is this event's run."""
+        with self.connection() as conn:
+            row = conn.execute(
+                "select run_id from optimization_runs where event_id = %s and playbook = %s",
+                (run.event_id, run.playbook),
+            ).fetchone()
+        if row is None or row[0] == run.run_id:
+            return run
+        log.info(
+            "event's run recorded under its earlier name",
+            extra={"run_id": row[0], "name_now": run.run_id},
+        )
+        return replace(run, run_id=str(row[0]))
 
     def _after_submit(self, run: WorkflowRun, submission: Submission) -> Handled:
         if submission.outcome == "denied":

@@ -25,7 +25,7 @@ SDK_MODULES = (
         f"pulumi_gcp.{m}"
         for m in (
             "bigquery", "pubsub", "logging", "serviceaccount", "projects",
-            "cloudfunctionsv2", "storage", "secretmanager",
+            "cloudfunctionsv2", "cloudrunv2", "storage", "secretmanager",
         )
     ),
 )  # fmt: skip

@@ -16,7 +16,7 @@ import pulumi
 import yaml
 from pulumi.runtime.mocks import _sync_await, run_pulumi_func
 
-from infra.config import Settings, load
+from infra.config import PulumiConfigSource, Settings, load
 from infra.content import Content
 from tests.infra.mocks import ACCOUNT, SUBSCRIPTION, CctMocks, Registered
 
@@ -117,7 +117,7 @@ def build_stack(
     settings_box: list[Settings] = []
 
     def program() -> None:
-        settings = load(pulumi.Config("cct"))
+        settings = load(PulumiConfigSource())
         settings_box.append(settings)
         outputs = build(settings, content(settings))
         pulumi.Output.all(**{k: pulumi.Output.from_input(v) for k, v in outputs.items()}).apply(

@@ -18,6 +18,8 @@ REGION = "eu-west-1"
 SUBSCRIPTION = "00000000-0000-4000-8000-000000000001"
 PROJECT = "cct-test-project"
 FUNCTION_KEY = "test-function-key-a1b2"
+# The principal id of the Azure forwarder Function's system-assigned identity.
+FUNCTION_PRINCIPAL = "00000000-0000-4000-8000-0000000000f1"
 FAKE_PEM = "-----BEGIN CERTIFICATE-----\nTUlJQm9rZQ==\n-----END CERTIFICATE-----\n"
 FAKE_KEY = "-----BEGIN PRIVATE KEY-----\nTUlJQmtleQ==\n-----END PRIVATE KEY-----\n"
 
@@ -84,11 +86,17 @@ def deployment_output(name: str, key: str) -> str:
     return f"{_suffix(name)}-0000-4000-8000-{_suffix(key)}"
 
 
+def azure_name(name: str) -> str:
+    """The `name` the mock gives an Azure resource declared without one (a storage
+    account's, say)."""
+    return name.replace("-", "")[:24]
+
+
 def _azure(typ: str, name: str, state: dict[str, Any]) -> str:
-    module, kind = typ.split(":")[1], typ.rsplit(":", 1)[-1]
-    state.setdefault("name", name.replace("-", "")[:24])
+    kind = typ.rsplit(":", 1)[-1]
+    state.setdefault("name", azure_name(name))
     if kind == "WebApp":
-        state["identity"] = {"type": "SystemAssigned", "principalId": SUBSCRIPTION}
+        state["identity"] = {"type": "SystemAssigned", "principalId": FUNCTION_PRINCIPAL}
         state["defaultHostName"] = f"{state['name']}.azurewebsites.net"
     if kind == "DeploymentAtSubscriptionScope":
         # ARM evaluates the template's outputs; every output here is an identity's principal.
@@ -100,6 +108,12 @@ def _azure(typ: str, name: str, state: dict[str, Any]) -> str:
         }
         state["properties"] = properties
         return f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Resources/deployments/{name}"
+    return azure_resource_id(typ, name)
+
+
+def azure_resource_id(typ: str, name: str) -> str:
+    """The id the mock gives the Azure resource of type token `typ` named `name`."""
+    module, kind = typ.split(":")[1], typ.rsplit(":", 1)[-1]
     return (
         f"/subscriptions/{SUBSCRIPTION}/resourceGroups/cct-cost/providers/"
         f"Microsoft.{module.capitalize()}/{kind}/{name}"

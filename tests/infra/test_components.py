@@ -48,7 +48,15 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
         ),
         "chart c 1.0.0 is not vendored",
     ),
-    (lambda: NamespaceArgs(name="n", pod_security="open"), "pod_security must be one of"),
+    (
+        lambda: NamespaceArgs(name="n", apiserver_cidrs=["10.0.0.1/32"], pod_security="open"),
+        "pod_security must be one of",
+    ),
+    (lambda: NamespaceArgs(name="n", apiserver_cidrs=[]), "name the API server's addresses"),
+    (
+        lambda: NamespaceArgs(name="n", apiserver_cidrs=["10.0.0.1/32", "0.0.0.0/0"]),
+        "apiserver_cidrs: 0.0.0.0/0 is anywhere, not the API server",
+    ),
     (
         lambda: FluentBitArgs(
             namespace=NS, config_files={"a.yaml": ""}, main_file="b.yaml", secret_env={},
@@ -76,8 +84,16 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
         lambda: ArgoWorkflowsArgs(
             namespace=NS, operator_namespace="p", trigger_service_account="t", step_env={},
             step_secret_env={}, workflow_templates=[{"apiVersion": "v1", "kind": "ConfigMap"}],
+            apiserver_cidrs=["10.0.0.1/32"],
         ),
         "workflow_templates holds v1/ConfigMap",
+    ),
+    (
+        lambda: ArgoWorkflowsArgs(
+            namespace=NS, operator_namespace="p", trigger_service_account="t", step_env={},
+            step_secret_env={}, workflow_templates=[], apiserver_cidrs=["::/0"],
+        ),
+        "apiserver_cidrs: ::/0 is anywhere, not the API server",
     ),
     (
         lambda: GrafanaArgs(

@@ -15,9 +15,11 @@ from tests.infra.harness import ALL_CLOUDS_ON, TEST_SECRETS, project_config, sta
 class RecordingSource:
     """A ConfigSource over plain values that records which keys were asked for."""
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[str, str], plain: frozenset[str] = frozenset()) -> None:
         self.values = dict(values)
         self.asked: set[str] = set()
+        # Keys whose value is stored unencrypted; every other key of TEST_SECRETS is a secret.
+        self.plain = plain
 
     def get(self, key: str) -> str | None:
         self.asked.add(key)
@@ -27,6 +29,9 @@ class RecordingSource:
         self.asked.add(key)
         value = self.values.get(key)
         return None if value is None else pulumi.Output.secret(value)
+
+    def is_secret(self, key: str) -> bool:
+        return key in TEST_SECRETS and key not in self.plain
 
 
 def _load(stack: str, **overrides: str) -> Settings:
@@ -69,7 +74,29 @@ def test_declared_types_match_the_stack_files() -> None:
         ({"platformNamespace": "cct-system"}, "cct:platformNamespace must differ"),
         (
             {"fluentbitPublicUrl": "http://ingest"},
-            "cct:fluentbitPublicUrl='http://ingest' is not an https:// URL",
+            "cct:fluentbitPublicUrl='http://ingest' is not an https://host:port URL",
+        ),
+        # The forwarders append the Fluent Bit tag to it: a path changes the tag.
+        (
+            {"fluentbitPublicUrl": "https://ingest.example.com:9880/x"},
+            "cct:fluentbitPublicUrl='https://ingest.example.com:9880/x' is not an https://host",
+        ),
+        (
+            {"fluentbitPublicUrl": "https://ingest.example.com"},
+            "cct:fluentbitPublicUrl='https://ingest.example.com' is not an https://host:port",
+        ),
+        # Fluent Bit matches the token as a regular expression: "+" would match nothing.
+        (
+            {"fluentbitToken": "abc+/==abcdefghijklm"},
+            "cct:fluentbitToken must be 16 or more letters, digits, - or _",
+        ),
+        (
+            {"grafanaHostname": "https://grafana.example.com/"},
+            "cct:grafanaHostname='https://grafana.example.com/' is not a host name",
+        ),
+        (
+            {"budgetsFile": "policies/no-such-budgets.yaml"},
+            "cct:budgetsFile='policies/no-such-budgets.yaml': ",
         ),
         (
             {"fluentbitToken": ""},
@@ -89,7 +116,12 @@ def test_declared_types_match_the_stack_files() -> None:
         ),
         (
             {**ALL_CLOUDS_ON, "awsVaultPrincipalArn": "vault"},
-            "cct:awsVaultPrincipalArn='vault' is not an IAM role/user ARN",
+            "cct:awsVaultPrincipalArn='vault' is not an IAM role ARN",
+        ),
+        (
+            # Vault runs as a role (IRSA); a user would need static keys it never gets.
+            {**ALL_CLOUDS_ON, "awsVaultPrincipalArn": "arn:aws:iam::123456789012:user/v"},
+            "cct:awsVaultPrincipalArn='arn:aws:iam::123456789012:user/v' is not an IAM role ARN",
         ),
         (
             {**ALL_CLOUDS_ON, "azureTenantId": "tenant"},
@@ -125,3 +157,14 @@ def test_secrets_stay_secret_outputs() -> None:
     ):
         assert isinstance(value, pulumi.Output)
     assert TEST_SECRETS["fluentbitToken"] not in repr(settings)
+
+
+@pytest.mark.parametrize("key", sorted(TEST_SECRETS))
+def test_a_secret_stored_in_plain_text_is_refused(key: str) -> None:
+    """A forgotten `--secret` writes the value into Pulumi.<stack>.yaml, which is committed;
+    the CLI only refuses that for keys declared `secret: true`."""
+    values = stack_config("dev", {**ALL_CLOUDS_ON})
+    with pytest.raises(ConfigError) as raised:
+        load(RecordingSource(values, plain=frozenset({key})))
+    assert str(raised.value).startswith(f"cct:{key} is stored in plain text")
+    assert TEST_SECRETS[key] not in str(raised.value)

@@ -276,19 +276,13 @@ def test_database_roles_are_one_per_handler(everything: BuiltStack) -> None:
     assert connection.inputs["allowedRoles"] == sorted(roles)
 
 
-def test_trigger_may_only_create_and_read_workflows(everything: BuiltStack) -> None:
+def test_trigger_may_only_create_workflows(everything: BuiltStack) -> None:
+    """The trigger's only Kubernetes call is `create_namespaced_custom_object` (an
+    AlreadyExists answer is its duplicate check); reading workflows or templates was granted
+    and never used."""
     rules = everything.named("argo-workflows-trigger").inputs["rules"]
     assert rules == [
-        {
-            "apiGroups": ["argoproj.io"],
-            "resources": ["workflows"],
-            "verbs": ["create", "get", "list", "watch"],
-        },
-        {
-            "apiGroups": ["argoproj.io"],
-            "resources": ["workflowtemplates"],
-            "verbs": ["get", "list"],
-        },
+        {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create"]},
     ]
     binding = everything.named("argo-workflows-trigger-binding").inputs
     assert binding["subjects"] == [

@@ -203,7 +203,7 @@ def test_inconsistent_high_availability_is_rejected(
             scrape_namespaces=[NS],
             scrape_ports=[8080],
             rules={"r.yaml": "groups: []"},
-            alertmanager_url="http://am:9093",
+            alertmanager_urls=["http://am:9093"],
             writers=[],
             readers=[],
             high_availability=True,

@@ -284,3 +284,63 @@ def test_each_kafka_client_authenticates_as_its_own_kafka_user(built: BuiltStack
     assert writers == {"kafka-bridge"}
     (cluster,) = built.of_type("kubernetes:kafka.strimzi.io/v1beta2:Kafka")
     assert [listener["tls"] for listener in cluster.inputs["spec"]["kafka"]["listeners"]] == [True]
+
+
+def _pod_labels(built: BuiltStack, name: str) -> dict[str, str]:
+    for typ in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"):
+        for r in built.of_type(typ):
+            if r.inputs["metadata"]["name"] == name:
+                labels: dict[str, str] = r.inputs["spec"]["template"]["metadata"]["labels"]
+                return labels
+    raise AssertionError(f"no workload {name}")
+
+
+def test_the_detector_and_vmalert_post_to_every_alertmanager_replica(built: BuiltStack) -> None:
+    """Alertmanager replicas gossip silences and the notification log, not alerts: an alert
+    posted through the ClusterIP Service reaches one replica, and a resolve or an escalation
+    that misses the others leaves them firing the old alert. So the detector and vmalert are
+    given every replica's own address, as the StatefulSet and its headless Service are built
+    (one address, the Service's, for a single replica), and the replicas admit both."""
+    (statefulset,) = [
+        r
+        for r in built.of_type("kubernetes:apps/v1:StatefulSet")
+        if r.inputs["metadata"]["name"] == "alertmanager"
+    ]
+    name, ns = statefulset.inputs["metadata"]["name"], statefulset.inputs["metadata"]["namespace"]
+    spec = statefulset.inputs["spec"]
+    replicas, governing = int(spec["replicas"]), spec["serviceName"]
+    assert (replicas > 1) == built.settings.high_availability
+    headless = _named(built, "kubernetes:core/v1:Service", governing).inputs["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    (port,) = [int(p["port"]) for p in headless["ports"] if p["name"] == "web"]
+    if replicas > 1:
+        wanted = [f"http://{name}-{i}.{governing}.{ns}.svc:{port}" for i in range(replicas)]
+    else:
+        _named(built, "kubernetes:core/v1:Service", name)
+        wanted = [f"http://{name}.{ns}.svc:{port}"]
+
+    env = {e["name"]: e.get("value") for e in _workload(built, "detector")["containers"][0]["env"]}
+    assert env["CCT_ALERTMANAGER_URL"].split(",") == wanted
+    (vmalert,) = _workload(built, "vmalert")["containers"]
+    notifiers = [a.partition("=")[2] for a in vmalert["args"] if a.startswith("-notifier.url=")]
+    assert notifiers == wanted
+
+    # The pods are addressed directly now: their own ingress policy must admit both clients.
+    admitted: list[dict[str, Any]] = []
+    pod_labels = spec["template"]["metadata"]["labels"]
+    for policy in built.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+        rules = policy.inputs["spec"]
+        if rules["podSelector"].get("matchLabels", {}).items() <= pod_labels.items():
+            for rule in rules.get("ingress", []):
+                ports = rule.get("ports") or [{"port": port, "protocol": "TCP"}]  # none: all
+                if any(p["port"] == port and p["protocol"] == "TCP" for p in ports):
+                    admitted += rule["from"]
+    for client in ("detector", "vmalert"):
+        labels = _pod_labels(built, client)
+        assert any(
+            peer.get("namespaceSelector", {}).get("matchLabels")
+            == {"kubernetes.io/metadata.name": ns}
+            and peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+            for peer in admitted
+        ), f"{client} may not reach the Alertmanager replicas on {port}"

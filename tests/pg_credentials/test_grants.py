@@ -162,3 +162,31 @@ def test_cct_db_migrate_applies_the_grants(pg_admin_dsn: str) -> None:
             conn.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
             )
+
+
+def test_grafana_reads_the_reporting_views_and_no_table(pg_dsn: str, uid: str) -> None:
+    """Review finding: Grafana's login was a member of pg_read_all_data, so the
+    internet-facing Grafana could read policy decisions, actors and dead-lettered payloads;
+    docs/results-store.md promised the reporting views only."""
+    with psycopg.connect(pg_dsn) as conn:
+        apply_grants(conn)
+    user, password = f"grafana_{uid}", uuid.uuid4().hex
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create role {} login password {} in role {}").format(
+                sql.Identifier(user), sql.Literal(password), sql.Identifier("cct_grafana")
+            )
+        )
+    try:
+        held = effective(pg_dsn, user)
+        assert held and all(name.startswith("reporting.") for name in held), held
+        assert all(privileges == {"select"} for privileges in held.values()), held
+        dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=user, password=password)
+        with psycopg.connect(dsn) as conn:
+            conn.execute("select count(*) from reporting.anomalies").fetchone()
+        for table in ("policy_decisions", "resource_events", "ingest_dead_letters"):
+            with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"select 1 from public.{table} limit 1")
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(user)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lambdas import contract
-from lambdas.events.cloudevents import InvalidEvent, decode, unmapped_event
+from lambdas.detector.alerts import fingerprint
+from lambdas.events.cloudevents import (
+    AnomalyEvent,
+    InvalidEvent,
+    anomaly_event,
+    decode,
+    encode,
+    incident_id,
+    unmapped_event,
+)
 from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.trigger.core import plan_run, tags_parameter, workflow_name
 from lambdas.trigger.mapping import MappingError, load_mapping, parse_mapping
 from tests.support.services import ROOT
-from tests.trigger.events import EC2, RDS, event_bytes, labels
+from tests.trigger.events import EC2, RDS, event_bytes, labels, recorded_annotations
 
 MAPPING = ROOT / "policies" / "playbooks.yaml"
 SCHEMA = json.loads((ROOT / "policies" / "playbooks.schema.json").read_text())
@@ -116,12 +126,49 @@ def test_workflow_name_is_the_documented_hash() -> None:
     assert workflow_name("abc", "rightsize-compute") != workflow_name("abd", "rightsize-compute")
 
 
+def _firing(starts_at: str, **overrides: str) -> AnomalyEvent:
+    """A firing event of the recorded dev instance, its fingerprint Alertmanager's."""
+    alert_labels = labels("u1", **overrides)
+    alert = {
+        "status": "firing",
+        "labels": alert_labels,
+        "annotations": recorded_annotations("u1"),
+        "startsAt": starts_at,
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": fingerprint(alert_labels),
+    }
+    return decode(encode(anomaly_event(alert, "2026-11-27T09:00:01Z")))
+
+
+def test_one_incident_names_one_run_per_playbook_whatever_its_severity() -> None:
+    """An escalation changes the severity label, so the fingerprint and the event id; the
+    run's name must not change with it (tests/trigger/test_escalation.py has the real
+    chain)."""
+    warning = _firing("2026-11-27T09:00:00.5Z", severity="warning")
+    critical = _firing("2026-11-27T09:00:00.5Z", severity="critical")
+    assert warning.id != critical.id and warning.incident == critical.incident
+    assert warning.incident == incident_id(
+        {k: v for k, v in warning.labels.items() if k not in contract.ESCALATING_LABELS},
+        warning.starts_at,
+    )
+    rule = load_mapping(MAPPING).select(warning.labels)
+    assert rule is not None
+    assert plan_run(warning, rule).run_id == plan_run(critical, rule).run_id
+    assert plan_run(critical, rule).event_id == critical.id
+    # Another playbook for the same incident is another run.
+    other = replace(rule, playbook="rightsize-compute")
+    assert plan_run(warning, other).run_id != plan_run(warning, rule).run_id
+    # A later incident of the same series, or another resource, is another incident.
+    assert _firing("2026-11-27T10:00:00Z", severity="warning").incident != warning.incident
+    assert _firing(warning.starts_at, resource_id="i-other").incident != warning.incident
+
+
 def test_plan_run_builds_the_section_6_parameters() -> None:
     event = decode(event_bytes("u1", 3))
     rule = load_mapping(MAPPING).select(event.labels)
     assert rule is not None
     run = plan_run(event, rule)
-    assert run.run_id == workflow_name(event.id, "stop-idle-compute")
+    assert run.run_id == workflow_name(event.incident, "stop-idle-compute")
     assert dict(run.parameters) == {
         "provider": "aws",
         "service": EC2,

@@ -96,7 +96,7 @@ def test_allowed_anomaly_is_prechecked_recorded_and_submitted(
     processor: Processor, kube: FakeKube, pg_dsn: str, uid: str
 ) -> None:
     raw = event_bytes(uid)
-    run_id = workflow_name(decode(raw).id, "stop-idle-compute")
+    run_id = workflow_name(decode(raw).incident, "stop-idle-compute")
     handled = processor.handle(raw)
     assert (handled.outcome, handled.run_id) == ("created", run_id)
     assert kube.created_names() == [run_id]
@@ -125,6 +125,34 @@ def test_the_same_event_twice_makes_one_workflow(
     assert processor.handle(raw).outcome == "already_exists"
     assert len(kube.created_names()) == 1
     assert [code for _, code in kube.attempts] == [201, 409]
+
+
+def test_an_event_whose_run_was_named_after_the_event_id_keeps_that_run(
+    processor: Processor, kube: FakeKube, pg_dsn: str, uid: str
+) -> None:
+    """Releases before the incident-based name named a run after its event id. After an
+    upgrade Alertmanager re-sends the firing alerts; the event's new name collided with its
+    own row on (event_id, playbook), a store error that stops the trigger."""
+    raw = event_bytes(uid)
+    event = decode(raw)
+    earlier = workflow_name(event.id, "stop-idle-compute")
+    with psycopg.connect(pg_dsn) as conn:
+        create_run(
+            conn,
+            NewRun(
+                run_id=earlier,
+                event_id=event.id,
+                playbook="stop-idle-compute",
+                backend="argo",
+                state="submitted",
+                reason=None,
+                parameters={"dry-run": "true", "account-id": labels(uid)["sub_account_id"]},
+            ),
+        )
+    handled = processor.handle(raw)
+    assert (handled.outcome, handled.run_id) == ("created", earlier)
+    assert kube.created_names() == [earlier]
+    assert run_row(pg_dsn, workflow_name(event.incident, "stop-idle-compute")) is None
 
 
 def test_precheck_denial_is_recorded_and_never_submitted(

@@ -68,7 +68,8 @@ def trigger_env(
 
 def run_ids(uid: str, count: int) -> set[str]:
     return {
-        workflow_name(decode(event_bytes(uid, n)).id, "stop-idle-compute") for n in range(count)
+        workflow_name(decode(event_bytes(uid, n)).incident, "stop-idle-compute")
+        for n in range(count)
     }
 
 
@@ -155,7 +156,7 @@ def test_a_fresh_group_skips_history_and_unmapped_anomalies_are_published_with_t
             metrics = resp.read().decode()
     # Only the new mapped event started a workflow; none of the history did.
     assert kube.created_names() == [
-        workflow_name(decode(event_bytes(uid, 5)).id, "stop-idle-compute")
+        workflow_name(decode(event_bytes(uid, 5)).incident, "stop-idle-compute")
     ]
     event = json.loads(record.value or b"")
     assert record.key == b"fp7"
