@@ -258,6 +258,11 @@ def by_incident(
     for event, outcome in handled:
         if event.detected:
             groups.setdefault(event.starts_at, []).append((event, outcome))
+    seen = [
+        (e.labels["severity"], "firing" if e.detected else "resolved", e.starts_at, h.outcome)
+        for e, h in handled
+    ]
+    assert len(groups) == 2, f"two incidents expected, the chain delivered {seen}"
     return list(groups.values())
 
 
