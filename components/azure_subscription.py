@@ -359,6 +359,12 @@ class AzureSubscription(pulumi.ComponentResource):
                 # Identity-based storage: no account key anywhere.
                 {"name": "AzureWebJobsStorage__accountName", "value": account.name},
                 {"name": "WEBSITE_RUN_FROM_PACKAGE", "value": package_url},
+                # The package blob is private and the account takes no shared key: the host
+                # fetches it with the app's own identity only when told which one
+                # (learn.microsoft.com, run-functions-from-deployment-package, "Fetch a
+                # package from Azure Blob Storage using a managed identity"); without it the
+                # fetch is anonymous and the app starts with no functions.
+                {"name": "WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID", "value": "SystemAssigned"},
                 {"name": "CCT_FORWARDER_ENDPOINT", "value": args.fluentbit_url},
                 # App settings are encrypted at rest; a secret Output in Pulumi's state.
                 {

@@ -108,12 +108,15 @@ class FluentBit(pulumi.ComponentResource):
             annotations=kube.scrape_annotations(METRICS_PORT, "/api/v2/metrics/prometheus"),
             depends_on=[config],
         )
+        # The input only: the Service is a LoadBalancer facing the clouds, and the metrics
+        # port (which also serves Fluent Bit's configuration and reload API) is scraped from
+        # the pods directly (`kube.scrape_annotations`).
         service = kube.service(
             f"{name}-service",
             app,
             ns,
             "ingest",
-            ports={"http-in": args.http_port, "metrics": METRICS_PORT},
+            ports={"http-in": args.http_port},
             opts=child,
             service_type=args.service_type,
         )

@@ -20,7 +20,7 @@ import pulumi_kubernetes as k8s
 import pulumi_tls as tls
 
 from components import kube
-from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
+from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL, VAULT_CLIENT_LABEL
 
 HTTP_PORT = 8080
 WEBHOOK_PORT = 8443
@@ -122,7 +122,8 @@ class HandlerSpec:
     internet: bool = False
     kube_api: bool = False
     # Exactly one replica by design (work that must not run twice concurrently); exempt from
-    # the high-availability replica minimum.
+    # the high-availability replica minimum, and replaced by stopping the old pod first
+    # (Recreate), never rolled.
     singleton: bool = False
     resources: kube.Resources = field(default_factory=kube.Resources)
     vault_agent: VaultAgentSpec | None = None
@@ -371,6 +372,8 @@ class Handlers(pulumi.ComponentResource):
             pod_labels[EGRESS_INTERNET_LABEL] = "true"
         if spec.kube_api:
             pod_labels[EGRESS_KUBE_API_LABEL] = "true"
+        if spec.vault_agent is not None:
+            pod_labels[VAULT_CLIENT_LABEL] = "true"
         ha = args.high_availability and spec.replicas > 1
         pod = kube.pod_spec(
             [container],
@@ -425,6 +428,8 @@ class Handlers(pulumi.ComponentResource):
             annotations=annotations,
             depends_on=depends_on,
             skip_await=args.vault_pending and spec.vault_agent is not None,
+            # A rollout must not run a singleton twice, even for the minute both are up.
+            recreate=spec.singleton,
         )
         assert spec.port is not None
         kube.service(

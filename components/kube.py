@@ -321,9 +321,12 @@ def workload(
     stateful_volume_claims: Sequence[Mapping[str, Any]] = (),
     depends_on: Sequence[pulumi.Resource] = (),
     skip_await: bool = False,
+    recreate: bool = False,
 ) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
     """A Deployment, or a StatefulSet when it owns volume claims, labelled and selected by
-    `name`. `skip_await`: Pulumi does not wait for it to become ready (it cannot yet)."""
+    `name`. `skip_await`: Pulumi does not wait for it to become ready (it cannot yet).
+    `recreate`: a Deployment whose old pod stops before the new one starts (a rolling update
+    runs both for a while)."""
     template: Manifest = {
         "metadata": {
             "labels": {**labels(name, component), **(pod_labels or {})},
@@ -353,6 +356,8 @@ def workload(
             ),
             opts=opts,
         )
+    if recreate:
+        common["strategy"] = {"type": "Recreate"}
     return k8s.apps.v1.Deployment(
         resource_name, metadata=meta, spec=manifest({**common, "template": template}), opts=opts
     )

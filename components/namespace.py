@@ -23,6 +23,9 @@ from components import kube
 
 EGRESS_INTERNET_LABEL = "cct.io/egress-internet"
 EGRESS_KUBE_API_LABEL = "cct.io/egress-kube-api"
+# Ingress, opt-in per pod too: the pods that log in to Vault (a handler's Vault Agent); Vault
+# admits these and the workflow steps, no other pod.
+VAULT_CLIENT_LABEL = "cct.io/vault-client"
 POD_SECURITY_LEVELS = ("restricted", "baseline", "privileged")
 # The API server listens on 443 (managed control planes) or 6443 (kubeadm, kind).
 KUBE_API_PORTS = (443, 6443)
@@ -56,9 +59,6 @@ class NamespaceArgs:
     # Kubernetes API egress policy.
     apiserver_cidrs: Sequence[str]
     internal_namespaces: Sequence[str] = field(default_factory=tuple)
-    # Namespaces admitted to every pod here, for namespaces of third-party charts whose pods'
-    # flows are too chart-internal to list one by one (operators, Vault, Argo, Grafana).
-    ingress_from_namespaces: Sequence[str] = field(default_factory=tuple)
     # Ports admitted from anywhere: admission webhooks called by the API server.
     webhook_ports: Sequence[int] = field(default_factory=tuple)
     pod_security: str = "restricted"
@@ -169,21 +169,6 @@ class Namespace(pulumi.ComponentResource):
             ),
             opts=in_ns,
         )
-        if args.ingress_from_namespaces:
-            k8s.networking.v1.NetworkPolicy(
-                f"{name}-ingress-namespaces",
-                metadata=meta("ingress-namespaces", args.name, "network"),
-                spec=kube.manifest(
-                    {
-                        "podSelector": {},
-                        "policyTypes": ["Ingress"],
-                        "ingress": [
-                            {"from": [kube.namespace_peer(n) for n in args.ingress_from_namespaces]}
-                        ],
-                    }
-                ),
-                opts=in_ns,
-            )
         if args.webhook_ports:
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-ingress-webhooks",

@@ -28,6 +28,8 @@ IMAGE = "ghcr.io/cloudnative-pg/postgresql:15.14-202509091311-minimal-trixie"
 PORT = 5432
 METRICS_PORT = 9187
 VAULT_ROLE = "vault"
+# The operator's pods (the chart's selector labels, templates/_helpers.tpl).
+OPERATOR_PODS = {"app.kubernetes.io/name": "cloudnative-pg"}
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,7 @@ class Postgres(pulumi.ComponentResource):
             "data",
             pod_selector=instance_pods,
             ports=[8000, PORT],
-            peers=[kube.namespace_peer(args.operator_namespace)],
+            peers=[kube.pod_peer(args.operator_namespace, OPERATOR_PODS)],
             opts=child,
         )
         # Through the cluster's id, so users of the host wait for the cluster.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_vault as vault
@@ -23,6 +24,10 @@ CHART = "vault"
 CHART_VERSION = "0.31.0"
 IMAGE = "hashicorp/vault:1.20.4"
 PORT = 8200
+# Raft replication and request forwarding between the servers (HA).
+CLUSTER_PORT = 8201
+# The chart's server pods (templates/server-statefulset.yaml: its selector labels).
+SERVER_PODS = {"app.kubernetes.io/name": "vault", "component": "server"}
 ALLOWED_CAPABILITIES = frozenset({"create", "read", "update", "list"})
 # Policy paths are exact: no glob (`*`) and no segment wildcard (`+`), so a service account
 # can reach exactly the credentials it was granted.
@@ -142,6 +147,9 @@ class VaultArgs:
     clients_namespace: str
     # service account -> what it may read. Each becomes one Kubernetes auth role + one policy.
     access: Mapping[str, Sequence[VaultGrant]]
+    # Network peers admitted to the API port: the pods that log in. Nothing else in the
+    # cluster reaches Vault (the operator's own `pulumi up` comes through a port-forward).
+    clients: Sequence[Mapping[str, Any]] = ()
     # False on the first deployment: Vault must be initialised and unsealed before it can be
     # configured (see the README's deploy steps).
     configure: bool = True
@@ -239,6 +247,28 @@ class Vault(pulumi.ComponentResource):
                     "extraLabels": {EGRESS_KUBE_API_LABEL: "true", EGRESS_INTERNET_LABEL: "true"},
                 },
             },
+            opts=child,
+        )
+        if args.clients:
+            kube.ingress_policy(
+                f"{name}-clients",
+                "vault-clients",
+                args.namespace,
+                "secrets",
+                pod_selector=SERVER_PODS,
+                ports=[PORT],
+                peers=args.clients,
+                opts=child,
+            )
+        # The servers join, replicate and forward requests to the leader among themselves.
+        kube.ingress_policy(
+            f"{name}-peers",
+            "vault-peers",
+            args.namespace,
+            "secrets",
+            pod_selector=SERVER_PODS,
+            ports=[PORT, CLUSTER_PORT],
+            peers=[kube.pod_peer(args.namespace, SERVER_PODS)],
             opts=child,
         )
         self.address = pulumi.Output.from_input(f"http://vault.{args.namespace}.svc:{PORT}")

@@ -43,10 +43,11 @@ from components.kafka import METRICS_PORT as KAFKA_METRICS_PORT
 from components.kafka import TLS_PORT as KAFKA_TLS_PORT
 from components.kafka import Kafka, KafkaArgs, TopicSpec, ca_secret, user_secret
 from components.kube import SecretEnv
-from components.namespace import Namespace, NamespaceArgs
+from components.namespace import VAULT_CLIENT_LABEL, Namespace, NamespaceArgs
 from components.postgres import METRICS_PORT as PG_METRICS_PORT
 from components.postgres import Postgres, PostgresArgs
 from components.vault import IMAGE as VAULT_IMAGE
+from components.vault import SERVER_PODS as VAULT_SERVER_PODS
 from components.vault import (
     Vault,
     VaultArgs,
@@ -214,7 +215,6 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             name=platform,
             apiserver_cidrs=settings.apiserver_cidrs,
             internal_namespaces=[ns],
-            ingress_from_namespaces=[ns, platform],
             webhook_ports=[CNPG_WEBHOOK_PORT],
         ),
         opts=pulumi.ResourceOptions(providers=[k8s_provider]),
@@ -240,7 +240,8 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 *(pod(h) for h in (*PG_HANDLERS, MIGRATION_JOB)),
                 grafana_pods,
                 workflow_pods,
-                kube.namespace_peer(platform),
+                # Vault's database engine creates and drops the handlers' users.
+                kube.pod_peer(platform, VAULT_SERVER_PODS),
             ],
             secret_seed=settings.secret_seed,
             operator_webhooks_fail_closed=not settings.nodeless,
@@ -544,6 +545,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         VaultArgs(
             namespace=platform,
             clients_namespace=ns,
+            clients=[kube.pod_peer(ns, {VAULT_CLIENT_LABEL: "true"}), workflow_pods],
             access=vault_access(settings),
             configure=settings.vault.configure,
             # Vault runs as the role the CCT roles trust (IRSA), with no static key.

@@ -55,6 +55,7 @@ from lambdas.detector.config import (
     SeriesKey,
 )
 from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
+from lambdas.detector.outbox import AlertQueue, Escalate, Resolve, RowOp, RowQueue, Upsert
 from lambdas.detector.reports import (
     DEPTH,
     FALLBACK,
@@ -210,6 +211,13 @@ class Metrics:
         self.posted = Counter(
             "cct_detector_alerts_posted", "Alerts posted to Alertmanager.", registry=r
         )
+        self.dropped = Counter(
+            "cct_detector_queue_dropped",
+            "Alerts (what=alert) or anomaly rows (what=row) dropped because their queue held "
+            "its cap of distinct incidents during an Alertmanager or PostgreSQL outage.",
+            ["what"],
+            registry=r,
+        )
         self.replica_errors = Counter(
             "cct_detector_alertmanager_replica_errors",
             "Posts an Alertmanager replica failed or refused, by replica URL; the alerts count "
@@ -290,27 +298,6 @@ KEY_LABEL = "cct_key"
 KEY_SEP = "\x1f"  # ASCII unit separator: in no provider's ids or names
 # Raw KEY_LABEL value -> key (None: a group without any of the level's labels), per level.
 KeyCache = dict[str, SeriesKey | None]
-
-
-# Pending writes of `anomalies` rows, applied in order.
-@dataclass(frozen=True)
-class _Upsert:
-    row: store.AnomalyRow
-
-
-@dataclass(frozen=True)
-class _Escalate:
-    row: store.AnomalyRow
-    old_fingerprint: str
-
-
-@dataclass(frozen=True)
-class _Resolve:
-    row: store.AnomalyRow
-    at: float
-
-
-_RowOp = _Upsert | _Escalate | _Resolve
 
 
 # How long the label set a resource had before a re-tag is left out of the detector's reads:
@@ -423,8 +410,9 @@ class Detector:
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
         self._wild_logged_at = -math.inf
-        self.unsent: list[dict[str, Any]] = []
-        self.pending_rows: list[_RowOp] = []
+        # What Alertmanager and PostgreSQL have not taken yet (lambdas.detector.outbox).
+        self.unsent = AlertQueue()
+        self.pending_rows = RowQueue()
         self.last_resend = -math.inf
         self.conn: psycopg.Connection[Any] | None = None
         self._conn_generation = 0  # of the DSN self.conn was opened with
@@ -433,6 +421,23 @@ class Detector:
     def reports(self) -> dict[SeriesKey, Report]:
         """The open reports by key (one alert and `anomalies` row each)."""
         return self.book.reports
+
+    def flush(self) -> None:
+        """At shutdown, one last try to deliver what is queued; what still cannot be
+        delivered is lost with the process, and said so (the next detector adopts the open
+        incidents PostgreSQL has, and detects again what it does not)."""
+        try:
+            if len(self.unsent):
+                self._post([])
+            self._write()
+        except Exception:
+            # Stopping anyway: what is left is reported below.
+            log.exception("last delivery at shutdown failed")
+        if len(self.unsent) or len(self.pending_rows):
+            log.error(
+                "stopping with undelivered alerts or anomaly rows",
+                extra={"alerts": len(self.unsent), "rows": len(self.pending_rows)},
+            )
 
     def close(self) -> None:
         if self.conn is not None:
@@ -688,15 +693,30 @@ class Detector:
             events.sort(key=lambda e: (-e.rate_change, e.event_time, e.event_id))
             return [], events[:10], []
         known = set(ids)
-        new = [e for e in events if e.resource_id not in known and e.rate_change > 0]
-        labels = store.inventory_labels(conn, [(e.provider, e.resource_id) for e in new])
+        unknown = [e for e in events if e.resource_id not in known]
+        inventory = store.inventory_labels(conn, [(e.provider, e.resource_id) for e in unknown])
+        labels = {
+            (e.provider, e.resource_id): inventory.get(
+                (e.provider, e.resource_id),
+                {"provider": e.provider, "resource_id": e.resource_id},
+            )
+            for e in unknown
+        }
+        # The events are read by the aggregate's dimensions only (a team spans accounts),
+        # so they include resources outside the detector's selector: another shard's, which
+        # this detector reported as root causes of its own rollups. The selector applies to
+        # them as to every query: on their inventory labels (a resource the inventory does
+        # not know has only its provider and id to match), kept when it is undecidable.
+        outside = {
+            k for k, found in labels.items() if selector_matches(self.cfg.selector, found) is False
+        }
+        events = [e for e in events if (e.provider, e.resource_id) not in outside]
+        new = [e for e in unknown if (e.provider, e.resource_id) not in outside]
+        new = [e for e in new if e.rate_change > 0]
         extra = [
             Child(
                 "resource",
-                labels.get(
-                    (e.provider, e.resource_id),
-                    {"provider": e.provider, "resource_id": e.resource_id},
-                ),
+                labels[(e.provider, e.resource_id)],
                 e.usd_per_hour_before or 0.0,
                 e.usd_per_hour_after or 0.0,
             )
@@ -819,7 +839,7 @@ class Detector:
         for key, report in self.reports.items():
             if key not in posted:
                 out.append(self._alert(report, now + self.cfg.alert_ttl_s))
-                self.pending_rows.append(_Upsert(self._row(report)))
+                self._queue(Upsert(self._row(report)))
         return out
 
     def _forget_evicted(self) -> None:
@@ -839,7 +859,7 @@ class Detector:
         out: list[dict[str, Any]] = []
         for report in self.book.close(open_now):
             out.append(self._alert(report, now))
-            self.pending_rows.append(_Resolve(self._row(report), now))
+            self._queue(Resolve(self._row(report), now))
         for key, report in self.reports.items():
             severity = self.book.severity(report, open_now)
             if SEVERITIES.index(severity) > SEVERITIES.index(report.severity):
@@ -847,7 +867,7 @@ class Detector:
                 posted.add(key)
             elif key in posted:
                 out.append(self._alert(report, now + self.cfg.alert_ttl_s))
-                self.pending_rows.append(_Upsert(self._row(report)))
+                self._queue(Upsert(self._row(report)))
         return out
 
     def _reported(self, report: Report, how: str, events: Sequence[ChangeEvent]) -> None:
@@ -878,7 +898,7 @@ class Detector:
             if fingerprint(labels) != row.fingerprint or key in self.reports:
                 # Written under other labels (an older contract) or a duplicate: it cannot be
                 # re-sent as the same alert, so it is closed.
-                self.pending_rows.append(_Resolve(row, now))
+                self._queue(Resolve(row, now))
                 log.info("open anomaly of other labels closed", extra={"fp": row.fingerprint})
                 continue
             self.reports[key] = Report(
@@ -915,8 +935,14 @@ class Detector:
         report.severity = severity
         report.labels = alert_labels(report.key, report.rule, severity)
         old["annotations"][A_SUPERSEDED_BY] = fingerprint(report.labels)
-        self.pending_rows.append(_Escalate(self._row(report), old_fingerprint))
+        self._queue(Escalate(self._row(report), old_fingerprint))
         return [old, self._alert(report, now + self.cfg.alert_ttl_s)]
+
+    def _queue(self, op: RowOp) -> None:
+        dropped = self.pending_rows.add(op)
+        if dropped:
+            self.metrics.dropped.labels("row").inc(dropped)
+            log.error("anomaly row queue full, oldest dropped", extra={"rows": dropped})
 
     def _write(self) -> None:
         """Write the pending incident rows in order, all or none; kept for the next cycle
@@ -924,35 +950,34 @@ class Detector:
         help) is logged, counted and dropped, so it cannot block the rows behind it."""
         if not self.pending_rows:
             return
+        ops = list(self.pending_rows)
         try:
-            self._apply(self.pending_rows)
-            self.pending_rows = []
+            self._apply(ops)
+            self.pending_rows.done(len(ops))
             return
         except StoreError as exc:
             self._db_failed(exc)
             if exc.retryable:
-                self.pending_rows = self.pending_rows[-10_000:]
                 return
-        for n, op in enumerate(self.pending_rows):
+        for op in ops:
             try:
                 self._apply([op])
             except StoreError as exc:
                 self._db_failed(exc)
                 if exc.retryable:
-                    self.pending_rows = self.pending_rows[n:][-10_000:]
                     return
                 log.error(
                     "anomaly row refused, dropped",
                     extra={"error": str(exc), "fingerprint": op.row.fingerprint},
                 )
-        self.pending_rows = []
+            self.pending_rows.done(1)
 
-    def _apply(self, ops: Sequence[_RowOp]) -> None:
+    def _apply(self, ops: Sequence[RowOp]) -> None:
         conn = self._db()
         for op in ops:
-            if isinstance(op, _Upsert):
+            if isinstance(op, Upsert):
                 store.upsert(conn, op.row)
-            elif isinstance(op, _Escalate):
+            elif isinstance(op, Escalate):
                 store.escalate(conn, op.old_fingerprint, op.row)
             else:
                 store.resolve(
@@ -1002,8 +1027,11 @@ class Detector:
         lost. When Alertmanager refuses the batch (4xx), each alert is posted alone so that
         only the refused ones are dropped (logged and counted). With several replicas a post
         is done once one took it; the others get it again with the next post (`Alertmanager`)."""
-        batch = self.unsent + alerts
-        self.unsent = []
+        dropped = self.unsent.add(alerts)
+        if dropped:
+            self.metrics.dropped.labels("alert").inc(dropped)
+            log.error("alert queue full, oldest dropped", extra={"alerts": dropped})
+        batch = self.unsent.take()
         if not batch:
             # A resolve a replica missed must reach it even when nothing else is open.
             self.am.post([])
@@ -1015,7 +1043,7 @@ class Detector:
         except AlertmanagerError as exc:
             self.metrics.errors.labels("alertmanager").inc()
             if exc.retryable:
-                self.unsent = batch[-1000:]
+                self.unsent.add(batch)
                 return
         for n, alert in enumerate(batch):
             try:
@@ -1024,7 +1052,7 @@ class Detector:
             except AlertmanagerError as exc:
                 self.metrics.errors.labels("alertmanager").inc()
                 if exc.retryable:
-                    self.unsent = batch[n:][-1000:]
+                    self.unsent.add(batch[n:])
                     return
                 log.error(
                     "alertmanager refused an alert, dropped",
@@ -1105,4 +1133,5 @@ def serve() -> None:
             stop.wait(max(0.0, cfg.interval_s - (ended["at"] - started)))
     finally:
         shell.stop()
+        detector.flush()
         detector.close()

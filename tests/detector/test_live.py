@@ -7,6 +7,7 @@ them, so tests running in parallel against the shared services never see each ot
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.parse
 import urllib.request
@@ -25,7 +26,7 @@ from lambdas import contract
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
-from lambdas.detector.core import BASE_WEEKLY
+from lambdas.detector.core import BASE_WEEKLY, Transition
 from lambdas.detector.reports import MAX_UNREAD_TRIES
 from lambdas.detector.rules import Budget, RulesSettings, render_vmalert_rules
 from lambdas.detector.service import Detector, DetectorSettings
@@ -393,7 +394,7 @@ def test_series_that_vanish_are_evicted_from_the_engine_and_the_key_cache(
 def test_a_row_postgres_refuses_is_dropped_and_does_not_block_the_rows_behind_it(
     detector: Detector, pg_dsn: str, uid: str
 ) -> None:
-    from lambdas.detector.service import _Upsert
+    from lambdas.detector.outbox import Upsert
 
     def row(fp: str, severity: str) -> store.AnomalyRow:
         return store.AnomalyRow(
@@ -411,9 +412,10 @@ def test_a_row_postgres_refuses_is_dropped_and_does_not_block_the_rows_behind_it
         )
 
     bad, good = f"bad-{uid}", f"good-{uid}"
-    detector.pending_rows = [_Upsert(row(bad, "apocalyptic")), _Upsert(row(good, "critical"))]
+    detector.pending_rows.add(Upsert(row(bad, "apocalyptic")))
+    detector.pending_rows.add(Upsert(row(good, "critical")))
     detector._write()
-    assert detector.pending_rows == []
+    assert len(detector.pending_rows) == 0
     assert detector.metrics.errors.labels("postgres")._value.get() == 2  # batch, then the row
     with psycopg.connect(pg_dsn) as conn:
         assert store.get(conn, bad) == []
@@ -428,10 +430,10 @@ def test_an_alert_alertmanager_refuses_does_not_take_the_others_with_it(
     detector.cycle(time.time())
     detector.cycle(time.time())
     bad = {"labels": {"alertname": ""}, "annotations": {}}  # Alertmanager: 400
-    detector.unsent = [bad]
+    detector.unsent.add([bad])
     account.write(250.0)
     assert len(detector.cycle(time.time())) == 3
-    assert detector.unsent == []
+    assert len(detector.unsent) == 0
     assert detector.metrics.errors.labels("alertmanager")._value.get() == 2  # batch, then it
     assert detector.metrics.posted._value.get() == 3
     [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
@@ -611,24 +613,42 @@ def test_cct_serve_detector_runs_the_loop_and_alerts(
     assert logs and all(json.loads(line)["level"] for line in logs)
 
 
-def test_alerts_and_rows_wait_out_alertmanager_and_postgres_outages(
-    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
-) -> None:
+def go_dark(detector: Detector, **settings: Any) -> Callable[[], None]:
+    """Point the detector at a closed port for Alertmanager and PostgreSQL (with `settings`
+    changed too); returns what brings both back."""
     real_am, real_cfg = detector.am, detector.cfg
     closed = free_port()
     detector.am = Alertmanager(f"http://127.0.0.1:{closed}", timeout=2)
-    detector.cfg = replace(real_cfg, pg_dsn=f"postgresql://cct@127.0.0.1:{closed}/cct")
+    detector.cfg = replace(real_cfg, pg_dsn=f"postgresql://cct@127.0.0.1:{closed}/cct", **settings)
 
+    def restore() -> None:
+        detector.am, detector.cfg = real_am, real_cfg
+
+    return restore
+
+
+def step_up(detector: Detector, account: Account) -> list[Transition]:
+    """The account at 100 $/h for two cycles, then 250: three incidents open (account,
+    service, team)."""
     account.write(100.0)
     detector.cycle(time.time())
     detector.cycle(time.time())
     account.write(250.0)
     opened = detector.cycle(time.time())
     assert len(opened) == 3
+    return opened
+
+
+def test_alerts_and_rows_wait_out_alertmanager_and_postgres_outages(
+    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    restore = go_dark(detector)
+
+    opened = step_up(detector, account)
     # Nothing the drill-down read explains the rise, and the change events (which know the
     # resources too new to be served) cannot be read: held, then reported without them
     # (docs/detection.md, "When the attribution cannot be read").
-    assert set(detector.book.held) == {o.key for o in opened} and detector.unsent == []
+    assert set(detector.book.held) == {o.key for o in opened} and len(detector.unsent) == 0
     for _ in range(MAX_UNREAD_TRIES - 1):
         detector.cycle(time.time())
     assert len(detector.unsent) == 3 and len(detector.pending_rows) == 3
@@ -637,13 +657,64 @@ def test_alerts_and_rows_wait_out_alertmanager_and_postgres_outages(
     assert errors.labels("postgres")._value.get() >= 1
     assert am_alerts(alertmanager_url, team=account.team, source="detector") == []
 
-    detector.am, detector.cfg = real_am, real_cfg
+    restore()
     assert detector.cycle(time.time()) == []  # still high: nothing new, the backlog goes out
-    assert detector.unsent == [] and detector.pending_rows == []
+    assert len(detector.unsent) == 0 and len(detector.pending_rows) == 0
     [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
     with psycopg.connect(pg_dsn) as conn:
         [row] = store.get(conn, alert["fingerprint"])
     assert float(row["observed_usd_per_hour"]) == 250.0
+
+
+def test_a_long_outage_queues_one_alert_and_one_row_per_incident(
+    detector: Detector, account: Account, alertmanager_url: str, pg_dsn: str
+) -> None:
+    """Review finding: every cycle's re-post of each open incident was queued again, so an
+    outage of an hour filled the queues with copies and the cap dropped the oldest entries
+    first (an incident's insert, a resolve). Now a newer state replaces the queued one."""
+    # Re-post every open incident at every cycle, as a long outage would many times.
+    restore = go_dark(detector, resend_s=0.001)
+
+    step_up(detector, account)
+    for value in (251.0, 252.0, 253.0, 254.0, 255.0, 256.0):
+        account.write(value)
+        detector.cycle(time.time())
+    assert len(detector.unsent) == 3 and len(detector.pending_rows) == 3
+    assert am_alerts(alertmanager_url, team=account.team, source="detector") == []
+
+    restore()
+    detector.cycle(time.time())
+    assert len(detector.unsent) == 0 and len(detector.pending_rows) == 0
+    [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
+    assert float(alert["annotations"]["observed_usd_per_hour"]) == 256.0
+    with psycopg.connect(pg_dsn) as conn:
+        [row] = store.get(conn, alert["fingerprint"])
+    assert float(row["observed_usd_per_hour"]) == 256.0
+    assert detector.metrics.dropped.labels("row")._value.get() == 0
+
+
+def test_a_stopping_detector_delivers_what_it_queued_or_says_what_it_could_not(
+    detector: Detector,
+    account: Account,
+    alertmanager_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    restore = go_dark(detector)
+    step_up(detector, account)
+    for _ in range(MAX_UNREAD_TRIES - 1):
+        detector.cycle(time.time())
+    assert len(detector.unsent) == 3 and len(detector.pending_rows) == 3
+
+    with caplog.at_level(logging.ERROR, logger="cct.detector"):
+        detector.flush()  # both still down: nothing delivered, and said so
+    [record] = [r for r in caplog.records if "undelivered" in r.getMessage()]
+    assert (record.__dict__["alerts"], record.__dict__["rows"]) == (3, 3)
+
+    restore()
+    detector.flush()  # what `cct serve detector` does at SIGTERM, before it closes
+    assert len(detector.unsent) == 0 and len(detector.pending_rows) == 0
+    [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
+    assert float(alert["annotations"]["observed_usd_per_hour"]) == 250.0
 
 
 def test_a_re_tagged_resource_is_followed_not_reported_as_new(

@@ -140,7 +140,7 @@ async def test_a_resource_created_before_the_detector_starts_is_a_day0_step_on_i
         assert set(detector.reports) == {t.key for t in transitions if t.key.level == "resource"}
         # Posted to the real Alertmanager, and stored (the stack's own detector, if one runs
         # on these services, posts to the same Alertmanager but writes another database).
-        assert detector.unsent == []
+        assert len(detector.unsent) == 0
         with psycopg.connect(str(settings.pg_dsn)) as conn:
             stored = [
                 (r.dimensions.get("resource_id"), r.rule)

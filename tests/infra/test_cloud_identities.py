@@ -108,6 +108,10 @@ def test_azure_forwarder_cannot_touch_the_billing_exports(everything: BuiltStack
     assert settings["WEBSITE_RUN_FROM_PACKAGE"].startswith(
         f"https://{host_account}.blob.core.windows.net/"
     )
+    # A private blob on an account without shared keys: fetched with the app's identity,
+    # which must be named (the app has a system-assigned one, given Blob Data Owner above).
+    assert settings["WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID"] == "SystemAssigned"
+    assert app.inputs["identity"]["type"] == "SystemAssigned"
     package = everything.named("azure-forwarder-package").inputs
     assert package["accountName"] == host_account
 

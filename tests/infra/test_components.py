@@ -303,4 +303,8 @@ def test_unconfigured_vault_is_only_the_chart() -> None:
     assert {r.typ for r in mocks.resources} == {
         "cct:secrets:Vault",
         "kubernetes:helm.sh/v3:Release",
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
     }
+    # Only the servers' own traffic is admitted: no clients were named.
+    policies = [r for r in mocks.resources if r.typ.endswith("NetworkPolicy")]
+    assert [p.inputs["metadata"]["name"] for p in policies] == ["vault-peers"]

@@ -228,7 +228,10 @@ def test_fluent_bit_listens_where_its_service_points(built: BuiltStack) -> None:
     }
     assert ports["http-in"] == listener["port"]
     service = _named(built, "kubernetes:core/v1:Service", "fluent-bit").inputs["spec"]
-    assert {p["port"] for p in service["ports"]} == set(ports.values())
+    # The Service faces the clouds: it publishes the input and nothing else (the metrics
+    # port is scraped from the pods).
+    assert [p["port"] for p in service["ports"]] == [ports["http-in"]]
+    assert service["type"] == "LoadBalancer"
     assert built.outputs["fluentbitEndpoint"].endswith(f":{listener['port']}")
 
 

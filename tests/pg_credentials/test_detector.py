@@ -93,10 +93,10 @@ def test_incident_rows_land_across_a_rotation(
     vault.revoke(second)
     account.write(270.0)
     d.cycle(time.time())
-    assert d.pending_rows
+    assert len(d.pending_rows)
     assert d.metrics.errors.labels("postgres")._value.get() >= 1
     third = vault.issue()
     d.cycle(time.time())
-    assert d.pending_rows == []
+    assert len(d.pending_rows) == 0
     assert observed(pg_dsn, account) == [270.0] * 3
     assert detector_users(pg_dsn) == {third}

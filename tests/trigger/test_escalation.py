@@ -15,6 +15,7 @@ the warning and ...-317e96b2f951 for its escalation: two runs, two approvals, on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -35,8 +36,8 @@ import pytest
 from lambdas import contract
 from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
 from lambdas.bridge.core import convert
-from lambdas.collector.core import Labels, Rollups, resource_lines
-from lambdas.collector.model import Resource
+from lambdas.collector.core import Applied, Labels, Rollups, resource_lines
+from lambdas.collector.model import Resource, ResourceChange
 from lambdas.detector.config import DetectionConfig
 from lambdas.detector.service import Detector, DetectorSettings
 from lambdas.events.cloudevents import AnomalyEvent, decode
@@ -44,6 +45,7 @@ from lambdas.ingest.exposition import body
 from lambdas.policy import load_policy_set
 from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.store.db import open_pool
+from lambdas.store.inventory import write_batch
 from lambdas.store.migrate import migrate
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.backends import Backend
@@ -115,6 +117,44 @@ class Chain:
     resource_id: str
 
 
+def record_neighbour(pg_dsn: str, team: str) -> str:
+    """Another account's new development instance of the same team, launched now, as the
+    collector records it (`inventory.write_batch`: its inventory row and change event). In a
+    shared database, other accounts' changes are always there: found through the team's
+    change events, this one was reported as a root cause of the test's team rollup although
+    the detector watches one account only (the CI-only failure of this test). Returns its
+    resource id."""
+    uid = uuid.uuid4().hex[:10]
+    now = datetime.now(UTC)
+    change = ResourceChange(
+        event_id=f"ev-neighbour-{uid}",
+        provider="aws",
+        billing_account_id=f"acct-{uid}",
+        sub_account_id=f"acct-{uid}-sub",
+        region_id="us-east-1",
+        service_name=EC2,
+        resource_id=f"i-{uid}",
+        resource_type="Instance",
+        action="RunInstances",
+        event_time=now,
+        state="running",
+        tags={"team": team, "env": "dev"},
+    )
+    resource = Resource(
+        "aws", change.resource_id, change.billing_account_id, change.sub_account_id,
+        "us-east-1", EC2, "Instance", None, {}, "running", dict(change.tags or {}), 40.0,
+        change.event_id, now,
+    )  # fmt: skip
+
+    async def write() -> None:
+        async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+            key = (resource.provider, resource.resource_id)
+            await write_batch(conn, {key: resource}, [Applied(change, None, 40.0, False)], now)
+
+    asyncio.run(write())
+    return change.resource_id
+
+
 def _received(receiver: RecordingReceiver) -> list[dict[str, Any]]:
     """The alerts of every notification the bridge's endpoint got, in order."""
     return [a for r in receiver.snapshot() if r.path == "/v1/alerts" for a in r.body["alerts"]]
@@ -128,6 +168,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, vm_url: str, pg_dsn: str) ->
     token = workdir / "bridge.token"
     token.write_text("t0ken\n")
     series = Series(vm_url, uuid.uuid4().hex[:10])
+    neighbour = record_neighbour(pg_dsn, "web")
     with RecordingReceiver() as bridge:
         config = render_alertmanager_config(
             AlertRoutingSettings(
@@ -162,18 +203,21 @@ def chain(tmp_path_factory: pytest.TempPathFactory, vm_url: str, pg_dsn: str) ->
                         ]
                     return found
 
-                def notified(status: str, severity: str, count: int = 1) -> None:
+                def notified(status: str, severity: str, starts: int = 1) -> None:
+                    """Until notifications of `starts` different incidents (startsAt) with
+                    this status and severity came: Alertmanager may deliver a notification
+                    more than once, so copies of the first do not count as the second."""
+
                     def seen() -> bool:
                         alerts = _received(bridge)
-                        return (
-                            sum(
-                                a["status"] == status and a["labels"]["severity"] == severity
-                                for a in alerts
-                            )
-                            >= count
-                        )
+                        found = {
+                            a["startsAt"]
+                            for a in alerts
+                            if a["status"] == status and a["labels"]["severity"] == severity
+                        }
+                        return len(found) >= starts
 
-                    wait_until(seen, 30, f"a {status} {severity} notification")
+                    wait_until(seen, 30, f"{starts} {status} {severity} notifications")
 
                 # Series already there at a start are judged from their second value on.
                 assert step(100.0, cycles=2) == []
@@ -186,10 +230,14 @@ def chain(tmp_path_factory: pytest.TempPathFactory, vm_url: str, pg_dsn: str) ->
                 assert step(100.0, cycles=3) == [("resolved", "critical")]
                 notified("resolved", "critical")
                 assert step(130.0) == [("opened", "warning")]
-                notified("firing", "warning", count=2)
+                notified("firing", "warning", starts=2)
             finally:
                 detector.close()
         received = bridge.snapshot()
+    # Only the watched account's resource is reported, never the neighbour.
+    reported = {a["labels"].get("resource_id") for r in received for a in r.body["alerts"]}
+    assert reported == {series.resource_id}, reported
+    assert neighbour not in reported
     events = []
     for notification in received:
         if notification.path == "/v1/alerts":

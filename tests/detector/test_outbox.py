@@ -1,0 +1,173 @@
+"""The detector's queues of undelivered rows and alerts (lambdas.detector.outbox): one entry
+per incident, order kept where it matters. The live outage test is in test_live.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lambdas.detector.alerts import alert_labels, build_alert, fingerprint
+from lambdas.detector.config import SeriesKey
+from lambdas.detector.outbox import AlertQueue, Escalate, Resolve, RowOp, RowQueue, Upsert
+from lambdas.store.anomalies import AnomalyRow
+
+T0 = datetime(2026, 12, 6, 12, tzinfo=UTC)
+KEY = SeriesKey("team", (("team", "web"),))
+
+
+def row(severity: str = "warning", observed: float = 130.0, start: datetime = T0) -> AnomalyRow:
+    labels = alert_labels(KEY, "seasonal", severity)
+    return AnomalyRow(
+        fingerprint=fingerprint(labels),
+        started_at=start,
+        rule="seasonal",
+        level="team",
+        severity=severity,
+        dimensions={"team": "web"},
+        expected_usd_per_hour=100.0,
+        observed_usd_per_hour=observed,
+        deviation=observed / 100.0 - 1,
+        contributors=[],
+        change_events=[],
+    )
+
+
+def alert(severity: str, observed: float, *, start: datetime = T0, ended: bool = False) -> Any:
+    at = start.timestamp()
+    return build_alert(
+        alert_labels(KEY, "seasonal", severity),
+        started_at=at,
+        ends_at=at + (60 if ended else 3600),
+        expected=100.0,
+        observed=observed,
+        deviation=observed / 100.0 - 1,
+        baseline="seasonal",
+        contributors=[],
+        change_events=[],
+        ancestors=[],
+    )
+
+
+def test_a_refresh_replaces_the_incident_s_queued_row() -> None:
+    queue = RowQueue()
+    for observed in (130.0, 140.0, 150.0):
+        queue.add(Upsert(row(observed=observed)))
+    assert [op.row.observed_usd_per_hour for op in queue] == [150.0]
+
+
+def test_an_escalation_and_a_resolve_keep_their_order_and_absorb_later_refreshes() -> None:
+    queue = RowQueue()
+    warning, critical = row("warning"), row("critical", 300.0)
+    queue.add(Upsert(warning))
+    queue.add(Escalate(critical, warning.fingerprint))
+    queue.add(Upsert(row("critical", 310.0)))
+    queue.add(Resolve(row("critical", 310.0), T0.timestamp() + 600))
+    # A new incident of the same labels after the resolve: a row of its own.
+    later = T0 + timedelta(hours=1)
+    queue.add(Upsert(row("warning", 130.0, later)))
+    queue.add(Upsert(row("warning", 135.0, later)))
+    kinds = [(type(op).__name__, op.row.severity, op.row.observed_usd_per_hour) for op in queue]
+    assert kinds == [
+        ("Upsert", "warning", 130.0),
+        ("Escalate", "critical", 310.0),
+        ("Resolve", "critical", 310.0),
+        ("Upsert", "warning", 135.0),
+    ]
+
+
+def test_the_cap_drops_the_oldest_incidents_and_says_how_many() -> None:
+    queue = RowQueue(cap=2)
+    starts = [T0 + timedelta(minutes=n) for n in range(3)]
+    dropped = [queue.add(Upsert(row(start=s))) for s in starts]
+    assert dropped == [0, 0, 1]
+    assert [op.row.started_at for op in queue] == starts[1:]
+    # The index follows the shift: a refresh still finds its incident.
+    queue.add(Upsert(row(observed=999.0, start=starts[2])))
+    assert [op.row.observed_usd_per_hour for op in queue] == [130.0, 999.0]
+
+
+def test_done_rows_leave_and_the_rest_keep_their_incidents() -> None:
+    queue = RowQueue()
+    a, b = row(start=T0), row(start=T0 + timedelta(minutes=1))
+    queue.add(Upsert(a))
+    queue.add(Upsert(b))
+    queue.done(1)
+    queue.add(Upsert(row(observed=200.0, start=b.started_at)))
+    assert [(op.row.started_at, op.row.observed_usd_per_hour) for op in queue] == [
+        (b.started_at, 200.0)
+    ]
+
+
+def test_an_alert_s_later_state_replaces_it_in_its_place() -> None:
+    queue = AlertQueue()
+    queue.add([alert("warning", 130.0), alert("critical", 300.0)])
+    queue.add([alert("warning", 130.0, ended=True), alert("critical", 310.0)])
+    batch = queue.take()
+    assert [
+        (a["labels"]["severity"], float(a["annotations"]["observed_usd_per_hour"])) for a in batch
+    ] == [
+        ("warning", 130.0),
+        ("critical", 310.0),
+    ]
+    assert batch[0]["endsAt"] < batch[1]["endsAt"]
+    assert len(queue) == 0 and queue.take() == []
+
+
+def test_a_new_incident_of_the_same_labels_does_not_replace_the_old_one_s_resolve() -> None:
+    queue = AlertQueue()
+    queue.add([alert("warning", 130.0, ended=True)])
+    queue.add([alert("warning", 140.0, start=T0 + timedelta(hours=1))])
+    resolved, new = queue.take()
+    assert resolved["startsAt"] != new["startsAt"] and resolved["endsAt"] < new["startsAt"]
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["upsert", "escalate", "resolve"]),
+        st.integers(0, 3),
+        st.floats(1, 1000, allow_nan=False),
+    ),
+    max_size=40,
+)
+
+
+@given(ops)
+def test_the_queue_writes_what_the_ops_in_order_would_have(script: list[Any]) -> None:
+    """Applying the compacted queue to a table gives the same rows as applying every op."""
+
+    def apply(table: dict[Any, Any], op: RowOp) -> None:
+        key = (op.row.fingerprint, op.row.started_at)
+        if isinstance(op, Upsert):
+            table[key] = {**table.get(key, {}), "observed": op.row.observed_usd_per_hour}
+        elif isinstance(op, Escalate):
+            old = table.pop((op.old_fingerprint, op.row.started_at), None)
+            if old is not None:
+                table[key] = old
+            table[key] = {**table.get(key, {}), "observed": op.row.observed_usd_per_hour}
+        elif key in table:
+            table[key] = {**table[key], "resolved": True}
+
+    full: dict[Any, Any] = {}
+    queue = RowQueue()
+    severity: dict[int, str] = {}
+    for kind, incident, observed in script:
+        start = T0 + timedelta(minutes=incident)
+        current = severity.setdefault(incident, "warning")
+        if kind == "escalate" and current == "warning":
+            op: RowOp = Escalate(
+                row("critical", observed, start), row("warning", 0, start).fingerprint
+            )
+            severity[incident] = "critical"
+        elif kind == "resolve":
+            op = Resolve(row(current, observed, start), 0.0)
+        else:
+            op = Upsert(row(current, observed, start))
+        apply(full, op)
+        queue.add(op)
+    compacted: dict[Any, Any] = {}
+    for op in queue:
+        apply(compacted, op)
+    assert compacted == full
