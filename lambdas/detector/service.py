@@ -959,18 +959,22 @@ class Detector:
             self._db_failed(exc)
             if exc.retryable:
                 return
-        for op in ops:
-            try:
-                self._apply([op])
-            except StoreError as exc:
-                self._db_failed(exc)
-                if exc.retryable:
-                    return
-                log.error(
-                    "anomaly row refused, dropped",
-                    extra={"error": str(exc), "fingerprint": op.row.fingerprint},
-                )
-            self.pending_rows.done(1)
+        written = 0  # or dropped; taken off the queue once, not one by one
+        try:
+            for op in ops:
+                try:
+                    self._apply([op])
+                except StoreError as exc:
+                    self._db_failed(exc)
+                    if exc.retryable:
+                        return
+                    log.error(
+                        "anomaly row refused, dropped",
+                        extra={"error": str(exc), "fingerprint": op.row.fingerprint},
+                    )
+                written += 1
+        finally:
+            self.pending_rows.done(written)
 
     def _apply(self, ops: Sequence[RowOp]) -> None:
         conn = self._db()
