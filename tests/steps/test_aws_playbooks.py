@@ -524,14 +524,14 @@ def test_an_earlier_run_s_snapshot_is_not_taken_for_a_backup_of_the_volume_now(
     """An earlier run snapshotted the volume, then its delete failed (the volume was attached
     again and written to): a later run takes a new snapshot before deleting, not the old one
     (older than SNAPSHOT_REUSE_S; 0 here, so the one just made counts as old)."""
-    from lambdas.steps.providers import aws as aws_actions
+    from lambdas.steps import action
 
     seed_prices("aws", EC2, REGION, "gib_month", {"gp3": "0.08", "snapshot": "0.05"})
     ec2 = _client("ec2", aws_env)
     vid = ec2.create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3")["VolumeId"]
     tags = [{"ResourceType": "snapshot", "Tags": [{"Key": "cct:source-volume", "Value": vid}]}]
     old = ec2.create_snapshot(VolumeId=vid, TagSpecifications=tags)["SnapshotId"]
-    monkeypatch.setattr(aws_actions, "SNAPSHOT_REUSE_S", 0.0)
+    monkeypatch.setattr(action, "SNAPSHOT_REUSE_S", 0.0)
     run_id = f"cct-delete-unattached-volume-old-snap-{uid}"
 
     result = run_playbook("delete-unattached-volume", run_id, _params(vid), env, inprocess=True)

@@ -14,12 +14,13 @@ from typing import Any
 
 from lambdas.steps import polling
 from lambdas.steps.action import (
-    SNAPSHOT_REUSE_S,
     Action,
     State,
     register,
     resize_or_restore,
     resized,
+    snapshot_reusable,
+    started_at,
 )
 from lambdas.steps.errors import AccessDenied, InvalidInput, NotFound, Permanent, Retryable
 
@@ -419,15 +420,14 @@ def _delete_volume_apply(session: AwsSession, params: Mapping[str, Any], before:
         raise Permanent(f"volume {vid} is attached to {before['attached_to']}; not deleting")
     ec2 = session.client("ec2")
     snap_id = before.get("snapshot_id")
-    started = before.get("snapshot_started_at")
-    # A snapshot still pending is this run's, however long a large volume takes.
-    if snap_id and started and before.get("snapshot_state") != "pending":
-        age_s = time.time() - datetime.fromisoformat(str(started)).timestamp()
-        if age_s > SNAPSHOT_REUSE_S:
-            # An earlier run's snapshot (its delete failed: the volume was attached again and
-            # written to since): not a backup of what is deleted now.
-            log.info("snapshot %s of %s is %.0f s old: taking a new one", snap_id, vid, age_s)
-            snap_id = None
+    # The same decision as Azure's and GCP's: one still being taken is this run's, however
+    # long a large volume takes; an older one is an earlier run's (its delete failed: the
+    # volume was attached again and written to since), not a backup of what is deleted now.
+    pending = before.get("snapshot_state") == "pending"
+    if snap_id and not snapshot_reusable(
+        snap_id, started_at(before.get("snapshot_started_at")), pending
+    ):
+        snap_id = None
     if not snap_id:
         with aws_errors(f"ec2:CreateSnapshot {vid}", VOLUME_PERMS):
             snap_id = ec2.create_snapshot(
