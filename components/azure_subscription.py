@@ -110,6 +110,42 @@ def focus_export_template() -> dict[str, Any]:
     }
 
 
+def private_storage(
+    names: tuple[str, str],
+    group: azure.resources.ResourceGroup,
+    location: str,
+    *,
+    container: str,
+    tags: Mapping[str, str],
+    opts: pulumi.ResourceOptions,
+) -> tuple[azure.storage.StorageAccount, azure.storage.BlobContainer]:
+    """A storage account that takes no shared key and serves nothing anonymously (every
+    reader and writer comes with an identity and a role) and one private container in it;
+    `names`: the two resources' names."""
+    account = azure.storage.StorageAccount(
+        names[0],
+        resource_group_name=group.name,
+        location=location,
+        kind="StorageV2",
+        sku={"name": "Standard_LRS"},
+        allow_blob_public_access=False,
+        allow_shared_key_access=False,
+        enable_https_traffic_only=True,
+        minimum_tls_version="TLS1_2",
+        tags=dict(tags),
+        opts=opts,
+    )
+    blobs = azure.storage.BlobContainer(
+        names[1],
+        account_name=account.name,
+        resource_group_name=group.name,
+        container_name=container,
+        public_access=azure.storage.PublicAccess.NONE,
+        opts=opts,
+    )
+    return account, blobs
+
+
 @dataclass(frozen=True)
 class AzureSubscriptionArgs:
     subscription_id: str
@@ -167,25 +203,12 @@ class AzureSubscription(pulumi.ComponentResource):
             tags=dict(tags),
             opts=child,
         )
-        account = azure.storage.StorageAccount(
-            f"{name}-storage",
-            resource_group_name=group.name,
-            location=args.location,
-            kind="StorageV2",
-            sku={"name": "Standard_LRS"},
-            allow_blob_public_access=False,
-            allow_shared_key_access=False,
-            enable_https_traffic_only=True,
-            minimum_tls_version="TLS1_2",
-            tags=dict(tags),
-            opts=child,
-        )
-        exports = azure.storage.BlobContainer(
-            f"{name}-exports",
-            account_name=account.name,
-            resource_group_name=group.name,
-            container_name="focus",
-            public_access=azure.storage.PublicAccess.NONE,
+        account, exports = private_storage(
+            (f"{name}-storage", f"{name}-exports"),
+            group,
+            args.location,
+            container="focus",
+            tags=tags,
             opts=child,
         )
         export = azure.resources.DeploymentAtSubscriptionScope(
@@ -306,25 +329,12 @@ class AzureSubscription(pulumi.ComponentResource):
         # identity"), so a container-scoped assignment would not let the host start, and
         # on the exports' account the internet-facing Function could read, overwrite or
         # delete the billing exports.
-        account = azure.storage.StorageAccount(
-            f"{name}-function-storage",
-            resource_group_name=group.name,
-            location=args.location,
-            kind="StorageV2",
-            sku={"name": "Standard_LRS"},
-            allow_blob_public_access=False,
-            allow_shared_key_access=False,
-            enable_https_traffic_only=True,
-            minimum_tls_version="TLS1_2",
-            tags=dict(tags),
-            opts=opts,
-        )
-        packages = azure.storage.BlobContainer(
-            f"{name}-packages",
-            account_name=account.name,
-            resource_group_name=group.name,
-            container_name="function-packages",
-            public_access=azure.storage.PublicAccess.NONE,
+        account, packages = private_storage(
+            (f"{name}-function-storage", f"{name}-packages"),
+            group,
+            args.location,
+            container="function-packages",
+            tags=tags,
             opts=opts,
         )
         package = azure.storage.Blob(

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from lambdas.common.vm import VictoriaMetrics
-from lambdas.store.migrate import migrate
+from tests.support.databases import own_database
 from tests.support.services import ROOT, load_settings, require
 
 
@@ -62,14 +61,8 @@ def pg_admin_dsn(services: dict[str, dict[str, Any]]) -> str:
 @pytest.fixture(scope="session")
 def pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
     """A fresh, migrated database for this test session, dropped afterwards."""
-    name = f"cct_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    dsn = pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    migrate(dsn)
-    yield dsn
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    with own_database(pg_admin_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,8 @@ import pytest
 
 from lambdas.common import settings as env
 from lambdas.detector.alerts import Alertmanager, AlertmanagerError
-from lambdas.detector.config import DetectionConfig
 from lambdas.detector.service import Detector, DetectorSettings
-from tests.detector.test_live import Account, am_alerts, wait_for
+from tests.detector.test_live import Account, am_alerts, wait_for, watching
 from tests.support.procs import free_port, http_ready, running
 
 CONFIG = """\
@@ -112,19 +111,9 @@ def account(vm: Any, uid: str) -> Account:
 
 @pytest.fixture
 def detector(cluster: Cluster, account: Account, vm_url: str, pg_dsn: str) -> Iterator[Detector]:
-    d = Detector(
-        DetectorSettings(
-            vm_url=vm_url,
-            alertmanager_url=",".join(cluster.urls),
-            pg_dsn=pg_dsn,
-            selector=f'billing_account_id="{account.account}"',
-            bootstrap_hours=0,
-            # No resend within a test: what reaches a replica is what the cycles post.
-            resend_s=3600.0,
-            alert_ttl_s=7200.0,
-            detection=DetectionConfig(resolve_after_ticks=2),
-        )
-    )
+    # No resend within a test: what reaches a replica is what the cycles post.
+    urls = ",".join(cluster.urls)
+    d = Detector(watching(account, vm_url, urls, pg_dsn, resend_s=3600.0, alert_ttl_s=7200.0))
     yield d
     d.close()
 

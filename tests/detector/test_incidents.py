@@ -16,7 +16,6 @@ import pytest
 
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import fingerprint
-from lambdas.detector.config import DetectionConfig
 from lambdas.detector.reports import Report
 from lambdas.detector.service import Detector, DetectorSettings, selector_matches
 from lambdas.store import anomalies as store
@@ -28,20 +27,13 @@ from tests.detector.test_live import (
     insert_events,
     insert_inventory,
     wait_for,
+    watching,
 )
 
 
 @pytest.fixture
 def settings(account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str) -> DetectorSettings:
-    return DetectorSettings(
-        vm_url=vm_url,
-        alertmanager_url=alertmanager_url,
-        pg_dsn=pg_dsn,
-        selector=f'billing_account_id="{account.account}"',
-        bootstrap_hours=0,
-        resend_s=0.01,
-        detection=DetectionConfig(resolve_after_ticks=2),
-    )
+    return watching(account, vm_url, alertmanager_url, pg_dsn, resend_s=0.01)
 
 
 @pytest.fixture

@@ -101,10 +101,11 @@ def account(vm: VictoriaMetrics, uid: str) -> Account:
     return Account(vm, uid)
 
 
-@pytest.fixture
-def detector(
-    account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str
-) -> Iterator[Detector]:
+def watching(
+    account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str, **changes: Any
+) -> DetectorSettings:
+    """A detector's settings for the account alone, its history not loaded, an incident
+    resolved after two normal evaluations; `changes` on top."""
     settings = DetectorSettings(
         vm_url=vm_url,
         alertmanager_url=alertmanager_url,
@@ -113,7 +114,14 @@ def detector(
         bootstrap_hours=0,
         detection=DetectionConfig(resolve_after_ticks=2),
     )
-    d = Detector(settings)
+    return replace(settings, **changes)
+
+
+@pytest.fixture
+def detector(
+    account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str
+) -> Iterator[Detector]:
+    d = Detector(watching(account, vm_url, alertmanager_url, pg_dsn))
     yield d
     d.close()
 

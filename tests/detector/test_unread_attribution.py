@@ -39,9 +39,9 @@ from lambdas.detector.reports import (
     Streak,
     Unread,
 )
-from lambdas.detector.service import Detector, DetectorSettings
+from lambdas.detector.service import Detector
 from tests.detector.test_incidents import _served
-from tests.detector.test_live import Account, am_alerts, wait_for
+from tests.detector.test_live import Account, am_alerts, wait_for, watching
 
 LEVELS = ("account", "service", "team", "resource")
 OLD = {
@@ -311,17 +311,7 @@ def account(vm: VictoriaMetrics, uid: str) -> Account:
 def detector(
     account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str
 ) -> Iterator[Detector]:
-    d = Detector(
-        DetectorSettings(
-            vm_url=vm_url,
-            alertmanager_url=alertmanager_url,
-            pg_dsn=pg_dsn,
-            selector=f'billing_account_id="{account.account}"',
-            bootstrap_hours=0,
-            resend_s=0.01,
-            detection=DetectionConfig(resolve_after_ticks=2),
-        )
-    )
+    d = Detector(watching(account, vm_url, alertmanager_url, pg_dsn, resend_s=0.01))
     yield d
     d.close()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from lambdas.collector.service import CollectorSettings, Processor, build_app
 from lambdas.common.pg import DsnSource
 from lambdas.pricing.cli import documents
 from lambdas.pricing.sources import parse
-from lambdas.store.migrate import migrate
 from lambdas.store.pricing import upsert_prices
+from tests.support.databases import own_database
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "test-token-0123456789abcdef"
@@ -44,14 +43,8 @@ def event() -> Callable[[str], dict[str, Any]]:
 
 @pytest.fixture
 def fresh_db(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"cct_ingest_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    dsn = pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    migrate(dsn)
-    yield dsn
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    with own_database(pg_admin_dsn, "cct_ingest") as dsn:
+        yield dsn
 
 
 def load_prices(dsn: str) -> None:

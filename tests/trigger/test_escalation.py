@@ -46,13 +46,13 @@ from lambdas.policy import load_policy_set
 from lambdas.steps.playbooks import PLAYBOOKS
 from lambdas.store.db import open_pool
 from lambdas.store.inventory import write_batch
-from lambdas.store.migrate import migrate
 from lambdas.trigger.argo import ArgoBackend, KubeSettings, api_client
 from lambdas.trigger.backends import Backend
 from lambdas.trigger.detached import DetachedLocalBackend
 from lambdas.trigger.mapping import PlaybookMapping, load_mapping, parse_mapping
 from lambdas.trigger.processor import Handled, Processor
 from tests.routing.helpers import RecordingReceiver, alertmanager_process, wait_until
+from tests.support.databases import own_database
 from tests.support.services import ROOT
 from tests.trigger.events import EC2
 from tests.trigger.fake_kube import FakeKube
@@ -252,14 +252,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory, vm_url: str, pg_dsn: str) ->
 def own_dsn(pg_admin_dsn: str) -> Iterator[str]:
     """A database of this test's own: the runs of one incident are named alike in every
     test that handles the chain's events."""
-    name = f"cct_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    dsn = pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}"
-    migrate(dsn)
-    yield dsn
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
+    with own_database(pg_admin_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture
