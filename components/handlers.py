@@ -125,6 +125,11 @@ class HandlerSpec:
     # the high-availability replica minimum, and replaced by stopping the old pod first
     # (Recreate), never rolled.
     singleton: bool = False
+    # A directory on a volume of the handler's own that outlives its pod (a
+    # PersistentVolumeClaim of `state_size`, ReadWriteOnce, so a singleton's only): durable
+    # state such as the detector's spool of undelivered alerts and rows. None: no volume.
+    state_dir: str | None = None
+    state_size: str = "1Gi"
     resources: kube.Resources = field(default_factory=kube.Resources)
     vault_agent: VaultAgentSpec | None = None
     # The readiness probe's route: the shared shell's /readyz (ready while the handler's
@@ -141,6 +146,10 @@ class HandlerSpec:
             raise ValueError(f"handler {self.name}: a Deployment needs a port")
         if (self.schedule is not None or self.singleton) and self.replicas != 1:
             raise ValueError(f"handler {self.name}: a CronJob or singleton runs one replica")
+        if self.state_dir is not None and (self.schedule is not None or not self.singleton):
+            raise ValueError(
+                f"handler {self.name}: a state volume is ReadWriteOnce: a singleton's only"
+            )
         if self.vault_agent is not None:
             clash = {"CCT_PG_DSN", "CCT_PG_DSN_FILE"} & set(self.secret_env)
             if clash:
@@ -226,6 +235,8 @@ class HandlersArgs:
     # True while Vault is not configured yet: handlers whose credentials come from Vault
     # cannot become ready, so `pulumi up` must not wait for them (they start once it is).
     vault_pending: bool = False
+    # Storage class of the handlers' state volumes (HandlerSpec.state_dir); None: default.
+    storage_class: str | None = None
 
     def __post_init__(self) -> None:
         kube.require_pinned_image(self.image, "cct")
@@ -344,6 +355,20 @@ class Handlers(pulumi.ComponentResource):
         for source, path in sorted(spec.secret_mounts.items()):
             volumes.append({"name": source, "secret": {"secretName": source}})
             mounts.append({"name": source, "mountPath": path, "readOnly": True})
+        if spec.state_dir is not None:
+            claim = f"{spec.name}-state"
+            k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-{spec.name}-state",
+                # Not awaited: a class that binds on first use (WaitForFirstConsumer) binds only
+                # once the pod exists, and the Deployment's readiness is awaited anyway.
+                metadata=kube.metadata(
+                    claim, ns, "handler", annotations={"pulumi.com/skipAwait": "true"}
+                ),
+                spec=kube.volume_claim(claim, spec.state_size, args.storage_class)["spec"],
+                opts=opts,
+            )
+            volumes.append({"name": "state", "persistentVolumeClaim": {"claimName": claim}})
+            mounts.append({"name": "state", "mountPath": spec.state_dir})
         init_containers: list[dict[str, Any]] = []
         if spec.vault_agent is not None:
             agent_config, agent_volumes, agent = self._vault_agent(

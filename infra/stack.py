@@ -81,6 +81,7 @@ ADMISSION_METRICS_PORT = 8080
 POLICIES_DIR = "/etc/cct/policies"
 PLAYBOOKS_DIR = "/etc/cct/playbooks"
 SECRETS_DIR = "/etc/cct/secrets"
+DETECTOR_STATE_DIR = "/var/lib/cct/detector"
 # The steps' database login (a member of the application owner role).
 STEPS_DB_ROLE = "cct_steps"
 # The application owner role (CloudNativePG's `cct` database owner).
@@ -364,6 +365,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             namespace=ns,
             image=settings.image,
             high_availability=ha,
+            storage_class=settings.storage_class,
             config_maps={"cct-policies": content.policies, "cct-playbooks": content.playbooks},
             migration=MigrationSpec(owner_dsn=SecretEnv("cct-pg-app", "uri"), name=MIGRATION_JOB),
             vault_pending=not settings.vault.configure,
@@ -393,8 +395,11 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                     env={
                         "CCT_VM_READ_URL": vm_read_url,
                         "CCT_ALERTMANAGER_URL": ",".join(alertmanager_urls),
+                        # What it owes Alertmanager and PostgreSQL outlives a crash.
+                        "CCT_DETECTOR_SPOOL_FILE": f"{DETECTOR_STATE_DIR}/spool.json",
                         **pg_dsn_env,
                     },
+                    state_dir=DETECTOR_STATE_DIR,
                     resources=kube.Resources("500m", "512Mi", "2", "2Gi"),
                     vault_agent=vault_agent("detector"),
                 ),

@@ -12,13 +12,23 @@ Rows are keyed by (fingerprint, started_at), the `anomalies` primary key; alerts
 (fingerprint, startsAt), which is what Alertmanager keeps. Order across incidents, and the
 order of an incident's escalation and resolution, are kept: only a queued refresh (an upsert,
 or a firing alert) is replaced, and only by a later state of the same incident.
+
+`Spool` keeps both queues on disk between cycles, so a detector that dies while PostgreSQL or
+Alertmanager is unavailable (a crash, an OOM kill, a node lost) leaves what it owed to the
+next one. Replaying a spool is safe even when part of it was delivered before the crash:
+every row write is idempotent (an upsert by primary key, an escalation that moves a row only
+from its old fingerprint, a resolve only of an open row) and Alertmanager keeps one alert per
+label set and start.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from lambdas.detector.alerts import fingerprint
@@ -134,8 +144,134 @@ class AlertQueue:
             del self._alerts[key]
         return dropped
 
+    def peek(self) -> list[dict[str, Any]]:
+        """Everything queued, in order, left queued."""
+        return list(self._alerts.values())
+
     def take(self) -> list[dict[str, Any]]:
         """Everything queued, in order; the queue is empty afterwards."""
-        batch = list(self._alerts.values())
+        batch = self.peek()
         self._alerts = {}
         return batch
+
+
+SPOOL_VERSION = 1
+
+
+class SpoolError(Exception):
+    """The spool cannot be read or written (the message says which file and why)."""
+
+
+def _row_doc(row: store.AnomalyRow) -> dict[str, Any]:
+    doc = {f.name: getattr(row, f.name) for f in fields(row)}
+    doc["started_at"] = row.started_at.isoformat()
+    doc["dimensions"] = dict(row.dimensions)
+    for name in ("contributors", "change_events", "ancestors"):
+        doc[name] = [dict(item) for item in doc[name]]
+    return doc
+
+
+def _row_of(doc: Mapping[str, Any]) -> store.AnomalyRow:
+    started = datetime.fromisoformat(doc["started_at"])
+    if started.tzinfo is None:
+        raise ValueError("started_at has no zone")
+    return store.AnomalyRow(**{**doc, "started_at": started})
+
+
+def op_doc(op: RowOp) -> dict[str, Any]:
+    if isinstance(op, Upsert):
+        return {"op": "upsert", "row": _row_doc(op.row)}
+    if isinstance(op, Escalate):
+        return {"op": "escalate", "row": _row_doc(op.row), "old_fingerprint": op.old_fingerprint}
+    return {"op": "resolve", "row": _row_doc(op.row), "at": op.at}
+
+
+def op_of(doc: Mapping[str, Any]) -> RowOp:
+    row = _row_of(doc["row"])
+    kind = doc["op"]
+    if kind == "upsert":
+        return Upsert(row)
+    if kind == "escalate":
+        return Escalate(row, str(doc["old_fingerprint"]))
+    if kind == "resolve":
+        return Resolve(row, float(doc["at"]))
+    raise ValueError(f"unknown op {kind!r}")
+
+
+@dataclass
+class Spooled:
+    rows: list[RowOp]
+    alerts: list[dict[str, Any]]
+
+
+class Spool:
+    """One JSON file holding what the queues owe, replaced atomically (write, fsync, rename)
+    at the end of each cycle that leaves something queued, and removed once nothing is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._saved: bytes | None = None  # what the file holds now (None: no file)
+
+    def load(self) -> Spooled:
+        """What the last run left; empty when it left nothing. A file that cannot be read as
+        a spool is renamed to `<name>.unreadable` (kept for a person) and SpoolError raised."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return Spooled([], [])
+        except OSError as exc:
+            raise SpoolError(f"{self.path}: {exc.strerror or exc}") from None
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("version") != SPOOL_VERSION:
+                raise ValueError(f"not a version {SPOOL_VERSION} spool")
+            rows = [op_of(item) for item in doc["rows"]]
+            alerts = [dict(a) for a in doc["alerts"]]
+            if not all(isinstance(a.get("labels"), dict) for a in alerts):
+                raise ValueError("an alert without labels")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            aside = self.path.with_name(self.path.name + ".unreadable")
+            os.replace(self.path, aside)
+            raise SpoolError(f"{self.path}: unreadable ({exc}); moved to {aside.name}") from None
+        self._saved = data
+        return Spooled(rows, alerts)
+
+    def save(self, rows: RowQueue, alerts: AlertQueue) -> bool:
+        """Write the queues if they changed since the last save; True when the file changed."""
+        if not len(rows) and not len(alerts):
+            if self._saved is None:
+                return False
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise SpoolError(f"{self.path}: {exc.strerror or exc}") from None
+            self._saved = None
+            return True
+        data = json.dumps(
+            {
+                "version": SPOOL_VERSION,
+                "rows": [op_doc(op) for op in rows],
+                "alerts": alerts.peek(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        if data == self._saved:
+            return False
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            # The rename itself must survive a crash of the node, not only of the process.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise SpoolError(f"{self.path}: {exc.strerror or exc}") from None
+        self._saved = data
+        return True

@@ -18,10 +18,11 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,16 @@ from lambdas.detector.config import (
     SeriesKey,
 )
 from lambdas.detector.core import HOUR_S, WEEK_H, Engine, OpenIncident, Transition
-from lambdas.detector.outbox import AlertQueue, Escalate, Resolve, RowOp, RowQueue, Upsert
+from lambdas.detector.outbox import (
+    AlertQueue,
+    Escalate,
+    Resolve,
+    RowOp,
+    RowQueue,
+    Spool,
+    SpoolError,
+    Upsert,
+)
 from lambdas.detector.reports import (
     DEPTH,
     FALLBACK,
@@ -114,6 +124,11 @@ class DetectorSettings:
     # CCT_DETECTOR_HEADER_TIMEOUT_S: a scraper that has not sent its request headers by then
     # is disconnected, so slow clients cannot pile up on the shell's connections.
     header_timeout_s: float = 10.0
+    # CCT_DETECTOR_SPOOL_FILE: the file that keeps the alerts and anomaly rows not delivered
+    # yet between cycles (lambdas.detector.outbox.Spool), so a detector that dies during an
+    # Alertmanager or PostgreSQL outage leaves them to the next one; empty: memory only. The
+    # bundle puts it on the detector's own volume.
+    spool_file: str = ""
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def __post_init__(self) -> None:
@@ -157,6 +172,7 @@ class DetectorSettings:
             host=env.env_str("CCT_DETECTOR_HOST", "127.0.0.1"),
             port=env.env_int("CCT_DETECTOR_PORT", 18082),
             header_timeout_s=env.env_float("CCT_DETECTOR_HEADER_TIMEOUT_S", 10.0),
+            spool_file=os.environ.get("CCT_DETECTOR_SPOOL_FILE", ""),
             detection=DetectionConfig.from_env(),
         )
 
@@ -261,9 +277,13 @@ class Metrics:
 _Linked = tuple[list[Contributor], list[ChangeEvent], list[Child]]
 
 
-def selector_matches(selector: str, labels: Mapping[str, str]) -> bool | None:
+def selector_matches(
+    selector: str, labels: Mapping[str, str], only: Collection[str] | None = None
+) -> bool | None:
     """Whether a label set passes the extra PromQL matchers (`a="x",b!="y",c=~"re"`); None
-    when the selector is more than such a list (the caller cannot decide it)."""
+    when the selector is more than such a list (the caller cannot decide it). With `only`,
+    matchers of other labels are passed: an aggregate's series lacks the labels it was
+    selected by (a team's rollup selected by account has only `team`)."""
     if not selector.strip():
         return True
     matcher = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
@@ -276,7 +296,9 @@ def selector_matches(selector: str, labels: Mapping[str, str]) -> bool | None:
         name, op, raw = m.groups()
         value = raw.encode().decode("unicode_escape")
         got = labels.get(name, "")
-        if op == "=":
+        if only is not None and name not in only:
+            pass
+        elif op == "=":
             ok &= got == value
         elif op == "!=":
             ok &= got != value
@@ -416,6 +438,41 @@ class Detector:
         self.last_resend = -math.inf
         self.conn: psycopg.Connection[Any] | None = None
         self._conn_generation = 0  # of the DSN self.conn was opened with
+        self.spool = Spool(Path(cfg.spool_file)) if cfg.spool_file else None
+        self._recover()
+
+    def _recover(self) -> None:
+        """Queue what the last run left in the spool, ahead of anything of this run: its
+        rows are written before the open incidents are adopted (`_adopt`), so an incident
+        that opened during an outage is taken over, not detected again as a new one."""
+        if self.spool is None:
+            return
+        try:
+            left = self.spool.load()
+        except SpoolError as exc:
+            self.metrics.errors.labels("spool").inc()
+            log.error("spool of the last run not read", extra={"error": str(exc)})
+            return
+        for op in left.rows:
+            self._queue(op)
+        dropped = self.unsent.add(left.alerts)
+        if dropped:
+            self.metrics.dropped.labels("alert").inc(dropped)
+        if left.rows or left.alerts:
+            log.warning(
+                "undelivered alerts and anomaly rows of the last run queued",
+                extra={"alerts": len(left.alerts), "rows": len(left.rows)},
+            )
+
+    def _save(self) -> None:
+        if self.spool is None:
+            return
+        try:
+            self.spool.save(self.pending_rows, self.unsent)
+        except SpoolError as exc:
+            # Delivery goes on from memory; only a crash before it ends would lose the queue.
+            self.metrics.errors.labels("spool").inc()
+            log.error("spool not written", extra={"error": str(exc)})
 
     @property
     def reports(self) -> dict[SeriesKey, Report]:
@@ -423,9 +480,10 @@ class Detector:
         return self.book.reports
 
     def flush(self) -> None:
-        """At shutdown, one last try to deliver what is queued; what still cannot be
-        delivered is lost with the process, and said so (the next detector adopts the open
-        incidents PostgreSQL has, and detects again what it does not)."""
+        """At shutdown, one last try to deliver what is queued. What still cannot be
+        delivered stays in the spool for the next detector, or, without a spool, is lost with
+        the process (the next detector adopts the open incidents PostgreSQL has, and detects
+        again what it does not); either way it is said."""
         try:
             if len(self.unsent):
                 self._post([])
@@ -433,10 +491,15 @@ class Detector:
         except Exception:
             # Stopping anyway: what is left is reported below.
             log.exception("last delivery at shutdown failed")
+        self._save()
         if len(self.unsent) or len(self.pending_rows):
             log.error(
                 "stopping with undelivered alerts or anomaly rows",
-                extra={"alerts": len(self.unsent), "rows": len(self.pending_rows)},
+                extra={
+                    "alerts": len(self.unsent),
+                    "rows": len(self.pending_rows),
+                    "spool": str(self.spool.path) if self.spool else None,
+                },
             )
 
     def close(self) -> None:
@@ -813,7 +876,7 @@ class Detector:
                 self._wild_logged_at = now
                 log.warning("values beyond any cost rate skipped", extra={"values": skipped})
         if not self.adopted:
-            self._adopt(now)
+            self._adopt(now, set(vector.keys))
         open_now = {inc.key: inc for inc in self.engine.open_incidents()}
         for tr in transitions:
             self.metrics.transitions.labels(tr.kind).inc()
@@ -822,6 +885,7 @@ class Detector:
         alerts += self._resend(now, posted)
         self._post(alerts)
         self._write()
+        self._save()
         self._forget_evicted()
         self.metrics.series.set(len(vector.keys))
         self.metrics.known.set(self.engine.series_count)
@@ -876,10 +940,16 @@ class Detector:
             newest = max(e.event_time for e in events).timestamp()
             self.metrics.event_to_alert.observe(max(0.0, report.last_seen - newest))
 
-    def _adopt(self, now: float) -> None:
+    def _adopt(self, now: float, watched: Collection[SeriesKey]) -> None:
         """Take over the incidents a previous run left open (a restart, a new pod): they are
         re-sent as before, so Alertmanager does not resolve them while the cost is still
         high, and resolve when their value falls back (or the engine takes them over)."""
+        if len(self.pending_rows):
+            # The last run's spooled rows first: the incidents it opened during an outage are
+            # open rows to adopt. Rows of this run's own incidents go too, skipped below.
+            self._write()
+            if len(self.pending_rows):
+                return
         try:
             rows = store.open_rows(self._db(), self.cfg.levels)
             with translate_errors("end read"):
@@ -890,11 +960,22 @@ class Detector:
         self.adopted = True
         for row in rows:
             dims = {k: v for k, v in row.dimensions.items() if k in LEVEL_LABELS[row.level]}
-            if selector_matches(self.cfg.selector, dims) is False:
-                continue
             key = SeriesKey.of(row.level, dims)
+            if selector_matches(self.cfg.selector, dims) is False and (
+                # An aggregate lacks the labels it was selected by (a team's rollup selected
+                # by account has `team` only): it is this detector's when it reads that series.
+                selector_matches(self.cfg.selector, dims, LEVEL_LABELS[row.level]) is False
+                or key not in watched
+            ):
+                continue
             labels = alert_labels(key, row.rule, row.severity)
             started = row.started_at.timestamp()
+            own = self.reports.get(key)
+            if own is not None and (fingerprint(own.labels), own.started_at) == (
+                row.fingerprint,
+                datetime.fromtimestamp(own.started_at, tz=UTC),
+            ):
+                continue  # opened by this run before the adoption could read PostgreSQL
             if fingerprint(labels) != row.fingerprint or key in self.reports:
                 # Written under other labels (an older contract) or a duplicate: it cannot be
                 # re-sent as the same alert, so it is closed.

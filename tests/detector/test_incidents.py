@@ -166,6 +166,15 @@ def test_the_fast_path_and_adoption_follow_the_detectors_selector(
     assert selector_matches(selector, labels) is expected
 
 
+def test_an_aggregate_is_judged_on_the_labels_its_level_has() -> None:
+    """A team's rollup selected by account carries `team` only: the account matcher cannot
+    be judged on it and passes; its own labels still decide."""
+    shard = 'billing_account_id="111",team!="web"'
+    assert selector_matches(shard, {"team": "shop"}) is False
+    assert selector_matches(shard, {"team": "shop"}, only={"team"}) is True
+    assert selector_matches(shard, {"team": "web"}, only={"team"}) is False
+
+
 def _active(alertmanager_url: str, account: Account) -> dict[str, dict[str, Any]]:
     return {
         a["labels"].get("resource_id", a["labels"]["level"]): a

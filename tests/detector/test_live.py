@@ -11,7 +11,7 @@ import logging
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -723,6 +723,143 @@ def test_a_stopping_detector_delivers_what_it_queued_or_says_what_it_could_not(
     assert len(detector.unsent) == 0 and len(detector.pending_rows) == 0
     [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
     assert float(alert["annotations"]["observed_usd_per_hour"]) == 250.0
+
+
+def stored(pg_dsn: str, fingerprints: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    with psycopg.connect(pg_dsn) as conn:
+        return {fp: store.get(conn, fp) for fp in fingerprints}
+
+
+def test_a_detector_that_dies_in_an_outage_leaves_its_queue_to_the_next_one(
+    account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Review finding: the queues lived in memory only, so a detector that died (not a
+    SIGTERM) while PostgreSQL was down lost the rows of the incidents it opened meanwhile.
+    The spool keeps them; the next detector writes them, adopts those incidents (their start
+    kept, not detected again as new ones) and delivers their alerts."""
+    settings = watching(account, vm_url, alertmanager_url, pg_dsn, spool_file=str(tmp_path / "q"))
+    first = Detector(settings)
+    go_dark(first)
+    opened = step_up(first, account)
+    for _ in range(MAX_UNREAD_TRIES - 1):
+        first.cycle(time.time())
+    assert len(first.unsent) == 3 and len(first.pending_rows) == 3
+    spooled = {op.row.fingerprint: op.row.started_at for op in first.pending_rows}
+    first.close()  # no flush: the process died
+
+    second = Detector(settings)
+    try:
+        assert len(second.unsent) == 3 and len(second.pending_rows) == 3
+        assert second.cycle(time.time()) == []  # still high: adopted, not opened again
+        assert {r.key for r in second.reports.values()} == {o.key for o in opened}
+        assert all(r.adopted for r in second.reports.values())
+        assert len(second.unsent) == 0 and len(second.pending_rows) == 0
+        assert not (tmp_path / "q").exists()
+        rows = stored(pg_dsn, spooled)
+        assert {fp: [r["started_at"] for r in found] for fp, found in rows.items()} == {
+            fp: [at] for fp, at in spooled.items()
+        }
+        [alert] = am_alerts(alertmanager_url, team=account.team, source="detector")
+        assert alert["fingerprint"] in spooled
+        # Alertmanager keeps milliseconds.
+        starts = datetime.fromisoformat(alert["startsAt"])
+        assert abs(starts - spooled[alert["fingerprint"]]) < timedelta(milliseconds=1)
+    finally:
+        second.close()
+
+
+def test_an_incident_that_opened_and_resolved_in_an_outage_is_stored_resolved_after_a_crash(
+    account: Account, vm_url: str, alertmanager_url: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    settings = watching(account, vm_url, alertmanager_url, pg_dsn, spool_file=str(tmp_path / "q"))
+    first = Detector(settings)
+    go_dark(first)
+    step_up(first, account)
+    for _ in range(MAX_UNREAD_TRIES - 1):
+        first.cycle(time.time())
+    account.write(100.0)
+    wait_for(lambda: account.visible(100.0), "the fall back")
+    for _ in range(10):
+        first.cycle(time.time())
+        if not first.reports:
+            break
+    assert first.reports == {}
+    spooled = {op.row.fingerprint for op in first.pending_rows}
+    assert len(spooled) == 3
+    first.close()
+
+    second = Detector(settings)
+    try:
+        assert second.cycle(time.time()) == []
+        assert second.reports == {} and len(second.pending_rows) == 0
+        rows = stored(pg_dsn, spooled)
+        assert all(len(found) == 1 and found[0]["resolved_at"] for found in rows.values())
+        assert am_alerts(alertmanager_url, team=account.team, source="detector") == []
+    finally:
+        second.close()
+
+
+def test_a_detector_killed_in_an_outage_leaves_its_queue_to_the_next_one(
+    serve_env: dict[str, str],
+    account: Account,
+    alertmanager_url: str,
+    repo_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The same through `cct serve detector`, killed with SIGKILL: nothing runs at exit."""
+    pg_dsn = serve_env["CCT_PG_DSN"]
+    spool = tmp_path / "spool.json"
+    closed = free_port()
+    dark = {
+        **serve_env,
+        "CCT_ALERTMANAGER_URL": f"http://127.0.0.1:{closed}",
+        "CCT_PG_DSN": f"postgresql://cct@127.0.0.1:{closed}/cct",
+        "CCT_DETECTOR_SPOOL_FILE": str(spool),
+    }
+    port = serve_env["CCT_DETECTOR_PORT"]
+    cmd = [str(repo_root / ".venv/bin/cct"), "serve", "detector"]
+
+    def cycles() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        [line] = [ln for ln in text.splitlines() if ln.startswith("cct_detector_cycle_seconds_c")]
+        return float(line.split()[-1])
+
+    def spooled() -> dict[str, Any] | None:
+        try:
+            doc = json.loads(spool.read_text())
+        except FileNotFoundError:
+            return None
+        return doc if len(doc["rows"]) == 3 and len(doc["alerts"]) == 3 else None
+
+    account.write(100.0)
+    health = f"http://127.0.0.1:{port}/healthz"
+    with running(cmd, http_ready(health), tmp_path / "dark.log", env=dark) as proc:
+        wait_for(lambda: cycles() >= 3 or None, "three cycles at 100 $/h")
+        account.write(250.0)
+        doc = wait_for(spooled, "the spooled rows and alerts")
+        proc.kill()
+        proc.wait(timeout=10)
+    starts = {op["row"]["fingerprint"]: op["row"]["started_at"] for op in doc["rows"]}
+
+    again = {**serve_env, "CCT_DETECTOR_SPOOL_FILE": str(spool)}
+    with running(cmd, http_ready(health), tmp_path / "again.log", env=again):
+        [alert] = wait_for(
+            lambda: am_alerts(alertmanager_url, team=account.team, source="detector") or None,
+            "the spooled alert",
+        )
+        wait_for(lambda: not spool.exists() or None, "the spool emptied")
+        rows = stored(pg_dsn, starts)
+    assert {fp: [r["started_at"].isoformat() for r in found] for fp, found in rows.items()} == {
+        fp: [datetime.fromisoformat(at).isoformat()] for fp, at in starts.items()
+    }
+    spooled_start = datetime.fromisoformat(starts[alert["fingerprint"]])
+    assert abs(datetime.fromisoformat(alert["startsAt"]) - spooled_start) < timedelta(
+        milliseconds=1
+    )
+    logs = [json.loads(ln) for ln in (tmp_path / "again.log").read_text().splitlines()]
+    [recovered] = [e for e in logs if e["msg"].startswith("undelivered alerts and anomaly")]
+    assert (recovered["alerts"], recovered["rows"]) == (3, 3)
 
 
 def test_a_re_tagged_resource_is_followed_not_reported_as_new(

@@ -1,17 +1,32 @@
 """The detector's queues of undelivered rows and alerts (lambdas.detector.outbox): one entry
-per incident, order kept where it matters. The live outage test is in test_live.py."""
+per incident, order kept where it matters; the spool that keeps them across a crash. The
+live outage and crash tests are in test_live.py."""
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lambdas.detector.alerts import alert_labels, build_alert, fingerprint
 from lambdas.detector.config import SeriesKey
-from lambdas.detector.outbox import AlertQueue, Escalate, Resolve, RowOp, RowQueue, Upsert
+from lambdas.detector.outbox import (
+    AlertQueue,
+    Escalate,
+    Resolve,
+    RowOp,
+    RowQueue,
+    Spool,
+    SpoolError,
+    Upsert,
+    op_doc,
+)
 from lambdas.store.anomalies import AnomalyRow
 
 T0 = datetime(2026, 12, 6, 12, tzinfo=UTC)
@@ -171,3 +186,93 @@ def test_the_queue_writes_what_the_ops_in_order_would_have(script: list[Any]) ->
     for op in queue:
         apply(compacted, op)
     assert compacted == full
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
+@given(ops, st.lists(st.dictionaries(st.text(), json_values, max_size=3), max_size=3))
+def test_the_spool_gives_back_what_was_queued(
+    tmp_path: Path, script: list[Any], contributors: list[dict[str, Any]]
+) -> None:
+    queue, alerts = RowQueue(), AlertQueue()
+    for n, (kind, incident, observed) in enumerate(script):
+        start = T0 + timedelta(minutes=incident, microseconds=n)
+        base = row("warning", observed, start)
+        base = AnomalyRow(**{**base.__dict__, "contributors": contributors})
+        if kind == "escalate":
+            queue.add(Escalate(base, "f" * 16))
+        elif kind == "resolve":
+            queue.add(Resolve(base, 1.5e9 + n))
+        else:
+            queue.add(Upsert(base))
+        alerts.add([alert("warning", observed, start=start)])
+    path = tmp_path / "spool.json"
+    path.unlink(missing_ok=True)
+    Spool(path).save(queue, alerts)
+    left = Spool(path).load()
+    assert [op_doc(op) for op in left.rows] == [op_doc(op) for op in queue]
+    assert left.alerts == alerts.peek()
+
+
+def test_the_spool_is_private_written_only_on_change_and_removed_once_delivered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.json"
+    spool, queue, alerts = Spool(path), RowQueue(), AlertQueue()
+    assert spool.save(queue, alerts) is False and not path.exists()
+    queue.add(Upsert(row()))
+    assert spool.save(queue, alerts) is True
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert spool.save(queue, alerts) is False  # unchanged: not rewritten every cycle
+    queue.add(Upsert(row(observed=140.0)))
+    assert spool.save(queue, alerts) is True
+    queue.done(len(queue))
+    assert spool.save(queue, alerts) is True and not path.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"{", "unreadable (Expecting property name enclosed in double quotes"),
+        (b"[]", "unreadable (not a version 1 spool)"),
+        (b'{"version": 2, "rows": [], "alerts": []}', "unreadable (not a version 1 spool)"),
+        (b'{"version": 1, "rows": [{"op": "drop", "row": {}}], "alerts": []}', "unreadable ("),
+        (b'{"version": 1, "rows": [], "alerts": [{"startsAt": "x"}]}', "an alert without labels"),
+        (b'{"version": 1, "rows": [], "alerts": [3]}', "unreadable ("),
+        (b"\xff\xfe", "unreadable ("),
+    ],
+)
+def test_an_unreadable_spool_is_set_aside_and_named(
+    tmp_path: Path, content: bytes, error: str
+) -> None:
+    path = tmp_path / "spool.json"
+    path.write_bytes(content)
+    with pytest.raises(SpoolError, match=r"moved to spool\.json\.unreadable") as info:
+        Spool(path).load()
+    assert error in str(info.value)
+    assert not path.exists() and (tmp_path / "spool.json.unreadable").read_bytes() == content
+    assert Spool(path).load().rows == []  # the next start begins empty
+
+
+def test_a_spool_row_without_a_zone_is_refused(tmp_path: Path) -> None:
+    op = op_doc(Upsert(row()))
+    op["row"]["started_at"] = "2026-12-06T12:00:00"
+    doc = {"version": 1, "rows": [op], "alerts": []}
+    path = tmp_path / "spool.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SpoolError, match="started_at has no zone"):
+        Spool(path).load()
+
+
+def test_a_spool_that_cannot_be_written_says_where(tmp_path: Path) -> None:
+    queue = RowQueue()
+    queue.add(Upsert(row()))
+    with pytest.raises(SpoolError, match=r"missing/spool\.json"):
+        Spool(tmp_path / "missing" / "spool.json").save(queue, AlertQueue())

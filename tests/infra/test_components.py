@@ -142,6 +142,15 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
         "its PostgreSQL login comes from Vault Agent",
     ),
     (
+        lambda: HandlerSpec("a", ("serve", "a"), replicas=2, state_dir="/var/lib/a"),
+        "handler a: a state volume is ReadWriteOnce: a singleton's only",
+    ),
+    (
+        lambda: HandlerSpec("a", ("serve", "a"), singleton=True, schedule="0 * * * *",
+                            state_dir="/var/lib/a"),
+        "handler a: a state volume is ReadWriteOnce: a singleton's only",
+    ),
+    (
         lambda: VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {}),
         "Vault Agent for role 'a' renders no templates",
     ),

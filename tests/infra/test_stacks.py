@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from components.derived import LENGTH
+from lambdas.detector.service import DetectorSettings
 from tests.infra.conftest import VARIANTS
 from tests.infra.harness import ROOT, TEST_SECRETS, BuiltStack, project_config
 from tests.infra.mocks import FUNCTION_KEY
@@ -161,6 +163,36 @@ def test_prod_is_highly_available(stacks: dict[str, BuiltStack], variant: str) -
     assert ha["enabled"] is True
     # Every node joins the Raft cluster by itself (the chart's default config does not).
     assert ha["raft"]["config"].count("retry_join") == ha["replicas"] == 3
+
+
+def test_the_detector_s_spool_is_on_a_volume_that_outlives_its_pod(built: BuiltStack) -> None:
+    """The detector keeps what it owes Alertmanager and PostgreSQL in a spool file
+    (lambdas.detector.outbox.Spool): on a claim of its own, read by the detector's settings
+    from the environment the bundle gives it."""
+    [claim] = [
+        r
+        for r in built.of_type("kubernetes:core/v1:PersistentVolumeClaim")
+        if r.inputs["metadata"]["name"] == "detector-state"
+    ]
+    spec = claim.inputs["spec"]
+    assert spec["accessModes"] == ["ReadWriteOnce"]
+    assert spec.get("storageClassName") == built.settings.storage_class
+    assert claim.inputs["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+    [detector] = [w for w in _workloads(built) if w.inputs["metadata"]["name"] == "detector"]
+    pod = detector.inputs["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "state"]
+    assert volume == {"name": "state", "persistentVolumeClaim": {"claimName": "detector-state"}}
+    [container] = [c for c in pod["containers"] if c["name"] == "detector"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "state"]
+    assert not mount.get("readOnly")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.setenv("CCT_PG_DSN", "postgresql://unused@127.0.0.1/x")
+        mp.delenv("CCT_PG_DSN_FILE", raising=False)
+        spool = Path(DetectorSettings.from_env().spool_file)
+    assert spool.parent == Path(mount["mountPath"])
 
 
 @pytest.mark.parametrize("variant", ["dev-off", "dev-all"])
