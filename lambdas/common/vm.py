@@ -143,7 +143,7 @@ class VictoriaMetrics:
         """The result rows. Label values are whatever bytes were written: one that is not
         UTF-8 is read with U+FFFD in place of the bad bytes, so one such series cannot fail
         every query that returns it. An answer that is not a query result (a proxy's HTML
-        page) is a retryable VMError."""
+        page) or only part of one (`isPartial`) is a retryable VMError."""
         try:
             doc = json.loads(raw.decode("utf-8", errors="replace"))
             status, error = doc.get("status"), doc.get("error")
@@ -153,4 +153,9 @@ class VictoriaMetrics:
             raise VMError(f"not a query result: {raw[:200]!r}", retryable=True) from exc
         if status != "success":
             raise VMError(f"query failed: {error}", retryable=False)
+        if doc.get("isPartial") is True:
+            # The cluster version answers with the series of the vmstorage nodes that
+            # answered: a sum too low, series missing. Read as the whole, that is a drop, then
+            # a rise when the node is back; a retry gets the whole.
+            raise VMError("partial answer: a vmstorage node did not answer", retryable=True)
         return list(result) if isinstance(result, list) else [result]

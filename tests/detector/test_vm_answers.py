@@ -1,8 +1,9 @@
 """What VictoriaMetrics (or a proxy in front of it) may answer besides a query result: an
 HTML error page with status 200, a body cut short of its Content-Length, label bytes that are
-not UTF-8, rows of the wrong shape. Found in review: each escaped the client as something
-other than VMError and `cct serve detector` exited (status 1), losing its queued resolves
-and reloading its history at every restart."""
+not UTF-8, rows of the wrong shape, a partial answer of the cluster version. Found in review:
+each escaped the client as something other than VMError (or, the partial answer, was read as
+the whole) and `cct serve detector` exited (status 1), losing its queued resolves and
+reloading its history at every restart."""
 
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ class FakeVM:
                         b'[{"metric":{"cct_key":"caf\xe9"},"value":[1,"2.5"]}]}}'
                     ),
                     "good": GOOD,
+                    # vmselect's answer while a vmstorage node it needs does not answer:
+                    # "success", with the series of the nodes that did.
+                    "partial": (
+                        b'{"status":"success","isPartial":true,"data":{"resultType":"vector",'
+                        b'"result":[{"metric":{"cct_key":"team-a"},"value":[1,"2.5"]}]}}'
+                    ),
+                    "complete": (
+                        b'{"status":"success","isPartial":false,"data":{"resultType":"vector",'
+                        b'"result":[{"metric":{"cct_key":"team-a"},"value":[1,"2.5"]}]}}'
+                    ),
                 }[fake.mode]
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -82,6 +93,21 @@ def test_an_answer_that_is_not_a_query_result_is_a_retryable_vm_error(
     with pytest.raises(VMError) as err:
         VictoriaMetrics(fake_vm.url, timeout=5).query("up")
     assert err.value.retryable is True
+
+
+def test_a_partial_answer_of_the_cluster_version_is_a_retryable_vm_error(
+    fake_vm: FakeVM,
+) -> None:
+    """Review finding: a partial answer (a vmstorage node down beyond the replication factor)
+    was read as the whole: its aggregates looked like drops, its missing resources as gone
+    (resolving their incidents), and their return as rises. The cycle now fails and retries."""
+    fake_vm.mode = "partial"
+    with pytest.raises(VMError, match="partial answer") as err:
+        VictoriaMetrics(fake_vm.url, timeout=5).query("up")
+    assert err.value.retryable is True
+    fake_vm.mode = "complete"
+    [row] = VictoriaMetrics(fake_vm.url, timeout=5).query("up")
+    assert row["value"] == [1, "2.5"]
 
 
 def test_a_label_value_that_is_not_utf8_does_not_fail_the_query(fake_vm: FakeVM) -> None:
@@ -139,6 +165,8 @@ def test_the_served_detector_outlives_bad_answers_and_says_why(
         for mode, status, text in (
             ("html", 503, "last cycle failed: not a query result"),
             ("good", 200, ""),
+            ("partial", 503, "partial answer"),
+            ("complete", 200, ""),
             ("truncated", 503, "IncompleteRead"),
             ("latin1", 200, ""),
         ):
