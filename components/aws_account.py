@@ -1,7 +1,8 @@
 """One AWS account: the FOCUS Data Export to S3, the EventBridge rules and the forwarder Lambda
-that sends resource events to Fluent Bit, the cost-read role, the billing loader's
-export-read role, the remediation role and the Vault AWS secrets engine roles that hand out
-short-lived credentials for each.
+that sends resource events to Fluent Bit, the billing loader's export-read role, the
+remediation role and the Vault AWS secrets engine roles that hand out short-lived credentials
+for each. No other identity: one that no handler uses is only something to steal (a cost-read
+role for the collector's inventory sync, off in the bundle, was removed).
 
 The remediation role grants exactly the permissions the actions registry declares (an input),
 and only on resources not tagged as protected.
@@ -34,13 +35,6 @@ FOCUS_COLUMNS = (
 FOCUS_TABLE = "FOCUS_1_0_AWS"
 
 # What the collector's inventory sync, the billing loader and the `analyze` step read.
-COST_READ_ACTIONS = (
-    "cloudwatch:GetMetricData",
-    "ec2:DescribeInstances",
-    "ec2:DescribeVolumes",
-    "rds:DescribeDBInstances",
-)
-
 PROTECT_TAG = "cct.io/protect"
 # Read-only calls do not support resource-level conditions; they get their own statement.
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
@@ -146,7 +140,6 @@ class AwsAccountArgs:
 class AwsAccount(pulumi.ComponentResource):
     export_bucket: pulumi.Output[str]
     forwarder_arn: pulumi.Output[str]
-    cost_read_role_arn: pulumi.Output[str]
     billing_read_role_arn: pulumi.Output[str]
     remediation_role_arn: pulumi.Output[str]
     vault_roles: pulumi.Output[list[str]]
@@ -171,40 +164,6 @@ class AwsAccount(pulumi.ComponentResource):
                     }
                 ],
             }
-        )
-        cost_read = aws.iam.Role(
-            f"{name}-cost-read",
-            name=f"{prefix}-cost-read",
-            assume_role_policy=trust,
-            max_session_duration=3600,
-            tags=tags,
-            opts=child,
-        )
-        aws.iam.RolePolicy(
-            f"{name}-cost-read-policy",
-            role=cost_read.id,
-            policy=bucket.arn.apply(
-                lambda arn: json.dumps(
-                    {
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {
-                                "Sid": "Inventory",
-                                "Effect": "Allow",
-                                "Action": sorted(COST_READ_ACTIONS),
-                                "Resource": "*",
-                            },
-                            {
-                                "Sid": "ReadExports",
-                                "Effect": "Allow",
-                                "Action": ["s3:GetObject", "s3:ListBucket"],
-                                "Resource": [arn, f"{arn}/*"],
-                            },
-                        ],
-                    }
-                )
-            ),
-            opts=child,
         )
         # The billing loader's identity: the FOCUS export under its prefix and nothing else.
         billing_read = aws.iam.Role(
@@ -242,7 +201,6 @@ class AwsAccount(pulumi.ComponentResource):
         vault_roles: list[str] = []
         if args.vault_backend is not None:
             for role_name, role in (
-                (f"{prefix}-cost-read", cost_read),
                 (f"{prefix}-billing-read", billing_read),
                 (f"{prefix}-remediation", remediation),
             ):
@@ -260,7 +218,6 @@ class AwsAccount(pulumi.ComponentResource):
 
         self.export_bucket = bucket.bucket
         self.forwarder_arn = forwarder.arn
-        self.cost_read_role_arn = cost_read.arn
         self.billing_read_role_arn = billing_read.arn
         self.remediation_role_arn = remediation.arn
         self.vault_roles = pulumi.Output.from_input(vault_roles)
@@ -268,7 +225,6 @@ class AwsAccount(pulumi.ComponentResource):
             {
                 "export_bucket": self.export_bucket,
                 "forwarder_arn": self.forwarder_arn,
-                "cost_read_role_arn": self.cost_read_role_arn,
                 "billing_read_role_arn": self.billing_read_role_arn,
                 "remediation_role_arn": self.remediation_role_arn,
                 "vault_roles": self.vault_roles,

@@ -1,6 +1,7 @@
 """One Azure subscription: the FOCUS cost export to a storage account, the Event Grid
-subscription on resource events with the forwarder Function, and the role assignments of the
-identities CCT's Vault hands out (cost reading, remediation).
+subscription on resource events with the forwarder Function, and the role assignment of the
+identity CCT's Vault hands out (remediation; no other: an identity no handler uses is only
+something to steal, and the cost-read one was removed for that).
 
 The remediation identity gets a custom role with exactly the permissions the actions registry
 declares (an input), never a built-in Contributor.
@@ -20,9 +21,6 @@ import pulumi_vault as vault
 from lambdas.forwarders.azure import ARM_READ_ACTIONS
 
 # Built-in role definition ids (the same in every tenant).
-COST_MANAGEMENT_READER = "72fafb9e-0641-4937-9268-a91bfd8191a3"
-READER = "acdd72a7-3385-48ef-bd42-f606fba81ae7"
-STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 RESOURCE_EVENTS = (
@@ -156,12 +154,10 @@ class AzureSubscriptionArgs:
     forwarder_package: pulumi.Archive
     # Exact Azure permissions of the remediation actions registry (provider "azure").
     remediation_actions: Sequence[str]
-    # Existing Entra ID applications whose secrets Vault issues: object ids of the
-    # applications (for Vault) and of their service principals (for role assignments).
+    # The existing Entra ID application whose secrets Vault issues for remediation: object
+    # ids of the application (for Vault) and of its service principal (for its role).
     remediation_application_object_id: str
     remediation_principal_id: str
-    cost_read_application_object_id: str
-    cost_read_principal_id: str
     vault_backend: pulumi.Input[str] | None = None
     name_prefix: str = "cct"
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -249,42 +245,20 @@ class AzureSubscription(pulumi.ComponentResource):
             assignable_scopes=[args.scope],
             opts=child,
         )
-        assignments: dict[str, tuple[pulumi.Input[str], str, pulumi.Input[str]]] = {
-            "remediation": (remediation_role.id, args.remediation_principal_id, args.scope),
-            "cost-reader": (
-                args.role_definition(COST_MANAGEMENT_READER),
-                args.cost_read_principal_id,
-                args.scope,
-            ),
-            "inventory-reader": (
-                args.role_definition(READER),
-                args.cost_read_principal_id,
-                args.scope,
-            ),
-            "exports-reader": (
-                args.role_definition(STORAGE_BLOB_DATA_READER),
-                args.cost_read_principal_id,
-                account.id,
-            ),
-        }
-        for assignment, (role_id, principal, scope) in assignments.items():
-            azure.authorization.RoleAssignment(
-                f"{name}-{assignment}",
-                role_assignment_name=random.RandomUuid(
-                    f"{name}-{assignment}-id", opts=child
-                ).result,
-                role_definition_id=role_id,
-                principal_id=principal,
-                principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
-                scope=scope,
-                opts=child,
-            )
+        azure.authorization.RoleAssignment(
+            f"{name}-remediation",
+            role_assignment_name=random.RandomUuid(f"{name}-remediation-id", opts=child).result,
+            role_definition_id=remediation_role.id,
+            principal_id=args.remediation_principal_id,
+            principal_type=azure.authorization.PrincipalType.SERVICE_PRINCIPAL,
+            scope=args.scope,
+            opts=child,
+        )
 
         vault_roles: list[str] = []
         if args.vault_backend is not None:
             for role_name, app_id in (
                 (f"{prefix}-remediation", args.remediation_application_object_id),
-                (f"{prefix}-cost-read", args.cost_read_application_object_id),
             ):
                 vault.azure.BackendRole(
                     f"{name}-vault-{role_name}",

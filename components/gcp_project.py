@@ -1,7 +1,7 @@
 """One GCP project: the BigQuery dataset for the Cloud Billing export, the audit-log sink to
 Pub/Sub with the forwarder Cloud Function that sends resource events to Fluent Bit, the
-service accounts, and the Vault GCP rolesets that mint short-lived tokens for cost reading and
-remediation.
+service accounts, and the Vault GCP roleset that mints short-lived tokens for remediation (no
+other: a cost-read roleset no handler used was removed).
 
 The remediation roleset binds a custom role holding exactly the permissions the actions
 registry declares (an input). Cloud Billing exports cannot be switched on through an API: the
@@ -23,7 +23,6 @@ VAULT_ENGINE_ROLES = (
     "roles/iam.serviceAccountKeyAdmin",
     "roles/resourcemanager.projectIamAdmin",
 )
-COST_READ_PROJECT_ROLES = ("roles/bigquery.jobUser", "roles/compute.viewer")
 
 
 @dataclass(frozen=True)
@@ -136,22 +135,6 @@ class GcpProject(pulumi.ComponentResource):
         )
         rolesets: list[str] = []
         if args.vault_backend is not None:
-            dataset_resource = dataset.dataset_id.apply(
-                lambda d: f"//bigquery.googleapis.com/projects/{project}/datasets/{d}"
-            )
-            vault.gcp.SecretRoleset(
-                f"{name}-vault-cost-read",
-                backend=args.vault_backend,
-                roleset=f"{prefix}-cost-read",
-                project=project,
-                secret_type="access_token",  # noqa: S106 - a token type, not a secret
-                token_scopes=["https://www.googleapis.com/auth/cloud-platform"],
-                bindings=[
-                    {"resource": args.project_resource, "roles": list(COST_READ_PROJECT_ROLES)},
-                    {"resource": dataset_resource, "roles": ["roles/bigquery.dataViewer"]},
-                ],
-                opts=child,
-            )
             vault.gcp.SecretRoleset(
                 f"{name}-vault-remediation",
                 backend=args.vault_backend,
@@ -162,7 +145,7 @@ class GcpProject(pulumi.ComponentResource):
                 bindings=[{"resource": args.project_resource, "roles": [remediation_role.name]}],
                 opts=child,
             )
-            rolesets = [f"{prefix}-cost-read", f"{prefix}-remediation"]
+            rolesets = [f"{prefix}-remediation"]
 
         self.billing_dataset = dataset.dataset_id
         self.audit_topic = topic.name

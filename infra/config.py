@@ -29,6 +29,15 @@ _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _HOSTNAME = rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*"
 
 
+# Keys of earlier versions that no longer do anything. Set, they are refused with what to do
+# rather than ignored: ignored, the user would believe they still apply.
+_NO_CLOUD_COST_READ = "the cost-read identity was removed (no handler used it)"
+REMOVED_KEYS = {
+    "azureCostReadAppObjectId": _NO_CLOUD_COST_READ,
+    "azureCostReadPrincipalId": _NO_CLOUD_COST_READ,
+}
+
+
 class ConfigError(ValueError):
     """A configuration key is missing or invalid. Fix the stack's config and run again."""
 
@@ -76,8 +85,6 @@ class AzureSettings:
     vault_client_secret: pulumi.Output[str]
     remediation_app_object_id: str
     remediation_principal_id: str
-    cost_read_app_object_id: str
-    cost_read_principal_id: str
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,12 @@ def _budgets_file(r: _Reader) -> str | None:
 def load(source: ConfigSource) -> Settings:
     """Read and validate every key; the first problem raises ConfigError naming its key."""
     r = _Reader(source)
+    for key, why in REMOVED_KEYS.items():
+        if r.optional(key) is not None:
+            raise ConfigError(
+                f"{NAMESPACE}:{key} is no longer used: {why}; remove it with"
+                f" `pulumi config rm {NAMESPACE}:{key}`"
+            )
     image = r.string("image")
     if not is_pinned_image(image):
         raise ConfigError(
@@ -300,8 +313,6 @@ def load(source: ConfigSource) -> Settings:
             remediation_principal_id=r.matching(
                 "azureRemediationPrincipalId", _UUID, "an object id"
             ),
-            cost_read_app_object_id=r.matching("azureCostReadAppObjectId", _UUID, "an object id"),
-            cost_read_principal_id=r.matching("azureCostReadPrincipalId", _UUID, "an object id"),
         )
     if r.boolean("gcpEnabled"):
         gcp = GcpSettings(

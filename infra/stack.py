@@ -664,7 +664,6 @@ def _clouds(
         outputs |= {
             "awsExportBucket": account.export_bucket,
             "awsRemediationRoleArn": account.remediation_role_arn,
-            "awsCostReadRoleArn": account.cost_read_role_arn,
             "awsForwarderArn": account.forwarder_arn,
         }
     if settings.azure:
@@ -686,8 +685,6 @@ def _clouds(
                 remediation_actions=content.remediation.azure,
                 remediation_application_object_id=settings.azure.remediation_app_object_id,
                 remediation_principal_id=settings.azure.remediation_principal_id,
-                cost_read_application_object_id=settings.azure.cost_read_app_object_id,
-                cost_read_principal_id=settings.azure.cost_read_principal_id,
                 vault_backend=vault.azure_path,
                 tags=tags,
             ),

@@ -42,8 +42,6 @@ ALL_CLOUDS_ON = {
     "azureVaultClientId": "00000000-0000-4000-8000-000000000003",
     "azureRemediationAppObjectId": "00000000-0000-4000-8000-000000000004",
     "azureRemediationPrincipalId": "00000000-0000-4000-8000-000000000005",
-    "azureCostReadAppObjectId": "00000000-0000-4000-8000-000000000006",
-    "azureCostReadPrincipalId": "00000000-0000-4000-8000-000000000007",
     "gcpEnabled": "true",
     "gcpProject": "cct-test-project",
 }

@@ -206,3 +206,29 @@ def test_the_collector_has_no_internet_egress(built: BuiltStack) -> None:
     ]
     labels = collector.inputs["spec"]["template"]["metadata"]["labels"]
     assert EGRESS_INTERNET_LABEL not in labels
+
+
+def test_every_cloud_identity_vault_hands_out_is_granted_to_a_client(
+    everything: BuiltStack,
+) -> None:
+    """Review finding: the AWS, Azure and GCP cost-read identities were provisioned with their
+    Vault roles, yet no Vault policy granted them and no handler used them: only something to
+    steal. Every cloud role Vault can issue credentials for must be in some client's policy."""
+    issuable = {
+        f"aws/sts/{r.inputs['name']}"
+        for r in everything.of_type("vault:aws/secretBackendRole:SecretBackendRole")
+    }
+    issuable |= {
+        f"azure/creds/{r.inputs['role']}"
+        for r in everything.of_type("vault:azure/backendRole:BackendRole")
+    }
+    issuable |= {
+        f"gcp/token/{r.inputs['roleset']}"
+        for r in everything.of_type("vault:gcp/secretRoleset:SecretRoleset")
+    }
+    assert len(issuable) == 4, issuable  # AWS remediation and billing read, Azure, GCP
+    policies = "\n".join(
+        p.inputs["policy"] for p in everything.of_type("vault:index/policy:Policy")
+    )
+    unused = {path for path in issuable if f'path "{path}"' not in policies}
+    assert not unused, f"no Vault policy grants {sorted(unused)}"

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pulumi
 import pytest
 
-from infra.config import ConfigError, Settings, load
+from infra.config import REMOVED_KEYS, ConfigError, Settings, load
 from tests.infra.harness import ALL_CLOUDS_ON, TEST_SECRETS, project_config, stack_config
 
 
@@ -50,7 +50,7 @@ def test_committed_stacks_load() -> None:
 def test_every_declared_key_is_read_and_every_read_key_declared() -> None:
     source = RecordingSource(stack_config("dev", ALL_CLOUDS_ON))
     load(source)
-    assert source.asked == set(project_config())
+    assert source.asked == set(project_config()) | set(REMOVED_KEYS)
 
 
 def test_declared_types_match_the_stack_files() -> None:
@@ -130,6 +130,11 @@ def test_declared_types_match_the_stack_files() -> None:
         ({**ALL_CLOUDS_ON, "azureVaultClientSecret": ""}, "cct:azureVaultClientSecret is required"),
         ({**ALL_CLOUDS_ON, "gcpProject": "X"}, "cct:gcpProject='X' is not a GCP project id"),
         ({**ALL_CLOUDS_ON, "gcpVaultCredentials": ""}, "cct:gcpVaultCredentials is required"),
+        (
+            {**ALL_CLOUDS_ON, "azureCostReadAppObjectId": "00000000-0000-4000-8000-000000000006"},
+            "cct:azureCostReadAppObjectId is no longer used: the cost-read identity was removed"
+            " (no handler used it); remove it with `pulumi config rm cct:azureCostReadAppObjectId`",
+        ),
     ],
 )
 def test_bad_value_names_its_key(overrides: dict[str, str], message: str) -> None:

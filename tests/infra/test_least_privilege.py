@@ -55,7 +55,7 @@ def test_remediation_mutations_are_fenced_by_the_protect_tag(everything: BuiltSt
 
 
 def test_cloud_roles_trust_only_vault(everything: BuiltStack) -> None:
-    for name in ("aws-remediation", "aws-cost-read", "aws-billing-read"):
+    for name in ("aws-remediation", "aws-billing-read"):
         trust = json.loads(everything.named(name).inputs["assumeRolePolicy"])["Statement"]
         assert trust == [
             {
@@ -64,13 +64,6 @@ def test_cloud_roles_trust_only_vault(everything: BuiltStack) -> None:
                 "Action": "sts:AssumeRole",
             }
         ], name
-
-
-def test_cost_read_role_only_reads(everything: BuiltStack) -> None:
-    for statement in _policy(everything, "aws-cost-read-policy"):
-        assert statement["Effect"] == "Allow"
-        for action in statement["Action"]:
-            assert re.match(r"^[a-z0-9]+:(Describe|Get|List)", action), action
 
 
 def test_forwarder_may_only_write_its_logs(everything: BuiltStack) -> None:
