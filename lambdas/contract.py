@@ -29,6 +29,7 @@ ALERTNAME = "CostAnomaly"
 SOURCE_DETECTOR = "detector"
 SOURCE_BUDGET = "vmalert"
 SOURCES = (SOURCE_DETECTOR, SOURCE_BUDGET)
+SOURCE_LABEL = "source"
 
 LEVELS = ("account", "service", "team", "resource")
 SEVERITIES = ("info", "warning", "critical")

@@ -131,7 +131,10 @@ def build_alertmanager_config(settings: AlertRoutingSettings) -> dict[str, Any]:
             {
                 "source_matchers": [f'alertname="{ALERTNAME}"', 'severity="critical"'],
                 "target_matchers": [f'alertname="{ALERTNAME}"', 'severity="warning"'],
-                "equal": list(settings.dimensions),
+                # Only a critical of the same source: a team over its critical budget
+                # (vmalert) used to mute the detector's warning on that team, which carries
+                # the cause and starts its playbook, from every receiver, the bridge too.
+                "equal": [*settings.dimensions, contract.SOURCE_LABEL],
             }
         ],
         "receivers": [

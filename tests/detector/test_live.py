@@ -23,6 +23,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from lambdas import contract
+from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
@@ -31,6 +32,7 @@ from lambdas.detector.reports import MAX_UNREAD_TRIES
 from lambdas.detector.rules import Budget, RulesSettings, render_vmalert_rules
 from lambdas.detector.service import Detector, DetectorSettings
 from lambdas.store import anomalies as store
+from tests.routing.helpers import alertmanager_process
 from tests.support.procs import free_port, http_ready, running
 
 ROLLUP = "cct_cost_rate_rollup_usd_per_hour"
@@ -579,6 +581,73 @@ def test_budget_rules_in_a_real_vmalert_reach_the_real_alertmanager(
     assert float(ann["delta_usd_per_hour"]) == pytest.approx(30.0)
     assert float(ann["deviation"]) == pytest.approx(0.6)
     assert json.loads(ann["contributors"]) == []
+
+
+def test_a_critical_budget_mutes_its_own_warning_tier_not_the_detector_s_warning(
+    account: Account, vm_url: str, pg_dsn: str, tmp_path: Path, uid: str
+) -> None:
+    """Review finding: the inhibition matched dimensions only, so a team over its critical
+    budget muted the detector's warning on that team (its cause, and its playbook through the
+    bridge). Real vmalert and a real detector post into an Alertmanager running the config
+    the bundle deploys: the budget's warning tier is muted, the detector's warning is not."""
+    token = tmp_path / "bridge.token"
+    token.write_text("t" * 32)
+    closed = f"http://127.0.0.1:{free_port()}"
+    config = render_alertmanager_config(
+        AlertRoutingSettings(
+            bridge_url=f"{closed}/v1/alerts",
+            zenduty_relay_url=f"{closed}/v1/relay/zenduty",
+            token_file=str(token),
+        )
+    )
+    budgets = (
+        Budget(f"crit-{uid}", "team", {"team": account.team}, 50.0, severity="critical"),
+        Budget(f"warn-{uid}", "team", {"team": account.team}, 40.0, severity="warning"),
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(render_vmalert_rules(RulesSettings(budgets=budgets)))
+    account.write(100.0)
+    with alertmanager_process(tmp_path / "am", config) as am:
+        detector = Detector(watching(account, vm_url, am, pg_dsn, levels=("team",)))
+        try:
+            detector.cycle(time.time())
+            detector.cycle(time.time())
+            account.write(130.0)
+            port = free_port()
+            cmd = [
+                "vmalert",
+                f"-httpListenAddr=127.0.0.1:{port}",
+                f"-rule={rules}",
+                f"-datasource.url={vm_url}",
+                f"-notifier.url={am}",
+                "-evaluationInterval=3s",
+            ]
+            with running(
+                cmd, http_ready(f"http://127.0.0.1:{port}/health"), tmp_path / "vmalert.log"
+            ):
+
+                def all_three() -> dict[str, dict[str, Any]] | None:
+                    account.vm.import_samples([account.rollup(130.0)])  # the heartbeat
+                    detector.cycle(time.time())
+                    with urllib.request.urlopen(f"{am}/api/v2/alerts", timeout=5) as r:
+                        found = json.loads(r.read())
+                    by = {
+                        a["labels"].get("budget", a["labels"]["source"]): a
+                        for a in found
+                        if a["labels"].get("team") == account.team
+                    }
+                    return by if len(by) == 3 else None
+
+                alerts = wait_for(all_three, "both budget alerts and the detector's", timeout=60)
+        finally:
+            detector.close()
+    own = alerts["detector"]
+    assert (own["labels"]["level"], own["labels"]["severity"]) == ("team", "warning")
+    assert own["status"] == {**own["status"], "state": "active", "inhibitedBy": []}
+    assert alerts[f"crit-{uid}"]["status"]["state"] == "active"
+    muted = alerts[f"warn-{uid}"]["status"]
+    assert muted["state"] == "suppressed"
+    assert muted["inhibitedBy"] == [alerts[f"crit-{uid}"]["fingerprint"]]
 
 
 @pytest.fixture

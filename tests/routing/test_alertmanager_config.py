@@ -87,7 +87,7 @@ def test_structure_grouping_inhibition_and_no_inline_secrets(tmp_path: Path) -> 
     [inhibit] = doc["inhibit_rules"]
     assert inhibit["source_matchers"][-1] == 'severity="critical"'
     assert inhibit["target_matchers"][-1] == 'severity="warning"'
-    assert inhibit["equal"] == list(s.dimensions)
+    assert inhibit["equal"] == [*s.dimensions, "source"]
     for receiver in doc["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             auth = hook["http_config"]["authorization"]
