@@ -493,6 +493,26 @@ class Engine:
         self._index[new] = row
         return True
 
+    def fork(self, old: SeriesKey, new: SeriesKey, now: float) -> bool:
+        """Start `new` with `old`'s learnt state (history, noise, records) while `old` keeps
+        its open incident: a resource re-tagged during an incident (`rename` refuses it, the
+        alert being labelled with the old key). `new` is in that incident's cooldown from
+        `now`, so the same episode is not opened again under the new labels (only a value
+        worse than its peak is). Refused (False) when `old` is unknown or `new` is known."""
+        src = self._index.get(old)
+        if src is None or new in self._index:
+            return False
+        [dst] = self.index_of([new])
+        for name in self._ARRAYS:
+            array = getattr(self, name)
+            array[dst] = array[src]
+        self.is_open[dst] = self.firing[dst] = False
+        self.rule[dst] = self.sev[dst] = self.normal_ticks[dst] = 0
+        self.started[dst] = self.pending[dst] = np.nan
+        self.last_abnormal[dst] = -np.inf
+        self.closed_at[dst] = now
+        return True
+
     @property
     def size(self) -> int:
         """Slots in use or free: the length of every per-series array that is evaluated."""

@@ -532,7 +532,10 @@ class Detector:
         playbook on an unchanged instance. Its state moves to the new labels
         (`Engine.rename`), and the old label set, still served by VictoriaMetrics until it
         goes stale, is left out for `RELABEL_HOLD_S`. A resource with an open incident keeps
-        it under the old labels (its alert carries them) and starts afresh under the new."""
+        it under the old labels (its alert carries them; it resolves once that series is no
+        longer read) and its state is copied to the new labels, in that incident's cooldown
+        (`Engine.fork`): it used to start afresh there, a step from nothing that paged the same
+        episode again as `day0_step`."""
         self.superseded = {
             k: since for k, since in self.superseded.items() if now - since < RELABEL_HOLD_S
         }
@@ -549,12 +552,19 @@ class Detector:
             }
             for key in fresh:
                 old = known.get(_resource_identity(key))
-                if old is not None and old != key and self.engine.rename(old, key):
+                if old is None or old == key:
+                    continue
+                moved = self.engine.rename(old, key)
+                if moved or self.engine.fork(old, key, now):
                     self.superseded[old] = now
                     self.metrics.relabelled.inc()
                     log.info(
                         "resource relabelled",
-                        extra={"series": key.describe(), "before": dict(old.labels)},
+                        extra={
+                            "series": key.describe(),
+                            "before": dict(old.labels),
+                            "open_incident_kept_under_old_labels": not moved,
+                        },
                     )
         if self.superseded:
             kept = [n for n, k in enumerate(out.keys) if k not in self.superseded]

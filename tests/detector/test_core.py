@@ -870,15 +870,25 @@ def test_hostile_values_at_any_cadence_never_break_the_engine(
         assert math.isfinite(inc.observed)
 
 
-def test_rename_carries_a_series_state_to_its_new_labels_unless_an_incident_is_open() -> None:
-    """A re-tagged resource (tests/detector/test_live.py follows one through VictoriaMetrics):
-    under its new labels it is the series it was, not a new one stepping up from nothing."""
-    labels = {"provider": "aws", "billing_account_id": "111", "resource_id": "i-1", "team": "web"}
-    before = SeriesKey.of("resource", labels)
-    retagged = SeriesKey.of("resource", {**labels, "team": "platform"})
+RETAG_LABELS = {"provider": "aws", "billing_account_id": "111", "resource_id": "i-1", "team": "web"}
+
+
+def _retag() -> tuple[Engine, SeriesKey, SeriesKey]:
+    """An engine that has followed a resource at 40 $/h, its key, and the key of the same
+    resource re-tagged to another team."""
+    before = SeriesKey.of("resource", RETAG_LABELS)
+    retagged = SeriesKey.of("resource", {**RETAG_LABELS, "team": "platform"})
     engine = Engine(DetectionConfig(day0_window_s=1e9))
     for n in range(5):
         engine.observe(T0 + 3 * n, engine.index_of([before]), [40.0])
+    return engine, before, retagged
+
+
+def test_rename_carries_a_series_state_to_its_new_labels_unless_an_incident_is_open() -> None:
+    """A re-tagged resource (tests/detector/test_live.py follows one through VictoriaMetrics):
+    under its new labels it is the series it was, not a new one stepping up from nothing."""
+    engine, before, retagged = _retag()
+    labels = RETAG_LABELS
     assert engine.rename(before, retagged)
     assert before not in engine and retagged in engine
     idx = engine.index_of([retagged])
@@ -891,3 +901,25 @@ def test_rename_carries_a_series_state_to_its_new_labels_unless_an_incident_is_o
     assert not engine.rename(other, retagged)
     engine.index_of([other])
     assert not engine.rename(retagged, other)
+
+
+def test_fork_copies_a_series_state_and_leaves_its_open_incident_behind() -> None:
+    """A resource re-tagged during its incident: the new labels get the learnt state in the
+    incident's cooldown, the old labels keep the incident (tests/detector/test_live.py)."""
+    engine, before, retagged = _retag()
+    labels = RETAG_LABELS
+    assert [t.kind for t in engine.observe(T0 + 15, engine.index_of([before]), [100.0])] == [
+        "opened"
+    ]
+    assert not engine.rename(before, retagged)
+    assert engine.fork(before, retagged, T0 + 18)
+    assert engine.open_incident(before) is not None and engine.open_incident(retagged) is None
+    idx = engine.index_of([retagged])
+    assert engine.observe(T0 + 18, idx, [100.0]) == []  # the same episode: cooldown
+    [worse] = engine.observe(T0 + 21, idx, [200.0])
+    assert (worse.kind, worse.key) == ("opened", retagged)
+    assert worse.expected == pytest.approx(40.0)
+    # Refused: an unknown source, or a target already known.
+    other = SeriesKey.of("resource", {**labels, "team": "data"})
+    assert not engine.fork(other, SeriesKey.of("resource", {**labels, "team": "x"}), T0)
+    assert not engine.fork(before, retagged, T0)

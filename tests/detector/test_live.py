@@ -28,7 +28,7 @@ from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import BASE_WEEKLY, Transition
-from lambdas.detector.reports import MAX_UNREAD_TRIES
+from lambdas.detector.reports import MAX_UNREAD_TRIES, Report
 from lambdas.detector.rules import Budget, RulesSettings, render_vmalert_rules
 from lambdas.detector.service import Detector, DetectorSettings
 from lambdas.store import anomalies as store
@@ -78,9 +78,12 @@ class Account:
     def rollup(self, value: float, at: float | None = None) -> Sample:
         return Sample(ROLLUP, self.group, value, int((at or time.time()) * 1000))
 
-    def resource(self, rid: str, value: float) -> Sample:
+    def resource(self, rid: str, value: float, team: str | None = None) -> Sample:
+        """A resource of the account; under another team tag than the account's (a re-tag)
+        when `team` is given."""
         labels = {
             **self.group,
+            "team": team or self.team,
             "resource_id": rid,
             "resource_type": "instance",
             "sub_account_id": self.account,
@@ -891,7 +894,8 @@ def test_a_detector_killed_in_an_outage_leaves_its_queue_to_the_next_one(
     def cycles() -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        [line] = [ln for ln in text.splitlines() if ln.startswith("cct_detector_cycle_seconds_c")]
+        count = "cct_detector_cycle_seconds_count "
+        [line] = [ln for ln in text.splitlines() if ln.startswith(count)]
         return float(line.split()[-1])
 
     def spooled() -> dict[str, Any] | None:
@@ -941,14 +945,7 @@ def test_a_re_tagged_resource_is_followed_not_reported_as_new(
     under the new labels."""
 
     def resource(team: str, value: float) -> Sample:
-        labels = {
-            **account.group,
-            "team": team,
-            "resource_id": "i-retag",
-            "resource_type": "instance",
-            "sub_account_id": account.account,
-        }
-        return Sample(RESOURCE, labels, value, int(time.time() * 1000))
+        return account.resource("i-retag", value, team=team)
 
     account.vm.import_samples([account.rollup(40.0), resource(account.team, 40.0)])
     wait_for(lambda: account.visible(40.0), "the rollup")
@@ -974,3 +971,48 @@ def test_a_re_tagged_resource_is_followed_not_reported_as_new(
     [report] = [r for r in detector.reports.values() if r.key.level == "resource"]
     assert report.labels["team"] == moved
     assert report.delta == pytest.approx(60.0)
+
+
+def test_a_resource_re_tagged_during_its_incident_is_not_paged_again_under_its_new_labels(
+    detector: Detector, account: Account
+) -> None:
+    """Review finding: a resource re-tagged while its incident was open started afresh under
+    its new labels, a step from nothing: the same episode paged again as `day0_step`. Its
+    state is now copied to the new labels in that incident's cooldown; the open incident
+    keeps the old labels its alert carries, and only a worse value opens a new one."""
+
+    def resource(team: str, value: float) -> Sample:
+        return account.resource("i-retag-open", value, team=team)
+
+    def resources(team: str) -> list[Report]:
+        return [
+            r
+            for r in detector.reports.values()
+            if r.key.level == "resource" and r.labels["team"] == team
+        ]
+
+    for _ in range(3):
+        account.vm.import_samples([account.rollup(40.0), resource(account.team, 40.0)])
+        wait_for(lambda: account.visible(40.0), "the rollup")
+        detector.cycle(time.time())
+    account.vm.import_samples([account.rollup(100.0), resource(account.team, 100.0)])
+    wait_for(lambda: account.visible(100.0), "the step")
+    detector.cycle(time.time())
+    [before] = resources(account.team)
+
+    moved = f"{account.team}-platform"
+    account.vm.import_samples([account.rollup(100.0), resource(moved, 100.0)])
+    wait_for(lambda: account.vm.query(f'{RESOURCE}{{team="{moved}"}}'), "the re-tagged series")
+    for _ in range(3):
+        opened = [t for t in detector.cycle(time.time()) if t.kind == "opened"]
+        assert opened == [], "the same episode opened again under the new labels"
+        account.vm.import_samples([account.rollup(100.0), resource(moved, 100.0)])
+    assert detector.metrics.relabelled._value.get() == 1
+    assert resources(moved) == [] and resources(account.team) == [before]
+
+    # Worse than the incident's peak: a new incident, measured from the learnt level.
+    account.vm.import_samples([account.rollup(200.0), resource(moved, 200.0)])
+    wait_for(lambda: account.visible(200.0), "the second step")
+    detector.cycle(time.time())
+    [after] = resources(moved)
+    assert after.delta == pytest.approx(160.0, rel=0.02)  # from the level before the step
