@@ -493,12 +493,20 @@ class Engine:
         self._index[new] = row
         return True
 
-    def fork(self, old: SeriesKey, new: SeriesKey, now: float) -> bool:
+    def seen_at(self, key: SeriesKey) -> float:
+        """When `key` last had a value (-inf: never, or unknown)."""
+        row = self._index.get(key)
+        return -math.inf if row is None else float(self.last_seen[row])
+
+    def fork(self, old: SeriesKey, new: SeriesKey) -> bool:
         """Start `new` with `old`'s learnt state (history, noise, records) while `old` keeps
         its open incident: a resource re-tagged during an incident (`rename` refuses it, the
-        alert being labelled with the old key). `new` is in that incident's cooldown from
-        `now`, so the same episode is not opened again under the new labels (only a value
-        worse than its peak is). Refused (False) when `old` is unknown or `new` is known."""
+        alert being labelled with the old key). Under the new labels the episode is judged
+        against that history, so a cost still high opens an incident there measured from the
+        level before it (its new owner is told), not a step from nothing; the old incident
+        resolves once its label set is no longer read. Not in a cooldown: that would hide an
+        ongoing episode for a day once the old incident resolved. Refused (False) when `old`
+        is unknown or `new` is known."""
         src = self._index.get(old)
         if src is None or new in self._index:
             return False
@@ -509,8 +517,8 @@ class Engine:
         self.is_open[dst] = self.firing[dst] = False
         self.rule[dst] = self.sev[dst] = self.normal_ticks[dst] = 0
         self.started[dst] = self.pending[dst] = np.nan
-        self.last_abnormal[dst] = -np.inf
-        self.closed_at[dst] = now
+        self.last_abnormal[dst] = self.closed_at[dst] = -np.inf
+        self.peak[dst] = 0.0
         return True
 
     @property

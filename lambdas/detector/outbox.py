@@ -16,20 +16,22 @@ or a firing alert) is replaced, and only by a later state of the same incident.
 `Spool` keeps both queues on disk between cycles, so a detector that dies while PostgreSQL or
 Alertmanager is unavailable (a crash, an OOM kill, a node lost) leaves what it owed to the
 next one. Replaying a spool is safe even when part of it was delivered before the crash:
-every row write is idempotent (an upsert by primary key, an escalation that moves a row only
-from its old fingerprint, a resolve only of an open row) and Alertmanager keeps one alert per
-label set and start.
+every row write is idempotent (an upsert by primary key that does nothing once the incident
+is under another fingerprint, an escalation that moves a row only from its old fingerprint, a
+resolve only of an open row) and Alertmanager keeps one alert per label set and start.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from lambdas.detector.alerts import fingerprint
 from lambdas.store import anomalies as store
@@ -158,6 +160,12 @@ class AlertQueue:
 SPOOL_VERSION = 1
 
 
+def _string_map(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
 class SpoolError(Exception):
     """The spool cannot be read or written (the message says which file and why)."""
 
@@ -176,6 +184,32 @@ def _row_of(doc: Mapping[str, Any]) -> store.AnomalyRow:
     if started.tzinfo is None:
         raise ValueError("started_at has no zone")
     return store.AnomalyRow(**{**doc, "started_at": started})
+
+
+def apply_ops(conn: psycopg.Connection[Any], ops: Sequence[RowOp]) -> None:
+    """The ops' SQL, in order, in the connection's transaction (the caller commits)."""
+    for op in ops:
+        if isinstance(op, Upsert):
+            store.upsert(conn, op.row)
+        elif isinstance(op, Escalate):
+            store.escalate(conn, op.old_fingerprint, op.row)
+        else:
+            at = datetime.fromtimestamp(op.at, tz=UTC)
+            store.resolve(conn, op.row.fingerprint, op.row.started_at, at)
+
+
+def still_open(ops: Sequence[RowOp]) -> list[store.AnomalyRow]:
+    """The incidents the ops leave open, each with its last row: an escalation moves an
+    incident to its new fingerprint, a resolve closes it."""
+    rows: dict[RowKey, store.AnomalyRow] = {}
+    for op in ops:
+        if isinstance(op, Escalate):
+            rows.pop((op.old_fingerprint, op.row.started_at), None)
+        if isinstance(op, Resolve):
+            rows.pop(_key(op), None)
+        else:
+            rows[_key(op)] = op.row
+    return list(rows.values())
 
 
 def op_doc(op: RowOp) -> dict[str, Any]:
@@ -227,11 +261,16 @@ class Spool:
                 raise ValueError(f"not a version {SPOOL_VERSION} spool")
             rows = [op_of(item) for item in doc["rows"]]
             alerts = [dict(a) for a in doc["alerts"]]
-            if not all(isinstance(a.get("labels"), dict) for a in alerts):
+            if not all(_string_map(a.get("labels")) for a in alerts):
                 raise ValueError("an alert without labels")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             aside = self.path.with_name(self.path.name + ".unreadable")
-            os.replace(self.path, aside)
+            try:
+                os.replace(self.path, aside)
+            except OSError as moved:
+                raise SpoolError(
+                    f"{self.path}: unreadable ({exc}); not moved aside: {moved.strerror or moved}"
+                ) from None
             raise SpoolError(f"{self.path}: unreadable ({exc}); moved to {aside.name}") from None
         self._saved = data
         return Spooled(rows, alerts)

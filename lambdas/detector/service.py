@@ -65,6 +65,8 @@ from lambdas.detector.outbox import (
     Spool,
     SpoolError,
     Upsert,
+    apply_ops,
+    still_open,
 )
 from lambdas.detector.reports import (
     DEPTH,
@@ -458,10 +460,20 @@ class Detector:
         dropped = self.unsent.add(left.alerts)
         if dropped:
             self.metrics.dropped.labels("alert").inc(dropped)
+        # Its open incidents are taken over at once, not when PostgreSQL next answers: until
+        # then the engine would open the same episode again, with a new start.
+        now = time.time()
+        for row in still_open(left.rows):
+            dims = {k: v for k, v in row.dimensions.items() if k in LEVEL_LABELS[row.level]}
+            self._take_over(SeriesKey.of(row.level, dims), row, now)
         if left.rows or left.alerts:
             log.warning(
                 "undelivered alerts and anomaly rows of the last run queued",
-                extra={"alerts": len(left.alerts), "rows": len(left.rows)},
+                extra={
+                    "alerts": len(left.alerts),
+                    "rows": len(left.rows),
+                    "open_incidents": len(self.reports),
+                },
             )
 
     def _save(self) -> None:
@@ -533,9 +545,9 @@ class Detector:
         (`Engine.rename`), and the old label set, still served by VictoriaMetrics until it
         goes stale, is left out for `RELABEL_HOLD_S`. A resource with an open incident keeps
         it under the old labels (its alert carries them; it resolves once that series is no
-        longer read) and its state is copied to the new labels, in that incident's cooldown
-        (`Engine.fork`): it used to start afresh there, a step from nothing that paged the same
-        episode again as `day0_step`."""
+        longer read) and its state is copied to the new labels (`Engine.fork`), so a cost still
+        high is reported there measured from its level before the episode: it used to start
+        afresh there, a step from nothing (`day0_step` from $0)."""
         self.superseded = {
             k: since for k, since in self.superseded.items() if now - since < RELABEL_HOLD_S
         }
@@ -545,17 +557,20 @@ class Detector:
             if k.level == "resource" and k not in self.engine and k not in self.superseded
         ]
         if fresh:
-            known = {
-                _resource_identity(k): k
-                for k in self.engine.keys
-                if k.level == "resource" and k in self.engine
-            }
+            # The label set read last: an older one stays known until evicted.
+            known: dict[tuple[str, str], SeriesKey] = {}
+            for k in self.engine.keys:
+                if k.level == "resource" and k in self.engine:
+                    ident = _resource_identity(k)
+                    held = known.get(ident)
+                    if held is None or self.engine.seen_at(k) > self.engine.seen_at(held):
+                        known[ident] = k
             for key in fresh:
                 old = known.get(_resource_identity(key))
                 if old is None or old == key:
                     continue
                 moved = self.engine.rename(old, key)
-                if moved or self.engine.fork(old, key, now):
+                if moved or self.engine.fork(old, key):
                     self.superseded[old] = now
                     self.metrics.relabelled.inc()
                     log.info(
@@ -893,7 +908,10 @@ class Detector:
         posted = self.book.step(transitions, open_now, vector.values_of, now)
         alerts = self._settle(now, open_now, posted)
         alerts += self._resend(now, posted)
+        # Saved after each delivery: a crash right after one must not replay it (a resolved
+        # alert posted again as firing would page until it expires).
         self._post(alerts)
+        self._save()
         self._write()
         self._save()
         self._forget_evicted()
@@ -978,41 +996,46 @@ class Detector:
                 or key not in watched
             ):
                 continue
-            labels = alert_labels(key, row.rule, row.severity)
-            started = row.started_at.timestamp()
             own = self.reports.get(key)
-            if own is not None and (fingerprint(own.labels), own.started_at) == (
-                row.fingerprint,
+            if own is not None and (
+                fingerprint(own.labels),
                 datetime.fromtimestamp(own.started_at, tz=UTC),
-            ):
-                continue  # opened by this run before the adoption could read PostgreSQL
-            if fingerprint(labels) != row.fingerprint or key in self.reports:
-                # Written under other labels (an older contract) or a duplicate: it cannot be
-                # re-sent as the same alert, so it is closed.
-                self._queue(Resolve(row, now))
-                log.info("open anomaly of other labels closed", extra={"fp": row.fingerprint})
+            ) == (row.fingerprint, row.started_at):
+                # Opened by this run before the adoption could read PostgreSQL, or taken over
+                # from the spool (`_recover`).
                 continue
-            self.reports[key] = Report(
-                key=key,
-                labels=labels,
-                started_at=started,
-                rule=row.rule,
-                severity=row.severity,
-                expected=row.expected_usd_per_hour,
-                observed=row.observed_usd_per_hour,
-                baseline="adopted",
-                contributors=[dict(c) for c in row.contributors],
-                events=[dict(e) for e in row.change_events],
-                own=False,
-                stored_ancestors=[dict(a) for a in row.ancestors],
-                adopted=True,
-                last_seen=now,
-                opened_delta=row.observed_usd_per_hour - row.expected_usd_per_hour,
-                opened_expected=row.expected_usd_per_hour,
-            )
-            self.metrics.reported.labels(row.level, "adopted").inc()
+            self._take_over(key, row, now)
         if rows:
             log.info("open incidents adopted", extra={"incidents": len(self.reports)})
+
+    def _take_over(self, key: SeriesKey, row: store.AnomalyRow, now: float) -> None:
+        """Report an incident a previous run left open (stored or spooled) as this run's."""
+        labels = alert_labels(key, row.rule, row.severity)
+        if fingerprint(labels) != row.fingerprint or key in self.reports:
+            # Written under other labels (an older contract) or a duplicate: it cannot be
+            # re-sent as the same alert, so it is closed.
+            self._queue(Resolve(row, now))
+            log.info("open anomaly of other labels closed", extra={"fp": row.fingerprint})
+            return
+        self.reports[key] = Report(
+            key=key,
+            labels=labels,
+            started_at=row.started_at.timestamp(),
+            rule=row.rule,
+            severity=row.severity,
+            expected=row.expected_usd_per_hour,
+            observed=row.observed_usd_per_hour,
+            baseline="adopted",
+            contributors=[dict(c) for c in row.contributors],
+            events=[dict(e) for e in row.change_events],
+            own=False,
+            stored_ancestors=[dict(a) for a in row.ancestors],
+            adopted=True,
+            last_seen=now,
+            opened_delta=row.observed_usd_per_hour - row.expected_usd_per_hour,
+            opened_expected=row.expected_usd_per_hour,
+        )
+        self.metrics.reported.labels(row.level, "adopted").inc()
 
     def _escalate(self, report: Report, severity: str, now: float) -> list[dict[str, Any]]:
         """The incident's alert with its new severity: severity is a label, so this is a new
@@ -1069,18 +1092,7 @@ class Detector:
 
     def _apply(self, ops: Sequence[RowOp]) -> None:
         conn = self._db()
-        for op in ops:
-            if isinstance(op, Upsert):
-                store.upsert(conn, op.row)
-            elif isinstance(op, Escalate):
-                store.escalate(conn, op.old_fingerprint, op.row)
-            else:
-                store.resolve(
-                    conn,
-                    op.row.fingerprint,
-                    op.row.started_at,
-                    datetime.fromtimestamp(op.at, tz=UTC),
-                )
+        apply_ops(conn, ops)
         with translate_errors("commit anomalies"):
             conn.commit()
 

@@ -44,14 +44,26 @@ class AnomalyRow:
 
 def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
     """Insert the incident or refresh its figures; its rule never changes, its severity and
-    fingerprint only through `escalate`."""
+    fingerprint only through `escalate`. Nothing happens when the incident's row is already
+    under another fingerprint (the same start, level, rule and dimensions at another
+    severity: escalated since), so a write replayed from the detector's spool after a crash
+    cannot add a second row of the old severity."""
     with translate_errors("upsert anomaly"):
         conn.execute(
             """
             insert into anomalies (fingerprint, started_at, rule, level, severity, dimensions,
                 expected_usd_per_hour, observed_usd_per_hour, deviation, contributors,
                 change_events, ancestors)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            select %(fp)s::text, %(started)s::timestamptz, %(rule)s::text, %(level)s::text,
+                %(severity)s::text, %(dims)s::jsonb, %(expected)s, %(observed)s,
+                %(deviation)s, %(contributors)s::jsonb, %(events)s::jsonb,
+                %(ancestors)s::jsonb
+            where not exists (
+                select 1 from anomalies moved
+                where moved.started_at = %(started)s::timestamptz
+                  and moved.level = %(level)s::text and moved.rule = %(rule)s::text
+                  and moved.dimensions = %(dims)s::jsonb and moved.fingerprint <> %(fp)s::text
+            )
             on conflict (fingerprint, started_at) do update set
                 expected_usd_per_hour = excluded.expected_usd_per_hour,
                 observed_usd_per_hour = excluded.observed_usd_per_hour,
@@ -61,20 +73,20 @@ def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
                 ancestors = excluded.ancestors,
                 updated_at = now()
             """,
-            (
-                row.fingerprint,
-                row.started_at,
-                row.rule,
-                row.level,
-                row.severity,
-                Jsonb(dict(row.dimensions)),
-                row.expected_usd_per_hour,
-                row.observed_usd_per_hour,
-                row.deviation,
-                Jsonb(list(row.contributors)),
-                Jsonb(list(row.change_events)),
-                Jsonb(list(row.ancestors)),
-            ),
+            {
+                "fp": row.fingerprint,
+                "started": row.started_at,
+                "rule": row.rule,
+                "level": row.level,
+                "severity": row.severity,
+                "dims": Jsonb(dict(row.dimensions)),
+                "expected": row.expected_usd_per_hour,
+                "observed": row.observed_usd_per_hour,
+                "deviation": row.deviation,
+                "contributors": Jsonb(list(row.contributors)),
+                "events": Jsonb(list(row.change_events)),
+                "ancestors": Jsonb(list(row.ancestors)),
+            },
         )
 
 

@@ -904,22 +904,22 @@ def test_rename_carries_a_series_state_to_its_new_labels_unless_an_incident_is_o
 
 
 def test_fork_copies_a_series_state_and_leaves_its_open_incident_behind() -> None:
-    """A resource re-tagged during its incident: the new labels get the learnt state in the
-    incident's cooldown, the old labels keep the incident (tests/detector/test_live.py)."""
+    """A resource re-tagged during its incident: the new labels get the learnt state, the
+    old labels keep the incident (tests/detector/test_live.py)."""
     engine, before, retagged = _retag()
     labels = RETAG_LABELS
     assert [t.kind for t in engine.observe(T0 + 15, engine.index_of([before]), [100.0])] == [
         "opened"
     ]
     assert not engine.rename(before, retagged)
-    assert engine.fork(before, retagged, T0 + 18)
+    assert engine.fork(before, retagged)
     assert engine.open_incident(before) is not None and engine.open_incident(retagged) is None
-    idx = engine.index_of([retagged])
-    assert engine.observe(T0 + 18, idx, [100.0]) == []  # the same episode: cooldown
-    [worse] = engine.observe(T0 + 21, idx, [200.0])
-    assert (worse.kind, worse.key) == ("opened", retagged)
-    assert worse.expected == pytest.approx(40.0)
+    assert engine.seen_at(retagged) == engine.seen_at(before) == T0 + 15
+    # Still high: an incident under the new labels, measured from the level before it.
+    [again] = engine.observe(T0 + 18, engine.index_of([retagged]), [100.0])
+    assert (again.kind, again.key) == ("opened", retagged)
+    assert again.expected == pytest.approx(40.0)
     # Refused: an unknown source, or a target already known.
     other = SeriesKey.of("resource", {**labels, "team": "data"})
-    assert not engine.fork(other, SeriesKey.of("resource", {**labels, "team": "x"}), T0)
-    assert not engine.fork(before, retagged, T0)
+    assert not engine.fork(other, SeriesKey.of("resource", {**labels, "team": "x"}))
+    assert not engine.fork(before, retagged)

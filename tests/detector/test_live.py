@@ -744,6 +744,10 @@ def test_alerts_and_rows_wait_out_alertmanager_and_postgres_outages(
     with psycopg.connect(pg_dsn) as conn:
         [row] = store.get(conn, alert["fingerprint"])
     assert float(row["observed_usd_per_hour"]) == 250.0
+    # Review finding: the adoption, which now writes the queued rows before it reads the
+    # open ones, did not know them for this run's own and closed them.
+    assert row["resolved_at"] is None
+    assert detector.cycle(time.time()) == [] and len(detector.reports) == 3
 
 
 def test_a_long_outage_queues_one_alert_and_one_row_per_incident(
@@ -822,6 +826,8 @@ def test_a_detector_that_dies_in_an_outage_leaves_its_queue_to_the_next_one(
     second = Detector(settings)
     try:
         assert len(second.unsent) == 3 and len(second.pending_rows) == 3
+        # Taken over from the spool at start, before PostgreSQL is read.
+        assert {r.key for r in second.reports.values()} == {o.key for o in opened}
         assert second.cycle(time.time()) == []  # still high: adopted, not opened again
         assert {r.key for r in second.reports.values()} == {o.key for o in opened}
         assert all(r.adopted for r in second.reports.values())
@@ -973,13 +979,14 @@ def test_a_re_tagged_resource_is_followed_not_reported_as_new(
     assert report.delta == pytest.approx(60.0)
 
 
-def test_a_resource_re_tagged_during_its_incident_is_not_paged_again_under_its_new_labels(
+def test_a_resource_re_tagged_during_its_incident_is_reported_from_its_level_under_new_labels(
     detector: Detector, account: Account
 ) -> None:
     """Review finding: a resource re-tagged while its incident was open started afresh under
-    its new labels, a step from nothing: the same episode paged again as `day0_step`. Its
-    state is now copied to the new labels in that incident's cooldown; the open incident
-    keeps the old labels its alert carries, and only a worse value opens a new one."""
+    its new labels, a step from nothing ($0 to its whole cost, `day0_step`). Its state is now
+    copied to the new labels: the cost still high is reported there measured from its level
+    before the episode (its new owner is told), and the open incident keeps the old labels
+    its alert carries."""
 
     def resource(team: str, value: float) -> Sample:
         return account.resource("i-retag-open", value, team=team)
@@ -1003,16 +1010,10 @@ def test_a_resource_re_tagged_during_its_incident_is_not_paged_again_under_its_n
     moved = f"{account.team}-platform"
     account.vm.import_samples([account.rollup(100.0), resource(moved, 100.0)])
     wait_for(lambda: account.vm.query(f'{RESOURCE}{{team="{moved}"}}'), "the re-tagged series")
-    for _ in range(3):
-        opened = [t for t in detector.cycle(time.time()) if t.kind == "opened"]
-        assert opened == [], "the same episode opened again under the new labels"
-        account.vm.import_samples([account.rollup(100.0), resource(moved, 100.0)])
-    assert detector.metrics.relabelled._value.get() == 1
-    assert resources(moved) == [] and resources(account.team) == [before]
-
-    # Worse than the incident's peak: a new incident, measured from the learnt level.
-    account.vm.import_samples([account.rollup(200.0), resource(moved, 200.0)])
-    wait_for(lambda: account.visible(200.0), "the second step")
     detector.cycle(time.time())
+    assert detector.metrics.relabelled._value.get() == 1
+    assert resources(account.team) == [before]
     [after] = resources(moved)
-    assert after.delta == pytest.approx(160.0, rel=0.02)  # from the level before the step
+    # From the level before the episode (40 $/h), not from nothing.
+    assert after.expected == pytest.approx(40.0, rel=0.05)
+    assert after.delta == pytest.approx(60.0, rel=0.05)
