@@ -34,7 +34,6 @@ FOCUS_COLUMNS = (
 )  # fmt: skip
 FOCUS_TABLE = "FOCUS_1_0_AWS"
 
-# What the collector's inventory sync, the billing loader and the `analyze` step read.
 PROTECT_TAG = "cct.io/protect"
 # Read-only calls do not support resource-level conditions; they get their own statement.
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
