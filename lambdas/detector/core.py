@@ -494,7 +494,8 @@ class Engine:
         return True
 
     def seen_at(self, key: SeriesKey) -> float:
-        """When `key` last had a value (-inf: never, or unknown)."""
+        """When `key` last had a value, or was registered when it never had one (-inf:
+        unknown)."""
         row = self._index.get(key)
         return -math.inf if row is None else float(self.last_seen[row])
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from typing import Any
 import psycopg
 
 from lambdas.detector.alerts import fingerprint
+from lambdas.detector.config import LEVEL_LABELS
 from lambdas.store import anomalies as store
 
 
@@ -183,6 +185,10 @@ def _row_of(doc: Mapping[str, Any]) -> store.AnomalyRow:
     started = datetime.fromisoformat(doc["started_at"])
     if started.tzinfo is None:
         raise ValueError("started_at has no zone")
+    if doc["level"] not in LEVEL_LABELS or not _string_map(doc["dimensions"]):
+        raise ValueError(f"a row of level {doc['level']!r} and dimensions {doc['dimensions']!r}")
+    if not all(isinstance(doc[k], str) for k in ("fingerprint", "rule", "severity")):
+        raise ValueError("a row whose fingerprint, rule or severity is not text")
     return store.AnomalyRow(**{**doc, "started_at": started})
 
 
@@ -236,6 +242,22 @@ def op_of(doc: Mapping[str, Any]) -> RowOp:
 class Spooled:
     rows: list[RowOp]
     alerts: list[dict[str, Any]]
+    saved_at: float = 0.0  # epoch seconds of the last save
+
+    def resolves(self) -> list[dict[str, Any]]:
+        """The spooled alerts that end an alert (a resolve, an escalation's old severity):
+        their endsAt was not after the save. A firing one is not replayed, being older than
+        what the detector re-sends for the incidents it takes over: posted again, a firing
+        alert of an incident resolved since would page until it expired."""
+        out = []
+        for alert in self.alerts:
+            try:
+                ends = datetime.fromisoformat(str(alert.get("endsAt", ""))).timestamp()
+            except ValueError:
+                continue
+            if ends <= self.saved_at:
+                out.append(alert)
+        return out
 
 
 class Spool:
@@ -245,6 +267,7 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._saved: bytes | None = None  # what the file holds now (None: no file)
+        self._content: bytes | None = None  # its rows and alerts, to skip unchanged saves
 
     def load(self) -> Spooled:
         """What the last run left; empty when it left nothing. A file that cannot be read as
@@ -252,7 +275,7 @@ class Spool:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return Spooled([], [])
+            return Spooled([], [], 0.0)
         except OSError as exc:
             raise SpoolError(f"{self.path}: {exc.strerror or exc}") from None
         try:
@@ -263,6 +286,7 @@ class Spool:
             alerts = [dict(a) for a in doc["alerts"]]
             if not all(_string_map(a.get("labels")) for a in alerts):
                 raise ValueError("an alert without labels")
+            saved_at = float(doc["saved_at"])
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             aside = self.path.with_name(self.path.name + ".unreadable")
             try:
@@ -273,7 +297,7 @@ class Spool:
                 ) from None
             raise SpoolError(f"{self.path}: unreadable ({exc}); moved to {aside.name}") from None
         self._saved = data
-        return Spooled(rows, alerts)
+        return Spooled(rows, alerts, saved_at)
 
     def save(self, rows: RowQueue, alerts: AlertQueue) -> bool:
         """Write the queues if they changed since the last save; True when the file changed."""
@@ -284,18 +308,16 @@ class Spool:
                 self.path.unlink(missing_ok=True)
             except OSError as exc:
                 raise SpoolError(f"{self.path}: {exc.strerror or exc}") from None
-            self._saved = None
+            self._saved = self._content = None
             return True
-        data = json.dumps(
-            {
-                "version": SPOOL_VERSION,
-                "rows": [op_doc(op) for op in rows],
-                "alerts": alerts.peek(),
-            },
-            separators=(",", ":"),
+        content = json.dumps(
+            {"rows": [op_doc(op) for op in rows], "alerts": alerts.peek()}, separators=(",", ":")
         ).encode()
-        if data == self._saved:
+        if content == self._content:
             return False
+        # The same bytes with the version and the time of the save in front.
+        head = json.dumps({"version": SPOOL_VERSION, "saved_at": time.time()})
+        data = head[:-1].encode() + b"," + content[1:]
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -312,5 +334,5 @@ class Spool:
                 os.close(dir_fd)
         except OSError as exc:
             raise SpoolError(f"{self.path}: {exc.strerror or exc}") from None
-        self._saved = data
+        self._saved, self._content = data, content
         return True

@@ -426,6 +426,7 @@ class Detector:
             ),
         )
         self.adopted = False  # the previous run's open incidents were taken over
+        self._first_adopt_done = False
         # Fast path: new resources' keys -> (list run-rate, since when), until VM serves them.
         self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
         # Resource label sets replaced by a re-tag -> when (see _follow_relabelled).
@@ -441,6 +442,9 @@ class Detector:
         self.conn: psycopg.Connection[Any] | None = None
         self._conn_generation = 0  # of the DSN self.conn was opened with
         self.spool = Spool(Path(cfg.spool_file)) if cfg.spool_file else None
+        # Incidents taken over from the spool at start -> (fingerprint, start): checked
+        # against PostgreSQL's open rows once it answers (`_adopt`).
+        self._from_spool: dict[SeriesKey, tuple[str, datetime]] = {}
         self._recover()
 
     def _recover(self) -> None:
@@ -457,20 +461,23 @@ class Detector:
             return
         for op in left.rows:
             self._queue(op)
-        dropped = self.unsent.add(left.alerts)
+        dropped = self.unsent.add(left.resolves())
         if dropped:
             self.metrics.dropped.labels("alert").inc(dropped)
         # Its open incidents are taken over at once, not when PostgreSQL next answers: until
         # then the engine would open the same episode again, with a new start.
         now = time.time()
         for row in still_open(left.rows):
-            dims = {k: v for k, v in row.dimensions.items() if k in LEVEL_LABELS[row.level]}
-            self._take_over(SeriesKey.of(row.level, dims), row, now)
+            key = self._mine(row, watched=None)
+            if key is not None and key not in self.reports:
+                self._take_over(key, row, now)
+                self._from_spool[key] = (row.fingerprint, row.started_at)
         if left.rows or left.alerts:
             log.warning(
                 "undelivered alerts and anomaly rows of the last run queued",
                 extra={
                     "alerts": len(left.alerts),
+                    "resolves_replayed": len(self.unsent),
                     "rows": len(left.rows),
                     "open_incidents": len(self.reports),
                 },
@@ -563,7 +570,12 @@ class Detector:
                 if k.level == "resource" and k in self.engine:
                     ident = _resource_identity(k)
                     held = known.get(ident)
-                    if held is None or self.engine.seen_at(k) > self.engine.seen_at(held):
+                    # A tie (both registered in the same cycle) goes to the one not left
+                    # behind by an earlier re-tag.
+                    if held is None or (self.engine.seen_at(k), k not in self.superseded) > (
+                        self.engine.seen_at(held),
+                        held not in self.superseded,
+                    ):
                         known[ident] = k
             for key in fresh:
                 old = known.get(_resource_identity(key))
@@ -972,6 +984,13 @@ class Detector:
         """Take over the incidents a previous run left open (a restart, a new pod): they are
         re-sent as before, so Alertmanager does not resolve them while the cost is still
         high, and resolve when their value falls back (or the engine takes them over)."""
+        if not self._first_adopt_done:
+            # The spool's incidents count their absence from the first cycle, not from the
+            # start (the history load before it may take longer than stale_after_s).
+            self._first_adopt_done = True
+            for spooled in self._from_spool:
+                if spooled in self.reports:
+                    self.reports[spooled].last_seen = now
         if len(self.pending_rows):
             # The last run's spooled rows first: the incidents it opened during an outage are
             # open rows to adopt. Rows of this run's own incidents go too, skipped below.
@@ -986,15 +1005,10 @@ class Detector:
             self._db_failed(exc)
             return  # the next cycle tries again
         self.adopted = True
+        self._drop_stale_spool({(row.fingerprint, row.started_at) for row in rows}, now)
         for row in rows:
-            dims = {k: v for k, v in row.dimensions.items() if k in LEVEL_LABELS[row.level]}
-            key = SeriesKey.of(row.level, dims)
-            if selector_matches(self.cfg.selector, dims) is False and (
-                # An aggregate lacks the labels it was selected by (a team's rollup selected
-                # by account has `team` only): it is this detector's when it reads that series.
-                selector_matches(self.cfg.selector, dims, LEVEL_LABELS[row.level]) is False
-                or key not in watched
-            ):
+            key = self._mine(row, watched)
+            if key is None:
                 continue
             own = self.reports.get(key)
             if own is not None and (
@@ -1007,6 +1021,40 @@ class Detector:
             self._take_over(key, row, now)
         if rows:
             log.info("open incidents adopted", extra={"incidents": len(self.reports)})
+
+    def _mine(
+        self, row: store.AnomalyRow, watched: Collection[SeriesKey] | None
+    ) -> SeriesKey | None:
+        """The key of a stored or spooled incident this detector watches, else None. An
+        aggregate lacks the labels it was selected by (a team's rollup selected by account
+        has `team` only): it is this detector's when it reads that series (`watched`; None:
+        not known yet, so not this detector's yet)."""
+        if row.level not in self.cfg.levels:
+            return None
+        dims = {k: v for k, v in row.dimensions.items() if k in LEVEL_LABELS[row.level]}
+        key = SeriesKey.of(row.level, dims)
+        if selector_matches(self.cfg.selector, dims) is False and (
+            selector_matches(self.cfg.selector, dims, LEVEL_LABELS[row.level]) is False
+            or watched is None
+            or key not in watched
+        ):
+            return None
+        return key
+
+    def _drop_stale_spool(self, open_rows: set[tuple[str, datetime]], now: float) -> None:
+        """Incidents taken over from the spool that PostgreSQL does not hold open (resolved
+        or escalated since, the spool being older than the last delivery) are not this run's
+        to report: their alert is resolved, and a row PostgreSQL has open for the key is
+        adopted instead."""
+        for key, incident in self._from_spool.items():
+            report = self.reports.get(key)
+            if report is not None and incident not in open_rows:
+                del self.reports[key]
+                self.unsent.add([self._alert(report, now)])
+                log.info(
+                    "spooled incident not open in PostgreSQL, dropped", extra={"fp": incident[0]}
+                )
+        self._from_spool = {}
 
     def _take_over(self, key: SeriesKey, row: store.AnomalyRow, now: float) -> None:
         """Report an incident a previous run left open (stored or spooled) as this run's."""

@@ -44,10 +44,10 @@ class AnomalyRow:
 
 def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
     """Insert the incident or refresh its figures; its rule never changes, its severity and
-    fingerprint only through `escalate`. Nothing happens when the incident's row is already
-    under another fingerprint (the same start, level, rule and dimensions at another
+    fingerprint only through `escalate`. No row is inserted when the incident's row is
+    already under another fingerprint (the same start, level, rule and dimensions at another
     severity: escalated since), so a write replayed from the detector's spool after a crash
-    cannot add a second row of the old severity."""
+    cannot add a second row of the old severity; a row of its own is refreshed regardless."""
     with translate_errors("upsert anomaly"):
         conn.execute(
             """
@@ -63,6 +63,12 @@ def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
                 where moved.started_at = %(started)s::timestamptz
                   and moved.level = %(level)s::text and moved.rule = %(rule)s::text
                   and moved.dimensions = %(dims)s::jsonb and moved.fingerprint <> %(fp)s::text
+                  and moved.severity <> %(severity)s::text
+            ) or exists (
+                -- Its own row is refreshed whatever else there is.
+                select 1 from anomalies own
+                where own.fingerprint = %(fp)s::text
+                  and own.started_at = %(started)s::timestamptz
             )
             on conflict (fingerprint, started_at) do update set
                 expected_usd_per_hour = excluded.expected_usd_per_hour,
@@ -72,6 +78,8 @@ def upsert(conn: psycopg.Connection[Any], row: AnomalyRow) -> None:
                 change_events = excluded.change_events,
                 ancestors = excluded.ancestors,
                 updated_at = now()
+            -- A resolved incident keeps its last figures (a replayed write is older).
+            where anomalies.resolved_at is null
             """,
             {
                 "fp": row.fingerprint,

@@ -26,6 +26,7 @@ from lambdas.detector.outbox import (
     SpoolError,
     Upsert,
     op_doc,
+    still_open,
 )
 from lambdas.store.anomalies import AnomalyRow
 
@@ -246,6 +247,7 @@ def test_the_spool_is_private_written_only_on_change_and_removed_once_delivered(
         (b'{"version": 1, "rows": [{"op": "drop", "row": {}}], "alerts": []}', "unreadable ("),
         (b'{"version": 1, "rows": [], "alerts": [{"startsAt": "x"}]}', "an alert without labels"),
         (b'{"version": 1, "rows": [], "alerts": [3]}', "unreadable ("),
+        (b'{"version": 1, "rows": [], "alerts": [{"labels": {"a": 1}}]}', "without labels"),
         (b"\xff\xfe", "unreadable ("),
     ],
 )
@@ -276,3 +278,38 @@ def test_a_spool_that_cannot_be_written_says_where(tmp_path: Path) -> None:
     queue.add(Upsert(row()))
     with pytest.raises(SpoolError, match=r"missing/spool\.json"):
         Spool(tmp_path / "missing" / "spool.json").save(queue, AlertQueue())
+
+
+def test_a_spool_row_of_an_unknown_level_is_refused(tmp_path: Path) -> None:
+    op = op_doc(Upsert(row()))
+    op["row"]["level"] = "galaxy"
+    path = tmp_path / "spool.json"
+    path.write_text(json.dumps({"version": 1, "rows": [op], "alerts": []}))
+    with pytest.raises(SpoolError, match="a row of level 'galaxy'"):
+        Spool(path).load()
+
+
+def test_still_open_follows_escalations_and_resolves() -> None:
+    later = T0 + timedelta(hours=1)
+    warning, critical = row("warning"), row("critical", 260.0)
+    ops: list[RowOp] = [Upsert(warning), Escalate(critical, warning.fingerprint)]
+    assert still_open(ops) == [critical]
+    assert still_open([*ops, Upsert(row("critical", 270.0))]) == [row("critical", 270.0)]
+    assert still_open([*ops, Resolve(critical, 0.0)]) == []
+    # A later incident of the same labels after a resolve is open on its own.
+    again = row("warning", start=later)
+    assert still_open([*ops, Resolve(critical, 0.0), Upsert(again)]) == [again]
+
+
+def test_only_the_spooled_resolves_are_replayed(tmp_path: Path) -> None:
+    """A firing alert in the spool is older than what the detector re-sends for the
+    incidents it takes over; replayed, one of an incident resolved since would page again."""
+    alerts = AlertQueue()
+    now = datetime.now(UTC)
+    alerts.add([alert("warning", 130.0, start=now - timedelta(minutes=5))])  # firing
+    alerts.add([alert("critical", 260.0, start=now - timedelta(hours=2), ended=True)])
+    path = tmp_path / "spool.json"
+    Spool(path).save(RowQueue(), alerts)
+    left = Spool(path).load()
+    assert len(left.alerts) == 2
+    assert [a["labels"]["severity"] for a in left.resolves()] == ["critical"]

@@ -60,3 +60,19 @@ def test_a_replayed_spool_adds_no_row_of_an_old_severity(migrated_db: str) -> No
         apply(conn, resolved)
         apply(conn, [*spooled, *resolved])
         assert rows(conn) == [("critical", 260.0, True)]
+
+
+def test_a_row_is_refreshed_even_beside_a_sibling_of_another_severity(migrated_db: str) -> None:
+    """Rows an older detector duplicated (the replay of an escalation before the guard) do
+    not freeze the real one: only the insert is guarded."""
+    warning, critical = row("warning", 130.0), row("critical", 260.0)
+    with psycopg.connect(migrated_db) as conn:
+        apply(conn, [Upsert(critical)])
+        conn.execute(
+            "insert into anomalies (fingerprint, started_at, rule, level, severity, dimensions,"
+            " expected_usd_per_hour, observed_usd_per_hour, deviation)"
+            " values (%s, %s, 'seasonal', 'team', 'warning', %s, 100, 130, 0.3)",
+            (warning.fingerprint, START, psycopg.types.json.Jsonb(KEY.as_dict())),
+        )
+        apply(conn, [Upsert(row("critical", 300.0))])
+        assert rows(conn) == [("critical", 300.0, False), ("warning", 130.0, False)]
