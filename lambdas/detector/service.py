@@ -279,6 +279,15 @@ class Metrics:
 _Linked = tuple[list[Contributor], list[ChangeEvent], list[Child]]
 
 
+def _matcher_holds(op: str, value: str, got: str) -> bool:
+    if op == "=":
+        return got == value
+    if op == "!=":
+        return got != value
+    hit = re.fullmatch(value, got) is not None
+    return hit if op == "=~" else not hit
+
+
 def selector_matches(
     selector: str, labels: Mapping[str, str], only: Collection[str] | None = None
 ) -> bool | None:
@@ -297,16 +306,8 @@ def selector_matches(
             return None
         name, op, raw = m.groups()
         value = raw.encode().decode("unicode_escape")
-        got = labels.get(name, "")
-        if only is not None and name not in only:
-            pass
-        elif op == "=":
-            ok &= got == value
-        elif op == "!=":
-            ok &= got != value
-        else:
-            hit = re.fullmatch(value, got) is not None
-            ok &= hit if op == "=~" else not hit
+        if only is None or name in only:
+            ok &= _matcher_holds(op, value, labels.get(name, ""))
         pos = m.end()
         if pos < len(selector):
             if selector[pos] != ",":

@@ -707,6 +707,15 @@ def go_dark(detector: Detector, **settings: Any) -> Callable[[], None]:
     return restore
 
 
+def resolve_all(detector: Detector, cycles: int = 10) -> None:
+    """Cycle until every report has resolved (the value is back), at most `cycles` times."""
+    for _ in range(cycles):
+        detector.cycle(time.time())
+        if not detector.reports:
+            break
+    assert detector.reports == {}
+
+
 def step_up(detector: Detector, account: Account) -> list[Transition]:
     """The account at 100 $/h for two cycles, then 250: three incidents open (account,
     service, team)."""
@@ -863,11 +872,7 @@ def test_an_incident_that_opened_and_resolved_in_an_outage_is_stored_resolved_af
         first.cycle(time.time())
     account.write(100.0)
     wait_for(lambda: account.visible(100.0), "the fall back")
-    for _ in range(10):
-        first.cycle(time.time())
-        if not first.reports:
-            break
-    assert first.reports == {}
+    resolve_all(first)
     spooled = {op.row.fingerprint for op in first.pending_rows}
     assert len(spooled) == 3
     first.close()
@@ -902,11 +907,7 @@ def test_a_stale_spool_does_not_bring_back_incidents_postgres_has_resolved(
     first.cycle(time.time())
     assert not spool.exists()
     account.write(100.0)
-    for _ in range(10):
-        first.cycle(time.time())
-        if not first.reports:
-            break
-    assert first.reports == {}
+    resolve_all(first)
     final = stored(pg_dsn, fingerprints)
     first.close()
 
