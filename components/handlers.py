@@ -1,6 +1,6 @@
 """CCT's own handlers: Deployments (HTTP API, /healthz, /readyz, /metrics), CronJobs, their
 Services, service accounts and ingress policies, and the admission webhook with its
-ValidatingWebhookConfiguration and a CA generated with pulumi-tls.
+ValidatingWebhookConfiguration and a CA generated with pulumi-tls (components.pki).
 
 Every handler runs the same image through the `cct` command; what differs is data
 (`HandlerSpec`), so adding a handler never adds code here.
@@ -17,9 +17,8 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_tls as tls
 
-from components import kube
+from components import kube, pki
 from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL, VAULT_CLIENT_LABEL
 
 HTTP_PORT = 8080
@@ -31,12 +30,10 @@ WEBHOOK_CLIENT_NAME = "cct-admission-apiserver-client"
 CREDENTIALS_DIR = "/var/run/cct/credentials"
 _AGENT_CONFIG_DIR = "/etc/vault-agent"
 _AGENT_TOKEN_DIR = "/var/run/secrets/vault"  # noqa: S105 - a directory
+_AGENT_CA_DIR = "/etc/vault-agent-ca"
 # The shortest lifetime the API server issues for a projected token.
 _AGENT_TOKEN_SECONDS = 600
 FAILURE_POLICIES = ("Fail", "Ignore")
-# A year; renewed by the next `pulumi up` in the last 30 days.
-CERT_VALIDITY_HOURS = 24 * 365
-CERT_EARLY_RENEWAL_HOURS = 24 * 30
 
 
 @dataclass(frozen=True)
@@ -54,12 +51,20 @@ class VaultAgentSpec:
     image: str
     # File name in CREDENTIALS_DIR -> its Consul Template text.
     templates: Mapping[str, str]
+    # The ConfigMap (in the pod's namespace) whose `ca.crt` is the CA Vault's certificate is
+    # verified against (components.vault.CA_CONFIG_MAP).
+    ca_config_map: str
     resources: kube.Resources = field(
         default_factory=lambda: kube.Resources("10m", "32Mi", "200m", "64Mi")
     )
 
     def __post_init__(self) -> None:
         kube.require_pinned_image(self.image, "vault-agent")
+        if not self.address.startswith("https://"):
+            raise ValueError(
+                f"Vault Agent for role {self.role!r}: address {self.address!r} is not https://"
+                " (Vault serves TLS only)"
+            )
         if not self.templates:
             raise ValueError(f"Vault Agent for role {self.role!r} renders no templates")
 
@@ -81,6 +86,7 @@ template {{
 
 vault {{
   address = "{self.address}"
+  ca_cert = "{_AGENT_CA_DIR}/ca.crt"
 }}
 
 auto_auth {{
@@ -539,6 +545,7 @@ class Handlers(pulumi.ComponentResource):
         )
         volumes: list[dict[str, Any]] = [
             {"name": "vault-agent", "configMap": {"name": config_map}},
+            {"name": "vault-ca", "configMap": {"name": agent.ca_config_map}},
             # The service account token only the agent sees: the handler container keeps no
             # Kubernetes credential.
             {
@@ -565,6 +572,7 @@ class Handlers(pulumi.ComponentResource):
             volume_mounts=[
                 dict(kube.TMP_MOUNT),
                 {"name": "vault-agent", "mountPath": _AGENT_CONFIG_DIR, "readOnly": True},
+                {"name": "vault-ca", "mountPath": _AGENT_CA_DIR, "readOnly": True},
                 {"name": "vault-token", "mountPath": _AGENT_TOKEN_DIR, "readOnly": True},
                 {"name": "credentials", "mountPath": CREDENTIALS_DIR},
             ],
@@ -590,8 +598,8 @@ class Handlers(pulumi.ComponentResource):
     ) -> None:
         ns, handler = args.namespace, admission.handler
         server_name = self.server_name(args)
-        ca_key, ca = _generate_ca(f"{name}-ca", "cct-admission-ca", opts)
-        key, cert = _signed_pair(
+        ca_key, ca = pki.generate_ca(f"{name}-ca", "cct-admission-ca", opts)
+        key, cert = pki.signed_pair(
             f"{name}-webhook",
             (ca_key, ca),
             common_name=server_name,
@@ -719,9 +727,9 @@ class Handlers(pulumi.ComponentResource):
         """A CA only for the API server's webhook client certificate, and that certificate;
         returns the CA the webhook trusts. A separate CA from the serving one, so no serving
         certificate can ever authenticate as a client."""
-        ca_key, ca = _generate_ca(f"{name}-client-ca", "cct-admission-client-ca", opts)
+        ca_key, ca = pki.generate_ca(f"{name}-client-ca", "cct-admission-client-ca", opts)
         client_name = admission.client_names[0]
-        key, cert = _signed_pair(
+        key, cert = pki.signed_pair(
             f"{name}-apiserver-client",
             (ca_key, ca),
             common_name=client_name,
@@ -732,54 +740,6 @@ class Handlers(pulumi.ComponentResource):
         self.webhook_client_cert_pem = cert.cert_pem
         self.webhook_client_key_pem = pulumi.Output.secret(key.private_key_pem)
         return ca.cert_pem
-
-
-def _generate_ca(
-    resource_name: str, common_name: str, opts: pulumi.ResourceOptions
-) -> tuple[tls.PrivateKey, tls.SelfSignedCert]:
-    key = tls.PrivateKey(f"{resource_name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-    cert = tls.SelfSignedCert(
-        resource_name,
-        private_key_pem=key.private_key_pem,
-        is_ca_certificate=True,
-        subject={"common_name": common_name, "organization": "CCT"},
-        validity_period_hours=CERT_VALIDITY_HOURS * 5,
-        early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
-        allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-        opts=opts,
-    )
-    return key, cert
-
-
-def _signed_pair(
-    resource_name: str,
-    ca: tuple[tls.PrivateKey, tls.SelfSignedCert],
-    *,
-    common_name: pulumi.Input[str],
-    dns_names: Sequence[pulumi.Input[str]],
-    usage: str,
-    opts: pulumi.ResourceOptions,
-) -> tuple[tls.PrivateKey, tls.LocallySignedCert]:
-    """A key and a certificate signed by `ca`, for `usage` (server_auth or client_auth)."""
-    key = tls.PrivateKey(f"{resource_name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=opts)
-    request = tls.CertRequest(
-        f"{resource_name}-csr",
-        private_key_pem=key.private_key_pem,
-        subject={"common_name": common_name},
-        dns_names=list(dns_names),
-        opts=opts,
-    )
-    cert = tls.LocallySignedCert(
-        f"{resource_name}-cert",
-        cert_request_pem=request.cert_request_pem,
-        ca_private_key_pem=ca[0].private_key_pem,
-        ca_cert_pem=ca[1].cert_pem,
-        validity_period_hours=CERT_VALIDITY_HOURS,
-        early_renewal_hours=CERT_EARLY_RENEWAL_HOURS,
-        allowed_uses=["digital_signature", "key_encipherment", usage],
-        opts=opts,
-    )
-    return key, cert
 
 
 def _b64(pem: str) -> str:

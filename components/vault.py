@@ -2,6 +2,12 @@
 pulumi-vault: Kubernetes auth, one role and one policy per CCT service account, the AWS, Azure
 and GCP secrets engines, and the database secrets engine for PostgreSQL.
 
+Vault serves TLS only: its listener has a server certificate for its Service names (a CA and
+certificate generated with pulumi-tls, or the operator's own Secret, `VaultTls`), and the CA
+is published to the clients' namespace as the ConfigMap `vault-ca`, which every client (Vault
+Agent, the workflow steps) verifies Vault against. Tokens and issued credentials never cross
+the network in clear.
+
 The cloud account components add the engines' roles (the AWS role, the GCP roleset, ...) on
 the mount paths this component exposes, because only they know the cloud-side identities.
 """
@@ -14,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+import pulumi_kubernetes as k8s
 import pulumi_vault as vault
 
-from components import kube
+from components import kube, pki
 from components.namespace import EGRESS_INTERNET_LABEL, EGRESS_KUBE_API_LABEL
 from lambdas.store.grants import vault_role_statements
 
@@ -28,6 +35,13 @@ PORT = 8200
 CLUSTER_PORT = 8201
 # The chart's server pods (templates/server-statefulset.yaml: its selector labels).
 SERVER_PODS = {"app.kubernetes.io/name": "vault", "component": "server"}
+# The chart mounts each of `server.extraVolumes` at /vault/userconfig/<name>.
+USERCONFIG_DIR = "/vault/userconfig"
+# The generated server certificate's Secret (tls.crt, tls.key, ca.crt) in Vault's namespace.
+TLS_SECRET = "vault-tls"  # noqa: S105 - the Secret's name
+# The CA clients verify Vault against, in the clients' namespace (a CA is not a secret).
+CA_CONFIG_MAP = "vault-ca"
+CA_FILE = "ca.crt"
 ALLOWED_CAPABILITIES = frozenset({"create", "read", "update", "list"})
 # Policy paths are exact: no glob (`*`) and no segment wildcard (`+`), so a service account
 # can reach exactly the credentials it was granted.
@@ -70,22 +84,66 @@ def database_role_statements(grant_role: str) -> tuple[list[str], list[str]]:
     return vault_role_statements(grant_role)
 
 
-def raft_config(replicas: int, namespace: str) -> str:
+def server_names(namespace: str) -> list[str]:
+    """The names Vault is reached by, which its certificate must hold: the Service (as the
+    clients name it), the active and standby Services, every server pod through the headless
+    Service (Raft's retry_join) and localhost (the pods' own CLI, an operator's port-forward)."""
+    names = ["localhost"]
+    for service in ("vault", "vault-active", "vault-standby", "vault-internal"):
+        names += [service, f"{service}.{namespace}", f"{service}.{namespace}.svc"]
+    names += [f"*.vault-internal.{namespace}.svc", f"*.vault-internal.{namespace}"]
+    return names
+
+
+def _listener(tls_dir: str) -> str:
+    return (
+        'listener "tcp" {\n'
+        f'  address = "[::]:{PORT}"\n'
+        f'  cluster_address = "[::]:{CLUSTER_PORT}"\n'
+        f'  tls_cert_file = "{tls_dir}/tls.crt"\n'
+        f'  tls_key_file = "{tls_dir}/tls.key"\n'
+        '  tls_min_version = "tls12"\n'
+        "}\n"
+    )
+
+
+def standalone_config(tls_dir: str) -> str:
+    """The single server's config: the chart's (file storage), with a TLS listener (the
+    chart's own has `tls_disable = 1`)."""
+    return f'ui = true\n{_listener(tls_dir)}storage "file" {{\n  path = "/vault/data"\n}}\n'
+
+
+def raft_config(replicas: int, namespace: str, tls_dir: str) -> str:
     """The chart's Raft server config with one `retry_join` per replica. The chart's own config
     (vault-helm 0.31.0) has none, so every node but vault-0 would stay out of the cluster; with
-    them each unsealed node joins the leader by itself."""
-    peers = [f"http://vault-{i}.vault-internal.{namespace}.svc:{PORT}" for i in range(replicas)]
-    joins = "".join(f'  retry_join {{\n    leader_api_addr = "{peer}"\n  }}\n' for peer in peers)
+    them each unsealed node joins the leader by itself, over TLS, verifying it against the CA."""
+    peers = [f"https://vault-{i}.vault-internal.{namespace}.svc:{PORT}" for i in range(replicas)]
+    joins = "".join(
+        "  retry_join {\n"
+        f'    leader_api_addr = "{peer}"\n'
+        f'    leader_ca_cert_file = "{tls_dir}/{CA_FILE}"\n'
+        "  }\n"
+        for peer in peers
+    )
     return (
-        "ui = true\n"
-        'listener "tcp" {\n'
-        "  tls_disable = 1\n"
-        f'  address = "[::]:{PORT}"\n'
-        f'  cluster_address = "[::]:{PORT + 1}"\n'
-        "}\n"
+        f"ui = true\n{_listener(tls_dir)}"
         f'storage "raft" {{\n  path = "/vault/data"\n{joins}}}\n'
         'service_registration "kubernetes" {}\n'
     )
+
+
+@dataclass(frozen=True)
+class VaultTls:
+    """Vault's server certificate, brought by the operator (cert-manager, say) instead of
+    generated: a Secret in Vault's namespace holding `tls.crt`, `tls.key` and `ca.crt`, for
+    the names of `server_names`; `ca_pem` is that CA's PEM text, published to the clients."""
+
+    secret_name: str
+    ca_pem: str
+
+    def __post_init__(self) -> None:
+        if "BEGIN CERTIFICATE" not in self.ca_pem:
+            raise ValueError("VaultTls.ca_pem holds no PEM certificate")
 
 
 @dataclass(frozen=True)
@@ -158,6 +216,8 @@ class VaultArgs:
     gcp: VaultGcpEngine | None = None
     database: VaultDatabaseEngine | None = None
     high_availability: bool = False
+    # None: a CA and a server certificate generated with pulumi-tls (kept in the state).
+    tls: VaultTls | None = None
     chart_version: str = CHART_VERSION
     image: str = IMAGE
     storage_size: str = "10Gi"
@@ -176,6 +236,7 @@ class VaultArgs:
 
 class Vault(pulumi.ComponentResource):
     address: pulumi.Output[str]
+    ca_pem: pulumi.Output[str]
     aws_path: pulumi.Output[str] | None
     azure_path: pulumi.Output[str] | None
     gcp_path: pulumi.Output[str] | None
@@ -189,12 +250,24 @@ class Vault(pulumi.ComponentResource):
         child = kube.child_opts(self, opts)
         repository, tag = args.image.rsplit(":", 1)
         replicas = 3 if args.high_availability else 1
+        secret_name, ca_pem, chart_needs = self._certificate(name, args, child)
+        tls_dir = f"{USERCONFIG_DIR}/{secret_name}"
+        # The clients' copy of the CA (Vault Agent's `ca_cert`, the steps' VAULT_CACERT).
+        k8s.core.v1.ConfigMap(
+            f"{name}-ca",
+            metadata=kube.metadata(CA_CONFIG_MAP, args.clients_namespace, "secrets"),
+            data={CA_FILE: ca_pem},
+            opts=child,
+        )
         kube.helm_release(
             f"{name}-chart",
             chart=CHART,
             version=args.chart_version,
             namespace=args.namespace,
             values={
+                # https everywhere the chart builds an address (VAULT_ADDR, VAULT_API_ADDR,
+                # the probes).
+                "global": {"tlsDisable": False},
                 # Pods log in themselves (the steps with hvac, the billing loader through the
                 # Vault Agent init container the bundle declares); no injector is needed.
                 "injector": {"enabled": False},
@@ -211,15 +284,27 @@ class Vault(pulumi.ComponentResource):
                         "size": args.storage_size,
                         "storageClass": args.storage_class,
                     },
-                    "standalone": {"enabled": not args.high_availability},
+                    "standalone": {
+                        "enabled": not args.high_availability,
+                        "config": standalone_config(tls_dir),
+                    },
+                    # The certificate, mounted at tls_dir; the pods' own CLI trusts its CA.
+                    "extraVolumes": [{"type": "secret", "name": secret_name}],
+                    "extraEnvironmentVars": {"VAULT_CACERT": f"{tls_dir}/{CA_FILE}"},
                     "ha": {
                         "enabled": args.high_availability,
                         "replicas": replicas,
+                        # The address a server gives clients and peers for itself: a name its
+                        # certificate holds (the chart's default is the pod IP, which it does
+                        # not). Kubernetes expands $(VAULT_K8S_POD_NAME), set before it.
+                        "apiAddr": (
+                            f"https://$(VAULT_K8S_POD_NAME).vault-internal.{args.namespace}.svc:{PORT}"
+                        ),
                         "raft": (
                             {
                                 "enabled": True,
                                 "setNodeId": True,
-                                "config": raft_config(replicas, args.namespace),
+                                "config": raft_config(replicas, args.namespace, tls_dir),
                             }
                             if args.high_availability
                             else {"enabled": False}
@@ -247,7 +332,9 @@ class Vault(pulumi.ComponentResource):
                     "extraLabels": {EGRESS_KUBE_API_LABEL: "true", EGRESS_INTERNET_LABEL: "true"},
                 },
             },
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=chart_needs)
+            ),
         )
         if args.clients:
             kube.ingress_policy(
@@ -271,11 +358,14 @@ class Vault(pulumi.ComponentResource):
             peers=[kube.pod_peer(args.namespace, SERVER_PODS)],
             opts=child,
         )
-        self.address = pulumi.Output.from_input(f"http://vault.{args.namespace}.svc:{PORT}")
+        self.address = pulumi.Output.from_input(f"https://vault.{args.namespace}.svc:{PORT}")
+        self.ca_pem = pulumi.Output.from_input(ca_pem)
         self.aws_path = self.azure_path = self.gcp_path = self.database_path = None
         if not args.configure:
             self.policy_names = pulumi.Output.from_input([])
-            self.register_outputs({"address": self.address, "policy_names": self.policy_names})
+            self.register_outputs(
+                {"address": self.address, "ca_pem": self.ca_pem, "policy_names": self.policy_names}
+            )
             return
 
         auth = vault.AuthBackend(
@@ -386,6 +476,7 @@ class Vault(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "address": self.address,
+                "ca_pem": self.ca_pem,
                 "policy_names": self.policy_names,
                 "aws_path": self.aws_path,
                 "azure_path": self.azure_path,
@@ -393,3 +484,35 @@ class Vault(pulumi.ComponentResource):
                 "database_path": self.database_path,
             }
         )
+
+    @staticmethod
+    def _certificate(
+        name: str, args: VaultArgs, opts: pulumi.ResourceOptions
+    ) -> tuple[str, pulumi.Input[str], list[pulumi.Resource]]:
+        """The server certificate's Secret name, its CA's PEM and what the chart waits for:
+        the operator's Secret as is, or a generated CA and certificate in a Secret of ours."""
+        if args.tls is not None:
+            return args.tls.secret_name, args.tls.ca_pem, []
+        ca_key, ca = pki.generate_ca(f"{name}-ca", "cct-vault-ca", opts)
+        key, cert = pki.signed_pair(
+            f"{name}-server",
+            (ca_key, ca),
+            common_name=f"vault.{args.namespace}.svc",
+            dns_names=server_names(args.namespace),
+            ip_addresses=["127.0.0.1", "::1"],
+            usage="server_auth",
+            opts=opts,
+        )
+        private_key: pulumi.Output[str] = pulumi.Output.secret(key.private_key_pem)
+        secret = k8s.core.v1.Secret(
+            f"{name}-tls",
+            metadata=kube.metadata(TLS_SECRET, args.namespace, "secrets"),
+            type="kubernetes.io/tls",
+            string_data={
+                "tls.crt": cert.cert_pem,
+                "tls.key": private_key,
+                CA_FILE: ca.cert_pem,
+            },
+            opts=opts,
+        )
+        return TLS_SECRET, ca.cert_pem, [secret]

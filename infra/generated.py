@@ -13,6 +13,7 @@ import yaml
 from components.alertmanager import SECRETS_DIR as ALERTMANAGER_SECRETS_DIR
 from components.handlers import HTTP_PORT
 from components.kafka import ca_secret, user_secret
+from components.vault import CA_CONFIG_MAP as VAULT_CA_CONFIG_MAP
 from infra.config import Settings
 from infra.content import Content, Forwarder, RemediationPermissions
 from infra.stack import STEPS_SERVICE_ACCOUNT
@@ -119,6 +120,7 @@ def collect(settings: Settings) -> Content:
                 image=settings.image,
                 service_account=STEPS_SERVICE_ACCOUNT,
                 kafka_secrets=(user_secret("steps"), ca_secret()),
+                vault_ca_config_map=VAULT_CA_CONFIG_MAP,
             )
             for p in PLAYBOOKS.values()
         ],

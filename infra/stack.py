@@ -46,6 +46,8 @@ from components.kube import SecretEnv
 from components.namespace import VAULT_CLIENT_LABEL, Namespace, NamespaceArgs
 from components.postgres import METRICS_PORT as PG_METRICS_PORT
 from components.postgres import Postgres, PostgresArgs
+from components.vault import CA_CONFIG_MAP as VAULT_CA_CONFIG_MAP
+from components.vault import CA_FILE as VAULT_CA_FILE
 from components.vault import IMAGE as VAULT_IMAGE
 from components.vault import SERVER_PODS as VAULT_SERVER_PODS
 from components.vault import (
@@ -56,12 +58,13 @@ from components.vault import (
     VaultDatabaseEngine,
     VaultGcpEngine,
     VaultGrant,
+    VaultTls,
 )
 from components.victoriametrics import VictoriaMetrics, VictoriaMetricsArgs, base_urls
 from infra.config import Settings
 from infra.content import Content
 from lambdas.common.kafka import HANDLER_GRANTS, KafkaGrant
-from lambdas.steps.templates import KAFKA_CA_DIR, KAFKA_USER_DIR
+from lambdas.steps.templates import KAFKA_CA_DIR, KAFKA_USER_DIR, VAULT_CA_DIR
 from lambdas.store.grants import READER_SCHEMAS, group_role
 
 DAY_MS = 24 * 3600 * 1000
@@ -221,7 +224,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         opts=pulumi.ResourceOptions(providers=[k8s_provider]),
     )
     in_cluster = pulumi.ResourceOptions(providers=[k8s_provider], depends_on=[app_ns, platform_ns])
-    vault_address = f"http://vault.{platform}.svc:8200"
+    vault_address = f"https://vault.{platform}.svc:8200"
 
     def pod(name: str) -> dict[str, Any]:
         return kube.pod_peer(ns, kube.selector(name))
@@ -294,6 +297,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             role=handler,
             image=VAULT_IMAGE,
             templates={PG_DSN_FILE: pg_dsn_template(handler, f"cct-pg-rw.{ns}.svc"), **templates},
+            ca_config_map=VAULT_CA_CONFIG_MAP,
         )
 
     # Tokens between CCT's own pieces are generated, never configured.
@@ -510,6 +514,7 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     alertmanager = Alertmanager("alertmanager", alertmanager_args, opts=in_cluster)
     step_env = {
         "VAULT_ADDR": vault_address,
+        "VAULT_CACERT": f"{VAULT_CA_DIR}/{VAULT_CA_FILE}",
         "CCT_STEP_VAULT_K8S_ROLE": STEPS_SERVICE_ACCOUNT,
         **kafka_env("steps"),
     }
@@ -542,7 +547,10 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     if settings.vault.configure:
         vault_providers.append(
             vault_provider.Provider(
-                "vault", address=settings.vault.address, token=settings.vault.token
+                "vault",
+                address=settings.vault.address,
+                token=settings.vault.token,
+                ca_cert_file=settings.vault.ca_file,
             )
         )
     vault = Vault(
@@ -578,6 +586,12 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
                 roles=database_roles(settings),
             ),
             high_availability=ha,
+            # The operator's certificate (cct:vaultTlsSecret), else a generated one.
+            tls=(
+                VaultTls(settings.vault.tls_secret, settings.vault.ca_pem)
+                if settings.vault.tls_secret and settings.vault.ca_pem
+                else None
+            ),
             storage_class=settings.storage_class,
         ),
         opts=pulumi.ResourceOptions(
@@ -620,6 +634,8 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         "postgresHost": postgres.host,
         "workflowTemplates": argo.template_names,
         "vaultAddress": vault.address,
+        # The CA of Vault's certificate, for cct:vaultCaFile and the operator's CLI.
+        "vaultCaPem": vault.ca_pem,
         "vaultPolicies": vault.policy_names,
         "handlerUrls": handlers.urls,
         # For kube-apiserver's AdmissionConfiguration (docs/admission.md): the webhook only

@@ -37,6 +37,13 @@ class CloudCredentials:
 
 
 def _vault_error(exc: Exception, what: str) -> StepError:
+    # Before RequestException (its parent): a certificate that fails verification fails the
+    # same way on every retry.
+    if isinstance(exc, requests.exceptions.SSLError):
+        return Permanent(
+            f"Vault's TLS certificate was not accepted during {what} (is VAULT_CACERT the CA"
+            " of Vault's certificate?)"
+        )
     if isinstance(exc, hvac.exceptions.Forbidden):
         return AccessDenied(f"Vault refused {what}: check the Kubernetes auth role's policies")
     if isinstance(exc, hvac.exceptions.RateLimitExceeded | hvac.exceptions.VaultDown):
@@ -91,7 +98,11 @@ def vault_credentials(provider: str, settings: StepSettings) -> Iterator[CloudCr
             f"cannot read the service-account token at {settings.vault_jwt_path}: {exc.strerror}"
         ) from None
     REDACTOR.add(jwt)
-    client = hvac.Client(url=settings.vault_addr, timeout=settings.http_timeout_s)
+    client = hvac.Client(
+        url=settings.vault_addr,
+        timeout=settings.http_timeout_s,
+        verify=settings.vault_ca_file or True,
+    )
     try:
         login: Any = client.auth.kubernetes.login(
             role=settings.vault_k8s_role, jwt=jwt, mount_point=settings.vault_k8s_mount

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from lambdas.common.kafka import KafkaAuth
@@ -13,6 +14,9 @@ class StepSettings:
     """Where credentials and clouds are, and the thresholds the pure core uses.
 
     vault_addr: Vault's URL (`VAULT_ADDR`). Every cloud credential comes from Vault.
+    vault_ca_file: the CA Vault's certificate is verified against (`VAULT_CACERT`, as the
+        Vault CLI reads it; in the cluster the ConfigMap `vault-ca`); empty: the system's
+        trust store.
     vault_k8s_role / vault_k8s_mount: Kubernetes auth role and mount the pod logs in with.
     vault_jwt_path: the pod's service-account token, which Kubernetes auth verifies.
     vault_aws_mount / vault_aws_role / vault_aws_ttl: AWS secrets engine; credentials are an
@@ -50,6 +54,7 @@ class StepSettings:
     """
 
     vault_addr: str
+    vault_ca_file: str
     vault_k8s_role: str
     vault_k8s_mount: str
     vault_jwt_path: str
@@ -84,8 +89,6 @@ class StepSettings:
 
     @classmethod
     def from_env(cls) -> StepSettings:
-        import os
-
         backend = env_str("CCT_STEP_BACKEND", "local")
         if backend not in {"local", "argo"}:
             raise SettingsError(f"CCT_STEP_BACKEND={backend!r} must be local or argo")
@@ -96,7 +99,8 @@ class StepSettings:
                 "CCT_STEP_POLL_INITIAL_S must be > 0 and at most CCT_STEP_POLL_MAX_S"
             )
         return cls(
-            vault_addr=env_str("VAULT_ADDR", "http://vault.vault.svc:8200").rstrip("/"),
+            vault_addr=env_str("VAULT_ADDR", "https://vault.cct-platform.svc:8200").rstrip("/"),
+            vault_ca_file=_ca_file(os.environ.get("VAULT_CACERT", "")),
             vault_k8s_role=env_str("CCT_STEP_VAULT_K8S_ROLE", "cct-remediation"),
             vault_k8s_mount=env_str("CCT_STEP_VAULT_K8S_MOUNT", "kubernetes"),
             vault_jwt_path=env_str(
@@ -137,3 +141,10 @@ class StepSettings:
             publish_timeout_s=env_float("CCT_STEP_RESULTS_PUBLISH_TIMEOUT_S", 10.0),
             pg_dsn=os.environ.get("CCT_PG_DSN", ""),
         )
+
+
+def _ca_file(path: str) -> str:
+    """A CA file named but missing fails at start, not at the first credential request."""
+    if path and not os.path.isfile(path):
+        raise SettingsError(f"VAULT_CACERT={path!r} is not a readable file")
+    return path

@@ -20,6 +20,7 @@ from typing import Any
 
 from hera.workflows import (
     ConfigMapEnvFrom,
+    ConfigMapVolume,
     Container,
     Env,
     Parameter,
@@ -56,6 +57,8 @@ WORKFLOW_PARAMETERS: dict[str, str | None] = {
 # Where `record` finds its Kafka identity (the steps' KafkaUser password and the cluster CA).
 KAFKA_USER_DIR = "/etc/cct/kafka-user"
 KAFKA_CA_DIR = "/etc/cct/kafka-ca"
+# Where every step finds the CA Vault's certificate is verified against (VAULT_CACERT).
+VAULT_CA_DIR = "/etc/cct/vault-ca"
 OUTPUT_DIR = "/tmp/cct"  # noqa: S108 - an emptyDir-free scratch path inside the step container
 DEFAULT_IMAGE = "ghcr.io/cct/cct:0.1.0"
 # What execute sees as the approve output under Argo: the workflow only reaches execute after
@@ -147,10 +150,19 @@ def workflow_template(
     config_map: str = "cct-steps",
     db_env_from: str = "cct-steps-db",
     kafka_secrets: tuple[str, str] | None = None,
+    vault_ca_config_map: str | None = None,
 ) -> dict[str, Any]:
     """`kafka_secrets`: (the steps' KafkaUser Secret, the cluster CA Secret), mounted into
-    the steps that publish results (`record`, `record-on-exit`); None publishes nothing."""
+    the steps that publish results (`record`, `record-on-exit`); None publishes nothing.
+    `vault_ca_config_map`: the ConfigMap of Vault's CA, mounted into every step at
+    VAULT_CA_DIR (any step may ask Vault for credentials); None mounts nothing."""
     env_from = [ConfigMapEnvFrom(name=config_map), SecretEnvFrom(name=db_env_from)]
+    vault_volumes: list[Any] = (
+        # (hera names the volume after its ConfigMap.)
+        [ConfigMapVolume(name=vault_ca_config_map, mount_path=VAULT_CA_DIR)]
+        if vault_ca_config_map
+        else []
+    )
     kafka_volumes: list[Any] = (
         [
             SecretVolume(
@@ -166,7 +178,7 @@ def workflow_template(
         namespace=namespace,
         entrypoint="main",
         on_exit="record-on-exit",
-        volumes=kafka_volumes or None,
+        volumes=[*vault_volumes, *kafka_volumes] or None,
         service_account_name=service_account,
         labels={"app.kubernetes.io/part-of": "cct", "cct.io/playbook": playbook.name},
         annotations={
@@ -190,7 +202,7 @@ def workflow_template(
                 image=image,
                 env_from=env_from,
                 outputs=outputs,
-                volumes=kafka_volumes if entrypoint == "record" else None,
+                volumes=[*vault_volumes, *(kafka_volumes if entrypoint == "record" else [])],
             )
 
         analyze = step("analyze", "analyze", {}, [])

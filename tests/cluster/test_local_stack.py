@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
@@ -88,6 +89,33 @@ def test_webhook_is_registered_by_url_at_the_host_handler(
     assert (only.key, only.operator, only.values) == (
         "kubernetes.io/metadata.name", "In", ["cct-system"]
     )  # fmt: skip
+
+
+def test_vault_as_its_chart_rendered_it_serves_tls_and_its_clients_get_the_ca(
+    deployed: PulumiRun, cluster: Cluster
+) -> None:
+    """The Vault chart as Helm rendered it from the bundle's values (docs/deployment.md, "Vault
+    serves TLS only"): https in the pods' own address, the certificate's Secret mounted where
+    the listener reads it, no `tls_disable` in the config, and the CA the clients verify Vault
+    against in their namespace (here the operator's, cct:vaultCaFile: the cluster's CA)."""
+    apps, core = client.AppsV1Api(cluster.api()), client.CoreV1Api(cluster.api())
+    pod = apps.read_namespaced_stateful_set("vault", "cct-platform").spec.template.spec
+    (server,) = [c for c in pod.containers if c.name == "vault"]
+    env = {e.name: e.value for e in server.env}
+    assert env["VAULT_ADDR"] == "https://127.0.0.1:8200"
+    assert env["VAULT_CACERT"] == "/vault/userconfig/vault-tls/ca.crt"
+    assert env["VAULT_API_ADDR"] == (
+        "https://$(VAULT_K8S_POD_NAME).vault-internal.cct-platform.svc:8200"
+    )
+    volumes = {v.name: v for v in pod.volumes}
+    assert volumes["userconfig-vault-tls"].secret.secret_name == "vault-tls"
+    mounts = {m.name: m.mount_path for m in server.volume_mounts}
+    assert mounts["userconfig-vault-tls"] == "/vault/userconfig/vault-tls"
+    config = "".join(core.read_namespaced_config_map("vault-config", "cct-platform").data.values())
+    assert "tls_disable" not in config
+    assert 'tls_cert_file = "/vault/userconfig/vault-tls/tls.crt"' in config
+    ca = core.read_namespaced_config_map("vault-ca", "cct-system").data["ca.crt"]
+    assert ca == Path(cluster.ca_file).read_text()
 
 
 def test_second_up_changes_nothing(deployed: PulumiRun) -> None:

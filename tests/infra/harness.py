@@ -47,6 +47,11 @@ ALL_CLOUDS_ON = {
 }
 
 
+# The CA file of Vault's certificate a configured Vault needs (cct:vaultCaFile); the mocks'
+# certificate text (tests.infra.mocks.FAKE_PEM).
+VAULT_CA_FILE = Path(__file__).with_name("fake-ca.pem")
+
+
 def project_config() -> dict[str, dict[str, Any]]:
     data = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
     return dict(data["config"])
@@ -65,6 +70,8 @@ def stack_config(stack: str, overrides: Mapping[str, str] | None = None) -> dict
         values[full_key.removeprefix("cct:")] = str(value)
     values.update(TEST_SECRETS)
     values.update(overrides or {})
+    if values.get("vaultConfigure") == "true" and "vaultCaFile" not in (overrides or {}):
+        values["vaultCaFile"] = str(VAULT_CA_FILE)
     return values
 
 

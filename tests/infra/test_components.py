@@ -26,7 +26,15 @@ from components.handlers import (
 )
 from components.kafka import Kafka, KafkaArgs, TopicSpec
 from components.namespace import NamespaceArgs
-from components.vault import Vault, VaultArgs, VaultGrant, render_policy
+from components.vault import (
+    Vault,
+    VaultArgs,
+    VaultGrant,
+    VaultTls,
+    raft_config,
+    render_policy,
+    server_names,
+)
 from tests.infra.harness import run
 from tests.infra.mocks import FAKE_PEM
 
@@ -137,7 +145,9 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
         lambda: HandlerSpec(
             "a", ("serve", "a"),
             secret_env={"CCT_PG_DSN": kube.SecretEnv("cct-pg-app", "uri")},
-            vault_agent=VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {"f": "x"}),
+            vault_agent=VaultAgentSpec(
+                "https://v", "a", "hashicorp/vault:1.20.4", {"f": "x"}, "vault-ca"
+            ),
         ),
         "its PostgreSQL login comes from Vault Agent",
     ),
@@ -151,9 +161,14 @@ INVALID_ARGS: list[tuple[Callable[[], Any], str]] = [
         "handler a: a state volume is ReadWriteOnce: a singleton's only",
     ),
     (
-        lambda: VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {}),
+        lambda: VaultAgentSpec("https://v", "a", "hashicorp/vault:1.20.4", {}, "vault-ca"),
         "Vault Agent for role 'a' renders no templates",
     ),
+    (
+        lambda: VaultAgentSpec("http://v", "a", "hashicorp/vault:1.20.4", {"f": "x"}, "vault-ca"),
+        "Vault Agent for role 'a': address 'http://v' is not https:// (Vault serves TLS only)",
+    ),
+    (lambda: VaultTls("vault-tls", "not a certificate"), "VaultTls.ca_pem holds no PEM"),
     (lambda: remediation_policy(["ec2:*"]), "remediation action 'ec2:*' must be one exact"),
 ]  # fmt: skip
 
@@ -289,7 +304,15 @@ def test_webhook_trusts_the_generated_ca() -> None:
     ]
 
 
-def test_unconfigured_vault_is_only_the_chart() -> None:
+TLS_TYPES = {
+    "tls:index/privateKey:PrivateKey",
+    "tls:index/selfSignedCert:SelfSignedCert",
+    "tls:index/certRequest:CertRequest",
+    "tls:index/locallySignedCert:LocallySignedCert",
+}
+
+
+def _vault(**extra: Any) -> Callable[[], None]:
     def program() -> None:
         vault = Vault(
             "vault",
@@ -298,22 +321,93 @@ def test_unconfigured_vault_is_only_the_chart() -> None:
                 clients_namespace=NS,
                 access={"a": [VaultGrant("x/y")]},
                 configure=False,
+                **extra,
             ),
         )
         assert vault.aws_path is None and vault.database_path is None
 
         def check(args: list[Any]) -> None:
             urn, policies, address = args
-            assert policies == [] and address == "http://vault.p.svc:8200", urn
+            assert policies == [] and address == "https://vault.p.svc:8200", urn
 
         pulumi.Output.all(vault.urn, vault.policy_names, vault.address).apply(check)
 
-    mocks = run(program)
+    return program
+
+
+def test_unconfigured_vault_is_the_chart_its_certificate_and_the_clients_ca() -> None:
+    mocks = run(_vault())
     assert {r.typ for r in mocks.resources} == {
         "cct:secrets:Vault",
         "kubernetes:helm.sh/v3:Release",
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+        "kubernetes:core/v1:Secret",
+        "kubernetes:core/v1:ConfigMap",
+        *TLS_TYPES,
     }
     # Only the servers' own traffic is admitted: no clients were named.
     policies = [r for r in mocks.resources if r.typ.endswith("NetworkPolicy")]
     assert [p.inputs["metadata"]["name"] for p in policies] == ["vault-peers"]
+
+
+def test_vault_serves_tls_only_with_a_generated_certificate_for_its_names() -> None:
+    """Tokens and issued credentials never cross the network in clear: the listener has a
+    certificate for every name Vault is reached by, its key is a secret, and the clients get
+    its CA in their own namespace."""
+    mocks = run(_vault())
+    [release] = [r for r in mocks.resources if r.typ == "kubernetes:helm.sh/v3:Release"]
+    values = release.inputs["values"]
+    assert values["global"] == {"tlsDisable": False}
+    server = values["server"]
+    config = server["standalone"]["config"]
+    assert "tls_disable" not in config
+    assert 'tls_cert_file = "/vault/userconfig/vault-tls/tls.crt"' in config
+    assert 'tls_key_file = "/vault/userconfig/vault-tls/tls.key"' in config
+    assert server["extraVolumes"] == [{"type": "secret", "name": "vault-tls"}]
+    assert server["extraEnvironmentVars"] == {"VAULT_CACERT": "/vault/userconfig/vault-tls/ca.crt"}
+    # Each server names itself by a name its certificate holds, not by its pod IP.
+    assert server["ha"]["apiAddr"] == "https://$(VAULT_K8S_POD_NAME).vault-internal.p.svc:8200"
+
+    [secret] = [r for r in mocks.resources if r.typ == "kubernetes:core/v1:Secret"]
+    assert secret.inputs["metadata"]["name"] == "vault-tls"
+    assert secret.inputs["metadata"]["namespace"] == "p"
+    assert secret.inputs["type"] == "kubernetes.io/tls"
+    assert set(secret.inputs["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
+    # (The Kubernetes SDK marks a Secret's whole stringData secret.)
+    assert {"stringData", "stringData.tls.key"} & secret.secret_paths
+    [request] = [r for r in mocks.resources if r.typ == "tls:index/certRequest:CertRequest"]
+    assert request.inputs["dnsNames"] == server_names("p")
+    assert {"vault.p.svc", "vault-active.p.svc", "*.vault-internal.p.svc"} <= set(
+        request.inputs["dnsNames"]
+    )
+    assert request.inputs["ipAddresses"] == ["127.0.0.1", "::1"]
+    [cert] = [r for r in mocks.resources if r.typ.endswith(":LocallySignedCert")]
+    assert "server_auth" in cert.inputs["allowedUses"]
+
+    [ca] = [r for r in mocks.resources if r.typ == "kubernetes:core/v1:ConfigMap"]
+    assert ca.inputs["metadata"]["name"] == "vault-ca"
+    assert ca.inputs["metadata"]["namespace"] == NS
+    assert ca.inputs["data"] == {"ca.crt": FAKE_PEM}
+
+
+def test_vault_serves_the_operator_s_certificate_when_given_one() -> None:
+    operator_ca = FAKE_PEM.replace("TUlJ", "T1BF")
+    mocks = run(_vault(tls=VaultTls("vault-cert", operator_ca)))
+    assert not {r.typ for r in mocks.resources} & TLS_TYPES
+    assert not [r for r in mocks.resources if r.typ == "kubernetes:core/v1:Secret"]
+    [release] = [r for r in mocks.resources if r.typ == "kubernetes:helm.sh/v3:Release"]
+    server = release.inputs["values"]["server"]
+    assert server["extraVolumes"] == [{"type": "secret", "name": "vault-cert"}]
+    config = server["standalone"]["config"]
+    assert 'tls_cert_file = "/vault/userconfig/vault-cert/tls.crt"' in config
+    [ca] = [r for r in mocks.resources if r.typ == "kubernetes:core/v1:ConfigMap"]
+    assert ca.inputs["data"] == {"ca.crt": operator_ca}
+
+
+def test_raft_peers_join_each_other_over_tls() -> None:
+    config = raft_config(3, "p", "/vault/userconfig/vault-tls")
+    assert "tls_disable" not in config
+    for i in range(3):
+        assert f'leader_api_addr = "https://vault-{i}.vault-internal.p.svc:8200"' in config
+    assert config.count('leader_ca_cert_file = "/vault/userconfig/vault-tls/ca.crt"') == 3
+    assert 'tls_cert_file = "/vault/userconfig/vault-tls/tls.crt"' in config

@@ -9,7 +9,13 @@ import pulumi
 import pytest
 
 from infra.config import REMOVED_KEYS, ConfigError, Settings, load
-from tests.infra.harness import ALL_CLOUDS_ON, TEST_SECRETS, project_config, stack_config
+from tests.infra.harness import (
+    ALL_CLOUDS_ON,
+    TEST_SECRETS,
+    VAULT_CA_FILE,
+    project_config,
+    stack_config,
+)
 
 
 class RecordingSource:
@@ -109,6 +115,27 @@ def test_declared_types_match_the_stack_files() -> None:
         ({"apiServerCidrs": "0.0.0.0/0"}, "cct:apiServerCidrs: 0.0.0.0/0 admits anyone"),
         ({"apiServerCidrs": "10.0.0.1/32,api"}, "cct:apiServerCidrs: 'api' is not a CIDR"),
         ({"vaultConfigure": "true", "vaultToken": ""}, "cct:vaultToken is required"),
+        (
+            {"vaultAddress": "http://127.0.0.1:8200"},
+            "cct:vaultAddress='http://127.0.0.1:8200' is not an https:// URL (Vault serves TLS"
+            " only)",
+        ),
+        (
+            {"vaultConfigure": "true", "vaultCaFile": ""},
+            "cct:vaultCaFile is required when cct:vaultConfigure is true: the CA of Vault's"
+            " certificate (`pulumi stack output vaultCaPem > vault-ca.pem`)",
+        ),
+        (
+            {"vaultTlsSecret": "vault-tls"},
+            "cct:vaultCaFile is required with cct:vaultTlsSecret: the CA of that certificate,"
+            " which the clients verify Vault against",
+        ),
+        (
+            {"vaultTlsSecret": "Vault_TLS", "vaultCaFile": str(VAULT_CA_FILE)},
+            "cct:vaultTlsSecret='Vault_TLS' is not a valid Kubernetes name",
+        ),
+        ({"vaultCaFile": "/no/such/ca.pem"}, "cct:vaultCaFile='/no/such/ca.pem' cannot be read: "),
+        ({"vaultCaFile": __file__}, f"cct:vaultCaFile={__file__!r} holds no PEM certificate"),
         ({"awsEnabled": "true"}, "cct:awsAccountId is required but not set"),
         (
             {**ALL_CLOUDS_ON, "awsAccountId": "12345"},

@@ -580,7 +580,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> BuiltStack:
     ca = tmp_path_factory.mktemp("local-stack") / "ca.crt"
     ca.write_text(FAKE_PEM)
     ensure_event_loop()
-    return build_stack("local", collect, {"webhookCaFile": str(ca)})
+    return build_stack("local", collect, {"webhookCaFile": str(ca), "vaultCaFile": str(ca)})
 
 
 @pytest.fixture(params=[*sorted(VARIANTS), "local"])

@@ -125,7 +125,7 @@ def test_billing_loader_gets_its_aws_credentials_from_vault(everything: BuiltSta
 
     config = everything.named("handlers-billing-loader-vault-agent").inputs["data"]
     assert 'role = "billing-loader"' in config["agent.hcl"]
-    assert 'address = "http://vault.cct-platform.svc:8200"' in config["agent.hcl"]
+    assert 'address = "https://vault.cct-platform.svc:8200"' in config["agent.hcl"]
     assert f'destination = "{CREDENTIALS_DIR}/aws-credentials"' in config["agent.hcl"]
     paths = set(re.findall(r'secret "([^"]+)"', config["aws-credentials.ctmpl"]))
     assert paths == {"aws/sts/cct-billing-read"}

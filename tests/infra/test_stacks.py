@@ -47,6 +47,7 @@ ALWAYS_EXPORTED = {
     "postgresHost",
     "workflowTemplates",
     "vaultAddress",
+    "vaultCaPem",
     "vaultPolicies",
     "handlerUrls",
 }
@@ -283,3 +284,61 @@ def test_no_secret_in_plain_config() -> None:
             assert value is None or (isinstance(value, dict) and "secure" in value), (
                 f"Pulumi.{stack}.yaml sets secret cct:{key} in plain text"
             )
+
+
+def _pod_specs(built: BuiltStack) -> Iterator[tuple[str, dict[str, Any]]]:
+    for r in built.of_type("kubernetes:apps/v1:Deployment"):
+        yield r.name, r.inputs["spec"]["template"]["spec"]
+    for r in built.of_type("kubernetes:batch/v1:CronJob"):
+        yield r.name, r.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def test_every_vault_client_verifies_vault_s_certificate(built: BuiltStack) -> None:
+    """Vault serves TLS only, and nothing that talks to it skips the check: every Vault Agent
+    (the handlers', the billing loader's) and every workflow step gets Vault's https address and
+    the CA of its certificate, from the ConfigMap the Vault component publishes in their
+    namespace; the provider that configures Vault verifies it against cct:vaultCaFile."""
+    ns, platform = built.settings.namespace, built.settings.platform_namespace
+    config_maps = {
+        r.inputs["metadata"]["name"]: r for r in built.of_type("kubernetes:core/v1:ConfigMap")
+    }
+    ca = config_maps["vault-ca"]
+    assert ca.inputs["metadata"]["namespace"] == ns
+    assert "BEGIN CERTIFICATE" in ca.inputs["data"]["ca.crt"]
+    agents = [name for name in config_maps if name.endswith("-vault-agent")]
+    assert agents
+    for name in agents:
+        hcl = config_maps[name].inputs["data"]["agent.hcl"]
+        assert f'address = "https://vault.{platform}.svc:8200"' in hcl, name
+        assert 'ca_cert = "/etc/vault-agent-ca/ca.crt"' in hcl, name
+    with_agent = 0
+    for name, pod in _pod_specs(built):
+        [agent] = [c for c in pod.get("initContainers", []) if c["name"] == "vault-agent"] or [None]
+        if agent is None:
+            continue
+        with_agent += 1
+        assert {"name": "vault-ca", "configMap": {"name": "vault-ca"}} in pod["volumes"], name
+        assert {
+            "name": "vault-ca", "mountPath": "/etc/vault-agent-ca", "readOnly": True
+        } in agent["volumeMounts"], name  # fmt: skip
+    assert with_agent == len(agents)
+
+    step_env = config_maps["cct-steps"].inputs["data"]
+    assert step_env["VAULT_ADDR"] == f"https://vault.{platform}.svc:8200"
+    assert step_env["VAULT_CACERT"] == "/etc/cct/vault-ca/ca.crt"
+    templates = built.of_type("kubernetes:argoproj.io/v1alpha1:WorkflowTemplate")
+    assert templates
+    for template in templates:
+        spec = template.inputs["spec"]
+        assert {"name": "vault-ca", "configMap": {"name": "vault-ca"}} in spec["volumes"]
+        for t in spec["templates"]:
+            if "container" not in t or t["name"] == "record-on-exit":  # publishes only
+                continue
+            mounts = t["container"]["volumeMounts"]
+            assert {"name": "vault-ca", "mountPath": "/etc/cct/vault-ca"} in mounts, t["name"]
+
+    providers = built.of_type("pulumi:providers:vault")
+    assert len(providers) == built.settings.vault.configure
+    for provider in providers:
+        assert provider.inputs["address"].startswith("https://")
+        assert provider.inputs["caCertFile"] == built.settings.vault.ca_file

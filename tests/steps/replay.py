@@ -19,6 +19,7 @@ request with no recording gets HTTP 501 and is listed in `unmatched`.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -162,9 +163,12 @@ def serving(*recordings: str, values: Mapping[str, str] | None = None) -> Iterat
 
 
 @contextmanager
-def serving_exchanges(exchanges: list[dict[str, Any]]) -> Iterator[Replay]:
-    """Serve exchanges a test put together (a recording's, changed for its scenario)."""
+def serving_exchanges(
+    exchanges: list[dict[str, Any]], tls: ssl.SSLContext | None = None
+) -> Iterator[Replay]:
+    """Serve exchanges a test put together (a recording's, changed for its scenario); over
+    https with a server TLS context."""
     replay = Replay(exchanges)
-    with serving_http(_handler(replay)) as url:
+    with serving_http(_handler(replay), tls) as url:
         replay.base_url = url
         yield replay

@@ -5,17 +5,20 @@ server runs here. Credentials never reach logs or outputs."""
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
+from lambdas.common.settings import SettingsError
 from lambdas.steps.credentials import vault_credentials
 from lambdas.steps.errors import AccessDenied, Permanent, Retryable
 from lambdas.steps.settings import StepSettings
+from tests.admission.support import Tls, make_tls
 from tests.steps.conftest import JWT, SECRETS
-from tests.steps.replay import Replay
+from tests.steps.replay import Replay, load, serving_exchanges
 from tests.steps.runner import call_step
 
 TOKEN = "hvs.CAESIVAULT-CLIENT-TOKEN-SECRET-0123456789"
@@ -143,3 +146,44 @@ def test_step_exit_codes_and_no_leak_through_the_cli(
     text = str(run.output) + run.stderr
     assert all(secret not in text for secret in SECRETS)
     assert "vault credentials issued" in run.stderr
+
+
+def _server_context(tls: Tls) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def test_vault_over_tls_is_verified_against_vault_cacert(tmp_path: Path, jwt_file: Path) -> None:
+    """In the cluster Vault serves TLS only and the steps get its CA (VAULT_CACERT, the
+    ConfigMap vault-ca): with it the exchange goes through; with the system's trust store or
+    another CA the handshake fails before a byte of the service-account token is sent, as a
+    permanent error that names the setting (a retry would fail the same way)."""
+    tls = make_tls(tmp_path / "vault")
+    other = make_tls(tmp_path / "other")
+    with serving_exchanges(load("vault.json"), _server_context(tls)) as r:
+        assert r.base_url.startswith("https://")
+        settings = dataclasses.replace(_settings(r.base_url, jwt_file), vault_ca_file=str(tls.ca))
+        with vault_credentials("aws", settings) as creds:
+            assert creds.lease_id
+        served = len(r.requests)
+        for ca in ("", str(other.ca)):
+            untrusting = dataclasses.replace(settings, vault_ca_file=ca)
+            with (
+                pytest.raises(Permanent) as raised,
+                vault_credentials("aws", untrusting),
+            ):
+                pytest.fail("credentials issued over an unverified connection")
+            assert str(raised.value) == (
+                "Vault's TLS certificate was not accepted during Kubernetes auth login (is"
+                " VAULT_CACERT the CA of Vault's certificate?)"
+            )
+        assert len(r.requests) == served
+        assert r.unmatched == []
+
+
+def test_a_vault_cacert_that_is_not_there_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAULT_CACERT", "/no/such/vault-ca.crt")
+    with pytest.raises(SettingsError) as raised:
+        StepSettings.from_env()
+    assert str(raised.value) == "VAULT_CACERT='/no/such/vault-ca.crt' is not a readable file"
