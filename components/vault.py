@@ -42,6 +42,8 @@ TLS_SECRET = "vault-tls"  # noqa: S105 - the Secret's name
 # The CA clients verify Vault against, in the clients' namespace (a CA is not a secret).
 CA_CONFIG_MAP = "vault-ca"
 CA_FILE = "ca.crt"
+# The addresses Vault's certificate holds besides its names (`server_names`).
+SERVER_IPS = ("127.0.0.1", "::1")
 ALLOWED_CAPABILITIES = frozenset({"create", "read", "update", "list"})
 # Policy paths are exact: no glob (`*`) and no segment wildcard (`+`), so a service account
 # can reach exactly the credentials it was granted.
@@ -135,8 +137,10 @@ def raft_config(replicas: int, namespace: str, tls_dir: str) -> str:
 @dataclass(frozen=True)
 class VaultTls:
     """Vault's server certificate, brought by the operator (cert-manager, say) instead of
-    generated: a Secret in Vault's namespace holding `tls.crt`, `tls.key` and `ca.crt`, for
-    the names of `server_names`; `ca_pem` is that CA's PEM text, published to the clients."""
+    generated: a Secret in Vault's namespace holding `tls.crt`, `tls.key` and `ca.crt`, whose
+    certificate holds every name of `server_names` (the wildcard for the Raft peers included)
+    and the IP addresses 127.0.0.1 and ::1 (a port-forward, the pods' own CLI); `ca_pem` is that
+    CA's PEM text, published to the clients."""
 
     secret_name: str
     ca_pem: str
@@ -289,7 +293,8 @@ class Vault(pulumi.ComponentResource):
                         "config": standalone_config(tls_dir),
                     },
                     # The certificate, mounted at tls_dir; the pods' own CLI trusts its CA.
-                    "extraVolumes": [{"type": "secret", "name": secret_name}],
+                    # Readable by Vault's group only (fsGroup), not by every user.
+                    "extraVolumes": [{"type": "secret", "name": secret_name, "defaultMode": 0o440}],
                     "extraEnvironmentVars": {"VAULT_CACERT": f"{tls_dir}/{CA_FILE}"},
                     "ha": {
                         "enabled": args.high_availability,
@@ -499,7 +504,7 @@ class Vault(pulumi.ComponentResource):
             (ca_key, ca),
             common_name=f"vault.{args.namespace}.svc",
             dns_names=server_names(args.namespace),
-            ip_addresses=["127.0.0.1", "::1"],
+            ip_addresses=list(SERVER_IPS),
             usage="server_auth",
             opts=opts,
         )

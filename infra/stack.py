@@ -61,7 +61,7 @@ from components.vault import (
     VaultTls,
 )
 from components.victoriametrics import VictoriaMetrics, VictoriaMetricsArgs, base_urls
-from infra.config import Settings
+from infra.config import Settings, VaultSettings
 from infra.content import Content
 from lambdas.common.kafka import HANDLER_GRANTS, KafkaGrant
 from lambdas.steps.templates import KAFKA_CA_DIR, KAFKA_USER_DIR, VAULT_CA_DIR
@@ -598,6 +598,8 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             providers=[k8s_provider, *vault_providers], depends_on=[app_ns, platform_ns]
         ),
     )
+    if settings.vault.ca_pem is not None and settings.vault.tls_secret is None:
+        vault.ca_pem.apply(lambda pem: warn_if_vault_ca_is_stale(pem, settings.vault))
     grafana = Grafana(
         "grafana",
         GrafanaArgs(
@@ -645,6 +647,16 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
     }
     outputs.update(_clouds(settings, content, vault, vault_providers))
     return outputs
+
+
+def warn_if_vault_ca_is_stale(generated: str, vault: VaultSettings) -> None:
+    """A stale cct:vaultCaFile (the CA was renewed, or the file is another stack's) makes the
+    provider refuse Vault's certificate: say which file and how to refresh it."""
+    if vault.ca_pem is not None and generated.strip() != vault.ca_pem.strip():
+        pulumi.log.warn(
+            f"cct:vaultCaFile={vault.ca_file!r} is not the CA of Vault's certificate: refresh it"
+            " with `pulumi stack output vaultCaPem > <that file>`"
+        )
 
 
 def _clouds(

@@ -9,6 +9,7 @@ redacted, and every secret value is registered with the log redactor before use.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,10 +37,25 @@ class CloudCredentials:
         return f"CloudCredentials(provider={self.provider!r}, lease_id={self.lease_id!r})"
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether the TLS failure is the server's certificate failing verification, anywhere in
+    the chain of causes (requests wraps urllib3's error, which wraps ssl's)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain of causes can loop
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or (
+            "CERTIFICATE_VERIFY_FAILED" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _vault_error(exc: Exception, what: str) -> StepError:
     # Before RequestException (its parent): a certificate that fails verification fails the
-    # same way on every retry.
-    if isinstance(exc, requests.exceptions.SSLError):
+    # same way on every retry (a handshake cut short, by a restarting pod, is retryable).
+    if isinstance(exc, requests.exceptions.SSLError) and _certificate_refused(exc):
         return Permanent(
             f"Vault's TLS certificate was not accepted during {what} (is VAULT_CACERT the CA"
             " of Vault's certificate?)"

@@ -241,7 +241,9 @@ def workflow_template(
                 Env(name="CCT_WORKFLOW_FAILURES", value="{{workflow.failures}}"),
             ],
             env_from=env_from,
-            volumes=kafka_volumes or None,
+            # Every step gets the CA: VAULT_CACERT is in the shared environment, and the
+            # settings refuse a CA file that is not there.
+            volumes=[*vault_volumes, *kafka_volumes] or None,
             active_deadline_seconds=str(playbook.step_timeout_s["record"]),
             retry_strategy=_retry(playbook),
         )

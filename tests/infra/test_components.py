@@ -363,7 +363,7 @@ def test_vault_serves_tls_only_with_a_generated_certificate_for_its_names() -> N
     assert "tls_disable" not in config
     assert 'tls_cert_file = "/vault/userconfig/vault-tls/tls.crt"' in config
     assert 'tls_key_file = "/vault/userconfig/vault-tls/tls.key"' in config
-    assert server["extraVolumes"] == [{"type": "secret", "name": "vault-tls"}]
+    assert server["extraVolumes"] == [{"type": "secret", "name": "vault-tls", "defaultMode": 0o440}]
     assert server["extraEnvironmentVars"] == {"VAULT_CACERT": "/vault/userconfig/vault-tls/ca.crt"}
     # Each server names itself by a name its certificate holds, not by its pod IP.
     assert server["ha"]["apiAddr"] == "https://$(VAULT_K8S_POD_NAME).vault-internal.p.svc:8200"
@@ -397,7 +397,9 @@ def test_vault_serves_the_operator_s_certificate_when_given_one() -> None:
     assert not [r for r in mocks.resources if r.typ == "kubernetes:core/v1:Secret"]
     [release] = [r for r in mocks.resources if r.typ == "kubernetes:helm.sh/v3:Release"]
     server = release.inputs["values"]["server"]
-    assert server["extraVolumes"] == [{"type": "secret", "name": "vault-cert"}]
+    assert server["extraVolumes"] == [
+        {"type": "secret", "name": "vault-cert", "defaultMode": 0o440}
+    ]
     config = server["standalone"]["config"]
     assert 'tls_cert_file = "/vault/userconfig/vault-cert/tls.crt"' in config
     [ca] = [r for r in mocks.resources if r.typ == "kubernetes:core/v1:ConfigMap"]

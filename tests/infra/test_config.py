@@ -9,8 +9,10 @@ import pulumi
 import pytest
 
 from infra.config import REMOVED_KEYS, ConfigError, Settings, load
+from infra.stack import warn_if_vault_ca_is_stale
 from tests.infra.harness import (
     ALL_CLOUDS_ON,
+    ROOT,
     TEST_SECRETS,
     VAULT_CA_FILE,
     project_config,
@@ -116,9 +118,14 @@ def test_declared_types_match_the_stack_files() -> None:
         ({"apiServerCidrs": "10.0.0.1/32,api"}, "cct:apiServerCidrs: 'api' is not a CIDR"),
         ({"vaultConfigure": "true", "vaultToken": ""}, "cct:vaultToken is required"),
         (
-            {"vaultAddress": "http://127.0.0.1:8200"},
-            "cct:vaultAddress='http://127.0.0.1:8200' is not an https:// URL (Vault serves TLS"
-            " only)",
+            {"vaultAddress": "http://vault.example.com:8200"},
+            "cct:vaultAddress='http://vault.example.com:8200' is not an https:// URL (Vault"
+            " serves TLS only; http only on loopback, to upgrade a stack)",
+        ),
+        (
+            {"vaultTlsSecret": "v" * 53, "vaultCaFile": str(VAULT_CA_FILE)},
+            f"cct:vaultTlsSecret={'v' * 53!r} is not a Kubernetes Secret name of at most 52"
+            " characters",
         ),
         (
             {"vaultConfigure": "true", "vaultCaFile": ""},
@@ -132,7 +139,8 @@ def test_declared_types_match_the_stack_files() -> None:
         ),
         (
             {"vaultTlsSecret": "Vault_TLS", "vaultCaFile": str(VAULT_CA_FILE)},
-            "cct:vaultTlsSecret='Vault_TLS' is not a valid Kubernetes name",
+            "cct:vaultTlsSecret='Vault_TLS' is not a Kubernetes Secret name of at most 52"
+            " characters",
         ),
         ({"vaultCaFile": "/no/such/ca.pem"}, "cct:vaultCaFile='/no/such/ca.pem' cannot be read: "),
         ({"vaultCaFile": __file__}, f"cct:vaultCaFile={__file__!r} holds no PEM certificate"),
@@ -200,3 +208,40 @@ def test_a_secret_stored_in_plain_text_is_refused(key: str) -> None:
         load(RecordingSource(values, plain=frozenset({key})))
     assert str(raised.value).startswith(f"cct:{key} is stored in plain text")
     assert TEST_SECRETS[key] not in str(raised.value)
+
+
+def test_vault_settings_read_the_operator_s_certificate_and_a_ca_file_relative_to_the_project() -> (
+    None
+):
+    """`pulumi config set cct:vaultCaFile vault-ca.pem` runs in the project directory while the
+    program runs in infra/: a relative path is the project's, and the provider gets it whole."""
+    relative = str(VAULT_CA_FILE.relative_to(ROOT))
+    vault = _load(
+        "dev", vaultConfigure="true", vaultCaFile=relative, vaultTlsSecret="vault-cert"
+    ).vault
+    assert vault.ca_file == str(VAULT_CA_FILE)
+    assert vault.ca_pem == VAULT_CA_FILE.read_text()
+    assert vault.tls_secret == "vault-cert"
+
+
+def test_a_stack_whose_vault_still_serves_http_upgrades_through_a_loopback_port_forward() -> None:
+    """The one `up` that upgrades a stack deployed before Vault served TLS: the provider still
+    reaches the old listener through a port-forward, and needs no CA for it."""
+    vault = _load(
+        "dev", vaultConfigure="true", vaultAddress="http://127.0.0.1:8200", vaultCaFile=""
+    ).vault
+    assert (vault.address, vault.ca_file) == ("http://127.0.0.1:8200", None)
+
+
+def test_a_stale_vault_ca_file_is_named_with_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", warned.append)
+    vault = _load("dev", vaultConfigure="true").vault
+    assert vault.ca_pem is not None
+    warn_if_vault_ca_is_stale(vault.ca_pem, vault)
+    assert warned == []
+    warn_if_vault_ca_is_stale(vault.ca_pem.replace("TUlJ", "T1RI"), vault)
+    assert warned == [
+        f"cct:vaultCaFile={vault.ca_file!r} is not the CA of Vault's certificate: refresh it"
+        " with `pulumi stack output vaultCaPem > <that file>`"
+    ]

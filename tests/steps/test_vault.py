@@ -11,9 +11,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+import requests
 
 from lambdas.common.settings import SettingsError
-from lambdas.steps.credentials import vault_credentials
+from lambdas.steps.credentials import _vault_error, vault_credentials
 from lambdas.steps.errors import AccessDenied, Permanent, Retryable
 from lambdas.steps.settings import StepSettings
 from tests.admission.support import Tls, make_tls
@@ -187,3 +188,14 @@ def test_a_vault_cacert_that_is_not_there_fails_at_start(monkeypatch: pytest.Mon
     with pytest.raises(SettingsError) as raised:
         StepSettings.from_env()
     assert str(raised.value) == "VAULT_CACERT='/no/such/vault-ca.crt' is not a readable file"
+
+
+def test_only_a_refused_certificate_is_permanent_other_tls_failures_are_retried() -> None:
+    """A handshake cut short (a Vault pod restarting, a reset) fails the same request class as
+    a refused certificate; only the latter would fail the same way on every retry."""
+    refused = requests.exceptions.SSLError("handshake")
+    refused.__context__ = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    cut = requests.exceptions.SSLError("handshake")
+    cut.__context__ = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    assert isinstance(_vault_error(refused, "login"), Permanent)
+    assert isinstance(_vault_error(cut, "login"), Retryable)
