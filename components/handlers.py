@@ -238,8 +238,9 @@ class HandlersArgs:
     config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     high_availability: bool = False
     migration: MigrationSpec | None = None
-    # True while Vault is not configured yet: handlers whose credentials come from Vault
-    # cannot become ready, so `pulumi up` must not wait for them (they start once it is).
+    # True while Vault is not configured yet (or, during the upgrade to TLS, still on its old
+    # plain listener): handlers whose credentials come from Vault cannot become ready, so
+    # `pulumi up` must not wait for them (they start once it is).
     vault_pending: bool = False
     # Storage class of the handlers' state volumes (HandlerSpec.state_dir); None: default.
     storage_class: str | None = None

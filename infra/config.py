@@ -108,6 +108,11 @@ class VaultSettings:
     # None: the bundle generates one.
     tls_secret: str | None = None
 
+    @property
+    def plain_http(self) -> bool:
+        """The address is the old plain listener (loopback only): the upgrade to TLS."""
+        return self.address.startswith("http://")
+
 
 @dataclass(frozen=True)
 class Settings:

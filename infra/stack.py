@@ -372,7 +372,9 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
             storage_class=settings.storage_class,
             config_maps={"cct-policies": content.policies, "cct-playbooks": content.playbooks},
             migration=MigrationSpec(owner_dsn=SecretEnv("cct-pg-app", "uri"), name=MIGRATION_JOB),
-            vault_pending=not settings.vault.configure,
+            # Not configured yet, or still on its plain listener during the upgrade to TLS
+            # (docs/deployment.md): the agents cannot log in until Vault serves TLS.
+            vault_pending=not settings.vault.configure or settings.vault.plain_http,
             handlers=[
                 *billing_loader,
                 HandlerSpec(
@@ -542,6 +544,11 @@ def build(settings: Settings, content: Content) -> dict[str, pulumi.Input[Any]]:
         opts=in_cluster,
     )
 
+    if settings.vault.plain_http:
+        pulumi.log.warn(
+            f"cct:vaultAddress={settings.vault.address} is Vault's old plain listener: only for"
+            " the upgrade to TLS (docs/deployment.md); set it to https once the servers serve TLS"
+        )
     # Only a configured Vault (initialised, unsealed, token set) gets a provider.
     vault_providers: list[pulumi.ProviderResource] = []
     if settings.vault.configure:

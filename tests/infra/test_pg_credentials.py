@@ -13,9 +13,11 @@ import pytest
 
 from components.handlers import CREDENTIALS_DIR
 from components.vault import TOKEN_MAX_TTL_SECONDS
+from infra.generated import collect
 from infra.policypack.checks import pod_spec_of
 from infra.stack import pg_dsn_template
-from tests.infra.harness import BuiltStack
+from tests.infra.conftest import ensure_event_loop
+from tests.infra.harness import BuiltStack, build_stack
 from tests.infra.mocks import Registered
 
 LONG_RUNNING = ("collector", "detector", "trigger", "admission")
@@ -180,3 +182,25 @@ def test_the_first_deployment_does_not_wait_for_handlers_vault_cannot_serve_yet(
         annotations = deployment.inputs["metadata"].get("annotations") or {}
         skipped = annotations.get("pulumi.com/skipAwait") == "true"
         assert skipped == (pending and name in LONG_RUNNING), name
+
+
+def test_the_upgrade_to_tls_does_not_wait_for_handlers_vault_cannot_serve_yet() -> None:
+    """The one `up` that upgrades a stack whose Vault predates TLS (docs/deployment.md): the
+    servers keep their plain listener until deleted, so the new agents, which speak https,
+    cannot log in yet, and `pulumi up` must not wait for their handlers; the provider still
+    reaches the old listener through the port-forward."""
+    ensure_event_loop()
+    built = build_stack(
+        "dev",
+        collect,
+        {"vaultConfigure": "true", "vaultAddress": "http://127.0.0.1:8200", "vaultCaFile": ""},
+    )
+    assert built.settings.vault.plain_http and built.settings.vault.ca_file is None
+    for deployment in built.of_type("kubernetes:apps/v1:Deployment"):
+        name = deployment.inputs["metadata"]["name"]
+        annotations = deployment.inputs["metadata"].get("annotations") or {}
+        skipped = annotations.get("pulumi.com/skipAwait") == "true"
+        assert skipped == (name in LONG_RUNNING), name
+    [provider] = built.of_type("pulumi:providers:vault")
+    assert provider.inputs["address"] == "http://127.0.0.1:8200"
+    assert "caCertFile" not in provider.inputs
