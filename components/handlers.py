@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import ipaddress
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -534,14 +536,21 @@ class Handlers(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions,
     ) -> tuple[k8s.core.v1.ConfigMap, list[dict[str, Any]], dict[str, Any]]:
         """The agent's ConfigMap, the pod volumes it needs and its sidecar container."""
-        config_map = f"{spec.name}-vault-agent"
+        data = {
+            "agent.hcl": agent.config(),
+            **{f"{file}.ctmpl": text for file, text in sorted(agent.templates.items())},
+        }
+        # Named after its content and immutable, so a pod keeps the config it started with.
+        # Updated in place, the kubelet would hand the running pods of the previous revision
+        # the new config, which their agent reads at its next restart, with volumes those
+        # pods lack (the upgrade to Vault's TLS added one).
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+        config_map = f"{spec.name}-vault-agent-{digest}"
         config = k8s.core.v1.ConfigMap(
             f"{name}-{spec.name}-vault-agent",
             metadata=kube.metadata(config_map, args.namespace, "handler"),
-            data={
-                "agent.hcl": agent.config(),
-                **{f"{file}.ctmpl": text for file, text in sorted(agent.templates.items())},
-            },
+            data=data,
+            immutable=True,
             opts=opts,
         )
         volumes: list[dict[str, Any]] = [

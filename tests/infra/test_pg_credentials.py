@@ -48,7 +48,7 @@ def _agent_config(built: BuiltStack, handler: str) -> dict[str, str]:
     (config,) = [
         r
         for r in built.of_type("kubernetes:core/v1:ConfigMap")
-        if r.inputs["metadata"]["name"] == f"{handler}-vault-agent"
+        if r.inputs["metadata"]["name"].startswith(f"{handler}-vault-agent-")
     ]
     data: dict[str, str] = config.inputs["data"]
     return data

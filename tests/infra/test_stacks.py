@@ -3,6 +3,7 @@ export what a newcomer needs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,7 +306,7 @@ def test_every_vault_client_verifies_vault_s_certificate(built: BuiltStack) -> N
     ca = config_maps["vault-ca"]
     assert ca.inputs["metadata"]["namespace"] == ns
     assert "BEGIN CERTIFICATE" in ca.inputs["data"]["ca.crt"]
-    agents = [name for name in config_maps if name.endswith("-vault-agent")]
+    agents = [name for name in config_maps if name.rsplit("-", 1)[0].endswith("-vault-agent")]
     assert agents
     for name in agents:
         hcl = config_maps[name].inputs["data"]["agent.hcl"]
@@ -342,3 +343,28 @@ def test_every_vault_client_verifies_vault_s_certificate(built: BuiltStack) -> N
     for provider in providers:
         assert provider.inputs["address"].startswith("https://")
         assert provider.inputs["caCertFile"] == built.settings.vault.ca_file
+
+
+def test_a_vault_agent_config_is_named_after_its_content_and_never_changes_in_place(
+    built: BuiltStack,
+) -> None:
+    """A pod keeps the agent config it started with: a new config is a new ConfigMap (its
+    name carries a digest of its content) that only the new revision's pods mount. Updated in
+    place, the running pods of the previous revision would read the new config at their
+    agent's next restart, with volumes they lack."""
+    mounted = set()
+    for _, pod in _pod_specs(built):
+        mounted |= {
+            v["configMap"]["name"] for v in pod.get("volumes", []) if v["name"] == "vault-agent"
+        }
+    agents = [
+        r
+        for r in built.of_type("kubernetes:core/v1:ConfigMap")
+        if r.inputs["metadata"]["name"].rsplit("-", 1)[0].endswith("-vault-agent")
+    ]
+    assert agents and {r.inputs["metadata"]["name"] for r in agents} == mounted
+    for agent in agents:
+        data = agent.inputs["data"]
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+        assert agent.inputs["metadata"]["name"].endswith(f"-vault-agent-{digest}")
+        assert agent.inputs["immutable"] is True

@@ -152,7 +152,8 @@ def _mounted_files(built: BuiltStack, workload: str) -> set[str]:
             cm = _named(built, "kubernetes:core/v1:ConfigMap", volume["configMap"]["name"])
             files |= {f"{mount['mountPath']}/{k}" for k in cm.inputs["data"]}
         if mount["name"] == "credentials":  # what the pod's Vault Agent sidecar renders
-            agent = _named(built, "kubernetes:core/v1:ConfigMap", f"{workload}-vault-agent")
+            agent_map = sources["vault-agent"]["configMap"]["name"]
+            agent = _named(built, "kubernetes:core/v1:ConfigMap", agent_map)
             templates = [k for k in agent.inputs["data"] if k.endswith(".ctmpl")]
             files |= {f"{mount['mountPath']}/{k.removesuffix('.ctmpl')}" for k in templates}
     return files
