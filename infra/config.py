@@ -8,6 +8,7 @@ present under the CLI. Every error names the full key (`cct:<key>`) and what is 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,7 @@ class GcpSettings:
 class VaultSettings:
     # False until Vault has been initialised and unsealed (first deployment).
     configure: bool
-    # https:// only: Vault serves TLS.
+    # https, or plain http on loopback for the upgrade to TLS (`plain_http`).
     address: str
     token: pulumi.Output[str] | None
     # The CA Vault's certificate is verified against (cct:vaultCaFile) and its PEM text.
@@ -269,13 +270,14 @@ def _pem_file(r: _Reader, key: str) -> tuple[str, str] | None:
     path = r.optional(key)
     if path is None:
         return None
+    full = os.path.normpath(ROOT / path)
     try:
-        pem = (ROOT / path).read_text()
+        pem = Path(full).read_text()
     except OSError as exc:
         raise ConfigError(f"{NAMESPACE}:{key}={path!r} cannot be read: {exc}") from None
     if "BEGIN CERTIFICATE" not in pem:
         raise ConfigError(f"{NAMESPACE}:{key}={path!r} holds no PEM certificate")
-    return str(ROOT / path), pem
+    return full, pem
 
 
 def _vault(r: _Reader) -> VaultSettings:

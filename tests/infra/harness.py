@@ -7,6 +7,9 @@ starts; `stack_config` does the same, so the tests exercise the real config path
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from pulumi.runtime.mocks import _sync_await, run_pulumi_func
 
 from infra.config import PulumiConfigSource, Settings, load
 from infra.content import Content
-from tests.infra.mocks import ACCOUNT, SUBSCRIPTION, CctMocks, Registered
+from tests.infra.mocks import ACCOUNT, FAKE_PEM, SUBSCRIPTION, CctMocks, Registered
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +50,13 @@ ALL_CLOUDS_ON = {
 }
 
 
-# The CA file of Vault's certificate a configured Vault needs (cct:vaultCaFile); the mocks'
-# certificate text (tests.infra.mocks.FAKE_PEM).
-VAULT_CA_FILE = Path(__file__).with_name("fake-ca.pem")
+# The CA file of Vault's certificate a configured Vault needs (cct:vaultCaFile): the mocks'
+# placeholder certificate text (tests.infra.mocks.FAKE_PEM), written for this run only, so
+# nothing shaped like key material is kept in the repository.
+_CA_DIR = Path(tempfile.mkdtemp(prefix="cct-test-vault-ca-"))
+atexit.register(shutil.rmtree, _CA_DIR, True)
+VAULT_CA_FILE = _CA_DIR / "vault-ca.pem"
+VAULT_CA_FILE.write_text(FAKE_PEM)
 
 
 def project_config() -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@ value fails with an error naming its key."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import pulumi
@@ -215,7 +216,7 @@ def test_vault_settings_read_the_operator_s_certificate_and_a_ca_file_relative_t
 ):
     """`pulumi config set cct:vaultCaFile vault-ca.pem` runs in the project directory while the
     program runs in infra/: a relative path is the project's, and the provider gets it whole."""
-    relative = str(VAULT_CA_FILE.relative_to(ROOT))
+    relative = os.path.relpath(VAULT_CA_FILE, ROOT)
     vault = _load(
         "dev", vaultConfigure="true", vaultCaFile=relative, vaultTlsSecret="vault-cert"
     ).vault
