@@ -281,6 +281,17 @@ class Rollups:
             totals[group] += rate
         return group, text
 
+    def apply(self, rows: Iterable[Resource]) -> tuple[dict[Key, tuple[Group, str]], set[Group]]:
+        """Account for the new state of every row; returns each row's group and rendered
+        labels, and every group whose total changed. That includes the group a re-tagged
+        resource left: written only with the one it joined, the old total kept counting it
+        until the next heartbeat, so its account and service read it twice, a step up
+        (a false `day0_step`) that resolved by itself seconds later."""
+        rows = list(rows)
+        left = {self.live[r.key].group for r in rows if r.key in self.live}
+        placed = {r.key: self.update(r) for r in rows}
+        return placed, left | {group for group, _ in placed.values()}
+
     def stamp(self, now_ms: int) -> int:
         """A timestamp for rollup samples after every earlier one. Writer shards and the
         heartbeat each write totals; two writes in the same millisecond would give

@@ -573,7 +573,7 @@ class Processor:
         """Update the rollups with the committed rows; the lines to write."""
         now_ms = int(time.time() * 1000)
         late_before = max(self.last_heartbeat_ms + 1, now_ms - LATE_MS)
-        rendered = {key: self.rollups.update(row) for key, row in rows.items()}
+        rendered, touched = self.rollups.apply(rows.values())
         factor_of = {g: group_factor(self.factors, g) for g, _ in rendered.values()}
         samples: list[str] = []
         unpriced: Tally[str] = Tally()
@@ -597,7 +597,7 @@ class Processor:
                 samples += resource_lines(labels, rate, factor, now_ms)
         for provider, n in unpriced.items():
             self.metrics.unpriced.labels(provider).inc(n)
-        samples += self.rollups.rollup_lines(factor_of, self.factors, now_ms)
+        samples += self.rollups.rollup_lines(touched, self.factors, now_ms)
         self.metrics.live.set(len(self.rollups.live))
         self._count_overflow()
         return samples

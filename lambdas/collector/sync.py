@@ -54,6 +54,9 @@ def diff(
             and cur.state == ob.state
             and cur.sku == ob.sku
             and all(cur.size.get(k) == v for k, v in ob.attributes.items())
+            # A re-tag (AWS CreateTags is no event the collector reads) is drift too: the
+            # resource's cost belongs to its new team.
+            and (ob.tags is None or dict(cur.tags) == dict(ob.tags))
         ):
             continue
         out.append(ob)

@@ -512,15 +512,76 @@ class Engine:
         if src is None or new in self._index:
             return False
         [dst] = self.index_of([new])
+        self._copy_state(src, dst)
+        return True
+
+    def _copy_state(self, src: int, dst: int) -> None:
+        """`dst` takes `src`'s learnt state, without its incident or its level's floor."""
+        floor = self.floor[dst]
         for name in self._ARRAYS:
             array = getattr(self, name)
             array[dst] = array[src]
+        self.floor[dst] = floor
         self.is_open[dst] = self.firing[dst] = False
         self.rule[dst] = self.sev[dst] = self.normal_ticks[dst] = 0
         self.started[dst] = self.pending[dst] = np.nan
         self.last_abnormal[dst] = self.closed_at[dst] = -np.inf
         self.peak[dst] = 0.0
-        return True
+
+    def reassign(self, moves: Iterable[tuple[SeriesKey, SeriesKey, SeriesKey | None]]) -> int:
+        """Move re-tagged resources' costs between aggregates: per move, the resource (under
+        its new key, after `rename` or `fork`), the aggregate it left and the one it joined
+        (a team). The collector moves the cost in one write, so without this the aggregate
+        joined stepped up by the resource's whole cost and paged (`day0_step`; from nothing
+        for a new team) with no cost changed. The one joined takes on the resource's history
+        (hourly means, levels, last value, highs and noise; a new one starts as the
+        resource's copy); the one left gives up its hourly means and levels and keeps its
+        highs and noise, which only makes it slower to alert until they age out. Returns the
+        aggregates changed. `joined` None: the resource left its group for none (its tag
+        removed)."""
+        changed: set[int] = set()
+        for part, left, joined in moves:
+            r = self._index.get(part)
+            if r is None:
+                continue
+            if joined is not None:
+                to = self._index.get(joined)
+                if to is None:
+                    [to] = self.index_of([joined])
+                    self._copy_state(r, to)
+                else:
+                    self._shift(r, to, 1.0)
+                changed.add(to)
+            src = self._index.get(left)
+            if src is not None:
+                self._shift(r, src, -1.0)
+                changed.add(src)
+        if changed and self.hour is not None:
+            self._refresh_record()
+            self._refresh_baselines(self.hour)
+        return len(changed)
+
+    def _shift(self, r: int, row: int, sign: float) -> None:
+        """Add (`sign` 1) or remove (-1) resource row `r`'s share of aggregate `row`. What is
+        unknown on either side stays as it was; no level goes below 0."""
+
+        def add(name: str, part: Any) -> None:
+            array = getattr(self, name)
+            array[row] = np.maximum(array[row] + sign * nan_to(np.asarray(part, np.float64), 0), 0)
+
+        now = float(self.recent[r])
+        add("hist", self.hist[r])
+        if self.bucket_cnt[r] > 0:
+            add("bucket_sum", self.bucket_sum[r] / self.bucket_cnt[r] * self.bucket_cnt[row])
+        for name in ("recent", "prev", "level", "seen_min", "seen_max"):
+            add(name, now if name.startswith("seen") else getattr(self, name)[r])
+        if sign > 0:
+            # Highs and noise only grow: the sum of two series' highs or noises bounds the
+            # highs or noise of their sum, so the aggregate is never made more sensitive.
+            for name in ("day_vmax", "hour_vmax", "rec_vday", "hour_highs"):
+                add(name, getattr(self, name)[r])
+            for name in ("resid", "resid_q", "jitter"):
+                add(name, getattr(self, name)[r])
 
     @property
     def size(self) -> int:

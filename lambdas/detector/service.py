@@ -337,6 +337,22 @@ def _resource_identity(key: SeriesKey) -> tuple[str, str]:
     return labels.get("provider", ""), labels.get("resource_id", "")
 
 
+def _regrouped(
+    old: SeriesKey, new: SeriesKey, levels: Iterable[str]
+) -> list[tuple[SeriesKey, SeriesKey, SeriesKey | None]]:
+    """The aggregates a re-tagged resource left and joined (`Engine.reassign`) at each
+    watched level whose labels the re-tag changed (the team); None for no group joined (the
+    tag removed: not detected at that level)."""
+    out: list[tuple[SeriesKey, SeriesKey, SeriesKey | None]] = []
+    for level in levels:
+        if level == "resource":
+            continue
+        left, joined = SeriesKey.of(level, old.as_dict()), SeriesKey.of(level, new.as_dict())
+        if left != joined:
+            out.append((new, left, None if joined.unassigned else joined))
+    return out
+
+
 def group_query(level: str, inner: str) -> str:
     """`inner` summed per series of `level`, labelled only by its KEY_LABEL."""
     names = ", ".join(f'"{n}"' for n in LEVEL_LABELS[level])
@@ -578,6 +594,7 @@ class Detector:
                         held not in self.superseded,
                     ):
                         known[ident] = k
+            moves: list[tuple[SeriesKey, SeriesKey, SeriesKey | None]] = []
             for key in fresh:
                 old = known.get(_resource_identity(key))
                 if old is None or old == key:
@@ -586,6 +603,7 @@ class Detector:
                 if moved or self.engine.fork(old, key):
                     self.superseded[old] = now
                     self.metrics.relabelled.inc()
+                    moves += _regrouped(old, key, self.cfg.levels)
                     log.info(
                         "resource relabelled",
                         extra={
@@ -594,6 +612,8 @@ class Detector:
                             "open_incident_kept_under_old_labels": not moved,
                         },
                     )
+            # The collector moved its cost between the teams' totals in the same write.
+            self.engine.reassign(moves)
         if self.superseded:
             kept = [n for n, k in enumerate(out.keys) if k not in self.superseded]
             if len(kept) < len(out.keys):

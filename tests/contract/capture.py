@@ -214,12 +214,10 @@ class Writer:
                 )
                 self.rates[(r.provider, r.resource_id)] = float(step.usd_per_hour)
         lines: list[str] = []
-        groups = set()
         ts = int(now.timestamp() * 1000)
+        placed, groups = self.rollups.apply(resources)
         for r in resources:
-            group, labels = self.rollups.update(r)
-            groups.add(group)
-            lines += resource_lines(labels, float(r.usd_per_hour or 0.0), None, ts)
+            lines += resource_lines(placed[r.key][1], float(r.usd_per_hour or 0.0), None, ts)
         lines += self.rollups.rollup_lines(groups, {}, ts)
         req = urllib.request.Request(f"{self.vm_url}/api/v1/import/prometheus", data=body(lines))
         with urllib.request.urlopen(req, timeout=10) as resp:

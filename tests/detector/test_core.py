@@ -884,6 +884,57 @@ def _retag() -> tuple[Engine, SeriesKey, SeriesKey]:
     return engine, before, retagged
 
 
+def _team(name: str) -> SeriesKey:
+    return SeriesKey.of("team", {"team": name})
+
+
+@pytest.mark.parametrize("joined", ["data", "ops"])  # a team with cost of its own, a new one
+@pytest.mark.parametrize("reassign", [True, False])
+def test_a_re_tag_moves_the_resource_s_history_between_its_teams(
+    joined: str, reassign: bool
+) -> None:
+    """Review finding: the collector moves a re-tagged resource's cost from one team's total
+    to the other's in one write; the resource was followed (`rename`) but the team it joined
+    stepped up by its whole cost and paged `day0_step` (from nothing for a new team) with no
+    cost changed. `Engine.reassign` moves the resource's history with it (without it, the
+    control case, the rise opens); a real step afterwards still opens."""
+    rng = np.random.default_rng(7)
+    old, new = (SeriesKey.of("resource", {**RETAG_LABELS, "team": t}) for t in ("web", joined))
+    web, data = _team("web"), _team("data")
+    engine = Engine(DetectionConfig())
+    days = 16
+
+    def at(hour: int) -> tuple[float, float, float]:
+        wave = 1 + 0.3 * math.sin(hour / 24 * 2 * math.pi)
+        resource = 40.0 * (1 + rng.normal(0, 0.01))
+        return resource, 100.0 * wave + resource, 60.0 * wave
+
+    for h in range(days * 24):
+        resource, w, d = at(h)
+        out = engine.observe(T0 + h * HOUR_S, engine.index_of([old, web, data]), [resource, w, d])
+        assert out == []
+    assert engine.rename(old, new)
+    if reassign:
+        assert engine.reassign([(new, web, _team(joined))]) == 2
+
+    def after(h: int, step: float = 0.0) -> list[Transition]:
+        """Hour `h` after the re-tag: the resource's cost in the team it joined."""
+        resource, w, d = at(h)
+        values = {new: resource, web: w - resource, data: d}
+        values[_team(joined)] = values.get(_team(joined), 0.0) + resource + step
+        return engine.observe(T0 + h * HOUR_S, engine.index_of(values), list(values.values()))
+
+    hours = range(days * 24, (days + 2) * 24)
+    opened_keys = {t.key for h in hours for t in after(h) if t.kind == "opened"}
+    if not reassign:
+        assert opened_keys == {_team(joined)}
+        return
+    assert opened_keys == set()
+    # The team it joined is watched as before: a real step there opens.
+    out = after((days + 2) * 24, step=80.0)
+    assert [(t.kind, t.key) for t in out] == [("opened", _team(joined))]
+
+
 def test_rename_carries_a_series_state_to_its_new_labels_unless_an_incident_is_open() -> None:
     """A re-tagged resource (tests/detector/test_live.py follows one through VictoriaMetrics):
     under its new labels it is the series it was, not a new one stepping up from nothing."""

@@ -24,6 +24,8 @@ from psycopg.types.json import Jsonb
 
 from lambdas import contract
 from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
+from lambdas.collector.core import Labels, Rollups, resource_lines
+from lambdas.collector.model import Resource
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
@@ -31,6 +33,7 @@ from lambdas.detector.core import BASE_WEEKLY, Transition
 from lambdas.detector.reports import MAX_UNREAD_TRIES, Report
 from lambdas.detector.rules import Budget, RulesSettings, render_vmalert_rules
 from lambdas.detector.service import Detector, DetectorSettings
+from lambdas.ingest.exposition import body
 from lambdas.store import anomalies as store
 from tests.routing.helpers import alertmanager_process
 from tests.support.procs import free_port, http_ready, running
@@ -987,41 +990,84 @@ def test_a_detector_killed_in_an_outage_leaves_its_queue_to_the_next_one(
     assert (recovered["alerts"], recovered["rows"]) == (3, 3)
 
 
-def test_a_re_tagged_resource_is_followed_not_reported_as_new(
-    detector: Detector, account: Account
+def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
+    detector: Detector, account: Account, vm_url: str
 ) -> None:
-    """Review finding: a resource whose team tag changes gets new labels, so a new series;
-    the detector took it for a new resource, a step from nothing, and paged `critical
-    day0_step` (and the trigger planned a playbook) on an instance whose cost had not moved.
-    Its state now moves to the new labels; a real step afterwards is measured from its level,
-    under the new labels."""
+    """Review finding: the resource was followed under its new labels, but its teams were
+    not. The collector (its own `Rollups`, as its service writes them) moves a re-tagged
+    resource's cost from one team's total to the other's in one write: the team it joined
+    stepped up by the whole cost and was reported (`day0_step`), and, while the collector
+    wrote only the group joined, the account and service read the resource twice until the
+    next heartbeat. Now nothing opens at any level; a real step afterwards is reported at the
+    resource, under its new team."""
+    rollups = Rollups(Labels(contract.TAG_LABELS))
+    teams = {"web": f"{account.team}-web", "data": f"{account.team}-data"}
+    costs = {"i-moves": 40.0, "i-stays": 60.0}
+    tags = {"i-moves": teams["web"], "i-stays": teams["data"]}
 
-    def resource(team: str, value: float) -> Sample:
-        return account.resource("i-retag", value, team=team)
+    def write() -> None:
+        now = datetime.now(UTC)
+        rows = [
+            Resource(
+                provider="aws",
+                resource_id=rid,
+                billing_account_id=account.account,
+                sub_account_id=account.account,
+                region_id="us-east-1",
+                service_name="Amazon EC2",
+                resource_type="instance",
+                sku=None,
+                size={},
+                state="running",
+                tags={"team": tags[rid], "env": "prod"},
+                usd_per_hour=cost,
+                last_event_id=f"ev-{rid}-{now.timestamp()}",
+                last_event_time=now,
+            )
+            for rid, cost in costs.items()
+        ]
+        placed, groups = rollups.apply(rows)
+        ts = int(now.timestamp() * 1000)
+        lines = [
+            ln
+            for r in rows
+            for ln in resource_lines(placed[r.key][1], costs[r.resource_id], None, ts)
+        ]
+        lines += rollups.rollup_lines(groups, {}, ts)
+        req = urllib.request.Request(f"{vm_url}/api/v1/import/prometheus", data=body(lines))
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
 
-    account.vm.import_samples([account.rollup(40.0), resource(account.team, 40.0)])
-    wait_for(lambda: account.visible(40.0), "the rollup")
-    wait_for(lambda: account.vm.query(f'{RESOURCE}{{team="{account.team}"}}'), "the resource")
+    def team_total(team: str) -> float | None:
+        rows = account.vm.query(f'sum({ROLLUP}{{team="{team}",basis="list"}})')
+        return float(rows[0]["value"][1]) if rows else None
+
+    def served() -> bool:
+        moved = account.vm.query(f'{RESOURCE}{{resource_id="i-moves",team="{tags["i-moves"]}"}}')
+        return bool(moved) and team_total(tags["i-moves"]) == costs["i-moves"] + (
+            costs["i-stays"] if tags["i-moves"] == teams["data"] else 0.0
+        )
+
     for _ in range(3):
-        account.vm.import_samples([account.rollup(40.0), resource(account.team, 40.0)])
-        detector.cycle(time.time())
-    moved = f"{account.team}-platform"
-    account.vm.import_samples([account.rollup(40.0), resource(moved, 40.0)])
-    wait_for(lambda: account.vm.query(f'{RESOURCE}{{team="{moved}"}}'), "the re-tagged series")
-    # VictoriaMetrics still serves the old label set too, until it goes stale.
-    assert account.vm.query(f'{RESOURCE}{{team="{account.team}"}}')
-    assert [t for t in detector.cycle(time.time()) if t.kind == "opened"] == []
-    assert detector.metrics.relabelled._value.get() == 1
-    for _ in range(2):
-        account.vm.import_samples([account.rollup(40.0), resource(moved, 40.0)])
+        write()
+        wait_for(served, "the resources and their teams")
+        assert detector.cycle(time.time()) == []
+    tags["i-moves"] = teams["data"]
+    for _ in range(4):
+        write()
+        wait_for(served, "the re-tagged resource and its new team's total")
         assert [t for t in detector.cycle(time.time()) if t.kind == "opened"] == []
+    assert detector.metrics.relabelled._value.get() == 1
+    assert team_total(teams["web"]) == 0.0
     assert detector.reports == {}
 
-    account.vm.import_samples([account.rollup(100.0), resource(moved, 100.0)])
-    wait_for(lambda: account.visible(100.0), "the step")
+    costs["i-moves"] = 100.0
+    write()
+    wait_for(served, "the step")
     detector.cycle(time.time())
-    [report] = [r for r in detector.reports.values() if r.key.level == "resource"]
-    assert report.labels["team"] == moved
+    [report] = detector.reports.values()
+    assert (report.key.level, report.labels["resource_id"]) == ("resource", "i-moves")
+    assert report.labels["team"] == teams["data"]
     assert report.delta == pytest.approx(60.0)
 
 

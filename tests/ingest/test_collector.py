@@ -434,6 +434,27 @@ async def test_all_three_providers_and_gzip(
     )
 
 
+async def test_a_re_tag_moves_the_cost_from_one_group_to_the_other_in_one_write(
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    """Review finding: a re-tag wrote the total of the group the resource joined but not of
+    the one it left, which counted it until the next heartbeat (no heartbeat runs here): the
+    account and its service read the resource twice, a step up the detector paged."""
+    acct = f"acct-{uid}"
+    await collector.post([record("azure", event("azure_vm_write"), acct, resource=event("arm_vm"))])
+    [(price,)] = rows(collector.dsn, "select usd_per_hour::float8 from resource_inventory")
+    sel = f'billing_account_id="{acct}",basis="list"'
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="web"}}', price)
+    retag, arm = event("azure_vm_write"), event("arm_vm")
+    retag.update(id="8a2c6c1b-0001-4a4e-9e5f-000000000099", eventTime="2026-11-27T09:05:00Z")
+    arm["tags"] = {"team": "data", "env": "prod"}
+    _, body = await collector.post([record("azure", retag, acct, resource=arm)])
+    assert body["accepted"] == 1
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="data"}}', price)
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="web"}}', 0.0)
+    await wait_for(vm, f"sum({ROLLUP}{{{sel}}})", price)
+
+
 async def test_heartbeat_reemits_and_reconciled_basis_follows_factors(
     collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
 ) -> None:

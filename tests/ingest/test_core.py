@@ -97,6 +97,32 @@ def test_a_batch_is_applied_in_event_time_order_whatever_the_arrival_order() -> 
     assert not any(a.stale for a in applied)
 
 
+def test_a_re_tagged_resource_s_old_group_is_written_with_the_new_one() -> None:
+    """Review finding: only the group a re-tagged resource joined was written, so the group it
+    left kept counting it until the next heartbeat (15 s) and its account and service read
+    it twice: a step up the detector paged as `day0_step`."""
+    roll = Rollups(Labels(("team", "env")))
+    run = ch("a", 0, state="running", sku="m5.xlarge", tags={"team": "web"})
+    rows, _ = apply_changes({}, [run, ch("b", 0, rid="i-2", state="running", sku="m5.large")], BOOK)
+    roll.apply(rows.values())
+    moved, _ = apply_changes(rows, [ch("c", 5, tags={"team": "data"})], BOOK)
+    placed, touched = roll.apply(moved.values())
+    web, data = (("aws", "a", AWS_EC2, "us-east-1", team, "") for team in ("web", "data"))
+    assert placed[("aws", "i-1")][0] == data
+    assert touched == {web, data}
+    totals = {
+        ln.split('team="')[1].split('"')[0]: float(ln.split()[-2])
+        for ln in roll.rollup_lines(touched, {}, 1000)
+        if 'basis="list"' in ln
+    }
+    assert totals == {"web": 0.0, "data": 0.192}
+    # The account's sum over its groups is unchanged by the re-tag.
+    assert sum(roll.totals.values()) == pytest.approx(0.192 + 0.096)
+    # An update within the same group touches that group alone.
+    again, _ = apply_changes(moved, [ch("d", 10, sku="m5.large")], BOOK)
+    assert roll.apply(again.values())[1] == {data}
+
+
 def test_rollups_follow_changes_and_count_unpriced() -> None:
     roll = Rollups(Labels(("team", "env")))
     rows, _ = apply_changes(

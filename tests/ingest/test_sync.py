@@ -73,6 +73,16 @@ async def test_aws_sync_adds_missing_and_removes_vanished_resources(
         await processor.sync_aws()
         with psycopg.connect(dsn) as conn:
             assert conn.execute("select count(*) from resource_events").fetchone() == before
+        # A re-tag (CreateTags, which no forwarded event carries) is drift the sync repairs:
+        # the instance's cost moves to its new team.
+        ec2.create_tags(Resources=[inst], Tags=[{"Key": "team", "Value": f"{uid}-new"}])
+        await processor.sync_aws()
+        with psycopg.connect(dsn) as conn:
+            [(tags,)] = conn.execute(
+                "select tags from resource_inventory where resource_id = %s", (inst,)
+            ).fetchall()
+        assert tags == {"team": f"{uid}-new"}
+        assert f'team="{uid}-new"' in processor.rollups.live[("aws", inst)].labels
         # A terminated instance and deleted volume (events lost) are marked deleted.
         ec2.terminate_instances(InstanceIds=[inst])
         ec2.delete_volume(VolumeId=vol)

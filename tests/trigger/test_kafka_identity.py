@@ -7,6 +7,7 @@ authentication, and per-principal ACLs from `HANDLER_GRANTS` (the KafkaUsers' gr
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import ssl
 import uuid
@@ -94,12 +95,23 @@ def test_the_trigger_may_not_read_a_topic_another_principal_writes(kafka_bootstr
         asyncio.run(read())
 
 
+# aiokafka leaves the socket of a refused TLS handshake unclosed: its ResourceWarning came
+# out whenever the garbage collector ran, in this test or a later one (a flaky failure, the
+# warnings being errors). `_refused` collects it at once; the tests that provoke it accept it.
+LEAKED_BY_AIOKAFKA = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <(function _SelectorTransport.__del__|socket.socket)"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
+
+
 def _refused(kwargs: dict[str, object]) -> None:
     """The produce fails: an error from the client, or no connection within the time."""
     with pytest.raises((KafkaError, TimeoutError, ssl.SSLError, ConnectionError)):
         asyncio.run(asyncio.wait_for(_produce(kwargs, ANOMALIES_TOPIC), 15))
+    gc.collect()
 
 
+@LEAKED_BY_AIOKAFKA
 @pytest.mark.parametrize(
     "how",
     [
@@ -133,6 +145,7 @@ def test_plaintext_and_unauthenticated_clients_are_refused(
     _refused(kwargs)
 
 
+@LEAKED_BY_AIOKAFKA
 def test_a_client_refuses_a_broker_its_ca_did_not_sign(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
