@@ -78,12 +78,22 @@ def _rate(
     return rounded
 
 
+def _retagged(tags: dict[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """`tags` with `changes` applied: a value sets a tag, None removes it."""
+    for key, value in changes.items():
+        if value is None:
+            tags.pop(key, None)
+        else:
+            tags[key] = value
+    return tags
+
+
 def merge(
     current: Resource | None, ch: ResourceChange, book: PriceBook, memo: RateMemo | None = None
 ) -> tuple[Resource, Applied]:
     """Apply one change. A newer event overwrites what it states; an older one only fills in
     what is still unknown (e.g. the instance type from a RunInstances that arrived after the
-    state-change notification) and never changes the state."""
+    state-change notification) and changes the state only while it is unknown."""
     before: float | None
     size: Mapping[str, Any]
     tags: Mapping[str, str]
@@ -103,7 +113,7 @@ def merge(
         sku = ch.sku
         size = dict(ch.attributes)
         state = ch.state or "unknown"
-        tags = dict(ch.tags or {})
+        tags = _retagged(dict(ch.tags or {}), ch.tag_changes)
         last_id, last_time = ch.event_id, ch.event_time
         before, stale = 0.0, False
     else:
@@ -117,6 +127,8 @@ def merge(
             size = {**current.size, **ch.attributes} if ch.attributes else current.size
             state = ch.state or current.state
             tags = dict(ch.tags) if ch.tags is not None else current.tags
+            if ch.tag_changes:
+                tags = _retagged(dict(tags), ch.tag_changes)
             last_id, last_time = ch.event_id, ch.event_time
         else:
             billing, sub = current.billing_account_id, current.sub_account_id
@@ -125,8 +137,14 @@ def merge(
                 region = ch.region_id
             sku = current.sku or ch.sku
             size = {**ch.attributes, **current.size}
-            state = current.state
+            # Unknown until now (the first event was a re-tag): the older state is all there is.
+            state = ch.state if current.state == "unknown" and ch.state else current.state
             tags = current.tags or dict(ch.tags or {})
+            # A late partial re-tag adds only tags the resource does not have (a full set,
+            # older than the one known, says nothing the newer one did not).
+            late = {k: v for k, v in ch.tag_changes.items() if v is not None and k not in tags}
+            if late:
+                tags = {**tags, **late}
             last_id, last_time = current.last_event_id, current.last_event_time
     fields = (ch.provider, service, rtype, region, sku, state)
     rate = _rate(book, {} if memo is None else memo, fields, size)

@@ -51,8 +51,12 @@ class ResourceChange(NamedTuple):
     sku: str | None = None
     # size and pricing attributes, merged into the inventory's `size` (e.g. gib, engine)
     attributes: Mapping[str, Any] = _NO_ATTRIBUTES
+    # All of the resource's tags (a creation, an ARM read-back), replacing what was known...
     tags: Mapping[str, str] | None = None
     actor: str | None = None
+    # ... or some of them (AWS CreateTags, DeleteTags, AddTagsToResource,
+    # RemoveTagsFromResource): a value sets a tag, None removes it, the others stay.
+    tag_changes: Mapping[str, str | None] = _NO_ATTRIBUTES
 
 
 class Resource(NamedTuple):
@@ -76,3 +80,23 @@ class Resource(NamedTuple):
     @property
     def key(self) -> tuple[str, str]:
         return (self.provider, self.resource_id)
+
+
+# What places a resource, the same in its inventory row and in its changes.
+_PLACEMENT = (
+    "provider",
+    "billing_account_id",
+    "sub_account_id",
+    "region_id",
+    "service_name",
+    "resource_id",
+    "resource_type",
+)
+
+
+def change_of(
+    r: Resource, event_id: str, action: str, event_time: datetime, **kw: Any
+) -> ResourceChange:
+    """A change of inventory row `r` (where it is, what it is) stating what `kw` says."""
+    placed = {name: getattr(r, name) for name in _PLACEMENT}
+    return ResourceChange(event_id=event_id, action=action, event_time=event_time, **placed, **kw)

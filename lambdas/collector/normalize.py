@@ -23,6 +23,7 @@ import orjson
 
 from lambdas.collector.model import PROVIDERS, EventIgnored, EventRejected, ResourceChange
 from lambdas.common.edge import holds_nul
+from lambdas.forwarders.azure import tagged_parent
 
 AWS_EC2 = "Amazon Elastic Compute Cloud"
 AWS_RDS = "Amazon Relational Database Service"
@@ -100,10 +101,13 @@ def _aws_tags(request: Mapping[str, Any], resource_type: str) -> dict[str, str] 
     for spec in _items(request.get("tagSpecificationSet")):
         if spec.get("resourceType") == resource_type:
             for tag in spec.get("tags") or spec.get("tagSet", {}).get("items", []):
-                tags[str(tag.get("key") or tag.get("Key"))] = str(tag.get("value", ""))
+                found = _tag(tag, False) if isinstance(tag, dict) else None
+                if found is not None:
+                    tags[found[0]] = found[1] or ""
     for tag in request.get("tags") or []:  # RDS: [{"key": .., "value": ..}]
-        if isinstance(tag, dict):
-            tags[str(tag.get("key") or tag.get("Key"))] = str(tag.get("value") or tag.get("Value"))
+        found = _tag(tag, False) if isinstance(tag, dict) else None
+        if found is not None:
+            tags[found[0]] = found[1] or ""
     return tags or None
 
 
@@ -284,7 +288,7 @@ def _ct_db(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]
     if not isinstance(ident, str):
         return []
     arn = resp.get("dBInstanceArn") or (
-        f"arn:aws:rds:{base['region_id']}:{base['sub_account_id']}:db:{ident}"
+        f"arn:aws:rds:{base['region_id']}:{base['sub_account_id']}:db:{ident.lower()}"
     )
     kw = {**base, "service_name": AWS_RDS, "resource_type": "DBInstance"}
     attrs: dict[str, Any] = {}
@@ -332,6 +336,83 @@ def _db_storage(req: Mapping[str, Any], resp: Mapping[str, Any], create: bool) -
     return out
 
 
+# What an EC2 resource id's prefix says it is; CreateTags on anything else (security groups,
+# images, snapshots, ...) changes no run-rate.
+_EC2_TAGGED = {"i-": "Instance", "vol-": "Volume"}
+
+
+def _tag(item: Mapping[str, Any], removed: bool) -> tuple[str, str | None] | None:
+    key = item.get("key") if "key" in item else item.get("Key")
+    if not isinstance(key, str) or not key:
+        return None
+    value = item.get("value") if "value" in item else item.get("Value")
+    return key, None if removed else str(value if value is not None else "")
+
+
+def _tag_changes(items: list[Any], removed: bool, what: str) -> dict[str, str | None]:
+    if not items:
+        raise EventRejected("missing_field", f"CloudTrail {what}: no tags")
+    found = [_tag(i, removed) if isinstance(i, dict) else None for i in items]
+    if None in found:
+        raise EventRejected("missing_field", f"CloudTrail {what}: a tag without a key")
+    return dict(t for t in found if t is not None)
+
+
+def _ct_ec2_tags(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
+    """CreateTags / DeleteTags: the tags set or removed on each instance and volume named (a
+    DeleteTags item with a value removes the tag only where it has that value in AWS; here
+    it is removed, the next sync or event corrects it)."""
+    removed = base["action"] == "DeleteTags"
+    if removed and not _items(req.get("tagSet")):
+        # `aws ec2 delete-tags --resources i-...` removes all of the user's tags.
+        what: dict[str, Any] = {"tags": {}}
+    else:
+        what = {"tag_changes": _tag_changes(_items(req.get("tagSet")), removed, base["action"])}
+    out: Changes = []
+    for item in _items(req.get("resourcesSet")):
+        rid = item.get("resourceId")
+        if not isinstance(rid, str):
+            continue
+        kind = next((k for prefix, k in _EC2_TAGGED.items() if rid.startswith(prefix)), None)
+        if kind is not None:
+            kw = {**base, "service_name": AWS_EC2, "resource_type": kind, **what}
+            out.append((rid, kw))
+    if not out and _items(req.get("resourcesSet")):
+        raise EventIgnored(f"{base['action']} on no instance or volume")
+    return out
+
+
+def _ct_rds_tags(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
+    """AddTagsToResource / RemoveTagsFromResource on a DB instance (its ARN, the id the
+    inventory keys it by); on snapshots, clusters or option groups it changes no run-rate."""
+    arn = req.get("resourceName")
+    if not isinstance(arn, str):
+        return []
+    # RDS identifiers are case-insensitive and kept in lower case, as the inventory's ARN.
+    arn = arn.lower()
+    if ":db:" not in arn:
+        kind = (arn.split(":") + [""] * 6)[5]
+        raise EventIgnored(f"{base['action']} on a {kind or 'resource'} that is no DB instance")
+    if base["action"] == "RemoveTagsFromResource":
+        keys = req.get("tagKeys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise EventRejected("missing_field", "CloudTrail RemoveTagsFromResource: no tagKeys")
+        changes: dict[str, str | None] = dict.fromkeys(keys)
+    else:
+        changes = _tag_changes(list(req.get("tags") or []), False, base["action"])
+    return [
+        (
+            arn,
+            {
+                **base,
+                "service_name": AWS_RDS,
+                "resource_type": "DBInstance",
+                "tag_changes": changes,
+            },
+        )
+    ]
+
+
 _CLOUDTRAIL: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], dict[str, Any]], Changes]]
 _CLOUDTRAIL = {
     "RunInstances": _ct_instances,
@@ -345,6 +426,10 @@ _CLOUDTRAIL = {
     "CreateDBInstance": _ct_db,
     "ModifyDBInstance": _ct_db,
     "DeleteDBInstance": _ct_db,
+    "CreateTags": _ct_ec2_tags,
+    "DeleteTags": _ct_ec2_tags,
+    "AddTagsToResource": _ct_rds_tags,
+    "RemoveTagsFromResource": _ct_rds_tags,
 }
 
 AZURE_EVENT_TYPES = {
@@ -393,6 +478,9 @@ def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[
     out: dict[str, Any] = {}
     if isinstance(resource.get("tags"), dict):
         out["tags"] = {str(k): str(v) for k, v in resource["tags"].items()}
+    elif written:
+        # ARM leaves `tags` out of a resource that has none: its last tag was removed.
+        out["tags"] = {}
     if rtype == "microsoft.compute/virtualmachines":
         out["sku"] = (props.get("hardwareProfile") or {}).get("vmSize")
         # A Windows VM pays the Windows rate unless it uses Azure Hybrid Benefit
@@ -424,7 +512,18 @@ def normalize_azure(
         raise EventRejected("unknown_event_type", f"azure event type {event_type!r} is unknown")
     data = _obj(_req(event, "data", "event"), "event.data")
     uri = _str(data.get("resourceUri") or event.get("subject"), "event.data.resourceUri")
+    deleted = event_type.endswith("ResourceDeleteSuccess")
+    resource = envelope.get("resource")
+    retagged = tagged_parent(uri)
+    if retagged is not None:
+        # Its tags written (the forwarder read the resource itself back) or deleted (all of
+        # them removed): the resource's own change, not a sub-resource's.
+        if not deleted and not isinstance(resource, dict):
+            raise EventIgnored("azure tags written, but the resource could not be read back")
+        uri = retagged
     parts = uri.strip("/").split("/")
+    if retagged is not None and len(parts) != 8:
+        raise EventIgnored("azure tags of a resource group or subscription: no run-rate")
     if len(parts) < 8 or parts[0].lower() != "subscriptions":
         raise EventRejected("bad_resource_id", f"azure resourceUri {uri!r} is not an ARM id")
     rtype = f"{parts[5]}/{parts[6]}".lower()
@@ -445,16 +544,17 @@ def normalize_azure(
         or ((data.get("authorization") or {}).get("evidence") or {}).get("principalId")
     )
     kw: dict[str, Any] = {}
-    if event_type.endswith("ResourceDeleteSuccess"):
+    if deleted and retagged is not None:
+        kw["tags"] = {}
+    elif deleted:
         kw["state"] = "deleted"
     elif event_type.endswith("ResourceActionSuccess"):
         state = AZURE_ACTIONS.get(operation.lower())
         if state is None:
             raise EventIgnored(f"azure action {operation} does not change a run-rate")
         kw["state"] = state
-    resource = envelope.get("resource")
     region = None
-    if isinstance(resource, dict):
+    if isinstance(resource, dict) and not deleted:
         region = resource.get("location")
         kw.update(_arm_fields(resource, rtype, event_type.endswith("ResourceWriteSuccess")))
     return [
@@ -483,7 +583,46 @@ GCP_METHODS = {
     "compute.instances.setMachineType": None,
     "compute.disks.insert": "available",
     "compute.disks.delete": "deleted",
+    # Re-labels: setLabels replaces the whole label set (with its fingerprint).
+    "compute.instances.setLabels": None,
+    "compute.disks.setLabels": None,
 }
+
+
+def _gcp_tags(
+    short: str, request: Mapping[str, Any], operation: Mapping[str, Any]
+) -> dict[str, str] | None:
+    """The labels a creation or a setLabels gives the resource; None when the entry does not
+    say: other methods, and an operation's completion entry, which is logged later without
+    the request (read as "all labels removed", it wiped every re-label seconds after it).
+    The request of a setLabels that removes all labels has none (empty lists are left out
+    of the log)."""
+    relabel = short.endswith(".setLabels")
+    if not relabel and short not in ("compute.instances.insert", "compute.disks.insert"):
+        return None
+    labels = _gcp_labels(request.get("labels"))
+    completion = operation.get("last") is True and operation.get("first") is not True
+    if labels is None and relabel and not completion:
+        return {}
+    return labels
+
+
+def _gcp_labels(value: Any) -> dict[str, str] | None:
+    """Labels as Compute's audit log writes them, a list of {key, value} (a real setLabels
+    entry), or as the API takes them, a map (None: the request does not say)."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if not isinstance(value, list):
+        raise EventRejected("wrong_type", f"gcp request.labels: expected a list, got {value!r:.80}")
+    labels = {}
+    for item in value:
+        key = item.get("key") if isinstance(item, dict) else None
+        if not isinstance(key, str) or not key:
+            raise EventRejected("missing_field", "gcp request.labels: a label without a key")
+        labels[key] = str(item.get("value") or "")
+    return labels
 
 
 def _gcp_entry(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -545,8 +684,10 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
         machine = request.get("machineType")
         if isinstance(machine, str):
             kw["sku"] = machine.rsplit("/", 1)[-1]
-        if isinstance(request.get("labels"), dict):
-            kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
+    operation = entry.get("operation")
+    tags = _gcp_tags(short, request, operation if isinstance(operation, dict) else {})
+    if tags is not None:
+        kw["tags"] = tags
     if short == "compute.instances.insert":
         image_project = _gcp_image_project(request, project)
         if image_project:
@@ -556,8 +697,6 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
         kw["sku"] = disk_type.rsplit("/", 1)[-1] if isinstance(disk_type, str) else "pd-standard"
         if request.get("sizeGb") is not None:
             kw["attributes"] = {"gib": _number(request["sizeGb"], "request.sizeGb")}
-        if isinstance(request.get("labels"), dict):
-            kw["tags"] = {str(k): str(v) for k, v in request["labels"].items()}
     if kw["state"] is None:
         del kw["state"]
     actor = (payload.get("authenticationInfo") or {}).get("principalEmail")
@@ -636,13 +775,15 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
     for where, text in fields:
         if text is not None:
             _check_text(where, text, most)
-    tags = ch.tags
-    if tags:
+    for tags in (ch.tags, ch.tag_changes):
+        if not tags:
+            continue
         if len(tags) > limits.max_tags:
             raise EventRejected(
                 "too_many_tags", f"{len(tags)} tags exceed the limit of {limits.max_tags}"
             )
-        for k, v in tags.items():
+        for k, value in tags.items():
+            v = "" if value is None and tags is ch.tag_changes else value  # None: removed
             if not (isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= most):
                 _check_text(f"tag {str(k)[:40]!r}", f"{k}{v}", most)
     for name, value in ch.attributes.items():

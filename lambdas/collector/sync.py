@@ -16,7 +16,7 @@ from typing import Any
 
 import boto3
 
-from lambdas.collector.model import Resource, ResourceChange
+from lambdas.collector.model import Resource, ResourceChange, change_of
 from lambdas.collector.normalize import AWS_EC2, AWS_RDS
 
 SYNC_ACTION = "InventorySync"
@@ -54,8 +54,8 @@ def diff(
             and cur.state == ob.state
             and cur.sku == ob.sku
             and all(cur.size.get(k) == v for k, v in ob.attributes.items())
-            # A re-tag (AWS CreateTags is no event the collector reads) is drift too: the
-            # resource's cost belongs to its new team.
+            # A re-tag whose event was lost is drift too: the resource's cost belongs to
+            # its new team.
             and (ob.tags is None or dict(cur.tags) == dict(ob.tags))
         ):
             continue
@@ -63,19 +63,7 @@ def diff(
     for r in known:
         if r.key not in seen and r.resource_type in scope and r.state != "deleted":
             out.append(
-                ResourceChange(
-                    event_id=f"{sync_id}:{r.resource_id}",
-                    provider=r.provider,
-                    billing_account_id=r.billing_account_id,
-                    sub_account_id=r.sub_account_id,
-                    region_id=r.region_id,
-                    service_name=r.service_name,
-                    resource_id=r.resource_id,
-                    resource_type=r.resource_type,
-                    action=SYNC_ACTION,
-                    event_time=now,
-                    state="deleted",
-                )
+                change_of(r, f"{sync_id}:{r.resource_id}", SYNC_ACTION, now, state="deleted")
             )
     return out
 

@@ -127,6 +127,11 @@ JITTER_CLIP = 5.0
 # would overflow the ring of hourly means, and products with z beyond float64; from 1e12 the
 # anomalies row (numeric(18, 6)) refused it and the incident was not stored.
 MAX_ABS_USD_PER_HOUR = 1e11
+# How long the team a re-tagged resource left may not open an incident (`Engine.reassign`):
+# the detector learns of a re-tag from the inventory, which the collector commits before it
+# writes the teams' totals to VictoriaMetrics (read a second later; a failed write is retried
+# with the next heartbeat, 15 s).
+REGROUP_SETTLE_S = 60.0
 # Values a series present at the first evaluation (no history loaded) must have shown before
 # the day-0 rule judges it: a live detector has them in seconds, an export in hours.
 UNKNOWN_PAST_VALUES = 2
@@ -396,6 +401,8 @@ class Engine:
         "hour_vmax": (np.float64, np.nan),
         "hour_highs": (np.float32, np.nan),
         "rec_hour": (np.float64, np.nan),
+        # Until when the team a re-tagged resource left may not open an incident (`reassign`).
+        "settle_until": (np.float64, -np.inf),
     }
 
     # The arrays above, declared for the type checker.
@@ -448,6 +455,7 @@ class Engine:
     hour_vmax: F64
     hour_highs: npt.NDArray[np.float32]
     rec_hour: F64
+    settle_until: F64
 
     @property
     def z(self) -> float:
@@ -528,18 +536,29 @@ class Engine:
         self.last_abnormal[dst] = self.closed_at[dst] = -np.inf
         self.peak[dst] = 0.0
 
-    def reassign(self, moves: Iterable[tuple[SeriesKey, SeriesKey, SeriesKey | None]]) -> int:
+    def reassign(
+        self, now: float, moves: Iterable[tuple[SeriesKey, SeriesKey, SeriesKey | None]]
+    ) -> int:
         """Move re-tagged resources' costs between aggregates: per move, the resource (under
         its new key, after `rename` or `fork`), the aggregate it left and the one it joined
-        (a team). The collector moves the cost in one write, so without this the aggregate
-        joined stepped up by the resource's whole cost and paged (`day0_step`; from nothing
-        for a new team) with no cost changed. The one joined takes on the resource's history
-        (hourly means, levels, last value, highs and noise; a new one starts as the
-        resource's copy); the one left gives up its hourly means and levels and keeps its
-        highs and noise, which only makes it slower to alert until they age out. Returns the
-        aggregates changed. `joined` None: the resource left its group for none (its tag
-        removed)."""
+        (a team; None: none, its tag removed). The collector moves the cost in one write, so
+        without this the aggregate joined stepped up by the resource's whole cost and paged
+        (`day0_step`; from nothing for a new team) with no cost changed.
+
+        The one joined takes on the resource's history: hourly means, levels, last value,
+        highs (of values and of residuals) and noise, a new one as the resource's copy. The
+        one left gives up its hourly means, levels and value highs (the day's highs less
+        the resource's: a bound below the true ones, exact for a steady resource; kept, they
+        hid a real step of the team left for the RECORD_DAYS the highs last) and keeps its
+        noise. The baselines of both are recomputed at once. The team left may not open an
+        incident for REGROUP_SETTLE_S: the detector learns of the re-tag from the inventory,
+        which the collector commits before it writes the teams' totals, so for a cycle or
+        two it still reads the resource's cost (the team joined reads less than its new
+        baseline meanwhile, and is not held: a new instance whose tags come with a late
+        event joins its team from none, and a team launching instances every minute would
+        never alert). Returns the aggregates changed."""
         changed: set[int] = set()
+        settle: set[int] = set()
         for part, left, joined in moves:
             r = self._index.get(part)
             if r is None:
@@ -556,6 +575,11 @@ class Engine:
             if src is not None:
                 self._shift(r, src, -1.0)
                 changed.add(src)
+                settle.add(src)
+        if settle:
+            rows = np.fromiter(settle, dtype=np.int64)
+            self.settle_until[rows] = now + REGROUP_SETTLE_S
+            self.pending[rows] = np.nan
         if changed and self.hour is not None:
             self._refresh_record()
             self._refresh_baselines(self.hour)
@@ -563,7 +587,8 @@ class Engine:
 
     def _shift(self, r: int, row: int, sign: float) -> None:
         """Add (`sign` 1) or remove (-1) resource row `r`'s share of aggregate `row`. What is
-        unknown on either side stays as it was; no level goes below 0."""
+        unknown on the aggregate stays unknown, what is unknown of the resource counts as 0;
+        nothing goes below 0."""
 
         def add(name: str, part: Any) -> None:
             array = getattr(self, name)
@@ -575,12 +600,13 @@ class Engine:
             add("bucket_sum", self.bucket_sum[r] / self.bucket_cnt[r] * self.bucket_cnt[row])
         for name in ("recent", "prev", "level", "seen_min", "seen_max"):
             add(name, now if name.startswith("seen") else getattr(self, name)[r])
+        for name in ("day_vmax", "hour_vmax", "rec_vday", "hour_highs"):
+            add(name, getattr(self, name)[r])
         if sign > 0:
-            # Highs and noise only grow: the sum of two series' highs or noises bounds the
-            # highs or noise of their sum, so the aggregate is never made more sensitive.
-            for name in ("day_vmax", "hour_vmax", "rec_vday", "hour_highs"):
-                add(name, getattr(self, name)[r])
-            for name in ("resid", "resid_q", "jitter"):
+            # The sum of two series' residual highs or noises bounds those of their sum: the
+            # team joined is not made more sensitive by the resource's routine spikes. The
+            # team left keeps its own (they age out).
+            for name in ("day_rmax", "rec_rday", "resid", "resid_q", "jitter"):
                 add(name, getattr(self, name)[r])
 
     @property
@@ -1089,7 +1115,9 @@ class Engine:
         """Open the incidents whose rule has fired long enough and that the cooldown lets
         through; returns their rows and the mask (aligned with `i`)."""
         cfg = self.cfg
-        firing = verdicts.fire | verdicts.fire_down
+        # Right after a re-tag the team left may still read the resource's cost.
+        settled = now >= self.settle_until[i]
+        firing = (verdicts.fire | verdicts.fire_down) & settled
         # Minimum duration: a rule must have fired since `pending` for min_duration_s,
         # counting the interval the current value stands for.
         pend = self.pending[i]
@@ -1102,7 +1130,7 @@ class Engine:
         cooled = (now - self.closed_at[i] >= cfg.cooldown_s) | (np.abs(delta_now) > self.peak[i])
         # Would open now (OpenIncident.firing); a series without a value now does not.
         self.firing[: self.size] = False
-        self.firing[i] = verdicts.fire & lasted
+        self.firing[i] = verdicts.fire & lasted & settled
         opening = firing & lasted & cooled & ~self.is_open[i]
         rows = i[opening]
         self.is_open[rows] = True

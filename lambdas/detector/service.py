@@ -448,6 +448,9 @@ class Detector:
         self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
         # Resource label sets replaced by a re-tag -> when (see _follow_relabelled).
         self.superseded: dict[SeriesKey, float] = {}
+        # The labels the inventory gave resources changed since the previous cycle (the
+        # fast path's read), by (provider, resource_id): what they are now.
+        self._inventory_keys: dict[tuple[str, str], SeriesKey] = {}
         self._changes_since: datetime | None = None
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
@@ -571,14 +574,28 @@ class Detector:
         it under the old labels (its alert carries them; it resolves once that series is no
         longer read) and its state is copied to the new labels (`Engine.fork`), so a cost still
         high is reported there measured from its level before the episode: it used to start
-        afresh there, a step from nothing (`day0_step` from $0)."""
+        afresh there, a step from nothing (`day0_step` from $0).
+
+        A label set the inventory gives the resource again (a re-tag undone within the hold)
+        is its current one again, not a stale series: it was left out for the hold, with
+        its teams' shares where the first re-tag had moved them (a false step of the team
+        it came back to)."""
         self.superseded = {
             k: since for k, since in self.superseded.items() if now - since < RELABEL_HOLD_S
         }
+        back = {
+            k
+            for k in out.keys
+            if k in self.superseded and self._inventory_keys.get(_resource_identity(k)) == k
+        }
+        for k in back:
+            del self.superseded[k]
         fresh = [
             k
             for k in out.keys
-            if k.level == "resource" and k not in self.engine and k not in self.superseded
+            if k.level == "resource"
+            and (k not in self.engine or k in back)
+            and k not in self.superseded
         ]
         if fresh:
             # The label set read last: an older one stays known until evicted.
@@ -596,11 +613,20 @@ class Detector:
                         known[ident] = k
             moves: list[tuple[SeriesKey, SeriesKey, SeriesKey | None]] = []
             for key in fresh:
-                old = known.get(_resource_identity(key))
+                ident = _resource_identity(key)
+                now_key = self._inventory_keys.get(ident)
+                if now_key is not None and now_key != key:
+                    # A label set the inventory no longer gives it (re-tagged twice between
+                    # two cycles; VictoriaMetrics serves both): a stale series, held out.
+                    self.superseded[key] = now
+                    continue
+                old = known.get(ident)
                 if old is None or old == key:
                     continue
-                moved = self.engine.rename(old, key)
-                if moved or self.engine.fork(old, key):
+                # Back to labels still followed for the open incident they kept: resumed.
+                moved = key not in self.engine and self.engine.rename(old, key)
+                if moved or key in self.engine or self.engine.fork(old, key):
+                    known[ident] = key  # a second re-tag in the same read starts from it
                     self.superseded[old] = now
                     self.metrics.relabelled.inc()
                     moves += _regrouped(old, key, self.cfg.levels)
@@ -613,7 +639,7 @@ class Detector:
                         },
                     )
             # The collector moved its cost between the teams' totals in the same write.
-            self.engine.reassign(moves)
+            self.engine.reassign(now, moves)
         if self.superseded:
             kept = [n for n, k in enumerate(out.keys) if k not in self.superseded]
             if len(kept) < len(out.keys):
@@ -654,14 +680,7 @@ class Detector:
         except StoreError as exc:
             self._db_failed(exc)
             changed = []
-        for res in changed:
-            if selector_matches(self.cfg.selector, res.labels) is False:
-                continue
-            key = SeriesKey.of("resource", res.labels)
-            if res.usd_per_hour is None:  # unpriced: no run-rate series either
-                self.new_resources.pop(key, None)
-            else:  # the window starts again with every change
-                self.new_resources[key] = (res.usd_per_hour, now)
+        self._take_changes(now, changed)
         if not self.new_resources:
             return
         for key, (_, since_s) in list(self.new_resources.items()):
@@ -675,6 +694,30 @@ class Detector:
                 out.keys.append(key)
                 out.values.append(value)
         self.metrics.fast_path.inc(len(self.new_resources))
+
+    def _take_changes(self, now: float, changed: Iterable[store.InventoryResource]) -> None:
+        """The fast path's run-rates of the resources the inventory changed, and their
+        labels now (`_inventory_keys`)."""
+        self._inventory_keys = {}
+        # One label set per resource: after a re-tag its earlier one is no run-rate any more.
+        held = {_resource_identity(k): k for k in self.new_resources}
+        for res in changed:
+            # Another detector's resources: neither its run-rates nor its labels are ours
+            # (one re-tagged out of this one's selector is read at its old labels until
+            # VictoriaMetrics stops serving them, as without this path).
+            if selector_matches(self.cfg.selector, res.labels) is False:
+                continue
+            key = SeriesKey.of("resource", res.labels)
+            ident = _resource_identity(key)
+            self._inventory_keys[ident] = key
+            earlier = held.get(ident)
+            if earlier is not None and earlier != key:
+                self.new_resources.pop(earlier, None)
+            held[ident] = key
+            if res.usd_per_hour is None:  # unpriced: no run-rate series either
+                self.new_resources.pop(key, None)
+            else:  # the window starts again with every change
+                self.new_resources[key] = (res.usd_per_hour, now)
 
     def bootstrap(self, now: float) -> int:
         """Load hourly means of the last `bootstrap_hours` so baselines are warm at once."""

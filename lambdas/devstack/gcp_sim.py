@@ -441,6 +441,10 @@ class GcpSimulator:
             return
         project, zone = key.split("/")[1], key.split("/")[3]
         kind = key.split("/")[4]
+        if isinstance(request.get("labels"), dict):
+            # The audit log writes a map as a list of {key, value}, as real entries do.
+            labels = [{"key": k, "value": v} for k, v in request["labels"].items()]
+            request = {**request, "labels": labels}
         entry = {
             "protoPayload": {
                 "@type": "type.googleapis.com/google.cloud.audit.AuditLog",

@@ -27,6 +27,11 @@ CLOUDTRAIL_EVENTS = (
     "CreateDBInstance",
     "ModifyDBInstance",
     "DeleteDBInstance",
+    # Re-tags: a resource's cost belongs to the team its tags name now.
+    "CreateTags",
+    "DeleteTags",
+    "AddTagsToResource",
+    "RemoveTagsFromResource",
 )
 
 

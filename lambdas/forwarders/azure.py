@@ -40,6 +40,18 @@ ARM_READ_ACTIONS = (
     "Microsoft.Compute/disks/read",
 )
 ArmGet = Callable[[str], Mapping[str, Any] | None]
+# The Tags API (the portal's tag editor, `az tag update`) writes a resource's tags as its
+# sub-resource `<id>/providers/Microsoft.Resources/tags/default`: the event names that, and the
+# resource whose tags changed is its parent. Read by the collector's normaliser too.
+TAGS_SUFFIX = "/providers/microsoft.resources/tags/default"
+
+
+def tagged_parent(uri: str) -> str | None:
+    """The resource whose tags an event on its tags resource changed, else None."""
+    trimmed = uri.rstrip("/")
+    if trimmed.lower().endswith(TAGS_SUFFIX):
+        return trimmed[: -len(TAGS_SUFFIX)]
+    return None
 
 
 ARM_URL = "https://management.azure.com"
@@ -105,7 +117,7 @@ def handle_events(events: Any, forwarder: Forwarder, arm_get: ArmGet) -> Forward
             continue
         extra: dict[str, Any] = {}
         if event_type != "Microsoft.Resources.ResourceDeleteSuccess":
-            resource = arm_get(uri)
+            resource = arm_get(tagged_parent(uri) or uri)
             if resource is not None:
                 extra["resource"] = resource
         records.append(forwarder.envelope(event, **extra))

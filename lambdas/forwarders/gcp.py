@@ -1,6 +1,6 @@
 """GCP Cloud Function forwarder for Cloud Audit Log entries delivered by Pub/Sub (a log sink
-filtered to compute instances insert/delete/start/stop/setMachineType and disks
-insert/delete). The function receives the Pub/Sub CloudEvent's data:
+filtered to compute instances insert/delete/start/stop/setMachineType/setLabels and disks
+insert/delete/setLabels). The function receives the Pub/Sub CloudEvent's data:
 `{"message": {"data": "<base64 LogEntry>", "messageId": ...}, "subscription": ...}`."""
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ METHODS = (
     "compute.instances.setMachineType",
     "compute.disks.insert",
     "compute.disks.delete",
+    # Re-labels: a resource's cost belongs to the team its labels name now.
+    "compute.instances.setLabels",
+    "compute.disks.setLabels",
 )
 
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lambdas.detector import core
 from lambdas.detector.config import DetectionConfig, SeriesKey
 from lambdas.detector.core import (
     HOUR_S,
@@ -915,7 +916,7 @@ def test_a_re_tag_moves_the_resource_s_history_between_its_teams(
         assert out == []
     assert engine.rename(old, new)
     if reassign:
-        assert engine.reassign([(new, web, _team(joined))]) == 2
+        assert engine.reassign(T0 + days * 24 * HOUR_S, [(new, web, _team(joined))]) == 2
 
     def after(h: int, step: float = 0.0) -> list[Transition]:
         """Hour `h` after the re-tag: the resource's cost in the team it joined."""
@@ -933,6 +934,99 @@ def test_a_re_tag_moves_the_resource_s_history_between_its_teams(
     # The team it joined is watched as before: a real step there opens.
     out = after((days + 2) * 24, step=80.0)
     assert [(t.kind, t.key) for t in out] == [("opened", _team(joined))]
+
+
+@pytest.mark.parametrize("settle", [True, False])
+def test_a_re_tag_read_before_the_teams_totals_move_opens_nothing(
+    monkeypatch: pytest.MonkeyPatch, settle: bool
+) -> None:
+    """Review finding: the detector learns of a re-tag from the inventory (the fast path),
+    which the collector commits before it writes the teams' totals, so for a cycle or two
+    the team left still reads the resource's cost against its moved baseline: a false step.
+    The teams a re-tag changed may not open for REGROUP_SETTLE_S (the control, without it,
+    opens). Afterwards the team left is watched at its new level: its value highs moved down
+    with it (kept, they hid the step below, under the day-0 record, for RECORD_DAYS)."""
+    if not settle:
+        monkeypatch.setattr(core, "REGROUP_SETTLE_S", 0.0)
+    old, new = (SeriesKey.of("resource", {**RETAG_LABELS, "team": t}) for t in ("web", "data"))
+    web, data = _team("web"), _team("data")
+    # Four days of history: young teams, judged by the day-0 rule and its record.
+    engine = Engine(DetectionConfig(daily_min_days=7))
+    rng = np.random.default_rng(3)
+    hours = 4 * 24
+    history = np.vstack([lv * (1 + rng.normal(0, 0.01, hours)) for lv in (40.0, 140.0, 60.0)])
+    engine.seed_history(engine.index_of([old, web, data]), int(T0 // HOUR_S), history)
+    t = float(T0 + hours * HOUR_S)
+
+    def cycles(keys: list[SeriesKey], values: list[float], n: int = 1) -> list[Transition]:
+        nonlocal t
+        out = []
+        for _ in range(n):
+            out += [
+                x for x in engine.observe(t, engine.index_of(keys), values) if x.kind == "opened"
+            ]
+            t += 3.0
+        return out
+
+    assert cycles([old, web, data], [40.0, 140.0, 60.0], 20) == []
+    assert engine.rename(old, new)
+    engine.reassign(t, [(new, web, data)])
+    # Two cycles with the teams' totals not moved yet, then moved.
+    raced = cycles([new, web, data], [40.0, 140.0, 60.0], 2)
+    raced += cycles([new, web, data], [40.0, 100.0, 100.0], 30)
+    if not settle:
+        assert [x.key for x in raced] == [web]
+        return
+    assert raced == []
+    [step] = cycles([new, web, data], [40.0, 130.0, 100.0])
+    assert (step.key, step.rule) == (web, "day0_step")
+    assert step.expected == pytest.approx(100.0, rel=0.05)
+
+
+def test_only_the_team_left_is_held_after_a_re_tag() -> None:
+    """Review finding: holding every team a re-tag touched kept a team that gains a resource
+    every minute from ever alerting (an EC2 instance's tags arrive with a late CloudTrail
+    event, so each new instance joins its team from none, and a runaway scale-out is that
+    case). The team joined reads less than its new baseline until the collector's write
+    lands, so it needs no hold: a real step there opens at once."""
+    untagged = SeriesKey.of("resource", {**RETAG_LABELS, "team": ""})
+    tagged = SeriesKey.of("resource", RETAG_LABELS)
+    web = _team("web")
+    engine = Engine(DetectionConfig(day0_window_s=1e9))
+    for n in range(5):
+        engine.observe(T0 + 3 * n, engine.index_of([untagged, web]), [40.0, 100.0])
+    assert engine.rename(untagged, tagged)
+    # Left: the unassigned group, which is not a series; joined: web.
+    assert engine.reassign(T0 + 15, [(tagged, _team(""), web)]) == 1
+    out = engine.observe(T0 + 18, engine.index_of([tagged, web]), [40.0, 300.0])
+    assert [(t.kind, t.key) for t in out] == [("opened", web)]
+
+
+def test_a_re_tagged_resource_s_routine_spikes_do_not_page_the_team_it_joined() -> None:
+    """Review finding: the team joined took on the resource's value highs but not its
+    residual ones, which gate the seasonal rule: the resource's daily batch (20 minutes at
+    three times its cost) opened seasonal incidents on that team (here on the day of the
+    move; in the review's run at 1-minute data, four in a week). Nothing opens there now."""
+    old, new = (SeriesKey.of("resource", {**RETAG_LABELS, "team": t}) for t in ("web", "data"))
+    web, data = _team("web"), _team("data")
+    engine = Engine(DetectionConfig())
+    rng = np.random.default_rng(5)
+    day, step = 86400, 300
+    opened = []
+    for t in range(T0, T0 + 14 * day, step):
+        batch = 9 * 3600 <= t % day < 9 * 3600 + 20 * 60
+        resource = 20.0 * (3.0 if batch else 1.0) * (1 + rng.normal(0, 0.02))
+        w, d = (lv * (1 + rng.normal(0, 0.01)) for lv in (100.0, 60.0))
+        if t == T0 + 10 * day:
+            assert engine.rename(old, new)
+            engine.reassign(t, [(new, web, data)])
+        if t < T0 + 10 * day:
+            keys, values = [old, web, data], [resource, w + resource, d]
+        else:
+            keys, values = [new, web, data], [resource, w, d + resource]
+        out = engine.observe(t, engine.index_of(keys), values)
+        opened += [(x.key, (x.at - T0) // day) for x in out if x.kind == "opened"]
+    assert [day_ for key, day_ in opened if key == data] == []
 
 
 def test_rename_carries_a_series_state_to_its_new_labels_unless_an_incident_is_open() -> None:

@@ -6,11 +6,13 @@ them, so tests running in parallel against the shared services never see each ot
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,8 +26,8 @@ from psycopg.types.json import Jsonb
 
 from lambdas import contract
 from lambdas.alerting.config import AlertRoutingSettings, render_alertmanager_config
-from lambdas.collector.core import Labels, Rollups, resource_lines
-from lambdas.collector.model import Resource
+from lambdas.collector.core import Applied, Labels, Rollups, resource_lines
+from lambdas.collector.model import Resource, change_of
 from lambdas.common.vm import Sample, VictoriaMetrics
 from lambdas.detector.alerts import Alertmanager, fingerprint
 from lambdas.detector.config import DetectionConfig, SeriesKey
@@ -35,6 +37,7 @@ from lambdas.detector.rules import Budget, RulesSettings, render_vmalert_rules
 from lambdas.detector.service import Detector, DetectorSettings
 from lambdas.ingest.exposition import body
 from lambdas.store import anomalies as store
+from lambdas.store.inventory import write_batch
 from tests.routing.helpers import alertmanager_process
 from tests.support.procs import free_port, http_ready, running
 
@@ -991,23 +994,31 @@ def test_a_detector_killed_in_an_outage_leaves_its_queue_to_the_next_one(
 
 
 def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
-    detector: Detector, account: Account, vm_url: str
+    detector: Detector, account: Account, vm_url: str, pg_dsn: str
 ) -> None:
-    """Review finding: the resource was followed under its new labels, but its teams were
-    not. The collector (its own `Rollups`, as its service writes them) moves a re-tagged
-    resource's cost from one team's total to the other's in one write: the team it joined
-    stepped up by the whole cost and was reported (`day0_step`), and, while the collector
-    wrote only the group joined, the account and service read the resource twice until the
-    next heartbeat. Now nothing opens at any level; a real step afterwards is reported at the
-    resource, under its new team."""
+    """Review findings: the resource was followed under its new labels, but its teams were
+    not. The collector moves a re-tagged resource's cost from one team's total to the
+    other's in one write: the team it joined stepped up by the whole cost and was reported
+    (`day0_step`), and, while the collector wrote only the group joined, the account and
+    service read the resource twice until the next heartbeat. Written here in the
+    collector's order with its own code: the inventory row and change event committed
+    (`inventory.write_batch`, which the detector's fast path reads), a cycle, and only then
+    the series (`Rollups.apply`), so the detector learns of the re-tag before the teams'
+    totals move. Nothing opens at any level, also when the re-tag is undone minutes later
+    (the label set it returns to was held out as a stale series, its team stepped up) or
+    re-tagged twice between two cycles (the second new label set was taken for a new
+    resource, a step from nothing); a real step afterwards is reported at the resource,
+    under its team."""
     rollups = Rollups(Labels(contract.TAG_LABELS))
-    teams = {"web": f"{account.team}-web", "data": f"{account.team}-data"}
+    teams = {t: f"{account.team}-{t}" for t in ("web", "data", "ops", "batch")}
     costs = {"i-moves": 40.0, "i-stays": 60.0}
     tags = {"i-moves": teams["web"], "i-stays": teams["data"]}
+    rows: list[Resource] = []
 
-    def write() -> None:
+    def commit() -> None:
         now = datetime.now(UTC)
-        rows = [
+        before = {r.resource_id: r.usd_per_hour for r in rows}
+        rows[:] = [
             Resource(
                 provider="aws",
                 resource_id=rid,
@@ -1021,13 +1032,30 @@ def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
                 state="running",
                 tags={"team": tags[rid], "env": "prod"},
                 usd_per_hour=cost,
-                last_event_id=f"ev-{rid}-{now.timestamp()}",
+                last_event_id=f"ev-{rid}-{uuid.uuid4().hex}",
                 last_event_time=now,
             )
             for rid, cost in costs.items()
         ]
+        applied = [
+            Applied(
+                change_of(r, r.last_event_id, "CreateTags", now, tags=r.tags),
+                before.get(r.resource_id, r.usd_per_hour),  # there before the test
+                r.usd_per_hour,
+                False,
+            )
+            for r in rows
+        ]
+
+        async def write() -> None:
+            async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+                await write_batch(conn, {r.key: r for r in rows}, applied, now)
+
+        asyncio.run(write())
+
+    def publish() -> None:
         placed, groups = rollups.apply(rows)
-        ts = int(now.timestamp() * 1000)
+        ts = int(time.time() * 1000)
         lines = [
             ln
             for r in rows
@@ -1039,8 +1067,8 @@ def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
             resp.read()
 
     def team_total(team: str) -> float | None:
-        rows = account.vm.query(f'sum({ROLLUP}{{team="{team}",basis="list"}})')
-        return float(rows[0]["value"][1]) if rows else None
+        found = account.vm.query(f'sum({ROLLUP}{{team="{team}",basis="list"}})')
+        return float(found[0]["value"][1]) if found else None
 
     def served() -> bool:
         moved = account.vm.query(f'{RESOURCE}{{resource_id="i-moves",team="{tags["i-moves"]}"}}')
@@ -1048,26 +1076,44 @@ def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
             costs["i-stays"] if tags["i-moves"] == teams["data"] else 0.0
         )
 
+    def opened(cycles: int) -> list[Transition]:
+        return [t for _ in range(cycles) for t in detector.cycle(time.time()) if t.kind == "opened"]
+
     for _ in range(3):
-        write()
+        commit()
+        publish()
         wait_for(served, "the resources and their teams")
-        assert detector.cycle(time.time()) == []
-    tags["i-moves"] = teams["data"]
-    for _ in range(4):
-        write()
-        wait_for(served, "the re-tagged resource and its new team's total")
-        assert [t for t in detector.cycle(time.time()) if t.kind == "opened"] == []
-    assert detector.metrics.relabelled._value.get() == 1
-    assert team_total(teams["web"]) == 0.0
+        assert opened(1) == []
+    for team, relabelled in (("data", 1), ("web", 2)):  # re-tagged, then undone
+        tags["i-moves"] = teams[team]
+        commit()
+        assert opened(1) == []  # the teams' totals not moved yet
+        publish()
+        wait_for(served, "the re-tagged resource and its team's total")
+        assert opened(3) == []
+        assert detector.metrics.relabelled._value.get() == relabelled
+    # Re-tagged twice between two cycles: VictoriaMetrics serves both new label sets, the
+    # inventory says which is current.
+    for team in ("ops", "batch"):
+        tags["i-moves"] = teams[team]
+        commit()
+        publish()
+    wait_for(served, "the twice re-tagged resource and its team's total")
+    passed = f'{RESOURCE}{{resource_id="i-moves",team="{teams["ops"]}"}}'
+    wait_for(lambda: account.vm.query(passed), "the label set it had in between")
+    assert opened(3) == []
+    assert detector.metrics.relabelled._value.get() == 3
+    assert team_total(teams["data"]) == costs["i-stays"]
     assert detector.reports == {}
 
     costs["i-moves"] = 100.0
-    write()
+    commit()
+    publish()
     wait_for(served, "the step")
     detector.cycle(time.time())
     [report] = detector.reports.values()
     assert (report.key.level, report.labels["resource_id"]) == ("resource", "i-moves")
-    assert report.labels["team"] == teams["data"]
+    assert report.labels["team"] == teams["batch"]
     assert report.delta == pytest.approx(60.0)
 
 

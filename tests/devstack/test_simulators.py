@@ -370,7 +370,7 @@ def test_gcp_audit_entries_reach_the_collector_through_the_real_forwarder(
     assert change.region_id == "us-central1" and change.sub_account_id == "shop-test1"
 
     user.call("POST", "/instances/api-1/stop")
-    # setLabels is not in the sink's filter: no entry; stop is.
+    # A re-label is in the sink's filter too: the instance leaves its team.
     inst = user.instance("api-1")
     user.call(
         "POST",
@@ -378,9 +378,11 @@ def test_gcp_audit_entries_reach_the_collector_through_the_real_forwarder(
         {"labels": {"env": "dev"}, "labelFingerprint": inst["labelFingerprint"]},
     )
     _deliver_all(sim)
-    assert len(collector.records) == 2
-    [change] = normalize(collector.records[-1])
-    assert change.state == "stopped"
+    assert len(collector.records) == 3
+    [stopped] = normalize(collector.records[1])
+    assert stopped.state == "stopped"
+    [relabelled] = normalize(collector.records[2])
+    assert (relabelled.tags, relabelled.state) == ({"env": "dev"}, None)
     assert user.instance("api-1")["status"] == "TERMINATED"
 
 

@@ -434,12 +434,15 @@ async def test_all_three_providers_and_gzip(
     )
 
 
+@pytest.mark.parametrize("through", ["vm-write", "tags-api"])
 async def test_a_re_tag_moves_the_cost_from_one_group_to_the_other_in_one_write(
-    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str, through: str
 ) -> None:
     """Review finding: a re-tag wrote the total of the group the resource joined but not of
     the one it left, which counted it until the next heartbeat (no heartbeat runs here): the
-    account and its service read the resource twice, a step up the detector paged."""
+    account and its service read the resource twice, a step up the detector paged. The re-tag
+    is a write of the VM, or of its tags resource through the Tags API (the portal's tag
+    editor), which used to be ignored."""
     acct = f"acct-{uid}"
     await collector.post([record("azure", event("azure_vm_write"), acct, resource=event("arm_vm"))])
     [(price,)] = rows(collector.dsn, "select usd_per_hour::float8 from resource_inventory")
@@ -447,12 +450,39 @@ async def test_a_re_tag_moves_the_cost_from_one_group_to_the_other_in_one_write(
     await wait_for(vm, f'{ROLLUP}{{{sel},team="web"}}', price)
     retag, arm = event("azure_vm_write"), event("arm_vm")
     retag.update(id="8a2c6c1b-0001-4a4e-9e5f-000000000099", eventTime="2026-11-27T09:05:00Z")
+    if through == "tags-api":
+        tags_uri = retag["data"]["resourceUri"] + "/providers/Microsoft.Resources/tags/default"
+        retag["data"]["resourceUri"] = retag["subject"] = tags_uri
     arm["tags"] = {"team": "data", "env": "prod"}
     _, body = await collector.post([record("azure", retag, acct, resource=arm)])
     assert body["accepted"] == 1
     await wait_for(vm, f'{ROLLUP}{{{sel},team="data"}}', price)
     await wait_for(vm, f'{ROLLUP}{{{sel},team="web"}}', 0.0)
     await wait_for(vm, f"sum({ROLLUP}{{{sel}}})", price)
+
+
+async def test_an_aws_re_tag_moves_the_instance_s_cost_to_its_new_team(
+    collector: Collector, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    """CreateTags (the EventBridge rule now selects it) moves the instance's cost from the
+    team it had to the one it has now; the event is recorded with the run-rate unchanged."""
+    acct = f"acct-{uid}"
+    await collector.post(aws_records(event, acct, "run"))
+    sel = f'billing_account_id="{acct}",basis="list"'
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="payments"}}', 0.096)
+    _, body = await collector.post([record("aws", event("aws_create_tags"), acct)])
+    # The volume in the same call is not in the inventory: it starts as an unpriced row.
+    assert body["accepted"] == 2 and body["rejected"] == []
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="data"}}', 0.096)
+    await wait_for(vm, f'{ROLLUP}{{{sel},team="payments"}}', 0.0)
+    await wait_for(vm, f'{RATE}{{{sel},resource_id="i-0aaa1111bbbb2222c",team="data"}}', 0.096)
+    assert rows(
+        collector.dsn,
+        "select tags, usd_per_hour_before::float8, usd_per_hour_after::float8"
+        " from resource_events where action = 'CreateTags' and resource_id = 'i-0aaa1111bbbb2222c'",
+    ) == [({"team": "data", "env": "prod", "cost-center": "cc-42"}, 0.096, 0.096)]
+    await collector.post([record("aws", event("aws_delete_tags"), acct)])
+    await wait_for(vm, f'{ROLLUP}{{{sel},team=""}}', 0.096)
 
 
 async def test_heartbeat_reemits_and_reconciled_basis_follows_factors(

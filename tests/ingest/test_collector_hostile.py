@@ -145,8 +145,11 @@ FIXTURES = [
     ("aws", "aws_run_instances"),
     ("aws", "aws_create_volume"),
     ("aws", "aws_ec2_state_change"),
+    ("aws", "aws_create_tags"),
+    ("aws", "aws_remove_tags_from_resource"),
     ("azure", "azure_vm_write"),
     ("gcp", "gcp_instances_insert"),
+    ("gcp", "gcp_instances_set_labels"),
 ]
 
 
@@ -166,3 +169,23 @@ def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
     with contextlib.suppress(EventRejected, EventIgnored):
         for change in normalize(rec):
             check_change(change, ChangeLimits(), change.event_time)
+
+
+@pytest.mark.parametrize(
+    ("tag_set", "reason", "detail"),
+    [
+        ([{"key": f"k{i}", "value": "v"} for i in range(100)], "too_many_tags", "100 tags exceed"),
+        ([{"key": "team", "value": "t" * 1_000_000}], "value_too_long", "tag 'team' has 1000004"),
+        ([{"key": "t" * 2000}], "value_too_long", "has 2000 characters"),
+    ],
+)
+def test_a_re_tag_beyond_the_limits_is_refused(
+    event: Event, tag_set: list[dict[str, str]], reason: str, detail: str
+) -> None:
+    """The tags a re-tag sets (or removes) are held to the limits of a creation's tags."""
+    ev = event("aws_create_tags")
+    ev["detail"]["requestParameters"]["tagSet"]["items"] = tag_set
+    for change in normalize({"provider": "aws", "event": ev}):
+        with pytest.raises(EventRejected, match=detail) as info:
+            check_change(change, ChangeLimits(), change.event_time)
+        assert info.value.reason == reason

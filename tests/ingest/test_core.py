@@ -97,6 +97,49 @@ def test_a_batch_is_applied_in_event_time_order_whatever_the_arrival_order() -> 
     assert not any(a.stale for a in applied)
 
 
+def test_tag_changes_set_and_remove_tags_and_an_older_one_only_fills_in() -> None:
+    run = ch("run", 0, state="running", sku="m5.large", tags={"team": "web", "env": "prod"})
+    rows, _ = apply_changes({}, [run], BOOK)
+    rows, applied = apply_changes(rows, [ch("tag", 5, tag_changes={"team": "data"})], BOOK)
+    assert rows[("aws", "i-1")].tags == {"team": "data", "env": "prod"}
+    assert (applied[0].usd_before, applied[0].usd_after) == (0.096, 0.096)
+    rows, _ = apply_changes(rows, [ch("untag", 10, tag_changes={"env": None})], BOOK)
+    assert rows[("aws", "i-1")].tags == {"team": "data"}
+    # Delivered late (CloudTrail is minutes behind, and other events overtake it): it does
+    # not undo the newer tag, it adds the one the resource does not have.
+    late = ch("late", 3, tag_changes={"team": "old", "owner": "bob"})
+    rows, _ = apply_changes(rows, [late], BOOK)
+    assert rows[("aws", "i-1")].tags == {"team": "data", "owner": "bob"}
+    # The resource's first event may be a re-tag (created before the collector ran).
+    rows, _ = apply_changes(
+        {}, [ch("first", 0, rid="i-2", tag_changes={"team": "x", "y": None})], BOOK
+    )
+    assert rows[("aws", "i-2")].tags == {"team": "x"}
+
+
+def test_an_older_full_tag_set_does_not_bring_back_a_removed_tag() -> None:
+    """Review finding: events that carry the whole tag set (a creation, an ARM read-back, a
+    GCP setLabels) arrive out of order too; an older one must not bring back a tag a newer
+    one removed (the resource stayed in its old team)."""
+    rows, _ = apply_changes(
+        {}, [ch("a", 0, state="running", sku="m5.large", tags={"team": "web", "env": "p"})], BOOK
+    )
+    rows, _ = apply_changes(rows, [ch("b", 10, tags={"env": "p"})], BOOK)
+    rows, _ = apply_changes(rows, [ch("c", 5, tags={"team": "data", "env": "p"})], BOOK)
+    assert rows[("aws", "i-1")].tags == {"env": "p"}
+
+
+def test_a_re_tag_before_the_creation_event_leaves_nothing_unknown() -> None:
+    """Review finding: a re-tag that arrives before the resource's creation event made a
+    row of unknown state, which the older creation could not fill in: unpriced for good."""
+    rows, _ = apply_changes({}, [ch("tag", 5, tag_changes={"team": "data"})], BOOK)
+    assert (rows[("aws", "i-1")].state, rows[("aws", "i-1")].usd_per_hour) == ("unknown", None)
+    run = ch("run", 0, state="running", sku="m5.large", tags={"team": "web", "env": "p"})
+    rows, _ = apply_changes(rows, [run], BOOK)
+    row = rows[("aws", "i-1")]
+    assert (row.state, row.usd_per_hour, row.tags) == ("running", 0.096, {"team": "data"})
+
+
 def test_a_re_tagged_resource_s_old_group_is_written_with_the_new_one() -> None:
     """Review finding: only the group a re-tagged resource joined was written, so the group it
     left kept counting it until the next heartbeat (15 s) and its account and service read

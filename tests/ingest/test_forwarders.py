@@ -75,21 +75,14 @@ def test_aws_forwards_eventbridge_and_sqs_batches(event: Event) -> None:
     assert dict(result.dropped) == {"unreadable_sqs_record": 1, "not_a_lifecycle_event": 1}
 
 
-def test_aws_event_pattern_lists_every_required_call() -> None:
+def test_aws_event_pattern_selects_every_cloudtrail_call_the_collector_reads() -> None:
+    """Both lists name the same calls: one the collector reads but EventBridge does not
+    deliver is never seen (the re-tags, CreateTags and the others, were neither)."""
+    from lambdas.collector.normalize import _CLOUDTRAIL
+
     names = aws.event_pattern()["$or"][1]["detail"]["eventName"]
-    assert set(names) >= {
-        "RunInstances",
-        "StartInstances",
-        "StopInstances",
-        "TerminateInstances",
-        "ModifyInstanceAttribute",
-        "CreateVolume",
-        "ModifyVolume",
-        "DeleteVolume",
-        "CreateDBInstance",
-        "ModifyDBInstance",
-        "DeleteDBInstance",
-    }
+    assert set(names) == set(_CLOUDTRAIL)
+    assert {"CreateTags", "DeleteTags", "AddTagsToResource", "RemoveTagsFromResource"} <= set(names)
 
 
 def test_azure_enriches_writes_skips_deletes_and_answers_validation(event: Event) -> None:
@@ -129,6 +122,26 @@ def test_azure_enriches_writes_skips_deletes_and_answers_validation(event: Event
     assert azure.handle_http(b"{", forwarder("azure", Recorder()), arm_get)[0] == 400
 
 
+def test_azure_reads_the_resource_whose_tags_the_tags_api_wrote(event: Event) -> None:
+    """A re-tag through the Tags API names the VM's tags sub-resource, which ARM cannot read
+    as a VM: the forwarder reads the VM itself, whose tags the collector then takes."""
+    rec = Recorder()
+    arm_calls: list[str] = []
+
+    def arm_get(uri: str) -> dict[str, Any]:
+        arm_calls.append(uri)
+        return event("arm_vm")
+
+    ev = event("azure_vm_write")
+    vm = ev["data"]["resourceUri"]
+    ev["data"]["resourceUri"] = ev["subject"] = vm + "/providers/Microsoft.Resources/tags/default"
+    status, resp = azure.handle_http(json.dumps([ev]).encode(), forwarder("azure", rec), arm_get)
+    assert (status, resp["sent"], arm_calls) == (200, 1, [vm])
+    [sent] = [r for c in rec.calls for r in c[1]]
+    assert sent["resource"]["tags"] == {"team": "web", "env": "prod"}
+    assert azure.tagged_parent(vm) is None
+
+
 def test_gcp_decodes_pubsub_and_drops_unreadable(event: Event) -> None:
     rec = Recorder()
     data = base64.b64encode(json.dumps(event("gcp_instances_insert")).encode()).decode()
@@ -152,6 +165,14 @@ def test_gcp_decodes_pubsub_and_drops_unreadable(event: Event) -> None:
     ]:
         assert dict(gcp.handle(bad, forwarder("gcp", Recorder())).dropped) == {reason: 1}
     assert "compute.instances.setMachineType" in gcp.log_sink_filter()
+
+
+def test_gcp_sink_filter_selects_every_method_the_collector_reads() -> None:
+    from lambdas.collector.normalize import GCP_METHODS
+
+    assert set(gcp.METHODS) == set(GCP_METHODS)
+    for method in GCP_METHODS:
+        assert f'protoPayload.methodName:"{method}"' in gcp.log_sink_filter()
 
 
 def test_retries_with_backoff_then_gives_up(event: Event) -> None:

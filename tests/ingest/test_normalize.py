@@ -253,16 +253,52 @@ def test_failed_api_calls_and_irrelevant_events_are_ignored(event: Event) -> Non
         normalize({"provider": "aws", "event": other})
 
 
-@pytest.mark.parametrize(
-    "tail", ["/extensions/CustomScript", "/providers/Microsoft.Resources/tags/default"]
-)
-def test_an_azure_sub_resource_event_is_not_a_vm(event: Event, tail: str) -> None:
-    """An extension's write, or the VM's tags resource: no phantom unpriced VM row named
-    `.../web-1/extensions/...`, no change to the VM's own row."""
+def test_an_azure_sub_resource_event_is_not_a_vm(event: Event) -> None:
+    """An extension's write: no phantom unpriced VM row named `.../web-1/extensions/...`, no
+    change to the VM's own row."""
     ev = event("azure_vm_write")
-    ev["data"]["resourceUri"] = ev["subject"] = ev["data"]["resourceUri"] + tail
+    ev["data"]["resourceUri"] = ev["subject"] = ev["data"]["resourceUri"] + "/extensions/Script"
     with pytest.raises(EventIgnored, match="sub-resource"):
         normalize({"provider": "azure", "event": ev})
+
+
+def _tags_resource(ev: dict[str, Any], scope: str | None = None) -> dict[str, Any]:
+    """The event as the Tags API raises it: on the resource's tags sub-resource."""
+    base = scope or ev["data"]["resourceUri"]
+    ev["data"]["resourceUri"] = ev["subject"] = base + "/providers/Microsoft.Resources/tags/default"
+    ev["data"]["operationName"] = "Microsoft.Resources/tags/write"
+    return ev
+
+
+def test_an_azure_re_tag_through_the_tags_api_is_the_vm_s_change(event: Event) -> None:
+    """The portal's tag editor and `az tag update` write the VM's tags resource, which used
+    to be ignored as a sub-resource: the VM's cost stayed with its old team. The forwarder
+    reads the VM itself back; its tags are the VM's now."""
+    arm_vm = event("arm_vm")
+    arm_vm["tags"] = {"team": "data", "env": "prod"}
+    ev = _tags_resource(event("azure_vm_write"))
+    [vm] = normalize({"provider": "azure", "event": ev, "resource": arm_vm})
+    assert (vm.resource_id, vm.tags, vm.sku, vm.state) == (
+        VM,
+        {"team": "data", "env": "prod"},
+        "Standard_D2s_v3",
+        "running",
+    )
+    # Without the read-back nothing says what the tags are.
+    with pytest.raises(EventIgnored, match="could not be read back"):
+        normalize({"provider": "azure", "event": ev})
+    # `az tag delete`: all tags removed, the VM itself untouched.
+    gone = _tags_resource(event("azure_vm_delete"))
+    [vm] = normalize({"provider": "azure", "event": gone})
+    assert (vm.resource_id, vm.tags, vm.state) == (VM, {}, None)
+    # The tags of a resource group or a subscription: nothing priced.
+    group = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg-web"
+    for ev in (
+        _tags_resource(event("azure_vm_write"), group),
+        _tags_resource(event("azure_vm_delete"), group),
+    ):
+        with pytest.raises(EventIgnored, match="resource group or subscription"):
+            normalize({"provider": "azure", "event": ev, "resource": {"tags": {}}})
 
 
 def _mutate(
@@ -504,3 +540,133 @@ def test_gcp_boot_image_project(
     ev["protoPayload"]["request"]["disks"] = [{"boot": True, **boot_disk}]
     [change] = normalize({"provider": "gcp", "event": ev})
     assert change.attributes.get("image_project") == project
+
+
+def test_re_tags_carry_the_tags_set_and_removed_on_instances_volumes_and_databases(
+    event: Event,
+) -> None:
+    """AWS re-tags are events of their own (CreateTags, DeleteTags; RDS AddTagsToResource,
+    RemoveTagsFromResource) that name only the tags changed: without them a re-tagged
+    resource's cost stayed with its old team for good."""
+    instance, volume = normalize({"provider": "aws", "event": event("aws_create_tags")})
+    assert [(c.resource_id, c.resource_type) for c in (instance, volume)] == [
+        ("i-0aaa1111bbbb2222c", "Instance"),
+        ("vol-0123456789abcdef0", "Volume"),
+    ]  # the security group in the same call has no run-rate
+    assert instance.tag_changes == volume.tag_changes == {"team": "data", "cost-center": "cc-42"}
+    assert (instance.tags, instance.state, instance.sku) == (None, None, None)
+    assert instance.actor == ALICE
+    assert instance.event_id != volume.event_id
+    [gone] = normalize({"provider": "aws", "event": event("aws_delete_tags")})
+    assert gone.tag_changes == {"team": None}
+    [db] = normalize({"provider": "aws", "event": event("aws_add_tags_to_resource")})
+    assert (db.resource_id, db.service_name, db.tag_changes) == (
+        DB,
+        "Amazon Relational Database Service",
+        {"team": "data"},
+    )
+    [db] = normalize({"provider": "aws", "event": event("aws_remove_tags_from_resource")})
+    assert db.tag_changes == {"env": None}
+
+
+def test_re_tags_of_resources_without_a_run_rate_are_ignored(event: Event) -> None:
+    ev = event("aws_create_tags")
+    ev["detail"]["requestParameters"]["resourcesSet"]["items"] = [{"resourceId": "ami-0abc"}]
+    with pytest.raises(EventIgnored, match="no instance or volume"):
+        normalize({"provider": "aws", "event": ev})
+    ev = event("aws_add_tags_to_resource")
+    ev["detail"]["requestParameters"]["resourceName"] = (
+        "arn:aws:rds:us-east-1:111122223333:snapshot:orders-2026-11-27"
+    )
+    with pytest.raises(EventIgnored, match="snapshot that is no DB instance"):
+        normalize({"provider": "aws", "event": ev})
+
+
+@pytest.mark.parametrize(
+    ("fixture", "request_change", "message"),
+    [
+        ("aws_create_tags", {"tagSet": {"items": [{"value": "x"}]}}, "a tag without a key"),
+        ("aws_create_tags", {"tagSet": {"items": [{"key": ""}]}}, "a tag without a key"),
+        ("aws_create_tags", {"tagSet": {}}, "no tags"),
+        ("aws_create_tags", {"resourcesSet": {}}, "no resource id"),
+        ("aws_add_tags_to_resource", {"tags": [{"key": 7, "value": "x"}]}, "a tag without a key"),
+        ("aws_add_tags_to_resource", {"resourceName": None}, "no resource id"),
+        ("aws_remove_tags_from_resource", {"tagKeys": []}, "no tagKeys"),
+        ("aws_remove_tags_from_resource", {"tagKeys": "env"}, "no tagKeys"),
+    ],
+)
+def test_malformed_re_tags_are_rejected_with_a_reason(
+    fixture: str, request_change: dict[str, Any], message: str, event: Event
+) -> None:
+    ev = event(fixture)
+    ev["detail"]["requestParameters"].update(request_change)
+    with pytest.raises(EventRejected, match=message) as info:
+        normalize({"provider": "aws", "event": ev})
+    assert info.value.reason == "missing_field"
+
+
+def test_gcp_labels_as_the_audit_log_writes_them_and_a_relabel(event: Event) -> None:
+    """A public setLabels audit entry writes the request's labels as a list of {key, value},
+    which was read as no labels at all (for a creation too: the instance had no team). And
+    setLabels, which replaces the whole label set, moves it to its new team."""
+    entry = event("gcp_instances_insert")
+    labels = entry["protoPayload"]["request"]["labels"]
+    entry["protoPayload"]["request"]["labels"] = [{"key": k, "value": v} for k, v in labels.items()]
+    [inst] = normalize({"provider": "gcp", "event": entry})
+    assert inst.tags == {"team": "api", "env": "prod"}
+    [relabel] = normalize({"provider": "gcp", "event": event("gcp_instances_set_labels")})
+    assert (relabel.resource_id, relabel.tags, relabel.state, relabel.sku) == (
+        GCP_VM,
+        {"team": "data", "env": "prod"},
+        None,
+        None,
+    )
+    cleared = event("gcp_instances_set_labels")
+    del cleared["protoPayload"]["request"]["labels"]
+    assert normalize({"provider": "gcp", "event": cleared})[0].tags == {}
+    broken = event("gcp_instances_set_labels")
+    broken["protoPayload"]["request"]["labels"] = [{"value": "data"}]
+    with pytest.raises(EventRejected, match="a label without a key"):
+        normalize({"provider": "gcp", "event": broken})
+
+
+def test_a_tag_without_a_value_is_empty_not_the_word_none(event: Event) -> None:
+    """Review finding: an RDS tag with an empty value (`"value": null` or absent) was stored
+    as "None", so the database landed in a team named "None"."""
+    ev = event("aws_create_db_instance")
+    ev["detail"]["requestParameters"]["tags"] = [{"key": "team"}, {"key": "env", "value": None}]
+    [db] = normalize({"provider": "aws", "event": ev})
+    assert db.tags == {"team": "", "env": ""}
+
+
+def test_re_tag_edge_cases_from_review(event: Event) -> None:
+    """Review findings: a GCP setLabels' completion entry (logged later, without the
+    request) wiped every label; `delete-tags` without tags (all of them) was refused; a
+    mixed-case RDS identifier made a second row; an Azure resource read back without
+    `tags` (its last tag removed) kept its old team."""
+    done = event("gcp_instances_set_labels")
+    done["operation"] = {"id": "operation-3", "producer": "compute.googleapis.com", "last": True}
+    del done["protoPayload"]["request"]["labels"]
+    done["timestamp"] = "2026-11-27T09:20:05Z"
+    assert normalize({"provider": "gcp", "event": done})[0].tags is None
+    odd = event("gcp_instances_set_labels")
+    odd["protoPayload"]["request"]["labels"] = "team=data"
+    with pytest.raises(EventRejected, match="expected a list") as info:
+        normalize({"provider": "gcp", "event": odd})
+    assert info.value.reason == "wrong_type"
+
+    all_tags = event("aws_delete_tags")
+    del all_tags["detail"]["requestParameters"]["tagSet"]
+    [untagged] = normalize({"provider": "aws", "event": all_tags})
+    assert (untagged.tags, untagged.tag_changes) == ({}, {})
+
+    mixed = event("aws_add_tags_to_resource")
+    mixed["detail"]["requestParameters"]["resourceName"] = (
+        "arn:aws:rds:us-east-1:111122223333:db:Orders-DB"
+    )
+    assert normalize({"provider": "aws", "event": mixed})[0].resource_id == DB
+
+    bare = event("arm_vm")
+    del bare["tags"]
+    [vm] = normalize({"provider": "azure", "event": event("azure_vm_write"), "resource": bare})
+    assert vm.tags == {}
