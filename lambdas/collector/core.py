@@ -88,6 +88,14 @@ def _retagged(tags: dict[str, str], changes: Mapping[str, str | None]) -> dict[s
     return tags
 
 
+def _filled(tags: Mapping[str, str], older: Mapping[str, str]) -> Mapping[str, str]:
+    """`tags` with the tags of `older` it lacks (the same object when it lacks none, so the
+    rollups keep its rendered labels)."""
+    if older.keys() <= tags.keys():
+        return tags
+    return {**older, **tags}
+
+
 def merge(
     current: Resource | None, ch: ResourceChange, book: PriceBook, memo: RateMemo | None = None
 ) -> tuple[Resource, Applied]:
@@ -126,7 +134,14 @@ def merge(
             sku = ch.sku or current.sku
             size = {**current.size, **ch.attributes} if ch.attributes else current.size
             state = ch.state or current.state
-            tags = dict(ch.tags) if ch.tags is not None else current.tags
+            if ch.tags is None:
+                tags = current.tags
+            elif ch.event_time > current.last_event_time:
+                tags = dict(ch.tags)
+            else:
+                # The same second as the last change (CloudTrail's times are whole seconds:
+                # a launch and its CreateTags often share one): it fills in, replaces nothing.
+                tags = _filled(current.tags, ch.tags)
             if ch.tag_changes:
                 tags = _retagged(dict(tags), ch.tag_changes)
             last_id, last_time = ch.event_id, ch.event_time
@@ -139,12 +154,11 @@ def merge(
             size = {**ch.attributes, **current.size}
             # Unknown until now (the first event was a re-tag): the older state is all there is.
             state = ch.state if current.state == "unknown" and ch.state else current.state
-            tags = current.tags or dict(ch.tags or {})
-            # A late partial re-tag adds only tags the resource does not have (a full set,
-            # older than the one known, says nothing the newer one did not).
-            late = {k: v for k, v in ch.tag_changes.items() if v is not None and k not in tags}
-            if late:
-                tags = {**tags, **late}
+            # A late full set or re-tag adds only the tags the resource does not have (a
+            # creation overtaken by its CreateTags keeps both). Nothing records a removal, so
+            # a tag removed by a newer event comes back with an older one that set it.
+            late = {k: v for k, v in ch.tag_changes.items() if v is not None}
+            tags = _filled(_filled(current.tags, ch.tags or {}), late)
             last_id, last_time = current.last_event_id, current.last_event_time
     fields = (ch.provider, service, rtype, region, sku, state)
     rate = _rate(book, {} if memo is None else memo, fields, size)

@@ -518,12 +518,12 @@ def normalize_azure(
     if retagged is not None:
         # Its tags written (the forwarder read the resource itself back) or deleted (all of
         # them removed): the resource's own change, not a sub-resource's.
+        if len(retagged.strip("/").split("/")) != 8:
+            raise EventIgnored("azure tags of a resource group or subscription: no run-rate")
         if not deleted and not isinstance(resource, dict):
             raise EventIgnored("azure tags written, but the resource could not be read back")
         uri = retagged
     parts = uri.strip("/").split("/")
-    if retagged is not None and len(parts) != 8:
-        raise EventIgnored("azure tags of a resource group or subscription: no run-rate")
     if len(parts) < 8 or parts[0].lower() != "subscriptions":
         raise EventRejected("bad_resource_id", f"azure resourceUri {uri!r} is not an ARM id")
     rtype = f"{parts[5]}/{parts[6]}".lower()

@@ -448,9 +448,9 @@ class Detector:
         self.new_resources: dict[SeriesKey, tuple[float, float]] = {}
         # Resource label sets replaced by a re-tag -> when (see _follow_relabelled).
         self.superseded: dict[SeriesKey, float] = {}
-        # The labels the inventory gave resources changed since the previous cycle (the
-        # fast path's read), by (provider, resource_id): what they are now.
-        self._inventory_keys: dict[tuple[str, str], SeriesKey] = {}
+        # The labels the inventory gave resources that changed in the last RELABEL_HOLD_S
+        # (the fast path's reads), by (provider, resource_id): what they are now, and since.
+        self._inventory_keys: dict[tuple[str, str], tuple[SeriesKey, float]] = {}
         self._changes_since: datetime | None = None
         self.key_cache: dict[str, KeyCache] = {}
         self._evictions_seen = 0
@@ -583,11 +583,7 @@ class Detector:
         self.superseded = {
             k: since for k, since in self.superseded.items() if now - since < RELABEL_HOLD_S
         }
-        back = {
-            k
-            for k in out.keys
-            if k in self.superseded and self._inventory_keys.get(_resource_identity(k)) == k
-        }
+        back = {k for k in out.keys if k in self.superseded and self._current_key(k) == k}
         for k in back:
             del self.superseded[k]
         fresh = [
@@ -611,13 +607,18 @@ class Detector:
                         held not in self.superseded,
                     ):
                         known[ident] = k
-            moves: list[tuple[SeriesKey, SeriesKey, SeriesKey | None]] = []
+            served = set(out.keys)
+            # Per resource, the label set it had before this read's re-tags: its teams' shares
+            # move from there to where it ends (a second re-tag in the same read starts from
+            # the first's labels, whose key is gone by the time the shares move).
+            origin: dict[tuple[str, str], SeriesKey] = {}
             for key in fresh:
                 ident = _resource_identity(key)
-                now_key = self._inventory_keys.get(ident)
-                if now_key is not None and now_key != key:
-                    # A label set the inventory no longer gives it (re-tagged twice between
-                    # two cycles; VictoriaMetrics serves both): a stale series, held out.
+                now_key = self._current_key(key)
+                if now_key is not None and now_key != key and now_key in served:
+                    # A label set the inventory no longer gives it while the one it gives is
+                    # read (re-tagged twice, launched untagged and tagged at once: the older
+                    # series may become queryable seconds after the newer): stale, held out.
                     self.superseded[key] = now
                     continue
                 old = known.get(ident)
@@ -626,10 +627,10 @@ class Detector:
                 # Back to labels still followed for the open incident they kept: resumed.
                 moved = key not in self.engine and self.engine.rename(old, key)
                 if moved or key in self.engine or self.engine.fork(old, key):
-                    known[ident] = key  # a second re-tag in the same read starts from it
+                    origin.setdefault(ident, old)
+                    known[ident] = key
                     self.superseded[old] = now
                     self.metrics.relabelled.inc()
-                    moves += _regrouped(old, key, self.cfg.levels)
                     log.info(
                         "resource relabelled",
                         extra={
@@ -639,12 +640,23 @@ class Detector:
                         },
                     )
             # The collector moved its cost between the teams' totals in the same write.
+            moves = [
+                move
+                for ident, start in origin.items()
+                for move in _regrouped(start, known[ident], self.cfg.levels)
+            ]
             self.engine.reassign(now, moves)
         if self.superseded:
             kept = [n for n, k in enumerate(out.keys) if k not in self.superseded]
             if len(kept) < len(out.keys):
                 out.keys = [out.keys[n] for n in kept]
                 out.values = [out.values[n] for n in kept]
+
+    def _current_key(self, key: SeriesKey) -> SeriesKey | None:
+        """The label set the inventory gave `key`'s resource at its latest change within
+        RELABEL_HOLD_S (None: no change read, or the fast path is off)."""
+        seen = self._inventory_keys.get(_resource_identity(key))
+        return None if seen is None else seen[0]
 
     def _fast_path(self) -> bool:
         return (
@@ -697,8 +709,12 @@ class Detector:
 
     def _take_changes(self, now: float, changed: Iterable[store.InventoryResource]) -> None:
         """The fast path's run-rates of the resources the inventory changed, and their
-        labels now (`_inventory_keys`)."""
-        self._inventory_keys = {}
+        labels now (`_inventory_keys`, kept for RELABEL_HOLD_S)."""
+        self._inventory_keys = {
+            ident: seen
+            for ident, seen in self._inventory_keys.items()
+            if now - seen[1] < RELABEL_HOLD_S
+        }
         # One label set per resource: after a re-tag its earlier one is no run-rate any more.
         held = {_resource_identity(k): k for k in self.new_resources}
         for res in changed:
@@ -709,7 +725,7 @@ class Detector:
                 continue
             key = SeriesKey.of("resource", res.labels)
             ident = _resource_identity(key)
-            self._inventory_keys[ident] = key
+            self._inventory_keys[ident] = (key, now)
             earlier = held.get(ident)
             if earlier is not None and earlier != key:
                 self.new_resources.pop(earlier, None)

@@ -117,16 +117,21 @@ def test_tag_changes_set_and_remove_tags_and_an_older_one_only_fills_in() -> Non
     assert rows[("aws", "i-2")].tags == {"team": "x"}
 
 
-def test_an_older_full_tag_set_does_not_bring_back_a_removed_tag() -> None:
-    """Review finding: events that carry the whole tag set (a creation, an ARM read-back, a
-    GCP setLabels) arrive out of order too; an older one must not bring back a tag a newer
-    one removed (the resource stayed in its old team)."""
-    rows, _ = apply_changes(
-        {}, [ch("a", 0, state="running", sku="m5.large", tags={"team": "web", "env": "p"})], BOOK
-    )
-    rows, _ = apply_changes(rows, [ch("b", 10, tags={"env": "p"})], BOOK)
-    rows, _ = apply_changes(rows, [ch("c", 5, tags={"team": "data", "env": "p"})], BOOK)
-    assert rows[("aws", "i-1")].tags == {"env": "p"}
+def test_an_older_full_tag_set_fills_in_and_replaces_nothing() -> None:
+    """Review findings: events that carry the whole tag set (a creation, an ARM read-back,
+    a GCP setLabels) arrive out of order too, and CloudTrail's times are whole seconds (a
+    launch and its CreateTags often share one, and the launch, ordered second by event id,
+    replaced the new team). An older or same-second full set only adds what is missing."""
+    run = ch("a", 0, state="running", sku="m5.large", tags={"team": "web", "env": "p"})
+    rows, _ = apply_changes({}, [run], BOOK)
+    rows, _ = apply_changes(rows, [ch("b", 10, tags={"team": "ops", "env": "p"})], BOOK)
+    rows, _ = apply_changes(rows, [ch("c", 5, tags={"team": "data", "owner": "x"})], BOOK)
+    assert rows[("aws", "i-1")].tags == {"team": "ops", "env": "p", "owner": "x"}
+    tag = ch("t", 0, rid="i-2", tag_changes={"team": "data"})
+    launch = ch("l", 0, rid="i-2", state="running", sku="m5.large", tags={"team": "web", "n": "1"})
+    rows, _ = apply_changes({}, [tag], BOOK)
+    rows, _ = apply_changes(rows, [launch], BOOK)  # the same second, applied second
+    assert rows[("aws", "i-2")].tags == {"team": "data", "n": "1"}
 
 
 def test_a_re_tag_before_the_creation_event_leaves_nothing_unknown() -> None:
@@ -137,7 +142,8 @@ def test_a_re_tag_before_the_creation_event_leaves_nothing_unknown() -> None:
     run = ch("run", 0, state="running", sku="m5.large", tags={"team": "web", "env": "p"})
     rows, _ = apply_changes(rows, [run], BOOK)
     row = rows[("aws", "i-1")]
-    assert (row.state, row.usd_per_hour, row.tags) == ("running", 0.096, {"team": "data"})
+    assert (row.state, row.usd_per_hour) == ("running", 0.096)
+    assert row.tags == {"team": "data", "env": "p"}  # the creation's other tags are kept
 
 
 def test_a_re_tagged_resource_s_old_group_is_written_with_the_new_one() -> None:

@@ -298,7 +298,7 @@ def test_an_azure_re_tag_through_the_tags_api_is_the_vm_s_change(event: Event) -
         _tags_resource(event("azure_vm_delete"), group),
     ):
         with pytest.raises(EventIgnored, match="resource group or subscription"):
-            normalize({"provider": "azure", "event": ev, "resource": {"tags": {}}})
+            normalize({"provider": "azure", "event": ev})
 
 
 def _mutate(
