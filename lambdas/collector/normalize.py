@@ -98,13 +98,14 @@ def _items(value: Any) -> list[Mapping[str, Any]]:
 
 def _aws_tags(request: Mapping[str, Any], resource_type: str) -> dict[str, str] | None:
     tags: dict[str, str] = {}
-    for spec in _items(request.get("tagSpecificationSet")):
-        if spec.get("resourceType") == resource_type:
-            for tag in spec.get("tags") or spec.get("tagSet", {}).get("items", []):
-                found = _tag(tag, False) if isinstance(tag, dict) else None
-                if found is not None:
-                    tags[found[0]] = found[1] or ""
-    for tag in request.get("tags") or []:  # RDS: [{"key": .., "value": ..}]
+    items = [
+        tag
+        for spec in _items(request.get("tagSpecificationSet"))
+        if spec.get("resourceType") == resource_type
+        for tag in spec.get("tags") or spec.get("tagSet", {}).get("items", [])
+    ]
+    items += request.get("tags") or []  # RDS: [{"key": .., "value": ..}]
+    for tag in items:
         found = _tag(tag, False) if isinstance(tag, dict) else None
         if found is not None:
             tags[found[0]] = found[1] or ""
@@ -400,17 +401,8 @@ def _ct_rds_tags(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str
         changes: dict[str, str | None] = dict.fromkeys(keys)
     else:
         changes = _tag_changes(list(req.get("tags") or []), False, base["action"])
-    return [
-        (
-            arn,
-            {
-                **base,
-                "service_name": AWS_RDS,
-                "resource_type": "DBInstance",
-                "tag_changes": changes,
-            },
-        )
-    ]
+    kw = {**base, "service_name": AWS_RDS, "resource_type": "DBInstance", "tag_changes": changes}
+    return [(arn, kw)]
 
 
 _CLOUDTRAIL: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], dict[str, Any]], Changes]]
@@ -616,13 +608,10 @@ def _gcp_labels(value: Any) -> dict[str, str] | None:
         return {str(k): str(v) for k, v in value.items()}
     if not isinstance(value, list):
         raise EventRejected("wrong_type", f"gcp request.labels: expected a list, got {value!r:.80}")
-    labels = {}
-    for item in value:
-        key = item.get("key") if isinstance(item, dict) else None
-        if not isinstance(key, str) or not key:
-            raise EventRejected("missing_field", "gcp request.labels: a label without a key")
-        labels[key] = str(item.get("value") or "")
-    return labels
+    found = [_tag(item, False) if isinstance(item, dict) else None for item in value]
+    if None in found:
+        raise EventRejected("missing_field", "gcp request.labels: a label without a key")
+    return {key: label or "" for key, label in (t for t in found if t is not None)}
 
 
 def _gcp_entry(event: Mapping[str, Any]) -> Mapping[str, Any]:

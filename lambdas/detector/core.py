@@ -594,12 +594,14 @@ class Engine:
             array = getattr(self, name)
             array[row] = np.maximum(array[row] + sign * nan_to(np.asarray(part, np.float64), 0), 0)
 
-        now = float(self.recent[r])
         add("hist", self.hist[r])
         if self.bucket_cnt[r] > 0:
             add("bucket_sum", self.bucket_sum[r] / self.bucket_cnt[r] * self.bucket_cnt[row])
-        for name in ("recent", "prev", "level", "seen_min", "seen_max"):
-            add(name, now if name.startswith("seen") else getattr(self, name)[r])
+        for name in ("recent", "prev", "level"):
+            add(name, getattr(self, name)[r])
+        # The range seen moves by the resource's current level.
+        for name in ("seen_min", "seen_max"):
+            add(name, self.recent[r])
         for name in ("day_vmax", "hour_vmax", "rec_vday", "hour_highs"):
             add(name, getattr(self, name)[r])
         if sign > 0:
