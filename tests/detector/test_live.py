@@ -993,6 +993,92 @@ def test_a_detector_killed_in_an_outage_leaves_its_queue_to_the_next_one(
     assert (recovered["alerts"], recovered["rows"]) == (3, 3)
 
 
+class Collected:
+    """Resources of the test's account written as the collector writes them, with its own
+    code: `commit` is the inventory row and change event (`inventory.write_batch`, which the
+    detector's fast path reads), `publish` the resources' series and the rollups of every
+    group the batch changed (`Rollups.apply`, including a group a re-tag left). The
+    collector commits before it publishes, so a detector cycle can fall in between."""
+
+    def __init__(self, account: Account, pg_dsn: str, vm_url: str, **team_of: str) -> None:
+        self.account = account
+        self.pg_dsn = pg_dsn
+        self.vm_url = vm_url
+        self.rollups = Rollups(Labels(contract.TAG_LABELS))
+        self.tags = dict(team_of)  # resource id -> its team tag
+        self.costs: dict[str, float] = {}
+        self.rows: list[Resource] = []
+
+    def commit(self) -> None:
+        now = datetime.now(UTC)
+        before = {r.resource_id: r.usd_per_hour for r in self.rows}
+        self.rows[:] = [
+            Resource(
+                provider="aws",
+                resource_id=rid,
+                billing_account_id=self.account.account,
+                sub_account_id=self.account.account,
+                region_id="us-east-1",
+                service_name="Amazon EC2",
+                resource_type="instance",
+                sku=None,
+                size={},
+                state="running",
+                tags={"team": self.tags[rid], "env": "prod"},
+                usd_per_hour=cost,
+                last_event_id=f"ev-{rid}-{uuid.uuid4().hex}",
+                last_event_time=now,
+            )
+            for rid, cost in self.costs.items()
+        ]
+        applied = [
+            Applied(
+                change_of(r, r.last_event_id, "CreateTags", now, tags=r.tags),
+                before.get(r.resource_id, r.usd_per_hour),  # there before the test
+                r.usd_per_hour,
+                False,
+            )
+            for r in self.rows
+        ]
+
+        async def write() -> None:
+            async with await psycopg.AsyncConnection.connect(self.pg_dsn) as conn:
+                await write_batch(conn, {r.key: r for r in self.rows}, applied, now)
+
+        asyncio.run(write())
+
+    def publish(self) -> None:
+        placed, groups = self.rollups.apply(self.rows)
+        ts = int(time.time() * 1000)
+        lines = [
+            ln
+            for r in self.rows
+            for ln in resource_lines(placed[r.key][1], self.costs[r.resource_id], None, ts)
+        ]
+        lines += self.rollups.rollup_lines(groups, {}, ts)
+        req = urllib.request.Request(f"{self.vm_url}/api/v1/import/prometheus", data=body(lines))
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+    def team_total(self, team: str) -> float | None:
+        found = self.account.vm.query(f'sum({ROLLUP}{{team="{team}",basis="list"}})')
+        return float(found[0]["value"][1]) if found else None
+
+    def served(self, rid: str) -> bool:
+        """`rid` is queryable under its current team, and that team's total is its
+        resources' sum."""
+        team = self.tags[rid]
+        moved = self.account.vm.query(f'{RESOURCE}{{resource_id="{rid}",team="{team}"}}')
+        total = sum(c for r, c in self.costs.items() if self.tags[r] == team)
+        return bool(moved) and self.team_total(team) == total
+
+    def write(self, what: str, rid: str) -> None:
+        """Commit and publish, and wait until `rid` is served."""
+        self.commit()
+        self.publish()
+        wait_for(lambda: self.served(rid), what)
+
+
 def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
     detector: Detector, account: Account, vm_url: str, pg_dsn: str
 ) -> None:
@@ -1009,107 +1095,40 @@ def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
     re-tagged twice between two cycles (the second new label set was taken for a new
     resource, a step from nothing); a real step afterwards is reported at the resource,
     under its team."""
-    rollups = Rollups(Labels(contract.TAG_LABELS))
     teams = {t: f"{account.team}-{t}" for t in ("web", "data", "ops", "batch")}
-    costs = {"i-moves": 40.0, "i-stays": 60.0}
-    tags = {"i-moves": teams["web"], "i-stays": teams["data"]}
-    rows: list[Resource] = []
-
-    def commit() -> None:
-        now = datetime.now(UTC)
-        before = {r.resource_id: r.usd_per_hour for r in rows}
-        rows[:] = [
-            Resource(
-                provider="aws",
-                resource_id=rid,
-                billing_account_id=account.account,
-                sub_account_id=account.account,
-                region_id="us-east-1",
-                service_name="Amazon EC2",
-                resource_type="instance",
-                sku=None,
-                size={},
-                state="running",
-                tags={"team": tags[rid], "env": "prod"},
-                usd_per_hour=cost,
-                last_event_id=f"ev-{rid}-{uuid.uuid4().hex}",
-                last_event_time=now,
-            )
-            for rid, cost in costs.items()
-        ]
-        applied = [
-            Applied(
-                change_of(r, r.last_event_id, "CreateTags", now, tags=r.tags),
-                before.get(r.resource_id, r.usd_per_hour),  # there before the test
-                r.usd_per_hour,
-                False,
-            )
-            for r in rows
-        ]
-
-        async def write() -> None:
-            async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
-                await write_batch(conn, {r.key: r for r in rows}, applied, now)
-
-        asyncio.run(write())
-
-    def publish() -> None:
-        placed, groups = rollups.apply(rows)
-        ts = int(time.time() * 1000)
-        lines = [
-            ln
-            for r in rows
-            for ln in resource_lines(placed[r.key][1], costs[r.resource_id], None, ts)
-        ]
-        lines += rollups.rollup_lines(groups, {}, ts)
-        req = urllib.request.Request(f"{vm_url}/api/v1/import/prometheus", data=body(lines))
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-
-    def team_total(team: str) -> float | None:
-        found = account.vm.query(f'sum({ROLLUP}{{team="{team}",basis="list"}})')
-        return float(found[0]["value"][1]) if found else None
-
-    def served() -> bool:
-        moved = account.vm.query(f'{RESOURCE}{{resource_id="i-moves",team="{tags["i-moves"]}"}}')
-        return bool(moved) and team_total(tags["i-moves"]) == costs["i-moves"] + (
-            costs["i-stays"] if tags["i-moves"] == teams["data"] else 0.0
-        )
+    done = Collected(account, pg_dsn, vm_url, **{"i-moves": teams["web"], "i-stays": teams["data"]})
+    done.costs.update({"i-moves": 40.0, "i-stays": 60.0})
 
     def opened(cycles: int) -> list[Transition]:
         return [t for _ in range(cycles) for t in detector.cycle(time.time()) if t.kind == "opened"]
 
     for _ in range(3):
-        commit()
-        publish()
-        wait_for(served, "the resources and their teams")
+        done.write("the resources and their teams", "i-moves")
         assert opened(1) == []
     for team, relabelled in (("data", 1), ("web", 2)):  # re-tagged, then undone
-        tags["i-moves"] = teams[team]
-        commit()
+        done.tags["i-moves"] = teams[team]
+        done.commit()
         assert opened(1) == []  # the teams' totals not moved yet
-        publish()
-        wait_for(served, "the re-tagged resource and its team's total")
+        done.publish()
+        wait_for(lambda: done.served("i-moves"), "the re-tagged resource and its team's total")
         assert opened(3) == []
         assert detector.metrics.relabelled._value.get() == relabelled
     # Re-tagged twice between two cycles: VictoriaMetrics serves both new label sets, the
     # inventory says which is current.
     for team in ("ops", "batch"):
-        tags["i-moves"] = teams[team]
-        commit()
-        publish()
-    wait_for(served, "the twice re-tagged resource and its team's total")
+        done.tags["i-moves"] = teams[team]
+        done.commit()
+        done.publish()
+    wait_for(lambda: done.served("i-moves"), "the twice re-tagged resource and its team's total")
     passed = f'{RESOURCE}{{resource_id="i-moves",team="{teams["ops"]}"}}'
     wait_for(lambda: account.vm.query(passed), "the label set it had in between")
     assert opened(3) == []
     assert detector.metrics.relabelled._value.get() == 3
-    assert team_total(teams["data"]) == costs["i-stays"]
+    assert done.team_total(teams["data"]) == done.costs["i-stays"]
     assert detector.reports == {}
 
-    costs["i-moves"] = 100.0
-    commit()
-    publish()
-    wait_for(served, "the step")
+    done.costs["i-moves"] = 100.0
+    done.write("the step", "i-moves")
     detector.cycle(time.time())
     [report] = detector.reports.values()
     assert (report.key.level, report.labels["resource_id"]) == ("resource", "i-moves")
@@ -1118,16 +1137,17 @@ def test_a_re_tag_as_the_collector_writes_it_opens_nothing_at_any_level(
 
 
 def test_a_resource_re_tagged_during_its_incident_is_reported_from_its_level_under_new_labels(
-    detector: Detector, account: Account
+    detector: Detector, account: Account, vm_url: str, pg_dsn: str
 ) -> None:
     """Review finding: a resource re-tagged while its incident was open started afresh under
     its new labels, a step from nothing ($0 to its whole cost, `day0_step`). Its state is now
     copied to the new labels: the cost still high is reported there measured from its level
     before the episode (its new owner is told), and the open incident keeps the old labels
-    its alert carries."""
-
-    def resource(team: str, value: float) -> Sample:
-        return account.resource("i-retag-open", value, team=team)
+    its alert carries. The series are the collector's (`Collected`): its team's total moves
+    with it."""
+    moved = f"{account.team}-platform"
+    done = Collected(account, pg_dsn, vm_url, **{"i-retag-open": account.team})
+    done.costs["i-retag-open"] = 40.0
 
     def resources(team: str) -> list[Report]:
         return [
@@ -1137,17 +1157,15 @@ def test_a_resource_re_tagged_during_its_incident_is_reported_from_its_level_und
         ]
 
     for _ in range(3):
-        account.vm.import_samples([account.rollup(40.0), resource(account.team, 40.0)])
-        wait_for(lambda: account.visible(40.0), "the rollup")
+        done.write("the resource and its team", "i-retag-open")
         detector.cycle(time.time())
-    account.vm.import_samples([account.rollup(100.0), resource(account.team, 100.0)])
-    wait_for(lambda: account.visible(100.0), "the step")
+    done.costs["i-retag-open"] = 100.0
+    done.write("the step", "i-retag-open")
     detector.cycle(time.time())
     [before] = resources(account.team)
 
-    moved = f"{account.team}-platform"
-    account.vm.import_samples([account.rollup(100.0), resource(moved, 100.0)])
-    wait_for(lambda: account.vm.query(f'{RESOURCE}{{team="{moved}"}}'), "the re-tagged series")
+    done.tags["i-retag-open"] = moved
+    done.write("the re-tagged resource and its team's total", "i-retag-open")
     detector.cycle(time.time())
     assert detector.metrics.relabelled._value.get() == 1
     assert resources(account.team) == [before]
@@ -1155,3 +1173,7 @@ def test_a_resource_re_tagged_during_its_incident_is_reported_from_its_level_und
     # From the level before the episode (40 $/h), not from nothing.
     assert after.expected == pytest.approx(40.0, rel=0.05)
     assert after.delta == pytest.approx(60.0, rel=0.05)
+    # One incident per cause: the team joined is not reported besides its resource.
+    assert [r.key.level for r in detector.reports.values() if r.labels.get("team") == moved] == [
+        "resource"
+    ]
