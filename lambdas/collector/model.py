@@ -57,6 +57,9 @@ class ResourceChange(NamedTuple):
     # ... or some of them (AWS CreateTags, DeleteTags, AddTagsToResource,
     # RemoveTagsFromResource): a value sets a tag, None removes it, the others stay.
     tag_changes: Mapping[str, str | None] = _NO_ATTRIBUTES
+    # An EC2 DeleteTags item naming a value removes the tag only where it has that value
+    # (AWS's rule: `--tags Key=team,Value=web` leaves a `team=data` tag alone).
+    tag_removals_if: Mapping[str, str] = _NO_ATTRIBUTES
 
 
 class Resource(NamedTuple):

@@ -360,15 +360,29 @@ def _tag_changes(items: list[Any], removed: bool, what: str) -> dict[str, str | 
 
 
 def _ct_ec2_tags(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str, Any]) -> Changes:
-    """CreateTags / DeleteTags: the tags set or removed on each instance and volume named (a
-    DeleteTags item with a value removes the tag only where it has that value in AWS; here
-    it is removed, the next sync or event corrects it)."""
-    removed = base["action"] == "DeleteTags"
-    if removed and not _items(req.get("tagSet")):
+    """CreateTags / DeleteTags: the tags set or removed on each instance and volume named. A
+    DeleteTags item with a value (an empty one too) removes the tag only where it has that
+    value, as AWS does; without one, whatever its value."""
+    action = base["action"]
+    tag_items = _items(req.get("tagSet"))
+    what: dict[str, Any]
+    if action == "CreateTags":
+        what = {"tag_changes": _tag_changes(tag_items, False, action)}
+    elif not tag_items:
         # `aws ec2 delete-tags --resources i-...` removes all of the user's tags.
-        what: dict[str, Any] = {"tags": {}}
+        what = {"tags": {}}
     else:
-        what = {"tag_changes": _tag_changes(_items(req.get("tagSet")), removed, base["action"])}
+        _tag_changes(tag_items, True, action)  # refuses an item without a key
+        valued: list[Any] = []
+        bare: list[Any] = []
+        for i in tag_items:
+            (bare if i.get("value", i.get("Value")) is None else valued).append(i)
+        anyhow = _tag_changes(bare, True, action) if bare else {}
+        only_if = _tag_changes(valued, False, action) if valued else {}
+        what = {
+            "tag_changes": anyhow,
+            "tag_removals_if": {k: v for k, v in only_if.items() if k not in anyhow},
+        }
     out: Changes = []
     for item in _items(req.get("resourcesSet")):
         rid = item.get("resourceId")
@@ -379,7 +393,7 @@ def _ct_ec2_tags(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str
             kw = {**base, "service_name": AWS_EC2, "resource_type": kind, **what}
             out.append((rid, kw))
     if not out and _items(req.get("resourcesSet")):
-        raise EventIgnored(f"{base['action']} on no instance or volume")
+        raise EventIgnored(f"{action} on no instance or volume")
     return out
 
 
@@ -764,7 +778,7 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
     for where, text in fields:
         if text is not None:
             _check_text(where, text, most)
-    for tags in (ch.tags, ch.tag_changes):
+    for tags in (ch.tags, ch.tag_changes, ch.tag_removals_if):
         if not tags:
             continue
         if len(tags) > limits.max_tags:

@@ -481,8 +481,22 @@ async def test_an_aws_re_tag_moves_the_instance_s_cost_to_its_new_team(
         "select tags, usd_per_hour_before::float8, usd_per_hour_after::float8"
         " from resource_events where action = 'CreateTags' and resource_id = 'i-0aaa1111bbbb2222c'",
     ) == [({"team": "data", "env": "prod", "cost-center": "cc-42"}, 0.096, 0.096)]
-    await collector.post([record("aws", event("aws_delete_tags"), acct)])
+    # A DeleteTags naming a value removes the tag only where it has that value (AWS's rule).
+    for n, value in enumerate(("web", "data")):
+        untag = event("aws_delete_tags")
+        untag["detail"]["eventID"] += f"-{value}"
+        untag["time"] = untag["detail"]["eventTime"] = f"2026-11-27T09:3{5 + n}:00Z"
+        untag["detail"]["requestParameters"]["tagSet"]["items"] = [{"key": "team", "value": value}]
+        _, body = await collector.post([record("aws", untag, acct)])
+        assert body["accepted"] == 1
     await wait_for(vm, f'{ROLLUP}{{{sel},team=""}}', 0.096)
+    assert rows(
+        collector.dsn,
+        "select tags->>'team' from resource_events where action = 'DeleteTags'"
+        " and resource_id = 'i-0aaa1111bbbb2222c' and billing_account_id = %s"
+        " order by event_time",
+        acct,
+    ) == [("data",), (None,)]
 
 
 async def test_heartbeat_reemits_and_reconciled_basis_follows_factors(

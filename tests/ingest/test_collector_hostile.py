@@ -179,11 +179,13 @@ def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
         ([{"key": "t" * 2000}], "value_too_long", "has 2000 characters"),
     ],
 )
+@pytest.mark.parametrize("fixture", ["aws_create_tags", "aws_delete_tags"])
 def test_a_re_tag_beyond_the_limits_is_refused(
-    event: Event, tag_set: list[dict[str, str]], reason: str, detail: str
+    event: Event, fixture: str, tag_set: list[dict[str, str]], reason: str, detail: str
 ) -> None:
-    """The tags a re-tag sets (or removes) are held to the limits of a creation's tags."""
-    ev = event("aws_create_tags")
+    """The tags a re-tag sets (or removes, also only where they have a value) are held to the
+    limits of a creation's tags."""
+    ev = event(fixture)
     ev["detail"]["requestParameters"]["tagSet"]["items"] = tag_set
     for change in normalize({"provider": "aws", "event": ev}):
         with pytest.raises(EventRejected, match=detail) as info:

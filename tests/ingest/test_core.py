@@ -117,6 +117,20 @@ def test_tag_changes_set_and_remove_tags_and_an_older_one_only_fills_in() -> Non
     assert rows[("aws", "i-2")].tags == {"team": "x"}
 
 
+def test_a_removal_naming_a_value_removes_only_that_value() -> None:
+    run = ch("run", 0, state="running", sku="m5.large", tags={"team": "data", "owner": ""})
+    rows, _ = apply_changes({}, [run], BOOK)
+    rows, _ = apply_changes(rows, [ch("a", 5, tag_removals_if={"team": "web"})], BOOK)
+    assert rows[("aws", "i-1")].tags == {"team": "data", "owner": ""}
+    gone = ch("b", 6, tag_removals_if={"team": "data", "owner": ""})
+    rows, _ = apply_changes(rows, [gone], BOOK)
+    assert rows[("aws", "i-1")].tags == {}
+    # Delivered late, it removes nothing (a newer event may have set the tag again).
+    rows, _ = apply_changes(rows, [ch("c", 7, tag_changes={"team": "ops"})], BOOK)
+    rows, _ = apply_changes(rows, [ch("d", 6, tag_removals_if={"team": "ops"})], BOOK)
+    assert rows[("aws", "i-1")].tags == {"team": "ops"}
+
+
 def test_an_older_full_tag_set_fills_in_and_replaces_nothing() -> None:
     """Review findings: events that carry the whole tag set (a creation, an ARM read-back,
     a GCP setLabels) arrive out of order too, and CloudTrail's times are whole seconds (a

@@ -569,6 +569,31 @@ def test_re_tags_carry_the_tags_set_and_removed_on_instances_volumes_and_databas
     assert db.tag_changes == {"env": None}
 
 
+def test_a_delete_tags_naming_a_value_removes_the_tag_only_where_it_has_that_value(
+    event: Event,
+) -> None:
+    """AWS deletes a tag named with a value (an empty one too) only where it has that value;
+    without a value, whatever it is. Every named tag was removed, so `delete-tags --tags
+    Key=team,Value=web` on an instance of team `data` took it out of its team."""
+    ev = event("aws_delete_tags")
+    ev["detail"]["requestParameters"]["tagSet"]["items"] = [
+        {"key": "team", "value": "web"},
+        {"key": "env"},
+        {"key": "owner", "value": ""},
+        {"key": "tier", "value": None},  # no value stated: whatever it is
+    ]
+    [gone] = normalize({"provider": "aws", "event": ev})
+    assert gone.tag_changes == {"env": None, "tier": None}
+    assert gone.tag_removals_if == {"team": "web", "owner": ""}
+    # The same key with and without a value: AWS removes it whatever its value.
+    ev["detail"]["requestParameters"]["tagSet"]["items"] = [
+        {"key": "team", "value": "web"},
+        {"key": "team"},
+    ]
+    [gone] = normalize({"provider": "aws", "event": ev})
+    assert (gone.tag_changes, gone.tag_removals_if) == ({"team": None}, {})
+
+
 def test_re_tags_of_resources_without_a_run_rate_are_ignored(event: Event) -> None:
     ev = event("aws_create_tags")
     ev["detail"]["requestParameters"]["resourcesSet"]["items"] = [{"resourceId": "ami-0abc"}]
