@@ -76,9 +76,14 @@ TOPICS = (
 )
 # The simulator's account and the price fixtures the catalog is loaded from.
 PRICE_FIXTURES = {
-    "aws": ["aws_ec2_offer.json", "aws_rds_offer.json"],
-    "azure": ["azure_retail_page1.json"],
-    "gcp": ["gcp_compute_skus.json"],
+    "aws": [
+        "aws_ec2_offer.json",
+        "aws_rds_offer.json",
+        "aws_s3_offer.json",
+        "aws_s3_deep_archive_offer.json",
+    ],
+    "azure": ["azure_retail_page1.json", "azure_retail_blob.json"],
+    "gcp": ["gcp_compute_skus.json", "gcp_storage_skus.json"],
 }
 PRICE_DIR = ROOT / "tests" / "ingest" / "fixtures" / "prices"
 # The fixtures price a handful of SKUs at a few cents to a dollar an hour; production's

@@ -1,8 +1,10 @@
 """Parse the providers' public price sources into catalog rows. Pure: documents in, rows out.
 
-- AWS Price List Bulk API offer files (AmazonEC2, AmazonRDS): `products` + `terms.OnDemand`.
+- AWS Price List Bulk API offer files (AmazonEC2, AmazonRDS, AmazonS3,
+  AmazonS3GlacierDeepArchive): `products` + `terms.OnDemand`.
 - Azure Retail Prices API pages: `{"Items": [...], "NextPageLink": ...}`.
-- GCP Cloud Billing Catalog API `services/6F81-5844-456A/skus` pages: `{"skus": [...]}`.
+- GCP Cloud Billing Catalog API `services/{6F81-5844-456A,95FF-2EF5-5EA1}/skus` pages
+  (Compute Engine, Cloud Storage): `{"skus": [...]}`.
 
 Only on-demand, shared-tenancy list prices are kept: that is what the run-rate estimate
 uses; discounts come in through reconciliation with the bill. Licensed operating systems are
@@ -42,6 +44,9 @@ from lambdas.pricing.catalog import (
     SNAPSHOT_SKU,
     PriceKey,
 )
+
+AWS_S3 = "Amazon Simple Storage Service"
+GCP_STORAGE = "Cloud Storage"
 
 
 class PriceSourceError(ValueError):
@@ -243,6 +248,32 @@ def _ebs_keys(  # noqa: PLR0911 - one return per EBS price family
     return []
 
 
+# S3 storage per GiB-month by the usage type of its class (region prefix removed: `USW2-`,
+# `EU-`; none in us-east-1), under the class names S3's API and lifecycle rules use. Deep
+# Archive's capacity is in an offer file of its own; `...TimedStorage-GDA-Staging` in
+# AmazonS3 is not it. Intelligent-Tiering is left out: its objects move between tiers by
+# access, so no one price per GiB stands for the class (its frequent tier is Standard's
+# price: a plan would show no saving).
+_S3_OFFERS = ("AmazonS3", "AmazonS3GlacierDeepArchive")
+_S3_CLASSES = {
+    "TimedStorage-ByteHrs": "STANDARD",
+    "TimedStorage-SIA-ByteHrs": "STANDARD_IA",
+    "TimedStorage-ZIA-ByteHrs": "ONEZONE_IA",
+    "TimedStorage-GIR-ByteHrs": "GLACIER_IR",
+    "TimedStorage-GlacierByteHrs": "GLACIER",
+    "TimedStorage-GDA-ByteHrs": "DEEP_ARCHIVE",
+}
+_S3_USAGE = re.compile(r"^(?:[A-Z]{2,4}\d?-)?(TimedStorage-[A-Za-z-]+)$")
+
+
+def _s3_keys(attrs: Mapping[str, Any], region: str) -> list[PriceKey]:
+    m = _S3_USAGE.match(str(attrs.get("usagetype", "")))
+    storage_class = _S3_CLASSES.get(m.group(1)) if m else None
+    if storage_class is None:
+        return []
+    return [PriceKey("aws", AWS_S3, region, storage_class, "gib_month")]
+
+
 def _aurora_io_optimized(attrs: Mapping[str, Any]) -> bool:
     usage = str(attrs.get("usagetype", ""))
     return "InstanceUsageIOOptimized:" in usage or attrs.get("storage") == (
@@ -296,10 +327,15 @@ def _aws_product(offer: Any, product: Any, sku_terms: Any, source: str) -> list[
             keys = [PriceKey("aws", AWS_RDS, region, sku, "hour")]
     elif offer == "AmazonRDS" and family in _RDS_UNITS:
         keys = _rds_keys(family, attrs, region)
+    elif offer in _S3_OFFERS:
+        # Most products of these offers carry no productFamily: the usage type says it all.
+        keys = _s3_keys(attrs, region)
     priced = _aws_on_demand(sku_terms) if keys else None
     if priced is None:
         return []
     price, unit = priced
+    if keys[0].service_name == AWS_S3 and unit != "GB-Mo":
+        return []
     if keys[0].unit == "mibps_month":
         per_mibps = _PER_MIBPS.get(unit)
         if per_mibps is None:
@@ -337,6 +373,15 @@ _AZ_DISK_SKU = {"P": "Premium", "E": "StandardSSD", "S": "Standard"}
 _AZ_SNAPSHOT = ("Standard HDD Managed Disks", "Snapshots LRS", "1 GB/Month")
 
 
+# Block blob capacity of a general-purpose v2 account by access tier and redundancy,
+# under `<tier>/<redundancy>` (`Cool/LRS`): the tiering plan compares the account's tier with
+# the colder one at the account's own redundancy.
+# ("Blob Storage", the legacy account kind, lists the same meters for LRS/GRS/RA-GRS only;
+# reading both would let the file's order choose.)
+_AZ_BLOB_PRODUCT = "General Block Blob v2"
+_AZ_BLOB = re.compile(r"^(Hot|Cool|Cold|Archive) (LRS|ZRS|GRS|RA-GRS|GZRS|RA-GZRS) Data Stored$")
+
+
 def parse_azure_retail(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:
     items = doc.get("Items")
     if not isinstance(items, list):
@@ -361,7 +406,15 @@ def _azure_item(item: Any, source: str) -> list[PriceRow]:
         sku = item["armSkuName"] + ("/Windows" if product.endswith(" Windows") else "")
         price = _number(item["retailPrice"])
         return [PriceRow(PriceKey("azure", AZURE_VM, region, sku, "hour"), price, source)]
-    if service == "Storage" and "Managed Disks" in product:
+    if service == "Storage":
+        return _azure_storage(item, region, product, sku_name, source)
+    return []
+
+
+def _azure_storage(
+    item: Mapping[str, Any], region: str, product: str, sku_name: str, source: str
+) -> list[PriceRow]:
+    if "Managed Disks" in product:
         m = _AZ_DISK.match(str(item.get("meterName", "")))
         if m and item.get("unitOfMeasure") == "1/Month" and m.group(2) == "LRS":
             tier = m.group(1)
@@ -370,6 +423,12 @@ def _azure_item(item: Any, source: str) -> list[PriceRow]:
             return [PriceRow(key, _number(item["retailPrice"]) / HOURS_PER_MONTH, source)]
         if (product, sku_name, item.get("unitOfMeasure")) == _AZ_SNAPSHOT:
             key = PriceKey("azure", AZURE_DISK, region, SNAPSHOT_SKU, "gib_month")
+            return [PriceRow(key, _number(item["retailPrice"]), source)]
+    if product == _AZ_BLOB_PRODUCT:
+        m = _AZ_BLOB.match(str(item.get("meterName", "")))
+        # Capacity is priced in volume tiers; the first (from 0 GB) is the list rate.
+        if m and item.get("unitOfMeasure") == "1 GB/Month" and not item.get("tierMinimumUnits"):
+            key = PriceKey("azure", AZURE_DISK, region, f"{m[1]}/{m[2]}", "gib_month")
             return [PriceRow(key, _number(item["retailPrice"]), source)]
     return []
 
@@ -392,6 +451,16 @@ _GCP_DISKS = {
     # Snapshot in <place>") are other SKUs.
     "Storage PD Snapshot": SNAPSHOT_SKU,
 }
+
+
+# Cloud Storage capacity by class ("Nearline Storage Iowa", "Standard Storage US
+# Multi-region"); the early-deletion charges of the colder classes are SKUs of their own.
+_GCS_CAPACITY = re.compile(r"^(Standard|Nearline|Coldline|Archive) Storage ")
+# A dual-region's SKU names one of its regions ("Standard Storage Iowa Dual-region" in
+# us-central1): read as that region's price, it would let the file's order choose.
+_GCS_NOT_CAPACITY = re.compile(
+    r"Early Delet|Retrieval|Operations|Autoclass|Dual-region", re.IGNORECASE
+)
 
 
 def _gcp_unit_price(sku: Mapping[str, Any]) -> tuple[float, str] | None:
@@ -441,7 +510,19 @@ def _gcp_sku(sku: Any, source: str) -> list[PriceRow]:
         elif desc in _GCP_DISKS and unit == "GiBy.mo":
             key = PriceKey("gcp", GCP_COMPUTE, region, _GCP_DISKS[desc], "gib_month")
             rows.append(PriceRow(key, value, source))
+        elif (storage_class := _gcs_class(sku, desc)) and unit == "GiBy.mo":
+            key = PriceKey("gcp", GCP_STORAGE, region, storage_class, "gib_month")
+            rows.append(PriceRow(key, value, source))
     return rows
+
+
+def _gcs_class(sku: Mapping[str, Any], desc: str) -> str | None:
+    """The storage class of a Cloud Storage capacity SKU, as a bucket names it."""
+    category = sku.get("category") or {}
+    if category.get("serviceDisplayName") != GCP_STORAGE or _GCS_NOT_CAPACITY.search(desc):
+        return None
+    m = _GCS_CAPACITY.match(desc)
+    return m[1].upper() if m else None
 
 
 PARSERS = {"aws": parse_aws_offer, "azure": parse_azure_retail, "gcp": parse_gcp_skus}

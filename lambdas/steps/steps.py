@@ -204,13 +204,18 @@ def catalog_skus(
     database's own engine and deployment are also offered under the bare class. GCP prices
     a machine type per vCPU and GiB of its family (`e2/core`, `e2/ram`): the machine's own
     type and the smaller sizes a rightsize may choose are offered composed from them, as the
-    collector prices them (`lambdas.pricing.catalog.gcp_machine_shape`)."""
+    collector prices them (`lambdas.pricing.catalog.gcp_machine_shape`). Azure blob capacity
+    is keyed `<tier>/<redundancy>` (`Cool/LRS`): the account's own redundancy's rows are
+    offered under the bare tier, as the account reports it."""
     if provider == "gcp" and state.get("sku"):
         return {**_gcp_machine_prices(rows, str(state["sku"])), **rows}
     engine, deployment = state.get("engine"), state.get("deployment")
-    if not engine or not deployment:
+    if engine and deployment:
+        suffix = f"/{engine}/{deployment}"
+    elif state.get("redundancy"):
+        suffix = f"/{state['redundancy']}"
+    else:
         return dict(rows)
-    suffix = f"/{engine}/{deployment}"
     narrowed = {k.removesuffix(suffix): v for k, v in rows.items() if k.endswith(suffix)}
     return {**rows, **narrowed}
 

@@ -25,9 +25,14 @@ from tests.support.databases import own_database
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKEN = "test-token-0123456789abcdef"
 PRICE_FILES = {
-    "aws": ["aws_ec2_offer.json", "aws_rds_offer.json"],
-    "azure": ["azure_retail_page1.json", "azure_retail_page2.json"],
-    "gcp": ["gcp_compute_skus.json"],
+    "aws": [
+        "aws_ec2_offer.json",
+        "aws_rds_offer.json",
+        "aws_s3_offer.json",
+        "aws_s3_deep_archive_offer.json",
+    ],
+    "azure": ["azure_retail_page1.json", "azure_retail_page2.json", "azure_retail_blob.json"],
+    "gcp": ["gcp_compute_skus.json", "gcp_storage_skus.json"],
 }
 
 

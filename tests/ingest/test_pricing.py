@@ -14,7 +14,7 @@ from lambdas.pricing.catalog import (
     usd_per_hour,
 )
 from lambdas.pricing.cli import documents
-from lambdas.pricing.sources import PriceSourceError, parse
+from lambdas.pricing.sources import AWS_S3, GCP_STORAGE, PriceSourceError, parse
 from tests.ingest.conftest import FIXTURES, PRICE_FILES
 
 
@@ -55,7 +55,8 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert b[PriceKey("gcp", GCP_COMPUTE, "us-central1", "pd-ssd", "gib_month")] == pytest.approx(
         0.17
     )
-    assert len(b) == 47  # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora
+    # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora, object storage
+    assert len(b) == 61
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -75,7 +76,11 @@ def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
     disks = {k.sku: (k.unit, v) for k, v in b.items() if k.service_name == AZURE_DISK}
     assert disks[SNAPSHOT_SKU] == ("gib_month", 0.05)
     assert disks["Premium_LRS/P15"] == ("hour", pytest.approx(38.012142 / 730))
-    assert sorted(disks) == ["Premium_LRS/P10", "Premium_LRS/P15", SNAPSHOT_SKU]
+    assert sorted(k for k in disks if not k.startswith(("Hot/", "Cool/"))) == [
+        "Premium_LRS/P10",
+        "Premium_LRS/P15",
+        SNAPSHOT_SKU,
+    ]
     gcp = {(k.sku, k.unit): v for k, v in b.items() if k.provider == "gcp"}
     assert gcp[(SNAPSHOT_SKU, "gib_month")] == pytest.approx(0.05)
     rds = {(k.sku, k.unit): v for k, v in b.items() if k.service_name == AWS_RDS}
@@ -92,6 +97,43 @@ def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
     assert gcp[("us-central1", "f1-micro")] == pytest.approx(0.0076)  # not the Preemptible SKU
     assert gcp[("us-central1", "g1-small")] == pytest.approx(0.0257)
     assert gcp[("global", "license/windows-server")] == pytest.approx(0.046)  # not BYOL
+
+
+def test_object_storage_classes_as_the_tiering_plans_name_them() -> None:
+    """S3 storage classes, Azure blob access tiers at each redundancy and Cloud Storage
+    classes per GiB-month, under the names the buckets and accounts report: without them
+    every storage-tiering plan on a loaded catalog was a no-op ("no list price")."""
+    b = book()
+    storage = {
+        (k.provider, k.region_id, k.sku): v
+        for k, v in b.items()
+        if k.service_name in (AWS_S3, AZURE_DISK, GCP_STORAGE) and k.unit == "gib_month"
+    }
+    # The first volume tier is the list rate (S3's first 50 TB; Azure's from 0 GB; GCS's
+    # after its free GiB).
+    assert storage[("aws", "us-east-1", "STANDARD")] == 0.023
+    assert storage[("aws", "us-east-1", "STANDARD_IA")] == 0.0125
+    assert storage[("aws", "eu-central-1", "GLACIER")] == 0.00405  # region prefix EUC1-
+    assert storage[("aws", "us-east-1", "DEEP_ARCHIVE")] == 0.00099  # its own offer file
+    # Deep Archive staging storage and Intelligent-Tiering's access tiers are not a class.
+    assert not [k for k in storage if k[0] == "aws" and k[1] == "us-west-2"]
+    assert "INTELLIGENT_TIERING" not in {k[2] for k in storage}
+    azure = {k[2]: v for k, v in storage.items() if k[0] == "azure" and "/" in k[2]}
+    assert azure == {
+        "Hot/LRS": 0.0184,  # not the legacy Blob Storage or Data Lake meters of that name
+        "Cool/LRS": 0.01,
+        "Hot/GRS": 0.0368,
+        "Cool/GRS": 0.02,
+        "Hot/RA-GRS": 0.046,
+    }
+    gcs = {(k[1], k[2]): v for k, v in storage.items() if k[0] == "gcp" and k[2].isupper()}
+    assert gcs == {
+        ("us", "STANDARD"): pytest.approx(0.026),
+        ("us-central1", "STANDARD"): pytest.approx(0.02),  # not the Iowa dual-region's
+        ("us-central1", "NEARLINE"): pytest.approx(0.01),  # not its early deletion
+        ("us-central1", "COLDLINE"): pytest.approx(0.004),
+        ("us-central1", "ARCHIVE"): pytest.approx(0.0012),
+    }
 
 
 def test_unknown_throughput_unit_is_left_unpriced() -> None:
@@ -248,7 +290,7 @@ def test_cct_prices_load_fills_the_catalog(fresh_db: str, monkeypatch: pytest.Mo
     from lambdas.cli import cli
 
     monkeypatch.setenv("CCT_PG_DSN", fresh_db)
-    files = [str(FIXTURES / "prices" / f) for f in PRICE_FILES["azure"]]
+    files = [str(FIXTURES / "prices" / f"azure_retail_page{n}.json") for n in (1, 2)]
     result = CliRunner().invoke(cli, ["prices", "load", "--provider", "azure", *files])
     assert result.exit_code == 0, result.output
     assert "loaded 5 prices for azure" in result.output

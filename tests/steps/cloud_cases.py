@@ -81,9 +81,10 @@ CASES = [
         "Storage",
         "eastus",
         "gib_month",
-        {"Hot": "0.0184", "Cool": "0.01"},
-        "8.60",
+        {},
+        "8.60",  # a Standard_LRS account: (Hot LRS $0.0184 - Cool LRS $0.01) x its GiB
         "tiered",
+        catalog=("azure_retail_blob.json",),
     ),
     Case(
         "azure_sql_rightsize.json",
@@ -144,9 +145,10 @@ CASES = [
         "Cloud Storage",
         "us-central1",
         "gib_month",
-        {"STANDARD": "0.02", "NEARLINE": "0.01"},
-        "20.48",
+        {},
+        "20.48",  # 2,048 GiB x (Standard $0.02 - Nearline $0.01) in us-central1
         "tiered",
+        catalog=("gcp_storage_skus.json",),
     ),
     Case(
         "gcp_sql_rightsize.json",

@@ -106,21 +106,29 @@ def seed_prices(pg_dsn: str) -> Callable[[str, str, str, str, dict[str, str]], N
 
 
 @pytest.fixture
+def load_prices(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Price files (tests/ingest/fixtures/prices) loaded by the real `cct prices load`, so a
+    plan is shown to work on what the loader writes."""
+
+    def load(provider: str, *names: str) -> None:
+        monkeypatch.setenv("CCT_PG_DSN", pg_dsn)
+        files = [str(PRICE_FILES / name) for name in names]
+        result = CliRunner().invoke(cli, ["prices", "load", "--provider", provider, *files])
+        assert result.exit_code == 0, result.output
+
+    return load
+
+
+@pytest.fixture
 def seed_case(
-    seed_prices: Callable[..., None], pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+    seed_prices: Callable[..., None], load_prices: Callable[..., None]
 ) -> Callable[[Case], None]:
-    """The prices a case's plan needs: its own rows, and its price files loaded by the real
-    `cct prices load`, so a plan is shown to work on what the loader writes."""
+    """The prices a case's plan needs: its own rows and its price files."""
 
     def seed(case: Case) -> None:
         seed_prices(case.provider, case.service, case.region, case.unit, case.prices)
         if case.catalog:
-            monkeypatch.setenv("CCT_PG_DSN", pg_dsn)
-            files = [str(PRICE_FILES / name) for name in case.catalog]
-            result = CliRunner().invoke(
-                cli, ["prices", "load", "--provider", case.provider, *files]
-            )
-            assert result.exit_code == 0, result.output
+            load_prices(case.provider, *case.catalog)
 
     return seed
 

@@ -576,15 +576,10 @@ def test_attached_volume_is_left_alone(
 
 
 def test_storage_tiering_adds_a_lifecycle_rule_and_keeps_others(
-    *, env: dict[str, str], aws_env: str, seed_prices: Any, db: Any, uid: str, aws_calls: list[str]
+    *, env: dict[str, str], aws_env: str, load_prices: Any, db: Any, uid: str, aws_calls: list[str]
 ) -> None:
-    seed_prices(
-        "aws",
-        "Amazon Simple Storage Service",
-        REGION,
-        "gib_month",
-        {"STANDARD": "0.023", "STANDARD_IA": "0.0125"},
-    )
+    # S3 Standard $0.023 and Standard-IA $0.0125 per GiB-month in us-east-1, from the offer.
+    load_prices("aws", "aws_s3_offer.json")
     bucket = f"cct-tiering-{uid}"
     s3 = _client("s3", aws_env)
     s3.create_bucket(Bucket=bucket)

@@ -317,6 +317,36 @@ def test_rds_catalog_prices_are_found_by_the_class_rds_reports() -> None:
     assert "db.m5.large" not in catalog_skus(rows, {})
 
 
+@pytest.mark.parametrize(
+    ("account_sku", "hot", "cool"),
+    [
+        ("Standard_LRS", "0.0184", "0.01"),
+        ("Standard_GRS", "0.0368", "0.02"),
+        ("Standard_RAGRS", "0.046", None),  # no Cool RA-GRS meter in the file: no price
+        ("Premium_LRS", None, None),  # no access tiers: never a standard account's price
+        ("", None, None),
+    ],
+)
+def test_an_azure_account_s_tiers_are_priced_at_its_own_redundancy(
+    account_sku: str, hot: str | None, cool: str | None
+) -> None:
+    """`cct prices load` keeps blob capacity per tier and redundancy (`Cool/LRS`); the
+    tiering plan reads the account's tier (`Hot`) and its sku's redundancy."""
+    from lambdas.pricing.sources import parse
+    from lambdas.steps.providers.azure import _redundancy
+    from lambdas.steps.steps import catalog_skus
+    from tests.ingest.conftest import FIXTURES
+
+    doc = json.loads((FIXTURES / "prices" / "azure_retail_blob.json").read_text())
+    rows = {r.key.sku: Decimal(str(r.usd_per_unit)) for r in parse("azure", [doc], "fixture").rows}
+    state = {"sku": "Hot", "redundancy": _redundancy(account_sku)}
+    prices = catalog_skus(rows, state, "azure")
+    assert (prices.get("Hot"), prices.get("Cool")) == (
+        hot and Decimal(hot),
+        cool and Decimal(cool),
+    )
+
+
 def test_an_azure_disk_is_priced_per_gib_month_at_its_tier_s_price() -> None:
     """What `cct prices load` keeps for Azure disks (a tier's price per hour) becomes the
     per-GiB-month price the delete-unattached-volume plan multiplies by the disk's size."""

@@ -444,9 +444,20 @@ def _read_policy(session: AzureSession, params: Mapping[str, Any]) -> State:
     return {
         "exists": True,
         "sku": account["properties"].get("accessTier", "Hot"),
+        "redundancy": _redundancy(str((account.get("sku") or {}).get("name", ""))),
         "region": account["location"],
         "rules": rules,
     }
+
+
+def _redundancy(sku_name: str) -> str | None:
+    """The replication of a standard storage account's sku (`Standard_RAGRS`) as the price
+    list writes it (`RA-GRS`). None for a premium account (no access tiers: its capacity is
+    priced otherwise) or an unknown sku: the plan finds no price rather than another one's."""
+    performance, _, replication = sku_name.partition("_")
+    if performance != "Standard" or not replication:
+        return None
+    return {"RAGRS": "RA-GRS", "RAGZRS": "RA-GZRS"}.get(replication, replication)
 
 
 def _tier_rule(params: Mapping[str, Any]) -> dict[str, Any]:
