@@ -3,8 +3,8 @@
 - AWS Price List Bulk API offer files (AmazonEC2, AmazonRDS, AmazonS3,
   AmazonS3GlacierDeepArchive): `products` + `terms.OnDemand`.
 - Azure Retail Prices API pages: `{"Items": [...], "NextPageLink": ...}`.
-- GCP Cloud Billing Catalog API `services/{6F81-5844-456A,95FF-2EF5-5EA1}/skus` pages
-  (Compute Engine, Cloud Storage): `{"skus": [...]}`.
+- GCP Cloud Billing Catalog API `services/{6F81-5844-456A,95FF-2EF5-5EA1,9662-B51E-5089}/skus`
+  pages (Compute Engine, Cloud Storage, Cloud SQL): `{"skus": [...]}`.
 
 Only on-demand, shared-tenancy list prices are kept: that is what the run-rate estimate
 uses; discounts come in through reconciliation with the bill. Licensed operating systems are
@@ -47,6 +47,8 @@ from lambdas.pricing.catalog import (
 
 AWS_S3 = "Amazon Simple Storage Service"
 GCP_STORAGE = "Cloud Storage"
+GCP_SQL = "Cloud SQL"
+AZURE_SQL = "SQL Database"
 
 
 class PriceSourceError(ValueError):
@@ -382,6 +384,16 @@ _AZ_BLOB_PRODUCT = "General Block Blob v2"
 _AZ_BLOB = re.compile(r"^(Hot|Cool|Cold|Archive) (LRS|ZRS|GRS|RA-GRS|GZRS|RA-GZRS) Data Stored$")
 
 
+# Azure SQL Database vCore products ("SQL Database Single/Elastic Pool General Purpose -
+# Compute Gen5", "... - SQL License"); serverless, zone-redundant and DTU products are others.
+_AZ_SQL = re.compile(
+    r"^SQL Database (?:Single/Elastic Pool|SingleDB) (General Purpose|Business Critical|Hyperscale)"
+    r" - (?:Compute (Gen\d+)|SQL License)$"
+)
+_AZ_SQL_TIERS = {"General Purpose": "GP", "Business Critical": "BC", "Hyperscale": "HS"}
+_AZ_VCORES = re.compile(r"^(\d{1,3}) vCore$")
+
+
 def parse_azure_retail(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:
     items = doc.get("Items")
     if not isinstance(items, list):
@@ -408,7 +420,36 @@ def _azure_item(item: Any, source: str) -> list[PriceRow]:
         return [PriceRow(PriceKey("azure", AZURE_VM, region, sku, "hour"), price, source)]
     if service == "Storage":
         return _azure_storage(item, region, product, sku_name, source)
+    if service == AZURE_SQL and item.get("unitOfMeasure") == "1 Hour":
+        return _azure_sql(item, region, product, sku_name, source)
     return []
+
+
+def _azure_sql(
+    item: Mapping[str, Any], region: str, product: str, sku_name: str, source: str
+) -> list[PriceRow]:
+    """A vCore database's compute per database-hour (`GP_Gen5_2/compute`, from the meter of
+    its vCore count) and its SQL Server licence per vCore-hour (`GP/license`), which Azure
+    Hybrid Benefit (`licenseType` BasePrice) leaves out."""
+    m = _AZ_SQL.match(product)
+    vcores = _AZ_VCORES.match(sku_name)
+    if m is None or item.get("meterName") != "vCore":
+        return []
+    tier = _AZ_SQL_TIERS[m[1]]
+    price = _number(item["retailPrice"])
+    if m[2]:  # compute
+        if vcores is None:
+            return []
+        key = PriceKey("azure", AZURE_SQL, region, f"{tier}_{m[2]}_{vcores[1]}/compute", "hour")
+        return [PriceRow(key, price, source)]
+    # The licence meter per vCore ("vCore"), or per database of N vCores ("N vCore").
+    if vcores is not None:
+        price /= int(vcores[1])
+    elif sku_name != "vCore":
+        return []
+    return [
+        PriceRow(PriceKey("azure", AZURE_SQL, region, f"{tier}/license", "hour"), price, source)
+    ]
 
 
 def _azure_storage(
@@ -463,6 +504,23 @@ _GCS_NOT_CAPACITY = re.compile(
 )
 
 
+# Cloud SQL instances by engine and availability (Regional = high availability, twice the
+# price): per vCPU and GiB of a custom tier, or per instance of a shared-core one. SQL
+# Server is left out: its licence is priced apart, and a price without it would be low.
+# "Extended RAM" beyond a tier's usual memory and commitments are other SKUs.
+_CLOUD_SQL = re.compile(
+    r"^Cloud SQL for (MySQL|PostgreSQL): (Zonal|Regional) - "
+    r"(vCPU|RAM|Micro instance|Small instance) in "
+)
+_CLOUD_SQL_ENGINES = {"MySQL": "mysql", "PostgreSQL": "postgres"}
+_CLOUD_SQL_PARTS = {
+    "vCPU": ("core", "h"),
+    "RAM": ("ram", "GiBy.h"),
+    "Micro instance": ("db-f1-micro", "h"),
+    "Small instance": ("db-g1-small", "h"),
+}
+
+
 def _gcp_unit_price(sku: Mapping[str, Any]) -> tuple[float, str] | None:
     for info in _list(sku.get("pricingInfo"), "pricingInfo"):
         expr = info.get("pricingExpression") or {}
@@ -513,7 +571,21 @@ def _gcp_sku(sku: Any, source: str) -> list[PriceRow]:
         elif (storage_class := _gcs_class(sku, desc)) and unit == "GiBy.mo":
             key = PriceKey("gcp", GCP_STORAGE, region, storage_class, "gib_month")
             rows.append(PriceRow(key, value, source))
+        elif (part := _cloud_sql_part(desc, unit)) is not None:
+            rows.append(PriceRow(PriceKey("gcp", GCP_SQL, region, part, "hour"), value, source))
     return rows
+
+
+def _cloud_sql_part(desc: str, unit: str) -> str | None:
+    """`<engine>/<availability>/<part>` of a Cloud SQL instance SKU: `postgres/zonal/core`
+    per vCPU-hour, `.../ram` per GiB-hour, `.../db-f1-micro` per instance-hour."""
+    m = _CLOUD_SQL.match(desc)
+    if m is None:
+        return None
+    part, wanted = _CLOUD_SQL_PARTS[m[3]]
+    if unit != wanted:
+        return None
+    return f"{_CLOUD_SQL_ENGINES[m[1]]}/{m[2].lower()}/{part}"
 
 
 def _gcs_class(sku: Mapping[str, Any], desc: str) -> str | None:

@@ -4,6 +4,7 @@ clock) and returns the JSON object the step prints; the decisions are in `planni
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -204,11 +205,23 @@ def catalog_skus(
     database's own engine and deployment are also offered under the bare class. GCP prices
     a machine type per vCPU and GiB of its family (`e2/core`, `e2/ram`): the machine's own
     type and the smaller sizes a rightsize may choose are offered composed from them, as the
-    collector prices them (`lambdas.pricing.catalog.gcp_machine_shape`). Azure blob capacity
+    collector prices them (`lambdas.pricing.catalog.gcp_machine_shape`); a Cloud SQL tier
+    likewise, from the vCPU and GiB prices of the instance's engine and availability
+    (`postgres/zonal/core`); an Azure SQL database from its compute and licence prices.
+    Azure blob capacity
     is keyed `<tier>/<redundancy>` (`Cool/LRS`): the account's own redundancy's rows are
     offered under the bare tier, as the account reports it."""
     if provider == "gcp" and state.get("sku"):
+        engine, availability = state.get("engine"), state.get("availability")
+        if engine and availability:
+            # A Cloud SQL tier: its engine's and availability's vCPU and GiB prices, as the
+            # machine family `db` of `db-custom-4-16384`; shared-core tiers by name.
+            prefix = f"{engine}/{availability}/"
+            own = {k.removeprefix(prefix): v for k, v in rows.items() if k.startswith(prefix)}
+            rows = {**rows, **{f"db/{k}" if k in ("core", "ram") else k: v for k, v in own.items()}}
         return {**_gcp_machine_prices(rows, str(state["sku"])), **rows}
+    if provider == "azure" and state.get("sku") and any(k.endswith("/compute") for k in rows):
+        return {**_azure_sql_prices(rows, str(state["sku"]), state.get("license")), **rows}
     engine, deployment = state.get("engine"), state.get("deployment")
     if engine and deployment:
         suffix = f"/{engine}/{deployment}"
@@ -218,6 +231,32 @@ def catalog_skus(
         return dict(rows)
     narrowed = {k.removesuffix(suffix): v for k, v in rows.items() if k.endswith(suffix)}
     return {**rows, **narrowed}
+
+
+_AZURE_VCORE_SKU = re.compile(r"^([A-Z]+)_Gen\d+_(\d+)$")
+
+
+def _azure_sql_prices(
+    rows: Mapping[str, Decimal], sku: str, license_type: object
+) -> dict[str, Decimal]:
+    """An Azure SQL database's price and its smaller sizes': compute (`GP_Gen5_2/compute`)
+    plus the licence per vCore (`GP/license`) unless Azure Hybrid Benefit brings its own
+    (`licenseType` BasePrice). No licence price, no price: never the compute alone."""
+    try:
+        _, sizes = smaller_sizes("azure", sku)
+    except InvalidInput:
+        sizes = []
+    out: dict[str, Decimal] = {}
+    for candidate in [sku, *(name for name, _ in sizes)]:
+        m = _AZURE_VCORE_SKU.match(candidate)
+        compute = rows.get(f"{candidate}/compute")
+        if m is None or compute is None:
+            continue
+        if license_type == "BasePrice":
+            out[candidate] = compute
+        elif (per_vcore := rows.get(f"{m[1]}/license")) is not None:
+            out[candidate] = compute + per_vcore * Decimal(m[2])
+    return out
 
 
 def _gcp_machine_prices(rows: Mapping[str, Decimal], sku: str) -> dict[str, Decimal]:

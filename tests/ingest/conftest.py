@@ -31,8 +31,13 @@ PRICE_FILES = {
         "aws_s3_offer.json",
         "aws_s3_deep_archive_offer.json",
     ],
-    "azure": ["azure_retail_page1.json", "azure_retail_page2.json", "azure_retail_blob.json"],
-    "gcp": ["gcp_compute_skus.json", "gcp_storage_skus.json"],
+    "azure": [
+        "azure_retail_page1.json",
+        "azure_retail_page2.json",
+        "azure_retail_blob.json",
+        "azure_retail_sql.json",
+    ],
+    "gcp": ["gcp_compute_skus.json", "gcp_storage_skus.json", "gcp_sql_skus.json"],
 }
 
 

@@ -14,7 +14,14 @@ from lambdas.pricing.catalog import (
     usd_per_hour,
 )
 from lambdas.pricing.cli import documents
-from lambdas.pricing.sources import AWS_S3, GCP_STORAGE, PriceSourceError, parse
+from lambdas.pricing.sources import (
+    AWS_S3,
+    AZURE_SQL,
+    GCP_SQL,
+    GCP_STORAGE,
+    PriceSourceError,
+    parse,
+)
 from tests.ingest.conftest import FIXTURES, PRICE_FILES
 
 
@@ -56,7 +63,7 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
         0.17
     )
     # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora, object storage
-    assert len(b) == 61
+    assert len(b) == 89
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -133,6 +140,37 @@ def test_object_storage_classes_as_the_tiering_plans_name_them() -> None:
         ("us-central1", "NEARLINE"): pytest.approx(0.01),  # not its early deletion
         ("us-central1", "COLDLINE"): pytest.approx(0.004),
         ("us-central1", "ARCHIVE"): pytest.approx(0.0012),
+    }
+
+
+def test_cloud_sql_per_vcpu_and_gib_of_each_engine_and_availability() -> None:
+    """Cloud SQL's vCPU, RAM and shared-core SKUs per engine and availability: without them
+    every Cloud SQL rightsize plan on a loaded catalog was a no-op."""
+    b = book()
+    sql = {
+        k.sku: v for k, v in b.items() if k.service_name == GCP_SQL and k.region_id == "us-east1"
+    }
+    assert sql == {
+        "postgres/zonal/core": pytest.approx(0.0413),
+        "postgres/zonal/ram": pytest.approx(0.007),  # per GiB-hour
+        "postgres/regional/core": pytest.approx(0.0826),
+        "postgres/regional/ram": pytest.approx(0.014),
+        "mysql/zonal/core": pytest.approx(0.0413),
+        "mysql/zonal/ram": pytest.approx(0.007),
+        "mysql/zonal/db-f1-micro": pytest.approx(0.0105),
+        "mysql/zonal/db-g1-small": pytest.approx(0.035),
+    }  # not SQL Server (its licence is apart), not the commitments
+
+
+def test_azure_sql_compute_per_vcore_count_and_the_licence_per_vcore() -> None:
+    """A provisioned vCore database's compute meter (per database of its vCore count) and
+    the SQL Server licence per vCore; serverless, reservations and DTU tiers are not it."""
+    sql = {k.sku: v for k, v in book().items() if k.service_name == AZURE_SQL}
+    assert sql == {
+        "GP_Gen5_2/compute": 0.3044,
+        "GP_Gen5_4/compute": 0.6088,
+        "BC_Gen5_2/compute": 0.8166,
+        "GP/license": 0.1,
     }
 
 

@@ -94,10 +94,12 @@ CASES = [
         "SQL Database",
         "eastus",
         "hour",
-        {"GP_Gen5_4": "1.011", "GP_Gen5_2": "0.505"},
-        "369.38",
+        {},
+        # Licence included: (2 vCores' compute $0.3044 + 2 x $0.1 licence) an hour saved.
+        "368.21",
         "scaled",
         "GP_Gen5_2",
+        catalog=("azure_retail_sql.json",),
     ),
     Case(
         "gcp_rightsize_instance.json",
@@ -158,10 +160,12 @@ CASES = [
         "Cloud SQL",
         "us-central1",
         "hour",
-        {"db-custom-4-16384": "0.4126", "db-custom-2-8192": "0.2063"},
-        "150.60",
+        {},
+        # A zonal PostgreSQL instance: 2 vCPU x $0.0413 + 8 GiB x $0.007 an hour saved.
+        "101.18",
         "updated",
         "db-custom-2-8192",
+        catalog=("gcp_sql_skus.json",),
     ),
 ]
 

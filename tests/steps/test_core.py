@@ -347,6 +347,80 @@ def test_an_azure_account_s_tiers_are_priced_at_its_own_redundancy(
     )
 
 
+@pytest.mark.parametrize(
+    ("version", "availability", "tier", "prices"),
+    [
+        # 4 x $0.0413 + 16 GiB x $0.007; the smaller sizes a rightsize may choose too.
+        (
+            "POSTGRES_15",
+            "ZONAL",
+            "db-custom-4-16384",
+            {"db-custom-4-16384": "0.2772", "db-custom-2-8192": "0.1386"},
+        ),
+        (
+            "POSTGRES_15",
+            "REGIONAL",
+            "db-custom-4-16384",
+            {"db-custom-4-16384": "0.5544", "db-custom-2-8192": "0.2772"},
+        ),
+        ("MYSQL_8_0", "ZONAL", "db-g1-small", {"db-g1-small": "0.035", "db-f1-micro": "0.0105"}),
+        ("SQLSERVER_2019_STANDARD", "ZONAL", "db-custom-4-16384", {}),  # licence not priced
+        ("POSTGRES_15", "REGIONAL", "db-g1-small", {}),  # no regional shared-core price
+    ],
+)
+def test_a_cloud_sql_tier_is_priced_from_its_engine_and_availability(
+    version: str, availability: str, tier: str, prices: dict[str, str]
+) -> None:
+    """`cct prices load` keeps Cloud SQL per vCPU and GiB of each engine and availability
+    (`postgres/zonal/core`); the rightsize plan reads the instance's tier, engine and
+    availability, as `gcp.sql.set_tier` reads them from the Admin API."""
+    from lambdas.pricing.sources import parse
+    from lambdas.steps.providers.gcp import sql_engine
+    from lambdas.steps.steps import catalog_skus
+    from tests.ingest.conftest import FIXTURES
+
+    doc = json.loads((FIXTURES / "prices" / "gcp_sql_skus.json").read_text())
+    rows = {
+        r.key.sku: Decimal(str(r.usd_per_unit))
+        for r in parse("gcp", [doc], "fixture").rows
+        if r.key.region_id == "us-central1"
+    }
+    state = {
+        "sku": tier,
+        "engine": sql_engine(version),
+        "availability": availability.lower(),
+    }
+    found = catalog_skus(rows, state, "gcp")
+    assert {
+        k: str(v.quantize(Decimal("0.0001"))) for k, v in found.items() if k.startswith("db-")
+    } == ({k: str(Decimal(v).quantize(Decimal("0.0001"))) for k, v in prices.items()})
+
+
+@pytest.mark.parametrize(
+    ("sku", "license_type", "prices"),
+    [
+        # compute + 0.1 a vCore-hour of licence; the smaller size a rightsize may choose too
+        ("GP_Gen5_4", "LicenseIncluded", {"GP_Gen5_4": "1.0088", "GP_Gen5_2": "0.5044"}),
+        ("GP_Gen5_4", "BasePrice", {"GP_Gen5_4": "0.6088", "GP_Gen5_2": "0.3044"}),
+        ("BC_Gen5_2", "LicenseIncluded", {}),  # no Business Critical licence price: none
+        ("BC_Gen5_2", "BasePrice", {"BC_Gen5_2": "0.8166"}),
+    ],
+)
+def test_an_azure_sql_database_is_priced_from_its_compute_and_licence(
+    sku: str, license_type: str, prices: dict[str, str]
+) -> None:
+    from lambdas.pricing.sources import parse
+    from lambdas.steps.steps import catalog_skus
+    from tests.ingest.conftest import FIXTURES
+
+    doc = json.loads((FIXTURES / "prices" / "azure_retail_sql.json").read_text())
+    rows = {r.key.sku: Decimal(str(r.usd_per_unit)) for r in parse("azure", [doc], "fixture").rows}
+    found = catalog_skus(rows, {"sku": sku, "license": license_type}, "azure")
+    assert {k: v for k, v in found.items() if "/" not in k} == {
+        k: Decimal(v) for k, v in prices.items()
+    }
+
+
 def test_an_azure_disk_is_priced_per_gib_month_at_its_tier_s_price() -> None:
     """What `cct prices load` keeps for Azure disks (a tier's price per hour) becomes the
     per-GiB-month price the delete-unattached-volume plan multiplies by the disk's size."""

@@ -550,6 +550,8 @@ def _read_sql(session: AzureSession, params: Mapping[str, Any]) -> State:
     props = db["properties"]
     return {
         "sku": db["sku"]["name"],
+        # BasePrice: Azure Hybrid Benefit, the SQL Server licence is the customer's own.
+        "license": props.get("licenseType", "LicenseIncluded"),
         "status": props["status"],
         "region": db["location"],
         "busy": props["status"] != "Online"
