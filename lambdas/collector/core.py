@@ -78,18 +78,19 @@ def _rate(
     return rounded
 
 
-def _retagged(
-    tags: dict[str, str], changes: Mapping[str, str | None], removals_if: Mapping[str, str]
-) -> dict[str, str]:
-    """`tags` with `changes` applied (a value sets a tag, None removes it) and the tags of
-    `removals_if` removed where they have its value."""
-    for key, value in changes.items():
+def _retagged(tags: dict[str, str], ch: ResourceChange) -> dict[str, str]:
+    """`tags` with a re-tag's changes applied: a value sets a tag, None removes it; a
+    removal naming values removes the tag where it has one of them; a DeleteTags naming no
+    tag removes all but AWS's own (`aws:`)."""
+    if ch.drop_user_tags:
+        tags = {k: v for k, v in tags.items() if k.startswith("aws:")}
+    for key, value in ch.tag_changes.items():
         if value is None:
             tags.pop(key, None)
         else:
             tags[key] = value
-    for key, value in removals_if.items():
-        if tags.get(key) == value:
+    for key, values in ch.tag_removals_if.items():
+        if tags.get(key) in values:
             del tags[key]
     return tags
 
@@ -127,7 +128,7 @@ def merge(
         sku = ch.sku
         size = dict(ch.attributes)
         state = ch.state or "unknown"
-        tags = _retagged(dict(ch.tags or {}), ch.tag_changes, ch.tag_removals_if)
+        tags = _retagged(dict(ch.tags or {}), ch)
         last_id, last_time = ch.event_id, ch.event_time
         before, stale = 0.0, False
     else:
@@ -148,8 +149,8 @@ def merge(
                 # The same second as the last change (CloudTrail's times are whole seconds:
                 # a launch and its CreateTags often share one): it fills in, replaces nothing.
                 tags = _filled(current.tags, ch.tags)
-            if ch.tag_changes or ch.tag_removals_if:
-                tags = _retagged(dict(tags), ch.tag_changes, ch.tag_removals_if)
+            if ch.tag_changes or ch.tag_removals_if or ch.drop_user_tags:
+                tags = _retagged(dict(tags), ch)
             last_id, last_time = ch.event_id, ch.event_time
         else:
             billing, sub = current.billing_account_id, current.sub_account_id

@@ -58,8 +58,11 @@ class ResourceChange(NamedTuple):
     # RemoveTagsFromResource): a value sets a tag, None removes it, the others stay.
     tag_changes: Mapping[str, str | None] = _NO_ATTRIBUTES
     # An EC2 DeleteTags item naming a value removes the tag only where it has that value
-    # (AWS's rule: `--tags Key=team,Value=web` leaves a `team=data` tag alone).
-    tag_removals_if: Mapping[str, str] = _NO_ATTRIBUTES
+    # (AWS's rule: `--tags Key=team,Value=web` leaves a `team=data` tag alone); a key named
+    # with several values, where it has any of them.
+    tag_removals_if: Mapping[str, frozenset[str]] = _NO_ATTRIBUTES
+    # An EC2 DeleteTags naming no tag: every tag but AWS's own (`aws:` keys) is removed.
+    drop_user_tags: bool = False
 
 
 class Resource(NamedTuple):

@@ -369,19 +369,22 @@ def _ct_ec2_tags(req: Mapping[str, Any], resp: Mapping[str, Any], base: dict[str
     if action == "CreateTags":
         what = {"tag_changes": _tag_changes(tag_items, False, action)}
     elif not tag_items:
-        # `aws ec2 delete-tags --resources i-...` removes all of the user's tags.
-        what = {"tags": {}}
+        # `aws ec2 delete-tags --resources i-...` removes all of the user's tags (AWS keeps
+        # its own `aws:` ones).
+        what = {"drop_user_tags": True}
     else:
         _tag_changes(tag_items, True, action)  # refuses an item without a key
-        valued: list[Any] = []
-        bare: list[Any] = []
-        for i in tag_items:
-            (bare if i.get("value", i.get("Value")) is None else valued).append(i)
-        anyhow = _tag_changes(bare, True, action) if bare else {}
-        only_if = _tag_changes(valued, False, action) if valued else {}
+        anyhow: dict[str, str | None] = {}
+        only_if: dict[str, set[str]] = {}
+        for item in tag_items:
+            key, value = _tag(item, False) or ("", "")
+            if item.get("value", item.get("Value")) is None:
+                anyhow[key] = None
+            else:
+                only_if.setdefault(key, set()).add(str(value))
         what = {
             "tag_changes": anyhow,
-            "tag_removals_if": {k: v for k, v in only_if.items() if k not in anyhow},
+            "tag_removals_if": {k: frozenset(v) for k, v in only_if.items() if k not in anyhow},
         }
     out: Changes = []
     for item in _items(req.get("resourcesSet")):
@@ -778,15 +781,15 @@ def check_change(ch: ResourceChange, limits: ChangeLimits, now: datetime) -> Non
     for where, text in fields:
         if text is not None:
             _check_text(where, text, most)
-    for tags in (ch.tags, ch.tag_changes, ch.tag_removals_if):
-        if not tags:
-            continue
-        if len(tags) > limits.max_tags:
+    # What an event sets and what it removes count together against the limit.
+    removed = [(k, v) for k, values in ch.tag_removals_if.items() for v in values]
+    changed = [(k, "" if v is None else v) for k, v in ch.tag_changes.items()]  # None: removed
+    for pairs in (list((ch.tags or {}).items()), changed + removed):
+        if len(pairs) > limits.max_tags:
             raise EventRejected(
-                "too_many_tags", f"{len(tags)} tags exceed the limit of {limits.max_tags}"
+                "too_many_tags", f"{len(pairs)} tags exceed the limit of {limits.max_tags}"
             )
-        for k, value in tags.items():
-            v = "" if value is None and tags is ch.tag_changes else value  # None: removed
+        for k, v in pairs:
             if not (isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= most):
                 _check_text(f"tag {str(k)[:40]!r}", f"{k}{v}", most)
     for name, value in ch.attributes.items():

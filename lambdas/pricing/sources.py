@@ -391,7 +391,7 @@ _AZ_SQL = re.compile(
     r" - (?:Compute (Gen\d+)|SQL License)$"
 )
 _AZ_SQL_TIERS = {"General Purpose": "GP", "Business Critical": "BC", "Hyperscale": "HS"}
-_AZ_VCORES = re.compile(r"^(\d{1,3}) vCore$")
+_AZ_VCORES = re.compile(r"^([1-9]\d{0,2}) vCore$")
 
 
 def parse_azure_retail(doc: Mapping[str, Any], source: str, rejects: Rejects) -> Iterator[PriceRow]:

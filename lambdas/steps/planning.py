@@ -202,6 +202,10 @@ def _plan_tiering(f: _Facts) -> Plan:
     cold = COLD_CLASS[f.params.provider]
     if sku not in prices or cold not in prices:
         return _noop(f"no list price for {sku} or {cold} in the price catalog")
+    if prices[cold] >= prices[sku]:
+        # Already that class or a colder one (a Coldline bucket, an account whose default
+        # tier is Cold): a rule would cost more, or nothing, per GiB.
+        return _noop(f"{cold} costs no less than {sku} per GiB-month: nothing to save")
     size_gib = f.metrics.get("size_gib")
     # Without a size from monitoring the saving is unknown, never $0.
     saving = (

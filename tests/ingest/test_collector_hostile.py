@@ -171,6 +171,19 @@ def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
             check_change(change, ChangeLimits(), change.event_time)
 
 
+def test_tags_set_and_removed_by_one_event_count_together(event: Event) -> None:
+    """Review finding: the tags a DeleteTags removes whatever their value and the ones it
+    removes only at a value were each held to the limit: 64 + 64 passed."""
+    ev = event("aws_delete_tags")
+    ev["detail"]["requestParameters"]["tagSet"]["items"] = [
+        *({"key": f"k{i}"} for i in range(40)),
+        *({"key": f"v{i}", "value": "x"} for i in range(40)),
+    ]
+    [change] = normalize({"provider": "aws", "event": ev})
+    with pytest.raises(EventRejected, match="80 tags exceed the limit of 64"):
+        check_change(change, ChangeLimits(), change.event_time)
+
+
 @pytest.mark.parametrize(
     ("tag_set", "reason", "detail"),
     [

@@ -120,15 +120,32 @@ def test_tag_changes_set_and_remove_tags_and_an_older_one_only_fills_in() -> Non
 def test_a_removal_naming_a_value_removes_only_that_value() -> None:
     run = ch("run", 0, state="running", sku="m5.large", tags={"team": "data", "owner": ""})
     rows, _ = apply_changes({}, [run], BOOK)
-    rows, _ = apply_changes(rows, [ch("a", 5, tag_removals_if={"team": "web"})], BOOK)
+    web = frozenset({"web"})
+    rows, _ = apply_changes(rows, [ch("a", 5, tag_removals_if={"team": web})], BOOK)
     assert rows[("aws", "i-1")].tags == {"team": "data", "owner": ""}
-    gone = ch("b", 6, tag_removals_if={"team": "data", "owner": ""})
+    gone = ch(
+        "b", 6, tag_removals_if={"team": frozenset({"web", "data"}), "owner": frozenset({""})}
+    )
     rows, _ = apply_changes(rows, [gone], BOOK)
     assert rows[("aws", "i-1")].tags == {}
     # Delivered late, it removes nothing (a newer event may have set the tag again).
     rows, _ = apply_changes(rows, [ch("c", 7, tag_changes={"team": "ops"})], BOOK)
-    rows, _ = apply_changes(rows, [ch("d", 6, tag_removals_if={"team": "ops"})], BOOK)
+    late = ch("d", 6, tag_removals_if={"team": frozenset({"ops"})})
+    rows, _ = apply_changes(rows, [late], BOOK)
     assert rows[("aws", "i-1")].tags == {"team": "ops"}
+
+
+def test_a_delete_tags_naming_no_tag_keeps_aws_s_own_tags() -> None:
+    """Review finding: `delete-tags` without tags was an empty full tag set: AWS's own
+    `aws:` tags were removed too, and in the same second as the last event (CloudTrail's
+    whole seconds) nothing was removed at all (a full set of the same second only fills in)."""
+    tags = {"team": "web", "aws:autoscaling:groupName": "asg-1"}
+    run = ch("run", 0, state="running", sku="m5.large", tags=tags)
+    rows, _ = apply_changes({}, [run], BOOK)
+    for second in (0, 5):  # the launch's second, a later one
+        untag = ch(f"untag-{second}", second, drop_user_tags=True)
+        after, _ = apply_changes(rows, [untag], BOOK)
+        assert after[("aws", "i-1")].tags == {"aws:autoscaling:groupName": "asg-1"}
 
 
 def test_an_older_full_tag_set_fills_in_and_replaces_nothing() -> None:

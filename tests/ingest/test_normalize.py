@@ -584,7 +584,7 @@ def test_a_delete_tags_naming_a_value_removes_the_tag_only_where_it_has_that_val
     ]
     [gone] = normalize({"provider": "aws", "event": ev})
     assert gone.tag_changes == {"env": None, "tier": None}
-    assert gone.tag_removals_if == {"team": "web", "owner": ""}
+    assert gone.tag_removals_if == {"team": frozenset({"web"}), "owner": frozenset({""})}
     # The same key with and without a value: AWS removes it whatever its value.
     ev["detail"]["requestParameters"]["tagSet"]["items"] = [
         {"key": "team", "value": "web"},
@@ -592,6 +592,13 @@ def test_a_delete_tags_naming_a_value_removes_the_tag_only_where_it_has_that_val
     ]
     [gone] = normalize({"provider": "aws", "event": ev})
     assert (gone.tag_changes, gone.tag_removals_if) == ({"team": None}, {})
+    # Review finding: one key named with two values kept the last one only.
+    ev["detail"]["requestParameters"]["tagSet"]["items"] = [
+        {"key": "team", "value": "web"},
+        {"key": "team", "value": "data"},
+    ]
+    [gone] = normalize({"provider": "aws", "event": ev})
+    assert gone.tag_removals_if == {"team": frozenset({"web", "data"})}
 
 
 def test_re_tags_of_resources_without_a_run_rate_are_ignored(event: Event) -> None:
@@ -683,7 +690,8 @@ def test_re_tag_edge_cases_from_review(event: Event) -> None:
     all_tags = event("aws_delete_tags")
     del all_tags["detail"]["requestParameters"]["tagSet"]
     [untagged] = normalize({"provider": "aws", "event": all_tags})
-    assert (untagged.tags, untagged.tag_changes) == ({}, {})
+    # AWS keeps its own `aws:` tags: not a full (empty) tag set, every user tag removed.
+    assert (untagged.tags, untagged.tag_changes, untagged.drop_user_tags) == (None, {}, True)
 
     mixed = event("aws_add_tags_to_resource")
     mixed["detail"]["requestParameters"]["resourceName"] = (

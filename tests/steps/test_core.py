@@ -145,6 +145,39 @@ def test_plans_refuse_to_guess_prices() -> None:
     assert pinned.estimated_monthly_saving_usd == Decimal("73.00")
 
 
+@pytest.mark.parametrize(
+    ("provider", "bucket_class"),
+    [("gcp", "NEARLINE"), ("gcp", "COLDLINE"), ("gcp", "ARCHIVE"), ("azure", "Cool")],
+)
+def test_a_tiering_plan_to_a_class_no_cheaper_is_a_noop(provider: str, bucket_class: str) -> None:
+    """Review finding: with the colder classes in the catalog, a bucket already Nearline or
+    colder (an account whose default tier is Cool) was planned a rule saving $0 or less
+    (a Coldline bucket "saved" -$6.00 by moving to Nearline)."""
+    from lambdas.pricing.sources import parse
+    from lambdas.steps.steps import catalog_skus
+    from tests.ingest.conftest import FIXTURES
+
+    name = {"gcp": "gcp_storage_skus.json", "azure": "azure_retail_blob.json"}[provider]
+    region = {"gcp": "us-central1", "azure": "eastus"}[provider]
+    doc = json.loads((FIXTURES / "prices" / name).read_text())
+    rows = {
+        r.key.sku: Decimal(str(r.usd_per_unit))
+        for r in parse(provider, [doc], "fixture").rows
+        if r.key.region_id == region and r.key.unit == "gib_month"
+    }
+    state = {"sku": bucket_class, "redundancy": "LRS"}
+    plan = make_plan(
+        "storage-tiering",
+        params=_params(provider=provider),
+        base={"resource_id": "b"},
+        state=state,
+        metrics={"size_gib": 1000.0},
+        prices=catalog_skus(rows, state, provider),
+        settings=SETTINGS,
+    )
+    assert plan.noop and "nothing to save" in plan.reason
+
+
 def test_approval_precedence() -> None:
     db_pb, compute_pb = PLAYBOOKS["rightsize-database"], PLAYBOOKS["rightsize-compute"]
     assert approval_need(compute_pb, _params(), None).required is False
@@ -318,28 +351,33 @@ def test_rds_catalog_prices_are_found_by_the_class_rds_reports() -> None:
 
 
 @pytest.mark.parametrize(
-    ("account_sku", "hot", "cool"),
+    ("kind", "account_sku", "hot", "cool"),
     [
-        ("Standard_LRS", "0.0184", "0.01"),
-        ("Standard_GRS", "0.0368", "0.02"),
-        ("Standard_RAGRS", "0.046", None),  # no Cool RA-GRS meter in the file: no price
-        ("Premium_LRS", None, None),  # no access tiers: never a standard account's price
-        ("", None, None),
+        ("StorageV2", "Standard_LRS", "0.0184", "0.01"),
+        ("StorageV2", "Standard_GRS", "0.0368", "0.02"),
+        ("StorageV2", "Standard_RAGRS", "0.046", None),  # no Cool RA-GRS meter: no price
+        ("BlockBlobStorage", "Premium_LRS", None, None),  # no access tiers
+        ("StorageV2", "", None, None),
+        # Review finding: a v1 account (no tiers) and a legacy BlobStorage one (meters of
+        # its own) were priced as general-purpose v2.
+        ("Storage", "Standard_LRS", None, None),
+        ("BlobStorage", "Standard_LRS", None, None),
     ],
 )
 def test_an_azure_account_s_tiers_are_priced_at_its_own_redundancy(
-    account_sku: str, hot: str | None, cool: str | None
+    kind: str, account_sku: str, hot: str | None, cool: str | None
 ) -> None:
     """`cct prices load` keeps blob capacity per tier and redundancy (`Cool/LRS`); the
     tiering plan reads the account's tier (`Hot`) and its sku's redundancy."""
     from lambdas.pricing.sources import parse
-    from lambdas.steps.providers.azure import _redundancy
+    from lambdas.steps.providers.azure import blob_redundancy
     from lambdas.steps.steps import catalog_skus
     from tests.ingest.conftest import FIXTURES
 
     doc = json.loads((FIXTURES / "prices" / "azure_retail_blob.json").read_text())
     rows = {r.key.sku: Decimal(str(r.usd_per_unit)) for r in parse("azure", [doc], "fixture").rows}
-    state = {"sku": "Hot", "redundancy": _redundancy(account_sku)}
+    account = {"kind": kind, "sku": {"name": account_sku}}
+    state = {"sku": "Hot", "redundancy": blob_redundancy(account)}
     prices = catalog_skus(rows, state, "azure")
     assert (prices.get("Hot"), prices.get("Cool")) == (
         hot and Decimal(hot),
@@ -404,6 +442,7 @@ def test_a_cloud_sql_tier_is_priced_from_its_engine_and_availability(
         ("GP_Gen5_4", "BasePrice", {"GP_Gen5_4": "0.6088", "GP_Gen5_2": "0.3044"}),
         ("BC_Gen5_2", "LicenseIncluded", {}),  # no Business Critical licence price: none
         ("BC_Gen5_2", "BasePrice", {"BC_Gen5_2": "0.8166"}),
+        ("GP_Gen5_4", "zone-redundant", {}),  # its zone redundancy meter is not read
     ],
 )
 def test_an_azure_sql_database_is_priced_from_its_compute_and_licence(
@@ -415,10 +454,30 @@ def test_an_azure_sql_database_is_priced_from_its_compute_and_licence(
 
     doc = json.loads((FIXTURES / "prices" / "azure_retail_sql.json").read_text())
     rows = {r.key.sku: Decimal(str(r.usd_per_unit)) for r in parse("azure", [doc], "fixture").rows}
-    found = catalog_skus(rows, {"sku": sku, "license": license_type}, "azure")
+    state = {
+        "sku": sku,
+        "license": license_type,
+        "zone_redundant": license_type == "zone-redundant",
+    }
+    found = catalog_skus(rows, state, "azure")
     assert {k: v for k, v in found.items() if "/" not in k} == {
         k: Decimal(v) for k, v in prices.items()
     }
+
+
+def test_an_azure_database_s_size_is_its_sku_family_and_capacity() -> None:
+    """Review finding: ARM reports a vCore database's sku as `{"name": "GP_Gen5",
+    "capacity": 2}` (public `az sql db show` outputs); the size was read as `GP_Gen5`, which
+    no price or resize names, and never equal to `currentServiceObjectiveName`, so the
+    database looked busy for good and a resize never done."""
+    from lambdas.steps.providers.azure import service_objective
+
+    assert service_objective({"name": "GP_Gen5", "tier": "GeneralPurpose", "capacity": 2}) == (
+        "GP_Gen5_2"
+    )
+    assert service_objective({"name": "GP_S_Gen5", "capacity": 1}) == "GP_S_Gen5_1"
+    assert service_objective({"name": "S0", "tier": "Standard", "capacity": 10}) == "S0"
+    assert service_objective({"name": "GP_Gen5"}) == "GP_Gen5"
 
 
 def test_an_azure_disk_is_priced_per_gib_month_at_its_tier_s_price() -> None:
@@ -716,6 +775,38 @@ def test_a_run_in_the_cluster_without_a_recorded_verdict_asks_a_person(
     inp = parse_input({"run_id": "r", "playbook": playbook, "parameters": _params().raw})
     need = _approval_need(inp, None, dataclasses.replace(SETTINGS, backend=backend))
     assert (need.required, need.denied, need.policy_ids) == (required, False, ids)
+
+
+@pytest.mark.parametrize(
+    ("bucket", "region"),
+    [
+        ({"location": "US-CENTRAL1", "locationType": "region"}, "us-central1"),
+        ({"location": "US", "locationType": "multi-region"}, "us"),
+        # Review finding: a configurable dual-region bucket reports a multi-region's name
+        # and was priced as the `us` multi-region.
+        (
+            {
+                "location": "US",
+                "locationType": "dual-region",
+                "customPlacementConfig": {"dataLocations": ["US-EAST1", "US-WEST1"]},
+            },
+            "",
+        ),
+    ],
+)
+def test_a_gcs_bucket_is_priced_where_its_storage_is(bucket: dict[str, Any], region: str) -> None:
+    from lambdas.steps.providers.gcp import _read_bucket
+
+    class Storage:
+        def json(self, method: str, path: str, *, needs: tuple[str, ...]) -> Any:
+            return {"name": "b", "storageClass": "STANDARD", **bucket}
+
+    class Session:
+        def api(self, service: str) -> Storage:
+            return Storage()
+
+    state = _read_bucket(Session(), {"resource_id": "b"})  # type: ignore[arg-type]
+    assert (state["sku"], state["region"]) == ("STANDARD", region)
 
 
 def test_gcs_tiering_keeps_every_rule_the_bucket_had() -> None:

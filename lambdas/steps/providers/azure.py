@@ -8,6 +8,7 @@ long-running operations are followed through their Azure-AsyncOperation or Locat
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -444,18 +445,20 @@ def _read_policy(session: AzureSession, params: Mapping[str, Any]) -> State:
     return {
         "exists": True,
         "sku": account["properties"].get("accessTier", "Hot"),
-        "redundancy": _redundancy(str((account.get("sku") or {}).get("name", ""))),
+        "redundancy": blob_redundancy(account),
         "region": account["location"],
         "rules": rules,
     }
 
 
-def _redundancy(sku_name: str) -> str | None:
-    """The replication of a standard storage account's sku (`Standard_RAGRS`) as the price
-    list writes it (`RA-GRS`). None for a premium account (no access tiers: its capacity is
-    priced otherwise) or an unknown sku: the plan finds no price rather than another one's."""
+def blob_redundancy(account: Mapping[str, Any]) -> str | None:
+    """The replication of a standard general-purpose v2 storage account (sku `Standard_RAGRS`)
+    as the price list writes it (`RA-GRS`), which its access tiers are priced at. None, so the
+    plan finds no price rather than another kind's: a premium account (no access tiers), a v1
+    account (none either) or a legacy BlobStorage one (meters of its own, not read)."""
+    sku_name = str((account.get("sku") or {}).get("name", ""))
     performance, _, replication = sku_name.partition("_")
-    if performance != "Standard" or not replication:
+    if account.get("kind") != "StorageV2" or performance != "Standard" or not replication:
         return None
     return {"RAGRS": "RA-GRS", "RAGZRS": "RA-GZRS"}.get(replication, replication)
 
@@ -548,15 +551,30 @@ def _read_sql(session: AzureSession, params: Mapping[str, Any]) -> State:
         "GET", params["resource_id"], params={"api-version": SQL_API}, needs=SQL_PERMS
     )
     props = db["properties"]
+    size = service_objective(db["sku"])
     return {
-        "sku": db["sku"]["name"],
+        "sku": size,
         # BasePrice: Azure Hybrid Benefit, the SQL Server licence is the customer's own.
         "license": props.get("licenseType", "LicenseIncluded"),
+        # A zone-redundant database pays a meter the catalog does not read: no price.
+        "zone_redundant": bool(props.get("zoneRedundant")),
         "status": props["status"],
         "region": db["location"],
         "busy": props["status"] != "Online"
-        or props.get("currentServiceObjectiveName") != db["sku"]["name"],
+        or props.get("currentServiceObjectiveName", size) != size,
     }
+
+
+_VCORE_FAMILY = re.compile(r"^[A-Z]+(?:_S)?_Gen\d+$")
+
+
+def service_objective(sku: Mapping[str, Any]) -> str:
+    """The size a database runs at, as a resize names it (`GP_Gen5_2`): ARM reports a vCore
+    sku as its family (`name` GP_Gen5) and vCore count (`capacity` 2), a DTU one by name."""
+    name, capacity = str(sku["name"]), sku.get("capacity")
+    if _VCORE_FAMILY.match(name) and isinstance(capacity, int) and capacity > 0:
+        return f"{name}_{capacity}"
+    return name
 
 
 def _sql_apply(session: AzureSession, params: Mapping[str, Any], before: State) -> None:

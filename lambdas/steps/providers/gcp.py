@@ -481,7 +481,12 @@ def _read_bucket(session: GcpSession, params: Mapping[str, Any]) -> State:
     return {
         "exists": True,
         "sku": bucket["storageClass"],
-        "region": str(bucket["location"]).lower(),
+        # Where its storage is priced: a region or a multi-region (`us`). A dual-region
+        # bucket reports a multi-region's name (`US`, with `customPlacementConfig`) but is
+        # priced otherwise, and the catalog has no dual-region prices: none, not `us`'s.
+        "region": ""
+        if bucket.get("locationType") == "dual-region"
+        else str(bucket["location"]).lower(),
         "project_number": bucket.get("projectNumber"),
         "rules": bucket.get("lifecycle", {}).get("rule", []),
     }
