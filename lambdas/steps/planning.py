@@ -205,6 +205,8 @@ def _plan_tiering(f: _Facts) -> Plan:
     if prices[cold] >= prices[sku]:
         # Already that class or a colder one (a Coldline bucket, an account whose default
         # tier is Cold): a rule would cost more, or nothing, per GiB.
+        if sku == cold:
+            return _noop(f"already {cold}: nothing to save")
         return _noop(f"{cold} costs no less than {sku} per GiB-month: nothing to save")
     size_gib = f.metrics.get("size_gib")
     # Without a size from monitoring the saving is unknown, never $0.

@@ -221,8 +221,10 @@ def catalog_skus(
             rows = {**rows, **{f"db/{k}" if k in ("core", "ram") else k: v for k, v in own.items()}}
         return {**_gcp_machine_prices(rows, str(state["sku"])), **rows}
     if provider == "azure" and state.get("sku") and any(k.endswith("/compute") for k in rows):
-        if state.get("zone_redundant"):
-            return dict(rows)  # its zone-redundancy meter is not read: no price, not a low one
+        if state.get("zone_redundant") and not str(state["sku"]).startswith("BC_"):
+            # General Purpose and Hyperscale pay a zone-redundancy meter that is not read (no
+            # price rather than a low one); Business Critical's costs nothing extra.
+            return dict(rows)
         return {**_azure_sql_prices(rows, str(state["sku"]), state.get("license")), **rows}
     engine, deployment = state.get("engine"), state.get("deployment")
     if engine and deployment:

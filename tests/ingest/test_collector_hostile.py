@@ -146,6 +146,7 @@ FIXTURES = [
     ("aws", "aws_create_volume"),
     ("aws", "aws_ec2_state_change"),
     ("aws", "aws_create_tags"),
+    ("aws", "aws_delete_tags"),
     ("aws", "aws_remove_tags_from_resource"),
     ("azure", "azure_vm_write"),
     ("gcp", "gcp_instances_insert"),

@@ -63,7 +63,7 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
         0.17
     )
     # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora, object storage
-    assert len(b) == 89
+    assert len(b) == 90
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -83,7 +83,7 @@ def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
     disks = {k.sku: (k.unit, v) for k, v in b.items() if k.service_name == AZURE_DISK}
     assert disks[SNAPSHOT_SKU] == ("gib_month", 0.05)
     assert disks["Premium_LRS/P15"] == ("hour", pytest.approx(38.012142 / 730))
-    assert sorted(k for k in disks if not k.startswith(("Hot/", "Cool/"))) == [
+    assert sorted(k for k in disks if not k.startswith(("Hot/", "Cool/", "Cold/"))) == [
         "Premium_LRS/P10",
         "Premium_LRS/P15",
         SNAPSHOT_SKU,
@@ -129,6 +129,7 @@ def test_object_storage_classes_as_the_tiering_plans_name_them() -> None:
     assert azure == {
         "Hot/LRS": 0.0184,  # not the legacy Blob Storage or Data Lake meters of that name
         "Cool/LRS": 0.01,
+        "Cold/LRS": 0.0036,
         "Hot/GRS": 0.0368,
         "Cool/GRS": 0.02,
         "Hot/RA-GRS": 0.046,

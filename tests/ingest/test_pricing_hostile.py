@@ -275,6 +275,22 @@ def test_an_api_key_in_a_price_url_is_never_shown_or_stored(
     assert "https://127.0.0.1:9/v1/services/x/skus:" in result.output
 
 
+@pytest.mark.parametrize("sku_name", ["0 vCore", "-2 vCore", "99999 vCore", "2.5 vCore"])
+def test_an_impossible_vcore_count_is_no_price_and_the_rest_loads(sku_name: str) -> None:
+    """Review finding: a licence meter of "0 vCore" divided its price by zero, which no
+    item check caught: the whole Azure load stopped without a reason."""
+    licence = {
+        **AZ_VM,
+        "serviceName": "SQL Database",
+        "productName": "SQL Database Single/Elastic Pool General Purpose - SQL License",
+        "meterName": "vCore",
+        "skuName": sku_name,
+        "retailPrice": 0.2,
+    }
+    parsed = parse("azure", [{"Items": [licence, AZ_VM]}], "f")
+    assert [r.key.sku for r in parsed.rows] == ["Standard_D4s_v3"]
+
+
 def test_a_missing_azure_price_is_no_price_of_zero() -> None:
     item = {k: v for k, v in AZ_VM.items() if k != "retailPrice"}
     parsed = parse("azure", [{"Items": [item]}], "f")

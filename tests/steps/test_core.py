@@ -147,7 +147,13 @@ def test_plans_refuse_to_guess_prices() -> None:
 
 @pytest.mark.parametrize(
     ("provider", "bucket_class"),
-    [("gcp", "NEARLINE"), ("gcp", "COLDLINE"), ("gcp", "ARCHIVE"), ("azure", "Cool")],
+    [
+        ("gcp", "NEARLINE"),
+        ("gcp", "COLDLINE"),
+        ("gcp", "ARCHIVE"),
+        ("azure", "Cool"),
+        ("azure", "Cold"),  # an account whose default tier is Cold would get a tierToCool rule
+    ],
 )
 def test_a_tiering_plan_to_a_class_no_cheaper_is_a_noop(provider: str, bucket_class: str) -> None:
     """Review finding: with the colder classes in the catalog, a bucket already Nearline or
@@ -435,18 +441,19 @@ def test_a_cloud_sql_tier_is_priced_from_its_engine_and_availability(
 
 
 @pytest.mark.parametrize(
-    ("sku", "license_type", "prices"),
+    ("sku", "license_type", "zone_redundant", "prices"),
     [
         # compute + 0.1 a vCore-hour of licence; the smaller size a rightsize may choose too
-        ("GP_Gen5_4", "LicenseIncluded", {"GP_Gen5_4": "1.0088", "GP_Gen5_2": "0.5044"}),
-        ("GP_Gen5_4", "BasePrice", {"GP_Gen5_4": "0.6088", "GP_Gen5_2": "0.3044"}),
-        ("BC_Gen5_2", "LicenseIncluded", {}),  # no Business Critical licence price: none
-        ("BC_Gen5_2", "BasePrice", {"BC_Gen5_2": "0.8166"}),
-        ("GP_Gen5_4", "zone-redundant", {}),  # its zone redundancy meter is not read
+        ("GP_Gen5_4", "LicenseIncluded", False, {"GP_Gen5_4": "1.0088", "GP_Gen5_2": "0.5044"}),
+        ("GP_Gen5_4", "BasePrice", False, {"GP_Gen5_4": "0.6088", "GP_Gen5_2": "0.3044"}),
+        ("BC_Gen5_2", "LicenseIncluded", False, {}),  # no Business Critical licence price
+        ("BC_Gen5_2", "BasePrice", False, {"BC_Gen5_2": "0.8166"}),
+        ("GP_Gen5_4", "BasePrice", True, {}),  # its zone-redundancy meter is not read
+        ("BC_Gen5_2", "BasePrice", True, {"BC_Gen5_2": "0.8166"}),  # none extra for BC
     ],
 )
 def test_an_azure_sql_database_is_priced_from_its_compute_and_licence(
-    sku: str, license_type: str, prices: dict[str, str]
+    sku: str, license_type: str, zone_redundant: bool, prices: dict[str, str]
 ) -> None:
     from lambdas.pricing.sources import parse
     from lambdas.steps.steps import catalog_skus
@@ -454,30 +461,69 @@ def test_an_azure_sql_database_is_priced_from_its_compute_and_licence(
 
     doc = json.loads((FIXTURES / "prices" / "azure_retail_sql.json").read_text())
     rows = {r.key.sku: Decimal(str(r.usd_per_unit)) for r in parse("azure", [doc], "fixture").rows}
-    state = {
-        "sku": sku,
-        "license": license_type,
-        "zone_redundant": license_type == "zone-redundant",
-    }
+    state = {"sku": sku, "license": license_type, "zone_redundant": zone_redundant}
     found = catalog_skus(rows, state, "azure")
     assert {k: v for k, v in found.items() if "/" not in k} == {
         k: Decimal(v) for k, v in prices.items()
     }
 
 
-def test_an_azure_database_s_size_is_its_sku_family_and_capacity() -> None:
-    """Review finding: ARM reports a vCore database's sku as `{"name": "GP_Gen5",
-    "capacity": 2}` (public `az sql db show` outputs); the size was read as `GP_Gen5`, which
-    no price or resize names, and never equal to `currentServiceObjectiveName`, so the
-    database looked busy for good and a resize never done."""
-    from lambdas.steps.providers.azure import service_objective
+@pytest.mark.parametrize(
+    ("sku", "properties", "size", "busy"),
+    [
+        # Public `az sql db show` outputs: a vCore sku is its family's name and vCore count.
+        (
+            {"name": "GP_Gen5", "tier": "GeneralPurpose", "family": "Gen5", "capacity": 2},
+            {
+                "currentServiceObjectiveName": "GP_Gen5_2",
+                "requestedServiceObjectiveName": "GP_Gen5_2",
+            },
+            "GP_Gen5_2",
+            False,
+        ),
+        # A DTU database: sku `Standard` of 10 DTUs, service objective S0.
+        (
+            {"name": "Standard", "tier": "Standard", "capacity": 10},
+            {"currentServiceObjectiveName": "S0", "requestedServiceObjectiveName": "S0"},
+            "S0",
+            False,
+        ),
+        # A resize under way: requested differs from current.
+        (
+            {"name": "GP_Gen5", "family": "Gen5", "capacity": 4},
+            {
+                "currentServiceObjectiveName": "GP_Gen5_4",
+                "requestedServiceObjectiveName": "GP_Gen5_2",
+            },
+            "GP_Gen5_4",
+            True,
+        ),
+        # Neither name given: the sku's family and capacity.
+        ({"name": "HS_PRMS", "family": "PRMS", "capacity": 2}, {}, "HS_PRMS_2", False),
+    ],
+)
+def test_an_azure_database_s_size_and_whether_it_is_busy(
+    sku: dict[str, Any], properties: dict[str, Any], size: str, busy: bool
+) -> None:
+    """Review findings: ARM reports a vCore database's sku as `{"name": "GP_Gen5",
+    "capacity": 2}`; the size was read as `GP_Gen5`, which no price or resize names and which
+    never equalled `currentServiceObjectiveName`, so the database looked busy for good and a
+    resize never done (and a DTU database, `Standard` of capacity 10, likewise)."""
+    from lambdas.steps.providers.azure import _read_sql
 
-    assert service_objective({"name": "GP_Gen5", "tier": "GeneralPurpose", "capacity": 2}) == (
-        "GP_Gen5_2"
-    )
-    assert service_objective({"name": "GP_S_Gen5", "capacity": 1}) == "GP_S_Gen5_1"
-    assert service_objective({"name": "S0", "tier": "Standard", "capacity": 10}) == "S0"
-    assert service_objective({"name": "GP_Gen5"}) == "GP_Gen5"
+    class Rest:
+        def json(self, method: str, path: str, *, params: Any, needs: Any) -> Any:
+            return {
+                "sku": sku,
+                "location": "eastus",
+                "properties": {"status": "Online", **properties},
+            }
+
+    class Session:
+        rest = Rest()
+
+    state = _read_sql(Session(), {"resource_id": "db"})  # type: ignore[arg-type]
+    assert (state["sku"], state["busy"]) == (size, busy)
 
 
 def test_an_azure_disk_is_priced_per_gib_month_at_its_tier_s_price() -> None:

@@ -8,7 +8,6 @@ long-running operations are followed through their Azure-AsyncOperation or Locat
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -551,28 +550,27 @@ def _read_sql(session: AzureSession, params: Mapping[str, Any]) -> State:
         "GET", params["resource_id"], params={"api-version": SQL_API}, needs=SQL_PERMS
     )
     props = db["properties"]
-    size = service_objective(db["sku"])
+    current = props.get("currentServiceObjectiveName")
+    size = current or service_objective(db["sku"])
+    requested = props.get("requestedServiceObjectiveName", current)
     return {
         "sku": size,
         # BasePrice: Azure Hybrid Benefit, the SQL Server licence is the customer's own.
         "license": props.get("licenseType", "LicenseIncluded"),
-        # A zone-redundant database pays a meter the catalog does not read: no price.
+        # General Purpose and Hyperscale pay a zone-redundancy meter the catalog does not read.
         "zone_redundant": bool(props.get("zoneRedundant")),
         "status": props["status"],
         "region": db["location"],
-        "busy": props["status"] != "Online"
-        or props.get("currentServiceObjectiveName", size) != size,
+        "busy": props["status"] != "Online" or requested != current,
     }
 
 
-_VCORE_FAMILY = re.compile(r"^[A-Z]+(?:_S)?_Gen\d+$")
-
-
 def service_objective(sku: Mapping[str, Any]) -> str:
-    """The size a database runs at, as a resize names it (`GP_Gen5_2`): ARM reports a vCore
-    sku as its family (`name` GP_Gen5) and vCore count (`capacity` 2), a DTU one by name."""
+    """The size a database runs at, as a resize names it (`GP_Gen5_2`), from its sku when
+    the database does not say (`currentServiceObjectiveName`): ARM reports a vCore sku as its
+    family's name and vCore count (`{"name": "GP_Gen5", "family": "Gen5", "capacity": 2}`)."""
     name, capacity = str(sku["name"]), sku.get("capacity")
-    if _VCORE_FAMILY.match(name) and isinstance(capacity, int) and capacity > 0:
+    if sku.get("family") and isinstance(capacity, int) and capacity > 0:
         return f"{name}_{capacity}"
     return name
 
