@@ -4,7 +4,6 @@ clock) and returns the JSON object the step prints; the decisions are in `planni
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -208,9 +207,8 @@ def catalog_skus(
     collector prices them (`lambdas.pricing.catalog.gcp_machine_shape`); a Cloud SQL tier
     likewise, from the vCPU and GiB prices of the instance's engine and availability
     (`postgres/zonal/core`); an Azure SQL database from its compute and licence prices.
-    Azure blob capacity
-    is keyed `<tier>/<redundancy>` (`Cool/LRS`): the account's own redundancy's rows are
-    offered under the bare tier, as the account reports it."""
+    Azure blob capacity is keyed `<tier>/<redundancy>` (`Cool/LRS`): the account's own
+    redundancy's rows are offered under the bare tier, as the account reports it."""
     if provider == "gcp" and state.get("sku"):
         engine, availability = state.get("engine"), state.get("availability")
         if engine and availability:
@@ -220,7 +218,7 @@ def catalog_skus(
             own = {k.removeprefix(prefix): v for k, v in rows.items() if k.startswith(prefix)}
             rows = {**rows, **{f"db/{k}" if k in ("core", "ram") else k: v for k, v in own.items()}}
         return {**_gcp_machine_prices(rows, str(state["sku"])), **rows}
-    if provider == "azure" and state.get("sku") and any(k.endswith("/compute") for k in rows):
+    if provider == "azure" and state.get("sku") and "license" in state:  # an Azure SQL database
         if state.get("zone_redundant") and not str(state["sku"]).startswith("BC_"):
             # General Purpose and Hyperscale pay a zone-redundancy meter that is not read (no
             # price rather than a low one); Business Critical's costs nothing extra.
@@ -237,7 +235,14 @@ def catalog_skus(
     return {**rows, **narrowed}
 
 
-_AZURE_VCORE_SKU = re.compile(r"^([A-Z]+)_Gen\d+_(\d+)$")
+def _sizes(provider: str, sku: str) -> list[tuple[str, int | None]]:
+    """`sku` and the smaller sizes a rightsize may choose, with their vCPUs (None: a size CCT
+    does not resize, such as a shared-core or custom machine type, is still priced)."""
+    try:
+        vcpu, smaller = smaller_sizes(provider, sku)
+    except InvalidInput:
+        return [(sku, None)]
+    return [(sku, vcpu), *smaller]
 
 
 def _azure_sql_prices(
@@ -246,37 +251,28 @@ def _azure_sql_prices(
     """An Azure SQL database's price and its smaller sizes': compute (`GP_Gen5_2/compute`)
     plus the licence per vCore (`GP/license`) unless Azure Hybrid Benefit brings its own
     (`licenseType` BasePrice). No licence price, no price: never the compute alone."""
-    try:
-        _, sizes = smaller_sizes("azure", sku)
-    except InvalidInput:
-        sizes = []
     out: dict[str, Decimal] = {}
-    for candidate in [sku, *(name for name, _ in sizes)]:
-        m = _AZURE_VCORE_SKU.match(candidate)
-        compute = rows.get(f"{candidate}/compute")
-        if m is None or compute is None:
+    for name, vcores in _sizes("azure", sku):
+        compute = rows.get(f"{name}/compute")
+        if vcores is None or compute is None:
             continue
         if license_type == "BasePrice":
-            out[candidate] = compute
-        elif (per_vcore := rows.get(f"{m[1]}/license")) is not None:
-            out[candidate] = compute + per_vcore * Decimal(m[2])
+            out[name] = compute
+        elif (per_vcore := rows.get(f"{name.partition('_')[0]}/license")) is not None:
+            out[name] = compute + per_vcore * vcores
     return out
 
 
 def _gcp_machine_prices(rows: Mapping[str, Decimal], sku: str) -> dict[str, Decimal]:
     out: dict[str, Decimal] = {}
-    try:
-        _, sizes = smaller_sizes("gcp", sku)
-    except InvalidInput:  # a type CCT does not resize (shared-core, custom) is still priced
-        sizes = []
-    for candidate in [sku, *(name for name, _ in sizes)]:
-        shape = gcp_machine_shape(candidate)
+    for name, _ in _sizes("gcp", sku):
+        shape = gcp_machine_shape(name)
         if shape is None:
             continue
         family, cpus, mem = shape
         core, ram = rows.get(f"{family}/core"), rows.get(f"{family}/ram")
         if core is not None and ram is not None:
-            out[candidate] = core * Decimal(str(cpus)) + ram * Decimal(str(mem))
+            out[name] = core * Decimal(str(cpus)) + ram * Decimal(str(mem))
     return out
 
 
