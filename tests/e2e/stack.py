@@ -64,6 +64,16 @@ class Stack:
                 bad.append(f"{name} ({part['health']}, log {part['log']})")
         return bad
 
+    def settled(self, timeout: float = 120.0) -> list[str]:
+        """The parts still unhealthy after up to `timeout` seconds. A test that darkens a
+        shared service (tests/faults/test_database_dark.py drops PostgreSQL's packets) leaves
+        a handler's query in flight to time out on its own (about a minute) before it is
+        ready again: the next test waits for that rather than failing at once."""
+        deadline = time.monotonic() + timeout
+        while (bad := self.unhealthy()) and time.monotonic() < deadline:
+            time.sleep(2.0)
+        return bad
+
     def simulator(self, account: str) -> AwsSimulator:
         """The cloud simulator, sending events from `account`."""
         token = Path(self.doc["secrets"]["collector_token_file"]).read_text().strip()

@@ -25,7 +25,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def live() -> Iterator[tuple[Stack, TopicWatch]]:
     stack = Stack.load()
-    bad = stack.unhealthy()
+    bad = stack.settled()
     assert not bad, f"parts of the local stack are not healthy: {bad} (run `make up`)"
     with TopicWatch(stack.bootstrap, (contract.TOPIC_ANOMALIES,)) as watch:
         yield stack, watch
