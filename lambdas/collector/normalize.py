@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,13 +24,22 @@ import orjson
 
 from lambdas.collector.model import PROVIDERS, EventIgnored, EventRejected, ResourceChange
 from lambdas.common.edge import holds_nul
-from lambdas.forwarders.azure import tagged_parent
+from lambdas.forwarders.azure import arm_type, tagged_parent
+from lambdas.pricing.catalog import (
+    AZURE_SQL_TYPE,
+    CLOUD_SQL_TYPE,
+    azure_sql_objective,
+    cloud_sql_engine,
+)
 
 AWS_EC2 = "Amazon Elastic Compute Cloud"
 AWS_RDS = "Amazon Relational Database Service"
 AZURE_VM = "Virtual Machines"
 AZURE_DISK = "Storage"
 GCP_COMPUTE = "Compute Engine"
+# The managed databases' service names, as their price lists and billing exports name them.
+GCP_SQL = "Cloud SQL"
+AZURE_SQL = "SQL Database"
 
 # CreateDBInstance names engines as RDS does; the price list as the console does.
 RDS_ENGINES = {
@@ -457,7 +467,10 @@ AZURE_ACTIONS = {
 AZURE_TYPES = {
     "microsoft.compute/virtualmachines": (AZURE_VM, "Microsoft.Compute/virtualMachines"),
     "microsoft.compute/disks": (AZURE_DISK, "Microsoft.Compute/disks"),
+    "microsoft.sql/servers/databases": (AZURE_SQL, AZURE_SQL_TYPE),
 }
+# Every logical server has a `master` database, which is not billed.
+AZURE_FREE_DATABASES = frozenset({"master"})
 
 
 # An Azure VM's instance view power state -> the inventory's state (AZURE_ACTIONS' words).
@@ -502,6 +515,8 @@ def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[
             # the instance view's, when the forwarder read it; without one, a written VM is
             # taken as running (it is, just after its creation).
             out["state"] = _azure_power_state(props) or "running"
+    elif rtype == "microsoft.sql/servers/databases":
+        out.update(_arm_database(resource, props, written))
     else:
         out["sku"] = (resource.get("sku") or {}).get("name")
         if props.get("diskSizeGB") is not None:
@@ -509,6 +524,56 @@ def _arm_fields(resource: Mapping[str, Any], rtype: str, written: bool) -> dict[
         if written:
             out["state"] = "available"
     return out
+
+
+def _arm_database(
+    resource: Mapping[str, Any], props: Mapping[str, Any], written: bool
+) -> dict[str, Any]:
+    """An Azure SQL database's size: the service objective it was asked to run at (a resize
+    is billed at it within minutes; the event may come before it completes), else the one it
+    runs at, else its ARM sku (`GP_Gen5` of 2 vCores); its licence, zone redundancy and
+    maximum data size (what storage is billed for)."""
+    sku = resource.get("sku")
+    size = (
+        props.get("requestedServiceObjectiveName")
+        or props.get("currentServiceObjectiveName")
+        or (azure_sql_objective(sku) if isinstance(sku, dict) and sku.get("name") else None)
+    )
+    attrs: dict[str, Any] = {"zone_redundant": bool(props.get("zoneRedundant"))}
+    if props.get("licenseType"):
+        attrs["license_type"] = str(props["licenseType"])
+    if props.get("maxSizeBytes") is not None:
+        attrs["gib"] = _number(props["maxSizeBytes"], "properties.maxSizeBytes") / 2**30
+    out: dict[str, Any] = {"sku": size, "attributes": attrs}
+    if written:
+        out["state"] = "available"
+    return out
+
+
+def _azure_priced(uri: str, retagged: str | None, readable: bool) -> tuple[str, list[str], str]:
+    """(ARM id, its segments, its lower-cased type) of the priced resource an event is about,
+    or why not: a re-tag through the Tags API is its parent's change."""
+    if retagged is not None:
+        # Its tags written (the forwarder read the resource itself back) or deleted (all of
+        # them removed): the resource's own change, not a sub-resource's.
+        if not arm_type(retagged):
+            raise EventIgnored("azure tags of a resource group or subscription: no run-rate")
+        if not readable:
+            raise EventIgnored("azure tags written, but the resource could not be read back")
+        uri = retagged
+    parts = uri.strip("/").split("/")
+    if len(parts) < 8 or parts[0].lower() != "subscriptions":
+        raise EventRejected("bad_resource_id", f"azure resourceUri {uri!r} is not an ARM id")
+    rtype = arm_type(uri)
+    if rtype not in AZURE_TYPES:
+        # Besides the types not priced: a VM's extension, a server's firewall rule, which
+        # are not the VM or the database, whose own row they must neither create nor change.
+        if len(parts) > 8:
+            raise EventIgnored(f"azure sub-resource {'/'.join(parts[7:])[:80]!r} is not priced")
+        raise EventIgnored(f"azure resource type {rtype} is not priced")
+    if rtype == "microsoft.sql/servers/databases" and parts[9].lower() in AZURE_FREE_DATABASES:
+        raise EventIgnored("azure SQL master database: not billed")
+    return uri, parts, rtype
 
 
 def normalize_azure(
@@ -524,24 +589,7 @@ def normalize_azure(
     deleted = event_type.endswith("ResourceDeleteSuccess")
     resource = envelope.get("resource")
     retagged = tagged_parent(uri)
-    if retagged is not None:
-        # Its tags written (the forwarder read the resource itself back) or deleted (all of
-        # them removed): the resource's own change, not a sub-resource's.
-        if len(retagged.strip("/").split("/")) != 8:
-            raise EventIgnored("azure tags of a resource group or subscription: no run-rate")
-        if not deleted and not isinstance(resource, dict):
-            raise EventIgnored("azure tags written, but the resource could not be read back")
-        uri = retagged
-    parts = uri.strip("/").split("/")
-    if len(parts) < 8 or parts[0].lower() != "subscriptions":
-        raise EventRejected("bad_resource_id", f"azure resourceUri {uri!r} is not an ARM id")
-    rtype = f"{parts[5]}/{parts[6]}".lower()
-    if rtype not in AZURE_TYPES:
-        raise EventIgnored(f"azure resource type {rtype} is not priced")
-    if len(parts) > 8:
-        # A VM's extension, its tags resource (`.../providers/Microsoft.Resources/tags/
-        # default`): not the VM, whose own row it must neither create nor change.
-        raise EventIgnored(f"azure sub-resource {'/'.join(parts[7:])[:80]!r} is not priced")
+    uri, parts, rtype = _azure_priced(uri, retagged, deleted or isinstance(resource, dict))
     service, resource_type = AZURE_TYPES[rtype]
     subscription = parts[1]
     operation = str(data.get("operationName") or "")
@@ -595,7 +643,20 @@ GCP_METHODS = {
     # Re-labels: setLabels replaces the whole label set (with its fingerprint).
     "compute.instances.setLabels": None,
     "compute.disks.setLabels": None,
+    # Cloud SQL (long-running: an entry when the operation starts, with the request, and one
+    # when it ends, without). A PATCH of the instance is logged as `update` too.
+    "cloudsql.instances.create": "running",
+    "cloudsql.instances.update": None,
+    "cloudsql.instances.delete": "deleted",
 }
+# A Cloud SQL instance's activation policy -> the inventory's state (NEVER: stopped, billed
+# for its disk only).
+CLOUD_SQL_ACTIVATION = {"ALWAYS": "running", "NEVER": "stopped", "ON_DEMAND": "running"}
+# What the Admin API gives an instance created without saying (a 10 GB SSD, zonal).
+CLOUD_SQL_DEFAULTS = {"gib": 10.0, "disk_type": "PD_SSD", "availability": "zonal"}
+# Project ids (a few legacy ones are domain-scoped, `example.com:shop`) and instance names.
+_GCP_PROJECT = re.compile(r"^(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_CLOUD_SQL_NAME = re.compile(r"^[a-z][a-z0-9-]{0,97}$")
 
 
 def _gcp_tags(
@@ -667,6 +728,116 @@ def _gcp_image_project(request: Mapping[str, Any], project: str) -> str | None:
     return None
 
 
+def _cloud_sql_name(
+    name: str, request: Mapping[str, Any], body: Mapping[str, Any]
+) -> tuple[str, str]:
+    """(project, instance) of a Cloud SQL entry. Its resourceName is `projects/P/instances/N`;
+    a creation's first entry may name the project only (the instance is the request's), and
+    older entries wrote `instances/P:N`."""
+    parts = name.split("/")
+    project = instance = None
+    if len(parts) == 4 and parts[0] == "projects" and parts[2] == "instances":
+        project, instance = parts[1], parts[3]
+    elif len(parts) == 2 and parts[0] == "projects":
+        project, instance = parts[1], body.get("name") or request.get("instance")
+    elif len(parts) == 2 and parts[0] == "instances" and ":" in parts[1]:
+        project, instance = parts[1].rsplit(":", 1)
+    if not (
+        isinstance(project, str)
+        and isinstance(instance, str)
+        and _GCP_PROJECT.match(project)
+        and _CLOUD_SQL_NAME.match(instance)
+    ):
+        raise EventRejected(
+            "bad_resource_id", f"gcp resourceName {name[:120]!r} names no Cloud SQL instance"
+        )
+    return project, instance
+
+
+def _cloud_sql_settings(body: Mapping[str, Any], create: bool) -> dict[str, Any]:
+    """Tier, state, labels and pricing attributes a Cloud SQL request states (a PATCH states
+    only what it changes)."""
+    settings = _obj(body.get("settings") or {}, "request.body.settings")
+    kw: dict[str, Any] = {}
+    attrs: dict[str, Any] = dict(CLOUD_SQL_DEFAULTS) if create else {}
+    if isinstance(settings.get("tier"), str):
+        kw["sku"] = settings["tier"]
+    version = body.get("databaseVersion")
+    if isinstance(version, str) and version:
+        # POSTGRES_15 -> postgres; SQL Server and others keep their name and no price.
+        attrs["engine"] = cloud_sql_engine(version) or version.partition("_")[0].lower()
+    if settings.get("availabilityType"):
+        attrs["availability"] = str(settings["availabilityType"]).lower()
+    if settings.get("dataDiskSizeGb") is not None:  # a string in the API's JSON
+        attrs["gib"] = _number(settings["dataDiskSizeGb"], "settings.dataDiskSizeGb")
+    if settings.get("dataDiskType"):
+        attrs["disk_type"] = str(settings["dataDiskType"])
+    if attrs:
+        kw["attributes"] = attrs
+    policy = settings.get("activationPolicy")
+    if policy is not None:
+        kw["state"] = CLOUD_SQL_ACTIVATION.get(str(policy), "running")
+    labels = _gcp_labels(settings.get("userLabels"))
+    if labels is not None or create:
+        # The request's labels are the instance's whole set (gcloud sends the set it read
+        # and changed); an update that names none leaves them.
+        kw["tags"] = labels or {}
+    return kw
+
+
+def _cloud_sql(
+    entry: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    method: str,
+    short: str,
+    billing_account: str | None,
+) -> list[ResourceChange]:
+    request = _obj(payload.get("request") or {}, "protoPayload.request")
+    body = _obj(request.get("body") or {}, "protoPayload.request.body")
+    name = _str(_req(payload, "resourceName", "protoPayload"), "protoPayload.resourceName")
+    project, instance = _cloud_sql_name(name, request, body)
+    kw: dict[str, Any] = {}
+    if GCP_METHODS[short] is not None:
+        kw["state"] = GCP_METHODS[short]
+    if short != "cloudsql.instances.delete":
+        if not body and short == "cloudsql.instances.update":
+            # The operation's end (logged without the request), or an update naming nothing.
+            raise EventIgnored(f"gcp {method} entry states no change")
+        kw.update(_cloud_sql_settings(body, short == "cloudsql.instances.create" and bool(body)))
+    labels = (entry.get("resource") or {}).get("labels") or {}
+    region = body.get("region") or labels.get("region")
+    asset = f"//cloudsql.googleapis.com/projects/{project}/instances/{instance}"
+    where = (project, str(region) if region else None, GCP_SQL, asset, CLOUD_SQL_TYPE)
+    return [_gcp_change(entry, payload, method, billing_account, where=where, kw=kw)]
+
+
+def _gcp_change(
+    entry: Mapping[str, Any],
+    payload: Mapping[str, Any],
+    method: str,
+    billing_account: str | None,
+    *,
+    where: tuple[str, str | None, str, str, str],
+    kw: Mapping[str, Any],
+) -> ResourceChange:
+    """The change of an audit entry; `where` = (project, region, service, asset name, type)."""
+    project, region, service, asset, resource_type = where
+    return ResourceChange(
+        event_id=f"gcp:{_req(entry, 'insertId', 'logEntry')}",
+        provider="gcp",
+        billing_account_id=billing_account or project,
+        sub_account_id=project,
+        region_id=region,
+        service_name=service,
+        resource_id=asset,
+        resource_type=resource_type,
+        action=method,
+        event_time=parse_time(_req(entry, "timestamp", "logEntry"), "logEntry.timestamp"),
+        actor=(payload.get("authenticationInfo") or {}).get("principalEmail"),
+        **kw,
+    )
+
+
 def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> list[ResourceChange]:
     entry = _gcp_entry(_obj(envelope.get("event"), "event"))
     payload = _obj(_req(entry, "protoPayload", "logEntry"), "logEntry.protoPayload")
@@ -678,6 +849,8 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
         raise EventIgnored(f"gcp method {method} does not change a run-rate")
     if (payload.get("status") or {}).get("code"):
         raise EventIgnored(f"gcp {method} failed")
+    if short.startswith("cloudsql."):
+        return _cloud_sql(entry, payload, method, short, billing_account)
     name = _str(_req(payload, "resourceName", "protoPayload"), "protoPayload.resourceName")
     parts = name.split("/")  # projects/P/zones/Z/instances/N
     if len(parts) != 6 or parts[0] != "projects" or parts[2] != "zones":
@@ -705,25 +878,15 @@ def normalize_gcp(envelope: Mapping[str, Any], billing_account: str | None) -> l
             kw["attributes"] = {"gib": _number(request["sizeGb"], "request.sizeGb")}
     if kw["state"] is None:
         del kw["state"]
-    actor = (payload.get("authenticationInfo") or {}).get("principalEmail")
-    return [
-        ResourceChange(
-            event_id=f"gcp:{_req(entry, 'insertId', 'logEntry')}",
-            provider="gcp",
-            billing_account_id=billing_account or project,
-            sub_account_id=project,
-            region_id=_az_to_region(zone),
-            service_name=GCP_COMPUTE,
-            resource_id=f"//compute.googleapis.com/{name}",
-            resource_type="compute.googleapis.com/Disk"
-            if is_disk
-            else "compute.googleapis.com/Instance",
-            action=method,
-            event_time=parse_time(_req(entry, "timestamp", "logEntry"), "logEntry.timestamp"),
-            actor=actor,
-            **kw,
-        )
-    ]
+    kind = "Disk" if is_disk else "Instance"
+    where = (
+        project,
+        _az_to_region(zone),
+        GCP_COMPUTE,
+        f"//compute.googleapis.com/{name}",
+        f"compute.googleapis.com/{kind}",
+    )
+    return [_gcp_change(entry, payload, method, billing_account, where=where, kw=kw)]
 
 
 _NORMALIZERS = {"aws": normalize_aws, "azure": normalize_azure, "gcp": normalize_gcp}

@@ -1,7 +1,7 @@
 """The local stack's Azure: Entra ID's token endpoint, the Functions managed identity
 endpoint, the Microsoft Graph calls Vault's Azure engine makes, and the Azure Resource
-Manager calls CCT makes (virtual machines, managed disks, snapshots, tags, Azure Monitor
-metrics, long-running operations), each in its documented JSON shape. Every successful
+Manager calls CCT makes (virtual machines, managed disks, snapshots, SQL databases, tags,
+Azure Monitor metrics, long-running operations), each in its documented JSON shape. Every successful
 write, action or delete raises the Event Grid event Azure raises for it
 (Microsoft.Resources.ResourceWriteSuccess / ResourceActionSuccess / ResourceDeleteSuccess,
 Event Grid schema) and pushes it, with retries, to the real forwarder code
@@ -68,9 +68,30 @@ TYPES = {
     "microsoft.compute/virtualmachines": "Microsoft.Compute/virtualMachines",
     "microsoft.compute/disks": "Microsoft.Compute/disks",
     "microsoft.compute/snapshots": "Microsoft.Compute/snapshots",
+    "microsoft.sql/servers/databases": "Microsoft.Sql/servers/databases",
 }
+# A logical server's database: the resource under `.../Microsoft.Sql/servers/<server>`.
+_DATABASE = re.compile(r"^/databases/(?P<db>[^/]+)(?P<rest>/.*)?$", re.IGNORECASE)
+# A vCore service objective (`GP_Gen5_4`), or a sku of family and capacity (`GP_Gen5` of 4).
+_SQL_SKU = re.compile(r"^(GP|BC|HS)_(Gen\d+)(?:_([1-9]\d{0,2}))?$")
+_SQL_TIERS = {"GP": "GeneralPurpose", "BC": "BusinessCritical", "HS": "Hyperscale"}
 # A new VM here runs nothing: Azure Monitor reports it idle (what the steps' analyze reads).
 IDLE_CPU = {"average": 1.0, "maximum": 3.0}
+
+
+def _sql_sku(given: dict[str, Any]) -> dict[str, Any]:
+    """ARM's shape of a vCore database's sku from a request's (`{"name": "GP_Gen5_4"}` or
+    `{"name": "GP_Gen5", "capacity": 4}`); serverless and DTU skus are not simulated."""
+    m = _SQL_SKU.match(str(given.get("name", "")))
+    capacity = given.get("capacity") or (int(m[3]) if m and m[3] else None)
+    if m is None or not isinstance(capacity, int) or capacity < 1:
+        raise arm_error(400, "InvalidSku", f"The sku {given!r} is not a vCore sku")
+    return {
+        "name": f"{m[1]}_{m[2]}",
+        "tier": _SQL_TIERS[m[1]],
+        "family": m[2],
+        "capacity": capacity,
+    }
 
 
 def arm_error(status: int, code: str, message: str) -> HttpError:
@@ -242,16 +263,23 @@ class AzureSimulator:
         if m is None:
             raise arm_error(404, "InvalidResourceType", req.path)
         rtype = f"{m['ns']}/{m['type']}".lower()
+        name, rest = m["name"], m["rest"]
+        if rtype == "microsoft.sql/servers" and (db := _DATABASE.match(rest or "")) is not None:
+            rtype, name, rest = (
+                "microsoft.sql/servers/databases",
+                f"{name}/databases/{db['db']}",
+                db["rest"],
+            )
         if rtype not in TYPES:
             raise arm_error(404, "ResourceTypeNotSupported", rtype)
-        rid = (
-            f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{TYPES[rtype]}"
-            f"/{m['name']}"
-        )
+        # ARM's spelling of the namespace and (top) type; a database's name carries its server.
+        namespace, kind = TYPES[rtype].split("/")[:2]
+        group = f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}"
+        rid = f"{group}/providers/{namespace}/{kind}/{name}"
         if "api-version" not in req.query:
             raise arm_error(400, "MissingApiVersionParameter", "api-version is required")
-        if m["rest"]:
-            return self.sub_resource(req, rid, m["rest"].lower(), grant)
+        if rest:
+            return self.sub_resource(req, rid, rest.lower(), grant)
         if req.method == "GET":
             return 200, {}, self.read(rid, expand=req.query.get("$expand"))
         if req.method == "PUT":
@@ -348,6 +376,22 @@ class AzureSimulator:
                 "diskState": "Unattached",
                 "provisioningState": "Succeeded",
             }
+        elif rtype == "microsoft.sql/servers/databases":
+            sku = _sql_sku(obj(body, "sku"))
+            objective = f"{sku['name']}_{sku['capacity']}"
+            doc["sku"] = sku
+            doc["kind"] = "v12.0,user,vcore"
+            doc["properties"] = {
+                "maxSizeBytes": int(props.get("maxSizeBytes", 34359738368)),
+                "status": "Online",
+                "databaseId": str(uuid.uuid4()),
+                "creationDate": _now(),
+                "currentServiceObjectiveName": objective,
+                "requestedServiceObjectiveName": objective,
+                "zoneRedundant": bool(props.get("zoneRedundant", False)),
+                "licenseType": str(props.get("licenseType", "LicenseIncluded")),
+                "currentSku": dict(sku),
+            }
         else:  # snapshot of a disk
             source = str(obj(props, "creationData").get("sourceResourceId") or "")
             src = self.read(source)
@@ -373,6 +417,13 @@ class AzureSimulator:
             doc = self.resources.get(rid.lower())
             if doc is None:
                 raise arm_error(404, "ResourceNotFound", rid)
+            if doc["type"] == TYPES["microsoft.sql/servers/databases"] and "sku" in body:
+                # A resize names the service objective (`{"sku": {"name": "GP_Gen5_2"}}`).
+                sku = _sql_sku(obj(body, "sku"))
+                objective = f"{sku['name']}_{sku['capacity']}"
+                doc["sku"] = doc["properties"]["currentSku"] = sku
+                doc["properties"]["currentServiceObjectiveName"] = objective
+                doc["properties"]["requestedServiceObjectiveName"] = objective
             size = obj(body, "properties", "hardwareProfile").get("vmSize")
             if size is not None:
                 if doc["type"] != TYPES["microsoft.compute/virtualmachines"] or not str(

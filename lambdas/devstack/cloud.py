@@ -350,6 +350,9 @@ class AwsSimulator:
 # events for them and push them through the real forwarders.
 
 
+SQL_API_VERSION = "2021-11-01"
+
+
 @dataclass
 class AzureUser:
     """Signs in with client credentials (`user_file`: tenant, client_id, client_secret) and
@@ -415,6 +418,27 @@ class AzureUser:
     def tags(self, rid: str) -> dict[str, str]:
         return dict(self.arm("GET", rid, "2024-07-01").get("tags") or {})
 
+    def create_sql_database(
+        self, group: str, server: str, name: str, objective: str, tags: Mapping[str, str]
+    ) -> str:
+        """PUT a vCore SQL database (32 GB maximum size, licence included); its ARM id."""
+        rid = (
+            f"/subscriptions/{self.subscription}/resourceGroups/{group}/providers/"
+            f"Microsoft.Sql/servers/{server}/databases/{name}"
+        )
+        body = {
+            "location": self.location,
+            "tags": dict(tags),
+            "sku": {"name": objective},
+            "properties": {"maxSizeBytes": 32 * 2**30},
+        }
+        self.arm("PUT", rid, SQL_API_VERSION, body)
+        return rid
+
+    def sql_objective(self, rid: str) -> str:
+        db = self.arm("GET", rid, SQL_API_VERSION)
+        return str(db["properties"]["currentServiceObjectiveName"])
+
 
 @dataclass
 class GcpUser:
@@ -426,18 +450,49 @@ class GcpUser:
     zone: str = "us-central1-a"
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        from pathlib import Path
+        """A Compute Engine call in the user's zone."""
+        return self._call(
+            method, f"/compute/v1/projects/{self.project}/zones/{self.zone}{path}", body
+        )
 
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
         token = Path(self.token_file).read_text().strip()
         resp = requests.request(
             method,
-            f"{self.base_url}/compute/v1/projects/{self.project}/zones/{self.zone}{path}",
+            f"{self.base_url}{path}",
             json=body,
             headers={"Authorization": f"Bearer {token}"},
             timeout=10,
         )
         resp.raise_for_status()
         return resp.json()
+
+    def insert_sql_instance(
+        self, name: str, tier: str, labels: Mapping[str, str], disk_gb: int = 100
+    ) -> str:
+        """Cloud SQL instances.insert (PostgreSQL 15, zonal, an SSD of `disk_gb`); the
+        instance's full asset name, as the collector keys it."""
+        self._call(
+            "POST",
+            f"/v1/projects/{self.project}/instances",
+            {
+                "name": name,
+                "databaseVersion": "POSTGRES_15",
+                "region": self.zone.rsplit("-", 1)[0],
+                "settings": {
+                    "tier": tier,
+                    "availabilityType": "ZONAL",
+                    "dataDiskSizeGb": str(disk_gb),
+                    "dataDiskType": "PD_SSD",
+                    "userLabels": dict(labels),
+                },
+            },
+        )
+        return f"//cloudsql.googleapis.com/projects/{self.project}/instances/{name}"
+
+    def sql_instance(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("GET", f"/v1/projects/{self.project}/instances/{name}")
+        return found
 
     def insert_instance(self, name: str, machine_type: str, labels: Mapping[str, str]) -> str:
         """instances.insert; the instance's full asset name, as the collector keys it."""

@@ -1,6 +1,7 @@
 """The local stack's Google Cloud: the Compute Engine v1 calls CCT makes (instances insert,
 get, stop, start, setMachineType, setLabels, delete; disks insert, get, createSnapshot,
-delete; snapshots get; zone operations get and wait), Cloud Monitoring's timeSeries.list and
+delete; snapshots get; zone operations get and wait), the Cloud SQL Admin API v1's
+instances insert, get, patch, delete and operations get, Cloud Monitoring's timeSeries.list and
 IAM Credentials' generateAccessToken (what Vault's GCP engine calls), each in its documented
 JSON shape. Every call the project's log sink selects (`lambdas.forwarders.gcp.METHODS`)
 writes its Admin Activity audit LogEntry, which is published as the sink's Pub/Sub message
@@ -55,6 +56,17 @@ EDITOR, TOKEN_CREATOR = "editor", "token-creator"
 _PROJECT = r"/projects/(?P<p>[a-z][a-z0-9-]{4,28}[a-z0-9])"
 _ZONE = r"/compute/v1" + _PROJECT + r"/zones/(?P<z>[a-z]+-[a-z]+[0-9]-[a-z])"
 _NAME = r"(?P<n>[a-z]([-a-z0-9]{0,61}[a-z0-9])?)"
+_SQL_NAME = r"[a-z][-a-z0-9]{0,61}[a-z0-9]"
+SQL_SELF = "https://sqladmin.googleapis.com/v1"
+# The Cloud SQL settings an instance keeps from its creation and PATCHes (the ones CCT prices).
+_SQL_SETTINGS = (
+    "tier",
+    "availabilityType",
+    "dataDiskSizeGb",
+    "dataDiskType",
+    "activationPolicy",
+    "userLabels",
+)
 ROUTES = [
     ("instances", re.compile(f"^{_ZONE}/instances$")),
     ("instance", re.compile(f"^{_ZONE}/instances/{_NAME}$")),
@@ -68,6 +80,10 @@ ROUTES = [
         re.compile(f"^/compute/v1{_PROJECT}/global/snapshots/{_NAME}$"),
     ),
     ("timeseries", re.compile(f"^/v3{_PROJECT}/timeSeries$")),
+    # Cloud SQL Admin API v1
+    ("sql_instances", re.compile(f"^/v1{_PROJECT}/instances$")),
+    ("sql_instance", re.compile(f"^/v1{_PROJECT}/instances/(?P<n>{_SQL_NAME})$")),
+    ("sql_operation", re.compile(f"^/v1{_PROJECT}/operations/(?P<op>[a-z0-9-]+)$")),
     (
         "access_token",
         re.compile(r"^/v1/projects/-/serviceAccounts/(?P<sa>[^/:]+):generateAccessToken$"),
@@ -114,6 +130,31 @@ def _labels(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _interval(req: Request) -> tuple[datetime, datetime]:
+    try:
+        start = datetime.fromisoformat(req.query["interval.startTime"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(req.query["interval.endTime"].replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        raise google_error(400, "badRequest", "interval.startTime/endTime") from None
+    return start, end
+
+
+def _hourly_points(start: datetime, end: datetime, value: float) -> list[dict[str, Any]]:
+    """One point per hour of the interval (at most 31 days), newest first, as Monitoring
+    returns them."""
+    hours = max(0, min(int((end - start).total_seconds() // 3600), 24 * 31))
+    return [
+        {
+            "interval": {
+                "startTime": f"{end - timedelta(hours=h + 1):%Y-%m-%dT%H:%M:%SZ}",
+                "endTime": f"{end - timedelta(hours=h):%Y-%m-%dT%H:%M:%SZ}",
+            },
+            "value": {"doubleValue": value},
+        }
+        for h in range(hours)
+    ]
+
+
 class GcpSimulator:
     def __init__(self, clients: dict[str, Any], deliver: Any) -> None:
         self.tokens = Tokens()
@@ -126,6 +167,7 @@ class GcpSimulator:
         self.disks: dict[str, dict[str, Any]] = {}
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.operations: dict[str, dict[str, Any]] = {}
+        self.sql: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.counts: dict[str, Counter[str]] = {"requests": Counter(), "audit_entries": Counter()}
         self.delivery = Delivery(deliver, "pubsub-push")
@@ -382,23 +424,184 @@ class GcpSimulator:
             raise google_error(404, "notFound", f"The resource snapshot '{p['n']}' was not found")
         return 200, {}, copy.deepcopy(found)
 
+    # ------------------------------------------------------------------ Cloud SQL
+    def _sql_operation(self, project: str, kind: str, name: str, grant: Grant) -> dict[str, Any]:
+        """A Cloud SQL operation, finished (changes apply at once here)."""
+        op_name = str(uuid.uuid4())
+        now = _now()
+        op = {
+            "kind": "sql#operation",
+            "name": op_name,
+            "operationType": kind,
+            "status": "DONE",
+            "user": grant.principal,
+            "insertTime": now,
+            "startTime": now,
+            "endTime": now,
+            "targetId": name,
+            "targetProject": project,
+            "targetLink": f"{SQL_SELF}/projects/{project}/instances/{name}",
+            "selfLink": f"{SQL_SELF}/projects/{project}/operations/{op_name}",
+        }
+        self.operations[op_name] = op
+        return op
+
+    def on_sql_operation(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
+        op = self.operations.get(p["op"])
+        if op is None or op.get("kind") != "sql#operation":
+            raise google_error(404, "notFound", f"The operation {p['op']} was not found")
+        return 200, {}, op
+
+    def _sql_settings(self, given: Any, current: dict[str, Any]) -> dict[str, Any]:
+        settings = obj(given)
+        tier = settings.get("tier", current.get("tier"))
+        if not isinstance(tier, str) or not tier.startswith("db-"):
+            raise google_error(400, "invalid", "Invalid request: settings.tier")
+        out = {**current, **{k: settings[k] for k in _SQL_SETTINGS if k in settings}}
+        out["userLabels"] = _labels(out.get("userLabels"))
+        return out
+
+    def on_sql_instances(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
+        if req.method != "POST":
+            raise google_error(405, "methodNotAllowed", req.method)
+        body = obj(req.body)
+        name, version = body.get("name"), body.get("databaseVersion", "MYSQL_8_0")
+        if not isinstance(name, str) or not re.fullmatch(_SQL_NAME, name):
+            raise google_error(400, "invalid", "Invalid request: instance name")
+        defaults = {"availabilityType": "ZONAL", "dataDiskSizeGb": "10", "dataDiskType": "PD_SSD"}
+        settings = self._sql_settings(body.get("settings"), defaults)
+        settings |= {"activationPolicy": settings.get("activationPolicy", "ALWAYS")}
+        key = f"projects/{p['p']}/instances/{name}"
+        with self.lock:
+            if key in self.sql:
+                raise google_error(409, "alreadyExists", f"The instance {name} already exists")
+            self.sql[key] = {
+                "kind": "sql#instance",
+                "name": name,
+                "project": p["p"],
+                "databaseVersion": version,
+                "region": body.get("region", "us-central1"),
+                "state": "RUNNABLE",
+                "settings": {**settings, "settingsVersion": "1"},
+                "connectionName": f"{p['p']}:{body.get('region', 'us-central1')}:{name}",
+                "selfLink": f"{SQL_SELF}/{key}",
+            }
+            op = self._sql_operation(p["p"], "CREATE", name, grant)
+        request = {"@type": "type.googleapis.com/google.cloud.sql.v1.SqlInstancesInsertRequest"}
+        self.audit_sql("cloudsql.instances.create", key, {**request, "body": body}, op, grant)
+        return 200, {}, op
+
+    def on_sql_instance(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
+        key = f"projects/{p['p']}/instances/{p['n']}"
+        with self.lock:
+            inst = self.sql.get(key)
+            if inst is None:
+                raise google_error(
+                    404, "instanceDoesNotExist", f"The instance {p['n']} does not exist"
+                )
+            if req.method == "GET":
+                return 200, {}, copy.deepcopy(inst)
+            if req.method == "DELETE":
+                del self.sql[key]
+                op = self._sql_operation(p["p"], "DELETE", p["n"], grant)
+                kind, body = "Delete", None
+            elif req.method == "PATCH":
+                body = obj(req.body)
+                given = obj(body.get("settings"))
+                version = given.get("settingsVersion")
+                if version is not None and str(version) != inst["settings"]["settingsVersion"]:
+                    raise google_error(
+                        412, "staleData", "The settings version does not match the current one"
+                    )
+                settings = self._sql_settings(given, inst["settings"])
+                settings["settingsVersion"] = str(int(inst["settings"]["settingsVersion"]) + 1)
+                inst["settings"] = settings
+                if settings["activationPolicy"] == "NEVER":
+                    inst["state"] = "STOPPED"
+                else:
+                    inst["state"] = "RUNNABLE"
+                op = self._sql_operation(p["p"], "UPDATE", p["n"], grant)
+                kind = "Patch"
+            else:
+                raise google_error(405, "methodNotAllowed", req.method)
+        request: dict[str, Any] = {
+            "@type": f"type.googleapis.com/google.cloud.sql.v1.SqlInstances{kind}Request",
+            "project": p["p"],
+            "instance": p["n"],
+        }
+        if body is not None:
+            request["body"] = body
+        method = "cloudsql.instances.delete" if kind == "Delete" else "cloudsql.instances.update"
+        self.audit_sql(method, key, request, op, grant)
+        return 200, {}, op
+
+    def audit_sql(
+        self, method: str, key: str, request: dict[str, Any], op: dict[str, Any], grant: Grant
+    ) -> None:
+        """A Cloud SQL Admin Activity entry: the operation's first, with the request (its
+        `cloudsql_database` resource labels as real entries have them)."""
+        project, name = key.split("/")[1], key.split("/")[3]
+        with self.lock:
+            region = (self.sql.get(key) or {}).get("region", "")
+        payload = {
+            "methodName": method,
+            "authorizationInfo": [
+                {"resource": f"instances/{project}:{name}", "permission": method, "granted": True}
+            ],
+            "resourceName": key,
+            "request": request,
+            "response": {
+                "@type": "type.googleapis.com/google.cloud.sql.v1.Operation",
+                "kind": "sql#operation",
+                "name": op["name"],
+                "operationType": op["operationType"],
+                "status": "PENDING",
+                "targetId": name,
+                "targetProject": project,
+            },
+        }
+        labels = {"project_id": project, "database_id": f"{project}:{name}", "region": region}
+        resource = {"type": "cloudsql_database", "labels": labels}
+        self.publish(
+            method, "cloudsql.googleapis.com", payload, resource, operation=op["name"], grant=grant
+        )
+
     # ------------------------------------------------------------------ monitoring
+    def _sql_cpu(self, req: Request, p: dict[str, str], database_id: str) -> Response:
+        """An idle Cloud SQL instance's `cloudsql.googleapis.com/database/cpu/utilization`."""
+        project, _, name = database_id.partition(":")
+        start, end = _interval(req)
+        with self.lock:
+            found = f"projects/{project}/instances/{name}" in self.sql and project == p["p"]
+        if not found:
+            return 200, {}, {}
+        aligner = req.query.get("aggregation.perSeriesAligner", "ALIGN_MEAN")
+        series = {
+            "metric": {"type": "cloudsql.googleapis.com/database/cpu/utilization"},
+            "resource": {
+                "type": "cloudsql_database",
+                "labels": {"project_id": project, "database_id": database_id},
+            },
+            "metricKind": "GAUGE",
+            "valueType": "DOUBLE",
+            "points": _hourly_points(start, end, IDLE_CPU.get(aligner, IDLE_CPU["ALIGN_MEAN"])),
+        }
+        return 200, {}, {"timeSeries": [series]}
+
     def on_timeseries(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
         flt = req.query.get("filter", "")
+        database = re.search(r'resource\.labels\.database_id\s*=\s*"([^"]+)"', flt)
+        if database:
+            return self._sql_cpu(req, p, database[1])
         name = re.search(r'metric\.labels\.instance_name\s*=\s*"([^"]+)"', flt)
         aligner = req.query.get("aggregation.perSeriesAligner", "ALIGN_MEAN")
-        try:
-            start = datetime.fromisoformat(req.query["interval.startTime"].replace("Z", "+00:00"))
-            end = datetime.fromisoformat(req.query["interval.endTime"].replace("Z", "+00:00"))
-        except (KeyError, ValueError):
-            raise google_error(400, "badRequest", "interval.startTime/endTime") from None
+        start, end = _interval(req)
         with self.lock:
             found = [
                 i
                 for k, i in self.instances.items()
                 if k.startswith(f"projects/{p['p']}/") and name and i["name"] == name[1]
             ]
-        hours = max(0, min(int((end - start).total_seconds() // 3600), 24 * 31))
         value = IDLE_CPU.get(aligner, IDLE_CPU["ALIGN_MEAN"])
         series = [
             {
@@ -416,16 +619,7 @@ class GcpSimulator:
                 },
                 "metricKind": "GAUGE",
                 "valueType": "DOUBLE",
-                "points": [
-                    {
-                        "interval": {
-                            "startTime": f"{end - timedelta(hours=h + 1):%Y-%m-%dT%H:%M:%SZ}",
-                            "endTime": f"{end - timedelta(hours=h):%Y-%m-%dT%H:%M:%SZ}",
-                        },
-                        "value": {"doubleValue": value},
-                    }
-                    for h in range(hours)
-                ],
+                "points": _hourly_points(start, end, value),
             }
             for i in found
         ]
@@ -437,56 +631,78 @@ class GcpSimulator:
     ) -> None:
         """The Admin Activity audit LogEntry of one call (the first entry of its operation,
         which carries the request), published if the sink's filter selects it."""
-        if method not in forwarder.METHODS:
-            return
         project, zone = key.split("/")[1], key.split("/")[3]
         kind = key.split("/")[4]
         if isinstance(request.get("labels"), dict):
             # The audit log writes a map as a list of {key, value}, as real entries do.
             labels = [{"key": k, "value": v} for k, v in request["labels"].items()]
             request = {**request, "labels": labels}
+        payload = {
+            "methodName": f"v1.{method}",
+            "authorizationInfo": [
+                {
+                    "permission": method,
+                    "granted": True,
+                    "resourceAttributes": {
+                        "service": "compute",
+                        "name": key,
+                        "type": f"compute.{kind}",
+                    },
+                }
+            ],
+            "resourceName": key,
+            "request": {"@type": f"type.googleapis.com/{method}", **request},
+            "response": {
+                "@type": "type.googleapis.com/operation",
+                "id": op["id"],
+                "name": op["name"],
+                "status": "RUNNING",
+                "targetLink": op["targetLink"],
+                "operationType": op["operationType"],
+                "zone": op["zone"],
+            },
+            "resourceLocation": {"currentLocations": [zone]},
+        }
+        resource = {
+            "type": "gce_instance" if kind == "instances" else "gce_disk",
+            "labels": {"project_id": project, "zone": zone},
+        }
+        self.publish(
+            method, "compute.googleapis.com", payload, resource, operation=op["name"], grant=grant
+        )
+
+    def publish(
+        self,
+        method: str,
+        service: str,
+        payload: dict[str, Any],
+        resource: dict[str, Any],
+        *,
+        operation: str,
+        grant: Grant,
+    ) -> None:
+        """The entry (the first of its operation, which carries the request) as the log
+        sink's Pub/Sub push delivers it to the forwarder, if the sink's filter selects it."""
+        if method not in forwarder.METHODS:
+            return
+        project = resource["labels"]["project_id"]
+        now = _now()
         entry = {
             "protoPayload": {
                 "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
                 "status": {},
                 "authenticationInfo": {"principalEmail": grant.principal},
                 "requestMetadata": {"callerIp": "127.0.0.1"},
-                "serviceName": "compute.googleapis.com",
-                "methodName": f"v1.{method}",
-                "authorizationInfo": [
-                    {
-                        "permission": method,
-                        "granted": True,
-                        "resourceAttributes": {
-                            "service": "compute",
-                            "name": key,
-                            "type": f"compute.{kind}",
-                        },
-                    }
-                ],
-                "resourceName": key,
-                "request": {"@type": f"type.googleapis.com/{method}", **request},
-                "response": {
-                    "@type": "type.googleapis.com/operation",
-                    "id": op["id"],
-                    "name": op["name"],
-                    "status": "RUNNING",
-                    "targetLink": op["targetLink"],
-                    "operationType": op["operationType"],
-                    "zone": op["zone"],
-                },
-                "resourceLocation": {"currentLocations": [zone]},
+                "serviceName": service,
+                **payload,
             },
             "insertId": uuid.uuid4().hex[:12],
-            "resource": {
-                "type": "gce_instance" if kind == "instances" else "gce_disk",
-                "labels": {"project_id": project, "zone": zone},
-            },
-            "timestamp": _now(),
+            "resource": resource,
+            "timestamp": now,
             "severity": "NOTICE",
             "logName": f"projects/{project}/logs/cloudaudit.googleapis.com%2Factivity",
-            "operation": {"id": op["name"], "producer": "compute.googleapis.com", "first": True},
-            "receiveTimestamp": _now(),
+            "operation": {"id": operation, "producer": service, "first": True},
+            "receiveTimestamp": now,
         }
         data = base64.b64encode(json.dumps(entry).encode()).decode()
         message_id = str(uuid.uuid4().int % 10**16)

@@ -30,6 +30,7 @@ VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 API_VERSIONS = {
     "microsoft.compute/virtualmachines": "2024-07-01",
     "microsoft.compute/disks": "2024-03-02",
+    "microsoft.sql/servers/databases": "2021-11-01",
 }
 # The Azure RBAC operations of the ARM reads above, one GET per resource type (the VM's
 # `$expand=instanceView` is part of the same read). The Function's managed identity holds a
@@ -38,6 +39,7 @@ API_VERSIONS = {
 ARM_READ_ACTIONS = (
     "Microsoft.Compute/virtualMachines/read",
     "Microsoft.Compute/disks/read",
+    "Microsoft.Sql/servers/databases/read",
 )
 ArmGet = Callable[[str], Mapping[str, Any] | None]
 # The Tags API (the portal's tag editor, `az tag update`) writes a resource's tags as its
@@ -54,6 +56,16 @@ def tagged_parent(uri: str) -> str | None:
     return None
 
 
+def arm_type(resource_id: str) -> str:
+    """The lower-cased resource type of an ARM id (`microsoft.compute/virtualmachines`, a
+    nested one `microsoft.sql/servers/databases`); "" for no resource's id (a resource group,
+    a path cut short)."""
+    parts = resource_id.strip("/").split("/")
+    if len(parts) < 8 or len(parts) % 2 or parts[0].lower() != "subscriptions":
+        return ""
+    return "/".join([parts[5], *parts[6::2]]).lower()
+
+
 ARM_URL = "https://management.azure.com"
 
 
@@ -64,8 +76,7 @@ def arm_reader(identity_endpoint: str, identity_header: str, arm_url: str = ARM_
     about the resource)."""
 
     def get(resource_id: str) -> Mapping[str, Any] | None:
-        parts = resource_id.strip("/").split("/")
-        rtype = f"{parts[5]}/{parts[6]}".lower() if len(parts) == 8 else ""
+        rtype = arm_type(resource_id)
         version = API_VERSIONS.get(rtype)
         if version is None:
             return None

@@ -1,6 +1,7 @@
 """GCP Cloud Function forwarder for Cloud Audit Log entries delivered by Pub/Sub (a log sink
-filtered to compute instances insert/delete/start/stop/setMachineType/setLabels and disks
-insert/delete/setLabels). The function receives the Pub/Sub CloudEvent's data:
+filtered to compute instances insert/delete/start/stop/setMachineType/setLabels, disks
+insert/delete/setLabels and Cloud SQL instances create/update/delete). The function receives
+the Pub/Sub CloudEvent's data:
 `{"message": {"data": "<base64 LogEntry>", "messageId": ...}, "subscription": ...}`."""
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ METHODS = (
     # Re-labels: a resource's cost belongs to the team its labels name now.
     "compute.instances.setLabels",
     "compute.disks.setLabels",
+    # Cloud SQL instances: created, resized or re-labelled (a PATCH is logged as update),
+    # deleted.
+    "cloudsql.instances.create",
+    "cloudsql.instances.update",
+    "cloudsql.instances.delete",
 )
 
 
@@ -48,7 +54,7 @@ def handle(data: Any, forwarder: Forwarder) -> ForwardResult:
     if not isinstance(payload, Mapping) or not any(
         str(payload.get("methodName", "")).endswith(m) for m in METHODS
     ):
-        result.dropped["not_a_compute_audit_entry"] += 1
+        result.dropped["not_a_lifecycle_audit_entry"] += 1
         return forwarder.send([], result)
     return forwarder.send([forwarder.envelope(entry)], result)
 

@@ -129,8 +129,73 @@ RDS_STORAGE_TYPES = frozenset({"gp2", "gp3", "io1", "io2", "standard"})
 # the same class, engine and deployment: its instance prices carry this suffix.
 AURORA_IO_OPTIMIZED_STORAGE = "aurora-iopt1"
 AURORA_IO_OPTIMIZED_SKU = "/io-optimized"
+# The inventory's resource types of the managed databases priced here besides RDS (their
+# Cloud Asset Inventory and ARM type names).
+CLOUD_SQL_TYPE = "sqladmin.googleapis.com/Instance"
+AZURE_SQL_TYPE = "Microsoft.Sql/servers/databases"
 # Volume / storage types whose IOPS are all provisioned and billed (EBS and RDS alike).
 _PIOPS_TYPES = frozenset({"io1", "io2"})
+
+
+# Cloud SQL (MySQL and PostgreSQL; SQL Server's licence is priced apart): an instance is its
+# tier's vCPUs and GiB of memory (`db-custom-4-16384`, composed like a GCE custom machine) or a
+# shared-core tier's flat rate, at its engine's and availability's prices (Regional, high
+# availability, costs twice Zonal), plus its data disk per GiB-month (PD_SSD is the price
+# list's "Standard storage", PD_HDD its "Low cost storage"). Legacy `db-n1-*` and Enterprise
+# Plus tiers have other SKUs: unpriced.
+CLOUD_SQL_ENGINES = {"MYSQL": "mysql", "POSTGRES": "postgres"}
+CLOUD_SQL_FLAT_TIERS = frozenset({"db-f1-micro", "db-g1-small"})
+CLOUD_SQL_DISKS = {"PD_SSD": "ssd", "PD_HDD": "hdd"}
+# Azure SQL Database (vCore): a service objective (`GP_Gen5_2`) is its tier, hardware and
+# vCores. Serverless (`GP_S_Gen5_2`), DTU (`S0`) and elastic pool databases are others.
+AZURE_SQL_OBJECTIVE = re.compile(r"^(GP|BC|HS)_(Gen\d+)_([1-9]\d{0,2})$")
+# Business Critical's zone redundancy costs nothing extra; General Purpose's and Hyperscale's
+# is a meter of its own, not read (no price rather than a low one).
+AZURE_SQL_FREE_ZONE_REDUNDANCY = frozenset({"BC"})
+# Azure Hybrid Benefit: the SQL Server licence is the customer's own.
+AZURE_SQL_OWN_LICENSE = "BasePrice"
+
+
+def cloud_sql_engine(database_version: str) -> str | None:
+    """The engine a Cloud SQL instance's prices are kept under (`POSTGRES_15` -> postgres)."""
+    return CLOUD_SQL_ENGINES.get(database_version.partition("_")[0])
+
+
+def cloud_sql_compute(tier: str, engine: str, availability: str) -> list[tuple[str, float]] | None:
+    """(price sku, quantity per hour) of a Cloud SQL tier: `postgres/zonal/core` x vCPUs and
+    `.../ram` x GiB, or `.../db-f1-micro` x 1; None for a tier not priced."""
+    prefix = f"{engine}/{availability}/"
+    if tier in CLOUD_SQL_FLAT_TIERS:
+        return [(prefix + tier, 1.0)]
+    shape = gcp_machine_shape(tier)
+    if shape is None or shape[0] != "db":
+        return None
+    return [(prefix + "core", shape[1]), (prefix + "ram", shape[2])]
+
+
+def azure_sql_objective(sku: Mapping[str, Any]) -> str:
+    """The size a database runs at, as a resize names it (`GP_Gen5_2`), from its ARM sku when
+    the database does not say (`currentServiceObjectiveName`): ARM reports a vCore sku as its
+    family's name and vCore count (`{"name": "GP_Gen5", "family": "Gen5", "capacity": 2}`)."""
+    name, capacity = str(sku["name"]), sku.get("capacity")
+    if sku.get("family") and isinstance(capacity, int) and capacity > 0:
+        return f"{name}_{capacity}"
+    return name
+
+
+def azure_sql_compute(
+    objective: str, license_type: object, zone_redundant: bool
+) -> list[tuple[str, float]] | None:
+    """(price sku, quantity per hour) of an Azure SQL database's compute: `GP_Gen5_2/compute`
+    x 1 plus `GP/license` x vCores unless the licence is the customer's own; None for a size
+    not priced."""
+    m = AZURE_SQL_OBJECTIVE.match(objective)
+    if m is None or (zone_redundant and m[1] not in AZURE_SQL_FREE_ZONE_REDUNDANCY):
+        return None
+    parts = [(f"{objective}/compute", 1.0)]
+    if license_type != AZURE_SQL_OWN_LICENSE:
+        parts.append((f"{m[1]}/license", float(m[3])))
+    return parts
 
 
 @lru_cache(maxsize=4096)
@@ -271,7 +336,20 @@ def _aws(r: Shape, sku: str) -> list[Part] | None:
     return _AWS_TYPES.get(r.resource_type, _aws_instance)(r, sku)
 
 
+def _azure_sql(r: Shape, sku: str) -> list[Part] | None:
+    """Compute and licence, and the maximum data size per GB-month (Hyperscale bills the
+    storage used, which no event says: unpriced)."""
+    compute = azure_sql_compute(sku, r.size.get("license_type"), bool(r.size.get("zone_redundant")))
+    gib = _num(r.size, "gib")
+    if compute is None or not gib or sku.startswith("HS_"):
+        return None
+    storage: Part = (r.region_id, f"{sku.partition('_')[0]}/storage", "gib_month", gib)
+    return [*((r.region_id, name, "hour", q) for name, q in compute), storage]
+
+
 def _azure(r: Shape, sku: str) -> list[Part] | None:
+    if r.resource_type == AZURE_SQL_TYPE:
+        return _azure_sql(r, sku)
     if r.resource_type == "Microsoft.Compute/disks":
         tier = azure_disk_tier(sku, float(r.size.get("gib") or 0.0))
         return [(r.region_id, f"{sku}/{tier}", "hour", 1.0)] if tier else None
@@ -280,8 +358,28 @@ def _azure(r: Shape, sku: str) -> list[Part] | None:
     return [(r.region_id, sku, "hour", 1.0)]
 
 
+def _cloud_sql_storage(r: Shape) -> Part | None:
+    engine, availability = r.size.get("engine"), r.size.get("availability")
+    disk = CLOUD_SQL_DISKS.get(str(r.size.get("disk_type") or "PD_SSD"))
+    gib = _num(r.size, "gib")
+    if not (engine and availability and disk and gib):
+        return None
+    return (r.region_id, f"{engine}/{availability}/{disk}", "gib_month", gib)
+
+
+def _cloud_sql(r: Shape, sku: str) -> list[Part] | None:
+    engine, availability = r.size.get("engine"), r.size.get("availability")
+    compute = cloud_sql_compute(sku, str(engine), str(availability)) if engine else None
+    storage = _cloud_sql_storage(r)
+    if compute is None or storage is None or not availability:
+        return None
+    return [*((r.region_id, name, "hour", q) for name, q in compute), storage]
+
+
 def _gcp(r: Shape, sku: str) -> list[Part] | None:
     region = r.region_id
+    if r.resource_type == CLOUD_SQL_TYPE:
+        return _cloud_sql(r, sku)
     if r.resource_type.endswith("/Disk"):
         return [(region, sku, "gib_month", float(r.size.get("gib") or 0.0))]
     image_project = r.size.get("image_project")
@@ -324,7 +422,11 @@ def is_billed(provider: str, resource_type: str, state: str) -> bool:
 
 
 def _stopped_db_parts(r: Shape) -> list[Part] | None:
-    """A stopped RDS instance still pays for its storage and provisioned IOPS."""
+    """A stopped RDS instance still pays for its storage and provisioned IOPS, a stopped
+    Cloud SQL instance for its data disk."""
+    if r.resource_type == CLOUD_SQL_TYPE:
+        storage = _cloud_sql_storage(r)
+        return [storage] if storage is not None else None
     engine = r.size.get("engine")
     if not engine:
         return None
@@ -338,7 +440,7 @@ def usd_per_hour(book: PriceBook, r: Shape) -> float | None:
     """Run-rate in USD/h: 0 when not billed in this state, None when unpriced."""
     if is_billed(r.provider, r.resource_type, r.state):
         priced = parts(r)
-    elif r.state == "stopped" and r.provider == "aws" and r.resource_type == "DBInstance":
+    elif r.state == "stopped" and r.resource_type in ("DBInstance", CLOUD_SQL_TYPE):
         priced = _stopped_db_parts(r)
     else:
         return 0.0

@@ -31,14 +31,17 @@ from lambdas.collector.normalize import (
     AWS_EC2,
     AWS_RDS,
     AZURE_DISK,
+    AZURE_SQL,
     AZURE_VM,
     GCP_COMPUTE,
+    GCP_SQL,
     RDS_ENGINES,
 )
 from lambdas.pricing.catalog import (
     AURORA_IO_OPTIMIZED_SKU,
     AWS_LINUX_OPERATION,
     AWS_USAGE_OPERATIONS,
+    CLOUD_SQL_DISKS,
     GCP_WINDOWS_LICENSE,
     HOURS_PER_MONTH,
     SNAPSHOT_SKU,
@@ -47,8 +50,6 @@ from lambdas.pricing.catalog import (
 
 AWS_S3 = "Amazon Simple Storage Service"
 GCP_STORAGE = "Cloud Storage"
-GCP_SQL = "Cloud SQL"
-AZURE_SQL = "SQL Database"
 
 
 class PriceSourceError(ValueError):
@@ -391,6 +392,9 @@ _AZ_SQL = re.compile(
     r" - (?:Compute (Gen\d+)|SQL License)$"
 )
 _AZ_SQL_TIERS = {"General Purpose": "GP", "Business Critical": "BC", "Hyperscale": "HS"}
+_AZ_SQL_STORAGE = re.compile(
+    r"^SQL Database Single/Elastic Pool (General Purpose|Business Critical) - Storage$"
+)
 _AZ_VCORES = re.compile(r"^([1-9]\d{0,2}) vCore$")
 
 
@@ -420,7 +424,7 @@ def _azure_item(item: Any, source: str) -> list[PriceRow]:
         return [PriceRow(PriceKey("azure", AZURE_VM, region, sku, "hour"), price, source)]
     if service == "Storage":
         return _azure_storage(item, region, product, sku_name, source)
-    if service == AZURE_SQL and item.get("unitOfMeasure") == "1 Hour":
+    if service == AZURE_SQL:
         return _azure_sql(item, region, product, sku_name, source)
     return []
 
@@ -429,11 +433,13 @@ def _azure_sql(
     item: Mapping[str, Any], region: str, product: str, sku_name: str, source: str
 ) -> list[PriceRow]:
     """A vCore database's compute per database-hour (`GP_Gen5_2/compute`, from the meter of
-    its vCore count) and its SQL Server licence per vCore-hour (`GP/license`), which Azure
-    Hybrid Benefit (`licenseType` BasePrice) leaves out."""
+    its vCore count), its SQL Server licence per vCore-hour (`GP/license`), which Azure
+    Hybrid Benefit (`licenseType` BasePrice) leaves out, and its data storage."""
+    if item.get("unitOfMeasure") == "1 GB/Month":
+        return _azure_sql_storage(item, region, product, source)
     m = _AZ_SQL.match(product)
     vcores = _AZ_VCORES.match(sku_name)
-    if m is None or item.get("meterName") != "vCore":
+    if m is None or item.get("meterName") != "vCore" or item.get("unitOfMeasure") != "1 Hour":
         return []
     tier = _AZ_SQL_TIERS[m[1]]
     price = _number(item["retailPrice"])
@@ -450,6 +456,19 @@ def _azure_sql(
     return [
         PriceRow(PriceKey("azure", AZURE_SQL, region, f"{tier}/license", "hour"), price, source)
     ]
+
+
+def _azure_sql_storage(
+    item: Mapping[str, Any], region: str, product: str, source: str
+) -> list[PriceRow]:
+    """A vCore database's data storage per GB-month of its maximum size (`GP/storage`): the
+    "<tier> Data Stored" meter, not the zone-redundant one ("... Zone Redundancy Data
+    Stored"), the backup or the Hyperscale storage (billed as used)."""
+    m = _AZ_SQL_STORAGE.match(product)
+    if m is None or item.get("meterName") != f"{m[1]} Data Stored":
+        return []
+    key = PriceKey("azure", AZURE_SQL, region, f"{_AZ_SQL_TIERS[m[1]]}/storage", "gib_month")
+    return [PriceRow(key, _number(item["retailPrice"]), source)]
 
 
 def _azure_storage(
@@ -510,14 +529,19 @@ _GCS_NOT_CAPACITY = re.compile(
 # "Extended RAM" beyond a tier's usual memory and commitments are other SKUs.
 _CLOUD_SQL = re.compile(
     r"^Cloud SQL for (MySQL|PostgreSQL): (Zonal|Regional) - "
-    r"(vCPU|RAM|Micro instance|Small instance) in "
+    r"(vCPU|RAM|Micro instance|Small instance|Standard storage|Low cost storage) in "
 )
 _CLOUD_SQL_ENGINES = {"MySQL": "mysql", "PostgreSQL": "postgres"}
+# Description -> (part, the SKU's usage unit, the catalog's unit). The data disk: "Standard
+# storage" is PD_SSD, "Low cost storage" PD_HDD (per GiB-month; Enterprise Plus and
+# Hyperdisk storage are other SKUs).
 _CLOUD_SQL_PARTS = {
-    "vCPU": ("core", "h"),
-    "RAM": ("ram", "GiBy.h"),
-    "Micro instance": ("db-f1-micro", "h"),
-    "Small instance": ("db-g1-small", "h"),
+    "vCPU": ("core", "h", "hour"),
+    "RAM": ("ram", "GiBy.h", "hour"),
+    "Micro instance": ("db-f1-micro", "h", "hour"),
+    "Small instance": ("db-g1-small", "h", "hour"),
+    "Standard storage": (CLOUD_SQL_DISKS["PD_SSD"], "GiBy.mo", "gib_month"),
+    "Low cost storage": (CLOUD_SQL_DISKS["PD_HDD"], "GiBy.mo", "gib_month"),
 }
 
 
@@ -572,20 +596,21 @@ def _gcp_sku(sku: Any, source: str) -> list[PriceRow]:
             key = PriceKey("gcp", GCP_STORAGE, region, storage_class, "gib_month")
             rows.append(PriceRow(key, value, source))
         elif (part := _cloud_sql_part(desc, unit)) is not None:
-            rows.append(PriceRow(PriceKey("gcp", GCP_SQL, region, part, "hour"), value, source))
+            rows.append(PriceRow(PriceKey("gcp", GCP_SQL, region, *part), value, source))
     return rows
 
 
-def _cloud_sql_part(desc: str, unit: str) -> str | None:
-    """`<engine>/<availability>/<part>` of a Cloud SQL instance SKU: `postgres/zonal/core`
-    per vCPU-hour, `.../ram` per GiB-hour, `.../db-f1-micro` per instance-hour."""
+def _cloud_sql_part(desc: str, unit: str) -> tuple[str, str] | None:
+    """(`<engine>/<availability>/<part>`, unit) of a Cloud SQL instance SKU: `postgres/zonal/
+    core` per vCPU-hour, `.../ram` per GiB-hour, `.../db-f1-micro` per instance-hour,
+    `.../ssd` per GiB-month."""
     m = _CLOUD_SQL.match(desc)
     if m is None:
         return None
-    part, wanted = _CLOUD_SQL_PARTS[m[3]]
+    part, wanted, catalog_unit = _CLOUD_SQL_PARTS[m[3]]
     if unit != wanted:
         return None
-    return f"{_CLOUD_SQL_ENGINES[m[1]]}/{m[2].lower()}/{part}"
+    return f"{_CLOUD_SQL_ENGINES[m[1]]}/{m[2].lower()}/{part}", catalog_unit
 
 
 def _gcs_class(sku: Mapping[str, Any], desc: str) -> str | None:

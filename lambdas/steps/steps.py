@@ -10,11 +10,17 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import psycopg
 
-from lambdas.pricing.catalog import azure_disk_tier, gcp_machine_shape
+from lambdas.pricing.catalog import (
+    azure_disk_tier,
+    azure_sql_compute,
+    cloud_sql_compute,
+    gcp_machine_shape,
+)
 from lambdas.steps import results
 from lambdas.steps.action import Action, ActionFailed
 from lambdas.steps.contract import StepInput
@@ -93,7 +99,8 @@ _ARM_SEGMENTS = {
         "databases",
     )
 }
-GCP_ASSET_PREFIX = "//compute.googleapis.com/"
+# The collector's GCP ids are asset names; the APIs take the relative name after these.
+GCP_ASSET_PREFIXES = ("//compute.googleapis.com/", "//cloudsql.googleapis.com/")
 
 
 def api_resource_id(provider: str, resource_id: str) -> str:
@@ -102,12 +109,12 @@ def api_resource_id(provider: str, resource_id: str) -> str:
     (`arn:aws:rds:<region>:<account>:db:<identifier>`); the collector keys Azure resources by
     the lower-cased ARM id (ARM ids are case-insensitive, the actions' schemas use ARM's
     spelling of the fixed segments); GCP resources by their full asset name
-    (`//compute.googleapis.com/projects/...`), while the Compute API takes the relative name.
-    Other ids pass unchanged."""
+    (`//compute.googleapis.com/projects/...`, `//cloudsql.googleapis.com/projects/...`), while
+    the Compute and Cloud SQL Admin APIs take the relative name. Other ids pass unchanged."""
     if provider == "aws" and resource_id.startswith("arn:aws:rds:") and ":db:" in resource_id:
         return resource_id.rsplit(":db:", 1)[1]
-    if provider == "gcp" and resource_id.startswith(GCP_ASSET_PREFIX):
-        return resource_id[len(GCP_ASSET_PREFIX) :]
+    if provider == "gcp" and resource_id.startswith(GCP_ASSET_PREFIXES):
+        return resource_id.split("/", 3)[3]
     if provider == "azure" and resource_id.startswith("/"):
         parts = resource_id.split("/")
         # Names (even positions) keep their spelling; the fixed segments (subscriptions,
@@ -209,21 +216,22 @@ def catalog_skus(
     (`postgres/zonal/core`); an Azure SQL database from its compute and licence prices.
     Azure blob capacity is keyed `<tier>/<redundancy>` (`Cool/LRS`): the account's own
     redundancy's rows are offered under the bare tier, as the account reports it."""
-    if provider == "gcp" and state.get("sku"):
+    sku = str(state.get("sku") or "")
+    compose: Callable[[str], list[tuple[str, float]] | None] | None = None
+    if provider == "gcp" and sku:
         engine, availability = state.get("engine"), state.get("availability")
-        if engine and availability:
-            # A Cloud SQL tier: its engine's and availability's vCPU and GiB prices, as the
-            # machine family `db` of `db-custom-4-16384`; shared-core tiers by name.
-            prefix = f"{engine}/{availability}/"
-            own = {k.removeprefix(prefix): v for k, v in rows.items() if k.startswith(prefix)}
-            rows = {**rows, **{f"db/{k}" if k in ("core", "ram") else k: v for k, v in own.items()}}
-        return {**_gcp_machine_prices(rows, str(state["sku"])), **rows}
-    if provider == "azure" and state.get("sku") and "license" in state:  # an Azure SQL database
-        if state.get("zone_redundant") and not str(state["sku"]).startswith("BC_"):
-            # General Purpose and Hyperscale pay a zone-redundancy meter that is not read (no
-            # price rather than a low one); Business Critical's costs nothing extra.
-            return dict(rows)
-        return {**_azure_sql_prices(rows, str(state["sku"]), state.get("license")), **rows}
+        if engine and availability:  # a Cloud SQL tier
+            compose = partial(cloud_sql_compute, engine=str(engine), availability=str(availability))
+        else:
+            compose = _gce_compute
+    elif provider == "azure" and sku and "license" in state:  # an Azure SQL database
+        compose = partial(
+            azure_sql_compute,
+            license_type=state.get("license"),
+            zone_redundant=bool(state.get("zone_redundant")),
+        )
+    if compose is not None:
+        return {**_priced_sizes(rows, provider, sku, compose), **rows}
     engine, deployment = state.get("engine"), state.get("deployment")
     if engine and deployment:
         suffix = f"/{engine}/{deployment}"
@@ -245,35 +253,30 @@ def _sizes(provider: str, sku: str) -> list[tuple[str, int | None]]:
     return [(sku, vcpu), *smaller]
 
 
-def _azure_sql_prices(
-    rows: Mapping[str, Decimal], sku: str, license_type: object
+def _priced_sizes(
+    rows: Mapping[str, Decimal],
+    provider: str,
+    sku: str,
+    compose: Callable[[str], list[tuple[str, float]] | None],
 ) -> dict[str, Decimal]:
-    """An Azure SQL database's price and its smaller sizes': compute (`GP_Gen5_2/compute`)
-    plus the licence per vCore (`GP/license`) unless Azure Hybrid Benefit brings its own
-    (`licenseType` BasePrice). No licence price, no price: never the compute alone."""
+    """The price of `sku` and of the smaller sizes a rightsize may choose, each the sum of the
+    catalog rows `compose` names for it (`lambdas.pricing.catalog`, as the collector prices
+    it); a size with any row missing has no price."""
     out: dict[str, Decimal] = {}
-    for name, vcores in _sizes("azure", sku):
-        compute = rows.get(f"{name}/compute")
-        if vcores is None or compute is None:
-            continue
-        if license_type == "BasePrice":
-            out[name] = compute
-        elif (per_vcore := rows.get(f"{name.partition('_')[0]}/license")) is not None:
-            out[name] = compute + per_vcore * vcores
+    for name, _ in _sizes(provider, sku):
+        parts = compose(name)
+        prices = [(rows.get(part), Decimal(str(qty))) for part, qty in parts or []]
+        if parts and all(price is not None for price, _ in prices):
+            out[name] = sum((p * q for p, q in prices if p is not None), Decimal(0))
     return out
 
 
-def _gcp_machine_prices(rows: Mapping[str, Decimal], sku: str) -> dict[str, Decimal]:
-    out: dict[str, Decimal] = {}
-    for name, _ in _sizes("gcp", sku):
-        shape = gcp_machine_shape(name)
-        if shape is None:
-            continue
-        family, cpus, mem = shape
-        core, ram = rows.get(f"{family}/core"), rows.get(f"{family}/ram")
-        if core is not None and ram is not None:
-            out[name] = core * Decimal(str(cpus)) + ram * Decimal(str(mem))
-    return out
+def _gce_compute(machine_type: str) -> list[tuple[str, float]] | None:
+    shape = gcp_machine_shape(machine_type)
+    if shape is None:
+        return None
+    family, cpus, mem = shape
+    return [(f"{family}/core", cpus), (f"{family}/ram", mem)]
 
 
 def _save_action(

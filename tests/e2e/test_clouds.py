@@ -1,5 +1,9 @@
 """Azure and GCP through the whole pipeline (issue #15), driven as a user's cloud would.
 
+A Cloud SQL instance too: created in the GCP simulator's Cloud SQL Admin API, priced from its
+audit entry, alerted, and planned by the rightsize-database workflow, which waits for a
+person.
+
 A user creates an expensive VM in the Azure simulator (ARM PUT) and an expensive instance in
 the GCP simulator (Compute instances.insert). The simulators raise the providers' events
 (Event Grid ResourceWriteSuccess; the Admin Activity audit entry on the log sink's Pub/Sub
@@ -33,6 +37,7 @@ from tests.e2e.test_pipeline import (
     decisions,
     on_kafka,
     paged,
+    rightsize_waits_for_a_person,
     run_of,
     settled,
 )
@@ -48,6 +53,9 @@ class Launched:
     azure_vm: Scenario
     gcp_instance: Scenario
     gcp_name: str
+    cloud_sql: Scenario
+    cloud_sql_name: str
+    azure_db: Scenario
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,26 @@ def launched(stack: Stack) -> Iterator[Launched]:
             name, "e2-standard-8", {"env": "dev", "team": f"api-{uid}"}
         )
         inst = Scenario("new GCP dev instance -> stop", asset, t0, wall)
-        yield Launched(subscription, project, watch, vm, inst, name)
+
+        t0, wall = time.monotonic(), time.time()
+        db_name = f"orders-{uid}"
+        db_asset = stack.gcp(project).insert_sql_instance(
+            db_name, "db-custom-4-16384", {"env": "staging", "team": f"orders-{uid}"}
+        )
+        db = Scenario("new Cloud SQL instance -> rightsize, approval", db_asset, t0, wall)
+
+        t0, wall = time.monotonic(), time.time()
+        azure_db = stack.azure(subscription).create_sql_database(
+            f"rg-data-{uid}",
+            f"sql-{uid}",
+            f"orders-{uid}",
+            "GP_Gen5_4",
+            {"env": "staging", "team": f"orders-az-{uid}"},
+        )
+        az_db = Scenario(
+            "new Azure SQL database -> rightsize, approval", azure_db.lower(), t0, wall
+        )
+        yield Launched(subscription, project, watch, vm, inst, name, db, db_name, az_db)
 
 
 def priced(stack: Stack, s: Scenario) -> float:
@@ -166,3 +193,54 @@ def _rate_zero(stack: Stack, s: Scenario) -> Callable[[], bool]:
         return bool(found) and sum(float(r["value"][1]) for r in found) == 0
 
     return check
+
+
+def _database_planned(
+    stack: Stack, launched: Launched, s: Scenario, rtype: str, service: str
+) -> dict[str, Any]:
+    """A new managed database's hops up to its rightsize-database run settling; the plan."""
+    labels = alerted(stack, s, launched.watch)["labels"]
+    assert labels["resource_type"] == rtype and labels["service_name"] == service, labels
+    on_kafka(launched.watch, s)
+    return rightsize_waits_for_a_person(stack, s)
+
+
+def test_a_new_azure_sql_database_is_priced_at_once_and_waits_for_approval(
+    stack: Stack, launched: Launched
+) -> None:
+    """Its Event Grid write, read back by the forwarder from ARM (`2021-11-01`), prices it
+    within seconds: GP_Gen5_4's compute, the SQL Server licence for 4 vCores, 32 GB of data
+    storage; the plan resizes it to GP_Gen5_2 on Azure Monitor's idle CPU."""
+    s = launched.azure_db
+    assert priced(stack, s) == pytest.approx(0.6088 + 4 * 0.1 + 32 * 0.115 / 730, abs=1e-5)
+    plan = _database_planned(stack, launched, s, "Microsoft.Sql/servers/databases", "SQL Database")
+    assert plan["action"] == "azure.sql.update_database_sku", plan
+    assert plan["action_params"]["target_sku"] == "GP_Gen5_2", plan
+    assert plan["estimated_monthly_saving_usd"] == "368.21", plan  # (1.0088 - 0.5044) x 730
+    rid = plan["action_params"]["resource_id"]
+    assert rid.lower() == s.resource_id and "/Microsoft.Sql/servers/" in rid, plan
+    assert stack.azure(launched.subscription).sql_objective(rid) == "GP_Gen5_4"
+
+
+def test_a_new_cloud_sql_instance_is_priced_at_once_and_waits_for_approval(
+    stack: Stack, launched: Launched
+) -> None:
+    """A managed database used to be seen only through the billing export, hours later: its
+    Admin Activity entry (cloudsql.instances.create, through the log sink's Pub/Sub push and
+    the real forwarder) now prices it within seconds (4 vCPU + 16 GiB + a 100 GB SSD at the
+    loaded Cloud SQL prices), the detector alerts on it, and the shipped playbooks start the
+    rightsize-database workflow, which plans on the simulator's Cloud SQL Admin and Monitoring
+    APIs and then waits for a person (or is denied in business hours)."""
+    s = launched.cloud_sql
+    gcp = stack.gcp(launched.project)
+    assert priced(stack, s) == pytest.approx(4 * 0.0413 + 16 * 0.007 + 100 * 0.17 / 730, abs=1e-5)
+    # The plan, on the simulator's idle CPU and the loaded prices: half the vCPUs and memory.
+    plan = _database_planned(stack, launched, s, "sqladmin.googleapis.com/Instance", "Cloud SQL")
+    assert plan["action"] == "gcp.sql.set_tier", plan
+    assert plan["action_params"] == {
+        "target_sku": "db-custom-2-8192",
+        "resource_id": f"projects/{launched.project}/instances/{launched.cloud_sql_name}",
+    }, plan
+    assert plan["estimated_monthly_saving_usd"] == "101.18", plan  # (0.2772 - 0.1386) x 730
+    instance = gcp.sql_instance(launched.cloud_sql_name)
+    assert instance["settings"]["tier"] == "db-custom-4-16384", "changed without approval"

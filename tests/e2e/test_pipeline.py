@@ -369,6 +369,13 @@ def test_resized_database_waits_for_approval(stack: Stack, launched: Launched) -
     alert = alerted(stack, s, launched.watch)
     assert alert["labels"]["resource_type"] == "DBInstance"
     on_kafka(launched.watch, s)
+    rightsize_waits_for_a_person(stack, s)
+    assert sim.database_class(s.resource_id) == "db.m5.xlarge", "changed without approval"
+
+
+def rightsize_waits_for_a_person(stack: Stack, s: Scenario) -> dict[str, Any]:
+    """The database's rightsize-database run, settled waiting for approval (or denied); its
+    plan as the approve step recorded it."""
     run = run_of(stack, s)
     assert run["playbook"] == "rightsize-database"
     state = settled(stack, s, run["run_id"], {"awaiting_approval", "denied", "failed"})
@@ -379,9 +386,16 @@ def test_resized_database_waits_for_approval(stack: Stack, launched: Launched) -
         denied_by = {p for _, (_, ids) in sources.items() for p in ids}
         assert any("critical-services" in p for p in denied_by), sources
     else:
-        assert state == "awaiting_approval", run
+        assert state == "awaiting_approval", stack.sql(
+            "select state, reason from optimization_runs where run_id = %s", run["run_id"]
+        )
         assert sources["admission"][0] == "allow"
-    assert sim.database_class(s.resource_id) == "db.m5.xlarge", "changed without approval"
+    [(plan,)] = stack.sql(
+        "select input->'plan' from policy_decisions where run_id = %s and source = 'step'",
+        run["run_id"],
+    )
+    assert not plan["noop"], plan
+    return dict(plan)
 
 
 def test_unattached_disk_is_deleted_and_the_saving_verified(

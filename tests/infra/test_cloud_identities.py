@@ -79,7 +79,8 @@ def test_azure_forwarder_reads_exactly_what_its_code_reads(everything: BuiltStac
 def test_azure_forwarder_cannot_touch_the_billing_exports(everything: BuiltStack) -> None:
     """No assignment of the Function's identity covers the export container: none on the
     container, its storage account or its resource group, and the one at subscription scope
-    (an ancestor of everything) grants Compute reads and no data action."""
+    (an ancestor of everything) grants reads of the priced Compute and SQL resources, nothing
+    of Storage and no data action."""
     exports = everything.named("azure-exports").inputs
     exports_account, host_account = (
         azure_name("azure-storage"),
@@ -100,7 +101,11 @@ def test_azure_forwarder_cannot_touch_the_billing_exports(everything: BuiltStack
         if assignment["scope"] == SUBSCRIPTION_SCOPE:
             assert assignment["roleDefinitionId"] == arm_read
     (permission,) = everything.named("azure-forwarder-arm-read").inputs["permissions"]
-    assert all(a.startswith("Microsoft.Compute/") for a in permission["actions"])
+    assert all(
+        a.startswith(("Microsoft.Compute/", "Microsoft.Sql/servers/databases/"))
+        and a.endswith("/read")
+        for a in permission["actions"]
+    )
     # The Functions host and its package live in the host's own account.
     (app,) = everything.of_type("azure-native:web:WebApp")
     settings = {s["name"]: s["value"] for s in app.inputs["siteConfig"]["appSettings"]}

@@ -149,9 +149,14 @@ FIXTURES = [
     ("aws", "aws_delete_tags"),
     ("aws", "aws_remove_tags_from_resource"),
     ("azure", "azure_vm_write"),
+    ("azure", "azure_sql_database_write"),
     ("gcp", "gcp_instances_insert"),
     ("gcp", "gcp_instances_set_labels"),
+    ("gcp", "gcp_cloudsql_create"),
+    ("gcp", "gcp_cloudsql_update"),
 ]
+# The ARM resource the Azure forwarder reads back for each Azure event.
+ARM_READ_BACK = {"azure_vm_write": "arm_vm", "azure_sql_database_write": "arm_sql_database"}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -164,7 +169,7 @@ def test_any_value_anywhere_in_an_event_is_normalised_or_refused(
     provider, name = fixture
     rec = {"provider": provider, "billing_account_id": "1", "event": load_event(name)}
     if provider == "azure":
-        rec["resource"] = json.loads(json.dumps(load_event("arm_vm")))
+        rec["resource"] = json.loads(json.dumps(load_event(ARM_READ_BACK[name])))
     mutate(data, rec, value)
     # A clear refusal is a pass; anything else raised is the failure this test looks for.
     with contextlib.suppress(EventRejected, EventIgnored):

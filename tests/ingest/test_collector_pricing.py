@@ -165,3 +165,97 @@ async def test_what_is_still_unknown_stays_unpriced_and_counted(
     metrics = await (await collector.client.get("/metrics")).text()
     assert 'cct_collector_unpriced_events_total{provider="aws"} 2.0' in metrics
     assert 'cct_collector_unpriced_events_total{provider="gcp"} 1.0' in metrics
+
+
+CLOUD_SQL = "//cloudsql.googleapis.com/projects/shop-prod-123/instances/orders-db"
+AZURE_DB = (
+    "/subscriptions/00000000-1111-2222-3333-444444444444/resourcegroups/rg-data/providers/"
+    "microsoft.sql/servers/sql-shop/databases/orders"
+)
+PG_CORE, PG_RAM, PG_SSD = 0.0413, 0.007, 0.17  # Cloud SQL for PostgreSQL, zonal, Americas
+
+
+async def test_a_cloud_sql_instance_is_priced_within_seconds_of_each_change(
+    collector: Collector, priced_db: str, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    """Created, resized, stopped and deleted through its audit entries (the real normaliser,
+    prices from `cct prices load` of the Cloud Billing Catalog fixture): its tier's vCPUs and
+    memory at its engine's prices plus its data disk, and only the disk while stopped."""
+    acct = f"acct-{uid}"
+    disk = 100 * PG_SSD / H
+    await post(collector, [record("gcp", event("gcp_cloudsql_create"), acct)])
+    assert rates(priced_db)[CLOUD_SQL] == priced_at(4 * PG_CORE + 16 * PG_RAM + disk)
+    await post(collector, [record("gcp", event("gcp_cloudsql_update"), acct)])
+    resized = 8 * PG_CORE + 32 * PG_RAM + disk
+    assert rates(priced_db)[CLOUD_SQL] == priced_at(resized)
+    await wait_for(
+        vm,
+        f'sum(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{acct}",basis="list",'
+        'team="data"})',
+        round(resized, 6),
+    )
+    stop = event("gcp_cloudsql_update")
+    stop["protoPayload"]["request"]["body"]["settings"] = {"activationPolicy": "NEVER"}
+    stop["insertId"], stop["timestamp"] = "-sqlstop01", "2026-11-27T10:30:00Z"
+    await post(collector, [record("gcp", stop, acct)])
+    assert rates(priced_db)[CLOUD_SQL] == priced_at(disk)
+    await post(collector, [record("gcp", event("gcp_cloudsql_delete"), acct)])
+    assert rates(priced_db)[CLOUD_SQL] == priced_at(0.0)
+
+
+async def test_cloud_sql_tiers_and_engines_without_a_price_stay_unpriced(
+    collector: Collector, priced_db: str, event: Event, uid: str
+) -> None:
+    """SQL Server (its licence is not priced), a legacy `db-n1-*` tier: unpriced and counted,
+    never $0 or a price without their licence."""
+    acct = f"acct-{uid}"
+    batch = []
+    for n, (version, tier) in enumerate(
+        [("SQLSERVER_2019_STANDARD", "db-custom-4-16384"), ("POSTGRES_15", "db-n1-standard-2")]
+    ):
+        ev = event("gcp_cloudsql_create")
+        body = ev["protoPayload"]["request"]["body"]
+        body["databaseVersion"], body["settings"]["tier"] = version, tier
+        ev["protoPayload"]["resourceName"] = f"projects/shop-prod-123/instances/db-{n}"
+        ev["insertId"] = f"-db-{n}"
+        batch.append(record("gcp", ev, acct))
+    await post(collector, batch)
+    got = rates(priced_db)
+    for n in range(2):
+        assert got[CLOUD_SQL.replace("orders-db", f"db-{n}")] == (None, False)
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        # GP_Gen5_4: compute, the SQL Server licence per vCore, 32 GB of data storage.
+        ({}, 0.6088 + 4 * 0.1 + 32 * 0.115 / H),
+        # Azure Hybrid Benefit: the licence is the customer's own.
+        ({"licenseType": "BasePrice"}, 0.6088 + 32 * 0.115 / H),
+        # A resize asked for: priced at its target at once.
+        ({"requestedServiceObjectiveName": "GP_Gen5_2"}, 0.3044 + 2 * 0.1 + 32 * 0.115 / H),
+        # Zone-redundant General Purpose pays a meter not read; serverless and DTU sizes,
+        # an elastic pool's database (billed through its pool): no price.
+        ({"zoneRedundant": True}, None),
+        ({"currentServiceObjectiveName": "GP_S_Gen5_2"}, None),
+        ({"currentServiceObjectiveName": "S0", "requestedServiceObjectiveName": "S0"}, None),
+        ({"currentServiceObjectiveName": "ElasticPool"}, None),
+    ],
+)
+async def test_an_azure_sql_database_is_priced_from_its_arm_resource(
+    collector: Collector,
+    priced_db: str,
+    event: Event,
+    uid: str,
+    *,
+    props: dict[str, Any],
+    expected: float | None,
+) -> None:
+    acct = f"acct-{uid}"
+    arm = event("arm_sql_database")
+    arm["properties"].update(props)
+    if "currentServiceObjectiveName" in props and "requestedServiceObjectiveName" not in props:
+        arm["properties"]["requestedServiceObjectiveName"] = props["currentServiceObjectiveName"]
+    await post(collector, [record("azure", event("azure_sql_database_write"), acct, resource=arm)])
+    got = rates(priced_db)[AZURE_DB]
+    assert got == ((None, False) if expected is None else priced_at(expected))

@@ -160,7 +160,7 @@ def test_gcp_decodes_pubsub_and_drops_unreadable(event: Event) -> None:
                     ).decode()
                 }
             },
-            "not_a_compute_audit_entry",
+            "not_a_lifecycle_audit_entry",
         ),
     ]:
         assert dict(gcp.handle(bad, forwarder("gcp", Recorder())).dropped) == {reason: 1}

@@ -703,3 +703,260 @@ def test_re_tag_edge_cases_from_review(event: Event) -> None:
     del bare["tags"]
     [vm] = normalize({"provider": "azure", "event": event("azure_vm_write"), "resource": bare})
     assert vm.tags == {}
+
+
+CLOUD_SQL = "//cloudsql.googleapis.com/projects/shop-prod-123/instances/orders-db"
+AZURE_DB = (
+    "/subscriptions/00000000-1111-2222-3333-444444444444/resourcegroups/rg-data/providers/"
+    "microsoft.sql/servers/sql-shop/databases/orders"
+)
+
+
+def _gcp(entry: dict[str, Any]) -> list[Any]:
+    return normalize({"provider": "gcp", "event": entry})
+
+
+def test_a_cloud_sql_creation_carries_its_tier_engine_disk_and_labels(event: Event) -> None:
+    """The creation's first entry has the request (the Admin API's `SqlInstancesInsertRequest`
+    body); its size is what pricing needs: tier, engine, availability, data disk."""
+    [change] = _gcp(event("gcp_cloudsql_create"))
+    assert (change.resource_id, change.resource_type, change.service_name) == (
+        CLOUD_SQL,
+        "sqladmin.googleapis.com/Instance",
+        "Cloud SQL",
+    )
+    assert (change.state, change.sku, change.region_id, change.actor) == (
+        "running",
+        "db-custom-4-16384",
+        "us-central1",
+        "carol@example.com",
+    )
+    assert dict(change.attributes) == {
+        "engine": "postgres",
+        "availability": "zonal",
+        "gib": 100.0,  # dataDiskSizeGb is a string in the API's JSON
+        "disk_type": "PD_SSD",
+    }
+    assert change.tags == {"team": "data", "env": "prod"}
+    assert change.event_id == "gcp:-sqlcreate01"
+
+
+def test_a_cloud_sql_creation_without_disk_or_availability_gets_the_api_s_defaults(
+    event: Event,
+) -> None:
+    entry = event("gcp_cloudsql_create")
+    settings = entry["protoPayload"]["request"]["body"]["settings"]
+    for key in ("dataDiskSizeGb", "dataDiskType", "availabilityType", "userLabels"):
+        del settings[key]
+    [change] = _gcp(entry)
+    assert dict(change.attributes) == {
+        "engine": "postgres",
+        "availability": "zonal",
+        "gib": 10.0,
+        "disk_type": "PD_SSD",
+    }
+    assert change.tags == {}
+
+
+@pytest.mark.parametrize(
+    ("resource_name", "where"),
+    [
+        # gcloud's creation entry names the project only, the instance is the request's
+        # (forseti-security/real-time-enforcer#14), and its database_id label is empty.
+        ("projects/shop-prod-123", "body"),
+        # Older entries: `instances/<project>:<instance>`.
+        ("instances/shop-prod-123:orders-db", "name"),
+    ],
+)
+def test_every_way_a_cloud_sql_entry_names_its_instance(
+    event: Event, resource_name: str, where: str
+) -> None:
+    entry = event("gcp_cloudsql_create")
+    entry["protoPayload"]["resourceName"] = resource_name
+    entry["resource"]["labels"].update(database_id="", region="")
+    [change] = _gcp(entry)
+    assert change.resource_id == CLOUD_SQL
+    assert change.region_id == "us-central1"  # from the request's body
+
+
+def test_a_cloud_sql_patch_changes_only_what_it_states(event: Event) -> None:
+    """A PATCH is logged as `cloudsql.instances.update` with only the changed settings: the
+    tier here; no state, no labels, no disk (the inventory keeps what it knows)."""
+    [change] = _gcp(event("gcp_cloudsql_update"))
+    assert (change.resource_id, change.sku, change.state, change.tags) == (
+        CLOUD_SQL,
+        "db-custom-8-32768",
+        None,
+        None,
+    )
+    assert dict(change.attributes) == {}
+    assert change.region_id == "us-central1"  # the entry's resource label
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"activationPolicy": "NEVER"}, {"state": "stopped"}),
+        ({"activationPolicy": "ALWAYS"}, {"state": "running"}),
+        ({"availabilityType": "REGIONAL"}, {"attributes": {"availability": "regional"}}),
+        ({"dataDiskSizeGb": "250"}, {"attributes": {"gib": 250.0}}),
+        ({"userLabels": {"team": "web"}}, {"tags": {"team": "web"}}),
+    ],
+)
+def test_a_cloud_sql_patch_of_state_availability_disk_or_labels(
+    event: Event, settings: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    entry = event("gcp_cloudsql_update")
+    entry["protoPayload"]["request"]["body"]["settings"] = settings
+    [change] = _gcp(entry)
+    assert change.sku is None
+    for field, value in expected.items():
+        got = getattr(change, field)
+        assert (dict(got) if field == "attributes" else got) == value, field
+
+
+def test_cloud_sql_deletion_and_an_operation_s_end(event: Event) -> None:
+    """A long-running operation logs a second entry when it ends, without the request: an
+    update's says nothing (read as a change it would be an empty one), a deletion's is the
+    deletion again."""
+    [gone] = _gcp(event("gcp_cloudsql_delete"))
+    assert (gone.resource_id, gone.state) == (CLOUD_SQL, "deleted")
+    end = event("gcp_cloudsql_update")
+    del end["protoPayload"]["request"]
+    end["operation"] = {"id": "op-1", "producer": "cloudsql.googleapis.com", "last": True}
+    with pytest.raises(EventIgnored, match="states no change"):
+        _gcp(end)
+    end = event("gcp_cloudsql_delete")
+    del end["protoPayload"]["request"]
+    [gone] = _gcp(end)
+    assert gone.state == "deleted"
+
+
+def test_a_cloud_sql_server_instance_keeps_its_engine_and_no_price_is_guessed(
+    event: Event,
+) -> None:
+    entry = event("gcp_cloudsql_create")
+    entry["protoPayload"]["request"]["body"]["databaseVersion"] = "SQLSERVER_2019_STANDARD"
+    [change] = _gcp(entry)
+    assert change.attributes["engine"] == "sqlserver"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "message"),
+    [
+        (
+            lambda e: e["protoPayload"].update(resourceName="projects/shop-prod-123/zones/x"),
+            "bad_resource_id",
+            "names no Cloud SQL instance",
+        ),
+        (
+            lambda e: e["protoPayload"].update(resourceName="projects/Shop/instances/orders-db"),
+            "bad_resource_id",
+            "names no Cloud SQL instance",
+        ),
+        (
+            lambda e: e["protoPayload"].update(
+                resourceName="projects/shop-prod-123/instances/../../x"
+            ),
+            "bad_resource_id",
+            "names no Cloud SQL instance",
+        ),
+        (
+            lambda e: e["protoPayload"]["request"]["body"]["settings"].update(dataDiskSizeGb="-5"),
+            "wrong_type",
+            "settings.dataDiskSizeGb: expected a non-negative finite number",
+        ),
+        (
+            lambda e: e["protoPayload"]["request"]["body"].update(settings=["tier"]),
+            "wrong_type",
+            "request.body.settings: expected an object",
+        ),
+    ],
+)
+def test_malformed_cloud_sql_entries_are_rejected_with_a_reason(
+    event: Event, mutate: Callable[[dict[str, Any]], Any], reason: str, message: str
+) -> None:
+    entry = event("gcp_cloudsql_create")
+    mutate(entry)
+    with pytest.raises(EventRejected, match=message) as info:
+        _gcp(entry)
+    assert info.value.reason == reason
+
+
+def test_a_failed_cloud_sql_operation_is_ignored(event: Event) -> None:
+    entry = event("gcp_cloudsql_update")
+    entry["protoPayload"]["status"] = {"code": 7, "message": "PERMISSION_DENIED"}
+    with pytest.raises(EventIgnored, match="failed"):
+        _gcp(entry)
+
+
+def _azure_db(event: Event, **props: Any) -> dict[str, Any]:
+    arm = event("arm_sql_database")
+    arm["properties"].update(props)
+    return {"provider": "azure", "event": event("azure_sql_database_write"), "resource": arm}
+
+
+def test_an_azure_sql_database_write_takes_its_size_from_the_arm_resource(event: Event) -> None:
+    """ARM reports a vCore database's sku as family and capacity (`GP_Gen5` of 4) and its
+    service objective (`GP_Gen5_4`), which is how its prices are keyed."""
+    [db] = normalize(_azure_db(event))
+    assert (db.resource_id, db.resource_type, db.service_name) == (
+        AZURE_DB,
+        "Microsoft.Sql/servers/databases",
+        "SQL Database",
+    )
+    assert (db.sku, db.region_id, db.state, db.tags) == (
+        "GP_Gen5_4",
+        "eastus",
+        "available",
+        {"team": "data"},
+    )
+    assert dict(db.attributes) == {
+        "zone_redundant": False,
+        "license_type": "LicenseIncluded",
+        "gib": 32.0,  # maxSizeBytes 34359738368: what its storage is billed for
+    }
+
+
+def test_an_azure_sql_resize_is_priced_at_the_size_asked_for(event: Event) -> None:
+    """Read back while the resize runs, the database still reports its old objective as
+    current: the one requested is what it is billed at within minutes."""
+    [db] = normalize(
+        _azure_db(
+            event,
+            currentServiceObjectiveName="GP_Gen5_4",
+            requestedServiceObjectiveName="GP_Gen5_2",
+        )
+    )
+    assert db.sku == "GP_Gen5_2"
+    arm = _azure_db(event)
+    for key in ("currentServiceObjectiveName", "requestedServiceObjectiveName"):
+        del arm["resource"]["properties"][key]
+    [db] = normalize(arm)
+    assert db.sku == "GP_Gen5_4"  # from the sku's family and capacity
+
+
+def test_azure_sql_master_firewall_rules_and_deletions(event: Event) -> None:
+    ev = event("azure_sql_database_write")
+    master = ev["data"]["resourceUri"].rsplit("/", 1)[0] + "/master"
+    ev["data"]["resourceUri"] = ev["subject"] = master
+    with pytest.raises(EventIgnored, match="master database"):
+        normalize({"provider": "azure", "event": ev})
+    ev = event("azure_sql_database_write")
+    rule = ev["data"]["resourceUri"].split("/databases/")[0] + "/firewallRules/office"
+    ev["data"]["resourceUri"] = ev["subject"] = rule
+    with pytest.raises(EventIgnored, match="sub-resource"):
+        normalize({"provider": "azure", "event": ev})
+    ev = event("azure_sql_database_write")
+    ev["eventType"] = "Microsoft.Resources.ResourceDeleteSuccess"
+    ev["data"]["operationName"] = "Microsoft.Sql/servers/databases/delete"
+    [gone] = normalize({"provider": "azure", "event": ev})
+    assert (gone.resource_id, gone.state) == (AZURE_DB, "deleted")
+
+
+def test_an_azure_sql_database_re_tagged_through_the_tags_api(event: Event) -> None:
+    ev = _tags_resource(event("azure_sql_database_write"))
+    arm = event("arm_sql_database")
+    arm["tags"] = {"team": "web"}
+    [db] = normalize({"provider": "azure", "event": ev, "resource": arm})
+    assert (db.resource_id, db.tags, db.sku) == (AZURE_DB, {"team": "web"}, "GP_Gen5_4")

@@ -62,8 +62,9 @@ def test_sources_keep_only_on_demand_linux_list_prices() -> None:
     assert b[PriceKey("gcp", GCP_COMPUTE, "us-central1", "pd-ssd", "gib_month")] == pytest.approx(
         0.17
     )
-    # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora, object storage
-    assert len(b) == 90
+    # with the Azure P15 tier, the Azure and GCP snapshot storage, Aurora, object storage,
+    # and the managed databases' storage (Cloud SQL: 4 SKUs x 3 regions; Azure SQL: 2)
+    assert len(b) == 104
 
 
 def test_sources_keep_licensed_os_storage_and_performance_prices() -> None:
@@ -160,7 +161,14 @@ def test_cloud_sql_per_vcpu_and_gib_of_each_engine_and_availability() -> None:
         "mysql/zonal/ram": pytest.approx(0.007),
         "mysql/zonal/db-f1-micro": pytest.approx(0.0105),
         "mysql/zonal/db-g1-small": pytest.approx(0.035),
-    }  # not SQL Server (its licence is apart), not the commitments
+        # The data disk per GiB-month: PD_SSD ("Standard storage"), PD_HDD ("Low cost").
+        "postgres/zonal/ssd": pytest.approx(0.17),
+        "postgres/regional/ssd": pytest.approx(0.34),
+        "postgres/zonal/hdd": pytest.approx(0.09),
+        "mysql/zonal/ssd": pytest.approx(0.17),
+    }  # not SQL Server (its licence is apart), the commitments or Enterprise Plus storage
+    units = {k.sku: k.unit for k in b if k.service_name == GCP_SQL}
+    assert units["postgres/zonal/ssd"] == "gib_month" and units["postgres/zonal/ram"] == "hour"
 
 
 def test_azure_sql_compute_per_vcore_count_and_the_licence_per_vcore() -> None:
@@ -172,6 +180,10 @@ def test_azure_sql_compute_per_vcore_count_and_the_licence_per_vcore() -> None:
         "GP_Gen5_4/compute": 0.6088,
         "BC_Gen5_2/compute": 0.8166,
         "GP/license": 0.1,
+        # Data storage per GB-month of the maximum size; not the zone-redundant meter or
+        # Hyperscale's (billed as used).
+        "GP/storage": 0.115,
+        "BC/storage": 0.25,
     }
 
 
@@ -357,6 +369,10 @@ PG = {"engine": "postgres", "multi_az": False}
 AZ_VM = ("azure", AZURE_VM, "Microsoft.Compute/virtualMachines", "eastus")
 GCE = ("gcp", GCP_COMPUTE, "compute.googleapis.com/Instance", "us-central1")
 E2_CORE, E2_RAM, WIN = 0.02181159, 0.00292353, 0.046
+CLOUD_SQL = ("gcp", "Cloud SQL", "sqladmin.googleapis.com/Instance", "us-central1")
+AZ_SQL = ("azure", "SQL Database", "Microsoft.Sql/servers/databases", "eastus")
+PG_SSD_100 = {"engine": "postgres", "availability": "zonal", "gib": 100.0, "disk_type": "PD_SSD"}
+PG_4_16 = (4 * 0.0413 + 16 * 0.007) * 730  # per month; 100 GiB of SSD is $17.00 a month
 
 
 @pytest.mark.parametrize(
@@ -465,6 +481,55 @@ E2_CORE, E2_RAM, WIN = 0.02181159, 0.00292353, 0.046
         ((*GCE, "e2-micro", {"image_project": "windows-cloud"}, "running"), None),
         ((*GCE, "f1-micro", {"image_project": "windows-cloud"}, "running"), None),
         ((*GCE, "e2-standard-4", {"image_project": "rhel-cloud"}, "running"), None),
+        # managed databases: Cloud SQL (us-east1, PostgreSQL, 100 GiB SSD), Azure SQL (eastus)
+        ((*CLOUD_SQL, "db-custom-4-16384", PG_SSD_100, "running"), PG_4_16 + 17.0),
+        ((*CLOUD_SQL, "db-custom-4-16384", PG_SSD_100, "stopped"), 17.0),  # its disk only
+        ((*CLOUD_SQL, "db-custom-4-16384", PG_SSD_100, "deleted"), 0.0),
+        (
+            (
+                *CLOUD_SQL,
+                "db-custom-4-16384",
+                {**PG_SSD_100, "availability": "regional"},
+                "running",
+            ),
+            2 * PG_4_16 + 34.0,
+        ),
+        (
+            (*CLOUD_SQL, "db-custom-4-16384", {**PG_SSD_100, "disk_type": "PD_HDD"}, "running"),
+            PG_4_16 + 9.0,
+        ),
+        (
+            (*CLOUD_SQL, "db-f1-micro", {**PG_SSD_100, "engine": "mysql"}, "running"),
+            0.0105 * 730 + 17.0,
+        ),
+        ((*CLOUD_SQL, "db-custom-4-16384", {**PG_SSD_100, "engine": "sqlserver"}, "running"), None),
+        ((*CLOUD_SQL, "db-n1-standard-2", PG_SSD_100, "running"), None),
+        ((*CLOUD_SQL, "db-custom-4-16384", {**PG_SSD_100, "gib": None}, "running"), None),
+        (
+            (*CLOUD_SQL, "db-custom-4-16384", {**PG_SSD_100, "disk_type": "HYPERDISK"}, "running"),
+            None,
+        ),
+        ((*AZ_SQL, "GP_Gen5_4", {"gib": 32.0}, "available"), (0.6088 + 0.4) * 730 + 32 * 0.115),
+        (
+            (*AZ_SQL, "GP_Gen5_4", {"gib": 32.0, "license_type": "BasePrice"}, "available"),
+            0.6088 * 730 + 32 * 0.115,
+        ),
+        (  # Business Critical's zone redundancy costs nothing extra
+            (
+                *AZ_SQL,
+                "BC_Gen5_2",
+                {"gib": 32.0, "zone_redundant": True, "license_type": "BasePrice"},
+                "available",
+            ),
+            0.8166 * 730 + 32 * 0.25,
+        ),
+        ((*AZ_SQL, "BC_Gen5_2", {"gib": 32.0}, "available"), None),  # no BC licence price
+        ((*AZ_SQL, "GP_Gen5_4", {"gib": 32.0, "zone_redundant": True}, "available"), None),
+        ((*AZ_SQL, "GP_Gen5_4", {}, "available"), None),  # size unknown
+        ((*AZ_SQL, "HS_Gen5_2", {"gib": 32.0}, "available"), None),
+        ((*AZ_SQL, "GP_S_Gen5_2", {"gib": 32.0}, "available"), None),
+        ((*AZ_SQL, "S0", {"gib": 32.0}, "available"), None),
+        ((*AZ_SQL, "GP_Gen5_4", {"gib": 32.0}, "deleted"), 0.0),
     ],
 )
 def test_run_rate_of_storage_performance_shared_core_and_licences(

@@ -407,7 +407,9 @@ def test_an_azure_account_s_tiers_are_priced_at_its_own_redundancy(
             "db-custom-4-16384",
             {"db-custom-4-16384": "0.5544", "db-custom-2-8192": "0.2772"},
         ),
-        ("MYSQL_8_0", "ZONAL", "db-g1-small", {"db-g1-small": "0.035", "db-f1-micro": "0.0105"}),
+        # A shared-core tier is priced by name; no smaller size is chosen from it.
+        ("MYSQL_8_0", "ZONAL", "db-g1-small", {"db-g1-small": "0.035"}),
+        ("MYSQL_8_0", "ZONAL", "db-f1-micro", {"db-f1-micro": "0.0105"}),
         ("SQLSERVER_2019_STANDARD", "ZONAL", "db-custom-4-16384", {}),  # licence not priced
         ("POSTGRES_15", "REGIONAL", "db-g1-small", {}),  # no regional shared-core price
     ],
@@ -418,8 +420,8 @@ def test_a_cloud_sql_tier_is_priced_from_its_engine_and_availability(
     """`cct prices load` keeps Cloud SQL per vCPU and GiB of each engine and availability
     (`postgres/zonal/core`); the rightsize plan reads the instance's tier, engine and
     availability, as `gcp.sql.set_tier` reads them from the Admin API."""
+    from lambdas.pricing.catalog import cloud_sql_engine as sql_engine
     from lambdas.pricing.sources import parse
-    from lambdas.steps.providers.gcp import sql_engine
     from lambdas.steps.steps import catalog_skus
     from tests.ingest.conftest import FIXTURES
 
@@ -577,6 +579,8 @@ def test_an_azure_disk_is_priced_per_gib_month_at_its_tier_s_price() -> None:
         ("azure_disk_write.json", "azure", "azure.compute.delete_disk"),
         ("gcp_instances_insert.json", "gcp", "gcp.compute.stop_instance"),
         ("gcp_disks_insert.json", "gcp", "gcp.compute.delete_disk"),
+        ("gcp_cloudsql_create.json", "gcp", "gcp.sql.set_tier"),
+        ("azure_sql_database_write.json", "azure", "azure.sql.update_database_sku"),
     ],
 )
 def test_collector_resource_ids_reach_the_actions_as_api_ids(
@@ -598,7 +602,10 @@ def test_collector_resource_ids_reach_the_actions_as_api_ids(
     [change] = normalize({"provider": provider, "event": event})
     params = {"resource_id": api_resource_id(provider, change.resource_id)}
     schema = ACTIONS[action].schema
-    extra = {k: "Mon-Fri 08:00-18:00" for k in schema["required"] if k != "resource_id"}
+    samples = {"target_sku": {"gcp": "db-custom-2-8192", "azure": "GP_Gen5_2"}[provider]}
+    extra = {
+        k: samples.get(k, "Mon-Fri 08:00-18:00") for k in schema["required"] if k != "resource_id"
+    }
     jsonschema.validate({**params, **extra}, schema)
 
 

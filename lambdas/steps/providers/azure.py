@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambdas.pricing.catalog import azure_sql_objective
 from lambdas.steps import polling
 from lambdas.steps.action import (
     SNAPSHOTS_PER_RUN,
@@ -551,7 +552,7 @@ def _read_sql(session: AzureSession, params: Mapping[str, Any]) -> State:
     )
     props = db["properties"]
     current = props.get("currentServiceObjectiveName")
-    size = current or service_objective(db["sku"])
+    size = current or azure_sql_objective(db["sku"])
     requested = props.get("requestedServiceObjectiveName", current)
     return {
         "sku": size,
@@ -563,16 +564,6 @@ def _read_sql(session: AzureSession, params: Mapping[str, Any]) -> State:
         "region": db["location"],
         "busy": props["status"] != "Online" or requested != current,
     }
-
-
-def service_objective(sku: Mapping[str, Any]) -> str:
-    """The size a database runs at, as a resize names it (`GP_Gen5_2`), from its sku when
-    the database does not say (`currentServiceObjectiveName`): ARM reports a vCore sku as its
-    family's name and vCore count (`{"name": "GP_Gen5", "family": "Gen5", "capacity": 2}`)."""
-    name, capacity = str(sku["name"]), sku.get("capacity")
-    if sku.get("family") and isinstance(capacity, int) and capacity > 0:
-        return f"{name}_{capacity}"
-    return name
 
 
 def _sql_apply(session: AzureSession, params: Mapping[str, Any], before: State) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lambdas.pricing.catalog import cloud_sql_engine
 from lambdas.steps import polling
 from lambdas.steps.action import (
     SNAPSHOTS_PER_RUN,
@@ -567,13 +568,6 @@ register(
 # --- Cloud SQL ---------------------------------------------------------------------------
 
 SQL_PERMS = ("cloudsql.instances.get", "cloudsql.instances.update", "monitoring.timeSeries.list")
-# Engines whose instances the price catalog prices (SQL Server's licence is priced apart).
-_SQL_ENGINES = {"MYSQL": "mysql", "POSTGRES": "postgres"}
-
-
-def sql_engine(database_version: str) -> str | None:
-    """The engine a Cloud SQL instance's prices are kept under (`POSTGRES_15` -> postgres)."""
-    return _SQL_ENGINES.get(database_version.partition("_")[0])
 
 
 def _read_sql(session: GcpSession, params: Mapping[str, Any]) -> State:
@@ -582,7 +576,7 @@ def _read_sql(session: GcpSession, params: Mapping[str, Any]) -> State:
         "sku": inst["settings"]["tier"],
         # What its price depends on besides the tier: `POSTGRES_15` -> postgres, and
         # REGIONAL (high availability) costs twice ZONAL.
-        "engine": sql_engine(str(inst.get("databaseVersion", ""))),
+        "engine": cloud_sql_engine(str(inst.get("databaseVersion", ""))),
         "availability": str(inst["settings"].get("availabilityType", "ZONAL")).lower(),
         "status": inst["state"],
         "region": inst["region"],
