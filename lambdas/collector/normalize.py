@@ -754,34 +754,57 @@ def _cloud_sql_name(
     return project, instance
 
 
+def _cloud_sql_text(settings: Mapping[str, Any], key: str) -> str | None:
+    value = settings.get(key)
+    if value is None:
+        return None
+    return _str(value, f"request.body.settings.{key}")
+
+
+def _cloud_sql_labels(value: Any, create: bool) -> dict[str, Any]:
+    """A creation's labels are the instance's whole set; a PATCH merges its labels into the
+    instance's, a label sent as null is removed (gcloud's `--remove-labels` and
+    `--clear-labels` send that), and one that names none leaves them."""
+    if value is None:
+        return {"tags": {}} if create else {}
+    labels = _obj(value, "request.body.settings.userLabels")
+    for key, label in labels.items():
+        if not isinstance(label, str) and not (label is None and not create):
+            raise EventRejected(
+                "wrong_type", f"request.body.settings.userLabels.{key[:40]}: got {label!r:.40}"
+            )
+    if create:
+        return {"tags": dict(labels)}
+    return {"tag_changes": dict(labels)}
+
+
 def _cloud_sql_settings(body: Mapping[str, Any], create: bool) -> dict[str, Any]:
     """Tier, state, labels and pricing attributes a Cloud SQL request states (a PATCH states
     only what it changes)."""
     settings = _obj(body.get("settings") or {}, "request.body.settings")
     kw: dict[str, Any] = {}
     attrs: dict[str, Any] = dict(CLOUD_SQL_DEFAULTS) if create else {}
-    if isinstance(settings.get("tier"), str):
-        kw["sku"] = settings["tier"]
+    if (tier := _cloud_sql_text(settings, "tier")) is not None:
+        kw["sku"] = tier
     version = body.get("databaseVersion")
-    if isinstance(version, str) and version:
+    if version is not None:
+        version = _str(version, "request.body.databaseVersion")
         # POSTGRES_15 -> postgres; SQL Server and others keep their name and no price.
         attrs["engine"] = cloud_sql_engine(version) or version.partition("_")[0].lower()
-    if settings.get("availabilityType"):
-        attrs["availability"] = str(settings["availabilityType"]).lower()
-    if settings.get("dataDiskSizeGb") is not None:  # a string in the API's JSON
-        attrs["gib"] = _number(settings["dataDiskSizeGb"], "settings.dataDiskSizeGb")
-    if settings.get("dataDiskType"):
-        attrs["disk_type"] = str(settings["dataDiskType"])
+    if (availability := _cloud_sql_text(settings, "availabilityType")) is not None:
+        attrs["availability"] = availability.lower()
+    size = settings.get("dataDiskSizeGb")
+    if size is not None:  # a string in the API's JSON (int64)
+        if isinstance(size, bool) or not isinstance(size, str | int | float):
+            raise EventRejected("wrong_type", f"settings.dataDiskSizeGb: got {size!r:.40}")
+        attrs["gib"] = _number(size, "settings.dataDiskSizeGb")
+    if (disk := _cloud_sql_text(settings, "dataDiskType")) is not None:
+        attrs["disk_type"] = disk
     if attrs:
         kw["attributes"] = attrs
-    policy = settings.get("activationPolicy")
-    if policy is not None:
-        kw["state"] = CLOUD_SQL_ACTIVATION.get(str(policy), "running")
-    labels = _gcp_labels(settings.get("userLabels"))
-    if labels is not None or create:
-        # The request's labels are the instance's whole set (gcloud sends the set it read
-        # and changed); an update that names none leaves them.
-        kw["tags"] = labels or {}
+    if (policy := _cloud_sql_text(settings, "activationPolicy")) is not None:
+        kw["state"] = CLOUD_SQL_ACTIVATION.get(policy, "running")
+    kw.update(_cloud_sql_labels(settings.get("userLabels"), create))
     return kw
 
 
@@ -794,20 +817,24 @@ def _cloud_sql(
 ) -> list[ResourceChange]:
     request = _obj(payload.get("request") or {}, "protoPayload.request")
     body = _obj(request.get("body") or {}, "protoPayload.request.body")
+    deleting = short == "cloudsql.instances.delete"
+    if not body and not deleting:
+        # The operation's end (logged without the request: read as a creation it would set a
+        # stopped instance running again), or an update naming nothing.
+        raise EventIgnored(f"gcp {method} entry states no change")
     name = _str(_req(payload, "resourceName", "protoPayload"), "protoPayload.resourceName")
     project, instance = _cloud_sql_name(name, request, body)
-    kw: dict[str, Any] = {}
-    if GCP_METHODS[short] is not None:
-        kw["state"] = GCP_METHODS[short]
-    if short != "cloudsql.instances.delete":
-        if not body and short == "cloudsql.instances.update":
-            # The operation's end (logged without the request), or an update naming nothing.
-            raise EventIgnored(f"gcp {method} entry states no change")
-        kw.update(_cloud_sql_settings(body, short == "cloudsql.instances.create" and bool(body)))
+    kw: dict[str, Any] = {"state": "deleted"} if deleting else {}
+    if not deleting:
+        create = short == "cloudsql.instances.create"
+        kw = {"state": "running"} if create else {}
+        kw.update(_cloud_sql_settings(body, create))
     labels = (entry.get("resource") or {}).get("labels") or {}
-    region = body.get("region") or labels.get("region")
+    region = body.get("region") or labels.get("region") or None
+    if region is not None:
+        region = _str(region, "request.body.region")
     asset = f"//cloudsql.googleapis.com/projects/{project}/instances/{instance}"
-    where = (project, str(region) if region else None, GCP_SQL, asset, CLOUD_SQL_TYPE)
+    where = (project, region, GCP_SQL, asset, CLOUD_SQL_TYPE)
     return [_gcp_change(entry, payload, method, billing_account, where=where, kw=kw)]
 
 

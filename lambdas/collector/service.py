@@ -14,6 +14,7 @@ retry would be dropped as a duplicate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import json
@@ -74,6 +75,11 @@ log = logging.getLogger(__name__)
 LATE_MS = 1000
 GC_GEN0_THRESHOLD = 50_000
 VM_QUEUE_BATCHES = 4
+# The most a price-book refresh may wait for PostgreSQL. A query already sent and acknowledged
+# when the database's replies stop (a partition) waits for TCP keepalives to give up, about a
+# minute, and the collector reads as not ready all that time; past this the reader is dropped
+# and the next round opens a new one. The refresh reads a few thousand rows in milliseconds.
+READER_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -388,13 +394,26 @@ class Processor:
 
     async def refresh(self) -> None:
         try:
-            reader = await self._renew_reader()
-            self.book = await aload_price_book(reader)
-            self.factors = await store.reconciliation_factors(reader)
+            async with asyncio.timeout(READER_TIMEOUT_S):
+                reader = await self._renew_reader()
+                book = await aload_price_book(reader)
+                factors = await store.reconciliation_factors(reader)
+        except TimeoutError:
+            self.pg_error = f"no answer from PostgreSQL within {READER_TIMEOUT_S:g} s"
+            await self._drop_reader()
+            raise StoreError(f"price refresh: {self.pg_error}", retryable=True) from None
         except (StoreError, psycopg.Error, OSError) as exc:
             self.pg_error = str(exc) or type(exc).__name__
             raise
+        self.book, self.factors = book, factors
         self.pg_error = None
+
+    async def _drop_reader(self) -> None:
+        """Close the reader whose query was abandoned: its connection's state is unknown,
+        and `_renew_reader` opens a new one next round."""
+        if self._reader is not None and not self._reader.closed:
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                await asyncio.wait_for(self._reader.close(), timeout=1.0)
 
     async def heartbeat(self) -> None:
         now_ms = int(time.time() * 1000)

@@ -453,12 +453,15 @@ class GcpSimulator:
         return 200, {}, op
 
     def _sql_settings(self, given: Any, current: dict[str, Any]) -> dict[str, Any]:
+        """The settings after a creation or a PATCH: the fields given replace the current
+        ones, except the labels, which merge (a label given as null is removed)."""
         settings = obj(given)
         tier = settings.get("tier", current.get("tier"))
         if not isinstance(tier, str) or not tier.startswith("db-"):
             raise google_error(400, "invalid", "Invalid request: settings.tier")
         out = {**current, **{k: settings[k] for k in _SQL_SETTINGS if k in settings}}
-        out["userLabels"] = _labels(out.get("userLabels"))
+        merged = {**current.get("userLabels", {}), **obj(settings.get("userLabels"))}
+        out["userLabels"] = _labels({k: v for k, v in merged.items() if v is not None})
         return out
 
     def on_sql_instances(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
@@ -488,7 +491,10 @@ class GcpSimulator:
             }
             op = self._sql_operation(p["p"], "CREATE", name, grant)
         request = {"@type": "type.googleapis.com/google.cloud.sql.v1.SqlInstancesInsertRequest"}
-        self.audit_sql("cloudsql.instances.create", key, {**request, "body": body}, op, grant)
+        region = str(body.get("region", "us-central1"))
+        self.audit_sql(
+            "cloudsql.instances.create", key, {**request, "body": body}, op, grant, region
+        )
         return 200, {}, op
 
     def on_sql_instance(self, req: Request, grant: Grant, p: dict[str, str]) -> Response:
@@ -501,6 +507,7 @@ class GcpSimulator:
                 )
             if req.method == "GET":
                 return 200, {}, copy.deepcopy(inst)
+            region = inst["region"]
             if req.method == "DELETE":
                 del self.sql[key]
                 op = self._sql_operation(p["p"], "DELETE", p["n"], grant)
@@ -532,17 +539,21 @@ class GcpSimulator:
         if body is not None:
             request["body"] = body
         method = "cloudsql.instances.delete" if kind == "Delete" else "cloudsql.instances.update"
-        self.audit_sql(method, key, request, op, grant)
+        self.audit_sql(method, key, request, op, grant, region)
         return 200, {}, op
 
-    def audit_sql(
-        self, method: str, key: str, request: dict[str, Any], op: dict[str, Any], grant: Grant
+    def audit_sql(  # noqa: PLR0917 - the audit entry's fields
+        self,
+        method: str,
+        key: str,
+        request: dict[str, Any],
+        op: dict[str, Any],
+        grant: Grant,
+        region: str,
     ) -> None:
         """A Cloud SQL Admin Activity entry: the operation's first, with the request (its
         `cloudsql_database` resource labels as real entries have them)."""
         project, name = key.split("/")[1], key.split("/")[3]
-        with self.lock:
-            region = (self.sql.get(key) or {}).get("region", "")
         payload = {
             "methodName": method,
             "authorizationInfo": [

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from lambdas.common.vm import VictoriaMetrics
+from lambdas.store.db import StoreError
 from tests.ingest.conftest import Collector, record
 from tests.support.http import raw_status
 
@@ -562,6 +563,39 @@ async def test_readyz_names_postgresql_when_a_batch_cannot_be_stored(collector: 
     assert resp.status == 503
     assert (await resp.json())["reason"] == "PostgreSQL unreachable: connection refused"
     await collector.processor.refresh()  # a successful round trip clears it
+    assert (await collector.client.get("/readyz")).status == 200
+
+
+async def test_a_refresh_without_an_answer_is_abandoned_and_the_next_one_reconnects(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query sent before the database went dark waits for TCP keepalives (about a minute;
+    CI saw the collector not ready that long after a partition test): the refresh gives up
+    after READER_TIMEOUT_S, says why in /readyz, drops the reader, and the next round works
+    on a new connection."""
+    from lambdas.collector import service
+
+    proc = collector.processor
+    real = service.aload_price_book
+
+    async def stuck(conn: Any) -> Any:
+        await conn.execute("select pg_sleep(30)")
+        return await real(conn)
+
+    monkeypatch.setattr(service, "READER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(service, "aload_price_book", stuck)
+    old_reader = proc._reader
+    started = time.monotonic()
+    with pytest.raises(StoreError, match=r"no answer from PostgreSQL within 0\.5 s") as info:
+        await proc.refresh()
+    assert time.monotonic() - started < 20 and info.value.retryable  # not the 30 s query
+    assert old_reader is not None and old_reader.closed
+    resp = await collector.client.get("/readyz")
+    assert resp.status == 503 and "no answer from PostgreSQL" in (await resp.json())["reason"]
+    monkeypatch.setattr(service, "aload_price_book", real)
+    await proc.refresh()
+    assert proc._reader is not None and proc._reader is not old_reader
+    assert not proc._reader.closed
     assert (await collector.client.get("/readyz")).status == 200
 
 

@@ -28,6 +28,11 @@ def rates(dsn: str) -> dict[str, tuple[float | None, bool]]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+def rows_of(dsn: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query, args).fetchall()
+
+
 def priced_at(expected: float) -> tuple[Any, bool]:
     # resource_inventory keeps 6 decimals
     return (pytest.approx(expected, abs=1e-6), True)
@@ -192,6 +197,23 @@ async def test_a_cloud_sql_instance_is_priced_within_seconds_of_each_change(
         vm,
         f'sum(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{acct}",basis="list",'
         'team="data"})',
+        round(resized, 6),
+    )
+    # A PATCH of labels merges them; null removes one (gcloud --remove-labels).
+    relabel = event("gcp_cloudsql_update")
+    relabel["protoPayload"]["request"]["body"]["settings"] = {
+        "userLabels": {"team": "web", "env": None}
+    }
+    relabel["insertId"], relabel["timestamp"] = "-sqllabels01", "2026-11-27T10:15:00Z"
+    await post(collector, [record("gcp", relabel, acct)])
+    [(tags,)] = rows_of(
+        priced_db, "select tags from resource_inventory where resource_id = %s", CLOUD_SQL
+    )
+    assert tags == {"team": "web"}
+    await wait_for(
+        vm,
+        f'sum(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{acct}",basis="list",'
+        'team="web"})',
         round(resized, 6),
     )
     stop = event("gcp_cloudsql_update")

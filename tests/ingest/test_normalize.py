@@ -800,7 +800,9 @@ def test_a_cloud_sql_patch_changes_only_what_it_states(event: Event) -> None:
         ({"activationPolicy": "ALWAYS"}, {"state": "running"}),
         ({"availabilityType": "REGIONAL"}, {"attributes": {"availability": "regional"}}),
         ({"dataDiskSizeGb": "250"}, {"attributes": {"gib": 250.0}}),
-        ({"userLabels": {"team": "web"}}, {"tags": {"team": "web"}}),
+        # A PATCH merges labels; one sent as null is removed (gcloud --remove-labels).
+        ({"userLabels": {"team": "web"}}, {"tag_changes": {"team": "web"}, "tags": None}),
+        ({"userLabels": {"team": None}}, {"tag_changes": {"team": None}, "tags": None}),
     ],
 )
 def test_a_cloud_sql_patch_of_state_availability_disk_or_labels(
@@ -817,8 +819,9 @@ def test_a_cloud_sql_patch_of_state_availability_disk_or_labels(
 
 def test_cloud_sql_deletion_and_an_operation_s_end(event: Event) -> None:
     """A long-running operation logs a second entry when it ends, without the request: an
-    update's says nothing (read as a change it would be an empty one), a deletion's is the
-    deletion again."""
+    update's and a creation's say nothing (read as a creation, review: it set an instance
+    created stopped running again), a deletion's is the deletion again. A creation's end may
+    name the project only, like its start: still ignored, not refused."""
     [gone] = _gcp(event("gcp_cloudsql_delete"))
     assert (gone.resource_id, gone.state) == (CLOUD_SQL, "deleted")
     end = event("gcp_cloudsql_update")
@@ -830,6 +833,20 @@ def test_cloud_sql_deletion_and_an_operation_s_end(event: Event) -> None:
     del end["protoPayload"]["request"]
     [gone] = _gcp(end)
     assert gone.state == "deleted"
+    for resource_name in ("projects/shop-prod-123/instances/orders-db", "projects/shop-prod-123"):
+        end = event("gcp_cloudsql_create")
+        del end["protoPayload"]["request"]
+        end["protoPayload"]["resourceName"] = resource_name
+        end["operation"] = {"id": "op-1", "producer": "cloudsql.googleapis.com", "last": True}
+        with pytest.raises(EventIgnored, match="states no change"):
+            _gcp(end)
+
+
+def test_a_cloud_sql_instance_created_stopped_is_stopped(event: Event) -> None:
+    entry = event("gcp_cloudsql_create")
+    entry["protoPayload"]["request"]["body"]["settings"]["activationPolicy"] = "NEVER"
+    [change] = _gcp(entry)
+    assert change.state == "stopped"
 
 
 def test_a_cloud_sql_server_instance_keeps_its_engine_and_no_price_is_guessed(
@@ -870,6 +887,43 @@ def test_a_cloud_sql_server_instance_keeps_its_engine_and_no_price_is_guessed(
             lambda e: e["protoPayload"]["request"]["body"].update(settings=["tier"]),
             "wrong_type",
             "request.body.settings: expected an object",
+        ),
+        # Review: values of the wrong type were turned into text or numbers.
+        (
+            lambda e: e["protoPayload"]["request"]["body"].update(region={"a": 1}),
+            "wrong_type",
+            "request.body.region: expected a non-empty string",
+        ),
+        (
+            lambda e: e["protoPayload"]["request"]["body"]["settings"].update(dataDiskSizeGb=True),
+            "wrong_type",
+            "settings.dataDiskSizeGb: got True",
+        ),
+        (
+            lambda e: e["protoPayload"]["request"]["body"]["settings"].update(
+                activationPolicy={"x": 1}
+            ),
+            "wrong_type",
+            "settings.activationPolicy: expected a non-empty string",
+        ),
+        (
+            lambda e: e["protoPayload"]["request"]["body"]["settings"].update(
+                userLabels={"a": {"b": 1}}
+            ),
+            "wrong_type",
+            "userLabels.a: got",
+        ),
+        (  # a creation removes no label
+            lambda e: e["protoPayload"]["request"]["body"]["settings"].update(
+                userLabels={"team": None}
+            ),
+            "wrong_type",
+            "userLabels.team: got None",
+        ),
+        (
+            lambda e: e["protoPayload"]["request"]["body"].update(databaseVersion=15),
+            "wrong_type",
+            "request.body.databaseVersion: expected a non-empty string",
         ),
     ],
 )

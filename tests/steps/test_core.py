@@ -935,3 +935,22 @@ def test_gcp_zones_with_two_digit_numbers_are_gcp_zones() -> None:
     for zone in ("europe-west10-a", "us-central1-b"):
         rid = f"projects/cct-payments-dev/zones/{zone}/instances/web-1"
         ACTIONS["gcp.compute.resize_instance"].validate_resource({"resource_id": rid})
+
+
+def test_a_domain_scoped_project_s_cloud_sql_instance_reaches_its_action() -> None:
+    """Review finding: the collector prices instances of legacy domain-scoped projects
+    (`example.com:shop`), whose rightsize run then failed the action's schema."""
+    import jsonschema
+
+    from lambdas.steps.registry import ACTIONS
+    from lambdas.steps.steps import api_resource_id
+
+    asset = "//cloudsql.googleapis.com/projects/example.com:shop-prod/instances/orders-db"
+    params = {"resource_id": api_resource_id("gcp", asset), "target_sku": "db-custom-2-8192"}
+    assert params["resource_id"] == "projects/example.com:shop-prod/instances/orders-db"
+    jsonschema.validate(params, ACTIONS["gcp.sql.set_tier"].schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {**params, "resource_id": "projects/x/instances/../y"},
+            ACTIONS["gcp.sql.set_tier"].schema,
+        )

@@ -627,7 +627,11 @@ register(
             "properties": {
                 "resource_id": {
                     "type": "string",
-                    "pattern": "^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/instances/[a-z][a-z0-9-]*$",
+                    # A few legacy projects are domain-scoped (`example.com:shop`).
+                    "pattern": (
+                        "^projects/(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]"
+                        "/instances/[a-z][a-z0-9-]*$"
+                    ),
                 },
                 "target_sku": {"type": "string", "pattern": "^db-"},
             },
