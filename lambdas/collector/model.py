@@ -63,6 +63,9 @@ class ResourceChange(NamedTuple):
     tag_removals_if: Mapping[str, frozenset[str]] = _NO_ATTRIBUTES
     # An EC2 DeleteTags naming no tag: every tag but AWS's own (`aws:` keys) is removed.
     drop_user_tags: bool = False
+    # The deletion of a container (an Azure resource group, a SQL logical server) whose event
+    # names only itself: every known resource under `resource_id` is deleted with it.
+    contains: bool = False
 
 
 class Resource(NamedTuple):

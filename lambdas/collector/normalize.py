@@ -550,6 +550,26 @@ def _arm_database(
     return out
 
 
+# ARM containers whose deletion deletes the priced resources under them.
+AZURE_CONTAINERS = {"microsoft.sql/servers": "Microsoft.Sql/servers"}
+AZURE_RESOURCE_GROUP = "Microsoft.Resources/resourceGroups"
+
+
+def azure_container(uri: str) -> str | None:
+    """The type of the container an ARM id names (a resource group, a logical server), else
+    None. A subscription is none: its deletion is not an event a forwarder sees."""
+    parts = uri.strip("/").split("/")
+    if len(parts) == 4 and parts[0].lower() == "subscriptions":
+        return AZURE_RESOURCE_GROUP if parts[2].lower() == "resourcegroups" else None
+    return AZURE_CONTAINERS.get(arm_type(uri)) if len(parts) == 8 else None
+
+
+def held_by(provider: str, resource_id: str) -> tuple[str, str] | None:
+    """(service, resource type) of an inventory resource a container's deletion can reach,
+    from its id: Azure's priced resources (their ARM ids say their type)."""
+    return AZURE_TYPES.get(arm_type(resource_id)) if provider == "azure" else None
+
+
 def _azure_priced(uri: str, retagged: str | None, readable: bool) -> tuple[str, list[str], str]:
     """(ARM id, its segments, its lower-cased type) of the priced resource an event is about,
     or why not: a re-tag through the Tags API is its parent's change."""
@@ -588,10 +608,6 @@ def normalize_azure(
     uri = _str(data.get("resourceUri") or event.get("subject"), "event.data.resourceUri")
     deleted = event_type.endswith("ResourceDeleteSuccess")
     resource = envelope.get("resource")
-    retagged = tagged_parent(uri)
-    uri, parts, rtype = _azure_priced(uri, retagged, deleted or isinstance(resource, dict))
-    service, resource_type = AZURE_TYPES[rtype]
-    subscription = parts[1]
     operation = str(data.get("operationName") or "")
     when = parse_time(event.get("eventTime") or event.get("time"), "event.eventTime")
     claims = data.get("claims") or {}
@@ -601,19 +617,33 @@ def normalize_azure(
         or ((data.get("authorization") or {}).get("evidence") or {}).get("principalId")
     )
     kw: dict[str, Any] = {}
-    if deleted and retagged is not None:
-        kw["tags"] = {}
-    elif deleted:
-        kw["state"] = "deleted"
-    elif event_type.endswith("ResourceActionSuccess"):
-        state = AZURE_ACTIONS.get(operation.lower())
-        if state is None:
-            raise EventIgnored(f"azure action {operation} does not change a run-rate")
-        kw["state"] = state
     region = None
-    if isinstance(resource, dict) and not deleted:
-        region = resource.get("location")
-        kw.update(_arm_fields(resource, rtype, event_type.endswith("ResourceWriteSuccess")))
+    container = azure_container(uri)
+    if container is not None:
+        if not deleted:
+            raise EventIgnored(f"azure {container} written: no run-rate of its own")
+        # Deleting a resource group or a logical server deletes what it holds, and Event Grid
+        # raises the event for the container only.
+        uri, service, resource_type = uri.rstrip("/"), "", container
+        subscription = uri.strip("/").split("/")[1]
+        kw = {"state": "deleted", "contains": True}
+    else:
+        retagged = tagged_parent(uri)
+        uri, parts, rtype = _azure_priced(uri, retagged, deleted or isinstance(resource, dict))
+        service, resource_type = AZURE_TYPES[rtype]
+        subscription = parts[1]
+        if deleted and retagged is not None:
+            kw["tags"] = {}
+        elif deleted:
+            kw["state"] = "deleted"
+        elif event_type.endswith("ResourceActionSuccess"):
+            state = AZURE_ACTIONS.get(operation.lower())
+            if state is None:
+                raise EventIgnored(f"azure action {operation} does not change a run-rate")
+            kw["state"] = state
+        if isinstance(resource, dict) and not deleted:
+            region = resource.get("location")
+            kw.update(_arm_fields(resource, rtype, event_type.endswith("ResourceWriteSuccess")))
     return [
         ResourceChange(
             event_id=f"azure:{_req(event, 'id', 'event')}",

@@ -46,7 +46,7 @@ from lambdas.collector.core import (
     resource_lines,
 )
 from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
-from lambdas.collector.normalize import ChangeLimits, check_change, normalize
+from lambdas.collector.normalize import ChangeLimits, check_change, held_by, normalize
 from lambdas.common.edge import BodyTimeout, holds_nul, read_body
 from lambdas.common.httpshell import Site, add_ops_routes, serving, signal_stop
 from lambdas.common.pg import DsnSource, needs_reconnect
@@ -415,6 +415,32 @@ class Processor:
             with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                 await asyncio.wait_for(self._reader.close(), timeout=1.0)
 
+    def _contents_deleted(self, changes: list[ResourceChange]) -> list[ResourceChange]:
+        """A container's deletion (`ResourceChange.contains`) as the deletion of every live
+        resource under it, each with an event id of its own (a retry after a partly written
+        batch deletes the rest under the same ids). The live set is every resource not
+        deleted, priced or not."""
+        out: list[ResourceChange] = []
+        for ch in changes:
+            if not ch.contains:
+                out.append(ch)
+                continue
+            prefix = ch.resource_id + "/"
+            for provider, rid in list(self.rollups.live):
+                held = held_by(provider, rid) if provider == ch.provider else None
+                if held is not None and rid.startswith(prefix):
+                    service, rtype = held
+                    out.append(
+                        ch._replace(
+                            event_id=f"{ch.event_id}/{rid}",
+                            resource_id=rid,
+                            service_name=service,
+                            resource_type=rtype,
+                            contains=False,
+                        )
+                    )
+        return out
+
     async def heartbeat(self) -> None:
         now_ms = int(time.time() * 1000)
         samples = self._pending + self.rollups.heartbeat_lines(self.factors, now_ms)
@@ -428,6 +454,8 @@ class Processor:
         """Write one request's changes (split over the shards) and dead letters; returns when
         every part is committed. A failed part fails the request: the retry finds the parts
         that did commit as duplicates."""
+        if any(ch.contains for ch in changes):
+            changes = self._contents_deleted(changes)
         n = self.settings.writers
         parts: list[list[ResourceChange]] = [[] for _ in range(n)]
         for ch in changes:

@@ -281,3 +281,70 @@ async def test_an_azure_sql_database_is_priced_from_its_arm_resource(
     await post(collector, [record("azure", event("azure_sql_database_write"), acct, resource=arm)])
     got = rates(priced_db)[AZURE_DB]
     assert got == ((None, False) if expected is None else priced_at(expected))
+
+
+async def test_deleting_a_resource_group_or_a_server_deletes_what_it_holds(
+    collector: Collector, priced_db: str, event: Event, vm: VictoriaMetrics, uid: str
+) -> None:
+    """Event Grid raises one deletion for a resource group (or a SQL logical server), none for
+    the VMs, disks and databases that go with it: they stayed priced for good. Now each live
+    resource under the container is deleted, once (a redelivery finds nothing left), and
+    nothing outside it, even in a group whose name starts the same."""
+    acct = f"acct-{uid}"
+    group = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg-web"
+    twin = event("azure_vm_write")  # the same VM name in rg-web2
+    twin["id"] = f"twin-{uid}"
+    twin["subject"] = twin["subject"].replace("/rg-web/", "/rg-web2/")
+    twin["data"]["resourceUri"] = twin["subject"]
+    await post(
+        collector,
+        [
+            record("azure", event("azure_vm_write"), acct, resource=event("arm_vm")),
+            record("azure", event("azure_disk_write"), acct, resource=event("arm_disk")),
+            record("azure", twin, acct, resource=event("arm_vm")),
+            record(
+                "azure",
+                event("azure_sql_database_write"),
+                acct,
+                resource=event("arm_sql_database"),
+            ),
+        ],
+    )
+    before = rates(priced_db)
+    in_group = [r for r in before if r.startswith(group.lower() + "/")]
+    assert len(in_group) == 2 and all(before[r][0] for r in in_group)
+    server = AZURE_DB.split("/databases/", maxsplit=1)[0]
+
+    def deletion(uri: str, event_id: str) -> dict[str, Any]:
+        ev = event("azure_vm_delete")
+        ev["data"]["resourceUri"] = ev["subject"] = uri
+        ev["id"], ev["eventTime"] = event_id, "2026-11-27T12:00:00Z"
+        return record("azure", ev, acct)
+
+    status, body = await collector.post([deletion(server, f"srv-{uid}")])
+    assert status == 200 and body["accepted"] == 1, body
+    after = rates(priced_db)
+    assert after[AZURE_DB] == priced_at(0.0)
+    assert all(after[r] == before[r] for r in in_group)  # another container's
+    status, body = await collector.post([deletion(group, f"rg-{uid}")])
+    assert status == 200 and body["accepted"] == 2, body
+    after = rates(priced_db)
+    assert all(after[r] == priced_at(0.0) for r in in_group)
+    twin_id = twin["subject"].lower()
+    assert after[twin_id] == before[twin_id] and before[twin_id][0]
+    # Event Grid delivers at least once: the redelivery finds nothing left to delete.
+    status, body = await collector.post([deletion(group, f"rg-{uid}")])
+    assert status == 200 and body["accepted"] == 0 and body["rejected"] == [], body
+    states = dict(
+        rows_of(
+            priced_db,
+            "select resource_id, state from resource_inventory where resource_id like %s",
+            group.lower() + "/%",
+        )
+    )
+    assert set(states.values()) == {"deleted"} and len(states) == 2
+    await wait_for(
+        vm,
+        f'sum(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{acct}",basis="list"}})',
+        float(before[twin_id][0] or 0.0),
+    )

@@ -1014,3 +1014,39 @@ def test_an_azure_sql_database_re_tagged_through_the_tags_api(event: Event) -> N
     arm["tags"] = {"team": "web"}
     [db] = normalize({"provider": "azure", "event": ev, "resource": arm})
     assert (db.resource_id, db.tags, db.sku) == (AZURE_DB, {"team": "web"}, "GP_Gen5_4")
+
+
+def _container_event(event: Event, uri: str, deleted: bool = True) -> dict[str, Any]:
+    ev = event("azure_vm_delete" if deleted else "azure_vm_write")
+    ev["data"]["resourceUri"] = ev["subject"] = uri
+    return {"provider": "azure", "event": ev}
+
+
+def test_deleting_a_resource_group_or_a_logical_server_deletes_what_it_holds(
+    event: Event,
+) -> None:
+    """Event Grid raises the deletion of a resource group or a SQL logical server for the
+    container only (its VMs, disks, databases go with it): the change names the container,
+    which the collector expands to the resources it holds. Written, a container has no
+    run-rate of its own: ignored (a resource group's write was refused as a bad ARM id)."""
+    group = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/RG-Web"
+    [change] = normalize(_container_event(event, group))
+    assert (change.resource_id, change.resource_type, change.state, change.contains) == (
+        group.lower(),
+        "Microsoft.Resources/resourceGroups",
+        "deleted",
+        True,
+    )
+    server = AZURE_DB.split("/databases/", maxsplit=1)[0]
+    [change] = normalize(_container_event(event, server))
+    assert (change.resource_id, change.resource_type, change.contains) == (
+        server,
+        "Microsoft.Sql/servers",
+        True,
+    )
+    for uri in (group, server):
+        with pytest.raises(EventIgnored, match="written: no run-rate of its own"):
+            normalize(_container_event(event, uri, deleted=False))
+    # A VM's deletion is the VM's own, not a container's.
+    [vm] = normalize({"provider": "azure", "event": event("azure_vm_delete")})
+    assert vm.contains is False and vm.state == "deleted"
