@@ -609,23 +609,19 @@ def normalize_azure(
     deleted = event_type.endswith("ResourceDeleteSuccess")
     resource = envelope.get("resource")
     operation = str(data.get("operationName") or "")
-    when = parse_time(event.get("eventTime") or event.get("time"), "event.eventTime")
-    claims = data.get("claims") or {}
-    actor = (
-        claims.get("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
-        or claims.get("appid")
-        or ((data.get("authorization") or {}).get("evidence") or {}).get("principalId")
-    )
     kw: dict[str, Any] = {}
     region = None
     container = azure_container(uri)
     if container is not None:
         if not deleted:
-            raise EventIgnored(f"azure {container} written: no run-rate of its own")
+            raise EventIgnored(f"azure {container} written or acted on: no run-rate of its own")
         # Deleting a resource group or a logical server deletes what it holds, and Event Grid
         # raises the event for the container only.
-        uri, service, resource_type = uri.rstrip("/"), "", container
-        subscription = uri.strip("/").split("/")[1]
+        parts = uri.strip("/").split("/")
+        if not all(parts):
+            raise EventRejected("bad_resource_id", f"azure resourceUri {uri!r} is not an ARM id")
+        uri, service, resource_type = "/" + "/".join(parts), "", container
+        subscription = parts[1]
         kw = {"state": "deleted", "contains": True}
     else:
         retagged = tagged_parent(uri)
@@ -644,6 +640,13 @@ def normalize_azure(
         if isinstance(resource, dict) and not deleted:
             region = resource.get("location")
             kw.update(_arm_fields(resource, rtype, event_type.endswith("ResourceWriteSuccess")))
+    when = parse_time(event.get("eventTime") or event.get("time"), "event.eventTime")
+    claims = data.get("claims") or {}
+    actor = (
+        claims.get("http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
+        or claims.get("appid")
+        or ((data.get("authorization") or {}).get("evidence") or {}).get("principalId")
+    )
     return [
         ResourceChange(
             event_id=f"azure:{_req(event, 'id', 'event')}",

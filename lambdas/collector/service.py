@@ -420,15 +420,21 @@ class Processor:
         resource under it, each with an event id of its own (a retry after a partly written
         batch deletes the rest under the same ids). The live set is every resource not
         deleted, priced or not."""
-        out: list[ResourceChange] = []
-        for ch in changes:
-            if not ch.contains:
-                out.append(ch)
+        containers = [ch for ch in changes if ch.contains]
+        out = [ch for ch in changes if not ch.contains]
+        # One pass over the live set for the whole request, the cheap prefix test first: a
+        # request of many container deletions must not hold the event loop once per each.
+        prefixes = tuple(ch.resource_id + "/" for ch in containers)
+        for provider, rid in self.rollups.live:
+            if not rid.startswith(prefixes):
                 continue
-            prefix = ch.resource_id + "/"
-            for provider, rid in list(self.rollups.live):
-                held = held_by(provider, rid) if provider == ch.provider else None
-                if held is not None and rid.startswith(prefix):
+            held = held_by(provider, rid)
+            for ch in containers:
+                if (
+                    held is not None
+                    and ch.provider == provider
+                    and rid.startswith(ch.resource_id + "/")
+                ):
                     service, rtype = held
                     out.append(
                         ch._replace(

@@ -650,3 +650,50 @@ async def test_a_nul_character_rejects_its_record_only(
         f"%{acct}%",
     )[0]
     assert "i-0\\u0000bad" in payload
+
+
+def test_container_deletions_expand_in_one_pass_over_the_live_resources(event: Event) -> None:
+    """No services: the expansion alone. Each container reaches the live resources under it
+    (of its provider, priced types only), several containers in one request are expanded in
+    one pass (review: a request of many container deletions held the event loop once per
+    each), and nothing else is touched."""
+    from lambdas.collector.core import Live
+    from lambdas.collector.normalize import normalize
+    from lambdas.collector.service import Processor
+    from tests.ingest.conftest import collector_settings
+
+    proc = Processor(collector_settings("postgresql://unused", "http://unused"))
+    sub = "/subscriptions/00000000-1111-2222-3333-444444444444/resourcegroups"
+    held = [
+        f"{sub}/rg-a/providers/microsoft.compute/virtualmachines/vm-1",
+        f"{sub}/rg-a/providers/microsoft.compute/disks/d-1",
+        f"{sub}/rg-b/providers/microsoft.sql/servers/s/databases/db",
+    ]
+    others = [
+        f"{sub}/rg-a2/providers/microsoft.compute/virtualmachines/vm-1",  # another group
+        f"{sub}/rg-b/providers/microsoft.sql/servers/s2/databases/db",  # another server
+    ]
+    for rid in [*held, *others]:
+        proc.rollups.live[("azure", rid)] = Live((), 1.0, "", {}, ("", "", ""))
+    proc.rollups.live[("aws", f"{sub}/rg-a/x")] = Live((), 1.0, "", {}, ("", "", ""))
+    deletions = []
+    for n, container in enumerate((f"{sub}/rg-a", f"{sub}/rg-b/providers/microsoft.sql/servers/s")):
+        ev = event("azure_vm_delete")
+        ev["data"]["resourceUri"] = ev["subject"] = container
+        ev["id"] = f"c{n}"
+        deletions += normalize({"provider": "azure", "event": ev})
+    kept = normalize({"provider": "azure", "event": event("azure_vm_delete")})
+    out = proc._contents_deleted([*deletions, *kept])
+    assert out[0] == kept[0]
+    assert sorted(c.resource_id for c in out[1:]) == sorted(held)
+    assert {c.event_id for c in out[1:]} == {
+        f"azure:c0/{held[0]}",
+        f"azure:c0/{held[1]}",
+        f"azure:c1/{held[2]}",
+    }
+    assert all(c.state == "deleted" and not c.contains for c in out)
+    assert {c.resource_type for c in out[1:]} == {
+        "Microsoft.Compute/virtualMachines",
+        "Microsoft.Compute/disks",
+        "Microsoft.Sql/servers/databases",
+    }

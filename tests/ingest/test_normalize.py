@@ -1045,8 +1045,14 @@ def test_deleting_a_resource_group_or_a_logical_server_deletes_what_it_holds(
         True,
     )
     for uri in (group, server):
-        with pytest.raises(EventIgnored, match="written: no run-rate of its own"):
+        with pytest.raises(EventIgnored, match="no run-rate of its own"):
             normalize(_container_event(event, uri, deleted=False))
     # A VM's deletion is the VM's own, not a container's.
     [vm] = normalize({"provider": "azure", "event": event("azure_vm_delete")})
     assert vm.contains is False and vm.state == "deleted"
+    # Review: one spelling of a container's id (an extra slash matched nothing); an empty
+    # segment is no id.
+    [change] = normalize(_container_event(event, "/" + group + "//"))
+    assert change.resource_id == group.lower()
+    with pytest.raises(EventRejected, match="is not an ARM id"):
+        normalize(_container_event(event, "/subscriptions//resourceGroups/rg-web"))
