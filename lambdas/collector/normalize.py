@@ -857,8 +857,10 @@ def _cloud_sql(
         raise EventIgnored(f"gcp {method} entry states no change")
     name = _str(_req(payload, "resourceName", "protoPayload"), "protoPayload.resourceName")
     project, instance = _cloud_sql_name(name, request, body)
-    kw: dict[str, Any] = {"state": "deleted"} if deleting else {}
-    if not deleting:
+    kw: dict[str, Any]
+    if deleting:
+        kw = {"state": "deleted"}
+    else:
         create = short == "cloudsql.instances.create"
         kw = {"state": "running"} if create else {}
         kw.update(_cloud_sql_settings(body, create))

@@ -429,13 +429,11 @@ class Processor:
             if not rid.startswith(prefixes):
                 continue
             held = held_by(provider, rid)
-            for ch in containers:
-                if (
-                    held is not None
-                    and ch.provider == provider
-                    and rid.startswith(ch.resource_id + "/")
-                ):
-                    service, rtype = held
+            if held is None:
+                continue
+            service, rtype = held
+            for ch, prefix in zip(containers, prefixes, strict=True):
+                if ch.provider == provider and rid.startswith(prefix):
                     out.append(
                         ch._replace(
                             event_id=f"{ch.event_id}/{rid}",

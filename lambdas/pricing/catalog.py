@@ -368,10 +368,11 @@ def _cloud_sql_storage(r: Shape) -> Part | None:
 
 
 def _cloud_sql(r: Shape, sku: str) -> list[Part] | None:
-    engine, availability = r.size.get("engine"), r.size.get("availability")
-    compute = cloud_sql_compute(sku, str(engine), str(availability)) if engine else None
-    storage = _cloud_sql_storage(r)
-    if compute is None or storage is None or not availability:
+    storage = _cloud_sql_storage(r)  # None unless engine, availability and disk are known
+    if storage is None:
+        return None
+    compute = cloud_sql_compute(sku, str(r.size["engine"]), str(r.size["availability"]))
+    if compute is None:
         return None
     return [*((r.region_id, name, "hour", q) for name, q in compute), storage]
 
