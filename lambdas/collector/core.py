@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from lambdas.collector.model import Resource, ResourceChange
@@ -188,16 +189,90 @@ def merge(
     return r, Applied(ch, before, rate, stale)
 
 
+class Tombstone(NamedTuple):
+    """A container's deletion: when, the event that said so and its action."""
+
+    deleted_at: datetime
+    event_id: str
+    action: str
+
+
+class Tombstones:
+    """Deleted containers (Azure resource groups, SQL logical servers) by (provider, id).
+
+    A container's deletion event names only the container, and Event Grid delivers events in
+    no order: a resource's write can reach the collector after its group's deletion, or be
+    still queued or in flight while that deletion is expanded over the live resources. Any
+    change of a resource under a container, dated no later than the container's deletion, is
+    therefore the change of a resource that is gone with it. A change dated after it is a
+    new life under the same names (the group created again)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Key, Tombstone] = {}
+        # provider -> the depths (segments) of its deleted containers' ids: an Azure resource
+        # group's id has 4, a SQL logical server's 8. Only prefixes of those depths can match.
+        self._depths: dict[str, set[int]] = {}
+        # Increased by every add: a writer that saw it unchanged across a batch knows no
+        # tombstone arrived that the batch's changes were not checked against.
+        self.added = 0
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def add(self, provider: str, container_id: str, tombstone: Tombstone) -> None:
+        """Keep the newest deletion of each container (a group deleted, created, deleted)."""
+        known = self._by_key.get((provider, container_id))
+        if known is None or tombstone.deleted_at > known.deleted_at:
+            self._by_key[(provider, container_id)] = tombstone
+            self._depths.setdefault(provider, set()).add(container_id.count("/"))
+            self.added += 1
+
+    def covering(self, provider: str, resource_id: str, at: datetime) -> Tombstone | None:
+        """The deletion of a container holding `resource_id`, dated at or after `at`."""
+        depths = self._depths.get(provider)
+        if not depths:
+            return None
+        # A container's id is a prefix of its resources' ids ending at a segment boundary.
+        parts = resource_id.split("/")
+        for depth in depths:
+            if depth < len(parts) - 1:
+                found = self._by_key.get((provider, "/".join(parts[: depth + 1])))
+                if found is not None and at <= found.deleted_at:
+                    return found
+        return None
+
+    def forget_before(self, cutoff: datetime) -> None:
+        """Drop deletions older than `cutoff`."""
+        self._by_key = {k: t for k, t in self._by_key.items() if t.deleted_at >= cutoff}
+        self._depths = {}
+        for provider, container_id in self._by_key:
+            self._depths.setdefault(provider, set()).add(container_id.count("/"))
+
+
+def _buried(ch: ResourceChange, tombstones: Tombstones | None) -> ResourceChange:
+    """`ch` as a deletion when a container holding its resource was deleted after it."""
+    if tombstones is None or ch.state == "deleted" or ch.contains:
+        return ch
+    if tombstones.covering(ch.provider, ch.resource_id, ch.event_time) is None:
+        return ch
+    return ch._replace(state="deleted")
+
+
 def apply_changes(
-    current: Mapping[Key, Resource], changes: Iterable[ResourceChange], book: PriceBook
+    current: Mapping[Key, Resource],
+    changes: Iterable[ResourceChange],
+    book: PriceBook,
+    tombstones: Tombstones | None = None,
 ) -> tuple[dict[Key, Resource], list[Applied]]:
     """Apply a batch in event-time order per resource; returns the changed rows and one
-    Applied per change, in the same order as the changes were given."""
+    Applied per change, in the same order as the changes were given. A change under a
+    container deleted after it (`tombstones`) is applied as the resource's deletion."""
     rows: dict[Key, Resource] = {}
     applied: dict[str, Applied] = {}
     memo: RateMemo = {}
     ordered = sorted(changes, key=lambda c: (c.event_time, c.event_id))
-    for ch in ordered:
+    for given in ordered:
+        ch = _buried(given, tombstones)
         key = (ch.provider, ch.resource_id)
         row, outcome = merge(rows.get(key) or current.get(key), ch, book, memo)
         rows[key] = row

@@ -24,9 +24,9 @@ import reprlib
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,19 @@ from lambdas.collector.core import (
     Factors,
     Labels,
     Rollups,
+    Tombstone,
+    Tombstones,
     apply_changes,
     group_factor,
     resource_lines,
 )
-from lambdas.collector.model import EventIgnored, EventRejected, Resource, ResourceChange
+from lambdas.collector.model import (
+    EventIgnored,
+    EventRejected,
+    Resource,
+    ResourceChange,
+    change_of,
+)
 from lambdas.collector.normalize import ChangeLimits, check_change, held_by, normalize
 from lambdas.common.edge import BodyTimeout, holds_nul, read_body
 from lambdas.common.httpshell import Site, add_ops_routes, serving, signal_stop
@@ -80,6 +88,13 @@ VM_QUEUE_BATCHES = 4
 # minute, and the collector reads as not ready all that time; past this the reader is dropped
 # and the next round opens a new one. The refresh reads a few thousand rows in milliseconds.
 READER_TIMEOUT_S = 10.0
+# How long a container's deletion is kept in memory; the table keeps it as its retention says
+# (`cct db retention`, 30 days by default). A write dated before a deletion older than this is
+# far beyond any redelivery, and the billing export's reconciliation corrects it.
+TOMBSTONES_KEPT = timedelta(days=30)
+# Tries to delete rows committed live under a deleted container (about 4 minutes with the
+# back-off); past them the check at start deletes them.
+BURIED_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -249,6 +264,8 @@ class _Job:
     changes: list[ResourceChange]
     dead: list[tuple[str, str, str]]
     done: asyncio.Future[BatchResult] = field(repr=False)
+    # Containers' deletions to record (`ResourceChange.contains`), written with the dead letters.
+    containers: list[ResourceChange] = field(default_factory=list)
 
 
 class Processor:
@@ -262,6 +279,8 @@ class Processor:
         self.rollups = Rollups(self.labels)
         self.book: PriceBook = {}
         self.factors: Factors = {}
+        # Deleted containers, loaded at start and added to as their deletions arrive.
+        self.tombstones = Tombstones()
         self.last_heartbeat_ms = 0
         # One queue, writer task and connection per shard; a resource always maps to the same
         # shard, so its events stay in order while shards commit in parallel.
@@ -316,12 +335,17 @@ class Processor:
         self._reader = await self._open(writer=False)
         self._reader_opened = self._dsn.generation
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self.tombstones = await store.container_deletions(self._conns[0])
         await self.refresh()
-        for r in await store.live_resources(self._conns[0]):
+        live = await store.live_resources(self._conns[0])
+        for r in live:
             self.rollups.update(r)
         self.metrics.live.set(len(self.rollups.live))
         for shard in range(self.settings.writers):
             self._tasks.append(asyncio.create_task(self._writer(shard)))
+        # A process that stopped between committing a live row and deleting it (a write in
+        # flight while its container's deletion arrived) left it live: deleted now.
+        self._delete_buried(live)
         self._tasks.append(asyncio.create_task(self._vm_writer()))
         if background:
             self._tasks.append(
@@ -407,6 +431,7 @@ class Processor:
             raise
         self.book, self.factors = book, factors
         self.pg_error = None
+        self.tombstones.forget_before(datetime.now(UTC) - TOMBSTONES_KEPT)
 
     async def _drop_reader(self) -> None:
         """Close the reader whose query was abandoned: its connection's state is unknown,
@@ -415,12 +440,15 @@ class Processor:
             with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
                 await asyncio.wait_for(self._reader.close(), timeout=1.0)
 
-    def _contents_deleted(self, changes: list[ResourceChange]) -> list[ResourceChange]:
+    def _contents_deleted(
+        self, changes: list[ResourceChange], containers: list[ResourceChange]
+    ) -> list[ResourceChange]:
         """A container's deletion (`ResourceChange.contains`) as the deletion of every live
         resource under it, each with an event id of its own (a retry after a partly written
         batch deletes the rest under the same ids). The live set is every resource not
-        deleted, priced or not."""
-        containers = [ch for ch in changes if ch.contains]
+        deleted, priced or not. What is not live yet is met by the tombstones: a write dated
+        before the deletion, queued or delivered later, is applied as a deletion; one in
+        flight now is deleted once committed (`_delete_buried`)."""
         out = [ch for ch in changes if not ch.contains]
         # One pass over the live set for the whole request, the cheap prefix test first: a
         # request of many container deletions must not hold the event loop once per each.
@@ -458,8 +486,14 @@ class Processor:
         """Write one request's changes (split over the shards) and dead letters; returns when
         every part is committed. A failed part fails the request: the retry finds the parts
         that did commit as duplicates."""
-        if any(ch.contains for ch in changes):
-            changes = self._contents_deleted(changes)
+        containers = [ch for ch in changes if ch.contains]
+        if containers:
+            # Before the expansion, so a write of one of its resources still queued in a shard
+            # meets the tombstone when applied.
+            for ch in containers:
+                tombstone = Tombstone(ch.event_time, ch.event_id, ch.action)
+                self.tombstones.add(ch.provider, ch.resource_id, tombstone)
+            changes = self._contents_deleted(changes, containers)
         n = self.settings.writers
         parts: list[list[ResourceChange]] = [[] for _ in range(n)]
         for ch in changes:
@@ -467,9 +501,9 @@ class Processor:
         loop = asyncio.get_running_loop()
         jobs = []
         for shard, part in enumerate(parts):
-            extra = dead if shard == 0 else []
-            if part or extra or (shard == 0 and not changes):
-                job = _Job(part, extra, loop.create_future())
+            extra, held = (dead, containers) if shard == 0 else ([], [])
+            if part or extra or held or (shard == 0 and not changes):
+                job = _Job(part, extra, loop.create_future(), held)
                 await self._queues[shard].put(job)
                 jobs.append(job)
         total = BatchResult()
@@ -512,12 +546,15 @@ class Processor:
         (the heartbeat writes the rollups out). Runs in the shard's writer, the only writer of
         these resources, so nothing changes them meanwhile."""
         keys = self._unsure[shard]
-        for key, row in (await store.read_rows(self._conns[shard], list(keys))).items():
+        read = await store.read_rows(self._conns[shard], list(keys))
+        for key, row in read.items():
             self.rollups.update(row)
             self._rows[key] = row
         log.info("unsure resources read back", extra={"shard": shard, "resources": len(keys)})
         keys.clear()
         self.metrics.live.set(len(self.rollups.live))
+        # A write that committed although its batch failed never met `_delete_buried`.
+        self._delete_buried(read.values())
 
     async def _process(
         self, jobs: Sequence[_Job], conn: psycopg.AsyncConnection
@@ -534,7 +571,9 @@ class Processor:
                 owner[ch.event_id] = i
                 fresh.append(ch)
         dead = [d for job in jobs for d in job.dead]
-        known, rows, applied = await self._commit(conn, fresh, dead)
+        containers = [c for job in jobs for c in job.containers]
+        tombstones_seen = self.tombstones.added
+        known, rows, applied = await self._commit(conn, fresh, dead, containers)
         outcomes: Tally[tuple[str, str]] = Tally()
         for ch in fresh:
             if ch.event_id in known:
@@ -548,21 +587,74 @@ class Processor:
         for (provider, outcome), n in outcomes.items():
             self.metrics.events.labels(provider, outcome).inc(n)
         await self._vm_queue.put(self._samples(rows, applied))
+        if self.tombstones.added != tombstones_seen:
+            # A container's deletion arrived while this batch was written: its changes were
+            # checked against the tombstones before that, and its rows were not live for the
+            # deletion's expansion.
+            self._delete_buried(rows.values())
         return results
+
+    def _delete_buried(self, rows: Iterable[Resource]) -> None:
+        """Delete the live rows of `rows` that a container's deletion dated after their last
+        event holds: written while that deletion was expanded (their write in flight, past the
+        tombstone check, not yet live). Runs as its own task, retried until written: the
+        shards it needs may be the caller's own."""
+        buried = []
+        for r in rows:
+            if r.state == "deleted":
+                continue
+            found = self.tombstones.covering(r.provider, r.resource_id, r.last_event_time)
+            if found is not None:
+                buried.append(
+                    change_of(
+                        r,
+                        f"{found.event_id}/{r.resource_id}",
+                        found.action,
+                        found.deleted_at,
+                        state="deleted",
+                    )
+                )
+        if buried:
+            task = asyncio.create_task(self._submit_until_written(buried))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+
+    async def _submit_until_written(self, changes: list[ResourceChange]) -> None:
+        for attempt in range(BURIED_ATTEMPTS):
+            try:
+                await self.submit(changes, [])
+            except Exception as exc:  # PostgreSQL away: the same ids again, duplicates none
+                log.warning(
+                    "deleting resources of a deleted container failed; will retry",
+                    extra={"resources": len(changes), "error": str(exc), "attempt": attempt},
+                )
+                await asyncio.sleep(min(2.0**attempt, 30.0))
+                continue
+            log.info(
+                "resources written under a deleted container deleted",
+                extra={"resources": len(changes)},
+            )
+            return
+        log.error(
+            "resources written under a deleted container are still live; the next start"
+            " deletes them",
+            extra={"resources": len(changes)},
+        )
 
     async def _commit(
         self,
         conn: psycopg.AsyncConnection,
         fresh: list[ResourceChange],
         dead: list[tuple[str, str, str]],
+        containers: list[ResourceChange],
     ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
-        """Write a batch: merge, upsert the inventory, insert events and dead letters. Returns
-        the event ids found already recorded, the rows to account for (changed, or read back)
-        and what each new event did."""
-        if not fresh and not dead:
+        """Write a batch: merge, upsert the inventory, insert events, dead letters and
+        containers' deletions. Returns the event ids found already recorded, the rows to
+        account for (changed, or read back) and what each new event did."""
+        if not fresh and not dead and not containers:
             return set(), {}, []
         try:
-            known, rows, applied = await self._write(conn, fresh, dead)
+            known, rows, applied = await self._write(conn, fresh, dead, containers)
         except BaseException:
             # The write may have committed before its failure reached us (the connection lost
             # after COMMIT): these resources' cached rows may be stale, so they are read back,
@@ -584,15 +676,17 @@ class Processor:
         conn: psycopg.AsyncConnection,
         fresh: list[ResourceChange],
         dead: list[tuple[str, str, str]],
+        containers: list[ResourceChange],
     ) -> tuple[set[str], dict[tuple[str, str], Resource], list[Applied]]:
         now = datetime.now(UTC)
         cache = self._rows
         keys = {(c.provider, c.resource_id) for c in fresh}
-        if not dead and not self._careful and all(key in cache for key in keys):
+        blind = not dead and not containers and not self._careful
+        if blind and all(key in cache for key in keys):
             # The usual batch: every row is cached and duplicates are rare (a Fluent Bit retry
             # of a request that did commit), so write in one statement without looking first;
             # the events' primary key refuses a known id and the batch is redone with a look.
-            rows, applied = apply_changes(cache, fresh, self.book)
+            rows, applied = apply_changes(cache, fresh, self.book, self.tombstones)
             try:
                 await store.write_batch(conn, rows, applied, now)
             except psycopg.errors.UniqueViolation as exc:
@@ -610,10 +704,11 @@ class Processor:
         async with conn.transaction():
             known, read = await store.read_batch(conn, [c.event_id for c in fresh], missing)
             new = [c for c in fresh if c.event_id not in known]
-            rows, applied = apply_changes({**held, **read}, new, self.book)
+            rows, applied = apply_changes({**held, **read}, new, self.book, self.tombstones)
             if applied:
                 await store.write_batch(conn, rows, applied, now)
             await store.insert_dead_letters(conn, "collector", dead)
+            await store.insert_container_deletions(conn, containers)
         if fresh:  # write blind again once a look finds no duplicate
             self._careful = bool(known)
         # A row read back is PostgreSQL's state, which the rollups may not have seen (a batch

@@ -1,7 +1,8 @@
 """The local stack's Azure: Entra ID's token endpoint, the Functions managed identity
 endpoint, the Microsoft Graph calls Vault's Azure engine makes, and the Azure Resource
 Manager calls CCT makes (virtual machines, managed disks, snapshots, SQL databases, tags,
-Azure Monitor metrics, long-running operations), each in its documented JSON shape. Every successful
+Azure Monitor metrics, long-running operations) and a resource group's deletion, each in its
+documented JSON shape. Every successful
 write, action or delete raises the Event Grid event Azure raises for it
 (Microsoft.Resources.ResourceWriteSuccess / ResourceActionSuccess / ResourceDeleteSuccess,
 Event Grid schema) and pushes it, with retries, to the real forwarder code
@@ -59,6 +60,8 @@ _ARM_ID = re.compile(
     r"(?P<ns>Microsoft\.[A-Za-z]+)/(?P<type>[A-Za-z]+)/(?P<name>[^/]+)(?P<rest>/.*)?$",
     re.IGNORECASE,
 )
+# A resource group: deleting it deletes everything in it.
+_GROUP = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)$", re.IGNORECASE)
 _OPERATION = re.compile(
     r"^/subscriptions/[^/]+/providers/Microsoft\.Compute/locations/[^/]+/operations/(?P<id>[^/]+)$",
     re.IGNORECASE,
@@ -261,7 +264,7 @@ class AzureSimulator:
             return 200, {}, found
         m = _ARM_ID.match(req.path)
         if m is None:
-            raise arm_error(404, "InvalidResourceType", req.path)
+            return self.group(req, grant)
         rtype = f"{m['ns']}/{m['type']}".lower()
         name, rest = m["name"], m["rest"]
         if rtype == "microsoft.sql/servers" and (db := _DATABASE.match(rest or "")) is not None:
@@ -282,13 +285,25 @@ class AzureSimulator:
             return self.sub_resource(req, rid, rest.lower(), grant)
         if req.method == "GET":
             return 200, {}, self.read(rid, expand=req.query.get("$expand"))
-        if req.method == "PUT":
-            return self.put(req, rid, rtype, grant)
-        if req.method == "PATCH":
-            return self.patch(req, rid, grant)
-        if req.method == "DELETE":
-            return self.delete(req, rid, grant)
-        raise arm_error(405, "MethodNotAllowed", req.method)
+        writes = {
+            "PUT": lambda: self.put(req, rid, rtype, grant),
+            "PATCH": lambda: self.patch(req, rid, grant),
+            "DELETE": lambda: self.delete(req, rid, grant),
+        }
+        if req.method not in writes:
+            raise arm_error(405, "MethodNotAllowed", req.method)
+        return writes[req.method]()
+
+    def group(self, req: Request, grant: Grant) -> Response:
+        """A resource group's own path: only its deletion is served."""
+        g = _GROUP.match(req.path)
+        if g is None:
+            raise arm_error(404, "InvalidResourceType", req.path)
+        if "api-version" not in req.query:
+            raise arm_error(400, "MissingApiVersionParameter", "api-version is required")
+        if req.method != "DELETE":
+            raise arm_error(405, "MethodNotAllowed", req.method)
+        return self.delete_group(req, f"/subscriptions/{g['sub']}/resourceGroups/{g['rg']}", grant)
 
     def sub_resource(self, req: Request, rid: str, rest: str, grant: Grant) -> Response:
         if rest == "/providers/microsoft.resources/tags/default":
@@ -447,6 +462,29 @@ class AzureSimulator:
         self.event("ResourceDeleteSuccess", rid, f"{doc['type']}/delete", req, grant)
         return 202, headers, None
 
+    def delete_group(self, req: Request, group: str, grant: Grant) -> Response:
+        """Delete a resource group and everything in it. As in Azure, Event Grid raises one
+        event, the group's deletion: none for the resources that go with it. Groups are not
+        kept apart from their resources here: one that holds nothing is not found."""
+        prefix = group.lower() + "/"
+        with self.lock:
+            held = [rid for rid in self.resources if rid.startswith(prefix)]
+            if not held:
+                raise arm_error(
+                    404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found."
+                )
+            for rid in held:
+                del self.resources[rid]
+                self.power.pop(rid, None)
+        self.event(
+            "ResourceDeleteSuccess",
+            group,
+            "Microsoft.Resources/subscriptions/resourceGroups/delete",
+            req,
+            grant,
+        )
+        return 202, {}, None
+
     def vm_action(self, req: Request, rid: str, action: str, grant: Grant) -> Response:
         if req.method != "POST":
             raise arm_error(405, "MethodNotAllowed", req.method)
@@ -536,8 +574,10 @@ class AzureSimulator:
     def event(self, kind: str, rid: str, operation: str, req: Request, grant: Grant) -> None:
         """The Event Grid event of one successful operation (Event Grid schema, data as
         documented for Microsoft.Resources.* events), queued for the forwarder."""
-        sub = rid.split("/")[2]
-        group = rid.split("/")[4]
+        parts = rid.split("/")
+        sub, group = parts[2], parts[4]
+        # A resource's provider namespace; a resource group's is Microsoft.Resources.
+        namespace = parts[6] if len(parts) > 6 else "Microsoft.Resources"
         host = req.header("Host")
         event = {
             "subject": rid,
@@ -557,7 +597,7 @@ class AzureSimulator:
                     "method": req.method,
                     "url": f"http://{host}{req.path}?api-version={req.query['api-version']}",
                 },
-                "resourceProvider": rid.split("/")[6],
+                "resourceProvider": namespace,
                 "resourceGroup": group,
                 "resourceUri": rid,
                 "operationName": operation,

@@ -410,6 +410,12 @@ class AzureUser:
         self.arm("PUT", rid, "2024-07-01", body)
         return rid
 
+    def delete_group(self, group: str) -> None:
+        """DELETE a resource group, with everything in it."""
+        self.arm(
+            "DELETE", f"/subscriptions/{self.subscription}/resourceGroups/{group}", "2021-04-01"
+        )
+
     def power_state(self, rid: str) -> str:
         vm = self.arm("GET", rid, "2024-07-01", **{"$expand": "instanceView"})
         codes = [s["code"] for s in vm["properties"]["instanceView"]["statuses"]]

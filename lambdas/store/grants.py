@@ -25,6 +25,7 @@ HANDLER_PRIVILEGES: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "ingest_dead_letters": ("insert",),
         "price_catalog": ("select",),
         "cost_reconciliation": ("select",),
+        "container_deletions": ("select", "insert", "update"),
     },
     # lambdas.store.billing
     "billing-loader": {

@@ -1,5 +1,5 @@
 """SQL for the collector: resource_inventory, resource_events (0002), ingest_dead_letters and
-cost_reconciliation (0100).
+cost_reconciliation (0100), container_deletions (0706).
 
 A batch travels as JSON parameters (one array per table) expanded by set-based statements:
 thousands of events cost one or a few round trips, orjson renders the rows in C, and the
@@ -15,8 +15,8 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_loads
 
-from lambdas.collector.core import Applied, Key, row_from_db
-from lambdas.collector.model import Resource
+from lambdas.collector.core import Applied, Key, Tombstone, Tombstones, row_from_db
+from lambdas.collector.model import Resource, ResourceChange
 
 COLUMNS = (
     "provider, resource_id, billing_account_id, sub_account_id, region_id, service_name, "
@@ -192,3 +192,46 @@ async def reconciliation_factors(
         "select provider, billing_account_id, service_name, factor from cost_reconciliation"
     )
     return {(r[0], r[1], r[2]): float(r[3]) for r in await cur.fetchall()}
+
+
+async def insert_container_deletions(
+    conn: psycopg.AsyncConnection, containers: Sequence[ResourceChange]
+) -> None:
+    """Record containers' deletions, keeping each container's newest (a redelivery or an older
+    deletion changes nothing)."""
+    # One row per container in the statement: `on conflict do update` may not touch a row twice.
+    newest: dict[Key, ResourceChange] = {}
+    for c in containers:
+        key = (c.provider, c.resource_id)
+        if key not in newest or c.event_time > newest[key].event_time:
+            newest[key] = c
+    if not newest:
+        return
+    rows = list(newest.values())
+    await conn.execute(
+        """insert into container_deletions as d
+               (provider, container_id, deleted_at, event_id, action)
+           select * from unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[])
+           on conflict (provider, container_id) do update
+              set deleted_at = excluded.deleted_at, event_id = excluded.event_id,
+                  action = excluded.action, received_at = now()
+            where excluded.deleted_at > d.deleted_at""",
+        (
+            [c.provider for c in rows],
+            [c.resource_id for c in rows],
+            [c.event_time for c in rows],
+            [c.event_id for c in rows],
+            [c.action for c in rows],
+        ),
+    )
+
+
+async def container_deletions(conn: psycopg.AsyncConnection) -> Tombstones:
+    """Every recorded container deletion (retention keeps the table to a month)."""
+    cur = await conn.execute(
+        "select provider, container_id, deleted_at, event_id, action from container_deletions"
+    )
+    tombstones = Tombstones()
+    for provider, container_id, *tombstone in await cur.fetchall():
+        tombstones.add(provider, container_id, Tombstone(*tombstone))
+    return tombstones

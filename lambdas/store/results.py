@@ -74,6 +74,7 @@ RULES: dict[str, RetentionRule] = {
         _simple("resource_events", "event_time < %(cutoff)s"),
         # Only rows of deleted resources; a live resource's row is its current state.
         _simple("resource_inventory", "state = 'deleted' and last_event_time < %(cutoff)s"),
+        _simple("container_deletions", "deleted_at < %(cutoff)s"),
         _simple("ingest_dead_letters", "received_at < %(cutoff)s"),
         _simple("billing_hourly", "hour < %(cutoff)s"),
     )

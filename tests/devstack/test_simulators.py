@@ -143,6 +143,33 @@ def test_azure_vm_events_reach_the_collector_through_the_real_forwarder(
     assert change.state == "deleted"
 
 
+def test_deleting_an_azure_resource_group_raises_the_group_s_event_only(
+    azure_env: dict[str, Any],
+) -> None:
+    """As in Azure: the group's resources are gone with it, and Event Grid raises one event,
+    the group's deletion, which the real forwarder passes on and the normaliser reads as a
+    container deletion (the collector deletes what the group holds)."""
+    user, sim, collector = azure_env["user"], azure_env["sim"], azure_env["collector"]
+    vm = user.create_vm("rg-gone", "web-1", "Standard_D2s_v3", {"team": "web"})
+    kept = user.create_vm("rg-gone2", "web-1", "Standard_D2s_v3", {"team": "web"})
+    _deliver_all(sim)
+    before = len(collector.records)
+    user.delete_group("rg-gone")
+    _deliver_all(sim)
+    [record] = collector.records[before:]
+    assert "resource" not in record  # a deletion is not read back
+    [change] = normalize(record)
+    group = f"/subscriptions/{user.subscription}/resourcegroups/rg-gone"
+    assert (change.resource_id, change.state, change.contains) == (group, "deleted", True)
+    assert change.action == "Microsoft.Resources/subscriptions/resourceGroups/delete"
+    with pytest.raises(requests.HTTPError, match="404"):
+        user.power_state(vm)
+    assert user.power_state(kept) == "running"
+    with pytest.raises(requests.HTTPError, match="404"):
+        user.delete_group("rg-gone")
+    assert len(collector.records) == before + 1
+
+
 def test_azure_refuses_forged_and_underprivileged_callers(azure_env: dict[str, Any]) -> None:
     url, user = azure_env["url"], azure_env["user"]
     rid = user.vm_id("rg", "vm")

@@ -244,3 +244,34 @@ def test_a_new_cloud_sql_instance_is_priced_at_once_and_waits_for_approval(
     assert plan["estimated_monthly_saving_usd"] == "101.18", plan  # (0.2772 - 0.1386) x 730
     instance = gcp.sql_instance(launched.cloud_sql_name)
     assert instance["settings"]["tier"] == "db-custom-4-16384", "changed without approval"
+
+
+def test_deleting_a_resource_group_takes_what_it_held_out_of_the_run_rate(stack: Stack) -> None:
+    """Azure raises one Event Grid event for a resource group's deletion, none for the VMs
+    and disks that go with it: they stayed priced for good. A user deletes a group holding a
+    VM: the forwarder passes the group's deletion on, the collector deletes the VM under the
+    group's event, and its run-rate is 0 within seconds; a VM in another group whose name
+    starts the same keeps its cost."""
+    uid = uuid.uuid4().hex[:6]
+    azure = stack.azure(str(uuid.uuid4()))
+    # Production: its alert's workflow (rightsize-compute) only plans, the VM keeps running.
+    tags = {"env": "prod", "team": f"batch-{uid}"}
+    t0, wall = time.monotonic(), time.time()
+    vm = azure.create_vm(f"rg-tmp-{uid}", f"batch-{uid}", "Standard_D2s_v3", tags).lower()
+    twin = azure.create_vm(f"rg-tmp-{uid}2", f"batch-{uid}", "Standard_D2s_v3", tags).lower()
+    s = Scenario("resource group deleted -> its VM's run-rate 0", vm, t0, wall)
+
+    def rate(rid: str) -> float | None:
+        expr = f'cct_cost_rate_usd_per_hour{{resource_id="{rid}",basis="list"}}'
+        found = stack.vm_query(expr)
+        return float(found[0]["value"][1]) if found else None
+
+    priced = s.hop("VM priced", lambda: rate(vm) or None)
+    s.hop("twin priced", lambda: rate(twin) or None)
+    azure.delete_group(f"rg-tmp-{uid}")
+    s.hop("VM's run-rate 0 after its group's deletion", lambda: rate(vm) == 0.0 or None)
+    ((state, event_id),) = stack.sql(
+        "select state, last_event_id from resource_inventory where resource_id = %s", vm
+    )
+    assert state == "deleted" and event_id.startswith("azure:") and event_id.endswith(f"/{vm}")
+    assert rate(twin) == priced > 0

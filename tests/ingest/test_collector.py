@@ -8,6 +8,7 @@ import gzip
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -683,7 +684,7 @@ def test_container_deletions_expand_in_one_pass_over_the_live_resources(event: E
         ev["id"] = f"c{n}"
         deletions += normalize({"provider": "azure", "event": ev})
     kept = normalize({"provider": "azure", "event": event("azure_vm_delete")})
-    out = proc._contents_deleted([*deletions, *kept])
+    out = proc._contents_deleted([*deletions, *kept], deletions)
     assert out[0] == kept[0]
     assert sorted(c.resource_id for c in out[1:]) == sorted(held)
     assert {c.event_id for c in out[1:]} == {
@@ -697,3 +698,58 @@ def test_container_deletions_expand_in_one_pass_over_the_live_resources(event: E
         "Microsoft.Compute/disks",
         "Microsoft.Sql/servers/databases",
     }
+
+
+async def test_a_row_committed_live_under_a_deleted_container_is_deleted_after_it() -> None:
+    """No services: a write already past the tombstone check when its group's deletion was
+    expanded (in flight in another shard, not yet live) is committed live; once committed it
+    is deleted, under the container's event id (a second look finds it a duplicate), at the
+    container's deletion time. A row whose last event is newer is left alone."""
+    from lambdas.collector.core import Tombstone
+    from lambdas.collector.model import Resource
+    from lambdas.collector.service import Processor
+    from tests.ingest.conftest import collector_settings
+
+    proc = Processor(collector_settings("postgresql://unused", "http://unused"))
+    group = "/subscriptions/s/resourcegroups/rg-a"
+    deleted_at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    proc.tombstones.add("azure", group, Tombstone(deleted_at, "azure:rg", "rg/delete"))
+    submitted: list[list[Any]] = []
+
+    async def submit(changes: list[Any], dead: list[Any]) -> None:
+        submitted.append(changes)
+
+    proc.submit = submit  # type: ignore[method-assign,assignment]
+
+    def row(name: str, minutes: int, state: str = "running") -> Resource:
+        return Resource(
+            "azure",
+            f"{group}/providers/microsoft.compute/virtualmachines/{name}",
+            "b",
+            "s",
+            "westeurope",
+            "Virtual Machines",
+            "Microsoft.Compute/virtualMachines",
+            "D2s_v3",
+            {},
+            state,
+            {},
+            0.1,
+            f"e-{name}",
+            deleted_at + timedelta(minutes=minutes),
+        )
+
+    proc._delete_buried([row("in-flight", -1), row("newer", 1), row("gone", -2, "deleted")])
+    await asyncio.gather(*proc._tasks)
+    ((deletion,),) = submitted
+    assert (
+        deletion.event_id
+        == f"azure:rg/{group}/providers/microsoft.compute/virtualmachines/in-flight"
+    )
+    assert (deletion.state, deletion.event_time, deletion.action) == (
+        "deleted",
+        deleted_at,
+        "rg/delete",
+    )
+    assert deletion.resource_type == "Microsoft.Compute/virtualMachines"
+    assert proc._tasks == []

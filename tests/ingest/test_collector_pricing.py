@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from lambdas.common.vm import VictoriaMetrics
-from tests.ingest.conftest import Collector, record
+from tests.ingest.conftest import Collector, collector_settings, record, running_collector
 from tests.ingest.test_collector import wait_for
 
 Event = Callable[[str], dict[str, Any]]
@@ -348,3 +348,76 @@ async def test_deleting_a_resource_group_or_a_server_deletes_what_it_holds(
         f'sum(cct_cost_rate_rollup_usd_per_hour{{billing_account_id="{acct}",basis="list"}})',
         float(before[twin_id][0] or 0.0),
     )
+
+
+async def test_a_write_dated_before_its_groups_deletion_is_a_deletion_even_after_a_restart(
+    priced_db: str, vm_url: str, event: Event, uid: str
+) -> None:
+    """Event Grid delivers in no order: a VM's write can arrive after its resource group's
+    deletion, which found nothing to delete then. It stayed priced for good (review of the
+    container deletions). Now the deletion is kept (container_deletions): a write dated
+    before it is applied as the VM's deletion, also by a collector started later; a write
+    dated after it is a VM of a group created again, priced."""
+    acct = f"acct-{uid}"
+    sub = "/subscriptions/00000000-1111-2222-3333-444444444444"
+    group = f"{sub}/resourceGroups/rg-gone-{uid}"
+
+    def vm_write(name: str, event_id: str, when: str) -> dict[str, Any]:
+        ev = event("azure_vm_write")
+        ev["subject"] = ev["data"]["resourceUri"] = (
+            f"{group}/providers/Microsoft.Compute/virtualMachines/{name}"
+        )
+        ev["id"], ev["eventTime"] = event_id, when
+        return record("azure", ev, acct, resource=event("arm_vm"))
+
+    deletion = event("azure_vm_delete")
+    deletion["data"]["resourceUri"] = deletion["subject"] = group
+    deletion["id"], deletion["eventTime"] = f"rg-{uid}", "2026-11-27T12:00:00Z"
+    settings = collector_settings(priced_db, vm_url)
+    async with running_collector(settings) as collector:
+        status, body = await collector.post([record("azure", deletion, acct)])
+        assert status == 200 and body["accepted"] == 0 and body["rejected"] == [], body
+        await post(collector, [vm_write("late-1", f"w1-{uid}", "2026-11-27T11:59:00Z")])
+    (recorded,) = rows_of(
+        priced_db,
+        "select deleted_at, event_id from container_deletions where container_id = %s",
+        group.lower(),
+    )
+    assert recorded[1] == f"azure:rg-{uid}"
+    async with running_collector(settings) as collector:  # a restart reads the table
+        await post(
+            collector,
+            [
+                vm_write("late-2", f"w2-{uid}", "2026-11-27T11:59:30Z"),
+                vm_write("new-1", f"w3-{uid}", "2026-11-27T12:05:00Z"),
+            ],
+        )
+        live = {rid for _, rid in collector.processor.rollups.live}
+    states = dict(
+        rows_of(
+            priced_db,
+            "select resource_id, state from resource_inventory where resource_id like %s",
+            group.lower() + "/%",
+        )
+    )
+    vms = f"{group.lower()}/providers/microsoft.compute/virtualmachines"
+    assert states == {
+        f"{vms}/late-1": "deleted",
+        f"{vms}/late-2": "deleted",
+        f"{vms}/new-1": "running",
+    }
+    after = rates(priced_db)
+    assert after[f"{vms}/late-1"] == after[f"{vms}/late-2"] == priced_at(0.0)
+    assert after[f"{vms}/new-1"][0]
+    assert f"{vms}/new-1" in live and f"{vms}/late-2" not in live
+    # Each write is recorded (attribution), as what it turned out to be.
+    events = dict(
+        rows_of(
+            priced_db,
+            "select event_id, usd_per_hour_after::float8 from resource_events"
+            " where event_id = any(%s)",
+            [f"azure:w1-{uid}", f"azure:w2-{uid}", f"azure:w3-{uid}"],
+        )
+    )
+    assert events[f"azure:w1-{uid}"] == events[f"azure:w2-{uid}"] == 0.0
+    assert events[f"azure:w3-{uid}"] == after[f"{vms}/new-1"][0]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lambdas.collector.core import Labels, Rollups, apply_changes
+from lambdas.collector.core import Labels, Rollups, Tombstone, Tombstones, apply_changes
 from lambdas.collector.model import ResourceChange
 from lambdas.collector.normalize import AWS_EC2
 from lambdas.pricing.catalog import PriceKey
@@ -276,3 +276,40 @@ def test_a_resource_created_under_a_deleted_one_s_name_starts_afresh() -> None:
         {},
         0.096,
     )
+
+
+def test_a_change_under_a_container_deleted_after_it_is_the_resource_s_deletion() -> None:
+    """A container's deletion names only the container and arrives in no order with its
+    resources' writes: a change dated at or before it is applied as a deletion (the resource
+    went with its group), one dated after it is a resource of a group created again. Only a
+    whole segment is a container: `rg-a` does not hold `rg-a2`'s resources."""
+    group = "/subscriptions/s/resourcegroups/rg-a"
+    vm = f"{group}/providers/microsoft.compute/virtualmachines/vm"
+    twin = "/subscriptions/s/resourcegroups/rg-a2/providers/microsoft.compute/virtualmachines/vm"
+    tombstones = Tombstones()
+    tombstones.add("aws", group, Tombstone(T0 + timedelta(minutes=10), "rg-del", "delete"))
+    tombstones.add("aws", group, Tombstone(T0, "older", "delete"))  # the newest is kept
+    assert tombstones.added == 1
+    assert tombstones.covering("aws", vm, T0 + timedelta(minutes=10)) == Tombstone(
+        T0 + timedelta(minutes=10), "rg-del", "delete"
+    )
+    assert tombstones.covering("aws", vm, T0 + timedelta(minutes=11)) is None
+    assert tombstones.covering("aws", twin, T0) is None
+    assert tombstones.covering("azure", vm, T0) is None  # another provider's names
+    rows, applied = apply_changes(
+        {},
+        [
+            ch("late", 5, vm, state="running", sku="m5.large"),
+            ch("twin", 5, twin, state="running", sku="m5.large"),
+        ],
+        BOOK,
+        tombstones,
+    )
+    assert rows[("aws", vm)].state == "deleted" and rows[("aws", twin)].state == "running"
+    assert [(a.change.event_id, a.usd_after) for a in applied] == [("late", 0.0), ("twin", 0.096)]
+    rows, applied = apply_changes(
+        rows, [ch("again", 15, vm, state="running", sku="m5.large")], BOOK, tombstones
+    )
+    assert rows[("aws", vm)].state == "running" and applied[0].usd_after == 0.096
+    tombstones.forget_before(T0 + timedelta(minutes=11))
+    assert len(tombstones) == 0 and tombstones.covering("aws", vm, T0) is None

@@ -157,3 +157,41 @@ async def test_a_user_revoked_under_the_collector_costs_a_retry_never_an_event(
     assert (again["accepted"], again["duplicates"]) == (0, 40)
     assert collector_users(private_vault) == {second}
     assert stored(private_db, account) == (40, 40)
+
+
+async def test_container_deletions_are_kept_and_read_back_as_the_collector_s_user(
+    private_vault: FakeVault, private_db: str, vm_url: str, uid: str, shells: list[Shell]
+) -> None:
+    """The tombstones' table under the collector's least privilege: a resource group's
+    deletion recorded, replaced by a newer one (the upsert), read back at start, and a VM
+    write dated before it applied as the VM's deletion."""
+    account = f"acct-{uid}"
+    group = f"/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg-{uid}"
+    private_vault.issue()
+    shell = await start(private_vault, vm_url, check_interval_s=3600)
+    shells.append(shell)
+
+    def azure(name: str, event_id: str, when: str, uri: str) -> dict[str, Any]:
+        event = load_event(name)
+        event["subject"] = event["data"]["resourceUri"] = uri
+        event["id"], event["eventTime"] = event_id, when
+        return {"provider": "azure", "billing_account_id": account, "event": event}
+
+    for n, when in enumerate(("2026-11-27T11:00:00Z", "2026-11-27T12:00:00Z")):
+        body = await shell.deliver([azure("azure_vm_delete", f"rg{n}-{uid}", when, group)])
+        assert body["rejected"] == [], body
+    shell = await start(private_vault, vm_url, check_interval_s=3600)  # reads the table back
+    shells.append(shell)
+    vm = f"{group}/providers/Microsoft.Compute/virtualMachines/vm-1"
+    write = azure("azure_vm_write", f"w-{uid}", "2026-11-27T11:30:00Z", vm)
+    write["resource"] = load_event("arm_vm")
+    assert (await shell.deliver([write]))["accepted"] == 1
+    with psycopg.connect(private_db) as conn:
+        kept = conn.execute(
+            "select event_id from container_deletions where container_id = %s", (group.lower(),)
+        ).fetchall()
+        state = conn.execute(
+            "select state from resource_inventory where resource_id = %s", (vm.lower(),)
+        ).fetchall()
+    assert kept == [(f"azure:rg1-{uid}",)]
+    assert state == [("deleted",)]

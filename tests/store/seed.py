@@ -200,6 +200,14 @@ def inventory(conn: Conn, s: Scope, resource_id: str, state: str, last_event: da
     )
 
 
+def container_deletion(conn: Conn, s: Scope, group: str, deleted_at: datetime) -> None:
+    conn.execute(
+        """insert into container_deletions (provider, container_id, deleted_at, event_id, action)
+           values ('azure', %s, %s, %s, 'resourceGroups/delete')""",
+        (f"/subscriptions/{s.account}/resourcegroups/{group}", deleted_at, f"azure:{group}"),
+    )
+
+
 # The trigger's mapping as deployed: a prod instance's anomaly starts rightsize-compute.
 _MAPPING = load_mapping(Path(__file__).resolve().parents[2] / "policies" / "playbooks.yaml")
 _EVENT_TIME = "2026-11-27T09:00:01.000Z"

@@ -46,6 +46,7 @@ def _seed_rows(conn: psycopg.Connection, s: seed.Scope, runs: dict[str, str]) ->
         seed.resource_event(conn, s, f"evt-{tag}", age, before=None, after=1.0)
         seed.inventory(conn, s, f"i-deleted-{tag}", "deleted", age)
         seed.inventory(conn, s, f"i-running-{tag}", "running", age)
+        seed.container_deletion(conn, s, f"rg-{tag}", age)
         seed.decision(conn, s, f"dec-{tag}", "allow", age)
         runs[f"run-{tag}"] = seed.run(conn, s, f"run-{tag}", "succeeded", age, finished_at=age)
         runs[f"stuck-{tag}"] = seed.run(conn, s, f"stuck-{tag}", "running", age)
@@ -76,10 +77,12 @@ def test_retention_deletes_only_old_finished_rows(migrated_db: str) -> None:
             "runs": conn.execute("select run_id from optimization_runs order by 1").fetchall(),
             "actions": conn.execute("select run_id from optimization_actions").fetchall(),
             "dead letters": _count(conn, "select count(*) from ingest_dead_letters"),
+            "containers": conn.execute("select event_id from container_deletions").fetchall(),
         }
     expected = {
         "anomalies": 1,
         "billing_hourly": 0,
+        "container_deletions": 1,
         "ingest_dead_letters": 1,
         "optimization_runs": 1,
         "policy_decisions": 1,
@@ -97,6 +100,7 @@ def test_retention_deletes_only_old_finished_rows(migrated_db: str) -> None:
         "runs": sorted((runs[name],) for name in ("run-new", "stuck-new", "stuck-old")),
         "actions": [(runs["run-new"],)],
         "dead letters": 1,
+        "containers": [("azure:rg-new",)],
     }
 
 
