@@ -36,12 +36,15 @@ def group_factor(factors: Factors, group: Group) -> float | None:
 
 class Applied(NamedTuple):
     """What one accepted event did. `stale` events are older than what the inventory knows:
-    they are recorded for attribution but move no run-rate (event time wins)."""
+    they are recorded for attribution but move no run-rate (event time wins).
+    `tags_refused`: its tag edits were not applied, the resource would have held more tags
+    than allowed (the rest of the change was)."""
 
     change: ResourceChange
     usd_before: float | None
     usd_after: float | None
     stale: bool
+    tags_refused: bool = False
 
 
 # (provider, service, resource type, region, sku, state, size items) -> run-rate
@@ -263,10 +266,13 @@ def apply_changes(
     changes: Iterable[ResourceChange],
     book: PriceBook,
     tombstones: Tombstones | None = None,
+    max_tags: int = 0,
 ) -> tuple[dict[Key, Resource], list[Applied]]:
     """Apply a batch in event-time order per resource; returns the changed rows and one
     Applied per change, in the same order as the changes were given. A change under a
-    container deleted after it (`tombstones`) is applied as the resource's deletion."""
+    container deleted after it (`tombstones`) is applied as the resource's deletion; a
+    resource holds at most `max_tags` tags (0: no limit), a change that would take it past
+    them keeps the tags it had (`Applied.tags_refused`)."""
     rows: dict[Key, Resource] = {}
     applied: dict[str, Applied] = {}
     memo: RateMemo = {}
@@ -274,7 +280,19 @@ def apply_changes(
     for given in ordered:
         ch = _buried(given, tombstones)
         key = (ch.provider, ch.resource_id)
-        row, outcome = merge(rows.get(key) or current.get(key), ch, book, memo)
+        prev = rows.get(key) or current.get(key)
+        row, outcome = merge(prev, ch, book, memo)
+        if max_tags and len(row.tags) > max_tags:
+            # Each event's tags are bounded at the edge (check_change), but merged ones add
+            # up: events each setting other tags would grow a row without end (no provider
+            # allows it: AWS and Azure hold 50 tags, GCP 64 labels). The rest of the change
+            # stands; the tags are those the resource had (a change that removes some of too
+            # many is applied).
+            fresh = prev is None or prev.state == "deleted"
+            had = (ch.tags or {}) if fresh or prev is None else prev.tags
+            if len(row.tags) > len(had):
+                row = row._replace(tags=had)
+                outcome = outcome._replace(tags_refused=True)
         rows[key] = row
         applied[ch.event_id] = outcome
     return rows, [applied[c.event_id] for c in ordered]

@@ -135,7 +135,9 @@ class CollectorSettings:
     sync_aws_billing_account_id: str = ""
     # Edge limits of one change (ChangeLimits): characters of any string or tag (key plus
     # value), tags per resource, magnitude of a size/IOPS figure, and how far in the future
-    # an event time may be. Beyond them the record is dead-lettered with the reason.
+    # an event time may be. Beyond them the record is dead-lettered with the reason. Tags
+    # merged over several events are bounded too: edits past max_tags are not applied
+    # (counted by cct_collector_tags_refused_total).
     max_value_chars: int = 1024
     max_tags: int = 64
     max_quantity: float = 1e9
@@ -241,6 +243,13 @@ class Metrics:
         self.vm_refused = Counter(
             "cct_collector_vm_refused_batches",
             "VictoriaMetrics imports refused as bad (HTTP 4xx): dropped, not retried.",
+            registry=r,
+        )
+        self.tags_refused = Counter(
+            "cct_collector_tags_refused",
+            "Accepted events whose tag edits were not applied: the resource would have held"
+            " more than CCT_COLLECTOR_MAX_TAGS tags.",
+            ["provider"],
             registry=r,
         )
         self.label_overflow = Counter(
@@ -579,13 +588,27 @@ class Processor:
             if ch.event_id in known:
                 results[owner[ch.event_id]].duplicates += 1
                 outcomes[(ch.provider, "duplicate")] += 1
+        refused: list[Applied] = []
         for a in applied:
             result = results[owner[a.change.event_id]]
             result.accepted += 1
             result.stale += a.stale
             outcomes[(a.change.provider, "stale" if a.stale else "accepted")] += 1
+            if a.tags_refused:
+                refused.append(a)
         for (provider, outcome), n in outcomes.items():
             self.metrics.events.labels(provider, outcome).inc(n)
+        if refused:
+            for a in refused:
+                self.metrics.tags_refused.labels(a.change.provider).inc()
+            log.warning(
+                "tag edits refused: the resource would hold more than the allowed tags",
+                extra={
+                    "events": len(refused),
+                    "resource_id": refused[0].change.resource_id[:200],
+                    "max_tags": self.settings.max_tags,
+                },
+            )
         await self._vm_queue.put(self._samples(rows, applied))
         if self.tombstones.added != tombstones_seen:
             # A container's deletion arrived while this batch was written: its changes were
@@ -686,7 +709,7 @@ class Processor:
             # The usual batch: every row is cached and duplicates are rare (a Fluent Bit retry
             # of a request that did commit), so write in one statement without looking first;
             # the events' primary key refuses a known id and the batch is redone with a look.
-            rows, applied = apply_changes(cache, fresh, self.book, self.tombstones)
+            rows, applied = self._apply(cache, fresh)
             try:
                 await store.write_batch(conn, rows, applied, now)
             except psycopg.errors.UniqueViolation as exc:
@@ -704,7 +727,7 @@ class Processor:
         async with conn.transaction():
             known, read = await store.read_batch(conn, [c.event_id for c in fresh], missing)
             new = [c for c in fresh if c.event_id not in known]
-            rows, applied = apply_changes({**held, **read}, new, self.book, self.tombstones)
+            rows, applied = self._apply({**held, **read}, new)
             if applied:
                 await store.write_batch(conn, rows, applied, now)
             await store.insert_dead_letters(conn, "collector", dead)
@@ -714,6 +737,13 @@ class Processor:
         # A row read back is PostgreSQL's state, which the rollups may not have seen (a batch
         # that committed although its write failed): they take it as well.
         return known, {**read, **rows}, applied
+
+    def _apply(
+        self, current: dict[tuple[str, str], Resource], changes: list[ResourceChange]
+    ) -> tuple[dict[tuple[str, str], Resource], list[Applied]]:
+        return apply_changes(
+            current, changes, self.book, self.tombstones, max_tags=self.settings.max_tags
+        )
 
     def _samples(self, rows: dict[tuple[str, str], Resource], applied: list[Applied]) -> list[str]:
         """Update the rollups with the committed rows; the lines to write."""

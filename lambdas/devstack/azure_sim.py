@@ -522,11 +522,14 @@ class AzureSimulator:
             else:
                 raise arm_error(400, "InvalidTagOperation", str(operation))
             tags = dict(doc["tags"])
+        # Azure raises the write of the tags resource, not of the resource whose tags changed.
+        tags_id = f"{rid}/providers/Microsoft.Resources/tags/default"
+        self.event("ResourceWriteSuccess", tags_id, "Microsoft.Resources/tags/write", req, grant)
         return (
             200,
             {},
             {
-                "id": f"{rid}/providers/Microsoft.Resources/tags/default",
+                "id": tags_id,
                 "name": "default",
                 "type": "Microsoft.Resources/tags",
                 "properties": {"tags": tags},
@@ -576,8 +579,9 @@ class AzureSimulator:
         documented for Microsoft.Resources.* events), queued for the forwarder."""
         parts = rid.split("/")
         sub, group = parts[2], parts[4]
-        # A resource's provider namespace; a resource group's is Microsoft.Resources.
-        namespace = parts[6] if len(parts) > 6 else "Microsoft.Resources"
+        # The operation's namespace: a resource group's and a tags resource's operations are
+        # Microsoft.Resources', not the namespace in the tagged resource's id.
+        namespace = operation.partition("/")[0]
         host = req.header("Host")
         event = {
             "subject": rid,

@@ -416,6 +416,11 @@ class AzureUser:
             "DELETE", f"/subscriptions/{self.subscription}/resourceGroups/{group}", "2021-04-01"
         )
 
+    def merge_tags(self, rid: str, tags: Mapping[str, str]) -> None:
+        """Set some tags through the Tags API (as the portal and `az tag update` do)."""
+        body = {"operation": "Merge", "properties": {"tags": dict(tags)}}
+        self.arm("PATCH", f"{rid}/providers/Microsoft.Resources/tags/default", "2021-04-01", body)
+
     def power_state(self, rid: str) -> str:
         vm = self.arm("GET", rid, "2024-07-01", **{"$expand": "instanceView"})
         codes = [s["code"] for s in vm["properties"]["instanceView"]["statuses"]]

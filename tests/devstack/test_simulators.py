@@ -143,6 +143,27 @@ def test_azure_vm_events_reach_the_collector_through_the_real_forwarder(
     assert change.state == "deleted"
 
 
+def test_an_azure_tags_api_merge_raises_the_tags_resource_s_write(
+    azure_env: dict[str, Any],
+) -> None:
+    """As in Azure: a Tags API PATCH raises the write of `<resource>/providers/
+    Microsoft.Resources/tags/default`; the real forwarder reads the resource itself back and
+    the normaliser makes it the resource's change with its whole new tag set."""
+    user, sim, collector = azure_env["user"], azure_env["sim"], azure_env["collector"]
+    vm = user.create_vm("rg-web", "web-1", "Standard_D2s_v3", {"env": "prod", "team": "web"})
+    _deliver_all(sim)
+    before = len(collector.records)
+    user.merge_tags(vm, {"team": "shop"})
+    _deliver_all(sim)
+    [record] = collector.records[before:]
+    assert record["event"]["subject"] == f"{vm}/providers/Microsoft.Resources/tags/default"
+    assert record["event"]["data"]["resourceProvider"] == "Microsoft.Resources"
+    assert record["resource"]["id"] == vm
+    [change] = normalize(record)
+    assert change.resource_id == vm.lower() and change.tags == {"env": "prod", "team": "shop"}
+    assert change.state == "running"
+
+
 def test_deleting_an_azure_resource_group_raises_the_group_s_event_only(
     azure_env: dict[str, Any],
 ) -> None:

@@ -210,3 +210,39 @@ def test_a_re_tag_beyond_the_limits_is_refused(
         with pytest.raises(EventRejected, match=detail) as info:
             check_change(change, ChangeLimits(), change.event_time)
         assert info.value.reason == reason
+
+
+async def test_re_tags_cannot_grow_a_resource_s_tags_past_the_limit(
+    big_bodies: Collector, event: Event, uid: str
+) -> None:
+    """Each CreateTags is within the limit of 64 tags, but they added up: three of 40 new
+    tags each made a row of 120 (no provider allows more than 64). Past the limit a re-tag
+    keeps the tags the resource had and is counted; the event is accepted and recorded."""
+    collector = big_bodies
+    acct = f"acct-{uid}"
+    status, body = await collector.post([record("aws", event("aws_run_instances"), acct)])
+    assert status == 200 and body["accepted"] == 1, body
+    for n in range(3):
+        ev = event("aws_create_tags")
+        ev["id"] = ev["detail"]["eventID"] = f"tags-{uid}-{n}"
+        ev["time"] = ev["detail"]["eventTime"] = f"2026-11-27T09:3{n}:00Z"
+        items = [{"key": f"k{n}-{i}", "value": "v"} for i in range(40)]
+        ev["detail"]["requestParameters"]["tagSet"]["items"] = items
+        ev["detail"]["requestParameters"]["resourcesSet"]["items"] = [{"resourceId": INSTANCE}]
+        status, body = await collector.post([record("aws", ev, acct)])
+        assert status == 200 and body["accepted"] == 1 and body["rejected"] == [], body
+    ((tags,),) = rows(
+        collector.dsn,
+        "select tags from resource_inventory where resource_id = %s and billing_account_id = %s",
+        INSTANCE,
+        acct,
+    )
+    assert len(tags) <= 64 and {f"k0-{i}" for i in range(40)} <= set(tags)
+    metrics = await (await collector.client.get("/metrics")).text()
+    assert 'cct_collector_tags_refused_total{provider="aws"} 2.0' in metrics
+    events = rows(
+        collector.dsn,
+        "select count(*) from resource_events where event_id like %s",
+        f"%tags-{uid}-%",
+    )
+    assert events == [(3,)]

@@ -313,3 +313,28 @@ def test_a_change_under_a_container_deleted_after_it_is_the_resource_s_deletion(
     assert rows[("aws", vm)].state == "running" and applied[0].usd_after == 0.096
     tombstones.forget_before(T0 + timedelta(minutes=11))
     assert len(tombstones) == 0 and tombstones.covering("aws", vm, T0) is None
+
+
+def test_merged_tags_are_bounded_and_the_rest_of_the_change_stands() -> None:
+    """Each event's tags are checked at the edge, but re-tags add up: events each setting
+    other tags grew a row without end (no provider allows it). Past `max_tags` a change keeps
+    the tags the resource had and is flagged; its state and size apply; a change that takes
+    some away is applied."""
+    full = {f"k{n}": "v" for n in range(4)}
+    rows, _ = apply_changes({}, [ch("run", 0, state="running", sku="m5.large", tags=full)], BOOK)
+    more = {f"x{n}": "v" for n in range(2)}
+    rows, applied = apply_changes(
+        rows,
+        [ch("grow", 1, state="stopped", tag_changes=more)],
+        BOOK,
+        max_tags=5,
+    )
+    row = rows[("aws", "i-1")]
+    assert row.tags == full and row.state == "stopped" and applied[0].tags_refused
+    assert applied[0].usd_after == 0.0
+    rows, applied = apply_changes(rows, [ch("fits", 2, tag_changes={"x0": "v"})], BOOK, max_tags=5)
+    assert len(rows[("aws", "i-1")].tags) == 5 and not applied[0].tags_refused
+    rows, applied = apply_changes(
+        rows, [ch("less", 3, tag_changes={"k0": None, "k1": None})], BOOK, max_tags=2
+    )
+    assert set(rows[("aws", "i-1")].tags) == {"k2", "k3", "x0"} and not applied[0].tags_refused
