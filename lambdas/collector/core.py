@@ -107,6 +107,17 @@ def _filled(tags: Mapping[str, str], older: Mapping[str, str]) -> Mapping[str, s
     return {**older, **tags}
 
 
+def _starts_afresh(current: Resource | None, ch: ResourceChange) -> bool:
+    """Whether `ch` makes a resource of its own: none is known, or a new one under a deleted
+    one's name (Azure and GCP ids are names), which starts from what its own event says, not
+    with the old one's licence, size or tags."""
+    return current is None or (
+        current.state == "deleted"
+        and ch.event_time >= current.last_event_time
+        and ch.state not in (None, "deleted")
+    )
+
+
 def merge(
     current: Resource | None, ch: ResourceChange, book: PriceBook, memo: RateMemo | None = None
 ) -> tuple[Resource, Applied]:
@@ -116,14 +127,7 @@ def merge(
     before: float | None
     size: Mapping[str, Any]
     tags: Mapping[str, str]
-    if (
-        current is not None
-        and current.state == "deleted"
-        and ch.event_time >= current.last_event_time
-        and ch.state not in (None, "deleted")
-    ):
-        # A new resource under a deleted one's name (Azure and GCP ids are names): it starts
-        # from what its own event says, not with the old one's licence, size or tags.
+    if _starts_afresh(current, ch):
         current = None
     if current is None:
         billing, sub = ch.billing_account_id, ch.sub_account_id
@@ -286,10 +290,9 @@ def apply_changes(
             # Each event's tags are bounded at the edge (check_change), but merged ones add
             # up: events each setting other tags would grow a row without end (no provider
             # allows it: AWS and Azure hold 50 tags, GCP 64 labels). The rest of the change
-            # stands; the tags are those the resource had (a change that removes some of too
-            # many is applied).
-            fresh = prev is None or prev.state == "deleted"
-            had = (ch.tags or {}) if fresh or prev is None else prev.tags
+            # stands; the tags are those the resource had (a change that leaves it no more
+            # tags than it had is applied).
+            had = (ch.tags or {}) if prev is None or _starts_afresh(prev, ch) else prev.tags
             if len(row.tags) > len(had):
                 row = row._replace(tags=had)
                 outcome = outcome._replace(tags_refused=True)

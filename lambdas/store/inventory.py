@@ -139,7 +139,8 @@ def _event_rows(applied: Sequence[Applied], rows: Mapping[Key, Resource]) -> lis
                 c.action,
                 c.actor,
                 c.event_time,
-                merged.tags if c.tags is None else c.tags,
+                # A refused tag edit (`tags_refused`) records the tags the resource kept.
+                merged.tags if c.tags is None or a.tags_refused else c.tags,
                 a.usd_before,
                 a.usd_after,
             )

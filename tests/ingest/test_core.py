@@ -338,3 +338,24 @@ def test_merged_tags_are_bounded_and_the_rest_of_the_change_stands() -> None:
         rows, [ch("less", 3, tag_changes={"k0": None, "k1": None})], BOOK, max_tags=2
     )
     assert set(rows[("aws", "i-1")].tags) == {"k2", "k3", "x0"} and not applied[0].tags_refused
+
+
+def test_a_refused_tag_edit_of_a_deleted_resource_keeps_its_tags() -> None:
+    """Review: the bound took any deleted row for a new resource, so a re-tag of a deleted
+    row past the limit wiped its tags, and an older full set replaced its newer ones. Only
+    a change that starts a resource afresh starts from its own tags."""
+    full = {f"k{n}": "v" for n in range(4)}
+    rows, _ = apply_changes(
+        {},
+        [ch("run", 0, state="running", tags=full), ch("gone", 5, state="deleted")],
+        BOOK,
+    )
+    more = {f"x{n}": "v" for n in range(2)}
+    retag = ch("retag", 6, tag_changes=more)
+    older = ch("older", 1, tags={"team": "a"}, tag_changes=more)
+    for change in (retag, older):
+        after, applied = apply_changes(rows, [change], BOOK, max_tags=5)
+        assert after[("aws", "i-1")].tags == full and applied[0].tags_refused
+    again = ch("again", 7, state="running", tags={"team": "b"}, tag_changes=more)
+    after, applied = apply_changes(rows, [again], BOOK, max_tags=5)
+    assert after[("aws", "i-1")].tags == {"team": "b", **more} and not applied[0].tags_refused
