@@ -256,6 +256,12 @@ class Tombstones:
             self._depths.setdefault(provider, set()).add(container_id.count("/"))
 
 
+def held_event_id(container_event_id: str, resource_id: str) -> str:
+    """The event id of a resource's deletion with its container: one id whichever path
+    deletes it (the expansion, or a write met later), so a second one is a duplicate."""
+    return f"{container_event_id}/{resource_id}"
+
+
 def _buried(ch: ResourceChange, tombstones: Tombstones | None) -> ResourceChange:
     """`ch` as a deletion when a container holding its resource was deleted after it."""
     if tombstones is None or ch.state == "deleted" or ch.contains:
@@ -292,7 +298,8 @@ def apply_changes(
             # allows it: AWS and Azure hold 50 tags, GCP 64 labels). The rest of the change
             # stands; the tags are those the resource had (a change that leaves it no more
             # tags than it had is applied).
-            had = (ch.tags or {}) if prev is None or _starts_afresh(prev, ch) else prev.tags
+            fresh = prev is None or _starts_afresh(prev, ch)
+            had = (ch.tags or {}) if fresh or prev is None else prev.tags
             if len(row.tags) > len(had):
                 row = row._replace(tags=had)
                 outcome = outcome._replace(tags_refused=True)

@@ -45,6 +45,7 @@ from lambdas.collector.core import (
     Tombstones,
     apply_changes,
     group_factor,
+    held_event_id,
     resource_lines,
 )
 from lambdas.collector.model import (
@@ -473,7 +474,7 @@ class Processor:
                 if ch.provider == provider and rid.startswith(prefix):
                     out.append(
                         ch._replace(
-                            event_id=f"{ch.event_id}/{rid}",
+                            event_id=held_event_id(ch.event_id, rid),
                             resource_id=rid,
                             service_name=service,
                             resource_type=rtype,
@@ -631,7 +632,7 @@ class Processor:
                 buried.append(
                     change_of(
                         r,
-                        f"{found.event_id}/{r.resource_id}",
+                        held_event_id(found.event_id, r.resource_id),
                         found.action,
                         found.deleted_at,
                         state="deleted",
