@@ -150,8 +150,11 @@ class DetectionConfig:
     day0_min_step_usd_per_hour: float = 25.0
     day0_min_step_ratio: float = 0.4
     # Warm-up fallback while there is not enough history for a seasonal baseline: alert when
-    # the value is this fraction above the median of the history seen so far.
+    # the value is this fraction above the highest hourly mean seen so far (used once a day
+    # of hours is known: before that the highest is not yet the daily peak) ...
     warmup_static_ratio: float = 0.5
+    # ... and the hours of history before a young series' spread (its noise) and the last
+    # day's highest hourly mean (the day-0 step's reference) are used.
     warmup_min_hours: int = 6
     # How much history makes a seasonal baseline: same hour of day over the last 7 days
     # (daily), then the same hour of week over the last `history_weeks` weeks (weekly).

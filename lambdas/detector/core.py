@@ -65,6 +65,15 @@ WEEK_H = 168
 SCALE_WINDOW_H = WEEK_H
 MIN_SCALE_POINTS = 24
 STATIC_WINDOW_H = 72
+# The warm-up rule waits for this many hours with a value: before a whole day is known, the
+# highest value so far is not yet the daily peak, and a daily rise would read as a step.
+STATIC_MIN_H = DAY_H
+# The warm-up rule's value must also be this fraction of the z threshold times the noise
+# above that highest value: the highest of a day already stands a few sigmas above the
+# typical value, so the full threshold on top of it (and of a young series' spread, which
+# for a seasonal one is its daily swing) let no warm-up anomaly through. Chosen on the
+# tuning part of the real-data corpus (docs/detection.md, "Warm-up").
+STATIC_Z_RATIO = 0.25
 EVICT_CHECK_S = 60.0
 MAD_TO_SIGMA = 1.4826
 # Mean absolute deviation -> standard deviation for normal noise (sqrt(pi / 2)).
@@ -821,15 +830,16 @@ class Engine:
             window = self._span(hour, 1, STATIC_WINDOW_H)[cold]
             cnt = np.count_nonzero(~np.isnan(window), axis=1)
             ok = cnt >= cfg.warmup_min_hours
-            top = np.nanmax(np.where(ok[:, None], window, 0.0), axis=1)
-            self.exp_static[cold[ok]] = top[ok]
+            day = cnt >= max(cfg.warmup_min_hours, STATIC_MIN_H)
+            top = np.nanmax(np.where(day[:, None], window, 0.0), axis=1)
+            self.exp_static[cold[day]] = top[day]
+            self.mode[cold[day]] = BASE_STATIC
             # The spread seen so far is the only noise a young series has: its mean absolute
             # deviation from its median (unlike the MAD it does not collapse for a series
             # that is mostly zero with spikes, which are exactly what it must not page on).
             med, _ = nanmedian_rows(window[ok])
             with np.errstate(invalid="ignore"):
                 self.young[cold[ok]] = np.nanmean(np.abs(window[ok] - med[:, None]), axis=1)
-            self.mode[cold[ok]] = BASE_STATIC
 
         self.yesterday[:n] = np.where(age_h >= DAY_H, hist[:, (hour - DAY_H) % self.hours], np.nan)
         # The highest hourly mean of the last day, once a few hours are known: a step must
@@ -976,7 +986,7 @@ class Engine:
             by_static = (
                 static
                 & (v >= exp_st * (1 + cfg.warmup_static_ratio * f))
-                & (v - exp_st >= k * f * noise)
+                & (v - exp_st >= STATIC_Z_RATIO * k * f * noise)
             )
             return (by_z | by_static) & material(ds, expected, f)
 

@@ -17,6 +17,7 @@ from lambdas.detector.core import (
     HOUR_S,
     MAX_ABS_USD_PER_HOUR,
     SEVERITIES,
+    STATIC_MIN_H,
     Engine,
     Transition,
     kth_highest,
@@ -212,19 +213,44 @@ def test_outliers_in_history_do_not_move_the_robust_baseline() -> None:
 def test_warm_up_falls_back_to_a_static_threshold_over_the_highest_value_seen() -> None:
     cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
     engine = Engine(cfg)
-    # A slow climb (never a step) from 10 to 12 $/h over 10 hours, then 30 $/h: 30 is more
-    # than 50 % above the highest value seen (12), and many times the spread seen so far.
-    out = hourly(engine, [10.0 + h * 0.2 for h in range(11)] + [30.0])
+    # A slow climb (never a step) from 10 to 12.3 $/h over a day, then 30 $/h: 30 is more
+    # than 50 % above the highest value seen (12.3), and many times the spread seen so far.
+    out = hourly(engine, [10.0 + h * 0.1 for h in range(24)] + [30.0])
     [(n, t)] = opened(out)
-    assert n == 11
+    assert n == 24
     assert (t.rule, t.baseline) == ("seasonal", "warmup_static")
-    assert t.expected == pytest.approx(12.0)
+    assert t.expected == pytest.approx(12.3)
 
 
 def test_warm_up_needs_a_few_hours_before_the_static_threshold_applies() -> None:
     cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
     out = hourly(Engine(cfg), [10.0, 10.0, 30.0])
     assert opened(out) == []
+
+
+def test_warm_up_waits_for_a_whole_day_before_the_highest_value_is_a_threshold() -> None:
+    """Before a day is known the highest value so far is not the daily peak: the morning of
+    a series' first day rises far above its night without being a step."""
+    cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
+    night_then_morning = [10.0] * 12 + [20.0, 30.0, 40.0, 40.0, 40.0]
+    assert opened(hourly(Engine(cfg), night_then_morning)) == []
+    assert STATIC_MIN_H == 24
+
+
+def test_warm_up_finds_a_jump_above_a_seasonal_series_first_day_peak() -> None:
+    """A young series with a wide daily swing: its spread is the swing, and the full z
+    threshold times that spread above its peak let nothing through (a jump to 2.2 x the
+    peak on the second day was missed); a fraction of it does not."""
+    cfg = DetectionConfig(day0_min_step_usd_per_hour=1e6, day0_min_step_ratio=1e6)
+    days = daily_pattern(2, base=100.0, amp=0.8)
+    peak = max(days[:30])
+    values = [*days[:30], 2.2 * peak]
+    out = hourly(Engine(cfg), values)
+    [(n, t)] = opened(out)
+    assert n == 30
+    assert (t.rule, t.baseline) == ("seasonal", "warmup_static")
+    # The same series' second-day peak is not one: within 50 % of the first day's.
+    assert opened(hourly(Engine(cfg), [*days[:30], 1.3 * peak])) == []
 
 
 # --------------------------------------------------------------------------- incidents
@@ -763,7 +789,7 @@ def _reference_baselines(engine: Engine, hour: int) -> dict[str, np.ndarray]:
     static = np.full(n, np.nan)
     cold = np.flatnonzero(~(use_weekly | use_daily))
     recent = hist[cold][:, cols(range(1, 73))]
-    ok = np.count_nonzero(~np.isnan(recent), axis=1) >= cfg.warmup_min_hours
+    ok = np.count_nonzero(~np.isnan(recent), axis=1) >= max(cfg.warmup_min_hours, 24)
     static[cold[ok]] = np.nanmax(np.where(ok[:, None], recent, 0.0), axis=1)[ok]
     age_h = hour - engine.first_hour[:n]
     last = hist[:, cols(range(1, 25))]
