@@ -150,8 +150,8 @@ class DetectionConfig:
     day0_min_step_usd_per_hour: float = 25.0
     day0_min_step_ratio: float = 0.4
     # Warm-up fallback while there is not enough history for a seasonal baseline: alert when
-    # the value is this fraction above the highest hourly mean seen so far (used once a day
-    # of hours is known: before that the highest is not yet the daily peak) ...
+    # the value is this fraction above the highest hourly mean of the last 72 hours (used
+    # once 24 of them have a value: before that the highest is not yet the daily peak) ...
     warmup_static_ratio: float = 0.5
     # ... and the hours of history before a young series' spread (its noise) and the last
     # day's highest hourly mean (the day-0 step's reference) are used.

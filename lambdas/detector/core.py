@@ -12,7 +12,8 @@ Three rules, one incident per series:
   daily ramp is not a step).
 - seasonal: a robust baseline per hour of week (median of the same hour over past weeks, or of
   the same hour over the past days while fewer weeks are known) with a MAD-based noise
-  estimate; during warm-up a static threshold above the highest value seen so far.
+  estimate; during warm-up (from a day of hours on) a static threshold above the highest
+  hourly value of the last three days.
 - budgets are not here: they are rendered as vmalert rules (`lambdas.detector.rules`).
 
 The record (`record_rank` > 0, 2 by default): an incident opens only on a value above the
@@ -1253,6 +1254,20 @@ class Engine:
         warm-up baselines are too rough to learn from."""
         a_res = 1.0 - math.exp(-dt / RESID_WINDOW_S)
         q = self.resid_q[i]
+        cur = self.resid[i]
+        # For data at an hour or coarser both start from the day-over-day noise when it is
+        # known, each in its own units, not from the first residual: one value of a series
+        # that has just got its seasonal baseline would set them for a day (an outlier: deaf
+        # to the next anomaly; a value on the baseline: a tail near zero and its everyday
+        # spikes alerting). Finer values also move within the hour around an hourly baseline,
+        # which only their residuals measure (and a first evaluation has no cadence yet).
+        # docs/detection.md, "Noise start".
+        cadence = self.interval_s if math.isfinite(self.interval_s) else 0.0
+        if cadence >= HOUR_S * (1.0 - INTERVAL_TOLERANCE):
+            sigma = self.scale[i]
+            start = np.isnan(q) & np.isfinite(sigma)
+            q = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)
+            cur = np.where(start, sigma / MEAN_ABS_TO_SIGMA, cur)
         # Clipped to TAIL_CLIP times the current tail: one outlier moves it a little, a
         # series that spikes every day grows it by about a fifth per spike.
         floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
@@ -1261,7 +1276,6 @@ class Engine:
         w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
         q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))
         self.resid_q[i] = q
-        cur = self.resid[i]
         res = np.minimum(raw, RESID_CLIP * np.fmax(q, EXPECTED_FLOOR_USD))
         self.resid[i] = np.where(np.isnan(cur), res, cur + a_res * (res - cur))
 
@@ -1298,6 +1312,7 @@ class Engine:
 
     def expected_now(self, idx: npt.NDArray[np.int64]) -> F64:
         """The value each series was expected to have at its last evaluation: its seasonal
-        baseline when warm, the warm-up median, else its day-0 reference (0 for a new series).
+        baseline when warm, the warm-up base (the highest hourly mean of the last 72 hours,
+        once 24 of them have a value), else its day-0 reference (0 for a new series).
         Attribution compares children against this; NaN for a series never evaluated."""
         return self.last_expected[idx].copy()
