@@ -1255,15 +1255,15 @@ class Engine:
         a_res = 1.0 - math.exp(-dt / RESID_WINDOW_S)
         q = self.resid_q[i]
         cur = self.resid[i]
-        # For data at an hour or coarser both start from the day-over-day noise when it is
+        # For hourly or coarser data both start from the day-over-day noise when it is
         # known, each in its own units, not from the first residual: one value of a series
-        # that has just got its seasonal baseline would set them for a day (an outlier: deaf
-        # to the next anomaly; a value on the baseline: a tail near zero and its everyday
-        # spikes alerting). Finer values also move within the hour around an hourly baseline,
-        # which only their residuals measure (and a first evaluation has no cadence yet).
-        # docs/detection.md, "Noise start".
+        # that has just got its seasonal baseline would set them for days (an outlier: deaf
+        # to the next anomalies; a value on the baseline: a tail near zero and its everyday
+        # spikes alerting). Finer values (the local step's cadences, a live loop) also move
+        # within the hour around an hourly baseline, which only their residuals measure, and
+        # a first evaluation has no cadence yet. docs/detection.md, "Noise start".
         cadence = self.interval_s if math.isfinite(self.interval_s) else 0.0
-        if cadence >= HOUR_S * (1.0 - INTERVAL_TOLERANCE):
+        if cadence >= HOUR_S:
             sigma = self.scale[i]
             start = np.isnan(q) & np.isfinite(sigma)
             q = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)

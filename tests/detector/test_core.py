@@ -409,18 +409,17 @@ def test_seeded_history_makes_a_restarted_detector_warm() -> None:
 
 
 def test_a_first_outlier_does_not_make_a_newly_warm_series_deaf() -> None:
-    """The running noise starts from the day-over-day noise, not from the first residual:
-    an outlier as the first value judged against the seasonal baseline used to set the
-    noise for a day, and the next anomaly hours later went unseen."""
-    cfg = DetectionConfig(cooldown_s=0.0, record_rank=0)
-    engine = Engine(cfg)
-    days = daily_pattern(4)
+    """For hourly data the running noise starts from the day-over-day noise, not from the
+    first residual: an outlier as the first value judged against the seasonal baseline used
+    to set the noise for days, and the next anomaly more than a day later went unseen."""
+    engine = Engine(DetectionConfig())
+    days = daily_pattern(6)
     warm = 3 * 24  # the first hour with a seasonal (daily) baseline
-    values = [*days[:warm], 5.0 * days[warm], *days[warm + 1 : warm + 8], 2.0 * days[warm + 8]]
+    later = warm + 30  # after the cooldown
+    values = [*days[:warm], 5.0 * days[warm], *days[warm + 1 : later], 2.0 * days[later]]
     out = hourly(engine, values)
     assert engine.mode[engine.index_of([KEY])[0]] == core.BASE_DAILY
-    assert [n for n, _ in opened(out)] == [warm, warm + 8]
-    assert resolved(out)
+    assert [(n, t.rule) for n, t in opened(out)] == [(warm, "seasonal"), (later, "seasonal")]
 
 
 def test_capacity_grows_with_the_number_of_series() -> None:
