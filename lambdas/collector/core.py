@@ -298,8 +298,7 @@ def apply_changes(
             # allows it: AWS and Azure hold 50 tags, GCP 64 labels). The rest of the change
             # stands; the tags are those the resource had (a change that leaves it no more
             # tags than it had is applied).
-            fresh = prev is None or _starts_afresh(prev, ch)
-            had = (ch.tags or {}) if fresh or prev is None else prev.tags
+            had = (ch.tags or {}) if prev is None or _starts_afresh(prev, ch) else prev.tags
             if len(row.tags) > len(had):
                 row = row._replace(tags=had)
                 outcome = outcome._replace(tags_refused=True)
