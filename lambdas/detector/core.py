@@ -673,6 +673,15 @@ class Engine:
         self.first_hour[rows] = first_hour + first_col
         self.recent[rows] = hourly[known][np.arange(rows.size), last_col]
         self.last_seen[rows] = (first_hour + last_col + 1) * HOUR_S
+        # The mean level as if it had been learnt live over the loaded hours: left to start
+        # at the first value after a restart, it is that hour's value (a daily peak, or an
+        # anomaly under way) for the week it takes to forget it, and the materiality, the
+        # noise floors and the tail's clip all scale with it.
+        a_level = 1.0 - math.exp(-HOUR_S / LEVEL_WINDOW_S)
+        level = np.full(rows.size, np.nan)
+        for col in hourly[known].T:
+            level = np.where(np.isnan(level), col, level + a_level * nan_to(col - level, 0.0))
+        self.level[rows] = level
         # Not the hour-of-day record: it holds each hour's highest value, and an hour's mean
         # dilutes a 10-minute batch six times, so a record seeded from means let the routine
         # batch open again after every restart. Until it is learnt live the local step
@@ -1263,15 +1272,18 @@ class Engine:
         # within the hour around an hourly baseline, which only their residuals measure, and
         # a first evaluation has no cadence yet. docs/detection.md, "Noise start".
         cadence = self.interval_s if math.isfinite(self.interval_s) else 0.0
+        sigma = self.scale[i]
+        start = np.isnan(q) & np.isfinite(sigma)
         if cadence >= HOUR_S:
-            sigma = self.scale[i]
-            start = np.isnan(q) & np.isfinite(sigma)
             q = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)
             cur = np.where(start, sigma / MEAN_ABS_TO_SIGMA, cur)
         # Clipped to TAIL_CLIP times the current tail: one outlier moves it a little, a
-        # series that spikes every day grows it by about a fifth per spike.
+        # series that spikes every day grows it by about a fifth per spike. A first residual
+        # is clipped too, with the day-over-day noise standing in for the tail: after a
+        # restart during an anomaly it would otherwise be the whole anomaly.
         floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
-        cap = TAIL_CLIP * np.fmax(nan_to(q, np.inf), floor)
+        tail = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)
+        cap = TAIL_CLIP * np.fmax(nan_to(tail, np.inf), floor)
         raw = np.minimum(np.abs(v - expected), cap)
         w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
         q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))

@@ -422,6 +422,27 @@ def test_a_first_outlier_does_not_make_a_newly_warm_series_deaf() -> None:
     assert [(n, t.rule) for n, t in opened(out)] == [(warm, "seasonal"), (later, "seasonal")]
 
 
+@pytest.mark.parametrize("step", [60.0, HOUR_S])
+def test_a_restart_during_an_anomaly_does_not_make_the_series_deaf(step: float) -> None:
+    """A restart's first values set the running noise and the mean level: taken during an
+    anomaly (three times the level for four hours) they made the series deaf for a week,
+    to another anomaly as large two days later. The level is now learnt from the loaded
+    history, and the first residual is clipped like every later one."""
+    engine = Engine(DetectionConfig())
+    days = daily_pattern(17)
+    loaded = 14 * 24
+    idx = engine.index_of([KEY])
+    engine.seed_history(idx, int(T0 // HOUR_S), np.array([days[:loaded]]))
+    assert engine.level[idx[0]] == pytest.approx(100.0, rel=0.1)
+    per_hour = int(HOUR_S // step)
+    values = []
+    for n, v in enumerate(days[loaded:]):
+        anomaly = n < 4 or 50 <= n < 54
+        values += [3.0 * v if anomaly else v] * per_hour
+    out = run(engine, values, start=T0 + loaded * HOUR_S, step=step)
+    assert [(n // per_hour, t.rule) for n, t in opened(out)] == [(0, "seasonal"), (50, "seasonal")]
+
+
 def test_capacity_grows_with_the_number_of_series() -> None:
     engine = Engine(DetectionConfig(), capacity=16)
     keys = [SeriesKey.of("team", {"team": f"t{n}"}) for n in range(100)]
