@@ -267,6 +267,13 @@ def nan_to(a: F64, fill: float) -> F64:
     return np.where(np.isnan(a), fill, np.clip(a, -_F64_MAX, _F64_MAX))
 
 
+def follow_level(level: F64, v: F64, dt: float) -> F64:
+    """The series' mean level after a value `dt` seconds after the last (time constant
+    LEVEL_WINDOW_S): it starts at the first value, and a missing value (NaN) leaves it."""
+    a = 1.0 - math.exp(-dt / LEVEL_WINDOW_S)
+    return np.where(np.isnan(level), v, level + a * nan_to(v - level, 0.0))
+
+
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
     """Medians along the last axis ignoring NaN, and the count of values (NaN where none).
 
@@ -666,21 +673,21 @@ class Engine:
             self.hist[idx, (first_hour + col) % self.hours] = hourly[:, col]
         known = ~np.all(np.isnan(hourly), axis=1)
         rows = idx[known]
+        loaded = hourly[known]  # one copy: three weeks of a whole level's series
         self.seen[rows] = True
-        valid = ~np.isnan(hourly[known])
+        valid = ~np.isnan(loaded)
         first_col = np.argmax(valid, axis=1)
         last_col = span - 1 - np.argmax(valid[:, ::-1], axis=1)
         self.first_hour[rows] = first_hour + first_col
-        self.recent[rows] = hourly[known][np.arange(rows.size), last_col]
+        self.recent[rows] = loaded[np.arange(rows.size), last_col]
         self.last_seen[rows] = (first_hour + last_col + 1) * HOUR_S
         # The mean level as if it had been learnt live over the loaded hours: left to start
         # at the first value after a restart, it is that hour's value (a daily peak, or an
         # anomaly under way) for the week it takes to forget it, and the materiality, the
         # noise floors and the tail's clip all scale with it.
-        a_level = 1.0 - math.exp(-HOUR_S / LEVEL_WINDOW_S)
         level = np.full(rows.size, np.nan)
-        for col in hourly[known].T:
-            level = np.where(np.isnan(level), col, level + a_level * nan_to(col - level, 0.0))
+        for col in loaded.T:
+            level = follow_level(level, col, HOUR_S)
         self.level[rows] = level
         # Not the hour-of-day record: it holds each hour's highest value, and an hour's mean
         # dilutes a 10-minute batch six times, so a record seeded from means let the routine
@@ -1111,9 +1118,7 @@ class Engine:
         # The recent level follows the value with time constant day0_window_s.
         alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
         self.recent[i] += alpha * (v - self.recent[i])
-        lvl = self.level[i]
-        a_level = 1.0 - math.exp(-dt / LEVEL_WINDOW_S)
-        self.level[i] = np.where(np.isnan(lvl), v, lvl + a_level * (v - lvl))
+        self.level[i] = follow_level(self.level[i], v, dt)
         warm = np.isfinite(self.exp_seasonal[i])
         self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
         # Today's highs for the record, incidents included: at rank 2 one reported anomaly
@@ -1274,15 +1279,15 @@ class Engine:
         cadence = self.interval_s if math.isfinite(self.interval_s) else 0.0
         sigma = self.scale[i]
         start = np.isnan(q) & np.isfinite(sigma)
+        tail = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)
         if cadence >= HOUR_S:
-            q = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)
+            q = tail
             cur = np.where(start, sigma / MEAN_ABS_TO_SIGMA, cur)
         # Clipped to TAIL_CLIP times the current tail: one outlier moves it a little, a
         # series that spikes every day grows it by about a fifth per spike. A first residual
         # is clipped too, with the day-over-day noise standing in for the tail: after a
         # restart during an anomaly it would otherwise be the whole anomaly.
         floor = np.fmax(EXPECTED_FLOOR_USD, LEVEL_CLIP_RATIO * np.abs(self.level[i]))
-        tail = np.where(start, sigma / EXPECTILE_TO_SIGMA, q)
         cap = TAIL_CLIP * np.fmax(nan_to(tail, np.inf), floor)
         raw = np.minimum(np.abs(v - expected), cap)
         w = np.where(raw > q, RESID_EXPECTILE, 1.0 - RESID_EXPECTILE)
