@@ -21,6 +21,9 @@ series' record, `record_margin` x the `record_rank`-th highest daily high of the
 RECORD_DAYS days (of the value for day-0, of the residual above the seasonal baseline for the
 seasonal rule; every value counts, so false alarms teach it the routine spikes), so a series
 that spikes every few days does not report its everyday spikes (docs/detection.md, "Record").
+Finer than hourly, the seasonal rule may also open on a residual whose running mean over
+SUSTAIN_WINDOW_S beats the days' highest running means (the sustained record): an excursion
+that lasts is judged against the lasting ones, not against a day's highest single value.
 The local step (data every 5 to 59 minutes) measures its step above the higher of the recent
 level and the hour-of-day record instead, the `record_rank`-th highest value this hour of day
 reached on the last HOUR_RECORD_DAYS days: a daily batch at this hour is routine, a jump at a
@@ -114,6 +117,10 @@ RECORD_DAYS = 21
 # the last HOUR_RECORD_DAYS days.
 HOUR_RECORD_DAYS = 7
 HOUR_RECORD_H = HOUR_RECORD_DAYS * DAY_H
+# The sustained record (data finer than hourly): the residual's running mean over this time
+# constant, and per day its highest, so an excursion that lasts is judged against the days'
+# lasting ones, not against their highest single value (docs/detection.md, "Record").
+SUSTAIN_WINDOW_S = 600.0
 # The local step rule runs on data at least this far apart (and finer than an hour): its
 # jitter is the change from one value to the next, which for finer data (1 minute, the live
 # detector's seconds) measures noise at a shorter scale than the rule's five minutes (on the
@@ -348,6 +355,7 @@ class Engine:
                 "hist": self.hours,
                 "rec_vday": RECORD_DAYS,
                 "rec_rday": RECORD_DAYS,
+                "rec_sday": RECORD_DAYS,
                 "hour_highs": HOUR_RECORD_H,
             }
             shape = (cap, cols[name]) if name in cols else (cap,)
@@ -413,6 +421,12 @@ class Engine:
         "rec_rday": (np.float32, np.nan),
         "rec_value": (np.float64, np.nan),
         "rec_resid": (np.float64, np.nan),
+        # The sustained record (data finer than hourly): the residual's running mean over
+        # SUSTAIN_WINDOW_S, today's highest of it, the ring of past days' and its rank-th.
+        "sres": (np.float64, np.nan),
+        "day_smax": (np.float64, np.nan),
+        "rec_sday": (np.float32, np.nan),
+        "rec_sres": (np.float64, np.nan),
         # The hour-of-day record: this hour's highest value so far, the ring of the past
         # hours' highest values, and the rank-th highest of this hour of day's (NaN = unknown).
         "hour_vmax": (np.float64, np.nan),
@@ -469,6 +483,10 @@ class Engine:
     rec_rday: npt.NDArray[np.float32]
     rec_value: F64
     rec_resid: F64
+    sres: F64
+    day_smax: F64
+    rec_sday: npt.NDArray[np.float32]
+    rec_sres: F64
     hour_vmax: F64
     hour_highs: npt.NDArray[np.float32]
     rec_hour: F64
@@ -625,7 +643,8 @@ class Engine:
             # The sum of two series' residual highs or noises bounds those of their sum: the
             # team joined is not made more sensitive by the resource's routine spikes. The
             # team left keeps its own (they age out).
-            for name in ("day_rmax", "rec_rday", "resid", "resid_q", "jitter"):
+            residual = ("day_rmax", "rec_rday", "day_smax", "rec_sday", "sres")
+            for name in (*residual, "resid", "resid_q", "jitter"):
                 add(name, getattr(self, name)[r])
 
     @property
@@ -750,23 +769,32 @@ class Engine:
         if new_day > day:
             self.rec_vday[:n, day % RECORD_DAYS] = self.day_vmax[:n]
             self.rec_rday[:n, day % RECORD_DAYS] = self.day_rmax[:n]
+            self.rec_sday[:n, day % RECORD_DAYS] = self.day_smax[:n]
             for d in range(day + 1, min(new_day, day + RECORD_DAYS + 1)):
                 self.rec_vday[:n, d % RECORD_DAYS] = np.nan
                 self.rec_rday[:n, d % RECORD_DAYS] = np.nan
+                self.rec_sday[:n, d % RECORD_DAYS] = np.nan
             self.day_vmax[:n] = np.nan
             self.day_rmax[:n] = np.nan
+            self.day_smax[:n] = np.nan
             self._refresh_record()
         self.hour = new_hour
         self._refresh_baselines(new_hour)
 
     def _refresh_record(self) -> None:
         """The record of each series: the `record_rank`-th highest daily maximum of the past
-        RECORD_DAYS days, of its values and of its residuals (NaN with fewer known days)."""
+        RECORD_DAYS days, of its values, of its residuals and of the residual's running mean
+        (NaN with fewer known days)."""
         rank = self.cfg.record_rank
         n = self.size
         if rank <= 0 or not n:
             return
-        for ring, out in ((self.rec_vday, self.rec_value), (self.rec_rday, self.rec_resid)):
+        rings = (
+            (self.rec_vday, self.rec_value),
+            (self.rec_rday, self.rec_resid),
+            (self.rec_sday, self.rec_sres),
+        )
+        for ring, out in rings:
             out[:n] = kth_highest(ring[:n], rank)
 
     def _refresh_hour_record(self, hour: int) -> None:
@@ -1032,7 +1060,7 @@ class Engine:
                 # (The records are float32: compared at that precision, a repeat of a
                 # day's peak is not above it.)
                 day0_fire &= ~(v.astype(np.float32) <= m * rec_v)
-                seas_fire &= ~(ds.astype(np.float32) <= m * np.fmax(self.rec_resid[i], 0.0))
+            seas_fire &= self._beats_resid_record(i, ds, warm)
             if self._export_cadence():
                 local_fire &= self._beats_hour_record(i, v, recent, k * jitter, material)
         down = cfg.report_decreases == 1
@@ -1089,6 +1117,8 @@ class Engine:
         self.bucket_sum[i] += v
         self.bucket_cnt[i] += 1
 
+        if self._sustained_record():
+            self._follow_residual(i, v, dt)
         verdicts = self._evaluate(i, v)
         self.last_expected[i] = verdicts.expected
         was_open = self.is_open[i]
@@ -1135,6 +1165,36 @@ class Engine:
         self.day_vmax[i] = np.fmax(self.day_vmax[i], v)
         resid = np.where(warm, v - self.exp_seasonal[i], np.nan)
         self.day_rmax[i] = np.fmax(self.day_rmax[i], resid)
+        if self._sustained_record():
+            self.day_smax[i] = np.fmax(self.day_smax[i], self.sres[i])
+
+    def _beats_resid_record(
+        self, i: npt.NDArray[np.int64], ds: F64, warm: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.bool_]:
+        """Whether the residual `ds` is above the series' residual record, or (data finer
+        than hourly) the residual's running mean above the sustained record."""
+        m = self.cfg.record_margin
+        with np.errstate(invalid="ignore"):
+            beats = ~(ds.astype(np.float32) <= m * np.fmax(self.rec_resid[i], 0.0))
+            # Finer than hourly, a day's highest residual is the far tail of hundreds of
+            # values; an excursion that lasts may instead beat the days' lasting ones.
+            if self._sustained_record():
+                sres = self.sres[i].astype(np.float32)
+                beats |= warm & ~(sres <= m * np.fmax(self.rec_sres[i], 0.0))
+        return beats
+
+    def _sustained_record(self) -> bool:
+        """Whether the sustained record runs: the record is on and the data is finer than
+        hourly (at hourly cadence each value already is an hour's mean)."""
+        return self.cfg.record_rank > 0 and self.interval_s < HOUR_S
+
+    def _follow_residual(self, i: npt.NDArray[np.int64], v: F64, dt: float) -> None:
+        """The running mean of the residual above the seasonal baseline over
+        SUSTAIN_WINDOW_S, including this evaluation's value (NaN without a baseline)."""
+        resid = v - self.exp_seasonal[i]
+        cur = self.sres[i]
+        alpha = 1.0 - math.exp(-dt / SUSTAIN_WINDOW_S)
+        self.sres[i] = np.where(np.isnan(cur), resid, cur + alpha * (resid - cur))
 
     def _open(
         self, now: float, i: npt.NDArray[np.int64], v: F64, verdicts: _Verdicts

@@ -563,6 +563,60 @@ def test_the_record_keeps_everyday_spikes_quiet_and_still_sees_a_higher_one() ->
     assert t.kind == "opened"
 
 
+def test_finer_than_hourly_a_lasting_rise_beats_the_days_lasting_excursions() -> None:
+    # One-minute values with four routine one-minute spikes a day (+150): the highest
+    # residual of each day is a spike, and a 30-minute rise of +60 is far below it.
+    per_day, days = 1440, 10
+    rng = np.random.default_rng(11)
+    t = np.arange(per_day * days)
+    values = 100 * (1 + 0.3 * np.sin(t / per_day * 2 * np.pi)) + rng.normal(0, 2, t.size)
+    for day in range(days):
+        values[day * per_day + rng.integers(0, per_day, 4)] += 150
+    rise = (days - 1) * per_day + 600
+    values[rise : rise + 30] += 60
+    engine = Engine(DetectionConfig())
+    out = run(engine, [float(x) for x in values], step=60.0)
+    idx = engine.index_of([KEY])
+    # The value record alone holds the rise back; the days' lasting excursions (the
+    # residual's 10-minute running mean: a spike moves it by a tenth of its height) are far
+    # lower, and the rise beats those within minutes.
+    assert engine.rec_resid[idx][0] > 2 * 60
+    assert engine.rec_sres[idx][0] < 60 / 2
+    found = [(n, t) for n, t in opened(out) if rise <= n < rise + 30]
+    assert [t.rule for _, t in found] == ["seasonal"]
+    assert found[0][0] - rise <= 10
+
+
+def test_finer_than_hourly_a_routine_spike_is_still_held_by_the_record() -> None:
+    # Five-minute values with one 5-minute spike (+80) every morning: a spike's running mean
+    # is a routine lasting excursion too, so the sustained record does not let it through
+    # (dropping the record for the seasonal rule at this cadence opened on 7 of 14 days:
+    # docs/detection.md, "Record").
+    per_day, days = 288, 14
+    t = np.arange(per_day * days)
+    counts = {}
+    for rank in (2, 0):
+        total = 0
+        for seed in (5, 6, 7):
+            rng = np.random.default_rng(seed)
+            noise = 1 + rng.normal(0, 0.02, t.size)
+            values = 100 * (1 + 0.3 * np.sin(t / per_day * 2 * np.pi)) * noise
+            values[np.arange(days) * per_day + 96] += 80
+            out = run(Engine(DetectionConfig(record_rank=rank)), list(values), step=300.0)
+            total += len(opened(out))
+        counts[rank] = total
+    # (Before the sustained record: 15 with the record.)
+    assert counts[2] <= 16 and counts[0] >= 25
+
+
+def test_at_hourly_cadence_there_is_no_sustained_record() -> None:
+    engine = Engine(DetectionConfig())
+    hourly(engine, daily_pattern(10))
+    idx = engine.index_of([KEY])
+    assert np.isfinite(engine.rec_resid[idx][0])
+    assert np.isnan(engine.rec_sres[idx][0]) and np.isnan(engine.sres[idx][0])
+
+
 def test_the_record_is_on_by_default_and_its_settings_are_checked() -> None:
     from lambdas.common.settings import SettingsError
 
