@@ -366,9 +366,13 @@ BASELINES: dict[str, Baseline | None] = {
     "seed 1.5x": seed_rule,
 }
 DETECTORS = ("cct", "rolling z>3", "rolling z>10", "seed 1.5x", "never")
+# CCT restarted every `--restart-every-days` (a row of its own when asked for).
+RESTARTED = "cct restart"
 
 
-def evaluate(c: Corpus, cfg: DetectionConfig, level_usd: float, tmp: Path) -> dict[str, Tally]:
+def evaluate(
+    c: Corpus, cfg: DetectionConfig, level_usd: float, tmp: Path, restart_every_s: float = 0.0
+) -> dict[str, Tally]:
     path = tmp / f"{c.name.replace('/', '_')}.csv"
     write_focus(c, path, level_usd)
     matrix = focus.load([path])
@@ -380,6 +384,9 @@ def evaluate(c: Corpus, cfg: DetectionConfig, level_usd: float, tmp: Path) -> di
     grace = max(6 * step, 3600)
     incidents, _ = backtest(matrix, cfg, ("resource",))
     out = {"cct": score([i.started_at for i in incidents], labels, grace, months)}
+    if restart_every_s > 0:
+        restarted, _ = backtest(matrix, cfg, ("resource",), restart_every_s=restart_every_s)
+        out[RESTARTED] = score([i.started_at for i in restarted], labels, grace, months)
     floor = cfg.min_impact_usd_per_hour
     for name, rule in BASELINES.items():
         assert rule is not None
@@ -389,12 +396,12 @@ def evaluate(c: Corpus, cfg: DetectionConfig, level_usd: float, tmp: Path) -> di
     return out
 
 
-def _evaluate_one(job: tuple[Corpus, DetectionConfig]) -> dict[str, Tally]:
-    c, cfg = job
+def _evaluate_one(job: tuple[Corpus, DetectionConfig, float]) -> dict[str, Tally]:
+    c, cfg, restart_every_s = job
     # The level depends on the series' name only: the same in every run and part.
     level = LEVELS_USD[zlib.crc32(c.name.encode()) % len(LEVELS_USD)]
     with tempfile.TemporaryDirectory() as tmp:
-        return evaluate(c, cfg, level, Path(tmp))
+        return evaluate(c, cfg, level, Path(tmp), restart_every_s)
 
 
 def run(
@@ -403,14 +410,17 @@ def run(
     per_series: bool = False,
     results: list[tuple[str, dict[str, Tally]]] | None = None,
     jobs: int = 1,
+    *,
+    restart_every_s: float = 0.0,
 ) -> dict[tuple[str, str], Tally]:
     """Tallies per (source, detector) and ("all", detector); each series' own tallies are
     appended to `results` when given (for the bootstrap). Series are independent: `jobs`
     processes run them side by side, and the tallies are summed in name order whatever the
-    number of processes, so the figures do not depend on it."""
+    number of processes, so the figures do not depend on it. `restart_every_s` > 0 adds
+    CCT restarted that often (`backtest`) as a detector of its own."""
     tallies: dict[tuple[str, str], Tally] = {}
     ordered = sorted(corpus, key=lambda c: c.name)
-    work = [(c, cfg) for c in ordered]
+    work = [(c, cfg, restart_every_s) for c in ordered]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             outcomes = list(pool.map(_evaluate_one, work))
@@ -443,9 +453,10 @@ def print_table(tallies: dict[tuple[str, str], Tally], corpus: Sequence[Corpus])
         f"{'source':<40}{'series':>7}{'labels':>7}  {'detector':<12}{'precision':>10}"
         f"{'recall':>8}{'F1':>7}{'delay h':>9}{'false/series-month':>20}"
     )
+    names = [DETECTORS[0], *([RESTARTED] if ("all", RESTARTED) in tallies else []), *DETECTORS[1:]]
     for source in sources:
         n = len([c for c in corpus if source in ("all", c.source)])
-        for name in DETECTORS:
+        for name in names:
             t = tallies[(source, name)]
             p, r, f1, delay, fpm = t.row()
             print(
@@ -554,7 +565,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=os.cpu_count() or 1,
         help="series evaluated side by side (default: one per CPU; figures do not change)",
     )
+    ap.add_argument(
+        "--restart-every-days",
+        type=float,
+        default=0.0,
+        help="also run CCT restarted this often, loaded with its hourly history as the live "
+        "detector starts (a row 'cct restart'; default 0: not run)",
+    )
     args = ap.parse_args(argv)
+    if args.restart_every_days < 0:
+        ap.error("--restart-every-days must be >= 0")
     cfg = DetectionConfig()
     if args.sensitivity is not None:
         cfg = replace(cfg, sensitivity=args.sensitivity)
@@ -564,11 +584,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     every = read_nab() if args.part == "nab" else read_corpus()
     corpus = select(every, args.part, args.source)
     results: list[tuple[str, dict[str, Tally]]] = []
-    tallies = run(corpus, cfg, args.per_series, results, max(1, args.jobs))
+    restart_s = args.restart_every_days * 86400.0
+    tallies = run(
+        corpus, cfg, args.per_series, results, max(1, args.jobs), restart_every_s=restart_s
+    )
     print(
         f"Real labeled series, {args.part} part: {len(corpus)} series "
         f"(false_incidents_per_month {cfg.false_incidents_per_month:g}, "
-        f"sensitivity {cfg.sensitivity:g})"
+        f"sensitivity {cfg.sensitivity:g}"
+        + (f", restarted every {args.restart_every_days:g} days" if restart_s else "")
+        + ")"
     )
     print_table(tallies, corpus)
     print_margins(bootstrap_margins(results))

@@ -15,7 +15,7 @@ import numpy.typing as npt
 from lambdas.backtest.focus import CostMatrix
 from lambdas.detector.attribution import Child, Contributor, rank_contributors
 from lambdas.detector.config import CHILD_LEVEL, LEVEL_LABELS, DetectionConfig, SeriesKey
-from lambdas.detector.core import Engine, OpenIncident, Transition
+from lambdas.detector.core import HOUR_S, Engine, OpenIncident, Transition
 from lambdas.detector.reports import DEPTH, Attribution, Hooks, Report, ReportBook
 
 DEFAULT_LEVELS = ("account", "service", "team", "resource")
@@ -194,15 +194,97 @@ class _Replay:
         return float(self.series.values[row, self.col] - self.engine.expected_now(i)[0])
 
 
+class _Running:
+    """The live detector's parts a backtest runs: an engine, the replay of the matrix that
+    attributes for it, and the report book that folds its incidents."""
+
+    def __init__(
+        self,
+        cfg: DetectionConfig,
+        series: Series,
+        engine: Engine,
+        reported: Callable[[Report, str, Sequence[object]], None],
+    ) -> None:
+        self.engine = engine
+        self.idx = engine.index_of(series.keys)
+        self.replay = _Replay(engine, series, self.idx)
+        self.book = ReportBook(cfg, self.replay.attribute, Hooks(reported=reported))
+        self.open_now = _OpenNow(engine)
+
+    def parts(
+        self,
+    ) -> tuple[Engine, npt.NDArray[np.int64], _Replay, ReportBook, _OpenNow]:
+        return self.engine, self.idx, self.replay, self.book, self.open_now
+
+
+@dataclass
+class _Adopted:
+    """The incidents open when the detector restarted. As the live detector adopts the
+    rows left open in `anomalies` and hands each to an incident its new engine opens on the
+    same series (docs/detection.md, "Restarts"), such an incident continues the adopted one
+    rather than starting anew, if it opens within `until` (the time an adopted incident
+    needs to resolve while its cost is back to normal); the others resolved at the restart."""
+
+    incidents: dict[SeriesKey, Incident] = field(default_factory=dict)
+    at: float = math.nan
+    until: float = -math.inf
+
+    def take(self, key: SeriesKey, now: float) -> Incident | None:
+        if now > self.until:
+            self.expire()
+        return self.incidents.pop(key, None)
+
+    def expire(self) -> None:
+        for inc in self.incidents.values():
+            inc.resolved_at = self.at
+        self.incidents.clear()
+
+
+def _restarted(
+    cfg: DetectionConfig, series: Series, times: npt.NDArray[np.int64], col: int
+) -> Engine:
+    """A new engine at interval `col`, loaded with the hourly means of every complete hour
+    before it that it keeps, as the live detector's bootstrap loads them."""
+    engine = Engine(cfg, capacity=len(series.keys))
+    end_hour = int(times[col]) // HOUR_S - 1
+    first_hour = max(end_hour - engine.hours + 1, int(times[0]) // HOUR_S)
+    if end_hour < first_hour:
+        return engine
+    hours = times[:col] // HOUR_S
+    keep = (hours >= first_hour) & (hours <= end_hour)
+    slot = (hours[keep] - first_hour).astype(np.int64)
+    width = end_hour - first_hour + 1
+    values = series.values[:, :col][:, keep].astype(np.float64)
+    known = np.isfinite(values)
+    sums = np.zeros((values.shape[0], width))
+    counts = np.zeros((values.shape[0], width))
+    np.add.at(sums.T, slot, np.where(known, values, 0.0).T)
+    np.add.at(counts.T, slot, known.T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hourly = np.where(counts > 0, sums / counts, np.nan)
+    engine.seed_history(engine.index_of(series.keys), first_hour, hourly)
+    return engine
+
+
 def backtest(
     matrix: CostMatrix,
     cfg: DetectionConfig,
     levels: Sequence[str] = DEFAULT_LEVELS,
     progress: Callable[[int, int, int], None] | None = None,
+    restart_every_s: float = 0.0,
 ) -> tuple[list[Incident], Series]:
     """The incidents the live detector would report (one per cause, at the deepest series
     that explains it, with the aggregates it explains as ancestors), in opening order, and
-    the series they were found in. The same `ReportBook` as the live detector folds them."""
+    the series they were found in. The same `ReportBook` as the live detector folds them.
+
+    `restart_every_s` > 0 restarts the detector that often (at the first interval at or
+    after each multiple of it from the first one), as the live one starts: a new engine
+    loaded with the hourly means of the hours it keeps (`Engine.seed_history`, what the
+    live bootstrap reads from VictoriaMetrics) and a new report book, which adopts the
+    incidents open at the restart (`_Adopted`).
+    """
+    if restart_every_s < 0 or not math.isfinite(restart_every_s):
+        raise ValueError("restart_every_s must be a finite number of seconds >= 0")
     series = build_series(matrix, levels)
     # An interval the export does not cover (NaN) is unknown, not a vanished series: an open
     # incident survives a few missing intervals and no series is evicted during the run, so
@@ -213,14 +295,19 @@ def backtest(
         stale_after_s=max(cfg.stale_after_s, 3.0 * matrix.interval_s),
         evict_after_s=max(cfg.evict_after_s, 2.0 * span),
     )
-    engine = Engine(cfg, capacity=len(series.keys))
-    idx = engine.index_of(series.keys)
-    replay = _Replay(engine, series, idx)
     incidents: list[Incident] = []
     of_report: dict[int, Incident] = {}
+    times = matrix.times
+    next_restart = float(times[0]) + restart_every_s if restart_every_s and times.size else math.inf
+    adopted = _Adopted()
 
     def reported(report: Report, how: str, events: Sequence[object]) -> None:
-        found = replay.found.get(report.key) if how == "own" else None
+        prior = adopted.take(report.key, report.last_seen)
+        if prior is not None:
+            prior.resolved_at = None
+            of_report[id(report)] = prior
+            return
+        found = run.replay.found.get(report.key) if how == "own" else None
         inc = Incident(
             report.key,
             report.rule,
@@ -238,13 +325,20 @@ def backtest(
         of_report[id(report)] = inc
         incidents.append(inc)
 
-    book = ReportBook(cfg, replay.attribute, Hooks(reported=reported))
-    open_now = _OpenNow(engine)
-    times = matrix.times
+    run = _Running(cfg, series, Engine(cfg, capacity=len(series.keys)), reported)
     total = times.size
     series.expected = np.full((series.aggregates, total), np.nan, dtype=np.float32)
     for col, t in enumerate(times.tolist()):
         now = float(t)
+        if now >= next_restart:
+            while next_restart <= now:
+                next_restart += restart_every_s
+            adopted.expire()
+            window = max(cfg.resolve_after_s, cfg.resolve_after_ticks * matrix.interval_s)
+            adopted = _Adopted({i.key: i for i in of_report.values()}, now, now + window)
+            of_report.clear()
+            run = _Running(cfg, series, _restarted(cfg, series, times, col), reported)
+        engine, idx, replay, book, open_now = run.parts()
         replay.col = col
         replay.found.clear()
         transitions: list[Transition] = engine.observe(now, idx, series.values[:, col])
@@ -263,4 +357,5 @@ def backtest(
                     inc.peak_delta, inc.peak_at = d, now
         if progress:
             progress(col + 1, total, len(incidents))
+    adopted.expire()
     return incidents, series

@@ -183,6 +183,42 @@ def test_bad_rows_are_counted_and_the_good_rows_still_used(tmp_path: Path) -> No
     )
 
 
+def test_a_restarted_backtest_is_warm_from_its_history_and_finds_the_same(
+    tmp_path: Path,
+) -> None:
+    # Two weeks of a daily pattern, three times the rate for 6 hours on day 12, restarted
+    # every two days (at hour 288, five hours before the rise) as the live detector starts.
+    rise = 12 * 24 + 5
+    rows = [
+        row(
+            h,
+            "i-a",
+            round(100 * (1 + 0.5 * np.sin(h / 24 * 2 * np.pi)), 4)
+            * (3 if rise <= h < rise + 6 else 1),
+        )
+        for h in range(14 * 24)
+    ]
+    matrix = focus.load([write_csv(tmp_path / "daily.csv", rows)])
+    cfg = DetectionConfig()
+    plain, plain_series = backtest(matrix, cfg)
+    again, again_series = backtest(matrix, cfg, restart_every_s=2 * 86400.0)
+    starts = [(i.key.level, i.rule, i.started_at) for i in plain]
+    assert starts == [("resource", "seasonal", float(matrix.times[rise]))]
+    assert [(i.key.level, i.rule, i.started_at) for i in again] == starts
+    # Loaded with the hourly means it keeps, the new engine expects what the running one
+    # does from its first evaluation on (without them it would know nothing of the day).
+    for col in range(12 * 24, 12 * 24 + 5):
+        np.testing.assert_allclose(again_series.expected[:, col], plain_series.expected[:, col])
+    # Restarted two hours into the rise: the new engine opens on the same series at once,
+    # which continues the incident it adopted (one alert, as live), not a second one.
+    mid, _ = backtest(matrix, cfg, restart_every_s=(rise + 2) * 3600.0)
+    assert [(i.started_at, i.resolved_at) for i in mid] == [
+        (i.started_at, i.resolved_at) for i in plain
+    ]
+    with pytest.raises(ValueError, match="restart_every_s"):
+        backtest(matrix, cfg, restart_every_s=-1.0)
+
+
 @pytest.mark.parametrize(
     ("content", "error"),
     [

@@ -184,3 +184,7 @@ def test_series_run_side_by_side_give_the_same_tallies() -> None:
     assert tallies == run(series, DetectionConfig(), results=two, jobs=2)
     assert one == two and [s for s, _ in one] == ["src b", "src a", "src a"]
     assert tallies[("all", "cct")].detected > 0  # not a comparison of empty tallies
+    # The restarted detector is a row of its own, and the others do not change with it.
+    restarted = run(series, DetectionConfig(), restart_every_s=3 * 86400.0)
+    assert restarted[("all", "cct restart")].detected > 0
+    assert {k: t for k, t in restarted.items() if k[1] != "cct restart"} == tallies
