@@ -274,11 +274,11 @@ def nan_to(a: F64, fill: float) -> F64:
     return np.where(np.isnan(a), fill, np.clip(a, -_F64_MAX, _F64_MAX))
 
 
-def follow_level(level: F64, v: F64, dt: float) -> F64:
-    """The series' mean level after a value `dt` seconds after the last (time constant
-    LEVEL_WINDOW_S): it starts at the first value, and a missing value (NaN) leaves it."""
-    a = 1.0 - math.exp(-dt / LEVEL_WINDOW_S)
-    return np.where(np.isnan(level), v, level + a * nan_to(v - level, 0.0))
+def running_mean(mean: F64, v: F64, dt: float, window_s: float) -> F64:
+    """An exponentially weighted mean (time constant `window_s`) after a value `dt` seconds
+    after the last: it starts at the first value, and a missing value (NaN) leaves it."""
+    a = 1.0 - math.exp(-dt / window_s)
+    return np.where(np.isnan(mean), v, mean + a * nan_to(v - mean, 0.0))
 
 
 def nanmedian_rows(a: npt.NDArray[np.floating]) -> tuple[F64, npt.NDArray[np.int64]]:
@@ -353,10 +353,8 @@ class Engine:
         for name, (dtype, fill) in self._ARRAYS.items():
             cols = {
                 "hist": self.hours,
-                "rec_vday": RECORD_DAYS,
-                "rec_rday": RECORD_DAYS,
-                "rec_sday": RECORD_DAYS,
                 "hour_highs": HOUR_RECORD_H,
+                **{ring: RECORD_DAYS for _, ring, _ in self._DAY_RECORDS},
             }
             shape = (cap, cols[name]) if name in cols else (cap,)
             new: npt.NDArray[Any] = np.full(shape, fill, dtype=dtype)
@@ -435,6 +433,14 @@ class Engine:
         # Until when the team a re-tagged resource left may not open an incident (`reassign`).
         "settle_until": (np.float64, -np.inf),
     }
+
+    # The daily records: today's highest so far, the ring of past days' highest, and the
+    # `record_rank`-th highest of the ring (of the value, the residual, its running mean).
+    _DAY_RECORDS = (
+        ("day_vmax", "rec_vday", "rec_value"),
+        ("day_rmax", "rec_rday", "rec_resid"),
+        ("day_smax", "rec_sday", "rec_sres"),
+    )
 
     # The arrays above, declared for the type checker.
     hist: npt.NDArray[np.float32]
@@ -706,7 +712,7 @@ class Engine:
         # noise floors and the tail's clip all scale with it.
         level = np.full(rows.size, np.nan)
         for col in loaded.T:
-            level = follow_level(level, col, HOUR_S)
+            level = running_mean(level, col, HOUR_S, LEVEL_WINDOW_S)
         self.level[rows] = level
         # Not the hour-of-day record: it holds each hour's highest value, and an hour's mean
         # dilutes a 10-minute batch six times, so a record seeded from means let the routine
@@ -767,16 +773,12 @@ class Engine:
         self.hour_vmax[:n] = np.nan
         day, new_day = self.hour // DAY_H, new_hour // DAY_H
         if new_day > day:
-            self.rec_vday[:n, day % RECORD_DAYS] = self.day_vmax[:n]
-            self.rec_rday[:n, day % RECORD_DAYS] = self.day_rmax[:n]
-            self.rec_sday[:n, day % RECORD_DAYS] = self.day_smax[:n]
-            for d in range(day + 1, min(new_day, day + RECORD_DAYS + 1)):
-                self.rec_vday[:n, d % RECORD_DAYS] = np.nan
-                self.rec_rday[:n, d % RECORD_DAYS] = np.nan
-                self.rec_sday[:n, d % RECORD_DAYS] = np.nan
-            self.day_vmax[:n] = np.nan
-            self.day_rmax[:n] = np.nan
-            self.day_smax[:n] = np.nan
+            for today, ring, _ in self._DAY_RECORDS:
+                days = getattr(self, ring)
+                days[:n, day % RECORD_DAYS] = getattr(self, today)[:n]
+                for d in range(day + 1, min(new_day, day + RECORD_DAYS + 1)):
+                    days[:n, d % RECORD_DAYS] = np.nan
+                getattr(self, today)[:n] = np.nan
             self._refresh_record()
         self.hour = new_hour
         self._refresh_baselines(new_hour)
@@ -789,13 +791,8 @@ class Engine:
         n = self.size
         if rank <= 0 or not n:
             return
-        rings = (
-            (self.rec_vday, self.rec_value),
-            (self.rec_rday, self.rec_resid),
-            (self.rec_sday, self.rec_sres),
-        )
-        for ring, out in rings:
-            out[:n] = kth_highest(ring[:n], rank)
+        for _, ring, record in self._DAY_RECORDS:
+            getattr(self, record)[:n] = kth_highest(getattr(self, ring)[:n], rank)
 
     def _refresh_hour_record(self, hour: int) -> None:
         """The hour-of-day record for `hour`: the `record_rank`-th highest of the highest
@@ -1148,7 +1145,7 @@ class Engine:
         # The recent level follows the value with time constant day0_window_s.
         alpha = 1.0 - math.exp(-dt / self.cfg.day0_window_s)
         self.recent[i] += alpha * (v - self.recent[i])
-        self.level[i] = follow_level(self.level[i], v, dt)
+        self.level[i] = running_mean(self.level[i], v, dt, LEVEL_WINDOW_S)
         warm = np.isfinite(self.exp_seasonal[i])
         self._learn_noise(i[warm], v[warm], verdicts.expected[warm], dt)
         # Today's highs for the record, incidents included: at rank 2 one reported anomaly
@@ -1192,9 +1189,9 @@ class Engine:
         """The running mean of the residual above the seasonal baseline over
         SUSTAIN_WINDOW_S, including this evaluation's value (NaN without a baseline)."""
         resid = v - self.exp_seasonal[i]
-        cur = self.sres[i]
-        alpha = 1.0 - math.exp(-dt / SUSTAIN_WINDOW_S)
-        self.sres[i] = np.where(np.isnan(cur), resid, cur + alpha * (resid - cur))
+        sres = running_mean(self.sres[i], resid, dt, SUSTAIN_WINDOW_S)
+        # Without a baseline there is no residual: the mean starts again with the next one.
+        self.sres[i] = np.where(np.isnan(resid), np.nan, sres)
 
     def _open(
         self, now: float, i: npt.NDArray[np.int64], v: F64, verdicts: _Verdicts
@@ -1354,7 +1351,7 @@ class Engine:
         q = np.where(np.isnan(q), raw, q + np.minimum(a_res * w * 2.0, 1.0) * (raw - q))
         self.resid_q[i] = q
         res = np.minimum(raw, RESID_CLIP * np.fmax(q, EXPECTED_FLOOR_USD))
-        self.resid[i] = np.where(np.isnan(cur), res, cur + a_res * (res - cur))
+        self.resid[i] = running_mean(cur, res, dt, RESID_WINDOW_S)
 
     # ------------------------------------------------------------------ queries
     def _transition(self, kind: str, row: int, at: float) -> Transition:
