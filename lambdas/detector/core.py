@@ -121,6 +121,11 @@ HOUR_RECORD_H = HOUR_RECORD_DAYS * DAY_H
 # constant, and per day its highest, so an excursion that lasts is judged against the days'
 # lasting ones, not against their highest single value (docs/detection.md, "Record").
 SUSTAIN_WINDOW_S = 600.0
+# When the residual records are seeded from loaded history: series per block (each block's
+# copy of three weeks is a few MB) and 24-hour windows sorted together (4,096 x 48 windows of
+# 24 float32 hours: 19 MB).
+SEED_CHUNK_ROWS = 4096
+SEED_BLOCK_H = 48
 # The local step rule runs on data at least this far apart (and finer than an hour): its
 # jitter is the change from one value to the next, which for finer data (1 minute, the live
 # detector's seconds) measures noise at a shorter scale than the rule's five minutes (on the
@@ -335,17 +340,10 @@ class Engine:
         self._intervals: deque[float] = deque(maxlen=CADENCE_INTERVALS)
         self.capacity = 0
         self._alloc(max(16, capacity))
-        # Column lags of the short windows of `_refresh_baselines` (see there), fixed by
-        # history_weeks.
-        weeks = cfg.history_weeks
-        short_lags = np.zeros((2, max(7, weeks)), dtype=np.int64)
-        self._short_pad = np.zeros(short_lags.shape, dtype=bool)
-        for row, lags in enumerate(
-            (range(DAY_H, 7 * DAY_H + 1, DAY_H), range(WEEK_H, WEEK_H * weeks + 1, WEEK_H))
-        ):
-            short_lags[row, : len(lags)] = lags
-            self._short_pad[row, len(lags) :] = True
-        self._short_lags = short_lags
+        # The seasonal baselines' lags (hours): the same hour on each of the past 7 days and
+        # in each of the past history_weeks weeks.
+        self._day_lags = np.arange(1, 8) * DAY_H
+        self._week_lags = np.arange(1, cfg.history_weeks + 1) * WEEK_H
 
     # ------------------------------------------------------------------ state
     def _alloc(self, cap: int) -> None:
@@ -731,9 +729,64 @@ class Engine:
                 self.day_vmax[idx] = np.fmax(self.day_vmax[idx], top)
             else:
                 self.rec_vday[idx, day % RECORD_DAYS] = top
+        self._seed_residual_record(rows, first_hour, loaded)
         self._refresh_record()
         if self.hour is not None:
             self._refresh_baselines(self.hour)
+
+    def _seed_residual_record(
+        self, rows: npt.NDArray[np.int64], first_hour: int, loaded: F64
+    ) -> None:
+        """The residual records of `rows` from their loaded hourly means (columns from
+        `first_hour`): each day's highest residual above the seasonal baseline as it stood
+        at that hour, for the days the ring keeps, the last (possibly partial) day as today.
+
+        Left unknown, the record is 0 after a start and every residual above the baseline
+        beats it: on the tuning half's hourly sources a detector restarted every 3 days
+        opened 2 to 10 times the false incidents of one left running. Finer than hourly, the
+        live records (of every value's residual, of its running mean) run above these means,
+        so until `record_rank` live days have replaced them the seeded ones are the lower."""
+        if self.cfg.record_rank <= 0 or not rows.size:
+            return
+        span = loaded.shape[1]
+        last = first_hour + span - 1
+        last_day = last // DAY_H
+        start = max(first_hour, (last_day - RECORD_DAYS) * DAY_H)
+        weeks = self.cfg.history_weeks
+        # A linear copy, with the ring's depth of unknown hours before the first: the
+        # engine's ring would read hours after the one judged where it wraps.
+        width = self.hours + last - start + 1
+        lo = start - self.hours - first_hour
+        week_lags = np.arange(weeks + 1) * WEEK_H
+        for chunk in range(0, rows.size, SEED_CHUNK_ROWS):
+            part = loaded[chunk : chunk + SEED_CHUNK_ROWS]
+            dest = rows[chunk : chunk + SEED_CHUNK_ROWS]
+            lin = np.full((part.shape[0], width), np.nan, dtype=np.float32)
+            lin[:, max(-lo, 0) :] = part[:, max(lo, 0) :]
+            # The median of the 24 hours before each column, each computed once (the live
+            # engine sorts each day again for every hour of the weeks after it).
+            day_med = np.full((part.shape[0], width + 1), np.nan)
+            windows = np.lib.stride_tricks.sliding_window_view(lin, DAY_H, axis=1)
+            # (Windows before the first loaded hour hold nothing: their medians stay NaN.)
+            for w0 in range(max(-lo - DAY_H + 1, 0), windows.shape[1], SEED_BLOCK_H):
+                block = np.sort(windows[:, w0 : w0 + SEED_BLOCK_H], axis=-1)
+                day_med[:, w0 + DAY_H : w0 + DAY_H + block.shape[1]] = sorted_medians(block)[0]
+            # Judged a day at a time, for its highest residual.
+            for day in range(start // DAY_H, last_day + 1):
+                hours = np.arange(max(day * DAY_H, start), min((day + 1) * DAY_H, last + 1))
+                cols = hours - start + self.hours
+                med = day_med[:, cols[:, None] - week_lags]
+                expected, _, _ = self._seasonal(lin, cols, med)
+                with np.errstate(invalid="ignore"):
+                    resid = lin[:, cols] - expected
+                top = np.full(part.shape[0], np.nan)
+                has = ~np.all(np.isnan(resid), axis=1)
+                top[has] = np.nanmax(resid[has], axis=1)
+                for today, ring in (("day_rmax", "rec_rday"), ("day_smax", "rec_sday")):
+                    if day == last_day:
+                        getattr(self, today)[dest] = np.fmax(getattr(self, today)[dest], top)
+                    else:
+                        getattr(self, ring)[dest, day % RECORD_DAYS] = top
 
     def seed_changes(self, now: float, idx: npt.NDArray[np.int64], before: npt.ArrayLike) -> None:
         """At a start, before the first evaluation: the series of `idx` changed within
@@ -809,17 +862,51 @@ class Engine:
     def _cols(self, hour: int, lags: Iterable[int]) -> list[int]:
         return [(hour - lag) % self.hours for lag in lags]
 
-    def _span(self, hour: int, lag: int, width: int) -> npt.NDArray[np.float32]:
+    @staticmethod
+    def _span(
+        hist: npt.NDArray[np.float32], hour: int, lag: int, width: int
+    ) -> npt.NDArray[np.float32]:
         """The hourly means of the `width` hours up to `lag` hours before `hour` (oldest
-        first) of every series: a view of the ring, or two slices joined where it wraps.
-        Read only. Slices, unlike a gather of columns (`hist[:, cols]`, laid out column by
-        column), keep each series' hours contiguous, which the sorts along them need to be
-        fast."""
-        start = (hour - lag - width + 1) % self.hours
-        hist = self.hist[: self.size]
-        if start + width <= self.hours:
+        first) of every row of the ring `hist` (column = hour modulo its width): a view, or
+        two slices joined where it wraps. Read only. Slices, unlike a gather of columns
+        (`hist[:, cols]`, laid out column by column), keep each series' hours contiguous,
+        which the sorts along them need to be fast."""
+        size = hist.shape[1]
+        start = (hour - lag - width + 1) % size
+        if start + width <= size:
             return hist[:, start : start + width]
-        return np.concatenate((hist[:, start:], hist[:, : start + width - self.hours]), axis=1)
+        return np.concatenate((hist[:, start:], hist[:, : start + width - size]), axis=1)
+
+    def _seasonal(
+        self, hist: npt.NDArray[np.float32], hours: npt.NDArray[np.int64], day_med: F64
+    ) -> tuple[F64, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """The seasonal baseline of every row of the ring `hist` (rows) at each of `hours`
+        (columns), from the closed hours before it (NaN where too little is known), and
+        whether it is the weekly one or else the daily one. `day_med[..., w]` is the median
+        of the 24 hours before the hour `w` weeks earlier (w = 0 .. history_weeks)."""
+        cfg = self.cfg
+        # The same hour over the past days and over the past weeks.
+        size = hist.shape[1]
+        daily, dcount = nanmedian_rows(
+            np.take(hist, (hours[:, None] - self._day_lags) % size, axis=1)
+        )
+        weekly, wcount = nanmedian_rows(
+            np.take(hist, (hours[:, None] - self._week_lags) % size, axis=1)
+        )
+        last_day = day_med[..., 0]
+        # Per past week first, then across weeks: one anomalous week must not move it.
+        past_days, _ = nanmedian_rows(day_med[..., 1:])
+        # The weekly median lags steady growth by weeks: scale it up by how the last day
+        # compares with the same hours in past weeks. Only up, and at most by
+        # MAX_LEVEL_ADJUST, so an anomaly can neither explain itself away nor make a past
+        # anomaly lower today's baseline (a lower baseline only adds alerts).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.clip(last_day / past_days, 1.0, MAX_LEVEL_ADJUST)
+        weekly = weekly * np.where(np.isfinite(level), level, 1.0)
+        use_weekly = wcount >= cfg.weekly_min_weeks
+        use_daily = ~use_weekly & (dcount >= cfg.daily_min_days)
+        expected = np.where(use_weekly, weekly, np.where(use_daily, daily, np.nan))
+        return expected, use_weekly, use_daily
 
     def _refresh_baselines(self, hour: int) -> None:
         """Every series' baselines and noise for `hour`, from the closed hours before it.
@@ -832,33 +919,15 @@ class Engine:
         hist = self.hist[:n]
         age_h = hour - self.first_hour[:n]
         weeks = cfg.history_weeks
-
         # The last day and the day before the same hour in each past week.
         days = np.empty((n, weeks + 1, DAY_H), dtype=np.float32)
         for w in range(weeks + 1):
-            days[:, w] = self._span(hour, w * WEEK_H + 1, DAY_H)
+            days[:, w] = self._span(hist, hour, w * WEEK_H + 1, DAY_H)
         days.sort(axis=-1)
         med, count = sorted_medians(days)
-        # The same hour over the past days and over the past weeks (NaN-padded to one width,
-        # which the medians ignore).
-        short = np.take(hist, (hour - self._short_lags) % self.hours, axis=1)
-        short[:, self._short_pad] = np.nan
-        short_med, short_count = nanmedian_rows(short)
-        last_day = med[:, 0]
-        # Per past week first, then across weeks: one anomalous week must not move it.
-        past_days, _ = nanmedian_rows(med[:, 1:])
-        daily, dcount = short_med[:, 0], short_count[:, 0]
-        weekly, wcount = short_med[:, 1], short_count[:, 1]
-        # The weekly median lags steady growth by weeks: scale it up by how the last day
-        # compares with the same hours in past weeks. Only up, and at most by
-        # MAX_LEVEL_ADJUST, so an anomaly can neither explain itself away nor make a past
-        # anomaly lower today's baseline (a lower baseline only adds alerts).
-        with np.errstate(divide="ignore", invalid="ignore"):
-            level = np.clip(last_day / past_days, 1.0, MAX_LEVEL_ADJUST)
-        weekly = weekly * np.where(np.isfinite(level), level, 1.0)
-        use_weekly = wcount >= cfg.weekly_min_weeks
-        use_daily = ~use_weekly & (dcount >= cfg.daily_min_days)
-        self.exp_seasonal[:n] = np.where(use_weekly, weekly, np.where(use_daily, daily, np.nan))
+        expected, weekly, daily = self._seasonal(hist, np.array([hour]), med[:, None, :])
+        self.exp_seasonal[:n] = expected[:, 0]
+        use_weekly, use_daily = weekly[:, 0], daily[:, 0]
         self.mode[:n] = np.where(
             use_weekly, BASE_WEEKLY, np.where(use_daily, BASE_DAILY, BASE_DAY0)
         )
@@ -869,7 +938,7 @@ class Engine:
         if cold.size:
             # The highest value seen so far, not the median: a new series' daily peak is not
             # an anomaly, a value far above anything seen is.
-            window = self._span(hour, 1, STATIC_WINDOW_H)[cold]
+            window = self._span(hist, hour, 1, STATIC_WINDOW_H)[cold]
             cnt = np.count_nonzero(~np.isnan(window), axis=1)
             ok = cnt >= cfg.warmup_min_hours
             day = cnt >= max(cfg.warmup_min_hours, STATIC_MIN_H)
@@ -894,7 +963,7 @@ class Engine:
 
         # Noise: day-over-day differences of the last week. Differences remove the daily
         # pattern; the median ignores the few that straddle a weekend or an anomaly.
-        recent = self._span(hour, 1, SCALE_WINDOW_H + DAY_H)
+        recent = self._span(hist, hour, 1, SCALE_WINDOW_H + DAY_H)
         diffs = np.subtract(recent[:, DAY_H:], recent[:, :SCALE_WINDOW_H])
         mad, dn = nanmedian_rows(np.abs(diffs, out=diffs))
         self.scale[:n] = np.where(dn >= MIN_SCALE_POINTS, MAD_TO_SIGMA * mad / math.sqrt(2), np.nan)
