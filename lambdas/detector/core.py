@@ -716,16 +716,20 @@ class Engine:
         # dilutes a 10-minute batch six times, so a record seeded from means let the routine
         # batch open again after every restart. Until it is learnt live the local step
         # needs a value above the daily highs, as it did before that record existed.
-        # The value record from the hourly means (the residual one is learnt live): each
-        # day's highest, the last (possibly partial) day as today.
+        # The value record from the hourly means: each day's highest. The loaded hours end
+        # before the hour of the first evaluation (the detector loads up to the hour before
+        # its start), whose day is today: the days before it go to the ring, a day the
+        # loaded hours end at midnight included (taken as today, it stayed in the ring's
+        # slot of 21 days before and today's highs for a day).
+        today = (first_hour + span) // DAY_H
         last_day = (first_hour + span - 1) // DAY_H
-        for day in range(max(first_hour // DAY_H, last_day - RECORD_DAYS), last_day + 1):
+        for day in range(max(first_hour // DAY_H, today - RECORD_DAYS), last_day + 1):
             lo = max(day * DAY_H - first_hour, 0)
             block = hourly[:, lo : (day + 1) * DAY_H - first_hour]
             top = np.full(idx.size, np.nan)
             has = ~np.all(np.isnan(block), axis=1)
             top[has] = np.nanmax(block[has], axis=1)
-            if day == last_day:
+            if day == today:
                 self.day_vmax[idx] = np.fmax(self.day_vmax[idx], top)
             else:
                 self.rec_vday[idx, day % RECORD_DAYS] = top
@@ -739,7 +743,8 @@ class Engine:
     ) -> None:
         """The residual records of `rows` from their loaded hourly means (columns from
         `first_hour`): each day's highest residual above the seasonal baseline as it stood
-        at that hour, for the days the ring keeps, the last (possibly partial) day as today.
+        at that hour, for the days the ring keeps; today is the day of the hour after the
+        last loaded one, as for the value record (`seed_history`).
 
         Left unknown, the record is 0 after a start and every residual above the baseline
         beats it: on the tuning half's hourly sources a detector restarted every 3 days
@@ -750,8 +755,8 @@ class Engine:
             return
         span = loaded.shape[1]
         last = first_hour + span - 1
-        last_day = last // DAY_H
-        start = max(first_hour, (last_day - RECORD_DAYS) * DAY_H)
+        today = (last + 1) // DAY_H
+        start = max(first_hour, (today - RECORD_DAYS) * DAY_H)
         weeks = self.cfg.history_weeks
         # A linear copy, with the ring's depth of unknown hours before the first: the
         # engine's ring would read hours after the one judged where it wraps.
@@ -772,7 +777,7 @@ class Engine:
                 block = np.sort(windows[:, w0 : w0 + SEED_BLOCK_H], axis=-1)
                 day_med[:, w0 + DAY_H : w0 + DAY_H + block.shape[1]] = sorted_medians(block)[0]
             # Judged a day at a time, for its highest residual.
-            for day in range(start // DAY_H, last_day + 1):
+            for day in range(start // DAY_H, last // DAY_H + 1):
                 hours = np.arange(max(day * DAY_H, start), min((day + 1) * DAY_H, last + 1))
                 cols = hours - start + self.hours
                 med = day_med[:, cols[:, None] - week_lags]
@@ -782,9 +787,9 @@ class Engine:
                 top = np.full(part.shape[0], np.nan)
                 has = ~np.all(np.isnan(resid), axis=1)
                 top[has] = np.nanmax(resid[has], axis=1)
-                for today, ring in (("day_rmax", "rec_rday"), ("day_smax", "rec_sday")):
-                    if day == last_day:
-                        getattr(self, today)[dest] = np.fmax(getattr(self, today)[dest], top)
+                for high, ring in (("day_rmax", "rec_rday"), ("day_smax", "rec_sday")):
+                    if day == today:
+                        getattr(self, high)[dest] = np.fmax(getattr(self, high)[dest], top)
                     else:
                         getattr(self, ring)[dest, day % RECORD_DAYS] = top
 
