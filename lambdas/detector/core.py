@@ -328,6 +328,8 @@ class Engine:
         self.keys: list[SeriesKey] = []
         self._index: dict[SeriesKey, int] = {}
         self.hour: int | None = None
+        # The hour after the last one `seed_history` loaded, until the first evaluation.
+        self._loaded_until: int | None = None
         self.last_time: float | None = None
         # Slots of evicted series, reused before the arrays grow.
         self._free: list[int] = []
@@ -737,6 +739,8 @@ class Engine:
         self._refresh_record()
         if self.hour is not None:
             self._refresh_baselines(self.hour)
+        else:
+            self._loaded_until = max(self._loaded_until or first_hour + span, first_hour + span)
 
     def _seed_residual_record(
         self, rows: npt.NDArray[np.int64], first_hour: int, loaded: F64
@@ -979,7 +983,14 @@ class Engine:
         """Move to `now`'s hour; returns (first evaluation ever, seconds since the last)."""
         hour = int(now // HOUR_S)
         first_tick = self.hour is None
-        if self.hour is None:
+        if self.hour is None and self._loaded_until is not None and self._loaded_until < hour:
+            # The first evaluation comes hours after the loaded ones (a long load, a start
+            # across an hour or a day): those hours close as a running engine's gap would,
+            # unknown, and a day the load ended in goes to the records' rings. Otherwise the
+            # ring's columns for them kept the hours three weeks before, read as recent.
+            self.hour = self._loaded_until
+            self._close_hours(hour)
+        elif self.hour is None:
             self.hour = hour
             self._refresh_baselines(hour)
         elif hour > self.hour:

@@ -408,13 +408,17 @@ def test_seeded_history_makes_a_restarted_detector_warm() -> None:
     assert (t.rule, t.baseline) == ("seasonal", "weekly")
 
 
-@pytest.mark.parametrize("start_hour", [16, 0, 1])
-def test_a_restarted_detector_knows_the_records_the_running_one_learnt(start_hour: int) -> None:
+@pytest.mark.parametrize(("start_hour", "gap"), [(16, 0), (0, 0), (1, 0), (1, 3), (20, 30)])
+def test_a_restarted_detector_knows_the_records_the_running_one_learnt(
+    start_hour: int, gap: int
+) -> None:
     """Seeded with hourly history, the daily records (of the value and of the residual) are
     those a detector running over the same hours learnt (hourly data: each value is its
     hour's mean). Left unknown, the residual one is 0, and after a restart every residual
     above the baseline beat it. A start in the first hour of a day (its loaded hours end at
-    midnight) once kept the day before as today and, in the ring, the one 21 days before."""
+    midnight) once kept the day before as today and, in the ring, the one 21 days before;
+    a first evaluation `gap` hours after the loaded ones (across midnight) is the running
+    engine's gap of as many hours without a value."""
     days = 26
     values = np.array(daily_pattern(days))
     rng = np.random.default_rng(5)
@@ -422,13 +426,16 @@ def test_a_restarted_detector_knows_the_records_the_running_one_learnt(start_hou
         values[day * 24 + rng.integers(0, 24)] *= rng.uniform(1.3, 1.8)
     # The restarted engine's first evaluation is the last value, at `start_hour` of a day.
     values = values[: (days - 1) * 24 + start_hour + 1]
+    loaded = values.size - 1 - gap
     running = Engine(DetectionConfig())
-    hourly(running, list(values))
+    hourly(running, list(values[:loaded]))
+    idx = running.index_of([KEY])
+    running.observe(T0 + (values.size - 1) * HOUR_S, idx, [values[-1]])
     restarted = Engine(DetectionConfig())
-    idx = restarted.index_of([KEY])
-    restarted.seed_history(idx, int(T0 // HOUR_S), values[None, :-1])
+    restarted.seed_history(restarted.index_of([KEY]), int(T0 // HOUR_S), values[None, :loaded])
     restarted.observe(T0 + (values.size - 1) * HOUR_S, idx, [values[-1]])
-    for name in ("rec_rday", "day_rmax", "rec_resid", "rec_vday", "day_vmax", "rec_value"):
+    records = ("rec_rday", "day_rmax", "rec_resid", "rec_vday", "day_vmax", "rec_value")
+    for name in (*records, "hist", "exp_seasonal"):
         # (The loaded means are float32 in the ring; the live values float64.)
         np.testing.assert_allclose(
             getattr(restarted, name)[idx], getattr(running, name)[idx], atol=1e-4, err_msg=name
